@@ -1,0 +1,1 @@
+"""Benchmarks: Linkage against the bare transport, measured in one run."""

@@ -1,0 +1,74 @@
+"""Per-call authorisation: the caller is the node its certificate names, and
+that certificate must be the one the current directory pins for it. Checked on
+every call, so a revocation takes effect on a connection that is already open.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+
+from linkage.clock import Clock
+from linkage.directory import DirectoryView, TrustedDirectory
+from linkage.pki import parse_spiffe_id
+from linkage.reasons import Rejected
+from linkage.transport import tls_peer
+from linkage.v1 import directory_pb2
+
+
+class Denied(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+async def abort(context: grpc.aio.ServicerContext[object, object], denied: Denied) -> NoReturn:
+    await context.abort(denied.code, denied.message)
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+class Authoriser:
+    def __init__(self, trust: TrustedDirectory, clock: Clock) -> None:
+        self.trust = trust
+        self.clock = clock
+
+    def directory(self) -> DirectoryView:
+        try:
+            return self.trust.current(self.clock.now_ms())
+        except Rejected as exc:
+            raise Denied(grpc.StatusCode.UNAVAILABLE, f"gateway cannot serve: {exc}") from None
+
+    def node_of(self, context: grpc.aio.ServicerContext[object, object]) -> str:
+        """The calling node's id, or Denied."""
+        peer = tls_peer(context)
+        if peer is None:
+            raise Denied(grpc.StatusCode.UNAUTHENTICATED, "a client certificate from the federation CA is required")
+        if peer.tls_version and peer.tls_version != "TLSv1.3":
+            raise Denied(grpc.StatusCode.UNAUTHENTICATED, f"TLS 1.3 is required, got {peer.tls_version}")
+        directory = self.directory()
+        parsed = parse_spiffe_id(peer.spiffe_id, self.trust.federation_id)
+        if parsed is None or parsed[0] != "node":
+            raise Denied(grpc.StatusCode.PERMISSION_DENIED, "certificate does not name a node of this federation")
+        node_id = parsed[1]
+        entry = directory.nodes.get(node_id)
+        if entry is None:
+            raise Denied(grpc.StatusCode.PERMISSION_DENIED, f"node {node_id!r} is not in the directory")
+        if entry.status != directory_pb2.NODE_STATUS_ACTIVE:
+            raise Denied(grpc.StatusCode.PERMISSION_DENIED, f"node {node_id!r} is revoked")
+        if entry.tls_cert_sha256 != peer.fingerprint:
+            raise Denied(
+                grpc.StatusCode.PERMISSION_DENIED, f"certificate is not the one the directory pins for {node_id!r}"
+            )
+        return node_id
+
+    def claimed(self, context: grpc.aio.ServicerContext[object, object], claimed_node: str) -> str:
+        """The caller, who must be the node a request field names."""
+        node_id = self.node_of(context)
+        if claimed_node != node_id:
+            raise Denied(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"authenticated as {node_id!r} but the request names {claimed_node!r}",
+            )
+        return node_id

@@ -1,0 +1,85 @@
+"""Running a gateway: TLS server, health, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.authz import Authoriser
+from gateway.service import GatewayService
+from gateway.sessions import Sessions
+from gateway.subscriptions import SubscriptionIndex
+from linkage import logs
+from linkage.clock import Clock, SystemClock
+from linkage.config import GatewayConfig, load_directory_key
+from linkage.directory import TrustedDirectory
+from linkage.transport import SERVER_OPTIONS
+from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+log = logs.get("gateway")
+
+
+class GatewayServer:
+    def __init__(self, config: GatewayConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.trust = TrustedDirectory(
+            config.federation.federation_id, load_directory_key(config.federation.directory_public_key)
+        )
+        self.sessions = Sessions()
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._index: SubscriptionIndex | None = None
+        self.port = 0
+
+    def load_directory(self) -> None:
+        signed = directory_pb2.SignedDirectory.FromString(self.config.federation.directory.read_bytes())
+        view = self.trust.accept(signed, self.clock.now_ms())
+        log.info("directory.loaded", version=view.version, nodes=len(view.nodes))
+
+    async def start(self) -> int:
+        self.load_directory()
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._index = await SubscriptionIndex.open(self.config.data_dir / "gateway.sqlite")
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        service = GatewayService(Authoriser(self.trust, self.clock), self._index, self.sessions)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        self.port = server.add_secure_port(self.config.listen, self.config.tls.server_credentials())
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("gateway.started", port=self.port, subscriptions=len(self._index))
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        self.sessions.close_all((grpc.StatusCode.UNAVAILABLE, "gateway is shutting down"))
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._index is not None:
+            await self._index.close()
+        log.info("gateway.stopped")
+
+
+async def serve(config: GatewayConfig) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop."""
+    server = GatewayServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"linkage gateway {config.gateway_id} listening on port {server.port}", flush=True)
+    await stop.wait()
+    await server.stop()

@@ -1,0 +1,79 @@
+"""Who is connected now, and who is waiting for whom (memory only, never content at rest)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import grpc
+
+from linkage.v1 import gateway_pb2
+
+# Frames queued for one connected node before the gateway pushes back.
+SESSION_QUEUE_LIMIT = 4096
+
+
+@dataclass
+class Session:
+    node_id: str
+    queue: asyncio.Queue[gateway_pb2.GatewayFrame | None] = field(
+        default_factory=lambda: asyncio.Queue(SESSION_QUEUE_LIMIT)
+    )
+    error: tuple[grpc.StatusCode, str] | None = None
+
+    def push(self, frame: gateway_pb2.GatewayFrame) -> bool:
+        """Queue a frame for the node; False when its queue is full."""
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def close(self, error: tuple[grpc.StatusCode, str] | None = None) -> None:
+        """End the stream: the writer stops at the sentinel, aborting with `error` if set."""
+        if error and not self.error:
+            self.error = error
+        try:
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            # Make room for the sentinel: the session is ending, so undelivered
+            # frames are lost here, and the senders retry them.
+            self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+class Sessions:
+    def __init__(self) -> None:
+        self._live: dict[str, Session] = {}
+        self._waiting: dict[str, set[str]] = defaultdict(set)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def get(self, node_id: str) -> Session | None:
+        return self._live.get(node_id)
+
+    def open(self, node_id: str) -> Session:
+        """A new stream for a node replaces any older one, and wakes its waiting senders."""
+        old = self._live.get(node_id)
+        if old is not None:
+            old.close((grpc.StatusCode.ABORTED, "replaced by a newer connection from the same node"))
+        session = Session(node_id)
+        self._live[node_id] = session
+        for sender in sorted(self._waiting.pop(node_id, set())):
+            peer = self._live.get(sender)
+            if peer is not None:
+                peer.push(gateway_pb2.GatewayFrame(peer_online=gateway_pb2.PeerOnline(node_id=node_id)))
+        return session
+
+    def end(self, session: Session) -> None:
+        if self._live.get(session.node_id) is session:
+            del self._live[session.node_id]
+
+    def wait_for(self, recipient: str, sender: str) -> None:
+        self._waiting[recipient].add(sender)
+
+    def close_all(self, error: tuple[grpc.StatusCode, str]) -> None:
+        for session in list(self._live.values()):
+            session.close(error)

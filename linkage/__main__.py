@@ -1,0 +1,5 @@
+import sys
+
+from linkage.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,2 @@
+"""The `linkage` command line. Subcommands import node or gateway code lazily,
+so the shared package itself depends on neither."""

@@ -1,0 +1,165 @@
+"""`linkage` - federation tooling, servers and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from linkage import __version__
+from linkage.clock import SystemClock
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _federation_init(args: argparse.Namespace) -> int:
+    from linkage.federation import init_federation
+
+    fed = init_federation(args.dir, args.federation_id, SystemClock().now_ms())
+    print(f"created federation {fed.federation_id} in {fed.root}")
+    print("keep this folder off-line: it holds the CA key, the directory key and the linkage key")
+    return 0
+
+
+def _federation_enrol(args: argparse.Namespace) -> int:
+    from linkage.federation import Federation, enrol_node
+
+    fed = Federation.open(args.dir)
+    config = enrol_node(
+        fed, args.node_id, args.agency_name, args.agency_type, args.out, args.gateway_address,
+        SystemClock().now_ms(), contact_role=args.contact_role, gateway_name=args.gateway_name,
+    )
+    print(f"enrolled node {args.node_id}; bundle and configuration in {config.parent}")
+    print("run 'linkage federation publish' so the federation learns of it")
+    return 0
+
+
+def _federation_enrol_gateway(args: argparse.Namespace) -> int:
+    from linkage.federation import Federation, enrol_gateway
+
+    fed = Federation.open(args.dir)
+    config = enrol_gateway(fed, args.gateway_id, args.out, args.listen, SystemClock().now_ms())
+    print(f"enrolled gateway {args.gateway_id}; bundle and configuration in {config.parent}")
+    return 0
+
+
+def _federation_publish(args: argparse.Namespace) -> int:
+    from linkage.federation import Federation, publish_directory
+
+    fed = Federation.open(args.dir)
+    directory = publish_directory(fed, SystemClock().now_ms(), args.validity_days, tuple(args.copy_to))
+    print(
+        f"published directory version {directory.version} with {len(directory.nodes)} nodes, "
+        f"valid for {args.validity_days} days, to {fed.directory_path}"
+        + "".join(f" and {d / 'directory.pb'}" for d in args.copy_to)
+    )
+    return 0
+
+
+def _gateway_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+    from linkage import logs
+    from linkage.config import GatewayConfig
+
+    config = GatewayConfig.load(args.config)
+    logs.configure(config.log_level, gateway=config.gateway_id)
+    asyncio.run(serve(config))
+    return 0
+
+
+def _node_serve(args: argparse.Namespace) -> int:
+    from linkage import logs
+    from linkage.config import NodeConfig
+    from node.server import serve
+
+    config = NodeConfig.load(args.config)
+    logs.configure(config.log_level, node=config.node_id)
+    asyncio.run(serve(config))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from linkage.demo import run_demo
+
+    return asyncio.run(run_demo(args.keep))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="linkage",
+        description="Linkage: a secure, federated exchange of risk-assessment summaries between safeguarding agencies.",
+    )
+    parser.add_argument("--version", action="version", version=f"linkage {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fed = commands.add_parser("federation", help="create a federation, enrol members, publish the directory")
+    fed_cmds = fed.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+    p = fed_cmds.add_parser("init", help="create the CA, directory signing key and linkage key")
+    p.add_argument("--dir", type=Path, required=True, help="new federation folder (keep it off-line)")
+    p.add_argument("--federation-id", required=True, help="e.g. solihull.linkage.example")
+    p.set_defaults(handler=_federation_init)
+
+    p = fed_cmds.add_parser("enrol", help="enrol an agency node: TLS certificate, message keys, configuration")
+    p.add_argument("--dir", type=Path, required=True, help="the federation folder")
+    p.add_argument("--node-id", required=True, help="short lowercase id, e.g. csc")
+    p.add_argument("--agency-name", required=True)
+    p.add_argument("--agency-type", required=True, help="code from the agency_type list, e.g. POLICE")
+    p.add_argument("--contact-role", default="", help="who other agencies should contact")
+    p.add_argument("--out", type=Path, required=True, help="folder for the node's bundle")
+    p.add_argument("--gateway-address", required=True, help="host:port of the gateway")
+    p.add_argument("--gateway-name", default="gateway", help="the gateway's TLS name (its id)")
+    p.set_defaults(handler=_federation_enrol)
+
+    p = fed_cmds.add_parser("enrol-gateway", help="issue the gateway's TLS certificate and configuration")
+    p.add_argument("--dir", type=Path, required=True, help="the federation folder")
+    p.add_argument("--gateway-id", default="gateway")
+    p.add_argument("--out", type=Path, required=True, help="folder for the gateway's bundle")
+    p.add_argument("--listen", default="127.0.0.1:7443", help="host:port to listen on")
+    p.set_defaults(handler=_federation_enrol_gateway)
+
+    p = fed_cmds.add_parser("publish", help="sign and write a new directory version")
+    p.add_argument("--dir", type=Path, required=True, help="the federation folder")
+    p.add_argument("--validity-days", type=int, default=7, help="days until the directory expires (default 7)")
+    p.add_argument("--copy-to", type=Path, action="append", default=[], help="also write to DIR/directory.pb")
+    p.set_defaults(handler=_federation_publish)
+
+    gw = commands.add_parser("gateway", help="run the federation gateway")
+    gw_cmds = gw.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = gw_cmds.add_parser("serve", help="serve until SIGTERM")
+    p.add_argument("--config", type=Path, required=True, help="gateway.toml")
+    p.set_defaults(handler=_gateway_serve)
+
+    node = commands.add_parser("node", help="run an agency node")
+    node_cmds = node.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = node_cmds.add_parser("serve", help="serve until SIGTERM")
+    p.add_argument("--config", type=Path, required=True, help="node.toml")
+    p.set_defaults(handler=_node_serve)
+
+    p = commands.add_parser("demo", help="run a local federation and play a Think-Family story")
+    p.add_argument("--keep", type=Path, default=None, help="use this folder and keep it (default: a temp folder)")
+    p.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for people, not a traceback
+        from linkage.config import ConfigError
+        from linkage.federation import FederationError
+
+        if isinstance(exc, ConfigError | FederationError | FileNotFoundError):
+            print(f"linkage: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

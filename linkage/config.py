@@ -1,0 +1,132 @@
+"""Per-process configuration: one TOML file for each node and gateway.
+
+Relative paths are taken from the directory holding the file, so a node's
+whole configuration can be moved with its folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from linkage.transport import TlsFiles
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used, with every problem found."""
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.parent
+        try:
+            self.data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        self.problems: list[str] = []
+
+    def get(self, section: str, key: str, default: Any = None, required: bool = True) -> Any:
+        value = self.data.get(section, {}).get(key, default)
+        if value is None and required:
+            self.problems.append(f"{self.path}: [{section}] {key} is required")
+        return value
+
+    def path_of(self, section: str, key: str, default: str | None = None) -> Path:
+        raw = self.get(section, key, default)
+        return (self.base / str(raw)).resolve() if raw is not None else self.base
+
+    def done(self) -> None:
+        if self.problems:
+            raise ConfigError("\n".join(self.problems))
+
+
+def load_directory_key(path: Path) -> ed25519.Ed25519PublicKey:
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ConfigError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    federation_id: str
+    directory_public_key: Path
+    directory: Path
+
+
+def _federation(r: _Reader) -> FederationConfig:
+    return FederationConfig(
+        federation_id=r.get("federation", "id"),
+        directory_public_key=r.path_of("federation", "directory_public_key"),
+        directory=r.path_of("federation", "directory", "directory.pb"),
+    )
+
+
+def _tls(r: _Reader) -> TlsFiles:
+    return TlsFiles(cert=r.path_of("tls", "cert"), key=r.path_of("tls", "key"), ca=r.path_of("tls", "ca"))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    gateway_id: str
+    listen: str
+    data_dir: Path
+    log_level: str
+    federation: FederationConfig
+    tls: TlsFiles
+
+    @classmethod
+    def load(cls, path: Path) -> GatewayConfig:
+        r = _Reader(path)
+        config = cls(
+            gateway_id=r.get("gateway", "id"),
+            listen=r.get("gateway", "listen", "127.0.0.1:7443"),
+            data_dir=r.path_of("gateway", "data_dir", "."),
+            log_level=r.get("gateway", "log_level", "info"),
+            federation=_federation(r),
+            tls=_tls(r),
+        )
+        r.done()
+        return config
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    data_dir: Path
+    log_level: str
+    gateway_address: str
+    gateway_server_name: str
+    api_socket: Path
+    message_keys: Path
+    linkage_key: Path
+    federation: FederationConfig
+    tls: TlsFiles
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "store.sqlite"
+
+    @classmethod
+    def load(cls, path: Path) -> NodeConfig:
+        r = _Reader(path)
+        config = cls(
+            node_id=r.get("node", "id"),
+            data_dir=r.path_of("node", "data_dir", "."),
+            log_level=r.get("node", "log_level", "info"),
+            gateway_address=r.get("gateway", "address"),
+            gateway_server_name=r.get("gateway", "server_name", "gateway"),
+            api_socket=r.path_of("api", "socket", "api.sock"),
+            message_keys=r.path_of("keys", "message_keys", "keys"),
+            linkage_key=r.path_of("keys", "linkage_key", "keys/linkage.key"),
+            federation=_federation(r),
+            tls=_tls(r),
+        )
+        r.done()
+        return config

@@ -1,0 +1,118 @@
+"""The signed federation directory: verification and look-ups.
+
+Nodes and the gateway accept a directory only if it is signed by the federation
+directory key, is for their federation, is not older than the one they hold,
+and has not expired (fail closed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from linkage.reasons import Reason, Rejected
+from linkage.v1 import directory_pb2 as pb
+
+DIRECTORY_LABEL = b"linkage/v1/directory\x00"
+
+
+def sign_directory(directory: pb.Directory, key: ed25519.Ed25519PrivateKey) -> pb.SignedDirectory:
+    body = directory.SerializeToString()
+    return pb.SignedDirectory(directory=body, signature=key.sign(DIRECTORY_LABEL + body))
+
+
+@dataclass(frozen=True)
+class DirectoryView:
+    """A verified directory with indexes for the per-message look-ups."""
+
+    directory: pb.Directory
+    signed: pb.SignedDirectory
+    nodes: dict[str, pb.NodeEntry]
+
+    @property
+    def version(self) -> int:
+        return self.directory.version
+
+    def expired(self, now_ms: int) -> bool:
+        return now_ms >= self.directory.expires_at_ms
+
+    def active_node(self, node_id: str) -> pb.NodeEntry:
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            raise Rejected(Reason.UNKNOWN_SENDER, f"node {node_id!r} is not in the directory")
+        if entry.status != pb.NODE_STATUS_ACTIVE:
+            raise Rejected(Reason.SENDER_REVOKED, f"node {node_id!r} is revoked")
+        return entry
+
+    def signing_key(self, node_id: str, key_id: str, at_ms: int) -> bytes:
+        """The Ed25519 key `key_id` of an active node, valid at `at_ms`."""
+        for key in self.active_node(node_id).keys:
+            if key.key_id == key_id:
+                if not key.not_before_ms <= at_ms < key.not_after_ms:
+                    raise Rejected(Reason.KEY_NOT_VALID, f"key {key_id!r} not valid at {at_ms}")
+                return key.signing_public_key
+        raise Rejected(Reason.UNKNOWN_KEY, f"node {node_id!r} has no key {key_id!r}")
+
+    def sealing_key(self, node_id: str, now_ms: int) -> pb.NodeKey:
+        """The newest key of an active node valid now; a sender never seals to an expired key."""
+        valid = [k for k in self.active_node(node_id).keys if k.not_before_ms <= now_ms < k.not_after_ms]
+        if not valid:
+            raise Rejected(Reason.KEY_NOT_VALID, f"node {node_id!r} has no key valid now")
+        return max(valid, key=lambda k: k.not_before_ms)
+
+    def hpke_key(self, node_id: str, key_id: str) -> bytes:
+        for key in self.active_node(node_id).keys:
+            if key.key_id == key_id:
+                return key.hpke_public_key
+        raise Rejected(Reason.UNKNOWN_KEY, f"node {node_id!r} has no key {key_id!r}")
+
+
+def verify_directory(
+    signed: pb.SignedDirectory,
+    public_key: ed25519.Ed25519PublicKey,
+    federation_id: str,
+    now_ms: int,
+    have_version: int = 0,
+) -> DirectoryView:
+    """Check signature, federation, version and expiry; return an indexed view."""
+    try:
+        public_key.verify(signed.signature, DIRECTORY_LABEL + signed.directory)
+    except InvalidSignature:
+        raise Rejected(Reason.DIRECTORY_UNSIGNED, "directory signature does not verify") from None
+    directory = pb.Directory.FromString(signed.directory)
+    if directory.federation_id != federation_id:
+        raise Rejected(Reason.DIRECTORY_WRONG_FEDERATION, f"directory is for {directory.federation_id!r}")
+    if directory.version < have_version:
+        raise Rejected(Reason.DIRECTORY_OLDER, f"version {directory.version} < held {have_version}")
+    if now_ms >= directory.expires_at_ms:
+        raise Rejected(Reason.DIRECTORY_EXPIRED, f"expired at {directory.expires_at_ms}")
+    nodes = {n.node_id: n for n in directory.nodes}
+    return DirectoryView(directory=directory, signed=signed, nodes=nodes)
+
+
+class TrustedDirectory:
+    """The directory a process currently trusts; replaced only by a newer valid one."""
+
+    def __init__(self, federation_id: str, public_key: ed25519.Ed25519PublicKey) -> None:
+        self.federation_id = federation_id
+        self.public_key = public_key
+        self._view: DirectoryView | None = None
+
+    @property
+    def version(self) -> int:
+        return self._view.version if self._view else 0
+
+    def accept(self, signed: pb.SignedDirectory, now_ms: int) -> DirectoryView:
+        view = verify_directory(signed, self.public_key, self.federation_id, now_ms, self.version)
+        self._view = view
+        return view
+
+    def current(self, now_ms: int) -> DirectoryView:
+        """The held directory; fail closed when there is none or it has expired."""
+        if self._view is None:
+            raise Rejected(Reason.DIRECTORY_EXPIRED, "no directory is held yet")
+        if self._view.expired(now_ms):
+            raise Rejected(Reason.DIRECTORY_EXPIRED, "the held directory has expired")
+        return self._view

@@ -1,0 +1,247 @@
+"""Sign, seal and name both ends (design.md §3).
+
+The sender serialises the message body once and signs those exact bytes with
+Ed25519 under a domain label. The body names sender, recipient and message id,
+and carries the SHA-256 of the clear routing header, so a recipient detects a
+header changed on the way and a summary re-sealed by a recipient to a third
+node. The signed message is sealed for one recipient with HPKE (base mode,
+which authenticates nobody, hence the signature); the routing header is bound
+through HPKE `info` because this HPKE API has no `aad`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from google.protobuf.message import DecodeError
+
+from linkage.directory import DirectoryView
+from linkage.keys import MessageKeys
+from linkage.reasons import Reason, Rejected
+from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
+
+SCHEMA_VERSION = 1
+MESSAGE_LABEL = b"linkage/v1/message\x00"
+RECEIPT_LABEL = b"linkage/v1/receipt\x00"
+INFO_LABEL = b"linkage/v1/envelope\x00"
+MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+MAX_AGE_MS = 30 * 24 * 3600 * 1000
+DEFAULT_TTL_MS = 7 * 24 * 3600 * 1000
+# Sealed plaintexts are padded up to one of these sizes (then multiples of the
+# last), so the gateway learns little from ciphertext length.
+PAD_BUCKETS = (1024, 4096, 16384, 65536)
+
+_SUITES = {
+    directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM: hpke.Suite(
+        hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM
+    ),
+}
+
+
+def _suite(suite_id: int) -> hpke.Suite:
+    suite = _SUITES.get(suite_id)
+    if suite is None:
+        raise Rejected(Reason.UNSUPPORTED_SUITE, f"HPKE suite {suite_id} is not supported")
+    return suite
+
+
+def envelope_digest(envelope: envelope_pb2.Envelope) -> bytes:
+    """What a receipt binds: SHA-256 over the length-prefixed header and the ciphertext."""
+    h = hashlib.sha256(struct.pack(">I", len(envelope.routing)))
+    h.update(envelope.routing)
+    h.update(envelope.ciphertext)
+    return h.digest()
+
+
+def _varint_len(n: int) -> int:
+    length = 1
+    while n >= 0x80:
+        n >>= 7
+        length += 1
+    return length
+
+
+def _padding_for(size: int) -> int:
+    """Bytes of padding field 15 needs so that a message of `size` bytes fills a bucket."""
+    target = next((b for b in PAD_BUCKETS if b >= size + 2), None)
+    if target is None:
+        last = PAD_BUCKETS[-1]
+        target = -(-(size + 4) // last) * last
+    for vlen in (1, 2, 3):
+        pad = target - size - 1 - vlen
+        if pad >= 0 and _varint_len(pad) == vlen:
+            return pad
+    return 0  # unreachable for the bucket sizes above; an unpadded message is still valid
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message ready to leave: the envelope and what the sender keeps of it."""
+
+    envelope: envelope_pb2.Envelope
+    routing: envelope_pb2.RoutingHeader
+    digest: bytes
+
+
+def seal(
+    *,
+    keys: MessageKeys,
+    sender_node: str,
+    recipient_node: str,
+    recipient_key: directory_pb2.NodeKey,
+    suite: int,
+    message_id: str,
+    link_tokens: Iterable[bytes],
+    kind: int,
+    created_at_ms: int,
+    share_id: str,
+    summary: summary_pb2.RiskSummary | None = None,
+    ttl_ms: int = DEFAULT_TTL_MS,
+) -> Outgoing:
+    routing = envelope_pb2.RoutingHeader(
+        message_id=message_id,
+        sender_node=sender_node,
+        recipient_node=recipient_node,
+        link_tokens=list(link_tokens),
+        created_at_ms=created_at_ms,
+        expires_at_ms=created_at_ms + ttl_ms,
+        suite=suite,  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
+        recipient_key_id=recipient_key.key_id,
+    )
+    routing_bytes = routing.SerializeToString()
+    body = envelope_pb2.MessageBody(
+        schema_version=SCHEMA_VERSION,
+        message_id=message_id,
+        sender_node=sender_node,
+        recipient_node=recipient_node,
+        created_at_ms=created_at_ms,
+        kind=kind,  # type: ignore[arg-type]
+        routing_sha256=hashlib.sha256(routing_bytes).digest(),
+        share_id=share_id,
+    )
+    if summary is not None:
+        body.summary.CopyFrom(summary)
+    body_bytes = body.SerializeToString()
+    signed = envelope_pb2.SignedMessage(
+        body=body_bytes,
+        signature=keys.signing.sign(MESSAGE_LABEL + body_bytes),
+        signing_key_id=keys.key_id,
+    )
+    signed.padding = bytes(_padding_for(signed.ByteSize()))
+    recipient_pub = x25519.X25519PublicKey.from_public_bytes(recipient_key.hpke_public_key)
+    ciphertext = _suite(suite).encrypt(
+        signed.SerializeToString(), recipient_pub, info=INFO_LABEL + routing_bytes
+    )
+    envelope = envelope_pb2.Envelope(routing=routing_bytes, ciphertext=ciphertext)
+    return Outgoing(envelope=envelope, routing=routing, digest=envelope_digest(envelope))
+
+
+def parse_routing(envelope: envelope_pb2.Envelope) -> envelope_pb2.RoutingHeader:
+    try:
+        return envelope_pb2.RoutingHeader.FromString(envelope.routing)
+    except DecodeError:
+        raise Rejected(Reason.MALFORMED, "routing header does not parse") from None
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A message that passed every check, with the exact bytes that were signed."""
+
+    routing: envelope_pb2.RoutingHeader
+    body: envelope_pb2.MessageBody
+    signed: envelope_pb2.SignedMessage
+    digest: bytes
+
+
+def check_freshness(routing: envelope_pb2.RoutingHeader, now_ms: int) -> None:
+    if routing.created_at_ms > now_ms + MAX_CLOCK_SKEW_MS:
+        raise Rejected(Reason.FUTURE, "created in the future beyond the allowed clock skew")
+    if now_ms - routing.created_at_ms > MAX_AGE_MS:
+        raise Rejected(Reason.STALE, "older than the replay window")
+    if routing.expires_at_ms <= now_ms:
+        raise Rejected(Reason.EXPIRED, "past its expiry")
+
+
+def open_envelope(
+    envelope: envelope_pb2.Envelope,
+    *,
+    me: str,
+    keys: MessageKeys,
+    directory: DirectoryView,
+    now_ms: int,
+) -> Opened:
+    """Every recipient-side check of design.md §3.4, cheapest first."""
+    routing = parse_routing(envelope)
+    if routing.recipient_node != me:
+        raise Rejected(Reason.WRONG_RECIPIENT, "routing header names another recipient")
+    directory.active_node(routing.sender_node)
+    if routing.suite != directory.directory.suite:
+        raise Rejected(Reason.UNSUPPORTED_SUITE, "suite differs from the one the directory names")
+    if routing.recipient_key_id != keys.key_id:
+        raise Rejected(Reason.UNKNOWN_KEY, "sealed to a key this node does not hold")
+    check_freshness(routing, now_ms)
+    try:
+        plaintext = _suite(routing.suite).decrypt(
+            envelope.ciphertext, keys.hpke, info=INFO_LABEL + envelope.routing
+        )
+        signed = envelope_pb2.SignedMessage.FromString(plaintext)
+    except (InvalidTag, ValueError):
+        raise Rejected(Reason.DECRYPT_FAILED, "ciphertext does not open with this node's key") from None
+    except DecodeError:
+        raise Rejected(Reason.MALFORMED, "sealed message does not parse") from None
+    public = directory.signing_key(routing.sender_node, signed.signing_key_id, routing.created_at_ms)
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(
+            signed.signature, MESSAGE_LABEL + signed.body
+        )
+    except InvalidSignature:
+        raise Rejected(Reason.BAD_SIGNATURE, "sender signature does not verify") from None
+    try:
+        body = envelope_pb2.MessageBody.FromString(signed.body)
+    except DecodeError:
+        raise Rejected(Reason.MALFORMED, "signed body does not parse") from None
+    if body.recipient_node != me:
+        raise Rejected(Reason.WRONG_RECIPIENT, "signed body names another recipient")
+    if (
+        body.routing_sha256 != hashlib.sha256(envelope.routing).digest()
+        or body.sender_node != routing.sender_node
+        or body.message_id != routing.message_id
+        or body.created_at_ms != routing.created_at_ms
+        or body.kind != routing.kind
+    ):
+        raise Rejected(Reason.HEADER_MISMATCH, "signed body does not match the routing header")
+    return Opened(routing=routing, body=body, signed=signed, digest=envelope_digest(envelope))
+
+
+def sign_receipt(keys: MessageKeys, body: envelope_pb2.ReceiptBody) -> envelope_pb2.Receipt:
+    data = body.SerializeToString()
+    return envelope_pb2.Receipt(
+        body=data, signature=keys.signing.sign(RECEIPT_LABEL + data), signing_key_id=keys.key_id
+    )
+
+
+def verify_receipt(
+    receipt: envelope_pb2.Receipt, *, me: str, directory: DirectoryView
+) -> envelope_pb2.ReceiptBody:
+    """A receipt for a message this node sent, signed by the recipient it names."""
+    try:
+        body = envelope_pb2.ReceiptBody.FromString(receipt.body)
+    except DecodeError:
+        raise Rejected(Reason.MALFORMED, "receipt does not parse") from None
+    if body.sender_node != me:
+        raise Rejected(Reason.WRONG_RECIPIENT, "receipt is for another sender")
+    public = directory.signing_key(body.recipient_node, receipt.signing_key_id, body.received_at_ms)
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(
+            receipt.signature, RECEIPT_LABEL + receipt.body
+        )
+    except InvalidSignature:
+        raise Rejected(Reason.BAD_SIGNATURE, "receipt signature does not verify") from None
+    return body

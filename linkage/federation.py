@@ -1,0 +1,230 @@
+"""Offline federation tooling: create a federation, enrol nodes and gateways,
+publish the signed directory (the `linkage federation ...` commands).
+
+The federation folder holds the CA, the directory signing key and the linkage
+key; keep it off-line. Enrolment writes a self-contained bundle per node or
+gateway (keys, certificate, configuration) to hand to the agency's IT team.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from linkage.directory import sign_directory
+from linkage.ids import is_node_id
+from linkage.keys import MessageKeys, load_ed25519, raw_public, write_private_pem
+from linkage.pki import CertificateAuthority, cert_fingerprint, spiffe_id
+from linkage.tokens import LinkageKey
+from linkage.v1 import directory_pb2 as pb
+
+KEY_VALIDITY_DAYS = 365
+CERT_VALIDITY_DAYS = 90
+
+
+class FederationError(ValueError):
+    """A federation operation that cannot be done as asked."""
+
+
+@dataclass(frozen=True)
+class Federation:
+    root: Path
+    federation_id: str
+
+    @classmethod
+    def open(cls, root: Path) -> Federation:
+        meta = root / "federation.json"
+        if not meta.exists():
+            raise FederationError(f"{root} is not a federation folder (run 'linkage federation init')")
+        return cls(root=root, federation_id=json.loads(meta.read_text())["federation_id"])
+
+    @property
+    def entries(self) -> Path:
+        return self.root / "entries"
+
+    @property
+    def directory_path(self) -> Path:
+        return self.root / "directory.pb"
+
+    def ca(self) -> CertificateAuthority:
+        return CertificateAuthority.load(self.root)
+
+
+def _now(now_ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC)
+
+
+def init_federation(root: Path, federation_id: str, now_ms: int) -> Federation:
+    if (root / "federation.json").exists():
+        raise FederationError(f"{root} already holds a federation")
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    CertificateAuthority.create(federation_id, _now(now_ms)).save(root)
+    signing = ed25519.Ed25519PrivateKey.generate()
+    write_private_pem(root / "directory.key", signing)
+    (root / "directory.pub").write_bytes(
+        signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    LinkageKey(version=1, key=os.urandom(32)).save(root / "linkage.key")
+    (root / "entries").mkdir()
+    (root / "federation.json").write_text(
+        json.dumps({"federation_id": federation_id, "suite": "X25519_SHA256_AES128GCM", "version": 0}) + "\n"
+    )
+    return Federation(root=root, federation_id=federation_id)
+
+
+def _write_tls(fed: Federation, out: Path, kind: str, ident: str, now_ms: int, server: bool) -> bytes:
+    tls = out / "tls"
+    tls.mkdir(parents=True, exist_ok=True)
+    dns = (ident, "localhost") if server else ()
+    ips = ("127.0.0.1",) if server else ()
+    key_pem, cert_pem = fed.ca().issue(
+        spiffe_id(fed.federation_id, kind, ident), f"{kind}-{ident}", _now(now_ms), CERT_VALIDITY_DAYS,
+        dns_names=dns, ip_addresses=ips, server=server,
+    )
+    (tls / f"{kind}.key").write_bytes(key_pem)
+    (tls / f"{kind}.key").chmod(0o600)
+    (tls / f"{kind}.pem").write_bytes(cert_pem)
+    shutil.copyfile(fed.root / "ca.pem", tls / "ca.pem")
+    (out / "federation").mkdir(exist_ok=True)
+    shutil.copyfile(fed.root / "directory.pub", out / "federation" / "directory.pub")
+    return cert_fingerprint(cert_pem)
+
+
+def enrol_node(
+    fed: Federation,
+    node_id: str,
+    agency_name: str,
+    agency_type: str,
+    out: Path,
+    gateway_address: str,
+    now_ms: int,
+    contact_role: str = "",
+    gateway_name: str = "gateway",
+) -> Path:
+    """Write a node bundle to `out` and add its entry for the next directory."""
+    if not is_node_id(node_id):
+        raise FederationError("node id must be 2-63 lowercase letters, digits or hyphens, starting with a letter")
+    if (fed.entries / f"{node_id}.pb").exists():
+        raise FederationError(f"node {node_id!r} is already enrolled")
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    fingerprint = _write_tls(fed, out, "node", node_id, now_ms, server=False)
+    keys = MessageKeys.generate(key_id=f"{node_id}-k1")
+    keys.save(out / "keys")
+    shutil.copyfile(fed.root / "linkage.key", out / "keys" / "linkage.key")
+    (out / "keys" / "linkage.key").chmod(0o600)
+    entry = pb.NodeEntry(
+        node_id=node_id,
+        agency_name=agency_name,
+        agency_type=agency_type,
+        tls_cert_sha256=fingerprint,
+        status=pb.NODE_STATUS_ACTIVE,
+        contact_role=contact_role,
+        keys=[
+            pb.NodeKey(
+                key_id=keys.key_id,
+                signing_public_key=raw_public(keys.signing),
+                hpke_public_key=raw_public(keys.hpke),
+                not_before_ms=now_ms - 5 * 60_000,
+                not_after_ms=now_ms + KEY_VALIDITY_DAYS * 86_400_000,
+            )
+        ],
+    )
+    (fed.entries / f"{node_id}.pb").write_bytes(entry.SerializeToString())
+    config = out / "node.toml"
+    config.write_text(
+        f"""# Linkage node "{node_id}" ({agency_name}). Paths are relative to this file.
+[node]
+id = "{node_id}"
+data_dir = "."
+log_level = "info"
+
+[federation]
+id = "{fed.federation_id}"
+directory_public_key = "federation/directory.pub"
+directory = "directory.pb"
+
+[gateway]
+address = "{gateway_address}"
+server_name = "{gateway_name}"
+
+[tls]
+cert = "tls/node.pem"
+key = "tls/node.key"
+ca = "tls/ca.pem"
+
+[keys]
+message_keys = "keys"
+linkage_key = "keys/linkage.key"
+
+[api]
+socket = "api.sock"
+"""
+    )
+    return config
+
+
+def enrol_gateway(fed: Federation, gateway_id: str, out: Path, listen: str, now_ms: int) -> Path:
+    if not is_node_id(gateway_id):
+        raise FederationError("gateway id must be a lowercase slug such as 'gateway'")
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    fingerprint = _write_tls(fed, out, "gateway", gateway_id, now_ms, server=True)
+    entry = pb.GatewayEntry(gateway_id=gateway_id, tls_cert_sha256=fingerprint)
+    (fed.root / f"gateway-{gateway_id}.pb").write_bytes(entry.SerializeToString())
+    config = out / "gateway.toml"
+    config.write_text(
+        f"""# Linkage gateway "{gateway_id}". Paths are relative to this file.
+[gateway]
+id = "{gateway_id}"
+listen = "{listen}"
+data_dir = "."
+log_level = "info"
+
+[federation]
+id = "{fed.federation_id}"
+directory_public_key = "federation/directory.pub"
+directory = "directory.pb"
+
+[tls]
+cert = "tls/gateway.pem"
+key = "tls/gateway.key"
+ca = "tls/ca.pem"
+"""
+    )
+    return config
+
+
+def publish_directory(
+    fed: Federation, now_ms: int, validity_days: int = 7, copy_to: tuple[Path, ...] = ()
+) -> pb.Directory:
+    """Sign a new directory version from the enrolled entries and write it out."""
+    meta_path = fed.root / "federation.json"
+    meta = json.loads(meta_path.read_text())
+    version = int(meta.get("version", 0)) + 1
+    directory = pb.Directory(
+        federation_id=fed.federation_id,
+        version=version,
+        issued_at_ms=now_ms,
+        expires_at_ms=now_ms + validity_days * 86_400_000,
+        suite=pb.HPKE_SUITE_X25519_SHA256_AES128GCM,
+        nodes=[pb.NodeEntry.FromString(p.read_bytes()) for p in sorted(fed.entries.glob("*.pb"))],
+        gateways=[pb.GatewayEntry.FromString(p.read_bytes()) for p in sorted(fed.root.glob("gateway-*.pb"))],
+    )
+    signed = sign_directory(directory, load_ed25519(fed.root / "directory.key"))
+    data = signed.SerializeToString()
+    for target in (fed.directory_path, *(d / "directory.pb" for d in copy_to)):
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)  # readers never see a half-written directory
+    meta["version"] = version
+    meta_path.write_text(json.dumps(meta) + "\n")
+    return directory

@@ -1,0 +1,40 @@
+"""Reason codes for every refusal. Machine-readable, audited, safe to log."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    MALFORMED = "malformed"
+    WRONG_RECIPIENT = "wrong_recipient"
+    UNKNOWN_SENDER = "unknown_sender"
+    SENDER_REVOKED = "sender_revoked"
+    SENDER_MISMATCH = "sender_mismatch"
+    UNKNOWN_KEY = "unknown_key"
+    KEY_NOT_VALID = "key_not_valid"
+    UNSUPPORTED_SUITE = "unsupported_suite"
+    STALE = "stale"
+    FUTURE = "future"
+    EXPIRED = "expired"
+    DECRYPT_FAILED = "decrypt_failed"
+    BAD_SIGNATURE = "bad_signature"
+    HEADER_MISMATCH = "header_mismatch"
+    CONFLICT = "conflict"
+    UNKNOWN_RECIPIENT = "unknown_recipient"
+    RECIPIENT_REVOKED = "recipient_revoked"
+    TOO_LARGE = "too_large"
+    NO_TOKENS = "no_tokens"
+    DIRECTORY_UNSIGNED = "directory_unsigned"
+    DIRECTORY_OLDER = "directory_older"
+    DIRECTORY_EXPIRED = "directory_expired"
+    DIRECTORY_WRONG_FEDERATION = "directory_wrong_federation"
+
+
+class Rejected(Exception):
+    """A message or document refused for a stated reason."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,107 @@
+"""Synthetic families and assessments drawn from the guidance seeds, used by
+the demo and the tests. Every name and number here is invented; the NHS
+numbers are in the 999 test range and pass the modulus-11 check."""
+
+from __future__ import annotations
+
+from linkage.v1 import node_api_pb2, summary_pb2 as pb
+
+PARENT_NHS = "9991000003"
+CHILD_NHS = "9991000011"
+UNRELATED_NHS = "9991000038"
+
+
+def practitioner(pid: str, name: str, role: str) -> pb.Practitioner:
+    return pb.Practitioner(id=pid, name=name, role=role)
+
+
+def think_family_people() -> list[node_api_pb2.PersonIdentifier]:
+    """A parent receiving mental-health care and their child (seed 000)."""
+    return [
+        node_api_pb2.PersonIdentifier(
+            scheme="nhs", value=PARENT_NHS, role_in_risk="POSES_RISK", person_type="ADULT_OTHER",
+            relationship="parent",
+        ),
+        node_api_pb2.PersonIdentifier(
+            scheme="nhs", value=CHILD_NHS, role_in_risk="AT_RISK", person_type="CHILD", relationship="child",
+        ),
+    ]
+
+
+def date(year: int, month: int, day: int) -> pb.Date:
+    return pb.Date(year=year, month=month, day=day)
+
+
+def parent_risk_change(parent: bytes, child: bytes) -> pb.RiskSummary:
+    """Adult mental health: the parent has stopped treatment; risk to the child rises.
+
+    One current item (increased) and one historical item, so recipients see
+    what is live now and what is context only.
+    """
+    return pb.RiskSummary(
+        headline="Parent has stopped prescribed medication; risk to the child has increased.",
+        people=[
+            pb.Person(link_token=parent, role_in_risk="POSES_RISK", person_type="ADULT_OTHER", relationship="parent"),
+            pb.Person(link_token=child, role_in_risk="AT_RISK", person_type="CHILD", relationship="child"),
+        ],
+        risk_items=[
+            pb.RiskItem(
+                category="PARENTAL_CAPACITY",
+                subcategory="PARENTAL_MH",
+                who_at_risk="CHILDREN_IN_HOUSEHOLD",
+                level=pb.RiskLevel(
+                    scale="PRACTITIONER_JUDGEMENT", value="HIGH", assessed_on=date(2026, 11, 18),
+                    rationale="Stopped medication three weeks ago and missed two appointments.",
+                ),
+                previous_level=pb.RiskLevel(scale="PRACTITIONER_JUDGEMENT", value="MEDIUM"),
+                direction="INCREASED",
+                currency=pb.CURRENCY_CURRENT,
+                basis="PROFESSIONAL_OPINION",
+                narrative="Low mood and disturbed sleep reported; parent is the main carer on weekdays.",
+                concerns=[parent, child],
+            ),
+            pb.RiskItem(
+                category="SUBSTANCE_MISUSE",
+                subcategory="ALCOHOL",
+                who_at_risk="SUBJECT",
+                direction="RESOLVED",
+                currency=pb.CURRENCY_HISTORICAL,
+                period=pb.Period(**{"from": date(2019, 3, 1), "to": date(2021, 6, 30)}),
+                historical_relevance="CONTEXT_ONLY",
+                basis="FACT_DOCUMENTED",
+                narrative="Completed community alcohol treatment in 2021; no relapse recorded since.",
+                concerns=[parent],
+            ),
+        ],
+        protective_factors=[
+            pb.ProtectiveFactor(text="Grandparent visits daily and helps with the school run.", category="FAMILY_NETWORK")
+        ],
+        assessment=pb.Assessment(formality="PROFESSIONAL_JUDGEMENT", assessed_on=date(2026, 11, 18)),
+        lead_professional=pb.Contact(name="Jordan Example", role="Care coordinator", agency_node="amh"),
+        review_date=date(2026, 12, 16),
+    )
+
+
+def override_decision() -> pb.ShareDecision:
+    """Consent refused and overridden on a recorded ground (domain.md §1.10)."""
+    return pb.ShareDecision(
+        rationale=(
+            "A change in the parent's treatment may change the risk to the child; the agencies assessing "
+            "risk to the child need to know now."
+        ),
+        consent_status="REFUSED",
+        override_grounds=["CHILD_AT_RISK"],
+        lawful_basis=pb.LawfulBasis(
+            dp_regime="UKGDPR_DPA2018_PART2",
+            art6=["A6_1_E"],
+            art9="A9_2_G",
+            dpa_condition="SCH1_P18",
+            statutory_gateway=["CA2004_S11"],
+            cldc_basis="PUBLIC_INTEREST_OVERRIDE",
+            no_consent_reason="WOULD_PREJUDICE_PROTECTION",
+            apd_ref="APD-AMH-2026-01",
+        ),
+        subject_informed="INFORMED_BEFORE",
+        purpose="Safeguarding the child",
+        necessity_proportionality="Only the change in risk and its context; no clinical detail.",
+    )

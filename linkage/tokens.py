@@ -1,0 +1,82 @@
+"""Pseudonymous link tokens.
+
+A token is HMAC-SHA256(linkage_key, "person/v1|" + normalised identifier),
+computed at the node. Nodes hold the federation linkage key; the gateway never
+does, so it can neither reverse nor enumerate tokens. Identifiers are validated
+before use: an NHS number must pass its modulus-11 check, and any other scheme
+is named explicitly ("scheme:value").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKEN_LEN = 32
+_DOMAIN = b"person/v1|"
+_SCHEME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_NHS_WEIGHTS = range(10, 1, -1)
+
+
+class IdentifierError(ValueError):
+    """An identifier that must not be turned into a token."""
+
+
+def nhs_number_is_valid(digits: str) -> bool:
+    """Modulus-11 check of a 10-digit NHS number."""
+    if len(digits) != 10 or not digits.isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:9], _NHS_WEIGHTS, strict=True))
+    check = 11 - total % 11
+    if check == 11:
+        check = 0
+    return check != 10 and check == int(digits[9])
+
+
+def normalise_identifier(scheme: str, value: str) -> str:
+    """Canonical "scheme:value" text for a validated identifier."""
+    scheme = scheme.strip().lower()
+    if scheme == "nhs":
+        digits = re.sub(r"[\s-]", "", value)
+        if not nhs_number_is_valid(digits):
+            raise IdentifierError("NHS number fails the modulus-11 check or is not 10 digits")
+        return f"nhs:{digits}"
+    if not _SCHEME_RE.match(scheme):
+        raise IdentifierError(
+            "identifier scheme must be 'nhs' or a lowercase name like 'la-csc' (letters, digits, hyphens)"
+        )
+    cleaned = " ".join(value.split())
+    if not cleaned or len(cleaned) > 128:
+        raise IdentifierError(f"identifier value for scheme '{scheme}' must be 1-128 characters")
+    return f"{scheme}:{cleaned}"
+
+
+@dataclass(frozen=True)
+class LinkageKey:
+    version: int
+    key: bytes
+
+    def token(self, scheme: str, value: str) -> bytes:
+        normalised = normalise_identifier(scheme, value)
+        return hmac.new(self.key, _DOMAIN + normalised.encode(), hashlib.sha256).digest()
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"version": self.version, "key": self.key.hex()}) + "\n")
+        path.chmod(0o600)
+
+    @classmethod
+    def load(cls, path: Path) -> LinkageKey:
+        data = json.loads(path.read_text())
+        key = bytes.fromhex(data["key"])
+        if len(key) < 32:
+            raise ValueError(f"linkage key in {path} is shorter than 32 bytes")
+        return cls(version=int(data["version"]), key=key)
+
+
+def token_hex(token: bytes) -> str:
+    """Short printable form of a token for logs and audit (never an identifier)."""
+    return token.hex()

@@ -1,0 +1,80 @@
+"""gRPC transport settings shared by node and gateway: mTLS, limits, peer identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from linkage.pki import cert_fingerprint
+
+# Largest frame either side accepts; summaries are small, so anything near
+# this is an attack or a bug (RESOURCE_EXHAUSTED at the transport).
+MAX_MESSAGE_BYTES = 256 * 1024
+
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_connection_idle_ms", 300_000),
+]
+
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=self.ca.read_bytes(),
+            require_client_auth=True,
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes(),
+            certificate_chain=self.cert.read_bytes(),
+        )
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The authenticated TLS peer of one call."""
+
+    spiffe_id: str
+    fingerprint: bytes
+    tls_version: str
+
+
+def tls_peer(context: grpc.aio.ServicerContext[object, object]) -> Peer | None:
+    """The peer's certificate identity, or None if the call is not over mTLS."""
+    auth = context.auth_context()
+    spiffe = auth.get("peer_spiffe_id") or auth.get("x509_subject_alternative_name")
+    pem = auth.get("x509_pem_cert")
+    if not spiffe or not pem:
+        return None
+    version = auth.get("ssl_tls_version", [b""])[0].decode()
+    return Peer(spiffe_id=spiffe[0].decode(), fingerprint=cert_fingerprint(pem[0]), tls_version=version)
+
+
+def secure_channel(
+    address: str, tls: TlsFiles, server_name: str
+) -> grpc.aio.Channel:
+    options: list[tuple[str, int | str]] = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)]
+    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)

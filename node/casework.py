@@ -1,0 +1,276 @@
+"""The node's operations for case systems: open a case, record an assessment,
+share a summary, read what was received. Each state change is one transaction
+with its audit entries."""
+
+from __future__ import annotations
+
+import grpc
+
+from linkage import logs
+from linkage.clock import Clock
+from linkage.directory import TrustedDirectory
+from linkage.envelope import seal
+from linkage.ids import uuid7
+from linkage.keys import MessageKeys
+from linkage.reasons import Rejected
+from linkage.tokens import IdentifierError, LinkageKey
+from linkage.v1 import directory_pb2, envelope_pb2, node_api_pb2, summary_pb2
+from node.errors import ApiError, invalid, not_found
+from node.link import GatewayLink
+from node.outbox import Outbox
+from node.policy import RecipientInfo, ShareRequest, decide
+from node.policy.minimise import routing_tokens
+from node.store import Store
+
+MAX_PEOPLE_PER_CASE = 64
+
+log = logs.get("node.casework")
+
+
+def _lawful_ground(decision: summary_pb2.ShareDecision) -> str:
+    basis = decision.lawful_basis
+    return ",".join(x for x in [*basis.art6, basis.art9, basis.dpa_condition, *decision.override_grounds] if x)
+
+
+class Casework:
+    def __init__(
+        self,
+        node_id: str,
+        store: Store,
+        link: GatewayLink,
+        outbox: Outbox,
+        trust: TrustedDirectory,
+        keys: MessageKeys,
+        linkage_key: LinkageKey,
+        clock: Clock,
+    ) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.link = link
+        self.outbox = outbox
+        self.trust = trust
+        self.keys = keys
+        self.linkage_key = linkage_key
+        self.clock = clock
+
+    async def subscribed_tokens(self) -> list[bytes]:
+        rows = await self.store.fetchall(
+            "SELECT DISTINCT p.token FROM case_people p JOIN cases c USING (case_id) WHERE c.status = 'open'"
+        )
+        return [bytes(r[0]) for r in rows]
+
+    async def open_case(self, request: node_api_pb2.OpenCaseRequest) -> node_api_pb2.OpenCaseResponse:
+        if not request.case_ref.strip() or len(request.case_ref) > 128:
+            raise invalid("case_ref must be your case system's reference, 1-128 characters")
+        if not request.people or len(request.people) > MAX_PEOPLE_PER_CASE:
+            raise invalid(f"a case needs 1-{MAX_PEOPLE_PER_CASE} people")
+        people: list[node_api_pb2.CasePerson] = []
+        for n, person in enumerate(request.people):
+            try:
+                token = self.linkage_key.token(person.scheme, person.value)
+            except IdentifierError as exc:
+                raise invalid(f"people[{n}]: {exc}") from None
+            people.append(
+                node_api_pb2.CasePerson(
+                    link_token=token,
+                    role_in_risk=person.role_in_risk,
+                    person_type=person.person_type,
+                    relationship=person.relationship,
+                    protect_identity=person.protect_identity,
+                )
+            )
+        case_id = uuid7(self.clock.now_ms())
+        tokens = [p.link_token for p in people]
+        async with self.store.tx() as tx:
+            await tx.execute(
+                "INSERT INTO cases(case_id, case_ref, opened_at_ms, status) VALUES (?, ?, ?, 'open')",
+                (case_id, request.case_ref, tx.now_ms),
+            )
+            await tx.db.executemany(
+                "INSERT OR IGNORE INTO case_people(case_id, token, role_in_risk, person_type, relationship, "
+                "protect_identity) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (case_id, p.link_token, p.role_in_risk, p.person_type, p.relationship, int(p.protect_identity))
+                    for p in people
+                ],
+            )
+            await tx.audit("case.opened", request.actor, tokens=tokens, detail={"case_id": case_id})
+        await self._subscribe(tokens)
+        log.info("case.opened", case_id=case_id, people=len(people))
+        return node_api_pb2.OpenCaseResponse(case_id=case_id, people=people)
+
+    async def _subscribe(self, tokens: list[bytes]) -> None:
+        """Best effort now; every open case is re-asserted whenever the stream connects."""
+        try:
+            added = await self.link.subscribe(tokens)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("subscribe.deferred", code=exc.code().name, tokens=len(tokens))
+            return
+        async with self.store.tx() as tx:
+            await tx.audit("subscription.added", tokens=tokens, detail={"added": added})
+
+    async def record_assessment(
+        self, request: node_api_pb2.RecordAssessmentRequest
+    ) -> node_api_pb2.RecordAssessmentResponse:
+        case = await self.store.fetchone("SELECT status FROM cases WHERE case_id = ?", (request.case_id,))
+        if case is None:
+            raise not_found(f"no case {request.case_id!r} at this node; open the case first")
+        if case[0] != "open":
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"case {request.case_id!r} is closed")
+        rows = await self.store.fetchall("SELECT token FROM case_people WHERE case_id = ?", (request.case_id,))
+        known = {bytes(r[0]) for r in rows}
+        assessment = summary_pb2.RiskSummary()
+        assessment.CopyFrom(request.assessment)
+        if not assessment.people:
+            raise invalid("assessment.people is empty: name the people it concerns by their link tokens")
+        for n, person in enumerate(assessment.people):
+            if person.link_token not in known:
+                raise invalid(f"assessment.people[{n}] is not a person of case {request.case_id!r}")
+        now = self.clock.now_ms()
+        assessment_id = uuid7(now)
+        if not assessment.summary_id:
+            assessment.summary_id = assessment_id
+        assessment.version = max(assessment.version, 1)
+        assessment.originating_node = self.node_id
+        assessment.author.CopyFrom(request.actor)
+        entry = self.trust.current(now).nodes.get(self.node_id)
+        assessment.agency_type = entry.agency_type if entry else ""
+        async with self.store.tx() as tx:
+            await tx.execute(
+                "INSERT INTO assessments(assessment_id, case_id, recorded_at_ms, body) VALUES (?, ?, ?, ?)",
+                (assessment_id, request.case_id, tx.now_ms, assessment.SerializeToString()),
+            )
+            await tx.audit(
+                "assessment.recorded", request.actor, tokens=[p.link_token for p in assessment.people],
+                summary_id=assessment.summary_id, detail={"assessment_id": assessment_id, "case_id": request.case_id},
+            )
+        return node_api_pb2.RecordAssessmentResponse(assessment_id=assessment_id)
+
+    async def share(self, request: node_api_pb2.ShareSummaryRequest) -> node_api_pb2.ShareSummaryResponse:
+        row = await self.store.fetchone(
+            "SELECT body FROM assessments WHERE assessment_id = ?", (request.assessment_id,)
+        )
+        if row is None:
+            raise not_found(f"no assessment {request.assessment_id!r} at this node")
+        assessment = summary_pb2.RiskSummary.FromString(row[0])
+        tokens = routing_tokens(assessment)
+        if not tokens:
+            raise invalid("the assessment names nobody who may be shared about (all identities are protected)")
+        try:
+            recipient_ids = await self.link.resolve(tokens)
+        except grpc.aio.AioRpcError as exc:
+            raise ApiError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot reach the gateway to find the agencies linked to this family ({exc.code().name}); "
+                "nothing was shared, try again",
+            ) from None
+        now = self.clock.now_ms()
+        try:
+            directory = self.trust.current(now)
+        except Rejected as exc:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"node cannot share: {exc}") from None
+        recipients = [
+            RecipientInfo(node_id=n, agency_type=directory.nodes[n].agency_type)
+            for n in recipient_ids
+            if n in directory.nodes
+        ]
+        share_id = uuid7(now)
+        result = decide(
+            ShareRequest(
+                assessment=assessment, decision=request.decision, actor=request.actor,
+                recipients=recipients, decision_id=share_id, now_ms=now,
+            )
+        )
+        outgoing = []
+        for recipient in recipients if result.payloads else []:
+            payload = result.payloads[recipient.node_id]
+            outgoing.append(
+                (
+                    recipient.node_id,
+                    seal(
+                        keys=self.keys,
+                        sender_node=self.node_id,
+                        recipient_node=recipient.node_id,
+                        recipient_key=directory.sealing_key(recipient.node_id, now),
+                        suite=directory.directory.suite,
+                        message_id=uuid7(now),
+                        link_tokens=tokens,
+                        kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+                        created_at_ms=now,
+                        share_id=share_id,
+                        summary=payload,
+                    ),
+                )
+            )
+        outcome_name = summary_pb2.DecisionOutcome.Name(result.outcome)
+        async with self.store.tx() as tx:
+            await tx.execute(
+                "INSERT INTO shares(share_id, assessment_id, created_at_ms, outcome, decision) VALUES (?, ?, ?, ?, ?)",
+                (share_id, request.assessment_id, tx.now_ms, outcome_name, result.decision.SerializeToString()),
+            )
+            await tx.audit(
+                "share.decision", request.actor, tokens=tokens, summary_id=assessment.summary_id,
+                decision=outcome_name, lawful_ground=_lawful_ground(result.decision),
+                rationale=result.decision.rationale,
+                detail={
+                    "share_id": share_id,
+                    "recipients": [r.node_id for r in recipients] if outgoing else [],
+                    "findings": [f.code for f in result.findings],
+                },
+            )
+            for recipient_id, out in outgoing:
+                await tx.execute(
+                    "INSERT INTO outbox(message_id, share_id, recipient, envelope, digest, state, "
+                    "next_attempt_at_ms, created_at_ms) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (
+                        out.routing.message_id, share_id, recipient_id, out.envelope.SerializeToString(),
+                        out.digest, tx.now_ms, tx.now_ms,
+                    ),
+                )
+                await tx.audit(
+                    "message.queued", request.actor, tokens=tokens, summary_id=assessment.summary_id,
+                    message_id=out.routing.message_id, counterpart=recipient_id,
+                    detail={"share_id": share_id},
+                )
+        self.outbox.wake.set()
+        log.info("share", share_id=share_id, outcome=outcome_name, recipients=len(outgoing))
+        return node_api_pb2.ShareSummaryResponse(
+            share_id=share_id,
+            outcome=result.outcome,
+            recipients=[
+                node_api_pb2.RecipientOutcome(node_id=r, message_id=o.routing.message_id, state="queued")
+                for r, o in outgoing
+            ],
+            findings=[
+                node_api_pb2.PolicyFinding(code=f.code, message=f.message, severity=f.severity)
+                for f in result.findings
+            ],
+        )
+
+    async def received(self, after_seq: int, limit: int, token: bytes = b"") -> list[node_api_pb2.ReceivedSummary]:
+        if token:
+            rows = await self.store.fetchall(
+                "SELECT i.seq, i.sender, i.message_id, i.received_at_ms, i.kind, i.share_id, i.signed FROM inbox i "
+                "JOIN inbox_tokens t ON t.inbox_seq = i.seq WHERE t.token = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
+                (token, after_seq, limit),
+            )
+        else:
+            rows = await self.store.fetchall(
+                "SELECT seq, sender, message_id, received_at_ms, kind, share_id, signed FROM inbox "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            )
+        now = self.clock.now_ms()
+        nodes = self.trust.current(now).nodes
+        items = []
+        for seq, sender, message_id, received_at, kind, share_id, signed in rows:
+            body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(signed).body)
+            entry = nodes.get(sender, directory_pb2.NodeEntry())
+            items.append(
+                node_api_pb2.ReceivedSummary(
+                    seq=seq, message_id=message_id, sender_node=sender, sender_agency_name=entry.agency_name,
+                    sender_agency_type=entry.agency_type, received_at_ms=received_at, kind=kind,
+                    share_id=share_id, summary=body.summary,
+                )
+            )
+        return items

@@ -1,0 +1,10 @@
+"""The sharing policy: pure code, no I/O and no clock but the one passed in.
+
+A share request goes in; a decision comes out, with a machine-readable reason
+code and a plain message for every rule that failed or warns, and the
+minimised payload each recipient may receive.
+"""
+
+from node.policy.decide import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
+
+__all__ = ["Finding", "PolicyResult", "RecipientInfo", "ShareRequest", "decide"]

@@ -1,0 +1,157 @@
+"""Running a node: store, keys, gateway stream, outbox, and the local API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from linkage import logs
+from linkage.clock import Clock, SystemClock
+from linkage.config import NodeConfig, load_directory_key
+from linkage.directory import TrustedDirectory
+from linkage.keys import MessageKeys
+from linkage.reasons import Rejected
+from linkage.tokens import LinkageKey
+from linkage.transport import SERVER_OPTIONS
+from linkage.v1 import directory_pb2, gateway_pb2, node_api_pb2, node_api_pb2_grpc
+from node.api import NodeApiService
+from node.casework import Casework
+from node.link import GatewayLink
+from node.outbox import Outbox
+from node.reception import InboxFeed, Reception
+from node.store import Store
+
+SERVICE_NAME = node_api_pb2.DESCRIPTOR.services_by_name["NodeApi"].full_name
+# Health service name that is SERVING while the stream to the gateway is up.
+LINK_HEALTH = "linkage.v1.GatewayLink"
+log = logs.get("node")
+
+
+class NodeServer:
+    def __init__(self, config: NodeConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.trust = TrustedDirectory(
+            config.federation.federation_id, load_directory_key(config.federation.directory_public_key)
+        )
+        self.health = health.aio.HealthServicer()
+        self.feed = InboxFeed()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: grpc.aio.Server | None = None
+        self.store: Store | None = None
+        self.link: GatewayLink | None = None
+
+    def _load_directory_file(self) -> None:
+        path = self.config.federation.directory
+        if not path.exists():
+            return
+        try:
+            view = self.trust.accept(directory_pb2.SignedDirectory.FromString(path.read_bytes()), self.clock.now_ms())
+            log.info("directory.loaded", version=view.version, source="file")
+        except Rejected as exc:
+            log.warning("directory.refused", reason=exc.reason.value, source="file")
+
+    async def _on_connect(self) -> None:
+        """Before each stream: take a newer directory, then re-assert every subscription."""
+        assert self.link is not None and self.casework is not None
+        signed = await self.link.fetch_directory(self.trust.version)
+        try:
+            view = self.trust.accept(signed, self.clock.now_ms())
+            log.info("directory.loaded", version=view.version, source="gateway")
+        except Rejected as exc:
+            log.warning("directory.refused", reason=exc.reason.value, source="gateway")
+        tokens = await self.casework.subscribed_tokens()
+        if tokens:
+            await self.link.subscribe(tokens)
+
+    async def _on_link_state(self, up: bool) -> None:
+        if not up:
+            self.outbox.disconnected()
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(LINK_HEALTH, status)
+
+    async def _on_frame(self, frame: gateway_pb2.GatewayFrame) -> None:
+        which = frame.WhichOneof("frame")
+        if which == "deliver":
+            await self.reception.on_envelope(frame.deliver)
+        elif which == "send_ack":
+            await self.outbox.on_ack(frame.send_ack)
+        elif which == "receipt":
+            await self.outbox.on_receipt(frame.receipt)
+        elif which == "peer_online":
+            await self.outbox.on_peer_online(frame.peer_online.node_id)
+
+    async def start(self) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._load_directory_file()
+        keys = MessageKeys.load(config.message_keys)
+        self.store = await Store.open(config.store_path, self.clock)
+        self.link = GatewayLink(
+            config.node_id, config.gateway_address, config.gateway_server_name, config.tls,
+            on_connect=self._on_connect, on_frame=self._on_frame, on_state=self._on_link_state,
+        )
+        self.outbox = Outbox(self.store, self.link, self.trust, config.node_id, self.clock)
+        self.reception = Reception(self.store, self.link, self.trust, keys, config.node_id, self.clock, self.feed)
+        self.casework = Casework(
+            config.node_id, self.store, self.link, self.outbox, self.trust, keys,
+            LinkageKey.load(config.linkage_key), self.clock,
+        )
+        row = await self.store.fetchone("SELECT MAX(seq) FROM inbox")
+        self.feed.last_seq = int(row[0] or 0)
+
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        node_api_pb2_grpc.add_NodeApiServicer_to_server(NodeApiService(self.casework, self.feed), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        socket = config.api_socket
+        with contextlib.suppress(FileNotFoundError):
+            socket.unlink()
+        old_umask = os.umask(0o177)  # the socket is born owner-only: only this account's case system
+        try:
+            server.add_insecure_port(f"unix:{socket}")
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        self._server = server
+        await self.health.set(LINK_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._tasks = [asyncio.create_task(self.link.run()), asyncio.create_task(self.outbox.run())]
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("node.started", schema=self.store.schema_version)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.link is not None:
+            await self.link.close()
+        if self.store is not None:
+            await self.store.close()
+        log.info("node.stopped")
+
+
+async def serve(config: NodeConfig) -> None:
+    node = NodeServer(config)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"linkage node {config.node_id} serving its API on unix:{config.api_socket}", flush=True)
+    await stop.wait()
+    await node.stop()
