@@ -41,9 +41,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.index = index
         self.sessions = sessions
 
-    async def Subscribe(
-        self, request: gateway_pb2.SubscribeRequest, context: Context
-    ) -> gateway_pb2.SubscribeResponse:
+    async def Subscribe(self, request: gateway_pb2.SubscribeRequest, context: Context) -> gateway_pb2.SubscribeResponse:
         try:
             node_id = self.authz.claimed(context, request.node_id)
             tokens = list(request.link_tokens)
@@ -124,9 +122,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self.sessions.end(session)
             log.info("disconnect", node=node_id, connected=len(self.sessions))
 
-    async def _read(
-        self, session: Session, frames: AsyncIterator[gateway_pb2.NodeFrame], context: Context
-    ) -> None:
+    async def _read(self, session: Session, frames: AsyncIterator[gateway_pb2.NodeFrame], context: Context) -> None:
         try:
             async for frame in frames:
                 self.authz.node_of(context)  # per call: a revoked node stops here
@@ -145,9 +141,19 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             pass  # the client went away; the writer ends at the sentinel
         session.close()
 
-    def _ack(self, session: Session, message_id: str, recipient: str, status: int, reason: str = "") -> None:
+    def _ack(
+        self,
+        session: Session,
+        message_id: str,
+        recipient: str,
+        status: gateway_pb2.SendStatus.ValueType,
+        reason: str = "",
+    ) -> None:
         ack = gateway_pb2.SendAck(
-            message_id=message_id, recipient_node=recipient, status=status, reason=reason  # type: ignore[arg-type]
+            message_id=message_id,
+            recipient_node=recipient,
+            status=status,
+            reason=reason,
         )
         session.push(gateway_pb2.GatewayFrame(send_ack=ack))
 
@@ -181,7 +187,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE, "recipient_busy")
             return
         log.info(
-            "envelope.forwarded", node=sender, message_id=message_id, recipient=recipient,
+            "envelope.forwarded",
+            node=sender,
+            message_id=message_id,
+            recipient=recipient,
             size=len(envelope.routing) + len(envelope.ciphertext),
         )
         self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_FORWARDED)
@@ -217,5 +226,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         relayed = target is not None and target.push(gateway_pb2.GatewayFrame(receipt=receipt))
         log.info(
             "receipt.relayed" if relayed else "receipt.dropped",
-            node=session.node_id, message_id=body.message_id, sender=body.sender_node,
+            node=session.node_id,
+            message_id=body.message_id,
+            sender=body.sender_node,
         )

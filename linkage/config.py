@@ -6,6 +6,7 @@ whole configuration can be moved with its folder.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,9 @@ class _Reader:
         self.problems: list[str] = []
 
     def get(self, section: str, key: str, default: Any = None, required: bool = True) -> Any:
-        value = self.data.get(section, {}).get(key, default)
+        """The value from LINKAGE_<SECTION>_<KEY> if set, else from the file, else `default`."""
+        env = os.environ.get(f"LINKAGE_{section}_{key}".upper())
+        value = env if env is not None else self.data.get(section, {}).get(key, default)
         if value is None and required:
             self.problems.append(f"{self.path}: [{section}] {key} is required")
         return value

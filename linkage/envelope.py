@@ -37,7 +37,7 @@ DEFAULT_TTL_MS = 7 * 24 * 3600 * 1000
 # last), so the gateway learns little from ciphertext length.
 PAD_BUCKETS = (1024, 4096, 16384, 65536)
 
-_SUITES = {
+_SUITES: dict[int, hpke.Suite] = {
     directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM: hpke.Suite(
         hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM
     ),
@@ -95,10 +95,10 @@ def seal(
     sender_node: str,
     recipient_node: str,
     recipient_key: directory_pb2.NodeKey,
-    suite: int,
+    suite: directory_pb2.HpkeSuite.ValueType,
     message_id: str,
     link_tokens: Iterable[bytes],
-    kind: int,
+    kind: envelope_pb2.MessageKind.ValueType,
     created_at_ms: int,
     share_id: str,
     summary: summary_pb2.RiskSummary | None = None,
@@ -111,8 +111,8 @@ def seal(
         link_tokens=list(link_tokens),
         created_at_ms=created_at_ms,
         expires_at_ms=created_at_ms + ttl_ms,
-        suite=suite,  # type: ignore[arg-type]
-        kind=kind,  # type: ignore[arg-type]
+        suite=suite,
+        kind=kind,
         recipient_key_id=recipient_key.key_id,
     )
     routing_bytes = routing.SerializeToString()
@@ -122,7 +122,7 @@ def seal(
         sender_node=sender_node,
         recipient_node=recipient_node,
         created_at_ms=created_at_ms,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         routing_sha256=hashlib.sha256(routing_bytes).digest(),
         share_id=share_id,
     )
@@ -136,9 +136,7 @@ def seal(
     )
     signed.padding = bytes(_padding_for(signed.ByteSize()))
     recipient_pub = x25519.X25519PublicKey.from_public_bytes(recipient_key.hpke_public_key)
-    ciphertext = _suite(suite).encrypt(
-        signed.SerializeToString(), recipient_pub, info=INFO_LABEL + routing_bytes
-    )
+    ciphertext = _suite(suite).encrypt(signed.SerializeToString(), recipient_pub, info=INFO_LABEL + routing_bytes)
     envelope = envelope_pb2.Envelope(routing=routing_bytes, ciphertext=ciphertext)
     return Outgoing(envelope=envelope, routing=routing, digest=envelope_digest(envelope))
 
@@ -188,9 +186,7 @@ def open_envelope(
         raise Rejected(Reason.UNKNOWN_KEY, "sealed to a key this node does not hold")
     check_freshness(routing, now_ms)
     try:
-        plaintext = _suite(routing.suite).decrypt(
-            envelope.ciphertext, keys.hpke, info=INFO_LABEL + envelope.routing
-        )
+        plaintext = _suite(routing.suite).decrypt(envelope.ciphertext, keys.hpke, info=INFO_LABEL + envelope.routing)
         signed = envelope_pb2.SignedMessage.FromString(plaintext)
     except (InvalidTag, ValueError):
         raise Rejected(Reason.DECRYPT_FAILED, "ciphertext does not open with this node's key") from None
@@ -198,9 +194,7 @@ def open_envelope(
         raise Rejected(Reason.MALFORMED, "sealed message does not parse") from None
     public = directory.signing_key(routing.sender_node, signed.signing_key_id, routing.created_at_ms)
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(
-            signed.signature, MESSAGE_LABEL + signed.body
-        )
+        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(signed.signature, MESSAGE_LABEL + signed.body)
     except InvalidSignature:
         raise Rejected(Reason.BAD_SIGNATURE, "sender signature does not verify") from None
     try:
@@ -227,9 +221,7 @@ def sign_receipt(keys: MessageKeys, body: envelope_pb2.ReceiptBody) -> envelope_
     )
 
 
-def verify_receipt(
-    receipt: envelope_pb2.Receipt, *, me: str, directory: DirectoryView
-) -> envelope_pb2.ReceiptBody:
+def verify_receipt(receipt: envelope_pb2.Receipt, *, me: str, directory: DirectoryView) -> envelope_pb2.ReceiptBody:
     """A receipt for a message this node sent, signed by the recipient it names."""
     try:
         body = envelope_pb2.ReceiptBody.FromString(receipt.body)
@@ -239,9 +231,7 @@ def verify_receipt(
         raise Rejected(Reason.WRONG_RECIPIENT, "receipt is for another sender")
     public = directory.signing_key(body.recipient_node, receipt.signing_key_id, body.received_at_ms)
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(
-            receipt.signature, RECEIPT_LABEL + receipt.body
-        )
+        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(receipt.signature, RECEIPT_LABEL + receipt.body)
     except InvalidSignature:
         raise Rejected(Reason.BAD_SIGNATURE, "receipt signature does not verify") from None
     return body

@@ -86,8 +86,13 @@ def _write_tls(fed: Federation, out: Path, kind: str, ident: str, now_ms: int, s
     dns = (ident, "localhost") if server else ()
     ips = ("127.0.0.1",) if server else ()
     key_pem, cert_pem = fed.ca().issue(
-        spiffe_id(fed.federation_id, kind, ident), f"{kind}-{ident}", _now(now_ms), CERT_VALIDITY_DAYS,
-        dns_names=dns, ip_addresses=ips, server=server,
+        spiffe_id(fed.federation_id, kind, ident),
+        f"{kind}-{ident}",
+        _now(now_ms),
+        CERT_VALIDITY_DAYS,
+        dns_names=dns,
+        ip_addresses=ips,
+        server=server,
     )
     (tls / f"{kind}.key").write_bytes(key_pem)
     (tls / f"{kind}.key").chmod(0o600)

@@ -14,9 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 
 def write_private_pem(path: Path, key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     path.write_bytes(pem)
     path.chmod(0o600)
 

@@ -4,7 +4,8 @@ numbers are in the 999 test range and pass the modulus-11 check."""
 
 from __future__ import annotations
 
-from linkage.v1 import node_api_pb2, summary_pb2 as pb
+from linkage.v1 import node_api_pb2
+from linkage.v1 import summary_pb2 as pb
 
 PARENT_NHS = "9991000003"
 CHILD_NHS = "9991000011"
@@ -19,17 +20,30 @@ def think_family_people() -> list[node_api_pb2.PersonIdentifier]:
     """A parent receiving mental-health care and their child (seed 000)."""
     return [
         node_api_pb2.PersonIdentifier(
-            scheme="nhs", value=PARENT_NHS, role_in_risk="POSES_RISK", person_type="ADULT_OTHER",
+            scheme="nhs",
+            value=PARENT_NHS,
+            role_in_risk="POSES_RISK",
+            person_type="ADULT_OTHER",
             relationship="parent",
         ),
         node_api_pb2.PersonIdentifier(
-            scheme="nhs", value=CHILD_NHS, role_in_risk="AT_RISK", person_type="CHILD", relationship="child",
+            scheme="nhs",
+            value=CHILD_NHS,
+            role_in_risk="AT_RISK",
+            person_type="CHILD",
+            relationship="child",
         ),
     ]
 
 
 def date(year: int, month: int, day: int) -> pb.Date:
     return pb.Date(year=year, month=month, day=day)
+
+
+def _period(start: pb.Date, end: pb.Date) -> pb.Period:
+    period = pb.Period(to=end)
+    getattr(period, "from").CopyFrom(start)  # "from" is a Python keyword
+    return period
 
 
 def parent_risk_change(parent: bytes, child: bytes) -> pb.RiskSummary:
@@ -50,7 +64,9 @@ def parent_risk_change(parent: bytes, child: bytes) -> pb.RiskSummary:
                 subcategory="PARENTAL_MH",
                 who_at_risk="CHILDREN_IN_HOUSEHOLD",
                 level=pb.RiskLevel(
-                    scale="PRACTITIONER_JUDGEMENT", value="HIGH", assessed_on=date(2026, 11, 18),
+                    scale="PRACTITIONER_JUDGEMENT",
+                    value="HIGH",
+                    assessed_on=date(2026, 11, 18),
                     rationale="Stopped medication three weeks ago and missed two appointments.",
                 ),
                 previous_level=pb.RiskLevel(scale="PRACTITIONER_JUDGEMENT", value="MEDIUM"),
@@ -66,7 +82,7 @@ def parent_risk_change(parent: bytes, child: bytes) -> pb.RiskSummary:
                 who_at_risk="SUBJECT",
                 direction="RESOLVED",
                 currency=pb.CURRENCY_HISTORICAL,
-                period=pb.Period(**{"from": date(2019, 3, 1), "to": date(2021, 6, 30)}),
+                period=_period(date(2019, 3, 1), date(2021, 6, 30)),
                 historical_relevance="CONTEXT_ONLY",
                 basis="FACT_DOCUMENTED",
                 narrative="Completed community alcohol treatment in 2021; no relapse recorded since.",
@@ -74,7 +90,9 @@ def parent_risk_change(parent: bytes, child: bytes) -> pb.RiskSummary:
             ),
         ],
         protective_factors=[
-            pb.ProtectiveFactor(text="Grandparent visits daily and helps with the school run.", category="FAMILY_NETWORK")
+            pb.ProtectiveFactor(
+                text="Grandparent visits daily and helps with the school run.", category="FAMILY_NETWORK"
+            )
         ],
         assessment=pb.Assessment(formality="PROFESSIONAL_JUDGEMENT", assessed_on=date(2026, 11, 18)),
         lead_professional=pb.Contact(name="Jordan Example", role="Care coordinator", agency_node="amh"),

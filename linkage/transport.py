@@ -9,6 +9,9 @@ import grpc
 
 from linkage.pki import cert_fingerprint
 
+# Health service name a node reports SERVING while its stream to the gateway is up.
+LINK_HEALTH_SERVICE = "linkage.v1.GatewayLink"
+
 # Largest frame either side accepts; summaries are small, so anything near
 # this is an attack or a bug (RESOURCE_EXHAUSTED at the transport).
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -64,7 +67,7 @@ class Peer:
 
 def tls_peer(context: grpc.aio.ServicerContext[object, object]) -> Peer | None:
     """The peer's certificate identity, or None if the call is not over mTLS."""
-    auth = context.auth_context()
+    auth = {k: list(v) for k, v in context.auth_context().items()}
     spiffe = auth.get("peer_spiffe_id") or auth.get("x509_subject_alternative_name")
     pem = auth.get("x509_pem_cert")
     if not spiffe or not pem:
@@ -73,8 +76,6 @@ def tls_peer(context: grpc.aio.ServicerContext[object, object]) -> Peer | None:
     return Peer(spiffe_id=spiffe[0].decode(), fingerprint=cert_fingerprint(pem[0]), tls_version=version)
 
 
-def secure_channel(
-    address: str, tls: TlsFiles, server_name: str
-) -> grpc.aio.Channel:
+def secure_channel(address: str, tls: TlsFiles, server_name: str) -> grpc.aio.Channel:
     options: list[tuple[str, int | str]] = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)]
     return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)

@@ -68,6 +68,34 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
 
         return await _answer(context, work())
 
+    async def GetShareStatus(
+        self, request: node_api_pb2.ShareStatusRequest, context: Context
+    ) -> node_api_pb2.ShareStatus:
+        async def work() -> node_api_pb2.ShareStatus:
+            _check_actor(request.actor)
+            return await self.casework.share_status(request.share_id)
+
+        return await _answer(context, work())
+
+    async def WatchShareStatus(
+        self, request: node_api_pb2.ShareStatusRequest, context: Context
+    ) -> AsyncIterator[node_api_pb2.ShareStatus]:
+        try:
+            _check_actor(request.actor)
+        except ApiError as exc:
+            await context.abort(exc.code, exc.message)
+        outbox = self.casework.outbox
+        last: node_api_pb2.ShareStatus | None = None
+        while True:
+            version = outbox.version
+            status = await _answer(context, self.casework.share_status(request.share_id))
+            if status != last:
+                yield status
+                last = status
+            if status.settled:
+                return
+            await outbox.wait_change(version)
+
     async def ListReceived(
         self, request: node_api_pb2.ListReceivedRequest, context: Context
     ) -> node_api_pb2.ListReceivedResponse:

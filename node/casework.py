@@ -141,8 +141,11 @@ class Casework:
                 (assessment_id, request.case_id, tx.now_ms, assessment.SerializeToString()),
             )
             await tx.audit(
-                "assessment.recorded", request.actor, tokens=[p.link_token for p in assessment.people],
-                summary_id=assessment.summary_id, detail={"assessment_id": assessment_id, "case_id": request.case_id},
+                "assessment.recorded",
+                request.actor,
+                tokens=[p.link_token for p in assessment.people],
+                summary_id=assessment.summary_id,
+                detail={"assessment_id": assessment_id, "case_id": request.case_id},
             )
         return node_api_pb2.RecordAssessmentResponse(assessment_id=assessment_id)
 
@@ -177,8 +180,12 @@ class Casework:
         share_id = uuid7(now)
         result = decide(
             ShareRequest(
-                assessment=assessment, decision=request.decision, actor=request.actor,
-                recipients=recipients, decision_id=share_id, now_ms=now,
+                assessment=assessment,
+                decision=request.decision,
+                actor=request.actor,
+                recipients=recipients,
+                decision_id=share_id,
+                now_ms=now,
             )
         )
         outgoing = []
@@ -209,8 +216,12 @@ class Casework:
                 (share_id, request.assessment_id, tx.now_ms, outcome_name, result.decision.SerializeToString()),
             )
             await tx.audit(
-                "share.decision", request.actor, tokens=tokens, summary_id=assessment.summary_id,
-                decision=outcome_name, lawful_ground=_lawful_ground(result.decision),
+                "share.decision",
+                request.actor,
+                tokens=tokens,
+                summary_id=assessment.summary_id,
+                decision=outcome_name,
+                lawful_ground=_lawful_ground(result.decision),
                 rationale=result.decision.rationale,
                 detail={
                     "share_id": share_id,
@@ -223,13 +234,22 @@ class Casework:
                     "INSERT INTO outbox(message_id, share_id, recipient, envelope, digest, state, "
                     "next_attempt_at_ms, created_at_ms) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
                     (
-                        out.routing.message_id, share_id, recipient_id, out.envelope.SerializeToString(),
-                        out.digest, tx.now_ms, tx.now_ms,
+                        out.routing.message_id,
+                        share_id,
+                        recipient_id,
+                        out.envelope.SerializeToString(),
+                        out.digest,
+                        tx.now_ms,
+                        tx.now_ms,
                     ),
                 )
                 await tx.audit(
-                    "message.queued", request.actor, tokens=tokens, summary_id=assessment.summary_id,
-                    message_id=out.routing.message_id, counterpart=recipient_id,
+                    "message.queued",
+                    request.actor,
+                    tokens=tokens,
+                    summary_id=assessment.summary_id,
+                    message_id=out.routing.message_id,
+                    counterpart=recipient_id,
                     detail={"share_id": share_id},
                 )
         self.outbox.wake.set()
@@ -238,13 +258,40 @@ class Casework:
             share_id=share_id,
             outcome=result.outcome,
             recipients=[
-                node_api_pb2.RecipientOutcome(node_id=r, message_id=o.routing.message_id, state="queued")
+                node_api_pb2.DeliveryStatus(node_id=r, message_id=o.routing.message_id, state="queued")
                 for r, o in outgoing
             ],
             findings=[
-                node_api_pb2.PolicyFinding(code=f.code, message=f.message, severity=f.severity)
-                for f in result.findings
+                node_api_pb2.PolicyFinding(code=f.code, message=f.message, severity=f.severity) for f in result.findings
             ],
+        )
+
+    async def share_status(self, share_id: str) -> node_api_pb2.ShareStatus:
+        share = await self.store.fetchone("SELECT outcome FROM shares WHERE share_id = ?", (share_id,))
+        if share is None:
+            raise not_found(f"no share {share_id!r} at this node")
+        rows = await self.store.fetchall(
+            "SELECT recipient, message_id, state, attempts, sent_at_ms, delivered_at_ms, reason FROM outbox "
+            "WHERE share_id = ? ORDER BY recipient",
+            (share_id,),
+        )
+        recipients = [
+            node_api_pb2.DeliveryStatus(
+                node_id=r,
+                message_id=m,
+                state=s,
+                attempts=a,
+                sent_at_ms=sent or 0,
+                delivered_at_ms=done or 0,
+                reason=reason,
+            )
+            for r, m, s, a, sent, done, reason in rows
+        ]
+        return node_api_pb2.ShareStatus(
+            share_id=share_id,
+            outcome=summary_pb2.DecisionOutcome.Value(share[0]),
+            recipients=recipients,
+            settled=all(r.state in ("delivered", "undeliverable") for r in recipients),
         )
 
     async def received(self, after_seq: int, limit: int, token: bytes = b"") -> list[node_api_pb2.ReceivedSummary]:
@@ -268,9 +315,15 @@ class Casework:
             entry = nodes.get(sender, directory_pb2.NodeEntry())
             items.append(
                 node_api_pb2.ReceivedSummary(
-                    seq=seq, message_id=message_id, sender_node=sender, sender_agency_name=entry.agency_name,
-                    sender_agency_type=entry.agency_type, received_at_ms=received_at, kind=kind,
-                    share_id=share_id, summary=body.summary,
+                    seq=seq,
+                    message_id=message_id,
+                    sender_node=sender,
+                    sender_agency_name=entry.agency_name,
+                    sender_agency_type=entry.agency_type,
+                    received_at_ms=received_at,
+                    kind=kind,
+                    share_id=share_id,
+                    summary=body.summary,
                 )
             )
         return items

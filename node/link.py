@@ -58,7 +58,7 @@ class GatewayLink:
                 await self._on_state(True)
                 log.info("gateway.connected", attempt=attempt)
                 attempt = 0
-                while (frame := await call.read()) is not grpc.aio.EOF:
+                while isinstance(frame := await call.read(), gateway_pb2.GatewayFrame):
                     await self._on_frame(frame)
                 log.info("gateway.stream_ended")
             except grpc.aio.AioRpcError as exc:

@@ -10,6 +10,7 @@ absorbs the duplicate and receipts it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from linkage import logs
 from linkage.clock import Clock
@@ -30,9 +31,7 @@ log = logs.get("node.outbox")
 
 
 class Outbox:
-    def __init__(
-        self, store: Store, link: GatewayLink, trust: TrustedDirectory, node_id: str, clock: Clock
-    ) -> None:
+    def __init__(self, store: Store, link: GatewayLink, trust: TrustedDirectory, node_id: str, clock: Clock) -> None:
         self.store = store
         self.link = link
         self.trust = trust
@@ -72,9 +71,7 @@ class Outbox:
                     continue
                 self._in_flight.add(message_id)
                 try:
-                    await self.link.send(
-                        gateway_pb2.NodeFrame(send=envelope_pb2.Envelope.FromString(envelope))
-                    )
+                    await self.link.send(gateway_pb2.NodeFrame(send=envelope_pb2.Envelope.FromString(envelope)))
                 except NotConnected:
                     self._in_flight.discard(message_id)
                     break
@@ -82,13 +79,20 @@ class Outbox:
                 "SELECT MIN(next_attempt_at_ms) FROM outbox WHERE state IN ('queued', 'sent')"
             )
             timeout = None if row[0] is None else max(0.05, (row[0] - self.clock.now_ms()) / 1000)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
-            except TimeoutError:
-                pass
 
     async def on_ack(self, ack: gateway_pb2.SendAck) -> None:
-        self._in_flight.discard(ack.message_id)
+        try:
+            await self._record_ack(ack)
+        finally:
+            # Only now may the worker pick the row again: its new state is committed.
+            self._in_flight.discard(ack.message_id)
+        log.info("ack", message_id=ack.message_id, status=gateway_pb2.SendStatus.Name(ack.status))
+        self.wake.set()
+        await self._changed()
+
+    async def _record_ack(self, ack: gateway_pb2.SendAck) -> None:
         async with self.store.tx() as tx:
             row = await (
                 await tx.execute(
@@ -119,12 +123,11 @@ class Outbox:
                     (attempts, f"gateway: {ack.reason}", ack.message_id),
                 )
                 await tx.audit(
-                    "message.undeliverable", message_id=ack.message_id, counterpart=ack.recipient_node,
+                    "message.undeliverable",
+                    message_id=ack.message_id,
+                    counterpart=ack.recipient_node,
                     detail={"reason": ack.reason, "by": "gateway"},
                 )
-        log.info("ack", message_id=ack.message_id, status=gateway_pb2.SendStatus.Name(ack.status))
-        self.wake.set()
-        await self._changed()
 
     async def on_peer_online(self, node_id: str) -> None:
         async with self.store.tx() as tx:

@@ -9,6 +9,7 @@ effect, and the same id with different content is refused as a conflict.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from linkage import logs
 from linkage.clock import Clock
@@ -74,9 +75,8 @@ class Reception:
             await self.feed.published(seq)
         await self._receipt(opened.routing.message_id, opened.routing.sender_node, digest, status, reason)
 
-    async def _store(self, opened: Opened) -> tuple[int, str, int]:
-        routing, body = opened.routing, opened.body
-        sender, message_id = routing.sender_node, routing.message_id
+    async def _store(self, opened: Opened) -> tuple[envelope_pb2.ReceiptStatus.ValueType, str, int]:
+        sender, message_id = opened.routing.sender_node, opened.routing.message_id
         async with self.store.tx() as tx:
             row = await (
                 await tx.execute("SELECT digest FROM inbox WHERE sender = ? AND message_id = ?", (sender, message_id))
@@ -86,7 +86,9 @@ class Reception:
                     log.info("message.duplicate", sender=sender, message_id=message_id)
                     return envelope_pb2.RECEIPT_STATUS_ACCEPTED, "", 0
                 await tx.audit(
-                    "message.rejected", message_id=message_id, counterpart=sender,
+                    "message.rejected",
+                    message_id=message_id,
+                    counterpart=sender,
                     detail={"reason": Reason.CONFLICT.value},
                 )
                 log.warning("message.rejected", sender=sender, message_id=message_id, reason=Reason.CONFLICT.value)
@@ -101,7 +103,12 @@ class Reception:
             "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
-                routing.sender_node, routing.message_id, opened.digest, tx.now_ms, body.kind, body.share_id,
+                routing.sender_node,
+                routing.message_id,
+                opened.digest,
+                tx.now_ms,
+                body.kind,
+                body.share_id,
                 opened.signed.SerializeToString(),
             ),
         )
@@ -132,22 +139,24 @@ class Reception:
         sender = routing.sender_node if routing else ""
         message_id = routing.message_id if routing else ""
         async with self.store.tx() as tx:
-            await tx.audit("message.rejected", message_id=message_id, counterpart=sender, detail={"reason": reason.value})
+            await tx.audit(
+                "message.rejected", message_id=message_id, counterpart=sender, detail={"reason": reason.value}
+            )
         log.warning("message.rejected", sender=sender, message_id=message_id, reason=reason.value)
         if routing is not None and reason is not Reason.WRONG_RECIPIENT:
             await self._receipt(message_id, sender, digest, envelope_pb2.RECEIPT_STATUS_REJECTED, reason.value)
 
-    async def _receipt(self, message_id: str, sender: str, digest: bytes, status: int, reason: str) -> None:
+    async def _receipt(
+        self, message_id: str, sender: str, digest: bytes, status: envelope_pb2.ReceiptStatus.ValueType, reason: str
+    ) -> None:
         body = envelope_pb2.ReceiptBody(
             message_id=message_id,
             sender_node=sender,
             recipient_node=self.node_id,
             envelope_sha256=digest,
             received_at_ms=self.clock.now_ms(),
-            status=status,  # type: ignore[arg-type]
+            status=status,
             reason=reason,
         )
-        try:
+        with contextlib.suppress(NotConnected):  # the sender re-sends; the duplicate is receipted then
             await self.link.send(gateway_pb2.NodeFrame(receipt=sign_receipt(self.keys, body)))
-        except NotConnected:
-            pass  # the sender re-sends; the duplicate is receipted then

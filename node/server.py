@@ -18,7 +18,7 @@ from linkage.directory import TrustedDirectory
 from linkage.keys import MessageKeys
 from linkage.reasons import Rejected
 from linkage.tokens import LinkageKey
-from linkage.transport import SERVER_OPTIONS
+from linkage.transport import LINK_HEALTH_SERVICE, SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, node_api_pb2, node_api_pb2_grpc
 from node.api import NodeApiService
 from node.casework import Casework
@@ -28,8 +28,6 @@ from node.reception import InboxFeed, Reception
 from node.store import Store
 
 SERVICE_NAME = node_api_pb2.DESCRIPTOR.services_by_name["NodeApi"].full_name
-# Health service name that is SERVING while the stream to the gateway is up.
-LINK_HEALTH = "linkage.v1.GatewayLink"
 log = logs.get("node")
 
 
@@ -74,7 +72,7 @@ class NodeServer:
         if not up:
             self.outbox.disconnected()
         status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.health.set(LINK_HEALTH, status)
+        await self.health.set(LINK_HEALTH_SERVICE, status)
 
     async def _on_frame(self, frame: gateway_pb2.GatewayFrame) -> None:
         which = frame.WhichOneof("frame")
@@ -94,14 +92,25 @@ class NodeServer:
         keys = MessageKeys.load(config.message_keys)
         self.store = await Store.open(config.store_path, self.clock)
         self.link = GatewayLink(
-            config.node_id, config.gateway_address, config.gateway_server_name, config.tls,
-            on_connect=self._on_connect, on_frame=self._on_frame, on_state=self._on_link_state,
+            config.node_id,
+            config.gateway_address,
+            config.gateway_server_name,
+            config.tls,
+            on_connect=self._on_connect,
+            on_frame=self._on_frame,
+            on_state=self._on_link_state,
         )
         self.outbox = Outbox(self.store, self.link, self.trust, config.node_id, self.clock)
         self.reception = Reception(self.store, self.link, self.trust, keys, config.node_id, self.clock, self.feed)
         self.casework = Casework(
-            config.node_id, self.store, self.link, self.outbox, self.trust, keys,
-            LinkageKey.load(config.linkage_key), self.clock,
+            config.node_id,
+            self.store,
+            self.link,
+            self.outbox,
+            self.trust,
+            keys,
+            LinkageKey.load(config.linkage_key),
+            self.clock,
         )
         row = await self.store.fetchone("SELECT MAX(seq) FROM inbox")
         self.feed.last_seq = int(row[0] or 0)
@@ -123,7 +132,7 @@ class NodeServer:
         finally:
             os.umask(old_umask)
         self._server = server
-        await self.health.set(LINK_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LINK_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._tasks = [asyncio.create_task(self.link.run()), asyncio.create_task(self.outbox.run())]
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

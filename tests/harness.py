@@ -47,7 +47,13 @@ def make_federation(root: Path, clock: Clock, nodes: tuple[str, ...] = tuple(AGE
     for node_id in nodes:
         name, agency_type = AGENCIES[node_id]
         node_paths[node_id] = enrol_node(
-            fed, node_id, name, agency_type, root / "nodes" / node_id, "127.0.0.1:0", now,
+            fed,
+            node_id,
+            name,
+            agency_type,
+            root / "nodes" / node_id,
+            "127.0.0.1:0",
+            now,
             contact_role="Duty team",
         )
     publish_directory(fed, now, copy_to=(root / "gateway", *(p.parent for p in node_paths.values())))
@@ -66,7 +72,7 @@ class Cluster:
     nodes: dict[str, NodeServer] = field(default_factory=dict)
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
-    def api(self, node_id: str) -> node_api_pb2_grpc.NodeApiStub:
+    def api(self, node_id: str) -> node_api_pb2_grpc.NodeApiAsyncStub:
         channel = grpc.aio.insecure_channel(f"unix:{self.nodes[node_id].config.api_socket}")
         self._channels.append(channel)
         return node_api_pb2_grpc.NodeApiStub(channel)

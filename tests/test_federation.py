@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from linkage import stories
 from linkage.v1 import node_api_pb2, summary_pb2
 from node.server import NodeServer
 from tests.harness import PRACTITIONER, Cluster, LocalFederation, running
 
 
-async def open_case(cluster: Cluster, node: str, people: list[node_api_pb2.PersonIdentifier]) -> list[bytes]:
+async def open_case(
+    cluster: Cluster, node: str, people: list[node_api_pb2.PersonIdentifier], case_ref: str = "case-1"
+) -> list[bytes]:
     response = await cluster.api(node).OpenCase(
-        node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref=f"{node}-case-1", people=people)
+        node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref=case_ref, people=people)
     )
     return [p.link_token for p in response.people]
 
@@ -26,20 +30,25 @@ async def wait_delivered(node: NodeServer, count: int) -> None:
         await node.outbox.wait_change(version)
 
 
-async def share_think_family(cluster: Cluster) -> node_api_pb2.ShareSummaryResponse:
+async def share_think_family(
+    cluster: Cluster, headline: str = "", case_ref: str = "case-1"
+) -> node_api_pb2.ShareSummaryResponse:
     family = stories.think_family_people()
-    parent, child = await open_case(cluster, "amh", family)
+    parent, child = await open_case(cluster, "amh", family, case_ref)
     await open_case(cluster, "csc", family)
     await open_case(cluster, "school", [family[1]])
     await open_case(
-        cluster, "police",
+        cluster,
+        "police",
         [node_api_pb2.PersonIdentifier(scheme="nhs", value=stories.UNRELATED_NHS, role_in_risk="AT_RISK")],
     )
     amh = cluster.api("amh")
+    assessment = stories.parent_risk_change(parent, child)
+    if headline:
+        assessment.headline = headline
     recorded = await amh.RecordAssessment(
         node_api_pb2.RecordAssessmentRequest(
-            actor=PRACTITIONER, case_id=(await _case_id(cluster, "amh")),
-            assessment=stories.parent_risk_change(parent, child),
+            actor=PRACTITIONER, case_id=(await _case_id(cluster, "amh")), assessment=assessment
         )
     )
     return await amh.ShareSummary(
@@ -76,3 +85,99 @@ async def test_summary_reaches_every_subscribed_node_and_no_other(federation: Lo
         for node in ("police", "amh"):
             items = (await cluster.api(node).ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER))).items
             assert items == []
+
+
+async def _events(node: NodeServer) -> list[str]:
+    assert node.store is not None
+    return [r[0] for r in await node.store.fetchall("SELECT event FROM audit ORDER BY seq")]
+
+
+async def test_both_ends_audit_the_exchange_and_chains_verify(federation: LocalFederation) -> None:
+    from node.store.audit import verify_chain
+
+    async with running(federation) as cluster:
+        await share_think_family(cluster)
+        await wait_delivered(cluster.nodes["amh"], 2)
+        sender = await _events(cluster.nodes["amh"])
+        assert sender.count("message.queued") == 2
+        assert sender.count("message.delivered") == 2
+        assert "share.decision" in sender
+        assert "message.received" in await _events(cluster.nodes["csc"])
+        for node in cluster.nodes.values():
+            assert node.store is not None
+            rows = await node.store.fetchall("SELECT seq, entry, hash FROM audit ORDER BY seq")
+            assert verify_chain(rows).ok
+
+
+async def test_policy_failure_sends_nothing_and_records_not_shared(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        family = stories.think_family_people()
+        parent, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        assessment = stories.parent_risk_change(parent, child)
+        assessment.risk_items[1].ClearField("period")  # historical without dates
+        amh = cluster.api("amh")
+        recorded = await amh.RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"), assessment=assessment
+            )
+        )
+        decision = stories.override_decision()
+        decision.ClearField("override_grounds")  # consent refused, no ground recorded
+        shared = await amh.ShareSummary(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONER, assessment_id=recorded.assessment_id, decision=decision
+            )
+        )
+        assert shared.outcome == summary_pb2.DECISION_OUTCOME_NOT_SHARED
+        assert {f.code for f in shared.findings} >= {"historical_needs_dates", "override_ground_missing"}
+        assert not shared.recipients
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        assert (await store.fetchone("SELECT COUNT(*) FROM outbox"))[0] == 0
+        row = await store.fetchone("SELECT entry FROM audit WHERE event = 'share.decision'")
+        assert '"decision":"DECISION_OUTCOME_NOT_SHARED"' in row[0]
+        assert "override_ground_missing" in row[0]
+
+
+async def test_api_refuses_bad_requests_with_actionable_errors(federation: LocalFederation) -> None:
+    import grpc
+
+    async with running(federation, nodes=("amh",)) as cluster:
+        amh = cluster.api("amh")
+        cases: list[tuple[Awaitable[object], grpc.StatusCode, str]] = [
+            (
+                amh.OpenCase(node_api_pb2.OpenCaseRequest(case_ref="c", people=stories.think_family_people())),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "actor.id and actor.role are required",
+            ),
+            (
+                amh.OpenCase(
+                    node_api_pb2.OpenCaseRequest(
+                        actor=PRACTITIONER,
+                        case_ref="c",
+                        people=[node_api_pb2.PersonIdentifier(scheme="nhs", value="9434765918")],
+                    )
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "people[0]: NHS number fails the modulus-11 check",
+            ),
+            (
+                amh.ShareSummary(node_api_pb2.ShareSummaryRequest(actor=PRACTITIONER, assessment_id="nope")),
+                grpc.StatusCode.NOT_FOUND,
+                "no assessment 'nope'",
+            ),
+            (
+                amh.RecordAssessment(node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id="nope")),
+                grpc.StatusCode.NOT_FOUND,
+                "open the case first",
+            ),
+        ]
+        for call, code, text in cases:
+            try:
+                await call
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == code
+                assert text in (exc.details() or "")
+            else:
+                raise AssertionError(f"expected {code}")

@@ -28,8 +28,15 @@ def _federation_enrol(args: argparse.Namespace) -> int:
 
     fed = Federation.open(args.dir)
     config = enrol_node(
-        fed, args.node_id, args.agency_name, args.agency_type, args.out, args.gateway_address,
-        SystemClock().now_ms(), contact_role=args.contact_role, gateway_name=args.gateway_name,
+        fed,
+        args.node_id,
+        args.agency_name,
+        args.agency_type,
+        args.out,
+        args.gateway_address,
+        SystemClock().now_ms(),
+        contact_role=args.contact_role,
+        gateway_name=args.gateway_name,
     )
     print(f"enrolled node {args.node_id}; bundle and configuration in {config.parent}")
     print("run 'linkage federation publish' so the federation learns of it")

@@ -215,30 +215,44 @@ class ShareSummaryRequest(_message.Message):
 Global___ShareSummaryRequest: _TypeAlias = ShareSummaryRequest  # noqa: Y015
 
 @_typing.final
-class RecipientOutcome(_message.Message):
+class DeliveryStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    SENT_AT_MS_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     message_id: _builtins.str
     state: _builtins.str
     """queued | sent | delivered | undeliverable"""
+    attempts: _builtins.int
+    sent_at_ms: _builtins.int
+    delivered_at_ms: _builtins.int
+    """the time in the recipient's signed receipt"""
+    reason: _builtins.str
+    """why it is undeliverable"""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         message_id: _builtins.str = ...,
         state: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        sent_at_ms: _builtins.int = ...,
+        delivered_at_ms: _builtins.int = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "node_id", b"node_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "delivered_at_ms", b"delivered_at_ms", "message_id", b"message_id", "node_id", b"node_id", "reason", b"reason", "sent_at_ms", b"sent_at_ms", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RecipientOutcome: _TypeAlias = RecipientOutcome  # noqa: Y015
+Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
 
 @_typing.final
 class PolicyFinding(_message.Message):
@@ -277,7 +291,7 @@ class ShareSummaryResponse(_message.Message):
     share_id: _builtins.str
     outcome: _summary_pb2.DecisionOutcome.ValueType
     @_builtins.property
-    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientOutcome]: ...
+    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryStatus]: ...
     @_builtins.property
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyFinding]: ...
     def __init__(
@@ -285,7 +299,7 @@ class ShareSummaryResponse(_message.Message):
         *,
         share_id: _builtins.str = ...,
         outcome: _summary_pb2.DecisionOutcome.ValueType = ...,
-        recipients: _abc.Iterable[Global___RecipientOutcome] | None = ...,
+        recipients: _abc.Iterable[Global___DeliveryStatus] | None = ...,
         findings: _abc.Iterable[Global___PolicyFinding] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -295,6 +309,59 @@ class ShareSummaryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShareSummaryResponse: _TypeAlias = ShareSummaryResponse  # noqa: Y015
+
+@_typing.final
+class ShareStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    SHARE_ID_FIELD_NUMBER: _builtins.int
+    share_id: _builtins.str
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        share_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "share_id", b"share_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShareStatusRequest: _TypeAlias = ShareStatusRequest  # noqa: Y015
+
+@_typing.final
+class ShareStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARE_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    SETTLED_FIELD_NUMBER: _builtins.int
+    share_id: _builtins.str
+    outcome: _summary_pb2.DecisionOutcome.ValueType
+    settled: _builtins.bool
+    """every recipient delivered or undeliverable"""
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryStatus]: ...
+    def __init__(
+        self,
+        *,
+        share_id: _builtins.str = ...,
+        outcome: _summary_pb2.DecisionOutcome.ValueType = ...,
+        recipients: _abc.Iterable[Global___DeliveryStatus] | None = ...,
+        settled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "recipients", b"recipients", "settled", b"settled", "share_id", b"share_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShareStatus: _TypeAlias = ShareStatus  # noqa: Y015
 
 @_typing.final
 class ReceivedSummary(_message.Message):

@@ -51,6 +51,16 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.FromString,
                 _registered_method=True)
+        self.GetShareStatus = channel.unary_unary(
+                '/linkage.v1.NodeApi/GetShareStatus',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.ShareStatusRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareStatus.FromString,
+                _registered_method=True)
+        self.WatchShareStatus = channel.unary_stream(
+                '/linkage.v1.NodeApi/WatchShareStatus',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.ShareStatusRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareStatus.FromString,
+                _registered_method=True)
         self.ListReceived = channel.unary_unary(
                 '/linkage.v1.NodeApi/ListReceived',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.ListReceivedRequest.SerializeToString,
@@ -91,6 +101,20 @@ class NodeApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetShareStatus(self, request, context):
+        """Where each recipient's copy of a share is: queued, sent, delivered, undeliverable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchShareStatus(self, request, context):
+        """The status again each time it changes, until every recipient is settled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListReceived(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -121,6 +145,16 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.ShareSummary,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.SerializeToString,
+            ),
+            'GetShareStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShareStatus,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareStatusRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.ShareStatus.SerializeToString,
+            ),
+            'WatchShareStatus': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchShareStatus,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareStatusRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.ShareStatus.SerializeToString,
             ),
             'ListReceived': grpc.unary_unary_rpc_method_handler(
                     servicer.ListReceived,
@@ -216,6 +250,60 @@ class NodeApi:
             '/linkage.v1.NodeApi/ShareSummary',
             linkage_dot_v1_dot_node__api__pb2.ShareSummaryRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShareStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/GetShareStatus',
+            linkage_dot_v1_dot_node__api__pb2.ShareStatusRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.ShareStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchShareStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/linkage.v1.NodeApi/WatchShareStatus',
+            linkage_dot_v1_dot_node__api__pb2.ShareStatusRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.ShareStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class NodeApiStub:
     """Share a minimised summary of an assessment with every agency subscribed
     to the family, through the sharing policy.
     """
+    GetShareStatus: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ShareStatusRequest, _node_api_pb2.ShareStatus]
+    """Where each recipient's copy of a share is: queued, sent, delivered, undeliverable."""
+    WatchShareStatus: _grpc.UnaryStreamMultiCallable[_node_api_pb2.ShareStatusRequest, _node_api_pb2.ShareStatus]
+    """The status again each time it changes, until every recipient is settled."""
     ListReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]
     WatchReceived: _grpc.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]
     """Received summaries as they arrive, after `after_seq`."""
@@ -66,6 +70,10 @@ class NodeApiAsyncStub(NodeApiStub):
     """Share a minimised summary of an assessment with every agency subscribed
     to the family, through the sharing policy.
     """
+    GetShareStatus: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ShareStatusRequest, _node_api_pb2.ShareStatus]  # type: ignore[assignment]
+    """Where each recipient's copy of a share is: queued, sent, delivered, undeliverable."""
+    WatchShareStatus: _aio.UnaryStreamMultiCallable[_node_api_pb2.ShareStatusRequest, _node_api_pb2.ShareStatus]  # type: ignore[assignment]
+    """The status again each time it changes, until every recipient is settled."""
     ListReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]  # type: ignore[assignment]
     WatchReceived: _aio.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
     """Received summaries as they arrive, after `after_seq`."""
@@ -102,6 +110,22 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         """Share a minimised summary of an assessment with every agency subscribed
         to the family, through the sharing policy.
         """
+
+    @_abc_1.abstractmethod
+    def GetShareStatus(
+        self,
+        request: _node_api_pb2.ShareStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.ShareStatus, _abc.Awaitable[_node_api_pb2.ShareStatus]]:
+        """Where each recipient's copy of a share is: queued, sent, delivered, undeliverable."""
+
+    @_abc_1.abstractmethod
+    def WatchShareStatus(
+        self,
+        request: _node_api_pb2.ShareStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_api_pb2.ShareStatus], _abc.AsyncIterator[_node_api_pb2.ShareStatus]]:
+        """The status again each time it changes, until every recipient is settled."""
 
     @_abc_1.abstractmethod
     def ListReceived(

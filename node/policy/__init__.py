@@ -5,6 +5,7 @@ code and a plain message for every rule that failed or warns, and the
 minimised payload each recipient may receive.
 """
 
-from node.policy.decide import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
+from node.policy.decide import PolicyResult, RecipientInfo, ShareRequest, decide
+from node.policy.rules import Finding
 
 __all__ = ["Finding", "PolicyResult", "RecipientInfo", "ShareRequest", "decide"]

@@ -1,5 +1,5 @@
 """The node's store: SQLite (WAL, synchronous=FULL) via aiosqlite."""
 
-from node.store.db import SchemaTooNew, Store, Tx
+from node.store.db import SchemaTooNewError, Store, Tx
 
-__all__ = ["SchemaTooNew", "Store", "Tx"]
+__all__ = ["SchemaTooNewError", "Store", "Tx"]

@@ -25,7 +25,7 @@ from node.store.schema import MIGRATIONS
 SYSTEM_ACTOR = {"id": "system", "name": "", "role": "system"}
 
 
-class SchemaTooNew(RuntimeError):
+class SchemaTooNewError(RuntimeError):
     """The store was written by a newer Linkage; refusing to touch it."""
 
 
@@ -118,7 +118,7 @@ class Store:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
         if version > len(MIGRATIONS):
-            raise SchemaTooNew(
+            raise SchemaTooNewError(
                 f"store schema version {version} is newer than this Linkage supports ({len(MIGRATIONS)}); "
                 "upgrade Linkage instead of opening it with an older release"
             )

@@ -1,0 +1,280 @@
+"""`linkage demo`: a local federation in separate processes, and a Think-Family
+story from the guidance seeds played through the nodes' API.
+
+Everything is synthetic. The demo creates a federation in a fresh folder,
+starts a gateway and four agency nodes on loopback, and tells what happens
+at each step: who shared what with whom, current or historical, and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from linkage import stories
+from linkage.clock import SystemClock
+from linkage.federation import enrol_gateway, enrol_node, init_federation, publish_directory
+from linkage.transport import LINK_HEALTH_SERVICE
+from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
+
+FEDERATION_ID = "demo.linkage.example"
+STEP_TIMEOUT_S = 30
+
+NODES = {
+    "amh": ("Adult Mental Health Trust", "NHS_MENTAL_HEALTH", "Care coordinator"),
+    "csc": ("Children's Social Care", "LA_CHILDRENS_SOCIAL_CARE", "Duty social worker"),
+    "school": ("Oak Primary School", "SCHOOL", "Designated safeguarding lead"),
+    "police": ("County Police", "POLICE", "Public protection unit"),
+}
+PRACTITIONERS = {
+    "amh": stories.practitioner("amh-114", "Jordan Example", "Care coordinator"),
+    "csc": stories.practitioner("csc-207", "Riley Example", "Social worker"),
+    "school": stories.practitioner("sch-031", "Morgan Example", "Designated safeguarding lead"),
+    "police": stories.practitioner("pol-552", "Casey Example", "Detective constable"),
+}
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+@dataclass
+class Process:
+    name: str
+    proc: asyncio.subprocess.Process
+
+    async def first_line(self, marker: str) -> str:
+        """The first stdout line containing `marker`: the process is ready."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            while line := (await self.proc.stdout.readline()).decode():
+                if marker in line:
+                    return line.strip()
+        raise RuntimeError(f"{self.name} exited before it was ready (exit code {await self.proc.wait()})")
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    return await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+        return await self.proc.wait()
+
+
+async def spawn(name: str, args: list[str], log_file: Path, env: dict[str, str] | None = None) -> Process:
+    with log_file.open("ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "linkage",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, **(env or {})},
+        )
+    return Process(name, proc)
+
+
+def _token(token: bytes) -> str:
+    return token.hex()[:10] + "..."
+
+
+def _date(d: summary_pb2.Date) -> str:
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}" if d.year else "?"
+
+
+def describe_item(item: summary_pb2.RiskItem) -> str:
+    currency = summary_pb2.Currency.Name(item.currency).removeprefix("CURRENCY_")
+    what = f"{item.category}/{item.subcategory}" if item.subcategory else item.category
+    text = f"{currency:<10} {what}, {item.direction.lower()}"
+    if item.HasField("level"):
+        text += f", {item.level.value} on the {item.level.scale} scale"
+    if item.currency == summary_pb2.CURRENCY_HISTORICAL:
+        text += f", {_date(getattr(item.period, 'from'))} to {_date(item.period.to)} ({item.historical_relevance})"
+    return text + f" [{item.basis.lower().replace('_', ' ')}]"
+
+
+class Demo:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.processes: list[Process] = []
+        self.channels: dict[str, grpc.aio.Channel] = {}
+
+    def api(self, node: str) -> node_api_pb2_grpc.NodeApiAsyncStub:
+        return node_api_pb2_grpc.NodeApiStub(self.channels[node])
+
+    async def setup(self) -> None:
+        now = SystemClock().now_ms()
+        fed = init_federation(self.root / "federation", FEDERATION_ID, now)
+        enrol_gateway(fed, "gateway", self.root / "gateway", "127.0.0.1:0", now)
+        for node_id, (name, agency_type, contact) in NODES.items():
+            enrol_node(fed, node_id, name, agency_type, self.root / node_id, "127.0.0.1:0", now, contact_role=contact)
+        directory = publish_directory(fed, now, copy_to=(self.root / "gateway", *(self.root / n for n in NODES)))
+        say(f"[1] Federation {FEDERATION_ID} created: a CA, a directory signing key and a linkage key.")
+        say(
+            f"    Enrolled a gateway and {len(NODES)} agencies; directory version {directory.version} signed, "
+            "valid for 7 days."
+        )
+        self._federation = fed
+
+    async def start(self) -> None:
+        gateway = await spawn(
+            "gateway",
+            ["gateway", "serve", "--config", str(self.root / "gateway" / "gateway.toml")],
+            self.root / "gateway" / "gateway.log",
+        )
+        self.processes.append(gateway)
+        port = (await gateway.first_line("listening on port")).rsplit(" ", 1)[-1]
+        env = {"LINKAGE_GATEWAY_ADDRESS": f"127.0.0.1:{port}"}
+        for node_id in NODES:
+            node_dir = self.root / node_id
+            self.processes.append(
+                await spawn(
+                    node_id, ["node", "serve", "--config", str(node_dir / "node.toml")], node_dir / "node.log", env
+                )
+            )
+        for process in self.processes[1:]:
+            await process.first_line("serving its API")
+            self.channels[process.name] = grpc.aio.insecure_channel(f"unix:{self.root / process.name / 'api.sock'}")
+            await self._wait_linked(process.name)
+        pids = ", ".join(f"{p.name} (pid {p.proc.pid})" for p in self.processes)
+        say(f"[2] Started {pids}.")
+        say("    Each node holds one mutual-TLS stream to the gateway on 127.0.0.1:" + port + ".")
+
+    async def _wait_linked(self, node: str) -> None:
+        """Until the node reports its gateway stream up (health watch: an event, not a poll)."""
+        stub = health_pb2_grpc.HealthStub(self.channels[node])
+        watch = stub.Watch(  # type: ignore[attr-defined]
+            health_pb2.HealthCheckRequest(service=LINK_HEALTH_SERVICE)
+        )
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            async for update in watch:
+                if update.status == health_pb2.HealthCheckResponse.SERVING:
+                    watch.cancel()
+                    return
+
+    async def open_case(
+        self, node: str, people: list[node_api_pb2.PersonIdentifier], who: str
+    ) -> node_api_pb2.OpenCaseResponse:
+        response = await self.api(node).OpenCase(
+            node_api_pb2.OpenCaseRequest(actor=PRACTITIONERS[node], case_ref=f"{node.upper()}-0042", people=people)
+        )
+        tokens = ", ".join(_token(p.link_token) for p in response.people)
+        say(f"    {NODES[node][0]:<26} opens a case for {who}: link tokens {tokens}")
+        return response
+
+    async def story(self) -> None:
+        family = stories.think_family_people()
+        say("[3] Cases opened. Identifiers become keyed link tokens at each node; the gateway sees only tokens.")
+        amh_case = await self.open_case("amh", family, "the parent and the child")
+        await self.open_case("csc", family, "the child and the parent")
+        await self.open_case("school", [family[1]], "the child")
+        await self.open_case(
+            "police",
+            [node_api_pb2.PersonIdentifier(scheme="nhs", value=stories.UNRELATED_NHS, role_in_risk="AT_RISK")],
+            "someone unrelated",
+        )
+        parent, child = (p.link_token for p in amh_case.people)
+        amh = self.api("amh")
+        recorded = await amh.RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONERS["amh"],
+                case_id=amh_case.case_id,
+                assessment=stories.parent_risk_change(parent, child),
+            )
+        )
+        decision = stories.override_decision()
+        shared = await amh.ShareSummary(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONERS["amh"], assessment_id=recorded.assessment_id, decision=decision
+            )
+        )
+        basis = decision.lawful_basis
+        say("[4] The adult mental-health service shares a change in the parent's risk (seed 000, Think Family).")
+        say(f"    Decision: {summary_pb2.DecisionOutcome.Name(shared.outcome).removeprefix('DECISION_OUTCOME_')}")
+        say(f"    Why: {decision.rationale}")
+        say(
+            f"    Consent: {decision.consent_status}, overridden on {', '.join(decision.override_grounds)}; "
+            f"lawful basis {', '.join(basis.art6)} + {basis.art9} + {basis.dpa_condition}"
+        )
+        names = ", ".join(NODES[r.node_id][0] for r in shared.recipients)
+        say(f"    Recipients, found by family link at the gateway: {names}")
+        for finding in shared.findings:
+            say(f"    Policy {finding.severity}: {finding.message}")
+
+        say("[5] Delivery: sealed end to end for each recipient; each returns a signed receipt.")
+        status_stream = amh.WatchShareStatus(
+            node_api_pb2.ShareStatusRequest(actor=PRACTITIONERS["amh"], share_id=shared.share_id)
+        )
+        final: node_api_pb2.ShareStatus | None = None
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            async for status in status_stream:
+                final = status
+        assert final is not None and final.settled
+        for r in final.recipients:
+            say(f"    {NODES[r.node_id][0]:<26} {r.state} (message ...{r.message_id[-12:]}, receipt signed)")
+
+        say("[6] What the recipients see, after checking the sender's signature and that it was sealed to them:")
+        for node in ("csc", "school"):
+            items = (
+                await self.api(node).ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONERS[node]))
+            ).items
+            for item in items:
+                say(f'    {NODES[node][0]} received from {item.sender_agency_name}: "{item.summary.headline}"')
+                for risk in item.summary.risk_items:
+                    say(f"      - {describe_item(risk)}")
+                say(
+                    f"      Review by {_date(item.summary.review_date)}; ground: {item.summary.decision.consent_status}"
+                    f" overridden ({', '.join(item.summary.decision.override_grounds)})"
+                )
+        police = await self.api("police").ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONERS["police"]))
+        if police.items:
+            raise RuntimeError("the police node received a summary about a family it is not linked to")
+        say("    County Police received nothing: it is not linked to this family.")
+
+    async def stop(self) -> list[int]:
+        for channel in self.channels.values():
+            await channel.close()
+        codes = []
+        for process in reversed(self.processes):
+            codes.append(await process.stop())
+        return codes
+
+    def where(self) -> None:
+        say("[7] Where the data lives:")
+        say(f"    Federation (CA, keys, directory; keep off-line): {self.root / 'federation'}")
+        say(f"    Gateway (subscriptions only, no content):       {self.root / 'gateway' / 'gateway.sqlite'}")
+        for node_id in NODES:
+            say(f"    {NODES[node_id][0] + ' store':<48} {self.root / node_id / 'store.sqlite'}")
+        say(f"    Logs (JSON lines, no personal data):             {self.root}/*/*.log")
+
+
+async def run_demo(keep: Path | None = None) -> int:
+    started = time.monotonic()
+    root = keep or Path(tempfile.mkdtemp(prefix="linkage-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    say("Linkage demo: linking risk assessments across agencies (all people and data are synthetic).")
+    say(f"Working folder: {root}")
+    demo = Demo(root)
+    try:
+        await demo.setup()
+        await demo.start()
+        await demo.story()
+        demo.where()
+    finally:
+        with contextlib.suppress(Exception):
+            codes = await demo.stop()
+            say(f"[8] Stopped {len(codes)} processes (exit codes {sorted(set(codes))}).")
+    say(f"Demo finished in {time.monotonic() - started:.1f} s.")
+    return 0

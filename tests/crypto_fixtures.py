@@ -1,0 +1,81 @@
+"""In-memory federation material for the envelope and directory unit tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from linkage.directory import DirectoryView, sign_directory, verify_directory
+from linkage.envelope import Outgoing, seal
+from linkage.keys import MessageKeys, raw_public
+from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
+
+NOW = 1_767_225_600_000
+FED = "unit.linkage.example"
+TOKENS = [bytes([7]) * 32, bytes([9]) * 32]
+
+
+@dataclass
+class Keyring:
+    directory_key: ed25519.Ed25519PrivateKey
+    keys: dict[str, MessageKeys]
+    view: DirectoryView
+
+    def seal(
+        self,
+        sender: str,
+        recipient: str,
+        summary: summary_pb2.RiskSummary | None = None,
+        created_at_ms: int = NOW,
+        message_id: str = "01a20105-405a-7c0b-bc94-8ec599dbf70a",
+    ) -> Outgoing:
+        return seal(
+            keys=self.keys[sender],
+            sender_node=sender,
+            recipient_node=recipient,
+            recipient_key=self.view.sealing_key(recipient, created_at_ms),
+            suite=directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM,
+            message_id=message_id,
+            link_tokens=TOKENS,
+            kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+            created_at_ms=created_at_ms,
+            share_id="share-1",
+            summary=summary or summary_pb2.RiskSummary(headline="synthetic"),
+        )
+
+
+def node_entry(
+    node_id: str, keys: MessageKeys, status: int = directory_pb2.NODE_STATUS_ACTIVE
+) -> directory_pb2.NodeEntry:
+    return directory_pb2.NodeEntry(
+        node_id=node_id,
+        agency_name=node_id.upper(),
+        agency_type="SCHOOL",
+        status=status,  # type: ignore[arg-type]
+        tls_cert_sha256=bytes(32),
+        keys=[
+            directory_pb2.NodeKey(
+                key_id=keys.key_id,
+                signing_public_key=raw_public(keys.signing),
+                hpke_public_key=raw_public(keys.hpke),
+                not_before_ms=NOW - 86_400_000,
+                not_after_ms=NOW + 86_400_000,
+            )
+        ],
+    )
+
+
+def make_keyring(nodes: tuple[str, ...] = ("a", "b", "c"), version: int = 1) -> Keyring:
+    directory_key = ed25519.Ed25519PrivateKey.generate()
+    keys = {n: MessageKeys.generate(f"{n}-k1") for n in nodes}
+    directory = directory_pb2.Directory(
+        federation_id=FED,
+        version=version,
+        issued_at_ms=NOW,
+        expires_at_ms=NOW + 7 * 86_400_000,
+        suite=directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM,
+        nodes=[node_entry(n, k) for n, k in keys.items()],
+    )
+    view = verify_directory(sign_directory(directory, directory_key), directory_key.public_key(), FED, NOW)
+    return Keyring(directory_key=directory_key, keys=keys, view=view)

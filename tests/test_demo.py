@@ -1,0 +1,31 @@
+"""`linkage demo` end to end: separate processes, the Think-Family story, a clean exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "linkage", "demo", "--keep", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Recipients, found by family link at the gateway: Children's Social Care, Oak Primary School" in out
+    assert out.count("delivered (message") == 2
+    assert "CURRENT    PARENTAL_CAPACITY/PARENTAL_MH, increased" in out
+    assert "HISTORICAL SUBSTANCE_MISUSE/ALCOHOL" in out
+    assert "County Police received nothing" in out
+    assert "Stopped 5 processes (exit codes [0])" in out
+    for node in ("amh", "csc", "school", "police"):
+        assert (tmp_path / "demo" / node / "store.sqlite").exists()
+    gateway_log = (tmp_path / "demo" / "gateway" / "gateway.log").read_text()
+    assert "envelope.forwarded" in gateway_log
+    assert "Low mood" not in gateway_log  # narrative travels sealed, never in the gateway's log
+    assert "prescribed medication" not in gateway_log

@@ -1,0 +1,73 @@
+"""The signed directory is trusted only when signed, current, newer and for this federation."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from linkage.directory import TrustedDirectory, sign_directory
+from linkage.reasons import Reason, Rejected
+from linkage.v1 import directory_pb2
+from tests.crypto_fixtures import FED, NOW, make_keyring
+
+
+def _signed(
+    key: ed25519.Ed25519PrivateKey, version: int, expires: int = NOW + 1000, fed: str = FED
+) -> directory_pb2.SignedDirectory:
+    return sign_directory(directory_pb2.Directory(federation_id=fed, version=version, expires_at_ms=expires), key)
+
+
+@pytest.fixture
+def key() -> ed25519.Ed25519PrivateKey:
+    return make_keyring(()).directory_key
+
+
+def _refused(trust: TrustedDirectory, signed: directory_pb2.SignedDirectory) -> Reason:
+    with pytest.raises(Rejected) as raised:
+        trust.accept(signed, NOW)
+    return raised.value.reason
+
+
+def test_accepts_a_signed_current_directory_and_then_only_newer(key: ed25519.Ed25519PrivateKey) -> None:
+    trust = TrustedDirectory(FED, key.public_key())
+    assert trust.accept(_signed(key, 2), NOW).version == 2
+    assert _refused(trust, _signed(key, 1)) == Reason.DIRECTORY_OLDER
+    assert trust.accept(_signed(key, 3), NOW).version == 3
+
+
+def test_refuses_unsigned_expired_and_foreign(key: ed25519.Ed25519PrivateKey) -> None:
+    trust = TrustedDirectory(FED, key.public_key())
+    other = ed25519.Ed25519PrivateKey.generate()
+    assert _refused(trust, _signed(other, 1)) == Reason.DIRECTORY_UNSIGNED
+    tampered = _signed(key, 1)
+    tampered.directory = tampered.directory + b"\x00"
+    assert _refused(trust, tampered) == Reason.DIRECTORY_UNSIGNED
+    assert _refused(trust, _signed(key, 1, expires=NOW)) == Reason.DIRECTORY_EXPIRED
+    assert _refused(trust, _signed(key, 1, fed="other.example")) == Reason.DIRECTORY_WRONG_FEDERATION
+
+
+def test_fails_closed_when_the_held_directory_expires(key: ed25519.Ed25519PrivateKey) -> None:
+    trust = TrustedDirectory(FED, key.public_key())
+    with pytest.raises(Rejected):
+        trust.current(NOW)  # nothing held yet
+    trust.accept(_signed(key, 1, expires=NOW + 1000), NOW)
+    assert trust.current(NOW + 999).version == 1
+    with pytest.raises(Rejected) as raised:
+        trust.current(NOW + 1000)
+    assert raised.value.reason == Reason.DIRECTORY_EXPIRED
+
+
+def test_key_lookups_respect_status_and_validity() -> None:
+    ring = make_keyring(("a", "b"))
+    view = ring.view
+    assert view.signing_key("a", "a-k1", NOW)
+    with pytest.raises(Rejected) as raised:
+        view.signing_key("a", "a-k1", NOW + 2 * 86_400_000)
+    assert raised.value.reason == Reason.KEY_NOT_VALID
+    with pytest.raises(Rejected) as raised:
+        view.signing_key("a", "a-k9", NOW)
+    assert raised.value.reason == Reason.UNKNOWN_KEY
+    view.nodes["b"].status = directory_pb2.NODE_STATUS_REVOKED
+    with pytest.raises(Rejected) as raised:
+        view.sealing_key("b", NOW)
+    assert raised.value.reason == Reason.SENDER_REVOKED

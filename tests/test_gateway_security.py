@@ -1,0 +1,144 @@
+"""mTLS identity at the gateway: no certificate, no entry; nobody acts as another node."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Awaitable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from linkage import logs, stories
+from linkage.clock import SystemClock
+from linkage.envelope import seal
+from linkage.ids import uuid7
+from linkage.keys import MessageKeys
+from linkage.pki import CertificateAuthority, spiffe_id
+from linkage.transport import TlsFiles, secure_channel
+from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
+from tests.harness import FEDERATION_ID, PRACTITIONER, Cluster, LocalFederation, running
+from tests.test_federation import open_case, share_think_family, wait_delivered
+
+TOKEN = bytes([3]) * 32
+
+
+def gateway_stub(cluster: Cluster, tls: TlsFiles) -> gateway_pb2_grpc.GatewayAsyncStub:
+    channel = secure_channel(f"127.0.0.1:{cluster.gateway.port}", tls, "gateway")
+    cluster._channels.append(channel)
+    return gateway_pb2_grpc.GatewayStub(channel)
+
+
+async def test_client_without_certificate_is_refused(federation: LocalFederation) -> None:
+    async with running(federation, nodes=()) as cluster:
+        ca = federation.gateway_config.tls.ca.read_bytes()
+        target = f"127.0.0.1:{cluster.gateway.port}"
+        no_cert = grpc.aio.secure_channel(
+            target,
+            grpc.ssl_channel_credentials(root_certificates=ca),
+            options=[("grpc.ssl_target_name_override", "gateway")],
+        )
+        plaintext = grpc.aio.insecure_channel(target)
+        for channel in (no_cert, plaintext):
+            cluster._channels.append(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await gateway_pb2_grpc.GatewayStub(channel).Subscribe(
+                    gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]), timeout=5
+                )
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_certificate_from_another_ca_is_refused(federation: LocalFederation, tmp_path: Path) -> None:
+    rogue = CertificateAuthority.create(FEDERATION_ID, dt.datetime.now(dt.UTC))
+    key, cert = rogue.issue(spiffe_id(FEDERATION_ID, "node", "amh"), "node-amh", dt.datetime.now(dt.UTC), 1)
+    (tmp_path / "rogue.key").write_bytes(key)
+    (tmp_path / "rogue.pem").write_bytes(cert)
+    tls = TlsFiles(cert=tmp_path / "rogue.pem", key=tmp_path / "rogue.key", ca=federation.gateway_config.tls.ca)
+    async with running(federation, nodes=()) as cluster:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await gateway_stub(cluster, tls).Subscribe(
+                gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]), timeout=5
+            )
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_node_cannot_subscribe_resolve_or_send_as_another(federation: LocalFederation) -> None:
+    async with running(federation, nodes=("amh",)) as cluster:
+        csc = gateway_stub(cluster, federation.node_configs["csc"].tls)
+        calls: list[Awaitable[object]] = [
+            csc.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]), timeout=5),
+            csc.Unsubscribe(gateway_pb2.UnsubscribeRequest(node_id="amh", link_tokens=[TOKEN]), timeout=5),
+            csc.ResolveRecipients(gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=[TOKEN]), timeout=5),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call
+            assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "authenticated as 'csc'" in (raised.value.details() or "")
+        assert cluster.gateway._index is not None and len(cluster.gateway._index) == 0
+
+        # An envelope claiming to come from amh, on csc's own stream.
+        directory = cluster.gateway.trust.current(SystemClock().now_ms())
+        now = SystemClock().now_ms()
+        forged = seal(
+            keys=MessageKeys.load(federation.node_configs["csc"].message_keys),
+            sender_node="amh",
+            recipient_node="school",
+            recipient_key=directory.sealing_key("school", now),
+            suite=directory.directory.suite,
+            message_id=uuid7(now),
+            link_tokens=[TOKEN],
+            kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+            created_at_ms=now,
+            share_id="x",
+        )
+        stream = csc.Connect()
+        await stream.write(gateway_pb2.NodeFrame(send=forged.envelope))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stream.read()
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_resolving_a_family_needs_a_subscription_to_it(federation: LocalFederation) -> None:
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        await open_case(cluster, "csc", stories.think_family_people())
+        amh = gateway_stub(cluster, federation.node_configs["amh"].tls)
+        subscribed = list(await cluster.nodes["csc"].casework.subscribed_tokens())
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await amh.ResolveRecipients(gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=subscribed))
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_bad_requests_get_invalid_argument(federation: LocalFederation) -> None:
+    async with running(federation, nodes=()) as cluster:
+        amh = gateway_stub(cluster, federation.node_configs["amh"].tls)
+        for tokens in ([], [b"short"], [TOKEN] * 1001):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await amh.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=tokens))
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_canary_in_a_summary_never_reaches_gateway_files_or_any_log(federation: LocalFederation) -> None:
+    captured = io.StringIO()
+    logs.configure("debug", stream=captured)
+    canary = "CANARY-4f1d0c-personal-data"
+    try:
+        async with running(federation) as cluster:
+            shared = await share_think_family(cluster, headline=canary, case_ref=canary)
+            assert len(shared.recipients) == 2
+            await wait_delivered(cluster.nodes["amh"], 2)
+            received = await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER))
+            assert received.items[0].summary.headline == canary  # it did travel, sealed
+    finally:
+        logs.configure("info")
+    secrets = [canary, stories.PARENT_NHS, stories.CHILD_NHS, PRACTITIONER.name]
+    text = captured.getvalue()
+    assert "envelope.forwarded" in text  # the capture really holds the gateway's events
+    for secret in secrets:
+        assert secret not in text
+    for path in federation.gateway_config.data_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in data, f"{secret} found in {path}"

@@ -1,0 +1,79 @@
+"""Project hygiene: generated code is fresh, layers stay apart, every command has help."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from linkage.cli.main import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_generator() -> Any:
+    spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "tools" / "gen_proto.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_protobuf_code_is_not_stale(tmp_path: Path) -> None:
+    written = _load_generator().generate(tmp_path)
+    committed = ROOT / "linkage" / "v1"
+    stale = [p.name for p in written if p.read_bytes() != (committed / p.name).read_bytes()]
+    extra = {p.name for p in committed.glob("*_pb2*")} - {p.name for p in written}
+    assert not stale and not extra, f"run `make proto`: stale {stale}, no longer generated {sorted(extra)}"
+
+
+def _imports(package: str) -> dict[Path, set[str]]:
+    found: dict[Path, set[str]] = {}
+    for path in (ROOT / package).rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        found[path] = names
+    return found
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [("gateway", {"node"}), ("node", {"gateway"}), ("linkage", {"node", "gateway"})],
+)
+def test_layers_do_not_import_each_other(package: str, forbidden: set[str]) -> None:
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(names & forbidden)
+        for p, names in _imports(package).items()
+        if names & forbidden and "cli" not in p.relative_to(ROOT).parts  # the CLI wires the layers together
+    }
+    assert not offenders
+
+
+def _commands(parser: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    import argparse
+
+    assert isinstance(parser, argparse.ArgumentParser)
+    out = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _commands(sub, (*prefix, name))
+    return out
+
+
+@pytest.mark.parametrize("command", _commands(build_parser()), ids=lambda c: " ".join(c) or "linkage")
+def test_every_command_has_help(command: tuple[str, ...]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "linkage", *command, "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: linkage" in result.stdout
