@@ -13,7 +13,7 @@ from linkage.clock import Clock
 from linkage.directory import DirectoryView, TrustedDirectory
 from linkage.pki import parse_spiffe_id
 from linkage.reasons import Rejected
-from linkage.transport import tls_peer
+from linkage.transport import Peer, tls_peer
 from linkage.v1 import directory_pb2
 
 
@@ -42,6 +42,10 @@ class Authoriser:
 
     def node_of(self, context: grpc.aio.ServicerContext[object, object]) -> str:
         """The calling node's id, or Denied."""
+        return self.peer_of(context)[0]
+
+    def peer_of(self, context: grpc.aio.ServicerContext[object, object]) -> tuple[str, Peer]:
+        """The calling node's id and its TLS peer, or Denied."""
         peer = tls_peer(context)
         if peer is None:
             raise Denied(grpc.StatusCode.UNAUTHENTICATED, "a client certificate from the federation CA is required")
@@ -61,7 +65,7 @@ class Authoriser:
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED, f"certificate is not the one the directory pins for {node_id!r}"
             )
-        return node_id
+        return node_id, peer
 
     def claimed(self, context: grpc.aio.ServicerContext[object, object], claimed_node: str) -> str:
         """The caller, who must be the node a request field names."""

@@ -105,12 +105,12 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self, request_iterator: AsyncIterator[gateway_pb2.NodeFrame], context: Context
     ) -> AsyncIterator[gateway_pb2.GatewayFrame]:
         try:
-            node_id = self.authz.node_of(context)
+            node_id, peer = self.authz.peer_of(context)
         except Denied as denied:
             log.warning("connect.refused", code=denied.code.name)
             await abort(context, denied)
         session = self.sessions.open(node_id)
-        log.info("connect", node=node_id, connected=len(self.sessions))
+        log.info("connect", node=node_id, tls=peer.tls_version, connected=len(self.sessions))
         reader = asyncio.create_task(self._read(session, request_iterator, context))
         try:
             while (frame := await session.queue.get()) is not None:

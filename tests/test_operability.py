@@ -1,0 +1,53 @@
+"""Health, reflection and TLS posture of a running federation."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from linkage import logs
+from linkage.transport import LINK_HEALTH_SERVICE, secure_channel
+from tests.harness import LocalFederation, running
+
+
+async def test_health_and_reflection_on_node_and_gateway(federation: LocalFederation) -> None:
+    async with running(federation, nodes=("amh",)) as cluster:
+        node_channel = grpc.aio.insecure_channel(f"unix:{cluster.nodes['amh'].config.api_socket}")
+        gateway_channel = secure_channel(
+            f"127.0.0.1:{cluster.gateway.port}", federation.node_configs["amh"].tls, "gateway"
+        )
+        cluster._channels += [node_channel, gateway_channel]
+        for channel, services in (
+            (node_channel, ("", "linkage.v1.NodeApi", LINK_HEALTH_SERVICE)),
+            (gateway_channel, ("", "linkage.v1.Gateway")),
+        ):
+            health: Any = health_pb2_grpc.HealthStub(channel)  # the typeshed stub lacks the aio methods
+            for service in services:
+                response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+            reflection: Any = reflection_pb2_grpc.ServerReflectionStub(channel)  # type: ignore[arg-type]
+            answers = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            async for answer in answers:
+                names = {s.name for s in answer.list_services_response.service}
+                assert {"grpc.health.v1.Health", services[1]} <= names
+                break
+
+
+async def test_every_stream_is_tls_1_3_and_logs_are_json_lines(federation: LocalFederation) -> None:
+    captured = io.StringIO()
+    logs.configure("info", stream=captured)
+    try:
+        async with running(federation, nodes=("amh", "csc")):
+            pass
+    finally:
+        logs.configure("info")
+    events = [json.loads(line) for line in captured.getvalue().splitlines()]
+    connects = [e for e in events if e["event"] == "connect"]
+    assert len(connects) == 2
+    assert {e["tls"] for e in connects} == {"TLSv1.3"}
+    assert all({"event", "level", "timestamp"} <= e.keys() for e in events)
