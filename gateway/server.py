@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.authz import Authoriser
+from gateway.ratelimit import RateLimits
 from gateway.service import GatewayService
 from gateway.sessions import Sessions
 from gateway.subscriptions import SubscriptionIndex
@@ -31,7 +32,7 @@ class GatewayServer:
         self.trust = TrustedDirectory(
             config.federation.federation_id, load_directory_key(config.federation.directory_public_key)
         )
-        self.sessions = Sessions()
+        self.sessions = Sessions(config.limits.recipient_queue)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._index: SubscriptionIndex | None = None
@@ -46,8 +47,14 @@ class GatewayServer:
         self.load_directory()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._index = await SubscriptionIndex.open(self.config.data_dir / "gateway.sqlite")
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        service = GatewayService(Authoriser(self.trust, self.clock), self._index, self.sessions)
+        limits = self.config.limits
+        server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
+        service = GatewayService(
+            Authoriser(self.trust, self.clock),
+            self._index,
+            self.sessions,
+            RateLimits(limits.envelopes_per_second, limits.envelope_burst, self.clock),
+        )
         gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -10,16 +10,16 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from gateway.authz import Authoriser, Denied, abort
+from gateway.ratelimit import RateLimits
 from gateway.sessions import Session, Sessions
 from gateway.subscriptions import SubscriptionIndex
 from linkage import logs
 from linkage.envelope import parse_routing
 from linkage.ids import is_uuid7
 from linkage.reasons import Reason, Rejected
-from linkage.tokens import TOKEN_LEN
+from linkage.tokens import MAX_TOKENS_PER_CALL, TOKEN_LEN
 from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
 
-MAX_TOKENS_PER_CALL = 1000
 MAX_TOKENS_PER_MESSAGE = 64
 
 log = logs.get("gateway")
@@ -36,10 +36,11 @@ def _check_tokens(tokens: list[bytes], limit: int) -> None:
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, authz: Authoriser, index: SubscriptionIndex, sessions: Sessions) -> None:
+    def __init__(self, authz: Authoriser, index: SubscriptionIndex, sessions: Sessions, limits: RateLimits) -> None:
         self.authz = authz
         self.index = index
         self.sessions = sessions
+        self.limits = limits
 
     async def Subscribe(self, request: gateway_pb2.SubscribeRequest, context: Context) -> gateway_pb2.SubscribeResponse:
         try:
@@ -171,6 +172,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"authenticated as {sender!r} but the envelope names sender {routing.sender_node!r}",
             )
+        if not self.limits.allow(sender):
+            log.warning("envelope.busy", node=sender, message_id=message_id, reason="sender_rate_limited")
+            self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_BUSY, "sender_rate_limited")
+            return
         reason = self._refusal(routing, sender)
         if reason is not None:
             log.warning("envelope.rejected", node=sender, message_id=message_id, reason=reason.value)
@@ -183,8 +188,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE)
             return
         if not target.push(gateway_pb2.GatewayFrame(deliver=envelope)):
-            log.warning("envelope.recipient_busy", node=sender, message_id=message_id, recipient=recipient)
-            self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE, "recipient_busy")
+            log.warning("envelope.busy", node=sender, message_id=message_id, reason="recipient_busy")
+            self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_BUSY, "recipient_busy")
             return
         log.info(
             "envelope.forwarded",

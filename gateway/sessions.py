@@ -10,41 +10,37 @@ import grpc
 
 from linkage.v1 import gateway_pb2
 
-# Frames queued for one connected node before the gateway pushes back.
-SESSION_QUEUE_LIMIT = 4096
-
 
 @dataclass
 class Session:
     node_id: str
-    queue: asyncio.Queue[gateway_pb2.GatewayFrame | None] = field(
-        default_factory=lambda: asyncio.Queue(SESSION_QUEUE_LIMIT)
-    )
+    limit: int
+    queue: asyncio.Queue[gateway_pb2.GatewayFrame | None] = field(init=False)
     error: tuple[grpc.StatusCode, str] | None = None
 
+    def __post_init__(self) -> None:
+        # One slot beyond the limit is kept for the end-of-stream sentinel.
+        self.queue = asyncio.Queue(self.limit + 1)
+
     def push(self, frame: gateway_pb2.GatewayFrame) -> bool:
-        """Queue a frame for the node; False when its queue is full."""
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        """Queue a frame for the node; False when its queue is full (back-pressure)."""
+        if self.queue.qsize() >= self.limit:
             return False
+        self.queue.put_nowait(frame)
         return True
 
     def close(self, error: tuple[grpc.StatusCode, str] | None = None) -> None:
-        """End the stream: the writer stops at the sentinel, aborting with `error` if set."""
+        """End the stream once the frames already queued are written."""
         if error and not self.error:
             self.error = error
-        try:
-            self.queue.put_nowait(None)
-        except asyncio.QueueFull:
-            # Make room for the sentinel: the session is ending, so undelivered
-            # frames are lost here, and the senders retry them.
-            self.queue.get_nowait()
-            self.queue.put_nowait(None)
+        if self.queue.full():
+            return  # a sentinel is already queued: the reserved slot is taken
+        self.queue.put_nowait(None)
 
 
 class Sessions:
-    def __init__(self) -> None:
+    def __init__(self, queue_limit: int = 4096) -> None:
+        self.queue_limit = queue_limit
         self._live: dict[str, Session] = {}
         self._waiting: dict[str, set[str]] = defaultdict(set)
 
@@ -59,7 +55,7 @@ class Sessions:
         old = self._live.get(node_id)
         if old is not None:
             old.close((grpc.StatusCode.ABORTED, "replaced by a newer connection from the same node"))
-        session = Session(node_id)
+        session = Session(node_id, self.queue_limit)
         self._live[node_id] = session
         for sender in sorted(self._waiting.pop(node_id, set())):
             peer = self._live.get(sender)

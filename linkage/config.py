@@ -76,6 +76,48 @@ def _tls(r: _Reader) -> TlsFiles:
 
 
 @dataclass(frozen=True)
+class DeliverySettings:
+    """How hard a node tries, and for how long, to deliver each message."""
+
+    retry_base_ms: int = 1_000
+    retry_cap_ms: int = 3_600_000  # the gateway says when a peer returns, so long waits cost nothing
+    receipt_timeout_ms: int = 60_000  # re-send a forwarded message with no receipt after this
+    undeliverable_after_ms: int = 7 * 86_400_000
+    outbox_high_water: int = 10_000  # queued messages beyond which new shares are refused for now
+
+
+def _delivery(r: _Reader) -> DeliverySettings:
+    d = DeliverySettings()
+    return DeliverySettings(
+        retry_base_ms=int(r.get("delivery", "retry_base_ms", d.retry_base_ms)),
+        retry_cap_ms=int(r.get("delivery", "retry_cap_ms", d.retry_cap_ms)),
+        receipt_timeout_ms=int(r.get("delivery", "receipt_timeout_ms", d.receipt_timeout_ms)),
+        undeliverable_after_ms=int(r.get("delivery", "undeliverable_after_days", 7)) * 86_400_000,
+        outbox_high_water=int(r.get("delivery", "outbox_high_water", d.outbox_high_water)),
+    )
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """Back-pressure at the gateway: beyond these a sender is told BUSY or RESOURCE_EXHAUSTED."""
+
+    envelopes_per_second: float = 2_000.0  # per sending node, token bucket
+    envelope_burst: int = 4_000
+    recipient_queue: int = 4_096  # frames waiting for one connected node
+    max_concurrent_rpcs: int = 512
+
+
+def _limits(r: _Reader) -> GatewayLimits:
+    d = GatewayLimits()
+    return GatewayLimits(
+        envelopes_per_second=float(r.get("limits", "envelopes_per_second", d.envelopes_per_second)),
+        envelope_burst=int(r.get("limits", "envelope_burst", d.envelope_burst)),
+        recipient_queue=int(r.get("limits", "recipient_queue", d.recipient_queue)),
+        max_concurrent_rpcs=int(r.get("limits", "max_concurrent_rpcs", d.max_concurrent_rpcs)),
+    )
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway_id: str
     listen: str
@@ -83,6 +125,7 @@ class GatewayConfig:
     log_level: str
     federation: FederationConfig
     tls: TlsFiles
+    limits: GatewayLimits = GatewayLimits()
 
     @classmethod
     def load(cls, path: Path) -> GatewayConfig:
@@ -94,6 +137,7 @@ class GatewayConfig:
             log_level=r.get("gateway", "log_level", "info"),
             federation=_federation(r),
             tls=_tls(r),
+            limits=_limits(r),
         )
         r.done()
         return config
@@ -111,6 +155,7 @@ class NodeConfig:
     linkage_key: Path
     federation: FederationConfig
     tls: TlsFiles
+    delivery: DeliverySettings = DeliverySettings()
 
     @property
     def store_path(self) -> Path:
@@ -130,6 +175,7 @@ class NodeConfig:
             linkage_key=r.path_of("keys", "linkage_key", "keys/linkage.key"),
             federation=_federation(r),
             tls=_tls(r),
+            delivery=_delivery(r),
         )
         r.done()
         return config

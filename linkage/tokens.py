@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TOKEN_LEN = 32
+MAX_TOKENS_PER_CALL = 1000  # per subscribe or unsubscribe request
 _DOMAIN = b"person/v1|"
 _SCHEME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _NHS_WEIGHTS = range(10, 1, -1)

@@ -96,6 +96,24 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
                 return
             await outbox.wait_change(version)
 
+    async def WatchDeliveries(
+        self, request: node_api_pb2.WatchDeliveriesRequest, context: Context
+    ) -> AsyncIterator[node_api_pb2.DeliveryEvent]:
+        try:
+            _check_actor(request.actor)
+        except ApiError as exc:
+            await context.abort(exc.code, exc.message)
+        outbox = self.casework.outbox
+        after = request.after_seq
+        while True:
+            version = outbox.version
+            events = await self.casework.deliveries(after, MAX_LIST)
+            for event in events:
+                yield event
+                after = event.seq
+            if not events:
+                await outbox.wait_change(version)
+
     async def ListReceived(
         self, request: node_api_pb2.ListReceivedRequest, context: Context
     ) -> node_api_pb2.ListReceivedResponse:

@@ -4,6 +4,9 @@ with its audit entries."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import grpc
 
 from linkage import logs
@@ -15,6 +18,7 @@ from linkage.keys import MessageKeys
 from linkage.reasons import Rejected
 from linkage.tokens import IdentifierError, LinkageKey
 from linkage.v1 import directory_pb2, envelope_pb2, node_api_pb2, summary_pb2
+from node.backoff import backoff_ms
 from node.errors import ApiError, invalid, not_found
 from node.link import GatewayLink
 from node.outbox import Outbox
@@ -52,6 +56,7 @@ class Casework:
         self.keys = keys
         self.linkage_key = linkage_key
         self.clock = clock
+        self.resubscribe = asyncio.Event()  # set when the gateway may lack some subscriptions
 
     async def subscribed_tokens(self) -> list[bytes]:
         rows = await self.store.fetchall(
@@ -100,14 +105,35 @@ class Casework:
         return node_api_pb2.OpenCaseResponse(case_id=case_id, people=people)
 
     async def _subscribe(self, tokens: list[bytes]) -> None:
-        """Best effort now; every open case is re-asserted whenever the stream connects."""
+        """Subscribe now if the gateway answers; otherwise the resubscriber keeps trying."""
         try:
             added = await self.link.subscribe(tokens)
         except grpc.aio.AioRpcError as exc:
             log.warning("subscribe.deferred", code=exc.code().name, tokens=len(tokens))
+            self.resubscribe.set()
             return
         async with self.store.tx() as tx:
             await tx.audit("subscription.added", tokens=tokens, detail={"added": added})
+
+    async def run_resubscriber(self) -> None:
+        """Re-assert every open case's subscriptions until the gateway has them all."""
+        attempt = 0
+        while True:
+            await self.resubscribe.wait()
+            await self.link.connected.wait()
+            try:
+                tokens = await self.subscribed_tokens()
+                added = await self.link.subscribe(tokens)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("subscribe.retry", code=exc.code().name, attempt=attempt)
+                await asyncio.sleep(backoff_ms(attempt, 200, 30_000) / 1000)
+                attempt += 1
+                continue
+            self.resubscribe.clear()
+            attempt = 0
+            if added:
+                async with self.store.tx() as tx:
+                    await tx.audit("subscription.added", detail={"added": added, "reasserted": True})
 
     async def record_assessment(
         self, request: node_api_pb2.RecordAssessmentRequest
@@ -150,6 +176,11 @@ class Casework:
         return node_api_pb2.RecordAssessmentResponse(assessment_id=assessment_id)
 
     async def share(self, request: node_api_pb2.ShareSummaryRequest) -> node_api_pb2.ShareSummaryResponse:
+        if await self.outbox.queued() >= self.outbox.settings.outbox_high_water:
+            raise ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this node's outbox is full while recipients catch up; nothing was shared, retry shortly",
+            )
         row = await self.store.fetchone(
             "SELECT body FROM assessments WHERE assessment_id = ?", (request.assessment_id,)
         )
@@ -206,6 +237,7 @@ class Casework:
                         created_at_ms=now,
                         share_id=share_id,
                         summary=payload,
+                        ttl_ms=self.outbox.settings.undeliverable_after_ms,
                     ),
                 )
             )
@@ -253,6 +285,7 @@ class Casework:
                     detail={"share_id": share_id},
                 )
         self.outbox.wake.set()
+        await self.outbox.changed()
         log.info("share", share_id=share_id, outcome=outcome_name, recipients=len(outgoing))
         return node_api_pb2.ShareSummaryResponse(
             share_id=share_id,
@@ -293,6 +326,29 @@ class Casework:
             recipients=recipients,
             settled=all(r.state in ("delivered", "undeliverable") for r in recipients),
         )
+
+    async def deliveries(self, after_seq: int, limit: int) -> list[node_api_pb2.DeliveryEvent]:
+        """Delivery state changes, read from the audit log where each was recorded."""
+        rows = await self.store.fetchall(
+            "SELECT seq, ts_ms, event, entry FROM audit WHERE seq > ? AND event IN "
+            "('message.queued', 'message.sent', 'message.delivered', 'message.undeliverable') ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        events = []
+        for seq, ts_ms, event, entry in rows:
+            data = json.loads(entry)
+            detail = data["detail"]
+            status = node_api_pb2.DeliveryStatus(
+                node_id=data["counterpart"],
+                message_id=data["message_id"],
+                state=event.removeprefix("message."),
+                delivered_at_ms=detail.get("received_at_ms", 0) if event == "message.delivered" else 0,
+                reason=detail.get("reason", ""),
+            )
+            events.append(
+                node_api_pb2.DeliveryEvent(seq=seq, share_id=detail.get("share_id", ""), status=status, at_ms=ts_ms)
+            )
+        return events
 
     async def received(self, after_seq: int, limit: int, token: bytes = b"") -> list[node_api_pb2.ReceivedSummary]:
         if token:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import grpc
 
 from linkage import logs
+from linkage.tokens import MAX_TOKENS_PER_CALL
 from linkage.transport import TlsFiles, secure_channel
 from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
 from node.backoff import backoff_ms
@@ -19,6 +20,10 @@ RECONNECT_BASE_MS = 200
 RECONNECT_CAP_MS = 30_000
 
 log = logs.get("node.link")
+
+
+def _chunks(tokens: list[bytes]) -> list[list[bytes]]:
+    return [tokens[i : i + MAX_TOKENS_PER_CALL] for i in range(0, len(tokens), MAX_TOKENS_PER_CALL)]
 
 
 class NotConnected(Exception):
@@ -81,14 +86,18 @@ class GatewayLink:
                 raise NotConnected() from exc
 
     async def subscribe(self, tokens: Iterable[bytes]) -> int:
-        request = gateway_pb2.SubscribeRequest(node_id=self.node_id, link_tokens=list(tokens))
-        response = await self._stub.Subscribe(request, timeout=UNARY_TIMEOUT_S)
-        return response.added
+        added = 0
+        for chunk in _chunks(list(tokens)):
+            request = gateway_pb2.SubscribeRequest(node_id=self.node_id, link_tokens=chunk)
+            added += (await self._stub.Subscribe(request, timeout=UNARY_TIMEOUT_S)).added
+        return added
 
     async def unsubscribe(self, tokens: Iterable[bytes]) -> int:
-        request = gateway_pb2.UnsubscribeRequest(node_id=self.node_id, link_tokens=list(tokens))
-        response = await self._stub.Unsubscribe(request, timeout=UNARY_TIMEOUT_S)
-        return response.removed
+        removed = 0
+        for chunk in _chunks(list(tokens)):
+            request = gateway_pb2.UnsubscribeRequest(node_id=self.node_id, link_tokens=chunk)
+            removed += (await self._stub.Unsubscribe(request, timeout=UNARY_TIMEOUT_S)).removed
+        return removed
 
     async def resolve(self, tokens: Iterable[bytes]) -> list[str]:
         request = gateway_pb2.ResolveRecipientsRequest(node_id=self.node_id, link_tokens=list(tokens))

@@ -1,48 +1,77 @@
 """The sender side of delivery: the outbox worker, gateway acks and receipts.
 
-A row is written with its share in one transaction (see sharing.py). It
-becomes "sent" only when the gateway has forwarded it and "delivered" only on
-the recipient's signed receipt. A sent row without a receipt is sent again
-after RECEIPT_TIMEOUT_MS with the same message id; the recipient's inbox
-absorbs the duplicate and receipts it again.
+A row is written with its share in one transaction (casework.py). It becomes
+"sent" only when the gateway has forwarded it, and "delivered" only on the
+recipient's signed receipt. Delivery is at least once on the wire and exactly
+once in effect: a sent row without a receipt is sent again after the receipt
+timeout with the same message id, and the recipient's inbox absorbs the
+duplicate and receipts it again.
+
+While a recipient is away, the whole destination backs off (capped, jittered,
+exponential) and only one message probes it at a time; the gateway tells us
+when it is back, and everything for it is sent at once. Nothing spins.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+from typing import Protocol
 
 from linkage import logs
 from linkage.clock import Clock
+from linkage.config import DeliverySettings
 from linkage.directory import TrustedDirectory
 from linkage.envelope import verify_receipt
 from linkage.reasons import Rejected
 from linkage.v1 import envelope_pb2, gateway_pb2
 from node.backoff import backoff_ms
-from node.link import GatewayLink, NotConnected
-from node.store import Store
+from node.link import NotConnected
+from node.store import Store, Tx
 
-RETRY_BASE_MS = 1_000
-RETRY_CAP_MS = 15 * 60_000
-RECEIPT_TIMEOUT_MS = 60_000
-BATCH = 256
+BATCH = 256  # also the window: at most this many unacknowledged sends
+BUSY_BASE_MS = 100
+BUSY_CAP_MS = 10_000
+LIVE = ("queued", "sent")
 
 log = logs.get("node.outbox")
 
 
+class FrameSender(Protocol):
+    connected: asyncio.Event
+
+    async def send(self, frame: gateway_pb2.NodeFrame) -> None: ...
+
+
 class Outbox:
-    def __init__(self, store: Store, link: GatewayLink, trust: TrustedDirectory, node_id: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        link: FrameSender,
+        trust: TrustedDirectory,
+        node_id: str,
+        clock: Clock,
+        settings: DeliverySettings,
+        rng: random.Random | None = None,
+    ) -> None:
         self.store = store
         self.link = link
         self.trust = trust
         self.node_id = node_id
         self.clock = clock
+        self.settings = settings
+        self.rng = rng or random.Random()
         self.wake = asyncio.Event()
-        self._in_flight: set[str] = set()
+        self._in_flight: dict[str, str] = {}  # message id -> recipient, awaiting the gateway's ack
+        self._away: dict[str, int] = {}  # recipient -> consecutive "offline" answers
         self._changes = asyncio.Condition()
         self.version = 0  # bumped on every delivery state change
+        self._stopping = False
 
-    async def _changed(self) -> None:
+    # -- observing ---------------------------------------------------------
+
+    async def changed(self) -> None:
         async with self._changes:
             self.version += 1
             self._changes.notify_all()
@@ -53,83 +82,174 @@ class Outbox:
             await self._changes.wait_for(lambda: self.version > since)
             return self.version
 
-    def disconnected(self) -> None:
-        self._in_flight.clear()  # acks for these will never come
+    async def queued(self) -> int:
+        row = await self.store.fetchone("SELECT COUNT(*) FROM outbox WHERE state = 'queued'")
+        return int(row[0])
+
+    # -- the worker --------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
-            await self.link.connected.wait()
+        while not self._stopping:
             self.wake.clear()
-            now = self.clock.now_ms()
-            due = await self.store.fetchall(
-                "SELECT message_id, envelope FROM outbox WHERE state IN ('queued', 'sent') "
-                "AND next_attempt_at_ms <= ? ORDER BY created_at_ms LIMIT ?",
-                (now, BATCH),
-            )
-            for message_id, envelope in due:
-                if message_id in self._in_flight:
-                    continue
-                self._in_flight.add(message_id)
-                try:
-                    await self.link.send(gateway_pb2.NodeFrame(send=envelope_pb2.Envelope.FromString(envelope)))
-                except NotConnected:
-                    self._in_flight.discard(message_id)
-                    break
-            row = await self.store.fetchone(
-                "SELECT MIN(next_attempt_at_ms) FROM outbox WHERE state IN ('queued', 'sent')"
-            )
-            timeout = None if row[0] is None else max(0.05, (row[0] - self.clock.now_ms()) / 1000)
+            await self.expire_overdue()  # non-delivery reports do not wait for the gateway
+            if self.link.connected.is_set():
+                await self.send_due()
+            timeout = await self._seconds_to_next_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
 
-    async def on_ack(self, ack: gateway_pb2.SendAck) -> None:
-        try:
-            await self._record_ack(ack)
-        finally:
-            # Only now may the worker pick the row again: its new state is committed.
-            self._in_flight.discard(ack.message_id)
-        log.info("ack", message_id=ack.message_id, status=gateway_pb2.SendStatus.Name(ack.status))
-        self.wake.set()
-        await self._changed()
+    async def drain(self, timeout_s: float) -> int:
+        """Send nothing new; wait up to `timeout_s` for the acks of what is in flight.
 
-    async def _record_ack(self, ack: gateway_pb2.SendAck) -> None:
+        Returns how many were still unacknowledged (they stay due and go again
+        after restart, with the same ids).
+        """
+        self._stopping = True
+        self.wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s), self._changes:
+                await self._changes.wait_for(lambda: not self._in_flight)
+        return len(self._in_flight)
+
+    async def _seconds_to_next_due(self) -> float | None:
+        row = await self.store.fetchone(
+            "SELECT MIN(MIN(next_attempt_at_ms), MIN(created_at_ms) + ?) FROM outbox WHERE state IN ('queued', 'sent')",
+            (self.settings.undeliverable_after_ms,),
+        )
+        if row[0] is None:
+            return None
+        return max(0.01, (int(row[0]) - self.clock.now_ms()) / 1000)
+
+    async def send_due(self) -> int:
+        """Send what is due now; return how many envelopes went out."""
+        if self._stopping:
+            return 0
+        rows = await self.store.fetchall(
+            "SELECT message_id, recipient, envelope FROM outbox WHERE state IN ('queued', 'sent') "
+            "AND next_attempt_at_ms <= ? ORDER BY created_at_ms, message_id LIMIT ?",
+            (self.clock.now_ms(), BATCH),
+        )
+        probing = set(self._in_flight.values()) & self._away.keys()
+        sent = 0
+        for message_id, recipient, envelope in rows:
+            if message_id in self._in_flight:
+                continue
+            if recipient in self._away:
+                if recipient in probing:
+                    continue  # one probe at a time for a recipient that is away
+                probing.add(recipient)
+            self._in_flight[message_id] = recipient
+            try:
+                await self.link.send(gateway_pb2.NodeFrame(send=envelope_pb2.Envelope.FromString(envelope)))
+            except NotConnected:
+                del self._in_flight[message_id]
+                break
+            sent += 1
+        return sent
+
+    async def expire_overdue(self) -> None:
+        """Non-delivery reports: what was not delivered in time becomes undeliverable."""
+        cutoff = self.clock.now_ms() - self.settings.undeliverable_after_ms
+        rows = await self.store.fetchall(
+            "SELECT message_id, share_id, recipient, state FROM outbox "
+            "WHERE state IN ('queued', 'sent') AND created_at_ms <= ?",
+            (cutoff,),
+        )
+        if not rows:
+            return
+        days = self.settings.undeliverable_after_ms / 86_400_000
         async with self.store.tx() as tx:
-            row = await (
+            for message_id, share_id, recipient, state in rows:
+                reason = f"not delivered within {days:g} days (last state: {state})"
                 await tx.execute(
-                    "SELECT attempts, state FROM outbox WHERE message_id = ? AND recipient = ?",
-                    (ack.message_id, ack.recipient_node),
-                )
-            ).fetchone()
-            if row is None or row[1] not in ("queued", "sent"):
-                return
-            attempts = int(row[0]) + 1
-            if ack.status == gateway_pb2.SEND_STATUS_FORWARDED:
-                await tx.execute(
-                    "UPDATE outbox SET state = 'sent', attempts = ?, sent_at_ms = COALESCE(sent_at_ms, ?), "
-                    "next_attempt_at_ms = ? WHERE message_id = ?",
-                    (attempts, tx.now_ms, tx.now_ms + RECEIPT_TIMEOUT_MS, ack.message_id),
-                )
-                if row[1] == "queued":
-                    await tx.audit("message.sent", message_id=ack.message_id, counterpart=ack.recipient_node)
-            elif ack.status == gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE:
-                delay = backoff_ms(attempts - 1, RETRY_BASE_MS, RETRY_CAP_MS)
-                await tx.execute(
-                    "UPDATE outbox SET attempts = ?, next_attempt_at_ms = ? WHERE message_id = ?",
-                    (attempts, tx.now_ms + delay, ack.message_id),
-                )
-            else:
-                await tx.execute(
-                    "UPDATE outbox SET state = 'undeliverable', attempts = ?, reason = ? WHERE message_id = ?",
-                    (attempts, f"gateway: {ack.reason}", ack.message_id),
+                    "UPDATE outbox SET state = 'undeliverable', reason = ? WHERE message_id = ?", (reason, message_id)
                 )
                 await tx.audit(
                     "message.undeliverable",
-                    message_id=ack.message_id,
-                    counterpart=ack.recipient_node,
-                    detail={"reason": ack.reason, "by": "gateway"},
+                    message_id=message_id,
+                    counterpart=recipient,
+                    detail={"share_id": share_id, "reason": reason, "by": "sender"},
                 )
+        log.warning("message.undeliverable", count=len(rows), reason="timeout")
+        await self.changed()
+
+    # -- what the gateway and the recipients tell us ------------------------
+
+    async def on_connected(self) -> None:
+        """A new stream: acks and receipts of the old one are lost, so everything live is due now."""
+        self._in_flight.clear()
+        self._away.clear()
+        async with self.store.tx() as tx:
+            await tx.execute("UPDATE outbox SET next_attempt_at_ms = ? WHERE state IN ('queued', 'sent')", (tx.now_ms,))
+        self.wake.set()
+
+    async def disconnected(self) -> None:
+        self._in_flight.clear()  # acks for these will never come
+        await self.changed()
+
+    async def on_ack(self, ack: gateway_pb2.SendAck) -> None:
+        try:
+            async with self.store.tx() as tx:
+                await self._record_ack(tx, ack)
+        finally:
+            # Only now may the worker pick the row again: its new state is committed.
+            self._in_flight.pop(ack.message_id, None)
+        log.info("ack", message_id=ack.message_id, status=gateway_pb2.SendStatus.Name(ack.status))
+        self.wake.set()
+        await self.changed()
+
+    async def _record_ack(self, tx: Tx, ack: gateway_pb2.SendAck) -> None:
+        row = await (
+            await tx.execute(
+                "SELECT attempts, state, share_id FROM outbox WHERE message_id = ? AND recipient = ?",
+                (ack.message_id, ack.recipient_node),
+            )
+        ).fetchone()
+        if row is None or row[1] not in LIVE:
+            return
+        attempts, state, share_id = int(row[0]) + 1, row[1], row[2]
+        recipient = ack.recipient_node
+        if ack.status == gateway_pb2.SEND_STATUS_FORWARDED:
+            self._away.pop(recipient, None)
+            await tx.execute(
+                "UPDATE outbox SET state = 'sent', attempts = ?, sent_at_ms = COALESCE(sent_at_ms, ?), "
+                "next_attempt_at_ms = ? WHERE message_id = ?",
+                (attempts, tx.now_ms, tx.now_ms + self.settings.receipt_timeout_ms, ack.message_id),
+            )
+            if state == "queued":
+                await tx.audit(
+                    "message.sent", message_id=ack.message_id, counterpart=recipient, detail={"share_id": share_id}
+                )
+        elif ack.status == gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE:
+            away = self._away.get(recipient, 0)
+            self._away[recipient] = away + 1
+            resume = tx.now_ms + backoff_ms(away, self.settings.retry_base_ms, self.settings.retry_cap_ms, self.rng)
+            await tx.execute("UPDATE outbox SET attempts = ? WHERE message_id = ?", (attempts, ack.message_id))
+            await tx.execute(
+                "UPDATE outbox SET next_attempt_at_ms = ? WHERE recipient = ? AND state IN ('queued', 'sent')",
+                (resume, recipient),
+            )
+        elif ack.status == gateway_pb2.SEND_STATUS_BUSY:
+            delay = backoff_ms(attempts - 1, BUSY_BASE_MS, BUSY_CAP_MS, self.rng)
+            await tx.execute(
+                "UPDATE outbox SET attempts = ?, next_attempt_at_ms = ? WHERE message_id = ?",
+                (attempts, tx.now_ms + delay, ack.message_id),
+            )
+        else:
+            reason = f"refused by the gateway: {ack.reason or 'no reason given'}"
+            await tx.execute(
+                "UPDATE outbox SET state = 'undeliverable', attempts = ?, reason = ? WHERE message_id = ?",
+                (attempts, reason, ack.message_id),
+            )
+            await tx.audit(
+                "message.undeliverable",
+                message_id=ack.message_id,
+                counterpart=recipient,
+                detail={"share_id": share_id, "reason": reason, "by": "gateway"},
+            )
 
     async def on_peer_online(self, node_id: str) -> None:
+        self._away.pop(node_id, None)
         async with self.store.tx() as tx:
             await tx.execute(
                 "UPDATE outbox SET next_attempt_at_ms = ? WHERE recipient = ? AND state = 'queued'",
@@ -145,28 +265,32 @@ class Outbox:
             log.warning("receipt.rejected", reason=exc.reason.value)
             return
         accepted = body.status == envelope_pb2.RECEIPT_STATUS_ACCEPTED
+        reason = "" if accepted else f"refused by the recipient: {body.reason}"
         async with self.store.tx() as tx:
-            updated = await tx.execute(
-                "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, reason = ? "
-                "WHERE message_id = ? AND recipient = ? AND digest = ? AND state IN ('queued', 'sent')",
-                (
-                    "delivered" if accepted else "undeliverable",
-                    body.received_at_ms if accepted else None,
-                    receipt.SerializeToString(),
-                    "" if accepted else f"recipient: {body.reason}",
-                    body.message_id,
-                    body.recipient_node,
-                    body.envelope_sha256,
-                ),
-            )
-            if updated.rowcount == 0:
+            row = await (
+                await tx.execute(
+                    "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, reason = ? "
+                    "WHERE message_id = ? AND recipient = ? AND digest = ? AND state IN ('queued', 'sent') "
+                    "RETURNING share_id",
+                    (
+                        "delivered" if accepted else "undeliverable",
+                        body.received_at_ms if accepted else None,
+                        receipt.SerializeToString(),
+                        reason,
+                        body.message_id,
+                        body.recipient_node,
+                        body.envelope_sha256,
+                    ),
+                )
+            ).fetchone()
+            if row is None:
                 return  # a repeated receipt, or one for a message we never sent
             await tx.audit(
                 "message.delivered" if accepted else "message.undeliverable",
                 message_id=body.message_id,
                 counterpart=body.recipient_node,
-                detail={"received_at_ms": body.received_at_ms, "reason": body.reason, "by": "recipient"},
+                detail={"share_id": row[0], "received_at_ms": body.received_at_ms, "reason": reason, "by": "recipient"},
             )
-        self._in_flight.discard(body.message_id)
+        self._away.pop(body.recipient_node, None)
         log.info("receipt", message_id=body.message_id, accepted=accepted)
-        await self._changed()
+        await self.changed()

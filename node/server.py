@@ -69,8 +69,10 @@ class NodeServer:
             await self.link.subscribe(tokens)
 
     async def _on_link_state(self, up: bool) -> None:
-        if not up:
-            self.outbox.disconnected()
+        if up:
+            await self.outbox.on_connected()
+        else:
+            await self.outbox.disconnected()
         status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.health.set(LINK_HEALTH_SERVICE, status)
 
@@ -100,7 +102,7 @@ class NodeServer:
             on_frame=self._on_frame,
             on_state=self._on_link_state,
         )
-        self.outbox = Outbox(self.store, self.link, self.trust, config.node_id, self.clock)
+        self.outbox = Outbox(self.store, self.link, self.trust, config.node_id, self.clock, config.delivery)
         self.reception = Reception(self.store, self.link, self.trust, keys, config.node_id, self.clock, self.feed)
         self.casework = Casework(
             config.node_id,
@@ -133,15 +135,23 @@ class NodeServer:
             os.umask(old_umask)
         self._server = server
         await self.health.set(LINK_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._tasks = [asyncio.create_task(self.link.run()), asyncio.create_task(self.outbox.run())]
+        self._tasks = [
+            asyncio.create_task(self.link.run()),
+            asyncio.create_task(self.outbox.run()),
+            asyncio.create_task(self.casework.run_resubscriber()),
+        ]
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("node.started", schema=self.store.schema_version)
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Drain: finish API calls in progress, wait for in-flight acks, then close."""
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        if self.store is not None:
+            unacked = await self.outbox.drain(grace)
+            log.info("node.drained", unacknowledged=unacked)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

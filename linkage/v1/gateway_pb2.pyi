@@ -33,6 +33,8 @@ class _SendStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SendStatus
     """not connected; retry later"""
     SEND_STATUS_REJECTED: _SendStatus.ValueType  # 3
     """will never be routed; see reason"""
+    SEND_STATUS_BUSY: _SendStatus.ValueType  # 4
+    """gateway or recipient overloaded; retry soon"""
 
 class SendStatus(_SendStatus, metaclass=_SendStatusEnumTypeWrapper): ...
 
@@ -43,6 +45,8 @@ SEND_STATUS_RECIPIENT_OFFLINE: SendStatus.ValueType  # 2
 """not connected; retry later"""
 SEND_STATUS_REJECTED: SendStatus.ValueType  # 3
 """will never be routed; see reason"""
+SEND_STATUS_BUSY: SendStatus.ValueType  # 4
+"""gateway or recipient overloaded; retry soon"""
 Global___SendStatus: _TypeAlias = SendStatus  # noqa: Y015
 
 @_typing.final

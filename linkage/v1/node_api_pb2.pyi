@@ -334,6 +334,59 @@ class ShareStatusRequest(_message.Message):
 Global___ShareStatusRequest: _TypeAlias = ShareStatusRequest  # noqa: Y015
 
 @_typing.final
+class WatchDeliveriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "after_seq", b"after_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDeliveriesRequest: _TypeAlias = WatchDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class DeliveryEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    SHARE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """resume with after_seq = the last seq seen"""
+    share_id: _builtins.str
+    at_ms: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___DeliveryStatus: ...
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        share_id: _builtins.str = ...,
+        status: Global___DeliveryStatus | None = ...,
+        at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "seq", b"seq", "share_id", b"share_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryEvent: _TypeAlias = DeliveryEvent  # noqa: Y015
+
+@_typing.final
 class ShareStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

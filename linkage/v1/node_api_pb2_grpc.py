@@ -61,6 +61,11 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.ShareStatusRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareStatus.FromString,
                 _registered_method=True)
+        self.WatchDeliveries = channel.unary_stream(
+                '/linkage.v1.NodeApi/WatchDeliveries',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.WatchDeliveriesRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.DeliveryEvent.FromString,
+                _registered_method=True)
         self.ListReceived = channel.unary_unary(
                 '/linkage.v1.NodeApi/ListReceived',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.ListReceivedRequest.SerializeToString,
@@ -115,6 +120,14 @@ class NodeApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchDeliveries(self, request, context):
+        """Every delivery state change at this node, in order, after `after_seq`:
+        queued, sent, delivered (with the receipt time), undeliverable (with why).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListReceived(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -155,6 +168,11 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.WatchShareStatus,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareStatusRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.ShareStatus.SerializeToString,
+            ),
+            'WatchDeliveries': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDeliveries,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.WatchDeliveriesRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.DeliveryEvent.SerializeToString,
             ),
             'ListReceived': grpc.unary_unary_rpc_method_handler(
                     servicer.ListReceived,
@@ -304,6 +322,33 @@ class NodeApi:
             '/linkage.v1.NodeApi/WatchShareStatus',
             linkage_dot_v1_dot_node__api__pb2.ShareStatusRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.ShareStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/linkage.v1.NodeApi/WatchDeliveries',
+            linkage_dot_v1_dot_node__api__pb2.WatchDeliveriesRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.DeliveryEvent.FromString,
             options,
             channel_credentials,
             insecure,

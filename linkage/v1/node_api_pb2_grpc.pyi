@@ -49,6 +49,10 @@ class NodeApiStub:
     """Where each recipient's copy of a share is: queued, sent, delivered, undeliverable."""
     WatchShareStatus: _grpc.UnaryStreamMultiCallable[_node_api_pb2.ShareStatusRequest, _node_api_pb2.ShareStatus]
     """The status again each time it changes, until every recipient is settled."""
+    WatchDeliveries: _grpc.UnaryStreamMultiCallable[_node_api_pb2.WatchDeliveriesRequest, _node_api_pb2.DeliveryEvent]
+    """Every delivery state change at this node, in order, after `after_seq`:
+    queued, sent, delivered (with the receipt time), undeliverable (with why).
+    """
     ListReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]
     WatchReceived: _grpc.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]
     """Received summaries as they arrive, after `after_seq`."""
@@ -74,6 +78,10 @@ class NodeApiAsyncStub(NodeApiStub):
     """Where each recipient's copy of a share is: queued, sent, delivered, undeliverable."""
     WatchShareStatus: _aio.UnaryStreamMultiCallable[_node_api_pb2.ShareStatusRequest, _node_api_pb2.ShareStatus]  # type: ignore[assignment]
     """The status again each time it changes, until every recipient is settled."""
+    WatchDeliveries: _aio.UnaryStreamMultiCallable[_node_api_pb2.WatchDeliveriesRequest, _node_api_pb2.DeliveryEvent]  # type: ignore[assignment]
+    """Every delivery state change at this node, in order, after `after_seq`:
+    queued, sent, delivered (with the receipt time), undeliverable (with why).
+    """
     ListReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]  # type: ignore[assignment]
     WatchReceived: _aio.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
     """Received summaries as they arrive, after `after_seq`."""
@@ -126,6 +134,16 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_node_api_pb2.ShareStatus], _abc.AsyncIterator[_node_api_pb2.ShareStatus]]:
         """The status again each time it changes, until every recipient is settled."""
+
+    @_abc_1.abstractmethod
+    def WatchDeliveries(
+        self,
+        request: _node_api_pb2.WatchDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_api_pb2.DeliveryEvent], _abc.AsyncIterator[_node_api_pb2.DeliveryEvent]]:
+        """Every delivery state change at this node, in order, after `after_seq`:
+        queued, sent, delivered (with the receipt time), undeliverable (with why).
+        """
 
     @_abc_1.abstractmethod
     def ListReceived(
