@@ -18,10 +18,14 @@ class SystemClock:
 
 
 class ManualClock:
-    """A clock that moves only when told to."""
+    """A clock that moves only when told to.
 
-    def __init__(self, start_ms: int = 1_767_225_600_000) -> None:  # 2026-01-01T00:00Z
-        self._now = start_ms
+    It starts at the wall-clock time unless told otherwise, because TLS checks
+    certificate validity against the real clock.
+    """
+
+    def __init__(self, start_ms: int | None = None) -> None:
+        self._now = SystemClock().now_ms() if start_ms is None else start_ms
 
     def now_ms(self) -> int:
         return self._now

@@ -115,25 +115,27 @@ class Casework:
         async with self.store.tx() as tx:
             await tx.audit("subscription.added", tokens=tokens, detail={"added": added})
 
+    async def reassert_subscriptions(self) -> None:
+        """Tell the gateway every token of every open case (idempotent)."""
+        added = await self.link.subscribe(await self.subscribed_tokens())
+        self.resubscribe.clear()
+        if added:
+            async with self.store.tx() as tx:
+                await tx.audit("subscription.added", detail={"added": added, "reasserted": True})
+
     async def run_resubscriber(self) -> None:
-        """Re-assert every open case's subscriptions until the gateway has them all."""
+        """Re-assert subscriptions, with back-off, until the gateway has them all."""
         attempt = 0
         while True:
             await self.resubscribe.wait()
             await self.link.connected.wait()
             try:
-                tokens = await self.subscribed_tokens()
-                added = await self.link.subscribe(tokens)
+                await self.reassert_subscriptions()
+                attempt = 0
             except grpc.aio.AioRpcError as exc:
                 log.warning("subscribe.retry", code=exc.code().name, attempt=attempt)
                 await asyncio.sleep(backoff_ms(attempt, 200, 30_000) / 1000)
                 attempt += 1
-                continue
-            self.resubscribe.clear()
-            attempt = 0
-            if added:
-                async with self.store.tx() as tx:
-                    await tx.audit("subscription.added", detail={"added": added, "reasserted": True})
 
     async def record_assessment(
         self, request: node_api_pb2.RecordAssessmentRequest
@@ -193,8 +195,9 @@ class Casework:
         try:
             recipient_ids = await self.link.resolve(tokens)
         except grpc.aio.AioRpcError as exc:
+            busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             raise ApiError(
-                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.RESOURCE_EXHAUSTED if busy else grpc.StatusCode.UNAVAILABLE,
                 f"cannot reach the gateway to find the agencies linked to this family ({exc.code().name}); "
                 "nothing was shared, try again",
             ) from None

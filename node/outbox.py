@@ -64,7 +64,8 @@ class Outbox:
         self.rng = rng or random.Random()
         self.wake = asyncio.Event()
         self._in_flight: dict[str, str] = {}  # message id -> recipient, awaiting the gateway's ack
-        self._away: dict[str, int] = {}  # recipient -> consecutive "offline" answers
+        # recipient -> (consecutive "offline" answers, when to probe it again)
+        self._away: dict[str, tuple[int, int]] = {}
         self._changes = asyncio.Condition()
         self.version = 0  # bumped on every delivery state change
         self._stopping = False
@@ -129,14 +130,15 @@ class Outbox:
             "AND next_attempt_at_ms <= ? ORDER BY created_at_ms, message_id LIMIT ?",
             (self.clock.now_ms(), BATCH),
         )
+        now = self.clock.now_ms()
         probing = set(self._in_flight.values()) & self._away.keys()
         sent = 0
         for message_id, recipient, envelope in rows:
             if message_id in self._in_flight:
                 continue
             if recipient in self._away:
-                if recipient in probing:
-                    continue  # one probe at a time for a recipient that is away
+                if recipient in probing or now < self._away[recipient][1]:
+                    continue  # one probe at a time, and only when the destination's back-off is over
                 probing.add(recipient)
             self._in_flight[message_id] = recipient
             try:
@@ -221,9 +223,9 @@ class Outbox:
                     "message.sent", message_id=ack.message_id, counterpart=recipient, detail={"share_id": share_id}
                 )
         elif ack.status == gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE:
-            away = self._away.get(recipient, 0)
-            self._away[recipient] = away + 1
+            away = self._away.get(recipient, (0, 0))[0]
             resume = tx.now_ms + backoff_ms(away, self.settings.retry_base_ms, self.settings.retry_cap_ms, self.rng)
+            self._away[recipient] = (away + 1, resume)
             await tx.execute("UPDATE outbox SET attempts = ? WHERE message_id = ?", (attempts, ack.message_id))
             await tx.execute(
                 "UPDATE outbox SET next_attempt_at_ms = ? WHERE recipient = ? AND state IN ('queued', 'sent')",

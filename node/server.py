@@ -64,9 +64,7 @@ class NodeServer:
             log.info("directory.loaded", version=view.version, source="gateway")
         except Rejected as exc:
             log.warning("directory.refused", reason=exc.reason.value, source="gateway")
-        tokens = await self.casework.subscribed_tokens()
-        if tokens:
-            await self.link.subscribe(tokens)
+        await self.casework.reassert_subscriptions()
 
     async def _on_link_state(self, up: bool) -> None:
         if up:

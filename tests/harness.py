@@ -13,8 +13,9 @@ import grpc
 
 from gateway.server import GatewayServer
 from linkage.clock import Clock, SystemClock
-from linkage.config import GatewayConfig, NodeConfig
+from linkage.config import DeliverySettings, GatewayConfig, GatewayLimits, NodeConfig
 from linkage.federation import Federation, enrol_gateway, enrol_node, init_federation, publish_directory
+from linkage.transport import secure_channel
 from linkage.v1 import node_api_pb2_grpc, summary_pb2
 from node.server import NodeServer
 
@@ -39,7 +40,9 @@ class LocalFederation:
     node_configs: dict[str, NodeConfig]
 
 
-def make_federation(root: Path, clock: Clock, nodes: tuple[str, ...] = tuple(AGENCIES)) -> LocalFederation:
+def make_federation(
+    root: Path, clock: Clock, nodes: tuple[str, ...] = tuple(AGENCIES), validity_days: int = 7
+) -> LocalFederation:
     now = clock.now_ms()
     fed = init_federation(root / "federation", FEDERATION_ID, now)
     gw_conf = enrol_gateway(fed, "gateway", root / "gateway", "127.0.0.1:0", now)
@@ -56,7 +59,7 @@ def make_federation(root: Path, clock: Clock, nodes: tuple[str, ...] = tuple(AGE
             now,
             contact_role="Duty team",
         )
-    publish_directory(fed, now, copy_to=(root / "gateway", *(p.parent for p in node_paths.values())))
+    publish_directory(fed, now, validity_days, copy_to=(root / "gateway", *(p.parent for p in node_paths.values())))
     return LocalFederation(
         root=root,
         fed=fed,
@@ -77,9 +80,20 @@ class Cluster:
         self._channels.append(channel)
         return node_api_pb2_grpc.NodeApiStub(channel)
 
-    async def start_node(self, node_id: str, clock: Clock | None = None) -> NodeServer:
+    def gateway_channel(self, node_id: str) -> grpc.aio.Channel:
+        """An mTLS channel to the gateway with a node's certificate."""
+        tls = self.federation.node_configs[node_id].tls
+        channel = secure_channel(f"127.0.0.1:{self.gateway.port}", tls, "gateway")
+        self._channels.append(channel)
+        return channel
+
+    async def start_node(
+        self, node_id: str, clock: Clock | None = None, delivery: DeliverySettings | None = None
+    ) -> NodeServer:
         config = dataclasses.replace(
-            self.federation.node_configs[node_id], gateway_address=f"127.0.0.1:{self.gateway.port}"
+            self.federation.node_configs[node_id],
+            gateway_address=f"127.0.0.1:{self.gateway.port}",
+            delivery=delivery or self.federation.node_configs[node_id].delivery,
         )
         node = NodeServer(config, clock or self.gateway.clock)
         await node.start()
@@ -99,11 +113,37 @@ class Cluster:
         await self.gateway.stop(grace=1)
 
 
+async def wait_delivered(node: NodeServer, count: int, state: str = "delivered") -> None:
+    """Until `count` outbox rows are in `state`, awaiting state changes (no sleeping)."""
+    assert node.store is not None
+    while True:
+        version = node.outbox.version
+        row = await node.store.fetchone("SELECT COUNT(*) FROM outbox WHERE state = ?", (state,))
+        if row[0] >= count:
+            return
+        await node.outbox.wait_change(version)
+
+
+async def settle(node: NodeServer) -> None:
+    """Until every envelope this node sent has been answered by the gateway."""
+    while True:
+        version = node.outbox.version
+        if not node.outbox._in_flight:
+            return
+        await node.outbox.wait_change(version)
+
+
 @asynccontextmanager
 async def running(
-    federation: LocalFederation, nodes: tuple[str, ...] | None = None, clock: Clock | None = None
+    federation: LocalFederation,
+    nodes: tuple[str, ...] | None = None,
+    clock: Clock | None = None,
+    limits: GatewayLimits | None = None,
 ) -> AsyncIterator[Cluster]:
-    gateway = GatewayServer(federation.gateway_config, clock or SystemClock())
+    config = federation.gateway_config
+    if limits is not None:
+        config = dataclasses.replace(config, limits=limits)
+    gateway = GatewayServer(config, clock or SystemClock())
     await gateway.start()
     cluster = Cluster(federation=federation, gateway=gateway)
     try:

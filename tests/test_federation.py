@@ -7,7 +7,7 @@ from collections.abc import Awaitable
 from linkage import stories
 from linkage.v1 import node_api_pb2, summary_pb2
 from node.server import NodeServer
-from tests.harness import PRACTITIONER, Cluster, LocalFederation, running
+from tests.harness import PRACTITIONER, Cluster, LocalFederation, running, wait_delivered
 
 
 async def open_case(
@@ -17,17 +17,6 @@ async def open_case(
         node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref=case_ref, people=people)
     )
     return [p.link_token for p in response.people]
-
-
-async def wait_delivered(node: NodeServer, count: int) -> None:
-    """Until `count` outbox rows are delivered, awaiting state changes (no sleeping)."""
-    assert node.store is not None
-    while True:
-        version = node.outbox.version
-        row = await node.store.fetchone("SELECT COUNT(*) FROM outbox WHERE state = 'delivered'")
-        if row[0] >= count:
-            return
-        await node.outbox.wait_change(version)
 
 
 async def share_think_family(

@@ -18,8 +18,8 @@ from linkage.keys import MessageKeys
 from linkage.pki import CertificateAuthority, spiffe_id
 from linkage.transport import TlsFiles, secure_channel
 from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
-from tests.harness import FEDERATION_ID, PRACTITIONER, Cluster, LocalFederation, running
-from tests.test_federation import open_case, share_think_family, wait_delivered
+from tests.harness import FEDERATION_ID, PRACTITIONER, Cluster, LocalFederation, running, wait_delivered
+from tests.test_federation import open_case, share_think_family
 
 TOKEN = bytes([3]) * 32
 

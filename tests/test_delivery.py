@@ -1,0 +1,232 @@
+"""Delivery that loses nothing: offline recipients, duplicates, conflicts, overload, non-delivery.
+
+The gateway and nodes are real (mTLS on loopback, SQLite files); time is a
+ManualClock that the tests move, so hours of absence take milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import grpc
+import pytest
+
+from linkage import stories
+from linkage.clock import ManualClock
+from linkage.config import DeliverySettings, GatewayLimits
+from linkage.envelope import seal
+from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
+from tests.harness import PRACTITIONER, Cluster, make_federation, running, settle, wait_delivered
+from tests.test_federation import open_case
+
+HOUR = 3_600_000
+
+
+async def family_assessment(cluster: Cluster, sender: str = "amh", recipients: tuple[str, ...] = ("csc",)) -> str:
+    """Cases for one family at the sender and recipients; the sender's assessment id."""
+    family = stories.think_family_people()
+    parent, child = await open_case(cluster, sender, family)
+    for node in recipients:
+        await open_case(cluster, node, family)
+    store = cluster.nodes[sender].store
+    assert store is not None
+    case_id = (await store.fetchone("SELECT case_id FROM cases"))[0]
+    recorded = await cluster.api(sender).RecordAssessment(
+        node_api_pb2.RecordAssessmentRequest(
+            actor=PRACTITIONER, case_id=case_id, assessment=stories.parent_risk_change(parent, child)
+        )
+    )
+    return recorded.assessment_id
+
+
+async def share(cluster: Cluster, assessment_id: str, sender: str = "amh") -> node_api_pb2.ShareSummaryResponse:
+    return await cluster.api(sender).ShareSummary(
+        node_api_pb2.ShareSummaryRequest(
+            actor=PRACTITIONER, assessment_id=assessment_id, decision=stories.override_decision()
+        )
+    )
+
+
+async def inbox(cluster: Cluster, node: str) -> list[tuple[str, str]]:
+    store = cluster.nodes[node].store
+    assert store is not None
+    return [(r[0], r[1]) for r in await store.fetchall("SELECT sender, message_id FROM inbox ORDER BY seq")]
+
+
+@pytest.mark.parametrize("hours_away", [1 / 6, 6, 72])
+async def test_offline_recipient_gets_everything_once_with_bounded_attempts(tmp_path: Path, hours_away: float) -> None:
+    """R3: the recipient is away for a while; the sender backs off, then delivers all at once."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), validity_days=30)
+    async with running(federation, clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")
+        amh = cluster.nodes["amh"]
+        shares = [await share(cluster, assessment_id) for _ in range(20)]
+        assert all(len(s.recipients) == 1 for s in shares)
+
+        settings = amh.config.delivery
+        away_ms = int(hours_away * HOUR)
+        step = 30_000
+        for _ in range(away_ms // step):
+            clock.advance(step)
+            await amh.outbox.send_due()
+            await settle(amh)
+        store = amh.store
+        assert store is not None
+        attempts = (await store.fetchone("SELECT SUM(attempts) FROM outbox"))[0]
+        # One probe at a time for the whole destination: the bound is per destination, not per message.
+        doubling = math.ceil(math.log2(settings.retry_cap_ms / settings.retry_base_ms))
+        bound = doubling + math.ceil(away_ms / (0.8 * settings.retry_cap_ms)) + 2
+        assert 2 <= attempts <= bound
+        assert (await store.fetchone("SELECT COUNT(*) FROM outbox WHERE state = 'queued'"))[0] == 20
+
+        await cluster.start_node("csc")  # the gateway tells amh; amh sends at once
+        await wait_delivered(amh, 20)
+        received = await inbox(cluster, "csc")
+        assert len(received) == 20 and len(set(received)) == 20
+
+
+async def test_undelivered_after_the_limit_is_reported_to_the_case_system(tmp_path: Path) -> None:
+    """Non-delivery: after 7 days without a receipt the share says undeliverable, and why."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), validity_days=30)
+    async with running(federation, clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")
+        shared = await share(cluster, assessment_id)
+        amh = cluster.nodes["amh"]
+        api = cluster.api("amh")
+        watch = api.WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER))
+        clock.advance(7 * 24 * HOUR)
+        amh.outbox.wake.set()
+        states = []
+        async for event in watch:
+            states.append(event.status.state)
+            if event.status.state == "undeliverable":
+                assert event.share_id == shared.share_id
+                assert event.status.node_id == "csc"
+                assert "not delivered within 7 days" in event.status.reason
+                break
+        assert states[0] == "queued"
+        status = await api.GetShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id))
+        assert status.settled and status.recipients[0].state == "undeliverable"
+
+
+async def test_same_envelope_ten_times_at_once_is_stored_once(tmp_path: Path) -> None:
+    """R8: a duplicate storm leaves one inbox row; every copy is receipted."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    async with running(federation, clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await share(cluster, assessment_id)
+        await wait_delivered(cluster.nodes["amh"], 1)
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        envelope = envelope_pb2.Envelope.FromString((await store.fetchone("SELECT envelope FROM outbox"))[0])
+        csc = cluster.nodes["csc"]
+        await asyncio.gather(*(csc.reception.on_envelope(envelope) for _ in range(10)))
+        assert len(await inbox(cluster, "csc")) == 1
+
+
+async def test_same_id_with_other_content_is_refused_as_a_conflict(tmp_path: Path) -> None:
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    async with running(federation, clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await share(cluster, assessment_id)
+        amh = cluster.nodes["amh"]
+        await wait_delivered(amh, 1)
+        assert amh.store is not None
+        original = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox"))[0])
+        routing = envelope_pb2.RoutingHeader.FromString(original.routing)
+        directory = amh.trust.current(clock.now_ms())
+        other = seal(
+            keys=amh.reception.keys,
+            sender_node="amh",
+            recipient_node="csc",
+            recipient_key=directory.sealing_key("csc", clock.now_ms()),
+            suite=directory.directory.suite,
+            message_id=routing.message_id,
+            link_tokens=routing.link_tokens,
+            kind=routing.kind,
+            created_at_ms=routing.created_at_ms,
+            share_id="another-share",
+        )
+        csc = cluster.nodes["csc"]
+        await csc.reception.on_envelope(other.envelope)
+        assert len(await inbox(cluster, "csc")) == 1
+        assert csc.store is not None
+        entry = (await csc.store.fetchone("SELECT entry FROM audit WHERE event = 'message.rejected'"))[0]
+        assert '"reason":"conflict"' in entry and routing.message_id in entry
+
+
+async def test_overload_is_pushed_back_and_everything_arrives_later(tmp_path: Path) -> None:
+    """R13: beyond its rate a sender is told BUSY; beyond its concurrency the gateway says
+    RESOURCE_EXHAUSTED. Nothing accepted is lost: every share is delivered once."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    limits = GatewayLimits(envelopes_per_second=10, envelope_burst=5, max_concurrent_rpcs=4)
+    async with running(federation, clock=clock, limits=limits) as cluster:
+        assessment_id = await family_assessment(cluster)
+        amh = cluster.nodes["amh"]
+        count = 40
+        for _ in range(count):
+            await share(cluster, assessment_id)
+        await settle(amh)
+        assert amh.store is not None
+        while (await amh.store.fetchone("SELECT COUNT(*) FROM outbox WHERE state = 'queued'"))[0]:
+            clock.advance(1_000)  # the bucket refills; the busy back-off elapses
+            await amh.outbox.send_due()
+            await settle(amh)
+        await wait_delivered(amh, count)
+        retried = (await amh.store.fetchone("SELECT COUNT(*) FROM outbox WHERE attempts > 1"))[0]
+        assert retried >= count - limits.envelope_burst - 1
+        assert len(set(await inbox(cluster, "csc"))) == count == len(await inbox(cluster, "csc"))
+
+
+async def test_gateway_at_its_concurrency_limit_says_resource_exhausted_and_nothing_is_lost(tmp_path: Path) -> None:
+    """R13, unary side: with every slot taken, calls get RESOURCE_EXHAUSTED; a share is refused
+    whole (the case system retries), a subscription is retried by the node, and afterwards
+    everything flows."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc", "school"))
+    async with running(
+        federation, nodes=("amh", "csc"), clock=clock, limits=GatewayLimits(max_concurrent_rpcs=3)
+    ) as cluster:
+        assessment_id = await family_assessment(cluster, recipients=())
+        hog = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("school")).Connect()  # the third slot
+        await hog.write(gateway_pb2.NodeFrame())
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await share(cluster, assessment_id)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "nothing was shared" in (raised.value.details() or "")
+        await open_case(cluster, "csc", stories.think_family_people())  # its subscription is deferred
+        assert cluster.nodes["csc"].casework.resubscribe.is_set()
+        amh_store = cluster.nodes["amh"].store
+        assert amh_store is not None
+        assert (await amh_store.fetchone("SELECT COUNT(*) FROM shares"))[0] == 0
+
+        hog.cancel()
+        await cluster.nodes["csc"].casework.reassert_subscriptions()
+        shared = await share(cluster, assessment_id)
+        assert [r.node_id for r in shared.recipients] == ["csc"]
+        await wait_delivered(cluster.nodes["amh"], 1)
+
+
+async def test_full_outbox_refuses_new_shares_with_resource_exhausted(tmp_path: Path) -> None:
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    async with running(federation, clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")
+        await cluster.stop_node("amh")
+        await cluster.start_node("amh", delivery=DeliverySettings(outbox_high_water=3))
+        for _ in range(3):
+            await share(cluster, assessment_id)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await share(cluster, assessment_id)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "nothing was shared" in (raised.value.details() or "")
