@@ -223,10 +223,12 @@ class Outbox:
                     "message.sent", message_id=ack.message_id, counterpart=recipient, detail={"share_id": share_id}
                 )
         elif ack.status == gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE:
-            away = self._away.get(recipient, (0, 0))[0]
-            resume = tx.now_ms + backoff_ms(away, self.settings.retry_base_ms, self.settings.retry_cap_ms, self.rng)
-            self._away[recipient] = (away + 1, resume)
             await tx.execute("UPDATE outbox SET attempts = ? WHERE message_id = ?", (attempts, ack.message_id))
+            failures, resume = self._away.get(recipient, (0, 0))
+            if tx.now_ms < resume:
+                return  # more answers from the same window: the destination already waits
+            resume = tx.now_ms + backoff_ms(failures, self.settings.retry_base_ms, self.settings.retry_cap_ms, self.rng)
+            self._away[recipient] = (failures + 1, resume)
             await tx.execute(
                 "UPDATE outbox SET next_attempt_at_ms = ? WHERE recipient = ? AND state IN ('queued', 'sent')",
                 (resume, recipient),
@@ -251,10 +253,12 @@ class Outbox:
             )
 
     async def on_peer_online(self, node_id: str) -> None:
+        """The recipient is back: send it everything now, including what it may have lost
+        when it went away (forwarded but never receipted); its inbox absorbs repeats."""
         self._away.pop(node_id, None)
         async with self.store.tx() as tx:
             await tx.execute(
-                "UPDATE outbox SET next_attempt_at_ms = ? WHERE recipient = ? AND state = 'queued'",
+                "UPDATE outbox SET next_attempt_at_ms = ? WHERE recipient = ? AND state IN ('queued', 'sent')",
                 (tx.now_ms, node_id),
             )
         self.wake.set()
