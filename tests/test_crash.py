@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import grpc
+import pytest
 
 from linkage import stories
 from linkage.clock import SystemClock
@@ -94,13 +95,13 @@ def check_exactly_once(cluster: ProcessCluster, accepted: set[str]) -> None:
         assert chain.ok, chain
 
 
-async def run_rounds(tmp_path: Path, kill: str, seed: int) -> None:
+async def run_rounds(tmp_path: Path, kill: str, seed: int, rounds: int = ROUNDS) -> None:
     federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
     rng = random.Random(seed)
     accepted: set[str] = set()
     async with process_cluster(federation, ("amh", "csc")) as cluster:
         assessment_id = await prepare(cluster)
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             await burst(cluster, assessment_id, kill, rng.randint(50, 600), accepted)
             assert await cluster.reap(kill) == -9
             if kill == "gateway":
@@ -113,7 +114,7 @@ async def run_rounds(tmp_path: Path, kill: str, seed: int) -> None:
         check_exactly_once(cluster, accepted)
         codes = await cluster.stop()
     assert set(codes.values()) == {0}, codes  # SIGTERM drains and exits cleanly
-    assert len(accepted) >= ROUNDS * 50
+    assert len(accepted) >= rounds * 50
 
 
 async def test_r1_sender_killed_mid_burst(tmp_path: Path) -> None:
@@ -126,3 +127,10 @@ async def test_r2_recipient_killed_mid_burst(tmp_path: Path) -> None:
 
 async def test_r4_gateway_killed_mid_stream(tmp_path: Path) -> None:
     await run_rounds(tmp_path, "gateway", seed=4)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("kill", ["amh", "csc", "gateway"])
+async def test_kill_soak(tmp_path: Path, kill: str) -> None:
+    """The nightly version: 50 rounds of each."""
+    await run_rounds(tmp_path, kill, seed=50, rounds=50)

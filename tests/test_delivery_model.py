@@ -1,0 +1,235 @@
+"""R10: a model-based test of delivery (hypothesis stateful).
+
+The sender's real outbox, casework and store and the recipient's real reception
+and store exchange frames over an in-memory wire that loses requests, loses
+receipts, duplicates deliveries, and crashes either side (in-memory state gone,
+SQLite files kept). Invariants after every step: nothing in the inbox that the
+sender did not record, no share twice, nothing accepted forgotten; and after a
+fault-free drain, the inbox holds exactly what was accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+from collections.abc import Coroutine, Iterable
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from linkage import stories
+from linkage.clock import ManualClock
+from linkage.config import DeliverySettings
+from linkage.directory import TrustedDirectory
+from linkage.tokens import LinkageKey
+from linkage.v1 import gateway_pb2, node_api_pb2
+from node.casework import Casework
+from node.link import GatewayLink
+from node.outbox import Outbox
+from node.reception import InboxFeed, Reception
+from node.store import Store
+from tests.crypto_fixtures import FED, NOW, make_keyring
+from tests.harness import PRACTITIONER
+
+T = TypeVar("T")
+SETTINGS = DeliverySettings(retry_base_ms=1_000, receipt_timeout_ms=60_000)
+
+
+class Wire:
+    """One side's connection as the model sees it: frames go onto a list."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.connected.set()
+        self.frames: list[gateway_pb2.NodeFrame] = []
+
+    async def send(self, frame: gateway_pb2.NodeFrame) -> None:
+        self.frames.append(frame)
+
+    async def subscribe(self, tokens: Iterable[bytes]) -> int:
+        return len(list(tokens))
+
+    async def resolve(self, tokens: Iterable[bytes]) -> list[str]:
+        return ["b"]
+
+
+class DeliveryModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.dir = Path(tempfile.mkdtemp(prefix="linkage-model-"))
+        self.clock = ManualClock(NOW)
+        self.ring = make_keyring(("a", "b"))
+        self.trust = TrustedDirectory(FED, self.ring.directory_key.public_key())
+        self.trust.accept(self.ring.view.signed, NOW)
+        self.accepted: set[str] = set()
+        self.sender_wire = Wire()
+        self.recipient_wire = Wire()
+        self.run(self._open_sender())
+        self.run(self._open_recipient())
+        self.assessment_id = self.run(self._prepare())
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    async def _open_sender(self) -> None:
+        self.sender_store = await Store.open(self.dir / "a.sqlite", self.clock)
+        self.outbox = Outbox(
+            self.sender_store, self.sender_wire, self.trust, "a", self.clock, SETTINGS, random.Random(0)
+        )
+        self.casework = Casework(
+            "a",
+            self.sender_store,
+            cast(GatewayLink, self.sender_wire),
+            self.outbox,
+            self.trust,
+            self.ring.keys["a"],
+            LinkageKey(1, bytes(32)),
+            self.clock,
+        )
+
+    async def _open_recipient(self) -> None:
+        self.recipient_store = await Store.open(self.dir / "b.sqlite", self.clock)
+        self.reception = Reception(
+            self.recipient_store,
+            cast(GatewayLink, self.recipient_wire),
+            self.trust,
+            self.ring.keys["b"],
+            "b",
+            self.clock,
+            InboxFeed(),
+        )
+
+    async def _prepare(self) -> str:
+        opened = await self.casework.open_case(
+            node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="m", people=stories.think_family_people())
+        )
+        parent, child = (p.link_token for p in opened.people)
+        recorded = await self.casework.record_assessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER, case_id=opened.case_id, assessment=stories.parent_risk_change(parent, child)
+            )
+        )
+        return recorded.assessment_id
+
+    # -- rules ---------------------------------------------------------------
+
+    @rule()
+    def share(self) -> None:
+        response = self.run(
+            self.casework.share(
+                node_api_pb2.ShareSummaryRequest(
+                    actor=PRACTITIONER, assessment_id=self.assessment_id, decision=stories.override_decision()
+                )
+            )
+        )
+        self.accepted.add(response.share_id)
+
+    @rule()
+    def pump(self) -> None:
+        self.run(self.outbox.send_due())
+
+    @precondition(lambda self: self.sender_wire.frames)
+    @rule(fault=st.sampled_from(["none", "lost_request", "lost_receipt", "duplicate"]))
+    def deliver(self, fault: str) -> None:
+        self.run(self._deliver(self.sender_wire.frames.pop(0), fault))
+
+    async def _deliver(self, frame: gateway_pb2.NodeFrame, fault: str) -> None:
+        if fault == "lost_request":
+            # A lost frame on a stream means the stream broke: the node reconnects.
+            await self.outbox.disconnected()
+            await self.outbox.on_connected()
+            return
+        envelope = frame.send
+        routing_recipient = "b"
+        await self.outbox.on_ack(
+            gateway_pb2.SendAck(
+                message_id=_message_id(envelope),
+                recipient_node=routing_recipient,
+                status=gateway_pb2.SEND_STATUS_FORWARDED,
+            )
+        )
+        for _ in range(2 if fault == "duplicate" else 1):
+            await self.reception.on_envelope(envelope)
+        receipts, self.recipient_wire.frames = self.recipient_wire.frames, []
+        if fault != "lost_receipt":
+            for receipt in receipts:
+                await self.outbox.on_receipt(receipt.receipt)
+
+    @rule()
+    def time_passes(self) -> None:
+        self.clock.advance(SETTINGS.receipt_timeout_ms + 1)
+
+    @rule()
+    def crash_sender(self) -> None:
+        self.sender_wire.frames.clear()  # in transit when it died
+        self.run(self.sender_store.close())
+        self.run(self._open_sender())
+        self.run(self.outbox.on_connected())
+
+    @rule()
+    def crash_recipient(self) -> None:
+        self.run(self.recipient_store.close())
+        self.run(self._open_recipient())
+
+    # -- invariants ----------------------------------------------------------
+
+    def _ids(self, store: Store, sql: str) -> list[str]:
+        return [r[0] for r in self.run(store.fetchall(sql))]
+
+    @invariant()
+    def no_phantom_no_duplicate_nothing_forgotten(self) -> None:
+        recorded = set(self._ids(self.sender_store, "SELECT share_id FROM shares"))
+        received = self._ids(self.recipient_store, "SELECT share_id FROM inbox")
+        assert len(received) == len(set(received))
+        assert set(received) <= recorded
+        assert self.accepted <= recorded
+
+    def teardown(self) -> None:
+        try:
+            self.run(self._drain())
+            received = set(self._ids(self.recipient_store, "SELECT share_id FROM inbox"))
+            assert received == self.accepted
+        finally:
+            self.run(self.sender_store.close())
+            self.run(self.recipient_store.close())
+            self.loop.close()
+
+    async def _drain(self) -> None:
+        """Fault-free: time passes, everything due is sent and delivered, until nothing is live."""
+        for _ in range(50):
+            live = await self.sender_store.fetchone("SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent')")
+            if live[0] == 0:
+                return
+            self.clock.advance(SETTINGS.receipt_timeout_ms + 1)
+            await self.outbox.send_due()
+            while self.sender_wire.frames:
+                await self._deliver(self.sender_wire.frames.pop(0), "none")
+        raise AssertionError("delivery did not drain")
+
+
+def _message_id(envelope: Any) -> str:
+    from linkage.envelope import parse_routing
+
+    return parse_routing(envelope).message_id
+
+
+DeliveryModel.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+test_delivery_model = DeliveryModel.TestCase
+
+
+class DeliveryModelSoak(DeliveryModel):
+    pass
+
+
+DeliveryModelSoak.TestCase.settings = settings(
+    max_examples=500, stateful_step_count=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+test_delivery_model_soak = pytest.mark.soak(DeliveryModelSoak.TestCase)
