@@ -98,6 +98,28 @@ def _delivery(r: _Reader) -> DeliverySettings:
 
 
 @dataclass(frozen=True)
+class PolicyFiles:
+    """Where a node finds the federation's rules; empty means the packaged examples."""
+
+    agreement: Path | None = None
+    glossary: Path | None = None
+    codelists_extra: tuple[Path, ...] = ()
+
+
+def _policy(r: _Reader) -> PolicyFiles:
+    agreement = r.get("policy", "agreement", required=False)
+    glossary = r.get("policy", "glossary", required=False)
+    extra = r.get("policy", "codelists_extra", [], required=False)
+    if isinstance(extra, str):
+        extra = [e for e in extra.split(",") if e]
+    return PolicyFiles(
+        agreement=r.path_of("policy", "agreement") if agreement else None,
+        glossary=r.path_of("policy", "glossary") if glossary else None,
+        codelists_extra=tuple((r.base / str(e)).resolve() for e in extra),
+    )
+
+
+@dataclass(frozen=True)
 class GatewayLimits:
     """Back-pressure at the gateway: beyond these a sender is told BUSY or RESOURCE_EXHAUSTED."""
 
@@ -156,6 +178,7 @@ class NodeConfig:
     federation: FederationConfig
     tls: TlsFiles
     delivery: DeliverySettings = DeliverySettings()
+    policy: PolicyFiles = PolicyFiles()
 
     @property
     def store_path(self) -> Path:
@@ -176,6 +199,7 @@ class NodeConfig:
             federation=_federation(r),
             tls=_tls(r),
             delivery=_delivery(r),
+            policy=_policy(r),
         )
         r.done()
         return config

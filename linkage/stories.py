@@ -120,6 +120,7 @@ def override_decision() -> pb.ShareDecision:
             apd_ref="APD-AMH-2026-01",
         ),
         subject_informed="INFORMED_BEFORE",
+        approved_by=pb.Practitioner(id="amh-020", name="Sam Example", role="Team manager"),
         purpose="Safeguarding the child",
         necessity_proportionality="Only the change in risk and its context; no clinical detail.",
     )

@@ -68,6 +68,17 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
 
         return await _answer(context, work())
 
+    async def PreviewShare(
+        self, request: node_api_pb2.ShareSummaryRequest, context: Context
+    ) -> node_api_pb2.SharePreview:
+        async def work() -> node_api_pb2.SharePreview:
+            _check_actor(request.actor)
+            if not request.assessment_id:
+                raise invalid("assessment_id is required: record the assessment first")
+            return await self.casework.preview(request)
+
+        return await _answer(context, work())
+
     async def GetShareStatus(
         self, request: node_api_pb2.ShareStatusRequest, context: Context
     ) -> node_api_pb2.ShareStatus:

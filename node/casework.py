@@ -22,13 +22,17 @@ from node.backoff import backoff_ms
 from node.errors import ApiError, invalid, not_found
 from node.link import GatewayLink
 from node.outbox import Outbox
-from node.policy import RecipientInfo, ShareRequest, decide
+from node.policy import Finding, PolicyContext, PolicyResult, RecipientInfo, ShareRequest, decide
 from node.policy.minimise import routing_tokens
 from node.store import Store
 
 MAX_PEOPLE_PER_CASE = 64
 
 log = logs.get("node.casework")
+
+
+def _finding(f: Finding) -> node_api_pb2.PolicyFinding:
+    return node_api_pb2.PolicyFinding(code=f.code, message=f.message, severity=f.severity)
 
 
 def _lawful_ground(decision: summary_pb2.ShareDecision) -> str:
@@ -47,6 +51,7 @@ class Casework:
         keys: MessageKeys,
         linkage_key: LinkageKey,
         clock: Clock,
+        policy: PolicyContext,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -56,6 +61,7 @@ class Casework:
         self.keys = keys
         self.linkage_key = linkage_key
         self.clock = clock
+        self.policy = policy
         self.resubscribe = asyncio.Event()  # set when the gateway may lack some subscriptions
 
     async def subscribed_tokens(self) -> list[bytes]:
@@ -177,12 +183,10 @@ class Casework:
             )
         return node_api_pb2.RecordAssessmentResponse(assessment_id=assessment_id)
 
-    async def share(self, request: node_api_pb2.ShareSummaryRequest) -> node_api_pb2.ShareSummaryResponse:
-        if await self.outbox.queued() >= self.outbox.settings.outbox_high_water:
-            raise ApiError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "this node's outbox is full while recipients catch up; nothing was shared, retry shortly",
-            )
+    async def _decide(
+        self, request: node_api_pb2.ShareSummaryRequest, share_id: str
+    ) -> tuple[summary_pb2.RiskSummary, list[bytes], PolicyResult]:
+        """Load the assessment, find the linked agencies, apply the policy. No writes."""
         row = await self.store.fetchone(
             "SELECT body FROM assessments WHERE assessment_id = ?", (request.assessment_id,)
         )
@@ -211,28 +215,49 @@ class Casework:
             for n in recipient_ids
             if n in directory.nodes
         ]
-        share_id = uuid7(now)
+        me = directory.nodes.get(self.node_id)
         result = decide(
             ShareRequest(
                 assessment=assessment,
                 decision=request.decision,
                 actor=request.actor,
+                sender_agency_type=me.agency_type if me else "",
                 recipients=recipients,
                 decision_id=share_id,
                 now_ms=now,
-            )
+            ),
+            self.policy,
         )
+        return assessment, tokens, result
+
+    async def preview(self, request: node_api_pb2.ShareSummaryRequest) -> node_api_pb2.SharePreview:
+        _, _, result = await self._decide(request, "preview")
+        return node_api_pb2.SharePreview(
+            outcome=result.outcome,
+            findings=[_finding(f) for f in result.findings],
+            recipients=result.decision.recipients,
+        )
+
+    async def share(self, request: node_api_pb2.ShareSummaryRequest) -> node_api_pb2.ShareSummaryResponse:
+        if await self.outbox.queued() >= self.outbox.settings.outbox_high_water:
+            raise ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this node's outbox is full while recipients catch up; nothing was shared, retry shortly",
+            )
+        share_id = uuid7(self.clock.now_ms())
+        assessment, tokens, result = await self._decide(request, share_id)
+        now = self.clock.now_ms()
+        directory = self.trust.current(now)
         outgoing = []
-        for recipient in recipients if result.payloads else []:
-            payload = result.payloads[recipient.node_id]
+        for recipient_id, payload in result.payloads.items():
             outgoing.append(
                 (
-                    recipient.node_id,
+                    recipient_id,
                     seal(
                         keys=self.keys,
                         sender_node=self.node_id,
-                        recipient_node=recipient.node_id,
-                        recipient_key=directory.sealing_key(recipient.node_id, now),
+                        recipient_node=recipient_id,
+                        recipient_key=directory.sealing_key(recipient_id, now),
                         suite=directory.directory.suite,
                         message_id=uuid7(now),
                         link_tokens=tokens,
@@ -260,8 +285,20 @@ class Casework:
                 rationale=result.decision.rationale,
                 detail={
                     "share_id": share_id,
-                    "recipients": [r.node_id for r in recipients] if outgoing else [],
+                    "consent_status": result.decision.consent_status,
+                    "subject_informed": result.decision.subject_informed,
+                    "approved_by": result.decision.approved_by.id,
+                    "recipients": [
+                        {
+                            "node": r.node_id,
+                            "data_categories": list(r.data_categories),
+                            "fields": list(r.fields),
+                            "withheld": list(r.withheld),
+                        }
+                        for r in result.decision.recipients
+                    ],
                     "findings": [f.code for f in result.findings],
+                    "agreement": result.decision.agreement_version,
                 },
             )
             for recipient_id, out in outgoing:

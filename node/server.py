@@ -24,6 +24,7 @@ from node.api import NodeApiService
 from node.casework import Casework
 from node.link import GatewayLink
 from node.outbox import Outbox
+from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
 from node.store import Store
 
@@ -111,6 +112,7 @@ class NodeServer:
             keys,
             LinkageKey.load(config.linkage_key),
             self.clock,
+            load_policy(config.policy),
         )
         row = await self.store.fetchone("SELECT MAX(seq) FROM inbox")
         self.feed.last_seq = int(row[0] or 0)

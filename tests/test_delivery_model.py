@@ -24,13 +24,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from linkage import stories
 from linkage.clock import ManualClock
-from linkage.config import DeliverySettings
+from linkage.config import DeliverySettings, PolicyFiles
 from linkage.directory import TrustedDirectory
 from linkage.tokens import LinkageKey
 from linkage.v1 import gateway_pb2, node_api_pb2
 from node.casework import Casework
 from node.link import GatewayLink
 from node.outbox import Outbox
+from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
 from node.store import Store
 from tests.crypto_fixtures import FED, NOW, make_keyring
@@ -91,6 +92,7 @@ class DeliveryModel(RuleBasedStateMachine):
             self.ring.keys["a"],
             LinkageKey(1, bytes(32)),
             self.clock,
+            load_policy(PolicyFiles()),
         )
 
     async def _open_recipient(self) -> None:

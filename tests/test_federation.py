@@ -57,18 +57,22 @@ async def _case_id(cluster: Cluster, node: str) -> str:
 async def test_summary_reaches_every_subscribed_node_and_no_other(federation: LocalFederation) -> None:
     async with running(federation) as cluster:
         shared = await share_think_family(cluster)
-        assert shared.outcome == summary_pb2.DECISION_OUTCOME_SHARED
+        # The school's agreement needs a stated relevance for the historical alcohol item.
+        assert shared.outcome == summary_pb2.DECISION_OUTCOME_SHARED_PARTIAL
         assert sorted(r.node_id for r in shared.recipients) == ["csc", "school"]
         await wait_delivered(cluster.nodes["amh"], 2)
 
+        expected = {
+            "csc": [summary_pb2.CURRENCY_CURRENT, summary_pb2.CURRENCY_HISTORICAL],
+            "school": [summary_pb2.CURRENCY_CURRENT],
+        }
         for node in ("csc", "school"):
             items = (await cluster.api(node).ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER))).items
             assert len(items) == 1
             item = items[0]
             assert item.sender_node == "amh"
             assert item.sender_agency_type == "NHS_MENTAL_HEALTH"
-            currencies = [r.currency for r in item.summary.risk_items]
-            assert currencies == [summary_pb2.CURRENCY_CURRENT, summary_pb2.CURRENCY_HISTORICAL]
+            assert [r.currency for r in item.summary.risk_items] == expected[node]
             assert item.summary.decision.override_grounds == ["CHILD_AT_RISK"]
             assert "treatment" in item.summary.decision.rationale
         for node in ("police", "amh"):
@@ -170,3 +174,36 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
                 assert text in (exc.details() or "")
             else:
                 raise AssertionError(f"expected {code}")
+
+
+async def test_preview_shows_who_gets_what_and_sends_nothing(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        family = stories.think_family_people()
+        parent, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        await open_case(cluster, "school", [family[1]])
+        amh = cluster.api("amh")
+        recorded = await amh.RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER,
+                case_id=await _case_id(cluster, "amh"),
+                assessment=stories.parent_risk_change(parent, child),
+            )
+        )
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        audit_before = (await store.fetchone("SELECT COUNT(*) FROM audit"))[0]
+        preview = await amh.PreviewShare(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONER, assessment_id=recorded.assessment_id, decision=stories.override_decision()
+            )
+        )
+        assert preview.outcome == summary_pb2.DECISION_OUTCOME_SHARED_PARTIAL
+        by_node = {r.node_id: r for r in preview.recipients}
+        assert "risk_items" in by_node["csc"].fields
+        assert "risk_items.narrative" not in by_node["school"].fields
+        assert by_node["school"].withheld == ["risk item 2 (SUBSTANCE_MISUSE): relevance to SCHOOL not stated"]
+        assert "shared_in_part" in {f.code for f in preview.findings}
+        assert (await store.fetchone("SELECT COUNT(*) FROM shares"))[0] == 0
+        assert (await store.fetchone("SELECT COUNT(*) FROM outbox"))[0] == 0
+        assert (await store.fetchone("SELECT COUNT(*) FROM audit"))[0] == audit_before

@@ -288,12 +288,17 @@ class ShareSummaryResponse(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
     FINDINGS_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
     share_id: _builtins.str
     outcome: _summary_pb2.DecisionOutcome.ValueType
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryStatus]: ...
     @_builtins.property
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyFinding]: ...
+    @_builtins.property
+    def decision(self) -> _summary_pb2.ShareDecision:
+        """the decision as recorded and sent"""
+
     def __init__(
         self,
         *,
@@ -301,14 +306,42 @@ class ShareSummaryResponse(_message.Message):
         outcome: _summary_pb2.DecisionOutcome.ValueType = ...,
         recipients: _abc.Iterable[Global___DeliveryStatus] | None = ...,
         findings: _abc.Iterable[Global___PolicyFinding] | None = ...,
+        decision: _summary_pb2.ShareDecision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["findings", b"findings", "outcome", b"outcome", "recipients", b"recipients", "share_id", b"share_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "findings", b"findings", "outcome", b"outcome", "recipients", b"recipients", "share_id", b"share_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShareSummaryResponse: _TypeAlias = ShareSummaryResponse  # noqa: Y015
+
+@_typing.final
+class SharePreview(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    FINDINGS_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    outcome: _summary_pb2.DecisionOutcome.ValueType
+    @_builtins.property
+    def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyFinding]: ...
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[_summary_pb2.RecipientRecord]: ...
+    def __init__(
+        self,
+        *,
+        outcome: _summary_pb2.DecisionOutcome.ValueType = ...,
+        findings: _abc.Iterable[Global___PolicyFinding] | None = ...,
+        recipients: _abc.Iterable[_summary_pb2.RecipientRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["findings", b"findings", "outcome", b"outcome", "recipients", b"recipients"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SharePreview: _TypeAlias = SharePreview  # noqa: Y015
 
 @_typing.final
 class ShareStatusRequest(_message.Message):

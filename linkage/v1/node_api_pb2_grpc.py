@@ -51,6 +51,11 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.FromString,
                 _registered_method=True)
+        self.PreviewShare = channel.unary_unary(
+                '/linkage.v1.NodeApi/PreviewShare',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.SharePreview.FromString,
+                _registered_method=True)
         self.GetShareStatus = channel.unary_unary(
                 '/linkage.v1.NodeApi/GetShareStatus',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.ShareStatusRequest.SerializeToString,
@@ -101,6 +106,14 @@ class NodeApiServicer:
     def ShareSummary(self, request, context):
         """Share a minimised summary of an assessment with every agency subscribed
         to the family, through the sharing policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewShare(self, request, context):
+        """Dry run of ShareSummary: who would get which fields, which rules fail or
+        warn. Nothing is sent or recorded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +171,11 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.ShareSummary,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.SerializeToString,
+            ),
+            'PreviewShare': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewShare,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.SharePreview.SerializeToString,
             ),
             'GetShareStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetShareStatus,
@@ -268,6 +286,33 @@ class NodeApi:
             '/linkage.v1.NodeApi/ShareSummary',
             linkage_dot_v1_dot_node__api__pb2.ShareSummaryRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewShare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/PreviewShare',
+            linkage_dot_v1_dot_node__api__pb2.ShareSummaryRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.SharePreview.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class NodeApiStub:
     """Share a minimised summary of an assessment with every agency subscribed
     to the family, through the sharing policy.
     """
+    PreviewShare: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ShareSummaryRequest, _node_api_pb2.SharePreview]
+    """Dry run of ShareSummary: who would get which fields, which rules fail or
+    warn. Nothing is sent or recorded.
+    """
     GetShareStatus: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ShareStatusRequest, _node_api_pb2.ShareStatus]
     """Where each recipient's copy of a share is: queued, sent, delivered, undeliverable."""
     WatchShareStatus: _grpc.UnaryStreamMultiCallable[_node_api_pb2.ShareStatusRequest, _node_api_pb2.ShareStatus]
@@ -73,6 +77,10 @@ class NodeApiAsyncStub(NodeApiStub):
     ShareSummary: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ShareSummaryRequest, _node_api_pb2.ShareSummaryResponse]  # type: ignore[assignment]
     """Share a minimised summary of an assessment with every agency subscribed
     to the family, through the sharing policy.
+    """
+    PreviewShare: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ShareSummaryRequest, _node_api_pb2.SharePreview]  # type: ignore[assignment]
+    """Dry run of ShareSummary: who would get which fields, which rules fail or
+    warn. Nothing is sent or recorded.
     """
     GetShareStatus: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ShareStatusRequest, _node_api_pb2.ShareStatus]  # type: ignore[assignment]
     """Where each recipient's copy of a share is: queued, sent, delivered, undeliverable."""
@@ -117,6 +125,16 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_api_pb2.ShareSummaryResponse, _abc.Awaitable[_node_api_pb2.ShareSummaryResponse]]:
         """Share a minimised summary of an assessment with every agency subscribed
         to the family, through the sharing policy.
+        """
+
+    @_abc_1.abstractmethod
+    def PreviewShare(
+        self,
+        request: _node_api_pb2.ShareSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.SharePreview, _abc.Awaitable[_node_api_pb2.SharePreview]]:
+        """Dry run of ShareSummary: who would get which fields, which rules fail or
+        warn. Nothing is sent or recorded.
         """
 
     @_abc_1.abstractmethod

@@ -221,6 +221,7 @@ class RiskItem(_message.Message):
     BASIS_FIELD_NUMBER: _builtins.int
     NARRATIVE_FIELD_NUMBER: _builtins.int
     CONCERNS_FIELD_NUMBER: _builtins.int
+    RELEVANCE_FIELD_NUMBER: _builtins.int
     category: _builtins.str
     """risk_category code"""
     subcategory: _builtins.str
@@ -234,6 +235,8 @@ class RiskItem(_message.Message):
     basis: _builtins.str
     """FACT_OBSERVED | DISCLOSURE | ALLEGATION | PROFESSIONAL_OPINION | ..."""
     narrative: _builtins.str
+    relevance: _builtins.str
+    """why it matters to the recipients; some agreements require it"""
     @_builtins.property
     def level(self) -> Global___RiskLevel: ...
     @_builtins.property
@@ -259,10 +262,11 @@ class RiskItem(_message.Message):
         basis: _builtins.str = ...,
         narrative: _builtins.str = ...,
         concerns: _abc.Iterable[_builtins.bytes] | None = ...,
+        relevance: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "period", b"period", "previous_level", b"previous_level"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "category", b"category", "concerns", b"concerns", "currency", b"currency", "direction", b"direction", "historical_relevance", b"historical_relevance", "level", b"level", "narrative", b"narrative", "period", b"period", "previous_level", b"previous_level", "subcategory", b"subcategory", "who_at_risk", b"who_at_risk"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "category", b"category", "concerns", b"concerns", "currency", b"currency", "direction", b"direction", "historical_relevance", b"historical_relevance", "level", b"level", "narrative", b"narrative", "period", b"period", "previous_level", b"previous_level", "relevance", b"relevance", "subcategory", b"subcategory", "who_at_risk", b"who_at_risk"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -525,18 +529,25 @@ Global___LawfulBasis: _TypeAlias = LawfulBasis  # noqa: Y015
 
 @_typing.final
 class RecipientRecord(_message.Message):
+    """What one recipient received under the data-sharing agreement, and what was
+    withheld from it and why.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     AGENCY_TYPE_FIELD_NUMBER: _builtins.int
     DATA_CATEGORIES_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
+    WITHHELD_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     agency_type: _builtins.str
     @_builtins.property
     def data_categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def withheld(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -544,10 +555,11 @@ class RecipientRecord(_message.Message):
         agency_type: _builtins.str = ...,
         data_categories: _abc.Iterable[_builtins.str] | None = ...,
         fields: _abc.Iterable[_builtins.str] | None = ...,
+        withheld: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_type", b"agency_type", "data_categories", b"data_categories", "fields", b"fields", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_type", b"agency_type", "data_categories", b"data_categories", "fields", b"fields", "node_id", b"node_id", "withheld", b"withheld"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -571,6 +583,10 @@ class ShareDecision(_message.Message):
     NECESSITY_PROPORTIONALITY_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
     DECIDED_AT_MS_FIELD_NUMBER: _builtins.int
+    AGREEMENT_VERSION_FIELD_NUMBER: _builtins.int
+    CODELISTS_VERSION_FIELD_NUMBER: _builtins.int
+    CAPACITY_ASSESSMENT_REF_FIELD_NUMBER: _builtins.int
+    BEST_INTERESTS_REF_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     outcome: Global___DecisionOutcome.ValueType
     rationale: _builtins.str
@@ -581,6 +597,12 @@ class ShareDecision(_message.Message):
     purpose: _builtins.str
     necessity_proportionality: _builtins.str
     decided_at_ms: _builtins.int
+    agreement_version: _builtins.str
+    """the data-sharing agreement applied"""
+    codelists_version: _builtins.str
+    capacity_assessment_ref: _builtins.str
+    """when consent cannot be given for lack of capacity"""
+    best_interests_ref: _builtins.str
     @_builtins.property
     def decided_by(self) -> Global___Practitioner: ...
     @_builtins.property
@@ -608,10 +630,14 @@ class ShareDecision(_message.Message):
         necessity_proportionality: _builtins.str = ...,
         recipients: _abc.Iterable[Global___RecipientRecord] | None = ...,
         decided_at_ms: _builtins.int = ...,
+        agreement_version: _builtins.str = ...,
+        codelists_version: _builtins.str = ...,
+        capacity_assessment_ref: _builtins.str = ...,
+        best_interests_ref: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "decided_by", b"decided_by", "lawful_basis", b"lawful_basis"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "consent_status", b"consent_status", "decided_at_ms", b"decided_at_ms", "decided_by", b"decided_by", "decision_id", b"decision_id", "lawful_basis", b"lawful_basis", "necessity_proportionality", b"necessity_proportionality", "outcome", b"outcome", "override_grounds", b"override_grounds", "purpose", b"purpose", "rationale", b"rationale", "recipients", b"recipients", "subject_informed", b"subject_informed", "subject_not_informed_reason", b"subject_not_informed_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_version", b"agreement_version", "approved_by", b"approved_by", "best_interests_ref", b"best_interests_ref", "capacity_assessment_ref", b"capacity_assessment_ref", "codelists_version", b"codelists_version", "consent_status", b"consent_status", "decided_at_ms", b"decided_at_ms", "decided_by", b"decided_by", "decision_id", b"decision_id", "lawful_basis", b"lawful_basis", "necessity_proportionality", b"necessity_proportionality", "outcome", b"outcome", "override_grounds", b"override_grounds", "purpose", b"purpose", "rationale", b"rationale", "recipients", b"recipients", "subject_informed", b"subject_informed", "subject_not_informed_reason", b"subject_not_informed_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

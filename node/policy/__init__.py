@@ -2,10 +2,22 @@
 
 A share request goes in; a decision comes out, with a machine-readable reason
 code and a plain message for every rule that failed or warns, and the
-minimised payload each recipient may receive.
+minimised payload each recipient may receive under the data-sharing agreement.
 """
 
-from node.policy.decide import PolicyResult, RecipientInfo, ShareRequest, decide
-from node.policy.rules import Finding
+from node.policy.agreement import Agreement, RecipientRules
+from node.policy.decide import PolicyContext, PolicyResult, RecipientInfo, ShareRequest, decide
+from node.policy.findings import Finding
+from node.policy.glossary import Glossary
 
-__all__ = ["Finding", "PolicyResult", "RecipientInfo", "ShareRequest", "decide"]
+__all__ = [
+    "Agreement",
+    "Finding",
+    "Glossary",
+    "PolicyContext",
+    "PolicyResult",
+    "RecipientInfo",
+    "RecipientRules",
+    "ShareRequest",
+    "decide",
+]

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from linkage.codelists import CodeLists
 from linkage.v1 import summary_pb2 as pb
-from node.policy.minimise import minimise
-from node.policy.rules import Finding, decision_rules, summary_rules
+from node.policy.agreement import Agreement
+from node.policy.findings import Finding
+from node.policy.glossary import Glossary
+from node.policy.minimise import Payload, payload_for
+from node.policy.rules import consent_absent, decision_rules, summary_rules
+
+PRACTITIONER_OUTCOMES = (pb.DECISION_OUTCOME_NOT_SHARED, pb.DECISION_OUTCOME_DEFERRED)
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """The federation's rules this node applies: code lists, agreement, glossary."""
+
+    codes: CodeLists
+    agreement: Agreement
+    glossary: Glossary
 
 
 @dataclass(frozen=True)
@@ -20,6 +35,7 @@ class ShareRequest:
     assessment: pb.RiskSummary
     decision: pb.ShareDecision
     actor: pb.Practitioner
+    sender_agency_type: str
     recipients: list[RecipientInfo]
     decision_id: str
     now_ms: int
@@ -40,31 +56,100 @@ class PolicyResult:
         return [f for f in self.findings if f.severity == "error"]
 
 
-def decide(request: ShareRequest) -> PolicyResult:
-    findings = [*decision_rules(request.decision), *summary_rules(request.assessment)]
+def _plain_language(request: ShareRequest, glossary: Glossary) -> list[Finding]:
+    summary, out = request.assessment, list[Finding]()
+    texts = [
+        ("Headline", summary.headline),
+        ("Strengths", summary.strengths),
+        ("Rationale", request.decision.rationale),
+    ]
+    texts += [(f"Risk item {n} narrative", i.narrative) for n, i in enumerate(summary.risk_items, 1)]
+    texts += [(f"Risk item {n} relevance", i.relevance) for n, i in enumerate(summary.risk_items, 1)]
+    texts += [(f"Protective factor {n}", p.text) for n, p in enumerate(summary.protective_factors, 1)]
+    texts += [(f"Action {n}", a.action) for n, a in enumerate(summary.actions, 1)]
+    for where, text in texts:
+        out.extend(glossary.findings(where, text))
+    return out
+
+
+def _finish(decision: pb.ShareDecision, outcome: pb.DecisionOutcome.ValueType, findings: list[Finding]) -> None:
+    decision.outcome = outcome
+    errors = [f for f in findings if f.severity == "error"]
+    if errors and outcome == pb.DECISION_OUTCOME_NOT_SHARED:
+        reasons = "; ".join(f"{f.code}: {f.message}" for f in errors)
+        decision.rationale = f"{decision.rationale} [not shared by policy: {reasons}]".strip()
+
+
+def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
     decision = pb.ShareDecision()
     decision.CopyFrom(request.decision)
     decision.decision_id = request.decision_id
     decision.decided_by.CopyFrom(request.actor)
     decision.decided_at_ms = request.now_ms
+    decision.agreement_version = context.agreement.version
+    decision.codelists_version = context.codes.version
     del decision.recipients[:]
+    findings: list[Finding] = []
+    if not decision.rationale.strip():
+        findings.append(Finding("rationale_missing", "Say why: every decision, to share or not, needs its reasons."))
+
+    # A practitioner's own decision not to share (or to wait) is recorded as made.
+    if request.decision.outcome in PRACTITIONER_OUTCOMES:
+        _finish(decision, request.decision.outcome, findings)
+        return PolicyResult(decision=decision, findings=findings)
+
+    findings += decision_rules(request.decision, context.codes, request.sender_agency_type)
+    findings += summary_rules(request.assessment, context.codes)
+    findings += _plain_language(request, context.glossary)
     if not request.recipients:
         findings.append(
             Finding("no_recipients", "No other agency is linked to this family yet; nothing was sent.", "warning")
         )
-    errors = [f for f in findings if f.severity == "error"]
-    if errors or not request.recipients:
-        decision.outcome = pb.DECISION_OUTCOME_NOT_SHARED
-        if errors:
-            reasons = "; ".join(f"{f.code}: {f.message}" for f in errors)
-            decision.rationale = f"{decision.rationale} [not shared by policy: {reasons}]".strip()
+    if any(f.severity == "error" for f in findings) or not request.recipients:
+        _finish(decision, pb.DECISION_OUTCOME_NOT_SHARED, findings)
         return PolicyResult(decision=decision, findings=findings)
-    payloads: dict[str, pb.RiskSummary] = {}
+    if context.agreement.approval_when_consent_absent and consent_absent(decision) and not decision.approved_by.id:
+        findings.append(
+            Finding(
+                "approval_required",
+                "Sharing without consent needs approval under the agreement: name who approved it "
+                "(manager, designated safeguarding lead or Caldicott guardian).",
+            )
+        )
+        _finish(decision, pb.DECISION_OUTCOME_DEFERRED, findings)
+        return PolicyResult(decision=decision, findings=findings)
+
+    payloads: dict[str, Payload] = {}
     for recipient in request.recipients:
-        payload = minimise(request.assessment)
-        decision.recipients.add(node_id=recipient.node_id, agency_type=recipient.agency_type)
-        payloads[recipient.node_id] = payload
-    decision.outcome = pb.DECISION_OUTCOME_SHARED
+        rules = context.agreement.rules_for(recipient.agency_type)
+        payload = payload_for(request.assessment, rules, context.codes, recipient.agency_type)
+        record = decision.recipients.add(
+            node_id=recipient.node_id,
+            agency_type=recipient.agency_type,
+            data_categories=payload.data_categories,
+            fields=payload.fields if payload.summary.risk_items else [],
+            withheld=payload.withheld,
+        )
+        if payload.summary.risk_items:
+            payloads[recipient.node_id] = payload
+        else:
+            record.withheld.append("nothing in this summary may go to this recipient under the agreement")
+    if not payloads:
+        findings.append(
+            Finding("nothing_permitted", "The agreement lets none of this summary go to the linked agencies.")
+        )
+        _finish(decision, pb.DECISION_OUTCOME_NOT_SHARED, findings)
+        return PolicyResult(decision=decision, findings=findings)
+    partial = len(payloads) < len(request.recipients) or any(p.items_withheld for p in payloads.values())
+    if partial:
+        findings.append(
+            Finding(
+                "shared_in_part",
+                "Some of this summary was withheld from some recipients; see each recipient.",
+                "warning",
+            )
+        )
+    _finish(decision, pb.DECISION_OUTCOME_SHARED_PARTIAL if partial else pb.DECISION_OUTCOME_SHARED, findings)
     for payload in payloads.values():
-        payload.decision.CopyFrom(decision)
-    return PolicyResult(decision=decision, findings=findings, payloads=payloads)
+        payload.summary.decision.CopyFrom(decision)
+    return PolicyResult(decision=decision, findings=findings, payloads={n: p.summary for n, p in payloads.items()})

@@ -1,14 +1,15 @@
-"""Validation rules from reference/domain.md §6, each with its reason code."""
+"""Validation rules (reference/domain.md §6), each with its reason code."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
+from linkage.codelists import CodeLists
 from linkage.v1 import summary_pb2 as pb
+from node.policy.findings import Finding
 
-# Consent states that mean the person has not agreed: sharing then needs a
-# recorded override ground (domain.md §6 rule 6).
+# Consent states meaning the person has not agreed: sharing then needs a recorded
+# override ground and the common override record (domain.md §6 rule 6).
 CONSENT_ABSENT = frozenset(
     {
         "REFUSED",
@@ -21,28 +22,46 @@ CONSENT_ABSENT = frozenset(
     }
 )
 NO_CONSENT_CONDITIONS = frozenset({"SCH1_P18", "SCH8_P4"})
-BANDED_SCALES = frozenset({"PRACTITIONER_JUDGEMENT", "OASYS_ROSH", "DASH_RIC"})
-
-
-@dataclass(frozen=True)
-class Finding:
-    code: str
-    message: str
-    severity: str = "error"  # "error" stops the share; "warning" is shown before sending
+# DPA 2018 Schedule 1 Part 2 (substantial public interest) conditions in the code list.
+SCH1_PART2 = frozenset({"SCH1_P6", "SCH1_P10", "SCH1_P18", "SCH1_P19"})
+LEGITIMATE_INTERESTS = frozenset({"A6_1_F", "A6_1_EA_SAFEGUARDING", "A6_1_EA_PUBLIC_TASK_REQUEST"})
+NON_PUBLIC_AGENCIES = frozenset(
+    {"VCS_OLDER_PEOPLE", "VCS_DOMESTIC_ABUSE", "VCS_CHILDREN", "VCS_OTHER", "HOUSING_PROVIDER", "EARLY_YEARS"}
+)
 
 
 def date_set(date: pb.Date) -> bool:
     return date.year > 0
 
 
-def decision_rules(decision: pb.ShareDecision) -> Iterator[Finding]:
-    if not decision.rationale.strip():
-        yield Finding("rationale_missing", "Say why you are sharing: every decision needs a rationale.")
+def consent_absent(decision: pb.ShareDecision) -> bool:
+    return decision.consent_status in CONSENT_ABSENT
+
+
+def _code(codes: CodeLists, name: str, value: str, where: str) -> Iterator[Finding]:
+    if value and not codes.has(name, value):
+        yield Finding("unknown_code", f"{where}: '{value}' is not in the {name} code list ({codes.version}).")
+
+
+def decision_rules(decision: pb.ShareDecision, codes: CodeLists, sender_agency_type: str) -> Iterator[Finding]:
+    """Grounds for sharing: consent, lawful basis and the override record."""
+    basis = decision.lawful_basis
     if not decision.consent_status:
         yield Finding("consent_status_missing", "Record the consent status (for example GIVEN_EXPLICIT or REFUSED).")
-    basis = decision.lawful_basis
+    yield from _code(codes, "consent_status", decision.consent_status, "consent status")
     if not basis.art6:
         yield Finding("lawful_basis_missing", "Give the UK GDPR Article 6 lawful basis (for example A6_1_E).")
+    for code in basis.art6:
+        yield from _code(codes, "art6", code, "Article 6 basis")
+    yield from _code(codes, "art9", basis.art9, "Article 9 condition")
+    yield from _code(codes, "dpa_condition", basis.dpa_condition, "DPA 2018 condition")
+    yield from _code(codes, "dp_regime", basis.dp_regime, "data-protection regime")
+    yield from _code(codes, "cldc_basis", basis.cldc_basis, "confidentiality basis")
+    for code in basis.statutory_gateway:
+        yield from _code(codes, "statutory_gateway", code, "statutory power")
+    for code in decision.override_grounds:
+        yield from _code(codes, "override_ground", code, "override ground")
+    yield from _code(codes, "subject_informed", decision.subject_informed, "subject informed")
     if decision.consent_status == "GIVEN_EXPLICIT" and basis.dpa_condition in NO_CONSENT_CONDITIONS:
         yield Finding(
             "explicit_consent_with_p18",
@@ -53,41 +72,108 @@ def decision_rules(decision: pb.ShareDecision) -> Iterator[Finding]:
             "p18_needs_reason_and_apd",
             "Schedule 1 para 18 needs the reason consent was not used and the appropriate policy document.",
         )
-    if decision.consent_status in CONSENT_ABSENT and not decision.override_grounds:
+    if basis.art9 == "A9_2_G" and basis.dpa_condition not in SCH1_PART2:
         yield Finding(
-            "override_ground_missing",
-            f"Consent is {decision.consent_status}: record the override ground that justifies sharing.",
+            "art9g_needs_part2_condition",
+            "Article 9(2)(g) needs a DPA 2018 Schedule 1 Part 2 condition (for example SCH1_P18).",
+        )
+    if LEGITIMATE_INTERESTS & set(basis.art6) and sender_agency_type not in NON_PUBLIC_AGENCIES:
+        yield Finding(
+            "legitimate_interest_public_authority",
+            "A public authority acting in its tasks cannot usually rely on legitimate interests; consider A6_1_E.",
+            "warning",
+        )
+    if consent_absent(decision):
+        if not decision.override_grounds:
+            yield Finding(
+                "override_ground_missing",
+                f"Consent is {decision.consent_status}: record the override ground that justifies sharing.",
+            )
+        if not decision.subject_informed:
+            yield Finding(
+                "subject_informed_missing",
+                "Say whether the person was told about the sharing, and if not, why not.",
+            )
+        if not decision.necessity_proportionality.strip():
+            yield Finding(
+                "proportionality_missing",
+                "Sharing without consent needs a statement of why it is necessary and proportionate.",
+            )
+    if decision.consent_status == "CANNOT_GIVE_LACKS_CAPACITY" and not (
+        decision.capacity_assessment_ref and decision.best_interests_ref
+    ):
+        yield Finding(
+            "capacity_refs_missing",
+            "Lack of capacity needs the decision-specific capacity assessment and the best-interests decision.",
         )
 
 
-def summary_rules(summary: pb.RiskSummary) -> Iterator[Finding]:
-    if not summary.risk_items:
-        yield Finding("no_risk_items", "A summary needs at least one risk item.")
-    any_current = False
-    for n, item in enumerate(summary.risk_items, start=1):
-        where = f"Risk item {n} ({item.category or 'no category'})"
-        if not item.category:
-            yield Finding("category_missing", f"{where}: choose a risk category.")
-        if item.currency == pb.CURRENCY_UNSPECIFIED:
-            yield Finding("currency_missing", f"{where}: say whether it is current or historical.")
-        elif item.currency == pb.CURRENCY_CURRENT:
-            any_current = True
-        elif not (date_set(item.period.to) and item.historical_relevance):
+def _level_rules(
+    level: pb.RiskLevel, item: pb.RiskItem, codes: CodeLists, where: str, current: bool
+) -> Iterator[Finding]:
+    if not level.scale:
+        yield Finding("level_without_scale", f"{where}: a risk level must name its scale.")
+        return
+    scale = codes.entry("risk_scale", level.scale)
+    if not scale:
+        yield from _code(codes, "risk_scale", level.scale, where)
+        return
+    values = scale.get("values", [])
+    if values and level.value not in values:
+        yield Finding("level_not_on_scale", f"{where}: '{level.value}' is not a value of {level.scale} ({values}).")
+    if item.subcategory == "SUICIDE_RISK" and scale.get("banded"):
+        yield Finding(
+            "suicide_risk_banded",
+            f"{where}: do not grade suicide risk low/medium/high (NICE NG225); describe the formulation instead.",
+        )
+    if current and "rationale" in scale.get("requires", []) and not level.rationale.strip():
+        yield Finding("judgement_without_rationale", f"{where}: a {level.scale} level needs its rationale.")
+
+
+def item_rules(item: pb.RiskItem, n: int, codes: CodeLists) -> Iterator[Finding]:
+    where = f"Risk item {n} ({item.category or 'no category'})"
+    if not item.category:
+        yield Finding("category_missing", f"{where}: choose a risk category.")
+    else:
+        yield from _code(codes, "risk_category", item.category, where)
+        subs = codes.entry("risk_category", item.category).get("sub", [])
+        if item.subcategory and item.subcategory not in subs:
+            yield Finding("unknown_code", f"{where}: '{item.subcategory}' is not a kind of {item.category}.")
+        if item.category == "OTHER" and not item.narrative.strip():
+            yield Finding("other_needs_text", f"{where}: say what the risk is when the category is OTHER.")
+    if not item.direction:
+        yield Finding("direction_missing", f"{where}: say whether the risk is new, increased, decreased...")
+    yield from _code(codes, "change_direction", item.direction, where)
+    yield from _code(codes, "who_at_risk", item.who_at_risk, where)
+    yield from _code(codes, "basis", item.basis, where)
+    if not item.basis:
+        yield Finding(
+            "basis_missing", f"{where}: say whether this is fact, disclosure, allegation or professional opinion."
+        )
+    if item.currency == pb.CURRENCY_UNSPECIFIED:
+        yield Finding("currency_missing", f"{where}: say whether it is current or historical.")
+    elif item.currency == pb.CURRENCY_HISTORICAL:
+        if not (date_set(item.period.to) and item.historical_relevance):
             yield Finding(
                 "historical_needs_dates",
                 f"{where}: historical information needs the date it ended and its relevance now.",
             )
-        if item.HasField("level"):
-            if not item.level.scale:
-                yield Finding("level_without_scale", f"{where}: a risk level must name its scale.")
-            if item.subcategory == "SUICIDE_RISK" and item.level.scale in BANDED_SCALES:
-                yield Finding(
-                    "suicide_risk_banded",
-                    f"{where}: do not grade suicide risk low/medium/high (NICE NG225); describe the formulation.",
-                )
-            if item.level.scale == "PRACTITIONER_JUDGEMENT" and not item.level.rationale:
-                yield Finding("judgement_without_rationale", f"{where}: a practitioner judgement needs its rationale.")
-        if not item.direction:
-            yield Finding("direction_missing", f"{where}: say whether the risk is new, increased, decreased...")
-    if any_current and not date_set(summary.review_date):
+        yield from _code(codes, "historical_relevance", item.historical_relevance, where)
+    for level, current in ((item.level, True), (item.previous_level, False)):
+        if level.ByteSize():
+            yield from _level_rules(level, item, codes, where, current)
+
+
+def summary_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding]:
+    if not summary.risk_items:
+        yield Finding("no_risk_items", "A summary needs at least one risk item.")
+    for n, person in enumerate(summary.people, start=1):
+        yield from _code(codes, "role_in_risk", person.role_in_risk, f"Person {n}")
+        yield from _code(codes, "person_type", person.person_type, f"Person {n}")
+    for n, item in enumerate(summary.risk_items, start=1):
+        yield from item_rules(item, n, codes)
+    yield from _code(codes, "assessment_formality", summary.assessment.formality, "assessment")
+    if summary.HasField("closure_intent"):
+        yield from _code(codes, "closure_intent", summary.closure_intent.intent, "closure intent")
+    if any(i.currency == pb.CURRENCY_CURRENT for i in summary.risk_items) and not date_set(summary.review_date):
         yield Finding("review_date_missing", "A summary with current risk needs a review date.")

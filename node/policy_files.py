@@ -1,0 +1,24 @@
+"""Loading the federation's rules for the (pure) policy: code lists, agreement, glossary."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+from linkage.codelists import CodeLists
+from linkage.config import PolicyFiles
+from node.policy import Agreement, Glossary, PolicyContext
+
+
+def _document(path: Path | None, packaged: str) -> dict[str, object]:
+    text = path.read_text() if path else resources.files("linkage.data").joinpath(packaged).read_text()
+    return tomllib.loads(text)
+
+
+def load_policy(files: PolicyFiles) -> PolicyContext:
+    return PolicyContext(
+        codes=CodeLists.load(files.codelists_extra),
+        agreement=Agreement.from_document(_document(files.agreement, "dsa.toml")),
+        glossary=Glossary.from_document(_document(files.glossary, "glossary.toml")),
+    )

@@ -1,0 +1,195 @@
+"""Every validation rule, failing and passing, with its reason code (table-driven)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from linkage import stories
+from linkage.v1 import summary_pb2 as pb
+from tests.policy_fixtures import CHILD, PARENT, codes, request, run
+
+Mutation = Callable[[pb.RiskSummary, pb.ShareDecision], None]
+
+
+def _consent(status: str) -> Mutation:
+    def mutate(s: pb.RiskSummary, d: pb.ShareDecision) -> None:
+        d.consent_status = status
+
+    return mutate
+
+
+def _explicit_consent_basis(s: pb.RiskSummary, d: pb.ShareDecision) -> None:
+    d.consent_status = "GIVEN_EXPLICIT"
+    d.ClearField("override_grounds")
+    d.lawful_basis.art9 = "A9_2_H"
+    d.lawful_basis.dpa_condition = "SCH1_P2"
+    d.lawful_basis.cldc_basis = "CONSENT_EXPLICIT"
+
+
+def _set(path: str, value: object) -> Mutation:
+    def mutate(s: pb.RiskSummary, d: pb.ShareDecision) -> None:
+        target: object = {"s": s, "d": d}[path[0]]
+        *parents, leaf = path[2:].split(".")
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else getattr(target, part)  # type: ignore[index]
+        if value is None:
+            target.ClearField(leaf)  # type: ignore[attr-defined]
+        elif isinstance(value, list):
+            field = getattr(target, leaf)
+            del field[:]
+            field.extend(value)
+        else:
+            setattr(target, leaf, value)
+
+    return mutate
+
+
+def _both(*mutations: Mutation) -> Mutation:
+    def mutate(s: pb.RiskSummary, d: pb.ShareDecision) -> None:
+        for m in mutations:
+            m(s, d)
+
+    return mutate
+
+
+CASES: list[tuple[str, Mutation, Mutation]] = [
+    # (reason code, a mutation that breaks the rule, a mutation that satisfies it)
+    ("rationale_missing", _set("d.rationale", ""), _set("d.rationale", "Why it matters")),
+    ("consent_status_missing", _set("d.consent_status", ""), _consent("REFUSED")),
+    ("lawful_basis_missing", _set("d.lawful_basis.art6", []), _set("d.lawful_basis.art6", ["A6_1_E"])),
+    ("unknown_code", _set("d.lawful_basis.art6", ["A6_9_Z"]), _set("d.lawful_basis.art6", ["A6_1_C"])),
+    (
+        "unknown_code",
+        _set("s.risk_items.0.category", "NOT_A_CATEGORY"),
+        _set("s.risk_items.0.category", "PARENTAL_CAPACITY"),
+    ),
+    ("unknown_code", _set("s.risk_items.0.subcategory", "CSE"), _set("s.risk_items.0.subcategory", "PARENTAL_LD")),
+    (
+        "explicit_consent_with_p18",
+        _both(_explicit_consent_basis, _set("d.lawful_basis.dpa_condition", "SCH1_P18")),
+        _explicit_consent_basis,
+    ),
+    ("p18_needs_reason_and_apd", _set("d.lawful_basis.apd_ref", ""), _set("d.lawful_basis.apd_ref", "APD-1")),
+    (
+        "art9g_needs_part2_condition",
+        _set("d.lawful_basis.dpa_condition", "SCH1_P2"),
+        _set("d.lawful_basis.dpa_condition", "SCH1_P18"),
+    ),
+    ("override_ground_missing", _set("d.override_grounds", []), _set("d.override_grounds", ["RISK_TO_OTHERS"])),
+    ("subject_informed_missing", _set("d.subject_informed", ""), _set("d.subject_informed", "INFORMED_AFTER")),
+    (
+        "proportionality_missing",
+        _set("d.necessity_proportionality", ""),
+        _set("d.necessity_proportionality", "Only the change in risk."),
+    ),
+    (
+        "capacity_refs_missing",
+        _consent("CANNOT_GIVE_LACKS_CAPACITY"),
+        _both(
+            _consent("CANNOT_GIVE_LACKS_CAPACITY"),
+            _set("d.capacity_assessment_ref", "MCA-1"),
+            _set("d.best_interests_ref", "BI-1"),
+        ),
+    ),
+    ("no_risk_items", _set("s.risk_items", []), lambda s, d: None),
+    ("category_missing", _set("s.risk_items.0.category", ""), _set("s.risk_items.0.category", "PARENTAL_CAPACITY")),
+    ("direction_missing", _set("s.risk_items.0.direction", ""), _set("s.risk_items.0.direction", "DECREASED")),
+    ("basis_missing", _set("s.risk_items.0.basis", ""), _set("s.risk_items.0.basis", "DISCLOSURE")),
+    (
+        "currency_missing",
+        _set("s.risk_items.0.currency", pb.CURRENCY_UNSPECIFIED),
+        _set("s.risk_items.0.currency", pb.CURRENCY_CURRENT),
+    ),
+    (
+        "historical_needs_dates",
+        _set("s.risk_items.1.period", None),
+        _set("s.risk_items.1.historical_relevance", "STILL_RELEVANT"),
+    ),
+    (
+        "historical_needs_dates",
+        _set("s.risk_items.1.historical_relevance", ""),
+        _set("s.risk_items.1.historical_relevance", "CONTEXT_ONLY"),
+    ),
+    (
+        "level_without_scale",
+        _set("s.risk_items.0.level.scale", ""),
+        _set("s.risk_items.0.level.scale", "PRACTITIONER_JUDGEMENT"),
+    ),
+    ("level_not_on_scale", _set("s.risk_items.0.level.value", "SEVERE"), _set("s.risk_items.0.level.value", "LOW")),
+    (
+        "judgement_without_rationale",
+        _set("s.risk_items.0.level.rationale", ""),
+        _set("s.risk_items.0.level.rationale", "Missed two appointments."),
+    ),
+    (
+        "suicide_risk_banded",
+        _both(
+            _set("s.risk_items.0.category", "MENTAL_HEALTH_CRISIS"), _set("s.risk_items.0.subcategory", "SUICIDE_RISK")
+        ),
+        _both(
+            _set("s.risk_items.0.category", "MENTAL_HEALTH_CRISIS"),
+            _set("s.risk_items.0.subcategory", "SUICIDE_RISK"),
+            _set("s.risk_items.0.level", None),
+            _set("s.risk_items.0.previous_level", None),
+        ),
+    ),
+    ("review_date_missing", _set("s.review_date", None), lambda s, d: None),
+    (
+        "other_needs_text",
+        _both(
+            _set("s.risk_items.0.category", "OTHER"),
+            _set("s.risk_items.0.subcategory", ""),
+            _set("s.risk_items.0.narrative", ""),
+        ),
+        _both(_set("s.risk_items.0.category", "OTHER"), _set("s.risk_items.0.subcategory", "")),
+    ),
+    ("approval_required", _set("d.approved_by", None), lambda s, d: None),
+    ("legitimate_interest_public_authority", _set("d.lawful_basis.art6", ["A6_1_F"]), lambda s, d: None),
+]
+
+
+@pytest.mark.parametrize(("code", "breaks", "satisfies"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_rule_fails_and_passes_with_its_reason_code(code: str, breaks: Mutation, satisfies: Mutation) -> None:
+    summary, decision = stories.parent_risk_change(PARENT, CHILD), stories.override_decision()
+    breaks(summary, decision)
+    failed = run(request(summary, decision))
+    assert code in codes(failed)
+    severity = {f.code: f.severity for f in failed.findings}[code]
+    if code == "approval_required":
+        assert failed.outcome == pb.DECISION_OUTCOME_DEFERRED  # waits for a manager, not refused
+    elif severity == "error":
+        assert failed.outcome == pb.DECISION_OUTCOME_NOT_SHARED
+        assert code in failed.decision.rationale  # the recorded decision says why
+    summary, decision = stories.parent_risk_change(PARENT, CHILD), stories.override_decision()
+    satisfies(summary, decision)
+    passed = run(request(summary, decision))
+    assert code not in codes(passed), passed.findings
+
+
+def test_missing_approval_defers_rather_than_refuses() -> None:
+    decision = stories.override_decision()
+    decision.ClearField("approved_by")
+    result = run(request(decision=decision))
+    assert result.outcome == pb.DECISION_OUTCOME_DEFERRED
+    assert not result.payloads
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Parent now under CAMHS review.", {"unexplained_acronym"}),
+        ("Parent referred to CAMHS (child and adolescent mental health services).", set()),
+        ("Concern about disguised compliance at home visits.", {"jargon"}),
+        ("Low mood reported; missed two appointments.", set()),
+        ("Camhs in lower case is a word, not the acronym.", set()),
+    ],
+)
+def test_plain_language_warnings(text: str, expected: set[str]) -> None:
+    summary = stories.parent_risk_change(PARENT, CHILD)
+    summary.risk_items[0].narrative = text
+    result = run(request(summary))
+    found = codes(result) & {"unexplained_acronym", "jargon"}
+    assert found == expected
+    assert result.outcome == pb.DECISION_OUTCOME_SHARED  # warnings never stop a share
