@@ -210,8 +210,16 @@ class Demo:
         )
         names = ", ".join(NODES[r.node_id][0] for r in shared.recipients)
         say(f"    Recipients, found by family link at the gateway: {names}")
-        for finding in shared.findings:
-            say(f"    Policy {finding.severity}: {finding.message}")
+        approver = decision.approved_by
+        say(f"    Approved by {approver.name} ({approver.role}), as the agreement asks when consent is absent.")
+        for record in shared.decision.recipients:
+            narrative = "with" if {"risk_items", "risk_items.narrative"} & set(record.fields) else "without"
+            say(
+                f"    {NODES[record.node_id][0]} gets {', '.join(record.data_categories)} data, {narrative} "
+                f"the clinical narrative (agreement {shared.decision.agreement_version})"
+            )
+            for reason in record.withheld:
+                say(f"      withheld: {reason}")
 
         say("[5] Delivery: sealed end to end for each recipient; each returns a signed receipt.")
         status_stream = amh.WatchShareStatus(

@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from linkage.codelists import CodeLists
 from linkage.directory import sign_directory
 from linkage.ids import is_node_id
 from linkage.keys import MessageKeys, load_ed25519, raw_public, write_private_pem
@@ -117,6 +118,12 @@ def enrol_node(
     """Write a node bundle to `out` and add its entry for the next directory."""
     if not is_node_id(node_id):
         raise FederationError("node id must be 2-63 lowercase letters, digits or hyphens, starting with a letter")
+    codes = CodeLists.load()
+    if not codes.has("agency_type", agency_type):
+        raise FederationError(
+            f"agency type {agency_type!r} is not in the agency_type code list; use one of: "
+            + ", ".join(codes.codes("agency_type"))
+        )
     if (fed.entries / f"{node_id}.pb").exists():
         raise FederationError(f"node {node_id!r} is already enrolled")
     out.mkdir(parents=True, exist_ok=True)

@@ -334,9 +334,8 @@ class Casework:
                 node_api_pb2.DeliveryStatus(node_id=r, message_id=o.routing.message_id, state="queued")
                 for r, o in outgoing
             ],
-            findings=[
-                node_api_pb2.PolicyFinding(code=f.code, message=f.message, severity=f.severity) for f in result.findings
-            ],
+            findings=[_finding(f) for f in result.findings],
+            decision=result.decision,
         )
 
     async def share_status(self, share_id: str) -> node_api_pb2.ShareStatus:

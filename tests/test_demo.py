@@ -22,6 +22,8 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert "CURRENT    PARENTAL_CAPACITY/PARENTAL_MH, increased" in out
     assert "HISTORICAL SUBSTANCE_MISUSE/ALCOHOL" in out
     assert "County Police received nothing" in out
+    assert "withheld: risk item 2 (SUBSTANCE_MISUSE): relevance to SCHOOL not stated" in out
+    assert "Decision: SHARED_PARTIAL" in out
     assert "Stopped 5 processes (exit codes [0])" in out
     for node in ("amh", "csc", "school", "police"):
         assert (tmp_path / "demo" / node / "store.sqlite").exists()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from pathlib import Path
+
+import pytest
 
 from linkage import stories
+from linkage.clock import SystemClock
 from linkage.v1 import node_api_pb2, summary_pb2
 from node.server import NodeServer
 from tests.harness import PRACTITIONER, Cluster, LocalFederation, running, wait_delivered
@@ -207,3 +211,11 @@ async def test_preview_shows_who_gets_what_and_sends_nothing(federation: LocalFe
         assert (await store.fetchone("SELECT COUNT(*) FROM shares"))[0] == 0
         assert (await store.fetchone("SELECT COUNT(*) FROM outbox"))[0] == 0
         assert (await store.fetchone("SELECT COUNT(*) FROM audit"))[0] == audit_before
+
+
+def test_enrolment_refuses_an_agency_type_not_in_the_code_list(tmp_path: Path) -> None:
+    from linkage.federation import FederationError, enrol_node, init_federation
+
+    fed = init_federation(tmp_path / "fed", "x.example", SystemClock().now_ms())
+    with pytest.raises(FederationError, match="not in the agency_type code list"):
+        enrol_node(fed, "n1", "Name", "CHARITY", tmp_path / "n1", "127.0.0.1:1", SystemClock().now_ms())

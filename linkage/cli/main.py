@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from linkage import __version__
+from linkage.cli import node_client
 from linkage.clock import SystemClock
 
 Handler = Callable[[argparse.Namespace], int]
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = node_cmds.add_parser("serve", help="serve until SIGTERM")
     p.add_argument("--config", type=Path, required=True, help="node.toml")
     p.set_defaults(handler=_node_serve)
+
+    node_client.register(commands)
 
     p = commands.add_parser("demo", help="run a local federation and play a Think-Family story")
     p.add_argument("--keep", type=Path, default=None, help="use this folder and keep it (default: a temp folder)")

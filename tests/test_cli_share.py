@@ -1,0 +1,68 @@
+"""`linkage share ...` against a running node: the CLI a practitioner or agency IT uses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from linkage import stories
+from linkage.v1 import node_api_pb2
+from tests.harness import PRACTITIONER, LocalFederation, running, wait_delivered
+from tests.test_federation import _case_id, open_case
+
+
+async def linkage(*args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINKAGE_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "linkage", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_preview_then_send_then_status_from_the_cli(federation: LocalFederation, tmp_path: Path) -> None:
+    async with running(federation) as cluster:
+        family = stories.think_family_people()
+        parent, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "school", [family[1]])
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER,
+                case_id=await _case_id(cluster, "amh"),
+                assessment=stories.parent_risk_change(parent, child),
+            )
+        )
+        decision = tmp_path / "decision.json"
+        decision.write_text(json_format.MessageToJson(stories.override_decision()))
+        socket = str(cluster.nodes["amh"].config.api_socket)
+        who = ["--actor-id", "amh-114", "--actor-role", "Care coordinator", "--socket", socket]
+        common = ["--assessment", recorded.assessment_id, "--decision", str(decision), *who]
+
+        code, out, err = await linkage("share", "preview", *common)
+        assert code == 0, err
+        assert "If you share now: SHARED_PARTIAL (nothing has been sent)" in out
+        assert "withheld: risk item 2 (SUBSTANCE_MISUSE): relevance to SCHOOL not stated" in out
+
+        code, out, err = await linkage("share", "send", *common, "--json")
+        assert code == 0, err
+        sent = json.loads(out)
+        assert sent["outcome"] == "DECISION_OUTCOME_SHARED_PARTIAL"
+        await wait_delivered(cluster.nodes["amh"], 1)
+
+        code, out, err = await linkage("share", "status", sent["share_id"], *who)
+        assert code == 0, err
+        assert "school: delivered after 1 attempt(s), receipt at" in out
+
+        anonymous = ["--assessment", recorded.assessment_id, "--decision", str(decision), "--socket", socket]
+        code, out, err = await linkage("share", "preview", *anonymous)
+        assert code == 1
+        assert "say who is acting" in err
+        code, out, err = await linkage("share", "status", "no-such-share", *who)
+        assert code == 1
+        assert "NOT_FOUND: no share 'no-such-share' at this node" in err
