@@ -146,6 +146,11 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
         _both(_set("s.risk_items.0.category", "OTHER"), _set("s.risk_items.0.subcategory", "")),
     ),
     ("approval_required", _set("d.approved_by", None), lambda s, d: None),
+    (
+        "not_informed_reason_missing",
+        _set("d.subject_informed", "NOT_INFORMED_OTHER"),
+        _both(_set("d.subject_informed", "NOT_INFORMED_OTHER"), _set("d.subject_not_informed_reason", "Unreachable.")),
+    ),
     ("legitimate_interest_public_authority", _set("d.lawful_basis.art6", ["A6_1_F"]), lambda s, d: None),
 ]
 

@@ -99,6 +99,8 @@ def decision_rules(decision: pb.ShareDecision, codes: CodeLists, sender_agency_t
                 "proportionality_missing",
                 "Sharing without consent needs a statement of why it is necessary and proportionate.",
             )
+    if decision.subject_informed == "NOT_INFORMED_OTHER" and not decision.subject_not_informed_reason.strip():
+        yield Finding("not_informed_reason_missing", "Say why the person was not told about the sharing.")
     if decision.consent_status == "CANNOT_GIVE_LACKS_CAPACITY" and not (
         decision.capacity_assessment_ref and decision.best_interests_ref
     ):
