@@ -92,6 +92,37 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         log.info("resolve", node=node_id, tokens=len(tokens), recipients=len(active))
         return gateway_pb2.ResolveRecipientsResponse(node_ids=active)
 
+    async def DiscoverInvolvement(
+        self, request: gateway_pb2.DiscoverInvolvementRequest, context: Context
+    ) -> gateway_pb2.DiscoverInvolvementResponse:
+        try:
+            node_id = self.authz.claimed(context, request.node_id)
+            tokens = list(request.link_tokens)
+            _check_tokens(tokens, MAX_TOKENS_PER_MESSAGE)
+            # Only an agency involved with the family may learn who else is: a node
+            # must be linked to every person it asks about (no enumeration of others).
+            if not all(self.index.is_subscribed(node_id, t) for t in tokens):
+                raise Denied(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "discovery is answered only about people this node is itself linked to",
+                )
+            directory = self.authz.directory()
+        except Denied as denied:
+            log.warning("discover.refused", node=request.node_id, code=denied.code.name)
+            await abort(context, denied)
+        involvement = []
+        for token in tokens:
+            others = sorted(
+                n
+                for n in self.index.subscribers([token]) - {node_id}
+                if (e := directory.nodes.get(n)) and e.status == directory_pb2.NODE_STATUS_ACTIVE
+            )
+            involvement.append(gateway_pb2.TokenInvolvement(link_token=token, node_ids=others))
+        log.info(
+            "discover", node=node_id, tokens=len(tokens), agencies=len({n for i in involvement for n in i.node_ids})
+        )
+        return gateway_pb2.DiscoverInvolvementResponse(involvement=involvement)
+
     async def FetchDirectory(
         self, request: gateway_pb2.FetchDirectoryRequest, context: Context
     ) -> directory_pb2.SignedDirectory:

@@ -24,7 +24,7 @@ from linkage import stories
 from linkage.clock import SystemClock
 from linkage.federation import enrol_gateway, enrol_node, init_federation, publish_directory
 from linkage.transport import LINK_HEALTH_SERVICE
-from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
+from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc, summary_pb2
 
 FEDERATION_ID = "demo.linkage.example"
 STEP_TIMEOUT_S = 30
@@ -238,7 +238,7 @@ class Demo:
             items = (
                 await self.api(node).ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONERS[node]))
             ).items
-            for item in items:
+            for item in (i for i in items if i.kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE):
                 say(f'    {NODES[node][0]} received from {item.sender_agency_name}: "{item.summary.headline}"')
                 for risk in item.summary.risk_items:
                     say(f"      - {describe_item(risk)}")
@@ -247,7 +247,7 @@ class Demo:
                     f" overridden ({', '.join(item.summary.decision.override_grounds)})"
                 )
         police = await self.api("police").ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONERS["police"]))
-        if police.items:
+        if any(i.kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE for i in police.items):
             raise RuntimeError("the police node received a summary about a family it is not linked to")
         say("    County Police received nothing: it is not linked to this family.")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -102,8 +102,11 @@ def seal(
     created_at_ms: int,
     share_id: str,
     summary: summary_pb2.RiskSummary | None = None,
+    content: Callable[[envelope_pb2.MessageBody], None] | None = None,
     ttl_ms: int = DEFAULT_TTL_MS,
 ) -> Outgoing:
+    """Seal one message for one recipient. The content is a summary, or whatever
+    `content` writes into the body (notices, requests, replies)."""
     routing = envelope_pb2.RoutingHeader(
         message_id=message_id,
         sender_node=sender_node,
@@ -128,6 +131,8 @@ def seal(
     )
     if summary is not None:
         body.summary.CopyFrom(summary)
+    if content is not None:
+        content(body)
     body_bytes = body.SerializeToString()
     signed = envelope_pb2.SignedMessage(
         body=body_bytes,

@@ -1,8 +1,10 @@
-"""The NodeApi gRPC service for case systems: validation and status mapping."""
+"""The NodeApi gRPC service for case systems: validation and status mapping.
+Each call names the practitioner acting; the work is done by the casework modules."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -11,9 +13,13 @@ from linkage import logs
 from linkage.reasons import Rejected
 from linkage.tokens import TOKEN_LEN
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
-from node.casework import Casework
+from node.cases import Cases
 from node.errors import ApiError, invalid
+from node.inbox import Inbox
+from node.outbox import Outbox
 from node.reception import InboxFeed
+from node.requests import Requests
+from node.sharing import Sharing
 
 MAX_LIST = 500
 log = logs.get("node.api")
@@ -26,9 +32,11 @@ def _check_actor(actor: summary_pb2.Practitioner) -> None:
         raise invalid("actor.id and actor.role are required: every call names the practitioner acting")
 
 
-async def _answer(context: Context, work: Awaitable[T]) -> T:
+async def _answer(context: Context, actor: summary_pb2.Practitioner, work: Callable[[], Awaitable[T]]) -> T:
+    """Run one call: check the actor, then map failures to a status and a message a person can act on."""
     try:
-        return await work
+        _check_actor(actor)
+        return await work()
     except ApiError as exc:
         await context.abort(exc.code, exc.message)
     except Rejected as exc:
@@ -37,117 +45,171 @@ async def _answer(context: Context, work: Awaitable[T]) -> T:
 
 
 class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
-    def __init__(self, casework: Casework, feed: InboxFeed) -> None:
-        self.casework = casework
+    def __init__(
+        self, cases: Cases, sharing: Sharing, requests: Requests, inbox: Inbox, outbox: Outbox, feed: InboxFeed
+    ) -> None:
+        self.cases = cases
+        self.sharing = sharing
+        self.requests = requests
+        self.inbox = inbox
+        self.outbox = outbox
         self.feed = feed
 
-    async def OpenCase(self, request: node_api_pb2.OpenCaseRequest, context: Context) -> node_api_pb2.OpenCaseResponse:
-        async def work() -> node_api_pb2.OpenCaseResponse:
-            _check_actor(request.actor)
-            return await self.casework.open_case(request)
+    # -- cases -------------------------------------------------------------------
 
-        return await _answer(context, work())
+    async def OpenCase(self, request: node_api_pb2.OpenCaseRequest, context: Context) -> node_api_pb2.OpenCaseResponse:
+        return await _answer(context, request.actor, lambda: self.cases.open_case(request))
+
+    async def AddPerson(
+        self, request: node_api_pb2.AddPersonRequest, context: Context
+    ) -> node_api_pb2.OpenCaseResponse:
+        return await _answer(context, request.actor, lambda: self.cases.add_person(request))
+
+    async def RemovePerson(
+        self, request: node_api_pb2.RemovePersonRequest, context: Context
+    ) -> node_api_pb2.OpenCaseResponse:
+        return await _answer(context, request.actor, lambda: self.cases.remove_person(request))
+
+    async def DiscoverInvolvement(
+        self, request: node_api_pb2.CaseRequest, context: Context
+    ) -> node_api_pb2.InvolvementResponse:
+        return await _answer(context, request.actor, lambda: self.cases.discover(request))
+
+    async def ProposeClosure(
+        self, request: node_api_pb2.ProposeClosureRequest, context: Context
+    ) -> node_api_pb2.ClosureStatus:
+        return await _answer(context, request.actor, lambda: self.cases.propose_closure(request))
+
+    async def RespondToClosure(
+        self, request: node_api_pb2.RespondToClosureRequest, context: Context
+    ) -> node_api_pb2.RespondToClosureResponse:
+        return await _answer(context, request.actor, lambda: self.cases.respond_to_closure(request))
+
+    async def GetClosure(self, request: node_api_pb2.CaseRequest, context: Context) -> node_api_pb2.ClosureStatus:
+        return await _answer(context, request.actor, lambda: self.cases.closure_status(request.case_id))
+
+    async def CloseCase(self, request: node_api_pb2.CloseCaseRequest, context: Context) -> node_api_pb2.ClosureStatus:
+        return await _answer(context, request.actor, lambda: self.cases.close_case(request))
 
     async def RecordAssessment(
         self, request: node_api_pb2.RecordAssessmentRequest, context: Context
     ) -> node_api_pb2.RecordAssessmentResponse:
-        async def work() -> node_api_pb2.RecordAssessmentResponse:
-            _check_actor(request.actor)
-            return await self.casework.record_assessment(request)
+        return await _answer(context, request.actor, lambda: self.cases.record_assessment(request))
 
-        return await _answer(context, work())
+    # -- sharing -----------------------------------------------------------------
 
     async def ShareSummary(
         self, request: node_api_pb2.ShareSummaryRequest, context: Context
     ) -> node_api_pb2.ShareSummaryResponse:
         async def work() -> node_api_pb2.ShareSummaryResponse:
-            _check_actor(request.actor)
             if not request.assessment_id:
                 raise invalid("assessment_id is required: record the assessment first")
-            return await self.casework.share(request)
+            return await self.sharing.share(request)
 
-        return await _answer(context, work())
+        return await _answer(context, request.actor, work)
 
     async def PreviewShare(
         self, request: node_api_pb2.ShareSummaryRequest, context: Context
     ) -> node_api_pb2.SharePreview:
         async def work() -> node_api_pb2.SharePreview:
-            _check_actor(request.actor)
             if not request.assessment_id:
                 raise invalid("assessment_id is required: record the assessment first")
-            return await self.casework.preview(request)
+            return await self.sharing.preview(request)
 
-        return await _answer(context, work())
+        return await _answer(context, request.actor, work)
+
+    async def WithdrawSummary(
+        self, request: node_api_pb2.WithdrawSummaryRequest, context: Context
+    ) -> node_api_pb2.ShareSummaryResponse:
+        return await _answer(context, request.actor, lambda: self.sharing.withdraw(request))
 
     async def GetShareStatus(
         self, request: node_api_pb2.ShareStatusRequest, context: Context
     ) -> node_api_pb2.ShareStatus:
-        async def work() -> node_api_pb2.ShareStatus:
-            _check_actor(request.actor)
-            return await self.casework.share_status(request.share_id)
-
-        return await _answer(context, work())
+        return await _answer(context, request.actor, lambda: self.sharing.share_status(request.share_id))
 
     async def WatchShareStatus(
         self, request: node_api_pb2.ShareStatusRequest, context: Context
     ) -> AsyncIterator[node_api_pb2.ShareStatus]:
-        try:
-            _check_actor(request.actor)
-        except ApiError as exc:
-            await context.abort(exc.code, exc.message)
-        outbox = self.casework.outbox
         last: node_api_pb2.ShareStatus | None = None
         while True:
-            version = outbox.version
-            status = await _answer(context, self.casework.share_status(request.share_id))
+            version = self.outbox.version
+            status = await _answer(context, request.actor, lambda: self.sharing.share_status(request.share_id))
             if status != last:
                 yield status
                 last = status
             if status.settled:
                 return
-            await outbox.wait_change(version)
+            await self.outbox.wait_change(version)
 
     async def WatchDeliveries(
         self, request: node_api_pb2.WatchDeliveriesRequest, context: Context
     ) -> AsyncIterator[node_api_pb2.DeliveryEvent]:
-        try:
-            _check_actor(request.actor)
-        except ApiError as exc:
-            await context.abort(exc.code, exc.message)
-        outbox = self.casework.outbox
         after = request.after_seq
         while True:
-            version = outbox.version
-            events = await self.casework.deliveries(after, MAX_LIST)
+            version = self.outbox.version
+            events = await _answer(context, request.actor, functools.partial(self.sharing.deliveries, after, MAX_LIST))
             for event in events:
                 yield event
                 after = event.seq
             if not events:
-                await outbox.wait_change(version)
+                await self.outbox.wait_change(version)
+
+    # -- requests ----------------------------------------------------------------
+
+    async def AskClarification(
+        self, request: node_api_pb2.AskClarificationRequest, context: Context
+    ) -> node_api_pb2.MessageSent:
+        return await _answer(context, request.actor, lambda: self.requests.ask_clarification(request))
+
+    async def AnswerClarification(
+        self, request: node_api_pb2.AnswerClarificationRequest, context: Context
+    ) -> node_api_pb2.MessageSent:
+        return await _answer(context, request.actor, lambda: self.requests.answer_clarification(request))
+
+    async def RequestInformation(
+        self, request: node_api_pb2.RequestInformationRequest, context: Context
+    ) -> node_api_pb2.MessageSent:
+        return await _answer(context, request.actor, lambda: self.requests.request_information(request))
+
+    async def RespondToInformationRequest(
+        self, request: node_api_pb2.InformationReplyRequest, context: Context
+    ) -> node_api_pb2.MessageSent:
+        return await _answer(context, request.actor, lambda: self.requests.respond_to_information_request(request))
+
+    # -- inbox -------------------------------------------------------------------
+
+    async def OpenReceived(
+        self, request: node_api_pb2.OpenReceivedRequest, context: Context
+    ) -> node_api_pb2.ReceivedSummary:
+        return await _answer(context, request.actor, lambda: self.inbox.open(request))
+
+    async def Chronology(
+        self, request: node_api_pb2.ChronologyRequest, context: Context
+    ) -> node_api_pb2.ChronologyResponse:
+        async def work() -> node_api_pb2.ChronologyResponse:
+            return node_api_pb2.ChronologyResponse(entries=await self.inbox.chronology(request.case_id))
+
+        return await _answer(context, request.actor, work)
 
     async def ListReceived(
         self, request: node_api_pb2.ListReceivedRequest, context: Context
     ) -> node_api_pb2.ListReceivedResponse:
         async def work() -> node_api_pb2.ListReceivedResponse:
-            _check_actor(request.actor)
             if request.link_token and len(request.link_token) != TOKEN_LEN:
                 raise invalid(f"link_token must be {TOKEN_LEN} bytes")
             limit = min(request.limit or 100, MAX_LIST)
-            items = await self.casework.received(request.after_seq, limit, request.link_token)
+            items = await self.inbox.received(request.after_seq, limit, request.link_token)
             return node_api_pb2.ListReceivedResponse(items=items)
 
-        return await _answer(context, work())
+        return await _answer(context, request.actor, work)
 
     async def WatchReceived(
         self, request: node_api_pb2.WatchReceivedRequest, context: Context
     ) -> AsyncIterator[node_api_pb2.ReceivedSummary]:
-        try:
-            _check_actor(request.actor)
-        except ApiError as exc:
-            await context.abort(exc.code, exc.message)
         after = request.after_seq
         while True:
-            items = await _answer(context, self.casework.received(after, MAX_LIST))
+            items = await _answer(context, request.actor, functools.partial(self.inbox.received, after, MAX_LIST))
             for item in items:
                 yield item
                 after = item.seq

@@ -104,6 +104,12 @@ class GatewayLink:
         response = await self._stub.ResolveRecipients(request, timeout=UNARY_TIMEOUT_S)
         return list(response.node_ids)
 
+    async def discover(self, tokens: Iterable[bytes]) -> dict[bytes, list[str]]:
+        """For each token, the other nodes linked to it."""
+        request = gateway_pb2.DiscoverInvolvementRequest(node_id=self.node_id, link_tokens=list(tokens))
+        response = await self._stub.DiscoverInvolvement(request, timeout=UNARY_TIMEOUT_S)
+        return {t.link_token: list(t.node_ids) for t in response.involvement}
+
     async def fetch_directory(self, have_version: int) -> directory_pb2.SignedDirectory:
         request = gateway_pb2.FetchDirectoryRequest(have_version=have_version)
         return await self._stub.FetchDirectory(request, timeout=UNARY_TIMEOUT_S)

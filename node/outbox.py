@@ -1,6 +1,6 @@
 """The sender side of delivery: the outbox worker, gateway acks and receipts.
 
-A row is written with its share in one transaction (casework.py). It becomes
+A row is written with its share in one transaction (sharing.py). It becomes
 "sent" only when the gateway has forwarded it, and "delivered" only on the
 recipient's signed receipt. Delivery is at least once on the wire and exactly
 once in effect: a sent row without a receipt is sent again after the receipt

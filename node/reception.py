@@ -18,7 +18,9 @@ from linkage.envelope import Opened, envelope_digest, open_envelope, parse_routi
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import envelope_pb2, gateway_pb2, summary_pb2
+from node.effects import apply_effects
 from node.link import GatewayLink, NotConnected
+from node.messaging import kind_name
 from node.store import Store, Tx
 
 log = logs.get("node.reception")
@@ -99,9 +101,10 @@ class Reception:
 
     async def _insert(self, tx: Tx, opened: Opened) -> int:
         routing, body = opened.routing, opened.body
+        summary_id = body.summary.summary_id or body.withdrawal.summary_id
         cursor = await tx.execute(
-            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed, summary_id, "
+            "in_reply_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 routing.sender_node,
                 routing.message_id,
@@ -110,6 +113,8 @@ class Reception:
                 body.kind,
                 body.share_id,
                 opened.signed.SerializeToString(),
+                summary_id,
+                body.in_reply_to,
             ),
         )
         seq = int(cursor.lastrowid or 0)
@@ -127,8 +132,14 @@ class Reception:
             decision=summary_pb2.DecisionOutcome.Name(decision.outcome),
             lawful_ground=",".join([*decision.lawful_basis.art6, decision.lawful_basis.dpa_condition]).strip(","),
             rationale=decision.rationale,
-            detail={"share_id": body.share_id, "kind": body.kind, "inbox_seq": seq},
+            detail={
+                "share_id": body.share_id,
+                "kind": kind_name(body.kind),
+                "inbox_seq": seq,
+                "in_reply_to": body.in_reply_to,
+            },
         )
+        await apply_effects(tx, seq, opened)
         return seq
 
     async def _reject(self, envelope: envelope_pb2.Envelope, digest: bytes, reason: Reason) -> None:

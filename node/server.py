@@ -21,11 +21,16 @@ from linkage.tokens import LinkageKey
 from linkage.transport import LINK_HEALTH_SERVICE, SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, node_api_pb2, node_api_pb2_grpc
 from node.api import NodeApiService
-from node.casework import Casework
+from node.cases import Cases
+from node.context import NodeContext
+from node.inbox import Inbox
 from node.link import GatewayLink
+from node.messaging import Messenger
 from node.outbox import Outbox
 from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
+from node.requests import Requests
+from node.sharing import Sharing
 from node.store import Store
 
 SERVICE_NAME = node_api_pb2.DESCRIPTOR.services_by_name["NodeApi"].full_name
@@ -58,14 +63,14 @@ class NodeServer:
 
     async def _on_connect(self) -> None:
         """Before each stream: take a newer directory, then re-assert every subscription."""
-        assert self.link is not None and self.casework is not None
+        assert self.link is not None
         signed = await self.link.fetch_directory(self.trust.version)
         try:
             view = self.trust.accept(signed, self.clock.now_ms())
             log.info("directory.loaded", version=view.version, source="gateway")
         except Rejected as exc:
             log.warning("directory.refused", reason=exc.reason.value, source="gateway")
-        await self.casework.reassert_subscriptions()
+        await self.cases.reassert_subscriptions()
 
     async def _on_link_state(self, up: bool) -> None:
         if up:
@@ -103,22 +108,27 @@ class NodeServer:
         )
         self.outbox = Outbox(self.store, self.link, self.trust, config.node_id, self.clock, config.delivery)
         self.reception = Reception(self.store, self.link, self.trust, keys, config.node_id, self.clock, self.feed)
-        self.casework = Casework(
-            config.node_id,
-            self.store,
-            self.link,
-            self.outbox,
-            self.trust,
-            keys,
-            LinkageKey.load(config.linkage_key),
-            self.clock,
-            load_policy(config.policy),
+        self.ctx = NodeContext(
+            node_id=config.node_id,
+            store=self.store,
+            link=self.link,
+            outbox=self.outbox,
+            trust=self.trust,
+            messenger=Messenger(config.node_id, keys, self.trust, self.clock, config.delivery),
+            linkage_key=LinkageKey.load(config.linkage_key),
+            clock=self.clock,
+            policy=load_policy(config.policy),
         )
+        self.cases = Cases(self.ctx)
+        self.sharing = Sharing(self.ctx)
+        self.inbox = Inbox(self.ctx)
+        requests = Requests(self.ctx, self.cases, self.sharing)
         row = await self.store.fetchone("SELECT MAX(seq) FROM inbox")
         self.feed.last_seq = int(row[0] or 0)
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        node_api_pb2_grpc.add_NodeApiServicer_to_server(NodeApiService(self.casework, self.feed), server)
+        service = NodeApiService(self.cases, self.sharing, requests, self.inbox, self.outbox, self.feed)
+        node_api_pb2_grpc.add_NodeApiServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -138,7 +148,7 @@ class NodeServer:
         self._tasks = [
             asyncio.create_task(self.link.run()),
             asyncio.create_task(self.outbox.run()),
-            asyncio.create_task(self.casework.run_resubscriber()),
+            asyncio.create_task(self.cases.run_resubscriber()),
         ]
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

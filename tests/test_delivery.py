@@ -204,14 +204,14 @@ async def test_gateway_at_its_concurrency_limit_says_resource_exhausted_and_noth
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "nothing was shared" in (raised.value.details() or "")
         await open_case(cluster, "csc", stories.think_family_people())  # its subscription is deferred
-        assert cluster.nodes["csc"].casework.resubscribe.is_set()
+        assert cluster.nodes["csc"].cases.resubscribe.is_set()
         amh_store = cluster.nodes["amh"].store
         assert amh_store is not None
         assert (await amh_store.fetchone("SELECT COUNT(*) FROM shares"))[0] == 0
 
         await hog.done_writing()  # the hog leaves; its slot is free once the gateway ends the call
         assert await hog.read() == grpc.aio.EOF
-        await cluster.nodes["csc"].casework.reassert_subscriptions()
+        await cluster.nodes["csc"].cases.reassert_subscriptions()
         shared = await share(cluster, assessment_id)
         assert [r.node_id for r in shared.recipients] == ["csc"]
         await wait_delivered(cluster.nodes["amh"], 1)

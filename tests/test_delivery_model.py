@@ -28,17 +28,21 @@ from linkage.config import DeliverySettings, PolicyFiles
 from linkage.directory import TrustedDirectory
 from linkage.tokens import LinkageKey
 from linkage.v1 import gateway_pb2, node_api_pb2
-from node.casework import Casework
+from node.cases import Cases
+from node.context import NodeContext
 from node.link import GatewayLink
+from node.messaging import Messenger
 from node.outbox import Outbox
 from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
+from node.sharing import Sharing
 from node.store import Store
 from tests.crypto_fixtures import FED, NOW, make_keyring
 from tests.harness import PRACTITIONER
 
 T = TypeVar("T")
 SETTINGS = DeliverySettings(retry_base_ms=1_000, receipt_timeout_ms=60_000)
+POLICY = load_policy(PolicyFiles())
 
 
 class Wire:
@@ -57,6 +61,9 @@ class Wire:
 
     async def resolve(self, tokens: Iterable[bytes]) -> list[str]:
         return ["b"]
+
+    async def discover(self, tokens: Iterable[bytes]) -> dict[bytes, list[str]]:
+        return {t: [] for t in tokens}  # no involvement notices in this model
 
 
 class DeliveryModel(RuleBasedStateMachine):
@@ -83,17 +90,19 @@ class DeliveryModel(RuleBasedStateMachine):
         self.outbox = Outbox(
             self.sender_store, self.sender_wire, self.trust, "a", self.clock, SETTINGS, random.Random(0)
         )
-        self.casework = Casework(
-            "a",
-            self.sender_store,
-            cast(GatewayLink, self.sender_wire),
-            self.outbox,
-            self.trust,
-            self.ring.keys["a"],
-            LinkageKey(1, bytes(32)),
-            self.clock,
-            load_policy(PolicyFiles()),
+        ctx = NodeContext(
+            node_id="a",
+            store=self.sender_store,
+            link=cast(GatewayLink, self.sender_wire),
+            outbox=self.outbox,
+            trust=self.trust,
+            messenger=Messenger("a", self.ring.keys["a"], self.trust, self.clock, SETTINGS),
+            linkage_key=LinkageKey(1, bytes(32)),
+            clock=self.clock,
+            policy=POLICY,
         )
+        self.cases = Cases(ctx)
+        self.sharing = Sharing(ctx)
 
     async def _open_recipient(self) -> None:
         self.recipient_store = await Store.open(self.dir / "b.sqlite", self.clock)
@@ -108,11 +117,11 @@ class DeliveryModel(RuleBasedStateMachine):
         )
 
     async def _prepare(self) -> str:
-        opened = await self.casework.open_case(
+        opened = await self.cases.open_case(
             node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="m", people=stories.think_family_people())
         )
         parent, child = (p.link_token for p in opened.people)
-        recorded = await self.casework.record_assessment(
+        recorded = await self.cases.record_assessment(
             node_api_pb2.RecordAssessmentRequest(
                 actor=PRACTITIONER, case_id=opened.case_id, assessment=stories.parent_risk_change(parent, child)
             )
@@ -124,7 +133,7 @@ class DeliveryModel(RuleBasedStateMachine):
     @rule()
     def share(self) -> None:
         response = self.run(
-            self.casework.share(
+            self.sharing.share(
                 node_api_pb2.ShareSummaryRequest(
                     actor=PRACTITIONER, assessment_id=self.assessment_id, decision=stories.override_decision()
                 )

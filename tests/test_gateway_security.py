@@ -17,9 +17,9 @@ from linkage.ids import uuid7
 from linkage.keys import MessageKeys
 from linkage.pki import CertificateAuthority, spiffe_id
 from linkage.transport import TlsFiles, secure_channel
-from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
+from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.harness import FEDERATION_ID, PRACTITIONER, Cluster, LocalFederation, running, wait_delivered
-from tests.test_federation import open_case, share_think_family
+from tests.test_federation import open_case, share_think_family, summaries
 
 TOKEN = bytes([3]) * 32
 
@@ -104,7 +104,7 @@ async def test_resolving_a_family_needs_a_subscription_to_it(federation: LocalFe
     async with running(federation, nodes=("amh", "csc")) as cluster:
         await open_case(cluster, "csc", stories.think_family_people())
         amh = gateway_stub(cluster, federation.node_configs["amh"].tls)
-        subscribed = list(await cluster.nodes["csc"].casework.subscribed_tokens())
+        subscribed = list(await cluster.nodes["csc"].cases.subscribed_tokens())
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await amh.ResolveRecipients(gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=subscribed))
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -128,8 +128,8 @@ async def test_canary_in_a_summary_never_reaches_gateway_files_or_any_log(federa
             shared = await share_think_family(cluster, headline=canary, case_ref=canary)
             assert len(shared.recipients) == 2
             await wait_delivered(cluster.nodes["amh"], 2)
-            received = await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER))
-            assert received.items[0].summary.headline == canary  # it did travel, sealed
+            received = await summaries(cluster, "csc")
+            assert received[0].summary.headline == canary  # it did travel, sealed
     finally:
         logs.configure("info")
     secrets = [canary, stories.PARENT_NHS, stories.CHILD_NHS, PRACTITIONER.name]

@@ -10,6 +10,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from linkage.v1 import directory_pb2 as _directory_pb2
 from linkage.v1 import summary_pb2 as _summary_pb2
+from linkage.v1 import workflow_pb2 as _workflow_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -30,12 +31,42 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     MESSAGE_KIND_UNSPECIFIED: _MessageKind.ValueType  # 0
     MESSAGE_KIND_SUMMARY_SHARE: _MessageKind.ValueType  # 1
     MESSAGE_KIND_RISK_CHANGE_NOTICE: _MessageKind.ValueType  # 2
+    """increase, decrease or resolution"""
+    MESSAGE_KIND_HISTORICAL_UPDATE: _MessageKind.ValueType  # 3
+    """earlier information is now historical"""
+    MESSAGE_KIND_CORRECTION: _MessageKind.ValueType  # 4
+    """replaces a summary sent earlier"""
+    MESSAGE_KIND_WITHDRAWAL: _MessageKind.ValueType  # 5
+    MESSAGE_KIND_INVOLVEMENT_NOTICE: _MessageKind.ValueType  # 6
+    MESSAGE_KIND_CLOSURE_INTENT: _MessageKind.ValueType  # 7
+    MESSAGE_KIND_CLOSURE_RESPONSE: _MessageKind.ValueType  # 8
+    MESSAGE_KIND_CLOSURE_NOTICE: _MessageKind.ValueType  # 9
+    MESSAGE_KIND_CLARIFICATION_REQUEST: _MessageKind.ValueType  # 10
+    MESSAGE_KIND_CLARIFICATION_RESPONSE: _MessageKind.ValueType  # 11
+    MESSAGE_KIND_INFORMATION_REQUEST: _MessageKind.ValueType  # 12
+    MESSAGE_KIND_INFORMATION_RESPONSE: _MessageKind.ValueType  # 13
+    MESSAGE_KIND_READ_NOTIFICATION: _MessageKind.ValueType  # 14
 
 class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper): ...
 
 MESSAGE_KIND_UNSPECIFIED: MessageKind.ValueType  # 0
 MESSAGE_KIND_SUMMARY_SHARE: MessageKind.ValueType  # 1
 MESSAGE_KIND_RISK_CHANGE_NOTICE: MessageKind.ValueType  # 2
+"""increase, decrease or resolution"""
+MESSAGE_KIND_HISTORICAL_UPDATE: MessageKind.ValueType  # 3
+"""earlier information is now historical"""
+MESSAGE_KIND_CORRECTION: MessageKind.ValueType  # 4
+"""replaces a summary sent earlier"""
+MESSAGE_KIND_WITHDRAWAL: MessageKind.ValueType  # 5
+MESSAGE_KIND_INVOLVEMENT_NOTICE: MessageKind.ValueType  # 6
+MESSAGE_KIND_CLOSURE_INTENT: MessageKind.ValueType  # 7
+MESSAGE_KIND_CLOSURE_RESPONSE: MessageKind.ValueType  # 8
+MESSAGE_KIND_CLOSURE_NOTICE: MessageKind.ValueType  # 9
+MESSAGE_KIND_CLARIFICATION_REQUEST: MessageKind.ValueType  # 10
+MESSAGE_KIND_CLARIFICATION_RESPONSE: MessageKind.ValueType  # 11
+MESSAGE_KIND_INFORMATION_REQUEST: MessageKind.ValueType  # 12
+MESSAGE_KIND_INFORMATION_RESPONSE: MessageKind.ValueType  # 13
+MESSAGE_KIND_READ_NOTIFICATION: MessageKind.ValueType  # 14
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
 
 class _ReceiptStatus:
@@ -184,7 +215,19 @@ class MessageBody(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     ROUTING_SHA256_FIELD_NUMBER: _builtins.int
     SHARE_ID_FIELD_NUMBER: _builtins.int
+    IN_REPLY_TO_FIELD_NUMBER: _builtins.int
+    SENT_BY_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    WITHDRAWAL_FIELD_NUMBER: _builtins.int
+    INVOLVEMENT_FIELD_NUMBER: _builtins.int
+    CLOSURE_INTENT_FIELD_NUMBER: _builtins.int
+    CLOSURE_RESPONSE_FIELD_NUMBER: _builtins.int
+    CLOSURE_NOTICE_FIELD_NUMBER: _builtins.int
+    CLARIFICATION_REQUEST_FIELD_NUMBER: _builtins.int
+    CLARIFICATION_RESPONSE_FIELD_NUMBER: _builtins.int
+    INFORMATION_REQUEST_FIELD_NUMBER: _builtins.int
+    INFORMATION_RESPONSE_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     message_id: _builtins.str
     sender_node: _builtins.str
@@ -195,8 +238,34 @@ class MessageBody(_message.Message):
     """binds the outer RoutingHeader bytes"""
     share_id: _builtins.str
     """groups the per-recipient messages of one share"""
+    in_reply_to: _builtins.str
+    """the message id this answers, for threads"""
+    @_builtins.property
+    def sent_by(self) -> _summary_pb2.Practitioner:
+        """who acted at the sender"""
+
     @_builtins.property
     def summary(self) -> _summary_pb2.RiskSummary: ...
+    @_builtins.property
+    def withdrawal(self) -> _workflow_pb2.Withdrawal: ...
+    @_builtins.property
+    def involvement(self) -> _workflow_pb2.InvolvementNotice: ...
+    @_builtins.property
+    def closure_intent(self) -> _workflow_pb2.ClosureIntentNotice: ...
+    @_builtins.property
+    def closure_response(self) -> _workflow_pb2.ClosureResponse: ...
+    @_builtins.property
+    def closure_notice(self) -> _workflow_pb2.ClosureNotice: ...
+    @_builtins.property
+    def clarification_request(self) -> _workflow_pb2.ClarificationRequest: ...
+    @_builtins.property
+    def clarification_response(self) -> _workflow_pb2.ClarificationResponse: ...
+    @_builtins.property
+    def information_request(self) -> _workflow_pb2.InformationRequest: ...
+    @_builtins.property
+    def information_response(self) -> _workflow_pb2.InformationResponse: ...
+    @_builtins.property
+    def read(self) -> _workflow_pb2.ReadNotification: ...
     def __init__(
         self,
         *,
@@ -208,13 +277,25 @@ class MessageBody(_message.Message):
         kind: Global___MessageKind.ValueType = ...,
         routing_sha256: _builtins.bytes = ...,
         share_id: _builtins.str = ...,
+        in_reply_to: _builtins.str = ...,
+        sent_by: _summary_pb2.Practitioner | None = ...,
         summary: _summary_pb2.RiskSummary | None = ...,
+        withdrawal: _workflow_pb2.Withdrawal | None = ...,
+        involvement: _workflow_pb2.InvolvementNotice | None = ...,
+        closure_intent: _workflow_pb2.ClosureIntentNotice | None = ...,
+        closure_response: _workflow_pb2.ClosureResponse | None = ...,
+        closure_notice: _workflow_pb2.ClosureNotice | None = ...,
+        clarification_request: _workflow_pb2.ClarificationRequest | None = ...,
+        clarification_response: _workflow_pb2.ClarificationResponse | None = ...,
+        information_request: _workflow_pb2.InformationRequest | None = ...,
+        information_response: _workflow_pb2.InformationResponse | None = ...,
+        read: _workflow_pb2.ReadNotification | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clarification_request", b"clarification_request", "clarification_response", b"clarification_response", "closure_intent", b"closure_intent", "closure_notice", b"closure_notice", "closure_response", b"closure_response", "content", b"content", "information_request", b"information_request", "information_response", b"information_response", "involvement", b"involvement", "read", b"read", "sent_by", b"sent_by", "summary", b"summary", "withdrawal", b"withdrawal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at_ms", b"created_at_ms", "kind", b"kind", "message_id", b"message_id", "recipient_node", b"recipient_node", "routing_sha256", b"routing_sha256", "schema_version", b"schema_version", "sender_node", b"sender_node", "share_id", b"share_id", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clarification_request", b"clarification_request", "clarification_response", b"clarification_response", "closure_intent", b"closure_intent", "closure_notice", b"closure_notice", "closure_response", b"closure_response", "content", b"content", "created_at_ms", b"created_at_ms", "in_reply_to", b"in_reply_to", "information_request", b"information_request", "information_response", b"information_response", "involvement", b"involvement", "kind", b"kind", "message_id", b"message_id", "read", b"read", "recipient_node", b"recipient_node", "routing_sha256", b"routing_sha256", "schema_version", b"schema_version", "sender_node", b"sender_node", "sent_by", b"sent_by", "share_id", b"share_id", "summary", b"summary", "withdrawal", b"withdrawal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["summary"]  # noqa: Y015
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["summary", "withdrawal", "involvement", "closure_intent", "closure_response", "closure_notice", "clarification_request", "clarification_response", "information_request", "information_response", "read"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 

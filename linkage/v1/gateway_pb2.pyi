@@ -50,6 +50,72 @@ SEND_STATUS_BUSY: SendStatus.ValueType  # 4
 Global___SendStatus: _TypeAlias = SendStatus  # noqa: Y015
 
 @_typing.final
+class DiscoverInvolvementRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    LINK_TOKENS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    @_builtins.property
+    def link_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        link_tokens: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_tokens", b"link_tokens", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoverInvolvementRequest: _TypeAlias = DiscoverInvolvementRequest  # noqa: Y015
+
+@_typing.final
+class TokenInvolvement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_TOKEN_FIELD_NUMBER: _builtins.int
+    NODE_IDS_FIELD_NUMBER: _builtins.int
+    link_token: _builtins.bytes
+    @_builtins.property
+    def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        link_token: _builtins.bytes = ...,
+        node_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_token", b"link_token", "node_ids", b"node_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenInvolvement: _TypeAlias = TokenInvolvement  # noqa: Y015
+
+@_typing.final
+class DiscoverInvolvementResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOLVEMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def involvement(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenInvolvement]: ...
+    def __init__(
+        self,
+        *,
+        involvement: _abc.Iterable[Global___TokenInvolvement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["involvement", b"involvement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoverInvolvementResponse: _TypeAlias = DiscoverInvolvementResponse  # noqa: Y015
+
+@_typing.final
 class NodeFrame(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -63,6 +63,11 @@ class GatewayStub:
                 request_serializer=linkage_dot_v1_dot_gateway__pb2.FetchDirectoryRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_directory__pb2.SignedDirectory.FromString,
                 _registered_method=True)
+        self.DiscoverInvolvement = channel.unary_unary(
+                '/linkage.v1.Gateway/DiscoverInvolvement',
+                request_serializer=linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -104,6 +109,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DiscoverInvolvement(self, request, context):
+        """Involvement discovery: for each token, the other nodes subscribed to it.
+        Answered only for tokens the caller is itself subscribed to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +144,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.FetchDirectory,
                     request_deserializer=linkage_dot_v1_dot_gateway__pb2.FetchDirectoryRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_directory__pb2.SignedDirectory.SerializeToString,
+            ),
+            'DiscoverInvolvement': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscoverInvolvement,
+                    request_deserializer=linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +289,33 @@ class Gateway:
             '/linkage.v1.Gateway/FetchDirectory',
             linkage_dot_v1_dot_gateway__pb2.FetchDirectoryRequest.SerializeToString,
             linkage_dot_v1_dot_directory__pb2.SignedDirectory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscoverInvolvement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.Gateway/DiscoverInvolvement',
+            linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementRequest.SerializeToString,
+            linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementResponse.FromString,
             options,
             channel_credentials,
             insecure,

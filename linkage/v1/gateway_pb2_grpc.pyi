@@ -46,6 +46,10 @@ class GatewayStub:
     The caller must itself be subscribed to every token it asks about.
     """
     FetchDirectory: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.FetchDirectoryRequest, _directory_pb2.SignedDirectory]
+    DiscoverInvolvement: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DiscoverInvolvementRequest, _gateway_pb2.DiscoverInvolvementResponse]
+    """Involvement discovery: for each token, the other nodes subscribed to it.
+    Answered only for tokens the caller is itself subscribed to.
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -64,6 +68,10 @@ class GatewayAsyncStub(GatewayStub):
     The caller must itself be subscribed to every token it asks about.
     """
     FetchDirectory: _aio.UnaryUnaryMultiCallable[_gateway_pb2.FetchDirectoryRequest, _directory_pb2.SignedDirectory]  # type: ignore[assignment]
+    DiscoverInvolvement: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DiscoverInvolvementRequest, _gateway_pb2.DiscoverInvolvementResponse]  # type: ignore[assignment]
+    """Involvement discovery: for each token, the other nodes subscribed to it.
+    Answered only for tokens the caller is itself subscribed to.
+    """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The federation gateway. Every call is made over mTLS; the caller is the node
@@ -109,5 +117,15 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.FetchDirectoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_directory_pb2.SignedDirectory, _abc.Awaitable[_directory_pb2.SignedDirectory]]: ...
+
+    @_abc_1.abstractmethod
+    def DiscoverInvolvement(
+        self,
+        request: _gateway_pb2.DiscoverInvolvementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.DiscoverInvolvementResponse, _abc.Awaitable[_gateway_pb2.DiscoverInvolvementResponse]]:
+        """Involvement discovery: for each token, the other nodes subscribed to it.
+        Answered only for tokens the caller is itself subscribed to.
+        """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from linkage.v1 import envelope_pb2 as _envelope_pb2
 from linkage.v1 import summary_pb2 as _summary_pb2
+from linkage.v1 import workflow_pb2 as _workflow_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -192,7 +193,12 @@ class ShareSummaryRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     assessment_id: _builtins.str
+    kind: _envelope_pb2.MessageKind.ValueType
+    """SUMMARY_SHARE (default), RISK_CHANGE_NOTICE, HISTORICAL_UPDATE or CORRECTION.
+    All but SUMMARY_SHARE also go to every earlier recipient of the summary.
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     @_builtins.property
@@ -205,14 +211,636 @@ class ShareSummaryRequest(_message.Message):
         actor: _summary_pb2.Practitioner | None = ...,
         assessment_id: _builtins.str = ...,
         decision: _summary_pb2.ShareDecision | None = ...,
+        kind: _envelope_pb2.MessageKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "assessment_id", b"assessment_id", "decision", b"decision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "assessment_id", b"assessment_id", "decision", b"decision", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShareSummaryRequest: _TypeAlias = ShareSummaryRequest  # noqa: Y015
+
+@_typing.final
+class AddPersonRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    PERSON_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    @_builtins.property
+    def person(self) -> Global___PersonIdentifier: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        case_id: _builtins.str = ...,
+        person: Global___PersonIdentifier | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "person", b"person"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "person", b"person"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddPersonRequest: _TypeAlias = AddPersonRequest  # noqa: Y015
+
+@_typing.final
+class RemovePersonRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    LINK_TOKEN_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    link_token: _builtins.bytes
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        case_id: _builtins.str = ...,
+        link_token: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "link_token", b"link_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemovePersonRequest: _TypeAlias = RemovePersonRequest  # noqa: Y015
+
+@_typing.final
+class CaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        case_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseRequest: _TypeAlias = CaseRequest  # noqa: Y015
+
+@_typing.final
+class InvolvedAgency(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    AGENCY_NAME_FIELD_NUMBER: _builtins.int
+    AGENCY_TYPE_FIELD_NUMBER: _builtins.int
+    CONTACT_ROLE_FIELD_NUMBER: _builtins.int
+    LINK_TOKENS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    agency_name: _builtins.str
+    agency_type: _builtins.str
+    contact_role: _builtins.str
+    @_builtins.property
+    def link_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """which of the family's people it is linked to"""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        agency_name: _builtins.str = ...,
+        agency_type: _builtins.str = ...,
+        contact_role: _builtins.str = ...,
+        link_tokens: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "agency_type", b"agency_type", "contact_role", b"contact_role", "link_tokens", b"link_tokens", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvolvedAgency: _TypeAlias = InvolvedAgency  # noqa: Y015
+
+@_typing.final
+class InvolvementResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENCIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvolvedAgency]: ...
+    def __init__(
+        self,
+        *,
+        agencies: _abc.Iterable[Global___InvolvedAgency] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvolvementResponse: _TypeAlias = InvolvementResponse  # noqa: Y015
+
+@_typing.final
+class ProposeClosureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    INTENT_FIELD_NUMBER: _builtins.int
+    RESPOND_BY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    note: _builtins.str
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    @_builtins.property
+    def intent(self) -> _summary_pb2.ClosureIntent: ...
+    @_builtins.property
+    def respond_by(self) -> _summary_pb2.Date: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        case_id: _builtins.str = ...,
+        intent: _summary_pb2.ClosureIntent | None = ...,
+        respond_by: _summary_pb2.Date | None = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "intent", b"intent", "respond_by", b"respond_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "intent", b"intent", "note", b"note", "respond_by", b"respond_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposeClosureRequest: _TypeAlias = ProposeClosureRequest  # noqa: Y015
+
+@_typing.final
+class ClosureReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    AGENCY_NAME_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    agency_name: _builtins.str
+    answer: _workflow_pb2.ClosureAnswer.ValueType
+    reason: _builtins.str
+    at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        agency_name: _builtins.str = ...,
+        answer: _workflow_pb2.ClosureAnswer.ValueType = ...,
+        reason: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "answer", b"answer", "at_ms", b"at_ms", "node_id", b"node_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClosureReply: _TypeAlias = ClosureReply  # noqa: Y015
+
+@_typing.final
+class ClosureStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    CLOSURE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RESPOND_BY_FIELD_NUMBER: _builtins.int
+    AWAITING_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
+    OBJECTION_OUTSTANDING_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    closure_id: _builtins.str
+    state: _builtins.str
+    """none | proposed | closed"""
+    objection_outstanding: _builtins.bool
+    @_builtins.property
+    def respond_by(self) -> _summary_pb2.Date: ...
+    @_builtins.property
+    def awaiting(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """agencies that have not answered"""
+
+    @_builtins.property
+    def replies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClosureReply]: ...
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        closure_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        respond_by: _summary_pb2.Date | None = ...,
+        awaiting: _abc.Iterable[_builtins.str] | None = ...,
+        replies: _abc.Iterable[Global___ClosureReply] | None = ...,
+        objection_outstanding: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["respond_by", b"respond_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awaiting", b"awaiting", "case_id", b"case_id", "closure_id", b"closure_id", "objection_outstanding", b"objection_outstanding", "replies", b"replies", "respond_by", b"respond_by", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClosureStatus: _TypeAlias = ClosureStatus  # noqa: Y015
+
+@_typing.final
+class RespondToClosureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    INTENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    intent_message_id: _builtins.str
+    """the closure intent received"""
+    answer: _workflow_pb2.ClosureAnswer.ValueType
+    reason: _builtins.str
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        intent_message_id: _builtins.str = ...,
+        answer: _workflow_pb2.ClosureAnswer.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "intent_message_id", b"intent_message_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondToClosureRequest: _TypeAlias = RespondToClosureRequest  # noqa: Y015
+
+@_typing.final
+class RespondToClosureResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RespondToClosureResponse: _TypeAlias = RespondToClosureResponse  # noqa: Y015
+
+@_typing.final
+class CloseCaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    OVERRIDE_OBJECTIONS_REASON_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    note: _builtins.str
+    override_objections_reason: _builtins.str
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        case_id: _builtins.str = ...,
+        note: _builtins.str = ...,
+        override_objections_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "note", b"note", "override_objections_reason", b"override_objections_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseCaseRequest: _TypeAlias = CloseCaseRequest  # noqa: Y015
+
+@_typing.final
+class WithdrawSummaryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    SUMMARY_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    summary_id: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        summary_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "reason", b"reason", "summary_id", b"summary_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawSummaryRequest: _TypeAlias = WithdrawSummaryRequest  # noqa: Y015
+
+@_typing.final
+class AskClarificationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ABOUT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    QUESTION_FIELD_NUMBER: _builtins.int
+    about_message_id: _builtins.str
+    question: _builtins.str
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        about_message_id: _builtins.str = ...,
+        question: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["about_message_id", b"about_message_id", "actor", b"actor", "question", b"question"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AskClarificationRequest: _TypeAlias = AskClarificationRequest  # noqa: Y015
+
+@_typing.final
+class AnswerClarificationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    request_message_id: _builtins.str
+    answer: _builtins.str
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        request_message_id: _builtins.str = ...,
+        answer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "request_message_id", b"request_message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnswerClarificationRequest: _TypeAlias = AnswerClarificationRequest  # noqa: Y015
+
+@_typing.final
+class RequestInformationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    LAWFUL_BASIS_FIELD_NUMBER: _builtins.int
+    WHAT_FIELD_NUMBER: _builtins.int
+    NEEDED_BY_FIELD_NUMBER: _builtins.int
+    TO_NODES_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    purpose: _builtins.str
+    what: _builtins.str
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    @_builtins.property
+    def lawful_basis(self) -> _summary_pb2.LawfulBasis: ...
+    @_builtins.property
+    def needed_by(self) -> _summary_pb2.Date: ...
+    @_builtins.property
+    def to_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: every agency linked to the family"""
+
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        case_id: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        lawful_basis: _summary_pb2.LawfulBasis | None = ...,
+        what: _builtins.str = ...,
+        needed_by: _summary_pb2.Date | None = ...,
+        to_nodes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "lawful_basis", b"lawful_basis", "needed_by", b"needed_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "lawful_basis", b"lawful_basis", "needed_by", b"needed_by", "purpose", b"purpose", "to_nodes", b"to_nodes", "what", b"what"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestInformationRequest: _TypeAlias = RequestInformationRequest  # noqa: Y015
+
+@_typing.final
+class InformationReplyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
+    request_message_id: _builtins.str
+    answer: _workflow_pb2.InformationAnswer.ValueType
+    assessment_id: _builtins.str
+    """what to provide, when provided or partial"""
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    @_builtins.property
+    def decision(self) -> _summary_pb2.ShareDecision:
+        """reasons, and grounds when providing"""
+
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        request_message_id: _builtins.str = ...,
+        answer: _workflow_pb2.InformationAnswer.ValueType = ...,
+        decision: _summary_pb2.ShareDecision | None = ...,
+        assessment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "decision", b"decision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "assessment_id", b"assessment_id", "decision", b"decision", "request_message_id", b"request_message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InformationReplyRequest: _TypeAlias = InformationReplyRequest  # noqa: Y015
+
+@_typing.final
+class MessageSent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryStatus]: ...
+    def __init__(
+        self,
+        *,
+        recipients: _abc.Iterable[Global___DeliveryStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipients", b"recipients"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageSent: _TypeAlias = MessageSent  # noqa: Y015
+
+@_typing.final
+class OpenReceivedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SILENT_READ_REASON_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    silent_read_reason: _builtins.str
+    """non-empty: do not notify the sender (audited)"""
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        message_id: _builtins.str = ...,
+        silent_read_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "message_id", b"message_id", "silent_read_reason", b"silent_read_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenReceivedRequest: _TypeAlias = OpenReceivedRequest  # noqa: Y015
+
+@_typing.final
+class ChronologyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        case_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChronologyRequest: _TypeAlias = ChronologyRequest  # noqa: Y015
+
+@_typing.final
+class ChronologyEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_MS_FIELD_NUMBER: _builtins.int
+    SOURCE_NODE_FIELD_NUMBER: _builtins.int
+    SOURCE_AGENCY_FIELD_NUMBER: _builtins.int
+    SOURCE_AGENCY_TYPE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SUMMARY_ID_FIELD_NUMBER: _builtins.int
+    HEADLINE_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    OWN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    at_ms: _builtins.int
+    source_node: _builtins.str
+    source_agency: _builtins.str
+    source_agency_type: _builtins.str
+    kind: _envelope_pb2.MessageKind.ValueType
+    summary_id: _builtins.str
+    headline: _builtins.str
+    category: _builtins.str
+    currency: _summary_pb2.Currency.ValueType
+    direction: _builtins.str
+    level: _builtins.str
+    """"value (scale)" """
+    own: _builtins.bool
+    """this node's own assessment"""
+    state: _builtins.str
+    """current | withdrawn | superseded"""
+    def __init__(
+        self,
+        *,
+        at_ms: _builtins.int = ...,
+        source_node: _builtins.str = ...,
+        source_agency: _builtins.str = ...,
+        source_agency_type: _builtins.str = ...,
+        kind: _envelope_pb2.MessageKind.ValueType = ...,
+        summary_id: _builtins.str = ...,
+        headline: _builtins.str = ...,
+        category: _builtins.str = ...,
+        currency: _summary_pb2.Currency.ValueType = ...,
+        direction: _builtins.str = ...,
+        level: _builtins.str = ...,
+        own: _builtins.bool = ...,
+        state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "category", b"category", "currency", b"currency", "direction", b"direction", "headline", b"headline", "kind", b"kind", "level", b"level", "own", b"own", "source_agency", b"source_agency", "source_agency_type", b"source_agency_type", "source_node", b"source_node", "state", b"state", "summary_id", b"summary_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChronologyEntry: _TypeAlias = ChronologyEntry  # noqa: Y015
+
+@_typing.final
+class ChronologyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChronologyEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___ChronologyEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChronologyResponse: _TypeAlias = ChronologyResponse  # noqa: Y015
 
 @_typing.final
 class DeliveryStatus(_message.Message):
@@ -451,6 +1079,8 @@ Global___ShareStatus: _TypeAlias = ShareStatus  # noqa: Y015
 
 @_typing.final
 class ReceivedSummary(_message.Message):
+    """One item of this node's inbox: a summary or any other casework message."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQ_FIELD_NUMBER: _builtins.int
@@ -462,6 +1092,8 @@ class ReceivedSummary(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     SHARE_ID_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     message_id: _builtins.str
     sender_node: _builtins.str
@@ -470,8 +1102,16 @@ class ReceivedSummary(_message.Message):
     received_at_ms: _builtins.int
     kind: _envelope_pb2.MessageKind.ValueType
     share_id: _builtins.str
+    state: _builtins.str
+    """new | read | withdrawn | superseded"""
     @_builtins.property
-    def summary(self) -> _summary_pb2.RiskSummary: ...
+    def summary(self) -> _summary_pb2.RiskSummary:
+        """when the item carries one"""
+
+    @_builtins.property
+    def body(self) -> _envelope_pb2.MessageBody:
+        """the whole signed message as received"""
+
     def __init__(
         self,
         *,
@@ -484,10 +1124,12 @@ class ReceivedSummary(_message.Message):
         kind: _envelope_pb2.MessageKind.ValueType = ...,
         share_id: _builtins.str = ...,
         summary: _summary_pb2.RiskSummary | None = ...,
+        body: _envelope_pb2.MessageBody | None = ...,
+        state: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message_id", b"message_id", "received_at_ms", b"received_at_ms", "sender_agency_name", b"sender_agency_name", "sender_agency_type", b"sender_agency_type", "sender_node", b"sender_node", "seq", b"seq", "share_id", b"share_id", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "kind", b"kind", "message_id", b"message_id", "received_at_ms", b"received_at_ms", "sender_agency_name", b"sender_agency_name", "sender_agency_type", b"sender_agency_type", "sender_node", b"sender_node", "seq", b"seq", "share_id", b"share_id", "state", b"state", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

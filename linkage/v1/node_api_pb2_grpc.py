@@ -41,6 +41,41 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.OpenCaseRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.FromString,
                 _registered_method=True)
+        self.AddPerson = channel.unary_unary(
+                '/linkage.v1.NodeApi/AddPerson',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.AddPersonRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.FromString,
+                _registered_method=True)
+        self.RemovePerson = channel.unary_unary(
+                '/linkage.v1.NodeApi/RemovePerson',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.RemovePersonRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.FromString,
+                _registered_method=True)
+        self.DiscoverInvolvement = channel.unary_unary(
+                '/linkage.v1.NodeApi/DiscoverInvolvement',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.InvolvementResponse.FromString,
+                _registered_method=True)
+        self.ProposeClosure = channel.unary_unary(
+                '/linkage.v1.NodeApi/ProposeClosure',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.ProposeClosureRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.ClosureStatus.FromString,
+                _registered_method=True)
+        self.RespondToClosure = channel.unary_unary(
+                '/linkage.v1.NodeApi/RespondToClosure',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.RespondToClosureRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.RespondToClosureResponse.FromString,
+                _registered_method=True)
+        self.GetClosure = channel.unary_unary(
+                '/linkage.v1.NodeApi/GetClosure',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.ClosureStatus.FromString,
+                _registered_method=True)
+        self.CloseCase = channel.unary_unary(
+                '/linkage.v1.NodeApi/CloseCase',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.CloseCaseRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.ClosureStatus.FromString,
+                _registered_method=True)
         self.RecordAssessment = channel.unary_unary(
                 '/linkage.v1.NodeApi/RecordAssessment',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.RecordAssessmentRequest.SerializeToString,
@@ -71,6 +106,41 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.WatchDeliveriesRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.DeliveryEvent.FromString,
                 _registered_method=True)
+        self.WithdrawSummary = channel.unary_unary(
+                '/linkage.v1.NodeApi/WithdrawSummary',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.WithdrawSummaryRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.FromString,
+                _registered_method=True)
+        self.AskClarification = channel.unary_unary(
+                '/linkage.v1.NodeApi/AskClarification',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.AskClarificationRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+                _registered_method=True)
+        self.AnswerClarification = channel.unary_unary(
+                '/linkage.v1.NodeApi/AnswerClarification',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.AnswerClarificationRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+                _registered_method=True)
+        self.RequestInformation = channel.unary_unary(
+                '/linkage.v1.NodeApi/RequestInformation',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.RequestInformationRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+                _registered_method=True)
+        self.RespondToInformationRequest = channel.unary_unary(
+                '/linkage.v1.NodeApi/RespondToInformationRequest',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.InformationReplyRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+                _registered_method=True)
+        self.OpenReceived = channel.unary_unary(
+                '/linkage.v1.NodeApi/OpenReceived',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.OpenReceivedRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.ReceivedSummary.FromString,
+                _registered_method=True)
+        self.Chronology = channel.unary_unary(
+                '/linkage.v1.NodeApi/Chronology',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.ChronologyRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.ChronologyResponse.FromString,
+                _registered_method=True)
         self.ListReceived = channel.unary_unary(
                 '/linkage.v1.NodeApi/ListReceived',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.ListReceivedRequest.SerializeToString,
@@ -91,6 +161,52 @@ class NodeApiServicer:
     def OpenCase(self, request, context):
         """Open a case for a family: identifiers become link tokens at the node,
         and the node subscribes to them at the gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddPerson(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePerson(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscoverInvolvement(self, request, context):
+        """Which agencies are linked to this family: name, type, who to contact.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProposeClosure(self, request, context):
+        """Alert every co-involved agency before closing, with a date to respond by.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RespondToClosure(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetClosure(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseCase(self, request, context):
+        """Close after a closure intent: refused while the response window is open,
+        and, with an objection outstanding, unless the closer records why.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +257,52 @@ class NodeApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WithdrawSummary(self, request, context):
+        """Recall a summary from every agency that received it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AskClarification(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerClarification(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestInformation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RespondToInformationRequest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenReceived(self, request, context):
+        """Open a received item: the sender is told when and by which role, unless
+        the reader records a justified silent read (audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Chronology(self, request, context):
+        """This node's own assessments and everything received about a family, in time order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListReceived(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -161,6 +323,41 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.OpenCase,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.OpenCaseRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.SerializeToString,
+            ),
+            'AddPerson': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPerson,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.AddPersonRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.SerializeToString,
+            ),
+            'RemovePerson': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePerson,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.RemovePersonRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.SerializeToString,
+            ),
+            'DiscoverInvolvement': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscoverInvolvement,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.InvolvementResponse.SerializeToString,
+            ),
+            'ProposeClosure': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeClosure,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.ProposeClosureRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.ClosureStatus.SerializeToString,
+            ),
+            'RespondToClosure': grpc.unary_unary_rpc_method_handler(
+                    servicer.RespondToClosure,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.RespondToClosureRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.RespondToClosureResponse.SerializeToString,
+            ),
+            'GetClosure': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClosure,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.ClosureStatus.SerializeToString,
+            ),
+            'CloseCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseCase,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.CloseCaseRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.ClosureStatus.SerializeToString,
             ),
             'RecordAssessment': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordAssessment,
@@ -191,6 +388,41 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.WatchDeliveries,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.WatchDeliveriesRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.DeliveryEvent.SerializeToString,
+            ),
+            'WithdrawSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawSummary,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.WithdrawSummaryRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.SerializeToString,
+            ),
+            'AskClarification': grpc.unary_unary_rpc_method_handler(
+                    servicer.AskClarification,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.AskClarificationRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.SerializeToString,
+            ),
+            'AnswerClarification': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerClarification,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.AnswerClarificationRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.SerializeToString,
+            ),
+            'RequestInformation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestInformation,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.RequestInformationRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.SerializeToString,
+            ),
+            'RespondToInformationRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.RespondToInformationRequest,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.InformationReplyRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.SerializeToString,
+            ),
+            'OpenReceived': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenReceived,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.OpenReceivedRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.ReceivedSummary.SerializeToString,
+            ),
+            'Chronology': grpc.unary_unary_rpc_method_handler(
+                    servicer.Chronology,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.ChronologyRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.ChronologyResponse.SerializeToString,
             ),
             'ListReceived': grpc.unary_unary_rpc_method_handler(
                     servicer.ListReceived,
@@ -232,6 +464,195 @@ class NodeApi:
             '/linkage.v1.NodeApi/OpenCase',
             linkage_dot_v1_dot_node__api__pb2.OpenCaseRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPerson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/AddPerson',
+            linkage_dot_v1_dot_node__api__pb2.AddPersonRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePerson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/RemovePerson',
+            linkage_dot_v1_dot_node__api__pb2.RemovePersonRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscoverInvolvement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/DiscoverInvolvement',
+            linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.InvolvementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeClosure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/ProposeClosure',
+            linkage_dot_v1_dot_node__api__pb2.ProposeClosureRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.ClosureStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RespondToClosure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/RespondToClosure',
+            linkage_dot_v1_dot_node__api__pb2.RespondToClosureRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.RespondToClosureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClosure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/GetClosure',
+            linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.ClosureStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/CloseCase',
+            linkage_dot_v1_dot_node__api__pb2.CloseCaseRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.ClosureStatus.FromString,
             options,
             channel_credentials,
             insecure,
@@ -394,6 +815,195 @@ class NodeApi:
             '/linkage.v1.NodeApi/WatchDeliveries',
             linkage_dot_v1_dot_node__api__pb2.WatchDeliveriesRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.DeliveryEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/WithdrawSummary',
+            linkage_dot_v1_dot_node__api__pb2.WithdrawSummaryRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AskClarification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/AskClarification',
+            linkage_dot_v1_dot_node__api__pb2.AskClarificationRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerClarification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/AnswerClarification',
+            linkage_dot_v1_dot_node__api__pb2.AnswerClarificationRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestInformation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/RequestInformation',
+            linkage_dot_v1_dot_node__api__pb2.RequestInformationRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RespondToInformationRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/RespondToInformationRequest',
+            linkage_dot_v1_dot_node__api__pb2.InformationReplyRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenReceived(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/OpenReceived',
+            linkage_dot_v1_dot_node__api__pb2.OpenReceivedRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.ReceivedSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Chronology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/Chronology',
+            linkage_dot_v1_dot_node__api__pb2.ChronologyRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.ChronologyResponse.FromString,
             options,
             channel_credentials,
             insecure,

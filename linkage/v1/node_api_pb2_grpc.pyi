@@ -39,6 +39,18 @@ class NodeApiStub:
     """Open a case for a family: identifiers become link tokens at the node,
     and the node subscribes to them at the gateway.
     """
+    AddPerson: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.AddPersonRequest, _node_api_pb2.OpenCaseResponse]
+    RemovePerson: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.RemovePersonRequest, _node_api_pb2.OpenCaseResponse]
+    DiscoverInvolvement: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.InvolvementResponse]
+    """Which agencies are linked to this family: name, type, who to contact."""
+    ProposeClosure: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ProposeClosureRequest, _node_api_pb2.ClosureStatus]
+    """Alert every co-involved agency before closing, with a date to respond by."""
+    RespondToClosure: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.RespondToClosureRequest, _node_api_pb2.RespondToClosureResponse]
+    GetClosure: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.ClosureStatus]
+    CloseCase: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.CloseCaseRequest, _node_api_pb2.ClosureStatus]
+    """Close after a closure intent: refused while the response window is open,
+    and, with an objection outstanding, unless the closer records why.
+    """
     RecordAssessment: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.RecordAssessmentRequest, _node_api_pb2.RecordAssessmentResponse]
     """Keep one of this agency's own assessments (never sent as it is)."""
     ShareSummary: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ShareSummaryRequest, _node_api_pb2.ShareSummaryResponse]
@@ -57,6 +69,18 @@ class NodeApiStub:
     """Every delivery state change at this node, in order, after `after_seq`:
     queued, sent, delivered (with the receipt time), undeliverable (with why).
     """
+    WithdrawSummary: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.WithdrawSummaryRequest, _node_api_pb2.ShareSummaryResponse]
+    """Recall a summary from every agency that received it."""
+    AskClarification: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.AskClarificationRequest, _node_api_pb2.MessageSent]
+    AnswerClarification: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.AnswerClarificationRequest, _node_api_pb2.MessageSent]
+    RequestInformation: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.RequestInformationRequest, _node_api_pb2.MessageSent]
+    RespondToInformationRequest: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.InformationReplyRequest, _node_api_pb2.MessageSent]
+    OpenReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]
+    """Open a received item: the sender is told when and by which role, unless
+    the reader records a justified silent read (audited).
+    """
+    Chronology: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ChronologyRequest, _node_api_pb2.ChronologyResponse]
+    """This node's own assessments and everything received about a family, in time order."""
     ListReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]
     WatchReceived: _grpc.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]
     """Received summaries as they arrive, after `after_seq`."""
@@ -71,6 +95,18 @@ class NodeApiAsyncStub(NodeApiStub):
     OpenCase: _aio.UnaryUnaryMultiCallable[_node_api_pb2.OpenCaseRequest, _node_api_pb2.OpenCaseResponse]  # type: ignore[assignment]
     """Open a case for a family: identifiers become link tokens at the node,
     and the node subscribes to them at the gateway.
+    """
+    AddPerson: _aio.UnaryUnaryMultiCallable[_node_api_pb2.AddPersonRequest, _node_api_pb2.OpenCaseResponse]  # type: ignore[assignment]
+    RemovePerson: _aio.UnaryUnaryMultiCallable[_node_api_pb2.RemovePersonRequest, _node_api_pb2.OpenCaseResponse]  # type: ignore[assignment]
+    DiscoverInvolvement: _aio.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.InvolvementResponse]  # type: ignore[assignment]
+    """Which agencies are linked to this family: name, type, who to contact."""
+    ProposeClosure: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ProposeClosureRequest, _node_api_pb2.ClosureStatus]  # type: ignore[assignment]
+    """Alert every co-involved agency before closing, with a date to respond by."""
+    RespondToClosure: _aio.UnaryUnaryMultiCallable[_node_api_pb2.RespondToClosureRequest, _node_api_pb2.RespondToClosureResponse]  # type: ignore[assignment]
+    GetClosure: _aio.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.ClosureStatus]  # type: ignore[assignment]
+    CloseCase: _aio.UnaryUnaryMultiCallable[_node_api_pb2.CloseCaseRequest, _node_api_pb2.ClosureStatus]  # type: ignore[assignment]
+    """Close after a closure intent: refused while the response window is open,
+    and, with an objection outstanding, unless the closer records why.
     """
     RecordAssessment: _aio.UnaryUnaryMultiCallable[_node_api_pb2.RecordAssessmentRequest, _node_api_pb2.RecordAssessmentResponse]  # type: ignore[assignment]
     """Keep one of this agency's own assessments (never sent as it is)."""
@@ -90,6 +126,18 @@ class NodeApiAsyncStub(NodeApiStub):
     """Every delivery state change at this node, in order, after `after_seq`:
     queued, sent, delivered (with the receipt time), undeliverable (with why).
     """
+    WithdrawSummary: _aio.UnaryUnaryMultiCallable[_node_api_pb2.WithdrawSummaryRequest, _node_api_pb2.ShareSummaryResponse]  # type: ignore[assignment]
+    """Recall a summary from every agency that received it."""
+    AskClarification: _aio.UnaryUnaryMultiCallable[_node_api_pb2.AskClarificationRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
+    AnswerClarification: _aio.UnaryUnaryMultiCallable[_node_api_pb2.AnswerClarificationRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
+    RequestInformation: _aio.UnaryUnaryMultiCallable[_node_api_pb2.RequestInformationRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
+    RespondToInformationRequest: _aio.UnaryUnaryMultiCallable[_node_api_pb2.InformationReplyRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
+    OpenReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
+    """Open a received item: the sender is told when and by which role, unless
+    the reader records a justified silent read (audited).
+    """
+    Chronology: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ChronologyRequest, _node_api_pb2.ChronologyResponse]  # type: ignore[assignment]
+    """This node's own assessments and everything received about a family, in time order."""
     ListReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]  # type: ignore[assignment]
     WatchReceived: _aio.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
     """Received summaries as they arrive, after `after_seq`."""
@@ -107,6 +155,60 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_api_pb2.OpenCaseResponse, _abc.Awaitable[_node_api_pb2.OpenCaseResponse]]:
         """Open a case for a family: identifiers become link tokens at the node,
         and the node subscribes to them at the gateway.
+        """
+
+    @_abc_1.abstractmethod
+    def AddPerson(
+        self,
+        request: _node_api_pb2.AddPersonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.OpenCaseResponse, _abc.Awaitable[_node_api_pb2.OpenCaseResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemovePerson(
+        self,
+        request: _node_api_pb2.RemovePersonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.OpenCaseResponse, _abc.Awaitable[_node_api_pb2.OpenCaseResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DiscoverInvolvement(
+        self,
+        request: _node_api_pb2.CaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.InvolvementResponse, _abc.Awaitable[_node_api_pb2.InvolvementResponse]]:
+        """Which agencies are linked to this family: name, type, who to contact."""
+
+    @_abc_1.abstractmethod
+    def ProposeClosure(
+        self,
+        request: _node_api_pb2.ProposeClosureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.ClosureStatus, _abc.Awaitable[_node_api_pb2.ClosureStatus]]:
+        """Alert every co-involved agency before closing, with a date to respond by."""
+
+    @_abc_1.abstractmethod
+    def RespondToClosure(
+        self,
+        request: _node_api_pb2.RespondToClosureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.RespondToClosureResponse, _abc.Awaitable[_node_api_pb2.RespondToClosureResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetClosure(
+        self,
+        request: _node_api_pb2.CaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.ClosureStatus, _abc.Awaitable[_node_api_pb2.ClosureStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def CloseCase(
+        self,
+        request: _node_api_pb2.CloseCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.ClosureStatus, _abc.Awaitable[_node_api_pb2.ClosureStatus]]:
+        """Close after a closure intent: refused while the response window is open,
+        and, with an objection outstanding, unless the closer records why.
         """
 
     @_abc_1.abstractmethod
@@ -162,6 +264,60 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         """Every delivery state change at this node, in order, after `after_seq`:
         queued, sent, delivered (with the receipt time), undeliverable (with why).
         """
+
+    @_abc_1.abstractmethod
+    def WithdrawSummary(
+        self,
+        request: _node_api_pb2.WithdrawSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.ShareSummaryResponse, _abc.Awaitable[_node_api_pb2.ShareSummaryResponse]]:
+        """Recall a summary from every agency that received it."""
+
+    @_abc_1.abstractmethod
+    def AskClarification(
+        self,
+        request: _node_api_pb2.AskClarificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.MessageSent, _abc.Awaitable[_node_api_pb2.MessageSent]]: ...
+
+    @_abc_1.abstractmethod
+    def AnswerClarification(
+        self,
+        request: _node_api_pb2.AnswerClarificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.MessageSent, _abc.Awaitable[_node_api_pb2.MessageSent]]: ...
+
+    @_abc_1.abstractmethod
+    def RequestInformation(
+        self,
+        request: _node_api_pb2.RequestInformationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.MessageSent, _abc.Awaitable[_node_api_pb2.MessageSent]]: ...
+
+    @_abc_1.abstractmethod
+    def RespondToInformationRequest(
+        self,
+        request: _node_api_pb2.InformationReplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.MessageSent, _abc.Awaitable[_node_api_pb2.MessageSent]]: ...
+
+    @_abc_1.abstractmethod
+    def OpenReceived(
+        self,
+        request: _node_api_pb2.OpenReceivedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.ReceivedSummary, _abc.Awaitable[_node_api_pb2.ReceivedSummary]]:
+        """Open a received item: the sender is told when and by which role, unless
+        the reader records a justified silent read (audited).
+        """
+
+    @_abc_1.abstractmethod
+    def Chronology(
+        self,
+        request: _node_api_pb2.ChronologyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.ChronologyResponse, _abc.Awaitable[_node_api_pb2.ChronologyResponse]]:
+        """This node's own assessments and everything received about a family, in time order."""
 
     @_abc_1.abstractmethod
     def ListReceived(

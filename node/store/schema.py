@@ -79,4 +79,68 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     """,
+    # 2: casework beyond summaries: message kinds and threads, read receipts, withdrawal
+    # and supersession, involvement notices, closure intents and their replies.
+    """
+    ALTER TABLE inbox ADD COLUMN state TEXT NOT NULL DEFAULT 'new';
+    ALTER TABLE inbox ADD COLUMN summary_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE inbox ADD COLUMN in_reply_to TEXT NOT NULL DEFAULT '';
+    CREATE INDEX inbox_by_summary ON inbox(sender, summary_id);
+    CREATE INDEX inbox_by_message ON inbox(message_id);
+    -- The outbox now carries every kind of message, not only shares: rebuilt
+    -- without the foreign key to shares, plus kind, summary and read columns.
+    CREATE TABLE outbox_v2(
+      message_id TEXT PRIMARY KEY,
+      share_id TEXT NOT NULL,
+      recipient TEXT NOT NULL,
+      envelope BLOB NOT NULL,
+      digest BLOB NOT NULL,
+      state TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'delivered', 'undeliverable')),
+      attempts INTEGER NOT NULL DEFAULT 0,
+      next_attempt_at_ms INTEGER NOT NULL,
+      created_at_ms INTEGER NOT NULL,
+      sent_at_ms INTEGER,
+      delivered_at_ms INTEGER,
+      receipt BLOB,
+      reason TEXT NOT NULL DEFAULT '',
+      kind INTEGER NOT NULL DEFAULT 1,
+      summary_id TEXT NOT NULL DEFAULT '',
+      read_at_ms INTEGER,
+      read_by_role TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO outbox_v2(message_id, share_id, recipient, envelope, digest, state, attempts, next_attempt_at_ms,
+                          created_at_ms, sent_at_ms, delivered_at_ms, receipt, reason)
+      SELECT message_id, share_id, recipient, envelope, digest, state, attempts, next_attempt_at_ms,
+             created_at_ms, sent_at_ms, delivered_at_ms, receipt, reason FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v2 RENAME TO outbox;
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at_ms);
+    CREATE INDEX outbox_by_share ON outbox(share_id);
+    CREATE INDEX outbox_by_summary ON outbox(summary_id);
+    ALTER TABLE shares ADD COLUMN kind INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE involvement(
+      token BLOB NOT NULL,
+      node_id TEXT NOT NULL,
+      joined INTEGER NOT NULL,
+      at_ms INTEGER NOT NULL,
+      PRIMARY KEY (token, node_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE closures(
+      closure_id TEXT PRIMARY KEY,
+      case_id TEXT NOT NULL REFERENCES cases(case_id),
+      proposed_at_ms INTEGER NOT NULL,
+      respond_by TEXT NOT NULL,
+      state TEXT NOT NULL CHECK (state IN ('proposed', 'closed')),
+      intent BLOB NOT NULL,
+      closed_at_ms INTEGER
+    );
+    CREATE TABLE closure_invitees(
+      closure_id TEXT NOT NULL REFERENCES closures(closure_id),
+      node_id TEXT NOT NULL,
+      answer INTEGER NOT NULL DEFAULT 0,
+      reason TEXT NOT NULL DEFAULT '',
+      at_ms INTEGER,
+      PRIMARY KEY (closure_id, node_id)
+    ) WITHOUT ROWID;
+    """,
 )

@@ -1,0 +1,490 @@
+"""Cases and family links: open a case with a family's people, add or remove a
+person, find out which other agencies are involved, and close only after
+alerting them. The node subscribes and unsubscribes at the gateway to match,
+and tells co-involved agencies when it joins or leaves a family link."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from linkage import logs
+from linkage.ids import uuid7
+from linkage.tokens import IdentifierError
+from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
+from node import dates
+from node.backoff import backoff_ms
+from node.context import NodeContext
+from node.errors import ApiError, invalid, not_found
+from node.messaging import Fill
+from node.store import Tx
+
+MAX_PEOPLE_PER_CASE = 64
+log = logs.get("node.cases")
+
+
+def _failed(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+class Cases:
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self.resubscribe = asyncio.Event()  # set when the gateway may lack some subscriptions
+
+    # -- people and tokens ----------------------------------------------------
+
+    def _person(self, n: int, person: node_api_pb2.PersonIdentifier) -> node_api_pb2.CasePerson:
+        try:
+            token = self.ctx.linkage_key.token(person.scheme, person.value)
+        except IdentifierError as exc:
+            raise invalid(f"people[{n}]: {exc}") from None
+        for name, value in (("role_in_risk", person.role_in_risk), ("person_type", person.person_type)):
+            if value and not self.ctx.policy.codes.has(name, value):
+                raise invalid(f"people[{n}]: {name} '{value}' is not in the code list")
+        return node_api_pb2.CasePerson(
+            link_token=token,
+            role_in_risk=person.role_in_risk,
+            person_type=person.person_type,
+            relationship=person.relationship,
+            protect_identity=person.protect_identity,
+        )
+
+    async def people(self, case_id: str) -> list[node_api_pb2.CasePerson]:
+        rows = await self.ctx.store.fetchall(
+            "SELECT token, role_in_risk, person_type, relationship, protect_identity FROM case_people "
+            "WHERE case_id = ? ORDER BY token",
+            (case_id,),
+        )
+        return [
+            node_api_pb2.CasePerson(
+                link_token=bytes(t), role_in_risk=r, person_type=p, relationship=rel, protect_identity=bool(pi)
+            )
+            for t, r, p, rel, pi in rows
+        ]
+
+    async def open_case_row(self, case_id: str) -> None:
+        row = await self.ctx.store.fetchone("SELECT status FROM cases WHERE case_id = ?", (case_id,))
+        if row is None:
+            raise not_found(f"no case {case_id!r} at this node; open the case first")
+        if row[0] != "open":
+            raise _failed(f"case {case_id!r} is closed")
+
+    async def subscribed_tokens(self) -> list[bytes]:
+        rows = await self.ctx.store.fetchall(
+            "SELECT DISTINCT p.token FROM case_people p JOIN cases c USING (case_id) WHERE c.status = 'open'"
+        )
+        return [bytes(r[0]) for r in rows]
+
+    async def _insert_people(self, tx: Tx, case_id: str, people: list[node_api_pb2.CasePerson]) -> None:
+        await tx.db.executemany(
+            "INSERT OR IGNORE INTO case_people(case_id, token, role_in_risk, person_type, relationship, "
+            "protect_identity) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (case_id, p.link_token, p.role_in_risk, p.person_type, p.relationship, int(p.protect_identity))
+                for p in people
+            ],
+        )
+
+    # -- opening, adding, removing -----------------------------------------------
+
+    async def open_case(self, request: node_api_pb2.OpenCaseRequest) -> node_api_pb2.OpenCaseResponse:
+        if not request.case_ref.strip() or len(request.case_ref) > 128:
+            raise invalid("case_ref must be your case system's reference, 1-128 characters")
+        if not request.people or len(request.people) > MAX_PEOPLE_PER_CASE:
+            raise invalid(f"a case needs 1-{MAX_PEOPLE_PER_CASE} people")
+        people = [self._person(n, p) for n, p in enumerate(request.people)]
+        case_id = uuid7(self.ctx.clock.now_ms())
+        async with self.ctx.store.tx() as tx:
+            await tx.execute(
+                "INSERT INTO cases(case_id, case_ref, opened_at_ms, status) VALUES (?, ?, ?, 'open')",
+                (case_id, request.case_ref, tx.now_ms),
+            )
+            await self._insert_people(tx, case_id, people)
+            await tx.audit(
+                "case.opened",
+                request.actor,
+                tokens=[p.link_token for p in people],
+                detail={"case_id": case_id, "people": len(people)},
+            )
+        await self._joined(people, request.actor)
+        log.info("case.opened", case_id=case_id, people=len(people))
+        return node_api_pb2.OpenCaseResponse(case_id=case_id, people=people)
+
+    async def add_person(self, request: node_api_pb2.AddPersonRequest) -> node_api_pb2.OpenCaseResponse:
+        await self.open_case_row(request.case_id)
+        person = self._person(0, request.person)
+        async with self.ctx.store.tx() as tx:
+            await self._insert_people(tx, request.case_id, [person])
+            await tx.audit(
+                "case.person_added", request.actor, tokens=[person.link_token], detail={"case_id": request.case_id}
+            )
+        await self._joined([person], request.actor)
+        return node_api_pb2.OpenCaseResponse(case_id=request.case_id, people=await self.people(request.case_id))
+
+    async def remove_person(self, request: node_api_pb2.RemovePersonRequest) -> node_api_pb2.OpenCaseResponse:
+        await self.open_case_row(request.case_id)
+        token = request.link_token
+        if token not in {p.link_token for p in await self.people(request.case_id)}:
+            raise not_found(f"that person is not in case {request.case_id!r}")
+        await self._left([token], request.actor, exclude_case=request.case_id)
+        async with self.ctx.store.tx() as tx:
+            await tx.execute("DELETE FROM case_people WHERE case_id = ? AND token = ?", (request.case_id, token))
+            await tx.audit("case.person_removed", request.actor, tokens=[token], detail={"case_id": request.case_id})
+        await self._unsubscribe_unused([token], request.actor)
+        return node_api_pb2.OpenCaseResponse(case_id=request.case_id, people=await self.people(request.case_id))
+
+    # -- subscriptions and involvement notices -------------------------------------
+
+    async def _joined(self, people: list[node_api_pb2.CasePerson], actor: summary_pb2.Practitioner) -> None:
+        """Subscribe, then tell the agencies already linked to these people that we have joined."""
+        tokens = [p.link_token for p in people]
+        try:
+            added = await self.ctx.link.subscribe(tokens)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("subscribe.deferred", code=exc.code().name, tokens=len(tokens))
+            self.resubscribe.set()
+            return
+        async with self.ctx.store.tx() as tx:
+            await tx.audit("subscription.added", actor, tokens=tokens, detail={"added": added})
+        public = [p.link_token for p in people if not p.protect_identity]  # never announce a protected person
+        await self._announce(public, True, actor)
+
+    async def _left(self, tokens: list[bytes], actor: summary_pb2.Practitioner, exclude_case: str) -> None:
+        still = await self.ctx.store.fetchall(
+            "SELECT DISTINCT p.token FROM case_people p JOIN cases c USING (case_id) "
+            "WHERE c.status = 'open' AND c.case_id != ?",
+            (exclude_case,),
+        )
+        leaving = [t for t in tokens if t not in {bytes(r[0]) for r in still}]
+        await self._announce(leaving, False, actor)
+
+    async def _announce(self, tokens: list[bytes], joined: bool, actor: summary_pb2.Practitioner) -> None:
+        if not tokens:
+            return
+        try:
+            involvement = await self.ctx.link.discover(tokens)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("involvement.notice_skipped", code=exc.code().name, tokens=len(tokens))
+            return
+        per_node: dict[str, list[bytes]] = {}
+        for token, nodes in involvement.items():
+            for node in nodes:
+                per_node.setdefault(node, []).append(token)
+        if not per_node:
+            return
+        me = self.ctx.me()
+
+        def fill(recipient: str) -> Fill:
+            def write(body: envelope_pb2.MessageBody) -> None:
+                body.involvement.CopyFrom(
+                    workflow_pb2.InvolvementNotice(
+                        joined=joined,
+                        link_tokens=per_node[recipient],
+                        agency_name=me.agency_name,
+                        agency_type=me.agency_type,
+                        contact_role=me.contact_role,
+                        contact=summary_pb2.Practitioner(role=actor.role),
+                    )
+                )
+
+            return write
+
+        share_id = uuid7(self.ctx.clock.now_ms())
+        sealed = self.ctx.messenger.seal_each(
+            sorted(per_node), envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE, tokens, share_id, fill, actor
+        )
+        async with self.ctx.store.tx() as tx:
+            await self.ctx.messenger.queue(tx, sealed, share_id, actor)
+        await self.ctx.changed()
+
+    async def _unsubscribe_unused(self, tokens: list[bytes], actor: summary_pb2.Practitioner) -> None:
+        still = set(await self.subscribed_tokens())
+        unused = [t for t in tokens if t not in still]
+        if not unused:
+            return
+        try:
+            removed = await self.ctx.link.unsubscribe(unused)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("unsubscribe.failed", code=exc.code().name, tokens=len(unused))
+            return
+        async with self.ctx.store.tx() as tx:
+            await tx.audit("subscription.removed", actor, tokens=unused, detail={"removed": removed})
+
+    async def reassert_subscriptions(self) -> None:
+        """Tell the gateway every token of every open case (idempotent)."""
+        added = await self.ctx.link.subscribe(await self.subscribed_tokens())
+        self.resubscribe.clear()
+        if added:
+            async with self.ctx.store.tx() as tx:
+                await tx.audit("subscription.added", detail={"added": added, "reasserted": True})
+
+    async def run_resubscriber(self) -> None:
+        """Re-assert subscriptions, with back-off, until the gateway has them all."""
+        attempt = 0
+        while True:
+            await self.resubscribe.wait()
+            await self.ctx.link.connected.wait()
+            try:
+                await self.reassert_subscriptions()
+                attempt = 0
+            except grpc.aio.AioRpcError as exc:
+                log.warning("subscribe.retry", code=exc.code().name, attempt=attempt)
+                await asyncio.sleep(backoff_ms(attempt, 200, 30_000) / 1000)
+                attempt += 1
+
+    # -- discovery --------------------------------------------------------------------
+
+    async def discover(self, request: node_api_pb2.CaseRequest) -> node_api_pb2.InvolvementResponse:
+        await self.open_case_row(request.case_id)
+        tokens = [p.link_token for p in await self.people(request.case_id) if not p.protect_identity]
+        try:
+            involvement = await self.ctx.link.discover(tokens)
+        except grpc.aio.AioRpcError as exc:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"cannot reach the gateway ({exc.code().name})") from None
+        per_node: dict[str, list[bytes]] = {}
+        for token, nodes in involvement.items():
+            for node in nodes:
+                per_node.setdefault(node, []).append(token)
+        agencies = []
+        for node_id in sorted(per_node):
+            entry = self.ctx.agency(node_id)
+            agencies.append(
+                node_api_pb2.InvolvedAgency(
+                    node_id=node_id,
+                    agency_name=entry.agency_name,
+                    agency_type=entry.agency_type,
+                    contact_role=entry.contact_role,
+                    link_tokens=per_node[node_id],
+                )
+            )
+        async with self.ctx.store.tx() as tx:
+            await tx.audit(
+                "involvement.discovered",
+                request.actor,
+                tokens=tokens,
+                detail={"case_id": request.case_id, "agencies": sorted(per_node)},
+            )
+        return node_api_pb2.InvolvementResponse(agencies=agencies)
+
+    # -- closure -----------------------------------------------------------------------
+
+    async def propose_closure(self, request: node_api_pb2.ProposeClosureRequest) -> node_api_pb2.ClosureStatus:
+        await self.open_case_row(request.case_id)
+        intent = request.intent
+        if not self.ctx.policy.codes.has("closure_intent", intent.intent):
+            raise invalid(f"intent.intent must be one of {self.ctx.policy.codes.codes('closure_intent')}")
+        if not dates.valid(request.respond_by):
+            raise invalid("respond_by must be a date (year, month, day) by which the others should answer")
+        current = await self._closure(request.case_id)
+        if current is not None and current[2] == "proposed":
+            raise _failed("a closure is already proposed for this case; see GetClosure")
+        tokens = [p.link_token for p in await self.people(request.case_id) if not p.protect_identity]
+        try:
+            involvement = await self.ctx.link.discover(tokens)
+        except grpc.aio.AioRpcError as exc:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"cannot reach the gateway ({exc.code().name})") from None
+        invitees = sorted({n for nodes in involvement.values() for n in nodes})
+        closure_id = uuid7(self.ctx.clock.now_ms())
+        notice = workflow_pb2.ClosureIntentNotice(
+            closure_id=closure_id,
+            intent=intent,
+            respond_by=request.respond_by,
+            note=request.note,
+            link_tokens=tokens,
+        )
+
+        def fill(recipient: str) -> Fill:
+            return lambda body: body.closure_intent.CopyFrom(notice)
+
+        sealed = self.ctx.messenger.seal_each(
+            invitees, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT, tokens, closure_id, fill, request.actor
+        )
+        async with self.ctx.store.tx() as tx:
+            await tx.execute(
+                "INSERT INTO closures(closure_id, case_id, proposed_at_ms, respond_by, state, intent) "
+                "VALUES (?, ?, ?, ?, 'proposed', ?)",
+                (closure_id, request.case_id, tx.now_ms, dates.iso(request.respond_by), intent.SerializeToString()),
+            )
+            await tx.db.executemany(
+                "INSERT INTO closure_invitees(closure_id, node_id) VALUES (?, ?)", [(closure_id, n) for n in invitees]
+            )
+            await tx.audit(
+                "closure.proposed",
+                request.actor,
+                tokens=tokens,
+                rationale=request.note,
+                detail={
+                    "case_id": request.case_id,
+                    "closure_id": closure_id,
+                    "invited": invitees,
+                    "respond_by": dates.iso(request.respond_by),
+                    "intent": intent.intent,
+                },
+            )
+            await self.ctx.messenger.queue(tx, sealed, closure_id, request.actor)
+        await self.ctx.changed()
+        return await self.closure_status(request.case_id)
+
+    async def _closure(self, case_id: str) -> tuple[str, str, str] | None:
+        row = await self.ctx.store.fetchone(
+            "SELECT closure_id, respond_by, state FROM closures WHERE case_id = ? ORDER BY proposed_at_ms DESC LIMIT 1",
+            (case_id,),
+        )
+        return (row[0], row[1], row[2]) if row else None
+
+    async def closure_status(self, case_id: str) -> node_api_pb2.ClosureStatus:
+        closure = await self._closure(case_id)
+        if closure is None:
+            return node_api_pb2.ClosureStatus(case_id=case_id, state="none")
+        closure_id, respond_by, state = closure
+        rows = await self.ctx.store.fetchall(
+            "SELECT node_id, answer, reason, at_ms FROM closure_invitees WHERE closure_id = ? ORDER BY node_id",
+            (closure_id,),
+        )
+        replies = [
+            node_api_pb2.ClosureReply(
+                node_id=n, agency_name=self.ctx.agency(n).agency_name, answer=a, reason=r, at_ms=at or 0
+            )
+            for n, a, r, at in rows
+            if a
+        ]
+        return node_api_pb2.ClosureStatus(
+            case_id=case_id,
+            closure_id=closure_id,
+            state=state,
+            respond_by=dates.parse(respond_by),
+            awaiting=[n for n, a, _, _ in rows if not a],
+            replies=replies,
+            objection_outstanding=any(r.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT for r in replies),
+        )
+
+    async def respond_to_closure(
+        self, request: node_api_pb2.RespondToClosureRequest
+    ) -> node_api_pb2.RespondToClosureResponse:
+        row = await self.ctx.store.fetchone(
+            "SELECT sender, signed FROM inbox WHERE message_id = ? AND kind = ?",
+            (request.intent_message_id, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT),
+        )
+        if row is None:
+            raise not_found(f"no closure intent {request.intent_message_id!r} was received by this node")
+        if request.answer == workflow_pb2.CLOSURE_ANSWER_UNSPECIFIED:
+            raise invalid("answer must be AGREE or OBJECT")
+        if request.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT and not request.reason.strip():
+            raise invalid("an objection needs its reason, so the closing agency can act on it")
+        sender = row[0]
+        intent = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(row[1]).body)
+        closure_id = intent.closure_intent.closure_id
+        reply = workflow_pb2.ClosureResponse(closure_id=closure_id, answer=request.answer, reason=request.reason)
+        tokens = list(intent.closure_intent.link_tokens)
+        sealed = self.ctx.messenger.seal_each(
+            [sender],
+            envelope_pb2.MESSAGE_KIND_CLOSURE_RESPONSE,
+            tokens,
+            closure_id,
+            lambda _: lambda body: body.closure_response.CopyFrom(reply),
+            request.actor,
+            in_reply_to=request.intent_message_id,
+        )
+        answer = workflow_pb2.ClosureAnswer.Name(request.answer).removeprefix("CLOSURE_ANSWER_")
+        async with self.ctx.store.tx() as tx:
+            await tx.audit(
+                "closure.responded",
+                request.actor,
+                tokens=tokens,
+                counterpart=sender,
+                decision=answer,
+                rationale=request.reason,
+                detail={"closure_id": closure_id},
+            )
+            await self.ctx.messenger.queue(tx, sealed, closure_id, request.actor)
+        await self.ctx.changed()
+        return node_api_pb2.RespondToClosureResponse(message_id=sealed[0].outgoing.routing.message_id)
+
+    async def close_case(self, request: node_api_pb2.CloseCaseRequest) -> node_api_pb2.ClosureStatus:
+        await self.open_case_row(request.case_id)
+        status = await self.closure_status(request.case_id)
+        if status.state != "proposed":
+            raise _failed(
+                "propose the closure first (ProposeClosure): the other agencies involved must be alerted "
+                "before a case is closed"
+            )
+        today = dates.iso(dates.today(self.ctx.clock.now_ms()))
+        if status.awaiting and today <= dates.iso(status.respond_by):
+            raise _failed(f"waiting for answers from {', '.join(status.awaiting)} until {dates.iso(status.respond_by)}")
+        objections = [r for r in status.replies if r.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT]
+        if objections and not request.override_objections_reason.strip():
+            said = "; ".join(f"{r.agency_name} objects: {r.reason}" for r in objections)
+            raise _failed(f"{said}. Resolve it, or record why you close regardless (override_objections_reason)")
+        people = await self.people(request.case_id)
+        tokens = [p.link_token for p in people if not p.protect_identity]
+        invitees = [r.node_id for r in status.replies] + list(status.awaiting)
+        notice = workflow_pb2.ClosureNotice(
+            closure_id=status.closure_id, closed_on=dates.today(self.ctx.clock.now_ms()), note=request.note
+        )
+        sealed = self.ctx.messenger.seal_each(
+            sorted(invitees),
+            envelope_pb2.MESSAGE_KIND_CLOSURE_NOTICE,
+            tokens,
+            status.closure_id,
+            lambda _: lambda body: body.closure_notice.CopyFrom(notice),
+            request.actor,
+        )
+        async with self.ctx.store.tx() as tx:
+            await tx.execute(
+                "UPDATE closures SET state = 'closed', closed_at_ms = ? WHERE closure_id = ?",
+                (tx.now_ms, status.closure_id),
+            )
+            await tx.execute("UPDATE cases SET status = 'closed' WHERE case_id = ?", (request.case_id,))
+            await tx.audit(
+                "case.closed",
+                request.actor,
+                tokens=[p.link_token for p in people],
+                rationale=request.note,
+                detail={
+                    "case_id": request.case_id,
+                    "closure_id": status.closure_id,
+                    "objections_overridden": request.override_objections_reason,
+                    "unanswered": list(status.awaiting),
+                },
+            )
+            await self.ctx.messenger.queue(tx, sealed, status.closure_id, request.actor)
+        await self.ctx.changed()
+        await self._unsubscribe_unused([p.link_token for p in people], request.actor)
+        return await self.closure_status(request.case_id)
+
+    # -- assessments --------------------------------------------------------------------
+
+    async def record_assessment(
+        self, request: node_api_pb2.RecordAssessmentRequest
+    ) -> node_api_pb2.RecordAssessmentResponse:
+        await self.open_case_row(request.case_id)
+        known = {p.link_token for p in await self.people(request.case_id)}
+        assessment = summary_pb2.RiskSummary()
+        assessment.CopyFrom(request.assessment)
+        if not assessment.people:
+            raise invalid("assessment.people is empty: name the people it concerns by their link tokens")
+        for n, person in enumerate(assessment.people):
+            if person.link_token not in known:
+                raise invalid(f"assessment.people[{n}] is not a person of case {request.case_id!r}")
+        assessment_id = uuid7(self.ctx.clock.now_ms())
+        if not assessment.summary_id:
+            assessment.summary_id = assessment_id
+        assessment.version = max(assessment.version, 1)
+        assessment.originating_node = self.ctx.node_id
+        assessment.author.CopyFrom(request.actor)
+        assessment.agency_type = self.ctx.me().agency_type
+        async with self.ctx.store.tx() as tx:
+            await tx.execute(
+                "INSERT INTO assessments(assessment_id, case_id, recorded_at_ms, body) VALUES (?, ?, ?, ?)",
+                (assessment_id, request.case_id, tx.now_ms, assessment.SerializeToString()),
+            )
+            await tx.audit(
+                "assessment.recorded",
+                request.actor,
+                tokens=[p.link_token for p in assessment.people],
+                summary_id=assessment.summary_id,
+                detail={"assessment_id": assessment_id, "case_id": request.case_id, "version": assessment.version},
+            )
+        return node_api_pb2.RecordAssessmentResponse(assessment_id=assessment_id)

@@ -1,0 +1,60 @@
+"""What every casework operation of a node needs, built once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from linkage.clock import Clock
+from linkage.directory import DirectoryView, TrustedDirectory
+from linkage.reasons import Rejected
+from linkage.tokens import LinkageKey
+from linkage.v1 import directory_pb2
+from node.errors import ApiError
+from node.link import GatewayLink
+from node.messaging import Messenger
+from node.outbox import Outbox
+from node.policy import PolicyContext
+from node.store import Store
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    node_id: str
+    store: Store
+    link: GatewayLink
+    outbox: Outbox
+    trust: TrustedDirectory
+    messenger: Messenger
+    linkage_key: LinkageKey
+    clock: Clock
+    policy: PolicyContext
+
+    def directory(self) -> DirectoryView:
+        try:
+            return self.trust.current(self.clock.now_ms())
+        except Rejected as exc:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"node cannot serve: {exc}") from None
+
+    def me(self) -> directory_pb2.NodeEntry:
+        return self.directory().nodes.get(self.node_id, directory_pb2.NodeEntry(node_id=self.node_id))
+
+    def agency(self, node_id: str) -> directory_pb2.NodeEntry:
+        return self.directory().nodes.get(node_id, directory_pb2.NodeEntry(node_id=node_id, agency_name=node_id))
+
+    async def resolve(self, tokens: list[bytes]) -> list[str]:
+        """Agencies linked to these tokens, or a clear error that nothing was done."""
+        try:
+            return await self.link.resolve(tokens)
+        except grpc.aio.AioRpcError as exc:
+            busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            raise ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED if busy else grpc.StatusCode.UNAVAILABLE,
+                f"cannot reach the gateway to find the agencies linked to this family ({exc.code().name}); "
+                "nothing was shared, try again",
+            ) from None
+
+    async def changed(self) -> None:
+        self.outbox.wake.set()
+        await self.outbox.changed()

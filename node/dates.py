@@ -1,0 +1,29 @@
+"""Calendar dates as practitioners record them, against the node's clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from linkage.v1 import summary_pb2 as pb
+
+
+def today(now_ms: int) -> pb.Date:
+    d = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).date()
+    return pb.Date(year=d.year, month=d.month, day=d.day)
+
+
+def iso(date: pb.Date) -> str:
+    return f"{date.year:04d}-{date.month:02d}-{date.day:02d}"
+
+
+def parse(text: str) -> pb.Date:
+    d = dt.date.fromisoformat(text)
+    return pb.Date(year=d.year, month=d.month, day=d.day)
+
+
+def valid(date: pb.Date) -> bool:
+    try:
+        dt.date(date.year, date.month, date.day)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,80 @@
+"""What a received message changes at the recipient, in the same transaction as
+its inbox row: newer versions supersede older ones, withdrawals withdraw,
+involvement notices update who else is involved, closure replies and read
+notifications update what this node sent."""
+
+from __future__ import annotations
+
+from linkage.envelope import Opened
+from linkage.v1 import envelope_pb2 as pb
+from node.store import Tx
+
+SUMMARY_KINDS = (
+    pb.MESSAGE_KIND_SUMMARY_SHARE,
+    pb.MESSAGE_KIND_RISK_CHANGE_NOTICE,
+    pb.MESSAGE_KIND_HISTORICAL_UPDATE,
+    pb.MESSAGE_KIND_CORRECTION,
+)
+
+
+async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
+    body, sender = opened.body, opened.routing.sender_node
+    kind = body.kind
+    if kind in SUMMARY_KINDS:
+        await tx.execute(
+            "UPDATE inbox SET state = 'superseded' WHERE sender = ? AND summary_id = ? AND seq < ? "
+            "AND state IN ('new', 'read')",
+            (sender, body.summary.summary_id, seq),
+        )
+    elif kind == pb.MESSAGE_KIND_WITHDRAWAL:
+        await tx.execute(
+            "UPDATE inbox SET state = 'withdrawn' WHERE sender = ? AND summary_id = ? AND seq < ?",
+            (sender, body.withdrawal.summary_id, seq),
+        )
+        await tx.audit(
+            "summary.withdrawn_by_sender",
+            summary_id=body.withdrawal.summary_id,
+            counterpart=sender,
+            rationale=body.withdrawal.reason,
+            message_id=body.message_id,
+        )
+    elif kind == pb.MESSAGE_KIND_INVOLVEMENT_NOTICE:
+        notice = body.involvement
+        await tx.db.executemany(
+            "INSERT INTO involvement(token, node_id, joined, at_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(token, node_id) DO UPDATE SET joined = excluded.joined, at_ms = excluded.at_ms",
+            [(t, sender, int(notice.joined), tx.now_ms) for t in notice.link_tokens],
+        )
+        await tx.audit(
+            "involvement.notice",
+            tokens=notice.link_tokens,
+            counterpart=sender,
+            decision="joined" if notice.joined else "left",
+            message_id=body.message_id,
+        )
+    elif kind == pb.MESSAGE_KIND_CLOSURE_RESPONSE:
+        reply = body.closure_response
+        updated = await tx.execute(
+            "UPDATE closure_invitees SET answer = ?, reason = ?, at_ms = ? WHERE closure_id = ? AND node_id = ?",
+            (reply.answer, reply.reason, tx.now_ms, reply.closure_id, sender),
+        )
+        await tx.audit(
+            "closure.reply_received",
+            counterpart=sender,
+            rationale=reply.reason,
+            decision="agree" if reply.answer == 1 else "object",
+            message_id=body.message_id,
+            detail={"closure_id": reply.closure_id, "invited": updated.rowcount == 1},
+        )
+    elif kind == pb.MESSAGE_KIND_READ_NOTIFICATION:
+        read = body.read
+        await tx.execute(
+            "UPDATE outbox SET read_at_ms = ?, read_by_role = ? WHERE message_id = ? AND recipient = ?",
+            (read.read_at_ms, read.reader_role, read.read_message_id, sender),
+        )
+        await tx.audit(
+            "message.read_by_recipient",
+            counterpart=sender,
+            message_id=read.read_message_id,
+            detail={"read_at_ms": read.read_at_ms, "reader_role": read.reader_role},
+        )

@@ -1,0 +1,178 @@
+"""What a node has received: listing and watching its inbox, opening an item (with a
+read notification to the sender unless a silent read is justified), and the
+chronology of a family computed here, never centrally."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
+from node.context import NodeContext
+from node.errors import not_found
+from node.sharing import SUMMARY_KINDS
+
+ITEM_COLUMNS = "i.seq, i.sender, i.message_id, i.received_at_ms, i.kind, i.share_id, i.signed, i.state"
+
+
+class Inbox:
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+
+    def _item(self, row: Any) -> node_api_pb2.ReceivedSummary:
+        seq, sender, message_id, received_at, kind, share_id, signed, state = row
+        body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(signed).body)
+        entry = self.ctx.agency(sender)
+        summary = body.summary if body.HasField("summary") else body.information_response.summary
+        return node_api_pb2.ReceivedSummary(
+            seq=seq,
+            message_id=message_id,
+            sender_node=sender,
+            sender_agency_name=entry.agency_name,
+            sender_agency_type=entry.agency_type,
+            received_at_ms=received_at,
+            kind=kind,
+            share_id=share_id,
+            summary=summary,
+            body=body,
+            state=state,
+        )
+
+    async def received(self, after_seq: int, limit: int, token: bytes = b"") -> list[node_api_pb2.ReceivedSummary]:
+        if token:
+            rows = await self.ctx.store.fetchall(
+                f"SELECT {ITEM_COLUMNS} FROM inbox i JOIN inbox_tokens t ON t.inbox_seq = i.seq "
+                "WHERE t.token = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
+                (token, after_seq, limit),
+            )
+        else:
+            rows = await self.ctx.store.fetchall(
+                f"SELECT {ITEM_COLUMNS} FROM inbox i WHERE i.seq > ? ORDER BY i.seq LIMIT ?", (after_seq, limit)
+            )
+        return [self._item(r) for r in rows]
+
+    async def open(self, request: node_api_pb2.OpenReceivedRequest) -> node_api_pb2.ReceivedSummary:
+        row = await self.ctx.store.fetchone(
+            f"SELECT {ITEM_COLUMNS} FROM inbox i WHERE i.message_id = ?", (request.message_id,)
+        )
+        if row is None:
+            raise not_found(f"no item {request.message_id!r} in this node's inbox")
+        item = self._item(row)
+        silent = request.silent_read_reason.strip()
+        notify = not silent and item.kind in SUMMARY_KINDS
+        sealed = []
+        if notify:
+            read = workflow_pb2.ReadNotification(
+                read_message_id=item.message_id, read_at_ms=self.ctx.clock.now_ms(), reader_role=request.actor.role
+            )
+            sealed = self.ctx.messenger.seal_each(
+                [item.sender_node],
+                envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION,
+                await self._tokens(item.seq),
+                item.share_id,
+                lambda _: lambda body: body.read.CopyFrom(read),
+                request.actor,
+                in_reply_to=item.message_id,
+            )
+        async with self.ctx.store.tx() as tx:
+            await tx.execute("UPDATE inbox SET state = 'read' WHERE seq = ? AND state = 'new'", (item.seq,))
+            await tx.audit(
+                "message.silent_read" if silent else "message.read",
+                request.actor,
+                tokens=await self._tokens(item.seq),
+                summary_id=item.summary.summary_id,
+                message_id=item.message_id,
+                counterpart=item.sender_node,
+                rationale=silent,
+                detail={"kind": item.kind, "sender_told": notify},
+            )
+            if sealed:
+                await self.ctx.messenger.queue(tx, sealed, item.share_id, request.actor)
+        if sealed:
+            await self.ctx.changed()
+        return item if item.state != "new" else self._with_state(item, "read")
+
+    @staticmethod
+    def _with_state(item: node_api_pb2.ReceivedSummary, state: str) -> node_api_pb2.ReceivedSummary:
+        copy = node_api_pb2.ReceivedSummary()
+        copy.CopyFrom(item)
+        copy.state = state
+        return copy
+
+    async def _tokens(self, seq: int) -> list[bytes]:
+        rows = await self.ctx.store.fetchall("SELECT token FROM inbox_tokens WHERE inbox_seq = ?", (seq,))
+        return [bytes(r[0]) for r in rows]
+
+    async def chronology(self, case_id: str) -> list[node_api_pb2.ChronologyEntry]:
+        """Own assessments and received summaries about this case's people, oldest first."""
+        tokens = [
+            bytes(r[0])
+            for r in await self.ctx.store.fetchall("SELECT token FROM case_people WHERE case_id = ?", (case_id,))
+        ]
+        if not tokens:
+            raise not_found(f"no case {case_id!r} at this node")
+        entries: list[node_api_pb2.ChronologyEntry] = []
+        me = self.ctx.me()
+        for recorded_at, body in await self.ctx.store.fetchall(
+            "SELECT recorded_at_ms, body FROM assessments WHERE case_id = ?", (case_id,)
+        ):
+            summary = summary_pb2.RiskSummary.FromString(body)
+            entries += _entries(
+                recorded_at,
+                self.ctx.node_id,
+                me.agency_name,
+                me.agency_type,
+                envelope_pb2.MESSAGE_KIND_UNSPECIFIED,
+                summary,
+                "own",
+                own=True,
+            )
+        marks = ",".join("?" * len(tokens))
+        kinds = ",".join("?" * len(SUMMARY_KINDS))
+        rows = await self.ctx.store.fetchall(
+            f"SELECT DISTINCT {ITEM_COLUMNS} FROM inbox i JOIN inbox_tokens t ON t.inbox_seq = i.seq "
+            f"WHERE t.token IN ({marks}) AND i.kind IN ({kinds})",
+            (*tokens, *SUMMARY_KINDS),
+        )
+        for row in rows:
+            item = self._item(row)
+            entries += _entries(
+                item.received_at_ms,
+                item.sender_node,
+                item.sender_agency_name,
+                item.sender_agency_type,
+                item.kind,
+                item.summary,
+                item.state,
+            )
+        entries.sort(key=lambda e: (e.at_ms, e.source_node, e.summary_id))
+        return entries
+
+
+def _entries(
+    at_ms: int,
+    node: str,
+    agency: str,
+    agency_type: str,
+    kind: int,
+    summary: summary_pb2.RiskSummary,
+    state: str,
+    own: bool = False,
+) -> list[node_api_pb2.ChronologyEntry]:
+    return [
+        node_api_pb2.ChronologyEntry(
+            at_ms=at_ms,
+            source_node=node,
+            source_agency=agency,
+            source_agency_type=agency_type,
+            kind=kind,  # type: ignore[arg-type]
+            summary_id=summary.summary_id,
+            headline=summary.headline,
+            category=item.category,
+            currency=item.currency,
+            direction=item.direction,
+            level=f"{item.level.value} ({item.level.scale})" if item.level.scale else "",
+            own=own,
+            state="current" if state in ("own", "new", "read") else state,
+        )
+        for item in summary.risk_items
+    ]

@@ -1,0 +1,121 @@
+"""Sending any kind of message to other agencies: seal one envelope per recipient
+and queue it in the outbox, inside the caller's transaction, with its audit entry.
+Summaries, notices, requests and replies all travel this one way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from linkage.clock import Clock
+from linkage.config import DeliverySettings
+from linkage.directory import TrustedDirectory
+from linkage.envelope import Outgoing, seal
+from linkage.ids import uuid7
+from linkage.keys import MessageKeys
+from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
+from node.store import Tx
+
+Fill = Callable[[envelope_pb2.MessageBody], None]
+
+
+def kind_name(kind: int) -> str:
+    return envelope_pb2.MessageKind.Name(kind).removeprefix("MESSAGE_KIND_").lower()  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Sealed:
+    recipient: str
+    outgoing: Outgoing
+
+
+class Messenger:
+    def __init__(
+        self, node_id: str, keys: MessageKeys, trust: TrustedDirectory, clock: Clock, delivery: DeliverySettings
+    ) -> None:
+        self.node_id = node_id
+        self.keys = keys
+        self.trust = trust
+        self.clock = clock
+        self.delivery = delivery
+
+    def seal_each(
+        self,
+        recipients: Iterable[str],
+        kind: envelope_pb2.MessageKind.ValueType,
+        tokens: Sequence[bytes],
+        share_id: str,
+        fill: Callable[[str], Fill],
+        actor: summary_pb2.Practitioner,
+        in_reply_to: str = "",
+    ) -> list[Sealed]:
+        """One sealed envelope per recipient; `fill(recipient)` writes that recipient's content."""
+        now = self.clock.now_ms()
+        directory = self.trust.current(now)
+        sealed = []
+        for recipient in recipients:
+            message_id = uuid7(now)
+            body_fill = fill(recipient)
+
+            def content(body: envelope_pb2.MessageBody, body_fill: Fill = body_fill) -> None:
+                body.in_reply_to = in_reply_to
+                body.sent_by.CopyFrom(actor)
+                body_fill(body)
+
+            out = seal(
+                keys=self.keys,
+                sender_node=self.node_id,
+                recipient_node=recipient,
+                recipient_key=directory.sealing_key(recipient, now),
+                suite=directory.directory.suite,
+                message_id=message_id,
+                link_tokens=tokens,
+                kind=kind,
+                created_at_ms=now,
+                share_id=share_id,
+                content=content,
+                ttl_ms=self.delivery.undeliverable_after_ms,
+            )
+            sealed.append(Sealed(recipient, out))
+        return sealed
+
+    async def queue(
+        self,
+        tx: Tx,
+        sealed: Sequence[Sealed],
+        share_id: str,
+        actor: summary_pb2.Practitioner,
+        summary_id: str = "",
+    ) -> list[node_api_pb2.DeliveryStatus]:
+        """Outbox rows and their audit entries, in the caller's transaction."""
+        statuses = []
+        for item in sealed:
+            routing = item.outgoing.routing
+            await tx.execute(
+                "INSERT INTO outbox(message_id, share_id, recipient, envelope, digest, state, next_attempt_at_ms, "
+                "created_at_ms, kind, summary_id) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                (
+                    routing.message_id,
+                    share_id,
+                    item.recipient,
+                    item.outgoing.envelope.SerializeToString(),
+                    item.outgoing.digest,
+                    tx.now_ms,
+                    tx.now_ms,
+                    routing.kind,
+                    summary_id,
+                ),
+            )
+            await tx.audit(
+                "message.queued",
+                actor,
+                tokens=routing.link_tokens,
+                summary_id=summary_id,
+                message_id=routing.message_id,
+                counterpart=item.recipient,
+                detail={"share_id": share_id, "kind": kind_name(routing.kind)},
+            )
+            statuses.append(
+                node_api_pb2.DeliveryStatus(node_id=item.recipient, message_id=routing.message_id, state="queued")
+            )
+        return statuses

@@ -1,0 +1,168 @@
+"""Asking and answering across agencies: clarification threaded to a received item,
+and information requests that carry requester, purpose and lawful basis and end
+in a recorded decision: provided, partly provided, or declined with reasons."""
+
+from __future__ import annotations
+
+import grpc
+
+from linkage.ids import uuid7
+from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
+from node.cases import Cases
+from node.context import NodeContext
+from node.errors import ApiError, invalid, not_found
+from node.sharing import SUMMARY_KINDS, Sharing, lawful_ground
+
+
+class Requests:
+    def __init__(self, ctx: NodeContext, cases: Cases, sharing: Sharing) -> None:
+        self.ctx = ctx
+        self.cases = cases
+        self.sharing = sharing
+
+    async def _received(
+        self, message_id: str, kinds: tuple[int, ...]
+    ) -> tuple[str, envelope_pb2.MessageBody, list[bytes]]:
+        marks = ",".join("?" * len(kinds))
+        row = await self.ctx.store.fetchone(
+            f"SELECT seq, sender, signed FROM inbox WHERE message_id = ? AND kind IN ({marks})", (message_id, *kinds)
+        )
+        if row is None:
+            raise not_found(f"no such item {message_id!r} was received by this node")
+        body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(row[2]).body)
+        tokens = [
+            bytes(r[0])
+            for r in await self.ctx.store.fetchall("SELECT token FROM inbox_tokens WHERE inbox_seq = ?", (row[0],))
+        ]
+        return row[1], body, tokens
+
+    async def _send(
+        self,
+        actor: summary_pb2.Practitioner,
+        to: list[str],
+        kind: envelope_pb2.MessageKind.ValueType,
+        tokens: list[bytes],
+        write: object,
+        in_reply_to: str,
+        event: str,
+        rationale: str = "",
+    ) -> node_api_pb2.MessageSent:
+        thread = uuid7(self.ctx.clock.now_ms())
+        sealed = self.ctx.messenger.seal_each(to, kind, tokens, thread, lambda _: write, actor, in_reply_to)  # type: ignore[arg-type,return-value]
+        async with self.ctx.store.tx() as tx:
+            await tx.audit(
+                event,
+                actor,
+                tokens=tokens,
+                rationale=rationale,
+                message_id=in_reply_to,
+                counterpart=",".join(to),
+                detail={"thread": thread},
+            )
+            statuses = await self.ctx.messenger.queue(tx, sealed, thread, actor)
+        await self.ctx.changed()
+        return node_api_pb2.MessageSent(recipients=statuses)
+
+    async def ask_clarification(self, request: node_api_pb2.AskClarificationRequest) -> node_api_pb2.MessageSent:
+        if not request.question.strip():
+            raise invalid("question is empty: say what needs clarifying")
+        sender, _, tokens = await self._received(request.about_message_id, SUMMARY_KINDS)
+        ask = workflow_pb2.ClarificationRequest(about_message_id=request.about_message_id, question=request.question)
+        return await self._send(
+            request.actor,
+            [sender],
+            envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,
+            tokens,
+            lambda body: body.clarification_request.CopyFrom(ask),
+            request.about_message_id,
+            "clarification.asked",
+        )
+
+    async def answer_clarification(self, request: node_api_pb2.AnswerClarificationRequest) -> node_api_pb2.MessageSent:
+        if not request.answer.strip():
+            raise invalid("answer is empty")
+        sender, _, tokens = await self._received(
+            request.request_message_id, (envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,)
+        )
+        reply = workflow_pb2.ClarificationResponse(request_message_id=request.request_message_id, answer=request.answer)
+        return await self._send(
+            request.actor,
+            [sender],
+            envelope_pb2.MESSAGE_KIND_CLARIFICATION_RESPONSE,
+            tokens,
+            lambda body: body.clarification_response.CopyFrom(reply),
+            request.request_message_id,
+            "clarification.answered",
+        )
+
+    async def request_information(self, request: node_api_pb2.RequestInformationRequest) -> node_api_pb2.MessageSent:
+        if not request.purpose.strip() or not request.what.strip():
+            raise invalid("an information request needs its purpose and what is asked for, in plain words")
+        if not request.lawful_basis.art6:
+            raise invalid("an information request needs the lawful basis it relies on (lawful_basis.art6)")
+        await self.cases.open_case_row(request.case_id)
+        tokens = [p.link_token for p in await self.cases.people(request.case_id) if not p.protect_identity]
+        to = list(request.to_nodes) or await self.ctx.resolve(tokens)
+        if not to:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "no other agency is linked to this family yet")
+        ask = workflow_pb2.InformationRequest(
+            purpose=request.purpose,
+            lawful_basis=request.lawful_basis,
+            what=request.what,
+            needed_by=request.needed_by,
+            link_tokens=tokens,
+        )
+        return await self._send(
+            request.actor,
+            sorted(to),
+            envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST,
+            tokens,
+            lambda body: body.information_request.CopyFrom(ask),
+            "",
+            "request.sent",
+            request.purpose,
+        )
+
+    async def respond_to_information_request(
+        self, request: node_api_pb2.InformationReplyRequest
+    ) -> node_api_pb2.MessageSent:
+        sender, _, tokens = await self._received(
+            request.request_message_id, (envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST,)
+        )
+        if not request.decision.rationale.strip():
+            raise invalid("record the reasons for the answer: a decision to provide or to decline needs them")
+        if request.answer == workflow_pb2.INFORMATION_ANSWER_DECLINED:
+            decision = summary_pb2.ShareDecision()
+            decision.CopyFrom(request.decision)
+            decision.outcome = summary_pb2.DECISION_OUTCOME_NOT_SHARED
+            decision.decided_by.CopyFrom(request.actor)
+            decision.decided_at_ms = self.ctx.clock.now_ms()
+            decline = workflow_pb2.InformationResponse(
+                request_message_id=request.request_message_id, answer=request.answer, decision=decision
+            )
+            return await self._send(
+                request.actor,
+                [sender],
+                envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE,
+                tokens,
+                lambda body: body.information_response.CopyFrom(decline),
+                request.request_message_id,
+                "share.decision",
+                decision.rationale,
+            )
+        if request.answer not in (workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL):
+            raise invalid("answer must be PROVIDED, PARTIAL or DECLINED")
+        if not request.assessment_id:
+            raise invalid("name the assessment to provide (assessment_id)")
+        share = node_api_pb2.ShareSummaryRequest(
+            actor=request.actor, assessment_id=request.assessment_id, decision=request.decision
+        )
+        response = await self.sharing.share(share, only=[sender], in_reply_to=request.request_message_id, wrap=True)
+        if not response.recipients:
+            reasons = "; ".join(f.message for f in response.findings if f.severity == "error")
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the policy did not allow this answer ({reasons or lawful_ground(response.decision)}); "
+                "the decision not to share was recorded",
+            )
+        return node_api_pb2.MessageSent(recipients=response.recipients)

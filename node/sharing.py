@@ -1,0 +1,305 @@
+"""Sharing summaries through the policy: a share, a risk change notice (increase,
+decrease, resolution), a "now historical" update, a correction, and a withdrawal.
+All but a first share also go to every earlier recipient of that summary
+(UK GDPR Art 19: recipients are told of rectification)."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from linkage import logs
+from linkage.ids import uuid7
+from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
+from node.context import NodeContext
+from node.errors import ApiError, invalid, not_found
+from node.messaging import Fill, kind_name
+from node.policy import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
+from node.policy.minimise import routing_tokens
+
+log = logs.get("node.sharing")
+
+SUMMARY_KINDS = (
+    envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+    envelope_pb2.MESSAGE_KIND_RISK_CHANGE_NOTICE,
+    envelope_pb2.MESSAGE_KIND_HISTORICAL_UPDATE,
+    envelope_pb2.MESSAGE_KIND_CORRECTION,
+)
+CHANGE_DIRECTIONS = {"NEW", "INCREASED", "DECREASED", "RESOLVED", "NOT_SUBSTANTIATED"}
+
+
+def finding(f: Finding) -> node_api_pb2.PolicyFinding:
+    return node_api_pb2.PolicyFinding(code=f.code, message=f.message, severity=f.severity)
+
+
+def lawful_ground(decision: summary_pb2.ShareDecision) -> str:
+    basis = decision.lawful_basis
+    return ",".join(x for x in [*basis.art6, basis.art9, basis.dpa_condition, *decision.override_grounds] if x)
+
+
+def decision_detail(share_id: str, result: PolicyResult, kind: int) -> dict[str, object]:
+    d = result.decision
+    return {
+        "share_id": share_id,
+        "kind": kind_name(kind),
+        "consent_status": d.consent_status,
+        "subject_informed": d.subject_informed,
+        "approved_by": d.approved_by.id,
+        "recipients": [
+            {
+                "node": r.node_id,
+                "data_categories": list(r.data_categories),
+                "fields": list(r.fields),
+                "withheld": list(r.withheld),
+            }
+            for r in d.recipients
+        ],
+        "findings": [f.code for f in result.findings],
+        "agreement": d.agreement_version,
+    }
+
+
+class Sharing:
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+
+    async def prior_recipients(self, summary_id: str) -> list[str]:
+        rows = await self.ctx.store.fetchall(
+            "SELECT DISTINCT recipient FROM outbox WHERE summary_id = ? AND kind IN (?, ?, ?, ?)",
+            (summary_id, *SUMMARY_KINDS),
+        )
+        return sorted(r[0] for r in rows)
+
+    async def _assessment(self, assessment_id: str) -> summary_pb2.RiskSummary:
+        row = await self.ctx.store.fetchone("SELECT body FROM assessments WHERE assessment_id = ?", (assessment_id,))
+        if row is None:
+            raise not_found(f"no assessment {assessment_id!r} at this node")
+        return summary_pb2.RiskSummary.FromString(row[0])
+
+    async def _recipients(
+        self, kind: int, assessment: summary_pb2.RiskSummary, tokens: list[bytes], only: list[str] | None
+    ) -> list[str]:
+        if only is not None:
+            return only
+        linked = set(await self.ctx.resolve(tokens))
+        if kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE:
+            return sorted(linked)
+        prior = await self.prior_recipients(assessment.summary_id)
+        if kind == envelope_pb2.MESSAGE_KIND_CORRECTION and not prior:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "nothing to correct: this summary was never shared")
+        return sorted(linked | set(prior))
+
+    def _check_kind(self, kind: int, assessment: summary_pb2.RiskSummary) -> None:
+        if kind not in SUMMARY_KINDS:
+            raise invalid("kind must be SUMMARY_SHARE, RISK_CHANGE_NOTICE, HISTORICAL_UPDATE or CORRECTION")
+        items = assessment.risk_items
+        if kind == envelope_pb2.MESSAGE_KIND_HISTORICAL_UPDATE and not any(
+            i.currency == summary_pb2.CURRENCY_HISTORICAL for i in items
+        ):
+            raise invalid("a 'now historical' update needs at least one risk item marked historical")
+        if kind == envelope_pb2.MESSAGE_KIND_RISK_CHANGE_NOTICE and not any(
+            i.direction in CHANGE_DIRECTIONS for i in items
+        ):
+            raise invalid("a risk change notice needs an item whose risk is new, increased, decreased or resolved")
+
+    async def decide(
+        self,
+        request: node_api_pb2.ShareSummaryRequest,
+        decision_id: str,
+        only: list[str] | None = None,
+    ) -> tuple[summary_pb2.RiskSummary, list[bytes], PolicyResult]:
+        """Load the assessment, find its recipients, apply the policy. No writes."""
+        kind = request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
+        assessment = await self._assessment(request.assessment_id)
+        self._check_kind(kind, assessment)
+        tokens = routing_tokens(assessment)
+        if not tokens:
+            raise invalid("the assessment names nobody who may be shared about (all identities are protected)")
+        recipient_ids = await self._recipients(kind, assessment, tokens, only)
+        directory = self.ctx.directory()
+        recipients = [
+            RecipientInfo(node_id=n, agency_type=directory.nodes[n].agency_type)
+            for n in recipient_ids
+            if n in directory.nodes and n != self.ctx.node_id
+        ]
+        result = decide(
+            ShareRequest(
+                assessment=assessment,
+                decision=request.decision,
+                actor=request.actor,
+                sender_agency_type=self.ctx.me().agency_type,
+                recipients=recipients,
+                decision_id=decision_id,
+                now_ms=self.ctx.clock.now_ms(),
+            ),
+            self.ctx.policy,
+        )
+        return assessment, tokens, result
+
+    async def preview(self, request: node_api_pb2.ShareSummaryRequest) -> node_api_pb2.SharePreview:
+        _, _, result = await self.decide(request, "preview")
+        return node_api_pb2.SharePreview(
+            outcome=result.outcome,
+            findings=[finding(f) for f in result.findings],
+            recipients=result.decision.recipients,
+        )
+
+    async def _check_capacity(self) -> None:
+        if await self.ctx.outbox.queued() >= self.ctx.outbox.settings.outbox_high_water:
+            raise ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this node's outbox is full while recipients catch up; nothing was shared, retry shortly",
+            )
+
+    async def share(
+        self,
+        request: node_api_pb2.ShareSummaryRequest,
+        only: list[str] | None = None,
+        in_reply_to: str = "",
+        wrap: bool = False,
+    ) -> node_api_pb2.ShareSummaryResponse:
+        """Decide, record and queue in one transaction. `wrap` sends the summary inside an
+        information response (to `only`, answering `in_reply_to`)."""
+        await self._check_capacity()
+        share_id = uuid7(self.ctx.clock.now_ms())
+        assessment, tokens, result = await self.decide(request, share_id, only)
+        kind = request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
+        message_kind = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE if wrap else kind
+
+        def fill(recipient: str) -> Fill:
+            payload = result.payloads[recipient]
+
+            def write(body: envelope_pb2.MessageBody) -> None:
+                if wrap:
+                    answer = (
+                        workflow_pb2.INFORMATION_ANSWER_PARTIAL
+                        if result.outcome == summary_pb2.DECISION_OUTCOME_SHARED_PARTIAL
+                        else workflow_pb2.INFORMATION_ANSWER_PROVIDED
+                    )
+                    body.information_response.CopyFrom(
+                        workflow_pb2.InformationResponse(
+                            request_message_id=in_reply_to, answer=answer, decision=result.decision, summary=payload
+                        )
+                    )
+                else:
+                    body.summary.CopyFrom(payload)
+
+            return write
+
+        sealed = self.ctx.messenger.seal_each(
+            sorted(result.payloads), message_kind, tokens, share_id, fill, request.actor, in_reply_to=in_reply_to
+        )
+        outcome = summary_pb2.DecisionOutcome.Name(result.outcome)
+        async with self.ctx.store.tx() as tx:
+            await tx.execute(
+                "INSERT INTO shares(share_id, assessment_id, created_at_ms, outcome, decision, kind) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (share_id, request.assessment_id, tx.now_ms, outcome, result.decision.SerializeToString(), kind),
+            )
+            await tx.audit(
+                "share.decision",
+                request.actor,
+                tokens=tokens,
+                summary_id=assessment.summary_id,
+                decision=outcome,
+                lawful_ground=lawful_ground(result.decision),
+                rationale=result.decision.rationale,
+                detail=decision_detail(share_id, result, message_kind),
+            )
+            statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, assessment.summary_id)
+        await self.ctx.changed()
+        log.info("share", share_id=share_id, outcome=outcome, recipients=len(sealed), kind=kind_name(message_kind))
+        return node_api_pb2.ShareSummaryResponse(
+            share_id=share_id,
+            outcome=result.outcome,
+            recipients=statuses,
+            findings=[finding(f) for f in result.findings],
+            decision=result.decision,
+        )
+
+    async def withdraw(self, request: node_api_pb2.WithdrawSummaryRequest) -> node_api_pb2.ShareSummaryResponse:
+        if not request.reason.strip():
+            raise invalid("say why the summary is withdrawn; every recipient is told")
+        recipients = await self.prior_recipients(request.summary_id)
+        if not recipients:
+            raise not_found(f"summary {request.summary_id!r} was never shared from this node")
+        row = await self.ctx.store.fetchone(
+            "SELECT envelope FROM outbox WHERE summary_id = ? ORDER BY created_at_ms LIMIT 1", (request.summary_id,)
+        )
+        tokens = list(
+            envelope_pb2.RoutingHeader.FromString(envelope_pb2.Envelope.FromString(row[0]).routing).link_tokens
+        )
+        share_id = uuid7(self.ctx.clock.now_ms())
+        withdrawal = workflow_pb2.Withdrawal(summary_id=request.summary_id, reason=request.reason)
+        sealed = self.ctx.messenger.seal_each(
+            recipients,
+            envelope_pb2.MESSAGE_KIND_WITHDRAWAL,
+            tokens,
+            share_id,
+            lambda _: lambda body: body.withdrawal.CopyFrom(withdrawal),
+            request.actor,
+        )
+        async with self.ctx.store.tx() as tx:
+            await tx.audit(
+                "summary.withdrawn",
+                request.actor,
+                tokens=tokens,
+                summary_id=request.summary_id,
+                rationale=request.reason,
+                detail={"share_id": share_id, "recipients": recipients},
+            )
+            statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, request.summary_id)
+        await self.ctx.changed()
+        return node_api_pb2.ShareSummaryResponse(share_id=share_id, recipients=statuses)
+
+    async def share_status(self, share_id: str) -> node_api_pb2.ShareStatus:
+        share = await self.ctx.store.fetchone("SELECT outcome FROM shares WHERE share_id = ?", (share_id,))
+        rows = await self.ctx.store.fetchall(
+            "SELECT recipient, message_id, state, attempts, sent_at_ms, delivered_at_ms, reason FROM outbox "
+            "WHERE share_id = ? ORDER BY recipient",
+            (share_id,),
+        )
+        if share is None and not rows:
+            raise not_found(f"no share {share_id!r} at this node")
+        recipients = [
+            node_api_pb2.DeliveryStatus(
+                node_id=r,
+                message_id=m,
+                state=s,
+                attempts=a,
+                sent_at_ms=sent or 0,
+                delivered_at_ms=done or 0,
+                reason=reason,
+            )
+            for r, m, s, a, sent, done, reason in rows
+        ]
+        return node_api_pb2.ShareStatus(
+            share_id=share_id,
+            outcome=summary_pb2.DecisionOutcome.Value(share[0]) if share else summary_pb2.DECISION_OUTCOME_SHARED,
+            recipients=recipients,
+            settled=all(r.state in ("delivered", "undeliverable") for r in recipients),
+        )
+
+    async def deliveries(self, after_seq: int, limit: int) -> list[node_api_pb2.DeliveryEvent]:
+        """Delivery state changes, read from the audit log where each was recorded."""
+        rows = await self.ctx.store.fetchall(
+            "SELECT seq, ts_ms, event, entry FROM audit WHERE seq > ? AND event IN "
+            "('message.queued', 'message.sent', 'message.delivered', 'message.undeliverable') ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        events = []
+        for seq, ts_ms, event, entry in rows:
+            data = json.loads(entry)
+            detail = data["detail"]
+            status = node_api_pb2.DeliveryStatus(
+                node_id=data["counterpart"],
+                message_id=data["message_id"],
+                state=event.removeprefix("message."),
+                delivered_at_ms=detail.get("received_at_ms", 0) if event == "message.delivered" else 0,
+                reason=detail.get("reason", ""),
+            )
+            events.append(
+                node_api_pb2.DeliveryEvent(seq=seq, share_id=detail.get("share_id", ""), status=status, at_ms=ts_ms)
+            )
+        return events
