@@ -11,6 +11,7 @@ from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.cases import Cases
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
+from node.messaging import Fill
 from node.sharing import SUMMARY_KINDS, Sharing, lawful_ground
 
 
@@ -42,13 +43,15 @@ class Requests:
         to: list[str],
         kind: envelope_pb2.MessageKind.ValueType,
         tokens: list[bytes],
-        write: object,
+        write: Fill,
         in_reply_to: str,
         event: str,
         rationale: str = "",
+        decision: str = "",
     ) -> node_api_pb2.MessageSent:
+        """Seal `write`'s content to each of `to`, queue it and audit `event`, in one transaction."""
         thread = uuid7(self.ctx.clock.now_ms())
-        sealed = self.ctx.messenger.seal_each(to, kind, tokens, thread, lambda _: write, actor, in_reply_to)  # type: ignore[arg-type,return-value]
+        sealed = self.ctx.messenger.seal_each(to, kind, tokens, thread, lambda _: write, actor, in_reply_to)
         async with self.ctx.store.tx() as tx:
             await tx.audit(
                 event,
@@ -57,6 +60,7 @@ class Requests:
                 rationale=rationale,
                 message_id=in_reply_to,
                 counterpart=",".join(to),
+                decision=decision,
                 detail={"thread": thread},
             )
             statuses = await self.ctx.messenger.queue(tx, sealed, thread, actor)
@@ -149,6 +153,7 @@ class Requests:
                 request.request_message_id,
                 "share.decision",
                 decision.rationale,
+                "DECISION_OUTCOME_NOT_SHARED",
             )
         if request.answer not in (workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL):
             raise invalid("answer must be PROVIDED, PARTIAL or DECLINED")

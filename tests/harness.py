@@ -3,11 +3,14 @@ loopback ports, with real SQLite files under the test's temporary folder."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -16,7 +19,7 @@ from linkage.clock import Clock, SystemClock
 from linkage.config import DeliverySettings, GatewayConfig, GatewayLimits, NodeConfig
 from linkage.federation import Federation, enrol_gateway, enrol_node, init_federation, publish_directory
 from linkage.transport import secure_channel
-from linkage.v1 import node_api_pb2_grpc, summary_pb2
+from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
 from node.server import NodeServer
 
 FEDERATION_ID = "test.linkage.example"
@@ -152,3 +155,21 @@ async def running(
         yield cluster
     finally:
         await cluster.close()
+
+
+async def next_item(
+    cluster: Cluster, node: str, kind: int, after_seq: int = 0, timeout_s: float = 15
+) -> node_api_pb2.ReceivedSummary:
+    """The first item of `kind` in a node's inbox after `after_seq`, as its watch stream delivers it."""
+    stream = cluster.api(node).WatchReceived(node_api_pb2.WatchReceivedRequest(actor=PRACTITIONER, after_seq=after_seq))
+    async with asyncio.timeout(timeout_s):
+        async for item in stream:
+            if item.kind == kind:
+                stream.cancel()
+                return item
+    raise AssertionError(f"{node} received no item of kind {kind}")
+
+
+async def audit_events(node: NodeServer) -> list[dict[str, Any]]:
+    assert node.store is not None
+    return [json.loads(r[0]) for r in await node.store.fetchall("SELECT entry FROM audit ORDER BY seq")]

@@ -1,0 +1,415 @@
+"""Think Family in practice, end to end across a gateway and real nodes: family links,
+involvement discovery and notices, change notices, historical updates, corrections and
+withdrawals, closure, clarification and information requests, read notifications,
+inbox and chronology. Refusals included; audit entries checked at both ends."""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+
+import grpc
+import pytest
+
+from linkage import stories
+from linkage.v1 import envelope_pb2 as env
+from linkage.v1 import gateway_pb2, gateway_pb2_grpc, node_api_pb2, summary_pb2, workflow_pb2
+from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, next_item, running, wait_delivered
+from tests.test_federation import _case_id, open_case
+
+CSC_WORKER = stories.practitioner("csc-207", "Riley Example", "Social worker")
+SCHOOL_DSL = stories.practitioner("sch-031", "Morgan Example", "Designated safeguarding lead")
+
+
+async def think_family(cluster: Cluster) -> tuple[bytes, bytes, str]:
+    """amh, csc and school linked to the family; amh has recorded its assessment."""
+    family = stories.think_family_people()
+    parent, child = await open_case(cluster, "amh", family)
+    await open_case(cluster, "csc", family)
+    await open_case(cluster, "school", [family[1]])
+    recorded = await cluster.api("amh").RecordAssessment(
+        node_api_pb2.RecordAssessmentRequest(
+            actor=PRACTITIONER,
+            case_id=await _case_id(cluster, "amh"),
+            assessment=stories.parent_risk_change(parent, child),
+        )
+    )
+    return parent, child, recorded.assessment_id
+
+
+async def share(
+    cluster: Cluster, assessment_id: str, kind: env.MessageKind.ValueType = env.MESSAGE_KIND_SUMMARY_SHARE
+) -> node_api_pb2.ShareSummaryResponse:
+    return await cluster.api("amh").ShareSummary(
+        node_api_pb2.ShareSummaryRequest(
+            actor=PRACTITIONER, assessment_id=assessment_id, decision=stories.override_decision(), kind=kind
+        )
+    )
+
+
+def events(entries: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+    return [e for e in entries if e["event"] == name]
+
+
+async def test_case_systems_reach_only_their_own_node(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        for node in cluster.nodes.values():
+            mode = node.config.api_socket.stat().st_mode
+            assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600  # only the node's own account
+        await share(cluster, assessment_id)
+        item = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:  # school's case system asking about csc's item
+            await cluster.api("school").AskClarification(
+                node_api_pb2.AskClarificationRequest(actor=SCHOOL_DSL, about_message_id=item.message_id, question="?")
+            )
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        opened = events(await audit_events(cluster.nodes["amh"]), "case.opened")[0]
+        assert opened["actor"] == {"id": PRACTITIONER.id, "name": PRACTITIONER.name, "role": PRACTITIONER.role}
+
+
+async def test_involvement_discovery_and_notices(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        family = stories.think_family_people()
+        parent, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
+        assert joined.sender_node == "csc" and joined.body.involvement.joined
+        assert set(joined.body.involvement.link_tokens) == {parent, child}
+        assert joined.body.involvement.agency_type == "LA_CHILDRENS_SOCIAL_CARE"
+
+        school_case = await cluster.api("school").OpenCase(
+            node_api_pb2.OpenCaseRequest(actor=SCHOOL_DSL, case_ref="s-1", people=[family[1]])
+        )
+        notice = await next_item(cluster, "csc", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
+        assert notice.sender_node == "school" and list(notice.body.involvement.link_tokens) == [child]
+
+        found = await cluster.api("csc").DiscoverInvolvement(
+            node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=await _case_id(cluster, "csc"))
+        )
+        agencies = {a.node_id: a for a in found.agencies}
+        assert set(agencies) == {"amh", "school"}
+        assert agencies["amh"].agency_name == "Adult Mental Health Trust"
+        assert agencies["amh"].contact_role == "Duty team"
+        assert list(agencies["school"].link_tokens) == [child]
+        assert events(await audit_events(cluster.nodes["csc"]), "involvement.discovered")
+
+        # The police node is not involved: the gateway refuses it discovery about the family.
+        police = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("police"))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await police.DiscoverInvolvement(
+                gateway_pb2.DiscoverInvolvementRequest(node_id="police", link_tokens=[parent, child])
+            )
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        # The school removes the child: it leaves the link, and the others are told.
+        seq = notice.seq
+        await cluster.api("school").RemovePerson(
+            node_api_pb2.RemovePersonRequest(actor=SCHOOL_DSL, case_id=school_case.case_id, link_token=child)
+        )
+        left = await next_item(cluster, "csc", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=seq)
+        assert not left.body.involvement.joined
+        assert cluster.gateway._index is not None and cluster.gateway._index.count("school") == 0
+        assert events(await audit_events(cluster.nodes["csc"]), "involvement.notice")[-1]["decision"] == "left"
+
+        # A person added later is linked, and announced, like the first ones.
+        added = await cluster.api("school").AddPerson(
+            node_api_pb2.AddPersonRequest(actor=SCHOOL_DSL, case_id=school_case.case_id, person=family[1])
+        )
+        assert [p.link_token for p in added.people] == [child]
+        back = await next_item(cluster, "csc", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=left.seq)
+        assert back.body.involvement.joined
+
+
+async def test_decrease_historical_update_correction_and_withdrawal_reach_every_earlier_recipient(
+    federation: LocalFederation,
+) -> None:
+    async with running(federation) as cluster:
+        parent, child, assessment_id = await think_family(cluster)
+        await share(cluster, assessment_id)
+        summary_id = (await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)).summary.summary_id
+        await wait_delivered(cluster.nodes["amh"], 2)
+
+        # The school leaves the family link; as an earlier recipient it still hears of changes (Art 19).
+        school_case = await _case_id(cluster, "school")
+        await cluster.api("school").RemovePerson(
+            node_api_pb2.RemovePersonRequest(actor=SCHOOL_DSL, case_id=school_case, link_token=child)
+        )
+        decreased = stories.parent_risk_change(parent, child)
+        decreased.summary_id = summary_id
+        decreased.version = 2
+        decreased.risk_items[0].direction = "DECREASED"
+        decreased.risk_items[0].level.value = "MEDIUM"
+        decreased.risk_items[0].previous_level.value = "HIGH"
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"), assessment=decreased
+            )
+        )
+        notice = await share(cluster, recorded.assessment_id, env.MESSAGE_KIND_RISK_CHANGE_NOTICE)
+        assert sorted(r.node_id for r in notice.recipients) == ["csc", "school"]
+        item = await next_item(cluster, "school", env.MESSAGE_KIND_RISK_CHANGE_NOTICE)
+        assert item.summary.risk_items[0].direction == "DECREASED"
+
+        # Now historical: everything about the earlier period is context only.
+        historical = stories.parent_risk_change(parent, child)
+        historical.summary_id, historical.version = summary_id, 3
+        historical.risk_items[0].currency = summary_pb2.CURRENCY_HISTORICAL
+        historical.risk_items[0].period.to.CopyFrom(summary_pb2.Date(year=2026, month=11, day=20))
+        historical.risk_items[0].historical_relevance = "CONTEXT_ONLY"
+        del historical.risk_items[1:]
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"), assessment=historical
+            )
+        )
+        update = await share(cluster, recorded.assessment_id, env.MESSAGE_KIND_HISTORICAL_UPDATE)
+        assert sorted(r.node_id for r in update.recipients) == ["csc", "school"]
+        got = await next_item(cluster, "csc", env.MESSAGE_KIND_HISTORICAL_UPDATE)
+        assert got.summary.risk_items[0].currency == summary_pb2.CURRENCY_HISTORICAL
+
+        # A correction replaces the earlier versions at every recipient.
+        corrected = await share(cluster, recorded.assessment_id, env.MESSAGE_KIND_CORRECTION)
+        assert sorted(r.node_id for r in corrected.recipients) == ["csc", "school"]
+        correction = await next_item(cluster, "csc", env.MESSAGE_KIND_CORRECTION)
+        states = {
+            i.kind: i.state
+            for i in (await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=CSC_WORKER))).items
+            if i.summary.summary_id == summary_id
+        }
+        assert states[env.MESSAGE_KIND_SUMMARY_SHARE] == "superseded"
+        assert states[env.MESSAGE_KIND_CORRECTION] == "new"
+
+        # A withdrawal goes to every earlier recipient, and each confirms with its signed receipt.
+        withdrawn = await cluster.api("amh").WithdrawSummary(
+            node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error")
+        )
+        assert sorted(r.node_id for r in withdrawn.recipients) == ["csc", "school"]
+        await next_item(cluster, "csc", env.MESSAGE_KIND_WITHDRAWAL, after_seq=correction.seq)
+        status_stream = cluster.api("amh").WatchShareStatus(
+            node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=withdrawn.share_id)
+        )
+        async for status in status_stream:
+            last = status
+        assert last.settled and {r.state for r in last.recipients} == {"delivered"}
+        items = (await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=CSC_WORKER))).items
+        assert {i.state for i in items if i.summary.summary_id == summary_id} == {"withdrawn"}
+        assert events(await audit_events(cluster.nodes["amh"]), "summary.withdrawn")
+        assert events(await audit_events(cluster.nodes["csc"]), "summary.withdrawn_by_sender")
+
+
+async def test_closure_intent_objection_and_notice(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        await think_family(cluster)
+        amh, case_id = cluster.api("amh"), await _case_id(cluster, "amh")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await amh.CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "must be alerted before a case is closed" in (raised.value.details() or "")
+
+        respond_by = dt.date.today() + dt.timedelta(days=14)
+        proposed = await amh.ProposeClosure(
+            node_api_pb2.ProposeClosureRequest(
+                actor=PRACTITIONER,
+                case_id=case_id,
+                note="Parent stable on treatment for three months.",
+                intent=summary_pb2.ClosureIntent(intent="PLANNED_CLOSURE", reason_code="RISK_REDUCED_GOALS_MET"),
+                respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
+            )
+        )
+        assert proposed.state == "proposed" and sorted(proposed.awaiting) == ["csc", "school"]
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await amh.CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert "waiting for answers from csc, school" in (raised.value.details() or "")
+
+        for node, actor, answer, reason in (
+            ("csc", CSC_WORKER, workflow_pb2.CLOSURE_ANSWER_AGREE, ""),
+            ("school", SCHOOL_DSL, workflow_pb2.CLOSURE_ANSWER_OBJECT, "Attendance has dropped this month."),
+        ):
+            intent = await next_item(cluster, node, env.MESSAGE_KIND_CLOSURE_INTENT)
+            assert intent.body.closure_intent.note.startswith("Parent stable")
+            with pytest.raises(grpc.aio.AioRpcError):  # an objection needs its reason
+                await cluster.api(node).RespondToClosure(
+                    node_api_pb2.RespondToClosureRequest(
+                        actor=actor, intent_message_id=intent.message_id, answer=workflow_pb2.CLOSURE_ANSWER_OBJECT
+                    )
+                )
+            await cluster.api(node).RespondToClosure(
+                node_api_pb2.RespondToClosureRequest(
+                    actor=actor, intent_message_id=intent.message_id, answer=answer, reason=reason
+                )
+            )
+        await next_item(cluster, "amh", env.MESSAGE_KIND_CLOSURE_RESPONSE)
+        status = await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
+        while status.awaiting:  # the second answer is in flight; each arrival is an inbox event
+            seq = max(
+                i.seq for i in (await amh.ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER))).items
+            )
+            await next_item(cluster, "amh", env.MESSAGE_KIND_CLOSURE_RESPONSE, after_seq=seq - 1)
+            status = await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert status.objection_outstanding
+        assert {(r.node_id, r.answer) for r in status.replies} == {
+            ("csc", workflow_pb2.CLOSURE_ANSWER_AGREE),
+            ("school", workflow_pb2.CLOSURE_ANSWER_OBJECT),
+        }
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await amh.CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert "Oak Primary School objects: Attendance has dropped this month." in (raised.value.details() or "")
+
+        closed = await amh.CloseCase(
+            node_api_pb2.CloseCaseRequest(
+                actor=PRACTITIONER,
+                case_id=case_id,
+                note="Closing our involvement only.",
+                override_objections_reason="The school's concern is for children's services; passed to them.",
+            )
+        )
+        assert closed.state == "closed"
+        await next_item(cluster, "school", env.MESSAGE_KIND_CLOSURE_NOTICE)
+        assert cluster.gateway._index is not None and cluster.gateway._index.count("amh") == 0
+        entry = events(await audit_events(cluster.nodes["amh"]), "case.closed")[0]
+        assert entry["detail"]["objections_overridden"].startswith("The school's concern")  # type: ignore[index]
+        assert events(await audit_events(cluster.nodes["school"]), "closure.responded")
+
+
+async def test_clarification_and_information_requests(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        await share(cluster, assessment_id)
+        received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        await cluster.api("csc").AskClarification(
+            node_api_pb2.AskClarificationRequest(
+                actor=CSC_WORKER, about_message_id=received.message_id, question="Who cares for the child at night?"
+            )
+        )
+        question = await next_item(cluster, "amh", env.MESSAGE_KIND_CLARIFICATION_REQUEST)
+        assert question.body.in_reply_to == received.message_id
+        await cluster.api("amh").AnswerClarification(
+            node_api_pb2.AnswerClarificationRequest(
+                actor=PRACTITIONER, request_message_id=question.message_id, answer="The grandparent stays over."
+            )
+        )
+        answer = await next_item(cluster, "csc", env.MESSAGE_KIND_CLARIFICATION_RESPONSE)
+        assert answer.body.clarification_response.answer == "The grandparent stays over."
+        assert answer.body.in_reply_to == question.message_id
+
+        with pytest.raises(grpc.aio.AioRpcError) as raised:  # a request must say why and on what ground
+            await cluster.api("csc").RequestInformation(
+                node_api_pb2.RequestInformationRequest(
+                    actor=CSC_WORKER, case_id=await _case_id(cluster, "csc"), purpose="s47 enquiry", what="x"
+                )
+            )
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        await cluster.api("csc").RequestInformation(
+            node_api_pb2.RequestInformationRequest(
+                actor=CSC_WORKER,
+                case_id=await _case_id(cluster, "csc"),
+                to_nodes=["amh"],
+                purpose="Child protection enquiry under section 47",
+                what="Any risk to the child from the parent",
+                lawful_basis=summary_pb2.LawfulBasis(art6=["A6_1_C"], statutory_gateway=["CA1989_S47_9_REQUEST"]),
+            )
+        )
+        request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
+        assert request.body.information_request.lawful_basis.statutory_gateway == ["CA1989_S47_9_REQUEST"]
+        assert request.body.sent_by.role == CSC_WORKER.role
+        await cluster.api("amh").RespondToInformationRequest(
+            node_api_pb2.InformationReplyRequest(
+                actor=PRACTITIONER,
+                request_message_id=request.message_id,
+                answer=workflow_pb2.INFORMATION_ANSWER_DECLINED,
+                decision=summary_pb2.ShareDecision(rationale="Everything relevant was shared yesterday."),
+            )
+        )
+        declined = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE)
+        assert declined.body.information_response.answer == workflow_pb2.INFORMATION_ANSWER_DECLINED
+        assert declined.body.information_response.decision.outcome == summary_pb2.DECISION_OUTCOME_NOT_SHARED
+        decisions = events(await audit_events(cluster.nodes["amh"]), "share.decision")
+        assert decisions[-1]["decision"] == "DECISION_OUTCOME_NOT_SHARED"
+        assert decisions[-1]["rationale"] == "Everything relevant was shared yesterday."
+
+        await cluster.api("amh").RespondToInformationRequest(
+            node_api_pb2.InformationReplyRequest(
+                actor=PRACTITIONER,
+                request_message_id=request.message_id,
+                answer=workflow_pb2.INFORMATION_ANSWER_PROVIDED,
+                decision=stories.override_decision(),
+                assessment_id=assessment_id,
+            )
+        )
+        provided = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE, after_seq=declined.seq)
+        assert provided.body.information_response.answer == workflow_pb2.INFORMATION_ANSWER_PROVIDED
+        assert provided.summary.risk_items  # the summary travels inside the answer, minimised for csc
+
+
+async def test_read_notifications_and_justified_silent_reads(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        await share(cluster, assessment_id)
+        for_csc = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        for_school = await next_item(cluster, "school", env.MESSAGE_KIND_SUMMARY_SHARE)
+        opened = await cluster.api("csc").OpenReceived(
+            node_api_pb2.OpenReceivedRequest(actor=CSC_WORKER, message_id=for_csc.message_id)
+        )
+        assert opened.state == "read"
+        read = await next_item(cluster, "amh", env.MESSAGE_KIND_READ_NOTIFICATION)
+        assert read.body.read.read_message_id == for_csc.message_id
+        assert read.body.read.reader_role == "Social worker"
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        row = await store.fetchone(
+            "SELECT read_at_ms, read_by_role FROM outbox WHERE message_id = ?", (for_csc.message_id,)
+        )
+        assert row[0] and row[1] == "Social worker"
+
+        await cluster.api("school").OpenReceived(
+            node_api_pb2.OpenReceivedRequest(
+                actor=SCHOOL_DSL,
+                message_id=for_school.message_id,
+                silent_read_reason="Routine check before a pupil-progress meeting; no action taken.",
+            )
+        )
+        silent = events(await audit_events(cluster.nodes["school"]), "message.silent_read")
+        assert silent and str(silent[0]["rationale"]).startswith("Routine check")
+        row = await store.fetchone("SELECT read_at_ms FROM outbox WHERE message_id = ?", (for_school.message_id,))
+        assert row[0] is None
+        assert events(await audit_events(cluster.nodes["amh"]), "message.read_by_recipient")
+
+
+async def test_chronology_holds_own_and_received_assessments_in_time_order(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        _, child, assessment_id = await think_family(cluster)
+        await share(cluster, assessment_id)
+        await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        own = summary_pb2.RiskSummary(
+            headline="Child seen at home; well cared for by grandparent.",
+            people=[summary_pb2.Person(link_token=child, role_in_risk="AT_RISK", person_type="CHILD")],
+            risk_items=[
+                summary_pb2.RiskItem(
+                    category="NEGLECT",
+                    direction="UNCHANGED",
+                    currency=summary_pb2.CURRENCY_CURRENT,
+                    basis="FACT_OBSERVED",
+                    level=summary_pb2.RiskLevel(scale="SIGNS_OF_SAFETY", value="6"),
+                )
+            ],
+        )
+        await cluster.api("csc").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=CSC_WORKER, case_id=await _case_id(cluster, "csc"), assessment=own
+            )
+        )
+        chronology = await cluster.api("csc").Chronology(
+            node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=await _case_id(cluster, "csc"))
+        )
+        entries = list(chronology.entries)
+        assert [e.at_ms for e in entries] == sorted(e.at_ms for e in entries)
+        received = [e for e in entries if not e.own]
+        assert {(e.source_agency, e.category, e.currency, e.direction) for e in received} == {
+            ("Adult Mental Health Trust", "PARENTAL_CAPACITY", summary_pb2.CURRENCY_CURRENT, "INCREASED"),
+            ("Adult Mental Health Trust", "SUBSTANCE_MISUSE", summary_pb2.CURRENCY_HISTORICAL, "RESOLVED"),
+        }
+        mine = [e for e in entries if e.own]
+        assert [(e.source_agency, e.category, e.level) for e in mine] == [
+            ("Children's Social Care", "NEGLECT", "6 (SIGNS_OF_SAFETY)")
+        ]
