@@ -11,8 +11,9 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from linkage import stories
+from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
-from tests.harness import PRACTITIONER, LocalFederation, running, wait_delivered
+from tests.harness import PRACTITIONER, LocalFederation, next_item, running, wait_delivered
 from tests.test_federation import _case_id, open_case
 
 
@@ -66,3 +67,56 @@ async def test_preview_then_send_then_status_from_the_cli(federation: LocalFeder
         code, out, err = await linkage("share", "status", "no-such-share", *who)
         assert code == 1
         assert "NOT_FOUND: no share 'no-such-share' at this node" in err
+
+
+async def test_casework_from_the_cli(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+
+        def who(node: str) -> list[str]:
+            return [
+                "--actor-id",
+                f"{node}-1",
+                "--actor-role",
+                "Practitioner",
+                "--socket",
+                str(cluster.nodes[node].config.api_socket),
+            ]
+
+        parent = f"nhs:{stories.PARENT_NHS} role=POSES_RISK type=ADULT_OTHER rel=parent"
+        child = f"nhs:{stories.CHILD_NHS} role=AT_RISK type=CHILD rel=child"
+        code, out, err = await linkage(
+            "case", "open", "--case-ref", "A-1", "--person", parent, "--person", child, *who("amh"), "--json"
+        )
+        assert code == 0, err
+        amh_case = json.loads(out)["case_id"]
+        code, out, err = await linkage("case", "open", "--case-ref", "C-1", "--person", child, *who("csc"))
+        assert code == 0, err
+        assert "child AT_RISK CHILD" in out
+        csc_case = out.split()[1]
+
+        code, out, err = await linkage("involvement", csc_case, *who("csc"))
+        assert code == 0, err
+        assert "Adult Mental Health Trust (NHS_MENTAL_HEALTH), contact: Duty team; linked to 1" in out
+
+        code, out, err = await linkage("case", "close", amh_case, *who("amh"))
+        assert code == 1 and "must be alerted before a case is closed" in err
+        code, out, err = await linkage(
+            "case", "propose-closure", amh_case, "--respond-by", "2099-01-01", "--note", "Goals met", *who("amh")
+        )
+        assert code == 0, err
+        assert "closure proposed" in out and "csc: no answer yet" in out
+
+        intent = await next_item(cluster, "csc", env.MESSAGE_KIND_CLOSURE_INTENT)
+        code, out, err = await linkage("inbox", "list", *who("csc"))
+        assert code == 0, err
+        assert f"{intent.message_id} [new] closure_intent from Adult Mental Health Trust" in out
+        code, out, err = await linkage(
+            "case", "respond", intent.message_id, "--object", "--reason", "Too soon", *who("csc")
+        )
+        assert code == 0, err
+        await next_item(cluster, "amh", env.MESSAGE_KIND_CLOSURE_RESPONSE)
+        code, out, err = await linkage("case", "closure", amh_case, *who("amh"))
+        assert "Children's Social Care: object: Too soon" in out and "An objection is outstanding." in out
+
+        code, out, err = await linkage("chronology", csc_case, *who("csc"))
+        assert code == 0, err

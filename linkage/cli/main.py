@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_node_serve)
 
     node_client.register(commands)
+    node_client.register_casework(commands)
 
     p = commands.add_parser("demo", help="run a local federation and play a Think-Family story")
     p.add_argument("--keep", type=Path, default=None, help="use this folder and keep it (default: a temp folder)")
