@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from linkage import stories
 from linkage.clock import SystemClock
 from linkage.federation import enrol_gateway, enrol_node, init_federation, publish_directory
 from linkage.transport import LINK_HEALTH_SERVICE
-from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc, summary_pb2
+from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc, summary_pb2, workflow_pb2
 
 FEDERATION_ID = "demo.linkage.example"
 STEP_TIMEOUT_S = 30
@@ -34,12 +35,18 @@ NODES = {
     "csc": ("Children's Social Care", "LA_CHILDRENS_SOCIAL_CARE", "Duty social worker"),
     "school": ("Oak Primary School", "SCHOOL", "Designated safeguarding lead"),
     "police": ("County Police", "POLICE", "Public protection unit"),
+    "fire": ("County Fire and Rescue", "FIRE_RESCUE", "Safe and Well officer"),
+    "ageuk": ("Age UK Solihull", "VCS_OLDER_PEOPLE", "Information and advice team"),
+    "asc": ("Adult Social Care", "LA_ADULT_SOCIAL_CARE", "Safeguarding adults team"),
 }
 PRACTITIONERS = {
     "amh": stories.practitioner("amh-114", "Jordan Example", "Care coordinator"),
     "csc": stories.practitioner("csc-207", "Riley Example", "Social worker"),
     "school": stories.practitioner("sch-031", "Morgan Example", "Designated safeguarding lead"),
     "police": stories.practitioner("pol-552", "Casey Example", "Detective constable"),
+    "fire": stories.practitioner("fire-031", "Jamie Example", "Safe and Well officer"),
+    "ageuk": stories.practitioner("auk-007", "Robin Example", "Volunteer coordinator"),
+    "asc": stories.practitioner("asc-118", "Avery Example", "Social worker"),
 }
 
 
@@ -251,6 +258,140 @@ class Demo:
             raise RuntimeError("the police node received a summary about a family it is not linked to")
         say("    County Police received nothing: it is not linked to this family.")
 
+    async def next_item(self, node: str, kind: int, after: int = 0) -> node_api_pb2.ReceivedSummary:
+        stream = self.api(node).WatchReceived(
+            node_api_pb2.WatchReceivedRequest(actor=PRACTITIONERS[node], after_seq=after)
+        )
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            async for item in stream:
+                if item.kind == kind:
+                    stream.cancel()
+                    return item
+        raise RuntimeError(f"{node} received nothing of kind {kind}")
+
+    async def ms_b(self) -> None:
+        say()
+        say("Story 2 (seed 004): Ms B lives alone with extreme hoarding. Police, the fire service and Age UK")
+        say("each know part of the picture; Age UK has supported her for two years, unknown to the others.")
+        say("[9] Each agency opens its own case; each later one is announced to those already linked:")
+        cases = {}
+        for node in ("fire", "police", "ageuk"):
+            cases[node] = await self.open_case(node, stories.ms_b(), "Ms B")
+        notice = await self.next_item("fire", envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE)
+        say(
+            f"    County Fire and Rescue is told: {notice.body.involvement.agency_name} has joined "
+            f"(contact: {notice.body.involvement.contact_role})."
+        )
+
+        say("[10] Adult social care receives a referral and asks who else is involved (think beyond the obvious):")
+        cases["asc"] = await self.open_case("asc", stories.ms_b(), "Ms B")
+        found = await self.api("asc").DiscoverInvolvement(
+            node_api_pb2.CaseRequest(actor=PRACTITIONERS["asc"], case_id=cases["asc"].case_id)
+        )
+        for agency in found.agencies:
+            say(f"    {agency.agency_name} ({agency.agency_type}) - contact the {agency.contact_role}")
+
+        token = cases["fire"].people[0].link_token
+        say("[11] The fire service and Age UK share what they know with everyone linked to Ms B:")
+        for node, assessment, decision in (
+            ("fire", stories.fire_home_visit(token), stories.fire_decision()),
+            (
+                "ageuk",
+                stories.age_uk_support(token),
+                stories.consented_decision(
+                    "Adult social care is planning support; our two years of weekly contact should inform it."
+                ),
+            ),
+        ):
+            recorded = await self.api(node).RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(
+                    actor=PRACTITIONERS[node], case_id=cases[node].case_id, assessment=assessment
+                )
+            )
+            shared = await self.api(node).ShareSummary(
+                node_api_pb2.ShareSummaryRequest(
+                    actor=PRACTITIONERS[node], assessment_id=recorded.assessment_id, decision=decision
+                )
+            )
+            to = ", ".join(NODES[r.node_id][0] for r in shared.recipients)
+            grounds = f"consent {decision.consent_status}" + (
+                f", overridden on {', '.join(decision.override_grounds)}" if decision.override_grounds else ""
+            )
+            say(f'    {NODES[node][0]} -> {to}: "{assessment.headline}" ({grounds})')
+
+        item = await self.next_item("asc", envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE)
+        while item.sender_node != "ageuk":
+            item = await self.next_item("asc", envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE, item.seq)
+        await self.api("asc").OpenReceived(
+            node_api_pb2.OpenReceivedRequest(actor=PRACTITIONERS["asc"], message_id=item.message_id)
+        )
+        read = await self.next_item("ageuk", envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION)
+        say(f"    Age UK learns its summary was read by adult social care's {read.body.read.reader_role}.")
+
+        say("[12] Adult social care asks Age UK for clarification, threaded to what Age UK sent:")
+        question = "How often do you visit, and would she let your volunteer help plan the clearance?"
+        await self.api("asc").AskClarification(
+            node_api_pb2.AskClarificationRequest(
+                actor=PRACTITIONERS["asc"], about_message_id=item.message_id, question=question
+            )
+        )
+        asked = await self.next_item("ageuk", envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST)
+        await self.api("ageuk").AnswerClarification(
+            node_api_pb2.AnswerClarificationRequest(
+                actor=PRACTITIONERS["ageuk"],
+                request_message_id=asked.message_id,
+                answer="Every Tuesday; yes, she has asked for her volunteer to be there.",
+            )
+        )
+        answer = await self.next_item("asc", envelope_pb2.MESSAGE_KIND_CLARIFICATION_RESPONSE)
+        say(f"    Q: {question}")
+        say(f"    A: {answer.body.clarification_response.answer}")
+
+        say("[13] After the clearance, adult social care proposes to close and asks the others first:")
+        respond_by = datetime.date.today() + datetime.timedelta(days=14)
+        await self.api("asc").ProposeClosure(
+            node_api_pb2.ProposeClosureRequest(
+                actor=PRACTITIONERS["asc"],
+                case_id=cases["asc"].case_id,
+                intent=summary_pb2.ClosureIntent(
+                    intent="STEP_DOWN", to_service="Age UK befriending", reason_code="RISK_REDUCED_GOALS_MET"
+                ),
+                respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
+                note="Home cleared and she is back home; step down to Age UK befriending.",
+            )
+        )
+        answers = {
+            "police": (workflow_pb2.CLOSURE_ANSWER_AGREE, ""),
+            "ageuk": (workflow_pb2.CLOSURE_ANSWER_AGREE, ""),
+            "fire": (
+                workflow_pb2.CLOSURE_ANSWER_OBJECT,
+                "The smoke alarms are not fitted yet; visit booked 1 December.",
+            ),
+        }
+        for node, (answer_code, reason) in answers.items():
+            intent = await self.next_item(node, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT)
+            await self.api(node).RespondToClosure(
+                node_api_pb2.RespondToClosureRequest(
+                    actor=PRACTITIONERS[node], intent_message_id=intent.message_id, answer=answer_code, reason=reason
+                )
+            )
+        seq = 0
+        for _ in answers:
+            seq = (await self.next_item("asc", envelope_pb2.MESSAGE_KIND_CLOSURE_RESPONSE, seq)).seq
+        status = await self.api("asc").GetClosure(
+            node_api_pb2.CaseRequest(actor=PRACTITIONERS["asc"], case_id=cases["asc"].case_id)
+        )
+        for reply in status.replies:
+            verdict = "agrees" if reply.answer == workflow_pb2.CLOSURE_ANSWER_AGREE else f"objects: {reply.reason}"
+            say(f"    {reply.agency_name} {verdict}")
+        try:
+            await self.api("asc").CloseCase(
+                node_api_pb2.CloseCaseRequest(actor=PRACTITIONERS["asc"], case_id=cases["asc"].case_id)
+            )
+        except grpc.aio.AioRpcError as exc:
+            say(f"    Closing now is refused: {exc.details()}")
+        say("    The case stays open until the alarms are fitted: nobody closes silently.")
+
     async def stop(self) -> list[int]:
         for channel in self.channels.values():
             await channel.close()
@@ -260,7 +401,7 @@ class Demo:
         return codes
 
     def where(self) -> None:
-        say("[7] Where the data lives:")
+        say("[14] Where the data lives:")
         say(f"    Federation (CA, keys, directory; keep off-line): {self.root / 'federation'}")
         say(f"    Gateway (subscriptions only, no content):       {self.root / 'gateway' / 'gateway.sqlite'}")
         for node_id in NODES:
@@ -279,10 +420,11 @@ async def run_demo(keep: Path | None = None) -> int:
         await demo.setup()
         await demo.start()
         await demo.story()
+        await demo.ms_b()
         demo.where()
     finally:
         with contextlib.suppress(Exception):
             codes = await demo.stop()
-            say(f"[8] Stopped {len(codes)} processes (exit codes {sorted(set(codes))}).")
+            say(f"[15] Stopped {len(codes)} processes (exit codes {sorted(set(codes))}).")
     say(f"Demo finished in {time.monotonic() - started:.1f} s.")
     return 0

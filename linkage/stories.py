@@ -124,3 +124,112 @@ def override_decision() -> pb.ShareDecision:
         purpose="Safeguarding the child",
         necessity_proportionality="Only the change in risk and its context; no clinical detail.",
     )
+
+
+# --- Ms B (seed 004): self-neglect and hoarding, several agencies unaware of each other ---
+
+MS_B_NHS = "9991000046"
+
+
+def ms_b() -> list[node_api_pb2.PersonIdentifier]:
+    return [
+        node_api_pb2.PersonIdentifier(
+            scheme="nhs", value=MS_B_NHS, role_in_risk="AT_RISK", person_type="ADULT_AT_RISK", relationship="self"
+        )
+    ]
+
+
+def _ms_b_person(token: bytes) -> pb.Person:
+    return pb.Person(link_token=token, role_in_risk="AT_RISK", person_type="ADULT_AT_RISK", relationship="self")
+
+
+def fire_home_visit(token: bytes) -> pb.RiskSummary:
+    """Fire and rescue Safe and Well visit: extreme hoarding, high fire load."""
+    return pb.RiskSummary(
+        headline="Extreme hoarding with a high fire load; escape routes blocked.",
+        people=[_ms_b_person(token)],
+        risk_items=[
+            pb.RiskItem(
+                category="FIRE_RISK",
+                subcategory="HOARDING_FIRE_LOAD",
+                who_at_risk="SUBJECT",
+                level=pb.RiskLevel(scale="CLUTTER_IMAGE_RATING", value="7", assessed_on=date(2026, 11, 10)),
+                direction="NEW",
+                currency=pb.CURRENCY_CURRENT,
+                basis="FACT_OBSERVED",
+                narrative="Hallway and stairs impassable; no working smoke alarm.",
+                concerns=[token],
+            ),
+            pb.RiskItem(
+                category="SELF_NEGLECT",
+                subcategory="HOARDING",
+                who_at_risk="SUBJECT",
+                direction="INCREASED",
+                currency=pb.CURRENCY_CURRENT,
+                basis="FACT_OBSERVED",
+                concerns=[token],
+            ),
+        ],
+        voice=pb.Voice(adult_views_wishes="Wants to stay at home and keep her belongings; will accept smoke alarms."),
+        assessment=pb.Assessment(
+            formality="FORMAL_STRUCTURED_TOOL", instrument="FIRE_SAFE_AND_WELL", assessed_on=date(2026, 11, 10)
+        ),
+        actions=[pb.Action(action="Fit smoke alarms", owner_agency="fire", due=date(2026, 12, 1), status="OPEN")],
+        review_date=date(2026, 12, 10),
+    )
+
+
+def fire_decision() -> pb.ShareDecision:
+    return pb.ShareDecision(
+        rationale="A fire here could kill her; the agencies supporting her need to know the fire risk now.",
+        consent_status="REFUSED",
+        override_grounds=["RISK_TO_LIFE"],
+        lawful_basis=pb.LawfulBasis(
+            dp_regime="UKGDPR_DPA2018_PART2",
+            art6=["A6_1_D", "A6_1_E"],
+            art9="A9_2_C",
+            cldc_basis="PUBLIC_INTEREST_OVERRIDE",
+        ),
+        subject_informed="INFORMED_BEFORE",
+        approved_by=pb.Practitioner(id="fire-009", name="Drew Example", role="Station manager"),
+        necessity_proportionality="Only the fire risk and her wishes; nothing about her health.",
+        purpose="Protecting life",
+    )
+
+
+def age_uk_support(token: bytes) -> pb.RiskSummary:
+    """Age UK: two years of weekly support, unknown to the others until now."""
+    return pb.RiskSummary(
+        headline="Supported weekly by Age UK for two years; trusts her volunteer.",
+        people=[_ms_b_person(token)],
+        risk_items=[
+            pb.RiskItem(
+                category="SELF_NEGLECT",
+                subcategory="HOME_CONDITIONS",
+                who_at_risk="SUBJECT",
+                direction="UNCHANGED",
+                currency=pb.CURRENCY_CURRENT,
+                basis="FACT_OBSERVED",
+                narrative="Shopping and benefits help weekly since 2024; declines help with the house.",
+                concerns=[token],
+            )
+        ],
+        protective_factors=[
+            pb.ProtectiveFactor(
+                text="Trusting relationship with her Age UK volunteer.", category="PROFESSIONAL_SUPPORT"
+            )
+        ],
+        voice=pb.Voice(adult_views_wishes="Happy for Age UK to tell the council what help she gets."),
+        assessment=pb.Assessment(formality="INFORMAL_CONCERN", assessed_on=date(2026, 11, 12)),
+        review_date=date(2027, 1, 12),
+    )
+
+
+def consented_decision(rationale: str) -> pb.ShareDecision:
+    return pb.ShareDecision(
+        rationale=rationale,
+        consent_status="GIVEN_EXPLICIT",
+        lawful_basis=pb.LawfulBasis(art6=["A6_1_EA_SAFEGUARDING"], cldc_basis="CONSENT_EXPLICIT"),
+        subject_informed="INFORMED_BEFORE",
+        purpose="Coordinated support",
+    )

@@ -415,7 +415,7 @@ class Cases:
             raise _failed(f"waiting for answers from {', '.join(status.awaiting)} until {dates.iso(status.respond_by)}")
         objections = [r for r in status.replies if r.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT]
         if objections and not request.override_objections_reason.strip():
-            said = "; ".join(f"{r.agency_name} objects: {r.reason}" for r in objections)
+            said = "; ".join(f"{r.agency_name} objects: {r.reason.rstrip('.')}" for r in objections)
             raise _failed(f"{said}. Resolve it, or record why you close regardless (override_objections_reason)")
         people = await self.people(request.case_id)
         tokens = [p.link_token for p in people if not p.protect_identity]

@@ -24,8 +24,15 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert "County Police received nothing" in out
     assert "withheld: risk item 2 (SUBSTANCE_MISUSE): relevance to SCHOOL not stated" in out
     assert "Decision: SHARED_PARTIAL" in out
-    assert "Stopped 5 processes (exit codes [0])" in out
-    for node in ("amh", "csc", "school", "police"):
+    # Story 2 (seed 004): discovery, sharing, clarification and a closure held by an objection.
+    assert "Age UK Solihull (VCS_OLDER_PEOPLE) - contact the Information and advice team" in out
+    assert "County Fire and Rescue is told: County Police has joined" in out
+    assert "Age UK learns its summary was read by adult social care's Social worker." in out
+    assert "A: Every Tuesday" in out
+    assert "County Fire and Rescue objects: The smoke alarms are not fitted yet" in out
+    assert "Closing now is refused" in out
+    assert "Stopped 8 processes (exit codes [0])" in out
+    for node in ("amh", "csc", "school", "police", "fire", "ageuk", "asc"):
         assert (tmp_path / "demo" / node / "store.sqlite").exists()
     gateway_log = (tmp_path / "demo" / "gateway" / "gateway.log").read_text()
     assert "envelope.forwarded" in gateway_log
