@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import grpc
@@ -10,10 +11,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.authz import Authoriser
+from gateway.db import GatewayDb
+from gateway.metalog import MetaLog
 from gateway.ratelimit import RateLimits
 from gateway.service import GatewayService
 from gateway.sessions import Sessions
 from gateway.subscriptions import SubscriptionIndex
+from gateway.witness import Witness
 from linkage import logs
 from linkage.clock import Clock, SystemClock
 from linkage.config import GatewayConfig, load_directory_key
@@ -36,6 +40,8 @@ class GatewayServer:
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._index: SubscriptionIndex | None = None
+        self._db: GatewayDb | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
 
     def load_directory(self) -> None:
@@ -46,7 +52,10 @@ class GatewayServer:
     async def start(self) -> int:
         self.load_directory()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self._index = await SubscriptionIndex.open(self.config.data_dir / "gateway.sqlite")
+        self._db = await GatewayDb.open(self.config.data_dir / "gateway.sqlite")
+        self._index = await SubscriptionIndex.load(self._db)
+        self.metalog = MetaLog(self._db, self.clock)
+        await self.metalog.load()
         limits = self.config.limits
         server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
         service = GatewayService(
@@ -54,6 +63,8 @@ class GatewayServer:
             self._index,
             self.sessions,
             RateLimits(limits.envelopes_per_second, limits.envelope_burst, self.clock),
+            Witness(self._db),
+            self.metalog,
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -64,6 +75,7 @@ class GatewayServer:
         self.port = server.add_secure_port(self.config.listen, self.config.tls.server_credentials())
         await server.start()
         self._server = server
+        self._tasks = [asyncio.create_task(self.metalog.run())]
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("gateway.started", port=self.port, subscriptions=len(self._index))
@@ -74,8 +86,13 @@ class GatewayServer:
         self.sessions.close_all((grpc.StatusCode.UNAVAILABLE, "gateway is shutting down"))
         if self._server is not None:
             await self._server.stop(grace)
-        if self._index is not None:
-            await self._index.close()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._db is not None:
+            await self.metalog.flush()
+            await self._db.close()
         log.info("gateway.stopped")
 
 

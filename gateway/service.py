@@ -10,15 +10,18 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from gateway.authz import Authoriser, Denied, abort
+from gateway.metalog import MetaLog
 from gateway.ratelimit import RateLimits
 from gateway.sessions import Session, Sessions
 from gateway.subscriptions import SubscriptionIndex
+from gateway.witness import Witness
 from linkage import logs
+from linkage.auditlog import open_checkpoint
 from linkage.envelope import parse_routing
 from linkage.ids import is_uuid7
 from linkage.reasons import Reason, Rejected
 from linkage.tokens import MAX_TOKENS_PER_CALL, TOKEN_LEN
-from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
+from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
 
 MAX_TOKENS_PER_MESSAGE = 64
 
@@ -36,11 +39,38 @@ def _check_tokens(tokens: list[bytes], limit: int) -> None:
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, authz: Authoriser, index: SubscriptionIndex, sessions: Sessions, limits: RateLimits) -> None:
+    def __init__(
+        self,
+        authz: Authoriser,
+        index: SubscriptionIndex,
+        sessions: Sessions,
+        limits: RateLimits,
+        witness: Witness,
+        metalog: MetaLog,
+    ) -> None:
         self.authz = authz
         self.index = index
         self.sessions = sessions
         self.limits = limits
+        self.witness = witness
+        self.metalog = metalog
+
+    def _note(
+        self,
+        event: str,
+        node: str,
+        *,
+        warning: bool = False,
+        counterpart: str = "",
+        message_id: str = "",
+        outcome: str = "",
+        **detail: object,
+    ) -> None:
+        """One gateway event: an operational log line and a metadata-log entry (no personal data in either)."""
+        (log.warning if warning else log.info)(
+            event, node=node, counterpart=counterpart, message_id=message_id, outcome=outcome, **detail
+        )
+        self.metalog.record(event, node, counterpart, message_id, outcome, **detail)
 
     async def Subscribe(self, request: gateway_pb2.SubscribeRequest, context: Context) -> gateway_pb2.SubscribeResponse:
         try:
@@ -48,10 +78,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             tokens = list(request.link_tokens)
             _check_tokens(tokens, MAX_TOKENS_PER_CALL)
         except Denied as denied:
-            log.warning("subscribe.refused", node=request.node_id, code=denied.code.name)
+            self._note("subscribe.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
         added = await self.index.add(node_id, tokens)
-        log.info("subscribe", node=node_id, added=added, total=self.index.count(node_id))
+        self._note("subscribe", node=node_id, added=added, total=self.index.count(node_id))
         return gateway_pb2.SubscribeResponse(added=added, total=self.index.count(node_id))
 
     async def Unsubscribe(
@@ -62,10 +92,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             tokens = list(request.link_tokens)
             _check_tokens(tokens, MAX_TOKENS_PER_CALL)
         except Denied as denied:
-            log.warning("unsubscribe.refused", node=request.node_id, code=denied.code.name)
+            self._note("unsubscribe.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
         removed = await self.index.remove(node_id, tokens)
-        log.info("unsubscribe", node=node_id, removed=removed, total=self.index.count(node_id))
+        self._note("unsubscribe", node=node_id, removed=removed, total=self.index.count(node_id))
         return gateway_pb2.UnsubscribeResponse(removed=removed, total=self.index.count(node_id))
 
     async def ResolveRecipients(
@@ -83,13 +113,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 )
             directory = self.authz.directory()
         except Denied as denied:
-            log.warning("resolve.refused", node=request.node_id, code=denied.code.name)
+            self._note("resolve.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
         found = self.index.subscribers(tokens) - {node_id}
         active = sorted(
             n for n in found if (e := directory.nodes.get(n)) and e.status == directory_pb2.NODE_STATUS_ACTIVE
         )
-        log.info("resolve", node=node_id, tokens=len(tokens), recipients=len(active))
+        self._note("resolve", node=node_id, tokens=len(tokens), recipients=len(active))
         return gateway_pb2.ResolveRecipientsResponse(node_ids=active)
 
     async def DiscoverInvolvement(
@@ -108,7 +138,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 )
             directory = self.authz.directory()
         except Denied as denied:
-            log.warning("discover.refused", node=request.node_id, code=denied.code.name)
+            self._note("discover.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
         involvement = []
         for token in tokens:
@@ -118,10 +148,50 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 if (e := directory.nodes.get(n)) and e.status == directory_pb2.NODE_STATUS_ACTIVE
             )
             involvement.append(gateway_pb2.TokenInvolvement(link_token=token, node_ids=others))
-        log.info(
+        self._note(
             "discover", node=node_id, tokens=len(tokens), agencies=len({n for i in involvement for n in i.node_ids})
         )
         return gateway_pb2.DiscoverInvolvementResponse(involvement=involvement)
+
+    async def LodgeCheckpoint(
+        self, request: audit_pb2.SignedCheckpoint, context: Context
+    ) -> gateway_pb2.LodgeCheckpointResponse:
+        try:
+            node_id = self.authz.node_of(context)
+            try:
+                checkpoint = open_checkpoint(request, self.authz.directory())
+            except Rejected as exc:
+                raise Denied(grpc.StatusCode.INVALID_ARGUMENT, f"checkpoint refused: {exc}") from None
+            if checkpoint.node_id != node_id:
+                raise Denied(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"authenticated as {node_id!r}, checkpoint is for {checkpoint.node_id!r}",
+                )
+            largest = await self.witness.largest(node_id)
+            if checkpoint.tree_size < largest:
+                self.metalog.record(
+                    "checkpoint.refused", node_id, outcome="shrunk", size=checkpoint.tree_size, largest=largest
+                )
+                raise Denied(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"this checkpoint ({checkpoint.tree_size} entries) is smaller than one already lodged "
+                    f"({largest}); an audit log only grows",
+                )
+        except Denied as denied:
+            self._note("checkpoint.refused", node="?", outcome=denied.code.name, warning=True)
+            await abort(context, denied)
+        lodged = await self.witness.lodge(checkpoint, request)
+        self.metalog.record("checkpoint.lodged", node_id, outcome="ok", size=checkpoint.tree_size)
+        return gateway_pb2.LodgeCheckpointResponse(lodged=lodged)
+
+    async def GetCheckpoints(
+        self, request: gateway_pb2.GetCheckpointsRequest, context: Context
+    ) -> audit_pb2.CheckpointList:
+        try:
+            node_id = self.authz.claimed(context, request.node_id)
+        except Denied as denied:
+            await abort(context, denied)
+        return audit_pb2.CheckpointList(checkpoints=await self.witness.of(node_id))
 
     async def FetchDirectory(
         self, request: gateway_pb2.FetchDirectoryRequest, context: Context
@@ -139,10 +209,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         try:
             node_id, peer = self.authz.peer_of(context)
         except Denied as denied:
-            log.warning("connect.refused", code=denied.code.name)
+            self._note("connect.refused", "?", outcome=denied.code.name, warning=True)
             await abort(context, denied)
         session = self.sessions.open(node_id)
-        log.info("connect", node=node_id, tls=peer.tls_version, connected=len(self.sessions))
+        self._note("connect", node=node_id, tls=peer.tls_version, connected=len(self.sessions))
         reader = asyncio.create_task(self._read(session, request_iterator, context))
         try:
             while (frame := await session.queue.get()) is not None:
@@ -152,7 +222,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         finally:
             reader.cancel()
             self.sessions.end(session)
-            log.info("disconnect", node=node_id, connected=len(self.sessions))
+            self._note("disconnect", node=node_id, connected=len(self.sessions))
 
     async def _read(self, session: Session, frames: AsyncIterator[gateway_pb2.NodeFrame], context: Context) -> None:
         try:
@@ -164,7 +234,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 elif which == "receipt":
                     self._relay_receipt(session, frame.receipt)
         except Denied as denied:
-            log.warning("stream.refused", node=session.node_id, code=denied.code.name)
+            self._note("stream.refused", node=session.node_id, outcome=denied.code.name, warning=True)
             session.close((denied.code, denied.message))
             return
         except asyncio.CancelledError:
@@ -194,7 +264,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         try:
             routing = parse_routing(envelope)
         except Rejected as exc:
-            log.warning("envelope.rejected", node=sender, reason=exc.reason.value)
+            self._note("envelope.rejected", node=sender, outcome=exc.reason.value, warning=True)
             self._ack(session, "", "", gateway_pb2.SEND_STATUS_REJECTED, exc.reason.value)
             return
         message_id, recipient = routing.message_id, routing.recipient_node
@@ -204,29 +274,29 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 f"authenticated as {sender!r} but the envelope names sender {routing.sender_node!r}",
             )
         if not self.limits.allow(sender):
-            log.warning("envelope.busy", node=sender, message_id=message_id, reason="sender_rate_limited")
+            self._note("envelope.busy", node=sender, message_id=message_id, outcome="sender_rate_limited", warning=True)
             self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_BUSY, "sender_rate_limited")
             return
         reason = self._refusal(routing, sender)
         if reason is not None:
-            log.warning("envelope.rejected", node=sender, message_id=message_id, reason=reason.value)
+            self._note("envelope.rejected", node=sender, message_id=message_id, outcome=reason.value, warning=True)
             self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_REJECTED, reason.value)
             return
         target = self.sessions.get(recipient)
         if target is None:
             self.sessions.wait_for(recipient, sender)
-            log.info("envelope.recipient_offline", node=sender, message_id=message_id, recipient=recipient)
+            self._note("envelope.recipient_offline", node=sender, message_id=message_id, counterpart=recipient)
             self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE)
             return
         if not target.push(gateway_pb2.GatewayFrame(deliver=envelope)):
-            log.warning("envelope.busy", node=sender, message_id=message_id, reason="recipient_busy")
+            self._note("envelope.busy", node=sender, message_id=message_id, outcome="recipient_busy", warning=True)
             self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_BUSY, "recipient_busy")
             return
-        log.info(
+        self._note(
             "envelope.forwarded",
             node=sender,
             message_id=message_id,
-            recipient=recipient,
+            counterpart=recipient,
             size=len(envelope.routing) + len(envelope.ciphertext),
         )
         self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_FORWARDED)
@@ -249,7 +319,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         try:
             body = envelope_pb2.ReceiptBody.FromString(receipt.body)
         except DecodeError:
-            log.warning("receipt.malformed", node=session.node_id)
+            self._note("receipt.malformed", node=session.node_id, warning=True)
             return
         if body.recipient_node != session.node_id:
             raise Denied(
@@ -260,9 +330,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         # A receipt for an offline sender is dropped: the sender re-sends the
         # unreceipted message later and the recipient's inbox receipts it again.
         relayed = target is not None and target.push(gateway_pb2.GatewayFrame(receipt=receipt))
-        log.info(
+        self._note(
             "receipt.relayed" if relayed else "receipt.dropped",
             node=session.node_id,
             message_id=body.message_id,
-            sender=body.sender_node,
+            counterpart=body.sender_node,
         )

@@ -9,40 +9,24 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from pathlib import Path
 
-import aiosqlite
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS subscriptions(
-  token BLOB NOT NULL,
-  node_id TEXT NOT NULL,
-  PRIMARY KEY (token, node_id)
-) WITHOUT ROWID;
-"""
+from gateway.db import GatewayDb
 
 
 class SubscriptionIndex:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: GatewayDb) -> None:
         self._db = db
         self._by_token: dict[bytes, set[str]] = defaultdict(set)
         self._count_by_node: dict[str, int] = defaultdict(int)
 
     @classmethod
-    async def open(cls, path: Path) -> SubscriptionIndex:
-        db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.executescript(_SCHEMA)
+    async def load(cls, db: GatewayDb) -> SubscriptionIndex:
         index = cls(db)
-        async with db.execute("SELECT token, node_id FROM subscriptions") as cursor:
+        async with db.db.execute("SELECT token, node_id FROM subscriptions") as cursor:
             async for token, node_id in cursor:
                 index._by_token[bytes(token)].add(node_id)
                 index._count_by_node[node_id] += 1
         return index
-
-    async def close(self) -> None:
-        await self._db.close()
 
     def __len__(self) -> int:
         return sum(self._count_by_node.values())
@@ -62,16 +46,11 @@ class SubscriptionIndex:
     async def add(self, node_id: str, tokens: Iterable[bytes]) -> int:
         new = [t for t in set(tokens) if not self.is_subscribed(node_id, t)]
         if new:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                await self._db.executemany(
+            async with self._db.tx() as db:
+                await db.executemany(
                     "INSERT OR IGNORE INTO subscriptions(token, node_id) VALUES (?, ?)",
                     [(t, node_id) for t in new],
                 )
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
         for t in new:  # memory follows only a durable commit
             self._by_token[t].add(node_id)
         self._count_by_node[node_id] += len(new)
@@ -80,15 +59,10 @@ class SubscriptionIndex:
     async def remove(self, node_id: str, tokens: Iterable[bytes]) -> int:
         gone = [t for t in set(tokens) if self.is_subscribed(node_id, t)]
         if gone:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                await self._db.executemany(
+            async with self._db.tx() as db:
+                await db.executemany(
                     "DELETE FROM subscriptions WHERE token = ? AND node_id = ?", [(t, node_id) for t in gone]
                 )
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
         for t in gone:
             nodes = self._by_token[t]
             nodes.discard(node_id)

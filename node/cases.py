@@ -32,6 +32,7 @@ class Cases:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         self.resubscribe = asyncio.Event()  # set when the gateway may lack some subscriptions
+        self.in_sync = asyncio.Event()  # set when the gateway has every subscription
 
     # -- people and tokens ----------------------------------------------------
 
@@ -144,6 +145,7 @@ class Cases:
             added = await self.ctx.link.subscribe(tokens)
         except grpc.aio.AioRpcError as exc:
             log.warning("subscribe.deferred", code=exc.code().name, tokens=len(tokens))
+            self.in_sync.clear()
             self.resubscribe.set()
             return
         async with self.ctx.store.tx() as tx:
@@ -216,6 +218,7 @@ class Cases:
         """Tell the gateway every token of every open case (idempotent)."""
         added = await self.ctx.link.subscribe(await self.subscribed_tokens())
         self.resubscribe.clear()
+        self.in_sync.set()
         if added:
             async with self.ctx.store.tx() as tx:
                 await tx.audit("subscription.added", detail={"added": added, "reasserted": True})

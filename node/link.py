@@ -12,7 +12,7 @@ import grpc
 from linkage import logs
 from linkage.tokens import MAX_TOKENS_PER_CALL
 from linkage.transport import TlsFiles, secure_channel
-from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
+from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
 from node.backoff import backoff_ms
 
 UNARY_TIMEOUT_S = 10.0
@@ -109,6 +109,13 @@ class GatewayLink:
         request = gateway_pb2.DiscoverInvolvementRequest(node_id=self.node_id, link_tokens=list(tokens))
         response = await self._stub.DiscoverInvolvement(request, timeout=UNARY_TIMEOUT_S)
         return {t.link_token: list(t.node_ids) for t in response.involvement}
+
+    async def lodge_checkpoint(self, signed: audit_pb2.SignedCheckpoint) -> int:
+        return (await self._stub.LodgeCheckpoint(signed, timeout=UNARY_TIMEOUT_S)).lodged
+
+    async def checkpoints(self) -> list[audit_pb2.SignedCheckpoint]:
+        request = gateway_pb2.GetCheckpointsRequest(node_id=self.node_id)
+        return list((await self._stub.GetCheckpoints(request, timeout=UNARY_TIMEOUT_S)).checkpoints)
 
     async def fetch_directory(self, have_version: int) -> directory_pb2.SignedDirectory:
         request = gateway_pb2.FetchDirectoryRequest(have_version=have_version)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from linkage import logs
 from linkage.clock import Clock
@@ -17,7 +18,7 @@ from linkage.directory import TrustedDirectory
 from linkage.envelope import Opened, envelope_digest, open_envelope, parse_routing, sign_receipt
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
-from linkage.v1 import envelope_pb2, gateway_pb2, summary_pb2
+from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, summary_pb2
 from node.effects import apply_effects
 from node.link import GatewayLink, NotConnected
 from node.messaging import kind_name
@@ -53,6 +54,7 @@ class Reception:
         node_id: str,
         clock: Clock,
         feed: InboxFeed,
+        checkpoint: Callable[[], audit_pb2.SignedCheckpoint] | None = None,
     ) -> None:
         self.store = store
         self.link = link
@@ -61,6 +63,7 @@ class Reception:
         self.node_id = node_id
         self.clock = clock
         self.feed = feed
+        self.checkpoint = checkpoint
 
     async def on_envelope(self, envelope: envelope_pb2.Envelope) -> None:
         now = self.clock.now_ms()
@@ -169,5 +172,7 @@ class Reception:
             status=status,
             reason=reason,
         )
+        if self.checkpoint is not None:  # our audit log's state, lodged with the peer
+            body.checkpoint.CopyFrom(self.checkpoint())
         with contextlib.suppress(NotConnected):  # the sender re-sends; the duplicate is receipted then
             await self.link.send(gateway_pb2.NodeFrame(receipt=sign_receipt(self.keys, body)))

@@ -22,6 +22,7 @@ from linkage.transport import LINK_HEALTH_SERVICE, SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, node_api_pb2, node_api_pb2_grpc
 from node.api import NodeApiService
 from node.cases import Cases
+from node.checkpoints import Checkpointer
 from node.context import NodeContext
 from node.inbox import Inbox
 from node.link import GatewayLink
@@ -107,7 +108,10 @@ class NodeServer:
             on_state=self._on_link_state,
         )
         self.outbox = Outbox(self.store, self.link, self.trust, config.node_id, self.clock, config.delivery)
-        self.reception = Reception(self.store, self.link, self.trust, keys, config.node_id, self.clock, self.feed)
+        self.checkpoints = Checkpointer(self.store, self.link, keys, config.node_id, self.clock)
+        self.reception = Reception(
+            self.store, self.link, self.trust, keys, config.node_id, self.clock, self.feed, self.checkpoints.latest
+        )
         self.ctx = NodeContext(
             node_id=config.node_id,
             store=self.store,
@@ -149,6 +153,7 @@ class NodeServer:
             asyncio.create_task(self.link.run()),
             asyncio.create_task(self.outbox.run()),
             asyncio.create_task(self.cases.run_resubscriber()),
+            asyncio.create_task(self.checkpoints.run()),
         ]
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -162,6 +167,8 @@ class NodeServer:
         if self.store is not None:
             unacked = await self.outbox.drain(grace)
             log.info("node.drained", unacknowledged=unacked)
+            if self.link is not None and self.link.connected.is_set():
+                await self.checkpoints.lodge()  # leave the final state with the witness
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

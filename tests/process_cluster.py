@@ -15,10 +15,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from linkage.auditlog import ChainResult, verify_chain
 from linkage.demo import Process, spawn
 from linkage.transport import LINK_HEALTH_SERVICE
 from linkage.v1 import node_api_pb2_grpc
-from node.store.audit import ChainResult, verify_chain
 from tests.harness import LocalFederation
 
 READY_TIMEOUT_S = 30

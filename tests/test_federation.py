@@ -95,7 +95,7 @@ async def _events(node: NodeServer) -> list[str]:
 
 
 async def test_both_ends_audit_the_exchange_and_chains_verify(federation: LocalFederation) -> None:
-    from node.store.audit import verify_chain
+    from linkage.auditlog import verify_chain
 
     async with running(federation) as cluster:
         await share_think_family(cluster)

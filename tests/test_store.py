@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from linkage.auditlog import verify_chain
 from linkage.clock import ManualClock
 from node.store import SchemaTooNewError, Store
-from node.store.audit import verify_chain
 from node.store.schema import MIGRATIONS
 
 

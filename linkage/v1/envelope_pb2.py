@@ -22,32 +22,33 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from linkage.v1 import audit_pb2 as linkage_dot_v1_dot_audit__pb2
 from linkage.v1 import directory_pb2 as linkage_dot_v1_dot_directory__pb2
 from linkage.v1 import summary_pb2 as linkage_dot_v1_dot_summary__pb2
 from linkage.v1 import workflow_pb2 as linkage_dot_v1_dot_workflow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19linkage/v1/envelope.proto\x12\nlinkage.v1\x1a\x1alinkage/v1/directory.proto\x1a\x18linkage/v1/summary.proto\x1a\x19linkage/v1/workflow.proto\"\xfa\x01\n\rRoutingHeader\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0bsender_node\x18\x02 \x01(\t\x12\x16\n\x0erecipient_node\x18\x03 \x01(\t\x12\x13\n\x0blink_tokens\x18\x04 \x03(\x0c\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x06 \x01(\x03\x12$\n\x05suite\x18\x07 \x01(\x0e\x32\x15.linkage.v1.HpkeSuite\x12%\n\x04kind\x18\x08 \x01(\x0e\x32\x17.linkage.v1.MessageKind\x12\x18\n\x10recipient_key_id\x18\t \x01(\t\"/\n\x08\x45nvelope\x12\x0f\n\x07routing\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"Y\n\rSignedMessage\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x16\n\x0esigning_key_id\x18\x03 \x01(\t\x12\x0f\n\x07padding\x18\x0f \x01(\x0c\"\x88\x07\n\x0bMessageBody\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0bsender_node\x18\x03 \x01(\t\x12\x16\n\x0erecipient_node\x18\x04 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12%\n\x04kind\x18\x06 \x01(\x0e\x32\x17.linkage.v1.MessageKind\x12\x16\n\x0erouting_sha256\x18\x07 \x01(\x0c\x12\x10\n\x08share_id\x18\x08 \x01(\t\x12\x13\n\x0bin_reply_to\x18\t \x01(\t\x12)\n\x07sent_by\x18\x14 \x01(\x0b\x32\x18.linkage.v1.Practitioner\x12*\n\x07summary\x18\n \x01(\x0b\x32\x17.linkage.v1.RiskSummaryH\x00\x12,\n\nwithdrawal\x18\x0b \x01(\x0b\x32\x16.linkage.v1.WithdrawalH\x00\x12\x34\n\x0binvolvement\x18\x0c \x01(\x0b\x32\x1d.linkage.v1.InvolvementNoticeH\x00\x12\x39\n\x0e\x63losure_intent\x18\r \x01(\x0b\x32\x1f.linkage.v1.ClosureIntentNoticeH\x00\x12\x37\n\x10\x63losure_response\x18\x0e \x01(\x0b\x32\x1b.linkage.v1.ClosureResponseH\x00\x12\x33\n\x0e\x63losure_notice\x18\x0f \x01(\x0b\x32\x19.linkage.v1.ClosureNoticeH\x00\x12\x41\n\x15\x63larification_request\x18\x10 \x01(\x0b\x32 .linkage.v1.ClarificationRequestH\x00\x12\x43\n\x16\x63larification_response\x18\x11 \x01(\x0b\x32!.linkage.v1.ClarificationResponseH\x00\x12=\n\x13information_request\x18\x12 \x01(\x0b\x32\x1e.linkage.v1.InformationRequestH\x00\x12?\n\x14information_response\x18\x13 \x01(\x0b\x32\x1f.linkage.v1.InformationResponseH\x00\x12,\n\x04read\x18\x15 \x01(\x0b\x32\x1c.linkage.v1.ReadNotificationH\x00\x42\t\n\x07\x63ontent\"\xba\x01\n\x0bReceiptBody\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0bsender_node\x18\x02 \x01(\t\x12\x16\n\x0erecipient_node\x18\x03 \x01(\t\x12\x17\n\x0f\x65nvelope_sha256\x18\x04 \x01(\x0c\x12\x16\n\x0ereceived_at_ms\x18\x05 \x01(\x03\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.linkage.v1.ReceiptStatus\x12\x0e\n\x06reason\x18\x07 \x01(\t\"B\n\x07Receipt\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x16\n\x0esigning_key_id\x18\x03 \x01(\t*\x9a\x04\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_KIND_SUMMARY_SHARE\x10\x01\x12#\n\x1fMESSAGE_KIND_RISK_CHANGE_NOTICE\x10\x02\x12\"\n\x1eMESSAGE_KIND_HISTORICAL_UPDATE\x10\x03\x12\x1b\n\x17MESSAGE_KIND_CORRECTION\x10\x04\x12\x1b\n\x17MESSAGE_KIND_WITHDRAWAL\x10\x05\x12#\n\x1fMESSAGE_KIND_INVOLVEMENT_NOTICE\x10\x06\x12\x1f\n\x1bMESSAGE_KIND_CLOSURE_INTENT\x10\x07\x12!\n\x1dMESSAGE_KIND_CLOSURE_RESPONSE\x10\x08\x12\x1f\n\x1bMESSAGE_KIND_CLOSURE_NOTICE\x10\t\x12&\n\"MESSAGE_KIND_CLARIFICATION_REQUEST\x10\n\x12\'\n#MESSAGE_KIND_CLARIFICATION_RESPONSE\x10\x0b\x12$\n MESSAGE_KIND_INFORMATION_REQUEST\x10\x0c\x12%\n!MESSAGE_KIND_INFORMATION_RESPONSE\x10\r\x12\"\n\x1eMESSAGE_KIND_READ_NOTIFICATION\x10\x0e*i\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1b\n\x17RECEIPT_STATUS_REJECTED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19linkage/v1/envelope.proto\x12\nlinkage.v1\x1a\x16linkage/v1/audit.proto\x1a\x1alinkage/v1/directory.proto\x1a\x18linkage/v1/summary.proto\x1a\x19linkage/v1/workflow.proto\"\xfa\x01\n\rRoutingHeader\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0bsender_node\x18\x02 \x01(\t\x12\x16\n\x0erecipient_node\x18\x03 \x01(\t\x12\x13\n\x0blink_tokens\x18\x04 \x03(\x0c\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x06 \x01(\x03\x12$\n\x05suite\x18\x07 \x01(\x0e\x32\x15.linkage.v1.HpkeSuite\x12%\n\x04kind\x18\x08 \x01(\x0e\x32\x17.linkage.v1.MessageKind\x12\x18\n\x10recipient_key_id\x18\t \x01(\t\"/\n\x08\x45nvelope\x12\x0f\n\x07routing\x18\x01 \x01(\x0c\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"Y\n\rSignedMessage\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x16\n\x0esigning_key_id\x18\x03 \x01(\t\x12\x0f\n\x07padding\x18\x0f \x01(\x0c\"\x88\x07\n\x0bMessageBody\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0bsender_node\x18\x03 \x01(\t\x12\x16\n\x0erecipient_node\x18\x04 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12%\n\x04kind\x18\x06 \x01(\x0e\x32\x17.linkage.v1.MessageKind\x12\x16\n\x0erouting_sha256\x18\x07 \x01(\x0c\x12\x10\n\x08share_id\x18\x08 \x01(\t\x12\x13\n\x0bin_reply_to\x18\t \x01(\t\x12)\n\x07sent_by\x18\x14 \x01(\x0b\x32\x18.linkage.v1.Practitioner\x12*\n\x07summary\x18\n \x01(\x0b\x32\x17.linkage.v1.RiskSummaryH\x00\x12,\n\nwithdrawal\x18\x0b \x01(\x0b\x32\x16.linkage.v1.WithdrawalH\x00\x12\x34\n\x0binvolvement\x18\x0c \x01(\x0b\x32\x1d.linkage.v1.InvolvementNoticeH\x00\x12\x39\n\x0e\x63losure_intent\x18\r \x01(\x0b\x32\x1f.linkage.v1.ClosureIntentNoticeH\x00\x12\x37\n\x10\x63losure_response\x18\x0e \x01(\x0b\x32\x1b.linkage.v1.ClosureResponseH\x00\x12\x33\n\x0e\x63losure_notice\x18\x0f \x01(\x0b\x32\x19.linkage.v1.ClosureNoticeH\x00\x12\x41\n\x15\x63larification_request\x18\x10 \x01(\x0b\x32 .linkage.v1.ClarificationRequestH\x00\x12\x43\n\x16\x63larification_response\x18\x11 \x01(\x0b\x32!.linkage.v1.ClarificationResponseH\x00\x12=\n\x13information_request\x18\x12 \x01(\x0b\x32\x1e.linkage.v1.InformationRequestH\x00\x12?\n\x14information_response\x18\x13 \x01(\x0b\x32\x1f.linkage.v1.InformationResponseH\x00\x12,\n\x04read\x18\x15 \x01(\x0b\x32\x1c.linkage.v1.ReadNotificationH\x00\x42\t\n\x07\x63ontent\"\xec\x01\n\x0bReceiptBody\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0bsender_node\x18\x02 \x01(\t\x12\x16\n\x0erecipient_node\x18\x03 \x01(\t\x12\x17\n\x0f\x65nvelope_sha256\x18\x04 \x01(\x0c\x12\x16\n\x0ereceived_at_ms\x18\x05 \x01(\x03\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.linkage.v1.ReceiptStatus\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x30\n\ncheckpoint\x18\x08 \x01(\x0b\x32\x1c.linkage.v1.SignedCheckpoint\"B\n\x07Receipt\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x16\n\x0esigning_key_id\x18\x03 \x01(\t*\x9a\x04\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_KIND_SUMMARY_SHARE\x10\x01\x12#\n\x1fMESSAGE_KIND_RISK_CHANGE_NOTICE\x10\x02\x12\"\n\x1eMESSAGE_KIND_HISTORICAL_UPDATE\x10\x03\x12\x1b\n\x17MESSAGE_KIND_CORRECTION\x10\x04\x12\x1b\n\x17MESSAGE_KIND_WITHDRAWAL\x10\x05\x12#\n\x1fMESSAGE_KIND_INVOLVEMENT_NOTICE\x10\x06\x12\x1f\n\x1bMESSAGE_KIND_CLOSURE_INTENT\x10\x07\x12!\n\x1dMESSAGE_KIND_CLOSURE_RESPONSE\x10\x08\x12\x1f\n\x1bMESSAGE_KIND_CLOSURE_NOTICE\x10\t\x12&\n\"MESSAGE_KIND_CLARIFICATION_REQUEST\x10\n\x12\'\n#MESSAGE_KIND_CLARIFICATION_RESPONSE\x10\x0b\x12$\n MESSAGE_KIND_INFORMATION_REQUEST\x10\x0c\x12%\n!MESSAGE_KIND_INFORMATION_RESPONSE\x10\r\x12\"\n\x1eMESSAGE_KIND_READ_NOTIFICATION\x10\x0e*i\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1b\n\x17RECEIPT_STATUS_REJECTED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'linkage.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGEKIND']._serialized_start=1680
-  _globals['_MESSAGEKIND']._serialized_end=2218
-  _globals['_RECEIPTSTATUS']._serialized_start=2220
-  _globals['_RECEIPTSTATUS']._serialized_end=2325
-  _globals['_ROUTINGHEADER']._serialized_start=123
-  _globals['_ROUTINGHEADER']._serialized_end=373
-  _globals['_ENVELOPE']._serialized_start=375
-  _globals['_ENVELOPE']._serialized_end=422
-  _globals['_SIGNEDMESSAGE']._serialized_start=424
-  _globals['_SIGNEDMESSAGE']._serialized_end=513
-  _globals['_MESSAGEBODY']._serialized_start=516
-  _globals['_MESSAGEBODY']._serialized_end=1420
-  _globals['_RECEIPTBODY']._serialized_start=1423
-  _globals['_RECEIPTBODY']._serialized_end=1609
-  _globals['_RECEIPT']._serialized_start=1611
-  _globals['_RECEIPT']._serialized_end=1677
+  _globals['_MESSAGEKIND']._serialized_start=1754
+  _globals['_MESSAGEKIND']._serialized_end=2292
+  _globals['_RECEIPTSTATUS']._serialized_start=2294
+  _globals['_RECEIPTSTATUS']._serialized_end=2399
+  _globals['_ROUTINGHEADER']._serialized_start=147
+  _globals['_ROUTINGHEADER']._serialized_end=397
+  _globals['_ENVELOPE']._serialized_start=399
+  _globals['_ENVELOPE']._serialized_end=446
+  _globals['_SIGNEDMESSAGE']._serialized_start=448
+  _globals['_SIGNEDMESSAGE']._serialized_end=537
+  _globals['_MESSAGEBODY']._serialized_start=540
+  _globals['_MESSAGEBODY']._serialized_end=1444
+  _globals['_RECEIPTBODY']._serialized_start=1447
+  _globals['_RECEIPTBODY']._serialized_end=1683
+  _globals['_RECEIPT']._serialized_start=1685
+  _globals['_RECEIPT']._serialized_end=1751
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from linkage.v1 import audit_pb2 as _audit_pb2
 from linkage.v1 import directory_pb2 as _directory_pb2
 from linkage.v1 import summary_pb2 as _summary_pb2
 from linkage.v1 import workflow_pb2 as _workflow_pb2
@@ -314,6 +315,7 @@ class ReceiptBody(_message.Message):
     RECEIVED_AT_MS_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     sender_node: _builtins.str
     """the original sender"""
@@ -324,6 +326,10 @@ class ReceiptBody(_message.Message):
     status: Global___ReceiptStatus.ValueType
     reason: _builtins.str
     """reason code when rejected"""
+    @_builtins.property
+    def checkpoint(self) -> _audit_pb2.SignedCheckpoint:
+        """the recipient's audit log, as it last signed it"""
+
     def __init__(
         self,
         *,
@@ -334,10 +340,11 @@ class ReceiptBody(_message.Message):
         received_at_ms: _builtins.int = ...,
         status: Global___ReceiptStatus.ValueType = ...,
         reason: _builtins.str = ...,
+        checkpoint: _audit_pb2.SignedCheckpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_sha256", b"envelope_sha256", "message_id", b"message_id", "reason", b"reason", "received_at_ms", b"received_at_ms", "recipient_node", b"recipient_node", "sender_node", b"sender_node", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "envelope_sha256", b"envelope_sha256", "message_id", b"message_id", "reason", b"reason", "received_at_ms", b"received_at_ms", "recipient_node", b"recipient_node", "sender_node", b"sender_node", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,6 +50,45 @@ SEND_STATUS_BUSY: SendStatus.ValueType  # 4
 Global___SendStatus: _TypeAlias = SendStatus  # noqa: Y015
 
 @_typing.final
+class LodgeCheckpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LODGED_FIELD_NUMBER: _builtins.int
+    lodged: _builtins.int
+    """how many checkpoints the gateway now holds for the node"""
+    def __init__(
+        self,
+        *,
+        lodged: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lodged", b"lodged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LodgeCheckpointResponse: _TypeAlias = LodgeCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class GetCheckpointsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCheckpointsRequest: _TypeAlias = GetCheckpointsRequest  # noqa: Y015
+
+@_typing.final
 class DiscoverInvolvementRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

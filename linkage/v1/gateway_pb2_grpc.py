@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from linkage.v1 import audit_pb2 as linkage_dot_v1_dot_audit__pb2
 from linkage.v1 import directory_pb2 as linkage_dot_v1_dot_directory__pb2
 from linkage.v1 import gateway_pb2 as linkage_dot_v1_dot_gateway__pb2
 
@@ -68,6 +69,16 @@ class GatewayStub:
                 request_serializer=linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementResponse.FromString,
                 _registered_method=True)
+        self.LodgeCheckpoint = channel.unary_unary(
+                '/linkage.v1.Gateway/LodgeCheckpoint',
+                request_serializer=linkage_dot_v1_dot_audit__pb2.SignedCheckpoint.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_gateway__pb2.LodgeCheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetCheckpoints = channel.unary_unary(
+                '/linkage.v1.Gateway/GetCheckpoints',
+                request_serializer=linkage_dot_v1_dot_gateway__pb2.GetCheckpointsRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_audit__pb2.CheckpointList.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -117,6 +128,21 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LodgeCheckpoint(self, request, context):
+        """Witness a node's signed audit checkpoint. A checkpoint smaller than one
+        already lodged is refused (FAILED_PRECONDITION) and kept as evidence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpoints(self, request, context):
+        """The checkpoints the calling node has lodged, for its IG officer's verifier.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +175,16 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.DiscoverInvolvement,
                     request_deserializer=linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementResponse.SerializeToString,
+            ),
+            'LodgeCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.LodgeCheckpoint,
+                    request_deserializer=linkage_dot_v1_dot_audit__pb2.SignedCheckpoint.FromString,
+                    response_serializer=linkage_dot_v1_dot_gateway__pb2.LodgeCheckpointResponse.SerializeToString,
+            ),
+            'GetCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoints,
+                    request_deserializer=linkage_dot_v1_dot_gateway__pb2.GetCheckpointsRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_audit__pb2.CheckpointList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +352,60 @@ class Gateway:
             '/linkage.v1.Gateway/DiscoverInvolvement',
             linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementRequest.SerializeToString,
             linkage_dot_v1_dot_gateway__pb2.DiscoverInvolvementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LodgeCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.Gateway/LodgeCheckpoint',
+            linkage_dot_v1_dot_audit__pb2.SignedCheckpoint.SerializeToString,
+            linkage_dot_v1_dot_gateway__pb2.LodgeCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.Gateway/GetCheckpoints',
+            linkage_dot_v1_dot_gateway__pb2.GetCheckpointsRequest.SerializeToString,
+            linkage_dot_v1_dot_audit__pb2.CheckpointList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from linkage.v1 import audit_pb2 as _audit_pb2
 from linkage.v1 import directory_pb2 as _directory_pb2
 from linkage.v1 import gateway_pb2 as _gateway_pb2
 import abc as _abc_1
@@ -50,6 +51,12 @@ class GatewayStub:
     """Involvement discovery: for each token, the other nodes subscribed to it.
     Answered only for tokens the caller is itself subscribed to.
     """
+    LodgeCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.SignedCheckpoint, _gateway_pb2.LodgeCheckpointResponse]
+    """Witness a node's signed audit checkpoint. A checkpoint smaller than one
+    already lodged is refused (FAILED_PRECONDITION) and kept as evidence.
+    """
+    GetCheckpoints: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointsRequest, _audit_pb2.CheckpointList]
+    """The checkpoints the calling node has lodged, for its IG officer's verifier."""
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -72,6 +79,12 @@ class GatewayAsyncStub(GatewayStub):
     """Involvement discovery: for each token, the other nodes subscribed to it.
     Answered only for tokens the caller is itself subscribed to.
     """
+    LodgeCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.SignedCheckpoint, _gateway_pb2.LodgeCheckpointResponse]  # type: ignore[assignment]
+    """Witness a node's signed audit checkpoint. A checkpoint smaller than one
+    already lodged is refused (FAILED_PRECONDITION) and kept as evidence.
+    """
+    GetCheckpoints: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointsRequest, _audit_pb2.CheckpointList]  # type: ignore[assignment]
+    """The checkpoints the calling node has lodged, for its IG officer's verifier."""
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The federation gateway. Every call is made over mTLS; the caller is the node
@@ -127,5 +140,23 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         """Involvement discovery: for each token, the other nodes subscribed to it.
         Answered only for tokens the caller is itself subscribed to.
         """
+
+    @_abc_1.abstractmethod
+    def LodgeCheckpoint(
+        self,
+        request: _audit_pb2.SignedCheckpoint,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.LodgeCheckpointResponse, _abc.Awaitable[_gateway_pb2.LodgeCheckpointResponse]]:
+        """Witness a node's signed audit checkpoint. A checkpoint smaller than one
+        already lodged is refused (FAILED_PRECONDITION) and kept as evidence.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCheckpoints(
+        self,
+        request: _gateway_pb2.GetCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.CheckpointList, _abc.Awaitable[_audit_pb2.CheckpointList]]:
+        """The checkpoints the calling node has lodged, for its IG officer's verifier."""
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,9 +17,10 @@ from typing import Any
 
 import aiosqlite
 
+from linkage.auditlog import GENESIS, AuditEntry, chain_hash, entry_leaf
 from linkage.clock import Clock
+from linkage.merkle import CompactRange
 from linkage.v1 import summary_pb2
-from node.store.audit import GENESIS, AuditEntry, chain_hash
 from node.store.schema import MIGRATIONS
 
 SYSTEM_ACTOR = {"id": "system", "name": "", "role": "system"}
@@ -44,6 +45,7 @@ class Tx:
         self.now_ms = store.clock.now_ms()
         self._seq = store._head_seq
         self._hash = store._head_hash
+        self._frontier = CompactRange(store.frontier.size, store.frontier.hashes)
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
         return await self.db.execute(sql, tuple(params))
@@ -79,6 +81,7 @@ class Tx:
         )
         canonical = entry.canonical()
         self._hash = chain_hash(self._hash, canonical)
+        self._frontier.append(entry_leaf(canonical))
         await self.db.execute(
             "INSERT INTO audit(seq, ts_ms, event, counterpart, entry, hash) VALUES (?, ?, ?, ?, ?, ?)",
             (self._seq, self.now_ms, event, counterpart, canonical, self._hash),
@@ -93,6 +96,8 @@ class Store:
         self._lock = asyncio.Lock()
         self._head_seq = 0
         self._head_hash = GENESIS
+        self.frontier = CompactRange()
+        self.appended = asyncio.Event()  # set when audit entries commit (for checkpoints)
 
     @classmethod
     async def open(cls, path: Path, clock: Clock) -> Store:
@@ -108,10 +113,22 @@ class Store:
                 row = await cur.fetchone()
             if row is not None:
                 store._head_seq, store._head_hash = int(row[0]), bytes(row[1])
+            store.frontier = await store._load_frontier()
         except BaseException:
             await db.close()
             raise
         return store
+
+    async def _load_frontier(self) -> CompactRange:
+        """The Merkle frontier as last committed; rebuilt from the entries if it lags."""
+        row = await self.fetchone("SELECT seq, frontier FROM audit_head WHERE id = 1")
+        frontier = CompactRange.from_bytes(bytes(row[1])) if row else CompactRange()
+        if frontier.size != self._head_seq:
+            frontier = CompactRange()
+            async with self.db.execute("SELECT entry FROM audit ORDER BY seq") as cursor:
+                async for (entry,) in cursor:
+                    frontier.append(entry_leaf(entry))
+        return frontier
 
     async def _migrate(self) -> None:
         async with self.db.execute("PRAGMA user_version") as cur:
@@ -140,11 +157,19 @@ class Store:
             tx = Tx(self)
             try:
                 yield tx
+                if tx._seq != self._head_seq:
+                    await self.db.execute(
+                        "INSERT INTO audit_head(id, seq, frontier) VALUES (1, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, frontier = excluded.frontier",
+                        (tx._seq, tx._frontier.to_bytes()),
+                    )
             except BaseException:
                 await self.db.execute("ROLLBACK")
                 raise
             await self.db.execute("COMMIT")
-            self._head_seq, self._head_hash = tx._seq, tx._hash
+            if tx._seq != self._head_seq:
+                self._head_seq, self._head_hash, self.frontier = tx._seq, tx._hash, tx._frontier
+                self.appended.set()
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         async with self.db.execute(sql, tuple(params)) as cur:

@@ -143,4 +143,13 @@ MIGRATIONS: tuple[str, ...] = (
       PRIMARY KEY (closure_id, node_id)
     ) WITHOUT ROWID;
     """,
+    # 3: the audit log's Merkle frontier (RFC 9162 compact range), kept with each
+    # commit so checkpoints need no rescan; retention bookkeeping.
+    """
+    CREATE TABLE audit_head(
+      id INTEGER PRIMARY KEY CHECK (id = 1),
+      seq INTEGER NOT NULL,
+      frontier BLOB NOT NULL
+    );
+    """,
 )

@@ -1,0 +1,67 @@
+"""The gateway's one SQLite file: subscriptions, witnessed checkpoints and the
+metadata log. Never content, never identifiers. One writer at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS subscriptions(
+  token BLOB NOT NULL,
+  node_id TEXT NOT NULL,
+  PRIMARY KEY (token, node_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints(
+  node_id TEXT NOT NULL,
+  tree_size INTEGER NOT NULL,
+  root BLOB NOT NULL,
+  at_ms INTEGER NOT NULL,
+  signed BLOB NOT NULL,
+  PRIMARY KEY (node_id, tree_size, root)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metalog(
+  seq INTEGER PRIMARY KEY,
+  ts_ms INTEGER NOT NULL,
+  event TEXT NOT NULL,
+  counterpart TEXT NOT NULL,
+  entry TEXT NOT NULL,
+  hash BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS metalog_append_only_update BEFORE UPDATE ON metalog
+  BEGIN SELECT RAISE(ABORT, 'the metadata log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS metalog_append_only_delete BEFORE DELETE ON metalog
+  BEGIN SELECT RAISE(ABORT, 'the metadata log is append-only'); END;
+"""
+
+
+class GatewayDb:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> GatewayDb:
+        db = await aiosqlite.connect(path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.executescript(SCHEMA)
+        return cls(db)
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    async def close(self) -> None:
+        await self.db.close()

@@ -1,0 +1,70 @@
+"""Signed checkpoints of this node's audit log, lodged outside it: with the gateway
+(a witness) every so often, and inside every receipt this node signs for a peer.
+A log rewritten as a whole, hashes and all, then no longer matches what others hold."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+
+from linkage import logs
+from linkage.auditlog import sign_checkpoint
+from linkage.clock import Clock
+from linkage.keys import MessageKeys
+from linkage.v1 import audit_pb2
+from node.link import GatewayLink
+from node.store import Store
+
+LODGE_EVERY_ENTRIES = 256
+LODGE_EVERY_S = 30.0
+log = logs.get("node.checkpoints")
+
+
+class Checkpointer:
+    def __init__(self, store: Store, link: GatewayLink, keys: MessageKeys, node_id: str, clock: Clock) -> None:
+        self.store = store
+        self.link = link
+        self.keys = keys
+        self.node_id = node_id
+        self.clock = clock
+        self.lodged_size = 0
+        self._latest: audit_pb2.SignedCheckpoint | None = None
+        self._latest_size = -1
+
+    def latest(self) -> audit_pb2.SignedCheckpoint:
+        """A checkpoint of the log as it stands (re-signed only when the log has grown)."""
+        frontier = self.store.frontier
+        if self._latest is None or self._latest_size != frontier.size:
+            self._latest = sign_checkpoint(
+                self.keys.signing, self.keys.key_id, self.node_id, frontier.size, frontier.root(), self.clock.now_ms()
+            )
+            self._latest_size = frontier.size
+        return self._latest
+
+    async def lodge(self) -> bool:
+        signed = self.latest()
+        if self._latest_size <= self.lodged_size:
+            return True
+        try:
+            await self.link.lodge_checkpoint(signed)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("checkpoint.not_lodged", code=exc.code().name, size=self._latest_size)
+            return False
+        self.lodged_size = self._latest_size
+        log.info("checkpoint.lodged", size=self.lodged_size)
+        return True
+
+    async def run(self) -> None:
+        """Lodge after every LODGE_EVERY_ENTRIES entries, or LODGE_EVERY_S after the first unlodged one."""
+        last = self.clock.now_ms()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.store.appended.wait(), LODGE_EVERY_S)
+            self.store.appended.clear()
+            grown = self.store.frontier.size - self.lodged_size
+            due = grown > 0 and self.clock.now_ms() - last >= LODGE_EVERY_S * 1000
+            if (grown >= LODGE_EVERY_ENTRIES or due) and self.link.connected.is_set():
+                await self.lodge()
+                last = self.clock.now_ms()
