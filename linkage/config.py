@@ -179,6 +179,7 @@ class NodeConfig:
     tls: TlsFiles
     delivery: DeliverySettings = DeliverySettings()
     policy: PolicyFiles = PolicyFiles()
+    retention_days: int = 0  # received summaries kept this long; 0 keeps them (the audit log is never purged)
 
     @property
     def store_path(self) -> Path:
@@ -200,6 +201,7 @@ class NodeConfig:
             tls=_tls(r),
             delivery=_delivery(r),
             policy=_policy(r),
+            retention_days=int(r.get("retention", "summaries_days", 0)),
         )
         r.done()
         return config

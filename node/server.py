@@ -20,6 +20,7 @@ from linkage.reasons import Rejected
 from linkage.tokens import LinkageKey
 from linkage.transport import LINK_HEALTH_SERVICE, SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, node_api_pb2, node_api_pb2_grpc
+from node import retention
 from node.api import NodeApiService
 from node.cases import Cases
 from node.checkpoints import Checkpointer
@@ -66,9 +67,13 @@ class NodeServer:
         """Before each stream: take a newer directory, then re-assert every subscription."""
         assert self.link is not None
         signed = await self.link.fetch_directory(self.trust.version)
+        held = self.trust.version
         try:
             view = self.trust.accept(signed, self.clock.now_ms())
             log.info("directory.loaded", version=view.version, source="gateway")
+            if view.version != held and self.store is not None:
+                async with self.store.tx() as tx:
+                    await tx.audit("directory.accepted", detail={"version": view.version, "previous": held})
         except Rejected as exc:
             log.warning("directory.refused", reason=exc.reason.value, source="gateway")
         await self.cases.reassert_subscriptions()
@@ -127,6 +132,17 @@ class NodeServer:
         self.sharing = Sharing(self.ctx)
         self.inbox = Inbox(self.ctx)
         requests = Requests(self.ctx, self.cases, self.sharing)
+        async with self.store.tx() as tx:  # key and configuration changes are audited too
+            await tx.audit(
+                "node.started",
+                detail={
+                    "schema": self.store.schema_version,
+                    "key_id": keys.key_id,
+                    "directory_version": self.trust.version,
+                    "agreement": self.ctx.policy.agreement.version,
+                    "codelists": self.ctx.policy.codes.version,
+                },
+            )
         row = await self.store.fetchone("SELECT MAX(seq) FROM inbox")
         self.feed.last_seq = int(row[0] or 0)
 
@@ -154,6 +170,7 @@ class NodeServer:
             asyncio.create_task(self.outbox.run()),
             asyncio.create_task(self.cases.run_resubscriber()),
             asyncio.create_task(self.checkpoints.run()),
+            asyncio.create_task(retention.run(self.store, self.clock, config.retention_days)),
         ]
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from linkage import __version__
-from linkage.cli import node_client
+from linkage.cli import audit, node_client
 from linkage.clock import SystemClock
 
 Handler = Callable[[argparse.Namespace], int]
@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     node_client.register(commands)
     node_client.register_casework(commands)
+    audit.register(commands)
 
     p = commands.add_parser("demo", help="run a local federation and play a Think-Family story")
     p.add_argument("--keep", type=Path, default=None, help="use this folder and keep it (default: a temp folder)")

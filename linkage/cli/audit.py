@@ -1,0 +1,463 @@
+"""`linkage audit ...`: the information governance officer's tools. They read a
+node's store directly (read-only), so they work on a copy or a backup too."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import csv
+import datetime as dt
+import html
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from linkage.auditlog import open_checkpoint, verify_chain, verify_log
+from linkage.config import GatewayConfig, NodeConfig, load_directory_key
+from linkage.directory import DirectoryView, verify_directory
+from linkage.reasons import Rejected
+from linkage.tokens import IdentifierError, LinkageKey
+from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, summary_pb2
+
+PLAIN = {
+    "share.decision": "Decision whether to share",
+    "message.queued": "Summary queued for an agency",
+    "message.sent": "Sent through the gateway",
+    "message.delivered": "Delivered (signed receipt)",
+    "message.undeliverable": "Could not be delivered",
+    "message.received": "Received from an agency",
+    "message.rejected": "Refused on arrival",
+    "message.read": "Opened (sender told)",
+    "message.silent_read": "Opened silently (reason recorded)",
+    "message.read_by_recipient": "Opened by the recipient",
+    "case.opened": "Case opened",
+    "case.person_added": "Person added to a case",
+    "case.person_removed": "Person removed from a case",
+    "case.closed": "Case closed",
+    "assessment.recorded": "Assessment recorded",
+    "involvement.discovered": "Asked which agencies are involved",
+    "involvement.notice": "Told an agency joined or left",
+    "summary.withdrawn": "Summary withdrawn",
+    "summary.withdrawn_by_sender": "Summary withdrawn by its sender",
+    "closure.proposed": "Closure proposed to other agencies",
+    "closure.responded": "Answered a closure proposal",
+    "closure.reply_received": "Answer to our closure proposal",
+    "clarification.asked": "Clarification asked",
+    "clarification.answered": "Clarification answered",
+    "request.sent": "Information requested",
+    "subscription.added": "Linked at the gateway",
+    "subscription.removed": "Unlinked at the gateway",
+    "retention.purged": "Summaries past retention purged",
+}
+
+
+def _db(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise SystemExit(f"linkage: no store at {path}")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def _directory(config: NodeConfig | GatewayConfig) -> DirectoryView:
+    """The federation directory, signature checked; expiry is no reason to ignore history."""
+    signed = directory_pb2.SignedDirectory.FromString(config.federation.directory.read_bytes())
+    body = directory_pb2.Directory.FromString(signed.directory)
+    return verify_directory(
+        signed,
+        load_directory_key(config.federation.directory_public_key),
+        config.federation.federation_id,
+        body.issued_at_ms,
+    )
+
+
+def _rows(db: sqlite3.Connection, table: str = "audit") -> Iterator[tuple[int, str, bytes]]:
+    yield from db.execute(f"SELECT seq, entry, hash FROM {table} ORDER BY seq")
+
+
+# -- verify ---------------------------------------------------------------------------
+
+
+def _read_checkpoints(paths: list[Path]) -> list[audit_pb2.SignedCheckpoint]:
+    found = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                found.append(audit_pb2.SignedCheckpoint.FromString(base64.b64decode(json.loads(line)["signed"])))
+    return found
+
+
+def _from_gateway(config: NodeConfig) -> list[audit_pb2.SignedCheckpoint]:
+    import grpc
+
+    from linkage.transport import secure_channel
+    from linkage.v1 import gateway_pb2, gateway_pb2_grpc
+
+    async def fetch() -> list[audit_pb2.SignedCheckpoint]:
+        async with secure_channel(config.gateway_address, config.tls, config.gateway_server_name) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            answer = await stub.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id=config.node_id), timeout=10)
+            return list(answer.checkpoints)
+
+    try:
+        return asyncio.run(fetch())
+    except grpc.aio.AioRpcError as exc:
+        raise SystemExit(f"linkage: cannot fetch checkpoints from the gateway: {exc.code().name}") from None
+
+
+def verify(args: argparse.Namespace) -> int:
+    if args.gateway_config:
+        gw = GatewayConfig.load(args.gateway_config)
+        with closing(_db(gw.data_dir / "gateway.sqlite")) as db:
+            result = verify_chain(_rows(db, "metalog"))
+        print(("OK" if result.ok else "FAILED") + f": gateway metadata log, {result.entries} entries checked")
+        if not result.ok:
+            print(f"  first bad entry: {result.first_bad_seq}: {result.problem}")
+        return 0 if result.ok else 1
+    config = NodeConfig.load(args.config)
+    directory = _directory(config)
+    signed = _read_checkpoints(args.checkpoints) + (_from_gateway(config) if args.from_gateway else [])
+    checkpoints = []
+    for item in signed:
+        try:
+            checkpoint = open_checkpoint(item, directory)
+        except Rejected as exc:
+            print(f"  ignored a checkpoint: {exc}")
+            continue
+        if checkpoint.node_id == config.node_id:
+            checkpoints.append(checkpoint)
+    with closing(_db(config.store_path)) as db:
+        report = verify_log(_rows(db), checkpoints)
+    if report.ok:
+        print(f"OK: {report.entries} entries; root {report.root.hex()}")
+        print(
+            f"  consistent with {len(report.confirmed)} of {len(checkpoints)} lodged checkpoints"
+            + (f" (largest {max(report.confirmed)} entries)" if report.confirmed else "")
+        )
+        return 0
+    print(f"FAILED: {report.entries} entries; first bad entry: {report.first_bad_seq}")
+    for problem in report.problems:
+        print(f"  {problem}")
+    return 1
+
+
+def checkpoints_held(args: argparse.Namespace) -> int:
+    """Checkpoints of another node's log that this node holds in its receipts."""
+    config = NodeConfig.load(args.config)
+    with closing(_db(config.store_path)) as db, args.out.open("w") as out:
+        count = 0
+        for (receipt,) in db.execute(
+            "SELECT receipt FROM outbox WHERE receipt IS NOT NULL AND recipient = ?", (args.of,)
+        ):
+            body = envelope_pb2.ReceiptBody.FromString(envelope_pb2.Receipt.FromString(receipt).body)
+            if body.HasField("checkpoint"):
+                out.write(json.dumps({"signed": base64.b64encode(body.checkpoint.SerializeToString()).decode()}) + "\n")
+                count += 1
+    print(f"wrote {count} checkpoints of {args.of}'s audit log to {args.out}")
+    return 0
+
+
+# -- list, export, report --------------------------------------------------------------
+
+
+def _token(config: NodeConfig, person: str) -> str:
+    scheme, _, value = person.partition(":")
+    try:
+        return LinkageKey.load(config.linkage_key).token(scheme, value).hex()
+    except IdentifierError as exc:
+        raise SystemExit(f"linkage: --person: {exc}") from None
+
+
+def _millis(text: str | None) -> int | None:
+    if not text:
+        return None
+    when = dt.datetime.fromisoformat(text)
+    return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp() * 1000)
+
+
+def _entries(args: argparse.Namespace, config: NodeConfig) -> list[dict[str, Any]]:
+    token = _token(config, args.person) if getattr(args, "person", None) else getattr(args, "token", None)
+    since, until = _millis(getattr(args, "since", None)), _millis(getattr(args, "until", None))
+    out = []
+    with closing(_db(config.store_path)) as db:
+        for _, entry, _ in _rows(db):
+            e = json.loads(entry)
+            if token and token not in e["tokens"]:
+                continue
+            if (since is not None and e["ts_ms"] < since) or (until is not None and e["ts_ms"] > until):
+                continue
+            if getattr(args, "event", None) and not e["event"].startswith(args.event):
+                continue
+            if getattr(args, "counterpart", None) and args.counterpart not in e["counterpart"].split(","):
+                continue
+            if getattr(args, "decision", None) and args.decision.upper() not in e["decision"].upper():
+                continue
+            out.append(e)
+    return out
+
+
+def _when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def audit_list(args: argparse.Namespace) -> int:
+    config = NodeConfig.load(args.config)
+    for e in _entries(args, config):
+        if args.json:
+            print(json.dumps(e, sort_keys=True))
+            continue
+        who = e["actor"].get("role") or e["actor"].get("id")
+        print(
+            f"{e['seq']:>6} {_when(e['ts_ms'])} {e['event']:<26} {who:<24} {e['counterpart'] or '-':<12} "
+            f"{e['decision'] or ''} {e['rationale'][:60]}"
+        )
+    return 0
+
+
+COLUMNS = [
+    "seq",
+    "ts_ms",
+    "time",
+    "event",
+    "actor_id",
+    "actor_name",
+    "actor_role",
+    "counterpart",
+    "summary_id",
+    "message_id",
+    "decision",
+    "lawful_ground",
+    "rationale",
+    "tokens",
+    "detail",
+]
+
+
+def _flat(e: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "seq": e["seq"],
+        "ts_ms": e["ts_ms"],
+        "time": _when(e["ts_ms"]),
+        "event": e["event"],
+        "actor_id": e["actor"].get("id", ""),
+        "actor_name": e["actor"].get("name", ""),
+        "actor_role": e["actor"].get("role", ""),
+        "counterpart": e["counterpart"],
+        "summary_id": e["summary_id"],
+        "message_id": e["message_id"],
+        "decision": e["decision"],
+        "lawful_ground": e["lawful_ground"],
+        "rationale": e["rationale"],
+        "tokens": " ".join(e["tokens"]),
+        "detail": json.dumps(e["detail"], sort_keys=True),
+    }
+
+
+def export(args: argparse.Namespace) -> int:
+    config = NodeConfig.load(args.config)
+    entries = _entries(args, config)
+    with args.out.open("w", newline="") as out:
+        if args.format == "csv":
+            writer = csv.DictWriter(out, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(_flat(e) for e in entries)
+        else:
+            for e in entries:
+                out.write(json.dumps(e, sort_keys=True) + "\n")
+    print(f"exported {len(entries)} entries to {args.out} ({args.format})")
+    return 0
+
+
+def _received(db: sqlite3.Connection, message_id: str) -> summary_pb2.RiskSummary | None:
+    row = db.execute("SELECT signed FROM inbox WHERE message_id = ?", (message_id,)).fetchone()
+    if row is None:
+        return None
+    body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(row[0]).body)
+    return body.summary if body.HasField("summary") else body.information_response.summary
+
+
+def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
+    """Everything shared or received about one person: what, with whom, when, why, on what ground."""
+    directory = _directory(config)
+    token = _token(config, person)
+    rows = []
+    with closing(_db(config.store_path)) as db:
+        for _, entry, _ in _rows(db):
+            e = json.loads(entry)
+            if token not in e["tokens"]:
+                continue
+            what = PLAIN.get(e["event"], e["event"])
+            detail = e["detail"]
+            counterparts = [c for c in e["counterpart"].split(",") if c]
+            if e["event"] == "share.decision":
+                parts = [
+                    f"{_agency(directory, r['node'])}: {', '.join(r['data_categories']) or 'nothing'}"
+                    + (f" (withheld: {'; '.join(r['withheld'])})" if r["withheld"] else "")
+                    for r in detail.get("recipients", [])
+                ]
+                what += " - " + ("; ".join(parts) if parts else "nothing sent")
+                counterparts = [r["node"] for r in detail.get("recipients", [])]
+            elif e["event"] == "message.received":
+                summary = _received(db, e["message_id"])
+                if summary is not None:
+                    categories = ", ".join(sorted({i.category for i in summary.risk_items}))
+                    what += f' - "{summary.headline}" ({categories or detail.get("kind", "")})'
+            rows.append(
+                {
+                    "when": _when(e["ts_ms"]),
+                    "what": what,
+                    "with": ", ".join(_agency(directory, c) for c in counterparts) or "-",
+                    "by": f"{e['actor'].get('name') or e['actor'].get('id')} ({e['actor'].get('role')})",
+                    "why": e["rationale"] or "-",
+                    "ground": e["lawful_ground"] or e["decision"] or "-",
+                }
+            )
+    return rows
+
+
+def _agency(directory: DirectoryView, node_id: str) -> str:
+    entry = directory.nodes.get(node_id)
+    return entry.agency_name if entry else node_id
+
+
+def _html(config: NodeConfig, person: str, rows: list[dict[str, str]]) -> str:
+    me = _directory(config).nodes.get(config.node_id)
+    title = f"Subject access report: {me.agency_name if me else config.node_id}"
+    cells = "\n".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(r[k])}</td>" for k in ("when", "what", "with", "by", "why", "ground"))
+        + "</tr>"
+        for r in rows
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #1b1b1b; }}
+h1 {{ font-size: 1.4rem; }} table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ border: 1px solid #bbb; padding: .4rem .6rem; text-align: left; vertical-align: top; font-size: .9rem; }}
+th {{ background: #eef2f5; }} .note {{ color: #555; font-size: .85rem; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="note">Everything this node shared or received about the person identified as
+{html.escape(person.split(":", 1)[0])} number ending {html.escape(person[-4:])}: what, with whom, when, why and on
+what ground. {len(rows)} entries, generated {_when(int(dt.datetime.now(dt.UTC).timestamp() * 1000))} UTC from the
+node's audit log.</p>
+<table id="entries"><thead><tr><th>When (UTC)</th><th>What</th><th>With</th><th>By</th><th>Why</th>
+<th>Ground</th></tr></thead>
+<tbody>
+{cells}
+</tbody></table></body></html>
+"""
+
+
+def report(args: argparse.Namespace) -> int:
+    config = NodeConfig.load(args.config)
+    rows = report_rows(config, args.person)
+    if args.html:
+        args.html.write_text(_html(config, args.person, rows))
+        print(f"wrote {len(rows)} entries to {args.html}")
+        return 0
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(
+            f"{r['when']}  {r['what']}\n    with: {r['with']}; by: {r['by']}\n    why: {r['why']}\n"
+            f"    ground: {r['ground']}"
+        )
+    return 0
+
+
+# -- cross-check ------------------------------------------------------------------------
+
+
+def cross_check(args: argparse.Namespace) -> int:
+    """Compare what a node says it sent and had delivered with the gateway's metadata log."""
+    config = NodeConfig.load(args.config)
+    with closing(_db(config.store_path)) as db:
+        outbox = {
+            m: (r, s, rc) for m, r, s, rc in db.execute("SELECT message_id, recipient, state, receipt FROM outbox")
+        }
+    with closing(_db(args.gateway_db)) as db:
+        forwarded = {}
+        for (entry,) in db.execute("SELECT entry FROM metalog WHERE event = 'envelope.forwarded'"):
+            e = json.loads(entry)
+            if e["actor"]["id"] == config.node_id:
+                forwarded[e["message_id"]] = e["counterpart"]
+    problems = []
+    for message_id, (recipient, state, receipt) in sorted(outbox.items()):
+        if state in ("sent", "delivered") and message_id not in forwarded:
+            problems.append(f"{message_id}: the node says {state}, the gateway has no record of forwarding it")
+        if message_id in forwarded and forwarded[message_id] != recipient:
+            problems.append(f"{message_id}: forwarded to {forwarded[message_id]}, addressed to {recipient}")
+        if state == "delivered" and receipt is None:
+            problems.append(f"{message_id}: delivered without a stored receipt")
+    for message_id in sorted(set(forwarded) - set(outbox)):
+        problems.append(f"{message_id}: the gateway forwarded it from this node, the node has no record of it")
+    if problems:
+        print(f"DISAGREE: {len(problems)} problems")
+        for p in problems:
+            print(f"  {p}")
+        return 1
+    print(f"AGREE: {len(outbox)} outgoing messages, {len(forwarded)} forwarded by the gateway")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    audit = commands.add_parser("audit", help="information governance: verify, list, export and report the audit log")
+    sub = audit.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+    p = sub.add_parser("verify", help="check the audit log has not been edited, cut or rewritten")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="the node's node.toml")
+    where.add_argument("--gateway-config", type=Path, help="verify the gateway's metadata log instead")
+    p.add_argument(
+        "--checkpoints",
+        type=Path,
+        action="append",
+        default=[],
+        help="checkpoint file(s) held by others (see 'audit checkpoints')",
+    )
+    p.add_argument("--from-gateway", action="store_true", help="also fetch the checkpoints lodged with the gateway")
+    p.set_defaults(handler=verify)
+
+    p = sub.add_parser("checkpoints", help="export the checkpoints of another node's log held in this node's receipts")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--of", required=True, help="the node whose checkpoints to export")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=checkpoints_held)
+
+    def filters(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--config", type=Path, required=True, help="the node's node.toml")
+        q.add_argument("--since", help="ISO time, e.g. 2026-11-01")
+        q.add_argument("--until", help="ISO time")
+        q.add_argument("--person", help="an identifier, e.g. nhs:9434765919 (turned into its link token)")
+        q.add_argument("--token", help="a link token (hex)")
+        q.add_argument("--event", help="event kind or prefix, e.g. share. or message.received")
+        q.add_argument("--counterpart", help="the other agency's node id")
+        q.add_argument("--decision", help="e.g. NOT_SHARED")
+
+    p = sub.add_parser("list", help="list audit entries, filtered")
+    filters(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=audit_list)
+
+    p = sub.add_parser("export", help="export audit entries to CSV or JSON lines")
+    filters(p)
+    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=export)
+
+    p = sub.add_parser("report", help="everything shared or received about one person (subject access)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--person", required=True, help="e.g. nhs:9434765919")
+    p.add_argument("--html", type=Path, help="write a self-contained HTML report here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=report)
+
+    p = sub.add_parser("cross-check", help="compare the node's log with the gateway's metadata log")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--gateway-db", type=Path, required=True, help="a copy of the gateway's gateway.sqlite")
+    p.set_defaults(handler=cross_check)

@@ -1,0 +1,44 @@
+"""Retention: received summaries and the bodies of delivered messages are kept for the
+configured time, then purged. A purge is itself audited. The audit log is kept by
+its own rule: it is never purged here (its entries hold no summary content)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from linkage import logs
+from linkage.clock import Clock
+from node.store import Store
+
+DAY_MS = 86_400_000
+log = logs.get("node.retention")
+
+
+async def purge(store: Store, clock: Clock, keep_days: int) -> dict[str, int]:
+    """Delete what is older than `keep_days`; 0 keeps everything."""
+    if keep_days <= 0:
+        return {}
+    cutoff = clock.now_ms() - keep_days * DAY_MS
+    async with store.tx() as tx:
+        await tx.execute(
+            "DELETE FROM inbox_tokens WHERE inbox_seq IN (SELECT seq FROM inbox WHERE received_at_ms < ?)", (cutoff,)
+        )
+        inbox = (await tx.execute("DELETE FROM inbox WHERE received_at_ms < ?", (cutoff,))).rowcount
+        sent = (
+            await tx.execute(
+                "UPDATE outbox SET envelope = x'' WHERE created_at_ms < ? AND state IN ('delivered', 'undeliverable') "
+                "AND length(envelope) > 0",
+                (cutoff,),
+            )
+        ).rowcount
+        counts = {"received": inbox, "sent_bodies": sent}
+        if inbox or sent:
+            await tx.audit("retention.purged", detail={**counts, "keep_days": keep_days, "before_ms": cutoff})
+    log.info("retention.purged", **counts)
+    return counts
+
+
+async def run(store: Store, clock: Clock, keep_days: int) -> None:
+    while True:
+        await purge(store, clock, keep_days)
+        await asyncio.sleep(DAY_MS / 1000)
