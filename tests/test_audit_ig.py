@@ -1,0 +1,289 @@
+"""Information governance: the audit log an IG officer verifies, lists, exports and reports
+from, with each tamper pattern detected; the gateway's metadata log and the cross-check."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from linkage import stories
+from linkage.auditlog import GENESIS, chain_hash
+from linkage.v1 import envelope_pb2 as env
+from linkage.v1 import node_api_pb2, summary_pb2
+from tests.harness import PRACTITIONER, LocalFederation, make_federation, next_item, running, wait_delivered
+from tests.test_federation import share_think_family
+
+PARENT = f"nhs:{stories.PARENT_NHS}"
+
+
+def linkage(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "linkage", *args], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> LocalFederation:
+    """The Think-Family share delivered, a decision not to share, checkpoints lodged; then stopped."""
+    import asyncio
+
+    from linkage.clock import SystemClock
+
+    federation = make_federation(tmp_path_factory.mktemp("ig"), SystemClock())
+
+    async def play() -> None:
+        async with running(federation) as cluster:
+            await share_think_family(cluster)
+            await wait_delivered(cluster.nodes["amh"], 2)
+            await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+            store = cluster.nodes["amh"].store
+            assert store is not None
+            assessment_id = (await store.fetchone("SELECT assessment_id FROM assessments"))[0]
+            await cluster.api("amh").ShareSummary(
+                node_api_pb2.ShareSummaryRequest(
+                    actor=PRACTITIONER,
+                    assessment_id=assessment_id,
+                    decision=summary_pb2.ShareDecision(
+                        outcome=summary_pb2.DECISION_OUTCOME_NOT_SHARED,
+                        rationale="Nothing new since yesterday's summary.",
+                    ),
+                )
+            )
+            assert await cluster.nodes["amh"].checkpoints.lodge()
+
+    asyncio.run(play())
+    return federation
+
+
+def config(federation: LocalFederation, node: str) -> str:
+    return str(federation.node_configs[node].data_dir / "node.toml")
+
+
+def witnessed(federation: LocalFederation, node: str, out: Path) -> Path:
+    """The checkpoints the gateway holds for a node, as an IG officer would export them."""
+    with sqlite3.connect(federation.gateway_config.data_dir / "gateway.sqlite") as db:
+        rows = db.execute("SELECT signed FROM checkpoints WHERE node_id = ?", (node,)).fetchall()
+    assert rows, "the node lodged no checkpoint"
+    out.write_text("".join(json.dumps({"signed": base64.b64encode(r[0]).decode()}) + "\n" for r in rows))
+    return out
+
+
+def test_verify_passes_on_an_untouched_log(scenario: LocalFederation, tmp_path: Path) -> None:
+    checkpoints = witnessed(scenario, "amh", tmp_path / "cp.jsonl")
+    result = linkage("audit", "verify", "--config", config(scenario, "amh"), "--checkpoints", str(checkpoints))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK:" in result.stdout and "consistent with 1 of 1 lodged checkpoints" in result.stdout
+
+
+def _copy_node(federation: LocalFederation, node: str, tmp_path: Path) -> Path:
+    """A copy of the node's folder to tamper with (the original stays intact)."""
+    target = tmp_path / node
+    shutil.copytree(federation.node_configs[node].data_dir, target, ignore=shutil.ignore_patterns("api.sock"))
+    return target
+
+
+def _rechain(db: sqlite3.Connection) -> None:
+    """What a capable insider does after rewriting: recompute every hash."""
+    prev = GENESIS
+    for seq, entry in db.execute("SELECT seq, entry FROM audit ORDER BY seq").fetchall():
+        prev = chain_hash(prev, entry)
+        db.execute("UPDATE audit SET hash = ? WHERE seq = ?", (prev, seq))
+
+
+def _edit(db: sqlite3.Connection) -> None:
+    db.execute(
+        "UPDATE audit SET entry = replace(entry, 'NOT_SHARED', 'SHARED') WHERE event = 'share.decision' "
+        "AND entry LIKE '%NOT_SHARED%'"
+    )
+
+
+def _insert(db: sqlite3.Connection) -> None:
+    for (seq,) in db.execute("SELECT seq FROM audit WHERE seq >= 3 ORDER BY seq DESC").fetchall():
+        db.execute("UPDATE audit SET seq = seq + 1 WHERE seq = ?", (seq,))
+    entry, digest = db.execute("SELECT entry, hash FROM audit WHERE seq = 2").fetchone()
+    db.execute(
+        "INSERT INTO audit(seq, ts_ms, event, counterpart, entry, hash) VALUES (3, 0, 'x', '', ?, ?)", (entry, digest)
+    )
+
+
+def _reorder(db: sqlite3.Connection) -> None:
+    a = db.execute("SELECT entry, hash FROM audit WHERE seq = 3").fetchone()
+    b = db.execute("SELECT entry, hash FROM audit WHERE seq = 4").fetchone()
+    db.execute("UPDATE audit SET entry = ?, hash = ? WHERE seq = 3", b)
+    db.execute("UPDATE audit SET entry = ?, hash = ? WHERE seq = 4", a)
+
+
+def _truncate(db: sqlite3.Connection) -> None:
+    last = db.execute("SELECT MAX(seq) FROM audit").fetchone()[0]
+    db.execute("DELETE FROM audit WHERE seq > ?", (last - 2,))
+
+
+def _rewrite(db: sqlite3.Connection) -> None:
+    db.execute("UPDATE audit SET entry = replace(entry, 'Alex Example', 'Someone Else')")
+    _rechain(db)
+
+
+TAMPERS: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
+    "edit": (_edit, "was changed"),
+    "delete": (lambda db: db.execute("DELETE FROM audit WHERE seq = 3"), "first bad entry: 3"),
+    "insert": (_insert, "first bad entry: 3"),
+    "reorder": (_reorder, "first bad entry: 3"),
+    "truncate": (_truncate, "were removed"),
+    "rewrite": (_rewrite, "differ from the checkpoint"),
+}
+
+
+@pytest.mark.parametrize("kind", list(TAMPERS))
+def test_every_tamper_pattern_is_detected(scenario: LocalFederation, tmp_path: Path, kind: str) -> None:
+    checkpoints = witnessed(scenario, "amh", tmp_path / "cp.jsonl")
+    folder = _copy_node(scenario, "amh", tmp_path)
+    with sqlite3.connect(folder / "store.sqlite") as db:
+        db.execute("DROP TRIGGER audit_append_only_update")
+        db.execute("DROP TRIGGER audit_append_only_delete")
+        tamper, expected = TAMPERS[kind]
+        tamper(db)
+    result = linkage("audit", "verify", "--config", str(folder / "node.toml"), "--checkpoints", str(checkpoints))
+    assert result.returncode == 1, result.stdout
+    assert "FAILED" in result.stdout and expected in result.stdout, result.stdout
+    if kind == "rewrite":  # the chain alone cannot see it; only the lodged checkpoint can
+        alone = linkage("audit", "verify", "--config", str(folder / "node.toml"))
+        assert alone.returncode == 0
+
+
+def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tmp_path: Path) -> None:
+    listed = linkage("audit", "list", "--config", config(scenario, "amh"), "--person", PARENT, "--json")
+    assert listed.returncode == 0, listed.stderr
+    entries = [json.loads(line) for line in listed.stdout.splitlines()]
+    decisions = [e for e in entries if e["event"] == "share.decision"]
+    assert [e["decision"] for e in decisions] == ["DECISION_OUTCOME_SHARED_PARTIAL", "DECISION_OUTCOME_NOT_SHARED"]
+    not_shared = linkage("audit", "list", "--config", config(scenario, "amh"), "--decision", "NOT_SHARED", "--json")
+    assert [json.loads(x)["rationale"] for x in not_shared.stdout.splitlines()] == [
+        "Nothing new since yesterday's summary."
+    ]
+    to_school = linkage(
+        "audit", "list", "--config", config(scenario, "amh"), "--counterpart", "school", "--event", "message.", "--json"
+    )
+    assert {json.loads(x)["event"] for x in to_school.stdout.splitlines()} >= {"message.queued", "message.delivered"}
+
+    out = tmp_path / "audit.csv"
+    assert (
+        linkage(
+            "audit",
+            "export",
+            "--config",
+            config(scenario, "amh"),
+            "--person",
+            PARENT,
+            "--format",
+            "csv",
+            "--out",
+            str(out),
+        ).returncode
+        == 0
+    )
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(entries)
+    assert rows[0]["actor_name"] == PRACTITIONER.name
+    jsonl = tmp_path / "audit.jsonl"
+    assert (
+        linkage(
+            "audit", "export", "--config", config(scenario, "amh"), "--format", "jsonl", "--out", str(jsonl)
+        ).returncode
+        == 0
+    )
+    assert all(json.loads(line)["seq"] for line in jsonl.read_text().splitlines())
+
+    report = linkage("audit", "report", "--config", config(scenario, "amh"), "--person", PARENT, "--json")
+    rows_r = json.loads(report.stdout)
+    shared = next(r for r in rows_r if r["what"].startswith("Decision whether to share - Children"))
+    assert shared["with"] == "Children's Social Care, Oak Primary School"
+    assert "withheld: risk item 2 (SUBSTANCE_MISUSE): relevance to SCHOOL not stated" in shared["what"]
+    assert shared["ground"] == "A6_1_E,A9_2_G,SCH1_P18,CHILD_AT_RISK"
+    assert shared["why"].startswith("A change in the parent's treatment")
+    received = json.loads(
+        linkage("audit", "report", "--config", config(scenario, "csc"), "--person", PARENT, "--json").stdout
+    )
+    got = next(r for r in received if r["what"].startswith("Received from an agency"))
+    assert '"Parent has stopped prescribed medication' in got["what"] and got["with"] == "Adult Mental Health Trust"
+
+
+def test_html_report_renders_in_a_real_browser(scenario: LocalFederation, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (see .ci/run)")
+        pytest.skip("Debian's chromium is not installed here")
+    page = tmp_path / "report.html"
+    assert (
+        linkage(
+            "audit", "report", "--config", config(scenario, "amh"), "--person", PARENT, "--html", str(page)
+        ).returncode
+        == 0
+    )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "<h1>Subject access report: Adult Mental Health Trust</h1>" in dom
+    assert "Decision whether to share" in dom and "Children's Social Care, Oak Primary School" in dom
+    assert dom.count("<tr>") >= 5
+    assert stories.PARENT_NHS not in dom  # the report names the person only by the end of the number
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert shot.stat().st_size > 10_000  # a page was painted
+
+
+def test_checkpoints_travel_in_receipts_and_vouch_for_the_peer(scenario: LocalFederation, tmp_path: Path) -> None:
+    held = tmp_path / "csc-checkpoints.jsonl"
+    result = linkage("audit", "checkpoints", "--config", config(scenario, "amh"), "--of", "csc", "--out", str(held))
+    assert result.returncode == 0 and "wrote 1 checkpoints of csc's audit log" in result.stdout
+    verified = linkage("audit", "verify", "--config", config(scenario, "csc"), "--checkpoints", str(held))
+    assert verified.returncode == 0 and "consistent with 1 of 1" in verified.stdout
+
+
+def test_gateway_metadata_log_verifies_and_cross_check_agrees(scenario: LocalFederation, tmp_path: Path) -> None:
+    gateway_toml = scenario.gateway_config.data_dir / "gateway.toml"
+    result = linkage("audit", "verify", "--gateway-config", str(gateway_toml))
+    assert result.returncode == 0 and "OK: gateway metadata log" in result.stdout
+    gateway_db = scenario.gateway_config.data_dir / "gateway.sqlite"
+    with sqlite3.connect(gateway_db) as db:
+        entries = [json.loads(r[0]) for r in db.execute("SELECT entry FROM metalog")]
+    forwarded = [e for e in entries if e["event"] == "envelope.forwarded"]
+    assert len(forwarded) >= 2 and all(e["detail"]["size"] > 0 for e in forwarded)
+    agree = linkage("audit", "cross-check", "--config", config(scenario, "amh"), "--gateway-db", str(gateway_db))
+    assert agree.returncode == 0 and "AGREE" in agree.stdout, agree.stdout
+
+    copy = tmp_path / "gateway.sqlite"
+    shutil.copy(gateway_db, copy)
+    with sqlite3.connect(copy) as db:
+        db.execute("DROP TRIGGER metalog_append_only_delete")
+        db.execute(
+            "DELETE FROM metalog WHERE seq = (SELECT MIN(seq) FROM metalog WHERE event = "
+            "'envelope.forwarded' AND entry LIKE '%\"id\":\"amh\"%')"
+        )
+    disagree = linkage("audit", "cross-check", "--config", config(scenario, "amh"), "--gateway-db", str(copy))
+    assert disagree.returncode == 1 and "the gateway has no record of forwarding it" in disagree.stdout

@@ -1,0 +1,143 @@
+"""No personal data in operational logs: canary personal data planted in identifiers,
+summaries and every free-text field, every workflow run at debug level, and none of
+it in any log line or in any file of the gateway."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from pathlib import Path
+
+from linkage import logs, stories
+from linkage.clock import ManualClock
+from linkage.v1 import envelope_pb2 as env
+from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
+from node import retention
+from node.store import Store
+from tests.harness import LocalFederation, next_item, running, wait_delivered
+
+CANARY = "CANARY-7d41e2"
+
+
+async def test_no_canary_in_any_log_or_gateway_file(federation: LocalFederation) -> None:
+    captured = io.StringIO()
+    logs.configure("debug", stream=captured)
+    person = node_api_pb2.PersonIdentifier(
+        scheme="la-csc", value=f"{CANARY}-ID", role_in_risk="AT_RISK", person_type="CHILD", relationship="child"
+    )
+    actor = summary_pb2.Practitioner(id="p-9", name=f"{CANARY} Practitioner", role="Social worker")
+    try:
+        async with running(federation) as cluster:
+            family = [*stories.think_family_people(), person]
+            opened = {}
+            for node in ("amh", "csc", "school"):
+                opened[node] = await cluster.api(node).OpenCase(
+                    node_api_pb2.OpenCaseRequest(actor=actor, case_ref=f"{CANARY}-{node}", people=family)
+                )
+            parent, child, other = (p.link_token for p in opened["amh"].people)
+            assessment = stories.parent_risk_change(parent, child)
+            assessment.headline = f"{CANARY} headline"
+            assessment.risk_items[0].narrative = f"{CANARY} narrative"
+            recorded = await cluster.api("amh").RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(actor=actor, case_id=opened["amh"].case_id, assessment=assessment)
+            )
+            decision = stories.override_decision()
+            decision.rationale = f"{CANARY} rationale"
+            shared = await cluster.api("amh").ShareSummary(
+                node_api_pb2.ShareSummaryRequest(actor=actor, assessment_id=recorded.assessment_id, decision=decision)
+            )
+            await wait_delivered(cluster.nodes["amh"], len(shared.recipients))
+            item = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+            await cluster.api("csc").OpenReceived(
+                node_api_pb2.OpenReceivedRequest(actor=actor, message_id=item.message_id)
+            )
+            await cluster.api("csc").AskClarification(
+                node_api_pb2.AskClarificationRequest(
+                    actor=actor, about_message_id=item.message_id, question=f"{CANARY} question"
+                )
+            )
+            await cluster.api("csc").RequestInformation(
+                node_api_pb2.RequestInformationRequest(
+                    actor=actor,
+                    case_id=opened["csc"].case_id,
+                    purpose=f"{CANARY} purpose",
+                    what=f"{CANARY} what",
+                    lawful_basis=summary_pb2.LawfulBasis(art6=["A6_1_E"]),
+                )
+            )
+            request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
+            await cluster.api("amh").RespondToInformationRequest(
+                node_api_pb2.InformationReplyRequest(
+                    actor=actor,
+                    request_message_id=request.message_id,
+                    answer=workflow_pb2.INFORMATION_ANSWER_DECLINED,
+                    decision=summary_pb2.ShareDecision(rationale=f"{CANARY} decline"),
+                )
+            )
+            await cluster.api("csc").DiscoverInvolvement(
+                node_api_pb2.CaseRequest(actor=actor, case_id=opened["csc"].case_id)
+            )
+            respond_by = dt.date.today() + dt.timedelta(days=7)
+            await cluster.api("amh").ProposeClosure(
+                node_api_pb2.ProposeClosureRequest(
+                    actor=actor,
+                    case_id=opened["amh"].case_id,
+                    note=f"{CANARY} closure",
+                    intent=summary_pb2.ClosureIntent(intent="PLANNED_CLOSURE"),
+                    respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
+                )
+            )
+            intent = await next_item(cluster, "school", env.MESSAGE_KIND_CLOSURE_INTENT)
+            await cluster.api("school").RespondToClosure(
+                node_api_pb2.RespondToClosureRequest(
+                    actor=actor,
+                    intent_message_id=intent.message_id,
+                    answer=workflow_pb2.CLOSURE_ANSWER_OBJECT,
+                    reason=f"{CANARY} objection",
+                )
+            )
+            await cluster.api("amh").WithdrawSummary(
+                node_api_pb2.WithdrawSummaryRequest(
+                    actor=actor, summary_id=item.summary.summary_id, reason=f"{CANARY} withdrawal"
+                )
+            )
+            await cluster.api("school").RemovePerson(
+                node_api_pb2.RemovePersonRequest(actor=actor, case_id=opened["school"].case_id, link_token=other)
+            )
+            await next_item(cluster, "school", env.MESSAGE_KIND_WITHDRAWAL)
+            assert await cluster.nodes["amh"].checkpoints.lodge()
+    finally:
+        logs.configure("info")
+    text = captured.getvalue()
+    assert '"level": "debug"' in text or '"level": "info"' in text
+    assert "envelope.forwarded" in text and "share" in text
+    secrets = [CANARY, stories.PARENT_NHS, stories.CHILD_NHS]
+    for secret in secrets:
+        assert secret not in text, f"{secret} in an operational log"
+    for path in federation.gateway_config.data_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in data, f"{secret} in {path}"
+
+
+async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = await Store.open(tmp_path / "s.sqlite", clock)
+    try:
+        async with store.tx() as tx:
+            await tx.execute(
+                "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed) "
+                "VALUES ('amh', 'm1', x'00', ?, 1, 's', x'00')",
+                (tx.now_ms,),
+            )
+            await tx.audit("message.received")
+        assert await retention.purge(store, clock, keep_days=30) == {"received": 0, "sent_bodies": 0}
+        clock.advance(31 * retention.DAY_MS)
+        assert await retention.purge(store, clock, keep_days=30) == {"received": 1, "sent_bodies": 0}
+        assert (await store.fetchone("SELECT COUNT(*) FROM inbox"))[0] == 0
+        events = [r[0] for r in await store.fetchall("SELECT event FROM audit ORDER BY seq")]
+        assert events == ["message.received", "retention.purged"]  # the audit log itself is kept
+        assert await retention.purge(store, clock, keep_days=0) == {}
+    finally:
+        await store.close()
