@@ -121,6 +121,10 @@ def _reorder(db: sqlite3.Connection) -> None:
     db.execute("UPDATE audit SET entry = ?, hash = ? WHERE seq = 4", a)
 
 
+def _delete(db: sqlite3.Connection) -> None:
+    db.execute("DELETE FROM audit WHERE seq = 3")
+
+
 def _truncate(db: sqlite3.Connection) -> None:
     last = db.execute("SELECT MAX(seq) FROM audit").fetchone()[0]
     db.execute("DELETE FROM audit WHERE seq > ?", (last - 2,))
@@ -133,7 +137,7 @@ def _rewrite(db: sqlite3.Connection) -> None:
 
 TAMPERS: dict[str, tuple[Callable[[sqlite3.Connection], None], str]] = {
     "edit": (_edit, "was changed"),
-    "delete": (lambda db: db.execute("DELETE FROM audit WHERE seq = 3"), "first bad entry: 3"),
+    "delete": (_delete, "first bad entry: 3"),
     "insert": (_insert, "first bad entry: 3"),
     "reorder": (_reorder, "first bad entry: 3"),
     "truncate": (_truncate, "were removed"),
