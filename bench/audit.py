@@ -1,0 +1,81 @@
+"""Audit-log figures: `verify` over a large log and a filtered `list`, against a
+baseline measured in the same run (hashing the same bytes with nothing else)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from linkage.auditlog import GENESIS, AuditEntry, chain_hash, verify_log
+
+
+def build(path: Path, entries: int) -> None:
+    """A synthetic audit log of `entries` rows, written as a node writes them."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE audit(seq INTEGER PRIMARY KEY, ts_ms INTEGER, event TEXT, counterpart TEXT, "
+            "entry TEXT, hash BLOB)"
+        )
+        prev = GENESIS
+        rows = []
+        for seq in range(1, entries + 1):
+            entry = AuditEntry(
+                seq=seq,
+                ts_ms=1_767_225_600_000 + seq,
+                event="message.delivered" if seq % 3 else "share.decision",
+                actor={"id": "p-1", "name": "", "role": "Social worker"},
+                tokens=[f"{seq % 997:064x}"],
+                message_id=f"m-{seq}",
+                counterpart="csc" if seq % 2 else "school",
+                decision="DECISION_OUTCOME_SHARED",
+            ).canonical()
+            prev = chain_hash(prev, entry)
+            rows.append((seq, 0, "e", "", entry, prev))
+            if len(rows) == 50_000:
+                db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?)", rows)
+                rows.clear()
+        db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def measure(entries: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "audit.sqlite"
+        build(path, entries)
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT seq, entry, hash FROM audit ORDER BY seq").fetchall()
+            started = time.perf_counter()
+            for _, entry, _ in rows:  # baseline: one SHA-256 per entry, nothing else
+                hashlib.sha256(entry.encode()).digest()
+            baseline = time.perf_counter() - started
+            started = time.perf_counter()
+            report = verify_log(db.execute("SELECT seq, entry, hash FROM audit ORDER BY seq"), [])
+            verify = time.perf_counter() - started
+            assert report.ok and report.entries == entries
+            started = time.perf_counter()
+            token = f"{42:064x}"
+            listed = sum(
+                1
+                for (entry,) in db.execute("SELECT entry FROM audit ORDER BY seq")
+                if token in entry and json.loads(entry)["counterpart"] == "csc"
+            )
+            filtered = time.perf_counter() - started
+    return {
+        "entries": entries,
+        "verify_per_s": entries / verify,
+        "baseline_sha256_per_s": entries / baseline,
+        "ratio": baseline / verify,
+        "list_filtered_per_s": entries / filtered,
+        "listed": listed,
+    }
+
+
+if __name__ == "__main__":
+    import sys
+
+    result = measure(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+    for key, value in result.items():
+        print(f"{key} {value:,.0f}" if key != "ratio" else f"{key} {value:.3f}")
