@@ -22,11 +22,13 @@ from linkage import logs
 from linkage.clock import Clock, SystemClock
 from linkage.config import GatewayConfig, load_directory_key
 from linkage.directory import TrustedDirectory
+from linkage.reasons import Rejected
 from linkage.transport import SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 log = logs.get("gateway")
+DIRECTORY_CHECK_S = 5.0
 
 
 class GatewayServer:
@@ -42,14 +44,47 @@ class GatewayServer:
         self._index: SubscriptionIndex | None = None
         self._db: GatewayDb | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._directory_mtime = 0
+        self._serving = True
         self.port = 0
 
     def load_directory(self) -> None:
         signed = directory_pb2.SignedDirectory.FromString(self.config.federation.directory.read_bytes())
         view = self.trust.accept(signed, self.clock.now_ms())
         log.info("directory.loaded", version=view.version, nodes=len(view.nodes))
+        for node_id, entry in view.nodes.items():  # a revoked node's open stream ends now
+            session = self.sessions.get(node_id)
+            if entry.status != directory_pb2.NODE_STATUS_ACTIVE and session is not None:
+                session.close((grpc.StatusCode.PERMISSION_DENIED, f"node {node_id!r} is revoked"))
+
+    async def check_directory(self) -> None:
+        """Take a newer directory file if there is one; fail closed when the held one has expired."""
+        path = self.config.federation.directory
+        if path.exists() and path.stat().st_mtime_ns != self._directory_mtime:
+            self._directory_mtime = path.stat().st_mtime_ns
+            try:
+                self.load_directory()
+            except Rejected as exc:
+                log.warning("directory.refused", reason=exc.reason.value)
+        serving = True
+        try:
+            self.trust.current(self.clock.now_ms())
+        except Rejected as exc:
+            log.error("directory.expired", reason=exc.reason.value)
+            serving = False
+        if serving != self._serving and self._server is not None:
+            self._serving = serving
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, status)
+
+    async def _watch_directory(self) -> None:
+        while True:
+            await asyncio.sleep(DIRECTORY_CHECK_S)
+            await self.check_directory()
 
     async def start(self) -> int:
+        self._directory_mtime = self.config.federation.directory.stat().st_mtime_ns
         self.load_directory()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._db = await GatewayDb.open(self.config.data_dir / "gateway.sqlite")
@@ -65,6 +100,7 @@ class GatewayServer:
             RateLimits(limits.envelopes_per_second, limits.envelope_burst, self.clock),
             Witness(self._db),
             self.metalog,
+            RateLimits(limits.control_per_second, limits.control_burst, self.clock),
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -75,7 +111,7 @@ class GatewayServer:
         self.port = server.add_secure_port(self.config.listen, self.config.tls.server_credentials())
         await server.start()
         self._server = server
-        self._tasks = [asyncio.create_task(self.metalog.run())]
+        self._tasks = [asyncio.create_task(self.metalog.run()), asyncio.create_task(self._watch_directory())]
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("gateway.started", port=self.port, subscriptions=len(self._index))
@@ -104,6 +140,7 @@ async def serve(config: GatewayConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(server.check_directory()))
     print(f"linkage gateway {config.gateway_id} listening on port {server.port}", flush=True)
     await stop.wait()
     await server.stop()

@@ -47,6 +47,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         limits: RateLimits,
         witness: Witness,
         metalog: MetaLog,
+        control: RateLimits,
     ) -> None:
         self.authz = authz
         self.index = index
@@ -54,6 +55,18 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.limits = limits
         self.witness = witness
         self.metalog = metalog
+        self.control = control
+
+    def _control_call(self, context: Context, claimed_node: str, what: str) -> str:
+        """Authorise a control-plane call and charge it to the node's rate limit."""
+        node_id = self.authz.claimed(context, claimed_node)
+        if not self.control.allow(node_id):
+            self.metalog.record("rate_limited", node_id, outcome=what)
+            raise Denied(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many {what} calls from this node; slow down and retry",
+            )
+        return node_id
 
     def _note(
         self,
@@ -74,7 +87,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
     async def Subscribe(self, request: gateway_pb2.SubscribeRequest, context: Context) -> gateway_pb2.SubscribeResponse:
         try:
-            node_id = self.authz.claimed(context, request.node_id)
+            node_id = self._control_call(context, request.node_id, "subscribe")
             tokens = list(request.link_tokens)
             _check_tokens(tokens, MAX_TOKENS_PER_CALL)
         except Denied as denied:
@@ -88,7 +101,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.UnsubscribeRequest, context: Context
     ) -> gateway_pb2.UnsubscribeResponse:
         try:
-            node_id = self.authz.claimed(context, request.node_id)
+            node_id = self._control_call(context, request.node_id, "unsubscribe")
             tokens = list(request.link_tokens)
             _check_tokens(tokens, MAX_TOKENS_PER_CALL)
         except Denied as denied:
@@ -102,7 +115,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.ResolveRecipientsRequest, context: Context
     ) -> gateway_pb2.ResolveRecipientsResponse:
         try:
-            node_id = self.authz.claimed(context, request.node_id)
+            node_id = self._control_call(context, request.node_id, "resolve")
             tokens = list(request.link_tokens)
             _check_tokens(tokens, MAX_TOKENS_PER_MESSAGE)
             # Only a node involved with the family may learn who else is.
@@ -126,7 +139,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.DiscoverInvolvementRequest, context: Context
     ) -> gateway_pb2.DiscoverInvolvementResponse:
         try:
-            node_id = self.authz.claimed(context, request.node_id)
+            node_id = self._control_call(context, request.node_id, "discovery")
             tokens = list(request.link_tokens)
             _check_tokens(tokens, MAX_TOKENS_PER_MESSAGE)
             # Only an agency involved with the family may learn who else is: a node

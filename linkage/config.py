@@ -127,6 +127,8 @@ class GatewayLimits:
     envelope_burst: int = 4_000
     recipient_queue: int = 4_096  # frames waiting for one connected node
     max_concurrent_rpcs: int = 512
+    control_per_second: float = 50.0  # subscribe, resolve, discovery: per node, so nobody can enumerate families
+    control_burst: int = 500
 
 
 def _limits(r: _Reader) -> GatewayLimits:
@@ -136,6 +138,8 @@ def _limits(r: _Reader) -> GatewayLimits:
         envelope_burst=int(r.get("limits", "envelope_burst", d.envelope_burst)),
         recipient_queue=int(r.get("limits", "recipient_queue", d.recipient_queue)),
         max_concurrent_rpcs=int(r.get("limits", "max_concurrent_rpcs", d.max_concurrent_rpcs)),
+        control_per_second=float(r.get("limits", "control_per_second", d.control_per_second)),
+        control_burst=int(r.get("limits", "control_burst", d.control_burst)),
     )
 
 

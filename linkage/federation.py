@@ -215,6 +215,16 @@ ca = "tls/ca.pem"
     return config
 
 
+def revoke_node(fed: Federation, node_id: str) -> None:
+    """Mark a node revoked for the next published directory (its certificate and keys stop working)."""
+    path = fed.entries / f"{node_id}.pb"
+    if not path.exists():
+        raise FederationError(f"node {node_id!r} is not enrolled")
+    entry = pb.NodeEntry.FromString(path.read_bytes())
+    entry.status = pb.NODE_STATUS_REVOKED
+    path.write_bytes(entry.SerializeToString())
+
+
 def publish_directory(
     fed: Federation, now_ms: int, validity_days: int = 7, copy_to: tuple[Path, ...] = ()
 ) -> pb.Directory:

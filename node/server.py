@@ -36,6 +36,7 @@ from node.sharing import Sharing
 from node.store import Store
 
 SERVICE_NAME = node_api_pb2.DESCRIPTOR.services_by_name["NodeApi"].full_name
+DIRECTORY_CHECK_S = 300.0
 log = logs.get("node")
 
 
@@ -77,6 +78,27 @@ class NodeServer:
         except Rejected as exc:
             log.warning("directory.refused", reason=exc.reason.value, source="gateway")
         await self.cases.reassert_subscriptions()
+
+    async def check_directory(self) -> None:
+        """Take a newer directory from the gateway; fail closed (NOT_SERVING) once ours has expired."""
+        if self.link is not None and self.link.connected.is_set():
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                signed = await self.link.fetch_directory(self.trust.version)
+                with contextlib.suppress(Rejected):
+                    self.trust.accept(signed, self.clock.now_ms())
+        try:
+            self.trust.current(self.clock.now_ms())
+            status = health_pb2.HealthCheckResponse.SERVING
+        except Rejected as exc:
+            log.error("directory.expired", reason=exc.reason.value)
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _watch_directory(self) -> None:
+        while True:
+            await asyncio.sleep(DIRECTORY_CHECK_S)
+            await self.check_directory()
 
     async def _on_link_state(self, up: bool) -> None:
         if up:
@@ -170,6 +192,7 @@ class NodeServer:
             asyncio.create_task(self.outbox.run()),
             asyncio.create_task(self.cases.run_resubscriber()),
             asyncio.create_task(self.checkpoints.run()),
+            asyncio.create_task(self._watch_directory()),
             asyncio.create_task(retention.run(self.store, self.clock, config.retention_days)),
         ]
         for name in ("", SERVICE_NAME):

@@ -146,6 +146,8 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
         _both(_set("s.risk_items.0.category", "OTHER"), _set("s.risk_items.0.subcategory", "")),
     ),
     ("approval_required", _set("d.approved_by", None), lambda s, d: None),
+    ("text_too_long", _set("s.risk_items.0.narrative", "x" * 2001), _set("s.risk_items.0.narrative", "x" * 2000)),
+    ("text_too_long", _set("s.headline", "x" * 301), _set("s.headline", "Short and plain.")),
     (
         "not_informed_reason_missing",
         _set("d.subject_informed", "NOT_INFORMED_OTHER"),
@@ -198,3 +200,12 @@ def test_plain_language_warnings(text: str, expected: set[str]) -> None:
     found = codes(result) & {"unexplained_acronym", "jargon"}
     assert found == expected
     assert result.outcome == pb.DECISION_OUTCOME_SHARED  # warnings never stop a share
+
+
+def test_a_share_goes_to_at_most_fifty_agencies() -> None:
+    from node.policy import RecipientInfo
+
+    many = [RecipientInfo(f"n{i}", "POLICE") for i in range(51)]
+    result = run(request(recipients=many))
+    assert "too_many_recipients" in codes(result)
+    assert result.outcome == pb.DECISION_OUTCOME_NOT_SHARED

@@ -53,6 +53,14 @@ def _federation_enrol_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federation_revoke(args: argparse.Namespace) -> int:
+    from linkage.federation import Federation, revoke_node
+
+    revoke_node(Federation.open(args.dir), args.node_id)
+    print(f"node {args.node_id} revoked; run 'linkage federation publish' to take it out of the federation")
+    return 0
+
+
 def _federation_publish(args: argparse.Namespace) -> int:
     from linkage.federation import Federation, publish_directory
 
@@ -127,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the gateway's bundle")
     p.add_argument("--listen", default="127.0.0.1:7443", help="host:port to listen on")
     p.set_defaults(handler=_federation_enrol_gateway)
+
+    p = fed_cmds.add_parser("revoke", help="revoke a node (takes effect with the next published directory)")
+    p.add_argument("--dir", type=Path, required=True, help="the federation folder")
+    p.add_argument("--node-id", required=True)
+    p.set_defaults(handler=_federation_revoke)
 
     p = fed_cmds.add_parser("publish", help="sign and write a new directory version")
     p.add_argument("--dir", type=Path, required=True, help="the federation folder")

@@ -12,6 +12,7 @@ from node.policy.glossary import Glossary
 from node.policy.minimise import Payload, payload_for
 from node.policy.rules import consent_absent, decision_rules, summary_rules
 
+MAX_RECIPIENTS = 50
 PRACTITIONER_OUTCOMES = (pb.DECISION_OUTCOME_NOT_SHARED, pb.DECISION_OUTCOME_DEFERRED)
 
 
@@ -101,6 +102,10 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
     findings += decision_rules(request.decision, context.codes, request.sender_agency_type)
     findings += summary_rules(request.assessment, context.codes)
     findings += _plain_language(request, context.glossary)
+    if len(request.recipients) > MAX_RECIPIENTS:
+        findings.append(
+            Finding("too_many_recipients", f"A share goes to at most {MAX_RECIPIENTS} agencies; check the family link.")
+        )
     if not request.recipients:
         findings.append(
             Finding("no_recipients", "No other agency is linked to this family yet; nothing was sent.", "warning")

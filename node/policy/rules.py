@@ -166,9 +166,31 @@ def item_rules(item: pb.RiskItem, n: int, codes: CodeLists) -> Iterator[Finding]
             yield from _level_rules(level, item, codes, where, current)
 
 
+MAX_TEXT = 2_000  # characters in any free-text field: a summary, not the record
+MAX_HEADLINE = 300
+MAX_ITEMS = 50
+
+
+def _texts(summary: pb.RiskSummary) -> Iterator[tuple[str, str, int]]:
+    yield "headline", summary.headline, MAX_HEADLINE
+    yield "strengths", summary.strengths, MAX_TEXT
+    yield "child's wishes and feelings", summary.voice.child_wishes_feelings, MAX_TEXT
+    yield "adult's views and wishes", summary.voice.adult_views_wishes, MAX_TEXT
+    for n, item in enumerate(summary.risk_items, start=1):
+        yield f"risk item {n} narrative", item.narrative, MAX_TEXT
+        yield f"risk item {n} relevance", item.relevance, MAX_TEXT
+    for n, factor in enumerate(summary.protective_factors, start=1):
+        yield f"protective factor {n}", factor.text, MAX_TEXT
+
+
 def summary_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding]:
     if not summary.risk_items:
         yield Finding("no_risk_items", "A summary needs at least one risk item.")
+    if len(summary.risk_items) > MAX_ITEMS:
+        yield Finding("too_many_items", f"A summary holds at most {MAX_ITEMS} risk items; share what is necessary.")
+    for where, text, limit in _texts(summary):
+        if len(text) > limit:
+            yield Finding("text_too_long", f"The {where} is {len(text)} characters; keep it under {limit}.")
     for n, person in enumerate(summary.people, start=1):
         yield from _code(codes, "role_in_risk", person.role_in_risk, f"Person {n}")
         yield from _code(codes, "person_type", person.person_type, f"Person {n}")
