@@ -281,6 +281,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self._ack(session, "", "", gateway_pb2.SEND_STATUS_REJECTED, exc.reason.value)
             return
         message_id, recipient = routing.message_id, routing.recipient_node
+        if not routing.sender_node:
+            self._note("envelope.rejected", sender, message_id=message_id, outcome=Reason.MALFORMED.value, warning=True)
+            self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_REJECTED, Reason.MALFORMED.value)
+            return
         if routing.sender_node != sender:
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED,

@@ -1,0 +1,219 @@
+"""The attack suite (reference/security_reliability.md §5.2): each control proven by a test.
+THREATS.md maps every threat to its control and to the tests here and elsewhere."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.message import DecodeError
+
+from linkage.clock import ManualClock
+from linkage.config import GatewayLimits
+from linkage.envelope import open_envelope
+from linkage.federation import publish_directory, revoke_node
+from linkage.reasons import Reason, Rejected
+from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
+from tests.crypto_fixtures import NOW, make_keyring
+from tests.harness import LocalFederation, make_federation, running, wait_delivered
+from tests.test_delivery import family_assessment, share
+
+TOKEN = bytes([5]) * 32
+
+
+async def test_s1_a_thousand_bit_flips_are_all_rejected_and_audited(tmp_path: Path) -> None:
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    async with running(federation, clock=clock) as cluster:
+        await share(cluster, await family_assessment(cluster))
+        amh, csc = cluster.nodes["amh"], cluster.nodes["csc"]
+        await wait_delivered(amh, 1)
+        assert amh.store is not None and csc.store is not None
+        good = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox"))[0])
+        before_inbox = (await csc.store.fetchone("SELECT COUNT(*) FROM inbox"))[0]
+        before_rejects = (await csc.store.fetchone("SELECT COUNT(*) FROM audit WHERE event = 'message.rejected'"))[0]
+        rng = random.Random(1)
+        for _ in range(1000):
+            field = rng.choice(["routing", "ciphertext"])
+            data = bytearray(getattr(good, field))
+            bit = rng.randrange(len(data) * 8)
+            data[bit // 8] ^= 1 << (bit % 8)
+            bad = envelope_pb2.Envelope()
+            bad.CopyFrom(good)
+            setattr(bad, field, bytes(data))
+            await csc.reception.on_envelope(bad)
+        assert (await csc.store.fetchone("SELECT COUNT(*) FROM inbox"))[0] == before_inbox
+        rejects = await csc.store.fetchall("SELECT entry FROM audit WHERE event = 'message.rejected'")
+        assert len(rejects) - before_rejects == 1000
+        reasons = {r[0].split('"reason":"')[1].split('"')[0] for r in rejects[before_rejects:]}
+        assert reasons <= {r.value for r in Reason}
+        assert Reason.DECRYPT_FAILED.value in reasons
+
+
+async def test_s5_revoked_node_is_refused_on_its_already_open_connection(federation: LocalFederation) -> None:
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        channel = cluster.gateway_channel("csc")  # opened, and used, before the revocation
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="csc", link_tokens=[TOKEN]))
+        revoke_node(federation.fed, "csc")
+        publish_directory(federation.fed, ManualClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
+        await cluster.gateway.check_directory()
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="csc", link_tokens=[TOKEN]))
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "revoked" in (raised.value.details() or "")
+        assert cluster.gateway.sessions.get("csc") is None or cluster.gateway.sessions.get("csc").error  # type: ignore[union-attr]
+
+
+async def test_r15_expired_directory_fails_closed_until_a_fresh_one_arrives(tmp_path: Path) -> None:
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh",))
+    async with running(federation, clock=clock) as cluster:
+        stub = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("amh"))
+        clock.advance(8 * 86_400_000)
+        await cluster.gateway.check_directory()
+        health = await cluster.gateway.health.Check(
+            __import__("grpc_health.v1.health_pb2", fromlist=["x"]).HealthCheckRequest(service=""),
+            None,  # type: ignore[arg-type]
+        )
+        assert health.status == 2  # NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]))
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "expired" in (raised.value.details() or "")
+        publish_directory(federation.fed, clock.now_ms(), copy_to=(federation.gateway_config.data_dir,))
+        await cluster.gateway.check_directory()
+        await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]))
+
+
+async def test_s8_oversized_message_is_refused_at_the_transport(federation: LocalFederation) -> None:
+    async with running(federation, nodes=()) as cluster:
+        tls = federation.node_configs["amh"].tls
+        # A client that does not keep our limit: the gateway's own limit must hold.
+        channel = grpc.aio.secure_channel(
+            f"127.0.0.1:{cluster.gateway.port}",
+            tls.channel_credentials(),
+            options=[("grpc.ssl_target_name_override", "gateway"), ("grpc.max_send_message_length", 1 << 22)],
+        )
+        cluster._channels.append(channel)
+        call = gateway_pb2_grpc.GatewayStub(channel).Connect()
+        await call.write(gateway_pb2.NodeFrame(send=envelope_pb2.Envelope(routing=b"x", ciphertext=bytes(300_000))))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call.read()
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_s9_a_hundred_thousand_malformed_inputs_give_only_clean_refusals() -> None:
+    ring = make_keyring(("a", "b"))
+    original = ring.seal("a", "b").envelope
+    good = original.SerializeToString()
+    rng = random.Random(9)
+    parsed = 0
+    for n in range(100_000):
+        if n % 2:
+            data = rng.randbytes(rng.randrange(0, 200))
+        else:
+            mutated = bytearray(good)
+            for _ in range(rng.randrange(1, 8)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            data = bytes(mutated)
+        try:
+            envelope = envelope_pb2.Envelope.FromString(data)
+        except DecodeError:
+            continue
+        if (envelope.routing, envelope.ciphertext) == (original.routing, original.ciphertext):
+            continue  # the mutation left the message itself unchanged
+        parsed += 1
+        with pytest.raises(Rejected):
+            open_envelope(envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+    assert parsed > 1000  # many parse "successfully"; validation refuses them all
+
+
+async def test_s9_five_thousand_malformed_envelopes_through_the_live_gateway(federation: LocalFederation) -> None:
+    async with running(federation, nodes=("csc",)) as cluster:
+        stub = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("amh"))
+        call = stub.Connect()
+        rng = random.Random(5)
+        sent = 0
+        while sent < 5_000:
+            if rng.random() < 0.5:
+                routing = rng.randbytes(rng.randrange(60))
+            else:
+                routing = envelope_pb2.RoutingHeader(
+                    sender_node="amh",
+                    recipient_node=rng.choice(["csc", "nobody", ""]),
+                    message_id=rng.randbytes(8).hex(),
+                    link_tokens=[rng.randbytes(rng.randrange(40))],
+                ).SerializeToString() + rng.randbytes(rng.randrange(4))
+            try:  # a header naming another sender is spoofing, which ends the stream (test S7)
+                if envelope_pb2.RoutingHeader.FromString(routing).sender_node not in ("", "amh"):
+                    continue
+            except DecodeError:
+                pass
+            frame = gateway_pb2.NodeFrame(send=envelope_pb2.Envelope(routing=routing, ciphertext=rng.randbytes(40)))
+            await call.write(frame)
+            sent += 1
+        acks = 0
+        while acks < 5_000:
+            answer = await call.read()
+            assert isinstance(answer, gateway_pb2.GatewayFrame)
+            if answer.WhichOneof("frame") == "send_ack":
+                assert answer.send_ack.status == gateway_pb2.SEND_STATUS_REJECTED
+                acks += 1
+        call.cancel()
+        # The gateway is unharmed: it still routes real traffic.
+        await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]))
+
+
+def test_s10_the_gateway_holds_no_key_that_opens_a_summary(federation: LocalFederation) -> None:
+    names = {p.name for p in federation.gateway_config.data_dir.rglob("*")}
+    assert not names & {"hpke.key", "signing.key", "linkage.key", "key_id"}
+    sources = " ".join(p.read_text() for p in Path("gateway").rglob("*.py"))
+    assert "hpke" not in sources.lower() and "LinkageKey" not in sources and "MessageKeys" not in sources
+
+
+def test_s14_a_suite_other_than_the_directory_names_is_refused() -> None:
+    ring = make_keyring(("a", "b"))
+    out = ring.seal("a", "b")
+    routing = envelope_pb2.RoutingHeader.FromString(out.envelope.routing)
+    routing.suite = directory_pb2.HPKE_SUITE_MLKEM768X25519_SHA256_AES256GCM
+    downgraded = envelope_pb2.Envelope(routing=routing.SerializeToString(), ciphertext=out.envelope.ciphertext)
+    with pytest.raises(Rejected) as raised:
+        open_envelope(downgraded, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+    assert raised.value.reason == Reason.UNSUPPORTED_SUITE
+
+
+async def test_control_plane_rate_limit_stops_enumeration_and_is_logged(tmp_path: Path) -> None:
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh",))
+    async with running(federation, clock=clock, limits=GatewayLimits(control_per_second=1, control_burst=5)) as cluster:
+        stub = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("amh"))
+        codes = []
+        for n in range(10):
+            try:
+                await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[bytes([n]) * 32]))
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as exc:
+                codes.append(exc.code())
+        assert codes.count(grpc.StatusCode.OK) == 5
+        assert codes[5:] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 5
+        await cluster.gateway.metalog.flush()
+        db = cluster.gateway._db
+        assert db is not None
+        async with db.db.execute("SELECT COUNT(*) FROM metalog WHERE event = 'rate_limited'") as cur:
+            row = await cur.fetchone()
+        assert row is not None and row[0] == 5
+        clock.advance(2_000)  # the bucket refills with time
+        await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]))
+
+
+async def test_s7_a_case_system_cannot_name_another_practitioner_than_itself_without_audit(
+    federation: LocalFederation,
+) -> None:
+    """Every call's practitioner is recorded; a call naming nobody is refused."""
+    async with running(federation, nodes=("amh",)) as cluster:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await cluster.api("amh").OpenCase(node_api_pb2.OpenCaseRequest(case_ref="x"))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
