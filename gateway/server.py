@@ -101,6 +101,7 @@ class GatewayServer:
             Witness(self._db),
             self.metalog,
             RateLimits(limits.control_per_second, limits.control_burst, self.clock),
+            RateLimits(limits.resolve_per_second, limits.resolve_burst, self.clock),
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

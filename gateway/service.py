@@ -48,6 +48,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         witness: Witness,
         metalog: MetaLog,
         control: RateLimits,
+        resolves: RateLimits,
     ) -> None:
         self.authz = authz
         self.index = index
@@ -56,11 +57,12 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.witness = witness
         self.metalog = metalog
         self.control = control
+        self.resolves = resolves
 
     def _control_call(self, context: Context, claimed_node: str, what: str) -> str:
         """Authorise a control-plane call and charge it to the node's rate limit."""
         node_id = self.authz.claimed(context, claimed_node)
-        if not self.control.allow(node_id):
+        if not (self.resolves if what == "resolve" else self.control).allow(node_id):
             self.metalog.record("rate_limited", node_id, outcome=what)
             raise Denied(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -127,8 +127,12 @@ class GatewayLimits:
     envelope_burst: int = 4_000
     recipient_queue: int = 4_096  # frames waiting for one connected node
     max_concurrent_rpcs: int = 512
-    control_per_second: float = 50.0  # subscribe, resolve, discovery: per node, so nobody can enumerate families
+    # Per node, so nobody can enumerate families: subscribe, unsubscribe and discovery...
+    control_per_second: float = 50.0
     control_burst: int = 500
+    # ...and resolve, which every share makes (only about tokens the node is already linked to).
+    resolve_per_second: float = 1_000.0
+    resolve_burst: int = 10_000
 
 
 def _limits(r: _Reader) -> GatewayLimits:
@@ -140,6 +144,8 @@ def _limits(r: _Reader) -> GatewayLimits:
         max_concurrent_rpcs=int(r.get("limits", "max_concurrent_rpcs", d.max_concurrent_rpcs)),
         control_per_second=float(r.get("limits", "control_per_second", d.control_per_second)),
         control_burst=int(r.get("limits", "control_burst", d.control_burst)),
+        resolve_per_second=float(r.get("limits", "resolve_per_second", d.resolve_per_second)),
+        resolve_burst=int(r.get("limits", "resolve_burst", d.resolve_burst)),
     )
 
 

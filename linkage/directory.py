@@ -46,14 +46,18 @@ class DirectoryView:
             raise Rejected(Reason.SENDER_REVOKED, f"node {node_id!r} is revoked")
         return entry
 
-    def signing_key(self, node_id: str, key_id: str, at_ms: int) -> bytes:
-        """The Ed25519 key `key_id` of an active node, valid at `at_ms`."""
+    def node_key(self, node_id: str, key_id: str, at_ms: int) -> pb.NodeKey:
+        """Key generation `key_id` of an active node, valid at `at_ms`."""
         for key in self.active_node(node_id).keys:
             if key.key_id == key_id:
                 if not key.not_before_ms <= at_ms < key.not_after_ms:
                     raise Rejected(Reason.KEY_NOT_VALID, f"key {key_id!r} not valid at {at_ms}")
-                return key.signing_public_key
+                return key
         raise Rejected(Reason.UNKNOWN_KEY, f"node {node_id!r} has no key {key_id!r}")
+
+    def signing_key(self, node_id: str, key_id: str, at_ms: int) -> bytes:
+        """The Ed25519 key `key_id` of an active node, valid at `at_ms`."""
+        return self.node_key(node_id, key_id, at_ms).signing_public_key
 
     def sealing_key(self, node_id: str, now_ms: int) -> pb.NodeKey:
         """The newest key of an active node valid now; a sender never seals to an expired key."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 from google.protobuf.message import DecodeError
 
 from linkage.directory import DirectoryView
@@ -37,11 +37,33 @@ DEFAULT_TTL_MS = 7 * 24 * 3600 * 1000
 # last), so the gateway learns little from ciphertext length.
 PAD_BUCKETS = (1024, 4096, 16384, 65536)
 
+HYBRID = directory_pb2.HPKE_SUITE_MLKEM768X25519_SHA256_AES256GCM
+PQ_CONTEXT = b"linkage/v1/message"  # ML-DSA context: part of the protocol version
+
 _SUITES: dict[int, hpke.Suite] = {
     directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM: hpke.Suite(
         hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM
     ),
+    # Hybrid ML-KEM-768 + X25519 (X-Wing style), for records that stay sensitive for decades.
+    HYBRID: hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM),
 }
+
+
+def _recipient_public(suite: int, key: directory_pb2.NodeKey) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
+    classic = x25519.X25519PublicKey.from_public_bytes(key.hpke_public_key)
+    if suite != HYBRID:
+        return classic
+    if not key.hpke_pq_public_key:
+        raise Rejected(Reason.UNSUPPORTED_SUITE, "the recipient has no post-quantum key for the hybrid suite")
+    return hpke.MLKEM768X25519PublicKey(mlkem.MLKEM768PublicKey.from_public_bytes(key.hpke_pq_public_key), classic)
+
+
+def _own_private(suite: int, keys: MessageKeys) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
+    if suite != HYBRID:
+        return keys.hpke
+    if keys.mlkem is None:
+        raise Rejected(Reason.UNSUPPORTED_SUITE, "this node holds no post-quantum key for the hybrid suite")
+    return hpke.MLKEM768X25519PrivateKey(keys.mlkem, keys.hpke)
 
 
 def _suite(suite_id: int) -> hpke.Suite:
@@ -139,8 +161,12 @@ def seal(
         signature=keys.signing.sign(MESSAGE_LABEL + body_bytes),
         signing_key_id=keys.key_id,
     )
+    if suite == HYBRID:
+        if keys.mldsa is None:
+            raise Rejected(Reason.UNSUPPORTED_SUITE, "the hybrid suite needs this node's ML-DSA key")
+        signed.pq_signature = keys.mldsa.sign(body_bytes, context=PQ_CONTEXT)
     signed.padding = bytes(_padding_for(signed.ByteSize()))
-    recipient_pub = x25519.X25519PublicKey.from_public_bytes(recipient_key.hpke_public_key)
+    recipient_pub = _recipient_public(suite, recipient_key)
     ciphertext = _suite(suite).encrypt(signed.SerializeToString(), recipient_pub, info=INFO_LABEL + routing_bytes)
     envelope = envelope_pb2.Envelope(routing=routing_bytes, ciphertext=ciphertext)
     return Outgoing(envelope=envelope, routing=routing, digest=envelope_digest(envelope))
@@ -191,15 +217,24 @@ def open_envelope(
         raise Rejected(Reason.UNKNOWN_KEY, "sealed to a key this node does not hold")
     check_freshness(routing, now_ms)
     try:
-        plaintext = _suite(routing.suite).decrypt(envelope.ciphertext, keys.hpke, info=INFO_LABEL + envelope.routing)
+        private = _own_private(routing.suite, keys)
+        plaintext = _suite(routing.suite).decrypt(envelope.ciphertext, private, info=INFO_LABEL + envelope.routing)
         signed = envelope_pb2.SignedMessage.FromString(plaintext)
     except (InvalidTag, ValueError):
         raise Rejected(Reason.DECRYPT_FAILED, "ciphertext does not open with this node's key") from None
     except DecodeError:
         raise Rejected(Reason.MALFORMED, "sealed message does not parse") from None
-    public = directory.signing_key(routing.sender_node, signed.signing_key_id, routing.created_at_ms)
+    key = directory.node_key(routing.sender_node, signed.signing_key_id, routing.created_at_ms)
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(signed.signature, MESSAGE_LABEL + signed.body)
+        ed25519.Ed25519PublicKey.from_public_bytes(key.signing_public_key).verify(
+            signed.signature, MESSAGE_LABEL + signed.body
+        )
+        if routing.suite == HYBRID:  # both signatures must verify
+            if not key.mldsa_public_key:
+                raise InvalidSignature()
+            mldsa.MLDSA65PublicKey.from_public_bytes(key.mldsa_public_key).verify(
+                signed.pq_signature, signed.body, context=PQ_CONTEXT
+            )
     except InvalidSignature:
         raise Rejected(Reason.BAD_SIGNATURE, "sender signature does not verify") from None
     try:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from linkage.codelists import CodeLists
 from linkage.directory import sign_directory
 from linkage.ids import is_node_id
-from linkage.keys import MessageKeys, load_ed25519, raw_public, write_private_pem
+from linkage.keys import MessageKeys, load_ed25519, raw_public, raw_public_pq, write_private_pem
 from linkage.pki import CertificateAuthority, cert_fingerprint, spiffe_id
 from linkage.tokens import LinkageKey
 from linkage.v1 import directory_pb2 as pb
@@ -34,17 +34,29 @@ class FederationError(ValueError):
     """A federation operation that cannot be done as asked."""
 
 
+SUITES = {
+    "classic": pb.HPKE_SUITE_X25519_SHA256_AES128GCM,
+    "hybrid": pb.HPKE_SUITE_MLKEM768X25519_SHA256_AES256GCM,  # ML-KEM-768 + X25519, ML-DSA-65 co-signature
+}
+
+
 @dataclass(frozen=True)
 class Federation:
     root: Path
     federation_id: str
+    suite: str = "classic"
 
     @classmethod
     def open(cls, root: Path) -> Federation:
         meta = root / "federation.json"
         if not meta.exists():
             raise FederationError(f"{root} is not a federation folder (run 'linkage federation init')")
-        return cls(root=root, federation_id=json.loads(meta.read_text())["federation_id"])
+        data = json.loads(meta.read_text())
+        return cls(root=root, federation_id=data["federation_id"], suite=data.get("suite", "classic"))
+
+    @property
+    def post_quantum(self) -> bool:
+        return self.suite == "hybrid"
 
     @property
     def entries(self) -> Path:
@@ -62,9 +74,11 @@ def _now(now_ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC)
 
 
-def init_federation(root: Path, federation_id: str, now_ms: int) -> Federation:
+def init_federation(root: Path, federation_id: str, now_ms: int, suite: str = "classic") -> Federation:
     if (root / "federation.json").exists():
         raise FederationError(f"{root} already holds a federation")
+    if suite not in SUITES:
+        raise FederationError(f"suite must be one of {sorted(SUITES)}")
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
     CertificateAuthority.create(federation_id, _now(now_ms)).save(root)
@@ -76,9 +90,9 @@ def init_federation(root: Path, federation_id: str, now_ms: int) -> Federation:
     LinkageKey(version=1, key=os.urandom(32)).save(root / "linkage.key")
     (root / "entries").mkdir()
     (root / "federation.json").write_text(
-        json.dumps({"federation_id": federation_id, "suite": "X25519_SHA256_AES128GCM", "version": 0}) + "\n"
+        json.dumps({"federation_id": federation_id, "suite": suite, "version": 0}) + "\n"
     )
-    return Federation(root=root, federation_id=federation_id)
+    return Federation(root=root, federation_id=federation_id, suite=suite)
 
 
 def _write_tls(fed: Federation, out: Path, kind: str, ident: str, now_ms: int, server: bool) -> bytes:
@@ -129,7 +143,7 @@ def enrol_node(
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o700)
     fingerprint = _write_tls(fed, out, "node", node_id, now_ms, server=False)
-    keys = MessageKeys.generate(key_id=f"{node_id}-k1")
+    keys = MessageKeys.generate(key_id=f"{node_id}-k1", post_quantum=fed.post_quantum)
     keys.save(out / "keys")
     shutil.copyfile(fed.root / "linkage.key", out / "keys" / "linkage.key")
     (out / "keys" / "linkage.key").chmod(0o600)
@@ -147,6 +161,8 @@ def enrol_node(
                 hpke_public_key=raw_public(keys.hpke),
                 not_before_ms=now_ms - 5 * 60_000,
                 not_after_ms=now_ms + KEY_VALIDITY_DAYS * 86_400_000,
+                hpke_pq_public_key=raw_public_pq(keys.mlkem) if keys.mlkem else b"",
+                mldsa_public_key=raw_public_pq(keys.mldsa) if keys.mldsa else b"",
             )
         ],
     )
@@ -237,7 +253,7 @@ def publish_directory(
         version=version,
         issued_at_ms=now_ms,
         expires_at_ms=now_ms + validity_days * 86_400_000,
-        suite=pb.HPKE_SUITE_X25519_SHA256_AES128GCM,
+        suite=SUITES[fed.suite],
         nodes=[pb.NodeEntry.FromString(p.read_bytes()) for p in sorted(fed.entries.glob("*.pb"))],
         gateways=[pb.GatewayEntry.FromString(p.read_bytes()) for p in sorted(fed.root.glob("gateway-*.pb"))],
     )

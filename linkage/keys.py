@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
 
 def write_private_pem(path: Path, key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> None:
@@ -37,28 +37,52 @@ def raw_public(key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> byte
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+def raw_public_pq(key: mlkem.MLKEM768PrivateKey | mldsa.MLDSA65PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _write_seed(path: Path, seed: bytes) -> None:
+    path.write_bytes(seed)
+    path.chmod(0o600)
+
+
 @dataclass(frozen=True)
 class MessageKeys:
-    """The keys one node uses for messages, loaded once at start-up."""
+    """The keys one node uses for messages, loaded once at start-up. The ML-KEM and
+    ML-DSA keys exist when the federation chose the hybrid post-quantum suite."""
 
     key_id: str
     signing: ed25519.Ed25519PrivateKey
     hpke: x25519.X25519PrivateKey
+    mlkem: mlkem.MLKEM768PrivateKey | None = None
+    mldsa: mldsa.MLDSA65PrivateKey | None = None
 
     @classmethod
-    def generate(cls, key_id: str) -> MessageKeys:
-        return cls(key_id, ed25519.Ed25519PrivateKey.generate(), x25519.X25519PrivateKey.generate())
+    def generate(cls, key_id: str, post_quantum: bool = False) -> MessageKeys:
+        return cls(
+            key_id,
+            ed25519.Ed25519PrivateKey.generate(),
+            x25519.X25519PrivateKey.generate(),
+            mlkem.MLKEM768PrivateKey.generate() if post_quantum else None,
+            mldsa.MLDSA65PrivateKey.generate() if post_quantum else None,
+        )
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         write_private_pem(directory / "signing.key", self.signing)
         write_private_pem(directory / "hpke.key", self.hpke)
+        if self.mlkem is not None and self.mldsa is not None:
+            _write_seed(directory / "mlkem.seed", self.mlkem.private_bytes_raw())
+            _write_seed(directory / "mldsa.seed", self.mldsa.private_bytes_raw())
         (directory / "key_id").write_text(self.key_id + "\n")
 
     @classmethod
     def load(cls, directory: Path) -> MessageKeys:
+        pq = (directory / "mlkem.seed").exists()
         return cls(
             key_id=(directory / "key_id").read_text().strip(),
             signing=load_ed25519(directory / "signing.key"),
             hpke=load_x25519(directory / "hpke.key"),
+            mlkem=mlkem.MLKEM768PrivateKey.from_seed_bytes((directory / "mlkem.seed").read_bytes()) if pq else None,
+            mldsa=mldsa.MLDSA65PrivateKey.from_seed_bytes((directory / "mldsa.seed").read_bytes()) if pq else None,
         )

@@ -44,10 +44,10 @@ class LocalFederation:
 
 
 def make_federation(
-    root: Path, clock: Clock, nodes: tuple[str, ...] = tuple(AGENCIES), validity_days: int = 7
+    root: Path, clock: Clock, nodes: tuple[str, ...] = tuple(AGENCIES), validity_days: int = 7, suite: str = "classic"
 ) -> LocalFederation:
     now = clock.now_ms()
-    fed = init_federation(root / "federation", FEDERATION_ID, now)
+    fed = init_federation(root / "federation", FEDERATION_ID, now, suite)
     gw_conf = enrol_gateway(fed, "gateway", root / "gateway", "127.0.0.1:0", now)
     node_paths = {}
     for node_id in nodes:

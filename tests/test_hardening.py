@@ -217,3 +217,57 @@ async def test_s7_a_case_system_cannot_name_another_practitioner_than_itself_wit
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await cluster.api("amh").OpenCase(node_api_pb2.OpenCaseRequest(case_ref="x"))
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_post_quantum_federation_shares_end_to_end_and_needs_both_signatures(tmp_path: Path) -> None:
+    """A federation that chose hybrid ML-KEM-768 + X25519 with an ML-DSA-65 co-signature."""
+    from linkage.envelope import HYBRID, INFO_LABEL, _own_private, _suite
+    from linkage.envelope import seal as seal_envelope
+
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), suite="hybrid")
+    async with running(federation, clock=clock) as cluster:
+        await share(cluster, await family_assessment(cluster))
+        amh, csc = cluster.nodes["amh"], cluster.nodes["csc"]
+        await wait_delivered(amh, 1)
+        assert amh.store is not None and csc.store is not None
+        envelope = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox"))[0])
+        routing = envelope_pb2.RoutingHeader.FromString(envelope.routing)
+        assert routing.suite == HYBRID
+        assert len(envelope.ciphertext) > 1120  # carries an ML-KEM encapsulation
+
+        # Without the ML-DSA co-signature the message is refused, even with a valid Ed25519 one.
+        keys = csc.reception.keys
+        plaintext = _suite(HYBRID).decrypt(
+            envelope.ciphertext, _own_private(HYBRID, keys), info=INFO_LABEL + envelope.routing
+        )
+        signed = envelope_pb2.SignedMessage.FromString(plaintext)
+        signed.pq_signature = b""
+        directory = csc.trust.current(clock.now_ms())
+        from linkage.envelope import _recipient_public
+
+        public = _recipient_public(HYBRID, directory.sealing_key("csc", clock.now_ms()))
+        stripped = envelope_pb2.Envelope(
+            routing=envelope.routing,
+            ciphertext=_suite(HYBRID).encrypt(signed.SerializeToString(), public, info=INFO_LABEL + envelope.routing),
+        )
+        with pytest.raises(Rejected) as raised:
+            open_envelope(stripped, me="csc", keys=keys, directory=directory, now_ms=clock.now_ms())
+        assert raised.value.reason == Reason.BAD_SIGNATURE
+
+        # A sender may not fall back to the classic suite when the directory names hybrid.
+        classic = seal_envelope(
+            keys=amh.reception.keys,
+            sender_node="amh",
+            recipient_node="csc",
+            recipient_key=directory.sealing_key("csc", clock.now_ms()),
+            suite=directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM,
+            message_id=routing.message_id,
+            link_tokens=routing.link_tokens,
+            kind=routing.kind,
+            created_at_ms=clock.now_ms(),
+            share_id="x",
+        )
+        with pytest.raises(Rejected) as raised:
+            open_envelope(classic.envelope, me="csc", keys=keys, directory=directory, now_ms=clock.now_ms())
+        assert raised.value.reason == Reason.UNSUPPORTED_SUITE

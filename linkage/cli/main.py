@@ -18,7 +18,7 @@ Handler = Callable[[argparse.Namespace], int]
 def _federation_init(args: argparse.Namespace) -> int:
     from linkage.federation import init_federation
 
-    fed = init_federation(args.dir, args.federation_id, SystemClock().now_ms())
+    fed = init_federation(args.dir, args.federation_id, SystemClock().now_ms(), args.suite)
     print(f"created federation {fed.federation_id} in {fed.root}")
     print("keep this folder off-line: it holds the CA key, the directory key and the linkage key")
     return 0
@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = fed_cmds.add_parser("init", help="create the CA, directory signing key and linkage key")
     p.add_argument("--dir", type=Path, required=True, help="new federation folder (keep it off-line)")
     p.add_argument("--federation-id", required=True, help="e.g. solihull.linkage.example")
+    p.add_argument(
+        "--suite",
+        choices=["classic", "hybrid"],
+        default="classic",
+        help="hybrid: ML-KEM-768 + X25519 sealing and an ML-DSA-65 co-signature (post-quantum)",
+    )
     p.set_defaults(handler=_federation_init)
 
     p = fed_cmds.add_parser("enrol", help="enrol an agency node: TLS certificate, message keys, configuration")

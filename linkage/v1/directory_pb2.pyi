@@ -71,6 +71,8 @@ class NodeKey(_message.Message):
     HPKE_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     NOT_BEFORE_MS_FIELD_NUMBER: _builtins.int
     NOT_AFTER_MS_FIELD_NUMBER: _builtins.int
+    HPKE_PQ_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    MLDSA_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     signing_public_key: _builtins.bytes
     """Ed25519, 32 raw bytes"""
@@ -78,6 +80,12 @@ class NodeKey(_message.Message):
     """X25519, 32 raw bytes"""
     not_before_ms: _builtins.int
     not_after_ms: _builtins.int
+    hpke_pq_public_key: _builtins.bytes
+    """Present when the federation's suite is hybrid post-quantum.
+    ML-KEM-768, 1,184 raw bytes (paired with hpke_public_key)
+    """
+    mldsa_public_key: _builtins.bytes
+    """ML-DSA-65, 1,952 raw bytes: the co-signature key"""
     def __init__(
         self,
         *,
@@ -86,10 +94,12 @@ class NodeKey(_message.Message):
         hpke_public_key: _builtins.bytes = ...,
         not_before_ms: _builtins.int = ...,
         not_after_ms: _builtins.int = ...,
+        hpke_pq_public_key: _builtins.bytes = ...,
+        mldsa_public_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hpke_public_key", b"hpke_public_key", "key_id", b"key_id", "not_after_ms", b"not_after_ms", "not_before_ms", b"not_before_ms", "signing_public_key", b"signing_public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hpke_pq_public_key", b"hpke_pq_public_key", "hpke_public_key", b"hpke_public_key", "key_id", b"key_id", "mldsa_public_key", b"mldsa_public_key", "not_after_ms", b"not_after_ms", "not_before_ms", b"not_before_ms", "signing_public_key", b"signing_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

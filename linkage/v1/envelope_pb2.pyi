@@ -181,11 +181,16 @@ class SignedMessage(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     SIGNING_KEY_ID_FIELD_NUMBER: _builtins.int
+    PQ_SIGNATURE_FIELD_NUMBER: _builtins.int
     PADDING_FIELD_NUMBER: _builtins.int
     body: _builtins.bytes
     """serialised MessageBody, never re-serialised"""
     signature: _builtins.bytes
     signing_key_id: _builtins.str
+    pq_signature: _builtins.bytes
+    """ML-DSA-65 over body, context "linkage/v1/message": required when the
+    directory's suite is hybrid post-quantum, so both signatures must verify.
+    """
     padding: _builtins.bytes
     """size bucket padding; ignored"""
     def __init__(
@@ -194,11 +199,12 @@ class SignedMessage(_message.Message):
         body: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
         signing_key_id: _builtins.str = ...,
+        pq_signature: _builtins.bytes = ...,
         padding: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "padding", b"padding", "signature", b"signature", "signing_key_id", b"signing_key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "padding", b"padding", "pq_signature", b"pq_signature", "signature", b"signature", "signing_key_id", b"signing_key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
