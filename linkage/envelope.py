@@ -73,6 +73,15 @@ def _suite(suite_id: int) -> hpke.Suite:
     return suite
 
 
+def signing_generation(keys: MessageKeys, directory: DirectoryView, node_id: str, now_ms: int) -> MessageKeys:
+    """The generation of this node's keys to sign with now: the newest the directory
+    holds valid (during a rotation, the old one until the new one activates)."""
+    try:
+        return keys.for_id(directory.sealing_key(node_id, now_ms).key_id) or keys
+    except Rejected:
+        return keys
+
+
 def envelope_digest(envelope: envelope_pb2.Envelope) -> bytes:
     """What a receipt binds: SHA-256 over the length-prefixed header and the ciphertext."""
     h = hashlib.sha256(struct.pack(">I", len(envelope.routing)))
@@ -213,11 +222,12 @@ def open_envelope(
     directory.active_node(routing.sender_node)
     if routing.suite != directory.directory.suite:
         raise Rejected(Reason.UNSUPPORTED_SUITE, "suite differs from the one the directory names")
-    if routing.recipient_key_id != keys.key_id:
+    own = keys.for_id(routing.recipient_key_id)
+    if own is None:
         raise Rejected(Reason.UNKNOWN_KEY, "sealed to a key this node does not hold")
     check_freshness(routing, now_ms)
     try:
-        private = _own_private(routing.suite, keys)
+        private = _own_private(routing.suite, own)
         plaintext = _suite(routing.suite).decrypt(envelope.ciphertext, private, info=INFO_LABEL + envelope.routing)
         signed = envelope_pb2.SignedMessage.FromString(plaintext)
     except (InvalidTag, ValueError):

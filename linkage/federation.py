@@ -231,6 +231,45 @@ ca = "tls/ca.pem"
     return config
 
 
+def rotate_keys(
+    fed: Federation, node_id: str, bundle: Path, now_ms: int, overlap_days: int = 7, activate_in_hours: int = 1
+) -> str:
+    """A new generation of a node's message keys, with an overlap window.
+
+    Senders start sealing to the new key `activate_in_hours` from now (time for the
+    node to restart with it); the old key stays valid `overlap_days` more, so messages
+    created under it before then still verify, and after it they are refused. The old
+    private keys move to keys/previous/ so what was sealed to them still opens.
+    """
+    path = fed.entries / f"{node_id}.pb"
+    if not path.exists():
+        raise FederationError(f"node {node_id!r} is not enrolled")
+    entry = pb.NodeEntry.FromString(path.read_bytes())
+    keys_dir = bundle / "keys"
+    current = MessageKeys.load(keys_dir)
+    activate = now_ms + activate_in_hours * 3_600_000
+    for key in entry.keys:
+        key.not_after_ms = min(key.not_after_ms, activate + overlap_days * 86_400_000)
+    new = MessageKeys.generate(f"{node_id}-k{len(entry.keys) + 1}", post_quantum=fed.post_quantum)
+    archive = keys_dir / "previous" / current.key_id
+    archive.mkdir(parents=True, exist_ok=True)
+    for name in ("signing.key", "hpke.key", "mlkem.seed", "mldsa.seed", "key_id"):
+        if (keys_dir / name).exists():
+            os.replace(keys_dir / name, archive / name)
+    new.save(keys_dir)
+    entry.keys.add(
+        key_id=new.key_id,
+        signing_public_key=raw_public(new.signing),
+        hpke_public_key=raw_public(new.hpke),
+        not_before_ms=activate,
+        not_after_ms=now_ms + KEY_VALIDITY_DAYS * 86_400_000,
+        hpke_pq_public_key=raw_public_pq(new.mlkem) if new.mlkem else b"",
+        mldsa_public_key=raw_public_pq(new.mldsa) if new.mldsa else b"",
+    )
+    path.write_bytes(entry.SerializeToString())
+    return new.key_id
+
+
 def revoke_node(fed: Federation, node_id: str) -> None:
     """Mark a node revoked for the next published directory (its certificate and keys stop working)."""
     path = fed.entries / f"{node_id}.pb"

@@ -56,6 +56,13 @@ class MessageKeys:
     hpke: x25519.X25519PrivateKey
     mlkem: mlkem.MLKEM768PrivateKey | None = None
     mldsa: mldsa.MLDSA65PrivateKey | None = None
+    previous: tuple[MessageKeys, ...] = ()  # earlier generations, kept to open what was sealed to them
+
+    def for_id(self, key_id: str) -> MessageKeys | None:
+        """This generation or an earlier one still held."""
+        if key_id == self.key_id:
+            return self
+        return next((k for k in self.previous if k.key_id == key_id), None)
 
     @classmethod
     def generate(cls, key_id: str, post_quantum: bool = False) -> MessageKeys:
@@ -78,11 +85,15 @@ class MessageKeys:
 
     @classmethod
     def load(cls, directory: Path) -> MessageKeys:
+        """The current generation in `directory`, and the earlier ones under `previous/`."""
         pq = (directory / "mlkem.seed").exists()
+        older = directory / "previous"
+        previous = tuple(cls.load(d) for d in sorted(older.iterdir())) if older.is_dir() else ()
         return cls(
             key_id=(directory / "key_id").read_text().strip(),
             signing=load_ed25519(directory / "signing.key"),
             hpke=load_x25519(directory / "hpke.key"),
             mlkem=mlkem.MLKEM768PrivateKey.from_seed_bytes((directory / "mlkem.seed").read_bytes()) if pq else None,
             mldsa=mldsa.MLDSA65PrivateKey.from_seed_bytes((directory / "mldsa.seed").read_bytes()) if pq else None,
+            previous=previous,
         )

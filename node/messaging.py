@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from linkage.clock import Clock
 from linkage.config import DeliverySettings
 from linkage.directory import TrustedDirectory
-from linkage.envelope import Outgoing, seal
+from linkage.envelope import Outgoing, seal, signing_generation
 from linkage.ids import uuid7
 from linkage.keys import MessageKeys
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
@@ -52,6 +52,7 @@ class Messenger:
         """One sealed envelope per recipient; `fill(recipient)` writes that recipient's content."""
         now = self.clock.now_ms()
         directory = self.trust.current(now)
+        signer = signing_generation(self.keys, directory, self.node_id, now)
         sealed = []
         for recipient in recipients:
             message_id = uuid7(now)
@@ -63,7 +64,7 @@ class Messenger:
                 body_fill(body)
 
             out = seal(
-                keys=self.keys,
+                keys=signer,
                 sender_node=self.node_id,
                 recipient_node=recipient,
                 recipient_key=directory.sealing_key(recipient, now),

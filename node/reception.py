@@ -15,7 +15,14 @@ from collections.abc import Callable
 from linkage import logs
 from linkage.clock import Clock
 from linkage.directory import TrustedDirectory
-from linkage.envelope import Opened, envelope_digest, open_envelope, parse_routing, sign_receipt
+from linkage.envelope import (
+    Opened,
+    envelope_digest,
+    open_envelope,
+    parse_routing,
+    sign_receipt,
+    signing_generation,
+)
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, summary_pb2
@@ -174,5 +181,7 @@ class Reception:
         )
         if self.checkpoint is not None:  # our audit log's state, lodged with the peer
             body.checkpoint.CopyFrom(self.checkpoint())
-        with contextlib.suppress(NotConnected):  # the sender re-sends; the duplicate is receipted then
-            await self.link.send(gateway_pb2.NodeFrame(receipt=sign_receipt(self.keys, body)))
+        with contextlib.suppress(NotConnected, Rejected):  # the sender re-sends; the duplicate is receipted then
+            now = self.clock.now_ms()
+            signer = signing_generation(self.keys, self.trust.current(now), self.node_id, now)
+            await self.link.send(gateway_pb2.NodeFrame(receipt=sign_receipt(signer, body)))

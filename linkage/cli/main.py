@@ -53,6 +53,24 @@ def _federation_enrol_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federation_rotate(args: argparse.Namespace) -> int:
+    from linkage.federation import Federation, rotate_keys
+
+    key_id = rotate_keys(
+        Federation.open(args.dir),
+        args.node_id,
+        args.bundle,
+        SystemClock().now_ms(),
+        args.overlap_days,
+        args.activate_in_hours,
+    )
+    print(
+        f"new key {key_id} for {args.node_id}: publish the directory, then restart the node within "
+        f"{args.activate_in_hours} hour(s); the old key stays valid {args.overlap_days} more days"
+    )
+    return 0
+
+
 def _federation_revoke(args: argparse.Namespace) -> int:
     from linkage.federation import Federation, revoke_node
 
@@ -141,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the gateway's bundle")
     p.add_argument("--listen", default="127.0.0.1:7443", help="host:port to listen on")
     p.set_defaults(handler=_federation_enrol_gateway)
+
+    p = fed_cmds.add_parser("rotate-keys", help="a new generation of a node's message keys, with an overlap")
+    p.add_argument("--dir", type=Path, required=True, help="the federation folder")
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--bundle", type=Path, required=True, help="the node's bundle folder (its keys/ are updated)")
+    p.add_argument("--overlap-days", type=int, default=7, help="how long the old key stays valid (default 7)")
+    p.add_argument("--activate-in-hours", type=int, default=1, help="when senders switch to the new key")
+    p.set_defaults(handler=_federation_rotate)
 
     p = fed_cmds.add_parser("revoke", help="revoke a node (takes effect with the next published directory)")
     p.add_argument("--dir", type=Path, required=True, help="the federation folder")

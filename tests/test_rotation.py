@@ -1,0 +1,87 @@
+"""Key rotation with an overlap window (S15): senders move to the new key when it
+activates; messages created under the old key before its end still verify, after it
+they are refused; what was sealed to the old key still opens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from linkage.clock import ManualClock
+from linkage.config import load_directory_key
+from linkage.directory import TrustedDirectory
+from linkage.envelope import open_envelope, seal, signing_generation
+from linkage.federation import publish_directory, rotate_keys
+from linkage.keys import MessageKeys
+from linkage.reasons import Reason, Rejected
+from linkage.v1 import directory_pb2, envelope_pb2
+from tests.harness import FEDERATION_ID, LocalFederation, make_federation
+
+HOUR = 3_600_000
+
+
+def test_rotation_overlap_and_expiry(tmp_path: Path) -> None:
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), validity_days=30)
+    bundle = federation.node_configs["csc"].data_dir
+    old = MessageKeys.load(bundle / "keys")
+    t0 = clock.now_ms()
+    new_id = rotate_keys(federation.fed, "csc", bundle, t0, overlap_days=7, activate_in_hours=1)
+    publish_directory(federation.fed, t0, 30)
+    trust = TrustedDirectory(FEDERATION_ID, _directory_key(federation))
+    directory = trust.accept(directory_pb2.SignedDirectory.FromString(federation.fed.directory_path.read_bytes()), t0)
+    rotated = MessageKeys.load(bundle / "keys")
+    assert rotated.key_id == new_id and [k.key_id for k in rotated.previous] == [old.key_id]
+    amh = MessageKeys.load(federation.node_configs["amh"].data_dir / "keys")
+
+    def message(created: int, signer: MessageKeys) -> envelope_pb2.Envelope:
+        return seal(
+            keys=signer,
+            sender_node="csc",
+            recipient_node="amh",
+            recipient_key=directory.sealing_key("amh", created),
+            suite=directory.directory.suite,
+            message_id="01a20105-405a-7c0b-bc94-8ec599dbf70a",
+            link_tokens=[bytes(32)],
+            kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+            created_at_ms=created,
+            share_id="s",
+        ).envelope
+
+    # Before activation, csc still signs, and others still seal to it, with the old key.
+    assert signing_generation(rotated, directory, "csc", t0).key_id == old.key_id
+    assert directory.sealing_key("csc", t0).key_id == old.key_id
+    assert directory.sealing_key("csc", t0 + 2 * HOUR).key_id == new_id  # never to an expired one after
+
+    # A message signed under the old key inside the overlap verifies...
+    inside = t0 + 3 * 24 * HOUR
+    open_envelope(message(inside, old), me="amh", keys=amh, directory=directory, now_ms=inside)
+    # ...one created after the old key's end is refused.
+    after = t0 + 8 * 24 * HOUR
+    with pytest.raises(Rejected) as raised:
+        open_envelope(message(after, old), me="amh", keys=amh, directory=directory, now_ms=after)
+    assert raised.value.reason == Reason.KEY_NOT_VALID
+    # The new key signs after activation.
+    open_envelope(message(after, rotated), me="amh", keys=amh, directory=directory, now_ms=after)
+
+    # Something sealed to csc's old key before the rotation still opens with the rotated keyring.
+    to_old = seal(
+        keys=amh,
+        sender_node="amh",
+        recipient_node="csc",
+        recipient_key=next(k for k in directory.nodes["csc"].keys if k.key_id == old.key_id),
+        suite=directory.directory.suite,
+        message_id="01a20105-405a-7c0b-bc94-8ec599dbf70b",
+        link_tokens=[bytes(32)],
+        kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+        created_at_ms=t0,
+        share_id="s",
+    ).envelope
+    opened = open_envelope(to_old, me="csc", keys=rotated, directory=directory, now_ms=t0)
+    assert opened.routing.recipient_key_id == old.key_id
+
+
+def _directory_key(federation: LocalFederation) -> ed25519.Ed25519PublicKey:
+    return load_directory_key(federation.node_configs["amh"].federation.directory_public_key)
