@@ -8,16 +8,23 @@ import asyncio
 
 from linkage import logs
 from linkage.clock import Clock
+from linkage.envelope import MAX_AGE_MS
 from node.store import Store
 
 DAY_MS = 86_400_000
 log = logs.get("node.retention")
 
 
+# The inbox is also the replay defence: a message id must be remembered at least as
+# long as a message can be fresh enough to be accepted (linkage.envelope.MAX_AGE_MS).
+MIN_KEEP_DAYS = MAX_AGE_MS // DAY_MS + 1
+
+
 async def purge(store: Store, clock: Clock, keep_days: int) -> dict[str, int]:
-    """Delete what is older than `keep_days`; 0 keeps everything."""
+    """Delete what is older than `keep_days` (never less than the replay window); 0 keeps everything."""
     if keep_days <= 0:
         return {}
+    keep_days = max(keep_days, MIN_KEEP_DAYS)
     cutoff = clock.now_ms() - keep_days * DAY_MS
     async with store.tx() as tx:
         await tx.execute(

@@ -132,9 +132,10 @@ async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> N
                 (tx.now_ms,),
             )
             await tx.audit("message.received")
-        assert await retention.purge(store, clock, keep_days=30) == {"received": 0, "sent_bodies": 0}
-        clock.advance(31 * retention.DAY_MS)
-        assert await retention.purge(store, clock, keep_days=30) == {"received": 1, "sent_bodies": 0}
+        assert await retention.purge(store, clock, keep_days=40) == {"received": 0, "sent_bodies": 0}
+        clock.advance(35 * retention.DAY_MS)  # past the replay window, inside 40 days: kept
+        assert await retention.purge(store, clock, keep_days=40) == {"received": 0, "sent_bodies": 0}
+        assert await retention.purge(store, clock, keep_days=1) == {"received": 1, "sent_bodies": 0}
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox"))[0] == 0
         events = [r[0] for r in await store.fetchall("SELECT event FROM audit ORDER BY seq")]
         assert events == ["message.received", "retention.purged"]  # the audit log itself is kept
