@@ -51,3 +51,33 @@ async def test_every_stream_is_tls_1_3_and_logs_are_json_lines(federation: Local
     assert len(connects) == 2
     assert {e["tls"] for e in connects} == {"TLSv1.3"}
     assert all({"event", "level", "timestamp"} <= e.keys() for e in events)
+
+
+async def test_health_command_for_container_checks(federation: LocalFederation) -> None:
+    import asyncio
+    import os
+    import sys
+
+    async with running(federation, nodes=("amh",)) as cluster:
+
+        async def health(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "linkage",
+                "health",
+                *args,
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, **(env or {})},
+            )
+            out, _ = await proc.communicate()
+            return proc.returncode or 0, out.decode().strip()
+
+        node_toml = str(cluster.nodes["amh"].config.data_dir / "node.toml")
+        assert await health("--config", node_toml) == (0, "SERVING")
+        assert await health("--config", node_toml, "--service", LINK_HEALTH_SERVICE) == (0, "SERVING")
+        gateway_toml = str(federation.gateway_config.data_dir / "gateway.toml")
+        listen = {"LINKAGE_GATEWAY_LISTEN": f"127.0.0.1:{cluster.gateway.port}"}
+        assert await health("--gateway-config", gateway_toml, env=listen) == (0, "SERVING")
+    code, out = await health("--config", node_toml)
+    assert code == 1 and out.startswith("UNREACHABLE")

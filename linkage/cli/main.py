@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from linkage import __version__
-from linkage.cli import audit, node_client
+from linkage.cli import audit, health, node_client
 from linkage.clock import SystemClock
 
 Handler = Callable[[argparse.Namespace], int]
@@ -69,6 +69,26 @@ def _federation_rotate(args: argparse.Namespace) -> int:
         f"{args.activate_in_hours} hour(s); the old key stays valid {args.overlap_days} more days"
     )
     return 0
+
+
+def _federation_bootstrap(args: argparse.Namespace) -> int:
+    from linkage.bootstrap import FederationSpec, bootstrap
+
+    spec = FederationSpec.load(args.spec)
+    fed = bootstrap(spec, args.out, SystemClock().now_ms())
+    print(f"federation {fed.federation_id}: gateway and {len(spec.nodes)} node bundles in {args.out}")
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from linkage.configcheck import check
+
+    problems = check(args.file)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"OK: {args.file}")
+    return 1 if problems else 0
 
 
 def _federation_revoke(args: argparse.Namespace) -> int:
@@ -160,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:7443", help="host:port to listen on")
     p.set_defaults(handler=_federation_enrol_gateway)
 
+    p = fed_cmds.add_parser("bootstrap", help="a whole federation from one spec file (for a container init step)")
+    p.add_argument("--spec", type=Path, required=True, help="federation.toml: federation id, gateway, [[node]]s")
+    p.add_argument("--out", type=Path, required=True, help="folder for federation/ and one bundle per service")
+    p.set_defaults(handler=_federation_bootstrap)
+
     p = fed_cmds.add_parser("rotate-keys", help="a new generation of a node's message keys, with an overlap")
     p.add_argument("--dir", type=Path, required=True, help="the federation folder")
     p.add_argument("--node-id", required=True)
@@ -191,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="node.toml")
     p.set_defaults(handler=_node_serve)
 
+    config = commands.add_parser("config", help="check configuration files")
+    config_cmds = config.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = config_cmds.add_parser("check", help="report every problem in a node.toml or gateway.toml, with its line")
+    p.add_argument("file", type=Path)
+    p.set_defaults(handler=_config_check)
+
+    health.register(commands)
     node_client.register(commands)
     node_client.register_casework(commands)
     audit.register(commands)

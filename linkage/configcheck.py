@@ -1,0 +1,85 @@
+"""`linkage config check FILE`: every problem in a configuration file at once, each with
+its line, so agency IT can fix the file in one pass."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from linkage.settings import GATEWAY, NODE, Setting
+
+_LEVELS = {"debug", "info", "warning", "error"}
+_ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+def _lines(text: str) -> dict[tuple[str, str], int]:
+    """(section, key) -> line number, by reading the file as a person would."""
+    where: dict[tuple[str, str], int] = {}
+    section = ""
+    for n, line in enumerate(text.splitlines(), start=1):
+        stripped = line.split("#", 1)[0].strip()
+        if m := re.match(r"^\[([^\[\]]+)\]$", stripped):
+            section = m.group(1).strip()
+            where[(section, "")] = n
+        elif m := re.match(r"^([A-Za-z0-9_\-]+)\s*=", stripped):
+            where[(section, m.group(1))] = n
+    return where
+
+
+def check(path: Path) -> list[str]:
+    """All problems found, as 'FILE:LINE: message'; empty when the file is good."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        return [f"{path}: cannot read: {exc.strerror}"]
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = re.search(r"line (\d+)", str(exc))
+        return [f"{path}:{line.group(1) if line else '?'}: not valid TOML: {exc}"]
+    kind = "gateway" if "id" in data.get("gateway", {}) and "node" not in data else "node"
+    settings = {(s.section, s.key): s for s in (GATEWAY if kind == "gateway" else NODE)}
+    where = _lines(text)
+    problems: list[tuple[int, str]] = []
+
+    def at(section: str, key: str = "") -> int:
+        return where.get((section, key), where.get((section, ""), 0))
+
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            problems.append((at("", section), f"'{section}' must be a [section]"))
+            continue
+        for key, value in values.items():
+            setting = settings.get((section, key))
+            if setting is None:
+                known = sorted(k for s, k in settings if s == section)
+                hint = f" (known here: {', '.join(known)})" if known else " (no such section)"
+                problems.append((at(section, key), f"unknown setting [{section}] {key}{hint}"))
+                continue
+            message = _value_problem(setting, value, path.parent)
+            if message:
+                problems.append((at(section, key), f"[{section}] {key}: {message}"))
+    for setting in settings.values():
+        if setting.required and setting.key not in data.get(setting.section, {}):
+            problems.append((at(setting.section), f"[{setting.section}] {setting.key} is required: {setting.meaning}"))
+    return [f"{path}:{line}: {message}" for line, message in sorted(problems)]
+
+
+def _value_problem(setting: Setting, value: object, base: Path) -> str:
+    kind = setting.kind
+    if kind in ("str", "path", "address", "level") and not isinstance(value, str):
+        return f"must be text, got {type(value).__name__}"
+    if kind == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        return "must be a whole number, 0 or more"
+    if kind == "float" and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+        return "must be a positive number"
+    if kind == "list" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return "must be a list of file paths"
+    if kind == "level" and value not in _LEVELS:
+        return f"must be one of {', '.join(sorted(_LEVELS))}"
+    if kind == "address" and not _ADDRESS.match(str(value)):
+        return "must be host:port, e.g. gateway.example:7443"
+    if kind == "path" and setting.section in ("tls", "federation", "keys") and not (base / str(value)).exists():
+        return f"{value} does not exist (relative paths start from the file's folder)"
+    return ""

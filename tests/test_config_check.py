@@ -1,0 +1,78 @@
+"""`linkage config check`: a good file passes; each kind of bad file is reported, every
+problem at once, each with its line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from linkage.configcheck import check
+from linkage.settings import GATEWAY, NODE
+from tests.harness import LocalFederation
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _node_toml(federation: LocalFederation) -> Path:
+    return federation.node_configs["csc"].data_dir / "node.toml"
+
+
+def test_enrolled_files_are_good(federation: LocalFederation) -> None:
+    assert check(_node_toml(federation)) == []
+    assert check(federation.gateway_config.data_dir / "gateway.toml") == []
+    result = subprocess.run(
+        [sys.executable, "-m", "linkage", "config", "check", str(_node_toml(federation))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and "OK" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda t: t.replace("[api]", '[api]\nsokcet = "x"'), "unknown setting [api] sokcet (known here: socket)"),
+        (lambda t: t.replace('log_level = "info"', 'log_level = "loud"'), "[node] log_level: must be one of"),
+        (lambda t: t.replace('address = "127.0.0.1:0"', 'address = "gateway"'), "[gateway] address: must be host:port"),
+        (lambda t: t.replace('cert = "tls/node.pem"', 'cert = "tls/missing.pem"'), "tls/missing.pem does not exist"),
+        (lambda t: t.replace('id = "csc"\n', ""), "[node] id is required"),
+        (lambda t: t + '\n[delivery]\nretry_base_ms = "soon"\n', "[delivery] retry_base_ms: must be a whole number"),
+        (lambda t: t + "\n[retention\n", "not valid TOML"),
+    ],
+)
+def test_each_kind_of_bad_file_is_reported_with_its_line(
+    federation: LocalFederation, tmp_path: Path, edit: object, expected: str
+) -> None:
+    original = _node_toml(federation).read_text()
+    bad = _node_toml(federation).parent / "bad.toml"
+    bad.write_text(edit(original))  # type: ignore[operator]
+    problems = check(bad)
+    assert any(expected in p for p in problems), problems
+    assert all(p.startswith(f"{bad}:") and p.split(":")[1].isdigit() for p in problems), problems
+
+
+def test_every_problem_is_reported_at_once(federation: LocalFederation) -> None:
+    text = _node_toml(federation).read_text()
+    text = text.replace('log_level = "info"', 'log_level = "loud"').replace("[api]", '[api]\ncolour = "red"')
+    bad = _node_toml(federation).parent / "two.toml"
+    bad.write_text(text)
+    problems = check(bad)
+    assert len(problems) == 2
+    lines = [int(p.split(":")[1]) for p in problems]
+    assert text.splitlines()[lines[0] - 1].startswith("log_level") or text.splitlines()[lines[1] - 1].startswith(
+        "log_level"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "linkage", "config", "check", str(bad)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1 and result.stdout.count(str(bad)) == 2
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    for setting in {(s.section, s.key): s for s in NODE + GATEWAY}.values():
+        assert f"`[{setting.section}] {setting.key}`" in doc, setting
