@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck proto bench clean
+.PHONY: demo test lint typecheck proto docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ typecheck: $(STAMP)
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
+
+docs: $(STAMP)
+	$(BIN)/python tools/gen_config_doc.py
 
 bench: $(STAMP)
 	$(BIN)/linkage bench --quick

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from gateway.authz import Authoriser
 from gateway.db import GatewayDb
 from gateway.metalog import MetaLog
+from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimits
 from gateway.service import GatewayService
 from gateway.sessions import Sessions
@@ -22,6 +23,7 @@ from linkage import logs
 from linkage.clock import Clock, SystemClock
 from linkage.config import GatewayConfig, load_directory_key
 from linkage.directory import TrustedDirectory
+from linkage.metrics import MetricsEndpoint
 from linkage.reasons import Rejected
 from linkage.transport import SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
@@ -46,6 +48,8 @@ class GatewayServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._directory_mtime = 0
         self._serving = True
+        self.metrics = GatewayMetrics()
+        self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.port = 0
 
     def load_directory(self) -> None:
@@ -102,6 +106,7 @@ class GatewayServer:
             self.metalog,
             RateLimits(limits.control_per_second, limits.control_burst, self.clock),
             RateLimits(limits.resolve_per_second, limits.resolve_burst, self.clock),
+            self.metrics,
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -113,6 +118,14 @@ class GatewayServer:
         await server.start()
         self._server = server
         self._tasks = [asyncio.create_task(self.metalog.run()), asyncio.create_task(self._watch_directory())]
+        index = self._index
+        self.metrics.bind(
+            connected=lambda: len(self.sessions),
+            subscriptions=lambda: len(index),
+            directory_age=lambda: (self.clock.now_ms() - self.trust.issued_at_ms) / 1000,
+        )
+        if self.config.metrics_listen:
+            self.metrics_endpoint.start(self.config.metrics_listen)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("gateway.started", port=self.port, subscriptions=len(self._index))
@@ -127,6 +140,7 @@ class GatewayServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.metrics_endpoint.stop()
         if self._db is not None:
             await self.metalog.flush()
             await self._db.close()

@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.authz import Authoriser, Denied, abort
 from gateway.metalog import MetaLog
+from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimits
 from gateway.sessions import Session, Sessions
 from gateway.subscriptions import SubscriptionIndex
@@ -49,6 +50,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         metalog: MetaLog,
         control: RateLimits,
         resolves: RateLimits,
+        metrics: GatewayMetrics,
     ) -> None:
         self.authz = authz
         self.index = index
@@ -58,6 +60,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.metalog = metalog
         self.control = control
         self.resolves = resolves
+        self.metrics = metrics
 
     def _control_call(self, context: Context, claimed_node: str, what: str) -> str:
         """Authorise a control-plane call and charge it to the node's rate limit."""
@@ -86,6 +89,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             event, node=node, counterpart=counterpart, message_id=message_id, outcome=outcome, **detail
         )
         self.metalog.record(event, node, counterpart, message_id, outcome, **detail)
+        self.metrics.observe(event)
 
     async def Subscribe(self, request: gateway_pb2.SubscribeRequest, context: Context) -> gateway_pb2.SubscribeResponse:
         try:

@@ -158,6 +158,7 @@ class GatewayConfig:
     federation: FederationConfig
     tls: TlsFiles
     limits: GatewayLimits = GatewayLimits()
+    metrics_listen: str = ""  # host:port for Prometheus; empty: off
 
     @classmethod
     def load(cls, path: Path) -> GatewayConfig:
@@ -170,6 +171,7 @@ class GatewayConfig:
             federation=_federation(r),
             tls=_tls(r),
             limits=_limits(r),
+            metrics_listen=r.get("metrics", "listen", "", required=False) or "",
         )
         r.done()
         return config
@@ -190,6 +192,7 @@ class NodeConfig:
     delivery: DeliverySettings = DeliverySettings()
     policy: PolicyFiles = PolicyFiles()
     retention_days: int = 0  # received summaries kept this long; 0 keeps them (the audit log is never purged)
+    metrics_listen: str = ""  # host:port for Prometheus; empty: off
 
     @property
     def store_path(self) -> Path:
@@ -212,6 +215,7 @@ class NodeConfig:
             delivery=_delivery(r),
             policy=_policy(r),
             retention_days=int(r.get("retention", "summaries_days", 0)),
+            metrics_listen=r.get("metrics", "listen", "", required=False) or "",
         )
         r.done()
         return config

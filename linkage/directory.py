@@ -108,6 +108,10 @@ class TrustedDirectory:
     def version(self) -> int:
         return self._view.version if self._view else 0
 
+    @property
+    def issued_at_ms(self) -> int:
+        return self._view.directory.issued_at_ms if self._view else 0
+
     def accept(self, signed: pb.SignedDirectory, now_ms: int) -> DirectoryView:
         view = verify_directory(signed, self.public_key, self.federation_id, now_ms, self.version)
         self._view = view

@@ -43,6 +43,7 @@ NODE: list[Setting] = [
     Setting("policy", "glossary", "path", None, "Plain-language glossary (default: the packaged one)."),
     Setting("policy", "codelists_extra", "list", [], "The federation's own code-list extensions."),
     Setting("retention", "summaries_days", "int", 0, "Keep received summaries this long; 0 keeps them."),
+    Setting("metrics", "listen", "str", "", "host:port for Prometheus metrics; empty: off."),
     *_COMMON,
 ]
 
@@ -59,5 +60,6 @@ GATEWAY: list[Setting] = [
     Setting("limits", "control_burst", "int", 500, "Token-bucket burst for those."),
     Setting("limits", "resolve_per_second", "float", 1_000.0, "Per node: recipient resolution (one per share)."),
     Setting("limits", "resolve_burst", "int", 10_000, "Token-bucket burst for it."),
+    Setting("metrics", "listen", "str", "", "host:port for Prometheus metrics; empty: off."),
     *_COMMON,
 ]

@@ -28,6 +28,7 @@ from linkage.reasons import Rejected
 from linkage.v1 import envelope_pb2, gateway_pb2
 from node.backoff import backoff_ms
 from node.link import NotConnected
+from node.metrics import NodeMetrics
 from node.store import Store, Tx
 
 BATCH = 256  # also the window: at most this many unacknowledged sends
@@ -54,6 +55,7 @@ class Outbox:
         clock: Clock,
         settings: DeliverySettings,
         rng: random.Random | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.store = store
         self.link = link
@@ -62,6 +64,7 @@ class Outbox:
         self.clock = clock
         self.settings = settings
         self.rng = rng or random.Random()
+        self.metrics = metrics or NodeMetrics()
         self.wake = asyncio.Event()
         self._in_flight: dict[str, str] = {}  # message id -> recipient, awaiting the gateway's ack
         # recipient -> (consecutive "offline" answers, when to probe it again)
@@ -76,6 +79,11 @@ class Outbox:
         async with self._changes:
             self.version += 1
             self._changes.notify_all()
+        row = await self.store.fetchone(
+            "SELECT COUNT(*), MIN(created_at_ms) FROM outbox WHERE state IN ('queued', 'sent')"
+        )
+        self.metrics.outbox_depth.set(row[0])
+        self.metrics.outbox_age.set((self.clock.now_ms() - row[1]) / 1000 if row[1] else 0)
 
     async def wait_change(self, since: int) -> int:
         """Wait until some delivery state changed after `since` (a previous `version`)."""
@@ -172,6 +180,7 @@ class Outbox:
                     counterpart=recipient,
                     detail={"share_id": share_id, "reason": reason, "by": "sender"},
                 )
+        self.metrics.undeliverable.inc(len(rows))
         log.warning("message.undeliverable", count=len(rows), reason="timeout")
         await self.changed()
 
@@ -219,6 +228,7 @@ class Outbox:
                 (attempts, tx.now_ms, tx.now_ms + self.settings.receipt_timeout_ms, ack.message_id),
             )
             if state == "queued":
+                self.metrics.sent.inc()
                 await tx.audit(
                     "message.sent", message_id=ack.message_id, counterpart=recipient, detail={"share_id": share_id}
                 )
@@ -240,6 +250,7 @@ class Outbox:
                 (attempts, tx.now_ms + delay, ack.message_id),
             )
         else:
+            self.metrics.undeliverable.inc()
             reason = f"refused by the gateway: {ack.reason or 'no reason given'}"
             await tx.execute(
                 "UPDATE outbox SET state = 'undeliverable', attempts = ?, reason = ? WHERE message_id = ?",
@@ -277,7 +288,7 @@ class Outbox:
                 await tx.execute(
                     "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, reason = ? "
                     "WHERE message_id = ? AND recipient = ? AND digest = ? AND state IN ('queued', 'sent') "
-                    "RETURNING share_id",
+                    "RETURNING share_id, created_at_ms",
                     (
                         "delivered" if accepted else "undeliverable",
                         body.received_at_ms if accepted else None,
@@ -298,5 +309,10 @@ class Outbox:
                 detail={"share_id": row[0], "received_at_ms": body.received_at_ms, "reason": reason, "by": "recipient"},
             )
         self._away.pop(body.recipient_node, None)
+        if accepted:
+            self.metrics.delivered.inc()
+            self.metrics.latency.observe(max(0, body.received_at_ms - row[1]) / 1000)
+        else:
+            self.metrics.undeliverable.inc()
         log.info("receipt", message_id=body.message_id, accepted=accepted)
         await self.changed()

@@ -29,6 +29,7 @@ from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, summary_pb2
 from node.effects import apply_effects
 from node.link import GatewayLink, NotConnected
 from node.messaging import kind_name
+from node.metrics import NodeMetrics
 from node.store import Store, Tx
 
 log = logs.get("node.reception")
@@ -62,6 +63,7 @@ class Reception:
         clock: Clock,
         feed: InboxFeed,
         checkpoint: Callable[[], audit_pb2.SignedCheckpoint] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.store = store
         self.link = link
@@ -71,6 +73,7 @@ class Reception:
         self.clock = clock
         self.feed = feed
         self.checkpoint = checkpoint
+        self.metrics = metrics or NodeMetrics()
 
     async def on_envelope(self, envelope: envelope_pb2.Envelope) -> None:
         now = self.clock.now_ms()
@@ -106,6 +109,7 @@ class Reception:
                 log.warning("message.rejected", sender=sender, message_id=message_id, reason=Reason.CONFLICT.value)
                 return envelope_pb2.RECEIPT_STATUS_REJECTED, Reason.CONFLICT.value, 0
             seq = await self._insert(tx, opened)
+        self.metrics.received.inc()
         log.info("message.received", sender=sender, message_id=message_id, seq=seq)
         return envelope_pb2.RECEIPT_STATUS_ACCEPTED, "", seq
 
@@ -163,6 +167,7 @@ class Reception:
             await tx.audit(
                 "message.rejected", message_id=message_id, counterpart=sender, detail={"reason": reason.value}
             )
+        self.metrics.rejected.labels(reason.value).inc()
         log.warning("message.rejected", sender=sender, message_id=message_id, reason=reason.value)
         if routing is not None and reason is not Reason.WRONG_RECIPIENT:
             await self._receipt(message_id, sender, digest, envelope_pb2.RECEIPT_STATUS_REJECTED, reason.value)

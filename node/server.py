@@ -16,6 +16,7 @@ from linkage.clock import Clock, SystemClock
 from linkage.config import NodeConfig, load_directory_key
 from linkage.directory import TrustedDirectory
 from linkage.keys import MessageKeys
+from linkage.metrics import MetricsEndpoint
 from linkage.reasons import Rejected
 from linkage.tokens import LinkageKey
 from linkage.transport import LINK_HEALTH_SERVICE, SERVER_OPTIONS
@@ -28,6 +29,7 @@ from node.context import NodeContext
 from node.inbox import Inbox
 from node.link import GatewayLink
 from node.messaging import Messenger
+from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
@@ -135,10 +137,23 @@ class NodeServer:
             on_frame=self._on_frame,
             on_state=self._on_link_state,
         )
-        self.outbox = Outbox(self.store, self.link, self.trust, config.node_id, self.clock, config.delivery)
+        self.metrics = NodeMetrics()
+        self.metrics.bind_directory_age(lambda: (self.clock.now_ms() - self.trust.issued_at_ms) / 1000)
+        self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
+        self.outbox = Outbox(
+            self.store, self.link, self.trust, config.node_id, self.clock, config.delivery, metrics=self.metrics
+        )
         self.checkpoints = Checkpointer(self.store, self.link, keys, config.node_id, self.clock)
         self.reception = Reception(
-            self.store, self.link, self.trust, keys, config.node_id, self.clock, self.feed, self.checkpoints.latest
+            self.store,
+            self.link,
+            self.trust,
+            keys,
+            config.node_id,
+            self.clock,
+            self.feed,
+            self.checkpoints.latest,
+            metrics=self.metrics,
         )
         self.ctx = NodeContext(
             node_id=config.node_id,
@@ -187,6 +202,8 @@ class NodeServer:
         finally:
             os.umask(old_umask)
         self._server = server
+        if config.metrics_listen:
+            self.metrics_endpoint.start(config.metrics_listen)
         await self.health.set(LINK_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._tasks = [
             asyncio.create_task(self.link.run()),
@@ -217,6 +234,7 @@ class NodeServer:
                 await task
         if self.link is not None:
             await self.link.close()
+            self.metrics_endpoint.stop()
         if self.store is not None:
             await self.store.close()
         log.info("node.stopped")

@@ -1,0 +1,50 @@
+"""The gateway's metrics: envelopes by outcome, refusals, connected nodes, subscriptions,
+directory age. Counts only; never a token or an identifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+_OUTCOMES = {
+    "envelope.forwarded": "forwarded",
+    "envelope.recipient_offline": "recipient_offline",
+    "envelope.busy": "busy",
+    "envelope.rejected": "rejected",
+}
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.envelopes = Counter(
+            "linkage_gateway_envelopes",
+            "Envelopes from nodes, by what became of them",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.refusals = Counter("linkage_gateway_refusals", "Calls refused, by kind", ["kind"], registry=self.registry)
+        self.receipts = Counter("linkage_gateway_receipts", "Receipts relayed to senders", registry=self.registry)
+        self.connected = Gauge("linkage_gateway_connected_nodes", "Nodes with an open stream", registry=self.registry)
+        self.subscriptions = Gauge(
+            "linkage_gateway_subscriptions", "(token, node) subscriptions held", registry=self.registry
+        )
+        self.directory_age = Gauge(
+            "linkage_gateway_directory_age_seconds", "Age of the directory held", registry=self.registry
+        )
+
+    def observe(self, event: str) -> None:
+        if event in _OUTCOMES:
+            self.envelopes.labels(_OUTCOMES[event]).inc()
+        elif event.endswith(".refused") or event == "rate_limited":
+            self.refusals.labels(event).inc()
+        elif event == "receipt.relayed":
+            self.receipts.inc()
+
+    def bind(
+        self, connected: Callable[[], float], subscriptions: Callable[[], float], directory_age: Callable[[], float]
+    ) -> None:
+        self.connected.set_function(connected)
+        self.subscriptions.set_function(subscriptions)
+        self.directory_age.set_function(directory_age)

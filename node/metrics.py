@@ -1,0 +1,45 @@
+"""The node's metrics: messages sent, delivered, undeliverable, received and rejected by
+reason; outbox depth and age; delivery latency; directory age. Counts only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class NodeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.sent = Counter("linkage_node_messages_sent", "Messages forwarded by the gateway", registry=self.registry)
+        self.delivered = Counter(
+            "linkage_node_messages_delivered", "Messages with the recipient's signed receipt", registry=self.registry
+        )
+        self.undeliverable = Counter(
+            "linkage_node_messages_undeliverable", "Messages that could not be delivered", registry=self.registry
+        )
+        self.received = Counter("linkage_node_messages_received", "Messages accepted", registry=self.registry)
+        self.rejected = Counter(
+            "linkage_node_messages_rejected",
+            "Messages refused on arrival, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.outbox_depth = Gauge(
+            "linkage_node_outbox_depth", "Messages not yet delivered or given up", registry=self.registry
+        )
+        self.outbox_age = Gauge(
+            "linkage_node_outbox_oldest_age_seconds", "Age of the oldest undelivered message", registry=self.registry
+        )
+        self.latency = Histogram(
+            "linkage_node_delivery_latency_seconds",
+            "From queued to the recipient's receipt",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30, 60, 300, 3600, 86400),
+            registry=self.registry,
+        )
+        self.directory_age = Gauge(
+            "linkage_node_directory_age_seconds", "Age of the directory held", registry=self.registry
+        )
+
+    def bind_directory_age(self, age: Callable[[], float]) -> None:
+        self.directory_age.set_function(age)
