@@ -60,8 +60,9 @@ class Checkpointer:
         """Lodge after every LODGE_EVERY_ENTRIES entries, or LODGE_EVERY_S after the first unlodged one."""
         last = self.clock.now_ms()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.store.appended.wait(), LODGE_EVERY_S)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see Outbox.run
+                async with asyncio.timeout(LODGE_EVERY_S):
+                    await self.store.appended.wait()
             self.store.appended.clear()
             grown = self.store.frontier.size - self.lodged_size
             due = grown > 0 and self.clock.now_ms() - last >= LODGE_EVERY_S * 1000

@@ -104,8 +104,11 @@ class Outbox:
             if self.link.connected.is_set():
                 await self.send_due()
             timeout = await self._seconds_to_next_due()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation
+            # that races with the event, and then stop() would wait for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
 
     async def drain(self, timeout_s: float) -> int:
         """Send nothing new; wait up to `timeout_s` for the acks of what is in flight.

@@ -230,8 +230,13 @@ class NodeServer:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            try:
+                async with asyncio.timeout(grace):
+                    await task
+            except (asyncio.CancelledError, TimeoutError):
+                pass
+            if not task.done():
+                log.error("node.task_did_not_stop", task=task.get_coro().__qualname__)  # type: ignore[union-attr]
         if self.link is not None:
             await self.link.close()
             self.metrics_endpoint.stop()

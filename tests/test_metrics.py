@@ -1,0 +1,43 @@
+"""Prometheus metrics of node and gateway, scraped over HTTP during a real exchange."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import urllib.request
+
+from tests.harness import LocalFederation, running, wait_delivered
+from tests.test_federation import share_think_family
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+async def test_metrics_are_exposed_and_count_the_exchange(federation: LocalFederation) -> None:
+    federation.gateway_config = dataclasses.replace(federation.gateway_config, metrics_listen="127.0.0.1:0")
+    for node in federation.node_configs:
+        federation.node_configs[node] = dataclasses.replace(federation.node_configs[node], metrics_listen="127.0.0.1:0")
+    async with running(federation) as cluster:
+        await share_think_family(cluster)
+        await wait_delivered(cluster.nodes["amh"], 2)
+        amh = await asyncio.to_thread(scrape, cluster.nodes["amh"].metrics_endpoint.port)
+        csc = await asyncio.to_thread(scrape, cluster.nodes["csc"].metrics_endpoint.port)
+        gateway = await asyncio.to_thread(scrape, cluster.gateway.metrics_endpoint.port)
+    assert amh["linkage_node_messages_sent_total"] == 2
+    assert amh["linkage_node_messages_delivered_total"] == 2
+    assert amh["linkage_node_outbox_depth"] == 0
+    assert amh["linkage_node_delivery_latency_seconds_count"] == 2
+    assert 0 < amh["linkage_node_directory_age_seconds"] < 3600
+    assert csc["linkage_node_messages_received_total"] >= 1
+    assert gateway['linkage_gateway_envelopes_total{outcome="forwarded"}'] >= 2
+    assert gateway["linkage_gateway_connected_nodes"] == 4
+    assert gateway["linkage_gateway_subscriptions"] >= 5
+    assert not any(re.search(r"[0-9a-f]{64}", name) for name in {**amh, **gateway})  # never a token
