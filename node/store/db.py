@@ -10,19 +10,22 @@ the transaction commits.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from linkage import logs
 from linkage.auditlog import GENESIS, AuditEntry, chain_hash, entry_leaf
 from linkage.clock import Clock
 from linkage.merkle import CompactRange
 from linkage.v1 import summary_pb2
 from node.store.schema import MIGRATIONS
 
+log = logs.get("node.store")
 SYSTEM_ACTOR = {"id": "system", "name": "", "role": "system"}
 
 
@@ -108,7 +111,7 @@ class Store:
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
             store = cls(db, clock)
-            await store._migrate()
+            await store._migrate(path)
             async with db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") as cur:
                 row = await cur.fetchone()
             if row is not None:
@@ -130,7 +133,7 @@ class Store:
                     frontier.append(entry_leaf(entry))
         return frontier
 
-    async def _migrate(self) -> None:
+    async def _migrate(self, path: Path) -> None:
         async with self.db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         version = int(row[0]) if row else 0
@@ -139,6 +142,12 @@ class Store:
                 f"store schema version {version} is newer than this Linkage supports ({len(MIGRATIONS)}); "
                 "upgrade Linkage instead of opening it with an older release"
             )
+        if 0 < version < len(MIGRATIONS):
+            # Never migrate the only copy: take a consistent backup first.
+            backup = path.with_name(f"{path.name}.v{version}.{self.clock.now_ms()}.bak")
+            with closing(sqlite3.connect(backup)) as target:
+                await self.db.backup(target)
+            log.info("store.backed_up_before_migration", schema=version, target=backup.name)
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             # executescript commits, so each migration is its own explicit transaction.
             await self.db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
