@@ -142,3 +142,18 @@ async def test_canary_in_a_summary_never_reaches_gateway_files_or_any_log(federa
             data = path.read_bytes()
             for secret in secrets:
                 assert secret.encode() not in data, f"{secret} found in {path}"
+
+
+async def test_expired_certificate_is_refused(federation: LocalFederation, tmp_path: Path) -> None:
+    ca = federation.fed.ca()
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    key, cert = ca.issue(spiffe_id(FEDERATION_ID, "node", "amh"), "node-amh", past, 1)  # expired yesterday
+    (tmp_path / "old.key").write_bytes(key)
+    (tmp_path / "old.pem").write_bytes(cert)
+    tls = TlsFiles(cert=tmp_path / "old.pem", key=tmp_path / "old.key", ca=federation.gateway_config.tls.ca)
+    async with running(federation, nodes=()) as cluster:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await gateway_stub(cluster, tls).Subscribe(
+                gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]), timeout=5
+            )
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
