@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -88,7 +89,9 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
             "case", "open", "--case-ref", "A-1", "--person", parent, "--person", child, *who("amh"), "--json"
         )
         assert code == 0, err
-        amh_case = json.loads(out)["case_id"]
+        opened = json.loads(out)
+        amh_case = opened["case_id"]
+        amh_parent, amh_child = (base64.b64decode(p["link_token"]) for p in opened["people"])
         code, out, err = await linkage("case", "open", "--case-ref", "C-1", "--person", child, *who("csc"))
         assert code == 0, err
         assert "child AT_RISK CHILD" in out
@@ -118,5 +121,36 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
         code, out, err = await linkage("case", "closure", amh_case, *who("amh"))
         assert "Children's Social Care: object: Too soon" in out and "An objection is outstanding." in out
 
+        # amh shares an assessment; csc's chronology shows it, with its source, currency and direction.
+        assessment = stories.parent_risk_change(amh_parent, amh_child)
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=amh_case, assessment=assessment)
+        )
+        await cluster.api("amh").ShareSummary(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONER, assessment_id=recorded.assessment_id, decision=stories.override_decision()
+            )
+        )
+        await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
         code, out, err = await linkage("chronology", csc_case, *who("csc"))
         assert code == 0, err
+        assert "Adult Mental Health Trust" in out and "PARENTAL_CAPACITY" in out and "increased" in out
+
+        # The IG officer verifies the running node's log against what the gateway witnessed.
+        await cluster.nodes["amh"].checkpoints.lodge()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "linkage",
+            "audit",
+            "verify",
+            "--from-gateway",
+            "--config",
+            str(cluster.nodes["amh"].config.data_dir / "node.toml"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "LINKAGE_GATEWAY_ADDRESS": f"127.0.0.1:{cluster.gateway.port}"},
+        )
+        out_b, err_b = await proc.communicate()
+        assert proc.returncode == 0, out_b.decode() + err_b.decode()
+        assert "consistent with 1 of 1 lodged checkpoints" in out_b.decode()
