@@ -70,12 +70,7 @@ class GatewayServer:
                 self.load_directory()
             except Rejected as exc:
                 log.warning("directory.refused", reason=exc.reason.value)
-        serving = True
-        try:
-            self.trust.current(self.clock.now_ms())
-        except Rejected as exc:
-            log.error("directory.expired", reason=exc.reason.value)
-            serving = False
+        serving = self.trust.serving(self.clock.now_ms())
         if serving != self._serving and self._server is not None:
             self._serving = serving
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from linkage import logs
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2 as pb
 
 DIRECTORY_LABEL = b"linkage/v1/directory\x00"
+log = logs.get("directory")
 
 
 def sign_directory(directory: pb.Directory, key: ed25519.Ed25519PrivateKey) -> pb.SignedDirectory:
@@ -116,6 +118,15 @@ class TrustedDirectory:
         view = verify_directory(signed, self.public_key, self.federation_id, now_ms, self.version)
         self._view = view
         return view
+
+    def serving(self, now_ms: int) -> bool:
+        """Whether a current directory is held; when not, the process fails closed."""
+        try:
+            self.current(now_ms)
+        except Rejected as exc:
+            log.error("directory.expired", reason=exc.reason.value)
+            return False
+        return True
 
     def current(self, now_ms: int) -> DirectoryView:
         """The held directory; fail closed when there is none or it has expired."""

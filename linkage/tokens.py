@@ -76,8 +76,3 @@ class LinkageKey:
         if len(key) < 32:
             raise ValueError(f"linkage key in {path} is shorter than 32 bytes")
         return cls(version=int(data["version"]), key=key)
-
-
-def token_hex(token: bytes) -> str:
-    """Short printable form of a token for logs and audit (never an identifier)."""
-    return token.hex()

@@ -88,12 +88,7 @@ class NodeServer:
                 signed = await self.link.fetch_directory(self.trust.version)
                 with contextlib.suppress(Rejected):
                     self.trust.accept(signed, self.clock.now_ms())
-        serving = True
-        try:
-            self.trust.current(self.clock.now_ms())
-        except Rejected as exc:
-            log.error("directory.expired", reason=exc.reason.value)
-            serving = False
+        serving = self.trust.serving(self.clock.now_ms())
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
