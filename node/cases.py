@@ -79,7 +79,7 @@ class Cases:
         return [bytes(r[0]) for r in rows]
 
     async def _insert_people(self, tx: Tx, case_id: str, people: list[node_api_pb2.CasePerson]) -> None:
-        await tx.db.executemany(
+        await tx.executemany(
             "INSERT OR IGNORE INTO case_people(case_id, token, role_in_risk, person_type, relationship, "
             "protect_identity) VALUES (?, ?, ?, ?, ?, ?)",
             [
@@ -310,7 +310,7 @@ class Cases:
                 "VALUES (?, ?, ?, ?, 'proposed', ?)",
                 (closure_id, request.case_id, tx.now_ms, dates.iso(request.respond_by), intent.SerializeToString()),
             )
-            await tx.db.executemany(
+            await tx.executemany(
                 "INSERT INTO closure_invitees(closure_id, node_id) VALUES (?, ?)", [(closure_id, n) for n in invitees]
             )
             await tx.audit(

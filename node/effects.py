@@ -40,7 +40,7 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
         )
     elif kind == pb.MESSAGE_KIND_INVOLVEMENT_NOTICE:
         notice = body.involvement
-        await tx.db.executemany(
+        await tx.executemany(
             "INSERT INTO involvement(token, node_id, joined, at_ms) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(token, node_id) DO UPDATE SET joined = excluded.joined, at_ms = excluded.at_ms",
             [(t, sender, int(notice.joined), tx.now_ms) for t in notice.link_tokens],

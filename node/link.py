@@ -18,6 +18,10 @@ from node.backoff import backoff_ms
 UNARY_TIMEOUT_S = 10.0
 RECONNECT_BASE_MS = 200
 RECONNECT_CAP_MS = 30_000
+# Frames handled at once. Each handler starts in arrival order and reaches the store's
+# FIFO lock before it first yields, so effects keep the stream's order while their
+# transactions share group commits.
+FRAME_WINDOW = 256
 
 log = logs.get("node.link")
 
@@ -49,10 +53,28 @@ class GatewayLink:
         self._on_state = on_state
         self._call: grpc.aio.StreamStreamCall[gateway_pb2.NodeFrame, gateway_pb2.GatewayFrame] | None = None
         self._write_lock = asyncio.Lock()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._window = asyncio.Semaphore(FRAME_WINDOW)
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
         """Keep a stream open until cancelled."""
+        try:
+            await self._run()
+        finally:
+            for task in self._handlers:
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    async def _handle(self, frame: gateway_pb2.GatewayFrame) -> None:
+        try:
+            await self._on_frame(frame)
+        except Exception:
+            log.exception("gateway.frame_failed", kind=frame.WhichOneof("frame"))
+        finally:
+            self._window.release()
+
+    async def _run(self) -> None:
         attempt = 0
         while True:
             try:
@@ -64,7 +86,10 @@ class GatewayLink:
                 log.info("gateway.connected", attempt=attempt)
                 attempt = 0
                 while isinstance(frame := await call.read(), gateway_pb2.GatewayFrame):
-                    await self._on_frame(frame)
+                    await self._window.acquire()  # back-pressure: stop reading while the window is full
+                    task = asyncio.create_task(self._handle(frame))
+                    self._handlers.add(task)
+                    task.add_done_callback(self._handlers.discard)
                 log.info("gateway.stream_ended")
             except grpc.aio.AioRpcError as exc:
                 log.warning("gateway.unavailable", code=exc.code().name, attempt=attempt)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from typing import Protocol
 
 from linkage import logs
@@ -35,6 +36,7 @@ BATCH = 256  # also the window: at most this many unacknowledged sends
 BUSY_BASE_MS = 100
 BUSY_CAP_MS = 10_000
 LIVE = ("queued", "sent")
+GAUGE_INTERVAL_S = 1.0  # outbox depth and age gauges are refreshed at most this often
 
 log = logs.get("node.outbox")
 
@@ -72,6 +74,10 @@ class Outbox:
         self._changes = asyncio.Condition()
         self.version = 0  # bumped on every delivery state change
         self._stopping = False
+        self._gauges_at = -GAUGE_INTERVAL_S
+        self._gauges_later: asyncio.TimerHandle | None = None
+        self._expiry_due_ms = 0  # when the oldest live message becomes undeliverable (0: check now)
+        self._settled: dict[str, asyncio.Future[str]] = {}  # message id -> its final state, for watchers
 
     # -- observing ---------------------------------------------------------
 
@@ -79,6 +85,20 @@ class Outbox:
         async with self._changes:
             self.version += 1
             self._changes.notify_all()
+        # The depth and age gauges cost a query: refresh them at once if they are older than
+        # the interval, else once when it ends; never once per message.
+        if time.monotonic() - self._gauges_at >= GAUGE_INTERVAL_S:
+            await self.refresh_gauges()
+        elif self._gauges_later is None:
+            self._gauges_later = asyncio.get_running_loop().call_later(GAUGE_INTERVAL_S, self._refresh_later)
+
+    def _refresh_later(self) -> None:
+        self._gauges_later = None
+        task = asyncio.ensure_future(self.refresh_gauges())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a closed store at shutdown is fine
+
+    async def refresh_gauges(self) -> None:
+        self._gauges_at = time.monotonic()
         row = await self.store.fetchone(
             "SELECT COUNT(*), MIN(created_at_ms) FROM outbox WHERE state IN ('queued', 'sent')"
         )
@@ -91,6 +111,22 @@ class Outbox:
             await self._changes.wait_for(lambda: self.version > since)
             return self.version
 
+    async def settled(self, message_id: str) -> str:
+        """Wait for a message's final state ("delivered" or "undeliverable") once it is
+        committed, without polling: for callers that follow one message."""
+        future = self._settled.get(message_id)
+        if future is None:
+            future = self._settled[message_id] = asyncio.get_running_loop().create_future()
+        row = await self.store.fetchone("SELECT state FROM outbox WHERE message_id = ?", (message_id,))
+        if row is not None and row[0] not in LIVE:
+            self._settle(message_id, row[0])  # it settled before we started watching
+        return await asyncio.shield(future)  # one watcher giving up leaves the others waiting
+
+    def _settle(self, message_id: str, state: str) -> None:
+        future = self._settled.pop(message_id, None)
+        if future is not None and not future.done():
+            future.set_result(state)
+
     async def queued(self) -> int:
         row = await self.store.fetchone("SELECT COUNT(*) FROM outbox WHERE state = 'queued'")
         return int(row[0])
@@ -100,10 +136,15 @@ class Outbox:
     async def run(self) -> None:
         while not self._stopping:
             self.wake.clear()
-            await self.expire_overdue()  # non-delivery reports do not wait for the gateway
-            if self.link.connected.is_set():
-                await self.send_due()
-            timeout = await self._seconds_to_next_due()
+            timeout: float | None = 1.0
+            try:
+                if self.clock.now_ms() >= self._expiry_due_ms:
+                    await self.expire_overdue()  # non-delivery reports do not wait for the gateway
+                if self.link.connected.is_set():
+                    await self.send_due()
+                timeout = await self._seconds_to_next_due()
+            except Exception:  # the worker must outlive a bad moment; the rows wait in the store
+                log.exception("outbox.worker_failed")
             # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation
             # that races with the event, and then stop() would wait for ever.
             with contextlib.suppress(TimeoutError):
@@ -125,12 +166,15 @@ class Outbox:
 
     async def _seconds_to_next_due(self) -> float | None:
         row = await self.store.fetchone(
-            "SELECT MIN(MIN(next_attempt_at_ms), MIN(created_at_ms) + ?) FROM outbox WHERE state IN ('queued', 'sent')",
+            "SELECT MIN(next_attempt_at_ms), MIN(created_at_ms) + ? FROM outbox WHERE state IN ('queued', 'sent')",
             (self.settings.undeliverable_after_ms,),
         )
         if row[0] is None:
+            self._expiry_due_ms = 1 << 62  # nothing live; a new message's expiry is later than any check
             return None
-        return max(0.01, (int(row[0]) - self.clock.now_ms()) / 1000)
+        # Messages queued later expire later, so until then there is nothing to expire.
+        self._expiry_due_ms = int(row[1])
+        return max(0.01, (min(int(row[0]), int(row[1])) - self.clock.now_ms()) / 1000)
 
     async def send_due(self) -> int:
         """Send what is due now; return how many envelopes went out."""
@@ -155,7 +199,7 @@ class Outbox:
             try:
                 await self.link.send(gateway_pb2.NodeFrame(send=envelope_pb2.Envelope.FromString(envelope)))
             except NotConnected:
-                del self._in_flight[message_id]
+                self._in_flight.pop(message_id, None)  # disconnected() may have cleared it already
                 break
             sent += 1
         return sent
@@ -184,6 +228,8 @@ class Outbox:
                     detail={"share_id": share_id, "reason": reason, "by": "sender"},
                 )
         self.metrics.undeliverable.inc(len(rows))
+        for message_id, *_ in rows:
+            self._settle(message_id, "undeliverable")
         log.warning("message.undeliverable", count=len(rows), reason="timeout")
         await self.changed()
 
@@ -204,15 +250,18 @@ class Outbox:
     async def on_ack(self, ack: gateway_pb2.SendAck) -> None:
         try:
             async with self.store.tx() as tx:
-                await self._record_ack(tx, ack)
+                final = await self._record_ack(tx, ack)
+            if final:
+                self._settle(ack.message_id, "undeliverable")
         finally:
             # Only now may the worker pick the row again: its new state is committed.
             self._in_flight.pop(ack.message_id, None)
-        log.info("ack", message_id=ack.message_id, status=gateway_pb2.SendStatus.Name(ack.status))
+        log.debug("ack", message_id=ack.message_id, status=gateway_pb2.SendStatus.Name(ack.status))
         self.wake.set()
         await self.changed()
 
-    async def _record_ack(self, tx: Tx, ack: gateway_pb2.SendAck) -> None:
+    async def _record_ack(self, tx: Tx, ack: gateway_pb2.SendAck) -> bool:
+        """Record what the gateway did with a message; True if that made it final (refused)."""
         row = await (
             await tx.execute(
                 "SELECT attempts, state, share_id FROM outbox WHERE message_id = ? AND recipient = ?",
@@ -220,7 +269,7 @@ class Outbox:
             )
         ).fetchone()
         if row is None or row[1] not in LIVE:
-            return
+            return False
         attempts, state, share_id = int(row[0]) + 1, row[1], row[2]
         recipient = ack.recipient_node
         if ack.status == gateway_pb2.SEND_STATUS_FORWARDED:
@@ -239,7 +288,7 @@ class Outbox:
             await tx.execute("UPDATE outbox SET attempts = ? WHERE message_id = ?", (attempts, ack.message_id))
             failures, resume = self._away.get(recipient, (0, 0))
             if tx.now_ms < resume:
-                return  # more answers from the same window: the destination already waits
+                return False  # more answers from the same window: the destination already waits
             resume = tx.now_ms + backoff_ms(failures, self.settings.retry_base_ms, self.settings.retry_cap_ms, self.rng)
             self._away[recipient] = (failures + 1, resume)
             await tx.execute(
@@ -265,6 +314,8 @@ class Outbox:
                 counterpart=recipient,
                 detail={"share_id": share_id, "reason": reason, "by": "gateway"},
             )
+            return True
+        return False
 
     async def on_peer_online(self, node_id: str) -> None:
         """The recipient is back: send it everything now, including what it may have lost
@@ -312,10 +363,11 @@ class Outbox:
                 detail={"share_id": row[0], "received_at_ms": body.received_at_ms, "reason": reason, "by": "recipient"},
             )
         self._away.pop(body.recipient_node, None)
+        self._settle(body.message_id, "delivered" if accepted else "undeliverable")
         if accepted:
             self.metrics.delivered.inc()
             self.metrics.latency.observe(max(0, body.received_at_ms - row[1]) / 1000)
         else:
             self.metrics.undeliverable.inc()
-        log.info("receipt", message_id=body.message_id, accepted=accepted)
+        log.debug("receipt", message_id=body.message_id, accepted=accepted)
         await self.changed()

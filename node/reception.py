@@ -98,7 +98,7 @@ class Reception:
             ).fetchone()
             if row is not None:
                 if bytes(row[0]) == opened.digest:
-                    log.info("message.duplicate", sender=sender, message_id=message_id)
+                    log.debug("message.duplicate", sender=sender, message_id=message_id)
                     return envelope_pb2.RECEIPT_STATUS_ACCEPTED, "", 0
                 await tx.audit(
                     "message.rejected",
@@ -110,7 +110,7 @@ class Reception:
                 return envelope_pb2.RECEIPT_STATUS_REJECTED, Reason.CONFLICT.value, 0
             seq = await self._insert(tx, opened)
         self.metrics.received.inc()
-        log.info("message.received", sender=sender, message_id=message_id, seq=seq)
+        log.debug("message.received", sender=sender, message_id=message_id, seq=seq)
         return envelope_pb2.RECEIPT_STATUS_ACCEPTED, "", seq
 
     async def _insert(self, tx: Tx, opened: Opened) -> int:
@@ -132,7 +132,7 @@ class Reception:
             ),
         )
         seq = int(cursor.lastrowid or 0)
-        await tx.db.executemany(
+        await tx.executemany(
             "INSERT OR IGNORE INTO inbox_tokens(token, inbox_seq) VALUES (?, ?)",
             [(t, seq) for t in routing.link_tokens],
         )

@@ -71,7 +71,8 @@ class ProcessCluster:
     async def wait_linked(self, node_id: str) -> None:
         """Until the node's stream to the gateway is up (a health watch, not a poll)."""
         health: Any = health_pb2_grpc.HealthStub(self.channels[node_id])
-        watch = health.Watch(health_pb2.HealthCheckRequest(service=LINK_HEALTH_SERVICE))
+        # wait_for_ready: a just-restarted node's socket may refuse the first attempt.
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=LINK_HEALTH_SERVICE), wait_for_ready=True)
         async with asyncio.timeout(READY_TIMEOUT_S):
             async for update in watch:
                 if update.status == health_pb2.HealthCheckResponse.SERVING:

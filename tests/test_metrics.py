@@ -28,6 +28,7 @@ async def test_metrics_are_exposed_and_count_the_exchange(federation: LocalFeder
     async with running(federation) as cluster:
         await share_think_family(cluster)
         await wait_delivered(cluster.nodes["amh"], 2)
+        await cluster.nodes["amh"].outbox.refresh_gauges()  # gauges lag by up to a second
         amh = await asyncio.to_thread(scrape, cluster.nodes["amh"].metrics_endpoint.port)
         csc = await asyncio.to_thread(scrape, cluster.nodes["csc"].metrics_endpoint.port)
         gateway = await asyncio.to_thread(scrape, cluster.gateway.metrics_endpoint.port)

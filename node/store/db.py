@@ -1,10 +1,21 @@
 """Opening the store, migrating it, and the one way to change it: a write
 transaction that carries its audit entries.
 
-Every write runs under `BEGIN IMMEDIATE` (a deferred read-to-write upgrade can
-fail with SQLITE_BUSY without waiting) and one asyncio lock, so there is a
-single writer. The audit chain head is held in memory and only advanced when
-the transaction commits.
+One writer connection, one asyncio lock: a single writer. Its statements run
+directly on the event loop (each is microseconds of B-tree work in the page
+cache; a thread hop per statement would cost more than the statement), and only
+the COMMIT, which waits for fsync (synchronous=FULL), runs off the loop.
+
+Writes are group-committed: each `tx()` is a SAVEPOINT inside one
+`BEGIN IMMEDIATE` transaction, and whoever finds nobody else waiting commits the
+group, one fsync for all. Nobody returns from `tx()` before that COMMIT is
+durable, so "acknowledge after commit" still holds; a failed `tx()` rolls back
+to its savepoint and leaves the others intact.
+
+Reads go to a second connection, which in WAL mode sees only committed data:
+nothing can be read (and sent on) that a crash could still undo. The audit
+chain head is held in memory, chained through the group, and published (for
+checkpoints) only when the group commits.
 """
 
 from __future__ import annotations
@@ -26,11 +37,28 @@ from linkage.v1 import summary_pb2
 from node.store.schema import MIGRATIONS
 
 log = logs.get("node.store")
+MAX_GROUP = 256  # transactions per COMMIT at most, so a steady stream still commits
 SYSTEM_ACTOR = {"id": "system", "name": "", "role": "system"}
+PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=5000")
 
 
 class SchemaTooNewError(RuntimeError):
     """The store was written by a newer Linkage; refusing to touch it."""
+
+
+class Rows:
+    """A statement's result inside a transaction (awaitable like aiosqlite's, already computed)."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+        self.lastrowid = cursor.lastrowid
+        self.rowcount = cursor.rowcount
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
 
 
 def actor_of(practitioner: summary_pb2.Practitioner | None) -> dict[str, str]:
@@ -43,15 +71,16 @@ class Tx:
     """One write transaction. Audit entries join it and commit or vanish with it."""
 
     def __init__(self, store: Store) -> None:
-        self._store = store
         self.db = store.db
         self.now_ms = store.clock.now_ms()
-        self._seq = store._head_seq
-        self._hash = store._head_hash
-        self._frontier = CompactRange(store.frontier.size, store.frontier.hashes)
+        self._seq, self._hash, tail = store._tail
+        self._frontier = CompactRange(tail.size, tail.hashes)
 
-    async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
-        return await self.db.execute(sql, tuple(params))
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> Rows:
+        return Rows(self.db.execute(sql, tuple(params)))
+
+    async def executemany(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        self.db.executemany(sql, rows)
 
     async def audit(
         self,
@@ -85,58 +114,86 @@ class Tx:
         canonical = entry.canonical()
         self._hash = chain_hash(self._hash, canonical)
         self._frontier.append(entry_leaf(canonical))
-        await self.db.execute(
+        self.db.execute(
             "INSERT INTO audit(seq, ts_ms, event, counterpart, entry, hash) VALUES (?, ?, ?, ?, ?, ?)",
             (self._seq, self.now_ms, event, counterpart, canonical, self._hash),
         )
         return self._seq
 
 
+class _Group:
+    """Transactions sharing one COMMIT."""
+
+    def __init__(self) -> None:
+        self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.size = 0
+
+
+def _writer(path: Path) -> sqlite3.Connection:
+    # Shared with the commit thread, but only ever used by whoever holds the store's lock.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in PRAGMAS:
+        db.execute(f"PRAGMA {pragma}")
+    return db
+
+
+async def _reader(path: Path) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        for pragma in PRAGMAS[1:]:
+            await db.execute(f"PRAGMA {pragma}")
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
 class Store:
-    def __init__(self, db: aiosqlite.Connection, clock: Clock) -> None:
+    def __init__(self, db: sqlite3.Connection, reader: aiosqlite.Connection, clock: Clock) -> None:
         self.db = db
+        self.reader = reader
         self.clock = clock
         self._lock = asyncio.Lock()
+        self._waiting = 0  # transactions queued for the lock: while any are, the group stays open
+        self._group: _Group | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        # The committed audit head (what checkpoints sign) and the tail the open group has chained to.
         self._head_seq = 0
         self._head_hash = GENESIS
         self.frontier = CompactRange()
+        self._tail: tuple[int, bytes, CompactRange] = (0, GENESIS, self.frontier)
         self.appended = asyncio.Event()  # set when audit entries commit (for checkpoints)
 
     @classmethod
     async def open(cls, path: Path, clock: Clock) -> Store:
-        db = await aiosqlite.connect(path, isolation_level=None)
+        db = _writer(path)
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
-            store = cls(db, clock)
-            await store._migrate(path)
-            async with db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") as cur:
-                row = await cur.fetchone()
-            if row is not None:
-                store._head_seq, store._head_hash = int(row[0]), bytes(row[1])
-            store.frontier = await store._load_frontier()
+            cls._migrate(db, path, clock)
+            row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            reader = await _reader(path)
         except BaseException:
-            await db.close()
+            db.close()
             raise
+        store = cls(db, reader, clock)
+        if row is not None:
+            store._head_seq, store._head_hash = int(row[0]), bytes(row[1])
+        store.frontier = store._load_frontier()
+        store._tail = (store._head_seq, store._head_hash, store.frontier)
         return store
 
-    async def _load_frontier(self) -> CompactRange:
+    def _load_frontier(self) -> CompactRange:
         """The Merkle frontier as last committed; rebuilt from the entries if it lags."""
-        row = await self.fetchone("SELECT seq, frontier FROM audit_head WHERE id = 1")
+        row = self.db.execute("SELECT seq, frontier FROM audit_head WHERE id = 1").fetchone()
         frontier = CompactRange.from_bytes(bytes(row[1])) if row else CompactRange()
         if frontier.size != self._head_seq:
             frontier = CompactRange()
-            async with self.db.execute("SELECT entry FROM audit ORDER BY seq") as cursor:
-                async for (entry,) in cursor:
-                    frontier.append(entry_leaf(entry))
+            for (entry,) in self.db.execute("SELECT entry FROM audit ORDER BY seq"):
+                frontier.append(entry_leaf(entry))
         return frontier
 
-    async def _migrate(self, path: Path) -> None:
-        async with self.db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = int(row[0]) if row else 0
+    @staticmethod
+    def _migrate(db: sqlite3.Connection, path: Path, clock: Clock) -> None:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version > len(MIGRATIONS):
             raise SchemaTooNewError(
                 f"store schema version {version} is newer than this Linkage supports ({len(MIGRATIONS)}); "
@@ -144,16 +201,19 @@ class Store:
             )
         if 0 < version < len(MIGRATIONS):
             # Never migrate the only copy: take a consistent backup first.
-            backup = path.with_name(f"{path.name}.v{version}.{self.clock.now_ms()}.bak")
+            backup = path.with_name(f"{path.name}.v{version}.{clock.now_ms()}.bak")
             with closing(sqlite3.connect(backup)) as target:
-                await self.db.backup(target)
+                db.backup(target)
             log.info("store.backed_up_before_migration", schema=version, target=backup.name)
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             # executescript commits, so each migration is its own explicit transaction.
-            await self.db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+            db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
 
     async def close(self) -> None:
-        await self.db.close()
+        if self._flusher is not None:
+            await self._flusher
+        await self.reader.close()
+        self.db.close()
 
     @property
     def schema_version(self) -> int:
@@ -161,29 +221,103 @@ class Store:
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Tx]:
-        async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
+        await self._acquire()
+        group: _Group | None = None
+        ok = False
+        try:
+            if self._group is None:
+                self.db.execute("BEGIN IMMEDIATE")
+                self._group = _Group()
+            group = self._group
+            self.db.execute("SAVEPOINT tx")
             tx = Tx(self)
             try:
                 yield tx
-                if tx._seq != self._head_seq:
-                    await self.db.execute(
-                        "INSERT INTO audit_head(id, seq, frontier) VALUES (1, ?, ?) "
-                        "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, frontier = excluded.frontier",
-                        (tx._seq, tx._frontier.to_bytes()),
-                    )
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                self.db.execute("ROLLBACK TO tx")
+                self.db.execute("RELEASE tx")
                 raise
-            await self.db.execute("COMMIT")
-            if tx._seq != self._head_seq:
-                self._head_seq, self._head_hash, self.frontier = tx._seq, tx._hash, tx._frontier
-                self.appended.set()
+            self.db.execute("RELEASE tx")
+            self._tail = (tx._seq, tx._hash, tx._frontier)
+            group.size += 1
+            ok = True
+        finally:
+            try:
+                if group is not None and (self._waiting == 0 or group.size >= MAX_GROUP):
+                    await self._commit(group)
+                elif group is not None and self._flusher is None:
+                    # Others are queued: leave the COMMIT to a flusher queued behind them, so
+                    # the group commits even if every one of them is cancelled while waiting.
+                    self._flusher = asyncio.create_task(self._flush())
+            finally:
+                self._lock.release()
+        if ok and group is not None:
+            await asyncio.shield(group.committed)  # raises if the group's COMMIT failed
+
+    async def _flush(self) -> None:
+        try:
+            await self._acquire()
+            try:
+                if self._group is not None:
+                    await self._commit(self._group)
+            finally:
+                self._lock.release()
+        except Exception as exc:  # each transaction of the group is told through its future
+            log.error("store.commit_failed", error=type(exc).__name__)
+        finally:
+            self._flusher = None
+
+    async def _acquire(self) -> None:
+        """The writer lock, counted while queued: a queued writer keeps the group open."""
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+
+    async def _commit(self, group: _Group) -> None:
+        """Commit the open group (under the lock): one fsync for all its transactions."""
+        self._group = None
+        seq, chain, frontier = self._tail
+        try:
+            if seq != self._head_seq:
+                self.db.execute(
+                    "INSERT INTO audit_head(id, seq, frontier) VALUES (1, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, frontier = excluded.frontier",
+                    (seq, frontier.to_bytes()),
+                )
+            # Off the loop: COMMIT waits for fsync.
+            commit = asyncio.get_running_loop().run_in_executor(None, self.db.execute, "COMMIT")
+            try:
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                await asyncio.wait([commit])  # it runs on in its thread: never touch the connection before it ends
+                commit.result()
+                raise
+        except asyncio.CancelledError:
+            self._published(group, seq, chain, frontier)  # the COMMIT itself succeeded
+            raise
+        except BaseException as exc:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            self._tail = (self._head_seq, self._head_hash, self.frontier)
+            group.committed.set_exception(exc if isinstance(exc, Exception) else RuntimeError("commit interrupted"))
+            group.committed.exception()  # retrieved here too: a lone failed group need not warn
+            raise
+        self._published(group, seq, chain, frontier)
+
+    def _published(self, group: _Group, seq: int, chain: bytes, frontier: CompactRange) -> None:
+        group.committed.set_result(None)
+        if seq != self._head_seq:
+            self._head_seq, self._head_hash, self.frontier = seq, chain, frontier
+            self.appended.set()
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        async with self.db.execute(sql, tuple(params)) as cur:
+        """A read of committed data only."""
+        async with self.reader.execute(sql, tuple(params)) as cur:
             return list(await cur.fetchall())
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        async with self.db.execute(sql, tuple(params)) as cur:
+        """A read of committed data only."""
+        async with self.reader.execute(sql, tuple(params)) as cur:
             return await cur.fetchone()

@@ -152,4 +152,9 @@ MIGRATIONS: tuple[str, ...] = (
       frontier BLOB NOT NULL
     );
     """,
+    # 4: a newer version of a summary supersedes the live ones in one index probe,
+    # without reading each earlier row (its state sits after the signed envelope).
+    """
+    CREATE INDEX inbox_live_by_summary ON inbox(sender, summary_id, state);
+    """,
 )
