@@ -51,12 +51,17 @@ class Authoriser:
             raise Denied(grpc.StatusCode.UNAUTHENTICATED, "a client certificate from the federation CA is required")
         if peer.tls_version and peer.tls_version != "TLSv1.3":
             raise Denied(grpc.StatusCode.UNAUTHENTICATED, f"TLS 1.3 is required, got {peer.tls_version}")
-        directory = self.directory()
         parsed = parse_spiffe_id(peer.spiffe_id, self.trust.federation_id)
         if parsed is None or parsed[0] != "node":
             raise Denied(grpc.StatusCode.PERMISSION_DENIED, "certificate does not name a node of this federation")
         node_id = parsed[1]
-        entry = directory.nodes.get(node_id)
+        self.recheck(node_id, peer)
+        return node_id, peer
+
+    def recheck(self, node_id: str, peer: Peer) -> None:
+        """Denied unless the current directory still pins this peer's certificate for an
+        active node: per frame on an open stream, so revocation needs no reconnect."""
+        entry = self.directory().nodes.get(node_id)
         if entry is None:
             raise Denied(grpc.StatusCode.PERMISSION_DENIED, f"node {node_id!r} is not in the directory")
         if entry.status != directory_pb2.NODE_STATUS_ACTIVE:
@@ -65,7 +70,6 @@ class Authoriser:
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED, f"certificate is not the one the directory pins for {node_id!r}"
             )
-        return node_id, peer
 
     def claimed(self, context: grpc.aio.ServicerContext[object, object], claimed_node: str) -> str:
         """The caller, who must be the node a request field names."""

@@ -22,6 +22,7 @@ from linkage.envelope import parse_routing
 from linkage.ids import is_uuid7
 from linkage.reasons import Reason, Rejected
 from linkage.tokens import MAX_TOKENS_PER_CALL, TOKEN_LEN
+from linkage.transport import Peer
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
 
 MAX_TOKENS_PER_MESSAGE = 64
@@ -79,13 +80,17 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         node: str,
         *,
         warning: bool = False,
+        routine: bool = False,
         counterpart: str = "",
         message_id: str = "",
         outcome: str = "",
         **detail: object,
     ) -> None:
-        """One gateway event: an operational log line and a metadata-log entry (no personal data in either)."""
-        (log.warning if warning else log.info)(
+        """One gateway event: an operational log line and a metadata-log entry (no personal data in either).
+
+        `routine` events happen per message; they are always in the metadata log and the
+        metrics, and in the operational log only at debug level."""
+        (log.warning if warning else log.debug if routine else log.info)(
             event, node=node, counterpart=counterpart, message_id=message_id, outcome=outcome, **detail
         )
         self.metalog.record(event, node, counterpart, message_id, outcome, **detail)
@@ -138,7 +143,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         active = sorted(
             n for n in found if (e := directory.nodes.get(n)) and e.status == directory_pb2.NODE_STATUS_ACTIVE
         )
-        self._note("resolve", node=node_id, tokens=len(tokens), recipients=len(active))
+        self._note("resolve", node=node_id, routine=True, tokens=len(tokens), recipients=len(active))
         return gateway_pb2.ResolveRecipientsResponse(node_ids=active)
 
     async def DiscoverInvolvement(
@@ -232,7 +237,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             await abort(context, denied)
         session = self.sessions.open(node_id)
         self._note("connect", node=node_id, tls=peer.tls_version, connected=len(self.sessions))
-        reader = asyncio.create_task(self._read(session, request_iterator, context))
+        reader = asyncio.create_task(self._read(session, peer, request_iterator, context))
         try:
             while (frame := await session.queue.get()) is not None:
                 yield frame
@@ -243,10 +248,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self.sessions.end(session)
             self._note("disconnect", node=node_id, connected=len(self.sessions))
 
-    async def _read(self, session: Session, frames: AsyncIterator[gateway_pb2.NodeFrame], context: Context) -> None:
+    async def _read(
+        self, session: Session, peer: Peer, frames: AsyncIterator[gateway_pb2.NodeFrame], context: Context
+    ) -> None:
         try:
             async for frame in frames:
-                self.authz.node_of(context)  # per call: a revoked node stops here
+                # The stream's certificate was parsed once at connect; the directory is
+                # consulted per frame, so a revoked node stops here.
+                self.authz.recheck(session.node_id, peer)
                 which = frame.WhichOneof("frame")
                 if which == "send":
                     self._relay_envelope(session, frame.send)
@@ -318,6 +327,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self._note(
             "envelope.forwarded",
             node=sender,
+            routine=True,
             message_id=message_id,
             counterpart=recipient,
             size=len(envelope.routing) + len(envelope.ciphertext),
@@ -356,6 +366,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self._note(
             "receipt.relayed" if relayed else "receipt.dropped",
             node=session.node_id,
+            routine=relayed,
             message_id=body.message_id,
             counterpart=body.sender_node,
         )

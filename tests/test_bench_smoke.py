@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.audit import measure
 
 
@@ -12,9 +14,11 @@ def test_audit_bench_runs_and_verifies() -> None:
     assert result["verify_per_s"] > 0 and result["ratio"] > 0
 
 
-def test_bare_relay_baseline_runs_across_three_processes() -> None:
-    from bench.relay import measure as relay
+def test_linkage_bench_runs_every_cell_and_prints_the_ratio_last(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.run import TINY, run
 
-    result = relay(count=200, size=256, window=16)
-    assert result["messages"] == 200
-    assert result["per_second"] > 0 and result["p99_ms"] >= result["p50_ms"]
+    ratio = run(TINY)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"ratio {ratio:.3f}" and ratio > 0
+    for cell in ("linkage e2e, window", "linkage e2e, paced", "bare relay mTLS, window", "bare relay plaintext"):
+        assert any(line.startswith(cell) for line in lines), cell

@@ -35,6 +35,6 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     for node in ("amh", "csc", "school", "police", "fire", "ageuk", "asc"):
         assert (tmp_path / "demo" / node / "store.sqlite").exists()
     gateway_log = (tmp_path / "demo" / "gateway" / "gateway.log").read_text()
-    assert "envelope.forwarded" in gateway_log
+    assert '"event": "connect"' in gateway_log
     assert "Low mood" not in gateway_log  # narrative travels sealed, never in the gateway's log
     assert "prescribed medication" not in gateway_log

@@ -140,6 +140,15 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args.keep))
 
 
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        from bench.run import main as bench_main
+    except ImportError:
+        print("linkage: the benchmarks run from a source checkout (the bench/ folder); see the README", file=sys.stderr)
+        return 2
+    return bench_main(args.quick, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="linkage",
@@ -230,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="run a local federation and play a Think-Family story")
     p.add_argument("--keep", type=Path, default=None, help="use this folder and keep it (default: a temp folder)")
     p.set_defaults(handler=_demo)
+
+    p = commands.add_parser("bench", help="measure Linkage end to end against a bare gRPC relay, and at scale")
+    p.add_argument("--quick", action="store_true", help="a smaller run (under 2 minutes)")
+    p.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    p.set_defaults(handler=_bench)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from node.policy.findings import Finding
@@ -14,6 +14,12 @@ from node.policy.findings import Finding
 class Glossary:
     terms: dict[str, str]  # acronym -> meaning
     jargon: dict[str, str]  # phrase -> plainer alternative
+    # One pass over the text finds every acronym (built once; the text is scanned per share).
+    _acronyms: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        alternatives = "|".join(re.escape(t) for t in sorted(self.terms, key=len, reverse=True)) or r"(?!)"
+        object.__setattr__(self, "_acronyms", re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])"))
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Glossary:
@@ -26,8 +32,9 @@ class Glossary:
         if not text:
             return
         lowered = text.lower()
+        found = set(self._acronyms.findall(text))
         for term, meaning in self.terms.items():
-            if re.search(rf"(?<![\w-]){re.escape(term)}(?![\w-])", text) and meaning.lower() not in lowered:
+            if term in found and meaning.lower() not in lowered:
                 yield Finding(
                     "unexplained_acronym",
                     f"{where}: explain '{term}' ({meaning}) or use plain words; not every reader knows it.",

@@ -1,0 +1,153 @@
+"""`linkage bench`: Linkage against the bare transport, side by side in one run.
+
+Every cell uses the same payload size (the size of a Linkage envelope on the
+wire), the same window or offered rate, the same event loop, and mTLS with the
+federation's certificates on both hops; the bare relay is also run without TLS
+to price mTLS itself. Scale figures follow. The last line is `ratio <value>`:
+Linkage's end-to-end throughput over the bare relay's, measured in this run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import audit, scale
+from bench.e2e import LinkageRun, make_federation
+from bench.relay import BareRelay, Endpoint, free_port
+from bench.results import Result
+
+
+@dataclass(frozen=True)
+class Plan:
+    messages: int  # per closed-loop cell
+    window: int
+    paced_seconds: float
+    rates: tuple[int, ...]
+    audit_entries: int
+    subscriptions: tuple[int, ...]
+    chronology_entries: int
+    stored_summaries: int
+
+
+QUICK = Plan(
+    messages=3_000,
+    window=64,
+    paced_seconds=4,
+    rates=(250, 500),
+    audit_entries=200_000,
+    subscriptions=(1_000_000,),
+    chronology_entries=10_000,
+    stored_summaries=100_000,
+)
+FULL = Plan(
+    messages=20_000,
+    window=64,
+    paced_seconds=20,
+    rates=(250, 500),
+    audit_entries=1_000_000,
+    subscriptions=(1_000_000, 10_000_000),
+    chronology_entries=10_000,
+    stored_summaries=1_000_000,
+)
+TINY = Plan(  # for the smoke test: everything runs, nothing is measured seriously
+    messages=40,
+    window=8,
+    paced_seconds=0.2,
+    rates=(50,),
+    audit_entries=2_000,
+    subscriptions=(20_000,),
+    chronology_entries=200,
+    stored_summaries=500,
+)
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _cell(name: str, r: Result) -> str:
+    cpu = "  ".join(f"{k} {v:,.0f}" for k, v in r.cpu_us.items())
+    return (
+        f"{name:<34} {r.per_second:>8,.0f} msg/s  p50 {r.p50_ms:>7.1f} ms  p99 {r.p99_ms:>7.1f} ms  "
+        f"CPU µs/msg: {cpu} (total {r.cpu_total_us:,.0f})"
+    )
+
+
+async def transport(plan: Plan, root: Path) -> dict[str, Any]:
+    """The end-to-end and bare-relay cells; returns every figure by name."""
+    federation = make_federation(root)
+    figures: dict[str, Any] = {}
+    async with LinkageRun(federation) as linkage:
+        await linkage.closed_loop(min(200, plan.messages), plan.window)  # warm-up: connections, caches
+        size = await linkage.envelope_bytes()
+        e2e = await linkage.closed_loop(plan.messages, plan.window)
+        say(_cell(f"linkage e2e, window {plan.window}", e2e))
+        figures["e2e"] = e2e
+        for rate in plan.rates:
+            figures[f"e2e@{rate}"] = r = await linkage.paced(rate, plan.paced_seconds)
+            say(_cell(f"linkage e2e, paced {rate}/s", r))
+    say(f"(envelope on the wire: {size:,} bytes; the bare relay carries the same)")
+    tls = Endpoint(
+        free_port(),
+        relay_tls=federation.gateway_tls(),
+        client_tls=federation.node_tls("amh"),
+        sink_tls=federation.node_tls("csc"),
+    )
+    with BareRelay(tls, size) as relay:
+        await relay.closed_loop(min(200, plan.messages), plan.window)
+        figures["bare"] = bare = await relay.closed_loop(plan.messages, plan.window)
+        say(_cell(f"bare relay mTLS, window {plan.window}", bare))
+        for rate in plan.rates:
+            figures[f"bare@{rate}"] = r = await relay.paced(rate, plan.paced_seconds)
+            say(_cell(f"bare relay mTLS, paced {rate}/s", r))
+    with BareRelay(Endpoint(free_port()), size) as relay:
+        await relay.closed_loop(min(200, plan.messages), plan.window)
+        figures["plain"] = plain = await relay.closed_loop(plan.messages, plan.window)
+        say(_cell(f"bare relay plaintext, window {plan.window}", plain))
+    figures["envelope_bytes"] = size
+    return figures
+
+
+def run(plan: Plan, json_out: Path | None = None) -> float:
+    started = time.perf_counter()
+    say(f"linkage bench: {plan.messages:,} messages per cell, window {plan.window}, paced {plan.rates} msg/s")
+    with tempfile.TemporaryDirectory(prefix="linkage-bench-") as tmp:
+        figures = asyncio.run(transport(plan, Path(tmp)))
+        e2e, bare, plain = figures["e2e"], figures["bare"], figures["plain"]
+        for rate in plan.rates:
+            say(
+                f"paced {rate}/s: p99 linkage {figures[f'e2e@{rate}'].p99_ms:.1f} ms, "
+                f"bare {figures[f'bare@{rate}'].p99_ms:.1f} ms"
+            )
+        mtls = bare.per_second / plain.per_second
+        say(f"mTLS cost: bare relay with mTLS runs at {mtls:.2f}x its plaintext throughput ({1 - mtls:+.0%} cost)")
+        say(f"CPU per message, linkage / bare: {e2e.cpu_total_us / bare.cpu_total_us:.2f}x")
+        figures.update(scale.measure_all(plan, Path(tmp), say))
+    verify = audit.measure(plan.audit_entries)
+    say(
+        f"audit verify of {plan.audit_entries:,} entries: {verify['verify_per_s']:,.0f} entries/s "
+        f"(SHA-256 alone {verify['baseline_sha256_per_s']:,.0f}/s)"
+    )
+    figures["audit"] = verify
+    ratio = float(e2e.per_second / bare.per_second)
+    say(f"took {time.perf_counter() - started:.0f} s")
+    if json_out is not None:
+        json_out.write_text(json.dumps(figures, default=lambda r: r.row(), indent=2))
+    say(f"ratio {ratio:.3f}")
+    return ratio
+
+
+def main(quick: bool, json_out: Path | None = None) -> int:
+    run(QUICK if quick else FULL, json_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main("--quick" in sys.argv))

@@ -1,0 +1,210 @@
+"""Scale figures: the gateway's subscription index, a family's chronology, and
+node start-up over a large store. Each is measured on the real code path (the
+gateway's `SubscriptionIndex`, the node's `Inbox.chronology`, `linkage node serve`)
+over synthetic data written the way the product writes it."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import random
+import sqlite3
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from linkage import logs, stories
+from linkage.demo import spawn
+from linkage.v1 import envelope_pb2, node_api_pb2
+
+if TYPE_CHECKING:
+    from bench.run import Plan
+
+Say = Callable[[str], None]
+LOOKUPS = 20_000
+NODES_PER_TOKEN = 2
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _build_subscriptions(path: Path, count: int, nodes: int = 200) -> None:
+    """`count` subscriptions, NODES_PER_TOKEN agencies per family token, as the gateway stores them."""
+    from gateway.db import SCHEMA
+
+    rng = random.Random(7)
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA)
+        batch: list[tuple[bytes, str]] = []
+        for _ in range(count // NODES_PER_TOKEN):
+            token = rng.randbytes(32)
+            for n in rng.sample(range(nodes), NODES_PER_TOKEN):
+                batch.append((token, f"node-{n:03d}"))
+            if len(batch) >= 200_000:
+                db.executemany("INSERT INTO subscriptions(token, node_id) VALUES (?, ?)", batch)
+                batch.clear()
+        db.executemany("INSERT INTO subscriptions(token, node_id) VALUES (?, ?)", batch)
+
+
+def _index_figures(path: str, queue: Any) -> None:
+    """In a fresh process, so the resident-memory delta is the index's own."""
+
+    async def measure() -> dict[str, float]:
+        from gateway.db import GatewayDb
+        from gateway.subscriptions import SubscriptionIndex
+
+        db = await GatewayDb.open(Path(path))
+        async with db.db.execute("SELECT token FROM subscriptions ORDER BY random() LIMIT ?", (LOOKUPS,)) as cur:
+            probes = [bytes(r[0]) for r in await cur.fetchall()]
+        before = _rss_bytes()
+        started = time.perf_counter()
+        index = await SubscriptionIndex.load(db)
+        load_s = time.perf_counter() - started
+        grown = _rss_bytes() - before
+        count = len(index)
+        timings = []
+        for token in probes:
+            t0 = time.perf_counter_ns()
+            index.subscribers([token])
+            timings.append(time.perf_counter_ns() - t0)
+        timings.sort()
+        await db.close()
+        return {
+            "subscriptions": count,
+            "bytes_per_subscription": grown / count,
+            "load_s": load_s,
+            "lookup_p50_us": timings[len(timings) // 2] / 1000,
+            "lookup_p99_us": timings[int(len(timings) * 0.99)] / 1000,
+        }
+
+    queue.put(asyncio.run(measure()))
+
+
+def subscriptions(count: int, root: Path) -> dict[str, float]:
+    path = root / f"subscriptions-{count}.sqlite"
+    _build_subscriptions(path, count)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_index_figures, args=(str(path), queue))
+    process.start()
+    figures: dict[str, float] = queue.get(timeout=1800)
+    process.join()
+    path.unlink()
+    return figures
+
+
+def _signed_summary(sender: str, recipient: str, parent: bytes, child: bytes) -> tuple[str, bytes]:
+    """A received summary as the inbox stores it (the verified signed body)."""
+    message_id = str(uuid.uuid4())
+    summary = stories.parent_risk_change(parent, child)
+    summary.summary_id = str(uuid.uuid4())
+    body = envelope_pb2.MessageBody(
+        schema_version=1,
+        message_id=message_id,
+        sender_node=sender,
+        recipient_node=recipient,
+        kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+        share_id=message_id,
+        summary=summary,
+    )
+    signed = envelope_pb2.SignedMessage(body=body.SerializeToString(), signature=os.urandom(64), signing_key_id="k1")
+    return message_id, signed.SerializeToString()
+
+
+def fill_inbox(store_path: Path, count: int, tokens: list[bytes], sender: str = "amh", recipient: str = "csc") -> None:
+    """`count` received summaries about `tokens`, written straight into a node's store."""
+    parent, child = tokens
+    with sqlite3.connect(store_path) as db:
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM inbox").fetchone()[0]
+        for start in range(0, count, 10_000):
+            rows, links = [], []
+            for _ in range(min(10_000, count - start)):
+                seq += 1
+                message_id, signed = _signed_summary(sender, recipient, parent, child)
+                at_ms = 1_767_225_600_000 + seq * 1000
+                rows.append((seq, sender, message_id, os.urandom(32), at_ms, 1, message_id, signed, message_id))
+                links += [(parent, seq), (child, seq)]
+            db.executemany(
+                "INSERT INTO inbox(seq, sender, message_id, digest, received_at_ms, kind, share_id, signed, "
+                "summary_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.executemany("INSERT INTO inbox_tokens(token, inbox_seq) VALUES (?, ?)", links)
+
+
+async def chronology(entries: int, root: Path) -> dict[str, float]:
+    """A family whose chronology has `entries` entries (two risk items per received summary)."""
+    from bench.e2e import ACTOR, RECIPIENT, make_federation
+    from linkage.config import NodeConfig
+    from node.server import NodeServer
+
+    federation = make_federation(root / "chronology")
+    logs.configure("critical")  # no gateway runs here; the node's reconnect warnings are expected
+    node = NodeServer(NodeConfig.load(federation.node_tomls[RECIPIENT]))
+    await node.start()
+    try:
+        opened = await node.cases.open_case(
+            node_api_pb2.OpenCaseRequest(actor=ACTOR, case_ref="chronology", people=stories.think_family_people())
+        )
+        tokens = [p.link_token for p in opened.people]
+        fill_inbox(node.config.store_path, entries // 2, tokens)
+        timings = []
+        for _ in range(5):
+            started = time.perf_counter()
+            found = await node.inbox.chronology(opened.case_id)
+            timings.append(time.perf_counter() - started)
+        assert len(found) == entries, (len(found), entries)
+    finally:
+        await node.stop(grace=1)
+        logs.configure("warning")
+    return {"entries": entries, "median_ms": statistics.median(timings) * 1000, "max_ms": max(timings) * 1000}
+
+
+async def _start_seconds(toml: Path, log_file: Path) -> float:
+    started = time.perf_counter()
+    process = await spawn("node", ["node", "serve", "--config", str(toml)], log_file)
+    await process.first_line("serving its API")
+    elapsed = time.perf_counter() - started
+    await process.stop()
+    return elapsed
+
+
+async def startup(summaries: int, root: Path) -> dict[str, float]:
+    """`linkage node serve` until its API is served: an empty store, then one holding `summaries`."""
+    from bench.e2e import RECIPIENT, make_federation
+    from linkage.config import NodeConfig
+
+    federation = make_federation(root / "startup")
+    toml = federation.node_tomls[RECIPIENT]
+    log_file = root / "startup.log"
+    empty_s = await _start_seconds(toml, log_file)  # also creates and migrates the store
+    parent, child = os.urandom(32), os.urandom(32)
+    fill_inbox(NodeConfig.load(toml).store_path, summaries, [parent, child])
+    full_s = await _start_seconds(toml, log_file)
+    return {"summaries": summaries, "empty_store_s": empty_s, "start_s": full_s}
+
+
+def measure_all(plan: Plan, root: Path, say: Say) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    for count in plan.subscriptions:
+        figures[f"subscriptions_{count}"] = s = subscriptions(count, root)
+        say(
+            f"gateway with {count:,} subscriptions: {s['bytes_per_subscription']:.0f} bytes each, "
+            f"lookup p50 {s['lookup_p50_us']:.1f} µs p99 {s['lookup_p99_us']:.1f} µs, loaded in {s['load_s']:.1f} s"
+        )
+    figures["chronology"] = c = asyncio.run(chronology(plan.chronology_entries, root))
+    say(f"chronology of {c['entries']:,} entries: median {c['median_ms']:.1f} ms, max {c['max_ms']:.1f} ms")
+    figures["startup"] = u = asyncio.run(startup(plan.stored_summaries, root))
+    say(
+        f"node start-up with {u['summaries']:,} stored summaries: {u['start_s']:.2f} s "
+        f"(empty store {u['empty_store_s']:.2f} s)"
+    )
+    return figures
