@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -93,5 +95,78 @@ async def test_chain_names_the_first_bad_entry(tmp_path: Path, tamper: str, firs
         result = verify_chain(await _rows(store))
         assert not result.ok
         assert result.first_bad_seq == first_bad
+    finally:
+        await store.close()
+
+
+async def _open_case(store: Store, case_id: str, gate: asyncio.Event | None = None) -> None:
+    async with store.tx() as tx:
+        await tx.execute("INSERT INTO cases VALUES (?, 'ref', 1, 'open')", (case_id,))
+        await tx.audit("case.opened")
+        if gate is not None:
+            await gate.wait()
+
+
+def _committed_cases(path: Path) -> set[str]:
+    """What another connection sees: only what is durably committed."""
+    with closing(sqlite3.connect(path)) as db:
+        return {r[0] for r in db.execute("SELECT case_id FROM cases")}
+
+
+async def test_concurrent_transactions_share_a_commit_and_return_only_once_it_is_durable(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    commits: list[str] = []
+    store.db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    try:
+
+        async def open_and_check(n: int) -> None:
+            await _open_case(store, f"c{n}")
+            assert f"c{n}" in _committed_cases(path)  # returned only after the group's COMMIT
+
+        await asyncio.gather(*(open_and_check(n) for n in range(20)))
+        assert len(commits) < 20  # grouped: fewer fsyncs than transactions
+        rows = await _rows(store)
+        assert [r[0] for r in rows] == list(range(1, 21)) and verify_chain(rows).ok
+        assert store.frontier.size == 20
+    finally:
+        await store.close()
+
+
+async def test_a_failed_transaction_leaves_its_group_intact(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    try:
+        await _open_case(store, "c0")
+        results = await asyncio.gather(
+            *(_open_case(store, "c0" if n == 3 else f"c{n}") for n in range(1, 8)), return_exceptions=True
+        )
+        assert [type(r).__name__ for r in results].count("IntegrityError") == 1
+        assert _committed_cases(path) == {f"c{n}" for n in range(8) if n != 3}
+        rows = await _rows(store)
+        assert [r[0] for r in rows] == list(range(1, 8)) and verify_chain(rows).ok  # no gap where one failed
+    finally:
+        await store.close()
+
+
+async def test_a_waiter_cancelled_in_the_queue_does_not_strand_the_group(tmp_path: Path) -> None:
+    """The first transaction ends while a second is queued, so it leaves the COMMIT to the
+    group; the second is then cancelled before it starts. The first must still commit."""
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    try:
+        gate = asyncio.Event()
+        first = asyncio.create_task(_open_case(store, "c1", gate))
+        await asyncio.sleep(0)  # first holds the writer
+        second = asyncio.create_task(_open_case(store, "c2"))
+        await asyncio.sleep(0)  # second is queued behind it
+        gate.set()
+        await asyncio.sleep(0)
+        second.cancel()
+        async with asyncio.timeout(10):
+            await first
+        assert _committed_cases(path) == {"c1"}
+        with pytest.raises(asyncio.CancelledError):
+            await second
     finally:
         await store.close()
