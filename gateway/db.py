@@ -40,8 +40,9 @@ CREATE TRIGGER IF NOT EXISTS metalog_append_only_delete BEFORE DELETE ON metalog
 
 
 class GatewayDb:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self.db = db
+        self.path = path
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -50,7 +51,7 @@ class GatewayDb:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
         await db.executescript(SCHEMA)
-        return cls(db)
+        return cls(db, path)
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[aiosqlite.Connection]:

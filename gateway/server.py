@@ -136,6 +136,8 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.metrics_endpoint.stop()
+        if self._index is not None:
+            await self._index.close()
         if self._db is not None:
             await self.metalog.flush()
             await self._db.close()

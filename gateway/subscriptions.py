@@ -3,45 +3,161 @@
 Kept in SQLite so a restarted gateway routes at once, and mirrored in memory
 for the per-message look-up. Nodes also re-assert their subscriptions when
 they connect, so a lost gateway database heals itself.
+
+In memory the index is packed, because a national federation holds millions of
+family links and the gateway must stay small: every token once, sorted, in one
+`bytes` (32 bytes each), a 16-bit bucket directory over its first two bytes,
+and each token's subscribers as 2-byte node numbers. That is about 20 bytes
+per subscription where Python sets of strings cost over 200. Changes since the
+packed base was built sit in a small overlay; past a threshold a new base is
+rebuilt from SQLite (the source of truth) in a worker thread and swapped in.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+import asyncio
+import sqlite3
+import threading
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.db import GatewayDb
+from linkage import logs
+from linkage.tokens import TOKEN_LEN
+
+BUCKET_BITS = 16
+REBUILD_AFTER = 100_000  # overlay changes before the packed base is rebuilt
+
+log = logs.get("gateway.subscriptions")
+
+
+@dataclass(frozen=True)
+class PackedRoutes:
+    """An immutable snapshot: sorted unique tokens and each one's subscriber numbers."""
+
+    tokens: bytes  # TOKEN_LEN bytes per token, ascending
+    starts: array[int]  # token i's subscribers are nodes[starts[i]:starts[i + 1]]
+    nodes: array[int]  # node numbers (indexes into the node-id table)
+    buckets: array[int]  # tokens whose first two bytes are b are tokens[buckets[b]:buckets[b + 1]]
+
+    @classmethod
+    def build(cls, rows: Iterable[tuple[bytes, int]]) -> PackedRoutes:
+        """From (token, node number) rows in ascending token order."""
+        tokens = bytearray()
+        starts, nodes = array("I"), array("H")
+        counts = array("I", bytes(4 * (1 << BUCKET_BITS)))
+        last = b""
+        for token, node in rows:
+            if token != last:
+                tokens += token
+                starts.append(len(nodes))
+                counts[int.from_bytes(token[:2], "big")] += 1
+                last = token
+            nodes.append(node)
+        starts.append(len(nodes))
+        buckets = array("I", [0])
+        for count in counts:
+            buckets.append(buckets[-1] + count)
+        return cls(bytes(tokens), starts, nodes, buckets)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def find(self, token: bytes) -> array[int]:
+        """The subscriber numbers of `token` (empty if none)."""
+        bucket = int.from_bytes(token[:2], "big")
+        end = self.buckets[bucket + 1] * TOKEN_LEN
+        at = self.tokens.find(token, self.buckets[bucket] * TOKEN_LEN, end)
+        while at > 0 and at % TOKEN_LEN:  # a match straddling two tokens is no match; look further
+            at = self.tokens.find(token, at + 1, end)
+        if at < 0:
+            return array("H")
+        i = at // TOKEN_LEN
+        return self.nodes[self.starts[i] : self.starts[i + 1]]
+
+
+class NodeNumbers:
+    """Node ids as 2-byte numbers (a federation has at most 65,536 nodes)."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self._numbers: dict[str, int] = {}
+        self._lock = threading.Lock()  # a rebuild thread numbers nodes too
+
+    def number(self, node_id: str) -> int:
+        number = self._numbers.get(node_id)
+        if number is not None:
+            return number
+        with self._lock:
+            number = self._numbers.get(node_id)
+            if number is None:
+                if len(self.ids) >= 1 << 16:
+                    raise OverflowError("more than 65,536 nodes in one federation")
+                self.ids.append(node_id)
+                number = self._numbers[node_id] = len(self.ids) - 1
+            return number
+
+    def known(self, node_id: str) -> int | None:
+        return self._numbers.get(node_id)
+
+
+def _load(path: Path, numbers: NodeNumbers) -> PackedRoutes:
+    """Read every subscription (the table's key order is token order) and pack it. Runs in a thread:
+    `numbers` is only appended to, and a number once given never changes."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+
+        def rows() -> Iterator[tuple[bytes, int]]:
+            for token, node_id in db.execute("SELECT token, node_id FROM subscriptions ORDER BY token, node_id"):
+                yield bytes(token), numbers.number(node_id)
+
+        return PackedRoutes.build(rows())
 
 
 class SubscriptionIndex:
-    def __init__(self, db: GatewayDb) -> None:
+    def __init__(self, db: GatewayDb, base: PackedRoutes, numbers: NodeNumbers, counts: Counter[int]) -> None:
         self._db = db
-        self._by_token: dict[bytes, set[str]] = defaultdict(set)
-        self._count_by_node: dict[str, int] = defaultdict(int)
+        self._numbers = numbers
+        self._base = base
+        # token -> {node number: subscribed?}, newer than the base. While a rebuild runs,
+        # the changes it may have missed are kept in `_settling` until it is swapped in.
+        self._changes: dict[bytes, dict[int, bool]] = {}
+        self._settling: dict[bytes, dict[int, bool]] = {}
+        self._count_by_node = counts
+        self._rebuild: asyncio.Task[None] | None = None
 
     @classmethod
     async def load(cls, db: GatewayDb) -> SubscriptionIndex:
-        index = cls(db)
-        async with db.db.execute("SELECT token, node_id FROM subscriptions") as cursor:
-            async for token, node_id in cursor:
-                index._by_token[bytes(token)].add(node_id)
-                index._count_by_node[node_id] += 1
-        return index
+        numbers = NodeNumbers()
+        base = await asyncio.to_thread(_load, db.path, numbers)
+        return cls(db, base, numbers, await asyncio.to_thread(Counter, base.nodes))
 
     def __len__(self) -> int:
         return sum(self._count_by_node.values())
 
     def count(self, node_id: str) -> int:
-        return self._count_by_node.get(node_id, 0)
+        number = self._numbers.known(node_id)
+        return 0 if number is None else self._count_by_node[number]
+
+    def _members(self, token: bytes) -> set[int]:
+        members = set(self._base.find(token))
+        for changes in (self._settling, self._changes):
+            for node, present in changes.get(token, {}).items():
+                if present:
+                    members.add(node)
+                else:
+                    members.discard(node)
+        return members
 
     def is_subscribed(self, node_id: str, token: bytes) -> bool:
-        return node_id in self._by_token.get(token, ())
+        number = self._numbers.known(node_id)
+        return number is not None and number in self._members(token)
 
     def subscribers(self, tokens: Iterable[bytes]) -> set[str]:
-        found: set[str] = set()
-        for token in tokens:
-            found |= self._by_token.get(token, set())
-        return found
+        ids = self._numbers.ids
+        return {ids[n] for token in tokens for n in self._members(token)}
 
     async def add(self, node_id: str, tokens: Iterable[bytes]) -> int:
         new = [t for t in set(tokens) if not self.is_subscribed(node_id, t)]
@@ -51,9 +167,7 @@ class SubscriptionIndex:
                     "INSERT OR IGNORE INTO subscriptions(token, node_id) VALUES (?, ?)",
                     [(t, node_id) for t in new],
                 )
-        for t in new:  # memory follows only a durable commit
-            self._by_token[t].add(node_id)
-        self._count_by_node[node_id] += len(new)
+            self._record(node_id, new, True)  # memory follows only a durable commit
         return len(new)
 
     async def remove(self, node_id: str, tokens: Iterable[bytes]) -> int:
@@ -63,10 +177,33 @@ class SubscriptionIndex:
                 await db.executemany(
                     "DELETE FROM subscriptions WHERE token = ? AND node_id = ?", [(t, node_id) for t in gone]
                 )
-        for t in gone:
-            nodes = self._by_token[t]
-            nodes.discard(node_id)
-            if not nodes:
-                del self._by_token[t]
-        self._count_by_node[node_id] -= len(gone)
+            self._record(node_id, gone, False)
         return len(gone)
+
+    def _record(self, node_id: str, tokens: list[bytes], present: bool) -> None:
+        number = self._numbers.number(node_id)
+        for token in tokens:
+            self._changes.setdefault(token, {})[number] = present
+        self._count_by_node[number] += len(tokens) if present else -len(tokens)
+        if len(self._changes) >= REBUILD_AFTER and self._rebuild is None:
+            self._rebuild = asyncio.create_task(self._rebuild_base())
+
+    async def _rebuild_base(self) -> None:
+        """Pack a new base from SQLite: everything in the overlay is committed there already."""
+        self._settling, self._changes = self._changes, {}
+        try:
+            base = await asyncio.to_thread(_load, self._db.path, self._numbers)
+            self._base, self._settling = base, {}
+            log.info("subscriptions.rebuilt", subscriptions=len(base))
+        except Exception:
+            # Keep serving from the old base and both overlays; try again on a later change.
+            for token, changes in self._changes.items():
+                self._settling.setdefault(token, {}).update(changes)
+            self._changes, self._settling = self._settling, {}
+            log.exception("subscriptions.rebuild_failed")
+        finally:
+            self._rebuild = None
+
+    async def close(self) -> None:
+        if self._rebuild is not None:
+            await self._rebuild
