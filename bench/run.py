@@ -128,7 +128,8 @@ def run(plan: Plan, json_out: Path | None = None) -> float:
             )
         mtls = bare.per_second / plain.per_second
         say(f"mTLS cost: bare relay with mTLS runs at {mtls:.2f}x its plaintext throughput ({1 - mtls:+.0%} cost)")
-        say(f"CPU per message, linkage / bare: {e2e.cpu_total_us / bare.cpu_total_us:.2f}x")
+        if bare.cpu_total_us:  # /proc counts CPU in clock ticks: a tiny run may see none
+            say(f"CPU per message, linkage / bare: {e2e.cpu_total_us / bare.cpu_total_us:.2f}x")
         figures.update(scale.measure_all(plan, Path(tmp), say))
     verify = audit.measure(plan.audit_entries)
     say(

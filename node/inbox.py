@@ -4,6 +4,8 @@ chronology of a family computed here, never centrally."""
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 from typing import Any
 
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
@@ -11,12 +13,35 @@ from node.context import NodeContext
 from node.errors import not_found
 from node.sharing import SUMMARY_KINDS
 
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: how repeated entries and a string field are laid out."""
+    length = len(payload)
+    if length < 0x80:  # the common case, without the loop
+        return bytes((number << 3 | 2, length)) + payload
+    header = bytearray([number << 3 | 2])
+    while length > 0x7F:
+        header.append(length & 0x7F | 0x80)
+        length >>= 7
+    header.append(length)
+    return bytes(header) + payload
+
+
+# An inbox state as the chronology's state field (13), appended to a stored entry.
+_STATE = {
+    s: _field(13, ("current" if s in ("new", "read") else s).encode())
+    for s in ("new", "read", "superseded", "withdrawn")
+}
+
+DERIVE_BATCH = 2_000
 ITEM_COLUMNS = "i.seq, i.sender, i.message_id, i.received_at_ms, i.kind, i.share_id, i.signed, i.state"
 
 
 class Inbox:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
+        self._deriving = asyncio.Lock()
+        self._derived_to: int | None = None  # inbox seq up to which chronology entries exist
 
     def _item(self, row: Any) -> node_api_pb2.ReceivedSummary:
         seq, sender, message_id, received_at, kind, share_id, signed, state = row
@@ -102,50 +127,85 @@ class Inbox:
         rows = await self.ctx.store.fetchall("SELECT token FROM inbox_tokens WHERE inbox_seq = ?", (seq,))
         return [bytes(r[0]) for r in rows]
 
-    async def chronology(self, case_id: str) -> list[node_api_pb2.ChronologyEntry]:
-        """Own assessments and received summaries about this case's people, oldest first."""
+    async def chronology(self, case_id: str) -> node_api_pb2.ChronologyResponse:
+        """This case's people in one timeline: own assessments by when they were recorded,
+        received summaries in the order they arrived, each risk item an entry."""
         tokens = [
             bytes(r[0])
             for r in await self.ctx.store.fetchall("SELECT token FROM case_people WHERE case_id = ?", (case_id,))
         ]
         if not tokens:
             raise not_found(f"no case {case_id!r} at this node")
-        entries: list[node_api_pb2.ChronologyEntry] = []
+        await self._derive_entries()
+        marks = ",".join("?" * len(tokens))
+        rows = await self.ctx.store.fetchall(
+            "SELECT at_ms, entry, state FROM chronology "
+            f"WHERE inbox_seq IN (SELECT inbox_seq FROM inbox_tokens WHERE token IN ({marks})) AND item >= 0 "
+            "ORDER BY inbox_seq, item",
+            tokens,
+        )
+        own = await self._own_entries(case_id)
+        # Entries travel as their serialised bytes: the response is assembled, not rebuilt.
+        received = ((at, _field(1, entry + _STATE[state])) for at, entry, state in rows)
+        merged = heapq.merge(own, received, key=lambda e: e[0]) if own else received
+        return node_api_pb2.ChronologyResponse.FromString(b"".join(framed for _, framed in merged))
+
+    async def _own_entries(self, case_id: str) -> list[tuple[int, bytes]]:
         me = self.ctx.me()
+        own = []
         for recorded_at, body in await self.ctx.store.fetchall(
-            "SELECT recorded_at_ms, body FROM assessments WHERE case_id = ?", (case_id,)
+            "SELECT recorded_at_ms, body FROM assessments WHERE case_id = ? ORDER BY recorded_at_ms", (case_id,)
         ):
             summary = summary_pb2.RiskSummary.FromString(body)
-            entries += _entries(
-                recorded_at,
-                self.ctx.node_id,
-                me.agency_name,
-                me.agency_type,
-                envelope_pb2.MESSAGE_KIND_UNSPECIFIED,
-                summary,
-                "own",
-                own=True,
-            )
-        marks = ",".join("?" * len(tokens))
-        kinds = ",".join("?" * len(SUMMARY_KINDS))
-        rows = await self.ctx.store.fetchall(
-            f"SELECT DISTINCT {ITEM_COLUMNS} FROM inbox i JOIN inbox_tokens t ON t.inbox_seq = i.seq "
-            f"WHERE t.token IN ({marks}) AND i.kind IN ({kinds})",
-            (*tokens, *SUMMARY_KINDS),
+            for e in _entries(recorded_at, self.ctx.node_id, me.agency_name, me.agency_type, 0, summary, "own", True):
+                own.append((e.at_ms, _field(1, e.SerializeToString())))
+        return own
+
+    async def _derive_entries(self) -> None:
+        """Derive, once, the chronology entries of everything received since the last time
+        (for every family: one check of the newest inbox row when nothing is new)."""
+        async with self._deriving:
+            newest = (await self.ctx.store.fetchone("SELECT COALESCE(MAX(seq), 0) FROM inbox"))[0]
+            if self._derived_to is None:
+                row = await self.ctx.store.fetchone("SELECT COALESCE(MAX(inbox_seq), 0) FROM chronology")
+                self._derived_to = int(row[0])
+            while self._derived_to < newest:
+                rows = await self.ctx.store.fetchall(
+                    f"SELECT {ITEM_COLUMNS} FROM inbox i WHERE i.seq > ? ORDER BY i.seq LIMIT ?",
+                    (self._derived_to, DERIVE_BATCH),
+                )
+                if not rows:
+                    break
+                async with self.ctx.store.tx() as tx:
+                    await tx.executemany(
+                        "INSERT OR IGNORE INTO chronology(inbox_seq, item, at_ms, source_node, summary_id, state, "
+                        "entry) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [d for row in rows for d in self._derived(row)],
+                    )
+                self._derived_to = int(rows[-1][0])
+
+    def _derived(self, row: Any) -> list[tuple[int, int, int, str, str, str, bytes]]:
+        """An inbox row's chronology rows: item -1 marks it derived; summaries add one per risk item."""
+        item = self._item(row)
+        summary_id = item.summary.summary_id
+        derived = [(item.seq, -1, item.received_at_ms, item.sender_node, summary_id, item.state, b"")]
+        if item.kind not in SUMMARY_KINDS:
+            return derived
+        entries = _entries(
+            item.received_at_ms,
+            item.sender_node,
+            item.sender_agency_name,
+            item.sender_agency_type,
+            item.kind,
+            item.summary,
+            item.state,
         )
-        for row in rows:
-            item = self._item(row)
-            entries += _entries(
-                item.received_at_ms,
-                item.sender_node,
-                item.sender_agency_name,
-                item.sender_agency_type,
-                item.kind,
-                item.summary,
-                item.state,
+        for n, entry in enumerate(entries):
+            entry.ClearField("state")  # follows the inbox row; added when read
+            derived.append(
+                (item.seq, n, entry.at_ms, entry.source_node, summary_id, item.state, entry.SerializeToString())
             )
-        entries.sort(key=lambda e: (e.at_ms, e.source_node, e.summary_id))
-        return entries
+        return derived
 
 
 def _entries(

@@ -47,6 +47,14 @@ async def share(
     )
 
 
+async def chronology_states(cluster: Cluster) -> list[tuple[int, str]]:
+    """(kind, state) of each entry of csc's chronology of the family, in order."""
+    response = await cluster.api("csc").Chronology(
+        node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=await _case_id(cluster, "csc"))
+    )
+    return [(e.kind, e.state) for e in response.entries]
+
+
 def events(entries: list[dict[str, object]], name: str) -> list[dict[str, object]]:
     return [e for e in entries if e["event"] == name]
 
@@ -129,6 +137,7 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
         await share(cluster, assessment_id)
         summary_id = (await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)).summary.summary_id
         await wait_delivered(cluster.nodes["amh"], 2)
+        assert await chronology_states(cluster) == [(env.MESSAGE_KIND_SUMMARY_SHARE, "current")] * 2
 
         # The school leaves the family link; as an earlier recipient it still hears of changes (Art 19).
         school_case = await _case_id(cluster, "school")
@@ -179,6 +188,10 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
         }
         assert states[env.MESSAGE_KIND_SUMMARY_SHARE] == "superseded"
         assert states[env.MESSAGE_KIND_CORRECTION] == "new"
+        # The chronology's entries, derived when first read, follow their items' states.
+        timeline = await chronology_states(cluster)
+        assert timeline[:2] == [(env.MESSAGE_KIND_SUMMARY_SHARE, "superseded")] * 2
+        assert timeline[-1] == (env.MESSAGE_KIND_CORRECTION, "current")
 
         # A withdrawal goes to every earlier recipient, and each confirms with its signed receipt.
         withdrawn = await cluster.api("amh").WithdrawSummary(
@@ -194,6 +207,7 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
         assert last.settled and {r.state for r in last.recipients} == {"delivered"}
         items = (await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=CSC_WORKER))).items
         assert {i.state for i in items if i.summary.summary_id == summary_id} == {"withdrawn"}
+        assert {state for _, state in await chronology_states(cluster)} == {"withdrawn"}
         assert events(await audit_events(cluster.nodes["amh"]), "summary.withdrawn")
         assert events(await audit_events(cluster.nodes["csc"]), "summary.withdrawn_by_sender")
 

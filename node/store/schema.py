@@ -157,4 +157,22 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX inbox_live_by_summary ON inbox(sender, summary_id, state);
     """,
+    # 5: chronology entries derived once per received summary (the serialised entry
+    # without its state), so a family's chronology is read, not recomputed. The state
+    # follows the inbox row by trigger; retention's deletes cascade. Item -1 marks a
+    # summary with no risk items as derived.
+    """
+    CREATE TABLE chronology(
+      inbox_seq INTEGER NOT NULL REFERENCES inbox(seq) ON DELETE CASCADE,
+      item INTEGER NOT NULL,
+      at_ms INTEGER NOT NULL,
+      source_node TEXT NOT NULL,
+      summary_id TEXT NOT NULL,
+      state TEXT NOT NULL,
+      entry BLOB NOT NULL,
+      PRIMARY KEY (inbox_seq, item)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER chronology_follows_inbox_state AFTER UPDATE OF state ON inbox
+      BEGIN UPDATE chronology SET state = NEW.state WHERE inbox_seq = NEW.seq; END;
+    """,
 )
