@@ -147,7 +147,7 @@ async def chronology(entries: int, root: Path) -> dict[str, float]:
     from node.server import NodeServer
 
     federation = make_federation(root / "chronology")
-    logs.configure("critical")  # no gateway runs here; the node's reconnect warnings are expected
+    logs.configure("error")  # no gateway runs here; the node's reconnect warnings are expected
     node = NodeServer(NodeConfig.load(federation.node_tomls[RECIPIENT]))
     await node.start()
     try:

@@ -18,14 +18,13 @@ from gateway.subscriptions import SubscriptionIndex
 from gateway.witness import Witness
 from linkage import logs
 from linkage.auditlog import open_checkpoint
+from linkage.directory import DirectoryView
 from linkage.envelope import parse_routing
 from linkage.ids import is_uuid7
 from linkage.reasons import Reason, Rejected
-from linkage.tokens import MAX_TOKENS_PER_CALL, TOKEN_LEN
+from linkage.tokens import MAX_TOKENS_PER_CALL, MAX_TOKENS_PER_MESSAGE, TOKEN_LEN
 from linkage.transport import Peer
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
-
-MAX_TOKENS_PER_MESSAGE = 64
 
 log = logs.get("gateway")
 Context = grpc.aio.ServicerContext[object, object]
@@ -96,6 +95,22 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.metalog.record(event, node, counterpart, message_id, outcome, **detail)
         self.metrics.observe(event)
 
+    def _involvement(
+        self, tokens: list[bytes], caller: str, directory: DirectoryView
+    ) -> list[gateway_pb2.TokenInvolvement]:
+        """For each token, the active nodes other than the caller subscribed to it."""
+        return [
+            gateway_pb2.TokenInvolvement(
+                link_token=token,
+                node_ids=sorted(
+                    n
+                    for n in self.index.subscribers([token]) - {caller}
+                    if (e := directory.nodes.get(n)) and e.status == directory_pb2.NODE_STATUS_ACTIVE
+                ),
+            )
+            for token in tokens
+        ]
+
     async def Subscribe(self, request: gateway_pb2.SubscribeRequest, context: Context) -> gateway_pb2.SubscribeResponse:
         try:
             node_id = self._control_call(context, request.node_id, "subscribe")
@@ -139,12 +154,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except Denied as denied:
             self._note("resolve.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
-        found = self.index.subscribers(tokens) - {node_id}
-        active = sorted(
-            n for n in found if (e := directory.nodes.get(n)) and e.status == directory_pb2.NODE_STATUS_ACTIVE
-        )
+        by_token = self._involvement(tokens, node_id, directory)
+        active = sorted({n for t in by_token for n in t.node_ids})
         self._note("resolve", node=node_id, routine=True, tokens=len(tokens), recipients=len(active))
-        return gateway_pb2.ResolveRecipientsResponse(node_ids=active)
+        return gateway_pb2.ResolveRecipientsResponse(node_ids=active, by_token=by_token)
 
     async def DiscoverInvolvement(
         self, request: gateway_pb2.DiscoverInvolvementRequest, context: Context
@@ -164,14 +177,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except Denied as denied:
             self._note("discover.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
-        involvement = []
-        for token in tokens:
-            others = sorted(
-                n
-                for n in self.index.subscribers([token]) - {node_id}
-                if (e := directory.nodes.get(n)) and e.status == directory_pb2.NODE_STATUS_ACTIVE
-            )
-            involvement.append(gateway_pb2.TokenInvolvement(link_token=token, node_ids=others))
+        involvement = self._involvement(tokens, node_id, directory)
         self._note(
             "discover", node=node_id, tokens=len(tokens), agencies=len({n for i in involvement for n in i.node_ids})
         )

@@ -6,7 +6,7 @@ they connect, so a lost gateway database heals itself.
 
 In memory the index is packed, because a national federation holds millions of
 family links and the gateway must stay small: every token once, sorted, in one
-`bytes` (32 bytes each), a 16-bit bucket directory over its first two bytes,
+`bytes` (32 bytes each), a bucket directory over its leading bits (about 8 tokens a bucket),
 and each token's subscribers as 2-byte node numbers. That is about 20 bytes
 per subscription where Python sets of strings cost over 200. Changes since the
 packed base was built sit in a small overlay; past a threshold a new base is
@@ -28,7 +28,7 @@ from gateway.db import GatewayDb
 from linkage import logs
 from linkage.tokens import TOKEN_LEN
 
-BUCKET_BITS = 16
+TOKENS_PER_BUCKET = 8  # the directory is sized so a look-up scans about this many tokens
 REBUILD_AFTER = 100_000  # overlay changes before the packed base is rebuilt
 
 log = logs.get("gateway.subscriptions")
@@ -41,34 +41,39 @@ class PackedRoutes:
     tokens: bytes  # TOKEN_LEN bytes per token, ascending
     starts: array[int]  # token i's subscribers are nodes[starts[i]:starts[i + 1]]
     nodes: array[int]  # node numbers (indexes into the node-id table)
-    buckets: array[int]  # tokens whose first two bytes are b are tokens[buckets[b]:buckets[b + 1]]
+    buckets: array[int]  # tokens whose top `bits` bits are b are tokens[buckets[b]:buckets[b + 1]]
+    bits: int
 
     @classmethod
     def build(cls, rows: Iterable[tuple[bytes, int]]) -> PackedRoutes:
         """From (token, node number) rows in ascending token order."""
         tokens = bytearray()
         starts, nodes = array("I"), array("H")
-        counts = array("I", bytes(4 * (1 << BUCKET_BITS)))
         last = b""
         for token, node in rows:
             if token != last:
                 tokens += token
                 starts.append(len(nodes))
-                counts[int.from_bytes(token[:2], "big")] += 1
                 last = token
             nodes.append(node)
         starts.append(len(nodes))
-        buckets = array("I", [0])
-        for count in counts:
-            buckets.append(buckets[-1] + count)
-        return cls(bytes(tokens), starts, nodes, buckets)
+        count = len(starts) - 1
+        bits = max(8, min(24, (count // TOKENS_PER_BUCKET).bit_length()))
+        # Tokens are sorted, so bucket b starts at the first token whose top bits are >= b.
+        buckets, i = array("I"), 0
+        for b in range(1 << bits):
+            while i < count and _top(tokens, i, bits) < b:
+                i += 1
+            buckets.append(i)
+        buckets.append(count)
+        return cls(bytes(tokens), starts, nodes, buckets, bits)
 
     def __len__(self) -> int:
         return len(self.nodes)
 
     def find(self, token: bytes) -> array[int]:
         """The subscriber numbers of `token` (empty if none)."""
-        bucket = int.from_bytes(token[:2], "big")
+        bucket = int.from_bytes(token[:3], "big") >> (24 - self.bits)
         end = self.buckets[bucket + 1] * TOKEN_LEN
         at = self.tokens.find(token, self.buckets[bucket] * TOKEN_LEN, end)
         while at > 0 and at % TOKEN_LEN:  # a match straddling two tokens is no match; look further
@@ -77,6 +82,11 @@ class PackedRoutes:
             return array("H")
         i = at // TOKEN_LEN
         return self.nodes[self.starts[i] : self.starts[i + 1]]
+
+
+def _top(tokens: bytearray, i: int, bits: int) -> int:
+    at = i * TOKEN_LEN
+    return int.from_bytes(tokens[at : at + 3], "big") >> (24 - bits)
 
 
 class NodeNumbers:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import DecodeError
 
 from linkage.directory import DirectoryView
+from linkage.ed25519 import verify as ed25519_verify
 from linkage.merkle import CompactRange, leaf_hash
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import audit_pb2
@@ -113,9 +114,7 @@ def open_checkpoint(signed: audit_pb2.SignedCheckpoint, directory: DirectoryView
     if key is None:
         raise Rejected(Reason.UNKNOWN_KEY, f"no key {body.key_id!r} for node {body.node_id!r}")
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(key.signing_public_key).verify(
-            signed.signature, CHECKPOINT_LABEL + signed.checkpoint
-        )
+        ed25519_verify(key.signing_public_key, signed.signature, CHECKPOINT_LABEL + signed.checkpoint)
     except InvalidSignature:
         raise Rejected(Reason.BAD_SIGNATURE, "checkpoint signature does not verify") from None
     return body

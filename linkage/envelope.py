@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
+from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem, x25519
 from google.protobuf.message import DecodeError
 
 from linkage.directory import DirectoryView
+from linkage.ed25519 import verify as ed25519_verify
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
@@ -236,9 +237,7 @@ def open_envelope(
         raise Rejected(Reason.MALFORMED, "sealed message does not parse") from None
     key = directory.node_key(routing.sender_node, signed.signing_key_id, routing.created_at_ms)
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(key.signing_public_key).verify(
-            signed.signature, MESSAGE_LABEL + signed.body
-        )
+        ed25519_verify(key.signing_public_key, signed.signature, MESSAGE_LABEL + signed.body)
         if routing.suite == HYBRID:  # both signatures must verify
             if not key.mldsa_public_key:
                 raise InvalidSignature()
@@ -281,7 +280,7 @@ def verify_receipt(receipt: envelope_pb2.Receipt, *, me: str, directory: Directo
         raise Rejected(Reason.WRONG_RECIPIENT, "receipt is for another sender")
     public = directory.signing_key(body.recipient_node, receipt.signing_key_id, body.received_at_ms)
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(public).verify(receipt.signature, RECEIPT_LABEL + receipt.body)
+        ed25519_verify(public, receipt.signature, RECEIPT_LABEL + receipt.body)
     except InvalidSignature:
         raise Rejected(Reason.BAD_SIGNATURE, "receipt signature does not verify") from None
     return body

@@ -18,6 +18,7 @@ from pathlib import Path
 
 TOKEN_LEN = 32
 MAX_TOKENS_PER_CALL = 1000  # per subscribe or unsubscribe request
+MAX_TOKENS_PER_MESSAGE = 64  # per envelope, and per resolve or discovery request
 _DOMAIN = b"person/v1|"
 _SCHEME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _NHS_WEIGHTS = range(10, 1, -1)

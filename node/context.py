@@ -16,6 +16,7 @@ from node.link import GatewayLink
 from node.messaging import Messenger
 from node.outbox import Outbox
 from node.policy import PolicyContext
+from node.resolver import Resolver
 from node.store import Store
 
 
@@ -30,6 +31,7 @@ class NodeContext:
     linkage_key: LinkageKey
     clock: Clock
     policy: PolicyContext
+    resolver: Resolver
 
     def directory(self) -> DirectoryView:
         try:
@@ -46,7 +48,7 @@ class NodeContext:
     async def resolve(self, tokens: list[bytes]) -> list[str]:
         """Agencies linked to these tokens, or a clear error that nothing was done."""
         try:
-            return await self.link.resolve(tokens)
+            return await self.resolver.resolve(tokens)
         except grpc.aio.AioRpcError as exc:
             busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             raise ApiError(

@@ -124,10 +124,11 @@ class GatewayLink:
             removed += (await self._stub.Unsubscribe(request, timeout=UNARY_TIMEOUT_S)).removed
         return removed
 
-    async def resolve(self, tokens: Iterable[bytes]) -> list[str]:
-        request = gateway_pb2.ResolveRecipientsRequest(node_id=self.node_id, link_tokens=list(tokens))
+    async def resolve(self, tokens: list[bytes]) -> dict[bytes, list[str]]:
+        """For each token, the other agencies linked to it."""
+        request = gateway_pb2.ResolveRecipientsRequest(node_id=self.node_id, link_tokens=tokens)
         response = await self._stub.ResolveRecipients(request, timeout=UNARY_TIMEOUT_S)
-        return list(response.node_ids)
+        return {t.link_token: list(t.node_ids) for t in response.by_token}
 
     async def discover(self, tokens: Iterable[bytes]) -> dict[bytes, list[str]]:
         """For each token, the other nodes linked to it."""

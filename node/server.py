@@ -18,7 +18,7 @@ from linkage.directory import TrustedDirectory
 from linkage.keys import MessageKeys
 from linkage.metrics import MetricsEndpoint
 from linkage.reasons import Rejected
-from linkage.tokens import LinkageKey
+from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.transport import LINK_HEALTH_SERVICE, SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, node_api_pb2, node_api_pb2_grpc
 from node import retention
@@ -34,6 +34,7 @@ from node.outbox import Outbox
 from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
 from node.requests import Requests
+from node.resolver import Resolver
 from node.sharing import Sharing
 from node.store import Store
 
@@ -160,6 +161,7 @@ class NodeServer:
             linkage_key=LinkageKey.load(config.linkage_key),
             clock=self.clock,
             policy=load_policy(config.policy),
+            resolver=Resolver(self.link.resolve, MAX_TOKENS_PER_MESSAGE),
         )
         self.cases = Cases(self.ctx)
         self.sharing = Sharing(self.ctx)

@@ -26,7 +26,7 @@ from linkage import stories
 from linkage.clock import ManualClock
 from linkage.config import DeliverySettings, PolicyFiles
 from linkage.directory import TrustedDirectory
-from linkage.tokens import LinkageKey
+from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.v1 import gateway_pb2, node_api_pb2
 from node.cases import Cases
 from node.context import NodeContext
@@ -35,6 +35,7 @@ from node.messaging import Messenger
 from node.outbox import Outbox
 from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
+from node.resolver import Resolver
 from node.sharing import Sharing
 from node.store import Store
 from tests.crypto_fixtures import FED, NOW, make_keyring
@@ -59,8 +60,8 @@ class Wire:
     async def subscribe(self, tokens: Iterable[bytes]) -> int:
         return len(list(tokens))
 
-    async def resolve(self, tokens: Iterable[bytes]) -> list[str]:
-        return ["b"]
+    async def resolve(self, tokens: list[bytes]) -> dict[bytes, list[str]]:
+        return {t: ["b"] for t in tokens}
 
     async def discover(self, tokens: Iterable[bytes]) -> dict[bytes, list[str]]:
         return {t: [] for t in tokens}  # no involvement notices in this model
@@ -100,6 +101,7 @@ class DeliveryModel(RuleBasedStateMachine):
             linkage_key=LinkageKey(1, bytes(32)),
             clock=self.clock,
             policy=POLICY,
+            resolver=Resolver(self.sender_wire.resolve, MAX_TOKENS_PER_MESSAGE),
         )
         self.cases = Cases(ctx)
         self.sharing = Sharing(ctx)

@@ -386,16 +386,24 @@ class ResolveRecipientsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_IDS_FIELD_NUMBER: _builtins.int
+    BY_TOKEN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the union, other than the caller"""
+
+    @_builtins.property
+    def by_token(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenInvolvement]:
+        """the same, token by token, so one call can answer many shares"""
+
     def __init__(
         self,
         *,
         node_ids: _abc.Iterable[_builtins.str] | None = ...,
+        by_token: _abc.Iterable[Global___TokenInvolvement] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_ids", b"node_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_token", b"by_token", "node_ids", b"node_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
