@@ -17,6 +17,7 @@ from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
 from node.store import Tx
 
 Fill = Callable[[envelope_pb2.MessageBody], None]
+Queued = tuple[str, str, envelope_pb2.Envelope]  # message id, recipient, envelope
 
 
 def kind_name(kind: int) -> str:
@@ -31,13 +32,20 @@ class Sealed:
 
 class Messenger:
     def __init__(
-        self, node_id: str, keys: MessageKeys, trust: TrustedDirectory, clock: Clock, delivery: DeliverySettings
+        self,
+        node_id: str,
+        keys: MessageKeys,
+        trust: TrustedDirectory,
+        clock: Clock,
+        delivery: DeliverySettings,
+        on_queued: Callable[[list[Queued]], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.keys = keys
         self.trust = trust
         self.clock = clock
         self.delivery = delivery
+        self.on_queued = on_queued  # told of queued messages once they are committed (the outbox)
 
     def seal_each(
         self,
@@ -119,4 +127,8 @@ class Messenger:
             statuses.append(
                 node_api_pb2.DeliveryStatus(node_id=item.recipient, message_id=routing.message_id, state="queued")
             )
+        if self.on_queued is not None:
+            handed = [(s.outgoing.routing.message_id, s.recipient, s.outgoing.envelope) for s in sealed]
+            on_queued = self.on_queued
+            tx.on_commit(lambda: on_queued(handed))
         return statuses

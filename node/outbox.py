@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Iterable
 from typing import Protocol
 
 from linkage import logs
@@ -29,6 +30,7 @@ from linkage.reasons import Rejected
 from linkage.v1 import envelope_pb2, gateway_pb2
 from node.backoff import backoff_ms
 from node.link import NotConnected
+from node.messaging import Queued
 from node.metrics import NodeMetrics
 from node.store import Store, Tx
 
@@ -77,6 +79,12 @@ class Outbox:
         self._gauges_at = -GAUGE_INTERVAL_S
         self._gauges_later: asyncio.TimerHandle | None = None
         self._expiry_due_ms = 0  # when the oldest live message becomes undeliverable (0: check now)
+        # The hot path reads nothing back: messages just committed are handed over in memory,
+        # and the store is scanned only when something is due there (a retry, a back-off ending,
+        # a receipt overdue), after a reconnect, or when a recipient comes back.
+        self._fresh: list[Queued] = []
+        self._scan = True
+        self._next_due_ms = 0
         self._settled: dict[str, asyncio.Future[str]] = {}  # message id -> its final state, for watchers
 
     # -- observing ---------------------------------------------------------
@@ -133,16 +141,30 @@ class Outbox:
 
     # -- the worker --------------------------------------------------------
 
+    def fresh(self, queued: list[Queued]) -> None:
+        """Messages just committed to the outbox: sent without reading them back."""
+        self._fresh += queued
+        now = self.clock.now_ms()
+        self._expiry_due_ms = min(self._expiry_due_ms, now + self.settings.undeliverable_after_ms)
+        self.wake.set()
+
     async def run(self) -> None:
         while not self._stopping:
             self.wake.clear()
             timeout: float | None = 1.0
             try:
-                if self.clock.now_ms() >= self._expiry_due_ms:
+                now = self.clock.now_ms()
+                if now >= self._expiry_due_ms:
                     await self.expire_overdue()  # non-delivery reports do not wait for the gateway
-                if self.link.connected.is_set():
-                    await self.send_due()
-                timeout = await self._seconds_to_next_due()
+                if self._scan or now >= self._next_due_ms or not self.link.connected.is_set():
+                    self._scan = False
+                    self._fresh.clear()  # committed, so the scan finds them too
+                    if self.link.connected.is_set():
+                        await self.send_due()
+                    timeout = await self._seconds_to_next_due()
+                else:
+                    await self._send(self._take_fresh())
+                    timeout = max(0.01, (min(self._next_due_ms, self._expiry_due_ms) - now) / 1000)
             except Exception:  # the worker must outlive a bad moment; the rows wait in the store
                 log.exception("outbox.worker_failed")
             # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation
@@ -170,14 +192,14 @@ class Outbox:
             (self.settings.undeliverable_after_ms,),
         )
         if row[0] is None:
-            self._expiry_due_ms = 1 << 62  # nothing live; a new message's expiry is later than any check
+            self._expiry_due_ms = self._next_due_ms = 1 << 62  # nothing live: fresh() brings them forward
             return None
         # Messages queued later expire later, so until then there is nothing to expire.
-        self._expiry_due_ms = int(row[1])
+        self._expiry_due_ms, self._next_due_ms = int(row[1]), int(row[0])
         return max(0.01, (min(int(row[0]), int(row[1])) - self.clock.now_ms()) / 1000)
 
     async def send_due(self) -> int:
-        """Send what is due now; return how many envelopes went out."""
+        """Send what is due now according to the store; return how many envelopes went out."""
         if self._stopping:
             return 0
         rows = await self.store.fetchall(
@@ -185,10 +207,25 @@ class Outbox:
             "AND next_attempt_at_ms <= ? ORDER BY created_at_ms, message_id LIMIT ?",
             (self.clock.now_ms(), BATCH),
         )
+        if len(rows) == BATCH:
+            self._scan = True  # more are due than one batch: look again once these are answered
+        return await self._send((m, r, envelope_pb2.Envelope.FromString(e)) for m, r, e in rows)
+
+    def _take_fresh(self) -> list[Queued]:
+        fresh, self._fresh = self._fresh[:BATCH], self._fresh[BATCH:]
+        if self._fresh:
+            self.wake.set()
+        # Each will be due again (receipt overdue) at the latest this long from now.
+        self._next_due_ms = min(self._next_due_ms, self.clock.now_ms() + self.settings.receipt_timeout_ms)
+        return fresh
+
+    async def _send(self, messages: Iterable[Queued]) -> int:
+        if self._stopping:
+            return 0
         now = self.clock.now_ms()
         probing = set(self._in_flight.values()) & self._away.keys()
         sent = 0
-        for message_id, recipient, envelope in rows:
+        for message_id, recipient, envelope in messages:
             if message_id in self._in_flight:
                 continue
             if recipient in self._away:
@@ -197,9 +234,10 @@ class Outbox:
                 probing.add(recipient)
             self._in_flight[message_id] = recipient
             try:
-                await self.link.send(gateway_pb2.NodeFrame(send=envelope_pb2.Envelope.FromString(envelope)))
+                await self.link.send(gateway_pb2.NodeFrame(send=envelope))
             except NotConnected:
                 self._in_flight.pop(message_id, None)  # disconnected() may have cleared it already
+                self._scan = True
                 break
             sent += 1
         return sent
@@ -241,6 +279,7 @@ class Outbox:
         self._away.clear()
         async with self.store.tx() as tx:
             await tx.execute("UPDATE outbox SET next_attempt_at_ms = ? WHERE state IN ('queued', 'sent')", (tx.now_ms,))
+        self._scan = True
         self.wake.set()
 
     async def disconnected(self) -> None:
@@ -253,6 +292,8 @@ class Outbox:
                 final = await self._record_ack(tx, ack)
             if final:
                 self._settle(ack.message_id, "undeliverable")
+            if ack.status != gateway_pb2.SEND_STATUS_FORWARDED:
+                self._scan = True  # a retry or a back-off was written to the store
         finally:
             # Only now may the worker pick the row again: its new state is committed.
             self._in_flight.pop(ack.message_id, None)
@@ -326,6 +367,7 @@ class Outbox:
                 "UPDATE outbox SET next_attempt_at_ms = ? WHERE recipient = ? AND state IN ('queued', 'sent')",
                 (tx.now_ms, node_id),
             )
+        self._scan = True
         self.wake.set()
 
     async def on_receipt(self, receipt: envelope_pb2.Receipt) -> None:

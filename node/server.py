@@ -157,7 +157,7 @@ class NodeServer:
             link=self.link,
             outbox=self.outbox,
             trust=self.trust,
-            messenger=Messenger(config.node_id, keys, self.trust, self.clock, config.delivery),
+            messenger=Messenger(config.node_id, keys, self.trust, self.clock, config.delivery, self.outbox.fresh),
             linkage_key=LinkageKey.load(config.linkage_key),
             clock=self.clock,
             policy=load_policy(config.policy),

@@ -97,7 +97,7 @@ class DeliveryModel(RuleBasedStateMachine):
             link=cast(GatewayLink, self.sender_wire),
             outbox=self.outbox,
             trust=self.trust,
-            messenger=Messenger("a", self.ring.keys["a"], self.trust, self.clock, SETTINGS),
+            messenger=Messenger("a", self.ring.keys["a"], self.trust, self.clock, SETTINGS, self.outbox.fresh),
             linkage_key=LinkageKey(1, bytes(32)),
             clock=self.clock,
             policy=POLICY,

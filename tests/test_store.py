@@ -170,3 +170,21 @@ async def test_a_waiter_cancelled_in_the_queue_does_not_strand_the_group(tmp_pat
             await second
     finally:
         await store.close()
+
+
+async def test_commit_callbacks_run_after_the_commit_and_never_for_a_rollback(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    seen: list[set[str]] = []
+    try:
+        async with store.tx() as tx:
+            await tx.execute("INSERT INTO cases VALUES ('c1', 'ref', 1, 'open')")
+            tx.on_commit(lambda: seen.append(_committed_cases(path)))
+            assert not seen
+        with pytest.raises(sqlite3.IntegrityError):
+            async with store.tx() as tx:
+                tx.on_commit(lambda: seen.append({"rolled back"}))
+                await tx.execute("INSERT INTO cases VALUES ('c1', 'ref', 1, 'open')")
+        assert seen == [{"c1"}]  # it saw the committed row; the failed one never ran
+    finally:
+        await store.close()

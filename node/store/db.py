@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,11 @@ class Tx:
         self.now_ms = store.clock.now_ms()
         self._seq, self._hash, tail = store._tail
         self._frontier = CompactRange(tail.size, tail.hashes)
+        self._on_commit: list[Callable[[], None]] = []
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this transaction is durably committed (never if it is not)."""
+        self._on_commit.append(callback)
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> Rows:
         return Rows(self.db.execute(sql, tuple(params)))
@@ -127,6 +132,7 @@ class _Group:
     def __init__(self) -> None:
         self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.size = 0
+        self.on_commit: list[Callable[[], None]] = []
 
 
 def _writer(path: Path) -> sqlite3.Connection:
@@ -240,6 +246,7 @@ class Store:
             self.db.execute("RELEASE tx")
             self._tail = (tx._seq, tx._hash, tx._frontier)
             group.size += 1
+            group.on_commit += tx._on_commit
             ok = True
         finally:
             try:
@@ -311,6 +318,11 @@ class Store:
         if seq != self._head_seq:
             self._head_seq, self._head_hash, self.frontier = seq, chain, frontier
             self.appended.set()
+        for callback in group.on_commit:
+            try:
+                callback()
+            except Exception:  # committed is committed: a failing observer must not undo that
+                log.exception("store.on_commit_failed")
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         """A read of committed data only."""
