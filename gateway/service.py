@@ -18,6 +18,7 @@ from gateway.subscriptions import SubscriptionIndex
 from gateway.witness import Witness
 from linkage import logs
 from linkage.auditlog import open_checkpoint
+from linkage.frames import NestedBatchError, unbatch
 from linkage.directory import DirectoryView
 from linkage.envelope import parse_routing
 from linkage.ids import is_uuid7
@@ -245,7 +246,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self._note("connect", node=node_id, tls=peer.tls_version, connected=len(self.sessions))
         reader = asyncio.create_task(self._read(session, peer, request_iterator, context))
         try:
-            while (frame := await session.queue.get()) is not None:
+            async for frame in session.frames():
                 yield frame
             if session.error is not None:
                 await context.abort(*session.error)
@@ -262,11 +263,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 # The stream's certificate was parsed once at connect; the directory is
                 # consulted per frame, so a revoked node stops here.
                 self.authz.recheck(session.node_id, peer)
-                which = frame.WhichOneof("frame")
-                if which == "send":
-                    self._relay_envelope(session, frame.send)
-                elif which == "receipt":
-                    self._relay_receipt(session, frame.receipt)
+                try:
+                    members = unbatch(frame)
+                except NestedBatchError as exc:
+                    raise Denied(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+                for one in members:
+                    which = one.WhichOneof("frame")
+                    if which == "send":
+                        self._relay_envelope(session, one.send)
+                    elif which == "receipt":
+                        self._relay_receipt(session, one.receipt)
         except Denied as denied:
             self._note("stream.refused", node=session.node_id, outcome=denied.code.name, warning=True)
             session.close((denied.code, denied.message))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
 
+from linkage.frames import fits
 from linkage.v1 import gateway_pb2
 
 
@@ -28,6 +30,30 @@ class Session:
             return False
         self.queue.put_nowait(frame)
         return True
+
+    async def frames(self) -> AsyncIterator[gateway_pb2.GatewayFrame]:
+        """What to write to the node, until the stream is closed: frames waiting together
+        go as one batch (gRPC's cost is per stream message)."""
+        carry: gateway_pb2.GatewayFrame | None = None
+        while True:
+            first = carry if carry is not None else await self.queue.get()
+            carry = None
+            if first is None:
+                return
+            batch, size, end = [first], first.ByteSize(), False
+            while not self.queue.empty():
+                frame = self.queue.get_nowait()
+                if frame is None:
+                    end = True
+                    break
+                if not fits(size, len(batch), frame):
+                    carry = frame
+                    break
+                batch.append(frame)
+                size += frame.ByteSize()
+            yield first if len(batch) == 1 else gateway_pb2.GatewayFrame(batch=gateway_pb2.GatewayFrames(frames=batch))
+            if end:
+                return
 
     def close(self, error: tuple[grpc.StatusCode, str] | None = None) -> None:
         """End the stream once the frames already queued are written."""

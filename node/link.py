@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import grpc
 
 from linkage import logs
+from linkage.frames import NestedBatchError, fits, unbatch
 from linkage.tokens import MAX_TOKENS_PER_CALL
 from linkage.transport import TlsFiles, secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
@@ -24,6 +25,7 @@ RECONNECT_CAP_MS = 30_000
 FRAME_WINDOW = 256
 
 log = logs.get("node.link")
+Call = grpc.aio.StreamStreamCall[gateway_pb2.NodeFrame, gateway_pb2.GatewayFrame]
 
 
 def _chunks(tokens: list[bytes]) -> list[list[bytes]]:
@@ -51,8 +53,9 @@ class GatewayLink:
         self._on_connect = on_connect
         self._on_frame = on_frame
         self._on_state = on_state
-        self._call: grpc.aio.StreamStreamCall[gateway_pb2.NodeFrame, gateway_pb2.GatewayFrame] | None = None
-        self._write_lock = asyncio.Lock()
+        self._call: Call | None = None
+        self._outgoing: list[tuple[gateway_pb2.NodeFrame, asyncio.Future[None]]] = []
+        self._writing = False
         self._handlers: set[asyncio.Task[None]] = set()
         self._window = asyncio.Semaphore(FRAME_WINDOW)
         self.connected = asyncio.Event()
@@ -85,14 +88,17 @@ class GatewayLink:
                 await self._on_state(True)
                 log.info("gateway.connected", attempt=attempt)
                 attempt = 0
-                while isinstance(frame := await call.read(), gateway_pb2.GatewayFrame):
-                    await self._window.acquire()  # back-pressure: stop reading while the window is full
-                    task = asyncio.create_task(self._handle(frame))
-                    self._handlers.add(task)
-                    task.add_done_callback(self._handlers.discard)
+                while isinstance(received := await call.read(), gateway_pb2.GatewayFrame):
+                    for frame in unbatch(received):
+                        await self._window.acquire()  # back-pressure: stop reading while the window is full
+                        task = asyncio.create_task(self._handle(frame))
+                        self._handlers.add(task)
+                        task.add_done_callback(self._handlers.discard)
                 log.info("gateway.stream_ended")
             except grpc.aio.AioRpcError as exc:
                 log.warning("gateway.unavailable", code=exc.code().name, attempt=attempt)
+            except NestedBatchError:
+                log.error("gateway.protocol_error", problem="nested batch")
             finally:
                 self.connected.clear()
                 self._call = None
@@ -101,14 +107,47 @@ class GatewayLink:
             attempt += 1
 
     async def send(self, frame: gateway_pb2.NodeFrame) -> None:
+        """Write a frame; returns once it is written."""
+        await self.send_all([frame])
+
+    async def send_all(self, frames: list[gateway_pb2.NodeFrame]) -> None:
+        """Write frames in order; returns once all are written, or raises NotConnected. Frames
+        sent while a write is in progress are written together, in batches, by whoever writes next."""
         call = self._call
         if call is None:
             raise NotConnected()
-        async with self._write_lock:
+        loop = asyncio.get_running_loop()
+        mine = [(frame, loop.create_future()) for frame in frames]
+        self._outgoing += mine
+        if not self._writing:
+            self._writing = True
             try:
-                await call.write(frame)
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
-                raise NotConnected() from exc
+                while self._outgoing:
+                    await self._write_batch(call)
+            finally:
+                self._writing = False
+        for _, written in mine:
+            await written
+
+    async def _write_batch(self, call: Call) -> None:
+        batch = [self._outgoing.pop(0)]
+        size = batch[0][0].ByteSize()
+        while self._outgoing and fits(size, len(batch), self._outgoing[0][0]):
+            batch.append(self._outgoing.pop(0))
+            size += batch[-1][0].ByteSize()
+        frames = [f for f, _ in batch]
+        message = frames[0] if len(frames) == 1 else gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=frames))
+        try:
+            await call.write(message)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            for _, written in (*batch, *self._outgoing):  # the stream is gone for all of them
+                if not written.done():
+                    written.set_exception(NotConnected())
+            self._outgoing.clear()
+            return
+        for _, written in batch:
+            if not written.done():
+                written.set_result(None)
 
     async def subscribe(self, tokens: Iterable[bytes]) -> int:
         added = 0

@@ -46,7 +46,7 @@ log = logs.get("node.outbox")
 class FrameSender(Protocol):
     connected: asyncio.Event
 
-    async def send(self, frame: gateway_pb2.NodeFrame) -> None: ...
+    async def send_all(self, frames: list[gateway_pb2.NodeFrame]) -> None: ...
 
 
 class Outbox:
@@ -224,7 +224,8 @@ class Outbox:
             return 0
         now = self.clock.now_ms()
         probing = set(self._in_flight.values()) & self._away.keys()
-        sent = 0
+        going: list[str] = []
+        frames = []
         for message_id, recipient, envelope in messages:
             if message_id in self._in_flight:
                 continue
@@ -233,14 +234,18 @@ class Outbox:
                     continue  # one probe at a time, and only when the destination's back-off is over
                 probing.add(recipient)
             self._in_flight[message_id] = recipient
-            try:
-                await self.link.send(gateway_pb2.NodeFrame(send=envelope))
-            except NotConnected:
-                self._in_flight.pop(message_id, None)  # disconnected() may have cleared it already
-                self._scan = True
-                break
-            sent += 1
-        return sent
+            going.append(message_id)
+            frames.append(gateway_pb2.NodeFrame(send=envelope))
+        if not frames:
+            return 0
+        try:
+            await self.link.send_all(frames)
+        except NotConnected:
+            for message_id in going:
+                self._in_flight.pop(message_id, None)  # disconnected() may have cleared them already
+            self._scan = True
+            return 0
+        return len(frames)
 
     async def expire_overdue(self) -> None:
         """Non-delivery reports: what was not delivered in time becomes undeliverable."""

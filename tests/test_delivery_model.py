@@ -57,6 +57,9 @@ class Wire:
     async def send(self, frame: gateway_pb2.NodeFrame) -> None:
         self.frames.append(frame)
 
+    async def send_all(self, frames: list[gateway_pb2.NodeFrame]) -> None:
+        self.frames += frames
+
     async def subscribe(self, tokens: Iterable[bytes]) -> int:
         return len(list(tokens))
 

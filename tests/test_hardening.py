@@ -14,6 +14,7 @@ from linkage.clock import ManualClock
 from linkage.config import GatewayLimits
 from linkage.envelope import open_envelope
 from linkage.federation import publish_directory, revoke_node
+from linkage.frames import unbatch
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
 from tests.crypto_fixtures import NOW, make_keyring
@@ -159,12 +160,33 @@ async def test_s9_five_thousand_malformed_envelopes_through_the_live_gateway(fed
         while acks < 5_000:
             answer = await call.read()
             assert isinstance(answer, gateway_pb2.GatewayFrame)
-            if answer.WhichOneof("frame") == "send_ack":
-                assert answer.send_ack.status == gateway_pb2.SEND_STATUS_REJECTED
-                acks += 1
+            for reply in unbatch(answer):  # answers waiting together come batched
+                if reply.WhichOneof("frame") == "send_ack":
+                    assert reply.send_ack.status == gateway_pb2.SEND_STATUS_REJECTED
+                    acks += 1
         call.cancel()
         # The gateway is unharmed: it still routes real traffic.
         await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]))
+
+
+async def test_s9_a_batch_is_checked_frame_by_frame_and_may_not_nest(federation: LocalFederation) -> None:
+    async with running(federation, nodes=("csc",)) as cluster:
+        stub = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("amh"))
+        call = stub.Connect()
+        bad = gateway_pb2.NodeFrame(send=envelope_pb2.Envelope(routing=b"junk", ciphertext=b"x"))
+        await call.write(gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=[bad] * 3)))
+        answers: list[gateway_pb2.GatewayFrame] = []
+        while len(answers) < 3:
+            answer = await call.read()
+            assert isinstance(answer, gateway_pb2.GatewayFrame)
+            answers += unbatch(answer)
+        assert {a.send_ack.status for a in answers} == {gateway_pb2.SEND_STATUS_REJECTED}
+        nested = gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=[bad]))
+        await call.write(gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=[nested])))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            while True:
+                await call.read()
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_s10_the_gateway_holds_no_key_that_opens_a_summary(federation: LocalFederation) -> None:

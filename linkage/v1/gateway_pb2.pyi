@@ -160,6 +160,7 @@ class NodeFrame(_message.Message):
 
     SEND_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def send(self) -> _envelope_pb2.Envelope:
         """sender -> gateway"""
@@ -168,21 +169,51 @@ class NodeFrame(_message.Message):
     def receipt(self) -> _envelope_pb2.Receipt:
         """recipient -> gateway, for the original sender"""
 
+    @_builtins.property
+    def batch(self) -> Global___NodeFrames:
+        """several of the above in one stream message"""
+
     def __init__(
         self,
         *,
         send: _envelope_pb2.Envelope | None = ...,
         receipt: _envelope_pb2.Receipt | None = ...,
+        batch: Global___NodeFrames | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "receipt", b"receipt", "send", b"send"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "frame", b"frame", "receipt", b"receipt", "send", b"send"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "receipt", b"receipt", "send", b"send"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "frame", b"frame", "receipt", b"receipt", "send", b"send"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["send", "receipt"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["send", "receipt", "batch"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
 Global___NodeFrame: _TypeAlias = NodeFrame  # noqa: Y015
+
+@_typing.final
+class NodeFrames(_message.Message):
+    """Frames that were waiting together travel together: gRPC's cost is per stream
+    message, not per byte. A batch holds no batches; each frame in it is handled
+    (authorised, validated, answered) exactly as if it had come alone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeFrame]: ...
+    def __init__(
+        self,
+        *,
+        frames: _abc.Iterable[Global___NodeFrame] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frames", b"frames"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeFrames: _TypeAlias = NodeFrames  # noqa: Y015
 
 @_typing.final
 class SendAck(_message.Message):
@@ -241,6 +272,7 @@ class GatewayFrame(_message.Message):
     DELIVER_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     PEER_ONLINE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def send_ack(self) -> Global___SendAck: ...
     @_builtins.property
@@ -249,6 +281,10 @@ class GatewayFrame(_message.Message):
     def receipt(self) -> _envelope_pb2.Receipt: ...
     @_builtins.property
     def peer_online(self) -> Global___PeerOnline: ...
+    @_builtins.property
+    def batch(self) -> Global___GatewayFrames:
+        """several of the above in one stream message"""
+
     def __init__(
         self,
         *,
@@ -256,16 +292,37 @@ class GatewayFrame(_message.Message):
         deliver: _envelope_pb2.Envelope | None = ...,
         receipt: _envelope_pb2.Receipt | None = ...,
         peer_online: Global___PeerOnline | None = ...,
+        batch: Global___GatewayFrames | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deliver", b"deliver", "frame", b"frame", "peer_online", b"peer_online", "receipt", b"receipt", "send_ack", b"send_ack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deliver", b"deliver", "frame", b"frame", "peer_online", b"peer_online", "receipt", b"receipt", "send_ack", b"send_ack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliver", b"deliver", "frame", b"frame", "peer_online", b"peer_online", "receipt", b"receipt", "send_ack", b"send_ack"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deliver", b"deliver", "frame", b"frame", "peer_online", b"peer_online", "receipt", b"receipt", "send_ack", b"send_ack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["send_ack", "deliver", "receipt", "peer_online"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["send_ack", "deliver", "receipt", "peer_online", "batch"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
 Global___GatewayFrame: _TypeAlias = GatewayFrame  # noqa: Y015
+
+@_typing.final
+class GatewayFrames(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___GatewayFrame]: ...
+    def __init__(
+        self,
+        *,
+        frames: _abc.Iterable[Global___GatewayFrame] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frames", b"frames"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayFrames: _TypeAlias = GatewayFrames  # noqa: Y015
 
 @_typing.final
 class SubscribeRequest(_message.Message):
