@@ -125,7 +125,7 @@ class Outbox:
         future = self._settled.get(message_id)
         if future is None:
             future = self._settled[message_id] = asyncio.get_running_loop().create_future()
-        row = await self.store.fetchone("SELECT state FROM outbox WHERE message_id = ?", (message_id,))
+        row = self.store.lookup("SELECT state FROM outbox WHERE message_id = ?", (message_id,))
         if row is not None and row[0] not in LIVE:
             self._settle(message_id, row[0])  # it settled before we started watching
         return await asyncio.shield(future)  # one watcher giving up leaves the others waiting
@@ -136,7 +136,7 @@ class Outbox:
             future.set_result(state)
 
     async def queued(self) -> int:
-        row = await self.store.fetchone("SELECT COUNT(*) FROM outbox WHERE state = 'queued'")
+        row = self.store.lookup("SELECT COUNT(*) FROM outbox WHERE state = 'queued'")
         return int(row[0])
 
     # -- the worker --------------------------------------------------------

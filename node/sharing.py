@@ -72,7 +72,7 @@ class Sharing:
         return sorted(r[0] for r in rows)
 
     async def _assessment(self, assessment_id: str) -> summary_pb2.RiskSummary:
-        row = await self.ctx.store.fetchone("SELECT body FROM assessments WHERE assessment_id = ?", (assessment_id,))
+        row = self.ctx.store.lookup("SELECT body FROM assessments WHERE assessment_id = ?", (assessment_id,))
         if row is None:
             raise not_found(f"no assessment {assessment_id!r} at this node")
         return summary_pb2.RiskSummary.FromString(row[0])

@@ -12,8 +12,10 @@ group, one fsync for all. Nobody returns from `tx()` before that COMMIT is
 durable, so "acknowledge after commit" still holds; a failed `tx()` rolls back
 to its savepoint and leaves the others intact.
 
-Reads go to a second connection, which in WAL mode sees only committed data:
-nothing can be read (and sent on) that a crash could still undo. The audit
+Reads go to other connections, which in WAL mode see only committed data:
+nothing can be read (and sent on) that a crash could still undo. Most reads run
+in aiosqlite's thread; an indexed point look-up on the hot path (`lookup`) runs
+on the loop, where it costs less than the thread hop would. The audit
 chain head is held in memory, chained through the group, and published (for
 checkpoints) only when the group commits.
 """
@@ -158,6 +160,7 @@ class Store:
     def __init__(self, db: sqlite3.Connection, reader: aiosqlite.Connection, clock: Clock) -> None:
         self.db = db
         self.reader = reader
+        self._quick: sqlite3.Connection | None = None
         self.clock = clock
         self._lock = asyncio.Lock()
         self._waiting = 0  # transactions queued for the lock: while any are, the group stays open
@@ -218,6 +221,8 @@ class Store:
     async def close(self) -> None:
         if self._flusher is not None:
             await self._flusher
+        if self._quick is not None:
+            self._quick.close()
         await self.reader.close()
         self.db.close()
 
@@ -323,6 +328,14 @@ class Store:
                 callback()
             except Exception:  # committed is committed: a failing observer must not undo that
                 log.exception("store.on_commit_failed")
+
+    def lookup(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        """One row of committed data, read on the loop: only for indexed point look-ups."""
+        if self._quick is None:
+            path = self.db.execute("PRAGMA database_list").fetchone()[2]
+            self._quick = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            self._quick.execute("PRAGMA busy_timeout=5000")
+        return self._quick.execute(sql, tuple(params)).fetchone()
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         """A read of committed data only."""
