@@ -19,6 +19,8 @@ from node.store import Store
 
 LODGE_EVERY_ENTRIES = 256
 LODGE_EVERY_S = 30.0
+# A receipt carries a checkpoint at most this old rather than a signature per receipt.
+RECEIPT_CHECKPOINT_MAX_AGE_MS = 100
 log = logs.get("node.checkpoints")
 
 
@@ -32,15 +34,24 @@ class Checkpointer:
         self.lodged_size = 0
         self._latest: audit_pb2.SignedCheckpoint | None = None
         self._latest_size = -1
+        self._signed_at_ms = 0
 
     def latest(self) -> audit_pb2.SignedCheckpoint:
         """A checkpoint of the log as it stands (re-signed only when the log has grown)."""
-        frontier = self.store.frontier
-        if self._latest is None or self._latest_size != frontier.size:
+        return self._checkpoint(max_age_ms=0)
+
+    def for_receipt(self) -> audit_pb2.SignedCheckpoint:
+        """A recent checkpoint for a receipt: under load, one signature serves many receipts."""
+        return self._checkpoint(max_age_ms=RECEIPT_CHECKPOINT_MAX_AGE_MS)
+
+    def _checkpoint(self, max_age_ms: int) -> audit_pb2.SignedCheckpoint:
+        frontier, now = self.store.frontier, self.clock.now_ms()
+        stale = self._latest_size != frontier.size and now - self._signed_at_ms >= max_age_ms
+        if self._latest is None or stale:
             self._latest = sign_checkpoint(
-                self.keys.signing, self.keys.key_id, self.node_id, frontier.size, frontier.root(), self.clock.now_ms()
+                self.keys.signing, self.keys.key_id, self.node_id, frontier.size, frontier.root(), now
             )
-            self._latest_size = frontier.size
+            self._latest_size, self._signed_at_ms = frontier.size, now
         return self._latest
 
     async def lodge(self) -> bool:

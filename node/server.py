@@ -148,7 +148,7 @@ class NodeServer:
             config.node_id,
             self.clock,
             self.feed,
-            self.checkpoints.latest,
+            self.checkpoints.for_receipt,
             metrics=self.metrics,
         )
         self.ctx = NodeContext(
