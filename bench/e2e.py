@@ -32,6 +32,7 @@ from linkage.clock import SystemClock
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.demo import Process, spawn
 from linkage.federation import enrol_gateway, enrol_node, init_federation, publish_directory
+from linkage.runtime import settle_heap
 from linkage.transport import TlsFiles
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc
 from node.server import NodeServer
@@ -119,6 +120,7 @@ class LinkageRun:
             recipient_api = node_api_pb2_grpc.NodeApiStub(channel)
             for n in range(FAMILIES):
                 await self._prepare(recipient_api, n)
+        settle_heap()  # as `linkage node serve` does once started
         return self
 
     async def _prepare(self, recipient_api: node_api_pb2_grpc.NodeApiAsyncStub, n: int) -> None:

@@ -25,6 +25,7 @@ from linkage.config import GatewayConfig, load_directory_key
 from linkage.directory import TrustedDirectory
 from linkage.metrics import MetricsEndpoint
 from linkage.reasons import Rejected
+from linkage.runtime import settle_heap
 from linkage.transport import SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -148,6 +149,7 @@ async def serve(config: GatewayConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop."""
     server = GatewayServer(config)
     await server.start()
+    settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

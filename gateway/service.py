@@ -18,9 +18,9 @@ from gateway.subscriptions import SubscriptionIndex
 from gateway.witness import Witness
 from linkage import logs
 from linkage.auditlog import open_checkpoint
-from linkage.frames import NestedBatchError, unbatch
 from linkage.directory import DirectoryView
 from linkage.envelope import parse_routing
+from linkage.frames import NestedBatchError, unbatch
 from linkage.ids import is_uuid7
 from linkage.reasons import Reason, Rejected
 from linkage.tokens import MAX_TOKENS_PER_CALL, MAX_TOKENS_PER_MESSAGE, TOKEN_LEN

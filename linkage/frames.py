@@ -16,9 +16,9 @@ class _Frame(Protocol):
     @property
     def batch(self) -> Any: ...
 
-    def WhichOneof(self, oneof_group: Literal["frame"]) -> str | None: ...  # noqa: N802 (protobuf's name)
+    def WhichOneof(self, oneof_group: Literal["frame"]) -> str | None: ...
 
-    def ByteSize(self) -> int: ...  # noqa: N802
+    def ByteSize(self) -> int: ...
 
 
 F = TypeVar("F", bound=_Frame)

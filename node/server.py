@@ -18,6 +18,7 @@ from linkage.directory import TrustedDirectory
 from linkage.keys import MessageKeys
 from linkage.metrics import MetricsEndpoint
 from linkage.reasons import Rejected
+from linkage.runtime import settle_heap
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.transport import LINK_HEALTH_SERVICE, SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, node_api_pb2, node_api_pb2_grpc
@@ -245,6 +246,7 @@ class NodeServer:
 async def serve(config: NodeConfig) -> None:
     node = NodeServer(config)
     await node.start()
+    settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

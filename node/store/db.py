@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
@@ -39,6 +40,7 @@ from linkage.v1 import summary_pb2
 from node.store.schema import MIGRATIONS
 
 log = logs.get("node.store")
+INLINE_COMMIT_S = 0.0005  # COMMIT on the loop only while the last one took less than this
 MAX_GROUP = 256  # transactions per COMMIT at most, so a steady stream still commits
 SYSTEM_ACTOR = {"id": "system", "name": "", "role": "system"}
 PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=5000")
@@ -166,6 +168,7 @@ class Store:
         self._waiting = 0  # transactions queued for the lock: while any are, the group stays open
         self._group: _Group | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._fsync_s = 1.0  # the last COMMIT's duration: the first goes to a thread
         # The committed audit head (what checkpoints sign) and the tail the open group has chained to.
         self._head_seq = 0
         self._head_hash = GENESIS
@@ -298,14 +301,13 @@ class Store:
                     "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, frontier = excluded.frontier",
                     (seq, frontier.to_bytes()),
                 )
-            # Off the loop: COMMIT waits for fsync.
-            commit = asyncio.get_running_loop().run_in_executor(None, self.db.execute, "COMMIT")
-            try:
-                await asyncio.shield(commit)
-            except asyncio.CancelledError:
-                await asyncio.wait([commit])  # it runs on in its thread: never touch the connection before it ends
-                commit.result()
-                raise
+            if self._fsync_s < INLINE_COMMIT_S:
+                # The disk has been answering fsync faster than a thread hop costs: commit here.
+                started = time.perf_counter()
+                self.db.execute("COMMIT")
+                self._fsync_s = time.perf_counter() - started
+            else:
+                await self._commit_in_thread()
         except asyncio.CancelledError:
             self._published(group, seq, chain, frontier)  # the COMMIT itself succeeded
             raise
@@ -317,6 +319,22 @@ class Store:
             group.committed.exception()  # retrieved here too: a lone failed group need not warn
             raise
         self._published(group, seq, chain, frontier)
+
+    async def _commit_in_thread(self) -> None:
+        """COMMIT off the loop, so a slow disk never stalls it; timed to decide the next one."""
+
+        def commit() -> float:
+            started = time.perf_counter()
+            self.db.execute("COMMIT")
+            return time.perf_counter() - started
+
+        done = asyncio.get_running_loop().run_in_executor(None, commit)
+        try:
+            self._fsync_s = await asyncio.shield(done)
+        except asyncio.CancelledError:
+            await asyncio.wait([done])  # it runs on in its thread: never touch the connection before it ends
+            self._fsync_s = done.result()
+            raise
 
     def _published(self, group: _Group, seq: int, chain: bytes, frontier: CompactRange) -> None:
         group.committed.set_result(None)
