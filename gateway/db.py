@@ -4,6 +4,8 @@ metadata log. Never content, never identifiers. One writer at a time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -56,11 +58,14 @@ class GatewayDb:
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
             try:
+                await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                # Queued after whatever the connection's thread is still doing, so it also
+                # undoes a BEGIN whose caller was cancelled while it ran.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await self.db.execute("ROLLBACK")
                 raise
             await self.db.execute("COMMIT")
 

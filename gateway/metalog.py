@@ -26,6 +26,7 @@ class MetaLog:
         self._seq = 0
         self._hash = GENESIS
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()  # the timer's flush and shutdown's must not chain from the same head
 
     async def load(self) -> None:
         async with self.db.db.execute("SELECT seq, hash FROM metalog ORDER BY seq DESC LIMIT 1") as cur:
@@ -40,6 +41,10 @@ class MetaLog:
         self._wake.set()
 
     async def flush(self) -> None:
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         batch, self._pending = self._pending, []
         if not batch:
             return
@@ -60,10 +65,14 @@ class MetaLog:
             ).canonical()
             prev = chain_hash(prev, entry)
             rows.append((seq, ts_ms, event, counterpart, entry, prev))
-        async with self.db.tx() as db:
-            await db.executemany(
-                "INSERT INTO metalog(seq, ts_ms, event, counterpart, entry, hash) VALUES (?, ?, ?, ?, ?, ?)", rows
-            )
+        try:
+            async with self.db.tx() as db:
+                await db.executemany(
+                    "INSERT INTO metalog(seq, ts_ms, event, counterpart, entry, hash) VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
+        except Exception:
+            self._pending[:0] = batch  # kept for the next flush, not lost
+            raise
         self._seq, self._hash = seq, prev
 
     async def run(self) -> None:
@@ -72,4 +81,5 @@ class MetaLog:
             self._wake.clear()
             await asyncio.sleep(FLUSH_EVERY_S)  # gather a batch: one commit for many events
             with contextlib.suppress(Exception):
-                await self.flush()
+                # Shielded: stopping mid-flush must not leave a half-done transaction behind.
+                await asyncio.shield(self.flush())

@@ -4,7 +4,7 @@ per-node stream that relays envelopes and receipts it cannot read."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -66,13 +66,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def _control_call(self, context: Context, claimed_node: str, what: str) -> str:
         """Authorise a control-plane call and charge it to the node's rate limit."""
         node_id = self.authz.claimed(context, claimed_node)
+        self._charge(node_id, what)
+        return node_id
+
+    def _charge(self, node_id: str, what: str) -> None:
         if not (self.resolves if what == "resolve" else self.control).allow(node_id):
             self.metalog.record("rate_limited", node_id, outcome=what)
             raise Denied(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many {what} calls from this node; slow down and retry",
             )
-        return node_id
 
     def _note(
         self,
@@ -95,6 +98,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         )
         self.metalog.record(event, node, counterpart, message_id, outcome, **detail)
         self.metrics.observe(event)
+
+    def _own_tokens(self, node_id: str, requested: Iterable[bytes], refusal: str) -> list[bytes]:
+        """Valid tokens the node is itself subscribed to, or Denied: only an agency involved with
+        a family may learn who else is (no enumeration of others)."""
+        tokens = list(requested)
+        _check_tokens(tokens, MAX_TOKENS_PER_MESSAGE)
+        if not all(self.index.is_subscribed(node_id, t) for t in tokens):
+            raise Denied(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        return tokens
 
     def _involvement(
         self, tokens: list[bytes], caller: str, directory: DirectoryView
@@ -142,38 +154,48 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.ResolveRecipientsRequest, context: Context
     ) -> gateway_pb2.ResolveRecipientsResponse:
         try:
-            node_id = self._control_call(context, request.node_id, "resolve")
-            tokens = list(request.link_tokens)
-            _check_tokens(tokens, MAX_TOKENS_PER_MESSAGE)
-            # Only a node involved with the family may learn who else is.
-            if not all(self.index.is_subscribed(node_id, t) for t in tokens):
-                raise Denied(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    "subscribe to every link token before resolving its recipients",
-                )
-            directory = self.authz.directory()
+            return self._resolve(self.authz.claimed(context, request.node_id), request)
         except Denied as denied:
             self._note("resolve.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
-        by_token = self._involvement(tokens, node_id, directory)
+
+    def _resolve(
+        self, node_id: str, request: gateway_pb2.ResolveRecipientsRequest
+    ) -> gateway_pb2.ResolveRecipientsResponse:
+        """Which active nodes other than `node_id` (authenticated) are linked to the tokens, or Denied."""
+        self._charge(node_id, "resolve")
+        tokens = self._own_tokens(
+            node_id, request.link_tokens, "subscribe to every link token before resolving its recipients"
+        )
+        by_token = self._involvement(tokens, node_id, self.authz.directory())
         active = sorted({n for t in by_token for n in t.node_ids})
         self._note("resolve", node=node_id, routine=True, tokens=len(tokens), recipients=len(active))
         return gateway_pb2.ResolveRecipientsResponse(node_ids=active, by_token=by_token)
+
+    def _resolve_on_stream(self, session: Session, request: gateway_pb2.ResolveRecipientsRequest) -> None:
+        """A look-up sent on the stream: answered on it, refusals included (the stream goes on)."""
+        try:
+            if request.node_id != session.node_id:
+                raise Denied(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"authenticated as {session.node_id!r} but the request names {request.node_id!r}",
+                )
+            answer = self._resolve(session.node_id, request)
+        except Denied as denied:
+            self._note("resolve.refused", node=session.node_id, outcome=denied.code.name, warning=True)
+            answer = gateway_pb2.ResolveRecipientsResponse(code=denied.code.value[0], message=denied.message)
+        answer.request_id = request.request_id
+        if not session.push(gateway_pb2.GatewayFrame(resolved=answer)):
+            self._note("resolve.busy", node=session.node_id, outcome="queue_full", warning=True)
 
     async def DiscoverInvolvement(
         self, request: gateway_pb2.DiscoverInvolvementRequest, context: Context
     ) -> gateway_pb2.DiscoverInvolvementResponse:
         try:
             node_id = self._control_call(context, request.node_id, "discovery")
-            tokens = list(request.link_tokens)
-            _check_tokens(tokens, MAX_TOKENS_PER_MESSAGE)
-            # Only an agency involved with the family may learn who else is: a node
-            # must be linked to every person it asks about (no enumeration of others).
-            if not all(self.index.is_subscribed(node_id, t) for t in tokens):
-                raise Denied(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    "discovery is answered only about people this node is itself linked to",
-                )
+            tokens = self._own_tokens(
+                node_id, request.link_tokens, "discovery is answered only about people this node is itself linked to"
+            )
             directory = self.authz.directory()
         except Denied as denied:
             self._note("discover.refused", node=request.node_id, outcome=denied.code.name, warning=True)
@@ -273,6 +295,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                         self._relay_envelope(session, one.send)
                     elif which == "receipt":
                         self._relay_receipt(session, one.receipt)
+                    elif which == "resolve":
+                        self._resolve_on_stream(session, one.resolve)
         except Denied as denied:
             self._note("stream.refused", node=session.node_id, outcome=denied.code.name, warning=True)
             session.close((denied.code, denied.message))

@@ -12,7 +12,7 @@ from linkage.reasons import Rejected
 from linkage.tokens import LinkageKey
 from linkage.v1 import directory_pb2
 from node.errors import ApiError
-from node.link import GatewayLink
+from node.link import GatewayLink, GatewayRefused
 from node.messaging import Messenger
 from node.outbox import Outbox
 from node.policy import PolicyContext
@@ -49,11 +49,12 @@ class NodeContext:
         """Agencies linked to these tokens, or a clear error that nothing was done."""
         try:
             return await self.resolver.resolve(tokens)
-        except grpc.aio.AioRpcError as exc:
-            busy = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        except (grpc.aio.AioRpcError, GatewayRefused) as exc:
+            code = exc.code if isinstance(exc, GatewayRefused) else exc.code()
+            busy = code == grpc.StatusCode.RESOURCE_EXHAUSTED
             raise ApiError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED if busy else grpc.StatusCode.UNAVAILABLE,
-                f"cannot reach the gateway to find the agencies linked to this family ({exc.code().name}); "
+                f"cannot reach the gateway to find the agencies linked to this family ({code.name}); "
                 "nothing was shared, try again",
             ) from None
 

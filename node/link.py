@@ -5,6 +5,7 @@ reconnection with backoff when the gateway goes away."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
@@ -36,6 +37,18 @@ class NotConnected(Exception):
     """The stream to the gateway is down; the caller keeps the work for later."""
 
 
+class GatewayRefused(Exception):
+    """The gateway answered a request on the stream with a refusal (or did not answer)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _status(number: int) -> grpc.StatusCode:
+    return next((c for c in grpc.StatusCode if c.value[0] == number), grpc.StatusCode.UNKNOWN)
+
+
 class GatewayLink:
     def __init__(
         self,
@@ -56,6 +69,8 @@ class GatewayLink:
         self._call: Call | None = None
         self._outgoing: list[tuple[gateway_pb2.NodeFrame, asyncio.Future[None]]] = []
         self._writing = False
+        self._asked: dict[int, asyncio.Future[gateway_pb2.ResolveRecipientsResponse]] = {}
+        self._request_ids = itertools.count(1)
         self._handlers: set[asyncio.Task[None]] = set()
         self._window = asyncio.Semaphore(FRAME_WINDOW)
         self.connected = asyncio.Event()
@@ -90,6 +105,9 @@ class GatewayLink:
                 attempt = 0
                 while isinstance(received := await call.read(), gateway_pb2.GatewayFrame):
                     for frame in unbatch(received):
+                        if frame.WhichOneof("frame") == "resolved":
+                            self._answered(frame.resolved)
+                            continue
                         await self._window.acquire()  # back-pressure: stop reading while the window is full
                         task = asyncio.create_task(self._handle(frame))
                         self._handlers.add(task)
@@ -102,6 +120,9 @@ class GatewayLink:
             finally:
                 self.connected.clear()
                 self._call = None
+                for future in self._asked.values():  # their answers went with the stream
+                    if not future.done():
+                        future.set_exception(NotConnected())
                 await self._on_state(False)
             await asyncio.sleep(backoff_ms(attempt, RECONNECT_BASE_MS, RECONNECT_CAP_MS) / 1000)
             attempt += 1
@@ -164,10 +185,35 @@ class GatewayLink:
         return removed
 
     async def resolve(self, tokens: list[bytes]) -> dict[bytes, list[str]]:
-        """For each token, the other agencies linked to it."""
+        """For each token, the other agencies linked to it: asked on the stream (a frame costs
+        less than a call, and travels batched), or by a unary call while the stream is down."""
         request = gateway_pb2.ResolveRecipientsRequest(node_id=self.node_id, link_tokens=tokens)
-        response = await self._stub.ResolveRecipients(request, timeout=UNARY_TIMEOUT_S)
+        if self._call is None:
+            response = await self._stub.ResolveRecipients(request, timeout=UNARY_TIMEOUT_S)
+        else:
+            response = await self._ask(request)
         return {t.link_token: list(t.node_ids) for t in response.by_token}
+
+    async def _ask(self, request: gateway_pb2.ResolveRecipientsRequest) -> gateway_pb2.ResolveRecipientsResponse:
+        request.request_id = next(self._request_ids)
+        answer: asyncio.Future[gateway_pb2.ResolveRecipientsResponse] = asyncio.get_running_loop().create_future()
+        self._asked[request.request_id] = answer
+        try:
+            await self.send(gateway_pb2.NodeFrame(resolve=request))
+            async with asyncio.timeout(UNARY_TIMEOUT_S):
+                response = await answer
+        except (NotConnected, TimeoutError):
+            raise GatewayRefused(grpc.StatusCode.UNAVAILABLE, "no answer from the gateway") from None
+        finally:
+            del self._asked[request.request_id]
+        if response.code:
+            raise GatewayRefused(_status(response.code), response.message)
+        return response
+
+    def _answered(self, response: gateway_pb2.ResolveRecipientsResponse) -> None:
+        answer = self._asked.get(response.request_id)
+        if answer is not None and not answer.done():
+            answer.set_result(response)
 
     async def discover(self, tokens: Iterable[bytes]) -> dict[bytes, list[str]]:
         """For each token, the other nodes linked to it."""

@@ -135,6 +135,10 @@ class Outbox:
         if future is not None and not future.done():
             future.set_result(state)
 
+    def idle(self) -> bool:
+        """Nothing handed over waits to be sent, and nothing sent waits for the gateway's answer."""
+        return not self._in_flight and not self._fresh
+
     async def queued(self) -> int:
         row = self.store.lookup("SELECT COUNT(*) FROM outbox WHERE state = 'queued'")
         return int(row[0])
@@ -158,9 +162,9 @@ class Outbox:
                     await self.expire_overdue()  # non-delivery reports do not wait for the gateway
                 if self._scan or now >= self._next_due_ms or not self.link.connected.is_set():
                     self._scan = False
-                    self._fresh.clear()  # committed, so the scan finds them too
                     if self.link.connected.is_set():
-                        await self.send_due()
+                        sent = await self._send_due()
+                        self._fresh = [q for q in self._fresh if q[0] not in sent]  # the scan sent these
                     timeout = await self._seconds_to_next_due()
                 else:
                     await self._send(self._take_fresh())
@@ -200,8 +204,11 @@ class Outbox:
 
     async def send_due(self) -> int:
         """Send what is due now according to the store; return how many envelopes went out."""
+        return len(await self._send_due())
+
+    async def _send_due(self) -> set[str]:
         if self._stopping:
-            return 0
+            return set()
         rows = await self.store.fetchall(
             "SELECT message_id, recipient, envelope FROM outbox WHERE state IN ('queued', 'sent') "
             "AND next_attempt_at_ms <= ? ORDER BY created_at_ms, message_id LIMIT ?",
@@ -219,9 +226,10 @@ class Outbox:
         self._next_due_ms = min(self._next_due_ms, self.clock.now_ms() + self.settings.receipt_timeout_ms)
         return fresh
 
-    async def _send(self, messages: Iterable[Queued]) -> int:
+    async def _send(self, messages: Iterable[Queued]) -> set[str]:
+        """Send these (unless in flight, or their destination is backing off); the ids sent."""
         if self._stopping:
-            return 0
+            return set()
         now = self.clock.now_ms()
         probing = set(self._in_flight.values()) & self._away.keys()
         going: list[str] = []
@@ -237,15 +245,15 @@ class Outbox:
             going.append(message_id)
             frames.append(gateway_pb2.NodeFrame(send=envelope))
         if not frames:
-            return 0
+            return set()
         try:
             await self.link.send_all(frames)
         except NotConnected:
             for message_id in going:
                 self._in_flight.pop(message_id, None)  # disconnected() may have cleared them already
             self._scan = True
-            return 0
-        return len(frames)
+            return set()
+        return set(going)
 
     async def expire_overdue(self) -> None:
         """Non-delivery reports: what was not delivered in time becomes undeliverable."""

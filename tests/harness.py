@@ -128,10 +128,10 @@ async def wait_delivered(node: NodeServer, count: int, state: str = "delivered")
 
 
 async def settle(node: NodeServer) -> None:
-    """Until every envelope this node sent has been answered by the gateway."""
+    """Until everything this node has to send is sent and answered by the gateway."""
     while True:
         version = node.outbox.version
-        if not node.outbox._in_flight:
+        if node.outbox.idle():
             return
         await node.outbox.wait_change(version)
 

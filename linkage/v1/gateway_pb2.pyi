@@ -161,6 +161,7 @@ class NodeFrame(_message.Message):
     SEND_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    RESOLVE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def send(self) -> _envelope_pb2.Envelope:
         """sender -> gateway"""
@@ -173,18 +174,23 @@ class NodeFrame(_message.Message):
     def batch(self) -> Global___NodeFrames:
         """several of the above in one stream message"""
 
+    @_builtins.property
+    def resolve(self) -> Global___ResolveRecipientsRequest:
+        """as the unary call, answered on the stream"""
+
     def __init__(
         self,
         *,
         send: _envelope_pb2.Envelope | None = ...,
         receipt: _envelope_pb2.Receipt | None = ...,
         batch: Global___NodeFrames | None = ...,
+        resolve: Global___ResolveRecipientsRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "frame", b"frame", "receipt", b"receipt", "send", b"send"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "frame", b"frame", "receipt", b"receipt", "resolve", b"resolve", "send", b"send"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "frame", b"frame", "receipt", b"receipt", "send", b"send"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "frame", b"frame", "receipt", b"receipt", "resolve", b"resolve", "send", b"send"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["send", "receipt", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["send", "receipt", "batch", "resolve"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
@@ -273,6 +279,7 @@ class GatewayFrame(_message.Message):
     RECEIPT_FIELD_NUMBER: _builtins.int
     PEER_ONLINE_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    RESOLVED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def send_ack(self) -> Global___SendAck: ...
     @_builtins.property
@@ -285,6 +292,10 @@ class GatewayFrame(_message.Message):
     def batch(self) -> Global___GatewayFrames:
         """several of the above in one stream message"""
 
+    @_builtins.property
+    def resolved(self) -> Global___ResolveRecipientsResponse:
+        """the answer to a `resolve` frame"""
+
     def __init__(
         self,
         *,
@@ -293,12 +304,13 @@ class GatewayFrame(_message.Message):
         receipt: _envelope_pb2.Receipt | None = ...,
         peer_online: Global___PeerOnline | None = ...,
         batch: Global___GatewayFrames | None = ...,
+        resolved: Global___ResolveRecipientsResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deliver", b"deliver", "frame", b"frame", "peer_online", b"peer_online", "receipt", b"receipt", "send_ack", b"send_ack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deliver", b"deliver", "frame", b"frame", "peer_online", b"peer_online", "receipt", b"receipt", "resolved", b"resolved", "send_ack", b"send_ack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deliver", b"deliver", "frame", b"frame", "peer_online", b"peer_online", "receipt", b"receipt", "send_ack", b"send_ack"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deliver", b"deliver", "frame", b"frame", "peer_online", b"peer_online", "receipt", b"receipt", "resolved", b"resolved", "send_ack", b"send_ack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["send_ack", "deliver", "receipt", "peer_online", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["send_ack", "deliver", "receipt", "peer_online", "batch", "resolved"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
@@ -421,7 +433,10 @@ class ResolveRecipientsRequest(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     LINK_TOKENS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
+    request_id: _builtins.int
+    """on the stream: echoed in the answer"""
     @_builtins.property
     def link_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
@@ -429,10 +444,11 @@ class ResolveRecipientsRequest(_message.Message):
         *,
         node_id: _builtins.str = ...,
         link_tokens: _abc.Iterable[_builtins.bytes] | None = ...,
+        request_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_tokens", b"link_tokens", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_tokens", b"link_tokens", "node_id", b"node_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -444,6 +460,15 @@ class ResolveRecipientsResponse(_message.Message):
 
     NODE_IDS_FIELD_NUMBER: _builtins.int
     BY_TOKEN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """on the stream: the request's"""
+    code: _builtins.int
+    """on the stream: a gRPC status code if refused (0 = answered)"""
+    message: _builtins.str
+    """on the stream: why it was refused"""
     @_builtins.property
     def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the union, other than the caller"""
@@ -457,10 +482,13 @@ class ResolveRecipientsResponse(_message.Message):
         *,
         node_ids: _abc.Iterable[_builtins.str] | None = ...,
         by_token: _abc.Iterable[Global___TokenInvolvement] | None = ...,
+        request_id: _builtins.int = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_token", b"by_token", "node_ids", b"node_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_token", b"by_token", "code", b"code", "message", b"message", "node_ids", b"node_ids", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

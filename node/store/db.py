@@ -169,6 +169,7 @@ class Store:
         self._group: _Group | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._fsync_s = 1.0  # the last COMMIT's duration: the first goes to a thread
+        self._committing: asyncio.Future[float] | None = None  # a COMMIT running in a thread
         # The committed audit head (what checkpoints sign) and the tail the open group has chained to.
         self._head_seq = 0
         self._head_hash = GENESIS
@@ -224,6 +225,9 @@ class Store:
     async def close(self) -> None:
         if self._flusher is not None:
             await self._flusher
+        if self._committing is not None:
+            # A cancelled caller may have left its COMMIT running: the connection must outlive it.
+            await asyncio.wait([self._committing])
         if self._quick is not None:
             self._quick.close()
         await self.reader.close()
@@ -328,7 +332,7 @@ class Store:
             self.db.execute("COMMIT")
             return time.perf_counter() - started
 
-        done = asyncio.get_running_loop().run_in_executor(None, commit)
+        done = self._committing = asyncio.get_running_loop().run_in_executor(None, commit)
         try:
             self._fsync_s = await asyncio.shield(done)
         except asyncio.CancelledError:
