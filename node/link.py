@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
@@ -67,7 +68,7 @@ class GatewayLink:
         self._on_frame = on_frame
         self._on_state = on_state
         self._call: Call | None = None
-        self._outgoing: list[tuple[gateway_pb2.NodeFrame, asyncio.Future[None]]] = []
+        self._outgoing: deque[tuple[gateway_pb2.NodeFrame, asyncio.Future[None]]] = deque()
         self._writing = False
         self._asked: dict[int, asyncio.Future[gateway_pb2.ResolveRecipientsResponse]] = {}
         self._request_ids = itertools.count(1)
@@ -151,10 +152,10 @@ class GatewayLink:
             await written
 
     async def _write_batch(self, call: Call) -> None:
-        batch = [self._outgoing.pop(0)]
+        batch = [self._outgoing.popleft()]
         size = batch[0][0].ByteSize()
         while self._outgoing and fits(size, len(batch), self._outgoing[0][0]):
-            batch.append(self._outgoing.pop(0))
+            batch.append(self._outgoing.popleft())
             size += batch[-1][0].ByteSize()
         frames = [f for f, _ in batch]
         message = frames[0] if len(frames) == 1 else gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=frames))

@@ -10,6 +10,7 @@ share's look-up is sent at once.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 Lookup = Callable[[list[bytes]], Awaitable[dict[bytes, list[str]]]]
@@ -19,7 +20,7 @@ class Resolver:
     def __init__(self, lookup: Lookup, max_tokens: int) -> None:
         self._lookup = lookup
         self._max_tokens = max_tokens
-        self._pending: list[tuple[list[bytes], asyncio.Future[list[str]]]] = []
+        self._pending: deque[tuple[list[bytes], asyncio.Future[list[str]]]] = deque()
         self._runner: asyncio.Task[None] | None = None
 
     async def resolve(self, tokens: list[bytes]) -> list[str]:
@@ -37,7 +38,7 @@ class Resolver:
             wanted = tokens | set(self._pending[0][0])
             if batch and len(wanted) > self._max_tokens:
                 break
-            batch.append(self._pending.pop(0))
+            batch.append(self._pending.popleft())
             tokens = wanted
         return batch
 
