@@ -61,6 +61,8 @@ class GatewayServer:
             session = self.sessions.get(node_id)
             if entry.status != directory_pb2.NODE_STATUS_ACTIVE and session is not None:
                 session.close((grpc.StatusCode.PERMISSION_DENIED, f"node {node_id!r} is revoked"))
+        # Look-up answers name only active nodes: any may have changed with the directory.
+        self.sessions.notify_all(gateway_pb2.LinksChanged())
 
     async def check_directory(self) -> None:
         """Take a newer directory file if there is one; fail closed when the held one has expired."""

@@ -133,8 +133,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self._note("subscribe.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
         added = await self.index.add(node_id, tokens)
-        self._note("subscribe", node=node_id, added=added, total=self.index.count(node_id))
-        return gateway_pb2.SubscribeResponse(added=added, total=self.index.count(node_id))
+        self._links_changed(node_id, added)
+        self._note("subscribe", node=node_id, added=len(added), total=self.index.count(node_id))
+        return gateway_pb2.SubscribeResponse(added=len(added), total=self.index.count(node_id))
 
     async def Unsubscribe(
         self, request: gateway_pb2.UnsubscribeRequest, context: Context
@@ -147,8 +148,23 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self._note("unsubscribe.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
         removed = await self.index.remove(node_id, tokens)
-        self._note("unsubscribe", node=node_id, removed=removed, total=self.index.count(node_id))
-        return gateway_pb2.UnsubscribeResponse(removed=removed, total=self.index.count(node_id))
+        self._links_changed(node_id, removed)
+        self._note("unsubscribe", node=node_id, removed=len(removed), total=self.index.count(node_id))
+        return gateway_pb2.UnsubscribeResponse(removed=len(removed), total=self.index.count(node_id))
+
+    def _links_changed(self, changer: str, tokens: list[bytes]) -> None:
+        """Tell every connected node that may hold an answer about `tokens` (their
+        subscribers, and the node that changed them) that it no longer holds."""
+        told: dict[str, list[bytes]] = {}
+        for token in tokens:
+            for node_id in self.index.subscribers([token]) | {changer}:
+                told.setdefault(node_id, []).append(token)
+        for node_id, mine in told.items():
+            session = self.sessions.get(node_id)
+            if session is not None:
+                self.sessions.notify(session, gateway_pb2.LinksChanged(link_tokens=mine))
+        if told:
+            self._note("links_changed", node=changer, routine=True, tokens=len(tokens), told=len(told))
 
     async def ResolveRecipients(
         self, request: gateway_pb2.ResolveRecipientsRequest, context: Context
@@ -185,6 +201,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self._note("resolve.refused", node=session.node_id, outcome=denied.code.name, warning=True)
             answer = gateway_pb2.ResolveRecipientsResponse(code=denied.code.value[0], message=denied.message)
         answer.request_id = request.request_id
+        answer.changes_pushed = not answer.code  # see _links_changed
         if not session.push(gateway_pb2.GatewayFrame(resolved=answer)):
             self._note("resolve.busy", node=session.node_id, outcome="queue_full", warning=True)
 

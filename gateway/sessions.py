@@ -96,6 +96,16 @@ class Sessions:
     def wait_for(self, recipient: str, sender: str) -> None:
         self._waiting[recipient].add(sender)
 
+    def notify(self, session: Session, change: gateway_pb2.LinksChanged) -> None:
+        """Queue a links-changed notice. The node may be keeping answers until told, so a
+        notice that cannot be queued ends the stream instead: reconnecting forgets them all."""
+        if not session.push(gateway_pb2.GatewayFrame(links_changed=change)):
+            session.close((grpc.StatusCode.UNAVAILABLE, "this node's stream is too far behind; reconnect"))
+
+    def notify_all(self, change: gateway_pb2.LinksChanged) -> None:
+        for session in list(self._live.values()):
+            self.notify(session, change)
+
     def close_all(self, error: tuple[grpc.StatusCode, str]) -> None:
         for session in list(self._live.values()):
             session.close(error)

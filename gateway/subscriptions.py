@@ -169,8 +169,9 @@ class SubscriptionIndex:
         ids = self._numbers.ids
         return {ids[n] for token in tokens for n in self._members(token)}
 
-    async def add(self, node_id: str, tokens: Iterable[bytes]) -> int:
-        new = [t for t in set(tokens) if not self.is_subscribed(node_id, t)]
+    async def add(self, node_id: str, tokens: Iterable[bytes]) -> list[bytes]:
+        """Subscribe the node; the tokens it was not subscribed to before."""
+        new = [t for t in dict.fromkeys(tokens) if not self.is_subscribed(node_id, t)]
         if new:
             async with self._db.tx() as db:
                 await db.executemany(
@@ -178,17 +179,18 @@ class SubscriptionIndex:
                     [(t, node_id) for t in new],
                 )
             self._record(node_id, new, True)  # memory follows only a durable commit
-        return len(new)
+        return new
 
-    async def remove(self, node_id: str, tokens: Iterable[bytes]) -> int:
-        gone = [t for t in set(tokens) if self.is_subscribed(node_id, t)]
+    async def remove(self, node_id: str, tokens: Iterable[bytes]) -> list[bytes]:
+        """Unsubscribe the node; the tokens it was subscribed to before."""
+        gone = [t for t in dict.fromkeys(tokens) if self.is_subscribed(node_id, t)]
         if gone:
             async with self._db.tx() as db:
                 await db.executemany(
                     "DELETE FROM subscriptions WHERE token = ? AND node_id = ?", [(t, node_id) for t in gone]
                 )
             self._record(node_id, gone, False)
-        return len(gone)
+        return gone
 
     def _record(self, node_id: str, tokens: list[bytes], present: bool) -> None:
         number = self._numbers.number(node_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import grpc
 
@@ -17,6 +17,7 @@ from linkage.tokens import MAX_TOKENS_PER_CALL
 from linkage.transport import TlsFiles, secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
 from node.backoff import backoff_ms
+from node.resolver import Answers
 
 UNARY_TIMEOUT_S = 10.0
 RECONNECT_BASE_MS = 200
@@ -75,6 +76,8 @@ class GatewayLink:
         self._handlers: set[asyncio.Task[None]] = set()
         self._window = asyncio.Semaphore(FRAME_WINDOW)
         self.connected = asyncio.Event()
+        # Told, in stream order, when look-up answers stop holding (None: all of them).
+        self.on_links_changed: Callable[[Sequence[bytes] | None], None] = lambda tokens: None
 
     async def run(self) -> None:
         """Keep a stream open until cancelled."""
@@ -98,6 +101,7 @@ class GatewayLink:
         while True:
             try:
                 await self._on_connect()
+                self.on_links_changed(None)
                 call = self._stub.Connect()
                 self._call = call
                 self.connected.set()
@@ -106,8 +110,14 @@ class GatewayLink:
                 attempt = 0
                 while isinstance(received := await call.read(), gateway_pb2.GatewayFrame):
                     for frame in unbatch(received):
-                        if frame.WhichOneof("frame") == "resolved":
+                        # Answers and notices are taken as they arrive, so a notice always
+                        # finds the answers given before it.
+                        which = frame.WhichOneof("frame")
+                        if which == "resolved":
                             self._answered(frame.resolved)
+                            continue
+                        if which == "links_changed":
+                            self.on_links_changed(list(frame.links_changed.link_tokens) or None)
                             continue
                         await self._window.acquire()  # back-pressure: stop reading while the window is full
                         task = asyncio.create_task(self._handle(frame))
@@ -121,6 +131,7 @@ class GatewayLink:
             finally:
                 self.connected.clear()
                 self._call = None
+                self.on_links_changed(None)  # notices on the next stream will not cover these
                 for future in self._asked.values():  # their answers went with the stream
                     if not future.done():
                         future.set_exception(NotConnected())
@@ -180,20 +191,25 @@ class GatewayLink:
 
     async def unsubscribe(self, tokens: Iterable[bytes]) -> int:
         removed = 0
-        for chunk in _chunks(list(tokens)):
+        tokens = list(tokens)
+        self.on_links_changed(tokens)  # the gateway refuses look-ups about them from now on
+        for chunk in _chunks(tokens):
             request = gateway_pb2.UnsubscribeRequest(node_id=self.node_id, link_tokens=chunk)
             removed += (await self._stub.Unsubscribe(request, timeout=UNARY_TIMEOUT_S)).removed
         return removed
 
-    async def resolve(self, tokens: list[bytes]) -> dict[bytes, list[str]]:
+    async def resolve(self, tokens: list[bytes]) -> Answers:
         """For each token, the other agencies linked to it: asked on the stream (a frame costs
-        less than a call, and travels batched), or by a unary call while the stream is down."""
+        less than a call, travels batched, and its answer is kept until a notice says otherwise),
+        or by a unary call while the stream is down."""
         request = gateway_pb2.ResolveRecipientsRequest(node_id=self.node_id, link_tokens=tokens)
         if self._call is None:
             response = await self._stub.ResolveRecipients(request, timeout=UNARY_TIMEOUT_S)
+            pushed = False
         else:
             response = await self._ask(request)
-        return {t.link_token: list(t.node_ids) for t in response.by_token}
+            pushed = response.changes_pushed
+        return Answers({t.link_token: list(t.node_ids) for t in response.by_token}, pushed)
 
     async def _ask(self, request: gateway_pb2.ResolveRecipientsRequest) -> gateway_pb2.ResolveRecipientsResponse:
         request.request_id = next(self._request_ids)

@@ -164,6 +164,7 @@ class NodeServer:
             policy=load_policy(config.policy),
             resolver=Resolver(self.link.resolve, MAX_TOKENS_PER_MESSAGE),
         )
+        self.link.on_links_changed = self.ctx.resolver.forget
         self.cases = Cases(self.ctx)
         self.sharing = Sharing(self.ctx)
         self.inbox = Inbox(self.ctx)

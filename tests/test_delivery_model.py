@@ -35,7 +35,7 @@ from node.messaging import Messenger
 from node.outbox import Outbox
 from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
-from node.resolver import Resolver
+from node.resolver import Answers, Resolver
 from node.sharing import Sharing
 from node.store import Store
 from tests.crypto_fixtures import FED, NOW, make_keyring
@@ -63,8 +63,8 @@ class Wire:
     async def subscribe(self, tokens: Iterable[bytes]) -> int:
         return len(list(tokens))
 
-    async def resolve(self, tokens: list[bytes]) -> dict[bytes, list[str]]:
-        return {t: ["b"] for t in tokens}
+    async def resolve(self, tokens: list[bytes]) -> Answers:
+        return Answers({t: ["b"] for t in tokens}, pushed=False)
 
     async def discover(self, tokens: Iterable[bytes]) -> dict[bytes, list[str]]:
         return {t: [] for t in tokens}  # no involvement notices in this model

@@ -27,6 +27,11 @@ async def think_family(cluster: Cluster) -> tuple[bytes, bytes, str]:
     parent, child = await open_case(cluster, "amh", family)
     await open_case(cluster, "csc", family)
     await open_case(cluster, "school", [family[1]])
+    return parent, child, await record_assessment(cluster, parent, child)
+
+
+async def record_assessment(cluster: Cluster, parent: bytes, child: bytes) -> str:
+    """amh records its assessment of the parent's risk to the child; its id."""
     recorded = await cluster.api("amh").RecordAssessment(
         node_api_pb2.RecordAssessmentRequest(
             actor=PRACTITIONER,
@@ -34,7 +39,7 @@ async def think_family(cluster: Cluster) -> tuple[bytes, bytes, str]:
             assessment=stories.parent_risk_change(parent, child),
         )
     )
-    return parent, child, recorded.assessment_id
+    return recorded.assessment_id
 
 
 async def share(

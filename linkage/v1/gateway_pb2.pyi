@@ -280,6 +280,7 @@ class GatewayFrame(_message.Message):
     PEER_ONLINE_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     RESOLVED_FIELD_NUMBER: _builtins.int
+    LINKS_CHANGED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def send_ack(self) -> Global___SendAck: ...
     @_builtins.property
@@ -296,6 +297,10 @@ class GatewayFrame(_message.Message):
     def resolved(self) -> Global___ResolveRecipientsResponse:
         """the answer to a `resolve` frame"""
 
+    @_builtins.property
+    def links_changed(self) -> Global___LinksChanged:
+        """an answer given on this stream no longer holds"""
+
     def __init__(
         self,
         *,
@@ -305,16 +310,43 @@ class GatewayFrame(_message.Message):
         peer_online: Global___PeerOnline | None = ...,
         batch: Global___GatewayFrames | None = ...,
         resolved: Global___ResolveRecipientsResponse | None = ...,
+        links_changed: Global___LinksChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deliver", b"deliver", "frame", b"frame", "peer_online", b"peer_online", "receipt", b"receipt", "resolved", b"resolved", "send_ack", b"send_ack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deliver", b"deliver", "frame", b"frame", "links_changed", b"links_changed", "peer_online", b"peer_online", "receipt", b"receipt", "resolved", b"resolved", "send_ack", b"send_ack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deliver", b"deliver", "frame", b"frame", "peer_online", b"peer_online", "receipt", b"receipt", "resolved", b"resolved", "send_ack", b"send_ack"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "deliver", b"deliver", "frame", b"frame", "links_changed", b"links_changed", "peer_online", b"peer_online", "receipt", b"receipt", "resolved", b"resolved", "send_ack", b"send_ack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["send_ack", "deliver", "receipt", "peer_online", "batch", "resolved"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["send_ack", "deliver", "receipt", "peer_online", "batch", "resolved", "links_changed"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
 Global___GatewayFrame: _TypeAlias = GatewayFrame  # noqa: Y015
+
+@_typing.final
+class LinksChanged(_message.Message):
+    """Which agencies are linked to these tokens has changed (an agency subscribed or
+    unsubscribed), so answers given on this stream about them no longer hold. Sent to
+    every node subscribed to one of the tokens, and to the node that changed them.
+    No tokens: forget every answer (the gateway's directory changed).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def link_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        link_tokens: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_tokens", b"link_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinksChanged: _TypeAlias = LinksChanged  # noqa: Y015
 
 @_typing.final
 class GatewayFrames(_message.Message):
@@ -463,12 +495,17 @@ class ResolveRecipientsResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    CHANGES_PUSHED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """on the stream: the request's"""
     code: _builtins.int
     """on the stream: a gRPC status code if refused (0 = answered)"""
     message: _builtins.str
     """on the stream: why it was refused"""
+    changes_pushed: _builtins.bool
+    """On the stream: the gateway will send `links_changed` on this stream when these
+    answers stop holding, so the node may keep them until then.
+    """
     @_builtins.property
     def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the union, other than the caller"""
@@ -485,10 +522,11 @@ class ResolveRecipientsResponse(_message.Message):
         request_id: _builtins.int = ...,
         code: _builtins.int = ...,
         message: _builtins.str = ...,
+        changes_pushed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_token", b"by_token", "code", b"code", "message", b"message", "node_ids", b"node_ids", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_token", b"by_token", "changes_pushed", b"changes_pushed", "code", b"code", "message", b"message", "node_ids", b"node_ids", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
