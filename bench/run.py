@@ -16,12 +16,21 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench import audit, scale
 from bench.e2e import LinkageRun, make_federation
 from bench.relay import BareRelay, Endpoint, free_port
-from bench.results import Result
+from bench.results import Result, combine
+
+# Closed-loop cells run in this many alternating slices (see transport).
+ROUNDS = 4
+
+
+class Side(Protocol):
+    async def closed_loop(self, count: int, window: int) -> Result: ...
+
+    async def paced(self, rate: float, seconds: float) -> Result: ...
 
 
 @dataclass(frozen=True)
@@ -81,36 +90,41 @@ def _cell(name: str, r: Result) -> str:
 
 
 async def transport(plan: Plan, root: Path) -> dict[str, Any]:
-    """The end-to-end and bare-relay cells; returns every figure by name."""
+    """The end-to-end and bare-relay cells; returns every figure by name.
+
+    All three set-ups stay up together and take turns, closed loops in ROUNDS slices
+    and each paced Linkage cell next to its bare twin, so a change in the shared
+    machine's speed during the run falls on both sides of every ratio alike."""
     federation = make_federation(root)
-    figures: dict[str, Any] = {}
     async with LinkageRun(federation) as linkage:
         await linkage.closed_loop(min(200, plan.messages), plan.window)  # warm-up: connections, caches
         size = await linkage.envelope_bytes()
-        e2e = await linkage.closed_loop(plan.messages, plan.window)
-        say(_cell(f"linkage e2e, window {plan.window}", e2e))
-        figures["e2e"] = e2e
-        for rate in plan.rates:
-            figures[f"e2e@{rate}"] = r = await linkage.paced(rate, plan.paced_seconds)
-            say(_cell(f"linkage e2e, paced {rate}/s", r))
-    say(f"(envelope on the wire: {size:,} bytes; the bare relay carries the same)")
-    tls = Endpoint(
-        free_port(),
-        relay_tls=federation.gateway_tls(),
-        client_tls=federation.node_tls("amh"),
-        sink_tls=federation.node_tls("csc"),
-    )
-    with BareRelay(tls, size) as relay:
-        await relay.closed_loop(min(200, plan.messages), plan.window)
-        figures["bare"] = bare = await relay.closed_loop(plan.messages, plan.window)
-        say(_cell(f"bare relay mTLS, window {plan.window}", bare))
-        for rate in plan.rates:
-            figures[f"bare@{rate}"] = r = await relay.paced(rate, plan.paced_seconds)
-            say(_cell(f"bare relay mTLS, paced {rate}/s", r))
-    with BareRelay(Endpoint(free_port()), size) as relay:
-        await relay.closed_loop(min(200, plan.messages), plan.window)
-        figures["plain"] = plain = await relay.closed_loop(plan.messages, plan.window)
-        say(_cell(f"bare relay plaintext, window {plan.window}", plain))
+        say(f"(envelope on the wire: {size:,} bytes; the bare relay carries the same)")
+        tls = Endpoint(
+            free_port(),
+            relay_tls=federation.gateway_tls(),
+            client_tls=federation.node_tls("amh"),
+            sink_tls=federation.node_tls("csc"),
+        )
+        with BareRelay(tls, size) as bare, BareRelay(Endpoint(free_port()), size) as plain:
+            sides: dict[str, Side] = {"e2e": linkage, "bare": bare, "plain": plain}
+            for relay in (bare, plain):
+                await relay.closed_loop(min(200, plan.messages), plan.window)  # warm-up
+            slices: dict[str, list[Result]] = {name: [] for name in sides}
+            for _ in range(ROUNDS):
+                for name, side in sides.items():
+                    slices[name].append(await side.closed_loop(max(1, plan.messages // ROUNDS), plan.window))
+            figures: dict[str, Any] = {name: combine(parts) for name, parts in slices.items()}
+            for name, label in (("e2e", "linkage e2e"), ("bare", "bare relay mTLS"), ("plain", "bare relay plaintext")):
+                say(_cell(f"{label}, window {plan.window}", figures[name]))
+            for rate in plan.rates:
+                paced: tuple[tuple[str, str, Side], ...] = (
+                    ("e2e", "linkage e2e", linkage),
+                    ("bare", "bare relay mTLS", bare),
+                )
+                for name, label, runner in paced:
+                    figures[f"{name}@{rate}"] = r = await runner.paced(rate, plan.paced_seconds)
+                    say(_cell(f"{label}, paced {rate}/s", r))
     figures["envelope_bytes"] = size
     return figures
 
