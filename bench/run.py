@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench import audit, scale
+from bench import audit, scale, targets
 from bench.e2e import LinkageRun, make_federation
 from bench.relay import BareRelay, Endpoint, free_port
 from bench.results import Result, combine
@@ -151,6 +151,12 @@ def run(plan: Plan, json_out: Path | None = None) -> float:
         f"(SHA-256 alone {verify['baseline_sha256_per_s']:,.0f}/s)"
     )
     figures["audit"] = verify
+    figures["targets"] = {}
+    for target, value, met in targets.check(figures):
+        bound = "at most" if target.at_most else "at least"
+        verdict = "met" if met else "NOT met"
+        say(f"target {target.name}: {target.show(value)} ({bound} {target.show(target.limit)}) {verdict}")
+        figures["targets"][target.name] = {"value": value, "limit": target.limit, "met": met}
     ratio = float(e2e.per_second / bare.per_second)
     say(f"took {time.perf_counter() - started:.0f} s")
     if json_out is not None:

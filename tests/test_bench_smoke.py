@@ -22,3 +22,9 @@ def test_linkage_bench_runs_every_cell_and_prints_the_ratio_last(capsys: pytest.
     assert lines[-1] == f"ratio {ratio:.3f}" and ratio > 0
     for cell in ("linkage e2e, window", "linkage e2e, paced", "bare relay mTLS, window", "bare relay plaintext"):
         assert any(line.startswith(cell) for line in lines), cell
+    for target in (
+        "throughput, Linkage / bare relay",
+        "audit verify",
+        "mTLS cost (throughput lost)",
+    ):  # what a tiny run measures
+        assert any(line.startswith(f"target {target}: ") for line in lines), target
