@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+_generation = 0  # bumped by configure(): loggers built before it are rebuilt
+
+
 def configure(level: str = "info", stream: TextIO | None = None, **context: str) -> None:
     """JSON lines on `stream` (stderr by default), with `context` bound to every event."""
+    global _generation
+    _generation += 1
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -34,6 +39,24 @@ def configure(level: str = "info", stream: TextIO | None = None, **context: str)
     structlog.contextvars.bind_contextvars(**context)
 
 
+class _Logger:
+    """A module's logger, built once per configuration. structlog's own lazy proxy
+    rebuilds the bound logger on every call, a cost paid per message on hot paths
+    even for filtered-out debug lines."""
+
+    __slots__ = ("_bound", "_generation", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._generation = -1
+        self._bound: structlog.typing.FilteringBoundLogger | None = None
+
+    def __getattr__(self, method: str) -> Any:
+        if self._bound is None or self._generation != _generation:
+            self._bound = structlog.get_logger(self._name).bind()
+            self._generation = _generation
+        return getattr(self._bound, method)
+
+
 def get(name: str) -> structlog.typing.FilteringBoundLogger:
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
-    return logger
+    return cast(structlog.typing.FilteringBoundLogger, _Logger(name))
