@@ -322,8 +322,6 @@ class Outbox:
                     FORWARDED_WRITE_S, self._write_forwarded_later
                 )
             log.debug("ack", message_id=ack.message_id, status="SEND_STATUS_FORWARDED")
-            if self._stopping:
-                await self.changed()  # drain() waits for the last acks
             return
         try:
             async with self.store.tx() as tx:
