@@ -7,13 +7,6 @@ once in effect: a sent row without a receipt is sent again after the receipt
 timeout with the same message id, and the recipient's inbox absorbs the
 duplicate and receipts it again.
 
-The gateway's "forwarded" is written with the receipt that normally follows
-within milliseconds (one transaction instead of two), or on its own after
-FORWARDED_WRITE_S, or before the store is next scanned; until then the message
-counts as in flight, so it is not sent again. A crash in between loses only that
-note: the row is still queued, goes again after restart, and the repeat is
-absorbed like any other.
-
 While a recipient is away, the whole destination backs off (capped, jittered,
 exponential) and only one message probes it at a time; the gateway tells us
 when it is back, and everything for it is sent at once. Nothing spins.
@@ -46,7 +39,6 @@ BUSY_BASE_MS = 100
 BUSY_CAP_MS = 10_000
 LIVE = ("queued", "sent")
 GAUGE_INTERVAL_S = 1.0  # outbox depth and age gauges are refreshed at most this often
-FORWARDED_WRITE_S = 0.05  # a "forwarded" with no receipt yet is written after this long
 
 log = logs.get("node.outbox")
 
@@ -94,9 +86,6 @@ class Outbox:
         self._scan = True
         self._next_due_ms = 0
         self._settled: dict[str, asyncio.Future[str]] = {}  # message id -> its final state, for watchers
-        # message id -> (recipient, when): forwarded by the gateway, not yet written (see above)
-        self._forwarded: dict[str, tuple[str, int]] = {}
-        self._forwarded_later: asyncio.TimerHandle | None = None
 
     # -- observing ---------------------------------------------------------
 
@@ -198,8 +187,7 @@ class Outbox:
         self.wake.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s), self._changes:
-                await self._changes.wait_for(lambda: not self._in_flight.keys() - self._forwarded.keys())
-        await self.write_forwarded()
+                await self._changes.wait_for(lambda: not self._in_flight)
         return len(self._in_flight)
 
     async def _seconds_to_next_due(self) -> float | None:
@@ -221,7 +209,6 @@ class Outbox:
     async def _send_due(self) -> set[str]:
         if self._stopping:
             return set()
-        await self.write_forwarded()  # the scan must see them as sent
         rows = await self.store.fetchall(
             "SELECT message_id, recipient, envelope FROM outbox WHERE state IN ('queued', 'sent') "
             "AND next_attempt_at_ms <= ? ORDER BY created_at_ms, message_id LIMIT ?",
@@ -301,7 +288,6 @@ class Outbox:
 
     async def on_connected(self) -> None:
         """A new stream: acks and receipts of the old one are lost, so everything live is due now."""
-        await self.write_forwarded()  # before the rows are made due: writing one sets when it is due
         self._in_flight.clear()
         self._away.clear()
         async with self.store.tx() as tx:
@@ -314,15 +300,6 @@ class Outbox:
         await self.changed()
 
     async def on_ack(self, ack: gateway_pb2.SendAck) -> None:
-        if ack.status == gateway_pb2.SEND_STATUS_FORWARDED and ack.message_id in self._in_flight:
-            self._away.pop(ack.recipient_node, None)
-            self._forwarded[ack.message_id] = (ack.recipient_node, self.clock.now_ms())
-            if self._forwarded_later is None:
-                self._forwarded_later = asyncio.get_running_loop().call_later(
-                    FORWARDED_WRITE_S, self._write_forwarded_later
-                )
-            log.debug("ack", message_id=ack.message_id, status="SEND_STATUS_FORWARDED")
-            return
         try:
             async with self.store.tx() as tx:
                 final = await self._record_ack(tx, ack)
@@ -339,10 +316,6 @@ class Outbox:
 
     async def _record_ack(self, tx: Tx, ack: gateway_pb2.SendAck) -> bool:
         """Record what the gateway did with a message; True if that made it final (refused)."""
-        if ack.status == gateway_pb2.SEND_STATUS_FORWARDED:
-            self._away.pop(ack.recipient_node, None)
-            await self._record_forwarded(tx, ack.message_id, ack.recipient_node, tx.now_ms)
-            return False
         row = await (
             await tx.execute(
                 "SELECT attempts, state, share_id FROM outbox WHERE message_id = ? AND recipient = ?",
@@ -351,8 +324,21 @@ class Outbox:
         ).fetchone()
         if row is None or row[1] not in LIVE:
             return False
-        attempts, recipient = int(row[0]) + 1, ack.recipient_node
-        if ack.status == gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE:
+        attempts, state, share_id = int(row[0]) + 1, row[1], row[2]
+        recipient = ack.recipient_node
+        if ack.status == gateway_pb2.SEND_STATUS_FORWARDED:
+            self._away.pop(recipient, None)
+            await tx.execute(
+                "UPDATE outbox SET state = 'sent', attempts = ?, sent_at_ms = COALESCE(sent_at_ms, ?), "
+                "next_attempt_at_ms = ? WHERE message_id = ?",
+                (attempts, tx.now_ms, tx.now_ms + self.settings.receipt_timeout_ms, ack.message_id),
+            )
+            if state == "queued":
+                self.metrics.sent.inc()
+                await tx.audit(
+                    "message.sent", message_id=ack.message_id, counterpart=recipient, detail={"share_id": share_id}
+                )
+        elif ack.status == gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE:
             await tx.execute("UPDATE outbox SET attempts = ? WHERE message_id = ?", (attempts, ack.message_id))
             failures, resume = self._away.get(recipient, (0, 0))
             if tx.now_ms < resume:
@@ -380,56 +366,10 @@ class Outbox:
                 "message.undeliverable",
                 message_id=ack.message_id,
                 counterpart=recipient,
-                detail={"share_id": row[2], "reason": reason, "by": "gateway"},
+                detail={"share_id": share_id, "reason": reason, "by": "gateway"},
             )
             return True
         return False
-
-    async def _record_forwarded(self, tx: Tx, message_id: str, recipient: str, at_ms: int) -> None:
-        """The gateway handed the message to the recipient's stream at `at_ms`."""
-        row = await (
-            await tx.execute(
-                "SELECT attempts, state, share_id FROM outbox WHERE message_id = ? AND recipient = ?",
-                (message_id, recipient),
-            )
-        ).fetchone()
-        if row is None or row[1] not in LIVE:
-            return
-        await tx.execute(
-            "UPDATE outbox SET state = 'sent', attempts = ?, sent_at_ms = COALESCE(sent_at_ms, ?), "
-            "next_attempt_at_ms = ? WHERE message_id = ?",
-            (int(row[0]) + 1, at_ms, at_ms + self.settings.receipt_timeout_ms, message_id),
-        )
-        if row[1] == "queued":
-            self.metrics.sent.inc()
-            await tx.audit(
-                "message.sent",
-                message_id=message_id,
-                counterpart=recipient,
-                detail={"share_id": row[2], "forwarded_at_ms": at_ms},
-            )
-
-    def _write_forwarded_later(self) -> None:
-        self._forwarded_later = None
-        task = asyncio.ensure_future(self.write_forwarded())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a closed store at shutdown is fine
-
-    async def write_forwarded(self) -> None:
-        """Write every "forwarded" still held; those messages are then no longer in flight."""
-        pending, self._forwarded = self._forwarded, {}
-        if not pending:
-            return
-        try:
-            async with self.store.tx() as tx:
-                for message_id, (recipient, at_ms) in pending.items():
-                    await self._record_forwarded(tx, message_id, recipient, at_ms)
-        except BaseException:
-            self._forwarded = {**pending, **self._forwarded}  # kept for the next attempt
-            raise
-        for message_id in pending:
-            self._in_flight.pop(message_id, None)
-        self.wake.set()
-        await self.changed()
 
     async def on_peer_online(self, node_id: str) -> None:
         """The recipient is back: send it everything now, including what it may have lost
@@ -452,20 +392,31 @@ class Outbox:
             return
         accepted = body.status == envelope_pb2.RECEIPT_STATUS_ACCEPTED
         reason = "" if accepted else f"refused by the recipient: {body.reason}"
-        forwarded = self._forwarded.pop(body.message_id, None)
-        try:
-            async with self.store.tx() as tx:
-                if forwarded is not None:  # written first: the log reads sent, then delivered
-                    await self._record_forwarded(tx, body.message_id, *forwarded)
-                row = await self._record_receipt(tx, receipt, body, accepted, reason)
-        except BaseException:
-            if forwarded is not None:
-                self._forwarded.setdefault(body.message_id, forwarded)
-            raise
-        if forwarded is not None:
-            self._in_flight.pop(body.message_id, None)
-        if row is None:
-            return  # a repeated receipt, or one for a message we never sent
+        async with self.store.tx() as tx:
+            row = await (
+                await tx.execute(
+                    "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, reason = ? "
+                    "WHERE message_id = ? AND recipient = ? AND digest = ? AND state IN ('queued', 'sent') "
+                    "RETURNING share_id, created_at_ms",
+                    (
+                        "delivered" if accepted else "undeliverable",
+                        body.received_at_ms if accepted else None,
+                        receipt.SerializeToString(),
+                        reason,
+                        body.message_id,
+                        body.recipient_node,
+                        body.envelope_sha256,
+                    ),
+                )
+            ).fetchone()
+            if row is None:
+                return  # a repeated receipt, or one for a message we never sent
+            await tx.audit(
+                "message.delivered" if accepted else "message.undeliverable",
+                message_id=body.message_id,
+                counterpart=body.recipient_node,
+                detail={"share_id": row[0], "received_at_ms": body.received_at_ms, "reason": reason, "by": "recipient"},
+            )
         self._away.pop(body.recipient_node, None)
         self._settle(body.message_id, "delivered" if accepted else "undeliverable")
         if accepted:
@@ -475,33 +426,3 @@ class Outbox:
             self.metrics.undeliverable.inc()
         log.debug("receipt", message_id=body.message_id, accepted=accepted)
         await self.changed()
-
-    async def _record_receipt(
-        self, tx: Tx, receipt: envelope_pb2.Receipt, body: envelope_pb2.ReceiptBody, accepted: bool, reason: str
-    ) -> tuple[str, int] | None:
-        """The message's final state from its receipt; (share id, created at), or None if it was not live."""
-        row = await (
-            await tx.execute(
-                "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, reason = ? "
-                "WHERE message_id = ? AND recipient = ? AND digest = ? AND state IN ('queued', 'sent') "
-                "RETURNING share_id, created_at_ms",
-                (
-                    "delivered" if accepted else "undeliverable",
-                    body.received_at_ms if accepted else None,
-                    receipt.SerializeToString(),
-                    reason,
-                    body.message_id,
-                    body.recipient_node,
-                    body.envelope_sha256,
-                ),
-            )
-        ).fetchone()
-        if row is None:
-            return None
-        await tx.audit(
-            "message.delivered" if accepted else "message.undeliverable",
-            message_id=body.message_id,
-            counterpart=body.recipient_node,
-            detail={"share_id": row[0], "received_at_ms": body.received_at_ms, "reason": reason, "by": "recipient"},
-        )
-        return str(row[0]), int(row[1])
