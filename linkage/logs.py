@@ -52,6 +52,8 @@ class _Logger:
         self._bound: structlog.typing.FilteringBoundLogger | None = None
 
     def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):  # not a logging method (and never recurse on an unset slot)
+            raise AttributeError(method)
         if self._bound is None or self._generation != _generation:
             self._bound = structlog.get_logger(self._name).bind()
             self._generation = _generation
