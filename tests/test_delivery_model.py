@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import tempfile
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
@@ -215,6 +216,7 @@ class DeliveryModel(RuleBasedStateMachine):
             self.run(self.sender_store.close())
             self.run(self.recipient_store.close())
             self.loop.close()
+            shutil.rmtree(self.dir)
 
     async def _drain(self) -> None:
         """Fault-free: time passes, everything due is sent and delivered, until nothing is live."""
