@@ -172,6 +172,28 @@ async def test_a_waiter_cancelled_in_the_queue_does_not_strand_the_group(tmp_pat
         await store.close()
 
 
+async def test_a_read_sees_every_commit_that_finished_before_it_even_while_another_read_runs(
+    tmp_path: Path,
+) -> None:
+    """Reads share one connection, and SQLite keeps a connection's read snapshot while any
+    of its statements is open. A read queued behind an open one must still see a commit that
+    finished before it began: the outbox decides what is due from such reads."""
+    store = await Store.open(tmp_path / "s.sqlite", ManualClock())
+    try:
+
+        def commit_elsewhere() -> int:  # a commit landing after the first read took its snapshot
+            store.db.execute("INSERT INTO cases VALUES ('c1', 'ref', 1, 'open')")
+            return 1
+
+        await store.reader.create_function("commit_elsewhere", 0, commit_elsewhere)
+        first = asyncio.create_task(store.fetchone("SELECT commit_elsewhere(), COUNT(*) FROM cases"))
+        second = asyncio.create_task(store.fetchone("SELECT COUNT(*) FROM cases"))  # queued behind it
+        assert (await first)[0] == 1
+        assert (await second)[0] == 1
+    finally:
+        await store.close()
+
+
 async def test_commit_callbacks_run_after_the_commit_and_never_for_a_rollback(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     store = await Store.open(path, ManualClock())

@@ -360,11 +360,16 @@ class Store:
         return self._quick.execute(sql, tuple(params)).fetchone()
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        """A read of committed data only."""
-        async with self.reader.execute(sql, tuple(params)) as cur:
-            return list(await cur.fetchall())
+        """A read of committed data only, as of when it runs.
+
+        It runs to its end in one job of the reader's thread. SQLite keeps a connection's
+        read snapshot while any of its statements is open, so a statement left open across
+        awaits would pin the snapshot for the reads queued behind it, and they would miss
+        commits that finished before they began.
+        """
+        return list(await self.reader.execute_fetchall(sql, tuple(params)))
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        """A read of committed data only."""
-        async with self.reader.execute(sql, tuple(params)) as cur:
-            return await cur.fetchone()
+        """The first row of a read of committed data (for queries of one row), or None."""
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
