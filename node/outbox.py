@@ -156,6 +156,7 @@ class Outbox:
         while not self._stopping:
             self.wake.clear()
             timeout: float | None = 1.0
+            handed_over = bool(self._fresh)
             try:
                 now = self.clock.now_ms()
                 if now >= self._expiry_due_ms:
@@ -164,11 +165,18 @@ class Outbox:
                     self._scan = False
                     if self.link.connected.is_set():
                         sent = await self._send_due()
-                        self._fresh = [q for q in self._fresh if q[0] not in sent]  # the scan sent these
+                        # What the scan sent is on its way; what waits for its destination's back-off
+                        # is the store's to bring back. The rest (beyond the batch, or handed over
+                        # during the scan) stays for the fast path.
+                        self._fresh = [q for q in self._fresh if q[0] not in sent and q[1] not in self._away]
                     timeout = await self._seconds_to_next_due()
                 else:
                     await self._send(self._take_fresh())
                     timeout = max(0.01, (min(self._next_due_ms, self._expiry_due_ms) - now) / 1000)
+                if handed_over and self.idle():
+                    # What was handed over was left in the store unsent (its destination is backing
+                    # off): nothing else will announce that, and those waiting for idle() must hear it.
+                    await self.changed()
             except Exception:  # the worker must outlive a bad moment; the rows wait in the store
                 log.exception("outbox.worker_failed")
             # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation

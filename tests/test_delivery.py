@@ -89,6 +89,27 @@ async def test_offline_recipient_gets_everything_once_with_bounded_attempts(tmp_
         assert len(received) == 20 and len(set(received)) == 20
 
 
+async def test_a_hand_over_to_a_destination_backing_off_is_left_in_the_store_and_announced(
+    tmp_path: Path,
+) -> None:
+    """A message handed over while its recipient is away is not sent before the back-off ends,
+    and the outbox says it is idle again: callers waiting for that must not wait for ever."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    async with running(federation, clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")
+        amh = cluster.nodes["amh"]
+        await share(cluster, assessment_id)
+        await settle(amh)  # the first message probed, and the gateway said csc is away
+        assert amh.store is not None
+        message_id, recipient, envelope = await amh.store.fetchone("SELECT message_id, recipient, envelope FROM outbox")
+        amh.outbox.fresh([(message_id, recipient, envelope_pb2.Envelope.FromString(envelope))])
+        assert not amh.outbox.idle()
+        await asyncio.wait_for(settle(amh), timeout=30)
+        assert (await amh.store.fetchone("SELECT attempts, state FROM outbox")) == (1, "queued")
+
+
 async def test_undelivered_after_the_limit_is_reported_to_the_case_system(tmp_path: Path) -> None:
     """Non-delivery: after 7 days without a receipt the share says undeliverable, and why."""
     clock = ManualClock()
