@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -68,6 +69,13 @@ class GatewayDb:
                     await self.db.execute("ROLLBACK")
                 raise
             await self.db.execute("COMMIT")
+
+    async def read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """Committed rows only. Reads share the connection with transactions, so they are taken
+        between them, and each runs to its end in one job: no statement is left holding a
+        snapshot open for the reads behind it."""
+        async with self._lock:
+            return list(await self.db.execute_fetchall(sql, tuple(params)))
 
     async def close(self) -> None:
         await self.db.close()

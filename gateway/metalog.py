@@ -29,10 +29,8 @@ class MetaLog:
         self._flushing = asyncio.Lock()  # the timer's flush and shutdown's must not chain from the same head
 
     async def load(self) -> None:
-        async with self.db.db.execute("SELECT seq, hash FROM metalog ORDER BY seq DESC LIMIT 1") as cur:
-            row = await cur.fetchone()
-        if row is not None:
-            self._seq, self._hash = int(row[0]), bytes(row[1])
+        for seq, chain in await self.db.read("SELECT seq, hash FROM metalog ORDER BY seq DESC LIMIT 1"):
+            self._seq, self._hash = int(seq), bytes(chain)
 
     def record(
         self, event: str, node: str, counterpart: str = "", message_id: str = "", outcome: str = "", **detail: Any

@@ -15,7 +15,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimits
 from gateway.sessions import Session, Sessions
 from gateway.subscriptions import SubscriptionIndex
-from gateway.witness import Witness
+from gateway.witness import Shrunk, Witness
 from linkage import logs
 from linkage.auditlog import open_checkpoint
 from linkage.directory import DirectoryView
@@ -237,20 +237,20 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"authenticated as {node_id!r}, checkpoint is for {checkpoint.node_id!r}",
                 )
-            largest = await self.witness.largest(node_id)
-            if checkpoint.tree_size < largest:
+            try:
+                lodged = await self.witness.lodge(checkpoint, request)
+            except Shrunk as shrunk:
                 self.metalog.record(
-                    "checkpoint.refused", node_id, outcome="shrunk", size=checkpoint.tree_size, largest=largest
+                    "checkpoint.refused", node_id, outcome="shrunk", size=checkpoint.tree_size, largest=shrunk.largest
                 )
                 raise Denied(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"this checkpoint ({checkpoint.tree_size} entries) is smaller than one already lodged "
-                    f"({largest}); an audit log only grows",
-                )
+                    f"({shrunk.largest}); an audit log only grows",
+                ) from None
         except Denied as denied:
             self._note("checkpoint.refused", node="?", outcome=denied.code.name, warning=True)
             await abort(context, denied)
-        lodged = await self.witness.lodge(checkpoint, request)
         self.metalog.record("checkpoint.lodged", node_id, outcome="ok", size=checkpoint.tree_size)
         return gateway_pb2.LodgeCheckpointResponse(lodged=lodged)
 

@@ -7,17 +7,27 @@ from gateway.db import GatewayDb
 from linkage.v1 import audit_pb2
 
 
+class Shrunk(Exception):
+    """The node already lodged a checkpoint of a longer log."""
+
+    def __init__(self, largest: int) -> None:
+        super().__init__(largest)
+        self.largest = largest
+
+
 class Witness:
     def __init__(self, db: GatewayDb) -> None:
         self.db = db
 
-    async def largest(self, node_id: str) -> int:
-        async with self.db.db.execute("SELECT MAX(tree_size) FROM checkpoints WHERE node_id = ?", (node_id,)) as cur:
-            row = await cur.fetchone()
-        return int(row[0] or 0) if row else 0
-
     async def lodge(self, checkpoint: audit_pb2.Checkpoint, signed: audit_pb2.SignedCheckpoint) -> int:
+        """Keep it, and return how many this node has lodged; raise Shrunk, keeping nothing, if
+        it is smaller than one already lodged (checked in the same transaction as the insert)."""
         async with self.db.tx() as db:
+            ((largest,),) = await db.execute_fetchall(
+                "SELECT COALESCE(MAX(tree_size), 0) FROM checkpoints WHERE node_id = ?", (checkpoint.node_id,)
+            )
+            if checkpoint.tree_size < largest:
+                raise Shrunk(int(largest))
             await db.execute(
                 "INSERT OR IGNORE INTO checkpoints(node_id, tree_size, root, at_ms, signed) VALUES (?, ?, ?, ?, ?)",
                 (
@@ -28,13 +38,13 @@ class Witness:
                     signed.SerializeToString(),
                 ),
             )
-            async with db.execute("SELECT COUNT(*) FROM checkpoints WHERE node_id = ?", (checkpoint.node_id,)) as cur:
-                row = await cur.fetchone()
-        return int(row[0]) if row else 0
+            ((count,),) = await db.execute_fetchall(
+                "SELECT COUNT(*) FROM checkpoints WHERE node_id = ?", (checkpoint.node_id,)
+            )
+        return int(count)
 
     async def of(self, node_id: str) -> list[audit_pb2.SignedCheckpoint]:
-        async with self.db.db.execute(
+        rows = await self.db.read(
             "SELECT signed FROM checkpoints WHERE node_id = ? ORDER BY tree_size, at_ms", (node_id,)
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [audit_pb2.SignedCheckpoint.FromString(r[0]) for r in rows]

@@ -11,13 +11,14 @@ import grpc
 import pytest
 
 from linkage import logs, stories
+from linkage.auditlog import open_checkpoint, sign_checkpoint
 from linkage.clock import SystemClock
 from linkage.envelope import seal
 from linkage.ids import uuid7
 from linkage.keys import MessageKeys
 from linkage.pki import CertificateAuthority, spiffe_id
 from linkage.transport import TlsFiles, secure_channel
-from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc
+from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.harness import FEDERATION_ID, PRACTITIONER, Cluster, LocalFederation, running, wait_delivered
 from tests.test_federation import open_case, share_think_family, summaries
 
@@ -117,6 +118,34 @@ async def test_bad_requests_get_invalid_argument(federation: LocalFederation) ->
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await amh.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=tokens))
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_witness_refuses_a_checkpoint_of_a_shorter_log_and_one_for_another_node(
+    federation: LocalFederation,
+) -> None:
+    """An audit log only grows: once the gateway holds a checkpoint, a smaller one from the same
+    node is refused and not kept; nobody lodges a checkpoint in another node's name."""
+    async with running(federation, nodes=()) as cluster:
+        keys = MessageKeys.load(federation.node_configs["amh"].message_keys)
+        amh = gateway_stub(cluster, federation.node_configs["amh"].tls)
+        now = SystemClock().now_ms()
+
+        def checkpoint(size: int, node_id: str = "amh") -> audit_pb2.SignedCheckpoint:
+            return sign_checkpoint(keys.signing, keys.key_id, node_id, size, bytes([size]) * 32, now)
+
+        assert (await amh.LodgeCheckpoint(checkpoint(5), timeout=5)).lodged == 1
+        assert (await amh.LodgeCheckpoint(checkpoint(5), timeout=5)).lodged == 1  # the same again: kept once
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await amh.LodgeCheckpoint(checkpoint(4), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "smaller than one already lodged (5)" in (raised.value.details() or "")
+        csc = gateway_stub(cluster, federation.node_configs["csc"].tls)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await csc.LodgeCheckpoint(checkpoint(9), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (await amh.LodgeCheckpoint(checkpoint(7), timeout=5)).lodged == 2
+        held = await amh.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id="amh"), timeout=5)
+        assert [open_checkpoint(c, cluster.gateway.trust.current(now)).tree_size for c in held.checkpoints] == [5, 7]
 
 
 async def test_canary_in_a_summary_never_reaches_gateway_files_or_any_log(federation: LocalFederation) -> None:
