@@ -39,6 +39,10 @@ BUSY_BASE_MS = 100
 BUSY_CAP_MS = 10_000
 LIVE = ("queued", "sent")
 GAUGE_INTERVAL_S = 1.0  # outbox depth and age gauges are refreshed at most this often
+# What the gateway did with a message is committed with the next write that may not wait
+# (usually the receipt, a few ms later), or after this: one fsync fewer per message.
+# A crash before it only means the message is sent again, and the recipient absorbs that.
+ACK_LINGER_S = 0.02
 
 log = logs.get("node.outbox")
 
@@ -309,7 +313,7 @@ class Outbox:
 
     async def on_ack(self, ack: gateway_pb2.SendAck) -> None:
         try:
-            async with self.store.tx() as tx:
+            async with self.store.tx(linger_s=ACK_LINGER_S) as tx:
                 final = await self._record_ack(tx, ack)
             if final:
                 self._settle(ack.message_id, "undeliverable")

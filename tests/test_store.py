@@ -107,6 +107,12 @@ async def _open_case(store: Store, case_id: str, gate: asyncio.Event | None = No
             await gate.wait()
 
 
+async def _open_case_lingering(store: Store, case_id: str) -> None:
+    async with store.tx(linger_s=3600) as tx:  # far longer than any test runs
+        await tx.execute("INSERT INTO cases VALUES (?, 'ref', 1, 'open')", (case_id,))
+        await tx.audit("case.opened")
+
+
 def _committed_cases(path: Path) -> set[str]:
     """What another connection sees: only what is durably committed."""
     with closing(sqlite3.connect(path)) as db:
@@ -170,6 +176,40 @@ async def test_a_waiter_cancelled_in_the_queue_does_not_strand_the_group(tmp_pat
             await second
     finally:
         await store.close()
+
+
+async def test_a_lingering_transaction_commits_with_the_next_that_may_not_wait(tmp_path: Path) -> None:
+    """A transaction allowed to linger waits for company, not for its timer, once a
+    transaction that may not wait arrives: both are committed by one COMMIT."""
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    commits: list[str] = []
+    store.db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    try:
+        lingering = asyncio.create_task(_open_case_lingering(store, "c1"))
+        await asyncio.sleep(0)  # it runs to its end without pausing, then waits for its group's COMMIT
+        assert store.db.in_transaction and not lingering.done() and _committed_cases(path) == set()
+        async with asyncio.timeout(10):
+            await _open_case(store, "c2")
+            await lingering
+        assert _committed_cases(path) == {"c1", "c2"} and commits == ["COMMIT"]
+    finally:
+        await store.close()
+
+
+async def test_a_lingering_transaction_alone_commits_when_its_time_is_up_or_at_close(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    async with store.tx(linger_s=0.001) as tx:
+        await tx.execute("INSERT INTO cases VALUES ('c1', 'ref', 1, 'open')")
+    assert _committed_cases(path) == {"c1"}  # it returned only once committed
+    lingering = asyncio.create_task(_open_case_lingering(store, "c2"))
+    await asyncio.sleep(0)
+    assert store.db.in_transaction  # done, and waiting for its group's COMMIT
+    async with asyncio.timeout(10):
+        await store.close()  # closing does not wait out the linger
+        await lingering
+    assert _committed_cases(path) == {"c1", "c2"}
 
 
 async def test_a_read_sees_every_commit_that_finished_before_it_even_while_another_read_runs(

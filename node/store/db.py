@@ -26,7 +26,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager, closing
+from contextlib import asynccontextmanager, closing, suppress
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,8 @@ class Store:
         self._waiting = 0  # transactions queued for the lock: while any are, the group stays open
         self._group: _Group | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_at = 0.0  # loop time by which the flusher commits the open group
+        self._hurry = asyncio.Event()  # the flusher's deadline moved earlier
         self._fsync_s = 1.0  # the last COMMIT's duration: the first goes to a thread
         self._committing: asyncio.Future[float] | None = None  # a COMMIT running in a thread
         # The committed audit head (what checkpoints sign) and the tail the open group has chained to.
@@ -224,6 +226,7 @@ class Store:
 
     async def close(self) -> None:
         if self._flusher is not None:
+            self._flush_within(0)
             await self._flusher
         if self._committing is not None:
             # A cancelled caller may have left its COMMIT running: the connection must outlive it.
@@ -238,7 +241,13 @@ class Store:
         return len(MIGRATIONS)
 
     @asynccontextmanager
-    async def tx(self) -> AsyncIterator[Tx]:
+    async def tx(self, linger_s: float = 0.0) -> AsyncIterator[Tx]:
+        """One write transaction, committed (with any others queued meanwhile) before this returns.
+
+        `linger_s` lets its COMMIT wait that long for later transactions to share the fsync,
+        unless one that may not wait joins first: for records nobody outside is waiting on,
+        which a crash would only cause to be asked for again (what the gateway did with a
+        message). It still returns only once committed."""
         await self._acquire()
         group: _Group | None = None
         ok = False
@@ -262,19 +271,37 @@ class Store:
             ok = True
         finally:
             try:
-                if group is not None and (self._waiting == 0 or group.size >= MAX_GROUP):
-                    await self._commit(group)
-                elif group is not None and self._flusher is None:
-                    # Others are queued: leave the COMMIT to a flusher queued behind them, so
-                    # the group commits even if every one of them is cancelled while waiting.
-                    self._flusher = asyncio.create_task(self._flush())
+                if group is not None:
+                    if group.size >= MAX_GROUP or (self._waiting == 0 and not linger_s):
+                        await self._commit(group)
+                    else:
+                        # Others are queued, or this one may linger: leave the COMMIT to a flusher
+                        # (queued behind them, or at the linger's end), so the group commits even
+                        # if every one of them is cancelled while waiting.
+                        self._flush_within(0 if self._waiting else linger_s)
             finally:
                 self._lock.release()
         if ok and group is not None:
             await asyncio.shield(group.committed)  # raises if the group's COMMIT failed
 
+    def _flush_within(self, delay_s: float) -> None:
+        """Make sure the open group is committed within `delay_s`."""
+        deadline = asyncio.get_running_loop().time() + delay_s
+        if self._flusher is None:
+            self._flush_at = deadline
+            self._flusher = asyncio.create_task(self._flush())
+        elif deadline < self._flush_at:
+            self._flush_at = deadline
+            self._hurry.set()
+
     async def _flush(self) -> None:
         try:
+            loop = asyncio.get_running_loop()
+            while (wait := self._flush_at - loop.time()) > 0:
+                self._hurry.clear()
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._hurry.wait()
             await self._acquire()
             try:
                 if self._group is not None:
