@@ -12,6 +12,15 @@ import grpc
 from linkage.frames import fits
 from linkage.v1 import gateway_pb2
 
+# A "forwarded" answer alone waits this long for another frame to the same node (usually the
+# recipient's receipt, a few ms behind it) so that both go as one write: one stream message,
+# one wake-up and, at the sender, one commit fewer per message. Every other frame goes at once.
+ACK_LINGER_S = 0.02
+
+
+def _can_wait(frame: gateway_pb2.GatewayFrame) -> bool:
+    return frame.WhichOneof("frame") == "send_ack" and frame.send_ack.status == gateway_pb2.SEND_STATUS_FORWARDED
+
 
 @dataclass
 class Session:
@@ -33,16 +42,27 @@ class Session:
 
     async def frames(self) -> AsyncIterator[gateway_pb2.GatewayFrame]:
         """What to write to the node, until the stream is closed: frames waiting together
-        go as one batch (gRPC's cost is per stream message)."""
+        go as one batch (gRPC's cost is per stream message), and a batch of answers that can
+        wait lingers once, briefly, for company."""
         carry: gateway_pb2.GatewayFrame | None = None
         while True:
             first = carry if carry is not None else await self.queue.get()
             carry = None
             if first is None:
                 return
-            batch, size, end = [first], first.ByteSize(), False
-            while not self.queue.empty():
-                frame = self.queue.get_nowait()
+            batch, size, end, lingered = [first], first.ByteSize(), False, False
+            while True:
+                if not self.queue.empty():
+                    frame = self.queue.get_nowait()
+                elif lingered or not all(_can_wait(f) for f in batch):
+                    break
+                else:
+                    lingered = True
+                    try:
+                        async with asyncio.timeout(ACK_LINGER_S):
+                            frame = await self.queue.get()  # a frame is taken only if this returns
+                    except TimeoutError:
+                        break
                 if frame is None:
                     end = True
                     break
