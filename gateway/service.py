@@ -338,7 +338,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             status=status,
             reason=reason,
         )
-        session.push(gateway_pb2.GatewayFrame(send_ack=ack))
+        self.sessions.push_or_end(session, gateway_pb2.GatewayFrame(send_ack=ack))  # the sender waits for it
 
     def _relay_envelope(self, session: Session, envelope: envelope_pb2.Envelope) -> None:
         sender = session.node_id

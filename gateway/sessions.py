@@ -116,11 +116,16 @@ class Sessions:
     def wait_for(self, recipient: str, sender: str) -> None:
         self._waiting[recipient].add(sender)
 
-    def notify(self, session: Session, change: gateway_pb2.LinksChanged) -> None:
-        """Queue a links-changed notice. The node may be keeping answers until told, so a
-        notice that cannot be queued ends the stream instead: reconnecting forgets them all."""
-        if not session.push(gateway_pb2.GatewayFrame(links_changed=change)):
+    @staticmethod
+    def push_or_end(session: Session, frame: gateway_pb2.GatewayFrame) -> None:
+        """Queue a frame the node keeps state for until it comes (a links-changed notice, the
+        answer to a send). One that cannot be queued ends the stream instead: reconnecting
+        makes the node forget what it kept and send everything unanswered again."""
+        if not session.push(frame):
             session.close((grpc.StatusCode.UNAVAILABLE, "this node's stream is too far behind; reconnect"))
+
+    def notify(self, session: Session, change: gateway_pb2.LinksChanged) -> None:
+        self.push_or_end(session, gateway_pb2.GatewayFrame(links_changed=change))
 
     def notify_all(self, change: gateway_pb2.LinksChanged) -> None:
         for session in list(self._live.values()):

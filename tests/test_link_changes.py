@@ -119,11 +119,18 @@ async def test_a_node_asks_again_once_its_stream_ends_or_the_directory_changes(
         assert await look_ups(cluster, "amh") == asked + 1
 
 
-async def test_a_notice_that_cannot_be_queued_ends_the_stream_instead() -> None:
+@pytest.mark.parametrize("kind", ["links_changed", "send_ack"])
+async def test_a_notice_or_an_answer_that_cannot_be_queued_ends_the_stream_instead(kind: str) -> None:
+    """The node keeps state until these come (answers it was given; a send in flight), so
+    dropping one would strand it: ending the stream makes it reconnect and start afresh."""
     sessions = Sessions(queue_limit=1)
     session = sessions.open("amh")
     assert session.push(gateway_pb2.GatewayFrame(peer_online=gateway_pb2.PeerOnline(node_id="csc")))
-    sessions.notify(session, gateway_pb2.LinksChanged(link_tokens=[bytes(32)]))
+    if kind == "links_changed":
+        sessions.notify(session, gateway_pb2.LinksChanged(link_tokens=[bytes(32)]))
+    else:
+        ack = gateway_pb2.SendAck(message_id="m1", recipient_node="csc", status=gateway_pb2.SEND_STATUS_FORWARDED)
+        sessions.push_or_end(session, gateway_pb2.GatewayFrame(send_ack=ack))
     written = [frame async for frame in session.frames()]
     assert [f.WhichOneof("frame") for f in written] == ["peer_online"]  # then the end of the stream
     assert session.error is not None and session.error[0] == grpc.StatusCode.UNAVAILABLE
