@@ -26,12 +26,19 @@ async def paced(one: Callable[[], Awaitable[float]], rate: float, seconds: float
     """An open loop at `rate` calls per second; each latency counts from its *scheduled*
     start, so a stall is not hidden by the sends it delayed (no coordinated omission)."""
     latencies: list[float] = []
-    begin = time.perf_counter()
 
-    async def at(scheduled: float) -> None:
-        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+    async def started_at(scheduled: float) -> None:
         lag = time.perf_counter() - scheduled
         latencies.append(lag + await one())
 
-    await asyncio.gather(*(at(begin + i / rate) for i in range(int(rate * seconds))))
+    # Each call is started when it is due, not all created up front: thousands of tasks made
+    # at once would stall the loop for the first calls and count against whatever is measured.
+    calls = []
+    begin = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        scheduled = begin + i / rate
+        if (wait := scheduled - time.perf_counter()) > 0:
+            await asyncio.sleep(wait)
+        calls.append(asyncio.create_task(started_at(scheduled)))
+    await asyncio.gather(*calls)
     return latencies
