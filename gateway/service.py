@@ -331,12 +331,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         recipient: str,
         status: gateway_pb2.SendStatus.ValueType,
         reason: str = "",
+        busy_scope: gateway_pb2.BusyScope.ValueType = gateway_pb2.BUSY_SCOPE_UNSPECIFIED,
+        retry_after_ms: int = 0,
     ) -> None:
         ack = gateway_pb2.SendAck(
             message_id=message_id,
             recipient_node=recipient,
             status=status,
             reason=reason,
+            busy_scope=busy_scope,
+            retry_after_ms=retry_after_ms,
         )
         self.sessions.push_or_end(session, gateway_pb2.GatewayFrame(send_ack=ack))  # the sender waits for it
 
@@ -360,7 +364,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
         if not self.limits.allow(sender):
             self._note("envelope.busy", node=sender, message_id=message_id, outcome="sender_rate_limited", warning=True)
-            self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_BUSY, "sender_rate_limited")
+            self._ack(
+                session,
+                message_id,
+                recipient,
+                gateway_pb2.SEND_STATUS_BUSY,
+                "sender_rate_limited",
+                gateway_pb2.BUSY_SCOPE_SENDER,
+                self.limits.retry_after_ms(sender),
+            )
             return
         reason = self._refusal(routing, sender)
         if reason is not None:
@@ -375,7 +387,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             return
         if not target.push(gateway_pb2.GatewayFrame(deliver=envelope)):
             self._note("envelope.busy", node=sender, message_id=message_id, outcome="recipient_busy", warning=True)
-            self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_BUSY, "recipient_busy")
+            self._ack(
+                session,
+                message_id,
+                recipient,
+                gateway_pb2.SEND_STATUS_BUSY,
+                "recipient_busy",
+                gateway_pb2.BUSY_SCOPE_RECIPIENT,
+            )
             return
         self._note(
             "envelope.forwarded",

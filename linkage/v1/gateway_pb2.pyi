@@ -49,6 +49,30 @@ SEND_STATUS_BUSY: SendStatus.ValueType  # 4
 """gateway or recipient overloaded; retry soon"""
 Global___SendStatus: _TypeAlias = SendStatus  # noqa: Y015
 
+class _BusyScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BusyScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BusyScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BUSY_SCOPE_UNSPECIFIED: _BusyScope.ValueType  # 0
+    """treated as BUSY_SCOPE_RECIPIENT"""
+    BUSY_SCOPE_SENDER: _BusyScope.ValueType  # 1
+    """the sender is over its rate: everything it sends waits"""
+    BUSY_SCOPE_RECIPIENT: _BusyScope.ValueType  # 2
+    """the recipient's stream is full: what goes to it waits"""
+
+class BusyScope(_BusyScope, metaclass=_BusyScopeEnumTypeWrapper):
+    """With SEND_STATUS_BUSY: whose limit was reached, so the sender holds back only what it must."""
+
+BUSY_SCOPE_UNSPECIFIED: BusyScope.ValueType  # 0
+"""treated as BUSY_SCOPE_RECIPIENT"""
+BUSY_SCOPE_SENDER: BusyScope.ValueType  # 1
+"""the sender is over its rate: everything it sends waits"""
+BUSY_SCOPE_RECIPIENT: BusyScope.ValueType  # 2
+"""the recipient's stream is full: what goes to it waits"""
+Global___BusyScope: _TypeAlias = BusyScope  # noqa: Y015
+
 @_typing.final
 class LodgeCheckpointResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -229,10 +253,15 @@ class SendAck(_message.Message):
     RECIPIENT_NODE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    BUSY_SCOPE_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_MS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     recipient_node: _builtins.str
     status: Global___SendStatus.ValueType
     reason: _builtins.str
+    busy_scope: Global___BusyScope.ValueType
+    retry_after_ms: _builtins.int
+    """BUSY: the earliest a retry can be accepted; 0 when the gateway cannot tell"""
     def __init__(
         self,
         *,
@@ -240,10 +269,12 @@ class SendAck(_message.Message):
         recipient_node: _builtins.str = ...,
         status: Global___SendStatus.ValueType = ...,
         reason: _builtins.str = ...,
+        busy_scope: Global___BusyScope.ValueType = ...,
+        retry_after_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "reason", b"reason", "recipient_node", b"recipient_node", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_scope", b"busy_scope", "message_id", b"message_id", "reason", b"reason", "recipient_node", b"recipient_node", "retry_after_ms", b"retry_after_ms", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
