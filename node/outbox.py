@@ -10,6 +10,13 @@ duplicate and receipts it again.
 While a recipient is away, the whole destination backs off (capped, jittered,
 exponential) and only one message probes it at a time; the gateway tells us
 when it is back, and everything for it is sent at once. Nothing spins.
+
+When the gateway says BUSY, what it names (this node's sending rate, or one
+recipient's stream) is held: nothing more goes there until the gateway's
+retry-after (or our own back-off) ends, then the oldest messages first, a
+window at a time that grows by one with each message forwarded and halves with
+each BUSY, as TCP does. An overloaded gateway so gets less traffic, not more,
+and a backlog drains in order.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from linkage import logs
@@ -37,6 +46,7 @@ from node.store import Store, Tx
 BATCH = 256  # also the window: at most this many unacknowledged sends
 BUSY_BASE_MS = 100
 BUSY_CAP_MS = 10_000
+SENDER_SCOPE = "*"  # the hold on this node's own sending rate (no node id is "*")
 LIVE = ("queued", "sent")
 GAUGE_INTERVAL_S = 1.0  # outbox depth and age gauges are refreshed at most this often
 # What the gateway did with a message is committed with the next write that may not wait
@@ -45,6 +55,19 @@ GAUGE_INTERVAL_S = 1.0  # outbox depth and age gauges are refreshed at most this
 ACK_LINGER_S = 0.02
 
 log = logs.get("node.outbox")
+
+
+@dataclass
+class Hold:
+    """Where the gateway said BUSY: nothing goes there before `resume_ms`, then at most
+    `window` unanswered at a time."""
+
+    busy_answers: int  # BUSY rounds in a row, for our own back-off when the gateway gives none
+    resume_ms: int
+    window: int
+
+    def shut(self, now: int, unanswered: int) -> bool:
+        return now < self.resume_ms or unanswered >= self.window
 
 
 class FrameSender(Protocol):
@@ -77,6 +100,7 @@ class Outbox:
         self._in_flight: dict[str, str] = {}  # message id -> recipient, awaiting the gateway's ack
         # recipient -> (consecutive "offline" answers, when to probe it again)
         self._away: dict[str, tuple[int, int]] = {}
+        self._holds: dict[str, Hold] = {}  # recipient or SENDER_SCOPE -> its hold after BUSY
         self._changes = asyncio.Condition()
         self.version = 0  # bumped on every delivery state change
         self._stopping = False
@@ -203,16 +227,23 @@ class Outbox:
         return len(self._in_flight)
 
     async def _seconds_to_next_due(self) -> float | None:
+        now = self.clock.now_ms()
+        _, sendable, held = self._blocked(now)
         row = await self.store.fetchone(
-            "SELECT MIN(next_attempt_at_ms), MIN(created_at_ms) + ? FROM outbox WHERE state IN ('queued', 'sent')",
-            (self.settings.undeliverable_after_ms,),
+            f"SELECT MIN(CASE WHEN {sendable} THEN next_attempt_at_ms END), MIN(created_at_ms) + ? "
+            "FROM outbox WHERE state IN ('queued', 'sent')",
+            (*held, self.settings.undeliverable_after_ms),
         )
-        if row[0] is None:
+        if row[1] is None:
             self._expiry_due_ms = self._next_due_ms = 1 << 62  # nothing live: fresh() brings them forward
             return None
-        # Messages queued later expire later, so until then there is nothing to expire.
-        self._expiry_due_ms, self._next_due_ms = int(row[1]), int(row[0])
-        return max(0.01, (min(int(row[0]), int(row[1])) - self.clock.now_ms()) / 1000)
+        # Messages queued later expire later, so until then there is nothing to expire. What a
+        # hold keeps back is due when the hold ends (or, for a full window, when an answer comes).
+        ends = [h.resume_ms for h in self._holds.values() if h.resume_ms > now]
+        self._expiry_due_ms = int(row[1])
+        due = [int(row[0])] if row[0] is not None else []
+        self._next_due_ms = min(due + ends, default=1 << 62)
+        return max(0.01, (min(self._next_due_ms, self._expiry_due_ms) - now) / 1000)
 
     async def send_due(self) -> int:
         """Send what is due now according to the store; return how many envelopes went out."""
@@ -221,10 +252,14 @@ class Outbox:
     async def _send_due(self) -> set[str]:
         if self._stopping:
             return set()
+        now = self.clock.now_ms()
+        everything, sendable, held = self._blocked(now)
+        if everything:
+            return set()
         rows = await self.store.fetchall(
             "SELECT message_id, recipient, envelope FROM outbox WHERE state IN ('queued', 'sent') "
-            "AND next_attempt_at_ms <= ? ORDER BY created_at_ms, message_id LIMIT ?",
-            (self.clock.now_ms(), BATCH),
+            f"AND next_attempt_at_ms <= ? AND {sendable} ORDER BY created_at_ms, message_id LIMIT ?",
+            (now, *held, BATCH),
         )
         if len(rows) == BATCH:
             self._scan = True  # more are due than one batch: look again once these are answered
@@ -244,6 +279,7 @@ class Outbox:
             return set()
         now = self.clock.now_ms()
         probing = set(self._in_flight.values()) & self._away.keys()
+        unanswered = self._unanswered() if self._holds else None
         going: list[str] = []
         frames = []
         for message_id, recipient, envelope in messages:
@@ -253,6 +289,11 @@ class Outbox:
                 if recipient in probing or now < self._away[recipient][1]:
                     continue  # one probe at a time, and only when the destination's back-off is over
                 probing.add(recipient)
+            if unanswered is not None:
+                if self._held_back(recipient, unanswered, now):
+                    continue  # the store has it; an answer or the hold's end brings it back
+                unanswered[recipient] += 1
+                unanswered[SENDER_SCOPE] += 1
             self._in_flight[message_id] = recipient
             going.append(message_id)
             frames.append(gateway_pb2.NodeFrame(send=envelope))
@@ -266,6 +307,31 @@ class Outbox:
             self._scan = True
             return set()
         return set(going)
+
+    def _unanswered(self) -> Counter[str]:
+        """Messages awaiting the gateway's answer, per recipient and in all (SENDER_SCOPE)."""
+        unanswered = Counter(self._in_flight.values())
+        unanswered[SENDER_SCOPE] = len(self._in_flight)
+        return unanswered
+
+    def _blocked(self, now: int) -> tuple[bool, str, list[str]]:
+        """What nothing may be sent to now, held or with its window full: everything, or the
+        recipients named by the SQL condition returned (with its parameters) that a scan adds
+        so that it neither reads nor wakes for what it could not send."""
+        if not self._holds:
+            return False, "1", []
+        unanswered = self._unanswered()
+        blocked = [scope for scope, hold in self._holds.items() if hold.shut(now, unanswered[scope])]
+        if SENDER_SCOPE in blocked:
+            return True, "0", []
+        return False, f"recipient NOT IN ({', '.join('?' * len(blocked))})", blocked
+
+    def _held_back(self, recipient: str, unanswered: Counter[str], now: int) -> bool:
+        for scope in (recipient, SENDER_SCOPE):
+            hold = self._holds.get(scope)
+            if hold is not None and hold.shut(now, unanswered[scope]):
+                return True
+        return False
 
     async def expire_overdue(self) -> None:
         """Non-delivery reports: what was not delivered in time becomes undeliverable."""
@@ -302,6 +368,7 @@ class Outbox:
         """A new stream: acks and receipts of the old one are lost, so everything live is due now."""
         self._in_flight.clear()
         self._away.clear()
+        self._holds.clear()
         async with self.store.tx() as tx:
             await tx.execute("UPDATE outbox SET next_attempt_at_ms = ? WHERE state IN ('queued', 'sent')", (tx.now_ms,))
         self._scan = True
@@ -340,6 +407,7 @@ class Outbox:
         recipient = ack.recipient_node
         if ack.status == gateway_pb2.SEND_STATUS_FORWARDED:
             self._away.pop(recipient, None)
+            self._widen(recipient, tx.now_ms)
             await tx.execute(
                 "UPDATE outbox SET state = 'sent', attempts = ?, sent_at_ms = COALESCE(sent_at_ms, ?), "
                 "next_attempt_at_ms = ? WHERE message_id = ?",
@@ -362,11 +430,8 @@ class Outbox:
                 (resume, recipient),
             )
         elif ack.status == gateway_pb2.SEND_STATUS_BUSY:
-            delay = backoff_ms(attempts - 1, BUSY_BASE_MS, BUSY_CAP_MS, self.rng)
-            await tx.execute(
-                "UPDATE outbox SET attempts = ?, next_attempt_at_ms = ? WHERE message_id = ?",
-                (attempts, tx.now_ms + delay, ack.message_id),
-            )
+            await tx.execute("UPDATE outbox SET attempts = ? WHERE message_id = ?", (attempts, ack.message_id))
+            self._hold(ack, tx.now_ms)
         else:
             self.metrics.undeliverable.inc()
             reason = f"refused by the gateway: {ack.reason or 'no reason given'}"
@@ -382,6 +447,29 @@ class Outbox:
             )
             return True
         return False
+
+    def _hold(self, ack: gateway_pb2.SendAck, now: int) -> None:
+        """BUSY: hold back what the gateway named, and halve what may go there at once."""
+        scope = SENDER_SCOPE if ack.busy_scope == gateway_pb2.BUSY_SCOPE_SENDER else ack.recipient_node
+        hold = self._holds.get(scope)
+        if hold is not None and now < hold.resume_ms:
+            return  # more answers to what went with the first: the scope already waits
+        answers = hold.busy_answers if hold else 0
+        delay = ack.retry_after_ms or backoff_ms(answers, BUSY_BASE_MS, BUSY_CAP_MS, self.rng)
+        resume = now + min(delay, BUSY_CAP_MS)
+        self._holds[scope] = Hold(answers + 1, resume, max(1, hold.window // 2) if hold else 1)
+        self._next_due_ms = min(self._next_due_ms, resume)
+
+    def _widen(self, recipient: str, now: int) -> None:
+        """FORWARDED: a held scope may have one more unanswered; once wide enough, no hold."""
+        for scope in (recipient, SENDER_SCOPE):
+            hold = self._holds.get(scope)
+            if hold is None or now < hold.resume_ms:
+                continue
+            hold.busy_answers, hold.window = 0, hold.window + 1
+            if hold.window >= BATCH:
+                del self._holds[scope]
+            self._scan = True  # what the window held back waits in the store
 
     async def on_peer_online(self, node_id: str) -> None:
         """The recipient is back: send it everything now, including what it may have lost

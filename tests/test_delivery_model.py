@@ -2,10 +2,11 @@
 
 The sender's real outbox, casework and store and the recipient's real reception
 and store exchange frames over an in-memory wire that loses requests, loses
-receipts, duplicates deliveries, and crashes either side (in-memory state gone,
-SQLite files kept). Invariants after every step: nothing in the inbox that the
-sender did not record, no share twice, nothing accepted forgotten; and after a
-fault-free drain, the inbox holds exactly what was accepted.
+receipts, duplicates deliveries, answers BUSY (for the sender or the recipient)
+and crashes either side (in-memory state gone, SQLite files kept). Invariants
+after every step: nothing in the inbox that the sender did not record, no share
+twice, nothing accepted forgotten; and after a fault-free drain, the inbox holds
+exactly what was accepted.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class DeliveryModel(RuleBasedStateMachine):
         self.run(self.outbox.send_due())
 
     @precondition(lambda self: self.sender_wire.frames)
-    @rule(fault=st.sampled_from(["none", "lost_request", "lost_receipt", "duplicate"]))
+    @rule(fault=st.sampled_from(["none", "lost_request", "lost_receipt", "duplicate", "busy_sender", "busy_recipient"]))
     def deliver(self, fault: str) -> None:
         self.run(self._deliver(self.sender_wire.frames.pop(0), fault))
 
@@ -164,6 +165,18 @@ class DeliveryModel(RuleBasedStateMachine):
             return
         envelope = frame.send
         routing_recipient = "b"
+        if fault.startswith("busy"):  # the gateway is over a limit: the sender holds back, then retries
+            scope = gateway_pb2.BUSY_SCOPE_SENDER if fault == "busy_sender" else gateway_pb2.BUSY_SCOPE_RECIPIENT
+            await self.outbox.on_ack(
+                gateway_pb2.SendAck(
+                    message_id=_message_id(envelope),
+                    recipient_node=routing_recipient,
+                    status=gateway_pb2.SEND_STATUS_BUSY,
+                    busy_scope=scope,
+                    retry_after_ms=100 if fault == "busy_sender" else 0,
+                )
+            )
+            return
         await self.outbox.on_ack(
             gateway_pb2.SendAck(
                 message_id=_message_id(envelope),
