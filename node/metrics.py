@@ -1,5 +1,6 @@
 """The node's metrics: messages sent, delivered, undeliverable, received and rejected by
-reason; outbox depth and age; delivery latency; directory age. Counts only."""
+reason; BUSY answers by whose limit; outbox depth and age; delivery latency; directory
+age. Counts only."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ class NodeMetrics:
             "linkage_node_messages_rejected",
             "Messages refused on arrival, by reason",
             ["reason"],
+            registry=self.registry,
+        )
+        self.busy = Counter(
+            "linkage_node_busy_answers",
+            "Sends the gateway answered BUSY, by whose limit (sender or recipient)",
+            ["limit"],
             registry=self.registry,
         )
         self.outbox_depth = Gauge(

@@ -450,15 +450,24 @@ class Outbox:
 
     def _hold(self, ack: gateway_pb2.SendAck, now: int) -> None:
         """BUSY: hold back what the gateway named, and halve what may go there at once."""
-        scope = SENDER_SCOPE if ack.busy_scope == gateway_pb2.BUSY_SCOPE_SENDER else ack.recipient_node
+        limit = "sender" if ack.busy_scope == gateway_pb2.BUSY_SCOPE_SENDER else "recipient"
+        scope = SENDER_SCOPE if limit == "sender" else ack.recipient_node
+        self.metrics.busy.labels(limit).inc()
         hold = self._holds.get(scope)
         if hold is not None and now < hold.resume_ms:
             return  # more answers to what went with the first: the scope already waits
         answers = hold.busy_answers if hold else 0
-        delay = ack.retry_after_ms or backoff_ms(answers, BUSY_BASE_MS, BUSY_CAP_MS, self.rng)
-        resume = now + min(delay, BUSY_CAP_MS)
-        self._holds[scope] = Hold(answers + 1, resume, max(1, hold.window // 2) if hold else 1)
-        self._next_due_ms = min(self._next_due_ms, resume)
+        delay = min(ack.retry_after_ms or backoff_ms(answers, BUSY_BASE_MS, BUSY_CAP_MS, self.rng), BUSY_CAP_MS)
+        window = max(1, hold.window // 2) if hold else 1
+        self._holds[scope] = Hold(answers + 1, now + delay, window)
+        self._next_due_ms = min(self._next_due_ms, now + delay)
+        log.warning(
+            "gateway.busy",
+            limit=limit,
+            counterpart=ack.recipient_node,
+            hold_ms=delay,
+            window=window,
+        )
 
     def _widen(self, recipient: str, now: int) -> None:
         """FORWARDED: a held scope may have one more unanswered; once wide enough, no hold."""

@@ -113,6 +113,9 @@ async def test_a_busy_recipient_is_held_back_alone_then_reopened_a_window_at_a_t
     await answer(box, [s for s in first if s[1] == "b"], BUSY, gateway_pb2.BUSY_SCOPE_RECIPIENT)
     await answer(box, [s for s in first if s[1] == "c"], FORWARDED)
 
+    busy = box.metrics.registry.get_sample_value("linkage_node_busy_answers_total", {"limit": "recipient"})
+    assert busy == len(full)  # counted per answer, though the hold is set once
+
     later = await queue(box, clock, "c", 2)
     await box.send_due()
     assert [m for m, _ in gateway.take()] == later  # c goes on; nothing goes to b while it is held
