@@ -202,7 +202,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             answer = gateway_pb2.ResolveRecipientsResponse(code=denied.code.value[0], message=denied.message)
         answer.request_id = request.request_id
         answer.changes_pushed = not answer.code  # see _links_changed
-        if not session.push(gateway_pb2.GatewayFrame(resolved=answer)):
+        if not session.push(gateway_pb2.GatewayFrame(resolved=answer), answer=True):
             self._note("resolve.busy", node=session.node_id, outcome="queue_full", warning=True)
 
     async def DiscoverInvolvement(
@@ -432,9 +432,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 f"authenticated as {session.node_id!r} but the receipt is signed for {body.recipient_node!r}",
             )
         target = self.sessions.get(body.sender_node)
-        # A receipt for an offline sender is dropped: the sender re-sends the
-        # unreceipted message later and the recipient's inbox receipts it again.
-        relayed = target is not None and target.push(gateway_pb2.GatewayFrame(receipt=receipt))
+        # A receipt answers the sender's own send. One for an offline sender (or one far
+        # behind) is dropped: the sender re-sends later and the recipient receipts it again.
+        relayed = target is not None and target.push(gateway_pb2.GatewayFrame(receipt=receipt), answer=True)
         self._note(
             "receipt.relayed" if relayed else "receipt.dropped",
             node=session.node_id,

@@ -16,6 +16,10 @@ from linkage.v1 import gateway_pb2
 # recipient's receipt, a few ms behind it) so that both go as one write: one stream message,
 # one wake-up and, at the sender, one commit fewer per message. Every other frame goes at once.
 ACK_LINGER_S = 0.02
+# Beyond a node's queue limit, room for what answers its own requests (the answers to its sends,
+# their receipts, look-ups) and for notices: several times the window a node sends at once
+# (256), so a full queue of other nodes' messages never makes a node's own answers overflow.
+ANSWER_HEADROOM = 1024
 
 
 def _can_wait(frame: gateway_pb2.GatewayFrame) -> bool:
@@ -26,16 +30,19 @@ def _can_wait(frame: gateway_pb2.GatewayFrame) -> bool:
 class Session:
     node_id: str
     limit: int
+    headroom: int = ANSWER_HEADROOM
     queue: asyncio.Queue[gateway_pb2.GatewayFrame | None] = field(init=False)
     error: tuple[grpc.StatusCode, str] | None = None
 
     def __post_init__(self) -> None:
-        # One slot beyond the limit is kept for the end-of-stream sentinel.
-        self.queue = asyncio.Queue(self.limit + 1)
+        # One slot beyond the limit and the headroom is kept for the end-of-stream sentinel.
+        self.queue = asyncio.Queue(self.limit + self.headroom + 1)
 
-    def push(self, frame: gateway_pb2.GatewayFrame) -> bool:
-        """Queue a frame for the node; False when its queue is full (back-pressure)."""
-        if self.queue.qsize() >= self.limit:
+    def push(self, frame: gateway_pb2.GatewayFrame, answer: bool = False) -> bool:
+        """Queue a frame for the node; False when its queue is full (back-pressure). Another
+        node's message fits within the limit; an `answer` (to this node's own request, or a
+        notice) also in the headroom beyond it."""
+        if self.queue.qsize() >= self.limit + (self.headroom if answer else 0):
             return False
         self.queue.put_nowait(frame)
         return True
@@ -85,8 +92,9 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, queue_limit: int = 4096) -> None:
+    def __init__(self, queue_limit: int = 4096, answer_headroom: int = ANSWER_HEADROOM) -> None:
         self.queue_limit = queue_limit
+        self.answer_headroom = answer_headroom
         self._live: dict[str, Session] = {}
         self._waiting: dict[str, set[str]] = defaultdict(set)
 
@@ -101,12 +109,12 @@ class Sessions:
         old = self._live.get(node_id)
         if old is not None:
             old.close((grpc.StatusCode.ABORTED, "replaced by a newer connection from the same node"))
-        session = Session(node_id, self.queue_limit)
+        session = Session(node_id, self.queue_limit, self.answer_headroom)
         self._live[node_id] = session
         for sender in sorted(self._waiting.pop(node_id, set())):
             peer = self._live.get(sender)
             if peer is not None:
-                peer.push(gateway_pb2.GatewayFrame(peer_online=gateway_pb2.PeerOnline(node_id=node_id)))
+                peer.push(gateway_pb2.GatewayFrame(peer_online=gateway_pb2.PeerOnline(node_id=node_id)), answer=True)
         return session
 
     def end(self, session: Session) -> None:
@@ -121,7 +129,7 @@ class Sessions:
         """Queue a frame the node keeps state for until it comes (a links-changed notice, the
         answer to a send). One that cannot be queued ends the stream instead: reconnecting
         makes the node forget what it kept and send everything unanswered again."""
-        if not session.push(frame):
+        if not session.push(frame, answer=True):
             session.close((grpc.StatusCode.UNAVAILABLE, "this node's stream is too far behind; reconnect"))
 
     def notify(self, session: Session, change: gateway_pb2.LinksChanged) -> None:

@@ -65,7 +65,8 @@ GATEWAY: list[Setting] = [
         "recipient_queue",
         "int",
         4_096,
-        "Frames waiting for one connected node; beyond it senders are told BUSY for that recipient only.",
+        "Other nodes' messages waiting for one connected node; beyond it their senders are told BUSY for "
+        "that recipient only (answers to the node's own requests have room beyond it).",
     ),
     Setting("limits", "max_concurrent_rpcs", "int", 512, "Beyond it calls get RESOURCE_EXHAUSTED (streams count)."),
     Setting("limits", "control_per_second", "float", 50.0, "Per node: subscribe, unsubscribe, discovery."),

@@ -15,6 +15,7 @@ from gateway.sessions import Sessions
 from linkage import stories
 from linkage.clock import SystemClock
 from linkage.federation import publish_directory
+from linkage.frames import unbatch
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import gateway_pb2, node_api_pb2
 from tests.harness import Cluster, LocalFederation, next_item, running
@@ -122,15 +123,19 @@ async def test_a_node_asks_again_once_its_stream_ends_or_the_directory_changes(
 @pytest.mark.parametrize("kind", ["links_changed", "send_ack"])
 async def test_a_notice_or_an_answer_that_cannot_be_queued_ends_the_stream_instead(kind: str) -> None:
     """The node keeps state until these come (answers it was given; a send in flight), so
-    dropping one would strand it: ending the stream makes it reconnect and start afresh."""
-    sessions = Sessions(queue_limit=1)
+    dropping one would strand it: ending the stream makes it reconnect and start afresh.
+    They have room beyond the limit on other nodes' messages, so only a node far behind
+    reading its own answers gets there."""
+    sessions = Sessions(queue_limit=1, answer_headroom=1)
     session = sessions.open("amh")
-    assert session.push(gateway_pb2.GatewayFrame(peer_online=gateway_pb2.PeerOnline(node_id="csc")))
+    message = gateway_pb2.GatewayFrame(deliver=env.Envelope())
+    assert session.push(message) and not session.push(message)  # the limit: its sender is told BUSY
+    assert session.push(gateway_pb2.GatewayFrame(peer_online=gateway_pb2.PeerOnline(node_id="csc")), answer=True)
     if kind == "links_changed":
         sessions.notify(session, gateway_pb2.LinksChanged(link_tokens=[bytes(32)]))
     else:
         ack = gateway_pb2.SendAck(message_id="m1", recipient_node="csc", status=gateway_pb2.SEND_STATUS_FORWARDED)
         sessions.push_or_end(session, gateway_pb2.GatewayFrame(send_ack=ack))
-    written = [frame async for frame in session.frames()]
-    assert [f.WhichOneof("frame") for f in written] == ["peer_online"]  # then the end of the stream
+    written = [f.WhichOneof("frame") for batch in [f async for f in session.frames()] for f in unbatch(batch)]
+    assert written == ["deliver", "peer_online"]  # then the end of the stream
     assert session.error is not None and session.error[0] == grpc.StatusCode.UNAVAILABLE
