@@ -18,6 +18,7 @@ from linkage.clock import ManualClock
 from linkage.config import DeliverySettings, GatewayLimits
 from linkage.envelope import seal
 from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
+from node.server import NodeServer
 from tests.harness import PRACTITIONER, Cluster, make_federation, running, settle, wait_delivered
 from tests.test_federation import open_case
 
@@ -216,6 +217,55 @@ async def test_overload_is_pushed_back_and_everything_arrives_later(tmp_path: Pa
             r[0] for r in await amh.store.fetchall("SELECT message_id FROM outbox ORDER BY created_at_ms, message_id")
         ]
         assert arrived == [m for m in queued if m in set(arrived)]
+
+
+def busy_answers(node: NodeServer, limit: str = "recipient") -> float:
+    return node.metrics.registry.get_sample_value("linkage_node_busy_answers_total", {"limit": limit}) or 0
+
+
+async def test_a_full_recipient_holds_back_only_what_goes_to_it(tmp_path: Path) -> None:
+    """R13: a recipient that stops reading fills its queue at the gateway, and senders are told
+    BUSY for that recipient alone: the other recipient of the same shares gets every one at
+    once, and the slow one gets all of them once it is back, each once."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc", "school"))
+    async with running(federation, clock=clock, limits=GatewayLimits(recipient_queue=1)) as cluster:
+        assessment_id = await family_assessment(cluster, recipients=("csc", "school"))
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        await cluster.stop_node("csc")
+        # csc connects again and reads nothing; a small HTTP/2 window makes that show soon.
+        options = [("grpc.ssl_target_name_override", "gateway"), ("grpc.http2.bdp_probe", 0)]
+        options += [("grpc.http2.lookahead_bytes", 16_384)]
+        tls = federation.node_configs["csc"].tls.channel_credentials()
+        async with grpc.aio.secure_channel(f"127.0.0.1:{cluster.gateway.port}", tls, options=options) as channel:
+            stalled = gateway_pb2_grpc.GatewayStub(channel).Connect()
+            await stalled.write(gateway_pb2.NodeFrame(resolve=gateway_pb2.ResolveRecipientsRequest(node_id="csc")))
+            first = await stalled.read()
+            assert isinstance(first, gateway_pb2.GatewayFrame) and first.HasField("resolved")  # csc reads no more
+            count = 0
+            while not busy_answers(amh):
+                await share(cluster, assessment_id)
+                count += 1
+                assert count < 500
+            await settle(amh)
+            busy = busy_answers(amh)
+            for _ in range(5):  # held: these are not even offered to csc, but go to school at once
+                await share(cluster, assessment_id)
+            count += 5
+            await settle(amh)
+            assert busy_answers(amh) == busy
+            await wait_delivered(amh, count)  # school's copies, while csc reads nothing
+            assert len(await inbox(cluster, "school")) == count
+            stalled.cancel()
+        await cluster.start_node("csc")
+        while (await amh.store.fetchone("SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent')"))[0]:
+            clock.advance(DeliverySettings().receipt_timeout_ms + 1)  # holds end; what the stalled csc took is due
+            await amh.outbox.send_due()
+            await settle(amh)
+        await wait_delivered(amh, 2 * count)
+        from_amh = [m for sender, m in await inbox(cluster, "csc") if sender == "amh"]
+        assert len(from_amh) == len(set(from_amh)) == count
 
 
 async def test_gateway_at_its_concurrency_limit_says_resource_exhausted_and_nothing_is_lost(tmp_path: Path) -> None:
