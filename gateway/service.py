@@ -386,7 +386,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE)
             return
         if not target.push(gateway_pb2.GatewayFrame(deliver=envelope)):
-            self._note("envelope.busy", node=sender, message_id=message_id, outcome="recipient_busy", warning=True)
+            self._note(
+                "envelope.busy",
+                node=sender,
+                message_id=message_id,
+                counterpart=recipient,
+                outcome="recipient_busy",
+                warning=True,
+            )
             self._ack(
                 session,
                 message_id,
