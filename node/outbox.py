@@ -47,6 +47,7 @@ BATCH = 256  # also the window: at most this many unacknowledged sends
 BUSY_BASE_MS = 100
 BUSY_CAP_MS = 10_000
 SENDER_SCOPE = "*"  # the hold on this node's own sending rate (no node id is "*")
+HOLD_MEMORY_MS = 60_000  # a hold this long past its end, with no BUSY since, is forgotten
 LIVE = ("queued", "sent")
 GAUGE_INTERVAL_S = 1.0  # outbox depth and age gauges are refreshed at most this often
 # What the gateway did with a message is committed with the next write that may not wait
@@ -256,12 +257,15 @@ class Outbox:
         everything, sendable, held = self._blocked(now)
         if everything:
             return set()
+        # Under a hold on our own rate, read no more than its window lets go.
+        hold = self._holds.get(SENDER_SCOPE)
+        limit = BATCH if hold is None else min(BATCH, hold.window - len(self._in_flight))
         rows = await self.store.fetchall(
             "SELECT message_id, recipient, envelope FROM outbox WHERE state IN ('queued', 'sent') "
             f"AND next_attempt_at_ms <= ? AND {sendable} ORDER BY created_at_ms, message_id LIMIT ?",
-            (now, *held, BATCH),
+            (now, *held, limit),
         )
-        if len(rows) == BATCH:
+        if len(rows) == limit:
             self._scan = True  # more are due than one batch: look again once these are answered
         return await self._send((m, r, envelope_pb2.Envelope.FromString(e)) for m, r, e in rows)
 
@@ -476,8 +480,8 @@ class Outbox:
             if hold is None or now < hold.resume_ms:
                 continue
             hold.busy_answers, hold.window = 0, hold.window + 1
-            if hold.window >= BATCH:
-                del self._holds[scope]
+            if hold.window >= BATCH or now - hold.resume_ms >= HOLD_MEMORY_MS:
+                del self._holds[scope]  # wide open again, or long past: an old BUSY says nothing now
             self._scan = True  # what the window held back waits in the store
 
     async def on_peer_online(self, node_id: str) -> None:

@@ -21,7 +21,7 @@ from linkage.directory import TrustedDirectory
 from linkage.envelope import parse_routing
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, gateway_pb2
-from node.outbox import BUSY_BASE_MS, Outbox
+from node.outbox import BUSY_BASE_MS, HOLD_MEMORY_MS, Outbox
 from node.store import Store
 
 FORWARDED, BUSY = gateway_pb2.SEND_STATUS_FORWARDED, gateway_pb2.SEND_STATUS_BUSY
@@ -158,3 +158,19 @@ async def test_a_new_stream_forgets_every_hold(outbox: tuple[Outbox, Gateway, Ma
     await box.on_connected()  # perhaps another gateway: what held on the old stream says nothing now
     await box.send_due()
     assert [m for m, _ in gateway.take()] == ids
+
+
+async def test_a_hold_long_over_is_forgotten_at_the_next_forwarded_answer(
+    outbox: tuple[Outbox, Gateway, ManualClock],
+) -> None:
+    box, gateway, clock = outbox
+    ids = await queue(box, clock, "b", 4)
+    await box.send_due()
+    await answer(box, gateway.take(), BUSY, gateway_pb2.BUSY_SCOPE_SENDER, 1_000)
+    clock.advance(1_000 + HOLD_MEMORY_MS)
+    await box.send_due()
+    probe = gateway.take()
+    assert probe == [(ids[0], "b")]  # still one probe first
+    await answer(box, probe, FORWARDED)  # the hold ended a minute ago: forgotten, not widened to two
+    await box.send_due()
+    assert [m for m, _ in gateway.take()] == ids[1:]
