@@ -216,7 +216,8 @@ async def test_overload_is_pushed_back_and_everything_arrives_later(tmp_path: Pa
         queued = [
             r[0] for r in await amh.store.fetchall("SELECT message_id FROM outbox ORDER BY created_at_ms, message_id")
         ]
-        assert arrived == [m for m in queued if m in set(arrived)]
+        waited = set(arrived)
+        assert arrived == [m for m in queued if m in waited]
 
 
 def busy_answers(node: NodeServer, limit: str = "recipient") -> float:
