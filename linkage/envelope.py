@@ -1,7 +1,8 @@
 """Sign, seal and name both ends (design.md §3).
 
 The sender serialises the message body once and signs those exact bytes with
-Ed25519 under a domain label. The body names sender, recipient and message id,
+Ed25519 under a domain label, alone or in a batch of messages to the same
+recipient (`linkage.batchsign`). The body names sender, recipient and message id,
 and carries the SHA-256 of the clear routing header, so a recipient detects a
 header changed on the way and a summary re-sealed by a recipient to a third
 node. The signed message is sealed for one recipient with HPKE (base mode,
@@ -15,14 +16,16 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem, x25519
+from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from google.protobuf.message import DecodeError
 
+from linkage.batchsign import Signature, sign_batch
+from linkage.batchsign import verify as batch_verify
 from linkage.directory import DirectoryView
-from linkage.ed25519 import verify as ed25519_verify
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
@@ -39,7 +42,6 @@ DEFAULT_TTL_MS = 7 * 24 * 3600 * 1000
 PAD_BUCKETS = (1024, 4096, 16384, 65536)
 
 HYBRID = directory_pb2.HPKE_SUITE_MLKEM768X25519_SHA256_AES256GCM
-PQ_CONTEXT = b"linkage/v1/message"  # ML-DSA context: part of the protocol version
 
 _SUITES: dict[int, hpke.Suite] = {
     directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM: hpke.Suite(
@@ -121,9 +123,22 @@ class Outgoing:
     digest: bytes
 
 
-def seal(
+@dataclass(frozen=True)
+class Draft:
+    """One message before it is signed and sealed."""
+
+    routing: envelope_pb2.RoutingHeader
+    routing_bytes: bytes
+    body: bytes  # the serialised MessageBody: the exact bytes signed
+    recipient_key: directory_pb2.NodeKey
+
+    @property
+    def hybrid(self) -> bool:
+        return self.routing.suite == HYBRID
+
+
+def draft(
     *,
-    keys: MessageKeys,
     sender_node: str,
     recipient_node: str,
     recipient_key: directory_pb2.NodeKey,
@@ -136,9 +151,9 @@ def seal(
     summary: summary_pb2.RiskSummary | None = None,
     content: Callable[[envelope_pb2.MessageBody], None] | None = None,
     ttl_ms: int = DEFAULT_TTL_MS,
-) -> Outgoing:
-    """Seal one message for one recipient. The content is a summary, or whatever
-    `content` writes into the body (notices, requests, replies)."""
+) -> Draft:
+    """The routing header and body of one message for one recipient. The content is a
+    summary, or whatever `content` writes into the body (notices, requests, replies)."""
     routing = envelope_pb2.RoutingHeader(
         message_id=message_id,
         sender_node=sender_node,
@@ -165,21 +180,34 @@ def seal(
         body.summary.CopyFrom(summary)
     if content is not None:
         content(body)
-    body_bytes = body.SerializeToString()
+    return Draft(routing, routing_bytes, body.SerializeToString(), recipient_key)
+
+
+def close(message: Draft, signature: Signature) -> Outgoing:
+    """Seal a signed draft for its recipient: padded, then encrypted with HPKE."""
     signed = envelope_pb2.SignedMessage(
-        body=body_bytes,
-        signature=keys.signing.sign(MESSAGE_LABEL + body_bytes),
-        signing_key_id=keys.key_id,
+        body=message.body,
+        signature=signature.signature,
+        signing_key_id=signature.key_id,
+        pq_signature=signature.pq_signature,
     )
-    if suite == HYBRID:
-        if keys.mldsa is None:
-            raise Rejected(Reason.UNSUPPORTED_SUITE, "the hybrid suite needs this node's ML-DSA key")
-        signed.pq_signature = keys.mldsa.sign(body_bytes, context=PQ_CONTEXT)
+    if signature.proof is not None:
+        signed.batch.CopyFrom(signature.proof)
     signed.padding = bytes(_padding_for(signed.ByteSize()))
-    recipient_pub = _recipient_public(suite, recipient_key)
-    ciphertext = _suite(suite).encrypt(signed.SerializeToString(), recipient_pub, info=INFO_LABEL + routing_bytes)
-    envelope = envelope_pb2.Envelope(routing=routing_bytes, ciphertext=ciphertext)
-    return Outgoing(envelope=envelope, routing=routing, digest=envelope_digest(envelope))
+    suite = message.routing.suite
+    recipient_pub = _recipient_public(suite, message.recipient_key)
+    ciphertext = _suite(suite).encrypt(
+        signed.SerializeToString(), recipient_pub, info=INFO_LABEL + message.routing_bytes
+    )
+    envelope = envelope_pb2.Envelope(routing=message.routing_bytes, ciphertext=ciphertext)
+    return Outgoing(envelope=envelope, routing=message.routing, digest=envelope_digest(envelope))
+
+
+def seal(*, keys: MessageKeys, **fields: Any) -> Outgoing:
+    """Draft, sign and seal one message on its own (`draft` names the fields)."""
+    message = draft(**fields)
+    (signature,) = sign_batch(keys, MESSAGE_LABEL, [message.body], message.hybrid)
+    return close(message, signature)
 
 
 def parse_routing(envelope: envelope_pb2.Envelope) -> envelope_pb2.RoutingHeader:
@@ -236,14 +264,9 @@ def open_envelope(
     except DecodeError:
         raise Rejected(Reason.MALFORMED, "sealed message does not parse") from None
     key = directory.node_key(routing.sender_node, signed.signing_key_id, routing.created_at_ms)
+    pq = (key.mldsa_public_key, signed.pq_signature) if routing.suite == HYBRID else None  # both must verify
     try:
-        ed25519_verify(key.signing_public_key, signed.signature, MESSAGE_LABEL + signed.body)
-        if routing.suite == HYBRID:  # both signatures must verify
-            if not key.mldsa_public_key:
-                raise InvalidSignature()
-            mldsa.MLDSA65PublicKey.from_public_bytes(key.mldsa_public_key).verify(
-                signed.pq_signature, signed.body, context=PQ_CONTEXT
-            )
+        batch_verify(key.signing_public_key, MESSAGE_LABEL, signed.body, signed.signature, _proof(signed), pq)
     except InvalidSignature:
         raise Rejected(Reason.BAD_SIGNATURE, "sender signature does not verify") from None
     try:
@@ -263,11 +286,23 @@ def open_envelope(
     return Opened(routing=routing, body=body, signed=signed, digest=envelope_digest(envelope))
 
 
+def _proof(signed: envelope_pb2.SignedMessage | envelope_pb2.Receipt) -> envelope_pb2.BatchProof | None:
+    return signed.batch if signed.HasField("batch") else None
+
+
+def signed_receipt(body: bytes, signature: Signature) -> envelope_pb2.Receipt:
+    """A receipt for the serialised ReceiptBody `body`, signed alone or in a batch."""
+    signed = envelope_pb2.Receipt(body=body, signature=signature.signature, signing_key_id=signature.key_id)
+    if signature.proof is not None:
+        signed.batch.CopyFrom(signature.proof)
+    return signed
+
+
 def sign_receipt(keys: MessageKeys, body: envelope_pb2.ReceiptBody) -> envelope_pb2.Receipt:
+    """A receipt signed on its own."""
     data = body.SerializeToString()
-    return envelope_pb2.Receipt(
-        body=data, signature=keys.signing.sign(RECEIPT_LABEL + data), signing_key_id=keys.key_id
-    )
+    (signature,) = sign_batch(keys, RECEIPT_LABEL, [data])
+    return signed_receipt(data, signature)
 
 
 def verify_receipt(receipt: envelope_pb2.Receipt, *, me: str, directory: DirectoryView) -> envelope_pb2.ReceiptBody:
@@ -280,7 +315,7 @@ def verify_receipt(receipt: envelope_pb2.Receipt, *, me: str, directory: Directo
         raise Rejected(Reason.WRONG_RECIPIENT, "receipt is for another sender")
     public = directory.signing_key(body.recipient_node, receipt.signing_key_id, body.received_at_ms)
     try:
-        ed25519_verify(public, receipt.signature, RECEIPT_LABEL + receipt.body)
+        batch_verify(public, RECEIPT_LABEL, receipt.body, receipt.signature, _proof(receipt))
     except InvalidSignature:
         raise Rejected(Reason.BAD_SIGNATURE, "receipt signature does not verify") from None
     return body

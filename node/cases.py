@@ -194,7 +194,7 @@ class Cases:
             return write
 
         share_id = uuid7(self.ctx.clock.now_ms())
-        sealed = self.ctx.messenger.seal_each(
+        sealed = await self.ctx.messenger.seal_each(
             sorted(per_node), envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE, tokens, share_id, fill, actor
         )
         async with self.ctx.store.tx() as tx:
@@ -301,7 +301,7 @@ class Cases:
         def fill(recipient: str) -> Fill:
             return lambda body: body.closure_intent.CopyFrom(notice)
 
-        sealed = self.ctx.messenger.seal_each(
+        sealed = await self.ctx.messenger.seal_each(
             invitees, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT, tokens, closure_id, fill, request.actor
         )
         async with self.ctx.store.tx() as tx:
@@ -381,7 +381,7 @@ class Cases:
         closure_id = intent.closure_intent.closure_id
         reply = workflow_pb2.ClosureResponse(closure_id=closure_id, answer=request.answer, reason=request.reason)
         tokens = list(intent.closure_intent.link_tokens)
-        sealed = self.ctx.messenger.seal_each(
+        sealed = await self.ctx.messenger.seal_each(
             [sender],
             envelope_pb2.MESSAGE_KIND_CLOSURE_RESPONSE,
             tokens,
@@ -426,7 +426,7 @@ class Cases:
         notice = workflow_pb2.ClosureNotice(
             closure_id=status.closure_id, closed_on=dates.today(self.ctx.clock.now_ms()), note=request.note
         )
-        sealed = self.ctx.messenger.seal_each(
+        sealed = await self.ctx.messenger.seal_each(
             sorted(invitees),
             envelope_pb2.MESSAGE_KIND_CLOSURE_NOTICE,
             tokens,

@@ -89,7 +89,7 @@ class Inbox:
             read = workflow_pb2.ReadNotification(
                 read_message_id=item.message_id, read_at_ms=self.ctx.clock.now_ms(), reader_role=request.actor.role
             )
-            sealed = self.ctx.messenger.seal_each(
+            sealed = await self.ctx.messenger.seal_each(
                 [item.sender_node],
                 envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION,
                 await self._tokens(item.seq),

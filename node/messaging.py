@@ -4,13 +4,15 @@ Summaries, notices, requests and replies all travel this one way."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from linkage.batchsign import BatchSigner
 from linkage.clock import Clock
 from linkage.config import DeliverySettings
 from linkage.directory import TrustedDirectory
-from linkage.envelope import Outgoing, seal, signing_generation
+from linkage.envelope import MESSAGE_LABEL, Outgoing, close, draft, signing_generation
 from linkage.ids import uuid7
 from linkage.keys import MessageKeys
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
@@ -46,8 +48,9 @@ class Messenger:
         self.clock = clock
         self.delivery = delivery
         self.on_queued = on_queued  # told of queued messages once they are committed (the outbox)
+        self.signer = BatchSigner(MESSAGE_LABEL)  # concurrent messages to one recipient share a signature
 
-    def seal_each(
+    async def seal_each(
         self,
         recipients: Iterable[str],
         kind: envelope_pb2.MessageKind.ValueType,
@@ -61,7 +64,7 @@ class Messenger:
         now = self.clock.now_ms()
         directory = self.trust.current(now)
         signer = signing_generation(self.keys, directory, self.node_id, now)
-        sealed = []
+        drafts = []
         for recipient in recipients:
             message_id = uuid7(now)
             body_fill = fill(recipient)
@@ -71,22 +74,25 @@ class Messenger:
                 body.sent_by.CopyFrom(actor)
                 body_fill(body)
 
-            out = seal(
-                keys=signer,
-                sender_node=self.node_id,
-                recipient_node=recipient,
-                recipient_key=directory.sealing_key(recipient, now),
-                suite=directory.directory.suite,
-                message_id=message_id,
-                link_tokens=tokens,
-                kind=kind,
-                created_at_ms=now,
-                share_id=share_id,
-                content=content,
-                ttl_ms=self.delivery.undeliverable_after_ms,
+            drafts.append(
+                draft(
+                    sender_node=self.node_id,
+                    recipient_node=recipient,
+                    recipient_key=directory.sealing_key(recipient, now),
+                    suite=directory.directory.suite,
+                    message_id=message_id,
+                    link_tokens=tokens,
+                    kind=kind,
+                    created_at_ms=now,
+                    share_id=share_id,
+                    content=content,
+                    ttl_ms=self.delivery.undeliverable_after_ms,
+                )
             )
-            sealed.append(Sealed(recipient, out))
-        return sealed
+        signatures = await asyncio.gather(
+            *(self.signer.sign(signer, d.routing.recipient_node, d.body, d.hybrid) for d in drafts)
+        )
+        return [Sealed(d.routing.recipient_node, close(d, s)) for d, s in zip(drafts, signatures, strict=True)]
 
     async def queue(
         self,

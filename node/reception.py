@@ -13,14 +13,16 @@ import contextlib
 from collections.abc import Callable
 
 from linkage import logs
+from linkage.batchsign import BatchSigner
 from linkage.clock import Clock
 from linkage.directory import TrustedDirectory
 from linkage.envelope import (
+    RECEIPT_LABEL,
     Opened,
     envelope_digest,
     open_envelope,
     parse_routing,
-    sign_receipt,
+    signed_receipt,
     signing_generation,
 )
 from linkage.keys import MessageKeys
@@ -74,6 +76,7 @@ class Reception:
         self.feed = feed
         self.checkpoint = checkpoint
         self.metrics = metrics or NodeMetrics()
+        self.signer = BatchSigner(RECEIPT_LABEL)  # receipts to one sender, committed together, share a signature
 
     async def on_envelope(self, envelope: envelope_pb2.Envelope) -> None:
         now = self.clock.now_ms()
@@ -189,4 +192,6 @@ class Reception:
         with contextlib.suppress(NotConnected, Rejected):  # the sender re-sends; the duplicate is receipted then
             now = self.clock.now_ms()
             signer = signing_generation(self.keys, self.trust.current(now), self.node_id, now)
-            await self.link.send(gateway_pb2.NodeFrame(receipt=sign_receipt(signer, body)))
+            data = body.SerializeToString()
+            signature = await self.signer.sign(signer, sender, data)
+            await self.link.send(gateway_pb2.NodeFrame(receipt=signed_receipt(data, signature)))

@@ -51,7 +51,7 @@ class Requests:
     ) -> node_api_pb2.MessageSent:
         """Seal `write`'s content to each of `to`, queue it and audit `event`, in one transaction."""
         thread = uuid7(self.ctx.clock.now_ms())
-        sealed = self.ctx.messenger.seal_each(to, kind, tokens, thread, lambda _: write, actor, in_reply_to)
+        sealed = await self.ctx.messenger.seal_each(to, kind, tokens, thread, lambda _: write, actor, in_reply_to)
         async with self.ctx.store.tx() as tx:
             await tx.audit(
                 event,

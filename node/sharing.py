@@ -187,7 +187,7 @@ class Sharing:
 
             return write
 
-        sealed = self.ctx.messenger.seal_each(
+        sealed = await self.ctx.messenger.seal_each(
             sorted(result.payloads), message_kind, tokens, share_id, fill, request.actor, in_reply_to=in_reply_to
         )
         outcome = summary_pb2.DecisionOutcome.Name(result.outcome)
@@ -232,7 +232,7 @@ class Sharing:
         )
         share_id = uuid7(self.ctx.clock.now_ms())
         withdrawal = workflow_pb2.Withdrawal(summary_id=request.summary_id, reason=request.reason)
-        sealed = self.ctx.messenger.seal_each(
+        sealed = await self.ctx.messenger.seal_each(
             recipients,
             envelope_pb2.MESSAGE_KIND_WITHDRAWAL,
             tokens,

@@ -18,6 +18,8 @@ from linkage.merkle import (
     consistency_proof,
     inclusion_proof,
     leaf_hash,
+    root_and_proofs,
+    root_from_inclusion,
     root_of,
     verify_consistency,
     verify_inclusion,
@@ -72,6 +74,8 @@ def test_built_proofs_verify_and_any_flip_breaks_them(leaves: list[bytes], data:
     index = data.draw(st.integers(0, n - 1))
     proof = inclusion_proof(index, leaves)
     verify_inclusion(index, n, leaves[index], proof, root)
+    assert root_and_proofs(leaves) == (root, [inclusion_proof(i, leaves) for i in range(n)])
+    assert root_from_inclusion(index, n, leaves[index], proof) == root
     m = data.draw(st.integers(1, n))
     old = root_of(leaves[:m])
     cproof = consistency_proof(m, leaves)

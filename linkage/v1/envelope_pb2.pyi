@@ -171,9 +171,48 @@ class Envelope(_message.Message):
 Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
 
 @_typing.final
+class BatchProof(_message.Message):
+    """Where a signed item sits in a batch signed once (design.md §4, as X-Road does).
+    The leaves are SHA-256(0x00 || label || item) for the item's own label
+    ("linkage/v1/message\\0" || body, or "linkage/v1/receipt\\0" || body), the tree is
+    RFC 9162's, and the signature is over
+    "linkage/v1/batch\\0" || label || uint32 size (big-endian) || root.
+    Every item in a batch goes to the same node, so a proof shows its holder
+    nothing about messages sent to anyone else.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    size: _builtins.int
+    """at least 2: a batch of one is signed as itself"""
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """the inclusion proof, leaf to root"""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        size: _builtins.int = ...,
+        path: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "path", b"path", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchProof: _TypeAlias = BatchProof  # noqa: Y015
+
+@_typing.final
 class SignedMessage(_message.Message):
     """The plaintext inside the HPKE ciphertext.
-    `signature` is Ed25519 over "linkage/v1/message\\0" || body.
+    `signature` is Ed25519 over "linkage/v1/message\\0" || body, or over the batch
+    that `batch` places it in.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -182,17 +221,21 @@ class SignedMessage(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     SIGNING_KEY_ID_FIELD_NUMBER: _builtins.int
     PQ_SIGNATURE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     PADDING_FIELD_NUMBER: _builtins.int
     body: _builtins.bytes
     """serialised MessageBody, never re-serialised"""
     signature: _builtins.bytes
     signing_key_id: _builtins.str
     pq_signature: _builtins.bytes
-    """ML-DSA-65 over body, context "linkage/v1/message": required when the
-    directory's suite is hybrid post-quantum, so both signatures must verify.
+    """ML-DSA-65 over body (or over the batch, as `signature`), context
+    "linkage/v1/message": required when the directory's suite is hybrid
+    post-quantum, so both signatures must verify.
     """
     padding: _builtins.bytes
     """size bucket padding; ignored"""
+    @_builtins.property
+    def batch(self) -> Global___BatchProof: ...
     def __init__(
         self,
         *,
@@ -200,11 +243,12 @@ class SignedMessage(_message.Message):
         signature: _builtins.bytes = ...,
         signing_key_id: _builtins.str = ...,
         pq_signature: _builtins.bytes = ...,
+        batch: Global___BatchProof | None = ...,
         padding: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "padding", b"padding", "pq_signature", b"pq_signature", "signature", b"signature", "signing_key_id", b"signing_key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "padding", b"padding", "pq_signature", b"pq_signature", "signature", b"signature", "signing_key_id", b"signing_key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,24 +402,32 @@ Global___ReceiptBody: _TypeAlias = ReceiptBody  # noqa: Y015
 
 @_typing.final
 class Receipt(_message.Message):
+    """`signature` is Ed25519 over "linkage/v1/receipt\\0" || body, or over the batch
+    that `batch` places it in.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BODY_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     SIGNING_KEY_ID_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     body: _builtins.bytes
     signature: _builtins.bytes
     signing_key_id: _builtins.str
+    @_builtins.property
+    def batch(self) -> Global___BatchProof: ...
     def __init__(
         self,
         *,
         body: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
         signing_key_id: _builtins.str = ...,
+        batch: Global___BatchProof | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "signature", b"signature", "signing_key_id", b"signing_key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "signature", b"signature", "signing_key_id", b"signing_key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,271 @@
+"""Batch signatures (design.md §4): one signature over a Merkle tree of the items going
+to one node, each item carrying its inclusion proof; a batch of one is signed as itself."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+
+from linkage import batchsign
+from linkage.batchsign import BatchSigner, Signature, sign_batch, statement, verify
+from linkage.clock import ManualClock
+from linkage.directory import DirectoryView
+from linkage.ed25519 import verify as ed25519_verify
+from linkage.envelope import (
+    MESSAGE_LABEL,
+    RECEIPT_LABEL,
+    Draft,
+    close,
+    draft,
+    open_envelope,
+    signed_receipt,
+    verify_receipt,
+)
+from linkage.keys import MessageKeys, raw_public, raw_public_pq
+from linkage.merkle import leaf_hash
+from linkage.reasons import Reason, Rejected
+from linkage.v1 import directory_pb2, envelope_pb2, workflow_pb2
+from tests.crypto_fixtures import NOW, TOKENS, make_keyring
+from tests.harness import PRACTITIONER, make_federation, running, wait_delivered
+from tests.test_delivery import family_assessment, share
+
+KEYS = MessageKeys.generate("a-k1", post_quantum=True)
+PUBLIC = raw_public(KEYS.signing)
+ITEMS = [f"item {i}".encode() for i in range(5)]
+
+
+def test_a_batch_of_one_is_signed_as_itself() -> None:
+    (alone,) = sign_batch(KEYS, MESSAGE_LABEL, [b"alone"])
+    assert alone.proof is None
+    KEYS.signing.public_key().verify(alone.signature, MESSAGE_LABEL + b"alone")  # the bytes signed before batches
+    verify(PUBLIC, MESSAGE_LABEL, b"alone", alone.signature, None)
+
+
+def test_every_item_of_a_batch_verifies_under_one_signature() -> None:
+    signatures = sign_batch(KEYS, MESSAGE_LABEL, ITEMS)
+    assert len({s.signature for s in signatures}) == 1
+    assert [(s.proof.index, s.proof.size) for s in signatures if s.proof] == [(i, 5) for i in range(5)]
+    for item, s in zip(ITEMS, signatures, strict=True):
+        verify(PUBLIC, MESSAGE_LABEL, item, s.signature, s.proof)
+
+
+def test_the_signature_over_a_batch_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[bytes] = []
+
+    def counting(public_key: bytes, signature: bytes, data: bytes) -> None:
+        checked.append(data)
+        ed25519_verify(public_key, signature, data)
+
+    monkeypatch.setattr(batchsign, "ed25519_verify", counting)
+    items = [f"counted {i}".encode() for i in range(7)]
+    for item, s in zip(items, sign_batch(KEYS, MESSAGE_LABEL, items), strict=True):
+        verify(PUBLIC, MESSAGE_LABEL, item, s.signature, s.proof)
+    assert len(checked) == 1
+
+
+def _proof(s: Signature) -> envelope_pb2.BatchProof:
+    assert s.proof is not None
+    proof = envelope_pb2.BatchProof()
+    proof.CopyFrom(s.proof)
+    return proof
+
+
+OTHER = MessageKeys.generate("b-k1")
+OTHER_BATCH = sign_batch(OTHER, MESSAGE_LABEL, ITEMS)
+
+
+def _flip(proof: envelope_pb2.BatchProof) -> None:
+    proof.path[0] = bytes([proof.path[0][0] ^ 1]) + proof.path[0][1:]
+
+
+# Each makes one forgery of item 2 from a genuine batch: (public key, label, item, signature, proof).
+Forgery = Callable[[list[Signature]], tuple[bytes, bytes, bytes, bytes, envelope_pb2.BatchProof]]
+FORGERIES: dict[str, Forgery] = {
+    "another item": lambda s: (PUBLIC, MESSAGE_LABEL, b"item 9", s[2].signature, _proof(s[2])),
+    "another index": lambda s: (PUBLIC, MESSAGE_LABEL, ITEMS[2], s[2].signature, _moved(_proof(s[2]), index=3)),
+    "another size": lambda s: (PUBLIC, MESSAGE_LABEL, ITEMS[2], s[2].signature, _moved(_proof(s[2]), size=6)),
+    "a changed path": lambda s: (PUBLIC, MESSAGE_LABEL, ITEMS[2], s[2].signature, _changed(_proof(s[2]), _flip)),
+    "a shortened path": lambda s: (PUBLIC, MESSAGE_LABEL, ITEMS[2], s[2].signature, _changed(_proof(s[2]), _pop)),
+    "a receipt's label": lambda s: (PUBLIC, RECEIPT_LABEL, ITEMS[2], s[2].signature, _proof(s[2])),
+    "another signer's key": lambda s: (
+        raw_public(OTHER.signing),
+        MESSAGE_LABEL,
+        ITEMS[2],
+        s[2].signature,
+        _proof(s[2]),
+    ),
+    "another signer's signature": lambda s: (PUBLIC, MESSAGE_LABEL, ITEMS[2], OTHER_BATCH[2].signature, _proof(s[2])),
+}
+
+
+def _moved(
+    proof: envelope_pb2.BatchProof, index: int | None = None, size: int | None = None
+) -> envelope_pb2.BatchProof:
+    proof.index = proof.index if index is None else index
+    proof.size = proof.size if size is None else size
+    return proof
+
+
+def _changed(
+    proof: envelope_pb2.BatchProof, change: Callable[[envelope_pb2.BatchProof], object]
+) -> envelope_pb2.BatchProof:
+    change(proof)
+    return proof
+
+
+def _pop(proof: envelope_pb2.BatchProof) -> None:
+    del proof.path[-1]
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_a_forged_item_does_not_verify_even_after_its_batch_did(forgery: str) -> None:
+    signatures = sign_batch(KEYS, MESSAGE_LABEL, ITEMS)
+    for item, s in zip(ITEMS, signatures, strict=True):  # the genuine batch is now remembered
+        verify(PUBLIC, MESSAGE_LABEL, item, s.signature, s.proof)
+    with pytest.raises(InvalidSignature):
+        verify(*FORGERIES[forgery](signatures))
+
+
+def test_an_item_has_one_signed_form_a_batch_of_one_is_not_a_second() -> None:
+    leaf = leaf_hash(MESSAGE_LABEL + ITEMS[0])
+    signature = KEYS.signing.sign(statement(MESSAGE_LABEL, 1, leaf))  # what a batch of one would sign
+    with pytest.raises(InvalidSignature):
+        verify(PUBLIC, MESSAGE_LABEL, ITEMS[0], signature, envelope_pb2.BatchProof(index=0, size=1))
+
+
+def test_under_the_hybrid_suite_both_signatures_cover_the_batch() -> None:
+    pq_public = raw_public_pq(KEYS.mldsa) if KEYS.mldsa else b""
+    signatures = sign_batch(KEYS, MESSAGE_LABEL, ITEMS, hybrid=True)
+    for item, s in zip(ITEMS, signatures, strict=True):
+        verify(PUBLIC, MESSAGE_LABEL, item, s.signature, s.proof, (pq_public, s.pq_signature))
+    other = sign_batch(KEYS, MESSAGE_LABEL, [b"x", b"y"], hybrid=True)
+    with pytest.raises(InvalidSignature):  # the classical signature alone is not enough
+        verify(
+            PUBLIC,
+            MESSAGE_LABEL,
+            ITEMS[0],
+            signatures[0].signature,
+            signatures[0].proof,
+            (pq_public, other[0].pq_signature),
+        )
+    with pytest.raises(Rejected) as refused:
+        sign_batch(OTHER, MESSAGE_LABEL, ITEMS, hybrid=True)
+    assert refused.value.reason is Reason.UNSUPPORTED_SUITE
+
+
+async def test_what_is_asked_for_in_one_turn_is_signed_together_per_destination() -> None:
+    signer = BatchSigner(RECEIPT_LABEL)
+    to_b = [signer.sign(KEYS, "b", item) for item in ITEMS[:3]]
+    to_c = signer.sign(KEYS, "c", ITEMS[3])
+    together = await asyncio.gather(*to_b)
+    assert len({s.signature for s in together}) == 1
+    assert [s.proof.size for s in together if s.proof] == [3, 3, 3]
+    assert (await to_c).proof is None  # nothing sent to b is in c's batch
+    later = await signer.sign(KEYS, "b", ITEMS[4])
+    assert later.proof is None and later.signature != together[0].signature
+
+
+async def test_a_caller_that_gives_up_leaves_the_others_their_signatures() -> None:
+    signer = BatchSigner(MESSAGE_LABEL)
+    gone, kept = signer.sign(KEYS, "b", ITEMS[0]), signer.sign(KEYS, "b", ITEMS[1])
+    gone.cancel()
+    signature = await kept
+    verify(PUBLIC, MESSAGE_LABEL, ITEMS[1], signature.signature, signature.proof)
+
+
+async def test_a_batch_that_cannot_be_signed_fails_each_caller() -> None:
+    signer = BatchSigner(MESSAGE_LABEL)
+    waiting = [signer.sign(OTHER, "b", item, hybrid=True) for item in ITEMS[:2]]
+    for outcome in await asyncio.gather(*waiting, return_exceptions=True):
+        assert isinstance(outcome, Rejected) and outcome.reason is Reason.UNSUPPORTED_SUITE
+
+
+def _drafts(view: DirectoryView, count: int) -> list[Draft]:
+    """`count` messages from a to b."""
+    return [
+        draft(
+            sender_node="a",
+            recipient_node="b",
+            recipient_key=view.sealing_key("b", NOW),
+            suite=directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM,
+            message_id=f"01a20105-405a-7c0b-bc94-8ec599dbf7{i:02x}",
+            link_tokens=TOKENS,
+            kind=envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,
+            created_at_ms=NOW,
+            share_id="share-1",
+            content=lambda body: body.clarification_request.CopyFrom(workflow_pb2.ClarificationRequest(question="?")),
+        )
+        for i in range(count)
+    ]
+
+
+def test_a_recipient_opens_each_message_of_a_batch_and_refuses_a_proof_moved_to_another() -> None:
+    ring = make_keyring()
+    drafts = _drafts(ring.view, 3)
+    signatures = sign_batch(ring.keys["a"], MESSAGE_LABEL, [d.body for d in drafts])
+    for d, s in zip(drafts, signatures, strict=True):
+        opened = open_envelope(close(d, s).envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+        assert opened.signed.batch.size == 3
+    moved = Signature(signatures[1].signature, signatures[1].key_id, proof=_moved(_proof(signatures[1]), index=0))
+    with pytest.raises(Rejected) as refused:
+        open_envelope(close(drafts[1], moved).envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+    assert refused.value.reason is Reason.BAD_SIGNATURE
+
+
+def test_receipts_signed_in_a_batch_each_verify_for_their_sender() -> None:
+    ring = make_keyring()
+    bodies = [
+        envelope_pb2.ReceiptBody(message_id=f"m{i}", sender_node="a", recipient_node="b", received_at_ms=NOW)
+        for i in range(4)
+    ]
+    data = [b.SerializeToString() for b in bodies]
+    for body, item, s in zip(bodies, data, sign_batch(ring.keys["b"], RECEIPT_LABEL, data), strict=True):
+        assert verify_receipt(signed_receipt(item, s), me="a", directory=ring.view) == body
+
+
+async def test_messages_sealed_together_share_a_signature_and_each_is_delivered(tmp_path: Path) -> None:
+    """The node's own path: three messages to one recipient sealed in the same turn go out
+    under one signature; the recipient accepts each, and every receipt verifies."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    async with running(federation, clock=clock) as cluster:
+        await share(cluster, await family_assessment(cluster))
+        amh, csc = cluster.nodes["amh"], cluster.nodes["csc"]
+        assert amh.store is not None and csc.store is not None
+        await wait_delivered(amh, 1)
+        first = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox"))[0])
+        tokens = list(envelope_pb2.RoutingHeader.FromString(first.routing).link_tokens)
+        question = workflow_pb2.ClarificationRequest(question="Is the risk still current?")
+        sealed = await asyncio.gather(
+            *(
+                amh.ctx.messenger.seal_each(
+                    ["csc"],
+                    envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,
+                    tokens,
+                    f"thread-{i}",
+                    lambda _: lambda body: body.clarification_request.CopyFrom(question),
+                    PRACTITIONER,
+                )
+                for i in range(3)
+            )
+        )
+        async with amh.store.tx() as tx:
+            for i, each in enumerate(sealed):
+                await amh.ctx.messenger.queue(tx, each, f"thread-{i}", PRACTITIONER)
+        await wait_delivered(amh, 4)
+        stored = [
+            envelope_pb2.SignedMessage.FromString(r[0])
+            for r in await csc.store.fetchall(
+                "SELECT signed FROM inbox WHERE kind = ?", (envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,)
+            )
+        ]
+        assert sorted(s.batch.index for s in stored) == [0, 1, 2]
+        assert {s.batch.size for s in stored} == {3} and len({s.signature for s in stored}) == 1
+        now = clock.now_ms()
+        for row in await amh.store.fetchall("SELECT receipt FROM outbox"):
+            receipt = envelope_pb2.Receipt.FromString(row[0])
+            verify_receipt(receipt, me="amh", directory=amh.trust.current(now))
