@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa
@@ -124,36 +126,53 @@ class _Group:
 
 class BatchSigner:
     """Signs together what is asked for in one turn of the event loop, per signing key,
-    kind of item and destination node. Nothing waits for company: the batch is signed
-    as soon as the callers already running have asked, so a lone item is signed at once."""
+    kind of item and destination node.
+
+    Nothing ever waits for company. The first item asked for in a turn is signed at once,
+    alone, and its caller goes on without yielding, so a message sent on its own is
+    neither delayed nor reordered behind other work. Whatever the callers already
+    running ask for after it in the same turn is signed together at the turn's end: under
+    load, that is most of them."""
 
     def __init__(self, label: bytes) -> None:
         self.label = label
+        self._turn = False  # an item was signed this turn: later ones gather until its end
         self._groups: dict[tuple[str, str, bool], _Group] = {}
 
     def sign(self, keys: MessageKeys, to: str, item: bytes, hybrid: bool = False) -> asyncio.Future[Signature]:
-        """The signature of `item` for node `to`, once this turn's batch is signed."""
+        """The signature of `item` for node `to`: done already if it is the turn's first,
+        else once the turn's batch is signed."""
         loop = asyncio.get_running_loop()
-        if not self._groups:
-            loop.call_soon(self._flush)
-        group = self._groups.setdefault((keys.key_id, to, hybrid), _Group(keys, hybrid))
         future: asyncio.Future[Signature] = loop.create_future()
+        if not self._turn:
+            self._turn = True
+            loop.call_soon(self._flush)
+            _settle([future], partial(sign_batch, keys, self.label, [item], hybrid))
+            return future
+        group = self._groups.setdefault((keys.key_id, to, hybrid), _Group(keys, hybrid))
         group.items.append(item)
         group.waiting.append(future)
         return future
 
     def _flush(self) -> None:
+        self._turn = False
         groups, self._groups = self._groups, {}
         for group in groups.values():
             for start in range(0, len(group.items), MAX_BATCH):
-                items, waiting = group.items[start : start + MAX_BATCH], group.waiting[start : start + MAX_BATCH]
-                try:
-                    signatures = sign_batch(group.keys, self.label, items, group.hybrid)
-                except Exception as exc:  # each caller hears of it
-                    for future in waiting:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for future, signature in zip(waiting, signatures, strict=True):
-                    if not future.done():  # its caller may have given up
-                        future.set_result(signature)
+                items = group.items[start : start + MAX_BATCH]
+                signing = partial(sign_batch, group.keys, self.label, items, group.hybrid)
+                _settle(group.waiting[start : start + MAX_BATCH], signing)
+
+
+def _settle(waiting: list[asyncio.Future[Signature]], signing: Callable[[], list[Signature]]) -> None:
+    """Give each waiting caller its signature, or the reason there is none."""
+    try:
+        signatures = signing()
+    except Exception as exc:
+        for future in waiting:
+            if not future.done():
+                future.set_exception(exc)
+        return
+    for future, signature in zip(waiting, signatures, strict=True):
+        if not future.done():  # its caller may have given up
+            future.set_result(signature)

@@ -183,7 +183,7 @@ def draft(
     return Draft(routing, routing_bytes, body.SerializeToString(), recipient_key)
 
 
-def close(message: Draft, signature: Signature) -> Outgoing:
+def seal_signed(message: Draft, signature: Signature) -> Outgoing:
     """Seal a signed draft for its recipient: padded, then encrypted with HPKE."""
     signed = envelope_pb2.SignedMessage(
         body=message.body,
@@ -207,7 +207,7 @@ def seal(*, keys: MessageKeys, **fields: Any) -> Outgoing:
     """Draft, sign and seal one message on its own (`draft` names the fields)."""
     message = draft(**fields)
     (signature,) = sign_batch(keys, MESSAGE_LABEL, [message.body], message.hybrid)
-    return close(message, signature)
+    return seal_signed(message, signature)
 
 
 def parse_routing(envelope: envelope_pb2.Envelope) -> envelope_pb2.RoutingHeader:

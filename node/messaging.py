@@ -4,7 +4,6 @@ Summaries, notices, requests and replies all travel this one way."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -12,7 +11,7 @@ from linkage.batchsign import BatchSigner
 from linkage.clock import Clock
 from linkage.config import DeliverySettings
 from linkage.directory import TrustedDirectory
-from linkage.envelope import MESSAGE_LABEL, Outgoing, close, draft, signing_generation
+from linkage.envelope import MESSAGE_LABEL, Outgoing, draft, seal_signed, signing_generation
 from linkage.ids import uuid7
 from linkage.keys import MessageKeys
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
@@ -89,10 +88,9 @@ class Messenger:
                     ttl_ms=self.delivery.undeliverable_after_ms,
                 )
             )
-        signatures = await asyncio.gather(
-            *(self.signer.sign(signer, d.routing.recipient_node, d.body, d.hybrid) for d in drafts)
-        )
-        return [Sealed(d.routing.recipient_node, close(d, s)) for d, s in zip(drafts, signatures, strict=True)]
+        waiting = [self.signer.sign(signer, d.routing.recipient_node, d.body, d.hybrid) for d in drafts]
+        signatures = [await signature for signature in waiting]  # a signature already made costs no yield
+        return [Sealed(d.routing.recipient_node, seal_signed(d, s)) for d, s in zip(drafts, signatures, strict=True)]
 
     async def queue(
         self,

@@ -19,9 +19,9 @@ from linkage.envelope import (
     MESSAGE_LABEL,
     RECEIPT_LABEL,
     Draft,
-    close,
     draft,
     open_envelope,
+    seal_signed,
     signed_receipt,
     verify_receipt,
 )
@@ -157,29 +157,34 @@ def test_under_the_hybrid_suite_both_signatures_cover_the_batch() -> None:
     assert refused.value.reason is Reason.UNSUPPORTED_SUITE
 
 
-async def test_what_is_asked_for_in_one_turn_is_signed_together_per_destination() -> None:
+async def test_the_first_item_of_a_turn_is_signed_at_once_and_the_rest_together_per_destination() -> None:
     signer = BatchSigner(RECEIPT_LABEL)
-    to_b = [signer.sign(KEYS, "b", item) for item in ITEMS[:3]]
-    to_c = signer.sign(KEYS, "c", ITEMS[3])
+    first = signer.sign(KEYS, "b", ITEMS[0])
+    assert first.done() and first.result().proof is None  # a lone item waits for nothing
+    to_b = [signer.sign(KEYS, "b", item) for item in ITEMS[1:4]]
+    to_c = signer.sign(KEYS, "c", ITEMS[4])
+    assert not any(f.done() for f in [*to_b, to_c])
     together = await asyncio.gather(*to_b)
     assert len({s.signature for s in together}) == 1
     assert [s.proof.size for s in together if s.proof] == [3, 3, 3]
     assert (await to_c).proof is None  # nothing sent to b is in c's batch
-    later = await signer.sign(KEYS, "b", ITEMS[4])
-    assert later.proof is None and later.signature != together[0].signature
+    later = signer.sign(KEYS, "b", ITEMS[1])  # a new turn: its first item again goes at once
+    assert later.done() and later.result().proof is None
 
 
 async def test_a_caller_that_gives_up_leaves_the_others_their_signatures() -> None:
     signer = BatchSigner(MESSAGE_LABEL)
-    gone, kept = signer.sign(KEYS, "b", ITEMS[0]), signer.sign(KEYS, "b", ITEMS[1])
+    signer.sign(KEYS, "b", ITEMS[0])
+    gone, kept = signer.sign(KEYS, "b", ITEMS[1]), signer.sign(KEYS, "b", ITEMS[2])
     gone.cancel()
     signature = await kept
-    verify(PUBLIC, MESSAGE_LABEL, ITEMS[1], signature.signature, signature.proof)
+    assert signature.proof is not None and signature.proof.size == 2
+    verify(PUBLIC, MESSAGE_LABEL, ITEMS[2], signature.signature, signature.proof)
 
 
-async def test_a_batch_that_cannot_be_signed_fails_each_caller() -> None:
+async def test_what_cannot_be_signed_fails_each_caller() -> None:
     signer = BatchSigner(MESSAGE_LABEL)
-    waiting = [signer.sign(OTHER, "b", item, hybrid=True) for item in ITEMS[:2]]
+    waiting = [signer.sign(OTHER, "b", item, hybrid=True) for item in ITEMS[:3]]  # alone, then a batch of two
     for outcome in await asyncio.gather(*waiting, return_exceptions=True):
         assert isinstance(outcome, Rejected) and outcome.reason is Reason.UNSUPPORTED_SUITE
 
@@ -208,11 +213,13 @@ def test_a_recipient_opens_each_message_of_a_batch_and_refuses_a_proof_moved_to_
     drafts = _drafts(ring.view, 3)
     signatures = sign_batch(ring.keys["a"], MESSAGE_LABEL, [d.body for d in drafts])
     for d, s in zip(drafts, signatures, strict=True):
-        opened = open_envelope(close(d, s).envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+        opened = open_envelope(seal_signed(d, s).envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
         assert opened.signed.batch.size == 3
     moved = Signature(signatures[1].signature, signatures[1].key_id, proof=_moved(_proof(signatures[1]), index=0))
     with pytest.raises(Rejected) as refused:
-        open_envelope(close(drafts[1], moved).envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+        open_envelope(
+            seal_signed(drafts[1], moved).envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW
+        )
     assert refused.value.reason is Reason.BAD_SIGNATURE
 
 
@@ -228,8 +235,9 @@ def test_receipts_signed_in_a_batch_each_verify_for_their_sender() -> None:
 
 
 async def test_messages_sealed_together_share_a_signature_and_each_is_delivered(tmp_path: Path) -> None:
-    """The node's own path: three messages to one recipient sealed in the same turn go out
-    under one signature; the recipient accepts each, and every receipt verifies."""
+    """The node's own path: of four messages to one recipient sealed in the same turn, the
+    first goes signed alone and the other three under one signature; the recipient accepts
+    each, and every receipt verifies."""
     clock = ManualClock()
     federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
     async with running(federation, clock=clock) as cluster:
@@ -250,7 +258,7 @@ async def test_messages_sealed_together_share_a_signature_and_each_is_delivered(
                     lambda _: lambda body: body.clarification_request.CopyFrom(question),
                     PRACTITIONER,
                 )
-                for i in range(3)
+                for i in range(4)
             )
         )
         async with amh.store.tx() as tx:
@@ -263,8 +271,10 @@ async def test_messages_sealed_together_share_a_signature_and_each_is_delivered(
                 "SELECT signed FROM inbox WHERE kind = ?", (envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,)
             )
         ]
-        assert sorted(s.batch.index for s in stored) == [0, 1, 2]
-        assert {s.batch.size for s in stored} == {3} and len({s.signature for s in stored}) == 1
+        alone = [s for s in stored if not s.HasField("batch")]
+        together = [s for s in stored if s.HasField("batch")]
+        assert len(alone) == 1 and sorted(s.batch.index for s in together) == [0, 1, 2]
+        assert {s.batch.size for s in together} == {3} and len({s.signature for s in together}) == 1
         now = clock.now_ms()
         for row in await amh.store.fetchall("SELECT receipt FROM outbox"):
             receipt = envelope_pb2.Receipt.FromString(row[0])
