@@ -32,7 +32,7 @@ from linkage.v1 import envelope_pb2
 BATCH_LABEL = b"linkage/v1/batch\x00"
 PQ_CONTEXT = b"linkage/v1/message"  # ML-DSA context: part of the protocol version
 MAX_BATCH = 256  # items under one signature; a proof then has at most 8 hashes
-REMEMBERED = 4096  # verified signatures kept, most recent first out last
+REMEMBERED = 4096  # batch signatures that verified, kept until this many newer ones push them out
 
 
 @dataclass(frozen=True)
