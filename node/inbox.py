@@ -14,24 +14,36 @@ from node.errors import not_found
 from node.sharing import SUMMARY_KINDS
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field: how repeated entries and a string field are laid out."""
-    length = len(payload)
-    if length < 0x80:  # the common case, without the loop
-        return bytes((number << 3 | 2, length)) + payload
+def _header(number: int, length: int) -> bytes:
+    """The tag and length of a length-delimited protobuf field (how repeated entries and a
+    string field are laid out); entries are a few hundred bytes, so two length bytes."""
+    if length < 0x80:
+        return bytes((number << 3 | 2, length))
+    if length < 0x4000:
+        return bytes((number << 3 | 2, length & 0x7F | 0x80, length >> 7))
     header = bytearray([number << 3 | 2])
     while length > 0x7F:
         header.append(length & 0x7F | 0x80)
         length >>= 7
     header.append(length)
-    return bytes(header) + payload
+    return bytes(header)
 
 
-# An inbox state as the chronology's state field (13), appended to a stored entry.
+def _field(number: int, payload: bytes) -> bytes:
+    return _header(number, len(payload)) + payload
+
+
 _STATE = {
     s: _field(13, ("current" if s in ("new", "read") else s).encode())
     for s in ("new", "read", "superseded", "withdrawn")
 }
+
+
+def _entry(entry: bytes, state: str) -> bytes:
+    """A stored entry (serialised without its state) framed as a response's entry, with it."""
+    tail = _STATE[state]
+    return _header(1, len(entry) + len(tail)) + entry + tail
+
 
 DERIVE_BATCH = 2_000
 ITEM_COLUMNS = "i.seq, i.sender, i.message_id, i.received_at_ms, i.kind, i.share_id, i.signed, i.state"
@@ -146,7 +158,7 @@ class Inbox:
         )
         own = await self._own_entries(case_id)
         # Entries travel as their serialised bytes: the response is assembled, not rebuilt.
-        received = ((at, _field(1, entry + _STATE[state])) for at, entry, state in rows)
+        received = ((at, _entry(entry, state)) for at, entry, state in rows)
         merged = heapq.merge(own, received, key=lambda e: e[0]) if own else received
         return node_api_pb2.ChronologyResponse.FromString(b"".join(framed for _, framed in merged))
 

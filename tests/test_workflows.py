@@ -432,3 +432,14 @@ async def test_chronology_holds_own_and_received_assessments_in_time_order(feder
         assert [(e.source_agency, e.category, e.level) for e in mine] == [
             ("Children's Social Care", "NEGLECT", "6 (SIGNS_OF_SAFETY)")
         ]
+
+
+@pytest.mark.parametrize("size", [1, 127, 128, 300, 16_383, 16_384, 2_097_152])
+def test_chronology_entries_are_framed_as_protobuf_frames_them(size: int) -> None:
+    """The chronology is assembled from stored bytes, so its framing must be protobuf's own."""
+    from google.protobuf import wrappers_pb2
+
+    from node.inbox import _field
+
+    payload = bytes(size)
+    assert _field(1, payload) == wrappers_pb2.BytesValue(value=payload).SerializeToString()
