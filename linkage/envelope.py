@@ -16,14 +16,13 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from google.protobuf.message import DecodeError
 
-from linkage.batchsign import Signature, sign_batch
+from linkage.batchsign import Signature
 from linkage.batchsign import verify as batch_verify
 from linkage.directory import DirectoryView
 from linkage.keys import MessageKeys
@@ -203,13 +202,6 @@ def seal_signed(message: Draft, signature: Signature) -> Outgoing:
     return Outgoing(envelope=envelope, routing=message.routing, digest=envelope_digest(envelope))
 
 
-def seal(*, keys: MessageKeys, **fields: Any) -> Outgoing:
-    """Draft, sign and seal one message on its own (`draft` names the fields)."""
-    message = draft(**fields)
-    (signature,) = sign_batch(keys, MESSAGE_LABEL, [message.body], message.hybrid)
-    return seal_signed(message, signature)
-
-
 def parse_routing(envelope: envelope_pb2.Envelope) -> envelope_pb2.RoutingHeader:
     try:
         return envelope_pb2.RoutingHeader.FromString(envelope.routing)
@@ -296,13 +288,6 @@ def signed_receipt(body: bytes, signature: Signature) -> envelope_pb2.Receipt:
     if signature.proof is not None:
         signed.batch.CopyFrom(signature.proof)
     return signed
-
-
-def sign_receipt(keys: MessageKeys, body: envelope_pb2.ReceiptBody) -> envelope_pb2.Receipt:
-    """A receipt signed on its own."""
-    data = body.SerializeToString()
-    (signature,) = sign_batch(keys, RECEIPT_LABEL, [data])
-    return signed_receipt(data, signature)
 
 
 def verify_receipt(receipt: envelope_pb2.Receipt, *, me: str, directory: DirectoryView) -> envelope_pb2.ReceiptBody:

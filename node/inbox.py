@@ -33,6 +33,7 @@ def _field(number: int, payload: bytes) -> bytes:
     return _header(number, len(payload)) + payload
 
 
+# An inbox state as the chronology's state field (13), appended to a stored entry.
 _STATE = {
     s: _field(13, ("current" if s in ("new", "read") else s).encode())
     for s in ("new", "read", "superseded", "withdrawn")

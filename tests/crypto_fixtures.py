@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from linkage.batchsign import sign_batch
 from linkage.directory import DirectoryView, sign_directory, verify_directory
-from linkage.envelope import Outgoing, seal
+from linkage.envelope import MESSAGE_LABEL, RECEIPT_LABEL, Outgoing, draft, seal_signed, signed_receipt
 from linkage.keys import MessageKeys, raw_public
 from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
 
 NOW = 1_767_225_600_000
 FED = "unit.linkage.example"
 TOKENS = [bytes([7]) * 32, bytes([9]) * 32]
+
+
+def seal(*, keys: MessageKeys, **fields: Any) -> Outgoing:
+    """Draft, sign and seal one message on its own, as a node does a lone message
+    (`linkage.envelope.draft` names the fields)."""
+    message = draft(**fields)
+    (signature,) = sign_batch(keys, MESSAGE_LABEL, [message.body], message.hybrid)
+    return seal_signed(message, signature)
+
+
+def sign_receipt(keys: MessageKeys, body: envelope_pb2.ReceiptBody) -> envelope_pb2.Receipt:
+    """A receipt signed on its own."""
+    data = body.SerializeToString()
+    (signature,) = sign_batch(keys, RECEIPT_LABEL, [data])
+    return signed_receipt(data, signature)
 
 
 @dataclass

@@ -16,9 +16,9 @@ import pytest
 from linkage import stories
 from linkage.clock import ManualClock
 from linkage.config import DeliverySettings, GatewayLimits
-from linkage.envelope import seal
 from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
 from node.server import NodeServer
+from tests.crypto_fixtures import seal
 from tests.harness import PRACTITIONER, Cluster, make_federation, running, settle, wait_delivered
 from tests.test_federation import open_case
 

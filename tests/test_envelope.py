@@ -6,11 +6,11 @@ import hashlib
 
 import pytest
 
-from linkage.envelope import INFO_LABEL, MESSAGE_LABEL, open_envelope, seal, sign_receipt, verify_receipt
+from linkage.envelope import INFO_LABEL, MESSAGE_LABEL, open_envelope, verify_receipt
 from linkage.envelope import _suite as suite_of
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
-from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring
+from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, seal, sign_receipt
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ import pytest
 from linkage import logs, stories
 from linkage.auditlog import open_checkpoint, sign_checkpoint
 from linkage.clock import SystemClock
-from linkage.envelope import seal
 from linkage.ids import uuid7
 from linkage.keys import MessageKeys
 from linkage.pki import CertificateAuthority, spiffe_id
 from linkage.transport import TlsFiles, secure_channel
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.crypto_fixtures import seal
 from tests.harness import FEDERATION_ID, PRACTITIONER, Cluster, LocalFederation, running, wait_delivered
 from tests.test_federation import open_case, share_think_family, summaries
 

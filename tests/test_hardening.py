@@ -244,7 +244,7 @@ async def test_s7_a_case_system_cannot_name_another_practitioner_than_itself_wit
 async def test_post_quantum_federation_shares_end_to_end_and_needs_both_signatures(tmp_path: Path) -> None:
     """A federation that chose hybrid ML-KEM-768 + X25519 with an ML-DSA-65 co-signature."""
     from linkage.envelope import HYBRID, INFO_LABEL, _own_private, _suite
-    from linkage.envelope import seal as seal_envelope
+    from tests.crypto_fixtures import seal as seal_envelope
 
     clock = ManualClock()
     federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), suite="hybrid")

@@ -12,11 +12,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from linkage.clock import ManualClock
 from linkage.config import load_directory_key
 from linkage.directory import TrustedDirectory
-from linkage.envelope import open_envelope, seal, signing_generation
+from linkage.envelope import open_envelope, signing_generation
 from linkage.federation import publish_directory, rotate_keys
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2
+from tests.crypto_fixtures import seal
 from tests.harness import FEDERATION_ID, LocalFederation, make_federation
 
 HOUR = 3_600_000
