@@ -67,10 +67,16 @@ def test_the_signature_over_a_batch_is_checked_once(monkeypatch: pytest.MonkeyPa
     assert len(checked) == 1
 
 
-def _proof(s: Signature) -> envelope_pb2.BatchProof:
+Edit = Callable[[envelope_pb2.BatchProof], object]
+
+
+def _proof(s: Signature, edit: Edit | None = None) -> envelope_pb2.BatchProof:
+    """A copy of `s`'s proof, edited."""
     assert s.proof is not None
     proof = envelope_pb2.BatchProof()
     proof.CopyFrom(s.proof)
+    if edit is not None:
+        edit(proof)
     return proof
 
 
@@ -78,47 +84,32 @@ OTHER = MessageKeys.generate("b-k1")
 OTHER_BATCH = sign_batch(OTHER, MESSAGE_LABEL, ITEMS)
 
 
+def _forge(
+    s: list[Signature],
+    key: bytes = PUBLIC,
+    label: bytes = MESSAGE_LABEL,
+    item: bytes = ITEMS[2],
+    signature: bytes = b"",
+    edit: Edit | None = None,
+) -> tuple[bytes, bytes, bytes, bytes, envelope_pb2.BatchProof]:
+    """Item 2 of a genuine batch with one thing changed: verify()'s arguments."""
+    return key, label, item, signature or s[2].signature, _proof(s[2], edit)
+
+
 def _flip(proof: envelope_pb2.BatchProof) -> None:
     proof.path[0] = bytes([proof.path[0][0] ^ 1]) + proof.path[0][1:]
 
 
-# Each makes one forgery of item 2 from a genuine batch: (public key, label, item, signature, proof).
-Forgery = Callable[[list[Signature]], tuple[bytes, bytes, bytes, bytes, envelope_pb2.BatchProof]]
-FORGERIES: dict[str, Forgery] = {
-    "another item": lambda s: (PUBLIC, MESSAGE_LABEL, b"item 9", s[2].signature, _proof(s[2])),
-    "another index": lambda s: (PUBLIC, MESSAGE_LABEL, ITEMS[2], s[2].signature, _moved(_proof(s[2]), index=3)),
-    "another size": lambda s: (PUBLIC, MESSAGE_LABEL, ITEMS[2], s[2].signature, _moved(_proof(s[2]), size=6)),
-    "a changed path": lambda s: (PUBLIC, MESSAGE_LABEL, ITEMS[2], s[2].signature, _changed(_proof(s[2]), _flip)),
-    "a shortened path": lambda s: (PUBLIC, MESSAGE_LABEL, ITEMS[2], s[2].signature, _changed(_proof(s[2]), _pop)),
-    "a receipt's label": lambda s: (PUBLIC, RECEIPT_LABEL, ITEMS[2], s[2].signature, _proof(s[2])),
-    "another signer's key": lambda s: (
-        raw_public(OTHER.signing),
-        MESSAGE_LABEL,
-        ITEMS[2],
-        s[2].signature,
-        _proof(s[2]),
-    ),
-    "another signer's signature": lambda s: (PUBLIC, MESSAGE_LABEL, ITEMS[2], OTHER_BATCH[2].signature, _proof(s[2])),
+FORGERIES: dict[str, Callable[[list[Signature]], tuple[bytes, bytes, bytes, bytes, envelope_pb2.BatchProof]]] = {
+    "another item": lambda s: _forge(s, item=b"item 9"),
+    "another index": lambda s: _forge(s, edit=lambda p: setattr(p, "index", 3)),
+    "another size": lambda s: _forge(s, edit=lambda p: setattr(p, "size", 6)),
+    "a changed path": lambda s: _forge(s, edit=_flip),
+    "a shortened path": lambda s: _forge(s, edit=lambda p: p.path.pop()),
+    "a receipt's label": lambda s: _forge(s, label=RECEIPT_LABEL),
+    "another signer's key": lambda s: _forge(s, key=raw_public(OTHER.signing)),
+    "another signer's signature": lambda s: _forge(s, signature=OTHER_BATCH[2].signature),
 }
-
-
-def _moved(
-    proof: envelope_pb2.BatchProof, index: int | None = None, size: int | None = None
-) -> envelope_pb2.BatchProof:
-    proof.index = proof.index if index is None else index
-    proof.size = proof.size if size is None else size
-    return proof
-
-
-def _changed(
-    proof: envelope_pb2.BatchProof, change: Callable[[envelope_pb2.BatchProof], object]
-) -> envelope_pb2.BatchProof:
-    change(proof)
-    return proof
-
-
-def _pop(proof: envelope_pb2.BatchProof) -> None:
-    del proof.path[-1]
 
 
 @pytest.mark.parametrize("forgery", FORGERIES)
@@ -189,6 +180,10 @@ async def test_what_cannot_be_signed_fails_each_caller() -> None:
         assert isinstance(outcome, Rejected) and outcome.reason is Reason.UNSUPPORTED_SUITE
 
 
+def _to_index_0(proof: envelope_pb2.BatchProof) -> None:
+    proof.index = 0
+
+
 def _drafts(view: DirectoryView, count: int) -> list[Draft]:
     """`count` messages from a to b."""
     return [
@@ -215,7 +210,7 @@ def test_a_recipient_opens_each_message_of_a_batch_and_refuses_a_proof_moved_to_
     for d, s in zip(drafts, signatures, strict=True):
         opened = open_envelope(seal_signed(d, s).envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
         assert opened.signed.batch.size == 3
-    moved = Signature(signatures[1].signature, signatures[1].key_id, proof=_moved(_proof(signatures[1]), index=0))
+    moved = Signature(signatures[1].signature, signatures[1].key_id, proof=_proof(signatures[1], _to_index_0))
     with pytest.raises(Rejected) as refused:
         open_envelope(
             seal_signed(drafts[1], moved).envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW
