@@ -4,7 +4,8 @@ Every cell uses the same payload size (the size of a Linkage envelope on the
 wire), the same window or offered rate, the same event loop, and mTLS with the
 federation's certificates on both hops; the bare relay is also run without TLS
 to price mTLS itself. Scale figures follow. The last line is `ratio <value>`:
-Linkage's end-to-end throughput over the bare relay's, measured in this run.
+Linkage's end-to-end throughput over the bare relay's, measured in this run (the
+median over rounds that each run both back to back).
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any, Protocol
 
 from bench import audit, scale, targets
 from bench.e2e import LinkageRun, make_federation
 from bench.relay import BareRelay, Endpoint, free_port
 from bench.results import Result, combine
-
-# Closed-loop cells run in this many alternating slices (see transport).
-ROUNDS = 4
 
 
 class Side(Protocol):
@@ -35,7 +34,8 @@ class Side(Protocol):
 
 @dataclass(frozen=True)
 class Plan:
-    messages: int  # per closed-loop cell
+    messages: int  # per closed-loop cell, run in `rounds` alternating slices (see transport)
+    rounds: int
     window: int
     paced_seconds: float
     rates: tuple[int, ...]
@@ -47,6 +47,7 @@ class Plan:
 
 QUICK = Plan(
     messages=3_000,
+    rounds=4,
     window=64,
     paced_seconds=4,
     rates=(250, 500),
@@ -57,6 +58,7 @@ QUICK = Plan(
 )
 FULL = Plan(
     messages=20_000,
+    rounds=8,
     window=64,
     paced_seconds=20,
     rates=(250, 500),
@@ -67,6 +69,7 @@ FULL = Plan(
 )
 TINY = Plan(  # for the smoke test: everything runs, nothing is measured seriously
     messages=40,
+    rounds=2,
     window=8,
     paced_seconds=0.2,
     rates=(50,),
@@ -92,9 +95,11 @@ def _cell(name: str, r: Result) -> str:
 async def transport(plan: Plan, root: Path) -> dict[str, Any]:
     """The end-to-end and bare-relay cells; returns every figure by name.
 
-    All three set-ups stay up together and take turns, closed loops in ROUNDS slices
-    and each paced Linkage cell next to its bare twin, so a change in the shared
-    machine's speed during the run falls on both sides of every ratio alike."""
+    All three set-ups stay up together and take turns, closed loops in `plan.rounds`
+    slices and each paced Linkage cell next to its bare twin, so a change in the shared
+    machine's speed during the run falls on both sides of every ratio alike. The ratios
+    are medians of the rounds' own ratios: one slow slice on this shared machine moves
+    a median of pairs far less than it moves the totals."""
     federation = make_federation(root)
     async with LinkageRun(federation) as linkage:
         await linkage.closed_loop(min(200, plan.messages), plan.window)  # warm-up: connections, caches
@@ -111,10 +116,13 @@ async def transport(plan: Plan, root: Path) -> dict[str, Any]:
             for relay in (bare, plain):
                 await relay.closed_loop(min(200, plan.messages), plan.window)  # warm-up
             slices: dict[str, list[Result]] = {name: [] for name in sides}
-            for _ in range(ROUNDS):
+            for _ in range(plan.rounds):
                 for name, side in sides.items():
-                    slices[name].append(await side.closed_loop(max(1, plan.messages // ROUNDS), plan.window))
+                    slices[name].append(await side.closed_loop(max(1, plan.messages // plan.rounds), plan.window))
             figures: dict[str, Any] = {name: combine(parts) for name, parts in slices.items()}
+            for name, top, bottom in (("throughput", "e2e", "bare"), ("mtls", "bare", "plain")):
+                rounds = [t.per_second / b.per_second for t, b in zip(slices[top], slices[bottom], strict=True)]
+                figures[f"{name}_rounds"], figures[f"{name}_ratio"] = rounds, median(rounds)
             for name, label in (("e2e", "linkage e2e"), ("bare", "bare relay mTLS"), ("plain", "bare relay plaintext")):
                 say(_cell(f"{label}, window {plan.window}", figures[name]))
             for rate in plan.rates:
@@ -129,19 +137,26 @@ async def transport(plan: Plan, root: Path) -> dict[str, Any]:
     return figures
 
 
+def _rounds(ratios: list[float]) -> str:
+    return " ".join(f"{r:.2f}" for r in ratios)
+
+
 def run(plan: Plan, json_out: Path | None = None) -> float:
     started = time.perf_counter()
     say(f"linkage bench: {plan.messages:,} messages per cell, window {plan.window}, paced {plan.rates} msg/s")
     with tempfile.TemporaryDirectory(prefix="linkage-bench-") as tmp:
         figures = asyncio.run(transport(plan, Path(tmp)))
-        e2e, bare, plain = figures["e2e"], figures["bare"], figures["plain"]
+        e2e, bare, mtls = figures["e2e"], figures["bare"], figures["mtls_ratio"]
         for rate in plan.rates:
             say(
                 f"paced {rate}/s: p99 linkage {figures[f'e2e@{rate}'].p99_ms:.1f} ms, "
                 f"bare {figures[f'bare@{rate}'].p99_ms:.1f} ms"
             )
-        mtls = bare.per_second / plain.per_second
-        say(f"mTLS cost: bare relay with mTLS runs at {mtls:.2f}x its plaintext throughput ({1 - mtls:+.0%} cost)")
+        say(
+            f"mTLS cost: bare relay with mTLS runs at {mtls:.2f}x its plaintext throughput ({1 - mtls:.0%} lost; "
+            f"rounds {_rounds(figures['mtls_rounds'])})"
+        )
+        say(f"throughput ratio by round, Linkage / bare relay: {_rounds(figures['throughput_rounds'])}")
         if bare.cpu_total_us:  # /proc counts CPU in clock ticks: a tiny run may see none
             say(f"CPU per message, linkage / bare: {e2e.cpu_total_us / bare.cpu_total_us:.2f}x")
         figures.update(scale.measure_all(plan, Path(tmp), say))
@@ -157,7 +172,7 @@ def run(plan: Plan, json_out: Path | None = None) -> float:
         verdict = "met" if met else "NOT met"
         say(f"target {target.name}: {target.show(value)} ({bound} {target.show(target.limit)}) {verdict}")
         figures["targets"][target.name] = {"value": value, "limit": target.limit, "met": met}
-    ratio = float(e2e.per_second / bare.per_second)
+    ratio = float(figures["throughput_ratio"])
     say(f"took {time.perf_counter() - started:.0f} s")
     if json_out is not None:
         json_out.write_text(json.dumps(figures, default=lambda r: r.row(), indent=2))
