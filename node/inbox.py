@@ -33,17 +33,18 @@ def _field(number: int, payload: bytes) -> bytes:
     return _header(number, len(payload)) + payload
 
 
-# An inbox state as the chronology's state field (13), appended to a stored entry.
-_STATE = {
+# A stored entry (serialised without its state) with its inbox row's state appended as
+# the entry's state field (13), by SQLite as it reads the row: bytes concatenate exactly,
+# and 10,000 rows cost less as one value each than as two joined here.
+_STATES = {
     s: _field(13, ("current" if s in ("new", "read") else s).encode())
     for s in ("new", "read", "superseded", "withdrawn")
 }
-
-
-def _entry(entry: bytes, state: str) -> bytes:
-    """A stored entry (serialised without its state) framed as a response's entry, with it."""
-    tail = _STATE[state]
-    return _header(1, len(entry) + len(tail)) + entry + tail
+_WITH_STATE = (
+    "CAST(entry || CASE state "
+    + " ".join(f"WHEN '{state}' THEN x'{tail.hex()}'" for state, tail in _STATES.items())
+    + " END AS BLOB)"
+)
 
 
 DERIVE_BATCH = 2_000
@@ -152,14 +153,14 @@ class Inbox:
         await self._derive_entries()
         marks = ",".join("?" * len(tokens))
         rows = await self.ctx.store.fetchall(
-            "SELECT at_ms, entry, state FROM chronology "
+            f"SELECT at_ms, {_WITH_STATE} FROM chronology "
             f"WHERE inbox_seq IN (SELECT inbox_seq FROM inbox_tokens WHERE token IN ({marks})) AND item >= 0 "
             "ORDER BY inbox_seq, item",
             tokens,
         )
         own = await self._own_entries(case_id)
         # Entries travel as their serialised bytes: the response is assembled, not rebuilt.
-        received = ((at, _entry(entry, state)) for at, entry, state in rows)
+        received = ((at, _field(1, entry)) for at, entry in rows)
         merged = heapq.merge(own, received, key=lambda e: e[0]) if own else received
         return node_api_pb2.ChronologyResponse.FromString(b"".join(framed for _, framed in merged))
 

@@ -6,7 +6,9 @@ inbox and chronology. Refusals included; audit entries checked at both ends."""
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import stat
+from contextlib import closing
 
 import grpc
 import pytest
@@ -443,3 +445,19 @@ def test_chronology_entries_are_framed_as_protobuf_frames_them(size: int) -> Non
 
     payload = bytes(size)
     assert _field(1, payload) == wrappers_pb2.BytesValue(value=payload).SerializeToString()
+
+
+@pytest.mark.parametrize("state", ["new", "read", "superseded", "withdrawn"])
+def test_sqlite_appends_the_state_to_a_stored_entry_byte_for_byte(state: str) -> None:
+    """SQLite's `||` is a text operator: every byte value (NUL too) must come through unchanged."""
+
+    from node.inbox import _STATES, _WITH_STATE
+
+    entry = bytes(range(256)) * 2
+    with closing(sqlite3.connect(":memory:")) as db:
+        db.execute("CREATE TABLE chronology(entry BLOB, state TEXT)")
+        db.execute("INSERT INTO chronology VALUES (?, ?)", (entry, state))
+        (appended,) = db.execute(f"SELECT {_WITH_STATE} FROM chronology").fetchone()
+    assert appended == entry + _STATES[state]
+    expected = "current" if state in ("new", "read") else state
+    assert node_api_pb2.ChronologyEntry.FromString(_STATES[state]).state == expected
