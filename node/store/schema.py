@@ -175,4 +175,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER chronology_follows_inbox_state AFTER UPDATE OF state ON inbox
       BEGIN UPDATE chronology SET state = NEW.state WHERE inbox_seq = NEW.seq; END;
     """,
+    # 6: inbox_live_by_summary (sender, summary_id, state) serves every look-up by sender
+    # and summary, so the shorter index was one more B-tree written for each message received.
+    """
+    DROP INDEX inbox_by_summary;
+    """,
 )
