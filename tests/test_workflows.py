@@ -450,7 +450,6 @@ def test_chronology_entries_are_framed_as_protobuf_frames_them(size: int) -> Non
 @pytest.mark.parametrize("state", ["new", "read", "superseded", "withdrawn"])
 def test_sqlite_appends_the_state_to_a_stored_entry_byte_for_byte(state: str) -> None:
     """SQLite's `||` is a text operator: every byte value (NUL too) must come through unchanged."""
-
     from node.inbox import _STATES, _WITH_STATE
 
     entry = bytes(range(256)) * 2
