@@ -68,15 +68,20 @@ class Checkpointer:
         return True
 
     async def run(self) -> None:
-        """Lodge after every LODGE_EVERY_ENTRIES entries, or LODGE_EVERY_S after the first unlodged one."""
+        """Lodge once LODGE_EVERY_ENTRIES entries wait, or LODGE_EVERY_S after the last try once any
+        wait. The store wakes this task at those sizes only, not at every commit in between."""
         last = self.clock.now_ms()
         while True:
+            waiting = self.store.frontier.size - self.lodged_size
+            # The first entry to wait starts the period; from then on only the count matters.
+            self.store.wake_at = self.lodged_size + (LODGE_EVERY_ENTRIES if waiting else 1)
+            period_left_s = LODGE_EVERY_S - (self.clock.now_ms() - last) / 1000 if waiting else LODGE_EVERY_S
             with contextlib.suppress(TimeoutError):  # not wait_for: see Outbox.run
-                async with asyncio.timeout(LODGE_EVERY_S):
+                async with asyncio.timeout(max(period_left_s, 0)):
                     await self.store.appended.wait()
             self.store.appended.clear()
-            grown = self.store.frontier.size - self.lodged_size
-            due = grown > 0 and self.clock.now_ms() - last >= LODGE_EVERY_S * 1000
-            if (grown >= LODGE_EVERY_ENTRIES or due) and self.link.connected.is_set():
-                await self.lodge()
-                last = self.clock.now_ms()
+            waiting = self.store.frontier.size - self.lodged_size
+            if waiting >= LODGE_EVERY_ENTRIES or (waiting and self.clock.now_ms() - last >= LODGE_EVERY_S * 1000):
+                if self.link.connected.is_set():
+                    await self.lodge()
+                last = self.clock.now_ms()  # tried, or no stream to try on: the next try is a period on

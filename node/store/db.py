@@ -177,7 +177,10 @@ class Store:
         self._head_hash = GENESIS
         self.frontier = CompactRange()
         self._tail: tuple[int, bytes, CompactRange] = (0, GENESIS, self.frontier)
-        self.appended = asyncio.Event()  # set when audit entries commit (for checkpoints)
+        # Set when a commit brings the audit log to `wake_at` entries or more: the checkpointer
+        # says when it next has work, so it is not woken by every commit in between.
+        self.appended = asyncio.Event()
+        self.wake_at = 0
 
     @classmethod
     async def open(cls, path: Path, clock: Clock) -> Store:
@@ -371,7 +374,8 @@ class Store:
         group.committed.set_result(None)
         if seq != self._head_seq:
             self._head_seq, self._head_hash, self.frontier = seq, chain, frontier
-            self.appended.set()
+            if seq >= self.wake_at:
+                self.appended.set()
         for callback in group.on_commit:
             try:
                 callback()

@@ -1,0 +1,91 @@
+"""When a node lodges checkpoints of its audit log with the witness: after a count of
+entries, or a period after the first that waits; and the store wakes the lodging task
+only then, not at every commit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from linkage.clock import SystemClock
+from linkage.keys import MessageKeys
+from linkage.v1 import audit_pb2
+from node import checkpoints
+from node.checkpoints import LODGE_EVERY_ENTRIES, Checkpointer
+from node.store import Store
+
+
+class Witness:
+    """Stands in for the gateway link: records what is lodged (the only calls a Checkpointer makes)."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.connected.set()
+        self.sizes: list[int] = []
+        self.lodged = asyncio.Event()
+
+    async def lodge_checkpoint(self, signed: audit_pb2.SignedCheckpoint) -> int:
+        self.sizes.append(audit_pb2.Checkpoint.FromString(signed.checkpoint).tree_size)
+        self.lodged.set()
+        return 1
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "store.sqlite", SystemClock())
+    yield store
+    await store.close()
+
+
+async def _append(store: Store, entries: int) -> None:
+    async with store.tx() as tx:
+        for _ in range(entries):
+            await tx.audit("case.opened")
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Let other tasks run until `condition` holds (they need only a few turns)."""
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the checkpointer never got there")
+
+
+async def _running(store: Store, witness: Witness) -> asyncio.Task[None]:
+    checkpointer = Checkpointer(store, witness, MessageKeys.generate("k1"), "amh", SystemClock())  # type: ignore[arg-type]
+    task = asyncio.create_task(checkpointer.run())
+    await _until(lambda: store.wake_at == 1)  # nothing waits: the first entry wakes it
+    return task
+
+
+async def test_lodged_once_enough_entries_wait_and_not_woken_by_each_commit_before(store: Store) -> None:
+    witness = Witness()
+    task = await _running(store, witness)
+    try:
+        await _append(store, 1)  # the first entry to wait: from now on only the count wakes it
+        await _until(lambda: store.wake_at == LODGE_EVERY_ENTRIES)
+        for _ in range(LODGE_EVERY_ENTRIES - 2):
+            await _append(store, 1)
+            assert not store.appended.is_set()
+        assert not witness.sizes
+        await _append(store, 1)
+        await asyncio.wait_for(witness.lodged.wait(), 5)
+        assert witness.sizes == [LODGE_EVERY_ENTRIES]
+    finally:
+        task.cancel()
+
+
+async def test_lodged_a_period_after_the_first_entry_that_waits(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoints, "LODGE_EVERY_S", 0.05)
+    witness = Witness()
+    task = await _running(store, witness)
+    try:
+        await _append(store, 3)
+        await asyncio.wait_for(witness.lodged.wait(), 5)
+        assert witness.sizes == [3]
+    finally:
+        task.cancel()
