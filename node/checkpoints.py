@@ -73,7 +73,8 @@ class Checkpointer:
         last = self.clock.now_ms()
         while True:
             waiting = self.store.frontier.size - self.lodged_size
-            # The first entry to wait starts the period; from then on only the count matters.
+            # While nothing waits, the first entry wakes it (due at once if the last try is a
+            # period old); once entries wait, only the count or the period's end does.
             self.store.wake_at = self.lodged_size + (LODGE_EVERY_ENTRIES if waiting else 1)
             period_left_s = LODGE_EVERY_S - (self.clock.now_ms() - last) / 1000 if waiting else LODGE_EVERY_S
             with contextlib.suppress(TimeoutError):  # not wait_for: see Outbox.run
