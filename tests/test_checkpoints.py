@@ -1,6 +1,6 @@
-"""When a node lodges checkpoints of its audit log with the witness: after a count of
-entries, or a period after the first that waits; and the store wakes the lodging task
-only then, not at every commit."""
+"""When a node lodges checkpoints of its audit log with the witness: once a count of
+entries waits, or when the period since the last try ends while any wait; and the store
+wakes the lodging task only then, not at every commit."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ async def test_lodged_once_enough_entries_wait_and_not_woken_by_each_commit_befo
         task.cancel()
 
 
-async def test_lodged_a_period_after_the_first_entry_that_waits(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_lodged_when_the_period_ends_while_entries_wait(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checkpoints, "LODGE_EVERY_S", 0.05)
     witness = Witness()
     task = await _running(store, witness)
