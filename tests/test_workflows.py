@@ -436,15 +436,18 @@ async def test_chronology_holds_own_and_received_assessments_in_time_order(feder
         ]
 
 
-@pytest.mark.parametrize("size", [1, 127, 128, 300, 16_383, 16_384, 2_097_152])
+@pytest.mark.parametrize("size", [1, 127, 128, 300, 1_023, 1_024, 16_383, 16_384, 2_097_152])
 def test_chronology_entries_are_framed_as_protobuf_frames_them(size: int) -> None:
     """The chronology is assembled from stored bytes, so its framing must be protobuf's own."""
     from google.protobuf import wrappers_pb2
 
-    from node.inbox import _field
+    from node.inbox import _entries_field, _field
 
     payload = bytes(size)
-    assert _field(1, payload) == wrappers_pb2.BytesValue(value=payload).SerializeToString()
+    framed = wrappers_pb2.BytesValue(value=payload).SerializeToString()
+    assert _field(1, payload) == framed
+    # Beside a short entry, so a header from the table and one built for the length meet.
+    assert _entries_field([b"x", payload]) == wrappers_pb2.BytesValue(value=b"x").SerializeToString() + framed
 
 
 @pytest.mark.parametrize("state", ["new", "read", "superseded", "withdrawn"])
