@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import struct
 import threading
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ class PackedRoutes:
         # Tokens are sorted, so bucket b starts at the first token whose top bits are >= b.
         buckets, i = array("I"), 0
         for b in range(1 << bits):
-            while i < count and _top(tokens, i, bits) < b:
+            while i < count and _bucket(tokens, i * TOKEN_LEN, bits) < b:
                 i += 1
             buckets.append(i)
         buckets.append(count)
@@ -73,7 +74,7 @@ class PackedRoutes:
 
     def find(self, token: bytes) -> array[int]:
         """The subscriber numbers of `token` (empty if none)."""
-        bucket = int.from_bytes(token[:3], "big") >> (24 - self.bits)
+        bucket = _bucket(token, 0, self.bits)
         end = self.buckets[bucket + 1] * TOKEN_LEN
         at = self.tokens.find(token, self.buckets[bucket] * TOKEN_LEN, end)
         while at > 0 and at % TOKEN_LEN:  # a match straddling two tokens is no match; look further
@@ -84,9 +85,13 @@ class PackedRoutes:
         return self.nodes[self.starts[i] : self.starts[i + 1]]
 
 
-def _top(tokens: bytearray, i: int, bits: int) -> int:
-    at = i * TOKEN_LEN
-    return int.from_bytes(tokens[at : at + 3], "big") >> (24 - bits)
+_leading_32_bits = struct.Struct(">I").unpack_from
+
+
+def _bucket(data: bytes | bytearray, at: int, bits: int) -> int:
+    """The bucket of the token at `at` in `data`: its leading `bits` bits (at most 24)."""
+    leading: int = _leading_32_bits(data, at)[0]
+    return leading >> (32 - bits)
 
 
 class NodeNumbers:
@@ -151,10 +156,17 @@ class SubscriptionIndex:
         number = self._numbers.known(node_id)
         return 0 if number is None else self._count_by_node[number]
 
-    def _members(self, token: bytes) -> set[int]:
-        members = set(self._base.find(token))
-        for changes in (self._settling, self._changes):
-            for node, present in changes.get(token, {}).items():
+    def _members(self, token: bytes) -> Collection[int]:
+        """The token's subscriber numbers. Most tokens have no change since the base was built:
+        their look-up makes no new container the garbage collector tracks, so the collector,
+        run after every few hundred of those, interrupts few look-ups."""
+        base = self._base.find(token)
+        settling, changes = self._settling.get(token), self._changes.get(token)
+        if settling is None and changes is None:
+            return base
+        members = set(base)
+        for change in (settling, changes):
+            for node, present in (change or {}).items():
                 if present:
                     members.add(node)
                 else:

@@ -41,6 +41,15 @@ def test_a_match_straddling_two_tokens_is_not_a_match() -> None:
     assert list(routes.find(a)) == [0] and list(routes.find(b)) == [1]
 
 
+def test_every_token_is_found_through_a_directory_of_many_buckets() -> None:
+    rng = random.Random(3)
+    tokens = sorted({_token(rng) for _ in range(5_000)})
+    routes = PackedRoutes.build((t, n % 7) for n, t in enumerate(tokens))
+    assert routes.bits > 8  # sized from the count, beyond the smallest directory
+    assert all(list(routes.find(t)) == [n % 7] for n, t in enumerate(tokens))
+    assert all(list(routes.find(_token(rng))) == [] for _ in range(1_000))
+
+
 async def test_index_follows_changes_through_rebuilds_and_restarts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
