@@ -159,12 +159,12 @@ async def chronology(entries: int, root: Path) -> dict[str, float]:
         # The first call also derives the entries of every summary received since the last
         # (here all of them), once; the figure is the family's chronology read after that.
         started = time.perf_counter()
-        await node.inbox.chronology(opened.case_id)
+        await node.inbox.chronology(opened.case_id, ACTOR)
         first_s = time.perf_counter() - started
         timings = []
         for _ in range(5):
             started = time.perf_counter()
-            found = (await node.inbox.chronology(opened.case_id)).entries
+            found = (await node.inbox.chronology(opened.case_id, ACTOR)).entries
             timings.append(time.perf_counter() - started)
         assert len(found) == entries, (len(found), entries)
     finally:

@@ -188,7 +188,7 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
         self, request: node_api_pb2.ChronologyRequest, context: Context
     ) -> node_api_pb2.ChronologyResponse:
         async def work() -> node_api_pb2.ChronologyResponse:
-            return await self.inbox.chronology(request.case_id)
+            return await self.inbox.chronology(request.case_id, request.actor)
 
         return await _answer(context, request.actor, work)
 

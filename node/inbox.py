@@ -155,9 +155,10 @@ class Inbox:
         rows = await self.ctx.store.fetchall("SELECT token FROM inbox_tokens WHERE inbox_seq = ?", (seq,))
         return [bytes(r[0]) for r in rows]
 
-    async def chronology(self, case_id: str) -> node_api_pb2.ChronologyResponse:
+    async def chronology(self, case_id: str, actor: summary_pb2.Practitioner) -> node_api_pb2.ChronologyResponse:
         """This case's people in one timeline: own assessments by when they were recorded,
-        received summaries in the order they arrived, each risk item an entry."""
+        received summaries in the order they arrived, each risk item an entry. Who viewed it
+        is audited before it is returned: it gathers what every agency shared about them."""
         tokens = [
             bytes(r[0])
             for r in await self.ctx.store.fetchall("SELECT token FROM case_people WHERE case_id = ?", (case_id,))
@@ -175,7 +176,15 @@ class Inbox:
         own = await self._own_entries(case_id)
         merged = heapq.merge(own, rows, key=lambda e: e[0]) if own else rows
         # Entries travel as their serialised bytes: the response is assembled, not rebuilt.
-        return node_api_pb2.ChronologyResponse.FromString(_entries_field(entry for _, entry in merged))
+        response = node_api_pb2.ChronologyResponse.FromString(_entries_field(entry for _, entry in merged))
+        async with self.ctx.store.tx() as tx:
+            await tx.audit(
+                "chronology.viewed",
+                actor,
+                tokens=tokens,
+                detail={"case_id": case_id, "entries": len(response.entries)},
+            )
+        return response
 
     async def _own_entries(self, case_id: str) -> list[tuple[int, bytes]]:
         me = self.ctx.me()

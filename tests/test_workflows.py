@@ -399,7 +399,7 @@ async def test_read_notifications_and_justified_silent_reads(federation: LocalFe
 
 async def test_chronology_holds_own_and_received_assessments_in_time_order(federation: LocalFederation) -> None:
     async with running(federation) as cluster:
-        _, child, assessment_id = await think_family(cluster)
+        parent, child, assessment_id = await think_family(cluster)
         await share(cluster, assessment_id)
         await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
         own = summary_pb2.RiskSummary(
@@ -434,6 +434,11 @@ async def test_chronology_holds_own_and_received_assessments_in_time_order(feder
         assert [(e.source_agency, e.category, e.level) for e in mine] == [
             ("Children's Social Care", "NEGLECT", "6 (SIGNS_OF_SAFETY)")
         ]
+        # Who looked at the family's timeline is on the record, about each of its people.
+        (viewed,) = events(await audit_events(cluster.nodes["csc"]), "chronology.viewed")
+        assert viewed["actor"] == {"id": CSC_WORKER.id, "name": CSC_WORKER.name, "role": CSC_WORKER.role}
+        assert viewed["detail"] == {"case_id": await _case_id(cluster, "csc"), "entries": len(entries)}
+        assert viewed["tokens"] == sorted([parent.hex(), child.hex()])
 
 
 @pytest.mark.parametrize("size", [1, 127, 128, 300, 1_023, 1_024, 16_383, 16_384, 2_097_152])

@@ -41,6 +41,7 @@ PLAIN = {
     "assessment.recorded": "Assessment recorded",
     "involvement.discovered": "Asked which agencies are involved",
     "involvement.notice": "Told an agency joined or left",
+    "chronology.viewed": "Family chronology viewed",
     "summary.withdrawn": "Summary withdrawn",
     "summary.withdrawn_by_sender": "Summary withdrawn by its sender",
     "closure.proposed": "Closure proposed to other agencies",
