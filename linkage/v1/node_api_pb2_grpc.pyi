@@ -80,7 +80,9 @@ class NodeApiStub:
     the reader records a justified silent read (audited).
     """
     Chronology: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ChronologyRequest, _node_api_pb2.ChronologyResponse]
-    """This node's own assessments and everything received about a family, in time order."""
+    """This node's own assessments and everything received about a family, in time order.
+    Each view is audited (who, which case, how many entries) before it is returned.
+    """
     ListReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]
     WatchReceived: _grpc.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]
     """Received summaries as they arrive, after `after_seq`."""
@@ -137,7 +139,9 @@ class NodeApiAsyncStub(NodeApiStub):
     the reader records a justified silent read (audited).
     """
     Chronology: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ChronologyRequest, _node_api_pb2.ChronologyResponse]  # type: ignore[assignment]
-    """This node's own assessments and everything received about a family, in time order."""
+    """This node's own assessments and everything received about a family, in time order.
+    Each view is audited (who, which case, how many entries) before it is returned.
+    """
     ListReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]  # type: ignore[assignment]
     WatchReceived: _aio.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
     """Received summaries as they arrive, after `after_seq`."""
@@ -317,7 +321,9 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         request: _node_api_pb2.ChronologyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_api_pb2.ChronologyResponse, _abc.Awaitable[_node_api_pb2.ChronologyResponse]]:
-        """This node's own assessments and everything received about a family, in time order."""
+        """This node's own assessments and everything received about a family, in time order.
+        Each view is audited (who, which case, how many entries) before it is returned.
+        """
 
     @_abc_1.abstractmethod
     def ListReceived(
