@@ -199,7 +199,9 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
             if request.link_token and len(request.link_token) != TOKEN_LEN:
                 raise invalid(f"link_token must be {TOKEN_LEN} bytes")
             limit = min(request.limit or 100, MAX_LIST)
-            items = await self.inbox.received(request.after_seq, limit, request.link_token)
+            items = await self.inbox.received(
+                request.actor, "ListReceived", request.after_seq, limit, request.link_token
+            )
             return node_api_pb2.ListReceivedResponse(items=items)
 
         return await _answer(context, request.actor, work)
@@ -209,7 +211,8 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
     ) -> AsyncIterator[node_api_pb2.ReceivedSummary]:
         after = request.after_seq
         while True:
-            items = await _answer(context, request.actor, functools.partial(self.inbox.received, after, MAX_LIST))
+            watch = functools.partial(self.inbox.received, request.actor, "WatchReceived", after, MAX_LIST)
+            items = await _answer(context, request.actor, watch)
             for item in items:
                 yield item
                 after = item.seq

@@ -90,7 +90,12 @@ class Inbox:
             state=state,
         )
 
-    async def received(self, after_seq: int, limit: int, token: bytes = b"") -> list[node_api_pb2.ReceivedSummary]:
+    async def received(
+        self, actor: summary_pb2.Practitioner, via: str, after_seq: int, limit: int, token: bytes = b""
+    ) -> list[node_api_pb2.ReceivedSummary]:
+        """Received items after `after_seq`, for the case system. Handing them over is audited
+        before they are returned (who, through which call, which messages, about whom), as a
+        read is: it passes everything they say into the agency's own records."""
         if token:
             rows = await self.ctx.store.fetchall(
                 f"SELECT {ITEM_COLUMNS} FROM inbox i JOIN inbox_tokens t ON t.inbox_seq = i.seq "
@@ -101,7 +106,20 @@ class Inbox:
             rows = await self.ctx.store.fetchall(
                 f"SELECT {ITEM_COLUMNS} FROM inbox i WHERE i.seq > ? ORDER BY i.seq LIMIT ?", (after_seq, limit)
             )
-        return [self._item(r) for r in rows]
+        items = [self._item(r) for r in rows]
+        if items:  # an empty poll hands over nothing, and is not recorded
+            seqs = [item.seq for item in items]
+            tokens = await self.ctx.store.fetchall(
+                f"SELECT DISTINCT token FROM inbox_tokens WHERE inbox_seq IN ({','.join('?' * len(seqs))})", seqs
+            )
+            async with self.ctx.store.tx() as tx:
+                await tx.audit(
+                    "received.exported",
+                    actor,
+                    tokens=[bytes(t) for (t,) in tokens],
+                    detail={"via": via, "items": len(items), "message_ids": [item.message_id for item in items]},
+                )
+        return items
 
     async def open(self, request: node_api_pb2.OpenReceivedRequest) -> node_api_pb2.ReceivedSummary:
         row = await self.ctx.store.fetchone(

@@ -9,6 +9,7 @@ import datetime as dt
 import sqlite3
 import stat
 from contextlib import closing
+from typing import Any
 
 import grpc
 import pytest
@@ -62,7 +63,7 @@ async def chronology_states(cluster: Cluster) -> list[tuple[int, str]]:
     return [(e.kind, e.state) for e in response.entries]
 
 
-def events(entries: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+def events(entries: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in entries if e["event"] == name]
 
 
@@ -289,7 +290,7 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
         await next_item(cluster, "school", env.MESSAGE_KIND_CLOSURE_NOTICE)
         assert cluster.gateway._index is not None and cluster.gateway._index.count("amh") == 0
         entry = events(await audit_events(cluster.nodes["amh"]), "case.closed")[0]
-        assert entry["detail"]["objections_overridden"].startswith("The school's concern")  # type: ignore[index]
+        assert entry["detail"]["objections_overridden"].startswith("The school's concern")
         assert events(await audit_events(cluster.nodes["school"]), "closure.responded")
 
 
@@ -395,6 +396,45 @@ async def test_read_notifications_and_justified_silent_reads(federation: LocalFe
         row = await store.fetchone("SELECT read_at_ms FROM outbox WHERE message_id = ?", (for_school.message_id,))
         assert row[0] is None
         assert events(await audit_events(cluster.nodes["amh"]), "message.read_by_recipient")
+
+
+async def test_what_the_case_system_is_handed_from_the_inbox_is_audited(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        parent, child, assessment_id = await think_family(cluster)
+        await share(cluster, assessment_id)
+        watched = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        csc = cluster.nodes["csc"]
+        # The watch stream handed the items over: on the record, with the harness's practitioner.
+        handed = events(await audit_events(csc), "received.exported")
+        assert handed and {e["detail"]["via"] for e in handed} == {"WatchReceived"}
+        assert watched.message_id in {m for e in handed for m in e["detail"]["message_ids"]}
+        assert {e["actor"]["id"] for e in handed} == {PRACTITIONER.id}
+
+        listed = await cluster.api("csc").ListReceived(
+            node_api_pb2.ListReceivedRequest(actor=CSC_WORKER, link_token=parent)
+        )
+        assert watched.message_id in [i.message_id for i in listed.items]
+        entry = events(await audit_events(csc), "received.exported")[-1]
+        assert entry["actor"] == {"id": CSC_WORKER.id, "name": CSC_WORKER.name, "role": CSC_WORKER.role}
+        assert entry["detail"] == {
+            "via": "ListReceived",
+            "items": len(listed.items),
+            "message_ids": [i.message_id for i in listed.items],
+        }
+        assert {parent.hex(), child.hex()} <= set(entry["tokens"])  # found by `audit report --person`
+
+        # A poll that finds nothing new hands nothing over, and adds nothing to the log.
+        before = len(await audit_events(csc))
+        empty = await cluster.api("csc").ListReceived(
+            node_api_pb2.ListReceivedRequest(actor=CSC_WORKER, after_seq=1 << 62)
+        )
+        assert list(empty.items) == []
+        assert len(await audit_events(csc)) == before
+
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=CSC_WORKER, link_token=b"x"))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "link_token must be" in str(raised.value.details())
 
 
 async def test_chronology_holds_own_and_received_assessments_in_time_order(federation: LocalFederation) -> None:

@@ -42,6 +42,7 @@ PLAIN = {
     "involvement.discovered": "Asked which agencies are involved",
     "involvement.notice": "Told an agency joined or left",
     "chronology.viewed": "Family chronology viewed",
+    "received.exported": "Received items passed to the case system",
     "summary.withdrawn": "Summary withdrawn",
     "summary.withdrawn_by_sender": "Summary withdrawn by its sender",
     "closure.proposed": "Closure proposed to other agencies",

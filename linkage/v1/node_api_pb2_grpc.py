@@ -305,13 +305,15 @@ class NodeApiServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListReceived(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Received items after `after_seq`, oldest first. Handing them to the case system is
+        audited (who, which messages, about whom); a call that returns nothing is not.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchReceived(self, request, context):
-        """Received summaries as they arrive, after `after_seq`.
+        """Received items as they arrive, after `after_seq`; audited as ListReceived is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -84,8 +84,11 @@ class NodeApiStub:
     Each view is audited (who, which case, how many entries) before it is returned.
     """
     ListReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]
+    """Received items after `after_seq`, oldest first. Handing them to the case system is
+    audited (who, which messages, about whom); a call that returns nothing is not.
+    """
     WatchReceived: _grpc.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]
-    """Received summaries as they arrive, after `after_seq`."""
+    """Received items as they arrive, after `after_seq`; audited as ListReceived is."""
 
 @_typing.type_check_only
 class NodeApiAsyncStub(NodeApiStub):
@@ -143,8 +146,11 @@ class NodeApiAsyncStub(NodeApiStub):
     Each view is audited (who, which case, how many entries) before it is returned.
     """
     ListReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]  # type: ignore[assignment]
+    """Received items after `after_seq`, oldest first. Handing them to the case system is
+    audited (who, which messages, about whom); a call that returns nothing is not.
+    """
     WatchReceived: _aio.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
-    """Received summaries as they arrive, after `after_seq`."""
+    """Received items as they arrive, after `after_seq`; audited as ListReceived is."""
 
 class NodeApiServicer(metaclass=_abc_1.ABCMeta):
     """The node's local API for practitioners' case systems. Every call names the
@@ -330,7 +336,10 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _node_api_pb2.ListReceivedRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_node_api_pb2.ListReceivedResponse, _abc.Awaitable[_node_api_pb2.ListReceivedResponse]]: ...
+    ) -> _typing.Union[_node_api_pb2.ListReceivedResponse, _abc.Awaitable[_node_api_pb2.ListReceivedResponse]]:
+        """Received items after `after_seq`, oldest first. Handing them to the case system is
+        audited (who, which messages, about whom); a call that returns nothing is not.
+        """
 
     @_abc_1.abstractmethod
     def WatchReceived(
@@ -338,6 +347,6 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         request: _node_api_pb2.WatchReceivedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_node_api_pb2.ReceivedSummary], _abc.AsyncIterator[_node_api_pb2.ReceivedSummary]]:
-        """Received summaries as they arrive, after `after_seq`."""
+        """Received items as they arrive, after `after_seq`; audited as ListReceived is."""
 
 def add_NodeApiServicer_to_server(servicer: NodeApiServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
