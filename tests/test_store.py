@@ -29,20 +29,6 @@ async def test_fresh_store_is_migrated_wal_and_full(tmp_path: Path) -> None:
         await store.close()
 
 
-@pytest.mark.parametrize("where", ["inbox_seq = ?", "inbox_seq IN (?, ?, ?)"])
-async def test_an_items_tokens_are_found_by_index_not_by_scanning_every_token(tmp_path: Path, where: str) -> None:
-    store = await Store.open(tmp_path / "s.sqlite", ManualClock())
-    try:
-        plan = await store.fetchall(
-            f"EXPLAIN QUERY PLAN SELECT token FROM inbox_tokens WHERE {where}", (1, 2, 3)[: where.count("?")]
-        )
-        assert [detail for *_, detail in plan] == [
-            "SEARCH inbox_tokens USING COVERING INDEX inbox_tokens_by_seq (inbox_seq=?)"
-        ]
-    finally:
-        await store.close()
-
-
 async def test_store_from_a_newer_release_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     with sqlite3.connect(path) as db:

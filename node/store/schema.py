@@ -180,10 +180,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX inbox_by_summary;
     """,
-    # 7: an item's tokens by its inbox row (opening it, answering about it, auditing the case
-    # system's feed). The primary key leads with the token, so these were full scans:
-    # 90 ms in an inbox of a million messages, against 0.15 ms by this index.
+    # 7: look-ups that read every row, now found by index (figures from 200,000 rows):
+    # - an inbox item's tokens by its row (the key leads with the token): opening an item,
+    #   answering about it, auditing the case system's feed;
+    # - a case's own assessments, for its chronology (53 ms, now 0.01), and its closures;
+    # - the outbox's live rows with what the due scan filters and orders them by, so a
+    #   backlog is read from the index instead of sorted with its envelopes (165 ms per
+    #   batch of 256 with 100,000 due, now 11). It replaces outbox_due: as many B-trees.
     """
     CREATE INDEX inbox_tokens_by_seq ON inbox_tokens(inbox_seq);
+    CREATE INDEX assessments_by_case ON assessments(case_id, recorded_at_ms);
+    CREATE INDEX closures_by_case ON closures(case_id, proposed_at_ms);
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at_ms, created_at_ms, message_id, recipient);
     """,
 )

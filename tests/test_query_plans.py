@@ -1,0 +1,97 @@
+"""What a node's store is asked while it works reads by index, not by scanning a table
+that grows with every message: a full scan costs nothing in a test and tenths of a
+second in the store of a busy node, on every call that makes it."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from linkage import stories
+from linkage.v1 import envelope_pb2 as env
+from linkage.v1 import node_api_pb2
+from tests.harness import PRACTITIONER, LocalFederation, next_item, running
+from tests.test_workflows import CSC_WORKER, share
+
+# Tables with a row (or several) per message, case or assessment.
+GROWING = ("inbox", "inbox_tokens", "outbox", "assessments", "shares", "closures", "chronology", "case_people", "cases")
+SCAN = re.compile(rf"^SCAN ({'|'.join(GROWING)})\b")
+NOT_QUERIES = re.compile(r"^\s*(PRAGMA|BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|CREATE|DROP|ALTER)\b", re.IGNORECASE)
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(database file, SQL) of every statement run from here on, values bound in."""
+    seen: list[tuple[str, str]] = []
+    connect: Callable[..., sqlite3.Connection] = sqlite3.connect
+
+    def tracing(database: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db = connect(database, *args, **kwargs)
+        path = str(database).removeprefix("file:").split("?")[0]
+        db.set_trace_callback(lambda sql: seen.append((path, sql)))
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", tracing)
+    return seen
+
+
+def scans(statements: list[tuple[str, str]]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for path, sql in statements:
+        if NOT_QUERIES.match(sql) or not Path(path).exists():
+            continue
+        with closing(connect_ro(path)) as db:
+            plan = [detail for *_, detail in db.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        if bad := [d for d in plan if SCAN.match(d)]:
+            found[re.sub(r"\s+", " ", sql)[:300]] = bad
+    return found
+
+
+def connect_ro(path: str) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+async def test_casework_reads_by_index(federation: LocalFederation, statements: list[tuple[str, str]]) -> None:
+    async with running(federation) as cluster:
+        statements.clear()  # start-up's migrations and whole-store reads happen once per start
+        family = stories.think_family_people()
+        amh = await cluster.api("amh").OpenCase(
+            node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="a-1", people=family)
+        )
+        csc = await cluster.api("csc").OpenCase(
+            node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
+        )
+        parent, child = (p.link_token for p in amh.people)
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER, case_id=amh.case_id, assessment=stories.parent_risk_change(parent, child)
+            )
+        )
+        shared = await share(cluster, recorded.assessment_id)
+        item = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        csc_api = cluster.api("csc")
+        await csc_api.OpenReceived(node_api_pb2.OpenReceivedRequest(actor=CSC_WORKER, message_id=item.message_id))
+        await csc_api.ListReceived(node_api_pb2.ListReceivedRequest(actor=CSC_WORKER, link_token=parent))
+        await csc_api.Chronology(node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=csc.case_id))
+        await csc_api.AskClarification(
+            node_api_pb2.AskClarificationRequest(actor=CSC_WORKER, about_message_id=item.message_id, question="When?")
+        )
+        await csc_api.GetClosure(node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=csc.case_id))
+        await cluster.api("amh").GetShareStatus(
+            node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)
+        )
+        question = await next_item(cluster, "amh", env.MESSAGE_KIND_CLARIFICATION_REQUEST)
+        await cluster.api("amh").AnswerClarification(
+            node_api_pb2.AnswerClarificationRequest(
+                actor=PRACTITIONER, request_message_id=question.message_id, answer="Since March."
+            )
+        )
+        await next_item(cluster, "csc", env.MESSAGE_KIND_CLARIFICATION_RESPONSE)
+        found = scans(statements)
+    assert not found, found
