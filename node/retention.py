@@ -9,9 +9,10 @@ import asyncio
 from linkage import logs
 from linkage.clock import Clock
 from linkage.envelope import MAX_AGE_MS
-from node.store import Store
+from node.store import Store, Tx
 
 DAY_MS = 86_400_000
+PURGE_CHUNK = 200  # rows of each kind per transaction: about 35 ms of deletes (secure_delete overwrites them)
 log = logs.get("node.retention")
 
 
@@ -20,29 +21,50 @@ log = logs.get("node.retention")
 MIN_KEEP_DAYS = MAX_AGE_MS // DAY_MS + 1
 
 
-async def purge(store: Store, clock: Clock, keep_days: int) -> dict[str, int]:
-    """Delete what is older than `keep_days` (never less than the replay window); 0 keeps everything."""
+async def purge(store: Store, clock: Clock, keep_days: int, chunk: int = PURGE_CHUNK) -> dict[str, int]:
+    """Delete what is older than `keep_days` (never less than the replay window); 0 keeps everything.
+
+    A chunk at a time, each its own transaction with its own audit entry: however much
+    is due, the writer (and the event loop its statements run on) is never held for long,
+    and a crash part-way leaves every purged chunk purged and recorded."""
     if keep_days <= 0:
         return {}
     keep_days = max(keep_days, MIN_KEEP_DAYS)
     cutoff = clock.now_ms() - keep_days * DAY_MS
-    async with store.tx() as tx:
+    totals = {"received": 0, "sent_bodies": 0}
+    while True:
+        async with store.tx() as tx:
+            counts = await _purge_chunk(tx, cutoff, chunk)
+            if any(counts.values()):
+                await tx.audit("retention.purged", detail={**counts, "keep_days": keep_days, "before_ms": cutoff})
+        for name, count in counts.items():
+            totals[name] += count
+        if max(counts.values()) < chunk:
+            break
+    log.info("retention.purged", **totals)
+    return totals
+
+
+async def _purge_chunk(tx: Tx, cutoff: int, chunk: int) -> dict[str, int]:
+    """Up to `chunk` received rows (with their tokens and chronology entries) and `chunk`
+    sent bodies, oldest first, each found by index."""
+    rows = await (
         await tx.execute(
-            "DELETE FROM inbox_tokens WHERE inbox_seq IN (SELECT seq FROM inbox WHERE received_at_ms < ?)", (cutoff,)
+            "SELECT seq FROM inbox WHERE received_at_ms < ? ORDER BY received_at_ms LIMIT ?", (cutoff, chunk)
         )
-        inbox = (await tx.execute("DELETE FROM inbox WHERE received_at_ms < ?", (cutoff,))).rowcount
-        sent = (
-            await tx.execute(
-                "UPDATE outbox SET envelope = x'' WHERE created_at_ms < ? AND state IN ('delivered', 'undeliverable') "
-                "AND length(envelope) > 0",
-                (cutoff,),
-            )
-        ).rowcount
-        counts = {"received": inbox, "sent_bodies": sent}
-        if inbox or sent:
-            await tx.audit("retention.purged", detail={**counts, "keep_days": keep_days, "before_ms": cutoff})
-    log.info("retention.purged", **counts)
-    return counts
+    ).fetchall()
+    seqs = [seq for (seq,) in rows]
+    if seqs:
+        marks = ",".join("?" * len(seqs))
+        await tx.execute(f"DELETE FROM inbox_tokens WHERE inbox_seq IN ({marks})", seqs)
+        await tx.execute(f"DELETE FROM inbox WHERE seq IN ({marks})", seqs)  # chronology rows cascade
+    sent = await tx.execute(
+        "UPDATE outbox SET envelope = x'' WHERE rowid IN (SELECT rowid FROM outbox INDEXED BY outbox_bodies_kept "
+        "WHERE created_at_ms < ? "
+        "AND state IN ('delivered', 'undeliverable') AND length(envelope) > 0 ORDER BY created_at_ms LIMIT ?)",
+        (cutoff, chunk),
+    )
+    return {"received": len(seqs), "sent_bodies": sent.rowcount}
 
 
 async def run(store: Store, clock: Clock, keep_days: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 from pathlib import Path
 
 from linkage import logs, stories
@@ -140,5 +141,57 @@ async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> N
         events = [r[0] for r in await store.fetchall("SELECT event FROM audit ORDER BY seq")]
         assert events == ["message.received", "retention.purged"]  # the audit log itself is kept
         assert await retention.purge(store, clock, keep_days=0) == {}
+    finally:
+        await store.close()
+
+
+async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path: Path) -> None:
+    """Received rows go with their tokens and chronology entries; delivered bodies are
+    emptied, live ones kept; each chunk is its own transaction, audited with its counts."""
+    clock = ManualClock()
+    store = await Store.open(tmp_path / "s.sqlite", clock)
+    try:
+        async with store.tx() as tx:
+            for n in range(7):
+                seq = (
+                    await tx.execute(
+                        "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed) "
+                        "VALUES ('amh', ?, x'00', ?, 1, 's', x'00')",
+                        (f"in-{n}", tx.now_ms + n),
+                    )
+                ).lastrowid
+                await tx.execute("INSERT INTO inbox_tokens(token, inbox_seq) VALUES (?, ?)", (bytes([n]) * 32, seq))
+                await tx.execute(
+                    "INSERT INTO chronology(inbox_seq, item, at_ms, source_node, summary_id, state, entry) "
+                    "VALUES (?, 0, 0, 'amh', 's', 'new', x'00')",
+                    (seq,),
+                )
+            for n, state in enumerate(["delivered"] * 4 + ["undeliverable", "sent"]):
+                await tx.execute(
+                    "INSERT INTO outbox(message_id, share_id, recipient, envelope, digest, state, "
+                    "next_attempt_at_ms, created_at_ms) VALUES (?, 's', 'csc', x'0102', x'00', ?, 0, ?)",
+                    (f"out-{n}", state, tx.now_ms + n),
+                )
+        clock.advance(60 * retention.DAY_MS)
+        async with store.tx() as tx:  # received since: kept
+            await tx.execute(
+                "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed) "
+                "VALUES ('amh', 'recent', x'00', ?, 1, 's', x'00')",
+                (tx.now_ms,),
+            )
+
+        assert await retention.purge(store, clock, keep_days=31, chunk=3) == {"received": 7, "sent_bodies": 5}
+
+        assert [r[0] for r in await store.fetchall("SELECT message_id FROM inbox")] == ["recent"]
+        assert (await store.fetchone("SELECT COUNT(*) FROM inbox_tokens"))[0] == 0
+        assert (await store.fetchone("SELECT COUNT(*) FROM chronology"))[0] == 0
+        kept = await store.fetchall("SELECT message_id FROM outbox WHERE length(envelope) > 0")
+        assert [r[0] for r in kept] == ["out-5"]  # still in flight: its body is needed to send it again
+        purged = [
+            json.loads(r[0])["detail"]
+            for r in await store.fetchall("SELECT entry FROM audit WHERE event = ?", ("retention.purged",))
+        ]
+        assert [(d["received"], d["sent_bodies"]) for d in purged] == [(3, 3), (3, 2), (1, 0)]
+        assert await retention.purge(store, clock, keep_days=31, chunk=3) == {"received": 0, "sent_bodies": 0}
     finally:
         await store.close()

@@ -16,6 +16,7 @@ import pytest
 from linkage import stories
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
+from node import retention
 from tests.harness import PRACTITIONER, LocalFederation, next_item, running
 from tests.test_workflows import CSC_WORKER, share
 
@@ -93,5 +94,8 @@ async def test_casework_reads_by_index(federation: LocalFederation, statements: 
             )
         )
         await next_item(cluster, "csc", env.MESSAGE_KIND_CLARIFICATION_RESPONSE)
+        for node in cluster.nodes.values():  # the daily purge, with nothing yet old enough
+            assert node.store is not None
+            await retention.purge(node.store, node.clock, keep_days=retention.MIN_KEEP_DAYS)
         found = scans(statements)
     assert not found, found

@@ -187,11 +187,16 @@ MIGRATIONS: tuple[str, ...] = (
     # - the outbox's live rows with what the due scan filters and orders them by, so a
     #   backlog is read from the index instead of sorted with its envelopes (165 ms per
     #   batch of 256 with 100,000 due, now 11). It replaces outbox_due: as many B-trees.
+    # - what retention purges: received rows by age, and the delivered messages whose
+    #   bodies are still kept (a daily purge read every row while holding the writer).
     """
     CREATE INDEX inbox_tokens_by_seq ON inbox_tokens(inbox_seq);
     CREATE INDEX assessments_by_case ON assessments(case_id, recorded_at_ms);
     CREATE INDEX closures_by_case ON closures(case_id, proposed_at_ms);
     DROP INDEX outbox_due;
     CREATE INDEX outbox_due ON outbox(state, next_attempt_at_ms, created_at_ms, message_id, recipient);
+    CREATE INDEX inbox_by_age ON inbox(received_at_ms);
+    CREATE INDEX outbox_bodies_kept ON outbox(created_at_ms)
+      WHERE state IN ('delivered', 'undeliverable') AND length(envelope) > 0;
     """,
 )
