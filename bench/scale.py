@@ -1,5 +1,5 @@
 """Scale figures: the gateway's subscription index, a family's chronology, and
-node start-up over a large store. Each is measured on the real code path (the
+node start-up and a retention purge over a large store. Each is measured on the real code path (the
 gateway's `SubscriptionIndex`, the node's `Inbox.chronology`, `linkage node serve`)
 over synthetic data written the way the product writes it."""
 
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 Say = Callable[[str], None]
 LOOKUPS = 20_000
+FIRST_RECEIVED_MS = 1_767_225_600_000  # when fill_inbox's first summary was received
+PURGED = 2_000  # received summaries the retention figure purges: several days' worth for a busy node
 NODES_PER_TOKEN = 2
 
 
@@ -129,7 +131,7 @@ def fill_inbox(store_path: Path, count: int, tokens: list[bytes], sender: str = 
             for _ in range(min(10_000, count - start)):
                 seq += 1
                 message_id, signed = _signed_summary(sender, recipient, parent, child)
-                at_ms = 1_767_225_600_000 + seq * 1000
+                at_ms = FIRST_RECEIVED_MS + seq * 1000
                 rows.append((seq, sender, message_id, os.urandom(32), at_ms, 1, message_id, signed, message_id))
                 links += [(parent, seq), (child, seq)]
             db.executemany(
@@ -199,7 +201,42 @@ async def startup(summaries: int, root: Path) -> dict[str, float]:
     parent, child = os.urandom(32), os.urandom(32)
     fill_inbox(NodeConfig.load(toml).store_path, summaries, [parent, child])
     full_s = await _start_seconds(toml, log_file)
-    return {"summaries": summaries, "empty_store_s": empty_s, "start_s": full_s}
+    return {"summaries": summaries, "empty_store_s": empty_s, "start_s": full_s} | await _purge(
+        NodeConfig.load(toml).store_path, min(PURGED, summaries // 2)
+    )
+
+
+async def _purge(store_path: Path, count: int) -> dict[str, float]:
+    """Retention's purge of the `count` oldest received summaries from the filled store (as
+    its daily run would find them), and the longest the event loop went without a turn."""
+    from linkage.clock import ManualClock
+    from node import retention
+    from node.store import Store
+
+    # fill_inbox spaces receptions a second apart: this clock makes the oldest `count` due.
+    clock = ManualClock(FIRST_RECEIVED_MS + retention.MIN_KEEP_DAYS * retention.DAY_MS + count * 1000 + 1)
+    store = await Store.open(store_path, clock)
+    longest = 0.0
+    purging = True
+
+    async def heartbeat() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while purging:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+
+    beating = asyncio.create_task(heartbeat())
+    try:
+        started = time.perf_counter()
+        counts = await retention.purge(store, clock, retention.MIN_KEEP_DAYS)
+        elapsed = time.perf_counter() - started
+    finally:
+        purging = False
+        await beating
+        await store.close()
+    return {"purged": counts["received"], "purge_s": elapsed, "purge_longest_stall_ms": longest * 1000}
 
 
 def measure_all(plan: Plan, root: Path, say: Say) -> dict[str, Any]:
@@ -218,6 +255,7 @@ def measure_all(plan: Plan, root: Path, say: Say) -> dict[str, Any]:
     figures["startup"] = u = asyncio.run(startup(plan.stored_summaries, root))
     say(
         f"node start-up with {u['summaries']:,} stored summaries: {u['start_s']:.2f} s "
-        f"(empty store {u['empty_store_s']:.2f} s)"
+        f"(empty store {u['empty_store_s']:.2f} s); retention purging its oldest {u['purged']:,}: "
+        f"{u['purge_s']:.2f} s, the event loop held at most {u['purge_longest_stall_ms']:.0f} ms"
     )
     return figures
