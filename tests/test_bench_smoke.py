@@ -26,8 +26,10 @@ def test_linkage_bench_runs_every_cell_and_prints_the_ratio_last(capsys: pytest.
         "bare relay mTLS, window",
         "bare relay plaintext",
         "throughput ratio by round",  # the noise each ratio's median smooths, shown
+        "node start-up with 500 stored summaries",
     ):
         assert any(line.startswith(cell) for line in lines), cell
+    assert any("retention purging its oldest 250: " in line for line in lines)
     for target in (
         "throughput, Linkage / bare relay",
         "audit verify",
