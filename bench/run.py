@@ -163,7 +163,8 @@ def run(plan: Plan, json_out: Path | None = None) -> float:
     verify = audit.measure(plan.audit_entries)
     say(
         f"audit verify of {plan.audit_entries:,} entries: {verify['verify_per_s']:,.0f} entries/s "
-        f"(SHA-256 alone {verify['baseline_sha256_per_s']:,.0f}/s)"
+        f"(SHA-256 alone {verify['baseline_sha256_per_s']:,.0f}/s); `audit list` of one person's entries with "
+        f"one agency reads {verify['list_filtered_per_s']:,.0f} entries/s ({verify['listed']:,} found)"
     )
     figures["audit"] = verify
     figures["targets"] = {}

@@ -12,12 +12,16 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from linkage import stories
-from linkage.auditlog import GENESIS, chain_hash
+from linkage.auditlog import GENESIS, AuditEntry, chain_hash
+from linkage.cli.audit import EntryFilter, find_entries
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, summary_pb2
 from tests.harness import PRACTITIONER, LocalFederation, make_federation, next_item, running, wait_delivered
@@ -291,3 +295,60 @@ def test_gateway_metadata_log_verifies_and_cross_check_agrees(scenario: LocalFed
         )
     disagree = linkage("audit", "cross-check", "--config", config(scenario, "amh"), "--gateway-db", str(copy))
     assert disagree.returncode == 1 and "the gateway has no record of forwarding it" in disagree.stdout
+
+
+EVENTS = ["share.decision", "message.queued", "message.delivered", "chronology.viewed", "retention.purged"]
+NODES = ["csc", "school", "police", "amh-2"]
+TOKENS = [f"{n:064x}" for n in range(4)]
+
+
+@st.composite
+def audit_logs(draw: st.DrawFn) -> list[str]:
+    return [
+        AuditEntry(
+            seq=seq,
+            ts_ms=draw(st.integers(0, 100)),
+            event=draw(st.sampled_from(EVENTS)),
+            actor={"id": "p-1", "name": 'Émile "Test"', "role": "Social worker"},
+            tokens=sorted(draw(st.sets(st.sampled_from(TOKENS), max_size=3))),
+            counterpart=",".join(draw(st.lists(st.sampled_from(NODES), max_size=2, unique=True))),
+            decision=draw(st.sampled_from(["", "DECISION_OUTCOME_SHARED", "DECISION_OUTCOME_NOT_SHARED"])),
+        ).canonical()
+        for seq in range(1, draw(st.integers(0, 30)) + 1)
+    ]
+
+
+filters = st.builds(
+    EntryFilter,
+    token=st.none() | st.sampled_from(TOKENS),
+    event=st.none() | st.sampled_from(["share.", "message.", "message.delivered", "chron", "x"]),
+    counterpart=st.none() | st.sampled_from([*NODES, "amh"]),
+    decision=st.none() | st.sampled_from(["not_shared", "SHARED"]),
+    since=st.none() | st.integers(0, 100),
+    until=st.none() | st.integers(0, 100),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(log=audit_logs(), wanted=filters)
+def test_entries_found_are_exactly_those_a_full_read_finds(log: list[str], wanted: EntryFilter) -> None:
+    """SQLite's narrowing never loses an entry, even when the table's side columns lie."""
+    with closing(sqlite3.connect(":memory:")) as db:
+        db.execute(
+            "CREATE TABLE audit(seq INTEGER PRIMARY KEY, ts_ms INTEGER, event TEXT, counterpart TEXT, entry TEXT)"
+        )
+        # The side columns are written wrong on purpose: only the entry text may decide.
+        db.executemany("INSERT INTO audit VALUES (?, -1, 'forged', 'nobody', ?)", enumerate(log, start=1))
+        found = list(find_entries(db, wanted))
+    everything = [json.loads(entry) for entry in log]
+    expected = [
+        e
+        for e in everything
+        if (wanted.token is None or wanted.token in e["tokens"])
+        and (wanted.event is None or e["event"].startswith(wanted.event))
+        and (wanted.counterpart is None or wanted.counterpart in e["counterpart"].split(","))
+        and (wanted.decision is None or wanted.decision.upper() in e["decision"].upper())
+        and (wanted.since is None or e["ts_ms"] >= wanted.since)
+        and (wanted.until is None or e["ts_ms"] <= wanted.until)
+    ]
+    assert found == expected
