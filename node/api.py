@@ -22,6 +22,7 @@ from node.requests import Requests
 from node.sharing import Sharing
 
 MAX_LIST = 500
+SERVICE_NAME = node_api_pb2.DESCRIPTOR.services_by_name["NodeApi"].full_name
 log = logs.get("node.api")
 Context = grpc.aio.ServicerContext[object, object]
 T = TypeVar("T")
@@ -42,6 +43,17 @@ async def _answer(context: Context, actor: summary_pb2.Practitioner, work: Calla
     except Rejected as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"node cannot serve: {exc}")
     raise AssertionError("unreachable")
+
+
+def add_to_server(service: NodeApiService, server: grpc.aio.Server) -> None:
+    """Serve `service`. Chronology's handler has no response serialiser: its answer is
+    assembled from entries stored serialised, and is sent as it is."""
+    node_api_pb2_grpc.add_NodeApiServicer_to_server(service, server)
+    chronology: grpc.RpcMethodHandler[node_api_pb2.ChronologyRequest, bytes] = grpc.unary_unary_rpc_method_handler(
+        service.Chronology, request_deserializer=node_api_pb2.ChronologyRequest.FromString
+    )
+    # Registered handlers are looked up by method name, so this one replaces the generated one.
+    server.add_registered_method_handlers(SERVICE_NAME, {"Chronology": chronology})
 
 
 class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
@@ -184,13 +196,10 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
     ) -> node_api_pb2.ReceivedSummary:
         return await _answer(context, request.actor, lambda: self.inbox.open(request))
 
-    async def Chronology(
+    async def Chronology(  # type: ignore[override]  # answers serialised; see add_to_server
         self, request: node_api_pb2.ChronologyRequest, context: Context
-    ) -> node_api_pb2.ChronologyResponse:
-        async def work() -> node_api_pb2.ChronologyResponse:
-            return await self.inbox.chronology(request.case_id, request.actor)
-
-        return await _answer(context, request.actor, work)
+    ) -> bytes:
+        return await _answer(context, request.actor, lambda: self.inbox.chronology(request.case_id, request.actor))
 
     async def ListReceived(
         self, request: node_api_pb2.ListReceivedRequest, context: Context

@@ -21,9 +21,9 @@ from linkage.reasons import Rejected
 from linkage.runtime import settle_heap
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.transport import LINK_HEALTH_SERVICE, SERVER_OPTIONS
-from linkage.v1 import directory_pb2, gateway_pb2, node_api_pb2, node_api_pb2_grpc
+from linkage.v1 import directory_pb2, gateway_pb2
 from node import retention
-from node.api import NodeApiService
+from node.api import SERVICE_NAME, NodeApiService, add_to_server
 from node.cases import Cases
 from node.checkpoints import Checkpointer
 from node.context import NodeContext
@@ -39,7 +39,6 @@ from node.resolver import Resolver
 from node.sharing import Sharing
 from node.store import Store
 
-SERVICE_NAME = node_api_pb2.DESCRIPTOR.services_by_name["NodeApi"].full_name
 DIRECTORY_CHECK_S = 300.0
 log = logs.get("node")
 
@@ -185,7 +184,7 @@ class NodeServer:
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
         service = NodeApiService(self.cases, self.sharing, requests, self.inbox, self.outbox, self.feed)
-        node_api_pb2_grpc.add_NodeApiServicer_to_server(service, server)
+        add_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
