@@ -1,7 +1,7 @@
-"""Scale figures: the gateway's subscription index, a family's chronology, and
-node start-up and a retention purge over a large store. Each is measured on the real code path (the
-gateway's `SubscriptionIndex`, the node's `Inbox.chronology`, `linkage node serve`)
-over synthetic data written the way the product writes it."""
+"""Scale figures: the gateway's subscription index, a family's chronology, and node
+start-up and a retention purge over a large store. Each is measured on the real code
+path (the gateway's `SubscriptionIndex`, the node's `Inbox.chronology`, `linkage node
+serve`, `retention.purge`) over synthetic data written the way the product writes it."""
 
 from __future__ import annotations
 

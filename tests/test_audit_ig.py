@@ -16,7 +16,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from linkage import stories
@@ -298,7 +298,7 @@ def test_gateway_metadata_log_verifies_and_cross_check_agrees(scenario: LocalFed
 
 
 EVENTS = ["share.decision", "message.queued", "message.delivered", "chronology.viewed", "retention.purged"]
-NODES = ["csc", "school", "police", "amh-2"]
+NODES = ["csc", "school", "police", "amh-2", 'quo"te']  # the last as JSON escapes it
 TOKENS = [f"{n:064x}" for n in range(4)]
 
 
@@ -331,6 +331,10 @@ filters = st.builds(
 
 @settings(max_examples=200, deadline=None)
 @given(log=audit_logs(), wanted=filters)
+@example(  # a counterpart as JSON escapes it
+    log=[AuditEntry(seq=1, ts_ms=0, event="message.sent", actor={}, counterpart='quo"te').canonical()],
+    wanted=EntryFilter(counterpart='quo"te'),
+)
 def test_entries_found_are_exactly_those_a_full_read_finds(log: list[str], wanted: EntryFilter) -> None:
     """SQLite's narrowing never loses an entry, even when the table's side columns lie."""
     with closing(sqlite3.connect(":memory:")) as db:

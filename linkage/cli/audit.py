@@ -200,7 +200,7 @@ def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[s
     million: 0.5 s against 4.2). That narrows on the entry text alone, the bytes the hash
     chain covers, never on the table's side columns, which nothing verifies; every
     condition is then checked on the parsed entry."""
-    needles = [n for n in (wanted.token, wanted.counterpart) if n]
+    needles = [json.dumps(n, ensure_ascii=False)[1:-1] for n in (wanted.token, wanted.counterpart) if n]
     if wanted.event:
         needles.append('"event":' + json.dumps(wanted.event, ensure_ascii=False)[:-1])
     where = " AND ".join("instr(entry, ?) > 0" for _ in needles) or "1"
