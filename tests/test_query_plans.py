@@ -24,16 +24,16 @@ from tests.test_workflows import CSC_WORKER, share
 GROWING = ("inbox", "inbox_tokens", "outbox", "assessments", "shares", "closures", "chronology", "case_people", "cases")
 SCAN = re.compile(rf"^SCAN ({'|'.join(GROWING)})\b")
 NOT_QUERIES = re.compile(r"^\s*(PRAGMA|BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|CREATE|DROP|ALTER)\b", re.IGNORECASE)
+CONNECT: Callable[..., sqlite3.Connection] = sqlite3.connect  # untraced, for the plans themselves
 
 
 @pytest.fixture
 def statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """(database file, SQL) of every statement run from here on, values bound in."""
     seen: list[tuple[str, str]] = []
-    connect: Callable[..., sqlite3.Connection] = sqlite3.connect
 
     def tracing(database: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
-        db = connect(database, *args, **kwargs)
+        db = CONNECT(database, *args, **kwargs)
         path = str(database).removeprefix("file:").split("?")[0]
         db.set_trace_callback(lambda sql: seen.append((path, sql)))
         return db
@@ -55,7 +55,7 @@ def scans(statements: list[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def connect_ro(path: str) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    return CONNECT(f"file:{path}?mode=ro", uri=True)
 
 
 async def test_casework_reads_by_index(federation: LocalFederation, statements: list[tuple[str, str]]) -> None:
