@@ -259,9 +259,12 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     ) -> audit_pb2.CheckpointList:
         try:
             node_id = self.authz.claimed(context, request.node_id)
+            if len(request.after_root) not in (0, 32):
+                raise Denied(grpc.StatusCode.INVALID_ARGUMENT, "after_root must be empty or a 32-byte root")
         except Denied as denied:
             await abort(context, denied)
-        return audit_pb2.CheckpointList(checkpoints=await self.witness.of(node_id))
+        page, more = await self.witness.of(node_id, (request.after_tree_size, request.after_root), request.limit)
+        return audit_pb2.CheckpointList(checkpoints=page, more=more)
 
     async def FetchDirectory(
         self, request: gateway_pb2.FetchDirectoryRequest, context: Context

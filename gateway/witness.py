@@ -6,6 +6,9 @@ from __future__ import annotations
 from gateway.db import GatewayDb
 from linkage.v1 import audit_pb2
 
+# Checkpoints in one answer: about 150 bytes each, well inside the largest message (256 KiB).
+PAGE = 1_000
+
 
 class Shrunk(Exception):
     """The node already lodged a checkpoint of a longer log."""
@@ -43,8 +46,15 @@ class Witness:
             )
         return int(count)
 
-    async def of(self, node_id: str) -> list[audit_pb2.SignedCheckpoint]:
+    async def of(
+        self, node_id: str, after: tuple[int, bytes] = (0, b""), limit: int = PAGE
+    ) -> tuple[list[audit_pb2.SignedCheckpoint], bool]:
+        """A node's checkpoints after `after` (tree size, root), in that order, at most `limit`
+        (and never more than a page, so an answer fits in a gRPC message); and whether more follow."""
+        limit = min(limit or PAGE, PAGE)
         rows = await self.db.read(
-            "SELECT signed FROM checkpoints WHERE node_id = ? ORDER BY tree_size, at_ms", (node_id,)
+            "SELECT signed FROM checkpoints WHERE node_id = ? AND (tree_size, root) > (?, ?) "
+            "ORDER BY tree_size, root LIMIT ?",
+            (node_id, *after, limit + 1),
         )
-        return [audit_pb2.SignedCheckpoint.FromString(r[0]) for r in rows]
+        return [audit_pb2.SignedCheckpoint.FromString(r[0]) for r in rows[:limit]], len(rows) > limit

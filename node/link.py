@@ -241,10 +241,6 @@ class GatewayLink:
     async def lodge_checkpoint(self, signed: audit_pb2.SignedCheckpoint) -> int:
         return (await self._stub.LodgeCheckpoint(signed, timeout=UNARY_TIMEOUT_S)).lodged
 
-    async def checkpoints(self) -> list[audit_pb2.SignedCheckpoint]:
-        request = gateway_pb2.GetCheckpointsRequest(node_id=self.node_id)
-        return list((await self._stub.GetCheckpoints(request, timeout=UNARY_TIMEOUT_S)).checkpoints)
-
     async def fetch_directory(self, have_version: int) -> directory_pb2.SignedDirectory:
         request = gateway_pb2.FetchDirectoryRequest(have_version=have_version)
         return await self._stub.FetchDirectory(request, timeout=UNARY_TIMEOUT_S)

@@ -12,6 +12,7 @@ import pytest
 
 from linkage import logs, stories
 from linkage.auditlog import open_checkpoint, sign_checkpoint
+from linkage.cli.audit import fetch_checkpoints
 from linkage.clock import SystemClock
 from linkage.ids import uuid7
 from linkage.keys import MessageKeys
@@ -146,6 +147,31 @@ async def test_the_witness_refuses_a_checkpoint_of_a_shorter_log_and_one_for_ano
         assert (await amh.LodgeCheckpoint(checkpoint(7), timeout=5)).lodged == 2
         held = await amh.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id="amh"), timeout=5)
         assert [open_checkpoint(c, cluster.gateway.trust.current(now)).tree_size for c in held.checkpoints] == [5, 7]
+
+
+async def test_a_nodes_checkpoints_come_back_a_page_at_a_time_forks_included(federation: LocalFederation) -> None:
+    """However many a node has lodged, each answer fits in a message and the pages together
+    hold every one, in order; two checkpoints of the same size (a fork: evidence) both come
+    back even when a page ends between them."""
+    async with running(federation, nodes=()) as cluster:
+        keys = MessageKeys.load(federation.node_configs["amh"].message_keys)
+        amh = gateway_stub(cluster, federation.node_configs["amh"].tls)
+        now = SystemClock().now_ms()
+        lodged = [(size, bytes([size]) * 32) for size in range(1, 8)] + [(7, bytes([99]) * 32)]
+        for size, root in lodged:
+            await amh.LodgeCheckpoint(sign_checkpoint(keys.signing, keys.key_id, "amh", size, root, now), timeout=5)
+
+        first = await amh.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id="amh", limit=3), timeout=5)
+        assert len(first.checkpoints) == 3 and first.more
+        directory = cluster.gateway.trust.current(now)
+        for page in (3, 7, 0):  # 7: a page ends between the two of size 7; 0: the gateway's page, all at once
+            held = [open_checkpoint(c, directory) for c in await fetch_checkpoints(amh, "amh", page=page)]
+            assert [(c.tree_size, c.root) for c in held] == sorted(lodged), page
+
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await amh.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id="amh", after_root=b"x"), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "after_root must be empty or a 32-byte root" in (raised.value.details() or "")
 
 
 async def test_canary_in_a_summary_never_reaches_gateway_files_or_any_log(federation: LocalFederation) -> None:

@@ -22,7 +22,7 @@ from linkage.config import GatewayConfig, NodeConfig, load_directory_key
 from linkage.directory import DirectoryView, verify_directory
 from linkage.reasons import Rejected
 from linkage.tokens import IdentifierError, LinkageKey
-from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, summary_pb2
+from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, summary_pb2
 
 PLAIN = {
     "share.decision": "Decision whether to share",
@@ -92,17 +92,29 @@ def _read_checkpoints(paths: list[Path]) -> list[audit_pb2.SignedCheckpoint]:
     return found
 
 
+async def fetch_checkpoints(
+    stub: gateway_pb2_grpc.GatewayAsyncStub, node_id: str, page: int = 0
+) -> list[audit_pb2.SignedCheckpoint]:
+    """Every checkpoint the gateway holds for `node_id`, a page at a time."""
+    found: list[audit_pb2.SignedCheckpoint] = []
+    request = gateway_pb2.GetCheckpointsRequest(node_id=node_id, limit=page)
+    while True:
+        answer = await stub.GetCheckpoints(request, timeout=10)
+        found += answer.checkpoints
+        if not (answer.more and answer.checkpoints):
+            return found
+        last = audit_pb2.Checkpoint.FromString(answer.checkpoints[-1].checkpoint)
+        request.after_tree_size, request.after_root = last.tree_size, last.root
+
+
 def _from_gateway(config: NodeConfig) -> list[audit_pb2.SignedCheckpoint]:
     import grpc
 
     from linkage.transport import secure_channel
-    from linkage.v1 import gateway_pb2, gateway_pb2_grpc
 
     async def fetch() -> list[audit_pb2.SignedCheckpoint]:
         async with secure_channel(config.gateway_address, config.tls, config.gateway_server_name) as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
-            answer = await stub.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id=config.node_id), timeout=10)
-            return list(answer.checkpoints)
+            return await fetch_checkpoints(gateway_pb2_grpc.GatewayStub(channel), config.node_id)
 
     try:
         return asyncio.run(fetch())

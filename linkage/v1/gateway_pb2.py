@@ -27,55 +27,55 @@ from linkage.v1 import directory_pb2 as linkage_dot_v1_dot_directory__pb2
 from linkage.v1 import envelope_pb2 as linkage_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18linkage/v1/gateway.proto\x12\nlinkage.v1\x1a\x16linkage/v1/audit.proto\x1a\x1alinkage/v1/directory.proto\x1a\x19linkage/v1/envelope.proto\")\n\x17LodgeCheckpointResponse\x12\x0e\n\x06lodged\x18\x01 \x01(\x04\"(\n\x15GetCheckpointsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"B\n\x1a\x44iscoverInvolvementRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0blink_tokens\x18\x02 \x03(\x0c\"8\n\x10TokenInvolvement\x12\x12\n\nlink_token\x18\x01 \x01(\x0c\x12\x10\n\x08node_ids\x18\x02 \x03(\t\"P\n\x1b\x44iscoverInvolvementResponse\x12\x31\n\x0binvolvement\x18\x01 \x03(\x0b\x32\x1c.linkage.v1.TokenInvolvement\"\xc4\x01\n\tNodeFrame\x12$\n\x04send\x18\x01 \x01(\x0b\x32\x14.linkage.v1.EnvelopeH\x00\x12&\n\x07receipt\x18\x02 \x01(\x0b\x32\x13.linkage.v1.ReceiptH\x00\x12\'\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x16.linkage.v1.NodeFramesH\x00\x12\x37\n\x07resolve\x18\x04 \x01(\x0b\x32$.linkage.v1.ResolveRecipientsRequestH\x00\x42\x07\n\x05\x66rame\"3\n\nNodeFrames\x12%\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x15.linkage.v1.NodeFrame\"\xb0\x01\n\x07SendAck\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x16\n\x0erecipient_node\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.linkage.v1.SendStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12)\n\nbusy_scope\x18\x05 \x01(\x0e\x32\x15.linkage.v1.BusyScope\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\"\x1d\n\nPeerOnline\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xda\x02\n\x0cGatewayFrame\x12\'\n\x08send_ack\x18\x01 \x01(\x0b\x32\x13.linkage.v1.SendAckH\x00\x12\'\n\x07\x64\x65liver\x18\x02 \x01(\x0b\x32\x14.linkage.v1.EnvelopeH\x00\x12&\n\x07receipt\x18\x03 \x01(\x0b\x32\x13.linkage.v1.ReceiptH\x00\x12-\n\x0bpeer_online\x18\x04 \x01(\x0b\x32\x16.linkage.v1.PeerOnlineH\x00\x12*\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x19.linkage.v1.GatewayFramesH\x00\x12\x39\n\x08resolved\x18\x06 \x01(\x0b\x32%.linkage.v1.ResolveRecipientsResponseH\x00\x12\x31\n\rlinks_changed\x18\x07 \x01(\x0b\x32\x18.linkage.v1.LinksChangedH\x00\x42\x07\n\x05\x66rame\"#\n\x0cLinksChanged\x12\x13\n\x0blink_tokens\x18\x01 \x03(\x0c\"9\n\rGatewayFrames\x12(\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x18.linkage.v1.GatewayFrame\"8\n\x10SubscribeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0blink_tokens\x18\x02 \x03(\x0c\"1\n\x11SubscribeResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\":\n\x12UnsubscribeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0blink_tokens\x18\x02 \x03(\x0c\"5\n\x13UnsubscribeResponse\x12\x0f\n\x07removed\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\"T\n\x18ResolveRecipientsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0blink_tokens\x18\x02 \x03(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\"\xa8\x01\n\x19ResolveRecipientsResponse\x12\x10\n\x08node_ids\x18\x01 \x03(\t\x12.\n\x08\x62y_token\x18\x02 \x03(\x0b\x32\x1c.linkage.v1.TokenInvolvement\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x16\n\x0e\x63hanges_pushed\x18\x06 \x01(\x08\"-\n\x15\x46\x65tchDirectoryRequest\x12\x14\n\x0chave_version\x18\x01 \x01(\x04*\x97\x01\n\nSendStatus\x12\x1b\n\x17SEND_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SEND_STATUS_FORWARDED\x10\x01\x12!\n\x1dSEND_STATUS_RECIPIENT_OFFLINE\x10\x02\x12\x18\n\x14SEND_STATUS_REJECTED\x10\x03\x12\x14\n\x10SEND_STATUS_BUSY\x10\x04*X\n\tBusyScope\x12\x1a\n\x16\x42USY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42USY_SCOPE_SENDER\x10\x01\x12\x18\n\x14\x42USY_SCOPE_RECIPIENT\x10\x02\x32\xa6\x05\n\x07Gateway\x12>\n\x07\x43onnect\x12\x15.linkage.v1.NodeFrame\x1a\x18.linkage.v1.GatewayFrame(\x01\x30\x01\x12H\n\tSubscribe\x12\x1c.linkage.v1.SubscribeRequest\x1a\x1d.linkage.v1.SubscribeResponse\x12N\n\x0bUnsubscribe\x12\x1e.linkage.v1.UnsubscribeRequest\x1a\x1f.linkage.v1.UnsubscribeResponse\x12`\n\x11ResolveRecipients\x12$.linkage.v1.ResolveRecipientsRequest\x1a%.linkage.v1.ResolveRecipientsResponse\x12P\n\x0e\x46\x65tchDirectory\x12!.linkage.v1.FetchDirectoryRequest\x1a\x1b.linkage.v1.SignedDirectory\x12\x66\n\x13\x44iscoverInvolvement\x12&.linkage.v1.DiscoverInvolvementRequest\x1a\'.linkage.v1.DiscoverInvolvementResponse\x12T\n\x0fLodgeCheckpoint\x12\x1c.linkage.v1.SignedCheckpoint\x1a#.linkage.v1.LodgeCheckpointResponse\x12O\n\x0eGetCheckpoints\x12!.linkage.v1.GetCheckpointsRequest\x1a\x1a.linkage.v1.CheckpointListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18linkage/v1/gateway.proto\x12\nlinkage.v1\x1a\x16linkage/v1/audit.proto\x1a\x1alinkage/v1/directory.proto\x1a\x19linkage/v1/envelope.proto\")\n\x17LodgeCheckpointResponse\x12\x0e\n\x06lodged\x18\x01 \x01(\x04\"d\n\x15GetCheckpointsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x66ter_tree_size\x18\x02 \x01(\x04\x12\x12\n\nafter_root\x18\x03 \x01(\x0c\x12\r\n\x05limit\x18\x04 \x01(\r\"B\n\x1a\x44iscoverInvolvementRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0blink_tokens\x18\x02 \x03(\x0c\"8\n\x10TokenInvolvement\x12\x12\n\nlink_token\x18\x01 \x01(\x0c\x12\x10\n\x08node_ids\x18\x02 \x03(\t\"P\n\x1b\x44iscoverInvolvementResponse\x12\x31\n\x0binvolvement\x18\x01 \x03(\x0b\x32\x1c.linkage.v1.TokenInvolvement\"\xc4\x01\n\tNodeFrame\x12$\n\x04send\x18\x01 \x01(\x0b\x32\x14.linkage.v1.EnvelopeH\x00\x12&\n\x07receipt\x18\x02 \x01(\x0b\x32\x13.linkage.v1.ReceiptH\x00\x12\'\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x16.linkage.v1.NodeFramesH\x00\x12\x37\n\x07resolve\x18\x04 \x01(\x0b\x32$.linkage.v1.ResolveRecipientsRequestH\x00\x42\x07\n\x05\x66rame\"3\n\nNodeFrames\x12%\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x15.linkage.v1.NodeFrame\"\xb0\x01\n\x07SendAck\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x16\n\x0erecipient_node\x18\x02 \x01(\t\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.linkage.v1.SendStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12)\n\nbusy_scope\x18\x05 \x01(\x0e\x32\x15.linkage.v1.BusyScope\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\"\x1d\n\nPeerOnline\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xda\x02\n\x0cGatewayFrame\x12\'\n\x08send_ack\x18\x01 \x01(\x0b\x32\x13.linkage.v1.SendAckH\x00\x12\'\n\x07\x64\x65liver\x18\x02 \x01(\x0b\x32\x14.linkage.v1.EnvelopeH\x00\x12&\n\x07receipt\x18\x03 \x01(\x0b\x32\x13.linkage.v1.ReceiptH\x00\x12-\n\x0bpeer_online\x18\x04 \x01(\x0b\x32\x16.linkage.v1.PeerOnlineH\x00\x12*\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x19.linkage.v1.GatewayFramesH\x00\x12\x39\n\x08resolved\x18\x06 \x01(\x0b\x32%.linkage.v1.ResolveRecipientsResponseH\x00\x12\x31\n\rlinks_changed\x18\x07 \x01(\x0b\x32\x18.linkage.v1.LinksChangedH\x00\x42\x07\n\x05\x66rame\"#\n\x0cLinksChanged\x12\x13\n\x0blink_tokens\x18\x01 \x03(\x0c\"9\n\rGatewayFrames\x12(\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x18.linkage.v1.GatewayFrame\"8\n\x10SubscribeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0blink_tokens\x18\x02 \x03(\x0c\"1\n\x11SubscribeResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\":\n\x12UnsubscribeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0blink_tokens\x18\x02 \x03(\x0c\"5\n\x13UnsubscribeResponse\x12\x0f\n\x07removed\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\"T\n\x18ResolveRecipientsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0blink_tokens\x18\x02 \x03(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\"\xa8\x01\n\x19ResolveRecipientsResponse\x12\x10\n\x08node_ids\x18\x01 \x03(\t\x12.\n\x08\x62y_token\x18\x02 \x03(\x0b\x32\x1c.linkage.v1.TokenInvolvement\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x16\n\x0e\x63hanges_pushed\x18\x06 \x01(\x08\"-\n\x15\x46\x65tchDirectoryRequest\x12\x14\n\x0chave_version\x18\x01 \x01(\x04*\x97\x01\n\nSendStatus\x12\x1b\n\x17SEND_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15SEND_STATUS_FORWARDED\x10\x01\x12!\n\x1dSEND_STATUS_RECIPIENT_OFFLINE\x10\x02\x12\x18\n\x14SEND_STATUS_REJECTED\x10\x03\x12\x14\n\x10SEND_STATUS_BUSY\x10\x04*X\n\tBusyScope\x12\x1a\n\x16\x42USY_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42USY_SCOPE_SENDER\x10\x01\x12\x18\n\x14\x42USY_SCOPE_RECIPIENT\x10\x02\x32\xa6\x05\n\x07Gateway\x12>\n\x07\x43onnect\x12\x15.linkage.v1.NodeFrame\x1a\x18.linkage.v1.GatewayFrame(\x01\x30\x01\x12H\n\tSubscribe\x12\x1c.linkage.v1.SubscribeRequest\x1a\x1d.linkage.v1.SubscribeResponse\x12N\n\x0bUnsubscribe\x12\x1e.linkage.v1.UnsubscribeRequest\x1a\x1f.linkage.v1.UnsubscribeResponse\x12`\n\x11ResolveRecipients\x12$.linkage.v1.ResolveRecipientsRequest\x1a%.linkage.v1.ResolveRecipientsResponse\x12P\n\x0e\x46\x65tchDirectory\x12!.linkage.v1.FetchDirectoryRequest\x1a\x1b.linkage.v1.SignedDirectory\x12\x66\n\x13\x44iscoverInvolvement\x12&.linkage.v1.DiscoverInvolvementRequest\x1a\'.linkage.v1.DiscoverInvolvementResponse\x12T\n\x0fLodgeCheckpoint\x12\x1c.linkage.v1.SignedCheckpoint\x1a#.linkage.v1.LodgeCheckpointResponse\x12O\n\x0eGetCheckpoints\x12!.linkage.v1.GetCheckpointsRequest\x1a\x1a.linkage.v1.CheckpointListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'linkage.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SENDSTATUS']._serialized_start=1848
-  _globals['_SENDSTATUS']._serialized_end=1999
-  _globals['_BUSYSCOPE']._serialized_start=2001
-  _globals['_BUSYSCOPE']._serialized_end=2089
+  _globals['_SENDSTATUS']._serialized_start=1908
+  _globals['_SENDSTATUS']._serialized_end=2059
+  _globals['_BUSYSCOPE']._serialized_start=2061
+  _globals['_BUSYSCOPE']._serialized_end=2149
   _globals['_LODGECHECKPOINTRESPONSE']._serialized_start=119
   _globals['_LODGECHECKPOINTRESPONSE']._serialized_end=160
   _globals['_GETCHECKPOINTSREQUEST']._serialized_start=162
-  _globals['_GETCHECKPOINTSREQUEST']._serialized_end=202
-  _globals['_DISCOVERINVOLVEMENTREQUEST']._serialized_start=204
-  _globals['_DISCOVERINVOLVEMENTREQUEST']._serialized_end=270
-  _globals['_TOKENINVOLVEMENT']._serialized_start=272
-  _globals['_TOKENINVOLVEMENT']._serialized_end=328
-  _globals['_DISCOVERINVOLVEMENTRESPONSE']._serialized_start=330
-  _globals['_DISCOVERINVOLVEMENTRESPONSE']._serialized_end=410
-  _globals['_NODEFRAME']._serialized_start=413
-  _globals['_NODEFRAME']._serialized_end=609
-  _globals['_NODEFRAMES']._serialized_start=611
-  _globals['_NODEFRAMES']._serialized_end=662
-  _globals['_SENDACK']._serialized_start=665
-  _globals['_SENDACK']._serialized_end=841
-  _globals['_PEERONLINE']._serialized_start=843
-  _globals['_PEERONLINE']._serialized_end=872
-  _globals['_GATEWAYFRAME']._serialized_start=875
-  _globals['_GATEWAYFRAME']._serialized_end=1221
-  _globals['_LINKSCHANGED']._serialized_start=1223
-  _globals['_LINKSCHANGED']._serialized_end=1258
-  _globals['_GATEWAYFRAMES']._serialized_start=1260
-  _globals['_GATEWAYFRAMES']._serialized_end=1317
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1319
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1375
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1377
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1426
-  _globals['_UNSUBSCRIBEREQUEST']._serialized_start=1428
-  _globals['_UNSUBSCRIBEREQUEST']._serialized_end=1486
-  _globals['_UNSUBSCRIBERESPONSE']._serialized_start=1488
-  _globals['_UNSUBSCRIBERESPONSE']._serialized_end=1541
-  _globals['_RESOLVERECIPIENTSREQUEST']._serialized_start=1543
-  _globals['_RESOLVERECIPIENTSREQUEST']._serialized_end=1627
-  _globals['_RESOLVERECIPIENTSRESPONSE']._serialized_start=1630
-  _globals['_RESOLVERECIPIENTSRESPONSE']._serialized_end=1798
-  _globals['_FETCHDIRECTORYREQUEST']._serialized_start=1800
-  _globals['_FETCHDIRECTORYREQUEST']._serialized_end=1845
-  _globals['_GATEWAY']._serialized_start=2092
-  _globals['_GATEWAY']._serialized_end=2770
+  _globals['_GETCHECKPOINTSREQUEST']._serialized_end=262
+  _globals['_DISCOVERINVOLVEMENTREQUEST']._serialized_start=264
+  _globals['_DISCOVERINVOLVEMENTREQUEST']._serialized_end=330
+  _globals['_TOKENINVOLVEMENT']._serialized_start=332
+  _globals['_TOKENINVOLVEMENT']._serialized_end=388
+  _globals['_DISCOVERINVOLVEMENTRESPONSE']._serialized_start=390
+  _globals['_DISCOVERINVOLVEMENTRESPONSE']._serialized_end=470
+  _globals['_NODEFRAME']._serialized_start=473
+  _globals['_NODEFRAME']._serialized_end=669
+  _globals['_NODEFRAMES']._serialized_start=671
+  _globals['_NODEFRAMES']._serialized_end=722
+  _globals['_SENDACK']._serialized_start=725
+  _globals['_SENDACK']._serialized_end=901
+  _globals['_PEERONLINE']._serialized_start=903
+  _globals['_PEERONLINE']._serialized_end=932
+  _globals['_GATEWAYFRAME']._serialized_start=935
+  _globals['_GATEWAYFRAME']._serialized_end=1281
+  _globals['_LINKSCHANGED']._serialized_start=1283
+  _globals['_LINKSCHANGED']._serialized_end=1318
+  _globals['_GATEWAYFRAMES']._serialized_start=1320
+  _globals['_GATEWAYFRAMES']._serialized_end=1377
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1379
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1435
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1437
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1486
+  _globals['_UNSUBSCRIBEREQUEST']._serialized_start=1488
+  _globals['_UNSUBSCRIBEREQUEST']._serialized_end=1546
+  _globals['_UNSUBSCRIBERESPONSE']._serialized_start=1548
+  _globals['_UNSUBSCRIBERESPONSE']._serialized_end=1601
+  _globals['_RESOLVERECIPIENTSREQUEST']._serialized_start=1603
+  _globals['_RESOLVERECIPIENTSREQUEST']._serialized_end=1687
+  _globals['_RESOLVERECIPIENTSRESPONSE']._serialized_start=1690
+  _globals['_RESOLVERECIPIENTSRESPONSE']._serialized_end=1858
+  _globals['_FETCHDIRECTORYREQUEST']._serialized_start=1860
+  _globals['_FETCHDIRECTORYREQUEST']._serialized_end=1905
+  _globals['_GATEWAY']._serialized_start=2152
+  _globals['_GATEWAY']._serialized_end=2830
 # @@protoc_insertion_point(module_scope)

@@ -98,15 +98,27 @@ class GetCheckpointsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_ID_FIELD_NUMBER: _builtins.int
+    AFTER_TREE_SIZE_FIELD_NUMBER: _builtins.int
+    AFTER_ROOT_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
+    after_tree_size: _builtins.int
+    """The page after the checkpoint of this size and root; both unset: from the first."""
+    after_root: _builtins.bytes
+    """empty, or 32 bytes"""
+    limit: _builtins.int
+    """at most this many; 0, or more than the gateway's page (1,000): a page"""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
+        after_tree_size: _builtins.int = ...,
+        after_root: _builtins.bytes = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_root", b"after_root", "after_tree_size", b"after_tree_size", "limit", b"limit", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

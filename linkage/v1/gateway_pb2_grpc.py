@@ -137,7 +137,8 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpoints(self, request, context):
-        """The checkpoints the calling node has lodged, for its IG officer's verifier.
+        """The checkpoints the calling node has lodged, for its IG officer's verifier,
+        a page at a time in order of tree size (then root).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

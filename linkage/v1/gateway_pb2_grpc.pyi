@@ -56,7 +56,9 @@ class GatewayStub:
     already lodged is refused (FAILED_PRECONDITION) and kept as evidence.
     """
     GetCheckpoints: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointsRequest, _audit_pb2.CheckpointList]
-    """The checkpoints the calling node has lodged, for its IG officer's verifier."""
+    """The checkpoints the calling node has lodged, for its IG officer's verifier,
+    a page at a time in order of tree size (then root).
+    """
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -84,7 +86,9 @@ class GatewayAsyncStub(GatewayStub):
     already lodged is refused (FAILED_PRECONDITION) and kept as evidence.
     """
     GetCheckpoints: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointsRequest, _audit_pb2.CheckpointList]  # type: ignore[assignment]
-    """The checkpoints the calling node has lodged, for its IG officer's verifier."""
+    """The checkpoints the calling node has lodged, for its IG officer's verifier,
+    a page at a time in order of tree size (then root).
+    """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The federation gateway. Every call is made over mTLS; the caller is the node
@@ -157,6 +161,8 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetCheckpointsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.CheckpointList, _abc.Awaitable[_audit_pb2.CheckpointList]]:
-        """The checkpoints the calling node has lodged, for its IG officer's verifier."""
+        """The checkpoints the calling node has lodged, for its IG officer's verifier,
+        a page at a time in order of tree size (then root).
+        """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
