@@ -21,6 +21,9 @@ class Shrunk(Exception):
 class Witness:
     def __init__(self, db: GatewayDb) -> None:
         self.db = db
+        # Checkpoints held per node: counted once per process, then kept up to date (a count
+        # per lodge read the node's every checkpoint: 75 ms at a million).
+        self._held: dict[str, int] = {}
 
     async def lodge(self, checkpoint: audit_pb2.Checkpoint, signed: audit_pb2.SignedCheckpoint) -> int:
         """Keep it, and return how many this node has lodged; raise Shrunk, keeping nothing, if
@@ -31,7 +34,7 @@ class Witness:
             )
             if checkpoint.tree_size < largest:
                 raise Shrunk(int(largest))
-            await db.execute(
+            inserted = await db.execute(
                 "INSERT OR IGNORE INTO checkpoints(node_id, tree_size, root, at_ms, signed) VALUES (?, ?, ?, ?, ?)",
                 (
                     checkpoint.node_id,
@@ -41,10 +44,15 @@ class Witness:
                     signed.SerializeToString(),
                 ),
             )
-            ((count,),) = await db.execute_fetchall(
-                "SELECT COUNT(*) FROM checkpoints WHERE node_id = ?", (checkpoint.node_id,)
-            )
-        return int(count)
+            held = self._held.get(checkpoint.node_id)
+            if held is None:
+                ((held,),) = await db.execute_fetchall(
+                    "SELECT COUNT(*) FROM checkpoints WHERE node_id = ?", (checkpoint.node_id,)
+                )
+            else:
+                held += inserted.rowcount
+        self._held[checkpoint.node_id] = int(held)  # only once the transaction has committed
+        return int(held)
 
     async def of(
         self, node_id: str, after: tuple[int, bytes] = (0, b""), limit: int = PAGE
