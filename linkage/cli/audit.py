@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from linkage.auditlog import open_checkpoint, verify_chain, verify_log
 from linkage.config import GatewayConfig, NodeConfig, load_directory_key
 from linkage.directory import DirectoryView, verify_directory
 from linkage.reasons import Rejected
 from linkage.tokens import IdentifierError, LinkageKey
+from linkage.transport import secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, summary_pb2
 
 PLAIN = {
@@ -108,10 +111,6 @@ async def fetch_checkpoints(
 
 
 def _from_gateway(config: NodeConfig) -> list[audit_pb2.SignedCheckpoint]:
-    import grpc
-
-    from linkage.transport import secure_channel
-
     async def fetch() -> list[audit_pb2.SignedCheckpoint]:
         async with secure_channel(config.gateway_address, config.tls, config.gateway_server_name) as channel:
             return await fetch_checkpoints(gateway_pb2_grpc.GatewayStub(channel), config.node_id)
