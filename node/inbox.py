@@ -108,15 +108,12 @@ class Inbox:
             )
         items = [self._item(r) for r in rows]
         if items:  # an empty poll hands over nothing, and is not recorded
-            seqs = [item.seq for item in items]
-            tokens = await self.ctx.store.fetchall(
-                f"SELECT DISTINCT token FROM inbox_tokens WHERE inbox_seq IN ({','.join('?' * len(seqs))})", seqs
-            )
+            tokens = await self._tokens([item.seq for item in items])
             async with self.ctx.store.tx() as tx:
                 await tx.audit(
                     "received.exported",
                     actor,
-                    tokens=[bytes(t) for (t,) in tokens],
+                    tokens=tokens,
                     detail={"via": via, "items": len(items), "message_ids": [item.message_id for item in items]},
                 )
         return items
@@ -128,6 +125,7 @@ class Inbox:
         if row is None:
             raise not_found(f"no item {request.message_id!r} in this node's inbox")
         item = self._item(row)
+        tokens = await self._tokens([item.seq])
         silent = request.silent_read_reason.strip()
         notify = not silent and item.kind in SUMMARY_KINDS
         sealed = []
@@ -138,7 +136,7 @@ class Inbox:
             sealed = await self.ctx.messenger.seal_each(
                 [item.sender_node],
                 envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION,
-                await self._tokens(item.seq),
+                tokens,
                 item.share_id,
                 lambda _: lambda body: body.read.CopyFrom(read),
                 request.actor,
@@ -149,7 +147,7 @@ class Inbox:
             await tx.audit(
                 "message.silent_read" if silent else "message.read",
                 request.actor,
-                tokens=await self._tokens(item.seq),
+                tokens=tokens,
                 summary_id=item.summary.summary_id,
                 message_id=item.message_id,
                 counterpart=item.sender_node,
@@ -169,8 +167,12 @@ class Inbox:
         copy.state = state
         return copy
 
-    async def _tokens(self, seq: int) -> list[bytes]:
-        rows = await self.ctx.store.fetchall("SELECT token FROM inbox_tokens WHERE inbox_seq = ?", (seq,))
+    async def _tokens(self, seqs: list[int]) -> list[bytes]:
+        """The link tokens of these inbox rows, each once."""
+        rows = await self.ctx.store.fetchall(
+            f"SELECT DISTINCT token FROM inbox_tokens WHERE inbox_seq IN ({','.join('?' * len(seqs))}) ORDER BY token",
+            seqs,
+        )
         return [bytes(r[0]) for r in rows]
 
     async def chronology(self, case_id: str, actor: summary_pb2.Practitioner) -> bytes:
