@@ -259,7 +259,7 @@ async def test_messages_sealed_together_share_a_signature_and_each_is_delivered(
         async with amh.store.tx() as tx:
             for i, each in enumerate(sealed):
                 await amh.ctx.messenger.queue(tx, each, f"thread-{i}", PRACTITIONER)
-        await wait_delivered(amh, 4)
+        await wait_delivered(amh, 1 + len(sealed))  # the share, then each question
         stored = [
             envelope_pb2.SignedMessage.FromString(r[0])
             for r in await csc.store.fetchall(
