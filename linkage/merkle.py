@@ -8,9 +8,12 @@ Verification follows transparency-dev/merkle (proof/verify.go) and agrees with i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 HASH_SIZE = 32
+# The most hashes in a consistency proof between trees of up to 2**64 leaves (one per level
+# below the split, one per level above it): anything longer is malformed, not merely wrong.
+MAX_CONSISTENCY_PROOF = 128
 
 
 class ProofError(ValueError):
@@ -119,17 +122,43 @@ def consistency_proof(m: int, leaves: Sequence[bytes]) -> list[bytes]:
     n = len(leaves)
     if not 0 < m <= n:
         raise ValueError("sizes outside the tree")
-    return _subproof(m, leaves, True)
+    return _subproof(m, 0, n, True, lambda lo, hi: root_of(leaves[lo:hi]))
 
 
-def _subproof(m: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:
-    n = len(leaves)
-    if m == n:
-        return [] if complete else [root_of(leaves)]
-    k = _split(n)
+def consistency_proof_from(old: CompactRange, appended: Sequence[bytes]) -> list[bytes]:
+    """PROOF(m, D[n]) for the tree of m = old.size leaves grown by the `appended` leaf hashes,
+    without the first m leaves: every subtree the proof takes from before m is one of the
+    perfect subtrees a compact range keeps, and the rest lie wholly after m."""
+    m, n = old.size, old.size + len(appended)
+    if m == 0:
+        raise ValueError("consistency with the empty tree proves nothing")
+    held: dict[tuple[int, int], bytes] = {}
+    start = 0
+    for size, subtree in zip(_perfect_sizes(m), old.hashes, strict=True):
+        held[(start, start + size)] = subtree
+        start += size
+
+    def subtree_hash(lo: int, hi: int) -> bytes:
+        if lo >= m:
+            return root_of(appended[lo - m : hi - m])
+        return held[(lo, hi)]  # a KeyError would be a bug in the recursion, not bad input
+
+    return _subproof(m, 0, n, True, subtree_hash)
+
+
+def _perfect_sizes(size: int) -> list[int]:
+    """The sizes of the perfect subtrees covering [0, size), largest first (a compact range's order)."""
+    return [1 << b for b in reversed(range(size.bit_length())) if size >> b & 1]
+
+
+def _subproof(m: int, lo: int, hi: int, complete: bool, subtree_hash: Callable[[int, int], bytes]) -> list[bytes]:
+    """SUBPROOF(m, D[lo:hi], complete), with MTH of any leaf range from `subtree_hash`."""
+    if m == hi - lo:
+        return [] if complete else [subtree_hash(lo, hi)]
+    k = _split(hi - lo)
     if m <= k:
-        return [*_subproof(m, leaves[:k], complete), root_of(leaves[k:])]
-    return [*_subproof(m - k, leaves[k:], False), root_of(leaves[:k])]
+        return [*_subproof(m, lo, lo + k, complete, subtree_hash), subtree_hash(lo + k, hi)]
+    return [*_subproof(m - k, lo + k, hi, False, subtree_hash), subtree_hash(lo, lo + k)]
 
 
 def _decomp(index: int, size: int) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from linkage.merkle import (
     CompactRange,
     ProofError,
     consistency_proof,
+    consistency_proof_from,
     inclusion_proof,
     leaf_hash,
     root_and_proofs,
@@ -99,3 +100,23 @@ def test_compact_range_round_trips_and_matches_the_recursive_root() -> None:
         compact.append(leaf)
         assert compact.root() == root_of(leaves[:i])
     assert CompactRange.from_bytes(compact.to_bytes()).root() == compact.root()
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.tuples(st.integers(1, 300), st.integers(0, 300)))
+def test_a_proof_built_from_a_compact_range_is_the_proof_built_from_every_leaf(sizes: tuple[int, int]) -> None:
+    """What a node sends the witness: it holds the compact range at the size last witnessed and
+    the leaves since, not the whole log; the proof must be exactly RFC 9162's."""
+    m, grown = sizes
+    leaves = [leaf_hash(i.to_bytes(2, "big")) for i in range(m + grown)]
+    old = CompactRange()
+    for leaf in leaves[:m]:
+        old.append(leaf)
+    proof = consistency_proof_from(old, leaves[m:])
+    assert proof == consistency_proof(m, leaves)
+    verify_consistency(m, len(leaves), old.root(), root_of(leaves), proof)
+
+
+def test_no_proof_is_built_from_the_empty_tree() -> None:
+    with pytest.raises(ValueError, match="empty tree"):
+        consistency_proof_from(CompactRange(), [leaf_hash(b"a")])
