@@ -19,13 +19,20 @@ CREATE TABLE IF NOT EXISTS subscriptions(
   node_id TEXT NOT NULL,
   PRIMARY KEY (token, node_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS checkpoints(
-  node_id TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS witnessed(
+  node_id TEXT PRIMARY KEY,
   tree_size INTEGER NOT NULL,
   root BLOB NOT NULL,
-  at_ms INTEGER NOT NULL,
+  signed BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS witness_breaks(
+  node_id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  tree_size INTEGER NOT NULL,
+  root BLOB NOT NULL,
   signed BLOB NOT NULL,
-  PRIMARY KEY (node_id, tree_size, root)
+  broken_at_ms INTEGER NOT NULL,
+  PRIMARY KEY (node_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS metalog(
   seq INTEGER PRIMARY KEY,
@@ -41,6 +48,26 @@ CREATE TRIGGER IF NOT EXISTS metalog_append_only_delete BEFORE DELETE ON metalog
   BEGIN SELECT RAISE(ABORT, 'the metadata log is append-only'); END;
 """
 
+# Gateways before the witness checked consistency kept every checkpoint lodged. Each node's
+# largest becomes the one witnessed (the first root, if two were lodged at that size), and
+# every checkpoint at a size lodged with two roots is kept as a break: the evidence stays.
+FROM_EVERY_CHECKPOINT = """
+BEGIN IMMEDIATE;
+INSERT OR IGNORE INTO witnessed(node_id, tree_size, root, signed)
+  SELECT node_id, tree_size, root, signed FROM checkpoints AS c
+  WHERE tree_size = (SELECT MAX(tree_size) FROM checkpoints WHERE node_id = c.node_id)
+  ORDER BY node_id, root;
+INSERT INTO witness_breaks(node_id, seq, tree_size, root, signed, broken_at_ms)
+  SELECT node_id, ROW_NUMBER() OVER (PARTITION BY node_id ORDER BY tree_size, root), tree_size, root, signed, at_ms
+  FROM checkpoints AS c
+  WHERE EXISTS (SELECT 1 FROM checkpoints AS d
+                WHERE d.node_id = c.node_id AND d.tree_size = c.tree_size AND d.root != c.root)
+    AND NOT EXISTS (SELECT 1 FROM witnessed AS w
+                    WHERE w.node_id = c.node_id AND w.tree_size = c.tree_size AND w.root = c.root);
+DROP TABLE checkpoints;
+COMMIT;
+"""
+
 
 class GatewayDb:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
@@ -54,6 +81,8 @@ class GatewayDb:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
         await db.executescript(SCHEMA)
+        if await db.execute_fetchall("SELECT 1 FROM sqlite_master WHERE name = 'checkpoints'"):
+            await db.executescript(FROM_EVERY_CHECKPOINT)
         return cls(db, path)
 
     @asynccontextmanager

@@ -100,7 +100,7 @@ class GatewayServer:
             self._index,
             self.sessions,
             RateLimits(limits.envelopes_per_second, limits.envelope_burst, self.clock),
-            Witness(self._db),
+            Witness(self._db, self.clock),
             self.metalog,
             RateLimits(limits.control_per_second, limits.control_burst, self.clock),
             RateLimits(limits.resolve_per_second, limits.resolve_burst, self.clock),

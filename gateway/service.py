@@ -15,13 +15,14 @@ from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimits
 from gateway.sessions import Session, Sessions
 from gateway.subscriptions import SubscriptionIndex
-from gateway.witness import Shrunk, Witness
+from gateway.witness import Refused, Witness
 from linkage import logs
 from linkage.auditlog import open_checkpoint
 from linkage.directory import DirectoryView
 from linkage.envelope import parse_routing
 from linkage.frames import NestedBatchError, unbatch
 from linkage.ids import is_uuid7
+from linkage.merkle import HASH_SIZE, MAX_CONSISTENCY_PROOF
 from linkage.reasons import Reason, Rejected
 from linkage.tokens import MAX_TOKENS_PER_CALL, MAX_TOKENS_PER_MESSAGE, TOKEN_LEN
 from linkage.transport import Peer
@@ -224,47 +225,63 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         return gateway_pb2.DiscoverInvolvementResponse(involvement=involvement)
 
     async def LodgeCheckpoint(
-        self, request: audit_pb2.SignedCheckpoint, context: Context
+        self, request: gateway_pb2.LodgeCheckpointRequest, context: Context
     ) -> gateway_pb2.LodgeCheckpointResponse:
+        node = "?"
         try:
-            node_id = self.authz.node_of(context)
+            node = self.authz.node_of(context)
+            checkpoint = self._checkpoint_of(node, request)
             try:
-                checkpoint = open_checkpoint(request, self.authz.directory())
-            except Rejected as exc:
-                raise Denied(grpc.StatusCode.INVALID_ARGUMENT, f"checkpoint refused: {exc}") from None
-            if checkpoint.node_id != node_id:
-                raise Denied(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"authenticated as {node_id!r}, checkpoint is for {checkpoint.node_id!r}",
+                lodged = await self.witness.lodge(
+                    checkpoint, request.checkpoint, request.from_tree_size, list(request.consistency_proof)
                 )
-            try:
-                lodged = await self.witness.lodge(checkpoint, request)
-            except Shrunk as shrunk:
-                self.metalog.record(
-                    "checkpoint.refused", node_id, outcome="shrunk", size=checkpoint.tree_size, largest=shrunk.largest
-                )
-                raise Denied(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"this checkpoint ({checkpoint.tree_size} entries) is smaller than one already lodged "
-                    f"({shrunk.largest}); an audit log only grows",
-                ) from None
+            except Refused as refused:
+                raise Denied(grpc.StatusCode.FAILED_PRECONDITION, str(refused)) from None
         except Denied as denied:
-            self._note("checkpoint.refused", node="?", outcome=denied.code.name, warning=True)
+            self._note("checkpoint.refused", node, outcome=denied.code.name, warning=True)
             await abort(context, denied)
-        self.metalog.record("checkpoint.lodged", node_id, outcome="ok", size=checkpoint.tree_size)
-        return gateway_pb2.LodgeCheckpointResponse(lodged=lodged)
+        self._note(
+            "checkpoint.lodged",
+            node,
+            warning=lodged.diverged,
+            outcome="diverged" if lodged.diverged else "ok",
+            size=lodged.tree_size,
+            held=request.from_tree_size,
+        )
+        return gateway_pb2.LodgeCheckpointResponse(tree_size=lodged.tree_size, diverged=lodged.diverged)
+
+    def _checkpoint_of(self, node_id: str, request: gateway_pb2.LodgeCheckpointRequest) -> audit_pb2.Checkpoint:
+        """The checkpoint, signed by the calling node's key, with a proof of the right shape; or Denied."""
+        try:
+            checkpoint = open_checkpoint(request.checkpoint, self.authz.directory())
+        except Rejected as exc:
+            raise Denied(grpc.StatusCode.INVALID_ARGUMENT, f"checkpoint refused: {exc}") from None
+        if checkpoint.node_id != node_id:
+            raise Denied(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"authenticated as {node_id!r}, checkpoint is for {checkpoint.node_id!r}",
+            )
+        if checkpoint.tree_size == 0:
+            raise Denied(grpc.StatusCode.INVALID_ARGUMENT, "a checkpoint of an empty log has nothing to witness")
+        proof = request.consistency_proof
+        if len(proof) > MAX_CONSISTENCY_PROOF or any(len(h) != HASH_SIZE for h in proof):
+            raise Denied(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a consistency proof is at most {MAX_CONSISTENCY_PROOF} hashes of {HASH_SIZE} bytes each",
+            )
+        if proof and request.from_tree_size == 0:
+            raise Denied(grpc.StatusCode.INVALID_ARGUMENT, "a first checkpoint (from_tree_size 0) takes no proof")
+        return checkpoint
 
     async def GetCheckpoints(
         self, request: gateway_pb2.GetCheckpointsRequest, context: Context
-    ) -> audit_pb2.CheckpointList:
+    ) -> gateway_pb2.WitnessedCheckpoints:
         try:
             node_id = self.authz.claimed(context, request.node_id)
-            if len(request.after_root) not in (0, 32):
-                raise Denied(grpc.StatusCode.INVALID_ARGUMENT, "after_root must be empty or a 32-byte root")
         except Denied as denied:
             await abort(context, denied)
-        page, more = await self.witness.of(node_id, (request.after_tree_size, request.after_root), request.limit)
-        return audit_pb2.CheckpointList(checkpoints=page, more=more)
+        held = await self.witness.held(node_id)
+        return gateway_pb2.WitnessedCheckpoints(latest=held.latest, breaks=held.breaks)
 
     async def FetchDirectory(
         self, request: gateway_pb2.FetchDirectoryRequest, context: Context

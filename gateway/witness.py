@@ -1,68 +1,98 @@
-"""The gateway as a witness: it keeps every signed audit checkpoint a node lodges and
-refuses one that would make a node's log shorter than it already vouched for."""
+"""The gateway as a witness of each node's audit log (RFC 9162 checkpoints, as in
+../shared/reference/security_reliability.md §1.3): it holds the latest checkpoint a node
+lodged, and moves on to a newer one when the node proves the newer log extends the held
+one. A newer checkpoint without that proof is a break (a log rewritten, or restored from
+an old backup): the held checkpoint is kept as evidence and witnessing goes on from the
+new one, so one break does not leave the rest of the node's history unwitnessed.
+
+What it holds is one row per node and a bounded list of breaks, however long it runs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from gateway.db import GatewayDb
+from linkage.clock import Clock
+from linkage.merkle import ProofError, verify_consistency
 from linkage.v1 import audit_pb2
 
-# Checkpoints in one answer: about 150 bytes each, well inside the largest message (256 KiB).
-PAGE = 1_000
+BREAKS_KEPT = 100  # per node: evidence enough, and a misbehaving node cannot fill the disk
 
 
-class Shrunk(Exception):
-    """The node already lodged a checkpoint of a longer log."""
+class Refused(Exception):
+    """Nothing was kept: the checkpoint is older than the one held, or the proof starts
+    from a size the witness does not hold. The message says which, for the node's operator."""
 
-    def __init__(self, largest: int) -> None:
-        super().__init__(largest)
-        self.largest = largest
+
+@dataclass(frozen=True)
+class Lodged:
+    tree_size: int  # what the witness now holds
+    diverged: bool  # no proof joined it to what was held, which is now kept as a break
+
+
+@dataclass(frozen=True)
+class Held:
+    latest: audit_pb2.SignedCheckpoint | None
+    breaks: list[audit_pb2.SignedCheckpoint]
 
 
 class Witness:
-    def __init__(self, db: GatewayDb) -> None:
+    def __init__(self, db: GatewayDb, clock: Clock) -> None:
         self.db = db
-        # Checkpoints held per node: counted once per process, then kept up to date (a count
-        # per lodge read the node's every checkpoint: 75 ms at a million).
-        self._held: dict[str, int] = {}
+        self.clock = clock
 
-    async def lodge(self, checkpoint: audit_pb2.Checkpoint, signed: audit_pb2.SignedCheckpoint) -> int:
-        """Keep it, and return how many this node has lodged; raise Shrunk, keeping nothing, if
-        it is smaller than one already lodged (checked in the same transaction as the insert)."""
+    async def lodge(
+        self,
+        checkpoint: audit_pb2.Checkpoint,
+        signed: audit_pb2.SignedCheckpoint,
+        from_size: int,
+        proof: list[bytes],
+    ) -> Lodged:
+        """Hold `checkpoint` if `proof` shows its log extends the held one (or nothing is held);
+        hold it too if not, keeping the one it contradicts. Checked and written in one transaction."""
+        node_id = checkpoint.node_id
         async with self.db.tx() as db:
-            ((largest,),) = await db.execute_fetchall(
-                "SELECT COALESCE(MAX(tree_size), 0) FROM checkpoints WHERE node_id = ?", (checkpoint.node_id,)
+            rows = list(
+                await db.execute_fetchall("SELECT tree_size, root, signed FROM witnessed WHERE node_id = ?", (node_id,))
             )
-            if checkpoint.tree_size < largest:
-                raise Shrunk(int(largest))
-            inserted = await db.execute(
-                "INSERT OR IGNORE INTO checkpoints(node_id, tree_size, root, at_ms, signed) VALUES (?, ?, ?, ?, ?)",
-                (
-                    checkpoint.node_id,
-                    checkpoint.tree_size,
-                    checkpoint.root,
-                    checkpoint.at_ms,
-                    signed.SerializeToString(),
-                ),
-            )
-            held = self._held.get(checkpoint.node_id)
-            if held is None:
-                ((held,),) = await db.execute_fetchall(
-                    "SELECT COUNT(*) FROM checkpoints WHERE node_id = ?", (checkpoint.node_id,)
+            held_size = int(rows[0][0]) if rows else 0
+            if from_size != held_size:
+                holds = f"a checkpoint of {held_size} entries" if rows else "no checkpoint of this node's log"
+                raise Refused(
+                    f"the gateway holds {holds}, and this proof is from {from_size}: "
+                    "ask what it holds (GetCheckpoints) and prove consistency from that size"
                 )
-            else:
-                held += inserted.rowcount
-        self._held[checkpoint.node_id] = int(held)  # only once the transaction has committed
-        return int(held)
+            diverged = False
+            if rows:
+                _, held_root, held_signed = rows[0]
+                if checkpoint.tree_size < held_size:
+                    raise Refused(
+                        f"this checkpoint ({checkpoint.tree_size} entries) is smaller than the one held "
+                        f"({held_size}); an audit log only grows"
+                    )
+                try:
+                    verify_consistency(held_size, checkpoint.tree_size, bytes(held_root), checkpoint.root, proof)
+                except ProofError:
+                    diverged = True
+                    await db.execute(
+                        "INSERT INTO witness_breaks(node_id, seq, tree_size, root, signed, broken_at_ms) "
+                        "SELECT ?, COUNT(*) + 1, ?, ?, ?, ? FROM witness_breaks WHERE node_id = ? "
+                        "HAVING COUNT(*) < ?",
+                        (node_id, held_size, held_root, held_signed, self.clock.now_ms(), node_id, BREAKS_KEPT),
+                    )
+            await db.execute(
+                "INSERT INTO witnessed(node_id, tree_size, root, signed) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(node_id) DO UPDATE SET tree_size = excluded.tree_size, root = excluded.root, "
+                "signed = excluded.signed",
+                (node_id, checkpoint.tree_size, checkpoint.root, signed.SerializeToString()),
+            )
+        return Lodged(checkpoint.tree_size, diverged)
 
-    async def of(
-        self, node_id: str, after: tuple[int, bytes] = (0, b""), limit: int = PAGE
-    ) -> tuple[list[audit_pb2.SignedCheckpoint], bool]:
-        """A node's checkpoints after `after` (tree size, root), in that order, at most `limit`
-        (and never more than a page, so an answer fits in a gRPC message); and whether more follow."""
-        limit = min(limit or PAGE, PAGE)
-        rows = await self.db.read(
-            "SELECT signed FROM checkpoints WHERE node_id = ? AND (tree_size, root) > (?, ?) "
-            "ORDER BY tree_size, root LIMIT ?",
-            (node_id, *after, limit + 1),
+    async def held(self, node_id: str) -> Held:
+        """The node's latest checkpoint, and the breaks kept, oldest first."""
+        latest = await self.db.read("SELECT signed FROM witnessed WHERE node_id = ?", (node_id,))
+        breaks = await self.db.read("SELECT signed FROM witness_breaks WHERE node_id = ? ORDER BY seq", (node_id,))
+        return Held(
+            audit_pb2.SignedCheckpoint.FromString(latest[0][0]) if latest else None,
+            [audit_pb2.SignedCheckpoint.FromString(r[0]) for r in breaks],
         )
-        return [audit_pb2.SignedCheckpoint.FromString(r[0]) for r in rows[:limit]], len(rows) > limit

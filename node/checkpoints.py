@@ -1,6 +1,10 @@
 """Signed checkpoints of this node's audit log, lodged outside it: with the gateway
 (a witness) every so often, and inside every receipt this node signs for a peer.
-A log rewritten as a whole, hashes and all, then no longer matches what others hold."""
+A log rewritten as a whole, hashes and all, then no longer matches what others hold.
+
+The witness holds one checkpoint per node and moves on only with an RFC 9162
+consistency proof from it. The node builds that proof from the compact range it
+kept at the size the witness holds and the entries appended since."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from linkage import logs
 from linkage.auditlog import sign_checkpoint
 from linkage.clock import Clock
 from linkage.keys import MessageKeys
+from linkage.merkle import CompactRange, consistency_proof_from
 from linkage.v1 import audit_pb2
 from node.link import GatewayLink
 from node.store import Store
@@ -37,8 +42,13 @@ class Checkpointer:
         self.clock = clock
         self.lodged_size = 0
         self._latest: audit_pb2.SignedCheckpoint | None = None
+        self._latest_range = CompactRange()
         self._latest_size = -1
         self._signed_at_ms = 0
+        # The compact range at the size the witness holds: None until asked (at start, and
+        # after any failed lodge, when what it holds may not be what this node thinks).
+        self._witnessed: CompactRange | None = None
+        self._lodging = asyncio.Lock()  # one lodge at a time: each proves from what the last left
 
     def latest(self) -> audit_pb2.SignedCheckpoint:
         """A checkpoint of the log as it stands (re-signed only when the log has grown)."""
@@ -55,21 +65,60 @@ class Checkpointer:
             self._latest = sign_checkpoint(
                 self.keys.signing, self.keys.key_id, self.node_id, frontier.size, frontier.root(), now
             )
+            self._latest_range = CompactRange(frontier.size, frontier.hashes)
             self._latest_size, self._signed_at_ms = frontier.size, now
         return self._latest
 
     async def lodge(self) -> bool:
-        signed = self.latest()
-        if self._latest_size <= self.lodged_size:
+        """Lodge the latest checkpoint with the witness, with a proof from the one it holds.
+        False if it could not be lodged now (it is tried again later)."""
+        async with self._lodging:
+            signed = self.latest()
+            size, grown = self._latest_size, self._latest_range
+            if size <= self.lodged_size:
+                return True
+            try:
+                held = self._witnessed if self._witnessed is not None else await self._ask_witness()
+                if held is None:
+                    return False
+                leaves = await self.store.audit_leaves(held.size, size) if held.size else []
+                proof = consistency_proof_from(held, leaves) if leaves else []
+                answer = await self.link.lodge_checkpoint(signed, held.size, proof)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("checkpoint.not_lodged", code=exc.code().name, size=size)
+                self._witnessed = None
+                return False
+            except LookupError as exc:  # entries missing from this store's own log: nothing to prove from
+                log.error("checkpoint.not_lodged", code="LOG_INCOMPLETE", size=size, detail=str(exc))
+                return False
+            async with self.store.tx() as tx:
+                await tx.execute(
+                    "INSERT INTO witnessed(id, frontier) VALUES (1, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET frontier = excluded.frontier",
+                    (grown.to_bytes(),),
+                )
+            self._witnessed, self.lodged_size = grown, size
+            if answer.diverged:
+                # The witness held a checkpoint this log does not extend; it keeps that as evidence.
+                log.error("checkpoint.diverged", size=size, held=held.size)
+            else:
+                log.info("checkpoint.lodged", size=size)
             return True
-        try:
-            await self.link.lodge_checkpoint(signed)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("checkpoint.not_lodged", code=exc.code().name, size=self._latest_size)
-            return False
-        self.lodged_size = self._latest_size
-        log.info("checkpoint.lodged", size=self.lodged_size)
-        return True
+
+    async def _ask_witness(self) -> CompactRange | None:
+        """The compact range at the size the witness holds (empty if it holds nothing), or None
+        if this log is shorter than that (restored from a backup older than the checkpoint)."""
+        answer = await self.link.witnessed()
+        if not answer.HasField("latest"):
+            return CompactRange()
+        size = audit_pb2.Checkpoint.FromString(answer.latest.checkpoint).tree_size
+        if size > self.store.frontier.size:
+            log.error("checkpoint.behind_witness", size=self.store.frontier.size, held=size)
+            return None
+        kept = await self.store.fetchone("SELECT frontier FROM witnessed WHERE id = 1")
+        if kept is not None and (frontier := CompactRange.from_bytes(bytes(kept[0]))).size == size:
+            return frontier
+        return await self.store.audit_range(size)  # kept at another size (a lodge interrupted): read it
 
     async def run(self) -> None:
         """Lodge once LODGE_EVERY_ENTRIES entries wait, or LODGE_EVERY_S after the last try once any

@@ -238,8 +238,18 @@ class GatewayLink:
         response = await self._stub.DiscoverInvolvement(request, timeout=UNARY_TIMEOUT_S)
         return {t.link_token: list(t.node_ids) for t in response.involvement}
 
-    async def lodge_checkpoint(self, signed: audit_pb2.SignedCheckpoint) -> int:
-        return (await self._stub.LodgeCheckpoint(signed, timeout=UNARY_TIMEOUT_S)).lodged
+    async def lodge_checkpoint(
+        self, signed: audit_pb2.SignedCheckpoint, from_size: int, proof: list[bytes]
+    ) -> gateway_pb2.LodgeCheckpointResponse:
+        request = gateway_pb2.LodgeCheckpointRequest(
+            checkpoint=signed, from_tree_size=from_size, consistency_proof=proof
+        )
+        return await self._stub.LodgeCheckpoint(request, timeout=UNARY_TIMEOUT_S)
+
+    async def witnessed(self) -> gateway_pb2.WitnessedCheckpoints:
+        """What the gateway holds of this node's audit log."""
+        request = gateway_pb2.GetCheckpointsRequest(node_id=self.node_id)
+        return await self._stub.GetCheckpoints(request, timeout=UNARY_TIMEOUT_S)
 
     async def fetch_directory(self, have_version: int) -> directory_pb2.SignedDirectory:
         request = gateway_pb2.FetchDirectoryRequest(have_version=have_version)

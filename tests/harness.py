@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -173,3 +175,15 @@ async def next_item(
 async def audit_events(node: NodeServer) -> list[dict[str, Any]]:
     assert node.store is not None
     return [json.loads(r[0]) for r in await node.store.fetchall("SELECT entry FROM audit ORDER BY seq")]
+
+
+async def linkage(*args: str, **settings: str) -> tuple[int, str, str]:
+    """`linkage ARGS` in a child process: exit code, standard output and error. It sees no
+    LINKAGE_ setting from this environment, only those given (e.g. LINKAGE_GATEWAY_ADDRESS)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINKAGE_")} | settings
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "linkage", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

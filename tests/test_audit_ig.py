@@ -74,7 +74,11 @@ def config(federation: LocalFederation, node: str) -> str:
 def witnessed(federation: LocalFederation, node: str, out: Path) -> Path:
     """The checkpoints the gateway holds for a node, as an IG officer would export them."""
     with sqlite3.connect(federation.gateway_config.data_dir / "gateway.sqlite") as db:
-        rows = db.execute("SELECT signed FROM checkpoints WHERE node_id = ?", (node,)).fetchall()
+        rows = db.execute(
+            "SELECT signed FROM witnessed WHERE node_id = ? "
+            "UNION ALL SELECT signed FROM witness_breaks WHERE node_id = ?",
+            (node, node),
+        ).fetchall()
     assert rows, "the node lodged no checkpoint"
     out.write_text("".join(json.dumps({"signed": base64.b64encode(r[0]).decode()}) + "\n" for r in rows))
     return out

@@ -12,7 +12,7 @@ import pytest
 
 from linkage.clock import SystemClock
 from linkage.keys import MessageKeys
-from linkage.v1 import audit_pb2
+from linkage.v1 import audit_pb2, gateway_pb2
 from node import checkpoints
 from node.checkpoints import LODGE_EVERY_ENTRIES, Checkpointer
 from node.store import Store
@@ -27,10 +27,16 @@ class Witness:
         self.sizes: list[int] = []
         self.lodged = asyncio.Event()
 
-    async def lodge_checkpoint(self, signed: audit_pb2.SignedCheckpoint) -> int:
-        self.sizes.append(audit_pb2.Checkpoint.FromString(signed.checkpoint).tree_size)
+    async def witnessed(self) -> gateway_pb2.WitnessedCheckpoints:
+        return gateway_pb2.WitnessedCheckpoints()
+
+    async def lodge_checkpoint(
+        self, signed: audit_pb2.SignedCheckpoint, from_size: int, proof: list[bytes]
+    ) -> gateway_pb2.LodgeCheckpointResponse:
+        size = audit_pb2.Checkpoint.FromString(signed.checkpoint).tree_size
+        self.sizes.append(size)
         self.lodged.set()
-        return 1
+        return gateway_pb2.LodgeCheckpointResponse(tree_size=size)
 
 
 @pytest.fixture

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import os
-import sys
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -14,18 +11,8 @@ from google.protobuf import json_format
 from linkage import stories
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
-from tests.harness import PRACTITIONER, LocalFederation, next_item, running, wait_delivered
+from tests.harness import PRACTITIONER, LocalFederation, linkage, next_item, running, wait_delivered
 from tests.test_federation import _case_id, open_case
-
-
-async def linkage(*args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LINKAGE_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "linkage", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_preview_then_send_then_status_from_the_cli(federation: LocalFederation, tmp_path: Path) -> None:
@@ -138,19 +125,13 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
 
         # The IG officer verifies the running node's log against what the gateway witnessed.
         await cluster.nodes["amh"].checkpoints.lodge()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "linkage",
+        code, out, err = await linkage(
             "audit",
             "verify",
             "--from-gateway",
             "--config",
             str(cluster.nodes["amh"].config.data_dir / "node.toml"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "LINKAGE_GATEWAY_ADDRESS": f"127.0.0.1:{cluster.gateway.port}"},
+            LINKAGE_GATEWAY_ADDRESS=f"127.0.0.1:{cluster.gateway.port}",
         )
-        out_b, err_b = await proc.communicate()
-        assert proc.returncode == 0, out_b.decode() + err_b.decode()
-        assert "consistent with 1 of 1 lodged checkpoints" in out_b.decode()
+        assert code == 0, out + err
+        assert "consistent with 1 of 1 lodged checkpoints" in out

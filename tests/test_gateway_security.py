@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import sqlite3
 from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
 import pytest
 
+from gateway.db import GatewayDb
 from linkage import logs, stories
 from linkage.auditlog import open_checkpoint, sign_checkpoint
-from linkage.cli.audit import fetch_checkpoints
 from linkage.clock import SystemClock
 from linkage.ids import uuid7
 from linkage.keys import MessageKeys
+from linkage.merkle import consistency_proof, leaf_hash, root_of
 from linkage.pki import CertificateAuthority, spiffe_id
 from linkage.transport import TlsFiles, secure_channel
-from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
+from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.crypto_fixtures import seal
 from tests.harness import FEDERATION_ID, PRACTITIONER, Cluster, LocalFederation, running, wait_delivered
 from tests.test_federation import open_case, share_think_family, summaries
@@ -121,57 +123,95 @@ async def test_bad_requests_get_invalid_argument(federation: LocalFederation) ->
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_the_witness_refuses_a_checkpoint_of_a_shorter_log_and_one_for_another_node(
+async def test_the_witness_moves_on_only_with_a_consistency_proof_and_keeps_each_break(
     federation: LocalFederation,
 ) -> None:
-    """An audit log only grows: once the gateway holds a checkpoint, a smaller one from the same
-    node is refused and not kept; nobody lodges a checkpoint in another node's name."""
+    """The gateway holds one checkpoint per node. A newer one is taken with an RFC 9162 proof
+    that its log extends the held one; without one it is a break: taken too, with the held
+    checkpoint kept as evidence. A smaller checkpoint, or a proof from a size the gateway does
+    not hold, is refused and nothing kept; nobody lodges in another node's name."""
     async with running(federation, nodes=()) as cluster:
         keys = MessageKeys.load(federation.node_configs["amh"].message_keys)
         amh = gateway_stub(cluster, federation.node_configs["amh"].tls)
         now = SystemClock().now_ms()
+        log = [leaf_hash(b"entry %d" % i) for i in range(20)]
+        rewritten = log[:7] + [leaf_hash(b"rewritten %d" % i) for i in range(7, 20)]
 
-        def checkpoint(size: int, node_id: str = "amh") -> audit_pb2.SignedCheckpoint:
-            return sign_checkpoint(keys.signing, keys.key_id, node_id, size, bytes([size]) * 32, now)
+        def lodge(
+            size: int, held: int, leaves: list[bytes] = log, node_id: str = "amh", proof: list[bytes] | None = None
+        ) -> gateway_pb2.LodgeCheckpointRequest:
+            signed = sign_checkpoint(keys.signing, keys.key_id, node_id, size, root_of(leaves[:size]), now)
+            if proof is None:
+                proof = consistency_proof(held, leaves[:size]) if 0 < held < size else []
+            return gateway_pb2.LodgeCheckpointRequest(checkpoint=signed, from_tree_size=held, consistency_proof=proof)
 
-        assert (await amh.LodgeCheckpoint(checkpoint(5), timeout=5)).lodged == 1
-        assert (await amh.LodgeCheckpoint(checkpoint(5), timeout=5)).lodged == 1  # the same again: kept once
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await amh.LodgeCheckpoint(checkpoint(4), timeout=5)
-        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "smaller than one already lodged (5)" in (raised.value.details() or "")
+        async def refused(request: gateway_pb2.LodgeCheckpointRequest, code: grpc.StatusCode, says: str) -> None:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await amh.LodgeCheckpoint(request, timeout=5)
+            assert raised.value.code() == code and says in (raised.value.details() or ""), raised.value.details()
+
+        first = await amh.LodgeCheckpoint(lodge(5, 0), timeout=5)
+        assert (first.tree_size, first.diverged) == (5, False)
+        assert not (await amh.LodgeCheckpoint(lodge(5, 5), timeout=5)).diverged  # the same again
+        await refused(lodge(4, 5), grpc.StatusCode.FAILED_PRECONDITION, "smaller than the one held (5)")
+        await refused(
+            lodge(9, 0),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "holds a checkpoint of 5 entries, and this proof is from 0",
+        )
+        await refused(lodge(9, 5, proof=[b"short"]), grpc.StatusCode.INVALID_ARGUMENT, "hashes of 32 bytes")
+        await refused(lodge(9, 0, proof=[bytes(32)]), grpc.StatusCode.INVALID_ARGUMENT, "takes no proof")
+        await refused(lodge(0, 5), grpc.StatusCode.INVALID_ARGUMENT, "empty log")
         csc = gateway_stub(cluster, federation.node_configs["csc"].tls)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await csc.LodgeCheckpoint(checkpoint(9), timeout=5)
+            await csc.LodgeCheckpoint(lodge(9, 5), timeout=5)
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert (await amh.LodgeCheckpoint(checkpoint(7), timeout=5)).lodged == 2
+
+        grown = await amh.LodgeCheckpoint(lodge(9, 5), timeout=5)
+        assert (grown.tree_size, grown.diverged) == (9, False)
+        # From 9, a log whose entries 8 onwards were rewritten: its own proof cannot join the two.
+        broken = await amh.LodgeCheckpoint(lodge(12, 9, leaves=rewritten), timeout=5)
+        assert (broken.tree_size, broken.diverged) == (12, True)
+        assert not (await amh.LodgeCheckpoint(lodge(20, 12, leaves=rewritten), timeout=5)).diverged
+
         held = await amh.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id="amh"), timeout=5)
-        assert [open_checkpoint(c, cluster.gateway.trust.current(now)).tree_size for c in held.checkpoints] == [5, 7]
-
-
-async def test_a_nodes_checkpoints_come_back_a_page_at_a_time_forks_included(federation: LocalFederation) -> None:
-    """However many a node has lodged, each answer fits in a message and the pages together
-    hold every one, in order; two checkpoints of the same size (a fork: evidence) both come
-    back even when a page ends between them."""
-    async with running(federation, nodes=()) as cluster:
-        keys = MessageKeys.load(federation.node_configs["amh"].message_keys)
-        amh = gateway_stub(cluster, federation.node_configs["amh"].tls)
-        now = SystemClock().now_ms()
-        lodged = [(size, bytes([size]) * 32) for size in range(1, 8)] + [(7, bytes([99]) * 32)]
-        for size, root in lodged:
-            await amh.LodgeCheckpoint(sign_checkpoint(keys.signing, keys.key_id, "amh", size, root, now), timeout=5)
-
-        first = await amh.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id="amh", limit=3), timeout=5)
-        assert len(first.checkpoints) == 3 and first.more
         directory = cluster.gateway.trust.current(now)
-        for page in (3, 7, 0):  # 7: a page ends between the two of size 7; 0: the gateway's page, all at once
-            held = [open_checkpoint(c, directory) for c in await fetch_checkpoints(amh, "amh", page=page)]
-            assert [(c.tree_size, c.root) for c in held] == sorted(lodged), page
+        latest = open_checkpoint(held.latest, directory)
+        assert (latest.tree_size, latest.root) == (20, root_of(rewritten))
+        assert [(c.tree_size, c.root) for c in (open_checkpoint(b, directory) for b in held.breaks)] == [
+            (9, root_of(log[:9]))
+        ]
+        with sqlite3.connect(federation.gateway_config.data_dir / "gateway.sqlite") as db:
+            assert db.execute("SELECT COUNT(*) FROM witnessed").fetchone()[0] == 1  # one row, however many lodged
 
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await amh.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id="amh", after_root=b"x"), timeout=5)
-        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "after_root must be empty or a 32-byte root" in (raised.value.details() or "")
+
+async def test_a_gateway_that_kept_every_checkpoint_keeps_the_largest_and_each_fork(tmp_path: Path) -> None:
+    """Upgrading a gateway whose witness kept every checkpoint lodged: each node's largest is
+    the one held from then on, checkpoints at a size lodged with two roots are kept as breaks,
+    and the old table is gone."""
+    path = tmp_path / "gateway.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE checkpoints(node_id TEXT NOT NULL, tree_size INTEGER NOT NULL, root BLOB NOT NULL, "
+            "at_ms INTEGER NOT NULL, signed BLOB NOT NULL, PRIMARY KEY (node_id, tree_size, root)) WITHOUT ROWID"
+        )
+        rows = [("amh", 5, b"a5"), ("amh", 7, b"a7"), ("amh", 7, b"b7"), ("amh", 9, b"a9"), ("csc", 3, b"c3")]
+        db.executemany(
+            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)", [(n, s, r, s, b"signed " + r) for n, s, r in rows]
+        )
+    gateway = await GatewayDb.open(path)
+    try:
+        assert await gateway.read("SELECT node_id, tree_size, root FROM witnessed ORDER BY node_id") == [
+            ("amh", 9, b"a9"),
+            ("csc", 3, b"c3"),
+        ]
+        assert await gateway.read("SELECT node_id, seq, tree_size, root FROM witness_breaks ORDER BY node_id, seq") == [
+            ("amh", 1, 7, b"a7"),
+            ("amh", 2, 7, b"b7"),
+        ]
+        assert not await gateway.read("SELECT 1 FROM sqlite_master WHERE name = 'checkpoints'")
+    finally:
+        await gateway.close()
 
 
 async def test_canary_in_a_summary_never_reaches_gateway_files_or_any_log(federation: LocalFederation) -> None:

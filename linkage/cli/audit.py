@@ -95,25 +95,11 @@ def _read_checkpoints(paths: list[Path]) -> list[audit_pb2.SignedCheckpoint]:
     return found
 
 
-async def fetch_checkpoints(
-    stub: gateway_pb2_grpc.GatewayAsyncStub, node_id: str, page: int = 0
-) -> list[audit_pb2.SignedCheckpoint]:
-    """Every checkpoint the gateway holds for `node_id`, a page at a time."""
-    found: list[audit_pb2.SignedCheckpoint] = []
-    request = gateway_pb2.GetCheckpointsRequest(node_id=node_id, limit=page)
-    while True:
-        answer = await stub.GetCheckpoints(request, timeout=10)
-        found += answer.checkpoints
-        if not (answer.more and answer.checkpoints):
-            return found
-        last = audit_pb2.Checkpoint.FromString(answer.checkpoints[-1].checkpoint)
-        request.after_tree_size, request.after_root = last.tree_size, last.root
-
-
-def _from_gateway(config: NodeConfig) -> list[audit_pb2.SignedCheckpoint]:
-    async def fetch() -> list[audit_pb2.SignedCheckpoint]:
+def _from_gateway(config: NodeConfig) -> gateway_pb2.WitnessedCheckpoints:
+    async def fetch() -> gateway_pb2.WitnessedCheckpoints:
         async with secure_channel(config.gateway_address, config.tls, config.gateway_server_name) as channel:
-            return await fetch_checkpoints(gateway_pb2_grpc.GatewayStub(channel), config.node_id)
+            request = gateway_pb2.GetCheckpointsRequest(node_id=config.node_id)
+            return await gateway_pb2_grpc.GatewayStub(channel).GetCheckpoints(request, timeout=10)
 
     try:
         return asyncio.run(fetch())
@@ -132,7 +118,15 @@ def verify(args: argparse.Namespace) -> int:
         return 0 if result.ok else 1
     config = NodeConfig.load(args.config)
     directory = _directory(config)
-    signed = _read_checkpoints(args.checkpoints) + (_from_gateway(config) if args.from_gateway else [])
+    signed = _read_checkpoints(args.checkpoints)
+    if args.from_gateway:
+        witnessed = _from_gateway(config)
+        signed += ([witnessed.latest] if witnessed.HasField("latest") else []) + list(witnessed.breaks)
+        if witnessed.breaks:
+            print(
+                f"  the gateway recorded {len(witnessed.breaks)} break(s): a checkpoint of this log it held, "
+                "then one that did not extend it (each is checked below)"
+            )
     checkpoints = []
     for item in signed:
         try:

@@ -3,10 +3,8 @@
 isort:skip_file
 """
 
-from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -77,27 +75,3 @@ class SignedCheckpoint(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignedCheckpoint: _TypeAlias = SignedCheckpoint  # noqa: Y015
-
-@_typing.final
-class CheckpointList(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CHECKPOINTS_FIELD_NUMBER: _builtins.int
-    MORE_FIELD_NUMBER: _builtins.int
-    more: _builtins.bool
-    """more follow: ask for the page after the last one here"""
-    @_builtins.property
-    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignedCheckpoint]: ...
-    def __init__(
-        self,
-        *,
-        checkpoints: _abc.Iterable[Global___SignedCheckpoint] | None = ...,
-        more: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "more", b"more"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CheckpointList: _TypeAlias = CheckpointList  # noqa: Y015

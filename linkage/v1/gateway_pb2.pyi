@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from linkage.v1 import audit_pb2 as _audit_pb2
 from linkage.v1 import envelope_pb2 as _envelope_pb2
 import builtins as _builtins
 import sys
@@ -74,20 +75,54 @@ BUSY_SCOPE_RECIPIENT: BusyScope.ValueType  # 2
 Global___BusyScope: _TypeAlias = BusyScope  # noqa: Y015
 
 @_typing.final
-class LodgeCheckpointResponse(_message.Message):
+class LodgeCheckpointRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    LODGED_FIELD_NUMBER: _builtins.int
-    lodged: _builtins.int
-    """how many checkpoints the gateway now holds for the node"""
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    FROM_TREE_SIZE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
+    from_tree_size: _builtins.int
+    """The size of the checkpoint the gateway holds for the node (0: none), and the
+    consistency proof from it to this one (empty from 0, or for the same size).
+    """
+    @_builtins.property
+    def checkpoint(self) -> _audit_pb2.SignedCheckpoint: ...
+    @_builtins.property
+    def consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
         self,
         *,
-        lodged: _builtins.int = ...,
+        checkpoint: _audit_pb2.SignedCheckpoint | None = ...,
+        from_tree_size: _builtins.int = ...,
+        consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "consistency_proof", b"consistency_proof", "from_tree_size", b"from_tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LodgeCheckpointRequest: _TypeAlias = LodgeCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class LodgeCheckpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    DIVERGED_FIELD_NUMBER: _builtins.int
+    tree_size: _builtins.int
+    """the size the gateway now holds for the node"""
+    diverged: _builtins.bool
+    """no proof joined it to the one held before, now kept as evidence"""
+    def __init__(
+        self,
+        *,
+        tree_size: _builtins.int = ...,
+        diverged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lodged", b"lodged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diverged", b"diverged", "tree_size", b"tree_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -98,31 +133,50 @@ class GetCheckpointsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_ID_FIELD_NUMBER: _builtins.int
-    AFTER_TREE_SIZE_FIELD_NUMBER: _builtins.int
-    AFTER_ROOT_FIELD_NUMBER: _builtins.int
-    LIMIT_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
-    after_tree_size: _builtins.int
-    """The page after the checkpoint of this size and root; both unset: from the first."""
-    after_root: _builtins.bytes
-    """empty, or 32 bytes"""
-    limit: _builtins.int
-    """at most this many; 0, or more than the gateway's page (1,000): a page"""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
-        after_tree_size: _builtins.int = ...,
-        after_root: _builtins.bytes = ...,
-        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_root", b"after_root", "after_tree_size", b"after_tree_size", "limit", b"limit", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCheckpointsRequest: _TypeAlias = GetCheckpointsRequest  # noqa: Y015
+
+@_typing.final
+class WitnessedCheckpoints(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LATEST_FIELD_NUMBER: _builtins.int
+    BREAKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def latest(self) -> _audit_pb2.SignedCheckpoint:
+        """unset: the node has lodged none"""
+
+    @_builtins.property
+    def breaks(self) -> _containers.RepeatedCompositeFieldContainer[_audit_pb2.SignedCheckpoint]:
+        """Each checkpoint the gateway held when a newer one came without a proof from
+        it (a log rewritten, or restored from an old backup), oldest first; at most
+        the first 100 per node.
+        """
+
+    def __init__(
+        self,
+        *,
+        latest: _audit_pb2.SignedCheckpoint | None = ...,
+        breaks: _abc.Iterable[_audit_pb2.SignedCheckpoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latest", b"latest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaks", b"breaks", "latest", b"latest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WitnessedCheckpoints: _TypeAlias = WitnessedCheckpoints  # noqa: Y015
 
 @_typing.final
 class DiscoverInvolvementRequest(_message.Message):

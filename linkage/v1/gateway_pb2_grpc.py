@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from linkage.v1 import audit_pb2 as linkage_dot_v1_dot_audit__pb2
 from linkage.v1 import directory_pb2 as linkage_dot_v1_dot_directory__pb2
 from linkage.v1 import gateway_pb2 as linkage_dot_v1_dot_gateway__pb2
 
@@ -71,13 +70,13 @@ class GatewayStub:
                 _registered_method=True)
         self.LodgeCheckpoint = channel.unary_unary(
                 '/linkage.v1.Gateway/LodgeCheckpoint',
-                request_serializer=linkage_dot_v1_dot_audit__pb2.SignedCheckpoint.SerializeToString,
+                request_serializer=linkage_dot_v1_dot_gateway__pb2.LodgeCheckpointRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_gateway__pb2.LodgeCheckpointResponse.FromString,
                 _registered_method=True)
         self.GetCheckpoints = channel.unary_unary(
                 '/linkage.v1.Gateway/GetCheckpoints',
                 request_serializer=linkage_dot_v1_dot_gateway__pb2.GetCheckpointsRequest.SerializeToString,
-                response_deserializer=linkage_dot_v1_dot_audit__pb2.CheckpointList.FromString,
+                response_deserializer=linkage_dot_v1_dot_gateway__pb2.WitnessedCheckpoints.FromString,
                 _registered_method=True)
 
 
@@ -129,16 +128,20 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LodgeCheckpoint(self, request, context):
-        """Witness a node's signed audit checkpoint. A checkpoint smaller than one
-        already lodged is refused (FAILED_PRECONDITION) and kept as evidence.
+        """Witness a node's signed audit checkpoint. The gateway keeps the latest it holds
+        for each node and moves on to a newer one with an RFC 9162 consistency proof
+        from it. One without such a proof is a break in the node's log: the gateway
+        keeps the checkpoint it held as evidence and witnesses the new history from
+        there. A checkpoint smaller than the one held, or a proof from a size the
+        gateway does not hold, is refused (FAILED_PRECONDITION) and nothing is kept.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpoints(self, request, context):
-        """The checkpoints the calling node has lodged, for its IG officer's verifier,
-        a page at a time in order of tree size (then root).
+        """What the gateway holds for the calling node: for its lodging, and for its IG
+        officer's verifier.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,13 +182,13 @@ def add_GatewayServicer_to_server(servicer, server):
             ),
             'LodgeCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.LodgeCheckpoint,
-                    request_deserializer=linkage_dot_v1_dot_audit__pb2.SignedCheckpoint.FromString,
+                    request_deserializer=linkage_dot_v1_dot_gateway__pb2.LodgeCheckpointRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_gateway__pb2.LodgeCheckpointResponse.SerializeToString,
             ),
             'GetCheckpoints': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoints,
                     request_deserializer=linkage_dot_v1_dot_gateway__pb2.GetCheckpointsRequest.FromString,
-                    response_serializer=linkage_dot_v1_dot_audit__pb2.CheckpointList.SerializeToString,
+                    response_serializer=linkage_dot_v1_dot_gateway__pb2.WitnessedCheckpoints.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -378,7 +381,7 @@ class Gateway:
             request,
             target,
             '/linkage.v1.Gateway/LodgeCheckpoint',
-            linkage_dot_v1_dot_audit__pb2.SignedCheckpoint.SerializeToString,
+            linkage_dot_v1_dot_gateway__pb2.LodgeCheckpointRequest.SerializeToString,
             linkage_dot_v1_dot_gateway__pb2.LodgeCheckpointResponse.FromString,
             options,
             channel_credentials,
@@ -406,7 +409,7 @@ class Gateway:
             target,
             '/linkage.v1.Gateway/GetCheckpoints',
             linkage_dot_v1_dot_gateway__pb2.GetCheckpointsRequest.SerializeToString,
-            linkage_dot_v1_dot_audit__pb2.CheckpointList.FromString,
+            linkage_dot_v1_dot_gateway__pb2.WitnessedCheckpoints.FromString,
             options,
             channel_credentials,
             insecure,

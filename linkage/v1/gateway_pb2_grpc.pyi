@@ -5,7 +5,6 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from linkage.v1 import audit_pb2 as _audit_pb2
 from linkage.v1 import directory_pb2 as _directory_pb2
 from linkage.v1 import gateway_pb2 as _gateway_pb2
 import abc as _abc_1
@@ -51,13 +50,17 @@ class GatewayStub:
     """Involvement discovery: for each token, the other nodes subscribed to it.
     Answered only for tokens the caller is itself subscribed to.
     """
-    LodgeCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.SignedCheckpoint, _gateway_pb2.LodgeCheckpointResponse]
-    """Witness a node's signed audit checkpoint. A checkpoint smaller than one
-    already lodged is refused (FAILED_PRECONDITION) and kept as evidence.
+    LodgeCheckpoint: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.LodgeCheckpointRequest, _gateway_pb2.LodgeCheckpointResponse]
+    """Witness a node's signed audit checkpoint. The gateway keeps the latest it holds
+    for each node and moves on to a newer one with an RFC 9162 consistency proof
+    from it. One without such a proof is a break in the node's log: the gateway
+    keeps the checkpoint it held as evidence and witnesses the new history from
+    there. A checkpoint smaller than the one held, or a proof from a size the
+    gateway does not hold, is refused (FAILED_PRECONDITION) and nothing is kept.
     """
-    GetCheckpoints: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointsRequest, _audit_pb2.CheckpointList]
-    """The checkpoints the calling node has lodged, for its IG officer's verifier,
-    a page at a time in order of tree size (then root).
+    GetCheckpoints: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointsRequest, _gateway_pb2.WitnessedCheckpoints]
+    """What the gateway holds for the calling node: for its lodging, and for its IG
+    officer's verifier.
     """
 
 @_typing.type_check_only
@@ -81,13 +84,17 @@ class GatewayAsyncStub(GatewayStub):
     """Involvement discovery: for each token, the other nodes subscribed to it.
     Answered only for tokens the caller is itself subscribed to.
     """
-    LodgeCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.SignedCheckpoint, _gateway_pb2.LodgeCheckpointResponse]  # type: ignore[assignment]
-    """Witness a node's signed audit checkpoint. A checkpoint smaller than one
-    already lodged is refused (FAILED_PRECONDITION) and kept as evidence.
+    LodgeCheckpoint: _aio.UnaryUnaryMultiCallable[_gateway_pb2.LodgeCheckpointRequest, _gateway_pb2.LodgeCheckpointResponse]  # type: ignore[assignment]
+    """Witness a node's signed audit checkpoint. The gateway keeps the latest it holds
+    for each node and moves on to a newer one with an RFC 9162 consistency proof
+    from it. One without such a proof is a break in the node's log: the gateway
+    keeps the checkpoint it held as evidence and witnesses the new history from
+    there. A checkpoint smaller than the one held, or a proof from a size the
+    gateway does not hold, is refused (FAILED_PRECONDITION) and nothing is kept.
     """
-    GetCheckpoints: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointsRequest, _audit_pb2.CheckpointList]  # type: ignore[assignment]
-    """The checkpoints the calling node has lodged, for its IG officer's verifier,
-    a page at a time in order of tree size (then root).
+    GetCheckpoints: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointsRequest, _gateway_pb2.WitnessedCheckpoints]  # type: ignore[assignment]
+    """What the gateway holds for the calling node: for its lodging, and for its IG
+    officer's verifier.
     """
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -148,11 +155,15 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def LodgeCheckpoint(
         self,
-        request: _audit_pb2.SignedCheckpoint,
+        request: _gateway_pb2.LodgeCheckpointRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.LodgeCheckpointResponse, _abc.Awaitable[_gateway_pb2.LodgeCheckpointResponse]]:
-        """Witness a node's signed audit checkpoint. A checkpoint smaller than one
-        already lodged is refused (FAILED_PRECONDITION) and kept as evidence.
+        """Witness a node's signed audit checkpoint. The gateway keeps the latest it holds
+        for each node and moves on to a newer one with an RFC 9162 consistency proof
+        from it. One without such a proof is a break in the node's log: the gateway
+        keeps the checkpoint it held as evidence and witnesses the new history from
+        there. A checkpoint smaller than the one held, or a proof from a size the
+        gateway does not hold, is refused (FAILED_PRECONDITION) and nothing is kept.
         """
 
     @_abc_1.abstractmethod
@@ -160,9 +171,9 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _gateway_pb2.GetCheckpointsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_audit_pb2.CheckpointList, _abc.Awaitable[_audit_pb2.CheckpointList]]:
-        """The checkpoints the calling node has lodged, for its IG officer's verifier,
-        a page at a time in order of tree size (then root).
+    ) -> _typing.Union[_gateway_pb2.WitnessedCheckpoints, _abc.Awaitable[_gateway_pb2.WitnessedCheckpoints]]:
+        """What the gateway holds for the calling node: for its lodging, and for its IG
+        officer's verifier.
         """
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

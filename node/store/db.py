@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, closing, suppress
 from pathlib import Path
 from typing import Any
@@ -160,8 +160,27 @@ async def _reader(path: Path) -> aiosqlite.Connection:
     return db
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def _leaves(db: sqlite3.Connection, after: int, upto: int) -> Iterator[bytes]:
+    """Leaf hashes of audit entries after..upto, or LookupError if any is missing."""
+    expected = after + 1
+    for seq, entry in db.execute("SELECT seq, entry FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq", (after, upto)):
+        if seq != expected:
+            raise LookupError(f"audit entry {expected} is missing from the store")
+        yield entry_leaf(entry)
+        expected += 1
+    if expected != upto + 1:
+        raise LookupError(f"the store's audit log ends before entry {upto}")
+
+
 class Store:
-    def __init__(self, db: sqlite3.Connection, reader: aiosqlite.Connection, clock: Clock) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection, reader: aiosqlite.Connection, clock: Clock) -> None:
+        self.path = path
         self.db = db
         self.reader = reader
         self._quick: sqlite3.Connection | None = None
@@ -194,7 +213,7 @@ class Store:
         except BaseException:
             db.close()
             raise
-        store = cls(db, reader, clock)
+        store = cls(path, db, reader, clock)
         if row is not None:
             store._head_seq, store._head_hash = int(row[0]), bytes(row[1])
         store.frontier = store._load_frontier()
@@ -387,10 +406,31 @@ class Store:
     def lookup(self, sql: str, params: Iterable[Any] = ()) -> Any:
         """One row of committed data, read on the loop: only for indexed point look-ups."""
         if self._quick is None:
-            path = self.db.execute("PRAGMA database_list").fetchone()[2]
-            self._quick = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-            self._quick.execute("PRAGMA busy_timeout=5000")
+            self._quick = _read_only(self.path)
         return self._quick.execute(sql, tuple(params)).fetchone()
+
+    async def audit_leaves(self, after: int, upto: int) -> list[bytes]:
+        """The Merkle leaf hashes of committed audit entries after..upto (by seq), read and
+        hashed in a thread."""
+
+        def read() -> list[bytes]:
+            with closing(_read_only(self.path)) as db:
+                return list(_leaves(db, after, upto))
+
+        return await asyncio.to_thread(read)
+
+    async def audit_range(self, size: int) -> CompactRange:
+        """The compact range of the first `size` committed audit entries, built in a thread
+        without holding the entries (a long log's prefix, read once)."""
+
+        def read() -> CompactRange:
+            frontier = CompactRange()
+            with closing(_read_only(self.path)) as db:
+                for leaf in _leaves(db, 0, size):
+                    frontier.append(leaf)
+            return frontier
+
+        return await asyncio.to_thread(read)
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         """A read of committed data only, as of when it runs.

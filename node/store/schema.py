@@ -199,4 +199,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_bodies_kept ON outbox(created_at_ms)
       WHERE state IN ('delivered', 'undeliverable') AND length(envelope) > 0;
     """,
+    # 8: the audit log's compact range at the size the gateway witnessed last: the next
+    # consistency proof is built from it and the entries since, not from the whole log.
+    """
+    CREATE TABLE witnessed(
+      id INTEGER PRIMARY KEY CHECK (id = 1),
+      frontier BLOB NOT NULL
+    );
+    """,
 )

@@ -1,0 +1,90 @@
+"""A node and the gateway's witness over time, on a real federation: restarts, a lost record
+of what was witnessed, and a store restored from a backup older than the last checkpoint
+(a break, which the gateway keeps and the IG officer's verify reports)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+from linkage.clock import SystemClock
+from linkage.v1 import audit_pb2, gateway_pb2, gateway_pb2_grpc
+from node.server import NodeServer
+from tests.harness import Cluster, linkage, make_federation, running
+
+
+async def _append(node: NodeServer, entries: int) -> None:
+    assert node.store is not None
+    async with node.store.tx() as tx:
+        for _ in range(entries):
+            await tx.audit("case.opened")
+
+
+async def _held(cluster: Cluster, node_id: str) -> gateway_pb2.WitnessedCheckpoints:
+    stub = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel(node_id))
+    return await stub.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id=node_id), timeout=5)
+
+
+def _size(signed: audit_pb2.SignedCheckpoint) -> int:
+    return audit_pb2.Checkpoint.FromString(signed.checkpoint).tree_size
+
+
+async def test_a_restarted_node_proves_its_log_grew_from_what_was_witnessed(tmp_path: Path) -> None:
+    """Across restarts the witness moves on with a proof each time and records no break: from the
+    compact range the node kept, and, when that record is lost, from the node's own log."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    store_path = federation.node_configs["amh"].store_path
+    for restart in range(3):
+        async with running(federation) as cluster:
+            amh = cluster.nodes["amh"]
+            assert amh.store is not None
+            await _append(amh, 5 + restart)
+            assert await amh.checkpoints.lodge()
+            held = await _held(cluster, "amh")
+            assert _size(held.latest) == amh.store.frontier.size and not held.breaks
+        if restart == 0:
+            with sqlite3.connect(store_path) as db:  # as if a lodge was cut short before it was recorded
+                db.execute("DELETE FROM witnessed")
+
+
+async def test_a_store_restored_from_an_older_backup_is_a_break_the_ig_officer_sees(tmp_path: Path) -> None:
+    """Restored from a backup older than the last checkpoint, the node's log no longer extends
+    what the gateway witnessed. Until it is longer than that it lodges nothing; then the gateway
+    takes its checkpoint and keeps the one it contradicts, and `audit verify --from-gateway`
+    fails, naming the entries that are gone."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    config = federation.node_configs["amh"]
+    backup = tmp_path / "backup.sqlite"
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        await _append(amh, 3)
+        assert await amh.checkpoints.lodge()
+        with sqlite3.connect(config.store_path) as live, sqlite3.connect(backup) as copy:
+            live.backup(copy)
+        await _append(amh, 10)  # after the backup: these are lost in the restore
+    for stale in config.store_path.parent.glob(config.store_path.name + "*"):
+        stale.unlink()
+    shutil.copy(backup, config.store_path)
+
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        witnessed = _size((await _held(cluster, "amh")).latest)
+        assert amh.store.frontier.size < witnessed
+        assert not await amh.checkpoints.lodge()  # shorter than what was witnessed: nothing to prove from
+        await _append(amh, witnessed - amh.store.frontier.size + 1)
+        assert await amh.checkpoints.lodge()
+        held = await _held(cluster, "amh")
+        assert _size(held.latest) == amh.store.frontier.size
+        assert [_size(b) for b in held.breaks] == [witnessed]
+        code, report, err = await linkage(
+            "audit",
+            "verify",
+            "--from-gateway",
+            "--config",
+            str(config.data_dir / "node.toml"),
+            LINKAGE_GATEWAY_ADDRESS=f"127.0.0.1:{cluster.gateway.port}",
+        )
+    assert code == 1, report + err
+    assert "the gateway recorded 1 break(s)" in report and "FAILED" in report, report
