@@ -44,8 +44,27 @@ CREATE TABLE IF NOT EXISTS metalog(
 );
 CREATE TRIGGER IF NOT EXISTS metalog_append_only_update BEFORE UPDATE ON metalog
   BEGIN SELECT RAISE(ABORT, 'the metadata log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS metalog_append_only_delete BEFORE DELETE ON metalog
-  BEGIN SELECT RAISE(ABORT, 'the metadata log is append-only'); END;
+-- Retention: the last entry purged (its position and chain hash), from which the rest still
+-- verifies. Entries are deleted only up to it; it is set only to an entry of the log, and
+-- only ever moves forward. (Gateways before retention forbade every delete.)
+CREATE TABLE IF NOT EXISTS metalog_anchor(
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  seq INTEGER NOT NULL,
+  ts_ms INTEGER NOT NULL,
+  hash BLOB NOT NULL
+);
+DROP TRIGGER IF EXISTS metalog_append_only_delete;
+CREATE TRIGGER IF NOT EXISTS metalog_purged_only BEFORE DELETE ON metalog
+  WHEN OLD.seq > COALESCE((SELECT seq FROM metalog_anchor), 0)
+  BEGIN SELECT RAISE(ABORT, 'the metadata log is append-only: only entries up to the retention anchor go'); END;
+CREATE TRIGGER IF NOT EXISTS metalog_anchor_set BEFORE INSERT ON metalog_anchor
+  WHEN NEW.hash IS NOT (SELECT hash FROM metalog WHERE seq = NEW.seq)
+  BEGIN SELECT RAISE(ABORT, 'the retention anchor must be an entry of the metadata log'); END;
+CREATE TRIGGER IF NOT EXISTS metalog_anchor_moved BEFORE UPDATE ON metalog_anchor
+  WHEN NEW.seq < OLD.seq OR NEW.hash IS NOT (SELECT hash FROM metalog WHERE seq = NEW.seq)
+  BEGIN SELECT RAISE(ABORT, 'the retention anchor only moves forward, to an entry of the metadata log'); END;
+CREATE TRIGGER IF NOT EXISTS metalog_anchor_kept BEFORE DELETE ON metalog_anchor
+  BEGIN SELECT RAISE(ABORT, 'the retention anchor is never removed'); END;
 """
 
 # Gateways before the witness checked consistency kept every checkpoint lodged. Each node's

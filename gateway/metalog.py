@@ -3,19 +3,28 @@ it; refusals and checkpoints. The same hash-chained structure as a node's audit 
 and no personal data: node ids, message ids, sizes, counts and reason codes only.
 
 Entries are queued and committed in batches (group commit), so the log costs the
-relay path a queue append, not a disk write per message."""
+relay path a queue append, not a disk write per message.
+
+It grows by two entries (about 600 bytes) per message. With `[retention] metalog_days`
+set, entries older than that are purged, oldest first, under an anchor: the position
+and chain hash of the last entry purged, from which what remains still verifies."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from typing import Any
 
 from gateway.db import GatewayDb
+from linkage import logs
 from linkage.auditlog import GENESIS, AuditEntry, chain_hash
 from linkage.clock import Clock
 
 FLUSH_EVERY_S = 0.05
+DAY_MS = 86_400_000
+PURGE_CHUNK = 2_000  # entries per transaction, so a first purge of a long log never holds the writer long
+log = logs.get("gateway.metalog")
 
 
 class MetaLog:
@@ -29,8 +38,41 @@ class MetaLog:
         self._flushing = asyncio.Lock()  # the timer's flush and shutdown's must not chain from the same head
 
     async def load(self) -> None:
-        for seq, chain in await self.db.read("SELECT seq, hash FROM metalog ORDER BY seq DESC LIMIT 1"):
+        """Chain on from the last entry, or from the anchor if retention purged every entry."""
+        for seq, chain in await self.db.read(
+            "SELECT seq, hash FROM (SELECT seq, hash FROM metalog ORDER BY seq DESC LIMIT 1) "
+            "UNION ALL SELECT seq, hash FROM metalog_anchor ORDER BY seq DESC LIMIT 1"
+        ):
             self._seq, self._hash = int(seq), bytes(chain)
+
+    async def purge(self, keep_days: int, gateway_id: str, chunk: int = PURGE_CHUNK) -> int:
+        """Delete the entries older than `keep_days`, oldest first, `chunk` to a transaction,
+        moving the anchor with each; then record the purge in the log itself."""
+        cutoff = self.clock.now_ms() - keep_days * DAY_MS
+        purged = 0
+        while True:
+            async with self.db.tx() as db:
+                rows = await db.execute_fetchall(
+                    "SELECT seq, ts_ms, hash FROM metalog WHERE seq > COALESCE((SELECT seq FROM metalog_anchor), 0) "
+                    "ORDER BY seq LIMIT ?",
+                    (chunk,),
+                )
+                due = list(itertools.takewhile(lambda row: row[1] < cutoff, rows))
+                if due:
+                    seq, ts_ms, chain = due[-1]
+                    await db.execute(
+                        "INSERT INTO metalog_anchor(id, seq, ts_ms, hash) VALUES (1, ?, ?, ?) ON CONFLICT(id) "
+                        "DO UPDATE SET seq = excluded.seq, ts_ms = excluded.ts_ms, hash = excluded.hash",
+                        (seq, ts_ms, chain),
+                    )
+                    await db.execute("DELETE FROM metalog WHERE seq <= ?", (seq,))
+            purged += len(due)
+            if len(due) < chunk:
+                break
+        if purged:
+            self.record("metalog.purged", gateway_id, purged=purged, keep_days=keep_days, before_ms=cutoff)
+            log.info("metalog.purged", purged=purged, keep_days=keep_days)
+        return purged
 
     def record(
         self, event: str, node: str, counterpart: str = "", message_id: str = "", outcome: str = "", **detail: Any

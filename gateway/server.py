@@ -32,6 +32,7 @@ from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 log = logs.get("gateway")
 DIRECTORY_CHECK_S = 5.0
+RETENTION_EVERY_S = 3_600.0  # the metadata log's retention: an hour's entries at a time, not a day's
 
 
 class GatewayServer:
@@ -85,6 +86,11 @@ class GatewayServer:
             await asyncio.sleep(DIRECTORY_CHECK_S)
             await self.check_directory()
 
+    async def _retention(self) -> None:
+        while True:
+            await self.metalog.purge(self.config.metalog_days, self.config.gateway_id)
+            await asyncio.sleep(RETENTION_EVERY_S)
+
     async def start(self) -> int:
         self._directory_mtime = self.config.federation.directory.stat().st_mtime_ns
         self.load_directory()
@@ -116,6 +122,8 @@ class GatewayServer:
         await server.start()
         self._server = server
         self._tasks = [asyncio.create_task(self.metalog.run()), asyncio.create_task(self._watch_directory())]
+        if self.config.metalog_days > 0:
+            self._tasks.append(asyncio.create_task(self._retention()))
         index = self._index
         self.metrics.bind(
             connected=lambda: len(self.sessions),

@@ -67,10 +67,10 @@ class ChainResult:
     problem: str = ""
 
 
-def verify_chain(rows: Iterable[tuple[int, str, bytes]]) -> ChainResult:
-    """Check (seq, entry, hash) rows in seq order; name the first that fails."""
-    prev = GENESIS
-    expected = 1
+def verify_chain(rows: Iterable[tuple[int, str, bytes]], after: tuple[int, bytes] = (0, GENESIS)) -> ChainResult:
+    """Check (seq, entry, hash) rows in seq order, chained on from `after` (the position and
+    hash of the entry before the first: a retention anchor); name the first that fails."""
+    expected, prev = after[0] + 1, after[1]
     count = 0
     for seq, entry, stored in rows:
         if seq != expected:

@@ -159,6 +159,7 @@ class GatewayConfig:
     tls: TlsFiles
     limits: GatewayLimits = GatewayLimits()
     metrics_listen: str = ""  # host:port for Prometheus; empty: off
+    metalog_days: int = 0  # metadata-log entries kept this long; 0 keeps them all
 
     @classmethod
     def load(cls, path: Path) -> GatewayConfig:
@@ -172,6 +173,7 @@ class GatewayConfig:
             tls=_tls(r),
             limits=_limits(r),
             metrics_listen=r.get("metrics", "listen", "", required=False) or "",
+            metalog_days=int(r.get("retention", "metalog_days", 0)),
         )
         r.done()
         return config

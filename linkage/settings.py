@@ -53,6 +53,13 @@ GATEWAY: list[Setting] = [
     Setting("gateway", "data_dir", "path", ".", "Where gateway.sqlite lives (subscriptions, witness, metadata)."),
     Setting("gateway", "log_level", "level", "info", "debug, info, warning or error."),
     Setting(
+        "retention",
+        "metalog_days",
+        "int",
+        0,
+        "Keep the metadata log's entries this long; 0 keeps them all. What is kept still verifies.",
+    ),
+    Setting(
         "limits",
         "envelopes_per_second",
         "float",

@@ -292,13 +292,50 @@ def test_gateway_metadata_log_verifies_and_cross_check_agrees(scenario: LocalFed
     copy = tmp_path / "gateway.sqlite"
     shutil.copy(gateway_db, copy)
     with sqlite3.connect(copy) as db:
-        db.execute("DROP TRIGGER metalog_append_only_delete")
+        db.execute("DROP TRIGGER metalog_purged_only")
         db.execute(
             "DELETE FROM metalog WHERE seq = (SELECT MIN(seq) FROM metalog WHERE event = "
             "'envelope.forwarded' AND entry LIKE '%\"id\":\"amh\"%')"
         )
     disagree = linkage("audit", "cross-check", "--config", config(scenario, "amh"), "--gateway-db", str(copy))
     assert disagree.returncode == 1 and "the gateway has no record of forwarding it" in disagree.stdout
+
+
+def test_a_metadata_log_past_retention_still_verifies_and_cross_checks_what_it_kept(
+    scenario: LocalFederation, tmp_path: Path
+) -> None:
+    """A year on, with a 30-day retention, every entry of the scenario is purged: the IG officer's
+    verify says so and from when, and cross-check compares only what the gateway still holds."""
+    import asyncio
+
+    from gateway.db import GatewayDb
+    from gateway.metalog import DAY_MS, MetaLog
+    from linkage.clock import ManualClock, SystemClock
+
+    gateway = tmp_path / "gateway"
+    shutil.copytree(scenario.gateway_config.data_dir, gateway)
+
+    async def a_year_on() -> int:
+        db = await GatewayDb.open(gateway / "gateway.sqlite")
+        try:
+            log = MetaLog(db, ManualClock(SystemClock().now_ms() + 365 * DAY_MS))
+            await log.load()
+            purged = await log.purge(keep_days=30, gateway_id="gateway")
+            await log.flush()
+            return purged
+        finally:
+            await db.close()
+
+    purged = asyncio.run(a_year_on())
+    assert purged > 0
+    verified = linkage("audit", "verify", "--gateway-config", str(gateway / "gateway.toml"))
+    assert verified.returncode == 0 and "OK: gateway metadata log, 1 entries checked" in verified.stdout
+    assert f"entries 1-{purged} (to " in verified.stdout and "purged by retention" in verified.stdout
+    checked = linkage(
+        "audit", "cross-check", "--config", config(scenario, "amh"), "--gateway-db", str(gateway / "gateway.sqlite")
+    )
+    assert checked.returncode == 0 and "AGREE: 0 outgoing messages" in checked.stdout, checked.stdout
+    assert "before the gateway's retention horizon" in checked.stdout
 
 
 EVENTS = ["share.decision", "message.queued", "message.delivered", "chronology.viewed", "retention.purged"]

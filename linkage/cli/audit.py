@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from linkage.auditlog import open_checkpoint, verify_chain, verify_log
+from linkage.auditlog import GENESIS, open_checkpoint, verify_chain, verify_log
 from linkage.config import GatewayConfig, NodeConfig, load_directory_key
 from linkage.directory import DirectoryView, verify_directory
 from linkage.reasons import Rejected
@@ -86,6 +86,14 @@ def _rows(db: sqlite3.Connection, table: str = "audit") -> Iterator[tuple[int, s
 # -- verify ---------------------------------------------------------------------------
 
 
+def _metalog_anchor(db: sqlite3.Connection) -> tuple[int, int, bytes] | None:
+    """The last entry retention purged from the gateway's metadata log: seq, time, chain hash."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'metalog_anchor'").fetchone():
+        return None  # a gateway from before retention
+    row = db.execute("SELECT seq, ts_ms, hash FROM metalog_anchor").fetchone()
+    return (int(row[0]), int(row[1]), bytes(row[2])) if row else None
+
+
 def _read_checkpoints(paths: list[Path]) -> list[audit_pb2.SignedCheckpoint]:
     found = []
     for path in paths:
@@ -111,8 +119,14 @@ def verify(args: argparse.Namespace) -> int:
     if args.gateway_config:
         gw = GatewayConfig.load(args.gateway_config)
         with closing(_db(gw.data_dir / "gateway.sqlite")) as db:
-            result = verify_chain(_rows(db, "metalog"))
+            anchor = _metalog_anchor(db)
+            result = verify_chain(_rows(db, "metalog"), (anchor[0], anchor[2]) if anchor else (0, GENESIS))
         print(("OK" if result.ok else "FAILED") + f": gateway metadata log, {result.entries} entries checked")
+        if anchor:
+            print(
+                f"  entries 1-{anchor[0]} (to {_when(anchor[1])}) were purged by retention "
+                f"([retention] metalog_days); the rest chain on from entry {anchor[0]}'s hash"
+            )
         if not result.ok:
             print(f"  first bad entry: {result.first_bad_seq}: {result.problem}")
         return 0 if result.ok else 1
@@ -415,16 +429,19 @@ def report(args: argparse.Namespace) -> int:
 def cross_check(args: argparse.Namespace) -> int:
     """Compare what a node says it sent and had delivered with the gateway's metadata log."""
     config = NodeConfig.load(args.config)
-    with closing(_db(config.store_path)) as db:
-        outbox = {
-            m: (r, s, rc) for m, r, s, rc in db.execute("SELECT message_id, recipient, state, receipt FROM outbox")
-        }
     with closing(_db(args.gateway_db)) as db:
+        anchor = _metalog_anchor(db)
+        # The gateway's record of what was sent before its log's retention horizon may be gone.
+        horizon_ms = anchor[1] if anchor else -1
         forwarded = {}
         for (entry,) in db.execute("SELECT entry FROM metalog WHERE event = 'envelope.forwarded'"):
             e = json.loads(entry)
             if e["actor"]["id"] == config.node_id:
                 forwarded[e["message_id"]] = e["counterpart"]
+    with closing(_db(config.store_path)) as db:
+        rows = db.execute("SELECT message_id, recipient, state, receipt, created_at_ms FROM outbox").fetchall()
+    outbox = {m: (r, s, rc) for m, r, s, rc, created in rows if created > horizon_ms}
+    older = len(rows) - len(outbox)
     problems = []
     for message_id, (recipient, state, receipt) in sorted(outbox.items()):
         if state in ("sent", "delivered") and message_id not in forwarded:
@@ -433,7 +450,7 @@ def cross_check(args: argparse.Namespace) -> int:
             problems.append(f"{message_id}: forwarded to {forwarded[message_id]}, addressed to {recipient}")
         if state == "delivered" and receipt is None:
             problems.append(f"{message_id}: delivered without a stored receipt")
-    for message_id in sorted(set(forwarded) - set(outbox)):
+    for message_id in sorted(set(forwarded) - {m for m, *_ in rows}):
         problems.append(f"{message_id}: the gateway forwarded it from this node, the node has no record of it")
     if problems:
         print(f"DISAGREE: {len(problems)} problems")
@@ -441,6 +458,8 @@ def cross_check(args: argparse.Namespace) -> int:
             print(f"  {p}")
         return 1
     print(f"AGREE: {len(outbox)} outgoing messages, {len(forwarded)} forwarded by the gateway")
+    if older:
+        print(f"  {older} sent before the gateway's retention horizon ({_when(horizon_ms)}) not compared")
     return 0
 
 
