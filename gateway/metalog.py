@@ -5,7 +5,7 @@ and no personal data: node ids, message ids, sizes, counts and reason codes only
 Entries are queued and committed in batches (group commit), so the log costs the
 relay path a queue append, not a disk write per message.
 
-It grows by two entries (about 600 bytes) per message. With `[retention] metalog_days`
+It grows by two entries, about 750 bytes, per message. With `[retention] metalog_days`
 set, entries older than that are purged, oldest first, under an anchor: the position
 and chain hash of the last entry purged, from which what remains still verifies."""
 
