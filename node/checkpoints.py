@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 
 import grpc
 
@@ -91,12 +92,15 @@ class Checkpointer:
             except LookupError as exc:  # entries missing from this store's own log: nothing to prove from
                 log.error("checkpoint.not_lodged", code="LOG_INCOMPLETE", size=size, detail=str(exc))
                 return False
-            async with self.store.tx() as tx:
-                await tx.execute(
-                    "INSERT INTO witnessed(id, frontier) VALUES (1, ?) "
-                    "ON CONFLICT(id) DO UPDATE SET frontier = excluded.frontier",
-                    (grown.to_bytes(),),
-                )
+            try:
+                async with self.store.tx() as tx:
+                    await tx.execute(
+                        "INSERT INTO witnessed(id, frontier) VALUES (1, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET frontier = excluded.frontier",
+                        (grown.to_bytes(),),
+                    )
+            except sqlite3.Error as exc:  # lodged all the same; after a restart the range is read from the log
+                log.warning("checkpoint.range_not_kept", size=size, error=type(exc).__name__)
             self._witnessed, self.lodged_size = grown, size
             if answer.diverged:
                 # The witness held a checkpoint this log does not extend; it keeps that as evidence.
