@@ -1,5 +1,5 @@
-"""The gateway's metrics: envelopes by outcome, refusals, connected nodes, subscriptions,
-directory age. Counts only; never a token or an identifier."""
+"""The gateway's metrics: envelopes by outcome, refusals, checkpoints witnessed, connected
+nodes, subscriptions, directory age. Counts only; never a token or an identifier."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ class GatewayMetrics:
         )
         self.refusals = Counter("linkage_gateway_refusals", "Calls refused, by kind", ["kind"], registry=self.registry)
         self.receipts = Counter("linkage_gateway_receipts", "Receipts relayed to senders", registry=self.registry)
+        self.checkpoints = Counter(
+            "linkage_gateway_checkpoints",
+            "Audit checkpoints witnessed, by outcome (diverged: a break in a node's log, kept as evidence)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.connected = Gauge("linkage_gateway_connected_nodes", "Nodes with an open stream", registry=self.registry)
         self.subscriptions = Gauge(
             "linkage_gateway_subscriptions", "(token, node) subscriptions held", registry=self.registry
@@ -34,13 +40,15 @@ class GatewayMetrics:
             "linkage_gateway_directory_age_seconds", "Age of the directory held", registry=self.registry
         )
 
-    def observe(self, event: str) -> None:
+    def observe(self, event: str, outcome: str = "") -> None:
         if event in _OUTCOMES:
             self.envelopes.labels(_OUTCOMES[event]).inc()
         elif event.endswith(".refused") or event == "rate_limited":
             self.refusals.labels(event).inc()
         elif event == "receipt.relayed":
             self.receipts.inc()
+        elif event == "checkpoint.lodged":
+            self.checkpoints.labels(outcome).inc()
 
     def bind(
         self, connected: Callable[[], float], subscriptions: Callable[[], float], directory_age: Callable[[], float]

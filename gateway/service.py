@@ -98,7 +98,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             event, node=node, counterpart=counterpart, message_id=message_id, outcome=outcome, **detail
         )
         self.metalog.record(event, node, counterpart, message_id, outcome, **detail)
-        self.metrics.observe(event)
+        self.metrics.observe(event, outcome)
 
     def _own_tokens(self, node_id: str, requested: Iterable[bytes], refusal: str) -> list[bytes]:
         """Valid tokens the node is itself subscribed to, or Denied: only an agency involved with

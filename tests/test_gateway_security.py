@@ -173,6 +173,13 @@ async def test_the_witness_moves_on_only_with_a_consistency_proof_and_keeps_each
         broken = await amh.LodgeCheckpoint(lodge(12, 9, leaves=rewritten), timeout=5)
         assert (broken.tree_size, broken.diverged) == (12, True)
         assert not (await amh.LodgeCheckpoint(lodge(20, 12, leaves=rewritten), timeout=5)).diverged
+        lodged = {
+            outcome: cluster.gateway.metrics.registry.get_sample_value(
+                "linkage_gateway_checkpoints_total", {"outcome": outcome}
+            )
+            for outcome in ("ok", "diverged")
+        }
+        assert lodged == {"ok": 4, "diverged": 1}  # what an operator alerts on
 
         held = await amh.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id="amh"), timeout=5)
         directory = cluster.gateway.trust.current(now)

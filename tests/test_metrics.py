@@ -29,6 +29,7 @@ async def test_metrics_are_exposed_and_count_the_exchange(federation: LocalFeder
         await share_think_family(cluster)
         await wait_delivered(cluster.nodes["amh"], 2)
         await cluster.nodes["amh"].outbox.refresh_gauges()  # gauges lag by up to a second
+        assert await cluster.nodes["amh"].checkpoints.lodge()
         amh = await asyncio.to_thread(scrape, cluster.nodes["amh"].metrics_endpoint.port)
         csc = await asyncio.to_thread(scrape, cluster.nodes["csc"].metrics_endpoint.port)
         gateway = await asyncio.to_thread(scrape, cluster.gateway.metrics_endpoint.port)
@@ -39,6 +40,7 @@ async def test_metrics_are_exposed_and_count_the_exchange(federation: LocalFeder
     assert 0 < amh["linkage_node_directory_age_seconds"] < 3600
     assert csc["linkage_node_messages_received_total"] >= 1
     assert gateway['linkage_gateway_envelopes_total{outcome="forwarded"}'] >= 2
+    assert gateway['linkage_gateway_checkpoints_total{outcome="ok"}'] >= 1
     assert gateway["linkage_gateway_connected_nodes"] == 4
     assert gateway["linkage_gateway_subscriptions"] >= 5
     assert not any(re.search(r"[0-9a-f]{64}", name) for name in {**amh, **gateway})  # never a token
