@@ -234,12 +234,12 @@ async def startup(summaries: int, root: Path) -> dict[str, float]:
 async def _purge(store_path: Path, count: int) -> dict[str, float]:
     """Retention's purge of the `count` oldest received summaries from the filled store (as
     its daily run would find them), and the longest the event loop went without a turn."""
-    from linkage.clock import ManualClock
+    from linkage.clock import DAY_MS, ManualClock
     from node import retention
     from node.store import Store
 
     # fill_inbox spaces receptions a second apart: this clock makes the oldest `count` due.
-    clock = ManualClock(FIRST_RECEIVED_MS + retention.MIN_KEEP_DAYS * retention.DAY_MS + count * 1000 + 1)
+    clock = ManualClock(FIRST_RECEIVED_MS + retention.MIN_KEEP_DAYS * DAY_MS + count * 1000 + 1)
     store = await Store.open(store_path, clock)
     longest = 0.0
     purging = True

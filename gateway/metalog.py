@@ -19,10 +19,9 @@ from typing import Any
 from gateway.db import GatewayDb
 from linkage import logs
 from linkage.auditlog import GENESIS, AuditEntry, chain_hash
-from linkage.clock import Clock
+from linkage.clock import DAY_MS, Clock
 
 FLUSH_EVERY_S = 0.05
-DAY_MS = 86_400_000
 PURGE_CHUNK = 2_000  # entries per transaction, so a first purge of a long log never holds the writer long
 log = logs.get("gateway.metalog")
 

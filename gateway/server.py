@@ -88,7 +88,10 @@ class GatewayServer:
 
     async def _retention(self) -> None:
         while True:
-            await self.metalog.purge(self.config.metalog_days, self.config.gateway_id)
+            try:
+                await self.metalog.purge(self.config.metalog_days, self.config.gateway_id)
+            except Exception as exc:  # what was purged stays purged; the rest waits for the next round
+                log.error("metalog.purge_failed", error=type(exc).__name__)
             await asyncio.sleep(RETENTION_EVERY_S)
 
     async def start(self) -> int:

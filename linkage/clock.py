@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+DAY_MS = 86_400_000
+
 
 class Clock(Protocol):
     def now_ms(self) -> int:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 
 from linkage import logs
-from linkage.clock import Clock
+from linkage.clock import DAY_MS, Clock
 from linkage.envelope import MAX_AGE_MS
 from node.store import Store, Tx
 
-DAY_MS = 86_400_000
 PURGE_CHUNK = 200  # rows of each kind per transaction: about 35 ms of deletes (secure_delete overwrites them)
 log = logs.get("node.retention")
 

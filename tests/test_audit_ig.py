@@ -309,8 +309,8 @@ def test_a_metadata_log_past_retention_still_verifies_and_cross_checks_what_it_k
     import asyncio
 
     from gateway.db import GatewayDb
-    from gateway.metalog import DAY_MS, MetaLog
-    from linkage.clock import ManualClock, SystemClock
+    from gateway.metalog import MetaLog
+    from linkage.clock import DAY_MS, ManualClock, SystemClock
 
     gateway = tmp_path / "gateway"
     shutil.copytree(scenario.gateway_config.data_dir, gateway)

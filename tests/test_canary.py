@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from linkage import logs, stories
-from linkage.clock import ManualClock
+from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 from node import retention
@@ -134,7 +134,7 @@ async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> N
             )
             await tx.audit("message.received")
         assert await retention.purge(store, clock, keep_days=40) == {"received": 0, "sent_bodies": 0}
-        clock.advance(35 * retention.DAY_MS)  # past the replay window, inside 40 days: kept
+        clock.advance(35 * DAY_MS)  # past the replay window, inside 40 days: kept
         assert await retention.purge(store, clock, keep_days=40) == {"received": 0, "sent_bodies": 0}
         assert await retention.purge(store, clock, keep_days=1) == {"received": 1, "sent_bodies": 0}
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox"))[0] == 0
@@ -172,7 +172,7 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
                     "next_attempt_at_ms, created_at_ms) VALUES (?, 's', 'csc', x'0102', x'00', ?, 0, ?)",
                     (f"out-{n}", state, tx.now_ms + n),
                 )
-        clock.advance(60 * retention.DAY_MS)
+        clock.advance(60 * DAY_MS)
         async with store.tx() as tx:  # received since: kept
             await tx.execute(
                 "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed) "

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from gateway.db import GatewayDb
-from gateway.metalog import DAY_MS, MetaLog
+from gateway.metalog import MetaLog
 from linkage.auditlog import GENESIS, verify_chain
-from linkage.clock import ManualClock
+from linkage.clock import DAY_MS, ManualClock
 
 START_MS = 1_767_225_600_000
 
