@@ -21,6 +21,7 @@ from linkage.keys import MessageKeys
 from linkage.merkle import CompactRange, consistency_proof_from
 from linkage.v1 import audit_pb2
 from node.link import GatewayLink
+from node.metrics import NodeMetrics
 from node.store import Store
 
 # Lodged with the gateway every this many entries, or this long after the last try once any
@@ -35,7 +36,16 @@ log = logs.get("node.checkpoints")
 
 
 class Checkpointer:
-    def __init__(self, store: Store, link: GatewayLink, keys: MessageKeys, node_id: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        link: GatewayLink,
+        keys: MessageKeys,
+        node_id: str,
+        clock: Clock,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics or NodeMetrics()
         self.store = store
         self.link = link
         self.keys = keys
@@ -81,16 +91,19 @@ class Checkpointer:
             try:
                 held = self._witnessed if self._witnessed is not None else await self._ask_witness()
                 if held is None:
+                    self.metrics.checkpoints.labels("behind").inc()
                     return False
                 leaves = await self.store.audit_leaves(held.size, size) if held.size else []
                 proof = consistency_proof_from(held, leaves) if leaves else []
                 answer = await self.link.lodge_checkpoint(signed, held.size, proof)
             except grpc.aio.AioRpcError as exc:
                 log.warning("checkpoint.not_lodged", code=exc.code().name, size=size)
+                self.metrics.checkpoints.labels("failed").inc()
                 self._witnessed = None
                 return False
             except LookupError as exc:  # entries missing from this store's own log: nothing to prove from
                 log.error("checkpoint.not_lodged", code="LOG_INCOMPLETE", size=size, detail=str(exc))
+                self.metrics.checkpoints.labels("failed").inc()
                 return False
             try:
                 async with self.store.tx() as tx:
@@ -102,6 +115,7 @@ class Checkpointer:
             except sqlite3.Error as exc:  # lodged all the same; after a restart the range is read from the log
                 log.warning("checkpoint.range_not_kept", size=size, error=type(exc).__name__)
             self._witnessed, self.lodged_size = grown, size
+            self.metrics.checkpoints.labels("diverged" if answer.diverged else "ok").inc()
             if answer.diverged:
                 # The witness held a checkpoint this log does not extend; it keeps that as evidence.
                 log.error("checkpoint.diverged", size=size, held=held.size)

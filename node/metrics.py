@@ -1,6 +1,6 @@
 """The node's metrics: messages sent, delivered, undeliverable, received and rejected by
 reason; BUSY answers by whose limit; outbox depth and age; delivery latency; directory
-age. Counts only."""
+age; audit checkpoints lodged with the witness, by outcome. Counts only."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ class NodeMetrics:
         )
         self.directory_age = Gauge(
             "linkage_node_directory_age_seconds", "Age of the directory held", registry=self.registry
+        )
+        self.checkpoints = Counter(
+            "linkage_node_checkpoints",
+            "Tries to lodge an audit checkpoint with the witness, by outcome: ok; diverged (this log does not "
+            "extend the one the gateway held, now kept there as evidence); behind (shorter than it); failed",
+            ["outcome"],
+            registry=self.registry,
         )
 
     def bind_directory_age(self, age: Callable[[], float]) -> None:

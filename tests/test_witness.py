@@ -26,6 +26,10 @@ async def _held(cluster: Cluster, node_id: str) -> gateway_pb2.WitnessedCheckpoi
     return await stub.GetCheckpoints(gateway_pb2.GetCheckpointsRequest(node_id=node_id), timeout=5)
 
 
+def _tries(node: NodeServer, outcome: str) -> float:
+    return node.metrics.registry.get_sample_value("linkage_node_checkpoints_total", {"outcome": outcome}) or 0.0
+
+
 def _size(signed: audit_pb2.SignedCheckpoint) -> int:
     return audit_pb2.Checkpoint.FromString(signed.checkpoint).tree_size
 
@@ -43,6 +47,7 @@ async def test_a_restarted_node_proves_its_log_grew_from_what_was_witnessed(tmp_
             assert await amh.checkpoints.lodge()
             held = await _held(cluster, "amh")
             assert _size(held.latest) == amh.store.frontier.size and not held.breaks
+            assert _tries(amh, "ok") >= 1 and _tries(amh, "diverged") == 0
         if restart == 0:
             with sqlite3.connect(store_path) as db:  # as if a lodge was cut short before it was recorded
                 db.execute("DELETE FROM witnessed")
@@ -78,6 +83,8 @@ async def test_a_store_restored_from_an_older_backup_is_a_break_the_ig_officer_s
         held = await _held(cluster, "amh")
         assert _size(held.latest) == amh.store.frontier.size
         assert [_size(b) for b in held.breaks] == [witnessed]
+        tries = {o: _tries(amh, o) for o in ("behind", "diverged", "ok")}
+        assert tries == {"behind": 1, "diverged": 1, "ok": 0}  # what the agency's IT alerts on
         code, report, err = await linkage(
             "audit",
             "verify",
