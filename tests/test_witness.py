@@ -95,3 +95,28 @@ async def test_a_store_restored_from_an_older_backup_is_a_break_the_ig_officer_s
         )
     assert code == 1, report + err
     assert "the gateway recorded 1 break(s)" in report and "FAILED" in report, report
+
+
+async def test_a_gateway_restored_to_an_older_checkpoint_is_proved_to_from_there(tmp_path: Path) -> None:
+    """The gateway goes back to an older checkpoint of a running node's log (restored from a
+    backup): the node's next lodge, proved from the size it last lodged, is refused; it then
+    asks what the gateway holds and proves its log grew from that. No break is recorded."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    gateway_db = federation.gateway_config.data_dir / "gateway.sqlite"
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        await _append(amh, 3)
+        assert await amh.checkpoints.lodge()
+        with sqlite3.connect(gateway_db) as db:
+            older = db.execute("SELECT tree_size, root, signed FROM witnessed WHERE node_id = 'amh'").fetchone()
+        await _append(amh, 5)
+        assert await amh.checkpoints.lodge()
+        with sqlite3.connect(gateway_db) as db:
+            db.execute("UPDATE witnessed SET tree_size = ?, root = ?, signed = ? WHERE node_id = 'amh'", older)
+        await _append(amh, 2)
+        assert not await amh.checkpoints.lodge()  # from the size it lodged last: not what the gateway holds
+        assert await amh.checkpoints.lodge()
+        held = await _held(cluster, "amh")
+        assert _size(held.latest) == amh.store.frontier.size and not held.breaks
+        assert (_tries(amh, "failed"), _tries(amh, "diverged")) == (1, 0)
