@@ -403,7 +403,7 @@ class Demo:
     def where(self) -> None:
         say("[14] Where the data lives:")
         say(f"    Federation (CA, keys, directory; keep off-line): {self.root / 'federation'}")
-        say(f"    Gateway (subscriptions only, no content):       {self.root / 'gateway' / 'gateway.sqlite'}")
+        say(f"    Gateway (tokens, witness, metadata; no content): {self.root / 'gateway' / 'gateway.sqlite'}")
         for node_id in NODES:
             say(f"    {NODES[node_id][0] + ' store':<48} {self.root / node_id / 'store.sqlite'}")
         say(f"    Logs (JSON lines, no personal data):             {self.root}/*/*.log")
