@@ -53,8 +53,7 @@ class Checkpointer:
         self.clock = clock
         self.lodged_size = 0
         self._latest: audit_pb2.SignedCheckpoint | None = None
-        self._latest_range = CompactRange()
-        self._latest_size = -1
+        self._latest_range = CompactRange()  # the log as `_latest` signed it
         self._signed_at_ms = 0
         # The compact range at the size the witness holds: None until asked (at start, and
         # after any failed lodge, when what it holds may not be what this node thinks).
@@ -71,13 +70,12 @@ class Checkpointer:
 
     def _checkpoint(self, max_age_ms: int) -> audit_pb2.SignedCheckpoint:
         frontier, now = self.store.frontier, self.clock.now_ms()
-        stale = self._latest_size != frontier.size and now - self._signed_at_ms >= max_age_ms
+        stale = self._latest_range.size != frontier.size and now - self._signed_at_ms >= max_age_ms
         if self._latest is None or stale:
             self._latest = sign_checkpoint(
                 self.keys.signing, self.keys.key_id, self.node_id, frontier.size, frontier.root(), now
             )
-            self._latest_range = CompactRange(frontier.size, frontier.hashes)
-            self._latest_size, self._signed_at_ms = frontier.size, now
+            self._latest_range, self._signed_at_ms = CompactRange(frontier.size, frontier.hashes), now
         return self._latest
 
     async def lodge(self) -> bool:
@@ -85,7 +83,8 @@ class Checkpointer:
         False if it could not be lodged now (it is tried again later)."""
         async with self._lodging:
             signed = self.latest()
-            size, grown = self._latest_size, self._latest_range
+            grown = self._latest_range
+            size = grown.size
             if size <= self.lodged_size:
                 return True
             try:
