@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS witnessed(
   node_id TEXT PRIMARY KEY,
   tree_size INTEGER NOT NULL,
   root BLOB NOT NULL,
-  signed BLOB NOT NULL
+  signed BLOB NOT NULL,
+  cosignature BLOB  -- this gateway's, when it has a witness key
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS witness_breaks(
   node_id TEXT NOT NULL,
@@ -102,6 +103,9 @@ class GatewayDb:
         await db.executescript(SCHEMA)
         if await db.execute_fetchall("SELECT 1 FROM sqlite_master WHERE name = 'checkpoints'"):
             await db.executescript(FROM_EVERY_CHECKPOINT)
+        columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(witnessed)")}
+        if "cosignature" not in columns:  # a gateway from before cosigning
+            await db.execute("ALTER TABLE witnessed ADD COLUMN cosignature BLOB")
         return cls(db, path)
 
     @asynccontextmanager

@@ -21,8 +21,9 @@ from gateway.subscriptions import SubscriptionIndex
 from gateway.witness import Witness
 from linkage import logs
 from linkage.clock import Clock, SystemClock
-from linkage.config import GatewayConfig, load_directory_key
-from linkage.directory import TrustedDirectory
+from linkage.config import ConfigError, GatewayConfig, load_directory_key
+from linkage.directory import DirectoryView, TrustedDirectory
+from linkage.keys import load_ed25519, raw_public
 from linkage.metrics import MetricsEndpoint
 from linkage.reasons import Rejected
 from linkage.runtime import settle_heap
@@ -53,17 +54,33 @@ class GatewayServer:
         self.metrics = GatewayMetrics()
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.port = 0
+        try:
+            self.witness_key = load_ed25519(config.witness_key) if config.witness_key else None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"[witness] key: {exc}") from None
 
     def load_directory(self) -> None:
         signed = directory_pb2.SignedDirectory.FromString(self.config.federation.directory.read_bytes())
         view = self.trust.accept(signed, self.clock.now_ms())
         log.info("directory.loaded", version=view.version, nodes=len(view.nodes))
+        self._check_witness_key(view)
         for node_id, entry in view.nodes.items():  # a revoked node's open stream ends now
             session = self.sessions.get(node_id)
             if entry.status != directory_pb2.NODE_STATUS_ACTIVE and session is not None:
                 session.close((grpc.StatusCode.PERMISSION_DENIED, f"node {node_id!r} is revoked"))
         # Look-up answers name only active nodes: any may have changed with the directory.
         self.sessions.notify_all(gateway_pb2.LinksChanged())
+
+    def _check_witness_key(self, view: DirectoryView) -> None:
+        """Say so if nodes cannot check this gateway's cosignatures: they keep only those that verify."""
+        if self.witness_key is None:
+            return
+        try:
+            named = view.witness_key(self.config.gateway_id)
+        except Rejected:
+            named = b""
+        if named != raw_public(self.witness_key):
+            log.error("witness.key_not_in_directory", version=view.version)
 
     async def check_directory(self) -> None:
         """Take a newer directory file if there is one; fail closed when the held one has expired."""
@@ -109,7 +126,7 @@ class GatewayServer:
             self._index,
             self.sessions,
             RateLimits(limits.envelopes_per_second, limits.envelope_burst, self.clock),
-            Witness(self._db, self.clock),
+            Witness(self._db, self.clock, self.config.gateway_id, self.witness_key),
             self.metalog,
             RateLimits(limits.control_per_second, limits.control_burst, self.clock),
             RateLimits(limits.resolve_per_second, limits.resolve_burst, self.clock),

@@ -248,7 +248,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             size=lodged.tree_size,
             held=request.from_tree_size,
         )
-        return gateway_pb2.LodgeCheckpointResponse(tree_size=lodged.tree_size, diverged=lodged.diverged)
+        return gateway_pb2.LodgeCheckpointResponse(
+            tree_size=lodged.tree_size, diverged=lodged.diverged, cosignature=lodged.cosignature
+        )
 
     def _checkpoint_of(self, node_id: str, request: gateway_pb2.LodgeCheckpointRequest) -> audit_pb2.Checkpoint:
         """The checkpoint, signed by the calling node's key, with a proof of the right shape; or Denied."""
@@ -281,7 +283,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except Denied as denied:
             await abort(context, denied)
         held = await self.witness.held(node_id)
-        return gateway_pb2.WitnessedCheckpoints(latest=held.latest, breaks=held.breaks)
+        return gateway_pb2.WitnessedCheckpoints(
+            latest=held.latest, breaks=held.breaks, latest_cosignature=held.cosignature
+        )
 
     async def FetchDirectory(
         self, request: gateway_pb2.FetchDirectoryRequest, context: Context

@@ -88,6 +88,7 @@ def verify_chain(rows: Iterable[tuple[int, str, bytes]], after: tuple[int, bytes
 # -- the Merkle view and signed checkpoints -------------------------------------------
 
 CHECKPOINT_LABEL = b"linkage/v1/checkpoint\x00"
+COSIGNATURE_LABEL = b"linkage/v1/cosignature\x00"
 
 
 def entry_leaf(entry: str) -> bytes:
@@ -118,6 +119,31 @@ def open_checkpoint(signed: audit_pb2.SignedCheckpoint, directory: DirectoryView
     except InvalidSignature:
         raise Rejected(Reason.BAD_SIGNATURE, "checkpoint signature does not verify") from None
     return body
+
+
+def _cosigned(gateway_id: str, at_ms: int, checkpoint: bytes) -> bytes:
+    return COSIGNATURE_LABEL + gateway_id.encode() + b"\x00" + at_ms.to_bytes(8, "big", signed=True) + checkpoint
+
+
+def cosign(
+    key: ed25519.Ed25519PrivateKey, gateway_id: str, signed: audit_pb2.SignedCheckpoint, at_ms: int
+) -> audit_pb2.Cosignature:
+    """A witness's signature that at `at_ms` it held `signed` as the node's latest checkpoint."""
+    return audit_pb2.Cosignature(
+        gateway_id=gateway_id, at_ms=at_ms, signature=key.sign(_cosigned(gateway_id, at_ms, signed.checkpoint))
+    )
+
+
+def check_cosignature(
+    cosignature: audit_pb2.Cosignature, signed: audit_pb2.SignedCheckpoint, directory: DirectoryView
+) -> None:
+    """Rejected unless the witness key the directory names for the gateway signed this checkpoint."""
+    key = directory.witness_key(cosignature.gateway_id)
+    message = _cosigned(cosignature.gateway_id, cosignature.at_ms, signed.checkpoint)
+    try:
+        ed25519_verify(key, cosignature.signature, message)
+    except InvalidSignature:
+        raise Rejected(Reason.BAD_SIGNATURE, "the witness's cosignature does not verify") from None
 
 
 @dataclass

@@ -160,10 +160,12 @@ class GatewayConfig:
     limits: GatewayLimits = GatewayLimits()
     metrics_listen: str = ""  # host:port for Prometheus; empty: off
     metalog_days: int = 0  # metadata-log entries kept this long; 0 keeps them all
+    witness_key: Path | None = None  # Ed25519 key cosigning witnessed checkpoints; None: no cosigning
 
     @classmethod
     def load(cls, path: Path) -> GatewayConfig:
         r = _Reader(path)
+        witness_key = r.get("witness", "key", required=False)
         config = cls(
             gateway_id=r.get("gateway", "id"),
             listen=r.get("gateway", "listen", "127.0.0.1:7443"),
@@ -174,6 +176,7 @@ class GatewayConfig:
             limits=_limits(r),
             metrics_listen=r.get("metrics", "listen", "", required=False) or "",
             metalog_days=int(r.get("retention", "metalog_days", 0)),
+            witness_key=r.path_of("witness", "key") if witness_key else None,
         )
         r.done()
         return config

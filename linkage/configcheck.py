@@ -80,6 +80,7 @@ def _value_problem(setting: Setting, value: object, base: Path) -> str:
         return f"must be one of {', '.join(sorted(_LEVELS))}"
     if kind == "address" and not _ADDRESS.match(str(value)):
         return "must be host:port, e.g. gateway.example:7443"
-    if kind == "path" and setting.section in ("tls", "federation", "keys") and not (base / str(value)).exists():
+    must_exist = setting.section in ("tls", "federation", "keys", "witness")
+    if kind == "path" and must_exist and not (base / str(value)).exists():
         return f"{value} does not exist (relative paths start from the file's folder)"
     return ""

@@ -68,6 +68,13 @@ class DirectoryView:
             raise Rejected(Reason.KEY_NOT_VALID, f"node {node_id!r} has no key valid now")
         return max(valid, key=lambda k: k.not_before_ms)
 
+    def witness_key(self, gateway_id: str) -> bytes:
+        """The Ed25519 key with which gateway `gateway_id` cosigns what it witnesses."""
+        entry = next((g for g in self.directory.gateways if g.gateway_id == gateway_id), None)
+        if entry is None or not entry.witness_public_key:
+            raise Rejected(Reason.UNKNOWN_KEY, f"the directory names no witness key for gateway {gateway_id!r}")
+        return entry.witness_public_key
+
     def hpke_key(self, node_id: str, key_id: str) -> bytes:
         for key in self.active_node(node_id).keys:
             if key.key_id == key_id:

@@ -206,7 +206,11 @@ def enrol_gateway(fed: Federation, gateway_id: str, out: Path, listen: str, now_
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o700)
     fingerprint = _write_tls(fed, out, "gateway", gateway_id, now_ms, server=True)
-    entry = pb.GatewayEntry(gateway_id=gateway_id, tls_cert_sha256=fingerprint)
+    # The key with which it cosigns the audit checkpoints it witnesses; nodes find it in the directory.
+    witness = ed25519.Ed25519PrivateKey.generate()
+    (out / "keys").mkdir(exist_ok=True)
+    write_private_pem(out / "keys" / "witness.key", witness)
+    entry = pb.GatewayEntry(gateway_id=gateway_id, tls_cert_sha256=fingerprint, witness_public_key=raw_public(witness))
     (fed.root / f"gateway-{gateway_id}.pb").write_bytes(entry.SerializeToString())
     config = out / "gateway.toml"
     config.write_text(
@@ -226,6 +230,9 @@ directory = "directory.pb"
 cert = "tls/gateway.pem"
 key = "tls/gateway.key"
 ca = "tls/ca.pem"
+
+[witness]
+key = "keys/witness.key"
 """
     )
     return config

@@ -60,6 +60,14 @@ GATEWAY: list[Setting] = [
         "Keep the metadata log's entries this long; 0 keeps them all. What is kept still verifies.",
     ),
     Setting(
+        "witness",
+        "key",
+        "path",
+        None,
+        "Its Ed25519 witness key (PEM, mode 0600), named in the directory: it cosigns the audit checkpoints "
+        "it witnesses. Unset: it witnesses without cosigning.",
+    ),
+    Setting(
         "limits",
         "envelopes_per_second",
         "float",

@@ -4,7 +4,8 @@ A log rewritten as a whole, hashes and all, then no longer matches what others h
 
 The witness holds one checkpoint per node and moves on only with an RFC 9162
 consistency proof from it. The node builds that proof from the compact range it
-kept at the size the witness holds and the entries appended since."""
+kept at the size the witness holds and the entries appended since. It keeps the witness's
+cosignature of what it lodged, once checked against the witness key the directory names."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import sqlite3
 import grpc
 
 from linkage import logs
-from linkage.auditlog import sign_checkpoint
+from linkage.auditlog import check_cosignature, sign_checkpoint
 from linkage.clock import Clock
+from linkage.directory import TrustedDirectory
 from linkage.keys import MessageKeys
 from linkage.merkle import CompactRange, consistency_proof_from
-from linkage.v1 import audit_pb2
+from linkage.reasons import Rejected
+from linkage.v1 import audit_pb2, gateway_pb2
 from node.link import GatewayLink
 from node.metrics import NodeMetrics
 from node.store import Store
@@ -43,9 +46,11 @@ class Checkpointer:
         keys: MessageKeys,
         node_id: str,
         clock: Clock,
+        trust: TrustedDirectory,
         metrics: NodeMetrics | None = None,
     ) -> None:
         self.metrics = metrics or NodeMetrics()
+        self.trust = trust
         self.store = store
         self.link = link
         self.keys = keys
@@ -104,12 +109,17 @@ class Checkpointer:
                 log.error("checkpoint.not_lodged", code="LOG_INCOMPLETE", size=size, detail=str(exc))
                 self.metrics.checkpoints.labels("failed").inc()
                 return False
+            cosignature = self._checked(answer, signed)
+            cosigned = (signed.SerializeToString(), cosignature.SerializeToString()) if cosignature else (None, None)
             try:
                 async with self.store.tx() as tx:
+                    # A lodge without a good cosignature keeps the last one that was.
                     await tx.execute(
-                        "INSERT INTO witnessed(id, frontier) VALUES (1, ?) "
-                        "ON CONFLICT(id) DO UPDATE SET frontier = excluded.frontier",
-                        (grown.to_bytes(),),
+                        "INSERT INTO witnessed(id, frontier, checkpoint, cosignature) VALUES (1, ?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET frontier = excluded.frontier, "
+                        "checkpoint = COALESCE(excluded.checkpoint, checkpoint), "
+                        "cosignature = COALESCE(excluded.cosignature, cosignature)",
+                        (grown.to_bytes(), *cosigned),
                     )
             except sqlite3.Error as exc:  # lodged all the same; after a restart the range is read from the log
                 log.warning("checkpoint.range_not_kept", size=size, error=type(exc).__name__)
@@ -121,6 +131,19 @@ class Checkpointer:
             else:
                 log.info("checkpoint.lodged", size=size)
             return True
+
+    def _checked(
+        self, answer: gateway_pb2.LodgeCheckpointResponse, signed: audit_pb2.SignedCheckpoint
+    ) -> audit_pb2.Cosignature | None:
+        """The witness's cosignature of `signed`, if it gave one that the directory's key verifies."""
+        if not answer.HasField("cosignature"):
+            return None
+        try:
+            check_cosignature(answer.cosignature, signed, self.trust.current(self.clock.now_ms()))
+        except Rejected as exc:
+            log.error("checkpoint.cosignature_refused", reason=exc.reason.value, gateway=answer.cosignature.gateway_id)
+            return None
+        return answer.cosignature
 
     async def _ask_witness(self) -> CompactRange | None:
         """The compact range at the size the witness holds (empty if it holds nothing), or None

@@ -139,7 +139,9 @@ class NodeServer:
         self.outbox = Outbox(
             self.store, self.link, self.trust, config.node_id, self.clock, config.delivery, metrics=self.metrics
         )
-        self.checkpoints = Checkpointer(self.store, self.link, keys, config.node_id, self.clock, self.metrics)
+        self.checkpoints = Checkpointer(
+            self.store, self.link, keys, config.node_id, self.clock, self.trust, self.metrics
+        )
         self.reception = Reception(
             self.store,
             self.link,

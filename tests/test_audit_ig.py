@@ -165,9 +165,14 @@ def test_every_tamper_pattern_is_detected(scenario: LocalFederation, tmp_path: P
     result = linkage("audit", "verify", "--config", str(folder / "node.toml"), "--checkpoints", str(checkpoints))
     assert result.returncode == 1, result.stdout
     assert "FAILED" in result.stdout and expected in result.stdout, result.stdout
-    if kind == "rewrite":  # the chain alone cannot see it; only the lodged checkpoint can
+    if kind == "rewrite":  # the chain alone cannot see it; a checkpoint held outside the log can
         alone = linkage("audit", "verify", "--config", str(folder / "node.toml"))
-        assert alone.returncode == 0
+        assert alone.returncode == 1 and "was cosigned by the witness" in alone.stdout, alone.stdout
+        assert "differ from the checkpoint" in alone.stdout, alone.stdout  # the one the node kept
+        with sqlite3.connect(folder / "store.sqlite") as db:
+            db.execute("DELETE FROM witnessed")  # so the insider drops that too; the gateway still holds it
+        alone = linkage("audit", "verify", "--config", str(folder / "node.toml"))
+        assert alone.returncode == 0 and "holds no checkpoint cosigned by the witness" in alone.stdout, alone.stdout
 
 
 def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tmp_path: Path) -> None:
@@ -274,7 +279,8 @@ def test_checkpoints_travel_in_receipts_and_vouch_for_the_peer(scenario: LocalFe
     result = linkage("audit", "checkpoints", "--config", config(scenario, "amh"), "--of", "csc", "--out", str(held))
     assert result.returncode == 0 and "wrote 1 checkpoints of csc's audit log" in result.stdout
     verified = linkage("audit", "verify", "--config", config(scenario, "csc"), "--checkpoints", str(held))
-    assert verified.returncode == 0 and "consistent with 1 of 1" in verified.stdout
+    # the peer's checkpoint from the receipt, and the one csc keeps, cosigned by the witness
+    assert verified.returncode == 0 and "consistent with 2 of 2" in verified.stdout, verified.stdout
 
 
 def test_gateway_metadata_log_verifies_and_cross_check_agrees(scenario: LocalFederation, tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from linkage.clock import SystemClock
+from linkage.directory import TrustedDirectory
 from linkage.keys import MessageKeys
 from linkage.v1 import audit_pb2, gateway_pb2
 from node import checkpoints
@@ -62,7 +64,8 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 
 async def _running(store: Store, witness: Witness) -> asyncio.Task[None]:
-    checkpointer = Checkpointer(store, witness, MessageKeys.generate("k1"), "amh", SystemClock())  # type: ignore[arg-type]
+    trust = TrustedDirectory("fed", ed25519.Ed25519PrivateKey.generate().public_key())  # unused: nothing is cosigned
+    checkpointer = Checkpointer(store, witness, MessageKeys.generate("k1"), "amh", SystemClock(), trust)  # type: ignore[arg-type]
     task = asyncio.create_task(checkpointer.run())
     await _until(lambda: store.wake_at == 1)  # nothing waits: the first entry wakes it
     return task

@@ -224,3 +224,28 @@ def test_enrolment_refuses_an_agency_type_not_in_the_code_list(tmp_path: Path) -
     fed = init_federation(tmp_path / "fed", "x.example", SystemClock().now_ms())
     with pytest.raises(FederationError, match="not in the agency_type code list"):
         enrol_node(fed, "n1", "Name", "CHARITY", tmp_path / "n1", "127.0.0.1:1", SystemClock().now_ms())
+
+
+def test_an_enrolled_gateway_has_a_witness_key_the_directory_names(tmp_path: Path) -> None:
+    """Kept readable by its owner only, and configured; re-enrolling issues a new one."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from linkage.config import GatewayConfig
+    from linkage.federation import enrol_gateway, init_federation, publish_directory
+    from linkage.keys import load_ed25519, raw_public
+    from linkage.v1 import directory_pb2
+
+    now = SystemClock().now_ms()
+    fed = init_federation(tmp_path / "fed", "x.example", now)
+    keys = []
+    for _ in range(2):
+        config = GatewayConfig.load(enrol_gateway(fed, "gateway", tmp_path / "gw", "127.0.0.1:1", now))
+        assert config.witness_key is not None and config.witness_key.stat().st_mode & 0o777 == 0o600
+        key = load_ed25519(config.witness_key)
+        assert isinstance(key, ed25519.Ed25519PrivateKey)
+        publish_directory(fed, now, 7, copy_to=(tmp_path / "gw",))
+        signed = directory_pb2.SignedDirectory.FromString((tmp_path / "gw" / "directory.pb").read_bytes())
+        (entry,) = directory_pb2.Directory.FromString(signed.directory).gateways
+        assert entry.witness_public_key == raw_public(key)
+        keys.append(entry.witness_public_key)
+    assert keys[0] != keys[1]

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from gateway.db import GatewayDb
+from gateway.witness import Witness
 from linkage import logs, stories
 from linkage.auditlog import open_checkpoint, sign_checkpoint
 from linkage.clock import SystemClock
@@ -20,7 +21,7 @@ from linkage.keys import MessageKeys
 from linkage.merkle import consistency_proof, leaf_hash, root_of
 from linkage.pki import CertificateAuthority, spiffe_id
 from linkage.transport import TlsFiles, secure_channel
-from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc
+from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.crypto_fixtures import seal
 from tests.harness import FEDERATION_ID, PRACTITIONER, Cluster, LocalFederation, running, wait_delivered
 from tests.test_federation import open_case, share_think_family, summaries
@@ -217,6 +218,25 @@ async def test_a_gateway_that_kept_every_checkpoint_keeps_the_largest_and_each_f
             ("amh", 2, 7, b"b7"),
         ]
         assert not await gateway.read("SELECT 1 FROM sqlite_master WHERE name = 'checkpoints'")
+    finally:
+        await gateway.close()
+
+
+async def test_a_gateway_from_before_cosigning_keeps_what_it_witnessed(tmp_path: Path) -> None:
+    """Its witness table gains the cosignature column; what it held stays, with no cosignature
+    until the node's next lodge."""
+    path = tmp_path / "gateway.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE witnessed(node_id TEXT PRIMARY KEY, tree_size INTEGER NOT NULL, root BLOB NOT NULL, "
+            "signed BLOB NOT NULL) WITHOUT ROWID"
+        )
+        held = audit_pb2.SignedCheckpoint(checkpoint=b"body", signature=b"sig")
+        db.execute("INSERT INTO witnessed VALUES ('amh', 5, ?, ?)", (b"root", held.SerializeToString()))
+    gateway = await GatewayDb.open(path)
+    try:
+        kept = await Witness(gateway, SystemClock(), "gateway").held("amh")
+        assert (kept.latest, kept.cosignature, kept.breaks) == (held, None, [])
     finally:
         await gateway.close()
 

@@ -1,14 +1,22 @@
 """A node and the gateway's witness over time, on a real federation: restarts, a lost record
-of what was witnessed, and a store restored from a backup older than the last checkpoint
-(a break, which the gateway keeps and the IG officer's verify reports)."""
+of what was witnessed, a store restored from a backup older than the last checkpoint
+(a break, which the gateway keeps and the IG officer's verify reports), and the witness's
+cosignatures, which the node keeps only when the directory's witness key verifies them."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from linkage.auditlog import check_cosignature
 from linkage.clock import SystemClock
+from linkage.keys import write_private_pem
+from linkage.reasons import Rejected
 from linkage.v1 import audit_pb2, gateway_pb2, gateway_pb2_grpc
 from node.server import NodeServer
 from tests.harness import Cluster, linkage, make_federation, running
@@ -120,3 +128,51 @@ async def test_a_gateway_restored_to_an_older_checkpoint_is_proved_to_from_there
         held = await _held(cluster, "amh")
         assert _size(held.latest) == amh.store.frontier.size and not held.breaks
         assert (_tries(amh, "failed"), _tries(amh, "diverged")) == (1, 0)
+
+
+def _kept(node: NodeServer) -> tuple[audit_pb2.SignedCheckpoint, audit_pb2.Cosignature]:
+    """The cosigned checkpoint a node keeps in its store."""
+    assert node.store is not None
+    row = node.store.lookup("SELECT checkpoint, cosignature FROM witnessed WHERE id = 1")
+    return audit_pb2.SignedCheckpoint.FromString(row[0]), audit_pb2.Cosignature.FromString(row[1])
+
+
+async def test_the_witness_cosigns_what_it_holds_and_the_node_keeps_only_what_verifies(tmp_path: Path) -> None:
+    """Each checkpoint the gateway comes to hold it cosigns with the witness key the directory
+    names; the node checks that and keeps it. A cosignature by any other key is not kept (nor is
+    a lodge without one): the node keeps the last good one."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        directory = amh.trust.current(SystemClock().now_ms())
+        await _append(amh, 3)
+        assert await amh.checkpoints.lodge()
+        checkpoint, cosignature = _kept(amh)
+        assert _size(checkpoint) == amh.store.frontier.size and cosignature.gateway_id == "gateway"
+        check_cosignature(cosignature, checkpoint, directory)
+        held = await _held(cluster, "amh")
+        assert (held.latest, held.latest_cosignature) == (checkpoint, cosignature)
+        for forged in (  # another time, another gateway: neither verifies
+            audit_pb2.Cosignature(gateway_id="gateway", at_ms=cosignature.at_ms + 1, signature=cosignature.signature),
+            audit_pb2.Cosignature(gateway_id="elsewhere", at_ms=cosignature.at_ms, signature=cosignature.signature),
+        ):
+            with pytest.raises(Rejected):
+                check_cosignature(forged, checkpoint, directory)
+        await _append(amh, 1)
+        with pytest.raises(Rejected):
+            check_cosignature(cosignature, amh.checkpoints.latest(), directory)  # of the grown log
+
+    stranger = federation.gateway_config.data_dir / "keys" / "stranger.key"
+    write_private_pem(stranger, ed25519.Ed25519PrivateKey.generate())
+    for key in (stranger, None):  # a key the directory does not name; then none at all
+        federation.gateway_config = dataclasses.replace(federation.gateway_config, witness_key=key)
+        async with running(federation) as cluster:
+            amh = cluster.nodes["amh"]
+            good = _kept(amh)  # as the last lodge with the directory's key left it (at the stop before)
+            await _append(amh, 2)
+            assert await amh.checkpoints.lodge()  # witnessed all the same
+            held = await _held(cluster, "amh")
+            assert amh.store is not None and _size(held.latest) == amh.store.frontier.size
+            assert held.HasField("latest_cosignature") == (key is not None)
+            assert _kept(amh) == good

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from linkage.auditlog import GENESIS, open_checkpoint, verify_chain, verify_log
+from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify_chain, verify_log
 from linkage.config import GatewayConfig, NodeConfig, load_directory_key
 from linkage.directory import DirectoryView, verify_directory
 from linkage.reasons import Rejected
@@ -115,6 +115,35 @@ def _from_gateway(config: NodeConfig) -> gateway_pb2.WitnessedCheckpoints:
         raise SystemExit(f"linkage: cannot fetch checkpoints from the gateway: {exc.code().name}") from None
 
 
+def _cosigned_held(db: sqlite3.Connection) -> tuple[audit_pb2.SignedCheckpoint, audit_pb2.Cosignature] | None:
+    """The latest checkpoint the witness cosigned, as the node kept it; None if it keeps none."""
+    try:
+        row = db.execute("SELECT checkpoint, cosignature FROM witnessed WHERE id = 1").fetchone()
+    except sqlite3.OperationalError:
+        return None  # a store from before the witness cosigned
+    if row is None or row[1] is None:
+        return None
+    return audit_pb2.SignedCheckpoint.FromString(row[0]), audit_pb2.Cosignature.FromString(row[1])
+
+
+def _say_cosigned(
+    signed: audit_pb2.SignedCheckpoint, cosignature: audit_pb2.Cosignature, directory: DirectoryView, which: str
+) -> None:
+    """Whether the witness's cosignature holds. One that does not proves nothing either way (the
+    gateway's witness key may have changed since), so it is reported, and the checkpoint is
+    checked as any other."""
+    size = audit_pb2.Checkpoint.FromString(signed.checkpoint).tree_size
+    try:
+        check_cosignature(cosignature, signed, directory)
+    except Rejected as exc:
+        print(f"  ignored the cosignature of {which} ({size} entries): {exc}")
+        return
+    print(
+        f"  {which} ({size} entries) was cosigned by the witness, gateway "
+        f"{cosignature.gateway_id}, at {_when(cosignature.at_ms)}"
+    )
+
+
 def verify(args: argparse.Namespace) -> int:
     if args.gateway_config:
         gw = GatewayConfig.load(args.gateway_config)
@@ -133,16 +162,25 @@ def verify(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
     directory = _directory(config)
     signed = _read_checkpoints(args.checkpoints)
+    with closing(_db(config.store_path)) as db:
+        held = _cosigned_held(db)
+    if held is not None:
+        signed.append(held[0])
+        _say_cosigned(*held, directory, "the checkpoint this store keeps")
+    elif any(g.witness_public_key for g in directory.directory.gateways) and not args.from_gateway:
+        print("  this store holds no checkpoint cosigned by the witness: --from-gateway checks what the gateway holds")
     if args.from_gateway:
         witnessed = _from_gateway(config)
         signed += ([witnessed.latest] if witnessed.HasField("latest") else []) + list(witnessed.breaks)
+        if witnessed.HasField("latest_cosignature"):
+            _say_cosigned(witnessed.latest, witnessed.latest_cosignature, directory, "the gateway's latest checkpoint")
         if witnessed.breaks:
             print(
                 f"  the gateway recorded {len(witnessed.breaks)} break(s): a checkpoint of this log it held, "
                 "then one that did not extend it (each is checked below)"
             )
     checkpoints = []
-    for item in signed:
+    for item in {s.checkpoint: s for s in signed}.values():  # the same one from the store and the gateway: once
         try:
             checkpoint = open_checkpoint(item, directory)
         except Rejected as exc:

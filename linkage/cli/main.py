@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway-name", default="gateway", help="the gateway's TLS name (its id)")
     p.set_defaults(handler=_federation_enrol)
 
-    p = fed_cmds.add_parser("enrol-gateway", help="issue the gateway's TLS certificate and configuration")
+    p = fed_cmds.add_parser("enrol-gateway", help="issue the gateway's TLS certificate, witness key and configuration")
     p.add_argument("--dir", type=Path, required=True, help="the federation folder")
     p.add_argument("--gateway-id", default="gateway")
     p.add_argument("--out", type=Path, required=True, help="folder for the gateway's bundle")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16linkage/v1/audit.proto\x12\nlinkage.v1\"]\n\nCheckpoint\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0c\n\x04root\x18\x03 \x01(\x0c\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\x12\x0e\n\x06key_id\x18\x05 \x01(\t\"9\n\x10SignedCheckpoint\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16linkage/v1/audit.proto\x12\nlinkage.v1\"]\n\nCheckpoint\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0c\n\x04root\x18\x03 \x01(\x0c\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\x12\x0e\n\x06key_id\x18\x05 \x01(\t\"9\n\x10SignedCheckpoint\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"C\n\x0b\x43osignature\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\r\n\x05\x61t_ms\x18\x02 \x01(\x03\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,4 +35,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKPOINT']._serialized_end=131
   _globals['_SIGNEDCHECKPOINT']._serialized_start=133
   _globals['_SIGNEDCHECKPOINT']._serialized_end=190
+  _globals['_COSIGNATURE']._serialized_start=192
+  _globals['_COSIGNATURE']._serialized_end=259
 # @@protoc_insertion_point(module_scope)

@@ -75,3 +75,38 @@ class SignedCheckpoint(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignedCheckpoint: _TypeAlias = SignedCheckpoint  # noqa: Y015
+
+@_typing.final
+class Cosignature(_message.Message):
+    """A witness's signature that at at_ms the checkpoint it held for a node was this
+    one, reached by consistency proofs from each it held before (or after a break it
+    kept as evidence). The node keeps it, so its log can be checked against what the
+    witness accepted without asking the witness, and the node cannot make one up.
+    Ed25519 by the gateway's witness key (GatewayEntry.witness_public_key) over
+    "linkage/v1/cosignature\\0" || gateway_id || "\\0" || at_ms (8 bytes, big-endian)
+    || SignedCheckpoint.checkpoint (as C2SP tlog-cosignature signs a checkpoint's body
+    and the time).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATEWAY_ID_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    gateway_id: _builtins.str
+    at_ms: _builtins.int
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        gateway_id: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "gateway_id", b"gateway_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cosignature: _TypeAlias = Cosignature  # noqa: Y015

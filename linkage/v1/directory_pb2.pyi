@@ -152,17 +152,21 @@ class GatewayEntry(_message.Message):
 
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
     TLS_CERT_SHA256_FIELD_NUMBER: _builtins.int
+    WITNESS_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     gateway_id: _builtins.str
     tls_cert_sha256: _builtins.bytes
+    witness_public_key: _builtins.bytes
+    """Ed25519, 32 raw bytes: cosigns the checkpoints it witnesses"""
     def __init__(
         self,
         *,
         gateway_id: _builtins.str = ...,
         tls_cert_sha256: _builtins.bytes = ...,
+        witness_public_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id", "tls_cert_sha256", b"tls_cert_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id", "tls_cert_sha256", b"tls_cert_sha256", "witness_public_key", b"witness_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

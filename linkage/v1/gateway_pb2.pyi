@@ -110,19 +110,25 @@ class LodgeCheckpointResponse(_message.Message):
 
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     DIVERGED_FIELD_NUMBER: _builtins.int
+    COSIGNATURE_FIELD_NUMBER: _builtins.int
     tree_size: _builtins.int
     """the size the gateway now holds for the node"""
     diverged: _builtins.bool
     """no proof joined it to the one held before, now kept as evidence"""
+    @_builtins.property
+    def cosignature(self) -> _audit_pb2.Cosignature:
+        """of the checkpoint lodged; unset: the gateway has no witness key"""
+
     def __init__(
         self,
         *,
         tree_size: _builtins.int = ...,
         diverged: _builtins.bool = ...,
+        cosignature: _audit_pb2.Cosignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cosignature", b"cosignature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["diverged", b"diverged", "tree_size", b"tree_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosignature", b"cosignature", "diverged", b"diverged", "tree_size", b"tree_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -153,6 +159,7 @@ class WitnessedCheckpoints(_message.Message):
 
     LATEST_FIELD_NUMBER: _builtins.int
     BREAKS_FIELD_NUMBER: _builtins.int
+    LATEST_COSIGNATURE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def latest(self) -> _audit_pb2.SignedCheckpoint:
         """unset: the node has lodged none"""
@@ -164,15 +171,20 @@ class WitnessedCheckpoints(_message.Message):
         the first 100 per node.
         """
 
+    @_builtins.property
+    def latest_cosignature(self) -> _audit_pb2.Cosignature:
+        """of `latest`, when it was lodged; unset: none"""
+
     def __init__(
         self,
         *,
         latest: _audit_pb2.SignedCheckpoint | None = ...,
         breaks: _abc.Iterable[_audit_pb2.SignedCheckpoint] | None = ...,
+        latest_cosignature: _audit_pb2.Cosignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["latest", b"latest"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latest", b"latest", "latest_cosignature", b"latest_cosignature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaks", b"breaks", "latest", b"latest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaks", b"breaks", "latest", b"latest", "latest_cosignature", b"latest_cosignature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -134,6 +134,7 @@ class GatewayServicer:
         keeps the checkpoint it held as evidence and witnesses the new history from
         there. A checkpoint smaller than the one held, or a proof from a size the
         gateway does not hold, is refused (FAILED_PRECONDITION) and nothing is kept.
+        A gateway with a witness key cosigns each checkpoint it comes to hold.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,6 +57,7 @@ class GatewayStub:
     keeps the checkpoint it held as evidence and witnesses the new history from
     there. A checkpoint smaller than the one held, or a proof from a size the
     gateway does not hold, is refused (FAILED_PRECONDITION) and nothing is kept.
+    A gateway with a witness key cosigns each checkpoint it comes to hold.
     """
     GetCheckpoints: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointsRequest, _gateway_pb2.WitnessedCheckpoints]
     """What the gateway holds for the calling node: for its lodging, and for its IG
@@ -91,6 +92,7 @@ class GatewayAsyncStub(GatewayStub):
     keeps the checkpoint it held as evidence and witnesses the new history from
     there. A checkpoint smaller than the one held, or a proof from a size the
     gateway does not hold, is refused (FAILED_PRECONDITION) and nothing is kept.
+    A gateway with a witness key cosigns each checkpoint it comes to hold.
     """
     GetCheckpoints: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointsRequest, _gateway_pb2.WitnessedCheckpoints]  # type: ignore[assignment]
     """What the gateway holds for the calling node: for its lodging, and for its IG
@@ -164,6 +166,7 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         keeps the checkpoint it held as evidence and witnesses the new history from
         there. A checkpoint smaller than the one held, or a proof from a size the
         gateway does not hold, is refused (FAILED_PRECONDITION) and nothing is kept.
+        A gateway with a witness key cosigns each checkpoint it comes to hold.
         """
 
     @_abc_1.abstractmethod

@@ -207,4 +207,10 @@ MIGRATIONS: tuple[str, ...] = (
       frontier BLOB NOT NULL
     );
     """,
+    # 9: the latest checkpoint the witness cosigned (SignedCheckpoint, Cosignature): what an IG
+    # officer's verify checks the log against without asking the gateway.
+    """
+    ALTER TABLE witnessed ADD COLUMN checkpoint BLOB;
+    ALTER TABLE witnessed ADD COLUMN cosignature BLOB;
+    """,
 )
