@@ -61,7 +61,7 @@ def _entries_field(entries: Iterable[bytes]) -> bytes:
     return b"".join(parts)
 
 
-DERIVE_BATCH = 2_000
+DERIVE_BATCH = 500
 ITEM_COLUMNS = "i.seq, i.sender, i.message_id, i.received_at_ms, i.kind, i.share_id, i.signed, i.state"
 
 
@@ -234,13 +234,19 @@ class Inbox:
                 )
                 if not rows:
                     break
+                # Parsing and building them is most of the work: in a thread, so the loop (every
+                # other call, every message arriving) waits at most a GIL switch for it, not the batch.
+                derived = await asyncio.to_thread(self._derived_all, rows)
                 async with self.ctx.store.tx() as tx:
                     await tx.executemany(
                         "INSERT OR IGNORE INTO chronology(inbox_seq, item, at_ms, source_node, summary_id, state, "
                         "entry) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [d for row in rows for d in self._derived(row)],
+                        derived,
                     )
                 self._derived_to = int(rows[-1][0])
+
+    def _derived_all(self, rows: list[Any]) -> list[tuple[int, int, int, str, str, str, bytes]]:
+        return [d for row in rows for d in self._derived(row)]
 
     def _derived(self, row: Any) -> list[tuple[int, int, int, str, str, str, bytes]]:
         """An inbox row's chronology rows: item -1 marks it derived; summaries add one per risk item."""

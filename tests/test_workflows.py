@@ -481,6 +481,28 @@ async def test_chronology_holds_own_and_received_assessments_in_time_order(feder
         assert viewed["tokens"] == sorted([parent.hex(), child.hex()])
 
 
+async def test_chronology_entries_are_derived_once_batch_by_batch(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries are derived from what arrived since the last call, a batch at a time (here one
+    item to a batch): each item's entries appear once, in the order the items arrived."""
+    monkeypatch.setattr("node.inbox.DERIVE_BATCH", 1)
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        await share(cluster, assessment_id)
+        await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        assert await chronology_states(cluster) == [(env.MESSAGE_KIND_SUMMARY_SHARE, "current")] * 2
+        await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
+        await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
+        stream = cluster.api("csc").WatchReceived(node_api_pb2.WatchReceivedRequest(actor=CSC_WORKER))
+        async for item in stream:  # the third item: both corrections have arrived
+            if item.seq == 3:
+                break
+        stream.cancel()
+        kinds = [kind for kind, _ in await chronology_states(cluster)]
+        assert kinds == [env.MESSAGE_KIND_SUMMARY_SHARE] * 2 + [env.MESSAGE_KIND_CORRECTION] * 4
+
+
 @pytest.mark.parametrize("size", [1, 127, 128, 300, 1_023, 1_024, 16_383, 16_384, 2_097_152])
 def test_chronology_entries_are_framed_as_protobuf_frames_them(size: int) -> None:
     """The chronology is assembled from stored bytes, so its framing must be protobuf's own."""
