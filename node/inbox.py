@@ -61,7 +61,7 @@ def _entries_field(entries: Iterable[bytes]) -> bytes:
     return b"".join(parts)
 
 
-DERIVE_BATCH = 500
+DERIVE_BATCH = 500  # inbox items to a transaction: each insert holds the loop a few ms at most
 ITEM_COLUMNS = "i.seq, i.sender, i.message_id, i.received_at_ms, i.kind, i.share_id, i.signed, i.state"
 
 
