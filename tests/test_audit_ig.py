@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from linkage import stories
 from linkage.auditlog import GENESIS, AuditEntry, chain_hash
 from linkage.cli.audit import EntryFilter, find_entries
+from linkage.v1 import audit_pb2, node_api_pb2, summary_pb2
 from linkage.v1 import envelope_pb2 as env
-from linkage.v1 import node_api_pb2, summary_pb2
 from tests.harness import PRACTITIONER, LocalFederation, make_federation, next_item, running, wait_delivered
 from tests.test_federation import share_think_family
 
@@ -173,6 +173,23 @@ def test_every_tamper_pattern_is_detected(scenario: LocalFederation, tmp_path: P
             db.execute("DELETE FROM witnessed")  # so the insider drops that too; the gateway still holds it
         alone = linkage("audit", "verify", "--config", str(folder / "node.toml"))
         assert alone.returncode == 0 and "holds no checkpoint cosigned by the witness" in alone.stdout, alone.stdout
+
+
+def test_a_cosignature_that_does_not_verify_is_reported_and_proves_nothing(
+    scenario: LocalFederation, tmp_path: Path
+) -> None:
+    """As after a change of the gateway's witness key: the kept checkpoint is still checked (it is
+    the node's own signature), its cosignature is ignored, and verify says so."""
+    folder = _copy_node(scenario, "amh", tmp_path)
+    with sqlite3.connect(folder / "store.sqlite") as db:
+        (kept,) = db.execute("SELECT cosignature FROM witnessed").fetchone()
+        cosignature = audit_pb2.Cosignature.FromString(kept)
+        cosignature.signature = bytes(64)
+        db.execute("UPDATE witnessed SET cosignature = ?", (cosignature.SerializeToString(),))
+    result = linkage("audit", "verify", "--config", str(folder / "node.toml"))
+    assert result.returncode == 0, result.stdout
+    assert "ignored the cosignature of the checkpoint this store keeps" in result.stdout, result.stdout
+    assert "consistent with 1 of 1" in result.stdout, result.stdout
 
 
 def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tmp_path: Path) -> None:
