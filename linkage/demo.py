@@ -400,6 +400,19 @@ class Demo:
             codes.append(await process.stop())
         return codes
 
+    async def verify_audit(self, node_id: str) -> None:
+        """What an IG officer runs: the node's log against the checkpoint the witness cosigned
+        (lodged as the node stopped)."""
+        say(f"[16] An information governance officer verifies {NODES[node_id][0]}'s audit log:")
+        command = ["audit", "verify", "--config", str(self.root / node_id / "node.toml")]
+        verify = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "linkage", *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        out, _ = await verify.communicate()
+        say(f"    $ linkage {' '.join(command[:3])} {node_id}/node.toml")
+        for line in out.decode().splitlines():
+            say(f"    {line.strip()}")
+
     def where(self) -> None:
         say("[14] Where the data lives:")
         say(f"    Federation (CA, keys, directory; keep off-line): {self.root / 'federation'}")
@@ -416,15 +429,19 @@ async def run_demo(keep: Path | None = None) -> int:
     say("Linkage demo: linking risk assessments across agencies (all people and data are synthetic).")
     say(f"Working folder: {root}")
     demo = Demo(root)
+    told = False
     try:
         await demo.setup()
         await demo.start()
         await demo.story()
         await demo.ms_b()
         demo.where()
+        told = True
     finally:
         with contextlib.suppress(Exception):
             codes = await demo.stop()
             say(f"[15] Stopped {len(codes)} processes (exit codes {sorted(set(codes))}).")
+    if told:
+        await demo.verify_audit("csc")
     say(f"Demo finished in {time.monotonic() - started:.1f} s.")
     return 0

@@ -32,6 +32,9 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert "County Fire and Rescue objects: The smoke alarms are not fitted yet" in out
     assert "Closing now is refused" in out
     assert "Stopped 8 processes (exit codes [0])" in out
+    # The IG officer's check, against the checkpoint the witness cosigned as csc stopped.
+    verified = out.split("[16]", 1)[1]
+    assert "was cosigned by the witness, gateway gateway" in verified and "\n    OK: " in verified, verified
     for node in ("amh", "csc", "school", "police", "fire", "ageuk", "asc"):
         assert (tmp_path / "demo" / node / "store.sqlite").exists()
     gateway_log = (tmp_path / "demo" / "gateway" / "gateway.log").read_text()
