@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 
 import grpc
 
@@ -22,10 +22,13 @@ from node.resolver import Answers
 UNARY_TIMEOUT_S = 10.0
 RECONNECT_BASE_MS = 200
 RECONNECT_CAP_MS = 30_000
-# Frames handled at once. Each handler starts in arrival order and reaches the store's
-# FIFO lock before it first yields, so effects keep the stream's order while their
+# Handlers running at once. Each starts in arrival order and reaches the store's FIFO
+# lock before it first yields, so effects keep the stream's order while their
 # transactions share group commits.
 FRAME_WINDOW = 256
+# Answers to this node's own sends, handed over together when they arrive together: the
+# outbox records a batch of them in one transaction, not one each.
+ANSWERS = frozenset({"send_ack", "receipt"})
 
 log = logs.get("node.link")
 Call = grpc.aio.StreamStreamCall[gateway_pb2.NodeFrame, gateway_pb2.GatewayFrame]
@@ -33,6 +36,22 @@ Call = grpc.aio.StreamStreamCall[gateway_pb2.NodeFrame, gateway_pb2.GatewayFrame
 
 def _chunks(tokens: list[bytes]) -> list[list[bytes]]:
     return [tokens[i : i + MAX_TOKENS_PER_CALL] for i in range(0, len(tokens), MAX_TOKENS_PER_CALL)]
+
+
+def runs(frames: Iterable[gateway_pb2.GatewayFrame]) -> Iterator[list[gateway_pb2.GatewayFrame]]:
+    """Frames in stream order, to be handled so: each run of answers to our sends together,
+    every other frame alone."""
+    answers: list[gateway_pb2.GatewayFrame] = []
+    for frame in frames:
+        if frame.WhichOneof("frame") in ANSWERS:
+            answers.append(frame)
+            continue
+        if answers:
+            yield answers
+            answers = []
+        yield [frame]
+    if answers:
+        yield answers
 
 
 class NotConnected(Exception):
@@ -59,14 +78,14 @@ class GatewayLink:
         server_name: str,
         tls: TlsFiles,
         on_connect: Callable[[], Awaitable[None]],
-        on_frame: Callable[[gateway_pb2.GatewayFrame], Awaitable[None]],
+        on_frames: Callable[[list[gateway_pb2.GatewayFrame]], Awaitable[None]],
         on_state: Callable[[bool], Awaitable[None]],
     ) -> None:
         self.node_id = node_id
         self._channel = secure_channel(address, tls, server_name)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._on_connect = on_connect
-        self._on_frame = on_frame
+        self._on_frames = on_frames
         self._on_state = on_state
         self._call: Call | None = None
         self._outgoing: deque[tuple[gateway_pb2.NodeFrame, asyncio.Future[None]]] = deque()
@@ -88,13 +107,19 @@ class GatewayLink:
                 task.cancel()
             await asyncio.gather(*self._handlers, return_exceptions=True)
 
-    async def _handle(self, frame: gateway_pb2.GatewayFrame) -> None:
+    async def _handle(self, frames: list[gateway_pb2.GatewayFrame]) -> None:
         try:
-            await self._on_frame(frame)
+            await self._on_frames(frames)
         except Exception:
-            log.exception("gateway.frame_failed", kind=frame.WhichOneof("frame"))
+            log.exception("gateway.frame_failed", kind=frames[0].WhichOneof("frame"), frames=len(frames))
         finally:
             self._window.release()
+
+    async def _dispatch(self, frames: list[gateway_pb2.GatewayFrame]) -> None:
+        await self._window.acquire()  # back-pressure: stop reading while the window is full
+        task = asyncio.create_task(self._handle(frames))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
 
     async def _run(self) -> None:
         attempt = 0
@@ -109,20 +134,16 @@ class GatewayLink:
                 log.info("gateway.connected", attempt=attempt)
                 attempt = 0
                 while isinstance(received := await call.read(), gateway_pb2.GatewayFrame):
-                    for frame in unbatch(received):
-                        # Answers and notices are taken as they arrive, so a notice always
-                        # finds the answers given before it.
-                        which = frame.WhichOneof("frame")
+                    for run in runs(unbatch(received)):
+                        # Look-up answers and notices are taken as they arrive, so a notice
+                        # always finds the look-up answers given before it.
+                        which = run[0].WhichOneof("frame")
                         if which == "resolved":
-                            self._answered(frame.resolved)
-                            continue
-                        if which == "links_changed":
-                            self.on_links_changed(list(frame.links_changed.link_tokens) or None)
-                            continue
-                        await self._window.acquire()  # back-pressure: stop reading while the window is full
-                        task = asyncio.create_task(self._handle(frame))
-                        self._handlers.add(task)
-                        task.add_done_callback(self._handlers.discard)
+                            self._answered(run[0].resolved)
+                        elif which == "links_changed":
+                            self.on_links_changed(list(run[0].links_changed.link_tokens) or None)
+                        else:
+                            await self._dispatch(run)
                 log.info("gateway.stream_ended")
             except grpc.aio.AioRpcError as exc:
                 log.warning("gateway.unavailable", code=exc.code().name, attempt=attempt)

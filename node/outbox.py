@@ -26,7 +26,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,6 +56,14 @@ GAUGE_INTERVAL_S = 1.0  # outbox depth and age gauges are refreshed at most this
 ACK_LINGER_S = 0.02
 
 log = logs.get("node.outbox")
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A receipt whose signature verified, with its body."""
+
+    receipt: envelope_pb2.Receipt
+    body: envelope_pb2.ReceiptBody
 
 
 @dataclass
@@ -386,22 +394,58 @@ class Outbox:
         await self.changed()
 
     async def on_ack(self, ack: gateway_pb2.SendAck) -> None:
+        await self.on_answers([ack])
+
+    async def on_receipt(self, receipt: envelope_pb2.Receipt) -> None:
+        await self.on_answers([receipt])
+
+    async def on_answers(self, answers: Sequence[gateway_pb2.SendAck | envelope_pb2.Receipt]) -> None:
+        """What the gateway did with our sends, and their recipients' signed receipts, as
+        they came on the stream: recorded in order, in one transaction for the lot."""
+        now = self.clock.now_ms()
+        items: list[gateway_pb2.SendAck | _Checked] = []
+        for answer in answers:
+            if isinstance(answer, gateway_pb2.SendAck):
+                items.append(answer)
+                continue
+            try:
+                items.append(
+                    _Checked(answer, verify_receipt(answer, me=self.node_id, directory=self.trust.current(now)))
+                )
+            except Rejected as exc:
+                log.warning("receipt.rejected", reason=exc.reason.value)
+        if not items:
+            return
+        acks = [i for i in items if isinstance(i, gateway_pb2.SendAck)]
+        receipted: list[tuple[envelope_pb2.ReceiptBody, int]] = []  # with when each message was created
+        refused: list[str] = []
         try:
-            async with self.store.tx(linger_s=ACK_LINGER_S) as tx:
-                final = await self._record_ack(tx, ack)
-            if final:
-                self._settle(ack.message_id, "undeliverable")
-            if ack.status != gateway_pb2.SEND_STATUS_FORWARDED:
-                self._scan = True  # a retry or a back-off was written to the store
+            # Acks alone may wait to share a later COMMIT; a receipt settles a message now.
+            async with self.store.tx(linger_s=ACK_LINGER_S if len(acks) == len(items) else 0.0) as tx:
+                for item in items:
+                    if isinstance(item, gateway_pb2.SendAck):
+                        if await self._record_ack(tx, item):
+                            refused.append(item.message_id)
+                    elif (created_at_ms := await self._record_receipt(tx, item)) is not None:
+                        receipted.append((item.body, created_at_ms))
         finally:
-            # Only now may the worker pick the row again: its new state is committed.
-            self._in_flight.pop(ack.message_id, None)
-        log.debug("ack", message_id=ack.message_id, status=gateway_pb2.SendStatus.Name(ack.status))
-        self.wake.set()
-        await self.changed()
+            # Only now may the worker pick these rows again: their new state is committed.
+            for ack in acks:
+                self._in_flight.pop(ack.message_id, None)
+        for message_id in refused:
+            self._settle(message_id, "undeliverable")
+        for body, created_at_ms in receipted:
+            self._receipted(body, created_at_ms)
+        if acks:
+            if any(ack.status != gateway_pb2.SEND_STATUS_FORWARDED for ack in acks):
+                self._scan = True  # a retry or a back-off was written to the store
+            self.wake.set()
+        if acks or receipted:
+            await self.changed()
 
     async def _record_ack(self, tx: Tx, ack: gateway_pb2.SendAck) -> bool:
         """Record what the gateway did with a message; True if that made it final (refused)."""
+        log.debug("ack", message_id=ack.message_id, status=gateway_pb2.SendStatus.Name(ack.status))
         row = await (
             await tx.execute(
                 "SELECT attempts, state, share_id FROM outbox WHERE message_id = ? AND recipient = ?",
@@ -499,46 +543,46 @@ class Outbox:
         self._scan = True
         self.wake.set()
 
-    async def on_receipt(self, receipt: envelope_pb2.Receipt) -> None:
-        now = self.clock.now_ms()
-        try:
-            body = verify_receipt(receipt, me=self.node_id, directory=self.trust.current(now))
-        except Rejected as exc:
-            log.warning("receipt.rejected", reason=exc.reason.value)
-            return
+    async def _record_receipt(self, tx: Tx, checked: _Checked) -> int | None:
+        """Record a verified receipt; when the message was created, or None if it was not ours
+        to settle (a repeated receipt, or one for a message we never sent)."""
+        body = checked.body
         accepted = body.status == envelope_pb2.RECEIPT_STATUS_ACCEPTED
         reason = "" if accepted else f"refused by the recipient: {body.reason}"
-        async with self.store.tx() as tx:
-            row = await (
-                await tx.execute(
-                    "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, reason = ? "
-                    "WHERE message_id = ? AND recipient = ? AND digest = ? AND state IN ('queued', 'sent') "
-                    "RETURNING share_id, created_at_ms",
-                    (
-                        "delivered" if accepted else "undeliverable",
-                        body.received_at_ms if accepted else None,
-                        receipt.SerializeToString(),
-                        reason,
-                        body.message_id,
-                        body.recipient_node,
-                        body.envelope_sha256,
-                    ),
-                )
-            ).fetchone()
-            if row is None:
-                return  # a repeated receipt, or one for a message we never sent
-            await tx.audit(
-                "message.delivered" if accepted else "message.undeliverable",
-                message_id=body.message_id,
-                counterpart=body.recipient_node,
-                detail={"share_id": row[0], "received_at_ms": body.received_at_ms, "reason": reason, "by": "recipient"},
+        row = await (
+            await tx.execute(
+                "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, reason = ? "
+                "WHERE message_id = ? AND recipient = ? AND digest = ? AND state IN ('queued', 'sent') "
+                "RETURNING share_id, created_at_ms",
+                (
+                    "delivered" if accepted else "undeliverable",
+                    body.received_at_ms if accepted else None,
+                    checked.receipt.SerializeToString(),
+                    reason,
+                    body.message_id,
+                    body.recipient_node,
+                    body.envelope_sha256,
+                ),
             )
+        ).fetchone()
+        if row is None:
+            return None
+        await tx.audit(
+            "message.delivered" if accepted else "message.undeliverable",
+            message_id=body.message_id,
+            counterpart=body.recipient_node,
+            detail={"share_id": row[0], "received_at_ms": body.received_at_ms, "reason": reason, "by": "recipient"},
+        )
+        return int(row[1])
+
+    def _receipted(self, body: envelope_pb2.ReceiptBody, created_at_ms: int) -> None:
+        """A receipt is committed: tell whoever follows the message, and count it."""
+        accepted = body.status == envelope_pb2.RECEIPT_STATUS_ACCEPTED
         self._away.pop(body.recipient_node, None)
         self._settle(body.message_id, "delivered" if accepted else "undeliverable")
         if accepted:
             self.metrics.delivered.inc()
-            self.metrics.latency.observe(max(0, body.received_at_ms - row[1]) / 1000)
+            self.metrics.latency.observe(max(0, body.received_at_ms - created_at_ms) / 1000)
         else:
             self.metrics.undeliverable.inc()
         log.debug("receipt", message_id=body.message_id, accepted=accepted)
-        await self.changed()

@@ -28,7 +28,7 @@ from node.cases import Cases
 from node.checkpoints import Checkpointer
 from node.context import NodeContext
 from node.inbox import Inbox
-from node.link import GatewayLink
+from node.link import ANSWERS, GatewayLink
 from node.messaging import Messenger
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
@@ -107,16 +107,16 @@ class NodeServer:
         status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.health.set(LINK_HEALTH_SERVICE, status)
 
-    async def _on_frame(self, frame: gateway_pb2.GatewayFrame) -> None:
-        which = frame.WhichOneof("frame")
-        if which == "deliver":
-            await self.reception.on_envelope(frame.deliver)
-        elif which == "send_ack":
-            await self.outbox.on_ack(frame.send_ack)
-        elif which == "receipt":
-            await self.outbox.on_receipt(frame.receipt)
+    async def _on_frames(self, frames: list[gateway_pb2.GatewayFrame]) -> None:
+        """A run of answers to our sends (recorded together), or one other frame."""
+        first = frames[0]
+        which = first.WhichOneof("frame")
+        if which in ANSWERS:
+            await self.outbox.on_answers([f.send_ack if f.HasField("send_ack") else f.receipt for f in frames])
+        elif which == "deliver":
+            await self.reception.on_envelope(first.deliver)
         elif which == "peer_online":
-            await self.outbox.on_peer_online(frame.peer_online.node_id)
+            await self.outbox.on_peer_online(first.peer_online.node_id)
 
     async def start(self) -> None:
         config = self.config
@@ -130,7 +130,7 @@ class NodeServer:
             config.gateway_server_name,
             config.tls,
             on_connect=self._on_connect,
-            on_frame=self._on_frame,
+            on_frames=self._on_frames,
             on_state=self._on_link_state,
         )
         self.metrics = NodeMetrics()

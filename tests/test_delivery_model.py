@@ -29,10 +29,10 @@ from linkage.clock import ManualClock
 from linkage.config import DeliverySettings, PolicyFiles
 from linkage.directory import TrustedDirectory
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
-from linkage.v1 import gateway_pb2, node_api_pb2
+from linkage.v1 import envelope_pb2, gateway_pb2, node_api_pb2
 from node.cases import Cases
 from node.context import NodeContext
-from node.link import GatewayLink
+from node.link import GatewayLink, runs
 from node.messaging import Messenger
 from node.outbox import Outbox
 from node.policy_files import load_policy
@@ -153,7 +153,11 @@ class DeliveryModel(RuleBasedStateMachine):
         self.run(self.outbox.send_due())
 
     @precondition(lambda self: self.sender_wire.frames)
-    @rule(fault=st.sampled_from(["none", "lost_request", "lost_receipt", "duplicate", "busy_sender", "busy_recipient"]))
+    @rule(
+        fault=st.sampled_from(
+            ["none", "lost_request", "lost_receipt", "duplicate", "busy_sender", "busy_recipient", "together"]
+        )
+    )
     def deliver(self, fault: str) -> None:
         self.run(self._deliver(self.sender_wire.frames.pop(0), fault))
 
@@ -177,17 +181,17 @@ class DeliveryModel(RuleBasedStateMachine):
                 )
             )
             return
-        await self.outbox.on_ack(
-            gateway_pb2.SendAck(
-                message_id=_message_id(envelope),
-                recipient_node=routing_recipient,
-                status=gateway_pb2.SEND_STATUS_FORWARDED,
-            )
+        forwarded = gateway_pb2.SendAck(
+            message_id=_message_id(envelope), recipient_node=routing_recipient, status=gateway_pb2.SEND_STATUS_FORWARDED
         )
-        for _ in range(2 if fault == "duplicate" else 1):
+        if fault != "together":
+            await self.outbox.on_ack(forwarded)
+        for _ in range(2 if fault in ("duplicate", "together") else 1):
             await self.reception.on_envelope(envelope)
         receipts, self.recipient_wire.frames = self.recipient_wire.frames, []
-        if fault != "lost_receipt":
+        if fault == "together":  # as the gateway sends them when the ack waits for the receipts
+            await self.outbox.on_answers([forwarded, *(r.receipt for r in receipts)])
+        elif fault != "lost_receipt":
             for receipt in receipts:
                 await self.outbox.on_receipt(receipt.receipt)
 
@@ -242,6 +246,57 @@ class DeliveryModel(RuleBasedStateMachine):
             while self.sender_wire.frames:
                 await self._deliver(self.sender_wire.frames.pop(0), "none")
         raise AssertionError("delivery did not drain")
+
+
+def test_a_stream_messages_frames_are_handled_in_order_each_run_of_answers_together() -> None:
+    ack = gateway_pb2.GatewayFrame(send_ack=gateway_pb2.SendAck(message_id="m1"))
+    receipt = gateway_pb2.GatewayFrame(receipt=envelope_pb2.Receipt(body=b"r1"))
+    deliver = gateway_pb2.GatewayFrame(deliver=envelope_pb2.Envelope(routing=b"d"))
+    notice = gateway_pb2.GatewayFrame(links_changed=gateway_pb2.LinksChanged())
+    frames = [ack, receipt, deliver, deliver, ack, notice, receipt, ack]
+    assert list(runs(frames)) == [[ack, receipt], [deliver], [deliver], [ack], [notice], [receipt, ack]]
+    assert list(runs([])) == []
+
+
+def test_answers_that_come_together_are_recorded_in_order_and_a_forged_receipt_among_them_changes_nothing() -> None:
+    model = DeliveryModel()
+    try:
+        model.share()
+        model.share()
+        model.pump()
+        envelopes = [f.send for f in model.sender_wire.frames]
+        ids = [_message_id(e) for e in envelopes]
+        for envelope in envelopes:
+            model.run(model.reception.on_envelope(envelope))
+        good, other = (f.receipt for f in model.recipient_wire.frames)
+        forged = envelope_pb2.Receipt()
+        forged.CopyFrom(other)
+        forged.signature = bytes(64)
+        acks = [
+            gateway_pb2.SendAck(message_id=i, recipient_node="b", status=gateway_pb2.SEND_STATUS_FORWARDED) for i in ids
+        ]
+        model.run(model.outbox.on_answers([*acks, good, forged]))
+
+        states = dict(model.run(model.sender_store.fetchall("SELECT message_id, state FROM outbox")))
+        assert states == {ids[0]: "delivered", ids[1]: "sent"}  # the forged receipt settled nothing
+        events = model.run(
+            model.sender_store.fetchall(
+                "SELECT event FROM audit WHERE json_extract(entry, '$.message_id') = ? ORDER BY seq", (ids[0],)
+            )
+        )
+        assert [e for (e,) in events] == ["message.queued", "message.sent", "message.delivered"]
+        # Both acks were taken: once its receipt is overdue, the unreceipted one goes again.
+        model.sender_wire.frames.clear()
+        model.time_passes()
+        model.pump()
+        assert [_message_id(f.send) for f in model.sender_wire.frames] == [ids[1]]
+
+        model.run(model.outbox.on_answers([other]))  # the real one, later
+        assert model.run(model.sender_store.fetchone("SELECT state FROM outbox WHERE message_id = ?", (ids[1],))) == (
+            "delivered",
+        )
+    finally:
+        model.teardown()
 
 
 def _message_id(envelope: Any) -> str:
