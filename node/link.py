@@ -26,9 +26,10 @@ RECONNECT_CAP_MS = 30_000
 # lock before it first yields, so effects keep the stream's order while their
 # transactions share group commits.
 FRAME_WINDOW = 256
-# Answers to this node's own sends, handed over together when they arrive together: the
-# outbox records a batch of them in one transaction, not one each.
+# Frames handed over together when they arrive together, to be stored in one transaction,
+# not one each: answers to this node's own sends (for the outbox), and deliveries.
 ANSWERS = frozenset({"send_ack", "receipt"})
+DELIVERIES = frozenset({"deliver"})
 
 log = logs.get("node.link")
 Call = grpc.aio.StreamStreamCall[gateway_pb2.NodeFrame, gateway_pb2.GatewayFrame]
@@ -40,18 +41,19 @@ def _chunks(tokens: list[bytes]) -> list[list[bytes]]:
 
 def runs(frames: Iterable[gateway_pb2.GatewayFrame]) -> Iterator[list[gateway_pb2.GatewayFrame]]:
     """Frames in stream order, to be handled so: each run of answers to our sends together,
-    every other frame alone."""
-    answers: list[gateway_pb2.GatewayFrame] = []
+    each run of deliveries together, every other frame alone."""
+    run: list[gateway_pb2.GatewayFrame] = []
+    together: frozenset[str] = frozenset()  # the kinds the current run may take
     for frame in frames:
-        if frame.WhichOneof("frame") in ANSWERS:
-            answers.append(frame)
+        which = frame.WhichOneof("frame")
+        if which in together:
+            run.append(frame)
             continue
-        if answers:
-            yield answers
-            answers = []
-        yield [frame]
-    if answers:
-        yield answers
+        if run:
+            yield run
+        run, together = [frame], next((kinds for kinds in (ANSWERS, DELIVERIES) if which in kinds), frozenset())
+    if run:
+        yield run
 
 
 class NotConnected(Exception):

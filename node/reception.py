@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from linkage import logs
 from linkage.batchsign import BatchSigner
@@ -35,6 +36,17 @@ from node.metrics import NodeMetrics
 from node.store import Store, Tx
 
 log = logs.get("node.reception")
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What a receipt will say about one message."""
+
+    message_id: str
+    sender: str
+    digest: bytes
+    status: envelope_pb2.ReceiptStatus.ValueType
+    reason: str
 
 
 class InboxFeed:
@@ -79,40 +91,73 @@ class Reception:
         self.signer = BatchSigner(RECEIPT_LABEL)  # receipts to one sender, committed together, share a signature
 
     async def on_envelope(self, envelope: envelope_pb2.Envelope) -> None:
-        now = self.clock.now_ms()
-        digest = envelope_digest(envelope)
-        try:
-            opened = open_envelope(
-                envelope, me=self.node_id, keys=self.keys, directory=self.trust.current(now), now_ms=now
-            )
-        except Rejected as exc:
-            await self._reject(envelope, digest, exc.reason)
-            return
-        status, reason, seq = await self._store(opened)
-        if seq:
-            await self.feed.published(seq)
-        await self._receipt(opened.routing.message_id, opened.routing.sender_node, digest, status, reason)
+        await self.on_envelopes([envelope])
 
-    async def _store(self, opened: Opened) -> tuple[envelope_pb2.ReceiptStatus.ValueType, str, int]:
-        sender, message_id = opened.routing.sender_node, opened.routing.message_id
+    async def on_envelopes(self, envelopes: Sequence[envelope_pb2.Envelope]) -> None:
+        """Messages that came together: each checked alone, the good ones stored in one
+        transaction (each a part of it that fails alone), then receipted together."""
+        now = self.clock.now_ms()
+        directory = self.trust.current(now)
+        opened: list[Opened] = []
+        refused: list[tuple[envelope_pb2.Envelope, Reason]] = []
+        for envelope in envelopes:
+            try:
+                opened.append(open_envelope(envelope, me=self.node_id, keys=self.keys, directory=directory, now_ms=now))
+            except Rejected as exc:
+                refused.append((envelope, exc.reason))
+        answers: list[_Answer] = []
+        if opened:
+            answers += await self._store(opened)
+        for envelope, reason in refused:
+            answer = await self._reject(envelope, reason)
+            if answer is not None:
+                answers.append(answer)
+        await self._receipt(answers)
+
+    async def _store(self, opened: list[Opened]) -> list[_Answer]:
+        answers: list[_Answer] = []
+        received, new = 0, 0  # the last inbox row written, and how many were
         async with self.store.tx() as tx:
-            row = await (
-                await tx.execute("SELECT digest FROM inbox WHERE sender = ? AND message_id = ?", (sender, message_id))
-            ).fetchone()
-            if row is not None:
-                if bytes(row[0]) == opened.digest:
-                    log.debug("message.duplicate", sender=sender, message_id=message_id)
-                    return envelope_pb2.RECEIPT_STATUS_ACCEPTED, "", 0
-                await tx.audit(
-                    "message.rejected",
-                    message_id=message_id,
-                    counterpart=sender,
-                    detail={"reason": Reason.CONFLICT.value},
+            for message in opened:
+                try:
+                    with tx.part():
+                        status, reason, seq = await self._store_one(tx, message)
+                except Exception:  # this message alone: no receipt, so its sender sends it again
+                    log.exception(
+                        "message.store_failed",
+                        sender=message.routing.sender_node,
+                        message_id=message.routing.message_id,
+                    )
+                    continue
+                if seq:
+                    received, new = max(received, seq), new + 1
+                answers.append(
+                    _Answer(message.routing.message_id, message.routing.sender_node, message.digest, status, reason)
                 )
-                log.warning("message.rejected", sender=sender, message_id=message_id, reason=Reason.CONFLICT.value)
-                return envelope_pb2.RECEIPT_STATUS_REJECTED, Reason.CONFLICT.value, 0
-            seq = await self._insert(tx, opened)
-        self.metrics.received.inc()
+        if new:
+            self.metrics.received.inc(new)
+        if received:
+            await self.feed.published(received)
+        return answers
+
+    async def _store_one(self, tx: Tx, opened: Opened) -> tuple[envelope_pb2.ReceiptStatus.ValueType, str, int]:
+        sender, message_id = opened.routing.sender_node, opened.routing.message_id
+        row = await (
+            await tx.execute("SELECT digest FROM inbox WHERE sender = ? AND message_id = ?", (sender, message_id))
+        ).fetchone()
+        if row is not None:
+            if bytes(row[0]) == opened.digest:
+                log.debug("message.duplicate", sender=sender, message_id=message_id)
+                return envelope_pb2.RECEIPT_STATUS_ACCEPTED, "", 0
+            await tx.audit(
+                "message.rejected",
+                message_id=message_id,
+                counterpart=sender,
+                detail={"reason": Reason.CONFLICT.value},
+            )
+            log.warning("message.rejected", sender=sender, message_id=message_id, reason=Reason.CONFLICT.value)
+            return envelope_pb2.RECEIPT_STATUS_REJECTED, Reason.CONFLICT.value, 0
+        seq = await self._insert(tx, opened)
         log.debug("message.received", sender=sender, message_id=message_id, seq=seq)
         return envelope_pb2.RECEIPT_STATUS_ACCEPTED, "", seq
 
@@ -159,7 +204,8 @@ class Reception:
         await apply_effects(tx, seq, opened)
         return seq
 
-    async def _reject(self, envelope: envelope_pb2.Envelope, digest: bytes, reason: Reason) -> None:
+    async def _reject(self, envelope: envelope_pb2.Envelope, reason: Reason) -> _Answer | None:
+        """Audit a refused message; the negative receipt to send, if it can be addressed."""
         try:
             routing: envelope_pb2.RoutingHeader | None = parse_routing(envelope)
         except Rejected:
@@ -172,26 +218,41 @@ class Reception:
             )
         self.metrics.rejected.labels(reason.value).inc()
         log.warning("message.rejected", sender=sender, message_id=message_id, reason=reason.value)
-        if routing is not None and reason is not Reason.WRONG_RECIPIENT:
-            await self._receipt(message_id, sender, digest, envelope_pb2.RECEIPT_STATUS_REJECTED, reason.value)
-
-    async def _receipt(
-        self, message_id: str, sender: str, digest: bytes, status: envelope_pb2.ReceiptStatus.ValueType, reason: str
-    ) -> None:
-        body = envelope_pb2.ReceiptBody(
-            message_id=message_id,
-            sender_node=sender,
-            recipient_node=self.node_id,
-            envelope_sha256=digest,
-            received_at_ms=self.clock.now_ms(),
-            status=status,
-            reason=reason,
+        if routing is None or reason is Reason.WRONG_RECIPIENT:
+            return None
+        return _Answer(
+            message_id, sender, envelope_digest(envelope), envelope_pb2.RECEIPT_STATUS_REJECTED, reason.value
         )
-        if self.checkpoint is not None:  # our audit log's state, lodged with the peer
-            body.checkpoint.CopyFrom(self.checkpoint())
-        with contextlib.suppress(NotConnected, Rejected):  # the sender re-sends; the duplicate is receipted then
-            now = self.clock.now_ms()
+
+    async def _receipt(self, answers: list[_Answer]) -> None:
+        """Sign each answer as a receipt (those to one sender share a signature) and send them
+        in one write. If that fails, each sender re-sends and the duplicate is receipted then."""
+        if not answers:
+            return
+        now = self.clock.now_ms()
+        try:
             signer = signing_generation(self.keys, self.trust.current(now), self.node_id, now)
-            data = body.SerializeToString()
-            signature = await self.signer.sign(signer, sender, data)
-            await self.link.send(gateway_pb2.NodeFrame(receipt=signed_receipt(data, signature)))
+        except Rejected:
+            return  # no key of ours the directory names to sign with: senders re-send later
+        checkpoint = self.checkpoint() if self.checkpoint is not None else None  # our log's state, for the peer
+        bodies = []
+        for answer in answers:
+            body = envelope_pb2.ReceiptBody(
+                message_id=answer.message_id,
+                sender_node=answer.sender,
+                recipient_node=self.node_id,
+                envelope_sha256=answer.digest,
+                received_at_ms=now,
+                status=answer.status,
+                reason=answer.reason,
+            )
+            if checkpoint is not None:
+                body.checkpoint.CopyFrom(checkpoint)
+            bodies.append(body.SerializeToString())
+        waiting = [self.signer.sign(signer, a.sender, data) for a, data in zip(answers, bodies, strict=True)]
+        with contextlib.suppress(NotConnected, Rejected):
+            frames = [
+                gateway_pb2.NodeFrame(receipt=signed_receipt(data, await signature))
+                for data, signature in zip(bodies, waiting, strict=True)
+            ]
+            await self.link.send_all(frames)

@@ -28,7 +28,7 @@ from node.cases import Cases
 from node.checkpoints import Checkpointer
 from node.context import NodeContext
 from node.inbox import Inbox
-from node.link import ANSWERS, GatewayLink
+from node.link import ANSWERS, DELIVERIES, GatewayLink
 from node.messaging import Messenger
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
@@ -108,13 +108,14 @@ class NodeServer:
         await self.health.set(LINK_HEALTH_SERVICE, status)
 
     async def _on_frames(self, frames: list[gateway_pb2.GatewayFrame]) -> None:
-        """A run of answers to our sends (recorded together), or one other frame."""
+        """A run of answers to our sends, a run of deliveries (each stored together), or one
+        other frame."""
         first = frames[0]
         which = first.WhichOneof("frame")
         if which in ANSWERS:
             await self.outbox.on_answers([f.send_ack if f.HasField("send_ack") else f.receipt for f in frames])
-        elif which == "deliver":
-            await self.reception.on_envelope(first.deliver)
+        elif which in DELIVERIES:
+            await self.reception.on_envelopes([f.deliver for f in frames])
         elif which == "peer_online":
             await self.outbox.on_peer_online(first.peer_online.node_id)
 

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from linkage import stories
+from linkage.auditlog import verify_chain
 from linkage.clock import ManualClock
 from linkage.config import DeliverySettings, PolicyFiles
 from linkage.directory import TrustedDirectory
@@ -248,13 +249,24 @@ class DeliveryModel(RuleBasedStateMachine):
         raise AssertionError("delivery did not drain")
 
 
-def test_a_stream_messages_frames_are_handled_in_order_each_run_of_answers_together() -> None:
+def test_a_stream_messages_frames_are_handled_in_order_answers_together_deliveries_together() -> None:
     ack = gateway_pb2.GatewayFrame(send_ack=gateway_pb2.SendAck(message_id="m1"))
     receipt = gateway_pb2.GatewayFrame(receipt=envelope_pb2.Receipt(body=b"r1"))
     deliver = gateway_pb2.GatewayFrame(deliver=envelope_pb2.Envelope(routing=b"d"))
     notice = gateway_pb2.GatewayFrame(links_changed=gateway_pb2.LinksChanged())
-    frames = [ack, receipt, deliver, deliver, ack, notice, receipt, ack]
-    assert list(runs(frames)) == [[ack, receipt], [deliver], [deliver], [ack], [notice], [receipt, ack]]
+    online = gateway_pb2.GatewayFrame(peer_online=gateway_pb2.PeerOnline(node_id="b"))
+    frames = [ack, receipt, deliver, deliver, ack, notice, notice, receipt, ack, online, online, deliver]
+    assert list(runs(frames)) == [
+        [ack, receipt],
+        [deliver, deliver],
+        [ack],
+        [notice],
+        [notice],
+        [receipt, ack],
+        [online],
+        [online],
+        [deliver],
+    ]
     assert list(runs([])) == []
 
 
@@ -295,6 +307,44 @@ def test_answers_that_come_together_are_recorded_in_order_and_a_forged_receipt_a
         assert model.run(model.sender_store.fetchone("SELECT state FROM outbox WHERE message_id = ?", (ids[1],))) == (
             "delivered",
         )
+    finally:
+        model.teardown()
+
+
+def test_deliveries_that_come_together_are_stored_together_each_failing_alone() -> None:
+    model = DeliveryModel()
+    try:
+        for _ in range(3):
+            model.share()
+        model.pump()
+        first, second, third = (f.send for f in model.sender_wire.frames)
+        forged = envelope_pb2.Envelope()
+        forged.CopyFrom(second)
+        forged.ciphertext = forged.ciphertext[:-1] + bytes([forged.ciphertext[-1] ^ 1])
+        # A real failure inside the store for the third message alone, once its inbox row is written.
+        model.recipient_store.db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit WHEN NEW.event = 'message.received' "
+            f"AND NEW.entry LIKE '%{_message_id(third)}%' BEGIN SELECT RAISE(ABORT, 'injected'); END"
+        )
+        model.run(model.reception.on_envelopes([first, first, forged, third]))
+
+        receipts = [envelope_pb2.ReceiptBody.FromString(f.receipt.body) for f in model.recipient_wire.frames]
+        assert [(r.message_id, r.status) for r in receipts] == [
+            (_message_id(first), envelope_pb2.RECEIPT_STATUS_ACCEPTED),
+            (_message_id(first), envelope_pb2.RECEIPT_STATUS_ACCEPTED),  # the repeat: stored once
+            (_message_id(second), envelope_pb2.RECEIPT_STATUS_REJECTED),  # nothing said for the third
+        ]
+        received = model.run(model.recipient_store.fetchall("SELECT message_id FROM inbox"))
+        assert received == [(_message_id(first),)]
+        audit = model.run(model.recipient_store.fetchall("SELECT seq, entry, hash FROM audit ORDER BY seq"))
+        assert verify_chain([tuple(r) for r in audit]).ok
+
+        model.recipient_store.db.execute("DROP TRIGGER refuse")
+        model.recipient_wire.frames.clear()
+        model.run(model.reception.on_envelopes([third, second]))  # as their sender sends them again
+        received = model.run(model.recipient_store.fetchall("SELECT message_id FROM inbox ORDER BY seq"))
+        assert received == [(_message_id(m),) for m in (first, third, second)]
+        assert len(model.recipient_wire.frames) == 2
     finally:
         model.teardown()
 

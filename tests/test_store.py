@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -248,5 +250,25 @@ async def test_commit_callbacks_run_after_the_commit_and_never_for_a_rollback(tm
                 tx.on_commit(lambda: seen.append({"rolled back"}))
                 await tx.execute("INSERT INTO cases VALUES ('c1', 'ref', 1, 'open')")
         assert seen == [{"c1"}]  # it saw the committed row; the failed one never ran
+    finally:
+        await store.close()
+
+
+async def test_a_failed_part_vanishes_alone_and_the_rest_of_its_transaction_commits(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    seen: list[str] = []
+    try:
+        async with store.tx() as tx:
+            for case_id in ("c1", "c2", "c1", "c3"):
+                with contextlib.suppress(sqlite3.IntegrityError), tx.part():
+                    await tx.audit("case.opened", detail={"case": case_id})
+                    tx.on_commit(functools.partial(seen.append, case_id))
+                    await tx.execute("INSERT INTO cases VALUES (?, 'ref', 1, 'open')", (case_id,))
+        assert _committed_cases(path) == {"c1", "c2", "c3"}
+        assert seen == ["c1", "c2", "c3"]  # the failed part's callback went with it
+        rows = await _rows(store)
+        assert [r[0] for r in rows] == [1, 2, 3] and verify_chain(rows).ok  # its entry too, leaving no gap
+        assert store.frontier.size == 3
     finally:
         await store.close()

@@ -26,7 +26,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, closing, suppress
+from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,27 @@ class Tx:
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once this transaction is durably committed (never if it is not)."""
         self._on_commit.append(callback)
+
+    @contextmanager
+    def part(self) -> Iterator[None]:
+        """A part of this transaction that fails alone: on an exception its writes, audit
+        entries and commit callbacks vanish, and the rest of the transaction stands."""
+        seq, chain, frontier, callbacks = (
+            self._seq,
+            self._hash,
+            CompactRange(self._frontier.size, self._frontier.hashes),
+            len(self._on_commit),
+        )
+        self.db.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK TO part")
+            self.db.execute("RELEASE part")
+            self._seq, self._hash, self._frontier = seq, chain, frontier
+            del self._on_commit[callbacks:]
+            raise
+        self.db.execute("RELEASE part")
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> Rows:
         return Rows(self.db.execute(sql, tuple(params)))
