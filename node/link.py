@@ -22,9 +22,9 @@ from node.resolver import Answers
 UNARY_TIMEOUT_S = 10.0
 RECONNECT_BASE_MS = 200
 RECONNECT_CAP_MS = 30_000
-# Handlers running at once. Each starts in arrival order and reaches the store's FIFO
-# lock before it first yields, so effects keep the stream's order while their
-# transactions share group commits.
+# Frames being handled at once. Each handler starts in arrival order and reaches the
+# store's FIFO lock before it first yields, so effects keep the stream's order while
+# their transactions share group commits.
 FRAME_WINDOW = 256
 # Frames handed over together when they arrive together, to be stored in one transaction,
 # not one each: answers to this node's own sends (for the outbox), and deliveries.
@@ -115,10 +115,12 @@ class GatewayLink:
         except Exception:
             log.exception("gateway.frame_failed", kind=frames[0].WhichOneof("frame"), frames=len(frames))
         finally:
-            self._window.release()
+            for _ in frames:
+                self._window.release()
 
     async def _dispatch(self, frames: list[gateway_pb2.GatewayFrame]) -> None:
-        await self._window.acquire()  # back-pressure: stop reading while the window is full
+        for _ in frames:
+            await self._window.acquire()  # back-pressure: stop reading while the window is full
         task = asyncio.create_task(self._handle(frames))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
