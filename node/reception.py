@@ -33,7 +33,7 @@ from node.effects import apply_effects
 from node.link import GatewayLink, NotConnected
 from node.messaging import kind_name
 from node.metrics import NodeMetrics
-from node.store import Store, Tx
+from node.store import Store, TransactionLost, Tx
 
 log = logs.get("node.reception")
 
@@ -122,6 +122,8 @@ class Reception:
                 try:
                     with tx.part():
                         status, reason, seq = await self._store_one(tx, message)
+                except TransactionLost:
+                    raise  # nothing of the batch stands: every sender sends again
                 except Exception:  # this message alone: no receipt, so its sender sends it again
                     log.exception(
                         "message.store_failed",

@@ -272,3 +272,41 @@ async def test_a_failed_part_vanishes_alone_and_the_rest_of_its_transaction_comm
         assert store.frontier.size == 3
     finally:
         await store.close()
+
+
+async def test_when_sqlite_rolls_back_the_whole_transaction_no_part_and_no_member_of_its_group_stands(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    store.db.execute(  # what a full disk or an I/O error does to a transaction, in SQLite's own words
+        "CREATE TRIGGER lose BEFORE INSERT ON cases WHEN NEW.case_id = 'bad' BEGIN SELECT RAISE(ROLLBACK, 'gone'); END"
+    )
+    gate = asyncio.Event()
+
+    async def parts() -> None:
+        async with store.tx() as tx:
+            for case_id in ("c2", "bad", "c3"):
+                with contextlib.suppress(sqlite3.IntegrityError), tx.part():  # a part's own failure is absorbed
+                    await tx.audit("case.opened")
+                    await tx.execute("INSERT INTO cases VALUES (?, 'ref', 1, 'open')", (case_id,))
+
+    try:
+        first = asyncio.create_task(_open_case(store, "c1", gate))  # holds the writer until the gate opens
+        await asyncio.sleep(0)
+        second = asyncio.create_task(parts())  # queued behind it, so it joins the same group
+        await asyncio.sleep(0)
+        gate.set()
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert [type(r).__name__ for r in results] == ["TransactionLost", "TransactionLost"]
+        assert _committed_cases(path) == set()  # not c1 of the group, not c3 after the loss
+        await _open_case(store, "c4")
+        rows = await _rows(store)
+        assert [r[0] for r in rows] == [1] and verify_chain(rows).ok
+    finally:
+        await store.close()
+    reopened = await Store.open(path, ManualClock())  # the committed head agrees with the log
+    try:
+        assert reopened.frontier.size == 1
+    finally:
+        await reopened.close()

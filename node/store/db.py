@@ -48,6 +48,11 @@ SYSTEM_ACTOR = {"id": "system", "name": "", "role": "system"}
 PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=5000", "secure_delete=ON")
 
 
+class TransactionLost(RuntimeError):
+    """SQLite rolled back the whole transaction (a full disk, an I/O error): no part of it
+    stands, so nothing may carry on inside it."""
+
+
 class SchemaTooNewError(RuntimeError):
     """The store was written by a newer Linkage; refusing to touch it."""
 
@@ -90,7 +95,8 @@ class Tx:
     @contextmanager
     def part(self) -> Iterator[None]:
         """A part of this transaction that fails alone: on an exception its writes, audit
-        entries and commit callbacks vanish, and the rest of the transaction stands."""
+        entries and commit callbacks vanish, and the rest of the transaction stands, unless
+        SQLite ended the whole transaction (TransactionLost)."""
         seq, chain, frontier, callbacks = (
             self._seq,
             self._hash,
@@ -100,7 +106,9 @@ class Tx:
         self.db.execute("SAVEPOINT part")
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
+            if not self.db.in_transaction:
+                raise TransactionLost(f"the transaction was rolled back as a whole: {exc}") from exc
             self.db.execute("ROLLBACK TO part")
             self.db.execute("RELEASE part")
             self._seq, self._hash, self._frontier = seq, chain, frontier
@@ -306,8 +314,9 @@ class Store:
             try:
                 yield tx
             except BaseException:
-                self.db.execute("ROLLBACK TO tx")
-                self.db.execute("RELEASE tx")
+                if self.db.in_transaction:  # else SQLite rolled it all back: the group fails at COMMIT
+                    self.db.execute("ROLLBACK TO tx")
+                    self.db.execute("RELEASE tx")
                 raise
             self.db.execute("RELEASE tx")
             self._tail = (tx._seq, tx._hash, tx._frontier)
@@ -371,6 +380,8 @@ class Store:
         self._group = None
         seq, chain, frontier = self._tail
         try:
+            if not self.db.in_transaction:  # nothing to commit, and nothing may be written outside one
+                raise TransactionLost("SQLite rolled back the whole transaction before its COMMIT")
             if seq != self._head_seq:
                 self.db.execute(
                     "INSERT INTO audit_head(id, seq, frontier) VALUES (1, ?, ?) "
