@@ -393,12 +393,6 @@ class Outbox:
         self._in_flight.clear()  # acks for these will never come
         await self.changed()
 
-    async def on_ack(self, ack: gateway_pb2.SendAck) -> None:
-        await self.on_answers([ack])
-
-    async def on_receipt(self, receipt: envelope_pb2.Receipt) -> None:
-        await self.on_answers([receipt])
-
     async def on_answers(self, answers: Sequence[gateway_pb2.SendAck | envelope_pb2.Receipt]) -> None:
         """What the gateway did with our sends, and their recipients' signed receipts, as
         they came on the stream: recorded in order, in one transaction for the lot."""

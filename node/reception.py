@@ -90,9 +90,6 @@ class Reception:
         self.metrics = metrics or NodeMetrics()
         self.signer = BatchSigner(RECEIPT_LABEL)  # receipts to one sender, committed together, share a signature
 
-    async def on_envelope(self, envelope: envelope_pb2.Envelope) -> None:
-        await self.on_envelopes([envelope])
-
     async def on_envelopes(self, envelopes: Sequence[envelope_pb2.Envelope]) -> None:
         """Messages that came together: each checked alone, the good ones stored in one
         transaction (each a part of it that fails alone), then receipted together."""

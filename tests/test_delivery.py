@@ -149,7 +149,7 @@ async def test_same_envelope_ten_times_at_once_is_stored_once(tmp_path: Path) ->
         assert store is not None
         envelope = envelope_pb2.Envelope.FromString((await store.fetchone("SELECT envelope FROM outbox"))[0])
         csc = cluster.nodes["csc"]
-        await asyncio.gather(*(csc.reception.on_envelope(envelope) for _ in range(10)))
+        await asyncio.gather(*(csc.reception.on_envelopes([envelope]) for _ in range(10)))
         assert len(await inbox(cluster, "csc")) == 1
 
 
@@ -178,7 +178,7 @@ async def test_same_id_with_other_content_is_refused_as_a_conflict(tmp_path: Pat
             share_id="another-share",
         )
         csc = cluster.nodes["csc"]
-        await csc.reception.on_envelope(other.envelope)
+        await csc.reception.on_envelopes([other.envelope])
         assert len(await inbox(cluster, "csc")) == 1
         assert csc.store is not None
         entry = (await csc.store.fetchone("SELECT entry FROM audit WHERE event = 'message.rejected'"))[0]

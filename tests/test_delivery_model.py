@@ -172,29 +172,28 @@ class DeliveryModel(RuleBasedStateMachine):
         routing_recipient = "b"
         if fault.startswith("busy"):  # the gateway is over a limit: the sender holds back, then retries
             scope = gateway_pb2.BUSY_SCOPE_SENDER if fault == "busy_sender" else gateway_pb2.BUSY_SCOPE_RECIPIENT
-            await self.outbox.on_ack(
-                gateway_pb2.SendAck(
-                    message_id=_message_id(envelope),
-                    recipient_node=routing_recipient,
-                    status=gateway_pb2.SEND_STATUS_BUSY,
-                    busy_scope=scope,
-                    retry_after_ms=100 if fault == "busy_sender" else 0,
-                )
+            busy = gateway_pb2.SendAck(
+                message_id=_message_id(envelope),
+                recipient_node=routing_recipient,
+                status=gateway_pb2.SEND_STATUS_BUSY,
+                busy_scope=scope,
+                retry_after_ms=100 if fault == "busy_sender" else 0,
             )
+            await self.outbox.on_answers([busy])
             return
         forwarded = gateway_pb2.SendAck(
             message_id=_message_id(envelope), recipient_node=routing_recipient, status=gateway_pb2.SEND_STATUS_FORWARDED
         )
         if fault != "together":
-            await self.outbox.on_ack(forwarded)
+            await self.outbox.on_answers([forwarded])
         for _ in range(2 if fault in ("duplicate", "together") else 1):
-            await self.reception.on_envelope(envelope)
+            await self.reception.on_envelopes([envelope])
         receipts, self.recipient_wire.frames = self.recipient_wire.frames, []
         if fault == "together":  # as the gateway sends them when the ack waits for the receipts
             await self.outbox.on_answers([forwarded, *(r.receipt for r in receipts)])
         elif fault != "lost_receipt":
             for receipt in receipts:
-                await self.outbox.on_receipt(receipt.receipt)
+                await self.outbox.on_answers([receipt.receipt])
 
     @rule()
     def time_passes(self) -> None:
@@ -279,7 +278,7 @@ def test_answers_that_come_together_are_recorded_in_order_and_a_forged_receipt_a
         envelopes = [f.send for f in model.sender_wire.frames]
         ids = [_message_id(e) for e in envelopes]
         for envelope in envelopes:
-            model.run(model.reception.on_envelope(envelope))
+            model.run(model.reception.on_envelopes([envelope]))
         good, other = (f.receipt for f in model.recipient_wire.frames)
         forged = envelope_pb2.Receipt()
         forged.CopyFrom(other)

@@ -44,7 +44,7 @@ async def test_s1_a_thousand_bit_flips_are_all_rejected_and_audited(tmp_path: Pa
             bad = envelope_pb2.Envelope()
             bad.CopyFrom(good)
             setattr(bad, field, bytes(data))
-            await csc.reception.on_envelope(bad)
+            await csc.reception.on_envelopes([bad])
         assert (await csc.store.fetchone("SELECT COUNT(*) FROM inbox"))[0] == before_inbox
         rejects = await csc.store.fetchall("SELECT entry FROM audit WHERE event = 'message.rejected'")
         assert len(rejects) - before_rejects == 1000

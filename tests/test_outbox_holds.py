@@ -90,15 +90,14 @@ async def answer(
     retry_after_ms: int = 0,
 ) -> None:
     for message_id, recipient in sent:
-        await box.on_ack(
-            gateway_pb2.SendAck(
-                message_id=message_id,
-                recipient_node=recipient,
-                status=status,
-                busy_scope=scope,
-                retry_after_ms=retry_after_ms,
-            )
+        ack = gateway_pb2.SendAck(
+            message_id=message_id,
+            recipient_node=recipient,
+            status=status,
+            busy_scope=scope,
+            retry_after_ms=retry_after_ms,
         )
+        await box.on_answers([ack])
 
 
 async def test_a_busy_recipient_is_held_back_alone_then_reopened_a_window_at_a_time(
