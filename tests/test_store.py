@@ -296,17 +296,19 @@ async def test_when_sqlite_rolls_back_the_whole_transaction_no_part_and_no_membe
         await asyncio.sleep(0)
         second = asyncio.create_task(parts())  # queued behind it, so it joins the same group
         await asyncio.sleep(0)
+        third = asyncio.create_task(_open_case(store, "c4"))  # queued behind both: it starts afresh
+        await asyncio.sleep(0)
         gate.set()
-        results = await asyncio.gather(first, second, return_exceptions=True)
-        assert [type(r).__name__ for r in results] == ["TransactionLost", "TransactionLost"]
-        assert _committed_cases(path) == set()  # not c1 of the group, not c3 after the loss
-        await _open_case(store, "c4")
+        results = await asyncio.gather(first, second, third, return_exceptions=True)
+        assert [type(r).__name__ for r in results] == ["TransactionLost", "TransactionLost", "NoneType"]
+        assert _committed_cases(path) == {"c4"}  # not c1 of the lost group, not c3 after the loss
+        await _open_case(store, "c5")
         rows = await _rows(store)
-        assert [r[0] for r in rows] == [1] and verify_chain(rows).ok
+        assert [r[0] for r in rows] == [1, 2] and verify_chain(rows).ok
     finally:
         await store.close()
     reopened = await Store.open(path, ManualClock())  # the committed head agrees with the log
     try:
-        assert reopened.frontier.size == 1
+        assert reopened.frontier.size == 2
     finally:
         await reopened.close()

@@ -314,9 +314,12 @@ class Store:
             try:
                 yield tx
             except BaseException:
-                if self.db.in_transaction:  # else SQLite rolled it all back: the group fails at COMMIT
+                if self.db.in_transaction:
                     self.db.execute("ROLLBACK TO tx")
                     self.db.execute("RELEASE tx")
+                else:  # SQLite rolled back the whole group: every member of it fails, now
+                    self._abandon(group, TransactionLost("SQLite rolled back the whole transaction"))
+                    group = None
                 raise
             self.db.execute("RELEASE tx")
             self._tail = (tx._seq, tx._hash, tx._frontier)
@@ -401,11 +404,18 @@ class Store:
         except BaseException as exc:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-            self._tail = (self._head_seq, self._head_hash, self.frontier)
-            group.committed.set_exception(exc if isinstance(exc, Exception) else RuntimeError("commit interrupted"))
-            group.committed.exception()  # retrieved here too: a lone failed group need not warn
+            self._abandon(group, exc if isinstance(exc, Exception) else RuntimeError("commit interrupted"))
             raise
         self._published(group, seq, chain, frontier)
+
+    def _abandon(self, group: _Group, error: Exception) -> None:
+        """The open group is rolled back: each of its transactions raises `error`, and the
+        next starts afresh from the committed head."""
+        if self._group is group:
+            self._group = None
+        self._tail = (self._head_seq, self._head_hash, self.frontier)
+        group.committed.set_exception(error)
+        group.committed.exception()  # retrieved here too: a lone failed group need not warn
 
     async def _commit_in_thread(self) -> None:
         """COMMIT off the loop, so a slow disk never stalls it; timed to decide the next one."""
