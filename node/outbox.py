@@ -120,6 +120,9 @@ class Outbox:
         # and the store is scanned only when something is due there (a retry, a back-off ending,
         # a receipt overdue), after a reconnect, or when a recipient comes back.
         self._fresh: list[Queued] = []
+        # At least how many rows are 'queued': the last count plus every message queued since
+        # (rows enter that state only by being queued). It starts at the mark, to count first.
+        self._queued_at_most = settings.outbox_high_water
         self._scan = True
         self._next_due_ms = 0
         self._settled: dict[str, asyncio.Future[str]] = {}  # message id -> its final state, for watchers
@@ -176,15 +179,21 @@ class Outbox:
         """Nothing handed over waits to be sent, and nothing sent waits for the gateway's answer."""
         return not self._in_flight and not self._fresh
 
-    async def queued(self) -> int:
-        row = self.store.lookup("SELECT COUNT(*) FROM outbox WHERE state = 'queued'")
-        return int(row[0])
+    def has_room(self) -> bool:
+        """Whether a new share may queue: fewer messages wait to be sent than the high-water
+        mark. The rows are counted only when those queued since the last count could have
+        reached it, not on every share."""
+        high_water = self.settings.outbox_high_water
+        if self._queued_at_most >= high_water:
+            self._queued_at_most = int(self.store.lookup("SELECT COUNT(*) FROM outbox WHERE state = 'queued'")[0])
+        return self._queued_at_most < high_water
 
     # -- the worker --------------------------------------------------------
 
     def fresh(self, queued: list[Queued]) -> None:
         """Messages just committed to the outbox: sent without reading them back."""
         self._fresh += queued
+        self._queued_at_most += len(queued)
         now = self.clock.now_ms()
         self._expiry_due_ms = min(self._expiry_due_ms, now + self.settings.undeliverable_after_ms)
         self.wake.set()

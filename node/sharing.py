@@ -145,8 +145,8 @@ class Sharing:
             recipients=result.decision.recipients,
         )
 
-    async def _check_capacity(self) -> None:
-        if await self.ctx.outbox.queued() >= self.ctx.outbox.settings.outbox_high_water:
+    def _check_capacity(self) -> None:
+        if not self.ctx.outbox.has_room():
             raise ApiError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "this node's outbox is full while recipients catch up; nothing was shared, retry shortly",
@@ -161,7 +161,7 @@ class Sharing:
     ) -> node_api_pb2.ShareSummaryResponse:
         """Decide, record and queue in one transaction. `wrap` sends the summary inside an
         information response (to `only`, answering `in_reply_to`)."""
-        await self._check_capacity()
+        self._check_capacity()
         share_id = uuid7(self.ctx.clock.now_ms())
         assessment, tokens, result = await self.decide(request, share_id, only)
         kind = request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE

@@ -313,3 +313,15 @@ async def test_full_outbox_refuses_new_shares_with_resource_exhausted(tmp_path: 
             await share(cluster, assessment_id)
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "nothing was shared" in (raised.value.details() or "")
+
+        # Restarted with its outbox at the mark, the node counts before the first share.
+        await cluster.stop_node("amh")
+        await cluster.start_node("amh", delivery=DeliverySettings(outbox_high_water=3))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await share(cluster, assessment_id)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Once the recipient takes what waited, the outbox has room again.
+        await cluster.start_node("csc")
+        await wait_delivered(cluster.nodes["amh"], 3)
+        shared = await share(cluster, assessment_id)
+        assert [r.state for r in shared.recipients] == ["queued"]
