@@ -14,6 +14,7 @@ import pytest
 from linkage.auditlog import verify_chain
 from linkage.clock import ManualClock
 from node.store import SchemaTooNewError, Store
+from node.store import db as db_module
 from node.store.schema import MIGRATIONS
 
 
@@ -312,3 +313,40 @@ async def test_when_sqlite_rolls_back_the_whole_transaction_no_part_and_no_membe
         assert reopened.frontier.size == 2
     finally:
         await reopened.close()
+
+
+@pytest.mark.parametrize("inline_below_s", [0.0, 3600.0], ids=["in its thread", "on the loop"])
+async def test_a_commit_that_fails_fails_each_member_and_the_next_group_starts_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline_below_s: float
+) -> None:
+    monkeypatch.setattr(db_module, "INLINE_COMMIT_S", inline_below_s)
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    # A deferred foreign key is checked by the COMMIT itself: a real COMMIT that fails.
+    store.db.executescript(
+        "CREATE TABLE parent(id TEXT PRIMARY KEY);"
+        "CREATE TABLE child(parent TEXT REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    gate = asyncio.Event()
+
+    async def orphan() -> None:
+        async with store.tx() as tx:
+            await tx.audit("case.opened")
+            await tx.execute("INSERT INTO child VALUES ('nobody')")
+
+    try:
+        first = asyncio.create_task(_open_case(store, "c1", gate))  # holds the writer until the gate opens
+        await asyncio.sleep(0)
+        second = asyncio.create_task(orphan())  # queued behind it, so both share the COMMIT
+        await asyncio.sleep(0)
+        gate.set()
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert [type(r).__name__ for r in results] == ["IntegrityError", "IntegrityError"]
+        assert _committed_cases(path) == set()
+        await _open_case(store, "c2")  # the next group chains from the committed head
+        assert _committed_cases(path) == {"c2"}
+        rows = await _rows(store)
+        assert [r[0] for r in rows] == [1] and verify_chain(rows).ok
+        assert store.frontier.size == 1
+    finally:
+        await store.close()

@@ -26,6 +26,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -162,12 +163,28 @@ class Tx:
 
 
 class _Group:
-    """Transactions sharing one COMMIT."""
+    """Transactions sharing one COMMIT, each told of its outcome through its own future (a
+    member that gives up waiting cancels only its own)."""
 
     def __init__(self) -> None:
-        self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.size = 0
+        self.members: list[asyncio.Future[None]] = []
         self.on_commit: list[Callable[[], None]] = []
+
+    def join(self) -> asyncio.Future[None]:
+        member: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.members.append(member)
+        return member
+
+    def committed(self) -> None:
+        for member in self.members:
+            if not member.done():
+                member.set_result(None)
+
+    def failed(self, error: Exception) -> None:
+        for member in self.members:
+            if not member.done():
+                member.set_exception(error)
+                member.exception()  # retrieved here too: a member that gave up need not warn
 
 
 def _writer(path: Path) -> sqlite3.Connection:
@@ -221,7 +238,8 @@ class Store:
         self._flush_at = 0.0  # loop time by which the flusher commits the open group
         self._hurry = asyncio.Event()  # the flusher's deadline moved earlier
         self._fsync_s = 1.0  # the last COMMIT's duration: the first goes to a thread
-        self._committing: asyncio.Future[float] | None = None  # a COMMIT running in a thread
+        self._committing: asyncio.Future[None] | None = None  # a COMMIT running in its thread
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
         # The committed audit head (what checkpoints sign) and the tail the open group has chained to.
         self._head_seq = 0
         self._head_hash = GENESIS
@@ -284,6 +302,7 @@ class Store:
         if self._committing is not None:
             # A cancelled caller may have left its COMMIT running: the connection must outlive it.
             await asyncio.wait([self._committing])
+        self._committer.shutdown()
         if self._quick is not None:
             self._quick.close()
         await self.reader.close()
@@ -303,7 +322,7 @@ class Store:
         message). It still returns only once committed."""
         await self._acquire()
         group: _Group | None = None
-        ok = False
+        member: asyncio.Future[None] | None = None
         try:
             if self._group is None:
                 self.db.execute("BEGIN IMMEDIATE")
@@ -323,23 +342,20 @@ class Store:
                 raise
             self.db.execute("RELEASE tx")
             self._tail = (tx._seq, tx._hash, tx._frontier)
-            group.size += 1
+            member = group.join()
             group.on_commit += tx._on_commit
-            ok = True
         finally:
-            try:
+            if group is not None and (len(group.members) >= MAX_GROUP or (self._waiting == 0 and not linger_s)):
+                self._commit(group)  # it releases the lock once the COMMIT is done
+            else:
                 if group is not None:
-                    if group.size >= MAX_GROUP or (self._waiting == 0 and not linger_s):
-                        await self._commit(group)
-                    else:
-                        # Others are queued, or this one may linger: leave the COMMIT to a flusher
-                        # (queued behind them, or at the linger's end), so the group commits even
-                        # if every one of them is cancelled while waiting.
-                        self._flush_within(0 if self._waiting else linger_s)
-            finally:
+                    # Others are queued, or this one may linger: leave the COMMIT to a flusher
+                    # (queued behind them, or at the linger's end), so the group commits even
+                    # if every one of them is cancelled while waiting.
+                    self._flush_within(0 if self._waiting else linger_s)
                 self._lock.release()
-        if ok and group is not None:
-            await asyncio.shield(group.committed)  # raises if the group's COMMIT failed
+        if member is not None:
+            await member  # raises if the group's COMMIT failed
 
     def _flush_within(self, delay_s: float) -> None:
         """Make sure the open group is committed within `delay_s`."""
@@ -360,13 +376,10 @@ class Store:
                     async with asyncio.timeout(wait):
                         await self._hurry.wait()
             await self._acquire()
-            try:
-                if self._group is not None:
-                    await self._commit(self._group)
-            finally:
+            if self._group is not None:
+                self._commit(self._group)  # it releases the lock once the COMMIT is done
+            else:
                 self._lock.release()
-        except Exception as exc:  # each transaction of the group is told through its future
-            log.error("store.commit_failed", error=type(exc).__name__)
         finally:
             self._flusher = None
 
@@ -378,10 +391,13 @@ class Store:
         finally:
             self._waiting -= 1
 
-    async def _commit(self, group: _Group) -> None:
-        """Commit the open group (under the lock): one fsync for all its transactions."""
+    def _commit(self, group: _Group) -> None:
+        """Commit the open group, one fsync for all its transactions. Called under the lock,
+        which it releases once the COMMIT is done: here, or when its thread ends. Each member
+        learns the outcome through its future."""
         self._group = None
         seq, chain, frontier = self._tail
+        handed_on = False
         try:
             if not self.db.in_transaction:  # nothing to commit, and nothing may be written outside one
                 raise TransactionLost("SQLite rolled back the whole transaction before its COMMIT")
@@ -391,22 +407,61 @@ class Store:
                     "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, frontier = excluded.frontier",
                     (seq, frontier.to_bytes()),
                 )
-            if self._fsync_s < INLINE_COMMIT_S:
-                # The disk has been answering fsync faster than a thread hop costs: commit here.
-                started = time.perf_counter()
+            if self._fsync_s >= INLINE_COMMIT_S:
+                self._commit_in_thread(group, seq, chain, frontier)
+                handed_on = True
+                return
+            # The disk has been answering fsync faster than a thread hop costs: commit here.
+            started = time.perf_counter()
+            self.db.execute("COMMIT")
+            self._fsync_s = time.perf_counter() - started
+        except Exception as exc:
+            self._failed(group, exc)
+        else:
+            self._published(group, seq, chain, frontier)
+        finally:
+            if not handed_on:
+                self._lock.release()
+
+    def _commit_in_thread(self, group: _Group, seq: int, chain: bytes, frontier: CompactRange) -> None:
+        """COMMIT in the store's own thread, so a slow disk never stalls the loop. Its end is
+        handled by one callback on the loop, which publishes and hands the lock on: the next
+        group's statements wait one turn of the loop for it, not a chain of task wake-ups."""
+        loop = asyncio.get_running_loop()
+        done = self._committing = loop.create_future()
+
+        def commit() -> None:
+            started = time.perf_counter()
+            try:
                 self.db.execute("COMMIT")
-                self._fsync_s = time.perf_counter() - started
-            else:
-                await self._commit_in_thread()
-        except asyncio.CancelledError:
-            self._published(group, seq, chain, frontier)  # the COMMIT itself succeeded
-            raise
-        except BaseException as exc:
+                error: Exception | None = None
+            except Exception as exc:
+                error = exc
+            loop.call_soon_threadsafe(committed, time.perf_counter() - started, error)
+
+        def committed(took_s: float, error: Exception | None) -> None:
+            self._fsync_s = took_s  # timed to decide where the next one runs
+            try:
+                if error is None:
+                    self._published(group, seq, chain, frontier)
+                else:
+                    self._failed(group, error)
+            finally:
+                done.set_result(None)
+                self._committing = None
+                self._lock.release()
+
+        self._committer.submit(commit)
+
+    def _failed(self, group: _Group, error: Exception) -> None:
+        """The group's COMMIT failed: it is rolled back, and each member raises `error`."""
+        log.error("store.commit_failed", error=type(error).__name__)
+        try:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-            self._abandon(group, exc if isinstance(exc, Exception) else RuntimeError("commit interrupted"))
-            raise
-        self._published(group, seq, chain, frontier)
+        except sqlite3.Error as exc:  # the next BEGIN will say so; the members must hear now
+            log.error("store.rollback_failed", error=type(exc).__name__)
+        self._abandon(group, error)
 
     def _abandon(self, group: _Group, error: Exception) -> None:
         """The open group is rolled back: each of its transactions raises `error`, and the
@@ -414,27 +469,10 @@ class Store:
         if self._group is group:
             self._group = None
         self._tail = (self._head_seq, self._head_hash, self.frontier)
-        group.committed.set_exception(error)
-        group.committed.exception()  # retrieved here too: a lone failed group need not warn
-
-    async def _commit_in_thread(self) -> None:
-        """COMMIT off the loop, so a slow disk never stalls it; timed to decide the next one."""
-
-        def commit() -> float:
-            started = time.perf_counter()
-            self.db.execute("COMMIT")
-            return time.perf_counter() - started
-
-        done = self._committing = asyncio.get_running_loop().run_in_executor(None, commit)
-        try:
-            self._fsync_s = await asyncio.shield(done)
-        except asyncio.CancelledError:
-            await asyncio.wait([done])  # it runs on in its thread: never touch the connection before it ends
-            self._fsync_s = done.result()
-            raise
+        group.failed(error)
 
     def _published(self, group: _Group, seq: int, chain: bytes, frontier: CompactRange) -> None:
-        group.committed.set_result(None)
+        group.committed()
         if seq != self._head_seq:
             self._head_seq, self._head_hash, self.frontier = seq, chain, frontier
             if seq >= self.wake_at:
