@@ -33,7 +33,7 @@ class Glossary:
             return
         lowered = text.lower()
         found = set(self._acronyms.findall(text))
-        for term, meaning in self.terms.items():
+        for term, meaning in self.terms.items() if found else ():  # in the glossary's order
             if term in found and meaning.lower() not in lowered:
                 yield Finding(
                     "unexplained_acronym",
