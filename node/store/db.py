@@ -392,12 +392,10 @@ class Store:
             self._waiting -= 1
 
     def _commit(self, group: _Group) -> None:
-        """Commit the open group, one fsync for all its transactions. Called under the lock,
-        which it releases once the COMMIT is done: here, or when its thread ends. Each member
-        learns the outcome through its future."""
+        """Commit the open group, one fsync for all its transactions. Called under the lock;
+        `_finish` releases it once the COMMIT is done: here, or when its thread ends."""
         self._group = None
         seq, chain, frontier = self._tail
-        handed_on = False
         try:
             if not self.db.in_transaction:  # nothing to commit, and nothing may be written outside one
                 raise TransactionLost("SQLite rolled back the whole transaction before its COMMIT")
@@ -409,26 +407,22 @@ class Store:
                 )
             if self._fsync_s >= INLINE_COMMIT_S:
                 self._commit_in_thread(group, seq, chain, frontier)
-                handed_on = True
                 return
             # The disk has been answering fsync faster than a thread hop costs: commit here.
             started = time.perf_counter()
             self.db.execute("COMMIT")
             self._fsync_s = time.perf_counter() - started
         except Exception as exc:
-            self._failed(group, exc)
+            self._finish(group, seq, chain, frontier, exc)
         else:
-            self._published(group, seq, chain, frontier)
-        finally:
-            if not handed_on:
-                self._lock.release()
+            self._finish(group, seq, chain, frontier, None)
 
     def _commit_in_thread(self, group: _Group, seq: int, chain: bytes, frontier: CompactRange) -> None:
         """COMMIT in the store's own thread, so a slow disk never stalls the loop. Its end is
-        handled by one callback on the loop, which publishes and hands the lock on: the next
+        one callback on the loop, which finishes the group and hands the lock on: the next
         group's statements wait one turn of the loop for it, not a chain of task wake-ups."""
         loop = asyncio.get_running_loop()
-        done = self._committing = loop.create_future()
+        done = loop.create_future()
 
         def commit() -> None:
             started = time.perf_counter()
@@ -441,17 +435,23 @@ class Store:
 
         def committed(took_s: float, error: Exception | None) -> None:
             self._fsync_s = took_s  # timed to decide where the next one runs
-            try:
-                if error is None:
-                    self._published(group, seq, chain, frontier)
-                else:
-                    self._failed(group, error)
-            finally:
-                done.set_result(None)
-                self._committing = None
-                self._lock.release()
+            self._committing = None
+            done.set_result(None)
+            self._finish(group, seq, chain, frontier, error)
 
         self._committer.submit(commit)
+        self._committing = done  # close() waits for it: the connection must outlive the COMMIT
+
+    def _finish(self, group: _Group, seq: int, chain: bytes, frontier: CompactRange, error: Exception | None) -> None:
+        """The group's COMMIT is done: publish it, or roll it back and fail each member; then
+        hand the writer lock on."""
+        try:
+            if error is None:
+                self._published(group, seq, chain, frontier)
+            else:
+                self._failed(group, error)
+        finally:
+            self._lock.release()
 
     def _failed(self, group: _Group, error: Exception) -> None:
         """The group's COMMIT failed: it is rolled back, and each member raises `error`."""
