@@ -433,7 +433,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             routine=True,
             message_id=message_id,
             counterpart=recipient,
-            size=len(envelope.routing) + len(envelope.ciphertext),
+            size=len(envelope.routing) + len(envelope.sealed_key) + len(envelope.ciphertext),
         )
         self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_FORWARDED)
 

@@ -5,9 +5,10 @@ Ed25519 under a domain label, alone or in a batch of messages to the same
 recipient (`linkage.batchsign`). The body names sender, recipient and message id,
 and carries the SHA-256 of the clear routing header, so a recipient detects a
 header changed on the way and a summary re-sealed by a recipient to a third
-node. The signed message is sealed for one recipient with HPKE (base mode,
-which authenticates nobody, hence the signature); the routing header is bound
-through HPKE `info` because this HPKE API has no `aad`.
+node. The signed message is encrypted for one recipient with the suite's AEAD
+under a content key sealed to the recipient with HPKE (base mode, which
+authenticates nobody, hence the signature), one key for many messages
+(`linkage.contentkeys`); the routing header is the AEAD's `aad`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from google.protobuf.message import DecodeError
 
 from linkage.batchsign import Signature
 from linkage.batchsign import verify as batch_verify
+from linkage.contentkeys import ContentKeys, Encrypted, OpenedKeys, key_info
 from linkage.directory import DirectoryView
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
@@ -42,12 +44,14 @@ PAD_BUCKETS = (1024, 4096, 16384, 65536)
 
 HYBRID = directory_pb2.HPKE_SUITE_MLKEM768X25519_SHA256_AES256GCM
 
-_SUITES: dict[int, hpke.Suite] = {
-    directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM: hpke.Suite(
-        hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM
+# Each suite's HPKE, and the length of its AEAD's key (AES-GCM), for content keys.
+_SUITES: dict[int, tuple[hpke.Suite, int]] = {
+    directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM: (
+        hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM),
+        16,
     ),
     # Hybrid ML-KEM-768 + X25519 (X-Wing style), for records that stay sensitive for decades.
-    HYBRID: hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM),
+    HYBRID: (hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM), 32),
 }
 
 
@@ -68,7 +72,7 @@ def _own_private(suite: int, keys: MessageKeys) -> x25519.X25519PrivateKey | hpk
     return hpke.MLKEM768X25519PrivateKey(keys.mlkem, keys.hpke)
 
 
-def _suite(suite_id: int) -> hpke.Suite:
+def _suite(suite_id: int) -> tuple[hpke.Suite, int]:
     suite = _SUITES.get(suite_id)
     if suite is None:
         raise Rejected(Reason.UNSUPPORTED_SUITE, f"HPKE suite {suite_id} is not supported")
@@ -85,9 +89,13 @@ def signing_generation(keys: MessageKeys, directory: DirectoryView, node_id: str
 
 
 def envelope_digest(envelope: envelope_pb2.Envelope) -> bytes:
-    """What a receipt binds: SHA-256 over the length-prefixed header and the ciphertext."""
+    """What a receipt binds: SHA-256 over the length-prefixed header and sealed key, the
+    key's sequence number and the ciphertext."""
     h = hashlib.sha256(struct.pack(">I", len(envelope.routing)))
     h.update(envelope.routing)
+    h.update(struct.pack(">I", len(envelope.sealed_key)))
+    h.update(envelope.sealed_key)
+    h.update(struct.pack(">Q", envelope.key_seq))
     h.update(envelope.ciphertext)
     return h.digest()
 
@@ -182,8 +190,9 @@ def draft(
     return Draft(routing, routing_bytes, body.SerializeToString(), recipient_key)
 
 
-def seal_signed(message: Draft, signature: Signature) -> Outgoing:
-    """Seal a signed draft for its recipient: padded, then encrypted with HPKE."""
+def seal_signed(message: Draft, signature: Signature, content_keys: ContentKeys) -> Outgoing:
+    """Seal a signed draft for its recipient: padded, then encrypted under the current
+    content key for the recipient's key."""
     signed = envelope_pb2.SignedMessage(
         body=message.body,
         signature=signature.signature,
@@ -193,13 +202,57 @@ def seal_signed(message: Draft, signature: Signature) -> Outgoing:
     if signature.proof is not None:
         signed.batch.CopyFrom(signature.proof)
     signed.padding = bytes(_padding_for(signed.ByteSize()))
-    suite = message.routing.suite
-    recipient_pub = _recipient_public(suite, message.recipient_key)
-    ciphertext = _suite(suite).encrypt(
-        signed.SerializeToString(), recipient_pub, info=INFO_LABEL + message.routing_bytes
+    envelope = encrypt(
+        message.routing, message.routing_bytes, message.recipient_key, signed.SerializeToString(), content_keys
     )
-    envelope = envelope_pb2.Envelope(routing=message.routing_bytes, ciphertext=ciphertext)
     return Outgoing(envelope=envelope, routing=message.routing, digest=envelope_digest(envelope))
+
+
+def encrypt(
+    routing: envelope_pb2.RoutingHeader,
+    routing_bytes: bytes,
+    recipient_key: directory_pb2.NodeKey,
+    plaintext: bytes,
+    content_keys: ContentKeys,
+) -> envelope_pb2.Envelope:
+    """The envelope of `plaintext` under the sender's current content key for the recipient's key."""
+    suite, key_bytes = _suite(routing.suite)
+    encrypted = content_keys.encrypt(
+        suite,
+        key_bytes,
+        lambda: _recipient_public(routing.suite, recipient_key),
+        (routing.suite, routing.recipient_node, recipient_key.key_id, recipient_key.hpke_public_key),
+        key_info(routing.sender_node, routing.recipient_node, recipient_key.key_id),
+        plaintext,
+        INFO_LABEL + routing_bytes,
+        routing.created_at_ms,
+    )
+    return envelope_pb2.Envelope(
+        routing=routing_bytes,
+        ciphertext=encrypted.ciphertext,
+        sealed_key=encrypted.sealed_key,
+        key_seq=encrypted.seq,
+    )
+
+
+def decrypt(
+    envelope: envelope_pb2.Envelope,
+    routing: envelope_pb2.RoutingHeader,
+    own: MessageKeys,
+    opened_keys: OpenedKeys | None = None,
+) -> bytes:
+    """The plaintext of an envelope sealed to `own`; `InvalidTag` or `ValueError` when it
+    does not open. `opened_keys` spares opening a content key opened before."""
+    suite, key_bytes = _suite(routing.suite)
+    return (opened_keys or OpenedKeys()).decrypt(
+        suite,
+        routing.suite,
+        key_bytes,
+        lambda: _own_private(routing.suite, own),
+        key_info(routing.sender_node, routing.recipient_node, routing.recipient_key_id),
+        Encrypted(envelope.sealed_key, envelope.key_seq, envelope.ciphertext),
+        INFO_LABEL + envelope.routing,
+    )
 
 
 def parse_routing(envelope: envelope_pb2.Envelope) -> envelope_pb2.RoutingHeader:
@@ -235,6 +288,7 @@ def open_envelope(
     keys: MessageKeys,
     directory: DirectoryView,
     now_ms: int,
+    opened_keys: OpenedKeys | None = None,
 ) -> Opened:
     """Every recipient-side check of design.md §3.4, cheapest first."""
     routing = parse_routing(envelope)
@@ -248,9 +302,7 @@ def open_envelope(
         raise Rejected(Reason.UNKNOWN_KEY, "sealed to a key this node does not hold")
     check_freshness(routing, now_ms)
     try:
-        private = _own_private(routing.suite, own)
-        plaintext = _suite(routing.suite).decrypt(envelope.ciphertext, private, info=INFO_LABEL + envelope.routing)
-        signed = envelope_pb2.SignedMessage.FromString(plaintext)
+        signed = envelope_pb2.SignedMessage.FromString(decrypt(envelope, routing, own, opened_keys))
     except (InvalidTag, ValueError):
         raise Rejected(Reason.DECRYPT_FAILED, "ciphertext does not open with this node's key") from None
     except DecodeError:

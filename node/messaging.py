@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from linkage.batchsign import BatchSigner
 from linkage.clock import Clock
 from linkage.config import DeliverySettings
+from linkage.contentkeys import ContentKeys
 from linkage.directory import TrustedDirectory
 from linkage.envelope import MESSAGE_LABEL, Outgoing, draft, seal_signed, signing_generation
 from linkage.ids import uuid7
@@ -48,6 +49,7 @@ class Messenger:
         self.delivery = delivery
         self.on_queued = on_queued  # told of queued messages once they are committed (the outbox)
         self.signer = BatchSigner(MESSAGE_LABEL)  # concurrent messages to one recipient share a signature
+        self.content_keys = ContentKeys()  # and messages to one recipient key share a sealed content key
 
     async def seal_each(
         self,
@@ -90,7 +92,10 @@ class Messenger:
             )
         waiting = [self.signer.sign(signer, d.routing.recipient_node, d.body, d.hybrid) for d in drafts]
         signatures = [await signature for signature in waiting]  # a signature already made costs no yield
-        return [Sealed(d.routing.recipient_node, seal_signed(d, s)) for d, s in zip(drafts, signatures, strict=True)]
+        return [
+            Sealed(d.routing.recipient_node, seal_signed(d, s, self.content_keys))
+            for d, s in zip(drafts, signatures, strict=True)
+        ]
 
     async def queue(
         self,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from linkage import logs
 from linkage.batchsign import BatchSigner
 from linkage.clock import Clock
+from linkage.contentkeys import OpenedKeys
 from linkage.directory import TrustedDirectory
 from linkage.envelope import (
     RECEIPT_LABEL,
@@ -89,6 +90,7 @@ class Reception:
         self.checkpoint = checkpoint
         self.metrics = metrics or NodeMetrics()
         self.signer = BatchSigner(RECEIPT_LABEL)  # receipts to one sender, committed together, share a signature
+        self.opened_keys = OpenedKeys()  # the senders' content keys, each opened once
 
     async def on_envelopes(self, envelopes: Sequence[envelope_pb2.Envelope]) -> None:
         """Messages that came together: each checked alone, the good ones stored in one
@@ -99,7 +101,16 @@ class Reception:
         refused: list[tuple[envelope_pb2.Envelope, Reason]] = []
         for envelope in envelopes:
             try:
-                opened.append(open_envelope(envelope, me=self.node_id, keys=self.keys, directory=directory, now_ms=now))
+                opened.append(
+                    open_envelope(
+                        envelope,
+                        me=self.node_id,
+                        keys=self.keys,
+                        directory=directory,
+                        now_ms=now,
+                        opened_keys=self.opened_keys,
+                    )
+                )
             except Rejected as exc:
                 refused.append((envelope, exc.reason))
         answers: list[_Answer] = []

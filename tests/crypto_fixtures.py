@@ -8,6 +8,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from linkage.batchsign import sign_batch
+from linkage.contentkeys import ContentKeys
 from linkage.directory import DirectoryView, sign_directory, verify_directory
 from linkage.envelope import MESSAGE_LABEL, RECEIPT_LABEL, Outgoing, draft, seal_signed, signed_receipt
 from linkage.keys import MessageKeys, raw_public
@@ -23,7 +24,7 @@ def seal(*, keys: MessageKeys, **fields: Any) -> Outgoing:
     (`linkage.envelope.draft` names the fields)."""
     message = draft(**fields)
     (signature,) = sign_batch(keys, MESSAGE_LABEL, [message.body], message.hybrid)
-    return seal_signed(message, signature)
+    return seal_signed(message, signature, ContentKeys())
 
 
 def sign_receipt(keys: MessageKeys, body: envelope_pb2.ReceiptBody) -> envelope_pb2.Receipt:

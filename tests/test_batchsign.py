@@ -13,6 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from linkage import batchsign
 from linkage.batchsign import BatchSigner, Signature, sign_batch, statement, verify
 from linkage.clock import ManualClock
+from linkage.contentkeys import ContentKeys
 from linkage.directory import DirectoryView
 from linkage.ed25519 import verify as ed25519_verify
 from linkage.envelope import (
@@ -208,12 +209,18 @@ def test_a_recipient_opens_each_message_of_a_batch_and_refuses_a_proof_moved_to_
     drafts = _drafts(ring.view, 3)
     signatures = sign_batch(ring.keys["a"], MESSAGE_LABEL, [d.body for d in drafts])
     for d, s in zip(drafts, signatures, strict=True):
-        opened = open_envelope(seal_signed(d, s).envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+        opened = open_envelope(
+            seal_signed(d, s, ContentKeys()).envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW
+        )
         assert opened.signed.batch.size == 3
     moved = Signature(signatures[1].signature, signatures[1].key_id, proof=_proof(signatures[1], _to_index_0))
     with pytest.raises(Rejected) as refused:
         open_envelope(
-            seal_signed(drafts[1], moved).envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW
+            seal_signed(drafts[1], moved, ContentKeys()).envelope,
+            me="b",
+            keys=ring.keys["b"],
+            directory=ring.view,
+            now_ms=NOW,
         )
     assert refused.value.reason is Reason.BAD_SIGNATURE
 

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from linkage.envelope import INFO_LABEL, MESSAGE_LABEL, open_envelope, verify_receipt
-from linkage.envelope import _suite as suite_of
+from linkage.contentkeys import ContentKeys
+from linkage.envelope import MESSAGE_LABEL, decrypt, encrypt, open_envelope, parse_routing, verify_receipt
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
 from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, seal, sign_receipt
@@ -43,7 +43,7 @@ def _reject(ring: Keyring, envelope: envelope_pb2.Envelope, me: str = "b") -> Re
 def test_every_flipped_byte_of_header_or_ciphertext_is_rejected(ring: Keyring) -> None:
     out = ring.seal("a", "b")
     reasons: set[Reason] = set()
-    for field in ("routing", "ciphertext"):
+    for field in ("routing", "sealed_key", "ciphertext"):
         original = getattr(out.envelope, field)
         for i in range(len(original)):
             tampered = bytearray(original)
@@ -67,21 +67,13 @@ def test_every_flipped_byte_of_header_or_ciphertext_is_rejected(ring: Keyring) -
 
 
 def _inner(ring: Keyring, envelope: envelope_pb2.Envelope, me: str = "b") -> envelope_pb2.SignedMessage:
-    plaintext = suite_of(directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM).decrypt(
-        envelope.ciphertext, ring.keys[me].hpke, info=INFO_LABEL + envelope.routing
-    )
-    return envelope_pb2.SignedMessage.FromString(plaintext)
+    return envelope_pb2.SignedMessage.FromString(decrypt(envelope, parse_routing(envelope), ring.keys[me]))
 
 
 def _reseal(ring: Keyring, signed: envelope_pb2.SignedMessage, routing: bytes, to: str) -> envelope_pb2.Envelope:
-    """What an attacker holding a decrypted message can build: a fresh, valid HPKE seal."""
-    from cryptography.hazmat.primitives.asymmetric import x25519
-
-    public = x25519.X25519PublicKey.from_public_bytes(ring.view.hpke_key(to, f"{to}-k1"))
-    suite = suite_of(directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM)
-    return envelope_pb2.Envelope(
-        routing=routing, ciphertext=suite.encrypt(signed.SerializeToString(), public, info=INFO_LABEL + routing)
-    )
+    """What an attacker holding a decrypted message can build: a fresh, valid seal."""
+    header = envelope_pb2.RoutingHeader.FromString(routing)
+    return encrypt(header, routing, ring.view.sealing_key(to, NOW), signed.SerializeToString(), ContentKeys())
 
 
 def test_every_flipped_byte_of_the_signature_or_signed_body_is_rejected(ring: Keyring) -> None:

@@ -243,7 +243,8 @@ async def test_s7_a_case_system_cannot_name_another_practitioner_than_itself_wit
 
 async def test_post_quantum_federation_shares_end_to_end_and_needs_both_signatures(tmp_path: Path) -> None:
     """A federation that chose hybrid ML-KEM-768 + X25519 with an ML-DSA-65 co-signature."""
-    from linkage.envelope import HYBRID, INFO_LABEL, _own_private, _suite
+    from linkage.contentkeys import ContentKeys
+    from linkage.envelope import HYBRID, decrypt, encrypt
     from tests.crypto_fixtures import seal as seal_envelope
 
     clock = ManualClock()
@@ -256,22 +257,19 @@ async def test_post_quantum_federation_shares_end_to_end_and_needs_both_signatur
         envelope = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox"))[0])
         routing = envelope_pb2.RoutingHeader.FromString(envelope.routing)
         assert routing.suite == HYBRID
-        assert len(envelope.ciphertext) > 1120  # carries an ML-KEM encapsulation
+        assert len(envelope.sealed_key) > 1120  # carries an ML-KEM encapsulation
 
         # Without the ML-DSA co-signature the message is refused, even with a valid Ed25519 one.
         keys = csc.reception.keys
-        plaintext = _suite(HYBRID).decrypt(
-            envelope.ciphertext, _own_private(HYBRID, keys), info=INFO_LABEL + envelope.routing
-        )
-        signed = envelope_pb2.SignedMessage.FromString(plaintext)
+        signed = envelope_pb2.SignedMessage.FromString(decrypt(envelope, routing, keys))
         signed.pq_signature = b""
         directory = csc.trust.current(clock.now_ms())
-        from linkage.envelope import _recipient_public
-
-        public = _recipient_public(HYBRID, directory.sealing_key("csc", clock.now_ms()))
-        stripped = envelope_pb2.Envelope(
-            routing=envelope.routing,
-            ciphertext=_suite(HYBRID).encrypt(signed.SerializeToString(), public, info=INFO_LABEL + envelope.routing),
+        stripped = encrypt(
+            routing,
+            envelope.routing,
+            directory.sealing_key("csc", clock.now_ms()),
+            signed.SerializeToString(),
+            ContentKeys(),
         )
         with pytest.raises(Rejected) as raised:
             open_envelope(stripped, me="csc", keys=keys, directory=directory, now_ms=clock.now_ms())

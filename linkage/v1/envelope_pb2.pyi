@@ -146,25 +146,39 @@ Global___RoutingHeader: _TypeAlias = RoutingHeader  # noqa: Y015
 
 @_typing.final
 class Envelope(_message.Message):
-    """What travels through the gateway."""
+    """What travels through the gateway.
+    A serialised SignedMessage is encrypted with the suite's AEAD under a content key
+    that the sender seals to the recipient's key with HPKE once for many messages
+    (linkage/contentkeys.py): nonce = 4 zero bytes || key_seq (big-endian), aad =
+    "linkage/v1/envelope\\0" || routing; the HPKE info is "linkage/v1/content-key\\0"
+    || sender || 0x00 || recipient || 0x00 || recipient_key_id.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUTING_FIELD_NUMBER: _builtins.int
     CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    SEALED_KEY_FIELD_NUMBER: _builtins.int
+    KEY_SEQ_FIELD_NUMBER: _builtins.int
     routing: _builtins.bytes
     """serialised RoutingHeader"""
     ciphertext: _builtins.bytes
-    """HPKE enc || ct of a serialised SignedMessage"""
+    """AEAD ciphertext and tag of the padded SignedMessage"""
+    sealed_key: _builtins.bytes
+    """HPKE enc || ct of the content key"""
+    key_seq: _builtins.int
+    """this message's number under that content key"""
     def __init__(
         self,
         *,
         routing: _builtins.bytes = ...,
         ciphertext: _builtins.bytes = ...,
+        sealed_key: _builtins.bytes = ...,
+        key_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "routing", b"routing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "key_seq", b"key_seq", "routing", b"routing", "sealed_key", b"sealed_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
