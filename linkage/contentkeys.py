@@ -82,6 +82,8 @@ class ContentKeys:
         and public key bytes), drawing and sealing a new one when there is none or it is spent."""
         current = self._current.get(identity)
         if current is None or current.used >= KEY_MESSAGES or now_ms >= current.expires_at_ms:
+            # Keys spent or out of date (a recipient's rotated key) are dropped as new ones are drawn.
+            self._current = {k: c for k, c in self._current.items() if now_ms < c.expires_at_ms}
             key = os.urandom(key_bytes)
             current = _Current(AESGCM(key), suite.encrypt(key, recipient_public(), info=info), now_ms + KEY_AGE_MS)
             self._current[identity] = current

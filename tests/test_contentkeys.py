@@ -79,8 +79,10 @@ def test_a_content_key_is_replaced_when_spent_or_old(ring: Keyring, monkeypatch:
     first, second, third = (_seal(ring, keys, "a", "b", n) for n in range(3))
     assert first.envelope.sealed_key == second.envelope.sealed_key != third.envelope.sealed_key
     assert third.envelope.key_seq == 0
+    _seal(ring, keys, "a", "c", 5)
     later = _seal(ring, keys, "a", "b", 4, at_ms=NOW + contentkeys.KEY_AGE_MS)
     assert later.envelope.sealed_key != third.envelope.sealed_key and later.envelope.key_seq == 0
+    assert len(keys._current) == 1  # c's key, out of date, went when b's new one was drawn
     for n, out in enumerate((first, second, third)):
         assert _open(ring, out.envelope) == f"synthetic {n}"
 
