@@ -94,7 +94,7 @@ Global___ReceiptStatus: _TypeAlias = ReceiptStatus  # noqa: Y015
 @_typing.final
 class RoutingHeader(_message.Message):
     """Routing header, readable by the gateway. Serialised once by the sender;
-    the exact bytes are bound into the HPKE `info` and their SHA-256 is signed
+    the exact bytes are the AEAD's associated data and their SHA-256 is signed
     inside the sealed message, so any change on the way is detected.
     """
 
@@ -224,7 +224,7 @@ Global___BatchProof: _TypeAlias = BatchProof  # noqa: Y015
 
 @_typing.final
 class SignedMessage(_message.Message):
-    """The plaintext inside the HPKE ciphertext.
+    """The plaintext inside the envelope's ciphertext.
     `signature` is Ed25519 over "linkage/v1/message\\0" || body, or over the batch
     that `batch` places it in.
     """
