@@ -112,16 +112,16 @@ class OpenedKeys:
         """The plaintext, or `InvalidTag` / `ValueError` when it does not open."""
         slot = (suite_id, info, encrypted.sealed_key)
         aead = self._opened.get(slot)
-        if aead is None:
-            key = suite.decrypt(encrypted.sealed_key, private(), info=info)
-            if len(key) != key_bytes:
-                raise ValueError("content key of the wrong length")
-            aead = AESGCM(key)
-            # Kept only once its message opens: a sealed key copied onto garbage caches nothing.
-            plaintext = aead.decrypt(nonce(encrypted.seq), encrypted.ciphertext, aad)
-            self._opened[slot] = aead
-            if len(self._opened) > self.capacity:
-                self._opened.popitem(last=False)
-            return plaintext
-        self._opened.move_to_end(slot)
-        return aead.decrypt(nonce(encrypted.seq), encrypted.ciphertext, aad)
+        if aead is not None:
+            self._opened.move_to_end(slot)
+            return aead.decrypt(nonce(encrypted.seq), encrypted.ciphertext, aad)
+        key = suite.decrypt(encrypted.sealed_key, private(), info=info)
+        if len(key) != key_bytes:
+            raise ValueError("content key of the wrong length")
+        aead = AESGCM(key)
+        # Kept only once its message opens: a sealed key copied onto garbage caches nothing.
+        plaintext = aead.decrypt(nonce(encrypted.seq), encrypted.ciphertext, aad)
+        self._opened[slot] = aead
+        if len(self._opened) > self.capacity:
+            self._opened.popitem(last=False)
+        return plaintext

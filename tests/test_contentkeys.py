@@ -108,6 +108,11 @@ def test_a_recipient_opens_each_content_key_once_and_keeps_a_bounded_number() ->
     receive(*d1)  # a third key: the least recently used (a's) is dropped
     receive(*a2)
     assert suite.opens == 4
+    # A message that does not open leaves no key behind, even when its sealed key is genuine.
+    e1 = send("e")
+    with pytest.raises(InvalidTag):
+        receive(e1[0], Encrypted(e1[1].sealed_key, e1[1].seq, b"\x00" * len(e1[1].ciphertext)))
+    assert receive(*e1) == b"e" and suite.opens == 6
 
 
 def test_a_content_key_opens_only_under_the_pair_and_key_it_was_sealed_for(ring: Keyring) -> None:
