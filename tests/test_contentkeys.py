@@ -89,14 +89,14 @@ def test_a_content_key_is_replaced_when_spent_or_old(ring: Keyring, monkeypatch:
 
 def test_a_recipient_opens_each_content_key_once_and_keeps_a_bounded_number() -> None:
     recipient = x25519.X25519PrivateKey.generate()
-    sender = ContentKeys()
+    senders = {name: ContentKeys() for name in "acde"}  # each sender node has its own content keys
     suite = CountingSuite()
     opened = OpenedKeys(capacity=2)
 
-    def send(pair: str) -> tuple[bytes, Encrypted]:
-        info = key_info(pair, "b", "b-k1")
-        return info, sender.encrypt(
-            SUITE, 16, recipient.public_key, (1, pair, "b-k1", b""), info, pair.encode(), b"aad", NOW
+    def send(sender: str) -> tuple[bytes, Encrypted]:
+        info = key_info(sender, "b", "b-k1")
+        return info, senders[sender].encrypt(
+            SUITE, 16, recipient.public_key, (1, "b", "b-k1", b""), info, sender.encode(), b"aad", NOW
         )
 
     def receive(info: bytes, encrypted: Encrypted) -> bytes:
