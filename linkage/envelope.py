@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 
 from linkage.batchsign import Signature
 from linkage.batchsign import verify as batch_verify
-from linkage.contentkeys import ContentKeys, Encrypted, OpenedKeys, key_info
+from linkage.contentkeys import ContentKeys, Encrypted, OpenedKeys, PrivateKey, PublicKey, key_info
 from linkage.directory import DirectoryView
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
@@ -55,7 +55,7 @@ _SUITES: dict[int, tuple[hpke.Suite, int]] = {
 }
 
 
-def _recipient_public(suite: int, key: directory_pb2.NodeKey) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
+def _recipient_public(suite: int, key: directory_pb2.NodeKey) -> PublicKey:
     classic = x25519.X25519PublicKey.from_public_bytes(key.hpke_public_key)
     if suite != HYBRID:
         return classic
@@ -64,7 +64,7 @@ def _recipient_public(suite: int, key: directory_pb2.NodeKey) -> x25519.X25519Pu
     return hpke.MLKEM768X25519PublicKey(mlkem.MLKEM768PublicKey.from_public_bytes(key.hpke_pq_public_key), classic)
 
 
-def _own_private(suite: int, keys: MessageKeys) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
+def _own_private(suite: int, keys: MessageKeys) -> PrivateKey:
     if suite != HYBRID:
         return keys.hpke
     if keys.mlkem is None:
