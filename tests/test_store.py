@@ -158,6 +158,43 @@ async def test_a_failed_transaction_leaves_its_group_intact(tmp_path: Path) -> N
         await store.close()
 
 
+async def test_a_failed_member_that_rewrote_many_pages_is_undone_from_the_in_memory_savepoint_journal(
+    tmp_path: Path,
+) -> None:
+    """The writer keeps its savepoint journal in memory (SQLite would spill one over 64 KiB to
+    a temp file, a write per page, on the loop). A member that changed far more than that
+    and failed must still vanish alone, its group's other members committed."""
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    try:
+        assert store.db.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY, the writer only
+        assert (await store.fetchone("PRAGMA temp_store"))[0] == 0  # a reader's sort may be large
+        async with store.tx() as tx:
+            await tx.executemany(
+                "INSERT INTO cases VALUES (?, ?, 1, 'open')", [(f"old{n}", "r" * 2000) for n in range(200)]
+            )
+
+        async def rewrite_all_then_fail() -> None:
+            async with store.tx() as tx:
+                await tx.execute("UPDATE cases SET case_ref = ?", ("x" * 2000,))  # ~100 pages, 400 KiB
+                await tx.execute("INSERT INTO cases VALUES ('old0', 'dup', 1, 'open')")  # duplicate key
+
+        gate = asyncio.Event()
+        first = asyncio.create_task(_open_case(store, "c1", gate))
+        await asyncio.sleep(0)  # first holds the writer; the others queue behind it, in one group
+        failing = asyncio.create_task(rewrite_all_then_fail())
+        last = asyncio.create_task(_open_case(store, "c2"))
+        await asyncio.sleep(0)
+        gate.set()
+        results = await asyncio.gather(first, failing, last, return_exceptions=True)
+        assert [type(r).__name__ for r in results] == ["NoneType", "IntegrityError", "NoneType"]
+        with closing(sqlite3.connect(path)) as db:
+            refs = {r[0] for r in db.execute("SELECT case_ref FROM cases WHERE case_id LIKE 'old%'")}
+        assert refs == {"r" * 2000} and {"c1", "c2"} <= _committed_cases(path)
+    finally:
+        await store.close()
+
+
 async def test_a_waiter_cancelled_in_the_queue_does_not_strand_the_group(tmp_path: Path) -> None:
     """The first transaction ends while a second is queued, so it leaves the COMMIT to the
     group; the second is then cancelled before it starts. The first must still commit."""

@@ -47,6 +47,11 @@ SYSTEM_ACTOR = {"id": "system", "name": "", "role": "system"}
 # secure_delete: what is deleted (a purge, an emptied body) is overwritten in the file, not left in
 # free pages. Many SQLite builds have it on already; it is set so that every build does.
 PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=5000", "secure_delete=ON")
+# The writer's savepoint journal (one SAVEPOINT per `tx()`, to undo one member of a group)
+# holds the old copy of every page a member changes. Past 64 KiB SQLite spills it to a temp
+# file, one write per page, on the loop; it is never read after a crash (the WAL is), so it
+# stays in memory. Only the writer: its statements are small, while a reader's sort may not be.
+WRITER_PRAGMAS = (*PRAGMAS, "temp_store=MEMORY")
 
 
 class TransactionLost(RuntimeError):
@@ -190,7 +195,7 @@ class _Group:
 def _writer(path: Path) -> sqlite3.Connection:
     # Shared with the commit thread, but only ever used by whoever holds the store's lock.
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    for pragma in PRAGMAS:
+    for pragma in WRITER_PRAGMAS:
         db.execute(f"PRAGMA {pragma}")
     return db
 
