@@ -125,7 +125,7 @@ class Outbox:
         self._queued_at_most = settings.outbox_high_water
         self._scan = True
         self._next_due_ms = 0
-        self._settled: dict[str, asyncio.Future[str]] = {}  # message id -> its final state, for watchers
+        self._settled: dict[str, list[asyncio.Future[str]]] = {}  # message id -> its watchers' futures
 
     # -- observing ---------------------------------------------------------
 
@@ -162,18 +162,24 @@ class Outbox:
     async def settled(self, message_id: str) -> str:
         """Wait for a message's final state ("delivered" or "undeliverable") once it is
         committed, without polling: for callers that follow one message."""
-        future = self._settled.get(message_id)
-        if future is None:
-            future = self._settled[message_id] = asyncio.get_running_loop().create_future()
+        # Each watcher has its own future, so one giving up leaves the others waiting.
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        watchers = self._settled.setdefault(message_id, [])
+        watchers.append(future)
         row = self.store.lookup("SELECT state FROM outbox WHERE message_id = ?", (message_id,))
         if row is not None and row[0] not in LIVE:
             self._settle(message_id, row[0])  # it settled before we started watching
-        return await asyncio.shield(future)  # one watcher giving up leaves the others waiting
+        try:
+            return await future
+        finally:  # answered or given up: forget this watcher, and the message once nobody waits
+            watchers.remove(future)
+            if not watchers and self._settled.get(message_id) is watchers:
+                del self._settled[message_id]
 
     def _settle(self, message_id: str, state: str) -> None:
-        future = self._settled.pop(message_id, None)
-        if future is not None and not future.done():
-            future.set_result(state)
+        for future in self._settled.pop(message_id, []):
+            if not future.done():
+                future.set_result(state)
 
     def idle(self) -> bool:
         """Nothing handed over waits to be sent, and nothing sent waits for the gateway's answer."""

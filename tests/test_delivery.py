@@ -111,6 +111,27 @@ async def test_a_hand_over_to_a_destination_backing_off_is_left_in_the_store_and
         assert (await amh.store.fetchone("SELECT attempts, state FROM outbox")) == (1, "queued")
 
 
+async def test_a_watcher_hears_its_message_settle_even_when_another_watcher_gave_up(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, ManualClock(), nodes=("amh", "csc"))
+    async with running(federation, clock=ManualClock()) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")
+        amh = cluster.nodes["amh"]
+        (recipient,) = (await share(cluster, assessment_id)).recipients
+        gives_up = asyncio.create_task(amh.outbox.settled(recipient.message_id))
+        stays = asyncio.create_task(amh.outbox.settled(recipient.message_id))
+        await asyncio.sleep(0)  # both are watching
+        gives_up.cancel()
+        await asyncio.wait([gives_up])
+        assert len(amh.outbox._settled[recipient.message_id]) == 1  # only the one still watching is kept
+        await cluster.start_node("csc")
+        async with asyncio.timeout(30):
+            assert await stays == "delivered"
+        assert gives_up.cancelled()
+        assert await amh.outbox.settled(recipient.message_id) == "delivered"  # settled before watching
+        assert not amh.outbox._settled
+
+
 async def test_undelivered_after_the_limit_is_reported_to_the_case_system(tmp_path: Path) -> None:
     """Non-delivery: after 7 days without a receipt the share says undeliverable, and why."""
     clock = ManualClock()
