@@ -25,6 +25,12 @@ from bench.e2e import LinkageRun, make_federation
 from bench.relay import BareRelay, Endpoint, free_port
 from bench.results import Result, combine
 
+# The bare relay moves about three times as many messages a second as Linkage: its slices
+# carry this many times Linkage's, so each lasts about as long and a moment's stall of this
+# shared machine weighs as little in it (with slices of Linkage's count, the rounds of the
+# mTLS ratio spread from 0.6 to 1.15).
+BARE_SLICE = 4
+
 
 class Side(Protocol):
     async def closed_loop(self, count: int, window: int) -> Result: ...
@@ -116,9 +122,13 @@ async def transport(plan: Plan, root: Path) -> dict[str, Any]:
             for relay in (bare, plain):
                 await relay.closed_loop(min(200, plan.messages), plan.window)  # warm-up
             slices: dict[str, list[Result]] = {name: [] for name in sides}
-            for _ in range(plan.rounds):
-                for name, side in sides.items():
-                    slices[name].append(await side.closed_loop(max(1, plan.messages // plan.rounds), plan.window))
+            order = list(sides.items())
+            for n in range(plan.rounds):
+                # Every other round runs the sides in reverse order, so a steady drift in the
+                # machine's speed, or the wake of the side before, falls on each side alike.
+                for name, side in order if n % 2 == 0 else order[::-1]:
+                    count = max(1, plan.messages // plan.rounds) * (1 if name == "e2e" else BARE_SLICE)
+                    slices[name].append(await side.closed_loop(count, plan.window))
             figures: dict[str, Any] = {name: combine(parts) for name, parts in slices.items()}
             for name, top, bottom in (("throughput", "e2e", "bare"), ("mtls", "bare", "plain")):
                 rounds = [t.per_second / b.per_second for t, b in zip(slices[top], slices[bottom], strict=True)]
@@ -146,7 +156,7 @@ def run(plan: Plan, json_out: Path | None = None) -> float:
     say(f"linkage bench: {plan.messages:,} messages per cell, window {plan.window}, paced {plan.rates} msg/s")
     with tempfile.TemporaryDirectory(prefix="linkage-bench-") as tmp:
         figures = asyncio.run(transport(plan, Path(tmp)))
-        e2e, bare, mtls = figures["e2e"], figures["bare"], figures["mtls_ratio"]
+        e2e, bare, plain, mtls = figures["e2e"], figures["bare"], figures["plain"], figures["mtls_ratio"]
         for rate in plan.rates:
             say(
                 f"paced {rate}/s: p99 linkage {figures[f'e2e@{rate}'].p99_ms:.1f} ms, "
@@ -157,8 +167,10 @@ def run(plan: Plan, json_out: Path | None = None) -> float:
             f"rounds {_rounds(figures['mtls_rounds'])})"
         )
         say(f"throughput ratio by round, Linkage / bare relay: {_rounds(figures['throughput_rounds'])}")
-        if bare.cpu_total_us:  # /proc counts CPU in clock ticks: a tiny run may see none
+        if bare.cpu_total_us and plain.cpu_total_us:  # /proc counts CPU in clock ticks: a tiny run may see none
             say(f"CPU per message, linkage / bare: {e2e.cpu_total_us / bare.cpu_total_us:.2f}x")
+            # Steadier than throughput on this machine: what mTLS costs in the three processes' CPU.
+            say(f"CPU per message, bare relay with mTLS / plaintext: {bare.cpu_total_us / plain.cpu_total_us:.2f}x")
         figures.update(scale.measure_all(plan, Path(tmp), say))
     verify = audit.measure(plan.audit_entries)
     say(
