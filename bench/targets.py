@@ -39,6 +39,15 @@ def _ten_million(key: str) -> Callable[[Figures], float | None]:
     return lambda f: f["subscriptions_10000000"][key] if "subscriptions_10000000" in f else None
 
 
+def _mtls_cost(f: Figures) -> float:
+    """Throughput lost, or CPU per message added if that is more. On this machine a round of
+    the bare relay swings by a fifth either way, so throughput alone has shown mTLS as free
+    (or cheaper than plaintext) in runs whose CPU said 11%; with CPU as the floor, noise
+    cannot meet the target on its own."""
+    lost = 1 - float(f["mtls_ratio"])
+    return max(lost, float(f["mtls_cpu_ratio"]) - 1) if "mtls_cpu_ratio" in f else lost
+
+
 def _chronology(f: Figures) -> float | None:
     return f["chronology"]["median_ms"] if f["chronology"]["entries"] >= 10_000 else None
 
@@ -51,7 +60,7 @@ TARGETS = (
     Target("look-up p99 at 10 M subscriptions", 10, "µs", True, _ten_million("lookup_p99_us")),
     Target("audit verify", 200_000, "entries/s", False, lambda f: f["audit"]["verify_per_s"]),
     Target("chronology of 10,000 entries, median", 20, "ms", True, _chronology),
-    Target("mTLS cost (throughput lost)", 0.10, "%", True, lambda f: 1 - f["mtls_ratio"]),
+    Target("mTLS cost (throughput lost, or CPU added if more)", 0.10, "%", True, _mtls_cost),
 )
 
 

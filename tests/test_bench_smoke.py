@@ -34,6 +34,20 @@ def test_linkage_bench_runs_every_cell_and_prints_the_ratio_last(capsys: pytest.
     for target in (
         "throughput, Linkage / bare relay",
         "audit verify",
-        "mTLS cost (throughput lost)",
+        "mTLS cost (throughput lost, or CPU added if more)",
     ):  # what a tiny run measures
         assert any(line.startswith(f"target {target}: ") for line in lines), target
+
+
+def test_the_mtls_target_is_not_met_by_throughput_noise_when_cpu_says_otherwise() -> None:
+    from bench.targets import TARGETS
+
+    (mtls,) = [t for t in TARGETS if t.name.startswith("mTLS cost")]
+    for figures, cost, met in (
+        ({"mtls_ratio": 1.02, "mtls_cpu_ratio": 1.11}, 0.11, False),  # faster with TLS: noise
+        ({"mtls_ratio": 0.88, "mtls_cpu_ratio": 1.05}, 0.12, False),
+        ({"mtls_ratio": 0.95, "mtls_cpu_ratio": 1.04}, 0.05, True),
+        ({"mtls_ratio": 0.95}, 0.05, True),  # a run too short for /proc to count its CPU
+    ):
+        verdict = mtls.verdict(figures)
+        assert verdict is not None and verdict[0] == pytest.approx(cost) and verdict[1] is met, figures
