@@ -112,8 +112,9 @@ async def test_a_hand_over_to_a_destination_backing_off_is_left_in_the_store_and
 
 
 async def test_a_watcher_hears_its_message_settle_even_when_another_watcher_gave_up(tmp_path: Path) -> None:
-    federation = make_federation(tmp_path, ManualClock(), nodes=("amh", "csc"))
-    async with running(federation, clock=ManualClock()) as cluster:
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    async with running(federation, clock=clock) as cluster:
         assessment_id = await family_assessment(cluster)
         await cluster.stop_node("csc")
         amh = cluster.nodes["amh"]
