@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import shutil
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -140,6 +141,39 @@ async def test_concurrent_transactions_share_a_commit_and_return_only_once_it_is
         assert store.frontier.size == 20
     finally:
         await store.close()
+
+
+def _stored_head(path: Path) -> int | None:
+    """The size of the frontier's stored copy, as a crash would leave it (committed data only)."""
+    with closing(sqlite3.connect(path)) as db:
+        row = db.execute("SELECT seq FROM audit_head WHERE id = 1").fetchone()
+    return None if row is None else int(row[0])
+
+
+async def test_the_frontier_is_stored_every_so_many_entries_and_caught_up_on_opening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_module, "HEAD_EVERY", 3)
+    path, crashed = tmp_path / "s.sqlite", tmp_path / "crashed.sqlite"
+    store = await Store.open(path, ManualClock())
+    stored = []
+    try:
+        for _ in range(7):
+            async with store.tx() as tx:
+                await tx.audit("case.opened", rationale="synthetic")
+            stored.append(_stored_head(path))
+        assert stored == [None, None, 3, 3, 3, 6, 6]  # not rewritten at every COMMIT
+        root = store.frontier.root()
+        for suffix in ("", "-wal"):  # the files as a crash now would leave them
+            shutil.copy(f"{path}{suffix}", f"{crashed}{suffix}")
+    finally:
+        await store.close()
+    assert _stored_head(path) == 7  # a clean close stores it, so the next opening hashes nothing
+    reopened = await Store.open(crashed, ManualClock())
+    try:  # the stored copy (6 entries), extended by the entry committed after it
+        assert (reopened.frontier.size, reopened.frontier.root()) == (7, root)
+    finally:
+        await reopened.close()
 
 
 async def test_a_failed_transaction_leaves_its_group_intact(tmp_path: Path) -> None:

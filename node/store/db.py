@@ -17,7 +17,9 @@ nothing can be read (and sent on) that a crash could still undo. Most reads run
 in aiosqlite's thread; an indexed point look-up on the hot path (`lookup`) runs
 on the loop, where it costs less than the thread hop would. The audit
 chain head is held in memory, chained through the group, and published (for
-checkpoints) only when the group commits.
+checkpoints) only when the group commits. The frontier's stored copy (`audit_head`), which
+only saves opening a long log from hashing every entry, is rewritten every HEAD_EVERY entries
+rather than at every COMMIT (a page fewer per COMMIT); opening catches up from it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from node.store.schema import MIGRATIONS
 log = logs.get("node.store")
 INLINE_COMMIT_S = 0.0005  # COMMIT on the loop only while the last one took less than this
 MAX_GROUP = 256  # transactions per COMMIT at most, so a steady stream still commits
+HEAD_EVERY = 1024  # audit entries between rewrites of the stored frontier: opening hashes at most these
 SYSTEM_ACTOR = {"id": "system", "name": "", "role": "system"}
 # secure_delete: what is deleted (a purge, an emptied body) is overwritten in the file, not left in
 # free pages. Many SQLite builds have it on already; it is set so that every build does.
@@ -249,6 +252,7 @@ class Store:
         self._head_seq = 0
         self._head_hash = GENESIS
         self.frontier = CompactRange()
+        self._head_stored = 0  # the size of the frontier last written to audit_head
         self._tail: tuple[int, bytes, CompactRange] = (0, GENESIS, self.frontier)
         # Set when a commit brings the audit log to `wake_at` entries or more: the checkpointer
         # says when it next has work, so it is not woken by every commit in between.
@@ -268,19 +272,23 @@ class Store:
         store = cls(path, db, reader, clock)
         if row is not None:
             store._head_seq, store._head_hash = int(row[0]), bytes(row[1])
-        store.frontier = store._load_frontier()
+        store.frontier, store._head_stored = store._load_frontier()
         store._tail = (store._head_seq, store._head_hash, store.frontier)
         return store
 
-    def _load_frontier(self) -> CompactRange:
-        """The Merkle frontier as last committed; rebuilt from the entries if it lags."""
+    def _load_frontier(self) -> tuple[CompactRange, int]:
+        """The Merkle frontier of the committed log, and the size its stored copy was at:
+        the stored copy extended by the entries committed after it, or rebuilt from them all
+        if it is ahead of the log."""
         row = self.db.execute("SELECT seq, frontier FROM audit_head WHERE id = 1").fetchone()
         frontier = CompactRange.from_bytes(bytes(row[1])) if row else CompactRange()
-        if frontier.size != self._head_seq:
+        if frontier.size > self._head_seq:
             frontier = CompactRange()
-            for (entry,) in self.db.execute("SELECT entry FROM audit ORDER BY seq"):
-                frontier.append(entry_leaf(entry))
-        return frontier
+        stored = frontier.size
+        # As the entries stand, gaps and all: a tampered log must still open for verify to name it.
+        for (entry,) in self.db.execute("SELECT entry FROM audit WHERE seq > ? ORDER BY seq", (stored,)):
+            frontier.append(entry_leaf(entry))
+        return frontier, stored
 
     @staticmethod
     def _migrate(db: sqlite3.Connection, path: Path, clock: Clock) -> None:
@@ -308,6 +316,8 @@ class Store:
             # A cancelled caller may have left its COMMIT running: the connection must outlive it.
             await asyncio.wait([self._committing])
         self._committer.shutdown()
+        if self._head_seq != self._head_stored and not self.db.in_transaction:
+            self._store_head(self.frontier)  # so that opening it next needs no catching up
         if self._quick is not None:
             self._quick.close()
         await self.reader.close()
@@ -404,12 +414,8 @@ class Store:
         try:
             if not self.db.in_transaction:  # nothing to commit, and nothing may be written outside one
                 raise TransactionLost("SQLite rolled back the whole transaction before its COMMIT")
-            if seq != self._head_seq:
-                self.db.execute(
-                    "INSERT INTO audit_head(id, seq, frontier) VALUES (1, ?, ?) "
-                    "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, frontier = excluded.frontier",
-                    (seq, frontier.to_bytes()),
-                )
+            if self._head_due(seq):
+                self._store_head(frontier)
             if self._fsync_s >= INLINE_COMMIT_S:
                 self._commit_in_thread(group, seq, chain, frontier)
                 return
@@ -421,6 +427,18 @@ class Store:
             self._finish(group, seq, chain, frontier, exc)
         else:
             self._finish(group, seq, chain, frontier, None)
+
+    def _head_due(self, seq: int) -> bool:
+        """Whether the COMMIT that takes the log to `seq` entries also stores the frontier."""
+        return seq - self._head_stored >= HEAD_EVERY
+
+    def _store_head(self, frontier: CompactRange) -> None:
+        """Write the frontier's stored copy (in the open transaction, or as one of its own)."""
+        self.db.execute(
+            "INSERT INTO audit_head(id, seq, frontier) VALUES (1, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, frontier = excluded.frontier",
+            (frontier.size, frontier.to_bytes()),
+        )
 
     def _commit_in_thread(self, group: _Group, seq: int, chain: bytes, frontier: CompactRange) -> None:
         """COMMIT in the store's own thread, so a slow disk never stalls the loop. Its end is
@@ -478,6 +496,8 @@ class Store:
 
     def _published(self, group: _Group, seq: int, chain: bytes, frontier: CompactRange) -> None:
         group.committed()
+        if self._head_due(seq):
+            self._head_stored = seq
         if seq != self._head_seq:
             self._head_seq, self._head_hash, self.frontier = seq, chain, frontier
             if seq >= self.wake_at:
