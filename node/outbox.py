@@ -191,7 +191,11 @@ class Outbox:
         reached it, not on every share."""
         high_water = self.settings.outbox_high_water
         if self._queued_at_most >= high_water:
-            self._queued_at_most = int(self.store.lookup("SELECT COUNT(*) FROM outbox WHERE state = 'queued'")[0])
+            # The IN term is what lets SQLite count in outbox_due, which holds the live rows only.
+            (queued,) = self.store.lookup(
+                "SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent') AND state = 'queued'"
+            )
+            self._queued_at_most = int(queued)
         return self._queued_at_most < high_water
 
     # -- the worker --------------------------------------------------------
