@@ -169,7 +169,7 @@ class LinkageRun:
     async def envelope_bytes(self) -> int:
         """The mean size of what went on the wire, for the bare relay's payload."""
         assert self.sender is not None and self.sender.store is not None
-        row = await self.sender.store.fetchone("SELECT AVG(LENGTH(envelope)) FROM outbox")
+        row = await self.sender.store.fetchone("SELECT AVG(LENGTH(envelope)) FROM outbox_bodies")
         return int(row[0] or 0)
 
     async def _run(self, schedule: Callable[[OneMessage], Awaitable[list[float]]]) -> Result:

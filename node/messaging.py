@@ -26,6 +26,26 @@ def kind_name(kind: int) -> str:
     return envelope_pb2.MessageKind.Name(kind).removeprefix("MESSAGE_KIND_").lower()  # type: ignore[arg-type]
 
 
+async def add_to_outbox(
+    tx: Tx,
+    message_id: str,
+    share_id: str,
+    recipient: str,
+    envelope: bytes,
+    digest: bytes,
+    kind: int = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+    summary_id: str = "",
+) -> None:
+    """A queued outbox row and its envelope, kept apart so that its changes of state rewrite
+    a small row, not the envelope's pages (schema migration 11)."""
+    row = await tx.execute(
+        "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, created_at_ms, "
+        "kind, summary_id) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+        (message_id, share_id, recipient, digest, tx.now_ms, tx.now_ms, kind, summary_id),
+    )
+    await tx.execute("INSERT INTO outbox_bodies(seq, envelope) VALUES (?, ?)", (row.lastrowid, envelope))
+
+
 @dataclass(frozen=True)
 class Sealed:
     recipient: str
@@ -109,20 +129,15 @@ class Messenger:
         statuses = []
         for item in sealed:
             routing = item.outgoing.routing
-            await tx.execute(
-                "INSERT INTO outbox(message_id, share_id, recipient, envelope, digest, state, next_attempt_at_ms, "
-                "created_at_ms, kind, summary_id) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (
-                    routing.message_id,
-                    share_id,
-                    item.recipient,
-                    item.outgoing.envelope.SerializeToString(),
-                    item.outgoing.digest,
-                    tx.now_ms,
-                    tx.now_ms,
-                    routing.kind,
-                    summary_id,
-                ),
+            await add_to_outbox(
+                tx,
+                routing.message_id,
+                share_id,
+                item.recipient,
+                item.outgoing.envelope.SerializeToString(),
+                item.outgoing.digest,
+                kind=routing.kind,
+                summary_id=summary_id,
             )
             await tx.audit(
                 "message.queued",

@@ -290,9 +290,10 @@ class Outbox:
         # The oldest due are chosen in the index, and only their envelopes read: sorting
         # every due row with its envelope made each batch of a large backlog cost 15x more.
         rows = await self.store.fetchall(
-            "SELECT message_id, recipient, envelope FROM outbox WHERE message_id IN (SELECT message_id FROM outbox "
+            "SELECT o.message_id, o.recipient, b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq "
+            "WHERE o.seq IN (SELECT seq FROM outbox "
             f"WHERE state IN ('queued', 'sent') AND next_attempt_at_ms <= ? AND {sendable} "
-            "ORDER BY created_at_ms, message_id LIMIT ?) ORDER BY created_at_ms, message_id",
+            "ORDER BY created_at_ms, message_id LIMIT ?) ORDER BY o.created_at_ms, o.message_id",
             (now, *held, limit),
         )
         if len(rows) == limit:

@@ -57,13 +57,19 @@ async def _purge_chunk(tx: Tx, cutoff: int, chunk: int) -> dict[str, int]:
         marks = ",".join("?" * len(seqs))
         await tx.execute(f"DELETE FROM inbox_tokens WHERE inbox_seq IN ({marks})", seqs)
         await tx.execute(f"DELETE FROM inbox WHERE seq IN ({marks})", seqs)  # chronology rows cascade
-    sent = await tx.execute(
-        "UPDATE outbox SET envelope = x'' WHERE rowid IN (SELECT rowid FROM outbox INDEXED BY outbox_bodies_kept "
-        "WHERE created_at_ms < ? "
-        "AND state IN ('delivered', 'undeliverable') AND length(envelope) > 0 ORDER BY created_at_ms LIMIT ?)",
-        (cutoff, chunk),
-    )
-    return {"received": len(seqs), "sent_bodies": sent.rowcount}
+    rows = await (
+        await tx.execute(
+            "SELECT seq FROM outbox INDEXED BY outbox_bodies_kept WHERE created_at_ms < ? "
+            "AND state IN ('delivered', 'undeliverable') AND body_kept ORDER BY created_at_ms LIMIT ?",
+            (cutoff, chunk),
+        )
+    ).fetchall()
+    sent = [seq for (seq,) in rows]
+    if sent:
+        marks = ",".join("?" * len(sent))
+        await tx.execute(f"DELETE FROM outbox_bodies WHERE seq IN ({marks})", sent)
+        await tx.execute(f"UPDATE outbox SET body_kept = 0 WHERE seq IN ({marks})", sent)
+    return {"received": len(seqs), "sent_bodies": len(sent)}
 
 
 async def run(store: Store, clock: Clock, keep_days: int) -> None:

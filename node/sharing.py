@@ -224,9 +224,18 @@ class Sharing:
         recipients = await self.prior_recipients(request.summary_id)
         if not recipients:
             raise not_found(f"summary {request.summary_id!r} was never shared from this node")
+        # The link tokens it went with, from the oldest of its messages whose body retention kept.
         row = await self.ctx.store.fetchone(
-            "SELECT envelope FROM outbox WHERE summary_id = ? ORDER BY created_at_ms LIMIT 1", (request.summary_id,)
+            "SELECT b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? "
+            "ORDER BY o.created_at_ms LIMIT 1",
+            (request.summary_id,),
         )
+        if row is None:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"summary {request.summary_id!r} was shared too long ago: retention has purged what it was sent "
+                "with, so this node cannot address a withdrawal; tell its recipients another way",
+            )
         tokens = list(
             envelope_pb2.RoutingHeader.FromString(envelope_pb2.Envelope.FromString(row[0]).routing).link_tokens
         )

@@ -247,7 +247,7 @@ async def test_messages_sealed_together_share_a_signature_and_each_is_delivered(
         amh, csc = cluster.nodes["amh"], cluster.nodes["csc"]
         assert amh.store is not None and csc.store is not None
         await wait_delivered(amh, 1)
-        first = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox"))[0])
+        first = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox_bodies"))[0])
         tokens = list(envelope_pb2.RoutingHeader.FromString(first.routing).link_tokens)
         question = workflow_pb2.ClarificationRequest(question="Is the risk still current?")
         sealed = await asyncio.gather(

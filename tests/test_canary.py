@@ -14,6 +14,7 @@ from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 from node import retention
+from node.messaging import add_to_outbox
 from node.store import Store
 from tests.harness import LocalFederation, next_item, running, wait_delivered
 
@@ -167,11 +168,8 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
                     (seq,),
                 )
             for n, state in enumerate(["delivered"] * 4 + ["undeliverable", "sent"]):
-                await tx.execute(
-                    "INSERT INTO outbox(message_id, share_id, recipient, envelope, digest, state, "
-                    "next_attempt_at_ms, created_at_ms) VALUES (?, 's', 'csc', x'0102', x'00', ?, 0, ?)",
-                    (f"out-{n}", state, tx.now_ms + n),
-                )
+                await add_to_outbox(tx, f"out-{n}", "s", "csc", b"\x01\x02", b"\x00")
+                await tx.execute("UPDATE outbox SET state = ? WHERE message_id = ?", (state, f"out-{n}"))
         clock.advance(60 * DAY_MS)
         async with store.tx() as tx:  # received since: kept
             await tx.execute(
@@ -185,7 +183,9 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
         assert [r[0] for r in await store.fetchall("SELECT message_id FROM inbox")] == ["recent"]
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox_tokens"))[0] == 0
         assert (await store.fetchone("SELECT COUNT(*) FROM chronology"))[0] == 0
-        kept = await store.fetchall("SELECT message_id FROM outbox WHERE length(envelope) > 0")
+        kept = await store.fetchall(
+            "SELECT message_id FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.body_kept"
+        )
         assert [r[0] for r in kept] == ["out-5"]  # still in flight: its body is needed to send it again
         purged = [
             json.loads(r[0])["detail"]

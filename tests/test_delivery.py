@@ -104,7 +104,9 @@ async def test_a_hand_over_to_a_destination_backing_off_is_left_in_the_store_and
         await share(cluster, assessment_id)
         await settle(amh)  # the first message probed, and the gateway said csc is away
         assert amh.store is not None
-        message_id, recipient, envelope = await amh.store.fetchone("SELECT message_id, recipient, envelope FROM outbox")
+        message_id, recipient, envelope = await amh.store.fetchone(
+            "SELECT message_id, recipient, envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq"
+        )
         amh.outbox.fresh([(message_id, recipient, envelope_pb2.Envelope.FromString(envelope))])
         assert not amh.outbox.idle()
         await asyncio.wait_for(settle(amh), timeout=30)
@@ -169,7 +171,7 @@ async def test_same_envelope_ten_times_at_once_is_stored_once(tmp_path: Path) ->
         await wait_delivered(cluster.nodes["amh"], 1)
         store = cluster.nodes["amh"].store
         assert store is not None
-        envelope = envelope_pb2.Envelope.FromString((await store.fetchone("SELECT envelope FROM outbox"))[0])
+        envelope = envelope_pb2.Envelope.FromString((await store.fetchone("SELECT envelope FROM outbox_bodies"))[0])
         csc = cluster.nodes["csc"]
         await asyncio.gather(*(csc.reception.on_envelopes([envelope]) for _ in range(10)))
         assert len(await inbox(cluster, "csc")) == 1
@@ -184,7 +186,7 @@ async def test_same_id_with_other_content_is_refused_as_a_conflict(tmp_path: Pat
         amh = cluster.nodes["amh"]
         await wait_delivered(amh, 1)
         assert amh.store is not None
-        original = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox"))[0])
+        original = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox_bodies"))[0])
         routing = envelope_pb2.RoutingHeader.FromString(original.routing)
         directory = amh.trust.current(clock.now_ms())
         other = seal(

@@ -32,7 +32,7 @@ async def test_s1_a_thousand_bit_flips_are_all_rejected_and_audited(tmp_path: Pa
         amh, csc = cluster.nodes["amh"], cluster.nodes["csc"]
         await wait_delivered(amh, 1)
         assert amh.store is not None and csc.store is not None
-        good = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox"))[0])
+        good = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox_bodies"))[0])
         before_inbox = (await csc.store.fetchone("SELECT COUNT(*) FROM inbox"))[0]
         before_rejects = (await csc.store.fetchone("SELECT COUNT(*) FROM audit WHERE event = 'message.rejected'"))[0]
         rng = random.Random(1)
@@ -254,7 +254,7 @@ async def test_post_quantum_federation_shares_end_to_end_and_needs_both_signatur
         amh, csc = cluster.nodes["amh"], cluster.nodes["csc"]
         await wait_delivered(amh, 1)
         assert amh.store is not None and csc.store is not None
-        envelope = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox"))[0])
+        envelope = envelope_pb2.Envelope.FromString((await amh.store.fetchone("SELECT envelope FROM outbox_bodies"))[0])
         routing = envelope_pb2.RoutingHeader.FromString(envelope.routing)
         assert routing.suite == HYBRID
         assert len(envelope.sealed_key) > 1120  # carries an ML-KEM encapsulation

@@ -21,6 +21,7 @@ from linkage.directory import TrustedDirectory
 from linkage.envelope import parse_routing
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, gateway_pb2
+from node.messaging import add_to_outbox
 from node.outbox import BUSY_BASE_MS, HOLD_MEMORY_MS, Outbox
 from node.store import Store
 
@@ -72,11 +73,7 @@ async def queue(box: Outbox, clock: ManualClock, recipient: str, n: int) -> list
             message_id = uuid7(clock.now_ms())
             routing = envelope_pb2.RoutingHeader(message_id=message_id, sender_node="a", recipient_node=recipient)
             envelope = envelope_pb2.Envelope(routing=routing.SerializeToString(), ciphertext=b"sealed")
-            await tx.execute(
-                "INSERT INTO outbox(message_id, share_id, recipient, envelope, digest, state, next_attempt_at_ms, "
-                "created_at_ms) VALUES (?, ?, ?, ?, x'00', 'queued', ?, ?)",
-                (message_id, message_id, recipient, envelope.SerializeToString(), tx.now_ms, tx.now_ms),
-            )
+            await add_to_outbox(tx, message_id, message_id, recipient, envelope.SerializeToString(), b"\x00")
             ids.append(message_id)
             clock.advance(1)  # one after another, so "oldest first" is well defined
     return ids

@@ -421,3 +421,25 @@ async def test_a_commit_that_fails_fails_each_member_and_the_next_group_starts_a
         assert store.frontier.size == 1
     finally:
         await store.close()
+
+
+async def test_migration_11_moves_each_kept_envelope_to_its_own_table(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for number, script in enumerate(MIGRATIONS[:10], start=1):
+            db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+        for message_id, envelope, state in (("m1", b"", "delivered"), ("m2", b"sealed", "sent")):
+            db.execute(  # as the outbox held them before: m1's body was purged by retention
+                "INSERT INTO outbox(message_id, share_id, recipient, envelope, digest, state, next_attempt_at_ms, "
+                "created_at_ms) VALUES (?, 's', 'csc', ?, x'00', ?, 1, 1)",
+                (message_id, envelope, state),
+            )
+    store = await Store.open(path, ManualClock())
+    try:
+        rows = await store.fetchall(
+            "SELECT o.seq, o.message_id, o.state, o.body_kept, b.envelope FROM outbox o "
+            "LEFT JOIN outbox_bodies b ON b.seq = o.seq ORDER BY o.seq"
+        )
+        assert [tuple(r) for r in rows] == [(1, "m1", "delivered", 0, None), (2, "m2", "sent", 1, b"sealed")]
+    finally:
+        await store.close()

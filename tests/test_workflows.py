@@ -55,6 +55,15 @@ async def share(
     )
 
 
+async def shared_with_both(cluster: Cluster) -> tuple[bytes, bytes, str]:
+    """amh's assessment shared with csc and school and delivered to both: parent, child, summary id."""
+    parent, child, assessment_id = await think_family(cluster)
+    await share(cluster, assessment_id)
+    summary_id = (await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)).summary.summary_id
+    await wait_delivered(cluster.nodes["amh"], 2)
+    return parent, child, summary_id
+
+
 async def chronology_states(cluster: Cluster) -> list[tuple[int, str]]:
     """(kind, state) of each entry of csc's chronology of the family, in order."""
     response = await cluster.api("csc").Chronology(
@@ -141,10 +150,7 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
     federation: LocalFederation,
 ) -> None:
     async with running(federation) as cluster:
-        parent, child, assessment_id = await think_family(cluster)
-        await share(cluster, assessment_id)
-        summary_id = (await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)).summary.summary_id
-        await wait_delivered(cluster.nodes["amh"], 2)
+        parent, child, summary_id = await shared_with_both(cluster)
         assert await chronology_states(cluster) == [(env.MESSAGE_KIND_SUMMARY_SHARE, "current")] * 2
 
         # The school leaves the family link; as an earlier recipient it still hears of changes (Art 19).
@@ -218,6 +224,24 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
         assert {state for _, state in await chronology_states(cluster)} == {"withdrawn"}
         assert events(await audit_events(cluster.nodes["amh"]), "summary.withdrawn")
         assert events(await audit_events(cluster.nodes["csc"]), "summary.withdrawn_by_sender")
+
+
+async def test_a_withdrawal_whose_bodies_retention_purged_is_refused_with_a_reason(
+    federation: LocalFederation,
+) -> None:
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        async with store.tx() as tx:  # what retention does to delivered messages' bodies
+            await tx.execute("DELETE FROM outbox_bodies")
+            await tx.execute("UPDATE outbox SET body_kept = 0")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await cluster.api("amh").WithdrawSummary(
+                node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error")
+            )
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "retention has purged" in (raised.value.details() or "")
 
 
 async def test_closure_intent_objection_and_notice(federation: LocalFederation) -> None:

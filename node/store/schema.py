@@ -221,4 +221,51 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_due ON outbox(state, next_attempt_at_ms, created_at_ms, message_id, recipient)
       WHERE state IN ('queued', 'sent');
     """,
+    # 11: the outbox's envelope in a table of its own (outbox_bodies, by the row's seq). A
+    # row's state sat after its 4 KB envelope, in an overflow page, and a change of state
+    # changes the row's size, so SQLite freed and rewrote that page (zeroed first, under
+    # secure_delete) twice per message: the costliest statements a sender ran. A body is
+    # written with its row and deleted only by retention, which clears body_kept with it.
+    """
+    CREATE TABLE outbox_v3(
+      seq INTEGER PRIMARY KEY,
+      message_id TEXT NOT NULL UNIQUE,
+      share_id TEXT NOT NULL,
+      recipient TEXT NOT NULL,
+      digest BLOB NOT NULL,
+      state TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'delivered', 'undeliverable')),
+      attempts INTEGER NOT NULL DEFAULT 0,
+      next_attempt_at_ms INTEGER NOT NULL,
+      created_at_ms INTEGER NOT NULL,
+      sent_at_ms INTEGER,
+      delivered_at_ms INTEGER,
+      receipt BLOB,
+      reason TEXT NOT NULL DEFAULT '',
+      kind INTEGER NOT NULL DEFAULT 1,
+      summary_id TEXT NOT NULL DEFAULT '',
+      read_at_ms INTEGER,
+      read_by_role TEXT NOT NULL DEFAULT '',
+      body_kept INTEGER NOT NULL DEFAULT 1
+    );
+    INSERT INTO outbox_v3(seq, message_id, share_id, recipient, digest, state, attempts, next_attempt_at_ms,
+                          created_at_ms, sent_at_ms, delivered_at_ms, receipt, reason, kind, summary_id,
+                          read_at_ms, read_by_role, body_kept)
+      SELECT rowid, message_id, share_id, recipient, digest, state, attempts, next_attempt_at_ms,
+             created_at_ms, sent_at_ms, delivered_at_ms, receipt, reason, kind, summary_id,
+             read_at_ms, read_by_role, length(envelope) > 0 FROM outbox ORDER BY rowid;
+    CREATE TABLE outbox_bodies(
+      seq INTEGER PRIMARY KEY,
+      envelope BLOB NOT NULL
+    );
+    INSERT INTO outbox_bodies(seq, envelope)
+      SELECT rowid, envelope FROM outbox WHERE length(envelope) > 0 ORDER BY rowid;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v3 RENAME TO outbox;
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at_ms, created_at_ms, message_id, recipient)
+      WHERE state IN ('queued', 'sent');
+    CREATE INDEX outbox_by_share ON outbox(share_id);
+    CREATE INDEX outbox_by_summary ON outbox(summary_id);
+    CREATE INDEX outbox_bodies_kept ON outbox(created_at_ms)
+      WHERE state IN ('delivered', 'undeliverable') AND body_kept;
+    """,
 )
