@@ -151,18 +151,20 @@ def fill_inbox(store_path: Path, count: int, tokens: list[bytes], sender: str = 
     with sqlite3.connect(store_path) as db:
         seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM inbox").fetchone()[0]
         for start in range(0, count, 10_000):
-            rows, links = [], []
+            rows, bodies, links = [], [], []
             for _ in range(min(10_000, count - start)):
                 seq += 1
                 message_id, signed = _signed_summary(sender, recipient, parent, child)
                 at_ms = FIRST_RECEIVED_MS + seq * 1000
-                rows.append((seq, sender, message_id, os.urandom(32), at_ms, 1, message_id, signed, message_id))
+                rows.append((seq, sender, message_id, os.urandom(32), at_ms, 1, message_id, message_id))
+                bodies.append((seq, signed))
                 links += [(parent, seq), (child, seq)]
             db.executemany(
-                "INSERT INTO inbox(seq, sender, message_id, digest, received_at_ms, kind, share_id, signed, "
-                "summary_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO inbox(seq, sender, message_id, digest, received_at_ms, kind, share_id, summary_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            db.executemany("INSERT INTO inbox_bodies(seq, signed) VALUES (?, ?)", bodies)
             db.executemany("INSERT INTO inbox_tokens(token, inbox_seq) VALUES (?, ?)", links)
 
 

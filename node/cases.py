@@ -367,7 +367,8 @@ class Cases:
         self, request: node_api_pb2.RespondToClosureRequest
     ) -> node_api_pb2.RespondToClosureResponse:
         row = await self.ctx.store.fetchone(
-            "SELECT sender, signed FROM inbox WHERE message_id = ? AND kind = ?",
+            "SELECT i.sender, b.signed FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq "
+            "WHERE i.message_id = ? AND i.kind = ?",
             (request.intent_message_id, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT),
         )
         if row is None:

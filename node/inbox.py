@@ -62,7 +62,8 @@ def _entries_field(entries: Iterable[bytes]) -> bytes:
 
 
 DERIVE_BATCH = 500  # inbox items to a transaction: each insert holds the loop a few ms at most
-ITEM_COLUMNS = "i.seq, i.sender, i.message_id, i.received_at_ms, i.kind, i.share_id, i.signed, i.state"
+ITEM_COLUMNS = "i.seq, i.sender, i.message_id, i.received_at_ms, i.kind, i.share_id, b.signed, i.state"
+ITEMS = "inbox i JOIN inbox_bodies b ON b.seq = i.seq"  # what ITEM_COLUMNS are read from
 
 
 class Inbox:
@@ -98,13 +99,13 @@ class Inbox:
         read is: it passes everything they say into the agency's own records."""
         if token:
             rows = await self.ctx.store.fetchall(
-                f"SELECT {ITEM_COLUMNS} FROM inbox i JOIN inbox_tokens t ON t.inbox_seq = i.seq "
+                f"SELECT {ITEM_COLUMNS} FROM {ITEMS} JOIN inbox_tokens t ON t.inbox_seq = i.seq "
                 "WHERE t.token = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
                 (token, after_seq, limit),
             )
         else:
             rows = await self.ctx.store.fetchall(
-                f"SELECT {ITEM_COLUMNS} FROM inbox i WHERE i.seq > ? ORDER BY i.seq LIMIT ?", (after_seq, limit)
+                f"SELECT {ITEM_COLUMNS} FROM {ITEMS} WHERE i.seq > ? ORDER BY i.seq LIMIT ?", (after_seq, limit)
             )
         items = [self._item(r) for r in rows]
         if items:  # an empty poll hands over nothing, and is not recorded
@@ -120,7 +121,7 @@ class Inbox:
 
     async def open(self, request: node_api_pb2.OpenReceivedRequest) -> node_api_pb2.ReceivedSummary:
         row = await self.ctx.store.fetchone(
-            f"SELECT {ITEM_COLUMNS} FROM inbox i WHERE i.message_id = ?", (request.message_id,)
+            f"SELECT {ITEM_COLUMNS} FROM {ITEMS} WHERE i.message_id = ?", (request.message_id,)
         )
         if row is None:
             raise not_found(f"no item {request.message_id!r} in this node's inbox")
@@ -229,7 +230,7 @@ class Inbox:
                 self._derived_to = int(row[0])
             while self._derived_to < newest:
                 rows = await self.ctx.store.fetchall(
-                    f"SELECT {ITEM_COLUMNS} FROM inbox i WHERE i.seq > ? ORDER BY i.seq LIMIT ?",
+                    f"SELECT {ITEM_COLUMNS} FROM {ITEMS} WHERE i.seq > ? ORDER BY i.seq LIMIT ?",
                     (self._derived_to, DERIVE_BATCH),
                 )
                 if not rows:

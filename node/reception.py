@@ -175,8 +175,8 @@ class Reception:
         routing, body = opened.routing, opened.body
         summary_id = body.summary.summary_id or body.withdrawal.summary_id
         cursor = await tx.execute(
-            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed, summary_id, "
-            "in_reply_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, summary_id, in_reply_to) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 routing.sender_node,
                 routing.message_id,
@@ -184,12 +184,14 @@ class Reception:
                 tx.now_ms,
                 body.kind,
                 body.share_id,
-                opened.signed.SerializeToString(),
                 summary_id,
                 body.in_reply_to,
             ),
         )
         seq = int(cursor.lastrowid or 0)
+        await tx.execute(
+            "INSERT INTO inbox_bodies(seq, signed) VALUES (?, ?)", (seq, opened.signed.SerializeToString())
+        )
         await tx.executemany(
             "INSERT OR IGNORE INTO inbox_tokens(token, inbox_seq) VALUES (?, ?)",
             [(t, seq) for t in routing.link_tokens],

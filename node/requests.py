@@ -26,7 +26,9 @@ class Requests:
     ) -> tuple[str, envelope_pb2.MessageBody, list[bytes]]:
         marks = ",".join("?" * len(kinds))
         row = await self.ctx.store.fetchone(
-            f"SELECT seq, sender, signed FROM inbox WHERE message_id = ? AND kind IN ({marks})", (message_id, *kinds)
+            f"SELECT i.seq, i.sender, b.signed FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq "
+            f"WHERE i.message_id = ? AND i.kind IN ({marks})",
+            (message_id, *kinds),
         )
         if row is None:
             raise not_found(f"no such item {message_id!r} was received by this node")

@@ -270,7 +270,8 @@ async def test_messages_sealed_together_share_a_signature_and_each_is_delivered(
         stored = [
             envelope_pb2.SignedMessage.FromString(r[0])
             for r in await csc.store.fetchall(
-                "SELECT signed FROM inbox WHERE kind = ?", (envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,)
+                "SELECT b.signed FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq WHERE i.kind = ?",
+                (envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,),
             )
         ]
         alone = [s for s in stored if not s.HasField("batch")]

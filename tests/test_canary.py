@@ -129,8 +129,8 @@ async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> N
     try:
         async with store.tx() as tx:
             await tx.execute(
-                "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed) "
-                "VALUES ('amh', 'm1', x'00', ?, 1, 's', x'00')",
+                "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
+                "VALUES ('amh', 'm1', x'00', ?, 1, 's')",
                 (tx.now_ms,),
             )
             await tx.audit("message.received")
@@ -156,11 +156,12 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
             for n in range(7):
                 seq = (
                     await tx.execute(
-                        "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed) "
-                        "VALUES ('amh', ?, x'00', ?, 1, 's', x'00')",
+                        "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
+                        "VALUES ('amh', ?, x'00', ?, 1, 's')",
                         (f"in-{n}", tx.now_ms + n),
                     )
                 ).lastrowid
+                await tx.execute("INSERT INTO inbox_bodies(seq, signed) VALUES (?, x'00')", (seq,))
                 await tx.execute("INSERT INTO inbox_tokens(token, inbox_seq) VALUES (?, ?)", (bytes([n]) * 32, seq))
                 await tx.execute(
                     "INSERT INTO chronology(inbox_seq, item, at_ms, source_node, summary_id, state, entry) "
@@ -173,8 +174,8 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
         clock.advance(60 * DAY_MS)
         async with store.tx() as tx:  # received since: kept
             await tx.execute(
-                "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed) "
-                "VALUES ('amh', 'recent', x'00', ?, 1, 's', x'00')",
+                "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
+                "VALUES ('amh', 'recent', x'00', ?, 1, 's')",
                 (tx.now_ms,),
             )
 
@@ -182,6 +183,7 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
 
         assert [r[0] for r in await store.fetchall("SELECT message_id FROM inbox")] == ["recent"]
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox_tokens"))[0] == 0
+        assert (await store.fetchone("SELECT COUNT(*) FROM inbox_bodies"))[0] == 0
         assert (await store.fetchone("SELECT COUNT(*) FROM chronology"))[0] == 0
         kept = await store.fetchall(
             "SELECT message_id FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.body_kept"

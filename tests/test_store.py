@@ -443,3 +443,26 @@ async def test_migration_11_moves_each_kept_envelope_to_its_own_table(tmp_path: 
         assert [tuple(r) for r in rows] == [(1, "m1", "delivered", 0, None), (2, "m2", "sent", 1, b"sealed")]
     finally:
         await store.close()
+
+
+async def test_migration_12_moves_each_received_message_to_its_own_table(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for number, script in enumerate(MIGRATIONS[:11], start=1):
+            db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+        for message_id, signed in (("m1", b"first"), ("m2", b"second")):
+            db.execute(
+                "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed) "
+                "VALUES ('amh', ?, x'00', 1, 1, 's', ?)",
+                (message_id, signed),
+            )
+    store = await Store.open(path, ManualClock())
+    try:
+        rows = await store.fetchall(
+            "SELECT i.seq, i.message_id, b.signed FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq ORDER BY i.seq"
+        )
+        assert [tuple(r) for r in rows] == [(1, "m1", b"first"), (2, "m2", b"second")]
+        columns = {r[1] for r in await store.fetchall("PRAGMA table_info(inbox)")}
+        assert "signed" not in columns and "state" in columns
+    finally:
+        await store.close()

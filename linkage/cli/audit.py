@@ -365,7 +365,9 @@ def export(args: argparse.Namespace) -> int:
 
 
 def _received(db: sqlite3.Connection, message_id: str) -> summary_pb2.RiskSummary | None:
-    row = db.execute("SELECT signed FROM inbox WHERE message_id = ?", (message_id,)).fetchone()
+    row = db.execute(
+        "SELECT b.signed FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq WHERE i.message_id = ?", (message_id,)
+    ).fetchone()
     if row is None:
         return None
     body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(row[0]).body)

@@ -268,4 +268,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_bodies_kept ON outbox(created_at_ms)
       WHERE state IN ('delivered', 'undeliverable') AND body_kept;
     """,
+    # 12: a received message's signed bytes in a table of their own, for the reason of 11: its
+    # state (superseded, read, withdrawn) sat after them, in an overflow page that each change
+    # of state freed and rewrote. They go with their row (retention's deletes cascade).
+    """
+    CREATE TABLE inbox_bodies(
+      seq INTEGER PRIMARY KEY REFERENCES inbox(seq) ON DELETE CASCADE,
+      signed BLOB NOT NULL
+    );
+    INSERT INTO inbox_bodies(seq, signed) SELECT seq, signed FROM inbox ORDER BY seq;
+    ALTER TABLE inbox DROP COLUMN signed;
+    """,
 )
