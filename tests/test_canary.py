@@ -148,7 +148,7 @@ async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> N
 
 async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path: Path) -> None:
     """Received rows go with their tokens and chronology entries; delivered bodies are
-    emptied, live ones kept; each chunk is its own transaction, audited with its counts."""
+    deleted, live ones kept; each chunk is its own transaction, audited with its counts."""
     clock = ManualClock()
     store = await Store.open(tmp_path / "s.sqlite", clock)
     try:

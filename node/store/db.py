@@ -47,8 +47,9 @@ INLINE_COMMIT_S = 0.0005  # COMMIT on the loop only while the last one took less
 MAX_GROUP = 256  # transactions per COMMIT at most, so a steady stream still commits
 HEAD_EVERY = 1024  # audit entries between rewrites of the stored frontier: opening hashes at most these
 SYSTEM_ACTOR = {"id": "system", "name": "", "role": "system"}
-# secure_delete: what is deleted (a purge, an emptied body) is overwritten in the file, not left in
-# free pages. Many SQLite builds have it on already; it is set so that every build does.
+# secure_delete: what is deleted (retention's purge of received messages and sent bodies) is
+# overwritten in the file, not left in free pages. Many SQLite builds have it on already; it is
+# set so that every build does.
 PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=5000", "secure_delete=ON")
 # The writer's savepoint journal (one SAVEPOINT per `tx()`, to undo one member of a group)
 # holds the old copy of every page a member changes. Past 64 KiB SQLite spills it to a temp
