@@ -7,6 +7,7 @@ import contextlib
 import functools
 import shutil
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -174,6 +175,23 @@ async def test_the_frontier_is_stored_every_so_many_entries_and_caught_up_on_ope
         assert (reopened.frontier.size, reopened.frontier.root()) == (7, root)
     finally:
         await reopened.close()
+
+
+async def test_a_store_that_fails_to_open_leaves_no_connection_or_thread_behind(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    async with store.tx() as tx:
+        await tx.audit("case.opened", rationale="synthetic")
+    await store.close()
+    with closing(sqlite3.connect(path)) as db, db:  # the frontier's stored copy, damaged on disk
+        db.execute("UPDATE audit_head SET frontier = x'0000000000000001'")
+    threads = threading.active_count()
+    with pytest.raises(ValueError, match="compact range"):
+        await Store.open(path, ManualClock())
+    assert threading.active_count() == threads  # no reader thread was started for it
+    with closing(sqlite3.connect(path)) as db:  # and no writer holds the file: another may write
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
 
 
 async def test_a_failed_transaction_leaves_its_group_intact(tmp_path: Path) -> None:

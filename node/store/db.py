@@ -221,6 +221,21 @@ def _read_only(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _frontier(db: sqlite3.Connection, head_seq: int) -> tuple[CompactRange, int]:
+    """The Merkle frontier of the committed log, and the size its stored copy was at: the
+    stored copy extended by the entries committed after it, or rebuilt from them all if it
+    is ahead of the log."""
+    row = db.execute("SELECT seq, frontier FROM audit_head WHERE id = 1").fetchone()
+    frontier = CompactRange.from_bytes(bytes(row[1])) if row else CompactRange()
+    if frontier.size > head_seq:
+        frontier = CompactRange()
+    stored = frontier.size
+    # As the entries stand, gaps and all: a tampered log must still open for verify to name it.
+    for (entry,) in db.execute("SELECT entry FROM audit WHERE seq > ? ORDER BY seq", (stored,)):
+        frontier.append(entry_leaf(entry))
+    return frontier, stored
+
+
 def _leaves(db: sqlite3.Connection, after: int, upto: int) -> Iterator[bytes]:
     """Leaf hashes of audit entries after..upto, or LookupError if any is missing."""
     expected = after + 1
@@ -266,30 +281,17 @@ class Store:
         try:
             cls._migrate(db, path, clock)
             row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            head_seq, head_hash = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+            frontier, stored = _frontier(db, head_seq)
             reader = await _reader(path)
-        except BaseException:
+        except BaseException:  # nothing is left open by a store that did not open
             db.close()
             raise
         store = cls(path, db, reader, clock)
-        if row is not None:
-            store._head_seq, store._head_hash = int(row[0]), bytes(row[1])
-        store.frontier, store._head_stored = store._load_frontier()
-        store._tail = (store._head_seq, store._head_hash, store.frontier)
+        store._head_seq, store._head_hash, store._head_stored = head_seq, head_hash, stored
+        store.frontier = frontier
+        store._tail = (head_seq, head_hash, frontier)
         return store
-
-    def _load_frontier(self) -> tuple[CompactRange, int]:
-        """The Merkle frontier of the committed log, and the size its stored copy was at:
-        the stored copy extended by the entries committed after it, or rebuilt from them all
-        if it is ahead of the log."""
-        row = self.db.execute("SELECT seq, frontier FROM audit_head WHERE id = 1").fetchone()
-        frontier = CompactRange.from_bytes(bytes(row[1])) if row else CompactRange()
-        if frontier.size > self._head_seq:
-            frontier = CompactRange()
-        stored = frontier.size
-        # As the entries stand, gaps and all: a tampered log must still open for verify to name it.
-        for (entry,) in self.db.execute("SELECT entry FROM audit WHERE seq > ? ORDER BY seq", (stored,)):
-            frontier.append(entry_leaf(entry))
-        return frontier, stored
 
     @staticmethod
     def _migrate(db: sqlite3.Connection, path: Path, clock: Clock) -> None:
