@@ -112,10 +112,40 @@ class GatewayServer:
             await asyncio.sleep(RETENTION_EVERY_S)
 
     async def start(self) -> int:
+        """Open the database and serve. Files are read first, so a bad one stops the gateway
+        before it opens anything; if a later step fails, what was opened is closed again, so
+        the process can exit (and say why) rather than hang."""
         self._directory_mtime = self.config.federation.directory.stat().st_mtime_ns
         self.load_directory()
+        try:
+            credentials = self.config.tls.server_credentials()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"[tls] cannot load the gateway's certificate or key: {exc}") from exc
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._db = await GatewayDb.open(self.config.data_dir / "gateway.sqlite")
+        try:
+            return await self._start(credentials)
+        except BaseException:
+            await self._close_after_failed_start()
+            raise
+
+    async def _close_after_failed_start(self) -> None:
+        if self._server is not None:
+            await self._server.stop(None)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.metrics_endpoint.stop()
+        if self._index is not None:
+            await self._index.close()
+            self._index = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _start(self, credentials: grpc.ServerCredentials) -> int:
+        assert self._db is not None
         self._index = await SubscriptionIndex.load(self._db)
         self.metalog = MetaLog(self._db, self.clock)
         await self.metalog.load()
@@ -138,7 +168,7 @@ class GatewayServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        self.port = server.add_secure_port(self.config.listen, self.config.tls.server_credentials())
+        self.port = server.add_secure_port(self.config.listen, credentials)
         await server.start()
         self._server = server
         self._tasks = [asyncio.create_task(self.metalog.run()), asyncio.create_task(self._watch_directory())]

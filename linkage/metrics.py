@@ -7,6 +7,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from linkage.config import ConfigError
+
 
 class MetricsEndpoint:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -17,7 +19,10 @@ class MetricsEndpoint:
 
     def start(self, listen: str) -> int:
         host, port = listen.rsplit(":", 1)
-        self._server, self._thread = start_http_server(int(port), addr=host, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(int(port), addr=host, registry=self.registry)
+        except OSError as exc:  # most often the port is taken: say which setting to change
+            raise ConfigError(f"[metrics] listen {listen}: {exc.strerror or exc}") from exc
         self.port = int(self._server.server_port)
         return self.port
 

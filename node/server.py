@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from linkage import logs
 from linkage.clock import Clock, SystemClock
-from linkage.config import NodeConfig, load_directory_key
+from linkage.config import ConfigError, NodeConfig, load_directory_key
 from linkage.directory import TrustedDirectory
 from linkage.keys import MessageKeys
 from linkage.metrics import MetricsEndpoint
@@ -32,6 +34,7 @@ from node.link import ANSWERS, DELIVERIES, GatewayLink
 from node.messaging import Messenger
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
+from node.policy import PolicyContext
 from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
 from node.requests import Requests
@@ -41,6 +44,16 @@ from node.store import Store
 
 DIRECTORY_CHECK_S = 300.0
 log = logs.get("node")
+Source = TypeVar("Source")
+Loaded = TypeVar("Loaded")
+
+
+def _loaded(what: str, source: Source, load: Callable[[Source], Loaded]) -> Loaded:
+    """`load(source)`, or a ConfigError that says what could not be loaded from where."""
+    try:
+        return load(source)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot load {what} from {source}: {exc}") from exc
 
 
 class NodeServer:
@@ -120,11 +133,38 @@ class NodeServer:
             await self.outbox.on_peer_online(first.peer_online.node_id)
 
     async def start(self) -> None:
+        """Open the store, connect and serve. What is read from files is read first, so a bad
+        file stops the node before it opens anything; if a later step fails, what was opened
+        is closed again, so the process can exit (and say why) rather than hang."""
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._load_directory_file()
-        keys = MessageKeys.load(config.message_keys)
+        keys = _loaded("the message keys", config.message_keys, MessageKeys.load)
+        linkage_key = _loaded("the linkage key", config.linkage_key, LinkageKey.load)
+        policy = _loaded("the policy", config.policy, load_policy)
         self.store = await Store.open(config.store_path, self.clock)
+        try:
+            await self._start(keys, linkage_key, policy)
+        except BaseException:
+            await self._close_after_failed_start()
+            raise
+
+    async def _close_after_failed_start(self) -> None:
+        if self._server is not None:
+            await self._server.stop(None)
+        if self.link is not None:
+            self.metrics_endpoint.stop()
+            await self.link.close()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    async def _start(self, keys: MessageKeys, linkage_key: LinkageKey, policy: PolicyContext) -> None:
+        config = self.config
+        assert self.store is not None
+        self.metrics = NodeMetrics()
+        self.metrics.bind_directory_age(lambda: (self.clock.now_ms() - self.trust.issued_at_ms) / 1000)
+        self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.link = GatewayLink(
             config.node_id,
             config.gateway_address,
@@ -134,9 +174,6 @@ class NodeServer:
             on_frames=self._on_frames,
             on_state=self._on_link_state,
         )
-        self.metrics = NodeMetrics()
-        self.metrics.bind_directory_age(lambda: (self.clock.now_ms() - self.trust.issued_at_ms) / 1000)
-        self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.outbox = Outbox(
             self.store, self.link, self.trust, config.node_id, self.clock, config.delivery, metrics=self.metrics
         )
@@ -161,9 +198,9 @@ class NodeServer:
             outbox=self.outbox,
             trust=self.trust,
             messenger=Messenger(config.node_id, keys, self.trust, self.clock, config.delivery, self.outbox.fresh),
-            linkage_key=LinkageKey.load(config.linkage_key),
+            linkage_key=linkage_key,
             clock=self.clock,
-            policy=load_policy(config.policy),
+            policy=policy,
             resolver=Resolver(self.link.resolve, MAX_TOKENS_PER_MESSAGE),
         )
         self.link.on_links_changed = self.ctx.resolver.forget

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import os
+import socket
+import sys
+import threading
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from linkage import logs
+from linkage.config import ConfigError
 from linkage.transport import LINK_HEALTH_SERVICE, secure_channel
+from node.server import NodeServer
 from tests.harness import LocalFederation, running
 
 
@@ -81,3 +89,47 @@ async def test_health_command_for_container_checks(federation: LocalFederation) 
         assert await health("--gateway-config", gateway_toml, env=listen) == (0, "SERVING")
     code, out = await health("--config", node_toml)
     assert code == 1 and out.startswith("UNREACHABLE")
+
+
+async def test_a_node_with_a_damaged_key_file_says_which_and_opens_nothing(federation: LocalFederation) -> None:
+    config = federation.node_configs["amh"]
+    config.linkage_key.write_text("not a key")
+    threads = threading.active_count()
+    with pytest.raises(ConfigError, match=f"cannot load the linkage key from {config.linkage_key}"):
+        await NodeServer(config).start()
+    assert threading.active_count() == threads and not config.store_path.exists()
+
+
+@pytest.mark.parametrize("role", ["gateway", "node"])
+async def test_a_server_that_fails_after_opening_its_store_exits_and_says_why(
+    federation: LocalFederation, role: str
+) -> None:
+    """Its metrics port is taken: it fails after its store (and, for a node, its API) is up.
+    What it opened is closed again, so the process ends instead of hanging on their threads."""
+    config = federation.gateway_config.data_dir / "gateway.toml"
+    if role == "node":
+        config = federation.node_configs["amh"].data_dir / "node.toml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "linkage",
+            role,
+            "serve",
+            "--config",
+            str(config),
+            env={**os.environ, "LINKAGE_METRICS_LISTEN": listen, "LINKAGE_GATEWAY_LISTEN": "127.0.0.1:0"},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        finally:
+            if process.returncode is None:  # it hung: leave no process behind
+                process.kill()
+                await process.wait()
+    assert process.returncode == 2
+    assert f"linkage: [metrics] listen {listen}: Address already in use" in stderr.decode()
