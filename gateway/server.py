@@ -123,31 +123,16 @@ class GatewayServer:
             raise ConfigError(f"[tls] cannot load the gateway's certificate or key: {exc}") from exc
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._db = await GatewayDb.open(self.config.data_dir / "gateway.sqlite")
+        self.metalog = MetaLog(self._db, self.clock)
         try:
             return await self._start(credentials)
         except BaseException:
-            await self._close_after_failed_start()
+            await self.stop(grace=0)  # closes whatever was opened: each step is checked there
             raise
-
-    async def _close_after_failed_start(self) -> None:
-        if self._server is not None:
-            await self._server.stop(None)
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.metrics_endpoint.stop()
-        if self._index is not None:
-            await self._index.close()
-            self._index = None
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
 
     async def _start(self, credentials: grpc.ServerCredentials) -> int:
         assert self._db is not None
         self._index = await SubscriptionIndex.load(self._db)
-        self.metalog = MetaLog(self._db, self.clock)
         await self.metalog.load()
         limits = self.config.limits
         server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
