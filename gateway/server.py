@@ -153,7 +153,10 @@ class GatewayServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        self.port = server.add_secure_port(self.config.listen, credentials)
+        try:
+            self.port = server.add_secure_port(self.config.listen, credentials)
+        except RuntimeError as exc:  # gRPC's word for a port it could not bind
+            raise ConfigError(f"[gateway] listen {self.config.listen}: cannot bind it (is it in use?)") from exc
         await server.start()
         self._server = server
         self._tasks = [asyncio.create_task(self.metalog.run()), asyncio.create_task(self._watch_directory())]

@@ -237,6 +237,8 @@ class NodeServer:
         try:
             server.add_insecure_port(f"unix:{socket}")
             await server.start()
+        except RuntimeError as exc:  # gRPC's word for an address it could not bind
+            raise ConfigError(f"[api] socket {socket}: cannot bind it ({exc})") from exc
         finally:
             os.umask(old_umask)
         self._server = server

@@ -100,12 +100,20 @@ async def test_a_node_with_a_damaged_key_file_says_which_and_opens_nothing(feder
     assert threading.active_count() == threads and not config.store_path.exists()
 
 
-@pytest.mark.parametrize("role", ["gateway", "node"])
-async def test_a_server_that_fails_after_opening_its_store_exits_and_says_why(
-    federation: LocalFederation, role: str
+@pytest.mark.parametrize(
+    ("role", "setting", "says"),
+    [
+        ("gateway", "LINKAGE_METRICS_LISTEN", "[metrics] listen {}: Address already in use"),
+        ("node", "LINKAGE_METRICS_LISTEN", "[metrics] listen {}: Address already in use"),
+        ("gateway", "LINKAGE_GATEWAY_LISTEN", "[gateway] listen {}: cannot bind it (is it in use?)"),
+    ],
+    ids=["gateway metrics", "node metrics", "gateway listen"],
+)
+async def test_a_server_that_cannot_start_exits_and_says_why(
+    federation: LocalFederation, role: str, setting: str, says: str
 ) -> None:
-    """Its metrics port is taken: it fails after its store (and, for a node, its API) is up.
-    What it opened is closed again, so the process ends instead of hanging on their threads."""
+    """A port it needs is taken. A metrics port fails after the store (and, for a node, its
+    API) is up: what was opened is closed again, so the process ends instead of hanging."""
     config = federation.gateway_config.data_dir / "gateway.toml"
     if role == "node":
         config = federation.node_configs["amh"].data_dir / "node.toml"
@@ -121,7 +129,7 @@ async def test_a_server_that_fails_after_opening_its_store_exits_and_says_why(
             "serve",
             "--config",
             str(config),
-            env={**os.environ, "LINKAGE_METRICS_LISTEN": listen, "LINKAGE_GATEWAY_LISTEN": "127.0.0.1:0"},
+            env={**os.environ, "LINKAGE_GATEWAY_LISTEN": "127.0.0.1:0", setting: listen},
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -132,4 +140,4 @@ async def test_a_server_that_fails_after_opening_its_store_exits_and_says_why(
                 process.kill()
                 await process.wait()
     assert process.returncode == 2
-    assert f"linkage: [metrics] listen {listen}: Address already in use" in stderr.decode()
+    assert f"linkage: {says.format(listen)}" in stderr.decode()
