@@ -105,6 +105,10 @@ class PolicyFiles:
     glossary: Path | None = None
     codelists_extra: tuple[Path, ...] = ()
 
+    def __str__(self) -> str:
+        named = [str(p) for p in (self.agreement, self.glossary, *self.codelists_extra) if p]
+        return ", ".join(named) or "the packaged examples"
+
 
 def _policy(r: _Reader) -> PolicyFiles:
     agreement = r.get("policy", "agreement", required=False)
