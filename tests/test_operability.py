@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -17,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from linkage import logs
-from linkage.config import ConfigError
+from linkage.config import ConfigError, PolicyFiles
 from linkage.transport import LINK_HEALTH_SERVICE, secure_channel
 from node.server import NodeServer
 from tests.harness import LocalFederation, running
@@ -91,11 +92,18 @@ async def test_health_command_for_container_checks(federation: LocalFederation) 
     assert code == 1 and out.startswith("UNREACHABLE")
 
 
-async def test_a_node_with_a_damaged_key_file_says_which_and_opens_nothing(federation: LocalFederation) -> None:
+@pytest.mark.parametrize("damaged", ["linkage key", "policy"])
+async def test_a_node_with_a_damaged_file_says_which_and_opens_nothing(
+    federation: LocalFederation, damaged: str
+) -> None:
     config = federation.node_configs["amh"]
-    config.linkage_key.write_text("not a key")
+    if damaged == "policy":
+        config = dataclasses.replace(config, policy=PolicyFiles(agreement=config.data_dir / "dsa.toml"))
+    path = config.linkage_key if damaged == "linkage key" else config.policy.agreement
+    assert path is not None
+    path.write_text("not [ a key or an agreement")
     threads = threading.active_count()
-    with pytest.raises(ConfigError, match=f"cannot load the linkage key from {config.linkage_key}"):
+    with pytest.raises(ConfigError, match=f"^cannot load the {damaged} from {path}: "):
         await NodeServer(config).start()
     assert threading.active_count() == threads and not config.store_path.exists()
 
