@@ -8,7 +8,8 @@ import functools
 import shutil
 import sqlite3
 import threading
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -438,11 +439,18 @@ async def test_a_commit_that_fails_fails_each_member_and_the_next_group_starts_a
         await store.close()
 
 
+@contextmanager
+def _migrated_to(version: int, path: Path) -> Iterator[sqlite3.Connection]:
+    """A store as a release at schema `version` left it, to put rows in before migrating on."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for number, script in enumerate(MIGRATIONS[:version], start=1):
+            db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+        yield db
+
+
 async def test_migration_11_moves_each_kept_envelope_to_its_own_table(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
-    with closing(sqlite3.connect(path, isolation_level=None)) as db:
-        for number, script in enumerate(MIGRATIONS[:10], start=1):
-            db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+    with _migrated_to(10, path) as db:
         for message_id, envelope, state in (("m1", b"", "delivered"), ("m2", b"sealed", "sent")):
             db.execute(  # as the outbox held them before: m1's body was purged by retention
                 "INSERT INTO outbox(message_id, share_id, recipient, envelope, digest, state, next_attempt_at_ms, "
@@ -462,9 +470,7 @@ async def test_migration_11_moves_each_kept_envelope_to_its_own_table(tmp_path: 
 
 async def test_migration_12_moves_each_received_message_to_its_own_table(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
-    with closing(sqlite3.connect(path, isolation_level=None)) as db:
-        for number, script in enumerate(MIGRATIONS[:11], start=1):
-            db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+    with _migrated_to(11, path) as db:
         for message_id, signed in (("m1", b"first"), ("m2", b"second")):
             db.execute(
                 "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, signed) "
