@@ -407,6 +407,7 @@ async def test_a_commit_that_fails_fails_each_member_and_the_next_group_starts_a
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline_below_s: float
 ) -> None:
     monkeypatch.setattr(db_module, "INLINE_COMMIT_S", inline_below_s)
+    monkeypatch.setattr(db_module, "BUSY_GAP_S", 0.0)  # where it runs depends only on the above
     path = tmp_path / "s.sqlite"
     store = await Store.open(path, ManualClock())
     # A deferred foreign key is checked by the COMMIT itself: a real COMMIT that fails.
@@ -437,6 +438,30 @@ async def test_a_commit_that_fails_fails_each_member_and_the_next_group_starts_a
         assert store.frontier.size == 1
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("busy_gap_s", "second_in"), [(3600.0, "store-commit"), (0.0, "MainThread")], ids=["close behind", "alone"]
+)
+async def test_a_commit_close_behind_the_last_runs_in_the_thread_and_a_lone_one_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy_gap_s: float, second_in: str
+) -> None:
+    monkeypatch.setattr(db_module, "INLINE_COMMIT_S", 3600.0)  # the disk counts as fast throughout
+    monkeypatch.setattr(db_module, "BUSY_GAP_S", busy_gap_s)
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    committed_in: list[str] = []  # SQLite calls the trace back in the thread that runs the statement
+    store.db.set_trace_callback(
+        lambda sql: committed_in.append(threading.current_thread().name) if sql == "COMMIT" else None
+    )
+    try:
+        await _open_case(store, "c1")  # the store's first COMMIT: nothing came before it
+        await _open_case(store, "c2")
+    finally:
+        await store.close()
+    assert committed_in[0] == "MainThread"
+    assert committed_in[1].startswith(second_in)
+    assert _committed_cases(path) == {"c1", "c2"}
 
 
 @contextmanager
