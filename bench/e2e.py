@@ -15,6 +15,7 @@ relay's client measures (send -> acknowledgement back through the relay).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import time
@@ -44,6 +45,9 @@ AGENCIES = {
 }
 ACTOR = stories.practitioner("bench-1", "Bench Example", "Care coordinator")
 FAMILIES = 16  # shares rotate over this many synthetic families, each with its own assessment
+# A message not delivered by then fails the run instead of hanging it: a broken build must
+# not pass for a slow one (the slowest settles in well under a second, even at the knee).
+SETTLE_TIMEOUT_S = 60.0
 # The gateway's per-node envelope and resolve limits are raised for the benchmark:
 # they are back-pressure settings for a misbehaving node, not part of the work measured.
 GATEWAY_ENV = {
@@ -161,7 +165,15 @@ class LinkageRun:
         started = time.perf_counter()
         response = await self.sender.sharing.share(request)
         (recipient,) = response.recipients
-        state = await self.sender.outbox.settled(recipient.message_id)
+        try:
+            async with asyncio.timeout(SETTLE_TIMEOUT_S):
+                state = await self.sender.outbox.settled(recipient.message_id)
+        except TimeoutError:
+            (now,) = (await self.sender.sharing.share_status(response.share_id)).recipients
+            raise RuntimeError(
+                f"share {response.share_id} was not delivered within {SETTLE_TIMEOUT_S:g} s "
+                f"(its message is {now.state} after {now.attempts} attempt{'' if now.attempts == 1 else 's'})"
+            ) from None
         if state != "delivered":
             raise RuntimeError(f"share {response.share_id} ended {state}")
         return time.perf_counter() - started

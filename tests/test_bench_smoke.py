@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.audit import measure
@@ -51,3 +53,19 @@ def test_the_mtls_target_is_not_met_by_throughput_noise_when_cpu_says_otherwise(
     ):
         verdict = mtls.verdict(figures)
         assert verdict is not None and verdict[0] == pytest.approx(cost) and verdict[1] is met, figures
+
+
+async def test_a_share_that_is_never_delivered_fails_the_run_instead_of_hanging_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import e2e
+
+    async with e2e.LinkageRun(e2e.make_federation(tmp_path)) as run:
+        await run.share_once()  # delivered while the recipient runs
+        _, recipient = run.processes
+        await recipient.stop()
+        monkeypatch.setattr(e2e, "SETTLE_TIMEOUT_S", 0.5)
+        with pytest.raises(
+            RuntimeError, match=r"was not delivered within 0\.5 s \(its message is \w+ after \d+ attempts?\)"
+        ):
+            await run.share_once()
