@@ -6,6 +6,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from bench.timer import Alarm
+
 OneMessage = Callable[[], Awaitable[float]]  # sends one message; returns its round-trip time in seconds
 
 
@@ -24,21 +26,37 @@ async def closed_loop(one: Callable[[], Awaitable[float]], count: int, window: i
 
 async def paced(one: Callable[[], Awaitable[float]], rate: float, seconds: float) -> list[float]:
     """An open loop at `rate` calls per second; each latency counts from its *scheduled*
-    start, so a stall is not hidden by the sends it delayed (no coordinated omission)."""
+    start, so a stall is not hidden by the sends it delayed (no coordinated omission).
+    Calls are started by a kernel timer (bench/timer.py), so that what is counted is the
+    system's delay, not the loop timer's own lateness; a call that finds the loop busy
+    still waits, and that counts."""
+    loop = asyncio.get_running_loop()
+    count = int(rate * seconds)
     latencies: list[float] = []
+    calls: list[asyncio.Task[None]] = []
+    all_started: asyncio.Future[None] = loop.create_future()
 
     async def started_at(scheduled: float) -> None:
         lag = time.perf_counter() - scheduled
         latencies.append(lag + await one())
 
-    # Each call is started when it is due, not all created up front: thousands of tasks made
-    # at once would stall the loop for the first calls and count against whatever is measured.
-    calls = []
+    def start_what_is_due() -> None:
+        now = time.perf_counter()
+        while len(calls) < count and (scheduled := begin + len(calls) / rate) <= now:
+            calls.append(loop.create_task(started_at(scheduled)))
+        if len(calls) < count:
+            alarm.at(begin + len(calls) / rate)
+        elif not all_started.done():
+            all_started.set_result(None)
+
+    alarm = Alarm(loop, start_what_is_due)
     begin = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        scheduled = begin + i / rate
-        if (wait := scheduled - time.perf_counter()) > 0:
-            await asyncio.sleep(wait)
-        calls.append(asyncio.create_task(started_at(scheduled)))
-    await asyncio.gather(*calls)
+    try:
+        start_what_is_due()
+        await all_started
+        await asyncio.gather(*calls)
+    finally:
+        alarm.close()  # if cancelled, or a call failed: nothing more starts,
+        for call in calls:
+            call.cancel()  # and no call outlives the run
     return latencies

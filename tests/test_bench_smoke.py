@@ -1,7 +1,9 @@
-"""The benchmark harness keeps working (tiny load; no timing assertions)."""
+"""The benchmark harness keeps working (tiny load; nothing asserted about speed)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,63 @@ async def test_a_share_that_is_never_delivered_fails_the_run_instead_of_hanging_
             RuntimeError, match=r"was not delivered within 0\.5 s \(its message is \w+ after \d+ attempts?\)"
         ):
             await run.share_once()
+
+
+@pytest.fixture(params=["kernel timer", "loop timer"])
+def alarm_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a paced load keeps time: a timerfd, and the loop's timer where there is none."""
+    from bench import timer
+
+    if request.param == "loop timer":
+        monkeypatch.setattr(timer, "available", lambda: False)
+    else:
+        assert timer.available()
+    return str(request.param)
+
+
+async def test_a_paced_load_starts_every_call_and_counts_a_stall_against_the_calls_it_delayed(alarm_kind: str) -> None:
+    from bench.load import paced
+
+    started: list[int] = []
+
+    async def one() -> float:
+        started.append(len(started))
+        if len(started) == 1:
+            time.sleep(0.02)  # noqa: ASYNC251 - the first call holds the loop; the next, due each 1 ms, wait
+        return 0.001
+
+    latencies = await paced(one, rate=1000, seconds=0.01)
+    assert len(started) == len(latencies) == 10
+    assert all(latency >= 0.001 for latency in latencies)
+    # The call due 1 ms after the first could not start until the loop was free, 20 ms in.
+    assert sorted(latencies)[-2] >= 0.019
+
+
+async def test_a_cancelled_paced_load_starts_nothing_more_and_leaves_no_call_running(alarm_kind: str) -> None:
+    from bench.load import paced
+
+    third = asyncio.Event()
+    calls: list[asyncio.Task[object]] = []
+
+    async def one() -> float:
+        task = asyncio.current_task()
+        assert task is not None
+        calls.append(task)
+        if len(calls) == 3:
+            third.set()
+        await asyncio.Event().wait()  # never answered
+        return 0.0
+
+    run = asyncio.create_task(paced(one, rate=1000, seconds=60))
+    await third.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    started = len(calls)
+
+    async def other() -> float:
+        return 0.0
+
+    await paced(other, rate=1000, seconds=0.005)  # five of the cancelled run's intervals pass
+    assert len(calls) == started
+    assert all(call.done() for call in calls)
