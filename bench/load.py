@@ -44,10 +44,13 @@ async def paced(one: Callable[[], Awaitable[float]], rate: float, seconds: float
         now = time.perf_counter()
         while len(calls) < count and (scheduled := begin + len(calls) / rate) <= now:
             calls.append(loop.create_task(started_at(scheduled)))
-        if len(calls) < count:
+        if len(calls) == count:
+            all_started.set_result(None)  # and the alarm is not armed again
+            return
+        try:
             alarm.at(begin + len(calls) / rate)
-        elif not all_started.done():
-            all_started.set_result(None)
+        except OSError as exc:  # the timer could not be armed: fail the run rather than hang it
+            all_started.set_exception(exc)
 
     alarm = Alarm(loop, start_what_is_due)
     begin = time.perf_counter()

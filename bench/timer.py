@@ -30,6 +30,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def available() -> bool:
+    """Whether this system has timerfd, on the clock `time.perf_counter()` reads."""
     return hasattr(_libc, "timerfd_create") and time.get_clock_info("perf_counter").implementation.endswith(
         "(CLOCK_MONOTONIC)"
     )
