@@ -422,12 +422,19 @@ class Demo:
         say(f"    Logs (JSON lines, no personal data):             {self.root}/*/*.log")
 
 
-async def run_demo(keep: Path | None = None) -> int:
+def run_demo(keep: Path | None = None) -> int:
+    """The demo in `keep`, left there; or in a temporary folder, removed when it ends."""
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="linkage-demo-", ignore_cleanup_errors=True) as temporary:
+            return asyncio.run(_run_demo(Path(temporary), f"{temporary} (removed at the end; --keep DIR keeps one)"))
+    keep.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_run_demo(keep, str(keep)))
+
+
+async def _run_demo(root: Path, shown_as: str) -> int:
     started = time.monotonic()
-    root = keep or Path(tempfile.mkdtemp(prefix="linkage-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
     say("Linkage demo: linking risk assessments across agencies (all people and data are synthetic).")
-    say(f"Working folder: {root}")
+    say(f"Working folder: {shown_as}")
     demo = Demo(root)
     told = False
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,19 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert '"event": "connect"' in gateway_log
     assert "Low mood" not in gateway_log  # narrative travels sealed, never in the gateway's log
     assert "prescribed medication" not in gateway_log
+
+
+def test_demo_without_keep_removes_its_temporary_folder(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "linkage", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (working,) = [line for line in result.stdout.splitlines() if line.startswith("Working folder: ")]
+    assert str(tmp_path) in working and "removed at the end; --keep DIR keeps one" in working
+    assert "\n    OK: " in result.stdout  # the stores were still there for the IG officer's check
+    assert list(tmp_path.iterdir()) == []

@@ -137,7 +137,7 @@ def _node_serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from linkage.demo import run_demo
 
-    return asyncio.run(run_demo(args.keep))
+    return run_demo(args.keep)
 
 
 def _bench(args: argparse.Namespace) -> int:
