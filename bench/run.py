@@ -43,6 +43,9 @@ class Plan:
     messages: int  # per closed-loop cell, run in `rounds` alternating slices (see transport)
     rounds: int
     window: int
+    # Other windows at which Linkage and the bare relay (mTLS) are also run, in two alternating
+    # rounds each: how much more gets through with more in flight (the ratio stays at `window`).
+    windows: tuple[int, ...]
     paced_seconds: float
     rates: tuple[int, ...]
     audit_entries: int
@@ -55,6 +58,7 @@ QUICK = Plan(
     messages=3_000,
     rounds=4,
     window=64,
+    windows=(),
     paced_seconds=4,
     rates=(250, 500),
     audit_entries=200_000,
@@ -66,6 +70,7 @@ FULL = Plan(
     messages=20_000,
     rounds=8,
     window=64,
+    windows=(32, 128, 256),
     paced_seconds=20,
     rates=(250, 500),
     audit_entries=1_000_000,
@@ -77,6 +82,7 @@ TINY = Plan(  # for the smoke test: everything runs, nothing is measured serious
     messages=40,
     rounds=2,
     window=8,
+    windows=(4,),
     paced_seconds=0.2,
     rates=(50,),
     audit_entries=2_000,
@@ -137,6 +143,10 @@ async def transport(plan: Plan, root: Path) -> dict[str, Any]:
                 figures["mtls_cpu_ratio"] = figures["bare"].cpu_total_us / figures["plain"].cpu_total_us
             for name, label in (("e2e", "linkage e2e"), ("bare", "bare relay mTLS"), ("plain", "bare relay plaintext")):
                 say(_cell(f"{label}, window {plan.window}", figures[name]))
+            figures["window_ratios"] = {plan.window: figures["throughput_ratio"]}
+            for window in plan.windows:
+                figures.update(await _at_window(linkage, bare, window, max(1, plan.messages // plan.rounds)))
+                figures["window_ratios"][window] = figures[f"throughput_ratio@w{window}"]
             for rate in plan.rates:
                 paced: tuple[tuple[str, str, Side], ...] = (
                     ("e2e", "linkage e2e", linkage),
@@ -146,6 +156,22 @@ async def transport(plan: Plan, root: Path) -> dict[str, Any]:
                     figures[f"{name}@{rate}"] = r = await runner.paced(rate, plan.paced_seconds)
                     say(_cell(f"{label}, paced {rate}/s", r))
     figures["envelope_bytes"] = size
+    return figures
+
+
+async def _at_window(linkage: Side, bare: Side, window: int, count: int) -> dict[str, Any]:
+    """Linkage and the bare relay (mTLS) in closed loops at another window: two alternating
+    rounds, the bare relay's slices `BARE_SLICE` times as long, as in the main cells."""
+    slices: dict[str, list[Result]] = {"e2e": [], "bare": []}
+    order: list[tuple[str, Side, int]] = [("e2e", linkage, 1), ("bare", bare, BARE_SLICE)]
+    for n in range(2):
+        for name, side, times in order if n == 0 else order[::-1]:
+            slices[name].append(await side.closed_loop(count * times, window))
+    figures: dict[str, Any] = {f"{name}@w{window}": combine(parts) for name, parts in slices.items()}
+    rounds = [t.per_second / b.per_second for t, b in zip(slices["e2e"], slices["bare"], strict=True)]
+    figures[f"throughput_ratio@w{window}"] = median(rounds)
+    say(_cell(f"linkage e2e, window {window}", figures[f"e2e@w{window}"]))
+    say(_cell(f"bare relay mTLS, window {window}", figures[f"bare@w{window}"]))
     return figures
 
 
@@ -169,6 +195,9 @@ def run(plan: Plan, json_out: Path | None = None) -> float:
             f"rounds {_rounds(figures['mtls_rounds'])})"
         )
         say(f"throughput ratio by round, Linkage / bare relay: {_rounds(figures['throughput_rounds'])}")
+        if len(figures["window_ratios"]) > 1:
+            by_window = "  ".join(f"{w} {r:.2f}" for w, r in sorted(figures["window_ratios"].items()))
+            say(f"throughput ratio by window, Linkage / bare relay (the target is at {plan.window}): {by_window}")
         if bare.cpu_total_us:  # /proc counts CPU in clock ticks: a tiny run may see none
             say(f"CPU per message, linkage / bare: {e2e.cpu_total_us / bare.cpu_total_us:.2f}x")
         if "mtls_cpu_ratio" in figures:  # steadier than throughput on this machine

@@ -30,6 +30,9 @@ def test_linkage_bench_runs_every_cell_and_prints_the_ratio_last(capsys: pytest.
         "bare relay mTLS, window",
         "bare relay plaintext",
         "throughput ratio by round",  # the noise each ratio's median smooths, shown
+        "bare relay mTLS, window 4",  # the other windows, each side
+        "linkage e2e, window 4",
+        "throughput ratio by window",
         "node start-up with 500 stored summaries",
     ):
         assert any(line.startswith(cell) for line in lines), cell
