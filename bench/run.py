@@ -127,18 +127,10 @@ async def transport(plan: Plan, root: Path) -> dict[str, Any]:
             sides: dict[str, Side] = {"e2e": linkage, "bare": bare, "plain": plain}
             for relay in (bare, plain):
                 await relay.closed_loop(min(200, plan.messages), plan.window)  # warm-up
-            slices: dict[str, list[Result]] = {name: [] for name in sides}
-            order = list(sides.items())
-            for n in range(plan.rounds):
-                # Every other round runs the sides in reverse order, so a steady drift in the
-                # machine's speed, or the wake of the side before, falls on each side alike.
-                for name, side in order if n % 2 == 0 else order[::-1]:
-                    count = max(1, plan.messages // plan.rounds) * (1 if name == "e2e" else BARE_SLICE)
-                    slices[name].append(await side.closed_loop(count, plan.window))
+            slices = await _alternate(sides, plan.rounds, max(1, plan.messages // plan.rounds), plan.window)
             figures: dict[str, Any] = {name: combine(parts) for name, parts in slices.items()}
             for name, top, bottom in (("throughput", "e2e", "bare"), ("mtls", "bare", "plain")):
-                rounds = [t.per_second / b.per_second for t, b in zip(slices[top], slices[bottom], strict=True)]
-                figures[f"{name}_rounds"], figures[f"{name}_ratio"] = rounds, median(rounds)
+                figures[f"{name}_rounds"], figures[f"{name}_ratio"] = _ratios(slices[top], slices[bottom])
             if figures["plain"].cpu_total_us:  # /proc counts CPU in clock ticks: a tiny run may see none
                 figures["mtls_cpu_ratio"] = figures["bare"].cpu_total_us / figures["plain"].cpu_total_us
             for name, label in (("e2e", "linkage e2e"), ("bare", "bare relay mTLS"), ("plain", "bare relay plaintext")):
@@ -162,19 +154,33 @@ async def transport(plan: Plan, root: Path) -> dict[str, Any]:
 
 
 async def _at_window(linkage: Side, bare: Side, window: int, count: int) -> dict[str, Any]:
-    """Linkage and the bare relay (mTLS) in closed loops at another window: two alternating
-    rounds, the bare relay's slices `BARE_SLICE` times as long, as in the main cells."""
-    slices: dict[str, list[Result]] = {"e2e": [], "bare": []}
-    order: list[tuple[str, Side, int]] = [("e2e", linkage, 1), ("bare", bare, BARE_SLICE)]
-    for n in range(2):
-        for name, side, times in order if n == 0 else order[::-1]:
-            slices[name].append(await side.closed_loop(count * times, window))
+    """Linkage and the bare relay (mTLS) in closed loops at another window, in two
+    alternating rounds."""
+    slices = await _alternate({"e2e": linkage, "bare": bare}, 2, count, window)
     figures: dict[str, Any] = {f"{name}@w{window}": combine(parts) for name, parts in slices.items()}
-    rounds = [t.per_second / b.per_second for t, b in zip(slices["e2e"], slices["bare"], strict=True)]
-    figures[f"throughput_ratio@w{window}"] = median(rounds)
+    figures[f"throughput_ratio@w{window}"] = _ratios(slices["e2e"], slices["bare"])[1]
     say(_cell(f"linkage e2e, window {window}", figures[f"e2e@w{window}"]))
     say(_cell(f"bare relay mTLS, window {window}", figures[f"bare@w{window}"]))
     return figures
+
+
+async def _alternate(sides: dict[str, Side], rounds: int, count: int, window: int) -> dict[str, list[Result]]:
+    """Closed loops of each side in turn, `rounds` slices each of `count` messages (the bare
+    relay's `BARE_SLICE` times as many). Every other round runs the sides in reverse order,
+    so a steady drift in the machine's speed, or the wake of the side before, falls on each
+    side alike."""
+    slices: dict[str, list[Result]] = {name: [] for name in sides}
+    order = list(sides.items())
+    for n in range(rounds):
+        for name, side in order if n % 2 == 0 else order[::-1]:
+            slices[name].append(await side.closed_loop(count * (1 if name == "e2e" else BARE_SLICE), window))
+    return slices
+
+
+def _ratios(top: list[Result], bottom: list[Result]) -> tuple[list[float], float]:
+    """Each round's throughput ratio, and their median."""
+    rounds = [t.per_second / b.per_second for t, b in zip(top, bottom, strict=True)]
+    return rounds, median(rounds)
 
 
 def _rounds(ratios: list[float]) -> str:
