@@ -81,9 +81,12 @@ class Alarm:
             self._callback()
 
     def at(self, when: float) -> None:
+        """Call back at `when`, in place of any earlier arming (as timerfd_settime does)."""
         if self._timer is not None:
             self._timer.at(when)
         else:
+            if self._handle is not None:
+                self._handle.cancel()
             self._handle = self._loop.call_at(self._loop.time() + when - time.perf_counter(), self._callback)
 
     def close(self) -> None:
