@@ -124,6 +124,7 @@ class Checkpointer:
             except sqlite3.Error as exc:  # lodged all the same; after a restart the range is read from the log
                 log.warning("checkpoint.range_not_kept", size=size, error=type(exc).__name__)
             self._witnessed, self.lodged_size = grown, size
+            self.store.recent_leaves.forget(size)  # the next proof starts from here
             self.metrics.checkpoints.labels("diverged" if answer.diverged else "ok").inc()
             if answer.diverged:
                 # The witness held a checkpoint this log does not extend; it keeps that as evidence.

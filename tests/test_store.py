@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from linkage.auditlog import verify_chain
+from linkage.auditlog import entry_leaf, verify_chain
 from linkage.clock import ManualClock
 from node.store import SchemaTooNewError, Store
 from node.store import db as db_module
@@ -510,5 +510,48 @@ async def test_migration_12_moves_each_received_message_to_its_own_table(tmp_pat
         assert [tuple(r) for r in rows] == [(1, "m1", b"first"), (2, "m2", b"second")]
         columns = {r[1] for r in await store.fetchall("PRAGMA table_info(inbox)")}
         assert "signed" not in columns and "state" in columns
+    finally:
+        await store.close()
+
+
+async def test_a_checkpoints_leaves_come_from_what_was_appended_and_match_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leaves a consistency proof needs are kept as entries are appended, so the proof
+    reads nothing back; positions a failed member or part held are those of what replaced
+    them, and anything from before this store opened is still read from the log."""
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    for n in range(3):
+        await _open_case(store, f"old{n}")
+    await store.close()
+    store = await Store.open(path, ManualClock())
+    try:
+        await _open_case(store, "c1")
+        with pytest.raises(sqlite3.IntegrityError):
+            async with store.tx() as tx:
+                await tx.audit("case.opened")
+                await tx.audit("case.opened")
+                await tx.execute("INSERT INTO cases VALUES ('c1', 'dup', 1, 'open')")  # duplicate key
+        async with store.tx() as tx:
+            await tx.audit("case.opened")
+            with contextlib.suppress(ValueError), tx.part():
+                await tx.audit("case.closed")
+                raise ValueError("a part that fails alone")
+            await tx.audit("case.closed")
+        await _open_case(store, "c2")
+        logged = [entry_leaf(entry) for _, entry, _ in await _rows(store)]
+        assert len(logged) == 3 + 4
+
+        def unread(*_: object) -> None:
+            raise AssertionError("read back from the log")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(db_module, "_read_only", unread)
+            assert await store.audit_leaves(3, 7) == logged[3:]
+            assert await store.audit_leaves(4, 6) == logged[4:6]
+        assert await store.audit_leaves(1, 7) == logged[1:]  # from before it opened: read
+        store.recent_leaves.forget(5)
+        assert await store.audit_leaves(3, 7) == logged[3:]  # forgotten: read
     finally:
         await store.close()

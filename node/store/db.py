@@ -42,6 +42,7 @@ from linkage.auditlog import GENESIS, AuditEntry, chain_hash, entry_leaf
 from linkage.clock import Clock
 from linkage.merkle import CompactRange
 from linkage.v1 import summary_pb2
+from node.store.leaves import RecentLeaves
 from node.store.schema import MIGRATIONS
 
 log = logs.get("node.store")
@@ -104,6 +105,7 @@ class Tx:
         self.now_ms = store.clock.now_ms()
         self._seq, self._hash, tail = store._tail
         self._frontier = CompactRange(tail.size, tail.hashes)
+        self._recent = store.recent_leaves
         self._on_commit: list[Callable[[], None]] = []
 
     def on_commit(self, callback: Callable[[], None]) -> None:
@@ -171,7 +173,9 @@ class Tx:
         )
         canonical = entry.canonical()
         self._hash = chain_hash(self._hash, canonical)
-        self._frontier.append(entry_leaf(canonical))
+        leaf = entry_leaf(canonical)
+        self._frontier.append(leaf)
+        self._recent.put(self._seq, leaf)
         self.db.execute(
             "INSERT INTO audit(seq, ts_ms, event, counterpart, entry, hash) VALUES (?, ?, ?, ?, ?, ?)",
             (self._seq, self.now_ms, event, counterpart, canonical, self._hash),
@@ -279,6 +283,7 @@ class Store:
         self.frontier = CompactRange()
         self._head_stored = 0  # the size of the frontier last written to audit_head
         self._tail: tuple[int, bytes, CompactRange] = (0, GENESIS, self.frontier)
+        self.recent_leaves = RecentLeaves()  # the checkpointer forgets what the witness holds
         # Set when a commit brings the audit log to `wake_at` entries or more: the checkpointer
         # says when it next has work, so it is not woken by every commit in between.
         self.appended = asyncio.Event()
@@ -300,6 +305,7 @@ class Store:
         store._head_seq, store._head_hash, store._head_stored = head_seq, head_hash, stored
         store.frontier = frontier
         store._tail = (head_seq, head_hash, frontier)
+        store.recent_leaves = RecentLeaves(after=head_seq)
         return store
 
     @staticmethod
@@ -528,8 +534,10 @@ class Store:
         return self._quick.execute(sql, tuple(params)).fetchone()
 
     async def audit_leaves(self, after: int, upto: int) -> list[bytes]:
-        """The Merkle leaf hashes of committed audit entries after..upto (by seq), read and
-        hashed in a thread."""
+        """The Merkle leaf hashes of committed audit entries after..upto (by seq): those
+        appended since this store opened as kept, any older read and hashed in a thread."""
+        if upto <= self._head_seq and (recent := self.recent_leaves.between(after, upto)) is not None:
+            return recent
 
         def read() -> list[bytes]:
             with closing(_read_only(self.path)) as db:
