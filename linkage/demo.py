@@ -426,12 +426,14 @@ def run_demo(keep: Path | None = None) -> int:
     """The demo in `keep`, left there; or in a temporary folder, removed when it ends."""
     if keep is None:
         with tempfile.TemporaryDirectory(prefix="linkage-demo-", ignore_cleanup_errors=True) as temporary:
-            return asyncio.run(_run_demo(Path(temporary), f"{temporary} (removed at the end; --keep DIR keeps one)"))
+            return asyncio.run(
+                _run_demo(Path(temporary), f"{temporary} (removed at the end; --keep DIR keeps one)", kept=False)
+            )
     keep.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_run_demo(keep, str(keep)))
+    return asyncio.run(_run_demo(keep, str(keep), kept=True))
 
 
-async def _run_demo(root: Path, shown_as: str) -> int:
+async def _run_demo(root: Path, shown_as: str, kept: bool) -> int:
     started = time.monotonic()
     say("Linkage demo: linking risk assessments across agencies (all people and data are synthetic).")
     say(f"Working folder: {shown_as}")
@@ -450,5 +452,10 @@ async def _run_demo(root: Path, shown_as: str) -> int:
             say(f"[15] Stopped {len(codes)} processes (exit codes {sorted(set(codes))}).")
     if told:
         await demo.verify_audit("csc")
+        if kept:
+            say(f"Everything stays in {root}; run that check yourself:")
+            say(f"    linkage audit verify --config {root / 'csc' / 'node.toml'}")
+        else:  # the paths above are about to go
+            say(f"Removing {root}: `linkage demo --keep DIR` keeps the stores and logs, to look at them yourself.")
     say(f"Demo finished in {time.monotonic() - started:.1f} s.")
     return 0

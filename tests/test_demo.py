@@ -36,6 +36,8 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     # The IG officer's check, against the checkpoint the witness cosigned as csc stopped.
     verified = out.split("[16]", 1)[1]
     assert "was cosigned by the witness, gateway gateway" in verified and "\n    OK: " in verified, verified
+    kept_hint = f"    linkage audit verify --config {tmp_path / 'demo' / 'csc' / 'node.toml'}\n"
+    assert kept_hint in out  # the paths it showed are still there to try
     for node in ("amh", "csc", "school", "police", "fire", "ageuk", "asc"):
         assert (tmp_path / "demo" / node / "store.sqlite").exists()
     gateway_log = (tmp_path / "demo" / "gateway" / "gateway.log").read_text()
@@ -57,4 +59,5 @@ def test_demo_without_keep_removes_its_temporary_folder(tmp_path: Path) -> None:
     (working,) = [line for line in result.stdout.splitlines() if line.startswith("Working folder: ")]
     assert str(tmp_path) in working and "removed at the end; --keep DIR keeps one" in working
     assert "\n    OK: " in result.stdout  # the stores were still there for the IG officer's check
+    assert "`linkage demo --keep DIR` keeps the stores and logs" in result.stdout  # not told to try removed paths
     assert list(tmp_path.iterdir()) == []
