@@ -534,8 +534,9 @@ class Store:
         return self._quick.execute(sql, tuple(params)).fetchone()
 
     async def audit_leaves(self, after: int, upto: int) -> list[bytes]:
-        """The Merkle leaf hashes of committed audit entries after..upto (by seq): those
-        appended since this store opened as kept, any older read and hashed in a thread."""
+        """The Merkle leaf hashes of committed audit entries after..upto (by seq): from
+        memory if all were appended since the store opened and are not yet forgotten,
+        otherwise read and hashed in a thread."""
         if upto <= self._head_seq and (recent := self.recent_leaves.between(after, upto)) is not None:
             return recent
 
