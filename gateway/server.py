@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,7 +25,7 @@ from linkage.directory import DirectoryView, TrustedDirectory
 from linkage.keys import load_ed25519, raw_public
 from linkage.metrics import MetricsEndpoint
 from linkage.reasons import Rejected
-from linkage.runtime import settle_heap
+from linkage.runtime import serve_until_signalled
 from linkage.transport import SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -197,12 +196,6 @@ async def serve(config: GatewayConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop."""
     server = GatewayServer(config)
     await server.start()
-    settle_heap()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(server.check_directory()))
-    print(f"linkage gateway {config.gateway_id} listening on port {server.port}", flush=True)
-    await stop.wait()
-    await server.stop()
+    await serve_until_signalled(
+        f"linkage gateway {config.gateway_id} listening on port {server.port}", server.stop, server.check_directory
+    )

@@ -1,8 +1,12 @@
-"""Process-level settings for a long-running node or gateway."""
+"""What a long-running node or gateway process does once started: its heap settled, and
+its life from the banner to a signal to stop."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import signal
+from collections.abc import Awaitable, Callable
 
 
 def settle_heap() -> None:
@@ -12,3 +16,28 @@ def settle_heap() -> None:
     that live as long as the process."""
     gc.collect()
     gc.freeze()
+
+
+async def serve_until_signalled(
+    banner: str, stop: Callable[[], Awaitable[None]], on_hangup: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """What a started server does until SIGTERM or SIGINT (then `stop`, which drains it):
+    settle the heap, say where it serves, and run `on_hangup` on each SIGHUP."""
+    settle_heap()
+    signalled = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signalled.set)
+    hangups: set[asyncio.Task[None]] = set()  # held, or a running task may be collected
+    if on_hangup is not None:
+        hangup = on_hangup
+
+        def hung_up() -> None:
+            task = asyncio.ensure_future(hangup())
+            hangups.add(task)
+            task.add_done_callback(hangups.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, hung_up)
+    print(banner, flush=True)
+    await signalled.wait()
+    await stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -20,7 +19,7 @@ from linkage.directory import TrustedDirectory
 from linkage.keys import MessageKeys
 from linkage.metrics import MetricsEndpoint
 from linkage.reasons import Rejected
-from linkage.runtime import settle_heap
+from linkage.runtime import serve_until_signalled
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.transport import LINK_HEALTH_SERVICE, SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2
@@ -288,11 +287,4 @@ class NodeServer:
 async def serve(config: NodeConfig) -> None:
     node = NodeServer(config)
     await node.start()
-    settle_heap()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"linkage node {config.node_id} serving its API on unix:{config.api_socket}", flush=True)
-    await stop.wait()
-    await node.stop()
+    await serve_until_signalled(f"linkage node {config.node_id} serving its API on unix:{config.api_socket}", node.stop)
