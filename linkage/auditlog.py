@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import DecodeError
@@ -46,15 +47,15 @@ class AuditEntry:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def canonical(self) -> str:
-        # Field by field, not dataclasses.asdict: that deep-copies every value and was
-        # most of the cost of an audit entry on the hot path.
+        """Sorted keys, no spaces, UTF-8 as is: the text `json.dumps(..., sort_keys=True,
+        separators=(",", ":"), ensure_ascii=False)` gives, which `audit list` searches."""
+        # Field by field, not dataclasses.asdict: that deep-copies every value. orjson, not
+        # the json module: several entries per message, each 5 µs of the sender's loop with json.
         fields = {f: getattr(self, f) for f in _FIELDS}
-        return _CANONICAL.encode(fields)
+        return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS).decode()
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(AuditEntry))
-# What json.dumps builds on every call with these arguments, built once (a fifth of its cost).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def chain_hash(prev: bytes, canonical: str) -> bytes:

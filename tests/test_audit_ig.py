@@ -420,3 +420,44 @@ def test_entries_found_are_exactly_those_a_full_read_finds(log: list[str], wante
         and (wanted.until is None or e["ts_ms"] <= wanted.until)
     ]
     assert found == expected
+
+
+# What an entry may carry: text of any script, control characters, quotes and backslashes
+# included; 64-bit integers (positions, times, counts); and the detail's nesting.
+_texts = st.text(max_size=40)
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_texts, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=_texts,
+    number=st.integers(0, 2**63 - 1),
+    tokens=st.lists(_texts, max_size=3),
+    detail=st.dictionaries(_texts, _values, max_size=5),
+)
+@example(text='quo"te \\ \n\t\x00\x1f\x7f \u2028 É 😀', number=0, tokens=[], detail={"é": 1, "e": 2, "😀": [None]})
+def test_an_entrys_canonical_text_is_the_json_modules_sorted_compact_form(
+    text: str, number: int, tokens: list[str], detail: dict[str, object]
+) -> None:
+    """`audit list` finds entries by searching their text for values as the json module
+    writes them, and logs written before orjson must read alike: the text never changed."""
+    entry = AuditEntry(
+        seq=number,
+        ts_ms=number,
+        event=text,
+        actor={"id": text, "name": text, "role": text},
+        tokens=tokens,
+        summary_id=text,
+        message_id=text,
+        counterpart=text,
+        decision=text,
+        lawful_ground=text,
+        rationale=text,
+        detail=detail,
+    )
+    fields = {name: getattr(entry, name) for name in AuditEntry.__dataclass_fields__}
+    assert entry.canonical() == json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
