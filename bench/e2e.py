@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import grpc
 
@@ -100,9 +101,9 @@ class LinkageRun:
         self.sender: NodeServer | None = None
         self.requests: list[node_api_pb2.ShareSummaryRequest] = []
         self._next = 0
+        self._log: TextIO | None = None
 
     async def __aenter__(self) -> LinkageRun:
-        logs.configure("warning")  # the sender's own log lines would go to the terminal
         fed = self.federation
         gateway = await spawn(
             "gateway", ["gateway", "serve", "--config", str(fed.gateway_toml)], fed.root / "gateway.log", GATEWAY_ENV
@@ -116,6 +117,9 @@ class LinkageRun:
         self.processes.append(recipient)
         await recipient.first_line("serving its API")
         config = dataclasses.replace(NodeConfig.load(fed.node_tomls[SENDER]), gateway_address=f"127.0.0.1:{port}")
+        # It logs as `linkage node serve` would (a line per share at info), to a file of its own.
+        self._log = (fed.root / "sender.log").open("w")
+        logs.configure(config.log_level, self._log, node=config.node_id)
         self.sender = NodeServer(config)
         await self.sender.start()
         assert self.sender.link is not None
@@ -152,6 +156,9 @@ class LinkageRun:
             await self.sender.stop(grace=2)
         for process in reversed(self.processes):
             await process.stop()
+        if self._log is not None:
+            logs.configure("warning")  # not into the closed file
+            self._log.close()
 
     def pids(self) -> dict[str, int]:
         gateway, recipient = self.processes
