@@ -21,6 +21,7 @@ from statistics import median
 from typing import Any, Protocol
 
 from bench import audit, scale, targets
+from bench.cpu import python_speed_us
 from bench.e2e import LinkageRun, make_federation
 from bench.relay import BareRelay, Endpoint, free_port
 from bench.results import Result, combine
@@ -190,6 +191,8 @@ def _rounds(ratios: list[float]) -> str:
 def run(plan: Plan, json_out: Path | None = None) -> float:
     started = time.perf_counter()
     say(f"linkage bench: {plan.messages:,} messages per cell, window {plan.window}, paced {plan.rates} msg/s")
+    speed = {"start": python_speed_us()}
+    say(f"machine: sum(range(1000)) takes {speed['start']:.1f} µs")
     with tempfile.TemporaryDirectory(prefix="linkage-bench-") as tmp:
         figures = asyncio.run(transport(plan, Path(tmp)))
         e2e, bare, mtls = figures["e2e"], figures["bare"], figures["mtls_ratio"]
@@ -225,6 +228,9 @@ def run(plan: Plan, json_out: Path | None = None) -> float:
         say(f"target {target.name}: {target.show(value)} ({bound} {target.show(target.limit)}) {verdict}")
         figures["targets"][target.name] = {"value": value, "limit": target.limit, "met": met}
     ratio = float(figures["throughput_ratio"])
+    speed["end"] = python_speed_us()
+    figures["python_speed_us"] = speed
+    say(f"machine: sum(range(1000)) takes {speed['end']:.1f} µs (at the start {speed['start']:.1f})")
     say(f"took {time.perf_counter() - started:.0f} s")
     if json_out is not None:
         json_out.write_text(json.dumps(figures, default=lambda r: r.row(), indent=2))

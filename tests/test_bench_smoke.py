@@ -37,6 +37,7 @@ def test_linkage_bench_runs_every_cell_and_prints_the_ratio_last(capsys: pytest.
     ):
         assert any(line.startswith(cell) for line in lines), cell
     assert any("retention purging its oldest 250: " in line for line in lines)
+    assert lines[1].startswith("machine: sum(range(1000)) takes ") and "(at the start " in lines[-3]
     assert any(line.startswith("gateway with 20,000 subscriptions") and "a dict of the same" in line for line in lines)
     for target in (
         "throughput, Linkage / bare relay",
