@@ -426,17 +426,15 @@ def run_demo(keep: Path | None = None) -> int:
     """The demo in `keep`, left there; or in a temporary folder, removed when it ends."""
     if keep is None:
         with tempfile.TemporaryDirectory(prefix="linkage-demo-", ignore_cleanup_errors=True) as temporary:
-            return asyncio.run(
-                _run_demo(Path(temporary), f"{temporary} (removed at the end; --keep DIR keeps one)", kept=False)
-            )
+            return asyncio.run(_run_demo(Path(temporary), kept=False))
     keep.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_run_demo(keep, str(keep), kept=True))
+    return asyncio.run(_run_demo(keep, kept=True))
 
 
-async def _run_demo(root: Path, shown_as: str, kept: bool) -> int:
+async def _run_demo(root: Path, kept: bool) -> int:
     started = time.monotonic()
     say("Linkage demo: linking risk assessments across agencies (all people and data are synthetic).")
-    say(f"Working folder: {shown_as}")
+    say(f"Working folder: {root}" + ("" if kept else " (removed at the end; --keep DIR keeps one)"))
     demo = Demo(root)
     told = False
     try:
