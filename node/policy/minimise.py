@@ -49,42 +49,46 @@ def _prune(message: Message, allowed: frozenset[str], always: frozenset[str] = f
 
 
 def payload_for(summary: pb.RiskSummary, rules: RecipientRules, codes: CodeLists, agency_type: str) -> Payload:
+    # One copy of the summary, trimmed in place (every copy of a message costs as much again).
     out = pb.RiskSummary()
     out.CopyFrom(summary)
-    hidden = {p.link_token for p in summary.people if p.protect_identity}
-    del out.people[:]
-    out.people.extend(p for p in summary.people if not p.protect_identity)
     withheld: list[str] = []
-    if any(p.protect_identity for p in summary.people):
+    hidden = {p.link_token for p in summary.people if p.protect_identity}
+    if hidden:
         withheld.append("people whose identity is protected")
-    kept_items = []
-    for n, item in enumerate(summary.risk_items, start=1):
-        label = f"risk item {n} ({item.category})"
+        for n in reversed(range(len(out.people))):
+            if out.people[n].protect_identity:
+                del out.people[n]
+    kept_categories: list[str] = []
+    dropped: list[int] = []
+    for n, item in enumerate(out.risk_items):
+        label = f"risk item {n + 1} ({item.category})"
         if not rules.allows_category(item.category):
             withheld.append(f"{label}: not within the agreement for {agency_type}")
+            dropped.append(n)
         elif item.category in rules.relevance_required and not item.relevance.strip():
             withheld.append(f"{label}: relevance to {agency_type} not stated")
+            dropped.append(n)
         else:
-            copy = pb.RiskItem()
-            copy.CopyFrom(item)
-            kept_concerns = [t for t in item.concerns if t not in hidden]
-            del copy.concerns[:]
-            copy.concerns.extend(kept_concerns)
-            kept_items.append(copy)
-    del out.risk_items[:]
-    out.risk_items.extend(kept_items)
+            kept_categories.append(item.category)
+            if hidden and any(t in hidden for t in item.concerns):
+                kept_concerns = [t for t in item.concerns if t not in hidden]
+                del item.concerns[:]
+                item.concerns.extend(kept_concerns)
+    for n in reversed(dropped):
+        del out.risk_items[n]
     allowed = rules.fields
     if any(f.startswith("risk_items.") for f in allowed):
         # An item always says what kind of risk it is, and why it matters where that was required.
         allowed |= {"risk_items.category"} | ({"risk_items.relevance"} if rules.relevance_required else set())
     fields = _prune(out, allowed, ALWAYS)
     categories = sorted(
-        {c for item in kept_items for c in codes.entry("risk_category", item.category).get("data_categories", [])}
+        {c for category in kept_categories for c in codes.entry("risk_category", category).get("data_categories", [])}
     )
     return Payload(
         summary=out,
         fields=sorted(f for f in fields if f.split(".")[0] not in ALWAYS),
         data_categories=categories,
         withheld=withheld,
-        items_withheld=len(summary.risk_items) - len(kept_items),
+        items_withheld=len(summary.risk_items) - len(kept_categories),
     )
