@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from linkage import stories
 from linkage.v1 import summary_pb2 as pb
-from tests.policy_fixtures import CHILD, PARENT, codes, request, run
+from tests.policy_fixtures import CHILD, CONTEXT, PARENT, codes, request, run
 
 Mutation = Callable[[pb.RiskSummary, pb.ShareDecision], None]
 
@@ -191,6 +194,11 @@ def test_missing_approval_defers_rather_than_refuses() -> None:
         ("Concern about disguised compliance at home visits.", {"jargon"}),
         ("Low mood reported; missed two appointments.", set()),
         ("Camhs in lower case is a word, not the acronym.", set()),
+        ("CAMHS review booked.", {"unexplained_acronym"}),  # at the very start
+        ("Seen by (CAMHS).", {"unexplained_acronym"}),
+        ("A post-CAMHS plan.", set()),  # part of a hyphenated word
+        ("A CAMHS-led plan.", set()),
+        ("Code XCAMHS and CAMHSX are not the acronym.", set()),
     ],
 )
 def test_plain_language_warnings(text: str, expected: set[str]) -> None:
@@ -209,3 +217,20 @@ def test_a_share_goes_to_at_most_fifty_agencies() -> None:
     result = run(request(recipients=many))
     assert "too_many_recipients" in codes(result)
     assert result.outcome == pb.DECISION_OUTCOME_NOT_SHARED
+
+
+TERMS = sorted(CONTEXT.glossary.terms)
+
+
+def _alone(text: str, start: int, end: int) -> bool:
+    """Nothing that continues a word on either side: no letter, digit, underscore or hyphen."""
+    return all(not (0 <= i < len(text)) or not (text[i].isalnum() or text[i] in "_-") for i in (start - 1, end))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([*TERMS, "camhs", "X", "1", "é", "-", "_", " ", "(", ".", "\n"]), max_size=10))
+def test_an_acronym_is_flagged_exactly_where_it_stands_alone(parts: list[str]) -> None:
+    text = "".join(parts)
+    alone = {t for t in TERMS if any(_alone(text, m.start(), m.end()) for m in re.finditer(re.escape(t), text))}
+    flagged = {t for t in TERMS for f in CONTEXT.glossary.findings("Text", text) if f"'{t}'" in f.message}
+    assert flagged == alone
