@@ -404,7 +404,7 @@ class Cases:
             )
             await self.ctx.messenger.queue(tx, sealed, closure_id, request.actor)
         await self.ctx.changed()
-        return node_api_pb2.RespondToClosureResponse(message_id=sealed[0].outgoing.routing.message_id)
+        return node_api_pb2.RespondToClosureResponse(message_id=sealed[0].message_id)
 
     async def close_case(self, request: node_api_pb2.CloseCaseRequest) -> node_api_pb2.ClosureStatus:
         await self.open_case_row(request.case_id)

@@ -1,23 +1,30 @@
 """Sending any kind of message to other agencies: seal one envelope per recipient
 and queue it in the outbox, inside the caller's transaction, with its audit entry.
-Summaries, notices, requests and replies all travel this one way."""
+Summaries, notices, requests and replies all travel this one way.
+
+A recipient this node cannot seal to (revoked, gone from its directory, or with no
+key valid now) does not stop the others: its message is recorded as undeliverable,
+with the reason, in the same transaction, and the caller is told so."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from linkage import logs
 from linkage.batchsign import BatchSigner
 from linkage.clock import Clock
 from linkage.config import DeliverySettings
 from linkage.contentkeys import ContentKeys
 from linkage.directory import TrustedDirectory
-from linkage.envelope import MESSAGE_LABEL, Outgoing, draft, seal_signed, signing_generation
+from linkage.envelope import MESSAGE_LABEL, Draft, Outgoing, draft, seal_signed, signing_generation
 from linkage.ids import uuid7
 from linkage.keys import MessageKeys
+from linkage.reasons import Rejected
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
 from node.store import Tx
 
+log = logs.get("node.messaging")
 Fill = Callable[[envelope_pb2.MessageBody], None]
 Queued = tuple[str, str, envelope_pb2.Envelope]  # message id, recipient, envelope
 
@@ -31,25 +38,63 @@ async def add_to_outbox(
     message_id: str,
     share_id: str,
     recipient: str,
-    envelope: bytes,
+    envelope: bytes | None,
     digest: bytes,
     kind: int = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
     summary_id: str = "",
+    unsent_reason: str = "",
 ) -> None:
-    """A queued outbox row and its envelope, kept apart so that its changes of state rewrite
-    a small row, not the envelope's pages (schema migration 11)."""
+    """An outbox row and its envelope, kept apart so that its changes of state rewrite a
+    small row, not the envelope's pages (schema migration 11). A message never sealed
+    (`envelope` None) is undeliverable from the start, for `unsent_reason`, with no body."""
     row = await tx.execute(
         "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, created_at_ms, "
-        "kind, summary_id) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-        (message_id, share_id, recipient, digest, tx.now_ms, tx.now_ms, kind, summary_id),
+        "kind, summary_id, reason, body_kept) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message_id,
+            share_id,
+            recipient,
+            digest,
+            "queued" if envelope is not None else "undeliverable",
+            tx.now_ms,
+            tx.now_ms,
+            kind,
+            summary_id,
+            unsent_reason,
+            envelope is not None,
+        ),
     )
-    await tx.execute("INSERT INTO outbox_bodies(seq, envelope) VALUES (?, ?)", (row.lastrowid, envelope))
+    if envelope is not None:
+        await tx.execute("INSERT INTO outbox_bodies(seq, envelope) VALUES (?, ?)", (row.lastrowid, envelope))
 
 
 @dataclass(frozen=True)
 class Sealed:
     recipient: str
     outgoing: Outgoing
+
+    @property
+    def message_id(self) -> str:
+        return self.outgoing.routing.message_id
+
+    @property
+    def kind(self) -> envelope_pb2.MessageKind.ValueType:
+        return self.outgoing.routing.kind
+
+    @property
+    def link_tokens(self) -> Sequence[bytes]:
+        return self.outgoing.routing.link_tokens
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """A recipient that could not be sealed to, and why, in words for the practitioner."""
+
+    recipient: str
+    message_id: str
+    kind: envelope_pb2.MessageKind.ValueType
+    link_tokens: tuple[bytes, ...]
+    reason: str
 
 
 class Messenger:
@@ -61,6 +106,7 @@ class Messenger:
         clock: Clock,
         delivery: DeliverySettings,
         on_queued: Callable[[list[Queued]], None] | None = None,
+        on_unsent: Callable[[int], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.keys = keys
@@ -68,6 +114,7 @@ class Messenger:
         self.clock = clock
         self.delivery = delivery
         self.on_queued = on_queued  # told of queued messages once they are committed (the outbox)
+        self.on_unsent = on_unsent  # told how many it recorded undeliverable, never sent
         self.signer = BatchSigner(MESSAGE_LABEL)  # concurrent messages to one recipient share a signature
         self.content_keys = ContentKeys()  # and messages to one recipient key share a sealed content key
 
@@ -80,14 +127,22 @@ class Messenger:
         fill: Callable[[str], Fill],
         actor: summary_pb2.Practitioner,
         in_reply_to: str = "",
-    ) -> list[Sealed]:
-        """One sealed envelope per recipient; `fill(recipient)` writes that recipient's content."""
+    ) -> list[Sealed | Unreachable]:
+        """One sealed envelope per recipient, in order; `fill(recipient)` writes that
+        recipient's content. A recipient without a key to seal to is Unreachable."""
         now = self.clock.now_ms()
         directory = self.trust.current(now)
         signer = signing_generation(self.keys, directory, self.node_id, now)
-        drafts = []
+        outcomes: list[Draft | Unreachable] = []
         for recipient in recipients:
             message_id = uuid7(now)
+            try:
+                recipient_key = directory.sealing_key(recipient, now)
+            except Rejected as exc:
+                log.warning("recipient.unreachable", counterpart=recipient, reason=exc.reason.value)
+                reason = f"not sent: {exc.detail}; if this agency must still know, tell it another way"
+                outcomes.append(Unreachable(recipient, message_id, kind, tuple(tokens), reason))
+                continue
             body_fill = fill(recipient)
 
             def content(body: envelope_pb2.MessageBody, body_fill: Fill = body_fill) -> None:
@@ -95,11 +150,11 @@ class Messenger:
                 body.sent_by.CopyFrom(actor)
                 body_fill(body)
 
-            drafts.append(
+            outcomes.append(
                 draft(
                     sender_node=self.node_id,
                     recipient_node=recipient,
-                    recipient_key=directory.sealing_key(recipient, now),
+                    recipient_key=recipient_key,
                     suite=directory.directory.suite,
                     message_id=message_id,
                     link_tokens=tokens,
@@ -110,49 +165,58 @@ class Messenger:
                     ttl_ms=self.delivery.undeliverable_after_ms,
                 )
             )
+        drafts = [d for d in outcomes if isinstance(d, Draft)]
         waiting = [self.signer.sign(signer, d.routing.recipient_node, d.body, d.hybrid) for d in drafts]
-        signatures = [await signature for signature in waiting]  # a signature already made costs no yield
+        signatures = iter([await signature for signature in waiting])  # one already made costs no yield
         return [
-            Sealed(d.routing.recipient_node, seal_signed(d, s, self.content_keys))
-            for d, s in zip(drafts, signatures, strict=True)
+            Sealed(d.routing.recipient_node, seal_signed(d, next(signatures), self.content_keys))
+            if isinstance(d, Draft)
+            else d
+            for d in outcomes
         ]
 
     async def queue(
         self,
         tx: Tx,
-        sealed: Sequence[Sealed],
+        sealed: Sequence[Sealed | Unreachable],
         share_id: str,
         actor: summary_pb2.Practitioner,
         summary_id: str = "",
     ) -> list[node_api_pb2.DeliveryStatus]:
-        """Outbox rows and their audit entries, in the caller's transaction."""
+        """Outbox rows and their audit entries, in the caller's transaction: queued, or
+        undeliverable at once for a recipient that could not be sealed to."""
         statuses = []
         for item in sealed:
-            routing = item.outgoing.routing
+            detail = {"share_id": share_id, "kind": kind_name(item.kind)}
+            if isinstance(item, Unreachable):
+                envelope, digest, reason = None, b"", item.reason
+                detail |= {"reason": reason, "by": "sender"}
+            else:
+                envelope, digest, reason = item.outgoing.envelope.SerializeToString(), item.outgoing.digest, ""
             await add_to_outbox(
-                tx,
-                routing.message_id,
-                share_id,
-                item.recipient,
-                item.outgoing.envelope.SerializeToString(),
-                item.outgoing.digest,
-                kind=routing.kind,
-                summary_id=summary_id,
+                tx, item.message_id, share_id, item.recipient, envelope, digest, item.kind, summary_id, reason
             )
             await tx.audit(
-                "message.queued",
+                "message.undeliverable" if reason else "message.queued",
                 actor,
-                tokens=routing.link_tokens,
+                tokens=item.link_tokens,
                 summary_id=summary_id,
-                message_id=routing.message_id,
+                message_id=item.message_id,
                 counterpart=item.recipient,
-                detail={"share_id": share_id, "kind": kind_name(routing.kind)},
+                detail=detail,
             )
+            state = "undeliverable" if reason else "queued"
             statuses.append(
-                node_api_pb2.DeliveryStatus(node_id=item.recipient, message_id=routing.message_id, state="queued")
+                node_api_pb2.DeliveryStatus(
+                    node_id=item.recipient, message_id=item.message_id, state=state, reason=reason
+                )
             )
-        if self.on_queued is not None:
-            handed = [(s.outgoing.routing.message_id, s.recipient, s.outgoing.envelope) for s in sealed]
+        handed = [(s.message_id, s.recipient, s.outgoing.envelope) for s in sealed if isinstance(s, Sealed)]
+        if handed and self.on_queued is not None:
             on_queued = self.on_queued
             tx.on_commit(lambda: on_queued(handed))
+        unsent = len(sealed) - len(handed)
+        if unsent and self.on_unsent is not None:
+            on_unsent = self.on_unsent
+            tx.on_commit(lambda: on_unsent(unsent))
         return statuses

@@ -181,6 +181,10 @@ class Outbox:
             if not future.done():
                 future.set_result(state)
 
+    def unsent(self, count: int) -> None:
+        """Messages recorded undeliverable as they were made (no key to seal them to)."""
+        self.metrics.undeliverable.inc(count)
+
     def idle(self) -> bool:
         """Nothing handed over waits to be sent, and nothing sent waits for the gateway's answer."""
         return not self._in_flight and not self._fresh

@@ -4,6 +4,8 @@ in a recorded decision: provided, partly provided, or declined with reasons."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from linkage.ids import uuid7
@@ -69,6 +71,16 @@ class Requests:
         await self.ctx.changed()
         return node_api_pb2.MessageSent(recipients=statuses)
 
+    def _named(self, nodes: Sequence[str]) -> list[str]:
+        """The agencies a caller names, each once: all in the directory, none this node."""
+        directory = self.ctx.directory()
+        named = sorted(set(nodes))
+        if unknown := [n for n in named if n not in directory.nodes]:
+            raise invalid(f"to_nodes names {', '.join(map(repr, unknown))}: not in the federation's directory")
+        if self.ctx.node_id in named:
+            raise invalid("to_nodes names this node itself: a request goes to other agencies")
+        return named
+
     async def ask_clarification(self, request: node_api_pb2.AskClarificationRequest) -> node_api_pb2.MessageSent:
         if not request.question.strip():
             raise invalid("question is empty: say what needs clarifying")
@@ -108,7 +120,7 @@ class Requests:
             raise invalid("an information request needs the lawful basis it relies on (lawful_basis.art6)")
         await self.cases.open_case_row(request.case_id)
         tokens = [p.link_token for p in await self.cases.people(request.case_id) if not p.protect_identity]
-        to = list(request.to_nodes) or await self.ctx.resolve(tokens)
+        to = self._named(request.to_nodes) or await self.ctx.resolve(tokens)
         if not to:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "no other agency is linked to this family yet")
         ask = workflow_pb2.InformationRequest(

@@ -196,7 +196,9 @@ class NodeServer:
             link=self.link,
             outbox=self.outbox,
             trust=self.trust,
-            messenger=Messenger(config.node_id, keys, self.trust, self.clock, config.delivery, self.outbox.fresh),
+            messenger=Messenger(
+                config.node_id, keys, self.trust, self.clock, config.delivery, self.outbox.fresh, self.outbox.unsent
+            ),
             linkage_key=linkage_key,
             clock=self.clock,
             policy=policy,

@@ -5,6 +5,7 @@ inbox and chronology. Refusals included; audit entries checked at both ends."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import sqlite3
 import stat
@@ -15,6 +16,8 @@ import grpc
 import pytest
 
 from linkage import stories
+from linkage.clock import SystemClock
+from linkage.federation import publish_directory, revoke_node
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import gateway_pb2, gateway_pb2_grpc, node_api_pb2, summary_pb2, workflow_pb2
 from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, next_item, running, wait_delivered
@@ -386,6 +389,132 @@ async def test_clarification_and_information_requests(federation: LocalFederatio
         provided = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE, after_seq=declined.seq)
         assert provided.body.information_response.answer == workflow_pb2.INFORMATION_ANSWER_PROVIDED
         assert provided.summary.risk_items  # the summary travels inside the answer, minimised for csc
+
+
+async def test_an_information_request_goes_once_to_each_other_agency_it_names(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        await think_family(cluster)
+        case_id = await _case_id(cluster, "csc")
+
+        async def ask(*to: str) -> node_api_pb2.MessageSent:
+            return await cluster.api("csc").RequestInformation(
+                node_api_pb2.RequestInformationRequest(
+                    actor=CSC_WORKER,
+                    case_id=case_id,
+                    to_nodes=to,
+                    purpose="Child protection enquiry under section 47",
+                    what="Any risk to the child from the parent",
+                    lawful_basis=summary_pb2.LawfulBasis(art6=["A6_1_C"]),
+                )
+            )
+
+        for to, said in ((("amh", "no-such-agency"), "'no-such-agency'"), (("csc",), "this node itself")):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await ask(*to)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert said in (raised.value.details() or "")
+        assert not events(await audit_events(cluster.nodes["csc"]), "request.sent")  # refused, nothing sent
+        sent = await ask("amh", "amh")
+        assert [r.node_id for r in sent.recipients] == ["amh"]
+
+
+async def revoke(cluster: Cluster, node_id: str) -> None:
+    """Revoke `node_id`, and have the gateway and every other node take the new directory."""
+    revoke_node(cluster.federation.fed, node_id)
+    publish_directory(
+        cluster.federation.fed, SystemClock().now_ms(), copy_to=(cluster.federation.gateway_config.data_dir,)
+    )
+    await cluster.gateway.check_directory()
+    for other, node in cluster.nodes.items():
+        if other != node_id:
+            await node.check_directory()
+
+
+async def test_a_revoked_recipient_does_not_stop_a_correction_or_withdrawal_reaching_the_others(
+    federation: LocalFederation,
+) -> None:
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        await revoke(cluster, "school")
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        (assessment_id,) = await amh.store.fetchone("SELECT assessment_id FROM assessments")
+        corrected = await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
+        withdrawn = await cluster.api("amh").WithdrawSummary(
+            node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="Wrong family.")
+        )
+        for response in (corrected, withdrawn):
+            by_node = {r.node_id: r for r in response.recipients}
+            assert by_node["csc"].state == "queued"
+            assert by_node["school"].state == "undeliverable"
+            assert "'school' is revoked" in by_node["school"].reason
+            status = await cluster.api("amh").GetShareStatus(
+                node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=response.share_id)
+            )
+            assert [(r.node_id, r.reason) for r in status.recipients if r.state == "undeliverable"] == [
+                ("school", by_node["school"].reason)
+            ]
+        await next_item(cluster, "csc", env.MESSAGE_KIND_CORRECTION)
+        await next_item(cluster, "csc", env.MESSAGE_KIND_WITHDRAWAL)
+        unsent = events(await audit_events(amh), "message.undeliverable")
+        assert [(e["counterpart"], e["detail"]["by"]) for e in unsent] == [("school", "sender")] * 2
+        assert all(e["tokens"] and e["actor"]["id"] == PRACTITIONER.id for e in unsent)
+        feed = cluster.api("amh").WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER))
+        told = []  # what a case system following deliveries hears of the two
+        async with asyncio.timeout(15):
+            async for event in feed:
+                if event.status.state == "undeliverable":
+                    told.append((event.share_id, event.status.node_id, event.status.reason))
+                if len(told) == 2:
+                    break
+        feed.cancel()
+        reason = corrected.recipients[-1].reason
+        assert told == [(corrected.share_id, "school", reason), (withdrawn.share_id, "school", reason)]
+
+
+async def test_a_received_summary_opens_and_a_case_closes_after_the_sender_is_revoked(
+    federation: LocalFederation,
+) -> None:
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        await share(cluster, assessment_id)
+        received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        csc, case_id = cluster.api("csc"), await _case_id(cluster, "csc")
+        respond_by = dt.date.today() + dt.timedelta(days=14)
+        await csc.ProposeClosure(
+            node_api_pb2.ProposeClosureRequest(
+                actor=CSC_WORKER,
+                case_id=case_id,
+                intent=summary_pb2.ClosureIntent(intent="PLANNED_CLOSURE", reason_code="RISK_REDUCED_GOALS_MET"),
+                respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
+            )
+        )
+        for node, actor in (("amh", PRACTITIONER), ("school", SCHOOL_DSL)):
+            intent = await next_item(cluster, node, env.MESSAGE_KIND_CLOSURE_INTENT)
+            await cluster.api(node).RespondToClosure(
+                node_api_pb2.RespondToClosureRequest(
+                    actor=actor, intent_message_id=intent.message_id, answer=workflow_pb2.CLOSURE_ANSWER_AGREE
+                )
+            )
+        seq = 0
+        while (await csc.GetClosure(node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=case_id))).awaiting:
+            seq = (await next_item(cluster, "csc", env.MESSAGE_KIND_CLOSURE_RESPONSE, after_seq=seq)).seq
+
+        await revoke(cluster, "amh")
+        opened = await csc.OpenReceived(
+            node_api_pb2.OpenReceivedRequest(actor=CSC_WORKER, message_id=received.message_id)
+        )
+        assert opened.state == "read" and opened.summary.risk_items
+        closed = await csc.CloseCase(node_api_pb2.CloseCaseRequest(actor=CSC_WORKER, case_id=case_id))
+        assert closed.state == "closed"
+        await next_item(cluster, "school", env.MESSAGE_KIND_CLOSURE_NOTICE)
+        store = cluster.nodes["csc"].store
+        assert store is not None
+        rows = await store.fetchall("SELECT kind, state, reason FROM outbox WHERE recipient = 'amh'")
+        assert {(kind, state) for kind, state, reason in rows if "'amh' is revoked" in reason} == {
+            (env.MESSAGE_KIND_READ_NOTIFICATION, "undeliverable"),
+            (env.MESSAGE_KIND_CLOSURE_NOTICE, "undeliverable"),
+        }
 
 
 async def test_read_notifications_and_justified_silent_reads(federation: LocalFederation) -> None:
