@@ -459,6 +459,7 @@ async def test_a_revoked_recipient_does_not_stop_a_correction_or_withdrawal_reac
         unsent = events(await audit_events(amh), "message.undeliverable")
         assert [(e["counterpart"], e["detail"]["by"]) for e in unsent] == [("school", "sender")] * 2
         assert all(e["tokens"] and e["actor"]["id"] == PRACTITIONER.id for e in unsent)
+        assert amh.metrics.registry.get_sample_value("linkage_node_messages_undeliverable_total") == 2
         feed = cluster.api("amh").WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER))
         told = []  # what a case system following deliveries hears of the two
         async with asyncio.timeout(15):
