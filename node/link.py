@@ -258,8 +258,10 @@ class GatewayLink:
             answer.set_result(response)
 
     async def discover(self, tokens: Iterable[bytes]) -> dict[bytes, list[str]]:
-        """For each token, the other nodes linked to it."""
-        request = gateway_pb2.DiscoverInvolvementRequest(node_id=self.node_id, link_tokens=list(tokens))
+        """For each token, the other nodes linked to it (none for no tokens: nobody to ask about)."""
+        if not (tokens := list(tokens)):
+            return {}
+        request = gateway_pb2.DiscoverInvolvementRequest(node_id=self.node_id, link_tokens=tokens)
         response = await self._stub.DiscoverInvolvement(request, timeout=UNARY_TIMEOUT_S)
         return {t.link_token: list(t.node_ids) for t in response.involvement}
 

@@ -120,6 +120,11 @@ class Requests:
             raise invalid("an information request needs the lawful basis it relies on (lawful_basis.art6)")
         await self.cases.open_case_row(request.case_id)
         tokens = [p.link_token for p in await self.cases.people(request.case_id) if not p.protect_identity]
+        if not tokens:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "everyone in this case is identity-protected, so a request could name nobody to the other agencies",
+            )
         to = self._named(request.to_nodes) or await self.ctx.resolve(tokens)
         if not to:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "no other agency is linked to this family yet")

@@ -47,7 +47,7 @@ class Resolver:
     async def resolve(self, tokens: list[bytes]) -> list[str]:
         """The agencies (other than this node) linked to any of `tokens`."""
         known = self._known
-        if tokens and all(t in known for t in tokens):
+        if all(t in known for t in tokens):  # none at all: linked to nobody
             return sorted({n for t in tokens for n in known[t]})
         future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._pending.append((tokens, future))

@@ -247,6 +247,20 @@ async def test_a_withdrawal_whose_bodies_retention_purged_is_refused_with_a_reas
         assert "retention has purged" in (raised.value.details() or "")
 
 
+def planned_closure(
+    actor: summary_pb2.Practitioner, case_id: str, note: str = ""
+) -> node_api_pb2.ProposeClosureRequest:
+    """A planned closure, goals met, the others asked to answer within a fortnight."""
+    respond_by = dt.date.today() + dt.timedelta(days=14)
+    return node_api_pb2.ProposeClosureRequest(
+        actor=actor,
+        case_id=case_id,
+        note=note,
+        intent=summary_pb2.ClosureIntent(intent="PLANNED_CLOSURE", reason_code="RISK_REDUCED_GOALS_MET"),
+        respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
+    )
+
+
 async def test_closure_intent_objection_and_notice(federation: LocalFederation) -> None:
     async with running(federation) as cluster:
         await think_family(cluster)
@@ -256,15 +270,8 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "must be alerted before a case is closed" in (raised.value.details() or "")
 
-        respond_by = dt.date.today() + dt.timedelta(days=14)
         proposed = await amh.ProposeClosure(
-            node_api_pb2.ProposeClosureRequest(
-                actor=PRACTITIONER,
-                case_id=case_id,
-                note="Parent stable on treatment for three months.",
-                intent=summary_pb2.ClosureIntent(intent="PLANNED_CLOSURE", reason_code="RISK_REDUCED_GOALS_MET"),
-                respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
-            )
+            planned_closure(PRACTITIONER, case_id, note="Parent stable on treatment for three months.")
         )
         assert proposed.state == "proposed" and sorted(proposed.awaiting) == ["csc", "school"]
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -391,22 +398,25 @@ async def test_clarification_and_information_requests(federation: LocalFederatio
         assert provided.summary.risk_items  # the summary travels inside the answer, minimised for csc
 
 
+def s47_request(case_id: str, *to: str) -> node_api_pb2.RequestInformationRequest:
+    """csc asks, under section 47, the agencies `to` (none: every agency linked)."""
+    return node_api_pb2.RequestInformationRequest(
+        actor=CSC_WORKER,
+        case_id=case_id,
+        to_nodes=to,
+        purpose="Child protection enquiry under section 47",
+        what="Any risk to the child from the parent",
+        lawful_basis=summary_pb2.LawfulBasis(art6=["A6_1_C"]),
+    )
+
+
 async def test_an_information_request_goes_once_to_each_other_agency_it_names(federation: LocalFederation) -> None:
     async with running(federation) as cluster:
         await think_family(cluster)
         case_id = await _case_id(cluster, "csc")
 
         async def ask(*to: str) -> node_api_pb2.MessageSent:
-            return await cluster.api("csc").RequestInformation(
-                node_api_pb2.RequestInformationRequest(
-                    actor=CSC_WORKER,
-                    case_id=case_id,
-                    to_nodes=to,
-                    purpose="Child protection enquiry under section 47",
-                    what="Any risk to the child from the parent",
-                    lawful_basis=summary_pb2.LawfulBasis(art6=["A6_1_C"]),
-                )
-            )
+            return await cluster.api("csc").RequestInformation(s47_request(case_id, *to))
 
         for to, said in ((("amh", "no-such-agency"), "'no-such-agency'"), (("csc",), "this node itself")):
             with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -416,6 +426,33 @@ async def test_an_information_request_goes_once_to_each_other_agency_it_names(fe
         assert not events(await audit_events(cluster.nodes["csc"]), "request.sent")  # refused, nothing sent
         sent = await ask("amh", "amh")
         assert [r.node_id for r in sent.recipients] == ["amh"]
+
+
+async def test_a_case_of_identity_protected_people_only_links_to_nobody_and_still_closes(
+    federation: LocalFederation,
+) -> None:
+    """Protected people are never announced, so no other agency can be linked through
+    them: discovery finds none, a request is refused as naming nobody, and a closure
+    has nobody to wait for. (Each of these went to the gateway with no tokens, and
+    came back as "cannot reach the gateway".)"""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        protected = stories.think_family_people()
+        for person in protected:
+            person.protect_identity = True
+        await open_case(cluster, "csc", protected)
+        await open_case(cluster, "amh", stories.think_family_people())
+        csc, case_id = cluster.api("csc"), await _case_id(cluster, "csc")
+        found = await csc.DiscoverInvolvement(node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=case_id))
+        assert not found.agencies
+        for to in ([], ["amh"]):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await csc.RequestInformation(s47_request(case_id, *to))
+            assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "identity-protected" in (raised.value.details() or "")
+        proposed = await csc.ProposeClosure(planned_closure(CSC_WORKER, case_id))
+        assert proposed.state == "proposed" and not proposed.awaiting
+        closed = await csc.CloseCase(node_api_pb2.CloseCaseRequest(actor=CSC_WORKER, case_id=case_id))
+        assert closed.state == "closed"
 
 
 async def revoke(cluster: Cluster, node_id: str) -> None:
@@ -481,15 +518,7 @@ async def test_a_received_summary_opens_and_a_case_closes_after_the_sender_is_re
         await share(cluster, assessment_id)
         received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
         csc, case_id = cluster.api("csc"), await _case_id(cluster, "csc")
-        respond_by = dt.date.today() + dt.timedelta(days=14)
-        await csc.ProposeClosure(
-            node_api_pb2.ProposeClosureRequest(
-                actor=CSC_WORKER,
-                case_id=case_id,
-                intent=summary_pb2.ClosureIntent(intent="PLANNED_CLOSURE", reason_code="RISK_REDUCED_GOALS_MET"),
-                respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
-            )
-        )
+        await csc.ProposeClosure(planned_closure(CSC_WORKER, case_id))
         for node, actor in (("amh", PRACTITIONER), ("school", SCHOOL_DSL)):
             intent = await next_item(cluster, node, env.MESSAGE_KIND_CLOSURE_INTENT)
             await cluster.api(node).RespondToClosure(
