@@ -22,15 +22,26 @@ from node.requests import Requests
 from node.sharing import Sharing
 
 MAX_LIST = 500
+MAX_SEQ = 2**63 - 1
+MAX_ACTOR_FIELD = 256  # every audit entry a call writes carries its actor
 SERVICE_NAME = node_api_pb2.DESCRIPTOR.services_by_name["NodeApi"].full_name
 log = logs.get("node.api")
 Context = grpc.aio.ServicerContext[object, object]
 T = TypeVar("T")
 
 
+async def _after(seq: int) -> int:
+    """A resume point a person can have been given: SQLite's integers end at 2**63 - 1."""
+    if seq > MAX_SEQ:
+        raise invalid(f"after_seq {seq} is beyond any sequence number this node gives; resume from the last one seen")
+    return seq
+
+
 def _check_actor(actor: summary_pb2.Practitioner) -> None:
     if not actor.id.strip() or not actor.role.strip():
         raise invalid("actor.id and actor.role are required: every call names the practitioner acting")
+    if max(len(actor.id), len(actor.name), len(actor.role)) > MAX_ACTOR_FIELD:
+        raise invalid(f"actor.id, actor.name and actor.role are at most {MAX_ACTOR_FIELD} characters each")
 
 
 async def _answer(context: Context, actor: summary_pb2.Practitioner, work: Callable[[], Awaitable[T]]) -> T:
@@ -157,7 +168,7 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
     async def WatchDeliveries(
         self, request: node_api_pb2.WatchDeliveriesRequest, context: Context
     ) -> AsyncIterator[node_api_pb2.DeliveryEvent]:
-        after = request.after_seq
+        after = await _answer(context, request.actor, lambda: _after(request.after_seq))
         while True:
             version = self.outbox.version
             events = await _answer(context, request.actor, functools.partial(self.sharing.deliveries, after, MAX_LIST))
@@ -208,9 +219,8 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
             if request.link_token and len(request.link_token) != TOKEN_LEN:
                 raise invalid(f"link_token must be {TOKEN_LEN} bytes")
             limit = min(request.limit or 100, MAX_LIST)
-            items = await self.inbox.received(
-                request.actor, "ListReceived", request.after_seq, limit, request.link_token
-            )
+            after = await _after(request.after_seq)
+            items = await self.inbox.received(request.actor, "ListReceived", after, limit, request.link_token)
             return node_api_pb2.ListReceivedResponse(items=items)
 
         return await _answer(context, request.actor, work)
@@ -218,7 +228,7 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
     async def WatchReceived(
         self, request: node_api_pb2.WatchReceivedRequest, context: Context
     ) -> AsyncIterator[node_api_pb2.ReceivedSummary]:
-        after = request.after_seq
+        after = await _answer(context, request.actor, lambda: _after(request.after_seq))
         while True:
             watch = functools.partial(self.inbox.received, request.actor, "WatchReceived", after, MAX_LIST)
             items = await _answer(context, request.actor, watch)

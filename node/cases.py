@@ -11,7 +11,7 @@ import grpc
 
 from linkage import logs
 from linkage.ids import uuid7
-from linkage.tokens import IdentifierError
+from linkage.tokens import TOKEN_LEN, IdentifierError
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
 from node.backoff import backoff_ms
@@ -96,6 +96,10 @@ class Cases:
         if not request.people or len(request.people) > MAX_PEOPLE_PER_CASE:
             raise invalid(f"a case needs 1-{MAX_PEOPLE_PER_CASE} people")
         people = [self._person(n, p) for n, p in enumerate(request.people)]
+        first: dict[bytes, int] = {}
+        for n, person in enumerate(people):
+            if (earlier := first.setdefault(person.link_token, n)) != n:
+                raise invalid(f"people[{n}] is the same person as people[{earlier}]: name each person once")
         case_id = uuid7(self.ctx.clock.now_ms())
         async with self.ctx.store.tx() as tx:
             await tx.execute(
@@ -116,6 +120,12 @@ class Cases:
     async def add_person(self, request: node_api_pb2.AddPersonRequest) -> node_api_pb2.OpenCaseResponse:
         await self.open_case_row(request.case_id)
         person = self._person(0, request.person)
+        if person.link_token in {p.link_token for p in await self.people(request.case_id)}:
+            raise ApiError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"that person is already in case {request.case_id!r}; to record them differently "
+                "(for example, to protect their identity), remove them and add them again",
+            )
         async with self.ctx.store.tx() as tx:
             await self._insert_people(tx, request.case_id, [person])
             await tx.audit(
@@ -127,6 +137,8 @@ class Cases:
     async def remove_person(self, request: node_api_pb2.RemovePersonRequest) -> node_api_pb2.OpenCaseResponse:
         await self.open_case_row(request.case_id)
         token = request.link_token
+        if len(token) != TOKEN_LEN:
+            raise invalid(f"link_token must be {TOKEN_LEN} bytes, as OpenCase returned it")
         if token not in {p.link_token for p in await self.people(request.case_id)}:
             raise not_found(f"that person is not in case {request.case_id!r}")
         await self._left([token], request.actor, exclude_case=request.case_id)
@@ -340,6 +352,8 @@ class Cases:
     async def closure_status(self, case_id: str) -> node_api_pb2.ClosureStatus:
         closure = await self._closure(case_id)
         if closure is None:
+            if await self.ctx.store.fetchone("SELECT 1 FROM cases WHERE case_id = ?", (case_id,)) is None:
+                raise not_found(f"no case {case_id!r} at this node")
             return node_api_pb2.ClosureStatus(case_id=case_id, state="none")
         closure_id, respond_by, state = closure
         rows = await self.ctx.store.fetchall(

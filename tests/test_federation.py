@@ -147,7 +147,46 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
 
     async with running(federation, nodes=("amh",)) as cluster:
         amh = cluster.api("amh")
+        family = stories.think_family_people()
+        await open_case(cluster, "amh", family)
+        case_id = await _case_id(cluster, "amh")
+        beyond = node_api_pb2.WatchReceivedRequest(actor=PRACTITIONER, after_seq=2**63)
         cases: list[tuple[Awaitable[object], grpc.StatusCode, str]] = [
+            (
+                amh.OpenCase(node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="c", people=family + family)),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "people[2] is the same person as people[0]",
+            ),
+            (
+                amh.AddPerson(node_api_pb2.AddPersonRequest(actor=PRACTITIONER, case_id=case_id, person=family[0])),
+                grpc.StatusCode.ALREADY_EXISTS,
+                "remove them and add them again",
+            ),
+            (
+                amh.RemovePerson(
+                    node_api_pb2.RemovePersonRequest(actor=PRACTITIONER, case_id=case_id, link_token=b"x")
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "link_token must be 32 bytes",
+            ),
+            (
+                amh.GetClosure(node_api_pb2.CaseRequest(actor=summary_pb2.Practitioner(id="x" * 257, role="r"))),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "at most 256 characters",
+            ),
+            (
+                amh.ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER, after_seq=2**63)),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "after_seq 9223372036854775808 is beyond",
+            ),
+            (amh.WatchReceived(beyond).read(), grpc.StatusCode.INVALID_ARGUMENT, "is beyond"),
+            (
+                amh.WatchDeliveries(
+                    node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER, after_seq=2**64 - 1)
+                ).read(),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "is beyond",
+            ),
             (
                 amh.OpenCase(node_api_pb2.OpenCaseRequest(case_ref="c", people=stories.think_family_people())),
                 grpc.StatusCode.INVALID_ARGUMENT,

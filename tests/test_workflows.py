@@ -269,6 +269,10 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
             await amh.CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "must be alerted before a case is closed" in (raised.value.details() or "")
+        assert (await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))).state == "none"
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id="no-such-case"))
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
         proposed = await amh.ProposeClosure(
             planned_closure(PRACTITIONER, case_id, note="Parent stable on treatment for three months.")
