@@ -172,10 +172,13 @@ class Demo:
                     return
 
     async def open_case(
-        self, node: str, people: list[node_api_pb2.PersonIdentifier], who: str
+        self, node: str, people: list[node_api_pb2.PersonIdentifier], who: str, number: int = 42
     ) -> node_api_pb2.OpenCaseResponse:
+        """Open the node's case `number` (its case system's reference) for `people`."""
         response = await self.api(node).OpenCase(
-            node_api_pb2.OpenCaseRequest(actor=PRACTITIONERS[node], case_ref=f"{node.upper()}-0042", people=people)
+            node_api_pb2.OpenCaseRequest(
+                actor=PRACTITIONERS[node], case_ref=f"{node.upper()}-{number:04}", people=people
+            )
         )
         tokens = ", ".join(_token(p.link_token) for p in response.people)
         say(f"    {NODES[node][0]:<26} opens a case for {who}: link tokens {tokens}")
@@ -276,7 +279,7 @@ class Demo:
         say("[9] Each agency opens its own case; each later one is announced to those already linked:")
         cases = {}
         for node in ("fire", "police", "ageuk"):
-            cases[node] = await self.open_case(node, stories.ms_b(), "Ms B")
+            cases[node] = await self.open_case(node, stories.ms_b(), "Ms B", number=43)
         notice = await self.next_item("fire", envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE)
         say(
             f"    County Fire and Rescue is told: {notice.body.involvement.agency_name} has joined "
@@ -284,7 +287,7 @@ class Demo:
         )
 
         say("[10] Adult social care receives a referral and asks who else is involved (think beyond the obvious):")
-        cases["asc"] = await self.open_case("asc", stories.ms_b(), "Ms B")
+        cases["asc"] = await self.open_case("asc", stories.ms_b(), "Ms B", number=43)
         found = await self.api("asc").DiscoverInvolvement(
             node_api_pb2.CaseRequest(actor=PRACTITIONERS["asc"], case_id=cases["asc"].case_id)
         )

@@ -102,6 +102,18 @@ class Cases:
                 raise invalid(f"people[{n}] is the same person as people[{earlier}]: name each person once")
         case_id = uuid7(self.ctx.clock.now_ms())
         async with self.ctx.store.tx() as tx:
+            # Checked in the transaction, so two calls racing with one reference open one case.
+            row = await (
+                await tx.execute(
+                    "SELECT case_id FROM cases WHERE case_ref = ? AND status = 'open'", (request.case_ref,)
+                )
+            ).fetchone()
+            if row is not None:
+                raise ApiError(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"case_ref {request.case_ref!r} is already open at this node as case {row[0]!r}; "
+                    "add people to it with AddPerson",
+                )
             await tx.execute(
                 "INSERT INTO cases(case_id, case_ref, opened_at_ms, status) VALUES (?, ?, ?, 'open')",
                 (case_id, request.case_ref, tx.now_ms),

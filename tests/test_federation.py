@@ -158,6 +158,11 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
                 "people[2] is the same person as people[0]",
             ),
             (
+                amh.OpenCase(node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="case-1", people=family)),
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"case_ref 'case-1' is already open at this node as case {case_id!r}",
+            ),
+            (
                 amh.AddPerson(node_api_pb2.AddPersonRequest(actor=PRACTITIONER, case_id=case_id, person=family[0])),
                 grpc.StatusCode.ALREADY_EXISTS,
                 "remove them and add them again",

@@ -279,4 +279,9 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO inbox_bodies(seq, signed) SELECT seq, signed FROM inbox ORDER BY seq;
     ALTER TABLE inbox DROP COLUMN signed;
     """,
+    # 13: an open case is found by its case system's reference, so that opening it again (a
+    # case system retrying after a lost answer) is refused instead of making a second case.
+    """
+    CREATE INDEX cases_open_by_ref ON cases(case_ref) WHERE status = 'open';
+    """,
 )
