@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 NODE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 
 
+_RANDOM_BITS = 74
+_state = [-1, 0]  # the last id's millisecond and random part
+_lock = threading.Lock()
+
+
 def uuid7(now_ms: int) -> str:
-    """A UUIDv7 string: 48-bit millisecond timestamp, then 74 random bits."""
+    """A UUIDv7 string: 48-bit millisecond timestamp, then 74 random bits. Ids made in
+    one millisecond by this process still ascend (RFC 9562 6.2, monotonic random): a
+    recipient orders a sender's versions of a summary by them, not by their arrival."""
+    ms = now_ms & ((1 << 48) - 1)
     rand = int.from_bytes(os.urandom(10), "big")
-    value = (now_ms & ((1 << 48) - 1)) << 80
+    with _lock:
+        if ms == _state[0] and (bumped := _state[1] + 1 + (rand >> 48)) < 1 << _RANDOM_BITS:
+            rand = bumped
+        else:
+            rand &= (1 << _RANDOM_BITS) - 1
+        _state[:] = [ms, rand]
+    value = ms << 80
     value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= (rand >> 62) << 64
     value |= 0b10 << 62
     value |= rand & ((1 << 62) - 1)
     h = f"{value:032x}"  # formatted here: uuid.UUID validates and formats at several times the cost

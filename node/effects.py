@@ -21,15 +21,11 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
     body, sender = opened.body, opened.routing.sender_node
     kind = body.kind
     if kind in SUMMARY_KINDS:
-        await tx.execute(
-            "UPDATE inbox SET state = 'superseded' WHERE sender = ? AND summary_id = ? AND seq < ? "
-            "AND state IN ('new', 'read')",
-            (sender, body.summary.summary_id, seq),
-        )
+        await _take_its_place(tx, seq, sender, body.summary.summary_id, body.message_id)
     elif kind == pb.MESSAGE_KIND_WITHDRAWAL:
         await tx.execute(
-            "UPDATE inbox SET state = 'withdrawn' WHERE sender = ? AND summary_id = ? AND seq < ?",
-            (sender, body.withdrawal.summary_id, seq),
+            "UPDATE inbox SET state = 'withdrawn' WHERE sender = ? AND summary_id = ? AND message_id < ?",
+            (sender, body.withdrawal.summary_id, body.message_id),
         )
         await tx.audit(
             "summary.withdrawn_by_sender",
@@ -78,3 +74,23 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
             message_id=read.read_message_id,
             detail={"read_at_ms": read.read_at_ms, "reader_role": read.reader_role},
         )
+
+
+async def _take_its_place(tx: Tx, seq: int, sender: str, summary_id: str, message_id: str) -> None:
+    """A version of a summary supersedes the live versions its sender made before it. Made
+    is not arrived: message ids ascend as their sender makes them, and a message sent
+    again (after a failure to store it, or a lost receipt) can arrive after a newer one.
+    So a version that arrives after a newer one, or after its withdrawal, is stored
+    superseded, or withdrawn, as every recipient stores it whatever the order."""
+    await tx.execute(
+        "UPDATE inbox SET state = 'superseded' WHERE sender = ? AND summary_id = ? AND state IN ('new', 'read') "
+        "AND message_id < ?",
+        (sender, summary_id, message_id),
+    )
+    cursor = await tx.execute(
+        "SELECT kind FROM inbox WHERE sender = ? AND summary_id = ? AND state IN ('new', 'read') AND message_id > ?",
+        (sender, summary_id, message_id),
+    )
+    if later := {kind for (kind,) in await cursor.fetchall()}:
+        state = "withdrawn" if pb.MESSAGE_KIND_WITHDRAWAL in later else "superseded"
+        await tx.execute("UPDATE inbox SET state = ? WHERE seq = ?", (state, seq))

@@ -348,6 +348,42 @@ def test_deliveries_that_come_together_are_stored_together_each_failing_alone() 
         model.teardown()
 
 
+@pytest.mark.parametrize("order", [(2, 0, 1), (1, 2, 0), (3, 1, 0, 2), (0, 3, 2, 1)])
+def test_versions_and_withdrawals_take_effect_in_the_order_they_were_made_not_received(
+    order: tuple[int, ...],
+) -> None:
+    """A message sent again (a store failure, a lost receipt) can arrive after newer ones:
+    the recipient ends with the same states whatever the order. With four messages the
+    last is the summary's withdrawal."""
+    model = DeliveryModel()
+    try:
+        for _ in range(3):
+            model.share()
+        if len(order) == 4:
+            (summary_id,) = model.run(model.sender_store.fetchone("SELECT DISTINCT summary_id FROM outbox"))
+            withdrawn = model.run(
+                model.sharing.withdraw(
+                    node_api_pb2.WithdrawSummaryRequest(
+                        actor=PRACTITIONER, summary_id=summary_id, reason="Wrong family."
+                    )
+                )
+            )
+            model.accepted.add(withdrawn.share_id)
+        model.pump()
+        made = [f.send for f in model.sender_wire.frames]
+        assert len(made) == len(order)
+        for n in order:
+            model.run(model.reception.on_envelopes([made[n]]))
+        states = dict(model.run(model.recipient_store.fetchall("SELECT message_id, state FROM inbox")))
+        if len(order) == 3:
+            expected = ["superseded", "superseded", "new"]
+        else:
+            expected = ["withdrawn", "withdrawn", "withdrawn", "new"]
+        assert [states[_message_id(m)] for m in made] == expected
+    finally:
+        model.teardown()
+
+
 def _message_id(envelope: Any) -> str:
     from linkage.envelope import parse_routing
 

@@ -18,3 +18,9 @@ def test_uuid7_is_version_7_and_ordered_by_time(now_ms: int) -> None:
     assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
     assert parsed.int >> 80 == now_ms
     assert first < later
+
+
+def test_ids_made_in_one_millisecond_ascend() -> None:
+    made = [uuid7(1_796_000_000_000) for _ in range(10_000)]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert all(is_uuid7(i) and uuid.UUID(i).int >> 80 == 1_796_000_000_000 for i in made)
