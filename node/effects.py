@@ -18,7 +18,7 @@ SUMMARY_KINDS = (
 
 
 async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
-    body, sender = opened.body, opened.routing.sender_node
+    body, sender, made_at = opened.body, opened.routing.sender_node, opened.routing.created_at_ms
     kind = body.kind
     if kind in SUMMARY_KINDS:
         await _take_its_place(tx, seq, sender, body.summary.summary_id, body.message_id)
@@ -36,10 +36,11 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
         )
     elif kind == pb.MESSAGE_KIND_INVOLVEMENT_NOTICE:
         notice = body.involvement
-        await tx.executemany(
+        await tx.executemany(  # the newest notice holds, by when it was made (as for versions)
             "INSERT INTO involvement(token, node_id, joined, at_ms) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(token, node_id) DO UPDATE SET joined = excluded.joined, at_ms = excluded.at_ms",
-            [(t, sender, int(notice.joined), tx.now_ms) for t in notice.link_tokens],
+            "ON CONFLICT(token, node_id) DO UPDATE SET joined = excluded.joined, at_ms = excluded.at_ms "
+            "WHERE excluded.at_ms >= involvement.at_ms",
+            [(t, sender, int(notice.joined), made_at) for t in notice.link_tokens],
         )
         await tx.audit(
             "involvement.notice",
@@ -50,17 +51,25 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
         )
     elif kind == pb.MESSAGE_KIND_CLOSURE_RESPONSE:
         reply = body.closure_response
-        updated = await tx.execute(
-            "UPDATE closure_invitees SET answer = ?, reason = ?, at_ms = ? WHERE closure_id = ? AND node_id = ?",
-            (reply.answer, reply.reason, tx.now_ms, reply.closure_id, sender),
-        )
+        row = await (
+            await tx.execute(
+                "SELECT at_ms FROM closure_invitees WHERE closure_id = ? AND node_id = ?", (reply.closure_id, sender)
+            )
+        ).fetchone()
+        # An agency may answer again (agree, then object): its newest answer holds, by when it was made.
+        newest = row is not None and (row[0] is None or row[0] <= made_at)
+        if newest:
+            await tx.execute(
+                "UPDATE closure_invitees SET answer = ?, reason = ?, at_ms = ? WHERE closure_id = ? AND node_id = ?",
+                (reply.answer, reply.reason, made_at, reply.closure_id, sender),
+            )
         await tx.audit(
             "closure.reply_received",
             counterpart=sender,
             rationale=reply.reason,
             decision="agree" if reply.answer == 1 else "object",
             message_id=body.message_id,
-            detail={"closure_id": reply.closure_id, "invited": updated.rowcount == 1},
+            detail={"closure_id": reply.closure_id, "invited": row is not None, "newest": newest},
         )
     elif kind == pb.MESSAGE_KIND_READ_NOTIFICATION:
         read = body.read

@@ -1,0 +1,82 @@
+"""What a received message changes takes effect in the order its sender made it, not the
+order it arrived: a message sent again after a failure can arrive after a newer one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from linkage.clock import ManualClock
+from linkage.envelope import Opened
+from linkage.v1 import envelope_pb2 as pb
+from linkage.v1 import workflow_pb2
+from node.effects import apply_effects
+from node.store import Store
+
+TOKEN = bytes(range(32))
+
+
+def _received(
+    kind: pb.MessageKind.ValueType, made_at: int, fill: workflow_pb2.ClosureResponse | workflow_pb2.InvolvementNotice
+) -> Opened:
+    body = pb.MessageBody(kind=kind, message_id=f"m-{made_at}")
+    if isinstance(fill, workflow_pb2.ClosureResponse):
+        body.closure_response.CopyFrom(fill)
+    else:
+        body.involvement.CopyFrom(fill)
+    routing = pb.RoutingHeader(sender_node="csc", created_at_ms=made_at, message_id=body.message_id)
+    return Opened(routing=routing, body=body, signed=pb.SignedMessage(), digest=b"")
+
+
+@pytest.mark.parametrize("arrival", [(0, 1), (1, 0)])
+async def test_the_newest_closure_answer_and_involvement_notice_hold_whatever_the_arrival_order(
+    tmp_path: Path, arrival: tuple[int, int]
+) -> None:
+    store = await Store.open(tmp_path / "s.sqlite", ManualClock())
+    try:
+        async with store.tx() as tx:
+            await tx.execute("INSERT INTO cases(case_id, case_ref, opened_at_ms, status) VALUES ('c', 'r', 0, 'open')")
+            await tx.execute(
+                "INSERT INTO closures(closure_id, case_id, proposed_at_ms, respond_by, state, intent) "
+                "VALUES ('x', 'c', 0, '2030-01-01', 'proposed', x'')"
+            )
+            await tx.execute("INSERT INTO closure_invitees(closure_id, node_id) VALUES ('x', 'csc')")
+        answers = [
+            _received(
+                pb.MESSAGE_KIND_CLOSURE_RESPONSE,
+                1_000,
+                workflow_pb2.ClosureResponse(closure_id="x", answer=workflow_pb2.CLOSURE_ANSWER_AGREE),
+            ),
+            _received(
+                pb.MESSAGE_KIND_CLOSURE_RESPONSE,
+                2_000,
+                workflow_pb2.ClosureResponse(
+                    closure_id="x", answer=workflow_pb2.CLOSURE_ANSWER_OBJECT, reason="Attendance has dropped."
+                ),
+            ),
+        ]
+        for n in arrival:
+            async with store.tx() as tx:
+                await apply_effects(tx, n + 1, answers[n])
+        row = await store.fetchone("SELECT answer, reason, at_ms FROM closure_invitees WHERE closure_id = 'x'")
+        assert tuple(row) == (workflow_pb2.CLOSURE_ANSWER_OBJECT, "Attendance has dropped.", 2_000)
+
+        notices = [
+            _received(
+                pb.MESSAGE_KIND_INVOLVEMENT_NOTICE,
+                1_000,
+                workflow_pb2.InvolvementNotice(joined=True, link_tokens=[TOKEN]),
+            ),
+            _received(
+                pb.MESSAGE_KIND_INVOLVEMENT_NOTICE,
+                2_000,
+                workflow_pb2.InvolvementNotice(joined=False, link_tokens=[TOKEN]),
+            ),
+        ]
+        for n in arrival:
+            async with store.tx() as tx:
+                await apply_effects(tx, n + 3, notices[n])
+        assert tuple(await store.fetchone("SELECT joined, at_ms FROM involvement")) == (0, 2_000)
+    finally:
+        await store.close()
