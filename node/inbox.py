@@ -128,7 +128,7 @@ class Inbox:
         item = self._item(row)
         tokens = await self._tokens([item.seq])
         silent = request.silent_read_reason.strip()
-        notify = not silent and item.kind in SUMMARY_KINDS
+        notify = not silent and item.kind in SUMMARY_KINDS and not await self._sender_told(item)
         sealed = []
         if notify:
             read = workflow_pb2.ReadNotification(
@@ -160,6 +160,14 @@ class Inbox:
         if sealed:
             await self.ctx.changed()
         return item if item.state != "new" else self._with_state(item, "read")
+
+    async def _sender_told(self, item: node_api_pb2.ReceivedSummary) -> bool:
+        """Whether an earlier read of this item told its sender: the first read tells, once."""
+        row = await self.ctx.store.fetchone(
+            "SELECT 1 FROM outbox WHERE share_id = ? AND recipient = ? AND kind = ?",
+            (item.share_id, item.sender_node, envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION),
+        )
+        return row is not None
 
     @staticmethod
     def _with_state(item: node_api_pb2.ReceivedSummary, state: str) -> node_api_pb2.ReceivedSummary:

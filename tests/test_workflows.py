@@ -585,6 +585,20 @@ async def test_read_notifications_and_justified_silent_reads(federation: LocalFe
         assert row[0] is None
         assert events(await audit_events(cluster.nodes["amh"]), "message.read_by_recipient")
 
+        # Reading again tells nobody again; the first read that is not silent tells the sender, once.
+        for node, actor, item in (("csc", CSC_WORKER, for_csc), ("school", SCHOOL_DSL, for_school)):
+            for _ in range(2):
+                await cluster.api(node).OpenReceived(
+                    node_api_pb2.OpenReceivedRequest(actor=actor, message_id=item.message_id)
+                )
+            reader = cluster.nodes[node].store
+            assert reader is not None
+            told = await reader.fetchall(
+                "SELECT recipient FROM outbox WHERE kind = ?", (env.MESSAGE_KIND_READ_NOTIFICATION,)
+            )
+            assert told == [("amh",)]
+            assert len(events(await audit_events(cluster.nodes[node]), "message.read")) == 3 - (node == "school")
+
 
 async def test_what_the_case_system_is_handed_from_the_inbox_is_audited(federation: LocalFederation) -> None:
     async with running(federation) as cluster:
