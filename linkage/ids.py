@@ -11,7 +11,7 @@ NODE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 
 
 _RANDOM_BITS = 74
-_state = [-1, 0]  # the last id's millisecond and random part
+_last = (-1, 0)  # the last id's millisecond and random part
 _lock = threading.Lock()
 
 
@@ -19,14 +19,15 @@ def uuid7(now_ms: int) -> str:
     """A UUIDv7 string: 48-bit millisecond timestamp, then 74 random bits. Ids made in
     one millisecond by this process still ascend (RFC 9562 6.2, monotonic random): a
     recipient orders a sender's versions of a summary by them, not by their arrival."""
+    global _last
     ms = now_ms & ((1 << 48) - 1)
     rand = int.from_bytes(os.urandom(10), "big")
     with _lock:
-        if ms == _state[0] and (bumped := _state[1] + 1 + (rand >> 48)) < 1 << _RANDOM_BITS:
+        if ms == _last[0] and (bumped := _last[1] + 1 + (rand >> 48)) < 1 << _RANDOM_BITS:
             rand = bumped
         else:
             rand &= (1 << _RANDOM_BITS) - 1
-        _state[:] = [ms, rand]
+        _last = (ms, rand)
     value = ms << 80
     value |= 0x7 << 76
     value |= (rand >> 62) << 64

@@ -93,11 +93,15 @@ async def _take_its_place(tx: Tx, seq: int, sender: str, summary_id: str, messag
     So a version that arrives after a newer one, or after its withdrawal, is stored
     superseded, or withdrawn, as every recipient stores it whatever the order. (INDEXED BY:
     left to itself SQLite walks the sender's unique index through every older message.)"""
-    await tx.execute(
+    older = await tx.execute(
         "UPDATE inbox INDEXED BY inbox_live_by_summary SET state = 'superseded' "
         "WHERE sender = ? AND summary_id = ? AND state IN ('new', 'read') AND message_id < ?",
         (sender, summary_id, message_id),
     )
+    if older.rowcount:
+        # Each arrival leaves what is older than it superseded or withdrawn, so live rows are
+        # never on both sides of a version: with an older one live, nothing newer is.
+        return
     cursor = await tx.execute(
         "SELECT kind FROM inbox INDEXED BY inbox_live_by_summary "
         "WHERE sender = ? AND summary_id = ? AND state IN ('new', 'read') AND message_id > ?",

@@ -77,14 +77,6 @@ class Sealed:
     def message_id(self) -> str:
         return self.outgoing.routing.message_id
 
-    @property
-    def kind(self) -> envelope_pb2.MessageKind.ValueType:
-        return self.outgoing.routing.kind
-
-    @property
-    def link_tokens(self) -> Sequence[bytes]:
-        return self.outgoing.routing.link_tokens
-
 
 @dataclass(frozen=True)
 class Unreachable:
@@ -187,31 +179,33 @@ class Messenger:
         undeliverable at once for a recipient that could not be sealed to."""
         statuses = []
         for item in sealed:
-            detail = {"share_id": share_id, "kind": kind_name(item.kind)}
-            if isinstance(item, Unreachable):
-                envelope, digest, reason = None, b"", item.reason
-                detail |= {"reason": reason, "by": "sender"}
+            tokens: Sequence[bytes]
+            if isinstance(item, Sealed):
+                routing = item.outgoing.routing
+                message_id, kind, tokens, reason = routing.message_id, routing.kind, routing.link_tokens, ""
+                envelope, digest = item.outgoing.envelope.SerializeToString(), item.outgoing.digest
+                detail = {"share_id": share_id, "kind": kind_name(kind)}
             else:
-                envelope, digest, reason = item.outgoing.envelope.SerializeToString(), item.outgoing.digest, ""
-            await add_to_outbox(
-                tx, item.message_id, share_id, item.recipient, envelope, digest, item.kind, summary_id, reason
-            )
+                message_id, kind, tokens, reason = item.message_id, item.kind, item.link_tokens, item.reason
+                envelope, digest = None, b""
+                detail = {"share_id": share_id, "kind": kind_name(kind), "reason": reason, "by": "sender"}
+            await add_to_outbox(tx, message_id, share_id, item.recipient, envelope, digest, kind, summary_id, reason)
             await tx.audit(
                 "message.undeliverable" if reason else "message.queued",
                 actor,
-                tokens=item.link_tokens,
+                tokens=tokens,
                 summary_id=summary_id,
-                message_id=item.message_id,
+                message_id=message_id,
                 counterpart=item.recipient,
                 detail=detail,
             )
             state = "undeliverable" if reason else "queued"
             statuses.append(
-                node_api_pb2.DeliveryStatus(
-                    node_id=item.recipient, message_id=item.message_id, state=state, reason=reason
-                )
+                node_api_pb2.DeliveryStatus(node_id=item.recipient, message_id=message_id, state=state, reason=reason)
             )
-        handed = [(s.message_id, s.recipient, s.outgoing.envelope) for s in sealed if isinstance(s, Sealed)]
+        handed = [
+            (s.outgoing.routing.message_id, s.recipient, s.outgoing.envelope) for s in sealed if isinstance(s, Sealed)
+        ]
         if handed and self.on_queued is not None:
             on_queued = self.on_queued
             tx.on_commit(lambda: on_queued(handed))
