@@ -19,7 +19,7 @@ import grpc
 from gateway.server import GatewayServer
 from linkage.clock import Clock, SystemClock
 from linkage.config import DeliverySettings, GatewayConfig, GatewayLimits, NodeConfig
-from linkage.federation import Federation, enrol_gateway, enrol_node, init_federation, publish_directory
+from linkage.federation import Federation, enrol_gateway, enrol_node, init_federation, publish_directory, revoke_node
 from linkage.transport import secure_channel
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
 from node.server import NodeServer
@@ -187,3 +187,15 @@ async def linkage(*args: str, **settings: str) -> tuple[int, str, str]:
     out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def revoke(cluster: Cluster, node_id: str) -> None:
+    """Revoke `node_id`, and have the gateway and every other node take the new directory."""
+    revoke_node(cluster.federation.fed, node_id)
+    publish_directory(
+        cluster.federation.fed, SystemClock().now_ms(), copy_to=(cluster.federation.gateway_config.data_dir,)
+    )
+    await cluster.gateway.check_directory()
+    for other, node in cluster.nodes.items():
+        if other != node_id:
+            await node.check_directory()

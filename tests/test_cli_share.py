@@ -11,7 +11,7 @@ from google.protobuf import json_format
 from linkage import stories
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
-from tests.harness import PRACTITIONER, LocalFederation, linkage, next_item, running, wait_delivered
+from tests.harness import PRACTITIONER, LocalFederation, linkage, next_item, revoke, running, wait_delivered
 from tests.test_federation import _case_id, open_case
 
 
@@ -47,6 +47,15 @@ async def test_preview_then_send_then_status_from_the_cli(federation: LocalFeder
         code, out, err = await linkage("share", "status", sent["share_id"], *who)
         assert code == 0, err
         assert "school: delivered after 1 attempt(s), receipt at" in out
+
+        # The school leaves the federation: the withdrawal says it could not be told, and why.
+        await revoke(cluster, "school")
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        (summary_id,) = await store.fetchone("SELECT summary_id FROM outbox")
+        code, out, err = await linkage("share", "withdraw", summary_id, "--reason", "Sent in error", *who)
+        assert code == 0, err
+        assert "school: undeliverable (message " in out and "'school' is revoked; if this agency must" in out
 
         anonymous = ["--assessment", recorded.assessment_id, "--decision", str(decision), "--socket", socket]
         code, out, err = await linkage("share", "preview", *anonymous)

@@ -16,11 +16,18 @@ import grpc
 import pytest
 
 from linkage import stories
-from linkage.clock import SystemClock
-from linkage.federation import publish_directory, revoke_node
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import gateway_pb2, gateway_pb2_grpc, node_api_pb2, summary_pb2, workflow_pb2
-from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, next_item, running, wait_delivered
+from tests.harness import (
+    PRACTITIONER,
+    Cluster,
+    LocalFederation,
+    audit_events,
+    next_item,
+    revoke,
+    running,
+    wait_delivered,
+)
 from tests.test_federation import _case_id, open_case
 
 CSC_WORKER = stories.practitioner("csc-207", "Riley Example", "Social worker")
@@ -458,18 +465,6 @@ async def test_a_case_of_identity_protected_people_only_links_to_nobody_and_stil
         closed = await csc.CloseCase(node_api_pb2.CloseCaseRequest(actor=CSC_WORKER, case_id=case_id))
         assert closed.state == "closed"
         await open_case(cluster, "csc", protected)  # its reference may open a case again once closed
-
-
-async def revoke(cluster: Cluster, node_id: str) -> None:
-    """Revoke `node_id`, and have the gateway and every other node take the new directory."""
-    revoke_node(cluster.federation.fed, node_id)
-    publish_directory(
-        cluster.federation.fed, SystemClock().now_ms(), copy_to=(cluster.federation.gateway_config.data_dir,)
-    )
-    await cluster.gateway.check_directory()
-    for other, node in cluster.nodes.items():
-        if other != node_id:
-            await node.check_directory()
 
 
 async def test_a_revoked_recipient_does_not_stop_a_correction_or_withdrawal_reaching_the_others(

@@ -109,10 +109,15 @@ def share_send(args: argparse.Namespace) -> int:
         return 0
     print(f"Decision {response.share_id}: {_outcome(response.outcome)}")
     _print_recipients(list(response.decision.recipients))
-    for r in response.recipients:
-        print(f"  {r.node_id}: {r.state} (message {r.message_id})")
+    _print_queued(list(response.recipients))
     _print_findings(list(response.findings))
     return 0
+
+
+def _print_queued(statuses: list[node_api_pb2.DeliveryStatus]) -> None:
+    """Each recipient's message as the call left it: queued, or not sent and why."""
+    for r in statuses:
+        print(f"  {r.node_id}: {r.state} (message {r.message_id}){': ' + r.reason if r.reason else ''}")
 
 
 def share_withdraw(args: argparse.Namespace) -> int:
@@ -121,7 +126,8 @@ def share_withdraw(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(response)
         return 0
-    print(f"Withdrawal {response.share_id} queued for: {', '.join(r.node_id for r in response.recipients)}")
+    print(f"Withdrawal {response.share_id}:")
+    _print_queued(list(response.recipients))
     return 0
 
 
