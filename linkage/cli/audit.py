@@ -35,7 +35,7 @@ PLAIN = {
     "message.undeliverable": "Could not be delivered",
     "message.received": "Received from an agency",
     "message.rejected": "Refused on arrival",
-    "message.read": "Opened (sender told)",
+    "message.read": "Opened (its sender told of the first read)",
     "message.silent_read": "Opened silently (reason recorded)",
     "message.read_by_recipient": "Opened by the recipient",
     "case.opened": "Case opened",
