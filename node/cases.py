@@ -11,7 +11,7 @@ import grpc
 
 from linkage import logs
 from linkage.ids import uuid7
-from linkage.tokens import TOKEN_LEN, IdentifierError
+from linkage.tokens import MAX_TOKENS_PER_MESSAGE, TOKEN_LEN, IdentifierError
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
 from node.backoff import backoff_ms
@@ -20,7 +20,7 @@ from node.errors import ApiError, invalid, not_found
 from node.messaging import Fill
 from node.store import Tx
 
-MAX_PEOPLE_PER_CASE = 64
+MAX_PEOPLE_PER_CASE = MAX_TOKENS_PER_MESSAGE  # everything about a case goes in messages that name them all
 log = logs.get("node.cases")
 
 
@@ -132,7 +132,10 @@ class Cases:
     async def add_person(self, request: node_api_pb2.AddPersonRequest) -> node_api_pb2.OpenCaseResponse:
         await self.open_case_row(request.case_id)
         person = self._person(0, request.person)
-        if person.link_token in {p.link_token for p in await self.people(request.case_id)}:
+        people = await self.people(request.case_id)
+        if len(people) >= MAX_PEOPLE_PER_CASE:  # a message names at most this many people
+            raise _failed(f"case {request.case_id!r} already has {MAX_PEOPLE_PER_CASE} people, the most a case holds")
+        if person.link_token in {p.link_token for p in people}:
             raise ApiError(
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"that person is already in case {request.case_id!r}; to record them differently "

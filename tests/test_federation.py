@@ -229,6 +229,28 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
                 raise AssertionError(f"expected {code}")
 
 
+async def test_a_case_holds_as_many_people_as_a_message_can_name(federation: LocalFederation) -> None:
+    import grpc
+
+    from linkage.tokens import MAX_TOKENS_PER_MESSAGE
+
+    async with running(federation, nodes=("amh",)) as cluster:
+        people = [
+            node_api_pb2.PersonIdentifier(scheme="la-amh", value=f"client {n}", role_in_risk="AT_RISK")
+            for n in range(MAX_TOKENS_PER_MESSAGE)
+        ]
+        await open_case(cluster, "amh", people)
+        one_more = node_api_pb2.PersonIdentifier(scheme="la-amh", value="client 64", role_in_risk="AT_RISK")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await cluster.api("amh").AddPerson(
+                node_api_pb2.AddPersonRequest(
+                    actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"), person=one_more
+                )
+            )
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"already has {MAX_TOKENS_PER_MESSAGE} people" in (raised.value.details() or "")
+
+
 async def test_preview_shows_who_gets_what_and_sends_nothing(federation: LocalFederation) -> None:
     async with running(federation) as cluster:
         family = stories.think_family_people()
