@@ -7,21 +7,15 @@ from __future__ import annotations
 
 from linkage.envelope import Opened
 from linkage.v1 import envelope_pb2 as pb
+from node.messaging import carried_summary
 from node.store import Tx
-
-SUMMARY_KINDS = (
-    pb.MESSAGE_KIND_SUMMARY_SHARE,
-    pb.MESSAGE_KIND_RISK_CHANGE_NOTICE,
-    pb.MESSAGE_KIND_HISTORICAL_UPDATE,
-    pb.MESSAGE_KIND_CORRECTION,
-)
 
 
 async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
     body, sender, made_at = opened.body, opened.routing.sender_node, opened.routing.created_at_ms
     kind = body.kind
-    if kind in SUMMARY_KINDS:
-        await _take_its_place(tx, seq, sender, body.summary.summary_id, body.message_id)
+    if (summary := carried_summary(body)) is not None:
+        await _take_its_place(tx, seq, sender, summary.summary_id, body.message_id)
     elif kind == pb.MESSAGE_KIND_WITHDRAWAL:
         await tx.execute(
             "UPDATE inbox INDEXED BY inbox_live_by_summary SET state = 'withdrawn' "

@@ -12,7 +12,7 @@ from typing import Any
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
 from node.errors import not_found
-from node.sharing import SUMMARY_KINDS
+from node.messaging import carried_summary
 
 
 def _header(number: int, length: int) -> bytes:
@@ -76,7 +76,7 @@ class Inbox:
         seq, sender, message_id, received_at, kind, share_id, signed, state = row
         body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(signed).body)
         entry = self.ctx.agency(sender)
-        summary = body.summary if body.HasField("summary") else body.information_response.summary
+        summary = carried_summary(body) or summary_pb2.RiskSummary()
         return node_api_pb2.ReceivedSummary(
             seq=seq,
             message_id=message_id,
@@ -128,7 +128,7 @@ class Inbox:
         item = self._item(row)
         tokens = await self._tokens([item.seq])
         silent = request.silent_read_reason.strip()
-        notify = not silent and item.kind in SUMMARY_KINDS and not await self._sender_told(item)
+        notify = not silent and bool(item.summary.summary_id) and not await self._sender_told(item)
         sealed = []
         if notify:
             read = workflow_pb2.ReadNotification(
@@ -262,7 +262,7 @@ class Inbox:
         item = self._item(row)
         summary_id = item.summary.summary_id
         derived = [(item.seq, -1, item.received_at_ms, item.sender_node, summary_id, item.state, b"")]
-        if item.kind not in SUMMARY_KINDS:
+        if not summary_id:  # nothing in the chronology but summaries (a decline carries none)
             return derived
         entries = _entries(
             item.received_at_ms,

@@ -32,7 +32,7 @@ from linkage.reasons import Reason, Rejected
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, summary_pb2
 from node.effects import apply_effects
 from node.link import GatewayLink, NotConnected
-from node.messaging import kind_name
+from node.messaging import carried_summary, kind_name
 from node.metrics import NodeMetrics
 from node.store import Store, TransactionLost, Tx
 
@@ -173,7 +173,8 @@ class Reception:
 
     async def _insert(self, tx: Tx, opened: Opened) -> int:
         routing, body = opened.routing, opened.body
-        summary_id = body.summary.summary_id or body.withdrawal.summary_id
+        summary = carried_summary(body)
+        summary_id = summary.summary_id if summary is not None else body.withdrawal.summary_id
         cursor = await tx.execute(
             "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, summary_id, in_reply_to) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -13,8 +13,8 @@ from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.cases import Cases
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
-from node.messaging import Fill
-from node.sharing import SUMMARY_KINDS, Sharing, lawful_ground
+from node.messaging import CARRIES_SUMMARY, Fill
+from node.sharing import Sharing, lawful_ground
 
 
 class Requests:
@@ -84,7 +84,7 @@ class Requests:
     async def ask_clarification(self, request: node_api_pb2.AskClarificationRequest) -> node_api_pb2.MessageSent:
         if not request.question.strip():
             raise invalid("question is empty: say what needs clarifying")
-        sender, _, tokens = await self._received(request.about_message_id, SUMMARY_KINDS)
+        sender, _, tokens = await self._received(request.about_message_id, CARRIES_SUMMARY)
         ask = workflow_pb2.ClarificationRequest(about_message_id=request.about_message_id, question=request.question)
         return await self._send(
             request.actor,

@@ -14,18 +14,13 @@ from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
-from node.messaging import Fill, kind_name
+from node.messaging import CARRIES_SUMMARY, SUMMARY_KINDS, Fill, kind_name
 from node.policy import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
 from node.policy.minimise import routing_tokens
 
 log = logs.get("node.sharing")
 
-SUMMARY_KINDS = (
-    envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
-    envelope_pb2.MESSAGE_KIND_RISK_CHANGE_NOTICE,
-    envelope_pb2.MESSAGE_KIND_HISTORICAL_UPDATE,
-    envelope_pb2.MESSAGE_KIND_CORRECTION,
-)
+_CARRIES_SUMMARY_MARKS = ",".join("?" * len(CARRIES_SUMMARY))
 CHANGE_DIRECTIONS = {"NEW", "INCREASED", "DECREASED", "RESOLVED", "NOT_SUBSTANTIATED"}
 
 
@@ -66,8 +61,8 @@ class Sharing:
 
     async def prior_recipients(self, summary_id: str) -> list[str]:
         rows = await self.ctx.store.fetchall(
-            "SELECT DISTINCT recipient FROM outbox WHERE summary_id = ? AND kind IN (?, ?, ?, ?)",
-            (summary_id, *SUMMARY_KINDS),
+            f"SELECT DISTINCT recipient FROM outbox WHERE summary_id = ? AND kind IN ({_CARRIES_SUMMARY_MARKS})",
+            (summary_id, *CARRIES_SUMMARY),
         )
         return sorted(r[0] for r in rows)
 

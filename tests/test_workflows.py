@@ -395,18 +395,23 @@ async def test_clarification_and_information_requests(federation: LocalFederatio
         assert decisions[-1]["decision"] == "DECISION_OUTCOME_NOT_SHARED"
         assert decisions[-1]["rationale"] == "Everything relevant was shared yesterday."
 
-        await cluster.api("amh").RespondToInformationRequest(
-            node_api_pb2.InformationReplyRequest(
-                actor=PRACTITIONER,
-                request_message_id=request.message_id,
-                answer=workflow_pb2.INFORMATION_ANSWER_PROVIDED,
-                decision=stories.override_decision(),
-                assessment_id=assessment_id,
-            )
-        )
+        await provide(cluster, request.message_id, assessment_id)
         provided = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE, after_seq=declined.seq)
         assert provided.body.information_response.answer == workflow_pb2.INFORMATION_ANSWER_PROVIDED
         assert provided.summary.risk_items  # the summary travels inside the answer, minimised for csc
+
+
+async def provide(cluster: Cluster, request_message_id: str, assessment_id: str) -> None:
+    """amh answers an information request with a summary of its assessment."""
+    await cluster.api("amh").RespondToInformationRequest(
+        node_api_pb2.InformationReplyRequest(
+            actor=PRACTITIONER,
+            request_message_id=request_message_id,
+            answer=workflow_pb2.INFORMATION_ANSWER_PROVIDED,
+            decision=stories.override_decision(),
+            assessment_id=assessment_id,
+        )
+    )
 
 
 def s47_request(case_id: str, *to: str) -> node_api_pb2.RequestInformationRequest:
@@ -544,6 +549,43 @@ async def test_a_received_summary_opens_and_a_case_closes_after_the_sender_is_re
         assert {(kind, state) for kind, state, reason in rows if "'amh' is revoked" in reason} == {
             (env.MESSAGE_KIND_READ_NOTIFICATION, "undeliverable"),
             (env.MESSAGE_KIND_CLOSURE_NOTICE, "undeliverable"),
+        }
+
+
+async def test_a_summary_provided_on_request_is_corrected_withdrawn_and_in_the_chronology_like_a_share(
+    federation: LocalFederation,
+) -> None:
+    """UK GDPR Art 19: a correction or withdrawal goes to everyone the summary went to,
+    including an agency that had it in answer to an information request."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        family = stories.think_family_people()
+        parent, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        assessment_id = await record_assessment(cluster, parent, child)
+        csc_case = await _case_id(cluster, "csc")
+        await cluster.api("csc").RequestInformation(s47_request(csc_case, "amh"))
+        request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
+        await provide(cluster, request.message_id, assessment_id)
+        provided = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE)
+        summary_id = provided.summary.summary_id
+        assert (
+            summary_id and await chronology_states(cluster) == [(env.MESSAGE_KIND_INFORMATION_RESPONSE, "current")] * 2
+        )
+
+        corrected = await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
+        assert [r.node_id for r in corrected.recipients] == ["csc"]
+        correction = await next_item(cluster, "csc", env.MESSAGE_KIND_CORRECTION)
+        assert [state for _, state in await chronology_states(cluster)] == ["superseded"] * 2 + ["current"] * 2
+
+        withdrawn = await cluster.api("amh").WithdrawSummary(
+            node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error")
+        )
+        assert [r.node_id for r in withdrawn.recipients] == ["csc"]
+        await next_item(cluster, "csc", env.MESSAGE_KIND_WITHDRAWAL, after_seq=correction.seq)
+        items = (await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=CSC_WORKER))).items
+        assert {i.message_id: i.state for i in items if i.summary.summary_id == summary_id} == {
+            provided.message_id: "withdrawn",
+            correction.message_id: "withdrawn",
         }
 
 
