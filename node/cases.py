@@ -489,6 +489,20 @@ class Cases:
 
     # -- assessments --------------------------------------------------------------------
 
+    async def _check_same_case(self, summary_id: str, case_id: str) -> None:
+        """A new version of a summary comes from the case it was shared from: recipients take
+        it as the next version of what they hold, whoever it is about."""
+        row = await self.ctx.store.fetchone(
+            "SELECT a.case_id FROM outbox o JOIN shares s ON s.share_id = o.share_id "
+            "JOIN assessments a ON a.assessment_id = s.assessment_id WHERE o.summary_id = ? LIMIT 1",
+            (summary_id,),
+        )
+        if row is not None and row[0] != case_id:
+            raise invalid(
+                f"summary_id {summary_id!r} was shared from case {row[0]!r}: record its new versions in that case, "
+                "or leave summary_id empty for a new summary"
+            )
+
     async def record_assessment(
         self, request: node_api_pb2.RecordAssessmentRequest
     ) -> node_api_pb2.RecordAssessmentResponse:
@@ -501,6 +515,8 @@ class Cases:
         for n, person in enumerate(assessment.people):
             if person.link_token not in known:
                 raise invalid(f"assessment.people[{n}] is not a person of case {request.case_id!r}")
+        if assessment.summary_id:
+            await self._check_same_case(assessment.summary_id, request.case_id)
         assessment_id = uuid7(self.ctx.clock.now_ms())
         if not assessment.summary_id:
             assessment.summary_id = assessment_id

@@ -589,6 +589,30 @@ async def test_a_summary_provided_on_request_is_corrected_withdrawn_and_in_the_c
         }
 
 
+async def test_a_new_version_of_a_shared_summary_comes_from_its_own_case(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        parent, child, summary_id = await shared_with_both(cluster)
+        other = [node_api_pb2.PersonIdentifier(scheme="nhs", value=stories.UNRELATED_NHS, role_in_risk="AT_RISK")]
+        opened = await cluster.api("amh").OpenCase(
+            node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="another family", people=other)
+        )
+        elsewhere = stories.parent_risk_change(opened.people[0].link_token, opened.people[0].link_token)
+        elsewhere.summary_id = summary_id
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await cluster.api("amh").RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=opened.case_id, assessment=elsewhere)
+            )
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"summary_id {summary_id!r} was shared from case" in (raised.value.details() or "")
+        same = stories.parent_risk_change(parent, child)
+        same.summary_id, same.version = summary_id, 2
+        await cluster.api("amh").RecordAssessment(  # its own case may record the next version
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"), assessment=same
+            )
+        )
+
+
 async def test_read_notifications_and_justified_silent_reads(federation: LocalFederation) -> None:
     async with running(federation) as cluster:
         _, _, assessment_id = await think_family(cluster)
