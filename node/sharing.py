@@ -219,6 +219,16 @@ class Sharing:
         recipients = await self.prior_recipients(request.summary_id)
         if not recipients:
             raise not_found(f"summary {request.summary_id!r} was never shared from this node")
+        last = await self.ctx.store.fetchone(
+            "SELECT kind, share_id FROM outbox WHERE summary_id = ? ORDER BY created_at_ms DESC, seq DESC LIMIT 1",
+            (request.summary_id,),
+        )
+        if last is not None and last[0] == envelope_pb2.MESSAGE_KIND_WITHDRAWAL:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"summary {request.summary_id!r} is already withdrawn (withdrawal {last[1]}; see GetShareStatus), "
+                "and no version was shared since",
+            )
         # The link tokens it went with, from the oldest of its messages whose body retention kept.
         row = await self.ctx.store.fetchone(
             "SELECT b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? "

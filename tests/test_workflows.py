@@ -234,6 +234,12 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
         assert {state for _, state in await chronology_states(cluster)} == {"withdrawn"}
         assert events(await audit_events(cluster.nodes["amh"]), "summary.withdrawn")
         assert events(await audit_events(cluster.nodes["csc"]), "summary.withdrawn_by_sender")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:  # a retried withdrawal tells nobody twice
+            await cluster.api("amh").WithdrawSummary(
+                node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error")
+            )
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"is already withdrawn (withdrawal {withdrawn.share_id}" in (raised.value.details() or "")
 
 
 async def test_a_withdrawal_whose_bodies_retention_purged_is_refused_with_a_reason(
