@@ -307,6 +307,12 @@ class Cases:
             raise invalid(f"intent.intent must be one of {self.ctx.policy.codes.codes('closure_intent')}")
         if not dates.valid(request.respond_by):
             raise invalid("respond_by must be a date (year, month, day) by which the others should answer")
+        today = dates.iso(dates.today(self.ctx.clock.now_ms()))
+        if dates.iso(request.respond_by) < today:
+            raise invalid(
+                f"respond_by {dates.iso(request.respond_by)} has passed: "
+                "the others need time to answer (today at the earliest)"
+            )
         current = await self._closure(request.case_id)
         if current is not None and current[2] == "proposed":
             raise _failed("a closure is already proposed for this case; see GetClosure")

@@ -282,6 +282,13 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
             await amh.CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "must be alerted before a case is closed" in (raised.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:  # alerting them must leave them time to answer
+            yesterday = dt.date.today() - dt.timedelta(days=1)
+            late = planned_closure(PRACTITIONER, case_id)
+            late.respond_by.CopyFrom(summary_pb2.Date(year=yesterday.year, month=yesterday.month, day=yesterday.day))
+            await amh.ProposeClosure(late)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "has passed" in (raised.value.details() or "")
         assert (await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))).state == "none"
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id="no-such-case"))
