@@ -6,6 +6,7 @@ All but a first share also go to every earlier recipient of that summary
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import grpc
 
@@ -20,6 +21,7 @@ from node.policy.minimise import routing_tokens
 
 log = logs.get("node.sharing")
 
+MAX_REQUEST_ID = 128
 _CARRIES_SUMMARY_MARKS = ",".join("?" * len(CARRIES_SUMMARY))
 CHANGE_DIRECTIONS = {"NEW", "INCREASED", "DECREASED", "RESOLVED", "NOT_SUBSTANTIATED"}
 
@@ -155,7 +157,10 @@ class Sharing:
         wrap: bool = False,
     ) -> node_api_pb2.ShareSummaryResponse:
         """Decide, record and queue in one transaction. `wrap` sends the summary inside an
-        information response (to `only`, answering `in_reply_to`)."""
+        information response (to `only`, answering `in_reply_to`). A request_id seen before
+        is answered as it was then."""
+        if request.request_id and (answered := await self._answered(request)) is not None:
+            return answered
         self._check_capacity()
         share_id = uuid7(self.ctx.clock.now_ms())
         assessment, tokens, result = await self.decide(request, share_id, only)
@@ -186,32 +191,71 @@ class Sharing:
             sorted(result.payloads), message_kind, tokens, share_id, fill, request.actor, in_reply_to=in_reply_to
         )
         outcome = summary_pb2.DecisionOutcome.Name(result.outcome)
-        async with self.ctx.store.tx() as tx:
-            await tx.execute(
-                "INSERT INTO shares(share_id, assessment_id, created_at_ms, outcome, decision, kind) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (share_id, request.assessment_id, tx.now_ms, outcome, result.decision.SerializeToString(), kind),
+
+        def respond(statuses: list[node_api_pb2.DeliveryStatus]) -> node_api_pb2.ShareSummaryResponse:
+            return node_api_pb2.ShareSummaryResponse(
+                share_id=share_id,
+                outcome=result.outcome,
+                recipients=statuses,
+                findings=[finding(f) for f in result.findings],
+                decision=result.decision,
             )
-            await tx.audit(
-                "share.decision",
-                request.actor,
-                tokens=tokens,
-                summary_id=assessment.summary_id,
-                decision=outcome,
-                lawful_ground=lawful_ground(result.decision),
-                rationale=result.decision.rationale,
-                detail=decision_detail(share_id, result, message_kind),
-            )
-            statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, assessment.summary_id)
+
+        try:
+            async with self.ctx.store.tx() as tx:
+                await tx.execute(
+                    "INSERT INTO shares(share_id, assessment_id, created_at_ms, outcome, decision, kind, request_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        share_id,
+                        request.assessment_id,
+                        tx.now_ms,
+                        outcome,
+                        result.decision.SerializeToString(),
+                        kind,
+                        request.request_id or None,
+                    ),
+                )
+                await tx.audit(
+                    "share.decision",
+                    request.actor,
+                    tokens=tokens,
+                    summary_id=assessment.summary_id,
+                    decision=outcome,
+                    lawful_ground=lawful_ground(result.decision),
+                    rationale=result.decision.rationale,
+                    detail=decision_detail(share_id, result, message_kind),
+                )
+                statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, assessment.summary_id)
+                if request.request_id:  # kept to answer a repeat of this call
+                    answer = respond(statuses).SerializeToString()
+                    await tx.execute("UPDATE shares SET response = ? WHERE share_id = ?", (answer, share_id))
+        except sqlite3.IntegrityError as exc:
+            if "shares.request_id" not in str(exc):
+                raise
+            raise ApiError(
+                grpc.StatusCode.ABORTED,
+                f"another call with request_id {request.request_id!r} is sharing now; repeat this one for its answer",
+            ) from None
         await self.ctx.changed()
         log.info("share", share_id=share_id, outcome=outcome, recipients=len(sealed), kind=kind_name(message_kind))
-        return node_api_pb2.ShareSummaryResponse(
-            share_id=share_id,
-            outcome=result.outcome,
-            recipients=statuses,
-            findings=[finding(f) for f in result.findings],
-            decision=result.decision,
+        return respond(statuses)
+
+    async def _answered(self, request: node_api_pb2.ShareSummaryRequest) -> node_api_pb2.ShareSummaryResponse | None:
+        """The answer given to an earlier call with this request's request_id, if any."""
+        if len(request.request_id) > MAX_REQUEST_ID:
+            raise invalid(f"request_id is at most {MAX_REQUEST_ID} characters")
+        row = await self.ctx.store.fetchone(
+            "SELECT assessment_id, kind, response FROM shares WHERE request_id = ?", (request.request_id,)
         )
+        if row is None:
+            return None
+        if (row[0], row[1]) != (request.assessment_id, request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE):
+            raise ApiError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id {request.request_id!r} was used for another share; choose a new one for each share",
+            )
+        return node_api_pb2.ShareSummaryResponse.FromString(row[2])
 
     async def withdraw(self, request: node_api_pb2.WithdrawSummaryRequest) -> node_api_pb2.ShareSummaryResponse:
         if not request.reason.strip():

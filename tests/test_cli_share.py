@@ -38,9 +38,11 @@ async def test_preview_then_send_then_status_from_the_cli(federation: LocalFeder
         assert "If you share now: SHARED_PARTIAL (nothing has been sent)" in out
         assert "withheld: risk item 2 (SUBSTANCE_MISUSE): relevance to SCHOOL not stated" in out
 
-        code, out, err = await linkage("share", "send", *common, "--json")
+        code, out, err = await linkage("share", "send", *common, "--request-id", "cli-1", "--json")
         assert code == 0, err
         sent = json.loads(out)
+        code, out, err = await linkage("share", "send", *common, "--request-id", "cli-1", "--json")
+        assert code == 0 and json.loads(out) == sent, err  # sent again: the same answer, nothing more shared
         assert sent["outcome"] == "DECISION_OUTCOME_SHARED_PARTIAL"
         await wait_delivered(cluster.nodes["amh"], 1)
 

@@ -626,6 +626,39 @@ async def test_a_new_version_of_a_shared_summary_comes_from_its_own_case(federat
         )
 
 
+async def test_a_share_repeated_with_its_request_id_is_answered_again_and_shares_nothing_more(
+    federation: LocalFederation,
+) -> None:
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        request = node_api_pb2.ShareSummaryRequest(
+            actor=PRACTITIONER, assessment_id=assessment_id, decision=stories.override_decision(), request_id="r-1"
+        )
+        amh = cluster.api("amh")
+        first, again = await amh.ShareSummary(request), await amh.ShareSummary(request)
+        assert again == first and len(first.recipients) == 2
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        assert (await store.fetchone("SELECT COUNT(*) FROM outbox"))[0] == 2
+        assert len(events(await audit_events(cluster.nodes["amh"]), "share.decision")) == 1
+
+        request.kind = env.MESSAGE_KIND_CORRECTION  # the same id for a different share
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await amh.ShareSummary(request)
+        assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        request.request_id = "r-2"
+        assert (await amh.ShareSummary(request)).share_id != first.share_id
+
+        # Two calls racing with one id: one shares; the other has its answer or is told to ask again.
+        request.request_id = "r-3"
+        answers = await asyncio.gather(amh.ShareSummary(request), amh.ShareSummary(request), return_exceptions=True)
+        shared = {a.share_id for a in answers if isinstance(a, node_api_pb2.ShareSummaryResponse)}
+        refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+        assert len(shared) == 1 and all(a.code() == grpc.StatusCode.ABORTED for a in refused)
+        (count,) = await store.fetchone("SELECT COUNT(*) FROM shares WHERE request_id = 'r-3'")
+        assert count == 1
+
+
 async def test_read_notifications_and_justified_silent_reads(federation: LocalFederation) -> None:
     async with running(federation) as cluster:
         _, _, assessment_id = await think_family(cluster)

@@ -68,6 +68,7 @@ def _share_request(args: argparse.Namespace) -> node_api_pb2.ShareSummaryRequest
         assessment_id=args.assessment,
         decision=decision,
         kind=envelope_pb2.MessageKind.Value(f"MESSAGE_KIND_{args.kind}"),
+        request_id=args.request_id,
     )
 
 
@@ -161,6 +162,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
             default="SUMMARY_SHARE",
             choices=["SUMMARY_SHARE", "RISK_CHANGE_NOTICE", "HISTORICAL_UPDATE", "CORRECTION"],
             help="a change notice, historical update or correction also goes to every earlier recipient",
+        )
+        p.add_argument(
+            "--request-id",
+            default="",
+            help="any id of yours: sending again with the same one answers as the first time, sharing nothing more",
         )
         p.set_defaults(handler=handler)
     p = sub.add_parser("withdraw", help="recall a summary from every agency that received it")

@@ -194,10 +194,15 @@ class ShareSummaryRequest(_message.Message):
     ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     assessment_id: _builtins.str
     kind: _envelope_pb2.MessageKind.ValueType
     """SUMMARY_SHARE (default), RISK_CHANGE_NOTICE, HISTORICAL_UPDATE or CORRECTION.
     All but SUMMARY_SHARE also go to every earlier recipient of the summary.
+    """
+    request_id: _builtins.str
+    """Optional, chosen by the case system (a UUID, say): a call repeated with the same
+    request_id, after an answer was lost, is answered as the first was and shares nothing more.
     """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
@@ -212,10 +217,11 @@ class ShareSummaryRequest(_message.Message):
         assessment_id: _builtins.str = ...,
         decision: _summary_pb2.ShareDecision | None = ...,
         kind: _envelope_pb2.MessageKind.ValueType = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "assessment_id", b"assessment_id", "decision", b"decision", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "assessment_id", b"assessment_id", "decision", b"decision", "kind", b"kind", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -284,4 +284,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX cases_open_by_ref ON cases(case_ref) WHERE status = 'open';
     """,
+    # 14: a share's request id, chosen by the case system, and the answer it was given, so a
+    # repeated call (after a lost answer) is answered again instead of sharing twice.
+    """
+    ALTER TABLE shares ADD COLUMN request_id TEXT;
+    ALTER TABLE shares ADD COLUMN response BLOB;
+    CREATE UNIQUE INDEX shares_by_request ON shares(request_id) WHERE request_id IS NOT NULL;
+    """,
 )
