@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 
 from linkage.batchsign import Signature
 from linkage.batchsign import verify as batch_verify
+from linkage.content import check_content
 from linkage.contentkeys import ContentKeys, Encrypted, OpenedKeys, PrivateKey, PublicKey, key_info
 from linkage.directory import DirectoryView
 from linkage.keys import MessageKeys
@@ -41,6 +42,11 @@ DEFAULT_TTL_MS = 7 * 24 * 3600 * 1000
 # Sealed plaintexts are padded up to one of these sizes (then multiples of the
 # last), so the gateway learns little from ciphertext length.
 PAD_BUCKETS = (1024, 4096, 16384, 65536)
+# The largest message body a node signs. Signed (with the hybrid suite's second signature
+# and a batch proof), padded to its multiple of 64 KiB and sealed, it still travels in one
+# stream frame under the transport's limit: a larger one could never leave its sender, and
+# would hold up everything queued behind it.
+MAX_BODY_BYTES = 3 * PAD_BUCKETS[-1] - 8 * 1024
 
 HYBRID = directory_pb2.HPKE_SUITE_MLKEM768X25519_SHA256_AES256GCM
 
@@ -327,6 +333,7 @@ def open_envelope(
         or body.kind != routing.kind
     ):
         raise Rejected(Reason.HEADER_MISMATCH, "signed body does not match the routing header")
+    check_content(body)
     return Opened(routing=routing, body=body, signed=signed, digest=envelope_digest(envelope))
 
 

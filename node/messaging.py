@@ -17,11 +17,12 @@ from linkage.clock import Clock
 from linkage.config import DeliverySettings
 from linkage.contentkeys import ContentKeys
 from linkage.directory import TrustedDirectory
-from linkage.envelope import MESSAGE_LABEL, Draft, Outgoing, draft, seal_signed, signing_generation
+from linkage.envelope import MAX_BODY_BYTES, MESSAGE_LABEL, Draft, Outgoing, draft, seal_signed, signing_generation
 from linkage.ids import uuid7
 from linkage.keys import MessageKeys
 from linkage.reasons import Rejected
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
+from node.errors import invalid
 from node.store import Tx
 
 log = logs.get("node.messaging")
@@ -163,21 +164,26 @@ class Messenger:
                 body.sent_by.CopyFrom(actor)
                 body_fill(body)
 
-            outcomes.append(
-                draft(
-                    sender_node=self.node_id,
-                    recipient_node=recipient,
-                    recipient_key=recipient_key,
-                    suite=directory.directory.suite,
-                    message_id=message_id,
-                    link_tokens=tokens,
-                    kind=kind,
-                    created_at_ms=now,
-                    share_id=share_id,
-                    content=content,
-                    ttl_ms=self.delivery.undeliverable_after_ms,
-                )
+            message = draft(
+                sender_node=self.node_id,
+                recipient_node=recipient,
+                recipient_key=recipient_key,
+                suite=directory.directory.suite,
+                message_id=message_id,
+                link_tokens=tokens,
+                kind=kind,
+                created_at_ms=now,
+                share_id=share_id,
+                content=content,
+                ttl_ms=self.delivery.undeliverable_after_ms,
             )
+            if len(message.body) > MAX_BODY_BYTES:
+                raise invalid(
+                    f"this {kind_name(kind).replace('_', ' ')} would be {len(message.body):,} bytes, more than one "
+                    f"message may carry ({MAX_BODY_BYTES:,}): shorten its text or send less in one message; "
+                    "nothing was sent"
+                )
+            outcomes.append(message)
         drafts = [d for d in outcomes if isinstance(d, Draft)]
         waiting = [self.signer.sign(signer, d.routing.recipient_node, d.body, d.hybrid) for d in drafts]
         signatures = iter([await signature for signature in waiting])  # one already made costs no yield

@@ -98,7 +98,7 @@ class Reception:
         now = self.clock.now_ms()
         directory = self.trust.current(now)
         opened: list[Opened] = []
-        refused: list[tuple[envelope_pb2.Envelope, Reason]] = []
+        refused: list[tuple[envelope_pb2.Envelope, Rejected]] = []
         for envelope in envelopes:
             try:
                 opened.append(
@@ -112,12 +112,12 @@ class Reception:
                     )
                 )
             except Rejected as exc:
-                refused.append((envelope, exc.reason))
+                refused.append((envelope, exc))
         answers: list[_Answer] = []
         if opened:
             answers += await self._store(opened)
-        for envelope, reason in refused:
-            answer = await self._reject(envelope, reason)
+        for envelope, why in refused:
+            answer = await self._reject(envelope, why)
             if answer is not None:
                 answers.append(answer)
         await self._receipt(answers)
@@ -217,8 +217,9 @@ class Reception:
         await apply_effects(tx, seq, opened)
         return seq
 
-    async def _reject(self, envelope: envelope_pb2.Envelope, reason: Reason) -> _Answer | None:
-        """Audit a refused message; the negative receipt to send, if it can be addressed."""
+    async def _reject(self, envelope: envelope_pb2.Envelope, why: Rejected) -> _Answer | None:
+        """Audit a refused message, and why; the negative receipt to send, if it can be addressed."""
+        reason = why.reason
         try:
             routing: envelope_pb2.RoutingHeader | None = parse_routing(envelope)
         except Rejected:
@@ -227,7 +228,10 @@ class Reception:
         message_id = routing.message_id if routing else ""
         async with self.store.tx() as tx:
             await tx.audit(
-                "message.rejected", message_id=message_id, counterpart=sender, detail={"reason": reason.value}
+                "message.rejected",
+                message_id=message_id,
+                counterpart=sender,
+                detail={"reason": reason.value, "why": why.detail},
             )
         self.metrics.rejected.labels(reason.value).inc()
         log.warning("message.rejected", sender=sender, message_id=message_id, reason=reason.value)

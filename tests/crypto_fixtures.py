@@ -19,9 +19,21 @@ FED = "unit.linkage.example"
 TOKENS = [bytes([7]) * 32, bytes([9]) * 32]
 
 
+def synthetic_summary(headline: str = "synthetic", summary_id: str = "s-1") -> summary_pb2.RiskSummary:
+    """A summary with what its recipient needs to act on it (linkage.content)."""
+    return summary_pb2.RiskSummary(
+        summary_id=summary_id,
+        headline=headline,
+        decision=summary_pb2.ShareDecision(outcome=summary_pb2.DECISION_OUTCOME_SHARED),
+    )
+
+
 def seal(*, keys: MessageKeys, **fields: Any) -> Outgoing:
     """Draft, sign and seal one message on its own, as a node does a lone message
-    (`linkage.envelope.draft` names the fields)."""
+    (`linkage.envelope.draft` names the fields); a summary share carries a synthetic summary
+    unless given one."""
+    if fields.get("kind") == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE and "content" not in fields:
+        fields.setdefault("summary", synthetic_summary())
     message = draft(**fields)
     (signature,) = sign_batch(keys, MESSAGE_LABEL, [message.body], message.hybrid)
     return seal_signed(message, signature, ContentKeys())
@@ -59,7 +71,7 @@ class Keyring:
             kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
             created_at_ms=created_at_ms,
             share_id="share-1",
-            summary=summary or summary_pb2.RiskSummary(headline="synthetic"),
+            summary=summary or synthetic_summary(),
         )
 
 

@@ -15,8 +15,8 @@ from linkage.batchsign import sign_batch
 from linkage.contentkeys import ContentKeys, Encrypted, OpenedKeys, key_info
 from linkage.envelope import MESSAGE_LABEL, Outgoing, draft, envelope_digest, open_envelope, seal_signed
 from linkage.reasons import Reason, Rejected
-from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
-from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring
+from linkage.v1 import directory_pb2, envelope_pb2
+from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, synthetic_summary
 
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
 
@@ -37,7 +37,7 @@ def _seal(ring: Keyring, keys: ContentKeys, sender: str, recipient: str, n: int,
         kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
         created_at_ms=at_ms,
         share_id=f"share-{n}",
-        summary=summary_pb2.RiskSummary(headline=f"synthetic {n}"),
+        summary=synthetic_summary(f"synthetic {n}"),
     )
     (signature,) = sign_batch(ring.keys[sender], MESSAGE_LABEL, [message.body])
     return seal_signed(message, signature, keys)

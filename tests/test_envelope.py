@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import pytest
 
+from linkage.batchsign import MAX_BATCH, sign_batch
 from linkage.contentkeys import ContentKeys
-from linkage.envelope import MESSAGE_LABEL, decrypt, encrypt, open_envelope, parse_routing, verify_receipt
+from linkage.envelope import (
+    HYBRID,
+    MAX_BODY_BYTES,
+    MESSAGE_LABEL,
+    PAD_BUCKETS,
+    Draft,
+    decrypt,
+    draft,
+    encrypt,
+    open_envelope,
+    parse_routing,
+    seal_signed,
+    verify_receipt,
+)
+from linkage.ids import uuid7
+from linkage.keys import MessageKeys, raw_public, raw_public_pq
 from linkage.reasons import Reason, Rejected
-from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
-from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, seal, sign_receipt
+from linkage.tokens import MAX_TOKENS_PER_MESSAGE
+from linkage.transport import MAX_MESSAGE_BYTES
+from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, summary_pb2, workflow_pb2
+from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, seal, sign_receipt, synthetic_summary
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +38,7 @@ def ring() -> Keyring:
 
 
 def test_round_trip_names_both_ends(ring: Keyring) -> None:
-    summary = summary_pb2.RiskSummary(headline="Risk has decreased", summary_id="s-1")
+    summary = synthetic_summary("Risk has decreased")
     out = ring.seal("a", "b", summary)
     opened = open_envelope(out.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
     assert opened.body.summary == summary
@@ -154,6 +173,123 @@ def test_padding_hides_length_within_a_bucket(ring: Keyring) -> None:
     short = ring.seal("a", "b", summary_pb2.RiskSummary(headline="x"))
     longer = ring.seal("a", "b", summary_pb2.RiskSummary(headline="x" * 600))
     assert len(short.envelope.ciphertext) == len(longer.envelope.ciphertext)
+
+
+def _closure_reply(answer: int, closure_id: str = "c-1") -> Callable[[envelope_pb2.MessageBody], None]:
+    return lambda body: body.closure_response.CopyFrom(
+        workflow_pb2.ClosureResponse(closure_id=closure_id, answer=answer)  # type: ignore[arg-type]
+    )
+
+
+def _information(
+    answer: int, summary: summary_pb2.RiskSummary | None = None, outcome: int = summary_pb2.DECISION_OUTCOME_NOT_SHARED
+) -> Callable[[envelope_pb2.MessageBody], None]:
+    def write(body: envelope_pb2.MessageBody) -> None:
+        response = body.information_response
+        response.answer = answer  # type: ignore[assignment]
+        response.decision.outcome = outcome  # type: ignore[assignment]
+        if summary is not None:
+            response.summary.CopyFrom(summary)
+
+    return write
+
+
+def _unknown_outcome() -> summary_pb2.RiskSummary:
+    summary = synthetic_summary()
+    summary.decision.outcome = 42  # type: ignore[assignment]
+    return summary
+
+
+SHARE, REPLY = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE, envelope_pb2.MESSAGE_KIND_CLOSURE_RESPONSE
+INFORMATION = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE
+
+
+@pytest.mark.parametrize(
+    ("kind", "content", "why"),
+    [
+        (99, _closure_reply(workflow_pb2.CLOSURE_ANSWER_AGREE), "message kind 99 is not one this node knows"),
+        (REPLY, lambda body: body.summary.CopyFrom(synthetic_summary()), "does not carry its closure_response"),
+        (SHARE, lambda body: None, "does not carry its summary"),
+        (SHARE, lambda body: body.summary.CopyFrom(synthetic_summary(summary_id="")), "the summary has no id"),
+        (SHARE, lambda body: body.summary.CopyFrom(_unknown_outcome()), "decision outcome 42"),
+        (REPLY, _closure_reply(99), "closure answer 99 is not one this node knows"),
+        (REPLY, _closure_reply(workflow_pb2.CLOSURE_ANSWER_OBJECT, closure_id=""), "names no closure"),
+        (
+            envelope_pb2.MESSAGE_KIND_WITHDRAWAL,
+            lambda body: body.withdrawal.CopyFrom(workflow_pb2.Withdrawal(reason="Recorded in error")),
+            "the withdrawal names no summary",
+        ),
+        (INFORMATION, _information(7), "information answer 7"),
+        (INFORMATION, _information(workflow_pb2.INFORMATION_ANSWER_PROVIDED), "provided without its summary"),
+        (INFORMATION, _information(workflow_pb2.INFORMATION_ANSWER_DECLINED, outcome=0), "no decision this node knows"),
+        (
+            INFORMATION,
+            _information(workflow_pb2.INFORMATION_ANSWER_PARTIAL, _unknown_outcome()),
+            "decision outcome 42",
+        ),
+    ],
+)
+def test_a_message_its_recipient_cannot_act_on_is_refused_as_malformed(
+    ring: Keyring, kind: int, content: Callable[[envelope_pb2.MessageBody], None], why: str
+) -> None:
+    """Signed by a member of the federation and still refused: a newer kind or answer than
+    this node knows, content that is not its kind's, or a summary with no id (it would
+    supersede every other summary without one)."""
+    out = seal(
+        keys=ring.keys["a"],
+        sender_node="a",
+        recipient_node="b",
+        recipient_key=ring.view.sealing_key("b", NOW),
+        suite=directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM,
+        message_id=uuid7(NOW),
+        link_tokens=TOKENS,
+        kind=kind,
+        created_at_ms=NOW,
+        share_id="share-1",
+        content=content,
+    )
+    with pytest.raises(Rejected) as raised:
+        open_envelope(out.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+    assert raised.value.reason == Reason.MALFORMED and why in raised.value.detail
+
+
+def test_the_largest_body_a_node_signs_travels_in_one_frame_in_the_worst_case() -> None:
+    """MAX_BODY_BYTES, in the hybrid suite (the larger key encapsulation and a second
+    signature), with the longest batch proof and the most link tokens a header carries,
+    sealed, still fits the frame that sends it and the frame that delivers it."""
+    sender, recipient = (MessageKeys.generate(n, post_quantum=True) for n in ("a-k1", "b-k1"))
+    recipient_key = directory_pb2.NodeKey(
+        key_id=recipient.key_id,
+        hpke_public_key=raw_public(recipient.hpke),
+        hpke_pq_public_key=raw_public_pq(recipient.mlkem),  # type: ignore[arg-type]
+    )
+
+    def largest(question: str) -> Draft:
+        return draft(
+            sender_node="a",
+            recipient_node="b",
+            recipient_key=recipient_key,
+            suite=HYBRID,
+            message_id=uuid7(NOW),
+            link_tokens=[bytes([n]) * 32 for n in range(MAX_TOKENS_PER_MESSAGE)],
+            kind=envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,
+            created_at_ms=NOW,
+            share_id=uuid7(NOW),
+            content=lambda body: body.clarification_request.CopyFrom(
+                workflow_pb2.ClarificationRequest(about_message_id=uuid7(NOW), question=question)
+            ),
+        )
+
+    short = largest("?")
+    message = largest("?" * (MAX_BODY_BYTES - len(short.body) + 1 - 4))  # two lengths, each two bytes longer
+    assert len(message.body) == MAX_BODY_BYTES
+    items = [message.body, *(bytes([n]) for n in range(MAX_BATCH - 1))]
+    signature = sign_batch(sender, MESSAGE_LABEL, items, hybrid=True)[0]
+    assert signature.proof is not None and len(signature.proof.path) == 8 and signature.pq_signature
+    envelope = seal_signed(message, signature, ContentKeys()).envelope
+    assert len(envelope.ciphertext) > 3 * PAD_BUCKETS[-1]  # padded to the largest multiple that fits
+    for frame in (gateway_pb2.NodeFrame(send=envelope), gateway_pb2.GatewayFrame(deliver=envelope)):
+        assert frame.ByteSize() <= MAX_MESSAGE_BYTES
 
 
 def test_receipt_binds_message_and_digest_and_is_signed_by_the_recipient(ring: Keyring) -> None:

@@ -352,6 +352,52 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
         assert events(await audit_events(cluster.nodes["school"]), "closure.responded")
 
 
+async def test_a_closure_answer_its_recipient_does_not_know_is_refused_and_the_sender_told(
+    federation: LocalFederation,
+) -> None:
+    """A reply with an answer newer than the closing node's software (here 99) was stored
+    and counted as an objection; a summary with such a decision outcome failed to store,
+    so its sender sent it again and again until it expired. Now the recipient refuses it
+    as malformed, says why in its audit log, and the sender's share status says so."""
+    async with running(federation) as cluster:
+        await think_family(cluster)
+        amh, case_id = cluster.api("amh"), await _case_id(cluster, "amh")
+        await amh.ProposeClosure(planned_closure(PRACTITIONER, case_id))
+        intent = await next_item(cluster, "csc", env.MESSAGE_KIND_CLOSURE_INTENT)
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+        closure_id = intent.body.closure_intent.closure_id
+        unknown = workflow_pb2.ClosureResponse(closure_id=closure_id, answer=99)  # type: ignore[arg-type]
+        sealed = await csc.ctx.messenger.seal_each(
+            ["amh"],
+            env.MESSAGE_KIND_CLOSURE_RESPONSE,
+            list(intent.body.closure_intent.link_tokens),
+            closure_id,
+            lambda _: lambda body: body.closure_response.CopyFrom(unknown),
+            CSC_WORKER,
+            in_reply_to=intent.message_id,
+        )
+        async with csc.store.tx() as tx:
+            (status,) = await csc.ctx.messenger.queue(tx, sealed, closure_id, CSC_WORKER)
+        await wait_delivered(csc, 1, state="undeliverable")
+        row = await csc.store.fetchone("SELECT reason FROM outbox WHERE message_id = ?", (status.message_id,))
+        assert row[0] == "refused by the recipient: malformed"
+        (rejected,) = events(await audit_events(cluster.nodes["amh"]), "message.rejected")
+        assert rejected["message_id"] == status.message_id
+        assert rejected["detail"] == {"reason": "malformed", "why": "closure answer 99 is not one this node knows"}
+        closure = await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert sorted(closure.awaiting) == ["csc", "school"] and not closure.objection_outstanding
+
+        await cluster.api("csc").RespondToClosure(
+            node_api_pb2.RespondToClosureRequest(
+                actor=CSC_WORKER, intent_message_id=intent.message_id, answer=workflow_pb2.CLOSURE_ANSWER_AGREE
+            )
+        )
+        await next_item(cluster, "amh", env.MESSAGE_KIND_CLOSURE_RESPONSE)
+        closure = await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert list(closure.awaiting) == ["school"]
+
+
 async def test_clarification_and_information_requests(federation: LocalFederation) -> None:
     async with running(federation) as cluster:
         _, _, assessment_id = await think_family(cluster)
@@ -437,6 +483,30 @@ def s47_request(case_id: str, *to: str) -> node_api_pb2.RequestInformationReques
         what="Any risk to the child from the parent",
         lawful_basis=summary_pb2.LawfulBasis(art6=["A6_1_C"]),
     )
+
+
+async def test_a_message_too_large_to_travel_is_refused_and_holds_up_nothing(federation: LocalFederation) -> None:
+    """A question near the API's limit made an envelope larger than a stream frame may be:
+    it was queued, then broke the node's stream at every attempt, and nothing queued after
+    it ever left. Now it is refused, naming the limit, and what follows is delivered."""
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        await share(cluster, assessment_id)
+        received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+
+        def ask(question: str) -> node_api_pb2.AskClarificationRequest:
+            return node_api_pb2.AskClarificationRequest(
+                actor=CSC_WORKER, about_message_id=received.message_id, question=question
+            )
+
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await cluster.api("csc").AskClarification(ask("Who cares for the child at night? " * 7_000))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "more than one message may carry" in (raised.value.details() or "")
+        assert not events(await audit_events(cluster.nodes["csc"]), "clarification.asked")
+        await cluster.api("csc").AskClarification(ask("Who cares for the child at night?"))
+        await next_item(cluster, "amh", env.MESSAGE_KIND_CLARIFICATION_REQUEST)
+        await wait_delivered(cluster.nodes["csc"], 1)
 
 
 async def test_an_information_request_goes_once_to_each_other_agency_it_names(federation: LocalFederation) -> None:

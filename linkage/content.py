@@ -1,0 +1,75 @@
+"""What each kind of message must carry for its recipient to act on it, checked once its
+signature holds. A message that fails is refused as malformed, and its sender is told so
+by the receipt: a message a node cannot act on (a kind or an answer newer than its own
+software, a summary with no id that would supersede every other) is never stored half
+understood, nor failed at storing and sent again and again until it expires."""
+
+from __future__ import annotations
+
+from linkage.reasons import Reason, Rejected
+from linkage.v1 import envelope_pb2 as pb
+from linkage.v1 import summary_pb2, workflow_pb2
+
+# The field of the body's `content` that each kind of message carries.
+CONTENT: dict[int, str] = {
+    pb.MESSAGE_KIND_SUMMARY_SHARE: "summary",
+    pb.MESSAGE_KIND_RISK_CHANGE_NOTICE: "summary",
+    pb.MESSAGE_KIND_HISTORICAL_UPDATE: "summary",
+    pb.MESSAGE_KIND_CORRECTION: "summary",
+    pb.MESSAGE_KIND_WITHDRAWAL: "withdrawal",
+    pb.MESSAGE_KIND_INVOLVEMENT_NOTICE: "involvement",
+    pb.MESSAGE_KIND_CLOSURE_INTENT: "closure_intent",
+    pb.MESSAGE_KIND_CLOSURE_RESPONSE: "closure_response",
+    pb.MESSAGE_KIND_CLOSURE_NOTICE: "closure_notice",
+    pb.MESSAGE_KIND_CLARIFICATION_REQUEST: "clarification_request",
+    pb.MESSAGE_KIND_CLARIFICATION_RESPONSE: "clarification_response",
+    pb.MESSAGE_KIND_INFORMATION_REQUEST: "information_request",
+    pb.MESSAGE_KIND_INFORMATION_RESPONSE: "information_response",
+    pb.MESSAGE_KIND_READ_NOTIFICATION: "read",
+}
+OUTCOMES = frozenset(summary_pb2.DecisionOutcome.values()) - {summary_pb2.DECISION_OUTCOME_UNSPECIFIED}
+CLOSURE_ANSWERS = frozenset({workflow_pb2.CLOSURE_ANSWER_AGREE, workflow_pb2.CLOSURE_ANSWER_OBJECT})
+PROVIDING = frozenset({workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL})
+
+
+def check_content(body: pb.MessageBody) -> None:
+    """Raise Rejected(MALFORMED) unless `body` carries what its kind needs, in values this
+    node knows."""
+    field = CONTENT.get(body.kind)
+    if field is None:
+        raise Rejected(Reason.MALFORMED, f"message kind {body.kind} is not one this node knows")
+    if body.WhichOneof("content") != field:
+        raise Rejected(Reason.MALFORMED, f"the message does not carry its {field}")
+    if problem := _problem(body):
+        raise Rejected(Reason.MALFORMED, problem)
+
+
+def _problem(body: pb.MessageBody) -> str:
+    field = CONTENT[body.kind]
+    if field == "summary":
+        return _summary_problem(body.summary)
+    if field == "withdrawal":
+        return "" if body.withdrawal.summary_id else "the withdrawal names no summary"
+    if field == "closure_response":
+        reply = body.closure_response
+        if not reply.closure_id:
+            return "the closure response names no closure"
+        return "" if reply.answer in CLOSURE_ANSWERS else f"closure answer {reply.answer} is not one this node knows"
+    if field == "information_response":
+        response = body.information_response
+        if response.answer == workflow_pb2.INFORMATION_ANSWER_DECLINED:
+            return "" if response.decision.outcome in OUTCOMES else "the decline carries no decision this node knows"
+        if response.answer not in PROVIDING:
+            return f"information answer {response.answer} is not one this node knows"
+        if not response.HasField("summary"):
+            return "information provided without its summary"
+        return _summary_problem(response.summary)
+    return ""
+
+
+def _summary_problem(summary: summary_pb2.RiskSummary) -> str:
+    if not summary.summary_id:
+        return "the summary has no id"
+    if summary.decision.outcome not in OUTCOMES:
+        return f"the summary's decision outcome {summary.decision.outcome} is not one this node knows"
+    return ""
