@@ -10,6 +10,7 @@ import asyncio
 import grpc
 
 from linkage import logs
+from linkage.content import CLOSURE_ANSWERS
 from linkage.ids import uuid7
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, TOKEN_LEN, IdentifierError
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
@@ -408,7 +409,7 @@ class Cases:
         )
         if row is None:
             raise not_found(f"no closure intent {request.intent_message_id!r} was received by this node")
-        if request.answer == workflow_pb2.CLOSURE_ANSWER_UNSPECIFIED:
+        if request.answer not in CLOSURE_ANSWERS:
             raise invalid("answer must be AGREE or OBJECT")
         if request.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT and not request.reason.strip():
             raise invalid("an objection needs its reason, so the closing agency can act on it")

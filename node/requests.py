@@ -14,6 +14,7 @@ from node.cases import Cases
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, Fill
+from node.policy.rules import basis_codes
 from node.sharing import Sharing, lawful_ground
 
 
@@ -118,6 +119,8 @@ class Requests:
             raise invalid("an information request needs its purpose and what is asked for, in plain words")
         if not request.lawful_basis.art6:
             raise invalid("an information request needs the lawful basis it relies on (lawful_basis.art6)")
+        if unknown := [f.message for f in basis_codes(request.lawful_basis, self.ctx.policy.codes)]:
+            raise invalid(" ".join(unknown))
         await self.cases.open_case_row(request.case_id)
         tokens = [p.link_token for p in await self.cases.people(request.case_id) if not p.protect_identity]
         if not tokens:

@@ -105,6 +105,7 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
         _set("s.risk_items.0.currency", pb.CURRENCY_UNSPECIFIED),
         _set("s.risk_items.0.currency", pb.CURRENCY_CURRENT),
     ),
+    ("currency_missing", _set("s.risk_items.0.currency", 9), _set("s.risk_items.0.currency", pb.CURRENCY_CURRENT)),
     (
         "historical_needs_dates",
         _set("s.risk_items.1.period", None),

@@ -314,6 +314,15 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
                         actor=actor, intent_message_id=intent.message_id, answer=workflow_pb2.CLOSURE_ANSWER_OBJECT
                     )
                 )
+            with pytest.raises(grpc.aio.AioRpcError) as raised:  # an answer this node does not know
+                await cluster.api(node).RespondToClosure(
+                    node_api_pb2.RespondToClosureRequest(
+                        actor=actor,
+                        intent_message_id=intent.message_id,
+                        answer=99,  # type: ignore[arg-type]
+                    )
+                )
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             await cluster.api(node).RespondToClosure(
                 node_api_pb2.RespondToClosureRequest(
                     actor=actor, intent_message_id=intent.message_id, answer=answer, reason=reason
@@ -426,6 +435,19 @@ async def test_clarification_and_information_requests(federation: LocalFederatio
                 )
             )
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as raised:  # and a ground from the code lists
+            await cluster.api("csc").RequestInformation(
+                node_api_pb2.RequestInformationRequest(
+                    actor=CSC_WORKER,
+                    case_id=await _case_id(cluster, "csc"),
+                    to_nodes=["amh"],
+                    purpose="Child protection enquiry under section 47",
+                    what="Any risk to the child from the parent",
+                    lawful_basis=summary_pb2.LawfulBasis(art6=["A6_1_C"], statutory_gateway=["CA1989_S99"]),
+                )
+            )
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'CA1989_S99' is not in the statutory_gateway code list" in (raised.value.details() or "")
         await cluster.api("csc").RequestInformation(
             node_api_pb2.RequestInformationRequest(
                 actor=CSC_WORKER,

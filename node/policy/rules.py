@@ -43,14 +43,8 @@ def _code(codes: CodeLists, name: str, value: str, where: str) -> Iterator[Findi
         yield Finding("unknown_code", f"{where}: '{value}' is not in the {name} code list ({codes.version}).")
 
 
-def decision_rules(decision: pb.ShareDecision, codes: CodeLists, sender_agency_type: str) -> Iterator[Finding]:
-    """Grounds for sharing: consent, lawful basis and the override record."""
-    basis = decision.lawful_basis
-    if not decision.consent_status:
-        yield Finding("consent_status_missing", "Record the consent status (for example GIVEN_EXPLICIT or REFUSED).")
-    yield from _code(codes, "consent_status", decision.consent_status, "consent status")
-    if not basis.art6:
-        yield Finding("lawful_basis_missing", "Give the UK GDPR Article 6 lawful basis (for example A6_1_E).")
+def basis_codes(basis: pb.LawfulBasis, codes: CodeLists) -> Iterator[Finding]:
+    """Each code of a lawful basis is in its code list."""
     for code in basis.art6:
         yield from _code(codes, "art6", code, "Article 6 basis")
     yield from _code(codes, "art9", basis.art9, "Article 9 condition")
@@ -59,6 +53,17 @@ def decision_rules(decision: pb.ShareDecision, codes: CodeLists, sender_agency_t
     yield from _code(codes, "cldc_basis", basis.cldc_basis, "confidentiality basis")
     for code in basis.statutory_gateway:
         yield from _code(codes, "statutory_gateway", code, "statutory power")
+
+
+def decision_rules(decision: pb.ShareDecision, codes: CodeLists, sender_agency_type: str) -> Iterator[Finding]:
+    """Grounds for sharing: consent, lawful basis and the override record."""
+    basis = decision.lawful_basis
+    if not decision.consent_status:
+        yield Finding("consent_status_missing", "Record the consent status (for example GIVEN_EXPLICIT or REFUSED).")
+    yield from _code(codes, "consent_status", decision.consent_status, "consent status")
+    if not basis.art6:
+        yield Finding("lawful_basis_missing", "Give the UK GDPR Article 6 lawful basis (for example A6_1_E).")
+    yield from basis_codes(basis, codes)
     for code in decision.override_grounds:
         yield from _code(codes, "override_ground", code, "override ground")
     yield from _code(codes, "subject_informed", decision.subject_informed, "subject informed")
@@ -152,7 +157,7 @@ def item_rules(item: pb.RiskItem, n: int, codes: CodeLists) -> Iterator[Finding]
         yield Finding(
             "basis_missing", f"{where}: say whether this is fact, disclosure, allegation or professional opinion."
         )
-    if item.currency == pb.CURRENCY_UNSPECIFIED:
+    if item.currency not in (pb.CURRENCY_CURRENT, pb.CURRENCY_HISTORICAL):
         yield Finding("currency_missing", f"{where}: say whether it is current or historical.")
     elif item.currency == pb.CURRENCY_HISTORICAL:
         if not (date_set(item.period.to) and item.historical_relevance):
