@@ -250,6 +250,22 @@ def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tm
     assert '"Parent has stopped prescribed medication' in got["what"] and got["with"] == "Adult Mental Health Trust"
 
 
+def test_what_an_ig_officer_mistypes_gets_a_plain_answer(scenario: LocalFederation, tmp_path: Path) -> None:
+    """A date that is not one, a file that holds no checkpoints, a person the log does not
+    mention: each is said in a line (the first two were tracebacks; the last printed nothing)."""
+    when = linkage("audit", "list", "--config", config(scenario, "amh"), "--since", "yesterday")
+    assert when.returncode == 1 and "Traceback" not in when.stderr
+    assert "--since: 'yesterday' is not a date or time, e.g. 2026-11-01" in when.stderr
+    notes = tmp_path / "notes.txt"
+    notes.write_text("checkpoints from the school, as promised\n")
+    verify = linkage("audit", "verify", "--config", config(scenario, "amh"), "--checkpoints", str(notes))
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr
+    assert f"line 1 of {notes} is not a checkpoint" in verify.stderr
+    nobody = linkage("audit", "report", "--config", config(scenario, "amh"), "--person", "la-csc:NOT-IN-THE-LOG")
+    assert nobody.returncode == 0
+    assert nobody.stdout == "no entry of this node's audit log is about la-csc:NOT-IN-THE-LOG\n"
+
+
 def test_html_report_renders_in_a_real_browser(scenario: LocalFederation, tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify_chain, verify_log
 from linkage.config import GatewayConfig, NodeConfig, load_directory_key
@@ -95,11 +96,20 @@ def _metalog_anchor(db: sqlite3.Connection) -> tuple[int, int, bytes] | None:
 
 
 def _read_checkpoints(paths: list[Path]) -> list[audit_pb2.SignedCheckpoint]:
+    """The checkpoints in files as `linkage audit checkpoints` writes them: a JSON object per line."""
     found = []
     for path in paths:
-        for line in path.read_text().splitlines():
-            if line.strip():
-                found.append(audit_pb2.SignedCheckpoint.FromString(base64.b64decode(json.loads(line)["signed"])))
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                signed = base64.b64decode(json.loads(line)["signed"], validate=True)
+                found.append(audit_pb2.SignedCheckpoint.FromString(signed))
+            except (ValueError, KeyError, TypeError, DecodeError):
+                raise SystemExit(
+                    f"linkage: --checkpoints: line {n} of {path} is not a checkpoint as `linkage audit checkpoints` "
+                    "writes them (a JSON object with its signed checkpoint in `signed`)"
+                ) from None
     return found
 
 
@@ -230,10 +240,15 @@ def _token(config: NodeConfig, person: str) -> str:
         raise SystemExit(f"linkage: --person: {exc}") from None
 
 
-def _millis(text: str | None) -> int | None:
+def _millis(option: str, text: str | None) -> int | None:
     if not text:
         return None
-    when = dt.datetime.fromisoformat(text)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(
+            f"linkage: {option}: {text!r} is not a date or time, e.g. 2026-11-01 or 2026-11-01T09:30"
+        ) from None
     return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp() * 1000)
 
 
@@ -285,8 +300,8 @@ def _entries(args: argparse.Namespace, config: NodeConfig) -> list[dict[str, Any
         event=getattr(args, "event", None),
         counterpart=getattr(args, "counterpart", None),
         decision=getattr(args, "decision", None),
-        since=_millis(getattr(args, "since", None)),
-        until=_millis(getattr(args, "until", None)),
+        since=_millis("--since", getattr(args, "since", None)),
+        until=_millis("--until", getattr(args, "until", None)),
     )
     with closing(_db(config.store_path)) as db:
         return list(find_entries(db, wanted))
@@ -455,6 +470,8 @@ def report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    if not rows:
+        print(f"no entry of this node's audit log is about {args.person}")
     for r in rows:
         print(
             f"{r['when']}  {r['what']}\n    with: {r['with']}; by: {r['by']}\n    why: {r['why']}\n"
