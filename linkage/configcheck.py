@@ -13,6 +13,11 @@ _LEVELS = {"debug", "info", "warning", "error"}
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 
+def is_address(text: str) -> bool:
+    """host:port, as a gateway address or a listen address is written."""
+    return bool(_ADDRESS.match(text))
+
+
 def _lines(text: str) -> dict[tuple[str, str], int]:
     """(section, key) -> line number, by reading the file as a person would."""
     where: dict[tuple[str, str], int] = {}
@@ -78,7 +83,7 @@ def _value_problem(setting: Setting, value: object, base: Path) -> str:
         return "must be a list of file paths"
     if kind == "level" and value not in _LEVELS:
         return f"must be one of {', '.join(sorted(_LEVELS))}"
-    if kind == "address" and not _ADDRESS.match(str(value)):
+    if kind == "address" and not is_address(str(value)):
         return "must be host:port, e.g. gateway.example:7443"
     must_exist = setting.section in ("tls", "federation", "keys", "witness")
     if kind == "path" and must_exist and not (base / str(value)).exists():

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from linkage.codelists import CodeLists
+from linkage.configcheck import is_address
 from linkage.directory import sign_directory
 from linkage.ids import is_node_id
 from linkage.keys import MessageKeys, load_ed25519, raw_public, raw_public_pq, write_private_pem
@@ -118,6 +120,37 @@ def _write_tls(fed: Federation, out: Path, kind: str, ident: str, now_ms: int, s
     return cert_fingerprint(cert_pem)
 
 
+MAX_NAME = 200  # characters in an agency name or contact role, as the directory shows them
+
+
+def _check_text(what: str, text: str, required: bool = False) -> None:
+    """A name that goes into the directory and a configuration file: one printable line."""
+    if required and not text.strip():
+        raise FederationError(f"{what} is needed: it is how other agencies see this one")
+    if len(text) > MAX_NAME or not text.isprintable():
+        raise FederationError(f"{what} must be one line of at most {MAX_NAME} printable characters")
+
+
+def _check_empty(out: Path, renewing: str = "") -> None:
+    """Enrolling writes keys and a configuration: never over another member's. A gateway
+    may be enrolled again in its own folder (`renewing` its id), for a new certificate and
+    witness key, keeping its store."""
+    if renewing and _gateway_id(out / "gateway.toml") == renewing:
+        return
+    if out.exists() and any(out.iterdir()):
+        raise FederationError(
+            f"{out} already holds files; enrol into a new, empty folder (this would overwrite them, "
+            "and a member's keys cannot be recovered)"
+        )
+
+
+def _gateway_id(config: Path) -> str:
+    try:
+        return str(tomllib.loads(config.read_text())["gateway"]["id"])
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return ""
+
+
 def enrol_node(
     fed: Federation,
     node_id: str,
@@ -140,6 +173,11 @@ def enrol_node(
         )
     if (fed.entries / f"{node_id}.pb").exists():
         raise FederationError(f"node {node_id!r} is already enrolled")
+    _check_text("agency name", agency_name, required=True)
+    _check_text("contact role", contact_role)
+    if not is_address(gateway_address):
+        raise FederationError(f"gateway address {gateway_address!r} must be host:port, e.g. gateway.example:7443")
+    _check_empty(out)
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o700)
     fingerprint = _write_tls(fed, out, "node", node_id, now_ms, server=False)
@@ -203,6 +241,9 @@ socket = "api.sock"
 def enrol_gateway(fed: Federation, gateway_id: str, out: Path, listen: str, now_ms: int) -> Path:
     if not is_node_id(gateway_id):
         raise FederationError("gateway id must be a lowercase slug such as 'gateway'")
+    if not is_address(listen):
+        raise FederationError(f"listen address {listen!r} must be host:port, e.g. 0.0.0.0:7443")
+    _check_empty(out, renewing=gateway_id)
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o700)
     fingerprint = _write_tls(fed, out, "gateway", gateway_id, now_ms, server=True)
@@ -287,10 +328,18 @@ def revoke_node(fed: Federation, node_id: str) -> None:
     path.write_bytes(entry.SerializeToString())
 
 
+MAX_VALIDITY_DAYS = 365
+
+
 def publish_directory(
     fed: Federation, now_ms: int, validity_days: int = 7, copy_to: tuple[Path, ...] = ()
 ) -> pb.Directory:
     """Sign a new directory version from the enrolled entries and write it out."""
+    if not 1 <= validity_days <= MAX_VALIDITY_DAYS:
+        raise FederationError(
+            f"a directory is valid for 1 to {MAX_VALIDITY_DAYS} days ({validity_days} given): nodes refuse "
+            "one that has expired, so this would stop the federation"
+        )
     meta_path = fed.root / "federation.json"
     meta = json.loads(meta_path.read_text())
     version = int(meta.get("version", 0)) + 1

@@ -292,6 +292,39 @@ def test_enrolment_refuses_an_agency_type_not_in_the_code_list(tmp_path: Path) -
         enrol_node(fed, "n1", "Name", "CHARITY", tmp_path / "n1", "127.0.0.1:1", SystemClock().now_ms())
 
 
+def test_enrolment_never_writes_over_another_member_and_takes_only_what_it_can_publish(tmp_path: Path) -> None:
+    """A node enrolled with --out pointing at another node's folder replaced that node's
+    message keys and configuration (its private keys gone for good); an empty agency name,
+    a name of two lines (which broke the node.toml it is written into) or a gateway address
+    that is not host:port went into the bundle; and a directory published for 0 days was
+    expired as it was written, so every node would refuse it. Each is refused, naming it,
+    before anything is written."""
+    from linkage.federation import FederationError, enrol_gateway, enrol_node, init_federation, publish_directory
+
+    now = SystemClock().now_ms()
+    fed = init_federation(tmp_path / "fed", "x.example", now)
+    first = enrol_node(fed, "n1", "Oak Primary School", "SCHOOL", tmp_path / "n1", "127.0.0.1:1", now)
+    keys = sorted((p.name, p.read_bytes()) for p in (tmp_path / "n1" / "keys").iterdir())
+    n2, gw = tmp_path / "n2", "gw.example:7443"
+    refusals: list[tuple[str, Path, str, str]] = [  # agency name, out, gateway address; what is said
+        ("County Police", tmp_path / "n1", gw, "already holds files"),
+        (" ", n2, gw, "agency name is needed"),
+        ("County Police\n[gateway]", n2, gw, "one line of at most 200 printable characters"),
+        ("County Police", n2, "gateway", "must be host:port"),
+    ]
+    for name, out, address, said in refusals:
+        with pytest.raises(FederationError, match=said):
+            enrol_node(fed, "n2", name, "POLICE", out, address, now)
+        assert not n2.exists() and not (fed.entries / "n2.pb").exists()
+    assert first.read_text().startswith('# Linkage node "n1"')
+    assert sorted((p.name, p.read_bytes()) for p in (tmp_path / "n1" / "keys").iterdir()) == keys
+    with pytest.raises(FederationError, match="already holds files"):
+        enrol_gateway(fed, "gateway", tmp_path / "n1", "0.0.0.0:7443", now)
+    with pytest.raises(FederationError, match="valid for 1 to 365 days"):
+        publish_directory(fed, now, 0)
+    assert not fed.directory_path.exists()
+
+
 def test_an_enrolled_gateway_has_a_witness_key_the_directory_names(tmp_path: Path) -> None:
     """Kept readable by its owner only, and configured; re-enrolling issues a new one."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
