@@ -279,6 +279,9 @@ key = "keys/witness.key"
     return config
 
 
+MAX_ACTIVATE_HOURS = 30 * 24
+
+
 def rotate_keys(
     fed: Federation, node_id: str, bundle: Path, now_ms: int, overlap_days: int = 7, activate_in_hours: int = 1
 ) -> str:
@@ -292,9 +295,27 @@ def rotate_keys(
     path = fed.entries / f"{node_id}.pb"
     if not path.exists():
         raise FederationError(f"node {node_id!r} is not enrolled")
+    if not 1 <= activate_in_hours <= MAX_ACTIVATE_HOURS:
+        raise FederationError(
+            f"activate the new key in 1 to {MAX_ACTIVATE_HOURS} hours: senders switch to it then, "
+            "so the node must be restarted with it before"
+        )
+    if not 0 <= overlap_days <= KEY_VALIDITY_DAYS:
+        raise FederationError(
+            f"the old key's overlap is 0 to {KEY_VALIDITY_DAYS} days: with less, the node would have "
+            "no valid key until the new one activates"
+        )
     entry = pb.NodeEntry.FromString(path.read_bytes())
     keys_dir = bundle / "keys"
-    current = MessageKeys.load(keys_dir)
+    try:
+        current = MessageKeys.load(keys_dir)
+    except FileNotFoundError:
+        raise FederationError(f"{bundle} holds no message keys: give {node_id}'s own bundle folder") from None
+    if entry.keys[-1].key_id != current.key_id:
+        raise FederationError(
+            f"{bundle} holds key {current.key_id!r}, not {node_id}'s newest ({entry.keys[-1].key_id!r}): "
+            f"give {node_id}'s own bundle folder"
+        )
     activate = now_ms + activate_in_hours * 3_600_000
     for key in entry.keys:
         key.not_after_ms = min(key.not_after_ms, activate + overlap_days * 86_400_000)

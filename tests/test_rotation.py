@@ -13,7 +13,7 @@ from linkage.clock import ManualClock
 from linkage.config import load_directory_key
 from linkage.directory import TrustedDirectory
 from linkage.envelope import open_envelope, signing_generation
-from linkage.federation import publish_directory, rotate_keys
+from linkage.federation import FederationError, publish_directory, rotate_keys
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2
@@ -86,3 +86,26 @@ def test_rotation_overlap_and_expiry(tmp_path: Path) -> None:
 
 def _directory_key(federation: LocalFederation) -> ed25519.Ed25519PublicKey:
     return load_directory_key(federation.node_configs["amh"].federation.directory_public_key)
+
+
+def test_a_rotation_refuses_another_nodes_bundle_and_a_window_with_no_valid_key(tmp_path: Path) -> None:
+    """`rotate-keys --node-id csc --bundle amh` put csc's new key in amh's bundle and moved
+    amh's own keys aside; a negative overlap or activation left a time with no key valid, or
+    senders sealing to a key the node does not hold yet. Each is refused; nothing changes."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    amh, csc = (federation.node_configs[n].data_dir for n in ("amh", "csc"))
+    before = {p: p.read_bytes() for p in (*(amh / "keys").rglob("*"), *(csc / "keys").rglob("*")) if p.is_file()}
+    entry = (federation.fed.entries / "csc.pb").read_bytes()
+    now = clock.now_ms()
+    for bundle, overlap, hours, said in (
+        (amh, 7, 1, "holds key 'amh-k1', not csc's newest \\('csc-k1'\\)"),
+        (tmp_path, 7, 1, "holds no message keys"),
+        (csc, -1, 1, "overlap is 0 to 365 days"),
+        (csc, 7, 0, "activate the new key in 1 to 720 hours"),
+        (csc, 7, -5, "activate the new key in 1 to 720 hours"),
+    ):
+        with pytest.raises(FederationError, match=said):
+            rotate_keys(federation.fed, "csc", bundle, now, overlap_days=overlap, activate_in_hours=hours)
+    after = {p: p.read_bytes() for p in (*(amh / "keys").rglob("*"), *(csc / "keys").rglob("*")) if p.is_file()}
+    assert after == before and (federation.fed.entries / "csc.pb").read_bytes() == entry

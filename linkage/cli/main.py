@@ -198,8 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", type=Path, required=True, help="the federation folder")
     p.add_argument("--node-id", required=True)
     p.add_argument("--bundle", type=Path, required=True, help="the node's bundle folder (its keys/ are updated)")
-    p.add_argument("--overlap-days", type=int, default=7, help="how long the old key stays valid (default 7)")
-    p.add_argument("--activate-in-hours", type=int, default=1, help="when senders switch to the new key")
+    p.add_argument(
+        "--overlap-days", type=int, default=7, help="how long the old key stays valid once the new one is, 0-365 (7)"
+    )
+    p.add_argument(
+        "--activate-in-hours", type=int, default=1, help="when senders switch to the new key, 1-720 hours (1)"
+    )
     p.set_defaults(handler=_federation_rotate)
 
     p = fed_cmds.add_parser("revoke", help="revoke a node (takes effect with the next published directory)")
