@@ -105,6 +105,7 @@ class Sharing:
         request: node_api_pb2.ShareSummaryRequest,
         decision_id: str,
         only: list[str] | None = None,
+        answering_request: bool = False,
     ) -> tuple[summary_pb2.RiskSummary, list[bytes], PolicyResult]:
         """Load the assessment, find its recipients, apply the policy. No writes."""
         kind = request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
@@ -129,6 +130,7 @@ class Sharing:
                 recipients=recipients,
                 decision_id=decision_id,
                 now_ms=self.ctx.clock.now_ms(),
+                answering_request=answering_request,
             ),
             self.ctx.policy,
         )
@@ -163,7 +165,7 @@ class Sharing:
             return answered
         self._check_capacity()
         share_id = uuid7(self.ctx.clock.now_ms())
-        assessment, tokens, result = await self.decide(request, share_id, only)
+        assessment, tokens, result = await self.decide(request, share_id, only, answering_request=wrap)
         kind = request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
         message_kind = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE if wrap else kind
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 
@@ -177,6 +178,18 @@ def test_rule_fails_and_passes_with_its_reason_code(code: str, breaks: Mutation,
     satisfies(summary, decision)
     passed = run(request(summary, decision))
     assert code not in codes(passed), passed.findings
+
+
+def test_a_public_task_request_basis_holds_only_in_answer_to_a_request() -> None:
+    """domain.md §6 rule 5: A6_1_EA_PUBLIC_TASK_REQUEST is disclosure on a body's request
+    stating its public task; shared unasked, it is refused with its reason code."""
+    decision = stories.override_decision()
+    decision.lawful_basis.art6.append("A6_1_EA_PUBLIC_TASK_REQUEST")
+    unasked = run(request(decision=decision))
+    assert "public_task_request_unanswered" in codes(unasked)
+    assert unasked.outcome == pb.DECISION_OUTCOME_NOT_SHARED
+    answering = run(dataclasses.replace(request(decision=decision), answering_request=True))
+    assert "public_task_request_unanswered" not in codes(answering)
 
 
 def test_missing_approval_defers_rather_than_refuses() -> None:

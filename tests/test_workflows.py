@@ -482,6 +482,32 @@ async def test_clarification_and_information_requests(federation: LocalFederatio
         assert provided.summary.risk_items  # the summary travels inside the answer, minimised for csc
 
 
+async def test_a_public_task_request_basis_is_accepted_only_in_answer_to_a_request(
+    federation: LocalFederation,
+) -> None:
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        decision = stories.override_decision()
+        decision.lawful_basis.art6.append("A6_1_EA_PUBLIC_TASK_REQUEST")
+        unasked = await cluster.api("amh").ShareSummary(
+            node_api_pb2.ShareSummaryRequest(actor=PRACTITIONER, assessment_id=assessment_id, decision=decision)
+        )
+        assert unasked.outcome == summary_pb2.DECISION_OUTCOME_NOT_SHARED and not unasked.recipients
+        assert "public_task_request_unanswered" in {f.code for f in unasked.findings}
+        await cluster.api("csc").RequestInformation(s47_request(await _case_id(cluster, "csc"), "amh"))
+        request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
+        answered = await cluster.api("amh").RespondToInformationRequest(
+            node_api_pb2.InformationReplyRequest(
+                actor=PRACTITIONER,
+                request_message_id=request.message_id,
+                answer=workflow_pb2.INFORMATION_ANSWER_PROVIDED,
+                decision=decision,
+                assessment_id=assessment_id,
+            )
+        )
+        assert [r.node_id for r in answered.recipients] == ["csc"]
+
+
 async def provide(cluster: Cluster, request_message_id: str, assessment_id: str) -> None:
     """amh answers an information request with a summary of its assessment."""
     await cluster.api("amh").RespondToInformationRequest(

@@ -40,6 +40,7 @@ class ShareRequest:
     recipients: list[RecipientInfo]
     decision_id: str
     now_ms: int
+    answering_request: bool = False  # in answer to another agency's information request
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
         _finish(decision, request.decision.outcome, findings)
         return PolicyResult(decision=decision, findings=findings)
 
-    findings += decision_rules(request.decision, context.codes, request.sender_agency_type)
+    findings += decision_rules(request.decision, context.codes, request.sender_agency_type, request.answering_request)
     findings += summary_rules(request.assessment, context.codes)
     findings += _plain_language(request, context.glossary)
     if len(request.recipients) > MAX_RECIPIENTS:

@@ -24,7 +24,8 @@ CONSENT_ABSENT = frozenset(
 NO_CONSENT_CONDITIONS = frozenset({"SCH1_P18", "SCH8_P4"})
 # DPA 2018 Schedule 1 Part 2 (substantial public interest) conditions in the code list.
 SCH1_PART2 = frozenset({"SCH1_P6", "SCH1_P10", "SCH1_P18", "SCH1_P19"})
-LEGITIMATE_INTERESTS = frozenset({"A6_1_F", "A6_1_EA_SAFEGUARDING", "A6_1_EA_PUBLIC_TASK_REQUEST"})
+PUBLIC_TASK_REQUEST = "A6_1_EA_PUBLIC_TASK_REQUEST"  # only in answer to a body's request (domain.md §6 rule 5)
+LEGITIMATE_INTERESTS = frozenset({"A6_1_F", "A6_1_EA_SAFEGUARDING", PUBLIC_TASK_REQUEST})
 NON_PUBLIC_AGENCIES = frozenset(
     {"VCS_OLDER_PEOPLE", "VCS_DOMESTIC_ABUSE", "VCS_CHILDREN", "VCS_OTHER", "HOUSING_PROVIDER", "EARLY_YEARS"}
 )
@@ -55,8 +56,11 @@ def basis_codes(basis: pb.LawfulBasis, codes: CodeLists) -> Iterator[Finding]:
         yield from _code(codes, "statutory_gateway", code, "statutory power")
 
 
-def decision_rules(decision: pb.ShareDecision, codes: CodeLists, sender_agency_type: str) -> Iterator[Finding]:
-    """Grounds for sharing: consent, lawful basis and the override record."""
+def decision_rules(
+    decision: pb.ShareDecision, codes: CodeLists, sender_agency_type: str, answering_request: bool = False
+) -> Iterator[Finding]:
+    """Grounds for sharing: consent, lawful basis and the override record. `answering_request`:
+    the share answers another agency's information request."""
     basis = decision.lawful_basis
     if not decision.consent_status:
         yield Finding("consent_status_missing", "Record the consent status (for example GIVEN_EXPLICIT or REFUSED).")
@@ -81,6 +85,12 @@ def decision_rules(decision: pb.ShareDecision, codes: CodeLists, sender_agency_t
         yield Finding(
             "art9g_needs_part2_condition",
             "Article 9(2)(g) needs a DPA 2018 Schedule 1 Part 2 condition (for example SCH1_P18).",
+        )
+    if PUBLIC_TASK_REQUEST in basis.art6 and not answering_request:
+        yield Finding(
+            "public_task_request_unanswered",
+            f"{PUBLIC_TASK_REQUEST} applies only in answer to a body's request that states its public task: "
+            "answer that request (RespondToInformationRequest), or cite another basis.",
         )
     if LEGITIMATE_INTERESTS & set(basis.art6) and sender_agency_type not in NON_PUBLIC_AGENCIES:
         yield Finding(
