@@ -19,7 +19,7 @@ from node.backoff import backoff_ms
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
 from node.messaging import Fill
-from node.store import Tx
+from node.store import FetchOne, Tx
 
 MAX_PEOPLE_PER_CASE = MAX_TOKENS_PER_MESSAGE  # everything about a case goes in messages that name them all
 log = logs.get("node.cases")
@@ -133,16 +133,10 @@ class Cases:
     async def add_person(self, request: node_api_pb2.AddPersonRequest) -> node_api_pb2.OpenCaseResponse:
         await self.open_case_row(request.case_id)
         person = self._person(0, request.person)
-        people = await self.people(request.case_id)
-        if len(people) >= MAX_PEOPLE_PER_CASE:  # a message names at most this many people
-            raise _failed(f"case {request.case_id!r} already has {MAX_PEOPLE_PER_CASE} people, the most a case holds")
-        if person.link_token in {p.link_token for p in people}:
-            raise ApiError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"that person is already in case {request.case_id!r}; to record them differently "
-                "(for example, to protect their identity), remove them and add them again",
-            )
+        await self._refuse_to_add(self.ctx.store.fetchone, request.case_id, person.link_token)
         async with self.ctx.store.tx() as tx:
+            # Again where writes are serial: a call racing this one may have added them meanwhile.
+            await self._refuse_to_add(tx.fetchone, request.case_id, person.link_token)
             await self._insert_people(tx, request.case_id, [person])
             await tx.audit(
                 "case.person_added", request.actor, tokens=[person.link_token], detail={"case_id": request.case_id}
@@ -150,17 +144,33 @@ class Cases:
         await self._joined([person], request.actor)
         return node_api_pb2.OpenCaseResponse(case_id=request.case_id, people=await self.people(request.case_id))
 
+    @staticmethod
+    async def _refuse_to_add(fetchone: FetchOne, case_id: str, token: bytes) -> None:
+        held, present = await fetchone(
+            "SELECT COUNT(*), COALESCE(SUM(token = ?), 0) FROM case_people WHERE case_id = ?", (token, case_id)
+        )
+        if present:
+            raise ApiError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"that person is already in case {case_id!r}; to record them differently "
+                "(for example, to protect their identity), remove them and add them again",
+            )
+        if held >= MAX_PEOPLE_PER_CASE:  # a message names at most this many people
+            raise _failed(f"case {case_id!r} already has {MAX_PEOPLE_PER_CASE} people, the most a case holds")
+
     async def remove_person(self, request: node_api_pb2.RemovePersonRequest) -> node_api_pb2.OpenCaseResponse:
         await self.open_case_row(request.case_id)
         token = request.link_token
         if len(token) != TOKEN_LEN:
             raise invalid(f"link_token must be {TOKEN_LEN} bytes, as OpenCase returned it")
-        if token not in {p.link_token for p in await self.people(request.case_id)}:
-            raise not_found(f"that person is not in case {request.case_id!r}")
-        await self._left([token], request.actor, exclude_case=request.case_id)
         async with self.ctx.store.tx() as tx:
-            await tx.execute("DELETE FROM case_people WHERE case_id = ? AND token = ?", (request.case_id, token))
+            removed = await tx.execute(
+                "DELETE FROM case_people WHERE case_id = ? AND token = ?", (request.case_id, token)
+            )
+            if not removed.rowcount:  # not there, or a call racing this one removed them first
+                raise not_found(f"that person is not in case {request.case_id!r}")
             await tx.audit("case.person_removed", request.actor, tokens=[token], detail={"case_id": request.case_id})
+        await self._left([token], request.actor, exclude_case=request.case_id)
         await self._unsubscribe_unused([token], request.actor)
         return node_api_pb2.OpenCaseResponse(case_id=request.case_id, people=await self.people(request.case_id))
 
@@ -314,9 +324,7 @@ class Cases:
                 f"respond_by {dates.iso(request.respond_by)} has passed: "
                 "the others need time to answer (today at the earliest)"
             )
-        current = await self._closure(request.case_id)
-        if current is not None and current[2] == "proposed":
-            raise _failed("a closure is already proposed for this case; see GetClosure")
+        await self._refuse_a_second_proposal(self.ctx.store.fetchone, request.case_id)
         tokens = [p.link_token for p in await self.people(request.case_id) if not p.protect_identity]
         try:
             involvement = await self.ctx.link.discover(tokens)
@@ -339,6 +347,8 @@ class Cases:
             invitees, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT, tokens, closure_id, fill, request.actor
         )
         async with self.ctx.store.tx() as tx:
+            # Again where writes are serial: a call racing this one may have proposed one meanwhile.
+            await self._refuse_a_second_proposal(tx.fetchone, request.case_id)
             await tx.execute(
                 "INSERT INTO closures(closure_id, case_id, proposed_at_ms, respond_by, state, intent) "
                 "VALUES (?, ?, ?, ?, 'proposed', ?)",
@@ -363,6 +373,11 @@ class Cases:
             await self.ctx.messenger.queue(tx, sealed, closure_id, request.actor)
         await self.ctx.changed()
         return await self.closure_status(request.case_id)
+
+    @staticmethod
+    async def _refuse_a_second_proposal(fetchone: FetchOne, case_id: str) -> None:
+        if await fetchone("SELECT 1 FROM closures WHERE case_id = ? AND state = 'proposed'", (case_id,)):
+            raise _failed("a closure is already proposed for this case; see GetClosure")
 
     async def _closure(self, case_id: str) -> tuple[str, str, str] | None:
         row = await self.ctx.store.fetchone(
@@ -472,10 +487,12 @@ class Cases:
             request.actor,
         )
         async with self.ctx.store.tx() as tx:
-            await tx.execute(
-                "UPDATE closures SET state = 'closed', closed_at_ms = ? WHERE closure_id = ?",
+            closed = await tx.execute(
+                "UPDATE closures SET state = 'closed', closed_at_ms = ? WHERE closure_id = ? AND state = 'proposed'",
                 (tx.now_ms, status.closure_id),
             )
+            if not closed.rowcount:  # a call racing this one closed it first
+                raise _failed(f"case {request.case_id!r} is closed")
             await tx.execute("UPDATE cases SET status = 'closed' WHERE case_id = ?", (request.case_id,))
             await tx.audit(
                 "case.closed",

@@ -18,6 +18,7 @@ from node.errors import ApiError, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, SUMMARY_KINDS, Fill, kind_name
 from node.policy import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
 from node.policy.minimise import routing_tokens
+from node.store import FetchOne
 
 log = logs.get("node.sharing")
 
@@ -55,6 +56,20 @@ def decision_detail(share_id: str, result: PolicyResult, kind: int) -> dict[str,
         "findings": [f.code for f in result.findings],
         "agreement": d.agreement_version,
     }
+
+
+async def _refuse_a_repeat(fetchone: FetchOne, summary_id: str) -> None:
+    """A withdrawal, with nothing of the summary shared since, makes another one a repeat."""
+    latest = await fetchone(
+        "SELECT kind, share_id FROM outbox WHERE summary_id = ? ORDER BY created_at_ms DESC, seq DESC LIMIT 1",
+        (summary_id,),
+    )
+    if latest is not None and latest[0] == envelope_pb2.MESSAGE_KIND_WITHDRAWAL:
+        raise ApiError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"summary {summary_id!r} is already withdrawn (withdrawal {latest[1]}; see GetShareStatus), "
+            "and no version was shared since",
+        )
 
 
 class Sharing:
@@ -265,16 +280,7 @@ class Sharing:
         recipients = await self.prior_recipients(request.summary_id)
         if not recipients:
             raise not_found(f"summary {request.summary_id!r} was never shared from this node")
-        last = await self.ctx.store.fetchone(
-            "SELECT kind, share_id FROM outbox WHERE summary_id = ? ORDER BY created_at_ms DESC, seq DESC LIMIT 1",
-            (request.summary_id,),
-        )
-        if last is not None and last[0] == envelope_pb2.MESSAGE_KIND_WITHDRAWAL:
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"summary {request.summary_id!r} is already withdrawn (withdrawal {last[1]}; see GetShareStatus), "
-                "and no version was shared since",
-            )
+        await _refuse_a_repeat(self.ctx.store.fetchone, request.summary_id)
         # The link tokens it went with, from the oldest of its messages whose body retention kept.
         row = await self.ctx.store.fetchone(
             "SELECT b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? "
@@ -301,6 +307,8 @@ class Sharing:
             request.actor,
         )
         async with self.ctx.store.tx() as tx:
+            # Again where writes are serial: a call racing this one may have withdrawn it meanwhile.
+            await _refuse_a_repeat(tx.fetchone, request.summary_id)
             await tx.audit(
                 "summary.withdrawn",
                 request.actor,

@@ -242,6 +242,73 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
         assert f"is already withdrawn (withdrawal {withdrawn.share_id}" in (raised.value.details() or "")
 
 
+async def test_racing_calls_withdraw_propose_and_remove_once(federation: LocalFederation) -> None:
+    """Two of the same call at once (a case system retrying over a slow answer) each passed
+    their check before either wrote: a summary was withdrawn twice, a case had two closures
+    proposed, and a person was removed twice, each told to every agency twice. The check is
+    made again inside the write, so one call does it and the other is refused."""
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        amh, store = cluster.api("amh"), cluster.nodes["amh"].store
+        assert store is not None
+        case_id = await _case_id(cluster, "amh")
+
+        async def twice(call: Any, request: Any) -> list[grpc.StatusCode]:
+            async def one() -> grpc.StatusCode:
+                try:
+                    await call(request)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+
+            return sorted(await asyncio.gather(one(), one()), key=lambda c: c.value[0])
+
+        withdraw = node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="In error")
+        assert await twice(amh.WithdrawSummary, withdraw) == [grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION]
+        assert await twice(amh.ProposeClosure, planned_closure(PRACTITIONER, case_id)) == [
+            grpc.StatusCode.OK,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ]
+        (person, *_) = (
+            await amh.OpenCase(
+                node_api_pb2.OpenCaseRequest(
+                    actor=PRACTITIONER, case_ref="case-2", people=stories.think_family_people()
+                )
+            )
+        ).people
+        remove = node_api_pb2.RemovePersonRequest(
+            actor=PRACTITIONER,
+            case_id=(await store.fetchone("SELECT case_id FROM cases WHERE case_ref = 'case-2'"))[0],
+            link_token=person.link_token,
+        )
+        assert await twice(amh.RemovePerson, remove) == [grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND]
+
+        def unlinked(value: str) -> node_api_pb2.PersonIdentifier:  # nobody else is linked to them
+            return node_api_pb2.PersonIdentifier(
+                scheme="la-asc", value=value, role_in_risk="AT_RISK", person_type="ADULT_AT_RISK"
+            )
+
+        alone = await amh.OpenCase(
+            node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="case-3", people=[unlinked("ASC-1")])
+        )
+        add = node_api_pb2.AddPersonRequest(actor=PRACTITIONER, case_id=alone.case_id, person=unlinked("ASC-2"))
+        assert await twice(amh.AddPerson, add) == [grpc.StatusCode.OK, grpc.StatusCode.ALREADY_EXISTS]
+        assert not (await amh.ProposeClosure(planned_closure(PRACTITIONER, alone.case_id))).awaiting
+        close = node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=alone.case_id)
+        assert await twice(amh.CloseCase, close) == [grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION]
+        entries = await audit_events(cluster.nodes["amh"])
+        once = ("summary.withdrawn", "case.person_removed", "case.person_added", "case.closed")
+        assert [len(events(entries, e)) for e in once] == [1, 1, 1, 1]
+        assert len(events(entries, "closure.proposed")) == 2  # one for each case
+        (withdrawals,) = await store.fetchone(
+            "SELECT COUNT(*) FROM outbox WHERE kind = ?", (env.MESSAGE_KIND_WITHDRAWAL,)
+        )
+        (intents,) = await store.fetchone(
+            "SELECT COUNT(*) FROM outbox WHERE kind = ?", (env.MESSAGE_KIND_CLOSURE_INTENT,)
+        )
+        assert (withdrawals, intents) == (2, 2)  # csc and school, once each
+
+
 async def test_a_withdrawal_whose_bodies_retention_purged_is_refused_with_a_reason(
     federation: LocalFederation,
 ) -> None:

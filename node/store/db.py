@@ -29,7 +29,7 @@ import asyncio
 import math
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from pathlib import Path
@@ -65,6 +65,11 @@ PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_time
 # file, one write per page, on the loop; it is never read after a crash (the WAL is), so it
 # stays in memory. Only the writer: its statements are small, while a reader's sort may not be.
 WRITER_PRAGMAS = (*PRAGMAS, "temp_store=MEMORY")
+
+
+# A read of one row: Store.fetchone (committed data) or Tx.fetchone (as inside a transaction),
+# so that a check made before the work can be made again inside its transaction.
+FetchOne = Callable[[str, Iterable[Any]], Awaitable[Any]]
 
 
 class TransactionLost(RuntimeError):
@@ -141,6 +146,10 @@ class Tx:
 
     async def executemany(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
         self.db.executemany(sql, rows)
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        """The first row of a query, as it stands inside this transaction (Store.fetchone's twin)."""
+        return self.db.execute(sql, tuple(params)).fetchone()
 
     async def audit(
         self,
