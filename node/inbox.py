@@ -13,6 +13,7 @@ from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
 from node.errors import not_found
 from node.messaging import carried_summary
+from node.store import FetchOne
 
 
 def _header(number: int, length: int) -> bytes:
@@ -128,7 +129,9 @@ class Inbox:
         item = self._item(row)
         tokens = await self._tokens([item.seq])
         silent = request.silent_read_reason.strip()
-        notify = not silent and bool(item.summary.summary_id) and not await self._sender_told(item)
+        notify = (
+            not silent and bool(item.summary.summary_id) and not await self._sender_told(self.ctx.store.fetchone, item)
+        )
         sealed = []
         if notify:
             read = workflow_pb2.ReadNotification(
@@ -144,6 +147,8 @@ class Inbox:
                 in_reply_to=item.message_id,
             )
         async with self.ctx.store.tx() as tx:
+            if sealed and await self._sender_told(tx.fetchone, item):  # by a read racing this one
+                sealed, notify = [], False
             await tx.execute("UPDATE inbox SET state = 'read' WHERE seq = ? AND state = 'new'", (item.seq,))
             await tx.audit(
                 "message.silent_read" if silent else "message.read",
@@ -161,9 +166,10 @@ class Inbox:
             await self.ctx.changed()
         return item if item.state != "new" else self._with_state(item, "read")
 
-    async def _sender_told(self, item: node_api_pb2.ReceivedSummary) -> bool:
+    @staticmethod
+    async def _sender_told(fetchone: FetchOne, item: node_api_pb2.ReceivedSummary) -> bool:
         """Whether an earlier read of this item told its sender: the first read tells, once."""
-        row = await self.ctx.store.fetchone(
+        row = await fetchone(
             "SELECT 1 FROM outbox WHERE share_id = ? AND recipient = ? AND kind = ?",
             (item.share_id, item.sender_node, envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION),
         )
