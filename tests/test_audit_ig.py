@@ -251,8 +251,9 @@ def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tm
 
 
 def test_what_an_ig_officer_mistypes_gets_a_plain_answer(scenario: LocalFederation, tmp_path: Path) -> None:
-    """A date that is not one, a file that holds no checkpoints, a person the log does not
-    mention: each is said in a line (the first two were tracebacks; the last printed nothing)."""
+    """A date that is not one, a file that holds no checkpoints or is no store, a folder
+    for a file, a token that is not one: each is said in a line (each was a traceback, or
+    found nothing). A person the log does not mention is said so (it printed nothing)."""
     when = linkage("audit", "list", "--config", config(scenario, "amh"), "--since", "yesterday")
     assert when.returncode == 1 and "Traceback" not in when.stderr
     assert "--since: 'yesterday' is not a date or time, e.g. 2026-11-01" in when.stderr
@@ -264,6 +265,26 @@ def test_what_an_ig_officer_mistypes_gets_a_plain_answer(scenario: LocalFederati
     nobody = linkage("audit", "report", "--config", config(scenario, "amh"), "--person", "la-csc:NOT-IN-THE-LOG")
     assert nobody.returncode == 0
     assert nobody.stdout == "no entry of this node's audit log is about la-csc:NOT-IN-THE-LOG\n"
+    for args, said in (
+        (("cross-check", "--gateway-db", str(notes)), f"{notes} is not a store Linkage can read"),
+        (("list", "--token", "zz"), "--token: a link token is 64 hex digits"),
+        (("export", "--format", "csv", "--out", str(tmp_path)), f"Is a directory: '{tmp_path}'"),
+    ):
+        refused = linkage("audit", args[0], "--config", config(scenario, "amh"), *args[1:])
+        assert refused.returncode in (1, 2) and said in refused.stderr and "Traceback" not in refused.stderr
+    listed = linkage("audit", "list", "--config", config(scenario, "amh"), "--json").stdout.splitlines()
+    token = next(t for e in map(json.loads, listed) for t in e["tokens"])
+    upper = linkage("audit", "list", "--config", config(scenario, "amh"), "--token", token.upper(), "--json")
+    assert upper.stdout and all(token in json.loads(e)["tokens"] for e in upper.stdout.splitlines())
+    # A reader that goes away (`| head -1`) ends the listing quietly, not in a traceback.
+    with subprocess.Popen(
+        [sys.executable, "-m", "linkage", "audit", "list", "--config", config(scenario, "amh")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as gone:
+        assert gone.stdout is not None and gone.stderr is not None
+        gone.stdout.close()
+        assert gone.wait() == 1 and gone.stderr.read() == b""
 
 
 def test_html_report_renders_in_a_real_browser(scenario: LocalFederation, tmp_path: Path) -> None:

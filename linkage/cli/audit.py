@@ -24,7 +24,7 @@ from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify
 from linkage.config import GatewayConfig, NodeConfig, load_directory_key
 from linkage.directory import DirectoryView, verify_directory
 from linkage.reasons import Rejected
-from linkage.tokens import IdentifierError, LinkageKey
+from linkage.tokens import TOKEN_LEN, IdentifierError, LinkageKey
 from linkage.transport import secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, summary_pb2
 
@@ -65,7 +65,13 @@ PLAIN = {
 def _db(path: Path) -> sqlite3.Connection:
     if not path.exists():
         raise SystemExit(f"linkage: no store at {path}")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise SystemExit(f"linkage: {path} is not a store Linkage can read ({exc})") from None
+    return db
 
 
 def _directory(config: NodeConfig | GatewayConfig) -> DirectoryView:
@@ -240,6 +246,19 @@ def _token(config: NodeConfig, person: str) -> str:
         raise SystemExit(f"linkage: --person: {exc}") from None
 
 
+def _hex_token(text: str | None) -> str | None:
+    """A link token as entries hold it: 64 hex digits, lower case."""
+    if text is None:
+        return None
+    try:
+        token = bytes.fromhex(text)
+    except ValueError:
+        token = b""
+    if len(token) != TOKEN_LEN:
+        raise SystemExit(f"linkage: --token: a link token is {TOKEN_LEN * 2} hex digits, as entries show it")
+    return token.hex()
+
+
 def _millis(option: str, text: str | None) -> int | None:
     if not text:
         return None
@@ -294,7 +313,7 @@ def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[s
 
 
 def _entries(args: argparse.Namespace, config: NodeConfig) -> list[dict[str, Any]]:
-    token = _token(config, args.person) if getattr(args, "person", None) else getattr(args, "token", None)
+    token = _token(config, args.person) if getattr(args, "person", None) else _hex_token(getattr(args, "token", None))
     wanted = EntryFilter(
         token=token,
         event=getattr(args, "event", None),

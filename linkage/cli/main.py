@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -255,14 +256,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, so that a reader gone away is met below, not at exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:  # a clear one-line error for people, not a traceback
         from linkage.config import ConfigError
         from linkage.federation import FederationError
 
-        if isinstance(exc, ConfigError | FederationError | FileNotFoundError):
+        if isinstance(exc, ConfigError | FederationError | OSError):  # OSError: a file's name and trouble
             print(f"linkage: {exc}", file=sys.stderr)
             return 2
         raise
