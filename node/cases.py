@@ -18,7 +18,7 @@ from node import dates
 from node.backoff import backoff_ms
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
-from node.messaging import Fill
+from node.messaging import Fill, Sealed, Unreachable
 from node.store import FetchOne, Tx
 
 MAX_PEOPLE_PER_CASE = MAX_TOKENS_PER_MESSAGE  # everything about a case goes in messages that name them all
@@ -326,11 +326,7 @@ class Cases:
             )
         await self._refuse_a_second_proposal(self.ctx.store.fetchone, request.case_id)
         tokens = [p.link_token for p in await self.people(request.case_id) if not p.protect_identity]
-        try:
-            involvement = await self.ctx.link.discover(tokens)
-        except grpc.aio.AioRpcError as exc:
-            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"cannot reach the gateway ({exc.code().name})") from None
-        invitees = sorted({n for nodes in involvement.values() for n in nodes})
+        invitees = await self._involved(tokens)
         closure_id = uuid7(self.ctx.clock.now_ms())
         notice = workflow_pb2.ClosureIntentNotice(
             closure_id=closure_id,
@@ -339,20 +335,21 @@ class Cases:
             note=request.note,
             link_tokens=tokens,
         )
-
-        def fill(recipient: str) -> Fill:
-            return lambda body: body.closure_intent.CopyFrom(notice)
-
-        sealed = await self.ctx.messenger.seal_each(
-            invitees, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT, tokens, closure_id, fill, request.actor
-        )
+        sealed = await self._seal_intents(invitees, notice, request.actor)
         async with self.ctx.store.tx() as tx:
             # Again where writes are serial: a call racing this one may have proposed one meanwhile.
             await self._refuse_a_second_proposal(tx.fetchone, request.case_id)
             await tx.execute(
-                "INSERT INTO closures(closure_id, case_id, proposed_at_ms, respond_by, state, intent) "
-                "VALUES (?, ?, ?, ?, 'proposed', ?)",
-                (closure_id, request.case_id, tx.now_ms, dates.iso(request.respond_by), intent.SerializeToString()),
+                "INSERT INTO closures(closure_id, case_id, proposed_at_ms, respond_by, state, intent, note) "
+                "VALUES (?, ?, ?, ?, 'proposed', ?, ?)",
+                (
+                    closure_id,
+                    request.case_id,
+                    tx.now_ms,
+                    dates.iso(request.respond_by),
+                    intent.SerializeToString(),
+                    request.note,
+                ),
             )
             await tx.executemany(
                 "INSERT INTO closure_invitees(closure_id, node_id) VALUES (?, ?)", [(closure_id, n) for n in invitees]
@@ -373,6 +370,80 @@ class Cases:
             await self.ctx.messenger.queue(tx, sealed, closure_id, request.actor)
         await self.ctx.changed()
         return await self.closure_status(request.case_id)
+
+    async def _involved(self, tokens: list[bytes]) -> list[str]:
+        """The other agencies linked to these people now, as the gateway knows them."""
+        try:
+            involvement = await self.ctx.link.discover(tokens)
+        except grpc.aio.AioRpcError as exc:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"cannot reach the gateway ({exc.code().name})") from None
+        return sorted({n for nodes in involvement.values() for n in nodes})
+
+    async def _seal_intents(
+        self, invitees: list[str], notice: workflow_pb2.ClosureIntentNotice, actor: summary_pb2.Practitioner
+    ) -> list[Sealed | Unreachable]:
+        return await self.ctx.messenger.seal_each(
+            invitees,
+            envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT,
+            list(notice.link_tokens),
+            notice.closure_id,
+            lambda _: lambda body: body.closure_intent.CopyFrom(notice),
+            actor,
+        )
+
+    async def _alert_newcomers(
+        self, request: node_api_pb2.CloseCaseRequest, status: node_api_pb2.ClosureStatus, tokens: list[bytes]
+    ) -> None:
+        """Agencies linked to the family since the closure was proposed were never alerted:
+        alert them now, with as long to answer as the others had, and do not close yet."""
+        invited = {*status.awaiting, *(r.node_id for r in status.replies)}
+        newcomers = [n for n in await self._involved(tokens) if n not in invited]
+        if not newcomers:
+            return
+        proposed_at_ms, intent, note = await self.ctx.store.fetchone(
+            "SELECT proposed_at_ms, intent, note FROM closures WHERE closure_id = ?", (status.closure_id,)
+        )
+        allowed = dates.days_between(dates.iso(dates.today(proposed_at_ms)), dates.iso(status.respond_by))
+        respond_by = dates.add_days(dates.today(self.ctx.clock.now_ms()), max(allowed, 1))
+        notice = workflow_pb2.ClosureIntentNotice(
+            closure_id=status.closure_id,
+            intent=summary_pb2.ClosureIntent.FromString(intent),
+            respond_by=respond_by,
+            note=note,
+            link_tokens=tokens,
+        )
+        sealed = await self._seal_intents(newcomers, notice, request.actor)
+        async with self.ctx.store.tx() as tx:
+            if not await tx.fetchone(
+                "SELECT 1 FROM closures WHERE closure_id = ? AND state = 'proposed'", (status.closure_id,)
+            ):
+                raise _failed(f"case {request.case_id!r} is closed")  # by a call racing this one
+            await tx.executemany(
+                "INSERT OR IGNORE INTO closure_invitees(closure_id, node_id) VALUES (?, ?)",
+                [(status.closure_id, n) for n in newcomers],
+            )
+            await tx.execute(
+                "UPDATE closures SET respond_by = MAX(respond_by, ?) WHERE closure_id = ?",
+                (dates.iso(respond_by), status.closure_id),
+            )
+            await tx.audit(
+                "closure.alerted_late",
+                request.actor,
+                tokens=tokens,
+                detail={
+                    "case_id": request.case_id,
+                    "closure_id": status.closure_id,
+                    "invited": newcomers,
+                    "respond_by": dates.iso(respond_by),
+                },
+            )
+            await self.ctx.messenger.queue(tx, sealed, status.closure_id, request.actor)
+        await self.ctx.changed()
+        names = ", ".join(self.ctx.agency(n).agency_name for n in newcomers)
+        raise _failed(
+            f"not closed: {names} became involved after the closure was proposed. They have been alerted now "
+            f"and asked to answer by {dates.iso(respond_by)}; close once they answer or that date passes"
+        )
 
     @staticmethod
     async def _refuse_a_second_proposal(fetchone: FetchOne, case_id: str) -> None:
@@ -468,12 +539,13 @@ class Cases:
         today = dates.iso(dates.today(self.ctx.clock.now_ms()))
         if status.awaiting and today <= dates.iso(status.respond_by):
             raise _failed(f"waiting for answers from {', '.join(status.awaiting)} until {dates.iso(status.respond_by)}")
+        people = await self.people(request.case_id)
+        tokens = [p.link_token for p in people if not p.protect_identity]
+        await self._alert_newcomers(request, status, tokens)
         objections = [r for r in status.replies if r.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT]
         if objections and not request.override_objections_reason.strip():
             said = "; ".join(f"{r.agency_name} objects: {r.reason.rstrip('.')}" for r in objections)
             raise _failed(f"{said}. Resolve it, or record why you close regardless (override_objections_reason)")
-        people = await self.people(request.case_id)
-        tokens = [p.link_token for p in people if not p.protect_identity]
         invitees = [r.node_id for r in status.replies] + list(status.awaiting)
         notice = workflow_pb2.ClosureNotice(
             closure_id=status.closure_id, closed_on=dates.today(self.ctx.clock.now_ms()), note=request.note

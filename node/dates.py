@@ -27,3 +27,13 @@ def valid(date: pb.Date) -> bool:
     except ValueError:
         return False
     return True
+
+
+def days_between(earlier: str, later: str) -> int:
+    """Whole days from one ISO date to another."""
+    return (dt.date.fromisoformat(later) - dt.date.fromisoformat(earlier)).days
+
+
+def add_days(date: pb.Date, days: int) -> pb.Date:
+    d = dt.date(date.year, date.month, date.day) + dt.timedelta(days=days)
+    return pb.Date(year=d.year, month=d.month, day=d.day)

@@ -428,6 +428,57 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
         assert events(await audit_events(cluster.nodes["school"]), "closure.responded")
 
 
+async def test_an_agency_involved_after_a_closure_was_proposed_is_alerted_before_the_case_closes(
+    federation: LocalFederation,
+) -> None:
+    """The school opens its case for the child after amh proposed closing: amh's closure
+    alerted only those involved then, so the school would never have been told. Closing now
+    alerts it, with as long to answer as the others had, and closes only once it answers."""
+    async with running(federation) as cluster:
+        family = stories.think_family_people()
+        await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        amh, case_id = cluster.api("amh"), await _case_id(cluster, "amh")
+        proposed = await amh.ProposeClosure(planned_closure(PRACTITIONER, case_id, note="Stable for three months."))
+        assert list(proposed.awaiting) == ["csc"]
+        intent = await next_item(cluster, "csc", env.MESSAGE_KIND_CLOSURE_INTENT)
+        await cluster.api("csc").RespondToClosure(
+            node_api_pb2.RespondToClosureRequest(
+                actor=CSC_WORKER, intent_message_id=intent.message_id, answer=workflow_pb2.CLOSURE_ANSWER_AGREE
+            )
+        )
+        first = await next_item(cluster, "amh", env.MESSAGE_KIND_CLOSURE_RESPONSE)
+        await open_case(cluster, "school", [family[1]])
+
+        close = node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await amh.CloseCase(close)
+        fortnight = dt.date.today() + dt.timedelta(days=14)
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "Oak Primary School became involved after the closure was proposed" in (raised.value.details() or "")
+        assert f"asked to answer by {fortnight.isoformat()}" in (raised.value.details() or "")
+        late = await next_item(cluster, "school", env.MESSAGE_KIND_CLOSURE_INTENT)
+        assert late.body.closure_intent.closure_id == intent.body.closure_intent.closure_id
+        assert late.body.closure_intent.note == "Stable for three months."
+        status = await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert list(status.awaiting) == ["school"] and status.state == "proposed"
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await amh.CloseCase(close)
+        assert "waiting for answers from school" in (raised.value.details() or "")
+
+        await cluster.api("school").RespondToClosure(
+            node_api_pb2.RespondToClosureRequest(
+                actor=SCHOOL_DSL, intent_message_id=late.message_id, answer=workflow_pb2.CLOSURE_ANSWER_AGREE
+            )
+        )
+        await next_item(cluster, "amh", env.MESSAGE_KIND_CLOSURE_RESPONSE, after_seq=first.seq)
+        assert (await amh.CloseCase(close)).state == "closed"
+        for node in ("csc", "school"):
+            await next_item(cluster, node, env.MESSAGE_KIND_CLOSURE_NOTICE)
+        (alerted,) = events(await audit_events(cluster.nodes["amh"]), "closure.alerted_late")
+        assert alerted["detail"]["invited"] == ["school"]
+
+
 async def test_a_closure_answer_its_recipient_does_not_know_is_refused_and_the_sender_told(
     federation: LocalFederation,
 ) -> None:

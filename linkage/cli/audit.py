@@ -51,6 +51,7 @@ PLAIN = {
     "summary.withdrawn": "Summary withdrawn",
     "summary.withdrawn_by_sender": "Summary withdrawn by its sender",
     "closure.proposed": "Closure proposed to other agencies",
+    "closure.alerted_late": "Closure proposal sent to agencies involved since it was made",
     "closure.responded": "Answered a closure proposal",
     "closure.reply_received": "Answer to our closure proposal",
     "clarification.asked": "Clarification asked",

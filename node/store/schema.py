@@ -291,4 +291,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE shares ADD COLUMN response BLOB;
     CREATE UNIQUE INDEX shares_by_request ON shares(request_id) WHERE request_id IS NOT NULL;
     """,
+    # 15: a proposed closure's note, kept to alert in the same words an agency that becomes
+    # involved with the family after the proposal.
+    """
+    ALTER TABLE closures ADD COLUMN note TEXT NOT NULL DEFAULT '';
+    """,
 )
