@@ -18,6 +18,13 @@ def test_audit_bench_runs_and_verifies() -> None:
     assert result["verify_per_s"] > 0 and result["ratio"] > 0
 
 
+def test_the_ab_loop_runs_one_closed_loop() -> None:
+    from bench.ab import one_loop
+
+    line = asyncio.run(one_loop("this-tree", 20))
+    assert line.startswith("this-tree ") and " msg/s, CPU " in line and "(sender " in line
+
+
 def test_linkage_bench_runs_every_cell_and_prints_the_ratio_last(capsys: pytest.CaptureFixture[str]) -> None:
     from bench.run import TINY, run
 
