@@ -616,14 +616,25 @@ class Cases:
         assessment_id = uuid7(self.ctx.clock.now_ms())
         if not assessment.summary_id:
             assessment.summary_id = assessment_id
-        assessment.version = max(assessment.version, 1)
         assessment.originating_node = self.ctx.node_id
         assessment.author.CopyFrom(request.actor)
         assessment.agency_type = self.ctx.me().agency_type
         async with self.ctx.store.tx() as tx:
+            (latest,) = await tx.fetchone(
+                "SELECT MAX(version) FROM assessments WHERE summary_id = ?", (assessment.summary_id,)
+            )
+            assessment.version = max(assessment.version, (latest or 0) + 1)
             await tx.execute(
-                "INSERT INTO assessments(assessment_id, case_id, recorded_at_ms, body) VALUES (?, ?, ?, ?)",
-                (assessment_id, request.case_id, tx.now_ms, assessment.SerializeToString()),
+                "INSERT INTO assessments(assessment_id, case_id, recorded_at_ms, body, summary_id, version) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    assessment_id,
+                    request.case_id,
+                    tx.now_ms,
+                    assessment.SerializeToString(),
+                    assessment.summary_id,
+                    assessment.version,
+                ),
             )
             await tx.audit(
                 "assessment.recorded",
@@ -632,4 +643,6 @@ class Cases:
                 summary_id=assessment.summary_id,
                 detail={"assessment_id": assessment_id, "case_id": request.case_id, "version": assessment.version},
             )
-        return node_api_pb2.RecordAssessmentResponse(assessment_id=assessment_id)
+        return node_api_pb2.RecordAssessmentResponse(
+            assessment_id=assessment_id, summary_id=assessment.summary_id, version=assessment.version
+        )

@@ -862,6 +862,33 @@ async def test_a_new_version_of_a_shared_summary_comes_from_its_own_case(federat
         )
 
 
+async def test_versions_of_a_summary_are_numbered_by_the_node(federation: LocalFederation) -> None:
+    """Each version took whatever number the case system sent (or 1), so a correction could
+    reach recipients as version 1 of a summary they already held as version 1. The node
+    numbers each from the last recorded, keeps a higher number it is given, and two
+    recorded at once get two numbers; recipients see the number."""
+    async with running(federation) as cluster:
+        parent, child, _ = await think_family(cluster)
+        amh, case_id = cluster.api("amh"), await _case_id(cluster, "amh")
+
+        async def record(summary_id: str, version: int = 0) -> node_api_pb2.RecordAssessmentResponse:
+            assessment = stories.parent_risk_change(parent, child)
+            assessment.summary_id, assessment.version = summary_id, version
+            return await amh.RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=case_id, assessment=assessment)
+            )
+
+        first = await record("")
+        assert (first.summary_id, first.version) == (first.assessment_id, 1)
+        assert (await record(first.summary_id, version=1)).version == 2
+        assert (await record(first.summary_id, version=7)).version == 7
+        both = await asyncio.gather(record(first.summary_id), record(first.summary_id))
+        assert sorted(r.version for r in both) == [8, 9]
+        await share(cluster, both[0].assessment_id)
+        received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        assert (received.summary.summary_id, received.summary.version) == (first.summary_id, both[0].version)
+
+
 async def test_a_share_repeated_with_its_request_id_is_answered_again_and_shares_nothing_more(
     federation: LocalFederation,
 ) -> None:

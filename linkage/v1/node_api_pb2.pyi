@@ -172,15 +172,23 @@ class RecordAssessmentResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
+    SUMMARY_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     assessment_id: _builtins.str
+    summary_id: _builtins.str
+    """as given, or this assessment's id for a new summary"""
+    version: _builtins.int
+    """one more than the last version of the summary recorded here, or the one given if higher"""
     def __init__(
         self,
         *,
         assessment_id: _builtins.str = ...,
+        summary_id: _builtins.str = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment_id", b"assessment_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment_id", b"assessment_id", "summary_id", b"summary_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -296,4 +296,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE closures ADD COLUMN note TEXT NOT NULL DEFAULT '';
     """,
+    # 16: an assessment's summary id and version beside its body, so that the next version
+    # of a summary is numbered from the last one recorded (inside the write, so two at once
+    # are numbered apart). Assessments recorded before this number from 1 again.
+    """
+    ALTER TABLE assessments ADD COLUMN summary_id TEXT;
+    ALTER TABLE assessments ADD COLUMN version INTEGER;
+    CREATE INDEX assessments_by_summary ON assessments(summary_id, version);
+    """,
 )
