@@ -107,6 +107,11 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
         _set("s.risk_items.0.currency", pb.CURRENCY_CURRENT),
     ),
     ("currency_missing", _set("s.risk_items.0.currency", 9), _set("s.risk_items.0.currency", pb.CURRENCY_CURRENT)),
+    ("date_invalid", _set("s.review_date.month", 13), _set("s.review_date.month", 12)),
+    ("date_invalid", _set("s.risk_items.1.period.to.day", 31), _set("s.risk_items.1.period.to.day", 30)),
+    ("date_invalid", _set("s.actions", [pb.Action(action="Visit", due=pb.Date(day=3))]), lambda s, d: None),
+    ("period_reversed", _set("s.risk_items.1.period.to.year", 2018), lambda s, d: None),
+    ("review_date_passed", _set("s.review_date.year", 2025), lambda s, d: None),  # decided on 2026-01-01
     (
         "historical_needs_dates",
         _set("s.risk_items.1.period", None),

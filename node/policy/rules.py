@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from linkage.codelists import CodeLists
 from linkage.v1 import summary_pb2 as pb
+from node import dates
 from node.policy.findings import Finding
 
 # Consent states meaning the person has not agreed: sharing then needs a recorded
@@ -196,6 +197,45 @@ def _texts(summary: pb.RiskSummary) -> Iterator[tuple[str, str, int]]:
         yield f"risk item {n} relevance", item.relevance, MAX_TEXT
     for n, factor in enumerate(summary.protective_factors, start=1):
         yield f"protective factor {n}", factor.text, MAX_TEXT
+
+
+def _dates(summary: pb.RiskSummary) -> Iterator[tuple[str, pb.Date]]:
+    yield "assessment date", summary.assessment.assessed_on
+    yield "review date", summary.review_date
+    yield "date the voice was recorded", summary.voice.recorded_on
+    yield "closure target date", summary.closure_intent.target_date
+    for n, item in enumerate(summary.risk_items, start=1):
+        yield f"risk item {n} level's date", item.level.assessed_on
+        yield f"risk item {n} previous level's date", item.previous_level.assessed_on
+        yield f"risk item {n} start", getattr(item.period, "from")  # `from` is a Python keyword
+        yield f"risk item {n} end", item.period.to
+    for n, action in enumerate(summary.actions, start=1):
+        yield f"action {n} due date", action.due
+
+
+def _on_calendar(date: pb.Date) -> bool:
+    return date_set(date) and dates.valid(date)
+
+
+def date_rules(summary: pb.RiskSummary, today: pb.Date) -> Iterator[Finding]:
+    """Every date given is on the calendar, a period ends after it starts, and a summary of
+    current risk is not shared past its review date unremarked (domain.md §6 rule 12)."""
+    for where, date in _dates(summary):
+        if date.ByteSize() and not dates.valid(date):
+            yield Finding("date_invalid", f"The {where} ({dates.iso(date)}) is not a date on the calendar.")
+    for n, item in enumerate(summary.risk_items, start=1):
+        start, end = getattr(item.period, "from"), item.period.to
+        if _on_calendar(start) and _on_calendar(end) and dates.iso(end) < dates.iso(start):
+            yield Finding("period_reversed", f"Risk item {n}: its period ends before it starts.")
+    review = summary.review_date
+    current = any(i.currency == pb.CURRENCY_CURRENT for i in summary.risk_items)
+    if current and _on_calendar(review) and dates.iso(review) < dates.iso(today):
+        yield Finding(
+            "review_date_passed",
+            f"The review date {dates.iso(review)} has passed: review the assessment, or say in the "
+            "rationale why it still holds.",
+            "warning",
+        )
 
 
 def summary_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding]:
