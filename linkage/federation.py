@@ -177,6 +177,8 @@ def enrol_node(
     _check_text("contact role", contact_role)
     if not is_address(gateway_address):
         raise FederationError(f"gateway address {gateway_address!r} must be host:port, e.g. gateway.example:7443")
+    if not is_node_id(gateway_name):
+        raise FederationError(f"gateway name {gateway_name!r} must be the gateway's id, e.g. 'gateway'")
     _check_empty(out)
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o700)

@@ -316,6 +316,8 @@ def test_enrolment_never_writes_over_another_member_and_takes_only_what_it_can_p
         with pytest.raises(FederationError, match=said):
             enrol_node(fed, "n2", name, "POLICE", out, address, now)
         assert not n2.exists() and not (fed.entries / "n2.pb").exists()
+    with pytest.raises(FederationError, match="must be the gateway's id"):
+        enrol_node(fed, "n2", "County Police", "POLICE", n2, gw, now, gateway_name='gw"\n[tls]')
     assert first.read_text().startswith('# Linkage node "n1"')
     assert sorted((p.name, p.read_bytes()) for p in (tmp_path / "n1" / "keys").iterdir()) == keys
     with pytest.raises(FederationError, match="already holds files"):
