@@ -115,6 +115,7 @@ class Outbox:
         self._stopping = False
         self._gauges_at = -GAUGE_INTERVAL_S
         self._gauges_later: asyncio.TimerHandle | None = None
+        self._gauge_task: asyncio.Future[None] | None = None
         self._expiry_due_ms = 0  # when the oldest live message becomes undeliverable (0: check now)
         # The hot path reads nothing back: messages just committed are handed over in memory,
         # and the store is scanned only when something is due there (a retry, a back-off ending,
@@ -137,13 +138,23 @@ class Outbox:
         # the interval, else once when it ends; never once per message.
         if time.monotonic() - self._gauges_at >= GAUGE_INTERVAL_S:
             await self.refresh_gauges()
-        elif self._gauges_later is None:
+        elif self._gauges_later is None and not self._stopping:
             self._gauges_later = asyncio.get_running_loop().call_later(GAUGE_INTERVAL_S, self._refresh_later)
 
     def _refresh_later(self) -> None:
         self._gauges_later = None
-        task = asyncio.ensure_future(self.refresh_gauges())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a closed store at shutdown is fine
+        self._gauge_task = asyncio.ensure_future(self.refresh_gauges())
+        self._gauge_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _stop_gauges(self) -> None:
+        """At shutdown: no refresh left to start after the store closes (a task made just
+        before the loop closes would never run)."""
+        if self._gauges_later is not None:
+            self._gauges_later.cancel()
+            self._gauges_later = None
+        if self._gauge_task is not None:
+            with contextlib.suppress(Exception):
+                await self._gauge_task
 
     async def refresh_gauges(self) -> None:
         self._gauges_at = time.monotonic()
@@ -256,6 +267,7 @@ class Outbox:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s), self._changes:
                 await self._changes.wait_for(lambda: not self._in_flight)
+        await self._stop_gauges()
         return len(self._in_flight)
 
     async def _seconds_to_next_due(self) -> float | None:

@@ -44,3 +44,20 @@ async def test_metrics_are_exposed_and_count_the_exchange(federation: LocalFeder
     assert gateway["linkage_gateway_connected_nodes"] == 4
     assert gateway["linkage_gateway_subscriptions"] >= 5
     assert not any(re.search(r"[0-9a-f]{64}", name) for name in {**amh, **gateway})  # never a token
+
+
+async def test_a_node_stopping_leaves_no_gauge_refresh_to_start_after_its_store_closes(
+    federation: LocalFederation,
+) -> None:
+    """A refresh due a second after the last change fired during shutdown and made a task
+    the closing loop never ran ("coroutine 'Outbox.refresh_gauges' was never awaited", seen
+    once in a soak run). Stopping cancels the timer; later changes schedule none."""
+    async with running(federation, nodes=("amh",)) as cluster:
+        outbox = cluster.nodes["amh"].outbox
+        await outbox.changed()
+        await outbox.changed()  # within the interval: a refresh is scheduled for later
+        assert outbox._gauges_later is not None
+        await cluster.stop_node("amh")
+        assert outbox._gauges_later is None
+        await outbox.changed()
+        assert outbox._gauges_later is None
