@@ -19,6 +19,7 @@ from node.backoff import backoff_ms
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
 from node.messaging import Fill, Sealed, Unreachable
+from node.policy.rules import date_problems
 from node.store import FetchOne, Tx
 
 MAX_PEOPLE_PER_CASE = MAX_TOKENS_PER_MESSAGE  # everything about a case goes in messages that name them all
@@ -611,6 +612,8 @@ class Cases:
         for n, person in enumerate(assessment.people):
             if person.link_token not in known:
                 raise invalid(f"assessment.people[{n}] is not a person of case {request.case_id!r}")
+        if problems := date_problems(assessment):
+            raise invalid("; ".join(problems).capitalize())
         if assessment.summary_id:
             await self._check_same_case(assessment.summary_id, request.case_id)
         assessment_id = uuid7(self.ctx.clock.now_ms())

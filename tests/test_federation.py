@@ -148,10 +148,19 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
     async with running(federation, nodes=("amh",)) as cluster:
         amh = cluster.api("amh")
         family = stories.think_family_people()
-        await open_case(cluster, "amh", family)
+        parent, child = await open_case(cluster, "amh", family)
         case_id = await _case_id(cluster, "amh")
         beyond = node_api_pb2.WatchReceivedRequest(actor=PRACTITIONER, after_seq=2**63)
+        leap = stories.parent_risk_change(parent, child)
+        leap.review_date.CopyFrom(stories.date(2026, 2, 29))
         cases: list[tuple[Awaitable[object], grpc.StatusCode, str]] = [
+            (
+                amh.RecordAssessment(
+                    node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=case_id, assessment=leap)
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "The review date (2026-02-29) is not a date on the calendar",
+            ),
             (
                 amh.OpenCase(node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="c", people=family + family)),
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from linkage import stories
 from linkage.v1 import summary_pb2 as pb
+from node.policy.rules import date_problems
 from tests.policy_fixtures import CHILD, CONTEXT, PARENT, codes, request, run
 
 Mutation = Callable[[pb.RiskSummary, pb.ShareDecision], None]
@@ -107,10 +108,6 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
         _set("s.risk_items.0.currency", pb.CURRENCY_CURRENT),
     ),
     ("currency_missing", _set("s.risk_items.0.currency", 9), _set("s.risk_items.0.currency", pb.CURRENCY_CURRENT)),
-    ("date_invalid", _set("s.review_date.month", 13), _set("s.review_date.month", 12)),
-    ("date_invalid", _set("s.risk_items.1.period.to.day", 31), _set("s.risk_items.1.period.to.day", 30)),
-    ("date_invalid", _set("s.actions", [pb.Action(action="Visit", due=pb.Date(day=3))]), lambda s, d: None),
-    ("period_reversed", _set("s.risk_items.1.period.to.year", 2018), lambda s, d: None),
     ("review_date_passed", _set("s.review_date.year", 2025), lambda s, d: None),  # decided on 2026-01-01
     (
         "historical_needs_dates",
@@ -195,6 +192,22 @@ def test_a_public_task_request_basis_holds_only_in_answer_to_a_request() -> None
     assert unasked.outcome == pb.DECISION_OUTCOME_NOT_SHARED
     answering = run(dataclasses.replace(request(decision=decision), answering_request=True))
     assert "public_task_request_unanswered" not in codes(answering)
+
+
+@pytest.mark.parametrize(
+    ("breaks", "said"),
+    [
+        (_set("s.review_date.month", 13), "the review date (2026-13-16) is not a date on the calendar"),
+        (_set("s.risk_items.1.period.to.day", 31), "risk item 2's end (2021-06-31) is not a date on the calendar"),
+        (_set("s.actions", [pb.Action(action="Visit", due=pb.Date(day=3))]), "action 1's due date (0000-00-03)"),
+        (_set("s.risk_items.1.period.to.year", 2018), "risk item 2's period ends before it starts"),
+    ],
+)
+def test_an_assessments_dates_are_on_the_calendar_and_in_order(breaks: Mutation, said: str) -> None:
+    summary = stories.parent_risk_change(PARENT, CHILD)
+    assert date_problems(summary) == []
+    breaks(summary, pb.ShareDecision())
+    assert [said in problem for problem in date_problems(summary)] == [True]
 
 
 def test_missing_approval_defers_rather_than_refuses() -> None:

@@ -11,7 +11,7 @@ from node.policy.agreement import Agreement
 from node.policy.findings import Finding
 from node.policy.glossary import Glossary
 from node.policy.minimise import Payload, payload_for
-from node.policy.rules import consent_absent, date_rules, decision_rules, summary_rules
+from node.policy.rules import consent_absent, decision_rules, review_rules, summary_rules
 
 MAX_RECIPIENTS = 50
 PRACTITIONER_OUTCOMES = (pb.DECISION_OUTCOME_NOT_SHARED, pb.DECISION_OUTCOME_DEFERRED)
@@ -103,7 +103,7 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
 
     findings += decision_rules(request.decision, context.codes, request.sender_agency_type, request.answering_request)
     findings += summary_rules(request.assessment, context.codes)
-    findings += date_rules(request.assessment, dates.today(request.now_ms))
+    findings += review_rules(request.assessment, dates.today(request.now_ms))
     findings += _plain_language(request, context.glossary)
     if len(request.recipients) > MAX_RECIPIENTS:
         findings.append(

@@ -205,31 +205,42 @@ def _dates(summary: pb.RiskSummary) -> Iterator[tuple[str, pb.Date]]:
     yield "date the voice was recorded", summary.voice.recorded_on
     yield "closure target date", summary.closure_intent.target_date
     for n, item in enumerate(summary.risk_items, start=1):
-        yield f"risk item {n} level's date", item.level.assessed_on
-        yield f"risk item {n} previous level's date", item.previous_level.assessed_on
-        yield f"risk item {n} start", getattr(item.period, "from")  # `from` is a Python keyword
-        yield f"risk item {n} end", item.period.to
+        yield f"risk item {n}'s level date", item.level.assessed_on
+        yield f"risk item {n}'s previous level date", item.previous_level.assessed_on
+        yield f"risk item {n}'s start", getattr(item.period, "from")  # `from` is a Python keyword
+        yield f"risk item {n}'s end", item.period.to
     for n, action in enumerate(summary.actions, start=1):
-        yield f"action {n} due date", action.due
+        yield f"action {n}'s due date", action.due
 
 
-def _on_calendar(date: pb.Date) -> bool:
-    return date_set(date) and dates.valid(date)
+def _day(date: pb.Date) -> tuple[int, int, int]:
+    return date.year, date.month, date.day
 
 
-def date_rules(summary: pb.RiskSummary, today: pb.Date) -> Iterator[Finding]:
-    """Every date given is on the calendar, a period ends after it starts, and a summary of
-    current risk is not shared past its review date unremarked (domain.md §6 rule 12)."""
-    for where, date in _dates(summary):
-        if date.ByteSize() and not dates.valid(date):
-            yield Finding("date_invalid", f"The {where} ({dates.iso(date)}) is not a date on the calendar.")
+def date_problems(summary: pb.RiskSummary) -> list[str]:
+    """What is wrong with an assessment's dates: each given is on the calendar, and each
+    period ends after it starts. (Checked once, when the assessment is recorded.)"""
+    problems = [
+        f"the {where} ({dates.iso(date)}) is not a date on the calendar"
+        for where, date in _dates(summary)
+        if any(_day(date)) and not dates.valid(date)
+    ]
     for n, item in enumerate(summary.risk_items, start=1):
-        start, end = getattr(item.period, "from"), item.period.to
-        if _on_calendar(start) and _on_calendar(end) and dates.iso(end) < dates.iso(start):
-            yield Finding("period_reversed", f"Risk item {n}: its period ends before it starts.")
+        start, end = _day(getattr(item.period, "from")), _day(item.period.to)
+        if start[0] and end[0] and end < start:
+            problems.append(f"risk item {n}'s period ends before it starts")
+    return problems
+
+
+def review_rules(summary: pb.RiskSummary, today: pb.Date) -> Iterator[Finding]:
+    """A summary of current risk is not shared past its review date unremarked (domain.md §6
+    rule 12)."""
     review = summary.review_date
-    current = any(i.currency == pb.CURRENCY_CURRENT for i in summary.risk_items)
-    if current and _on_calendar(review) and dates.iso(review) < dates.iso(today):
+    if (
+        review.year
+        and _day(review) < _day(today)
+        and any(i.currency == pb.CURRENCY_CURRENT for i in summary.risk_items)
+    ):
         yield Finding(
             "review_date_passed",
             f"The review date {dates.iso(review)} has passed: review the assessment, or say in the "
