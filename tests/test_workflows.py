@@ -553,29 +553,14 @@ async def test_clarification_and_information_requests(federation: LocalFederatio
                 )
             )
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        under_s47 = s47_request(await _case_id(cluster, "csc"), "amh")
+        under_s47.lawful_basis.statutory_gateway.append("CA1989_S99")
         with pytest.raises(grpc.aio.AioRpcError) as raised:  # and a ground from the code lists
-            await cluster.api("csc").RequestInformation(
-                node_api_pb2.RequestInformationRequest(
-                    actor=CSC_WORKER,
-                    case_id=await _case_id(cluster, "csc"),
-                    to_nodes=["amh"],
-                    purpose="Child protection enquiry under section 47",
-                    what="Any risk to the child from the parent",
-                    lawful_basis=summary_pb2.LawfulBasis(art6=["A6_1_C"], statutory_gateway=["CA1989_S99"]),
-                )
-            )
+            await cluster.api("csc").RequestInformation(under_s47)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "'CA1989_S99' is not in the statutory_gateway code list" in (raised.value.details() or "")
-        await cluster.api("csc").RequestInformation(
-            node_api_pb2.RequestInformationRequest(
-                actor=CSC_WORKER,
-                case_id=await _case_id(cluster, "csc"),
-                to_nodes=["amh"],
-                purpose="Child protection enquiry under section 47",
-                what="Any risk to the child from the parent",
-                lawful_basis=summary_pb2.LawfulBasis(art6=["A6_1_C"], statutory_gateway=["CA1989_S47_9_REQUEST"]),
-            )
-        )
+        under_s47.lawful_basis.statutory_gateway[:] = ["CA1989_S47_9_REQUEST"]
+        await cluster.api("csc").RequestInformation(under_s47)
         request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
         assert request.body.information_request.lawful_basis.statutory_gateway == ["CA1989_S47_9_REQUEST"]
         assert request.body.sent_by.role == CSC_WORKER.role
