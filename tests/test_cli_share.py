@@ -111,6 +111,11 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
         code, out, err = await linkage("inbox", "list", *who("csc"))
         assert code == 0, err
         assert f"{intent.message_id} [new] closure_intent from Adult Mental Health Trust" in out
+        for wrong in (["--limit", "-1"], ["--after", "x"], ["--limit", str(2**32)]):
+            code, out, err = await linkage("inbox", "list", *wrong, *who("csc"))  # was a ValueError traceback
+            assert code == 2 and f"argument {wrong[0]}:" in err and "is not a whole number from 0 to" in err
+        code, out, err = await linkage("inbox", "list", *who("csc")[:-1], "/nowhere/api.sock")
+        assert code == 1 and "no node is serving at /nowhere/api.sock" in err
         code, out, err = await linkage(
             "case", "respond", intent.message_id, "--object", "--reason", "Too soon", *who("csc")
         )

@@ -38,6 +38,21 @@ def actor(args: argparse.Namespace) -> summary_pb2.Practitioner:
     return summary_pb2.Practitioner(id=args.actor_id, name=args.actor_name, role=args.actor_role)
 
 
+def count(most: int) -> Callable[[str], int]:
+    """An argument that counts or numbers something: a whole number from 0 to `most`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value <= most:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {most}")
+        return value
+
+    return parse
+
+
 def socket_of(args: argparse.Namespace) -> Path:
     return NodeConfig.load(args.config).api_socket if args.config else Path(args.socket)
 
@@ -50,6 +65,10 @@ def call(args: argparse.Namespace, work: Callable[[node_api_pb2_grpc.NodeApiAsyn
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and not socket_of(args).exists():
+            raise SystemExit(
+                f"linkage: no node is serving at {socket_of(args)} (is `linkage node serve` running?)"
+            ) from None
         raise SystemExit(f"linkage: {exc.code().name}: {exc.details()}") from None
 
 
@@ -426,9 +445,9 @@ def register_casework(commands: argparse._SubParsersAction) -> None:  # type: ig
     ):
         p = sub.add_parser(name, help=text)
         add_connection_arguments(p)
-        p.add_argument("--after", type=int, default=0, help="only items after this sequence number")
+        p.add_argument("--after", type=count(2**63 - 1), default=0, help="only items after this sequence number")
         if name == "list":
-            p.add_argument("--limit", type=int, default=100)
+            p.add_argument("--limit", type=count(2**32 - 1), default=100, help="at most this many items (default 100)")
         p.set_defaults(handler=handler)
     p = sub.add_parser("open", help="open an item (the sender is told, unless --silent-reason)")
     add_connection_arguments(p)
