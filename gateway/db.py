@@ -13,6 +13,8 @@ from typing import Any
 
 import aiosqlite
 
+from linkage.exclusive import Exclusive
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscriptions(
   token BLOB NOT NULL,
@@ -90,23 +92,34 @@ COMMIT;
 
 
 class GatewayDb:
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, exclusive: Exclusive) -> None:
         self.db = db
         self.path = path
         self._lock = asyncio.Lock()
+        self._exclusive = exclusive  # this process's alone while open
 
     @classmethod
     async def open(cls, path: Path) -> GatewayDb:
-        db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.executescript(SCHEMA)
-        if await db.execute_fetchall("SELECT 1 FROM sqlite_master WHERE name = 'checkpoints'"):
-            await db.executescript(FROM_EVERY_CHECKPOINT)
-        columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(witnessed)")}
-        if "cosignature" not in columns:  # a gateway from before cosigning
-            await db.execute("ALTER TABLE witnessed ADD COLUMN cosignature BLOB")
-        return cls(db, path)
+        exclusive = Exclusive.take(path)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except BaseException:
+            exclusive.release()
+            raise
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.executescript(SCHEMA)
+            if await db.execute_fetchall("SELECT 1 FROM sqlite_master WHERE name = 'checkpoints'"):
+                await db.executescript(FROM_EVERY_CHECKPOINT)
+            columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(witnessed)")}
+            if "cosignature" not in columns:  # a gateway from before cosigning
+                await db.execute("ALTER TABLE witnessed ADD COLUMN cosignature BLOB")
+        except BaseException:
+            await db.close()
+            exclusive.release()
+            raise
+        return cls(db, path, exclusive)
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -131,3 +144,4 @@ class GatewayDb:
 
     async def close(self) -> None:
         await self.db.close()
+        self._exclusive.release()

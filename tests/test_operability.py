@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from linkage import logs
 from linkage.config import ConfigError, PolicyFiles
+from linkage.exclusive import InUse
 from linkage.transport import LINK_HEALTH_SERVICE, secure_channel
 from node.server import NodeServer
 from tests.harness import LocalFederation, running
@@ -149,3 +150,40 @@ async def test_a_server_that_cannot_start_exits_and_says_why(
                 await process.wait()
     assert process.returncode == 2
     assert f"linkage: {says.format(listen)}" in stderr.decode()
+
+
+@pytest.mark.parametrize("role", ["node", "gateway"])
+async def test_a_second_server_on_the_same_store_refuses_to_start(federation: LocalFederation, role: str) -> None:
+    """A node started twice on one store (a service manager's copy and one run by hand)
+    ran both: two writers of one audit chain, each with its own head in memory, and two
+    outboxes sending the same rows. The first holds the store; the second says who does,
+    and exits. Once the first stops, the store can be opened again."""
+    async with running(federation, nodes=("amh",)) as cluster:
+        first = cluster.nodes["amh"] if role == "node" else cluster.gateway
+        config = first.config.data_dir / ("node.toml" if role == "node" else "gateway.toml")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "linkage",
+            role,
+            "serve",
+            "--config",
+            str(config),
+            env={**os.environ, "LINKAGE_GATEWAY_LISTEN": "127.0.0.1:0"},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        finally:
+            if process.returncode is None:  # it ran beside the first: leave no process behind
+                process.kill()
+                await process.wait()
+        store = first.config.data_dir / ("store.sqlite" if role == "node" else "gateway.sqlite")
+        assert process.returncode == 2
+        assert f"linkage: {store} is in use by process {os.getpid()}: stop it" in stderr.decode()
+        if role == "node":
+            with pytest.raises(InUse):  # and in one process, a second server of it
+                await NodeServer(cluster.nodes["amh"].config).start()
+            await cluster.stop_node("amh")
+            await cluster.start_node("amh")  # released on stop

@@ -40,6 +40,7 @@ import aiosqlite
 from linkage import logs
 from linkage.auditlog import GENESIS, AuditEntry, chain_hash, entry_leaf
 from linkage.clock import Clock
+from linkage.exclusive import Exclusive
 from linkage.merkle import CompactRange
 from linkage.v1 import summary_pb2
 from node.store.leaves import RecentLeaves
@@ -270,9 +271,12 @@ def _leaves(db: sqlite3.Connection, after: int, upto: int) -> Iterator[bytes]:
 
 
 class Store:
-    def __init__(self, path: Path, db: sqlite3.Connection, reader: aiosqlite.Connection, clock: Clock) -> None:
+    def __init__(
+        self, path: Path, db: sqlite3.Connection, reader: aiosqlite.Connection, clock: Clock, exclusive: Exclusive
+    ) -> None:
         self.path = path
         self.db = db
+        self._exclusive = exclusive  # this process's alone while open
         self.reader = reader
         self._quick: sqlite3.Connection | None = None
         self.clock = clock
@@ -300,7 +304,12 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path, clock: Clock) -> Store:
-        db = _writer(path)
+        exclusive = Exclusive.take(path)
+        try:
+            db = _writer(path)
+        except BaseException:
+            exclusive.release()
+            raise
         try:
             cls._migrate(db, path, clock)
             row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -309,8 +318,9 @@ class Store:
             reader = await _reader(path)
         except BaseException:  # nothing is left open by a store that did not open
             db.close()
+            exclusive.release()
             raise
-        store = cls(path, db, reader, clock)
+        store = cls(path, db, reader, clock, exclusive)
         store._head_seq, store._head_hash, store._head_stored = head_seq, head_hash, stored
         store.frontier = frontier
         store._tail = (head_seq, head_hash, frontier)
@@ -349,6 +359,7 @@ class Store:
             self._quick.close()
         await self.reader.close()
         self.db.close()
+        self._exclusive.release()
 
     @property
     def schema_version(self) -> int:
