@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -109,6 +110,30 @@ async def test_a_node_with_a_damaged_file_says_which_and_opens_nothing(
     assert threading.active_count() == threads and not config.store_path.exists()
 
 
+async def serve_and_fail(role: str, config: Path, **settings: str) -> tuple[int | None, str]:
+    """`linkage ROLE serve` that should exit at once: its exit code and standard error. One
+    that keeps running is killed after 30 s (and its code is then the kill's)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "linkage",
+        role,
+        "serve",
+        "--config",
+        str(config),
+        env={**os.environ, "LINKAGE_GATEWAY_LISTEN": "127.0.0.1:0", **settings},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    finally:
+        if process.returncode is None:  # it hung, or ran: leave no process behind
+            process.kill()
+            await process.wait()
+    return process.returncode, stderr.decode()
+
+
 @pytest.mark.parametrize(
     ("role", "setting", "says"),
     [
@@ -130,26 +155,9 @@ async def test_a_server_that_cannot_start_exits_and_says_why(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         listen = f"127.0.0.1:{taken.getsockname()[1]}"
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "linkage",
-            role,
-            "serve",
-            "--config",
-            str(config),
-            env={**os.environ, "LINKAGE_GATEWAY_LISTEN": "127.0.0.1:0", setting: listen},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-        finally:
-            if process.returncode is None:  # it hung: leave no process behind
-                process.kill()
-                await process.wait()
-    assert process.returncode == 2
-    assert f"linkage: {says.format(listen)}" in stderr.decode()
+        code, stderr = await serve_and_fail(role, config, **{setting: listen})
+    assert code == 2
+    assert f"linkage: {says.format(listen)}" in stderr
 
 
 @pytest.mark.parametrize("role", ["node", "gateway"])
@@ -161,27 +169,10 @@ async def test_a_second_server_on_the_same_store_refuses_to_start(federation: Lo
     async with running(federation, nodes=("amh",)) as cluster:
         first = cluster.nodes["amh"] if role == "node" else cluster.gateway
         config = first.config.data_dir / ("node.toml" if role == "node" else "gateway.toml")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "linkage",
-            role,
-            "serve",
-            "--config",
-            str(config),
-            env={**os.environ, "LINKAGE_GATEWAY_LISTEN": "127.0.0.1:0"},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-        finally:
-            if process.returncode is None:  # it ran beside the first: leave no process behind
-                process.kill()
-                await process.wait()
+        code, stderr = await serve_and_fail(role, config)
         store = first.config.data_dir / ("store.sqlite" if role == "node" else "gateway.sqlite")
-        assert process.returncode == 2
-        assert f"linkage: {store} is in use by process {os.getpid()}: stop it" in stderr.decode()
+        assert code == 2
+        assert f"linkage: {store} is in use by process {os.getpid()}: stop it" in stderr
         if role == "node":
             with pytest.raises(InUse):  # and in one process, a second server of it
                 await NodeServer(cluster.nodes["amh"].config).start()
