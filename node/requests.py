@@ -10,6 +10,7 @@ import grpc
 
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
+from node import dates
 from node.cases import Cases
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
@@ -121,6 +122,8 @@ class Requests:
             raise invalid("an information request needs the lawful basis it relies on (lawful_basis.art6)")
         if unknown := [f.message for f in basis_codes(request.lawful_basis, self.ctx.policy.codes)]:
             raise invalid(" ".join(unknown))
+        if request.HasField("needed_by"):
+            self._check_needed_by(request.needed_by)
         await self.cases.open_case_row(request.case_id)
         tokens = [p.link_token for p in await self.cases.people(request.case_id) if not p.protect_identity]
         if not tokens:
@@ -148,6 +151,12 @@ class Requests:
             "request.sent",
             request.purpose,
         )
+
+    def _check_needed_by(self, needed_by: summary_pb2.Date) -> None:
+        if not dates.valid(needed_by):
+            raise invalid("needed_by must be a date on the calendar (year, month, day), or left out")
+        if dates.iso(needed_by) < dates.iso(dates.today(self.ctx.clock.now_ms())):
+            raise invalid(f"needed_by {dates.iso(needed_by)} has passed: give a date from today on, or leave it out")
 
     async def respond_to_information_request(
         self, request: node_api_pb2.InformationReplyRequest

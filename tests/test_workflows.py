@@ -560,9 +560,20 @@ async def test_clarification_and_information_requests(federation: LocalFederatio
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "'CA1989_S99' is not in the statutory_gateway code list" in (raised.value.details() or "")
         under_s47.lawful_basis.statutory_gateway[:] = ["CA1989_S47_9_REQUEST"]
+        for needed_by, said in (  # a deadline, when given, is a day to come: it was sent as given
+            (summary_pb2.Date(year=2026, month=2, day=29), "needed_by must be a date on the calendar"),
+            (summary_pb2.Date(year=2020, month=1, day=31), "needed_by 2020-01-31 has passed"),
+        ):
+            under_s47.needed_by.CopyFrom(needed_by)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await cluster.api("csc").RequestInformation(under_s47)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert said in (raised.value.details() or "")
+        under_s47.needed_by.CopyFrom(summary_pb2.Date(year=2099, month=1, day=31))
         await cluster.api("csc").RequestInformation(under_s47)
         request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
         assert request.body.information_request.lawful_basis.statutory_gateway == ["CA1989_S47_9_REQUEST"]
+        assert request.body.information_request.needed_by.year == 2099
         assert request.body.sent_by.role == CSC_WORKER.role
         await cluster.api("amh").RespondToInformationRequest(
             node_api_pb2.InformationReplyRequest(
