@@ -21,10 +21,11 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify_chain, verify_log
+from linkage.cli.arguments import link_token
 from linkage.config import GatewayConfig, NodeConfig, load_directory_key
 from linkage.directory import DirectoryView, verify_directory
 from linkage.reasons import Rejected
-from linkage.tokens import TOKEN_LEN, IdentifierError, LinkageKey
+from linkage.tokens import IdentifierError, LinkageKey
 from linkage.transport import secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, summary_pb2
 
@@ -247,19 +248,6 @@ def _token(config: NodeConfig, person: str) -> str:
         raise SystemExit(f"linkage: --person: {exc}") from None
 
 
-def _hex_token(text: str | None) -> str | None:
-    """A link token as entries hold it: 64 hex digits, lower case."""
-    if text is None:
-        return None
-    try:
-        token = bytes.fromhex(text)
-    except ValueError:
-        token = b""
-    if len(token) != TOKEN_LEN:
-        raise SystemExit(f"linkage: --token: a link token is {TOKEN_LEN * 2} hex digits, as entries show it")
-    return token.hex()
-
-
 def _millis(option: str, text: str | None) -> int | None:
     if not text:
         return None
@@ -314,7 +302,8 @@ def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[s
 
 
 def _entries(args: argparse.Namespace, config: NodeConfig) -> list[dict[str, Any]]:
-    token = _token(config, args.person) if getattr(args, "person", None) else _hex_token(getattr(args, "token", None))
+    given: bytes | None = getattr(args, "token", None)
+    token = _token(config, args.person) if getattr(args, "person", None) else given.hex() if given else None
     wanted = EntryFilter(
         token=token,
         event=getattr(args, "event", None),
@@ -569,7 +558,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         q.add_argument("--since", help="ISO time, e.g. 2026-11-01")
         q.add_argument("--until", help="ISO time")
         q.add_argument("--person", help="an identifier, e.g. nhs:9434765919 (turned into its link token)")
-        q.add_argument("--token", help="a link token (hex)")
+        q.add_argument("--token", type=link_token, help="a link token (hex)")
         q.add_argument("--event", help="event kind or prefix, e.g. share. or message.received")
         q.add_argument("--counterpart", help="the other agency's node id")
         q.add_argument("--decision", help="e.g. NOT_SHARED")

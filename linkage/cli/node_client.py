@@ -1,91 +1,39 @@
-"""CLI commands that talk to a running node's API (for practitioners and agency IT):
-`linkage share ...`. Human-readable by default, `--json` for scripts."""
+"""CLI commands for practitioners and agency IT, through their node's API: `linkage share`,
+`case`, `involvement`, `inbox` and `chronology`. Human-readable by default, `--json` for scripts."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import base64
 import datetime
 import json
-import os
-from collections.abc import Awaitable, Callable
+import string
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
-import grpc
 from google.protobuf import json_format
-from google.protobuf.message import Message
 
-from linkage.config import NodeConfig
+from linkage.cli import asking
+from linkage.cli.api_client import (
+    actor,
+    add_connection_arguments,
+    call,
+    emit_json,
+    print_queued,
+    read_decision,
+    report_queued,
+    word,
+)
+from linkage.cli.arguments import calendar_date, count, iso_day, link_token
+from linkage.tokens import TOKEN_LEN
 from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc, summary_pb2, workflow_pb2
-
-T = TypeVar("T")
-
-
-def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", type=Path, help="the node's node.toml (its API socket is found from it)")
-    where.add_argument("--socket", type=Path, help="the node's API socket")
-    parser.add_argument("--actor-id", default=os.environ.get("LINKAGE_ACTOR_ID"), help="your practitioner id")
-    parser.add_argument("--actor-name", default=os.environ.get("LINKAGE_ACTOR_NAME", ""), help="your name")
-    parser.add_argument("--actor-role", default=os.environ.get("LINKAGE_ACTOR_ROLE"), help="your role")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-
-
-def actor(args: argparse.Namespace) -> summary_pb2.Practitioner:
-    if not args.actor_id or not args.actor_role:
-        raise SystemExit("linkage: say who is acting: --actor-id and --actor-role (or LINKAGE_ACTOR_ID/_ROLE)")
-    return summary_pb2.Practitioner(id=args.actor_id, name=args.actor_name, role=args.actor_role)
-
-
-def count(most: int) -> Callable[[str], int]:
-    """An argument that counts or numbers something: a whole number from 0 to `most`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = -1
-        if not 0 <= value <= most:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {most}")
-        return value
-
-    return parse
-
-
-def socket_of(args: argparse.Namespace) -> Path:
-    return NodeConfig.load(args.config).api_socket if args.config else Path(args.socket)
-
-
-def call(args: argparse.Namespace, work: Callable[[node_api_pb2_grpc.NodeApiAsyncStub], Awaitable[T]]) -> T:
-    async def run() -> T:
-        async with grpc.aio.insecure_channel(f"unix:{socket_of(args)}") as channel:
-            return await work(node_api_pb2_grpc.NodeApiStub(channel))
-
-    try:
-        return asyncio.run(run())
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE and not socket_of(args).exists():
-            raise SystemExit(
-                f"linkage: no node is serving at {socket_of(args)} (is `linkage node serve` running?)"
-            ) from None
-        raise SystemExit(f"linkage: {exc.code().name}: {exc.details()}") from None
-
-
-def emit_json(message: Message) -> None:
-    print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2))
 
 
 def _share_request(args: argparse.Namespace) -> node_api_pb2.ShareSummaryRequest:
-    decision = summary_pb2.ShareDecision()
-    try:
-        json_format.Parse(Path(args.decision).read_text(), decision)
-    except (OSError, json_format.ParseError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"linkage: cannot read the decision file {args.decision}: {exc}") from None
     return node_api_pb2.ShareSummaryRequest(
         actor=actor(args),
         assessment_id=args.assessment,
-        decision=decision,
+        decision=read_decision(args.decision),
         kind=envelope_pb2.MessageKind.Value(f"MESSAGE_KIND_{args.kind}"),
         request_id=args.request_id,
     )
@@ -129,26 +77,15 @@ def share_send(args: argparse.Namespace) -> int:
         return 0
     print(f"Decision {response.share_id}: {_outcome(response.outcome)}")
     _print_recipients(list(response.decision.recipients))
-    _print_queued(list(response.recipients))
+    print_queued(list(response.recipients))
     _print_findings(list(response.findings))
     return 0
-
-
-def _print_queued(statuses: list[node_api_pb2.DeliveryStatus]) -> None:
-    """Each recipient's message as the call left it: queued, or not sent and why."""
-    for r in statuses:
-        print(f"  {r.node_id}: {r.state} (message {r.message_id}){': ' + r.reason if r.reason else ''}")
 
 
 def share_withdraw(args: argparse.Namespace) -> int:
     request = node_api_pb2.WithdrawSummaryRequest(actor=actor(args), summary_id=args.summary_id, reason=args.reason)
     response = call(args, lambda api: api.WithdrawSummary(request))
-    if args.json:
-        emit_json(response)
-        return 0
-    print(f"Withdrawal {response.share_id}:")
-    _print_queued(list(response.recipients))
-    return 0
+    return report_queued(args, response, f"Withdrawal {response.share_id}", list(response.recipients))
 
 
 def share_status(args: argparse.Namespace) -> int:
@@ -224,7 +161,7 @@ def _print_people(response: node_api_pb2.OpenCaseResponse) -> None:
     print(f"Case {response.case_id}")
     for p in response.people:
         flags = " (identity protected)" if p.protect_identity else ""
-        print(f"  {p.link_token.hex()[:16]}...  {p.relationship or '-'} {p.role_in_risk} {p.person_type}{flags}")
+        print(f"  {p.link_token.hex()}  {p.relationship or '-'} {p.role_in_risk} {p.person_type}{flags}")
 
 
 def case_open(args: argparse.Namespace) -> int:
@@ -244,11 +181,52 @@ def case_add_person(args: argparse.Namespace) -> int:
 
 
 def case_remove_person(args: argparse.Namespace) -> int:
-    request = node_api_pb2.RemovePersonRequest(
-        actor=actor(args), case_id=args.case_id, link_token=bytes.fromhex(args.token)
-    )
+    request = node_api_pb2.RemovePersonRequest(actor=actor(args), case_id=args.case_id, link_token=args.token)
     response = call(args, lambda api: api.RemovePerson(request))
     emit_json(response) if args.json else _print_people(response)
+    return 0
+
+
+_TOKEN_FIELDS = ("link_token", "linkToken", "concerns")
+
+
+def _tokens_from_hex(value: Any) -> Any:
+    """The JSON with each link token given as hex (as `case open` prints it) put in base64,
+    as protobuf's JSON reads bytes: 64 hex digits are never a 32-byte token in base64."""
+    if isinstance(value, list):
+        return [_tokens_from_hex(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, v in value.items():
+        if key in _TOKEN_FIELDS:
+            tokens = v if isinstance(v, list) else [v]
+            hexed = [base64.b64encode(bytes.fromhex(t)).decode() if _is_hex_token(t) else t for t in tokens]
+            out[key] = hexed if isinstance(v, list) else hexed[0]
+        else:
+            out[key] = _tokens_from_hex(v)
+    return out
+
+
+def _is_hex_token(text: object) -> bool:
+    return isinstance(text, str) and len(text) == 2 * TOKEN_LEN and all(c in string.hexdigits for c in text)
+
+
+def case_record(args: argparse.Namespace) -> int:
+    try:
+        written = json.loads(args.assessment.read_text())
+        if not isinstance(written, dict):
+            raise json_format.ParseError("it holds no JSON object")
+        assessment = json_format.ParseDict(_tokens_from_hex(written), summary_pb2.RiskSummary())
+    except (OSError, json.JSONDecodeError, json_format.ParseError) as exc:
+        raise SystemExit(f"linkage: cannot read the assessment file {args.assessment}: {exc}") from None
+    request = node_api_pb2.RecordAssessmentRequest(actor=actor(args), case_id=args.case_id, assessment=assessment)
+    response = call(args, lambda api: api.RecordAssessment(request))
+    if args.json:
+        emit_json(response)
+        return 0
+    print(f"Assessment {response.assessment_id} recorded: summary {response.summary_id}, version {response.version}")
+    print(f"  Share it with: linkage share preview --assessment {response.assessment_id} --decision ...")
     return 0
 
 
@@ -256,24 +234,26 @@ def _print_closure(status: node_api_pb2.ClosureStatus) -> None:
     print(f"Case {status.case_id}: closure {status.state}")
     if status.state == "none":
         return
-    print(f"  respond by {status.respond_by.year:04d}-{status.respond_by.month:02d}-{status.respond_by.day:02d}")
+    print(f"  respond by {iso_day(status.respond_by)}")
     for r in status.replies:
-        answer = workflow_pb2.ClosureAnswer.Name(r.answer).removeprefix("CLOSURE_ANSWER_").lower()
-        print(f"  {r.agency_name}: {answer}{': ' + r.reason if r.reason else ''}")
+        print(f"  {r.agency_name}: {_closure_answer(r.answer, r.reason)}")
     for n in status.awaiting:
         print(f"  {n}: no answer yet")
     if status.objection_outstanding:
         print("  An objection is outstanding.")
 
 
+def _closure_answer(answer: int, reason: str) -> str:
+    return word(workflow_pb2.ClosureAnswer.DESCRIPTOR, answer) + (f": {reason}" if reason else "")
+
+
 def case_propose_closure(args: argparse.Namespace) -> int:
-    y, m, d = (int(x) for x in args.respond_by.split("-"))
     request = node_api_pb2.ProposeClosureRequest(
         actor=actor(args),
         case_id=args.case_id,
         note=args.note,
         intent=summary_pb2.ClosureIntent(intent=args.intent, reason_code=args.reason_code),
-        respond_by=summary_pb2.Date(year=y, month=m, day=d),
+        respond_by=args.respond_by,
     )
     status = call(args, lambda api: api.ProposeClosure(request))
     emit_json(status) if args.json else _print_closure(status)
@@ -326,7 +306,7 @@ def involvement(args: argparse.Namespace) -> int:
 
 
 def _kind(value: int) -> str:
-    return envelope_pb2.MessageKind.Name(value).removeprefix("MESSAGE_KIND_").lower()  # type: ignore[arg-type]
+    return word(envelope_pb2.MessageKind.DESCRIPTOR, value)
 
 
 def _print_item(item: node_api_pb2.ReceivedSummary) -> None:
@@ -362,12 +342,61 @@ def inbox_open(args: argparse.Namespace) -> int:
         emit_json(item)
         return 0
     _print_item(item)
-    for risk in item.summary.risk_items:
-        currency = summary_pb2.Currency.Name(risk.currency).removeprefix("CURRENCY_").lower()
-        print(f"  - {risk.category} {risk.direction.lower()} ({currency}) {risk.level.value} {risk.level.scale}")
-    if item.summary.decision.rationale:
-        print(f"  Why shared: {item.summary.decision.rationale}")
+    _print_content(item.body)
     return 0
+
+
+def _print_content(body: envelope_pb2.MessageBody) -> None:
+    """What an item says, by its kind, for a person reading it."""
+    match body.WhichOneof("content"):
+        case "summary":
+            _print_summary(body.summary)
+        case "withdrawal":
+            print(f"  Withdraws summary {body.withdrawal.summary_id}: {body.withdrawal.reason}")
+        case "involvement":
+            n = body.involvement
+            print(f"  {n.agency_name} {'joined' if n.joined else 'left'}; contact: {n.contact_role or '-'}")
+        case "closure_intent":
+            c = body.closure_intent
+            print(
+                f"  {c.intent.intent} ({c.intent.reason_code or 'no reason code'}); respond by {iso_day(c.respond_by)}"
+            )
+            print(f"  Note: {c.note or '-'}")
+            print(f"  Answer with: linkage case respond {body.message_id} [--object --reason ...]")
+        case "closure_response":
+            r = body.closure_response
+            print(f"  Answer: {_closure_answer(r.answer, r.reason)}")
+        case "closure_notice":
+            print(f"  Closed on {iso_day(body.closure_notice.closed_on)}: {body.closure_notice.note or '-'}")
+        case "clarification_request":
+            print(f"  About {body.clarification_request.about_message_id}: {body.clarification_request.question}")
+            print(f"  Answer with: linkage inbox answer {body.message_id} --answer ...")
+        case "clarification_response":
+            print(f"  Answer to {body.in_reply_to}: {body.clarification_response.answer}")
+        case "information_request":
+            q = body.information_request
+            basis = q.lawful_basis
+            grounds = [*basis.art6, basis.art9, basis.dpa_condition, *basis.statutory_gateway]
+            print(f"  Purpose: {q.purpose}")
+            print(f"  Asks for: {q.what}")
+            print(f"  Needed by: {iso_day(q.needed_by)}; lawful basis: {', '.join(g for g in grounds if g)}")
+            print(f"  Answer with: linkage inbox reply {body.message_id} provide|partial|decline ...")
+        case "information_response":
+            a = body.information_response
+            print(f"  Answer to {a.request_message_id}: {word(workflow_pb2.InformationAnswer.DESCRIPTOR, a.answer)}")
+            if a.decision.rationale:  # a decline's reasons; what is provided carries its own
+                print(f"  Why: {a.decision.rationale}")
+            _print_summary(a.summary)
+        case "read":
+            print(f"  Item {body.read.read_message_id} was opened by {body.read.reader_role}")
+
+
+def _print_summary(summary: summary_pb2.RiskSummary) -> None:
+    for risk in summary.risk_items:
+        currency = word(summary_pb2.Currency.DESCRIPTOR, risk.currency)
+        print(f"  - {risk.category} {risk.direction.lower()} ({currency}) {risk.level.value} {risk.level.scale}")
+    if summary.decision.rationale:
+        print(f"  Why shared: {summary.decision.rationale}")
 
 
 def chronology(args: argparse.Namespace) -> int:
@@ -378,7 +407,7 @@ def chronology(args: argparse.Namespace) -> int:
         return 0
     for e in response.entries:
         when = datetime.datetime.fromtimestamp(e.at_ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M")
-        currency = summary_pb2.Currency.Name(e.currency).removeprefix("CURRENCY_").lower()
+        currency = word(summary_pb2.Currency.DESCRIPTOR, e.currency)
         source = "this agency" if e.own else e.source_agency
         print(f"{when}  {source:<28} {e.category:<24} {currency:<10} {e.direction.lower():<10} {e.level} [{e.state}]")
     return 0
@@ -405,12 +434,23 @@ def register_casework(commands: argparse._SubParsersAction) -> None:  # type: ig
     p = sub.add_parser("remove-person", help="unlink a person (by link token, hex)")
     add_connection_arguments(p)
     p.add_argument("case_id")
-    p.add_argument("--token", required=True)
+    p.add_argument("--token", required=True, type=link_token, help="the person's link token (hex)")
     p.set_defaults(handler=case_remove_person)
+    p = sub.add_parser("record", help="record an assessment of the case, to share with `linkage share`")
+    add_connection_arguments(p)
+    p.add_argument("case_id")
+    p.add_argument(
+        "--assessment",
+        required=True,
+        type=Path,
+        help="JSON RiskSummary; people by their link tokens (hex, as `case open` prints them)",
+    )
+    p.set_defaults(handler=case_record)
+    asking.register_case(sub)
     p = sub.add_parser("propose-closure", help="alert every co-involved agency before closing")
     add_connection_arguments(p)
     p.add_argument("case_id")
-    p.add_argument("--respond-by", required=True, help="YYYY-MM-DD")
+    p.add_argument("--respond-by", required=True, type=calendar_date, help="YYYY-MM-DD")
     p.add_argument("--intent", default="PLANNED_CLOSURE", help="PLANNED_CLOSURE, STEP_DOWN, STEP_UP, TRANSFER")
     p.add_argument("--reason-code", default="", help="closure_reason code, e.g. RISK_REDUCED_GOALS_MET")
     p.add_argument("--note", default="", help="why, in plain words")
@@ -454,6 +494,7 @@ def register_casework(commands: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument("message_id")
     p.add_argument("--silent-reason", default="", help="why the sender should not be told (audited)")
     p.set_defaults(handler=inbox_open)
+    asking.register_inbox(sub)
 
     p = commands.add_parser("chronology", help="a family's chronology: own and received assessments in order")
     add_connection_arguments(p)

@@ -1,0 +1,96 @@
+"""What every CLI command that talks to a running node's API shares: where the node is,
+who is acting, making the call (its errors as one line), and printing the answer."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.message import Message
+
+from linkage.config import NodeConfig
+from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
+
+T = TypeVar("T")
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="the node's node.toml (its API socket is found from it)")
+    where.add_argument("--socket", type=Path, help="the node's API socket")
+    parser.add_argument("--actor-id", default=os.environ.get("LINKAGE_ACTOR_ID"), help="your practitioner id")
+    parser.add_argument("--actor-name", default=os.environ.get("LINKAGE_ACTOR_NAME", ""), help="your name")
+    parser.add_argument("--actor-role", default=os.environ.get("LINKAGE_ACTOR_ROLE"), help="your role")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def actor(args: argparse.Namespace) -> summary_pb2.Practitioner:
+    if not args.actor_id or not args.actor_role:
+        raise SystemExit("linkage: say who is acting: --actor-id and --actor-role (or LINKAGE_ACTOR_ID/_ROLE)")
+    return summary_pb2.Practitioner(id=args.actor_id, name=args.actor_name, role=args.actor_role)
+
+
+def socket_of(args: argparse.Namespace) -> Path:
+    return NodeConfig.load(args.config).api_socket if args.config else Path(args.socket)
+
+
+def call(args: argparse.Namespace, work: Callable[[node_api_pb2_grpc.NodeApiAsyncStub], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with grpc.aio.insecure_channel(f"unix:{socket_of(args)}") as channel:
+            return await work(node_api_pb2_grpc.NodeApiStub(channel))
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and not socket_of(args).exists():
+            raise SystemExit(
+                f"linkage: no node is serving at {socket_of(args)} (is `linkage node serve` running?)"
+            ) from None
+        raise SystemExit(f"linkage: {exc.code().name}: {exc.details()}") from None
+
+
+def emit_json(message: Message) -> None:
+    print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2))
+
+
+def print_queued(statuses: list[node_api_pb2.DeliveryStatus]) -> None:
+    """Each recipient's message as the call left it: queued, or not sent and why."""
+    for r in statuses:
+        print(f"  {r.node_id}: {r.state} (message {r.message_id}){': ' + r.reason if r.reason else ''}")
+
+
+def report_queued(
+    args: argparse.Namespace, answer: Message, title: str, statuses: list[node_api_pb2.DeliveryStatus]
+) -> int:
+    """A call that queued messages: its whole answer with --json, else each recipient's state."""
+    if args.json:
+        emit_json(answer)
+        return 0
+    print(f"{title}:")
+    print_queued(statuses)
+    return 0
+
+
+def word(enum: EnumDescriptor, value: int) -> str:
+    """An enum value as a word: ClosureAnswer's CLOSURE_ANSWER_OBJECT is "object"."""
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+    return enum.values_by_number[value].name.removeprefix(prefix).lower()
+
+
+def read_decision(path: Path) -> summary_pb2.ShareDecision:
+    """A ShareDecision written as JSON (rationale, consent status, lawful basis...)."""
+    decision = summary_pb2.ShareDecision()
+    try:
+        json_format.Parse(path.read_text(), decision)
+    except (OSError, json_format.ParseError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"linkage: cannot read the decision file {path}: {exc}") from None
+    return decision

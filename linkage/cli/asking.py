@@ -1,0 +1,110 @@
+"""Asking and answering from the CLI: clarification of a received item (`linkage inbox ask`,
+`linkage inbox answer`) and information requests (`linkage case request-info`, answered
+with `linkage inbox reply`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from linkage.cli.api_client import actor, add_connection_arguments, call, read_decision, report_queued
+from linkage.cli.arguments import calendar_date
+from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
+
+ANSWERS = {
+    "provide": workflow_pb2.INFORMATION_ANSWER_PROVIDED,
+    "partial": workflow_pb2.INFORMATION_ANSWER_PARTIAL,
+    "decline": workflow_pb2.INFORMATION_ANSWER_DECLINED,
+}
+
+
+def _sent(args: argparse.Namespace, what: str, sent: node_api_pb2.MessageSent) -> int:
+    return report_queued(args, sent, what, list(sent.recipients))
+
+
+def ask(args: argparse.Namespace) -> int:
+    request = node_api_pb2.AskClarificationRequest(
+        actor=actor(args), about_message_id=args.message_id, question=args.question
+    )
+    return _sent(args, "Question sent", call(args, lambda api: api.AskClarification(request)))
+
+
+def answer(args: argparse.Namespace) -> int:
+    request = node_api_pb2.AnswerClarificationRequest(
+        actor=actor(args), request_message_id=args.message_id, answer=args.answer
+    )
+    return _sent(args, "Answer sent", call(args, lambda api: api.AnswerClarification(request)))
+
+
+def request_info(args: argparse.Namespace) -> int:
+    request = node_api_pb2.RequestInformationRequest(
+        actor=actor(args),
+        case_id=args.case_id,
+        purpose=args.purpose,
+        what=args.what,
+        lawful_basis=summary_pb2.LawfulBasis(
+            art6=args.art6,
+            art9=args.art9,
+            dpa_condition=args.dpa_condition,
+            statutory_gateway=args.statutory_gateway,
+        ),
+        needed_by=args.needed_by,
+        to_nodes=args.to,
+    )
+    return _sent(args, "Request sent", call(args, lambda api: api.RequestInformation(request)))
+
+
+def reply(args: argparse.Namespace) -> int:
+    if args.decision is not None:
+        decision = read_decision(args.decision)
+    else:
+        decision = summary_pb2.ShareDecision(rationale=args.reason)
+    if args.answer != "decline" and not args.assessment:
+        raise SystemExit(f"linkage: to {args.answer} information, name the assessment to send (--assessment)")
+    request = node_api_pb2.InformationReplyRequest(
+        actor=actor(args),
+        request_message_id=args.message_id,
+        answer=ANSWERS[args.answer],
+        decision=decision,
+        assessment_id=args.assessment or "",
+    )
+    return _sent(args, "Reply sent", call(args, lambda api: api.RespondToInformationRequest(request)))
+
+
+def register_case(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("request-info", help="ask the agencies linked to the family for information")
+    add_connection_arguments(p)
+    p.add_argument("case_id")
+    p.add_argument("--purpose", required=True, help="why it is needed, in plain words")
+    p.add_argument("--what", required=True, help="what is asked for, in plain words")
+    p.add_argument("--art6", action="append", required=True, help="UK GDPR Article 6 basis, e.g. A6_1_E (repeat)")
+    p.add_argument("--art9", default="", help="Article 9 condition, e.g. A9_2_G")
+    p.add_argument("--dpa-condition", default="", help="DPA 2018 Schedule 1 condition, e.g. SCH1_P18")
+    p.add_argument(
+        "--statutory-gateway", action="append", default=[], help="the power relied on, e.g. CA1989_S47 (repeat)"
+    )
+    p.add_argument("--needed-by", type=calendar_date, default=None, help="YYYY-MM-DD")
+    p.add_argument("--to", action="append", default=[], help="an agency's node id (repeat; default: every one linked)")
+    p.set_defaults(handler=request_info)
+
+
+def register_inbox(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("ask", help="ask the sender of a received item to clarify it")
+    add_connection_arguments(p)
+    p.add_argument("message_id", help="the received item's message id")
+    p.add_argument("--question", required=True)
+    p.set_defaults(handler=ask)
+    p = sub.add_parser("answer", help="answer a clarification request you received")
+    add_connection_arguments(p)
+    p.add_argument("message_id", help="the clarification request's message id")
+    p.add_argument("--answer", required=True)
+    p.set_defaults(handler=answer)
+    p = sub.add_parser("reply", help="answer an information request: provide, provide in part, or decline")
+    add_connection_arguments(p)
+    p.add_argument("message_id", help="the information request's message id")
+    p.add_argument("answer", choices=sorted(ANSWERS))
+    p.add_argument("--assessment", help="the assessment to send when providing (in full or in part)")
+    why = p.add_mutually_exclusive_group(required=True)
+    why.add_argument("--decision", type=Path, help="JSON ShareDecision: rationale, consent, lawful basis...")
+    why.add_argument("--reason", help="the reasons alone (enough to decline)")
+    p.set_defaults(handler=reply)

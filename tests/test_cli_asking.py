@@ -1,0 +1,142 @@
+"""Recording, asking and answering from the CLI against running nodes: `linkage case record`,
+`inbox ask` / `answer`, `case request-info`, `inbox reply`, and `inbox open` showing what
+each item says."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from linkage import stories
+from linkage.v1 import envelope_pb2 as env
+from linkage.v1 import summary_pb2
+from tests.harness import LocalFederation, linkage, next_item, running
+from tests.test_federation import _case_id, open_case
+
+
+def as_written(summary: summary_pb2.RiskSummary) -> str:
+    """The assessment as a person writes it for `case record`: link tokens in hex, as
+    `case open` prints them."""
+    written = json_format.MessageToDict(summary, preserving_proto_field_name=True)
+    for person in written["people"]:
+        person["link_token"] = base64.b64decode(person["link_token"]).hex()
+    for item in written["risk_items"]:
+        item["concerns"] = [base64.b64decode(t).hex() for t in item.get("concerns", [])]
+    return json.dumps(written)
+
+
+async def test_record_ask_answer_request_and_reply_from_the_cli(federation: LocalFederation, tmp_path: Path) -> None:
+    async with running(federation) as cluster:
+
+        def who(node: str) -> list[str]:
+            socket = str(cluster.nodes[node].config.api_socket)
+            return ["--actor-id", f"{node}-1", "--actor-role", "Practitioner", "--socket", socket]
+
+        family = stories.think_family_people()
+        parent, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        amh_case, csc_case = await _case_id(cluster, "amh"), await _case_id(cluster, "csc")
+
+        assessment = tmp_path / "assessment.json"
+        assessment.write_text(as_written(stories.parent_risk_change(parent, child)))
+        assert parent.hex() in assessment.read_text()
+        code, out, err = await linkage("case", "record", amh_case, "--assessment", str(assessment), *who("amh"))
+        assert code == 0, err
+        assert " recorded: summary " in out and ", version 1" in out
+        assessment_id = out.split()[1]
+        decision = tmp_path / "decision.json"
+        decision.write_text(json_format.MessageToJson(stories.override_decision()))
+        code, out, err = await linkage(
+            "share", "send", "--assessment", assessment_id, "--decision", str(decision), *who("amh")
+        )
+        assert code == 0, err
+
+        shared = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        code, out, err = await linkage("inbox", "open", shared.message_id, *who("csc"))
+        assert code == 0, err
+        assert "- PARENTAL_CAPACITY increased (current) HIGH PRACTITIONER_JUDGEMENT" in out
+        code, out, err = await linkage(
+            "inbox", "ask", shared.message_id, "--question", "Who cares for the child at night?", *who("csc")
+        )
+        assert code == 0, err
+        assert "Question sent:\n  amh: queued (message " in out
+
+        question = await next_item(cluster, "amh", env.MESSAGE_KIND_CLARIFICATION_REQUEST)
+        code, out, err = await linkage("inbox", "open", question.message_id, *who("amh"))
+        assert f"About {shared.message_id}: Who cares for the child at night?" in out
+        assert f"Answer with: linkage inbox answer {question.message_id}" in out
+        code, out, err = await linkage(
+            "inbox", "answer", question.message_id, "--answer", "The grandparent stays over.", *who("amh")
+        )
+        assert code == 0, err
+        answer = await next_item(cluster, "csc", env.MESSAGE_KIND_CLARIFICATION_RESPONSE)
+        code, out, err = await linkage("inbox", "open", answer.message_id, *who("csc"))
+        assert f"Answer to {question.message_id}: The grandparent stays over." in out
+
+        ask = ["case", "request-info", csc_case, "--purpose", "s47 enquiry", "--what", "Any risk from the parent"]
+        for wrong, said in (
+            (["--needed-by", "2026-02-30"], "argument --needed-by: '2026-02-30' is not a date on the calendar"),
+            (["--needed-by", "2020-01-31"], "INVALID_ARGUMENT: needed_by 2020-01-31 has passed"),
+            (["--art6", "A6_1_Z"], "'A6_1_Z' is not in the art6 code list"),
+        ):
+            code, out, err = await linkage(*ask, "--art6", "A6_1_C", *wrong, *who("csc"))
+            assert code in (1, 2) and said in err and "Traceback" not in err, err
+        code, out, err = await linkage(
+            *ask, "--art6", "A6_1_C", "--statutory-gateway", "CA1989_S47_9_REQUEST", "--needed-by", "2099-01-31",
+            "--to", "amh", *who("csc"),
+        )  # fmt: skip
+        assert code == 0, err
+        assert "Request sent:\n  amh: queued" in out
+
+        request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
+        code, out, err = await linkage("inbox", "open", request.message_id, *who("amh"))
+        assert "Purpose: s47 enquiry\n  Asks for: Any risk from the parent" in out
+        assert "Needed by: 2099-01-31; lawful basis: A6_1_C, CA1989_S47_9_REQUEST" in out
+        code, out, err = await linkage("inbox", "reply", request.message_id, "provide", "--reason", "x", *who("amh"))
+        assert code == 1 and "to provide information, name the assessment to send (--assessment)" in err
+        code, out, err = await linkage(
+            "inbox", "reply", request.message_id, "decline", "--reason", "Shared in full yesterday.", *who("amh")
+        )
+        assert code == 0, err
+        declined = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE)
+        code, out, err = await linkage("inbox", "open", declined.message_id, *who("csc"))
+        assert f"Answer to {request.message_id}: declined\n  Why: Shared in full yesterday." in out
+        code, out, err = await linkage(
+            "inbox", "reply", request.message_id, "provide", "--assessment", assessment_id,
+            "--decision", str(decision), *who("amh"),
+        )  # fmt: skip
+        assert code == 0, err
+        provided = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE, after_seq=declined.seq)
+        code, out, err = await linkage("inbox", "open", provided.message_id, *who("csc"))
+        assert f"Answer to {request.message_id}: provided" in out and "- PARENTAL_CAPACITY increased" in out
+
+
+async def test_dates_tokens_and_files_a_person_gets_wrong_are_one_line(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    async with running(federation) as cluster:
+        who = ["--actor-id", "amh-1", "--actor-role", "Practitioner"]
+        who += ["--socket", str(cluster.nodes["amh"].config.api_socket)]
+        await open_case(cluster, "amh", stories.think_family_people())
+        case = await _case_id(cluster, "amh")
+        parent = f"nhs:{stories.PARENT_NHS} role=POSES_RISK type=ADULT_OTHER rel=parent"
+        child = f"nhs:{stories.CHILD_NHS} role=AT_RISK type=CHILD rel=child"
+        code, out, err = await linkage("case", "open", "--case-ref", "B-1", "--person", parent, "--person", child, *who)
+        assert code == 0, err
+        other_case, token = out.split()[1], out.split()[2]
+        assert len(token) == 64  # whole, so that it can be given back
+        not_json = tmp_path / "assessment.json"
+        not_json.write_text("[1, 2]")
+        for args, said in (
+            (("case", "propose-closure", case, "--respond-by", "tomorrow"), "'tomorrow' is not a date on the calendar"),
+            (("case", "remove-person", case, "--token", "zz"), "a link token is 64 hex digits"),
+            (("case", "record", case, "--assessment", str(not_json)), "it holds no JSON object"),
+            (("case", "record", case, "--assessment", str(tmp_path)), "cannot read the assessment file"),
+        ):
+            code, out, err = await linkage(*args, *who)
+            assert code in (1, 2) and said in err and "Traceback" not in err, err
+        code, out, err = await linkage("case", "remove-person", other_case, "--token", token.upper(), *who)
+        assert code == 0 and token not in out, err
