@@ -197,14 +197,15 @@ class Reception:
             "INSERT OR IGNORE INTO inbox_tokens(token, inbox_seq) VALUES (?, ?)",
             [(t, seq) for t in routing.link_tokens],
         )
-        decision = body.summary.decision
+        # The sender's decision: a summary's, or a declined request's (a notice carries none).
+        decision = summary.decision if summary is not None else body.information_response.decision
         await tx.audit(
             "message.received",
             tokens=routing.link_tokens,
-            summary_id=body.summary.summary_id,
+            summary_id=summary_id,
             message_id=routing.message_id,
             counterpart=routing.sender_node,
-            decision=summary_pb2.DecisionOutcome.Name(decision.outcome),
+            decision=summary_pb2.DecisionOutcome.Name(decision.outcome) if decision.outcome else "",
             lawful_ground=",".join([*decision.lawful_basis.art6, decision.lawful_basis.dpa_condition]).strip(","),
             rationale=decision.rationale,
             detail={

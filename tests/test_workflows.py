@@ -594,6 +594,14 @@ async def test_clarification_and_information_requests(federation: LocalFederatio
         provided = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE, after_seq=declined.seq)
         assert provided.body.information_response.answer == workflow_pb2.INFORMATION_ANSWER_PROVIDED
         assert provided.summary.risk_items  # the summary travels inside the answer, minimised for csc
+        # The recipient's log holds each answer's decision: its outcome, reasons and ground.
+        logged = {e["message_id"]: e for e in events(await audit_events(cluster.nodes["csc"]), "message.received")}
+        assert logged[declined.message_id]["decision"] == "DECISION_OUTCOME_NOT_SHARED"
+        assert logged[declined.message_id]["rationale"] == "Everything relevant was shared yesterday."
+        answered = logged[provided.message_id]
+        assert answered["decision"] == summary_pb2.DecisionOutcome.Name(provided.summary.decision.outcome)
+        assert answered["summary_id"] == provided.summary.summary_id and answered["lawful_ground"]
+        assert logged[answer.message_id]["decision"] == ""  # a clarification carries no decision
 
 
 async def test_a_public_task_request_basis_is_accepted_only_in_answer_to_a_request(
