@@ -55,6 +55,7 @@ def decision_detail(share_id: str, result: PolicyResult, kind: int) -> dict[str,
         ],
         "findings": [f.code for f in result.findings],
         "agreement": d.agreement_version,
+        **({"handling": list(d.handling_conditions)} if d.handling_conditions else {}),
     }
 
 

@@ -12,8 +12,8 @@ from google.protobuf import json_format
 
 from linkage import stories
 from linkage.v1 import envelope_pb2 as env
-from linkage.v1 import summary_pb2
-from tests.harness import LocalFederation, linkage, next_item, running
+from linkage.v1 import node_api_pb2, summary_pb2
+from tests.harness import PRACTITIONER, LocalFederation, linkage, next_item, running
 from tests.test_federation import _case_id, open_case
 
 
@@ -140,3 +140,54 @@ async def test_dates_tokens_and_files_a_person_gets_wrong_are_one_line(
             assert code in (1, 2) and said in err and "Traceback" not in err, err
         code, out, err = await linkage("case", "remove-person", other_case, "--token", token.upper(), *who)
         assert code == 0 and token not in out, err
+
+
+async def test_handling_conditions_travel_and_are_shown_to_the_recipient_and_in_subject_access(
+    federation: LocalFederation,
+) -> None:
+    """domain.md §4.1 and §6 rule 14: what a recipient may do with a summary travels, signed,
+    in its decision; the recipient sees it first, and a subject access report flags it."""
+    async with running(federation) as cluster:
+        family = stories.think_family_people()
+        parent, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER,
+                case_id=await _case_id(cluster, "amh"),
+                assessment=stories.parent_risk_change(parent, child),
+            )
+        )
+        decision = stories.override_decision()
+        decision.handling_conditions.extend(["NO_ONWARD_SHARING", "DO_NOT_DISCLOSE_TO_SUBJECT"])
+        await cluster.api("amh").ShareSummary(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONER, assessment_id=recorded.assessment_id, decision=decision
+            )
+        )
+        received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        assert list(received.summary.decision.handling_conditions) == [
+            "NO_ONWARD_SHARING",
+            "DO_NOT_DISCLOSE_TO_SUBJECT",
+        ]
+
+        socket = str(cluster.nodes["csc"].config.api_socket)
+        code, out, err = await linkage(
+            "inbox",
+            "open",
+            received.message_id,
+            "--actor-id",
+            "csc-1",
+            "--actor-role",
+            "Social worker",
+            "--socket",
+            socket,
+        )
+        assert code == 0, err
+        assert out.splitlines()[1] == "  Handling: NO_ONWARD_SHARING, DO_NOT_DISCLOSE_TO_SUBJECT"
+        flagged = "[handling: NO_ONWARD_SHARING, DO_NOT_DISCLOSE_TO_SUBJECT]"
+        for node, event in (("amh", "Decision whether to share"), ("csc", "Received from an agency")):
+            toml = str(federation.node_configs[node].data_dir / "node.toml")
+            code, out, err = await linkage("audit", "report", "--config", toml, "--person", f"nhs:{stories.PARENT_NHS}")
+            assert code == 0, err
+            assert any(event in line and flagged in line for line in out.splitlines()), out

@@ -161,6 +161,30 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
         _both(_set("d.subject_informed", "NOT_INFORMED_OTHER"), _set("d.subject_not_informed_reason", "Unreachable.")),
     ),
     ("legitimate_interest_public_authority", _set("d.lawful_basis.art6", ["A6_1_F"]), lambda s, d: None),
+    # Handling conditions (domain.md §4.1 and §6 rule 14): known codes, and code C's conditions in words.
+    (
+        "unknown_code",
+        _set("d.handling_conditions", ["NO_ONWARD"]),
+        _set("d.handling_conditions", ["NO_ONWARD_SHARING"]),
+    ),
+    (
+        "handling_instructions_missing",
+        _set("d.handling_conditions", ["OFFICIAL_SENSITIVE", "POLICE_HANDLING_C"]),
+        _both(
+            _set("d.handling_conditions", ["OFFICIAL_SENSITIVE", "POLICE_HANDLING_C"]),
+            _set("d.handling_instructions", "Share with the child's social worker only; not with the family."),
+        ),
+    ),
+    (
+        "text_too_long",
+        _set("d.handling_instructions", "x" * 2001),
+        _set("d.handling_instructions", "x" * 2000),
+    ),
+    (
+        "part3_handling_unstated",
+        _set("d.lawful_basis.dp_regime", "DPA2018_PART3"),
+        _both(_set("d.lawful_basis.dp_regime", "DPA2018_PART3"), _set("d.handling_conditions", ["NO_ONWARD_SHARING"])),
+    ),
 ]
 
 

@@ -11,7 +11,7 @@ import datetime as dt
 import html
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -414,13 +414,14 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
                     + (f" (withheld: {'; '.join(r['withheld'])})" if r["withheld"] else "")
                     for r in detail.get("recipients", [])
                 ]
-                what += " - " + ("; ".join(parts) if parts else "nothing sent")
+                what += " - " + ("; ".join(parts) if parts else "nothing sent") + _handling(detail.get("handling", []))
                 counterparts = [r["node"] for r in detail.get("recipients", [])]
             elif e["event"] == "message.received":
                 summary = _received(db, e["message_id"])
                 if summary is not None:
                     categories = ", ".join(sorted({i.category for i in summary.risk_items}))
                     what += f' - "{summary.headline}" ({categories or detail.get("kind", "")})'
+                    what += _handling(summary.decision.handling_conditions)
             rows.append(
                 {
                     "when": _when(e["ts_ms"]),
@@ -432,6 +433,13 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
                 }
             )
     return rows
+
+
+def _handling(conditions: Iterable[str]) -> str:
+    """The sender's handling conditions, for whoever answers a subject access request:
+    DO_NOT_DISCLOSE_TO_SUBJECT asks them to consider exemptions first."""
+    listed = ", ".join(conditions)
+    return f" [handling: {listed}]" if listed else ""
 
 
 def _agency(directory: DirectoryView, node_id: str) -> str:

@@ -392,6 +392,11 @@ def _print_content(body: envelope_pb2.MessageBody) -> None:
 
 
 def _print_summary(summary: summary_pb2.RiskSummary) -> None:
+    handling = summary.decision.handling_conditions
+    if handling:  # first: it governs what may be done with the rest
+        print(f"  Handling: {', '.join(handling)}")
+        if summary.decision.handling_instructions:
+            print(f"    {summary.decision.handling_instructions}")
     for risk in summary.risk_items:
         currency = word(summary_pb2.Currency.DESCRIPTOR, risk.currency)
         print(f"  - {risk.category} {risk.direction.lower()} ({currency}) {risk.level.value} {risk.level.scale}")

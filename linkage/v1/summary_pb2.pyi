@@ -587,6 +587,8 @@ class ShareDecision(_message.Message):
     CODELISTS_VERSION_FIELD_NUMBER: _builtins.int
     CAPACITY_ASSESSMENT_REF_FIELD_NUMBER: _builtins.int
     BEST_INTERESTS_REF_FIELD_NUMBER: _builtins.int
+    HANDLING_CONDITIONS_FIELD_NUMBER: _builtins.int
+    HANDLING_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     outcome: Global___DecisionOutcome.ValueType
     rationale: _builtins.str
@@ -603,6 +605,7 @@ class ShareDecision(_message.Message):
     capacity_assessment_ref: _builtins.str
     """when consent cannot be given for lack of capacity"""
     best_interests_ref: _builtins.str
+    handling_instructions: _builtins.str
     @_builtins.property
     def decided_by(self) -> Global___Practitioner: ...
     @_builtins.property
@@ -613,6 +616,13 @@ class ShareDecision(_message.Message):
     def override_grounds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientRecord]: ...
+    @_builtins.property
+    def handling_conditions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What recipients must and must not do with it (handling_condition codes, e.g.
+        NO_ONWARD_SHARING, DO_NOT_DISCLOSE_TO_SUBJECT, POLICE_HANDLING_C), and the
+        conditions in words where a code needs them (police handling code C).
+        """
+
     def __init__(
         self,
         *,
@@ -634,10 +644,12 @@ class ShareDecision(_message.Message):
         codelists_version: _builtins.str = ...,
         capacity_assessment_ref: _builtins.str = ...,
         best_interests_ref: _builtins.str = ...,
+        handling_conditions: _abc.Iterable[_builtins.str] | None = ...,
+        handling_instructions: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "decided_by", b"decided_by", "lawful_basis", b"lawful_basis"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_version", b"agreement_version", "approved_by", b"approved_by", "best_interests_ref", b"best_interests_ref", "capacity_assessment_ref", b"capacity_assessment_ref", "codelists_version", b"codelists_version", "consent_status", b"consent_status", "decided_at_ms", b"decided_at_ms", "decided_by", b"decided_by", "decision_id", b"decision_id", "lawful_basis", b"lawful_basis", "necessity_proportionality", b"necessity_proportionality", "outcome", b"outcome", "override_grounds", b"override_grounds", "purpose", b"purpose", "rationale", b"rationale", "recipients", b"recipients", "subject_informed", b"subject_informed", "subject_not_informed_reason", b"subject_not_informed_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_version", b"agreement_version", "approved_by", b"approved_by", "best_interests_ref", b"best_interests_ref", "capacity_assessment_ref", b"capacity_assessment_ref", "codelists_version", b"codelists_version", "consent_status", b"consent_status", "decided_at_ms", b"decided_at_ms", "decided_by", b"decided_by", "decision_id", b"decision_id", "handling_conditions", b"handling_conditions", "handling_instructions", b"handling_instructions", "lawful_basis", b"lawful_basis", "necessity_proportionality", b"necessity_proportionality", "outcome", b"outcome", "override_grounds", b"override_grounds", "purpose", b"purpose", "rationale", b"rationale", "recipients", b"recipients", "subject_informed", b"subject_informed", "subject_not_informed_reason", b"subject_not_informed_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,6 +23,7 @@ CONSENT_ABSENT = frozenset(
     }
 )
 NO_CONSENT_CONDITIONS = frozenset({"SCH1_P18", "SCH8_P4"})
+PART3 = "DPA2018_PART3"  # law-enforcement processing by the police (domain.md §1.4)
 # DPA 2018 Schedule 1 Part 2 (substantial public interest) conditions in the code list.
 SCH1_PART2 = frozenset({"SCH1_P6", "SCH1_P10", "SCH1_P18", "SCH1_P19"})
 PUBLIC_TASK_REQUEST = "A6_1_EA_PUBLIC_TASK_REQUEST"  # only in answer to a body's request (domain.md §6 rule 5)
@@ -117,12 +118,39 @@ def decision_rules(
             )
     if decision.subject_informed == "NOT_INFORMED_OTHER" and not decision.subject_not_informed_reason.strip():
         yield Finding("not_informed_reason_missing", "Say why the person was not told about the sharing.")
+    yield from handling_rules(decision, codes)
     if decision.consent_status == "CANNOT_GIVE_LACKS_CAPACITY" and not (
         decision.capacity_assessment_ref and decision.best_interests_ref
     ):
         yield Finding(
             "capacity_refs_missing",
             "Lack of capacity needs the decision-specific capacity assessment and the best-interests decision.",
+        )
+
+
+def handling_rules(decision: pb.ShareDecision, codes: CodeLists) -> Iterator[Finding]:
+    """What recipients may do with it: known conditions, the words a condition needs, and a
+    nudge to say it for police information under DPA 2018 Part 3 (domain.md §6 rule 14)."""
+    for code in decision.handling_conditions:
+        yield from _code(codes, "handling_condition", code, "handling condition")
+    needing = [
+        c
+        for c in decision.handling_conditions
+        if "instructions" in codes.entry("handling_condition", c).get("requires", [])
+    ]
+    if needing and not decision.handling_instructions.strip():
+        yield Finding(
+            "handling_instructions_missing",
+            f"{', '.join(needing)}: state the conditions on which recipients may share it onward.",
+        )
+    if len(decision.handling_instructions) > MAX_TEXT:
+        yield Finding("text_too_long", f"The handling instructions are over {MAX_TEXT} characters.")
+    if decision.lawful_basis.dp_regime == PART3 and not decision.handling_conditions:
+        yield Finding(
+            "part3_handling_unstated",
+            "Police information under DPA 2018 Part 3: say how recipients may handle it "
+            "(for example POLICE_HANDLING_C with its conditions, or NO_ONWARD_SHARING).",
+            "warning",
         )
 
 
