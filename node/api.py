@@ -200,6 +200,11 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
     ) -> node_api_pb2.MessageSent:
         return await _answer(context, request.actor, lambda: self.requests.respond_to_information_request(request))
 
+    async def ListInformationRequests(
+        self, request: node_api_pb2.CaseRequest, context: Context
+    ) -> node_api_pb2.InformationRequests:
+        return await _answer(context, request.actor, lambda: self.requests.list_requests(request))
+
     # -- inbox -------------------------------------------------------------------
 
     async def OpenReceived(

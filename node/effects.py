@@ -1,12 +1,13 @@
 """What a received message changes at the recipient, in the same transaction as
 its inbox row: newer versions supersede older ones, withdrawals withdraw,
-involvement notices update who else is involved, closure replies and read
-notifications update what this node sent."""
+involvement notices update who else is involved, closure replies, answers to
+information requests and read notifications update what this node sent."""
 
 from __future__ import annotations
 
 from linkage.envelope import Opened
 from linkage.v1 import envelope_pb2 as pb
+from node import answers
 from node.messaging import carried_summary
 from node.store import Tx
 
@@ -78,6 +79,8 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
             message_id=read.read_message_id,
             detail={"read_at_ms": read.read_at_ms, "reader_role": read.reader_role},
         )
+    if kind == pb.MESSAGE_KIND_INFORMATION_RESPONSE:  # provided (carrying a summary) or declined
+        await answers.answer_arrived(tx, body, sender, made_at)
 
 
 async def _take_its_place(tx: Tx, seq: int, sender: str, summary_id: str, message_id: str) -> None:

@@ -4,19 +4,23 @@ in a recorded decision: provided, partly provided, or declined with reasons."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
-from node import dates
+from node import answers, dates
 from node.cases import Cases
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, Fill
 from node.policy.rules import basis_codes
 from node.sharing import Sharing, lawful_ground
+from node.store import Tx
+
+# What a caller of `_send` writes of what it sent, in the same transaction: (tx, thread, statuses).
+Record = Callable[[Tx, str, list[node_api_pb2.DeliveryStatus]], Awaitable[None]]
 
 
 class Requests:
@@ -54,8 +58,10 @@ class Requests:
         event: str,
         rationale: str = "",
         decision: str = "",
+        record: Record | None = None,
     ) -> node_api_pb2.MessageSent:
-        """Seal `write`'s content to each of `to`, queue it and audit `event`, in one transaction."""
+        """Seal `write`'s content to each of `to`, queue it and audit `event`, in one transaction
+        (with what `record` writes of it)."""
         thread = uuid7(self.ctx.clock.now_ms())
         sealed = await self.ctx.messenger.seal_each(to, kind, tokens, thread, lambda _: write, actor, in_reply_to)
         async with self.ctx.store.tx() as tx:
@@ -70,6 +76,8 @@ class Requests:
                 detail={"thread": thread},
             )
             statuses = await self.ctx.messenger.queue(tx, sealed, thread, actor)
+            if record is not None:
+                await record(tx, thread, statuses)
         await self.ctx.changed()
         return node_api_pb2.MessageSent(recipients=statuses)
 
@@ -141,6 +149,11 @@ class Requests:
             needed_by=request.needed_by,
             link_tokens=tokens,
         )
+        needed_by = request.needed_by if request.HasField("needed_by") else None
+
+        async def record(tx: Tx, thread: str, statuses: list[node_api_pb2.DeliveryStatus]) -> None:
+            await answers.asked(tx, thread, request.case_id, needed_by, request.purpose, statuses)
+
         return await self._send(
             request.actor,
             sorted(to),
@@ -150,6 +163,7 @@ class Requests:
             "",
             "request.sent",
             request.purpose,
+            record=record,
         )
 
     def _check_needed_by(self, needed_by: summary_pb2.Date) -> None:
@@ -185,6 +199,7 @@ class Requests:
                 "share.decision",
                 decision.rationale,
                 "DECISION_OUTCOME_NOT_SHARED",
+                record=lambda tx, _, __: answers.answered(tx, request.request_message_id, sender, request.answer),
             )
         if request.answer not in (workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL):
             raise invalid("answer must be PROVIDED, PARTIAL or DECLINED")
@@ -202,3 +217,95 @@ class Requests:
                 "the decision not to share was recorded",
             )
         return node_api_pb2.MessageSent(recipients=response.recipients)
+
+    async def list_requests(self, request: node_api_pb2.CaseRequest) -> node_api_pb2.InformationRequests:
+        """The requests about a case's family, each to its answer; the view is audited, as a
+        chronology's is: it gathers what agencies asked about these people."""
+        if await self.ctx.store.fetchone("SELECT 1 FROM cases WHERE case_id = ?", (request.case_id,)) is None:
+            raise not_found(f"no case {request.case_id!r} at this node")
+        tokens = [p.link_token for p in await self.cases.people(request.case_id)]
+        today = dates.iso(dates.today(self.ctx.clock.now_ms()))
+        listed = node_api_pb2.InformationRequests(
+            sent=await self._sent_requests(request.case_id, today),
+            received=await self._received_requests(tokens, today) if tokens else [],
+        )
+        async with self.ctx.store.tx() as tx:
+            await tx.audit(
+                "requests.viewed",
+                request.actor,
+                tokens=tokens,
+                detail={"case_id": request.case_id, "sent": len(listed.sent), "received": len(listed.received)},
+            )
+        return listed
+
+    async def _sent_requests(self, case_id: str, today: str) -> list[node_api_pb2.SentInformationRequest]:
+        requests = {
+            request_id: node_api_pb2.SentInformationRequest(
+                request_id=request_id,
+                sent_at_ms=sent_at,
+                purpose=purpose,
+                needed_by=dates.parse(needed_by) if needed_by else None,
+            )
+            for request_id, sent_at, needed_by, purpose in await self.ctx.store.fetchall(
+                "SELECT request_id, sent_at_ms, needed_by, purpose FROM info_requests WHERE case_id = ? "
+                "ORDER BY sent_at_ms DESC",
+                (case_id,),
+            )
+        }
+        if not requests:
+            return []
+        rows = await self.ctx.store.fetchall(
+            "SELECT a.request_id, a.message_id, a.node_id, a.answer, a.answered_at_ms, a.answer_message_id, o.state "
+            "FROM info_requests_asked a LEFT JOIN outbox o ON o.message_id = a.message_id "
+            f"WHERE a.request_id IN ({','.join('?' * len(requests))}) ORDER BY a.node_id",
+            list(requests),
+        )
+        for request_id, message_id, node_id, answer, answered_at, answer_message_id, state in rows:
+            sent = requests[request_id]
+            sent.asked.append(
+                node_api_pb2.AskedAgency(
+                    node_id=node_id,
+                    agency_name=self.ctx.agency(node_id).agency_name,
+                    message_id=message_id,
+                    delivery=state or "",
+                    answer=answer,
+                    answered_at_ms=answered_at or 0,
+                    answer_message_id=answer_message_id,
+                    overdue=not answer and _passed(sent, today),
+                )
+            )
+        return list(requests.values())
+
+    async def _received_requests(
+        self, tokens: list[bytes], today: str
+    ) -> list[node_api_pb2.ReceivedInformationRequest]:
+        rows = await self.ctx.store.fetchall(
+            "SELECT i.sender, i.message_id, i.received_at_ms, i.answer, i.answered_at_ms, b.signed "
+            "FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq "
+            f"WHERE i.kind = ? AND i.seq IN (SELECT inbox_seq FROM inbox_tokens WHERE token IN "
+            f"({','.join('?' * len(tokens))})) ORDER BY i.seq DESC",
+            (envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST, *tokens),
+        )
+        received = []
+        for sender, message_id, received_at, answer, answered_at, signed in rows:
+            body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(signed).body)
+            ask = body.information_request
+            item = node_api_pb2.ReceivedInformationRequest(
+                message_id=message_id,
+                from_node=sender,
+                from_agency=self.ctx.agency(sender).agency_name,
+                received_at_ms=received_at,
+                purpose=ask.purpose,
+                what=ask.what,
+                needed_by=ask.needed_by if ask.HasField("needed_by") else None,
+                answer=answer,
+                answered_at_ms=answered_at or 0,
+            )
+            item.overdue = not answer and _passed(item, today)
+            received.append(item)
+        return received
+
+
+def _passed(request: node_api_pb2.SentInformationRequest | node_api_pb2.ReceivedInformationRequest, today: str) -> bool:
+    """Whether the day a request was needed by has gone (one without a day is never late)."""
+    return request.HasField("needed_by") and dates.iso(request.needed_by) < today

@@ -13,6 +13,7 @@ import grpc
 from linkage import logs
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
+from node import answers
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, SUMMARY_KINDS, Fill, kind_name
@@ -185,19 +186,23 @@ class Sharing:
         kind = request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
         message_kind = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE if wrap else kind
 
+        answered_as = (
+            workflow_pb2.INFORMATION_ANSWER_PARTIAL
+            if result.outcome == summary_pb2.DECISION_OUTCOME_SHARED_PARTIAL
+            else workflow_pb2.INFORMATION_ANSWER_PROVIDED
+        )
+
         def fill(recipient: str) -> Fill:
             payload = result.payloads[recipient]
 
             def write(body: envelope_pb2.MessageBody) -> None:
                 if wrap:
-                    answer = (
-                        workflow_pb2.INFORMATION_ANSWER_PARTIAL
-                        if result.outcome == summary_pb2.DECISION_OUTCOME_SHARED_PARTIAL
-                        else workflow_pb2.INFORMATION_ANSWER_PROVIDED
-                    )
                     body.information_response.CopyFrom(
                         workflow_pb2.InformationResponse(
-                            request_message_id=in_reply_to, answer=answer, decision=result.decision, summary=payload
+                            request_message_id=in_reply_to,
+                            answer=answered_as,
+                            decision=result.decision,
+                            summary=payload,
                         )
                     )
                 else:
@@ -245,6 +250,8 @@ class Sharing:
                     detail=decision_detail(share_id, result, message_kind),
                 )
                 statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, assessment.summary_id)
+                if wrap and only and any(s.state == "queued" for s in statuses):  # answers `only`'s request
+                    await answers.answered(tx, in_reply_to, only[0], answered_as)
                 if request.request_id:  # kept to answer a repeat of this call
                     answer = respond(statuses).SerializeToString()
                     await tx.execute("UPDATE shares SET response = ? WHERE share_id = ?", (answer, share_id))

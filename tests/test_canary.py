@@ -17,6 +17,7 @@ from node import retention
 from node.messaging import add_to_outbox
 from node.store import Store
 from tests.harness import LocalFederation, next_item, running, wait_delivered
+from tests.test_workflows import decline
 
 CANARY = "CANARY-7d41e2"
 
@@ -68,14 +69,7 @@ async def test_no_canary_in_any_log_or_gateway_file(federation: LocalFederation)
                 )
             )
             request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
-            await cluster.api("amh").RespondToInformationRequest(
-                node_api_pb2.InformationReplyRequest(
-                    actor=actor,
-                    request_message_id=request.message_id,
-                    answer=workflow_pb2.INFORMATION_ANSWER_DECLINED,
-                    decision=summary_pb2.ShareDecision(rationale=f"{CANARY} decline"),
-                )
-            )
+            await decline(cluster, request.message_id, f"{CANARY} decline", actor)
             await cluster.api("csc").DiscoverInvolvement(
                 node_api_pb2.CaseRequest(actor=actor, case_id=opened["csc"].case_id)
             )

@@ -112,6 +112,13 @@ async def test_record_ask_answer_request_and_reply_from_the_cli(federation: Loca
         provided = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE, after_seq=declined.seq)
         code, out, err = await linkage("inbox", "open", provided.message_id, *who("csc"))
         assert f"Answer to {request.message_id}: provided" in out and "- PARENTAL_CAPACITY increased" in out
+        code, out, err = await linkage("case", "requests", csc_case, *who("csc"))
+        assert code == 0, err
+        assert "Asked " in out and ": s47 enquiry (needed by 2099-01-31)" in out
+        assert "  Adult Mental Health Trust: provided " in out and f"(message {provided.message_id})" in out
+        code, out, err = await linkage("case", "requests", amh_case, *who("amh"))
+        assert "Children's Social Care asked " in out and "  Asks for: Any risk from the parent" in out
+        assert "  You answered: provided " in out
 
 
 async def test_dates_tokens_and_files_a_person_gets_wrong_are_one_line(

@@ -18,10 +18,13 @@ from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
 from node import retention
 from tests.harness import PRACTITIONER, LocalFederation, next_item, running
-from tests.test_workflows import CSC_WORKER, share
+from tests.test_workflows import CSC_WORKER, decline, s47_request, share
 
 # Tables with a row (or several) per message, case or assessment.
-GROWING = ("inbox", "inbox_tokens", "outbox", "assessments", "shares", "closures", "chronology", "case_people", "cases")
+GROWING = (
+    *("inbox", "inbox_tokens", "outbox", "assessments", "shares", "closures", "chronology", "case_people", "cases"),
+    *("info_requests", "info_requests_asked"),
+)
 SCAN = re.compile(rf"^SCAN ({'|'.join(GROWING)})\b")
 # A search bounded on one side only (`sender = ? AND message_id < ?`) reads every row
 # past its bound: fine under a LIMIT, a scan in all but name without one.
@@ -116,6 +119,14 @@ async def test_casework_reads_by_index(federation: LocalFederation, statements: 
             )
         )
         await next_item(cluster, "csc", env.MESSAGE_KIND_CLARIFICATION_RESPONSE)
+        await csc_api.RequestInformation(s47_request(csc.case_id))
+        request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
+        await decline(cluster, request.message_id, "Nothing more is held.")
+        await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE)
+        await csc_api.ListInformationRequests(node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=csc.case_id))
+        await cluster.api("amh").ListInformationRequests(
+            node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=amh.case_id)
+        )
         await share(cluster, recorded.assessment_id, env.MESSAGE_KIND_CORRECTION)
         await cluster.api("amh").WithdrawSummary(
             node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=item.summary.summary_id, reason="Error.")

@@ -16,8 +16,10 @@ import grpc
 import pytest
 
 from linkage import stories
+from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import gateway_pb2, gateway_pb2_grpc, node_api_pb2, summary_pb2, workflow_pb2
+from node import dates
 from tests.harness import (
     PRACTITIONER,
     Cluster,
@@ -575,14 +577,7 @@ async def test_clarification_and_information_requests(federation: LocalFederatio
         assert request.body.information_request.lawful_basis.statutory_gateway == ["CA1989_S47_9_REQUEST"]
         assert request.body.information_request.needed_by.year == 2099
         assert request.body.sent_by.role == CSC_WORKER.role
-        await cluster.api("amh").RespondToInformationRequest(
-            node_api_pb2.InformationReplyRequest(
-                actor=PRACTITIONER,
-                request_message_id=request.message_id,
-                answer=workflow_pb2.INFORMATION_ANSWER_DECLINED,
-                decision=summary_pb2.ShareDecision(rationale="Everything relevant was shared yesterday."),
-            )
-        )
+        await decline(cluster, request.message_id, "Everything relevant was shared yesterday.")
         declined = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE)
         assert declined.body.information_response.answer == workflow_pb2.INFORMATION_ANSWER_DECLINED
         assert declined.body.information_response.decision.outcome == summary_pb2.DECISION_OUTCOME_NOT_SHARED
@@ -602,6 +597,59 @@ async def test_clarification_and_information_requests(federation: LocalFederatio
         assert answered["decision"] == summary_pb2.DecisionOutcome.Name(provided.summary.decision.outcome)
         assert answered["summary_id"] == provided.summary.summary_id and answered["lawful_ground"]
         assert logged[answer.message_id]["decision"] == ""  # a clarification carries no decision
+
+
+async def test_information_requests_are_followed_to_their_answers_and_overdue_ones_shown(
+    federation: LocalFederation,
+) -> None:
+    """domain.md §6 rule 7: every request ends in a decision. Both ends see which agencies
+    have answered, how (the newest answer holds), and which are late past needed_by."""
+    clock = ManualClock()
+    async with running(federation, clock=clock) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+
+        async def listed(node: str) -> node_api_pb2.InformationRequests:
+            case = node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=await _case_id(cluster, node))
+            return await cluster.api(node).ListInformationRequests(case)
+
+        ask = s47_request(await _case_id(cluster, "csc"))  # to every agency linked: amh and the school
+        ask.needed_by.CopyFrom(dates.add_days(dates.today(clock.now_ms()), 1))
+        await cluster.api("csc").RequestInformation(ask)
+        (sent,) = (await listed("csc")).sent
+        assert sent.purpose == ask.purpose and sent.needed_by == ask.needed_by
+        assert [(a.node_id, a.answer, a.overdue) for a in sent.asked] == [("amh", 0, False), ("school", 0, False)]
+
+        at_amh = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
+        (received,) = (await listed("amh")).received
+        assert (received.message_id, received.from_node, received.answer) == (at_amh.message_id, "csc", 0)
+        assert received.what == ask.what and received.needed_by == ask.needed_by
+        await decline(cluster, at_amh.message_id, "Nothing more is held.")
+        declined = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE)
+        (amh_asked, _) = (await listed("csc")).sent[0].asked
+        assert amh_asked.answer == workflow_pb2.INFORMATION_ANSWER_DECLINED
+        assert amh_asked.answer_message_id == declined.message_id
+        await provide(cluster, at_amh.message_id, assessment_id)  # on second thoughts
+        provided = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE, after_seq=declined.seq)
+        (received,) = (await listed("amh")).received
+        assert received.answer == workflow_pb2.INFORMATION_ANSWER_PROVIDED and received.answered_at_ms
+
+        clock.advance(2 * DAY_MS)  # past needed_by: the school, which has not answered, is late
+        (amh_asked, school_asked) = (await listed("csc")).sent[0].asked
+        assert (amh_asked.answer, amh_asked.answer_message_id) == (
+            workflow_pb2.INFORMATION_ANSWER_PROVIDED,
+            provided.message_id,
+        )
+        assert not amh_asked.overdue and school_asked.delivery == "delivered"
+        assert school_asked.answer == 0 and school_asked.overdue
+        (at_school,) = (await listed("school")).received
+        assert at_school.overdue and not at_school.answer
+        viewed = events(await audit_events(cluster.nodes["csc"]), "requests.viewed")
+        assert viewed[-1]["detail"] == {"case_id": await _case_id(cluster, "csc"), "sent": 1, "received": 0}
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await cluster.api("csc").ListInformationRequests(
+                node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id="no-such-case")
+            )
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_public_task_request_basis_is_accepted_only_in_answer_to_a_request(
@@ -639,6 +687,20 @@ async def provide(cluster: Cluster, request_message_id: str, assessment_id: str)
             answer=workflow_pb2.INFORMATION_ANSWER_PROVIDED,
             decision=stories.override_decision(),
             assessment_id=assessment_id,
+        )
+    )
+
+
+async def decline(
+    cluster: Cluster, request_message_id: str, rationale: str, actor: summary_pb2.Practitioner = PRACTITIONER
+) -> None:
+    """amh declines an information request, with its reasons."""
+    await cluster.api("amh").RespondToInformationRequest(
+        node_api_pb2.InformationReplyRequest(
+            actor=actor,
+            request_message_id=request_message_id,
+            answer=workflow_pb2.INFORMATION_ANSWER_DECLINED,
+            decision=summary_pb2.ShareDecision(rationale=rationale),
         )
     )
 

@@ -7,14 +7,12 @@ import argparse
 import asyncio
 import json
 import os
-import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
 from linkage.config import NodeConfig
@@ -78,12 +76,6 @@ def report_queued(
     print(f"{title}:")
     print_queued(statuses)
     return 0
-
-
-def word(enum: EnumDescriptor, value: int) -> str:
-    """An enum value as a word: ClosureAnswer's CLOSURE_ANSWER_OBJECT is "object"."""
-    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
-    return enum.values_by_number[value].name.removeprefix(prefix).lower()
 
 
 def read_decision(path: Path) -> summary_pb2.ShareDecision:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from linkage.cli.api_client import actor, add_connection_arguments, call, read_decision, report_queued
-from linkage.cli.arguments import calendar_date
+from linkage.cli.api_client import actor, add_connection_arguments, call, emit_json, read_decision, report_queued
+from linkage.cli.values import calendar_date, iso_day, when, word
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 
 ANSWERS = {
@@ -71,6 +71,39 @@ def reply(args: argparse.Namespace) -> int:
     return _sent(args, "Reply sent", call(args, lambda api: api.RespondToInformationRequest(request)))
 
 
+def requests(args: argparse.Namespace) -> int:
+    request = node_api_pb2.CaseRequest(actor=actor(args), case_id=args.case_id)
+    listed = call(args, lambda api: api.ListInformationRequests(request))
+    if args.json:
+        emit_json(listed)
+        return 0
+    if not listed.sent and not listed.received:
+        print("No information request about this family has been sent or received here.")
+    for sent in listed.sent:
+        print(f"Asked {when(sent.sent_at_ms)}: {sent.purpose} (needed by {iso_day(sent.needed_by)})")
+        for a in sent.asked:
+            if a.answer:
+                state = f"{answer_word(a.answer)} {when(a.answered_at_ms)}"
+                state += f" (message {a.answer_message_id})"
+            else:
+                state = f"no answer yet ({a.delivery}){' OVERDUE' if a.overdue else ''}"
+            print(f"  {a.agency_name}: {state}")
+    for r in listed.received:
+        print(f"{r.from_agency} asked {when(r.received_at_ms)}: {r.purpose} (needed by {iso_day(r.needed_by)})")
+        print(f"  Asks for: {r.what}")
+        if r.answer:
+            print(
+                f"  You answered: {word(workflow_pb2.InformationAnswer.DESCRIPTOR, r.answer)} {when(r.answered_at_ms)}"
+            )
+        else:
+            print(f"  Not answered yet{' and OVERDUE' if r.overdue else ''}: linkage inbox reply {r.message_id} ...")
+    return 0
+
+
+def answer_word(value: int) -> str:
+    return word(workflow_pb2.InformationAnswer.DESCRIPTOR, value)
+
+
 def register_case(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("request-info", help="ask the agencies linked to the family for information")
     add_connection_arguments(p)
@@ -86,6 +119,10 @@ def register_case(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--needed-by", type=calendar_date, default=None, help="YYYY-MM-DD")
     p.add_argument("--to", action="append", default=[], help="an agency's node id (repeat; default: every one linked)")
     p.set_defaults(handler=request_info)
+    p = sub.add_parser("requests", help="information requests about the family, sent and received, and their answers")
+    add_connection_arguments(p)
+    p.add_argument("case_id")
+    p.set_defaults(handler=requests)
 
 
 def register_inbox(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

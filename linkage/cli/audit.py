@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify_chain, verify_log
-from linkage.cli.arguments import link_token
+from linkage.cli.values import link_token
 from linkage.config import GatewayConfig, NodeConfig, load_directory_key
 from linkage.directory import DirectoryView, verify_directory
 from linkage.reasons import Rejected
@@ -48,6 +48,7 @@ PLAIN = {
     "involvement.discovered": "Asked which agencies are involved",
     "involvement.notice": "Told an agency joined or left",
     "chronology.viewed": "Family chronology viewed",
+    "requests.viewed": "Information requests about the family viewed",
     "received.exported": "Received items passed to the case system",
     "summary.withdrawn": "Summary withdrawn",
     "summary.withdrawn_by_sender": "Summary withdrawn by its sender",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
 import json
 import string
 from pathlib import Path
@@ -22,9 +21,8 @@ from linkage.cli.api_client import (
     print_queued,
     read_decision,
     report_queued,
-    word,
 )
-from linkage.cli.arguments import calendar_date, count, iso_day, link_token
+from linkage.cli.values import calendar_date, count, iso_day, link_token, when, word
 from linkage.tokens import TOKEN_LEN
 from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc, summary_pb2, workflow_pb2
 
@@ -383,7 +381,7 @@ def _print_content(body: envelope_pb2.MessageBody) -> None:
             print(f"  Answer with: linkage inbox reply {body.message_id} provide|partial|decline ...")
         case "information_response":
             a = body.information_response
-            print(f"  Answer to {a.request_message_id}: {word(workflow_pb2.InformationAnswer.DESCRIPTOR, a.answer)}")
+            print(f"  Answer to {a.request_message_id}: {asking.answer_word(a.answer)}")
             if a.decision.rationale:  # a decline's reasons; what is provided carries its own
                 print(f"  Why: {a.decision.rationale}")
             _print_summary(a.summary)
@@ -411,10 +409,10 @@ def chronology(args: argparse.Namespace) -> int:
         emit_json(response)
         return 0
     for e in response.entries:
-        when = datetime.datetime.fromtimestamp(e.at_ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M")
         currency = word(summary_pb2.Currency.DESCRIPTOR, e.currency)
         source = "this agency" if e.own else e.source_agency
-        print(f"{when}  {source:<28} {e.category:<24} {currency:<10} {e.direction.lower():<10} {e.level} [{e.state}]")
+        at, direction = when(e.at_ms), e.direction.lower()
+        print(f"{at}  {source:<28} {e.category:<24} {currency:<10} {direction:<10} {e.level} [{e.state}]")
     return 0
 
 

@@ -709,6 +709,159 @@ class InformationReplyRequest(_message.Message):
 Global___InformationReplyRequest: _TypeAlias = InformationReplyRequest  # noqa: Y015
 
 @_typing.final
+class InformationRequests(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENT_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sent(self) -> _containers.RepeatedCompositeFieldContainer[Global___SentInformationRequest]: ...
+    @_builtins.property
+    def received(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReceivedInformationRequest]: ...
+    def __init__(
+        self,
+        *,
+        sent: _abc.Iterable[Global___SentInformationRequest] | None = ...,
+        received: _abc.Iterable[Global___ReceivedInformationRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["received", b"received", "sent", b"sent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InformationRequests: _TypeAlias = InformationRequests  # noqa: Y015
+
+@_typing.final
+class SentInformationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SENT_AT_MS_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    NEEDED_BY_FIELD_NUMBER: _builtins.int
+    ASKED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    sent_at_ms: _builtins.int
+    purpose: _builtins.str
+    @_builtins.property
+    def needed_by(self) -> _summary_pb2.Date:
+        """unset: no date was given"""
+
+    @_builtins.property
+    def asked(self) -> _containers.RepeatedCompositeFieldContainer[Global___AskedAgency]: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        sent_at_ms: _builtins.int = ...,
+        purpose: _builtins.str = ...,
+        needed_by: _summary_pb2.Date | None = ...,
+        asked: _abc.Iterable[Global___AskedAgency] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["needed_by", b"needed_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["asked", b"asked", "needed_by", b"needed_by", "purpose", b"purpose", "request_id", b"request_id", "sent_at_ms", b"sent_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SentInformationRequest: _TypeAlias = SentInformationRequest  # noqa: Y015
+
+@_typing.final
+class AskedAgency(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    AGENCY_NAME_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    ANSWERED_AT_MS_FIELD_NUMBER: _builtins.int
+    ANSWER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    agency_name: _builtins.str
+    message_id: _builtins.str
+    """the request as this agency was sent it"""
+    delivery: _builtins.str
+    """queued | sent | delivered | undeliverable"""
+    answer: _workflow_pb2.InformationAnswer.ValueType
+    """UNSPECIFIED: no answer yet"""
+    answered_at_ms: _builtins.int
+    answer_message_id: _builtins.str
+    """the answer, in this node's inbox"""
+    overdue: _builtins.bool
+    """needed_by has passed with no answer"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        agency_name: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        delivery: _builtins.str = ...,
+        answer: _workflow_pb2.InformationAnswer.ValueType = ...,
+        answered_at_ms: _builtins.int = ...,
+        answer_message_id: _builtins.str = ...,
+        overdue: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "answer", b"answer", "answer_message_id", b"answer_message_id", "answered_at_ms", b"answered_at_ms", "delivery", b"delivery", "message_id", b"message_id", "node_id", b"node_id", "overdue", b"overdue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AskedAgency: _TypeAlias = AskedAgency  # noqa: Y015
+
+@_typing.final
+class ReceivedInformationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    FROM_NODE_FIELD_NUMBER: _builtins.int
+    FROM_AGENCY_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_MS_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    WHAT_FIELD_NUMBER: _builtins.int
+    NEEDED_BY_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    ANSWERED_AT_MS_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    from_node: _builtins.str
+    from_agency: _builtins.str
+    received_at_ms: _builtins.int
+    purpose: _builtins.str
+    what: _builtins.str
+    answer: _workflow_pb2.InformationAnswer.ValueType
+    """how this node answered; UNSPECIFIED: not yet"""
+    answered_at_ms: _builtins.int
+    overdue: _builtins.bool
+    """needed_by has passed and this node has not answered"""
+    @_builtins.property
+    def needed_by(self) -> _summary_pb2.Date: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        from_node: _builtins.str = ...,
+        from_agency: _builtins.str = ...,
+        received_at_ms: _builtins.int = ...,
+        purpose: _builtins.str = ...,
+        what: _builtins.str = ...,
+        needed_by: _summary_pb2.Date | None = ...,
+        answer: _workflow_pb2.InformationAnswer.ValueType = ...,
+        answered_at_ms: _builtins.int = ...,
+        overdue: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["needed_by", b"needed_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answered_at_ms", b"answered_at_ms", "from_agency", b"from_agency", "from_node", b"from_node", "message_id", b"message_id", "needed_by", b"needed_by", "overdue", b"overdue", "purpose", b"purpose", "received_at_ms", b"received_at_ms", "what", b"what"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceivedInformationRequest: _TypeAlias = ReceivedInformationRequest  # noqa: Y015
+
+@_typing.final
 class MessageSent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

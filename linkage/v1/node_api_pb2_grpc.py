@@ -131,6 +131,11 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.InformationReplyRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
                 _registered_method=True)
+        self.ListInformationRequests = channel.unary_unary(
+                '/linkage.v1.NodeApi/ListInformationRequests',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.InformationRequests.FromString,
+                _registered_method=True)
         self.OpenReceived = channel.unary_unary(
                 '/linkage.v1.NodeApi/OpenReceived',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.OpenReceivedRequest.SerializeToString,
@@ -288,6 +293,15 @@ class NodeApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInformationRequests(self, request, context):
+        """The information requests about a case's family, each to its answer: those this node
+        sent (each agency asked, its newest answer, overdue when needed_by has passed without
+        one) and those it received (how it answered). Newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def OpenReceived(self, request, context):
         """Open a received item: the sender is told when and by which role, unless
         the reader records a justified silent read (audited).
@@ -416,6 +430,11 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.RespondToInformationRequest,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.InformationReplyRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.SerializeToString,
+            ),
+            'ListInformationRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInformationRequests,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.InformationRequests.SerializeToString,
             ),
             'OpenReceived': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenReceived,
@@ -953,6 +972,33 @@ class NodeApi:
             '/linkage.v1.NodeApi/RespondToInformationRequest',
             linkage_dot_v1_dot_node__api__pb2.InformationReplyRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInformationRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/ListInformationRequests',
+            linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.InformationRequests.FromString,
             options,
             channel_credentials,
             insecure,

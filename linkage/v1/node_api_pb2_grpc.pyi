@@ -75,6 +75,11 @@ class NodeApiStub:
     AnswerClarification: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.AnswerClarificationRequest, _node_api_pb2.MessageSent]
     RequestInformation: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.RequestInformationRequest, _node_api_pb2.MessageSent]
     RespondToInformationRequest: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.InformationReplyRequest, _node_api_pb2.MessageSent]
+    ListInformationRequests: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.InformationRequests]
+    """The information requests about a case's family, each to its answer: those this node
+    sent (each agency asked, its newest answer, overdue when needed_by has passed without
+    one) and those it received (how it answered). Newest first.
+    """
     OpenReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]
     """Open a received item: the sender is told when and by which role, unless
     the reader records a justified silent read (audited).
@@ -137,6 +142,11 @@ class NodeApiAsyncStub(NodeApiStub):
     AnswerClarification: _aio.UnaryUnaryMultiCallable[_node_api_pb2.AnswerClarificationRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
     RequestInformation: _aio.UnaryUnaryMultiCallable[_node_api_pb2.RequestInformationRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
     RespondToInformationRequest: _aio.UnaryUnaryMultiCallable[_node_api_pb2.InformationReplyRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
+    ListInformationRequests: _aio.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.InformationRequests]  # type: ignore[assignment]
+    """The information requests about a case's family, each to its answer: those this node
+    sent (each agency asked, its newest answer, overdue when needed_by has passed without
+    one) and those it received (how it answered). Newest first.
+    """
     OpenReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
     """Open a received item: the sender is told when and by which role, unless
     the reader records a justified silent read (audited).
@@ -310,6 +320,17 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         request: _node_api_pb2.InformationReplyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_api_pb2.MessageSent, _abc.Awaitable[_node_api_pb2.MessageSent]]: ...
+
+    @_abc_1.abstractmethod
+    def ListInformationRequests(
+        self,
+        request: _node_api_pb2.CaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.InformationRequests, _abc.Awaitable[_node_api_pb2.InformationRequests]]:
+        """The information requests about a case's family, each to its answer: those this node
+        sent (each agency asked, its newest answer, overdue when needed_by has passed without
+        one) and those it received (how it answered). Newest first.
+        """
 
     @_abc_1.abstractmethod
     def OpenReceived(

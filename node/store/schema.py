@@ -304,4 +304,28 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE assessments ADD COLUMN version INTEGER;
     CREATE INDEX assessments_by_summary ON assessments(summary_id, version);
     """,
+    # 17: information requests followed to their answers (domain.md §6 rule 7: every request
+    # ends in a decision). This node's requests, each agency asked and its newest answer; and,
+    # on a request this node received, how it answered. Requests sent before this are not listed.
+    """
+    CREATE TABLE info_requests(
+      request_id TEXT PRIMARY KEY,
+      case_id TEXT NOT NULL,
+      sent_at_ms INTEGER NOT NULL,
+      needed_by TEXT NOT NULL,
+      purpose TEXT NOT NULL
+    );
+    CREATE INDEX info_requests_by_case ON info_requests(case_id, sent_at_ms);
+    CREATE TABLE info_requests_asked(
+      message_id TEXT PRIMARY KEY,
+      request_id TEXT NOT NULL REFERENCES info_requests(request_id),
+      node_id TEXT NOT NULL,
+      answer INTEGER NOT NULL DEFAULT 0,
+      answered_at_ms INTEGER,
+      answer_message_id TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX info_requests_asked_by_request ON info_requests_asked(request_id);
+    ALTER TABLE inbox ADD COLUMN answer INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbox ADD COLUMN answered_at_ms INTEGER;
+    """,
 )

@@ -1,11 +1,15 @@
-"""Argument types for the CLI: each turns what a person typed into a value, or into one
-line saying what was expected (argparse prints it with the option's name, exit 2)."""
+"""Values as the CLI reads and shows them. The argument types turn what a person typed into
+a value, or into one line saying what was expected (argparse prints it with the option's
+name, exit 2); the rest show a value as people read it."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 from collections.abc import Callable
+
+from google.protobuf.descriptor import EnumDescriptor
 
 from linkage.tokens import TOKEN_LEN
 from linkage.v1 import summary_pb2
@@ -49,3 +53,14 @@ def link_token(text: str) -> bytes:
 def iso_day(date: summary_pb2.Date) -> str:
     """A Date as `calendar_date` reads it, or "-" when none was given."""
     return f"{date.year:04d}-{date.month:02d}-{date.day:02d}" if date.year else "-"
+
+
+def when(ms: int) -> str:
+    """A time in milliseconds since the epoch, to the minute (UTC)."""
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def word(enum: EnumDescriptor, value: int) -> str:
+    """An enum value as a word: ClosureAnswer's CLOSURE_ANSWER_OBJECT is "object"."""
+    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+    return enum.values_by_number[value].name.removeprefix(prefix).lower()
