@@ -15,7 +15,7 @@ from node.cases import Cases
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, Fill
-from node.policy.rules import basis_codes
+from node.policy.rules import basis_rules
 from node.sharing import Sharing, lawful_ground
 from node.store import Tx
 
@@ -126,10 +126,8 @@ class Requests:
     async def request_information(self, request: node_api_pb2.RequestInformationRequest) -> node_api_pb2.MessageSent:
         if not request.purpose.strip() or not request.what.strip():
             raise invalid("an information request needs its purpose and what is asked for, in plain words")
-        if not request.lawful_basis.art6:
-            raise invalid("an information request needs the lawful basis it relies on (lawful_basis.art6)")
-        if unknown := [f.message for f in basis_codes(request.lawful_basis, self.ctx.policy.codes)]:
-            raise invalid(" ".join(unknown))
+        if problems := [f.message for f in basis_rules(request.lawful_basis, self.ctx.policy.codes)]:
+            raise invalid(f"an information request needs the lawful basis it relies on: {' '.join(problems)}")
         if request.HasField("needed_by"):
             self._check_needed_by(request.needed_by)
         await self.cases.open_case_row(request.case_id)

@@ -180,6 +180,17 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
         _set("d.handling_instructions", "x" * 2001),
         _set("d.handling_instructions", "x" * 2000),
     ),
+    # Police law-enforcement processing (DPA 2018 Part 3): a Schedule 8 condition, not an Article 6 basis.
+    (
+        "part3_condition_missing",
+        _set("d.lawful_basis.dp_regime", "DPA2018_PART3"),
+        _both(_set("d.lawful_basis.dp_regime", "DPA2018_PART3"), _set("d.lawful_basis.dpa_condition", "SCH8_P4")),
+    ),
+    (
+        "regime_mismatch",
+        _set("d.lawful_basis.dpa_condition", "SCH8_P4"),
+        _set("d.lawful_basis.dpa_condition", "SCH1_P18"),
+    ),
     (
         "part3_handling_unstated",
         _set("d.lawful_basis.dp_regime", "DPA2018_PART3"),
@@ -216,6 +227,18 @@ def test_a_public_task_request_basis_holds_only_in_answer_to_a_request() -> None
     assert unasked.outcome == pb.DECISION_OUTCOME_NOT_SHARED
     answering = run(dataclasses.replace(request(decision=decision), answering_request=True))
     assert "public_task_request_unanswered" not in codes(answering)
+
+
+def test_police_information_under_part3_is_shared_on_a_schedule_8_condition_without_article_6() -> None:
+    decision = stories.override_decision()
+    basis = decision.lawful_basis
+    basis.dp_regime, basis.dpa_condition, basis.art9 = "DPA2018_PART3", "SCH8_P4", ""
+    del basis.art6[:]
+    decision.handling_conditions.append("POLICE_HANDLING_C")
+    decision.handling_instructions = "Adult social care's safeguarding team only; not to the visitor."
+    result = run(request(decision=decision))
+    assert not [f for f in result.findings if f.severity == "error"], result.findings
+    assert result.outcome != pb.DECISION_OUTCOME_NOT_SHARED
 
 
 @pytest.mark.parametrize(

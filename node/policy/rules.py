@@ -46,8 +46,25 @@ def _code(codes: CodeLists, name: str, value: str, where: str) -> Iterator[Findi
         yield Finding("unknown_code", f"{where}: '{value}' is not in the {name} code list ({codes.version}).")
 
 
-def basis_codes(basis: pb.LawfulBasis, codes: CodeLists) -> Iterator[Finding]:
-    """Each code of a lawful basis is in its code list."""
+def basis_rules(basis: pb.LawfulBasis, codes: CodeLists) -> Iterator[Finding]:
+    """A lawful basis is given under its regime, and each of its codes is in its code list.
+    Under UK GDPR that is an Article 6 basis; the police's law-enforcement processing (DPA
+    2018 Part 3) has no Article 6 basis but a Schedule 8 condition (domain.md §1.4)."""
+    condition_regime = codes.entry("dpa_condition", basis.dpa_condition).get("regime")
+    if basis.dp_regime == PART3:
+        if condition_regime != PART3:
+            yield Finding(
+                "part3_condition_missing",
+                "Under DPA 2018 Part 3, give the Schedule 8 condition relied on (for example SCH8_P4).",
+            )
+    elif not basis.art6:
+        yield Finding("lawful_basis_missing", "Give the UK GDPR Article 6 lawful basis (for example A6_1_E).")
+    elif condition_regime == PART3:
+        yield Finding(
+            "regime_mismatch",
+            f"{basis.dpa_condition} is a DPA 2018 Part 3 condition: for law-enforcement processing set "
+            f"dp_regime {PART3}; otherwise cite a Schedule 1 condition.",
+        )
     for code in basis.art6:
         yield from _code(codes, "art6", code, "Article 6 basis")
     yield from _code(codes, "art9", basis.art9, "Article 9 condition")
@@ -67,9 +84,7 @@ def decision_rules(
     if not decision.consent_status:
         yield Finding("consent_status_missing", "Record the consent status (for example GIVEN_EXPLICIT or REFUSED).")
     yield from _code(codes, "consent_status", decision.consent_status, "consent status")
-    if not basis.art6:
-        yield Finding("lawful_basis_missing", "Give the UK GDPR Article 6 lawful basis (for example A6_1_E).")
-    yield from basis_codes(basis, codes)
+    yield from basis_rules(basis, codes)
     for code in decision.override_grounds:
         yield from _code(codes, "override_ground", code, "override ground")
     yield from _code(codes, "subject_informed", decision.subject_informed, "subject informed")
