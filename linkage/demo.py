@@ -295,9 +295,10 @@ class Demo:
             say(f"    {agency.agency_name} ({agency.agency_type}) - contact the {agency.contact_role}")
 
         token = cases["fire"].people[0].link_token
-        say("[11] The fire service and Age UK share what they know with everyone linked to Ms B:")
+        say("[11] The fire service, the police and Age UK share what they know with everyone linked to Ms B:")
         for node, assessment, decision in (
             ("fire", stories.fire_home_visit(token), stories.fire_decision()),
+            ("police", stories.police_welfare_concern(token), stories.police_decision()),
             (
                 "ageuk",
                 stories.age_uk_support(token),
@@ -321,6 +322,17 @@ class Demo:
                 f", overridden on {', '.join(decision.override_grounds)}" if decision.override_grounds else ""
             )
             say(f'    {NODES[node][0]} -> {to}: "{assessment.headline}" ({grounds})')
+            for record in (r for r in shared.decision.recipients if r.withheld):
+                say(f"      withheld from {NODES[record.node_id][0]}: {record.withheld[0]}")
+        concern = await self.next_item("asc", envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE)
+        while concern.sender_node != "police":
+            concern = await self.next_item("asc", envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE, concern.seq)
+        handling = concern.summary.decision
+        say(
+            f"    Adult social care sees first how it may use the police's summary (DPA 2018 Part 3, "
+            f"{handling.lawful_basis.dpa_condition}): {', '.join(handling.handling_conditions)}"
+        )
+        say(f"      {handling.handling_instructions}")
 
         item = await self.next_item("asc", envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE)
         while item.sender_node != "ageuk":

@@ -197,6 +197,51 @@ def fire_decision() -> pb.ShareDecision:
     )
 
 
+def police_welfare_concern(token: bytes) -> pb.RiskSummary:
+    """County Police: welfare calls point to someone taking her money."""
+    return pb.RiskSummary(
+        headline="Two welfare calls; a man who visits on pension day is believed to be taking her money.",
+        people=[_ms_b_person(token)],
+        risk_items=[
+            pb.RiskItem(
+                category="FINANCIAL_MATERIAL_ABUSE",
+                subcategory="COERCION_OVER_MONEY",
+                who_at_risk="SUBJECT",
+                direction="NEW",
+                currency=pb.CURRENCY_CURRENT,
+                basis="ALLEGATION",
+                narrative="Neighbours report the visits; twice she has had no money left for food.",
+                concerns=[token],
+            )
+        ],
+        assessment=pb.Assessment(formality="PROFESSIONAL_JUDGEMENT", assessed_on=date(2026, 11, 14)),
+        review_date=date(2027, 1, 14),
+    )
+
+
+def police_decision() -> pb.ShareDecision:
+    """Law-enforcement processing (DPA 2018 Part 3), on a Schedule 8 condition, with police
+    handling code C: recipients may pass it on only on the conditions stated."""
+    return pb.ShareDecision(
+        rationale="She may be being financially abused; those supporting her need to know to protect her.",
+        consent_status="NOT_SOUGHT_PREJUDICE",
+        override_grounds=["DURESS_COERCION", "PREVENT_DETECT_CRIME"],
+        lawful_basis=pb.LawfulBasis(
+            dp_regime="DPA2018_PART3",
+            dpa_condition="SCH8_P4",
+            no_consent_reason="Asking her now could alert the visitor and put her at greater risk.",
+            apd_ref="APD-POLICE-7",
+        ),
+        subject_informed="NOT_INFORMED_PREJUDICE_CRIME",
+        subject_not_informed_reason="Telling her could alert the visitor while enquiries continue.",
+        approved_by=pb.Practitioner(id="pol-301", name="Sam Example", role="Detective sergeant"),
+        necessity_proportionality="Only the concern and its effect on her; no names, no intelligence sources.",
+        purpose="Protecting an adult at risk",
+        handling_conditions=["POLICE_HANDLING_C", "DO_NOT_DISCLOSE_TO_SUBJECT"],
+        handling_instructions="For Ms B's safeguarding only; not to be passed on without asking County Police.",
+    )
+
+
 def age_uk_support(token: bytes) -> pb.RiskSummary:
     """Age UK: two years of weekly support, unknown to the others until now."""
     return pb.RiskSummary(

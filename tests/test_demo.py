@@ -30,6 +30,8 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert "County Fire and Rescue is told: County Police has joined" in out
     assert "Age UK learns its summary was read by adult social care's Social worker." in out
     assert "A: Every Tuesday" in out
+    assert "withheld from County Fire and Rescue: risk item 1 (FINANCIAL_MATERIAL_ABUSE): not within" in out
+    assert "how it may use the police's summary (DPA 2018 Part 3, SCH8_P4): POLICE_HANDLING_C" in out
     assert "County Fire and Rescue objects: The smoke alarms are not fitted yet" in out
     assert "Closing now is refused" in out
     assert "Stopped 8 processes (exit codes [0])" in out
