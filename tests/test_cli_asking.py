@@ -41,7 +41,9 @@ async def test_record_ask_answer_request_and_reply_from_the_cli(federation: Loca
         amh_case, csc_case = await _case_id(cluster, "amh"), await _case_id(cluster, "csc")
 
         assessment = tmp_path / "assessment.json"
-        assessment.write_text(as_written(stories.parent_risk_change(parent, child)))
+        overdue = stories.parent_risk_change(parent, child)
+        overdue.review_date.CopyFrom(summary_pb2.Date(year=2026, month=1, day=31))  # shared with a warning
+        assessment.write_text(as_written(overdue))
         assert parent.hex() in assessment.read_text()
         code, out, err = await linkage("case", "record", amh_case, "--assessment", str(assessment), *who("amh"))
         assert code == 0, err
@@ -58,6 +60,7 @@ async def test_record_ask_answer_request_and_reply_from_the_cli(federation: Loca
         code, out, err = await linkage("inbox", "open", shared.message_id, *who("csc"))
         assert code == 0, err
         assert "- PARENTAL_CAPACITY increased (current) HIGH PRACTITIONER_JUDGEMENT" in out
+        assert "Review by 2026-01-31 (passed: ask the sender whether it still holds)" in out  # domain rule 12
         code, out, err = await linkage(
             "inbox", "ask", shared.message_id, "--question", "Who cares for the child at night?", *who("csc")
         )

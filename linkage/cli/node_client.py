@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import json
 import string
 from pathlib import Path
@@ -400,6 +401,12 @@ def _print_summary(summary: summary_pb2.RiskSummary) -> None:
         print(f"  - {risk.category} {risk.direction.lower()} ({currency}) {risk.level.value} {risk.level.scale}")
     if summary.decision.rationale:
         print(f"  Why shared: {summary.decision.rationale}")
+    if summary.review_date.year:  # domain.md §6 rule 12: an overdue review is flagged to recipients
+        review = iso_day(summary.review_date)
+        late = review < datetime.date.today().isoformat() and any(
+            r.currency == summary_pb2.CURRENCY_CURRENT for r in summary.risk_items
+        )
+        print(f"  Review by {review}{' (passed: ask the sender whether it still holds)' if late else ''}")
 
 
 def chronology(args: argparse.Namespace) -> int:
