@@ -42,7 +42,13 @@ NODE: list[Setting] = [
     Setting("policy", "agreement", "path", None, "The data-sharing agreement (default: the packaged example)."),
     Setting("policy", "glossary", "path", None, "Plain-language glossary (default: the packaged one)."),
     Setting("policy", "codelists_extra", "list", [], "The federation's own code-list extensions."),
-    Setting("retention", "summaries_days", "int", 0, "Keep received summaries this long; 0 keeps them."),
+    Setting(
+        "retention",
+        "summaries_days",
+        "int",
+        0,
+        "Keep received summaries, sent bodies and requests sent this long; 0 keeps them.",
+    ),
     Setting("metrics", "listen", "str", "", "host:port for Prometheus metrics; empty: off."),
     *_COMMON,
 ]

@@ -1,6 +1,7 @@
-"""Retention: received summaries and the bodies of delivered messages are kept for the
-configured time, then purged. A purge is itself audited. The audit log is kept by
-its own rule: it is never purged here (its entries hold no summary content)."""
+"""Retention: received summaries, the bodies of delivered messages and the record of
+information requests sent are kept for the configured time, then purged. A purge is
+itself audited. The audit log is kept by its own rule: it is never purged here (its
+entries hold no summary content)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ async def purge(store: Store, clock: Clock, keep_days: int, chunk: int = PURGE_C
         return {}
     keep_days = max(keep_days, MIN_KEEP_DAYS)
     cutoff = clock.now_ms() - keep_days * DAY_MS
-    totals = {"received": 0, "sent_bodies": 0}
+    totals = {"received": 0, "sent_bodies": 0, "requests": 0}
     while True:
         async with store.tx() as tx:
             counts = await _purge_chunk(tx, cutoff, chunk)
@@ -45,8 +46,8 @@ async def purge(store: Store, clock: Clock, keep_days: int, chunk: int = PURGE_C
 
 
 async def _purge_chunk(tx: Tx, cutoff: int, chunk: int) -> dict[str, int]:
-    """Up to `chunk` received rows (with their tokens and chronology entries) and `chunk`
-    sent bodies, oldest first, each found by index."""
+    """Up to `chunk` received rows (with their tokens and chronology entries), `chunk` sent
+    bodies and `chunk` requests sent (with the agencies asked), oldest first, each found by index."""
     rows = await (
         await tx.execute(
             "SELECT seq FROM inbox WHERE received_at_ms < ? ORDER BY received_at_ms LIMIT ?", (cutoff, chunk)
@@ -69,7 +70,17 @@ async def _purge_chunk(tx: Tx, cutoff: int, chunk: int) -> dict[str, int]:
         marks = ",".join("?" * len(sent))
         await tx.execute(f"DELETE FROM outbox_bodies WHERE seq IN ({marks})", sent)
         await tx.execute(f"UPDATE outbox SET body_kept = 0 WHERE seq IN ({marks})", sent)
-    return {"received": len(seqs), "sent_bodies": len(sent)}
+    rows = await (
+        await tx.execute(
+            "SELECT request_id FROM info_requests WHERE sent_at_ms < ? ORDER BY sent_at_ms LIMIT ?", (cutoff, chunk)
+        )
+    ).fetchall()
+    requests = [request_id for (request_id,) in rows]
+    if requests:
+        marks = ",".join("?" * len(requests))
+        await tx.execute(f"DELETE FROM info_requests_asked WHERE request_id IN ({marks})", requests)
+        await tx.execute(f"DELETE FROM info_requests WHERE request_id IN ({marks})", requests)
+    return {"received": len(seqs), "sent_bodies": len(sent), "requests": len(requests)}
 
 
 async def run(store: Store, clock: Clock, keep_days: int) -> None:

@@ -13,7 +13,8 @@ from linkage import logs, stories
 from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
-from node import retention
+from linkage.v1.node_api_pb2 import DeliveryStatus
+from node import answers, retention
 from node.messaging import add_to_outbox
 from node.store import Store
 from tests.harness import LocalFederation, next_item, running, wait_delivered
@@ -128,10 +129,10 @@ async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> N
                 (tx.now_ms,),
             )
             await tx.audit("message.received")
-        assert await retention.purge(store, clock, keep_days=40) == {"received": 0, "sent_bodies": 0}
+        assert await retention.purge(store, clock, keep_days=40) == {"received": 0, "sent_bodies": 0, "requests": 0}
         clock.advance(35 * DAY_MS)  # past the replay window, inside 40 days: kept
-        assert await retention.purge(store, clock, keep_days=40) == {"received": 0, "sent_bodies": 0}
-        assert await retention.purge(store, clock, keep_days=1) == {"received": 1, "sent_bodies": 0}
+        assert await retention.purge(store, clock, keep_days=40) == {"received": 0, "sent_bodies": 0, "requests": 0}
+        assert await retention.purge(store, clock, keep_days=1) == {"received": 1, "sent_bodies": 0, "requests": 0}
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox"))[0] == 0
         events = [r[0] for r in await store.fetchall("SELECT event FROM audit ORDER BY seq")]
         assert events == ["message.received", "retention.purged"]  # the audit log itself is kept
@@ -162,6 +163,10 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
                     "VALUES (?, 0, 0, 'amh', 's', 'new', x'00')",
                     (seq,),
                 )
+            for n in range(4):  # requests sent, each to one agency
+                await answers.asked(
+                    tx, f"r-{n}", "c", None, "A purpose", [DeliveryStatus(node_id="csc", message_id=f"q-{n}")]
+                )
             for n, state in enumerate(["delivered"] * 4 + ["undeliverable", "sent"]):
                 await add_to_outbox(tx, f"out-{n}", "s", "csc", b"\x01\x02", b"\x00")
                 await tx.execute("UPDATE outbox SET state = ? WHERE message_id = ?", (state, f"out-{n}"))
@@ -173,12 +178,15 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
                 (tx.now_ms,),
             )
 
-        assert await retention.purge(store, clock, keep_days=31, chunk=3) == {"received": 7, "sent_bodies": 5}
+        purged_counts = {"received": 7, "sent_bodies": 5, "requests": 4}
+        assert await retention.purge(store, clock, keep_days=31, chunk=3) == purged_counts
 
         assert [r[0] for r in await store.fetchall("SELECT message_id FROM inbox")] == ["recent"]
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox_tokens"))[0] == 0
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox_bodies"))[0] == 0
         assert (await store.fetchone("SELECT COUNT(*) FROM chronology"))[0] == 0
+        for table in ("info_requests", "info_requests_asked"):
+            assert (await store.fetchone(f"SELECT COUNT(*) FROM {table}"))[0] == 0
         kept = await store.fetchall(
             "SELECT message_id FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.body_kept"
         )
@@ -188,6 +196,10 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
             for r in await store.fetchall("SELECT entry FROM audit WHERE event = ?", ("retention.purged",))
         ]
         assert [(d["received"], d["sent_bodies"]) for d in purged] == [(3, 3), (3, 2), (1, 0)]
-        assert await retention.purge(store, clock, keep_days=31, chunk=3) == {"received": 0, "sent_bodies": 0}
+        assert await retention.purge(store, clock, keep_days=31, chunk=3) == {
+            "received": 0,
+            "sent_bodies": 0,
+            "requests": 0,
+        }
     finally:
         await store.close()

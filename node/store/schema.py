@@ -307,6 +307,7 @@ MIGRATIONS: tuple[str, ...] = (
     # 17: information requests followed to their answers (domain.md §6 rule 7: every request
     # ends in a decision). This node's requests, each agency asked and its newest answer; and,
     # on a request this node received, how it answered. Requests sent before this are not listed.
+    # Retention purges a request (its purpose is content) with the received summaries.
     """
     CREATE TABLE info_requests(
       request_id TEXT PRIMARY KEY,
@@ -316,6 +317,7 @@ MIGRATIONS: tuple[str, ...] = (
       purpose TEXT NOT NULL
     );
     CREATE INDEX info_requests_by_case ON info_requests(case_id, sent_at_ms);
+    CREATE INDEX info_requests_by_age ON info_requests(sent_at_ms);
     CREATE TABLE info_requests_asked(
       message_id TEXT PRIMARY KEY,
       request_id TEXT NOT NULL REFERENCES info_requests(request_id),
