@@ -31,7 +31,7 @@ async def purge(store: Store, clock: Clock, keep_days: int, chunk: int = PURGE_C
         return {}
     keep_days = max(keep_days, MIN_KEEP_DAYS)
     cutoff = clock.now_ms() - keep_days * DAY_MS
-    totals = {"received": 0, "sent_bodies": 0, "requests": 0}
+    totals = dict.fromkeys(PURGES, 0)
     while True:
         async with store.tx() as tx:
             counts = await _purge_chunk(tx, cutoff, chunk)
@@ -45,42 +45,42 @@ async def purge(store: Store, clock: Clock, keep_days: int, chunk: int = PURGE_C
     return totals
 
 
+# What each purge takes, oldest first and found by index: the rows older than the cutoff
+# (a LIMIT each), and the statements that remove them and what hangs off them ({} are the keys).
+PURGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "received": (
+        "SELECT seq FROM inbox WHERE received_at_ms < ? ORDER BY received_at_ms LIMIT ?",
+        (
+            "DELETE FROM inbox_tokens WHERE inbox_seq IN ({})",
+            "DELETE FROM inbox WHERE seq IN ({})",  # chronology rows and bodies cascade
+        ),
+    ),
+    "sent_bodies": (  # delivered or given up: a message still in flight keeps its body to send again
+        "SELECT seq FROM outbox INDEXED BY outbox_bodies_kept WHERE created_at_ms < ? "
+        "AND state IN ('delivered', 'undeliverable') AND body_kept ORDER BY created_at_ms LIMIT ?",
+        ("DELETE FROM outbox_bodies WHERE seq IN ({})", "UPDATE outbox SET body_kept = 0 WHERE seq IN ({})"),
+    ),
+    "requests": (  # information requests sent, with the agencies asked
+        "SELECT request_id FROM info_requests WHERE sent_at_ms < ? ORDER BY sent_at_ms LIMIT ?",
+        (
+            "DELETE FROM info_requests_asked WHERE request_id IN ({})",
+            "DELETE FROM info_requests WHERE request_id IN ({})",
+        ),
+    ),
+}
+
+
 async def _purge_chunk(tx: Tx, cutoff: int, chunk: int) -> dict[str, int]:
-    """Up to `chunk` received rows (with their tokens and chronology entries), `chunk` sent
-    bodies and `chunk` requests sent (with the agencies asked), oldest first, each found by index."""
-    rows = await (
-        await tx.execute(
-            "SELECT seq FROM inbox WHERE received_at_ms < ? ORDER BY received_at_ms LIMIT ?", (cutoff, chunk)
-        )
-    ).fetchall()
-    seqs = [seq for (seq,) in rows]
-    if seqs:
-        marks = ",".join("?" * len(seqs))
-        await tx.execute(f"DELETE FROM inbox_tokens WHERE inbox_seq IN ({marks})", seqs)
-        await tx.execute(f"DELETE FROM inbox WHERE seq IN ({marks})", seqs)  # chronology rows cascade
-    rows = await (
-        await tx.execute(
-            "SELECT seq FROM outbox INDEXED BY outbox_bodies_kept WHERE created_at_ms < ? "
-            "AND state IN ('delivered', 'undeliverable') AND body_kept ORDER BY created_at_ms LIMIT ?",
-            (cutoff, chunk),
-        )
-    ).fetchall()
-    sent = [seq for (seq,) in rows]
-    if sent:
-        marks = ",".join("?" * len(sent))
-        await tx.execute(f"DELETE FROM outbox_bodies WHERE seq IN ({marks})", sent)
-        await tx.execute(f"UPDATE outbox SET body_kept = 0 WHERE seq IN ({marks})", sent)
-    rows = await (
-        await tx.execute(
-            "SELECT request_id FROM info_requests WHERE sent_at_ms < ? ORDER BY sent_at_ms LIMIT ?", (cutoff, chunk)
-        )
-    ).fetchall()
-    requests = [request_id for (request_id,) in rows]
-    if requests:
-        marks = ",".join("?" * len(requests))
-        await tx.execute(f"DELETE FROM info_requests_asked WHERE request_id IN ({marks})", requests)
-        await tx.execute(f"DELETE FROM info_requests WHERE request_id IN ({marks})", requests)
-    return {"received": len(seqs), "sent_bodies": len(sent), "requests": len(requests)}
+    """Up to `chunk` rows of each kind in PURGES; how many of each went."""
+    counts = {}
+    for name, (oldest, removals) in PURGES.items():
+        keys = [key for (key,) in await (await tx.execute(oldest, (cutoff, chunk))).fetchall()]
+        if keys:
+            marks = ",".join("?" * len(keys))
+            for statement in removals:
+                await tx.execute(statement.format(marks), keys)
+        counts[name] = len(keys)
+    return counts
 
 
 async def run(store: Store, clock: Clock, keep_days: int) -> None:
