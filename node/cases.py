@@ -17,7 +17,7 @@ from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
 from node.backoff import backoff_ms
 from node.context import NodeContext
-from node.errors import ApiError, invalid, not_found
+from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import Fill, Sealed, Unreachable
 from node.policy.rules import date_problems
 from node.store import FetchOne, Tx
@@ -314,6 +314,7 @@ class Cases:
 
     async def propose_closure(self, request: node_api_pb2.ProposeClosureRequest) -> node_api_pb2.ClosureStatus:
         await self.open_case_row(request.case_id)
+        check_notes(note=request.note)
         intent = request.intent
         if not self.ctx.policy.codes.has("closure_intent", intent.intent):
             raise invalid(f"intent.intent must be one of {self.ctx.policy.codes.codes('closure_intent')}")
@@ -489,6 +490,7 @@ class Cases:
     async def respond_to_closure(
         self, request: node_api_pb2.RespondToClosureRequest
     ) -> node_api_pb2.RespondToClosureResponse:
+        check_notes(reason=request.reason)
         row = await self.ctx.store.fetchone(
             "SELECT i.sender, b.signed FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq "
             "WHERE i.message_id = ? AND i.kind = ?",
@@ -531,6 +533,7 @@ class Cases:
 
     async def close_case(self, request: node_api_pb2.CloseCaseRequest) -> node_api_pb2.ClosureStatus:
         await self.open_case_row(request.case_id)
+        check_notes(note=request.note, override_objections_reason=request.override_objections_reason)
         status = await self.closure_status(request.case_id)
         if status.state != "proposed":
             raise _failed(

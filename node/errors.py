@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from node.policy.rules import MAX_TEXT
+
 
 class ApiError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
@@ -18,3 +20,11 @@ def invalid(message: str) -> ApiError:
 
 def not_found(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def check_notes(**notes: str) -> None:
+    """Each free-text field of a call (a question, an answer, a reason, a note: named as the
+    API names it) is held to a summary's limit on its texts: a message, not the record."""
+    for name, text in notes.items():
+        if len(text) > MAX_TEXT:
+            raise invalid(f"{name} is {len(text):,} characters; keep it under {MAX_TEXT:,}: say what is necessary")

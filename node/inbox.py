@@ -11,7 +11,7 @@ from typing import Any
 
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
-from node.errors import not_found
+from node.errors import check_notes, not_found
 from node.messaging import carried_summary
 from node.store import FetchOne
 
@@ -121,6 +121,7 @@ class Inbox:
         return items
 
     async def open(self, request: node_api_pb2.OpenReceivedRequest) -> node_api_pb2.ReceivedSummary:
+        check_notes(silent_read_reason=request.silent_read_reason)
         row = await self.ctx.store.fetchone(
             f"SELECT {ITEM_COLUMNS} FROM {ITEMS} WHERE i.message_id = ?", (request.message_id,)
         )

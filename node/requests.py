@@ -13,7 +13,7 @@ from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates
 from node.cases import Cases
 from node.context import NodeContext
-from node.errors import ApiError, invalid, not_found
+from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, Fill
 from node.policy.rules import basis_rules
 from node.sharing import Sharing, lawful_ground
@@ -94,6 +94,7 @@ class Requests:
     async def ask_clarification(self, request: node_api_pb2.AskClarificationRequest) -> node_api_pb2.MessageSent:
         if not request.question.strip():
             raise invalid("question is empty: say what needs clarifying")
+        check_notes(question=request.question)
         sender, _, tokens = await self._received(request.about_message_id, CARRIES_SUMMARY)
         ask = workflow_pb2.ClarificationRequest(about_message_id=request.about_message_id, question=request.question)
         return await self._send(
@@ -109,6 +110,7 @@ class Requests:
     async def answer_clarification(self, request: node_api_pb2.AnswerClarificationRequest) -> node_api_pb2.MessageSent:
         if not request.answer.strip():
             raise invalid("answer is empty")
+        check_notes(answer=request.answer)
         sender, _, tokens = await self._received(
             request.request_message_id, (envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,)
         )
@@ -126,6 +128,7 @@ class Requests:
     async def request_information(self, request: node_api_pb2.RequestInformationRequest) -> node_api_pb2.MessageSent:
         if not request.purpose.strip() or not request.what.strip():
             raise invalid("an information request needs its purpose and what is asked for, in plain words")
+        check_notes(purpose=request.purpose, what=request.what)
         if problems := [f.message for f in basis_rules(request.lawful_basis, self.ctx.policy.codes)]:
             raise invalid(f"an information request needs the lawful basis it relies on: {' '.join(problems)}")
         if request.HasField("needed_by"):
@@ -173,11 +176,12 @@ class Requests:
     async def respond_to_information_request(
         self, request: node_api_pb2.InformationReplyRequest
     ) -> node_api_pb2.MessageSent:
+        if not request.decision.rationale.strip():
+            raise invalid("record the reasons for the answer: a decision to provide or to decline needs them")
+        check_notes(**{"decision.rationale": request.decision.rationale})
         sender, _, tokens = await self._received(
             request.request_message_id, (envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST,)
         )
-        if not request.decision.rationale.strip():
-            raise invalid("record the reasons for the answer: a decision to provide or to decline needs them")
         if request.answer == workflow_pb2.INFORMATION_ANSWER_DECLINED:
             decision = summary_pb2.ShareDecision()
             decision.CopyFrom(request.decision)

@@ -15,7 +15,7 @@ from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers
 from node.context import NodeContext
-from node.errors import ApiError, invalid, not_found
+from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, SUMMARY_KINDS, Fill, kind_name
 from node.policy import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
 from node.policy.minimise import routing_tokens
@@ -285,6 +285,7 @@ class Sharing:
     async def withdraw(self, request: node_api_pb2.WithdrawSummaryRequest) -> node_api_pb2.ShareSummaryResponse:
         if not request.reason.strip():
             raise invalid("say why the summary is withdrawn; every recipient is told")
+        check_notes(reason=request.reason)
         recipients = await self.prior_recipients(request.summary_id)
         if not recipients:
             raise not_found(f"summary {request.summary_id!r} was never shared from this node")

@@ -175,10 +175,12 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
             _set("d.handling_instructions", "Share with the child's social worker only; not with the family."),
         ),
     ),
+    ("text_too_long", _set("d.handling_instructions", "x" * 2001), _set("d.handling_instructions", "x" * 2000)),
+    ("text_too_long", _set("d.rationale", "x" * 2001), _set("d.rationale", "x" * 2000)),
     (
         "text_too_long",
-        _set("d.handling_instructions", "x" * 2001),
-        _set("d.handling_instructions", "x" * 2000),
+        _set("d.necessity_proportionality", "x" * 2001),
+        _set("d.necessity_proportionality", "x" * 2000),
     ),
     # Police law-enforcement processing (DPA 2018 Part 3): a Schedule 8 condition, not an Article 6 basis.
     (

@@ -9,6 +9,7 @@ import asyncio
 import datetime as dt
 import sqlite3
 import stat
+from collections.abc import Awaitable, Callable
 from contextlib import closing
 from typing import Any
 
@@ -720,9 +721,11 @@ def s47_request(case_id: str, *to: str) -> node_api_pb2.RequestInformationReques
 async def test_a_message_too_large_to_travel_is_refused_and_holds_up_nothing(federation: LocalFederation) -> None:
     """A question near the API's limit made an envelope larger than a stream frame may be:
     it was queued, then broke the node's stream at every attempt, and nothing queued after
-    it ever left. Now it is refused, naming the limit, and what follows is delivered."""
+    it ever left. Free text is now held to a summary's limit on its texts, and a summary
+    whose every text is within its limits but whose whole is too large to travel is refused,
+    naming the limit; what follows is delivered."""
     async with running(federation) as cluster:
-        _, _, assessment_id = await think_family(cluster)
+        parent, child, assessment_id = await think_family(cluster)
         await share(cluster, assessment_id)
         received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
 
@@ -734,11 +737,69 @@ async def test_a_message_too_large_to_travel_is_refused_and_holds_up_nothing(fed
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await cluster.api("csc").AskClarification(ask("Who cares for the child at night? " * 7_000))
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "more than one message may carry" in (raised.value.details() or "")
+        assert "question is 238,000 characters; keep it under 2,000" in (raised.value.details() or "")
         assert not events(await audit_events(cluster.nodes["csc"]), "clarification.asked")
+
+        large = stories.parent_risk_change(parent, child)
+        item = large.risk_items[0]
+        item.narrative = item.relevance = "Seen at home with the child; the parent was unwell. " * 37  # under 2,000
+        large.risk_items.extend([item] * 48)  # 50 items, the most a summary holds
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"), assessment=large
+            )
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await share(cluster, recorded.assessment_id)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "more than one message may carry" in (raised.value.details() or "")
+        assert len(events(await audit_events(cluster.nodes["amh"]), "share.decision")) == 1  # the first share's
+
         await cluster.api("csc").AskClarification(ask("Who cares for the child at night?"))
         await next_item(cluster, "amh", env.MESSAGE_KIND_CLARIFICATION_REQUEST)
         await wait_delivered(cluster.nodes["csc"], 1)
+
+
+async def test_free_text_past_a_summarys_limit_is_refused_naming_the_field(federation: LocalFederation) -> None:
+    """Every call's free text is held to the limit a summary's texts have, and refused before
+    anything is looked up or written: a question, an answer, a reason, a note."""
+    long, api, a, c = "x" * 2_001, node_api_pb2, PRACTITIONER, CSC_WORKER
+    async with running(federation) as cluster:
+        await think_family(cluster)
+        amh, csc = cluster.api("amh"), cluster.api("csc")
+        case, by = await _case_id(cluster, "amh"), summary_pb2.Date(year=2099, month=1, day=1)
+        calls: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            ("question", lambda: csc.AskClarification(api.AskClarificationRequest(actor=c, question=long))),
+            ("answer", lambda: amh.AnswerClarification(api.AnswerClarificationRequest(actor=a, answer=long))),
+            ("purpose", lambda: csc.RequestInformation(api.RequestInformationRequest(actor=c, purpose=long, what="x"))),
+            ("what", lambda: csc.RequestInformation(api.RequestInformationRequest(actor=c, purpose="x", what=long))),
+            (
+                "decision.rationale",
+                lambda: amh.RespondToInformationRequest(
+                    api.InformationReplyRequest(actor=a, decision=summary_pb2.ShareDecision(rationale=long))
+                ),
+            ),
+            (
+                "note",
+                lambda: amh.ProposeClosure(api.ProposeClosureRequest(actor=a, case_id=case, note=long, respond_by=by)),
+            ),
+            ("reason", lambda: csc.RespondToClosure(api.RespondToClosureRequest(actor=c, reason=long))),
+            ("note", lambda: amh.CloseCase(api.CloseCaseRequest(actor=a, case_id=case, note=long))),
+            (
+                "override_objections_reason",
+                lambda: amh.CloseCase(api.CloseCaseRequest(actor=a, case_id=case, override_objections_reason=long)),
+            ),
+            ("reason", lambda: amh.WithdrawSummary(api.WithdrawSummaryRequest(actor=a, summary_id="s", reason=long))),
+            ("silent_read_reason", lambda: csc.OpenReceived(api.OpenReceivedRequest(actor=c, silent_read_reason=long))),
+        ]
+        for field, call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call()
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+            assert f"{field} is 2,001 characters; keep it under 2,000" in (raised.value.details() or ""), field
+        for node in ("amh", "csc"):
+            written = [e["event"] for e in await audit_events(cluster.nodes[node])]
+            assert not [e for e in written if e.startswith(("clarification", "request", "closure", "summary"))]
 
 
 async def test_an_information_request_goes_once_to_each_other_agency_it_names(federation: LocalFederation) -> None:

@@ -134,6 +134,15 @@ def decision_rules(
     if decision.subject_informed == "NOT_INFORMED_OTHER" and not decision.subject_not_informed_reason.strip():
         yield Finding("not_informed_reason_missing", "Say why the person was not told about the sharing.")
     yield from handling_rules(decision, codes)
+    for where, text in (
+        ("rationale", decision.rationale),
+        ("purpose", decision.purpose),
+        ("necessity and proportionality statement", decision.necessity_proportionality),
+        ("reason the person was not told", decision.subject_not_informed_reason),
+        ("handling instructions", decision.handling_instructions),
+    ):
+        if len(text) > MAX_TEXT:
+            yield Finding("text_too_long", f"The {where} is {len(text)} characters; keep it under {MAX_TEXT}.")
     if decision.consent_status == "CANNOT_GIVE_LACKS_CAPACITY" and not (
         decision.capacity_assessment_ref and decision.best_interests_ref
     ):
@@ -158,8 +167,6 @@ def handling_rules(decision: pb.ShareDecision, codes: CodeLists) -> Iterator[Fin
             "handling_instructions_missing",
             f"{', '.join(needing)}: state the conditions on which recipients may share it onward.",
         )
-    if len(decision.handling_instructions) > MAX_TEXT:
-        yield Finding("text_too_long", f"The handling instructions are over {MAX_TEXT} characters.")
     if decision.lawful_basis.dp_regime == PART3 and not decision.handling_conditions:
         yield Finding(
             "part3_handling_unstated",
