@@ -110,7 +110,8 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
         intent = await next_item(cluster, "csc", env.MESSAGE_KIND_CLOSURE_INTENT)
         code, out, err = await linkage("inbox", "list", *who("csc"))
         assert code == 0, err
-        assert f"{intent.message_id} [new] closure_intent from Adult Mental Health Trust" in out
+        assert f"{intent.message_id} [new] closure_intent from Adult Mental Health Trust: proposes to close" in out
+        assert "(PLANNED_CLOSURE), answer by 2099-01-01" in out
         for wrong in (["--limit", "-1"], ["--after", "x"], ["--limit", str(2**32)]):
             code, out, err = await linkage("inbox", "list", *wrong, *who("csc"))  # was a ValueError traceback
             assert code == 2 and f"argument {wrong[0]}:" in err and "is not a whole number from 0 to" in err

@@ -309,8 +309,38 @@ def _kind(value: int) -> str:
 
 
 def _print_item(item: node_api_pb2.ReceivedSummary) -> None:
-    title = item.summary.headline or _kind(item.kind).replace("_", " ")
+    title = _gist(item.body) or item.summary.headline or _kind(item.kind).replace("_", " ")
     print(f"#{item.seq} {item.message_id} [{item.state}] {_kind(item.kind)} from {item.sender_agency_name}: {title}")
+
+
+def _gist(body: envelope_pb2.MessageBody, most: int = 100) -> str:
+    """What an item says, in one line for a list (a summary's is its headline)."""
+    match body.WhichOneof("content"):
+        case "withdrawal":
+            said = f"withdraws a summary: {body.withdrawal.reason}"
+        case "involvement":
+            said = f"{body.involvement.agency_name} {'joined' if body.involvement.joined else 'left'}"
+        case "closure_intent":
+            intent = body.closure_intent
+            said = f"proposes to close ({intent.intent.intent}), answer by {iso_day(intent.respond_by)}"
+        case "closure_response":
+            said = _closure_answer(body.closure_response.answer, body.closure_response.reason)
+        case "closure_notice":
+            said = f"closed on {iso_day(body.closure_notice.closed_on)}"
+        case "clarification_request":
+            said = body.clarification_request.question
+        case "clarification_response":
+            said = body.clarification_response.answer
+        case "information_request":
+            said = f"{body.information_request.purpose} (needed by {iso_day(body.information_request.needed_by)})"
+        case "information_response":
+            said = asking.answer_word(body.information_response.answer)
+        case "read":
+            said = f"opened by their {body.read.reader_role}"
+        case _:
+            return ""
+    line = " ".join(said.split())
+    return line if len(line) <= most else line[: most - 3] + "..."
 
 
 def inbox_list(args: argparse.Namespace) -> int:
@@ -398,7 +428,8 @@ def _print_summary(summary: summary_pb2.RiskSummary) -> None:
             print(f"    {summary.decision.handling_instructions}")
     for risk in summary.risk_items:
         currency = word(summary_pb2.Currency.DESCRIPTOR, risk.currency)
-        print(f"  - {risk.category} {risk.direction.lower()} ({currency}) {risk.level.value} {risk.level.scale}")
+        level = f" {risk.level.value} {risk.level.scale}" if risk.level.scale else ""
+        print(f"  - {risk.category} {risk.direction.lower()} ({currency}){level}")
     if summary.decision.rationale:
         print(f"  Why shared: {summary.decision.rationale}")
     if summary.review_date.year:  # domain.md §6 rule 12: an overdue review is flagged to recipients
