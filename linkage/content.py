@@ -32,6 +32,16 @@ CLOSURE_ANSWERS = frozenset({workflow_pb2.CLOSURE_ANSWER_AGREE, workflow_pb2.CLO
 PROVIDING = frozenset({workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL})
 
 
+def carried_summary(body: pb.MessageBody) -> summary_pb2.RiskSummary | None:
+    """The version of a summary a message carries: its own, or one provided in answer to an
+    information request (a decline carries none). Either is corrected and withdrawn alike."""
+    if body.HasField("summary"):
+        return body.summary
+    if body.information_response.HasField("summary"):
+        return body.information_response.summary
+    return None
+
+
 def check_content(body: pb.MessageBody) -> None:
     """Raise Rejected(MALFORMED) unless `body` carries what its kind needs, in values this
     node knows."""

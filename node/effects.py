@@ -5,10 +5,10 @@ information requests and read notifications update what this node sent."""
 
 from __future__ import annotations
 
+from linkage.content import carried_summary
 from linkage.envelope import Opened
 from linkage.v1 import envelope_pb2 as pb
 from node import answers
-from node.messaging import carried_summary
 from node.store import Tx
 
 

@@ -9,10 +9,11 @@ import heapq
 from collections.abc import Iterable
 from typing import Any
 
+from linkage.content import carried_summary
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
 from node.errors import check_notes, not_found
-from node.messaging import carried_summary
+from node.messaging import kind_name
 from node.store import FetchOne
 
 
@@ -159,7 +160,7 @@ class Inbox:
                 message_id=item.message_id,
                 counterpart=item.sender_node,
                 rationale=silent,
-                detail={"kind": item.kind, "sender_told": notify},
+                detail={"kind": kind_name(item.kind), "sender_told": notify},
             )
             if sealed:
                 await self.ctx.messenger.queue(tx, sealed, item.share_id, request.actor)

@@ -41,16 +41,6 @@ SUMMARY_KINDS = (
 CARRIES_SUMMARY = (*SUMMARY_KINDS, envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE)
 
 
-def carried_summary(body: envelope_pb2.MessageBody) -> summary_pb2.RiskSummary | None:
-    """The version of a summary a message carries: its own, or one provided in answer to an
-    information request (a decline carries none). Either is corrected and withdrawn alike."""
-    if body.HasField("summary"):
-        return body.summary
-    if body.information_response.HasField("summary"):
-        return body.information_response.summary
-    return None
-
-
 def kind_name(kind: int) -> str:
     return envelope_pb2.MessageKind.Name(kind).removeprefix("MESSAGE_KIND_").lower()  # type: ignore[arg-type]
 

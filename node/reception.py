@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from linkage import logs
 from linkage.batchsign import BatchSigner
 from linkage.clock import Clock
+from linkage.content import carried_summary
 from linkage.contentkeys import OpenedKeys
 from linkage.directory import TrustedDirectory
 from linkage.envelope import (
@@ -32,7 +33,7 @@ from linkage.reasons import Reason, Rejected
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, summary_pb2
 from node.effects import apply_effects
 from node.link import GatewayLink, NotConnected
-from node.messaging import carried_summary, kind_name
+from node.messaging import kind_name
 from node.metrics import NodeMetrics
 from node.store import Store, TransactionLost, Tx
 

@@ -203,3 +203,44 @@ async def test_handling_conditions_travel_and_are_shown_to_the_recipient_and_in_
             code, out, err = await linkage("audit", "report", "--config", toml, "--person", f"nhs:{stories.PARENT_NHS}")
             assert code == 0, err
             assert any(event in line and flagged in line for line in out.splitlines()), out
+
+
+async def test_a_subject_access_report_names_who_got_something_and_what_each_message_was(
+    federation: LocalFederation,
+) -> None:
+    """An agency the agreement let have nothing is not among those a decision was shared
+    with; a notice is named as one, not as a summary (nor as an empty headline)."""
+    async with running(federation) as cluster:
+        family = stories.think_family_people()
+        parent, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        await open_case(cluster, "school", [family[1]])
+        historical_only = stories.parent_risk_change(parent, child)
+        del historical_only.risk_items[0]  # leaving the alcohol item, whose relevance to a school is not stated
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"), assessment=historical_only
+            )
+        )
+        await cluster.api("amh").ShareSummary(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONER, assessment_id=recorded.assessment_id, decision=stories.override_decision()
+            )
+        )
+        await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+
+        async def report(node: str) -> list[dict[str, str]]:
+            toml = str(federation.node_configs[node].data_dir / "node.toml")
+            code, out, err = await linkage(
+                "audit", "report", "--config", toml, "--person", f"nhs:{stories.PARENT_NHS}", "--json"
+            )
+            assert code == 0, err
+            rows: list[dict[str, str]] = json.loads(out)
+            return rows
+
+        at_amh = await report("amh")
+        (decided,) = [r for r in at_amh if r["what"].startswith("Decision whether to share")]
+        assert "Oak Primary School: nothing (withheld: " in decided["what"]
+        assert decided["with"] == "Children's Social Care"
+        assert "Received from an agency (involvement notice)" in {r["what"] for r in at_amh}
+        assert "Queued for an agency (involvement notice)" in {r["what"] for r in await report("csc")}

@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify_chain, verify_log
 from linkage.cli.values import link_token
 from linkage.config import GatewayConfig, NodeConfig, load_directory_key
+from linkage.content import carried_summary
 from linkage.directory import DirectoryView, verify_directory
 from linkage.reasons import Rejected
 from linkage.tokens import IdentifierError, LinkageKey
@@ -31,7 +32,7 @@ from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gate
 
 PLAIN = {
     "share.decision": "Decision whether to share",
-    "message.queued": "Summary queued for an agency",
+    "message.queued": "Queued for an agency",
     "message.sent": "Sent through the gateway",
     "message.delivered": "Delivered (signed receipt)",
     "message.undeliverable": "Could not be delivered",
@@ -390,13 +391,13 @@ def export(args: argparse.Namespace) -> int:
 
 
 def _received(db: sqlite3.Connection, message_id: str) -> summary_pb2.RiskSummary | None:
+    """The summary a received message carried, if it carried one (and is still held)."""
     row = db.execute(
         "SELECT b.signed FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq WHERE i.message_id = ?", (message_id,)
     ).fetchone()
     if row is None:
         return None
-    body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(row[0]).body)
-    return body.summary if body.HasField("summary") else body.information_response.summary
+    return carried_summary(envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(row[0]).body))
 
 
 def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
@@ -416,13 +417,12 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
                     for r in detail.get("recipients", [])
                 ]
                 what += " - " + ("; ".join(parts) if parts else "nothing sent") + _handling(detail.get("handling", []))
-                counterparts = [r["node"] for r in detail.get("recipients", [])]
-            elif e["event"] == "message.received":
-                summary = _received(db, e["message_id"])
-                if summary is not None:
-                    categories = ", ".join(sorted({i.category for i in summary.risk_items}))
-                    what += f' - "{summary.headline}" ({categories or detail.get("kind", "")})'
-                    what += _handling(summary.decision.handling_conditions)
+                counterparts = [r["node"] for r in detail.get("recipients", []) if r["fields"]]  # who got something
+            elif e["event"] == "message.received" and (summary := _received(db, e["message_id"])):
+                categories = ", ".join(sorted({i.category for i in summary.risk_items}))
+                what += f' - "{summary.headline}" ({categories})' + _handling(summary.decision.handling_conditions)
+            elif isinstance(kind := detail.get("kind"), str):  # what kind of message: a notice, a question...
+                what += f" ({kind.replace('_', ' ')})"
             rows.append(
                 {
                     "when": _when(e["ts_ms"]),
