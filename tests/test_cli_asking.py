@@ -70,6 +70,9 @@ async def test_record_ask_answer_request_and_reply_from_the_cli(federation: Loca
         question = await next_item(cluster, "amh", env.MESSAGE_KIND_CLARIFICATION_REQUEST)
         code, out, err = await linkage("inbox", "list", *who("amh"))
         assert "clarification_request from Children's Social Care: Who cares for the child at night?" in out
+        for person, shown in ((parent, True), (bytes(32), False)):  # only what is about one person
+            code, out, err = await linkage("inbox", "list", "--token", person.hex(), *who("amh"))
+            assert code == 0 and (question.message_id in out) == shown, err
         code, out, err = await linkage("inbox", "open", question.message_id, *who("amh"))
         assert f"About {shared.message_id}: Who cares for the child at night?" in out
         assert f"Answer with: linkage inbox answer {question.message_id}" in out

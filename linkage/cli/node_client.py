@@ -344,7 +344,9 @@ def _gist(body: envelope_pb2.MessageBody, most: int = 100) -> str:
 
 
 def inbox_list(args: argparse.Namespace) -> int:
-    request = node_api_pb2.ListReceivedRequest(actor=actor(args), after_seq=args.after, limit=args.limit)
+    request = node_api_pb2.ListReceivedRequest(
+        actor=actor(args), after_seq=args.after, limit=args.limit, link_token=args.token or b""
+    )
     response = call(args, lambda api: api.ListReceived(request))
     if args.json:
         emit_json(response)
@@ -529,6 +531,7 @@ def register_casework(commands: argparse._SubParsersAction) -> None:  # type: ig
         p.add_argument("--after", type=count(2**63 - 1), default=0, help="only items after this sequence number")
         if name == "list":
             p.add_argument("--limit", type=count(2**32 - 1), default=100, help="at most this many items (default 100)")
+            p.add_argument("--token", type=link_token, help="only items about this person (link token, hex)")
         p.set_defaults(handler=handler)
     p = sub.add_parser("open", help="open an item (the sender is told, unless --silent-reason)")
     add_connection_arguments(p)
