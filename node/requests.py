@@ -143,14 +143,14 @@ class Requests:
         to = self._named(request.to_nodes) or await self.ctx.resolve(tokens)
         if not to:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "no other agency is linked to this family yet")
+        needed_by = request.needed_by if request.HasField("needed_by") else None
         ask = workflow_pb2.InformationRequest(
             purpose=request.purpose,
             lawful_basis=request.lawful_basis,
             what=request.what,
-            needed_by=request.needed_by,
+            needed_by=needed_by,  # left out when not given: an empty date would read as long past
             link_tokens=tokens,
         )
-        needed_by = request.needed_by if request.HasField("needed_by") else None
 
         async def record(tx: Tx, thread: str, statuses: list[node_api_pb2.DeliveryStatus]) -> None:
             await answers.asked(tx, thread, request.case_id, needed_by, request.purpose, statuses)
@@ -299,7 +299,7 @@ class Requests:
                 received_at_ms=received_at,
                 purpose=ask.purpose,
                 what=ask.what,
-                needed_by=ask.needed_by if ask.HasField("needed_by") else None,
+                needed_by=ask.needed_by if ask.needed_by.year else None,
                 answer=answer,
                 answered_at_ms=answered_at or 0,
             )
@@ -310,4 +310,4 @@ class Requests:
 
 def _passed(request: node_api_pb2.SentInformationRequest | node_api_pb2.ReceivedInformationRequest, today: str) -> bool:
     """Whether the day a request was needed by has gone (one without a day is never late)."""
-    return request.HasField("needed_by") and dates.iso(request.needed_by) < today
+    return bool(request.needed_by.year) and dates.iso(request.needed_by) < today

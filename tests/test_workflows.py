@@ -634,8 +634,14 @@ async def test_information_requests_are_followed_to_their_answers_and_overdue_on
         (received,) = (await listed("amh")).received
         assert received.answer == workflow_pb2.INFORMATION_ANSWER_PROVIDED and received.answered_at_ms
 
+        await cluster.api("csc").RequestInformation(s47_request(await _case_id(cluster, "csc"), "amh"))  # no date
+        undated = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST, after_seq=at_amh.seq)
         clock.advance(2 * DAY_MS)  # past needed_by: the school, which has not answered, is late
-        (amh_asked, school_asked) = (await listed("csc")).sent[0].asked
+        undated_sent, dated_sent = (await listed("csc")).sent  # newest first
+        assert not undated_sent.HasField("needed_by") and not undated_sent.asked[0].overdue  # never late
+        undated_received = next(r for r in (await listed("amh")).received if r.message_id == undated.message_id)
+        assert not undated_received.HasField("needed_by") and not undated_received.overdue
+        (amh_asked, school_asked) = dated_sent.asked
         assert (amh_asked.answer, amh_asked.answer_message_id) == (
             workflow_pb2.INFORMATION_ANSWER_PROVIDED,
             provided.message_id,
@@ -645,7 +651,7 @@ async def test_information_requests_are_followed_to_their_answers_and_overdue_on
         (at_school,) = (await listed("school")).received
         assert at_school.overdue and not at_school.answer
         viewed = events(await audit_events(cluster.nodes["csc"]), "requests.viewed")
-        assert viewed[-1]["detail"] == {"case_id": await _case_id(cluster, "csc"), "sent": 1, "received": 0}
+        assert viewed[-1]["detail"] == {"case_id": await _case_id(cluster, "csc"), "sent": 2, "received": 0}
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await cluster.api("csc").ListInformationRequests(
                 node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id="no-such-case")
