@@ -89,6 +89,7 @@ async def test_record_ask_answer_request_and_reply_from_the_cli(federation: Loca
             (["--needed-by", "2026-02-30"], "argument --needed-by: '2026-02-30' is not a date on the calendar"),
             (["--needed-by", "2020-01-31"], "INVALID_ARGUMENT: needed_by 2020-01-31 has passed"),
             (["--art6", "A6_1_Z"], "'A6_1_Z' is not in the art6 code list"),
+            (["--dp-regime", "DPA2018_PART3"], "Under DPA 2018 Part 3, give the Schedule 8 condition relied on"),
         ):
             code, out, err = await linkage(*ask, "--art6", "A6_1_C", *wrong, *who("csc"))
             assert code in (1, 2) and said in err and "Traceback" not in err, err

@@ -43,6 +43,7 @@ def request_info(args: argparse.Namespace) -> int:
         purpose=args.purpose,
         what=args.what,
         lawful_basis=summary_pb2.LawfulBasis(
+            dp_regime=args.dp_regime,
             art6=args.art6,
             art9=args.art9,
             dpa_condition=args.dpa_condition,
@@ -110,9 +111,10 @@ def register_case(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("case_id")
     p.add_argument("--purpose", required=True, help="why it is needed, in plain words")
     p.add_argument("--what", required=True, help="what is asked for, in plain words")
-    p.add_argument("--art6", action="append", required=True, help="UK GDPR Article 6 basis, e.g. A6_1_E (repeat)")
+    p.add_argument("--art6", action="append", default=[], help="UK GDPR Article 6 basis, e.g. A6_1_E (repeat)")
+    p.add_argument("--dp-regime", default="", help="DPA2018_PART3 for police law enforcement (then no --art6)")
     p.add_argument("--art9", default="", help="Article 9 condition, e.g. A9_2_G")
-    p.add_argument("--dpa-condition", default="", help="DPA 2018 Schedule 1 condition, e.g. SCH1_P18")
+    p.add_argument("--dpa-condition", default="", help="DPA 2018 Schedule 1 or 8 condition, e.g. SCH1_P18, SCH8_P4")
     p.add_argument(
         "--statutory-gateway", action="append", default=[], help="the power relied on, e.g. CA1989_S47 (repeat)"
     )
