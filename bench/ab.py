@@ -6,6 +6,10 @@ compare two versions in alternating runs on this shared machine (docs/performanc
       PYTHONPATH=/tmp/wt_old .venv/bin/python -m bench.ab old 5000
       PYTHONPATH=. .venv/bin/python -m bench.ab new 5000
     done
+
+A third argument, a rate, also times that many messages a second for PACED_S before the
+closed loop and again after it (when its messages have grown the stores): latency under
+load, as the full run's paced cells see it after its closed loops.
 """
 
 from __future__ import annotations
@@ -20,14 +24,24 @@ from bench.e2e import LinkageRun, make_federation
 WARM_UP = 500
 
 
-async def one_loop(label: str, count: int) -> str:
+PACED_S = 6.0
+
+
+async def one_loop(label: str, count: int, rate: float = 0, paced_s: float = PACED_S) -> str:
     with tempfile.TemporaryDirectory() as root:
         async with LinkageRun(make_federation(Path(root))) as run:
             await run.closed_loop(WARM_UP, 64)
+            before = await run.paced(rate, paced_s) if rate else None
             result = await run.closed_loop(count, 64)
+            after = await run.paced(rate, paced_s) if rate else None
     per_process = " ".join(f"{name} {us:.0f}" for name, us in result.cpu_us.items())
-    return f"{label} {result.per_second:.0f} msg/s, CPU {result.cpu_total_us:.0f} µs/msg ({per_process})"
+    line = f"{label} {result.per_second:.0f} msg/s, CPU {result.cpu_total_us:.0f} µs/msg ({per_process})"
+    for when, paced in (("before", before), ("after", after)):
+        if paced is not None:
+            line += f"; at {rate:g}/s {when}: p50 {paced.p50_ms:.1f} ms, p99 {paced.p99_ms:.1f} ms"
+            line += f", CPU {paced.cpu_total_us:.0f} µs/msg (sender {paced.cpu_us.get('sender', 0):.0f})"
+    return line
 
 
 if __name__ == "__main__":
-    print(asyncio.run(one_loop(sys.argv[1], int(sys.argv[2]))))
+    print(asyncio.run(one_loop(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0)))

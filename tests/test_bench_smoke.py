@@ -23,6 +23,8 @@ def test_the_ab_loop_runs_one_closed_loop() -> None:
 
     line = asyncio.run(one_loop("this-tree", 20))
     assert line.startswith("this-tree ") and " msg/s, CPU " in line and "(sender " in line
+    paced = asyncio.run(one_loop("this-tree", 20, rate=50, paced_s=0.1))
+    assert "; at 50/s before: p50 " in paced and "; at 50/s after: p50 " in paced
 
 
 def test_linkage_bench_runs_every_cell_and_prints_the_ratio_last(capsys: pytest.CaptureFixture[str]) -> None:
