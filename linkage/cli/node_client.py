@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime
 import json
-import string
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from linkage.cli.api_client import (
     report_queued,
 )
 from linkage.cli.values import calendar_date, count, iso_day, link_token, when, word
-from linkage.tokens import TOKEN_LEN
 from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc, summary_pb2, workflow_pb2
 
 
@@ -199,16 +198,18 @@ def _tokens_from_hex(value: Any) -> Any:
     out = {}
     for key, v in value.items():
         if key in _TOKEN_FIELDS:
-            tokens = v if isinstance(v, list) else [v]
-            hexed = [base64.b64encode(bytes.fromhex(t)).decode() if _is_hex_token(t) else t for t in tokens]
-            out[key] = hexed if isinstance(v, list) else hexed[0]
+            out[key] = [_as_base64(t) for t in v] if isinstance(v, list) else _as_base64(v)
         else:
             out[key] = _tokens_from_hex(v)
     return out
 
 
-def _is_hex_token(text: object) -> bool:
-    return isinstance(text, str) and len(text) == 2 * TOKEN_LEN and all(c in string.hexdigits for c in text)
+def _as_base64(text: object) -> object:
+    """A link token in hex, in base64; anything else (a token already in base64) as it is."""
+    if isinstance(text, str):
+        with contextlib.suppress(argparse.ArgumentTypeError):
+            return base64.b64encode(link_token(text)).decode()
+    return text
 
 
 def case_record(args: argparse.Namespace) -> int:
