@@ -134,15 +134,7 @@ def decision_rules(
     if decision.subject_informed == "NOT_INFORMED_OTHER" and not decision.subject_not_informed_reason.strip():
         yield Finding("not_informed_reason_missing", "Say why the person was not told about the sharing.")
     yield from handling_rules(decision, codes)
-    for where, text in (
-        ("rationale", decision.rationale),
-        ("purpose", decision.purpose),
-        ("necessity and proportionality statement", decision.necessity_proportionality),
-        ("reason the person was not told", decision.subject_not_informed_reason),
-        ("handling instructions", decision.handling_instructions),
-    ):
-        if len(text) > MAX_TEXT:
-            yield Finding("text_too_long", f"The {where} is {len(text)} characters; keep it under {MAX_TEXT}.")
+    yield from _too_long(_decision_texts(decision))
     if decision.consent_status == "CANNOT_GIVE_LACKS_CAPACITY" and not (
         decision.capacity_assessment_ref and decision.best_interests_ref
     ):
@@ -249,6 +241,20 @@ def _texts(summary: pb.RiskSummary) -> Iterator[tuple[str, str, int]]:
         yield f"protective factor {n}", factor.text, MAX_TEXT
 
 
+def _decision_texts(decision: pb.ShareDecision) -> Iterator[tuple[str, str, int]]:
+    yield "rationale", decision.rationale, MAX_TEXT
+    yield "purpose", decision.purpose, MAX_TEXT
+    yield "necessity and proportionality statement", decision.necessity_proportionality, MAX_TEXT
+    yield "reason the person was not told", decision.subject_not_informed_reason, MAX_TEXT
+    yield "handling instructions", decision.handling_instructions, MAX_TEXT
+
+
+def _too_long(texts: Iterator[tuple[str, str, int]]) -> Iterator[Finding]:
+    for where, text, limit in texts:
+        if len(text) > limit:
+            yield Finding("text_too_long", f"The {where} is {len(text)} characters; keep it under {limit}.")
+
+
 def _dates(summary: pb.RiskSummary) -> Iterator[tuple[str, pb.Date]]:
     yield "assessment date", summary.assessment.assessed_on
     yield "review date", summary.review_date
@@ -304,9 +310,7 @@ def summary_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding
         yield Finding("no_risk_items", "A summary needs at least one risk item.")
     if len(summary.risk_items) > MAX_ITEMS:
         yield Finding("too_many_items", f"A summary holds at most {MAX_ITEMS} risk items; share what is necessary.")
-    for where, text, limit in _texts(summary):
-        if len(text) > limit:
-            yield Finding("text_too_long", f"The {where} is {len(text)} characters; keep it under {limit}.")
+    yield from _too_long(_texts(summary))
     for n, person in enumerate(summary.people, start=1):
         yield from _code(codes, "role_in_risk", person.role_in_risk, f"Person {n}")
         yield from _code(codes, "person_type", person.person_type, f"Person {n}")
