@@ -1,7 +1,7 @@
 """What a received message changes at the recipient, in the same transaction as
 its inbox row: newer versions supersede older ones, withdrawals withdraw,
-involvement notices update who else is involved, closure replies, answers to
-information requests and read notifications update what this node sent."""
+involvement notices are recorded, closure replies, answers to information requests
+and read notifications update what this node sent."""
 
 from __future__ import annotations
 
@@ -31,13 +31,7 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
             message_id=body.message_id,
         )
     elif kind == pb.MESSAGE_KIND_INVOLVEMENT_NOTICE:
-        notice = body.involvement
-        await tx.executemany(  # the newest notice holds, by when it was made (as for versions)
-            "INSERT INTO involvement(token, node_id, joined, at_ms) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(token, node_id) DO UPDATE SET joined = excluded.joined, at_ms = excluded.at_ms "
-            "WHERE excluded.at_ms >= involvement.at_ms",
-            [(t, sender, int(notice.joined), made_at) for t in notice.link_tokens],
-        )
+        notice = body.involvement  # who is linked now is the gateway's to say (discovery); this is the record
         await tx.audit(
             "involvement.notice",
             tokens=notice.link_tokens,

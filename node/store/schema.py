@@ -330,4 +330,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE inbox ADD COLUMN answer INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE inbox ADD COLUMN answered_at_ms INTEGER;
     """,
+    # 18: involvement notices were also kept per token and agency, and nothing read them: who
+    # is linked to a family is the gateway's answer (discovery), and each notice is audited.
+    """
+    DROP TABLE involvement;
+    """,
 )
