@@ -51,6 +51,12 @@ class NodeContext:
             return await self.resolver.resolve(tokens)
         except (grpc.aio.AioRpcError, GatewayRefused) as exc:
             code = exc.code if isinstance(exc, GatewayRefused) else exc.code()
+            if code == grpc.StatusCode.PERMISSION_DENIED:  # asking again will not change it
+                raise ApiError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "the gateway does not link this node to all of these people (was one removed from the case, "
+                    "or the case closed?); nothing was shared",
+                ) from None
             busy = code == grpc.StatusCode.RESOURCE_EXHAUSTED
             raise ApiError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED if busy else grpc.StatusCode.UNAVAILABLE,

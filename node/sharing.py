@@ -85,17 +85,29 @@ class Sharing:
         )
         return sorted(r[0] for r in rows)
 
-    async def _assessment(self, assessment_id: str) -> summary_pb2.RiskSummary:
-        row = self.ctx.store.lookup("SELECT body FROM assessments WHERE assessment_id = ?", (assessment_id,))
+    async def _assessment(self, assessment_id: str) -> tuple[summary_pb2.RiskSummary, bool]:
+        """The assessment, and whether its case is still open."""
+        row = self.ctx.store.lookup(
+            "SELECT a.body, c.status FROM assessments a JOIN cases c ON c.case_id = a.case_id "
+            "WHERE a.assessment_id = ?",
+            (assessment_id,),
+        )
         if row is None:
             raise not_found(f"no assessment {assessment_id!r} at this node")
-        return summary_pb2.RiskSummary.FromString(row[0])
+        return summary_pb2.RiskSummary.FromString(row[0]), row[1] == "open"
 
     async def _recipients(
-        self, kind: int, assessment: summary_pb2.RiskSummary, tokens: list[bytes], only: list[str] | None
+        self,
+        kind: int,
+        assessment: summary_pb2.RiskSummary,
+        tokens: list[bytes],
+        only: list[str] | None,
+        case_open: bool,
     ) -> list[str]:
         if only is not None:
             return only
+        if not case_open:  # no longer linked to the family: what it sends goes to those who had the summary
+            return await self._recipients_after_closing(kind, assessment.summary_id)
         linked = set(await self.ctx.resolve(tokens))
         if kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE:
             return sorted(linked)
@@ -103,6 +115,20 @@ class Sharing:
         if kind == envelope_pb2.MESSAGE_KIND_CORRECTION and not prior:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "nothing to correct: this summary was never shared")
         return sorted(linked | set(prior))
+
+    async def _recipients_after_closing(self, kind: int, summary_id: str) -> list[str]:
+        if kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the case is closed, so this node is no longer linked to the family: a new summary goes from an "
+                "open case; a correction, historical update or change notice still reaches every agency that had it",
+            )
+        if not (prior := await self.prior_recipients(summary_id)):
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the case is closed and this summary was never shared: no one to tell",
+            )
+        return prior
 
     def _check_kind(self, kind: int, assessment: summary_pb2.RiskSummary) -> None:
         if kind not in SUMMARY_KINDS:
@@ -126,12 +152,12 @@ class Sharing:
     ) -> tuple[summary_pb2.RiskSummary, list[bytes], PolicyResult]:
         """Load the assessment, find its recipients, apply the policy. No writes."""
         kind = request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
-        assessment = await self._assessment(request.assessment_id)
+        assessment, case_open = await self._assessment(request.assessment_id)
         self._check_kind(kind, assessment)
         tokens = routing_tokens(assessment)
         if not tokens:
             raise invalid("the assessment names nobody who may be shared about (all identities are protected)")
-        recipient_ids = await self._recipients(kind, assessment, tokens, only)
+        recipient_ids = await self._recipients(kind, assessment, tokens, only, case_open)
         directory = self.ctx.directory()
         recipients = [
             RecipientInfo(node_id=n, agency_type=directory.nodes[n].agency_type)

@@ -431,6 +431,51 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
         assert events(await audit_events(cluster.nodes["school"]), "closure.responded")
 
 
+async def test_after_a_case_closes_a_correction_still_reaches_who_had_the_summary(federation: LocalFederation) -> None:
+    """Closing unlinks the node from the family at the gateway. A new summary from the closed
+    case is refused saying so (it was UNAVAILABLE, "try again", which could never succeed),
+    and a correction still goes to every agency that had the summary (UK GDPR Art 19)."""
+    clock = ManualClock()
+    async with running(federation, clock=clock) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        await share(cluster, assessment_id)
+        await wait_delivered(cluster.nodes["amh"], 2)
+        amh, case_id = cluster.api("amh"), await _case_id(cluster, "amh")
+        today = planned_closure(PRACTITIONER, case_id)
+        today.respond_by.CopyFrom(dates.today(clock.now_ms()))
+        await amh.ProposeClosure(today)
+        clock.advance(DAY_MS)  # nobody answered by the day given
+        assert (
+            await amh.CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
+        ).state == "closed"
+
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await share(cluster, assessment_id)
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "the case is closed, so this node is no longer linked to the family" in (raised.value.details() or "")
+        corrected = await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
+        assert sorted(r.node_id for r in corrected.recipients) == ["csc", "school"]
+        await next_item(cluster, "csc", env.MESSAGE_KIND_CORRECTION)
+
+
+async def test_sharing_about_someone_since_removed_from_the_case_says_why_it_cannot(
+    federation: LocalFederation,
+) -> None:
+    """The gateway answers only about people a node is linked to: an assessment naming someone
+    since removed is refused as a precondition, not as the gateway being unreachable."""
+    async with running(federation) as cluster:
+        _, child, assessment_id = await think_family(cluster)
+        await cluster.api("amh").RemovePerson(
+            node_api_pb2.RemovePersonRequest(
+                actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"), link_token=child
+            )
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await share(cluster, assessment_id)
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "does not link this node to all of these people (was one removed" in (raised.value.details() or "")
+
+
 async def test_an_agency_involved_after_a_closure_was_proposed_is_alerted_before_the_case_closes(
     federation: LocalFederation,
 ) -> None:
