@@ -26,6 +26,7 @@ log = logs.get("node.sharing")
 MAX_REQUEST_ID = 128
 _CARRIES_SUMMARY_MARKS = ",".join("?" * len(CARRIES_SUMMARY))
 CHANGE_DIRECTIONS = {"NEW", "INCREASED", "DECREASED", "RESOLVED", "NOT_SUBSTANTIATED"}
+EASED = frozenset({"DECREASED", "RESOLVED"})
 
 
 def finding(f: Finding) -> node_api_pb2.PolicyFinding:
@@ -74,6 +75,15 @@ async def _refuse_a_repeat(fetchone: FetchOne, summary_id: str) -> None:
         )
 
 
+def _for_every_earlier_recipient(summary: summary_pb2.RiskSummary) -> bool:
+    """A later version that tells of a decrease, a resolution or a closure intent goes to
+    everyone who had an earlier one, whatever kind it is sent as (domain.md §6 rule 10; UK
+    GDPR Art 19). A first version has no earlier recipients to look up."""
+    return summary.version > 1 and (
+        summary.HasField("closure_intent") or any(i.direction in EASED for i in summary.risk_items)
+    )
+
+
 class Sharing:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
@@ -109,7 +119,7 @@ class Sharing:
         if not case_open:  # no longer linked to the family: what it sends goes to those who had the summary
             return await self._recipients_after_closing(kind, assessment.summary_id)
         linked = set(await self.ctx.resolve(tokens))
-        if kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE:
+        if kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE and not _for_every_earlier_recipient(assessment):
             return sorted(linked)
         prior = await self.prior_recipients(assessment.summary_id)
         if kind == envelope_pb2.MESSAGE_KIND_CORRECTION and not prior:

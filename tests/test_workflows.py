@@ -186,6 +186,9 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
         assert sorted(r.node_id for r in notice.recipients) == ["csc", "school"]
         item = await next_item(cluster, "school", env.MESSAGE_KIND_RISK_CHANGE_NOTICE)
         assert item.summary.risk_items[0].direction == "DECREASED"
+        # Shared as a plain summary, a decrease still reaches every earlier recipient (domain.md §6 rule 10).
+        plain = await share(cluster, recorded.assessment_id)
+        assert sorted(r.node_id for r in plain.recipients) == ["csc", "school"]
 
         # Now historical: everything about the earlier period is context only.
         historical = stories.parent_risk_change(parent, child)
