@@ -479,6 +479,32 @@ async def test_sharing_about_someone_since_removed_from_the_case_says_why_it_can
         assert "does not link this node to all of these people (was one removed" in (raised.value.details() or "")
 
 
+async def test_a_person_protected_in_the_case_or_by_role_is_never_named_to_another_agency(
+    federation: LocalFederation,
+) -> None:
+    """domain.md §6 rule 13. An assessment that named someone the case protects, without the
+    flag itself, sent them to the other agencies; and a referrer was protected only if asked."""
+    async with running(federation) as cluster:
+        parent, child = stories.think_family_people()
+        parent.protect_identity = True  # in the case, not in the assessment below
+        referrer = node_api_pb2.PersonIdentifier(scheme="nhs", value=stories.UNRELATED_NHS, role_in_risk="REFERRER")
+        opened = await cluster.api("amh").OpenCase(
+            node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="p-1", people=[parent, child, referrer])
+        )
+        assert [p.protect_identity for p in opened.people] == [True, False, True]  # the referrer, by role
+        await open_case(cluster, "csc", [child])
+        parent_token, child_token, referrer_token = (p.link_token for p in opened.people)
+        assessment = stories.parent_risk_change(parent_token, child_token)  # no one flagged in it
+        assessment.people.add(link_token=referrer_token, role_in_risk="REFERRER", person_type="ADULT_OTHER")
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=opened.case_id, assessment=assessment)
+        )
+        await share(cluster, recorded.assessment_id)
+        received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        assert [p.link_token for p in received.summary.people] == [child_token]
+        assert all(parent_token not in item.concerns for item in received.summary.risk_items)
+
+
 async def test_an_agency_involved_after_a_closure_was_proposed_is_alerted_before_the_case_closes(
     federation: LocalFederation,
 ) -> None:
