@@ -621,6 +621,10 @@ class Cases:
                 raise invalid(f"assessment.people[{n}] is not a person of case {request.case_id!r}")
             # Protected in the case, or by role, is protected in every assessment of it.
             person.protect_identity |= known[person.link_token] or self._protected_role(person.role_in_risk)
+        named = {p.link_token for p in assessment.people}
+        for n, item in enumerate(assessment.risk_items):
+            if any(token not in named for token in item.concerns):  # else protection could not reach it
+                raise invalid(f"assessment.risk_items[{n}].concerns names someone not in assessment.people")
         if problems := date_problems(assessment):
             raise invalid("; ".join(problems).capitalize())
         if assessment.summary_id:

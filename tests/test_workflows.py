@@ -503,6 +503,13 @@ async def test_a_person_protected_in_the_case_or_by_role_is_never_named_to_anoth
         received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
         assert [p.link_token for p in received.summary.people] == [child_token]
         assert all(parent_token not in item.concerns for item in received.summary.risk_items)
+        del assessment.people[0]  # the parent, still named in a risk item: protection could not reach them
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await cluster.api("amh").RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=opened.case_id, assessment=assessment)
+            )
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "risk_items[0].concerns names someone not in assessment.people" in (raised.value.details() or "")
 
 
 async def test_an_agency_involved_after_a_closure_was_proposed_is_alerted_before_the_case_closes(
