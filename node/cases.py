@@ -19,7 +19,7 @@ from node.backoff import backoff_ms
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import Fill, Sealed, Unreachable
-from node.policy.rules import date_problems
+from node.policy.rules import date_problems, protected_role
 from node.store import FetchOne, Tx
 
 MAX_PEOPLE_PER_CASE = MAX_TOKENS_PER_MESSAGE  # everything about a case goes in messages that name them all
@@ -51,12 +51,8 @@ class Cases:
             role_in_risk=person.role_in_risk,
             person_type=person.person_type,
             relationship=person.relationship,
-            protect_identity=person.protect_identity or self._protected_role(person.role_in_risk),
+            protect_identity=person.protect_identity or protected_role(self.ctx.policy.codes, person.role_in_risk),
         )
-
-    def _protected_role(self, role: str) -> bool:
-        """A referrer or an informant is protected whatever the caller says (domain.md §6 rule 13)."""
-        return bool(self.ctx.policy.codes.entry("role_in_risk", role).get("protected"))
 
     async def people(self, case_id: str) -> list[node_api_pb2.CasePerson]:
         rows = await self.ctx.store.fetchall(
@@ -611,7 +607,7 @@ class Cases:
         self, request: node_api_pb2.RecordAssessmentRequest
     ) -> node_api_pb2.RecordAssessmentResponse:
         await self.open_case_row(request.case_id)
-        known = {p.link_token: p.protect_identity for p in await self.people(request.case_id)}
+        known = {p.link_token for p in await self.people(request.case_id)}
         assessment = summary_pb2.RiskSummary()
         assessment.CopyFrom(request.assessment)
         if not assessment.people:
@@ -619,8 +615,6 @@ class Cases:
         for n, person in enumerate(assessment.people):
             if person.link_token not in known:
                 raise invalid(f"assessment.people[{n}] is not a person of case {request.case_id!r}")
-            # Protected in the case, or by role, is protected in every assessment of it.
-            person.protect_identity |= known[person.link_token] or self._protected_role(person.role_in_risk)
         named = {p.link_token for p in assessment.people}
         for n, item in enumerate(assessment.risk_items):
             if any(token not in named for token in item.concerns):  # else protection could not reach it

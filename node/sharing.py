@@ -19,6 +19,7 @@ from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, SUMMARY_KINDS, Fill, kind_name
 from node.policy import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
 from node.policy.minimise import routing_tokens
+from node.policy.rules import protected_role
 from node.store import FetchOne
 
 log = logs.get("node.sharing")
@@ -96,15 +97,23 @@ class Sharing:
         return sorted(r[0] for r in rows)
 
     async def _assessment(self, assessment_id: str) -> tuple[summary_pb2.RiskSummary, bool]:
-        """The assessment, and whether its case is still open."""
+        """The assessment, with everyone its case protects (now, not only when it was recorded)
+        or protected by their role marked so; and whether its case is still open."""
         row = self.ctx.store.lookup(
-            "SELECT a.body, c.status FROM assessments a JOIN cases c ON c.case_id = a.case_id "
-            "WHERE a.assessment_id = ?",
+            "SELECT a.body, c.status, (SELECT group_concat(hex(p.token)) FROM case_people p "
+            "WHERE p.case_id = a.case_id AND p.protect_identity) "
+            "FROM assessments a JOIN cases c ON c.case_id = a.case_id WHERE a.assessment_id = ?",
             (assessment_id,),
         )
         if row is None:
             raise not_found(f"no assessment {assessment_id!r} at this node")
-        return summary_pb2.RiskSummary.FromString(row[0]), row[1] == "open"
+        assessment = summary_pb2.RiskSummary.FromString(row[0])
+        protected = {bytes.fromhex(t) for t in row[2].split(",")} if row[2] else set()
+        codes = self.ctx.policy.codes
+        for person in assessment.people:  # domain.md §6 rule 13: the policy leaves out whoever is marked
+            if person.link_token in protected or protected_role(codes, person.role_in_risk):
+                person.protect_identity = True
+        return assessment, row[1] == "open"
 
     async def _recipients(
         self,

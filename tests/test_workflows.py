@@ -512,6 +512,25 @@ async def test_a_person_protected_in_the_case_or_by_role_is_never_named_to_anoth
         assert "risk_items[0].concerns names someone not in assessment.people" in (raised.value.details() or "")
 
 
+async def test_someone_protected_after_an_assessment_was_recorded_is_left_out_of_its_shares(
+    federation: LocalFederation,
+) -> None:
+    """Protection is the case's now, not as it stood when the assessment was recorded: the
+    README's way to protect someone (remove them, add them again protected) must hold for
+    the assessments already recorded about them."""
+    async with running(federation) as cluster:
+        parent, child, assessment_id = await think_family(cluster)
+        amh, case_id = cluster.api("amh"), await _case_id(cluster, "amh")
+        await amh.RemovePerson(node_api_pb2.RemovePersonRequest(actor=PRACTITIONER, case_id=case_id, link_token=parent))
+        again = stories.think_family_people()[0]
+        again.protect_identity = True
+        await amh.AddPerson(node_api_pb2.AddPersonRequest(actor=PRACTITIONER, case_id=case_id, person=again))
+        await share(cluster, assessment_id)
+        received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        assert [p.link_token for p in received.summary.people] == [child]
+        assert all(parent not in item.concerns for item in received.summary.risk_items)
+
+
 async def test_an_agency_involved_after_a_closure_was_proposed_is_alerted_before_the_case_closes(
     federation: LocalFederation,
 ) -> None:

@@ -46,6 +46,11 @@ def _code(codes: CodeLists, name: str, value: str, where: str) -> Iterator[Findi
         yield Finding("unknown_code", f"{where}: '{value}' is not in the {name} code list ({codes.version}).")
 
 
+def protected_role(codes: CodeLists, role: str) -> bool:
+    """A referrer or an informant is protected whatever the caller says (domain.md §6 rule 13)."""
+    return bool(codes.entry("role_in_risk", role).get("protected"))
+
+
 def basis_rules(basis: pb.LawfulBasis, codes: CodeLists) -> Iterator[Finding]:
     """A lawful basis is given under its regime, and each of its codes is in its code list.
     Under UK GDPR that is an Article 6 basis; the police's law-enforcement processing (DPA
