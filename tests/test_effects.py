@@ -11,18 +11,23 @@ from linkage.clock import ManualClock
 from linkage.envelope import Opened
 from linkage.v1 import envelope_pb2 as pb
 from linkage.v1 import workflow_pb2
+from linkage.v1.node_api_pb2 import DeliveryStatus
+from node import answers
 from node.effects import apply_effects
 from node.store import Store
 
 TOKEN = bytes(range(32))
 
 
-def _received(
-    kind: pb.MessageKind.ValueType, made_at: int, fill: workflow_pb2.ClosureResponse | workflow_pb2.InvolvementNotice
-) -> Opened:
+Content = workflow_pb2.ClosureResponse | workflow_pb2.InvolvementNotice | workflow_pb2.InformationResponse
+
+
+def _received(kind: pb.MessageKind.ValueType, made_at: int, fill: Content) -> Opened:
     body = pb.MessageBody(kind=kind, message_id=f"m-{made_at}")
     if isinstance(fill, workflow_pb2.ClosureResponse):
         body.closure_response.CopyFrom(fill)
+    elif isinstance(fill, workflow_pb2.InformationResponse):
+        body.information_response.CopyFrom(fill)
     else:
         body.involvement.CopyFrom(fill)
     routing = pb.RoutingHeader(sender_node="csc", created_at_ms=made_at, message_id=body.message_id)
@@ -30,7 +35,7 @@ def _received(
 
 
 @pytest.mark.parametrize("arrival", [(0, 1), (1, 0)])
-async def test_the_newest_closure_answer_and_involvement_notice_hold_whatever_the_arrival_order(
+async def test_the_newest_closure_answer_and_information_answer_hold_whatever_the_arrival_order(
     tmp_path: Path, arrival: tuple[int, int]
 ) -> None:
     store = await Store.open(tmp_path / "s.sqlite", ManualClock())
@@ -42,7 +47,7 @@ async def test_the_newest_closure_answer_and_involvement_notice_hold_whatever_th
                 "VALUES ('x', 'c', 0, '2030-01-01', 'proposed', x'')"
             )
             await tx.execute("INSERT INTO closure_invitees(closure_id, node_id) VALUES ('x', 'csc')")
-        answers = [
+        closure_answers = [
             _received(
                 pb.MESSAGE_KIND_CLOSURE_RESPONSE,
                 1_000,
@@ -58,7 +63,7 @@ async def test_the_newest_closure_answer_and_involvement_notice_hold_whatever_th
         ]
         for n in arrival:
             async with store.tx() as tx:
-                await apply_effects(tx, n + 1, answers[n])
+                await apply_effects(tx, n + 1, closure_answers[n])
         row = await store.fetchone("SELECT answer, reason, at_ms FROM closure_invitees WHERE closure_id = 'x'")
         assert tuple(row) == (workflow_pb2.CLOSURE_ANSWER_OBJECT, "Attendance has dropped.", 2_000)
 
@@ -77,6 +82,26 @@ async def test_the_newest_closure_answer_and_involvement_notice_hold_whatever_th
         for n in arrival:
             async with store.tx() as tx:
                 await apply_effects(tx, n + 3, notices[n])
-        assert tuple(await store.fetchone("SELECT joined, at_ms FROM involvement")) == (0, 2_000)
+        recorded = await store.fetchall("SELECT entry FROM audit WHERE event = 'involvement.notice' ORDER BY seq")
+        assert len(recorded) == 2  # who is linked now is the gateway's to say; each notice is on the record
+
+        async with store.tx() as tx:  # a request this node sent to csc
+            await answers.asked(tx, "r", "c", None, "A purpose", [DeliveryStatus(node_id="csc", message_id="q")])
+        replies = [
+            _received(
+                pb.MESSAGE_KIND_INFORMATION_RESPONSE,
+                made_at,
+                workflow_pb2.InformationResponse(request_message_id="q", answer=answer),
+            )
+            for made_at, answer in (
+                (5_000, workflow_pb2.INFORMATION_ANSWER_DECLINED),
+                (6_000, workflow_pb2.INFORMATION_ANSWER_PROVIDED),  # thought better of it
+            )
+        ]
+        for n in arrival:
+            async with store.tx() as tx:
+                await apply_effects(tx, n + 5, replies[n])
+        row = await store.fetchone("SELECT answer, answered_at_ms, answer_message_id FROM info_requests_asked")
+        assert tuple(row) == (workflow_pb2.INFORMATION_ANSWER_PROVIDED, 6_000, "m-6000")
     finally:
         await store.close()
