@@ -232,6 +232,12 @@ class DeliveryModel(RuleBasedStateMachine):
         finally:
             self.run(self.sender_store.close())
             self.run(self.recipient_store.close())
+            # A crashed outbox's in-memory state is gone, but here its gauge timer lived on and could
+            # start a task in a step's last turn: end what is left, as asyncio.run does, before closing.
+            left = asyncio.all_tasks(self.loop)
+            for task in left:
+                task.cancel()
+            self.run(_ended(left))
             self.loop.close()
             shutil.rmtree(self.dir)
 
@@ -404,3 +410,7 @@ DeliveryModelSoak.TestCase.settings = settings(
     max_examples=500, stateful_step_count=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_delivery_model_soak = pytest.mark.soak(DeliveryModelSoak.TestCase)
+
+
+async def _ended(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
