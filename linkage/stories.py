@@ -4,8 +4,10 @@ numbers are in the 999 test range and pass the modulus-11 check."""
 
 from __future__ import annotations
 
+from linkage.clock import SystemClock
 from linkage.v1 import node_api_pb2
 from linkage.v1 import summary_pb2 as pb
+from node import dates
 
 PARENT_NHS = "9991000003"
 CHILD_NHS = "9991000011"
@@ -40,6 +42,12 @@ def date(year: int, month: int, day: int) -> pb.Date:
     return pb.Date(year=year, month=month, day=day)
 
 
+def days_from_today(days: int) -> pb.Date:
+    """A date relative to today, so that the stories' reviews and actions stay ahead of
+    the demo and the tests whenever they run."""
+    return dates.add_days(dates.today(SystemClock().now_ms()), days)
+
+
 def _period(start: pb.Date, end: pb.Date) -> pb.Period:
     period = pb.Period(to=end)
     getattr(period, "from").CopyFrom(start)  # "from" is a Python keyword
@@ -66,7 +74,7 @@ def parent_risk_change(parent: bytes, child: bytes) -> pb.RiskSummary:
                 level=pb.RiskLevel(
                     scale="PRACTITIONER_JUDGEMENT",
                     value="HIGH",
-                    assessed_on=date(2026, 11, 18),
+                    assessed_on=days_from_today(-4),
                     rationale="Stopped medication three weeks ago and missed two appointments.",
                 ),
                 previous_level=pb.RiskLevel(scale="PRACTITIONER_JUDGEMENT", value="MEDIUM"),
@@ -94,9 +102,9 @@ def parent_risk_change(parent: bytes, child: bytes) -> pb.RiskSummary:
                 text="Grandparent visits daily and helps with the school run.", category="FAMILY_NETWORK"
             )
         ],
-        assessment=pb.Assessment(formality="PROFESSIONAL_JUDGEMENT", assessed_on=date(2026, 11, 18)),
+        assessment=pb.Assessment(formality="PROFESSIONAL_JUDGEMENT", assessed_on=days_from_today(-4)),
         lead_professional=pb.Contact(name="Jordan Example", role="Care coordinator", agency_node="amh"),
-        review_date=date(2026, 12, 16),
+        review_date=days_from_today(24),
     )
 
 
@@ -153,7 +161,7 @@ def fire_home_visit(token: bytes) -> pb.RiskSummary:
                 category="FIRE_RISK",
                 subcategory="HOARDING_FIRE_LOAD",
                 who_at_risk="SUBJECT",
-                level=pb.RiskLevel(scale="CLUTTER_IMAGE_RATING", value="7", assessed_on=date(2026, 11, 10)),
+                level=pb.RiskLevel(scale="CLUTTER_IMAGE_RATING", value="7", assessed_on=days_from_today(-12)),
                 direction="NEW",
                 currency=pb.CURRENCY_CURRENT,
                 basis="FACT_OBSERVED",
@@ -172,10 +180,10 @@ def fire_home_visit(token: bytes) -> pb.RiskSummary:
         ],
         voice=pb.Voice(adult_views_wishes="Wants to stay at home and keep her belongings; will accept smoke alarms."),
         assessment=pb.Assessment(
-            formality="FORMAL_STRUCTURED_TOOL", instrument="FIRE_SAFE_AND_WELL", assessed_on=date(2026, 11, 10)
+            formality="FORMAL_STRUCTURED_TOOL", instrument="FIRE_SAFE_AND_WELL", assessed_on=days_from_today(-12)
         ),
-        actions=[pb.Action(action="Fit smoke alarms", owner_agency="fire", due=date(2026, 12, 1), status="OPEN")],
-        review_date=date(2026, 12, 10),
+        actions=[pb.Action(action="Fit smoke alarms", owner_agency="fire", due=days_from_today(9), status="OPEN")],
+        review_date=days_from_today(18),
     )
 
 
@@ -214,8 +222,8 @@ def police_welfare_concern(token: bytes) -> pb.RiskSummary:
                 concerns=[token],
             )
         ],
-        assessment=pb.Assessment(formality="PROFESSIONAL_JUDGEMENT", assessed_on=date(2026, 11, 14)),
-        review_date=date(2027, 1, 14),
+        assessment=pb.Assessment(formality="PROFESSIONAL_JUDGEMENT", assessed_on=days_from_today(-8)),
+        review_date=days_from_today(53),
     )
 
 
@@ -265,8 +273,8 @@ def age_uk_support(token: bytes) -> pb.RiskSummary:
             )
         ],
         voice=pb.Voice(adult_views_wishes="Happy for Age UK to tell the council what help she gets."),
-        assessment=pb.Assessment(formality="INFORMAL_CONCERN", assessed_on=date(2026, 11, 12)),
-        review_date=date(2027, 1, 12),
+        assessment=pb.Assessment(formality="INFORMAL_CONCERN", assessed_on=days_from_today(-10)),
+        review_date=days_from_today(51),
     )
 
 

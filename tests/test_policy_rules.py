@@ -7,12 +7,15 @@ import re
 from collections.abc import Callable
 
 import pytest
+from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from linkage import stories
+from linkage.clock import SystemClock
 from linkage.v1 import summary_pb2 as pb
-from node.policy.rules import date_problems
+from node import dates
+from node.policy.rules import date_problems, review_rules
 from tests.policy_fixtures import CHILD, CONTEXT, PARENT, codes, request, run
 
 Mutation = Callable[[pb.RiskSummary, pb.ShareDecision], None]
@@ -45,6 +48,8 @@ def _set(path: str, value: object) -> Mutation:
             field = getattr(target, leaf)
             del field[:]
             field.extend(value)
+        elif isinstance(value, Message):
+            getattr(target, leaf).CopyFrom(value)
         else:
             setattr(target, leaf, value)
 
@@ -246,7 +251,7 @@ def test_police_information_under_part3_is_shared_on_a_schedule_8_condition_with
 @pytest.mark.parametrize(
     ("breaks", "said"),
     [
-        (_set("s.review_date.month", 13), "the review date (2026-13-16) is not a date on the calendar"),
+        (_set("s.review_date", pb.Date(year=2026, month=13, day=16)), "the review date (2026-13-16) is not a date"),
         (_set("s.risk_items.1.period.to.day", 31), "risk item 2's end (2021-06-31) is not a date on the calendar"),
         (_set("s.actions", [pb.Action(action="Visit", due=pb.Date(day=3))]), "action 1's due date (0000-00-03)"),
         (_set("s.risk_items.1.period.to.year", 2018), "risk item 2's period ends before it starts"),
@@ -257,6 +262,27 @@ def test_an_assessments_dates_are_on_the_calendar_and_in_order(breaks: Mutation,
     assert date_problems(summary) == []
     breaks(summary, pb.ShareDecision())
     assert [said in problem for problem in date_problems(summary)] == [True]
+
+
+def test_the_stories_reviews_and_actions_lie_ahead_whenever_they_run() -> None:
+    """The demo and the tests share the stories: a review date or an action due that has
+    passed would draw warnings and "passed" flags that depend on the day they run."""
+    token = b"\x01" * 32
+    told = [
+        stories.parent_risk_change(PARENT, CHILD),
+        stories.fire_home_visit(token),
+        stories.police_welfare_concern(token),
+        stories.age_uk_support(token),
+    ]
+    today = dates.today(SystemClock().now_ms())
+    day = (today.year, today.month, today.day)
+    for summary in told:
+        assert date_problems(summary) == []
+        assert list(review_rules(summary, today)) == []
+        assessed = summary.assessment.assessed_on
+        assert (assessed.year, assessed.month, assessed.day) <= day
+        for due in [summary.review_date, *(a.due for a in summary.actions)]:
+            assert (due.year, due.month, due.day) > day, dates.iso(due)
 
 
 def test_missing_approval_defers_rather_than_refuses() -> None:
