@@ -314,6 +314,7 @@ def _entries(
             level=f"{item.level.value} ({item.level.scale})" if item.level.scale else "",
             own=own,
             state="current" if state in ("own", "new", "read") else state,
+            handling_conditions=summary.decision.handling_conditions,
         )
         for item in summary.risk_items
     ]

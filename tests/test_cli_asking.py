@@ -201,6 +201,19 @@ async def test_handling_conditions_travel_and_are_shown_to_the_recipient_and_in_
         )
         assert code == 0, err
         assert out.splitlines()[1] == "  Handling: NO_ONWARD_SHARING, DO_NOT_DISCLOSE_TO_SUBJECT"
+        # The chronology is read and printed apart from the summary: it says so too.
+        code, out, err = await linkage(
+            "chronology",
+            await _case_id(cluster, "csc"),
+            "--actor-id",
+            "csc-1",
+            "--actor-role",
+            "Social worker",
+            "--socket",
+            socket,
+        )
+        assert code == 0, err
+        assert out.count("  Handling: NO_ONWARD_SHARING, DO_NOT_DISCLOSE_TO_SUBJECT") == 2, out  # one per item
         flagged = "[handling: NO_ONWARD_SHARING, DO_NOT_DISCLOSE_TO_SUBJECT]"
         for node, event in (("amh", "Decision whether to share"), ("csc", "Received from an agency")):
             toml = str(federation.node_configs[node].data_dir / "node.toml")

@@ -514,6 +514,22 @@ async def test_migration_12_moves_each_received_message_to_its_own_table(tmp_pat
         await store.close()
 
 
+async def test_migration_19_derives_the_chronology_again_to_carry_handling_conditions(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with _migrated_to(18, path) as db:
+        db.execute(
+            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
+            "VALUES ('amh', 'm1', x'00', 1, 1, 's')"
+        )
+        db.execute("INSERT INTO chronology VALUES (1, 0, 1, 'amh', 'sum-1', 'new', x'00')")
+    store = await Store.open(path, ManualClock())
+    try:  # the received message stays; its entries are derived again when next read
+        assert (await store.fetchone("SELECT count(*) FROM inbox"))[0] == 1
+        assert (await store.fetchone("SELECT count(*) FROM chronology"))[0] == 0
+    finally:
+        await store.close()
+
+
 async def test_a_checkpoints_leaves_come_from_what_was_appended_and_match_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -454,6 +454,8 @@ def chronology(args: argparse.Namespace) -> int:
         source = "this agency" if e.own else e.source_agency
         at, direction = when(e.at_ms), e.direction.lower()
         print(f"{at}  {source:<28} {e.category:<24} {currency:<10} {direction:<10} {e.level} [{e.state}]")
+        if e.handling_conditions:
+            print(f"  Handling: {', '.join(e.handling_conditions)}")
     return 0
 
 

@@ -948,6 +948,7 @@ class ChronologyEntry(_message.Message):
     LEVEL_FIELD_NUMBER: _builtins.int
     OWN_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    HANDLING_CONDITIONS_FIELD_NUMBER: _builtins.int
     at_ms: _builtins.int
     source_node: _builtins.str
     source_agency: _builtins.str
@@ -964,6 +965,12 @@ class ChronologyEntry(_message.Message):
     """this node's own assessment"""
     state: _builtins.str
     """current | withdrawn | superseded"""
+    @_builtins.property
+    def handling_conditions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the sender's decision lets recipients do with it (handling_condition codes): a
+        chronology is read and printed apart from the summary, and must say so too.
+        """
+
     def __init__(
         self,
         *,
@@ -980,10 +987,11 @@ class ChronologyEntry(_message.Message):
         level: _builtins.str = ...,
         own: _builtins.bool = ...,
         state: _builtins.str = ...,
+        handling_conditions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "category", b"category", "currency", b"currency", "direction", b"direction", "headline", b"headline", "kind", b"kind", "level", b"level", "own", b"own", "source_agency", b"source_agency", "source_agency_type", b"source_agency_type", "source_node", b"source_node", "state", b"state", "summary_id", b"summary_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "category", b"category", "currency", b"currency", "direction", b"direction", "handling_conditions", b"handling_conditions", "headline", b"headline", "kind", b"kind", "level", b"level", "own", b"own", "source_agency", b"source_agency", "source_agency_type", b"source_agency_type", "source_node", b"source_node", "state", b"state", "summary_id", b"summary_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -335,4 +335,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP TABLE involvement;
     """,
+    # 19: chronology entries carry the handling conditions of the summary they come from;
+    # those derived before are derived again, from the inbox, at the next chronology call.
+    """
+    DELETE FROM chronology;
+    """,
 )
