@@ -188,30 +188,12 @@ async def test_handling_conditions_travel_and_are_shown_to_the_recipient_and_in_
         ]
 
         socket = str(cluster.nodes["csc"].config.api_socket)
-        code, out, err = await linkage(
-            "inbox",
-            "open",
-            received.message_id,
-            "--actor-id",
-            "csc-1",
-            "--actor-role",
-            "Social worker",
-            "--socket",
-            socket,
-        )
+        who = ("--actor-id", "csc-1", "--actor-role", "Social worker", "--socket", socket)
+        code, out, err = await linkage("inbox", "open", received.message_id, *who)
         assert code == 0, err
         assert out.splitlines()[1] == "  Handling: NO_ONWARD_SHARING, DO_NOT_DISCLOSE_TO_SUBJECT"
         # The chronology is read and printed apart from the summary: it says so too.
-        code, out, err = await linkage(
-            "chronology",
-            await _case_id(cluster, "csc"),
-            "--actor-id",
-            "csc-1",
-            "--actor-role",
-            "Social worker",
-            "--socket",
-            socket,
-        )
+        code, out, err = await linkage("chronology", await _case_id(cluster, "csc"), *who)
         assert code == 0, err
         assert out.count("  Handling: NO_ONWARD_SHARING, DO_NOT_DISCLOSE_TO_SUBJECT") == 2, out  # one per item
         flagged = "[handling: NO_ONWARD_SHARING, DO_NOT_DISCLOSE_TO_SUBJECT]"
