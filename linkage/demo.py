@@ -380,7 +380,7 @@ class Demo:
             "ageuk": (workflow_pb2.CLOSURE_ANSWER_AGREE, ""),
             "fire": (
                 workflow_pb2.CLOSURE_ANSWER_OBJECT,
-                "The smoke alarms are not fitted yet; visit booked 1 December.",
+                "The smoke alarms are not fitted yet; the visit to fit them is booked for next week.",
             ),
         }
         for node, (answer_code, reason) in answers.items():
