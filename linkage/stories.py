@@ -4,10 +4,10 @@ numbers are in the 999 test range and pass the modulus-11 check."""
 
 from __future__ import annotations
 
-from linkage.clock import SystemClock
+import datetime as dt
+
 from linkage.v1 import node_api_pb2
 from linkage.v1 import summary_pb2 as pb
-from node import dates
 
 PARENT_NHS = "9991000003"
 CHILD_NHS = "9991000011"
@@ -45,7 +45,8 @@ def date(year: int, month: int, day: int) -> pb.Date:
 def days_from_today(days: int) -> pb.Date:
     """A date relative to today, so that the stories' reviews and actions stay ahead of
     the demo and the tests whenever they run."""
-    return dates.add_days(dates.today(SystemClock().now_ms()), days)
+    d = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=days)
+    return pb.Date(year=d.year, month=d.month, day=d.day)
 
 
 def _period(start: pb.Date, end: pb.Date) -> pb.Period:
