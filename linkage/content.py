@@ -26,10 +26,13 @@ CONTENT: dict[int, str] = {
     pb.MESSAGE_KIND_INFORMATION_REQUEST: "information_request",
     pb.MESSAGE_KIND_INFORMATION_RESPONSE: "information_response",
     pb.MESSAGE_KIND_READ_NOTIFICATION: "read",
+    pb.MESSAGE_KIND_CHALLENGE: "challenge",
+    pb.MESSAGE_KIND_CHALLENGE_RESPONSE: "challenge_response",
 }
 OUTCOMES = frozenset(summary_pb2.DecisionOutcome.values()) - {summary_pb2.DECISION_OUTCOME_UNSPECIFIED}
 CLOSURE_ANSWERS = frozenset({workflow_pb2.CLOSURE_ANSWER_AGREE, workflow_pb2.CLOSURE_ANSWER_OBJECT})
 PROVIDING = frozenset({workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL})
+CHALLENGE_ANSWERS = frozenset({workflow_pb2.CHALLENGE_ANSWER_ACCEPTED, workflow_pb2.CHALLENGE_ANSWER_MAINTAINED})
 
 
 def carried_summary(body: pb.MessageBody) -> summary_pb2.RiskSummary | None:
@@ -74,6 +77,14 @@ def _problem(body: pb.MessageBody) -> str:
         if not response.HasField("summary"):
             return "information provided without its summary"
         return _summary_problem(response.summary)
+    if field == "challenge":
+        return "" if body.challenge.stage and body.challenge.concern else "the challenge has no stage or concern"
+    if field == "challenge_response":
+        answer = body.challenge_response
+        if not answer.challenge_message_id:
+            return "the challenge response names no challenge"
+        known = answer.answer in CHALLENGE_ANSWERS
+        return "" if known else f"challenge answer {answer.answer} is not one this node knows"
     return ""
 
 

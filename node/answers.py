@@ -1,12 +1,13 @@
-"""Information requests followed to their answers (domain.md §6 rule 7: every request ends
-in a decision), in the transactions that send and receive them: which agencies a request
-went to, the newest answer each gave, and how this node answered what it was asked."""
+"""Information requests and professional challenges followed to their answers (domain.md §6
+rule 7: every request ends in a decision), in the transactions that send and receive them:
+which agencies a request went to, the newest answer each gave, and how this node answered
+what it was asked."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
+from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
 from node.store import Tx
 
@@ -30,11 +31,19 @@ async def asked(
     )
 
 
-async def answered(tx: Tx, request_message_id: str, sender: str, answer: int) -> None:
-    """This node answered a request it received (again: the newest answer holds)."""
+async def answered(
+    tx: Tx,
+    request_message_id: str,
+    sender: str,
+    answer: int,
+    kind: int = envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST,
+    note: str | None = None,
+) -> None:
+    """This node answered a request or a challenge it received (again: the newest answer holds)."""
     await tx.execute(
-        "UPDATE inbox SET answer = ?, answered_at_ms = ? WHERE sender = ? AND message_id = ? AND kind = ?",
-        (answer, tx.now_ms, sender, request_message_id, envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST),
+        "UPDATE inbox SET answer = ?, answered_at_ms = ?, answer_note = ? "
+        "WHERE sender = ? AND message_id = ? AND kind = ?",
+        (answer, tx.now_ms, note, sender, request_message_id, kind),
     )
 
 
@@ -46,4 +55,35 @@ async def answer_arrived(tx: Tx, body: envelope_pb2.MessageBody, sender: str, ma
         "UPDATE info_requests_asked SET answer = ?, answered_at_ms = ?, answer_message_id = ? "
         "WHERE message_id = ? AND node_id = ? AND (answered_at_ms IS NULL OR answered_at_ms <= ?)",
         (reply.answer, made_at_ms, body.message_id, reply.request_message_id, sender, made_at_ms),
+    )
+
+
+async def challenged(tx: Tx, case_id: str, raised: workflow_pb2.Challenge, message_id: str, node_id: str) -> None:
+    """A challenge this node raised, to list with its answer (its words are sealed in the body)."""
+    await tx.execute(
+        "INSERT INTO challenges(message_id, case_id, node_id, sent_at_ms, stage, subject, about_message_id, "
+        "concern, outcome_sought, respond_by, escalates_message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message_id,
+            case_id,
+            node_id,
+            tx.now_ms,
+            raised.stage,
+            raised.subject,
+            raised.about_message_id,
+            raised.concern,
+            raised.outcome_sought,
+            dates.iso(raised.respond_by) if raised.HasField("respond_by") else "",
+            raised.escalates_message_id,
+        ),
+    )
+
+
+async def challenge_answered(tx: Tx, body: envelope_pb2.MessageBody, sender: str, made_at_ms: int) -> None:
+    """The challenged agency answered a challenge of this node's; the answer it made last holds."""
+    reply = body.challenge_response
+    await tx.execute(
+        "UPDATE challenges SET answer = ?, answered_at_ms = ?, response = ? "
+        "WHERE message_id = ? AND node_id = ? AND (answered_at_ms IS NULL OR answered_at_ms <= ?)",
+        (reply.answer, made_at_ms, reply.response, reply.challenge_message_id, sender, made_at_ms),
     )

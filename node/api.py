@@ -14,6 +14,7 @@ from linkage.reasons import Rejected
 from linkage.tokens import TOKEN_LEN
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
 from node.cases import Cases
+from node.challenges import Challenges
 from node.errors import ApiError, invalid
 from node.inbox import Inbox
 from node.outbox import Outbox
@@ -74,6 +75,7 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
         self.cases = cases
         self.sharing = sharing
         self.requests = requests
+        self.challenges = Challenges(requests.ctx, requests)
         self.inbox = inbox
         self.outbox = outbox
         self.feed = feed
@@ -204,6 +206,19 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
         self, request: node_api_pb2.CaseRequest, context: Context
     ) -> node_api_pb2.InformationRequests:
         return await _answer(context, request.actor, lambda: self.requests.list_requests(request))
+
+    async def RaiseChallenge(
+        self, request: node_api_pb2.RaiseChallengeRequest, context: Context
+    ) -> node_api_pb2.MessageSent:
+        return await _answer(context, request.actor, lambda: self.challenges.raise_challenge(request))
+
+    async def RespondToChallenge(
+        self, request: node_api_pb2.ChallengeReplyRequest, context: Context
+    ) -> node_api_pb2.MessageSent:
+        return await _answer(context, request.actor, lambda: self.challenges.respond(request))
+
+    async def ListChallenges(self, request: node_api_pb2.CaseRequest, context: Context) -> node_api_pb2.Challenges:
+        return await _answer(context, request.actor, lambda: self.challenges.list_challenges(request))
 
     # -- inbox -------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """What a received message changes at the recipient, in the same transaction as
 its inbox row: newer versions supersede older ones, withdrawals withdraw,
 involvement notices are recorded, closure replies, answers to information requests
-and read notifications update what this node sent."""
+and challenges, and read notifications update what this node sent."""
 
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
         )
     if kind == pb.MESSAGE_KIND_INFORMATION_RESPONSE:  # provided (carrying a summary) or declined
         await answers.answer_arrived(tx, body, sender, made_at)
+    elif kind == pb.MESSAGE_KIND_CHALLENGE_RESPONSE:
+        await answers.challenge_answered(tx, body, sender, made_at)
 
 
 async def _take_its_place(tx: Tx, seq: int, sender: str, summary_id: str, message_id: str) -> None:

@@ -29,7 +29,7 @@ class Requests:
         self.cases = cases
         self.sharing = sharing
 
-    async def _received(
+    async def received(
         self, message_id: str, kinds: tuple[int, ...]
     ) -> tuple[str, envelope_pb2.MessageBody, list[bytes]]:
         marks = ",".join("?" * len(kinds))
@@ -47,7 +47,7 @@ class Requests:
         ]
         return row[1], body, tokens
 
-    async def _send(
+    async def send(
         self,
         actor: summary_pb2.Practitioner,
         to: list[str],
@@ -59,6 +59,7 @@ class Requests:
         rationale: str = "",
         decision: str = "",
         record: Record | None = None,
+        detail: dict[str, object] | None = None,
     ) -> node_api_pb2.MessageSent:
         """Seal `write`'s content to each of `to`, queue it and audit `event`, in one transaction
         (with what `record` writes of it)."""
@@ -73,7 +74,7 @@ class Requests:
                 message_id=in_reply_to,
                 counterpart=",".join(to),
                 decision=decision,
-                detail={"thread": thread},
+                detail={"thread": thread, **(detail or {})},
             )
             statuses = await self.ctx.messenger.queue(tx, sealed, thread, actor)
             if record is not None:
@@ -81,7 +82,18 @@ class Requests:
         await self.ctx.changed()
         return node_api_pb2.MessageSent(recipients=statuses)
 
-    def _named(self, nodes: Sequence[str]) -> list[str]:
+    async def nameable(self, case_id: str, what: str) -> list[bytes]:
+        """The link tokens of an open case's people that a message to other agencies may name."""
+        await self.cases.open_case_row(case_id)
+        tokens = [p.link_token for p in await self.cases.people(case_id) if not p.protect_identity]
+        if not tokens:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"everyone in this case is identity-protected, so {what} could name nobody to the other agencies",
+            )
+        return tokens
+
+    def named(self, nodes: Sequence[str]) -> list[str]:
         """The agencies a caller names, each once: all in the directory, none this node."""
         directory = self.ctx.directory()
         named = sorted(set(nodes))
@@ -95,9 +107,9 @@ class Requests:
         if not request.question.strip():
             raise invalid("question is empty: say what needs clarifying")
         check_notes(question=request.question)
-        sender, _, tokens = await self._received(request.about_message_id, CARRIES_SUMMARY)
+        sender, _, tokens = await self.received(request.about_message_id, CARRIES_SUMMARY)
         ask = workflow_pb2.ClarificationRequest(about_message_id=request.about_message_id, question=request.question)
-        return await self._send(
+        return await self.send(
             request.actor,
             [sender],
             envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,
@@ -111,11 +123,11 @@ class Requests:
         if not request.answer.strip():
             raise invalid("answer is empty")
         check_notes(answer=request.answer)
-        sender, _, tokens = await self._received(
+        sender, _, tokens = await self.received(
             request.request_message_id, (envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,)
         )
         reply = workflow_pb2.ClarificationResponse(request_message_id=request.request_message_id, answer=request.answer)
-        return await self._send(
+        return await self.send(
             request.actor,
             [sender],
             envelope_pb2.MESSAGE_KIND_CLARIFICATION_RESPONSE,
@@ -132,15 +144,9 @@ class Requests:
         if problems := [f.message for f in basis_rules(request.lawful_basis, self.ctx.policy.codes)]:
             raise invalid(f"an information request needs the lawful basis it relies on: {' '.join(problems)}")
         if request.HasField("needed_by"):
-            self._check_needed_by(request.needed_by)
-        await self.cases.open_case_row(request.case_id)
-        tokens = [p.link_token for p in await self.cases.people(request.case_id) if not p.protect_identity]
-        if not tokens:
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "everyone in this case is identity-protected, so a request could name nobody to the other agencies",
-            )
-        to = self._named(request.to_nodes) or await self.ctx.resolve(tokens)
+            check_ahead("needed_by", request.needed_by, self.ctx.clock.now_ms())
+        tokens = await self.nameable(request.case_id, "a request")
+        to = self.named(request.to_nodes) or await self.ctx.resolve(tokens)
         if not to:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "no other agency is linked to this family yet")
         needed_by = request.needed_by if request.HasField("needed_by") else None
@@ -155,7 +161,7 @@ class Requests:
         async def record(tx: Tx, thread: str, statuses: list[node_api_pb2.DeliveryStatus]) -> None:
             await answers.asked(tx, thread, request.case_id, needed_by, request.purpose, statuses)
 
-        return await self._send(
+        return await self.send(
             request.actor,
             sorted(to),
             envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST,
@@ -167,19 +173,13 @@ class Requests:
             record=record,
         )
 
-    def _check_needed_by(self, needed_by: summary_pb2.Date) -> None:
-        if not dates.valid(needed_by):
-            raise invalid("needed_by must be a date on the calendar (year, month, day), or left out")
-        if dates.iso(needed_by) < dates.iso(dates.today(self.ctx.clock.now_ms())):
-            raise invalid(f"needed_by {dates.iso(needed_by)} has passed: give a date from today on, or leave it out")
-
     async def respond_to_information_request(
         self, request: node_api_pb2.InformationReplyRequest
     ) -> node_api_pb2.MessageSent:
         if not request.decision.rationale.strip():
             raise invalid("record the reasons for the answer: a decision to provide or to decline needs them")
         check_notes(**{"decision.rationale": request.decision.rationale})
-        sender, _, tokens = await self._received(
+        sender, _, tokens = await self.received(
             request.request_message_id, (envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST,)
         )
         if request.answer == workflow_pb2.INFORMATION_ANSWER_DECLINED:
@@ -191,7 +191,7 @@ class Requests:
             decline = workflow_pb2.InformationResponse(
                 request_message_id=request.request_message_id, answer=request.answer, decision=decision
             )
-            return await self._send(
+            return await self.send(
                 request.actor,
                 [sender],
                 envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE,
@@ -223,10 +223,7 @@ class Requests:
     async def list_requests(self, request: node_api_pb2.CaseRequest) -> node_api_pb2.InformationRequests:
         """The requests about a case's family, each to its answer; the view is audited, as a
         chronology's is: it gathers what agencies asked about these people."""
-        if await self.ctx.store.fetchone("SELECT 1 FROM cases WHERE case_id = ?", (request.case_id,)) is None:
-            raise not_found(f"no case {request.case_id!r} at this node")
-        tokens = [p.link_token for p in await self.cases.people(request.case_id)]
-        today = dates.iso(dates.today(self.ctx.clock.now_ms()))
+        tokens, today = await self.case_view(request.case_id)
         listed = node_api_pb2.InformationRequests(
             sent=await self._sent_requests(request.case_id, today),
             received=await self._received_requests(tokens, today) if tokens else [],
@@ -239,6 +236,14 @@ class Requests:
                 detail={"case_id": request.case_id, "sent": len(listed.sent), "received": len(listed.received)},
             )
         return listed
+
+    async def case_view(self, case_id: str) -> tuple[list[bytes], str]:
+        """For a listing of what passed about a case's family: its people's tokens (protected
+        or not, open or closed), and today's date to say what is overdue."""
+        if await self.ctx.store.fetchone("SELECT 1 FROM cases WHERE case_id = ?", (case_id,)) is None:
+            raise not_found(f"no case {case_id!r} at this node")
+        tokens = [p.link_token for p in await self.cases.people(case_id)]
+        return tokens, dates.iso(dates.today(self.ctx.clock.now_ms()))
 
     async def _sent_requests(self, case_id: str, today: str) -> list[node_api_pb2.SentInformationRequest]:
         requests = {
@@ -306,6 +311,14 @@ class Requests:
             item.overdue = not answer and _passed(item, today)
             received.append(item)
         return received
+
+
+def check_ahead(field: str, date: summary_pb2.Date, now_ms: int) -> None:
+    """A date a reply is wanted by: on the calendar, and not yet past."""
+    if not dates.valid(date):
+        raise invalid(f"{field} must be a date on the calendar (year, month, day), or left out")
+    if dates.iso(date) < dates.iso(dates.today(now_ms)):
+        raise invalid(f"{field} {dates.iso(date)} has passed: give a date from today on, or leave it out")
 
 
 def _passed(request: node_api_pb2.SentInformationRequest | node_api_pb2.ReceivedInformationRequest, today: str) -> bool:

@@ -67,6 +67,10 @@ PURGES: dict[str, tuple[str, tuple[str, ...]]] = {
             "DELETE FROM info_requests WHERE request_id IN ({})",
         ),
     ),
+    "challenges": (  # professional challenges raised, with their answers
+        "SELECT message_id FROM challenges WHERE sent_at_ms < ? ORDER BY sent_at_ms LIMIT ?",
+        ("DELETE FROM challenges WHERE message_id IN ({})",),
+    ),
 }
 
 

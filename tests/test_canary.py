@@ -118,6 +118,9 @@ async def test_no_canary_in_any_log_or_gateway_file(federation: LocalFederation)
                 assert secret.encode() not in data, f"{secret} in {path}"
 
 
+NOTHING = {"received": 0, "sent_bodies": 0, "requests": 0, "challenges": 0}
+
+
 async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> None:
     clock = ManualClock()
     store = await Store.open(tmp_path / "s.sqlite", clock)
@@ -129,10 +132,10 @@ async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> N
                 (tx.now_ms,),
             )
             await tx.audit("message.received")
-        assert await retention.purge(store, clock, keep_days=40) == {"received": 0, "sent_bodies": 0, "requests": 0}
+        assert await retention.purge(store, clock, keep_days=40) == NOTHING
         clock.advance(35 * DAY_MS)  # past the replay window, inside 40 days: kept
-        assert await retention.purge(store, clock, keep_days=40) == {"received": 0, "sent_bodies": 0, "requests": 0}
-        assert await retention.purge(store, clock, keep_days=1) == {"received": 1, "sent_bodies": 0, "requests": 0}
+        assert await retention.purge(store, clock, keep_days=40) == NOTHING
+        assert await retention.purge(store, clock, keep_days=1) == {**NOTHING, "received": 1}
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox"))[0] == 0
         events = [r[0] for r in await store.fetchall("SELECT event FROM audit ORDER BY seq")]
         assert events == ["message.received", "retention.purged"]  # the audit log itself is kept
@@ -167,6 +170,9 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
                 await answers.asked(
                     tx, f"r-{n}", "c", None, "A purpose", [DeliveryStatus(node_id="csc", message_id=f"q-{n}")]
                 )
+            for n in range(2):  # challenges raised
+                raised = workflow_pb2.Challenge(stage="PRACTITIONER", subject="OTHER", concern="c", outcome_sought="o")
+                await answers.challenged(tx, "c", raised, f"ch-{n}", "csc")
             for n, state in enumerate(["delivered"] * 4 + ["undeliverable", "sent"]):
                 await add_to_outbox(tx, f"out-{n}", "s", "csc", b"\x01\x02", b"\x00")
                 await tx.execute("UPDATE outbox SET state = ? WHERE message_id = ?", (state, f"out-{n}"))
@@ -178,14 +184,14 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
                 (tx.now_ms,),
             )
 
-        purged_counts = {"received": 7, "sent_bodies": 5, "requests": 4}
+        purged_counts = {"received": 7, "sent_bodies": 5, "requests": 4, "challenges": 2}
         assert await retention.purge(store, clock, keep_days=31, chunk=3) == purged_counts
 
         assert [r[0] for r in await store.fetchall("SELECT message_id FROM inbox")] == ["recent"]
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox_tokens"))[0] == 0
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox_bodies"))[0] == 0
         assert (await store.fetchone("SELECT COUNT(*) FROM chronology"))[0] == 0
-        for table in ("info_requests", "info_requests_asked"):
+        for table in ("info_requests", "info_requests_asked", "challenges"):
             assert (await store.fetchone(f"SELECT COUNT(*) FROM {table}"))[0] == 0
         kept = await store.fetchall(
             "SELECT message_id FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.body_kept"
@@ -196,10 +202,6 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
             for r in await store.fetchall("SELECT entry FROM audit WHERE event = ?", ("retention.purged",))
         ]
         assert [(d["received"], d["sent_bodies"]) for d in purged] == [(3, 3), (3, 2), (1, 0)]
-        assert await retention.purge(store, clock, keep_days=31, chunk=3) == {
-            "received": 0,
-            "sent_bodies": 0,
-            "requests": 0,
-        }
+        assert await retention.purge(store, clock, keep_days=31, chunk=3) == NOTHING
     finally:
         await store.close()

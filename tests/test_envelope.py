@@ -227,6 +227,25 @@ INFORMATION = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE
             _information(workflow_pb2.INFORMATION_ANSWER_PARTIAL, _unknown_outcome()),
             "decision outcome 42",
         ),
+        (
+            envelope_pb2.MESSAGE_KIND_CHALLENGE,
+            lambda body: body.challenge.CopyFrom(workflow_pb2.Challenge(stage="PRACTITIONER")),
+            "the challenge has no stage or concern",
+        ),
+        (
+            envelope_pb2.MESSAGE_KIND_CHALLENGE_RESPONSE,
+            lambda body: body.challenge_response.CopyFrom(
+                workflow_pb2.ChallengeResponse(answer=workflow_pb2.CHALLENGE_ANSWER_ACCEPTED)
+            ),
+            "names no challenge",
+        ),
+        (
+            envelope_pb2.MESSAGE_KIND_CHALLENGE_RESPONSE,
+            lambda body: body.challenge_response.CopyFrom(
+                workflow_pb2.ChallengeResponse(challenge_message_id="m", answer=3)  # type: ignore[arg-type]
+            ),
+            "challenge answer 3 is not one this node knows",
+        ),
     ],
 )
 def test_a_message_its_recipient_cannot_act_on_is_refused_as_malformed(

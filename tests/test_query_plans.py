@@ -15,15 +15,16 @@ import pytest
 
 from linkage import stories
 from linkage.v1 import envelope_pb2 as env
-from linkage.v1 import node_api_pb2
+from linkage.v1 import node_api_pb2, workflow_pb2
 from node import retention
 from tests.harness import PRACTITIONER, LocalFederation, next_item, running
+from tests.test_challenges import challenge
 from tests.test_workflows import CSC_WORKER, decline, s47_request, share
 
 # Tables with a row (or several) per message, case or assessment.
 GROWING = (
     *("inbox", "inbox_tokens", "outbox", "assessments", "shares", "closures", "chronology", "case_people", "cases"),
-    *("info_requests", "info_requests_asked"),
+    *("info_requests", "info_requests_asked", "challenges"),
 )
 SCAN = re.compile(rf"^SCAN ({'|'.join(GROWING)})\b")
 # A search bounded on one side only (`sender = ? AND message_id < ?`) reads every row
@@ -127,6 +128,21 @@ async def test_casework_reads_by_index(federation: LocalFederation, statements: 
         await cluster.api("amh").ListInformationRequests(
             node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=amh.case_id)
         )
+        raised = await challenge(cluster, case_id=csc.case_id, about_message_id=item.message_id)
+        escalates = raised.recipients[0].message_id
+        await challenge(cluster, case_id=csc.case_id, stage="LINE_MANAGER", escalates_message_id=escalates)
+        challenged = await next_item(cluster, "amh", env.MESSAGE_KIND_CHALLENGE)
+        await cluster.api("amh").RespondToChallenge(
+            node_api_pb2.ChallengeReplyRequest(
+                actor=PRACTITIONER,
+                challenge_message_id=challenged.message_id,
+                answer=workflow_pb2.CHALLENGE_ANSWER_MAINTAINED,
+                response="It holds.",
+            )
+        )
+        await next_item(cluster, "csc", env.MESSAGE_KIND_CHALLENGE_RESPONSE)
+        for api, case_id in ((csc_api, csc.case_id), (cluster.api("amh"), amh.case_id)):
+            await api.ListChallenges(node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=case_id))
         await share(cluster, recorded.assessment_id, env.MESSAGE_KIND_CORRECTION)
         await cluster.api("amh").WithdrawSummary(
             node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=item.summary.summary_id, reason="Error.")

@@ -13,7 +13,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from linkage.cli import asking
+from linkage.cli import asking, challenging
 from linkage.cli.api_client import (
     actor,
     add_connection_arguments,
@@ -338,6 +338,8 @@ def _gist(body: envelope_pb2.MessageBody, most: int = 100) -> str:
             said = asking.answer_word(body.information_response.answer)
         case "read":
             said = f"opened by their {body.read.reader_role}"
+        case "challenge" | "challenge_response":
+            said = challenging.gist(body)
         case _:
             return ""
     line = " ".join(said.split())
@@ -421,6 +423,8 @@ def _print_content(body: envelope_pb2.MessageBody) -> None:
             _print_summary(a.summary)
         case "read":
             print(f"  Item {body.read.read_message_id} was opened by {body.read.reader_role}")
+        case "challenge" | "challenge_response":
+            challenging.print_content(body)
 
 
 def _print_summary(summary: summary_pb2.RiskSummary) -> None:
@@ -493,6 +497,7 @@ def register_casework(commands: argparse._SubParsersAction) -> None:  # type: ig
     )
     p.set_defaults(handler=case_record)
     asking.register_case(sub)
+    challenging.register_case(sub)
     p = sub.add_parser("propose-closure", help="alert every co-involved agency before closing")
     add_connection_arguments(p)
     p.add_argument("case_id")
@@ -542,6 +547,7 @@ def register_casework(commands: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument("--silent-reason", default="", help="why the sender should not be told (audited)")
     p.set_defaults(handler=inbox_open)
     asking.register_inbox(sub)
+    challenging.register_inbox(sub)
 
     p = commands.add_parser("chronology", help="a family's chronology: own and received assessments in order")
     add_connection_arguments(p)

@@ -862,6 +862,189 @@ class ReceivedInformationRequest(_message.Message):
 Global___ReceivedInformationRequest: _TypeAlias = ReceivedInformationRequest  # noqa: Y015
 
 @_typing.final
+class RaiseChallengeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ABOUT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONCERN_FIELD_NUMBER: _builtins.int
+    OUTCOME_SOUGHT_FIELD_NUMBER: _builtins.int
+    RESPOND_BY_FIELD_NUMBER: _builtins.int
+    ESCALATES_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    to_node: _builtins.str
+    """the agency challenged"""
+    stage: _builtins.str
+    """escalation_stage code"""
+    subject: _builtins.str
+    """challenge_subject code"""
+    about_message_id: _builtins.str
+    """optional: an item received from, or sent to, that agency"""
+    concern: _builtins.str
+    outcome_sought: _builtins.str
+    escalates_message_id: _builtins.str
+    """raising an earlier challenge of this node's to a later stage"""
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    @_builtins.property
+    def respond_by(self) -> _summary_pb2.Date:
+        """optional"""
+
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        case_id: _builtins.str = ...,
+        to_node: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        about_message_id: _builtins.str = ...,
+        concern: _builtins.str = ...,
+        outcome_sought: _builtins.str = ...,
+        respond_by: _summary_pb2.Date | None = ...,
+        escalates_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "respond_by", b"respond_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["about_message_id", b"about_message_id", "actor", b"actor", "case_id", b"case_id", "concern", b"concern", "escalates_message_id", b"escalates_message_id", "outcome_sought", b"outcome_sought", "respond_by", b"respond_by", "stage", b"stage", "subject", b"subject", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RaiseChallengeRequest: _TypeAlias = RaiseChallengeRequest  # noqa: Y015
+
+@_typing.final
+class ChallengeReplyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CHALLENGE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    challenge_message_id: _builtins.str
+    answer: _workflow_pb2.ChallengeAnswer.ValueType
+    response: _builtins.str
+    """required: what will change, or why the decision stands"""
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        challenge_message_id: _builtins.str = ...,
+        answer: _workflow_pb2.ChallengeAnswer.ValueType = ...,
+        response: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "challenge_message_id", b"challenge_message_id", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChallengeReplyRequest: _TypeAlias = ChallengeReplyRequest  # noqa: Y015
+
+@_typing.final
+class Challenges(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RAISED_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def raised(self) -> _containers.RepeatedCompositeFieldContainer[Global___ListedChallenge]: ...
+    @_builtins.property
+    def received(self) -> _containers.RepeatedCompositeFieldContainer[Global___ListedChallenge]: ...
+    def __init__(
+        self,
+        *,
+        raised: _abc.Iterable[Global___ListedChallenge] | None = ...,
+        received: _abc.Iterable[Global___ListedChallenge] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["raised", b"raised", "received", b"received"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Challenges: _TypeAlias = Challenges  # noqa: Y015
+
+@_typing.final
+class ListedChallenge(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    AGENCY_NAME_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ABOUT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONCERN_FIELD_NUMBER: _builtins.int
+    OUTCOME_SOUGHT_FIELD_NUMBER: _builtins.int
+    RESPOND_BY_FIELD_NUMBER: _builtins.int
+    ESCALATES_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    ANSWERED_AT_MS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ESCALATED_BY_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    node_id: _builtins.str
+    """the other agency: challenged (raised) or challenging (received)"""
+    agency_name: _builtins.str
+    at_ms: _builtins.int
+    """raised, or received"""
+    stage: _builtins.str
+    subject: _builtins.str
+    about_message_id: _builtins.str
+    concern: _builtins.str
+    outcome_sought: _builtins.str
+    escalates_message_id: _builtins.str
+    delivery: _builtins.str
+    """raised: queued | sent | delivered | undeliverable"""
+    answer: _workflow_pb2.ChallengeAnswer.ValueType
+    """UNSPECIFIED: no answer yet"""
+    answered_at_ms: _builtins.int
+    response: _builtins.str
+    escalated_by: _builtins.str
+    """the later-stage challenge that raised this one again"""
+    overdue: _builtins.bool
+    """respond_by has passed without an answer"""
+    @_builtins.property
+    def respond_by(self) -> _summary_pb2.Date: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        agency_name: _builtins.str = ...,
+        at_ms: _builtins.int = ...,
+        stage: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        about_message_id: _builtins.str = ...,
+        concern: _builtins.str = ...,
+        outcome_sought: _builtins.str = ...,
+        respond_by: _summary_pb2.Date | None = ...,
+        escalates_message_id: _builtins.str = ...,
+        delivery: _builtins.str = ...,
+        answer: _workflow_pb2.ChallengeAnswer.ValueType = ...,
+        answered_at_ms: _builtins.int = ...,
+        response: _builtins.str = ...,
+        escalated_by: _builtins.str = ...,
+        overdue: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["respond_by", b"respond_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["about_message_id", b"about_message_id", "agency_name", b"agency_name", "answer", b"answer", "answered_at_ms", b"answered_at_ms", "at_ms", b"at_ms", "concern", b"concern", "delivery", b"delivery", "escalated_by", b"escalated_by", "escalates_message_id", b"escalates_message_id", "message_id", b"message_id", "node_id", b"node_id", "outcome_sought", b"outcome_sought", "overdue", b"overdue", "respond_by", b"respond_by", "response", b"response", "stage", b"stage", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListedChallenge: _TypeAlias = ListedChallenge  # noqa: Y015
+
+@_typing.final
 class MessageSent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

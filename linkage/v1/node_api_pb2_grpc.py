@@ -136,6 +136,21 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.InformationRequests.FromString,
                 _registered_method=True)
+        self.RaiseChallenge = channel.unary_unary(
+                '/linkage.v1.NodeApi/RaiseChallenge',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.RaiseChallengeRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+                _registered_method=True)
+        self.RespondToChallenge = channel.unary_unary(
+                '/linkage.v1.NodeApi/RespondToChallenge',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.ChallengeReplyRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+                _registered_method=True)
+        self.ListChallenges = channel.unary_unary(
+                '/linkage.v1.NodeApi/ListChallenges',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.Challenges.FromString,
+                _registered_method=True)
         self.OpenReceived = channel.unary_unary(
                 '/linkage.v1.NodeApi/OpenReceived',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.OpenReceivedRequest.SerializeToString,
@@ -302,6 +317,29 @@ class NodeApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RaiseChallenge(self, request, context):
+        """A professional challenge to another agency about a case's family (domain.md §3.8), at a
+        stage of the local escalation policy, and the challenged agency's answer: accepted, or
+        maintained with its reasons; a challenge not resolved is raised at a later stage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RespondToChallenge(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChallenges(self, request, context):
+        """The challenges about a case's family that this node raised and received, each with its
+        answer, and overdue when respond_by has passed without one. Newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def OpenReceived(self, request, context):
         """Open a received item: the sender is told when and by which role, unless
         the reader records a justified silent read (audited).
@@ -435,6 +473,21 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.ListInformationRequests,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.InformationRequests.SerializeToString,
+            ),
+            'RaiseChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.RaiseChallenge,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.RaiseChallengeRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.SerializeToString,
+            ),
+            'RespondToChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.RespondToChallenge,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.ChallengeReplyRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.MessageSent.SerializeToString,
+            ),
+            'ListChallenges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChallenges,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.Challenges.SerializeToString,
             ),
             'OpenReceived': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenReceived,
@@ -999,6 +1052,87 @@ class NodeApi:
             '/linkage.v1.NodeApi/ListInformationRequests',
             linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.InformationRequests.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RaiseChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/RaiseChallenge',
+            linkage_dot_v1_dot_node__api__pb2.RaiseChallengeRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RespondToChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/RespondToChallenge',
+            linkage_dot_v1_dot_node__api__pb2.ChallengeReplyRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.MessageSent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChallenges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/ListChallenges',
+            linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.Challenges.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,16 @@ class NodeApiStub:
     sent (each agency asked, its newest answer, overdue when needed_by has passed without
     one) and those it received (how it answered). Newest first.
     """
+    RaiseChallenge: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.RaiseChallengeRequest, _node_api_pb2.MessageSent]
+    """A professional challenge to another agency about a case's family (domain.md §3.8), at a
+    stage of the local escalation policy, and the challenged agency's answer: accepted, or
+    maintained with its reasons; a challenge not resolved is raised at a later stage.
+    """
+    RespondToChallenge: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ChallengeReplyRequest, _node_api_pb2.MessageSent]
+    ListChallenges: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.Challenges]
+    """The challenges about a case's family that this node raised and received, each with its
+    answer, and overdue when respond_by has passed without one. Newest first.
+    """
     OpenReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]
     """Open a received item: the sender is told when and by which role, unless
     the reader records a justified silent read (audited).
@@ -146,6 +156,16 @@ class NodeApiAsyncStub(NodeApiStub):
     """The information requests about a case's family, each to its answer: those this node
     sent (each agency asked, its newest answer, overdue when needed_by has passed without
     one) and those it received (how it answered). Newest first.
+    """
+    RaiseChallenge: _aio.UnaryUnaryMultiCallable[_node_api_pb2.RaiseChallengeRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
+    """A professional challenge to another agency about a case's family (domain.md §3.8), at a
+    stage of the local escalation policy, and the challenged agency's answer: accepted, or
+    maintained with its reasons; a challenge not resolved is raised at a later stage.
+    """
+    RespondToChallenge: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ChallengeReplyRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
+    ListChallenges: _aio.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.Challenges]  # type: ignore[assignment]
+    """The challenges about a case's family that this node raised and received, each with its
+    answer, and overdue when respond_by has passed without one. Newest first.
     """
     OpenReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
     """Open a received item: the sender is told when and by which role, unless
@@ -330,6 +350,34 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         """The information requests about a case's family, each to its answer: those this node
         sent (each agency asked, its newest answer, overdue when needed_by has passed without
         one) and those it received (how it answered). Newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def RaiseChallenge(
+        self,
+        request: _node_api_pb2.RaiseChallengeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.MessageSent, _abc.Awaitable[_node_api_pb2.MessageSent]]:
+        """A professional challenge to another agency about a case's family (domain.md §3.8), at a
+        stage of the local escalation policy, and the challenged agency's answer: accepted, or
+        maintained with its reasons; a challenge not resolved is raised at a later stage.
+        """
+
+    @_abc_1.abstractmethod
+    def RespondToChallenge(
+        self,
+        request: _node_api_pb2.ChallengeReplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.MessageSent, _abc.Awaitable[_node_api_pb2.MessageSent]]: ...
+
+    @_abc_1.abstractmethod
+    def ListChallenges(
+        self,
+        request: _node_api_pb2.CaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.Challenges, _abc.Awaitable[_node_api_pb2.Challenges]]:
+        """The challenges about a case's family that this node raised and received, each with its
+        answer, and overdue when respond_by has passed without one. Newest first.
         """
 
     @_abc_1.abstractmethod

@@ -56,6 +56,27 @@ INFORMATION_ANSWER_PARTIAL: InformationAnswer.ValueType  # 2
 INFORMATION_ANSWER_DECLINED: InformationAnswer.ValueType  # 3
 Global___InformationAnswer: _TypeAlias = InformationAnswer  # noqa: Y015
 
+class _ChallengeAnswer:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChallengeAnswerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChallengeAnswer.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHALLENGE_ANSWER_UNSPECIFIED: _ChallengeAnswer.ValueType  # 0
+    CHALLENGE_ANSWER_ACCEPTED: _ChallengeAnswer.ValueType  # 1
+    """the challenged agency changes course"""
+    CHALLENGE_ANSWER_MAINTAINED: _ChallengeAnswer.ValueType  # 2
+    """it stands by its decision, and says why"""
+
+class ChallengeAnswer(_ChallengeAnswer, metaclass=_ChallengeAnswerEnumTypeWrapper): ...
+
+CHALLENGE_ANSWER_UNSPECIFIED: ChallengeAnswer.ValueType  # 0
+CHALLENGE_ANSWER_ACCEPTED: ChallengeAnswer.ValueType  # 1
+"""the challenged agency changes course"""
+CHALLENGE_ANSWER_MAINTAINED: ChallengeAnswer.ValueType  # 2
+"""it stands by its decision, and says why"""
+Global___ChallengeAnswer: _TypeAlias = ChallengeAnswer  # noqa: Y015
+
 @_typing.final
 class InvolvementNotice(_message.Message):
     """Casework messages between agencies (design.md §7), each sealed and signed like
@@ -350,3 +371,83 @@ class ReadNotification(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadNotification: _TypeAlias = ReadNotification  # noqa: Y015
+
+@_typing.final
+class Challenge(_message.Message):
+    """A professional challenge (domain.md §3.8 ESCALATION; the seeds' "local resolution and
+    escalation policy"): one agency disagrees with another's decision or assessment about a
+    family and says so, at a stage of the local policy. Not resolved, it is raised again at a
+    later stage, naming the one before.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ABOUT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONCERN_FIELD_NUMBER: _builtins.int
+    OUTCOME_SOUGHT_FIELD_NUMBER: _builtins.int
+    RESPOND_BY_FIELD_NUMBER: _builtins.int
+    ESCALATES_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    LINK_TOKENS_FIELD_NUMBER: _builtins.int
+    stage: _builtins.str
+    """escalation_stage code"""
+    subject: _builtins.str
+    """challenge_subject code: what kind of decision is disputed"""
+    about_message_id: _builtins.str
+    """the item it is about, when there is one"""
+    concern: _builtins.str
+    """what is disputed, and why"""
+    outcome_sought: _builtins.str
+    escalates_message_id: _builtins.str
+    """the challenge at the stage before, not resolved"""
+    @_builtins.property
+    def respond_by(self) -> _summary_pb2.Date:
+        """unset: the local policy's timescale"""
+
+    @_builtins.property
+    def link_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        stage: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        about_message_id: _builtins.str = ...,
+        concern: _builtins.str = ...,
+        outcome_sought: _builtins.str = ...,
+        respond_by: _summary_pb2.Date | None = ...,
+        escalates_message_id: _builtins.str = ...,
+        link_tokens: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["respond_by", b"respond_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["about_message_id", b"about_message_id", "concern", b"concern", "escalates_message_id", b"escalates_message_id", "link_tokens", b"link_tokens", "outcome_sought", b"outcome_sought", "respond_by", b"respond_by", "stage", b"stage", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Challenge: _TypeAlias = Challenge  # noqa: Y015
+
+@_typing.final
+class ChallengeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHALLENGE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    challenge_message_id: _builtins.str
+    answer: Global___ChallengeAnswer.ValueType
+    response: _builtins.str
+    def __init__(
+        self,
+        *,
+        challenge_message_id: _builtins.str = ...,
+        answer: Global___ChallengeAnswer.ValueType = ...,
+        response: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "challenge_message_id", b"challenge_message_id", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChallengeResponse: _TypeAlias = ChallengeResponse  # noqa: Y015

@@ -340,4 +340,29 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DELETE FROM chronology;
     """,
+    # 20: professional challenges this node raised, each to its answer (their words are in
+    # sealed bodies, so kept here to list); on one it received, its answer's words beside the
+    # inbox row's answer. Retention purges a challenge with the received summaries.
+    """
+    CREATE TABLE challenges(
+      message_id TEXT PRIMARY KEY,
+      case_id TEXT NOT NULL,
+      node_id TEXT NOT NULL,
+      sent_at_ms INTEGER NOT NULL,
+      stage TEXT NOT NULL,
+      subject TEXT NOT NULL,
+      about_message_id TEXT NOT NULL,
+      concern TEXT NOT NULL,
+      outcome_sought TEXT NOT NULL,
+      respond_by TEXT NOT NULL,
+      escalates_message_id TEXT NOT NULL,
+      answer INTEGER NOT NULL DEFAULT 0,
+      answered_at_ms INTEGER,
+      response TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX challenges_by_case ON challenges(case_id, sent_at_ms);
+    CREATE INDEX challenges_by_age ON challenges(sent_at_ms);
+    CREATE INDEX challenges_by_escalated ON challenges(escalates_message_id);
+    ALTER TABLE inbox ADD COLUMN answer_note TEXT;
+    """,
 )
