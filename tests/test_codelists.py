@@ -21,9 +21,12 @@ def test_packaged_lists_cover_the_domain_reference() -> None:
         ("override_ground", "RISK_TO_OTHERS"),
         ("forum", "MARAC"),
         ("risk_scale", "DASH_RIC"),
+        ("challenge_subject", "IDENTITY_MATCH"),  # a recipient disputes a wrong link (mission anchors §8, 11)
     ]:
         assert codes.has(name, code), (name, code)
     assert "HOARDING" in codes.entry("risk_category", "SELF_NEGLECT")["sub"]
+    stages = ["PRACTITIONER", "LINE_MANAGER", "SENIOR_MANAGER", "SAFEGUARDING_PARTNERSHIP"]
+    assert sorted(codes.codes("escalation_stage"), key=lambda c: codes.entry("escalation_stage", c)["rank"]) == stages
 
 
 def test_a_federation_extends_the_lists_with_its_own_file(tmp_path: Path) -> None:
