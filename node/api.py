@@ -15,6 +15,7 @@ from linkage.tokens import TOKEN_LEN
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
 from node.cases import Cases
 from node.challenges import Challenges
+from node.due import Due
 from node.errors import ApiError, invalid
 from node.inbox import Inbox
 from node.outbox import Outbox
@@ -76,6 +77,7 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
         self.sharing = sharing
         self.requests = requests
         self.challenges = Challenges(requests.ctx, requests)
+        self.due = Due(requests.ctx)
         self.inbox = inbox
         self.outbox = outbox
         self.feed = feed
@@ -219,6 +221,9 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
 
     async def ListChallenges(self, request: node_api_pb2.CaseRequest, context: Context) -> node_api_pb2.Challenges:
         return await _answer(context, request.actor, lambda: self.challenges.list_challenges(request))
+
+    async def ListDue(self, request: node_api_pb2.DueRequest, context: Context) -> node_api_pb2.DueItems:
+        return await _answer(context, request.actor, lambda: self.due.list_due(request))
 
     # -- inbox -------------------------------------------------------------------
 

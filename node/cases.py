@@ -14,7 +14,7 @@ from linkage.content import CLOSURE_ANSWERS
 from linkage.ids import uuid7
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, TOKEN_LEN, IdentifierError
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
-from node import dates
+from node import answers, dates
 from node.backoff import backoff_ms
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
@@ -528,6 +528,9 @@ class Cases:
                 detail={"closure_id": closure_id},
             )
             await self.ctx.messenger.queue(tx, sealed, closure_id, request.actor)
+            await answers.answered(
+                tx, request.intent_message_id, sender, request.answer, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT
+            )
         await self.ctx.changed()
         return node_api_pb2.RespondToClosureResponse(message_id=sealed[0].message_id)
 

@@ -143,6 +143,7 @@ async def test_casework_reads_by_index(federation: LocalFederation, statements: 
         await next_item(cluster, "csc", env.MESSAGE_KIND_CHALLENGE_RESPONSE)
         for api, case_id in ((csc_api, csc.case_id), (cluster.api("amh"), amh.case_id)):
             await api.ListChallenges(node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=case_id))
+            await api.ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER))
         await share(cluster, recorded.assessment_id, env.MESSAGE_KIND_CORRECTION)
         await cluster.api("amh").WithdrawSummary(
             node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=item.summary.summary_id, reason="Error.")

@@ -63,6 +63,7 @@ PLAIN = {
     "challenge.raised": "Professional challenge raised",
     "challenge.answered": "Professional challenge answered",
     "challenges.viewed": "Professional challenges about the family viewed",
+    "due.viewed": "Duty view of what is due, across cases",
     "subscription.added": "Linked at the gateway",
     "subscription.removed": "Unlinked at the gateway",
     "retention.purged": "Summaries past retention purged",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from linkage import __version__
-from linkage.cli import audit, health, node_client
+from linkage.cli import audit, duty, health, node_client
 from linkage.clock import SystemClock
 
 Handler = Callable[[argparse.Namespace], int]
@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.register(commands)
     node_client.register(commands)
     node_client.register_casework(commands)
+    duty.register(commands)
     audit.register(commands)
 
     p = commands.add_parser("demo", help="run a local federation and play a Think-Family story")

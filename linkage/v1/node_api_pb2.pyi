@@ -1045,6 +1045,105 @@ class ListedChallenge(_message.Message):
 Global___ListedChallenge: _TypeAlias = ListedChallenge  # noqa: Y015
 
 @_typing.final
+class DueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    WITHIN_DAYS_FIELD_NUMBER: _builtins.int
+    within_days: _builtins.int
+    """what this node must answer due within this many days (0: 7)"""
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        within_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "within_days", b"within_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DueRequest: _TypeAlias = DueRequest  # noqa: Y015
+
+@_typing.final
+class DueItems(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """more are due than one answer lists"""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___DueItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___DueItem] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DueItems: _TypeAlias = DueItems  # noqa: Y015
+
+@_typing.final
+class DueItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TO_ANSWER_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    AGENCY_NAME_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    DUE_FIELD_NUMBER: _builtins.int
+    OVERDUE_FIELD_NUMBER: _builtins.int
+    WHAT_FIELD_NUMBER: _builtins.int
+    kind: _envelope_pb2.MessageKind.ValueType
+    """the request, challenge or closure proposal"""
+    to_answer: _builtins.bool
+    """true: this node must answer it; false: another agency owes this node"""
+    message_id: _builtins.str
+    node_id: _builtins.str
+    """the other agency"""
+    agency_name: _builtins.str
+    case_id: _builtins.str
+    """for what this node sent"""
+    overdue: _builtins.bool
+    what: _builtins.str
+    """the purpose, the concern, or the closure proposal's note"""
+    @_builtins.property
+    def due(self) -> _summary_pb2.Date:
+        """unset: no date was given"""
+
+    def __init__(
+        self,
+        *,
+        kind: _envelope_pb2.MessageKind.ValueType = ...,
+        to_answer: _builtins.bool = ...,
+        message_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        agency_name: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        due: _summary_pb2.Date | None = ...,
+        overdue: _builtins.bool = ...,
+        what: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due", b"due"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "case_id", b"case_id", "due", b"due", "kind", b"kind", "message_id", b"message_id", "node_id", b"node_id", "overdue", b"overdue", "to_answer", b"to_answer", "what", b"what"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DueItem: _TypeAlias = DueItem  # noqa: Y015
+
+@_typing.final
 class MessageSent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

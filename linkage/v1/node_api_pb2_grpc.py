@@ -151,6 +151,11 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.Challenges.FromString,
                 _registered_method=True)
+        self.ListDue = channel.unary_unary(
+                '/linkage.v1.NodeApi/ListDue',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.DueRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.DueItems.FromString,
+                _registered_method=True)
         self.OpenReceived = channel.unary_unary(
                 '/linkage.v1.NodeApi/OpenReceived',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.OpenReceivedRequest.SerializeToString,
@@ -340,6 +345,16 @@ class NodeApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDue(self, request, context):
+        """The duty view, across every case: what this node must answer (information requests,
+        professional challenges and closure proposals received and not answered, due within
+        the days asked, overdue, or undated) and what other agencies owe it past its date
+        (requests and challenges it sent). Overdue first, then soonest due.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def OpenReceived(self, request, context):
         """Open a received item: the sender is told when and by which role, unless
         the reader records a justified silent read (audited).
@@ -488,6 +503,11 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.ListChallenges,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.Challenges.SerializeToString,
+            ),
+            'ListDue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDue,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.DueRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.DueItems.SerializeToString,
             ),
             'OpenReceived': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenReceived,
@@ -1133,6 +1153,33 @@ class NodeApi:
             '/linkage.v1.NodeApi/ListChallenges',
             linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.Challenges.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/ListDue',
+            linkage_dot_v1_dot_node__api__pb2.DueRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.DueItems.FromString,
             options,
             channel_credentials,
             insecure,

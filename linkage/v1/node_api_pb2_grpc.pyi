@@ -90,6 +90,12 @@ class NodeApiStub:
     """The challenges about a case's family that this node raised and received, each with its
     answer, and overdue when respond_by has passed without one. Newest first.
     """
+    ListDue: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.DueRequest, _node_api_pb2.DueItems]
+    """The duty view, across every case: what this node must answer (information requests,
+    professional challenges and closure proposals received and not answered, due within
+    the days asked, overdue, or undated) and what other agencies owe it past its date
+    (requests and challenges it sent). Overdue first, then soonest due.
+    """
     OpenReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]
     """Open a received item: the sender is told when and by which role, unless
     the reader records a justified silent read (audited).
@@ -166,6 +172,12 @@ class NodeApiAsyncStub(NodeApiStub):
     ListChallenges: _aio.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.Challenges]  # type: ignore[assignment]
     """The challenges about a case's family that this node raised and received, each with its
     answer, and overdue when respond_by has passed without one. Newest first.
+    """
+    ListDue: _aio.UnaryUnaryMultiCallable[_node_api_pb2.DueRequest, _node_api_pb2.DueItems]  # type: ignore[assignment]
+    """The duty view, across every case: what this node must answer (information requests,
+    professional challenges and closure proposals received and not answered, due within
+    the days asked, overdue, or undated) and what other agencies owe it past its date
+    (requests and challenges it sent). Overdue first, then soonest due.
     """
     OpenReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
     """Open a received item: the sender is told when and by which role, unless
@@ -378,6 +390,18 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_api_pb2.Challenges, _abc.Awaitable[_node_api_pb2.Challenges]]:
         """The challenges about a case's family that this node raised and received, each with its
         answer, and overdue when respond_by has passed without one. Newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDue(
+        self,
+        request: _node_api_pb2.DueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.DueItems, _abc.Awaitable[_node_api_pb2.DueItems]]:
+        """The duty view, across every case: what this node must answer (information requests,
+        professional challenges and closure proposals received and not answered, due within
+        the days asked, overdue, or undated) and what other agencies owe it past its date
+        (requests and challenges it sent). Overdue first, then soonest due.
         """
 
     @_abc_1.abstractmethod

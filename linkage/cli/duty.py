@@ -1,0 +1,49 @@
+"""`linkage due`: the duty view, across every case. What this node must answer, by when
+and with which command; and what other agencies owe it past its date. `--json` feeds a
+scheduled job that tells the duty team."""
+
+from __future__ import annotations
+
+import argparse
+
+from linkage.cli.api_client import actor, add_connection_arguments, call, emit_json
+from linkage.cli.values import count, iso_day
+from linkage.v1 import envelope_pb2, node_api_pb2
+
+# What each kind is called, and the command that answers it.
+NAMES = {
+    envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST: (
+        "information request",
+        "linkage inbox reply {} provide|partial|decline",
+    ),
+    envelope_pb2.MESSAGE_KIND_CHALLENGE: ("professional challenge", "linkage inbox respond {} accept|maintain"),
+    envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT: ("closure proposal", "linkage case respond {}"),
+}
+
+
+def due(args: argparse.Namespace) -> int:
+    request = node_api_pb2.DueRequest(actor=actor(args), within_days=args.within)
+    listed = call(args, lambda api: api.ListDue(request))
+    if args.json:
+        emit_json(listed)
+        return 0
+    if not listed.items:
+        print(f"Nothing to answer in the next {args.within or 7} days, and nothing owed to this agency is late.")
+    for item in listed.items:
+        name, command = NAMES[item.kind]
+        when = f"{'OVERDUE ' if item.overdue else ''}{iso_day(item.due)}"
+        if item.to_answer:
+            print(f"{when:<18} answer the {name} from {item.agency_name}: {item.what}")
+            print(f"{'':<18} {command.format(item.message_id)} ...")
+        else:
+            print(f"{when:<18} {item.agency_name} has not answered your {name} (case {item.case_id}): {item.what}")
+    if listed.more:
+        print(f"... and more: only the first {len(listed.items)} are listed")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser("due", help="what this agency must answer, and what others owe it that is late")
+    add_connection_arguments(p)
+    p.add_argument("--within", type=count(366), default=0, help="days ahead to look (default 7, at most 366)")
+    p.set_defaults(handler=due)

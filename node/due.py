@@ -1,0 +1,106 @@
+"""The duty view (mission anchors §8, 9: deadline-driven work with a person to act on it):
+across every case, what this node must answer and by when, and what other agencies owe it
+past the day it was needed. A duty worker, or a scheduled `linkage due --json`, acts on it."""
+
+from __future__ import annotations
+
+from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
+from node import dates
+from node.context import NodeContext
+from node.errors import invalid
+
+DEFAULT_DAYS = 7
+MOST_DAYS = 366
+MOST = 500  # items in one answer; `more` says when there are others
+K = envelope_pb2  # the kinds below are written into the SQL: a partial index is used only for literal terms
+AWAITING = (K.MESSAGE_KIND_CLOSURE_INTENT, K.MESSAGE_KIND_INFORMATION_REQUEST, K.MESSAGE_KIND_CHALLENGE)
+
+
+class Due:
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+
+    async def list_due(self, request: node_api_pb2.DueRequest) -> node_api_pb2.DueItems:
+        if request.within_days > MOST_DAYS:
+            raise invalid(f"within_days is at most {MOST_DAYS}: the duty view looks up to a year ahead")
+        today = dates.today(self.ctx.clock.now_ms())
+        horizon = dates.iso(dates.add_days(today, request.within_days or DEFAULT_DAYS))
+        items = [
+            *[i for i in await self._to_answer(dates.iso(today)) if not i.due.year or dates.iso(i.due) <= horizon],
+            *await self._owed(dates.iso(today)),
+        ]
+        items.sort(key=lambda i: (not i.overdue, not i.due.year, dates.iso(i.due), i.message_id))
+        listed = node_api_pb2.DueItems(items=items[:MOST], more=len(items) > MOST)
+        async with self.ctx.store.tx() as tx:  # it gathers purposes and concerns about many families
+            await tx.audit(
+                "due.viewed",
+                request.actor,
+                detail={"to_answer": sum(i.to_answer for i in items), "owed": sum(not i.to_answer for i in items)},
+            )
+        return listed
+
+    async def _to_answer(self, today: str) -> list[node_api_pb2.DueItem]:
+        kinds = ", ".join(str(k) for k in AWAITING)
+        rows = await self.ctx.store.fetchall(
+            "SELECT i.sender, i.message_id, b.signed FROM inbox i INDEXED BY inbox_awaiting_answer "
+            f"JOIN inbox_bodies b ON b.seq = i.seq WHERE i.answer = 0 AND i.kind IN ({kinds})"
+        )
+        items = []
+        for sender, message_id, signed in rows:
+            body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(signed).body)
+            due, what = _asked(body)
+            if body.kind == K.MESSAGE_KIND_CLOSURE_INTENT and dates.iso(due) < today:
+                continue  # the proposer may close once the day has passed: nothing left to answer
+            items.append(self._item(body.kind, True, message_id, sender, "", due, what, today))
+        return items
+
+    async def _owed(self, today: str) -> list[node_api_pb2.DueItem]:
+        requests = await self.ctx.store.fetchall(
+            "SELECT a.message_id, a.node_id, r.case_id, r.needed_by, r.purpose FROM info_requests_asked a "
+            "INDEXED BY info_requests_unanswered JOIN info_requests r ON r.request_id = a.request_id "
+            "WHERE a.answer = 0 AND r.needed_by != '' AND r.needed_by < ?",
+            (today,),
+        )
+        challenges = await self.ctx.store.fetchall(
+            "SELECT message_id, node_id, case_id, respond_by, concern FROM challenges "
+            "INDEXED BY challenges_unanswered WHERE answer = 0 AND respond_by != '' AND respond_by < ?",
+            (today,),
+        )
+        return [
+            self._item(kind, False, message_id, node, case_id, dates.parse(due), what, today)
+            for kind, rows in ((K.MESSAGE_KIND_INFORMATION_REQUEST, requests), (K.MESSAGE_KIND_CHALLENGE, challenges))
+            for message_id, node, case_id, due, what in rows
+        ]
+
+    def _item(
+        self,
+        kind: int,
+        to_answer: bool,
+        message_id: str,
+        node: str,
+        case_id: str,
+        due: summary_pb2.Date,
+        what: str,
+        today: str,
+    ) -> node_api_pb2.DueItem:
+        return node_api_pb2.DueItem(
+            kind=kind,  # type: ignore[arg-type]
+            to_answer=to_answer,
+            message_id=message_id,
+            node_id=node,
+            agency_name=self.ctx.agency(node).agency_name,
+            case_id=case_id,
+            due=due if due.year else None,
+            overdue=bool(due.year) and dates.iso(due) < today,
+            what=what,
+        )
+
+
+def _asked(body: envelope_pb2.MessageBody) -> tuple[summary_pb2.Date, str]:
+    """When a received request, challenge or closure proposal is to be answered by, and its gist."""
+    if body.HasField("information_request"):
+        return body.information_request.needed_by, body.information_request.purpose
+    if body.HasField("challenge"):
+        return body.challenge.respond_by, body.challenge.concern
+    intent = body.closure_intent
+    return intent.respond_by, intent.note or f"proposes to close ({intent.intent.intent})"

@@ -1,0 +1,85 @@
+"""The duty view across every case, end to end across a gateway and real nodes: what a node
+must answer (requests, challenges, closure proposals) by when, gone once answered, and what
+other agencies owe it past its date; from the API and the CLI."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from linkage.clock import DAY_MS, ManualClock
+from linkage.v1 import envelope_pb2 as env
+from linkage.v1 import node_api_pb2, workflow_pb2
+from node import dates
+from tests.harness import Cluster, LocalFederation, audit_events, linkage, next_item, running
+from tests.test_challenges import challenge
+from tests.test_federation import _case_id
+from tests.test_workflows import CSC_WORKER, decline, events, planned_closure, s47_request, shared_with_both
+
+REQUEST, CHALLENGE, CLOSURE = (
+    env.MESSAGE_KIND_INFORMATION_REQUEST,
+    env.MESSAGE_KIND_CHALLENGE,
+    env.MESSAGE_KIND_CLOSURE_INTENT,
+)
+
+
+async def due(cluster: Cluster, node: str, within: int = 0) -> list[tuple[int, bool, str, str, bool]]:
+    listed = await cluster.api(node).ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=within))
+    return [(i.kind, i.to_answer, i.message_id, i.node_id, i.overdue) for i in listed.items]
+
+
+async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(federation: LocalFederation) -> None:
+    clock = ManualClock()
+    async with running(federation, clock=clock) as cluster:
+        await shared_with_both(cluster)
+        csc_case = await _case_id(cluster, "csc")
+        ask = s47_request(csc_case)  # to amh and the school, in two days
+        ask.needed_by.CopyFrom(dates.add_days(dates.today(clock.now_ms()), 2))
+        asked = {s.node_id: s.message_id for s in (await cluster.api("csc").RequestInformation(ask)).recipients}
+        request = await next_item(cluster, "amh", REQUEST)
+        await challenge(cluster)  # undated
+        challenged = await next_item(cluster, "amh", CHALLENGE)
+        await cluster.api("csc").ProposeClosure(planned_closure(CSC_WORKER, csc_case))  # answer within 14 days
+        intent = await next_item(cluster, "amh", CLOSURE)
+
+        dated, undated = (
+            (REQUEST, True, request.message_id, "csc", False),
+            (CHALLENGE, True, challenged.message_id, "csc", False),
+        )
+        assert await due(cluster, "amh") == [dated, undated]  # the closure proposal is due beyond 7 days
+        assert await due(cluster, "amh", 14) == [dated, (CLOSURE, True, intent.message_id, "csc", False), undated]
+        code, out, err = await linkage(
+            "due", "--within", "14", "--socket", str(cluster.nodes["amh"].config.api_socket),
+            "--actor-id", "amh-1", "--actor-role", "Duty social worker",
+        )  # fmt: skip
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0].endswith(f"answer the information request from Children's Social Care: {ask.purpose}")
+        assert lines[1].strip() == f"linkage inbox reply {request.message_id} provide|partial|decline ..."
+        assert lines[4].startswith("-") and f"linkage inbox respond {challenged.message_id}" in lines[5]
+
+        await decline(cluster, request.message_id, "Nothing more is held.")
+        await cluster.api("amh").RespondToClosure(
+            node_api_pb2.RespondToClosureRequest(
+                actor=CSC_WORKER, intent_message_id=intent.message_id, answer=workflow_pb2.CLOSURE_ANSWER_AGREE
+            )
+        )
+        assert await due(cluster, "amh", 14) == [undated]  # what is answered is no longer due
+        await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE)
+
+        clock.advance(3 * DAY_MS)  # past the day needed: the school, which has not answered, is late
+        owed = (await cluster.api("csc").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER))).items
+        assert [(i.kind, i.to_answer, i.message_id, i.node_id, i.overdue) for i in owed] == [
+            (REQUEST, False, asked["school"], "school", True)
+        ]
+        assert (owed[0].case_id, owed[0].what, owed[0].due) == (csc_case, ask.purpose, ask.needed_by)
+        school_request = await next_item(cluster, "school", REQUEST)
+        assert (await due(cluster, "school"))[0] == (REQUEST, True, school_request.message_id, "csc", True)
+        assert [e["detail"] for e in events(await audit_events(cluster.nodes["amh"]), "due.viewed")][-1] == {
+            "to_answer": 1,
+            "owed": 0,
+        }
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=367))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "at most 366" in (refused.value.details() or "")
