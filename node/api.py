@@ -13,6 +13,7 @@ from linkage import logs
 from linkage.reasons import Rejected
 from linkage.tokens import TOKEN_LEN
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
+from node.case_finder import find_cases
 from node.cases import Cases
 from node.challenges import Challenges
 from node.due import Due
@@ -96,6 +97,9 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
         self, request: node_api_pb2.RemovePersonRequest, context: Context
     ) -> node_api_pb2.OpenCaseResponse:
         return await _answer(context, request.actor, lambda: self.cases.remove_person(request))
+
+    async def FindCases(self, request: node_api_pb2.FindCasesRequest, context: Context) -> node_api_pb2.CaseList:
+        return await _answer(context, request.actor, lambda: find_cases(self.cases, request))
 
     async def DiscoverInvolvement(
         self, request: node_api_pb2.CaseRequest, context: Context

@@ -38,11 +38,15 @@ class Cases:
 
     # -- people and tokens ----------------------------------------------------
 
-    def _person(self, n: int, person: node_api_pb2.PersonIdentifier) -> node_api_pb2.CasePerson:
+    def person_token(self, person: node_api_pb2.PersonIdentifier, where: str = "person") -> bytes:
+        """A person's link token, from their identifier (never kept)."""
         try:
-            token = self.ctx.linkage_key.token(person.scheme, person.value)
+            return self.ctx.linkage_key.token(person.scheme, person.value)
         except IdentifierError as exc:
-            raise invalid(f"people[{n}]: {exc}") from None
+            raise invalid(f"{where}: {exc}") from None
+
+    def _person(self, n: int, person: node_api_pb2.PersonIdentifier) -> node_api_pb2.CasePerson:
+        token = self.person_token(person, f"people[{n}]")
         for name, value in (("role_in_risk", person.role_in_risk), ("person_type", person.person_type)):
             if value and not self.ctx.policy.codes.has(name, value):
                 raise invalid(f"people[{n}]: {name} '{value}' is not in the code list")

@@ -144,6 +144,8 @@ async def test_casework_reads_by_index(federation: LocalFederation, statements: 
         for api, case_id in ((csc_api, csc.case_id), (cluster.api("amh"), amh.case_id)):
             await api.ListChallenges(node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=case_id))
             await api.ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER))
+        for by in ({}, {"case_ref": "c-1"}, {"case_id": csc.case_id}, {"person": family[0]}):
+            await csc_api.FindCases(node_api_pb2.FindCasesRequest(actor=CSC_WORKER, include_closed=True, **by))
         await share(cluster, recorded.assessment_id, env.MESSAGE_KIND_CORRECTION)
         await cluster.api("amh").WithdrawSummary(
             node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=item.summary.summary_id, reason="Error.")

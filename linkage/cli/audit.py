@@ -64,6 +64,7 @@ PLAIN = {
     "challenge.answered": "Professional challenge answered",
     "challenges.viewed": "Professional challenges about the family viewed",
     "due.viewed": "Duty view of what is due, across cases",
+    "cases.found": "Cases looked up",
     "subscription.added": "Linked at the gateway",
     "subscription.removed": "Unlinked at the gateway",
     "retention.purged": "Summaries past retention purged",

@@ -155,8 +155,8 @@ def _person(text: str) -> node_api_pb2.PersonIdentifier:
     return person
 
 
-def _print_people(response: node_api_pb2.OpenCaseResponse) -> None:
-    print(f"Case {response.case_id}")
+def _print_people(response: node_api_pb2.OpenCaseResponse | node_api_pb2.FoundCase, heading: str = "") -> None:
+    print(f"Case {response.case_id}{heading}")
     for p in response.people:
         flags = " (identity protected)" if p.protect_identity else ""
         print(f"  {p.link_token.hex()}  {p.relationship or '-'} {p.role_in_risk} {p.person_type}{flags}")
@@ -168,6 +168,29 @@ def case_open(args: argparse.Namespace) -> int:
     )
     response = call(args, lambda api: api.OpenCase(request))
     emit_json(response) if args.json else _print_people(response)
+    return 0
+
+
+def case_find(args: argparse.Namespace) -> int:
+    request = node_api_pb2.FindCasesRequest(
+        actor=actor(args),
+        case_id=getattr(args, "case_id", ""),
+        case_ref=args.ref or "",
+        person=_person(args.person) if args.person else None,
+        include_closed=args.closed,
+        limit=args.limit,
+        before_case_id=args.before or "",
+    )
+    found = call(args, lambda api: api.FindCases(request))
+    if args.json:
+        emit_json(found)
+        return 0
+    if not found.cases:
+        print(f"No {'' if args.closed else 'open '}case found.")
+    for case in found.cases:
+        _print_people(case, f"  {case.case_ref}  opened {when(case.opened_at_ms)}  {case.status}")
+    if found.next_before:
+        print(f"More: linkage case list --before {found.next_before} ...")
     return 0
 
 
@@ -476,6 +499,18 @@ def register_casework(commands: argparse._SubParsersAction) -> None:  # type: ig
         help="'nhs:9434765919 role=AT_RISK type=CHILD rel=child [protect]' (repeat per person)",
     )
     p.set_defaults(handler=case_open)
+    p = sub.add_parser("list", help="find your cases: by --ref, by --person, or every open one (newest first)")
+    add_connection_arguments(p)
+    p.add_argument("--ref", help="your case system's reference")
+    p.add_argument("--person", help="'nhs:9434765919': the cases this person is in")
+    p.add_argument("--closed", action="store_true", help="closed cases too")
+    p.add_argument("--limit", type=count(500), default=0, help="cases per page (default 50)")
+    p.add_argument("--before", help="the next page: the case id `More:` printed")
+    p.set_defaults(handler=case_find)
+    p = sub.add_parser("show", help="a case's people (their link tokens, in hex) and status")
+    add_connection_arguments(p)
+    p.add_argument("case_id")
+    p.set_defaults(handler=case_find, ref=None, person=None, closed=True, limit=0, before=None)
     p = sub.add_parser("add-person", help="link one more person to a case")
     add_connection_arguments(p)
     p.add_argument("case_id")

@@ -289,6 +289,104 @@ class RemovePersonRequest(_message.Message):
 Global___RemovePersonRequest: _TypeAlias = RemovePersonRequest  # noqa: Y015
 
 @_typing.final
+class FindCasesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    CASE_REF_FIELD_NUMBER: _builtins.int
+    PERSON_FIELD_NUMBER: _builtins.int
+    INCLUDE_CLOSED_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    BEFORE_CASE_ID_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    case_ref: _builtins.str
+    include_closed: _builtins.bool
+    limit: _builtins.int
+    """0: 50; at most 500"""
+    before_case_id: _builtins.str
+    """the page after: CaseList.next_before of the page before"""
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    @_builtins.property
+    def person(self) -> Global___PersonIdentifier: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        case_id: _builtins.str = ...,
+        case_ref: _builtins.str = ...,
+        person: Global___PersonIdentifier | None = ...,
+        include_closed: _builtins.bool = ...,
+        limit: _builtins.int = ...,
+        before_case_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "person", b"person"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "before_case_id", b"before_case_id", "case_id", b"case_id", "case_ref", b"case_ref", "include_closed", b"include_closed", "limit", b"limit", "person", b"person"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindCasesRequest: _TypeAlias = FindCasesRequest  # noqa: Y015
+
+@_typing.final
+class CaseList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASES_FIELD_NUMBER: _builtins.int
+    NEXT_BEFORE_FIELD_NUMBER: _builtins.int
+    next_before: _builtins.str
+    """set when there may be more: pass it as before_case_id"""
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___FoundCase]: ...
+    def __init__(
+        self,
+        *,
+        cases: _abc.Iterable[Global___FoundCase] | None = ...,
+        next_before: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases", b"cases", "next_before", b"next_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseList: _TypeAlias = CaseList  # noqa: Y015
+
+@_typing.final
+class FoundCase(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    CASE_REF_FIELD_NUMBER: _builtins.int
+    OPENED_AT_MS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PEOPLE_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    case_ref: _builtins.str
+    opened_at_ms: _builtins.int
+    status: _builtins.str
+    """open | closed"""
+    @_builtins.property
+    def people(self) -> _containers.RepeatedCompositeFieldContainer[Global___CasePerson]: ...
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        case_ref: _builtins.str = ...,
+        opened_at_ms: _builtins.int = ...,
+        status: _builtins.str = ...,
+        people: _abc.Iterable[Global___CasePerson] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "case_ref", b"case_ref", "opened_at_ms", b"opened_at_ms", "people", b"people", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FoundCase: _TypeAlias = FoundCase  # noqa: Y015
+
+@_typing.final
 class CaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

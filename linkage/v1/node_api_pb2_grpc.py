@@ -51,6 +51,11 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.RemovePersonRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.FromString,
                 _registered_method=True)
+        self.FindCases = channel.unary_unary(
+                '/linkage.v1.NodeApi/FindCases',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.FindCasesRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.CaseList.FromString,
+                _registered_method=True)
         self.DiscoverInvolvement = channel.unary_unary(
                 '/linkage.v1.NodeApi/DiscoverInvolvement',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
@@ -199,6 +204,16 @@ class NodeApiServicer:
 
     def RemovePerson(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindCases(self, request, context):
+        """Find this node's cases, newest first, each with its people and status: one case by
+        its id, by the case system's reference, or those a person is in (their identifier is
+        turned into its link token here, as OpenCase does); with none of these, every case,
+        a page at a time. Open cases only unless include_closed.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -403,6 +418,11 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.RemovePerson,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.RemovePersonRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.SerializeToString,
+            ),
+            'FindCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindCases,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.FindCasesRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.CaseList.SerializeToString,
             ),
             'DiscoverInvolvement': grpc.unary_unary_rpc_method_handler(
                     servicer.DiscoverInvolvement,
@@ -613,6 +633,33 @@ class NodeApi:
             '/linkage.v1.NodeApi/RemovePerson',
             linkage_dot_v1_dot_node__api__pb2.RemovePersonRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.OpenCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/FindCases',
+            linkage_dot_v1_dot_node__api__pb2.FindCasesRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.CaseList.FromString,
             options,
             channel_credentials,
             insecure,

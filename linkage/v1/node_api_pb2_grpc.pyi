@@ -41,6 +41,12 @@ class NodeApiStub:
     """
     AddPerson: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.AddPersonRequest, _node_api_pb2.OpenCaseResponse]
     RemovePerson: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.RemovePersonRequest, _node_api_pb2.OpenCaseResponse]
+    FindCases: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.FindCasesRequest, _node_api_pb2.CaseList]
+    """Find this node's cases, newest first, each with its people and status: one case by
+    its id, by the case system's reference, or those a person is in (their identifier is
+    turned into its link token here, as OpenCase does); with none of these, every case,
+    a page at a time. Open cases only unless include_closed.
+    """
     DiscoverInvolvement: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.InvolvementResponse]
     """Which agencies are linked to this family: name, type, who to contact."""
     ProposeClosure: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ProposeClosureRequest, _node_api_pb2.ClosureStatus]
@@ -124,6 +130,12 @@ class NodeApiAsyncStub(NodeApiStub):
     """
     AddPerson: _aio.UnaryUnaryMultiCallable[_node_api_pb2.AddPersonRequest, _node_api_pb2.OpenCaseResponse]  # type: ignore[assignment]
     RemovePerson: _aio.UnaryUnaryMultiCallable[_node_api_pb2.RemovePersonRequest, _node_api_pb2.OpenCaseResponse]  # type: ignore[assignment]
+    FindCases: _aio.UnaryUnaryMultiCallable[_node_api_pb2.FindCasesRequest, _node_api_pb2.CaseList]  # type: ignore[assignment]
+    """Find this node's cases, newest first, each with its people and status: one case by
+    its id, by the case system's reference, or those a person is in (their identifier is
+    turned into its link token here, as OpenCase does); with none of these, every case,
+    a page at a time. Open cases only unless include_closed.
+    """
     DiscoverInvolvement: _aio.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.InvolvementResponse]  # type: ignore[assignment]
     """Which agencies are linked to this family: name, type, who to contact."""
     ProposeClosure: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ProposeClosureRequest, _node_api_pb2.ClosureStatus]  # type: ignore[assignment]
@@ -222,6 +234,18 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         request: _node_api_pb2.RemovePersonRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_api_pb2.OpenCaseResponse, _abc.Awaitable[_node_api_pb2.OpenCaseResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FindCases(
+        self,
+        request: _node_api_pb2.FindCasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.CaseList, _abc.Awaitable[_node_api_pb2.CaseList]]:
+        """Find this node's cases, newest first, each with its people and status: one case by
+        its id, by the case system's reference, or those a person is in (their identifier is
+        turned into its link token here, as OpenCase does); with none of these, every case,
+        a page at a time. Open cases only unless include_closed.
+        """
 
     @_abc_1.abstractmethod
     def DiscoverInvolvement(

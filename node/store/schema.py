@@ -374,4 +374,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX info_requests_unanswered ON info_requests_asked(answer) WHERE answer = 0;
     CREATE INDEX challenges_unanswered ON challenges(answer) WHERE answer = 0;
     """,
+    # 22: cases found by the case system's reference, open or closed, newest (highest id) first.
+    """
+    DROP INDEX cases_open_by_ref;
+    CREATE INDEX cases_by_ref ON cases(case_ref, case_id);
+    """,
 )
