@@ -184,7 +184,7 @@ async def test_a_challenge_from_the_cli(federation: LocalFederation) -> None:
         assert code == 0 and "Challenge raised:" in out and "amh" in out, err
         at_amh = await next_item(cluster, "amh", env.MESSAGE_KIND_CHALLENGE)
         code, out, err = await linkage("inbox", "list", *who("amh"))
-        assert "challenge from Children's Social Care: challenges at PRACTITIONER: Left alone often." in out, out
+        assert "challenge from Children's Social Care: at PRACTITIONER: Left alone often." in out, out
         code, out, err = await linkage("inbox", "open", at_amh.message_id, *who("amh"))
         assert code == 0 and "  Concern: Left alone often." in out, err
         assert f"  Answer with: linkage inbox respond {at_amh.message_id} accept|maintain --response ..." in out
@@ -206,3 +206,16 @@ async def test_a_challenge_from_the_cli(federation: LocalFederation) -> None:
             "--concern", "c", "--outcome-sought", "o", *who("csc"),
         )  # fmt: skip
         assert code != 0 and "INVALID_ARGUMENT" in err and "Traceback" not in err, err
+        code, out, err = await linkage(
+            "case", "challenge", csc_case, "--to", "amh", "--stage", "LINE_MANAGER", "--subject", "RISK_ASSESSMENT",
+            "--concern", "Still left alone.", "--outcome-sought", "Managers meet.", "--escalates", at_amh.message_id,
+            *who("csc"),
+        )  # fmt: skip
+        assert code == 0, err
+        again = await next_item(cluster, "amh", env.MESSAGE_KIND_CHALLENGE, after_seq=at_amh.seq)
+        code, out, err = await linkage("case", "challenges", csc_case, *who("csc"))
+        newest = out.split("Raised with")[1]  # newest first: no answer yet, and not late, so nothing to escalate
+        assert "No answer yet (" in newest and "Not resolved?" not in newest
+        assert f"Escalated by {again.message_id}" in out
+        code, out, err = await linkage("case", "challenges", await _case_id(cluster, "amh"), *who("amh"))
+        assert f"  Escalates {at_amh.message_id}, not resolved at the stage before" in out, out

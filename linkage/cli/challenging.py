@@ -55,10 +55,12 @@ def challenges(args: argparse.Namespace) -> int:
         _print_answer(c, "They")
         if c.escalated_by:
             print(f"  Escalated by {c.escalated_by}")
-        elif c.answer != workflow_pb2.CHALLENGE_ANSWER_ACCEPTED:
+        elif c.answer == workflow_pb2.CHALLENGE_ANSWER_MAINTAINED or c.overdue:
             print(f"  Not resolved? linkage case challenge {args.case_id} --escalates {c.message_id} --stage ...")
     for c in listed.received:
         print(f"{c.agency_name} challenged {when(c.at_ms)} at {c.stage} ({c.subject}): {c.concern}")
+        if c.escalates_message_id:
+            print(f"  Escalates {c.escalates_message_id}, not resolved at the stage before")
         print(f"  Outcome sought: {c.outcome_sought}")
         if not _print_answer(c, "You"):
             print(f"  Answer with: linkage inbox respond {c.message_id} accept|maintain --response ...")
@@ -94,7 +96,7 @@ def print_content(body: envelope_pb2.MessageBody) -> None:
 
 def gist(body: envelope_pb2.MessageBody) -> str:
     if body.HasField("challenge"):
-        return f"challenges at {body.challenge.stage}: {body.challenge.concern}"
+        return f"at {body.challenge.stage}: {body.challenge.concern}"
     return f"{answer_word(body.challenge_response.answer)}: {body.challenge_response.response}"
 
 
