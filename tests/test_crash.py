@@ -5,6 +5,7 @@ told was accepted is in the recipient's inbox exactly once (R1, R2, R4)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from pathlib import Path
 
@@ -47,6 +48,7 @@ async def burst(cluster: ProcessCluster, assessment_id: str, kill: str, kill_aft
     remaining = iter(range(BURST))
     in_round = 0
     killed = asyncio.Event()
+    refused: collections.Counter[str] = collections.Counter()  # before the kill: said if it never comes
 
     async def worker() -> None:
         nonlocal in_round
@@ -55,7 +57,9 @@ async def burst(cluster: ProcessCluster, assessment_id: str, kill: str, kill_aft
                 return
             try:
                 response = await api.ShareSummary(request, timeout=10)
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
+                if not killed.is_set():
+                    refused[f"{exc.code().name}: {exc.details()}"] += 1
                 continue  # not accepted: the case system would retry it
             assert len(response.recipients) == 1
             accepted.add(response.share_id)
@@ -65,7 +69,7 @@ async def burst(cluster: ProcessCluster, assessment_id: str, kill: str, kill_aft
                 killed.set()
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    assert killed.is_set()
+    assert killed.is_set(), f"{in_round} of {BURST} shares accepted, {kill_after} wanted; refused: {dict(refused)}"
 
 
 async def drain(cluster: ProcessCluster) -> None:
