@@ -642,8 +642,8 @@ class Cases:
             )
             assessment.version = max(assessment.version, (latest or 0) + 1)
             await tx.execute(
-                "INSERT INTO assessments(assessment_id, case_id, recorded_at_ms, body, summary_id, version) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO assessments(assessment_id, case_id, recorded_at_ms, body, summary_id, version, "
+                "review_date) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     assessment_id,
                     request.case_id,
@@ -651,6 +651,7 @@ class Cases:
                     assessment.SerializeToString(),
                     assessment.summary_id,
                     assessment.version,
+                    _review_due(assessment),
                 ),
             )
             await tx.audit(
@@ -663,3 +664,11 @@ class Cases:
         return node_api_pb2.RecordAssessmentResponse(
             assessment_id=assessment_id, summary_id=assessment.summary_id, version=assessment.version
         )
+
+
+def _review_due(assessment: summary_pb2.RiskSummary) -> str | None:
+    """The day an assessment of current risk is to be reviewed by (domain.md §6 rule 12: an
+    overdue review is flagged to its author); None when nothing in it is current."""
+    if assessment.review_date.year and any(i.currency == summary_pb2.CURRENCY_CURRENT for i in assessment.risk_items):
+        return dates.iso(assessment.review_date)
+    return None

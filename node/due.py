@@ -1,6 +1,7 @@
 """The duty view (mission anchors §8, 9: deadline-driven work with a person to act on it):
-across every case, what this node must answer and by when, and what other agencies owe it
-past the day it was needed. A duty worker, or a scheduled `linkage due --json`, acts on it."""
+across every case, what this node must answer and by when, the reviews of its own
+assessments that fall due (domain.md §6 rule 12), and what other agencies owe it past the
+day it was needed. A duty worker, or a scheduled `linkage due --json`, acts on it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Due:
         horizon = dates.iso(dates.add_days(today, request.within_days or DEFAULT_DAYS))
         items = [
             *[i for i in await self._to_answer(dates.iso(today)) if not i.due.year or dates.iso(i.due) <= horizon],
+            *await self._reviews(horizon, dates.iso(today)),
             *await self._owed(dates.iso(today)),
         ]
         items.sort(key=lambda i: (not i.overdue, not i.due.year, dates.iso(i.due), i.message_id))
@@ -35,7 +37,11 @@ class Due:
             await tx.audit(
                 "due.viewed",
                 request.actor,
-                detail={"to_answer": sum(i.to_answer for i in items), "owed": sum(not i.to_answer for i in items)},
+                detail={
+                    "to_answer": sum(bool(i.message_id) and i.to_answer for i in items),
+                    "reviews": sum(bool(i.assessment_id) for i in items),
+                    "owed": sum(not i.to_answer for i in items),
+                },
             )
         return listed
 
@@ -53,6 +59,29 @@ class Due:
                 continue  # the proposer may close once the day has passed: nothing left to answer
             items.append(self._item(body.kind, True, message_id, sender, "", due, what, today))
         return items
+
+    async def _reviews(self, horizon: str, today: str) -> list[node_api_pb2.DueItem]:
+        """This node's own assessments of current risk to review by the horizon: the latest
+        version of each summary, in a case still open."""
+        rows = await self.ctx.store.fetchall(
+            "SELECT a.assessment_id, a.case_id, a.review_date, a.body FROM assessments a "
+            "INDEXED BY assessments_by_review JOIN cases c ON c.case_id = a.case_id "
+            "WHERE a.review_date IS NOT NULL AND a.review_date <= ? AND c.status = 'open' AND NOT EXISTS "
+            "(SELECT 1 FROM assessments b WHERE b.summary_id = a.summary_id AND b.version > a.version LIMIT 1) "
+            "ORDER BY a.review_date LIMIT ?",
+            (horizon, MOST + 1),
+        )
+        return [
+            node_api_pb2.DueItem(
+                to_answer=True,
+                case_id=case_id,
+                due=dates.parse(review_date),
+                overdue=review_date < today,
+                what=summary_pb2.RiskSummary.FromString(body).headline,
+                assessment_id=assessment_id,
+            )
+            for assessment_id, case_id, review_date, body in rows
+        ]
 
     async def _owed(self, today: str) -> list[node_api_pb2.DueItem]:
         requests = await self.ctx.store.fetchall(

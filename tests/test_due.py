@@ -7,14 +7,23 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from linkage import stories
 from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, workflow_pb2
 from node import dates
-from tests.harness import Cluster, LocalFederation, audit_events, linkage, next_item, running
+from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, linkage, next_item, running
 from tests.test_challenges import challenge
 from tests.test_federation import _case_id
-from tests.test_workflows import CSC_WORKER, decline, events, planned_closure, s47_request, shared_with_both
+from tests.test_workflows import (
+    CSC_WORKER,
+    decline,
+    events,
+    planned_closure,
+    s47_request,
+    shared_with_both,
+    think_family,
+)
 
 REQUEST, CHALLENGE, CLOSURE = (
     env.MESSAGE_KIND_INFORMATION_REQUEST,
@@ -77,9 +86,49 @@ async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(fe
         assert (await due(cluster, "school"))[0] == (REQUEST, True, school_request.message_id, "csc", True)
         assert [e["detail"] for e in events(await audit_events(cluster.nodes["amh"]), "due.viewed")][-1] == {
             "to_answer": 1,
+            "reviews": 0,
             "owed": 0,
         }
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=367))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "at most 366" in (refused.value.details() or "")
+
+
+async def test_the_duty_view_flags_the_reviews_of_its_own_assessments_to_their_author(
+    federation: LocalFederation,
+) -> None:
+    """domain.md §6 rule 12: an overdue review is flagged to its author. The latest version
+    of each summary counts, and only one of current risk."""
+    clock = ManualClock()
+    async with running(federation, clock=clock) as cluster:
+        parent, child, first = await think_family(cluster)  # its review is 24 days ahead
+        amh_case = await _case_id(cluster, "amh")
+
+        async def reviews(within: int = 0) -> list[tuple[str, str, bool]]:
+            listed = await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=within))
+            return [(i.assessment_id, i.case_id, i.overdue) for i in listed.items if i.assessment_id]
+
+        assert await reviews() == []  # not due within a week
+        assert await reviews(30) == [(first, amh_case, False)]
+        historical = stories.parent_risk_change(parent, child)
+        del historical.risk_items[0]  # historical only: nothing to review
+        await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=amh_case, assessment=historical)
+        )
+        later = stories.parent_risk_change(parent, child)
+        later.summary_id = first  # a new summary's id is its first assessment's
+        later.review_date.CopyFrom(dates.add_days(dates.today(clock.now_ms()), 40))
+        second = (
+            await cluster.api("amh").RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=amh_case, assessment=later)
+            )
+        ).assessment_id
+        assert await reviews(30) == []  # the new version is due later; the first is no longer the latest
+        clock.advance(41 * DAY_MS)
+        (item,) = (await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER))).items
+        assert (item.assessment_id, item.overdue, item.what) == (second, True, later.headline)
+        code, out, err = await linkage(
+            "due", "--socket", str(cluster.nodes["amh"].config.api_socket), "--actor-id", "amh-1", "--actor-role", "SW"
+        )
+        assert code == 0 and f"review your assessment {second} (case {amh_case}): {later.headline}" in out, err

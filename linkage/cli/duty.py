@@ -1,5 +1,6 @@
 """`linkage due`: the duty view, across every case. What this node must answer, by when
-and with which command; and what other agencies owe it past its date. `--json` feeds a
+and with which command; its own assessments due for review; and what other agencies owe
+it past its date. `--json` feeds a
 scheduled job that tells the duty team."""
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ def due(args: argparse.Namespace) -> int:
     if not listed.items:
         print(f"Nothing to answer in the next {args.within or 7} days, and nothing owed to this agency is late.")
     for item in listed.items:
-        name, command = NAMES[item.kind]
         when = f"{'OVERDUE ' if item.overdue else ''}{iso_day(item.due)}"
+        if item.assessment_id:
+            print(f"{when:<18} review your assessment {item.assessment_id} (case {item.case_id}): {item.what}")
+            print(f"{'':<18} linkage case record {item.case_id} --assessment REVIEWED.json (same summary_id)")
+            continue
+        name, command = NAMES[item.kind]
         if item.to_answer:
             print(f"{when:<18} answer the {name} from {item.agency_name}: {item.what}")
             print(f"{'':<18} {command.format(item.message_id)} ...")

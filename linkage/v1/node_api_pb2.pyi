@@ -1203,6 +1203,7 @@ class DueItem(_message.Message):
     DUE_FIELD_NUMBER: _builtins.int
     OVERDUE_FIELD_NUMBER: _builtins.int
     WHAT_FIELD_NUMBER: _builtins.int
+    ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
     kind: _envelope_pb2.MessageKind.ValueType
     """the request, challenge or closure proposal"""
     to_answer: _builtins.bool
@@ -1216,6 +1217,10 @@ class DueItem(_message.Message):
     overdue: _builtins.bool
     what: _builtins.str
     """the purpose, the concern, or the closure proposal's note"""
+    assessment_id: _builtins.str
+    """A review of this node's own assessment of current risk (kind unspecified): the latest
+    version of its summary, in an open case, due within the days asked or passed.
+    """
     @_builtins.property
     def due(self) -> _summary_pb2.Date:
         """unset: no date was given"""
@@ -1232,10 +1237,11 @@ class DueItem(_message.Message):
         due: _summary_pb2.Date | None = ...,
         overdue: _builtins.bool = ...,
         what: _builtins.str = ...,
+        assessment_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due", b"due"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "case_id", b"case_id", "due", b"due", "kind", b"kind", "message_id", b"message_id", "node_id", b"node_id", "overdue", b"overdue", "to_answer", b"to_answer", "what", b"what"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "assessment_id", b"assessment_id", "case_id", b"case_id", "due", b"due", "kind", b"kind", "message_id", b"message_id", "node_id", b"node_id", "overdue", b"overdue", "to_answer", b"to_answer", "what", b"what"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

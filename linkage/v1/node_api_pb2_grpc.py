@@ -363,8 +363,9 @@ class NodeApiServicer:
     def ListDue(self, request, context):
         """The duty view, across every case: what this node must answer (information requests,
         professional challenges and closure proposals received and not answered, due within
-        the days asked, overdue, or undated) and what other agencies owe it past its date
-        (requests and challenges it sent). Overdue first, then soonest due.
+        the days asked, overdue, or undated), the reviews of its own assessments due by then,
+        and what other agencies owe it past its date (requests and challenges it sent).
+        Overdue first, then soonest due.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

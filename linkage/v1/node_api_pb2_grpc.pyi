@@ -99,8 +99,9 @@ class NodeApiStub:
     ListDue: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.DueRequest, _node_api_pb2.DueItems]
     """The duty view, across every case: what this node must answer (information requests,
     professional challenges and closure proposals received and not answered, due within
-    the days asked, overdue, or undated) and what other agencies owe it past its date
-    (requests and challenges it sent). Overdue first, then soonest due.
+    the days asked, overdue, or undated), the reviews of its own assessments due by then,
+    and what other agencies owe it past its date (requests and challenges it sent).
+    Overdue first, then soonest due.
     """
     OpenReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]
     """Open a received item: the sender is told when and by which role, unless
@@ -188,8 +189,9 @@ class NodeApiAsyncStub(NodeApiStub):
     ListDue: _aio.UnaryUnaryMultiCallable[_node_api_pb2.DueRequest, _node_api_pb2.DueItems]  # type: ignore[assignment]
     """The duty view, across every case: what this node must answer (information requests,
     professional challenges and closure proposals received and not answered, due within
-    the days asked, overdue, or undated) and what other agencies owe it past its date
-    (requests and challenges it sent). Overdue first, then soonest due.
+    the days asked, overdue, or undated), the reviews of its own assessments due by then,
+    and what other agencies owe it past its date (requests and challenges it sent).
+    Overdue first, then soonest due.
     """
     OpenReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
     """Open a received item: the sender is told when and by which role, unless
@@ -424,8 +426,9 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_api_pb2.DueItems, _abc.Awaitable[_node_api_pb2.DueItems]]:
         """The duty view, across every case: what this node must answer (information requests,
         professional challenges and closure proposals received and not answered, due within
-        the days asked, overdue, or undated) and what other agencies owe it past its date
-        (requests and challenges it sent). Overdue first, then soonest due.
+        the days asked, overdue, or undated), the reviews of its own assessments due by then,
+        and what other agencies owe it past its date (requests and challenges it sent).
+        Overdue first, then soonest due.
         """
 
     @_abc_1.abstractmethod

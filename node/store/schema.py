@@ -379,4 +379,11 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX cases_open_by_ref;
     CREATE INDEX cases_by_ref ON cases(case_ref, case_id);
     """,
+    # 23: the day each assessment of current risk is to be reviewed by, for the duty view
+    # (domain.md §6 rule 12: an overdue review is flagged to its author). Assessments recorded
+    # before this have none, and are not listed.
+    """
+    ALTER TABLE assessments ADD COLUMN review_date TEXT;
+    CREATE INDEX assessments_by_review ON assessments(review_date) WHERE review_date IS NOT NULL;
+    """,
 )
