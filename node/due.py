@@ -5,16 +5,37 @@ day it was needed. A duty worker, or a scheduled `linkage due --json`, acts on i
 
 from __future__ import annotations
 
+from typing import Any
+
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
 from node import dates
 from node.context import NodeContext
 from node.errors import invalid
+from node.store import Store
 
 DEFAULT_DAYS = 7
 MOST_DAYS = 366
 MOST = 500  # items in one answer; `more` says when there are others
-K = envelope_pb2  # the kinds below are written into the SQL: a partial index is used only for literal terms
-AWAITING = (K.MESSAGE_KIND_CLOSURE_INTENT, K.MESSAGE_KIND_INFORMATION_REQUEST, K.MESSAGE_KIND_CHALLENGE)
+READ_AT_MOST = 5_000  # rows of each kind one call reads (oldest first), so its work is bounded
+# Written into the SQL as numbers: SQLite uses a partial index only where the terms match its own.
+AWAITING = (
+    envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT,
+    envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST,
+    envelope_pb2.MESSAGE_KIND_CHALLENGE,
+)
+
+
+class _Reading:
+    """One call's look-ups, each bounded; `cut` once any stopped at its bound."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cut = False
+
+    async def rows(self, sql: str, values: tuple[object, ...] = ()) -> list[Any]:
+        rows = await self.store.fetchall(f"{sql} LIMIT {READ_AT_MOST}", values)
+        self.cut = self.cut or len(rows) == READ_AT_MOST
+        return rows
 
 
 class Due:
@@ -24,15 +45,13 @@ class Due:
     async def list_due(self, request: node_api_pb2.DueRequest) -> node_api_pb2.DueItems:
         if request.within_days > MOST_DAYS:
             raise invalid(f"within_days is at most {MOST_DAYS}: the duty view looks up to a year ahead")
-        today = dates.today(self.ctx.clock.now_ms())
-        horizon = dates.iso(dates.add_days(today, request.within_days or DEFAULT_DAYS))
-        items = [
-            *[i for i in await self._to_answer(dates.iso(today)) if not i.due.year or dates.iso(i.due) <= horizon],
-            *await self._reviews(horizon, dates.iso(today)),
-            *await self._owed(dates.iso(today)),
-        ]
+        reading = _Reading(self.ctx.store)
+        day = dates.today(self.ctx.clock.now_ms())
+        today, horizon = dates.iso(day), dates.iso(dates.add_days(day, request.within_days or DEFAULT_DAYS))
+        answers = [i for i in await self._to_answer(reading, today) if not i.due.year or dates.iso(i.due) <= horizon]
+        items = [*answers, *await self._reviews(reading, horizon, today), *await self._owed(reading, today)]
         items.sort(key=lambda i: (not i.overdue, not i.due.year, dates.iso(i.due), i.message_id))
-        listed = node_api_pb2.DueItems(items=items[:MOST], more=len(items) > MOST)
+        listed = node_api_pb2.DueItems(items=items[:MOST], more=len(items) > MOST or reading.cut)
         async with self.ctx.store.tx() as tx:  # it gathers purposes and concerns about many families
             await tx.audit(
                 "due.viewed",
@@ -45,31 +64,31 @@ class Due:
             )
         return listed
 
-    async def _to_answer(self, today: str) -> list[node_api_pb2.DueItem]:
+    async def _to_answer(self, reading: _Reading, today: str) -> list[node_api_pb2.DueItem]:
         kinds = ", ".join(str(k) for k in AWAITING)
-        rows = await self.ctx.store.fetchall(
+        rows = await reading.rows(
             "SELECT i.sender, i.message_id, b.signed FROM inbox i INDEXED BY inbox_awaiting_answer "
-            f"JOIN inbox_bodies b ON b.seq = i.seq WHERE i.answer = 0 AND i.kind IN ({kinds})"
+            f"JOIN inbox_bodies b ON b.seq = i.seq WHERE i.answer = 0 AND i.kind IN ({kinds}) ORDER BY i.seq"
         )
         items = []
         for sender, message_id, signed in rows:
             body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(signed).body)
             due, what = _asked(body)
-            if body.kind == K.MESSAGE_KIND_CLOSURE_INTENT and dates.iso(due) < today:
+            if body.kind == envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT and dates.iso(due) < today:
                 continue  # the proposer may close once the day has passed: nothing left to answer
             items.append(self._item(body.kind, True, message_id, sender, "", due, what, today))
         return items
 
-    async def _reviews(self, horizon: str, today: str) -> list[node_api_pb2.DueItem]:
+    async def _reviews(self, reading: _Reading, horizon: str, today: str) -> list[node_api_pb2.DueItem]:
         """This node's own assessments of current risk to review by the horizon: the latest
         version of each summary, in a case still open."""
-        rows = await self.ctx.store.fetchall(
+        rows = await reading.rows(
             "SELECT a.assessment_id, a.case_id, a.review_date, a.body FROM assessments a "
             "INDEXED BY assessments_by_review JOIN cases c ON c.case_id = a.case_id "
             "WHERE a.review_date IS NOT NULL AND a.review_date <= ? AND c.status = 'open' AND NOT EXISTS "
             "(SELECT 1 FROM assessments b WHERE b.summary_id = a.summary_id AND b.version > a.version LIMIT 1) "
-            "ORDER BY a.review_date LIMIT ?",
-            (horizon, MOST + 1),
+            "ORDER BY a.review_date",
+            (horizon,),
         )
         return [
             node_api_pb2.DueItem(
@@ -83,21 +102,24 @@ class Due:
             for assessment_id, case_id, review_date, body in rows
         ]
 
-    async def _owed(self, today: str) -> list[node_api_pb2.DueItem]:
-        requests = await self.ctx.store.fetchall(
+    async def _owed(self, reading: _Reading, today: str) -> list[node_api_pb2.DueItem]:
+        requests = await reading.rows(
             "SELECT a.message_id, a.node_id, r.case_id, r.needed_by, r.purpose FROM info_requests_asked a "
             "INDEXED BY info_requests_unanswered JOIN info_requests r ON r.request_id = a.request_id "
             "WHERE a.answer = 0 AND r.needed_by != '' AND r.needed_by < ?",
             (today,),
         )
-        challenges = await self.ctx.store.fetchall(
+        challenges = await reading.rows(
             "SELECT message_id, node_id, case_id, respond_by, concern FROM challenges "
             "INDEXED BY challenges_unanswered WHERE answer = 0 AND respond_by != '' AND respond_by < ?",
             (today,),
         )
         return [
             self._item(kind, False, message_id, node, case_id, dates.parse(due), what, today)
-            for kind, rows in ((K.MESSAGE_KIND_INFORMATION_REQUEST, requests), (K.MESSAGE_KIND_CHALLENGE, challenges))
+            for kind, rows in (
+                (envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST, requests),
+                (envelope_pb2.MESSAGE_KIND_CHALLENGE, challenges),
+            )
             for message_id, node, case_id, due, what in rows
         ]
 

@@ -12,6 +12,7 @@ from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, workflow_pb2
 from node import dates
+from node import due as due_view
 from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, linkage, next_item, running
 from tests.test_challenges import challenge
 from tests.test_federation import _case_id
@@ -37,7 +38,9 @@ async def due(cluster: Cluster, node: str, within: int = 0) -> list[tuple[int, b
     return [(i.kind, i.to_answer, i.message_id, i.node_id, i.overdue) for i in listed.items]
 
 
-async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(federation: LocalFederation) -> None:
+async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = ManualClock()
     async with running(federation, clock=clock) as cluster:
         await shared_with_both(cluster)
@@ -93,6 +96,9 @@ async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(fe
             await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=367))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "at most 366" in (refused.value.details() or "")
+        monkeypatch.setattr(due_view, "READ_AT_MOST", 1)  # a look-up that stops at its bound says there is more
+        listed = await cluster.api("school").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=30))
+        assert len(listed.items) == 1 and listed.more
 
 
 async def test_the_duty_view_flags_the_reviews_of_its_own_assessments_to_their_author(
