@@ -188,7 +188,7 @@ class Demo:
         family = stories.think_family_people()
         say("[3] Cases opened. Identifiers become keyed link tokens at each node; the gateway sees only tokens.")
         amh_case = await self.open_case("amh", family, "the parent and the child")
-        await self.open_case("csc", family, "the child and the parent")
+        csc_case = await self.open_case("csc", family, "the child and the parent")
         await self.open_case("school", [family[1]], "the child")
         await self.open_case(
             "police",
@@ -260,6 +260,60 @@ class Demo:
         if any(i.kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE for i in police.items):
             raise RuntimeError("the police node received a summary about a family it is not linked to")
         say("    County Police received nothing: it is not linked to this family.")
+        await self.challenge(csc_case.case_id)
+
+    async def challenge(self, csc_case: str) -> None:
+        """Seed 003: a disagreement between agencies goes through the local escalation policy."""
+        say("[7] Children's social care disagrees with the level, and challenges it under the escalation policy:")
+        shared = await self.next_item("csc", envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE)
+        respond_by = datetime.date.today() + datetime.timedelta(days=2)
+        raise_it = node_api_pb2.RaiseChallengeRequest(
+            actor=PRACTITIONERS["csc"],
+            case_id=csc_case,
+            to_node="amh",
+            stage="PRACTITIONER",
+            subject="RISK_ASSESSMENT",
+            about_message_id=shared.message_id,
+            concern="The school reports the child is often alone after school; we think the risk is higher.",
+            outcome_sought="Review the assessment with us this week.",
+            respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
+        )
+        await self.api("csc").RaiseChallenge(raise_it)
+        first = await self.next_item("amh", envelope_pb2.MESSAGE_KIND_CHALLENGE)
+        say(f"    At the PRACTITIONER stage: {first.body.challenge.concern}")
+        due = await self.api("amh").ListDue(node_api_pb2.DueRequest(actor=PRACTITIONERS["amh"]))
+        (listed,) = [i for i in due.items if i.message_id == first.message_id]
+        say(f"[8] Adult mental health's duty view (`linkage due`) lists it, to answer by {_date(listed.due)}:")
+        seq = await self.answer_challenge(
+            first, workflow_pb2.CHALLENGE_ANSWER_MAINTAINED, "Seen twice this week at home; HIGH holds until review."
+        )
+        raise_it.stage, raise_it.escalates_message_id = "LINE_MANAGER", first.message_id
+        raise_it.concern = "Still concerned: the school's reports continue."
+        raise_it.outcome_sought, raise_it.about_message_id = "The line managers meet this week.", ""
+        await self.api("csc").RaiseChallenge(raise_it)
+        second = await self.next_item("amh", envelope_pb2.MESSAGE_KIND_CHALLENGE, after=first.seq)
+        say("    Not resolved: children's social care raises it again, at the LINE_MANAGER stage.")
+        await self.answer_challenge(
+            second, workflow_pb2.CHALLENGE_ANSWER_ACCEPTED, "Agreed: we will review it jointly on Thursday.", seq
+        )
+
+    async def answer_challenge(
+        self,
+        challenge: node_api_pb2.ReceivedSummary,
+        answer: workflow_pb2.ChallengeAnswer.ValueType,
+        why: str,
+        after: int = 0,
+    ) -> int:
+        """Adult mental health answers a challenge; the inbox position of the answer at csc."""
+        await self.api("amh").RespondToChallenge(
+            node_api_pb2.ChallengeReplyRequest(
+                actor=PRACTITIONERS["amh"], challenge_message_id=challenge.message_id, answer=answer, response=why
+            )
+        )
+        reply = await self.next_item("csc", envelope_pb2.MESSAGE_KIND_CHALLENGE_RESPONSE, after=after)
+        verb = workflow_pb2.ChallengeAnswer.Name(answer).removeprefix("CHALLENGE_ANSWER_").lower()
+        say(f"    Adult mental health {verb} it: {reply.body.challenge_response.response}")
+        return reply.seq
 
     async def next_item(self, node: str, kind: int, after: int = 0) -> node_api_pb2.ReceivedSummary:
         stream = self.api(node).WatchReceived(

@@ -25,6 +25,11 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert "County Police received nothing" in out
     assert "withheld: risk item 2 (SUBSTANCE_MISUSE): relevance to SCHOOL not stated" in out
     assert "Decision: SHARED_PARTIAL" in out
+    # Seed 003: a professional challenge, on the duty view, maintained, escalated, accepted.
+    assert "At the PRACTITIONER stage: The school reports the child is often alone" in out
+    assert "[8] Adult mental health's duty view (`linkage due`) lists it, to answer by " in out
+    assert "Adult mental health maintained it: " in out and "at the LINE_MANAGER stage" in out
+    assert "Adult mental health accepted it: " in out
     # Story 2 (seed 004): discovery, sharing, clarification and a closure held by an objection.
     assert "Age UK Solihull (VCS_OLDER_PEOPLE) - contact the Information and advice team" in out
     assert "County Fire and Rescue is told: County Police has joined" in out
