@@ -17,7 +17,7 @@ from node import answers, dates
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.requests import Requests, check_ahead
-from node.store import Tx
+from node.store import Store, Tx
 
 ANSWERS = (workflow_pb2.CHALLENGE_ANSWER_ACCEPTED, workflow_pb2.CHALLENGE_ANSWER_MAINTAINED)
 
@@ -57,6 +57,8 @@ class Challenges:
         )
 
         async def record(tx: Tx, _: str, statuses: list[node_api_pb2.DeliveryStatus]) -> None:
+            if request.escalates_message_id:  # again where writes are serial: a call racing this one
+                await _not_yet_escalated(tx, request.escalates_message_id)
             for status in statuses:
                 await answers.challenged(tx, request.case_id, raised, status.message_id, status.node_id)
 
@@ -96,25 +98,22 @@ class Challenges:
 
     async def _escalates(self, request: node_api_pb2.RaiseChallengeRequest, to: str, rank: int) -> None:
         row = await self.ctx.store.fetchone(
-            "SELECT c.case_id, c.node_id, c.stage, e.message_id FROM challenges c "
-            "LEFT JOIN challenges e ON e.escalates_message_id = c.message_id WHERE c.message_id = ?",
-            (request.escalates_message_id,),
+            "SELECT case_id, node_id, stage FROM challenges WHERE message_id = ?", (request.escalates_message_id,)
         )
         if row is None:
             raise not_found(f"this node raised no challenge {request.escalates_message_id!r} to escalate")
-        case_id, node_id, stage, later = row
+        case_id, node_id, stage = row
         if (case_id, node_id) != (request.case_id, to):
-            raise invalid(f"challenge {request.escalates_message_id!r} was raised with {node_id!r} on another case")
+            raise invalid(
+                f"challenge {request.escalates_message_id!r} was raised with {node_id!r} in case {case_id!r}: "
+                "escalate it with the same agency, in the same case"
+            )
         if rank <= self._rank(stage):
             raise invalid(
                 f"challenge {request.escalates_message_id!r} was raised at {stage}: escalating it takes a later "
                 f"stage, not {request.stage}"
             )
-        if later is not None:
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"challenge {request.escalates_message_id!r} was already escalated, by {later!r}: escalate that one",
-            )
+        await _not_yet_escalated(self.ctx.store, request.escalates_message_id)
 
     async def respond(self, request: node_api_pb2.ChallengeReplyRequest) -> node_api_pb2.MessageSent:
         if request.answer not in ANSWERS:
@@ -252,4 +251,13 @@ class Challenges:
             response=response or "",
             escalated_by=escalated_by or "",
             overdue=not answer and bool(respond_by) and respond_by < today,
+        )
+
+
+async def _not_yet_escalated(store: Store | Tx, message_id: str) -> None:
+    row = await store.fetchone("SELECT message_id FROM challenges WHERE escalates_message_id = ?", (message_id,))
+    if row is not None:
+        raise ApiError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"challenge {message_id!r} was already escalated, by {row[0]!r}: escalate that one",
         )

@@ -5,6 +5,8 @@ both, refused when it cannot be acted on; and from the CLI."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -146,13 +148,26 @@ async def test_a_challenge_that_cannot_be_acted_on_is_refused_saying_why(federat
             (
                 {"stage": "SENIOR_MANAGER", "to_node": "school", "escalates_message_id": second.message_id},
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "was raised with 'amh'",
+                "was raised with 'amh' in case",
             ),
         ]
         for fields, code, said in refusals:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await challenge(cluster, **fields)
             assert refused.value.code() == code and said in (refused.value.details() or ""), (fields, refused.value)
+
+        # Two escalations of one challenge at once: one goes, the other is told it was escalated.
+        (third,) = (await challenge(cluster)).recipients
+
+        async def escalate() -> grpc.StatusCode:
+            try:
+                await challenge(cluster, stage="LINE_MANAGER", escalates_message_id=third.message_id)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        raced = await asyncio.gather(escalate(), escalate())
+        assert sorted(raced, key=lambda c: c.value[0]) == [grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION]
 
         at_amh = await next_item(cluster, "amh", env.MESSAGE_KIND_CHALLENGE)
         for message_id, answer, response, code, said in [
@@ -163,7 +178,7 @@ async def test_a_challenge_that_cannot_be_acted_on_is_refused_saying_why(federat
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await respond(cluster, message_id, answer, response)
             assert refused.value.code() == code and said in (refused.value.details() or ""), refused.value
-        assert len((await listed(cluster, "csc")).raised) == 2  # nothing refused was recorded
+        assert len((await listed(cluster, "csc")).raised) == 4  # nothing refused was recorded
 
 
 async def test_a_challenge_from_the_cli(federation: LocalFederation) -> None:
