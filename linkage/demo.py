@@ -522,10 +522,11 @@ async def _run_demo(root: Path, kept: bool) -> int:
         if kept:
             say(f"Everything stays in {root}; run that check yourself:")
             say(f"    linkage audit verify --config {root / 'csc' / 'node.toml'}")
-            say("To run the federation again, start its gateway (it prints the port it listens on), then each")
-            say("node with that address (the configs leave the port open, as the demo chose a free one):")
-            say(f"    linkage gateway serve --config {root / 'gateway' / 'gateway.toml'}")
-            say(f"    LINKAGE_GATEWAY_ADDRESS=127.0.0.1:PORT linkage node serve --config {root / 'csc' / 'node.toml'}")
+            say("To run the federation again, start its gateway on a port, then each node with that address")
+            say("(the configs leave the port open, as the demo chose a free one; 7700 here, any free one will do):")
+            gateway_toml = root / "gateway" / "gateway.toml"
+            say(f"    LINKAGE_GATEWAY_LISTEN=127.0.0.1:7700 linkage gateway serve --config {gateway_toml}")
+            say(f"    LINKAGE_GATEWAY_ADDRESS=127.0.0.1:7700 linkage node serve --config {root / 'csc' / 'node.toml'}")
         else:  # the paths above are about to go
             say(f"Removing {root}: `linkage demo --keep DIR` keeps the stores and logs, to look at them yourself.")
     say(f"Demo finished in {time.monotonic() - started:.1f} s.")

@@ -45,8 +45,9 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert "was cosigned by the witness, gateway gateway" in verified and "\n    OK: " in verified, verified
     kept_hint = f"    linkage audit verify --config {tmp_path / 'demo' / 'csc' / 'node.toml'}\n"
     assert kept_hint in out  # the paths it showed are still there to try
-    assert f"linkage gateway serve --config {tmp_path / 'demo' / 'gateway' / 'gateway.toml'}\n" in out
-    assert "LINKAGE_GATEWAY_ADDRESS=127.0.0.1:PORT linkage node serve --config" in out
+    gateway_toml = tmp_path / "demo" / "gateway" / "gateway.toml"
+    assert f"LINKAGE_GATEWAY_LISTEN=127.0.0.1:7700 linkage gateway serve --config {gateway_toml}\n" in out
+    assert "LINKAGE_GATEWAY_ADDRESS=127.0.0.1:7700 linkage node serve --config" in out
     for node in ("amh", "csc", "school", "police", "fire", "ageuk", "asc"):
         assert (tmp_path / "demo" / node / "store.sqlite").exists()
     gateway_log = (tmp_path / "demo" / "gateway" / "gateway.log").read_text()
