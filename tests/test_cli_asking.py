@@ -208,7 +208,8 @@ async def test_a_subject_access_report_names_who_got_something_and_what_each_mes
     federation: LocalFederation,
 ) -> None:
     """An agency the agreement let have nothing is not among those a decision was shared
-    with; a notice is named as one, not as a summary (nor as an empty headline)."""
+    with; a notice is named as one, not as a summary (nor as an empty headline); a read
+    says whether its sender was told (only of a summary's first read)."""
     async with running(federation) as cluster:
         family = stories.think_family_people()
         parent, child = await open_case(cluster, "amh", family)
@@ -226,7 +227,11 @@ async def test_a_subject_access_report_names_who_got_something_and_what_each_mes
                 actor=PRACTITIONER, assessment_id=recorded.assessment_id, decision=stories.override_decision()
             )
         )
-        await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        shared = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        for _ in range(2):  # its sender is told of the first read only
+            await cluster.api("csc").OpenReceived(
+                node_api_pb2.OpenReceivedRequest(actor=PRACTITIONER, message_id=shared.message_id)
+            )
 
         async def report(node: str) -> list[dict[str, str]]:
             toml = str(federation.node_configs[node].data_dir / "node.toml")
@@ -242,4 +247,7 @@ async def test_a_subject_access_report_names_who_got_something_and_what_each_mes
         assert "Oak Primary School: nothing (withheld: " in decided["what"]
         assert decided["with"] == "Children's Social Care"
         assert "Received from an agency (involvement notice)" in {r["what"] for r in at_amh}
-        assert "Queued for an agency (involvement notice)" in {r["what"] for r in await report("csc")}
+        at_csc = [r["what"] for r in await report("csc")]
+        assert "Queued for an agency (involvement notice)" in at_csc
+        opened = [w for w in at_csc if w.startswith("Opened")]
+        assert opened == ["Opened, its sender told (summary share)", "Opened (summary share)"]

@@ -38,7 +38,7 @@ PLAIN = {
     "message.undeliverable": "Could not be delivered",
     "message.received": "Received from an agency",
     "message.rejected": "Refused on arrival",
-    "message.read": "Opened (its sender told of the first read)",
+    "message.read": "Opened",
     "message.silent_read": "Opened silently (reason recorded)",
     "message.read_by_recipient": "Opened by the recipient",
     "case.opened": "Case opened",
@@ -427,7 +427,8 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
                 categories = ", ".join(sorted({i.category for i in summary.risk_items}))
                 what += f' - "{summary.headline}" ({categories})' + _handling(summary.decision.handling_conditions)
             elif isinstance(kind := detail.get("kind"), str):  # what kind of message: a notice, a question...
-                what += f" ({kind.replace('_', ' ')})"
+                told = e["event"] == "message.read" and detail.get("sender_told")  # a summary's first read
+                what += f"{', its sender told' if told else ''} ({kind.replace('_', ' ')})"
             rows.append(
                 {
                     "when": _when(e["ts_ms"]),
