@@ -11,6 +11,7 @@ from linkage.cli.values import calendar_date, iso_day, when, word
 from linkage.v1 import envelope_pb2, node_api_pb2, workflow_pb2
 
 ANSWERS = {"accept": workflow_pb2.CHALLENGE_ANSWER_ACCEPTED, "maintain": workflow_pb2.CHALLENGE_ANSWER_MAINTAINED}
+ANSWER_WITH = "linkage inbox respond {} accept|maintain --response"  # the command that answers one
 
 
 def raise_challenge(args: argparse.Namespace) -> int:
@@ -63,7 +64,7 @@ def challenges(args: argparse.Namespace) -> int:
             print(f"  Escalates {c.escalates_message_id}, not resolved at the stage before")
         print(f"  Outcome sought: {c.outcome_sought}")
         if not _print_answer(c, "You"):
-            print(f"  Answer with: linkage inbox respond {c.message_id} accept|maintain --response ...")
+            print(f"  Answer with: {ANSWER_WITH.format(c.message_id)} ...")
     return 0
 
 
@@ -87,7 +88,7 @@ def print_content(body: envelope_pb2.MessageBody) -> None:
         print(f"  Concern: {c.concern}")
         print(f"  Outcome sought: {c.outcome_sought}")
         print(f"  Respond by: {iso_day(c.respond_by)}")
-        print(f"  Answer with: linkage inbox respond {body.message_id} accept|maintain --response ...")
+        print(f"  Answer with: {ANSWER_WITH.format(body.message_id)} ...")
     else:
         r = body.challenge_response
         print(f"  Answer to challenge {r.challenge_message_id}: {answer_word(r.answer)}")

@@ -1,12 +1,12 @@
 """`linkage due`: the duty view, across every case. What this node must answer, by when
 and with which command; its own assessments due for review; and what other agencies owe
-it past its date. `--json` feeds a
-scheduled job that tells the duty team."""
+it past its date. `--json` feeds a scheduled job that tells the duty team."""
 
 from __future__ import annotations
 
 import argparse
 
+from linkage.cli import challenging
 from linkage.cli.api_client import actor, add_connection_arguments, call, emit_json
 from linkage.cli.values import count, iso_day
 from linkage.v1 import envelope_pb2, node_api_pb2
@@ -17,7 +17,7 @@ NAMES = {
         "information request",
         "linkage inbox reply {} provide|partial|decline",
     ),
-    envelope_pb2.MESSAGE_KIND_CHALLENGE: ("professional challenge", "linkage inbox respond {} accept|maintain"),
+    envelope_pb2.MESSAGE_KIND_CHALLENGE: ("professional challenge", challenging.ANSWER_WITH),
     envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT: ("closure proposal", "linkage case respond {}"),
 }
 
