@@ -18,6 +18,7 @@ from node.cases import Cases
 from node.challenges import Challenges
 from node.due import Due
 from node.errors import ApiError, invalid
+from node.follow_up import record_follow_up
 from node.inbox import Inbox
 from node.outbox import Outbox
 from node.reception import InboxFeed
@@ -228,6 +229,11 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
 
     async def ListDue(self, request: node_api_pb2.DueRequest, context: Context) -> node_api_pb2.DueItems:
         return await _answer(context, request.actor, lambda: self.due.list_due(request))
+
+    async def RecordFollowUp(
+        self, request: node_api_pb2.FollowUpRequest, context: Context
+    ) -> node_api_pb2.DeliveryStatus:
+        return await _answer(context, request.actor, lambda: record_follow_up(self.due.ctx, request))
 
     # -- inbox -------------------------------------------------------------------
 

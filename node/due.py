@@ -1,7 +1,8 @@
 """The duty view (mission anchors §8, 9: deadline-driven work with a person to act on it):
 across every case, what this node must answer and by when, the reviews of its own
-assessments that fall due (domain.md §6 rule 12), and what other agencies owe it past the
-day it was needed. A duty worker, or a scheduled `linkage due --json`, acts on it."""
+assessments that fall due (domain.md §6 rule 12), its messages that could not be delivered
+and are not yet followed up another way, and what other agencies owe it past the day it was
+needed. A duty worker, or a scheduled `linkage due --json`, acts on it."""
 
 from __future__ import annotations
 
@@ -49,7 +50,12 @@ class Due:
         day = dates.today(self.ctx.clock.now_ms())
         today, horizon = dates.iso(day), dates.iso(dates.add_days(day, request.within_days or DEFAULT_DAYS))
         answers = [i for i in await self._to_answer(reading, today) if not i.due.year or dates.iso(i.due) <= horizon]
-        items = [*answers, *await self._reviews(reading, horizon, today), *await self._owed(reading, today)]
+        items = [
+            *answers,
+            *await self._reviews(reading, horizon, today),
+            *await self._undelivered(reading),
+            *await self._owed(reading, today),
+        ]
         items.sort(key=lambda i: (not i.overdue, not i.due.year, dates.iso(i.due), i.message_id))
         listed = node_api_pb2.DueItems(items=items[:MOST], more=len(items) > MOST or reading.cut)
         async with self.ctx.store.tx() as tx:  # it gathers purposes and concerns about many families
@@ -57,8 +63,9 @@ class Due:
                 "due.viewed",
                 request.actor,
                 detail={
-                    "to_answer": sum(bool(i.message_id) and i.to_answer for i in items),
+                    "to_answer": sum(bool(i.message_id) and i.to_answer and not i.undeliverable for i in items),
                     "reviews": sum(bool(i.assessment_id) for i in items),
+                    "undeliverable": sum(i.undeliverable for i in items),
                     "owed": sum(not i.to_answer for i in items),
                 },
             )
@@ -100,6 +107,28 @@ class Due:
                 assessment_id=assessment_id,
             )
             for assessment_id, case_id, review_date, body in rows
+        ]
+
+    async def _undelivered(self, reading: _Reading) -> list[node_api_pb2.DueItem]:
+        """This node's messages that could not be delivered and are not yet followed up another
+        way (read notifications aside: nobody need be told of those)."""
+        rows = await reading.rows(
+            "SELECT message_id, recipient, kind, reason FROM outbox INDEXED BY outbox_to_follow_up "
+            "WHERE state = 'undeliverable' AND followed_up_at_ms IS NULL AND kind != ? ORDER BY created_at_ms",
+            (envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION,),
+        )
+        return [
+            node_api_pb2.DueItem(
+                kind=kind,
+                to_answer=True,
+                message_id=message_id,
+                node_id=recipient,
+                agency_name=self.ctx.agency(recipient).agency_name,
+                overdue=True,  # it never arrived: the most urgent kind of late
+                what=reason,
+                undeliverable=True,
+            )
+            for message_id, recipient, kind, reason in rows
         ]
 
     async def _owed(self, reading: _Reading, today: str) -> list[node_api_pb2.DueItem]:

@@ -378,8 +378,8 @@ class Sharing:
     async def share_status(self, share_id: str) -> node_api_pb2.ShareStatus:
         share = await self.ctx.store.fetchone("SELECT outcome FROM shares WHERE share_id = ?", (share_id,))
         rows = await self.ctx.store.fetchall(
-            "SELECT recipient, message_id, state, attempts, sent_at_ms, delivered_at_ms, reason FROM outbox "
-            "WHERE share_id = ? ORDER BY recipient",
+            "SELECT recipient, message_id, state, attempts, sent_at_ms, delivered_at_ms, reason, follow_up, "
+            "followed_up_at_ms FROM outbox WHERE share_id = ? ORDER BY recipient",
             (share_id,),
         )
         if share is None and not rows:
@@ -393,8 +393,10 @@ class Sharing:
                 sent_at_ms=sent or 0,
                 delivered_at_ms=done or 0,
                 reason=reason,
+                follow_up=note or "",
+                followed_up_at_ms=noted or 0,
             )
-            for r, m, s, a, sent, done, reason in rows
+            for r, m, s, a, sent, done, reason, note, noted in rows
         ]
         return node_api_pb2.ShareStatus(
             share_id=share_id,

@@ -13,7 +13,16 @@ from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, workflow_pb2
 from node import dates
 from node import due as due_view
-from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, linkage, next_item, running
+from tests.harness import (
+    PRACTITIONER,
+    Cluster,
+    LocalFederation,
+    audit_events,
+    linkage,
+    next_item,
+    revoke,
+    running,
+)
 from tests.test_challenges import challenge
 from tests.test_federation import _case_id
 from tests.test_workflows import (
@@ -22,6 +31,7 @@ from tests.test_workflows import (
     events,
     planned_closure,
     s47_request,
+    share,
     shared_with_both,
     think_family,
 )
@@ -90,6 +100,7 @@ async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(
         assert [e["detail"] for e in events(await audit_events(cluster.nodes["amh"]), "due.viewed")][-1] == {
             "to_answer": 1,
             "reviews": 0,
+            "undeliverable": 0,
             "owed": 0,
         }
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -138,3 +149,56 @@ async def test_the_duty_view_flags_the_reviews_of_its_own_assessments_to_their_a
             "due", "--socket", str(cluster.nodes["amh"].config.api_socket), "--actor-id", "amh-1", "--actor-role", "SW"
         )
         assert code == 0 and f"review your assessment {second} (case {amh_case}): {later.headline}" in out, err
+
+
+async def test_a_message_that_could_not_be_delivered_stays_on_the_duty_view_until_followed_up(
+    federation: LocalFederation,
+) -> None:
+    async with running(federation) as cluster:
+        await shared_with_both(cluster)
+        await revoke(cluster, "school")
+        amh = cluster.api("amh")
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        (assessment_id,) = await store.fetchone("SELECT assessment_id FROM assessments")
+        corrected = await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
+        (lost,) = [r for r in corrected.recipients if r.state == "undeliverable"]
+
+        async def undeliverable() -> list[tuple[int, str, str, bool]]:
+            listed = await amh.ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))
+            return [(i.kind, i.message_id, i.node_id, i.overdue) for i in listed.items if i.undeliverable]
+
+        assert await undeliverable() == [(env.MESSAGE_KIND_CORRECTION, lost.message_id, "school", True)]
+        who = ("--socket", str(cluster.nodes["amh"].config.api_socket), "--actor-id", "amh-1", "--actor-role", "SW")
+        code, out, err = await linkage("due", *who)
+        assert f"UNDELIVERABLE      your correction to Oak Primary School: {lost.reason}" in out, (out, err)
+        assert f"linkage share follow-up {lost.message_id} --note ..." in out
+
+        for message_id, note, code_, said in [
+            (lost.message_id, " ", grpc.StatusCode.INVALID_ARGUMENT, "note is empty"),
+            ("m-none", "Phoned.", grpc.StatusCode.NOT_FOUND, "sent no message"),
+            (next(r for r in corrected.recipients if r.node_id == "csc").message_id, "Phoned.",
+             grpc.StatusCode.FAILED_PRECONDITION, "not undeliverable"),
+        ]:  # fmt: skip
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await amh.RecordFollowUp(
+                    node_api_pb2.FollowUpRequest(actor=PRACTITIONER, message_id=message_id, note=note)
+                )
+            assert refused.value.code() == code_ and said in (refused.value.details() or ""), refused.value
+
+        note = "Phoned the school's DSL and read the correction to them."
+        code, out, err = await linkage("share", "follow-up", lost.message_id, "--note", note, *who)
+        assert code == 0 and f"Followed up: school, message {lost.message_id}" in out, err
+        assert await undeliverable() == []
+        status = await amh.GetShareStatus(
+            node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=corrected.share_id)
+        )
+        (school,) = [r for r in status.recipients if r.node_id == "school"]
+        assert (school.follow_up, bool(school.followed_up_at_ms)) == (note, True)
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await amh.RecordFollowUp(
+                node_api_pb2.FollowUpRequest(actor=PRACTITIONER, message_id=lost.message_id, note="Again.")
+            )
+        assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION and note in (again.value.details() or "")
+        (entry,) = events(await audit_events(cluster.nodes["amh"]), "message.followed_up")
+        assert (entry["rationale"], entry["counterpart"], entry["message_id"]) == (note, "school", lost.message_id)

@@ -60,6 +60,10 @@ def emit_json(message: Message) -> None:
     print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2))
 
 
+# What to do about a message that could not be delivered.
+FOLLOW_UP = "tell them another way, then: linkage share follow-up {} --note ..."
+
+
 def print_queued(statuses: list[node_api_pb2.DeliveryStatus]) -> None:
     """Each recipient's message as the call left it: queued, or not sent and why."""
     for r in statuses:

@@ -65,6 +65,7 @@ PLAIN = {
     "challenges.viewed": "Professional challenges about the family viewed",
     "due.viewed": "Duty view of what is due, across cases",
     "cases.found": "Cases looked up",
+    "message.followed_up": "A message that could not be delivered, followed up another way",
     "subscription.added": "Linked at the gateway",
     "subscription.removed": "Unlinked at the gateway",
     "retention.purged": "Summaries past retention purged",

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from linkage.cli import challenging
-from linkage.cli.api_client import actor, add_connection_arguments, call, emit_json
-from linkage.cli.values import count, iso_day
+from linkage.cli.api_client import FOLLOW_UP, actor, add_connection_arguments, call, emit_json
+from linkage.cli.values import count, iso_day, word
 from linkage.v1 import envelope_pb2, node_api_pb2
 
 # What each kind is called, and the command that answers it.
@@ -35,6 +35,11 @@ def due(args: argparse.Namespace) -> int:
         if item.assessment_id:
             print(f"{when:<18} review your assessment {item.assessment_id} (case {item.case_id}): {item.what}")
             print(f"{'':<18} linkage case record {item.case_id} --assessment REVIEWED.json (same summary_id)")
+            continue
+        if item.undeliverable:
+            kind = word(envelope_pb2.MessageKind.DESCRIPTOR, item.kind).replace("_", " ")
+            print(f"{'UNDELIVERABLE':<18} your {kind} to {item.agency_name}: {item.what}")
+            print(f"{'':<18} {FOLLOW_UP.format(item.message_id)}")
             continue
         name, command = NAMES[item.kind]
         if item.to_answer:

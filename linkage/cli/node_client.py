@@ -15,6 +15,7 @@ from google.protobuf import json_format
 
 from linkage.cli import asking, challenging
 from linkage.cli.api_client import (
+    FOLLOW_UP,
     actor,
     add_connection_arguments,
     call,
@@ -97,6 +98,20 @@ def share_status(args: argparse.Namespace) -> int:
         extra = f", receipt at {r.delivered_at_ms}" if r.delivered_at_ms else ""
         extra += f", {r.reason}" if r.reason else ""
         print(f"  {r.node_id}: {r.state} after {r.attempts} attempt(s){extra}")
+        if r.follow_up:
+            print(f"    followed up {when(r.followed_up_at_ms)}: {r.follow_up}")
+        elif r.state == "undeliverable":
+            print(f"    {FOLLOW_UP.format(r.message_id)}")
+    return 0
+
+
+def share_follow_up(args: argparse.Namespace) -> int:
+    request = node_api_pb2.FollowUpRequest(actor=actor(args), message_id=args.message_id, note=args.note)
+    status = call(args, lambda api: api.RecordFollowUp(request))
+    if args.json:
+        emit_json(status)
+        return 0
+    print(f"Followed up: {status.node_id}, message {status.message_id} ({status.reason})")
     return 0
 
 
@@ -132,6 +147,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_connection_arguments(p)
     p.add_argument("share_id")
     p.set_defaults(handler=share_status)
+    p = sub.add_parser("follow-up", help="record what was done instead for a message that could not be delivered")
+    add_connection_arguments(p)
+    p.add_argument("message_id")
+    p.add_argument("--note", required=True, help="who was told, and how (a telephone call, secure email)")
+    p.set_defaults(handler=share_follow_up)
 
 
 # -- cases ---------------------------------------------------------------------------

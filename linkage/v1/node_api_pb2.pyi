@@ -1204,6 +1204,7 @@ class DueItem(_message.Message):
     OVERDUE_FIELD_NUMBER: _builtins.int
     WHAT_FIELD_NUMBER: _builtins.int
     ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
+    UNDELIVERABLE_FIELD_NUMBER: _builtins.int
     kind: _envelope_pb2.MessageKind.ValueType
     """the request, challenge or closure proposal"""
     to_answer: _builtins.bool
@@ -1220,6 +1221,10 @@ class DueItem(_message.Message):
     assessment_id: _builtins.str
     """A review of this node's own assessment of current risk (kind unspecified): the latest
     version of its summary, in an open case, due within the days asked or passed.
+    """
+    undeliverable: _builtins.bool
+    """A message of this node's that could not be delivered (reason in `what`), not yet
+    followed up another way: the agency still needs to be told (RecordFollowUp once done).
     """
     @_builtins.property
     def due(self) -> _summary_pb2.Date:
@@ -1238,14 +1243,43 @@ class DueItem(_message.Message):
         overdue: _builtins.bool = ...,
         what: _builtins.str = ...,
         assessment_id: _builtins.str = ...,
+        undeliverable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due", b"due"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "assessment_id", b"assessment_id", "case_id", b"case_id", "due", b"due", "kind", b"kind", "message_id", b"message_id", "node_id", b"node_id", "overdue", b"overdue", "to_answer", b"to_answer", "what", b"what"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "assessment_id", b"assessment_id", "case_id", b"case_id", "due", b"due", "kind", b"kind", "message_id", b"message_id", "node_id", b"node_id", "overdue", b"overdue", "to_answer", b"to_answer", "undeliverable", b"undeliverable", "what", b"what"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DueItem: _TypeAlias = DueItem  # noqa: Y015
+
+@_typing.final
+class FollowUpRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """an undeliverable message this node sent"""
+    note: _builtins.str
+    """what was done instead: who was told, how"""
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+        message_id: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "message_id", b"message_id", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowUpRequest: _TypeAlias = FollowUpRequest  # noqa: Y015
 
 @_typing.final
 class MessageSent(_message.Message):
@@ -1414,6 +1448,8 @@ class DeliveryStatus(_message.Message):
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     DELIVERED_AT_MS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    FOLLOW_UP_FIELD_NUMBER: _builtins.int
+    FOLLOWED_UP_AT_MS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     message_id: _builtins.str
     state: _builtins.str
@@ -1424,6 +1460,9 @@ class DeliveryStatus(_message.Message):
     """the time in the recipient's signed receipt"""
     reason: _builtins.str
     """why it is undeliverable"""
+    follow_up: _builtins.str
+    """undeliverable: what was done instead (RecordFollowUp)"""
+    followed_up_at_ms: _builtins.int
     def __init__(
         self,
         *,
@@ -1434,10 +1473,12 @@ class DeliveryStatus(_message.Message):
         sent_at_ms: _builtins.int = ...,
         delivered_at_ms: _builtins.int = ...,
         reason: _builtins.str = ...,
+        follow_up: _builtins.str = ...,
+        followed_up_at_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "delivered_at_ms", b"delivered_at_ms", "message_id", b"message_id", "node_id", b"node_id", "reason", b"reason", "sent_at_ms", b"sent_at_ms", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "delivered_at_ms", b"delivered_at_ms", "follow_up", b"follow_up", "followed_up_at_ms", b"followed_up_at_ms", "message_id", b"message_id", "node_id", b"node_id", "reason", b"reason", "sent_at_ms", b"sent_at_ms", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -161,6 +161,11 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.DueRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.DueItems.FromString,
                 _registered_method=True)
+        self.RecordFollowUp = channel.unary_unary(
+                '/linkage.v1.NodeApi/RecordFollowUp',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.FollowUpRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.DeliveryStatus.FromString,
+                _registered_method=True)
         self.OpenReceived = channel.unary_unary(
                 '/linkage.v1.NodeApi/OpenReceived',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.OpenReceivedRequest.SerializeToString,
@@ -364,8 +369,17 @@ class NodeApiServicer:
         """The duty view, across every case: what this node must answer (information requests,
         professional challenges and closure proposals received and not answered, due within
         the days asked, overdue, or undated), the reviews of its own assessments due by then,
-        and what other agencies owe it past its date (requests and challenges it sent).
-        Overdue first, then soonest due.
+        its messages that could not be delivered and are not yet followed up another way, and
+        what other agencies owe it past its date (requests and challenges it sent).
+        Overdue (and undeliverable) first, then soonest due.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordFollowUp(self, request, context):
+        """What was done instead for a message that could not be delivered (a telephone call,
+        secure email), recorded and audited; it leaves the duty view.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -529,6 +543,11 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.ListDue,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.DueRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.DueItems.SerializeToString,
+            ),
+            'RecordFollowUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFollowUp,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.FollowUpRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.DeliveryStatus.SerializeToString,
             ),
             'OpenReceived': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenReceived,
@@ -1228,6 +1247,33 @@ class NodeApi:
             '/linkage.v1.NodeApi/ListDue',
             linkage_dot_v1_dot_node__api__pb2.DueRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.DueItems.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFollowUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/RecordFollowUp',
+            linkage_dot_v1_dot_node__api__pb2.FollowUpRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.DeliveryStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -100,8 +100,13 @@ class NodeApiStub:
     """The duty view, across every case: what this node must answer (information requests,
     professional challenges and closure proposals received and not answered, due within
     the days asked, overdue, or undated), the reviews of its own assessments due by then,
-    and what other agencies owe it past its date (requests and challenges it sent).
-    Overdue first, then soonest due.
+    its messages that could not be delivered and are not yet followed up another way, and
+    what other agencies owe it past its date (requests and challenges it sent).
+    Overdue (and undeliverable) first, then soonest due.
+    """
+    RecordFollowUp: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.FollowUpRequest, _node_api_pb2.DeliveryStatus]
+    """What was done instead for a message that could not be delivered (a telephone call,
+    secure email), recorded and audited; it leaves the duty view.
     """
     OpenReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]
     """Open a received item: the sender is told when and by which role, unless
@@ -190,8 +195,13 @@ class NodeApiAsyncStub(NodeApiStub):
     """The duty view, across every case: what this node must answer (information requests,
     professional challenges and closure proposals received and not answered, due within
     the days asked, overdue, or undated), the reviews of its own assessments due by then,
-    and what other agencies owe it past its date (requests and challenges it sent).
-    Overdue first, then soonest due.
+    its messages that could not be delivered and are not yet followed up another way, and
+    what other agencies owe it past its date (requests and challenges it sent).
+    Overdue (and undeliverable) first, then soonest due.
+    """
+    RecordFollowUp: _aio.UnaryUnaryMultiCallable[_node_api_pb2.FollowUpRequest, _node_api_pb2.DeliveryStatus]  # type: ignore[assignment]
+    """What was done instead for a message that could not be delivered (a telephone call,
+    secure email), recorded and audited; it leaves the duty view.
     """
     OpenReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.OpenReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
     """Open a received item: the sender is told when and by which role, unless
@@ -427,8 +437,19 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         """The duty view, across every case: what this node must answer (information requests,
         professional challenges and closure proposals received and not answered, due within
         the days asked, overdue, or undated), the reviews of its own assessments due by then,
-        and what other agencies owe it past its date (requests and challenges it sent).
-        Overdue first, then soonest due.
+        its messages that could not be delivered and are not yet followed up another way, and
+        what other agencies owe it past its date (requests and challenges it sent).
+        Overdue (and undeliverable) first, then soonest due.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordFollowUp(
+        self,
+        request: _node_api_pb2.FollowUpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.DeliveryStatus, _abc.Awaitable[_node_api_pb2.DeliveryStatus]]:
+        """What was done instead for a message that could not be delivered (a telephone call,
+        secure email), recorded and audited; it leaves the duty view.
         """
 
     @_abc_1.abstractmethod
