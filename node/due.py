@@ -114,8 +114,8 @@ class Due:
         way (read notifications aside: nobody need be told of those)."""
         rows = await reading.rows(
             "SELECT message_id, recipient, kind, reason FROM outbox INDEXED BY outbox_to_follow_up "
-            "WHERE state = 'undeliverable' AND followed_up_at_ms IS NULL AND kind != ? ORDER BY created_at_ms",
-            (envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION,),
+            "WHERE state = 'undeliverable' AND followed_up_at_ms IS NULL "
+            f"AND kind != {envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION} ORDER BY created_at_ms"
         )
         return [
             node_api_pb2.DueItem(

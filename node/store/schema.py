@@ -387,11 +387,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX assessments_by_review ON assessments(review_date) WHERE review_date IS NOT NULL;
     """,
     # 24: a message that could not be delivered is followed up another way, and the duty
-    # view lists those that are not yet (the partial index holds only them).
+    # view lists those that are not yet (the partial index holds only them; read
+    # notifications, kind 14, nobody need be told of).
     """
     ALTER TABLE outbox ADD COLUMN follow_up TEXT;
     ALTER TABLE outbox ADD COLUMN followed_up_at_ms INTEGER;
     CREATE INDEX outbox_to_follow_up ON outbox(state, created_at_ms)
-      WHERE state = 'undeliverable' AND followed_up_at_ms IS NULL;
+      WHERE state = 'undeliverable' AND followed_up_at_ms IS NULL AND kind != 14;
     """,
 )
