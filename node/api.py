@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -71,6 +71,36 @@ def add_to_server(service: NodeApiService, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, {"Chronology": chronology})
 
 
+Method = Callable[[Any, Any, Context], Awaitable[Any]]
+
+
+def _outcome_logged(name: str, method: Method) -> Method:
+    """A call refused is logged with its method and status code, never its message (which
+    may quote what the caller sent): agency IT can see what fails, and how often."""
+
+    @functools.wraps(method)
+    async def call(self: Any, request: Any, context: Context) -> Any:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:  # refused by _answer, with its status set
+            code = context.code()
+            log.info("api.refused", method=name, code=code.name if isinstance(code, grpc.StatusCode) else str(code))
+            raise
+        except Exception as exc:
+            log.error("api.failed", method=name, error=type(exc).__name__)
+            raise
+
+    return call
+
+
+def _outcomes_logged(cls: type[T]) -> type[T]:
+    for method in node_api_pb2.DESCRIPTOR.services_by_name["NodeApi"].methods:
+        if not (method.server_streaming or method.client_streaming):  # streams (generators) left as they are
+            setattr(cls, method.name, _outcome_logged(method.name, getattr(cls, method.name)))
+    return cls
+
+
+@_outcomes_logged
 class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
     def __init__(
         self, cases: Cases, sharing: Sharing, requests: Requests, inbox: Inbox, outbox: Outbox, feed: InboxFeed

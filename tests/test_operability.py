@@ -22,8 +22,10 @@ from linkage import logs
 from linkage.config import ConfigError, PolicyFiles
 from linkage.exclusive import InUse
 from linkage.transport import LINK_HEALTH_SERVICE, secure_channel
+from linkage.v1 import node_api_pb2
+from node.cases import Cases
 from node.server import NodeServer
-from tests.harness import LocalFederation, running
+from tests.harness import PRACTITIONER, LocalFederation, running
 
 
 async def test_health_and_reflection_on_node_and_gateway(federation: LocalFederation) -> None:
@@ -62,6 +64,37 @@ async def test_every_stream_is_tls_1_3_and_logs_are_json_lines(federation: Local
     assert len(connects) == 2
     assert {e["tls"] for e in connects} == {"TLSv1.3"}
     assert all({"event", "level", "timestamp"} <= e.keys() for e in events)
+
+
+async def test_a_refused_call_is_logged_with_its_method_and_code_and_never_what_it_was_sent(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captured = io.StringIO()
+    logs.configure("info", stream=captured)
+    try:
+        async with running(federation, nodes=("amh", "csc")) as cluster:
+            for _ in range(2):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await cluster.api("amh").FindCases(
+                        node_api_pb2.FindCasesRequest(actor=PRACTITIONER, case_ref="Ms Example's file", limit=501)
+                    )
+            await cluster.api("amh").FindCases(node_api_pb2.FindCasesRequest(actor=PRACTITIONER))
+
+            async def broken(*_: object) -> None:
+                raise RuntimeError("a defect")
+
+            monkeypatch.setattr(Cases, "open_case", broken)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await cluster.api("amh").OpenCase(node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="x"))
+            assert failed.value.code() == grpc.StatusCode.UNKNOWN
+    finally:
+        logs.configure("info")
+    events = [json.loads(line) for line in captured.getvalue().splitlines()]
+    refused = [e for e in events if e["event"] == "api.refused"]
+    assert [(e["method"], e["code"]) for e in refused] == [("FindCases", "INVALID_ARGUMENT")] * 2
+    assert "Ms Example" not in captured.getvalue()
+    (failure,) = [e for e in events if e["event"] == "api.failed"]
+    assert (failure["method"], failure["error"], failure["level"]) == ("OpenCase", "RuntimeError", "error")
 
 
 async def test_health_command_for_container_checks(federation: LocalFederation) -> None:
