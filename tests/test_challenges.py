@@ -6,6 +6,7 @@ both, refused when it cannot be acted on; and from the CLI."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -234,3 +235,21 @@ async def test_a_challenge_from_the_cli(federation: LocalFederation) -> None:
         assert f"Escalated by {again.message_id}" in out
         code, out, err = await linkage("case", "challenges", await _case_id(cluster, "amh"), *who("amh"))
         assert f"  Escalates {at_amh.message_id}, not resolved at the stage before" in out, out
+
+        # How the challenges went, for a review of the escalation policy: counts, read from each store.
+        figures = {}
+        for node in ("csc", "amh"):
+            toml = str(federation.node_configs[node].data_dir / "node.toml")
+            code, out, err = await linkage("audit", "challenges", "--config", toml, "--json")
+            assert code == 0, err
+            figures[node] = json.loads(out)
+        raised, received = figures["csc"]["raised"], figures["amh"]["received"]
+        for f in (raised, received):
+            assert (f["total"], f["answered"], f["unanswered"], f["escalations"]) == (2, {"maintained": 1}, 1, 1)
+            assert f["by_stage"] == {"PRACTITIONER": 1, "LINE_MANAGER": 1}
+        assert raised["by_agency"] == {"amh": 2} and received["by_agency"] == {"csc": 2}
+        assert figures["csc"]["received"]["total"] == 0
+        code, out, err = await linkage("audit", "challenges", "--config", toml, "--since", "2026-01-01")
+        assert "Received: 2; answered: maintained 1; unanswered 1 (overdue 0); escalations among them: 1" in out, out
+        code, out, err = await linkage("audit", "challenges", "--config", toml, "--since", "2999-01-01", "--json")
+        assert json.loads(out)["received"]["total"] == 0, err

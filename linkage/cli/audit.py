@@ -21,6 +21,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify_chain, verify_log
+from linkage.cli import challenge_figures
+from linkage.cli.store_files import read_only_store
 from linkage.cli.values import link_token
 from linkage.config import GatewayConfig, NodeConfig, load_directory_key
 from linkage.content import carried_summary
@@ -70,18 +72,6 @@ PLAIN = {
     "subscription.removed": "Unlinked at the gateway",
     "retention.purged": "Summaries past retention purged",
 }
-
-
-def _db(path: Path) -> sqlite3.Connection:
-    if not path.exists():
-        raise SystemExit(f"linkage: no store at {path}")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise SystemExit(f"linkage: {path} is not a store Linkage can read ({exc})") from None
-    return db
 
 
 def _directory(config: NodeConfig | GatewayConfig) -> DirectoryView:
@@ -173,7 +163,7 @@ def _say_cosigned(
 def verify(args: argparse.Namespace) -> int:
     if args.gateway_config:
         gw = GatewayConfig.load(args.gateway_config)
-        with closing(_db(gw.data_dir / "gateway.sqlite")) as db:
+        with closing(read_only_store(gw.data_dir / "gateway.sqlite")) as db:
             anchor = _metalog_anchor(db)
             result = verify_chain(_rows(db, "metalog"), (anchor[0], anchor[2]) if anchor else (0, GENESIS))
         print(("OK" if result.ok else "FAILED") + f": gateway metadata log, {result.entries} entries checked")
@@ -188,7 +178,7 @@ def verify(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
     directory = _directory(config)
     signed = _read_checkpoints(args.checkpoints)
-    with closing(_db(config.store_path)) as db:
+    with closing(read_only_store(config.store_path)) as db:
         held = _cosigned_held(db)
     if held is not None:
         signed.append(held[0])
@@ -214,7 +204,7 @@ def verify(args: argparse.Namespace) -> int:
             continue
         if checkpoint.node_id == config.node_id:
             checkpoints.append(checkpoint)
-    with closing(_db(config.store_path)) as db:
+    with closing(read_only_store(config.store_path)) as db:
         report = verify_log(_rows(db), checkpoints)
     if report.ok:
         print(f"OK: {report.entries} entries; root {report.root.hex()}")
@@ -232,7 +222,7 @@ def verify(args: argparse.Namespace) -> int:
 def checkpoints_held(args: argparse.Namespace) -> int:
     """Checkpoints of another node's log that this node holds in its receipts."""
     config = NodeConfig.load(args.config)
-    with closing(_db(config.store_path)) as db, args.out.open("w") as out:
+    with closing(read_only_store(config.store_path)) as db, args.out.open("w") as out:
         count = 0
         for (receipt,) in db.execute(
             "SELECT receipt FROM outbox WHERE receipt IS NOT NULL AND recipient = ?", (args.of,)
@@ -320,7 +310,7 @@ def _entries(args: argparse.Namespace, config: NodeConfig) -> list[dict[str, Any
         since=_millis("--since", getattr(args, "since", None)),
         until=_millis("--until", getattr(args, "until", None)),
     )
-    with closing(_db(config.store_path)) as db:
+    with closing(read_only_store(config.store_path)) as db:
         return list(find_entries(db, wanted))
 
 
@@ -411,7 +401,7 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
     directory = _directory(config)
     token = _token(config, person)
     rows = []
-    with closing(_db(config.store_path)) as db:
+    with closing(read_only_store(config.store_path)) as db:
         for e in find_entries(db, EntryFilter(token=token)):
             what = PLAIN.get(e["event"], e["event"])
             detail = e["detail"]
@@ -511,7 +501,7 @@ def report(args: argparse.Namespace) -> int:
 def cross_check(args: argparse.Namespace) -> int:
     """Compare what a node says it sent and had delivered with the gateway's metadata log."""
     config = NodeConfig.load(args.config)
-    with closing(_db(args.gateway_db)) as db:
+    with closing(read_only_store(args.gateway_db)) as db:
         anchor = _metalog_anchor(db)
         # The gateway's record of what was sent before its log's retention horizon may be gone.
         horizon_ms = anchor[1] if anchor else -1
@@ -520,7 +510,7 @@ def cross_check(args: argparse.Namespace) -> int:
             e = json.loads(entry)
             if e["actor"]["id"] == config.node_id:
                 forwarded[e["message_id"]] = e["counterpart"]
-    with closing(_db(config.store_path)) as db:
+    with closing(read_only_store(config.store_path)) as db:
         rows = db.execute("SELECT message_id, recipient, state, receipt, created_at_ms FROM outbox").fetchall()
     outbox = {m: (r, s, rc) for m, r, s, rc, created in rows if created > horizon_ms}
     older = len(rows) - len(outbox)
@@ -596,6 +586,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--html", type=Path, help="write a self-contained HTML report here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=report)
+
+    challenge_figures.register(sub)
 
     p = sub.add_parser("cross-check", help="compare the node's log with the gateway's metadata log")
     p.add_argument("--config", type=Path, required=True)
