@@ -11,6 +11,7 @@ from linkage.cli.api_client import actor, add_connection_arguments, call, emit_j
 from linkage.cli.values import calendar_date, iso_day, when, word
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 
+REPLY_WITH = "linkage inbox reply {} provide|partial|decline"  # the command that answers a request
 ANSWERS = {
     "provide": workflow_pb2.INFORMATION_ANSWER_PROVIDED,
     "partial": workflow_pb2.INFORMATION_ANSWER_PARTIAL,
@@ -97,7 +98,7 @@ def requests(args: argparse.Namespace) -> int:
                 f"  You answered: {word(workflow_pb2.InformationAnswer.DESCRIPTOR, r.answer)} {when(r.answered_at_ms)}"
             )
         else:
-            print(f"  Not answered yet{' and OVERDUE' if r.overdue else ''}: linkage inbox reply {r.message_id} ...")
+            print(f"  Not answered yet{' and OVERDUE' if r.overdue else ''}: {REPLY_WITH.format(r.message_id)} ...")
     return 0
 
 

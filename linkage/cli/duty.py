@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import argparse
 
-from linkage.cli import challenging
+from linkage.cli import asking, challenging, node_client
 from linkage.cli.api_client import FOLLOW_UP, actor, add_connection_arguments, call, emit_json
 from linkage.cli.values import count, iso_day, word
 from linkage.v1 import envelope_pb2, node_api_pb2
 
 # What each kind is called, and the command that answers it.
 NAMES = {
-    envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST: (
-        "information request",
-        "linkage inbox reply {} provide|partial|decline",
-    ),
+    envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST: ("information request", asking.REPLY_WITH),
     envelope_pb2.MESSAGE_KIND_CHALLENGE: ("professional challenge", challenging.ANSWER_WITH),
-    envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT: ("closure proposal", "linkage case respond {}"),
+    envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT: ("closure proposal", node_client.RESPOND_WITH),
 }
 
 

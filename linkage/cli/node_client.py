@@ -348,6 +348,9 @@ def involvement(args: argparse.Namespace) -> int:
 # -- inbox and chronology ----------------------------------------------------------
 
 
+RESPOND_WITH = "linkage case respond {}"  # the command that answers a closure proposal
+
+
 def _kind(value: int) -> str:
     return word(envelope_pb2.MessageKind.DESCRIPTOR, value)
 
@@ -439,7 +442,7 @@ def _print_content(body: envelope_pb2.MessageBody) -> None:
                 f"  {c.intent.intent} ({c.intent.reason_code or 'no reason code'}); respond by {iso_day(c.respond_by)}"
             )
             print(f"  Note: {c.note or '-'}")
-            print(f"  Answer with: linkage case respond {body.message_id} [--object --reason ...]")
+            print(f"  Answer with: {RESPOND_WITH.format(body.message_id)} [--object --reason ...]")
         case "closure_response":
             r = body.closure_response
             print(f"  Answer: {_closure_answer(r.answer, r.reason)}")
@@ -457,7 +460,7 @@ def _print_content(body: envelope_pb2.MessageBody) -> None:
             print(f"  Purpose: {q.purpose}")
             print(f"  Asks for: {q.what}")
             print(f"  Needed by: {iso_day(q.needed_by)}; lawful basis: {', '.join(g for g in grounds if g)}")
-            print(f"  Answer with: linkage inbox reply {body.message_id} provide|partial|decline ...")
+            print(f"  Answer with: {asking.REPLY_WITH.format(body.message_id)} ...")
         case "information_response":
             a = body.information_response
             print(f"  Answer to {a.request_message_id}: {asking.answer_word(a.answer)}")
