@@ -10,31 +10,30 @@ import argparse
 import datetime as dt
 import json
 from collections import Counter
-from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from linkage.cli.store_files import read_only_store
-from linkage.cli.values import calendar_date, word
+from linkage.cli.values import calendar_date, iso_day, word
 from linkage.config import NodeConfig
 from linkage.v1 import envelope_pb2, workflow_pb2
 
-Row = tuple[str, str, str, int, str]  # the other agency, stage, subject, answer, respond_by ("" if none)
+# The other agency, stage, subject, answer, respond_by ("" if none), the challenge it escalates ("" if none).
+Row = tuple[str, str, str, int, str, str]
 
 
-def figures(rows: Iterable[Row], escalations: int, today: str) -> dict[str, Any]:
-    rows = list(rows)
-    answers = Counter(word(workflow_pb2.ChallengeAnswer.DESCRIPTOR, answer) for _, _, _, answer, _ in rows)
+def figures(rows: list[Row], today: str) -> dict[str, Any]:
+    answers = Counter(word(workflow_pb2.ChallengeAnswer.DESCRIPTOR, answer) for _, _, _, answer, _, _ in rows)
     return {
         "total": len(rows),
         "answered": {a: n for a, n in sorted(answers.items()) if a != "unspecified"},
         "unanswered": answers["unspecified"],
-        "overdue": sum(not answer and bool(by) and by < today for _, _, _, answer, by in rows),
-        "escalations": escalations,
-        "by_stage": dict(Counter(stage for _, stage, _, _, _ in rows).most_common()),
-        "by_subject": dict(Counter(subject for _, _, subject, _, _ in rows).most_common()),
-        "by_agency": dict(Counter(node for node, _, _, _, _ in rows).most_common()),
+        "overdue": sum(not answer and bool(by) and by < today for _, _, _, answer, by, _ in rows),
+        "escalations": sum(bool(escalates) for *_, escalates in rows),
+        "by_stage": dict(Counter(stage for _, stage, *_ in rows).most_common()),
+        "by_subject": dict(Counter(subject for _, _, subject, *_ in rows).most_common()),
+        "by_agency": dict(Counter(node for node, *_ in rows).most_common()),
     }
 
 
@@ -45,19 +44,16 @@ def challenge_figures(config: NodeConfig, since_ms: int, today: str) -> dict[str
             "WHERE sent_at_ms >= ?",
             (since_ms,),
         ).fetchall()
-        received = []
+        received: list[Row] = []
         for sender, answer, signed in db.execute(
             "SELECT i.sender, i.answer, b.signed FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq "
             "WHERE i.kind = ? AND i.received_at_ms >= ?",
             (envelope_pb2.MESSAGE_KIND_CHALLENGE, since_ms),
         ):
             c = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(signed).body).challenge
-            respond_by = f"{c.respond_by.year:04d}-{c.respond_by.month:02d}-{c.respond_by.day:02d}"
-            received.append((sender, c.stage, c.subject, answer, respond_by if c.respond_by.year else "", c))
-    return {
-        "raised": figures((r[:5] for r in raised), sum(bool(r[5]) for r in raised), today),
-        "received": figures((r[:5] for r in received), sum(bool(r[5].escalates_message_id) for r in received), today),
-    }
+            respond_by = iso_day(c.respond_by) if c.respond_by.year else ""
+            received.append((sender, c.stage, c.subject, answer, respond_by, c.escalates_message_id))
+    return {"raised": figures(raised, today), "received": figures(received, today)}
 
 
 def show(args: argparse.Namespace) -> int:
