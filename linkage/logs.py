@@ -7,10 +7,13 @@ and the node's audit log.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO, cast
 
+import orjson
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -29,7 +32,7 @@ def configure(level: str = "info", stream: TextIO | None = None, **context: str)
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=True),
+            _render_json,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
@@ -37,6 +40,16 @@ def configure(level: str = "info", stream: TextIO | None = None, **context: str)
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(**context)
+
+
+def _render_json(_logger: object, _method: str, event: MutableMapping[str, Any]) -> str:
+    """One JSON line with sorted keys. orjson takes a third of the json module's time, paid
+    on each message's log line; what it cannot write (an integer past 64 bits, say) falls
+    back to the json module, so that logging never raises."""
+    try:
+        return orjson.dumps(event, default=repr, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return json.dumps(event, default=repr, sort_keys=True)
 
 
 class _Logger:

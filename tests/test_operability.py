@@ -66,6 +66,22 @@ async def test_every_stream_is_tls_1_3_and_logs_are_json_lines(federation: Local
     assert all({"event", "level", "timestamp"} <= e.keys() for e in events)
 
 
+def test_a_log_line_is_sorted_json_whatever_it_is_given() -> None:
+    captured = io.StringIO()
+    logs.configure("info", stream=captured, node="amh")
+    try:
+        log = logs.get("test")
+        log.info("odd.values", zeta=1, alpha=Path("/x"), big=2**70, agency="Cyngor Sir Ynys Môn")
+        log.info("plain", count=3)
+    finally:
+        logs.configure("info")
+    lines = captured.getvalue().splitlines()
+    odd, plain = (json.loads(line) for line in lines)
+    assert odd["big"] == 2**70 and odd["alpha"] == repr(Path("/x")) and odd["agency"].endswith("Môn")
+    assert (plain["event"], plain["count"], plain["node"]) == ("plain", 3, "amh")
+    assert all(list(json.loads(line)) == sorted(json.loads(line)) for line in lines)
+
+
 async def test_a_refused_call_is_logged_with_its_method_and_code_and_never_what_it_was_sent(
     federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
