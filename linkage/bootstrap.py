@@ -20,6 +20,7 @@ from linkage.federation import (
     init_federation,
     publish_directory,
 )
+from linkage.jurisdictions import DEFAULT
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class NodeSpec:
     agency_name: str
     agency_type: str
     contact_role: str
+    jurisdiction: str
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,9 @@ class FederationSpec:
         data = tomllib.loads(path.read_text())
         gateway = data.get("gateway", {})
         nodes = [
-            NodeSpec(n["id"], n["agency_name"], n["agency_type"], n.get("contact_role", ""))
+            NodeSpec(
+                n["id"], n["agency_name"], n["agency_type"], n.get("contact_role", ""), n.get("jurisdiction", DEFAULT)
+            )
             for n in data.get("node", [])
         ]
         if not nodes:
@@ -83,6 +87,7 @@ def bootstrap(spec: FederationSpec, out: Path, now_ms: int) -> Federation:
                 now_ms,
                 contact_role=node.contact_role,
                 gateway_name=spec.gateway_id,
+                jurisdiction=node.jurisdiction,
             )
     bundles = (out / spec.gateway_id, *(out / n.node_id for n in spec.nodes))
     publish_directory(fed, now_ms, spec.validity_days, copy_to=bundles)

@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from linkage import jurisdictions
 from linkage.codelists import CodeLists
 from linkage.configcheck import is_address
 from linkage.directory import sign_directory
@@ -161,6 +162,7 @@ def enrol_node(
     now_ms: int,
     contact_role: str = "",
     gateway_name: str = "gateway",
+    jurisdiction: str = jurisdictions.DEFAULT,
 ) -> Path:
     """Write a node bundle to `out` and add its entry for the next directory."""
     if not is_node_id(node_id):
@@ -170,6 +172,11 @@ def enrol_node(
         raise FederationError(
             f"agency type {agency_type!r} is not in the agency_type code list; use one of: "
             + ", ".join(codes.codes("agency_type"))
+        )
+    if not codes.has("jurisdiction", jurisdiction):
+        raise FederationError(
+            f"jurisdiction {jurisdiction!r} is not in the jurisdiction code list; use one of: "
+            + ", ".join(codes.codes("jurisdiction"))
         )
     if (fed.entries / f"{node_id}.pb").exists():
         raise FederationError(f"node {node_id!r} is already enrolled")
@@ -194,6 +201,7 @@ def enrol_node(
         tls_cert_sha256=fingerprint,
         status=pb.NODE_STATUS_ACTIVE,
         contact_role=contact_role,
+        jurisdiction=jurisdiction,
         keys=[
             pb.NodeKey(
                 key_id=keys.key_id,

@@ -636,6 +636,11 @@ class Cases:
         assessment.originating_node = self.ctx.node_id
         assessment.author.CopyFrom(request.actor)
         assessment.agency_type = self.ctx.me().agency_type
+        if assessment.jurisdiction and not self.ctx.policy.codes.has("jurisdiction", assessment.jurisdiction):
+            raise invalid(
+                f"assessment.jurisdiction {assessment.jurisdiction!r} is not a UK jurisdiction code; use one of "
+                f"{', '.join(self.ctx.policy.codes.codes('jurisdiction'))}, or leave it empty for this agency's own"
+            )
         async with self.ctx.store.tx() as tx:
             (latest,) = await tx.fetchone(
                 "SELECT MAX(version) FROM assessments WHERE summary_id = ?", (assessment.summary_id,)

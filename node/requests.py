@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
+from linkage import jurisdictions
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates
@@ -141,7 +142,8 @@ class Requests:
         if not request.purpose.strip() or not request.what.strip():
             raise invalid("an information request needs its purpose and what is asked for, in plain words")
         check_notes(purpose=request.purpose, what=request.what)
-        if problems := [f.message for f in basis_rules(request.lawful_basis, self.ctx.policy.codes)]:
+        jurisdiction = jurisdictions.of_node(self.ctx.me())  # the asking agency's law
+        if problems := [f.message for f in basis_rules(request.lawful_basis, self.ctx.policy.codes, jurisdiction)]:
             raise invalid(f"an information request needs the lawful basis it relies on: {' '.join(problems)}")
         if request.HasField("needed_by"):
             check_ahead("needed_by", request.needed_by, self.ctx.clock.now_ms())

@@ -10,7 +10,7 @@ import sqlite3
 
 import grpc
 
-from linkage import logs
+from linkage import jurisdictions, logs
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers
@@ -36,14 +36,16 @@ def finding(f: Finding) -> node_api_pb2.PolicyFinding:
 
 def lawful_ground(decision: summary_pb2.ShareDecision) -> str:
     basis = decision.lawful_basis
-    return ",".join(x for x in [*basis.art6, basis.art9, basis.dpa_condition, *decision.override_grounds] if x)
+    grounds = [*basis.art6, basis.art9, basis.dpa_condition, *basis.statutory_gateway, *decision.override_grounds]
+    return ",".join(x for x in grounds if x)
 
 
-def decision_detail(share_id: str, result: PolicyResult, kind: int) -> dict[str, object]:
+def decision_detail(share_id: str, result: PolicyResult, kind: int, jurisdiction: str) -> dict[str, object]:
     d = result.decision
     return {
         "share_id": share_id,
         "kind": kind_name(kind),
+        "jurisdiction": jurisdiction,
         "consent_status": d.consent_status,
         "subject_informed": d.subject_informed,
         "approved_by": d.approved_by.id,
@@ -172,6 +174,8 @@ class Sharing:
         """Load the assessment, find its recipients, apply the policy. No writes."""
         kind = request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
         assessment, case_open = await self._assessment(request.assessment_id)
+        if not assessment.jurisdiction:  # the case system named no other: this agency's own law
+            assessment.jurisdiction = jurisdictions.of_node(self.ctx.me())
         self._check_kind(kind, assessment)
         tokens = routing_tokens(assessment)
         if not tokens:
@@ -292,7 +296,7 @@ class Sharing:
                     decision=outcome,
                     lawful_ground=lawful_ground(result.decision),
                     rationale=result.decision.rationale,
-                    detail=decision_detail(share_id, result, message_kind),
+                    detail=decision_detail(share_id, result, message_kind, assessment.jurisdiction),
                 )
                 statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, assessment.summary_id)
                 if wrap and only and any(s.state == "queued" for s in statuses):  # answers `only`'s request

@@ -46,8 +46,14 @@ class LocalFederation:
 
 
 def make_federation(
-    root: Path, clock: Clock, nodes: tuple[str, ...] = tuple(AGENCIES), validity_days: int = 7, suite: str = "classic"
+    root: Path,
+    clock: Clock,
+    nodes: tuple[str, ...] = tuple(AGENCIES),
+    validity_days: int = 7,
+    suite: str = "classic",
+    jurisdictions: dict[str, str] | None = None,
 ) -> LocalFederation:
+    """`jurisdictions`: node id -> whose law it shares under, for those not in England."""
     now = clock.now_ms()
     fed = init_federation(root / "federation", FEDERATION_ID, now, suite)
     gw_conf = enrol_gateway(fed, "gateway", root / "gateway", "127.0.0.1:0", now)
@@ -63,6 +69,7 @@ def make_federation(
             "127.0.0.1:0",
             now,
             contact_role="Duty team",
+            jurisdiction=(jurisdictions or {}).get(node_id, "ENG"),
         )
     publish_directory(fed, now, validity_days, copy_to=(root / "gateway", *(p.parent for p in node_paths.values())))
     return LocalFederation(

@@ -241,7 +241,7 @@ def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tm
     shared = next(r for r in rows_r if r["what"].startswith("Decision whether to share - Children"))
     assert shared["with"] == "Children's Social Care, Oak Primary School"
     assert "withheld: risk item 2 (SUBSTANCE_MISUSE): relevance to SCHOOL not stated" in shared["what"]
-    assert shared["ground"] == "A6_1_E,A9_2_G,SCH1_P18,CHILD_AT_RISK"
+    assert shared["ground"] == "A6_1_E,A9_2_G,SCH1_P18,CA2004_S11,CHILD_AT_RISK; law of ENG"
     assert shared["why"].startswith("A change in the parent's treatment")
     received = json.loads(
         linkage("audit", "report", "--config", config(scenario, "csc"), "--person", PARENT, "--json").stdout

@@ -60,6 +60,7 @@ async def test_record_ask_answer_request_and_reply_from_the_cli(federation: Loca
         code, out, err = await linkage("inbox", "open", shared.message_id, *who("csc"))
         assert code == 0, err
         assert "- PARENTAL_CAPACITY increased (current) HIGH PRACTITIONER_JUDGEMENT" in out
+        assert "  Under the law of England (ENG): CA2004_S11\n" in out  # whose powers it cites
         assert "Review by 2026-01-31 (passed: ask the sender whether it still holds)" in out  # domain rule 12
         code, out, err = await linkage(
             "inbox", "ask", shared.message_id, "--question", "Who cares for the child at night?", *who("csc")

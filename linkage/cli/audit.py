@@ -427,7 +427,8 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
                     "with": ", ".join(_agency(directory, c) for c in counterparts) or "-",
                     "by": f"{e['actor'].get('name') or e['actor'].get('id')} ({e['actor'].get('role')})",
                     "why": e["rationale"] or "-",
-                    "ground": e["lawful_ground"] or e["decision"] or "-",
+                    "ground": (e["lawful_ground"] or e["decision"] or "-")
+                    + (f"; law of {detail['jurisdiction']}" if detail.get("jurisdiction") else ""),
                 }
             )
     return rows

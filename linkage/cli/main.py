@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from linkage import __version__
+from linkage import __version__, jurisdictions
 from linkage.cli import audit, duty, health, node_client
 from linkage.clock import SystemClock
 
@@ -39,6 +39,7 @@ def _federation_enrol(args: argparse.Namespace) -> int:
         SystemClock().now_ms(),
         contact_role=args.contact_role,
         gateway_name=args.gateway_name,
+        jurisdiction=args.jurisdiction,
     )
     print(f"enrolled node {args.node_id}; bundle and configuration in {config.parent}")
     print("run 'linkage federation publish' so the federation learns of it")
@@ -178,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agency-name", required=True)
     p.add_argument("--agency-type", required=True, help="code from the agency_type list, e.g. POLICE")
     p.add_argument("--contact-role", default="", help="who other agencies should contact")
+    p.add_argument(
+        "--jurisdiction",
+        default=jurisdictions.DEFAULT,
+        help="whose law the agency shares under: ENG, WLS, SCT or NIR (default %(default)s)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for the node's bundle")
     p.add_argument("--gateway-address", required=True, help="host:port of the gateway")
     p.add_argument("--gateway-name", default="gateway", help="the gateway's TLS name (its id)")

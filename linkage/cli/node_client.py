@@ -13,6 +13,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from linkage import jurisdictions
 from linkage.cli import asking, challenging
 from linkage.cli.api_client import (
     FOLLOW_UP,
@@ -25,6 +26,7 @@ from linkage.cli.api_client import (
     report_queued,
 )
 from linkage.cli.values import calendar_date, count, iso_day, link_token, when, word
+from linkage.codelists import CodeLists
 from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc, summary_pb2, workflow_pb2
 
 
@@ -485,6 +487,10 @@ def _print_summary(summary: summary_pb2.RiskSummary) -> None:
         print(f"  - {risk.category} {risk.direction.lower()} ({currency}){level}")
     if summary.decision.rationale:
         print(f"  Why shared: {summary.decision.rationale}")
+    if summary.jurisdiction:  # whose law its lawful basis and powers are
+        powers = summary.decision.lawful_basis.statutory_gateway
+        law = jurisdictions.name(CodeLists.load(), summary.jurisdiction)
+        print(f"  Under the law of {law}" + (f": {', '.join(powers)}" if powers else ""))
     if summary.review_date.year:  # domain.md §6 rule 12: an overdue review is flagged to recipients
         review = iso_day(summary.review_date)
         late = review < datetime.date.today().isoformat() and any(

@@ -116,6 +116,7 @@ class NodeEntry(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
     CONTACT_ROLE_FIELD_NUMBER: _builtins.int
+    JURISDICTION_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     agency_name: _builtins.str
     agency_type: _builtins.str
@@ -125,6 +126,10 @@ class NodeEntry(_message.Message):
     status: Global___NodeStatus.ValueType
     contact_role: _builtins.str
     """e.g. "Designated safeguarding lead" """
+    jurisdiction: _builtins.str
+    """Whose law the agency shares under: ENG | WLS | SCT | NIR (jurisdiction code list).
+    Empty in entries enrolled before it was recorded: England, the default.
+    """
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeKey]: ...
     def __init__(
@@ -137,10 +142,11 @@ class NodeEntry(_message.Message):
         status: Global___NodeStatus.ValueType = ...,
         keys: _abc.Iterable[Global___NodeKey] | None = ...,
         contact_role: _builtins.str = ...,
+        jurisdiction: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "agency_type", b"agency_type", "contact_role", b"contact_role", "keys", b"keys", "node_id", b"node_id", "status", b"status", "tls_cert_sha256", b"tls_cert_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "agency_type", b"agency_type", "contact_role", b"contact_role", "jurisdiction", b"jurisdiction", "keys", b"keys", "node_id", b"node_id", "status", b"status", "tls_cert_sha256", b"tls_cert_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -678,6 +678,7 @@ class RiskSummary(_message.Message):
     CLOSURE_INTENT_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     HEADLINE_FIELD_NUMBER: _builtins.int
+    JURISDICTION_FIELD_NUMBER: _builtins.int
     summary_id: _builtins.str
     version: _builtins.int
     originating_node: _builtins.str
@@ -685,6 +686,11 @@ class RiskSummary(_message.Message):
     strengths: _builtins.str
     headline: _builtins.str
     """one plain-language sentence"""
+    jurisdiction: _builtins.str
+    """The UK jurisdiction whose law it was assessed and shared under (ENG | WLS | SCT |
+    NIR): which statutory powers its decision may cite (domain.md §1.9). Left empty
+    by the case system, the node fills in its own (from the directory) when it shares.
+    """
     @_builtins.property
     def author(self) -> Global___Practitioner: ...
     @_builtins.property
@@ -733,10 +739,11 @@ class RiskSummary(_message.Message):
         closure_intent: Global___ClosureIntent | None = ...,
         decision: Global___ShareDecision | None = ...,
         headline: _builtins.str = ...,
+        jurisdiction: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["access_needs", b"access_needs", "assessment", b"assessment", "author", b"author", "closure_intent", b"closure_intent", "decision", b"decision", "lead_professional", b"lead_professional", "review_date", b"review_date", "voice", b"voice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_needs", b"access_needs", "actions", b"actions", "agency_type", b"agency_type", "assessment", b"assessment", "author", b"author", "closure_intent", b"closure_intent", "contacts", b"contacts", "decision", b"decision", "headline", b"headline", "lead_professional", b"lead_professional", "originating_node", b"originating_node", "people", b"people", "protective_factors", b"protective_factors", "review_date", b"review_date", "risk_items", b"risk_items", "strengths", b"strengths", "summary_id", b"summary_id", "version", b"version", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_needs", b"access_needs", "actions", b"actions", "agency_type", b"agency_type", "assessment", b"assessment", "author", b"author", "closure_intent", b"closure_intent", "contacts", b"contacts", "decision", b"decision", "headline", b"headline", "jurisdiction", b"jurisdiction", "lead_professional", b"lead_professional", "originating_node", b"originating_node", "people", b"people", "protective_factors", b"protective_factors", "review_date", b"review_date", "risk_items", b"risk_items", "strengths", b"strengths", "summary_id", b"summary_id", "version", b"version", "voice", b"voice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

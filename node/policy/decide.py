@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from linkage import jurisdictions
 from linkage.codelists import CodeLists
 from linkage.v1 import summary_pb2 as pb
 from node import dates
@@ -101,7 +102,13 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
         _finish(decision, request.decision.outcome, findings)
         return PolicyResult(decision=decision, findings=findings)
 
-    findings += decision_rules(request.decision, context.codes, request.sender_agency_type, request.answering_request)
+    findings += decision_rules(
+        request.decision,
+        context.codes,
+        request.sender_agency_type,
+        request.assessment.jurisdiction or jurisdictions.DEFAULT,
+        request.answering_request,
+    )
     findings += summary_rules(request.assessment, context.codes)
     findings += review_rules(request.assessment, dates.today(request.now_ms))
     findings += _plain_language(request, context.glossary)

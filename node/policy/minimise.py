@@ -10,8 +10,8 @@ from linkage.codelists import CodeLists
 from linkage.v1 import summary_pb2 as pb
 from node.policy.agreement import RecipientRules
 
-# Always present: which summary this is, from whom, and the decision that let it go.
-ALWAYS = frozenset({"summary_id", "version", "originating_node", "agency_type", "author", "decision"})
+# Always present: which summary this is, from whom, under whose law, and the decision that let it go.
+ALWAYS = frozenset({"summary_id", "version", "originating_node", "agency_type", "author", "decision", "jurisdiction"})
 
 
 @dataclass(frozen=True)

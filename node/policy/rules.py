@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from linkage import jurisdictions
 from linkage.codelists import CodeLists
 from linkage.v1 import summary_pb2 as pb
 from node import dates
@@ -51,10 +52,11 @@ def protected_role(codes: CodeLists, role: str) -> bool:
     return bool(codes.entry("role_in_risk", role).get("protected"))
 
 
-def basis_rules(basis: pb.LawfulBasis, codes: CodeLists) -> Iterator[Finding]:
+def basis_rules(basis: pb.LawfulBasis, codes: CodeLists, jurisdiction: str) -> Iterator[Finding]:
     """A lawful basis is given under its regime, and each of its codes is in its code list.
     Under UK GDPR that is an Article 6 basis; the police's law-enforcement processing (DPA
-    2018 Part 3) has no Article 6 basis but a Schedule 8 condition (domain.md §1.4)."""
+    2018 Part 3) has no Article 6 basis but a Schedule 8 condition (domain.md §1.4). Its
+    statutory powers are law in `jurisdiction` (domain.md §1.9)."""
     condition_regime = codes.entry("dpa_condition", basis.dpa_condition).get("regime")
     if basis.dp_regime == PART3:
         if condition_regime != PART3:
@@ -78,18 +80,30 @@ def basis_rules(basis: pb.LawfulBasis, codes: CodeLists) -> Iterator[Finding]:
     yield from _code(codes, "cldc_basis", basis.cldc_basis, "confidentiality basis")
     for code in basis.statutory_gateway:
         yield from _code(codes, "statutory_gateway", code, "statutory power")
+        if codes.has("statutory_gateway", code) and not jurisdictions.applies(codes, code, jurisdiction):
+            own = jurisdictions.powers_of(codes, jurisdiction)
+            yield Finding(
+                "power_not_in_jurisdiction",
+                f"{code} is not the law of {jurisdictions.name(codes, jurisdiction)}, where this was made: cite "
+                + (f"a power that is (one of {', '.join(own)}), " if own else "")
+                + "a court order or a local agreement (COURT_ORDER, LOCAL_ISA).",
+            )
 
 
 def decision_rules(
-    decision: pb.ShareDecision, codes: CodeLists, sender_agency_type: str, answering_request: bool = False
+    decision: pb.ShareDecision,
+    codes: CodeLists,
+    sender_agency_type: str,
+    jurisdiction: str,
+    answering_request: bool = False,
 ) -> Iterator[Finding]:
-    """Grounds for sharing: consent, lawful basis and the override record. `answering_request`:
-    the share answers another agency's information request."""
+    """Grounds for sharing: consent, lawful basis and the override record, under the law of
+    `jurisdiction`. `answering_request`: the share answers another agency's information request."""
     basis = decision.lawful_basis
     if not decision.consent_status:
         yield Finding("consent_status_missing", "Record the consent status (for example GIVEN_EXPLICIT or REFUSED).")
     yield from _code(codes, "consent_status", decision.consent_status, "consent status")
-    yield from basis_rules(basis, codes)
+    yield from basis_rules(basis, codes, jurisdiction)
     for code in decision.override_grounds:
         yield from _code(codes, "override_ground", code, "override ground")
     yield from _code(codes, "subject_informed", decision.subject_informed, "subject informed")
@@ -322,6 +336,7 @@ def summary_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding
     for n, item in enumerate(summary.risk_items, start=1):
         yield from item_rules(item, n, codes)
     yield from _code(codes, "assessment_formality", summary.assessment.formality, "assessment")
+    yield from _code(codes, "jurisdiction", summary.jurisdiction, "jurisdiction")
     if summary.HasField("closure_intent"):
         yield from _code(codes, "closure_intent", summary.closure_intent.intent, "closure intent")
     if any(i.currency == pb.CURRENCY_CURRENT for i in summary.risk_items) and not date_set(summary.review_date):
