@@ -3,8 +3,9 @@ Each call names the practitioner acting; the work is done by the casework module
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -74,29 +75,50 @@ def add_to_server(service: NodeApiService, server: grpc.aio.Server) -> None:
 Method = Callable[[Any, Any, Context], Awaitable[Any]]
 
 
-def _outcome_logged(name: str, method: Method) -> Method:
-    """A call refused is logged with its method and status code, never its message (which
-    may quote what the caller sent): agency IT can see what fails, and how often."""
+Stream = Callable[[Any, Any, Context], AsyncIterator[Any]]
 
+
+@contextlib.contextmanager
+def _logged(name: str, context: Context) -> Iterator[None]:
+    """A call refused is logged with its method and status code, never its message (which
+    may quote what the caller sent): agency IT can see what fails, and how often. A watcher
+    that goes away cancels its watch, which is neither."""
+    try:
+        yield
+    except grpc.aio.AbortError:  # refused by _answer, with its status set
+        code = context.code()
+        log.info("api.refused", method=name, code=code.name if isinstance(code, grpc.StatusCode) else str(code))
+        raise
+    except Exception as exc:
+        log.error("api.failed", method=name, error=type(exc).__name__)
+        raise
+
+
+def _outcome_logged(name: str, method: Method) -> Method:
     @functools.wraps(method)
     async def call(self: Any, request: Any, context: Context) -> Any:
-        try:
+        with _logged(name, context):
             return await method(self, request, context)
-        except grpc.aio.AbortError:  # refused by _answer, with its status set
-            code = context.code()
-            log.info("api.refused", method=name, code=code.name if isinstance(code, grpc.StatusCode) else str(code))
-            raise
-        except Exception as exc:
-            log.error("api.failed", method=name, error=type(exc).__name__)
-            raise
+
+    return call
+
+
+def _stream_logged(name: str, method: Stream) -> Stream:
+    @functools.wraps(method)
+    async def call(self: Any, request: Any, context: Context) -> AsyncIterator[Any]:
+        with _logged(name, context):  # refused at its start or at any later answer
+            async for item in method(self, request, context):
+                yield item
 
     return call
 
 
 def _outcomes_logged(cls: type[T]) -> type[T]:
     for method in node_api_pb2.DESCRIPTOR.services_by_name["NodeApi"].methods:
-        if not (method.server_streaming or method.client_streaming):  # streams (generators) left as they are
-            setattr(cls, method.name, _outcome_logged(method.name, getattr(cls, method.name)))
+        if method.client_streaming:
+            raise TypeError(f"{method.name}: a client stream would need its own wrapper")
+        wrap = _stream_logged if method.server_streaming else _outcome_logged
+        setattr(cls, method.name, wrap(method.name, getattr(cls, method.name)))
     return cls
 
 

@@ -95,6 +95,10 @@ async def test_a_refused_call_is_logged_with_its_method_and_code_and_never_what_
                         node_api_pb2.FindCasesRequest(actor=PRACTITIONER, case_ref="Ms Example's file", limit=501)
                     )
             await cluster.api("amh").FindCases(node_api_pb2.FindCasesRequest(actor=PRACTITIONER))
+            watch = cluster.api("amh").WatchShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER))
+            with pytest.raises(grpc.aio.AioRpcError):  # a watch refused: no such share
+                async for _ in watch:
+                    pass
 
             async def broken(*_: object) -> None:
                 raise RuntimeError("a defect")
@@ -107,7 +111,9 @@ async def test_a_refused_call_is_logged_with_its_method_and_code_and_never_what_
         logs.configure("info")
     events = [json.loads(line) for line in captured.getvalue().splitlines()]
     refused = [e for e in events if e["event"] == "api.refused"]
-    assert [(e["method"], e["code"]) for e in refused] == [("FindCases", "INVALID_ARGUMENT")] * 2
+    assert [(e["method"], e["code"]) for e in refused] == [("FindCases", "INVALID_ARGUMENT")] * 2 + [
+        ("WatchShareStatus", "NOT_FOUND")
+    ]
     assert "Ms Example" not in captured.getvalue()
     (failure,) = [e for e in events if e["event"] == "api.failed"]
     assert (failure["method"], failure["error"], failure["level"]) == ("OpenCase", "RuntimeError", "error")
