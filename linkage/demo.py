@@ -333,7 +333,9 @@ class Demo:
         say("[9] Each agency opens its own case; each later one is announced to those already linked:")
         cases = {}
         for node in ("fire", "police", "ageuk"):
-            cases[node] = await self.open_case(node, stories.ms_b(), "Ms B", number=43)
+            # Age UK has the NHS number Ms B gave it, and no way to trace it.
+            ms_b = stories.ms_b("STATED" if node == "ageuk" else "VERIFIED_NATIONAL")
+            cases[node] = await self.open_case(node, ms_b, "Ms B", number=43)
         notice = await self.next_item("fire", envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE)
         say(
             f"    County Fire and Rescue is told: {notice.body.involvement.agency_name} has joined "
@@ -396,6 +398,9 @@ class Demo:
         )
         read = await self.next_item("ageuk", envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION)
         say(f"    Age UK learns its summary was read by adult social care's {read.body.read.reader_role}.")
+        linked_by = item.summary.people[0].identity_basis
+        say(f"    Age UK linked Ms B by the NHS number she gave ({linked_by}): adult social care confirms it is")
+        say("    her before acting, and would challenge a wrong link (IDENTITY_MATCH).")
 
         say("[12] Adult social care asks Age UK for clarification, threaded to what Age UK sent:")
         question = "How often do you visit, and would she let your volunteer help plan the clearance?"

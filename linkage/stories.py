@@ -27,6 +27,7 @@ def think_family_people() -> list[node_api_pb2.PersonIdentifier]:
             role_in_risk="POSES_RISK",
             person_type="ADULT_OTHER",
             relationship="parent",
+            identity_basis="VERIFIED_NATIONAL",
         ),
         node_api_pb2.PersonIdentifier(
             scheme="nhs",
@@ -34,6 +35,7 @@ def think_family_people() -> list[node_api_pb2.PersonIdentifier]:
             role_in_risk="AT_RISK",
             person_type="CHILD",
             relationship="child",
+            identity_basis="VERIFIED_NATIONAL",
         ),
     ]
 
@@ -140,10 +142,16 @@ def override_decision() -> pb.ShareDecision:
 MS_B_NHS = "9991000046"
 
 
-def ms_b() -> list[node_api_pb2.PersonIdentifier]:
+def ms_b(identity_basis: str = "VERIFIED_NATIONAL") -> list[node_api_pb2.PersonIdentifier]:
+    """Ms B, by her NHS number: traced by the statutory agencies; a charity may have only her word."""
     return [
         node_api_pb2.PersonIdentifier(
-            scheme="nhs", value=MS_B_NHS, role_in_risk="AT_RISK", person_type="ADULT_AT_RISK", relationship="self"
+            scheme="nhs",
+            value=MS_B_NHS,
+            role_in_risk="AT_RISK",
+            person_type="ADULT_AT_RISK",
+            relationship="self",
+            identity_basis=identity_basis,
         )
     ]
 

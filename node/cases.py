@@ -47,28 +47,41 @@ class Cases:
 
     def _person(self, n: int, person: node_api_pb2.PersonIdentifier) -> node_api_pb2.CasePerson:
         token = self.person_token(person, f"people[{n}]")
-        for name, value in (("role_in_risk", person.role_in_risk), ("person_type", person.person_type)):
+        for name, value in (
+            ("role_in_risk", person.role_in_risk),
+            ("person_type", person.person_type),
+            ("identity_basis", person.identity_basis),
+        ):
             if value and not self.ctx.policy.codes.has(name, value):
-                raise invalid(f"people[{n}]: {name} '{value}' is not in the code list")
+                raise invalid(
+                    f"people[{n}]: {name} '{value}' is not in the code list; use one of "
+                    + ", ".join(self.ctx.policy.codes.codes(name))
+                )
         return node_api_pb2.CasePerson(
             link_token=token,
             role_in_risk=person.role_in_risk,
             person_type=person.person_type,
             relationship=person.relationship,
             protect_identity=person.protect_identity or protected_role(self.ctx.policy.codes, person.role_in_risk),
+            identity_basis=person.identity_basis,
         )
 
     async def people(self, case_id: str) -> list[node_api_pb2.CasePerson]:
         rows = await self.ctx.store.fetchall(
-            "SELECT token, role_in_risk, person_type, relationship, protect_identity FROM case_people "
-            "WHERE case_id = ? ORDER BY token",
+            "SELECT token, role_in_risk, person_type, relationship, protect_identity, identity_basis "
+            "FROM case_people WHERE case_id = ? ORDER BY token",
             (case_id,),
         )
         return [
             node_api_pb2.CasePerson(
-                link_token=bytes(t), role_in_risk=r, person_type=p, relationship=rel, protect_identity=bool(pi)
+                link_token=bytes(t),
+                role_in_risk=r,
+                person_type=p,
+                relationship=rel,
+                protect_identity=bool(pi),
+                identity_basis=basis,
             )
-            for t, r, p, rel, pi in rows
+            for t, r, p, rel, pi, basis in rows
         ]
 
     async def open_case_row(self, case_id: str) -> None:
@@ -87,9 +100,17 @@ class Cases:
     async def _insert_people(self, tx: Tx, case_id: str, people: list[node_api_pb2.CasePerson]) -> None:
         await tx.executemany(
             "INSERT OR IGNORE INTO case_people(case_id, token, role_in_risk, person_type, relationship, "
-            "protect_identity) VALUES (?, ?, ?, ?, ?, ?)",
+            "protect_identity, identity_basis) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (case_id, p.link_token, p.role_in_risk, p.person_type, p.relationship, int(p.protect_identity))
+                (
+                    case_id,
+                    p.link_token,
+                    p.role_in_risk,
+                    p.person_type,
+                    p.relationship,
+                    int(p.protect_identity),
+                    p.identity_basis,
+                )
                 for p in people
             ],
         )
@@ -614,7 +635,7 @@ class Cases:
         self, request: node_api_pb2.RecordAssessmentRequest
     ) -> node_api_pb2.RecordAssessmentResponse:
         await self.open_case_row(request.case_id)
-        known = {p.link_token for p in await self.people(request.case_id)}
+        known = {p.link_token: p.identity_basis for p in await self.people(request.case_id)}
         assessment = summary_pb2.RiskSummary()
         assessment.CopyFrom(request.assessment)
         if not assessment.people:
@@ -622,6 +643,7 @@ class Cases:
         for n, person in enumerate(assessment.people):
             if person.link_token not in known:
                 raise invalid(f"assessment.people[{n}] is not a person of case {request.case_id!r}")
+            person.identity_basis = known[person.link_token]  # the case's record, not the caller's word
         named = {p.link_token for p in assessment.people}
         for n, item in enumerate(assessment.risk_items):
             if any(token not in named for token in item.concerns):  # else protection could not reach it

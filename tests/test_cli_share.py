@@ -82,17 +82,18 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
             ]
 
         parent = f"nhs:{stories.PARENT_NHS} role=POSES_RISK type=ADULT_OTHER rel=parent"
-        child = f"nhs:{stories.CHILD_NHS} role=AT_RISK type=CHILD rel=child"
+        child = f"nhs:{stories.CHILD_NHS} role=AT_RISK type=CHILD rel=child basis=VERIFIED_NATIONAL"
         code, out, err = await linkage(
             "case", "open", "--case-ref", "A-1", "--person", parent, "--person", child, *who("amh"), "--json"
         )
         assert code == 0, err
         opened = json.loads(out)
+        assert [p.get("identity_basis") for p in opened["people"]] == [None, "VERIFIED_NATIONAL"]
         amh_case = opened["case_id"]
         amh_parent, amh_child = (base64.b64decode(p["link_token"]) for p in opened["people"])
         code, out, err = await linkage("case", "open", "--case-ref", "C-1", "--person", child, *who("csc"))
         assert code == 0, err
-        assert "child AT_RISK CHILD" in out
+        assert "child AT_RISK CHILD, linked by VERIFIED_NATIONAL" in out
         csc_case = out.split()[1]
 
         code, out, err = await linkage("involvement", csc_case, *who("csc"))

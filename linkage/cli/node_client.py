@@ -159,8 +159,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 # -- cases ---------------------------------------------------------------------------
 
 
+PERSON_ATTRIBUTES = {"role": "role_in_risk", "type": "person_type", "rel": "relationship", "basis": "identity_basis"}
+
+
 def _person(text: str) -> node_api_pb2.PersonIdentifier:
-    """'nhs:9434765919 role=AT_RISK type=CHILD rel=child protect' -> a PersonIdentifier."""
+    """'nhs:9434765919 role=AT_RISK type=CHILD rel=child basis=VERIFIED_NATIONAL protect' -> a PersonIdentifier."""
     first, *rest = text.split()
     scheme, _, value = first.partition(":")
     if not value:
@@ -170,10 +173,10 @@ def _person(text: str) -> node_api_pb2.PersonIdentifier:
         key, _, val = part.partition("=")
         if key == "protect":
             person.protect_identity = True
-        elif key in ("role", "type", "rel"):
-            setattr(person, {"role": "role_in_risk", "type": "person_type", "rel": "relationship"}[key], val)
+        elif key in PERSON_ATTRIBUTES:
+            setattr(person, PERSON_ATTRIBUTES[key], val)
         else:
-            raise SystemExit(f"linkage: unknown person attribute {key!r} (use role=, type=, rel=, protect)")
+            raise SystemExit(f"linkage: unknown person attribute {key!r} (use role=, type=, rel=, basis=, protect)")
     return person
 
 
@@ -181,7 +184,8 @@ def _print_people(response: node_api_pb2.OpenCaseResponse | node_api_pb2.FoundCa
     print(f"Case {response.case_id}{heading}")
     for p in response.people:
         flags = " (identity protected)" if p.protect_identity else ""
-        print(f"  {p.link_token.hex()}  {p.relationship or '-'} {p.role_in_risk} {p.person_type}{flags}")
+        basis = f", linked by {p.identity_basis}" if p.identity_basis else ""
+        print(f"  {p.link_token.hex()}  {p.relationship or '-'} {p.role_in_risk} {p.person_type}{basis}{flags}")
 
 
 def case_open(args: argparse.Namespace) -> int:
@@ -481,6 +485,15 @@ def _print_summary(summary: summary_pb2.RiskSummary) -> None:
         print(f"  Handling: {', '.join(handling)}")
         if summary.decision.handling_instructions:
             print(f"    {summary.decision.handling_instructions}")
+    codes = CodeLists.load()
+    for person in summary.people:  # a link not verified may be the wrong person
+        basis = codes.entry("identity_basis", person.identity_basis)
+        if basis and not basis.get("verified"):
+            print(
+                f"  Check identity: the sender linked the {person.relationship or 'person'} by "
+                f"{person.identity_basis}; confirm it is the same person before acting "
+                "(a wrong link: linkage case challenge --subject IDENTITY_MATCH)"
+            )
     for risk in summary.risk_items:
         currency = word(summary_pb2.Currency.DESCRIPTOR, risk.currency)
         level = f" {risk.level.value} {risk.level.scale}" if risk.level.scale else ""
@@ -489,7 +502,7 @@ def _print_summary(summary: summary_pb2.RiskSummary) -> None:
         print(f"  Why shared: {summary.decision.rationale}")
     if summary.jurisdiction:  # whose law its lawful basis and powers are
         powers = summary.decision.lawful_basis.statutory_gateway
-        law = jurisdictions.name(CodeLists.load(), summary.jurisdiction)
+        law = jurisdictions.name(codes, summary.jurisdiction)
         print(f"  Under the law of {law}" + (f": {', '.join(powers)}" if powers else ""))
     if summary.review_date.year:  # domain.md §6 rule 12: an overdue review is flagged to recipients
         review = iso_day(summary.review_date)
@@ -525,7 +538,8 @@ def register_casework(commands: argparse._SubParsersAction) -> None:  # type: ig
         "--person",
         action="append",
         required=True,
-        help="'nhs:9434765919 role=AT_RISK type=CHILD rel=child [protect]' (repeat per person)",
+        help="'nhs:9434765919 role=AT_RISK type=CHILD rel=child basis=VERIFIED_NATIONAL [protect]' (repeat per "
+        "person; basis: how you know the identifier is theirs)",
     )
     p.set_defaults(handler=case_open)
     p = sub.add_parser("list", help="find your cases: by --ref, by --person, or every open one (newest first)")

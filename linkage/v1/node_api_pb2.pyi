@@ -31,6 +31,7 @@ class PersonIdentifier(_message.Message):
     PERSON_TYPE_FIELD_NUMBER: _builtins.int
     RELATIONSHIP_FIELD_NUMBER: _builtins.int
     PROTECT_IDENTITY_FIELD_NUMBER: _builtins.int
+    IDENTITY_BASIS_FIELD_NUMBER: _builtins.int
     scheme: _builtins.str
     """"nhs" (validated NHS number) or an explicit local scheme, e.g. "la-csc"."""
     value: _builtins.str
@@ -38,6 +39,11 @@ class PersonIdentifier(_message.Message):
     person_type: _builtins.str
     relationship: _builtins.str
     protect_identity: _builtins.bool
+    identity_basis: _builtins.str
+    """How this agency knows the identifier is the person's (identity_basis code list:
+    VERIFIED_NATIONAL, VERIFIED_DOCUMENT, STATED, DEMOGRAPHIC_MATCH). Recipients of its
+    summaries are told, so that a link not verified is checked before anyone acts on it.
+    """
     def __init__(
         self,
         *,
@@ -47,10 +53,11 @@ class PersonIdentifier(_message.Message):
         person_type: _builtins.str = ...,
         relationship: _builtins.str = ...,
         protect_identity: _builtins.bool = ...,
+        identity_basis: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["person_type", b"person_type", "protect_identity", b"protect_identity", "relationship", b"relationship", "role_in_risk", b"role_in_risk", "scheme", b"scheme", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_basis", b"identity_basis", "person_type", b"person_type", "protect_identity", b"protect_identity", "relationship", b"relationship", "role_in_risk", b"role_in_risk", "scheme", b"scheme", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -93,11 +100,13 @@ class CasePerson(_message.Message):
     PERSON_TYPE_FIELD_NUMBER: _builtins.int
     RELATIONSHIP_FIELD_NUMBER: _builtins.int
     PROTECT_IDENTITY_FIELD_NUMBER: _builtins.int
+    IDENTITY_BASIS_FIELD_NUMBER: _builtins.int
     link_token: _builtins.bytes
     role_in_risk: _builtins.str
     person_type: _builtins.str
     relationship: _builtins.str
     protect_identity: _builtins.bool
+    identity_basis: _builtins.str
     def __init__(
         self,
         *,
@@ -106,10 +115,11 @@ class CasePerson(_message.Message):
         person_type: _builtins.str = ...,
         relationship: _builtins.str = ...,
         protect_identity: _builtins.bool = ...,
+        identity_basis: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_token", b"link_token", "person_type", b"person_type", "protect_identity", b"protect_identity", "relationship", b"relationship", "role_in_risk", b"role_in_risk"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_basis", b"identity_basis", "link_token", b"link_token", "person_type", b"person_type", "protect_identity", b"protect_identity", "relationship", b"relationship", "role_in_risk", b"role_in_risk"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

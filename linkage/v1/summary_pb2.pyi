@@ -124,6 +124,7 @@ class Person(_message.Message):
     PERSON_TYPE_FIELD_NUMBER: _builtins.int
     PROTECT_IDENTITY_FIELD_NUMBER: _builtins.int
     RELATIONSHIP_FIELD_NUMBER: _builtins.int
+    IDENTITY_BASIS_FIELD_NUMBER: _builtins.int
     link_token: _builtins.bytes
     role_in_risk: _builtins.str
     """AT_RISK | POSES_RISK | BOTH | HOUSEHOLD_MEMBER | CARER"""
@@ -133,6 +134,10 @@ class Person(_message.Message):
     """never sent to recipients"""
     relationship: _builtins.str
     """e.g. "parent", by role not name"""
+    identity_basis: _builtins.str
+    """How the sending agency linked this person (identity_basis code), filled in by its
+    node from the case: a recipient checks a link not verified before acting on it.
+    """
     def __init__(
         self,
         *,
@@ -141,10 +146,11 @@ class Person(_message.Message):
         person_type: _builtins.str = ...,
         protect_identity: _builtins.bool = ...,
         relationship: _builtins.str = ...,
+        identity_basis: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_token", b"link_token", "person_type", b"person_type", "protect_identity", b"protect_identity", "relationship", b"relationship", "role_in_risk", b"role_in_risk"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_basis", b"identity_basis", "link_token", b"link_token", "person_type", b"person_type", "protect_identity", b"protect_identity", "relationship", b"relationship", "role_in_risk", b"role_in_risk"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

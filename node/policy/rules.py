@@ -324,6 +324,22 @@ def review_rules(summary: pb.RiskSummary, today: pb.Date) -> Iterator[Finding]:
         )
 
 
+def identity_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding]:
+    """A person linked by a match or by someone's word, not a verified identifier, may be
+    the wrong person: recipients are told, and the sender is asked to verify it first
+    where it can (mission anchors §8 item 11)."""
+    for n, person in enumerate(summary.people, start=1):
+        basis = codes.entry("identity_basis", person.identity_basis)
+        if basis and not basis.get("verified") and not person.protect_identity:
+            who = person.relationship or f"Person {n}"
+            yield Finding(
+                "identity_not_verified",
+                f"{who} was linked by {person.identity_basis} ({basis.get('label', '').lower()}): recipients will "
+                "be told to confirm it is the same person before acting; verify the identifier first where you can.",
+                "warning",
+            )
+
+
 def summary_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding]:
     if not summary.risk_items:
         yield Finding("no_risk_items", "A summary needs at least one risk item.")
@@ -333,6 +349,8 @@ def summary_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding
     for n, person in enumerate(summary.people, start=1):
         yield from _code(codes, "role_in_risk", person.role_in_risk, f"Person {n}")
         yield from _code(codes, "person_type", person.person_type, f"Person {n}")
+        yield from _code(codes, "identity_basis", person.identity_basis, f"Person {n}")
+    yield from identity_rules(summary, codes)
     for n, item in enumerate(summary.risk_items, start=1):
         yield from item_rules(item, n, codes)
     yield from _code(codes, "assessment_formality", summary.assessment.formality, "assessment")

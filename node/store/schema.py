@@ -395,4 +395,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_to_follow_up ON outbox(state, created_at_ms)
       WHERE state = 'undeliverable' AND followed_up_at_ms IS NULL AND kind != 14;
     """,
+    # 25: how the agency knows each person's identifier is theirs (identity_basis code);
+    # people linked before this have none recorded.
+    """
+    ALTER TABLE case_people ADD COLUMN identity_basis TEXT NOT NULL DEFAULT '';
+    """,
 )
