@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from linkage.auditlog import GENESIS, AuditEntry, chain_hash, verify_log
-from linkage.cli.audit import EntryFilter, find_entries
+from linkage.cli.audit_entries import EntryFilter, find_entries
 
 
 def build(path: Path, entries: int) -> None:

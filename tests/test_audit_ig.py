@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from linkage import stories
 from linkage.auditlog import GENESIS, AuditEntry, chain_hash
-from linkage.cli.audit import EntryFilter, find_entries
+from linkage.cli.audit_entries import EntryFilter, find_entries
 from linkage.v1 import audit_pb2, node_api_pb2, summary_pb2
 from linkage.v1 import envelope_pb2 as env
 from tests.harness import PRACTITIONER, LocalFederation, make_federation, next_item, running, wait_delivered

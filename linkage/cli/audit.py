@@ -13,7 +13,6 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,23 @@ from google.protobuf.message import DecodeError
 
 from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify_chain, verify_log
 from linkage.cli import challenge_figures
+from linkage.cli.audit_entries import (
+    EntryFilter,
+    agency_name,
+    federation_directory,
+    find_entries,
+    millis,
+    received_summary,
+    when,
+)
 from linkage.cli.store_files import read_only_store
 from linkage.cli.values import link_token
-from linkage.config import GatewayConfig, NodeConfig, load_directory_key
-from linkage.content import carried_summary
-from linkage.directory import DirectoryView, verify_directory
+from linkage.config import GatewayConfig, NodeConfig
+from linkage.directory import DirectoryView
 from linkage.reasons import Rejected
 from linkage.tokens import IdentifierError, LinkageKey
 from linkage.transport import secure_channel
-from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, summary_pb2
+from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
 
 PLAIN = {
     "share.decision": "Decision whether to share",
@@ -72,18 +79,6 @@ PLAIN = {
     "subscription.removed": "Unlinked at the gateway",
     "retention.purged": "Summaries past retention purged",
 }
-
-
-def _directory(config: NodeConfig | GatewayConfig) -> DirectoryView:
-    """The federation directory, signature checked; expiry is no reason to ignore history."""
-    signed = directory_pb2.SignedDirectory.FromString(config.federation.directory.read_bytes())
-    body = directory_pb2.Directory.FromString(signed.directory)
-    return verify_directory(
-        signed,
-        load_directory_key(config.federation.directory_public_key),
-        config.federation.federation_id,
-        body.issued_at_ms,
-    )
 
 
 def _rows(db: sqlite3.Connection, table: str = "audit") -> Iterator[tuple[int, str, bytes]]:
@@ -156,7 +151,7 @@ def _say_cosigned(
         return
     print(
         f"  {which} ({size} entries) was cosigned by the witness, gateway "
-        f"{cosignature.gateway_id}, at {_when(cosignature.at_ms)}"
+        f"{cosignature.gateway_id}, at {when(cosignature.at_ms)}"
     )
 
 
@@ -169,14 +164,14 @@ def verify(args: argparse.Namespace) -> int:
         print(("OK" if result.ok else "FAILED") + f": gateway metadata log, {result.entries} entries checked")
         if anchor:
             print(
-                f"  entries 1-{anchor[0]} (to {_when(anchor[1])}) were purged by retention "
+                f"  entries 1-{anchor[0]} (to {when(anchor[1])}) were purged by retention "
                 f"([retention] metalog_days); the rest chain on from entry {anchor[0]}'s hash"
             )
         if not result.ok:
             print(f"  first bad entry: {result.first_bad_seq}: {result.problem}")
         return 0 if result.ok else 1
     config = NodeConfig.load(args.config)
-    directory = _directory(config)
+    directory = federation_directory(config)
     signed = _read_checkpoints(args.checkpoints)
     with closing(read_only_store(config.store_path)) as db:
         held = _cosigned_held(db)
@@ -246,59 +241,6 @@ def _token(config: NodeConfig, person: str) -> str:
         raise SystemExit(f"linkage: --person: {exc}") from None
 
 
-def _millis(option: str, text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise SystemExit(
-            f"linkage: {option}: {text!r} is not a date or time, e.g. 2026-11-01 or 2026-11-01T09:30"
-        ) from None
-    return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp() * 1000)
-
-
-@dataclass(frozen=True)
-class EntryFilter:
-    """Which audit entries to read; None matches anything."""
-
-    token: str | None = None  # hex, as entries hold it
-    event: str | None = None  # a prefix: "share." matches every share event
-    counterpart: str | None = None
-    decision: str | None = None  # a substring, any case
-    since: int | None = None  # ms
-    until: int | None = None
-
-
-def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[str, Any]]:
-    """The audit entries `wanted` names, in order.
-
-    SQLite first keeps only entries whose text holds what a match must hold, as canonical
-    JSON writes it: most of a large log is never parsed (a person's entries among a
-    million: 0.5 s against 4.2). That narrows on the entry text alone, the bytes the hash
-    chain covers, never on the table's side columns, which nothing verifies; every
-    condition is then checked on the parsed entry."""
-    needles = [json.dumps(n, ensure_ascii=False)[1:-1] for n in (wanted.token, wanted.counterpart) if n]
-    if wanted.event:
-        needles.append('"event":' + json.dumps(wanted.event, ensure_ascii=False)[:-1])
-    where = " AND ".join("instr(entry, ?) > 0" for _ in needles) or "1"
-    for (entry,) in db.execute(f"SELECT entry FROM audit WHERE {where} ORDER BY seq", needles):
-        e = json.loads(entry)
-        if wanted.token and wanted.token not in e["tokens"]:
-            continue
-        if (wanted.since is not None and e["ts_ms"] < wanted.since) or (
-            wanted.until is not None and e["ts_ms"] > wanted.until
-        ):
-            continue
-        if wanted.event and not e["event"].startswith(wanted.event):
-            continue
-        if wanted.counterpart and wanted.counterpart not in e["counterpart"].split(","):
-            continue
-        if wanted.decision and wanted.decision.upper() not in e["decision"].upper():
-            continue
-        yield e
-
-
 def _entries(args: argparse.Namespace, config: NodeConfig) -> list[dict[str, Any]]:
     given: bytes | None = getattr(args, "token", None)
     token = _token(config, args.person) if getattr(args, "person", None) else given.hex() if given else None
@@ -307,15 +249,11 @@ def _entries(args: argparse.Namespace, config: NodeConfig) -> list[dict[str, Any
         event=getattr(args, "event", None),
         counterpart=getattr(args, "counterpart", None),
         decision=getattr(args, "decision", None),
-        since=_millis("--since", getattr(args, "since", None)),
-        until=_millis("--until", getattr(args, "until", None)),
+        since=millis("--since", getattr(args, "since", None)),
+        until=millis("--until", getattr(args, "until", None)),
     )
     with closing(read_only_store(config.store_path)) as db:
         return list(find_entries(db, wanted))
-
-
-def _when(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def audit_list(args: argparse.Namespace) -> int:
@@ -326,7 +264,7 @@ def audit_list(args: argparse.Namespace) -> int:
             continue
         who = e["actor"].get("role") or e["actor"].get("id")
         print(
-            f"{e['seq']:>6} {_when(e['ts_ms'])} {e['event']:<26} {who:<24} {e['counterpart'] or '-':<12} "
+            f"{e['seq']:>6} {when(e['ts_ms'])} {e['event']:<26} {who:<24} {e['counterpart'] or '-':<12} "
             f"{e['decision'] or ''} {e['rationale'][:60]}"
         )
     return 0
@@ -355,7 +293,7 @@ def _flat(e: dict[str, Any]) -> dict[str, Any]:
     return {
         "seq": e["seq"],
         "ts_ms": e["ts_ms"],
-        "time": _when(e["ts_ms"]),
+        "time": when(e["ts_ms"]),
         "event": e["event"],
         "actor_id": e["actor"].get("id", ""),
         "actor_name": e["actor"].get("name", ""),
@@ -386,19 +324,9 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _received(db: sqlite3.Connection, message_id: str) -> summary_pb2.RiskSummary | None:
-    """The summary a received message carried, if it carried one (and is still held)."""
-    row = db.execute(
-        "SELECT b.signed FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq WHERE i.message_id = ?", (message_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    return carried_summary(envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(row[0]).body))
-
-
 def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
     """Everything shared or received about one person: what, with whom, when, why, on what ground."""
-    directory = _directory(config)
+    directory = federation_directory(config)
     token = _token(config, person)
     rows = []
     with closing(read_only_store(config.store_path)) as db:
@@ -408,13 +336,13 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
             counterparts = [c for c in e["counterpart"].split(",") if c]
             if e["event"] == "share.decision":
                 parts = [
-                    f"{_agency(directory, r['node'])}: {', '.join(r['data_categories']) or 'nothing'}"
+                    f"{agency_name(directory, r['node'])}: {', '.join(r['data_categories']) or 'nothing'}"
                     + (f" (withheld: {'; '.join(r['withheld'])})" if r["withheld"] else "")
                     for r in detail.get("recipients", [])
                 ]
                 what += " - " + ("; ".join(parts) if parts else "nothing sent") + _handling(detail.get("handling", []))
                 counterparts = [r["node"] for r in detail.get("recipients", []) if r["fields"]]  # who got something
-            elif e["event"] == "message.received" and (summary := _received(db, e["message_id"])):
+            elif e["event"] == "message.received" and (summary := received_summary(db, e["message_id"])):
                 categories = ", ".join(sorted({i.category for i in summary.risk_items}))
                 what += f' - "{summary.headline}" ({categories})' + _handling(summary.decision.handling_conditions)
             elif isinstance(kind := detail.get("kind"), str):  # what kind of message: a notice, a question...
@@ -422,9 +350,9 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
                 what += f"{', its sender told' if told else ''} ({kind.replace('_', ' ')})"
             rows.append(
                 {
-                    "when": _when(e["ts_ms"]),
+                    "when": when(e["ts_ms"]),
                     "what": what,
-                    "with": ", ".join(_agency(directory, c) for c in counterparts) or "-",
+                    "with": ", ".join(agency_name(directory, c) for c in counterparts) or "-",
                     "by": f"{e['actor'].get('name') or e['actor'].get('id')} ({e['actor'].get('role')})",
                     "why": e["rationale"] or "-",
                     "ground": (e["lawful_ground"] or e["decision"] or "-")
@@ -441,13 +369,8 @@ def _handling(conditions: Iterable[str]) -> str:
     return f" [handling: {listed}]" if listed else ""
 
 
-def _agency(directory: DirectoryView, node_id: str) -> str:
-    entry = directory.nodes.get(node_id)
-    return entry.agency_name if entry else node_id
-
-
 def _html(config: NodeConfig, person: str, rows: list[dict[str, str]]) -> str:
-    me = _directory(config).nodes.get(config.node_id)
+    me = federation_directory(config).nodes.get(config.node_id)
     title = f"Subject access report: {me.agency_name if me else config.node_id}"
     cells = "\n".join(
         "<tr>"
@@ -466,7 +389,7 @@ th {{ background: #eef2f5; }} .note {{ color: #555; font-size: .85rem; }}
 <h1>{html.escape(title)}</h1>
 <p class="note">Everything this node shared or received about the person identified as
 {html.escape(person.split(":", 1)[0])} number ending {html.escape(person[-4:])}: what, with whom, when, why and on
-what ground. {len(rows)} entries, generated {_when(int(dt.datetime.now(dt.UTC).timestamp() * 1000))} UTC from the
+what ground. {len(rows)} entries, generated {when(int(dt.datetime.now(dt.UTC).timestamp() * 1000))} UTC from the
 node's audit log.</p>
 <table id="entries"><thead><tr><th>When (UTC)</th><th>What</th><th>With</th><th>By</th><th>Why</th>
 <th>Ground</th></tr></thead>
@@ -532,7 +455,7 @@ def cross_check(args: argparse.Namespace) -> int:
         return 1
     print(f"AGREE: {len(outbox)} outgoing messages, {len(forwarded)} forwarded by the gateway")
     if older:
-        print(f"  {older} sent before the gateway's retention horizon ({_when(horizon_ms)}) not compared")
+        print(f"  {older} sent before the gateway's retention horizon ({when(horizon_ms)}) not compared")
     return 0
 
 

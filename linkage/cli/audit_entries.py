@@ -1,0 +1,100 @@
+"""Reading a node's audit log and what it refers to, for the IG officer's tools: which
+entries, when, which agency, and the summary a received message carried."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from linkage.config import GatewayConfig, NodeConfig, load_directory_key
+from linkage.content import carried_summary
+from linkage.directory import DirectoryView, verify_directory
+from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
+
+
+def federation_directory(config: NodeConfig | GatewayConfig) -> DirectoryView:
+    """The federation directory, signature checked; expiry is no reason to ignore history."""
+    signed = directory_pb2.SignedDirectory.FromString(config.federation.directory.read_bytes())
+    body = directory_pb2.Directory.FromString(signed.directory)
+    return verify_directory(
+        signed,
+        load_directory_key(config.federation.directory_public_key),
+        config.federation.federation_id,
+        body.issued_at_ms,
+    )
+
+
+def millis(option: str, text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(
+            f"linkage: {option}: {text!r} is not a date or time, e.g. 2026-11-01 or 2026-11-01T09:30"
+        ) from None
+    return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Which audit entries to read; None matches anything."""
+
+    token: str | None = None  # hex, as entries hold it
+    event: str | None = None  # a prefix: "share." matches every share event
+    counterpart: str | None = None
+    decision: str | None = None  # a substring, any case
+    since: int | None = None  # ms
+    until: int | None = None
+
+
+def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[str, Any]]:
+    """The audit entries `wanted` names, in order.
+
+    SQLite first keeps only entries whose text holds what a match must hold, as canonical
+    JSON writes it: most of a large log is never parsed (a person's entries among a
+    million: 0.5 s against 4.2). That narrows on the entry text alone, the bytes the hash
+    chain covers, never on the table's side columns, which nothing verifies; every
+    condition is then checked on the parsed entry."""
+    needles = [json.dumps(n, ensure_ascii=False)[1:-1] for n in (wanted.token, wanted.counterpart) if n]
+    if wanted.event:
+        needles.append('"event":' + json.dumps(wanted.event, ensure_ascii=False)[:-1])
+    where = " AND ".join("instr(entry, ?) > 0" for _ in needles) or "1"
+    for (entry,) in db.execute(f"SELECT entry FROM audit WHERE {where} ORDER BY seq", needles):
+        e = json.loads(entry)
+        if wanted.token and wanted.token not in e["tokens"]:
+            continue
+        if (wanted.since is not None and e["ts_ms"] < wanted.since) or (
+            wanted.until is not None and e["ts_ms"] > wanted.until
+        ):
+            continue
+        if wanted.event and not e["event"].startswith(wanted.event):
+            continue
+        if wanted.counterpart and wanted.counterpart not in e["counterpart"].split(","):
+            continue
+        if wanted.decision and wanted.decision.upper() not in e["decision"].upper():
+            continue
+        yield e
+
+
+def when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def received_summary(db: sqlite3.Connection, message_id: str) -> summary_pb2.RiskSummary | None:
+    """The summary a received message carried, if it carried one (and is still held)."""
+    row = db.execute(
+        "SELECT b.signed FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq WHERE i.message_id = ?", (message_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    return carried_summary(envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(row[0]).body))
+
+
+def agency_name(directory: DirectoryView, node_id: str) -> str:
+    entry = directory.nodes.get(node_id)
+    return entry.agency_name if entry else node_id
