@@ -527,6 +527,8 @@ async def _run_demo(root: Path, kept: bool) -> int:
         if kept:
             say(f"Everything stays in {root}; run that check yourself:")
             say(f"    linkage audit verify --config {root / 'csc' / 'node.toml'}")
+            say("and read adult social care's register of sharing (what came from whom, on what ground):")
+            say(f"    linkage audit register --config {root / 'asc' / 'node.toml'}")
             say("To run the federation again, start its gateway on a port, then each node with that address")
             say("(the configs leave the port open, as the demo chose a free one; 7700 here, any free one will do):")
             gateway_toml = root / "gateway" / "gateway.toml"

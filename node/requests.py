@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 
 from linkage import jurisdictions
+from linkage.grounds import lawful_ground
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates
@@ -17,7 +18,7 @@ from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, Fill
 from node.policy.rules import basis_rules
-from node.sharing import Sharing, lawful_ground
+from node.sharing import Sharing
 from node.store import Tx
 
 # What a caller of `_send` writes of what it sent, in the same transaction: (tx, thread, statuses).

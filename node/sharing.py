@@ -11,6 +11,7 @@ import sqlite3
 import grpc
 
 from linkage import jurisdictions, logs
+from linkage.grounds import lawful_ground
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers
@@ -32,12 +33,6 @@ EASED = frozenset({"DECREASED", "RESOLVED"})
 
 def finding(f: Finding) -> node_api_pb2.PolicyFinding:
     return node_api_pb2.PolicyFinding(code=f.code, message=f.message, severity=f.severity)
-
-
-def lawful_ground(decision: summary_pb2.ShareDecision) -> str:
-    basis = decision.lawful_basis
-    grounds = [*basis.art6, basis.art9, basis.dpa_condition, *basis.statutory_gateway, *decision.override_grounds]
-    return ",".join(x for x in grounds if x)
 
 
 def decision_detail(share_id: str, result: PolicyResult, kind: int, jurisdiction: str) -> dict[str, object]:

@@ -250,6 +250,41 @@ def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tm
     assert '"Parent has stopped prescribed medication' in got["what"] and got["with"] == "Adult Mental Health Trust"
 
 
+def test_the_register_of_sharing_lists_every_decision_and_receipt_with_totals(
+    scenario: LocalFederation, tmp_path: Path
+) -> None:
+    table = tmp_path / "register.csv"
+    sent = linkage("audit", "register", "--config", config(scenario, "amh"), "--json", "--csv", str(table))
+    assert sent.returncode == 0, sent.stderr
+    found = json.loads(sent.stdout)
+    totals = found["totals"]["sent"]
+    assert totals["decisions"] == {"SHARED_PARTIAL": 1, "NOT_SHARED": 1}
+    assert set(totals["data_categories_by_agency_type"]) == {"LA_CHILDRENS_SOCIAL_CARE", "SCHOOL"}
+    assert "HEALTH" in totals["data_categories_by_agency_type"]["SCHOOL"]
+    assert totals["lawful_grounds"]["CA2004_S11"] == 1 and totals["consent"] == {"REFUSED": 1}
+    assert totals["jurisdictions"] == {"ENG": 1}  # a decision not to share moved nothing: not counted
+    assert found["totals"]["received"]["decisions"] == {}
+    shared, declined = found["rows"]
+    assert shared["agencies"] == "Children's Social Care; Oak Primary School"
+    assert shared["lawful_ground"] == "A6_1_E,A9_2_G,SCH1_P18,CA2004_S11,CHILD_AT_RISK"
+    assert (shared["approved_by"], shared["jurisdiction"]) == ("amh-020", "ENG")
+    assert (declined["decision"], declined["agencies"], declined["why"]) == (
+        "NOT_SHARED",
+        "",
+        "Nothing new since yesterday's summary.",
+    )
+    with table.open() as written:
+        assert [r["decision"] for r in csv.DictReader(written)] == ["SHARED_PARTIAL", "NOT_SHARED"]
+
+    received = linkage("audit", "register", "--config", config(scenario, "csc"))
+    assert received.returncode == 0, received.stderr
+    assert "Summaries received: 1\n  from NHS_MENTAL_HEALTH: " in received.stdout
+    assert "    from Adult Mental Health Trust: " in received.stdout
+    assert "    ground: A6_1_E,A9_2_G,SCH1_P18,CA2004_S11,CHILD_AT_RISK; law of ENG; consent REFUSED" in received.stdout
+    later = linkage("audit", "register", "--config", config(scenario, "csc"), "--since", "2999-01-01", "--json")
+    assert json.loads(later.stdout)["rows"] == []
+
+
 def test_what_an_ig_officer_mistypes_gets_a_plain_answer(scenario: LocalFederation, tmp_path: Path) -> None:
     """A date that is not one, a file that holds no checkpoints or is no store, a folder
     for a file, a token that is not one: each is said in a line (each was a traceback, or

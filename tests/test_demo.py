@@ -46,6 +46,10 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert "was cosigned by the witness, gateway gateway" in verified and "\n    OK: " in verified, verified
     kept_hint = f"    linkage audit verify --config {tmp_path / 'demo' / 'csc' / 'node.toml'}\n"
     assert kept_hint in out  # the paths it showed are still there to try
+    register = ["audit", "register", "--config", str(tmp_path / "demo" / "asc" / "node.toml")]
+    assert f"    linkage {' '.join(register)}\n" in out
+    shown = subprocess.run([sys.executable, "-m", "linkage", *register], capture_output=True, text=True, check=True)
+    assert "Summaries received: 3\n" in shown.stdout and "    from Age UK Solihull: " in shown.stdout
     gateway_toml = tmp_path / "demo" / "gateway" / "gateway.toml"
     assert f"LINKAGE_GATEWAY_LISTEN=127.0.0.1:7700 linkage gateway serve --config {gateway_toml}\n" in out
     assert "LINKAGE_GATEWAY_ADDRESS=127.0.0.1:7700 linkage node serve --config" in out

@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify_chain, verify_log
-from linkage.cli import challenge_figures
+from linkage.cli import challenge_figures, share_register
 from linkage.cli.audit_entries import (
     EntryFilter,
     agency_name,
@@ -512,6 +512,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.set_defaults(handler=report)
 
     challenge_figures.register(sub)
+    share_register.register(sub)
 
     p = sub.add_parser("cross-check", help="compare the node's log with the gateway's metadata log")
     p.add_argument("--config", type=Path, required=True)

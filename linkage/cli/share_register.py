@@ -1,0 +1,198 @@
+"""`linkage audit register`: a node's register of sharing, as a record of processing
+(mission anchors §8 item 10; ICO data sharing code): every decision whether to share,
+with what went to which agency, on what lawful ground, under whose law, with what
+consent and why; every summary received, from whom and on the sender's ground; and the
+totals by agency type, data category, ground and consent. Read from the audit log (whose
+entries `audit verify` checks) and, for what was received, the summaries still held."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sqlite3
+from collections import Counter, defaultdict
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from linkage.cli.audit_entries import (
+    EntryFilter,
+    agency_name,
+    federation_directory,
+    find_entries,
+    millis,
+    received_summary,
+    when,
+)
+from linkage.cli.store_files import read_only_store
+from linkage.config import NodeConfig
+from linkage.directory import DirectoryView
+from linkage.grounds import lawful_ground
+
+COLUMNS = [
+    "direction",
+    "time",
+    "id",
+    "kind",
+    "decision",
+    "agencies",
+    "data_categories",
+    "lawful_ground",
+    "jurisdiction",
+    "consent_status",
+    "approved_by",
+    "handling",
+    "by",
+    "why",
+]
+
+
+def _agency_type(directory: DirectoryView, node_id: str) -> str:
+    entry = directory.nodes.get(node_id)
+    return entry.agency_type if entry else "unknown"
+
+
+def _sent(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any]:
+    detail = e["detail"]
+    got = [r for r in detail.get("recipients", []) if r["fields"]]  # who received something
+    return {
+        "direction": "sent",
+        "ts_ms": e["ts_ms"],
+        "time": when(e["ts_ms"]),
+        "id": detail.get("share_id", ""),
+        "kind": detail.get("kind", ""),
+        "decision": e["decision"].removeprefix("DECISION_OUTCOME_"),
+        "agencies": [(r["node"], agency_name(directory, r["node"]), r["data_categories"]) for r in got],
+        "lawful_ground": e["lawful_ground"],
+        "jurisdiction": detail.get("jurisdiction", ""),
+        "consent_status": detail.get("consent_status", ""),
+        "approved_by": detail.get("approved_by", ""),
+        "handling": detail.get("handling", []),
+        "by": f"{e['actor'].get('name') or e['actor'].get('id')} ({e['actor'].get('role')})",
+        "why": e["rationale"],
+    }
+
+
+def _received(
+    e: dict[str, Any], config: NodeConfig, directory: DirectoryView, db: sqlite3.Connection
+) -> dict[str, Any] | None:
+    summary = received_summary(db, e["message_id"])
+    if summary is None:
+        return None  # not a summary, or purged by retention: the audit entry still says it came
+    decision = summary.decision
+    mine = next((r for r in decision.recipients if r.node_id == config.node_id), None)
+    sender = e["counterpart"]
+    return {
+        "direction": "received",
+        "ts_ms": e["ts_ms"],
+        "time": when(e["ts_ms"]),
+        "id": e["message_id"],
+        "kind": e["detail"].get("kind", ""),
+        "decision": "RECEIVED",
+        "agencies": [(sender, agency_name(directory, sender), list(mine.data_categories) if mine else [])],
+        "lawful_ground": lawful_ground(decision),
+        "jurisdiction": summary.jurisdiction,
+        "consent_status": decision.consent_status,
+        "approved_by": decision.approved_by.id,
+        "handling": list(decision.handling_conditions),
+        "by": f"{decision.decided_by.name or decision.decided_by.id} ({decision.decided_by.role}) at the sender",
+        "why": decision.rationale,
+    }
+
+
+def _totals(rows: list[dict[str, Any]], directory: DirectoryView) -> dict[str, Any]:
+    """What a record of processing states: which categories of data went to (or came from)
+    which kinds of agency, on which grounds, and with what consent."""
+    moved = [r for r in rows if r["agencies"]]
+    categories: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in moved:
+        for node, _, data in r["agencies"]:
+            categories[_agency_type(directory, node)].update(data or ["(none stated)"])
+    return {
+        "decisions": dict(Counter(r["decision"] for r in rows).most_common()),
+        "data_categories_by_agency_type": {t: dict(c.most_common()) for t, c in sorted(categories.items())},
+        "lawful_grounds": dict(Counter(g for r in moved for g in r["lawful_ground"].split(",") if g).most_common()),
+        "consent": dict(Counter(r["consent_status"] or "(not recorded)" for r in moved).most_common()),
+        "jurisdictions": dict(Counter(r["jurisdiction"] or "(not recorded)" for r in moved).most_common()),
+    }
+
+
+def register_rows(config: NodeConfig, since: int | None, until: int | None) -> list[dict[str, Any]]:
+    directory = federation_directory(config)
+    rows = []
+    with closing(read_only_store(config.store_path)) as db:
+        for e in find_entries(db, EntryFilter(event="share.decision", since=since, until=until)):
+            rows.append(_sent(e, directory))
+        for e in find_entries(db, EntryFilter(event="message.received", since=since, until=until)):
+            if (row := _received(e, config, directory, db)) is not None:
+                rows.append(row)
+    return sorted(rows, key=lambda r: int(r["ts_ms"]))
+
+
+def _flat(row: dict[str, Any]) -> dict[str, str]:
+    return {
+        **{k: str(v) for k, v in row.items() if isinstance(v, str)},
+        "agencies": "; ".join(name for _, name, _ in row["agencies"]),
+        "data_categories": "; ".join(f"{name}: {', '.join(data)}" for _, name, data in row["agencies"]),
+        "handling": ", ".join(row["handling"]),
+    }
+
+
+def show(args: argparse.Namespace) -> int:
+    config = NodeConfig.load(args.config)
+    rows = register_rows(config, millis("--since", args.since), millis("--until", args.until))
+    directory = federation_directory(config)
+    sides = {side: [r for r in rows if r["direction"] == side] for side in ("sent", "received")}
+    totals = {side: _totals(found, directory) for side, found in sides.items()}
+    if args.csv:
+        with args.csv.open("w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(_flat(r) for r in rows)
+    if args.json:
+        print(json.dumps({"totals": totals, "rows": [_flat(r) for r in rows]}, indent=2))
+        return 0
+    me = directory.nodes.get(config.node_id)
+    period = f"{args.since or 'the start'} to {args.until or 'now'}"
+    print(f"Register of sharing: {me.agency_name if me else config.node_id} ({config.node_id}), {period}")
+    for side, heading in (("sent", "Decisions whether to share"), ("received", "Summaries received")):
+        t = totals[side]
+        outcomes = f" ({_counts(t['decisions'])})" if side == "sent" and sides[side] else ""
+        print(f"{heading}: {len(sides[side])}{outcomes}")
+        for agency_type, data in t["data_categories_by_agency_type"].items():
+            print(f"  {'to' if side == 'sent' else 'from'} {agency_type}: {_counts(data)}")
+        for key, label in (("lawful_grounds", "grounds"), ("consent", "consent"), ("jurisdictions", "law of")):
+            if t[key]:
+                print(f"  {label}: {_counts(t[key])}")
+    for r in rows:
+        print(f"{r['time']}  {r['direction']:<8} {r['decision']:<15} {r['kind']}  by {r['by']}")
+        for _, name, data in r["agencies"]:
+            print(f"    {'to' if r['direction'] == 'sent' else 'from'} {name}: {', '.join(data) or '-'}")
+        consent = f"consent {r['consent_status'] or '-'}" + (
+            f", approved by {r['approved_by']}" if r["approved_by"] else ""
+        )
+        law = f"; law of {r['jurisdiction']}" if r["jurisdiction"] else ""
+        print(f"    ground: {r['lawful_ground'] or '-'}{law}; {consent}")
+        if r["handling"]:
+            print(f"    handling: {', '.join(r['handling'])}")
+        print(f"    why: {r['why'] or '-'}")
+    if args.csv:
+        print(f"wrote {len(rows)} rows to {args.csv}")
+    return 0
+
+
+def _counts(counted: dict[str, int]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in counted.items())
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "register", help="the register of sharing: every decision and every summary received, with totals"
+    )
+    p.add_argument("--config", type=Path, required=True, help="the node's node.toml")
+    p.add_argument("--since", help="ISO time, e.g. 2026-11-01")
+    p.add_argument("--until", help="ISO time")
+    p.add_argument("--csv", type=Path, help="also write one row per decision and per summary received here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=show)
