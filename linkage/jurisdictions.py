@@ -31,7 +31,8 @@ def powers_of(codes: CodeLists, jurisdiction: str) -> list[str]:
     ]
 
 
-def applies(codes: CodeLists, gateway: str, jurisdiction: str) -> bool:
-    """Whether a statutory power is law in the jurisdiction (one without a list is law everywhere)."""
-    where = codes.entry("statutory_gateway", gateway).get("jurisdictions")
+def applies(codes: CodeLists, name: str, code: str, jurisdiction: str) -> bool:
+    """Whether a code of list `name` (a statutory power, an exemption) is law in the
+    jurisdiction; one without a list of jurisdictions is law everywhere."""
+    where = codes.entry(name, code).get("jurisdictions")
     return where is None or jurisdiction in where

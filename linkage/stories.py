@@ -229,6 +229,7 @@ def police_welfare_concern(token: bytes) -> pb.RiskSummary:
                 basis="ALLEGATION",
                 narrative="Neighbours report the visits; twice she has had no money left for food.",
                 concerns=[token],
+                sar_exemptions=["SCH2_P1_PARA2_CRIME", "SCH2_P3_THIRD_PARTY"],  # an inquiry; the neighbours
             )
         ],
         assessment=pb.Assessment(formality="PROFESSIONAL_JUDGEMENT", assessed_on=days_from_today(-8)),

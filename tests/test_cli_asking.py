@@ -43,6 +43,7 @@ async def test_record_ask_answer_request_and_reply_from_the_cli(federation: Loca
         assessment = tmp_path / "assessment.json"
         overdue = stories.parent_risk_change(parent, child)
         overdue.review_date.CopyFrom(summary_pb2.Date(year=2026, month=1, day=31))  # shared with a warning
+        overdue.risk_items[0].sar_exemptions.append("SCH3_P2_HEALTH_SERIOUS_HARM")
         assessment.write_text(as_written(overdue))
         assert parent.hex() in assessment.read_text()
         code, out, err = await linkage("case", "record", amh_case, "--assessment", str(assessment), *who("amh"))
@@ -61,6 +62,7 @@ async def test_record_ask_answer_request_and_reply_from_the_cli(federation: Loca
         assert code == 0, err
         assert "- PARENTAL_CAPACITY increased (current) HIGH PRACTITIONER_JUDGEMENT" in out
         assert "  Under the law of England (ENG): CA2004_S11\n" in out  # whose powers it cites
+        assert "    Before disclosing it to the person it is about, consider: SCH3_P2_HEALTH_SERIOUS_HARM\n" in out
         assert "Review by 2026-01-31 (passed: ask the sender whether it still holds)" in out  # domain rule 12
         code, out, err = await linkage(
             "inbox", "ask", shared.message_id, "--question", "Who cares for the child at night?", *who("csc")

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from linkage import stories
+
 
 def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     result = subprocess.run(
@@ -50,6 +52,10 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert f"    linkage {' '.join(register)}\n" in out
     shown = subprocess.run([sys.executable, "-m", "linkage", *register], capture_output=True, text=True, check=True)
     assert "Summaries received: 3\n" in shown.stdout and "    from Age UK Solihull: " in shown.stdout
+    report = ["audit", "report", "--person", f"nhs:{stories.MS_B_NHS}", *register[2:]]
+    answered = subprocess.run([sys.executable, "-m", "linkage", *report], capture_output=True, text=True, check=True)
+    # The police's item travels with the exemptions whoever answers her subject access request should consider.
+    assert "[exemptions to consider: item 1 SCH2_P1_PARA2_CRIME, SCH2_P3_THIRD_PARTY]" in answered.stdout
     gateway_toml = tmp_path / "demo" / "gateway" / "gateway.toml"
     assert f"LINKAGE_GATEWAY_LISTEN=127.0.0.1:7700 linkage gateway serve --config {gateway_toml}\n" in out
     assert "LINKAGE_GATEWAY_ADDRESS=127.0.0.1:7700 linkage node serve --config" in out

@@ -15,7 +15,7 @@ from linkage.federation import FederationError, enrol_node, init_federation
 from linkage.v1 import directory_pb2, node_api_pb2, summary_pb2
 from linkage.v1 import envelope_pb2 as env
 from tests.harness import PRACTITIONER, Cluster, audit_events, make_federation, next_item, running, wait_delivered
-from tests.policy_fixtures import codes, request, run
+from tests.policy_fixtures import SCHOOL, codes, request, run
 from tests.test_federation import _case_id
 from tests.test_workflows import events, think_family
 
@@ -124,3 +124,23 @@ async def test_a_welsh_agency_shares_under_welsh_law_and_an_english_one_sees_whi
             )
         assert asked.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "CARE2014_S42 is not the law of Wales (WLS)" in (asked.value.details() or "")
+
+
+def test_an_items_subject_access_exemptions_are_known_codes_of_its_law_and_reach_every_recipient() -> None:
+    req = request(recipients=[SCHOOL])  # the school's agreement names each item field it may have
+    item = req.assessment.risk_items[0]
+    item.sar_exemptions.extend(["SCH3_P3_SOCIAL_WORK_SERIOUS_HARM", "SCH3_P5_CHILD_ABUSE_DATA"])
+    result = run(req)
+    assert not {"unknown_code", "exemption_not_in_jurisdiction"} & codes(result)
+    (payload,) = result.payloads.values()
+    assert list(payload.risk_items[0].sar_exemptions) == [
+        "SCH3_P3_SOCIAL_WORK_SERIOUS_HARM",
+        "SCH3_P5_CHILD_ABUSE_DATA",
+    ]
+
+    req.assessment.jurisdiction = "SCT"  # the child abuse data exemption does not exist in Scotland
+    req.decision.lawful_basis.ClearField("statutory_gateway")
+    (finding,) = [f for f in run(req).findings if f.code == "exemption_not_in_jurisdiction"]
+    assert "SCH3_P5_CHILD_ABUSE_DATA is not an exemption in Scotland (SCT)" in finding.message
+    item.sar_exemptions.append("SCH9_MADE_UP")
+    assert "unknown_code" in codes(run(req))

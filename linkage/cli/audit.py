@@ -37,7 +37,7 @@ from linkage.directory import DirectoryView
 from linkage.reasons import Rejected
 from linkage.tokens import IdentifierError, LinkageKey
 from linkage.transport import secure_channel
-from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
+from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, summary_pb2
 
 PLAIN = {
     "share.decision": "Decision whether to share",
@@ -345,6 +345,7 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
             elif e["event"] == "message.received" and (summary := received_summary(db, e["message_id"])):
                 categories = ", ".join(sorted({i.category for i in summary.risk_items}))
                 what += f' - "{summary.headline}" ({categories})' + _handling(summary.decision.handling_conditions)
+                what += _exemptions(summary)
             elif isinstance(kind := detail.get("kind"), str):  # what kind of message: a notice, a question...
                 told = e["event"] == "message.read" and detail.get("sender_told")  # a summary's first read
                 what += f"{', its sender told' if told else ''} ({kind.replace('_', ' ')})"
@@ -360,6 +361,13 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
                 }
             )
     return rows
+
+
+def _exemptions(summary: summary_pb2.RiskSummary) -> str:
+    """The exemptions its sender asks whoever answers a subject access request to consider, by item."""
+    items = enumerate(summary.risk_items, 1)
+    tagged = [f"item {n} {', '.join(i.sar_exemptions)}" for n, i in items if i.sar_exemptions]
+    return f" [exemptions to consider: {'; '.join(tagged)}]" if tagged else ""
 
 
 def _handling(conditions: Iterable[str]) -> str:

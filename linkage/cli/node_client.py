@@ -498,6 +498,8 @@ def _print_summary(summary: summary_pb2.RiskSummary) -> None:
         currency = word(summary_pb2.Currency.DESCRIPTOR, risk.currency)
         level = f" {risk.level.value} {risk.level.scale}" if risk.level.scale else ""
         print(f"  - {risk.category} {risk.direction.lower()} ({currency}){level}")
+        if risk.sar_exemptions:  # for whoever answers a subject access request
+            print(f"    Before disclosing it to the person it is about, consider: {', '.join(risk.sar_exemptions)}")
     if summary.decision.rationale:
         print(f"  Why shared: {summary.decision.rationale}")
     if summary.jurisdiction:  # whose law its lawful basis and powers are

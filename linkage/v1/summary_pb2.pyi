@@ -228,6 +228,7 @@ class RiskItem(_message.Message):
     NARRATIVE_FIELD_NUMBER: _builtins.int
     CONCERNS_FIELD_NUMBER: _builtins.int
     RELEVANCE_FIELD_NUMBER: _builtins.int
+    SAR_EXEMPTIONS_FIELD_NUMBER: _builtins.int
     category: _builtins.str
     """risk_category code"""
     subcategory: _builtins.str
@@ -253,6 +254,13 @@ class RiskItem(_message.Message):
     def concerns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """link tokens of the people this item is about"""
 
+    @_builtins.property
+    def sar_exemptions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Exemptions whoever answers a subject access request should consider before disclosing
+        this item (sar_exemption codes, domain.md §4.4: SCH2_P1_PARA2_CRIME, SCH2_P3_THIRD_PARTY,
+        SCH3_P3_SOCIAL_WORK_SERIOUS_HARM...): the sender's view, travelling with the item.
+        """
+
     def __init__(
         self,
         *,
@@ -269,10 +277,11 @@ class RiskItem(_message.Message):
         narrative: _builtins.str = ...,
         concerns: _abc.Iterable[_builtins.bytes] | None = ...,
         relevance: _builtins.str = ...,
+        sar_exemptions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "period", b"period", "previous_level", b"previous_level"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "category", b"category", "concerns", b"concerns", "currency", b"currency", "direction", b"direction", "historical_relevance", b"historical_relevance", "level", b"level", "narrative", b"narrative", "period", b"period", "previous_level", b"previous_level", "relevance", b"relevance", "subcategory", b"subcategory", "who_at_risk", b"who_at_risk"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "category", b"category", "concerns", b"concerns", "currency", b"currency", "direction", b"direction", "historical_relevance", b"historical_relevance", "level", b"level", "narrative", b"narrative", "period", b"period", "previous_level", b"previous_level", "relevance", b"relevance", "sar_exemptions", b"sar_exemptions", "subcategory", b"subcategory", "who_at_risk", b"who_at_risk"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

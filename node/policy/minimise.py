@@ -79,8 +79,11 @@ def payload_for(summary: pb.RiskSummary, rules: RecipientRules, codes: CodeLists
         del out.risk_items[n]
     allowed = rules.fields
     if any(f.startswith("risk_items.") for f in allowed):
-        # An item always says what kind of risk it is, and why it matters where that was required.
-        allowed |= {"risk_items.category"} | ({"risk_items.relevance"} if rules.relevance_required else set())
+        # An item always says what kind of risk it is, what to consider before disclosing it to
+        # the person it is about, and why it matters where that was required.
+        allowed |= {"risk_items.category", "risk_items.sar_exemptions"} | (
+            {"risk_items.relevance"} if rules.relevance_required else set()
+        )
     fields = _prune(out, allowed, ALWAYS)
     categories = sorted(
         {c for category in kept_categories for c in codes.entry("risk_category", category).get("data_categories", [])}

@@ -80,7 +80,9 @@ def basis_rules(basis: pb.LawfulBasis, codes: CodeLists, jurisdiction: str) -> I
     yield from _code(codes, "cldc_basis", basis.cldc_basis, "confidentiality basis")
     for code in basis.statutory_gateway:
         yield from _code(codes, "statutory_gateway", code, "statutory power")
-        if codes.has("statutory_gateway", code) and not jurisdictions.applies(codes, code, jurisdiction):
+        if codes.has("statutory_gateway", code) and not jurisdictions.applies(
+            codes, "statutory_gateway", code, jurisdiction
+        ):
             own = jurisdictions.powers_of(codes, jurisdiction)
             yield Finding(
                 "power_not_in_jurisdiction",
@@ -209,8 +211,16 @@ def _level_rules(
         yield Finding("judgement_without_rationale", f"{where}: a {level.scale} level needs its rationale.")
 
 
-def item_rules(item: pb.RiskItem, n: int, codes: CodeLists) -> Iterator[Finding]:
+def item_rules(item: pb.RiskItem, n: int, codes: CodeLists, jurisdiction: str) -> Iterator[Finding]:
     where = f"Risk item {n} ({item.category or 'no category'})"
+    for code in item.sar_exemptions:
+        yield from _code(codes, "sar_exemption", code, where)
+        if codes.has("sar_exemption", code) and not jurisdictions.applies(codes, "sar_exemption", code, jurisdiction):
+            yield Finding(
+                "exemption_not_in_jurisdiction",
+                f"{where}: {code} is not an exemption in {jurisdictions.name(codes, jurisdiction)}, "
+                "where this was made.",
+            )
     if not item.category:
         yield Finding("category_missing", f"{where}: choose a risk category.")
     else:
@@ -351,8 +361,9 @@ def summary_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding
         yield from _code(codes, "person_type", person.person_type, f"Person {n}")
         yield from _code(codes, "identity_basis", person.identity_basis, f"Person {n}")
     yield from identity_rules(summary, codes)
+    jurisdiction = summary.jurisdiction or jurisdictions.DEFAULT
     for n, item in enumerate(summary.risk_items, start=1):
-        yield from item_rules(item, n, codes)
+        yield from item_rules(item, n, codes, jurisdiction)
     yield from _code(codes, "assessment_formality", summary.assessment.formality, "assessment")
     yield from _code(codes, "jurisdiction", summary.jurisdiction, "jurisdiction")
     if summary.HasField("closure_intent"):
