@@ -6,7 +6,7 @@ only that law's powers."""
 from __future__ import annotations
 
 from linkage.codelists import CodeLists
-from linkage.v1 import directory_pb2
+from linkage.v1 import directory_pb2, summary_pb2
 
 DEFAULT = "ENG"  # domain.md: England is the default jurisdiction
 
@@ -14,6 +14,11 @@ DEFAULT = "ENG"  # domain.md: England is the default jurisdiction
 def of_node(entry: directory_pb2.NodeEntry) -> str:
     """A node's jurisdiction; one enrolled before jurisdictions were recorded is England's."""
     return entry.jurisdiction or DEFAULT
+
+
+def of_summary(summary: summary_pb2.RiskSummary) -> str:
+    """The law a summary was made under; one recorded before summaries said is England's."""
+    return summary.jurisdiction or DEFAULT
 
 
 def name(codes: CodeLists, code: str) -> str:

@@ -106,7 +106,7 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
         request.decision,
         context.codes,
         request.sender_agency_type,
-        request.assessment.jurisdiction or jurisdictions.DEFAULT,
+        jurisdictions.of_summary(request.assessment),
         request.answering_request,
     )
     findings += summary_rules(request.assessment, context.codes)

@@ -361,7 +361,7 @@ def summary_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding
         yield from _code(codes, "person_type", person.person_type, f"Person {n}")
         yield from _code(codes, "identity_basis", person.identity_basis, f"Person {n}")
     yield from identity_rules(summary, codes)
-    jurisdiction = summary.jurisdiction or jurisdictions.DEFAULT
+    jurisdiction = jurisdictions.of_summary(summary)
     for n, item in enumerate(summary.risk_items, start=1):
         yield from item_rules(item, n, codes, jurisdiction)
     yield from _code(codes, "assessment_formality", summary.assessment.formality, "assessment")
