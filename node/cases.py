@@ -9,7 +9,7 @@ import asyncio
 
 import grpc
 
-from linkage import logs
+from linkage import jurisdictions, logs
 from linkage.content import CLOSURE_ANSWERS
 from linkage.ids import uuid7
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, TOKEN_LEN, IdentifierError
@@ -324,6 +324,7 @@ class Cases:
                     agency_type=entry.agency_type,
                     contact_role=entry.contact_role,
                     link_tokens=per_node[node_id],
+                    jurisdiction=jurisdictions.of_node(entry) if entry.agency_type else "",  # else not in the directory
                 )
             )
         async with self.ctx.store.tx() as tx:

@@ -98,7 +98,7 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
 
         code, out, err = await linkage("involvement", csc_case, *who("csc"))
         assert code == 0, err
-        assert "Adult Mental Health Trust (NHS_MENTAL_HEALTH), contact: Duty team; linked to 1" in out
+        assert "Adult Mental Health Trust (NHS_MENTAL_HEALTH; law of ENG), contact: Duty team; linked to 1" in out
 
         code, out, err = await linkage("case", "close", amh_case, *who("amh"))
         assert code == 1 and "must be alerted before a case is closed" in err

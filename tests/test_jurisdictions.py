@@ -111,6 +111,12 @@ async def test_a_welsh_agency_shares_under_welsh_law_and_an_english_one_sees_whi
         english = await share_from_amh(cluster, recorded.assessment_id, "CA2004_S11")
         assert "power_not_in_jurisdiction" not in [f.code for f in english.findings]
 
+        # Who else is involved says whose law each agency works under.
+        found = await cluster.api("csc").DiscoverInvolvement(
+            node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=await _case_id(cluster, "csc"))
+        )
+        assert {a.node_id: a.jurisdiction for a in found.agencies} == {"amh": "WLS", "school": "ENG"}
+
         # The Welsh agency's request for information is under Welsh law too.
         with pytest.raises(grpc.aio.AioRpcError) as asked:
             await cluster.api("amh").RequestInformation(

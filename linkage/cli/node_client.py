@@ -345,7 +345,8 @@ def involvement(args: argparse.Namespace) -> int:
         print("No other agency is linked to this family.")
     for a in response.agencies:
         print(
-            f"{a.agency_name} ({a.agency_type}), contact: {a.contact_role or '-'}; linked to {len(a.link_tokens)} "
+            f"{a.agency_name} ({a.agency_type}{f'; law of {a.jurisdiction}' if a.jurisdiction else ''}), "
+            f"contact: {a.contact_role or '-'}; linked to {len(a.link_tokens)} "
             "of the family's people"
         )
     return 0

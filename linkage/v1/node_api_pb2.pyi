@@ -428,10 +428,13 @@ class InvolvedAgency(_message.Message):
     AGENCY_TYPE_FIELD_NUMBER: _builtins.int
     CONTACT_ROLE_FIELD_NUMBER: _builtins.int
     LINK_TOKENS_FIELD_NUMBER: _builtins.int
+    JURISDICTION_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     agency_name: _builtins.str
     agency_type: _builtins.str
     contact_role: _builtins.str
+    jurisdiction: _builtins.str
+    """whose law it shares under (ENG, WLS, SCT, NIR); empty if unknown"""
     @_builtins.property
     def link_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """which of the family's people it is linked to"""
@@ -444,10 +447,11 @@ class InvolvedAgency(_message.Message):
         agency_type: _builtins.str = ...,
         contact_role: _builtins.str = ...,
         link_tokens: _abc.Iterable[_builtins.bytes] | None = ...,
+        jurisdiction: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "agency_type", b"agency_type", "contact_role", b"contact_role", "link_tokens", b"link_tokens", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "agency_type", b"agency_type", "contact_role", b"contact_role", "jurisdiction", b"jurisdiction", "link_tokens", b"link_tokens", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
