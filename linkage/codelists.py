@@ -46,3 +46,9 @@ class CodeLists:
 
     def codes(self, name: str) -> list[str]:
         return sorted(self.lists.get(name, {}))
+
+    def unverified_link(self, identity_basis: str) -> bool:
+        """A person linked on a basis the lists know and do not count as verified (a match,
+        someone's word): whoever acts on it should confirm it is the same person first."""
+        entry = self.entry("identity_basis", identity_basis)
+        return bool(entry) and not entry.get("verified")

@@ -488,8 +488,7 @@ def _print_summary(summary: summary_pb2.RiskSummary) -> None:
             print(f"    {summary.decision.handling_instructions}")
     codes = CodeLists.load()
     for person in summary.people:  # a link not verified may be the wrong person
-        basis = codes.entry("identity_basis", person.identity_basis)
-        if basis and not basis.get("verified"):
+        if codes.unverified_link(person.identity_basis):
             print(
                 f"  Check identity: the sender linked the {person.relationship or 'person'} by "
                 f"{person.identity_basis}; confirm it is the same person before acting "

@@ -118,8 +118,9 @@ def _totals(rows: list[dict[str, Any]], directory: DirectoryView) -> dict[str, A
     }
 
 
-def register_rows(config: NodeConfig, since: int | None, until: int | None) -> list[dict[str, Any]]:
-    directory = federation_directory(config)
+def register_rows(
+    config: NodeConfig, directory: DirectoryView, since: int | None, until: int | None
+) -> list[dict[str, Any]]:
     rows = []
     with closing(read_only_store(config.store_path)) as db:
         for e in find_entries(db, EntryFilter(event="share.decision", since=since, until=until)):
@@ -141,8 +142,8 @@ def _flat(row: dict[str, Any]) -> dict[str, str]:
 
 def show(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
-    rows = register_rows(config, millis("--since", args.since), millis("--until", args.until))
     directory = federation_directory(config)
+    rows = register_rows(config, directory, millis("--since", args.since), millis("--until", args.until))
     sides = {side: [r for r in rows if r["direction"] == side] for side in ("sent", "received")}
     totals = {side: _totals(found, directory) for side, found in sides.items()}
     if args.csv:

@@ -339,12 +339,12 @@ def identity_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Findin
     the wrong person: recipients are told, and the sender is asked to verify it first
     where it can (mission anchors §8 item 11)."""
     for n, person in enumerate(summary.people, start=1):
-        basis = codes.entry("identity_basis", person.identity_basis)
-        if basis and not basis.get("verified") and not person.protect_identity:
+        if codes.unverified_link(person.identity_basis) and not person.protect_identity:
             who = person.relationship or f"Person {n}"
+            how = codes.entry("identity_basis", person.identity_basis).get("label", "").lower()
             yield Finding(
                 "identity_not_verified",
-                f"{who} was linked by {person.identity_basis} ({basis.get('label', '').lower()}): recipients will "
+                f"{who} was linked by {person.identity_basis} ({how}): recipients will "
                 "be told to confirm it is the same person before acting; verify the identifier first where you can.",
                 "warning",
             )
