@@ -39,6 +39,11 @@ class GatewayMetrics:
         self.directory_age = Gauge(
             "linkage_gateway_directory_age_seconds", "Age of the directory held", registry=self.registry
         )
+        self.directory_expires_in = Gauge(
+            "linkage_gateway_directory_expires_in_seconds",
+            "Until the directory held expires and the gateway fails closed (alert well before 0)",
+            registry=self.registry,
+        )
 
     def observe(self, event: str, outcome: str = "") -> None:
         if event in _OUTCOMES:
@@ -51,8 +56,13 @@ class GatewayMetrics:
             self.checkpoints.labels(outcome).inc()
 
     def bind(
-        self, connected: Callable[[], float], subscriptions: Callable[[], float], directory_age: Callable[[], float]
+        self,
+        connected: Callable[[], float],
+        subscriptions: Callable[[], float],
+        directory_age: Callable[[], float],
+        directory_expires_in: Callable[[], float],
     ) -> None:
         self.connected.set_function(connected)
         self.subscriptions.set_function(subscriptions)
         self.directory_age.set_function(directory_age)
+        self.directory_expires_in.set_function(directory_expires_in)

@@ -166,6 +166,7 @@ class GatewayServer:
             connected=lambda: len(self.sessions),
             subscriptions=lambda: len(index),
             directory_age=lambda: (self.clock.now_ms() - self.trust.issued_at_ms) / 1000,
+            directory_expires_in=lambda: (self.trust.expires_at_ms - self.clock.now_ms()) / 1000,
         )
         if self.config.metrics_listen:
             self.metrics_endpoint.start(self.config.metrics_listen)

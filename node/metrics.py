@@ -47,6 +47,17 @@ class NodeMetrics:
         self.directory_age = Gauge(
             "linkage_node_directory_age_seconds", "Age of the directory held", registry=self.registry
         )
+        self.directory_expires_in = Gauge(
+            "linkage_node_directory_expires_in_seconds",
+            "Until the directory held expires and the node fails closed (alert well before 0)",
+            registry=self.registry,
+        )
+        self.keys_expire_in = Gauge(
+            "linkage_node_message_keys_expire_in_seconds",
+            "Until the last of this node's message keys in the directory lapses and nobody can seal to it: "
+            "rotate before then",
+            registry=self.registry,
+        )
         self.checkpoints = Counter(
             "linkage_node_checkpoints",
             "Tries to lodge an audit checkpoint with the witness, by outcome: ok; diverged (this log does not "
@@ -55,5 +66,9 @@ class NodeMetrics:
             registry=self.registry,
         )
 
-    def bind_directory_age(self, age: Callable[[], float]) -> None:
+    def bind_directory(
+        self, age: Callable[[], float], expires_in: Callable[[], float], keys_expire_in: Callable[[], float]
+    ) -> None:
         self.directory_age.set_function(age)
+        self.directory_expires_in.set_function(expires_in)
+        self.keys_expire_in.set_function(keys_expire_in)

@@ -162,7 +162,12 @@ class NodeServer:
         config = self.config
         assert self.store is not None
         self.metrics = NodeMetrics()
-        self.metrics.bind_directory_age(lambda: (self.clock.now_ms() - self.trust.issued_at_ms) / 1000)
+        trust, now_ms = self.trust, self.clock.now_ms
+        self.metrics.bind_directory(
+            age=lambda: (now_ms() - trust.issued_at_ms) / 1000,
+            expires_in=lambda: (trust.expires_at_ms - now_ms()) / 1000,
+            keys_expire_in=lambda: (trust.keys_expire_at_ms(config.node_id) - now_ms()) / 1000,
+        )
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.link = GatewayLink(
             config.node_id,

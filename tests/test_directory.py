@@ -71,3 +71,16 @@ def test_key_lookups_respect_status_and_validity() -> None:
     with pytest.raises(Rejected) as raised:
         view.sealing_key("b", NOW)
     assert raised.value.reason == Reason.SENDER_REVOKED
+
+
+def test_when_the_directory_and_a_nodes_last_key_lapse(key: ed25519.Ed25519PrivateKey) -> None:
+    trust = TrustedDirectory(FED, key.public_key())
+    assert (trust.expires_at_ms, trust.keys_expire_at_ms("csc")) == (0, 0)  # nothing held: lapsed already
+    keys = [directory_pb2.NodeKey(key_id=f"csc-k{n}", not_after_ms=NOW + n * 1000) for n in (2, 1)]
+    directory = directory_pb2.Directory(
+        federation_id=FED, version=1, expires_at_ms=NOW + 500, nodes=[directory_pb2.NodeEntry(node_id="csc", keys=keys)]
+    )
+    trust.accept(sign_directory(directory, key), NOW)
+    assert trust.expires_at_ms == NOW + 500
+    assert trust.keys_expire_at_ms("csc") == NOW + 2000  # the later of two generations
+    assert trust.keys_expire_at_ms("nobody") == 0

@@ -38,6 +38,10 @@ async def test_metrics_are_exposed_and_count_the_exchange(federation: LocalFeder
     assert amh["linkage_node_outbox_depth"] == 0
     assert amh["linkage_node_delivery_latency_seconds_count"] == 2
     assert 0 < amh["linkage_node_directory_age_seconds"] < 3600
+    week, year = 7 * 86_400, 365 * 86_400  # the harness publishes for a week; keys are enrolled for a year
+    assert week - 3600 < amh["linkage_node_directory_expires_in_seconds"] <= week
+    assert week - 3600 < gateway["linkage_gateway_directory_expires_in_seconds"] <= week
+    assert year - 3600 < amh["linkage_node_message_keys_expire_in_seconds"] <= year
     assert csc["linkage_node_messages_received_total"] >= 1
     assert gateway['linkage_gateway_envelopes_total{outcome="forwarded"}'] >= 2
     assert gateway['linkage_gateway_checkpoints_total{outcome="ok"}'] >= 1
