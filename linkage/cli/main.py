@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from linkage import __version__, jurisdictions
-from linkage.cli import audit, duty, health, node_client
+from linkage.cli import audit, directory_listing, duty, health, node_client
 from linkage.clock import SystemClock
 
 Handler = Callable[[argparse.Namespace], int]
@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     node_client.register_casework(commands)
     duty.register(commands)
     audit.register(commands)
+    directory_listing.register(commands)
 
     p = commands.add_parser("demo", help="run a local federation and play a Think-Family story")
     p.add_argument("--keep", type=Path, default=None, help="use this folder and keep it (default: a temp folder)")

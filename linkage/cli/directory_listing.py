@@ -1,0 +1,104 @@
+"""`linkage directory`: who is in the federation, as the signed directory a node or the
+gateway holds says (its signature checked): each agency with its type, jurisdiction,
+status, contact and message keys, and when the directory and this node's keys lapse,
+with what to do before they do."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from linkage.cli.audit_entries import federation_directory, when
+from linkage.config import GatewayConfig, NodeConfig
+from linkage.jurisdictions import of_node
+from linkage.v1 import directory_pb2
+
+DAY_MS = 86_400_000
+RENEW_WITHIN_DAYS = 2  # a weekly publishing job that has not run
+ROTATE_WITHIN_DAYS = 30
+
+
+def _days(ms: int) -> float:
+    return round(ms / DAY_MS, 1)
+
+
+def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
+    view = federation_directory(config)
+    d = view.directory
+    nodes: list[dict[str, Any]] = [
+        {
+            "node_id": n.node_id,
+            "agency_name": n.agency_name,
+            "agency_type": n.agency_type,
+            "jurisdiction": of_node(n),
+            "status": directory_pb2.NodeStatus.Name(n.status).removeprefix("NODE_STATUS_").lower(),
+            "contact_role": n.contact_role,
+            "keys": [
+                {"key_id": k.key_id, "valid_from": when(k.not_before_ms), "valid_until": when(k.not_after_ms)}
+                for k in n.keys
+            ],
+            "keys_lapse_in_days": _days(max((k.not_after_ms for k in n.keys), default=now_ms) - now_ms),
+        }
+        for n in sorted(d.nodes, key=lambda n: n.node_id)
+    ]
+    warnings = []
+    if (left := d.expires_at_ms - now_ms) < RENEW_WITHIN_DAYS * DAY_MS:
+        warnings.append(
+            f"the directory {'expired' if left <= 0 else 'expires'} at {when(d.expires_at_ms)}: "
+            "publish a fresh one (linkage federation publish) and copy it to the gateway"
+        )
+    me = next((n for n in nodes if isinstance(config, NodeConfig) and n["node_id"] == config.node_id), None)
+    if me is not None and me["status"] == "active" and me["keys_lapse_in_days"] < ROTATE_WITHIN_DAYS:
+        warnings.append(
+            f"this node's message keys lapse in {me['keys_lapse_in_days']} days: have the federation operator "
+            "rotate them (linkage federation rotate-keys) and publish"
+        )
+    return {
+        "federation_id": d.federation_id,
+        "version": d.version,
+        "issued": when(d.issued_at_ms),
+        "expires": when(d.expires_at_ms),
+        "expires_in_days": _days(d.expires_at_ms - now_ms),
+        "suite": directory_pb2.HpkeSuite.Name(d.suite).removeprefix("HPKE_SUITE_"),
+        "gateways": [{"gateway_id": g.gateway_id, "witness": bool(g.witness_public_key)} for g in d.gateways],
+        "nodes": nodes,
+        "warnings": warnings,
+    }
+
+
+def show(args: argparse.Namespace) -> int:
+    config = NodeConfig.load(args.config) if args.config else GatewayConfig.load(args.gateway_config)
+    found = listing(config, int(dt.datetime.now(dt.UTC).timestamp() * 1000))
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print(
+        f"Directory version {found['version']} of {found['federation_id']}: issued {found['issued']}, expires "
+        f"{found['expires']} (in {found['expires_in_days']} days); suite {found['suite']}"
+    )
+    for g in found["gateways"]:
+        print(f"Gateway {g['gateway_id']}{', witness key named' if g['witness'] else ', no witness key'}")
+    active = sum(n["status"] == "active" for n in found["nodes"])
+    print(f"{len(found['nodes'])} agencies ({active} active):")
+    for n in found["nodes"]:
+        print(
+            f"  {n['node_id']:<10} {n['agency_name']:<30} {n['agency_type']:<26} {n['jurisdiction']}  {n['status']}"
+            f"{'  contact: ' + n['contact_role'] if n['contact_role'] else ''}"
+        )
+        for k in n["keys"]:
+            print(f"             key {k['key_id']}: {k['valid_from']} to {k['valid_until']}")
+    for warning in found["warnings"]:
+        print(f"Warning: {warning}")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser("directory", help="who is in the federation, and when the directory and keys lapse")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="a node's node.toml")
+    where.add_argument("--gateway-config", type=Path, help="the gateway's gateway.toml")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=show)

@@ -1,0 +1,51 @@
+"""`linkage directory`: the federation's members as the signed directory says, and a warning
+before the directory or a node's own keys lapse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from linkage.cli.directory_listing import DAY_MS, listing
+from linkage.clock import SystemClock
+from linkage.federation import publish_directory, revoke_node
+from tests.harness import make_federation
+
+
+def test_members_with_their_law_and_status_and_warnings_before_anything_lapses(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, SystemClock(), ("amh", "csc", "school"), jurisdictions={"csc": "WLS"})
+    revoke_node(federation.fed, "school")
+    now = SystemClock().now_ms()
+    config = federation.node_configs["amh"]
+    publish_directory(federation.fed, now, validity_days=1, copy_to=(config.data_dir,))
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "linkage", "directory", "--config", str(config.data_dir / "node.toml"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = json.loads(shown.stdout)
+    assert found["version"] == 2 and found["gateways"] == [{"gateway_id": "gateway", "witness": True}]
+    assert [(n["node_id"], n["jurisdiction"], n["status"]) for n in found["nodes"]] == [
+        ("amh", "ENG", "active"),
+        ("csc", "WLS", "active"),
+        ("school", "ENG", "revoked"),
+    ]
+    assert [k["key_id"] for k in found["nodes"][0]["keys"]] == ["amh-k1"]
+    (renew,) = found["warnings"]  # published for one day: renew it
+    assert renew.startswith("the directory expires at ") and "linkage federation publish" in renew
+
+    later = listing(config, now + 340 * DAY_MS)  # a year on from enrolment, less a month
+    assert later["warnings"][0].startswith("the directory expired at ")
+    assert later["warnings"][1].startswith("this node's message keys lapse in 2")
+    assert "linkage federation rotate-keys" in later["warnings"][1]
+    text = subprocess.run(
+        [sys.executable, "-m", "linkage", "directory", "--config", str(config.data_dir / "node.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "3 agencies (2 active):" in text and "Warning: the directory expires at " in text
