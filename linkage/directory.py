@@ -40,6 +40,12 @@ class DirectoryView:
     def expired(self, now_ms: int) -> bool:
         return now_ms >= self.directory.expires_at_ms
 
+    def keys_expire_at_ms(self, node_id: str) -> int:
+        """When the last of a node's message keys lapses: after it, nobody can seal to the
+        node (0 when the directory names none)."""
+        entry = self.nodes.get(node_id)
+        return max((k.not_after_ms for k in entry.keys), default=0) if entry else 0
+
     def active_node(self, node_id: str) -> pb.NodeEntry:
         entry = self.nodes.get(node_id)
         if entry is None:
@@ -126,10 +132,7 @@ class TrustedDirectory:
         return self._view.directory.expires_at_ms if self._view else 0
 
     def keys_expire_at_ms(self, node_id: str) -> int:
-        """When the last of a node's message keys in the held directory lapses: after it,
-        nobody can seal to the node (0 when the directory names none)."""
-        entry = self._view.nodes.get(node_id) if self._view else None
-        return max((k.not_after_ms for k in entry.keys), default=0) if entry else 0
+        return self._view.keys_expire_at_ms(node_id) if self._view else 0
 
     def accept(self, signed: pb.SignedDirectory, now_ms: int) -> DirectoryView:
         view = verify_directory(signed, self.public_key, self.federation_id, now_ms, self.version)

@@ -40,7 +40,7 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
                 {"key_id": k.key_id, "valid_from": when(k.not_before_ms), "valid_until": when(k.not_after_ms)}
                 for k in n.keys
             ],
-            "keys_lapse_in_days": _days(max((k.not_after_ms for k in n.keys), default=now_ms) - now_ms),
+            "keys_lapse_in_days": _days(view.keys_expire_at_ms(n.node_id) - now_ms),
         }
         for n in sorted(d.nodes, key=lambda n: n.node_id)
     ]
@@ -50,7 +50,8 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
             f"the directory {'expired' if left <= 0 else 'expires'} at {when(d.expires_at_ms)}: "
             "publish a fresh one (linkage federation publish) and copy it to the gateway"
         )
-    me = next((n for n in nodes if isinstance(config, NodeConfig) and n["node_id"] == config.node_id), None)
+    own = config.node_id if isinstance(config, NodeConfig) else None
+    me = next((n for n in nodes if n["node_id"] == own), None)
     if me is not None and me["status"] == "active" and me["keys_lapse_in_days"] < ROTATE_WITHIN_DAYS:
         warnings.append(
             f"this node's message keys lapse in {me['keys_lapse_in_days']} days: have the federation operator "
