@@ -315,6 +315,7 @@ def _entries(
             own=own,
             state="current" if state in ("own", "new", "read") else state,
             handling_conditions=summary.decision.handling_conditions,
+            sar_exemptions=item.sar_exemptions,
         )
         for item in summary.risk_items
     ]

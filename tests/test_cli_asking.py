@@ -161,6 +161,11 @@ async def test_dates_tokens_and_files_a_person_gets_wrong_are_one_line(
         assert code == 0 and token not in out, err
 
 
+def _with_exemption(summary: summary_pb2.RiskSummary) -> summary_pb2.RiskSummary:
+    summary.risk_items[0].sar_exemptions.append("SCH2_P3_THIRD_PARTY")  # the first item names a referrer
+    return summary
+
+
 async def test_handling_conditions_travel_and_are_shown_to_the_recipient_and_in_subject_access(
     federation: LocalFederation,
 ) -> None:
@@ -174,7 +179,7 @@ async def test_handling_conditions_travel_and_are_shown_to_the_recipient_and_in_
             node_api_pb2.RecordAssessmentRequest(
                 actor=PRACTITIONER,
                 case_id=await _case_id(cluster, "amh"),
-                assessment=stories.parent_risk_change(parent, child),
+                assessment=_with_exemption(stories.parent_risk_change(parent, child)),
             )
         )
         decision = stories.override_decision()
@@ -199,6 +204,7 @@ async def test_handling_conditions_travel_and_are_shown_to_the_recipient_and_in_
         code, out, err = await linkage("chronology", await _case_id(cluster, "csc"), *who)
         assert code == 0, err
         assert out.count("  Handling: NO_ONWARD_SHARING, DO_NOT_DISCLOSE_TO_SUBJECT") == 2, out  # one per item
+        assert out.count("  Before disclosing it to the person it is about, consider: SCH2_P3_THIRD_PARTY") == 1, out
         flagged = "[handling: NO_ONWARD_SHARING, DO_NOT_DISCLOSE_TO_SUBJECT]"
         for node, event in (("amh", "Decision whether to share"), ("csc", "Received from an agency")):
             toml = str(federation.node_configs[node].data_dir / "node.toml")

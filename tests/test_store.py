@@ -514,9 +514,12 @@ async def test_migration_12_moves_each_received_message_to_its_own_table(tmp_pat
         await store.close()
 
 
-async def test_migration_19_derives_the_chronology_again_to_carry_handling_conditions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("before", [18, 25])  # for handling conditions (19), then items' exemptions (26)
+async def test_a_migration_derives_the_chronology_again_to_carry_what_entries_now_say(
+    tmp_path: Path, before: int
+) -> None:
     path = tmp_path / "s.sqlite"
-    with _migrated_to(18, path) as db:
+    with _migrated_to(before, path) as db:
         db.execute(
             "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
             "VALUES ('amh', 'm1', x'00', 1, 1, 's')"

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import datetime
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -480,6 +481,10 @@ def _print_content(body: envelope_pb2.MessageBody) -> None:
             challenging.print_content(body)
 
 
+def _consider(sar_exemptions: Iterable[str]) -> str:
+    return f"Before disclosing it to the person it is about, consider: {', '.join(sar_exemptions)}"
+
+
 def _print_summary(summary: summary_pb2.RiskSummary) -> None:
     handling = summary.decision.handling_conditions
     if handling:  # first: it governs what may be done with the rest
@@ -499,7 +504,7 @@ def _print_summary(summary: summary_pb2.RiskSummary) -> None:
         level = f" {risk.level.value} {risk.level.scale}" if risk.level.scale else ""
         print(f"  - {risk.category} {risk.direction.lower()} ({currency}){level}")
         if risk.sar_exemptions:  # for whoever answers a subject access request
-            print(f"    Before disclosing it to the person it is about, consider: {', '.join(risk.sar_exemptions)}")
+            print(f"    {_consider(risk.sar_exemptions)}")
     if summary.decision.rationale:
         print(f"  Why shared: {summary.decision.rationale}")
     if summary.jurisdiction:  # whose law its lawful basis and powers are
@@ -527,6 +532,8 @@ def chronology(args: argparse.Namespace) -> int:
         print(f"{at}  {source:<28} {e.category:<24} {currency:<10} {direction:<10} {e.level} [{e.state}]")
         if e.handling_conditions:
             print(f"  Handling: {', '.join(e.handling_conditions)}")
+        if e.sar_exemptions:
+            print(f"  {_consider(e.sar_exemptions)}")
     return 0
 
 

@@ -1383,6 +1383,7 @@ class ChronologyEntry(_message.Message):
     OWN_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     HANDLING_CONDITIONS_FIELD_NUMBER: _builtins.int
+    SAR_EXEMPTIONS_FIELD_NUMBER: _builtins.int
     at_ms: _builtins.int
     source_node: _builtins.str
     source_agency: _builtins.str
@@ -1405,6 +1406,12 @@ class ChronologyEntry(_message.Message):
         chronology is read and printed apart from the summary, and must say so too.
         """
 
+    @_builtins.property
+    def sar_exemptions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The exemptions its sender asks whoever answers a subject access request to consider
+        for this item (sar_exemption codes), for the same reason.
+        """
+
     def __init__(
         self,
         *,
@@ -1422,10 +1429,11 @@ class ChronologyEntry(_message.Message):
         own: _builtins.bool = ...,
         state: _builtins.str = ...,
         handling_conditions: _abc.Iterable[_builtins.str] | None = ...,
+        sar_exemptions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "category", b"category", "currency", b"currency", "direction", b"direction", "handling_conditions", b"handling_conditions", "headline", b"headline", "kind", b"kind", "level", b"level", "own", b"own", "source_agency", b"source_agency", "source_agency_type", b"source_agency_type", "source_node", b"source_node", "state", b"state", "summary_id", b"summary_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "category", b"category", "currency", b"currency", "direction", b"direction", "handling_conditions", b"handling_conditions", "headline", b"headline", "kind", b"kind", "level", b"level", "own", b"own", "sar_exemptions", b"sar_exemptions", "source_agency", b"source_agency", "source_agency_type", b"source_agency_type", "source_node", b"source_node", "state", b"state", "summary_id", b"summary_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -400,4 +400,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE case_people ADD COLUMN identity_basis TEXT NOT NULL DEFAULT '';
     """,
+    # 26: chronology entries carry their item's subject access exemptions; those derived
+    # before are derived again, from the inbox, at the next chronology call (as at 19).
+    """
+    DELETE FROM chronology;
+    """,
 )
