@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import os
 import sys
 import tempfile
@@ -266,7 +265,6 @@ class Demo:
         """Seed 003: a disagreement between agencies goes through the local escalation policy."""
         say("[7] Children's social care disagrees with the level, and challenges it under the escalation policy:")
         shared = await self.next_item("csc", envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE)
-        respond_by = datetime.date.today() + datetime.timedelta(days=2)
         raise_it = node_api_pb2.RaiseChallengeRequest(
             actor=PRACTITIONERS["csc"],
             case_id=csc_case,
@@ -276,7 +274,7 @@ class Demo:
             about_message_id=shared.message_id,
             concern="The school reports the child is often alone after school; we think the risk is higher.",
             outcome_sought="Review the assessment with us this week.",
-            respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
+            respond_by=stories.days_from_today(2),
         )
         await self.api("csc").RaiseChallenge(raise_it)
         first = await self.next_item("amh", envelope_pb2.MESSAGE_KIND_CHALLENGE)
@@ -422,7 +420,6 @@ class Demo:
         say(f"    A: {answer.body.clarification_response.answer}")
 
         say("[13] After the clearance, adult social care proposes to close and asks the others first:")
-        respond_by = datetime.date.today() + datetime.timedelta(days=14)
         await self.api("asc").ProposeClosure(
             node_api_pb2.ProposeClosureRequest(
                 actor=PRACTITIONERS["asc"],
@@ -430,7 +427,7 @@ class Demo:
                 intent=summary_pb2.ClosureIntent(
                     intent="STEP_DOWN", to_service="Age UK befriending", reason_code="RISK_REDUCED_GOALS_MET"
                 ),
-                respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
+                respond_by=stories.days_from_today(14),
                 note="Home cleared and she is back home; step down to Age UK befriending.",
             )
         )
