@@ -1,7 +1,7 @@
 """What a received message changes at the recipient, in the same transaction as
-its inbox row: newer versions supersede older ones, withdrawals withdraw,
-involvement notices are recorded, closure replies, answers to information requests
-and challenges, and read notifications update what this node sent."""
+its inbox row: newer versions supersede older ones, withdrawals withdraw (and erase
+where their ground asks it), involvement notices are recorded, closure replies, answers
+to information requests and challenges, and read notifications update what this node sent."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from linkage.content import carried_summary
 from linkage.envelope import Opened
 from linkage.v1 import envelope_pb2 as pb
 from node import answers
+from node.erasure import erase_rows, erase_versions, erasing_withdrawal
 from node.store import Tx
 
 
@@ -18,17 +19,20 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
     if (summary := carried_summary(body)) is not None:
         await _take_its_place(tx, seq, sender, summary.summary_id, body.message_id)
     elif kind == pb.MESSAGE_KIND_WITHDRAWAL:
+        withdrawal = body.withdrawal
         await tx.execute(
             "UPDATE inbox INDEXED BY inbox_live_by_summary SET state = 'withdrawn' "
-            "WHERE sender = ? AND summary_id = ? AND message_id < ?",
-            (sender, body.withdrawal.summary_id, body.message_id),
+            "WHERE sender = ? AND summary_id = ? AND message_id < ? AND state != 'erased'",
+            (sender, withdrawal.summary_id, body.message_id),
         )
+        erased = await erase_versions(tx, sender, withdrawal.summary_id, body.message_id) if withdrawal.erase else []
         await tx.audit(
             "summary.withdrawn_by_sender",
-            summary_id=body.withdrawal.summary_id,
+            summary_id=withdrawal.summary_id,
             counterpart=sender,
-            rationale=body.withdrawal.reason,
+            rationale=withdrawal.reason,
             message_id=body.message_id,
+            detail={"ground": withdrawal.ground, "erase": withdrawal.erase, "erased": erased},
         )
     elif kind == pb.MESSAGE_KIND_INVOLVEMENT_NOTICE:
         notice = body.involvement  # who is linked now is the gateway's to say (discovery); this is the record
@@ -86,6 +90,17 @@ async def _take_its_place(tx: Tx, seq: int, sender: str, summary_id: str, messag
     So a version that arrives after a newer one, or after its withdrawal, is stored
     superseded, or withdrawn, as every recipient stores it whatever the order. (INDEXED BY:
     left to itself SQLite walks the sender's unique index through every older message.)"""
+    withdrawal_id, ground = await erasing_withdrawal(tx.fetchone, sender, summary_id, message_id)
+    if withdrawal_id:  # made before a withdrawal that erased its versions, and held up on the way
+        await erase_rows(tx, [seq])
+        await tx.audit(
+            "summary.erased",
+            summary_id=summary_id,
+            counterpart=sender,
+            message_id=message_id,
+            detail={"ground": ground, "withdrawal": withdrawal_id},
+        )
+        return
     older = await tx.execute(
         "UPDATE inbox INDEXED BY inbox_live_by_summary SET state = 'superseded' "
         "WHERE sender = ? AND summary_id = ? AND state IN ('new', 'read') AND message_id < ?",

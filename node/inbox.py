@@ -12,6 +12,7 @@ from typing import Any
 from linkage.content import carried_summary
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
+from node.erasure import erasing_withdrawal
 from node.errors import check_notes, not_found
 from node.messaging import kind_name
 from node.store import FetchOne
@@ -127,7 +128,7 @@ class Inbox:
             f"SELECT {ITEM_COLUMNS} FROM {ITEMS} WHERE i.message_id = ?", (request.message_id,)
         )
         if row is None:
-            raise not_found(f"no item {request.message_id!r} in this node's inbox")
+            raise not_found(await self._missing(request.message_id))
         item = self._item(row)
         tokens = await self._tokens([item.seq])
         silent = request.silent_read_reason.strip()
@@ -167,6 +168,19 @@ class Inbox:
         if sealed:
             await self.ctx.changed()
         return item if item.state != "new" else self._with_state(item, "read")
+
+    async def _missing(self, message_id: str) -> str:
+        """Why an item cannot be opened: never here, or erased at its sender's request."""
+        row = await self.ctx.store.fetchone(
+            "SELECT sender, summary_id FROM inbox WHERE message_id = ? AND state = 'erased'", (message_id,)
+        )
+        if row is None:
+            return f"no item {message_id!r} in this node's inbox"
+        withdrawal_id, ground = await erasing_withdrawal(self.ctx.store.fetchone, row[0], row[1], message_id)
+        return (
+            f"item {message_id!r} was erased at its sender's request ({ground or 'a withdrawal'}; withdrawal "
+            f"{withdrawal_id or 'no longer held'}): this node no longer holds it, and neither should your case system"
+        )
 
     @staticmethod
     async def _sender_told(fetchone: FetchOne, item: node_api_pb2.ReceivedSummary) -> bool:
@@ -255,10 +269,11 @@ class Inbox:
                 # other call, every message arriving) waits at most a GIL switch for it, not the batch.
                 derived = await asyncio.to_thread(self._derived_all, rows)
                 async with self.ctx.store.tx() as tx:
+                    # Only for rows still held: one may have been erased while they were derived.
                     await tx.executemany(
                         "INSERT OR IGNORE INTO chronology(inbox_seq, item, at_ms, source_node, summary_id, state, "
-                        "entry) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        derived,
+                        "entry) SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM inbox_bodies WHERE seq = ?)",
+                        [(*d, d[0]) for d in derived],
                     )
                 self._derived_to = int(rows[-1][0])
 

@@ -25,6 +25,14 @@ from node.store import FetchOne
 
 log = logs.get("node.sharing")
 
+# What a withdrawal on a breach ground tells whoever made it (UK GDPR Art 33).
+BREACH_TO_ASSESS = node_api_pb2.PolicyFinding(
+    code="breach_to_assess",
+    severity="warning",
+    message="sharing it was a personal data breach: tell your information governance officer now; the ICO must be "
+    "told within 72 hours of your becoming aware of it unless it is unlikely to result in a risk to the people in it",
+)
+
 MAX_REQUEST_ID = 128
 _CARRIES_SUMMARY_MARKS = ",".join("?" * len(CARRIES_SUMMARY))
 CHANGE_DIRECTIONS = {"NEW", "INCREASED", "DECREASED", "RESOLVED", "NOT_SUBSTANTIATED"}
@@ -59,18 +67,22 @@ def decision_detail(share_id: str, result: PolicyResult, kind: int, jurisdiction
     }
 
 
-async def _refuse_a_repeat(fetchone: FetchOne, summary_id: str) -> None:
-    """A withdrawal, with nothing of the summary shared since, makes another one a repeat."""
+async def _refuse_a_repeat(fetchone: FetchOne, summary_id: str, erase: bool) -> None:
+    """A withdrawal, with nothing of the summary shared since, makes another one a repeat;
+    unless this one asks the recipients to erase it and no earlier one did."""
     latest = await fetchone(
         "SELECT kind, share_id FROM outbox WHERE summary_id = ? ORDER BY created_at_ms DESC, seq DESC LIMIT 1",
         (summary_id,),
     )
-    if latest is not None and latest[0] == envelope_pb2.MESSAGE_KIND_WITHDRAWAL:
-        raise ApiError(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"summary {summary_id!r} is already withdrawn (withdrawal {latest[1]}; see GetShareStatus), "
-            "and no version was shared since",
-        )
+    if latest is None or latest[0] != envelope_pb2.MESSAGE_KIND_WITHDRAWAL:
+        return
+    if erase and await fetchone("SELECT 1 FROM withdrawals WHERE summary_id = ? AND erase", (summary_id,)) is None:
+        return
+    raise ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"summary {summary_id!r} is already withdrawn (withdrawal {latest[1]}; see GetShareStatus), "
+        "and no version was shared since",
+    )
 
 
 def _for_every_earlier_recipient(summary: summary_pb2.RiskSummary) -> bool:
@@ -330,10 +342,18 @@ class Sharing:
         if not request.reason.strip():
             raise invalid("say why the summary is withdrawn; every recipient is told")
         check_notes(reason=request.reason)
+        codes = self.ctx.policy.codes
+        ground = codes.entry("withdrawal_ground", request.ground)
+        if not ground:
+            raise invalid(
+                f"ground {request.ground!r} is not a withdrawal ground; use one of {codes.codes('withdrawal_ground')} "
+                "(it decides whether every recipient erases the summary)"
+            )
+        erase, breach = bool(ground.get("erase")), bool(ground.get("breach"))
         recipients = await self.prior_recipients(request.summary_id)
         if not recipients:
             raise not_found(f"summary {request.summary_id!r} was never shared from this node")
-        await _refuse_a_repeat(self.ctx.store.fetchone, request.summary_id)
+        await _refuse_a_repeat(self.ctx.store.fetchone, request.summary_id, erase)
         # The link tokens it went with, from the oldest of its messages whose body retention kept.
         row = await self.ctx.store.fetchone(
             "SELECT b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? "
@@ -350,7 +370,9 @@ class Sharing:
             envelope_pb2.RoutingHeader.FromString(envelope_pb2.Envelope.FromString(row[0]).routing).link_tokens
         )
         share_id = uuid7(self.ctx.clock.now_ms())
-        withdrawal = workflow_pb2.Withdrawal(summary_id=request.summary_id, reason=request.reason)
+        withdrawal = workflow_pb2.Withdrawal(
+            summary_id=request.summary_id, reason=request.reason, ground=request.ground, erase=erase
+        )
         sealed = await self.ctx.messenger.seal_each(
             recipients,
             envelope_pb2.MESSAGE_KIND_WITHDRAWAL,
@@ -361,18 +383,30 @@ class Sharing:
         )
         async with self.ctx.store.tx() as tx:
             # Again where writes are serial: a call racing this one may have withdrawn it meanwhile.
-            await _refuse_a_repeat(tx.fetchone, request.summary_id)
+            await _refuse_a_repeat(tx.fetchone, request.summary_id, erase)
+            await tx.execute(
+                "INSERT INTO withdrawals(share_id, summary_id, ground, erase, at_ms) VALUES (?, ?, ?, ?, ?)",
+                (share_id, request.summary_id, request.ground, erase, tx.now_ms),
+            )
             await tx.audit(
                 "summary.withdrawn",
                 request.actor,
                 tokens=tokens,
                 summary_id=request.summary_id,
                 rationale=request.reason,
-                detail={"share_id": share_id, "recipients": recipients},
+                detail={
+                    "share_id": share_id,
+                    "recipients": recipients,
+                    "ground": request.ground,
+                    "erase": erase,
+                    "breach": breach,
+                },
             )
             statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, request.summary_id)
         await self.ctx.changed()
-        return node_api_pb2.ShareSummaryResponse(share_id=share_id, recipients=statuses)
+        log.info("summary.withdrawn", share_id=share_id, ground=request.ground, recipients=len(recipients))
+        findings = [BREACH_TO_ASSESS] if breach else []
+        return node_api_pb2.ShareSummaryResponse(share_id=share_id, recipients=statuses, findings=findings)
 
     async def share_status(self, share_id: str) -> node_api_pb2.ShareStatus:
         share = await self.ctx.store.fetchone("SELECT outcome FROM shares WHERE share_id = ?", (share_id,))

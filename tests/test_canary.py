@@ -95,7 +95,10 @@ async def test_no_canary_in_any_log_or_gateway_file(federation: LocalFederation)
             )
             await cluster.api("amh").WithdrawSummary(
                 node_api_pb2.WithdrawSummaryRequest(
-                    actor=actor, summary_id=item.summary.summary_id, reason=f"{CANARY} withdrawal"
+                    actor=actor,
+                    summary_id=item.summary.summary_id,
+                    reason=f"{CANARY} withdrawal",
+                    ground="NOT_TO_BE_RELIED_ON",
                 )
             )
             await cluster.api("school").RemovePerson(

@@ -12,6 +12,7 @@ exactly what was accepted.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import shutil
 import tempfile
@@ -363,23 +364,7 @@ def test_versions_and_withdrawals_take_effect_in_the_order_they_were_made_not_re
     last is the summary's withdrawal."""
     model = DeliveryModel()
     try:
-        for _ in range(3):
-            model.share()
-        if len(order) == 4:
-            (summary_id,) = model.run(model.sender_store.fetchone("SELECT DISTINCT summary_id FROM outbox"))
-            withdrawn = model.run(
-                model.sharing.withdraw(
-                    node_api_pb2.WithdrawSummaryRequest(
-                        actor=PRACTITIONER, summary_id=summary_id, reason="Wrong family."
-                    )
-                )
-            )
-            model.accepted.add(withdrawn.share_id)
-        model.pump()
-        made = [f.send for f in model.sender_wire.frames]
-        assert len(made) == len(order)
-        for n in order:
-            model.run(model.reception.on_envelopes([made[n]]))
+        made = _delivered_in(model, order, "NOT_TO_BE_RELIED_ON" if len(order) == 4 else "")
         states = dict(model.run(model.recipient_store.fetchall("SELECT message_id, state FROM inbox")))
         if len(order) == 3:
             expected = ["superseded", "superseded", "new"]
@@ -388,6 +373,59 @@ def test_versions_and_withdrawals_take_effect_in_the_order_they_were_made_not_re
         assert [states[_message_id(m)] for m in made] == expected
     finally:
         model.teardown()
+
+
+@pytest.mark.parametrize("order", [(3, 1, 0, 2), (0, 3, 2, 1), (1, 0, 2, 3), (2, 3, 0, 1)])
+def test_a_withdrawal_that_asks_erasure_erases_every_version_whatever_the_order(order: tuple[int, ...]) -> None:
+    """Versions sent before the withdrawal but held up arrive after it: each is erased as it
+    is stored, as those stored before the withdrawal were when it came."""
+    model = DeliveryModel()
+    try:
+        made = _delivered_in(model, order, "WRONG_PERSON")
+        rows = model.run(
+            model.recipient_store.fetchall(
+                "SELECT message_id, state, (SELECT COUNT(*) FROM inbox_bodies b WHERE b.seq = i.seq), "
+                "(SELECT COUNT(*) FROM inbox_tokens t WHERE t.inbox_seq = i.seq) FROM inbox i"
+            )
+        )
+        held = {message_id: (state, bodies, tokens) for message_id, state, bodies, tokens in rows}
+        versions, withdrawal = made[:3], made[3]
+        assert [held[_message_id(m)] for m in versions] == [("erased", 0, 0)] * 3
+        assert held[_message_id(withdrawal)][1:] == (1, 2)  # the notice itself is kept, to tell the case system
+        entries = model.run(model.recipient_store.fetchall("SELECT entry FROM audit ORDER BY seq"))
+        erased = []
+        for (entry,) in entries:
+            e = json.loads(entry)
+            if e["event"] == "summary.erased":
+                erased.append(e["message_id"])
+            elif e["event"] == "summary.withdrawn_by_sender":
+                erased += e["detail"]["erased"]
+        assert sorted(erased) == sorted(_message_id(m) for m in versions)  # each once, whichever way
+    finally:
+        model.teardown()
+
+
+def _delivered_in(model: DeliveryModel, order: tuple[int, ...], withdrawal_ground: str) -> list[Any]:
+    """Three versions of a summary shared, then (given a ground) withdrawn; what was sent,
+    delivered to the recipient in `order`."""
+    for _ in range(3):
+        model.share()
+    if withdrawal_ground:
+        (summary_id,) = model.run(model.sender_store.fetchone("SELECT DISTINCT summary_id FROM outbox"))
+        withdrawn = model.run(
+            model.sharing.withdraw(
+                node_api_pb2.WithdrawSummaryRequest(
+                    actor=PRACTITIONER, summary_id=summary_id, reason="Wrong family.", ground=withdrawal_ground
+                )
+            )
+        )
+        model.accepted.add(withdrawn.share_id)
+    model.pump()
+    made = [f.send for f in model.sender_wire.frames]
+    assert len(made) == len(order)
+    for n in order:
+        model.run(model.reception.on_envelopes([made[n]]))
+    return made
 
 
 def _message_id(envelope: Any) -> str:

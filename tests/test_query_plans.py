@@ -11,6 +11,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from linkage import stories
@@ -30,8 +31,9 @@ SCAN = re.compile(rf"^SCAN ({'|'.join(GROWING)})\b")
 # A search bounded on one side only (`sender = ? AND message_id < ?`) reads every row
 # past its bound: fine under a LIMIT, a scan in all but name without one.
 OPEN_RANGE = re.compile(rf"^SEARCH ({'|'.join(GROWING)}) USING [\w ]+ \((\w+=\? AND )*\w+[<>]\?\)$")
-# ...unless the equalities before it pick out one parent's few rows: a message's chronology items.
-BOUNDED = ("(inbox_seq=? AND item>?)",)
+# ...unless the equalities before it pick out one parent's few rows: a message's chronology
+# items, a summary's withdrawals (inbox_withdrawals holds withdrawals only).
+BOUNDED = ("(inbox_seq=? AND item>?)", "(sender=? AND summary_id=? AND message_id>?)")
 NOT_QUERIES = re.compile(r"^\s*(PRAGMA|BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|CREATE|DROP|ALTER)\b", re.IGNORECASE)
 CONNECT: Callable[..., sqlite3.Connection] = sqlite3.connect  # untraced, for the plans themselves
 
@@ -148,9 +150,13 @@ async def test_casework_reads_by_index(federation: LocalFederation, statements: 
             await csc_api.FindCases(node_api_pb2.FindCasesRequest(actor=CSC_WORKER, include_closed=True, **by))
         await share(cluster, recorded.assessment_id, env.MESSAGE_KIND_CORRECTION)
         await cluster.api("amh").WithdrawSummary(
-            node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=item.summary.summary_id, reason="Error.")
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONER, summary_id=item.summary.summary_id, reason="Error.", ground="WRONG_PERSON"
+            )
         )
         await next_item(cluster, "csc", env.MESSAGE_KIND_WITHDRAWAL)
+        with pytest.raises(grpc.aio.AioRpcError):  # erased: why it cannot be opened is looked up
+            await csc_api.OpenReceived(node_api_pb2.OpenReceivedRequest(actor=CSC_WORKER, message_id=item.message_id))
         for node in cluster.nodes.values():  # the daily purge, with nothing yet old enough
             assert node.store is not None
             await retention.purge(node.store, node.clock, keep_days=retention.MIN_KEEP_DAYS)

@@ -225,7 +225,9 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
 
         # A withdrawal goes to every earlier recipient, and each confirms with its signed receipt.
         withdrawn = await cluster.api("amh").WithdrawSummary(
-            node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error")
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error", ground="NOT_TO_BE_RELIED_ON"
+            )
         )
         assert sorted(r.node_id for r in withdrawn.recipients) == ["csc", "school"]
         await next_item(cluster, "csc", env.MESSAGE_KIND_WITHDRAWAL, after_seq=correction.seq)
@@ -242,7 +244,9 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
         assert events(await audit_events(cluster.nodes["csc"]), "summary.withdrawn_by_sender")
         with pytest.raises(grpc.aio.AioRpcError) as raised:  # a retried withdrawal tells nobody twice
             await cluster.api("amh").WithdrawSummary(
-                node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error")
+                node_api_pb2.WithdrawSummaryRequest(
+                    actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error", ground="NOT_TO_BE_RELIED_ON"
+                )
             )
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert f"is already withdrawn (withdrawal {withdrawn.share_id}" in (raised.value.details() or "")
@@ -269,7 +273,9 @@ async def test_racing_calls_withdraw_propose_and_remove_once(federation: LocalFe
 
             return sorted(await asyncio.gather(one(), one()), key=lambda c: c.value[0])
 
-        withdraw = node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="In error")
+        withdraw = node_api_pb2.WithdrawSummaryRequest(
+            actor=PRACTITIONER, summary_id=summary_id, reason="In error", ground="NOT_TO_BE_RELIED_ON"
+        )
         assert await twice(amh.WithdrawSummary, withdraw) == [grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION]
         assert await twice(amh.ProposeClosure, planned_closure(PRACTITIONER, case_id)) == [
             grpc.StatusCode.OK,
@@ -327,7 +333,9 @@ async def test_a_withdrawal_whose_bodies_retention_purged_is_refused_with_a_reas
             await tx.execute("UPDATE outbox SET body_kept = 0")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await cluster.api("amh").WithdrawSummary(
-                node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error")
+                node_api_pb2.WithdrawSummaryRequest(
+                    actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error", ground="NOT_TO_BE_RELIED_ON"
+                )
             )
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "retention has purged" in (raised.value.details() or "")
@@ -965,7 +973,9 @@ async def test_a_revoked_recipient_does_not_stop_a_correction_or_withdrawal_reac
         (assessment_id,) = await amh.store.fetchone("SELECT assessment_id FROM assessments")
         corrected = await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
         withdrawn = await cluster.api("amh").WithdrawSummary(
-            node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="Wrong family.")
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONER, summary_id=summary_id, reason="Wrong family.", ground="NOT_TO_BE_RELIED_ON"
+            )
         )
         for response in (corrected, withdrawn):
             by_node = {r.node_id: r for r in response.recipients}
@@ -1060,7 +1070,9 @@ async def test_a_summary_provided_on_request_is_corrected_withdrawn_and_in_the_c
         assert [state for _, state in await chronology_states(cluster)] == ["superseded"] * 2 + ["current"] * 2
 
         withdrawn = await cluster.api("amh").WithdrawSummary(
-            node_api_pb2.WithdrawSummaryRequest(actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error")
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONER, summary_id=summary_id, reason="Sent in error", ground="NOT_TO_BE_RELIED_ON"
+            )
         )
         assert [r.node_id for r in withdrawn.recipients] == ["csc"]
         await next_item(cluster, "csc", env.MESSAGE_KIND_WITHDRAWAL, after_seq=correction.seq)

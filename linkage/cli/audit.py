@@ -62,6 +62,7 @@ PLAIN = {
     "received.exported": "Received items passed to the case system",
     "summary.withdrawn": "Summary withdrawn",
     "summary.withdrawn_by_sender": "Summary withdrawn by its sender",
+    "summary.erased": "Summary erased as it arrived: its sender had withdrawn it, asking erasure",
     "closure.proposed": "Closure proposed to other agencies",
     "closure.alerted_late": "Closure proposal sent to agencies involved since it was made",
     "closure.responded": "Answered a closure proposal",

@@ -85,9 +85,14 @@ def share_send(args: argparse.Namespace) -> int:
 
 
 def share_withdraw(args: argparse.Namespace) -> int:
-    request = node_api_pb2.WithdrawSummaryRequest(actor=actor(args), summary_id=args.summary_id, reason=args.reason)
+    request = node_api_pb2.WithdrawSummaryRequest(
+        actor=actor(args), summary_id=args.summary_id, reason=args.reason, ground=args.ground
+    )
     response = call(args, lambda api: api.WithdrawSummary(request))
-    return report_queued(args, response, f"Withdrawal {response.share_id}", list(response.recipients))
+    report_queued(args, response, f"Withdrawal {response.share_id}", list(response.recipients))
+    if not args.json:
+        _print_findings(list(response.findings))
+    return 0
 
 
 def share_status(args: argparse.Namespace) -> int:
@@ -145,6 +150,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_connection_arguments(p)
     p.add_argument("summary_id")
     p.add_argument("--reason", required=True)
+    p.add_argument(
+        "--ground",
+        required=True,
+        help="why (withdrawal_ground code): NOT_TO_BE_RELIED_ON keeps it marked withdrawn at each recipient; "
+        "CONSENT_WITHDRAWN, WRONG_PERSON, SHARED_IN_ERROR and NO_LAWFUL_BASIS have them erase it",
+    )
     p.set_defaults(handler=share_withdraw)
     p = sub.add_parser("status", help="where each recipient's copy of a share is")
     add_connection_arguments(p)
@@ -440,7 +451,10 @@ def _print_content(body: envelope_pb2.MessageBody) -> None:
         case "summary":
             _print_summary(body.summary)
         case "withdrawal":
-            print(f"  Withdraws summary {body.withdrawal.summary_id}: {body.withdrawal.reason}")
+            w = body.withdrawal
+            print(f"  Withdraws summary {w.summary_id} ({w.ground or 'no ground given'}): {w.reason}")
+            if w.erase:  # this node erased its copies before it receipted the withdrawal
+                print("  Erased here at the sender's request; erase it from your case records too.")
         case "involvement":
             n = body.involvement
             print(f"  {n.agency_name} {'joined' if n.joined else 'left'}; contact: {n.contact_role or '-'}")

@@ -1,8 +1,9 @@
 """`linkage audit register`: a node's register of sharing, as a record of processing
 (mission anchors §8 item 10; ICO data sharing code): every decision whether to share,
 with what went to which agency, on what lawful ground, under whose law, with what
-consent and why; every summary received, from whom and on the sender's ground; and the
-totals by agency type, data category, ground and consent. Read from the audit log (whose
+consent and why; every summary received, from whom and on the sender's ground; every
+withdrawal made or received, on what ground and whether it was erased; and the totals by
+agency type, data category, ground and consent. Read from the audit log (whose
 entries `audit verify` checks) and, for what was received, the summaries still held."""
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ COLUMNS = [
     "handling",
     "by",
     "why",
+    "note",
 ]
+BREACH_NOTE = "possible personal data breach: assess it; tell the ICO within 72 hours unless unlikely to risk anyone"
 
 
 def _agency_type(directory: DirectoryView, node_id: str) -> str:
@@ -69,8 +72,43 @@ def _sent(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any]:
         "consent_status": detail.get("consent_status", ""),
         "approved_by": detail.get("approved_by", ""),
         "handling": detail.get("handling", []),
-        "by": f"{e['actor'].get('name') or e['actor'].get('id')} ({e['actor'].get('role')})",
+        "by": _by(e),
         "why": e["rationale"],
+        "note": "",
+    }
+
+
+def _by(e: dict[str, Any]) -> str:
+    return f"{e['actor'].get('name') or e['actor'].get('id')} ({e['actor'].get('role')})"
+
+
+def _withdrawal(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any]:
+    """A withdrawal this node made ("withdrawn"), or one an agency made of what it had sent
+    here ("recalled"): on what ground, and whether its copies were to be erased."""
+    detail, ours = e["detail"], e["event"] == "summary.withdrawn"
+    nodes = detail.get("recipients", []) if ours else [e["counterpart"]]
+    if not detail.get("erase"):
+        note = "kept, marked withdrawn"
+    elif ours:
+        note = "each recipient to erase it" + (f"; {BREACH_NOTE}" if detail.get("breach") else "")
+    else:
+        note = f"erased here ({len(detail.get('erased', []))} version(s))"
+    return {
+        "direction": "withdrawn" if ours else "recalled",
+        "ts_ms": e["ts_ms"],
+        "time": when(e["ts_ms"]),
+        "id": detail.get("share_id", "") if ours else e["message_id"],
+        "kind": "WITHDRAWAL",
+        "decision": detail.get("ground") or "(no ground)",
+        "agencies": [(node, agency_name(directory, node), []) for node in nodes],
+        "lawful_ground": "",
+        "jurisdiction": "",
+        "consent_status": "",
+        "approved_by": "",
+        "handling": [],
+        "by": _by(e) if ours else "its sender",
+        "why": e["rationale"],
+        "note": note,
     }
 
 
@@ -98,6 +136,7 @@ def _received(
         "handling": list(decision.handling_conditions),
         "by": f"{decision.decided_by.name or decision.decided_by.id} ({decision.decided_by.role}) at the sender",
         "why": decision.rationale,
+        "note": "",
     }
 
 
@@ -128,6 +167,8 @@ def register_rows(
         for e in find_entries(db, EntryFilter(event="message.received", since=since, until=until)):
             if (row := _received(e, config, directory, db)) is not None:
                 rows.append(row)
+        for e in find_entries(db, EntryFilter(event="summary.withdrawn", since=since, until=until)):
+            rows.append(_withdrawal(e, directory))  # and summary.withdrawn_by_sender: the filter is a prefix
     return sorted(rows, key=lambda r: int(r["ts_ms"]))
 
 
@@ -166,18 +207,25 @@ def show(args: argparse.Namespace) -> int:
         for key, label in (("lawful_grounds", "grounds"), ("consent", "consent"), ("jurisdictions", "law of")):
             if t[key]:
                 print(f"  {label}: {_counts(t[key])}")
+    withdrawn = Counter(r["decision"] for r in rows if r["direction"] == "withdrawn")
+    recalled = Counter(r["decision"] for r in rows if r["direction"] == "recalled")
+    print(f"Withdrawals made: {sum(withdrawn.values())}" + (f" ({_counts(withdrawn)})" if withdrawn else ""))
+    print(f"Withdrawals received: {sum(recalled.values())}" + (f" ({_counts(recalled)})" if recalled else ""))
     for r in rows:
-        print(f"{r['time']}  {r['direction']:<8} {r['decision']:<15} {r['kind']}  by {r['by']}")
+        print(f"{r['time']}  {r['direction']:<9} {r['decision']:<15} {r['kind']}  by {r['by']}")
         for _, name, data in r["agencies"]:
-            print(f"    {'to' if r['direction'] == 'sent' else 'from'} {name}: {', '.join(data) or '-'}")
-        consent = f"consent {r['consent_status'] or '-'}" + (
-            f", approved by {r['approved_by']}" if r["approved_by"] else ""
-        )
-        law = f"; law of {r['jurisdiction']}" if r["jurisdiction"] else ""
-        print(f"    ground: {r['lawful_ground'] or '-'}{law}; {consent}")
+            print(f"    {'to' if r['direction'] in ('sent', 'withdrawn') else 'from'} {name}: {', '.join(data) or '-'}")
+        if r["kind"] != "WITHDRAWAL":
+            consent = f"consent {r['consent_status'] or '-'}" + (
+                f", approved by {r['approved_by']}" if r["approved_by"] else ""
+            )
+            law = f"; law of {r['jurisdiction']}" if r["jurisdiction"] else ""
+            print(f"    ground: {r['lawful_ground'] or '-'}{law}; {consent}")
         if r["handling"]:
             print(f"    handling: {', '.join(r['handling'])}")
         print(f"    why: {r['why'] or '-'}")
+        if r["note"]:
+            print(f"    {r['note']}")
     if args.csv:
         print(f"wrote {len(rows)} rows to {args.csv}")
     return 0

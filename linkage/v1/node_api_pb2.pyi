@@ -670,8 +670,13 @@ class WithdrawSummaryRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     SUMMARY_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    GROUND_FIELD_NUMBER: _builtins.int
     summary_id: _builtins.str
     reason: _builtins.str
+    ground: _builtins.str
+    """Why (withdrawal_ground code): whether recipients erase it, and whether sharing it was
+    a personal data breach for this agency's IG officer to assess.
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     def __init__(
@@ -680,10 +685,11 @@ class WithdrawSummaryRequest(_message.Message):
         actor: _summary_pb2.Practitioner | None = ...,
         summary_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        ground: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "reason", b"reason", "summary_id", b"summary_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "ground", b"ground", "reason", b"reason", "summary_id", b"summary_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

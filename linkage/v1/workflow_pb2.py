@@ -25,41 +25,41 @@ _sym_db = _symbol_database.Default()
 from linkage.v1 import summary_pb2 as linkage_dot_v1_dot_summary__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19linkage/v1/workflow.proto\x12\nlinkage.v1\x1a\x18linkage/v1/summary.proto\"\xa3\x01\n\x11InvolvementNotice\x12\x0e\n\x06joined\x18\x01 \x01(\x08\x12\x13\n\x0blink_tokens\x18\x02 \x03(\x0c\x12\x13\n\x0b\x61gency_name\x18\x03 \x01(\t\x12\x13\n\x0b\x61gency_type\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontact_role\x18\x05 \x01(\t\x12)\n\x07\x63ontact\x18\x06 \x01(\x0b\x32\x18.linkage.v1.Practitioner\"0\n\nWithdrawal\x12\x12\n\nsummary_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x9d\x01\n\x13\x43losureIntentNotice\x12\x12\n\nclosure_id\x18\x01 \x01(\t\x12)\n\x06intent\x18\x02 \x01(\x0b\x32\x19.linkage.v1.ClosureIntent\x12$\n\nrespond_by\x18\x03 \x01(\x0b\x32\x10.linkage.v1.Date\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x13\n\x0blink_tokens\x18\x05 \x03(\x0c\"`\n\x0f\x43losureResponse\x12\x12\n\nclosure_id\x18\x01 \x01(\t\x12)\n\x06\x61nswer\x18\x02 \x01(\x0e\x32\x19.linkage.v1.ClosureAnswer\x12\x0e\n\x06reason\x18\x03 \x01(\t\"V\n\rClosureNotice\x12\x12\n\nclosure_id\x18\x01 \x01(\t\x12#\n\tclosed_on\x18\x02 \x01(\x0b\x32\x10.linkage.v1.Date\x12\x0c\n\x04note\x18\x03 \x01(\t\"B\n\x14\x43larificationRequest\x12\x18\n\x10\x61\x62out_message_id\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\"C\n\x15\x43larificationResponse\x12\x1a\n\x12request_message_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"\x9c\x01\n\x12InformationRequest\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12-\n\x0clawful_basis\x18\x02 \x01(\x0b\x32\x17.linkage.v1.LawfulBasis\x12\x0c\n\x04what\x18\x03 \x01(\t\x12#\n\tneeded_by\x18\x04 \x01(\x0b\x32\x10.linkage.v1.Date\x12\x13\n\x0blink_tokens\x18\x05 \x03(\x0c\"\xb7\x01\n\x13InformationResponse\x12\x1a\n\x12request_message_id\x18\x01 \x01(\t\x12-\n\x06\x61nswer\x18\x02 \x01(\x0e\x32\x1d.linkage.v1.InformationAnswer\x12+\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x19.linkage.v1.ShareDecision\x12(\n\x07summary\x18\x04 \x01(\x0b\x32\x17.linkage.v1.RiskSummary\"T\n\x10ReadNotification\x12\x17\n\x0fread_message_id\x18\x01 \x01(\t\x12\x12\n\nread_at_ms\x18\x02 \x01(\x03\x12\x13\n\x0breader_role\x18\x03 \x01(\t\"\xc7\x01\n\tChallenge\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x18\n\x10\x61\x62out_message_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63oncern\x18\x04 \x01(\t\x12\x16\n\x0eoutcome_sought\x18\x05 \x01(\t\x12$\n\nrespond_by\x18\x06 \x01(\x0b\x32\x10.linkage.v1.Date\x12\x1c\n\x14\x65scalates_message_id\x18\x07 \x01(\t\x12\x13\n\x0blink_tokens\x18\x08 \x03(\x0c\"p\n\x11\x43hallengeResponse\x12\x1c\n\x14\x63hallenge_message_id\x18\x01 \x01(\t\x12+\n\x06\x61nswer\x18\x02 \x01(\x0e\x32\x1b.linkage.v1.ChallengeAnswer\x12\x10\n\x08response\x18\x03 \x01(\t*d\n\rClosureAnswer\x12\x1e\n\x1a\x43LOSURE_ANSWER_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43LOSURE_ANSWER_AGREE\x10\x01\x12\x19\n\x15\x43LOSURE_ANSWER_OBJECT\x10\x02*\x99\x01\n\x11InformationAnswer\x12\"\n\x1eINFORMATION_ANSWER_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINFORMATION_ANSWER_PROVIDED\x10\x01\x12\x1e\n\x1aINFORMATION_ANSWER_PARTIAL\x10\x02\x12\x1f\n\x1bINFORMATION_ANSWER_DECLINED\x10\x03*s\n\x0f\x43hallengeAnswer\x12 \n\x1c\x43HALLENGE_ANSWER_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43HALLENGE_ANSWER_ACCEPTED\x10\x01\x12\x1f\n\x1b\x43HALLENGE_ANSWER_MAINTAINED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19linkage/v1/workflow.proto\x12\nlinkage.v1\x1a\x18linkage/v1/summary.proto\"\xa3\x01\n\x11InvolvementNotice\x12\x0e\n\x06joined\x18\x01 \x01(\x08\x12\x13\n\x0blink_tokens\x18\x02 \x03(\x0c\x12\x13\n\x0b\x61gency_name\x18\x03 \x01(\t\x12\x13\n\x0b\x61gency_type\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontact_role\x18\x05 \x01(\t\x12)\n\x07\x63ontact\x18\x06 \x01(\x0b\x32\x18.linkage.v1.Practitioner\"O\n\nWithdrawal\x12\x12\n\nsummary_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06ground\x18\x03 \x01(\t\x12\r\n\x05\x65rase\x18\x04 \x01(\x08\"\x9d\x01\n\x13\x43losureIntentNotice\x12\x12\n\nclosure_id\x18\x01 \x01(\t\x12)\n\x06intent\x18\x02 \x01(\x0b\x32\x19.linkage.v1.ClosureIntent\x12$\n\nrespond_by\x18\x03 \x01(\x0b\x32\x10.linkage.v1.Date\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x13\n\x0blink_tokens\x18\x05 \x03(\x0c\"`\n\x0f\x43losureResponse\x12\x12\n\nclosure_id\x18\x01 \x01(\t\x12)\n\x06\x61nswer\x18\x02 \x01(\x0e\x32\x19.linkage.v1.ClosureAnswer\x12\x0e\n\x06reason\x18\x03 \x01(\t\"V\n\rClosureNotice\x12\x12\n\nclosure_id\x18\x01 \x01(\t\x12#\n\tclosed_on\x18\x02 \x01(\x0b\x32\x10.linkage.v1.Date\x12\x0c\n\x04note\x18\x03 \x01(\t\"B\n\x14\x43larificationRequest\x12\x18\n\x10\x61\x62out_message_id\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\"C\n\x15\x43larificationResponse\x12\x1a\n\x12request_message_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"\x9c\x01\n\x12InformationRequest\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12-\n\x0clawful_basis\x18\x02 \x01(\x0b\x32\x17.linkage.v1.LawfulBasis\x12\x0c\n\x04what\x18\x03 \x01(\t\x12#\n\tneeded_by\x18\x04 \x01(\x0b\x32\x10.linkage.v1.Date\x12\x13\n\x0blink_tokens\x18\x05 \x03(\x0c\"\xb7\x01\n\x13InformationResponse\x12\x1a\n\x12request_message_id\x18\x01 \x01(\t\x12-\n\x06\x61nswer\x18\x02 \x01(\x0e\x32\x1d.linkage.v1.InformationAnswer\x12+\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x19.linkage.v1.ShareDecision\x12(\n\x07summary\x18\x04 \x01(\x0b\x32\x17.linkage.v1.RiskSummary\"T\n\x10ReadNotification\x12\x17\n\x0fread_message_id\x18\x01 \x01(\t\x12\x12\n\nread_at_ms\x18\x02 \x01(\x03\x12\x13\n\x0breader_role\x18\x03 \x01(\t\"\xc7\x01\n\tChallenge\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x18\n\x10\x61\x62out_message_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63oncern\x18\x04 \x01(\t\x12\x16\n\x0eoutcome_sought\x18\x05 \x01(\t\x12$\n\nrespond_by\x18\x06 \x01(\x0b\x32\x10.linkage.v1.Date\x12\x1c\n\x14\x65scalates_message_id\x18\x07 \x01(\t\x12\x13\n\x0blink_tokens\x18\x08 \x03(\x0c\"p\n\x11\x43hallengeResponse\x12\x1c\n\x14\x63hallenge_message_id\x18\x01 \x01(\t\x12+\n\x06\x61nswer\x18\x02 \x01(\x0e\x32\x1b.linkage.v1.ChallengeAnswer\x12\x10\n\x08response\x18\x03 \x01(\t*d\n\rClosureAnswer\x12\x1e\n\x1a\x43LOSURE_ANSWER_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43LOSURE_ANSWER_AGREE\x10\x01\x12\x19\n\x15\x43LOSURE_ANSWER_OBJECT\x10\x02*\x99\x01\n\x11InformationAnswer\x12\"\n\x1eINFORMATION_ANSWER_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINFORMATION_ANSWER_PROVIDED\x10\x01\x12\x1e\n\x1aINFORMATION_ANSWER_PARTIAL\x10\x02\x12\x1f\n\x1bINFORMATION_ANSWER_DECLINED\x10\x03*s\n\x0f\x43hallengeAnswer\x12 \n\x1c\x43HALLENGE_ANSWER_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43HALLENGE_ANSWER_ACCEPTED\x10\x01\x12\x1f\n\x1b\x43HALLENGE_ANSWER_MAINTAINED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'linkage.v1.workflow_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLOSUREANSWER']._serialized_start=1513
-  _globals['_CLOSUREANSWER']._serialized_end=1613
-  _globals['_INFORMATIONANSWER']._serialized_start=1616
-  _globals['_INFORMATIONANSWER']._serialized_end=1769
-  _globals['_CHALLENGEANSWER']._serialized_start=1771
-  _globals['_CHALLENGEANSWER']._serialized_end=1886
+  _globals['_CLOSUREANSWER']._serialized_start=1544
+  _globals['_CLOSUREANSWER']._serialized_end=1644
+  _globals['_INFORMATIONANSWER']._serialized_start=1647
+  _globals['_INFORMATIONANSWER']._serialized_end=1800
+  _globals['_CHALLENGEANSWER']._serialized_start=1802
+  _globals['_CHALLENGEANSWER']._serialized_end=1917
   _globals['_INVOLVEMENTNOTICE']._serialized_start=68
   _globals['_INVOLVEMENTNOTICE']._serialized_end=231
   _globals['_WITHDRAWAL']._serialized_start=233
-  _globals['_WITHDRAWAL']._serialized_end=281
-  _globals['_CLOSUREINTENTNOTICE']._serialized_start=284
-  _globals['_CLOSUREINTENTNOTICE']._serialized_end=441
-  _globals['_CLOSURERESPONSE']._serialized_start=443
-  _globals['_CLOSURERESPONSE']._serialized_end=539
-  _globals['_CLOSURENOTICE']._serialized_start=541
-  _globals['_CLOSURENOTICE']._serialized_end=627
-  _globals['_CLARIFICATIONREQUEST']._serialized_start=629
-  _globals['_CLARIFICATIONREQUEST']._serialized_end=695
-  _globals['_CLARIFICATIONRESPONSE']._serialized_start=697
-  _globals['_CLARIFICATIONRESPONSE']._serialized_end=764
-  _globals['_INFORMATIONREQUEST']._serialized_start=767
-  _globals['_INFORMATIONREQUEST']._serialized_end=923
-  _globals['_INFORMATIONRESPONSE']._serialized_start=926
-  _globals['_INFORMATIONRESPONSE']._serialized_end=1109
-  _globals['_READNOTIFICATION']._serialized_start=1111
-  _globals['_READNOTIFICATION']._serialized_end=1195
-  _globals['_CHALLENGE']._serialized_start=1198
-  _globals['_CHALLENGE']._serialized_end=1397
-  _globals['_CHALLENGERESPONSE']._serialized_start=1399
-  _globals['_CHALLENGERESPONSE']._serialized_end=1511
+  _globals['_WITHDRAWAL']._serialized_end=312
+  _globals['_CLOSUREINTENTNOTICE']._serialized_start=315
+  _globals['_CLOSUREINTENTNOTICE']._serialized_end=472
+  _globals['_CLOSURERESPONSE']._serialized_start=474
+  _globals['_CLOSURERESPONSE']._serialized_end=570
+  _globals['_CLOSURENOTICE']._serialized_start=572
+  _globals['_CLOSURENOTICE']._serialized_end=658
+  _globals['_CLARIFICATIONREQUEST']._serialized_start=660
+  _globals['_CLARIFICATIONREQUEST']._serialized_end=726
+  _globals['_CLARIFICATIONRESPONSE']._serialized_start=728
+  _globals['_CLARIFICATIONRESPONSE']._serialized_end=795
+  _globals['_INFORMATIONREQUEST']._serialized_start=798
+  _globals['_INFORMATIONREQUEST']._serialized_end=954
+  _globals['_INFORMATIONRESPONSE']._serialized_start=957
+  _globals['_INFORMATIONRESPONSE']._serialized_end=1140
+  _globals['_READNOTIFICATION']._serialized_start=1142
+  _globals['_READNOTIFICATION']._serialized_end=1226
+  _globals['_CHALLENGE']._serialized_start=1229
+  _globals['_CHALLENGE']._serialized_end=1428
+  _globals['_CHALLENGERESPONSE']._serialized_start=1430
+  _globals['_CHALLENGERESPONSE']._serialized_end=1542
 # @@protoc_insertion_point(module_scope)

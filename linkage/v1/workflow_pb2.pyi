@@ -127,17 +127,27 @@ class Withdrawal(_message.Message):
 
     SUMMARY_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    GROUND_FIELD_NUMBER: _builtins.int
+    ERASE_FIELD_NUMBER: _builtins.int
     summary_id: _builtins.str
     reason: _builtins.str
+    ground: _builtins.str
+    """withdrawal_ground code"""
+    erase: _builtins.bool
+    """Each recipient erases what it holds of the summary (every version it received), and
+    receipts this withdrawal only once it has: the sender's node sets it from the ground.
+    """
     def __init__(
         self,
         *,
         summary_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        ground: _builtins.str = ...,
+        erase: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "summary_id", b"summary_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erase", b"erase", "ground", b"ground", "reason", b"reason", "summary_id", b"summary_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

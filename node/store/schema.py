@@ -405,4 +405,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DELETE FROM chronology;
     """,
+    # 27: withdrawals may ask each recipient to erase a summary (node/erasure.py). Every
+    # version that arrives looks for a later withdrawal of its summary that did: one probe
+    # of the few withdrawals (kind 5, written as the query writes it), not of every version.
+    # The sender's record of its withdrawals, each with its ground, lets one that asks
+    # erasure follow one that did not.
+    """
+    CREATE INDEX inbox_withdrawals ON inbox(sender, summary_id, message_id) WHERE kind = 5;
+    CREATE TABLE withdrawals(
+      share_id TEXT PRIMARY KEY,
+      summary_id TEXT NOT NULL,
+      ground TEXT NOT NULL,
+      erase INTEGER NOT NULL,
+      at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX withdrawals_by_summary ON withdrawals(summary_id, erase);
+    """,
 )

@@ -1,0 +1,143 @@
+"""Withdrawal with erasure (UK GDPR Arts 17 and 19; domain.md §3.8): a summary about the
+wrong person, or sent in error, is erased at every agency that received it, each saying so
+in its signed receipt; the sender's IG officer is told to assess a breach. A withdrawal on
+another ground keeps the summary, marked withdrawn. Real nodes, gateway and stores."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+
+import grpc
+import pytest
+
+from linkage.v1 import envelope_pb2 as env
+from linkage.v1 import node_api_pb2
+from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, next_item, running
+from tests.harness import linkage as linkage_cli
+from tests.test_audit_ig import config, linkage
+from tests.test_workflows import CSC_WORKER, chronology_states, events, share, shared_with_both
+
+
+async def withdraw(cluster: Cluster, summary_id: str, ground: str) -> node_api_pb2.ShareSummaryResponse:
+    response = await cluster.api("amh").WithdrawSummary(
+        node_api_pb2.WithdrawSummaryRequest(
+            actor=PRACTITIONER, summary_id=summary_id, reason="Linked to the wrong family.", ground=ground
+        )
+    )
+    async for status in cluster.api("amh").WatchShareStatus(  # until every recipient has receipted it
+        node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=response.share_id)
+    ):
+        last = status
+    assert last.settled and {r.state for r in last.recipients} == {"delivered"}
+    return response
+
+
+def held(cluster: Cluster, node: str, summary_id: str) -> list[tuple[str, str, int, int, int]]:
+    """Each version of the summary in a node's inbox: message id, state, and whether its
+    body, link tokens and chronology entries are still held."""
+    with closing(sqlite3.connect(cluster.nodes[node].config.store_path)) as db:
+        return db.execute(
+            "SELECT message_id, state, (SELECT COUNT(*) FROM inbox_bodies b WHERE b.seq = i.seq), "
+            "(SELECT COUNT(*) FROM inbox_tokens t WHERE t.inbox_seq = i.seq), "
+            "(SELECT COUNT(*) FROM chronology c WHERE c.inbox_seq = i.seq) "
+            "FROM inbox i WHERE summary_id = ? AND kind != ? ORDER BY seq",
+            (summary_id, env.MESSAGE_KIND_WITHDRAWAL),
+        ).fetchall()
+
+
+async def test_a_summary_about_the_wrong_person_is_erased_at_every_recipient(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        (assessment_id,) = await amh.store.fetchone("SELECT assessment_id FROM assessments")
+        await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
+        correction = await next_item(cluster, "csc", env.MESSAGE_KIND_CORRECTION)
+        assert len(await chronology_states(cluster)) == 4  # two versions, two risk items each
+        versions = [message_id for message_id, *_ in held(cluster, "csc", summary_id)]
+
+        withdrawn = await withdraw(cluster, summary_id, "WRONG_PERSON")
+        assert [f.code for f in withdrawn.findings] == ["breach_to_assess"]
+        assert "the ICO must be told within 72 hours" in withdrawn.findings[0].message
+
+        # The receipts came after the erasure committed: nothing of either version is held.
+        assert held(cluster, "csc", summary_id) == [(m, "erased", 0, 0, 0) for m in versions]
+        assert [state for *_, state, _, _, _ in held(cluster, "school", summary_id)] == ["erased", "erased"]
+        assert await chronology_states(cluster) == []
+        listed = (await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=CSC_WORKER))).items
+        assert [
+            (i.kind, i.body.withdrawal.ground, i.body.withdrawal.erase)
+            for i in listed
+            if i.kind != env.MESSAGE_KIND_INVOLVEMENT_NOTICE
+        ] == [
+            (env.MESSAGE_KIND_WITHDRAWAL, "WRONG_PERSON", True)  # what tells the case system to erase its copy
+        ]
+        socket = str(cluster.nodes["csc"].config.api_socket)
+        who = ["--actor-id", CSC_WORKER.id, "--actor-role", CSC_WORKER.role, "--socket", socket]
+        code, out, err = await linkage_cli("inbox", "open", listed[-1].message_id, *who)
+        assert code == 0, err
+        assert f"Withdraws summary {summary_id} (WRONG_PERSON): Linked to the wrong family." in out
+        assert "Erased here at the sender's request; erase it from your case records too." in out
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await cluster.api("csc").OpenReceived(
+                node_api_pb2.OpenReceivedRequest(actor=CSC_WORKER, message_id=correction.message_id)
+            )
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        assert f"item {correction.message_id!r} was erased at its sender's request (WRONG_PERSON; withdrawal " in (
+            raised.value.details() or ""
+        )
+
+        (told,) = events(await audit_events(cluster.nodes["csc"]), "summary.withdrawn_by_sender")
+        assert (told["detail"]["ground"], told["detail"]["erased"]) == ("WRONG_PERSON", versions)
+        (made,) = events(await audit_events(amh), "summary.withdrawn")
+        assert (made["detail"]["erase"], made["detail"]["breach"]) == (True, True)
+
+        with pytest.raises(grpc.aio.AioRpcError) as raised:  # nothing more to erase: a repeat
+            await withdraw(cluster, summary_id, "SHARED_IN_ERROR")
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        headline = correction.summary.headline.encode()
+
+    # Stopped, the stores are checkpointed: the erased words are not in the file either.
+    for node in ("csc", "school"):
+        assert headline not in federation.node_configs[node].store_path.read_bytes()
+    register = linkage("audit", "register", "--config", config(federation, "amh"))
+    assert register.returncode == 0, register.stderr
+    assert "Withdrawals made: 1 (WRONG_PERSON 1)" in register.stdout
+    assert "each recipient to erase it; possible personal data breach" in register.stdout
+    recalled = json.loads(linkage("audit", "register", "--config", config(federation, "csc"), "--json").stdout)
+    (row,) = [r for r in recalled["rows"] if r["direction"] == "recalled"]
+    assert (row["decision"], row["agencies"], row["note"]) == (
+        "WRONG_PERSON",
+        "Adult Mental Health Trust",
+        "erased here (2 version(s))",
+    )
+
+
+async def test_a_summary_withdrawn_and_kept_may_later_be_erased(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        kept = await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
+        assert not kept.findings
+        assert await chronology_states(cluster) == [(env.MESSAGE_KIND_SUMMARY_SHARE, "withdrawn")] * 2
+        assert [row[1:] for row in held(cluster, "csc", summary_id)] == [("withdrawn", 1, 2, 3)]
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # Found since to be about someone else: erasure may follow a withdrawal that kept it.
+        await withdraw(cluster, summary_id, "CONSENT_WITHDRAWN")
+        assert [row[1:] for row in held(cluster, "csc", summary_id)] == [("erased", 0, 0, 0)]
+
+
+async def test_a_withdrawal_must_say_on_what_ground(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        for ground in ("", "MISTAKE"):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await withdraw(cluster, summary_id, ground)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"ground {ground!r} is not a withdrawal ground; use one of ['CONSENT_WITHDRAWN', " in (
+                raised.value.details() or ""
+            )
+        assert [row[1] for row in held(cluster, "csc", summary_id)] == ["new"]
