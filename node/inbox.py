@@ -9,6 +9,7 @@ import heapq
 from collections.abc import Iterable
 from typing import Any
 
+from linkage.codelists import CodeLists
 from linkage.content import carried_summary
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
@@ -246,7 +247,8 @@ class Inbox:
             "SELECT recorded_at_ms, body FROM assessments WHERE case_id = ? ORDER BY recorded_at_ms", (case_id,)
         ):
             summary = summary_pb2.RiskSummary.FromString(body)
-            for e in _entries(recorded_at, self.ctx.node_id, me.agency_name, me.agency_type, 0, summary, "own", True):
+            codes = self.ctx.policy.codes
+            for e in _entries(recorded_at, self.ctx.node_id, me.agency_name, me.agency_type, 0, summary, codes, "own"):
                 own.append((e.at_ms, e.SerializeToString()))
         return own
 
@@ -294,6 +296,7 @@ class Inbox:
             item.sender_agency_type,
             item.kind,
             item.summary,
+            self.ctx.policy.codes,
             item.state,
         )
         for n, entry in enumerate(entries):
@@ -311,9 +314,11 @@ def _entries(
     agency_type: str,
     kind: int,
     summary: summary_pb2.RiskSummary,
+    codes: CodeLists,
     state: str,
-    own: bool = False,
 ) -> list[node_api_pb2.ChronologyEntry]:
+    """A summary's entries, one per risk item; `state` "own" for this node's own assessment."""
+    unverified = [p.link_token for p in summary.people if codes.unverified_link(p.identity_basis)]
     return [
         node_api_pb2.ChronologyEntry(
             at_ms=at_ms,
@@ -327,10 +332,11 @@ def _entries(
             currency=item.currency,
             direction=item.direction,
             level=f"{item.level.value} ({item.level.scale})" if item.level.scale else "",
-            own=own,
+            own=state == "own",
             state="current" if state in ("own", "new", "read") else state,
             handling_conditions=summary.decision.handling_conditions,
             sar_exemptions=item.sar_exemptions,
+            unverified_link_tokens=unverified,
         )
         for item in summary.risk_items
     ]

@@ -89,6 +89,17 @@ async def test_the_case_records_how_each_person_was_linked_and_recipients_are_to
         assert code == 0, err
         assert "  Check identity: the sender linked the parent by DEMOGRAPHIC_MATCH; confirm it is the same" in out
         assert "linked the child" not in out
+        # A chronology is read apart from the summary: its entries say so too.
+        csc_case = await _case_id(cluster, "csc")
+        timeline = await cluster.api("csc").Chronology(
+            node_api_pb2.ChronologyRequest(actor=PRACTITIONER, case_id=csc_case)
+        )
+        assert [list(e.unverified_link_tokens) for e in timeline.entries] == [[parent], [parent]]
+        code, out, err = await linkage(
+            "chronology", csc_case, "--actor-id", "csc-1", "--actor-role", "Social worker", "--socket", socket
+        )
+        assert code == 0, err
+        assert out.count("  Check identity: 1 of the people in it linked on a basis not verified; confirm") == 2
 
         socket = str(cluster.nodes["amh"].config.api_socket)
         code, out, err = await linkage(

@@ -548,6 +548,12 @@ def chronology(args: argparse.Namespace) -> int:
             print(f"  Handling: {', '.join(e.handling_conditions)}")
         if e.sar_exemptions:
             print(f"  {_consider(e.sar_exemptions)}")
+        if e.unverified_link_tokens:
+            print(
+                f"  Check identity: {len(e.unverified_link_tokens)} of the people in it linked on a basis not "
+                "verified; confirm it is the same person before relying on it "
+                f"({'case show' if e.own else 'inbox open'} says how each was linked)"
+            )
     return 0
 
 

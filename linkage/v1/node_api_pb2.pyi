@@ -1390,6 +1390,7 @@ class ChronologyEntry(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     HANDLING_CONDITIONS_FIELD_NUMBER: _builtins.int
     SAR_EXEMPTIONS_FIELD_NUMBER: _builtins.int
+    UNVERIFIED_LINK_TOKENS_FIELD_NUMBER: _builtins.int
     at_ms: _builtins.int
     source_node: _builtins.str
     source_agency: _builtins.str
@@ -1418,6 +1419,12 @@ class ChronologyEntry(_message.Message):
         for this item (sar_exemption codes), for the same reason.
         """
 
+    @_builtins.property
+    def unverified_link_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The people in it its sender linked on a basis not verified (identity_basis: a match, or
+        someone's word): whoever relies on the entry confirms first it is about the same person.
+        """
+
     def __init__(
         self,
         *,
@@ -1436,10 +1443,11 @@ class ChronologyEntry(_message.Message):
         state: _builtins.str = ...,
         handling_conditions: _abc.Iterable[_builtins.str] | None = ...,
         sar_exemptions: _abc.Iterable[_builtins.str] | None = ...,
+        unverified_link_tokens: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "category", b"category", "currency", b"currency", "direction", b"direction", "handling_conditions", b"handling_conditions", "headline", b"headline", "kind", b"kind", "level", b"level", "own", b"own", "sar_exemptions", b"sar_exemptions", "source_agency", b"source_agency", "source_agency_type", b"source_agency_type", "source_node", b"source_node", "state", b"state", "summary_id", b"summary_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "category", b"category", "currency", b"currency", "direction", b"direction", "handling_conditions", b"handling_conditions", "headline", b"headline", "kind", b"kind", "level", b"level", "own", b"own", "sar_exemptions", b"sar_exemptions", "source_agency", b"source_agency", "source_agency_type", b"source_agency_type", "source_node", b"source_node", "state", b"state", "summary_id", b"summary_id", "unverified_link_tokens", b"unverified_link_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

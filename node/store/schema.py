@@ -421,4 +421,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX withdrawals_by_summary ON withdrawals(summary_id, erase);
     """,
+    # 28: chronology entries name who in them was linked on a basis not verified; those
+    # derived before are derived again, from the inbox, at the next chronology call (as at 19).
+    """
+    DELETE FROM chronology;
+    """,
 )
