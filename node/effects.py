@@ -17,7 +17,7 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
     body, sender, made_at = opened.body, opened.routing.sender_node, opened.routing.created_at_ms
     kind = body.kind
     if (summary := carried_summary(body)) is not None:
-        await _take_its_place(tx, seq, sender, summary.summary_id, body.message_id)
+        await _take_its_place(tx, seq, opened.routing, summary.summary_id)
     elif kind == pb.MESSAGE_KIND_WITHDRAWAL:
         withdrawal = body.withdrawal
         await tx.execute(
@@ -28,6 +28,7 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
         erased = await erase_versions(tx, sender, withdrawal.summary_id, body.message_id) if withdrawal.erase else []
         await tx.audit(
             "summary.withdrawn_by_sender",
+            tokens=opened.routing.link_tokens,  # whom it was about: a subject access report lists it
             summary_id=withdrawal.summary_id,
             counterpart=sender,
             rationale=withdrawal.reason,
@@ -83,18 +84,20 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
         await answers.challenge_answered(tx, body, sender, made_at)
 
 
-async def _take_its_place(tx: Tx, seq: int, sender: str, summary_id: str, message_id: str) -> None:
+async def _take_its_place(tx: Tx, seq: int, routing: pb.RoutingHeader, summary_id: str) -> None:
     """A version of a summary supersedes the live versions its sender made before it. Made
     is not arrived: message ids ascend as their sender makes them, and a message sent
     again (after a failure to store it, or a lost receipt) can arrive after a newer one.
     So a version that arrives after a newer one, or after its withdrawal, is stored
     superseded, or withdrawn, as every recipient stores it whatever the order. (INDEXED BY:
     left to itself SQLite walks the sender's unique index through every older message.)"""
+    sender, message_id = routing.sender_node, routing.message_id
     withdrawal_id, ground = await erasing_withdrawal(tx.fetchone, sender, summary_id, message_id)
     if withdrawal_id:  # made before a withdrawal that erased its versions, and held up on the way
         await erase_rows(tx, [seq])
         await tx.audit(
             "summary.erased",
+            tokens=routing.link_tokens,
             summary_id=summary_id,
             counterpart=sender,
             message_id=message_id,

@@ -16,7 +16,7 @@ from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
 from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, next_item, running
 from tests.harness import linkage as linkage_cli
-from tests.test_audit_ig import config, linkage
+from tests.test_audit_ig import PARENT, config, linkage
 from tests.test_workflows import CSC_WORKER, chronology_states, events, share, shared_with_both
 
 
@@ -106,6 +106,10 @@ async def test_a_summary_about_the_wrong_person_is_erased_at_every_recipient(fed
     assert register.returncode == 0, register.stderr
     assert "Withdrawals made: 1 (WRONG_PERSON 1)" in register.stdout
     assert "each recipient to erase it; possible personal data breach" in register.stdout
+    report = json.loads(
+        linkage("audit", "report", "--config", config(federation, "csc"), "--person", PARENT, "--json").stdout
+    )
+    assert "Summary withdrawn by its sender (WRONG_PERSON; erased here)" in [r["what"] for r in report]
     recalled = json.loads(linkage("audit", "register", "--config", config(federation, "csc"), "--json").stdout)
     (row,) = [r for r in recalled["rows"] if r["direction"] == "recalled"]
     assert (row["decision"], row["agencies"], row["note"]) == (

@@ -325,6 +325,14 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+# A withdrawal's entries, with what its erasure meant at this node.
+ERASURE = {
+    "summary.withdrawn": "every recipient erases it",
+    "summary.withdrawn_by_sender": "erased here",
+    "summary.erased": "",  # its label says so
+}
+
+
 def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
     """Everything shared or received about one person: what, with whom, when, why, on what ground."""
     directory = federation_directory(config)
@@ -347,6 +355,9 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
                 categories = ", ".join(sorted({i.category for i in summary.risk_items}))
                 what += f' - "{summary.headline}" ({categories})' + _handling(summary.decision.handling_conditions)
                 what += _exemptions(summary)
+            elif e["event"] in ERASURE:  # on what ground, and whether it is erased
+                erased = f"; {ERASURE[e['event']]}" if detail.get("erase") else ""
+                what += f" ({detail.get('ground') or 'no ground given'}{erased})"
             elif isinstance(kind := detail.get("kind"), str):  # what kind of message: a notice, a question...
                 told = e["event"] == "message.read" and detail.get("sender_told")  # a summary's first read
                 what += f"{', its sender told' if told else ''} ({kind.replace('_', ' ')})"
