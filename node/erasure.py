@@ -58,3 +58,17 @@ async def erasing_withdrawal(fetchone: FetchOne, sender: str, summary_id: str, m
         if body.withdrawal.erase:
             return body.message_id, body.withdrawal.ground
     return "", ""
+
+
+async def erased_note(fetchone: FetchOne, message_id: str) -> str | None:
+    """Why a received item can no longer be read, if it was erased at its sender's request."""
+    row = await fetchone(
+        "SELECT sender, summary_id FROM inbox WHERE message_id = ? AND state = 'erased'", (message_id,)
+    )
+    if row is None:
+        return None
+    withdrawal_id, ground = await erasing_withdrawal(fetchone, row[0], row[1], message_id)
+    return (
+        f"item {message_id!r} was erased at its sender's request ({ground or 'a withdrawal'}; withdrawal "
+        f"{withdrawal_id or 'no longer held'}): this node no longer holds it, and neither should your case system"
+    )

@@ -13,7 +13,7 @@ from linkage.codelists import CodeLists
 from linkage.content import carried_summary
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
-from node.erasure import erasing_withdrawal
+from node.erasure import erased_note
 from node.errors import check_notes, not_found
 from node.messaging import kind_name
 from node.store import FetchOne
@@ -129,7 +129,8 @@ class Inbox:
             f"SELECT {ITEM_COLUMNS} FROM {ITEMS} WHERE i.message_id = ?", (request.message_id,)
         )
         if row is None:
-            raise not_found(await self._missing(request.message_id))
+            erased = await erased_note(self.ctx.store.fetchone, request.message_id)
+            raise not_found(erased or f"no item {request.message_id!r} in this node's inbox")
         item = self._item(row)
         tokens = await self._tokens([item.seq])
         silent = request.silent_read_reason.strip()
@@ -169,19 +170,6 @@ class Inbox:
         if sealed:
             await self.ctx.changed()
         return item if item.state != "new" else self._with_state(item, "read")
-
-    async def _missing(self, message_id: str) -> str:
-        """Why an item cannot be opened: never here, or erased at its sender's request."""
-        row = await self.ctx.store.fetchone(
-            "SELECT sender, summary_id FROM inbox WHERE message_id = ? AND state = 'erased'", (message_id,)
-        )
-        if row is None:
-            return f"no item {message_id!r} in this node's inbox"
-        withdrawal_id, ground = await erasing_withdrawal(self.ctx.store.fetchone, row[0], row[1], message_id)
-        return (
-            f"item {message_id!r} was erased at its sender's request ({ground or 'a withdrawal'}; withdrawal "
-            f"{withdrawal_id or 'no longer held'}): this node no longer holds it, and neither should your case system"
-        )
 
     @staticmethod
     async def _sender_told(fetchone: FetchOne, item: node_api_pb2.ReceivedSummary) -> bool:

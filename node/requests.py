@@ -15,6 +15,7 @@ from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates
 from node.cases import Cases
 from node.context import NodeContext
+from node.erasure import erased_note
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, Fill
 from node.policy.rules import basis_rules
@@ -41,7 +42,8 @@ class Requests:
             (message_id, *kinds),
         )
         if row is None:
-            raise not_found(f"no such item {message_id!r} was received by this node")
+            erased = await erased_note(self.ctx.store.fetchone, message_id)
+            raise not_found(erased or f"no such item {message_id!r} was received by this node")
         body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(row[2]).body)
         tokens = [
             bytes(r[0])

@@ -89,6 +89,14 @@ async def test_a_summary_about_the_wrong_person_is_erased_at_every_recipient(fed
             raised.value.details() or ""
         )
 
+        with pytest.raises(grpc.aio.AioRpcError) as raised:  # nor asked about
+            await cluster.api("csc").AskClarification(
+                node_api_pb2.AskClarificationRequest(
+                    actor=CSC_WORKER, about_message_id=correction.message_id, question="Who is it about?"
+                )
+            )
+        assert "was erased at its sender's request (WRONG_PERSON" in (raised.value.details() or "")
+
         (told,) = events(await audit_events(cluster.nodes["csc"]), "summary.withdrawn_by_sender")
         assert (told["detail"]["ground"], told["detail"]["erased"]) == ("WRONG_PERSON", versions)
         (made,) = events(await audit_events(amh), "summary.withdrawn")
