@@ -679,7 +679,7 @@ class Cases:
                     assessment.SerializeToString(),
                     assessment.summary_id,
                     assessment.version,
-                    _review_due(assessment),
+                    dates.review_due(assessment),
                 ),
             )
             await tx.audit(
@@ -692,11 +692,3 @@ class Cases:
         return node_api_pb2.RecordAssessmentResponse(
             assessment_id=assessment_id, summary_id=assessment.summary_id, version=assessment.version
         )
-
-
-def _review_due(assessment: summary_pb2.RiskSummary) -> str | None:
-    """The day an assessment of current risk is to be reviewed by (domain.md §6 rule 12: an
-    overdue review is flagged to its author); None when nothing in it is current."""
-    if assessment.review_date.year and any(i.currency == summary_pb2.CURRENCY_CURRENT for i in assessment.risk_items):
-        return dates.iso(assessment.review_date)
-    return None

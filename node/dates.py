@@ -37,3 +37,11 @@ def days_between(earlier: str, later: str) -> int:
 def add_days(date: pb.Date, days: int) -> pb.Date:
     d = dt.date(date.year, date.month, date.day) + dt.timedelta(days=days)
     return pb.Date(year=d.year, month=d.month, day=d.day)
+
+
+def review_due(summary: pb.RiskSummary) -> str | None:
+    """The day a summary of current risk is to be reviewed by (domain.md §6 rule 12: an
+    overdue review is flagged to its author and its recipients); None when nothing in it is current."""
+    if summary.review_date.year and any(i.currency == pb.CURRENCY_CURRENT for i in summary.risk_items):
+        return iso(summary.review_date)
+    return None

@@ -2,12 +2,15 @@
 across every case, what this node must answer and by when, the reviews of its own
 assessments that fall due (domain.md §6 rule 12), its messages that could not be delivered
 and are not yet followed up another way, and what other agencies owe it past the day it was
-needed. A duty worker, or a scheduled `linkage due --json`, acts on it."""
+needed: answers, and reviews of the summaries of current risk they sent it (rule 12 flags
+an overdue review to recipients too). A duty worker, or a scheduled `linkage due --json`,
+acts on it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from linkage.content import carried_summary
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
 from node import dates
 from node.context import NodeContext
@@ -55,6 +58,7 @@ class Due:
             *await self._reviews(reading, horizon, today),
             *await self._undelivered(reading),
             *await self._owed(reading, today),
+            *await self._reviews_owed(reading, today),
         ]
         items.sort(key=lambda i: (not i.overdue, not i.due.year, dates.iso(i.due), i.message_id))
         listed = node_api_pb2.DueItems(items=items[:MOST], more=len(items) > MOST or reading.cut)
@@ -66,7 +70,8 @@ class Due:
                     "to_answer": sum(bool(i.message_id) and i.to_answer and not i.undeliverable for i in items),
                     "reviews": sum(bool(i.assessment_id) for i in items),
                     "undeliverable": sum(i.undeliverable for i in items),
-                    "owed": sum(not i.to_answer for i in items),
+                    "owed": sum(not i.to_answer and not i.review_owed for i in items),
+                    "reviews_owed": sum(i.review_owed for i in items),
                 },
             )
         return listed
@@ -151,6 +156,29 @@ class Due:
             )
             for message_id, node, case_id, due, what in rows
         ]
+
+    async def _reviews_owed(self, reading: _Reading, today: str) -> list[node_api_pb2.DueItem]:
+        """Summaries of current risk other agencies sent, still live, whose review date has
+        passed, about someone in a case this node has open (the first such case named)."""
+        rows = await reading.rows(
+            "SELECT i.kind, i.message_id, i.sender, i.review_date, b.signed, (SELECT c.case_id FROM inbox_tokens t "
+            "JOIN case_people p ON p.token = t.token JOIN cases c ON c.case_id = p.case_id "
+            "WHERE t.inbox_seq = i.seq AND c.status = 'open' LIMIT 1) AS open_case "
+            "FROM inbox i INDEXED BY inbox_reviews JOIN inbox_bodies b ON b.seq = i.seq "
+            "WHERE i.review_date IS NOT NULL AND i.state IN ('new', 'read') AND i.review_date < ? "
+            "AND open_case IS NOT NULL ORDER BY i.review_date",
+            (today,),
+        )
+        items = []
+        for kind, message_id, sender, review_date, signed, case_id in rows:
+            body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(signed).body)
+            summary = carried_summary(body) or summary_pb2.RiskSummary()  # a review date means it carries one
+            item = self._item(
+                kind, False, message_id, sender, case_id, dates.parse(review_date), summary.headline, today
+            )
+            item.review_owed = True
+            items.append(item)
+        return items
 
     def _item(
         self,

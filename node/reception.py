@@ -31,6 +31,7 @@ from linkage.envelope import (
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, summary_pb2
+from node import dates
 from node.effects import apply_effects
 from node.link import GatewayLink, NotConnected
 from node.messaging import kind_name
@@ -177,8 +178,8 @@ class Reception:
         summary = carried_summary(body)
         summary_id = summary.summary_id if summary is not None else body.withdrawal.summary_id
         cursor = await tx.execute(
-            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, summary_id, in_reply_to) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, summary_id, in_reply_to, "
+            "review_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 routing.sender_node,
                 routing.message_id,
@@ -188,6 +189,7 @@ class Reception:
                 body.share_id,
                 summary_id,
                 body.in_reply_to,
+                dates.review_due(summary) if summary is not None else None,
             ),
         )
         seq = int(cursor.lastrowid or 0)

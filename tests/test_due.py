@@ -22,6 +22,7 @@ from tests.harness import (
     next_item,
     revoke,
     running,
+    wait_delivered,
 )
 from tests.test_challenges import challenge
 from tests.test_federation import _case_id
@@ -102,6 +103,7 @@ async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(
             "reviews": 0,
             "undeliverable": 0,
             "owed": 0,
+            "reviews_owed": 0,
         }
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=367))
@@ -202,3 +204,53 @@ async def test_a_message_that_could_not_be_delivered_stays_on_the_duty_view_unti
         assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION and note in (again.value.details() or "")
         (entry,) = events(await audit_events(cluster.nodes["amh"]), "message.followed_up")
         assert (entry["rationale"], entry["counterpart"], entry["message_id"]) == (note, "school", lost.message_id)
+
+
+async def test_the_duty_view_flags_a_received_summary_past_its_review_date_to_its_recipients(
+    federation: LocalFederation,
+) -> None:
+    """domain.md §6 rule 12: an overdue review is flagged to recipients too, who ask whether
+    it still holds. Only a version still live counts: one replaced by a newer is not listed."""
+    clock = ManualClock()
+    async with running(federation, clock=clock) as cluster:
+        parent, child, _ = await think_family(cluster)
+        amh_case = await _case_id(cluster, "amh")
+
+        async def shared(summary_id: str = "", review_in_days: int = 1) -> str:
+            """A version of a summary shared with csc and school: the share's id."""
+            assessment = stories.parent_risk_change(parent, child)
+            assessment.summary_id = summary_id
+            assessment.review_date.CopyFrom(dates.add_days(dates.today(clock.now_ms()), review_in_days))
+            recorded = await cluster.api("amh").RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=amh_case, assessment=assessment)
+            )
+            return (await share(cluster, recorded.assessment_id)).share_id
+
+        first = await shared()
+        (summary_id,) = await cluster.nodes["amh"].store.fetchone(  # type: ignore[union-attr]
+            "SELECT summary_id FROM outbox WHERE share_id = ?", (first,)
+        )
+        await shared(summary_id, review_in_days=40)  # reviewed before its day: due later
+        other = await shared()  # another summary, due tomorrow
+        await wait_delivered(cluster.nodes["amh"], 6)
+        (received,) = [
+            i
+            for i in (await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=CSC_WORKER))).items
+            if i.share_id == other
+        ]
+
+        async def owed() -> list[tuple[str, str, str, bool, str]]:
+            listed = await cluster.api("csc").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER))
+            return [(i.message_id, i.node_id, i.case_id, i.overdue, i.what) for i in listed.items if i.review_owed]
+
+        assert await owed() == []
+        clock.advance(2 * DAY_MS)
+        csc_case = await _case_id(cluster, "csc")
+        assert await owed() == [(received.message_id, "amh", csc_case, True, received.summary.headline)]
+        code, out, err = await linkage(
+            "due", "--socket", str(cluster.nodes["csc"].config.api_socket), "--actor-id", "csc-1", "--actor-role", "SW"
+        )
+        assert code == 0, err
+        assert f"Adult Mental Health Trust's summary is past its review date (case {csc_case}): " in out
+        assert f"linkage inbox ask {received.message_id} --question 'Its review date has passed" in out
+        assert events(await audit_events(cluster.nodes["csc"]), "due.viewed")[-1]["detail"]["reviews_owed"] == 1

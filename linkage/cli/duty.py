@@ -1,6 +1,7 @@
 """`linkage due`: the duty view, across every case. What this node must answer, by when
 and with which command; its own assessments due for review; and what other agencies owe
-it past its date. `--json` feeds a scheduled job that tells the duty team."""
+it past its date, reviews of the summaries they sent it among them. `--json` feeds a
+scheduled job that tells the duty team."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ NAMES = {
     envelope_pb2.MESSAGE_KIND_CHALLENGE: ("professional challenge", challenging.ANSWER_WITH),
     envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT: ("closure proposal", node_client.RESPOND_WITH),
 }
+
+# What to do about a received summary past its review date, until its sender reviews it.
+ASK_WITH = "linkage inbox ask {} --question 'Its review date has passed: does it still hold?'"
 
 
 def due(args: argparse.Namespace) -> int:
@@ -37,6 +41,10 @@ def due(args: argparse.Namespace) -> int:
             kind = word(envelope_pb2.MessageKind.DESCRIPTOR, item.kind).replace("_", " ")
             print(f"{'UNDELIVERABLE':<18} your {kind} to {item.agency_name}: {item.what}")
             print(f"{'':<18} {FOLLOW_UP.format(item.message_id)}")
+            continue
+        if item.review_owed:
+            print(f"{when:<18} {item.agency_name}'s summary is past its review date (case {item.case_id}): {item.what}")
+            print(f"{'':<18} {ASK_WITH.format(item.message_id)}")
             continue
         name, command = NAMES[item.kind]
         if item.to_answer:

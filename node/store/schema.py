@@ -426,4 +426,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DELETE FROM chronology;
     """,
+    # 29: the day each received summary of current risk is to be reviewed by, for the duty
+    # view (domain.md §6 rule 12: an overdue review is flagged to its recipients too). The
+    # partial index holds the live ones only, written as the query writes them. Summaries
+    # received before this have none, and are not listed.
+    """
+    ALTER TABLE inbox ADD COLUMN review_date TEXT;
+    CREATE INDEX inbox_reviews ON inbox(review_date) WHERE review_date IS NOT NULL AND state IN ('new', 'read');
+    """,
 )
