@@ -20,7 +20,7 @@ from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, SUMMARY_KINDS, Fill, kind_name
 from node.policy import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
 from node.policy.minimise import routing_tokens
-from node.policy.rules import protected_role
+from node.policy.rules import consent_absent, protected_role
 from node.store import FetchOne
 
 log = logs.get("node.sharing")
@@ -354,6 +354,8 @@ class Sharing:
         if not recipients:
             raise not_found(f"summary {request.summary_id!r} was never shared from this node")
         await _refuse_a_repeat(self.ctx.store.fetchone, request.summary_id, erase)
+        if ground.get("on_consent"):
+            await self._shared_on_consent(request.summary_id, request.ground)
         # The link tokens it went with, from the oldest of its messages whose body retention kept.
         row = await self.ctx.store.fetchone(
             "SELECT b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? "
@@ -407,6 +409,21 @@ class Sharing:
         log.info("summary.withdrawn", share_id=share_id, ground=request.ground, recipients=len(recipients))
         findings = [BREACH_TO_ASSESS] if breach else []
         return node_api_pb2.ShareSummaryResponse(share_id=share_id, recipients=statuses, findings=findings)
+
+    async def _shared_on_consent(self, summary_id: str, ground: str) -> None:
+        """A ground that says consent was withdrawn needs a summary last shared on consent."""
+        row = await self.ctx.store.fetchone(
+            "SELECT s.decision FROM outbox o JOIN shares s ON s.share_id = o.share_id WHERE o.summary_id = ? "
+            "ORDER BY o.created_at_ms DESC, o.seq DESC LIMIT 1",
+            (summary_id,),
+        )
+        decision = summary_pb2.ShareDecision.FromString(row[0]) if row is not None else summary_pb2.ShareDecision()
+        consent = decision.consent_status
+        if not consent or consent_absent(decision):
+            raise invalid(
+                f"ground {ground}: summary {summary_id!r} was last shared with consent {consent or 'unrecorded'}, "
+                "not on consent; if sharing it was wrong, withdraw it as SHARED_IN_ERROR or NO_LAWFUL_BASIS"
+            )
 
     async def share_status(self, share_id: str) -> node_api_pb2.ShareStatus:
         share = await self.ctx.store.fetchone("SELECT outcome FROM shares WHERE share_id = ?", (share_id,))

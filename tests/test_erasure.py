@@ -12,12 +12,13 @@ from contextlib import closing
 import grpc
 import pytest
 
+from linkage import stories
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
 from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, next_item, running
 from tests.harness import linkage as linkage_cli
 from tests.test_audit_ig import PARENT, config, linkage
-from tests.test_workflows import CSC_WORKER, chronology_states, events, share, shared_with_both
+from tests.test_workflows import CSC_WORKER, chronology_states, events, share, shared_with_both, think_family
 
 
 async def withdraw(cluster: Cluster, summary_id: str, ground: str) -> node_api_pb2.ShareSummaryResponse:
@@ -137,9 +138,33 @@ async def test_a_summary_withdrawn_and_kept_may_later_be_erased(federation: Loca
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        # Found since to be about someone else: erasure may follow a withdrawal that kept it.
-        await withdraw(cluster, summary_id, "CONSENT_WITHDRAWN")
+        # Shared over a refusal, it cannot be recalled as consent withdrawn (no breach to assess)...
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await withdraw(cluster, summary_id, "CONSENT_WITHDRAWN")
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "was last shared with consent REFUSED, not on consent; if sharing it was wrong" in (
+            raised.value.details() or ""
+        )
+        # ...but found since to be about someone else, erasure may follow a withdrawal that kept it.
+        await withdraw(cluster, summary_id, "WRONG_PERSON")
         assert [row[1:] for row in held(cluster, "csc", summary_id)] == [("erased", 0, 0, 0)]
+
+
+async def test_a_summary_shared_on_consent_is_erased_when_consent_is_withdrawn(federation: LocalFederation) -> None:
+    async with running(federation) as cluster:
+        *_, assessment_id = await think_family(cluster)
+        shared = await cluster.api("amh").ShareSummary(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONER,
+                assessment_id=assessment_id,
+                decision=stories.consented_decision("She asked us to tell the school and social care."),
+            )
+        )
+        assert shared.recipients, [f.message for f in shared.findings]
+        summary_id = (await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)).summary.summary_id
+        withdrawn = await withdraw(cluster, summary_id, "CONSENT_WITHDRAWN")
+        assert not withdrawn.findings  # erased, and no breach
+        assert [row[1] for row in held(cluster, "csc", summary_id)] == ["erased"]
 
 
 async def test_a_withdrawal_must_say_on_what_ground(federation: LocalFederation) -> None:
