@@ -83,6 +83,9 @@ class DeliverySettings:
     retry_cap_ms: int = 3_600_000  # the gateway says when a peer returns, so long waits cost nothing
     receipt_timeout_ms: int = 60_000  # re-send a forwarded message with no receipt after this
     undeliverable_after_ms: int = 7 * 86_400_000
+    # A message still not delivered after this is on the duty view, to be told another way
+    # meanwhile (mission anchors §8 item 9); 0: only once undeliverable.
+    escalate_after_ms: int = 4 * 3_600_000
     outbox_high_water: int = 10_000  # queued messages beyond which new shares are refused for now
 
 
@@ -93,6 +96,7 @@ def _delivery(r: _Reader) -> DeliverySettings:
         retry_cap_ms=int(r.get("delivery", "retry_cap_ms", d.retry_cap_ms)),
         receipt_timeout_ms=int(r.get("delivery", "receipt_timeout_ms", d.receipt_timeout_ms)),
         undeliverable_after_ms=int(r.get("delivery", "undeliverable_after_days", 7)) * 86_400_000,
+        escalate_after_ms=int(r.get("delivery", "escalate_after_hours", 4)) * 3_600_000,
         outbox_high_water=int(r.get("delivery", "outbox_high_water", d.outbox_high_water)),
     )
 

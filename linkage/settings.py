@@ -38,6 +38,13 @@ NODE: list[Setting] = [
     Setting("delivery", "retry_cap_ms", "int", 3_600_000, "Longest retry delay (the gateway says when it is back)."),
     Setting("delivery", "receipt_timeout_ms", "int", 60_000, "Re-send a forwarded message with no receipt after this."),
     Setting("delivery", "undeliverable_after_days", "int", 7, "Then a message is undeliverable, with its reason."),
+    Setting(
+        "delivery",
+        "escalate_after_hours",
+        "int",
+        4,
+        "A message not yet delivered after this goes on the duty view, to tell the agency another way; 0: off.",
+    ),
     Setting("delivery", "outbox_high_water", "int", 10_000, "Queued messages beyond which new shares wait."),
     Setting("policy", "agreement", "path", None, "The data-sharing agreement (default: the packaged example)."),
     Setting("policy", "glossary", "path", None, "Plain-language glossary (default: the packaged one)."),

@@ -1,10 +1,10 @@
 """The duty view (mission anchors §8, 9: deadline-driven work with a person to act on it):
 across every case, what this node must answer and by when, the reviews of its own
-assessments that fall due (domain.md §6 rule 12), its messages that could not be delivered
-and are not yet followed up another way, and what other agencies owe it past the day it was
-needed: answers, and reviews of the summaries of current risk they sent it (rule 12 flags
-an overdue review to recipients too). A duty worker, or a scheduled `linkage due --json`,
-acts on it."""
+assessments that fall due (domain.md §6 rule 12), its messages that could not be delivered,
+or are not delivered after some hours, and are not yet followed up another way, and what
+other agencies owe it past the day it was needed: answers, and reviews of the summaries of
+current risk they sent it (rule 12 flags an overdue review to recipients too). A duty
+worker, or a scheduled `linkage due --json`, acts on it."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ class Due:
             *answers,
             *await self._reviews(reading, horizon, today),
             *await self._undelivered(reading),
+            *await self._delayed(reading),
             *await self._owed(reading, today),
             *await self._reviews_owed(reading, today),
         ]
@@ -70,6 +71,7 @@ class Due:
                     "to_answer": sum(bool(i.message_id) and i.to_answer and not i.undeliverable for i in items),
                     "reviews": sum(bool(i.assessment_id) for i in items),
                     "undeliverable": sum(i.undeliverable for i in items),
+                    "delayed": sum(i.delayed for i in items),
                     "owed": sum(not i.to_answer and not i.review_owed for i in items),
                     "reviews_owed": sum(i.review_owed for i in items),
                 },
@@ -122,19 +124,40 @@ class Due:
             "WHERE state = 'undeliverable' AND followed_up_at_ms IS NULL "
             f"AND kind != {envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION} ORDER BY created_at_ms"
         )
+        return [self._not_delivered(m, recipient, kind, reason, delayed=False) for m, recipient, kind, reason in rows]
+
+    async def _delayed(self, reading: _Reading) -> list[node_api_pb2.DueItem]:
+        """This node's messages still not delivered after [delivery] escalate_after_hours and
+        not followed up: the agency may not know yet (a recipient away, a gateway down)."""
+        after_ms = self.ctx.outbox.settings.escalate_after_ms
+        if not after_ms:
+            return []
+        now = self.ctx.clock.now_ms()
+        rows = await reading.rows(
+            "SELECT message_id, recipient, kind, state, attempts, created_at_ms FROM outbox INDEXED BY outbox_due "
+            "WHERE state IN ('queued', 'sent') AND created_at_ms < ? AND followed_up_at_ms IS NULL "
+            f"AND kind != {envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION} ORDER BY created_at_ms",
+            (now - after_ms,),
+        )
         return [
-            node_api_pb2.DueItem(
-                kind=kind,
-                to_answer=True,
-                message_id=message_id,
-                node_id=recipient,
-                agency_name=self.ctx.agency(recipient).agency_name,
-                overdue=True,  # it never arrived: the most urgent kind of late
-                what=reason,
-                undeliverable=True,
+            self._not_delivered(
+                message_id,
+                recipient,
+                kind,
+                f"not delivered after {(now - created) // 3_600_000} h ({state}, {attempts} attempt(s))",
+                delayed=True,
             )
-            for message_id, recipient, kind, reason in rows
+            for message_id, recipient, kind, state, attempts, created in rows
         ]
+
+    def _not_delivered(
+        self, message_id: str, recipient: str, kind: int, what: str, delayed: bool
+    ) -> node_api_pb2.DueItem:
+        """A message the agency must be told of another way: undeliverable, or delayed."""
+        item = self._item(kind, True, message_id, recipient, "", summary_pb2.Date(), what, "")
+        item.overdue = True  # it has not arrived: the most urgent kind of late
+        item.undeliverable, item.delayed = not delayed, delayed
+        return item
 
     async def _owed(self, reading: _Reading, today: str) -> list[node_api_pb2.DueItem]:
         requests = await reading.rows(

@@ -1,6 +1,7 @@
-"""A message that could not be delivered is not the end of it: the agency still needs to be
-told, another way (a telephone call, secure email). The practitioner records what was done,
-in the audit log and beside the message, and it leaves the duty view."""
+"""A message that could not be delivered, or not yet, is not the end of it: the agency still
+needs to be told, another way (a telephone call, secure email). The practitioner records
+what was done, in the audit log and beside the message, and it leaves the duty view (one
+still on its way is delivered all the same)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ async def record_follow_up(ctx: NodeContext, request: node_api_pb2.FollowUpReque
         if row is None:
             raise not_found(f"this node sent no message {request.message_id!r}")
         recipient, state, reason, done, summary_id, envelope = row
-        if state != "undeliverable":
+        if state == "delivered":  # undeliverable, or still on its way (the duty view lists those delayed)
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"message {request.message_id!r} is {state}, not undeliverable: there is nothing to follow up",
+                f"message {request.message_id!r} was delivered: there is nothing to follow up",
             )
         if done is not None:
             raise ApiError(

@@ -102,6 +102,7 @@ async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(
             "to_answer": 1,
             "reviews": 0,
             "undeliverable": 0,
+            "delayed": 0,
             "owed": 0,
             "reviews_owed": 0,
         }
@@ -153,6 +154,19 @@ async def test_the_duty_view_flags_the_reviews_of_its_own_assessments_to_their_a
         assert code == 0 and f"review your assessment {second} (case {amh_case}): {later.headline}" in out, err
 
 
+async def corrected_without_the_school(
+    cluster: Cluster,
+) -> tuple[node_api_pb2.ShareSummaryResponse, node_api_pb2.DeliveryStatus]:
+    """amh's summary corrected, once csc has its copy: the share, and the school's copy's status."""
+    store = cluster.nodes["amh"].store
+    assert store is not None
+    (assessment_id,) = await store.fetchone("SELECT assessment_id FROM assessments")
+    corrected = await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
+    (school,) = [r for r in corrected.recipients if r.node_id == "school"]
+    await wait_delivered(cluster.nodes["amh"], 3)  # the first share's two copies, and csc's
+    return corrected, school
+
+
 async def test_a_message_that_could_not_be_delivered_stays_on_the_duty_view_until_followed_up(
     federation: LocalFederation,
 ) -> None:
@@ -160,11 +174,7 @@ async def test_a_message_that_could_not_be_delivered_stays_on_the_duty_view_unti
         await shared_with_both(cluster)
         await revoke(cluster, "school")
         amh = cluster.api("amh")
-        store = cluster.nodes["amh"].store
-        assert store is not None
-        (assessment_id,) = await store.fetchone("SELECT assessment_id FROM assessments")
-        corrected = await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
-        (lost,) = [r for r in corrected.recipients if r.state == "undeliverable"]
+        corrected, lost = await corrected_without_the_school(cluster)
 
         async def undeliverable() -> list[tuple[int, str, str, bool]]:
             listed = await amh.ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))
@@ -180,7 +190,7 @@ async def test_a_message_that_could_not_be_delivered_stays_on_the_duty_view_unti
             (lost.message_id, " ", grpc.StatusCode.INVALID_ARGUMENT, "note is empty"),
             ("m-none", "Phoned.", grpc.StatusCode.NOT_FOUND, "sent no message"),
             (next(r for r in corrected.recipients if r.node_id == "csc").message_id, "Phoned.",
-             grpc.StatusCode.FAILED_PRECONDITION, "not undeliverable"),
+             grpc.StatusCode.FAILED_PRECONDITION, "was delivered: there is nothing to follow up"),
         ]:  # fmt: skip
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await amh.RecordFollowUp(
@@ -204,6 +214,43 @@ async def test_a_message_that_could_not_be_delivered_stays_on_the_duty_view_unti
         assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION and note in (again.value.details() or "")
         (entry,) = events(await audit_events(cluster.nodes["amh"]), "message.followed_up")
         assert (entry["rationale"], entry["counterpart"], entry["message_id"]) == (note, "school", lost.message_id)
+
+
+async def test_a_message_not_delivered_after_some_hours_is_on_the_duty_view_until_followed_up(
+    federation: LocalFederation,
+) -> None:
+    """Mission anchors §8 item 9: a correction the school has not had for hours (its node is
+    down) is not left to the 7 days after which it is undeliverable: the duty team tells
+    the school another way meanwhile, and delivery goes on."""
+    clock = ManualClock()
+    async with running(federation, clock=clock) as cluster:
+        await shared_with_both(cluster)
+        await cluster.stop_node("school")
+        amh = cluster.api("amh")
+        _, away = await corrected_without_the_school(cluster)
+
+        async def delayed() -> list[tuple[int, str, str, bool]]:
+            listed = await amh.ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))
+            return [(i.kind, i.message_id, i.node_id, i.overdue) for i in listed.items if i.delayed]
+
+        assert await delayed() == []
+        clock.advance(3 * 3_600_000)
+        assert await delayed() == []  # [delivery] escalate_after_hours is 4
+        clock.advance(2 * 3_600_000)
+        assert await delayed() == [(env.MESSAGE_KIND_CORRECTION, away.message_id, "school", True)]
+        who = ("--socket", str(cluster.nodes["amh"].config.api_socket), "--actor-id", "amh-1", "--actor-role", "SW")
+        code, out, err = await linkage("due", *who)
+        assert code == 0, err
+        assert "NOT DELIVERED      your correction to Oak Primary School: not delivered after 5 h (" in out, (out, err)
+        assert f"linkage share follow-up {away.message_id} --note ..." in out
+
+        await amh.RecordFollowUp(
+            node_api_pb2.FollowUpRequest(actor=PRACTITIONER, message_id=away.message_id, note="Phoned the DSL.")
+        )
+        assert await delayed() == []
+        await cluster.start_node("school")  # and it is delivered all the same
+        await wait_delivered(cluster.nodes["amh"], 4)
+        assert events(await audit_events(cluster.nodes["amh"]), "due.viewed")[-1]["detail"]["delayed"] == 0
 
 
 async def test_the_duty_view_flags_a_received_summary_past_its_review_date_to_its_recipients(

@@ -37,9 +37,10 @@ def due(args: argparse.Namespace) -> int:
             print(f"{when:<18} review your assessment {item.assessment_id} (case {item.case_id}): {item.what}")
             print(f"{'':<18} linkage case record {item.case_id} --assessment REVIEWED.json (same summary_id)")
             continue
-        if item.undeliverable:
+        if item.undeliverable or item.delayed:
             kind = word(envelope_pb2.MessageKind.DESCRIPTOR, item.kind).replace("_", " ")
-            print(f"{'UNDELIVERABLE':<18} your {kind} to {item.agency_name}: {item.what}")
+            status = "UNDELIVERABLE" if item.undeliverable else "NOT DELIVERED"
+            print(f"{status:<18} your {kind} to {item.agency_name}: {item.what}")
             print(f"{'':<18} {FOLLOW_UP.format(item.message_id)}")
             continue
         if item.review_owed:

@@ -1226,6 +1226,7 @@ class DueItem(_message.Message):
     ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
     UNDELIVERABLE_FIELD_NUMBER: _builtins.int
     REVIEW_OWED_FIELD_NUMBER: _builtins.int
+    DELAYED_FIELD_NUMBER: _builtins.int
     kind: _envelope_pb2.MessageKind.ValueType
     """the request, challenge or closure proposal"""
     to_answer: _builtins.bool
@@ -1252,6 +1253,11 @@ class DueItem(_message.Message):
     here and about someone in an open case, whose review date (`due`) has passed: its sender
     owes a review, and until then whoever relies on it asks whether it still holds.
     """
+    delayed: _builtins.bool
+    """A message of this node's not yet delivered after [delivery] escalate_after_hours (how
+    long, its state and attempts in `what`): the agency may not know, so it is told another
+    way meanwhile (RecordFollowUp once done); delivery goes on.
+    """
     @_builtins.property
     def due(self) -> _summary_pb2.Date:
         """unset: no date was given"""
@@ -1271,10 +1277,11 @@ class DueItem(_message.Message):
         assessment_id: _builtins.str = ...,
         undeliverable: _builtins.bool = ...,
         review_owed: _builtins.bool = ...,
+        delayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due", b"due"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "assessment_id", b"assessment_id", "case_id", b"case_id", "due", b"due", "kind", b"kind", "message_id", b"message_id", "node_id", b"node_id", "overdue", b"overdue", "review_owed", b"review_owed", "to_answer", b"to_answer", "undeliverable", b"undeliverable", "what", b"what"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "assessment_id", b"assessment_id", "case_id", b"case_id", "delayed", b"delayed", "due", b"due", "kind", b"kind", "message_id", b"message_id", "node_id", b"node_id", "overdue", b"overdue", "review_owed", b"review_owed", "to_answer", b"to_answer", "undeliverable", b"undeliverable", "what", b"what"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
