@@ -17,6 +17,7 @@ from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
 from node.case_finder import find_cases
 from node.cases import Cases
 from node.challenges import Challenges
+from node.closures import Closures
 from node.due import Due
 from node.errors import ApiError, invalid
 from node.follow_up import record_follow_up
@@ -128,6 +129,7 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
         self, cases: Cases, sharing: Sharing, requests: Requests, inbox: Inbox, outbox: Outbox, feed: InboxFeed
     ) -> None:
         self.cases = cases
+        self.closures = Closures(requests.ctx, cases)
         self.sharing = sharing
         self.requests = requests
         self.challenges = Challenges(requests.ctx, requests)
@@ -162,18 +164,18 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
     async def ProposeClosure(
         self, request: node_api_pb2.ProposeClosureRequest, context: Context
     ) -> node_api_pb2.ClosureStatus:
-        return await _answer(context, request.actor, lambda: self.cases.propose_closure(request))
+        return await _answer(context, request.actor, lambda: self.closures.propose_closure(request))
 
     async def RespondToClosure(
         self, request: node_api_pb2.RespondToClosureRequest, context: Context
     ) -> node_api_pb2.RespondToClosureResponse:
-        return await _answer(context, request.actor, lambda: self.cases.respond_to_closure(request))
+        return await _answer(context, request.actor, lambda: self.closures.respond_to_closure(request))
 
     async def GetClosure(self, request: node_api_pb2.CaseRequest, context: Context) -> node_api_pb2.ClosureStatus:
-        return await _answer(context, request.actor, lambda: self.cases.closure_status(request.case_id))
+        return await _answer(context, request.actor, lambda: self.closures.closure_status(request.case_id))
 
     async def CloseCase(self, request: node_api_pb2.CloseCaseRequest, context: Context) -> node_api_pb2.ClosureStatus:
-        return await _answer(context, request.actor, lambda: self.cases.close_case(request))
+        return await _answer(context, request.actor, lambda: self.closures.close_case(request))
 
     async def RecordAssessment(
         self, request: node_api_pb2.RecordAssessmentRequest, context: Context

@@ -1,7 +1,7 @@
 """Cases and family links: open a case with a family's people, add or remove a
-person, find out which other agencies are involved, and close only after
-alerting them. The node subscribes and unsubscribes at the gateway to match,
-and tells co-involved agencies when it joins or leaves a family link."""
+person, find out which other agencies are involved, and record assessments (closing
+a case is node/closures.py). The node subscribes and unsubscribes at the gateway to
+match, and tells co-involved agencies when it joins or leaves a family link."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ import asyncio
 import grpc
 
 from linkage import jurisdictions, logs
-from linkage.content import CLOSURE_ANSWERS
 from linkage.ids import uuid7
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, TOKEN_LEN, IdentifierError
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
-from node import answers, dates
+from node import dates
 from node.backoff import backoff_ms
 from node.context import NodeContext
-from node.errors import ApiError, check_notes, invalid, not_found
-from node.messaging import Fill, Sealed, Unreachable
+from node.errors import ApiError, invalid, not_found
+from node.messaging import Fill
 from node.policy.rules import date_problems, protected_role
 from node.store import FetchOne, Tx
 
@@ -26,7 +25,7 @@ MAX_PEOPLE_PER_CASE = MAX_TOKENS_PER_MESSAGE  # everything about a case goes in 
 log = logs.get("node.cases")
 
 
-def _failed(message: str) -> ApiError:
+def failed(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
@@ -89,7 +88,7 @@ class Cases:
         if row is None:
             raise not_found(f"no case {case_id!r} at this node; open the case first")
         if row[0] != "open":
-            raise _failed(f"case {case_id!r} is closed")
+            raise failed(f"case {case_id!r} is closed")
 
     async def subscribed_tokens(self) -> list[bytes]:
         rows = await self.ctx.store.fetchall(
@@ -182,7 +181,7 @@ class Cases:
                 "(for example, to protect their identity), remove them and add them again",
             )
         if held >= MAX_PEOPLE_PER_CASE:  # a message names at most this many people
-            raise _failed(f"case {case_id!r} already has {MAX_PEOPLE_PER_CASE} people, the most a case holds")
+            raise failed(f"case {case_id!r} already has {MAX_PEOPLE_PER_CASE} people, the most a case holds")
 
     async def remove_person(self, request: node_api_pb2.RemovePersonRequest) -> node_api_pb2.OpenCaseResponse:
         await self.open_case_row(request.case_id)
@@ -197,7 +196,7 @@ class Cases:
                 raise not_found(f"that person is not in case {request.case_id!r}")
             await tx.audit("case.person_removed", request.actor, tokens=[token], detail={"case_id": request.case_id})
         await self._left([token], request.actor, exclude_case=request.case_id)
-        await self._unsubscribe_unused([token], request.actor)
+        await self.unsubscribe_unused([token], request.actor)
         return node_api_pb2.OpenCaseResponse(case_id=request.case_id, people=await self.people(request.case_id))
 
     # -- subscriptions and involvement notices -------------------------------------
@@ -265,7 +264,7 @@ class Cases:
             await self.ctx.messenger.queue(tx, sealed, share_id, actor)
         await self.ctx.changed()
 
-    async def _unsubscribe_unused(self, tokens: list[bytes], actor: summary_pb2.Practitioner) -> None:
+    async def unsubscribe_unused(self, tokens: list[bytes], actor: summary_pb2.Practitioner) -> None:
         still = set(await self.subscribed_tokens())
         unused = [t for t in tokens if t not in still]
         if not unused:
@@ -335,286 +334,6 @@ class Cases:
                 detail={"case_id": request.case_id, "agencies": sorted(per_node)},
             )
         return node_api_pb2.InvolvementResponse(agencies=agencies)
-
-    # -- closure -----------------------------------------------------------------------
-
-    async def propose_closure(self, request: node_api_pb2.ProposeClosureRequest) -> node_api_pb2.ClosureStatus:
-        await self.open_case_row(request.case_id)
-        check_notes(note=request.note)
-        intent = request.intent
-        if not self.ctx.policy.codes.has("closure_intent", intent.intent):
-            raise invalid(f"intent.intent must be one of {self.ctx.policy.codes.codes('closure_intent')}")
-        if not dates.valid(request.respond_by):
-            raise invalid("respond_by must be a date (year, month, day) by which the others should answer")
-        today = dates.iso(dates.today(self.ctx.clock.now_ms()))
-        if dates.iso(request.respond_by) < today:
-            raise invalid(
-                f"respond_by {dates.iso(request.respond_by)} has passed: "
-                "the others need time to answer (today at the earliest)"
-            )
-        await self._refuse_a_second_proposal(self.ctx.store.fetchone, request.case_id)
-        tokens = [p.link_token for p in await self.people(request.case_id) if not p.protect_identity]
-        invitees = await self._involved(tokens)
-        closure_id = uuid7(self.ctx.clock.now_ms())
-        notice = workflow_pb2.ClosureIntentNotice(
-            closure_id=closure_id,
-            intent=intent,
-            respond_by=request.respond_by,
-            note=request.note,
-            link_tokens=tokens,
-        )
-        sealed = await self._seal_intents(invitees, notice, request.actor)
-        async with self.ctx.store.tx() as tx:
-            # Again where writes are serial: a call racing this one may have proposed one meanwhile.
-            await self._refuse_a_second_proposal(tx.fetchone, request.case_id)
-            await tx.execute(
-                "INSERT INTO closures(closure_id, case_id, proposed_at_ms, respond_by, state, intent, note) "
-                "VALUES (?, ?, ?, ?, 'proposed', ?, ?)",
-                (
-                    closure_id,
-                    request.case_id,
-                    tx.now_ms,
-                    dates.iso(request.respond_by),
-                    intent.SerializeToString(),
-                    request.note,
-                ),
-            )
-            await tx.executemany(
-                "INSERT INTO closure_invitees(closure_id, node_id) VALUES (?, ?)", [(closure_id, n) for n in invitees]
-            )
-            await tx.audit(
-                "closure.proposed",
-                request.actor,
-                tokens=tokens,
-                rationale=request.note,
-                detail={
-                    "case_id": request.case_id,
-                    "closure_id": closure_id,
-                    "invited": invitees,
-                    "respond_by": dates.iso(request.respond_by),
-                    "intent": intent.intent,
-                },
-            )
-            await self.ctx.messenger.queue(tx, sealed, closure_id, request.actor)
-        await self.ctx.changed()
-        return await self.closure_status(request.case_id)
-
-    async def _involved(self, tokens: list[bytes]) -> list[str]:
-        """The other agencies linked to these people now, as the gateway knows them."""
-        try:
-            involvement = await self.ctx.link.discover(tokens)
-        except grpc.aio.AioRpcError as exc:
-            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"cannot reach the gateway ({exc.code().name})") from None
-        return sorted({n for nodes in involvement.values() for n in nodes})
-
-    async def _seal_intents(
-        self, invitees: list[str], notice: workflow_pb2.ClosureIntentNotice, actor: summary_pb2.Practitioner
-    ) -> list[Sealed | Unreachable]:
-        return await self.ctx.messenger.seal_each(
-            invitees,
-            envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT,
-            list(notice.link_tokens),
-            notice.closure_id,
-            lambda _: lambda body: body.closure_intent.CopyFrom(notice),
-            actor,
-        )
-
-    async def _alert_newcomers(
-        self, request: node_api_pb2.CloseCaseRequest, status: node_api_pb2.ClosureStatus, tokens: list[bytes]
-    ) -> None:
-        """Agencies linked to the family since the closure was proposed were never alerted:
-        alert them now, with as long to answer as the others had, and do not close yet."""
-        invited = {*status.awaiting, *(r.node_id for r in status.replies)}
-        newcomers = [n for n in await self._involved(tokens) if n not in invited]
-        if not newcomers:
-            return
-        proposed_at_ms, intent, note = await self.ctx.store.fetchone(
-            "SELECT proposed_at_ms, intent, note FROM closures WHERE closure_id = ?", (status.closure_id,)
-        )
-        allowed = dates.days_between(dates.iso(dates.today(proposed_at_ms)), dates.iso(status.respond_by))
-        respond_by = dates.add_days(dates.today(self.ctx.clock.now_ms()), max(allowed, 1))
-        notice = workflow_pb2.ClosureIntentNotice(
-            closure_id=status.closure_id,
-            intent=summary_pb2.ClosureIntent.FromString(intent),
-            respond_by=respond_by,
-            note=note,
-            link_tokens=tokens,
-        )
-        sealed = await self._seal_intents(newcomers, notice, request.actor)
-        async with self.ctx.store.tx() as tx:
-            if not await tx.fetchone(
-                "SELECT 1 FROM closures WHERE closure_id = ? AND state = 'proposed'", (status.closure_id,)
-            ):
-                raise _failed(f"case {request.case_id!r} is closed")  # by a call racing this one
-            await tx.executemany(
-                "INSERT OR IGNORE INTO closure_invitees(closure_id, node_id) VALUES (?, ?)",
-                [(status.closure_id, n) for n in newcomers],
-            )
-            await tx.execute(
-                "UPDATE closures SET respond_by = MAX(respond_by, ?) WHERE closure_id = ?",
-                (dates.iso(respond_by), status.closure_id),
-            )
-            await tx.audit(
-                "closure.alerted_late",
-                request.actor,
-                tokens=tokens,
-                detail={
-                    "case_id": request.case_id,
-                    "closure_id": status.closure_id,
-                    "invited": newcomers,
-                    "respond_by": dates.iso(respond_by),
-                },
-            )
-            await self.ctx.messenger.queue(tx, sealed, status.closure_id, request.actor)
-        await self.ctx.changed()
-        names = ", ".join(self.ctx.agency(n).agency_name for n in newcomers)
-        raise _failed(
-            f"not closed: {names} became involved after the closure was proposed. They have been alerted now "
-            f"and asked to answer by {dates.iso(respond_by)}; close once they answer or that date passes"
-        )
-
-    @staticmethod
-    async def _refuse_a_second_proposal(fetchone: FetchOne, case_id: str) -> None:
-        if await fetchone("SELECT 1 FROM closures WHERE case_id = ? AND state = 'proposed'", (case_id,)):
-            raise _failed("a closure is already proposed for this case; see GetClosure")
-
-    async def _closure(self, case_id: str) -> tuple[str, str, str] | None:
-        row = await self.ctx.store.fetchone(
-            "SELECT closure_id, respond_by, state FROM closures WHERE case_id = ? ORDER BY proposed_at_ms DESC LIMIT 1",
-            (case_id,),
-        )
-        return (row[0], row[1], row[2]) if row else None
-
-    async def closure_status(self, case_id: str) -> node_api_pb2.ClosureStatus:
-        closure = await self._closure(case_id)
-        if closure is None:
-            if await self.ctx.store.fetchone("SELECT 1 FROM cases WHERE case_id = ?", (case_id,)) is None:
-                raise not_found(f"no case {case_id!r} at this node")
-            return node_api_pb2.ClosureStatus(case_id=case_id, state="none")
-        closure_id, respond_by, state = closure
-        rows = await self.ctx.store.fetchall(
-            "SELECT node_id, answer, reason, at_ms FROM closure_invitees WHERE closure_id = ? ORDER BY node_id",
-            (closure_id,),
-        )
-        replies = [
-            node_api_pb2.ClosureReply(
-                node_id=n, agency_name=self.ctx.agency(n).agency_name, answer=a, reason=r, at_ms=at or 0
-            )
-            for n, a, r, at in rows
-            if a
-        ]
-        return node_api_pb2.ClosureStatus(
-            case_id=case_id,
-            closure_id=closure_id,
-            state=state,
-            respond_by=dates.parse(respond_by),
-            awaiting=[n for n, a, _, _ in rows if not a],
-            replies=replies,
-            objection_outstanding=any(r.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT for r in replies),
-        )
-
-    async def respond_to_closure(
-        self, request: node_api_pb2.RespondToClosureRequest
-    ) -> node_api_pb2.RespondToClosureResponse:
-        check_notes(reason=request.reason)
-        row = await self.ctx.store.fetchone(
-            "SELECT i.sender, b.signed FROM inbox i JOIN inbox_bodies b ON b.seq = i.seq "
-            "WHERE i.message_id = ? AND i.kind = ?",
-            (request.intent_message_id, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT),
-        )
-        if row is None:
-            raise not_found(f"no closure intent {request.intent_message_id!r} was received by this node")
-        if request.answer not in CLOSURE_ANSWERS:
-            raise invalid("answer must be AGREE or OBJECT")
-        if request.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT and not request.reason.strip():
-            raise invalid("an objection needs its reason, so the closing agency can act on it")
-        sender = row[0]
-        intent = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(row[1]).body)
-        closure_id = intent.closure_intent.closure_id
-        reply = workflow_pb2.ClosureResponse(closure_id=closure_id, answer=request.answer, reason=request.reason)
-        tokens = list(intent.closure_intent.link_tokens)
-        sealed = await self.ctx.messenger.seal_each(
-            [sender],
-            envelope_pb2.MESSAGE_KIND_CLOSURE_RESPONSE,
-            tokens,
-            closure_id,
-            lambda _: lambda body: body.closure_response.CopyFrom(reply),
-            request.actor,
-            in_reply_to=request.intent_message_id,
-        )
-        answer = workflow_pb2.ClosureAnswer.Name(request.answer).removeprefix("CLOSURE_ANSWER_")
-        async with self.ctx.store.tx() as tx:
-            await tx.audit(
-                "closure.responded",
-                request.actor,
-                tokens=tokens,
-                counterpart=sender,
-                decision=answer,
-                rationale=request.reason,
-                detail={"closure_id": closure_id},
-            )
-            await self.ctx.messenger.queue(tx, sealed, closure_id, request.actor)
-            await answers.answered(
-                tx, request.intent_message_id, sender, request.answer, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT
-            )
-        await self.ctx.changed()
-        return node_api_pb2.RespondToClosureResponse(message_id=sealed[0].message_id)
-
-    async def close_case(self, request: node_api_pb2.CloseCaseRequest) -> node_api_pb2.ClosureStatus:
-        await self.open_case_row(request.case_id)
-        check_notes(note=request.note, override_objections_reason=request.override_objections_reason)
-        status = await self.closure_status(request.case_id)
-        if status.state != "proposed":
-            raise _failed(
-                "propose the closure first (ProposeClosure): the other agencies involved must be alerted "
-                "before a case is closed"
-            )
-        today = dates.iso(dates.today(self.ctx.clock.now_ms()))
-        if status.awaiting and today <= dates.iso(status.respond_by):
-            raise _failed(f"waiting for answers from {', '.join(status.awaiting)} until {dates.iso(status.respond_by)}")
-        people = await self.people(request.case_id)
-        tokens = [p.link_token for p in people if not p.protect_identity]
-        await self._alert_newcomers(request, status, tokens)
-        objections = [r for r in status.replies if r.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT]
-        if objections and not request.override_objections_reason.strip():
-            said = "; ".join(f"{r.agency_name} objects: {r.reason.rstrip('.')}" for r in objections)
-            raise _failed(f"{said}. Resolve it, or record why you close regardless (override_objections_reason)")
-        invitees = [r.node_id for r in status.replies] + list(status.awaiting)
-        notice = workflow_pb2.ClosureNotice(
-            closure_id=status.closure_id, closed_on=dates.today(self.ctx.clock.now_ms()), note=request.note
-        )
-        sealed = await self.ctx.messenger.seal_each(
-            sorted(invitees),
-            envelope_pb2.MESSAGE_KIND_CLOSURE_NOTICE,
-            tokens,
-            status.closure_id,
-            lambda _: lambda body: body.closure_notice.CopyFrom(notice),
-            request.actor,
-        )
-        async with self.ctx.store.tx() as tx:
-            closed = await tx.execute(
-                "UPDATE closures SET state = 'closed', closed_at_ms = ? WHERE closure_id = ? AND state = 'proposed'",
-                (tx.now_ms, status.closure_id),
-            )
-            if not closed.rowcount:  # a call racing this one closed it first
-                raise _failed(f"case {request.case_id!r} is closed")
-            await tx.execute("UPDATE cases SET status = 'closed' WHERE case_id = ?", (request.case_id,))
-            await tx.audit(
-                "case.closed",
-                request.actor,
-                tokens=[p.link_token for p in people],
-                rationale=request.note,
-                detail={
-                    "case_id": request.case_id,
-                    "closure_id": status.closure_id,
-                    "objections_overridden": request.override_objections_reason,
-                    "unanswered": list(status.awaiting),
-                },
-            )
-            await self.ctx.messenger.queue(tx, sealed, status.closure_id, request.actor)
-        await self.ctx.changed()
-        await self._unsubscribe_unused([p.link_token for p in people], request.actor)
-        return await self.closure_status(request.case_id)
 
     # -- assessments --------------------------------------------------------------------
 
