@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from linkage.cli import asking, challenging, node_client
+from linkage.cli import asking, casework, challenging
 from linkage.cli.api_client import FOLLOW_UP, actor, add_connection_arguments, call, emit_json
 from linkage.cli.values import count, iso_day, word
 from linkage.v1 import envelope_pb2, node_api_pb2
@@ -16,7 +16,7 @@ from linkage.v1 import envelope_pb2, node_api_pb2
 NAMES = {
     envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST: ("information request", asking.REPLY_WITH),
     envelope_pb2.MESSAGE_KIND_CHALLENGE: ("professional challenge", challenging.ANSWER_WITH),
-    envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT: ("closure proposal", node_client.RESPOND_WITH),
+    envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT: ("closure proposal", casework.RESPOND_WITH),
 }
 
 # What to do about a received summary past its review date, until its sender reviews it.

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from linkage import __version__, jurisdictions
-from linkage.cli import audit, directory_listing, duty, health, node_client
+from linkage.cli import audit, casework, directory_listing, duty, health, inbox, share
 from linkage.clock import SystemClock
 
 Handler = Callable[[argparse.Namespace], int]
@@ -243,8 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_config_check)
 
     health.register(commands)
-    node_client.register(commands)
-    node_client.register_casework(commands)
+    share.register(commands)
+    casework.register(commands)
+    inbox.register(commands)
     duty.register(commands)
     audit.register(commands)
     directory_listing.register(commands)
