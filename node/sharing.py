@@ -448,11 +448,16 @@ class Sharing:
             )
             for r, m, s, a, sent, done, reason, note, noted in rows
         ]
+        withdrawal = await self.ctx.store.fetchone(
+            "SELECT ground, erase FROM withdrawals WHERE share_id = ?", (share_id,)
+        ) or ("", False)
         return node_api_pb2.ShareStatus(
             share_id=share_id,
             outcome=summary_pb2.DecisionOutcome.Value(share[0]) if share else summary_pb2.DECISION_OUTCOME_SHARED,
             recipients=recipients,
             settled=all(r.state in ("delivered", "undeliverable") for r in recipients),
+            withdrawal_ground=withdrawal[0],
+            erase=bool(withdrawal[1]),
         )
 
     async def deliveries(self, after_seq: int, limit: int) -> list[node_api_pb2.DeliveryEvent]:

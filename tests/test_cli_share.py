@@ -61,6 +61,10 @@ async def test_preview_then_send_then_status_from_the_cli(federation: LocalFeder
         assert code == 0, err
         assert "school: undeliverable (message " in out and "'school' is revoked; if this agency must" in out
         assert "warning: sharing it was a personal data breach: tell your information governance officer" in out
+        withdrawal_id = out.split()[1].rstrip(":")  # "Withdrawal ID:"
+        code, out, err = await linkage("share", "status", withdrawal_id, *who)
+        assert code == 0, err
+        assert f"Withdrawal {withdrawal_id} (SHARED_IN_ERROR; each recipient erases it: delivered means" in out
 
         anonymous = ["--assessment", recorded.assessment_id, "--decision", str(decision), "--socket", socket]
         code, out, err = await linkage("share", "preview", *anonymous)

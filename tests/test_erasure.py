@@ -32,6 +32,7 @@ async def withdraw(cluster: Cluster, summary_id: str, ground: str) -> node_api_p
     ):
         last = status
     assert last.settled and {r.state for r in last.recipients} == {"delivered"}
+    assert (last.withdrawal_ground, last.erase) == (ground, ground != "NOT_TO_BE_RELIED_ON")
     return response
 
 

@@ -89,7 +89,12 @@ def share_status(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(status)
         return 0
-    print(f"Share {status.share_id}: {_outcome(status.outcome)}{' (settled)' if status.settled else ''}")
+    settled = " (settled)" if status.settled else ""
+    if status.withdrawal_ground:
+        erased = "; each recipient erases it: delivered means erased there" if status.erase else ""
+        print(f"Withdrawal {status.share_id} ({status.withdrawal_ground}{erased}){settled}")
+    else:
+        print(f"Share {status.share_id}: {_outcome(status.outcome)}{settled}")
     for r in status.recipients:
         extra = f", receipt at {r.delivered_at_ms}" if r.delivered_at_ms else ""
         extra += f", {r.reason}" if r.reason else ""

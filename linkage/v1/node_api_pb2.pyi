@@ -1707,10 +1707,17 @@ class ShareStatus(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
     SETTLED_FIELD_NUMBER: _builtins.int
+    WITHDRAWAL_GROUND_FIELD_NUMBER: _builtins.int
+    ERASE_FIELD_NUMBER: _builtins.int
     share_id: _builtins.str
     outcome: _summary_pb2.DecisionOutcome.ValueType
     settled: _builtins.bool
     """every recipient delivered or undeliverable"""
+    withdrawal_ground: _builtins.str
+    """A withdrawal's ground (withdrawal_ground code), and whether it asks erasure: then a
+    recipient's signed receipt ("delivered") says it has erased what it held.
+    """
+    erase: _builtins.bool
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryStatus]: ...
     def __init__(
@@ -1720,10 +1727,12 @@ class ShareStatus(_message.Message):
         outcome: _summary_pb2.DecisionOutcome.ValueType = ...,
         recipients: _abc.Iterable[Global___DeliveryStatus] | None = ...,
         settled: _builtins.bool = ...,
+        withdrawal_ground: _builtins.str = ...,
+        erase: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "recipients", b"recipients", "settled", b"settled", "share_id", b"share_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erase", b"erase", "outcome", b"outcome", "recipients", b"recipients", "settled", b"settled", "share_id", b"share_id", "withdrawal_ground", b"withdrawal_ground"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
