@@ -78,6 +78,9 @@ async def test_a_summary_about_the_wrong_person_is_erased_at_every_recipient(fed
         ]
         socket = str(cluster.nodes["csc"].config.api_socket)
         who = ["--actor-id", CSC_WORKER.id, "--actor-role", CSC_WORKER.role, "--socket", socket]
+        code, out, err = await linkage_cli("inbox", "list", *who)
+        assert code == 0, err
+        assert "withdrawal from Adult Mental Health Trust: withdraws a summary (WRONG_PERSON; erased here): " in out
         code, out, err = await linkage_cli("inbox", "open", listed[-1].message_id, *who)
         assert code == 0, err
         assert f"Withdraws summary {summary_id} (WRONG_PERSON): Linked to the wrong family." in out

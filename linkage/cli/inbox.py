@@ -34,7 +34,9 @@ def _gist(body: envelope_pb2.MessageBody, most: int = 100) -> str:
     """What an item says, in one line for a list (a summary's is its headline)."""
     match body.WhichOneof("content"):
         case "withdrawal":
-            said = f"withdraws a summary: {body.withdrawal.reason}"
+            w = body.withdrawal
+            erased = "; erased here" if w.erase else ""
+            said = f"withdraws a summary ({w.ground or 'no ground given'}{erased}): {w.reason}"
         case "involvement":
             said = f"{body.involvement.agency_name} {'joined' if body.involvement.joined else 'left'}"
         case "closure_intent":
