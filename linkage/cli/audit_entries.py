@@ -50,6 +50,7 @@ class EntryFilter:
     decision: str | None = None  # a substring, any case
     since: int | None = None  # ms
     until: int | None = None
+    share_id: str | None = None  # the share (or withdrawal, or thread) an entry's detail names
 
 
 def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[str, Any]]:
@@ -63,6 +64,8 @@ def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[s
     needles = [json.dumps(n, ensure_ascii=False)[1:-1] for n in (wanted.token, wanted.counterpart) if n]
     if wanted.event:
         needles.append('"event":' + json.dumps(wanted.event, ensure_ascii=False)[:-1])
+    if wanted.share_id:
+        needles.append(json.dumps(wanted.share_id, ensure_ascii=False))
     where = " AND ".join("instr(entry, ?) > 0" for _ in needles) or "1"
     for (entry,) in db.execute(f"SELECT entry FROM audit WHERE {where} ORDER BY seq", needles):
         e = json.loads(entry)
@@ -77,6 +80,8 @@ def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[s
         if wanted.counterpart and wanted.counterpart not in e["counterpart"].split(","):
             continue
         if wanted.decision and wanted.decision.upper() not in e["decision"].upper():
+            continue
+        if wanted.share_id and e["detail"].get("share_id") != wanted.share_id:
             continue
         yield e
 

@@ -82,7 +82,21 @@ def _by(e: dict[str, Any]) -> str:
     return f"{e['actor'].get('name') or e['actor'].get('id')} ({e['actor'].get('role')})"
 
 
-def _withdrawal(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any]:
+def _erasures(db: sqlite3.Connection, directory: DirectoryView, share_id: str) -> str:
+    """Each recipient's answer to an erasing withdrawal, from the log: its signed receipt is
+    given only once it has erased the summary."""
+    said = []
+    for e in find_entries(db, EntryFilter(event="message.", share_id=share_id)):
+        if e["event"] in ("message.delivered", "message.undeliverable"):
+            name = agency_name(directory, e["counterpart"])
+            if e["event"] == "message.delivered":
+                said.append(f"{name} erased it ({when(e['ts_ms'])})")
+            else:
+                said.append(f"{name} not told ({e['detail'].get('reason') or 'undeliverable'}): tell them another way")
+    return "; ".join(said) or "no recipient has confirmed yet"
+
+
+def _withdrawal(e: dict[str, Any], directory: DirectoryView, db: sqlite3.Connection) -> dict[str, Any]:
     """A withdrawal this node made ("withdrawn"), or one an agency made of what it had sent
     here ("recalled"): on what ground, and whether its copies were to be erased."""
     detail, ours = e["detail"], e["event"] == "summary.withdrawn"
@@ -90,7 +104,9 @@ def _withdrawal(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any]:
     if not detail.get("erase"):
         note = "kept, marked withdrawn"
     elif ours:
-        note = "each recipient to erase it" + (f"; {BREACH_NOTE}" if detail.get("breach") else "")
+        note = _erasures(db, directory, detail.get("share_id", "")) + (
+            f"; {BREACH_NOTE}" if detail.get("breach") else ""
+        )
     else:
         note = f"erased here ({len(detail.get('erased', []))} version(s))"
     return {
@@ -168,7 +184,7 @@ def register_rows(
             if (row := _received(e, config, directory, db)) is not None:
                 rows.append(row)
         for e in find_entries(db, EntryFilter(event="summary.withdrawn", since=since, until=until)):
-            rows.append(_withdrawal(e, directory))  # and summary.withdrawn_by_sender: the filter is a prefix
+            rows.append(_withdrawal(e, directory, db))  # and summary.withdrawn_by_sender: the filter is a prefix
     return sorted(rows, key=lambda r: int(r["ts_ms"]))
 
 
