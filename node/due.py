@@ -68,7 +68,9 @@ class Due:
                 "due.viewed",
                 request.actor,
                 detail={
-                    "to_answer": sum(bool(i.message_id) and i.to_answer and not i.undeliverable for i in items),
+                    "to_answer": sum(
+                        bool(i.message_id) and i.to_answer and not (i.undeliverable or i.delayed) for i in items
+                    ),
                     "reviews": sum(bool(i.assessment_id) for i in items),
                     "undeliverable": sum(i.undeliverable for i in items),
                     "delayed": sum(i.delayed for i in items),

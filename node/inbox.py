@@ -229,13 +229,12 @@ class Inbox:
         return response
 
     async def _own_entries(self, case_id: str) -> list[tuple[int, bytes]]:
-        me = self.ctx.me()
+        me, codes = self.ctx.me(), self.ctx.policy.codes
         own = []
         for recorded_at, body in await self.ctx.store.fetchall(
             "SELECT recorded_at_ms, body FROM assessments WHERE case_id = ? ORDER BY recorded_at_ms", (case_id,)
         ):
             summary = summary_pb2.RiskSummary.FromString(body)
-            codes = self.ctx.policy.codes
             for e in _entries(recorded_at, self.ctx.node_id, me.agency_name, me.agency_type, 0, summary, codes, "own"):
                 own.append((e.at_ms, e.SerializeToString()))
         return own

@@ -243,6 +243,8 @@ async def test_a_message_not_delivered_after_some_hours_is_on_the_duty_view_unti
         assert code == 0, err
         assert "NOT DELIVERED      your correction to Oak Primary School: not delivered after 5 h (" in out, (out, err)
         assert f"linkage share follow-up {away.message_id} --note ..." in out
+        viewed = events(await audit_events(cluster.nodes["amh"]), "due.viewed")[-1]["detail"]
+        assert (viewed["delayed"], viewed["to_answer"], viewed["undeliverable"]) == (1, 0, 0)
 
         await amh.RecordFollowUp(
             node_api_pb2.FollowUpRequest(actor=PRACTITIONER, message_id=away.message_id, note="Phoned the DSL.")
