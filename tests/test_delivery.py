@@ -234,7 +234,12 @@ async def test_overload_is_pushed_back_and_everything_arrives_later(tmp_path: Pa
         await wait_delivered(amh, count)
         assert len(set(await inbox(cluster, "csc"))) == count == len(await inbox(cluster, "csc"))
         busy = (await amh.store.fetchone("SELECT SUM(attempts) FROM outbox"))[0] - count
-        assert 0 < busy <= 2 * rounds + 1  # the first burst's overflow, then about one probe too many a round
+        # The first burst's overflow, then a probe or a few too many a round: how far the window
+        # grows between BUSY answers depends on how acknowledgements come together on the stream
+        # (sixty runs gave 10 to 36 over 9 to 14 rounds, at most 2.6 a round; the bound of 2 a
+        # round failed about one run in twenty, at ea42f29 too). The sender that kept offering
+        # its whole backlog each round met 123.
+        assert 0 < busy <= 4 * rounds
         # The first burst went as shared; what waited went oldest first (the outbox's order).
         arrived = [m for _, m in await inbox(cluster, "csc")][limits.envelope_burst :]
         queued = [
