@@ -231,15 +231,7 @@ class Demo:
                 say(f"      withheld: {reason}")
 
         say("[5] Delivery: sealed end to end for each recipient; each returns a signed receipt.")
-        status_stream = amh.WatchShareStatus(
-            node_api_pb2.ShareStatusRequest(actor=PRACTITIONERS["amh"], share_id=shared.share_id)
-        )
-        final: node_api_pb2.ShareStatus | None = None
-        async with asyncio.timeout(STEP_TIMEOUT_S):
-            async for status in status_stream:
-                final = status
-        assert final is not None and final.settled
-        for r in final.recipients:
+        for r in (await self.settled("amh", shared.share_id)).recipients:
             say(f"    {NODES[r.node_id][0]:<26} {r.state} (message ...{r.message_id[-12:]}, receipt signed)")
 
         say("[6] What the recipients see, after checking the sender's signature and that it was sealed to them:")
@@ -260,6 +252,7 @@ class Demo:
             raise RuntimeError("the police node received a summary about a family it is not linked to")
         say("    County Police received nothing: it is not linked to this family.")
         await self.challenge(csc_case.case_id)
+        await self.wrong_person(amh_case.case_id, recorded.summary_id, parent, child)
 
     async def challenge(self, csc_case: str) -> None:
         """Seed 003: a disagreement between agencies goes through the local escalation policy."""
@@ -313,6 +306,49 @@ class Demo:
         say(f"    Adult mental health {verb} it: {reply.body.challenge_response.response}")
         return reply.seq
 
+    async def wrong_person(self, amh_case: str, summary_id: str, parent: bytes, child: bytes) -> None:
+        """Another person's data in a summary: every recipient erases it (UK GDPR Arts 17 and 19),
+        each signed receipt confirming it, and a corrected summary goes out."""
+        say("[9] Adult mental health finds the alcohol history is another patient's, merged into the record in error:")
+        amh = self.api("amh")
+        withdrawn = await amh.WithdrawSummary(
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONERS["amh"],
+                summary_id=summary_id,
+                ground="WRONG_PERSON",
+                reason="The alcohol history is another patient's, merged into this record in error.",
+            )
+        )
+        say("    It withdraws the summary as WRONG_PERSON; each recipient erases every version before it receipts:")
+        for r in (await self.settled("amh", withdrawn.share_id)).recipients:
+            say(f"    {NODES[r.node_id][0]:<26} erased it (withdrawal {r.state}, receipt signed)")
+        if any(f.code == "breach_to_assess" for f in withdrawn.findings):
+            say("    The practitioner is told it is a personal data breach for IG to assess (the ICO within 72 hours).")
+        corrected = stories.parent_risk_change(parent, child)
+        del corrected.risk_items[1:]  # without the other patient's history
+        recorded = await amh.RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONERS["amh"], case_id=amh_case, assessment=corrected)
+        )
+        shared = await amh.ShareSummary(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONERS["amh"], assessment_id=recorded.assessment_id, decision=stories.override_decision()
+            )
+        )
+        names = ", ".join(NODES[r.node_id][0] for r in (await self.settled("amh", shared.share_id)).recipients)
+        say(f"    A corrected summary, without it, is delivered to {names}.")
+
+    async def settled(self, node: str, share_id: str) -> node_api_pb2.ShareStatus:
+        """A share's status once every recipient's copy is delivered or undeliverable."""
+        stream = self.api(node).WatchShareStatus(
+            node_api_pb2.ShareStatusRequest(actor=PRACTITIONERS[node], share_id=share_id)
+        )
+        final: node_api_pb2.ShareStatus | None = None
+        async with asyncio.timeout(STEP_TIMEOUT_S):
+            async for status in stream:
+                final = status
+        assert final is not None and final.settled
+        return final
+
     async def next_item(self, node: str, kind: int, after: int = 0) -> node_api_pb2.ReceivedSummary:
         stream = self.api(node).WatchReceived(
             node_api_pb2.WatchReceivedRequest(actor=PRACTITIONERS[node], after_seq=after)
@@ -328,7 +364,7 @@ class Demo:
         say()
         say("Story 2 (seed 004): Ms B lives alone with extreme hoarding. Police, the fire service and Age UK")
         say("each know part of the picture; Age UK has supported her for two years, unknown to the others.")
-        say("[9] Each agency opens its own case; each later one is announced to those already linked:")
+        say("[10] Each agency opens its own case; each later one is announced to those already linked:")
         cases = {}
         for node in ("fire", "police", "ageuk"):
             # Age UK has the NHS number Ms B gave it, and no way to trace it.
@@ -340,7 +376,7 @@ class Demo:
             f"(contact: {notice.body.involvement.contact_role})."
         )
 
-        say("[10] Adult social care receives a referral and asks who else is involved (think beyond the obvious):")
+        say("[11] Adult social care receives a referral and asks who else is involved (think beyond the obvious):")
         cases["asc"] = await self.open_case("asc", stories.ms_b(), "Ms B", number=43)
         found = await self.api("asc").DiscoverInvolvement(
             node_api_pb2.CaseRequest(actor=PRACTITIONERS["asc"], case_id=cases["asc"].case_id)
@@ -349,7 +385,7 @@ class Demo:
             say(f"    {agency.agency_name} ({agency.agency_type}) - contact the {agency.contact_role}")
 
         token = cases["fire"].people[0].link_token
-        say("[11] The fire service, the police and Age UK share what they know with everyone linked to Ms B:")
+        say("[12] The fire service, the police and Age UK share what they know with everyone linked to Ms B:")
         for node, assessment, decision in (
             ("fire", stories.fire_home_visit(token), stories.fire_decision()),
             ("police", stories.police_welfare_concern(token), stories.police_decision()),
@@ -400,7 +436,7 @@ class Demo:
         say(f"    Age UK linked Ms B by the NHS number she gave ({linked_by}): adult social care confirms it is")
         say("    her before acting, and would challenge a wrong link (IDENTITY_MATCH).")
 
-        say("[12] Adult social care asks Age UK for clarification, threaded to what Age UK sent:")
+        say("[13] Adult social care asks Age UK for clarification, threaded to what Age UK sent:")
         question = "How often do you visit, and would she let your volunteer help plan the clearance?"
         await self.api("asc").AskClarification(
             node_api_pb2.AskClarificationRequest(
@@ -419,7 +455,7 @@ class Demo:
         say(f"    Q: {question}")
         say(f"    A: {answer.body.clarification_response.answer}")
 
-        say("[13] After the clearance, adult social care proposes to close and asks the others first:")
+        say("[14] After the clearance, adult social care proposes to close and asks the others first:")
         await self.api("asc").ProposeClosure(
             node_api_pb2.ProposeClosureRequest(
                 actor=PRACTITIONERS["asc"],
@@ -474,7 +510,7 @@ class Demo:
     async def verify_audit(self, node_id: str) -> None:
         """What an IG officer runs: the node's log against the checkpoint the witness cosigned
         (lodged as the node stopped)."""
-        say(f"[16] An information governance officer verifies {NODES[node_id][0]}'s audit log:")
+        say(f"[17] An information governance officer verifies {NODES[node_id][0]}'s audit log:")
         command = ["audit", "verify", "--config", str(self.root / node_id / "node.toml")]
         verify = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "linkage", *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -485,7 +521,7 @@ class Demo:
             say(f"    {line.strip()}")
 
     def where(self) -> None:
-        say("[14] Where the data lives:")
+        say("[15] Where the data lives:")
         say(f"    Federation (CA, keys, directory; keep off-line): {self.root / 'federation'}")
         say(f"    Gateway (tokens, witness, metadata; no content): {self.root / 'gateway' / 'gateway.sqlite'}")
         for node_id in NODES:
@@ -518,7 +554,7 @@ async def _run_demo(root: Path, kept: bool) -> int:
     finally:
         with contextlib.suppress(Exception):
             codes = await demo.stop()
-            say(f"[15] Stopped {len(codes)} processes (exit codes {sorted(set(codes))}).")
+            say(f"[16] Stopped {len(codes)} processes (exit codes {sorted(set(codes))}).")
     if told:
         await demo.verify_audit("csc")
         if kept:

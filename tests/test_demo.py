@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from linkage import stories
@@ -33,6 +35,17 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert "[8] Adult mental health's duty view (`linkage due`) lists it, to answer by " in out
     assert "Adult mental health maintained it: " in out and "at the LINE_MANAGER stage" in out
     assert "Adult mental health accepted it: " in out
+    # Another patient's history in the summary: erased at both recipients, confirmed by their receipts.
+    assert "[9] Adult mental health finds the alcohol history is another patient's" in out
+    assert "    Children's Social Care     erased it (withdrawal delivered, receipt signed)\n" in out
+    assert "    Oak Primary School         erased it (withdrawal delivered, receipt signed)\n" in out
+    assert "is a personal data breach for IG to assess" in out
+    assert "A corrected summary, without it, is delivered to Children's Social Care, Oak Primary School." in out
+    with closing(sqlite3.connect(tmp_path / "demo" / "csc" / "store.sqlite")) as csc:
+        assert csc.execute("SELECT state, COUNT(*) FROM inbox WHERE kind = 1 GROUP BY state").fetchall() == [
+            ("erased", 1),
+            ("new", 1),
+        ]
     # Story 2 (seed 004): discovery, sharing, clarification and a closure held by an objection.
     assert "Age UK Solihull (VCS_OLDER_PEOPLE) - contact the Information and advice team" in out
     assert "County Fire and Rescue is told: County Police has joined" in out
@@ -44,7 +57,7 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert "Closing now is refused" in out
     assert "Stopped 8 processes (exit codes [0])" in out
     # The IG officer's check, against the checkpoint the witness cosigned as csc stopped.
-    verified = out.split("[16]", 1)[1]
+    verified = out.split("[17]", 1)[1]
     assert "was cosigned by the witness, gateway gateway" in verified and "\n    OK: " in verified, verified
     kept_hint = f"    linkage audit verify --config {tmp_path / 'demo' / 'csc' / 'node.toml'}\n"
     assert kept_hint in out  # the paths it showed are still there to try
