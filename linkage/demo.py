@@ -321,7 +321,8 @@ class Demo:
         )
         say("    It withdraws the summary as WRONG_PERSON; each recipient erases every version before it receipts:")
         for r in (await self.settled("amh", withdrawn.share_id)).recipients:
-            say(f"    {NODES[r.node_id][0]:<26} erased it (withdrawal {r.state}, receipt signed)")
+            said = "erased it (withdrawal delivered, receipt signed)" if r.state == "delivered" else r.reason
+            say(f"    {NODES[r.node_id][0]:<26} {said}")
         if any(f.code == "breach_to_assess" for f in withdrawn.findings):
             say("    The practitioner is told it is a personal data breach for IG to assess (the ICO within 72 hours).")
         corrected = stories.parent_risk_change(parent, child)
