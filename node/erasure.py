@@ -24,7 +24,7 @@ async def erase_versions(tx: Tx, sender: str, summary_id: str, withdrawal_id: st
     rows = await (
         await tx.execute(
             "SELECT seq, message_id FROM inbox INDEXED BY inbox_live_by_summary "
-            "WHERE sender = ? AND summary_id = ? AND state != 'erased' AND message_id < ? AND kind != ?",
+            "WHERE sender = ? AND summary_id = ? AND state != 'erased' AND message_id < ? AND kind != ? ORDER BY seq",
             (sender, summary_id, withdrawal_id, WITHDRAWAL),
         )
     ).fetchall()

@@ -93,7 +93,7 @@ def _erasures(db: sqlite3.Connection, directory: DirectoryView, share_id: str) -
                 said.append(f"{name} erased it ({when(e['ts_ms'])})")
             else:
                 said.append(f"{name} not told ({e['detail'].get('reason') or 'undeliverable'}): tell them another way")
-    return "; ".join(said) or "no recipient has confirmed yet"
+    return "; ".join(sorted(said)) or "no recipient has confirmed yet"  # by agency, as receipts come in any order
 
 
 def _withdrawal(e: dict[str, Any], directory: DirectoryView, db: sqlite3.Connection) -> dict[str, Any]:
