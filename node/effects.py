@@ -9,7 +9,7 @@ from linkage.content import carried_summary
 from linkage.envelope import Opened
 from linkage.v1 import envelope_pb2 as pb
 from node import answers
-from node.erasure import erase_rows, erase_versions, erasing_withdrawal
+from node.erasure import answers_erased_item, erase_answers, erase_rows, erase_versions, erasing_withdrawal
 from node.store import Tx
 
 
@@ -26,6 +26,7 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
             (sender, withdrawal.summary_id, body.message_id),
         )
         erased = await erase_versions(tx, sender, withdrawal.summary_id, body.message_id) if withdrawal.erase else []
+        answers_erased = await erase_answers(tx, sender, erased)
         await tx.audit(
             "summary.withdrawn_by_sender",
             tokens=opened.routing.link_tokens,  # whom it was about: a subject access report lists it
@@ -33,7 +34,12 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
             counterpart=sender,
             rationale=withdrawal.reason,
             message_id=body.message_id,
-            detail={"ground": withdrawal.ground, "erase": withdrawal.erase, "erased": erased},
+            detail={
+                "ground": withdrawal.ground,
+                "erase": withdrawal.erase,
+                "erased": erased,
+                "answers_erased": answers_erased,
+            },
         )
     elif kind == pb.MESSAGE_KIND_INVOLVEMENT_NOTICE:
         notice = body.involvement  # who is linked now is the gateway's to say (discovery); this is the record
@@ -66,6 +72,9 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
             message_id=body.message_id,
             detail={"closure_id": reply.closure_id, "invited": row is not None, "newest": newest},
         )
+    elif kind == pb.MESSAGE_KIND_CLARIFICATION_RESPONSE and await answers_erased_item(tx.fetchone, body.in_reply_to):
+        await erase_rows(tx, [seq])  # it answers a question about an item its sender has had erased
+        await tx.audit("clarification.erased", counterpart=sender, message_id=body.message_id)
     elif kind == pb.MESSAGE_KIND_READ_NOTIFICATION:
         read = body.read
         await tx.execute(

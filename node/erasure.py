@@ -2,7 +2,8 @@
 it has every version of the summary this node received from that sender erased, in the
 transaction that stores the withdrawal, so the signed receipt the sender gets for it says
 the erasure is done. A version that arrives after such a withdrawal (sent earlier, held up)
-is erased as it is stored.
+is erased as it is stored. So are the sender's answers to the clarifications this node asked
+about them, whenever they come.
 
 Erased is content gone: the signed body, the link tokens and the chronology entries. The
 inbox row stays, as the replay defence (a message id is remembered until retention deletes
@@ -16,6 +17,7 @@ from linkage.v1 import envelope_pb2
 from node.store import FetchOne, Tx
 
 WITHDRAWAL = envelope_pb2.MESSAGE_KIND_WITHDRAWAL
+ANSWER = envelope_pb2.MESSAGE_KIND_CLARIFICATION_RESPONSE  # written into the SQL, as its partial index is
 
 
 async def erase_versions(tx: Tx, sender: str, summary_id: str, withdrawal_id: str) -> list[str]:
@@ -30,6 +32,34 @@ async def erase_versions(tx: Tx, sender: str, summary_id: str, withdrawal_id: st
     ).fetchall()
     await erase_rows(tx, [seq for seq, _ in rows])
     return [message_id for _, message_id in rows]
+
+
+async def erase_answers(tx: Tx, sender: str, about: Sequence[str]) -> list[str]:
+    """Erase the sender's answers to the clarifications this node asked about these items
+    (what they said is about the same person, and goes with them): the message ids erased."""
+    if not about:
+        return []
+    marks = ",".join("?" * len(about))
+    rows = await (
+        await tx.execute(
+            "SELECT seq, message_id FROM inbox INDEXED BY inbox_clarification_answers "
+            f"WHERE kind = {ANSWER} AND in_reply_to IN (SELECT message_id FROM clarifications_asked "
+            f"WHERE about_message_id IN ({marks})) AND sender = ? AND state != 'erased' ORDER BY seq",
+            (*about, sender),
+        )
+    ).fetchall()
+    await erase_rows(tx, [seq for seq, _ in rows])
+    return [message_id for _, message_id in rows]
+
+
+async def answers_erased_item(fetchone: FetchOne, question_id: str) -> bool:
+    """Whether an answer arriving now replies to a clarification about an item since erased."""
+    row = await fetchone(
+        "SELECT 1 FROM clarifications_asked q JOIN inbox i ON i.message_id = q.about_message_id "
+        "WHERE q.message_id = ? AND i.state = 'erased'",
+        (question_id,),
+    )
+    return row is not None
 
 
 async def erase_rows(tx: Tx, seqs: Sequence[int]) -> None:

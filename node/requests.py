@@ -113,6 +113,14 @@ class Requests:
         check_notes(question=request.question)
         sender, _, tokens = await self.received(request.about_message_id, CARRIES_SUMMARY)
         ask = workflow_pb2.ClarificationRequest(about_message_id=request.about_message_id, question=request.question)
+
+        async def record(tx: Tx, _: str, statuses: list[node_api_pb2.DeliveryStatus]) -> None:
+            # What each question was about: its answer is erased with that item (node/erasure.py).
+            await tx.executemany(
+                "INSERT INTO clarifications_asked(message_id, about_message_id) VALUES (?, ?)",
+                [(s.message_id, request.about_message_id) for s in statuses],
+            )
+
         return await self.send(
             request.actor,
             [sender],
@@ -121,6 +129,7 @@ class Requests:
             lambda body: body.clarification_request.CopyFrom(ask),
             request.about_message_id,
             "clarification.asked",
+            record=record,
         )
 
     async def answer_clarification(self, request: node_api_pb2.AnswerClarificationRequest) -> node_api_pb2.MessageSent:

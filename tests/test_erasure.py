@@ -15,7 +15,7 @@ import pytest
 from linkage import stories
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
-from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, next_item, running
+from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, next_item, running, wait_delivered
 from tests.harness import linkage as linkage_cli
 from tests.test_audit_ig import PARENT, config, linkage
 from tests.test_workflows import CSC_WORKER, chronology_states, events, share, shared_with_both, think_family
@@ -186,3 +186,48 @@ async def test_a_withdrawal_must_say_on_what_ground(federation: LocalFederation)
                 raised.value.details() or ""
             )
         assert [row[1] for row in held(cluster, "csc", summary_id)] == ["new"]
+
+
+async def test_the_senders_answers_about_an_erased_summary_are_erased_with_it(federation: LocalFederation) -> None:
+    """What the sender said in answer to a clarification about the summary is about the same
+    person: erased with it, whether the answer came before the withdrawal or after it."""
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        shared = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+
+        async def ask(question: str) -> node_api_pb2.ReceivedSummary:
+            await cluster.api("csc").AskClarification(
+                node_api_pb2.AskClarificationRequest(
+                    actor=CSC_WORKER, about_message_id=shared.message_id, question=question
+                )
+            )
+            return await next_item(cluster, "amh", env.MESSAGE_KIND_CLARIFICATION_REQUEST, after_seq=asked_to)
+
+        async def answer(question: node_api_pb2.ReceivedSummary) -> None:
+            await cluster.api("amh").AnswerClarification(
+                node_api_pb2.AnswerClarificationRequest(
+                    actor=PRACTITIONER, request_message_id=question.message_id, answer="At the Elm Street clinic."
+                )
+            )
+
+        asked_to = 0
+        first = await ask("Where was the alcohol history recorded?")
+        asked_to = first.seq
+        second = await ask("And when?")
+        await answer(first)
+        before = await next_item(cluster, "csc", env.MESSAGE_KIND_CLARIFICATION_RESPONSE)
+        await withdraw(cluster, summary_id, "WRONG_PERSON")
+        await answer(second)  # answered after the withdrawal: erased as it arrives
+        await wait_delivered(cluster.nodes["amh"], 6)  # the share's two, the first answer, the withdrawal's two, this
+
+        with closing(sqlite3.connect(cluster.nodes["csc"].config.store_path)) as db:
+            answers = db.execute(
+                "SELECT i.state, (SELECT COUNT(*) FROM inbox_bodies b WHERE b.seq = i.seq) FROM inbox i "
+                "WHERE kind = ? ORDER BY seq",
+                (env.MESSAGE_KIND_CLARIFICATION_RESPONSE,),
+            ).fetchall()
+        assert answers == [("erased", 0), ("erased", 0)]
+        csc_log = await audit_events(cluster.nodes["csc"])
+        (told,) = events(csc_log, "summary.withdrawn_by_sender")
+        assert told["detail"]["answers_erased"] == [before.message_id]
+        assert len(events(csc_log, "clarification.erased")) == 1

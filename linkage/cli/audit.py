@@ -63,6 +63,7 @@ PLAIN = {
     "summary.withdrawn": "Summary withdrawn",
     "summary.withdrawn_by_sender": "Summary withdrawn by its sender",
     "summary.erased": "Summary erased as it arrived: its sender had withdrawn it, asking erasure",
+    "clarification.erased": "Answer to a clarification erased as it arrived: what it was about had been erased",
     "closure.proposed": "Closure proposed to other agencies",
     "closure.alerted_late": "Closure proposal sent to agencies involved since it was made",
     "closure.responded": "Answered a closure proposal",

@@ -434,4 +434,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE inbox ADD COLUMN review_date TEXT;
     CREATE INDEX inbox_reviews ON inbox(review_date) WHERE review_date IS NOT NULL AND state IN ('new', 'read');
     """,
+    # 30: the clarifications this node asked, each with the item it asked about, so that the
+    # sender's answers go with that item when its sender has it erased (node/erasure.py);
+    # answers are found by the question they reply to (kind 11, as the query writes it).
+    # Questions asked before this are not recorded, and their answers are kept.
+    """
+    CREATE TABLE clarifications_asked(
+      message_id TEXT PRIMARY KEY,
+      about_message_id TEXT NOT NULL
+    );
+    CREATE INDEX clarifications_asked_by_about ON clarifications_asked(about_message_id);
+    CREATE INDEX inbox_clarification_answers ON inbox(in_reply_to) WHERE kind = 11;
+    """,
 )
