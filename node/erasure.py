@@ -98,7 +98,9 @@ async def erased_note(fetchone: FetchOne, message_id: str) -> str | None:
     if row is None:
         return None
     withdrawal_id, ground = await erasing_withdrawal(fetchone, row[0], row[1], message_id)
+    # An answer erased with what it answered names no summary, so no withdrawal is found for it.
+    which = f" ({ground}; withdrawal {withdrawal_id})" if withdrawal_id else ""
     return (
-        f"item {message_id!r} was erased at its sender's request ({ground or 'a withdrawal'}; withdrawal "
-        f"{withdrawal_id or 'no longer held'}): this node no longer holds it, and neither should your case system"
+        f"item {message_id!r} was erased at its sender's request{which}: this node no longer holds it, "
+        "and neither should your case system"
     )

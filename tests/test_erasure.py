@@ -231,3 +231,10 @@ async def test_the_senders_answers_about_an_erased_summary_are_erased_with_it(fe
         (told,) = events(csc_log, "summary.withdrawn_by_sender")
         assert told["detail"]["answers_erased"] == [before.message_id]
         assert len(events(csc_log, "clarification.erased")) == 1
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await cluster.api("csc").OpenReceived(
+                node_api_pb2.OpenReceivedRequest(actor=CSC_WORKER, message_id=before.message_id)
+            )
+        assert (raised.value.details() or "").startswith(
+            f"item {before.message_id!r} was erased at its sender's request: this node no longer holds it"
+        )
