@@ -27,10 +27,11 @@ async def record_follow_up(ctx: NodeContext, request: node_api_pb2.FollowUpReque
         if row is None:
             raise not_found(f"this node sent no message {request.message_id!r}")
         recipient, state, reason, done, summary_id, envelope = row
-        if state == "delivered":  # undeliverable, or still on its way (the duty view lists those delayed)
+        if state in ("delivered", "cancelled"):  # else undeliverable, or on its way (the duty view lists those delayed)
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"message {request.message_id!r} was delivered: there is nothing to follow up",
+                f"message {request.message_id!r} was {state}: there is nothing to follow up"
+                + (f" ({reason})" if state == "cancelled" else ""),
             )
         if done is not None:
             raise ApiError(

@@ -127,6 +127,7 @@ class Outbox:
         self._scan = True
         self._next_due_ms = 0
         self._settled: dict[str, list[asyncio.Future[str]]] = {}  # message id -> its watchers' futures
+        self._withheld: set[str] = set()  # being cancelled in a transaction under way: not to be sent
 
     # -- observing ---------------------------------------------------------
 
@@ -171,7 +172,7 @@ class Outbox:
             return self.version
 
     async def settled(self, message_id: str) -> str:
-        """Wait for a message's final state ("delivered" or "undeliverable") once it is
+        """Wait for a message's final state ("delivered", "undeliverable" or "cancelled") once it is
         committed, without polling: for callers that follow one message."""
         # Each watcher has its own future, so one giving up leaves the others waiting.
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -256,6 +257,28 @@ class Outbox:
                 async with asyncio.timeout(timeout):
                     await self.wake.wait()
 
+    # -- cancelling ----------------------------------------------------------
+
+    def withhold(self, message_ids: Iterable[str]) -> set[str]:
+        """Of these queued messages, those not on their way to the gateway now, kept back from
+        this moment (for a transaction under way to cancel); the others are beyond recall."""
+        withheld = {m for m in message_ids if m not in self._in_flight}
+        self._withheld |= withheld
+        return withheld
+
+    def cancelled(self, message_ids: set[str]) -> None:
+        """Their cancellation is committed: forget them, and tell whoever follows them."""
+        self._withheld -= message_ids
+        self._fresh = [q for q in self._fresh if q[0] not in message_ids]
+        for message_id in message_ids:
+            self._settle(message_id, "cancelled")
+
+    def release(self, message_ids: set[str]) -> None:
+        """Their cancellation failed: they are queued still, and go as any other."""
+        self._withheld -= message_ids
+        self._scan = True  # the fast path may have dropped them: the store has them
+        self.wake.set()
+
     async def drain(self, timeout_s: float) -> int:
         """Send nothing new; wait up to `timeout_s` for the acks of what is in flight.
 
@@ -334,7 +357,7 @@ class Outbox:
         going: list[str] = []
         frames = []
         for message_id, recipient, envelope in messages:
-            if message_id in self._in_flight:
+            if message_id in self._in_flight or message_id in self._withheld:
                 continue
             if recipient in self._away:
                 if recipient in probing or now < self._away[recipient][1]:
@@ -582,7 +605,8 @@ class Outbox:
         row = await (
             await tx.execute(
                 "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, reason = ? "
-                "WHERE message_id = ? AND recipient = ? AND digest = ? AND state IN ('queued', 'sent') "
+                # A cancelled one too: an attempt before the cancelling may have reached the recipient.
+                "WHERE message_id = ? AND recipient = ? AND digest = ? AND state IN ('queued', 'sent', 'cancelled') "
                 "RETURNING share_id, created_at_ms",
                 (
                     "delivered" if accepted else "undeliverable",

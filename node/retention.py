@@ -55,9 +55,9 @@ PURGES: dict[str, tuple[str, tuple[str, ...]]] = {
             "DELETE FROM inbox WHERE seq IN ({})",  # chronology rows and bodies cascade
         ),
     ),
-    "sent_bodies": (  # delivered or given up: a message still in flight keeps its body to send again
+    "sent_bodies": (  # delivered, given up or cancelled: a message still in flight keeps its body to send again
         "SELECT seq FROM outbox INDEXED BY outbox_bodies_kept WHERE created_at_ms < ? "
-        "AND state IN ('delivered', 'undeliverable') AND body_kept ORDER BY created_at_ms LIMIT ?",
+        "AND state IN ('delivered', 'undeliverable', 'cancelled') AND body_kept ORDER BY created_at_ms LIMIT ?",
         ("DELETE FROM outbox_bodies WHERE seq IN ({})", "UPDATE outbox SET body_kept = 0 WHERE seq IN ({})"),
     ),
     "requests": (  # information requests sent, with the agencies asked

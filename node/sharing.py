@@ -18,10 +18,11 @@ from node import answers
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, SUMMARY_KINDS, Fill, kind_name
+from node.outbox import LIVE
 from node.policy import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
 from node.policy.minimise import routing_tokens
 from node.policy.rules import consent_absent, protected_role
-from node.store import FetchOne
+from node.store import FetchOne, Tx
 
 log = logs.get("node.sharing")
 
@@ -383,32 +384,89 @@ class Sharing:
             lambda _: lambda body: body.withdrawal.CopyFrom(withdrawal),
             request.actor,
         )
-        async with self.ctx.store.tx() as tx:
-            # Again where writes are serial: a call racing this one may have withdrawn it meanwhile.
-            await _refuse_a_repeat(tx.fetchone, request.summary_id, erase)
-            await tx.execute(
-                "INSERT INTO withdrawals(share_id, summary_id, ground, erase, at_ms) VALUES (?, ?, ?, ?, ?)",
-                (share_id, request.summary_id, request.ground, erase, tx.now_ms),
-            )
-            await tx.audit(
-                "summary.withdrawn",
-                request.actor,
-                tokens=tokens,
-                summary_id=request.summary_id,
-                rationale=request.reason,
-                detail={
-                    "share_id": share_id,
-                    "recipients": recipients,
-                    "ground": request.ground,
-                    "erase": erase,
-                    "breach": breach,
-                },
-            )
-            statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, request.summary_id)
+        withheld: set[str] = set()  # its versions not yet sent: the outbox keeps them back meanwhile
+        try:
+            async with self.ctx.store.tx() as tx:
+                # Again where writes are serial: a call racing this one may have withdrawn it meanwhile.
+                await _refuse_a_repeat(tx.fetchone, request.summary_id, erase)
+                await tx.execute(
+                    "INSERT INTO withdrawals(share_id, summary_id, ground, erase, at_ms) VALUES (?, ?, ?, ?, ?)",
+                    (share_id, request.summary_id, request.ground, erase, tx.now_ms),
+                )
+                unsent_to = await self._cancel_unsent(tx, request.summary_id, share_id, request.ground, withheld)
+                await tx.audit(
+                    "summary.withdrawn",
+                    request.actor,
+                    tokens=tokens,
+                    summary_id=request.summary_id,
+                    rationale=request.reason,
+                    detail={
+                        "share_id": share_id,
+                        "recipients": recipients,
+                        "ground": request.ground,
+                        "erase": erase,
+                        "breach": breach,
+                        "cancelled": sorted(withheld),
+                    },
+                )
+                statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, request.summary_id)
+        except BaseException:
+            self.ctx.outbox.release(withheld)
+            raise
         await self.ctx.changed()
-        log.info("summary.withdrawn", share_id=share_id, ground=request.ground, recipients=len(recipients))
+        log.info(
+            "summary.withdrawn",
+            share_id=share_id,
+            ground=request.ground,
+            recipients=len(recipients),
+            cancelled=len(withheld),
+        )
         findings = [BREACH_TO_ASSESS] if breach else []
+        if withheld:
+            agencies = ", ".join(sorted({self.ctx.agency(node).agency_name or node for node in unsent_to}))
+            findings.append(
+                node_api_pb2.PolicyFinding(
+                    code="versions_cancelled",
+                    severity="warning",
+                    message=f"{len(withheld)} message(s) of this summary were still waiting to be sent (to {agencies}) "
+                    "and are cancelled: they will not be sent",
+                )
+            )
         return node_api_pb2.ShareSummaryResponse(share_id=share_id, recipients=statuses, findings=findings)
+
+    async def _cancel_unsent(
+        self, tx: Tx, summary_id: str, withdrawal_id: str, ground: str, withheld: set[str]
+    ) -> set[str]:
+        """A withdrawn summary does not leave after its withdrawal: each version of it still
+        waiting to be sent (its recipient away, say) is cancelled, into `withheld`; the
+        recipients they were for. One on its way to the gateway goes: its recipient erases it,
+        or marks it withdrawn, when the withdrawal comes."""
+        rows = await (
+            await tx.execute(
+                "SELECT message_id, share_id, recipient FROM outbox INDEXED BY outbox_by_summary "
+                "WHERE summary_id = ? AND state = 'queued' AND kind != ?",
+                (summary_id, envelope_pb2.MESSAGE_KIND_WITHDRAWAL),
+            )
+        ).fetchall()
+        withheld |= self.ctx.outbox.withhold(row[0] for row in rows)
+        if not withheld:
+            return set()
+        reason = f"not sent: the summary was withdrawn ({ground}) before this left the node"
+        for message_id, version_id, recipient in rows:
+            if message_id in withheld:
+                await tx.execute(
+                    "UPDATE outbox SET state = 'cancelled', reason = ? WHERE message_id = ?", (reason, message_id)
+                )
+                await tx.audit(
+                    "message.cancelled",
+                    message_id=message_id,
+                    summary_id=summary_id,
+                    counterpart=recipient,
+                    detail={"share_id": version_id, "withdrawal": withdrawal_id, "reason": reason, "by": "sender"},
+                )
+        cancelled = set(withheld)
+        tx.on_commit(lambda: self.ctx.outbox.cancelled(cancelled))
+        return {recipient for message_id, _, recipient in rows if message_id in cancelled}
 
     async def _shared_on_consent(self, summary_id: str, ground: str) -> None:
         """A ground that says consent was withdrawn needs a summary last shared on consent."""
@@ -455,7 +513,7 @@ class Sharing:
             share_id=share_id,
             outcome=summary_pb2.DecisionOutcome.Value(share[0]) if share else summary_pb2.DECISION_OUTCOME_SHARED,
             recipients=recipients,
-            settled=all(r.state in ("delivered", "undeliverable") for r in recipients),
+            settled=all(r.state not in LIVE for r in recipients),
             withdrawal_ground=withdrawal[0],
             erase=bool(withdrawal[1]),
         )
@@ -464,7 +522,8 @@ class Sharing:
         """Delivery state changes, read from the audit log where each was recorded."""
         rows = await self.ctx.store.fetchall(
             "SELECT seq, ts_ms, event, entry FROM audit WHERE seq > ? AND event IN "
-            "('message.queued', 'message.sent', 'message.delivered', 'message.undeliverable') ORDER BY seq LIMIT ?",
+            "('message.queued', 'message.sent', 'message.delivered', 'message.undeliverable', 'message.cancelled') "
+            "ORDER BY seq LIMIT ?",
             (after_seq, limit),
         )
         events = []

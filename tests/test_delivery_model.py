@@ -410,6 +410,7 @@ def _delivered_in(model: DeliveryModel, order: tuple[int, ...], withdrawal_groun
     delivered to the recipient in `order`."""
     for _ in range(3):
         model.share()
+    model.pump()  # the versions are on their way: a withdrawal cancels only what has not left
     if withdrawal_ground:
         (summary_id,) = model.run(model.sender_store.fetchone("SELECT DISTINCT summary_id FROM outbox"))
         withdrawn = model.run(

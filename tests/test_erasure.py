@@ -15,7 +15,16 @@ import pytest
 from linkage import stories
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
-from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, next_item, running, wait_delivered
+from tests.harness import (
+    PRACTITIONER,
+    Cluster,
+    LocalFederation,
+    audit_events,
+    next_item,
+    running,
+    settle,
+    wait_delivered,
+)
 from tests.harness import linkage as linkage_cli
 from tests.test_audit_ig import PARENT, config, linkage
 from tests.test_workflows import CSC_WORKER, chronology_states, events, share, shared_with_both, think_family
@@ -238,3 +247,70 @@ async def test_the_senders_answers_about_an_erased_summary_are_erased_with_it(fe
         assert (raised.value.details() or "").startswith(
             f"item {before.message_id!r} was erased at its sender's request: this node no longer holds it"
         )
+
+
+async def test_a_version_still_waiting_to_be_sent_when_withdrawn_is_never_sent(federation: LocalFederation) -> None:
+    """The school's node is away when the summary goes, so its copy waits at the sender; the
+    summary is withdrawn as WRONG_PERSON meanwhile. That copy is cancelled, never sent: the
+    school, back, is told of the withdrawal only; children's social care, which had it, erases
+    it. The practitioner and the register learn which agency never had it (a breach's scope)."""
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        await cluster.stop_node("school")
+        shared = await share(cluster, assessment_id)
+        summary_id = (await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)).summary.summary_id
+        amh = cluster.nodes["amh"]
+        await wait_delivered(amh, 1)
+        await settle(amh)  # the school's copy went to the gateway, which said the school is away
+        to_school = next(r for r in shared.recipients if r.node_id == "school")
+
+        withdrawn = await cluster.api("amh").WithdrawSummary(
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONER, summary_id=summary_id, reason="Linked to the wrong family.", ground="WRONG_PERSON"
+            )
+        )
+        assert [f.code for f in withdrawn.findings] == ["breach_to_assess", "versions_cancelled"]
+        school_name = amh.trust.current(amh.clock.now_ms()).nodes["school"].agency_name
+        assert f"1 message(s) of this summary were still waiting to be sent (to {school_name})" in (
+            withdrawn.findings[1].message
+        )
+        status = await cluster.api("amh").GetShareStatus(
+            node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)
+        )
+        assert {r.node_id: r.state for r in status.recipients} == {"csc": "delivered", "school": "cancelled"}
+        assert status.settled
+        (cancelled,) = [r for r in status.recipients if r.state == "cancelled"]
+        assert cancelled.reason == "not sent: the summary was withdrawn (WRONG_PERSON) before this left the node"
+
+        feed = cluster.api("amh").WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER))
+        async for event in feed:  # the case system's delivery feed says so too
+            if event.status.state == "cancelled":
+                break
+        feed.cancel()
+        assert (event.share_id, event.status.message_id) == (shared.share_id, to_school.message_id)
+
+        await cluster.start_node("school")  # the gateway tells amh; what is due for the school goes now
+        await wait_delivered(amh, 3)  # the summary to csc, and the withdrawal to both
+        assert await amh.store.fetchone(  # type: ignore[union-attr]
+            "SELECT state FROM outbox WHERE message_id = ?", (to_school.message_id,)
+        ) == ("cancelled",)
+        assert held(cluster, "school", summary_id) == []  # no version of it ever reached the school
+        assert [state for _, state, *_ in held(cluster, "csc", summary_id)] == ["erased"]
+        notice = await next_item(cluster, "school", env.MESSAGE_KIND_WITHDRAWAL)
+        assert (notice.body.withdrawal.summary_id, notice.body.withdrawal.erase) == (summary_id, True)
+
+        entries = await audit_events(amh)
+        (entry,) = events(entries, "message.cancelled")
+        assert (entry["message_id"], entry["counterpart"]) == (to_school.message_id, "school")
+        assert entry["detail"]["withdrawal"] == withdrawn.share_id
+        assert events(entries, "summary.withdrawn")[0]["detail"]["cancelled"] == [to_school.message_id]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cluster.api("amh").RecordFollowUp(
+                node_api_pb2.FollowUpRequest(actor=PRACTITIONER, message_id=to_school.message_id, note="Phoned.")
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "was cancelled: there is nothing to follow up" in (refused.value.details() or "")
+
+    register = linkage("audit", "register", "--config", config(federation, "amh"))
+    assert register.returncode == 0, register.stderr
+    assert "; 1 message(s) of it not yet sent were cancelled, never sent" in register.stdout

@@ -493,6 +493,42 @@ async def test_migration_11_moves_each_kept_envelope_to_its_own_table(tmp_path: 
         await store.close()
 
 
+async def test_migration_31_lets_a_message_be_cancelled_and_keeps_every_row_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with _migrated_to(30, path) as db:
+        for message_id, state, follow_up in (("m1", "undeliverable", "Phoned."), ("m2", "queued", None)):
+            db.execute(
+                "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, "
+                "created_at_ms, kind, summary_id, follow_up) VALUES (?, 's', 'csc', x'00', ?, 1, 1, 1, 'sum', ?)",
+                (message_id, state, follow_up),
+            )
+            db.execute("INSERT INTO outbox_bodies(seq, envelope) VALUES (last_insert_rowid(), ?)", (b"sealed",))
+        with pytest.raises(sqlite3.IntegrityError):  # before 31 there was no such state
+            db.execute("UPDATE outbox SET state = 'cancelled' WHERE message_id = 'm2'")
+    store = await Store.open(path, ManualClock())
+    try:
+        async with store.tx() as tx:
+            await tx.execute("UPDATE outbox SET state = 'cancelled' WHERE message_id = 'm2'")
+        rows = await store.fetchall(
+            "SELECT o.seq, o.message_id, o.state, o.summary_id, o.follow_up, b.envelope FROM outbox o "
+            "JOIN outbox_bodies b ON b.seq = o.seq ORDER BY o.seq"
+        )
+        assert [tuple(r) for r in rows] == [
+            (1, "m1", "undeliverable", "sum", "Phoned.", b"sealed"),
+            (2, "m2", "cancelled", "sum", None, b"sealed"),
+        ]
+        indexes = {r[0] for r in await store.fetchall("SELECT name FROM sqlite_master WHERE tbl_name = 'outbox'")}
+        assert {
+            "outbox_due",
+            "outbox_by_share",
+            "outbox_by_summary",
+            "outbox_bodies_kept",
+            "outbox_to_follow_up",
+        } <= indexes
+    finally:
+        await store.close()
+
+
 async def test_migration_12_moves_each_received_message_to_its_own_table(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     with _migrated_to(11, path) as db:

@@ -45,6 +45,7 @@ PLAIN = {
     "message.sent": "Sent through the gateway",
     "message.delivered": "Delivered (signed receipt)",
     "message.undeliverable": "Could not be delivered",
+    "message.cancelled": "Not sent: its summary withdrawn first",
     "message.received": "Received from an agency",
     "message.rejected": "Refused on arrival",
     "message.read": "Opened",

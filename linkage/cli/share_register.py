@@ -109,6 +109,8 @@ def _withdrawal(e: dict[str, Any], directory: DirectoryView, db: sqlite3.Connect
         )
     else:
         note = f"erased here ({len(detail.get('erased', []))} version(s))"
+    if cancelled := detail.get("cancelled"):
+        note += f"; {len(cancelled)} message(s) of it not yet sent were cancelled, never sent"
     return {
         "direction": "withdrawn" if ours else "recalled",
         "ts_ms": e["ts_ms"],

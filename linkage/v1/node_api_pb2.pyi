@@ -1503,7 +1503,9 @@ class DeliveryStatus(_message.Message):
     node_id: _builtins.str
     message_id: _builtins.str
     state: _builtins.str
-    """queued | sent | delivered | undeliverable"""
+    """queued | sent | delivered | undeliverable | cancelled (not sent: its summary was
+    withdrawn before it left; `reason` says so)
+    """
     attempts: _builtins.int
     sent_at_ms: _builtins.int
     delivered_at_ms: _builtins.int
@@ -1712,7 +1714,7 @@ class ShareStatus(_message.Message):
     share_id: _builtins.str
     outcome: _summary_pb2.DecisionOutcome.ValueType
     settled: _builtins.bool
-    """every recipient delivered or undeliverable"""
+    """every recipient delivered, undeliverable or cancelled"""
     withdrawal_ground: _builtins.str
     """A withdrawal's ground (withdrawal_ground code), and whether it asks erasure: then a
     recipient's signed receipt ("delivered") says it has erased what it held.

@@ -446,4 +446,45 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX clarifications_asked_by_about ON clarifications_asked(about_message_id);
     CREATE INDEX inbox_clarification_answers ON inbox(in_reply_to) WHERE kind = 11;
     """,
+    # 31: a message may be cancelled: a version of a summary not yet forwarded when the
+    # summary is withdrawn is not sent (node/withholding.py). SQLite cannot change a CHECK in
+    # place, so the outbox is rebuilt as at 11, its rows and seqs as they were; a cancelled
+    # message is final, so retention purges its body as it does a delivered one's.
+    """
+    CREATE TABLE outbox_v4(
+      seq INTEGER PRIMARY KEY,
+      message_id TEXT NOT NULL UNIQUE,
+      share_id TEXT NOT NULL,
+      recipient TEXT NOT NULL,
+      digest BLOB NOT NULL,
+      state TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'delivered', 'undeliverable', 'cancelled')),
+      attempts INTEGER NOT NULL DEFAULT 0,
+      next_attempt_at_ms INTEGER NOT NULL,
+      created_at_ms INTEGER NOT NULL,
+      sent_at_ms INTEGER,
+      delivered_at_ms INTEGER,
+      receipt BLOB,
+      reason TEXT NOT NULL DEFAULT '',
+      kind INTEGER NOT NULL DEFAULT 1,
+      summary_id TEXT NOT NULL DEFAULT '',
+      read_at_ms INTEGER,
+      read_by_role TEXT NOT NULL DEFAULT '',
+      body_kept INTEGER NOT NULL DEFAULT 1,
+      follow_up TEXT,
+      followed_up_at_ms INTEGER
+    );
+    INSERT INTO outbox_v4 SELECT seq, message_id, share_id, recipient, digest, state, attempts, next_attempt_at_ms,
+      created_at_ms, sent_at_ms, delivered_at_ms, receipt, reason, kind, summary_id, read_at_ms, read_by_role,
+      body_kept, follow_up, followed_up_at_ms FROM outbox ORDER BY seq;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v4 RENAME TO outbox;
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at_ms, created_at_ms, message_id, recipient)
+      WHERE state IN ('queued', 'sent');
+    CREATE INDEX outbox_by_share ON outbox(share_id);
+    CREATE INDEX outbox_by_summary ON outbox(summary_id);
+    CREATE INDEX outbox_bodies_kept ON outbox(created_at_ms)
+      WHERE state IN ('delivered', 'undeliverable', 'cancelled') AND body_kept;
+    CREATE INDEX outbox_to_follow_up ON outbox(state, created_at_ms)
+      WHERE state = 'undeliverable' AND followed_up_at_ms IS NULL AND kind != 14;
+    """,
 )

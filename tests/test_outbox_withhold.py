@@ -1,0 +1,47 @@
+"""A message being cancelled (its summary withdrawn before it was sent) is kept back from the
+moment the withdrawal's transaction asks, and sent after all if that transaction fails; one
+already on its way to the gateway cannot be kept back. The outbox and its store are real;
+the gateway is the test, as in test_outbox_holds.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+from linkage.clock import ManualClock
+from linkage.v1 import gateway_pb2
+from node.outbox import Outbox
+from tests.test_outbox_holds import Gateway, answer, outbox, queue
+
+__all__ = ["outbox"]  # the fixture
+
+
+async def test_only_what_is_not_on_its_way_is_kept_back_until_cancelled_or_released(
+    outbox: tuple[Outbox, Gateway, ManualClock],
+) -> None:
+    box, gateway, clock = outbox
+    away, on_its_way = await queue(box, clock, "b", 1), await queue(box, clock, "c", 1)
+    await box.send_due()
+    sent = gateway.take()
+    await answer(box, sent[:1], gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE)  # b is away: its message waits
+
+    assert box.withhold(away + on_its_way) == set(away)  # c's awaits the gateway's answer: beyond recall
+    await box.on_peer_online("b")
+    await box.send_due()
+    assert gateway.take() == []  # b is back, but what is being cancelled stays
+
+    box.release(set(away))  # the withdrawal failed: it is queued still, and goes as any other
+    await box.send_due()
+    assert [m for m, _ in gateway.take()] == away
+
+    later = await queue(box, clock, "b", 1)
+    box.fresh([(later[0], "b", gateway_pb2.NodeFrame().send)])  # handed over, as a share's commit does
+    watching = asyncio.create_task(box.settled(later[0]))
+    await asyncio.sleep(0)  # it is watching
+    async with box.store.tx() as tx:  # as the withdrawal's transaction does
+        assert box.withhold(later) == set(later)
+        await tx.execute("UPDATE outbox SET state = 'cancelled' WHERE message_id = ?", (later[0],))
+        tx.on_commit(lambda: box.cancelled(set(later)))
+    assert await watching == "cancelled"
+    assert box._fresh == [] and not box._withheld  # nothing of it left to send
+    await box.send_due()
+    assert gateway.take() == []
