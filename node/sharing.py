@@ -1,5 +1,6 @@
 """Sharing summaries through the policy: a share, a risk change notice (increase,
-decrease, resolution), a "now historical" update, a correction, and a withdrawal.
+decrease, resolution), a "now historical" update, a correction, and (withdrawals.py) a
+withdrawal.
 All but a first share also go to every earlier recipient of that summary
 (UK GDPR Art 19: recipients are told of rectification)."""
 
@@ -16,23 +17,15 @@ from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers
 from node.context import NodeContext
-from node.errors import ApiError, check_notes, invalid, not_found
+from node.errors import ApiError, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, SUMMARY_KINDS, Fill, kind_name
 from node.outbox import LIVE
 from node.policy import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
 from node.policy.minimise import routing_tokens
-from node.policy.rules import consent_absent, protected_role
-from node.store import FetchOne, Tx
+from node.policy.rules import protected_role
+from node.withdrawals import Withdrawals
 
 log = logs.get("node.sharing")
-
-# What a withdrawal on a breach ground tells whoever made it (UK GDPR Art 33).
-BREACH_TO_ASSESS = node_api_pb2.PolicyFinding(
-    code="breach_to_assess",
-    severity="warning",
-    message="sharing it was a personal data breach: tell your information governance officer now; the ICO must be "
-    "told within 72 hours of your becoming aware of it unless it is unlikely to result in a risk to the people in it",
-)
 
 MAX_REQUEST_ID = 128
 _CARRIES_SUMMARY_MARKS = ",".join("?" * len(CARRIES_SUMMARY))
@@ -68,24 +61,6 @@ def decision_detail(share_id: str, result: PolicyResult, kind: int, jurisdiction
     }
 
 
-async def _refuse_a_repeat(fetchone: FetchOne, summary_id: str, erase: bool) -> None:
-    """A withdrawal, with nothing of the summary shared since, makes another one a repeat;
-    unless this one asks the recipients to erase it and no earlier one did."""
-    latest = await fetchone(
-        "SELECT kind, share_id FROM outbox WHERE summary_id = ? ORDER BY created_at_ms DESC, seq DESC LIMIT 1",
-        (summary_id,),
-    )
-    if latest is None or latest[0] != envelope_pb2.MESSAGE_KIND_WITHDRAWAL:
-        return
-    if erase and await fetchone("SELECT 1 FROM withdrawals WHERE summary_id = ? AND erase", (summary_id,)) is None:
-        return
-    raise ApiError(
-        grpc.StatusCode.FAILED_PRECONDITION,
-        f"summary {summary_id!r} is already withdrawn (withdrawal {latest[1]}; see GetShareStatus), "
-        "and no version was shared since",
-    )
-
-
 def _for_every_earlier_recipient(summary: summary_pb2.RiskSummary) -> bool:
     """A later version that tells of a decrease, a resolution or a closure intent goes to
     everyone who had an earlier one, whatever kind it is sent as (domain.md §6 rule 10; UK
@@ -98,6 +73,7 @@ def _for_every_earlier_recipient(summary: summary_pb2.RiskSummary) -> bool:
 class Sharing:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
+        self.withdrawals = Withdrawals(ctx, self.prior_recipients)
 
     async def prior_recipients(self, summary_id: str) -> list[str]:
         rows = await self.ctx.store.fetchall(
@@ -340,148 +316,7 @@ class Sharing:
         return node_api_pb2.ShareSummaryResponse.FromString(row[2])
 
     async def withdraw(self, request: node_api_pb2.WithdrawSummaryRequest) -> node_api_pb2.ShareSummaryResponse:
-        if not request.reason.strip():
-            raise invalid("say why the summary is withdrawn; every recipient is told")
-        check_notes(reason=request.reason)
-        codes = self.ctx.policy.codes
-        ground = codes.entry("withdrawal_ground", request.ground)
-        if not ground:
-            raise invalid(
-                f"ground {request.ground!r} is not a withdrawal ground; use one of {codes.codes('withdrawal_ground')} "
-                "(it decides whether every recipient erases the summary)"
-            )
-        erase, breach = bool(ground.get("erase")), bool(ground.get("breach"))
-        recipients = await self.prior_recipients(request.summary_id)
-        if not recipients:
-            raise not_found(f"summary {request.summary_id!r} was never shared from this node")
-        await _refuse_a_repeat(self.ctx.store.fetchone, request.summary_id, erase)
-        if ground.get("on_consent"):
-            await self._shared_on_consent(request.summary_id, request.ground)
-        # The link tokens it went with, from the oldest of its messages whose body retention kept.
-        row = await self.ctx.store.fetchone(
-            "SELECT b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? "
-            "ORDER BY o.created_at_ms LIMIT 1",
-            (request.summary_id,),
-        )
-        if row is None:
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"summary {request.summary_id!r} was shared too long ago: retention has purged what it was sent "
-                "with, so this node cannot address a withdrawal; tell its recipients another way",
-            )
-        tokens = list(
-            envelope_pb2.RoutingHeader.FromString(envelope_pb2.Envelope.FromString(row[0]).routing).link_tokens
-        )
-        share_id = uuid7(self.ctx.clock.now_ms())
-        withdrawal = workflow_pb2.Withdrawal(
-            summary_id=request.summary_id, reason=request.reason, ground=request.ground, erase=erase
-        )
-        sealed = await self.ctx.messenger.seal_each(
-            recipients,
-            envelope_pb2.MESSAGE_KIND_WITHDRAWAL,
-            tokens,
-            share_id,
-            lambda _: lambda body: body.withdrawal.CopyFrom(withdrawal),
-            request.actor,
-        )
-        withheld: set[str] = set()  # its versions not yet sent: the outbox keeps them back meanwhile
-        try:
-            async with self.ctx.store.tx() as tx:
-                # Again where writes are serial: a call racing this one may have withdrawn it meanwhile.
-                await _refuse_a_repeat(tx.fetchone, request.summary_id, erase)
-                await tx.execute(
-                    "INSERT INTO withdrawals(share_id, summary_id, ground, erase, at_ms) VALUES (?, ?, ?, ?, ?)",
-                    (share_id, request.summary_id, request.ground, erase, tx.now_ms),
-                )
-                unsent_to = await self._cancel_unsent(tx, request.summary_id, share_id, request.ground, withheld)
-                await tx.audit(
-                    "summary.withdrawn",
-                    request.actor,
-                    tokens=tokens,
-                    summary_id=request.summary_id,
-                    rationale=request.reason,
-                    detail={
-                        "share_id": share_id,
-                        "recipients": recipients,
-                        "ground": request.ground,
-                        "erase": erase,
-                        "breach": breach,
-                        "cancelled": sorted(withheld),
-                    },
-                )
-                statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, request.summary_id)
-        except BaseException:
-            self.ctx.outbox.release(withheld)
-            raise
-        await self.ctx.changed()
-        log.info(
-            "summary.withdrawn",
-            share_id=share_id,
-            ground=request.ground,
-            recipients=len(recipients),
-            cancelled=len(withheld),
-        )
-        findings = [BREACH_TO_ASSESS] if breach else []
-        if withheld:
-            agencies = ", ".join(sorted({self.ctx.agency(node).agency_name or node for node in unsent_to}))
-            findings.append(
-                node_api_pb2.PolicyFinding(
-                    code="versions_cancelled",
-                    severity="warning",
-                    message=f"{len(withheld)} message(s) of this summary were still waiting to be sent (to {agencies}) "
-                    "and are cancelled: they will not be sent",
-                )
-            )
-        return node_api_pb2.ShareSummaryResponse(share_id=share_id, recipients=statuses, findings=findings)
-
-    async def _cancel_unsent(
-        self, tx: Tx, summary_id: str, withdrawal_id: str, ground: str, withheld: set[str]
-    ) -> set[str]:
-        """A withdrawn summary does not leave after its withdrawal: each version of it still
-        waiting to be sent (its recipient away, say) is cancelled, into `withheld`; the
-        recipients they were for. One on its way to the gateway goes: its recipient erases it,
-        or marks it withdrawn, when the withdrawal comes."""
-        rows = await (
-            await tx.execute(
-                "SELECT message_id, share_id, recipient FROM outbox INDEXED BY outbox_by_summary "
-                "WHERE summary_id = ? AND state = 'queued' AND kind != ?",
-                (summary_id, envelope_pb2.MESSAGE_KIND_WITHDRAWAL),
-            )
-        ).fetchall()
-        withheld |= self.ctx.outbox.withhold(row[0] for row in rows)
-        if not withheld:
-            return set()
-        reason = f"not sent: the summary was withdrawn ({ground}) before this left the node"
-        for message_id, version_id, recipient in rows:
-            if message_id in withheld:
-                await tx.execute(
-                    "UPDATE outbox SET state = 'cancelled', reason = ? WHERE message_id = ?", (reason, message_id)
-                )
-                await tx.audit(
-                    "message.cancelled",
-                    message_id=message_id,
-                    summary_id=summary_id,
-                    counterpart=recipient,
-                    detail={"share_id": version_id, "withdrawal": withdrawal_id, "reason": reason, "by": "sender"},
-                )
-        cancelled = set(withheld)
-        tx.on_commit(lambda: self.ctx.outbox.cancelled(cancelled))
-        return {recipient for message_id, _, recipient in rows if message_id in cancelled}
-
-    async def _shared_on_consent(self, summary_id: str, ground: str) -> None:
-        """A ground that says consent was withdrawn needs a summary last shared on consent."""
-        row = await self.ctx.store.fetchone(
-            "SELECT s.decision FROM outbox o JOIN shares s ON s.share_id = o.share_id WHERE o.summary_id = ? "
-            "ORDER BY o.created_at_ms DESC, o.seq DESC LIMIT 1",
-            (summary_id,),
-        )
-        decision = summary_pb2.ShareDecision.FromString(row[0]) if row is not None else summary_pb2.ShareDecision()
-        consent = decision.consent_status
-        if not consent or consent_absent(decision):
-            raise invalid(
-                f"ground {ground}: summary {summary_id!r} was last shared with consent {consent or 'unrecorded'}, "
-                "not on consent; if sharing it was wrong, withdraw it as SHARED_IN_ERROR or NO_LAWFUL_BASIS"
-            )
+        return await self.withdrawals.withdraw(request)
 
     async def share_status(self, share_id: str) -> node_api_pb2.ShareStatus:
         share = await self.ctx.store.fetchone("SELECT outcome FROM shares WHERE share_id = ?", (share_id,))

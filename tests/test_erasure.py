@@ -314,3 +314,7 @@ async def test_a_version_still_waiting_to_be_sent_when_withdrawn_is_never_sent(f
     register = linkage("audit", "register", "--config", config(federation, "amh"))
     assert register.returncode == 0, register.stderr
     assert "; 1 message(s) of it not yet sent were cancelled, never sent" in register.stdout
+    report = json.loads(
+        linkage("audit", "report", "--config", config(federation, "amh"), "--person", PARENT, "--json").stdout
+    )
+    assert [r["with"] for r in report if r["what"] == "Not sent: its summary withdrawn first"] == [school_name]
