@@ -58,6 +58,7 @@ def decision_detail(share_id: str, result: PolicyResult, kind: int, jurisdiction
         "findings": [f.code for f in result.findings],
         "agreement": d.agreement_version,
         **({"handling": list(d.handling_conditions)} if d.handling_conditions else {}),
+        **({"left_out": {left.node_id: left.reason for left in d.not_shared_with}} if d.not_shared_with else {}),
     }
 
 
@@ -108,18 +109,20 @@ class Sharing:
         tokens: list[bytes],
         only: list[str] | None,
         case_open: bool,
-    ) -> list[str]:
+    ) -> tuple[list[str], frozenset[str]]:
+        """Whom it goes to, and which of them it must reach: those that had an earlier version."""
         if only is not None:
-            return only
+            return only, frozenset()
         if not case_open:  # no longer linked to the family: what it sends goes to those who had the summary
-            return await self._recipients_after_closing(kind, assessment.summary_id)
+            prior = await self._recipients_after_closing(kind, assessment.summary_id)
+            return prior, frozenset(prior)
         linked = set(await self.ctx.resolve(tokens))
         if kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE and not _for_every_earlier_recipient(assessment):
-            return sorted(linked)
+            return sorted(linked), frozenset()
         prior = await self.prior_recipients(assessment.summary_id)
         if kind == envelope_pb2.MESSAGE_KIND_CORRECTION and not prior:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "nothing to correct: this summary was never shared")
-        return sorted(linked | set(prior))
+        return sorted(linked | set(prior)), frozenset(prior)
 
     async def _recipients_after_closing(self, kind: int, summary_id: str) -> list[str]:
         if kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE:
@@ -164,7 +167,7 @@ class Sharing:
         tokens = routing_tokens(assessment)
         if not tokens:
             raise invalid("the assessment names nobody who may be shared about (all identities are protected)")
-        recipient_ids = await self._recipients(kind, assessment, tokens, only, case_open)
+        recipient_ids, must_reach = await self._recipients(kind, assessment, tokens, only, case_open)
         directory = self.ctx.directory()
         recipients = [
             RecipientInfo(node_id=n, agency_type=directory.nodes[n].agency_type)
@@ -181,6 +184,7 @@ class Sharing:
                 decision_id=decision_id,
                 now_ms=self.ctx.clock.now_ms(),
                 answering_request=answering_request,
+                must_reach=must_reach,
             ),
             self.ctx.policy,
         )

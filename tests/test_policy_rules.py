@@ -16,7 +16,7 @@ from linkage.clock import SystemClock
 from linkage.v1 import summary_pb2 as pb
 from node import dates
 from node.policy.rules import date_problems, review_rules
-from tests.policy_fixtures import CHILD, CONTEXT, PARENT, codes, request, run
+from tests.policy_fixtures import CHILD, CONTEXT, CSC, PARENT, SCHOOL, codes, request, run
 
 Mutation = Callable[[pb.RiskSummary, pb.ShareDecision], None]
 
@@ -341,3 +341,46 @@ def test_an_acronym_is_flagged_exactly_where_it_stands_alone(parts: list[str]) -
     alone = {t for t in TERMS if any(_alone(text, m.start(), m.end()) for m in re.finditer(re.escape(t), text))}
     flagged = {t for t in TERMS for f in CONTEXT.glossary.findings("Text", text) if f"'{t}'" in f.message}
     assert flagged == alone
+
+
+def _leaving_out(*left: tuple[str, str]) -> pb.ShareDecision:
+    decision = stories.override_decision()
+    for node_id, reason in left:
+        decision.not_shared_with.add(node_id=node_id, reason=reason)
+    return decision
+
+
+def test_a_linked_agency_left_out_gets_nothing_and_the_others_do_not_learn_of_it() -> None:
+    why = "The school needs nothing of the parent's treatment to keep the child safe at school."
+    result = run(request(decision=_leaving_out(("school", why)), recipients=[CSC, SCHOOL]))
+    assert result.outcome == pb.DECISION_OUTCOME_SHARED_PARTIAL and not result.errors
+    assert sorted(result.payloads) == ["csc"]
+    school = next(r for r in result.decision.recipients if r.node_id == "school")
+    assert (list(school.withheld), list(school.fields)) == ([f"left out by the practitioner: {why}"], [])
+    told = result.payloads["csc"].decision  # signed into the copy csc gets
+    assert [r.node_id for r in told.recipients] == ["csc"] and not told.not_shared_with
+    assert told.rationale == result.decision.rationale
+
+
+@pytest.mark.parametrize(
+    ("left", "must_reach", "code"),
+    [
+        (("police", "Not involved."), frozenset(), "left_out_not_reached"),
+        (("school", "  "), frozenset(), "left_out_reason_missing"),
+        (("school", "x" * 2_001), frozenset(), "text_too_long"),
+        (("school", "It had the first version."), frozenset({"school"}), "left_out_must_be_told"),
+    ],
+)
+def test_leaving_an_agency_out_needs_a_reason_and_an_agency_it_may_leave_out(
+    left: tuple[str, str], must_reach: frozenset[str], code: str
+) -> None:
+    asked = dataclasses.replace(request(decision=_leaving_out(left), recipients=[CSC, SCHOOL]), must_reach=must_reach)
+    result = run(asked)
+    assert result.outcome == pb.DECISION_OUTCOME_NOT_SHARED and not result.payloads
+    assert code in {f.code for f in result.errors}
+
+
+def test_leaving_every_agency_out_is_a_recorded_decision_not_to_share() -> None:
+    result = run(request(decision=_leaving_out(("csc", "Already knows, from the strategy meeting.")), recipients=[CSC]))
+    assert result.outcome == pb.DECISION_OUTCOME_NOT_SHARED and not result.payloads and not result.errors
+    assert [f.code for f in result.findings if f.severity == "warning"] == ["all_left_out"]

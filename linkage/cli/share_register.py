@@ -59,6 +59,7 @@ def _agency_type(directory: DirectoryView, node_id: str) -> str:
 def _sent(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any]:
     detail = e["detail"]
     got = [r for r in detail.get("recipients", []) if r["fields"]]  # who received something
+    left_out: dict[str, str] = detail.get("left_out", {})  # linked agencies the practitioner decided against
     return {
         "direction": "sent",
         "ts_ms": e["ts_ms"],
@@ -74,7 +75,7 @@ def _sent(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any]:
         "handling": detail.get("handling", []),
         "by": _by(e),
         "why": e["rationale"],
-        "note": "",
+        "note": "; ".join(f"left out: {agency_name(directory, n)} ({why})" for n, why in left_out.items()),
     }
 
 

@@ -604,6 +604,7 @@ class ShareDecision(_message.Message):
     BEST_INTERESTS_REF_FIELD_NUMBER: _builtins.int
     HANDLING_CONDITIONS_FIELD_NUMBER: _builtins.int
     HANDLING_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    NOT_SHARED_WITH_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     outcome: Global___DecisionOutcome.ValueType
     rationale: _builtins.str
@@ -638,6 +639,13 @@ class ShareDecision(_message.Message):
         conditions in words where a code needs them (police handling code C).
         """
 
+    @_builtins.property
+    def not_shared_with(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotSharedWith]:
+        """Linked agencies the practitioner decided this share is not for, each with why (share
+        only what is necessary; record the reasons not to share). The sender keeps them; the
+        copies recipients get name neither them nor the reasons.
+        """
+
     def __init__(
         self,
         *,
@@ -661,14 +669,37 @@ class ShareDecision(_message.Message):
         best_interests_ref: _builtins.str = ...,
         handling_conditions: _abc.Iterable[_builtins.str] | None = ...,
         handling_instructions: _builtins.str = ...,
+        not_shared_with: _abc.Iterable[Global___NotSharedWith] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "decided_by", b"decided_by", "lawful_basis", b"lawful_basis"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_version", b"agreement_version", "approved_by", b"approved_by", "best_interests_ref", b"best_interests_ref", "capacity_assessment_ref", b"capacity_assessment_ref", "codelists_version", b"codelists_version", "consent_status", b"consent_status", "decided_at_ms", b"decided_at_ms", "decided_by", b"decided_by", "decision_id", b"decision_id", "handling_conditions", b"handling_conditions", "handling_instructions", b"handling_instructions", "lawful_basis", b"lawful_basis", "necessity_proportionality", b"necessity_proportionality", "outcome", b"outcome", "override_grounds", b"override_grounds", "purpose", b"purpose", "rationale", b"rationale", "recipients", b"recipients", "subject_informed", b"subject_informed", "subject_not_informed_reason", b"subject_not_informed_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_version", b"agreement_version", "approved_by", b"approved_by", "best_interests_ref", b"best_interests_ref", "capacity_assessment_ref", b"capacity_assessment_ref", "codelists_version", b"codelists_version", "consent_status", b"consent_status", "decided_at_ms", b"decided_at_ms", "decided_by", b"decided_by", "decision_id", b"decision_id", "handling_conditions", b"handling_conditions", "handling_instructions", b"handling_instructions", "lawful_basis", b"lawful_basis", "necessity_proportionality", b"necessity_proportionality", "not_shared_with", b"not_shared_with", "outcome", b"outcome", "override_grounds", b"override_grounds", "purpose", b"purpose", "rationale", b"rationale", "recipients", b"recipients", "subject_informed", b"subject_informed", "subject_not_informed_reason", b"subject_not_informed_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShareDecision: _TypeAlias = ShareDecision  # noqa: Y015
+
+@_typing.final
+class NotSharedWith(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotSharedWith: _TypeAlias = NotSharedWith  # noqa: Y015
 
 @_typing.final
 class RiskSummary(_message.Message):

@@ -12,7 +12,7 @@ from node.policy.agreement import Agreement
 from node.policy.findings import Finding
 from node.policy.glossary import Glossary
 from node.policy.minimise import Payload, payload_for
-from node.policy.rules import consent_absent, decision_rules, review_rules, summary_rules
+from node.policy.rules import consent_absent, decision_rules, left_out_rules, review_rules, summary_rules
 
 MAX_RECIPIENTS = 50
 PRACTITIONER_OUTCOMES = (pb.DECISION_OUTCOME_NOT_SHARED, pb.DECISION_OUTCOME_DEFERRED)
@@ -43,6 +43,7 @@ class ShareRequest:
     decision_id: str
     now_ms: int
     answering_request: bool = False  # in answer to another agency's information request
+    must_reach: frozenset[str] = frozenset()  # had an earlier version: not to be left out of this one
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
         jurisdictions.of_summary(request.assessment),
         request.answering_request,
     )
+    findings += left_out_rules(request.decision, {r.node_id for r in request.recipients}, request.must_reach)
     findings += summary_rules(request.assessment, context.codes)
     findings += review_rules(request.assessment, dates.today(request.now_ms))
     findings += _plain_language(request, context.glossary)
@@ -134,8 +136,16 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
         _finish(decision, pb.DECISION_OUTCOME_DEFERRED, findings)
         return PolicyResult(decision=decision, findings=findings)
 
+    left_out = {left.node_id: left.reason for left in decision.not_shared_with}
     payloads: dict[str, Payload] = {}
     for recipient in request.recipients:
+        if recipient.node_id in left_out:
+            decision.recipients.add(
+                node_id=recipient.node_id,
+                agency_type=recipient.agency_type,
+                withheld=[f"left out by the practitioner: {left_out[recipient.node_id]}"],
+            )
+            continue
         rules = context.agreement.rules_for(recipient.agency_type)
         payload = payload_for(request.assessment, rules, context.codes, recipient.agency_type)
         record = decision.recipients.add(
@@ -149,6 +159,12 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
             payloads[recipient.node_id] = payload
         else:
             record.withheld.append("nothing in this summary may go to this recipient under the agreement")
+    if not payloads and len(left_out) == len(request.recipients):
+        findings.append(
+            Finding("all_left_out", "Every agency this share would reach is left out: nothing was sent.", "warning")
+        )
+        _finish(decision, pb.DECISION_OUTCOME_NOT_SHARED, findings)
+        return PolicyResult(decision=decision, findings=findings)
     if not payloads:
         findings.append(
             Finding("nothing_permitted", "The agreement lets none of this summary go to the linked agencies.")
@@ -165,6 +181,20 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
             )
         )
     _finish(decision, pb.DECISION_OUTCOME_SHARED_PARTIAL if partial else pb.DECISION_OUTCOME_SHARED, findings)
+    told = _as_recipients_see_it(decision, left_out)
     for payload in payloads.values():
-        payload.summary.decision.CopyFrom(decision)
+        payload.summary.decision.CopyFrom(told)
     return PolicyResult(decision=decision, findings=findings, payloads={n: p.summary for n, p in payloads.items()})
+
+
+def _as_recipients_see_it(decision: pb.ShareDecision, left_out: dict[str, str]) -> pb.ShareDecision:
+    """The decision as it travels: without the agencies left out, or why (the sender keeps that)."""
+    if not left_out:
+        return decision
+    told = pb.ShareDecision()
+    told.CopyFrom(decision)
+    del told.not_shared_with[:]
+    kept = [r for r in told.recipients if r.node_id not in left_out]
+    del told.recipients[:]
+    told.recipients.extend(kept)
+    return told

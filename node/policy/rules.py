@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from linkage import jurisdictions
 from linkage.codelists import CodeLists
@@ -163,6 +163,33 @@ def decision_rules(
             "capacity_refs_missing",
             "Lack of capacity needs the decision-specific capacity assessment and the best-interests decision.",
         )
+
+
+def left_out_rules(
+    decision: pb.ShareDecision, reaching: Collection[str], must_reach: Collection[str]
+) -> Iterator[Finding]:
+    """An agency left out of a share is one it would reach, and the decision says why; one
+    that had an earlier version is not left out of what changes or corrects it (UK GDPR Art 19)."""
+    for n, left in enumerate(decision.not_shared_with, start=1):
+        who = left.node_id or f"agency {n} left out"
+        if left.node_id not in reaching:
+            yield Finding(
+                "left_out_not_reached",
+                f"{who} is not among the agencies this share would reach; leave out only those it would.",
+            )
+        elif left.node_id in must_reach:
+            yield Finding(
+                "left_out_must_be_told",
+                f"{who} had an earlier version of this summary: what changes or corrects it goes to every "
+                "agency that had it (UK GDPR Art 19).",
+            )
+        if not left.reason.strip():
+            yield Finding(
+                "left_out_reason_missing", f"Say why {who} is left out: every decision not to share needs its reasons."
+            )
+    yield from _too_long(
+        (f"reason {left.node_id} is left out", left.reason, MAX_TEXT) for left in decision.not_shared_with
+    )
 
 
 def handling_rules(decision: pb.ShareDecision, codes: CodeLists) -> Iterator[Finding]:
