@@ -18,17 +18,16 @@ from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
-from node.messaging import CARRIES_SUMMARY, SUMMARY_KINDS, Fill, kind_name
+from node.messaging import SUMMARY_KINDS, Fill, kind_name
 from node.outbox import LIVE
 from node.policy import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
 from node.policy.minimise import routing_tokens
 from node.policy.rules import protected_role
-from node.withdrawals import Withdrawals
+from node.withdrawals import Withdrawals, standing
 
 log = logs.get("node.sharing")
 
 MAX_REQUEST_ID = 128
-_CARRIES_SUMMARY_MARKS = ",".join("?" * len(CARRIES_SUMMARY))
 CHANGE_DIRECTIONS = {"NEW", "INCREASED", "DECREASED", "RESOLVED", "NOT_SUBSTANTIATED"}
 EASED = frozenset({"DECREASED", "RESOLVED"})
 
@@ -74,14 +73,13 @@ def _for_every_earlier_recipient(summary: summary_pb2.RiskSummary) -> bool:
 class Sharing:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
-        self.withdrawals = Withdrawals(ctx, self.prior_recipients)
+        self.withdrawals = Withdrawals(ctx)
 
-    async def prior_recipients(self, summary_id: str) -> list[str]:
-        rows = await self.ctx.store.fetchall(
-            f"SELECT DISTINCT recipient FROM outbox WHERE summary_id = ? AND kind IN ({_CARRIES_SUMMARY_MARKS})",
-            (summary_id, *CARRIES_SUMMARY),
-        )
-        return sorted(r[0] for r in rows)
+    async def holders(self, summary_id: str) -> list[str]:
+        """The agencies that hold a version of the summary: a later one goes to each (UK GDPR
+        Art 19), but not to one that was asked to erase it and was sent nothing since."""
+        where = await standing(self.ctx.store.fetchall, summary_id)
+        return sorted(node for node, stands in where.items() if stands.state != "erased")
 
     async def _assessment(self, assessment_id: str) -> tuple[summary_pb2.RiskSummary, bool]:
         """The assessment, with everyone its case protects (now, not only when it was recorded)
@@ -119,7 +117,7 @@ class Sharing:
         linked = set(await self.ctx.resolve(tokens))
         if kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE and not _for_every_earlier_recipient(assessment):
             return sorted(linked), frozenset()
-        prior = await self.prior_recipients(assessment.summary_id)
+        prior = await self.holders(assessment.summary_id)
         if kind == envelope_pb2.MESSAGE_KIND_CORRECTION and not prior:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "nothing to correct: this summary was never shared")
         return sorted(linked | set(prior)), frozenset(prior)
@@ -131,7 +129,7 @@ class Sharing:
                 "the case is closed, so this node is no longer linked to the family: a new summary goes from an "
                 "open case; a correction, historical update or change notice still reaches every agency that had it",
             )
-        if not (prior := await self.prior_recipients(summary_id)):
+        if not (prior := await self.holders(summary_id)):
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "the case is closed and this summary was never shared: no one to tell",

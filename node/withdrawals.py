@@ -1,10 +1,10 @@
-"""Withdrawing a summary from everyone who received it, on a ground that decides whether
-each erases it (UK GDPR Arts 17 and 19; domain.md §3.8), and cancelling what of it has not
+"""Withdrawing a summary from everyone who holds it, or from some of them, on a ground that
+decides whether each erases it (UK GDPR Arts 17 and 19; domain.md §3.8), and cancelling what of it has not
 yet left this node."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 
@@ -14,8 +14,9 @@ from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
+from node.messaging import CARRIES_SUMMARY
 from node.policy.rules import consent_absent
-from node.store import FetchOne, Tx
+from node.store import FetchAll, Tx
 
 log = logs.get("node.withdrawals")
 
@@ -28,28 +29,51 @@ BREACH_TO_ASSESS = node_api_pb2.PolicyFinding(
 )
 
 
-async def _refuse_a_repeat(fetchone: FetchOne, summary_id: str, erase: bool) -> None:
-    """A withdrawal, with nothing of the summary shared since, makes another one a repeat;
-    unless this one asks the recipients to erase it and no earlier one did."""
-    latest = await fetchone(
-        "SELECT kind, share_id FROM outbox WHERE summary_id = ? ORDER BY created_at_ms DESC, seq DESC LIMIT 1",
+@dataclass(frozen=True)
+class Standing:
+    """Where a summary stands with one agency it went to."""
+
+    state: str  # "holds" a version; "withdrawn" (its copies kept, marked so); "erased"
+    withdrawal: str = ""  # the last withdrawal's share id
+
+
+async def standing(fetchall: FetchAll, summary_id: str) -> dict[str, Standing]:
+    """Where the summary stands with each agency it went to, from this node's outbox in the
+    order it sent: a version (one cancelled before it left never reached them), or a
+    withdrawal since, which erased it or not. (Withdrawals before migration 27 kept it.)"""
+    rows = await fetchall(
+        "SELECT o.recipient, o.kind, o.share_id, o.state, w.erase FROM outbox o INDEXED BY outbox_by_summary "
+        "LEFT JOIN withdrawals w ON w.share_id = o.share_id WHERE o.summary_id = ? ORDER BY o.seq",
         (summary_id,),
     )
-    if latest is None or latest[0] != envelope_pb2.MESSAGE_KIND_WITHDRAWAL:
-        return
-    if erase and await fetchone("SELECT 1 FROM withdrawals WHERE summary_id = ? AND erase", (summary_id,)) is None:
-        return
-    raise ApiError(
-        grpc.StatusCode.FAILED_PRECONDITION,
-        f"summary {summary_id!r} is already withdrawn (withdrawal {latest[1]}; see GetShareStatus), "
-        "and no version was shared since",
-    )
+    where: dict[str, Standing] = {}
+    for recipient, kind, share_id, state, erase in rows:
+        if kind == envelope_pb2.MESSAGE_KIND_WITHDRAWAL:
+            if recipient in where:
+                where[recipient] = Standing("erased" if erase else "withdrawn", share_id)
+        elif kind in CARRIES_SUMMARY and state != "cancelled":
+            where[recipient] = Standing("holds")
+    return where
+
+
+def _refuse_repeats(where: dict[str, Standing], recipients: list[str], summary_id: str, erase: bool) -> None:
+    """A withdrawal from an agency, with nothing of the summary sent to it since, makes another
+    one a repeat; unless this one asks it to erase the summary and the last one did not."""
+    if repeats := [r for r in recipients if _repeat(where[r], erase)]:
+        raise ApiError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"summary {summary_id!r} is already withdrawn (withdrawal {where[repeats[0]].withdrawal}; see "
+            f"GetShareStatus) from {', '.join(repeats)}, and no version was sent there since",
+        )
+
+
+def _repeat(stands: Standing, erase: bool) -> bool:
+    return stands.state == "erased" or (stands.state == "withdrawn" and not erase)
 
 
 class Withdrawals:
-    def __init__(self, ctx: NodeContext, prior_recipients: Callable[[str], Awaitable[list[str]]]) -> None:
+    def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
-        self.prior_recipients = prior_recipients
 
     async def withdraw(self, request: node_api_pb2.WithdrawSummaryRequest) -> node_api_pb2.ShareSummaryResponse:
         if not request.reason.strip():
@@ -63,10 +87,17 @@ class Withdrawals:
                 "(it decides whether every recipient erases the summary)"
             )
         erase, breach = bool(ground.get("erase")), bool(ground.get("breach"))
-        recipients = await self.prior_recipients(request.summary_id)
-        if not recipients:
+        where = await standing(self.ctx.store.fetchall, request.summary_id)
+        if not where:
             raise not_found(f"summary {request.summary_id!r} was never shared from this node")
-        await _refuse_a_repeat(self.ctx.store.fetchone, request.summary_id, erase)
+        # Named agencies, or every one this withdrawal is not a repeat for.
+        recipients = sorted(set(request.recipients)) or [r for r in sorted(where) if not _repeat(where[r], erase)]
+        if strangers := [r for r in recipients if r not in where]:
+            raise invalid(
+                f"summary {request.summary_id!r} never went to {', '.join(strangers)}; "
+                f"it went to {', '.join(sorted(where))}"
+            )
+        _refuse_repeats(where, recipients or sorted(where), request.summary_id, erase)
         if ground.get("on_consent"):
             await self._shared_on_consent(request.summary_id, request.ground)
         # The link tokens it went with, from the oldest of its messages whose body retention kept.
@@ -100,12 +131,12 @@ class Withdrawals:
         try:
             async with self.ctx.store.tx() as tx:
                 # Again where writes are serial: a call racing this one may have withdrawn it meanwhile.
-                await _refuse_a_repeat(tx.fetchone, request.summary_id, erase)
+                _refuse_repeats(await standing(tx.fetchall, request.summary_id), recipients, request.summary_id, erase)
                 await tx.execute(
                     "INSERT INTO withdrawals(share_id, summary_id, ground, erase, at_ms) VALUES (?, ?, ?, ?, ?)",
                     (share_id, request.summary_id, request.ground, erase, tx.now_ms),
                 )
-                unsent_to = await self._cancel_unsent(tx, request.summary_id, share_id, request.ground, withheld)
+                unsent_to = await self._cancel_unsent(tx, request, recipients, share_id, withheld)
                 await tx.audit(
                     "summary.withdrawn",
                     request.actor,
@@ -147,7 +178,12 @@ class Withdrawals:
         return node_api_pb2.ShareSummaryResponse(share_id=share_id, recipients=statuses, findings=findings)
 
     async def _cancel_unsent(
-        self, tx: Tx, summary_id: str, withdrawal_id: str, ground: str, withheld: set[str]
+        self,
+        tx: Tx,
+        request: node_api_pb2.WithdrawSummaryRequest,
+        recipients: list[str],
+        withdrawal_id: str,
+        withheld: set[str],
     ) -> set[str]:
         """A withdrawn summary does not leave after its withdrawal: each version of it still
         waiting to be sent (its recipient away, say) is cancelled, into `withheld`; the
@@ -157,13 +193,14 @@ class Withdrawals:
             await tx.execute(
                 "SELECT o.message_id, o.share_id, o.recipient, b.envelope FROM outbox o INDEXED BY outbox_by_summary "
                 "JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? AND o.state = 'queued' AND o.kind != ?",
-                (summary_id, envelope_pb2.MESSAGE_KIND_WITHDRAWAL),
+                (request.summary_id, envelope_pb2.MESSAGE_KIND_WITHDRAWAL),
             )
         ).fetchall()
+        rows = [row for row in rows if row[2] in recipients]  # a withdrawal from some agencies keeps to them
         withheld |= self.ctx.outbox.withhold(row[0] for row in rows)
         if not withheld:
             return set()
-        reason = f"not sent: the summary was withdrawn ({ground}) before this left the node"
+        reason = f"not sent: the summary was withdrawn ({request.ground}) before this left the node"
         for message_id, version_id, recipient, envelope in rows:
             if message_id in withheld:
                 await tx.execute(
@@ -173,7 +210,7 @@ class Withdrawals:
                     "message.cancelled",
                     tokens=parse_routing(envelope_pb2.Envelope.FromString(envelope)).link_tokens,
                     message_id=message_id,
-                    summary_id=summary_id,
+                    summary_id=request.summary_id,
                     counterpart=recipient,
                     detail={"share_id": version_id, "withdrawal": withdrawal_id, "reason": reason, "by": "sender"},
                 )

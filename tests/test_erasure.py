@@ -318,3 +318,49 @@ async def test_a_version_still_waiting_to_be_sent_when_withdrawn_is_never_sent(f
         linkage("audit", "report", "--config", config(federation, "amh"), "--person", PARENT, "--json").stdout
     )
     assert [r["with"] for r in report if r["what"] == "Not sent: its summary withdrawn first"] == [school_name]
+
+
+async def test_a_summary_sent_to_one_agency_in_error_is_recalled_from_it_alone(federation: LocalFederation) -> None:
+    """The school should never have had it: withdrawn from the school alone as SHARED_IN_ERROR,
+    the school erases it and children's social care keeps it. What later corrects the summary
+    need not go back to the school, and a later withdrawal from everyone goes to those that hold it."""
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        api = cluster.api("amh")
+
+        def asked(ground: str, *only: str) -> node_api_pb2.WithdrawSummaryRequest:
+            return node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONER, summary_id=summary_id, reason="Sent to the wrong agency.", ground=ground,
+                recipients=only,
+            )  # fmt: skip
+
+        recalled = await api.WithdrawSummary(asked("SHARED_IN_ERROR", "school"))
+        assert [r.node_id for r in recalled.recipients] == ["school"]
+        assert [f.code for f in recalled.findings] == ["breach_to_assess"]
+        await wait_delivered(cluster.nodes["amh"], 3)
+        assert [state for _, state, *_ in held(cluster, "school", summary_id)] == ["erased"]
+        assert [state for _, state, *_ in held(cluster, "csc", summary_id)] == ["new"]
+
+        for request, code, said in [
+            (asked("SHARED_IN_ERROR", "school"), grpc.StatusCode.FAILED_PRECONDITION, "from school, and no version"),
+            (asked("WRONG_PERSON", "police"), grpc.StatusCode.INVALID_ARGUMENT, "never went to police; it went to"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await api.WithdrawSummary(request)
+            assert refused.value.code() == code and said in (refused.value.details() or ""), refused.value
+
+        # The school is still linked to the family: a correction leaves it out, which it may,
+        # since the school no longer holds the summary.
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        (assessment_id,) = await amh.store.fetchone("SELECT assessment_id FROM assessments")
+        decision = stories.override_decision()
+        decision.not_shared_with.add(node_id="school", reason="It should never have had this summary.")
+        corrected = await api.ShareSummary(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONER, assessment_id=assessment_id, decision=decision, kind=env.MESSAGE_KIND_CORRECTION
+            )
+        )
+        assert [r.node_id for r in corrected.recipients] == ["csc"], corrected.findings
+        everyone = await api.WithdrawSummary(asked("NOT_TO_BE_RELIED_ON"))
+        assert [r.node_id for r in everyone.recipients] == ["csc"]  # the school holds nothing to withdraw

@@ -74,7 +74,7 @@ def share_send(args: argparse.Namespace) -> int:
 
 def share_withdraw(args: argparse.Namespace) -> int:
     request = node_api_pb2.WithdrawSummaryRequest(
-        actor=actor(args), summary_id=args.summary_id, reason=args.reason, ground=args.ground
+        actor=actor(args), summary_id=args.summary_id, reason=args.reason, ground=args.ground, recipients=args.only
     )
     response = call(args, lambda api: api.WithdrawSummary(request))
     report_queued(args, response, f"Withdrawal {response.share_id}", list(response.recipients))
@@ -139,7 +139,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
             help="any id of yours: sending again with the same one answers as the first time, sharing nothing more",
         )
         p.set_defaults(handler=handler)
-    p = sub.add_parser("withdraw", help="recall a summary from every agency that received it")
+    p = sub.add_parser("withdraw", help="recall a summary from every agency that holds it, or from some")
     add_connection_arguments(p)
     p.add_argument("summary_id")
     p.add_argument("--reason", required=True)
@@ -148,6 +148,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         required=True,
         help="why (withdrawal_ground code): NOT_TO_BE_RELIED_ON keeps it marked withdrawn at each recipient; "
         "CONSENT_WITHDRAWN, WRONG_PERSON, SHARED_IN_ERROR and NO_LAWFUL_BASIS have them erase it",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="recall it from this agency alone (repeatable): one it went to in error; the others keep it",
     )
     p.set_defaults(handler=share_withdraw)
     p = sub.add_parser("status", help="where each recipient's copy of a share is")

@@ -671,6 +671,7 @@ class WithdrawSummaryRequest(_message.Message):
     SUMMARY_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     GROUND_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
     summary_id: _builtins.str
     reason: _builtins.str
     ground: _builtins.str
@@ -679,6 +680,12 @@ class WithdrawSummaryRequest(_message.Message):
     """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these agencies (each one it went to): a summary sent to one agency in error is
+        recalled from it alone. None: every agency that holds it.
+        """
+
     def __init__(
         self,
         *,
@@ -686,10 +693,11 @@ class WithdrawSummaryRequest(_message.Message):
         summary_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         ground: _builtins.str = ...,
+        recipients: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "ground", b"ground", "reason", b"reason", "summary_id", b"summary_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "ground", b"ground", "reason", b"reason", "recipients", b"recipients", "summary_id", b"summary_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

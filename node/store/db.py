@@ -71,6 +71,7 @@ WRITER_PRAGMAS = (*PRAGMAS, "temp_store=MEMORY")
 # A read of one row: Store.fetchone (committed data) or Tx.fetchone (as inside a transaction),
 # so that a check made before the work can be made again inside its transaction.
 FetchOne = Callable[[str, Iterable[Any]], Awaitable[Any]]
+FetchAll = Callable[[str, Iterable[Any]], Awaitable[list[Any]]]
 
 
 class TransactionLost(RuntimeError):
@@ -151,6 +152,10 @@ class Tx:
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> Any:
         """The first row of a query, as it stands inside this transaction (Store.fetchone's twin)."""
         return self.db.execute(sql, tuple(params)).fetchone()
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """Every row of a query, as it stands inside this transaction (Store.fetchall's twin)."""
+        return self.db.execute(sql, tuple(params)).fetchall()
 
     async def audit(
         self,
