@@ -1,8 +1,7 @@
 """Sharing summaries through the policy: a share, a risk change notice (increase,
-decrease, resolution), a "now historical" update, a correction, and (withdrawals.py) a
-withdrawal.
-All but a first share also go to every earlier recipient of that summary
-(UK GDPR Art 19: recipients are told of rectification)."""
+decrease, resolution), a "now historical" update and a correction (withdrawals are in
+withdrawals.py). All but a first share also go to every agency that holds an earlier
+version of that summary (UK GDPR Art 19: recipients are told of rectification)."""
 
 from __future__ import annotations
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import closing
+from pathlib import Path
 
 import grpc
 import pytest
 
 from linkage import stories
+from linkage.clock import ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
 from tests.harness import (
@@ -20,6 +22,7 @@ from tests.harness import (
     Cluster,
     LocalFederation,
     audit_events,
+    make_federation,
     next_item,
     running,
     settle,
@@ -249,12 +252,15 @@ async def test_the_senders_answers_about_an_erased_summary_are_erased_with_it(fe
         )
 
 
-async def test_a_version_still_waiting_to_be_sent_when_withdrawn_is_never_sent(federation: LocalFederation) -> None:
+async def test_a_version_still_waiting_to_be_sent_when_withdrawn_is_never_sent(tmp_path: Path) -> None:
     """The school's node is away when the summary goes, so its copy waits at the sender; the
     summary is withdrawn as WRONG_PERSON meanwhile. That copy is cancelled, never sent: the
     school, back, is told of the withdrawal only; children's social care, which had it, erases
-    it. The practitioner and the register learn which agency never had it (a breach's scope)."""
-    async with running(federation) as cluster:
+    it. The practitioner and the register learn which agency never had it (a breach's scope).
+    The clock stands still, so the sender does not probe the school again meanwhile."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock)
+    async with running(federation, clock=clock) as cluster:
         _, _, assessment_id = await think_family(cluster)
         await cluster.stop_node("school")
         shared = await share(cluster, assessment_id)

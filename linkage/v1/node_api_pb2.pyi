@@ -216,7 +216,7 @@ class ShareSummaryRequest(_message.Message):
     assessment_id: _builtins.str
     kind: _envelope_pb2.MessageKind.ValueType
     """SUMMARY_SHARE (default), RISK_CHANGE_NOTICE, HISTORICAL_UPDATE or CORRECTION.
-    All but SUMMARY_SHARE also go to every earlier recipient of the summary.
+    All but SUMMARY_SHARE also go to every earlier recipient that still holds the summary.
     """
     request_id: _builtins.str
     """Optional, chosen by the case system (a UUID, say): a call repeated with the same
