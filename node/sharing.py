@@ -14,7 +14,7 @@ from linkage import jurisdictions, logs
 from linkage.grounds import lawful_ground
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
-from node import answers
+from node import answers, dates
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
 from node.messaging import SUMMARY_KINDS, Fill, kind_name
@@ -57,6 +57,16 @@ def decision_detail(share_id: str, result: PolicyResult, kind: int, jurisdiction
         "agreement": d.agreement_version,
         **({"handling": list(d.handling_conditions)} if d.handling_conditions else {}),
         **({"left_out": {left.node_id: left.reason for left in d.not_shared_with}} if d.not_shared_with else {}),
+        **({"advice": [_advice(a) for a in d.advice_sought]} if d.advice_sought else {}),
+    }
+
+
+def _advice(advice: summary_pb2.AdviceSought) -> dict[str, str]:
+    return {
+        "role": advice.from_role,
+        "by": advice.adviser.name or advice.adviser.id,
+        "on": dates.iso(advice.on) if advice.on.year else "",
+        "advice": advice.advice,
     }
 
 

@@ -12,7 +12,7 @@ from tests.policy_fixtures import request, run
 
 def test_packaged_lists_cover_the_domain_reference() -> None:
     codes = CodeLists.load()
-    assert codes.version == "2026.12.6"
+    assert codes.version == "2026.12.7"
     for name, code in [
         ("agency_type", "VCS_OLDER_PEOPLE"),
         ("risk_category", "SELF_NEGLECT"),
@@ -36,7 +36,7 @@ def test_a_federation_extends_the_lists_with_its_own_file(tmp_path: Path) -> Non
         'applies = ["ADULT"]\ndata_categories = ["FINANCIAL"]\n'
     )
     context = load_policy(PolicyFiles(codelists_extra=(extra,)))
-    assert context.codes.version == "2026.12.6+solihull-1"
+    assert context.codes.version == "2026.12.7+solihull-1"
     assert context.codes.has("risk_category", "COST_OF_LIVING_CRISIS")
     assert context.codes.has("risk_category", "NEGLECT")  # nothing removed
 
@@ -46,5 +46,5 @@ def test_a_federation_extends_the_lists_with_its_own_file(tmp_path: Path) -> Non
     assert "unknown_code" in {f.code for f in run(req).findings}
     result = run(req, context)
     assert "unknown_code" not in {f.code for f in result.findings}
-    assert result.decision.codelists_version == "2026.12.6+solihull-1"
+    assert result.decision.codelists_version == "2026.12.7+solihull-1"
     assert result.decision.recipients[0].data_categories == ["FINANCIAL", "HEALTH"]

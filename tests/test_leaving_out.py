@@ -1,7 +1,8 @@
 """A practitioner may decide a share is not for one of the agencies linked to the family,
 saying why (share only what is necessary; record the reasons not to share): that agency gets
 nothing, the others are not told of it, the sender's record keeps it, and an agency that had
-an earlier version is not left out of what corrects it. Real nodes, gateway and stores."""
+an earlier version is not left out of what corrects it. The advice sought before deciding
+is kept with the decision, not sent. Real nodes, gateway and stores."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tests.test_audit_ig import config, linkage
 from tests.test_workflows import events, think_family
 
 WHY = "The school needs nothing of the parent's treatment to keep the child safe there."
+ADVICE = "Tell children's social care; the school hears what it needs from them."
 
 
 async def test_an_agency_left_out_gets_nothing_and_the_decision_says_why(federation: LocalFederation) -> None:
@@ -20,6 +22,8 @@ async def test_an_agency_left_out_gets_nothing_and_the_decision_says_why(federat
         _, _, assessment_id = await think_family(cluster)
         decision = stories.override_decision()
         decision.not_shared_with.add(node_id="school", reason=WHY)
+        advice = decision.advice_sought.add(from_role="DSL", advice=ADVICE)
+        advice.adviser.name, advice.on.year, advice.on.month, advice.on.day = "Sam Example", 2026, 12, 1
         api = cluster.api("amh")
         shared = await api.ShareSummary(
             node_api_pb2.ShareSummaryRequest(actor=PRACTITIONER, assessment_id=assessment_id, decision=decision)
@@ -32,6 +36,7 @@ async def test_an_agency_left_out_gets_nothing_and_the_decision_says_why(federat
         received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
         told = received.summary.decision
         assert [r.node_id for r in told.recipients] == ["csc"] and not told.not_shared_with
+        assert not told.advice_sought and told.rationale == decision.rationale
         amh = cluster.nodes["amh"]
         await wait_delivered(amh, 1)
         school_store = cluster.nodes["school"].store
@@ -39,6 +44,7 @@ async def test_an_agency_left_out_gets_nothing_and_the_decision_says_why(federat
         assert await school_store.fetchone("SELECT COUNT(*) FROM inbox WHERE summary_id != ''") == (0,)
         (entry,) = events(await audit_events(amh), "share.decision")
         assert entry["detail"]["left_out"] == {"school": WHY}
+        assert entry["detail"]["advice"] == [{"role": "DSL", "by": "Sam Example", "on": "2026-12-01", "advice": ADVICE}]
 
         decision.not_shared_with[0].node_id = "csc"  # it had the summary: a correction must reach it
         corrected = await api.ShareSummary(
@@ -51,4 +57,6 @@ async def test_an_agency_left_out_gets_nothing_and_the_decision_says_why(federat
 
     register = linkage("audit", "register", "--config", config(federation, "amh"))
     assert register.returncode == 0, register.stderr
-    assert f"left out: Oak Primary School ({WHY})" in register.stdout
+    assert f"left out: Oak Primary School ({WHY}); advice sought from DSL (Sam Example, 2026-12-01): {ADVICE}" in (
+        register.stdout
+    )

@@ -384,3 +384,41 @@ def test_leaving_every_agency_out_is_a_recorded_decision_not_to_share() -> None:
     result = run(request(decision=_leaving_out(("csc", "Already knows, from the strategy meeting.")), recipients=[CSC]))
     assert result.outcome == pb.DECISION_OUTCOME_NOT_SHARED and not result.payloads and not result.errors
     assert [f.code for f in result.findings if f.severity == "warning"] == ["all_left_out"]
+
+
+def _advised(role: str = "DSL", words: str = "Share it; leave out the clinical detail.", on: str = "") -> Mutation:
+    def mutate(s: pb.RiskSummary, d: pb.ShareDecision) -> None:
+        advice = d.advice_sought.add(from_role=role, advice=words)
+        advice.adviser.name = "Sam Example"
+        if on:
+            advice.on.year, advice.on.month, advice.on.day = (int(p) for p in on.split("-"))
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("advised", "code"),
+    [
+        (_advised(role=""), "advice_role_missing"),
+        (_advised(role="NEIGHBOUR"), "unknown_code"),
+        (_advised(words=" "), "advice_missing"),
+        (_advised(on="2026-02-30"), "advice_date_invalid"),
+        (_advised(words="x" * 2_001), "text_too_long"),
+    ],
+)
+def test_advice_sought_says_from_whom_and_what_it_was(advised: Mutation, code: str) -> None:
+    summary, decision = stories.parent_risk_change(PARENT, CHILD), stories.override_decision()
+    advised(summary, decision)
+    assert code in {f.code for f in run(request(summary, decision)).errors}
+
+
+def test_advice_sought_is_kept_in_the_decision_and_not_sent() -> None:
+    summary, decision = stories.parent_risk_change(PARENT, CHILD), stories.override_decision()
+    _advised(on="2026-12-01")(summary, decision)
+    result = run(request(summary, decision))
+    assert not result.errors and [a.from_role for a in result.decision.advice_sought] == ["DSL"]
+    assert not result.payloads["csc"].decision.advice_sought
+
+    decision.outcome = pb.DECISION_OUTCOME_NOT_SHARED  # a decision not to share keeps its advice too
+    decision.advice_sought[0].from_role = "NEIGHBOUR"
+    assert "unknown_code" in {f.code for f in run(request(summary, decision)).errors}

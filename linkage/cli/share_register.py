@@ -75,8 +75,16 @@ def _sent(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any]:
         "handling": detail.get("handling", []),
         "by": _by(e),
         "why": e["rationale"],
-        "note": "; ".join(f"left out: {agency_name(directory, n)} ({why})" for n, why in left_out.items()),
+        "note": "; ".join(
+            [f"left out: {agency_name(directory, n)} ({why})" for n, why in left_out.items()]
+            + [_advised(a) for a in detail.get("advice", [])]
+        ),
     }
+
+
+def _advised(advice: dict[str, str]) -> str:
+    by = ", ".join(part for part in (advice["by"], advice["on"]) if part)
+    return f"advice sought from {advice['role']}" + (f" ({by})" if by else "") + f": {advice['advice']}"
 
 
 def _by(e: dict[str, Any]) -> str:

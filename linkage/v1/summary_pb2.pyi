@@ -605,6 +605,7 @@ class ShareDecision(_message.Message):
     HANDLING_CONDITIONS_FIELD_NUMBER: _builtins.int
     HANDLING_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
     NOT_SHARED_WITH_FIELD_NUMBER: _builtins.int
+    ADVICE_SOUGHT_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     outcome: Global___DecisionOutcome.ValueType
     rationale: _builtins.str
@@ -646,6 +647,12 @@ class ShareDecision(_message.Message):
         copies recipients get name neither them nor the reasons.
         """
 
+    @_builtins.property
+    def advice_sought(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdviceSought]:
+        """Advice sought before deciding (seek advice when in doubt): the sender's decision log
+        keeps it; the copies recipients get do not carry it.
+        """
+
     def __init__(
         self,
         *,
@@ -670,14 +677,47 @@ class ShareDecision(_message.Message):
         handling_conditions: _abc.Iterable[_builtins.str] | None = ...,
         handling_instructions: _builtins.str = ...,
         not_shared_with: _abc.Iterable[Global___NotSharedWith] | None = ...,
+        advice_sought: _abc.Iterable[Global___AdviceSought] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "decided_by", b"decided_by", "lawful_basis", b"lawful_basis"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_version", b"agreement_version", "approved_by", b"approved_by", "best_interests_ref", b"best_interests_ref", "capacity_assessment_ref", b"capacity_assessment_ref", "codelists_version", b"codelists_version", "consent_status", b"consent_status", "decided_at_ms", b"decided_at_ms", "decided_by", b"decided_by", "decision_id", b"decision_id", "handling_conditions", b"handling_conditions", "handling_instructions", b"handling_instructions", "lawful_basis", b"lawful_basis", "necessity_proportionality", b"necessity_proportionality", "not_shared_with", b"not_shared_with", "outcome", b"outcome", "override_grounds", b"override_grounds", "purpose", b"purpose", "rationale", b"rationale", "recipients", b"recipients", "subject_informed", b"subject_informed", "subject_not_informed_reason", b"subject_not_informed_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advice_sought", b"advice_sought", "agreement_version", b"agreement_version", "approved_by", b"approved_by", "best_interests_ref", b"best_interests_ref", "capacity_assessment_ref", b"capacity_assessment_ref", "codelists_version", b"codelists_version", "consent_status", b"consent_status", "decided_at_ms", b"decided_at_ms", "decided_by", b"decided_by", "decision_id", b"decision_id", "handling_conditions", b"handling_conditions", "handling_instructions", b"handling_instructions", "lawful_basis", b"lawful_basis", "necessity_proportionality", b"necessity_proportionality", "not_shared_with", b"not_shared_with", "outcome", b"outcome", "override_grounds", b"override_grounds", "purpose", b"purpose", "rationale", b"rationale", "recipients", b"recipients", "subject_informed", b"subject_informed", "subject_not_informed_reason", b"subject_not_informed_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShareDecision: _TypeAlias = ShareDecision  # noqa: Y015
+
+@_typing.final
+class AdviceSought(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_ROLE_FIELD_NUMBER: _builtins.int
+    ADVISER_FIELD_NUMBER: _builtins.int
+    ON_FIELD_NUMBER: _builtins.int
+    ADVICE_FIELD_NUMBER: _builtins.int
+    from_role: _builtins.str
+    """advice_role code: MANAGER, DSL, CALDICOTT_GUARDIAN, DPO..."""
+    advice: _builtins.str
+    """what was advised"""
+    @_builtins.property
+    def adviser(self) -> Global___Practitioner: ...
+    @_builtins.property
+    def on(self) -> Global___Date: ...
+    def __init__(
+        self,
+        *,
+        from_role: _builtins.str = ...,
+        adviser: Global___Practitioner | None = ...,
+        on: Global___Date | None = ...,
+        advice: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["adviser", b"adviser", "on", b"on"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advice", b"advice", "adviser", b"adviser", "from_role", b"from_role", "on", b"on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdviceSought: _TypeAlias = AdviceSought  # noqa: Y015
 
 @_typing.final
 class NotSharedWith(_message.Message):

@@ -12,7 +12,14 @@ from node.policy.agreement import Agreement
 from node.policy.findings import Finding
 from node.policy.glossary import Glossary
 from node.policy.minimise import Payload, payload_for
-from node.policy.rules import consent_absent, decision_rules, left_out_rules, review_rules, summary_rules
+from node.policy.rules import (
+    advice_rules,
+    consent_absent,
+    decision_rules,
+    left_out_rules,
+    review_rules,
+    summary_rules,
+)
 
 MAX_RECIPIENTS = 50
 PRACTITIONER_OUTCOMES = (pb.DECISION_OUTCOME_NOT_SHARED, pb.DECISION_OUTCOME_DEFERRED)
@@ -97,6 +104,7 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
     findings: list[Finding] = []
     if not decision.rationale.strip():
         findings.append(Finding("rationale_missing", "Say why: every decision, to share or not, needs its reasons."))
+    findings += advice_rules(request.decision, context.codes)
 
     # A practitioner's own decision not to share (or to wait) is recorded as made.
     if request.decision.outcome in PRACTITIONER_OUTCOMES:
@@ -188,12 +196,14 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
 
 
 def _as_recipients_see_it(decision: pb.ShareDecision, left_out: dict[str, str]) -> pb.ShareDecision:
-    """The decision as it travels: without the agencies left out, or why (the sender keeps that)."""
-    if not left_out:
+    """The decision as it travels: without the agencies left out, or why, and without the
+    advice sought (the sender's log keeps both)."""
+    if not left_out and not decision.advice_sought:
         return decision
     told = pb.ShareDecision()
     told.CopyFrom(decision)
     del told.not_shared_with[:]
+    del told.advice_sought[:]
     kept = [r for r in told.recipients if r.node_id not in left_out]
     del told.recipients[:]
     told.recipients.extend(kept)

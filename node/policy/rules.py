@@ -165,6 +165,21 @@ def decision_rules(
         )
 
 
+def advice_rules(decision: pb.ShareDecision, codes: CodeLists) -> Iterator[Finding]:
+    """Advice sought before deciding, to share or not: from whom, by role, and what it was, on
+    a date on the calendar (domain.md §4.1)."""
+    for n, advice in enumerate(decision.advice_sought, start=1):
+        where = f"advice {n}"
+        if not advice.from_role:
+            yield Finding("advice_role_missing", f"Say whom {where} came from, by role (for example DSL or DPO).")
+        yield from _code(codes, "advice_role", advice.from_role, where)
+        if not advice.advice.strip():
+            yield Finding("advice_missing", f"Say what {where} was: the log keeps the advice, not only who gave it.")
+        if date_set(advice.on) and not dates.valid(advice.on):
+            yield Finding("advice_date_invalid", f"{where} is dated {dates.iso(advice.on)}, not a calendar date.")
+    yield from _too_long((f"advice {n}", a.advice, MAX_TEXT) for n, a in enumerate(decision.advice_sought, start=1))
+
+
 def left_out_rules(
     decision: pb.ShareDecision, reaching: Collection[str], must_reach: Collection[str]
 ) -> Iterator[Finding]:
