@@ -5,6 +5,7 @@ yet left this node."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import grpc
 
@@ -33,7 +34,7 @@ BREACH_TO_ASSESS = node_api_pb2.PolicyFinding(
 class Standing:
     """Where a summary stands with one agency it went to."""
 
-    state: str  # "holds" a version; "withdrawn" (its copies kept, marked so); "erased"
+    state: Literal["holds", "withdrawn", "erased"]  # withdrawn: its copies kept, marked so
     withdrawal: str = ""  # the last withdrawal's share id
 
 
