@@ -56,8 +56,9 @@ async def test_preview_then_send_then_status_from_the_cli(federation: LocalFeder
         assert store is not None
         (summary_id,) = await store.fetchone("SELECT summary_id FROM outbox")
         code, out, err = await linkage(
-            "share", "withdraw", summary_id, "--reason", "Sent in error", "--ground", "SHARED_IN_ERROR", *who
-        )
+            "share", "withdraw", summary_id, "--reason", "Sent in error", "--ground", "SHARED_IN_ERROR",
+            "--only", "school", *who,
+        )  # fmt: skip
         assert code == 0, err
         assert "school: undeliverable (message " in out and "'school' is revoked; if this agency must" in out
         assert "warning: sharing it was a personal data breach: tell your information governance officer" in out
