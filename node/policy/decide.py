@@ -104,7 +104,8 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
     findings: list[Finding] = []
     if not decision.rationale.strip():
         findings.append(Finding("rationale_missing", "Say why: every decision, to share or not, needs its reasons."))
-    findings += advice_rules(request.decision, context.codes)
+    if request.decision.advice_sought:  # most decisions record none, and the rules are on every share's path
+        findings += advice_rules(request.decision, context.codes)
 
     # A practitioner's own decision not to share (or to wait) is recorded as made.
     if request.decision.outcome in PRACTITIONER_OUTCOMES:
@@ -118,7 +119,8 @@ def decide(request: ShareRequest, context: PolicyContext) -> PolicyResult:
         jurisdictions.of_summary(request.assessment),
         request.answering_request,
     )
-    findings += left_out_rules(request.decision, {r.node_id for r in request.recipients}, request.must_reach)
+    if request.decision.not_shared_with:
+        findings += left_out_rules(request.decision, {r.node_id for r in request.recipients}, request.must_reach)
     findings += summary_rules(request.assessment, context.codes)
     findings += review_rules(request.assessment, dates.today(request.now_ms))
     findings += _plain_language(request, context.glossary)
