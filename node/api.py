@@ -23,6 +23,7 @@ from node.errors import ApiError, invalid
 from node.follow_up import record_follow_up
 from node.inbox import Inbox
 from node.outbox import Outbox
+from node.queues import delivery_queues
 from node.reception import InboxFeed
 from node.requests import Requests
 from node.sharing import Sharing
@@ -283,6 +284,11 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
 
     async def ListDue(self, request: node_api_pb2.DueRequest, context: Context) -> node_api_pb2.DueItems:
         return await _answer(context, request.actor, lambda: self.due.list_due(request))
+
+    async def ListDeliveryQueues(
+        self, request: node_api_pb2.DeliveryQueuesRequest, context: Context
+    ) -> node_api_pb2.DeliveryQueues:
+        return await _answer(context, request.actor, lambda: delivery_queues(self.due.ctx))
 
     async def RecordFollowUp(
         self, request: node_api_pb2.FollowUpRequest, context: Context

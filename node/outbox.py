@@ -257,6 +257,15 @@ class Outbox:
                 async with asyncio.timeout(timeout):
                     await self.wake.wait()
 
+    def wait_of(self, recipient: str) -> tuple[bool, bool, int]:
+        """Why, and until when, this node holds back what it has for `recipient`, as only it
+        knows: the gateway said its node is away, or BUSY (for it, or for this node's own rate)."""
+        away = self._away.get(recipient)
+        holds = [h for h in (self._holds.get(recipient), self._holds.get(SENDER_SCOPE)) if h is not None]
+        until = max([away[1]] if away else [], default=0)
+        until = max([until] + [h.resume_ms for h in holds])
+        return away is not None, bool(holds), until if until > self.clock.now_ms() else 0
+
     # -- cancelling ----------------------------------------------------------
 
     def withhold(self, message_ids: Iterable[str]) -> set[str]:

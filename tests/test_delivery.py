@@ -19,7 +19,7 @@ from linkage.config import DeliverySettings, GatewayLimits
 from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
 from node.server import NodeServer
 from tests.crypto_fixtures import seal
-from tests.harness import PRACTITIONER, Cluster, make_federation, running, settle, wait_delivered
+from tests.harness import PRACTITIONER, Cluster, linkage, make_federation, running, settle, wait_delivered
 from tests.test_federation import open_case
 
 HOUR = 3_600_000
@@ -88,6 +88,43 @@ async def test_offline_recipient_gets_everything_once_with_bounded_attempts(tmp_
         await wait_delivered(amh, 20)
         received = await inbox(cluster, "csc")
         assert len(received) == 20 and len(set(received)) == 20
+
+
+async def test_agency_it_sees_what_waits_for_which_agency_and_why(tmp_path: Path) -> None:
+    """The delivery queues: per agency, what waits to go and for a receipt, and why the node
+    holds it back (the agency's node away), through the API and `linkage share queues`."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    async with running(federation, clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")
+        amh = cluster.nodes["amh"]
+        shares = [await share(cluster, assessment_id) for _ in range(2)]
+        await settle(amh)  # sent, and the gateway said csc is away
+        ask = node_api_pb2.DeliveryQueuesRequest(actor=PRACTITIONER)
+        answer = await cluster.api("amh").ListDeliveryQueues(ask)
+        assert answer.connected
+        (queue,) = answer.queues
+        assert (queue.node_id, queue.to_send, queue.awaiting_receipt, queue.away, queue.held) == (
+            "csc",
+            2,
+            0,
+            True,
+            False,
+        )
+        assert queue.next_attempt_at_ms > clock.now_ms()  # backing off until then, or until the gateway says
+        assert queue.oldest_created_at_ms <= clock.now_ms() and queue.most_attempts >= 1
+        who = ["--actor-id", "it-1", "--actor-role", "Agency IT", "--socket", str(amh.config.api_socket)]
+        code, out, err = await linkage("share", "queues", *who)
+        assert code == 0, err
+        assert f"{queue.agency_name} (csc): 2 to send, 0 awaiting a receipt" in out
+        assert "its node is away (the gateway tells this node when it returns); next try" in out
+
+        await cluster.start_node("csc")
+        await wait_delivered(amh, len(shares))
+        assert not (await cluster.api("amh").ListDeliveryQueues(ask)).queues
+        code, out, err = await linkage("share", "queues", *who)
+        assert "Connected to the gateway.\nNothing waits to be delivered." in out, err
 
 
 async def test_a_hand_over_to_a_destination_backing_off_is_left_in_the_store_and_announced(

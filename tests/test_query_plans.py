@@ -155,6 +155,7 @@ async def test_casework_reads_by_index(federation: LocalFederation, statements: 
             )
         )
         await next_item(cluster, "csc", env.MESSAGE_KIND_WITHDRAWAL)
+        await cluster.api("amh").ListDeliveryQueues(node_api_pb2.DeliveryQueuesRequest(actor=PRACTITIONER))
         with pytest.raises(grpc.aio.AioRpcError):  # erased: why it cannot be opened is looked up
             await csc_api.OpenReceived(node_api_pb2.OpenReceivedRequest(actor=CSC_WORKER, message_id=item.message_id))
         for node in cluster.nodes.values():  # the daily purge, with nothing yet old enough

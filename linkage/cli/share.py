@@ -106,6 +106,27 @@ def share_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def share_queues(args: argparse.Namespace) -> int:
+    request = node_api_pb2.DeliveryQueuesRequest(actor=actor(args))
+    answer = call(args, lambda api: api.ListDeliveryQueues(request))
+    if args.json:
+        emit_json(answer)
+        return 0
+    print("Connected to the gateway." if answer.connected else "NOT connected to the gateway: nothing goes out.")
+    if not answer.queues:
+        print("Nothing waits to be delivered.")
+    for q in answer.queues:
+        print(
+            f"  {q.agency_name or q.node_id} ({q.node_id}): {q.to_send} to send, {q.awaiting_receipt} awaiting "
+            f"a receipt; oldest made {when(q.oldest_created_at_ms)}, up to {q.most_attempts} attempt(s)"
+        )
+        why = "its node is away (the gateway tells this node when it returns)" if q.away else ""
+        why = why or ("the gateway said BUSY" if q.held else "")
+        if why or q.next_attempt_at_ms:
+            print(f"    {why or 'waiting'}; next try {when(q.next_attempt_at_ms) if q.next_attempt_at_ms else 'now'}")
+    return 0
+
+
 def share_follow_up(args: argparse.Namespace) -> int:
     request = node_api_pb2.FollowUpRequest(actor=actor(args), message_id=args.message_id, note=args.note)
     status = call(args, lambda api: api.RecordFollowUp(request))
@@ -161,6 +182,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_connection_arguments(p)
     p.add_argument("share_id")
     p.set_defaults(handler=share_status)
+    p = sub.add_parser("queues", help="what your node still has to deliver, per agency, and why it waits")
+    add_connection_arguments(p)
+    p.set_defaults(handler=share_queues)
     p = sub.add_parser("follow-up", help="record what was done instead for a message that could not be delivered")
     add_connection_arguments(p)
     p.add_argument("message_id")

@@ -1680,6 +1680,101 @@ class WatchDeliveriesRequest(_message.Message):
 Global___WatchDeliveriesRequest: _TypeAlias = WatchDeliveriesRequest  # noqa: Y015
 
 @_typing.final
+class DeliveryQueuesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def actor(self) -> _summary_pb2.Practitioner: ...
+    def __init__(
+        self,
+        *,
+        actor: _summary_pb2.Practitioner | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryQueuesRequest: _TypeAlias = DeliveryQueuesRequest  # noqa: Y015
+
+@_typing.final
+class DeliveryQueue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    AGENCY_NAME_FIELD_NUMBER: _builtins.int
+    TO_SEND_FIELD_NUMBER: _builtins.int
+    AWAITING_RECEIPT_FIELD_NUMBER: _builtins.int
+    OLDEST_CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    MOST_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    AWAY_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_MS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    agency_name: _builtins.str
+    to_send: _builtins.int
+    """not yet forwarded by the gateway"""
+    awaiting_receipt: _builtins.int
+    """forwarded, no signed receipt yet"""
+    oldest_created_at_ms: _builtins.int
+    most_attempts: _builtins.int
+    """of any one message"""
+    away: _builtins.bool
+    """the gateway said its node is offline: retried with back-off"""
+    held: _builtins.bool
+    """the gateway said BUSY: held back until next_attempt_at_ms"""
+    next_attempt_at_ms: _builtins.int
+    """when this node tries it next (0: now, as soon as it can)"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        agency_name: _builtins.str = ...,
+        to_send: _builtins.int = ...,
+        awaiting_receipt: _builtins.int = ...,
+        oldest_created_at_ms: _builtins.int = ...,
+        most_attempts: _builtins.int = ...,
+        away: _builtins.bool = ...,
+        held: _builtins.bool = ...,
+        next_attempt_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "awaiting_receipt", b"awaiting_receipt", "away", b"away", "held", b"held", "most_attempts", b"most_attempts", "next_attempt_at_ms", b"next_attempt_at_ms", "node_id", b"node_id", "oldest_created_at_ms", b"oldest_created_at_ms", "to_send", b"to_send"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryQueue: _TypeAlias = DeliveryQueue  # noqa: Y015
+
+@_typing.final
+class DeliveryQueues(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    QUEUES_FIELD_NUMBER: _builtins.int
+    connected: _builtins.bool
+    """this node's stream to the gateway is up"""
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryQueue]:
+        """agencies with anything to deliver, oldest first"""
+
+    def __init__(
+        self,
+        *,
+        connected: _builtins.bool = ...,
+        queues: _abc.Iterable[Global___DeliveryQueue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "queues", b"queues"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryQueues: _TypeAlias = DeliveryQueues  # noqa: Y015
+
+@_typing.final
 class DeliveryEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

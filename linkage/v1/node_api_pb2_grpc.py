@@ -116,6 +116,11 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.WithdrawSummaryRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.FromString,
                 _registered_method=True)
+        self.ListDeliveryQueues = channel.unary_unary(
+                '/linkage.v1.NodeApi/ListDeliveryQueues',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.DeliveryQueuesRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.DeliveryQueues.FromString,
+                _registered_method=True)
         self.AskClarification = channel.unary_unary(
                 '/linkage.v1.NodeApi/AskClarification',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.AskClarificationRequest.SerializeToString,
@@ -303,7 +308,17 @@ class NodeApiServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WithdrawSummary(self, request, context):
-        """Recall a summary from every agency that received it.
+        """Recall a summary from every agency that holds it, or from those named.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeliveryQueues(self, request, context):
+        """What this node still has to deliver, per agency (for agency IT): how many messages wait
+        to go and how many wait for a receipt, the oldest, and whether the agency is away (its
+        node offline: the gateway says when it returns) or held back (the gateway said BUSY).
+        Counts and node ids only: nothing about anyone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -498,6 +513,11 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.WithdrawSummary,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.WithdrawSummaryRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.SerializeToString,
+            ),
+            'ListDeliveryQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveryQueues,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.DeliveryQueuesRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.DeliveryQueues.SerializeToString,
             ),
             'AskClarification': grpc.unary_unary_rpc_method_handler(
                     servicer.AskClarification,
@@ -1004,6 +1024,33 @@ class NodeApi:
             '/linkage.v1.NodeApi/WithdrawSummary',
             linkage_dot_v1_dot_node__api__pb2.WithdrawSummaryRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.ShareSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveryQueues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/ListDeliveryQueues',
+            linkage_dot_v1_dot_node__api__pb2.DeliveryQueuesRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.DeliveryQueues.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,7 +76,13 @@ class NodeApiStub:
     queued, sent, delivered (with the receipt time), undeliverable (with why).
     """
     WithdrawSummary: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.WithdrawSummaryRequest, _node_api_pb2.ShareSummaryResponse]
-    """Recall a summary from every agency that received it."""
+    """Recall a summary from every agency that holds it, or from those named."""
+    ListDeliveryQueues: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.DeliveryQueuesRequest, _node_api_pb2.DeliveryQueues]
+    """What this node still has to deliver, per agency (for agency IT): how many messages wait
+    to go and how many wait for a receipt, the oldest, and whether the agency is away (its
+    node offline: the gateway says when it returns) or held back (the gateway said BUSY).
+    Counts and node ids only: nothing about anyone.
+    """
     AskClarification: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.AskClarificationRequest, _node_api_pb2.MessageSent]
     AnswerClarification: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.AnswerClarificationRequest, _node_api_pb2.MessageSent]
     RequestInformation: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.RequestInformationRequest, _node_api_pb2.MessageSent]
@@ -171,7 +177,13 @@ class NodeApiAsyncStub(NodeApiStub):
     queued, sent, delivered (with the receipt time), undeliverable (with why).
     """
     WithdrawSummary: _aio.UnaryUnaryMultiCallable[_node_api_pb2.WithdrawSummaryRequest, _node_api_pb2.ShareSummaryResponse]  # type: ignore[assignment]
-    """Recall a summary from every agency that received it."""
+    """Recall a summary from every agency that holds it, or from those named."""
+    ListDeliveryQueues: _aio.UnaryUnaryMultiCallable[_node_api_pb2.DeliveryQueuesRequest, _node_api_pb2.DeliveryQueues]  # type: ignore[assignment]
+    """What this node still has to deliver, per agency (for agency IT): how many messages wait
+    to go and how many wait for a receipt, the oldest, and whether the agency is away (its
+    node offline: the gateway says when it returns) or held back (the gateway said BUSY).
+    Counts and node ids only: nothing about anyone.
+    """
     AskClarification: _aio.UnaryUnaryMultiCallable[_node_api_pb2.AskClarificationRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
     AnswerClarification: _aio.UnaryUnaryMultiCallable[_node_api_pb2.AnswerClarificationRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
     RequestInformation: _aio.UnaryUnaryMultiCallable[_node_api_pb2.RequestInformationRequest, _node_api_pb2.MessageSent]  # type: ignore[assignment]
@@ -359,7 +371,19 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         request: _node_api_pb2.WithdrawSummaryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_api_pb2.ShareSummaryResponse, _abc.Awaitable[_node_api_pb2.ShareSummaryResponse]]:
-        """Recall a summary from every agency that received it."""
+        """Recall a summary from every agency that holds it, or from those named."""
+
+    @_abc_1.abstractmethod
+    def ListDeliveryQueues(
+        self,
+        request: _node_api_pb2.DeliveryQueuesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.DeliveryQueues, _abc.Awaitable[_node_api_pb2.DeliveryQueues]]:
+        """What this node still has to deliver, per agency (for agency IT): how many messages wait
+        to go and how many wait for a receipt, the oldest, and whether the agency is away (its
+        node offline: the gateway says when it returns) or held back (the gateway said BUSY).
+        Counts and node ids only: nothing about anyone.
+        """
 
     @_abc_1.abstractmethod
     def AskClarification(
