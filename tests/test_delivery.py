@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -48,6 +50,17 @@ async def share(cluster: Cluster, assessment_id: str, sender: str = "amh") -> no
             actor=PRACTITIONER, assessment_id=assessment_id, decision=stories.override_decision()
         )
     )
+
+
+@asynccontextmanager
+async def csc_away(tmp_path: Path) -> AsyncIterator[tuple[Cluster, str]]:
+    """amh and csc linked to one family and amh's assessment recorded, then csc's node
+    stopped; the clock stands still, so amh tries csc again only when a test moves it."""
+    clock = ManualClock()
+    async with running(make_federation(tmp_path, clock, nodes=("amh", "csc")), clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")
+        yield cluster, assessment_id
 
 
 async def inbox(cluster: Cluster, node: str) -> list[tuple[str, str]]:
@@ -93,11 +106,7 @@ async def test_offline_recipient_gets_everything_once_with_bounded_attempts(tmp_
 async def test_agency_it_sees_what_waits_for_which_agency_and_why(tmp_path: Path) -> None:
     """The delivery queues: per agency, what waits to go and for a receipt, and why the node
     holds it back (the agency's node away), through the API and `linkage share queues`."""
-    clock = ManualClock()
-    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
-    async with running(federation, clock=clock) as cluster:
-        assessment_id = await family_assessment(cluster)
-        await cluster.stop_node("csc")
+    async with csc_away(tmp_path) as (cluster, assessment_id):
         amh = cluster.nodes["amh"]
         shares = [await share(cluster, assessment_id) for _ in range(2)]
         await settle(amh)  # sent, and the gateway said csc is away
@@ -105,15 +114,11 @@ async def test_agency_it_sees_what_waits_for_which_agency_and_why(tmp_path: Path
         answer = await cluster.api("amh").ListDeliveryQueues(ask)
         assert answer.connected
         (queue,) = answer.queues
-        assert (queue.node_id, queue.to_send, queue.awaiting_receipt, queue.away, queue.held) == (
-            "csc",
-            2,
-            0,
-            True,
-            False,
-        )
-        assert queue.next_attempt_at_ms > clock.now_ms()  # backing off until then, or until the gateway says
-        assert queue.oldest_created_at_ms <= clock.now_ms() and queue.most_attempts >= 1
+        assert (queue.node_id, queue.to_send, queue.awaiting_receipt) == ("csc", 2, 0)
+        assert (queue.away, queue.held) == (True, False)
+        now = amh.clock.now_ms()
+        assert queue.next_attempt_at_ms > now  # backing off until then, or until the gateway says
+        assert queue.oldest_created_at_ms <= now and queue.most_attempts >= 1
         who = ["--actor-id", "it-1", "--actor-role", "Agency IT", "--socket", str(amh.config.api_socket)]
         code, out, err = await linkage("share", "queues", *who)
         assert code == 0, err
@@ -132,11 +137,7 @@ async def test_a_hand_over_to_a_destination_backing_off_is_left_in_the_store_and
 ) -> None:
     """A message handed over while its recipient is away is not sent before the back-off ends,
     and the outbox says it is idle again: callers waiting for that must not wait for ever."""
-    clock = ManualClock()
-    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
-    async with running(federation, clock=clock) as cluster:
-        assessment_id = await family_assessment(cluster)
-        await cluster.stop_node("csc")
+    async with csc_away(tmp_path) as (cluster, assessment_id):
         amh = cluster.nodes["amh"]
         await share(cluster, assessment_id)
         await settle(amh)  # the first message probed, and the gateway said csc is away
@@ -151,11 +152,7 @@ async def test_a_hand_over_to_a_destination_backing_off_is_left_in_the_store_and
 
 
 async def test_a_watcher_hears_its_message_settle_even_when_another_watcher_gave_up(tmp_path: Path) -> None:
-    clock = ManualClock()
-    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
-    async with running(federation, clock=clock) as cluster:
-        assessment_id = await family_assessment(cluster)
-        await cluster.stop_node("csc")
+    async with csc_away(tmp_path) as (cluster, assessment_id):
         amh = cluster.nodes["amh"]
         (recipient,) = (await share(cluster, assessment_id)).recipients
         gives_up = asyncio.create_task(amh.outbox.settled(recipient.message_id))
