@@ -262,8 +262,7 @@ class Outbox:
         knows: the gateway said its node is away, or BUSY (for it, or for this node's own rate)."""
         away = self._away.get(recipient)
         holds = [h for h in (self._holds.get(recipient), self._holds.get(SENDER_SCOPE)) if h is not None]
-        until = max([away[1]] if away else [], default=0)
-        until = max([until] + [h.resume_ms for h in holds])
+        until = max(([away[1]] if away else []) + [h.resume_ms for h in holds], default=0)
         return away is not None, bool(holds), until if until > self.clock.now_ms() else 0
 
     # -- cancelling ----------------------------------------------------------

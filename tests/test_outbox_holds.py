@@ -111,6 +111,9 @@ async def test_a_busy_recipient_is_held_back_alone_then_reopened_a_window_at_a_t
 
     busy = box.metrics.registry.get_sample_value("linkage_node_busy_answers_total", {"limit": "recipient"})
     assert busy == len(full)  # counted per answer, though the hold is set once
+    away, held, until = box.wait_of("b")  # what the delivery queues tell agency IT
+    assert (away, held) == (False, True) and until > clock.now_ms()
+    assert box.wait_of("c") == (False, False, 0)
 
     later = await queue(box, clock, "c", 2)
     await box.send_due()
