@@ -120,8 +120,10 @@ def share_queues(args: argparse.Namespace) -> int:
             f"  {q.agency_name or q.node_id} ({q.node_id}): {q.to_send} to send, {q.awaiting_receipt} awaiting "
             f"a receipt; oldest made {when(q.oldest_created_at_ms)}, up to {q.most_attempts} attempt(s)"
         )
-        why = "its node is away (the gateway tells this node when it returns)" if q.away else ""
-        why = why or ("the gateway said BUSY" if q.held else "")
+        if q.away:
+            why = "its node is away (the gateway tells this node when it returns)"
+        else:
+            why = "the gateway said BUSY" if q.held else ""
         if why or q.next_attempt_at_ms:
             print(f"    {why or 'waiting'}; next try {when(q.next_attempt_at_ms) if q.next_attempt_at_ms else 'now'}")
     return 0
