@@ -27,6 +27,15 @@ def test_the_ab_loop_runs_one_closed_loop() -> None:
     assert "; at 50/s before: p50 " in paced and "; at 50/s after: p50 " in paced
 
 
+def test_the_call_count_names_the_senders_work(tmp_path: Path) -> None:
+    from bench.calls import main
+
+    said = main(20, tmp_path / "calls.txt")
+    assert said.endswith(f"Python calls per message on the sender (20 messages); each function in {tmp_path}/calls.txt")
+    listed = (tmp_path / "calls.txt").read_text()
+    assert listed.startswith("total calls/msg ") and "node/policy/decide.py:decide" in listed
+
+
 def test_linkage_bench_runs_every_cell_and_prints_the_ratio_last(capsys: pytest.CaptureFixture[str]) -> None:
     from bench.run import TINY, run
 
