@@ -64,9 +64,10 @@ class Requests:
         decision: str = "",
         record: Record | None = None,
         detail: dict[str, object] | None = None,
+        summary_id: str = "",
     ) -> node_api_pb2.MessageSent:
         """Seal `write`'s content to each of `to`, queue it and audit `event`, in one transaction
-        (with what `record` writes of it)."""
+        (with what `record` writes of it); `summary_id` names the summary it is about, if any."""
         thread = uuid7(self.ctx.clock.now_ms())
         sealed = await self.ctx.messenger.seal_each(to, kind, tokens, thread, lambda _: write, actor, in_reply_to)
         async with self.ctx.store.tx() as tx:
@@ -78,9 +79,10 @@ class Requests:
                 message_id=in_reply_to,
                 counterpart=",".join(to),
                 decision=decision,
+                summary_id=summary_id,
                 detail={"thread": thread, **(detail or {})},
             )
-            statuses = await self.ctx.messenger.queue(tx, sealed, thread, actor)
+            statuses = await self.ctx.messenger.queue(tx, sealed, thread, actor, summary_id)
             if record is not None:
                 await record(tx, thread, statuses)
         await self.ctx.changed()
@@ -136,8 +138,13 @@ class Requests:
         if not request.answer.strip():
             raise invalid("answer is empty")
         check_notes(answer=request.answer)
-        sender, _, tokens = await self.received(
+        sender, question, tokens = await self.received(
             request.request_message_id, (envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,)
+        )
+        # The answer is about the summary the question was about: withdrawn for erasure, it goes
+        # with it, even while the answer still waits to be sent (node/withdrawals.py).
+        about = await self.ctx.store.fetchone(
+            "SELECT summary_id FROM outbox WHERE message_id = ?", (question.clarification_request.about_message_id,)
         )
         reply = workflow_pb2.ClarificationResponse(request_message_id=request.request_message_id, answer=request.answer)
         return await self.send(
@@ -148,6 +155,7 @@ class Requests:
             lambda body: body.clarification_response.CopyFrom(reply),
             request.request_message_id,
             "clarification.answered",
+            summary_id=about[0] if about else "",
         )
 
     async def request_information(self, request: node_api_pb2.RequestInformationRequest) -> node_api_pb2.MessageSent:

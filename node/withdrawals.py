@@ -15,7 +15,7 @@ from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
-from node.messaging import CARRIES_SUMMARY
+from node.messaging import CARRIES_SUMMARY, kind_name
 from node.policy.rules import consent_absent
 from node.store import FetchAll, Tx
 
@@ -137,7 +137,7 @@ class Withdrawals:
                     "INSERT INTO withdrawals(share_id, summary_id, ground, erase, at_ms) VALUES (?, ?, ?, ?, ?)",
                     (share_id, request.summary_id, request.ground, erase, tx.now_ms),
                 )
-                unsent_to = await self._cancel_unsent(tx, request, recipients, share_id, withheld)
+                unsent_to = await self._cancel_unsent(tx, request, recipients, share_id, erase, withheld)
                 await tx.audit(
                     "summary.withdrawn",
                     request.actor,
@@ -172,8 +172,8 @@ class Withdrawals:
                 node_api_pb2.PolicyFinding(
                     code="versions_cancelled",
                     severity="warning",
-                    message=f"{len(withheld)} message(s) of this summary were still waiting to be sent (to {agencies}) "
-                    "and are cancelled: they will not be sent",
+                    message=f"{len(withheld)} message(s) of or about this summary were still waiting to be sent "
+                    f"(to {agencies}) and are cancelled: they will not be sent",
                 )
             )
         return node_api_pb2.ShareSummaryResponse(share_id=share_id, recipients=statuses, findings=findings)
@@ -184,25 +184,28 @@ class Withdrawals:
         request: node_api_pb2.WithdrawSummaryRequest,
         recipients: list[str],
         withdrawal_id: str,
+        erase: bool,
         withheld: set[str],
     ) -> set[str]:
         """A withdrawn summary does not leave after its withdrawal: each version of it still
-        waiting to be sent (its recipient away, say) is cancelled, into `withheld`; the
-        recipients they were for. One on its way to the gateway goes: its recipient erases it,
-        or marks it withdrawn, when the withdrawal comes."""
-        rows = await (
-            await tx.execute(
-                "SELECT o.message_id, o.share_id, o.recipient, b.envelope FROM outbox o INDEXED BY outbox_by_summary "
-                "JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? AND o.state = 'queued' AND o.kind != ?",
-                (request.summary_id, envelope_pb2.MESSAGE_KIND_WITHDRAWAL),
-            )
-        ).fetchall()
-        rows = [row for row in rows if row[2] in recipients]  # a withdrawal from some agencies keeps to them
+        waiting to be sent (its recipient away, say) is cancelled, into `withheld`; and, when
+        it is to be erased, each answer about it (its recipient would erase that on arrival).
+        Returns the recipients they were for. One on its way to the gateway goes: its recipient
+        erases it, or marks it withdrawn, when the withdrawal comes."""
+        kinds = (*CARRIES_SUMMARY, *((envelope_pb2.MESSAGE_KIND_CLARIFICATION_RESPONSE,) if erase else ()))
+        rows = await tx.fetchall(
+            "SELECT o.message_id, o.share_id, o.recipient, o.kind, b.envelope FROM outbox o "
+            "INDEXED BY outbox_by_summary JOIN outbox_bodies b ON b.seq = o.seq "
+            "WHERE o.summary_id = ? AND o.state = 'queued'",
+            (request.summary_id,),
+        )
+        # A withdrawal from some agencies keeps to them.
+        rows = [row for row in rows if row[2] in recipients and row[3] in kinds]
         withheld |= self.ctx.outbox.withhold(row[0] for row in rows)
         if not withheld:
             return set()
         reason = f"not sent: the summary was withdrawn ({request.ground}) before this left the node"
-        for message_id, version_id, recipient, envelope in rows:
+        for message_id, thread, recipient, kind, envelope in rows:
             if message_id in withheld:
                 await tx.execute(
                     "UPDATE outbox SET state = 'cancelled', reason = ? WHERE message_id = ?", (reason, message_id)
@@ -213,11 +216,17 @@ class Withdrawals:
                     message_id=message_id,
                     summary_id=request.summary_id,
                     counterpart=recipient,
-                    detail={"share_id": version_id, "withdrawal": withdrawal_id, "reason": reason, "by": "sender"},
+                    detail={
+                        "share_id": thread,
+                        "kind": kind_name(kind),
+                        "withdrawal": withdrawal_id,
+                        "reason": reason,
+                        "by": "sender",
+                    },
                 )
         cancelled = set(withheld)
         tx.on_commit(lambda: self.ctx.outbox.cancelled(cancelled))
-        return {recipient for message_id, _, recipient, _ in rows if message_id in cancelled}
+        return {recipient for message_id, _, recipient, _, _ in rows if message_id in cancelled}
 
     async def _shared_on_consent(self, summary_id: str, ground: str) -> None:
         """A ground that says consent was withdrawn needs a summary last shared on consent."""

@@ -277,7 +277,7 @@ async def test_a_version_still_waiting_to_be_sent_when_withdrawn_is_never_sent(t
         )
         assert [f.code for f in withdrawn.findings] == ["breach_to_assess", "versions_cancelled"]
         school_name = amh.trust.current(amh.clock.now_ms()).nodes["school"].agency_name
-        assert f"1 message(s) of this summary were still waiting to be sent (to {school_name})" in (
+        assert f"1 message(s) of or about this summary were still waiting to be sent (to {school_name})" in (
             withdrawn.findings[1].message
         )
         status = await cluster.api("amh").GetShareStatus(
@@ -323,7 +323,81 @@ async def test_a_version_still_waiting_to_be_sent_when_withdrawn_is_never_sent(t
     report = json.loads(
         linkage("audit", "report", "--config", config(federation, "amh"), "--person", PARENT, "--json").stdout
     )
-    assert [r["with"] for r in report if r["what"] == "Not sent: its summary withdrawn first"] == [school_name]
+    assert [r["with"] for r in report if r["what"] == "Not sent: its summary withdrawn first (summary share)"] == [
+        school_name
+    ]
+
+
+@pytest.mark.parametrize(("ground", "answer_goes"), [("WRONG_PERSON", False), ("NOT_TO_BE_RELIED_ON", True)])
+async def test_an_answer_still_waiting_about_a_summary_withdrawn_for_erasure_is_never_sent(
+    tmp_path: Path, ground: str, answer_goes: bool
+) -> None:
+    """Children's social care asks about the summary, then its node goes away; the answer
+    waits at the sender when the summary is withdrawn. Withdrawn for erasure, the answer is
+    about the wrong person too: cancelled, never sent. Withdrawn and kept, the answer still
+    explains what the recipient keeps: it goes when the node is back. The clock stands still."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock)
+    async with running(federation, clock=clock) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        shared = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        await cluster.api("csc").AskClarification(
+            node_api_pb2.AskClarificationRequest(
+                actor=CSC_WORKER, about_message_id=shared.message_id, question="Where was it recorded?"
+            )
+        )
+        question = await next_item(cluster, "amh", env.MESSAGE_KIND_CLARIFICATION_REQUEST)
+        await wait_delivered(cluster.nodes["csc"], 1)  # its question receipted: nothing of csc's left to send
+        await cluster.stop_node("csc")
+        amh = cluster.nodes["amh"]
+        answered = await cluster.api("amh").AnswerClarification(
+            node_api_pb2.AnswerClarificationRequest(
+                actor=PRACTITIONER, request_message_id=question.message_id, answer="At the Elm Street clinic."
+            )
+        )
+        (answer,) = answered.recipients
+        await settle(amh)  # the answer went to the gateway, which said csc's node is away
+
+        withdrawn = await cluster.api("amh").WithdrawSummary(
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONER, summary_id=summary_id, reason="Linked to the wrong family.", ground=ground
+            )
+        )
+        assert ("versions_cancelled" in [f.code for f in withdrawn.findings]) is not answer_goes
+        await cluster.start_node("csc")
+        await wait_delivered(amh, 4 + answer_goes)  # the share's two and the withdrawal's two (and the answer)
+        (state,) = await amh.store.fetchone(  # type: ignore[union-attr]
+            "SELECT state FROM outbox WHERE message_id = ?", (answer.message_id,)
+        )
+        assert state == ("delivered" if answer_goes else "cancelled")
+        await next_item(cluster, "csc", env.MESSAGE_KIND_WITHDRAWAL)
+        with closing(sqlite3.connect(cluster.nodes["csc"].config.store_path)) as db:
+            arrived = db.execute(
+                "SELECT message_id FROM inbox WHERE kind = ?", (env.MESSAGE_KIND_CLARIFICATION_RESPONSE,)
+            ).fetchall()
+        assert arrived == ([(answer.message_id,)] if answer_goes else [])
+
+        entries = await audit_events(amh)
+        (queued,) = [e for e in events(entries, "message.queued") if e["message_id"] == answer.message_id]
+        assert queued["summary_id"] == summary_id  # the IG officer sees what the answer was about
+        cancelled = events(entries, "message.cancelled")
+        if answer_goes:
+            assert cancelled == []
+        else:
+            (entry,) = cancelled
+            assert (entry["message_id"], entry["summary_id"], entry["counterpart"]) == (
+                answer.message_id,
+                summary_id,
+                "csc",
+            )
+            assert entry["detail"]["kind"] == "clarification_response"
+    if not answer_goes:  # a subject access report says what never went
+        report = json.loads(
+            linkage("audit", "report", "--config", config(federation, "amh"), "--person", PARENT, "--json").stdout
+        )
+        assert [r["what"] for r in report if r["what"].startswith("Not sent")] == [
+            "Not sent: its summary withdrawn first (clarification response)"
+        ]
 
 
 async def test_a_summary_sent_to_one_agency_in_error_is_recalled_from_it_alone(federation: LocalFederation) -> None:
