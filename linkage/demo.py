@@ -320,9 +320,7 @@ class Demo:
             )
         )
         say("    It withdraws the summary as WRONG_PERSON; each recipient erases every version before it receipts:")
-        for r in (await self.settled("amh", withdrawn.share_id)).recipients:
-            said = "erased it (withdrawal delivered, receipt signed)" if r.state == "delivered" else r.reason
-            say(f"    {NODES[r.node_id][0]:<26} {said}")
+        await self.say_erased("amh", withdrawn.share_id)
         if any(f.code == "breach_to_assess" for f in withdrawn.findings):
             say("    The practitioner is told it is a personal data breach for IG to assess (the ICO within 72 hours).")
         corrected = stories.parent_risk_change(parent, child)
@@ -337,6 +335,32 @@ class Demo:
         )
         names = ", ".join(NODES[r.node_id][0] for r in (await self.settled("amh", shared.share_id)).recipients)
         say(f"    A corrected summary, without it, is delivered to {names}.")
+
+    async def recall_from_age_uk(self, summary_id: str) -> None:
+        """Sent to one agency in error: recalled from that agency alone, which erases it; the
+        others keep it (domain.md §3.8)."""
+        say("[13] The police find their summary went too far: code C keeps it to statutory partners, and Age UK")
+        say("     is a charity. They recall it from Age UK alone, as SHARED_IN_ERROR:")
+        withdrawn = await self.api("police").WithdrawSummary(
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONERS["police"],
+                summary_id=summary_id,
+                ground="SHARED_IN_ERROR",
+                reason="Handling code C: statutory safeguarding partners only; Age UK is not one.",
+                recipients=["ageuk"],
+            )
+        )
+        await self.say_erased("police", withdrawn.share_id)
+        kept = "Adult Social Care keeps it"
+        if any(f.code == "breach_to_assess" for f in withdrawn.findings):
+            kept += "; the police's IG officer is told to assess the breach"
+        say(f"    {kept}.")
+
+    async def say_erased(self, node: str, withdrawal_id: str) -> None:
+        """Each recipient of a withdrawal that erases, once its signed receipt is in."""
+        for r in (await self.settled(node, withdrawal_id)).recipients:
+            said = "erased it (withdrawal delivered, receipt signed)" if r.state == "delivered" else r.reason
+            say(f"    {NODES[r.node_id][0]:<26} {said}")
 
     async def settled(self, node: str, share_id: str) -> node_api_pb2.ShareStatus:
         """A share's status once every recipient's copy is delivered or undeliverable."""
@@ -386,17 +410,11 @@ class Demo:
             say(f"    {agency.agency_name} ({agency.agency_type}) - contact the {agency.contact_role}")
 
         token = cases["fire"].people[0].link_token
-        say("[12] The fire service, the police and Age UK share what they know with everyone linked to Ms B:")
+        say("[12] The fire service, the police and Age UK share what they know with the agencies linked to Ms B:")
         for node, assessment, decision in (
             ("fire", stories.fire_home_visit(token), stories.fire_decision()),
             ("police", stories.police_welfare_concern(token), stories.police_decision()),
-            (
-                "ageuk",
-                stories.age_uk_support(token),
-                stories.consented_decision(
-                    "Adult social care is planning support; our two years of weekly contact should inform it."
-                ),
-            ),
+            ("ageuk", stories.age_uk_support(token), stories.age_uk_decision()),
         ):
             recorded = await self.api(node).RecordAssessment(
                 node_api_pb2.RecordAssessmentRequest(
@@ -436,8 +454,9 @@ class Demo:
         linked_by = item.summary.people[0].identity_basis
         say(f"    Age UK linked Ms B by the NHS number she gave ({linked_by}): adult social care confirms it is")
         say("    her before acting, and would challenge a wrong link (IDENTITY_MATCH).")
+        await self.recall_from_age_uk(concern.summary.summary_id)
 
-        say("[13] Adult social care asks Age UK for clarification, threaded to what Age UK sent:")
+        say("[14] Adult social care asks Age UK for clarification, threaded to what Age UK sent:")
         question = "How often do you visit, and would she let your volunteer help plan the clearance?"
         await self.api("asc").AskClarification(
             node_api_pb2.AskClarificationRequest(
@@ -456,7 +475,7 @@ class Demo:
         say(f"    Q: {question}")
         say(f"    A: {answer.body.clarification_response.answer}")
 
-        say("[14] After the clearance, adult social care proposes to close and asks the others first:")
+        say("[15] After the clearance, adult social care proposes to close and asks the others first:")
         await self.api("asc").ProposeClosure(
             node_api_pb2.ProposeClosureRequest(
                 actor=PRACTITIONERS["asc"],
@@ -511,7 +530,7 @@ class Demo:
     async def verify_audit(self, node_id: str) -> None:
         """What an IG officer runs: the node's log against the checkpoint the witness cosigned
         (lodged as the node stopped)."""
-        say(f"[17] An information governance officer verifies {NODES[node_id][0]}'s audit log:")
+        say(f"[18] An information governance officer verifies {NODES[node_id][0]}'s audit log:")
         command = ["audit", "verify", "--config", str(self.root / node_id / "node.toml")]
         verify = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "linkage", *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -522,7 +541,7 @@ class Demo:
             say(f"    {line.strip()}")
 
     def where(self) -> None:
-        say("[15] Where the data lives:")
+        say("[16] Where the data lives:")
         say(f"    Federation (CA, keys, directory; keep off-line): {self.root / 'federation'}")
         say(f"    Gateway (tokens, witness, metadata; no content): {self.root / 'gateway' / 'gateway.sqlite'}")
         for node_id in NODES:
@@ -555,7 +574,7 @@ async def _run_demo(root: Path, kept: bool) -> int:
     finally:
         with contextlib.suppress(Exception):
             codes = await demo.stop()
-            say(f"[16] Stopped {len(codes)} processes (exit codes {sorted(set(codes))}).")
+            say(f"[17] Stopped {len(codes)} processes (exit codes {sorted(set(codes))}).")
     if told:
         await demo.verify_audit("csc")
         if kept:

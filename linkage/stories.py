@@ -288,6 +288,18 @@ def age_uk_support(token: bytes) -> pb.RiskSummary:
     )
 
 
+def age_uk_decision() -> pb.ShareDecision:
+    """Age UK shares on Ms B's consent, which does not reach the police: it leaves them out,
+    saying why."""
+    decision = consented_decision(
+        "Adult social care is planning support; our two years of weekly contact should inform it."
+    )
+    decision.not_shared_with.add(
+        node_id="police", reason="Ms B agreed to adult social care and the fire service being told, not the police."
+    )
+    return decision
+
+
 def consented_decision(rationale: str) -> pb.ShareDecision:
     return pb.ShareDecision(
         rationale=rationale,

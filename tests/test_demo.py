@@ -53,11 +53,23 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert "A: Every Tuesday" in out
     assert "withheld from County Fire and Rescue: risk item 1 (FINANCIAL_MATERIAL_ABUSE): not within" in out
     assert "how it may use the police's summary (DPA 2018 Part 3, SCH8_P4): POLICE_HANDLING_C" in out
+    # Age UK leaves the police out, saying why; the police recall their summary from Age UK alone.
+    assert "Age UK Solihull -> Adult Social Care, County Fire and Rescue: " in out
+    assert "withheld from County Police: left out by the practitioner: Ms B agreed to adult social care" in out
+    assert "They recall it from Age UK alone, as SHARED_IN_ERROR:\n" in out
+    assert "    Age UK Solihull            erased it (withdrawal delivered, receipt signed)\n" in out
+    assert "Adult Social Care keeps it; the police's IG officer is told to assess the breach." in out
+    police_summary = "SELECT state FROM inbox WHERE kind = 1 AND sender = 'police'"
+    with closing(sqlite3.connect(tmp_path / "demo" / "ageuk" / "store.sqlite")) as ageuk:
+        assert ageuk.execute(police_summary).fetchall() == [("erased",)]
+    with closing(sqlite3.connect(tmp_path / "demo" / "asc" / "store.sqlite")) as asc:
+        ((kept,),) = asc.execute(police_summary).fetchall()
+        assert kept != "erased"
     assert "County Fire and Rescue objects: The smoke alarms are not fitted yet" in out
     assert "Closing now is refused" in out
     assert "Stopped 8 processes (exit codes [0])" in out
     # The IG officer's check, against the checkpoint the witness cosigned as csc stopped.
-    verified = out.split("[17]", 1)[1]
+    verified = out.split("[18]", 1)[1]
     assert "was cosigned by the witness, gateway gateway" in verified and "\n    OK: " in verified, verified
     kept_hint = f"    linkage audit verify --config {tmp_path / 'demo' / 'csc' / 'node.toml'}\n"
     assert kept_hint in out  # the paths it showed are still there to try
