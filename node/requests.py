@@ -21,6 +21,7 @@ from node.messaging import CARRIES_SUMMARY, Fill
 from node.policy.rules import basis_rules
 from node.sharing import Sharing
 from node.store import Tx
+from node.withdrawals import standing
 
 # What a caller of `_send` writes of what it sent, in the same transaction: (tx, thread, statuses).
 Record = Callable[[Tx, str, list[node_api_pb2.DeliveryStatus]], Awaitable[None]]
@@ -146,6 +147,15 @@ class Requests:
         about = await self.ctx.store.fetchone(
             "SELECT summary_id FROM outbox WHERE message_id = ?", (question.clarification_request.about_message_id,)
         )
+        summary_id = about[0] if about else ""
+        stands = (await standing(self.ctx.store.fetchall, summary_id)).get(sender) if summary_id else None
+        if stands is not None and stands.state == "erased":
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the question is about summary {summary_id!r}, which this node withdrew from {sender} for erasure "
+                f"(withdrawal {stands.withdrawal}): {sender} has erased it, and would erase an answer about it as "
+                "it arrived",
+            )
         reply = workflow_pb2.ClarificationResponse(request_message_id=request.request_message_id, answer=request.answer)
         return await self.send(
             request.actor,
@@ -155,7 +165,7 @@ class Requests:
             lambda body: body.clarification_response.CopyFrom(reply),
             request.request_message_id,
             "clarification.answered",
-            summary_id=about[0] if about else "",
+            summary_id=summary_id,
         )
 
     async def request_information(self, request: node_api_pb2.RequestInformationRequest) -> node_api_pb2.MessageSent:

@@ -16,7 +16,8 @@ import pytest
 from linkage import stories
 from linkage.clock import ManualClock
 from linkage.v1 import envelope_pb2 as env
-from linkage.v1 import node_api_pb2
+from linkage.v1 import node_api_pb2, workflow_pb2
+from node.requests import Requests
 from tests.harness import (
     PRACTITIONER,
     Cluster,
@@ -202,7 +203,8 @@ async def test_a_withdrawal_must_say_on_what_ground(federation: LocalFederation)
 
 async def test_the_senders_answers_about_an_erased_summary_are_erased_with_it(federation: LocalFederation) -> None:
     """What the sender said in answer to a clarification about the summary is about the same
-    person: erased with it, whether the answer came before the withdrawal or after it."""
+    person: erased with it, whether the answer came before the withdrawal or after it. Asked to
+    answer after it, the sender's practitioner is told the answer would be erased unread."""
     async with running(federation) as cluster:
         _, _, summary_id = await shared_with_both(cluster)
         shared = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
@@ -229,8 +231,27 @@ async def test_the_senders_answers_about_an_erased_summary_are_erased_with_it(fe
         await answer(first)
         before = await next_item(cluster, "csc", env.MESSAGE_KIND_CLARIFICATION_RESPONSE)
         await withdraw(cluster, summary_id, "WRONG_PERSON")
-        await answer(second)  # answered after the withdrawal: erased as it arrives
-        await wait_delivered(cluster.nodes["amh"], 6)  # the share's two, the first answer, the withdrawal's two, this
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # the practitioner learns it would go for nothing
+            await answer(second)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"the question is about summary {summary_id!r}, which this node withdrew from csc for erasure" in (
+            refused.value.details() or ""
+        )
+        # A sender that answers regardless (an older release): the answer is erased as it arrives.
+        amh = cluster.nodes["amh"]
+        regardless = Requests(amh.ctx, amh.cases, amh.sharing)
+        _, _, tokens = await regardless.received(second.message_id, (env.MESSAGE_KIND_CLARIFICATION_REQUEST,))
+        reply = workflow_pb2.ClarificationResponse(request_message_id=second.message_id, answer="On Monday.")
+        await regardless.send(
+            PRACTITIONER,
+            ["csc"],
+            env.MESSAGE_KIND_CLARIFICATION_RESPONSE,
+            tokens,
+            lambda body: body.clarification_response.CopyFrom(reply),
+            second.message_id,
+            "clarification.answered",
+        )
+        await wait_delivered(amh, 6)  # the share's two, the first answer, the withdrawal's two, this
 
         with closing(sqlite3.connect(cluster.nodes["csc"].config.store_path)) as db:
             answers = db.execute(
