@@ -20,11 +20,23 @@ from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, Fill
 from node.policy.rules import basis_rules
 from node.sharing import Sharing
-from node.store import Tx
+from node.store import FetchAll, Tx
 from node.withdrawals import standing
 
 # What a caller of `_send` writes of what it sent, in the same transaction: (tx, thread, statuses).
 Record = Callable[[Tx, str, list[node_api_pb2.DeliveryStatus]], Awaitable[None]]
+
+
+async def _not_erased(fetchall: FetchAll, summary_id: str, asker: str) -> None:
+    """Refuse an answer about a summary this node withdrew from the asker for erasure."""
+    stands = (await standing(fetchall, summary_id)).get(asker) if summary_id else None
+    if stands is not None and stands.state == "erased":
+        raise ApiError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"the question is about summary {summary_id!r}, which this node withdrew from {asker} for erasure "
+            f"(withdrawal {stands.withdrawal}): {asker} has erased it, and would erase an answer about it as it "
+            "arrived",
+        )
 
 
 class Requests:
@@ -148,14 +160,7 @@ class Requests:
             "SELECT summary_id FROM outbox WHERE message_id = ?", (question.clarification_request.about_message_id,)
         )
         summary_id = about[0] if about else ""
-        stands = (await standing(self.ctx.store.fetchall, summary_id)).get(sender) if summary_id else None
-        if stands is not None and stands.state == "erased":
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"the question is about summary {summary_id!r}, which this node withdrew from {sender} for erasure "
-                f"(withdrawal {stands.withdrawal}): {sender} has erased it, and would erase an answer about it as "
-                "it arrived",
-            )
+        await _not_erased(self.ctx.store.fetchall, summary_id, sender)
         reply = workflow_pb2.ClarificationResponse(request_message_id=request.request_message_id, answer=request.answer)
         return await self.send(
             request.actor,
@@ -165,6 +170,8 @@ class Requests:
             lambda body: body.clarification_response.CopyFrom(reply),
             request.request_message_id,
             "clarification.answered",
+            # Again where writes are serial: a withdrawal racing this answer may have committed meanwhile.
+            record=lambda tx, _, __: _not_erased(tx.fetchall, summary_id, sender),
             summary_id=summary_id,
         )
 
