@@ -134,6 +134,7 @@ async def test_r4_gateway_killed_mid_stream(tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1500)  # minutes on this machine: the suite's 300 s limit is to stop a hang, not a soak
 @pytest.mark.parametrize("kill", ["amh", "csc", "gateway"])
 async def test_kill_soak(tmp_path: Path, kill: str) -> None:
     """The nightly version: 50 rounds of each."""
