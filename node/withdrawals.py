@@ -196,11 +196,10 @@ class Withdrawals:
         rows = await tx.fetchall(
             "SELECT o.message_id, o.share_id, o.recipient, o.kind, b.envelope FROM outbox o "
             "INDEXED BY outbox_by_summary JOIN outbox_bodies b ON b.seq = o.seq "
-            "WHERE o.summary_id = ? AND o.state = 'queued'",
-            (request.summary_id,),
+            f"WHERE o.summary_id = ? AND o.state = 'queued' AND o.kind IN ({','.join('?' * len(kinds))})",
+            (request.summary_id, *kinds),
         )
-        # A withdrawal from some agencies keeps to them.
-        rows = [row for row in rows if row[2] in recipients and row[3] in kinds]
+        rows = [row for row in rows if row[2] in recipients]  # a withdrawal from some agencies keeps to them
         withheld |= self.ctx.outbox.withhold(row[0] for row in rows)
         if not withheld:
             return set()
