@@ -9,6 +9,7 @@ import json
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -271,6 +272,38 @@ async def test_the_senders_answers_about_an_erased_summary_are_erased_with_it(fe
         assert (raised.value.details() or "").startswith(
             f"item {before.message_id!r} was erased at its sender's request: this node no longer holds it"
         )
+
+
+async def test_an_answer_racing_the_withdrawal_that_erases_its_summary_is_refused(federation: LocalFederation) -> None:
+    """The withdrawal commits after the answer was checked and while it is sealed: the check
+    made again in the answer's transaction refuses it, and nothing of it is queued."""
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        shared = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        await cluster.api("csc").AskClarification(
+            node_api_pb2.AskClarificationRequest(actor=CSC_WORKER, about_message_id=shared.message_id, question="Who?")
+        )
+        question = await next_item(cluster, "amh", env.MESSAGE_KIND_CLARIFICATION_REQUEST)
+        messenger = cluster.nodes["amh"].ctx.messenger
+        seal_each = messenger.seal_each
+
+        async def withdrawn_meanwhile(*args: Any, **kwargs: Any) -> Any:
+            if args[1] == env.MESSAGE_KIND_CLARIFICATION_RESPONSE:
+                await withdraw(cluster, summary_id, "WRONG_PERSON")
+            return await seal_each(*args, **kwargs)
+
+        messenger.seal_each = withdrawn_meanwhile  # type: ignore[method-assign]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cluster.api("amh").AnswerClarification(
+                node_api_pb2.AnswerClarificationRequest(
+                    actor=PRACTITIONER, request_message_id=question.message_id, answer="Her neighbour."
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "which this node withdrew from csc for erasure" in (refused.value.details() or "")
+        assert await cluster.nodes["amh"].store.fetchone(  # type: ignore[union-attr]
+            "SELECT COUNT(*) FROM outbox WHERE kind = ?", (env.MESSAGE_KIND_CLARIFICATION_RESPONSE,)
+        ) == (0,)
 
 
 async def test_a_version_still_waiting_to_be_sent_when_withdrawn_is_never_sent(tmp_path: Path) -> None:
