@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import grpc
-
 from bench.cpu import CpuMeter
 from bench.load import OneMessage, closed_loop, paced
 from bench.results import Result, summarise
@@ -35,7 +33,7 @@ from linkage.config import GatewayConfig, NodeConfig
 from linkage.demo import Process, spawn
 from linkage.federation import enrol_gateway, enrol_node, init_federation, publish_directory
 from linkage.runtime import settle_heap
-from linkage.transport import TlsFiles
+from linkage.transport import TlsFiles, api_channel
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc
 from node.server import NodeServer
 
@@ -124,7 +122,7 @@ class LinkageRun:
         await self.sender.start()
         assert self.sender.link is not None
         await self.sender.link.connected.wait()
-        async with grpc.aio.insecure_channel(f"unix:{fed.node_tomls[RECIPIENT].parent / 'api.sock'}") as channel:
+        async with api_channel(fed.node_tomls[RECIPIENT].parent / "api.sock") as channel:
             recipient_api = node_api_pb2_grpc.NodeApiStub(channel)
             for n in range(FAMILIES):
                 await self._prepare(recipient_api, n)

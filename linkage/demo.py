@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from linkage import stories
 from linkage.clock import SystemClock
 from linkage.federation import enrol_gateway, enrol_node, init_federation, publish_directory
-from linkage.transport import LINK_HEALTH_SERVICE
+from linkage.transport import LINK_HEALTH_SERVICE, api_channel
 from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc, summary_pb2, workflow_pb2
 
 FEDERATION_ID = "demo.linkage.example"
@@ -152,7 +152,7 @@ class Demo:
             )
         for process in self.processes[1:]:
             await process.first_line("serving its API")
-            self.channels[process.name] = grpc.aio.insecure_channel(f"unix:{self.root / process.name / 'api.sock'}")
+            self.channels[process.name] = api_channel(self.root / process.name / "api.sock")
             await self._wait_linked(process.name)
         pids = ", ".join(f"{p.name} (pid {p.proc.pid})" for p in self.processes)
         say(f"[2] Started {pids}.")

@@ -16,14 +16,29 @@ LINK_HEALTH_SERVICE = "linkage.v1.GatewayLink"
 # this is an attack or a bug (RESOURCE_EXHAUSTED at the transport).
 MAX_MESSAGE_BYTES = 256 * 1024
 
-SERVER_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+# The node's API answers its own case system over a local socket: what it is sent is
+# small, but what it answers can be large (a page of 500 received summaries, a family's
+# chronology of thousands of entries). So its answers may be as large as the largest
+# page of received summaries can be, with room to spare, and its clients must accept as
+# much (gRPC's default is 4 MiB).
+API_MAX_ANSWER_BYTES = 256 * 1024 * 1024
+
+_KEEPALIVE_SERVER: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_connection_idle_ms", 300_000),
+]
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    *_KEEPALIVE_SERVER,
+]
+API_SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", API_MAX_ANSWER_BYTES),
+    *_KEEPALIVE_SERVER,
 ]
 
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
@@ -79,3 +94,9 @@ def tls_peer(context: grpc.aio.ServicerContext[object, object]) -> Peer | None:
 def secure_channel(address: str, tls: TlsFiles, server_name: str) -> grpc.aio.Channel:
     options: list[tuple[str, int | str]] = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)]
     return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
+
+
+def api_channel(socket: Path) -> grpc.aio.Channel:
+    """A channel to a node's API on its local socket, accepting answers as large as it sends."""
+    options = [("grpc.max_receive_message_length", API_MAX_ANSWER_BYTES)]
+    return grpc.aio.insecure_channel(f"unix:{socket}", options=options)

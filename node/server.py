@@ -21,7 +21,7 @@ from linkage.metrics import MetricsEndpoint
 from linkage.reasons import Rejected
 from linkage.runtime import serve_until_signalled
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
-from linkage.transport import LINK_HEALTH_SERVICE, SERVER_OPTIONS
+from linkage.transport import API_SERVER_OPTIONS, LINK_HEALTH_SERVICE
 from linkage.v1 import directory_pb2, gateway_pb2
 from node import retention
 from node.api import SERVICE_NAME, NodeApiService, add_to_server
@@ -228,7 +228,7 @@ class NodeServer:
         row = await self.store.fetchone("SELECT MAX(seq) FROM inbox")
         self.feed.last_seq = int(row[0] or 0)
 
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=API_SERVER_OPTIONS)
         service = NodeApiService(self.cases, self.sharing, requests, self.inbox, self.outbox, self.feed)
         add_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

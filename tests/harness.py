@@ -20,7 +20,7 @@ from gateway.server import GatewayServer
 from linkage.clock import Clock, SystemClock
 from linkage.config import DeliverySettings, GatewayConfig, GatewayLimits, NodeConfig
 from linkage.federation import Federation, enrol_gateway, enrol_node, init_federation, publish_directory, revoke_node
-from linkage.transport import secure_channel
+from linkage.transport import api_channel, secure_channel
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
 from node.server import NodeServer
 
@@ -88,7 +88,7 @@ class Cluster:
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def api(self, node_id: str) -> node_api_pb2_grpc.NodeApiAsyncStub:
-        channel = grpc.aio.insecure_channel(f"unix:{self.nodes[node_id].config.api_socket}")
+        channel = api_channel(self.nodes[node_id].config.api_socket)
         self._channels.append(channel)
         return node_api_pb2_grpc.NodeApiStub(channel)
 

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from linkage.auditlog import ChainResult, verify_chain
 from linkage.demo import Process, spawn
-from linkage.transport import LINK_HEALTH_SERVICE
+from linkage.transport import LINK_HEALTH_SERVICE, api_channel
 from linkage.v1 import node_api_pb2_grpc
 from tests.harness import LocalFederation
 
@@ -65,7 +65,7 @@ class ProcessCluster:
         old = self.channels.pop(node_id, None)
         if old is not None:
             await old.close()
-        self.channels[node_id] = grpc.aio.insecure_channel(f"unix:{folder / 'api.sock'}")
+        self.channels[node_id] = api_channel(folder / "api.sock")
         await self.wait_linked(node_id)
 
     async def wait_linked(self, node_id: str) -> None:

@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from linkage.config import NodeConfig
+from linkage.transport import api_channel
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
 
 T = TypeVar("T")
@@ -43,7 +44,7 @@ def socket_of(args: argparse.Namespace) -> Path:
 
 def call(args: argparse.Namespace, work: Callable[[node_api_pb2_grpc.NodeApiAsyncStub], Awaitable[T]]) -> T:
     async def run() -> T:
-        async with grpc.aio.insecure_channel(f"unix:{socket_of(args)}") as channel:
+        async with api_channel(socket_of(args)) as channel:
             return await work(node_api_pb2_grpc.NodeApiStub(channel))
 
     try:

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from linkage.config import GatewayConfig, NodeConfig
-from linkage.transport import secure_channel
+from linkage.transport import api_channel, secure_channel
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def _check(args: argparse.Namespace) -> int:
             port = gw.listen.rsplit(":", 1)[1]
             channel = secure_channel(f"127.0.0.1:{port}", gw.tls, gw.gateway_id)  # its own certificate
         else:
-            channel = grpc.aio.insecure_channel(f"unix:{NodeConfig.load(args.config).api_socket}")
+            channel = api_channel(NodeConfig.load(args.config).api_socket)
         async with channel:
             stub: Any = health_pb2_grpc.HealthStub(channel)  # the typeshed stub lacks the aio methods
             answer = await stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
