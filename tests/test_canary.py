@@ -165,7 +165,7 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
                 await tx.execute("INSERT INTO inbox_bodies(seq, signed) VALUES (?, x'00')", (seq,))
                 await tx.execute("INSERT INTO inbox_tokens(token, inbox_seq) VALUES (?, ?)", (bytes([n]) * 32, seq))
                 await tx.execute(
-                    "INSERT INTO chronology(inbox_seq, item, at_ms, source_node, summary_id, state, entry) "
+                    "INSERT INTO chronology(inbox_seq, item, at_ms, source_node, summary_id, state, framed) "
                     "VALUES (?, 0, 0, 'amh', 's', 'new', x'00')",
                     (seq,),
                 )

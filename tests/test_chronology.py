@@ -3,12 +3,34 @@ in order, each entry in its summary's present state."""
 
 from __future__ import annotations
 
+import itertools
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing
+
+import pytest
+from google.protobuf import wrappers_pb2
+
 from bench.scale import fill_inbox
 from linkage import stories
 from linkage.transport import MAX_MESSAGE_BYTES
 from linkage.v1 import node_api_pb2
-from tests.harness import LocalFederation, running
+from node.inbox import _STATES, _field, _framed
+from node.store.schema import MIGRATIONS
+from tests.harness import Cluster, LocalFederation, running
 from tests.test_workflows import CSC_WORKER
+
+
+async def _open_case(cluster: Cluster) -> node_api_pb2.OpenCaseResponse:
+    return await cluster.api("csc").OpenCase(
+        node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="long", people=stories.think_family_people())
+    )
+
+
+async def _chronology(cluster: Cluster, case_id: str) -> list[node_api_pb2.ChronologyEntry]:
+    answer = await cluster.api("csc").Chronology(node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=case_id))
+    return list(answer.entries)
 
 
 async def test_answers_larger_than_a_federation_frame_reach_the_case_system(federation: LocalFederation) -> None:
@@ -16,9 +38,7 @@ async def test_answers_larger_than_a_federation_frame_reach_the_case_system(fede
     500 received summaries, and a family's chronology of 2,000 entries, arrive whole."""
     async with running(federation, nodes=("csc",)) as cluster:
         api = cluster.api("csc")
-        opened = await api.OpenCase(
-            node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="long", people=stories.think_family_people())
-        )
+        opened = await _open_case(cluster)
         fill_inbox(cluster.nodes["csc"].config.store_path, 1000, [p.link_token for p in opened.people])
 
         page = await api.ListReceived(node_api_pb2.ListReceivedRequest(actor=CSC_WORKER, limit=500))
@@ -28,3 +48,113 @@ async def test_answers_larger_than_a_federation_frame_reach_the_case_system(fede
         chronology = await api.Chronology(node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=opened.case_id))
         assert len(chronology.entries) == 2000  # two risk items in each
         assert chronology.ByteSize() > MAX_MESSAGE_BYTES
+
+
+async def test_own_assessments_take_their_place_among_received_entries(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Received entries come in the order they arrived, read from the store as one value;
+    an own assessment goes among them by when it was recorded, and they stay as they were."""
+    async with running(federation, nodes=("csc",)) as cluster:
+        opened = await _open_case(cluster)
+        parent, child = [p.link_token for p in opened.people]
+        store_path = cluster.nodes["csc"].config.store_path
+        now_ms = time.time_ns() // 1_000_000
+        monkeypatch.setattr("bench.scale.FIRST_RECEIVED_MS", now_ms - 60_000)
+        fill_inbox(store_path, 2, [parent, child])  # received before the assessment is recorded
+        monkeypatch.setattr("bench.scale.FIRST_RECEIVED_MS", now_ms + 60_000)
+        fill_inbox(store_path, 2, [parent, child])  # and after it
+        with closing(sqlite3.connect(store_path)) as db:
+            arrived = [r[0] for r in db.execute("SELECT received_at_ms FROM inbox ORDER BY seq")]
+
+        received = await _chronology(cluster, opened.case_id)
+        assert [e.at_ms for e in received] == [at for at in arrived for _ in range(2)]  # two items each
+        assert len({e.summary_id for e in received}) == 4
+        assert not any(e.own for e in received)
+
+        await cluster.api("csc").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=CSC_WORKER, case_id=opened.case_id, assessment=stories.parent_risk_change(parent, child)
+            )
+        )
+        merged = await _chronology(cluster, opened.case_id)
+        assert [e.own for e in merged] == [False] * 4 + [True] * 2 + [False] * 4
+        assert [e for e in merged if not e.own] == received
+        assert [e.state for e in merged] == ["current"] * 10
+
+
+async def test_an_entry_derived_as_its_summary_is_superseded_is_stored_superseded(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries are derived off the loop, from rows read before; a newer version arriving in
+    between changes the row's state, and the entries take the state it has when stored."""
+    async with running(federation, nodes=("csc",)) as cluster:
+        opened = await _open_case(cluster)
+        store_path = cluster.nodes["csc"].config.store_path
+        fill_inbox(store_path, 1, [p.link_token for p in opened.people])
+        inbox = cluster.nodes["csc"].inbox
+        derive = inbox._derived_all
+
+        def superseded_meanwhile(rows: list[object]) -> list[tuple[int, int, int, str, str, bytes]]:
+            with closing(sqlite3.connect(store_path)) as db, db:  # as the newer version's arrival does
+                db.execute("UPDATE inbox SET state = 'superseded' WHERE seq = 1")
+            return derive(rows)
+
+        monkeypatch.setattr(inbox, "_derived_all", superseded_meanwhile)
+        assert [e.state for e in await _chronology(cluster, opened.case_id)] == ["superseded"] * 2
+
+
+@pytest.mark.parametrize("size", [1, 127, 128, 300, 1_023, 1_024, 16_383, 16_384, 2_097_152])
+def test_entries_are_framed_as_protobuf_frames_them(size: int) -> None:
+    """The chronology is assembled from stored bytes, so its framing must be protobuf's own."""
+    payload = bytes(size)
+    framed = wrappers_pb2.BytesValue(value=payload).SerializeToString()
+    assert _field(1, payload) == framed == _framed(payload)
+
+
+@pytest.fixture
+def store() -> Iterator[sqlite3.Connection]:
+    with closing(sqlite3.connect(":memory:", isolation_level=None)) as db:
+        for script in MIGRATIONS:
+            db.executescript(script)
+        yield db
+
+
+def test_the_store_frames_an_entry_again_byte_for_byte_as_its_summary_changes_state(
+    store: sqlite3.Connection,
+) -> None:
+    """Migration 32's trigger takes an entry's state field off and puts the new one on, and
+    frames it again, in SQL: for every state change, with every byte value in the entry (NUL
+    too: SQLite's `||` is a text operator), at each length where the length's varint grows."""
+    store.execute(
+        "INSERT INTO inbox(seq, sender, message_id, digest, received_at_ms, kind, share_id) "
+        "VALUES (1, 'amh', 'm1', x'00', 1, 1, 's')"
+    )
+    edges = [n - t for n in (128, 16_384) for t in range(8, 14)] + [n + 1 for n in (128, 16_384)]
+    transitions = [(a, b) for a, b in itertools.permutations(_STATES, 2)]
+    for size in [0, 1, 300, 100_000, *edges]:
+        entry = (bytes(range(256)) * (size // 256 + 1))[:size]
+        for before, after in transitions:
+            store.execute("UPDATE inbox SET state = ? WHERE seq = 1", (before,))
+            store.execute("DELETE FROM chronology")
+            store.execute(
+                "INSERT INTO chronology VALUES (1, -1, 1, 'amh', 's', ?, x''), (1, 0, 1, 'amh', 's', ?, ?)",
+                (before, before, _framed(entry + _STATES[before])),
+            )
+            store.execute("UPDATE inbox SET state = ? WHERE seq = 1", (after,))
+            rows = store.execute("SELECT item, state, framed FROM chronology ORDER BY item").fetchall()
+            assert rows == [(-1, before, b""), (0, after, _framed(entry + _STATES[after]))], (size, before, after)
+
+
+def test_erasing_a_summary_leaves_its_entries_for_the_erasure_to_delete(store: sqlite3.Connection) -> None:
+    """'erased' has no state field: the trigger leaves the entries alone, and the erasure
+    deletes them in the same transaction (node/erasure.py)."""
+    framed = _framed(b"entry" + _STATES["new"])
+    store.execute(
+        "INSERT INTO inbox(seq, sender, message_id, digest, received_at_ms, kind, share_id) "
+        "VALUES (1, 'amh', 'm1', x'00', 1, 1, 's')"
+    )
+    store.execute("INSERT INTO chronology VALUES (1, 0, 1, 'amh', 's', 'new', ?)", (framed,))
+    store.execute("UPDATE inbox SET state = 'erased' WHERE seq = 1")
+    assert store.execute("SELECT state, framed FROM chronology").fetchall() == [("new", framed)]
+    assert node_api_pb2.ChronologyEntry.FromString(_STATES["withdrawn"]).state == "withdrawn"

@@ -550,7 +550,8 @@ async def test_migration_12_moves_each_received_message_to_its_own_table(tmp_pat
         await store.close()
 
 
-@pytest.mark.parametrize("before", [18, 25])  # for handling conditions (19), then items' exemptions (26)
+# For handling conditions (19), items' exemptions (26), then entries stored framed (32).
+@pytest.mark.parametrize("before", [18, 25, 31])
 async def test_a_migration_derives_the_chronology_again_to_carry_what_entries_now_say(
     tmp_path: Path, before: int
 ) -> None:

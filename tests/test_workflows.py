@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import sqlite3
 import stat
 from collections.abc import Awaitable, Callable
-from contextlib import closing
 from typing import Any
 
 import grpc
@@ -1317,32 +1315,3 @@ async def test_chronology_entries_are_derived_once_batch_by_batch(
         stream.cancel()
         kinds = [kind for kind, _ in await chronology_states(cluster)]
         assert kinds == [env.MESSAGE_KIND_SUMMARY_SHARE] * 2 + [env.MESSAGE_KIND_CORRECTION] * 4
-
-
-@pytest.mark.parametrize("size", [1, 127, 128, 300, 1_023, 1_024, 16_383, 16_384, 2_097_152])
-def test_chronology_entries_are_framed_as_protobuf_frames_them(size: int) -> None:
-    """The chronology is assembled from stored bytes, so its framing must be protobuf's own."""
-    from google.protobuf import wrappers_pb2
-
-    from node.inbox import _entries_field, _field
-
-    payload = bytes(size)
-    framed = wrappers_pb2.BytesValue(value=payload).SerializeToString()
-    assert _field(1, payload) == framed
-    # Beside a short entry, so a header from the table and one built for the length meet.
-    assert _entries_field([b"x", payload]) == wrappers_pb2.BytesValue(value=b"x").SerializeToString() + framed
-
-
-@pytest.mark.parametrize("state", ["new", "read", "superseded", "withdrawn"])
-def test_sqlite_appends_the_state_to_a_stored_entry_byte_for_byte(state: str) -> None:
-    """SQLite's `||` is a text operator: every byte value (NUL too) must come through unchanged."""
-    from node.inbox import _STATES, _WITH_STATE
-
-    entry = bytes(range(256)) * 2
-    with closing(sqlite3.connect(":memory:")) as db:
-        db.execute("CREATE TABLE chronology(entry BLOB, state TEXT)")
-        db.execute("INSERT INTO chronology VALUES (?, ?)", (entry, state))
-        (appended,) = db.execute(f"SELECT {_WITH_STATE} FROM chronology").fetchone()
-    assert appended == entry + _STATES[state]
-    expected = "current" if state in ("new", "read") else state
-    assert node_api_pb2.ChronologyEntry.FromString(_STATES[state]).state == expected
