@@ -16,6 +16,12 @@ LINK_HEALTH_SERVICE = "linkage.v1.GatewayLink"
 # this is an attack or a bug (RESOURCE_EXHAUSTED at the transport).
 MAX_MESSAGE_BYTES = 256 * 1024
 
+# The signed directory grows with the federation: about 160 bytes a node, 3.3 KB with
+# the post-quantum suite's keys (twice that while a node rotates), so 256 KiB held
+# fewer than 80 such nodes. A node fetches it on a channel of its own that accepts this
+# much, keeping its stream's frames to MAX_MESSAGE_BYTES.
+DIRECTORY_MAX_BYTES = 64 * 1024 * 1024
+
 # The node's API answers its own case system over a local socket: what it is sent is
 # small, but what it answers can be large (a page of 500 received summaries, a family's
 # chronology of thousands of entries). So its answers may be as large as the largest
@@ -30,9 +36,10 @@ _KEEPALIVE_SERVER: list[tuple[str, int]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_connection_idle_ms", 300_000),
 ]
+# The gateway's: it sends on no more than a node sent it, but for the directory.
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", DIRECTORY_MAX_BYTES),
     *_KEEPALIVE_SERVER,
 ]
 API_SERVER_OPTIONS: list[tuple[str, int]] = [
@@ -41,8 +48,7 @@ API_SERVER_OPTIONS: list[tuple[str, int]] = [
     *_KEEPALIVE_SERVER,
 ]
 
-CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [  # and the most it receives (secure_channel)
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -91,8 +97,14 @@ def tls_peer(context: grpc.aio.ServicerContext[object, object]) -> Peer | None:
     return Peer(spiffe_id=spiffe[0].decode(), fingerprint=cert_fingerprint(pem[0]), tls_version=version)
 
 
-def secure_channel(address: str, tls: TlsFiles, server_name: str) -> grpc.aio.Channel:
-    options: list[tuple[str, int | str]] = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)]
+def secure_channel(
+    address: str, tls: TlsFiles, server_name: str, max_receive: int = MAX_MESSAGE_BYTES
+) -> grpc.aio.Channel:
+    options: list[tuple[str, int | str]] = [
+        *CHANNEL_OPTIONS,
+        ("grpc.max_receive_message_length", max_receive),
+        ("grpc.ssl_target_name_override", server_name),
+    ]
     return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
 
 

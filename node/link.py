@@ -5,6 +5,7 @@ reconnection with backoff when the gateway goes away."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -14,7 +15,7 @@ import grpc
 from linkage import logs
 from linkage.frames import NestedBatchError, fits, unbatch
 from linkage.tokens import MAX_TOKENS_PER_CALL
-from linkage.transport import TlsFiles, secure_channel
+from linkage.transport import DIRECTORY_MAX_BYTES, TlsFiles, secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
 from node.backoff import backoff_ms
 from node.resolver import Answers
@@ -84,7 +85,8 @@ class GatewayLink:
         on_state: Callable[[bool], Awaitable[None]],
     ) -> None:
         self.node_id = node_id
-        self._channel = secure_channel(address, tls, server_name)
+        self._dial = functools.partial(secure_channel, address, tls, server_name)
+        self._channel = self._dial()
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._on_connect = on_connect
         self._on_frames = on_frames
@@ -279,8 +281,12 @@ class GatewayLink:
         return await self._stub.GetCheckpoints(request, timeout=UNARY_TIMEOUT_S)
 
     async def fetch_directory(self, have_version: int) -> directory_pb2.SignedDirectory:
+        """The gateway's directory, on a channel of its own: it may be larger than any frame
+        the stream's channel accepts. (Fetched at each connection and every few minutes.)"""
         request = gateway_pb2.FetchDirectoryRequest(have_version=have_version)
-        return await self._stub.FetchDirectory(request, timeout=UNARY_TIMEOUT_S)
+        async with self._dial(max_receive=DIRECTORY_MAX_BYTES) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            return await stub.FetchDirectory(request, timeout=UNARY_TIMEOUT_S)
 
     async def close(self) -> None:
         await self._channel.close()

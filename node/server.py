@@ -97,10 +97,13 @@ class NodeServer:
     async def check_directory(self) -> None:
         """Take a newer directory from the gateway; fail closed (NOT_SERVING) once ours has expired."""
         if self.link is not None and self.link.connected.is_set():
-            with contextlib.suppress(grpc.aio.AioRpcError):
+            try:
                 signed = await self.link.fetch_directory(self.trust.version)
-                with contextlib.suppress(Rejected):
-                    self.trust.accept(signed, self.clock.now_ms())
+                self.trust.accept(signed, self.clock.now_ms())
+            except grpc.aio.AioRpcError as exc:  # tried again at the next check; said, so it is not silent until expiry
+                log.warning("directory.fetch_failed", status=exc.code().name)
+            except Rejected as exc:
+                log.warning("directory.refused", reason=exc.reason.value, source="gateway")
         serving = self.trust.serving(self.clock.now_ms())
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):

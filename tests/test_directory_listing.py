@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from linkage.cli.directory_listing import DAY_MS, listing
 from linkage.clock import SystemClock
 from linkage.federation import publish_directory, revoke_node
@@ -35,6 +37,7 @@ def test_members_with_their_law_and_status_and_warnings_before_anything_lapses(t
         ("school", "ENG", "revoked"),
     ]
     assert [k["key_id"] for k in found["nodes"][0]["keys"]] == ["amh-k1"]
+    assert found["bytes"] == len((config.data_dir / "directory.pb").read_bytes())
     (renew,) = found["warnings"]  # published for one day: renew it
     assert renew.startswith("the directory expires at ") and "linkage federation publish" in renew
 
@@ -49,3 +52,15 @@ def test_members_with_their_law_and_status_and_warnings_before_anything_lapses(t
         check=True,
     ).stdout
     assert "3 agencies (2 active):" in text and "Warning: the directory expires at " in text
+    assert f"{found['bytes'] / 1024:,.1f} KiB signed" in text
+
+
+def test_a_directory_nearing_what_nodes_take_is_warned_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    federation = make_federation(tmp_path, SystemClock(), ("amh",))
+    config = federation.node_configs["amh"]
+    size = len((config.data_dir / "directory.pb").read_bytes())
+    monkeypatch.setattr("linkage.cli.directory_listing.DIRECTORY_MAX_BYTES", 2 * size - 1)
+    (warning,) = listing(config, SystemClock().now_ms())["warnings"]
+    assert warning.startswith("the directory is 0.0 MiB, and nodes take at most 0 MiB from the gateway")
+    monkeypatch.setattr("linkage.cli.directory_listing.DIRECTORY_MAX_BYTES", 2 * size)
+    assert listing(config, SystemClock().now_ms())["warnings"] == []

@@ -14,6 +14,7 @@ from typing import Any
 from linkage.cli.audit_entries import federation_directory, when
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.jurisdictions import of_node
+from linkage.transport import DIRECTORY_MAX_BYTES
 from linkage.v1 import directory_pb2
 
 DAY_MS = 86_400_000
@@ -50,6 +51,12 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
             f"the directory {'expired' if left <= 0 else 'expires'} at {when(d.expires_at_ms)}: "
             "publish a fresh one (linkage federation publish) and copy it to the gateway"
         )
+    size = len(view.signed.SerializeToString())
+    if size > DIRECTORY_MAX_BYTES // 2:
+        warnings.append(
+            f"the directory is {size / 2**20:.1f} MiB, and nodes take at most {DIRECTORY_MAX_BYTES // 2**20} MiB "
+            "from the gateway: raise DIRECTORY_MAX_BYTES (linkage/transport.py) before it grows that far"
+        )
     own = config.node_id if isinstance(config, NodeConfig) else None
     me = next((n for n in nodes if n["node_id"] == own), None)
     if me is not None and me["status"] == "active" and me["keys_lapse_in_days"] < ROTATE_WITHIN_DAYS:
@@ -64,6 +71,7 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
         "expires": when(d.expires_at_ms),
         "expires_in_days": _days(d.expires_at_ms - now_ms),
         "suite": directory_pb2.HpkeSuite.Name(d.suite).removeprefix("HPKE_SUITE_"),
+        "bytes": size,
         "gateways": [{"gateway_id": g.gateway_id, "witness": bool(g.witness_public_key)} for g in d.gateways],
         "nodes": nodes,
         "warnings": warnings,
@@ -78,7 +86,8 @@ def show(args: argparse.Namespace) -> int:
         return 0
     print(
         f"Directory version {found['version']} of {found['federation_id']}: issued {found['issued']}, expires "
-        f"{found['expires']} (in {found['expires_in_days']} days); suite {found['suite']}"
+        f"{found['expires']} (in {found['expires_in_days']} days); suite {found['suite']}; "
+        f"{found['bytes'] / 1024:,.1f} KiB signed"
     )
     for g in found["gateways"]:
         print(f"Gateway {g['gateway_id']}{', witness key named' if g['witness'] else ', no witness key'}")

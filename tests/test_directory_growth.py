@@ -1,0 +1,67 @@
+"""The signed directory grows with the federation, past what a frame may carry: with the
+post-quantum suite each agency's entry is about 3.3 KB, so 80 agencies outgrow 256 KiB."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from linkage import logs
+from linkage.clock import SystemClock
+from linkage.federation import publish_directory
+from linkage.transport import MAX_MESSAGE_BYTES
+from linkage.v1 import directory_pb2
+from tests.harness import LocalFederation, make_federation, running
+
+AGENCIES_MORE = 80
+
+
+async def test_a_post_quantum_directory_larger_than_a_frame_reaches_the_nodes(tmp_path: Path) -> None:
+    """Nodes take a directory of 80 more post-quantum agencies from the gateway, both when they
+    check for a newer one and when they connect; it no longer fits the stream's frame."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"), suite="hybrid")
+    fed = federation.fed
+    model = directory_pb2.NodeEntry.FromString((fed.entries / "amh.pb").read_bytes())
+    for n in range(AGENCIES_MORE):  # synthetic agencies, each with its own certificate and key ids
+        entry = directory_pb2.NodeEntry()
+        entry.CopyFrom(model)
+        entry.node_id, entry.agency_name, entry.tls_cert_sha256 = f"extra-{n}", f"Agency {n}", os.urandom(32)
+        for key in entry.keys:
+            key.key_id = f"extra-{n}-{key.key_id}"
+        (fed.entries / f"extra-{n}.pb").write_bytes(entry.SerializeToString())
+
+    async with running(federation, nodes=("amh",)) as cluster:
+        amh = cluster.nodes["amh"]
+        published = publish_directory(fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
+        assert len(fed.directory_path.read_bytes()) > MAX_MESSAGE_BYTES
+        await cluster.gateway.check_directory()
+        assert cluster.gateway.trust.version == published.version
+
+        await amh.check_directory()  # as it does every few minutes
+        assert amh.trust.version == published.version
+        assert len(amh.trust.current(SystemClock().now_ms()).nodes) == 2 + AGENCIES_MORE
+
+        await cluster.start_node("csc")  # csc's file holds the older one: it takes this one as it connects
+        assert cluster.nodes["csc"].trust.version == published.version
+
+
+async def test_a_node_that_cannot_fetch_the_directory_says_so(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The periodic check keeps the held directory when a fetch fails, and logs the status,
+    so a directory nodes cannot take is seen days before it expires, not when it does."""
+    captured = io.StringIO()
+    logs.configure("info", stream=captured)
+    try:
+        async with running(federation, nodes=("amh",)) as cluster:
+            monkeypatch.setattr("node.link.DIRECTORY_MAX_BYTES", 100)  # smaller than any signed directory
+            await cluster.nodes["amh"].check_directory()
+            assert cluster.nodes["amh"].trust.version == 1
+    finally:
+        logs.configure("info")
+    (failed,) = [json.loads(line) for line in captured.getvalue().splitlines() if "directory.fetch_failed" in line]
+    assert failed["status"] == "RESOURCE_EXHAUSTED"
