@@ -5,7 +5,7 @@ chronology of a family computed here, never centrally."""
 from __future__ import annotations
 
 import asyncio
-import heapq
+import json
 from typing import Any
 
 from linkage.codelists import CodeLists
@@ -194,26 +194,34 @@ class Inbox:
             raise not_found(f"no case {case_id!r} at this node")
         await self._derive_entries()
         marks = ",".join("?" * len(tokens))
-        received = (
-            "FROM chronology "
-            f"WHERE inbox_seq IN (SELECT inbox_seq FROM inbox_tokens WHERE token IN ({marks})) AND item >= 0 "
-            "ORDER BY inbox_seq, item"
-        )
         own = await self._own_entries(case_id)
-        # Entries are stored framed and go out as they are: never parsed only for gRPC to
-        # serialise them again. With no assessments of its own to place among them, the
-        # answer is one value from SQLite, which keeps a FROM subquery's ORDER BY when
-        # group_concat aggregates it (select.c: the ORDER BY "may not be safely omitted"
-        # when the outer query uses an aggregate other than count(), min() or max()).
+        # Entries are stored framed and go out as they are, in one value from SQLite: never
+        # made a row object each, nor parsed only for gRPC to serialise them again. It keeps
+        # a FROM subquery's ORDER BY when group_concat aggregates it (select.c: the ORDER BY
+        # "may not be safely omitted" when the outer query uses an aggregate other than
+        # count(), min() or max()). Received entries come in the order they arrived; each of
+        # this node's own goes before the first summary received at or after its time (the
+        # inbox's index by age finds it), as a merge by time would place it.
+        placed = ""
+        params: list[object] = list(tokens)
         if own:
-            rows = await self.ctx.store.fetchall(f"SELECT at_ms, framed {received}", tokens)
-            count = len(own) + len(rows)
-            response = b"".join(framed for _, framed in heapq.merge(own, rows, key=lambda e: e[0]))
-        else:
-            count, joined = await self.ctx.store.fetchone(
-                f"SELECT count(*), CAST(group_concat(framed, '') AS BLOB) FROM (SELECT framed {received})", tokens
+            spans, offset = [], 1
+            for at, framed in own:
+                spans.append((at, offset, len(framed)))
+                offset += len(framed)
+            placed = (
+                "UNION ALL SELECT coalesce((SELECT seq FROM inbox WHERE received_at_ms >= e.value ->> 0 "
+                "ORDER BY received_at_ms, seq LIMIT 1), 9223372036854775807), e.key - ?, "
+                "substr(?, e.value ->> 1, e.value ->> 2) FROM json_each(?) e "
             )
-            response = joined or b""
+            params += [len(own), b"".join(framed for _, framed in own), json.dumps(spans)]
+        count, joined = await self.ctx.store.fetchone(
+            "SELECT count(*), CAST(group_concat(f, '') AS BLOB) FROM (SELECT inbox_seq AS s, item AS i, framed AS f "
+            f"FROM chronology WHERE inbox_seq IN (SELECT inbox_seq FROM inbox_tokens WHERE token IN ({marks})) "
+            f"AND item >= 0 {placed}ORDER BY s, i)",
+            params,
+        )
+        response = joined or b""
         async with self.ctx.store.tx() as tx:
             await tx.audit(
                 "chronology.viewed",

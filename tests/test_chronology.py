@@ -8,17 +8,19 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 from google.protobuf import wrappers_pb2
 
 from bench.scale import fill_inbox
 from linkage import stories
+from linkage.clock import ManualClock
 from linkage.transport import MAX_MESSAGE_BYTES
 from linkage.v1 import node_api_pb2
 from node.inbox import _STATES, _field, _framed
 from node.store.schema import MIGRATIONS
-from tests.harness import Cluster, LocalFederation, running
+from tests.harness import Cluster, LocalFederation, make_federation, running
 from tests.test_workflows import CSC_WORKER
 
 
@@ -81,6 +83,33 @@ async def test_own_assessments_take_their_place_among_received_entries(
         assert [e.own for e in merged] == [False] * 4 + [True] * 2 + [False] * 4
         assert [e for e in merged if not e.own] == received
         assert [e.state for e in merged] == ["current"] * 10
+
+
+async def test_an_own_assessment_goes_before_what_was_received_at_or_after_its_time(tmp_path: Path) -> None:
+    """Before everything received, level with a summary's arrival (before it, as a merge by
+    time puts the own one first), between two, and after everything."""
+    clock = ManualClock(time.time_ns() // 1_000_000)
+    start = clock.now_ms()
+    federation = make_federation(tmp_path, clock, nodes=("csc",))
+    async with running(federation, nodes=("csc",), clock=clock) as cluster:
+        opened = await _open_case(cluster)
+        parent, child = [p.link_token for p in opened.people]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("bench.scale.FIRST_RECEIVED_MS", start)
+            fill_inbox(cluster.nodes["csc"].config.store_path, 3, [parent, child])  # at start + 1, 2 and 3 s
+        for advance_ms in (0, 2_000, 500, 7_500):  # at start, start + 2 s, + 2.5 s and + 10 s
+            clock.advance(advance_ms)
+            await cluster.api("csc").RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(
+                    actor=CSC_WORKER, case_id=opened.case_id, assessment=stories.parent_risk_change(parent, child)
+                )
+            )
+        entries = await _chronology(cluster, opened.case_id)
+    own, received = ["own"] * 2, ["received"] * 2  # two risk items in each
+    assert ["own" if e.own else "received" for e in entries] == (own + received + own + received + own + received + own)
+    assert [e.at_ms - start for e in entries] == [0, 0, 1000, 1000, 2000, 2000, 2000, 2000, 2500, 2500, 3000, 3000] + [
+        10_000
+    ] * 2
 
 
 async def test_an_entry_derived_as_its_summary_is_superseded_is_stored_superseded(
