@@ -143,10 +143,21 @@ def test_entries_are_framed_as_protobuf_frames_them(size: int) -> None:
 
 @pytest.fixture
 def store() -> Iterator[sqlite3.Connection]:
+    """A store at the latest schema, holding one received message (seq 1)."""
     with closing(sqlite3.connect(":memory:", isolation_level=None)) as db:
         for script in MIGRATIONS:
             db.executescript(script)
+        db.execute(
+            "INSERT INTO inbox(seq, sender, message_id, digest, received_at_ms, kind, share_id) "
+            "VALUES (1, 'amh', 'm1', x'00', 1, 1, 's')"
+        )
         yield db
+
+
+@pytest.mark.parametrize("state", sorted(_STATES))
+def test_each_states_field_is_the_entrys_state_as_protobuf_reads_it(state: str) -> None:
+    expected = "current" if state in ("new", "read") else state
+    assert node_api_pb2.ChronologyEntry.FromString(_STATES[state]).state == expected
 
 
 def test_the_store_frames_an_entry_again_byte_for_byte_as_its_summary_changes_state(
@@ -155,12 +166,8 @@ def test_the_store_frames_an_entry_again_byte_for_byte_as_its_summary_changes_st
     """Migration 32's trigger takes an entry's state field off and puts the new one on, and
     frames it again, in SQL: for every state change, with every byte value in the entry (NUL
     too: SQLite's `||` is a text operator), at each length where the length's varint grows."""
-    store.execute(
-        "INSERT INTO inbox(seq, sender, message_id, digest, received_at_ms, kind, share_id) "
-        "VALUES (1, 'amh', 'm1', x'00', 1, 1, 's')"
-    )
     edges = [n - t for n in (128, 16_384) for t in range(8, 14)] + [n + 1 for n in (128, 16_384)]
-    transitions = [(a, b) for a, b in itertools.permutations(_STATES, 2)]
+    transitions = list(itertools.permutations(_STATES, 2))
     for size in [0, 1, 300, 100_000, *edges]:
         entry = (bytes(range(256)) * (size // 256 + 1))[:size]
         for before, after in transitions:
@@ -179,11 +186,6 @@ def test_erasing_a_summary_leaves_its_entries_for_the_erasure_to_delete(store: s
     """'erased' has no state field: the trigger leaves the entries alone, and the erasure
     deletes them in the same transaction (node/erasure.py)."""
     framed = _framed(b"entry" + _STATES["new"])
-    store.execute(
-        "INSERT INTO inbox(seq, sender, message_id, digest, received_at_ms, kind, share_id) "
-        "VALUES (1, 'amh', 'm1', x'00', 1, 1, 's')"
-    )
     store.execute("INSERT INTO chronology VALUES (1, 0, 1, 'amh', 's', 'new', ?)", (framed,))
     store.execute("UPDATE inbox SET state = 'erased' WHERE seq = 1")
     assert store.execute("SELECT state, framed FROM chronology").fetchall() == [("new", framed)]
-    assert node_api_pb2.ChronologyEntry.FromString(_STATES["withdrawn"]).state == "withdrawn"
