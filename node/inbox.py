@@ -8,6 +8,7 @@ import asyncio
 import json
 from typing import Any
 
+from linkage import logs
 from linkage.codelists import CodeLists
 from linkage.content import carried_summary
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
@@ -50,6 +51,8 @@ def _framed(entry: bytes) -> bytes:
     """A serialised entry as the chronology's answer carries it: repeated field 1."""
     return _field(1, entry)
 
+
+log = logs.get("node.inbox")
 
 DERIVE_BATCH = 500  # inbox items to a transaction: each insert holds the loop a few ms at most
 ITEM_COLUMNS = "i.seq, i.sender, i.message_id, i.received_at_ms, i.kind, i.share_id, b.signed, i.state"
@@ -192,7 +195,7 @@ class Inbox:
         ]
         if not tokens:
             raise not_found(f"no case {case_id!r} at this node")
-        await self._derive_entries()
+        await self.derive_entries()
         marks = ",".join("?" * len(tokens))
         own = await self._own_entries(case_id)
         # Entries are stored framed and go out as they are, in one value from SQLite: never
@@ -242,9 +245,13 @@ class Inbox:
                 own.append((e.at_ms, _framed(e.SerializeToString())))
         return own
 
-    async def _derive_entries(self) -> None:
+    async def derive_entries(self, cause: str = "call") -> None:
         """Derive, once, the chronology entries of everything received since the last time
-        (for every family: one check of the newest inbox row when nothing is new)."""
+        (for every family: one check of the newest inbox row when nothing is new). The node
+        does so as it starts, for what a migration left to derive again (as 32 does) or what
+        arrived before it last stopped, so that no practitioner's first call waits for it
+        (`cause` "start"; "call" when a chronology is asked for)."""
+        items = 0
         async with self._deriving:
             newest = (await self.ctx.store.fetchone("SELECT COALESCE(MAX(seq), 0) FROM inbox"))[0]
             if self._derived_to is None:
@@ -278,6 +285,9 @@ class Inbox:
                         ],
                     )
                 self._derived_to = int(rows[-1][0])
+                items += len(rows)
+        if items:
+            log.info("chronology.derived", items=items, cause=cause)
 
     def _derived_all(self, rows: list[Any]) -> list[tuple[int, int, int, str, str, bytes]]:
         return [d for row in rows for d in self._derived(row)]

@@ -261,6 +261,7 @@ class NodeServer:
             asyncio.create_task(self.checkpoints.run()),
             asyncio.create_task(self._watch_directory()),
             asyncio.create_task(retention.run(self.store, self.clock, config.retention_days)),
+            asyncio.create_task(self.inbox.derive_entries(cause="start")),
         ]
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

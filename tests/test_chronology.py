@@ -3,7 +3,10 @@ in order, each entry in its summary's present state."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,7 +17,7 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from bench.scale import fill_inbox
-from linkage import stories
+from linkage import logs, stories
 from linkage.clock import ManualClock
 from linkage.transport import MAX_MESSAGE_BYTES
 from linkage.v1 import node_api_pb2
@@ -110,6 +113,26 @@ async def test_an_own_assessment_goes_before_what_was_received_at_or_after_its_t
     assert [e.at_ms - start for e in entries] == [0, 0, 1000, 1000, 2000, 2000, 2000, 2000, 2500, 2500, 3000, 3000] + [
         10_000
     ] * 2
+
+
+async def test_a_node_derives_the_entries_of_what_it_holds_as_it_starts(federation: LocalFederation) -> None:
+    """Summaries received before the node last stopped (or whose entries a migration left to
+    derive again) have their entries derived as it starts, not on a practitioner's first call."""
+    captured = io.StringIO()
+    logs.configure("info", stream=captured)
+    try:
+        async with running(federation, nodes=("csc",)) as cluster:
+            store_path = cluster.nodes["csc"].config.store_path
+            await cluster.stop_node("csc")
+            fill_inbox(store_path, 600, [os.urandom(32), os.urandom(32)])  # two batches' worth
+            node = await cluster.start_node("csc")  # its derivation under way as it connected
+            await node.inbox.derive_entries()  # waits for that one (they take turns), then finds nothing new
+            with closing(sqlite3.connect(store_path)) as db:
+                assert db.execute("SELECT count(*) FROM chronology WHERE item >= 0").fetchone() == (1200,)
+    finally:
+        logs.configure("info")
+    derived = [json.loads(line) for line in captured.getvalue().splitlines() if "chronology.derived" in line]
+    assert [(d["items"], d["cause"]) for d in derived] == [(600, "start")]
 
 
 async def test_an_entry_derived_as_its_summary_is_superseded_is_stored_superseded(
