@@ -109,6 +109,12 @@ class NodeServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
+    async def _derive_at_start(self) -> None:
+        try:
+            await self.inbox.derive_entries(cause="start")
+        except Exception as exc:  # a background task's end: said here, and met again by the first chronology call
+            log.error("chronology.derive_failed", error=type(exc).__name__)
+
     async def _watch_directory(self) -> None:
         while True:
             await asyncio.sleep(DIRECTORY_CHECK_S)
@@ -261,7 +267,7 @@ class NodeServer:
             asyncio.create_task(self.checkpoints.run()),
             asyncio.create_task(self._watch_directory()),
             asyncio.create_task(retention.run(self.store, self.clock, config.retention_days)),
-            asyncio.create_task(self.inbox.derive_entries(cause="start")),
+            asyncio.create_task(self._derive_at_start()),
         ]
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -135,6 +135,30 @@ async def test_a_node_derives_the_entries_of_what_it_holds_as_it_starts(federati
     assert [(d["items"], d["cause"]) for d in derived] == [(600, "start")]
 
 
+async def test_a_derivation_that_fails_as_the_node_starts_is_logged_and_the_node_serves_and_stops(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captured = io.StringIO()
+    logs.configure("info", stream=captured)
+    try:
+        async with running(federation, nodes=("csc",)) as cluster:
+            store_path = cluster.nodes["csc"].config.store_path
+            await cluster.stop_node("csc")
+            fill_inbox(store_path, 1, [os.urandom(32), os.urandom(32)])
+
+            def fails(rows: list[object]) -> list[tuple[int, int, int, str, str, bytes]]:
+                raise ValueError("a body the derivation cannot read")
+
+            monkeypatch.setattr("node.inbox.Inbox._derived_all", staticmethod(fails))
+            node = await cluster.start_node("csc")
+            with pytest.raises(ValueError):  # after the one started with the node (they take turns), as a call meets it
+                await node.inbox.derive_entries()
+    finally:
+        logs.configure("info")
+    (failed,) = [json.loads(line) for line in captured.getvalue().splitlines() if "chronology.derive_failed" in line]
+    assert failed["error"] == "ValueError"
+
+
 async def test_an_entry_derived_as_its_summary_is_superseded_is_stored_superseded(
     federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
