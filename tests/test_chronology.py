@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import wrappers_pb2
@@ -115,6 +116,18 @@ async def test_an_own_assessment_goes_before_what_was_received_at_or_after_its_t
     ] * 2
 
 
+async def _held_while_stopped(cluster: Cluster, count: int) -> Path:
+    """csc stopped, and `count` summaries put in its store meanwhile, as if received before."""
+    store_path = cluster.nodes["csc"].config.store_path
+    await cluster.stop_node("csc")
+    fill_inbox(store_path, count, [os.urandom(32), os.urandom(32)])
+    return store_path
+
+
+def _events(captured: io.StringIO, name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in captured.getvalue().splitlines() if f'"{name}"' in line]
+
+
 async def test_a_node_derives_the_entries_of_what_it_holds_as_it_starts(federation: LocalFederation) -> None:
     """Summaries received before the node last stopped (or whose entries a migration left to
     derive again) have their entries derived as it starts, not on a practitioner's first call."""
@@ -122,17 +135,14 @@ async def test_a_node_derives_the_entries_of_what_it_holds_as_it_starts(federati
     logs.configure("info", stream=captured)
     try:
         async with running(federation, nodes=("csc",)) as cluster:
-            store_path = cluster.nodes["csc"].config.store_path
-            await cluster.stop_node("csc")
-            fill_inbox(store_path, 600, [os.urandom(32), os.urandom(32)])  # two batches' worth
+            store_path = await _held_while_stopped(cluster, 600)  # two batches' worth
             node = await cluster.start_node("csc")  # its derivation under way as it connected
             await node.inbox.derive_entries()  # waits for that one (they take turns), then finds nothing new
             with closing(sqlite3.connect(store_path)) as db:
                 assert db.execute("SELECT count(*) FROM chronology WHERE item >= 0").fetchone() == (1200,)
     finally:
         logs.configure("info")
-    derived = [json.loads(line) for line in captured.getvalue().splitlines() if "chronology.derived" in line]
-    assert [(d["items"], d["cause"]) for d in derived] == [(600, "start")]
+    assert [(d["items"], d["cause"]) for d in _events(captured, "chronology.derived")] == [(600, "start")]
 
 
 async def test_a_derivation_that_fails_as_the_node_starts_is_logged_and_the_node_serves_and_stops(
@@ -142,9 +152,7 @@ async def test_a_derivation_that_fails_as_the_node_starts_is_logged_and_the_node
     logs.configure("info", stream=captured)
     try:
         async with running(federation, nodes=("csc",)) as cluster:
-            store_path = cluster.nodes["csc"].config.store_path
-            await cluster.stop_node("csc")
-            fill_inbox(store_path, 1, [os.urandom(32), os.urandom(32)])
+            await _held_while_stopped(cluster, 1)
 
             def fails(rows: list[object]) -> list[tuple[int, int, int, str, str, bytes]]:
                 raise ValueError("a body the derivation cannot read")
@@ -155,7 +163,7 @@ async def test_a_derivation_that_fails_as_the_node_starts_is_logged_and_the_node
                 await node.inbox.derive_entries()
     finally:
         logs.configure("info")
-    (failed,) = [json.loads(line) for line in captured.getvalue().splitlines() if "chronology.derive_failed" in line]
+    (failed,) = _events(captured, "chronology.derive_failed")
     assert failed["error"] == "ValueError"
 
 
