@@ -185,15 +185,17 @@ async def chronology(entries: int, root: Path) -> dict[str, float]:
         )
         tokens = [p.link_token for p in opened.people]
         fill_inbox(node.config.store_path, entries // 2, tokens)
-        # The first call also derives the entries of every summary received since the last
-        # (here all of them), once; the figure is the family's chronology read after that.
+        # The first call also derives its family's entries (here every summary's), once; the
+        # figure is the family's chronology read after that, and after the node-wide pass the
+        # call sets off (finding nothing here left to derive) has run.
         started = time.perf_counter()
-        await node.inbox.chronology(opened.case_id, ACTOR)
+        await node.chronology.assemble(opened.case_id, ACTOR)
         first_s = time.perf_counter() - started
+        await node.chronology.derive_all()
         timings = []
         for _ in range(5):
             started = time.perf_counter()
-            answer = await node.inbox.chronology(opened.case_id, ACTOR)  # what the API sends
+            answer = await node.chronology.assemble(opened.case_id, ACTOR)  # what the API sends
             timings.append(time.perf_counter() - started)
         found = node_api_pb2.ChronologyResponse.FromString(answer).entries
         assert len(found) == entries, (len(found), entries)

@@ -17,6 +17,7 @@ from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
 from node.case_finder import find_cases
 from node.cases import Cases
 from node.challenges import Challenges
+from node.chronology import Chronologies
 from node.closures import Closures
 from node.due import Due
 from node.errors import ApiError, invalid
@@ -127,7 +128,14 @@ def _outcomes_logged(cls: type[T]) -> type[T]:
 @_outcomes_logged
 class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
     def __init__(
-        self, cases: Cases, sharing: Sharing, requests: Requests, inbox: Inbox, outbox: Outbox, feed: InboxFeed
+        self,
+        cases: Cases,
+        sharing: Sharing,
+        requests: Requests,
+        inbox: Inbox,
+        chronology: Chronologies,
+        outbox: Outbox,
+        feed: InboxFeed,
     ) -> None:
         self.cases = cases
         self.closures = Closures(requests.ctx, cases)
@@ -136,6 +144,7 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
         self.challenges = Challenges(requests.ctx, requests)
         self.due = Due(requests.ctx)
         self.inbox = inbox
+        self.chronology = chronology
         self.outbox = outbox
         self.feed = feed
 
@@ -305,7 +314,7 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
     async def Chronology(  # type: ignore[override]  # answers serialised; see add_to_server
         self, request: node_api_pb2.ChronologyRequest, context: Context
     ) -> bytes:
-        return await _answer(context, request.actor, lambda: self.inbox.chronology(request.case_id, request.actor))
+        return await _answer(context, request.actor, lambda: self.chronology.assemble(request.case_id, request.actor))
 
     async def ListReceived(
         self, request: node_api_pb2.ListReceivedRequest, context: Context

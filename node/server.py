@@ -27,6 +27,7 @@ from node import retention
 from node.api import SERVICE_NAME, NodeApiService, add_to_server
 from node.cases import Cases
 from node.checkpoints import Checkpointer
+from node.chronology import Chronologies
 from node.context import NodeContext
 from node.inbox import Inbox
 from node.link import ANSWERS, DELIVERIES, GatewayLink
@@ -108,12 +109,6 @@ class NodeServer:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
-
-    async def _derive_at_start(self) -> None:
-        try:
-            await self.inbox.derive_entries(cause="start")
-        except Exception as exc:  # a background task's end: said here, and met again by the first chronology call
-            log.error("chronology.derive_failed", error=type(exc).__name__)
 
     async def _watch_directory(self) -> None:
         while True:
@@ -222,6 +217,7 @@ class NodeServer:
         self.cases = Cases(self.ctx)
         self.sharing = Sharing(self.ctx)
         self.inbox = Inbox(self.ctx)
+        self.chronology = Chronologies(self.ctx, self.inbox.item)
         requests = Requests(self.ctx, self.cases, self.sharing)
         async with self.store.tx() as tx:  # key and configuration changes are audited too
             await tx.audit(
@@ -238,7 +234,9 @@ class NodeServer:
         self.feed.last_seq = int(row[0] or 0)
 
         server = grpc.aio.server(options=API_SERVER_OPTIONS)
-        service = NodeApiService(self.cases, self.sharing, requests, self.inbox, self.outbox, self.feed)
+        service = NodeApiService(
+            self.cases, self.sharing, requests, self.inbox, self.chronology, self.outbox, self.feed
+        )
         add_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -267,7 +265,7 @@ class NodeServer:
             asyncio.create_task(self.checkpoints.run()),
             asyncio.create_task(self._watch_directory()),
             asyncio.create_task(retention.run(self.store, self.clock, config.retention_days)),
-            asyncio.create_task(self._derive_at_start()),
+            asyncio.create_task(self.chronology.keep_derived()),
         ]
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -3,11 +3,13 @@ in order, each entry in its summary's present state."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -22,7 +24,7 @@ from linkage import logs, stories
 from linkage.clock import ManualClock
 from linkage.transport import MAX_MESSAGE_BYTES
 from linkage.v1 import node_api_pb2
-from node.inbox import _STATES, _field, _framed
+from node.chronology import _STATES, AHEAD, DERIVED, Chronologies, Row, _field, _framed
 from node.store.schema import MIGRATIONS
 from tests.harness import Cluster, LocalFederation, make_federation, running
 from tests.test_workflows import CSC_WORKER
@@ -137,12 +139,59 @@ async def test_a_node_derives_the_entries_of_what_it_holds_as_it_starts(federati
         async with running(federation, nodes=("csc",)) as cluster:
             store_path = await _held_while_stopped(cluster, 600)  # two batches' worth
             node = await cluster.start_node("csc")  # its derivation under way as it connected
-            await node.inbox.derive_entries()  # waits for that one (they take turns), then finds nothing new
+            await node.chronology.derive_all()  # waits for that one (they take turns), then finds nothing new
             with closing(sqlite3.connect(store_path)) as db:
                 assert db.execute("SELECT count(*) FROM chronology WHERE item >= 0").fetchone() == (1200,)
     finally:
         logs.configure("info")
     assert [(d["items"], d["cause"]) for d in _events(captured, "chronology.derived")] == [(600, "start")]
+
+
+async def test_a_call_derives_its_familys_summaries_without_waiting_for_the_nodes(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chronology call derives what its family's people have that the node-wide pass has not
+    reached, and answers while the pass is still at every other family's (as after an upgrade
+    whose migration derives them all again); a node stopped meanwhile derives the rest as it
+    starts, and leaves the family's as they are."""
+    captured = io.StringIO()
+    logs.configure("info", stream=captured)
+    held, release = threading.Event(), threading.Event()
+    derive = Chronologies._derived_all
+
+    def held_by_the_pass(self: Chronologies, rows: list[object], marker: int) -> list[Row]:
+        if marker == DERIVED and not held.is_set():  # the pass's first batch, until released
+            held.set()
+            release.wait(timeout=30)
+        return derive(self, rows, marker)
+
+    monkeypatch.setattr(Chronologies, "_derived_all", held_by_the_pass)
+    try:
+        async with running(federation, nodes=("csc",)) as cluster:
+            opened = await _open_case(cluster)
+            store_path = await _held_while_stopped(cluster, 600)  # other families'
+            fill_inbox(store_path, 3, [p.link_token for p in opened.people])  # this family's, after them
+            await cluster.start_node("csc")
+            try:
+                await asyncio.to_thread(held.wait, 30)
+                async with asyncio.timeout(10):  # the pass waits for `release` until then
+                    assert len(await _chronology(cluster, opened.case_id)) == 6
+                await cluster.stop_node("csc")
+            finally:
+                release.set()
+            node = await cluster.start_node("csc")
+            await node.chronology.derive_all()  # after the one it started with (they take turns)
+            assert len(await _chronology(cluster, opened.case_id)) == 6
+            with closing(sqlite3.connect(store_path)) as db:
+                markers = dict(db.execute("SELECT item, count(*) FROM chronology WHERE item < 0 GROUP BY item"))
+                assert db.execute("SELECT count(*) FROM chronology WHERE item >= 0").fetchone() == (1206,)
+    finally:
+        logs.configure("info")
+    assert markers == {DERIVED: 600, AHEAD: 3}
+    assert [(d["items"], d["cause"]) for d in _events(captured, "chronology.derived")] == [
+        (3, "family"),
+        (600, "start"),
+    ]
 
 
 async def test_a_derivation_that_fails_as_the_node_starts_is_logged_and_the_node_serves_and_stops(
@@ -154,13 +203,13 @@ async def test_a_derivation_that_fails_as_the_node_starts_is_logged_and_the_node
         async with running(federation, nodes=("csc",)) as cluster:
             await _held_while_stopped(cluster, 1)
 
-            def fails(rows: list[object]) -> list[tuple[int, int, int, str, str, bytes]]:
+            def fails(rows: list[object], marker: int) -> list[Row]:
                 raise ValueError("a body the derivation cannot read")
 
-            monkeypatch.setattr("node.inbox.Inbox._derived_all", staticmethod(fails))
+            monkeypatch.setattr("node.chronology.Chronologies._derived_all", staticmethod(fails))
             node = await cluster.start_node("csc")
             with pytest.raises(ValueError):  # after the one started with the node (they take turns), as a call meets it
-                await node.inbox.derive_entries()
+                await node.chronology.derive_all()
     finally:
         logs.configure("info")
     (failed,) = _events(captured, "chronology.derive_failed")
@@ -176,15 +225,15 @@ async def test_an_entry_derived_as_its_summary_is_superseded_is_stored_supersede
         opened = await _open_case(cluster)
         store_path = cluster.nodes["csc"].config.store_path
         fill_inbox(store_path, 1, [p.link_token for p in opened.people])
-        inbox = cluster.nodes["csc"].inbox
-        derive = inbox._derived_all
+        chronology = cluster.nodes["csc"].chronology
+        derive = chronology._derived_all
 
-        def superseded_meanwhile(rows: list[object]) -> list[tuple[int, int, int, str, str, bytes]]:
+        def superseded_meanwhile(rows: list[object], marker: int) -> list[Row]:
             with closing(sqlite3.connect(store_path)) as db, db:  # as the newer version's arrival does
                 db.execute("UPDATE inbox SET state = 'superseded' WHERE seq = 1")
-            return derive(rows)
+            return derive(rows, marker)
 
-        monkeypatch.setattr(inbox, "_derived_all", superseded_meanwhile)
+        monkeypatch.setattr(chronology, "_derived_all", superseded_meanwhile)
         assert [e.state for e in await _chronology(cluster, opened.case_id)] == ["superseded"] * 2
 
 

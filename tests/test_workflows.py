@@ -1300,7 +1300,7 @@ async def test_chronology_entries_are_derived_once_batch_by_batch(
 ) -> None:
     """Entries are derived from what arrived since the last call, a batch at a time (here one
     item to a batch): each item's entries appear once, in the order the items arrived."""
-    monkeypatch.setattr("node.inbox.DERIVE_BATCH", 1)
+    monkeypatch.setattr("node.chronology.DERIVE_BATCH", 1)
     async with running(federation) as cluster:
         _, _, assessment_id = await think_family(cluster)
         await share(cluster, assessment_id)
