@@ -84,7 +84,6 @@ class Chronologies:
         if not tokens:
             raise not_found(f"no case {case_id!r} at this node")
         await self._derive_family(tokens)
-        self._called.set()
         marks = ",".join("?" * len(tokens))
         own = await self._own_entries(case_id)
         # Entries are stored framed and go out as they are, in one value from SQLite: never
@@ -121,6 +120,7 @@ class Chronologies:
                 tokens=tokens,
                 detail={"case_id": case_id, "entries": count},
             )
+        self._called.set()  # the pass, for what arrived since about every other family
         return response
 
     async def _own_entries(self, case_id: str) -> list[tuple[int, bytes]]:
