@@ -67,7 +67,9 @@ def _framed(entry: bytes) -> bytes:
 
 def _hand_over_gil() -> None:
     """To whatever waits for it (the loop), at once: Python otherwise lets a thread that
-    computes keep the GIL 5 ms at a time, and every call and message waits that long."""
+    computes keep the GIL 5 ms at a time, and every call and message waits that long. A
+    sleep of nothing is Python's way to let go of it; it costs the thread the kernel's timer
+    slack (50 µs or so), so only what runs in the background does it."""
     time.sleep(0)
 
 
@@ -236,7 +238,8 @@ class Chronologies:
         derived: list[Row] = []
         for row in rows:
             derived += self._derived(row, marker)
-            _hand_over_gil()
+            if marker == DERIVED:  # the pass, in the background, gives way; a call's caller waits for it
+                _hand_over_gil()
         return derived
 
     def _derived(self, row: Any, marker: int) -> list[Row]:
