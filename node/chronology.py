@@ -79,7 +79,7 @@ class Chronologies:
         self._item = item  # an inbox row (ITEM_COLUMNS) as the case system sees it
         self._passing = asyncio.Lock()
         self._derived_to: int | None = None  # the inbox seq up to which the pass has derived every row
-        self._called = asyncio.Event()  # a call since the pass last looked: more may have arrived
+        self._behind = asyncio.Event()  # a call found rows the pass has not reached
 
     async def assemble(self, case_id: str, actor: summary_pb2.Practitioner) -> bytes:
         """This case's people in one timeline, as a serialised ChronologyResponse: own
@@ -92,7 +92,7 @@ class Chronologies:
         ]
         if not tokens:
             raise not_found(f"no case {case_id!r} at this node")
-        await self._derive_family(tokens)
+        behind = await self._derive_family(tokens)
         marks = ",".join("?" * len(tokens))
         own = await self._own_entries(case_id)
         # Entries are stored framed and go out as they are, in one value from SQLite: never
@@ -129,7 +129,8 @@ class Chronologies:
                 tokens=tokens,
                 detail={"case_id": case_id, "entries": count},
             )
-        self._called.set()  # the pass, for what arrived since about every other family
+        if behind:
+            self._behind.set()  # the pass, for what arrived about every other family
         return response
 
     async def _own_entries(self, case_id: str) -> list[tuple[int, bytes]]:
@@ -144,15 +145,16 @@ class Chronologies:
         return own
 
     async def keep_derived(self) -> None:
-        """The node-wide pass, for the node's life: as it starts, then after each call."""
+        """The node-wide pass, for the node's life: as it starts, then after each call that
+        finds rows it has not reached."""
         cause = "start"
         while True:
             try:
                 await self.derive_all(cause)
             except Exception as exc:  # a background task's: said here, and met again by a call on that family
                 log.error("chronology.derive_failed", error=type(exc).__name__)
-            await self._called.wait()
-            self._called.clear()
+            await self._behind.wait()
+            self._behind.clear()
             cause = "call"
 
     async def derive_all(self, cause: str = "call") -> None:
@@ -161,8 +163,7 @@ class Chronologies:
         when nothing is new)."""
         items = 0
         async with self._passing:
-            newest = (await self.ctx.store.fetchone("SELECT COALESCE(MAX(seq), 0) FROM inbox"))[0]
-            derived_to = await self._watermark()
+            newest, derived_to = self._newest(), await self._watermark()
             while derived_to < newest:
                 batch = await self.ctx.store.fetchall(
                     "SELECT seq FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?", (derived_to, DERIVE_BATCH)
@@ -179,11 +180,14 @@ class Chronologies:
         if items:
             log.info("chronology.derived", items=items, cause=cause)
 
-    async def _derive_family(self, tokens: list[bytes]) -> None:
+    async def _derive_family(self, tokens: list[bytes]) -> bool:
         """Derive the entries of this family's rows the pass has not reached, if no call has
         yet: a family's handful, where the pass may have a day's arrivals for every family
-        to do (or, after an upgrade whose migration derives them again, all of them)."""
+        to do (or, after an upgrade whose migration derives them again, all of them). Whether
+        the pass has rows to reach."""
         derived_to, items = await self._watermark(), 0
+        if self._newest() <= derived_to:
+            return False  # nothing arrived since the pass last ran, about anyone
         marks = ",".join("?" * len(tokens))
         while True:
             rows = await self.ctx.store.fetchall(
@@ -198,6 +202,11 @@ class Chronologies:
             derived_to = int(rows[-1][0])
         if items:
             log.info("chronology.derived", items=items, cause="family")
+        return True
+
+    def _newest(self) -> int:
+        """The newest inbox row's seq: the key's last entry, read on the loop."""
+        return int(self.ctx.store.lookup("SELECT COALESCE(MAX(seq), 0) FROM inbox")[0])
 
     async def _watermark(self) -> int:
         if self._derived_to is None:  # at start: back from the newest row, past only what calls derived ahead
