@@ -5,7 +5,7 @@ Entries are derived once from each received summary and stored framed as the ans
 carries them. A call derives its own family's new summaries before it reads, so it never
 waits for the rest of the node's; the rest are derived by a pass in the background, as the
 node starts (what arrived before it stopped, or what a migration left to derive again) and
-after each call (what arrived since)."""
+after a call that finds anything arrived since."""
 
 from __future__ import annotations
 
