@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from linkage import logs
 from linkage.clock import SystemClock
 from tests.harness import LocalFederation, make_federation
 
@@ -11,3 +14,12 @@ from tests.harness import LocalFederation, make_federation
 @pytest.fixture
 def federation(tmp_path: Path) -> LocalFederation:
     return make_federation(tmp_path, SystemClock())
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    """Every log line (JSON, info and up) from here to the test's end, as operators get them."""
+    captured = io.StringIO()
+    logs.configure("info", stream=captured)
+    yield captured
+    logs.configure("info")

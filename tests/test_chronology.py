@@ -20,7 +20,7 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from bench.scale import fill_inbox
-from linkage import logs, stories
+from linkage import stories
 from linkage.clock import ManualClock
 from linkage.transport import MAX_MESSAGE_BYTES
 from linkage.v1 import node_api_pb2
@@ -130,32 +130,27 @@ def _events(captured: io.StringIO, name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in captured.getvalue().splitlines() if f'"{name}"' in line]
 
 
-async def test_a_node_derives_the_entries_of_what_it_holds_as_it_starts(federation: LocalFederation) -> None:
+async def test_a_node_derives_the_entries_of_what_it_holds_as_it_starts(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
     """Summaries received before the node last stopped (or whose entries a migration left to
     derive again) have their entries derived as it starts, not on a practitioner's first call."""
-    captured = io.StringIO()
-    logs.configure("info", stream=captured)
-    try:
-        async with running(federation, nodes=("csc",)) as cluster:
-            store_path = await _held_while_stopped(cluster, 600)  # two batches' worth
-            node = await cluster.start_node("csc")  # its derivation under way as it connected
-            await node.chronology.derive_all()  # waits for that one (they take turns), then finds nothing new
-            with closing(sqlite3.connect(store_path)) as db:
-                assert db.execute("SELECT count(*) FROM chronology WHERE item >= 0").fetchone() == (1200,)
-    finally:
-        logs.configure("info")
-    assert [(d["items"], d["cause"]) for d in _events(captured, "chronology.derived")] == [(600, "start")]
+    async with running(federation, nodes=("csc",)) as cluster:
+        store_path = await _held_while_stopped(cluster, 600)  # two batches' worth
+        node = await cluster.start_node("csc")  # its derivation under way as it connected
+        await node.chronology.derive_all()  # waits for that one (they take turns), then finds nothing new
+        with closing(sqlite3.connect(store_path)) as db:
+            assert db.execute("SELECT count(*) FROM chronology WHERE item >= 0").fetchone() == (1200,)
+    assert [(d["items"], d["cause"]) for d in _events(captured_logs, "chronology.derived")] == [(600, "start")]
 
 
 async def test_a_call_derives_its_familys_summaries_without_waiting_for_the_nodes(
-    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
 ) -> None:
     """A chronology call derives what its family's people have that the node-wide pass has not
     reached, and answers while the pass is still at every other family's (as after an upgrade
     whose migration derives them all again); a node stopped meanwhile derives the rest as it
     starts, and leaves the family's as they are."""
-    captured = io.StringIO()
-    logs.configure("info", stream=captured)
     held, release = threading.Event(), threading.Event()
     derive = Chronologies._derived_all
 
@@ -166,53 +161,45 @@ async def test_a_call_derives_its_familys_summaries_without_waiting_for_the_node
         return derive(self, rows, marker)
 
     monkeypatch.setattr(Chronologies, "_derived_all", held_by_the_pass)
-    try:
-        async with running(federation, nodes=("csc",)) as cluster:
-            opened = await _open_case(cluster)
-            store_path = await _held_while_stopped(cluster, 600)  # other families'
-            fill_inbox(store_path, 3, [p.link_token for p in opened.people])  # this family's, after them
-            await cluster.start_node("csc")
-            try:
-                await asyncio.to_thread(held.wait, 30)
-                async with asyncio.timeout(10):  # the pass waits for `release` until then
-                    assert len(await _chronology(cluster, opened.case_id)) == 6
-                await cluster.stop_node("csc")
-            finally:
-                release.set()
-            node = await cluster.start_node("csc")
-            await node.chronology.derive_all()  # after the one it started with (they take turns)
-            assert len(await _chronology(cluster, opened.case_id)) == 6
-            with closing(sqlite3.connect(store_path)) as db:
-                markers = dict(db.execute("SELECT item, count(*) FROM chronology WHERE item < 0 GROUP BY item"))
-                assert db.execute("SELECT count(*) FROM chronology WHERE item >= 0").fetchone() == (1206,)
-    finally:
-        logs.configure("info")
+    async with running(federation, nodes=("csc",)) as cluster:
+        opened = await _open_case(cluster)
+        store_path = await _held_while_stopped(cluster, 600)  # other families'
+        fill_inbox(store_path, 3, [p.link_token for p in opened.people])  # this family's, after them
+        await cluster.start_node("csc")
+        try:
+            await asyncio.to_thread(held.wait, 30)
+            async with asyncio.timeout(10):  # the pass waits for `release` until then
+                assert len(await _chronology(cluster, opened.case_id)) == 6
+            await cluster.stop_node("csc")
+        finally:
+            release.set()
+        node = await cluster.start_node("csc")
+        await node.chronology.derive_all()  # after the one it started with (they take turns)
+        assert len(await _chronology(cluster, opened.case_id)) == 6
+        with closing(sqlite3.connect(store_path)) as db:
+            markers = dict(db.execute("SELECT item, count(*) FROM chronology WHERE item < 0 GROUP BY item"))
+            assert db.execute("SELECT count(*) FROM chronology WHERE item >= 0").fetchone() == (1206,)
     assert markers == {DERIVED: 600, AHEAD: 3}
-    assert [(d["items"], d["cause"]) for d in _events(captured, "chronology.derived")] == [
+    assert [(d["items"], d["cause"]) for d in _events(captured_logs, "chronology.derived")] == [
         (3, "family"),
         (600, "start"),
     ]
 
 
 async def test_a_derivation_that_fails_as_the_node_starts_is_logged_and_the_node_serves_and_stops(
-    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
 ) -> None:
-    captured = io.StringIO()
-    logs.configure("info", stream=captured)
-    try:
-        async with running(federation, nodes=("csc",)) as cluster:
-            await _held_while_stopped(cluster, 1)
+    async with running(federation, nodes=("csc",)) as cluster:
+        await _held_while_stopped(cluster, 1)
 
-            def fails(rows: list[object], marker: int) -> list[Row]:
-                raise ValueError("a body the derivation cannot read")
+        def fails(rows: list[object], marker: int) -> list[Row]:
+            raise ValueError("a body the derivation cannot read")
 
-            monkeypatch.setattr("node.chronology.Chronologies._derived_all", staticmethod(fails))
-            node = await cluster.start_node("csc")
-            with pytest.raises(ValueError):  # after the one started with the node (they take turns), as a call meets it
-                await node.chronology.derive_all()
-    finally:
-        logs.configure("info")
-    (failed,) = _events(captured, "chronology.derive_failed")
+        monkeypatch.setattr("node.chronology.Chronologies._derived_all", staticmethod(fails))
+        node = await cluster.start_node("csc")
+        with pytest.raises(ValueError):  # after the one started with the node (they take turns), as a call meets it
+            await node.chronology.derive_all()
+    (failed,) = _events(captured_logs, "chronology.derive_failed")
     assert failed["error"] == "ValueError"
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from linkage import logs
 from linkage.clock import SystemClock
 from linkage.federation import publish_directory
 from linkage.transport import MAX_MESSAGE_BYTES
@@ -50,18 +49,13 @@ async def test_a_post_quantum_directory_larger_than_a_frame_reaches_the_nodes(tm
 
 
 async def test_a_node_that_cannot_fetch_the_directory_says_so(
-    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
 ) -> None:
     """The periodic check keeps the held directory when a fetch fails, and logs the status,
     so a directory nodes cannot take is seen days before it expires, not when it does."""
-    captured = io.StringIO()
-    logs.configure("info", stream=captured)
-    try:
-        async with running(federation, nodes=("amh",)) as cluster:
-            monkeypatch.setattr("node.link.DIRECTORY_MAX_BYTES", 100)  # smaller than any signed directory
-            await cluster.nodes["amh"].check_directory()
-            assert cluster.nodes["amh"].trust.version == 1
-    finally:
-        logs.configure("info")
-    (failed,) = [json.loads(line) for line in captured.getvalue().splitlines() if "directory.fetch_failed" in line]
+    async with running(federation, nodes=("amh",)) as cluster:
+        monkeypatch.setattr("node.link.DIRECTORY_MAX_BYTES", 100)  # smaller than any signed directory
+        await cluster.nodes["amh"].check_directory()
+        assert cluster.nodes["amh"].trust.version == 1
+    (failed,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "directory.fetch_failed" in line]
     assert failed["status"] == "RESOURCE_EXHAUSTED"

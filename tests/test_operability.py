@@ -51,15 +51,12 @@ async def test_health_and_reflection_on_node_and_gateway(federation: LocalFedera
                 break
 
 
-async def test_every_stream_is_tls_1_3_and_logs_are_json_lines(federation: LocalFederation) -> None:
-    captured = io.StringIO()
-    logs.configure("info", stream=captured)
-    try:
-        async with running(federation, nodes=("amh", "csc")):
-            pass
-    finally:
-        logs.configure("info")
-    events = [json.loads(line) for line in captured.getvalue().splitlines()]
+async def test_every_stream_is_tls_1_3_and_logs_are_json_lines(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
+    async with running(federation, nodes=("amh", "csc")):
+        pass
+    events = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
     connects = [e for e in events if e["event"] == "connect"]
     assert len(connects) == 2
     assert {e["tls"] for e in connects} == {"TLSv1.3"}
@@ -83,38 +80,33 @@ def test_a_log_line_is_sorted_json_whatever_it_is_given() -> None:
 
 
 async def test_a_refused_call_is_logged_with_its_method_and_code_and_never_what_it_was_sent(
-    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
 ) -> None:
-    captured = io.StringIO()
-    logs.configure("info", stream=captured)
-    try:
-        async with running(federation, nodes=("amh", "csc")) as cluster:
-            for _ in range(2):
-                with pytest.raises(grpc.aio.AioRpcError):
-                    await cluster.api("amh").FindCases(
-                        node_api_pb2.FindCasesRequest(actor=PRACTITIONER, case_ref="Ms Example's file", limit=501)
-                    )
-            await cluster.api("amh").FindCases(node_api_pb2.FindCasesRequest(actor=PRACTITIONER))
-            watch = cluster.api("amh").WatchShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER))
-            with pytest.raises(grpc.aio.AioRpcError):  # a watch refused: no such share
-                async for _ in watch:
-                    pass
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await cluster.api("amh").FindCases(
+                    node_api_pb2.FindCasesRequest(actor=PRACTITIONER, case_ref="Ms Example's file", limit=501)
+                )
+        await cluster.api("amh").FindCases(node_api_pb2.FindCasesRequest(actor=PRACTITIONER))
+        watch = cluster.api("amh").WatchShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER))
+        with pytest.raises(grpc.aio.AioRpcError):  # a watch refused: no such share
+            async for _ in watch:
+                pass
 
-            async def broken(*_: object) -> None:
-                raise RuntimeError("a defect")
+        async def broken(*_: object) -> None:
+            raise RuntimeError("a defect")
 
-            monkeypatch.setattr(Cases, "open_case", broken)
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await cluster.api("amh").OpenCase(node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="x"))
-            assert failed.value.code() == grpc.StatusCode.UNKNOWN
-    finally:
-        logs.configure("info")
-    events = [json.loads(line) for line in captured.getvalue().splitlines()]
+        monkeypatch.setattr(Cases, "open_case", broken)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await cluster.api("amh").OpenCase(node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="x"))
+        assert failed.value.code() == grpc.StatusCode.UNKNOWN
+    events = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
     refused = [e for e in events if e["event"] == "api.refused"]
     assert [(e["method"], e["code"]) for e in refused] == [("FindCases", "INVALID_ARGUMENT")] * 2 + [
         ("WatchShareStatus", "NOT_FOUND")
     ]
-    assert "Ms Example" not in captured.getvalue()
+    assert "Ms Example" not in captured_logs.getvalue()
     (failure,) = [e for e in events if e["event"] == "api.failed"]
     assert (failure["method"], failure["error"], failure["level"]) == ("OpenCase", "RuntimeError", "error")
 
