@@ -11,7 +11,6 @@ log rewritten as a whole, hashes and all, no longer matches them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(AuditEntry))
 
 
 def chain_hash(prev: bytes, canonical: str) -> bytes:
-    return hashlib.sha256(prev + canonical.encode()).digest()
+    return sha256(prev + canonical.encode()).digest()
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,7 @@ def verify_log(rows: Iterable[tuple[int, str, bytes]], checkpoints: Iterable[aud
                     report.first_bad_seq = seq
                     report.problems.append(f"entry {seq} was changed: its hash does not match it and its predecessor")
         expected += 1
-        compact.append(sha256(b"\x00" + data).digest())  # entry_leaf
+        compact.append(leaf_hash(data))  # entry_leaf, the entry encoded once
         for cp in wanted.get(compact.size, []):
             if compact.root() == cp.root:
                 report.confirmed.append(cp.tree_size)
