@@ -70,6 +70,27 @@ CREATE TRIGGER IF NOT EXISTS metalog_anchor_kept BEFORE DELETE ON metalog_anchor
   BEGIN SELECT RAISE(ABORT, 'the retention anchor is never removed'); END;
 """
 
+# Each node's number of subscriptions, kept by triggers in the transaction that changes them,
+# so a restarted gateway knows every node's total before its index is loaded. Run once, in one
+# transaction, when the table is missing: for a gateway from before it, the totals are counted.
+SUBSCRIPTION_COUNTS = """
+BEGIN IMMEDIATE;
+CREATE TABLE subscription_counts(
+  node_id TEXT PRIMARY KEY,
+  subscriptions INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO subscription_counts(node_id, subscriptions)
+  SELECT node_id, COUNT(*) FROM subscriptions GROUP BY node_id;
+CREATE TRIGGER subscription_counted AFTER INSERT ON subscriptions BEGIN
+  INSERT INTO subscription_counts(node_id, subscriptions) VALUES (NEW.node_id, 1)
+    ON CONFLICT(node_id) DO UPDATE SET subscriptions = subscriptions + 1;
+END;
+CREATE TRIGGER subscription_uncounted AFTER DELETE ON subscriptions BEGIN
+  UPDATE subscription_counts SET subscriptions = subscriptions - 1 WHERE node_id = OLD.node_id;
+END;
+COMMIT;
+"""
+
 # Gateways before the witness checked consistency kept every checkpoint lodged. Each node's
 # largest becomes the one witnessed (the first root, if two were lodged at that size), and
 # every checkpoint at a size lodged with two roots is kept as a break: the evidence stays.
@@ -112,6 +133,8 @@ class GatewayDb:
             await db.executescript(SCHEMA)
             if await db.execute_fetchall("SELECT 1 FROM sqlite_master WHERE name = 'checkpoints'"):
                 await db.executescript(FROM_EVERY_CHECKPOINT)
+            if not await db.execute_fetchall("SELECT 1 FROM sqlite_master WHERE name = 'subscription_counts'"):
+                await db.executescript(SUBSCRIPTION_COUNTS)
             columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(witnessed)")}
             if "cosignature" not in columns:  # a gateway from before cosigning
                 await db.execute("ALTER TABLE witnessed ADD COLUMN cosignature BLOB")

@@ -131,7 +131,7 @@ class GatewayServer:
 
     async def _start(self, credentials: grpc.ServerCredentials) -> int:
         assert self._db is not None
-        self._index = await SubscriptionIndex.load(self._db)
+        self._index = await SubscriptionIndex.open(self._db)
         await self.metalog.load()
         limits = self.config.limits
         server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=limits.max_concurrent_rpcs)

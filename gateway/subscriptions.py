@@ -2,7 +2,11 @@
 
 Kept in SQLite so a restarted gateway routes at once, and mirrored in memory
 for the per-message look-up. Nodes also re-assert their subscriptions when
-they connect, so a lost gateway database heals itself.
+they connect, so a lost gateway database heals itself. Packing ten million
+subscriptions takes this machine 15 to 25 s, so a starting gateway does not wait
+for it: until the packed index is built, in a thread, each look-up reads SQLite
+by its primary key (tens of microseconds against a few), and each node's total
+is kept in SQLite by triggers.
 
 In memory the index is packed, because a national federation holds millions of
 family links and the gateway must stay small: every token once, sorted, in one
@@ -19,9 +23,11 @@ import asyncio
 import sqlite3
 import struct
 import threading
+import time
 from array import array
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +37,7 @@ from linkage.tokens import TOKEN_LEN
 
 TOKENS_PER_BUCKET = 8  # the directory is sized so a look-up scans about this many tokens
 REBUILD_AFTER = 100_000  # overlay changes before the packed base is rebuilt
+CHECK_STOP_EVERY = 100_000  # SQLite instructions between a build's looks at whether the gateway is stopping
 
 log = logs.get("gateway.subscriptions")
 
@@ -119,10 +126,16 @@ class NodeNumbers:
         return self._numbers.get(node_id)
 
 
-def _load(path: Path, numbers: NodeNumbers) -> PackedRoutes:
+def _reader(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+
+
+def _load(path: Path, numbers: NodeNumbers, stopping: threading.Event) -> PackedRoutes:
     """Read every subscription (the table's key order is token order) and pack it. Runs in a thread:
-    `numbers` is only appended to, and a number once given never changes."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    `numbers` is only appended to, and a number once given never changes. Once `stopping` is set
+    SQLite abandons the read (sqlite3.OperationalError), so a stopping gateway does not wait for it."""
+    with closing(_reader(path)) as db:
+        db.set_progress_handler(stopping.is_set, CHECK_STOP_EVERY)
 
         def rows() -> Iterator[tuple[bytes, int]]:
             for token, node_id in db.execute("SELECT token, node_id FROM subscriptions ORDER BY token, node_id"):
@@ -132,22 +145,37 @@ def _load(path: Path, numbers: NodeNumbers) -> PackedRoutes:
 
 
 class SubscriptionIndex:
-    def __init__(self, db: GatewayDb, base: PackedRoutes, numbers: NodeNumbers, counts: Counter[int]) -> None:
+    def __init__(self, db: GatewayDb, numbers: NodeNumbers, counts: Counter[int]) -> None:
         self._db = db
         self._numbers = numbers
-        self._base = base
-        # token -> {node number: subscribed?}, newer than the base. While a rebuild runs,
+        self._base: PackedRoutes | None = None  # until the first build lands, look-ups read SQLite
+        self._reader: sqlite3.Connection | None = _reader(db.path)
+        # token -> {node number: subscribed?}, newer than the base. While a build runs,
         # the changes it may have missed are kept in `_settling` until it is swapped in.
         self._changes: dict[bytes, dict[int, bool]] = {}
         self._settling: dict[bytes, dict[int, bool]] = {}
         self._count_by_node = counts
+        self._stopping = threading.Event()
         self._rebuild: asyncio.Task[None] | None = None
 
     @classmethod
-    async def load(cls, db: GatewayDb) -> SubscriptionIndex:
+    async def open(cls, db: GatewayDb) -> SubscriptionIndex:
+        """Ready to answer at once; the packed index is built in the background (`built()`)."""
         numbers = NodeNumbers()
-        base = await asyncio.to_thread(_load, db.path, numbers)
-        return cls(db, base, numbers, await asyncio.to_thread(Counter, base.nodes))
+        stored = await db.read("SELECT node_id, subscriptions FROM subscription_counts")
+        counts = Counter({numbers.number(node_id): n for node_id, n in stored})
+        index = cls(db, numbers, counts)
+        index._rebuild = asyncio.create_task(index._rebuild_base())
+        return index
+
+    @property
+    def packed(self) -> bool:
+        return self._base is not None
+
+    async def built(self) -> None:
+        """Wait for a build under way (the first, or a rebuild) to land."""
+        if self._rebuild is not None:
+            await asyncio.shield(self._rebuild)
 
     def __len__(self) -> int:
         return sum(self._count_by_node.values())
@@ -159,6 +187,8 @@ class SubscriptionIndex:
     def _members(self, token: bytes) -> Collection[int]:
         """The token's subscriber numbers. Most tokens have no change since the base was built:
         for them the base's answer is returned as it is, with no set built to merge changes into."""
+        if self._base is None:
+            return self._stored_members(token)
         base = self._base.find(token)
         settling, changes = self._settling.get(token), self._changes.get(token)
         if settling is None and changes is None:
@@ -171,6 +201,13 @@ class SubscriptionIndex:
                 else:
                     members.discard(node)
         return members
+
+    def _stored_members(self, token: bytes) -> list[int]:
+        """Before the first build: SQLite holds every committed change, and memory follows only
+        a commit, so the stored rows alone are the answer."""
+        assert self._reader is not None
+        rows = self._reader.execute("SELECT node_id FROM subscriptions WHERE token = ?", (token,)).fetchall()
+        return [self._numbers.number(node_id) for (node_id,) in rows]
 
     def is_subscribed(self, node_id: str, token: bytes) -> bool:
         number = self._numbers.known(node_id)
@@ -214,19 +251,32 @@ class SubscriptionIndex:
     async def _rebuild_base(self) -> None:
         """Pack a new base from SQLite: everything in the overlay is committed there already."""
         self._settling, self._changes = self._changes, {}
+        started = time.perf_counter()
         try:
-            base = await asyncio.to_thread(_load, self._db.path, self._numbers)
-            self._base, self._settling = base, {}
-            log.info("subscriptions.rebuilt", subscriptions=len(base))
+            base = await asyncio.to_thread(_load, self._db.path, self._numbers, self._stopping)
+            first, self._base, self._settling = self._base is None, base, {}
+            log.info(
+                "subscriptions.loaded" if first else "subscriptions.rebuilt",
+                subscriptions=len(base),
+                seconds=round(time.perf_counter() - started, 3),
+            )
+            if first and self._reader is not None:
+                self._reader.close()
+                self._reader = None
         except Exception:
-            # Keep serving from the old base and both overlays; try again on a later change.
+            # Keep serving from the old base (or SQLite) and both overlays; try again on a later change.
             for token, changes in self._changes.items():
                 self._settling.setdefault(token, {}).update(changes)
             self._changes, self._settling = self._settling, {}
-            log.exception("subscriptions.rebuild_failed")
+            if not self._stopping.is_set():
+                log.exception("subscriptions.build_failed", packed=self.packed)
         finally:
             self._rebuild = None
 
     async def close(self) -> None:
-        if self._rebuild is not None:
-            await self._rebuild
+        """Abandon a build under way, and wait for its thread to let go of the database."""
+        self._stopping.set()
+        await self.built()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

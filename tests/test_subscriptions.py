@@ -1,8 +1,14 @@
-"""The gateway's packed subscription index against a plain model, across restarts and rebuilds."""
+"""The gateway's packed subscription index against a plain model, across restarts and rebuilds;
+and a starting gateway that serves from SQLite while the index is packed."""
 
 from __future__ import annotations
 
+import io
+import itertools
 import random
+import threading
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -11,8 +17,12 @@ from hypothesis import strategies as st
 
 import gateway.subscriptions as subscriptions
 from gateway.db import GatewayDb
-from gateway.subscriptions import PackedRoutes, SubscriptionIndex
+from gateway.subscriptions import NodeNumbers, PackedRoutes, SubscriptionIndex
 from linkage.tokens import TOKEN_LEN
+from linkage.v1 import envelope_pb2 as env
+from tests.harness import LocalFederation, next_item, running
+from tests.test_link_changes import amh_and_csc_linked, recipients
+from tests.test_workflows import share
 
 NODES = [f"node-{n}" for n in range(6)]
 
@@ -58,7 +68,7 @@ async def test_index_follows_changes_through_rebuilds_and_restarts(
     tokens = [_token(rng) for _ in range(80)]
     model: dict[str, set[bytes]] = {n: set() for n in NODES}
     db = await GatewayDb.open(tmp_path / "gateway.sqlite")
-    index = await SubscriptionIndex.load(db)
+    index = await SubscriptionIndex.open(db)
     try:
         for step in range(300):
             node = rng.choice(NODES)
@@ -70,13 +80,15 @@ async def test_index_follows_changes_through_rebuilds_and_restarts(
                 assert set(await index.remove(node, chosen)) == set(chosen) & model[node]
                 model[node] -= set(chosen)
             if step % 50 == 0:
-                await index.close()  # let a running rebuild land, then keep checking
+                await index.built()  # let a running rebuild land, then keep checking
+                assert index.packed
             for token in rng.sample(tokens, 5):
                 assert index.subscribers([token]) == {n for n in NODES if token in model[n]}
         for n in NODES:
             assert index.count(n) == len(model[n])
         await index.close()
-        reloaded = await SubscriptionIndex.load(db)  # a restarted gateway
+        reloaded = await SubscriptionIndex.open(db)  # a restarted gateway
+        await reloaded.built()
         assert len(reloaded) == sum(len(t) for t in model.values())
         for token in tokens:
             expected = {n for n in NODES if token in model[n]}
@@ -85,3 +97,129 @@ async def test_index_follows_changes_through_rebuilds_and_restarts(
     finally:
         await index.close()
         await db.close()
+
+
+class HeldBuild:
+    """Holds the index's packing thread until released: what a gateway starting on millions of
+    subscriptions meets for 15 to 25 s. The rest of the index runs as it is."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release = threading.Event()
+        load = subscriptions._load
+
+        def held(path: Path, numbers: NodeNumbers, stopping: threading.Event) -> PackedRoutes:
+            self.release.wait()
+            return load(path, numbers, stopping)
+
+        monkeypatch.setattr(subscriptions, "_load", held)
+
+
+@pytest.fixture
+async def gateway_db(tmp_path: Path) -> AsyncIterator[GatewayDb]:
+    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
+    yield db
+    await db.close()
+
+
+@asynccontextmanager
+async def opened(db: GatewayDb) -> AsyncIterator[SubscriptionIndex]:
+    index = await SubscriptionIndex.open(db)
+    try:
+        yield index
+    finally:
+        await index.close()
+
+
+async def test_a_starting_index_answers_from_sqlite_until_it_is_packed(
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(9)
+    tokens = [_token(rng) for _ in range(40)]
+    model: dict[str, set[bytes]] = {n: set(rng.sample(tokens, 10)) for n in NODES[:4]}
+    async with opened(gateway_db) as index:
+        for node, mine in model.items():
+            await index.add(node, mine)
+
+    def agrees(index: SubscriptionIndex) -> None:
+        assert len(index) == sum(len(t) for t in model.values())
+        for token in tokens:
+            expected = {n for n in model if token in model[n]}
+            assert index.subscribers([token]) == expected
+            assert all(index.is_subscribed(n, token) == (n in expected) for n in NODES)
+        assert all(index.count(n) == len(model.get(n, ())) for n in NODES)
+
+    held = HeldBuild(monkeypatch)
+    try:
+        async with opened(gateway_db) as index:  # a restarted gateway: ready before it is packed
+            assert not index.packed
+            agrees(index)  # each node's total from the counts kept beside the subscriptions
+            for node in NODES:  # changes while the build is held: a node new to the index among them
+                chosen = rng.sample(tokens, 6)
+                if node in model and rng.random() < 0.5:
+                    assert set(await index.remove(node, chosen)) == set(chosen) & model[node]
+                    model[node] -= set(chosen)
+                else:
+                    assert set(await index.add(node, chosen)) == set(chosen) - model.get(node, set())
+                    model[node] = model.get(node, set()) | set(chosen)
+            agrees(index)
+            held.release.set()
+            await index.built()
+            assert index.packed
+            agrees(index)  # the packed base and the changes made while it was built
+    finally:
+        held.release.set()
+    async with opened(gateway_db) as reopened:
+        agrees(reopened)  # the totals kept by the triggers
+
+
+async def test_a_gateway_that_is_stopped_abandons_the_packing(
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+) -> None:
+    rng = random.Random(11)
+    async with opened(gateway_db) as index:
+        await index.add("node-0", [_token(rng) for _ in range(3_000)])
+
+    # The build reads its first row and then waits until the gateway is stopping; SQLite is
+    # asked whether to go on every 10 instructions, so the rest of the read is abandoned.
+    stopping_seen: list[threading.Event] = []
+    load, build = subscriptions._load, PackedRoutes.build
+
+    def watched(path: Path, numbers: NodeNumbers, stopping: threading.Event) -> PackedRoutes:
+        stopping_seen.append(stopping)
+        return load(path, numbers, stopping)
+
+    def slow(rows: Iterable[tuple[bytes, int]]) -> PackedRoutes:
+        rows = iter(rows)
+        first = next(rows)
+        stopping_seen[0].wait()
+        return build(itertools.chain([first], rows))
+
+    monkeypatch.setattr(subscriptions, "_load", watched)
+    monkeypatch.setattr(PackedRoutes, "build", staticmethod(slow))
+    monkeypatch.setattr(subscriptions, "CHECK_STOP_EVERY", 10)
+    async with opened(gateway_db) as index:
+        assert index.count("node-0") == 3_000
+    assert not index.packed
+    assert "subscriptions.build_failed" not in captured_logs.getvalue()  # stopping is no failure
+
+
+async def test_a_gateway_routes_while_its_index_is_packed(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldBuild(monkeypatch)
+    try:
+        async with running(federation, nodes=("amh", "csc")) as cluster:
+            index = cluster.gateway._index
+            assert index is not None and not index.packed
+            *_, assessment_id = await amh_and_csc_linked(cluster)
+            assert recipients(await share(cluster, assessment_id)) == ["csc"]
+            first = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+            assert not index.packed  # routed, and the look-ups were answered, from SQLite
+
+            held.release.set()
+            await index.built()
+            assert index.packed
+            assert recipients(await share(cluster, assessment_id)) == ["csc"]
+            await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE, after_seq=first.seq)
+    finally:
+        held.release.set()
