@@ -71,7 +71,7 @@ CREATE TRIGGER IF NOT EXISTS metalog_anchor_kept BEFORE DELETE ON metalog_anchor
 """
 
 # Each node's number of subscriptions, kept by triggers in the transaction that changes them,
-# so a restarted gateway knows every node's total before its index is loaded. Run once, in one
+# so a restarted gateway knows every node's total before its index is packed. Run once, in one
 # transaction, when the table is missing: for a gateway from before it, the totals are counted.
 SUBSCRIPTION_COUNTS = """
 BEGIN IMMEDIATE;
