@@ -88,9 +88,7 @@ def _index_figures(path: str, queue: Any) -> None:
         from gateway.subscriptions import SubscriptionIndex
 
         logs.configure("warning")  # not the index's own "loaded" line amid the bench's figures
-        started = time.perf_counter()
-        db = await GatewayDb.open(Path(path))  # counts each node's subscriptions, once
-        upgrade_s = time.perf_counter() - started
+        db = await GatewayDb.open(Path(path))
         async with db.db.execute("SELECT token FROM subscriptions ORDER BY random() LIMIT ?", (LOOKUPS,)) as cur:
             probes = [bytes(r[0]) for r in await cur.fetchall()]
         before = _rss_bytes()
@@ -126,7 +124,6 @@ def _index_figures(path: str, queue: Any) -> None:
         return {
             "subscriptions": count,
             "bytes_per_subscription": grown / count,
-            "upgrade_s": upgrade_s,
             "open_s": open_s,
             "load_s": load_s,
             "packing_lookups": len(while_packing),
@@ -142,9 +139,21 @@ def _index_figures(path: str, queue: Any) -> None:
     queue.put(asyncio.run(measure()))
 
 
+async def _counted_on_open(path: Path) -> float:
+    """Seconds for the gateway to open the file, counting each node's subscriptions once."""
+    from gateway.db import GatewayDb
+
+    started = time.perf_counter()
+    db = await GatewayDb.open(path)
+    elapsed = time.perf_counter() - started
+    await db.close()
+    return elapsed
+
+
 def subscriptions(count: int, root: Path) -> dict[str, float]:
     path = root / f"subscriptions-{count}.sqlite"
     _build_subscriptions(path, count)
+    upgrade_s = asyncio.run(_counted_on_open(path))  # here, so the index's process grows by the index alone
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_index_figures, args=(str(path), queue))
@@ -152,7 +161,7 @@ def subscriptions(count: int, root: Path) -> dict[str, float]:
     figures: dict[str, float] = queue.get(timeout=1800)
     process.join()
     path.unlink()
-    return figures
+    return figures | {"upgrade_s": upgrade_s}
 
 
 def _signed_summary(sender: str, recipient: str, parent: bytes, child: bytes) -> tuple[str, bytes]:
