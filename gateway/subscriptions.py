@@ -260,9 +260,8 @@ class SubscriptionIndex:
                 subscriptions=len(base),
                 seconds=round(time.perf_counter() - started, 3),
             )
-            if first and self._reader is not None:
-                self._reader.close()
-                self._reader = None
+            if first:
+                self._close_reader()
         except Exception:
             # Keep serving from the old base (or SQLite) and both overlays; try again on a later change.
             for token, changes in self._changes.items():
@@ -277,6 +276,10 @@ class SubscriptionIndex:
         """Abandon a build under way, and wait for its thread to let go of the database."""
         self._stopping.set()
         await self.built()
+        self._close_reader()
+
+    def _close_reader(self) -> None:
+        """The SQLite look-ups' connection, needed only until the first build lands."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -60,16 +60,30 @@ def test_every_token_is_found_through_a_directory_of_many_buckets() -> None:
     assert all(list(routes.find(_token(rng))) == [] for _ in range(1_000))
 
 
+@pytest.fixture
+async def gateway_db(tmp_path: Path) -> AsyncIterator[GatewayDb]:
+    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
+    yield db
+    await db.close()
+
+
+@asynccontextmanager
+async def opened(db: GatewayDb) -> AsyncIterator[SubscriptionIndex]:
+    index = await SubscriptionIndex.open(db)
+    try:
+        yield index
+    finally:
+        await index.close()
+
+
 async def test_index_follows_changes_through_rebuilds_and_restarts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(subscriptions, "REBUILD_AFTER", 25)  # rebuild often while changes keep coming
     rng = random.Random(5)
     tokens = [_token(rng) for _ in range(80)]
     model: dict[str, set[bytes]] = {n: set() for n in NODES}
-    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
-    index = await SubscriptionIndex.open(db)
-    try:
+    async with opened(gateway_db) as index:
         for step in range(300):
             node = rng.choice(NODES)
             chosen = rng.sample(tokens, rng.randint(1, 4))
@@ -86,17 +100,13 @@ async def test_index_follows_changes_through_rebuilds_and_restarts(
                 assert index.subscribers([token]) == {n for n in NODES if token in model[n]}
         for n in NODES:
             assert index.count(n) == len(model[n])
-        await index.close()
-        reloaded = await SubscriptionIndex.open(db)  # a restarted gateway
+    async with opened(gateway_db) as reloaded:  # a restarted gateway
         await reloaded.built()
         assert len(reloaded) == sum(len(t) for t in model.values())
         for token in tokens:
             expected = {n for n in NODES if token in model[n]}
             assert reloaded.subscribers([token]) == expected
             assert all(reloaded.is_subscribed(n, token) == (n in expected) for n in NODES)
-    finally:
-        await index.close()
-        await db.close()
 
 
 class HeldBuild:
@@ -112,22 +122,6 @@ class HeldBuild:
             return load(path, numbers, stopping)
 
         monkeypatch.setattr(subscriptions, "_load", held)
-
-
-@pytest.fixture
-async def gateway_db(tmp_path: Path) -> AsyncIterator[GatewayDb]:
-    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
-    yield db
-    await db.close()
-
-
-@asynccontextmanager
-async def opened(db: GatewayDb) -> AsyncIterator[SubscriptionIndex]:
-    index = await SubscriptionIndex.open(db)
-    try:
-        yield index
-    finally:
-        await index.close()
 
 
 async def test_a_starting_index_answers_from_sqlite_until_it_is_packed(
