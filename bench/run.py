@@ -216,8 +216,9 @@ def run(plan: Plan, json_out: Path | None = None) -> float:
         figures.update(scale.measure_all(plan, Path(tmp), say))
     verify = audit.measure(plan.audit_entries)
     say(
-        f"audit verify of {plan.audit_entries:,} entries: {verify['verify_per_s']:,.0f} entries/s "
-        f"(SHA-256 alone {verify['baseline_sha256_per_s']:,.0f}/s); `audit list` of one person's entries with "
+        f"audit verify of {plan.audit_entries:,} entries: {verify['verify_per_s']:,.0f} entries/s in "
+        f"{verify['verify_jobs']:.0f} processes, {verify['verify_one_process_per_s']:,.0f} in one (SHA-256 alone, "
+        f"in one: {verify['baseline_sha256_per_s']:,.0f}/s); `audit list` of one person's entries with "
         f"one agency reads {verify['list_filtered_per_s']:,.0f} entries/s ({verify['listed']:,} found)"
     )
     figures["audit"] = verify

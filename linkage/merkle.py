@@ -41,14 +41,30 @@ class CompactRange:
 
     def append(self, leaf: bytes) -> None:
         """Add one leaf hash."""
-        self.hashes.append(leaf)
-        size = self.size
+        self.append_subtree(leaf, 0)
+
+    def append_subtree(self, root: bytes, height: int) -> None:
+        """Add the root of a perfect subtree of 2**height leaves, which must start where a
+        subtree of that size may: at a multiple of its size."""
+        if self.size & ((1 << height) - 1):
+            raise ValueError(f"a subtree of {1 << height} leaves cannot start at leaf {self.size}")
+        self.hashes.append(root)
+        size = self.size >> height
         while size & 1:  # merge completed perfect subtrees
             right = self.hashes.pop()
             left = self.hashes.pop()
             self.hashes.append(node_hash(left, right))
             size >>= 1
-        self.size += 1
+        self.size += 1 << height
+
+    def extend(self, following: CompactRange) -> None:
+        """Add the leaves of `following`, a compact range of the leaves that come next, counted
+        from 0: it must start at a multiple of the largest power of two not above its size."""
+        for size, subtree in zip(_perfect_sizes(following.size), following.hashes, strict=True):
+            self.append_subtree(subtree, size.bit_length() - 1)
+
+    def copy(self) -> CompactRange:
+        return CompactRange(self.size, self.hashes)
 
     def root(self) -> bytes:
         if not self.hashes:

@@ -303,6 +303,7 @@ def test_what_an_ig_officer_mistypes_gets_a_plain_answer(scenario: LocalFederati
     for args, said in (
         (("cross-check", "--gateway-db", str(notes)), f"{notes} is not a store Linkage can read"),
         (("list", "--token", "zz"), "--token: a link token is 64 hex digits"),
+        (("verify", "--jobs", "all"), "--jobs: 'all' is not a whole number from 0 to 64"),
         (("export", "--format", "csv", "--out", str(tmp_path)), f"Is a directory: '{tmp_path}'"),
     ):
         refused = linkage("audit", args[0], "--config", config(scenario, "amh"), *args[1:])

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify_chain, verify_log
+from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify_chain, verify_store
 from linkage.cli import challenge_figures, share_register
 from linkage.cli.audit_entries import (
     EntryFilter,
@@ -31,7 +31,7 @@ from linkage.cli.audit_entries import (
     when,
 )
 from linkage.cli.store_files import read_only_store
-from linkage.cli.values import link_token
+from linkage.cli.values import count, link_token
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.directory import DirectoryView
 from linkage.reasons import Rejected
@@ -202,8 +202,7 @@ def verify(args: argparse.Namespace) -> int:
             continue
         if checkpoint.node_id == config.node_id:
             checkpoints.append(checkpoint)
-    with closing(read_only_store(config.store_path)) as db:
-        report = verify_log(_rows(db), checkpoints)
+    report = verify_store(config.store_path, checkpoints, args.jobs)
     if report.ok:
         print(f"OK: {report.entries} entries; root {report.root.hex()}")
         print(
@@ -497,6 +496,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="checkpoint file(s) held by others (see 'audit checkpoints')",
     )
     p.add_argument("--from-gateway", action="store_true", help="also fetch the checkpoints lodged with the gateway")
+    p.add_argument(
+        "--jobs",
+        type=count(64),
+        default=0,
+        help="processes checking the node's log at once: 0 (the default) for one per CPU, 1 on a host busy serving",
+    )
     p.set_defaults(handler=verify)
 
     p = sub.add_parser("checkpoints", help="export the checkpoints of another node's log held in this node's receipts")
