@@ -280,13 +280,15 @@ class GatewayLink:
         request = gateway_pb2.GetCheckpointsRequest(node_id=self.node_id)
         return await self._stub.GetCheckpoints(request, timeout=UNARY_TIMEOUT_S)
 
-    async def fetch_directory(self, have_version: int) -> directory_pb2.SignedDirectory:
-        """The gateway's directory, on a channel of its own: it may be larger than any frame
-        the stream's channel accepts. (Fetched at each connection and every few minutes.)"""
+    async def fetch_directory(self, have_version: int) -> directory_pb2.SignedDirectory | None:
+        """The gateway's directory, or None if it is the version held; on a channel of its own,
+        since it may be larger than any frame the stream's channel accepts. (Asked for at each
+        connection and every few minutes.)"""
         request = gateway_pb2.FetchDirectoryRequest(have_version=have_version)
         async with self._dial(max_receive=DIRECTORY_MAX_BYTES) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
-            return await stub.FetchDirectory(request, timeout=UNARY_TIMEOUT_S)
+            signed = await stub.FetchDirectory(request, timeout=UNARY_TIMEOUT_S)
+        return signed if signed.directory or not have_version else None
 
     async def close(self) -> None:
         await self._channel.close()

@@ -83,14 +83,15 @@ class NodeServer:
     async def _on_connect(self) -> None:
         """Before each stream: take a newer directory, then re-assert every subscription."""
         assert self.link is not None
-        signed = await self.link.fetch_directory(self.trust.version)
         held = self.trust.version
+        signed = await self.link.fetch_directory(held)
         try:
-            view = self.trust.accept(signed, self.clock.now_ms())
-            log.info("directory.loaded", version=view.version, source="gateway")
-            if view.version != held and self.store is not None:
-                async with self.store.tx() as tx:
-                    await tx.audit("directory.accepted", detail={"version": view.version, "previous": held})
+            if signed is not None:  # None: the one held is the gateway's
+                view = self.trust.accept(signed, self.clock.now_ms())
+                log.info("directory.loaded", version=view.version, source="gateway")
+                if view.version != held and self.store is not None:
+                    async with self.store.tx() as tx:
+                        await tx.audit("directory.accepted", detail={"version": view.version, "previous": held})
         except Rejected as exc:
             log.warning("directory.refused", reason=exc.reason.value, source="gateway")
         await self.cases.reassert_subscriptions()
@@ -99,8 +100,8 @@ class NodeServer:
         """Take a newer directory from the gateway; fail closed (NOT_SERVING) once ours has expired."""
         if self.link is not None and self.link.connected.is_set():
             try:
-                signed = await self.link.fetch_directory(self.trust.version)
-                self.trust.accept(signed, self.clock.now_ms())
+                if (signed := await self.link.fetch_directory(self.trust.version)) is not None:
+                    self.trust.accept(signed, self.clock.now_ms())
             except grpc.aio.AioRpcError as exc:  # tried again at the next check; said, so it is not silent until expiry
                 log.warning("directory.fetch_failed", status=exc.code().name)
             except Rejected as exc:

@@ -13,7 +13,7 @@ import pytest
 from linkage.clock import SystemClock
 from linkage.federation import publish_directory
 from linkage.transport import MAX_MESSAGE_BYTES
-from linkage.v1 import directory_pb2
+from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.harness import LocalFederation, make_federation, running
 
 AGENCIES_MORE = 80
@@ -54,8 +54,38 @@ async def test_a_node_that_cannot_fetch_the_directory_says_so(
     """The periodic check keeps the held directory when a fetch fails, and logs the status,
     so a directory nodes cannot take is seen days before it expires, not when it does."""
     async with running(federation, nodes=("amh",)) as cluster:
+        publish_directory(federation.fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
+        await cluster.gateway.check_directory()  # a newer one to fetch
         monkeypatch.setattr("node.link.DIRECTORY_MAX_BYTES", 100)  # smaller than any signed directory
         await cluster.nodes["amh"].check_directory()
         assert cluster.nodes["amh"].trust.version == 1
     (failed,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "directory.fetch_failed" in line]
     assert failed["status"] == "RESOURCE_EXHAUSTED"
+
+
+async def test_a_node_holding_the_gateways_directory_is_sent_nothing(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
+    """Every node asks every few minutes; the directory seldom changes, and with the
+    post-quantum suite it is 3.3 KB an agency. Asked with the version held, the gateway
+    answers with nothing; asked with an older one, or none, with the whole of it."""
+    async with running(federation, nodes=("amh",)) as cluster:
+        amh = cluster.nodes["amh"]
+        stub = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("amh"))
+        held = amh.trust.version
+        assert await stub.FetchDirectory(gateway_pb2.FetchDirectoryRequest(have_version=held)) == (
+            directory_pb2.SignedDirectory()
+        )
+        for older in (held - 1, 0):
+            whole = await stub.FetchDirectory(gateway_pb2.FetchDirectoryRequest(have_version=older))
+            assert directory_pb2.Directory.FromString(whole.directory).version == held and whole.signature
+
+        await amh.check_directory()  # the empty answer keeps the one held, and is no refusal
+        assert amh.trust.version == held and amh.trust.serving(SystemClock().now_ms())
+        assert "directory.refused" not in captured_logs.getvalue()
+        published = publish_directory(
+            federation.fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,)
+        )
+        await cluster.gateway.check_directory()
+        await amh.check_directory()
+        assert amh.trust.version == published.version == held + 1

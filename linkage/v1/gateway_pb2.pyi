@@ -647,6 +647,9 @@ class FetchDirectoryRequest(_message.Message):
 
     HAVE_VERSION_FIELD_NUMBER: _builtins.int
     have_version: _builtins.int
+    """The version the node holds (0 for none). If it is the gateway's own, the answer is an
+    empty SignedDirectory: the node's copy is current, and nothing else need travel.
+    """
     def __init__(
         self,
         *,
