@@ -5,13 +5,12 @@ measured in the same run (hashing the same bytes with nothing else, in one proce
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
-from linkage.auditlog import GENESIS, RANGE, AuditEntry, chain_hash, verify_store
+from linkage.auditlog import GENESIS, RANGE, AuditEntry, chain_hash, usable_cpus, verify_store
 from linkage.cli.audit_entries import EntryFilter, find_entries
 
 
@@ -65,7 +64,7 @@ def measure(entries: int) -> dict[str, float]:
     return {
         "entries": entries,
         "verify_per_s": entries / timed[0],
-        "verify_jobs": min(len(os.sched_getaffinity(0)), -(-entries // RANGE)),  # one range each at most
+        "verify_jobs": min(usable_cpus(), -(-entries // RANGE)),  # one range each at most
         "verify_one_process_per_s": entries / timed[1],
         "baseline_sha256_per_s": entries / baseline,
         "ratio": baseline / timed[0],

@@ -239,12 +239,19 @@ def verify_store(
         first, last = db.execute("SELECT MIN(seq), MAX(seq) FROM audit").fetchone()
     if first == 1 and max(wanted, default=0) <= last:  # else it fails: the single pass says how
         ranges = [(start, min(start + per_range, last)) for start in range(0, last, per_range)]
-        with closing(_check_ranges(path, ranges, wanted, jobs or len(os.sched_getaffinity(0)))) as checks:
+        with closing(_check_ranges(path, ranges, wanted, jobs or usable_cpus())) as checks:
             report = _assemble(ranges, checks, wanted)
         if report is not None:
             return report
     with closing(read_only(path)) as db:
         return verify_log(db.execute("SELECT seq, entry, hash FROM audit ORDER BY seq"), checkpoints)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (all of them where the system cannot say)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; not macOS
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _check_ranges(
@@ -261,8 +268,11 @@ def _check_ranges(
     if jobs < 2 or len(ranges) < 2:
         yield from map(check_range, *args)
         return
-    # forkserver: a worker is forked from a fresh process, never from a caller's threads.
-    pool = ProcessPoolExecutor(min(jobs, len(ranges)), mp_context=multiprocessing.get_context("forkserver"))
+    try:  # forkserver: a worker is forked from a fresh process, never from a caller's threads
+        pool = ProcessPoolExecutor(min(jobs, len(ranges)), mp_context=multiprocessing.get_context("forkserver"))
+    except (OSError, NotImplementedError):  # no semaphores for a pool here (a locked-down sandbox): one process
+        yield from map(check_range, *args)
+        return
     try:
         yield from pool.map(check_range, *args)
     finally:

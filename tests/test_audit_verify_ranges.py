@@ -129,6 +129,19 @@ def test_worker_processes_find_what_one_pass_finds(tmp_path: Path, tamper: str, 
     assert report == _one_pass(path, checkpoints)
 
 
+def test_where_no_worker_process_can_start_the_log_is_checked_in_this_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_pool(*_args: object, **_kwargs: object) -> None:
+        raise OSError(38, "Function not implemented")  # sem_open, where /dev/shm is missing
+
+    monkeypatch.setattr("linkage.auditlog.ProcessPoolExecutor", no_pool)
+    rows = _log(20)
+    path = _store(tmp_path / "store.sqlite", rows)
+    report = verify_store(path, _checkpoints(rows, [(12, True)]), jobs=2, per_range=4)
+    assert report.ok and report.entries == 20 and report.confirmed == [12]
+
+
 def test_a_range_missing_its_last_entries_is_not_intact(tmp_path: Path) -> None:
     rows = _log(12)
     path = _store(tmp_path / "store.sqlite", rows[:6] + rows[8:])
