@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import random
 import sqlite3
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,23 +42,23 @@ def _rss_bytes() -> int:
 def _build_subscriptions(path: Path, count: int, nodes: int = 200) -> None:
     """`count` subscriptions, NODES_PER_TOKEN agencies per family token, as a gateway from before
     `subscription_counts` stored them (the gateway counts them as it opens the file: the upgrade's
-    one-time cost, which the figures report). Written in key order, which at 10 M takes half the
-    time of random order; the file is the same."""
+    one-time cost, which the figures report). Made and sorted by SQLite and written in key order:
+    at 1 M, 4 s against 9 for the same rows made in Python. Tokens are random, so each run's file
+    differs; the figures read their probes back from it."""
     from gateway.db import SCHEMA
-
-    rng = random.Random(7)
-    names = [f"node-{n:03d}" for n in range(nodes)]
-    tokens = sorted(rng.randbytes(32) for _ in range(count // NODES_PER_TOKEN))
-
-    def rows() -> Iterator[tuple[bytes, str]]:
-        for token in tokens:
-            for n in sorted(rng.sample(range(nodes), NODES_PER_TOKEN)):
-                yield token, names[n]
 
     with closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA cache_size = -262144")  # 256 MiB: a test file, built once
         db.executescript(SCHEMA)
-        db.executemany("INSERT INTO subscriptions(token, node_id) VALUES (?, ?)", rows())
+        db.execute(
+            # Each token's agencies are `first` and every `stride` after it: distinct, as they must be.
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?), "
+            "k(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM k WHERE k + 1 < ?), "
+            "family(token, first) AS MATERIALIZED (SELECT randomblob(32), abs(random() % ?) FROM n) "
+            "INSERT INTO subscriptions(token, node_id) "
+            "SELECT token, printf('node-%03d', first + ? * k) FROM family, k ORDER BY token, k",
+            (count // NODES_PER_TOKEN, NODES_PER_TOKEN, nodes // NODES_PER_TOKEN, nodes // NODES_PER_TOKEN),
+        )
         db.commit()
 
 
