@@ -12,7 +12,7 @@ import sqlite3
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,34 +163,36 @@ def subscriptions(count: int, root: Path) -> dict[str, float]:
     return figures | {"upgrade_s": upgrade_s}
 
 
-def _signed_summary(sender: str, recipient: str, parent: bytes, child: bytes) -> tuple[str, bytes]:
-    """A received summary as the inbox stores it (the verified signed body)."""
-    message_id = str(uuid.uuid4())
-    summary = stories.parent_risk_change(parent, child)
-    summary.summary_id = str(uuid.uuid4())
+def _signed_summaries(sender: str, recipient: str, parent: bytes, child: bytes) -> Iterator[tuple[str, bytes]]:
+    """Received summaries as the inbox stores them (the verified signed body): one story, each
+    with ids of its own. The story is built once (95 µs a summary when built for each)."""
     body = envelope_pb2.MessageBody(
         schema_version=1,
-        message_id=message_id,
         sender_node=sender,
         recipient_node=recipient,
         kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
-        share_id=message_id,
-        summary=summary,
+        summary=stories.parent_risk_change(parent, child),
     )
-    signed = envelope_pb2.SignedMessage(body=body.SerializeToString(), signature=os.urandom(64), signing_key_id="k1")
-    return message_id, signed.SerializeToString()
+    signed = envelope_pb2.SignedMessage(signing_key_id="k1")
+    while True:
+        body.message_id = body.share_id = str(uuid.uuid4())
+        body.summary.summary_id = str(uuid.uuid4())
+        signed.body, signed.signature = body.SerializeToString(), os.urandom(64)
+        yield body.message_id, signed.SerializeToString()
 
 
 def fill_inbox(store_path: Path, count: int, tokens: list[bytes], sender: str = "amh", recipient: str = "csc") -> None:
     """`count` received summaries about `tokens`, written straight into a node's store."""
     parent, child = tokens
+    summaries = _signed_summaries(sender, recipient, parent, child)
     with sqlite3.connect(store_path) as db:
+        db.execute("PRAGMA cache_size = -262144")  # 256 MiB: the inbox's indexes, written at random
         seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM inbox").fetchone()[0]
         for start in range(0, count, 10_000):
             rows, bodies, links = [], [], []
             for _ in range(min(10_000, count - start)):
                 seq += 1
-                message_id, signed = _signed_summary(sender, recipient, parent, child)
+                message_id, signed = next(summaries)
                 at_ms = FIRST_RECEIVED_MS + seq * 1000
                 rows.append((seq, sender, message_id, os.urandom(32), at_ms, 1, message_id, message_id))
                 bodies.append((seq, signed))
