@@ -84,7 +84,7 @@ PLAIN = {
 }
 
 
-def _rows(db: sqlite3.Connection, table: str = "audit") -> Iterator[tuple[int, str, bytes]]:
+def _rows(db: sqlite3.Connection, table: str) -> Iterator[tuple[int, str, bytes]]:
     yield from db.execute(f"SELECT seq, entry, hash FROM {table} ORDER BY seq")
 
 
