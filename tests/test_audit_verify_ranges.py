@@ -108,11 +108,18 @@ def test_the_report_in_ranges_is_the_one_passs(
         assert verify_store(path, checkpoints, jobs=1, per_range=per_range) == _one_pass(path, checkpoints)
 
 
-def test_worker_processes_confirm_checkpoints_within_and_between_ranges(tmp_path: Path) -> None:
+def test_worker_processes_confirm_checkpoints_within_and_between_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_single_pass(*_args: object) -> LogReport:
+        raise AssertionError("an intact log was checked again in one pass")
+
     rows = _log(50)
     checkpoints = _checkpoints(rows, [(3, True), (8, True), (16, True), (17, True), (49, True), (50, True)])
     path = _store(tmp_path / "store.sqlite", rows)
-    report = verify_store(path, checkpoints, jobs=2, per_range=8)
+    with monkeypatch.context() as patched:
+        patched.setattr("linkage.auditlog.verify_log", no_single_pass)
+        report = verify_store(path, checkpoints, jobs=2, per_range=8)
     assert report.ok and report.entries == 50
     assert report.confirmed == [3, 8, 16, 17, 49, 50]
     assert report == _one_pass(path, checkpoints)
