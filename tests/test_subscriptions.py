@@ -3,8 +3,10 @@ and a starting gateway that serves from SQLite while the index is packed."""
 
 from __future__ import annotations
 
+import ctypes
 import io
 import itertools
+import mmap
 import random
 import threading
 from collections.abc import AsyncIterator, Iterable
@@ -58,6 +60,40 @@ def test_every_token_is_found_through_a_directory_of_many_buckets() -> None:
     assert routes.bits > 8  # sized from the count, beyond the smallest directory
     assert all(list(routes.find(t)) == [n % 7] for n, t in enumerate(tokens))
     assert all(list(routes.find(_token(rng))) == [] for _ in range(1_000))
+
+
+def _advice(address: int) -> list[str]:
+    """The kernel's flags on the mapping that holds `address` (proc(5), smaps' VmFlags)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and not line.startswith("VmFlags"):
+            start, end = (int(part, 16) for part in line.split(" ", 1)[0].split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(
+    not hasattr(mmap, "MADV_HUGEPAGE") or not Path("/sys/kernel/mm/transparent_hugepage").exists(),
+    reason="no transparent huge pages to ask for",
+)
+def test_the_packed_tokens_are_offered_huge_pages() -> None:
+    rng = random.Random(4)
+    routes = PackedRoutes.build((t, 0) for t in sorted({_token(rng) for _ in range(1_000)}))
+    assert isinstance(routes.tokens, mmap.mmap)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(routes.tokens))
+    assert "hg" in _advice(address)  # MADV_HUGEPAGE taken
+
+
+def test_without_huge_pages_the_routes_are_plain_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(mmap, "MADV_HUGEPAGE", raising=False)
+    rng = random.Random(5)
+    tokens = sorted({_token(rng) for _ in range(1_000)})
+    routes = PackedRoutes.build((t, n % 3) for n, t in enumerate(tokens))
+    assert isinstance(routes.tokens, bytes)
+    assert all(list(routes.find(t)) == [n % 3] for n, t in enumerate(tokens))
+    assert list(routes.find(_token(rng))) == []
 
 
 @pytest.fixture
