@@ -66,10 +66,11 @@ def _advice(address: int) -> list[str]:
     """The kernel's flags on the mapping that holds `address` (proc(5), smaps' VmFlags)."""
     inside = False
     for line in Path("/proc/self/smaps").read_text().splitlines():
-        if "-" in line.split(" ", 1)[0] and not line.startswith("VmFlags"):
-            start, end = (int(part, 16) for part in line.split(" ", 1)[0].split("-"))
+        first = line.split(" ", 1)[0]
+        if "-" in first:  # a mapping's own line, "start-end perms ...", before its fields
+            start, end = (int(part, 16) for part in first.split("-"))
             inside = start <= address < end
-        elif inside and line.startswith("VmFlags:"):
+        elif inside and first == "VmFlags:":
             return line.split()[1:]
     raise AssertionError(f"no mapping holds {address:#x}")
 
