@@ -48,9 +48,12 @@ def check_range(path: Path, start: int, end: int, before: bytes | None, marks: f
         prev, expected = before, start + 1
         compact = CompactRange()
         at: dict[int, CompactRange] = {}
-        rows = db.execute("SELECT seq, entry, hash FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq", (start, end))
-        for seq, entry, stored in rows:
-            data = entry.encode()
+        # The entry as its stored UTF-8 bytes, which are what was hashed: not decoded to be encoded again
+        # (about 8% of a range's time).
+        rows = db.execute(
+            "SELECT seq, CAST(entry AS BLOB), hash FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq", (start, end)
+        )
+        for seq, data, stored in rows:
             if seq != expected or sha256(prev + data).digest() != stored:
                 return RangeCheck(False)
             prev, expected = stored, expected + 1
