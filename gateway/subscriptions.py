@@ -17,7 +17,7 @@ packed base was built sit in a small overlay; past a threshold a new base is
 rebuilt from SQLite (the source of truth) in a worker thread and swapped in.
 
 A look-up touches four places at random in what is, at ten million subscriptions,
-over 100 MB. On 4 KiB pages each of those also walks the page tables, so the packed
+about 200 MB. On 4 KiB pages each of those also walks the page tables, so the packed
 arrays are copied into memory mapped for them alone and offered to the kernel for
 2 MiB pages (Linux's transparent huge pages, where it allows them on request).
 """
@@ -109,9 +109,9 @@ _leading_32_bits = struct.Struct(">I").unpack_from
 
 def _own_pages(data: bytearray | array[int]) -> bytes | mmap.mmap:
     """A copy of `data` in memory mapped for it alone, which the kernel may back with 2 MiB
-    pages: on ten million subscriptions the packed look-up took 1.3 µs against 1.9 in
-    `bytes`, p99 2.0 against 3.7. Where there is no such request (not Linux), or nothing to
-    map, a plain copy."""
+    pages: at ten million subscriptions the packed arrays' look-up took 1.2 to 1.3 µs against
+    1.9 to 2.5 in `bytes`, p99 1.9 to 2.3 against 3.7 to 5.1 (docs/performance.md). Where
+    there is no such request (not Linux), or nothing to map, a plain copy."""
     view = memoryview(data).cast("B")
     if not view.nbytes or not hasattr(mmap, "MADV_HUGEPAGE"):
         return bytes(view)
