@@ -20,7 +20,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any, Protocol
 
-from bench import audit, scale, targets
+from bench import audit, lone, scale, targets
 from bench.cpu import python_speed_us
 from bench.e2e import LinkageRun, make_federation
 from bench.relay import BareRelay, Endpoint, free_port
@@ -53,6 +53,7 @@ class Plan:
     subscriptions: tuple[int, ...]
     chronology_entries: int
     stored_summaries: int
+    lone_calls: int  # per step and mode in bench/lone.py, at the start and at the end
 
 
 QUICK = Plan(
@@ -66,6 +67,7 @@ QUICK = Plan(
     subscriptions=(1_000_000,),
     chronology_entries=10_000,
     stored_summaries=100_000,
+    lone_calls=100,
 )
 FULL = Plan(
     messages=20_000,
@@ -78,6 +80,7 @@ FULL = Plan(
     subscriptions=(1_000_000, 10_000_000),
     chronology_entries=10_000,
     stored_summaries=1_000_000,
+    lone_calls=300,
 )
 TINY = Plan(  # for the smoke test: everything runs, nothing is measured seriously
     messages=40,
@@ -90,6 +93,7 @@ TINY = Plan(  # for the smoke test: everything runs, nothing is measured serious
     subscriptions=(20_000,),
     chronology_entries=200,
     stored_summaries=500,
+    lone_calls=5,
 )
 
 
@@ -178,6 +182,11 @@ async def _alternate(sides: dict[str, Side], rounds: int, count: int, window: in
     return slices
 
 
+def _alone(steps: list[lone.Slowdown]) -> str:
+    shown = "; ".join(step.show() for step in steps)
+    return f"machine: a step alone after {lone.GAP_S * 1000:g} ms idle (as between messages at 250 msg/s): {shown}"
+
+
 def _ratios(top: list[Result], bottom: list[Result]) -> tuple[list[float], float]:
     """Each round's throughput ratio, and their median."""
     rounds = [t.per_second / b.per_second for t, b in zip(top, bottom, strict=True)]
@@ -193,6 +202,8 @@ def run(plan: Plan, json_out: Path | None = None) -> float:
     say(f"linkage bench: {plan.messages:,} messages per cell, window {plan.window}, paced {plan.rates} msg/s")
     speed = {"start": python_speed_us()}
     say(f"machine: sum(range(1000)) takes {speed['start']:.1f} µs")
+    alone = {"start": lone.measure(plan.lone_calls)}
+    say(_alone(alone["start"]))
     with tempfile.TemporaryDirectory(prefix="linkage-bench-") as tmp:
         figures = asyncio.run(transport(plan, Path(tmp)))
         e2e, bare, mtls = figures["e2e"], figures["bare"], figures["mtls_ratio"]
@@ -229,6 +240,9 @@ def run(plan: Plan, json_out: Path | None = None) -> float:
         say(f"target {target.name}: {target.show(value)} ({bound} {target.show(target.limit)}) {verdict}")
         figures["targets"][target.name] = {"value": value, "limit": target.limit, "met": met}
     ratio = float(figures["throughput_ratio"])
+    alone["end"] = lone.measure(plan.lone_calls)
+    say(_alone(alone["end"]))
+    figures["lone_steps"] = alone
     speed["end"] = python_speed_us()
     figures["python_speed_us"] = speed
     say(f"machine: sum(range(1000)) takes {speed['end']:.1f} µs (at the start {speed['start']:.1f})")

@@ -56,6 +56,8 @@ def test_linkage_bench_runs_every_cell_and_prints_the_ratio_last(capsys: pytest.
         assert any(line.startswith(cell) for line in lines), cell
     assert any("retention purging its oldest 250: " in line for line in lines)
     assert lines[1].startswith("machine: sum(range(1000)) takes ") and "(at the start " in lines[-3]
+    for alone in (lines[2], lines[-4]):  # the penalty for running alone, at the start and at the end
+        assert alone.startswith("machine: a step alone after 4 ms idle") and "policy decision " in alone, alone
     assert any(line.startswith("gateway with 20,000 subscriptions") and "a dict of the same" in line for line in lines)
     for target in (
         "throughput, Linkage / bare relay",
@@ -63,6 +65,17 @@ def test_linkage_bench_runs_every_cell_and_prints_the_ratio_last(capsys: pytest.
         "mTLS cost (throughput lost, or CPU added if more)",
     ):  # what a tiny run measures
         assert any(line.startswith(f"target {target}: ") for line in lines), target
+
+
+def test_the_lone_step_is_a_whole_decision_to_share_timed_both_ways() -> None:
+    from bench import lone
+
+    decided = lone._policy_decision()()  # not a short cut through a rule that refuses it
+    assert decided.findings == [] and list(decided.payloads) == ["csc"], decided.findings
+    steps = lone.measure(3)
+    assert [s.step for s in steps] == ["policy decision", "SHA-256 of 4 KB"]
+    assert all(s.warm_us > 0 and s.lone_us > 0 for s in steps)
+    assert steps[0].row()["gap_s"] == lone.GAP_S and "x)" in steps[0].show()
 
 
 def test_the_mtls_target_is_not_met_by_throughput_noise_when_cpu_says_otherwise() -> None:
