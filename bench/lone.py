@@ -2,12 +2,11 @@
 
 A paced message is alone: at 250 msg/s each process wakes from an idle gap of about 4 ms
 for it. On this shared virtual machine the same code then runs several times slower
-(docs/performance.md, "A lone step on this machine"), and the bare relay, most of whose
-work is in gRPC's C core, pays less of that than Linkage's Python. The paced cells carry
-this penalty, and it moves from hour to hour, so each run measures it beside them: the
-sender's policy decision for one share (the largest step of its own), and SHA-256 over a
-4 KB envelope (C, a few cache lines), each timed back to back and then once after each
-idle gap.
+(docs/performance.md, "A lone step on this machine"). The paced cells carry this penalty,
+the bare relay's too, and it moves from hour to hour, so each run measures it beside them:
+the sender's policy decision for one share (the largest step of its own), and SHA-256 over
+a 4 KB envelope (a little C over a little data), each timed back to back and then once
+after each idle gap.
 """
 
 from __future__ import annotations
