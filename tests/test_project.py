@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import importlib.util
 import subprocess
 import sys
@@ -56,6 +57,22 @@ def test_layers_do_not_import_each_other(package: str, forbidden: set[str]) -> N
         if names & forbidden and "cli" not in p.relative_to(ROOT).parts  # the CLI wires the layers together
     }
     assert not offenders
+
+
+def test_the_linkage_command_imports_the_command_line_only_when_it_runs() -> None:
+    """`audit verify`'s worker processes import the script that started them, so its module
+    stays light: otherwise each would import the whole command line again first."""
+    (script,) = importlib.metadata.entry_points(group="console_scripts", name="linkage")
+    assert script.value == "linkage.__main__:run"
+    probe = (
+        "import sys, linkage.__main__; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'grpc', 'google', 'cryptography', 'node', "
+        "'gateway'} or m.startswith('linkage.cli.')))"
+    )
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "[]"
+    ran = subprocess.run([Path(sys.executable).parent / "linkage", "--version"], capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout.startswith("linkage "), ran.stderr
 
 
 def _commands(parser: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
