@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import median
 
-from bench.e2e import AGENCIES, RECIPIENT, SENDER
+from bench.e2e import ACTOR, AGENCIES, RECIPIENT, SENDER
 from linkage import stories
 from linkage.config import PolicyFiles
 from node.policy import PolicyResult, RecipientInfo, ShareRequest, decide
@@ -51,7 +51,7 @@ def _policy_decision() -> Callable[[], PolicyResult]:
     request = ShareRequest(
         assessment=stories.parent_risk_change(b"p" * 32, b"c" * 32),
         decision=stories.override_decision(),
-        actor=stories.practitioner("bench-1", "Bench Example", "Care coordinator"),
+        actor=ACTOR,
         sender_agency_type=AGENCIES[SENDER][1],
         recipients=[RecipientInfo(RECIPIENT, AGENCIES[RECIPIENT][1])],
         decision_id="bench",
