@@ -314,7 +314,11 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
     async def Chronology(  # type: ignore[override]  # answers serialised; see add_to_server
         self, request: node_api_pb2.ChronologyRequest, context: Context
     ) -> bytes:
-        return await _answer(context, request.actor, lambda: self.chronology.assemble(request.case_id, request.actor))
+        return await _answer(
+            context,
+            request.actor,
+            lambda: self.chronology.assemble(request.case_id, request.actor, request.page_size, request.page_token),
+        )
 
     async def ListReceived(
         self, request: node_api_pb2.ListReceivedRequest, context: Context

@@ -10,6 +10,7 @@ after a call that finds anything arrived since."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from linkage import logs
 from linkage.codelists import CodeLists
 from linkage.v1 import node_api_pb2, summary_pb2
 from node.context import NodeContext
-from node.errors import not_found
+from node.errors import invalid, not_found
 from node.inbox import ITEM_COLUMNS, ITEMS
 
 log = logs.get("node.chronology")
@@ -30,6 +31,10 @@ DERIVE_BATCH = 500  # inbox items to a transaction: each insert holds the loop a
 # family's rows past that point, which the pass then leaves as they are.
 DERIVED, AHEAD = -1, -2
 Row = tuple[int, int, int, str, str, bytes]  # inbox seq, item, at, source node, summary id, entry
+MAX_PAGE = 10_000  # entries to a page: about 2.3 MB, inside gRPC's 4 MiB default for a message
+# Own entries' item numbers: after every received entry's (0, 1, ...) at the same place, and
+# each the same however many more are recorded, so a page token keeps its place among them.
+OWN_ITEM = 1 << 40
 
 
 def _header(number: int, length: int) -> bytes:
@@ -60,6 +65,24 @@ _STATES = {
 }
 
 
+def _token(case_id: str, s: int, i: int) -> str:
+    """Where a page ended: opaque to the case system, and good for this case only."""
+    return base64.urlsafe_b64encode(json.dumps([case_id, s, i]).encode()).decode()
+
+
+def _read_token(token: str, case_id: str) -> tuple[int, int]:
+    try:
+        case, s, i = json.loads(base64.urlsafe_b64decode(token.encode()))
+        place = (int(s), int(i))
+        if not all(-(1 << 63) <= v < 1 << 63 for v in place):  # SQLite's integers
+            raise ValueError(place)
+    except (ValueError, TypeError):
+        raise invalid("page_token is not one this node gave: pass next_page_token as it came, or none") from None
+    if case != case_id:
+        raise invalid("page_token belongs to another case's chronology: start this one without it")
+    return place
+
+
 def _framed(entry: bytes) -> bytes:
     """A serialised entry as the chronology's answer carries it: repeated field 1."""
     return _field(1, entry)
@@ -81,11 +104,15 @@ class Chronologies:
         self._derived_to: int | None = None  # the inbox seq up to which the pass has derived every row
         self._behind = asyncio.Event()  # a call found rows the pass has not reached
 
-    async def assemble(self, case_id: str, actor: summary_pb2.Practitioner) -> bytes:
+    async def assemble(
+        self, case_id: str, actor: summary_pb2.Practitioner, page_size: int = 0, page_token: str = ""
+    ) -> bytes:
         """This case's people in one timeline, as a serialised ChronologyResponse: own
         assessments by when they were recorded, received summaries in the order they
-        arrived, each risk item an entry. Who viewed it is audited before it is returned:
-        it gathers what every agency shared about them."""
+        arrived, each risk item an entry; all of it, or `page_size` entries after
+        `page_token`'s. Who viewed it is audited before it is returned: it gathers what
+        every agency shared about them."""
+        after = _read_token(page_token, case_id) if page_token else None
         tokens = [
             bytes(r[0])
             for r in await self.ctx.store.fetchall("SELECT token FROM case_people WHERE case_id = ?", (case_id,))
@@ -95,13 +122,12 @@ class Chronologies:
         behind = await self._derive_family(tokens)
         marks = ",".join("?" * len(tokens))
         own = await self._own_entries(case_id)
-        # Entries are stored framed and go out as they are, in one value from SQLite: never
-        # made a row object each, nor parsed only for gRPC to serialise them again. It keeps
-        # a FROM subquery's ORDER BY when group_concat aggregates it (select.c: the ORDER BY
-        # "may not be safely omitted" when the outer query uses an aggregate other than
-        # count(), min() or max()). Received entries come in the order they arrived; each of
-        # this node's own goes before the first summary received at or after its time (the
-        # inbox's index by age finds it), as a merge by time would place it.
+        # Entries are stored framed and go out as they are: never made a message each, nor
+        # parsed only for gRPC to serialise them again. Received entries come in the order
+        # they arrived; each of this node's own goes after the last summary received before
+        # its time (the inbox's index by age finds it), as a merge by time would place it.
+        # (s, i) orders them all, and is each entry's place for good: what arrives or is
+        # recorded later goes after it, so a page token's place is never passed over.
         placed = ""
         params: list[object] = list(tokens)
         if own:
@@ -110,34 +136,57 @@ class Chronologies:
                 spans.append((at, offset, len(framed)))
                 offset += len(framed)
             placed = (
-                "UNION ALL SELECT coalesce((SELECT seq FROM inbox WHERE received_at_ms >= e.value ->> 0 "
-                "ORDER BY received_at_ms, seq LIMIT 1), 9223372036854775807), e.key - ?, "
+                "UNION ALL SELECT coalesce((SELECT seq FROM inbox WHERE received_at_ms < e.value ->> 0 "
+                "ORDER BY received_at_ms DESC, seq DESC LIMIT 1), 0), e.key + ?, "
                 "substr(?, e.value ->> 1, e.value ->> 2) FROM json_each(?) e "
             )
-            params += [len(own), b"".join(framed for _, framed in own), json.dumps(spans)]
-        count, joined = await self.ctx.store.fetchone(
-            "SELECT count(*), CAST(group_concat(f, '') AS BLOB) FROM (SELECT inbox_seq AS s, item AS i, framed AS f "
-            f"FROM chronology WHERE inbox_seq IN (SELECT inbox_seq FROM inbox_tokens WHERE token IN ({marks})) "
-            f"AND item >= 0 {placed}ORDER BY s, i)",
-            params,
+            params += [OWN_ITEM, b"".join(framed for _, framed in own), json.dumps(spans)]
+        timeline = (
+            "SELECT inbox_seq AS s, item AS i, framed AS f FROM chronology WHERE inbox_seq IN "
+            f"(SELECT inbox_seq FROM inbox_tokens WHERE token IN ({marks})) AND item >= 0 {placed}"
         )
-        response = joined or b""
+        if page_size or after:
+            response, count = await self._page(timeline, params, case_id, min(page_size or MAX_PAGE, MAX_PAGE), after)
+        else:
+            # The whole timeline in one value from SQLite: it keeps a FROM subquery's ORDER BY
+            # when group_concat aggregates it (select.c: the ORDER BY "may not be safely
+            # omitted" when the outer query uses an aggregate other than count(), min() or max()).
+            count, joined = await self.ctx.store.fetchone(
+                f"SELECT count(*), CAST(group_concat(f, '') AS BLOB) FROM ({timeline}ORDER BY s, i)", params
+            )
+            response = joined or b""
         async with self.ctx.store.tx() as tx:
             await tx.audit(
                 "chronology.viewed",
                 actor,
                 tokens=tokens,
-                detail={"case_id": case_id, "entries": count},
+                detail={"case_id": case_id, "entries": count, **({"paged": True} if page_size or after else {})},
             )
         if behind:
             self._behind.set()  # the pass, for what arrived about every other family
         return response
 
+    async def _page(
+        self, timeline: str, params: list[object], case_id: str, size: int, after: tuple[int, int] | None
+    ) -> tuple[bytes, int]:
+        """Up to `size` entries after `after`, and the token for the rest if any remain."""
+        where = "WHERE (s, i) > (?, ?) " if after else ""
+        rows = await self.ctx.store.fetchall(
+            f"SELECT s, i, f FROM ({timeline}) {where}ORDER BY s, i LIMIT ?",
+            [*params, *(after or ()), size + 1],  # one more: whether another page follows
+        )
+        page = rows[:size]
+        response = b"".join(f for _, _, f in page)
+        if len(rows) > size:
+            last_s, last_i, _ = page[-1]
+            response += _field(2, _token(case_id, last_s, last_i).encode())
+        return response, len(page)
+
     async def _own_entries(self, case_id: str) -> list[tuple[int, bytes]]:
         me, codes = self.ctx.me(), self.ctx.policy.codes
         own = []
         for recorded_at, body in await self.ctx.store.fetchall(
-            "SELECT recorded_at_ms, body FROM assessments WHERE case_id = ? ORDER BY recorded_at_ms", (case_id,)
+            "SELECT recorded_at_ms, body FROM assessments WHERE case_id = ? ORDER BY recorded_at_ms, rowid", (case_id,)
         ):
             summary = summary_pb2.RiskSummary.FromString(body)
             for e in _entries(recorded_at, self.ctx.node_id, me.agency_name, me.agency_type, 0, summary, codes, "own"):

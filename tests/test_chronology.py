@@ -4,6 +4,7 @@ in order, each entry in its summary's present state."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import json
@@ -11,22 +12,23 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
-from google.protobuf import wrappers_pb2
+from google.protobuf import json_format, wrappers_pb2
 
 from bench.scale import fill_inbox
 from linkage import stories
 from linkage.clock import ManualClock
 from linkage.transport import MAX_MESSAGE_BYTES
 from linkage.v1 import node_api_pb2
-from node.chronology import _STATES, AHEAD, DERIVED, Chronologies, Row, _field, _framed
+from node.chronology import _STATES, AHEAD, DERIVED, MAX_PAGE, Chronologies, Row, _field, _framed
 from node.store.schema import MIGRATIONS
-from tests.harness import Cluster, LocalFederation, make_federation, running
+from tests.harness import Cluster, LocalFederation, linkage, make_federation, running
 from tests.test_workflows import CSC_WORKER
 
 
@@ -116,6 +118,154 @@ async def test_an_own_assessment_goes_before_what_was_received_at_or_after_its_t
     assert [e.at_ms - start for e in entries] == [0, 0, 1000, 1000, 2000, 2000, 2000, 2000, 2500, 2500, 3000, 3000] + [
         10_000
     ] * 2
+
+
+async def _pages(cluster: Cluster, case_id: str, size: int, token: str = "") -> list[list[str]]:
+    """Each page's entries (by summary and category) from `token` on, following next_page_token."""
+    pages: list[list[str]] = []
+    request = node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=case_id, page_size=size, page_token=token)
+    while True:
+        page = await cluster.api("csc").Chronology(request)
+        pages.append([_named(e) for e in page.entries])
+        if not page.next_page_token:
+            return pages
+        request.page_token = page.next_page_token
+
+
+def _named(entry: node_api_pb2.ChronologyEntry) -> str:
+    return f"{'own' if entry.own else 'received'} {entry.summary_id} {entry.category}"
+
+
+async def _record(cluster: Cluster, case_id: str, people: list[bytes]) -> None:
+    await cluster.api("csc").RecordAssessment(
+        node_api_pb2.RecordAssessmentRequest(
+            actor=CSC_WORKER, case_id=case_id, assessment=stories.parent_risk_change(*people)
+        )
+    )
+
+
+def _received(store_path: Path, count: int, people: list[bytes], first_ms: int) -> None:
+    """`count` summaries received about `people`, a second apart from `first_ms` + a second
+    for each already in the inbox."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("bench.scale.FIRST_RECEIVED_MS", first_ms)
+        fill_inbox(store_path, count, people)
+
+
+@contextlib.asynccontextmanager
+async def _family(tmp_path: Path) -> AsyncIterator[tuple[Cluster, ManualClock, str, list[bytes]]]:
+    """csc on a clock the test moves, with a family's case open: its id and people."""
+    clock = ManualClock(time.time_ns() // 1_000_000)
+    federation = make_federation(tmp_path, clock, nodes=("csc",))
+    async with running(federation, nodes=("csc",), clock=clock) as cluster:
+        opened = await _open_case(cluster)
+        yield cluster, clock, opened.case_id, [p.link_token for p in opened.people]
+
+
+async def test_a_chronology_read_in_pages_is_the_whole_of_it_in_order_and_each_page_is_audited(
+    tmp_path: Path,
+) -> None:
+    async with _family(tmp_path) as (cluster, clock, case_id, people):
+        store_path = cluster.nodes["csc"].config.store_path
+        _received(store_path, 3, people, clock.now_ms())  # at + 1, 2 and 3 s
+        for advance_ms in (0, 2_500, 7_500):  # own ones before, among and after them
+            clock.advance(advance_ms)
+            await _record(cluster, case_id, people)
+        whole = [_named(e) for e in await _chronology(cluster, case_id)]
+        assert len(whole) == 12 and len(set(whole)) == 12
+        pages = await _pages(cluster, case_id, 5)
+        assert [len(p) for p in pages] == [5, 5, 2]
+        assert [e for page in pages for e in page] == whole
+        assert await _pages(cluster, case_id, 12) == [whole]  # an exact fit needs no second call
+
+        with closing(sqlite3.connect(store_path)) as db:
+            viewed = [
+                json.loads(r[0])["detail"]
+                for r in db.execute("SELECT entry FROM audit WHERE event = ? ORDER BY seq", ("chronology.viewed",))
+            ]
+    assert viewed == [
+        {"case_id": case_id, "entries": 12},
+        *({"case_id": case_id, "entries": n, "paged": True} for n in (5, 5, 2, 12)),
+    ]
+
+
+async def test_what_arrives_between_pages_comes_in_a_later_page_and_nothing_is_passed_over(tmp_path: Path) -> None:
+    """A page ends among this node's own entries; then another is recorded and a summary
+    received. The pages after hold everything after where the first ended, the new ones
+    included, as the whole chronology now stands."""
+    async with _family(tmp_path) as (cluster, clock, case_id, people):
+        start = clock.now_ms()
+        store_path = cluster.nodes["csc"].config.store_path
+        _received(store_path, 2, people, start)  # at + 1 and 2 s
+        for advance_ms in (5_000, 1_000):  # own ones at + 5 and 6 s, after both
+            clock.advance(advance_ms)
+            await _record(cluster, case_id, people)
+        first = await cluster.api("csc").Chronology(
+            node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=case_id, page_size=5)
+        )
+        assert [e.own for e in first.entries] == [False] * 4 + [True]
+
+        clock.advance(1_000)
+        await _record(cluster, case_id, people)  # at + 7 s
+        _received(store_path, 1, people, start + 5_000)  # the third received, at + 8 s
+        now = [_named(e) for e in await _chronology(cluster, case_id)]
+        rest = await _pages(cluster, case_id, 5, first.next_page_token)
+    assert now[:5] == [_named(e) for e in first.entries]
+    assert [e for page in rest for e in page] == now[5:]
+    assert [len(p) for p in rest] == [5, 2]
+    assert [n.split()[0] for n in now] == ["received"] * 4 + ["own"] * 6 + ["received"] * 2
+
+
+async def test_a_page_token_that_is_not_this_cases_is_refused_with_what_to_do(federation: LocalFederation) -> None:
+    async with running(federation, nodes=("csc",)) as cluster:
+        api = cluster.api("csc")
+        opened = await _open_case(cluster)
+        other = await api.OpenCase(
+            node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="other", people=stories.think_family_people())
+        )
+        fill_inbox(cluster.nodes["csc"].config.store_path, 2, [p.link_token for p in opened.people])
+        first = await api.Chronology(
+            node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=opened.case_id, page_size=1)
+        )
+        for case_id, token, says in (
+            (other.case_id, first.next_page_token, "belongs to another case's chronology"),
+            (opened.case_id, "not-a-token", "is not one this node gave"),
+            (opened.case_id, first.next_page_token[:-4], "is not one this node gave"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await api.Chronology(
+                    node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=case_id, page_size=1, page_token=token)
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert says in (refused.value.details() or "")
+
+
+async def test_a_page_holds_at_most_ten_thousand_entries_and_the_command_reads_every_page(
+    federation: LocalFederation,
+) -> None:
+    """Under gRPC's 4 MiB default for a message however large a page is asked for; `linkage
+    chronology` reads the whole chronology a page at a time."""
+    async with running(federation, nodes=("csc",)) as cluster:
+        opened = await _open_case(cluster)
+        fill_inbox(cluster.nodes["csc"].config.store_path, 5_001, [p.link_token for p in opened.people])
+        request = node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=opened.case_id, page_size=50_000)
+        first = await cluster.api("csc").Chronology(request)
+        assert len(first.entries) == MAX_PAGE and first.ByteSize() < 4 * 1024 * 1024
+        request.page_token = first.next_page_token
+        last = await cluster.api("csc").Chronology(request)
+        assert len(last.entries) == 2 and not last.next_page_token
+
+        code, out, err = await linkage(
+            "chronology", opened.case_id, "--json", "--actor-id", "csc-1", "--actor-role", "Social worker",
+            "--socket", str(cluster.nodes["csc"].config.api_socket),
+        )  # fmt: skip
+    assert code == 0, err
+    read = json.loads(out)
+    assert len(read["entries"]) == 10_002 and "next_page_token" not in read
+    assert (
+        read["entries"][:MAX_PAGE]
+        == json.loads(json_format.MessageToJson(first, preserving_proto_field_name=True))["entries"]
+    )
 
 
 async def _held_while_stopped(cluster: Cluster, count: int) -> Path:

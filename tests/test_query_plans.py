@@ -108,6 +108,15 @@ async def test_casework_reads_by_index(federation: LocalFederation, statements: 
         await csc_api.OpenReceived(node_api_pb2.OpenReceivedRequest(actor=CSC_WORKER, message_id=item.message_id))
         await csc_api.ListReceived(node_api_pb2.ListReceivedRequest(actor=CSC_WORKER, link_token=parent))
         await csc_api.Chronology(node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=csc.case_id))
+        page = node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=csc.case_id, page_size=1)
+        page.page_token = (await csc_api.Chronology(page)).next_page_token
+        assert page.page_token  # so that the next page's search is planned too
+        await csc_api.Chronology(page)
+        # amh's has its own assessment among what it received
+        own = node_api_pb2.ChronologyRequest(actor=PRACTITIONER, case_id=amh.case_id)
+        await cluster.api("amh").Chronology(own)
+        own.page_size = 1
+        await cluster.api("amh").Chronology(own)
         await csc_api.AskClarification(
             node_api_pb2.AskClarificationRequest(actor=CSC_WORKER, about_message_id=item.message_id, question="When?")
         )

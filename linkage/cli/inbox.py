@@ -186,9 +186,21 @@ def _print_summary(summary: summary_pb2.RiskSummary) -> None:
         print(f"  Review by {review}{' (passed: ask the sender whether it still holds)' if late else ''}")
 
 
+CHRONOLOGY_PAGE = 5_000  # entries a call: a long chronology comes in pages, each well inside 4 MiB
+
+
 def chronology(args: argparse.Namespace) -> int:
-    request = node_api_pb2.ChronologyRequest(actor=actor(args), case_id=args.case_id)
-    response = call(args, lambda api: api.Chronology(request))
+    async def read(api: node_api_pb2_grpc.NodeApiAsyncStub) -> node_api_pb2.ChronologyResponse:
+        whole = node_api_pb2.ChronologyResponse()
+        request = node_api_pb2.ChronologyRequest(actor=actor(args), case_id=args.case_id, page_size=CHRONOLOGY_PAGE)
+        while True:
+            page = await api.Chronology(request)
+            whole.entries.extend(page.entries)
+            if not page.next_page_token:
+                return whole
+            request.page_token = page.next_page_token
+
+    response = call(args, read)
     if args.json:
         emit_json(response)
         return 0

@@ -1376,7 +1376,16 @@ class ChronologyRequest(_message.Message):
 
     ACTOR_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
+    page_size: _builtins.int
+    """At most this many entries (capped at 10,000); 0: the whole chronology in one answer.
+    A large family's whole chronology may pass gRPC's 4 MiB default for a message (about
+    18,000 entries): read it in pages instead.
+    """
+    page_token: _builtins.str
+    """The next_page_token of the page before; empty for the first."""
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     def __init__(
@@ -1384,10 +1393,12 @@ class ChronologyRequest(_message.Message):
         *,
         actor: _summary_pb2.Practitioner | None = ...,
         case_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1480,16 +1491,22 @@ class ChronologyResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more entries follow this page: pass it as page_token to read them. Pages
+    follow the timeline as it stood at the first: what arrives meanwhile comes in a later page.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChronologyEntry]: ...
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___ChronologyEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -410,7 +410,8 @@ class NodeApiServicer:
 
     def Chronology(self, request, context):
         """This node's own assessments and everything received about a family, in time order.
-        Each view is audited (who, which case, how many entries) before it is returned.
+        Each view, each page of one too, is audited (who, which case, how many entries) before
+        it is returned.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

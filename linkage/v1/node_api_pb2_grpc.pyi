@@ -120,7 +120,8 @@ class NodeApiStub:
     """
     Chronology: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ChronologyRequest, _node_api_pb2.ChronologyResponse]
     """This node's own assessments and everything received about a family, in time order.
-    Each view is audited (who, which case, how many entries) before it is returned.
+    Each view, each page of one too, is audited (who, which case, how many entries) before
+    it is returned.
     """
     ListReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]
     """Received items after `after_seq`, oldest first. Handing them to the case system is
@@ -221,7 +222,8 @@ class NodeApiAsyncStub(NodeApiStub):
     """
     Chronology: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ChronologyRequest, _node_api_pb2.ChronologyResponse]  # type: ignore[assignment]
     """This node's own assessments and everything received about a family, in time order.
-    Each view is audited (who, which case, how many entries) before it is returned.
+    Each view, each page of one too, is audited (who, which case, how many entries) before
+    it is returned.
     """
     ListReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]  # type: ignore[assignment]
     """Received items after `after_seq`, oldest first. Handing them to the case system is
@@ -493,7 +495,8 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_api_pb2.ChronologyResponse, _abc.Awaitable[_node_api_pb2.ChronologyResponse]]:
         """This node's own assessments and everything received about a family, in time order.
-        Each view is audited (who, which case, how many entries) before it is returned.
+        Each view, each page of one too, is audited (who, which case, how many entries) before
+        it is returned.
         """
 
     @_abc_1.abstractmethod
