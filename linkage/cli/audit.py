@@ -12,7 +12,7 @@ import html
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +243,10 @@ def _token(config: NodeConfig, person: str) -> str:
         raise SystemExit(f"linkage: --person: {exc}") from None
 
 
-def _entries(args: argparse.Namespace, config: NodeConfig) -> list[dict[str, Any]]:
+@contextmanager
+def _entries(args: argparse.Namespace, config: NodeConfig) -> Iterator[Iterator[dict[str, Any]]]:
+    """The entries the command's filters name, read one at a time: a node's whole log can
+    run to millions, more than an IG officer's machine should hold at once."""
     given: bytes | None = getattr(args, "token", None)
     token = _token(config, args.person) if getattr(args, "person", None) else given.hex() if given else None
     wanted = EntryFilter(
@@ -255,20 +258,21 @@ def _entries(args: argparse.Namespace, config: NodeConfig) -> list[dict[str, Any
         until=millis("--until", getattr(args, "until", None)),
     )
     with closing(read_only_store(config.store_path)) as db:
-        return list(find_entries(db, wanted))
+        yield find_entries(db, wanted)
 
 
 def audit_list(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
-    for e in _entries(args, config):
-        if args.json:
-            print(json.dumps(e, sort_keys=True))
-            continue
-        who = e["actor"].get("role") or e["actor"].get("id")
-        print(
-            f"{e['seq']:>6} {when(e['ts_ms'])} {e['event']:<26} {who:<24} {e['counterpart'] or '-':<12} "
-            f"{e['decision'] or ''} {e['rationale'][:60]}"
-        )
+    with _entries(args, config) as entries:
+        for e in entries:
+            if args.json:
+                print(json.dumps(e, sort_keys=True))
+                continue
+            who = e["actor"].get("role") or e["actor"].get("id")
+            print(
+                f"{e['seq']:>6} {when(e['ts_ms'])} {e['event']:<26} {who:<24} {e['counterpart'] or '-':<12} "
+                f"{e['decision'] or ''} {e['rationale'][:60]}"
+            )
     return 0
 
 
@@ -313,16 +317,18 @@ def _flat(e: dict[str, Any]) -> dict[str, Any]:
 
 def export(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
-    entries = _entries(args, config)
-    with args.out.open("w", newline="") as out:
+    written = 0
+    with _entries(args, config) as entries, args.out.open("w", newline="") as out:
         if args.format == "csv":
             writer = csv.DictWriter(out, fieldnames=COLUMNS)
             writer.writeheader()
-            writer.writerows(_flat(e) for e in entries)
-        else:
-            for e in entries:
+        for e in entries:
+            if args.format == "csv":
+                writer.writerow(_flat(e))
+            else:
                 out.write(json.dumps(e, sort_keys=True) + "\n")
-    print(f"exported {len(entries)} entries to {args.out} ({args.format})")
+            written += 1
+    print(f"exported {written} entries to {args.out} ({args.format})")
     return 0
 
 
