@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from linkage import logs, stories
-from linkage.cli.inbox import CHRONOLOGY_PAGE
+from linkage.cli.inbox import CHRONOLOGY_PAGE, chronology_pages
 from linkage.demo import spawn
 from linkage.transport import api_channel
 from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc
@@ -251,9 +251,9 @@ async def chronology(entries: int, root: Path) -> dict[str, float]:
             paged_timings = []
             for _ in range(5):
                 started = time.perf_counter()
-                paged = await _read_in_pages(api, request, CHRONOLOGY_PAGE)
+                paged = [len(page.entries) async for page in chronology_pages(api, ACTOR, opened.case_id)]
                 paged_timings.append(time.perf_counter() - started)
-            assert paged == entries, (paged, entries)
+            assert sum(paged) == entries, (paged, entries)
     finally:
         await node.stop(grace=1)
         logs.configure("warning")
@@ -266,20 +266,6 @@ async def chronology(entries: int, root: Path) -> dict[str, float]:
         "page_entries": CHRONOLOGY_PAGE,
         "api_paged_median_ms": statistics.median(paged_timings) * 1000,
     }
-
-
-async def _read_in_pages(
-    api: node_api_pb2_grpc.NodeApiAsyncStub, whole: node_api_pb2.ChronologyRequest, size: int
-) -> int:
-    """Every entry of `whole`'s chronology, `size` to a call: how many."""
-    request = node_api_pb2.ChronologyRequest(actor=whole.actor, case_id=whole.case_id, page_size=size)
-    read = 0
-    while True:
-        page = await api.Chronology(request)
-        read += len(page.entries)
-        if not page.next_page_token:
-            return read
-        request.page_token = page.next_page_token
 
 
 async def _start_seconds(toml: Path, log_file: Path) -> float:

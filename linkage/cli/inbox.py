@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from linkage import jurisdictions
 from linkage.cli import asking, challenging
@@ -189,16 +189,25 @@ def _print_summary(summary: summary_pb2.RiskSummary) -> None:
 CHRONOLOGY_PAGE = 5_000  # entries a call: a long chronology comes in pages, each well inside 4 MiB
 
 
+async def chronology_pages(
+    api: node_api_pb2_grpc.NodeApiAsyncStub, actor: summary_pb2.Practitioner, case_id: str
+) -> AsyncIterator[node_api_pb2.ChronologyResponse]:
+    """A family's chronology, a page at a time, to its end."""
+    request = node_api_pb2.ChronologyRequest(actor=actor, case_id=case_id, page_size=CHRONOLOGY_PAGE)
+    while True:
+        page = await api.Chronology(request)
+        yield page
+        if not page.next_page_token:
+            return
+        request.page_token = page.next_page_token
+
+
 def chronology(args: argparse.Namespace) -> int:
     async def read(api: node_api_pb2_grpc.NodeApiAsyncStub) -> node_api_pb2.ChronologyResponse:
         whole = node_api_pb2.ChronologyResponse()
-        request = node_api_pb2.ChronologyRequest(actor=actor(args), case_id=args.case_id, page_size=CHRONOLOGY_PAGE)
-        while True:
-            page = await api.Chronology(request)
+        async for page in chronology_pages(api, actor(args), args.case_id):
             whole.entries.extend(page.entries)
-            if not page.next_page_token:
-                return whole
-            request.page_token = page.next_page_token
+        return whole
 
     response = call(args, read)
     if args.json:

@@ -1380,9 +1380,9 @@ class ChronologyRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     page_size: _builtins.int
-    """At most this many entries (capped at 10,000); 0: the whole chronology in one answer.
-    A large family's whole chronology may pass gRPC's 4 MiB default for a message (about
-    18,000 entries): read it in pages instead.
+    """At most this many entries (capped at 10,000); 0: the whole chronology in one answer, or
+    with a page_token, up to 10,000 entries after it. A large family's whole chronology may
+    pass gRPC's 4 MiB default for a message (about 18,000 entries): read it in pages instead.
     """
     page_token: _builtins.str
     """The next_page_token of the page before; empty for the first."""
@@ -1493,8 +1493,9 @@ class ChronologyResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Set when more entries follow this page: pass it as page_token to read them. Pages
-    follow the timeline as it stood at the first: what arrives meanwhile comes in a later page.
+    """Set when more entries follow this page: pass it as page_token to read them. A page
+    starts where the one before ended: what is received or recorded meanwhile comes in a
+    later page, and nothing is passed over or read twice.
     """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChronologyEntry]: ...
