@@ -109,9 +109,9 @@ class Chronologies:
     ) -> bytes:
         """This case's people in one timeline, as a serialised ChronologyResponse: own
         assessments by when they were recorded, received summaries in the order they
-        arrived, each risk item an entry; all of it, or `page_size` entries after
-        `page_token`'s. Who viewed it is audited before it is returned: it gathers what
-        every agency shared about them."""
+        arrived, each risk item an entry; all of it, or a page of up to `page_size` (at
+        most MAX_PAGE) after where `page_token`'s ended. Who viewed it is audited before it
+        is returned: it gathers what every agency shared about them."""
         after = _read_token(page_token, case_id) if page_token else None
         tokens = [
             bytes(r[0])
