@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,9 @@ from linkage import jurisdictions
 from linkage.codelists import CodeLists
 from linkage.configcheck import is_address
 from linkage.directory import sign_directory
+from linkage.files import write_atomic, write_private
 from linkage.ids import is_node_id
-from linkage.keys import MessageKeys, load_ed25519, raw_public, raw_public_pq, write_private_pem
+from linkage.keys import MessageKeys, finish_rotation, load_ed25519, raw_public, raw_public_pq, write_private_pem
 from linkage.pki import CertificateAuthority, cert_fingerprint, spiffe_id
 from linkage.tokens import LinkageKey
 from linkage.v1 import directory_pb2 as pb
@@ -87,14 +87,15 @@ def init_federation(root: Path, federation_id: str, now_ms: int, suite: str = "c
     CertificateAuthority.create(federation_id, _now(now_ms)).save(root)
     signing = ed25519.Ed25519PrivateKey.generate()
     write_private_pem(root / "directory.key", signing)
-    (root / "directory.pub").write_bytes(
-        signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    write_atomic(
+        root / "directory.pub",
+        signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
     )
     LinkageKey(version=1, key=os.urandom(32)).save(root / "linkage.key")
-    (root / "entries").mkdir()
-    (root / "federation.json").write_text(
-        json.dumps({"federation_id": federation_id, "suite": suite, "version": 0}) + "\n"
-    )
+    (root / "entries").mkdir(exist_ok=True)  # a run a crash cut short may have made it
+    # Last: a federation folder without it is one whose creation did not finish.
+    meta = {"federation_id": federation_id, "suite": suite, "version": 0}
+    write_atomic(root / "federation.json", (json.dumps(meta) + "\n").encode())
     return Federation(root=root, federation_id=federation_id, suite=suite)
 
 
@@ -112,12 +113,11 @@ def _write_tls(fed: Federation, out: Path, kind: str, ident: str, now_ms: int, s
         ip_addresses=ips,
         server=server,
     )
-    (tls / f"{kind}.key").write_bytes(key_pem)
-    (tls / f"{kind}.key").chmod(0o600)
-    (tls / f"{kind}.pem").write_bytes(cert_pem)
-    shutil.copyfile(fed.root / "ca.pem", tls / "ca.pem")
+    write_private(tls / f"{kind}.key", key_pem)
+    write_atomic(tls / f"{kind}.pem", cert_pem)
+    write_atomic(tls / "ca.pem", (fed.root / "ca.pem").read_bytes())
     (out / "federation").mkdir(exist_ok=True)
-    shutil.copyfile(fed.root / "directory.pub", out / "federation" / "directory.pub")
+    write_atomic(out / "federation" / "directory.pub", (fed.root / "directory.pub").read_bytes())
     return cert_fingerprint(cert_pem)
 
 
@@ -192,8 +192,7 @@ def enrol_node(
     fingerprint = _write_tls(fed, out, "node", node_id, now_ms, server=False)
     keys = MessageKeys.generate(key_id=f"{node_id}-k1", post_quantum=fed.post_quantum)
     keys.save(out / "keys")
-    shutil.copyfile(fed.root / "linkage.key", out / "keys" / "linkage.key")
-    (out / "keys" / "linkage.key").chmod(0o600)
+    write_private(out / "keys" / "linkage.key", (fed.root / "linkage.key").read_bytes())
     entry = pb.NodeEntry(
         node_id=node_id,
         agency_name=agency_name,
@@ -214,9 +213,10 @@ def enrol_node(
             )
         ],
     )
-    (fed.entries / f"{node_id}.pb").write_bytes(entry.SerializeToString())
+    write_atomic(fed.entries / f"{node_id}.pb", entry.SerializeToString())
     config = out / "node.toml"
-    config.write_text(
+    write_atomic(
+        config,
         f"""# Linkage node "{node_id}" ({agency_name}). Paths are relative to this file.
 [node]
 id = "{node_id}"
@@ -243,7 +243,7 @@ linkage_key = "keys/linkage.key"
 
 [api]
 socket = "api.sock"
-"""
+""".encode(),
     )
     return config
 
@@ -262,9 +262,10 @@ def enrol_gateway(fed: Federation, gateway_id: str, out: Path, listen: str, now_
     (out / "keys").mkdir(exist_ok=True)
     write_private_pem(out / "keys" / "witness.key", witness)
     entry = pb.GatewayEntry(gateway_id=gateway_id, tls_cert_sha256=fingerprint, witness_public_key=raw_public(witness))
-    (fed.root / f"gateway-{gateway_id}.pb").write_bytes(entry.SerializeToString())
+    write_atomic(fed.root / f"gateway-{gateway_id}.pb", entry.SerializeToString())
     config = out / "gateway.toml"
-    config.write_text(
+    write_atomic(
+        config,
         f"""# Linkage gateway "{gateway_id}". Paths are relative to this file.
 [gateway]
 id = "{gateway_id}"
@@ -284,7 +285,7 @@ ca = "tls/ca.pem"
 
 [witness]
 key = "keys/witness.key"
-"""
+""".encode(),
     )
     return config
 
@@ -300,7 +301,8 @@ def rotate_keys(
     Senders start sealing to the new key `activate_in_hours` from now (time for the
     node to restart with it); the old key stays valid `overlap_days` more, so messages
     created under it before then still verify, and after it they are refused. The old
-    private keys move to keys/previous/ so what was sealed to them still opens.
+    private keys move to keys/previous/ so what was sealed to them still opens. After a
+    crash at any point, running it again finishes the rotation that was cut short.
     """
     path = fed.entries / f"{node_id}.pb"
     if not path.exists():
@@ -317,36 +319,42 @@ def rotate_keys(
         )
     entry = pb.NodeEntry.FromString(path.read_bytes())
     keys_dir = bundle / "keys"
-    try:
-        current = MessageKeys.load(keys_dir)
-    except FileNotFoundError:
-        raise FederationError(f"{bundle} holds no message keys: give {node_id}'s own bundle folder") from None
-    if entry.keys[-1].key_id != current.key_id:
-        raise FederationError(
-            f"{bundle} holds key {current.key_id!r}, not {node_id}'s newest ({entry.keys[-1].key_id!r}): "
-            f"give {node_id}'s own bundle folder"
-        )
+    newest = entry.keys[-1].key_id
+    _check_bundle(keys_dir, node_id, newest)
+    finish_rotation(keys_dir)  # one a crash interrupted, if any
+    current = MessageKeys.load(keys_dir)
+    if current.key_id == newest:
+        current = MessageKeys.generate(f"{node_id}-k{len(entry.keys) + 1}", post_quantum=fed.post_quantum)
+        current.stage(keys_dir)
+        finish_rotation(keys_dir)
+    # Else an earlier run put its new generation in place and stopped before the entry: finish that.
     activate = now_ms + activate_in_hours * 3_600_000
     for key in entry.keys:
         key.not_after_ms = min(key.not_after_ms, activate + overlap_days * 86_400_000)
-    new = MessageKeys.generate(f"{node_id}-k{len(entry.keys) + 1}", post_quantum=fed.post_quantum)
-    archive = keys_dir / "previous" / current.key_id
-    archive.mkdir(parents=True, exist_ok=True)
-    for name in ("signing.key", "hpke.key", "mlkem.seed", "mldsa.seed", "key_id"):
-        if (keys_dir / name).exists():
-            os.replace(keys_dir / name, archive / name)
-    new.save(keys_dir)
     entry.keys.add(
-        key_id=new.key_id,
-        signing_public_key=raw_public(new.signing),
-        hpke_public_key=raw_public(new.hpke),
+        key_id=current.key_id,
+        signing_public_key=raw_public(current.signing),
+        hpke_public_key=raw_public(current.hpke),
         not_before_ms=activate,
         not_after_ms=now_ms + KEY_VALIDITY_DAYS * 86_400_000,
-        hpke_pq_public_key=raw_public_pq(new.mlkem) if new.mlkem else b"",
-        mldsa_public_key=raw_public_pq(new.mldsa) if new.mldsa else b"",
+        hpke_pq_public_key=raw_public_pq(current.mlkem) if current.mlkem else b"",
+        mldsa_public_key=raw_public_pq(current.mldsa) if current.mldsa else b"",
     )
-    path.write_bytes(entry.SerializeToString())
-    return new.key_id
+    write_atomic(path, entry.SerializeToString())
+    return current.key_id
+
+
+def _check_bundle(keys_dir: Path, node_id: str, newest: str) -> None:
+    """The bundle holds the node's newest key, or a rotation to it that did not finish."""
+    try:
+        held = (keys_dir / "key_id").read_text().strip()
+    except FileNotFoundError:
+        raise FederationError(f"{keys_dir.parent} holds no message keys: give {node_id}'s own bundle folder") from None
+    if held != newest and not (keys_dir / "previous" / newest).is_dir():
+        raise FederationError(
+            f"{keys_dir.parent} holds key {held!r}, not {node_id}'s newest ({newest!r}): "
+            f"give {node_id}'s own bundle folder"
+        )
 
 
 def revoke_node(fed: Federation, node_id: str) -> None:
@@ -356,7 +364,7 @@ def revoke_node(fed: Federation, node_id: str) -> None:
         raise FederationError(f"node {node_id!r} is not enrolled")
     entry = pb.NodeEntry.FromString(path.read_bytes())
     entry.status = pb.NODE_STATUS_REVOKED
-    path.write_bytes(entry.SerializeToString())
+    write_atomic(path, entry.SerializeToString())
 
 
 MAX_VALIDITY_DAYS = 365
@@ -386,9 +394,7 @@ def publish_directory(
     signed = sign_directory(directory, load_ed25519(fed.root / "directory.key"))
     data = signed.SerializeToString()
     for target in (fed.directory_path, *(d / "directory.pb" for d in copy_to)):
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)  # readers never see a half-written directory
+        write_atomic(target, data)  # readers never see a half-written directory
     meta["version"] = version
-    meta_path.write_text(json.dumps(meta) + "\n")
+    write_atomic(meta_path, (json.dumps(meta) + "\n").encode())
     return directory

@@ -2,21 +2,36 @@
 
 Private keys are stored as unencrypted PKCS#8 PEM files readable only by the
 owner (mode 0600); protect the node's key directory as you would a TLS key.
+
+A rotation writes the new generation whole under `next/` first, then moves it into
+place (`finish_rotation`), so a crash at any point leaves keys that load as one
+generation, or a staged rotation that running it again completes.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
+from linkage.files import fsync_dir, write_atomic, write_private
+
+KEY_FILES = ("signing.key", "hpke.key", "mlkem.seed", "mldsa.seed")  # a generation, named by its key_id file
+STAGED = "next"  # a new generation written whole, not yet in place
+PARTIAL = ".partial"  # a folder still being written: discarded, never read
+
+
+class RotationUnfinished(ValueError):
+    """The keys hold a rotation that a crash interrupted."""
+
 
 def write_private_pem(path: Path, key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> None:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path.write_bytes(pem)
-    path.chmod(0o600)
+    write_private(path, pem)
 
 
 def load_ed25519(path: Path) -> ed25519.Ed25519PrivateKey:
@@ -39,11 +54,6 @@ def raw_public(key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> byte
 
 def raw_public_pq(key: mlkem.MLKEM768PrivateKey | mldsa.MLDSA65PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def _write_seed(path: Path, seed: bytes) -> None:
-    path.write_bytes(seed)
-    path.chmod(0o600)
 
 
 @dataclass(frozen=True)
@@ -79,13 +89,26 @@ class MessageKeys:
         write_private_pem(directory / "signing.key", self.signing)
         write_private_pem(directory / "hpke.key", self.hpke)
         if self.mlkem is not None and self.mldsa is not None:
-            _write_seed(directory / "mlkem.seed", self.mlkem.private_bytes_raw())
-            _write_seed(directory / "mldsa.seed", self.mldsa.private_bytes_raw())
-        (directory / "key_id").write_text(self.key_id + "\n")
+            write_private(directory / "mlkem.seed", self.mlkem.private_bytes_raw())
+            write_private(directory / "mldsa.seed", self.mldsa.private_bytes_raw())
+        write_atomic(directory / "key_id", (self.key_id + "\n").encode())
+
+    def stage(self, directory: Path) -> None:
+        """Write this generation whole to `directory/next/`, for `finish_rotation` to put in place."""
+        partial = directory / (STAGED + PARTIAL)
+        shutil.rmtree(partial, ignore_errors=True)
+        self.save(partial)
+        os.replace(partial, directory / STAGED)
+        fsync_dir(directory)
 
     @classmethod
     def load(cls, directory: Path) -> MessageKeys:
         """The current generation in `directory`, and the earlier ones under `previous/`."""
+        if (directory / STAGED).exists():
+            raise RotationUnfinished(
+                f"{directory} holds a key rotation that did not finish: run `linkage federation rotate-keys` "
+                "again with this bundle to finish it"
+            )
         pq = (directory / "mlkem.seed").exists()
         older = directory / "previous"
         previous = tuple(cls.load(d) for d in sorted(older.iterdir())) if older.is_dir() else ()
@@ -97,3 +120,44 @@ class MessageKeys:
             mldsa=mldsa.MLDSA65PrivateKey.from_seed_bytes((directory / "mldsa.seed").read_bytes()) if pq else None,
             previous=previous,
         )
+
+
+def finish_rotation(directory: Path) -> None:
+    """Put a staged generation in place and the current one under `previous/`; safe to run
+    again after a crash at any point, and a no-op when nothing is staged.
+
+    The current generation is copied to `previous/` whole before any of its files is
+    replaced, and its `key_id` file is replaced last: until then the keys still name the
+    old generation, and `next/` still holds what is left to move. Each generation has
+    the same files as the one it replaces: the federation's suite never changes.
+    """
+    staged = directory / STAGED
+    shutil.rmtree(directory / (STAGED + PARTIAL), ignore_errors=True)  # a staging a crash cut short
+    if not staged.is_dir():
+        return
+    if (staged / "key_id").exists():
+        _archive(directory)
+        for name in KEY_FILES:
+            if (staged / name).exists():
+                os.replace(staged / name, directory / name)
+        fsync_dir(directory)
+        os.replace(staged / "key_id", directory / "key_id")
+        fsync_dir(directory)
+    shutil.rmtree(staged)
+    fsync_dir(directory)
+
+
+def _archive(directory: Path) -> None:
+    """Copy the current generation to `previous/<key_id>/`, unless an earlier run did."""
+    key_id = (directory / "key_id").read_text().strip()
+    archive = directory / "previous" / key_id
+    if archive.is_dir():
+        return
+    partial = archive.with_name(key_id + PARTIAL)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True, mode=0o700)
+    for name in (*KEY_FILES, "key_id"):
+        if (directory / name).exists():
+            write_private(partial / name, (directory / name).read_bytes())
+    os.replace(partial, archive)
+    fsync_dir(archive.parent)

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from linkage.files import write_atomic, write_private
+
 
 def spiffe_id(federation_id: str, kind: str, ident: str) -> str:
     return f"spiffe://{federation_id}/{kind}/{ident}"
@@ -83,9 +85,8 @@ class CertificateAuthority:
         return cls(key, cert)
 
     def save(self, directory: Path) -> None:
-        (directory / "ca.key").write_bytes(_key_pem(self.key))
-        (directory / "ca.key").chmod(0o600)
-        (directory / "ca.pem").write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        write_private(directory / "ca.key", _key_pem(self.key))
+        write_atomic(directory / "ca.pem", self.cert.public_bytes(serialization.Encoding.PEM))
 
     @classmethod
     def load(cls, directory: Path) -> CertificateAuthority:

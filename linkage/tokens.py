@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from linkage.files import write_private
+
 TOKEN_LEN = 32
 MAX_TOKENS_PER_CALL = 1000  # per subscribe or unsubscribe request
 MAX_TOKENS_PER_MESSAGE = 64  # per envelope, and per resolve or discovery request
@@ -67,8 +69,7 @@ class LinkageKey:
         return hmac.new(self.key, _DOMAIN + normalised.encode(), hashlib.sha256).digest()
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"version": self.version, "key": self.key.hex()}) + "\n")
-        path.chmod(0o600)
+        write_private(path, (json.dumps({"version": self.version, "key": self.key.hex()}) + "\n").encode())
 
     @classmethod
     def load(cls, path: Path) -> LinkageKey:

@@ -4,7 +4,13 @@ they are refused; what was sealed to the old key still opens."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from itertools import count
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -13,8 +19,8 @@ from linkage.clock import ManualClock
 from linkage.config import load_directory_key
 from linkage.directory import TrustedDirectory
 from linkage.envelope import open_envelope, signing_generation
-from linkage.federation import FederationError, publish_directory, rotate_keys
-from linkage.keys import MessageKeys
+from linkage.federation import Federation, FederationError, publish_directory, rotate_keys
+from linkage.keys import MessageKeys, RotationUnfinished, raw_public
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2
 from tests.crypto_fixtures import seal
@@ -109,3 +115,103 @@ def test_a_rotation_refuses_another_nodes_bundle_and_a_window_with_no_valid_key(
             rotate_keys(federation.fed, "csc", bundle, now, overlap_days=overlap, activate_in_hours=hours)
     after = {p: p.read_bytes() for p in (*(amh / "keys").rglob("*"), *(csc / "keys").rglob("*")) if p.is_file()}
     assert after == before and (federation.fed.entries / "csc.pb").read_bytes() == entry
+
+
+class Crash(Exception):
+    """The process died here."""
+
+
+@contextmanager
+def crash_at(step: int) -> Iterator[None]:
+    """Crash at the `step`-th call that opens, creates, renames or removes a file or folder:
+    what is on disk then is what a process killed at that point would leave (each write is
+    flushed to disk before its rename, so a power cut leaves the same)."""
+    calls = count(1)
+
+    def dying(real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if next(calls) == step:
+                raise Crash
+            return real(*args, **kwargs)
+
+        return call
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("open", "replace", "mkdir", "unlink", "rmdir"):
+            patch.setattr(os, name, dying(getattr(os, name)))
+        yield
+
+
+def _private(keys: MessageKeys) -> tuple[bytes, ...]:
+    return tuple(k.private_bytes_raw() for k in (keys.signing, keys.hpke, keys.mlkem, keys.mldsa) if k is not None)
+
+
+@pytest.mark.parametrize("suite", ["classic", "hybrid"])
+def test_a_rotation_cut_short_at_any_point_loses_no_key_and_running_it_again_finishes_it(
+    tmp_path: Path, suite: str
+) -> None:
+    """Rotation moved the old key files aside one by one, then wrote the new ones, then the
+    entry, each file in place: a crash between two of them left a bundle the node could not
+    load (a signing key with no HPKE key, or the new key under the old id), and a key file
+    readable by others until its chmod. Now, wherever it stops, the node either loads a whole
+    generation that matches the directory entry or is told to run the rotation again; the old
+    private keys are never lost; every key file is private from its creation; and running
+    it again leaves exactly one new generation, in the bundle and in the entry."""
+    clock = ManualClock()
+    make_federation(tmp_path / "base", clock, nodes=("amh", "csc"), suite=suite)
+    original = MessageKeys.load(tmp_path / "base" / "nodes" / "csc" / "keys")
+    now = clock.now_ms()
+    for step in count(1):
+        run = tmp_path / f"step{step}"
+        shutil.copytree(tmp_path / "base", run)
+        fed, bundle = Federation.open(run / "federation"), run / "nodes" / "csc"
+        try:
+            with crash_at(step):
+                rotate_keys(fed, "csc", bundle, now)
+        except Crash:
+            _check_after_crash(fed, bundle, original)
+            if "csc-k2" not in _entry_keys(fed):  # the entry is written last: with it the rotation is done
+                rotate_keys(fed, "csc", bundle, now)
+            _check_rotated(fed, bundle, original)
+            shutil.rmtree(run)
+        else:
+            _check_rotated(fed, bundle, original)
+            break
+    assert step > 40  # the hooks saw each step: a rotation takes more than 40
+
+
+def _entry_keys(fed: Federation) -> dict[str, directory_pb2.NodeKey]:
+    return {k.key_id: k for k in directory_pb2.NodeEntry.FromString((fed.entries / "csc.pb").read_bytes()).keys}
+
+
+def _matches(keys: MessageKeys, entry: directory_pb2.NodeKey) -> bool:
+    return (raw_public(keys.signing), raw_public(keys.hpke)) == (entry.signing_public_key, entry.hpke_public_key)
+
+
+def _check_after_crash(fed: Federation, bundle: Path, original: MessageKeys) -> None:
+    entry = _entry_keys(fed)  # whole, never half-written
+    assert original.key_id in entry
+    for path in (bundle / "keys").rglob("*"):
+        if path.is_file() and path.name.lstrip(".").split(".")[0] not in ("key_id", "linkage"):
+            assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+    try:
+        keys = MessageKeys.load(bundle / "keys")
+    except RotationUnfinished as unfinished:
+        assert "run `linkage federation rotate-keys` again" in str(unfinished)
+        return
+    generations = {k.key_id: k for k in (keys, *keys.previous)}
+    assert _private(generations[original.key_id]) == _private(original)
+    assert all(_matches(k, entry[key_id]) for key_id, k in generations.items() if key_id in entry)
+
+
+def _check_rotated(fed: Federation, bundle: Path, original: MessageKeys) -> None:
+    entry = _entry_keys(fed)
+    keys = MessageKeys.load(bundle / "keys")
+    assert list(entry) == [original.key_id, keys.key_id] == [original.key_id, "csc-k2"]
+    assert [_private(k) for k in keys.previous] == [_private(original)]
+    assert not set(_private(keys)) & set(_private(original))  # a new key, not the old one under a new name
+    assert _matches(keys, entry["csc-k2"]) and _matches(keys.previous[0], entry[original.key_id])
+    left = [
+        p.name for p in (*(bundle / "keys").rglob("*"), *fed.root.rglob("*")) if p.name.endswith((".partial", ".tmp"))
+    ]
+    assert not left and not (bundle / "keys" / "next").exists()
