@@ -213,7 +213,6 @@ def enrol_node(
             )
         ],
     )
-    write_atomic(fed.entries / f"{node_id}.pb", entry.SerializeToString())
     config = out / "node.toml"
     write_atomic(
         config,
@@ -245,6 +244,8 @@ linkage_key = "keys/linkage.key"
 socket = "api.sock"
 """.encode(),
     )
+    # Last: the member is enrolled once its bundle is whole.
+    write_atomic(fed.entries / f"{node_id}.pb", entry.SerializeToString())
     return config
 
 
@@ -262,7 +263,6 @@ def enrol_gateway(fed: Federation, gateway_id: str, out: Path, listen: str, now_
     (out / "keys").mkdir(exist_ok=True)
     write_private_pem(out / "keys" / "witness.key", witness)
     entry = pb.GatewayEntry(gateway_id=gateway_id, tls_cert_sha256=fingerprint, witness_public_key=raw_public(witness))
-    write_atomic(fed.root / f"gateway-{gateway_id}.pb", entry.SerializeToString())
     config = out / "gateway.toml"
     write_atomic(
         config,
@@ -287,6 +287,8 @@ ca = "tls/ca.pem"
 key = "keys/witness.key"
 """.encode(),
     )
+    # Last: the member is enrolled once its bundle is whole.
+    write_atomic(fed.root / f"gateway-{gateway_id}.pb", entry.SerializeToString())
     return config
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -359,3 +360,40 @@ def test_an_enrolled_gateway_has_a_witness_key_the_directory_names(tmp_path: Pat
         assert entry.witness_public_key == raw_public(key)
         keys.append(entry.witness_public_key)
     assert keys[0] != keys[1]
+
+
+def test_an_enrolment_cut_short_at_any_point_enrols_a_whole_bundle_or_nothing(tmp_path: Path) -> None:
+    """The node's directory entry was written before its configuration, and each key file in
+    place then chmod-ed: a crash between them enrolled a node with no node.toml, whose keys
+    were readable by others. Cut at each of its file-system steps in turn, an enrolment now
+    leaves either no entry (the directory does not name the node) or an entry whose bundle
+    loads whole, with keys that match it and are its owner's alone."""
+    from linkage.config import NodeConfig
+    from linkage.federation import enrol_node, init_federation, publish_directory
+    from linkage.keys import MessageKeys, raw_public
+    from linkage.v1 import directory_pb2
+    from tests.file_crashes import Crash, crash_at
+
+    now = SystemClock().now_ms()
+    fed = init_federation(tmp_path / "fed", "x.example", now)
+    enrolled = []
+    for step in itertools.count(1):
+        node_id, out = f"n{step}", tmp_path / f"n{step}"
+        try:
+            with crash_at(step):
+                enrol_node(fed, node_id, "County Police", "POLICE", out, "gw.example:7443", now)
+        except Crash:
+            pass
+        else:
+            break
+        for path in (out / "keys").rglob("*") if (out / "keys").exists() else ():
+            if path.is_file() and "key_id" not in path.name:
+                assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+        if (fed.entries / f"{node_id}.pb").exists():
+            entry = directory_pb2.NodeEntry.FromString((fed.entries / f"{node_id}.pb").read_bytes())
+            keys = MessageKeys.load(NodeConfig.load(out / "node.toml").message_keys)
+            assert raw_public(keys.signing) == entry.keys[0].signing_public_key
+            enrolled.append(node_id)
+    assert step > 30 and enrolled == [f"n{step - 1}"]  # only a crash after its last step leaves it enrolled
+    directory = publish_directory(fed, now, 7)
+    assert sorted(n.node_id for n in directory.nodes) == sorted([*enrolled, f"n{step}"])

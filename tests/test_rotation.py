@@ -4,13 +4,9 @@ they are refused; what was sealed to the old key still opens."""
 
 from __future__ import annotations
 
-import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -24,6 +20,7 @@ from linkage.keys import MessageKeys, RotationUnfinished, raw_public
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2
 from tests.crypto_fixtures import seal
+from tests.file_crashes import Crash, crash_at
 from tests.harness import FEDERATION_ID, LocalFederation, make_federation
 
 HOUR = 3_600_000
@@ -115,31 +112,6 @@ def test_a_rotation_refuses_another_nodes_bundle_and_a_window_with_no_valid_key(
             rotate_keys(federation.fed, "csc", bundle, now, overlap_days=overlap, activate_in_hours=hours)
     after = {p: p.read_bytes() for p in (*(amh / "keys").rglob("*"), *(csc / "keys").rglob("*")) if p.is_file()}
     assert after == before and (federation.fed.entries / "csc.pb").read_bytes() == entry
-
-
-class Crash(Exception):
-    """The process died here."""
-
-
-@contextmanager
-def crash_at(step: int) -> Iterator[None]:
-    """Crash at the `step`-th call that opens, creates, renames or removes a file or folder:
-    what is on disk then is what a process killed at that point would leave (each write is
-    flushed to disk before its rename, so a power cut leaves the same)."""
-    calls = count(1)
-
-    def dying(real: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if next(calls) == step:
-                raise Crash
-            return real(*args, **kwargs)
-
-        return call
-
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("open", "replace", "mkdir", "unlink", "rmdir"):
-            patch.setattr(os, name, dying(getattr(os, name)))
-        yield
 
 
 def _private(keys: MessageKeys) -> tuple[bytes, ...]:
