@@ -28,6 +28,7 @@ from node.queues import delivery_queues
 from node.reception import InboxFeed
 from node.requests import Requests
 from node.sharing import Sharing
+from node.store.writability import unwritable
 
 MAX_LIST = 500
 MAX_SEQ = 2**63 - 1
@@ -61,7 +62,24 @@ async def _answer(context: Context, actor: summary_pb2.Practitioner, work: Calla
         await context.abort(exc.code, exc.message)
     except Rejected as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"node cannot serve: {exc}")
+    except Exception as exc:
+        if (error := unwritable(exc)) is None:
+            raise  # a defect: logged by _logged, and the caller sees UNKNOWN
+        await context.abort(*_unwritable_status(error))
     raise AssertionError("unreachable")
+
+
+def _unwritable_status(error: str) -> tuple[grpc.StatusCode, str]:
+    """The node's store refused the write: nothing of the call stands, and only agency IT can
+    make it work again (gRPC names a full file system as RESOURCE_EXHAUSTED)."""
+    nothing = "nothing of this call was recorded or sent"
+    if error == "SQLITE_FULL":
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, (
+            f"the node's disk is full ({error}): {nothing}; ask agency IT to free space, then call again"
+        )
+    return grpc.StatusCode.UNAVAILABLE, (
+        f"the node's store cannot be written ({error}): {nothing}; ask agency IT to fix its disk, then call again"
+    )
 
 
 def add_to_server(service: NodeApiService, server: grpc.aio.Server) -> None:

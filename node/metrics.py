@@ -58,6 +58,12 @@ class NodeMetrics:
             "rotate before then",
             registry=self.registry,
         )
+        self.store_writable = Gauge(
+            "linkage_node_store_writable",
+            "1 while the node's store takes writes; 0 after one failed for a full, failing, read-only or damaged "
+            "disk, until one succeeds (the node fails closed meanwhile: alert on it)",
+            registry=self.registry,
+        )
         self.checkpoints = Counter(
             "linkage_node_checkpoints",
             "Tries to lodge an audit checkpoint with the witness, by outcome: ok; diverged (this log does not "

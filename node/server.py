@@ -66,6 +66,7 @@ class NodeServer:
         self.health = health.aio.HealthServicer()
         self.feed = InboxFeed()
         self._tasks: list[asyncio.Task[None]] = []
+        self._reports: set[asyncio.Task[None]] = set()  # health reports under way
         self._server: grpc.aio.Server | None = None
         self.store: Store | None = None
         self.link: GatewayLink | None = None
@@ -106,10 +107,21 @@ class NodeServer:
                 log.warning("directory.fetch_failed", status=exc.code().name)
             except Rejected as exc:
                 log.warning("directory.refused", reason=exc.reason.value, source="gateway")
-        serving = self.trust.serving(self.clock.now_ms())
+        await self._report_serving()
+
+    async def _report_serving(self) -> None:
+        """SERVING while the directory is current and the store can be written; NOT_SERVING
+        (failing closed) while either is not."""
+        writable = self.store is not None and self.store.writability.error is None
+        serving = writable and self.trust.serving(self.clock.now_ms())
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+
+    def _store_writability_changed(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._report_serving())
+        self._reports.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(self._reports.discard)
 
     async def _watch_directory(self) -> None:
         while True:
@@ -173,6 +185,8 @@ class NodeServer:
             expires_in=lambda: (trust.expires_at_ms - now_ms()) / 1000,
             keys_expire_in=lambda: (trust.keys_expire_at_ms(config.node_id) - now_ms()) / 1000,
         )
+        store = self.store
+        self.metrics.store_writable.set_function(lambda: float(store.writability.error is None))
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.link = GatewayLink(
             config.node_id,
@@ -268,8 +282,8 @@ class NodeServer:
             asyncio.create_task(retention.run(self.store, self.clock, config.retention_days)),
             asyncio.create_task(self.chronology.keep_derived()),
         ]
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.store.writability.on_change(self._store_writability_changed)
+        await self._report_serving()
         log.info("node.started", schema=self.store.schema_version)
 
     async def stop(self, grace: float = 5.0) -> None:

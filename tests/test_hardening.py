@@ -3,12 +3,18 @@ THREATS.md maps every threat to its control and to the tests here and elsewhere.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from linkage.clock import ManualClock
 from linkage.config import GatewayLimits
@@ -16,9 +22,11 @@ from linkage.envelope import open_envelope
 from linkage.federation import publish_directory, revoke_node
 from linkage.frames import unbatch
 from linkage.reasons import Reason, Rejected
+from linkage.transport import api_channel
 from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
+from node.store import Store
 from tests.crypto_fixtures import NOW, make_keyring
-from tests.harness import LocalFederation, make_federation, running, wait_delivered
+from tests.harness import LocalFederation, make_federation, running, settle, wait_delivered
 from tests.test_delivery import family_assessment, share
 
 TOKEN = bytes([5]) * 32
@@ -291,3 +299,85 @@ async def test_post_quantum_federation_shares_end_to_end_and_needs_both_signatur
         with pytest.raises(Rejected) as raised:
             open_envelope(classic.envelope, me="csc", keys=keys, directory=directory, now_ms=clock.now_ms())
         assert raised.value.reason == Reason.UNSUPPORTED_SUITE
+
+
+@contextmanager
+def _disk_full(store: Store) -> Iterator[None]:
+    """No page more for the node's writer, as on a full disk: another program's data takes
+    the file's free pages, and the writer may not grow it. Then room again, as when agency IT
+    frees space: that data dropped, and the file free to grow."""
+    with closing(sqlite3.connect(store.path)) as other:
+        other.execute("CREATE TABLE filler(x BLOB)")
+        free, page = (other.execute(f"PRAGMA {p}").fetchone()[0] for p in ("freelist_count", "page_size"))
+        other.execute("INSERT INTO filler VALUES (zeroblob(?))", ((free + 1) * page,))
+        other.commit()
+    store.db.execute(f"PRAGMA max_page_count = {store.db.execute('PRAGMA page_count').fetchone()[0]}")
+    try:
+        yield
+    finally:
+        with closing(sqlite3.connect(store.path)) as other:
+            other.execute("DROP TABLE filler")
+        store.db.execute("PRAGMA max_page_count = 4294967294")
+
+
+async def _rows(store: Store) -> list[int]:
+    return [(await store.fetchone(f"SELECT COUNT(*) FROM {t}"))[0] for t in ("shares", "outbox", "inbox", "audit")]
+
+
+async def _health(watch: Any, status: int) -> None:
+    """Until the node reports `status`: the health service's own stream of changes (a
+    failure, not a hang, if it never does)."""
+    async with asyncio.timeout(15):
+        while (await watch.read()).status != status:
+            pass
+
+
+async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_nothing(tmp_path: Path) -> None:
+    """A share on a full disk failed UNKNOWN ("Unexpected <class 'sqlite3.OperationalError'>"),
+    and the node went on reporting SERVING. Now the case system hears RESOURCE_EXHAUSTED and
+    what to do; nothing of the share stands (no share, message or audit entry); the node
+    reports NOT_SERVING, and its metric 0, until a write succeeds again. A recipient whose
+    disk is full keeps nothing of what arrives and sends no receipt, so it comes again, and
+    is stored once there is room."""
+    clock = ManualClock()
+    async with running(make_federation(tmp_path, clock, nodes=("amh", "csc")), clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        amh, csc = cluster.nodes["amh"], cluster.nodes["csc"]
+        assert amh.store is not None and csc.store is not None
+        watches = {}
+        for name, node in (("amh", amh), ("csc", csc)):
+            channel = api_channel(node.config.api_socket)
+            cluster._channels.append(channel)
+            watches[name] = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))  # type: ignore[attr-defined]
+            await _health(watches[name], health_pb2.HealthCheckResponse.SERVING)
+        before = await _rows(amh.store)
+        with _disk_full(amh.store):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await share(cluster, assessment_id)
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (
+                "disk is full (SQLITE_FULL): nothing of this call was recorded or sent; ask agency IT to free space"
+                in (raised.value.details() or "")
+            )
+            await _health(watches["amh"], health_pb2.HealthCheckResponse.NOT_SERVING)
+            assert amh.metrics.registry.get_sample_value("linkage_node_store_writable") == 0
+            assert await _rows(amh.store) == before
+        await share(cluster, assessment_id)  # room again: the same call goes through
+        await _health(watches["amh"], health_pb2.HealthCheckResponse.SERVING)
+        assert amh.metrics.registry.get_sample_value("linkage_node_store_writable") == 1
+        await wait_delivered(amh, 1)
+
+        received = await _rows(csc.store)
+        with _disk_full(csc.store):
+            await share(cluster, assessment_id)
+            await _health(watches["csc"], health_pb2.HealthCheckResponse.NOT_SERVING)
+            assert await _rows(csc.store) == received
+            async with csc.store.tx() as tx:  # a row rewritten in place, which a full disk takes
+                await tx.execute("UPDATE cases SET status = status")
+            assert csc.store.writability.error == "SQLITE_FULL"  # it proves nothing: still failing closed
+        await settle(amh)  # the gateway's ack recorded: a receipt is awaited from now
+        clock.advance(amh.config.delivery.receipt_timeout_ms + 1)  # none came: the sender sends it again
+        await amh.outbox.send_due()
+        await wait_delivered(amh, 2)
+        await _health(watches["csc"], health_pb2.HealthCheckResponse.SERVING)
+        assert (await _rows(csc.store))[2] == received[2] + 1

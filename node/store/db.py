@@ -45,6 +45,7 @@ from linkage.merkle import CompactRange
 from linkage.v1 import summary_pb2
 from node.store.leaves import RecentLeaves
 from node.store.schema import MIGRATIONS
+from node.store.writability import Writability
 
 log = logs.get("node.store")
 INLINE_COMMIT_S = 0.0005  # COMMIT on the loop only while the last one took less than this
@@ -306,6 +307,7 @@ class Store:
         # says when it next has work, so it is not woken by every commit in between.
         self.appended = asyncio.Event()
         self.wake_at = 0
+        self.writability = Writability()
 
     @classmethod
     async def open(cls, path: Path, clock: Clock) -> Store:
@@ -390,7 +392,8 @@ class Store:
             tx = Tx(self)
             try:
                 yield tx
-            except BaseException:
+            except BaseException as exc:
+                self.writability.failed(exc)
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK TO tx")
                     self.db.execute("RELEASE tx")
@@ -523,6 +526,7 @@ class Store:
     def _failed(self, group: _Group, error: Exception) -> None:
         """The group's COMMIT failed: it is rolled back, and each member raises `error`."""
         log.error("store.commit_failed", error=type(error).__name__)
+        self.writability.failed(error)
         try:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
@@ -540,6 +544,8 @@ class Store:
 
     def _published(self, group: _Group, seq: int, chain: bytes, frontier: CompactRange) -> None:
         group.committed()
+        if seq > self._head_seq:
+            self.writability.succeeded()  # it appended to the log: the store took new data
         if self._head_due(seq):
             self._head_stored = seq
         if seq != self._head_seq:

@@ -1,0 +1,65 @@
+"""Whether the node's store can be written. A full disk, a failing one, a read-only or a
+damaged file: SQLite then refuses every write, and the node fails closed, since nothing may
+be shared or received that it cannot record with its audit entries. The store notices
+where a write fails (SQLite then rolls the whole transaction back), and clears it with the
+next COMMIT that appends to the audit log: new data, not a row rewritten in place, which a
+full disk may still take. The node meanwhile reports NOT_SERVING and tells each caller what
+to do."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from linkage import logs
+
+log = logs.get("node.store")
+# SQLite's primary result codes (the low byte of its extended ones) for a store that cannot
+# take a write. Anything else a statement raises is a defect in the call, not the disk.
+UNWRITABLE = {
+    8: "SQLITE_READONLY",
+    10: "SQLITE_IOERR",
+    11: "SQLITE_CORRUPT",
+    13: "SQLITE_FULL",
+    14: "SQLITE_CANTOPEN",
+    26: "SQLITE_NOTADB",
+}
+
+
+def unwritable(exc: BaseException | None) -> str | None:
+    """SQLite's name for why the store could not be written, if `exc` or what caused it says so."""
+    for _ in range(8):  # a chain of causes is short; never follow one round for ever
+        if exc is None:
+            return None
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(exc, sqlite3.Error) and isinstance(code, int) and code & 0xFF in UNWRITABLE:
+            return UNWRITABLE[code & 0xFF]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class Writability:
+    def __init__(self) -> None:
+        self.error: str | None = None  # why the last write failed, until one succeeds
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def failed(self, exc: BaseException) -> None:
+        """Note a failed write: it says something only if it failed for want of a writable store."""
+        error = unwritable(exc)
+        if error is not None and error != self.error:
+            self.error = error
+            log.error("store.unwritable", error=error)
+            self._changed()
+
+    def succeeded(self) -> None:
+        if self.error is not None:
+            self.error = None
+            log.info("store.writable")
+            self._changed()
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
