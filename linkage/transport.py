@@ -29,9 +29,18 @@ DIRECTORY_MAX_BYTES = 64 * 1024 * 1024
 # much (gRPC's default is 4 MiB).
 API_MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
-_KEEPALIVE_SERVER: list[tuple[str, int]] = [
-    ("grpc.keepalive_time_ms", 60_000),
+# A ping not answered within 10 s closes the connection, and the stream on it fails: a
+# path that stays open but carries nothing (a hung proxy or firewall) is noticed, and the
+# node connects again. keepalive_timeout_ms alone did not do it with this gRPC: it waits
+# grpc.http2.ping_timeout_ms (a minute by default) for the answer to a ping already out,
+# and a node's stream went unnoticed for over a minute (tests/test_network_faults.py).
+_KEEPALIVE: list[tuple[str, int]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),
+]
+_KEEPALIVE_SERVER: list[tuple[str, int]] = [
+    *_KEEPALIVE,
+    ("grpc.keepalive_time_ms", 60_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_connection_idle_ms", 300_000),
@@ -50,9 +59,13 @@ API_SERVER_OPTIONS: list[tuple[str, int]] = [
 
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [  # and the most it receives (secure_channel)
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    *_KEEPALIVE,
     ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Ping an idle connection for ever: by default a client stops after two pings without
+    # data, and a bare gRPC stream idle that long was then never checked again (the gateway
+    # allows a ping every 20 s).
+    ("grpc.http2.max_pings_without_data", 0),
 ]
 
 

@@ -100,11 +100,15 @@ class Cluster:
         return channel
 
     async def start_node(
-        self, node_id: str, clock: Clock | None = None, delivery: DeliverySettings | None = None
+        self,
+        node_id: str,
+        clock: Clock | None = None,
+        delivery: DeliverySettings | None = None,
+        gateway_port: int | None = None,  # another way to the gateway, such as a faulty proxy
     ) -> NodeServer:
         config = dataclasses.replace(
             self.federation.node_configs[node_id],
-            gateway_address=f"127.0.0.1:{self.gateway.port}",
+            gateway_address=f"127.0.0.1:{gateway_port or self.gateway.port}",
             delivery=delivery or self.federation.node_configs[node_id].delivery,
         )
         node = NodeServer(config, clock or self.gateway.clock)
