@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,3 +36,13 @@ def crash_at(step: int) -> Iterator[None]:
         for name in ("open", "replace", "mkdir", "unlink", "rmdir"):
             patch.setattr(os, name, dying(getattr(os, name)))
         yield
+
+
+def readable_by_others(keys: Path) -> list[Path]:
+    """Files under a bundle's `keys` folder, written whole or in part, that others may read:
+    every one holds a secret but `key_id`, which only names a generation."""
+    return [
+        path
+        for path in keys.rglob("*")
+        if path.is_file() and not path.name.lstrip(".").startswith("key_id") and path.stat().st_mode & 0o077
+    ]

@@ -372,7 +372,7 @@ def test_an_enrolment_cut_short_at_any_point_enrols_a_whole_bundle_or_nothing(tm
     from linkage.federation import enrol_node, init_federation, publish_directory
     from linkage.keys import MessageKeys, raw_public
     from linkage.v1 import directory_pb2
-    from tests.file_crashes import Crash, crash_at
+    from tests.file_crashes import Crash, crash_at, readable_by_others
 
     now = SystemClock().now_ms()
     fed = init_federation(tmp_path / "fed", "x.example", now)
@@ -386,9 +386,7 @@ def test_an_enrolment_cut_short_at_any_point_enrols_a_whole_bundle_or_nothing(tm
             pass
         else:
             break
-        for path in (out / "keys").rglob("*") if (out / "keys").exists() else ():
-            if path.is_file() and "key_id" not in path.name:
-                assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+        assert not readable_by_others(out / "keys")
         if (fed.entries / f"{node_id}.pb").exists():
             entry = directory_pb2.NodeEntry.FromString((fed.entries / f"{node_id}.pb").read_bytes())
             keys = MessageKeys.load(NodeConfig.load(out / "node.toml").message_keys)

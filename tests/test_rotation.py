@@ -20,7 +20,7 @@ from linkage.keys import MessageKeys, RotationUnfinished, raw_public
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2
 from tests.crypto_fixtures import seal
-from tests.file_crashes import Crash, crash_at
+from tests.file_crashes import Crash, crash_at, readable_by_others
 from tests.harness import FEDERATION_ID, LocalFederation, make_federation
 
 HOUR = 3_600_000
@@ -163,9 +163,7 @@ def _matches(keys: MessageKeys, entry: directory_pb2.NodeKey) -> bool:
 def _check_after_crash(fed: Federation, bundle: Path, original: MessageKeys) -> None:
     entry = _entry_keys(fed)  # whole, never half-written
     assert original.key_id in entry
-    for path in (bundle / "keys").rglob("*"):
-        if path.is_file() and path.name.lstrip(".").split(".")[0] not in ("key_id", "linkage"):
-            assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+    assert not readable_by_others(bundle / "keys")
     try:
         keys = MessageKeys.load(bundle / "keys")
     except RotationUnfinished as unfinished:
