@@ -13,7 +13,11 @@ from typing import Any
 
 import aiosqlite
 
+from linkage import logs
 from linkage.exclusive import Exclusive
+from linkage.writability import Writability
+
+log = logs.get("gateway.db")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscriptions(
@@ -118,6 +122,8 @@ class GatewayDb:
         self.path = path
         self._lock = asyncio.Lock()
         self._exclusive = exclusive  # this process's alone while open
+        # Cleared by the metadata log's next append (MetaLog._flush): see linkage.writability.
+        self.writability = Writability(log)
 
     @classmethod
     async def open(cls, path: Path) -> GatewayDb:
@@ -150,13 +156,14 @@ class GatewayDb:
             try:
                 await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
-            except BaseException:
+                await self.db.execute("COMMIT")  # a failed COMMIT is rolled back too
+            except BaseException as exc:
+                self.writability.failed(exc)
                 # Queued after whatever the connection's thread is still doing, so it also
                 # undoes a BEGIN whose caller was cancelled while it ran.
                 with contextlib.suppress(sqlite3.OperationalError):
                     await self.db.execute("ROLLBACK")
                 raise
-            await self.db.execute("COMMIT")
 
     async def read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         """Committed rows only. Reads share the connection with transactions, so they are taken

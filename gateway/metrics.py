@@ -36,6 +36,12 @@ class GatewayMetrics:
         self.subscriptions = Gauge(
             "linkage_gateway_subscriptions", "(token, node) subscriptions held", registry=self.registry
         )
+        self.store_writable = Gauge(
+            "linkage_gateway_store_writable",
+            "1 while the gateway's store takes writes; 0 while it cannot (a full or failing disk): "
+            "it relays no new envelopes and reports NOT_SERVING",
+            registry=self.registry,
+        )
         self.directory_age = Gauge(
             "linkage_gateway_directory_age_seconds", "Age of the directory held", registry=self.registry
         )
@@ -59,10 +65,12 @@ class GatewayMetrics:
         self,
         connected: Callable[[], float],
         subscriptions: Callable[[], float],
+        store_writable: Callable[[], float],
         directory_age: Callable[[], float],
         directory_expires_in: Callable[[], float],
     ) -> None:
         self.connected.set_function(connected)
         self.subscriptions.set_function(subscriptions)
+        self.store_writable.set_function(store_writable)
         self.directory_age.set_function(directory_age)
         self.directory_expires_in.set_function(directory_expires_in)

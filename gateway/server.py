@@ -49,7 +49,8 @@ class GatewayServer:
         self._db: GatewayDb | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._directory_mtime = 0
-        self._serving = True
+        self._serving: bool | None = None  # as last reported, once serving
+        self._reports: set[asyncio.Task[None]] = set()
         self.metrics = GatewayMetrics()
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.port = 0
@@ -90,12 +91,23 @@ class GatewayServer:
                 self.load_directory()
             except Rejected as exc:
                 log.warning("directory.refused", reason=exc.reason.value)
-        serving = self.trust.serving(self.clock.now_ms())
+        await self._report_serving()
+
+    async def _report_serving(self) -> None:
+        """SERVING while the directory is current and the store can be written; NOT_SERVING
+        (failing closed) while either is not."""
+        writable = self._db is not None and self._db.writability.error is None
+        serving = writable and self.trust.serving(self.clock.now_ms())
         if serving != self._serving and self._server is not None:
             self._serving = serving
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", SERVICE_NAME):
                 await self.health.set(name, status)
+
+    def _store_writability_changed(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._report_serving())
+        self._reports.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(self._reports.discard)
 
     async def _watch_directory(self) -> None:
         while True:
@@ -105,7 +117,7 @@ class GatewayServer:
     async def _retention(self) -> None:
         while True:
             try:
-                await self.metalog.purge(self.config.metalog_days, self.config.gateway_id)
+                await self.metalog.purge(self.config.metalog_days)
             except Exception as exc:  # what was purged stays purged; the rest waits for the next round
                 log.error("metalog.purge_failed", error=type(exc).__name__)
             await asyncio.sleep(RETENTION_EVERY_S)
@@ -122,7 +134,7 @@ class GatewayServer:
             raise ConfigError(f"[tls] cannot load the gateway's certificate or key: {exc}") from exc
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._db = await GatewayDb.open(self.config.data_dir / "gateway.sqlite")
-        self.metalog = MetaLog(self._db, self.clock)
+        self.metalog = MetaLog(self._db, self.clock, self.config.gateway_id)
         try:
             return await self._start(credentials)
         except BaseException:
@@ -145,6 +157,7 @@ class GatewayServer:
             RateLimits(limits.control_per_second, limits.control_burst, self.clock),
             RateLimits(limits.resolve_per_second, limits.resolve_burst, self.clock),
             self.metrics,
+            self._db.writability,
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -161,17 +174,18 @@ class GatewayServer:
         self._tasks = [asyncio.create_task(self.metalog.run()), asyncio.create_task(self._watch_directory())]
         if self.config.metalog_days > 0:
             self._tasks.append(asyncio.create_task(self._retention()))
-        index = self._index
+        index, writability = self._index, self._db.writability
         self.metrics.bind(
             connected=lambda: len(self.sessions),
             subscriptions=lambda: len(index),
+            store_writable=lambda: float(writability.error is None),
             directory_age=lambda: (self.clock.now_ms() - self.trust.issued_at_ms) / 1000,
             directory_expires_in=lambda: (self.trust.expires_at_ms - self.clock.now_ms()) / 1000,
         )
         if self.config.metrics_listen:
             self.metrics_endpoint.start(self.config.metrics_listen)
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        writability.on_change(self._store_writability_changed)
+        await self._report_serving()
         log.info("gateway.started", port=self.port, subscriptions=len(self._index))
         return self.port
 
@@ -188,7 +202,10 @@ class GatewayServer:
         if self._index is not None:
             await self._index.close()
         if self._db is not None:
-            await self.metalog.flush()
+            try:
+                await self.metalog.flush()
+            except Exception:  # said, with how many; the database is closed all the same
+                log.error("metalog.unflushed_at_stop", entries=self.metalog.pending)
             await self._db.close()
         log.info("gateway.stopped")
 

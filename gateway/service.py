@@ -4,7 +4,8 @@ per-node stream that relays envelopes and receipts it cannot read."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -27,9 +28,30 @@ from linkage.reasons import Reason, Rejected
 from linkage.tokens import MAX_TOKENS_PER_CALL, MAX_TOKENS_PER_MESSAGE, TOKEN_LEN
 from linkage.transport import Peer
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
+from linkage.writability import Writability, unwritable
 
 log = logs.get("gateway")
 Context = grpc.aio.ServicerContext[object, object]
+# While the gateway's store cannot be written, a sender holds back everything about this long
+# (the node's own cap on a BUSY hold is 10 s); the metadata log tries its flush each second.
+UNWRITABLE_RETRY_MS = 5_000
+
+
+@contextlib.contextmanager
+def _store_writes() -> Iterator[None]:
+    """The gateway's store refused a write for want of a writable disk: nothing of the call
+    stands (the transaction rolled back), and the calling node can only try again later,
+    so UNAVAILABLE (RESOURCE_EXHAUSTED would say the node asked for too much)."""
+    try:
+        yield
+    except Exception as exc:
+        if (error := unwritable(exc)) is None:
+            raise  # a defect: the node sees UNKNOWN
+        raise Denied(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the gateway cannot write its store ({error}): nothing of this call was recorded; "
+            "its operator must free space or fix its disk; try again later",
+        ) from None
 
 
 def _check_tokens(tokens: list[bytes], limit: int) -> None:
@@ -53,6 +75,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         control: RateLimits,
         resolves: RateLimits,
         metrics: GatewayMetrics,
+        writability: Writability,
     ) -> None:
         self.authz = authz
         self.index = index
@@ -63,6 +86,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.control = control
         self.resolves = resolves
         self.metrics = metrics
+        self.writability = writability
 
     def _control_call(self, context: Context, claimed_node: str, what: str) -> str:
         """Authorise a control-plane call and charge it to the node's rate limit."""
@@ -130,10 +154,11 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             node_id = self._control_call(context, request.node_id, "subscribe")
             tokens = list(request.link_tokens)
             _check_tokens(tokens, MAX_TOKENS_PER_CALL)
+            with _store_writes():
+                added = await self.index.add(node_id, tokens)
         except Denied as denied:
             self._note("subscribe.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
-        added = await self.index.add(node_id, tokens)
         self._links_changed(node_id, added)
         self._note("subscribe", node=node_id, added=len(added), total=self.index.count(node_id))
         return gateway_pb2.SubscribeResponse(added=len(added), total=self.index.count(node_id))
@@ -145,10 +170,11 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             node_id = self._control_call(context, request.node_id, "unsubscribe")
             tokens = list(request.link_tokens)
             _check_tokens(tokens, MAX_TOKENS_PER_CALL)
+            with _store_writes():
+                removed = await self.index.remove(node_id, tokens)
         except Denied as denied:
             self._note("unsubscribe.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
-        removed = await self.index.remove(node_id, tokens)
         self._links_changed(node_id, removed)
         self._note("unsubscribe", node=node_id, removed=len(removed), total=self.index.count(node_id))
         return gateway_pb2.UnsubscribeResponse(removed=len(removed), total=self.index.count(node_id))
@@ -232,9 +258,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             node = self.authz.node_of(context)
             checkpoint = self._checkpoint_of(node, request)
             try:
-                lodged = await self.witness.lodge(
-                    checkpoint, request.checkpoint, request.from_tree_size, list(request.consistency_proof)
-                )
+                with _store_writes():
+                    lodged = await self.witness.lodge(
+                        checkpoint, request.checkpoint, request.from_tree_size, list(request.consistency_proof)
+                    )
             except Refused as refused:
                 raise Denied(grpc.StatusCode.FAILED_PRECONDITION, str(refused)) from None
         except Denied as denied:
@@ -388,6 +415,25 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"authenticated as {sender!r} but the envelope names sender {routing.sender_node!r}",
             )
+        if self.writability.error is not None:  # it could not record the relay: fail closed, lose nothing
+            self._note(
+                "envelope.busy",
+                node=sender,
+                message_id=message_id,
+                counterpart=recipient,
+                outcome="gateway_unwritable",
+                warning=True,
+            )
+            self._ack(
+                session,
+                message_id,
+                recipient,
+                gateway_pb2.SEND_STATUS_BUSY,
+                "gateway_unwritable",
+                gateway_pb2.BUSY_SCOPE_GATEWAY,
+                UNWRITABLE_RETRY_MS,
+            )
+            return
         if not self.limits.allow(sender):
             self._note("envelope.busy", node=sender, message_id=message_id, outcome="sender_rate_limited", warning=True)
             self._ack(

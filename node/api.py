@@ -14,6 +14,7 @@ from linkage import logs
 from linkage.reasons import Rejected
 from linkage.tokens import TOKEN_LEN
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
+from linkage.writability import unwritable
 from node.case_finder import find_cases
 from node.cases import Cases
 from node.challenges import Challenges
@@ -28,7 +29,6 @@ from node.queues import delivery_queues
 from node.reception import InboxFeed
 from node.requests import Requests
 from node.sharing import Sharing
-from node.store.writability import unwritable
 
 MAX_LIST = 500
 MAX_SEQ = 2**63 - 1

@@ -28,7 +28,7 @@ class NodeMetrics:
         )
         self.busy = Counter(
             "linkage_node_busy_answers",
-            "Sends the gateway answered BUSY, by whose limit (sender or recipient)",
+            "Sends the gateway answered BUSY, by whose limit (sender, recipient, or gateway: its store is unwritable)",
             ["limit"],
             registry=self.registry,
         )

@@ -46,6 +46,8 @@ from node.store import Store, Tx
 BATCH = 256  # also the window: at most this many unacknowledged sends
 BUSY_BASE_MS = 100
 BUSY_CAP_MS = 10_000
+# Whose limit a BUSY answer names, as the metric's label; an unknown scope holds only its recipient.
+_BUSY_LIMITS = {gateway_pb2.BUSY_SCOPE_SENDER: "sender", gateway_pb2.BUSY_SCOPE_GATEWAY: "gateway"}
 SENDER_SCOPE = "*"  # the hold on this node's own sending rate (no node id is "*")
 HOLD_MEMORY_MS = 60_000  # a hold this long past its end, with no BUSY since, is forgotten
 LIVE = ("queued", "sent")
@@ -562,8 +564,8 @@ class Outbox:
 
     def _hold(self, ack: gateway_pb2.SendAck, now: int) -> None:
         """BUSY: hold back what the gateway named, and halve what may go there at once."""
-        limit = "sender" if ack.busy_scope == gateway_pb2.BUSY_SCOPE_SENDER else "recipient"
-        scope = SENDER_SCOPE if limit == "sender" else ack.recipient_node
+        limit = _BUSY_LIMITS.get(ack.busy_scope, "recipient")
+        scope = ack.recipient_node if limit == "recipient" else SENDER_SCOPE  # else everything this node sends waits
         self.metrics.busy.labels(limit).inc()
         hold = self._holds.get(scope)
         if hold is not None and now < hold.resume_ms:

@@ -451,9 +451,9 @@ def test_a_metadata_log_past_retention_still_verifies_and_cross_checks_what_it_k
     async def a_year_on() -> int:
         db = await GatewayDb.open(gateway / "gateway.sqlite")
         try:
-            log = MetaLog(db, ManualClock(SystemClock().now_ms() + 365 * DAY_MS))
+            log = MetaLog(db, ManualClock(SystemClock().now_ms() + 365 * DAY_MS), "gateway")
             await log.load()
-            purged = await log.purge(keep_days=30, gateway_id="gateway")
+            purged = await log.purge(keep_days=30)
             await log.flush()
             return purged
         finally:

@@ -4,10 +4,12 @@ THREATS.md maps every threat to its control and to the tests here and elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import random
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,12 @@ import pytest
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway import metalog
+from gateway import server as gateway_server
+from gateway.db import GatewayDb
+from gateway.metalog import MetaLog
+from gateway.service import UNWRITABLE_RETRY_MS
+from linkage.auditlog import verify_chain
 from linkage.clock import ManualClock
 from linkage.config import GatewayLimits
 from linkage.envelope import open_envelope
@@ -381,3 +389,138 @@ async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_no
         await wait_delivered(amh, 2)
         await _health(watches["csc"], health_pb2.HealthCheckResponse.SERVING)
         assert (await _rows(csc.store))[2] == received[2] + 1
+
+
+@asynccontextmanager
+async def _read_only(db: GatewayDb) -> AsyncIterator[None]:
+    """SQLite refuses every write to the gateway's store, as on a disk remounted read-only;
+    then takes them again, as when its operator mends it. (A full disk, as the node's test
+    makes it, is not exact enough here: a few metadata-log entries still fit in the free
+    space of its last page.)"""
+    await db.db.execute("PRAGMA query_only = ON")
+    try:
+        yield
+    finally:
+        await db.db.execute("PRAGMA query_only = OFF")
+
+
+async def _metalog(db: GatewayDb) -> list[tuple[str, str]]:
+    """The metadata log's (event, outcome)s, once its chain is checked."""
+    rows = await db.read("SELECT seq, entry, hash FROM metalog ORDER BY seq")
+    checked = verify_chain(rows)
+    assert checked.ok, checked.problem
+    return [(entry["event"], entry["decision"]) for entry in (json.loads(row[1]) for row in rows)]
+
+
+async def test_r6_a_gateway_that_cannot_write_its_store_relays_nothing_new_says_why_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Subscribe on a gateway whose store refused writes failed UNKNOWN; the gateway went on
+    reporting SERVING and relaying envelopes it could not record in its metadata log. Now the
+    node hears UNAVAILABLE and why, the gateway reports NOT_SERVING (metric 0) and answers each
+    envelope BUSY for the sender to hold back everything; what its log could not take waits in
+    memory, and is appended, in order, once the store takes writes again. Then the held
+    message goes through."""
+    monkeypatch.setattr(metalog, "RETRY_EVERY_S", 0.05)  # its next try, sooner
+    monkeypatch.setattr(gateway_server, "DIRECTORY_CHECK_S", 3600.0)  # health changes by the store alone
+    clock = ManualClock()
+    async with running(make_federation(tmp_path, clock, nodes=("amh", "csc")), clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        amh, csc, gateway = cluster.nodes["amh"], cluster.nodes["csc"], cluster.gateway
+        assert csc.store is not None and gateway._db is not None
+        await share(cluster, assessment_id)
+        await wait_delivered(amh, 1)
+        channel = cluster.gateway_channel("amh")
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))  # type: ignore[attr-defined]
+        await _health(watch, health_pb2.HealthCheckResponse.SERVING)
+        received = await _rows(csc.store)
+        await gateway.metalog.flush()
+        before = len(await _metalog(gateway._db))
+        async with _read_only(gateway._db):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]))
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert (
+                "the gateway cannot write its store (SQLITE_READONLY): nothing of this call was recorded; "
+                "its operator must free space or fix its disk" in (raised.value.details() or "")
+            )
+            await _health(watch, health_pb2.HealthCheckResponse.NOT_SERVING)
+            assert gateway.metrics.registry.get_sample_value("linkage_gateway_store_writable") == 0
+            await share(cluster, assessment_id)
+            await settle(amh)  # the gateway has answered it
+            busy = amh.metrics.registry.get_sample_value("linkage_node_busy_answers_total", {"limit": "gateway"})
+            assert busy == 1
+            assert await _rows(csc.store) == received
+            assert gateway.metalog.pending > 0
+        await _health(watch, health_pb2.HealthCheckResponse.SERVING)  # the log's next try took what waited
+        assert gateway.metrics.registry.get_sample_value("linkage_gateway_store_writable") == 1
+        clock.advance(UNWRITABLE_RETRY_MS)  # the hold the gateway asked for
+        await amh.outbox.send_due()
+        await wait_delivered(amh, 2)
+        await gateway.metalog.flush()
+        events = (await _metalog(gateway._db))[before:]
+        refused = events.index(("subscribe.refused", "UNAVAILABLE"))
+        held = events.index(("envelope.busy", "gateway_unwritable"))
+        forwarded = [n for n, (event, _) in enumerate(events) if event == "envelope.forwarded"]
+        assert refused < held < forwarded[0] and len(forwarded) == 1
+        await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]))
+
+
+async def test_r6_a_metadata_log_that_cannot_be_written_counts_what_it_cannot_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What waits for the store is held in memory up to a bound; past it, events are counted
+    by kind, and the count is appended as one entry after what was held."""
+    monkeypatch.setattr(metalog, "MAX_PENDING", 3)
+    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
+    try:
+        log = MetaLog(db, ManualClock(), "gw")
+        async with _read_only(db):
+            for n in range(7):
+                log.record("envelope.forwarded" if n % 2 else "resolve", "amh", message_id=f"m{n}")
+            with pytest.raises(sqlite3.OperationalError):
+                await log.flush()
+            assert db.writability.error == "SQLITE_READONLY"
+            log.record("connect", "csc")  # a failed flush keeps the count too
+            with pytest.raises(sqlite3.OperationalError):
+                await log.flush()
+        await log.flush()
+        assert db.writability.error is None
+        rows = await db.read("SELECT entry FROM metalog ORDER BY seq")
+        entries = [json.loads(row[0]) for row in rows]
+        assert [e["message_id"] for e in entries[:3]] == ["m0", "m1", "m2"]
+        assert entries[3]["event"] == "metalog.unrecorded" and entries[3]["actor"]["id"] == "gw"
+        assert entries[3]["detail"] == {"events": {"envelope.forwarded": 2, "resolve": 2, "connect": 1}}
+        assert len(entries) == 4
+        assert (await _metalog(db))[-1] == ("metalog.unrecorded", "")
+    finally:
+        await db.close()
+
+
+async def test_r6_a_metadata_log_the_store_refused_is_tried_again_though_nothing_new_comes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle gateway still finds out that its store takes writes again: the flush it was
+    refused is tried again, so its health does not wait for the next event."""
+    monkeypatch.setattr(metalog, "RETRY_EVERY_S", 0.05)
+    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
+    changed = asyncio.Event()
+    db.writability.on_change(changed.set)
+    log = MetaLog(db, ManualClock(), "gw")
+    running = asyncio.create_task(log.run())
+    try:
+        async with _read_only(db):
+            log.record("connect", "amh")
+            await changed.wait()  # its flush was refused
+            changed.clear()
+            assert db.writability.error == "SQLITE_READONLY"
+        async with asyncio.timeout(15):  # a failure, not a hang, if it never is
+            await changed.wait()  # and tried again, with nothing new recorded
+        assert db.writability.error is None
+        assert await _metalog(db) == [("connect", "")]
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await db.close()

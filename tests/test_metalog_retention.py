@@ -44,9 +44,9 @@ async def _verified(db: GatewayDb) -> tuple[int, int]:
 
 async def test_entries_past_retention_go_and_the_rest_still_verifies(db: GatewayDb) -> None:
     clock = ManualClock(START_MS)
-    log = MetaLog(db, clock)
+    log = MetaLog(db, clock, "gateway")
     await _record(log, clock, days=5, per_day=7)  # days 0-4; now is day 5
-    purged = await log.purge(keep_days=2, gateway_id="gateway", chunk=3)  # 3 to a transaction
+    purged = await log.purge(keep_days=2, chunk=3)  # 3 to a transaction
     assert purged == 3 * 7  # days 0-2: older than two days before day 5
     await log.flush()  # the purge recorded in the log itself
     count, first = await _verified(db)
@@ -54,7 +54,7 @@ async def test_entries_past_retention_go_and_the_rest_still_verifies(db: Gateway
     events = [r[0] for r in await db.read("SELECT event FROM metalog ORDER BY seq")]
     assert events[-1] == "metalog.purged"
 
-    restarted = MetaLog(db, clock)  # chains on from the last entry
+    restarted = MetaLog(db, clock, "gateway")  # chains on from the last entry
     await restarted.load()
     await _record(restarted, clock, days=1, per_day=2)
     assert (await _verified(db))[0] == 2 * 7 + 1 + 2
@@ -62,12 +62,12 @@ async def test_entries_past_retention_go_and_the_rest_still_verifies(db: Gateway
 
 async def test_a_log_purged_to_its_last_entry_chains_on_from_the_anchor(db: GatewayDb) -> None:
     clock = ManualClock(START_MS)
-    log = MetaLog(db, clock)
+    log = MetaLog(db, clock, "gateway")
     await _record(log, clock, days=2, per_day=4)
     clock.advance(10 * DAY_MS)
-    assert await log.purge(keep_days=1, gateway_id="gateway") == 8
+    assert await log.purge(keep_days=1) == 8
     assert not await db.read("SELECT 1 FROM metalog")  # stopped before the purge's own entry was written
-    restarted = MetaLog(db, clock)
+    restarted = MetaLog(db, clock, "gateway")
     await restarted.load()
     await _record(restarted, clock, days=1, per_day=3)
     assert await _verified(db) == (3, 9)
@@ -75,9 +75,9 @@ async def test_a_log_purged_to_its_last_entry_chains_on_from_the_anchor(db: Gate
 
 async def test_nothing_above_the_anchor_is_deleted_and_the_anchor_only_moves_forward(db: GatewayDb) -> None:
     clock = ManualClock(START_MS)
-    log = MetaLog(db, clock)
+    log = MetaLog(db, clock, "gateway")
     await _record(log, clock, days=3, per_day=2)
-    await log.purge(keep_days=2, gateway_id="gateway")  # entries 1-2 go; the anchor is entry 2
+    await log.purge(keep_days=2)  # entries 1-2 go; the anchor is entry 2
     (anchor_seq,) = (await db.read("SELECT seq FROM metalog_anchor"))[0]
     assert anchor_seq == 2
     raw = sqlite3.connect(db.path)

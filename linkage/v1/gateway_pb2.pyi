@@ -62,6 +62,8 @@ class _BusyScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BusyScope.V
     """the sender is over its rate: everything it sends waits"""
     BUSY_SCOPE_RECIPIENT: _BusyScope.ValueType  # 2
     """the recipient's stream is full: what goes to it waits"""
+    BUSY_SCOPE_GATEWAY: _BusyScope.ValueType  # 3
+    """the gateway cannot record what it relays (its store cannot be written): everything waits"""
 
 class BusyScope(_BusyScope, metaclass=_BusyScopeEnumTypeWrapper):
     """With SEND_STATUS_BUSY: whose limit was reached, so the sender holds back only what it must."""
@@ -72,6 +74,8 @@ BUSY_SCOPE_SENDER: BusyScope.ValueType  # 1
 """the sender is over its rate: everything it sends waits"""
 BUSY_SCOPE_RECIPIENT: BusyScope.ValueType  # 2
 """the recipient's stream is full: what goes to it waits"""
+BUSY_SCOPE_GATEWAY: BusyScope.ValueType  # 3
+"""the gateway cannot record what it relays (its store cannot be written): everything waits"""
 Global___BusyScope: _TypeAlias = BusyScope  # noqa: Y015
 
 @_typing.final

@@ -43,9 +43,9 @@ from linkage.clock import Clock
 from linkage.exclusive import Exclusive
 from linkage.merkle import CompactRange
 from linkage.v1 import summary_pb2
+from linkage.writability import Writability
 from node.store.leaves import RecentLeaves
 from node.store.schema import MIGRATIONS
-from node.store.writability import Writability
 
 log = logs.get("node.store")
 INLINE_COMMIT_S = 0.0005  # COMMIT on the loop only while the last one took less than this
@@ -307,7 +307,7 @@ class Store:
         # says when it next has work, so it is not woken by every commit in between.
         self.appended = asyncio.Event()
         self.wake_at = 0
-        self.writability = Writability()
+        self.writability = Writability(log)
 
     @classmethod
     async def open(cls, path: Path, clock: Clock) -> Store:

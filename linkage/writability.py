@@ -1,19 +1,18 @@
-"""Whether the node's store can be written. A full disk, a failing one, a read-only or a
-damaged file: SQLite then refuses every write, and the node fails closed, since nothing may
-be shared or received that it cannot record with its audit entries. The store notices
-where a write fails (SQLite then rolls the whole transaction back), and clears it with the
-next COMMIT that appends to the audit log: new data, not a row rewritten in place, which a
-full disk may still take. The node meanwhile reports NOT_SERVING and tells each caller what
-to do."""
+"""Whether a store can be written. A full disk, a failing one, a read-only or a damaged
+file: SQLite then refuses every write, and the process fails closed, since nothing may be
+shared, received or relayed that it cannot record. A store notices where a write fails
+(SQLite then rolls the whole transaction back), and clears it with the next COMMIT that
+appends to its log (a node's audit log, the gateway's metadata log): new data, not a row
+rewritten in place, which a full disk may still take. Meanwhile it reports NOT_SERVING and
+tells each caller what to do."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
 
-from linkage import logs
+from structlog.typing import FilteringBoundLogger
 
-log = logs.get("node.store")
 # SQLite's primary result codes (the low byte of its extended ones) for a store that cannot
 # take a write. Anything else a statement raises is a defect in the call, not the disk.
 UNWRITABLE = {
@@ -39,7 +38,8 @@ def unwritable(exc: BaseException | None) -> str | None:
 
 
 class Writability:
-    def __init__(self) -> None:
+    def __init__(self, log: FilteringBoundLogger) -> None:
+        self.log = log  # the store's own: its events say whose store it is
         self.error: str | None = None  # why the last write failed, until one succeeds
         self._listeners: list[Callable[[], None]] = []
 
@@ -51,13 +51,13 @@ class Writability:
         error = unwritable(exc)
         if error is not None and error != self.error:
             self.error = error
-            log.error("store.unwritable", error=error)
+            self.log.error("store.unwritable", error=error)
             self._changed()
 
     def succeeded(self) -> None:
         if self.error is not None:
             self.error = None
-            log.info("store.writable")
+            self.log.info("store.writable")
             self._changed()
 
     def _changed(self) -> None:
