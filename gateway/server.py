@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,9 +37,15 @@ RETENTION_EVERY_S = 3_600.0  # the metadata log's retention: an hour's entries a
 
 
 class GatewayServer:
-    def __init__(self, config: GatewayConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        clock: Clock | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # run before every call, in order
+    ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        self.interceptors = interceptors
         self.trust = TrustedDirectory(
             config.federation.federation_id, load_directory_key(config.federation.directory_public_key)
         )
@@ -146,7 +153,11 @@ class GatewayServer:
         self._index = await SubscriptionIndex.open(self._db)
         await self.metalog.load()
         limits = self.config.limits
-        server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=limits.max_concurrent_rpcs)
+        server = grpc.aio.server(
+            interceptors=self.interceptors,
+            options=SERVER_OPTIONS,
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+        )
         service = GatewayService(
             Authoriser(self.trust, self.clock),
             self._index,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,38 @@ API_SERVER_OPTIONS: list[tuple[str, int]] = [
     *_KEEPALIVE_SERVER,
 ]
 
+# The gateway calls a node makes that a repeat cannot harm, since they change nothing or
+# change it to the same end: one the gateway answers UNAVAILABLE (as it restarts, or while
+# its store cannot be written) is made again by gRPC, three more times at most within the
+# call's own deadline, so that a blip of a second or two is not a case system's error.
+# LodgeCheckpoint is left out: a repeat after an answer lost on the way would be refused,
+# since the gateway would hold that checkpoint by then; the stream the node redials itself.
+# So is ResolveRecipients, made as a call only while the stream is down: a share then
+# fails at once, telling the case system nothing was shared, rather than a second later.
+RETRIED_GATEWAY_CALLS = (
+    "Subscribe",
+    "Unsubscribe",
+    "DiscoverInvolvement",
+    "GetCheckpoints",
+    "FetchDirectory",
+)
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "linkage.v1.Gateway", "method": m} for m in RETRIED_GATEWAY_CALLS],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [  # and the most it receives (secure_channel)
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     *_KEEPALIVE,
@@ -66,6 +99,7 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [  # and the most it receives (se
     # data, and a bare gRPC stream idle that long was then never checked again (the gateway
     # allows a ping every 20 s).
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.service_config", _SERVICE_CONFIG),
 ]
 
 

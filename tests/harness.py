@@ -8,7 +8,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,11 +155,12 @@ async def running(
     nodes: tuple[str, ...] | None = None,
     clock: Clock | None = None,
     limits: GatewayLimits | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # the gateway's, such as a fault injected
 ) -> AsyncIterator[Cluster]:
     config = federation.gateway_config
     if limits is not None:
         config = dataclasses.replace(config, limits=limits)
-    gateway = GatewayServer(config, clock or SystemClock())
+    gateway = GatewayServer(config, clock or SystemClock(), interceptors)
     await gateway.start()
     cluster = Cluster(federation=federation, gateway=gateway)
     try:
