@@ -37,6 +37,16 @@ def unwritable(exc: BaseException | None) -> str | None:
     return None
 
 
+def log_failure(log: FilteringBoundLogger, event: str, exc: BaseException, **fields: object) -> None:
+    """Log a failure caught in an except block: with its traceback, unless the store refused a
+    write for want of a writable disk. That one is expected, once for each thing that tries to
+    write, until the disk is mended, and the store has said so already (`store.unwritable`)."""
+    if (error := unwritable(exc)) is not None:
+        log.warning(event, error=error, **fields)
+    else:
+        log.exception(event, **fields)
+
+
 class Writability:
     def __init__(self, log: FilteringBoundLogger) -> None:
         self.log = log  # the store's own: its events say whose store it is

@@ -17,6 +17,7 @@ from linkage.frames import NestedBatchError, fits, unbatch
 from linkage.tokens import MAX_TOKENS_PER_CALL
 from linkage.transport import DIRECTORY_MAX_BYTES, TlsFiles, secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
+from linkage.writability import log_failure
 from node.backoff import backoff_ms
 from node.resolver import Answers
 
@@ -114,8 +115,8 @@ class GatewayLink:
     async def _handle(self, frames: list[gateway_pb2.GatewayFrame]) -> None:
         try:
             await self._on_frames(frames)
-        except Exception:
-            log.exception("gateway.frame_failed", kind=frames[0].WhichOneof("frame"), frames=len(frames))
+        except Exception as exc:
+            log_failure(log, "gateway.frame_failed", exc, kind=frames[0].WhichOneof("frame"), frames=len(frames))
         finally:
             for _ in frames:
                 self._window.release()

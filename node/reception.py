@@ -31,6 +31,7 @@ from linkage.envelope import (
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, summary_pb2
+from linkage.writability import log_failure
 from node import dates
 from node.effects import apply_effects
 from node.link import GatewayLink, NotConnected
@@ -134,9 +135,11 @@ class Reception:
                         status, reason, seq = await self._store_one(tx, message)
                 except TransactionLost:
                     raise  # nothing of the batch stands: every sender sends again
-                except Exception:  # this message alone: no receipt, so its sender sends it again
-                    log.exception(
+                except Exception as exc:  # this message alone: no receipt, so its sender sends it again
+                    log_failure(
+                        log,
                         "message.store_failed",
+                        exc,
                         sender=message.routing.sender_node,
                         message_id=message.routing.message_id,
                     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import random
 import sqlite3
@@ -340,13 +341,16 @@ async def _health(watch: Any, status: int) -> None:
             pass
 
 
-async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_nothing(tmp_path: Path) -> None:
+async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_nothing(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
     """A share on a full disk failed UNKNOWN ("Unexpected <class 'sqlite3.OperationalError'>"),
     and the node went on reporting SERVING. Now the case system hears RESOURCE_EXHAUSTED and
     what to do; nothing of the share stands (no share, message or audit entry); the node
     reports NOT_SERVING, and its metric 0, until a write succeeds again. A recipient whose
     disk is full keeps nothing of what arrives and sends no receipt, so it comes again, and
-    is stored once there is room."""
+    is stored once there is room; meanwhile it says so once, and each arrival it could not
+    store only by SQLite's name for why (it logged a traceback for each)."""
     clock = ManualClock()
     async with running(make_federation(tmp_path, clock, nodes=("amh", "csc")), clock=clock) as cluster:
         assessment_id = await family_assessment(cluster)
@@ -389,6 +393,10 @@ async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_no
         await wait_delivered(amh, 2)
         await _health(watches["csc"], health_pb2.HealthCheckResponse.SERVING)
         assert (await _rows(csc.store))[2] == received[2] + 1
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    refused = [line for line in lines if line["event"] in ("message.store_failed", "gateway.frame_failed")]
+    assert refused and all(line.get("error") == "SQLITE_FULL" and "exception" not in line for line in refused)
+    assert [line["event"] for line in lines].count("store.unwritable") == 2  # once at each node
 
 
 @asynccontextmanager
