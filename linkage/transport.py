@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 
 from linkage.pki import cert_fingerprint
+from linkage.v1 import gateway_pb2
 
 # Health service name a node reports SERVING while its stream to the gateway is up.
 LINK_HEALTH_SERVICE = "linkage.v1.GatewayLink"
@@ -73,11 +74,12 @@ RETRIED_GATEWAY_CALLS = (
     "GetCheckpoints",
     "FetchDirectory",
 )
+_GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
             {
-                "name": [{"service": "linkage.v1.Gateway", "method": m} for m in RETRIED_GATEWAY_CALLS],
+                "name": [{"service": _GATEWAY_SERVICE, "method": m} for m in RETRIED_GATEWAY_CALLS],
                 "retryPolicy": {
                     "maxAttempts": 4,
                     "initialBackoff": "0.2s",

@@ -12,7 +12,8 @@ import grpc
 import pytest
 
 from linkage.clock import ManualClock
-from linkage.v1 import audit_pb2
+from linkage.transport import RETRIED_GATEWAY_CALLS
+from linkage.v1 import audit_pb2, gateway_pb2
 from tests.harness import make_federation, running
 
 TOKEN = bytes([9]) * 32
@@ -71,3 +72,10 @@ async def test_r9_a_checkpoint_lodged_is_not_made_again_since_a_repeat_could_be_
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         assert refuse.refused == before + 1
         refuse.to_refuse = refuse.refused  # the node lodges as it stops
+
+
+def test_every_call_named_for_retries_is_the_gateways() -> None:
+    """gRPC ignores a name in the service config that matches no method: a typo would
+    quietly turn retries off for that call."""
+    methods = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].methods_by_name
+    assert set(RETRIED_GATEWAY_CALLS) <= set(methods)
