@@ -62,7 +62,7 @@ API_SERVER_OPTIONS: list[tuple[str, int]] = [
 # The gateway calls a node makes that a repeat cannot harm, since they change nothing or
 # change it to the same end: one the gateway answers UNAVAILABLE (as it restarts, or while
 # its store cannot be written) is made again by gRPC, three more times at most within the
-# call's own deadline, so that a blip of a second or two is not a case system's error.
+# call's own deadline, so that a blip of a second or two does not fail them.
 # LodgeCheckpoint is left out: a repeat after an answer lost on the way would be refused,
 # since the gateway would hold that checkpoint by then; the stream the node redials itself.
 # So is ResolveRecipients, made as a call only while the stream is down: a share then

@@ -48,7 +48,7 @@ BUSY_BASE_MS = 100
 BUSY_CAP_MS = 10_000
 # Whose limit a BUSY answer names, as the metric's label; an unknown scope holds only its recipient.
 _BUSY_LIMITS = {gateway_pb2.BUSY_SCOPE_SENDER: "sender", gateway_pb2.BUSY_SCOPE_GATEWAY: "gateway"}
-SENDER_SCOPE = "*"  # the hold on this node's own sending rate (no node id is "*")
+SENDER_SCOPE = "*"  # the hold on all this node sends: its rate, or the gateway's store (no node id is "*")
 HOLD_MEMORY_MS = 60_000  # a hold this long past its end, with no BUSY since, is forgotten
 LIVE = ("queued", "sent")
 GAUGE_INTERVAL_S = 1.0  # outbox depth and age gauges are refreshed at most this often
@@ -261,7 +261,8 @@ class Outbox:
 
     def wait_of(self, recipient: str) -> tuple[bool, bool, int]:
         """Why, and until when, this node holds back what it has for `recipient`, as only it
-        knows: the gateway said its node is away, or BUSY (for it, or for this node's own rate)."""
+        knows: the gateway said its node is away, or BUSY (for it, for this node's own rate, or
+        for the gateway's store)."""
         away = self._away.get(recipient)
         holds = [h for h in (self._holds.get(recipient), self._holds.get(SENDER_SCOPE)) if h is not None]
         until = max(([away[1]] if away else []) + [h.resume_ms for h in holds], default=0)
