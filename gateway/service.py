@@ -397,6 +397,27 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         )
         self.sessions.push_or_end(session, gateway_pb2.GatewayFrame(send_ack=ack))  # the sender waits for it
 
+    def _busy(
+        self,
+        session: Session,
+        message_id: str,
+        recipient: str,
+        reason: str,
+        scope: gateway_pb2.BusyScope.ValueType,
+        retry_after_ms: int = 0,
+        counterpart: str = "",
+    ) -> None:
+        """BUSY: the sender holds back what `scope` covers, and sends it again later."""
+        self._note(
+            "envelope.busy",
+            node=session.node_id,
+            message_id=message_id,
+            counterpart=counterpart,
+            outcome=reason,
+            warning=True,
+        )
+        self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_BUSY, reason, scope, retry_after_ms)
+
     def _relay_envelope(self, session: Session, envelope: envelope_pb2.Envelope) -> None:
         sender = session.node_id
         try:
@@ -416,35 +437,12 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 f"authenticated as {sender!r} but the envelope names sender {routing.sender_node!r}",
             )
         if self.writability.error is not None:  # it could not record the relay: fail closed, lose nothing
-            self._note(
-                "envelope.busy",
-                node=sender,
-                message_id=message_id,
-                counterpart=recipient,
-                outcome="gateway_unwritable",
-                warning=True,
-            )
-            self._ack(
-                session,
-                message_id,
-                recipient,
-                gateway_pb2.SEND_STATUS_BUSY,
-                "gateway_unwritable",
-                gateway_pb2.BUSY_SCOPE_GATEWAY,
-                UNWRITABLE_RETRY_MS,
-            )
+            busy = gateway_pb2.BUSY_SCOPE_GATEWAY
+            self._busy(session, message_id, recipient, "gateway_unwritable", busy, UNWRITABLE_RETRY_MS, recipient)
             return
         if not self.limits.allow(sender):
-            self._note("envelope.busy", node=sender, message_id=message_id, outcome="sender_rate_limited", warning=True)
-            self._ack(
-                session,
-                message_id,
-                recipient,
-                gateway_pb2.SEND_STATUS_BUSY,
-                "sender_rate_limited",
-                gateway_pb2.BUSY_SCOPE_SENDER,
-                self.limits.retry_after_ms(sender),
-            )
+            busy, retry_after_ms = gateway_pb2.BUSY_SCOPE_SENDER, self.limits.retry_after_ms(sender)
+            self._busy(session, message_id, recipient, "sender_rate_limited", busy, retry_after_ms)
             return
         reason = self._refusal(routing, sender)
         if reason is not None:
@@ -458,22 +456,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE)
             return
         if not target.push(gateway_pb2.GatewayFrame(deliver=envelope)):
-            self._note(
-                "envelope.busy",
-                node=sender,
-                message_id=message_id,
-                counterpart=recipient,
-                outcome="recipient_busy",
-                warning=True,
-            )
-            self._ack(
-                session,
-                message_id,
-                recipient,
-                gateway_pb2.SEND_STATUS_BUSY,
-                "recipient_busy",
-                gateway_pb2.BUSY_SCOPE_RECIPIENT,
-            )
+            busy = gateway_pb2.BUSY_SCOPE_RECIPIENT
+            self._busy(session, message_id, recipient, "recipient_busy", busy, counterpart=recipient)
             return
         self._note(
             "envelope.forwarded",
