@@ -39,6 +39,7 @@ class MetaLog:
         self.gateway_id = gateway_id  # the actor of the log's own events
         self._pending: list[tuple[int, str, str, str, dict[str, Any], str]] = []
         self._unrecorded: dict[str, int] = {}  # events past MAX_PENDING, by kind
+        self._flushing_now = 0  # entries taken by a flush under way: they count against the bound too
         self._seq = 0
         self._hash = GENESIS
         self._wake = asyncio.Event()
@@ -84,7 +85,7 @@ class MetaLog:
     def record(
         self, event: str, node: str, counterpart: str = "", message_id: str = "", outcome: str = "", **detail: Any
     ) -> None:
-        if len(self._pending) >= MAX_PENDING:
+        if len(self._pending) + self._flushing_now >= MAX_PENDING:
             self._unrecorded[event] = self._unrecorded.get(event, 0) + 1
             return
         self._pending.append((self.clock.now_ms(), event, node, counterpart, detail, f"{message_id}\x00{outcome}"))
@@ -123,6 +124,7 @@ class MetaLog:
             ).canonical()
             prev = chain_hash(prev, entry)
             rows.append((seq, ts_ms, event, counterpart, entry, prev))
+        self._flushing_now = len(batch)
         try:
             async with self.db.tx() as db:
                 await db.executemany(
@@ -135,6 +137,8 @@ class MetaLog:
                     self._unrecorded[event] = self._unrecorded.get(event, 0) + count
             self._pending[:0] = batch  # kept for the next flush, not lost
             raise
+        finally:
+            self._flushing_now = 0
         self._seq, self._hash = seq, prev
         self.db.writability.succeeded()  # it appended to the log: the store took new data
 

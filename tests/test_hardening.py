@@ -506,6 +506,32 @@ async def test_r6_a_metadata_log_that_cannot_be_written_counts_what_it_cannot_ho
         await db.close()
 
 
+async def test_r6_what_a_flush_under_way_holds_counts_against_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries a flush has taken but not yet written are still held in memory: while it waits
+    for the store, what comes beyond the bound is counted, not held as well."""
+    monkeypatch.setattr(metalog, "MAX_PENDING", 3)
+    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
+    try:
+        log = MetaLog(db, ManualClock(), "gw")
+        for n in range(2):
+            log.record("resolve", "amh", message_id=f"m{n}")
+        async with db._lock:  # the store busy with another transaction
+            flushing = asyncio.create_task(log.flush())
+            await asyncio.sleep(0)  # it takes the two, and waits for the store
+            for n in range(2, 5):
+                log.record("resolve", "amh", message_id=f"m{n}")
+        await flushing
+        await log.flush()
+        rows = await db.read("SELECT entry FROM metalog ORDER BY seq")
+        entries = [json.loads(row[0]) for row in rows]
+        assert [e["message_id"] for e in entries] == ["m0", "m1", "m2", ""]
+        assert entries[3]["detail"] == {"events": {"resolve": 2}}
+    finally:
+        await db.close()
+
+
 async def test_r6_a_metadata_log_the_store_refused_is_tried_again_though_nothing_new_comes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
