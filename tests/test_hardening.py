@@ -399,6 +399,14 @@ async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_no
     assert [line["event"] for line in lines].count("store.unwritable") == 2  # once at each node
 
 
+@pytest.fixture
+async def gateway_db(tmp_path: Path) -> AsyncIterator[GatewayDb]:
+    """A gateway's store on its own, for its metadata log."""
+    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
+    yield db
+    await db.close()
+
+
 @asynccontextmanager
 async def _read_only(db: GatewayDb) -> AsyncIterator[None]:
     """SQLite refuses every write to the gateway's store, as on a disk remounted read-only;
@@ -476,85 +484,75 @@ async def test_r6_a_gateway_that_cannot_write_its_store_relays_nothing_new_says_
 
 
 async def test_r6_a_metadata_log_that_cannot_be_written_counts_what_it_cannot_hold(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What waits for the store is held in memory up to a bound; past it, events are counted
     by kind, and the count is appended as one entry after what was held."""
     monkeypatch.setattr(metalog, "MAX_PENDING", 3)
-    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
-    try:
-        log = MetaLog(db, ManualClock(), "gw")
-        async with _read_only(db):
-            for n in range(7):
-                log.record("envelope.forwarded" if n % 2 else "resolve", "amh", message_id=f"m{n}")
-            with pytest.raises(sqlite3.OperationalError):
-                await log.flush()
-            assert db.writability.error == "SQLITE_READONLY"
-            log.record("connect", "csc")  # a failed flush keeps the count too
-            with pytest.raises(sqlite3.OperationalError):
-                await log.flush()
-        await log.flush()
-        assert db.writability.error is None
-        rows = await db.read("SELECT entry FROM metalog ORDER BY seq")
-        entries = [json.loads(row[0]) for row in rows]
-        assert [e["message_id"] for e in entries[:3]] == ["m0", "m1", "m2"]
-        assert entries[3]["event"] == "metalog.unrecorded" and entries[3]["actor"]["id"] == "gw"
-        assert entries[3]["detail"] == {"events": {"envelope.forwarded": 2, "resolve": 2, "connect": 1}}
-        assert len(entries) == 4
-        assert (await _metalog(db))[-1] == ("metalog.unrecorded", "")
-    finally:
-        await db.close()
+    db, log = gateway_db, MetaLog(gateway_db, ManualClock(), "gw")
+    async with _read_only(db):
+        for n in range(7):
+            log.record("envelope.forwarded" if n % 2 else "resolve", "amh", message_id=f"m{n}")
+        with pytest.raises(sqlite3.OperationalError):
+            await log.flush()
+        assert db.writability.error == "SQLITE_READONLY"
+        log.record("connect", "csc")  # a failed flush keeps the count too
+        with pytest.raises(sqlite3.OperationalError):
+            await log.flush()
+    await log.flush()
+    assert db.writability.error is None
+    rows = await db.read("SELECT entry FROM metalog ORDER BY seq")
+    entries = [json.loads(row[0]) for row in rows]
+    assert [e["message_id"] for e in entries[:3]] == ["m0", "m1", "m2"]
+    assert entries[3]["event"] == "metalog.unrecorded" and entries[3]["actor"]["id"] == "gw"
+    assert entries[3]["detail"] == {"events": {"envelope.forwarded": 2, "resolve": 2, "connect": 1}}
+    assert len(entries) == 4
+    assert (await _metalog(db))[-1] == ("metalog.unrecorded", "")
 
 
 async def test_r6_what_a_flush_under_way_holds_counts_against_the_bound(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Entries a flush has taken but not yet written are still held in memory: while it waits
     for the store, what comes beyond the bound is counted, not held as well."""
     monkeypatch.setattr(metalog, "MAX_PENDING", 3)
-    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
-    try:
-        log = MetaLog(db, ManualClock(), "gw")
-        for n in range(2):
+    db, log = gateway_db, MetaLog(gateway_db, ManualClock(), "gw")
+    for n in range(2):
+        log.record("resolve", "amh", message_id=f"m{n}")
+    async with db._lock:  # the store busy with another transaction
+        flushing = asyncio.create_task(log.flush())
+        await asyncio.sleep(0)  # it takes the two, and waits for the store
+        for n in range(2, 5):
             log.record("resolve", "amh", message_id=f"m{n}")
-        async with db._lock:  # the store busy with another transaction
-            flushing = asyncio.create_task(log.flush())
-            await asyncio.sleep(0)  # it takes the two, and waits for the store
-            for n in range(2, 5):
-                log.record("resolve", "amh", message_id=f"m{n}")
-        await flushing
-        await log.flush()
-        rows = await db.read("SELECT entry FROM metalog ORDER BY seq")
-        entries = [json.loads(row[0]) for row in rows]
-        assert [e["message_id"] for e in entries] == ["m0", "m1", "m2", ""]
-        assert entries[3]["detail"] == {"events": {"resolve": 2}}
-    finally:
-        await db.close()
+    await flushing
+    await log.flush()
+    rows = await db.read("SELECT entry FROM metalog ORDER BY seq")
+    entries = [json.loads(row[0]) for row in rows]
+    assert [e["message_id"] for e in entries] == ["m0", "m1", "m2", ""]
+    assert entries[3]["detail"] == {"events": {"resolve": 2}}
 
 
 async def test_r6_a_metadata_log_the_store_refused_is_tried_again_though_nothing_new_comes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An idle gateway still finds out that its store takes writes again: the flush it was
     refused is tried again, so its health does not wait for the next event."""
     monkeypatch.setattr(metalog, "RETRY_EVERY_S", 0.05)
-    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
+    db, log = gateway_db, MetaLog(gateway_db, ManualClock(), "gw")
     changed = asyncio.Event()
     db.writability.on_change(changed.set)
-    log = MetaLog(db, ManualClock(), "gw")
-    running = asyncio.create_task(log.run())
+    flushing = asyncio.create_task(log.run())
     try:
-        async with _read_only(db):
-            log.record("connect", "amh")
-            await changed.wait()  # its flush was refused
-            changed.clear()
-            assert db.writability.error == "SQLITE_READONLY"
-        async with asyncio.timeout(15):  # a failure, not a hang, if it never is
+        async with asyncio.timeout(15):  # a failure, not a hang, if either never comes
+            async with _read_only(db):
+                log.record("connect", "amh")
+                await changed.wait()  # its flush was refused
+                changed.clear()
+                assert db.writability.error == "SQLITE_READONLY"
             await changed.wait()  # and tried again, with nothing new recorded
         assert db.writability.error is None
         assert await _metalog(db) == [("connect", "")]
     finally:
-        running.cancel()
+        flushing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await running
-        await db.close()
+            await flushing
