@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import grpc
 
-from linkage.clock import Clock
+from linkage.clock import Clock, utc_minute
 from linkage.directory import DirectoryView, TrustedDirectory
 from linkage.pki import parse_spiffe_id
 from linkage.reasons import Rejected
@@ -34,9 +34,9 @@ class Authoriser:
         self.trust = trust
         self.clock = clock
 
-    def directory(self) -> DirectoryView:
+    def directory(self, now_ms: int | None = None) -> DirectoryView:
         try:
-            return self.trust.current(self.clock.now_ms())
+            return self.trust.current(self.clock.now_ms() if now_ms is None else now_ms)
         except Rejected as exc:
             raise Denied(grpc.StatusCode.UNAVAILABLE, f"gateway cannot serve: {exc}") from None
 
@@ -60,15 +60,24 @@ class Authoriser:
 
     def recheck(self, node_id: str, peer: Peer) -> None:
         """Denied unless the current directory still pins this peer's certificate for an
-        active node: per frame on an open stream, so revocation needs no reconnect."""
-        entry = self.directory().nodes.get(node_id)
+        active node, and the certificate has not lapsed: per frame on an open stream, so
+        revocation needs no reconnect, and a stream does not outlive its certificate."""
+        now_ms = self.clock.now_ms()
+        entry = self.directory(now_ms).nodes.get(node_id)
         if entry is None:
             raise Denied(grpc.StatusCode.PERMISSION_DENIED, f"node {node_id!r} is not in the directory")
         if entry.status != directory_pb2.NODE_STATUS_ACTIVE:
             raise Denied(grpc.StatusCode.PERMISSION_DENIED, f"node {node_id!r} is revoked")
-        if entry.tls_cert_sha256 != peer.fingerprint:
+        # The renewed certificate's predecessor too, so a node moves to its new one without a gap.
+        if peer.fingerprint not in (entry.tls_cert_sha256, entry.previous_tls_cert_sha256):
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED, f"certificate is not the one the directory pins for {node_id!r}"
+            )
+        if now_ms > peer.not_after_ms:
+            raise Denied(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the certificate of {node_id!r} lapsed at {utc_minute(peer.not_after_ms)}: "
+                "renew it (linkage federation renew-tls)",
             )
 
     def claimed(self, context: grpc.aio.ServicerContext[object, object], claimed_node: str) -> str:

@@ -50,6 +50,11 @@ class GatewayMetrics:
             "Until the directory held expires and the gateway fails closed (alert well before 0)",
             registry=self.registry,
         )
+        self.certificate_expires_in = Gauge(
+            "linkage_gateway_tls_certificate_expires_in_seconds",
+            "Until the TLS certificate served lapses and no node can connect (renew it well before 0)",
+            registry=self.registry,
+        )
 
     def observe(self, event: str, outcome: str = "") -> None:
         if event in _OUTCOMES:
@@ -68,9 +73,11 @@ class GatewayMetrics:
         store_writable: Callable[[], float],
         directory_age: Callable[[], float],
         directory_expires_in: Callable[[], float],
+        certificate_expires_in: Callable[[], float],
     ) -> None:
         self.connected.set_function(connected)
         self.subscriptions.set_function(subscriptions)
         self.store_writable.set_function(store_writable)
         self.directory_age.set_function(directory_age)
         self.directory_expires_in.set_function(directory_expires_in)
+        self.certificate_expires_in.set_function(certificate_expires_in)

@@ -25,7 +25,9 @@ from linkage.config import ConfigError, GatewayConfig, load_directory_key
 from linkage.directory import DirectoryView, TrustedDirectory
 from linkage.keys import load_ed25519, raw_public
 from linkage.metrics import MetricsEndpoint
+from linkage.pki import spiffe_id
 from linkage.reasons import Rejected
+from linkage.renewal import CertificateWatch, ServerCertificate
 from linkage.runtime import serve_until_signalled
 from linkage.transport import SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
@@ -116,10 +118,21 @@ class GatewayServer:
         self._reports.add(task)  # held until done: the loop keeps only a weak reference
         task.add_done_callback(self._reports.discard)
 
-    async def _watch_directory(self) -> None:
+    async def _watch_files(self) -> None:
         while True:
             await asyncio.sleep(DIRECTORY_CHECK_S)
             await self.check_directory()
+            self.check_certificate()
+
+    def check_certificate(self) -> None:
+        """Take a renewed certificate for the handshakes to come; warn daily as it nears its end."""
+        self.certificate.check()
+        self.certificate.watch.warn_if_lapsing()
+
+    async def reload(self) -> None:
+        """On SIGHUP: the directory and the certificate files, now."""
+        await self.check_directory()
+        self.check_certificate()
 
     async def _retention(self) -> None:
         while True:
@@ -135,10 +148,14 @@ class GatewayServer:
         the process can exit (and say why) rather than hang."""
         self._directory_mtime = self.config.federation.directory.stat().st_mtime_ns
         self.load_directory()
+        identity = spiffe_id(self.config.federation.federation_id, "gateway", self.config.gateway_id)
         try:
-            credentials = self.config.tls.server_credentials()
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"[tls] cannot load the gateway's certificate or key: {exc}") from exc
+            watch = CertificateWatch(self.config.tls, identity, self.clock)
+            watch.in_use.check(identity, self.clock.now_ms())
+        except (OSError, ValueError) as exc:  # CertificateProblem among them
+            raise ConfigError(f"[tls] cannot serve with the gateway's certificate and key: {exc}") from exc
+        self.certificate = ServerCertificate(watch)
+        credentials = self.certificate.credentials()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self._db = await GatewayDb.open(self.config.data_dir / "gateway.sqlite")
         self.metalog = MetaLog(self._db, self.clock, self.config.gateway_id)
@@ -182,7 +199,7 @@ class GatewayServer:
             raise ConfigError(f"[gateway] listen {self.config.listen}: cannot bind it (is it in use?)") from exc
         await server.start()
         self._server = server
-        self._tasks = [asyncio.create_task(self.metalog.run()), asyncio.create_task(self._watch_directory())]
+        self._tasks = [asyncio.create_task(self.metalog.run()), asyncio.create_task(self._watch_files())]
         if self.config.metalog_days > 0:
             self._tasks.append(asyncio.create_task(self._retention()))
         index, writability = self._index, self._db.writability
@@ -192,11 +209,13 @@ class GatewayServer:
             store_writable=lambda: float(writability.error is None),
             directory_age=lambda: (self.clock.now_ms() - self.trust.issued_at_ms) / 1000,
             directory_expires_in=lambda: (self.trust.expires_at_ms - self.clock.now_ms()) / 1000,
+            certificate_expires_in=self.certificate.watch.expires_in_s,
         )
         if self.config.metrics_listen:
             self.metrics_endpoint.start(self.config.metrics_listen)
         writability.on_change(self._store_writability_changed)
         await self._report_serving()
+        self.certificate.watch.warn_if_lapsing()
         log.info("gateway.started", port=self.port, subscriptions=len(self._index))
         return self.port
 
@@ -226,5 +245,5 @@ async def serve(config: GatewayConfig) -> None:
     server = GatewayServer(config)
     await server.start()
     await serve_until_signalled(
-        f"linkage gateway {config.gateway_id} listening on port {server.port}", server.stop, server.check_directory
+        f"linkage gateway {config.gateway_id} listening on port {server.port}", server.stop, server.reload
     )

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Protocol
 
 DAY_MS = 86_400_000
+
+
+def utc_minute(ms: int) -> str:
+    """A moment as an operator reads it in a message: 2026-12-04 05:10 UTC."""
+    return f"{dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC):%Y-%m-%d %H:%M} UTC"
 
 
 class Clock(Protocol):

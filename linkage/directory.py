@@ -134,6 +134,11 @@ class TrustedDirectory:
     def keys_expire_at_ms(self, node_id: str) -> int:
         return self._view.keys_expire_at_ms(node_id) if self._view else 0
 
+    def pinned_certificate(self, node_id: str) -> bytes:
+        """The fingerprint of the TLS certificate the held directory pins for a node (b"": none)."""
+        entry = self._view.nodes.get(node_id) if self._view else None
+        return entry.tls_cert_sha256 if entry else b""
+
     def accept(self, signed: pb.SignedDirectory, now_ms: int) -> DirectoryView:
         view = verify_directory(signed, self.public_key, self.federation_id, now_ms, self.version)
         self._view = view

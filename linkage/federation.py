@@ -25,7 +25,14 @@ from linkage.directory import sign_directory
 from linkage.files import write_atomic, write_private
 from linkage.ids import is_node_id
 from linkage.keys import MessageKeys, finish_rotation, load_ed25519, raw_public, raw_public_pq, write_private_pem
-from linkage.pki import CertificateAuthority, cert_fingerprint, spiffe_id
+from linkage.pki import (
+    CertificateAuthority,
+    CertificateProblem,
+    cert_fingerprint,
+    identities,
+    parse_spiffe_id,
+    spiffe_id,
+)
 from linkage.tokens import LinkageKey
 from linkage.v1 import directory_pb2 as pb
 
@@ -357,6 +364,55 @@ def _check_bundle(keys_dir: Path, node_id: str, newest: str) -> None:
             f"{keys_dir.parent} holds key {held!r}, not {node_id}'s newest ({newest!r}): "
             f"give {node_id}'s own bundle folder"
         )
+
+
+def renew_certificate(fed: Federation, cert_file: Path, now_ms: int, out: Path | None = None) -> tuple[str, bytes]:
+    """Renew a member's TLS certificate: a new one for the same key and identity as the one
+    in `cert_file`, valid CERT_VALIDITY_DAYS from now, written to `out` (by default over
+    `cert_file`, whole, so a running node or gateway takes it without a restart). A node's
+    entry pins the new certificate from the next directory, beside the one renewed, which
+    the gateway still accepts until it lapses. The entry is written before the file: a crash
+    between leaves the node with a certificate still pinned, and running it again finishes.
+    Returns the member's SPIFFE id and the new certificate's fingerprint."""
+    try:
+        old_pem = cert_file.read_bytes()
+        old_fingerprint = cert_fingerprint(old_pem)
+        identity = next(iter(identities(old_pem)), "")
+    except OSError as exc:
+        raise FederationError(f"cannot read {cert_file}: {exc.strerror}") from None
+    except ValueError:
+        raise FederationError(f"{cert_file} is not a PEM certificate") from None
+    member = parse_spiffe_id(identity, fed.federation_id)
+    if member is None:
+        raise FederationError(f"{cert_file} is not a certificate of a member of federation {fed.federation_id!r}")
+    kind, ident = member
+    try:
+        new_pem = fed.ca().renew(old_pem, _now(now_ms), CERT_VALIDITY_DAYS)
+    except CertificateProblem as exc:
+        raise FederationError(f"{cert_file}: {exc}") from None
+    fingerprint = cert_fingerprint(new_pem)
+    if kind == "node":
+        path = fed.entries / f"{ident}.pb"
+        if not path.exists():
+            raise FederationError(f"node {ident!r} is not enrolled")
+        node = pb.NodeEntry.FromString(path.read_bytes())
+        if node.status != pb.NODE_STATUS_ACTIVE:
+            raise FederationError(f"node {ident!r} is revoked: enrol it anew instead")
+        if old_fingerprint not in (node.tls_cert_sha256, node.previous_tls_cert_sha256):
+            raise FederationError(
+                f"{cert_file} is not the certificate the directory pins for {ident!r}: give the one it uses now"
+            )
+        node.previous_tls_cert_sha256, node.tls_cert_sha256 = old_fingerprint, fingerprint
+        write_atomic(path, node.SerializeToString())
+    else:
+        path = fed.root / f"gateway-{ident}.pb"
+        if not path.exists():
+            raise FederationError(f"gateway {ident!r} is not enrolled")
+        gateway = pb.GatewayEntry.FromString(path.read_bytes())
+        gateway.tls_cert_sha256 = fingerprint  # for the record: nodes check its name and CA
+        write_atomic(path, gateway.SerializeToString())
+    write_atomic(out or cert_file, new_pem)
+    return identity, fingerprint
 
 
 def revoke_node(fed: Federation, node_id: str) -> None:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from linkage.clock import utc_minute
 from linkage.files import write_atomic, write_private
 
 
@@ -38,8 +40,75 @@ def parse_spiffe_id(uri: str, federation_id: str) -> tuple[str, str] | None:
 
 def cert_fingerprint(cert_pem: bytes) -> bytes:
     """SHA-256 of the DER encoding: what the directory pins for each peer."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
+    return _fingerprint(x509.load_pem_x509_certificate(cert_pem))
+
+
+def _fingerprint(cert: x509.Certificate) -> bytes:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+def certificate_facts(cert_pem: bytes) -> tuple[bytes, int]:
+    """A certificate's fingerprint, and when it lapses (Unix milliseconds), from one parse."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return _fingerprint(cert), _millis(cert.not_valid_after_utc)
+
+
+def _millis(when: dt.datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def identities(cert_pem: bytes) -> list[str]:
+    """The URIs a certificate names (a member's SPIFFE id)."""
+    return _uris(x509.load_pem_x509_certificate(cert_pem))
+
+
+def _uris(cert: x509.Certificate) -> list[str]:
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return names.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+class CertificateProblem(ValueError):
+    """A certificate and key that must not be used, and why, in words an operator can act on."""
+
+
+@dataclass(frozen=True)
+class CheckedCertificate:
+    fingerprint: bytes
+    not_after_ms: int
+
+
+def check_certificate(
+    cert_pem: bytes, key_pem: bytes, ca_pem: bytes, identity_uri: str, now_ms: int
+) -> CheckedCertificate:
+    """That a certificate and key read from files may be used: a pair, issued by the CA, for
+    this identity, valid now. Checked before a running process changes to them, since TLS
+    would find out only at the next handshake, and then refuse every one."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError:
+        raise CertificateProblem("the certificate or the CA file is not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise CertificateProblem("the key file is not an unencrypted PEM private key") from None
+    if key.public_key() != cert.public_key():
+        raise CertificateProblem("the key is not the certificate's (were both files replaced?)")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise CertificateProblem("the certificate was not issued by the federation CA in the CA file") from None
+    if identity_uri not in _uris(cert):
+        raise CertificateProblem(f"the certificate does not name {identity_uri}")
+    if not _millis(cert.not_valid_before_utc) <= now_ms <= _millis(cert.not_valid_after_utc):
+        raise CertificateProblem(
+            f"the certificate is valid from {utc_minute(_millis(cert.not_valid_before_utc))} "
+            f"to {utc_minute(_millis(cert.not_valid_after_utc))}, not now"
+        )
+    return CheckedCertificate(_fingerprint(cert), _millis(cert.not_valid_after_utc))
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -112,11 +181,40 @@ class CertificateAuthority:
         sans += [x509.DNSName(d) for d in dns_names]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ip_addresses]
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
+        cert = self._certify(
+            key.public_key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), sans, usages, now, days
+        )
+        return _key_pem(key), cert
+
+    def renew(self, cert_pem: bytes, now: dt.datetime, days: int) -> bytes:
+        """A certificate like `cert_pem` (one this CA issued), for the same key, names and
+        uses, valid `days` from `now`: the member's private key never leaves it."""
+        old = x509.load_pem_x509_certificate(cert_pem)
+        try:
+            old.verify_directly_issued_by(self.cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise CertificateProblem("the certificate was not issued by this federation's CA") from None
+        public_key = old.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise CertificateProblem("the certificate's key is not the EC key this CA issues for")
+        names = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        usages = old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        return self._certify(public_key, old.subject, list(names), list(usages), now, days)
+
+    def _certify(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        subject: x509.Name,
+        sans: list[x509.GeneralName],
+        usages: list[x509.ObjectIdentifier],
+        now: dt.datetime,
+        days: int,
+    ) -> bytes:
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .subject_name(subject)
             .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=days))
@@ -125,4 +223,4 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        return _key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
+        return cert.public_bytes(serialization.Encoding.PEM)

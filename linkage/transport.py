@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 
-from linkage.pki import cert_fingerprint
+from linkage.pki import CheckedCertificate, certificate_facts, check_certificate
 from linkage.v1 import gateway_pb2
 
 # Health service name a node reports SERVING while its stream to the gateway is up.
@@ -106,10 +106,40 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [  # and the most it receives (se
 
 
 @dataclass(frozen=True)
+class TlsMaterial:
+    """A certificate, its key and the federation CA, as read from their files at one moment:
+    what a process dials or serves with."""
+
+    cert: bytes
+    key: bytes
+    ca: bytes
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+    def server_configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(self.key, self.cert)], root_certificates=self.ca)
+
+    def check(self, identity_uri: str, now_ms: int) -> CheckedCertificate:
+        """Raises CertificateProblem unless these may be used now (pki.check_certificate)."""
+        return check_certificate(self.cert, self.key, self.ca, identity_uri, now_ms)
+
+
+@dataclass(frozen=True)
 class TlsFiles:
     cert: Path
     key: Path
     ca: Path
+
+    def read(self) -> TlsMaterial:
+        return TlsMaterial(cert=self.cert.read_bytes(), key=self.key.read_bytes(), ca=self.ca.read_bytes())
+
+    def version(self) -> tuple[tuple[int, int, int], ...]:
+        """Changes when any of the three files is written again (each is replaced whole)."""
+        stats = (path.stat() for path in (self.cert, self.key, self.ca))
+        return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in stats)
 
     def server_credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials(
@@ -119,11 +149,7 @@ class TlsFiles:
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca.read_bytes(),
-            private_key=self.key.read_bytes(),
-            certificate_chain=self.cert.read_bytes(),
-        )
+        return self.read().channel_credentials()
 
 
 @dataclass(frozen=True)
@@ -133,6 +159,7 @@ class Peer:
     spiffe_id: str
     fingerprint: bytes
     tls_version: str
+    not_after_ms: int  # when its certificate lapses: an open stream is refused from then on
 
 
 def tls_peer(context: grpc.aio.ServicerContext[object, object]) -> Peer | None:
@@ -143,11 +170,12 @@ def tls_peer(context: grpc.aio.ServicerContext[object, object]) -> Peer | None:
     if not spiffe or not pem:
         return None
     version = auth.get("ssl_tls_version", [b""])[0].decode()
-    return Peer(spiffe_id=spiffe[0].decode(), fingerprint=cert_fingerprint(pem[0]), tls_version=version)
+    fingerprint, lapses = certificate_facts(pem[0])
+    return Peer(spiffe_id=spiffe[0].decode(), fingerprint=fingerprint, tls_version=version, not_after_ms=lapses)
 
 
 def secure_channel(
-    address: str, tls: TlsFiles, server_name: str, max_receive: int = MAX_MESSAGE_BYTES
+    address: str, tls: TlsFiles | TlsMaterial, server_name: str, max_receive: int = MAX_MESSAGE_BYTES
 ) -> grpc.aio.Channel:
     options: list[tuple[str, int | str]] = [
         *CHANNEL_OPTIONS,

@@ -5,6 +5,7 @@ reconnection with backoff when the gateway goes away."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 from collections import deque
@@ -15,7 +16,7 @@ import grpc
 from linkage import logs
 from linkage.frames import NestedBatchError, fits, unbatch
 from linkage.tokens import MAX_TOKENS_PER_CALL
-from linkage.transport import DIRECTORY_MAX_BYTES, TlsFiles, secure_channel
+from linkage.transport import DIRECTORY_MAX_BYTES, TlsMaterial, secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
 from linkage.writability import log_failure
 from node.backoff import backoff_ms
@@ -23,6 +24,8 @@ from node.resolver import Answers
 
 UNARY_TIMEOUT_S = 10.0
 RECONNECT_BASE_MS = 200
+# How long a stream ended for a renewed certificate may take to close; then it is cancelled.
+STREAM_END_GRACE_S = 10.0
 RECONNECT_CAP_MS = 30_000
 # Frames being handled at once. Each handler starts in arrival order and reaches the
 # store's FIFO lock before it first yields, so effects keep the stream's order while
@@ -80,14 +83,19 @@ class GatewayLink:
         node_id: str,
         address: str,
         server_name: str,
-        tls: TlsFiles,
+        tls: TlsMaterial,
         on_connect: Callable[[], Awaitable[None]],
         on_frames: Callable[[list[gateway_pb2.GatewayFrame]], Awaitable[None]],
         on_state: Callable[[bool], Awaitable[None]],
     ) -> None:
         self.node_id = node_id
+        self._address, self._server_name = address, server_name
         self._dial = functools.partial(secure_channel, address, tls, server_name)
         self._channel = self._dial()
+        self._retired: list[grpc.aio.Channel] = []  # dialled with a certificate since renewed
+        self._closing: set[asyncio.Task[None]] = set()
+        self._end_when_written: Call | None = None  # a stream to end once what is queued is written
+        self._redial_now = False
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._on_connect = on_connect
         self._on_frames = on_frames
@@ -151,11 +159,15 @@ class GatewayLink:
                             self.on_links_changed(list(run[0].links_changed.link_tokens) or None)
                         else:
                             await self._dispatch(run)
-                log.info("gateway.stream_ended")
+                log.info("gateway.stream_ended", renewed=self._redial_now)
             except grpc.aio.AioRpcError as exc:
                 log.warning("gateway.unavailable", code=exc.code().name, attempt=attempt)
             except NestedBatchError:
                 log.error("gateway.protocol_error", problem="nested batch")
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # the link is stopping
+                    raise
+                log.warning("gateway.stream_cancelled", after_s=STREAM_END_GRACE_S)  # see use_tls
             finally:
                 self.connected.clear()
                 self._call = None
@@ -164,8 +176,44 @@ class GatewayLink:
                     if not future.done():
                         future.set_exception(NotConnected())
                 await self._on_state(False)
+                self._close_retired()
+            if self._redial_now:  # ended for a renewed certificate: at once, on the new channel
+                self._redial_now = False
+                continue
             await asyncio.sleep(backoff_ms(attempt, RECONNECT_BASE_MS, RECONNECT_CAP_MS) / 1000)
             attempt += 1
+
+    async def use_tls(self, tls: TlsMaterial) -> None:
+        """Dial with a renewed certificate from now on. Calls go on a new channel at once; the
+        stream is ended from this side once what is queued on it is written, so the gateway
+        sends what it holds for this node and closes it, and it is opened again at once on
+        the new channel (what was sent and not yet answered goes again, as after any
+        reconnection). The old channel is closed when its stream has ended, its unary calls
+        given time to finish."""
+        self._dial = functools.partial(secure_channel, self._address, tls, self._server_name)
+        self._retired.append(self._channel)
+        self._channel = self._dial()
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        call, self._call = self._call, None  # sends from now: NotConnected, kept for the new stream
+        if call is None:
+            self._close_retired()
+            return
+        self._redial_now = True
+        self.connected.clear()  # the stream is going: the outbox keeps what it has for the next
+        # A gateway that did not close its side in time: cancelled (read() then raises
+        # CancelledError, though nobody cancelled the link).
+        asyncio.get_running_loop().call_later(STREAM_END_GRACE_S, call.cancel)
+        if self._writing:
+            self._end_when_written = call
+        else:
+            await _end_writing(call)
+
+    def _close_retired(self) -> None:
+        for channel in self._retired:
+            task = asyncio.create_task(channel.close(grace=UNARY_TIMEOUT_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        self._retired.clear()
 
     async def send(self, frame: gateway_pb2.NodeFrame) -> None:
         """Write a frame; returns once it is written."""
@@ -187,6 +235,9 @@ class GatewayLink:
                     await self._write_batch(call)
             finally:
                 self._writing = False
+                if (ending := self._end_when_written) is not None:
+                    self._end_when_written = None
+                    await _end_writing(ending)
         for _, written in mine:
             await written
 
@@ -292,4 +343,12 @@ class GatewayLink:
         return signed if signed.directory or not have_version else None
 
     async def close(self) -> None:
+        self._close_retired()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self._channel.close()
+
+
+async def _end_writing(call: Call) -> None:
+    """Tell the gateway this side of a stream is done; nothing to do if it is gone already."""
+    with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+        await call.done_writing()

@@ -58,6 +58,11 @@ class NodeMetrics:
             "rotate before then",
             registry=self.registry,
         )
+        self.certificate_expires_in = Gauge(
+            "linkage_node_tls_certificate_expires_in_seconds",
+            "Until the node's TLS certificate in use lapses and it cannot reach the gateway (renew it well before 0)",
+            registry=self.registry,
+        )
         self.store_writable = Gauge(
             "linkage_node_store_writable",
             "1 while the node's store takes writes; 0 after one failed for a full, failing, read-only or damaged "

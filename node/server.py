@@ -18,11 +18,14 @@ from linkage.config import ConfigError, NodeConfig, load_directory_key
 from linkage.directory import TrustedDirectory
 from linkage.keys import MessageKeys
 from linkage.metrics import MetricsEndpoint
+from linkage.pki import CertificateProblem, spiffe_id
 from linkage.reasons import Rejected
+from linkage.renewal import CertificateWatch, Renewal
 from linkage.runtime import serve_until_signalled
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.transport import API_SERVER_OPTIONS, LINK_HEALTH_SERVICE
 from linkage.v1 import directory_pb2, gateway_pb2
+from linkage.writability import log_failure
 from node import retention
 from node.api import SERVICE_NAME, NodeApiService, add_to_server
 from node.cases import Cases
@@ -70,6 +73,8 @@ class NodeServer:
         self._server: grpc.aio.Server | None = None
         self.store: Store | None = None
         self.link: GatewayLink | None = None
+        self._renewal: Renewal | None = None  # renewed TLS files, until the directory pins them
+        self._said_waiting: Renewal | None = None
 
     def _load_directory_file(self) -> None:
         path = self.config.federation.directory
@@ -95,6 +100,7 @@ class NodeServer:
                         await tx.audit("directory.accepted", detail={"version": view.version, "previous": held})
         except Rejected as exc:
             log.warning("directory.refused", reason=exc.reason.value, source="gateway")
+        await self.check_certificate()  # a stream to come opens with a renewed certificate
         await self.cases.reassert_subscriptions()
 
     async def check_directory(self) -> None:
@@ -108,6 +114,44 @@ class NodeServer:
             except Rejected as exc:
                 log.warning("directory.refused", reason=exc.reason.value, source="gateway")
         await self._report_serving()
+
+    async def reload(self) -> None:
+        """On SIGHUP, and every few minutes: a newer directory, then renewed TLS files."""
+        await self.check_directory()
+        await self.check_certificate()
+
+    async def check_certificate(self) -> None:
+        """Move to renewed TLS files once the directory pins their certificate (until then the
+        gateway refuses it, and accepts the one in use); warn daily as the one in use nears
+        its end. The stream is opened again on the new certificate; nothing in flight is lost."""
+        assert self.link is not None and self.store is not None
+        self.certificate.warn_if_lapsing()
+        if (renewal := self.certificate.renewal()) is not None:
+            self._renewal = renewal
+        if (waiting := self._renewal) is not None:
+            if self.trust.pinned_certificate(self.config.node_id) == waiting.checked.fingerprint:
+                try:  # recorded first: a change of identity is audited, as key changes are
+                    async with self.store.tx() as tx:
+                        await tx.audit(
+                            "tls.certificate_renewed",
+                            detail={
+                                "fingerprint": waiting.checked.fingerprint.hex(),
+                                "lapses_ms": waiting.checked.not_after_ms,
+                            },
+                        )
+                except Exception as exc:  # kept waiting, and tried again at the next check
+                    log_failure(log, "tls.renewal_failed", exc)
+                    return
+                self._renewal = None
+                self.certificate.use(waiting)
+                await self.link.use_tls(waiting.material)
+            elif waiting is not self._said_waiting:
+                self._said_waiting = waiting
+                log.info(
+                    "tls.renewal_waiting",
+                    fingerprint=waiting.checked.fingerprint.hex(),
+                    until="a directory that pins it",
+                )
 
     async def _report_serving(self) -> None:
         """SERVING while the directory is current and the store can be written; NOT_SERVING
@@ -123,10 +167,10 @@ class NodeServer:
         self._reports.add(task)  # held until done: the loop keeps only a weak reference
         task.add_done_callback(self._reports.discard)
 
-    async def _watch_directory(self) -> None:
+    async def _watch_files(self) -> None:
         while True:
             await asyncio.sleep(DIRECTORY_CHECK_S)
-            await self.check_directory()
+            await self.reload()
 
     async def _on_link_state(self, up: bool) -> None:
         if up:
@@ -156,6 +200,12 @@ class NodeServer:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._load_directory_file()
         keys = _loaded("the message keys", config.message_keys, MessageKeys.load)
+        identity = spiffe_id(config.federation.federation_id, "node", config.node_id)
+        self.certificate = _loaded("the TLS files", config.tls, lambda tls: CertificateWatch(tls, identity, self.clock))
+        try:  # the node still serves its case systems, who may read what it holds meanwhile
+            self.certificate.in_use.check(identity, self.clock.now_ms())
+        except CertificateProblem as exc:
+            log.error("tls.certificate_unusable", problem=str(exc))
         linkage_key = _loaded("the linkage key", config.linkage_key, LinkageKey.load)
         policy = _loaded("the policy", config.policy, load_policy)
         self.store = await Store.open(config.store_path, self.clock)
@@ -187,12 +237,13 @@ class NodeServer:
         )
         store = self.store
         self.metrics.store_writable.set_function(lambda: float(store.writability.error is None))
+        self.metrics.certificate_expires_in.set_function(self.certificate.expires_in_s)
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.link = GatewayLink(
             config.node_id,
             config.gateway_address,
             config.gateway_server_name,
-            config.tls,
+            self.certificate.in_use,
             on_connect=self._on_connect,
             on_frames=self._on_frames,
             on_state=self._on_link_state,
@@ -278,12 +329,13 @@ class NodeServer:
             asyncio.create_task(self.outbox.run()),
             asyncio.create_task(self.cases.run_resubscriber()),
             asyncio.create_task(self.checkpoints.run()),
-            asyncio.create_task(self._watch_directory()),
+            asyncio.create_task(self._watch_files()),
             asyncio.create_task(retention.run(self.store, self.clock, config.retention_days)),
             asyncio.create_task(self.chronology.keep_derived()),
         ]
         self.store.writability.on_change(self._store_writability_changed)
         await self._report_serving()
+        self.certificate.warn_if_lapsing()
         log.info("node.started", schema=self.store.schema_version)
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -317,4 +369,6 @@ class NodeServer:
 async def serve(config: NodeConfig) -> None:
     node = NodeServer(config)
     await node.start()
-    await serve_until_signalled(f"linkage node {config.node_id} serving its API on unix:{config.api_socket}", node.stop)
+    await serve_until_signalled(
+        f"linkage node {config.node_id} serving its API on unix:{config.api_socket}", node.stop, node.reload
+    )

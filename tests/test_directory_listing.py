@@ -1,5 +1,5 @@
 """`linkage directory`: the federation's members as the signed directory says, and a warning
-before the directory or a node's own keys lapse."""
+before the directory, a node's own keys or its TLS certificate lapse."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from linkage.cli.directory_listing import DAY_MS, listing
 from linkage.clock import SystemClock
-from linkage.federation import publish_directory, revoke_node
+from linkage.federation import publish_directory, renew_certificate, revoke_node
 from tests.harness import make_federation
 
 
@@ -64,3 +64,21 @@ def test_a_directory_nearing_what_nodes_take_is_warned_of(tmp_path: Path, monkey
     assert warning.startswith("the directory is 0.0 MiB, and nodes take at most 0 MiB from the gateway")
     monkeypatch.setattr("linkage.cli.directory_listing.DIRECTORY_MAX_BYTES", 2 * size)
     assert listing(config, SystemClock().now_ms())["warnings"] == []
+
+
+def test_the_own_tls_certificate_is_warned_of_before_it_lapses_and_while_no_directory_pins_it(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, SystemClock(), ("amh",))
+    config = federation.node_configs["amh"]
+    now = SystemClock().now_ms()
+    assert listing(config, now)["tls_certificate"]["pinned"] and listing(config, now)["warnings"] == []
+
+    soon = listing(config, now + 70 * DAY_MS)  # a certificate lasts 90 days
+    assert soon["tls_certificate"]["lapses_in_days"] == pytest.approx(20, abs=0.1)
+    assert any(f"renew it (linkage federation renew-tls --cert {config.tls.cert})" in w for w in soon["warnings"])
+
+    renew_certificate(federation.fed, config.tls.cert, now)  # in place, the directory not yet published
+    waiting = listing(config, now)
+    assert not waiting["tls_certificate"]["pinned"]
+    assert any("publish the directory its renewal made" in w for w in waiting["warnings"])
+    publish_directory(federation.fed, now, copy_to=(config.data_dir,))
+    assert listing(config, now)["tls_certificate"]["pinned"]

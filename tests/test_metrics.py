@@ -42,6 +42,9 @@ async def test_metrics_are_exposed_and_count_the_exchange(federation: LocalFeder
     assert week - 3600 < amh["linkage_node_directory_expires_in_seconds"] <= week
     assert week - 3600 < gateway["linkage_gateway_directory_expires_in_seconds"] <= week
     assert year - 3600 < amh["linkage_node_message_keys_expire_in_seconds"] <= year
+    certificates = 90 * 86_400  # TLS certificates are issued for 90 days
+    assert certificates - 3600 < amh["linkage_node_tls_certificate_expires_in_seconds"] <= certificates
+    assert certificates - 3600 < gateway["linkage_gateway_tls_certificate_expires_in_seconds"] <= certificates
     assert csc["linkage_node_messages_received_total"] >= 1
     assert gateway['linkage_gateway_envelopes_total{outcome="forwarded"}'] >= 2
     assert gateway['linkage_gateway_checkpoints_total{outcome="ok"}'] >= 1

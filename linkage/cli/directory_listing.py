@@ -1,7 +1,7 @@
 """`linkage directory`: who is in the federation, as the signed directory a node or the
 gateway holds says (its signature checked): each agency with its type, jurisdiction,
-status, contact and message keys, and when the directory and this node's keys lapse,
-with what to do before they do."""
+status, contact and message keys, and when the directory, this node's keys and this
+process's TLS certificate lapse, with what to do before they do."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any
 from linkage.cli.audit_entries import federation_directory, when
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.jurisdictions import of_node
+from linkage.pki import certificate_facts
+from linkage.renewal import RENEW_WITHIN_DAYS as CERTIFICATE_WITHIN_DAYS
 from linkage.transport import DIRECTORY_MAX_BYTES
 from linkage.v1 import directory_pb2
 
@@ -64,6 +66,8 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
             f"this node's message keys lapse in {me['keys_lapse_in_days']} days: have the federation operator "
             "rotate them (linkage federation rotate-keys) and publish"
         )
+    certificate, problems = _own_certificate(config, view.nodes, now_ms)
+    warnings += problems
     return {
         "federation_id": d.federation_id,
         "version": d.version,
@@ -74,8 +78,36 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
         "bytes": size,
         "gateways": [{"gateway_id": g.gateway_id, "witness": bool(g.witness_public_key)} for g in d.gateways],
         "nodes": nodes,
+        "tls_certificate": certificate,
         "warnings": warnings,
     }
+
+
+def _own_certificate(
+    config: NodeConfig | GatewayConfig, entries: dict[str, directory_pb2.NodeEntry], now_ms: int
+) -> tuple[dict[str, Any], list[str]]:
+    """This process's TLS certificate file: when it lapses, whether the directory pins it
+    (a node's), and what to do about either."""
+    fingerprint, lapses_ms = certificate_facts(config.tls.cert.read_bytes())
+    found: dict[str, Any] = {
+        "file": str(config.tls.cert),
+        "lapses": when(lapses_ms),
+        "lapses_in_days": _days(lapses_ms - now_ms),
+    }
+    problems = []
+    if lapses_ms - now_ms < CERTIFICATE_WITHIN_DAYS * DAY_MS:
+        problems.append(
+            f"the TLS certificate {config.tls.cert} {'lapsed' if lapses_ms <= now_ms else 'lapses'} at "
+            f"{when(lapses_ms)}: renew it (linkage federation renew-tls --cert {config.tls.cert}) and publish"
+        )
+    if isinstance(config, NodeConfig) and (entry := entries.get(config.node_id)) is not None:
+        found["pinned"] = fingerprint in (entry.tls_cert_sha256, entry.previous_tls_cert_sha256)
+        if not found["pinned"]:
+            problems.append(
+                f"the directory does not pin the TLS certificate {config.tls.cert}, so the gateway refuses it: "
+                "publish the directory its renewal made (linkage federation publish)"
+            )
+    return found, problems
 
 
 def show(args: argparse.Namespace) -> int:
@@ -100,6 +132,8 @@ def show(args: argparse.Namespace) -> int:
         )
         for k in n["keys"]:
             print(f"             key {k['key_id']}: {k['valid_from']} to {k['valid_until']}")
+    c = found["tls_certificate"]
+    print(f"TLS certificate {c['file']}: lapses {c['lapses']} (in {c['lapses_in_days']} days)")
     for warning in found["warnings"]:
         print(f"Warning: {warning}")
     return 0

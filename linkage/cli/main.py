@@ -101,6 +101,27 @@ def _federation_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federation_renew_tls(args: argparse.Namespace) -> int:
+    from linkage.clock import utc_minute
+    from linkage.federation import CERT_VALIDITY_DAYS, Federation, renew_certificate
+
+    now = SystemClock().now_ms()
+    identity, fingerprint = renew_certificate(Federation.open(args.dir), args.cert, now, args.out)
+    print(
+        f"renewed the certificate of {identity} for its own key, valid to "
+        f"{utc_minute(now + CERT_VALIDITY_DAYS * 86_400_000)}, in {args.out or args.cert} "
+        f"(SHA-256 {fingerprint.hex()})"
+    )
+    if "/node/" in identity:
+        print(
+            "publish the directory now: the node moves to the new certificate once it holds that directory, "
+            "without a restart (SIGHUP makes it look at once); the old one is accepted until it lapses"
+        )
+    else:
+        print("the gateway presents it from its next connection, without a restart")
+    return 0
+
+
 def _federation_publish(args: argparse.Namespace) -> int:
     from linkage.federation import Federation, publish_directory
 
@@ -212,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--activate-in-hours", type=int, default=1, help="when senders switch to the new key, 1-720 hours (1)"
     )
     p.set_defaults(handler=_federation_rotate)
+
+    p = fed_cmds.add_parser(
+        "renew-tls", help="renew a node's or the gateway's TLS certificate, for the same key, without a restart"
+    )
+    p.add_argument("--dir", type=Path, required=True, help="the federation folder")
+    p.add_argument(
+        "--cert", type=Path, required=True, help="the certificate in use (e.g. BUNDLE/tls/node.pem): replaced whole"
+    )
+    p.add_argument("--out", type=Path, help="write the new certificate here instead (to copy it into place)")
+    p.set_defaults(handler=_federation_renew_tls)
 
     p = fed_cmds.add_parser("revoke", help="revoke a node (takes effect with the next published directory)")
     p.add_argument("--dir", type=Path, required=True, help="the federation folder")

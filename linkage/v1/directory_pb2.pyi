@@ -117,6 +117,7 @@ class NodeEntry(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     CONTACT_ROLE_FIELD_NUMBER: _builtins.int
     JURISDICTION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_TLS_CERT_SHA256_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     agency_name: _builtins.str
     agency_type: _builtins.str
@@ -129,6 +130,10 @@ class NodeEntry(_message.Message):
     jurisdiction: _builtins.str
     """Whose law the agency shares under: ENG | WLS | SCT | NIR (jurisdiction code list).
     Empty in entries enrolled before it was recorded: England, the default.
+    """
+    previous_tls_cert_sha256: _builtins.bytes
+    """The certificate `tls_cert_sha256` renewed: accepted beside it until it expires, so a
+    running node moves to its new certificate without a gap (`federation renew-tls`).
     """
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeKey]: ...
@@ -143,10 +148,11 @@ class NodeEntry(_message.Message):
         keys: _abc.Iterable[Global___NodeKey] | None = ...,
         contact_role: _builtins.str = ...,
         jurisdiction: _builtins.str = ...,
+        previous_tls_cert_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "agency_type", b"agency_type", "contact_role", b"contact_role", "jurisdiction", b"jurisdiction", "keys", b"keys", "node_id", b"node_id", "status", b"status", "tls_cert_sha256", b"tls_cert_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "agency_type", b"agency_type", "contact_role", b"contact_role", "jurisdiction", b"jurisdiction", "keys", b"keys", "node_id", b"node_id", "previous_tls_cert_sha256", b"previous_tls_cert_sha256", "status", b"status", "tls_cert_sha256", b"tls_cert_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,334 @@
+"""TLS certificates are renewed without a restart (certificates last 90 days): `federation
+renew-tls` certifies the member's own key again; a running node moves to the new
+certificate once its directory pins it, the gateway accepting the one it renewed
+meanwhile, and nothing in flight is lost; a running gateway presents its renewed
+certificate from its next handshake. What is not a usable certificate is never taken, and
+a stream does not outlive its certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import io
+import json
+import shutil
+import ssl
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gateway.authz import Authoriser, Denied
+from linkage.clock import DAY_MS, ManualClock, SystemClock
+from linkage.config import load_directory_key
+from linkage.directory import TrustedDirectory
+from linkage.federation import CERT_VALIDITY_DAYS, publish_directory, renew_certificate, revoke_node
+from linkage.pki import cert_fingerprint, certificate_facts, spiffe_id
+from linkage.renewal import CertificateWatch
+from linkage.transport import Peer
+from linkage.v1 import directory_pb2
+from node import link as node_link
+from tests.file_crashes import Crash, crash_at
+from tests.harness import (
+    FEDERATION_ID,
+    Cluster,
+    LocalFederation,
+    audit_events,
+    linkage,
+    make_federation,
+    running,
+    wait_delivered,
+)
+from tests.test_delivery import family_assessment, inbox, share
+
+
+def _entry(federation: LocalFederation, node_id: str) -> directory_pb2.NodeEntry:
+    return directory_pb2.NodeEntry.FromString((federation.fed.entries / f"{node_id}.pb").read_bytes())
+
+
+async def _publish(cluster: Cluster) -> None:
+    """A new directory at the gateway, which each node fetches at its next look."""
+    publish_directory(
+        cluster.federation.fed, SystemClock().now_ms(), copy_to=(cluster.federation.gateway_config.data_dir,)
+    )
+    await cluster.gateway.check_directory()
+
+
+def _log_events(captured: io.StringIO, event: str) -> list[dict[str, object]]:
+    return [line for line in map(json.loads, captured.getvalue().splitlines()) if line["event"] == event]
+
+
+async def test_a_node_moves_to_its_renewed_certificate_without_a_restart_and_loses_nothing(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
+    cert_file = federation.node_configs["amh"].tls.cert
+    old = cert_fingerprint(cert_file.read_bytes())
+    key_before = federation.node_configs["amh"].tls.key.read_bytes()
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.link is not None
+        assessment_id = await family_assessment(cluster)
+        await share(cluster, assessment_id)
+
+        _, new = renew_certificate(federation.fed, cert_file, SystemClock().now_ms())
+        assert federation.node_configs["amh"].tls.key.read_bytes() == key_before  # its own key, certified again
+        entry = _entry(federation, "amh")
+        assert (entry.tls_cert_sha256, entry.previous_tls_cert_sha256) == (new, old)
+
+        await amh.reload()  # the gateway would refuse the new one: the directory does not pin it yet
+        assert amh.certificate.fingerprint == old
+        assert [e["fingerprint"] for e in _log_events(captured_logs, "tls.renewal_waiting")] == [new.hex()]
+
+        await _publish(cluster)
+        await share(cluster, assessment_id)  # the old certificate, pinned as the renewed one, still serves
+        async with asyncio.timeout(30):
+            await wait_delivered(amh, 2)
+
+        # Shares in flight while the node changes over, and after.
+        sharing = asyncio.gather(*(share(cluster, assessment_id) for _ in range(20)))
+        await amh.reload()
+        assert amh.certificate.fingerprint == new
+        await sharing
+        async with asyncio.timeout(15):
+            await amh.link.connected.wait()
+
+        # The gateway stops accepting the old certificate: only a node now on the new one gets through.
+        entry = _entry(federation, "amh")
+        entry.previous_tls_cert_sha256 = b""
+        (federation.fed.entries / "amh.pb").write_bytes(entry.SerializeToString())
+        await _publish(cluster)
+        await share(cluster, assessment_id)
+        async with asyncio.timeout(30):
+            await wait_delivered(amh, 23)
+        received = await inbox(cluster, "csc")
+        assert len(received) == len(set(received)) == 23
+        renewed = [e for e in await audit_events(amh) if e["event"] == "tls.certificate_renewed"]
+        assert [e["detail"]["fingerprint"] for e in renewed] == [new.hex()]
+        assert not _log_events(captured_logs, "stream.refused")
+
+
+async def test_a_stream_the_gateway_does_not_close_is_cancelled_and_the_node_moves_over_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+) -> None:
+    monkeypatch.setattr(node_link, "_end_writing", lambda call: asyncio.sleep(0))  # the gateway never hears it
+    monkeypatch.setattr(node_link, "STREAM_END_GRACE_S", 0.2)
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.link is not None
+        assessment_id = await family_assessment(cluster)
+        renew_certificate(federation.fed, federation.node_configs["amh"].tls.cert, SystemClock().now_ms())
+        await _publish(cluster)
+        await amh.reload()
+        async with asyncio.timeout(15):
+            await amh.link.connected.wait()
+        await share(cluster, assessment_id)
+        async with asyncio.timeout(15):
+            await wait_delivered(amh, 1)
+    assert len(_log_events(captured_logs, "gateway.stream_cancelled")) == 1
+
+
+async def test_a_renewal_the_store_cannot_record_waits_and_is_taken_once_it_can(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        old = amh.certificate.fingerprint
+        _, new = renew_certificate(federation.fed, federation.node_configs["amh"].tls.cert, SystemClock().now_ms())
+        await _publish(cluster)
+        amh.store.db.execute("PRAGMA query_only = ON")  # as on a disk remounted read-only
+        try:
+            await amh.reload()
+        finally:
+            amh.store.db.execute("PRAGMA query_only = OFF")
+        assert amh.certificate.fingerprint == old  # not taken unaudited
+        assert [e["error"] for e in _log_events(captured_logs, "tls.renewal_failed")] == ["SQLITE_READONLY"]
+        await amh.reload()
+        assert amh.certificate.fingerprint == new
+
+
+async def test_a_gateway_presents_its_renewed_certificate_to_new_connections_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
+    gateway_cert = federation.gateway_config.tls.cert
+    async with running(federation) as cluster:
+        before = await _served_certificate(cluster)
+        assert before == cert_fingerprint(gateway_cert.read_bytes())
+
+        identity, new = renew_certificate(federation.fed, gateway_cert, SystemClock().now_ms())
+        assert identity == spiffe_id(FEDERATION_ID, "gateway", "gateway")
+        assert await _served_certificate(cluster) == new  # the next handshake: no restart, no signal
+        assert cluster.gateway.certificate.watch.fingerprint == new  # what its metric and warnings follow
+
+        # Streams opened before go on, and nodes dialling again are served the new one.
+        assessment_id = await family_assessment(cluster)
+        await share(cluster, assessment_id)
+        await cluster.stop_node("csc")
+        await cluster.start_node("csc")
+        await share(cluster, assessment_id)
+        await wait_delivered(cluster.nodes["amh"], 2)
+
+
+async def _served_certificate(cluster: Cluster) -> bytes:
+    """The fingerprint of the certificate the gateway presents to a node dialling it now."""
+    tls = cluster.federation.node_configs["amh"].tls
+    context = ssl.create_default_context(cafile=tls.ca)
+    context.load_cert_chain(tls.cert, tls.key)
+    context.set_alpn_protocols(["h2"])
+    _, writer = await asyncio.open_connection("127.0.0.1", cluster.gateway.port, ssl=context, server_hostname="gateway")
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.transport.abort()  # the server's HTTP/2 greeting is of no interest
+    return hashlib.sha256(der).digest()
+
+
+@pytest.mark.parametrize(
+    ("replacement", "problem"),
+    [
+        ("garbage", "is not a PEM certificate"),
+        ("another node's", "does not name spiffe://test.linkage.example/node/amh"),
+        ("a new key's", "the key is not the certificate's"),
+        ("a foreign CA's", "not issued by the federation CA"),
+        ("lapsed", "not now"),
+    ],
+)
+def test_files_that_are_not_a_usable_certificate_are_refused_and_the_one_in_use_kept(
+    tmp_path: Path, captured_logs: io.StringIO, replacement: str, problem: str
+) -> None:
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    tls = federation.node_configs["amh"].tls
+    watch = CertificateWatch(tls, spiffe_id(FEDERATION_ID, "node", "amh"), clock)
+    in_use = watch.fingerprint
+    if replacement == "garbage":
+        tls.cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot one\n")
+    elif replacement == "another node's":
+        shutil.copy(federation.node_configs["csc"].tls.cert, tls.cert)
+        shutil.copy(federation.node_configs["csc"].tls.key, tls.key)
+    elif replacement == "a new key's":
+        now = dt.datetime.fromtimestamp(clock.now_ms() / 1000, tz=dt.UTC)
+        _, cert = federation.fed.ca().issue(spiffe_id(FEDERATION_ID, "node", "amh"), "node-amh", now, 90)
+        tls.cert.write_bytes(cert)
+    elif replacement == "a foreign CA's":
+        other = make_federation(tmp_path / "other", clock, nodes=("amh",))
+        shutil.copy(other.node_configs["amh"].tls.cert, tls.cert)
+        shutil.copy(other.node_configs["amh"].tls.key, tls.key)
+    else:
+        renew_certificate(federation.fed, tls.cert, clock.now_ms())
+        clock.advance(CERT_VALIDITY_DAYS * DAY_MS + DAY_MS)
+    assert watch.renewal() is None and watch.renewal() is None  # asked twice: said once
+    assert watch.fingerprint == in_use
+    refused = _log_events(captured_logs, "tls.renewal_refused")
+    assert len(refused) == 1 and problem in str(refused[0]["problem"])
+
+
+def test_the_gateway_accepts_the_pinned_and_the_renewed_certificate_and_no_certificate_past_its_end(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), validity_days=120)
+    cert_file = federation.node_configs["amh"].tls.cert
+    old_pem = cert_file.read_bytes()
+    renew_certificate(federation.fed, cert_file, clock.now_ms() + 30 * DAY_MS)  # as advised, a month before its end
+    publish_directory(federation.fed, clock.now_ms(), 120)
+    trust = TrustedDirectory(FEDERATION_ID, load_directory_key(federation.fed.root / "directory.pub"))
+    trust.accept(directory_pb2.SignedDirectory.FromString(federation.fed.directory_path.read_bytes()), clock.now_ms())
+    authz = Authoriser(trust, clock)
+
+    def peer(pem: bytes) -> Peer:
+        fingerprint, lapses = certificate_facts(pem)
+        return Peer(spiffe_id("x", "node", "amh"), fingerprint, "TLSv1.3", lapses)
+
+    authz.recheck("amh", peer(cert_file.read_bytes()))
+    authz.recheck("amh", peer(old_pem))
+    with pytest.raises(Denied) as other:
+        authz.recheck("amh", peer(federation.node_configs["csc"].tls.cert.read_bytes()))
+    assert other.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+    clock.advance(CERT_VALIDITY_DAYS * DAY_MS)  # the old one has lapsed; its open stream ends at its next frame
+    with pytest.raises(Denied) as lapsed:
+        authz.recheck("amh", peer(old_pem))
+    assert lapsed.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert "lapsed at" in lapsed.value.message and "renew-tls" in lapsed.value.message
+    authz.recheck("amh", peer(cert_file.read_bytes()))
+
+
+async def test_renew_tls_on_the_command_line_and_what_it_refuses(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
+    fed_dir = str(federation.fed.root)
+    cert_file = federation.node_configs["amh"].tls.cert
+    old_pem = cert_file.read_bytes()
+
+    code, out, err = await linkage("federation", "renew-tls", "--dir", fed_dir, "--cert", str(cert_file))
+    assert code == 0, err
+    assert "renewed the certificate of spiffe://test.linkage.example/node/amh" in out and "publish" in out
+    assert _entry(federation, "amh").tls_cert_sha256 == cert_fingerprint(cert_file.read_bytes())
+
+    stale = tmp_path / "stale.pem"
+    stale.write_bytes(old_pem)
+    cert_file_now = cert_file.read_bytes()
+    renew_certificate(federation.fed, cert_file, SystemClock().now_ms())  # the old one is no longer pinned
+    code, _, err = await linkage("federation", "renew-tls", "--dir", fed_dir, "--cert", str(stale))
+    assert code != 0 and "is not the certificate the directory pins for 'amh'" in err
+
+    other = make_federation(tmp_path / "other", SystemClock(), nodes=("amh",))
+    code, _, err = await linkage(
+        "federation", "renew-tls", "--dir", fed_dir, "--cert", str(other.node_configs["amh"].tls.cert)
+    )
+    assert code != 0 and "not issued by this federation's CA" in err
+
+    revoke_node(federation.fed, "csc")
+    code, _, err = await linkage(
+        "federation", "renew-tls", "--dir", fed_dir, "--cert", str(federation.node_configs["csc"].tls.cert)
+    )
+    assert code != 0 and "revoked" in err
+    assert cert_file_now != cert_file.read_bytes()
+
+
+def test_a_renewal_cut_short_at_any_point_leaves_the_node_a_pinned_certificate_and_running_it_again_finishes(
+    tmp_path: Path,
+) -> None:
+    step = 0
+    while True:
+        step += 1
+        federation = make_federation(tmp_path / str(step), SystemClock(), nodes=("amh",))
+        cert_file = federation.node_configs["amh"].tls.cert
+        try:
+            with crash_at(step):
+                renew_certificate(federation.fed, cert_file, SystemClock().now_ms())
+            finished = True
+        except Crash:
+            finished = False
+        entry = _entry(federation, "amh")
+        in_use = cert_fingerprint(cert_file.read_bytes())
+        assert in_use in (entry.tls_cert_sha256, entry.previous_tls_cert_sha256)  # the node still gets through
+        if finished:
+            break
+        _, new = renew_certificate(federation.fed, cert_file, SystemClock().now_ms())
+        assert cert_fingerprint(cert_file.read_bytes()) == new == _entry(federation, "amh").tls_cert_sha256
+    assert step > 2  # it crashed somewhere before it finished
+
+
+def test_a_certificate_near_its_end_is_warned_of_daily_and_shown_as_a_metric(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh",))
+    watch = CertificateWatch(federation.node_configs["amh"].tls, spiffe_id(FEDERATION_ID, "node", "amh"), clock)
+    watch.warn_if_lapsing()
+    assert not _log_events(captured_logs, "tls.certificate_lapsing")
+    assert watch.expires_in_s() == pytest.approx(CERT_VALIDITY_DAYS * 86_400, abs=3_600)
+    clock.advance((CERT_VALIDITY_DAYS - 20) * DAY_MS)
+    for _ in range(3):
+        watch.warn_if_lapsing()
+        clock.advance(DAY_MS // 3)
+    watch.warn_if_lapsing()  # a day after the first
+    warnings = _log_events(captured_logs, "tls.certificate_lapsing")
+    assert [w["days_left"] for w in warnings] == [20, 19]
+    assert all(w["remedy"] == "linkage federation renew-tls" for w in warnings)
