@@ -20,8 +20,9 @@ import grpc
 import pytest
 
 from gateway.authz import Authoriser, Denied
+from gateway.server import GatewayServer
 from linkage.clock import DAY_MS, ManualClock, SystemClock
-from linkage.config import load_directory_key
+from linkage.config import ConfigError, load_directory_key
 from linkage.directory import TrustedDirectory
 from linkage.federation import CERT_VALIDITY_DAYS, publish_directory, renew_certificate, revoke_node
 from linkage.pki import cert_fingerprint, certificate_facts, spiffe_id
@@ -29,6 +30,7 @@ from linkage.renewal import CertificateWatch
 from linkage.transport import Peer
 from linkage.v1 import directory_pb2
 from node import link as node_link
+from node.server import NodeServer
 from tests.file_crashes import Crash, crash_at
 from tests.harness import (
     FEDERATION_ID,
@@ -332,3 +334,29 @@ def test_a_certificate_near_its_end_is_warned_of_daily_and_shown_as_a_metric(
     warnings = _log_events(captured_logs, "tls.certificate_lapsing")
     assert [w["days_left"] for w in warnings] == [20, 19]
     assert all(w["remedy"] == "linkage federation renew-tls" for w in warnings)
+
+
+async def test_a_gateway_will_not_serve_with_a_certificate_it_cannot_use_and_a_node_says_so(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    """A gateway that cannot present its certificate can serve nobody: it stops at once and
+    says why. A node still serves its case systems what it holds, and says why the gateway
+    will refuse it."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
+    gateway_tls, amh_tls = federation.gateway_config.tls, federation.node_configs["amh"].tls
+    shutil.copy(amh_tls.cert, gateway_tls.cert)
+    shutil.copy(amh_tls.key, gateway_tls.key)
+    with pytest.raises(ConfigError) as refused:
+        await GatewayServer(federation.gateway_config).start()
+    assert str(refused.value) == (
+        "[tls] cannot serve with the gateway's certificate and key: "
+        "the certificate does not name spiffe://test.linkage.example/gateway/gateway"
+    )
+    assert not (federation.gateway_config.data_dir / "gateway.sqlite").exists()
+
+    shutil.copy(federation.node_configs["csc"].tls.cert, amh_tls.cert)
+    node = NodeServer(federation.node_configs["amh"])
+    await node.start()
+    await node.stop(grace=0)
+    (unusable,) = _log_events(captured_logs, "tls.certificate_unusable")
+    assert unusable["problem"] == "the key is not the certificate's (were both files replaced?)"
