@@ -87,17 +87,18 @@ class Cluster:
     nodes: dict[str, NodeServer] = field(default_factory=dict)
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
-    def api(self, node_id: str) -> node_api_pb2_grpc.NodeApiAsyncStub:
-        channel = api_channel(self.nodes[node_id].config.api_socket)
+    def closes(self, channel: grpc.aio.Channel) -> grpc.aio.Channel:
+        """`channel`, to be closed with the cluster."""
         self._channels.append(channel)
-        return node_api_pb2_grpc.NodeApiStub(channel)
+        return channel
+
+    def api(self, node_id: str) -> node_api_pb2_grpc.NodeApiAsyncStub:
+        return node_api_pb2_grpc.NodeApiStub(self.closes(api_channel(self.nodes[node_id].config.api_socket)))
 
     def gateway_channel(self, node_id: str) -> grpc.aio.Channel:
         """An mTLS channel to the gateway with a node's certificate."""
         tls = self.federation.node_configs[node_id].tls
-        channel = secure_channel(f"127.0.0.1:{self.gateway.port}", tls, "gateway")
-        self._channels.append(channel)
-        return channel
+        return self.closes(secure_channel(f"127.0.0.1:{self.gateway.port}", tls, "gateway"))
 
     async def start_node(
         self,

@@ -30,9 +30,9 @@ TOKEN = bytes([3]) * 32
 
 
 def gateway_stub(cluster: Cluster, tls: TlsFiles) -> gateway_pb2_grpc.GatewayAsyncStub:
-    channel = secure_channel(f"127.0.0.1:{cluster.gateway.port}", tls, "gateway")
-    cluster._channels.append(channel)
-    return gateway_pb2_grpc.GatewayStub(channel)
+    return gateway_pb2_grpc.GatewayStub(
+        cluster.closes(secure_channel(f"127.0.0.1:{cluster.gateway.port}", tls, "gateway"))
+    )
 
 
 async def test_client_without_certificate_is_refused(federation: LocalFederation) -> None:
@@ -45,8 +45,7 @@ async def test_client_without_certificate_is_refused(federation: LocalFederation
             options=[("grpc.ssl_target_name_override", "gateway")],
         )
         plaintext = grpc.aio.insecure_channel(target)
-        for channel in (no_cert, plaintext):
-            cluster._channels.append(channel)
+        for channel in (cluster.closes(no_cert), cluster.closes(plaintext)):
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await gateway_pb2_grpc.GatewayStub(channel).Subscribe(
                     gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]), timeout=5

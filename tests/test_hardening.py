@@ -110,12 +110,13 @@ async def test_s8_oversized_message_is_refused_at_the_transport(federation: Loca
     async with running(federation, nodes=()) as cluster:
         tls = federation.node_configs["amh"].tls
         # A client that does not keep our limit: the gateway's own limit must hold.
-        channel = grpc.aio.secure_channel(
-            f"127.0.0.1:{cluster.gateway.port}",
-            tls.channel_credentials(),
-            options=[("grpc.ssl_target_name_override", "gateway"), ("grpc.max_send_message_length", 1 << 22)],
+        channel = cluster.closes(
+            grpc.aio.secure_channel(
+                f"127.0.0.1:{cluster.gateway.port}",
+                tls.channel_credentials(),
+                options=[("grpc.ssl_target_name_override", "gateway"), ("grpc.max_send_message_length", 1 << 22)],
+            )
         )
-        cluster._channels.append(channel)
         call = gateway_pb2_grpc.GatewayStub(channel).Connect()
         await call.write(gateway_pb2.NodeFrame(send=envelope_pb2.Envelope(routing=b"x", ciphertext=bytes(300_000))))
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -358,8 +359,7 @@ async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_no
         assert amh.store is not None and csc.store is not None
         watches = {}
         for name, node in (("amh", amh), ("csc", csc)):
-            channel = api_channel(node.config.api_socket)
-            cluster._channels.append(channel)
+            channel = cluster.closes(api_channel(node.config.api_socket))
             watches[name] = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))  # type: ignore[attr-defined]
             await _health(watches[name], health_pb2.HealthCheckResponse.SERVING)
         before = await _rows(amh.store)

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from linkage import logs
 from linkage.config import ConfigError, PolicyFiles
 from linkage.exclusive import InUse
-from linkage.transport import LINK_HEALTH_SERVICE, api_channel, secure_channel
+from linkage.transport import LINK_HEALTH_SERVICE, api_channel
 from linkage.v1 import node_api_pb2
 from node.cases import Cases
 from node.server import NodeServer
@@ -30,11 +30,8 @@ from tests.harness import PRACTITIONER, LocalFederation, running
 
 async def test_health_and_reflection_on_node_and_gateway(federation: LocalFederation) -> None:
     async with running(federation, nodes=("amh",)) as cluster:
-        node_channel = api_channel(cluster.nodes["amh"].config.api_socket)
-        gateway_channel = secure_channel(
-            f"127.0.0.1:{cluster.gateway.port}", federation.node_configs["amh"].tls, "gateway"
-        )
-        cluster._channels += [node_channel, gateway_channel]
+        node_channel = cluster.closes(api_channel(cluster.nodes["amh"].config.api_socket))
+        gateway_channel = cluster.gateway_channel("amh")
         for channel, services in (
             (node_channel, ("", "linkage.v1.NodeApi", LINK_HEALTH_SERVICE)),
             (gateway_channel, ("", "linkage.v1.Gateway")),
