@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -93,9 +93,10 @@ def check_certificate(
         raise CertificateProblem("the certificate or the CA file is not a PEM certificate") from None
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError):
-        raise CertificateProblem("the key file is not an unencrypted PEM private key") from None
-    if key.public_key() != cert.public_key():
+        matches = key.public_key() == cert.public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CertificateProblem("the key file is not an unencrypted PEM private key of a kind TLS takes") from None
+    if not matches:
         raise CertificateProblem("the key is not the certificate's (were both files replaced?)")
     try:
         cert.verify_directly_issued_by(ca)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from gateway.authz import Authoriser, Denied
 from gateway.server import GatewayServer
@@ -196,6 +197,7 @@ async def _served_certificate(cluster: Cluster) -> bytes:
         ("garbage", "is not a PEM certificate"),
         ("another node's", "does not name spiffe://test.linkage.example/node/amh"),
         ("a new key's", "the key is not the certificate's"),
+        ("an encrypted key", "the key file is not an unencrypted PEM private key"),
         ("a foreign CA's", "not issued by the federation CA"),
         ("lapsed", "not now"),
     ],
@@ -217,6 +219,15 @@ def test_files_that_are_not_a_usable_certificate_are_refused_and_the_one_in_use_
         now = dt.datetime.fromtimestamp(clock.now_ms() / 1000, tz=dt.UTC)
         _, cert = federation.fed.ca().issue(spiffe_id(FEDERATION_ID, "node", "amh"), "node-amh", now, 90)
         tls.cert.write_bytes(cert)
+    elif replacement == "an encrypted key":
+        key = serialization.load_pem_private_key(tls.key.read_bytes(), password=None)
+        tls.key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"a passphrase"),
+            )
+        )
     elif replacement == "a foreign CA's":
         other = make_federation(tmp_path / "other", clock, nodes=("amh",))
         shutil.copy(other.node_configs["amh"].tls.cert, tls.cert)
