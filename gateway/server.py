@@ -59,7 +59,6 @@ class GatewayServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._directory_mtime = 0
         self._serving: bool | None = None  # as last reported, once serving
-        self._reports: set[asyncio.Task[None]] = set()
         self.metrics = GatewayMetrics()
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.port = 0
@@ -112,11 +111,6 @@ class GatewayServer:
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", SERVICE_NAME):
                 await self.health.set(name, status)
-
-    def _store_writability_changed(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._report_serving())
-        self._reports.add(task)  # held until done: the loop keeps only a weak reference
-        task.add_done_callback(self._reports.discard)
 
     async def _watch_files(self) -> None:
         while True:
@@ -213,7 +207,7 @@ class GatewayServer:
         )
         if self.config.metrics_listen:
             self.metrics_endpoint.start(self.config.metrics_listen)
-        writability.on_change(self._store_writability_changed)
+        writability.on_change_run(self._report_serving)
         await self._report_serving()
         self.certificate.watch.warn_if_lapsing()
         log.info("gateway.started", port=self.port, subscriptions=len(self._index))

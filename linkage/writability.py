@@ -8,8 +8,10 @@ tells each caller what to do."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
@@ -55,6 +57,17 @@ class Writability:
 
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
+
+    def on_change_run(self, report: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `report` on the event loop at each change (a server's health, say)."""
+        running: set[asyncio.Task[None]] = set()  # held until done: the loop keeps only a weak reference
+
+        def changed() -> None:
+            task = asyncio.get_running_loop().create_task(report())
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+        self.on_change(changed)
 
     def failed(self, exc: BaseException) -> None:
         """Note a failed write: it says something only if it failed for want of a writable store."""

@@ -69,7 +69,6 @@ class NodeServer:
         self.health = health.aio.HealthServicer()
         self.feed = InboxFeed()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reports: set[asyncio.Task[None]] = set()  # health reports under way
         self._server: grpc.aio.Server | None = None
         self.store: Store | None = None
         self.link: GatewayLink | None = None
@@ -161,11 +160,6 @@ class NodeServer:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
-
-    def _store_writability_changed(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._report_serving())
-        self._reports.add(task)  # held until done: the loop keeps only a weak reference
-        task.add_done_callback(self._reports.discard)
 
     async def _watch_files(self) -> None:
         while True:
@@ -333,7 +327,7 @@ class NodeServer:
             asyncio.create_task(retention.run(self.store, self.clock, config.retention_days)),
             asyncio.create_task(self.chronology.keep_derived()),
         ]
-        self.store.writability.on_change(self._store_writability_changed)
+        self.store.writability.on_change_run(self._report_serving)
         await self._report_serving()
         self.certificate.warn_if_lapsing()
         log.info("node.started", schema=self.store.schema_version)
