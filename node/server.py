@@ -60,6 +60,8 @@ def _loaded(what: str, source: Source, load: Callable[[Source], Loaded]) -> Load
 
 
 class NodeServer:
+    keys: MessageKeys  # from start(), and replaced when rotated (check_keys)
+
     def __init__(self, config: NodeConfig, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -74,6 +76,7 @@ class NodeServer:
         self.link: GatewayLink | None = None
         self._renewal: Renewal | None = None  # renewed TLS files, until the directory pins them
         self._said_waiting: Renewal | None = None
+        self._keys_refused = ""
 
     def _load_directory_file(self) -> None:
         path = self.config.federation.directory
@@ -115,9 +118,39 @@ class NodeServer:
         await self._report_serving()
 
     async def reload(self) -> None:
-        """On SIGHUP, and every few minutes: a newer directory, then renewed TLS files."""
+        """On SIGHUP, and every few minutes: a newer directory, rotated message keys, renewed TLS files."""
         await self.check_directory()
+        await self.check_keys()
         await self.check_certificate()
+
+    async def check_keys(self) -> None:
+        """Take a generation of message keys `federation rotate-keys` put in the bundle, without
+        a restart: senders seal to it, and this node signs with it, once the directory
+        activates it; what was sealed to any generation held still opens. Recorded first."""
+        assert self.store is not None
+        folder = self.config.message_keys
+        try:
+            if (folder / "key_id").read_text().strip() == self.keys.key_id:
+                return
+            keys = MessageKeys.load(folder)
+            if keys.for_id(self.keys.key_id) is None:
+                raise ValueError(f"they no longer hold {self.keys.key_id!r}, the generation in use: not its rotation")
+        except (OSError, ValueError) as exc:  # a rotation still under way, or another node's keys
+            problem = f"{folder}: {exc}"
+            if problem != self._keys_refused:  # once for each thing wrong
+                self._keys_refused = problem
+                log.warning("keys.reload_refused", problem=problem)
+            return
+        try:
+            async with self.store.tx() as tx:
+                await tx.audit("keys.loaded", detail={"key_id": keys.key_id, "previous": self.keys.key_id})
+        except Exception as exc:  # tried again at the next check
+            log_failure(log, "keys.reload_failed", exc)
+            return
+        self.keys = keys
+        for holder in (self.ctx.messenger, self.reception, self.checkpoints):  # each signs or opens with them
+            holder.keys = keys
+        log.info("keys.loaded", key_id=keys.key_id)
 
     async def check_certificate(self) -> None:
         """Move to renewed TLS files once the directory pins their certificate (until then the
@@ -221,6 +254,7 @@ class NodeServer:
 
     async def _start(self, keys: MessageKeys, linkage_key: LinkageKey, policy: PolicyContext) -> None:
         config = self.config
+        self.keys = keys
         assert self.store is not None
         self.metrics = NodeMetrics()
         trust, now_ms = self.trust, self.clock.now_ms

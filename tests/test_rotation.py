@@ -4,6 +4,9 @@ they are refused; what was sealed to the old key still opens."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import shutil
 from itertools import count
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from linkage import stories
 from linkage.clock import ManualClock
 from linkage.config import load_directory_key
 from linkage.directory import TrustedDirectory
@@ -18,10 +22,19 @@ from linkage.envelope import open_envelope, signing_generation
 from linkage.federation import Federation, FederationError, publish_directory, rotate_keys
 from linkage.keys import MessageKeys, RotationUnfinished, raw_public
 from linkage.reasons import Reason, Rejected
-from linkage.v1 import directory_pb2, envelope_pb2
+from linkage.v1 import directory_pb2, envelope_pb2, node_api_pb2
 from tests.crypto_fixtures import seal
 from tests.file_crashes import Crash, crash_at, readable_by_others
-from tests.harness import FEDERATION_ID, LocalFederation, make_federation
+from tests.harness import (
+    FEDERATION_ID,
+    PRACTITIONER,
+    Cluster,
+    LocalFederation,
+    audit_events,
+    make_federation,
+    running,
+)
+from tests.test_delivery import family_assessment, share
 
 HOUR = 3_600_000
 
@@ -185,3 +198,65 @@ def _check_rotated(fed: Federation, bundle: Path, original: MessageKeys) -> None
         p.name for p in (*(bundle / "keys").rglob("*"), *fed.root.rglob("*")) if p.name.endswith((".partial", ".tmp"))
     ]
     assert not left and not (bundle / "keys" / "next").exists()
+
+
+async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    """A node had to be restarted within the hour after `rotate-keys`, or once senders
+    moved to the new key it could open nothing they sent. It now takes the new generation
+    at its next look (SIGHUP, or every few minutes), and only a whole rotation of its own."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), validity_days=30)
+    bundle = federation.node_configs["csc"].data_dir
+    async with running(federation, clock=clock) as cluster:
+        amh, csc = cluster.nodes["amh"], cluster.nodes["csc"]
+        assessment_id = await family_assessment(cluster)
+        new_id = rotate_keys(federation.fed, "csc", bundle, clock.now_ms(), activate_in_hours=1)
+        publish_directory(federation.fed, clock.now_ms(), 30, copy_to=(federation.gateway_config.data_dir,))
+        await cluster.gateway.check_directory()
+        await amh.check_directory()
+
+        (bundle / "keys" / "next").mkdir()  # as a rotation cut short leaves it: nothing taken
+        await csc.reload()
+        assert csc.keys.key_id == "csc-k1"
+        (bundle / "keys" / "next").rmdir()
+        await csc.reload()
+        assert csc.keys.key_id == new_id and csc.keys.for_id("csc-k1") is not None
+
+        clock.advance(2 * HOUR)  # the new key is active: amh seals to it, csc signs its receipt with it
+        shared = await share(cluster, assessment_id)
+        assert await _settled(cluster, "amh", shared.share_id) == [("csc", "delivered")]
+        # Past the overlap the old key is refused: what csc signs now must be under the new one.
+        clock.advance(8 * 24 * HOUR)
+        opened = await cluster.api("csc").OpenCase(
+            node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="case-2", people=stories.think_family_people())
+        )
+        parent, child = (p.link_token for p in opened.people)
+        recorded = await cluster.api("csc").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER, case_id=opened.case_id, assessment=stories.parent_risk_change(parent, child)
+            )
+        )
+        shared = await share(cluster, recorded.assessment_id, sender="csc")
+        assert await _settled(cluster, "csc", shared.share_id) == [("amh", "delivered")]
+        loaded = [e["detail"] for e in await audit_events(csc) if e["event"] == "keys.loaded"]
+        assert loaded == [{"key_id": new_id, "previous": "csc-k1"}]
+
+        shutil.move(bundle / "keys", tmp_path / "csc-keys")  # another node's keys in its place
+        shutil.copytree(federation.node_configs["amh"].data_dir / "keys", bundle / "keys")
+        await csc.reload()
+        assert csc.keys.key_id == new_id
+    refused = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "keys.reload_refused" in line]
+    assert ["did not finish" in r["problem"] for r in refused] == [True, False]
+    assert "they no longer hold 'csc-k2', the generation in use: not its rotation" in refused[1]["problem"]
+
+
+async def _settled(cluster: Cluster, node: str, share_id: str) -> list[tuple[str, str]]:
+    """Each recipient's state once a share is settled (delivered, or not to be)."""
+    request = node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=share_id)
+    async with asyncio.timeout(30):
+        async for status in cluster.api(node).WatchShareStatus(request):
+            if status.settled:
+                return [(r.node_id, r.state) for r in status.recipients]
+    raise AssertionError(f"the watch of {share_id} ended before it settled")

@@ -67,8 +67,9 @@ def _federation_rotate(args: argparse.Namespace) -> int:
         args.activate_in_hours,
     )
     print(
-        f"new key {key_id} for {args.node_id}: publish the directory, then restart the node within "
-        f"{args.activate_in_hours} hour(s); the old key stays valid {args.overlap_days} more days"
+        f"new key {key_id} for {args.node_id}: publish the directory; the running node takes the new key from "
+        f"its bundle within 5 minutes (at once on SIGHUP), before senders move to it in {args.activate_in_hours} "
+        f"hour(s); the old key stays valid {args.overlap_days} more days"
     )
     return 0
 
