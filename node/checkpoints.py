@@ -19,6 +19,7 @@ from linkage import logs
 from linkage.auditlog import check_cosignature, sign_checkpoint
 from linkage.clock import Clock
 from linkage.directory import TrustedDirectory
+from linkage.envelope import signing_generation
 from linkage.keys import MessageKeys
 from linkage.merkle import CompactRange, consistency_proof_from
 from linkage.reasons import Rejected
@@ -77,11 +78,20 @@ class Checkpointer:
         frontier, now = self.store.frontier, self.clock.now_ms()
         stale = self._latest_range.size != frontier.size and now - self._signed_at_ms >= max_age_ms
         if self._latest is None or stale:
+            signer = self._signer(now)
             self._latest = sign_checkpoint(
-                self.keys.signing, self.keys.key_id, self.node_id, frontier.size, frontier.root(), now
+                signer.signing, signer.key_id, self.node_id, frontier.size, frontier.root(), now
             )
             self._latest_range, self._signed_at_ms = CompactRange(frontier.size, frontier.hashes), now
         return self._latest
+
+    def _signer(self, now_ms: int) -> MessageKeys:
+        """The generation others know this node by now, as for its messages: during a rotation
+        the old one, until the directory activates the new (whose key it may not name yet)."""
+        try:
+            return signing_generation(self.keys, self.trust.current(now_ms), self.node_id, now_ms)
+        except Rejected:  # no current directory: nothing it signs is checked before one comes
+            return self.keys
 
     async def lodge(self) -> bool:
         """Lodge the latest checkpoint with the witness, with a proof from the one it holds.

@@ -213,16 +213,18 @@ async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
         amh, csc = cluster.nodes["amh"], cluster.nodes["csc"]
         assessment_id = await family_assessment(cluster)
         new_id = rotate_keys(federation.fed, "csc", bundle, clock.now_ms(), activate_in_hours=1)
-        publish_directory(federation.fed, clock.now_ms(), 30, copy_to=(federation.gateway_config.data_dir,))
-        await cluster.gateway.check_directory()
-        await amh.check_directory()
-
         (bundle / "keys" / "next").mkdir()  # as a rotation cut short leaves it: nothing taken
         await csc.reload()
         assert csc.keys.key_id == "csc-k1"
         (bundle / "keys" / "next").rmdir()
-        await csc.reload()
+        await csc.reload()  # before any directory names the new key
         assert csc.keys.key_id == new_id and csc.keys.for_id("csc-k1") is not None
+        assert await csc.checkpoints.lodge()  # signed with the key the witness knows, not the new one
+
+        publish_directory(federation.fed, clock.now_ms(), 30, copy_to=(federation.gateway_config.data_dir,))
+        await cluster.gateway.check_directory()
+        await amh.check_directory()
+        await csc.check_directory()
 
         clock.advance(2 * HOUR)  # the new key is active: amh seals to it, csc signs its receipt with it
         shared = await share(cluster, assessment_id)
