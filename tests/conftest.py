@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.db import GatewayDb
 from linkage import logs
 from linkage.clock import SystemClock
 from tests.harness import LocalFederation, make_federation
@@ -23,3 +24,11 @@ def captured_logs() -> Iterator[io.StringIO]:
     logs.configure("info", stream=captured)
     yield captured
     logs.configure("info")
+
+
+@pytest.fixture
+async def gateway_db(tmp_path: Path) -> AsyncIterator[GatewayDb]:
+    """A gateway's store on its own (its subscriptions, its metadata log)."""
+    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
+    yield db
+    await db.close()

@@ -399,14 +399,6 @@ async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_no
     assert [line["event"] for line in lines].count("store.unwritable") == 2  # once at each node
 
 
-@pytest.fixture
-async def gateway_db(tmp_path: Path) -> AsyncIterator[GatewayDb]:
-    """A gateway's store on its own, for its metadata log."""
-    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
-    yield db
-    await db.close()
-
-
 @asynccontextmanager
 async def _read_only(db: GatewayDb) -> AsyncIterator[None]:
     """SQLite refuses every write to the gateway's store, as on a disk remounted read-only;

@@ -97,13 +97,6 @@ def test_without_huge_pages_the_routes_are_plain_copies(monkeypatch: pytest.Monk
     assert list(routes.find(_token(rng))) == []
 
 
-@pytest.fixture
-async def gateway_db(tmp_path: Path) -> AsyncIterator[GatewayDb]:
-    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
-    yield db
-    await db.close()
-
-
 @asynccontextmanager
 async def opened(db: GatewayDb) -> AsyncIterator[SubscriptionIndex]:
     index = await SubscriptionIndex.open(db)
