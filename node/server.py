@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -141,11 +141,8 @@ class NodeServer:
                 self._keys_refused = problem
                 log.warning("keys.reload_refused", problem=problem)
             return
-        try:
-            async with self.store.tx() as tx:
-                await tx.audit("keys.loaded", detail={"key_id": keys.key_id, "previous": self.keys.key_id})
-        except Exception as exc:  # tried again at the next check
-            log_failure(log, "keys.reload_failed", exc)
+        detail = {"key_id": keys.key_id, "previous": self.keys.key_id}
+        if not await self._recorded("keys.loaded", detail, failed="keys.reload_failed"):
             return
         self.keys = keys
         for holder in (self.ctx.messenger, self.reception, self.checkpoints):  # each signs or opens with them
@@ -162,17 +159,9 @@ class NodeServer:
             self._renewal = renewal
         if (waiting := self._renewal) is not None:
             if self.trust.pinned_certificate(self.config.node_id) == waiting.checked.fingerprint:
-                try:  # recorded first: a change of identity is audited, as key changes are
-                    async with self.store.tx() as tx:
-                        await tx.audit(
-                            "tls.certificate_renewed",
-                            detail={
-                                "fingerprint": waiting.checked.fingerprint.hex(),
-                                "lapses_ms": waiting.checked.not_after_ms,
-                            },
-                        )
-                except Exception as exc:  # kept waiting, and tried again at the next check
-                    log_failure(log, "tls.renewal_failed", exc)
+                fingerprint, lapses = waiting.checked.fingerprint.hex(), waiting.checked.not_after_ms
+                detail = {"fingerprint": fingerprint, "lapses_ms": lapses}
+                if not await self._recorded("tls.certificate_renewed", detail, failed="tls.renewal_failed"):
                     return
                 self._renewal = None
                 self.certificate.use(waiting)
@@ -184,6 +173,19 @@ class NodeServer:
                     fingerprint=waiting.checked.fingerprint.hex(),
                     until="a directory that pins it",
                 )
+
+    async def _recorded(self, event: str, detail: dict[str, Any], failed: str) -> bool:
+        """Audit a change to what this node signs, opens or connects with, before it is made;
+        False (logged as `failed`) if the entry could not be committed: the change then waits
+        for the next look."""
+        assert self.store is not None
+        try:
+            async with self.store.tx() as tx:
+                await tx.audit(event, detail=detail)
+        except Exception as exc:
+            log_failure(log, failed, exc)
+            return False
+        return True
 
     async def _report_serving(self) -> None:
         """SERVING while the directory is current and the store can be written; NOT_SERVING
