@@ -134,9 +134,13 @@ class TrustedDirectory:
     def keys_expire_at_ms(self, node_id: str) -> int:
         return self._view.keys_expire_at_ms(node_id) if self._view else 0
 
+    def node_entry(self, node_id: str) -> pb.NodeEntry | None:
+        """A node's entry in the held directory, current or not (None: none held, or not in it)."""
+        return self._view.nodes.get(node_id) if self._view else None
+
     def pinned_certificate(self, node_id: str) -> bytes:
         """The fingerprint of the TLS certificate the held directory pins for a node (b"": none)."""
-        entry = self._view.nodes.get(node_id) if self._view else None
+        entry = self.node_entry(node_id)
         return entry.tls_cert_sha256 if entry else b""
 
     def accept(self, signed: pb.SignedDirectory, now_ms: int) -> DirectoryView:

@@ -68,6 +68,16 @@ class MessageKeys:
     mldsa: mldsa.MLDSA65PrivateKey | None = None
     previous: tuple[MessageKeys, ...] = ()  # earlier generations, kept to open what was sealed to them
 
+    def public_halves(self) -> tuple[bytes, bytes, bytes, bytes]:
+        """Signing, HPKE, ML-KEM and ML-DSA public keys, raw (b"" for those it has not), as
+        the directory's NodeKey holds them."""
+        return (
+            raw_public(self.signing),
+            raw_public(self.hpke),
+            raw_public_pq(self.mlkem) if self.mlkem else b"",
+            raw_public_pq(self.mldsa) if self.mldsa else b"",
+        )
+
     def for_id(self, key_id: str) -> MessageKeys | None:
         """This generation or an earlier one still held."""
         if key_id == self.key_id:

@@ -76,7 +76,7 @@ class NodeServer:
         self.link: GatewayLink | None = None
         self._renewal: Renewal | None = None  # renewed TLS files, until the directory pins them
         self._said_waiting: Renewal | None = None
-        self._keys_refused = ""
+        self._keys_said = ""  # what was last said of the keys in the bundle
 
     def _load_directory_file(self) -> None:
         path = self.config.federation.directory
@@ -135,11 +135,16 @@ class NodeServer:
             keys = MessageKeys.load(folder)
             if keys.for_id(self.keys.key_id) is None:
                 raise ValueError(f"they no longer hold {self.keys.key_id!r}, the generation in use: not its rotation")
-        except (OSError, ValueError) as exc:  # a rotation still under way, or another node's keys
-            problem = f"{folder}: {exc}"
-            if problem != self._keys_refused:  # once for each thing wrong
-                self._keys_refused = problem
-                log.warning("keys.reload_refused", problem=problem)
+            named = self._directory_key(keys.key_id)
+            if named is not None and keys.public_halves() != named:
+                raise ValueError(f"they are not the keys the directory names {keys.key_id!r} (half copied?)")
+        except (OSError, ValueError) as exc:  # a rotation under way or cut short, or not this node's keys
+            self._say_once("keys.reload_refused", f"{folder}: {exc}")
+            return
+        if named is None:  # taken once the directory names them, so every public half can be checked
+            self._say_once(
+                "keys.reload_waiting", f"{keys.key_id!r} is in the bundle; no directory held names it yet", warn=False
+            )
             return
         detail = {"key_id": keys.key_id, "previous": self.keys.key_id}
         if not await self._recorded("keys.loaded", detail, failed="keys.reload_failed"):
@@ -173,6 +178,21 @@ class NodeServer:
                     fingerprint=waiting.checked.fingerprint.hex(),
                     until="a directory that pins it",
                 )
+
+    def _directory_key(self, key_id: str) -> tuple[bytes, bytes, bytes, bytes] | None:
+        """The public halves of one of this node's key generations, as the directory held names them."""
+        entry = self.trust.node_entry(self.config.node_id)
+        key = next((k for k in entry.keys if k.key_id == key_id), None) if entry else None
+        if key is None:
+            return None
+        return key.signing_public_key, key.hpke_public_key, key.hpke_pq_public_key, key.mldsa_public_key
+
+    def _say_once(self, event: str, problem: str, warn: bool = True) -> None:
+        """What is wrong with the keys in the bundle, or what they wait for, once for each: they
+        are looked at every few minutes."""
+        if problem != self._keys_said:
+            self._keys_said = problem
+            (log.warning if warn else log.info)(event, problem=problem)
 
     async def _recorded(self, event: str, detail: dict[str, Any], failed: str) -> bool:
         """Audit a change to what this node signs, opens or connects with, before it is made;

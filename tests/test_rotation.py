@@ -20,7 +20,7 @@ from linkage.config import load_directory_key
 from linkage.directory import TrustedDirectory
 from linkage.envelope import open_envelope, signing_generation
 from linkage.federation import Federation, FederationError, publish_directory, rotate_keys
-from linkage.keys import MessageKeys, RotationUnfinished, raw_public
+from linkage.keys import MessageKeys, RotationUnfinished, raw_public, write_private_pem
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2, node_api_pb2
 from tests.crypto_fixtures import seal
@@ -217,14 +217,22 @@ async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
         await csc.reload()
         assert csc.keys.key_id == "csc-k1"
         (bundle / "keys" / "next").rmdir()
-        await csc.reload()  # before any directory names the new key
-        assert csc.keys.key_id == new_id and csc.keys.for_id("csc-k1") is not None
-        assert await csc.checkpoints.lodge()  # signed with the key the witness knows, not the new one
+        await csc.reload()  # whole, but no directory names the new key yet: it waits
+        assert csc.keys.key_id == "csc-k1"
+        assert await csc.checkpoints.lodge()
 
         publish_directory(federation.fed, clock.now_ms(), 30, copy_to=(federation.gateway_config.data_dir,))
         await cluster.gateway.check_directory()
         await amh.check_directory()
-        await csc.check_directory()
+        signing = bundle / "keys" / "signing.key"
+        whole = signing.read_bytes()
+        write_private_pem(signing, ed25519.Ed25519PrivateKey.generate())  # as a copy half done leaves it
+        await csc.reload()
+        assert csc.keys.key_id == "csc-k1"
+        signing.write_bytes(whole)
+        await csc.reload()
+        assert csc.keys.key_id == new_id and csc.keys.for_id("csc-k1") is not None
+        assert await csc.checkpoints.lodge()
 
         clock.advance(2 * HOUR)  # the new key is active: amh seals to it, csc signs its receipt with it
         shared = await share(cluster, assessment_id)
@@ -249,9 +257,11 @@ async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
         shutil.copytree(federation.node_configs["amh"].data_dir / "keys", bundle / "keys")
         await csc.reload()
         assert csc.keys.key_id == new_id
-    refused = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "keys.reload_refused" in line]
-    assert ["did not finish" in r["problem"] for r in refused] == [True, False]
-    assert "they no longer hold 'csc-k2', the generation in use: not its rotation" in refused[1]["problem"]
+    said = [json.loads(line) for line in captured_logs.getvalue().splitlines() if '"keys.reload_' in line]
+    assert [s["event"] for s in said] == ["keys.reload_refused", "keys.reload_waiting", *["keys.reload_refused"] * 2]
+    assert "did not finish" in said[0]["problem"] and "no directory held names it yet" in said[1]["problem"]
+    assert "they are not the keys the directory names 'csc-k2' (half copied?)" in said[2]["problem"]
+    assert "they no longer hold 'csc-k2', the generation in use: not its rotation" in said[3]["problem"]
 
 
 async def _settled(cluster: Cluster, node: str, share_id: str) -> list[tuple[str, str]]:
