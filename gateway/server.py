@@ -21,8 +21,8 @@ from gateway.subscriptions import SubscriptionIndex
 from gateway.witness import Witness
 from linkage import logs
 from linkage.clock import Clock, SystemClock
-from linkage.config import ConfigError, GatewayConfig, load_directory_key
-from linkage.directory import DirectoryView, TrustedDirectory
+from linkage.config import ConfigError, GatewayConfig
+from linkage.directory import DirectoryView
 from linkage.keys import load_ed25519, raw_public
 from linkage.metrics import MetricsEndpoint
 from linkage.pki import spiffe_id
@@ -48,9 +48,7 @@ class GatewayServer:
         self.config = config
         self.clock = clock or SystemClock()
         self.interceptors = interceptors
-        self.trust = TrustedDirectory(
-            config.federation.federation_id, load_directory_key(config.federation.directory_public_key)
-        )
+        self.trust = config.federation.trusted_directory()
         self.sessions = Sessions(config.limits.recipient_queue)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None

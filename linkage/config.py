@@ -15,6 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from linkage.directory import TrustedDirectory
 from linkage.transport import TlsFiles
 
 
@@ -61,6 +62,12 @@ class FederationConfig:
     federation_id: str
     directory_public_key: Path
     directory: Path
+
+    def trusted_directory(self) -> TrustedDirectory:
+        """What a running process trusts: the directory key from its file, which it keeps up
+        to date when the federation rotates that key."""
+        key = load_directory_key(self.directory_public_key)
+        return TrustedDirectory(self.federation_id, key, anchor=self.directory_public_key)
 
 
 def _federation(r: _Reader) -> FederationConfig:

@@ -1,18 +1,21 @@
 """The signed federation directory: verification and look-ups.
 
 Nodes and the gateway accept a directory only if it is signed by the federation
-directory key, is for their federation, is not older than the one they hold,
-and has not expired (fail closed).
+directory key (or the successor the directory they hold names), is for their
+federation, is not older than the one they hold, and has not expired (fail closed).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from linkage import logs
+from linkage.files import write_atomic
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2 as pb
 
@@ -112,11 +115,16 @@ def verify_directory(
 
 
 class TrustedDirectory:
-    """The directory a process currently trusts; replaced only by a newer valid one."""
+    """The directory a process currently trusts; replaced only by a newer valid one.
 
-    def __init__(self, federation_id: str, public_key: ed25519.Ed25519PublicKey) -> None:
+    Signed by the federation's directory key, or by the key the directory held names as its
+    successor: that one is then trusted instead, for good (it is written to `anchor`, the
+    process's copy of the directory key, before anything signed by it is taken)."""
+
+    def __init__(self, federation_id: str, public_key: ed25519.Ed25519PublicKey, anchor: Path | None = None) -> None:
         self.federation_id = federation_id
         self.public_key = public_key
+        self.anchor = anchor
         self._view: DirectoryView | None = None
 
     @property
@@ -144,9 +152,30 @@ class TrustedDirectory:
         return entry.tls_cert_sha256 if entry else b""
 
     def accept(self, signed: pb.SignedDirectory, now_ms: int) -> DirectoryView:
-        view = verify_directory(signed, self.public_key, self.federation_id, now_ms, self.version)
+        try:
+            view = verify_directory(signed, self.public_key, self.federation_id, now_ms, self.version)
+        except Rejected as exc:
+            successor = self._successor()
+            if exc.reason != Reason.DIRECTORY_UNSIGNED or successor is None:
+                raise
+            view = verify_directory(signed, successor, self.federation_id, now_ms, self.version)
+            self._trust(successor)
         self._view = view
         return view
+
+    def _successor(self) -> ed25519.Ed25519PublicKey | None:
+        named = self._view.directory.next_signing_key if self._view else b""
+        return ed25519.Ed25519PublicKey.from_public_bytes(named) if len(named) == 32 else None
+
+    def _trust(self, key: ed25519.Ed25519PublicKey) -> None:
+        """From now on, and after a restart, only `key` signs directories."""
+        if self.anchor is not None:
+            write_atomic(
+                self.anchor,
+                key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+            )
+        self.public_key = key
+        log.warning("directory.key_rotated", anchor=str(self.anchor or ""))
 
     def serving(self, now_ms: int) -> bool:
         """Whether a current directory is held; when not, the process fails closed."""

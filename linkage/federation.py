@@ -22,7 +22,7 @@ from linkage import jurisdictions
 from linkage.codelists import CodeLists
 from linkage.configcheck import is_address
 from linkage.directory import sign_directory
-from linkage.files import write_atomic, write_private
+from linkage.files import fsync_dir, write_atomic, write_private
 from linkage.ids import is_node_id
 from linkage.keys import MessageKeys, finish_rotation, load_ed25519, raw_public, raw_public_pq, write_private_pem
 from linkage.pki import (
@@ -426,6 +426,35 @@ def revoke_node(fed: Federation, node_id: str) -> None:
 
 
 MAX_VALIDITY_DAYS = 365
+NEXT_DIRECTORY_KEY = "directory.next.key"
+
+
+def stage_directory_key(fed: Federation) -> bytes:
+    """The first step of rotating the directory signing key: a new key, which every directory
+    published from now names as the successor (`next_signing_key`). Returns its public half;
+    running it again keeps the key it staged."""
+    staged = fed.root / NEXT_DIRECTORY_KEY
+    if not staged.exists():
+        write_private_pem(staged, ed25519.Ed25519PrivateKey.generate())
+    return raw_public(load_ed25519(staged))
+
+
+def finish_directory_key(fed: Federation) -> None:
+    """The second step: the staged key signs from now on, and the old one is destroyed. Only
+    once the directory last published names it, so that every process that took that one
+    takes what the new key signs; safe to run again after a crash at any point."""
+    staged, current, public = fed.root / NEXT_DIRECTORY_KEY, fed.root / "directory.key", fed.root / "directory.pub"
+    if staged.exists():
+        directory = pb.Directory.FromString(pb.SignedDirectory.FromString(fed.directory_path.read_bytes()).directory)
+        if directory.next_signing_key != raw_public(load_ed25519(staged)):
+            raise FederationError(
+                "the directory last published does not name the new key: publish one (linkage federation "
+                "publish) and let every node and the gateway take it, then finish"
+            )
+        os.replace(staged, current)
+        fsync_dir(fed.root)
+    key = load_ed25519(current).public_key()
+    write_atomic(public, key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def publish_directory(
@@ -449,6 +478,8 @@ def publish_directory(
         nodes=[pb.NodeEntry.FromString(p.read_bytes()) for p in sorted(fed.entries.glob("*.pb"))],
         gateways=[pb.GatewayEntry.FromString(p.read_bytes()) for p in sorted(fed.root.glob("gateway-*.pb"))],
     )
+    if (staged := fed.root / NEXT_DIRECTORY_KEY).exists():  # a rotation of the directory key under way
+        directory.next_signing_key = raw_public(load_ed25519(staged))
     signed = sign_directory(directory, load_ed25519(fed.root / "directory.key"))
     data = signed.SerializeToString()
     for target in (fed.directory_path, *(d / "directory.pb" for d in copy_to)):

@@ -14,8 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from linkage import logs
 from linkage.clock import Clock, SystemClock
-from linkage.config import ConfigError, NodeConfig, load_directory_key
-from linkage.directory import TrustedDirectory
+from linkage.config import ConfigError, NodeConfig
 from linkage.keys import MessageKeys
 from linkage.metrics import MetricsEndpoint
 from linkage.pki import CertificateProblem, spiffe_id
@@ -65,9 +64,7 @@ class NodeServer:
     def __init__(self, config: NodeConfig, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.trust = TrustedDirectory(
-            config.federation.federation_id, load_directory_key(config.federation.directory_public_key)
-        )
+        self.trust = config.federation.trusted_directory()
         self.health = health.aio.HealthServicer()
         self.feed = InboxFeed()
         self._tasks: list[asyncio.Task[None]] = []
@@ -100,6 +97,7 @@ class NodeServer:
                 if view.version != held and self.store is not None:
                     async with self.store.tx() as tx:
                         await tx.audit("directory.accepted", detail={"version": view.version, "previous": held})
+                    await self._report_serving()  # one that started without a current directory now has one
         except Rejected as exc:
             log.warning("directory.refused", reason=exc.reason.value, source="gateway")
         await self.check_certificate()  # a stream to come opens with a renewed certificate

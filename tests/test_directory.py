@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from linkage.config import load_directory_key
 from linkage.directory import TrustedDirectory, sign_directory
+from linkage.keys import raw_public
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2
 from tests.crypto_fixtures import FED, NOW, make_keyring
@@ -84,3 +89,31 @@ def test_when_the_directory_and_a_nodes_last_key_lapse(key: ed25519.Ed25519Priva
     assert trust.expires_at_ms == NOW + 500
     assert trust.keys_expire_at_ms("csc") == NOW + 2000  # the later of two generations
     assert trust.keys_expire_at_ms("nobody") == 0
+
+
+def test_a_successor_key_named_by_the_held_directory_is_trusted_for_good_and_the_old_one_no_more(
+    key: ed25519.Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    successor, stranger = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    anchor = tmp_path / "directory.pub"
+    anchor.write_bytes(_pem(key.public_key()))
+    trust = TrustedDirectory(FED, load_directory_key(anchor), anchor=anchor)
+    trust.accept(_signed(key, 1), NOW)
+    assert _refused(trust, _signed(successor, 2)) == Reason.DIRECTORY_UNSIGNED  # nobody named it yet
+
+    naming = directory_pb2.Directory(federation_id=FED, version=2, expires_at_ms=NOW + 1000)
+    naming.next_signing_key = raw_public(successor)
+    trust.accept(sign_directory(naming, key), NOW)
+    assert anchor.read_bytes() == _pem(key.public_key())  # named, not yet used: nothing changes
+    assert _refused(trust, _signed(stranger, 3)) == Reason.DIRECTORY_UNSIGNED
+
+    trust.accept(_signed(successor, 3), NOW)
+    assert anchor.read_bytes() == _pem(successor.public_key())  # a restart trusts it too
+    assert _refused(trust, _signed(key, 4)) == Reason.DIRECTORY_UNSIGNED  # the old key is retired
+    trust.accept(_signed(successor, 4), NOW)
+    restarted = TrustedDirectory(FED, load_directory_key(anchor), anchor=anchor)
+    restarted.accept(_signed(successor, 4), NOW)
+
+
+def _pem(public: ed25519.Ed25519PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -10,18 +10,28 @@ import json
 import shutil
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from linkage import stories
-from linkage.clock import ManualClock
+from linkage.clock import ManualClock, SystemClock
 from linkage.config import load_directory_key
 from linkage.directory import TrustedDirectory
 from linkage.envelope import open_envelope, signing_generation
-from linkage.federation import Federation, FederationError, publish_directory, rotate_keys
-from linkage.keys import MessageKeys, RotationUnfinished, raw_public, write_private_pem
+from linkage.federation import (
+    Federation,
+    FederationError,
+    finish_directory_key,
+    publish_directory,
+    rotate_keys,
+    stage_directory_key,
+)
+from linkage.keys import MessageKeys, RotationUnfinished, load_ed25519, raw_public, write_private_pem
 from linkage.reasons import Reason, Rejected
+from linkage.transport import api_channel
 from linkage.v1 import directory_pb2, envelope_pb2, node_api_pb2
 from tests.crypto_fixtures import seal
 from tests.file_crashes import Crash, crash_at, readable_by_others
@@ -272,3 +282,64 @@ async def _settled(cluster: Cluster, node: str, share_id: str) -> list[tuple[str
             if status.settled:
                 return [(r.node_id, r.state) for r in status.recipients]
     raise AssertionError(f"the watch of {share_id} ended before it settled")
+
+
+async def test_the_directory_key_is_rotated_without_touching_a_node_or_the_gateway(tmp_path: Path) -> None:
+    """Until now a new directory signing key (a stolen one, say) meant copying its public half
+    to every bundle by hand. The directory now names its successor, and each process moves to
+    it as it takes a directory the successor signed, and keeps it across a restart."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
+    fed, gateway_dir = federation.fed, federation.gateway_config.data_dir
+    anchors = [federation.gateway_config.federation.directory_public_key] + [
+        c.federation.directory_public_key for c in federation.node_configs.values()
+    ]
+    old = {a.read_bytes() for a in anchors}
+    async with running(federation) as cluster:
+        assessment_id = await family_assessment(cluster)
+
+        async def publish() -> None:
+            publish_directory(fed, SystemClock().now_ms(), copy_to=(gateway_dir,))
+            await cluster.gateway.check_directory()
+            for node in cluster.nodes.values():
+                await node.check_directory()
+
+        stage_directory_key(fed)
+        with pytest.raises(FederationError, match="does not name the new key"):
+            finish_directory_key(fed)  # no process could take what the new key signs
+        await publish()
+        assert {a.read_bytes() for a in anchors} == old  # named, not yet used
+        finish_directory_key(fed)
+        await publish()
+        assert {a.read_bytes() for a in anchors} == {(fed.root / "directory.pub").read_bytes()} != old
+        assert cluster.gateway.trust.version == cluster.nodes["csc"].trust.version == 3
+
+        await cluster.stop_node("csc")  # its own copy of the directory is the old key's: it fetches anew
+        await cluster.start_node("csc")
+        assert cluster.nodes["csc"].trust.version == 3
+        health: Any = health_pb2_grpc.HealthStub(cluster.closes(api_channel(cluster.nodes["csc"].config.api_socket)))
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+        shared = await share(cluster, assessment_id)
+        assert await _settled(cluster, "amh", shared.share_id) == [("csc", "delivered")]
+
+
+def test_finishing_a_directory_key_rotation_cut_short_at_any_point_and_running_it_again(tmp_path: Path) -> None:
+    step = 0
+    while True:
+        step += 1
+        federation = make_federation(tmp_path / str(step), SystemClock(), nodes=("amh",))
+        fed = federation.fed
+        new = stage_directory_key(fed)
+        publish_directory(fed, SystemClock().now_ms())
+        try:
+            with crash_at(step):
+                finish_directory_key(fed)
+            finished = True
+        except Crash:
+            finished = False
+        load_ed25519(fed.root / "directory.key")  # whole, the old key or the new
+        finish_directory_key(fed)
+        assert raw_public(load_ed25519(fed.root / "directory.key")) == new
+        assert load_directory_key(fed.root / "directory.pub").public_bytes_raw() == new
+        if finished:
+            break
+    assert step > 2

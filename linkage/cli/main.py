@@ -123,6 +123,26 @@ def _federation_renew_tls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federation_rotate_directory_key(args: argparse.Namespace) -> int:
+    from linkage.federation import Federation, finish_directory_key, stage_directory_key
+
+    fed = Federation.open(args.dir)
+    if args.finish:
+        finish_directory_key(fed)
+        print(
+            "the new directory key signs from now on; the old one is destroyed. Publish "
+            "(linkage federation publish): each process takes it, as the directory it holds names its key"
+        )
+    else:
+        staged = stage_directory_key(fed)
+        print(
+            f"staged a new directory key ({staged.hex()}): publish now, and every directory names it as the "
+            "successor; once every node and the gateway hold such a directory (a node looks every 5 minutes), "
+            "run this again with --finish"
+        )
+    return 0
+
+
 def _federation_publish(args: argparse.Namespace) -> int:
     from linkage.federation import Federation, publish_directory
 
@@ -244,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="write the new certificate here instead (to copy it into place)")
     p.set_defaults(handler=_federation_renew_tls)
+
+    p = fed_cmds.add_parser(
+        "rotate-directory-key", help="replace the key that signs the directory, without touching any node or gateway"
+    )
+    p.add_argument("--dir", type=Path, required=True, help="the federation folder")
+    p.add_argument("--finish", action="store_true", help="the second step: the new key signs, the old is destroyed")
+    p.set_defaults(handler=_federation_rotate_directory_key)
 
     p = fed_cmds.add_parser("revoke", help="revoke a node (takes effect with the next published directory)")
     p.add_argument("--dir", type=Path, required=True, help="the federation folder")

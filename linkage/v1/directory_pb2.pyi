@@ -195,11 +195,17 @@ class Directory(_message.Message):
     SUITE_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
     GATEWAYS_FIELD_NUMBER: _builtins.int
+    NEXT_SIGNING_KEY_FIELD_NUMBER: _builtins.int
     federation_id: _builtins.str
     version: _builtins.int
     issued_at_ms: _builtins.int
     expires_at_ms: _builtins.int
     suite: Global___HpkeSuite.ValueType
+    next_signing_key: _builtins.bytes
+    """The key that signs this federation's directories after a rotation of the signing key
+    (Ed25519, 32 raw bytes; `federation rotate-directory-key`): a process that trusts this
+    directory takes a newer one signed by it, and from then on trusts that key only.
+    """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeEntry]: ...
     @_builtins.property
@@ -214,10 +220,11 @@ class Directory(_message.Message):
         suite: Global___HpkeSuite.ValueType = ...,
         nodes: _abc.Iterable[Global___NodeEntry] | None = ...,
         gateways: _abc.Iterable[Global___GatewayEntry] | None = ...,
+        next_signing_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "federation_id", b"federation_id", "gateways", b"gateways", "issued_at_ms", b"issued_at_ms", "nodes", b"nodes", "suite", b"suite", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "federation_id", b"federation_id", "gateways", b"gateways", "issued_at_ms", b"issued_at_ms", "next_signing_key", b"next_signing_key", "nodes", b"nodes", "suite", b"suite", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
