@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from linkage import logs
 from linkage.files import write_atomic
+from linkage.keys import public_pem
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2 as pb
 
@@ -170,10 +170,10 @@ class TrustedDirectory:
     def _trust(self, key: ed25519.Ed25519PublicKey) -> None:
         """From now on, and after a restart, only `key` signs directories."""
         if self.anchor is not None:
-            write_atomic(
-                self.anchor,
-                key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
-            )
+            try:
+                write_atomic(self.anchor, public_pem(key))
+            except OSError as exc:  # trusted all the same until a restart, which then fails closed: said loudly
+                log.error("directory.key_not_saved", anchor=str(self.anchor), error=exc.strerror)
         self.public_key = key
         log.warning("directory.key_rotated", anchor=str(self.anchor or ""))
 

@@ -15,7 +15,6 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from linkage import jurisdictions
@@ -24,7 +23,15 @@ from linkage.configcheck import is_address
 from linkage.directory import sign_directory
 from linkage.files import fsync_dir, write_atomic, write_private
 from linkage.ids import is_node_id
-from linkage.keys import MessageKeys, finish_rotation, load_ed25519, raw_public, raw_public_pq, write_private_pem
+from linkage.keys import (
+    MessageKeys,
+    finish_rotation,
+    load_ed25519,
+    public_pem,
+    raw_public,
+    raw_public_pq,
+    write_private_pem,
+)
 from linkage.pki import (
     CertificateAuthority,
     CertificateProblem,
@@ -96,7 +103,7 @@ def init_federation(root: Path, federation_id: str, now_ms: int, suite: str = "c
     write_private_pem(root / "directory.key", signing)
     write_atomic(
         root / "directory.pub",
-        signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        public_pem(signing.public_key()),
     )
     LinkageKey(version=1, key=os.urandom(32)).save(root / "linkage.key")
     (root / "entries").mkdir(exist_ok=True)  # a run a crash cut short may have made it
@@ -454,7 +461,7 @@ def finish_directory_key(fed: Federation) -> None:
         os.replace(staged, current)
         fsync_dir(fed.root)
     key = load_ed25519(current).public_key()
-    write_atomic(public, key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    write_atomic(public, public_pem(key))
 
 
 def publish_directory(

@@ -48,6 +48,11 @@ def load_x25519(path: Path) -> x25519.X25519PrivateKey:
     return key
 
 
+def public_pem(key: ed25519.Ed25519PublicKey) -> bytes:
+    """A public key as its file holds it (the directory key's `directory.pub`)."""
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def raw_public(key: ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 

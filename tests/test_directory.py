@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from linkage.config import load_directory_key
 from linkage.directory import TrustedDirectory, sign_directory
-from linkage.keys import raw_public
+from linkage.keys import public_pem, raw_public
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2
 from tests.crypto_fixtures import FED, NOW, make_keyring
@@ -96,7 +97,7 @@ def test_a_successor_key_named_by_the_held_directory_is_trusted_for_good_and_the
 ) -> None:
     successor, stranger = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
     anchor = tmp_path / "directory.pub"
-    anchor.write_bytes(_pem(key.public_key()))
+    anchor.write_bytes(public_pem(key.public_key()))
     trust = TrustedDirectory(FED, load_directory_key(anchor), anchor=anchor)
     trust.accept(_signed(key, 1), NOW)
     assert _refused(trust, _signed(successor, 2)) == Reason.DIRECTORY_UNSIGNED  # nobody named it yet
@@ -104,16 +105,26 @@ def test_a_successor_key_named_by_the_held_directory_is_trusted_for_good_and_the
     naming = directory_pb2.Directory(federation_id=FED, version=2, expires_at_ms=NOW + 1000)
     naming.next_signing_key = raw_public(successor)
     trust.accept(sign_directory(naming, key), NOW)
-    assert anchor.read_bytes() == _pem(key.public_key())  # named, not yet used: nothing changes
+    assert anchor.read_bytes() == public_pem(key.public_key())  # named, not yet used: nothing changes
     assert _refused(trust, _signed(stranger, 3)) == Reason.DIRECTORY_UNSIGNED
 
     trust.accept(_signed(successor, 3), NOW)
-    assert anchor.read_bytes() == _pem(successor.public_key())  # a restart trusts it too
+    assert anchor.read_bytes() == public_pem(successor.public_key())  # a restart trusts it too
     assert _refused(trust, _signed(key, 4)) == Reason.DIRECTORY_UNSIGNED  # the old key is retired
     trust.accept(_signed(successor, 4), NOW)
     restarted = TrustedDirectory(FED, load_directory_key(anchor), anchor=anchor)
     restarted.accept(_signed(successor, 4), NOW)
 
 
-def _pem(public: ed25519.Ed25519PublicKey) -> bytes:
-    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+def test_a_successor_key_that_cannot_be_saved_is_trusted_until_a_restart_and_said_loudly(
+    key: ed25519.Ed25519PrivateKey, tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    successor = ed25519.Ed25519PrivateKey.generate()
+    trust = TrustedDirectory(FED, key.public_key(), anchor=tmp_path / "gone" / "directory.pub")
+    naming = directory_pb2.Directory(federation_id=FED, version=1, expires_at_ms=NOW + 1000)
+    naming.next_signing_key = raw_public(successor)
+    trust.accept(sign_directory(naming, key), NOW)
+    trust.accept(_signed(successor, 2), NOW)
+    assert trust.version == 2
+    (unsaved,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "key_not_saved" in line]
+    assert unsaved["level"] == "error" and unsaved["error"] == "No such file or directory"
