@@ -12,7 +12,7 @@ import pytest
 
 from linkage.cli.directory_listing import DAY_MS, listing
 from linkage.clock import SystemClock
-from linkage.federation import publish_directory, renew_certificate, revoke_node
+from linkage.federation import publish_directory, renew_certificate, revoke_node, stage_directory_key
 from tests.harness import make_federation
 
 
@@ -82,3 +82,12 @@ def test_the_own_tls_certificate_is_warned_of_before_it_lapses_and_while_no_dire
     assert any("publish the directory its renewal made" in w for w in waiting["warnings"])
     publish_directory(federation.fed, now, copy_to=(config.data_dir,))
     assert listing(config, now)["tls_certificate"]["pinned"]
+
+
+def test_a_rotation_of_the_directory_key_under_way_is_shown(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, SystemClock(), ("amh",))
+    config = federation.node_configs["amh"]
+    assert listing(config, SystemClock().now_ms())["next_signing_key"] == ""
+    staged = stage_directory_key(federation.fed)
+    publish_directory(federation.fed, SystemClock().now_ms(), copy_to=(config.data_dir,))
+    assert listing(config, SystemClock().now_ms())["next_signing_key"] == staged.hex()

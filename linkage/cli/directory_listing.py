@@ -77,6 +77,7 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
         "suite": directory_pb2.HpkeSuite.Name(d.suite).removeprefix("HPKE_SUITE_"),
         "bytes": size,
         "gateways": [{"gateway_id": g.gateway_id, "witness": bool(g.witness_public_key)} for g in d.gateways],
+        "next_signing_key": d.next_signing_key.hex(),  # a rotation of the directory key under way
         "nodes": nodes,
         "tls_certificate": certificate,
         "warnings": warnings,
@@ -121,6 +122,8 @@ def show(args: argparse.Namespace) -> int:
         f"{found['expires']} (in {found['expires_in_days']} days); suite {found['suite']}; "
         f"{found['bytes'] / 1024:,.1f} KiB signed"
     )
+    if found["next_signing_key"]:
+        print(f"Successor directory key named (a rotation under way): {found['next_signing_key']}")
     for g in found["gateways"]:
         print(f"Gateway {g['gateway_id']}{', witness key named' if g['witness'] else ', no witness key'}")
     active = sum(n["status"] == "active" for n in found["nodes"])
