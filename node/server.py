@@ -88,18 +88,8 @@ class NodeServer:
     async def _on_connect(self) -> None:
         """Before each stream: take a newer directory, then re-assert every subscription."""
         assert self.link is not None
-        held = self.trust.version
-        signed = await self.link.fetch_directory(held)
-        try:
-            if signed is not None:  # None: the one held is the gateway's
-                view = self.trust.accept(signed, self.clock.now_ms())
-                log.info("directory.loaded", version=view.version, source="gateway")
-                if view.version != held and self.store is not None:
-                    async with self.store.tx() as tx:
-                        await tx.audit("directory.accepted", detail={"version": view.version, "previous": held})
-                    await self._report_serving()  # one that started without a current directory now has one
-        except Rejected as exc:
-            log.warning("directory.refused", reason=exc.reason.value, source="gateway")
+        if (signed := await self.link.fetch_directory(self.trust.version)) is not None:  # None: it is the one held
+            await self._take_directory(signed)
         await self.check_certificate()  # a stream to come opens with a renewed certificate
         await self.cases.reassert_subscriptions()
 
@@ -108,12 +98,28 @@ class NodeServer:
         if self.link is not None and self.link.connected.is_set():
             try:
                 if (signed := await self.link.fetch_directory(self.trust.version)) is not None:
-                    self.trust.accept(signed, self.clock.now_ms())
+                    await self._take_directory(signed)
             except grpc.aio.AioRpcError as exc:  # tried again at the next check; said, so it is not silent until expiry
                 log.warning("directory.fetch_failed", status=exc.code().name)
-            except Rejected as exc:
-                log.warning("directory.refused", reason=exc.reason.value, source="gateway")
         await self._report_serving()
+
+    async def _take_directory(self, signed: directory_pb2.SignedDirectory) -> None:
+        """A directory from the gateway, if newer and valid; a new version is audited, with
+        the key that signs it when that changed (the federation rotated it)."""
+        held, signer = self.trust.version, self.trust.public_key
+        try:
+            view = self.trust.accept(signed, self.clock.now_ms())
+        except Rejected as exc:
+            log.warning("directory.refused", reason=exc.reason.value, source="gateway")
+            return
+        log.info("directory.loaded", version=view.version, source="gateway")
+        if view.version == held:
+            return
+        detail: dict[str, Any] = {"version": view.version, "previous": held}
+        if self.trust.public_key != signer:
+            detail["signing_key"] = self.trust.public_key.public_bytes_raw().hex()
+        await self._recorded("directory.accepted", detail, failed="directory.accept_not_audited")
+        await self._report_serving()  # one that started without a current directory now has one
 
     async def reload(self) -> None:
         """On SIGHUP, and every few minutes: a newer directory, rotated message keys, renewed TLS files."""

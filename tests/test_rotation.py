@@ -312,6 +312,9 @@ async def test_the_directory_key_is_rotated_without_touching_a_node_or_the_gatew
         await publish()
         assert {a.read_bytes() for a in anchors} == {(fed.root / "directory.pub").read_bytes()} != old
         assert cluster.gateway.trust.version == cluster.nodes["csc"].trust.version == 3
+        taken = [e["detail"] for e in await audit_events(cluster.nodes["amh"]) if e["event"] == "directory.accepted"]
+        new_key = load_directory_key(fed.root / "directory.pub").public_bytes_raw().hex()
+        assert taken[-2:] == [{"version": 2, "previous": 1}, {"version": 3, "previous": 2, "signing_key": new_key}]
 
         await cluster.stop_node("csc")  # its own copy of the directory is the old key's: it fetches anew
         await cluster.start_node("csc")
