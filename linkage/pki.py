@@ -70,6 +70,14 @@ def _uris(cert: x509.Certificate) -> list[str]:
     return names.get_values_for_type(x509.UniformResourceIdentifier)
 
 
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 class CertificateProblem(ValueError):
     """A certificate and key that must not be used, and why, in words an operator can act on."""
 
@@ -98,10 +106,8 @@ def check_certificate(
         raise CertificateProblem("the key file is not an unencrypted PEM private key of a kind TLS takes") from None
     if not matches:
         raise CertificateProblem("the key is not the certificate's (were both files replaced?)")
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        raise CertificateProblem("the certificate was not issued by the federation CA in the CA file") from None
+    if not _issued_by(cert, ca):
+        raise CertificateProblem("the certificate was not issued by the federation CA in the CA file")
     if identity_uri not in _uris(cert):
         raise CertificateProblem(f"the certificate does not name {identity_uri}")
     if not _millis(cert.not_valid_before_utc) <= now_ms <= _millis(cert.not_valid_after_utc):
@@ -191,10 +197,8 @@ class CertificateAuthority:
         """A certificate like `cert_pem` (one this CA issued), for the same key, names and
         uses, valid `days` from `now`: the member's private key never leaves it."""
         old = x509.load_pem_x509_certificate(cert_pem)
-        try:
-            old.verify_directly_issued_by(self.cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise CertificateProblem("the certificate was not issued by this federation's CA") from None
+        if not _issued_by(old, self.cert):
+            raise CertificateProblem("the certificate was not issued by this federation's CA")
         public_key = old.public_key()
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise CertificateProblem("the certificate's key is not the EC key this CA issues for")

@@ -104,16 +104,18 @@ def _federation_revoke(args: argparse.Namespace) -> int:
 
 def _federation_renew_tls(args: argparse.Namespace) -> int:
     from linkage.clock import utc_minute
-    from linkage.federation import CERT_VALIDITY_DAYS, Federation, renew_certificate
+    from linkage.federation import Federation, renew_certificate
+    from linkage.pki import certificate_facts, parse_spiffe_id
 
-    now = SystemClock().now_ms()
-    identity, fingerprint = renew_certificate(Federation.open(args.dir), args.cert, now, args.out)
+    fed, written = Federation.open(args.dir), args.out or args.cert
+    identity, fingerprint = renew_certificate(fed, args.cert, SystemClock().now_ms(), args.out)
+    _, lapses = certificate_facts(written.read_bytes())
     print(
-        f"renewed the certificate of {identity} for its own key, valid to "
-        f"{utc_minute(now + CERT_VALIDITY_DAYS * 86_400_000)}, in {args.out or args.cert} "
+        f"renewed the certificate of {identity} for its own key, valid to {utc_minute(lapses)}, in {written} "
         f"(SHA-256 {fingerprint.hex()})"
     )
-    if "/node/" in identity:
+    kind, _ = parse_spiffe_id(identity, fed.federation_id) or ("", "")
+    if kind == "node":
         print(
             "publish the directory now: the node moves to the new certificate once it holds that directory, "
             "without a restart (SIGHUP makes it look at once); the old one is accepted until it lapses"
