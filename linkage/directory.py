@@ -1,17 +1,20 @@
 """The signed federation directory: verification and look-ups.
 
 Nodes and the gateway accept a directory only if it is signed by the federation
-directory key (or the successor the directory they hold names), is for their
-federation, is not older than the one they hold, and has not expired (fail closed).
+directory key (or a key that one handed over to, in a chain of handovers each signed by
+the key it retires), is for their federation, is not older than the one they hold, and
+has not expired (fail closed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from google.protobuf.message import DecodeError
 
 from linkage import logs
 from linkage.files import write_atomic
@@ -20,12 +23,69 @@ from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2 as pb
 
 DIRECTORY_LABEL = b"linkage/v1/directory\x00"
+HANDOVER_LABEL = b"linkage/v1/directory-handover\x00"
 log = logs.get("directory")
 
 
 def sign_directory(directory: pb.Directory, key: ed25519.Ed25519PrivateKey) -> pb.SignedDirectory:
     body = directory.SerializeToString()
     return pb.SignedDirectory(directory=body, signature=key.sign(DIRECTORY_LABEL + body))
+
+
+def sign_handover(
+    federation_id: str, retiring: ed25519.Ed25519PrivateKey, to_key: bytes, at_ms: int
+) -> pb.SignedHandover:
+    """The retiring directory key's word that `to_key` signs the directory after it."""
+    body = pb.KeyHandover(
+        federation_id=federation_id, from_key=retiring.public_key().public_bytes_raw(), to_key=to_key, at_ms=at_ms
+    ).SerializeToString()
+    return pb.SignedHandover(handover=body, signature=retiring.sign(HANDOVER_LABEL + body))
+
+
+def handed_over(
+    signed: pb.SignedDirectory, trusted: ed25519.Ed25519PublicKey, federation_id: str
+) -> Iterator[ed25519.Ed25519PublicKey]:
+    """The keys the directory's handovers lead to from `trusted`, in order: each step signed
+    by the key before it, for this federation. A step anyone else signed leads nowhere."""
+    try:
+        steps = [
+            (pb.KeyHandover.FromString(h.handover), h) for h in pb.Directory.FromString(signed.directory).handovers
+        ]
+    except DecodeError:
+        return
+    key, seen = trusted, {trusted.public_bytes_raw()}
+    while True:
+        raw = key.public_bytes_raw()
+        step = next(
+            (
+                s
+                for s, h in steps
+                if s.from_key == raw
+                and s.federation_id == federation_id
+                and _verifies(key, h.signature, HANDOVER_LABEL + h.handover)
+            ),
+            None,
+        )
+        if step is None or step.to_key in seen:
+            return
+        try:
+            key = ed25519.Ed25519PublicKey.from_public_bytes(step.to_key)
+        except ValueError:  # not a key: no honest handover names one
+            return
+        seen.add(step.to_key)
+        yield key
+
+
+def _verifies(key: ed25519.Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        key.verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _signed_by(signed: pb.SignedDirectory, key: ed25519.Ed25519PublicKey) -> bool:
+    return _verifies(key, signed.signature, DIRECTORY_LABEL + signed.directory)
 
 
 @dataclass(frozen=True)
@@ -35,6 +95,7 @@ class DirectoryView:
     directory: pb.Directory
     signed: pb.SignedDirectory
     nodes: dict[str, pb.NodeEntry]
+    signer: bytes  # the directory key that signed it, Ed25519 raw
 
     @property
     def version(self) -> int:
@@ -99,10 +160,8 @@ def verify_directory(
     have_version: int = 0,
 ) -> DirectoryView:
     """Check signature, federation, version and expiry; return an indexed view."""
-    try:
-        public_key.verify(signed.signature, DIRECTORY_LABEL + signed.directory)
-    except InvalidSignature:
-        raise Rejected(Reason.DIRECTORY_UNSIGNED, "directory signature does not verify") from None
+    if not _signed_by(signed, public_key):
+        raise Rejected(Reason.DIRECTORY_UNSIGNED, "directory signature does not verify")
     directory = pb.Directory.FromString(signed.directory)
     if directory.federation_id != federation_id:
         raise Rejected(Reason.DIRECTORY_WRONG_FEDERATION, f"directory is for {directory.federation_id!r}")
@@ -111,14 +170,14 @@ def verify_directory(
     if now_ms >= directory.expires_at_ms:
         raise Rejected(Reason.DIRECTORY_EXPIRED, f"expired at {directory.expires_at_ms}")
     nodes = {n.node_id: n for n in directory.nodes}
-    return DirectoryView(directory=directory, signed=signed, nodes=nodes)
+    return DirectoryView(directory=directory, signed=signed, nodes=nodes, signer=public_key.public_bytes_raw())
 
 
 class TrustedDirectory:
     """The directory a process currently trusts; replaced only by a newer valid one.
 
-    Signed by the federation's directory key, or by the key the directory held names as its
-    successor: that one is then trusted instead, for good (it is written to `anchor`, the
+    Signed by the federation's directory key, or by a key the directory's handovers lead to
+    from it: that one is then trusted instead, for good (it is written to `anchor`, the
     process's copy of the directory key, before anything signed by it is taken)."""
 
     def __init__(self, federation_id: str, public_key: ed25519.Ed25519PublicKey, anchor: Path | None = None) -> None:
@@ -155,27 +214,28 @@ class TrustedDirectory:
         try:
             view = verify_directory(signed, self.public_key, self.federation_id, now_ms, self.version)
         except Rejected as exc:
-            successor = self._successor()
-            if exc.reason != Reason.DIRECTORY_UNSIGNED or successor is None:
+            if exc.reason != Reason.DIRECTORY_UNSIGNED:
                 raise
-            view = verify_directory(signed, successor, self.federation_id, now_ms, self.version)
-            self._trust(successor)
+            signer = next(
+                (k for k in handed_over(signed, self.public_key, self.federation_id) if _signed_by(signed, k)), None
+            )
+            if signer is None:
+                raise
+            view = verify_directory(signed, signer, self.federation_id, now_ms, self.version)
+            self._trust(signer)  # only once the whole directory passed: an expired or older one moves nothing
         self._view = view
         return view
 
-    def _successor(self) -> ed25519.Ed25519PublicKey | None:
-        named = self._view.directory.next_signing_key if self._view else b""
-        return ed25519.Ed25519PublicKey.from_public_bytes(named) if len(named) == 32 else None
-
     def _trust(self, key: ed25519.Ed25519PublicKey) -> None:
-        """From now on, and after a restart, only `key` signs directories."""
+        """From now on, and after a restart, only `key` signs directories. Without an anchor
+        (a command that only reads a bundle) the handover is followed quietly, and kept nowhere."""
         if self.anchor is not None:
             try:
                 write_atomic(self.anchor, public_pem(key))
-            except OSError as exc:  # trusted all the same until a restart, which then fails closed: said loudly
+            except OSError as exc:  # trusted all the same; a restart follows the handovers again: said loudly
                 log.error("directory.key_not_saved", anchor=str(self.anchor), error=exc.strerror)
+            log.warning("directory.key_rotated", anchor=str(self.anchor), signing_key=key.public_bytes_raw().hex())
         self.public_key = key
-        log.warning("directory.key_rotated", anchor=str(self.anchor or ""))
 
     def serving(self, now_ms: int) -> bool:
         """Whether a current directory is held; when not, the process fails closed."""

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from linkage import jurisdictions
 from linkage.codelists import CodeLists
 from linkage.configcheck import is_address
-from linkage.directory import sign_directory
+from linkage.directory import sign_directory, sign_handover
 from linkage.files import fsync_dir, write_atomic, write_private
 from linkage.ids import is_node_id
 from linkage.keys import (
@@ -436,32 +436,32 @@ MAX_VALIDITY_DAYS = 365
 NEXT_DIRECTORY_KEY = "directory.next.key"
 
 
-def stage_directory_key(fed: Federation) -> bytes:
-    """The first step of rotating the directory signing key: a new key, which every directory
-    published from now names as the successor (`next_signing_key`). Returns its public half;
-    running it again keeps the key it staged."""
-    staged = fed.root / NEXT_DIRECTORY_KEY
-    if not staged.exists():
-        write_private_pem(staged, ed25519.Ed25519PrivateKey.generate())
-    return raw_public(load_ed25519(staged))
-
-
-def finish_directory_key(fed: Federation) -> None:
-    """The second step: the staged key signs from now on, and the old one is destroyed. Only
-    once the directory last published names it, so that every process that took that one
-    takes what the new key signs; safe to run again after a crash at any point."""
+def rotate_directory_key(fed: Federation, now_ms: int) -> bytes:
+    """Replace the key that signs the directory: the old key signs a handover to a new one
+    (kept in federation.json, and carried by every directory published from now, so that a
+    process trusting any earlier key follows the chain), then is destroyed. Returns the new
+    key's public half. A rotation cut short at any point is finished by running it again."""
     staged, current, public = fed.root / NEXT_DIRECTORY_KEY, fed.root / "directory.key", fed.root / "directory.pub"
+    if not staged.exists() and public.read_bytes() == public_pem(load_ed25519(current).public_key()):
+        write_private_pem(staged, ed25519.Ed25519PrivateKey.generate())  # else: only the public half is left to do
     if staged.exists():
-        directory = pb.Directory.FromString(pb.SignedDirectory.FromString(fed.directory_path.read_bytes()).directory)
-        if directory.next_signing_key != raw_public(load_ed25519(staged)):
-            raise FederationError(
-                "the directory last published does not name the new key: publish one (linkage federation "
-                "publish) and let every node and the gateway take it, then finish"
-            )
+        new = raw_public(load_ed25519(staged))
+        meta_path = fed.root / "federation.json"
+        meta = json.loads(meta_path.read_text())
+        handovers = meta.get("directory_handovers", [])
+        if not any(h.to_key == new for h in _handovers(handovers)):
+            handover = sign_handover(fed.federation_id, load_ed25519(current), new, now_ms)
+            meta["directory_handovers"] = [*handovers, handover.SerializeToString().hex()]
+            write_atomic(meta_path, (json.dumps(meta) + "\n").encode())
         os.replace(staged, current)
         fsync_dir(fed.root)
-    key = load_ed25519(current).public_key()
-    write_atomic(public, public_pem(key))
+    key = load_ed25519(current)
+    write_atomic(public, public_pem(key.public_key()))
+    return raw_public(key)
+
+
+def _handovers(stored: list[str]) -> list[pb.KeyHandover]:
+    return [pb.KeyHandover.FromString(pb.SignedHandover.FromString(bytes.fromhex(h)).handover) for h in stored]
 
 
 def publish_directory(
@@ -485,8 +485,9 @@ def publish_directory(
         nodes=[pb.NodeEntry.FromString(p.read_bytes()) for p in sorted(fed.entries.glob("*.pb"))],
         gateways=[pb.GatewayEntry.FromString(p.read_bytes()) for p in sorted(fed.root.glob("gateway-*.pb"))],
     )
-    if (staged := fed.root / NEXT_DIRECTORY_KEY).exists():  # a rotation of the directory key under way
-        directory.next_signing_key = raw_public(load_ed25519(staged))
+    directory.handovers.extend(
+        pb.SignedHandover.FromString(bytes.fromhex(h)) for h in meta.get("directory_handovers", [])
+    )
     signed = sign_directory(directory, load_ed25519(fed.root / "directory.key"))
     data = signed.SerializeToString()
     for target in (fed.directory_path, *(d / "directory.pb" for d in copy_to)):

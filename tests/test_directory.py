@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from linkage.config import load_directory_key
-from linkage.directory import TrustedDirectory, sign_directory
+from linkage.directory import HANDOVER_LABEL, TrustedDirectory, sign_directory, sign_handover
 from linkage.keys import public_pem, raw_public
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2
@@ -92,39 +92,81 @@ def test_when_the_directory_and_a_nodes_last_key_lapse(key: ed25519.Ed25519Priva
     assert trust.keys_expire_at_ms("nobody") == 0
 
 
-def test_a_successor_key_named_by_the_held_directory_is_trusted_for_good_and_the_old_one_no_more(
+def _handing_over(
+    key: ed25519.Ed25519PrivateKey, version: int, *steps: directory_pb2.SignedHandover, expires: int = NOW + 1000
+) -> directory_pb2.SignedDirectory:
+    """A directory signed by `key` that carries `steps`, the history of the directory key."""
+    body = directory_pb2.Directory(federation_id=FED, version=version, expires_at_ms=expires, handovers=steps)
+    return sign_directory(body, key)
+
+
+def test_a_key_handed_over_to_is_trusted_for_good_and_the_old_ones_no_more(
     key: ed25519.Ed25519PrivateKey, tmp_path: Path
 ) -> None:
-    successor, stranger = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    """A process that trusts the first key, away for two rotations, follows both handovers
+    to the key that signs now, keeps it across a restart, and takes nothing the others sign."""
+    second, third = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
     anchor = tmp_path / "directory.pub"
     anchor.write_bytes(public_pem(key.public_key()))
     trust = TrustedDirectory(FED, load_directory_key(anchor), anchor=anchor)
     trust.accept(_signed(key, 1), NOW)
-    assert _refused(trust, _signed(successor, 2)) == Reason.DIRECTORY_UNSIGNED  # nobody named it yet
+    assert _refused(trust, _signed(third, 2)) == Reason.DIRECTORY_UNSIGNED  # nothing hands over to it
 
-    naming = directory_pb2.Directory(federation_id=FED, version=2, expires_at_ms=NOW + 1000)
-    naming.next_signing_key = raw_public(successor)
-    trust.accept(sign_directory(naming, key), NOW)
-    assert anchor.read_bytes() == public_pem(key.public_key())  # named, not yet used: nothing changes
-    assert _refused(trust, _signed(stranger, 3)) == Reason.DIRECTORY_UNSIGNED
-
-    trust.accept(_signed(successor, 3), NOW)
-    assert anchor.read_bytes() == public_pem(successor.public_key())  # a restart trusts it too
-    assert _refused(trust, _signed(key, 4)) == Reason.DIRECTORY_UNSIGNED  # the old key is retired
-    trust.accept(_signed(successor, 4), NOW)
+    history = (sign_handover(FED, key, raw_public(second), NOW), sign_handover(FED, second, raw_public(third), NOW))
+    view = trust.accept(_handing_over(third, 2, *reversed(history)), NOW)  # in any order
+    assert view.signer == raw_public(third)
+    assert anchor.read_bytes() == public_pem(third.public_key())  # a restart trusts it too
+    assert _refused(trust, _handing_over(key, 3, *history)) == Reason.DIRECTORY_UNSIGNED  # retired
+    assert _refused(trust, _handing_over(second, 3, *history)) == Reason.DIRECTORY_UNSIGNED
+    trust.accept(_handing_over(third, 3, *history), NOW)
     restarted = TrustedDirectory(FED, load_directory_key(anchor), anchor=anchor)
-    restarted.accept(_signed(successor, 4), NOW)
+    assert restarted.accept(_handing_over(third, 3, *history), NOW).signer == raw_public(third)
+
+    # One that took the first handover's directory already follows the second alone.
+    midway = TrustedDirectory(FED, second.public_key())
+    assert midway.accept(_handing_over(third, 3, *history), NOW).signer == raw_public(third)
 
 
-def test_a_successor_key_that_cannot_be_saved_is_trusted_until_a_restart_and_said_loudly(
+def test_handovers_that_do_not_lead_from_the_trusted_key_move_nothing(
+    key: ed25519.Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    new, stranger = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    anchor = tmp_path / "directory.pub"
+    anchor.write_bytes(public_pem(key.public_key()))
+    trust = TrustedDirectory(FED, load_directory_key(anchor), anchor=anchor)
+    trust.accept(_signed(key, 5), NOW)
+    forged = sign_handover(FED, stranger, raw_public(new), NOW)
+    claim = directory_pb2.KeyHandover(
+        federation_id=FED, from_key=raw_public(key), to_key=raw_public(new)
+    ).SerializeToString()
+    claimed = directory_pb2.SignedHandover(handover=claim, signature=stranger.sign(HANDOVER_LABEL + claim))
+    cases = {
+        "signed by another key": claimed,
+        "from another key": forged,
+        "for another federation": sign_handover("other.example", key, raw_public(new), NOW),
+        "to no key at all": sign_handover(FED, key, b"\x01" * 31, NOW),
+    }
+    for case, step in cases.items():
+        assert _refused(trust, _handing_over(new, 6, step)) == Reason.DIRECTORY_UNSIGNED, case
+    garbled = directory_pb2.SignedHandover(handover=b"\xff\xff", signature=b"")
+    assert _refused(trust, _handing_over(new, 6, garbled)) == Reason.DIRECTORY_UNSIGNED
+    # A true handover, but on a directory refused for another reason, moves the anchor nowhere.
+    true_step = sign_handover(FED, key, raw_public(new), NOW)
+    assert _refused(trust, _handing_over(new, 6, true_step, expires=NOW)) == Reason.DIRECTORY_EXPIRED
+    assert _refused(trust, _handing_over(new, 4, true_step)) == Reason.DIRECTORY_OLDER
+    assert anchor.read_bytes() == public_pem(key.public_key()) and trust.version == 5
+    # A handover back to a key already passed (a loop) ends the walk rather than spinning.
+    looped = (true_step, sign_handover(FED, new, raw_public(key), NOW))
+    assert _refused(trust, _handing_over(stranger, 6, *looped)) == Reason.DIRECTORY_UNSIGNED
+    assert trust.accept(_handing_over(new, 6, *looped), NOW).signer == raw_public(new)
+
+
+def test_a_key_handed_over_to_that_cannot_be_saved_is_trusted_until_a_restart_and_said_loudly(
     key: ed25519.Ed25519PrivateKey, tmp_path: Path, captured_logs: io.StringIO
 ) -> None:
-    successor = ed25519.Ed25519PrivateKey.generate()
+    new = ed25519.Ed25519PrivateKey.generate()
     trust = TrustedDirectory(FED, key.public_key(), anchor=tmp_path / "gone" / "directory.pub")
-    naming = directory_pb2.Directory(federation_id=FED, version=1, expires_at_ms=NOW + 1000)
-    naming.next_signing_key = raw_public(successor)
-    trust.accept(sign_directory(naming, key), NOW)
-    trust.accept(_signed(successor, 2), NOW)
+    trust.accept(_handing_over(new, 2, sign_handover(FED, key, raw_public(new), NOW)), NOW)
     assert trust.version == 2
     (unsaved,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "key_not_saved" in line]
     assert unsaved["level"] == "error" and unsaved["error"] == "No such file or directory"

@@ -12,7 +12,8 @@ import pytest
 
 from linkage.cli.directory_listing import DAY_MS, listing
 from linkage.clock import SystemClock
-from linkage.federation import publish_directory, renew_certificate, revoke_node, stage_directory_key
+from linkage.federation import publish_directory, renew_certificate, revoke_node, rotate_directory_key
+from linkage.keys import load_ed25519, raw_public
 from tests.harness import make_federation
 
 
@@ -84,10 +85,17 @@ def test_the_own_tls_certificate_is_warned_of_before_it_lapses_and_while_no_dire
     assert listing(config, now)["tls_certificate"]["pinned"]
 
 
-def test_a_rotation_of_the_directory_key_under_way_is_shown(tmp_path: Path) -> None:
+def test_the_directory_key_and_its_handovers_are_shown(tmp_path: Path) -> None:
     federation = make_federation(tmp_path, SystemClock(), ("amh",))
     config = federation.node_configs["amh"]
-    assert listing(config, SystemClock().now_ms())["next_signing_key"] == ""
-    staged = stage_directory_key(federation.fed)
+    first = listing(config, SystemClock().now_ms())
+    assert (
+        first["handovers"] == []
+        and first["signing_key"] == raw_public(load_ed25519(federation.fed.root / "directory.key")).hex()
+    )
+    new = rotate_directory_key(federation.fed, SystemClock().now_ms())
     publish_directory(federation.fed, SystemClock().now_ms(), copy_to=(config.data_dir,))
-    assert listing(config, SystemClock().now_ms())["next_signing_key"] == staged.hex()
+    shown = listing(config, SystemClock().now_ms())  # the bundle still holds the first key: read, never written
+    assert shown["signing_key"] == new.hex()
+    assert [(h["from_key"], h["to_key"]) for h in shown["handovers"]] == [(first["signing_key"], new.hex())]
+    assert config.federation.directory_public_key.read_bytes() != (federation.fed.root / "directory.pub").read_bytes()

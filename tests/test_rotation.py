@@ -24,10 +24,9 @@ from linkage.envelope import open_envelope, signing_generation
 from linkage.federation import (
     Federation,
     FederationError,
-    finish_directory_key,
     publish_directory,
+    rotate_directory_key,
     rotate_keys,
-    stage_directory_key,
 )
 from linkage.keys import MessageKeys, RotationUnfinished, load_ed25519, raw_public, write_private_pem
 from linkage.reasons import Reason, Rejected
@@ -286,63 +285,70 @@ async def _settled(cluster: Cluster, node: str, share_id: str) -> list[tuple[str
 
 async def test_the_directory_key_is_rotated_without_touching_a_node_or_the_gateway(tmp_path: Path) -> None:
     """Until now a new directory signing key (a stolen one, say) meant copying its public half
-    to every bundle by hand. The directory now names its successor, and each process moves to
-    it as it takes a directory the successor signed, and keeps it across a restart."""
+    to every bundle by hand. Now the old key hands over to the new one, and each process follows
+    the handovers as it takes a directory the new key signed, keeps the new key across a restart,
+    and trusts it alone: even a node that was stopped for the whole of two rotations."""
     federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
     fed, gateway_dir = federation.fed, federation.gateway_config.data_dir
-    anchors = [federation.gateway_config.federation.directory_public_key] + [
-        c.federation.directory_public_key for c in federation.node_configs.values()
-    ]
-    old = {a.read_bytes() for a in anchors}
+    away = federation.node_configs["csc"].federation.directory_public_key
+    anchors = [federation.gateway_config.federation.directory_public_key, away]
+    anchors.append(federation.node_configs["amh"].federation.directory_public_key)
+    first = away.read_bytes()
     async with running(federation) as cluster:
         assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")
 
         async def publish() -> None:
             publish_directory(fed, SystemClock().now_ms(), copy_to=(gateway_dir,))
             await cluster.gateway.check_directory()
-            for node in cluster.nodes.values():
-                await node.check_directory()
+            await cluster.nodes["amh"].check_directory()
 
-        stage_directory_key(fed)
-        with pytest.raises(FederationError, match="does not name the new key"):
-            finish_directory_key(fed)  # no process could take what the new key signs
-        await publish()
-        assert {a.read_bytes() for a in anchors} == old  # named, not yet used
-        finish_directory_key(fed)
-        await publish()
-        assert {a.read_bytes() for a in anchors} == {(fed.root / "directory.pub").read_bytes()} != old
-        assert cluster.gateway.trust.version == cluster.nodes["csc"].trust.version == 3
+        keys = []
+        for _ in range(2):
+            keys.append(rotate_directory_key(fed, SystemClock().now_ms()))
+            await publish()
+        new = (fed.root / "directory.pub").read_bytes()
+        assert [a.read_bytes() for a in anchors] == [new, first, new]  # the stopped node's, untouched
+        assert cluster.gateway.trust.version == cluster.nodes["amh"].trust.version == 3
         taken = [e["detail"] for e in await audit_events(cluster.nodes["amh"]) if e["event"] == "directory.accepted"]
-        new_key = load_directory_key(fed.root / "directory.pub").public_bytes_raw().hex()
-        assert taken[-2:] == [{"version": 2, "previous": 1}, {"version": 3, "previous": 2, "signing_key": new_key}]
+        assert taken[-2:] == [
+            {"version": 2, "previous": 1, "signing_key": keys[0].hex()},
+            {"version": 3, "previous": 2, "signing_key": keys[1].hex()},
+        ]
 
-        await cluster.stop_node("csc")  # its own copy of the directory is the old key's: it fetches anew
-        await cluster.start_node("csc")
-        assert cluster.nodes["csc"].trust.version == 3
+        await cluster.start_node("csc")  # its own directory is the first key's: the gateway's leads on from it
+        assert cluster.nodes["csc"].trust.version == 3 and away.read_bytes() == new
         health: Any = health_pb2_grpc.HealthStub(cluster.closes(api_channel(cluster.nodes["csc"].config.api_socket)))
         assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
         shared = await share(cluster, assessment_id)
         assert await _settled(cluster, "amh", shared.share_id) == [("csc", "delivered")]
 
 
-def test_finishing_a_directory_key_rotation_cut_short_at_any_point_and_running_it_again(tmp_path: Path) -> None:
+def test_a_directory_key_rotation_cut_short_at_any_point_is_finished_by_running_it_again(tmp_path: Path) -> None:
     step = 0
     while True:
         step += 1
         federation = make_federation(tmp_path / str(step), SystemClock(), nodes=("amh",))
         fed = federation.fed
-        new = stage_directory_key(fed)
-        publish_directory(fed, SystemClock().now_ms())
+        old = load_ed25519(fed.root / "directory.key")
         try:
             with crash_at(step):
-                finish_directory_key(fed)
+                rotate_directory_key(fed, SystemClock().now_ms())
             finished = True
         except Crash:
             finished = False
-        load_ed25519(fed.root / "directory.key")  # whole, the old key or the new
-        finish_directory_key(fed)
-        assert raw_public(load_ed25519(fed.root / "directory.key")) == new
+        left = raw_public(load_ed25519(fed.root / "directory.key"))  # whole, the old key or the new
+        # Cut short only in syncing its folder, the rotation was whole: running it again rotates anew.
+        whole = left != raw_public(old) and load_directory_key(fed.root / "directory.pub").public_bytes_raw() == left
+        new = rotate_directory_key(fed, SystemClock().now_ms())
         assert load_directory_key(fed.root / "directory.pub").public_bytes_raw() == new
+        signed = publish_directory(fed, SystemClock().now_ms())
+        assert len(signed.handovers) == (2 if finished or whole else 1)  # one cut short is finished, not doubled
+        trust = TrustedDirectory(FEDERATION_ID, old.public_key())
+        assert trust.accept(
+            directory_pb2.SignedDirectory.FromString(fed.directory_path.read_bytes()), SystemClock().now_ms()
+        )
+        assert trust.public_key.public_bytes_raw() == new
         if finished:
             break
-    assert step > 2
+    assert step > 3

@@ -12,7 +12,7 @@ from typing import Any
 
 from linkage.config import GatewayConfig, NodeConfig, load_directory_key
 from linkage.content import carried_summary
-from linkage.directory import DirectoryView, verify_directory
+from linkage.directory import DirectoryView, TrustedDirectory
 from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
 
 
@@ -20,12 +20,11 @@ def federation_directory(config: NodeConfig | GatewayConfig) -> DirectoryView:
     """The federation directory, signature checked; expiry is no reason to ignore history."""
     signed = directory_pb2.SignedDirectory.FromString(config.federation.directory.read_bytes())
     body = directory_pb2.Directory.FromString(signed.directory)
-    return verify_directory(
-        signed,
-        load_directory_key(config.federation.directory_public_key),
-        config.federation.federation_id,
-        body.issued_at_ms,
+    # Read only: a directory key's handovers are followed here, never written to the bundle.
+    trust = TrustedDirectory(
+        config.federation.federation_id, load_directory_key(config.federation.directory_public_key)
     )
+    return trust.accept(signed, body.issued_at_ms)
 
 
 def millis(option: str, text: str | None) -> int | None:

@@ -77,11 +77,17 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
         "suite": directory_pb2.HpkeSuite.Name(d.suite).removeprefix("HPKE_SUITE_"),
         "bytes": size,
         "gateways": [{"gateway_id": g.gateway_id, "witness": bool(g.witness_public_key)} for g in d.gateways],
-        "next_signing_key": d.next_signing_key.hex(),  # a rotation of the directory key under way
+        "signing_key": view.signer.hex(),
+        "handovers": [_handover(h) for h in d.handovers],  # of the directory key, oldest first
         "nodes": nodes,
         "tls_certificate": certificate,
         "warnings": warnings,
     }
+
+
+def _handover(signed: directory_pb2.SignedHandover) -> dict[str, str]:
+    step = directory_pb2.KeyHandover.FromString(signed.handover)
+    return {"from_key": step.from_key.hex(), "to_key": step.to_key.hex(), "at": when(step.at_ms)}
 
 
 def _own_certificate(
@@ -122,8 +128,11 @@ def show(args: argparse.Namespace) -> int:
         f"{found['expires']} (in {found['expires_in_days']} days); suite {found['suite']}; "
         f"{found['bytes'] / 1024:,.1f} KiB signed"
     )
-    if found["next_signing_key"]:
-        print(f"Successor directory key named (a rotation under way): {found['next_signing_key']}")
+    print(f"Signed by the directory key {found['signing_key']}")
+    if found["handovers"]:
+        print("Handovers of the directory key, each signed by the key it retired (oldest first):")
+    for h in found["handovers"]:
+        print(f"  {h['at']}: {h['from_key'][:16]}... to {h['to_key'][:16]}...")
     for g in found["gateways"]:
         print(f"Gateway {g['gateway_id']}{', witness key named' if g['witness'] else ', no witness key'}")
     active = sum(n["status"] == "active" for n in found["nodes"])

@@ -126,22 +126,14 @@ def _federation_renew_tls(args: argparse.Namespace) -> int:
 
 
 def _federation_rotate_directory_key(args: argparse.Namespace) -> int:
-    from linkage.federation import Federation, finish_directory_key, stage_directory_key
+    from linkage.federation import Federation, rotate_directory_key
 
-    fed = Federation.open(args.dir)
-    if args.finish:
-        finish_directory_key(fed)
-        print(
-            "the new directory key signs from now on; the old one is destroyed. Publish "
-            "(linkage federation publish): each process takes it, as the directory it holds names its key"
-        )
-    else:
-        staged = stage_directory_key(fed)
-        print(
-            f"staged a new directory key ({staged.hex()}): publish now, and every directory names it as the "
-            "successor; once every node and the gateway hold such a directory (a node looks every 5 minutes), "
-            "run this again with --finish"
-        )
+    new = rotate_directory_key(Federation.open(args.dir), SystemClock().now_ms())
+    print(
+        f"the directory is signed by a new key from now on ({new.hex()}); the old one handed over to it and is "
+        "destroyed. Publish now (linkage federation publish): each node and the gateway follow the handover as "
+        "they take that directory, even one away until long after, and trust the new key alone from then on"
+    )
     return 0
 
 
@@ -271,7 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate-directory-key", help="replace the key that signs the directory, without touching any node or gateway"
     )
     p.add_argument("--dir", type=Path, required=True, help="the federation folder")
-    p.add_argument("--finish", action="store_true", help="the second step: the new key signs, the old is destroyed")
     p.set_defaults(handler=_federation_rotate_directory_key)
 
     p = fed_cmds.add_parser("revoke", help="revoke a node (takes effect with the next published directory)")

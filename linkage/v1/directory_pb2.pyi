@@ -195,21 +195,24 @@ class Directory(_message.Message):
     SUITE_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
     GATEWAYS_FIELD_NUMBER: _builtins.int
-    NEXT_SIGNING_KEY_FIELD_NUMBER: _builtins.int
+    HANDOVERS_FIELD_NUMBER: _builtins.int
     federation_id: _builtins.str
     version: _builtins.int
     issued_at_ms: _builtins.int
     expires_at_ms: _builtins.int
     suite: Global___HpkeSuite.ValueType
-    next_signing_key: _builtins.bytes
-    """The key that signs this federation's directories after a rotation of the signing key
-    (Ed25519, 32 raw bytes; `federation rotate-directory-key`): a process that trusts this
-    directory takes a newer one signed by it, and from then on trusts that key only.
-    """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeEntry]: ...
     @_builtins.property
     def gateways(self) -> _containers.RepeatedCompositeFieldContainer[Global___GatewayEntry]: ...
+    @_builtins.property
+    def handovers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignedHandover]:
+        """Every handover of the key that signs this federation's directories, oldest first
+        (`federation rotate-directory-key`). Each is signed by the key it retires, so a process
+        that still trusts any earlier key (one away for a whole rotation, or more) follows them
+        to the key that signed this directory, and from then on trusts that key only.
+        """
+
     def __init__(
         self,
         *,
@@ -220,15 +223,73 @@ class Directory(_message.Message):
         suite: Global___HpkeSuite.ValueType = ...,
         nodes: _abc.Iterable[Global___NodeEntry] | None = ...,
         gateways: _abc.Iterable[Global___GatewayEntry] | None = ...,
-        next_signing_key: _builtins.bytes = ...,
+        handovers: _abc.Iterable[Global___SignedHandover] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "federation_id", b"federation_id", "gateways", b"gateways", "issued_at_ms", b"issued_at_ms", "next_signing_key", b"next_signing_key", "nodes", b"nodes", "suite", b"suite", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "federation_id", b"federation_id", "gateways", b"gateways", "handovers", b"handovers", "issued_at_ms", b"issued_at_ms", "nodes", b"nodes", "suite", b"suite", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Directory: _TypeAlias = Directory  # noqa: Y015
+
+@_typing.final
+class KeyHandover(_message.Message):
+    """One step in the history of the directory signing key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEDERATION_ID_FIELD_NUMBER: _builtins.int
+    FROM_KEY_FIELD_NUMBER: _builtins.int
+    TO_KEY_FIELD_NUMBER: _builtins.int
+    AT_MS_FIELD_NUMBER: _builtins.int
+    federation_id: _builtins.str
+    from_key: _builtins.bytes
+    """Ed25519, 32 raw bytes: the key retired"""
+    to_key: _builtins.bytes
+    """Ed25519, 32 raw bytes: the key that signs the directory after it"""
+    at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        federation_id: _builtins.str = ...,
+        from_key: _builtins.bytes = ...,
+        to_key: _builtins.bytes = ...,
+        at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "federation_id", b"federation_id", "from_key", b"from_key", "to_key", b"to_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyHandover: _TypeAlias = KeyHandover  # noqa: Y015
+
+@_typing.final
+class SignedHandover(_message.Message):
+    """`handover` holds the exact serialised KeyHandover bytes that were signed, by its
+    `from_key`: Ed25519 over "linkage/v1/directory-handover\\0" || handover.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOVER_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    handover: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        handover: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handover", b"handover", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedHandover: _TypeAlias = SignedHandover  # noqa: Y015
 
 @_typing.final
 class SignedDirectory(_message.Message):
