@@ -39,8 +39,11 @@ async def prepare(cluster: ProcessCluster) -> str:
     return recorded.assessment_id
 
 
-async def burst(cluster: ProcessCluster, assessment_id: str, kill: str, kill_after: int, accepted: set[str]) -> None:
-    """Up to BURST shares from amh; SIGKILL `kill` once `kill_after` of them were accepted."""
+async def burst(
+    cluster: ProcessCluster, assessment_id: str, kill: tuple[str, ...], kill_after: int, accepted: set[str]
+) -> None:
+    """Up to BURST shares from amh; SIGKILL the processes `kill` names once `kill_after` of
+    them were accepted."""
     api = cluster.api("amh")
     request = node_api_pb2.ShareSummaryRequest(
         actor=PRACTITIONER, assessment_id=assessment_id, decision=stories.override_decision()
@@ -53,7 +56,7 @@ async def burst(cluster: ProcessCluster, assessment_id: str, kill: str, kill_aft
     async def worker() -> None:
         nonlocal in_round
         for _ in remaining:
-            if killed.is_set() and kill == "amh":
+            if killed.is_set() and "amh" in kill:
                 return
             try:
                 response = await api.ShareSummary(request, timeout=10)
@@ -65,7 +68,8 @@ async def burst(cluster: ProcessCluster, assessment_id: str, kill: str, kill_aft
             accepted.add(response.share_id)
             in_round += 1
             if in_round == kill_after and not killed.is_set():
-                cluster.kill(kill)
+                for name in kill:
+                    cluster.kill(name)
                 killed.set()
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -106,7 +110,7 @@ async def run_rounds(tmp_path: Path, kill: str, seed: int, rounds: int = ROUNDS)
     async with process_cluster(federation, ("amh", "csc")) as cluster:
         assessment_id = await prepare(cluster)
         for _ in range(rounds):
-            await burst(cluster, assessment_id, kill, rng.randint(50, 600), accepted)
+            await burst(cluster, assessment_id, (kill,), rng.randint(50, 600), accepted)
             assert await cluster.reap(kill) == -9
             if kill == "gateway":
                 await cluster.start_gateway()
