@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import io
 import json
 import os
 import shutil
@@ -15,7 +16,9 @@ import sys
 import tracemalloc
 from collections.abc import Callable
 from contextlib import closing
+from itertools import count
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -24,6 +27,7 @@ from hypothesis import strategies as st
 from bench.audit import build
 from linkage import stories
 from linkage.auditlog import GENESIS, AuditEntry, chain_hash
+from linkage.cli import audit as audit_cli
 from linkage.cli.audit_entries import EntryFilter, find_entries
 from linkage.cli.main import build_parser
 from linkage.clock import SystemClock
@@ -571,3 +575,32 @@ def test_an_entrys_canonical_text_is_the_json_modules_sorted_compact_form(
     )
     fields = {name: getattr(entry, name) for name in AuditEntry.__dataclass_fields__}
     assert entry.canonical() == json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_an_export_cut_short_leaves_the_last_whole_one_and_nothing_for_others_to_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export is written beside its file and put in place only when every entry is in it,
+    readable by its owner alone: an export stopped part way (a full disk, a Ctrl-C) never
+    passes for the whole log, nor replaces the one made before it."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    toml = str(federation.node_configs["amh"].data_dir / "node.toml")
+    build(NodeConfig.load(Path(toml)).store_path, 300)
+    out = tmp_path / "evidence.csv"
+    args = build_parser().parse_args(["audit", "export", "--format", "csv", "--out", str(out), "--config", toml])
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        assert args.handler(args) == 0
+    whole = out.read_bytes()
+    assert len(whole.splitlines()) == 301 and out.stat().st_mode & 0o777 == 0o600
+    flat, written = audit_cli._flat, count()
+
+    def stopped_at_200(e: dict[str, Any]) -> dict[str, str]:
+        if next(written) == 200:
+            raise KeyboardInterrupt
+        return flat(e)
+
+    monkeypatch.setattr(audit_cli, "_flat", stopped_at_200)
+    with pytest.raises(KeyboardInterrupt), contextlib.redirect_stdout(io.StringIO()):
+        args.handler(args)
+    assert out.read_bytes() == whole
+    assert sorted(p.name for p in tmp_path.iterdir() if "evidence" in p.name) == ["evidence.csv"]

@@ -34,6 +34,7 @@ from linkage.cli.store_files import read_only_store
 from linkage.cli.values import count, link_token
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.directory import DirectoryView
+from linkage.files import written_whole
 from linkage.reasons import Rejected
 from linkage.tokens import IdentifierError, LinkageKey
 from linkage.transport import secure_channel
@@ -219,7 +220,7 @@ def verify(args: argparse.Namespace) -> int:
 def checkpoints_held(args: argparse.Namespace) -> int:
     """Checkpoints of another node's log that this node holds in its receipts."""
     config = NodeConfig.load(args.config)
-    with closing(read_only_store(config.store_path)) as db, args.out.open("w") as out:
+    with closing(read_only_store(config.store_path)) as db, written_whole(args.out) as out:
         count = 0
         for (receipt,) in db.execute(
             "SELECT receipt FROM outbox WHERE receipt IS NOT NULL AND recipient = ?", (args.of,)
@@ -318,7 +319,7 @@ def _flat(e: dict[str, Any]) -> dict[str, Any]:
 def export(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
     written = 0
-    with _entries(args, config) as entries, args.out.open("w", newline="") as out:
+    with _entries(args, config) as entries, written_whole(args.out) as out:
         if args.format == "csv":
             writer = csv.DictWriter(out, fieldnames=COLUMNS)
             writer.writeheader()
@@ -430,7 +431,8 @@ def report(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
     rows = report_rows(config, args.person)
     if args.html:
-        args.html.write_text(_html(config, args.person, rows))
+        with written_whole(args.html) as out:
+            out.write(_html(config, args.person, rows))
         print(f"wrote {len(rows)} entries to {args.html}")
         return 0
     if args.json:

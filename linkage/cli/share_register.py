@@ -29,6 +29,7 @@ from linkage.cli.audit_entries import (
 from linkage.cli.store_files import read_only_store
 from linkage.config import NodeConfig
 from linkage.directory import DirectoryView
+from linkage.files import written_whole
 from linkage.grounds import lawful_ground
 
 COLUMNS = [
@@ -215,7 +216,7 @@ def show(args: argparse.Namespace) -> int:
     sides = {side: [r for r in rows if r["direction"] == side] for side in ("sent", "received")}
     totals = {side: _totals(found, directory) for side, found in sides.items()}
     if args.csv:
-        with args.csv.open("w", newline="") as out:
+        with written_whole(args.csv) as out:
             writer = csv.DictWriter(out, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(_flat(r) for r in rows)
