@@ -27,7 +27,7 @@ from linkage.keys import load_ed25519, raw_public
 from linkage.metrics import MetricsEndpoint
 from linkage.pki import spiffe_id
 from linkage.reasons import Rejected
-from linkage.renewal import CertificateWatch, ServerCertificate
+from linkage.renewal import CertificateWatch, ServerCertificate, new_roots, write_roots
 from linkage.runtime import serve_until_signalled
 from linkage.transport import SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
@@ -69,6 +69,8 @@ class GatewayServer:
         signed = directory_pb2.SignedDirectory.FromString(self.config.federation.directory.read_bytes())
         view = self.trust.accept(signed, self.clock.now_ms())
         log.info("directory.loaded", version=view.version, nodes=len(view.nodes))
+        if (roots := new_roots(self.config.tls, view.directory.tls_roots)) is not None:
+            write_roots(self.config.tls, roots)  # the file watch presents and checks with them
         self._check_witness_key(view)
         for node_id, entry in view.nodes.items():  # a revoked node's open stream ends now
             session = self.sessions.get(node_id)

@@ -15,6 +15,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from linkage import jurisdictions
@@ -36,6 +38,7 @@ from linkage.pki import (
     CertificateAuthority,
     CertificateProblem,
     cert_fingerprint,
+    chains_to,
     identities,
     parse_spiffe_id,
     spiffe_id,
@@ -45,6 +48,10 @@ from linkage.v1 import directory_pb2 as pb
 
 KEY_VALIDITY_DAYS = 365
 CERT_VALIDITY_DAYS = 90
+ROOTS = "roots.pem"  # the CAs members trust (federation folder, and every directory)
+CROSS = "ca.cross.pem"  # the issuing CA certified by the one before it, while a rotation runs
+NEXT_CA = "ca.next"  # a new CA being put in place (.key, .pem)
+ISSUED = "issued"  # a copy of each member's current certificate: which CA issued it
 
 
 class FederationError(ValueError):
@@ -84,7 +91,27 @@ class Federation:
         return self.root / "directory.pb"
 
     def ca(self) -> CertificateAuthority:
+        """The CA that issues certificates now."""
         return CertificateAuthority.load(self.root)
+
+    def roots_pem(self) -> bytes:
+        """Every CA members trust: the one that issues, and while a rotation of the CA runs,
+        the one before it (a federation made before rotations has only ca.pem)."""
+        roots = self.root / ROOTS
+        return roots.read_bytes() if roots.exists() else (self.root / "ca.pem").read_bytes()
+
+    def roots(self) -> list[x509.Certificate]:
+        return x509.load_pem_x509_certificates(self.roots_pem())
+
+    def issued(self, kind: str, ident: str) -> Path:
+        """Where the federation keeps a copy of a member's current certificate."""
+        return self.root / ISSUED / f"{kind}-{ident}.pem"
+
+    def certificate(self, leaf: bytes) -> bytes:
+        """A certificate as its member sends it: after it, while a rotation of the CA runs,
+        the issuing CA certified by the one before, for members that trust only that one."""
+        cross = self.root / CROSS
+        return leaf + (cross.read_bytes() if cross.exists() else b"")
 
 
 def _now(now_ms: int) -> dt.datetime:
@@ -127,9 +154,11 @@ def _write_tls(fed: Federation, out: Path, kind: str, ident: str, now_ms: int, s
         ip_addresses=ips,
         server=server,
     )
+    fed.issued(kind, ident).parent.mkdir(exist_ok=True)
+    write_atomic(fed.issued(kind, ident), cert_pem)
     write_private(tls / f"{kind}.key", key_pem)
-    write_atomic(tls / f"{kind}.pem", cert_pem)
-    write_atomic(tls / "ca.pem", (fed.root / "ca.pem").read_bytes())
+    write_atomic(tls / f"{kind}.pem", fed.certificate(cert_pem))
+    write_atomic(tls / "ca.pem", fed.roots_pem())
     (out / "federation").mkdir(exist_ok=True)
     write_atomic(out / "federation" / "directory.pub", (fed.root / "directory.pub").read_bytes())
     return cert_fingerprint(cert_pem)
@@ -394,7 +423,7 @@ def renew_certificate(fed: Federation, cert_file: Path, now_ms: int, out: Path |
         raise FederationError(f"{cert_file} is not a certificate of a member of federation {fed.federation_id!r}")
     kind, ident = member
     try:
-        new_pem = fed.ca().renew(old_pem, _now(now_ms), CERT_VALIDITY_DAYS)
+        new_pem = fed.ca().renew(old_pem, _now(now_ms), CERT_VALIDITY_DAYS, fed.roots())
     except CertificateProblem as exc:
         raise FederationError(f"{cert_file}: {exc}") from None
     fingerprint = cert_fingerprint(new_pem)
@@ -418,7 +447,9 @@ def renew_certificate(fed: Federation, cert_file: Path, now_ms: int, out: Path |
         gateway = pb.GatewayEntry.FromString(path.read_bytes())
         gateway.tls_cert_sha256 = fingerprint  # for the record: nodes check its name and CA
         write_atomic(path, gateway.SerializeToString())
-    write_atomic(out or cert_file, new_pem)
+    fed.issued(kind, ident).parent.mkdir(exist_ok=True)
+    write_atomic(fed.issued(kind, ident), new_pem)
+    write_atomic(out or cert_file, fed.certificate(new_pem))
     return identity, fingerprint
 
 
@@ -464,6 +495,74 @@ def _handovers(stored: list[str]) -> list[pb.KeyHandover]:
     return [pb.KeyHandover.FromString(pb.SignedHandover.FromString(bytes.fromhex(h)).handover) for h in stored]
 
 
+def rotate_ca(fed: Federation, now_ms: int) -> bytes:
+    """Put a new federation CA in place, for a CA near its end or one whose key may be known.
+    The old CA certifies the new one (CROSS) before its key is destroyed; both are trusted
+    (ROOTS, and every directory published from now) until `retire_ca`. Certificates issued
+    meanwhile carry the cross-certificate, so a member that still trusts only the old CA
+    accepts them. Returns the new CA certificate's fingerprint; a rotation cut short at any
+    point is finished by running it again."""
+    staged = fed.root / f"{NEXT_CA}.pem"
+    if not staged.exists():
+        if len(fed.roots()) > 1:
+            raise FederationError(
+                "the CA is being rotated already: once every member runs a certificate the new CA issued, "
+                "retire the old one first (linkage federation rotate-ca --retire)"
+            )
+        meta = json.loads((fed.root / "federation.json").read_text())
+        meta["ca_generation"] = generation = int(meta.get("ca_generation", 1)) + 1  # its name: none repeats
+        write_atomic(fed.root / "federation.json", (json.dumps(meta) + "\n").encode())
+        CertificateAuthority.create(fed.federation_id, _now(now_ms), generation=generation).save(fed.root, NEXT_CA)
+    if fed.ca().cert != x509.load_pem_x509_certificate(staged.read_bytes()):  # the old CA still issues: it hands over
+        new, current = CertificateAuthority.load(fed.root, NEXT_CA), fed.ca()
+        cross = fed.root / CROSS
+        if not cross.exists() or x509.load_pem_x509_certificate(cross.read_bytes()).subject != new.cert.subject:
+            write_atomic(cross, current.cross_certify(new))
+        roots = [r for r in fed.roots() if r != new.cert] + [new.cert]
+        write_atomic(fed.root / ROOTS, b"".join(r.public_bytes(serialization.Encoding.PEM) for r in roots))
+        new.save(fed.root)  # the old key is gone from here on
+    (fed.root / f"{NEXT_CA}.key").unlink(missing_ok=True)
+    staged.unlink()  # last: while it is there, running this again finishes the rotation
+    fsync_dir(fed.root)
+    return _ca_fingerprint(fed.ca().cert)
+
+
+def retire_ca(fed: Federation) -> list[bytes]:
+    """End a rotation of the CA: only the issuing CA is trusted from the next directory.
+    Refused while any member's current certificate was issued by another. Returns the CAs
+    no longer trusted, by fingerprint."""
+    current = fed.ca().cert
+    behind = [
+        name
+        for name, copy in _members(fed)
+        if not copy.exists() or not chains_to(x509.load_pem_x509_certificate(copy.read_bytes()), [], [current])
+    ]
+    if behind:
+        raise FederationError(
+            f"{', '.join(behind)} still hold a certificate the previous CA issued: renew each (linkage federation "
+            "renew-tls) and publish, let each take it, then retire the old CA"
+        )
+    retired = [_ca_fingerprint(r) for r in fed.roots() if r != current]
+    write_atomic(fed.root / ROOTS, current.public_bytes(serialization.Encoding.PEM))
+    (fed.root / CROSS).unlink(missing_ok=True)
+    fsync_dir(fed.root)
+    return retired
+
+
+def _members(fed: Federation) -> list[tuple[str, Path]]:
+    """Each active node and each gateway, with where the copy of its current certificate is
+    kept (none for a member enrolled before the federation kept copies)."""
+    nodes = [pb.NodeEntry.FromString(p.read_bytes()) for p in sorted(fed.entries.glob("*.pb"))]
+    gateways = [pb.GatewayEntry.FromString(p.read_bytes()) for p in sorted(fed.root.glob("gateway-*.pb"))]
+    return [
+        (f"node {n.node_id}", fed.issued("node", n.node_id)) for n in nodes if n.status == pb.NODE_STATUS_ACTIVE
+    ] + [(f"gateway {g.gateway_id}", fed.issued("gateway", g.gateway_id)) for g in gateways]
+
+
+def _ca_fingerprint(cert: x509.Certificate) -> bytes:
+    return cert.fingerprint(hashes.SHA256())
+
+
 def publish_directory(
     fed: Federation, now_ms: int, validity_days: int = 7, copy_to: tuple[Path, ...] = ()
 ) -> pb.Directory:
@@ -485,6 +584,7 @@ def publish_directory(
         nodes=[pb.NodeEntry.FromString(p.read_bytes()) for p in sorted(fed.entries.glob("*.pb"))],
         gateways=[pb.GatewayEntry.FromString(p.read_bytes()) for p in sorted(fed.root.glob("gateway-*.pb"))],
     )
+    directory.tls_roots.extend(c.public_bytes(serialization.Encoding.DER) for c in fed.roots())
     directory.handovers.extend(
         pb.SignedHandover.FromString(bytes.fromhex(h)) for h in meta.get("directory_handovers", [])
     )

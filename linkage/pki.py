@@ -88,15 +88,24 @@ class CheckedCertificate:
     not_after_ms: int
 
 
+def chains_to(cert: x509.Certificate, intermediates: list[x509.Certificate], roots: list[x509.Certificate]) -> bool:
+    """Whether `cert` was issued by one of `roots`, directly or through one of `intermediates`
+    (the CA that issues now, certified by the one before it, while a rotation of the CA runs)."""
+    return any(_issued_by(cert, root) for root in roots) or any(
+        _issued_by(cert, link) and any(_issued_by(link, root) for root in roots) for link in intermediates
+    )
+
+
 def check_certificate(
     cert_pem: bytes, key_pem: bytes, ca_pem: bytes, identity_uri: str, now_ms: int
 ) -> CheckedCertificate:
-    """That a certificate and key read from files may be used: a pair, issued by the CA, for
-    this identity, valid now. Checked before a running process changes to them, since TLS
-    would find out only at the next handshake, and then refuse every one."""
+    """That a certificate and key read from files may be used: a pair, issued by a CA in the
+    CA file (through the chain that follows the certificate in its file, if any), for this
+    identity, valid now. Checked before a running process changes to them, since TLS would
+    find out only at the next handshake, and then refuse every one."""
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert, *chain = x509.load_pem_x509_certificates(cert_pem)
+        roots = x509.load_pem_x509_certificates(ca_pem)
     except ValueError:
         raise CertificateProblem("the certificate or the CA file is not a PEM certificate") from None
     try:
@@ -106,7 +115,7 @@ def check_certificate(
         raise CertificateProblem("the key file is not an unencrypted PEM private key of a kind TLS takes") from None
     if not matches:
         raise CertificateProblem("the key is not the certificate's (were both files replaced?)")
-    if not _issued_by(cert, ca):
+    if not chains_to(cert, chain, roots):
         raise CertificateProblem("the certificate was not issued by the federation CA in the CA file")
     if identity_uri not in _uris(cert):
         raise CertificateProblem(f"the certificate does not name {identity_uri}")
@@ -130,9 +139,14 @@ class CertificateAuthority:
     cert: x509.Certificate
 
     @classmethod
-    def create(cls, federation_id: str, now: dt.datetime, days: int = 3650) -> CertificateAuthority:
+    def create(
+        cls, federation_id: str, now: dt.datetime, days: int = 3650, generation: int = 1
+    ) -> CertificateAuthority:
+        """A new federation CA. Each generation has a name of its own: TLS finds a
+        certificate's issuer by name, and two CAs of one name would hide each other."""
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Linkage CA {federation_id}")])
+        label = f"Linkage CA {federation_id}" + (f" #{generation}" if generation > 1 else "")
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, label[:64])])
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -160,16 +174,16 @@ class CertificateAuthority:
         )
         return cls(key, cert)
 
-    def save(self, directory: Path) -> None:
-        write_private(directory / "ca.key", _key_pem(self.key))
-        write_atomic(directory / "ca.pem", self.cert.public_bytes(serialization.Encoding.PEM))
+    def save(self, directory: Path, name: str = "ca") -> None:
+        write_private(directory / f"{name}.key", _key_pem(self.key))
+        write_atomic(directory / f"{name}.pem", self.cert.public_bytes(serialization.Encoding.PEM))
 
     @classmethod
-    def load(cls, directory: Path) -> CertificateAuthority:
-        key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    def load(cls, directory: Path, name: str = "ca") -> CertificateAuthority:
+        key = serialization.load_pem_private_key((directory / f"{name}.key").read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError("CA key is not an EC key")
-        cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+        cert = x509.load_pem_x509_certificate((directory / f"{name}.pem").read_bytes())
         return cls(key, cert)
 
     def issue(
@@ -193,11 +207,30 @@ class CertificateAuthority:
         )
         return _key_pem(key), cert
 
-    def renew(self, cert_pem: bytes, now: dt.datetime, days: int) -> bytes:
-        """A certificate like `cert_pem` (one this CA issued), for the same key, names and
-        uses, valid `days` from `now`: the member's private key never leaves it."""
-        old = x509.load_pem_x509_certificate(cert_pem)
-        if not _issued_by(old, self.cert):
+    def cross_certify(self, successor: CertificateAuthority) -> bytes:
+        """`successor`'s name and key certified by this CA, until this CA's end: what a member
+        that trusts only this CA needs to accept what the successor issues."""
+        usage = successor.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(successor.cert.subject)
+            .issuer_name(self.cert.subject)
+            .public_key(successor.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(successor.cert.not_valid_before_utc)
+            .not_valid_after(min(self.cert.not_valid_after_utc, successor.cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(usage, critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    def renew(self, cert_pem: bytes, now: dt.datetime, days: int, roots: list[x509.Certificate]) -> bytes:
+        """A certificate like `cert_pem` (one a CA of `roots` issued), issued by this CA for
+        the same key, names and uses, valid `days` from `now`: the member's private key never
+        leaves it."""
+        old, *chain = x509.load_pem_x509_certificates(cert_pem)
+        if not chains_to(old, chain, roots):
             raise CertificateProblem("the certificate was not issued by this federation's CA")
         public_key = old.public_key()
         if not isinstance(public_key, ec.EllipticCurvePublicKey):

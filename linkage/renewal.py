@@ -7,12 +7,16 @@ from RENEW_WITHIN_DAYS before."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from linkage import logs
 from linkage.clock import DAY_MS, Clock, utc_minute
+from linkage.files import write_atomic
 from linkage.pki import CertificateProblem, CheckedCertificate, certificate_facts
 from linkage.transport import TlsFiles, TlsMaterial
 
@@ -108,3 +112,37 @@ class ServerCertificate:
         with self._lock:
             taken, self._next = self._next, None
         return None if taken is None else taken.server_configuration()  # None: keep the one in use
+
+
+def new_roots(files: TlsFiles, roots: Sequence[bytes]) -> list[x509.Certificate] | None:
+    """The CAs a directory says to trust (`tls_roots`, DER), if they are not those in this
+    process's CA file: a rotation of the federation CA began or ended. None otherwise, and
+    for a directory that names none (one published before directories carried them)."""
+    if not roots:
+        return None
+    try:
+        wanted = [x509.load_der_x509_certificate(r) for r in roots]
+    except ValueError:
+        log.error("tls.roots_unreadable", roots=len(roots))
+        return None
+    try:
+        held = x509.load_pem_x509_certificates(files.ca.read_bytes())
+    except (OSError, ValueError):
+        held = []
+    return None if set(held) == set(wanted) else wanted
+
+
+def write_roots(files: TlsFiles, roots: list[x509.Certificate]) -> bool:
+    """Replace the CA file whole; the certificate watch takes it (server: from the next
+    handshake; node: a new channel). False, said, when the file cannot be written."""
+    try:
+        write_atomic(files.ca, b"".join(r.public_bytes(serialization.Encoding.PEM) for r in roots))
+    except OSError as exc:
+        log.error("tls.roots_not_saved", file=str(files.ca), error=exc.strerror)
+        return False
+    log.warning("tls.roots_changed", roots=roots_detail(roots))
+    return True
+
+
+def roots_detail(roots: list[x509.Certificate]) -> list[str]:
+    return [r.fingerprint(hashes.SHA256()).hex() for r in roots]

@@ -19,7 +19,7 @@ from linkage.keys import MessageKeys
 from linkage.metrics import MetricsEndpoint
 from linkage.pki import CertificateProblem, spiffe_id
 from linkage.reasons import Rejected
-from linkage.renewal import CertificateWatch, Renewal
+from linkage.renewal import CertificateWatch, Renewal, new_roots, roots_detail, write_roots
 from linkage.runtime import serve_until_signalled
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.transport import API_SERVER_OPTIONS, LINK_HEALTH_SERVICE
@@ -84,6 +84,9 @@ class NodeServer:
             log.info("directory.loaded", version=view.version, source="file")
         except Rejected as exc:
             log.warning("directory.refused", reason=exc.reason.value, source="file")
+            return
+        if (roots := new_roots(self.config.tls, view.directory.tls_roots)) is not None:
+            write_roots(self.config.tls, roots)  # before the TLS files are read; audited once connected
 
     async def _on_connect(self) -> None:
         """Before each stream: take a newer directory, then re-assert every subscription."""
@@ -119,6 +122,12 @@ class NodeServer:
         if self.trust.public_key != signer:
             detail["signing_key"] = self.trust.public_key.public_bytes_raw().hex()
         await self._recorded("directory.accepted", detail, failed="directory.accept_not_audited")
+        # The federation's CAs changed: written (once audited), the certificate check that follows takes them.
+        roots = new_roots(self.config.tls, view.directory.tls_roots)
+        if roots and await self._recorded(
+            "tls.roots_changed", {"roots": roots_detail(roots)}, failed="tls.roots_failed"
+        ):
+            write_roots(self.config.tls, roots)
         await self._report_serving()  # one that started without a current directory now has one
 
     async def reload(self) -> None:

@@ -115,7 +115,11 @@ class Cluster:
         node = NodeServer(config, clock or self.gateway.clock)
         await node.start()
         assert node.link is not None
-        await node.link.connected.wait()
+        try:
+            await node.link.connected.wait()
+        except BaseException:  # a test that gave up waiting: stopped here, as the cluster does not hold it
+            await node.stop(grace=0)
+            raise
         self.nodes[node_id] = node
         return node
 

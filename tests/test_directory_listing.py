@@ -12,7 +12,7 @@ import pytest
 
 from linkage.cli.directory_listing import DAY_MS, listing
 from linkage.clock import SystemClock
-from linkage.federation import publish_directory, renew_certificate, revoke_node, rotate_directory_key
+from linkage.federation import publish_directory, renew_certificate, revoke_node, rotate_ca, rotate_directory_key
 from linkage.keys import load_ed25519, raw_public
 from tests.harness import make_federation
 
@@ -99,3 +99,20 @@ def test_the_directory_key_and_its_handovers_are_shown(tmp_path: Path) -> None:
     assert shown["signing_key"] == new.hex()
     assert [(h["from_key"], h["to_key"]) for h in shown["handovers"]] == [(first["signing_key"], new.hex())]
     assert config.federation.directory_public_key.read_bytes() != (federation.fed.root / "directory.pub").read_bytes()
+
+
+def test_the_federation_cas_and_a_rotation_of_them_are_shown_with_a_warning_a_year_before_one_lapses(
+    tmp_path: Path,
+) -> None:
+    federation = make_federation(tmp_path, SystemClock(), ("amh",))
+    config, now = federation.node_configs["amh"], SystemClock().now_ms()
+    (first,) = listing(config, now)["tls_roots"]
+    assert first["lapses_in_days"] > 3600 and not any("federation CA" in w for w in listing(config, now)["warnings"])
+    in_nine_and_a_half_years = now + int(9.5 * 365 * DAY_MS)
+    assert any(
+        w.startswith(f"the federation CA {first['name']} lapses") and "rotate-ca" in w
+        for w in listing(config, in_nine_and_a_half_years)["warnings"]
+    )
+    rotate_ca(federation.fed, now)
+    publish_directory(federation.fed, now, copy_to=(config.data_dir,))
+    assert [r["name"] for r in listing(config, now)["tls_roots"]] == [first["name"], f"{first['name']} #2"]

@@ -11,6 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+
 from linkage.cli.audit_entries import federation_directory, when
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.jurisdictions import of_node
@@ -22,6 +26,7 @@ from linkage.v1 import directory_pb2
 DAY_MS = 86_400_000
 RENEW_WITHIN_DAYS = 2  # a weekly publishing job that has not run
 ROTATE_WITHIN_DAYS = 30
+CA_ROTATE_WITHIN_DAYS = 365  # of its ten years: time to renew every member's certificate under a new one
 
 
 def _days(ms: int) -> float:
@@ -68,6 +73,13 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
         )
     certificate, problems = _own_certificate(config, view.nodes, now_ms)
     warnings += problems
+    roots = [_root(r, now_ms) for r in d.tls_roots]
+    for root in roots:
+        if root["lapses_in_days"] < CA_ROTATE_WITHIN_DAYS:
+            warnings.append(
+                f"the federation CA {root['name']} lapses at {root['lapses']}: rotate it (linkage federation "
+                "rotate-ca), renew every certificate, and retire it"
+            )
     return {
         "federation_id": d.federation_id,
         "version": d.version,
@@ -79,9 +91,22 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
         "gateways": [{"gateway_id": g.gateway_id, "witness": bool(g.witness_public_key)} for g in d.gateways],
         "signing_key": view.signer.hex(),
         "handovers": [_handover(h) for h in d.handovers],  # of the directory key, oldest first
+        "tls_roots": roots,  # two while a rotation of the CA runs
         "nodes": nodes,
         "tls_certificate": certificate,
         "warnings": warnings,
+    }
+
+
+def _root(der: bytes, now_ms: int) -> dict[str, Any]:
+    cert = x509.load_der_x509_certificate(der)
+    lapses_ms = int(cert.not_valid_after_utc.timestamp() * 1000)
+    name = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return {
+        "name": str(name[0].value) if name else cert.subject.rfc4514_string(),
+        "fingerprint": cert.fingerprint(hashes.SHA256()).hex(),
+        "lapses": when(lapses_ms),
+        "lapses_in_days": _days(lapses_ms - now_ms),
     }
 
 
@@ -133,6 +158,10 @@ def show(args: argparse.Namespace) -> int:
         print("Handovers of the directory key, each signed by the key it retired (oldest first):")
     for h in found["handovers"]:
         print(f"  {h['at']}: {h['from_key'][:16]}... to {h['to_key'][:16]}...")
+    if len(found["tls_roots"]) > 1:
+        print("A rotation of the federation CA is under way: members trust both CAs until the old one is retired")
+    for root in found["tls_roots"]:
+        print(f"Federation CA {root['name']} ({root['fingerprint'][:16]}...), lapses {root['lapses']}")
     for g in found["gateways"]:
         print(f"Gateway {g['gateway_id']}{', witness key named' if g['witness'] else ', no witness key'}")
     active = sum(n["status"] == "active" for n in found["nodes"])

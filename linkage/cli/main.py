@@ -137,6 +137,30 @@ def _federation_rotate_directory_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federation_rotate_ca(args: argparse.Namespace) -> int:
+    from linkage.federation import Federation, retire_ca, rotate_ca
+
+    fed = Federation.open(args.dir)
+    if args.retire:
+        retired = retire_ca(fed)
+        if not retired:
+            print("only the CA that issues is trusted: there is nothing to retire")
+            return 0
+        print(
+            f"retired {len(retired)} CA ({', '.join(f.hex()[:16] for f in retired)}): publish now (linkage federation "
+            "publish), and each member trusts only the new CA as it takes that directory"
+        )
+        return 0
+    new = rotate_ca(fed, SystemClock().now_ms())
+    print(
+        f"a new federation CA issues from now ({new.hex()[:16]}); the old one certified it, and its key is destroyed. "
+        "Publish now (linkage federation publish): every member trusts both CAs as it takes that directory. Then "
+        "renew every member's certificate (linkage federation renew-tls) and publish; once each runs its new one, "
+        "retire the old CA (linkage federation rotate-ca --retire) and publish"
+    )
+    return 0
+
+
 def _federation_publish(args: argparse.Namespace) -> int:
     from linkage.federation import Federation, publish_directory
 
@@ -264,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dir", type=Path, required=True, help="the federation folder")
     p.set_defaults(handler=_federation_rotate_directory_key)
+
+    p = fed_cmds.add_parser("rotate-ca", help="put a new federation CA in place, without a restart")
+    p.add_argument("--dir", type=Path, required=True, help="the federation folder")
+    p.add_argument(
+        "--retire",
+        action="store_true",
+        help="the end: trust only the new CA (once every member runs a certificate it issued)",
+    )
+    p.set_defaults(handler=_federation_rotate_ca)
 
     p = fed_cmds.add_parser("revoke", help="revoke a node (takes effect with the next published directory)")
     p.add_argument("--dir", type=Path, required=True, help="the federation folder")

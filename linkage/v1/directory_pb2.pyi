@@ -196,6 +196,7 @@ class Directory(_message.Message):
     NODES_FIELD_NUMBER: _builtins.int
     GATEWAYS_FIELD_NUMBER: _builtins.int
     HANDOVERS_FIELD_NUMBER: _builtins.int
+    TLS_ROOTS_FIELD_NUMBER: _builtins.int
     federation_id: _builtins.str
     version: _builtins.int
     issued_at_ms: _builtins.int
@@ -213,6 +214,13 @@ class Directory(_message.Message):
         to the key that signed this directory, and from then on trusts that key only.
         """
 
+    @_builtins.property
+    def tls_roots(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The federation CAs every member trusts for TLS (DER): the one that issues, and while a
+        rotation of the CA runs, the one before it (`federation rotate-ca`). A process writes
+        them to its CA file when they change, and its TLS takes them without a restart.
+        """
+
     def __init__(
         self,
         *,
@@ -224,10 +232,11 @@ class Directory(_message.Message):
         nodes: _abc.Iterable[Global___NodeEntry] | None = ...,
         gateways: _abc.Iterable[Global___GatewayEntry] | None = ...,
         handovers: _abc.Iterable[Global___SignedHandover] | None = ...,
+        tls_roots: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "federation_id", b"federation_id", "gateways", b"gateways", "handovers", b"handovers", "issued_at_ms", b"issued_at_ms", "nodes", b"nodes", "suite", b"suite", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "federation_id", b"federation_id", "gateways", b"gateways", "handovers", b"handovers", "issued_at_ms", b"issued_at_ms", "nodes", b"nodes", "suite", b"suite", "tls_roots", b"tls_roots", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,155 @@
+"""The federation CA is replaced without a restart or a hand-copied file (`federation
+rotate-ca`): the old CA certifies the new one and is destroyed; every directory names both
+as trusted until the old one is retired; certificates issued meanwhile carry the
+cross-certificate, so a member that still trusts only the old CA (away all along) accepts
+them; retiring is refused while any member's certificate is the old CA's."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from linkage.clock import SystemClock
+from linkage.federation import Federation, FederationError, publish_directory, renew_certificate, retire_ca, rotate_ca
+from linkage.pki import chains_to
+from linkage.transport import TlsFiles
+from linkage.v1 import directory_pb2
+from tests.file_crashes import Crash, crash_at
+from tests.harness import Cluster, audit_events, make_federation, running, wait_delivered
+from tests.test_delivery import family_assessment, share
+
+
+def _roots(ca_file: Path) -> set[x509.Certificate]:
+    return set(x509.load_pem_x509_certificates(ca_file.read_bytes()))
+
+
+def _issuer(tls: TlsFiles) -> x509.Name:
+    return x509.load_pem_x509_certificate(tls.cert.read_bytes()).issuer
+
+
+async def _publish(cluster: Cluster) -> None:
+    """A directory at the gateway and at every running node, as their next looks would take it."""
+    publish_directory(
+        cluster.federation.fed, SystemClock().now_ms(), copy_to=(cluster.federation.gateway_config.data_dir,)
+    )
+    await cluster.gateway.check_directory()
+    cluster.gateway.check_certificate()
+    for node in cluster.nodes.values():
+        assert node.link is not None
+        async with asyncio.timeout(15):  # a node that just moved to new TLS files is dialling again
+            await node.link.connected.wait()
+        await node.reload()
+
+
+async def _gets_in(cluster: Cluster, cert: bytes, key_file: Path, tmp_path: Path) -> bool:
+    """Whether the gateway takes a TLS client presenting `cert` (it answers with HTTP/2's
+    greeting), or refuses it in the handshake."""
+    tls = cluster.federation.node_configs["amh"].tls
+    (chain := tmp_path / "client.pem").write_bytes(cert)
+    context = ssl.create_default_context(cafile=tls.ca)
+    context.load_cert_chain(chain, key_file)
+    context.set_alpn_protocols(["h2"])
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", cluster.gateway.port, ssl=context, server_hostname="gateway"
+        )
+    except (ssl.SSLError, ConnectionError):
+        return False
+    try:
+        return bool(await reader.read(9))
+    except (ssl.SSLError, ConnectionError):
+        return False
+    finally:
+        writer.transport.abort()
+
+
+async def test_the_ca_is_rotated_without_a_restart_even_for_a_node_away_throughout(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
+    fed, gateway, amh, csc = (
+        federation.fed,
+        federation.gateway_config.tls,
+        federation.node_configs["amh"].tls,
+        federation.node_configs["csc"].tls,
+    )
+    (first,) = fed.roots()
+    csc_old_cert = csc.cert.read_bytes()
+    now = SystemClock().now_ms
+    async with running(federation) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")  # away for all of it, trusting the first CA alone
+
+        rotate_ca(fed, now())
+        second = fed.ca().cert
+        assert fed.roots() == [first, second] and second.subject != first.subject
+        with pytest.raises(FederationError, match="rotated already"):
+            rotate_ca(fed, now())
+        await _publish(cluster)
+        assert _roots(gateway.ca) == _roots(amh.ca) == {first, second}
+        assert _roots(csc.ca) == {first}
+
+        # Members renewed under the new CA, the gateway first: amh moves over as its directory pins it.
+        renew_certificate(fed, gateway.cert, now())
+        renew_certificate(fed, amh.cert, now())
+        await _publish(cluster)
+        assert _issuer(gateway) == _issuer(amh) == second.subject
+        assert cluster.nodes["amh"].certificate.fingerprint == federation_pin(fed, "amh")
+        await share(cluster, assessment_id)  # to csc, still away
+        with pytest.raises(FederationError, match="node csc"):
+            retire_ca(fed)
+
+        # csc comes back with the first CA alone and a certificate it issued: the gateway, on the
+        # new CA's certificate, reaches it through the cross-certificate, and it takes both CAs.
+        async with asyncio.timeout(30):
+            await cluster.start_node("csc")
+            await wait_delivered(cluster.nodes["amh"], 1)
+        assert _roots(csc.ca) == {first, second}
+        renew_certificate(fed, csc.cert, now())
+        await _publish(cluster)
+        assert _issuer(csc) == second.subject
+
+        assert retire_ca(fed) == [first.fingerprint(hashes.SHA256())]
+        await _publish(cluster)
+        assert _roots(gateway.ca) == _roots(amh.ca) == _roots(csc.ca) == {second}
+        await share(cluster, assessment_id)
+        async with asyncio.timeout(30):
+            await wait_delivered(cluster.nodes["amh"], 2)
+        assert not await _gets_in(cluster, csc_old_cert, csc.key, tmp_path)  # the first CA's: refused now
+        assert await _gets_in(cluster, csc.cert.read_bytes(), csc.key, tmp_path)
+        changes = [
+            e["detail"]["roots"] for e in await audit_events(cluster.nodes["amh"]) if e["event"] == "tls.roots_changed"
+        ]
+        assert len(changes) == 2 and len(changes[0]) == 2 and len(changes[1]) == 1
+
+
+def federation_pin(fed: Federation, node_id: str) -> bytes:
+    return directory_pb2.NodeEntry.FromString((fed.entries / f"{node_id}.pb").read_bytes()).tls_cert_sha256
+
+
+def test_a_ca_rotation_cut_short_at_any_point_is_finished_by_running_it_again(tmp_path: Path) -> None:
+    step = 0
+    while True:
+        step += 1
+        fed = make_federation(tmp_path / str(step), SystemClock(), nodes=("amh",)).fed
+        (first,) = fed.roots()
+        try:
+            with crash_at(step):
+                rotate_ca(fed, SystemClock().now_ms())
+            finished = True
+        except Crash:
+            finished = False
+        if not finished and ((fed.root / "ca.next.pem").exists() or fed.roots() == [first]):
+            rotate_ca(fed, SystemClock().now_ms())  # else it had finished, cut short only in syncing its folder
+        ca = fed.ca()  # key and certificate a pair again
+        assert ca.key.public_key() == ca.cert.public_key()
+        assert fed.roots() == [first, ca.cert] and ca.cert != first
+        cross = x509.load_pem_x509_certificate((fed.root / "ca.cross.pem").read_bytes())
+        assert chains_to(cross, [], [first]) and cross.subject == ca.cert.subject
+        assert not (fed.root / "ca.next.pem").exists() and not (fed.root / "ca.next.key").exists()
+        if finished:
+            break
+    assert step > 4
