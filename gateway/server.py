@@ -69,7 +69,7 @@ class GatewayServer:
         signed = directory_pb2.SignedDirectory.FromString(self.config.federation.directory.read_bytes())
         view = self.trust.accept(signed, self.clock.now_ms())
         log.info("directory.loaded", version=view.version, nodes=len(view.nodes))
-        if (roots := new_roots(self.config.tls, view.directory.tls_roots)) is not None:
+        if (roots := new_roots(self.config.tls, view.directory)) is not None:
             write_roots(self.config.tls, roots)  # the file watch presents and checks with them
         self._check_witness_key(view)
         for node_id, entry in view.nodes.items():  # a revoked node's open stream ends now

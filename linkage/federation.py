@@ -585,6 +585,10 @@ def publish_directory(
         gateways=[pb.GatewayEntry.FromString(p.read_bytes()) for p in sorted(fed.root.glob("gateway-*.pb"))],
     )
     directory.tls_roots.extend(c.public_bytes(serialization.Encoding.DER) for c in fed.roots())
+    if (cross := fed.root / CROSS).exists():
+        directory.tls_cross_certificates.append(
+            x509.load_pem_x509_certificate(cross.read_bytes()).public_bytes(serialization.Encoding.DER)
+        )
     directory.handovers.extend(
         pb.SignedHandover.FromString(bytes.fromhex(h)) for h in meta.get("directory_handovers", [])
     )

@@ -7,7 +7,6 @@ from RENEW_WITHIN_DAYS before."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -17,8 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from linkage import logs
 from linkage.clock import DAY_MS, Clock, utc_minute
 from linkage.files import write_atomic
-from linkage.pki import CertificateProblem, CheckedCertificate, certificate_facts
+from linkage.pki import CertificateProblem, CheckedCertificate, certificate_facts, chains_to
 from linkage.transport import TlsFiles, TlsMaterial
+from linkage.v1.directory_pb2 import Directory
 
 RENEW_WITHIN_DAYS = 30  # of a certificate's 90: renew it by then (`linkage federation renew-tls`)
 log = logs.get("tls")
@@ -114,22 +114,40 @@ class ServerCertificate:
         return None if taken is None else taken.server_configuration()  # None: keep the one in use
 
 
-def new_roots(files: TlsFiles, roots: Sequence[bytes]) -> list[x509.Certificate] | None:
-    """The CAs a directory says to trust (`tls_roots`, DER), if they are not those in this
-    process's CA file: a rotation of the federation CA began or ended. None otherwise, and
-    for a directory that names none (one published before directories carried them)."""
-    if not roots:
+def new_roots(files: TlsFiles, directory: Directory) -> list[x509.Certificate] | None:
+    """The CAs the directory says to trust (`tls_roots`), if they are not those in this
+    process's CA file: a rotation of the federation CA began or ended. A CA is added only
+    when one already trusted certified it (`tls_cross_certificates`), so the key that signs
+    the directory cannot on its own make members trust a CA. None when nothing is to change,
+    for a directory that names no CAs (one published before they were named), and for one
+    that adds a CA nobody trusted certified (said)."""
+    if not directory.tls_roots:
         return None
     try:
-        wanted = [x509.load_der_x509_certificate(r) for r in roots]
+        wanted = [x509.load_der_x509_certificate(r) for r in directory.tls_roots]
+        crosses = [x509.load_der_x509_certificate(c) for c in directory.tls_cross_certificates]
     except ValueError:
-        log.error("tls.roots_unreadable", roots=len(roots))
+        log.error("tls.roots_refused", problem="the directory's CAs are not certificates")
         return None
     try:
         held = x509.load_pem_x509_certificates(files.ca.read_bytes())
     except (OSError, ValueError):
         held = []
-    return None if set(held) == set(wanted) else wanted
+    if set(held) == set(wanted):
+        return None
+    for root in wanted:
+        vouched = any(
+            c.subject == root.subject and c.public_key() == root.public_key() and chains_to(c, [], held)
+            for c in crosses
+        )
+        if root not in held and not vouched:
+            log.error(
+                "tls.roots_refused",
+                problem="a CA that no CA this process trusts has certified",
+                fingerprint=root.fingerprint(hashes.SHA256()).hex(),
+            )
+            return None
+    return wanted
 
 
 def write_roots(files: TlsFiles, roots: list[x509.Certificate]) -> bool:

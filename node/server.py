@@ -85,7 +85,7 @@ class NodeServer:
         except Rejected as exc:
             log.warning("directory.refused", reason=exc.reason.value, source="file")
             return
-        if (roots := new_roots(self.config.tls, view.directory.tls_roots)) is not None:
+        if (roots := new_roots(self.config.tls, view.directory)) is not None:
             write_roots(self.config.tls, roots)  # before the TLS files are read; audited once connected
 
     async def _on_connect(self) -> None:
@@ -123,7 +123,7 @@ class NodeServer:
             detail["signing_key"] = self.trust.public_key.public_bytes_raw().hex()
         await self._recorded("directory.accepted", detail, failed="directory.accept_not_audited")
         # The federation's CAs changed: written (once audited), the certificate check that follows takes them.
-        roots = new_roots(self.config.tls, view.directory.tls_roots)
+        roots = new_roots(self.config.tls, view.directory)
         if roots and await self._recorded(
             "tls.roots_changed", {"roots": roots_detail(roots)}, failed="tls.roots_failed"
         ):

@@ -7,16 +7,20 @@ them; retiring is refused while any member's certificate is the old CA's."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import io
+import json
 import ssl
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 
 from linkage.clock import SystemClock
 from linkage.federation import Federation, FederationError, publish_directory, renew_certificate, retire_ca, rotate_ca
-from linkage.pki import chains_to
+from linkage.pki import CertificateAuthority, chains_to
+from linkage.renewal import new_roots
 from linkage.transport import TlsFiles
 from linkage.v1 import directory_pb2
 from tests.file_crashes import Crash, crash_at
@@ -153,3 +157,34 @@ def test_a_ca_rotation_cut_short_at_any_point_is_finished_by_running_it_again(tm
         if finished:
             break
     assert step > 4
+
+
+def test_a_ca_is_trusted_only_when_a_trusted_ca_certified_it(tmp_path: Path, captured_logs: io.StringIO) -> None:
+    """The key that signs the directory decides a great deal (pins, keys, the CAs to trust);
+    on its own it cannot make members trust a CA: a new one must come certified by a CA the
+    member trusts already."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    fed, files, now = federation.fed, federation.node_configs["amh"].tls, dt.datetime.now(dt.UTC)
+    (first,) = fed.roots()
+    trusted = fed.ca()
+    rogue = CertificateAuthority.create("test.linkage.example", now, generation=2)
+    successor = CertificateAuthority.create("test.linkage.example", now, generation=3)
+
+    def offering(*cas: x509.Certificate, crosses: tuple[bytes, ...] = ()) -> directory_pb2.Directory:
+        return directory_pb2.Directory(
+            tls_roots=[c.public_bytes(serialization.Encoding.DER) for c in cas],
+            tls_cross_certificates=[
+                x509.load_pem_x509_certificate(c).public_bytes(serialization.Encoding.DER) for c in crosses
+            ],
+        )
+
+    assert new_roots(files, offering(first)) is None  # nothing to change
+    assert new_roots(files, directory_pb2.Directory()) is None  # a directory that names no CA
+    assert new_roots(files, offering(first, rogue.cert)) is None  # not certified at all
+    assert new_roots(files, offering(first, rogue.cert, crosses=(successor.cross_certify(rogue),))) is None
+    assert new_roots(files, offering(rogue.cert, crosses=(trusted.cross_certify(successor),))) is None
+    refused = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "tls.roots_refused" in line]
+    assert len(refused) == 3 and {r["fingerprint"] for r in refused} == {rogue.cert.fingerprint(hashes.SHA256()).hex()}
+    vouched = offering(first, successor.cert, crosses=(trusted.cross_certify(successor),))
+    assert new_roots(files, vouched) == [first, successor.cert]
+    assert new_roots(files, offering(successor.cert)) is None  # dropping the CA in use too: not vouched for

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alinkage/v1/directory.proto\x12\nlinkage.v1\"\xb1\x01\n\x07NodeKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x03 \x01(\x0c\x12\x15\n\rnot_before_ms\x18\x04 \x01(\x03\x12\x14\n\x0cnot_after_ms\x18\x05 \x01(\x03\x12\x1a\n\x12hpke_pq_public_key\x18\x06 \x01(\x0c\x12\x18\n\x10mldsa_public_key\x18\x07 \x01(\x0c\"\xf8\x01\n\tNodeEntry\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61gency_name\x18\x02 \x01(\t\x12\x13\n\x0b\x61gency_type\x18\x03 \x01(\t\x12\x17\n\x0ftls_cert_sha256\x18\x04 \x01(\x0c\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.linkage.v1.NodeStatus\x12!\n\x04keys\x18\x06 \x03(\x0b\x32\x13.linkage.v1.NodeKey\x12\x14\n\x0c\x63ontact_role\x18\x07 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x08 \x01(\t\x12 \n\x18previous_tls_cert_sha256\x18\t \x01(\x0c\"W\n\x0cGatewayEntry\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x17\n\x0ftls_cert_sha256\x18\x02 \x01(\x0c\x12\x1a\n\x12witness_public_key\x18\x03 \x01(\x0c\"\xa0\x02\n\tDirectory\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12$\n\x05suite\x18\x05 \x01(\x0e\x32\x15.linkage.v1.HpkeSuite\x12$\n\x05nodes\x18\x06 \x03(\x0b\x32\x15.linkage.v1.NodeEntry\x12*\n\x08gateways\x18\x07 \x03(\x0b\x32\x18.linkage.v1.GatewayEntry\x12-\n\thandovers\x18\t \x03(\x0b\x32\x1a.linkage.v1.SignedHandover\x12\x11\n\ttls_roots\x18\n \x03(\x0cJ\x04\x08\x08\x10\t\"U\n\x0bKeyHandover\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_key\x18\x02 \x01(\x0c\x12\x0e\n\x06to_key\x18\x03 \x01(\x0c\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\"5\n\x0eSignedHandover\x12\x10\n\x08handover\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"7\n\x0fSignedDirectory\x12\x11\n\tdirectory\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c*Z\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_STATUS_ACTIVE\x10\x01\x12\x17\n\x13NODE_STATUS_REVOKED\x10\x02*\x7f\n\tHpkeSuite\x12\x1a\n\x16HPKE_SUITE_UNSPECIFIED\x10\x00\x12&\n\"HPKE_SUITE_X25519_SHA256_AES128GCM\x10\x01\x12.\n*HPKE_SUITE_MLKEM768X25519_SHA256_AES256GCM\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alinkage/v1/directory.proto\x12\nlinkage.v1\"\xb1\x01\n\x07NodeKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fhpke_public_key\x18\x03 \x01(\x0c\x12\x15\n\rnot_before_ms\x18\x04 \x01(\x03\x12\x14\n\x0cnot_after_ms\x18\x05 \x01(\x03\x12\x1a\n\x12hpke_pq_public_key\x18\x06 \x01(\x0c\x12\x18\n\x10mldsa_public_key\x18\x07 \x01(\x0c\"\xf8\x01\n\tNodeEntry\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61gency_name\x18\x02 \x01(\t\x12\x13\n\x0b\x61gency_type\x18\x03 \x01(\t\x12\x17\n\x0ftls_cert_sha256\x18\x04 \x01(\x0c\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.linkage.v1.NodeStatus\x12!\n\x04keys\x18\x06 \x03(\x0b\x32\x13.linkage.v1.NodeKey\x12\x14\n\x0c\x63ontact_role\x18\x07 \x01(\t\x12\x14\n\x0cjurisdiction\x18\x08 \x01(\t\x12 \n\x18previous_tls_cert_sha256\x18\t \x01(\x0c\"W\n\x0cGatewayEntry\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x17\n\x0ftls_cert_sha256\x18\x02 \x01(\x0c\x12\x1a\n\x12witness_public_key\x18\x03 \x01(\x0c\"\xc0\x02\n\tDirectory\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12$\n\x05suite\x18\x05 \x01(\x0e\x32\x15.linkage.v1.HpkeSuite\x12$\n\x05nodes\x18\x06 \x03(\x0b\x32\x15.linkage.v1.NodeEntry\x12*\n\x08gateways\x18\x07 \x03(\x0b\x32\x18.linkage.v1.GatewayEntry\x12-\n\thandovers\x18\t \x03(\x0b\x32\x1a.linkage.v1.SignedHandover\x12\x11\n\ttls_roots\x18\n \x03(\x0c\x12\x1e\n\x16tls_cross_certificates\x18\x0b \x03(\x0cJ\x04\x08\x08\x10\t\"U\n\x0bKeyHandover\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_key\x18\x02 \x01(\x0c\x12\x0e\n\x06to_key\x18\x03 \x01(\x0c\x12\r\n\x05\x61t_ms\x18\x04 \x01(\x03\"5\n\x0eSignedHandover\x12\x10\n\x08handover\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"7\n\x0fSignedDirectory\x12\x11\n\tdirectory\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c*Z\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_STATUS_ACTIVE\x10\x01\x12\x17\n\x13NODE_STATUS_REVOKED\x10\x02*\x7f\n\tHpkeSuite\x12\x1a\n\x16HPKE_SUITE_UNSPECIFIED\x10\x00\x12&\n\"HPKE_SUITE_X25519_SHA256_AES128GCM\x10\x01\x12.\n*HPKE_SUITE_MLKEM768X25519_SHA256_AES256GCM\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'linkage.v1.directory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODESTATUS']._serialized_start=1052
-  _globals['_NODESTATUS']._serialized_end=1142
-  _globals['_HPKESUITE']._serialized_start=1144
-  _globals['_HPKESUITE']._serialized_end=1271
+  _globals['_NODESTATUS']._serialized_start=1084
+  _globals['_NODESTATUS']._serialized_end=1174
+  _globals['_HPKESUITE']._serialized_start=1176
+  _globals['_HPKESUITE']._serialized_end=1303
   _globals['_NODEKEY']._serialized_start=43
   _globals['_NODEKEY']._serialized_end=220
   _globals['_NODEENTRY']._serialized_start=223
@@ -42,11 +42,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GATEWAYENTRY']._serialized_start=473
   _globals['_GATEWAYENTRY']._serialized_end=560
   _globals['_DIRECTORY']._serialized_start=563
-  _globals['_DIRECTORY']._serialized_end=851
-  _globals['_KEYHANDOVER']._serialized_start=853
-  _globals['_KEYHANDOVER']._serialized_end=938
-  _globals['_SIGNEDHANDOVER']._serialized_start=940
-  _globals['_SIGNEDHANDOVER']._serialized_end=993
-  _globals['_SIGNEDDIRECTORY']._serialized_start=995
-  _globals['_SIGNEDDIRECTORY']._serialized_end=1050
+  _globals['_DIRECTORY']._serialized_end=883
+  _globals['_KEYHANDOVER']._serialized_start=885
+  _globals['_KEYHANDOVER']._serialized_end=970
+  _globals['_SIGNEDHANDOVER']._serialized_start=972
+  _globals['_SIGNEDHANDOVER']._serialized_end=1025
+  _globals['_SIGNEDDIRECTORY']._serialized_start=1027
+  _globals['_SIGNEDDIRECTORY']._serialized_end=1082
 # @@protoc_insertion_point(module_scope)

@@ -197,6 +197,7 @@ class Directory(_message.Message):
     GATEWAYS_FIELD_NUMBER: _builtins.int
     HANDOVERS_FIELD_NUMBER: _builtins.int
     TLS_ROOTS_FIELD_NUMBER: _builtins.int
+    TLS_CROSS_CERTIFICATES_FIELD_NUMBER: _builtins.int
     federation_id: _builtins.str
     version: _builtins.int
     issued_at_ms: _builtins.int
@@ -221,6 +222,13 @@ class Directory(_message.Message):
         them to its CA file when they change, and its TLS takes them without a restart.
         """
 
+    @_builtins.property
+    def tls_cross_certificates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Each CA in `tls_roots` that the one before it certified (DER): a process adds a CA to
+        those it trusts only when a CA it trusts already certified it, so the directory key
+        alone cannot make members trust a CA of its own.
+        """
+
     def __init__(
         self,
         *,
@@ -233,10 +241,11 @@ class Directory(_message.Message):
         gateways: _abc.Iterable[Global___GatewayEntry] | None = ...,
         handovers: _abc.Iterable[Global___SignedHandover] | None = ...,
         tls_roots: _abc.Iterable[_builtins.bytes] | None = ...,
+        tls_cross_certificates: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "federation_id", b"federation_id", "gateways", b"gateways", "handovers", b"handovers", "issued_at_ms", b"issued_at_ms", "nodes", b"nodes", "suite", b"suite", "tls_roots", b"tls_roots", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_ms", b"expires_at_ms", "federation_id", b"federation_id", "gateways", b"gateways", "handovers", b"handovers", "issued_at_ms", b"issued_at_ms", "nodes", b"nodes", "suite", b"suite", "tls_cross_certificates", b"tls_cross_certificates", "tls_roots", b"tls_roots", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
