@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from linkage import jurisdictions
@@ -39,6 +39,7 @@ from linkage.pki import (
     CertificateProblem,
     cert_fingerprint,
     chains_to,
+    fingerprint,
     identities,
     parse_spiffe_id,
     spiffe_id,
@@ -524,7 +525,7 @@ def rotate_ca(fed: Federation, now_ms: int) -> bytes:
     (fed.root / f"{NEXT_CA}.key").unlink(missing_ok=True)
     staged.unlink()  # last: while it is there, running this again finishes the rotation
     fsync_dir(fed.root)
-    return _ca_fingerprint(fed.ca().cert)
+    return fingerprint(fed.ca().cert)
 
 
 def retire_ca(fed: Federation) -> list[bytes]:
@@ -532,6 +533,8 @@ def retire_ca(fed: Federation) -> list[bytes]:
     Refused while any member's current certificate was issued by another. Returns the CAs
     no longer trusted, by fingerprint."""
     current = fed.ca().cert
+    if fed.roots() == [current]:
+        return []  # no rotation under way
     behind = [
         name
         for name, copy in _members(fed)
@@ -542,7 +545,7 @@ def retire_ca(fed: Federation) -> list[bytes]:
             f"{', '.join(behind)} still hold a certificate the previous CA issued: renew each (linkage federation "
             "renew-tls) and publish, let each take it, then retire the old CA"
         )
-    retired = [_ca_fingerprint(r) for r in fed.roots() if r != current]
+    retired = [fingerprint(r) for r in fed.roots() if r != current]
     write_atomic(fed.root / ROOTS, current.public_bytes(serialization.Encoding.PEM))
     (fed.root / CROSS).unlink(missing_ok=True)
     fsync_dir(fed.root)
@@ -557,10 +560,6 @@ def _members(fed: Federation) -> list[tuple[str, Path]]:
     return [
         (f"node {n.node_id}", fed.issued("node", n.node_id)) for n in nodes if n.status == pb.NODE_STATUS_ACTIVE
     ] + [(f"gateway {g.gateway_id}", fed.issued("gateway", g.gateway_id)) for g in gateways]
-
-
-def _ca_fingerprint(cert: x509.Certificate) -> bytes:
-    return cert.fingerprint(hashes.SHA256())
 
 
 def publish_directory(

@@ -40,17 +40,17 @@ def parse_spiffe_id(uri: str, federation_id: str) -> tuple[str, str] | None:
 
 def cert_fingerprint(cert_pem: bytes) -> bytes:
     """SHA-256 of the DER encoding: what the directory pins for each peer."""
-    return _fingerprint(x509.load_pem_x509_certificate(cert_pem))
+    return fingerprint(x509.load_pem_x509_certificate(cert_pem))
 
 
-def _fingerprint(cert: x509.Certificate) -> bytes:
+def fingerprint(cert: x509.Certificate) -> bytes:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
 
 
 def certificate_facts(cert_pem: bytes) -> tuple[bytes, int]:
     """A certificate's fingerprint, and when it lapses (Unix milliseconds), from one parse."""
     cert = x509.load_pem_x509_certificate(cert_pem)
-    return _fingerprint(cert), _millis(cert.not_valid_after_utc)
+    return fingerprint(cert), _millis(cert.not_valid_after_utc)
 
 
 def _millis(when: dt.datetime) -> int:
@@ -124,7 +124,7 @@ def check_certificate(
             f"the certificate is valid from {utc_minute(_millis(cert.not_valid_before_utc))} "
             f"to {utc_minute(_millis(cert.not_valid_after_utc))}, not now"
         )
-    return CheckedCertificate(_fingerprint(cert), _millis(cert.not_valid_after_utc))
+    return CheckedCertificate(fingerprint(cert), _millis(cert.not_valid_after_utc))
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

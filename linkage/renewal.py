@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from linkage import logs
 from linkage.clock import DAY_MS, Clock, utc_minute
 from linkage.files import write_atomic
-from linkage.pki import CertificateProblem, CheckedCertificate, certificate_facts, chains_to
+from linkage.pki import CertificateProblem, CheckedCertificate, certificate_facts, chains_to, fingerprint
 from linkage.transport import TlsFiles, TlsMaterial
 from linkage.v1.directory_pb2 import Directory
 
@@ -144,23 +144,22 @@ def new_roots(files: TlsFiles, directory: Directory) -> list[x509.Certificate] |
             log.error(
                 "tls.roots_refused",
                 problem="a CA that no CA this process trusts has certified",
-                fingerprint=root.fingerprint(hashes.SHA256()).hex(),
+                fingerprint=fingerprint(root).hex(),
             )
             return None
     return wanted
 
 
-def write_roots(files: TlsFiles, roots: list[x509.Certificate]) -> bool:
+def write_roots(files: TlsFiles, roots: list[x509.Certificate]) -> None:
     """Replace the CA file whole; the certificate watch takes it (server: from the next
-    handshake; node: a new channel). False, said, when the file cannot be written."""
+    handshake; node: a new channel). Said, and the CAs in use kept, if it cannot be written."""
     try:
         write_atomic(files.ca, b"".join(r.public_bytes(serialization.Encoding.PEM) for r in roots))
     except OSError as exc:
         log.error("tls.roots_not_saved", file=str(files.ca), error=exc.strerror)
-        return False
+        return
     log.warning("tls.roots_changed", roots=roots_detail(roots))
-    return True
 
 
 def roots_detail(roots: list[x509.Certificate]) -> list[str]:
-    return [r.fingerprint(hashes.SHA256()).hex() for r in roots]
+    return [fingerprint(r).hex() for r in roots]

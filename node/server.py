@@ -86,7 +86,7 @@ class NodeServer:
             log.warning("directory.refused", reason=exc.reason.value, source="file")
             return
         if (roots := new_roots(self.config.tls, view.directory)) is not None:
-            write_roots(self.config.tls, roots)  # before the TLS files are read; audited once connected
+            write_roots(self.config.tls, roots)  # before the TLS files are read; logged (the store is not open)
 
     async def _on_connect(self) -> None:
         """Before each stream: take a newer directory, then re-assert every subscription."""

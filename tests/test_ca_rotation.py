@@ -24,7 +24,7 @@ from linkage.renewal import new_roots
 from linkage.transport import TlsFiles
 from linkage.v1 import directory_pb2
 from tests.file_crashes import Crash, crash_at
-from tests.harness import Cluster, audit_events, make_federation, running, wait_delivered
+from tests.harness import Cluster, audit_events, linkage, make_federation, running, wait_delivered
 from tests.test_delivery import family_assessment, share
 
 
@@ -188,3 +188,18 @@ def test_a_ca_is_trusted_only_when_a_trusted_ca_certified_it(tmp_path: Path, cap
     vouched = offering(first, successor.cert, crosses=(trusted.cross_certify(successor),))
     assert new_roots(files, vouched) == [first, successor.cert]
     assert new_roots(files, offering(successor.cert)) is None  # dropping the CA in use too: not vouched for
+
+
+async def test_rotate_ca_on_the_command_line_and_what_it_refuses(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path, SystemClock(), nodes=("amh",)).fed
+    code, out, _ = await linkage("federation", "rotate-ca", "--dir", str(fed.root), "--retire")
+    assert code == 0 and "nothing to retire" in out
+    code, out, _ = await linkage("federation", "rotate-ca", "--dir", str(fed.root))
+    assert (
+        code == 0
+        and f"a new federation CA issues from now ({fed.ca().cert.fingerprint(hashes.SHA256()).hex()[:16]})" in out
+    )
+    code, _, err = await linkage("federation", "rotate-ca", "--dir", str(fed.root))
+    assert code == 2 and "retire the old one first" in err and "Traceback" not in err
+    code, _, err = await linkage("federation", "rotate-ca", "--dir", str(fed.root), "--retire")
+    assert code == 2 and "node amh, gateway gateway still hold a certificate the previous CA issued" in err

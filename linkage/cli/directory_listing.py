@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from linkage.cli.audit_entries import federation_directory, when
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.jurisdictions import of_node
-from linkage.pki import certificate_facts
+from linkage.pki import certificate_facts, fingerprint
 from linkage.renewal import RENEW_WITHIN_DAYS as CERTIFICATE_WITHIN_DAYS
 from linkage.transport import DIRECTORY_MAX_BYTES
 from linkage.v1 import directory_pb2
@@ -104,7 +103,7 @@ def _root(der: bytes, now_ms: int) -> dict[str, Any]:
     name = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return {
         "name": str(name[0].value) if name else cert.subject.rfc4514_string(),
-        "fingerprint": cert.fingerprint(hashes.SHA256()).hex(),
+        "fingerprint": fingerprint(cert).hex(),
         "lapses": when(lapses_ms),
         "lapses_in_days": _days(lapses_ms - now_ms),
     }
