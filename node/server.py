@@ -74,6 +74,7 @@ class NodeServer:
         self._renewal: Renewal | None = None  # renewed TLS files, until the directory pins them
         self._said_waiting: Renewal | None = None
         self._keys_said = ""  # what was last said of the keys in the bundle
+        self._roots_at_start: list[str] | None = None  # CAs its directory file named, written before the store opened
 
     def _load_directory_file(self) -> None:
         path = self.config.federation.directory
@@ -86,7 +87,8 @@ class NodeServer:
             log.warning("directory.refused", reason=exc.reason.value, source="file")
             return
         if (roots := new_roots(self.config.tls, view.directory)) is not None:
-            write_roots(self.config.tls, roots)  # before the TLS files are read; logged (the store is not open)
+            write_roots(self.config.tls, roots)  # before the TLS files are read, and audited once the store is open
+            self._roots_at_start = roots_detail(roots)
 
     async def _on_connect(self) -> None:
         """Before each stream: take a newer directory, then re-assert every subscription."""
@@ -291,6 +293,9 @@ class NodeServer:
         config = self.config
         self.keys = keys
         assert self.store is not None
+        if self._roots_at_start is not None:
+            detail = {"roots": self._roots_at_start, "source": "file"}
+            await self._recorded("tls.roots_changed", detail, failed="tls.roots_failed")
         self.metrics = NodeMetrics()
         trust, now_ms = self.trust, self.clock.now_ms
         self.metrics.bind_directory(

@@ -203,3 +203,18 @@ async def test_rotate_ca_on_the_command_line_and_what_it_refuses(tmp_path: Path)
     assert code == 2 and "retire the old one first" in err and "Traceback" not in err
     code, _, err = await linkage("federation", "rotate-ca", "--dir", str(fed.root), "--retire")
     assert code == 2 and "node amh, gateway gateway still hold a certificate the previous CA issued" in err
+
+
+async def test_a_node_started_with_a_directory_naming_new_cas_takes_them_and_audits_it(tmp_path: Path) -> None:
+    """A directory file copied to a stopped node: its CA file changes before the store opens,
+    and the change is in its audit log all the same."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    rotate_ca(federation.fed, SystemClock().now_ms())
+    bundles = (federation.gateway_config.data_dir, federation.node_configs["amh"].data_dir)
+    publish_directory(federation.fed, SystemClock().now_ms(), copy_to=bundles)
+    async with running(federation) as cluster:
+        assert _roots(federation.node_configs["amh"].tls.ca) == set(federation.fed.roots())
+        (changed,) = [
+            e["detail"] for e in await audit_events(cluster.nodes["amh"]) if e["event"] == "tls.roots_changed"
+        ]
+        assert changed["source"] == "file" and len(changed["roots"]) == 2
