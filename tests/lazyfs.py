@@ -28,10 +28,17 @@ PENDING = "/.lazyfs-pending"
 
 @dataclass
 class Unsynced:
-    """One file's writes since its last fsync: whole pages, and its size as written."""
+    """One file's writes since its last fsync: whole pages, its size as written, and the
+    smallest it was cut to (past that, what is on disk is gone unless written again)."""
 
     size: int
+    cut_to: int
     pages: dict[int, bytearray] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, fd: int) -> Unsynced:
+        size = os.fstat(fd).st_size
+        return cls(size, size)
 
 
 class LazyFs(Operations):  # type: ignore[misc]
@@ -160,7 +167,7 @@ class LazyFs(Operations):  # type: ignore[misc]
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         with self._guard:
             inode = self._inode(fh)
-            pending = self.unsynced.get(inode) or Unsynced(os.fstat(fh).st_size)
+            pending = self.unsynced.get(inode) or Unsynced.of(fh)
             position, written = offset, 0
             while written < len(data):
                 page, at = divmod(position, PAGE)
@@ -185,14 +192,14 @@ class LazyFs(Operations):  # type: ignore[misc]
     def _resize(self, fd: int, length: int) -> None:
         with self._guard:
             inode = self._inode(fd)
-            pending = self.unsynced.get(inode) or Unsynced(os.fstat(fd).st_size)
+            pending = self.unsynced.get(inode) or Unsynced.of(fd)
             last, at = divmod(length, PAGE)
             if at:
                 buffer = self._page(fd, pending, last)
                 buffer[at:] = bytes(PAGE - at)
                 pending.pages[last] = buffer
             pending.pages = {p: b for p, b in pending.pages.items() if p * PAGE < length}
-            pending.size = length
+            pending.size, pending.cut_to = length, min(pending.cut_to, length)
             self.unsynced[inode] = pending
 
     def _page(self, fd: int, pending: Unsynced | None, page: int) -> bytearray:
@@ -200,14 +207,15 @@ class LazyFs(Operations):  # type: ignore[misc]
         if pending is not None and page in pending.pages:
             return bytearray(pending.pages[page])
         on_disk = bytearray(os.pread(fd, PAGE, page * PAGE))
-        if pending is not None and pending.size < (page + 1) * PAGE:  # shrunk, not yet synced
-            on_disk[max(0, pending.size - page * PAGE) :] = b""
+        if pending is not None and pending.cut_to < (page + 1) * PAGE:  # cut since the last fsync
+            on_disk[max(0, pending.cut_to - page * PAGE) :] = b""
         return on_disk + bytes(PAGE - len(on_disk))
 
     def fsync(self, path: str, datasync: int, fh: int) -> None:
         with self._guard:
             pending = self.unsynced.pop(self._inode(fh), None)
             if pending is not None:
+                os.ftruncate(fh, pending.cut_to)  # what was cut stays cut where no page is written again
                 for page, buffer in sorted(pending.pages.items()):
                     keep = max(0, min(PAGE, pending.size - page * PAGE))
                     os.pwrite(fh, bytes(buffer[:keep]), page * PAGE)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -75,7 +76,7 @@ class LazyDisk:
         await detached.wait()
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"CI must be able to mount the lazy disk (FUSE, libfuse2: see .ci/run): {reason}")
     pytest.skip(reason)
@@ -192,3 +193,26 @@ async def test_every_federation_file_is_whole_after_a_power_cut_once_its_command
             identity = identities(config.tls.cert.read_bytes())[0]
             config.tls.read().check(identity, now)
         assert MessageKeys.load(csc.message_keys).key_id == rotated
+
+
+def test_the_lazy_disk_keeps_a_cut_file_cut_when_it_grows_again(tmp_path: Path) -> None:
+    """Cut short, then written past its old end, before any fsync: the bytes cut read as zeros,
+    and are synced as zeros, not as what the disk held before the cut (its operations, called
+    directly, with no mount)."""
+    try:
+        from tests.lazyfs import PAGE, LazyFs
+    except (ImportError, OSError) as exc:  # mfusepy finds no libfuse
+        unavailable(f"the lazy disk cannot load: {exc}")
+
+    (tmp_path / "f").write_bytes(b"x" * 4 * PAGE)
+    disk = LazyFs(tmp_path)
+    fd = disk.open("/f", os.O_RDWR)
+    try:
+        disk.truncate("/f", 10, fd)
+        disk.write("/f", b"y", 3 * PAGE, fd)
+        seen = disk.read("/f", 4 * PAGE, 0, fd)
+        assert seen == b"x" * 10 + bytes(3 * PAGE - 10) + b"y"
+        disk.fsync("/f", 0, fd)
+        assert (tmp_path / "f").read_bytes() == seen
+    finally:
+        disk.release("/f", fd)
