@@ -33,6 +33,7 @@ def build(path: Path, entries: int) -> None:
                 message_id=f"m-{seq}",
                 counterpart="csc" if seq % 2 else "school",
                 decision="DECISION_OUTCOME_SHARED",
+                detail={} if seq % 3 else {"share_id": f"s-{seq}"},
             ).canonical()
             prev = chain_hash(prev, entry)
             rows.append((seq, 0, "e", "", entry, prev))

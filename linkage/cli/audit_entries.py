@@ -44,7 +44,7 @@ class EntryFilter:
     """Which audit entries to read; None matches anything."""
 
     token: str | None = None  # hex, as entries hold it
-    event: str | None = None  # a prefix: "share." matches every share event
+    event: str | tuple[str, ...] | None = None  # a prefix, or any of several: "share." matches every share event
     counterpart: str | None = None
     decision: str | None = None  # a substring, any case
     since: int | None = None  # ms
@@ -61,12 +61,15 @@ def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[s
     chain covers, never on the table's side columns, which nothing verifies; every
     condition is then checked on the parsed entry."""
     needles = [json.dumps(n, ensure_ascii=False)[1:-1] for n in (wanted.token, wanted.counterpart) if n]
-    if wanted.event:
-        needles.append('"event":' + json.dumps(wanted.event, ensure_ascii=False)[:-1])
     if wanted.share_id:
         needles.append(json.dumps(wanted.share_id, ensure_ascii=False))
-    where = " AND ".join("instr(entry, ?) > 0" for _ in needles) or "1"
-    for (entry,) in db.execute(f"SELECT entry FROM audit WHERE {where} ORDER BY seq", needles):
+    where = ["instr(entry, ?) > 0" for _ in needles]
+    events = (wanted.event,) if isinstance(wanted.event, str) else wanted.event or ()
+    if events:  # any one of them: a single scan of the log for several kinds of entry
+        needles += ['"event":' + json.dumps(event, ensure_ascii=False)[:-1] for event in events]
+        where.append("(" + " OR ".join("instr(entry, ?) > 0" for _ in events) + ")")
+    sql = f"SELECT entry FROM audit WHERE {' AND '.join(where) or '1'} ORDER BY seq"
+    for (entry,) in db.execute(sql, needles):
         e = json.loads(entry)
         if wanted.token and wanted.token not in e["tokens"]:
             continue
@@ -74,7 +77,7 @@ def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[s
             wanted.until is not None and e["ts_ms"] > wanted.until
         ):
             continue
-        if wanted.event and not e["event"].startswith(wanted.event):
+        if events and not e["event"].startswith(events):
             continue
         if wanted.counterpart and wanted.counterpart not in e["counterpart"].split(","):
             continue

@@ -13,7 +13,9 @@ import csv
 import json
 import sqlite3
 from collections import Counter, defaultdict
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,10 @@ COLUMNS = [
     "why",
     "note",
 ]
+# The entries the register reads; "summary.withdrawn" is a prefix, and takes in
+# summary.withdrawn_by_sender (a withdrawal received) too.
+EVENTS = ("share.decision", "message.received", "summary.withdrawn")
+DIRECTIONS = ("sent", "received", "withdrawn", "recalled")
 BREACH_NOTE = "possible personal data breach: assess it; tell the ICO within 72 hours unless unlikely to risk anyone"
 
 
@@ -168,36 +174,53 @@ def _received(
     }
 
 
-def _totals(rows: list[dict[str, Any]], directory: DirectoryView) -> dict[str, Any]:
-    """What a record of processing states: which categories of data went to (or came from)
-    which kinds of agency, on which grounds, and with what consent."""
-    moved = [r for r in rows if r["agencies"]]
-    categories: dict[str, Counter[str]] = defaultdict(Counter)
-    for r in moved:
-        for node, _, data in r["agencies"]:
-            categories[_agency_type(directory, node)].update(data or ["(none stated)"])
-    return {
-        "decisions": dict(Counter(r["decision"] for r in rows).most_common()),
-        "data_categories_by_agency_type": {t: dict(c.most_common()) for t, c in sorted(categories.items())},
-        "lawful_grounds": dict(Counter(g for r in moved for g in r["lawful_ground"].split(",") if g).most_common()),
-        "consent": dict(Counter(r["consent_status"] or "(not recorded)" for r in moved).most_common()),
-        "jurisdictions": dict(Counter(r["jurisdiction"] or "(not recorded)" for r in moved).most_common()),
-    }
+@dataclass
+class _Totals:
+    """One direction's figures, counted row by row: what a record of processing states,
+    which categories of data went to (or came from) which kinds of agency, on which
+    grounds, and with what consent."""
+
+    rows: int = 0
+    decisions: Counter[str] = field(default_factory=Counter)
+    categories: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    grounds: Counter[str] = field(default_factory=Counter)
+    consent: Counter[str] = field(default_factory=Counter)
+    jurisdictions: Counter[str] = field(default_factory=Counter)
+
+    def add(self, row: dict[str, Any], directory: DirectoryView) -> None:
+        self.rows += 1
+        self.decisions[row["decision"]] += 1
+        if not row["agencies"]:
+            return  # a decision not to share moved nothing
+        for node, _, data in row["agencies"]:
+            self.categories[_agency_type(directory, node)].update(data or ["(none stated)"])
+        self.grounds.update(g for g in row["lawful_ground"].split(",") if g)
+        self.consent[row["consent_status"] or "(not recorded)"] += 1
+        self.jurisdictions[row["jurisdiction"] or "(not recorded)"] += 1
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "decisions": dict(self.decisions.most_common()),
+            "data_categories_by_agency_type": {t: dict(c.most_common()) for t, c in sorted(self.categories.items())},
+            "lawful_grounds": dict(self.grounds.most_common()),
+            "consent": dict(self.consent.most_common()),
+            "jurisdictions": dict(self.jurisdictions.most_common()),
+        }
 
 
-def register_rows(
-    config: NodeConfig, directory: DirectoryView, since: int | None, until: int | None
-) -> list[dict[str, Any]]:
-    rows = []
-    with closing(read_only_store(config.store_path)) as db:
-        for e in find_entries(db, EntryFilter(event="share.decision", since=since, until=until)):
-            rows.append(_sent(e, directory))
-        for e in find_entries(db, EntryFilter(event="message.received", since=since, until=until)):
+def _rows(
+    db: sqlite3.Connection, config: NodeConfig, directory: DirectoryView, since: int | None, until: int | None
+) -> Iterator[dict[str, Any]]:
+    """The register's rows in the order the log recorded them, one at a time: a year of a
+    busy node's decisions need not fit in memory."""
+    for e in find_entries(db, EntryFilter(event=EVENTS, since=since, until=until)):
+        if e["event"] == "share.decision":
+            yield _sent(e, directory)
+        elif e["event"] == "message.received":
             if (row := _received(e, config, directory, db)) is not None:
-                rows.append(row)
-        for e in find_entries(db, EntryFilter(event="summary.withdrawn", since=since, until=until)):
-            rows.append(_withdrawal(e, directory, db))  # and summary.withdrawn_by_sender: the filter is a prefix
-    return sorted(rows, key=lambda r: int(r["ts_ms"]))
+                yield row
+        else:
+            yield _withdrawal(e, directory, db)
 
 
 def _flat(row: dict[str, Any]) -> dict[str, str]:
@@ -212,51 +235,69 @@ def _flat(row: dict[str, Any]) -> dict[str, str]:
 def show(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
     directory = federation_directory(config)
-    rows = register_rows(config, directory, millis("--since", args.since), millis("--until", args.until))
-    sides = {side: [r for r in rows if r["direction"] == side] for side in ("sent", "received")}
-    totals = {side: _totals(found, directory) for side, found in sides.items()}
-    if args.csv:
-        with written_whole(args.csv) as out:
-            writer = csv.DictWriter(out, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(_flat(r) for r in rows)
-    if args.json:
-        print(json.dumps({"totals": totals, "rows": [_flat(r) for r in rows]}, indent=2))
-        return 0
+    since, until = millis("--since", args.since), millis("--until", args.until)
+    with closing(read_only_store(config.store_path)) as db:
+        # Two passes, the totals and then the rows, over one snapshot of a store the node
+        # may be writing to: the totals printed are the rows' totals.
+        db.execute("BEGIN")
+        totals = {direction: _Totals() for direction in DIRECTIONS}
+        for row in _rows(db, config, directory, since, until):
+            totals[row["direction"]].add(row, directory)
+        with written_whole(args.csv) if args.csv else nullcontext() as out:
+            writer = csv.DictWriter(out, fieldnames=COLUMNS) if out else None
+            if writer:
+                writer.writeheader()
+            if args.json:
+                figures = {direction: t.figures() for direction, t in totals.items()}
+                print('{"totals": ' + json.dumps(figures) + ', "rows": [', end="")
+            else:
+                _print_totals(config, directory, totals, f"{args.since or 'the start'} to {args.until or 'now'}")
+            for n, row in enumerate(_rows(db, config, directory, since, until)):
+                if writer:
+                    writer.writerow(_flat(row))
+                if args.json:
+                    print(("," if n else "") + "\n" + json.dumps(_flat(row)), end="")
+                else:
+                    _print_row(row)
+        if args.json:
+            print("\n]}")
+        elif args.csv:
+            print(f"wrote {sum(t.rows for t in totals.values())} rows to {args.csv}")
+    return 0
+
+
+def _print_totals(config: NodeConfig, directory: DirectoryView, totals: dict[str, _Totals], period: str) -> None:
     me = directory.nodes.get(config.node_id)
-    period = f"{args.since or 'the start'} to {args.until or 'now'}"
     print(f"Register of sharing: {me.agency_name if me else config.node_id} ({config.node_id}), {period}")
     for side, heading in (("sent", "Decisions whether to share"), ("received", "Summaries received")):
-        t = totals[side]
-        outcomes = f" ({_counts(t['decisions'])})" if side == "sent" and sides[side] else ""
-        print(f"{heading}: {len(sides[side])}{outcomes}")
+        t = totals[side].figures()
+        outcomes = f" ({_counts(t['decisions'])})" if side == "sent" and totals[side].rows else ""
+        print(f"{heading}: {totals[side].rows}{outcomes}")
         for agency_type, data in t["data_categories_by_agency_type"].items():
             print(f"  {'to' if side == 'sent' else 'from'} {agency_type}: {_counts(data)}")
         for key, label in (("lawful_grounds", "grounds"), ("consent", "consent"), ("jurisdictions", "law of")):
             if t[key]:
                 print(f"  {label}: {_counts(t[key])}")
-    withdrawn = Counter(r["decision"] for r in rows if r["direction"] == "withdrawn")
-    recalled = Counter(r["decision"] for r in rows if r["direction"] == "recalled")
-    print(f"Withdrawals made: {sum(withdrawn.values())}" + (f" ({_counts(withdrawn)})" if withdrawn else ""))
-    print(f"Withdrawals received: {sum(recalled.values())}" + (f" ({_counts(recalled)})" if recalled else ""))
-    for r in rows:
-        print(f"{r['time']}  {r['direction']:<9} {r['decision']:<15} {r['kind']}  by {r['by']}")
-        for _, name, data in r["agencies"]:
-            print(f"    {'to' if r['direction'] in ('sent', 'withdrawn') else 'from'} {name}: {', '.join(data) or '-'}")
-        if r["kind"] != "WITHDRAWAL":
-            consent = f"consent {r['consent_status'] or '-'}" + (
-                f", approved by {r['approved_by']}" if r["approved_by"] else ""
-            )
-            law = f"; law of {r['jurisdiction']}" if r["jurisdiction"] else ""
-            print(f"    ground: {r['lawful_ground'] or '-'}{law}; {consent}")
-        if r["handling"]:
-            print(f"    handling: {', '.join(r['handling'])}")
-        print(f"    why: {r['why'] or '-'}")
-        if r["note"]:
-            print(f"    {r['note']}")
-    if args.csv:
-        print(f"wrote {len(rows)} rows to {args.csv}")
-    return 0
+    for side, heading in (("withdrawn", "Withdrawals made"), ("recalled", "Withdrawals received")):
+        made = totals[side]
+        print(f"{heading}: {made.rows}" + (f" ({_counts(made.figures()['decisions'])})" if made.rows else ""))
+
+
+def _print_row(r: dict[str, Any]) -> None:
+    print(f"{r['time']}  {r['direction']:<9} {r['decision']:<15} {r['kind']}  by {r['by']}")
+    for _, name, data in r["agencies"]:
+        print(f"    {'to' if r['direction'] in ('sent', 'withdrawn') else 'from'} {name}: {', '.join(data) or '-'}")
+    if r["kind"] != "WITHDRAWAL":
+        consent = f"consent {r['consent_status'] or '-'}" + (
+            f", approved by {r['approved_by']}" if r["approved_by"] else ""
+        )
+        law = f"; law of {r['jurisdiction']}" if r["jurisdiction"] else ""
+        print(f"    ground: {r['lawful_ground'] or '-'}{law}; {consent}")
+    if r["handling"]:
+        print(f"    handling: {', '.join(r['handling'])}")
+    print(f"    why: {r['why'] or '-'}")
+    if r["note"]:
+        print(f"    {r['note']}")
 
 
 def _counts(counted: dict[str, int]) -> str:
