@@ -43,6 +43,52 @@ def build(path: Path, entries: int) -> None:
         db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?)", rows)
 
 
+def build_cross_check(gateway_db: Path, node_store: Path, node_id: str, messages: int) -> None:
+    """A gateway's metadata log and a node's outbox that agree: `messages` sent by the node,
+    each forwarded and its receipt relayed, and as many again from another node."""
+    with sqlite3.connect(node_store) as db:
+        db.execute(
+            "CREATE TABLE outbox(seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL UNIQUE, recipient TEXT NOT NULL, "
+            "state TEXT NOT NULL, receipt BLOB, created_at_ms INTEGER NOT NULL)"
+        )
+        db.executemany(
+            "INSERT INTO outbox(message_id, recipient, state, receipt, created_at_ms) VALUES (?, ?, 'delivered', ?, ?)",
+            ((f"m-{n}", _recipient(n), bytes(300), 1_767_225_600_000 + n) for n in range(messages)),
+        )
+    with sqlite3.connect(gateway_db) as db:
+        db.execute(
+            "CREATE TABLE metalog(seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, event TEXT NOT NULL, "
+            "counterpart TEXT NOT NULL, entry TEXT NOT NULL, hash BLOB NOT NULL)"
+        )
+        prev, seq, rows = GENESIS, 0, []
+        for n in range(messages):
+            for sender, message_id in ((node_id, f"m-{n}"), ("police", f"p-{n}")):
+                for event, node, counterpart in (
+                    ("envelope.forwarded", sender, _recipient(n)),
+                    ("receipt.relayed", _recipient(n), sender),
+                ):
+                    seq += 1
+                    entry = AuditEntry(
+                        seq=seq,
+                        ts_ms=1_767_225_600_000 + n,
+                        event=event,
+                        actor={"id": node, "name": "", "role": "node"},
+                        message_id=message_id,
+                        counterpart=counterpart,
+                        detail={"size": 2_100},
+                    ).canonical()
+                    prev = chain_hash(prev, entry)
+                    rows.append((seq, 1_767_225_600_000 + n, event, counterpart, entry, prev))
+            if len(rows) >= 50_000:
+                db.executemany("INSERT INTO metalog VALUES (?, ?, ?, ?, ?, ?)", rows)
+                rows.clear()
+        db.executemany("INSERT INTO metalog VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def _recipient(n: int) -> str:
+    return "csc" if n % 2 else "school"
+
+
 def measure(entries: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "audit.sqlite"

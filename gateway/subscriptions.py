@@ -39,6 +39,7 @@ from pathlib import Path
 
 from gateway.db import GatewayDb
 from linkage import logs
+from linkage.readonly import connect_read_only
 from linkage.tokens import TOKEN_LEN
 
 TOKENS_PER_BUCKET = 8  # the directory is sized so a look-up scans about this many tokens
@@ -154,7 +155,7 @@ class NodeNumbers:
 
 
 def _reader(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    return connect_read_only(path, autocommit=True)
 
 
 def _load(path: Path, numbers: NodeNumbers, stopping: threading.Event) -> PackedRoutes:

@@ -19,6 +19,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from linkage.merkle import CompactRange, leaf_hash
+from linkage.readonly import connect_read_only
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class RangeCheck:
 
 
 def read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    return connect_read_only(path)
 
 
 def check_range(path: Path, start: int, end: int, before: bytes | None, marks: frozenset[int]) -> RangeCheck:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import grpc
 
@@ -188,4 +189,10 @@ def secure_channel(
 def api_channel(socket: Path) -> grpc.aio.Channel:
     """A channel to a node's API on its local socket, accepting answers as large as it sends."""
     options = [("grpc.max_receive_message_length", API_MAX_ANSWER_BYTES)]
-    return grpc.aio.insecure_channel(f"unix:{socket}", options=options)
+    return grpc.aio.insecure_channel(unix_address(socket), options=options)
+
+
+def unix_address(socket: Path) -> str:
+    """gRPC's address of a Unix socket. gRPC reads it as a URI, where a '#', '?' or '%' in
+    the path would mean something else, or fail: percent-encoded, the path is taken as is."""
+    return "unix:" + quote(str(socket))

@@ -22,7 +22,7 @@ from linkage.reasons import Rejected
 from linkage.renewal import CertificateWatch, Renewal, new_roots, roots_detail, write_roots
 from linkage.runtime import serve_until_signalled
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
-from linkage.transport import API_SERVER_OPTIONS, LINK_HEALTH_SERVICE
+from linkage.transport import API_SERVER_OPTIONS, LINK_HEALTH_SERVICE, unix_address
 from linkage.v1 import directory_pb2, gateway_pb2
 from linkage.writability import log_failure
 from node import retention
@@ -382,7 +382,7 @@ class NodeServer:
             socket.unlink()
         old_umask = os.umask(0o177)  # the socket is born owner-only: only this account's case system
         try:
-            server.add_insecure_port(f"unix:{socket}")
+            server.add_insecure_port(unix_address(socket))
             await server.start()
         except RuntimeError as exc:  # gRPC's word for an address it could not bind
             raise ConfigError(f"[api] socket {socket}: cannot bind it ({exc})") from exc

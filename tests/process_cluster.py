@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from linkage.auditlog import ChainResult, verify_chain
 from linkage.demo import Process, spawn
+from linkage.readonly import connect_read_only
 from linkage.transport import LINK_HEALTH_SERVICE, api_channel
 from linkage.v1 import node_api_pb2_grpc
 from tests.harness import LocalFederation
@@ -99,7 +99,7 @@ class ProcessCluster:
 
     def query(self, node_id: str, sql: str) -> list[Any]:
         """Read a node's store from outside, as an IG officer's tool would."""
-        with sqlite3.connect(f"file:{self.node_dir(node_id) / 'store.sqlite'}?mode=ro", uri=True) as db:
+        with closing(connect_read_only(self.node_dir(node_id) / "store.sqlite")) as db:
             return list(db.execute(sql).fetchall())
 
     def integrity(self, node_id: str) -> tuple[str, ChainResult]:

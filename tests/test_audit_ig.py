@@ -24,12 +24,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bench.audit import build
+from bench.audit import build, build_cross_check
 from linkage import stories
 from linkage.auditlog import GENESIS, AuditEntry, chain_hash
 from linkage.cli import audit as audit_cli
 from linkage.cli.audit_entries import EntryFilter, find_entries
 from linkage.cli.main import build_parser
+from linkage.cli.store_files import attach_read_only, read_only_store
 from linkage.clock import SystemClock
 from linkage.config import NodeConfig
 from linkage.v1 import audit_pb2, node_api_pb2, summary_pb2
@@ -258,15 +259,17 @@ def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tm
     assert '"Parent has stopped prescribed medication' in got["what"] and got["with"] == "Adult Mental Health Trust"
 
 
-def test_list_export_and_register_hold_one_entry_at_a_time_not_the_whole_log(tmp_path: Path) -> None:
-    """A node's log runs to millions of entries in a year: listing, exporting or registering
-    it must not need the memory of all of them at once. Python's own allocations are
-    counted while each command goes through 5,000 entries (1,667 of them decisions whether
-    to share): under 0.2 MB at the most, against 11 MB had they all been held at once."""
+def test_list_export_register_and_cross_check_hold_one_entry_at_a_time_not_the_whole_log(tmp_path: Path) -> None:
+    """A node's log runs to millions of entries in a year: listing, exporting, registering
+    or cross-checking it must not need the memory of all of them at once. Python's own
+    allocations are counted while each command goes through 5,000 entries (1,667 of them
+    decisions whether to share), or 5,000 messages and the gateway's 20,000 entries: under
+    0.2 MB at the most, against 11 MB had they all been held at once."""
     entries = 5_000
     federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
     toml = str(federation.node_configs["amh"].data_dir / "node.toml")
     build(NodeConfig.load(Path(toml)).store_path, entries)
+    build_cross_check(tmp_path / "gateway.sqlite", NodeConfig.load(Path(toml)).store_path, "amh", entries)
     out = tmp_path / "export"
     for command in (
         ("export", "--format", "csv", "--out", str(out)),
@@ -275,6 +278,7 @@ def test_list_export_and_register_hold_one_entry_at_a_time_not_the_whole_log(tmp
         ("list",),
         ("register", "--csv", str(out)),
         ("register", "--json"),
+        ("cross-check", "--gateway-db", str(tmp_path / "gateway.sqlite")),
     ):
         args = build_parser().parse_args(["audit", *command, "--config", toml])
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
@@ -443,6 +447,56 @@ def test_gateway_metadata_log_verifies_and_cross_check_agrees(scenario: LocalFed
         )
     disagree = linkage("audit", "cross-check", "--config", config(scenario, "amh"), "--gateway-db", str(copy))
     assert disagree.returncode == 1 and "the gateway has no record of forwarding it" in disagree.stdout
+
+
+def test_cross_check_names_every_way_a_node_and_the_gateway_disagree(tmp_path: Path) -> None:
+    """Stores that agree, then one change of each kind, each named by its message; what the
+    gateway forwarded for another node is no part of it."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    toml = str(federation.node_configs["amh"].data_dir / "node.toml")
+    store, gateway_db = NodeConfig.load(Path(toml)).store_path, tmp_path / "gateway.sqlite"
+    build_cross_check(gateway_db, store, "amh", 50)
+
+    def cross_check() -> tuple[int, str]:
+        args = build_parser().parse_args(["audit", "cross-check", "--config", toml, "--gateway-db", str(gateway_db)])
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            status = args.handler(args)
+        return status, out.getvalue()
+
+    assert cross_check() == (0, "AGREE: 50 outgoing messages, 50 forwarded by the gateway\n")
+    with sqlite3.connect(store) as db:
+        db.execute("UPDATE outbox SET receipt = NULL WHERE message_id = 'm-1'")
+        db.execute("UPDATE outbox SET recipient = 'police' WHERE message_id = 'm-2'")
+        db.execute("DELETE FROM outbox WHERE message_id = 'm-3'")
+        db.execute("UPDATE outbox SET state = 'queued' WHERE message_id = 'm-5'")  # not sent yet: agrees
+    with sqlite3.connect(gateway_db) as db:
+        db.execute("DELETE FROM metalog WHERE instr(entry, '\"m-4\"') AND event = 'envelope.forwarded'")
+        db.execute("DELETE FROM metalog WHERE instr(entry, '\"m-5\"') AND event = 'envelope.forwarded'")
+    assert cross_check() == (
+        1,
+        "  m-1: delivered without a stored receipt\n"
+        "  m-2: forwarded to school, addressed to police\n"
+        "  m-4: the node says delivered, the gateway has no record of forwarding it\n"
+        "  m-3: the gateway forwarded it from this node, the node has no record of it\n"
+        "DISAGREE: 4 problems, above\n",
+    )
+
+
+def test_a_store_is_read_wherever_it_lies_whatever_its_folder_is_called(tmp_path: Path) -> None:
+    """A path is given to SQLite as a URI (read-only), where '?', '#' and '%' mean something:
+    each is escaped, so the store read is the one named (before, another file was opened)."""
+    folder = tmp_path / "IG exports? #2 (100%)"
+    folder.mkdir()
+    for name in ("node.sqlite", "gateway.sqlite"):
+        with closing(sqlite3.connect(folder / name)) as db:
+            db.execute(f"CREATE TABLE {name.split('.')[0]}(n)")
+    with closing(read_only_store(folder / "node.sqlite")) as db:
+        attach_read_only(db, folder / "gateway.sqlite", "gw")
+        assert db.execute("SELECT count(*) FROM node, gw.gateway").fetchone() == (0,)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            db.execute("INSERT INTO gw.gateway VALUES (1)")
+    with pytest.raises(SystemExit, match="no store at"):
+        read_only_store(folder / "missing.sqlite")
 
 
 def test_a_metadata_log_past_retention_still_verifies_and_cross_checks_what_it_kept(

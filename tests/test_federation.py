@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from linkage import stories
+from linkage.auditlog import verify_store
 from linkage.clock import SystemClock
 from linkage.v1 import node_api_pb2, summary_pb2
 from node.server import NodeServer
-from tests.harness import PRACTITIONER, Cluster, LocalFederation, running, wait_delivered
+from tests.harness import PRACTITIONER, Cluster, LocalFederation, make_federation, running, wait_delivered
 
 
 async def open_case(
@@ -93,6 +94,19 @@ async def test_summary_reaches_every_subscribed_node_and_no_other(federation: Lo
 async def _events(node: NodeServer) -> list[str]:
     assert node.store is not None
     return [r[0] for r in await node.store.fetchall("SELECT event FROM audit ORDER BY seq")]
+
+
+async def test_a_federation_in_a_folder_whose_name_sqlite_would_misread_works(tmp_path: Path) -> None:
+    """'?', '#' and '%' in the path: the stores' readers (the node's look-ups, the gateway's
+    index, `audit verify`) open their files read-only by URI, where those characters mean
+    something; escaped, each opens the file named."""
+    federation = make_federation(tmp_path / "Linkage #2? (100%)", SystemClock())
+    async with running(federation) as cluster:
+        await share_think_family(cluster)
+        await wait_delivered(cluster.nodes["amh"], 2)
+        assert len(await summaries(cluster, "csc")) == 1
+    report = verify_store(federation.node_configs["amh"].store_path, [], jobs=1, per_range=8)
+    assert report.ok and report.entries > 8, report
 
 
 async def test_both_ends_audit_the_exchange_and_chains_verify(federation: LocalFederation) -> None:

@@ -30,7 +30,7 @@ from linkage.cli.audit_entries import (
     received_summary,
     when,
 )
-from linkage.cli.store_files import read_only_store
+from linkage.cli.store_files import attach_read_only, read_only_store
 from linkage.cli.values import count, link_token
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.directory import DirectoryView
@@ -452,40 +452,63 @@ def report(args: argparse.Namespace) -> int:
 
 
 def cross_check(args: argparse.Namespace) -> int:
-    """Compare what a node says it sent and had delivered with the gateway's metadata log."""
+    """Compare what a node says it sent and had delivered with the gateway's metadata log.
+
+    SQLite joins the two stores, so neither is held in memory: a year of a busy node's
+    messages, and of the gateway's for every node, runs to millions."""
     config = NodeConfig.load(args.config)
     with closing(read_only_store(args.gateway_db)) as db:
         anchor = _metalog_anchor(db)
+        attach_read_only(db, config.store_path, "node")
         # The gateway's record of what was sent before its log's retention horizon may be gone.
         horizon_ms = anchor[1] if anchor else -1
-        forwarded = {}
-        for (entry,) in db.execute("SELECT entry FROM metalog WHERE event = 'envelope.forwarded'"):
-            e = json.loads(entry)
-            if e["actor"]["id"] == config.node_id:
-                forwarded[e["message_id"]] = e["counterpart"]
-    with closing(read_only_store(config.store_path)) as db:
-        rows = db.execute("SELECT message_id, recipient, state, receipt, created_at_ms FROM outbox").fetchall()
-    outbox = {m: (r, s, rc) for m, r, s, rc, created in rows if created > horizon_ms}
-    older = len(rows) - len(outbox)
-    problems = []
-    for message_id, (recipient, state, receipt) in sorted(outbox.items()):
-        if state in ("sent", "delivered") and message_id not in forwarded:
-            problems.append(f"{message_id}: the node says {state}, the gateway has no record of forwarding it")
-        if message_id in forwarded and forwarded[message_id] != recipient:
-            problems.append(f"{message_id}: forwarded to {forwarded[message_id]}, addressed to {recipient}")
-        if state == "delivered" and receipt is None:
-            problems.append(f"{message_id}: delivered without a stored receipt")
-    for message_id in sorted(set(forwarded) - {m for m, *_ in rows}):
-        problems.append(f"{message_id}: the gateway forwarded it from this node, the node has no record of it")
-    if problems:
-        print(f"DISAGREE: {len(problems)} problems")
-        for p in problems:
-            print(f"  {p}")
-        return 1
-    print(f"AGREE: {len(outbox)} outgoing messages, {len(forwarded)} forwarded by the gateway")
+        # What the gateway forwarded from this node, read from its entries (the bytes the chain
+        # covers, not the side columns), the last record of a message kept: a temporary table,
+        # which SQLite moves to disk when large.
+        db.execute("CREATE TEMP TABLE forwarded(message_id TEXT PRIMARY KEY, recipient TEXT NOT NULL)")
+        db.execute(
+            "INSERT OR REPLACE INTO forwarded SELECT json_extract(entry, '$.message_id'), "
+            "json_extract(entry, '$.counterpart') FROM metalog WHERE instr(entry, '\"envelope.forwarded\"') > 0 "
+            "AND json_extract(entry, '$.event') = 'envelope.forwarded' AND json_extract(entry, '$.actor.id') = ? "
+            "ORDER BY seq",
+            (config.node_id,),
+        )
+        problems = 0
+        for line in _disagreements(db, horizon_ms):
+            problems += 1
+            print(f"  {line}")
+        if problems:
+            print(f"DISAGREE: {problems} problems, above")
+            return 1
+        ((compared,),) = db.execute("SELECT count(*) FROM node.outbox WHERE created_at_ms > ?", (horizon_ms,))
+        ((older,),) = db.execute("SELECT count(*) FROM node.outbox WHERE created_at_ms <= ?", (horizon_ms,))
+        ((forwarded,),) = db.execute("SELECT count(*) FROM forwarded")
+    print(f"AGREE: {compared} outgoing messages, {forwarded} forwarded by the gateway")
     if older:
         print(f"  {older} sent before the gateway's retention horizon ({when(horizon_ms)}) not compared")
     return 0
+
+
+def _disagreements(db: sqlite3.Connection, horizon_ms: int) -> Iterator[str]:
+    """Each way the node's outbox (schema `node`) and the gateway's `forwarded` differ, by message."""
+    for message_id, recipient, state, unreceipted, forwarded_to in db.execute(
+        "SELECT o.message_id, o.recipient, o.state, o.receipt IS NULL, f.recipient "
+        "FROM node.outbox o LEFT JOIN forwarded f USING (message_id) WHERE o.created_at_ms > ? "
+        "AND ((o.state IN ('sent', 'delivered') AND f.message_id IS NULL) OR f.recipient != o.recipient "
+        "OR (o.state = 'delivered' AND o.receipt IS NULL)) ORDER BY o.message_id",
+        (horizon_ms,),
+    ):
+        if state in ("sent", "delivered") and forwarded_to is None:
+            yield f"{message_id}: the node says {state}, the gateway has no record of forwarding it"
+        if forwarded_to is not None and forwarded_to != recipient:
+            yield f"{message_id}: forwarded to {forwarded_to}, addressed to {recipient}"
+        if state == "delivered" and unreceipted:
+            yield f"{message_id}: delivered without a stored receipt"
+    for (message_id,) in db.execute(
+        "SELECT message_id FROM forwarded f WHERE NOT EXISTS "
+        "(SELECT 1 FROM node.outbox o WHERE o.message_id = f.message_id) ORDER BY message_id"
+    ):
+        yield f"{message_id}: the gateway forwarded it from this node, the node has no record of it"
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -42,6 +42,7 @@ from linkage.auditlog import GENESIS, AuditEntry, chain_hash, entry_leaf
 from linkage.clock import Clock
 from linkage.exclusive import Exclusive
 from linkage.merkle import CompactRange
+from linkage.readonly import connect_read_only
 from linkage.v1 import summary_pb2
 from linkage.writability import Writability
 from node.store.leaves import RecentLeaves
@@ -244,7 +245,7 @@ async def _reader(path: Path) -> aiosqlite.Connection:
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    db = connect_read_only(path, autocommit=True)
     db.execute("PRAGMA busy_timeout=5000")
     return db
 
