@@ -80,6 +80,15 @@ class Authoriser:
                 "renew it (linkage federation renew-tls)",
             )
 
+    def replaced(self, node_id: str, certificate: bytes) -> bool:
+        """Whether `certificate` is no longer the one the directory pins for the node but the
+        one its renewal replaced, still accepted: the renewed file is not yet in use there."""
+        try:
+            entry = self.directory().nodes.get(node_id)
+        except Denied:
+            return False  # no directory to compare with: the gateway is not serving anyone
+        return entry is not None and certificate == entry.previous_tls_cert_sha256 != entry.tls_cert_sha256
+
     def claimed(self, context: grpc.aio.ServicerContext[object, object], claimed_node: str) -> str:
         """The caller, who must be the node a request field names."""
         node_id = self.node_of(context)

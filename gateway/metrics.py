@@ -56,6 +56,13 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.on_replaced_certificate = Gauge(
+            "linkage_gateway_nodes_on_replaced_certificate",
+            "Nodes connected with the certificate their renewal replaced: the renewed file is not in "
+            "use there (install it before it lapses, and before retiring a CA)",
+            registry=self.registry,
+        )
+
     def observe(self, event: str, outcome: str = "") -> None:
         if event in _OUTCOMES:
             self.envelopes.labels(_OUTCOMES[event]).inc()
@@ -74,6 +81,7 @@ class GatewayMetrics:
         directory_age: Callable[[], float],
         directory_expires_in: Callable[[], float],
         certificate_expires_in: Callable[[], float],
+        on_replaced_certificate: Callable[[], float],
     ) -> None:
         self.connected.set_function(connected)
         self.subscriptions.set_function(subscriptions)
@@ -81,3 +89,4 @@ class GatewayMetrics:
         self.directory_age.set_function(directory_age)
         self.directory_expires_in.set_function(directory_expires_in)
         self.certificate_expires_in.set_function(certificate_expires_in)
+        self.on_replaced_certificate.set_function(on_replaced_certificate)

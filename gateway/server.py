@@ -169,8 +169,9 @@ class GatewayServer:
             options=SERVER_OPTIONS,
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
+        authz = Authoriser(self.trust, self.clock)
         service = GatewayService(
-            Authoriser(self.trust, self.clock),
+            authz,
             self._index,
             self.sessions,
             RateLimits(limits.envelopes_per_second, limits.envelope_burst, self.clock),
@@ -204,6 +205,7 @@ class GatewayServer:
             directory_age=lambda: (self.clock.now_ms() - self.trust.issued_at_ms) / 1000,
             directory_expires_in=lambda: (self.trust.expires_at_ms - self.clock.now_ms()) / 1000,
             certificate_expires_in=self.certificate.watch.expires_in_s,
+            on_replaced_certificate=lambda: sum(authz.replaced(s.node_id, s.certificate) for s in self.sessions.live()),
         )
         if self.config.metrics_listen:
             self.metrics_endpoint.start(self.config.metrics_listen)

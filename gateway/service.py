@@ -334,8 +334,12 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except Denied as denied:
             self._note("connect.refused", "?", outcome=denied.code.name, warning=True)
             await abort(context, denied)
-        session = self.sessions.open(node_id)
+        session = self.sessions.open(node_id, peer.fingerprint)
         self._note("connect", node=node_id, tls=peer.tls_version, connected=len(self.sessions))
+        if self.authz.replaced(node_id, peer.fingerprint):
+            # Accepted until it lapses, but the federation renewed it: the renewed file is not
+            # in place at that node, and a CA retirement would cut it off.
+            self._note("tls.peer_on_replaced_certificate", node=node_id, warning=True)
         reader = asyncio.create_task(self._read(session, peer, request_iterator, context))
         try:
             async for frame in session.frames():

@@ -31,6 +31,7 @@ class Session:
     node_id: str
     limit: int
     headroom: int = ANSWER_HEADROOM
+    certificate: bytes = b""  # the SHA-256 of the certificate the node connected with
     queue: asyncio.Queue[gateway_pb2.GatewayFrame | None] = field(init=False)
     error: tuple[grpc.StatusCode, str] | None = None
 
@@ -104,18 +105,21 @@ class Sessions:
     def get(self, node_id: str) -> Session | None:
         return self._live.get(node_id)
 
-    def open(self, node_id: str) -> Session:
+    def open(self, node_id: str, certificate: bytes = b"") -> Session:
         """A new stream for a node replaces any older one, and wakes its waiting senders."""
         old = self._live.get(node_id)
         if old is not None:
             old.close((grpc.StatusCode.ABORTED, "replaced by a newer connection from the same node"))
-        session = Session(node_id, self.queue_limit, self.answer_headroom)
+        session = Session(node_id, self.queue_limit, self.answer_headroom, certificate)
         self._live[node_id] = session
         for sender in sorted(self._waiting.pop(node_id, set())):
             peer = self._live.get(sender)
             if peer is not None:
                 peer.push(gateway_pb2.GatewayFrame(peer_online=gateway_pb2.PeerOnline(node_id=node_id)), answer=True)
         return session
+
+    def live(self) -> list[Session]:
+        return list(self._live.values())
 
     def end(self, session: Session) -> None:
         if self._live.get(session.node_id) is session:

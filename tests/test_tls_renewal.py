@@ -8,6 +8,7 @@ a stream does not outlive its certificate."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -44,6 +45,7 @@ from tests.harness import (
     wait_delivered,
 )
 from tests.test_delivery import family_assessment, inbox, share
+from tests.test_metrics import scrape
 
 
 def _entry(federation: LocalFederation, node_id: str) -> directory_pb2.NodeEntry:
@@ -110,6 +112,45 @@ async def test_a_node_moves_to_its_renewed_certificate_without_a_restart_and_los
         renewed = [e for e in await audit_events(amh) if e["event"] == "tls.certificate_renewed"]
         assert [e["detail"]["fingerprint"] for e in renewed] == [new.hex()]
         assert not _log_events(captured_logs, "stream.refused")
+
+
+async def test_the_gateway_shows_a_node_still_on_the_certificate_its_renewal_replaced(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    """A renewal made where the CA is (`--out`) and not yet copied to the node: the node
+    keeps the certificate the renewal replaced, which the gateway still accepts, and the
+    gateway's metric and log say so, as the operator must know before retiring a CA."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
+    federation.gateway_config = dataclasses.replace(federation.gateway_config, metrics_listen="127.0.0.1:0")
+    cert_file = federation.node_configs["amh"].tls.cert
+    renewed = tmp_path / "amh-renewed.pem"
+    async with running(federation) as cluster:
+        port = cluster.gateway.metrics_endpoint.port
+
+        def on_replaced() -> float:
+            return scrape(port)["linkage_gateway_nodes_on_replaced_certificate"]
+
+        assessment_id = await family_assessment(cluster)
+        renew_certificate(federation.fed, cert_file, SystemClock().now_ms(), out=renewed)
+        assert await asyncio.to_thread(on_replaced) == 0  # the directory does not pin the new one yet
+        await _publish(cluster)
+        assert await asyncio.to_thread(on_replaced) == 1
+        await cluster.stop_node("amh")  # and comes back, still with the old file
+        amh = await cluster.start_node("amh")
+        await share(cluster, assessment_id)  # through the gateway: it has taken the new stream
+        async with asyncio.timeout(30):
+            await wait_delivered(amh, 1)
+        assert [e["node"] for e in _log_events(captured_logs, "tls.peer_on_replaced_certificate")] == ["amh"]
+        assert await asyncio.to_thread(on_replaced) == 1
+
+        shutil.copy(renewed, cert_file)  # installed: the node moves over at its next look
+        await amh.reload()
+        assert amh.certificate.fingerprint == cert_fingerprint(renewed.read_bytes())
+        await share(cluster, assessment_id)
+        async with asyncio.timeout(30):
+            await wait_delivered(amh, 2)
+        assert await asyncio.to_thread(on_replaced) == 0
+        assert len(_log_events(captured_logs, "tls.peer_on_replaced_certificate")) == 1
 
 
 async def test_a_stream_the_gateway_does_not_close_is_cancelled_and_the_node_moves_over_all_the_same(
