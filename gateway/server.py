@@ -151,7 +151,7 @@ class GatewayServer:
         self.certificate = ServerCertificate(watch)
         credentials = self.certificate.credentials()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self._db = await GatewayDb.open(self.config.data_dir / "gateway.sqlite")
+        self._db = await GatewayDb.open(self.config.store_path)
         self.metalog = MetaLog(self._db, self.clock, self.config.gateway_id)
         try:
             return await self._start(credentials)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import sqlite3
 from collections.abc import Generator, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
@@ -74,6 +75,7 @@ class ChainResult:
     entries: int
     first_bad_seq: int | None = None
     problem: str = ""
+    head: bytes = b""  # the last entry's chain hash, when all are good
 
 
 def verify_chain(rows: Iterable[tuple[int, str, bytes]], after: tuple[int, bytes] = (0, GENESIS)) -> ChainResult:
@@ -91,7 +93,22 @@ def verify_chain(rows: Iterable[tuple[int, str, bytes]], after: tuple[int, bytes
             return ChainResult(False, count, seq, "hash does not match the entry and its predecessor")
         expected += 1
         count += 1
-    return ChainResult(True, count)
+    return ChainResult(True, count, head=prev)
+
+
+def metalog_anchor(db: sqlite3.Connection) -> tuple[int, int, bytes] | None:
+    """The last entry retention purged from the gateway's metadata log: seq, time, chain hash."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'metalog_anchor'").fetchone():
+        return None  # a gateway from before retention
+    row = db.execute("SELECT seq, ts_ms, hash FROM metalog_anchor").fetchone()
+    return (int(row[0]), int(row[1]), bytes(row[2])) if row else None
+
+
+def verify_metalog(db: sqlite3.Connection) -> ChainResult:
+    """The gateway's metadata log, chained on from its retention anchor if it has one."""
+    anchor = metalog_anchor(db)
+    rows = db.execute("SELECT seq, entry, hash FROM metalog ORDER BY seq")
+    return verify_chain(rows, (anchor[0], anchor[2]) if anchor else (0, GENESIS))
 
 
 # -- the Merkle view and signed checkpoints -------------------------------------------

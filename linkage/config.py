@@ -177,6 +177,12 @@ class GatewayConfig:
     metalog_days: int = 0  # metadata-log entries kept this long; 0 keeps them all
     witness_key: Path | None = None  # Ed25519 key cosigning witnessed checkpoints; None: no cosigning
 
+    STORE_NAME = "gateway.sqlite"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / self.STORE_NAME
+
     @classmethod
     def load(cls, path: Path) -> GatewayConfig:
         r = _Reader(path)
@@ -214,9 +220,11 @@ class NodeConfig:
     retention_days: int = 0  # received summaries kept this long; 0 keeps them (the audit log is never purged)
     metrics_listen: str = ""  # host:port for Prometheus; empty: off
 
+    STORE_NAME = "store.sqlite"
+
     @property
     def store_path(self) -> Path:
-        return self.data_dir / "store.sqlite"
+        return self.data_dir / self.STORE_NAME
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:

@@ -9,6 +9,7 @@ its key is never readable by others, not even for the moment before a chmod.
 from __future__ import annotations
 
 import errno
+import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,15 @@ def written_whole(path: Path, mode: int = PRIVATE) -> Iterator[TextIO]:
     of a million audit entries cut short never passes for all of them, and what it holds
     about people is nobody else's to read."""
     with _whole(path, mode) as fd, os.fdopen(fd, "w", newline="") as out:
+        yield out
+        out.flush()
+        os.fsync(out.fileno())
+
+
+@contextmanager
+def written_whole_bytes(path: Path, mode: int = PRIVATE) -> Iterator[io.BufferedWriter]:
+    """`written_whole` for bytes: a backup, say."""
+    with _whole(path, mode) as fd, os.fdopen(fd, "wb") as out:
         yield out
         out.flush()
         os.fsync(out.fileno())

@@ -1,5 +1,5 @@
 """A process killed in the middle of writing files, simulated step by step: `crash_at(n)`
-stops it at its n-th call that opens, creates, renames or removes a file or folder, so a
+stops it at its n-th call that opens, creates, renames, links or removes a file or folder, so a
 test can cut an operation at each of its steps in turn and check what is left on disk."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def crash_at(step: int) -> Iterator[None]:
         return call
 
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("open", "replace", "mkdir", "unlink", "rmdir"):
+        for name in ("open", "replace", "link", "mkdir", "unlink", "rmdir"):
             patch.setattr(os, name, dying(getattr(os, name)))
         yield
 

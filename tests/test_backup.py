@@ -4,17 +4,30 @@ only after a backup of it is taken."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import sqlite3
 import subprocess
 import sys
+import tarfile
+from collections.abc import Callable
+from contextlib import closing
+from itertools import count
 from pathlib import Path
 
+import pyrage
+import pytest
+from pyrage import x25519
+
+from bench.audit import build
+from linkage import backup
 from linkage.clock import ManualClock, SystemClock
 from node.store import Store
 from node.store.schema import MIGRATIONS
-from tests.harness import make_federation, running, wait_delivered
+from tests.file_crashes import Crash, crash_at
+from tests.harness import linkage, make_federation, running, wait_delivered
 from tests.test_audit_ig import witnessed
+from tests.test_delivery import family_assessment, share
 from tests.test_federation import share_think_family
 
 
@@ -89,3 +102,194 @@ def test_an_older_store_is_backed_up_before_it_is_migrated(tmp_path: Path) -> No
     with sqlite3.connect(backups[0]) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 1
         assert db.execute("SELECT case_ref FROM cases").fetchone()[0] == "ref"
+
+
+# -- encrypted backups: `linkage backup` ----------------------------------------------------
+
+ASSESSED = b"Parent has stopped prescribed medication"  # in amh's store, as the practitioner wrote it
+
+
+def _staged(*folders: Path) -> list[Path]:
+    """Plaintext folders a backup or restore left behind."""
+    return [left for folder in folders for left in folder.glob(".backup-*")]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _entries(store: Path) -> int:
+    with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT count(*) FROM audit").fetchone()[0])
+
+
+async def test_a_backup_taken_while_the_node_shares_restores_its_store_and_rebuilds_the_node_elsewhere(
+    tmp_path: Path,
+) -> None:
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
+    amh = federation.node_configs["amh"]
+    toml, gateway_toml = str(amh.data_dir / "node.toml"), str(federation.gateway_config.data_dir / "gateway.toml")
+    key, sealed, sealed_gateway = tmp_path / "backup.key", tmp_path / "amh.age", tmp_path / "gateway.age"
+    code, out, _ = await linkage("backup", "keygen", "--out", str(key))
+    recipient = out.split("public key, to back up to: ")[1].strip()
+    assert code == 0 and recipient.startswith("age1") and key.stat().st_mode & 0o077 == 0
+
+    async with running(federation) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await share(cluster, assessment_id)
+        # Taken by another process while this one goes on sharing: a snapshot whose log verifies.
+        sharing = asyncio.gather(*(share(cluster, assessment_id) for _ in range(10)))
+        made = await linkage("backup", "create", "--config", toml, "--to", recipient, "--out", str(sealed))
+        await sharing
+        assert made[0] == 0 and "OK: backed up to" in made[1], made
+        gateway_made = await linkage(
+            "backup", "create", "--gateway-config", gateway_toml, "--to", recipient, "--out", str(sealed_gateway)
+        )
+        assert gateway_made[0] == 0 and "metadata log: " in gateway_made[1], gateway_made
+        running_restore = await linkage(
+            "backup", "restore", "--config", toml, "--from", str(sealed), "--identity", str(key)
+        )
+        assert running_restore[0] == 2 and "stop the node before restoring its store" in running_restore[2]
+        await share(cluster, assessment_id)  # after the backup: not in it
+        await wait_delivered(cluster.nodes["amh"], 12)
+    later = _entries(amh.store_path)
+
+    data = sealed.read_bytes()
+    assert data.startswith(b"age-encryption.org/v1") and sealed.stat().st_mode & 0o077 == 0
+    assert ASSESSED not in data and (amh.data_dir / "keys" / "linkage.key").read_bytes() not in data
+    checked = await linkage("backup", "check", "--from", str(sealed), "--identity", str(key), "--work", str(tmp_path))
+    assert checked[0] == 0 and "opens and is whole" in checked[1], checked
+    backed_up = int(checked[1].split("audit log: ")[1].split(" entries")[0].replace(",", ""))
+    assert 0 < backed_up < later
+
+    restored = await linkage("backup", "restore", "--config", toml, "--from", str(sealed), "--identity", str(key))
+    assert restored[0] == 0, restored
+    assert not amh.store_path.with_name("store.sqlite-wal").exists()  # the old store's journal folded into it
+    assert _entries(amh.store_path) == backed_up
+    (kept,) = amh.data_dir.glob("store.sqlite.replaced-*")
+    assert _entries(kept) == later  # the store it replaced, whole
+    assert not _staged(amh.data_dir, tmp_path)
+    gateway_restored = await linkage(
+        "backup", "restore", "--gateway-config", gateway_toml, "--from", str(sealed_gateway), "--identity", str(key)
+    )
+    assert gateway_restored[0] == 0, gateway_restored
+    async with running(federation) as cluster:  # both serve again from what was restored
+        await share(cluster, assessment_id)  # the assessment was recorded before the backup
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        (total,) = await store.fetchone("SELECT count(*) FROM outbox")
+        await wait_delivered(cluster.nodes["amh"], total)  # what was in flight at the backup goes again
+    verified = await linkage("audit", "verify", "--gateway-config", gateway_toml)
+    assert verified[0] == 0, verified
+
+    rebuilt = tmp_path / "rebuilt"
+    whole = await linkage("backup", "restore", "--into", str(rebuilt), "--from", str(sealed), "--identity", str(key))
+    assert whole[0] == 0, whole
+    for name in ("node.toml", "directory.pb", "keys/linkage.key", "keys/signing.key", "tls/node.key", "tls/node.pem"):
+        assert (rebuilt / name).read_bytes() == (amh.data_dir / name).read_bytes(), name
+    assert (rebuilt / "keys" / "linkage.key").stat().st_mode & 0o077 == 0
+    assert _entries(rebuilt / "store.sqlite") == backed_up
+    assert (await linkage("audit", "verify", "--config", str(rebuilt / "node.toml")))[0] == 0
+
+
+def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    """Each refusal says why in a line, and leaves the store as it was."""
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
+    amh, csc = (backup.Member.of(federation.node_configs[n]) for n in ("amh", "csc"))
+    for member in (amh, csc):
+        build(member.store, 300)
+    key = tmp_path / "backup.key"
+    to = backup.recipients([backup.generate_key(key, "2026-12-04T00:00:00+00:00")])
+    keys = backup.identities(key)
+    sealed = tmp_path / "amh.age"
+    backup.take(amh, sealed, to, 1)
+
+    def refused(message: str, call: Callable[[], object]) -> None:
+        before = amh.store.read_bytes()
+        with pytest.raises(backup.BackupError, match=message):
+            call()
+        assert amh.store.read_bytes() == before and not _staged(amh.data_dir)
+
+    with pytest.raises(backup.BackupError, match="is never written over"):
+        backup.generate_key(key, "")
+    refused("is not an age public key", lambda: backup.recipients(["age1notakey"]))
+    other = tmp_path / "other.key"
+    backup.generate_key(other, "")
+    refused("none of the keys given opens it", lambda: backup.restore_store(amh, sealed, backup.identities(other), 2))
+    damaged = tmp_path / "damaged.age"
+    data = bytearray(sealed.read_bytes())
+    data[len(data) // 2] ^= 1
+    damaged.write_bytes(bytes(data))
+    refused("damaged or was altered", lambda: backup.restore_store(amh, damaged, keys, 2))
+    refused("not of node 'csc'", lambda: backup.restore_store(csc, sealed, keys, 2))
+    refused(
+        "none of the keys given opens it",
+        lambda: backup.restore_store(amh, federation.node_configs["amh"].store_path, keys, 2),
+    )
+    # Anyone with the public key can make an age file: what is inside is checked all the same.
+    forged, plain = tmp_path / "forged.age", tmp_path / "forged.tar"
+    with tarfile.open(sealed_tar(sealed, keys, tmp_path), "r") as real, tarfile.open(plain, "w") as tar:
+        manifest = real.extractfile(backup.MANIFEST)
+        assert manifest is not None
+        info = real.getmember(backup.MANIFEST)
+        tar.addfile(info, manifest)
+        tar.add(csc.store, backup.STORE)  # another store under amh's manifest
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    refused("its store is not the one its manifest describes", lambda: backup.restore_store(amh, forged, keys, 2))
+    with tarfile.open(plain, "w") as tar:
+        tar.add(csc.store, backup.STORE)
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    refused("holds no manifest.json", lambda: backup.restore_store(amh, forged, keys, 2))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "node.toml").write_text("")
+    refused("is not empty", lambda: backup.restore_all(sealed, keys, tmp_path / "full"))
+
+    with sqlite3.connect(amh.store) as db:  # an entry edited: the backup is not taken
+        db.execute("UPDATE audit SET entry = replace(entry, 'csc', 'xyz') WHERE seq = 7")
+    refused("the audit log fails at entry 7", lambda: backup.take(amh, tmp_path / "edited.age", to, 1))
+    assert not (tmp_path / "edited.age").exists()
+
+
+def sealed_tar(sealed: Path, keys: list[x25519.Identity], folder: Path) -> Path:
+    """The tar archive inside a backup."""
+    plain = folder / "opened.tar"
+    plain.write_bytes(pyrage.decrypt(sealed.read_bytes(), keys))
+    return plain
+
+
+def test_a_restore_cut_short_at_any_point_leaves_a_whole_store_and_running_it_again_finishes(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh",))
+    amh = backup.Member.of(federation.node_configs["amh"])
+    build(amh.store, 200)
+    key = tmp_path / "backup.key"
+    to = backup.recipients([backup.generate_key(key, "")])
+    sealed = tmp_path / "amh.age"
+    taken = backup.take(amh, sealed, to, 1).store.sha256
+    # The store the restore replaces, as a node killed mid-run leaves it: 300 entries in the
+    # store file, then 50 removed in its write-ahead log, which a reader applies.
+    longer = tmp_path / "longer.sqlite"
+    build(longer, 300)
+    with closing(sqlite3.connect(longer)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute("DELETE FROM audit WHERE seq > 250")
+        db.commit()
+        old = {suffix: longer.with_name(longer.name + suffix).read_bytes() for suffix in ("", "-wal")}
+    for step in count(1):
+        for left in [*amh.data_dir.glob("store.sqlite*")]:
+            left.unlink()
+        for suffix, data in old.items():
+            amh.store.with_name(amh.store.name + suffix).write_bytes(data)
+        try:
+            with crash_at(step):
+                backup.restore_store(amh, sealed, backup.identities(key), step)
+        except Crash:
+            assert _entries(amh.store) in (200, 250), step  # the old store or the restored one, whole
+            backup.restore_store(amh, sealed, backup.identities(key), 10_000 + step)  # run again: it finishes
+            assert _sha256(amh.store) == taken
+            continue
+        assert _sha256(amh.store) == taken and _entries(amh.store) == 200
+        (kept,) = amh.data_dir.glob("store.sqlite.replaced-*")
+        assert _entries(kept) == 250  # the old store, its journal folded in
+        assert step > 5  # it was cut at every step before this one
+        break

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from linkage.auditlog import GENESIS, check_cosignature, open_checkpoint, verify_chain, verify_store
+from linkage.auditlog import check_cosignature, metalog_anchor, open_checkpoint, verify_metalog, verify_store
 from linkage.cli import challenge_figures, share_register
 from linkage.cli.audit_entries import (
     EntryFilter,
@@ -85,19 +85,7 @@ PLAIN = {
 }
 
 
-def _rows(db: sqlite3.Connection, table: str) -> Iterator[tuple[int, str, bytes]]:
-    yield from db.execute(f"SELECT seq, entry, hash FROM {table} ORDER BY seq")
-
-
 # -- verify ---------------------------------------------------------------------------
-
-
-def _metalog_anchor(db: sqlite3.Connection) -> tuple[int, int, bytes] | None:
-    """The last entry retention purged from the gateway's metadata log: seq, time, chain hash."""
-    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'metalog_anchor'").fetchone():
-        return None  # a gateway from before retention
-    row = db.execute("SELECT seq, ts_ms, hash FROM metalog_anchor").fetchone()
-    return (int(row[0]), int(row[1]), bytes(row[2])) if row else None
 
 
 def _read_checkpoints(paths: list[Path]) -> list[audit_pb2.SignedCheckpoint]:
@@ -162,9 +150,9 @@ def _say_cosigned(
 def verify(args: argparse.Namespace) -> int:
     if args.gateway_config:
         gw = GatewayConfig.load(args.gateway_config)
-        with closing(read_only_store(gw.data_dir / "gateway.sqlite")) as db:
-            anchor = _metalog_anchor(db)
-            result = verify_chain(_rows(db, "metalog"), (anchor[0], anchor[2]) if anchor else (0, GENESIS))
+        with closing(read_only_store(gw.store_path)) as db:
+            anchor = metalog_anchor(db)
+            result = verify_metalog(db)
         print(("OK" if result.ok else "FAILED") + f": gateway metadata log, {result.entries} entries checked")
         if anchor:
             print(
@@ -458,7 +446,7 @@ def cross_check(args: argparse.Namespace) -> int:
     messages, and of the gateway's for every node, runs to millions."""
     config = NodeConfig.load(args.config)
     with closing(read_only_store(args.gateway_db)) as db:
-        anchor = _metalog_anchor(db)
+        anchor = metalog_anchor(db)
         attach_read_only(db, config.store_path, "node")
         # The gateway's record of what was sent before its log's retention horizon may be gone.
         horizon_ms = anchor[1] if anchor else -1

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from linkage import __version__, jurisdictions
-from linkage.cli import audit, casework, directory_listing, duty, health, inbox, share
+from linkage.cli import audit, backup, casework, directory_listing, duty, health, inbox, share
 from linkage.clock import SystemClock
 
 Handler = Callable[[argparse.Namespace], int]
@@ -334,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     duty.register(commands)
     audit.register(commands)
     directory_listing.register(commands)
+    backup.register(commands)
 
     p = commands.add_parser("demo", help="run a local federation and play a Think-Family story")
     p.add_argument("--keep", type=Path, default=None, help="use this folder and keep it (default: a temp folder)")
@@ -359,10 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:  # a clear one-line error for people, not a traceback
+        from linkage.backup import BackupError
         from linkage.config import ConfigError
         from linkage.federation import FederationError
 
-        if isinstance(exc, ConfigError | FederationError | OSError):  # OSError: a file's name and trouble
+        if isinstance(exc, BackupError | ConfigError | FederationError | OSError):  # OSError: a file's name and trouble
             print(f"linkage: {exc}", file=sys.stderr)
             return 2
         raise

@@ -1,0 +1,400 @@
+"""Encrypted backups of a node's or the gateway's store and files, checked when taken and
+again before they are restored.
+
+A backup is one file, encrypted with age (age-encryption.org/v1, through pyrage) to public
+keys whose private halves are kept away from the machine: a copy that leaves the building,
+or is found on a share, reveals nothing. X-Road's security servers keep their backups the
+same way. Inside is a tar archive of
+- `manifest.json`: what it is (node or gateway, which member of which federation, when) and
+  what its store held (size, SHA-256, and its log's length and root or head);
+- `store.sqlite`: the store as SQLite's online backup API copies it, a consistent snapshot
+  taken while the server runs, checked (SQLite's integrity check, the log's hash chain)
+  before it is kept;
+- `bundle/...`: the member's other files (configuration, keys, certificates, directory),
+  so that a machine lost entirely can be rebuilt from the backup alone.
+
+It is written whole or not at all, readable by its owner only. The plaintext it passes
+through is kept in a private folder beside the store, where the same data already lies,
+and removed however the command ends."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pyrage
+from pyrage import x25519
+
+from linkage.auditlog import verify_metalog, verify_store
+from linkage.config import GatewayConfig, NodeConfig
+from linkage.exclusive import Exclusive, InUse
+from linkage.files import PRIVATE, fsync_dir, write_private, written_whole_bytes
+from linkage.readonly import connect_read_only
+
+FORMAT = "linkage-backup/1"
+MANIFEST, STORE, BUNDLE = "manifest.json", "store.sqlite", "bundle"
+
+
+class BackupError(Exception):
+    """A backup that cannot be taken, opened or restored: the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """A node or the gateway, as its configuration places it."""
+
+    kind: str  # "node" or "gateway"
+    member_id: str
+    federation_id: str
+    data_dir: Path
+    store: Path
+
+    @classmethod
+    def of(cls, config: NodeConfig | GatewayConfig) -> Member:
+        if isinstance(config, NodeConfig):
+            return cls("node", config.node_id, config.federation.federation_id, config.data_dir, config.store_path)
+        return cls("gateway", config.gateway_id, config.federation.federation_id, config.data_dir, config.store_path)
+
+    def is_store_file(self, path: Path) -> bool:
+        """The store, its journal and lock, and the copies migrations keep: never bundled."""
+        return path.parent == self.data_dir and path.name.startswith(self.store.name)
+
+
+@dataclass(frozen=True)
+class StoreFacts:
+    bytes: int
+    sha256: str
+    log_entries: int
+    log_root: str  # a node's: the Merkle root `audit verify` prints; the gateway's: the chain's head
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format: str
+    kind: str
+    member_id: str
+    federation_id: str
+    taken_at_ms: int
+    store: StoreFacts
+    files: list[str]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        try:
+            raw: dict[str, Any] = json.loads(data)
+            if raw.get("format") != FORMAT:
+                raise BackupError(f"a backup of format {raw.get('format')!r}; this release reads {FORMAT}")
+            return cls(**{**raw, "store": StoreFacts(**raw["store"])})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BackupError(f"the backup's manifest cannot be read ({exc})") from None
+
+
+# -- keys --------------------------------------------------------------------------------
+
+
+def generate_key(out: Path, now_iso: str) -> str:
+    """A new age identity, written to `out` (private), in age-keygen's format so that the
+    age tools can open the backups too. Returns its public key, the recipient to back up to."""
+    if out.exists():
+        raise BackupError(f"{out} exists: a backup key is never written over (backups made to it would be lost)")
+    identity = x25519.Identity.generate()
+    recipient = str(identity.to_public())
+    write_private(out, f"# created: {now_iso}\n# public key: {recipient}\n{identity}\n".encode())
+    return recipient
+
+
+def recipients(given: list[str]) -> list[x25519.Recipient]:
+    """Each `age1...` key given, or each in a file given (one a line, # comments)."""
+    found = []
+    for value in given:
+        for line in _lines(Path(value)) if not value.startswith("age1") else [value]:
+            try:
+                found.append(x25519.Recipient.from_str(line))
+            except pyrage.RecipientError:
+                raise BackupError(f"{line[:20]!r} is not an age public key (age1...)") from None
+    if not found:
+        raise BackupError("no recipient: give --to age1... (the public key `linkage backup keygen` printed)")
+    return found
+
+
+def identities(path: Path) -> list[x25519.Identity]:
+    found = []
+    for line in _lines(path):
+        try:
+            found.append(x25519.Identity.from_str(line))
+        except pyrage.IdentityError:
+            raise BackupError(f"{path} holds a line that is not an age secret key (AGE-SECRET-KEY-1...)") from None
+    if not found:
+        raise BackupError(f"{path} holds no age secret key")
+    return found
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BackupError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+# -- taking a backup ----------------------------------------------------------------------
+
+
+def take(member: Member, out: Path, to: list[x25519.Recipient], now_ms: int) -> Manifest:
+    """Back up `member`'s store and files to `out`, encrypted to `to`, while its server runs."""
+    if not member.store.exists():
+        raise BackupError(f"no store at {member.store}: nothing to back up")
+    with _staging(member.data_dir) as staging:
+        copy = staging / STORE
+        _copy_store(member.store, copy)
+        facts = check_store(copy, member.kind)
+        files = _bundle_files(member)
+        manifest = Manifest(FORMAT, member.kind, member.member_id, member.federation_id, now_ms, facts, files)
+        archive = staging / "backup.tar"
+        with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+            _add_bytes(tar, MANIFEST, manifest.to_json())
+            tar.add(copy, STORE)
+            for name in files:
+                tar.add(member.data_dir / name, f"{BUNDLE}/{name}", recursive=False)
+        with archive.open("rb") as plain, written_whole_bytes(out) as sealed:
+            pyrage.encrypt_io(plain, sealed, to)
+    return manifest
+
+
+def _copy_store(store: Path, copy: Path) -> None:
+    os.close(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE))
+    with closing(connect_read_only(store)) as source, closing(sqlite3.connect(copy)) as target:
+        try:
+            # In one step, as one read transaction: in WAL mode the server writes on meanwhile,
+            # where a copy in steps would start again at each of its commits, and might never end.
+            source.backup(target)
+        except sqlite3.DatabaseError as exc:
+            raise BackupError(f"{store} cannot be copied ({exc}): is it a store?") from None
+
+
+def _bundle_files(member: Member) -> list[str]:
+    """The member's own files under its folder, but for the store's, sockets, files half
+    written, and the plaintext of backups and restores under way."""
+    names = []
+    for path in sorted(member.data_dir.rglob("*")):
+        if path.is_symlink() or not path.is_file() or member.is_store_file(path) or path.name.endswith(".tmp"):
+            continue
+        relative = path.relative_to(member.data_dir)
+        if not any(part.startswith(".backup-") for part in relative.parts):
+            names.append(relative.as_posix())
+    return names
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), PRIVATE
+    tar.addfile(info, io.BytesIO(data))
+
+
+# -- checking ----------------------------------------------------------------------------
+
+
+def check_store(path: Path, kind: str) -> StoreFacts:
+    """SQLite's integrity check and the log's hash chain, or BackupError saying which failed."""
+    try:
+        with closing(connect_read_only(path)) as db:
+            (integrity,) = db.execute("PRAGMA integrity_check").fetchone()
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            needed = "audit" if kind == "node" else "metalog"
+            if integrity != "ok":
+                raise BackupError(f"the store fails SQLite's integrity check: {integrity}")
+            if needed not in tables:
+                raise BackupError(f"this is not a {kind}'s store (it has no {needed} table)")
+            if kind == "gateway":
+                chain = verify_metalog(db)
+                if not chain.ok:
+                    raise BackupError(f"the metadata log fails at entry {chain.first_bad_seq}: {chain.problem}")
+                entries, root = chain.entries, chain.head.hex()
+    except sqlite3.DatabaseError as exc:
+        raise BackupError(f"the store cannot be read ({exc})") from None
+    if kind == "node":
+        report = verify_store(path, [])
+        if not report.ok:
+            raise BackupError(f"the audit log fails at entry {report.first_bad_seq}: {'; '.join(report.problems)}")
+        entries, root = report.entries, report.root.hex()
+    return StoreFacts(path.stat().st_size, _sha256(path), entries, root)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A backup decrypted and checked, in a private folder that goes when it is closed."""
+
+    manifest: Manifest
+    store: Path
+    archive: Path
+
+
+@contextlib.contextmanager
+def opened(backup: Path, keys: list[x25519.Identity], beside: Path) -> Iterator[Opened]:
+    """Decrypt `backup` into a private folder in `beside` and check it whole: the archive
+    opens, its store is the one the manifest describes, and passes every check."""
+    with _staging(beside) as staging:
+        archive = staging / "backup.tar"
+        try:
+            with backup.open("rb") as sealed, archive.open("wb") as plain:
+                pyrage.decrypt_io(sealed, plain, keys)
+        except FileNotFoundError:
+            raise BackupError(f"no backup at {backup}") from None
+        except pyrage.DecryptError:
+            raise BackupError(f"{backup}: none of the keys given opens it (or it is not an age file)") from None
+        except OSError:  # age's word for a chunk that does not authenticate
+            raise BackupError(f"{backup} is damaged or was altered: it does not decrypt whole") from None
+        try:
+            with tarfile.open(archive) as tar:
+                manifest = Manifest.from_json(_member(tar, MANIFEST).read())
+                store = staging / STORE
+                with os.fdopen(os.open(store, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE), "wb") as out:
+                    shutil.copyfileobj(_member(tar, STORE), out)
+                    out.flush()
+                    os.fsync(out.fileno())  # on disk before it is renamed into place
+        except tarfile.TarError as exc:
+            raise BackupError(f"{backup} is not a Linkage backup ({exc})") from None
+        facts = check_store(store, manifest.kind)
+        if facts != manifest.store:
+            raise BackupError(f"{backup}: its store is not the one its manifest describes")
+        yield Opened(manifest, store, archive)
+
+
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    try:
+        found = tar.extractfile(name)
+    except KeyError:
+        found = None
+    if found is None:
+        raise BackupError(f"the backup holds no {name}: it is not a Linkage backup")
+    return found
+
+
+# -- restoring -----------------------------------------------------------------------------
+
+
+def restore_store(
+    member: Member, backup: Path, keys: list[x25519.Identity], now_ms: int
+) -> tuple[Manifest, Path | None]:
+    """Put the backup's store in place of `member`'s, which must not be open: the one it
+    replaces (if there was one) is kept beside it, whole, as `<store>.replaced-<ms>`."""
+    try:
+        lock = Exclusive.take(member.store)
+    except InUse as exc:
+        raise BackupError(f"{exc}: stop the {member.kind} before restoring its store") from None
+    try:
+        with opened(backup, keys, member.data_dir) as found:
+            _same_member(found.manifest, member)
+            kept = None
+            if member.store.exists():
+                kept = member.store.with_name(f"{member.store.name}.replaced-{now_ms}")
+                _fold_journal(member.store)
+                os.link(member.store, kept)  # both names until the swap: a crash loses neither store
+            os.replace(found.store, member.store)
+            fsync_dir(member.data_dir)
+            return found.manifest, kept
+    finally:
+        lock.release()
+
+
+def _same_member(manifest: Manifest, member: Member) -> None:
+    if (manifest.kind, manifest.member_id, manifest.federation_id) != (
+        member.kind,
+        member.member_id,
+        member.federation_id,
+    ):
+        raise BackupError(
+            f"this is a backup of {manifest.kind} {manifest.member_id!r} of federation {manifest.federation_id!r}, "
+            f"not of {member.kind} {member.member_id!r} of {member.federation_id!r}: nothing was changed"
+        )
+
+
+def _fold_journal(store: Path) -> None:
+    """Move what the write-ahead log holds into the store file and empty it, so that the
+    store file alone is the whole store, and no journal is left to be replayed into the
+    restored one."""
+    try:
+        with closing(sqlite3.connect(store)) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.DatabaseError:
+        pass  # a store too damaged to open: its journal is kept beside it, by the same name
+    for suffix in ("-wal", "-shm"):
+        journal = store.with_name(store.name + suffix)
+        if journal.exists():
+            os.replace(journal, store.with_name(f"{store.name}.replaced-journal{suffix}"))
+
+
+def restore_all(backup: Path, keys: list[x25519.Identity], into: Path) -> Manifest:
+    """Rebuild a member's folder from a backup alone (a machine lost): into `into`, which
+    must be empty or absent."""
+    if into.exists() and any(into.iterdir()):
+        raise BackupError(f"{into} is not empty: restore a whole member only into a new folder")
+    into.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with opened(backup, keys, into) as found, tarfile.open(found.archive) as tar:
+        prefix = BUNDLE + "/"
+        for info in tar.getmembers():
+            if info.name.startswith(prefix) and info.isfile():
+                info.name = info.name.removeprefix(prefix)
+                tar.extract(info, into, filter="data")  # refuses absolute paths, '..' and links out
+                _fsync(into / info.name)
+        store = into / (NodeConfig.STORE_NAME if found.manifest.kind == "node" else GatewayConfig.STORE_NAME)
+        os.replace(found.store, store)
+        for folder in {into, *(p.parent for p in into.rglob("*"))}:
+            fsync_dir(folder)
+        return found.manifest
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _staging(beside: Path) -> Iterator[Path]:
+    """A private folder in `beside` for plaintext on its way in or out, removed however this
+    ends; and any left by a process that was killed, as the next backup or restore begins."""
+    beside.mkdir(parents=True, exist_ok=True)
+    for left in beside.glob(".backup-*-*"):
+        if left.is_dir() and not _alive(left.name.split("-")[1]):
+            shutil.rmtree(left, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".backup-{os.getpid()}-", dir=beside))  # mode 0700
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True

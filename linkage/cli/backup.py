@@ -1,0 +1,107 @@
+"""`linkage backup`: encrypted backups of a node's or the gateway's store and files, taken
+while it runs; a check that one opens and is whole; its restore (docs/operations.md)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import tempfile
+from pathlib import Path
+
+from linkage import backup
+from linkage.clock import SystemClock
+from linkage.config import GatewayConfig, NodeConfig
+
+
+def _member(args: argparse.Namespace) -> backup.Member:
+    if args.gateway_config:
+        return backup.Member.of(GatewayConfig.load(args.gateway_config))
+    return backup.Member.of(NodeConfig.load(args.config))
+
+
+def _say(manifest: backup.Manifest) -> None:
+    facts = manifest.store
+    taken = dt.datetime.fromtimestamp(manifest.taken_at_ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    log = "audit log" if manifest.kind == "node" else "metadata log"
+    root = "root" if manifest.kind == "node" else "head"
+    print(f"  {manifest.kind} {manifest.member_id} of {manifest.federation_id}, taken {taken}")
+    print(f"  store: {facts.bytes:,} bytes, SHA-256 {facts.sha256}")
+    print(f"  {log}: {facts.log_entries:,} entries, {root} {facts.log_root} (checked)")
+    print(f"  files: {len(manifest.files)} ({', '.join(manifest.files)})")
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    recipient = backup.generate_key(args.out, now)
+    print(f"wrote a backup key to {args.out} (keep it off the machine it backs up, and keep a second copy)")
+    print(f"public key, to back up to: {recipient}")
+    return 0
+
+
+def _create(args: argparse.Namespace) -> int:
+    member = _member(args)
+    to = backup.recipients(args.to)
+    manifest = backup.take(member, args.out, to, SystemClock().now_ms())
+    print(f"OK: backed up to {args.out}, encrypted to {len(to)} key(s)")
+    _say(manifest)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    keys = backup.identities(args.identity)
+    with backup.opened(args.from_, keys, args.work or Path(tempfile.gettempdir())) as found:
+        print(f"OK: {args.from_} opens and is whole")
+        _say(found.manifest)
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    keys = backup.identities(args.identity)
+    if args.into:
+        manifest = backup.restore_all(args.from_, keys, args.into)
+        print(f"OK: restored the whole {manifest.kind} into {args.into}")
+        _say(manifest)
+        config = "node.toml" if manifest.kind == "node" else "gateway.toml"
+        print(f"  next: start it with {args.into / config}, then run `linkage audit verify` (with --from-gateway)")
+        return 0
+    member = _member(args)
+    manifest, kept = backup.restore_store(member, args.from_, keys, SystemClock().now_ms())
+    print(f"OK: restored the store of {member.kind} {member.member_id} from {args.from_}")
+    _say(manifest)
+    if kept:
+        print(f"  the store it replaced is kept as {kept}: delete it once the {member.kind} runs well")
+    if member.kind == "node":
+        print("  next: start the node, then run `linkage audit verify --config ... --from-gateway`")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    top = commands.add_parser("backup", help="encrypted backups of a node's or the gateway's store and files")
+    sub = top.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+    p = sub.add_parser("keygen", help="a key pair to encrypt backups to (age's format)")
+    p.add_argument("--out", type=Path, required=True, help="where to write the private key (never overwritten)")
+    p.set_defaults(handler=_keygen)
+
+    p = sub.add_parser("create", help="back up a running node or gateway, encrypted, checked before it is kept")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="a node's node.toml")
+    where.add_argument("--gateway-config", type=Path, help="the gateway's gateway.toml")
+    p.add_argument("--to", action="append", required=True, help="a public key (age1...), or a file of them; repeatable")
+    p.add_argument("--out", type=Path, required=True, help="the backup file to write (whole, or not at all)")
+    p.set_defaults(handler=_create)
+
+    p = sub.add_parser("check", help="prove a backup opens and is whole, changing nothing")
+    p.add_argument("--from", dest="from_", type=Path, required=True, help="the backup file")
+    p.add_argument("--identity", type=Path, required=True, help="the private key file (from keygen)")
+    p.add_argument("--work", type=Path, help="a private folder is made here while checking (default: TMPDIR)")
+    p.set_defaults(handler=_check)
+
+    p = sub.add_parser("restore", help="put a backup's store back (the node or gateway stopped), or rebuild a member")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="restore this node's store")
+    where.add_argument("--gateway-config", type=Path, help="restore the gateway's store")
+    where.add_argument("--into", type=Path, help="rebuild the whole member, files and store, in this new folder")
+    p.add_argument("--from", dest="from_", type=Path, required=True, help="the backup file")
+    p.add_argument("--identity", type=Path, required=True, help="the private key file (from keygen)")
+    p.set_defaults(handler=_restore)
