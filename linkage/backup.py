@@ -159,6 +159,11 @@ def take(member: Member, out: Path, to: list[x25519.Recipient], now_ms: int) -> 
     """Back up `member`'s store and files to `out`, encrypted to `to`, while its server runs."""
     if not member.store.exists():
         raise BackupError(f"no store at {member.store}: nothing to back up")
+    if member.data_dir.resolve() in out.absolute().resolve().parents:
+        raise BackupError(
+            f"{out} is inside the {member.kind}'s folder: write backups elsewhere (there, each would be "
+            "in every later backup, and lost with the machine)"
+        )
     with _staging(member.data_dir) as staging:
         copy = staging / STORE
         _copy_store(member.store, copy)

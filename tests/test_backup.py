@@ -213,6 +213,7 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
     with pytest.raises(backup.BackupError, match="is never written over"):
         backup.generate_key(key, "")
     refused("is not an age public key", lambda: backup.recipients(["age1notakey"]))
+    refused("is inside the node's folder", lambda: backup.take(amh, amh.data_dir / "keys" / "amh.age", to, 1))
     other = tmp_path / "other.key"
     backup.generate_key(other, "")
     refused("none of the keys given opens it", lambda: backup.restore_store(amh, sealed, backup.identities(other), 2))
