@@ -20,6 +20,7 @@ and removed however the command ends."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -60,16 +61,36 @@ class Member:
     federation_id: str
     data_dir: Path
     store: Path
+    outside: tuple[Path, ...] = ()  # files the configuration names outside its folder: not backed up
 
     @classmethod
     def of(cls, config: NodeConfig | GatewayConfig) -> Member:
+        outside = tuple(sorted({p for p in _paths(config) if p.exists() and not _within(p, config.data_dir)}))
         if isinstance(config, NodeConfig):
-            return cls("node", config.node_id, config.federation.federation_id, config.data_dir, config.store_path)
-        return cls("gateway", config.gateway_id, config.federation.federation_id, config.data_dir, config.store_path)
+            node_id, store = config.node_id, config.store_path
+            return cls("node", node_id, config.federation.federation_id, config.data_dir, store, outside)
+        gateway_id, store = config.gateway_id, config.store_path
+        return cls("gateway", gateway_id, config.federation.federation_id, config.data_dir, store, outside)
 
     def is_store_file(self, path: Path) -> bool:
         """The store, its journal and lock, and the copies migrations keep: never bundled."""
         return path.parent == self.data_dir and path.name.startswith(self.store.name)
+
+
+def _paths(value: object) -> Iterator[Path]:
+    """Every path a configuration names, however deep."""
+    if isinstance(value, Path):
+        yield value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _paths(getattr(value, f.name))
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _paths(item)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 @dataclass(frozen=True)
@@ -159,7 +180,7 @@ def take(member: Member, out: Path, to: list[x25519.Recipient], now_ms: int) -> 
     """Back up `member`'s store and files to `out`, encrypted to `to`, while its server runs."""
     if not member.store.exists():
         raise BackupError(f"no store at {member.store}: nothing to back up")
-    if member.data_dir.resolve() in out.absolute().resolve().parents:
+    if _within(out.absolute(), member.data_dir):
         raise BackupError(
             f"{out} is inside the {member.kind}'s folder: write backups elsewhere (there, each would be "
             "in every later backup, and lost with the machine)"

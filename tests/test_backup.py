@@ -4,6 +4,7 @@ only after a backup of it is taken."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import shutil
 import sqlite3
@@ -214,6 +215,12 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
         backup.generate_key(key, "")
     refused("is not an age public key", lambda: backup.recipients(["age1notakey"]))
     refused("is inside the node's folder", lambda: backup.take(amh, amh.data_dir / "keys" / "amh.age", to, 1))
+    assert amh.outside == ()  # an enrolled bundle keeps everything in its folder: a backup holds it all
+    elsewhere = tmp_path / "ca.pem"
+    elsewhere.write_bytes((amh.data_dir / "tls" / "ca.pem").read_bytes())
+    config = federation.node_configs["amh"]
+    moved = dataclasses.replace(config, tls=dataclasses.replace(config.tls, ca=elsewhere))
+    assert backup.Member.of(moved).outside == (elsewhere,)  # said when a backup is taken: it is not in it
     other = tmp_path / "other.key"
     backup.generate_key(other, "")
     refused("none of the keys given opens it", lambda: backup.restore_store(amh, sealed, backup.identities(other), 2))

@@ -44,6 +44,8 @@ def _create(args: argparse.Namespace) -> int:
     manifest = backup.take(member, args.out, to, SystemClock().now_ms())
     print(f"OK: backed up to {args.out}, encrypted to {len(to)} key(s)")
     _say(manifest)
+    if member.outside:  # a machine rebuilt from this backup alone would lack them
+        print(f"  not in it, as outside {member.data_dir}: {', '.join(map(str, member.outside))}: back them up too")
     return 0
 
 
