@@ -46,6 +46,7 @@ from linkage.readonly import connect_read_only
 
 FORMAT = "linkage-backup/1"
 MANIFEST, STORE, BUNDLE = "manifest.json", "store.sqlite", "bundle"
+LOGS = {"node": "audit", "gateway": "metalog"}  # each kind's store, known by its hash-chained log
 
 
 class BackupError(Exception):
@@ -66,11 +67,10 @@ class Member:
     @classmethod
     def of(cls, config: NodeConfig | GatewayConfig) -> Member:
         outside = tuple(sorted({p for p in _paths(config) if p.exists() and not _within(p, config.data_dir)}))
-        if isinstance(config, NodeConfig):
-            node_id, store = config.node_id, config.store_path
-            return cls("node", node_id, config.federation.federation_id, config.data_dir, store, outside)
-        gateway_id, store = config.gateway_id, config.store_path
-        return cls("gateway", gateway_id, config.federation.federation_id, config.data_dir, store, outside)
+        node = isinstance(config, NodeConfig)
+        member_id = config.node_id if isinstance(config, NodeConfig) else config.gateway_id
+        federation_id = config.federation.federation_id
+        return cls("node" if node else "gateway", member_id, federation_id, config.data_dir, config.store_path, outside)
 
     def is_store_file(self, path: Path) -> bool:
         """The store, its journal and lock, and the copies migrations keep: never bundled."""
@@ -120,6 +120,8 @@ class Manifest:
             raw: dict[str, Any] = json.loads(data)
             if raw.get("format") != FORMAT:
                 raise BackupError(f"a backup of format {raw.get('format')!r}; this release reads {FORMAT}")
+            if raw.get("kind") not in LOGS:
+                raise BackupError(f"a backup of a {raw.get('kind')!r}, neither a node nor the gateway")
             return cls(**{**raw, "store": StoreFacts(**raw["store"])})
         except (ValueError, TypeError, KeyError) as exc:
             raise BackupError(f"the backup's manifest cannot be read ({exc})") from None
@@ -240,25 +242,24 @@ def check_store(path: Path, kind: str) -> StoreFacts:
     try:
         with closing(connect_read_only(path)) as db:
             (integrity,) = db.execute("PRAGMA integrity_check").fetchone()
-            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            needed = "audit" if kind == "node" else "metalog"
             if integrity != "ok":
                 raise BackupError(f"the store fails SQLite's integrity check: {integrity}")
-            if needed not in tables:
-                raise BackupError(f"this is not a {kind}'s store (it has no {needed} table)")
-            if kind == "gateway":
-                chain = verify_metalog(db)
-                if not chain.ok:
-                    raise BackupError(f"the metadata log fails at entry {chain.first_bad_seq}: {chain.problem}")
-                entries, root = chain.entries, chain.head.hex()
+            log = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (LOGS[kind],))
+            if not log.fetchone():
+                raise BackupError(f"this is not a {kind}'s store (it has no {LOGS[kind]} table)")
+            chain = verify_metalog(db) if kind == "gateway" else None
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"the store cannot be read ({exc})") from None
-    if kind == "node":
+    if chain is not None:
+        if not chain.ok:
+            raise BackupError(f"the metadata log fails at entry {chain.first_bad_seq}: {chain.problem}")
+        entries, root = chain.entries, chain.head
+    else:  # a node's: in processes of its own, the Merkle root as `audit verify` gives it
         report = verify_store(path, [])
         if not report.ok:
             raise BackupError(f"the audit log fails at entry {report.first_bad_seq}: {'; '.join(report.problems)}")
-        entries, root = report.entries, report.root.hex()
-    return StoreFacts(path.stat().st_size, _sha256(path), entries, root)
+        entries, root = report.entries, report.root
+    return StoreFacts(path.stat().st_size, _sha256(path), entries, root.hex())
 
 
 def _sha256(path: Path) -> str:
@@ -291,7 +292,10 @@ def opened(backup: Path, keys: list[x25519.Identity], beside: Path) -> Iterator[
             raise BackupError(f"no backup at {backup}") from None
         except pyrage.DecryptError:
             raise BackupError(f"{backup}: none of the keys given opens it (or it is not an age file)") from None
-        except OSError:  # age's word for a chunk that does not authenticate
+        except OSError as exc:
+            if exc.errno is not None:
+                raise  # the disk's own trouble (full, say), said as it is
+            # age's word for a chunk that does not authenticate
             raise BackupError(f"{backup} is damaged or was altered: it does not decrypt whole") from None
         try:
             with tarfile.open(archive) as tar:
@@ -337,7 +341,7 @@ def restore_store(
             kept = None
             if member.store.exists():
                 kept = member.store.with_name(f"{member.store.name}.replaced-{now_ms}")
-                _fold_journal(member.store)
+                _fold_journal(member.store, kept)
                 os.link(member.store, kept)  # both names until the swap: a crash loses neither store
             os.replace(found.store, member.store)
             fsync_dir(member.data_dir)
@@ -358,7 +362,7 @@ def _same_member(manifest: Manifest, member: Member) -> None:
         )
 
 
-def _fold_journal(store: Path) -> None:
+def _fold_journal(store: Path, kept: Path) -> None:
     """Move what the write-ahead log holds into the store file and empty it, so that the
     store file alone is the whole store, and no journal is left to be replayed into the
     restored one."""
@@ -366,11 +370,11 @@ def _fold_journal(store: Path) -> None:
         with closing(sqlite3.connect(store)) as db:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     except sqlite3.DatabaseError:
-        pass  # a store too damaged to open: its journal is kept beside it, by the same name
+        pass  # a store too damaged to take it: its journal goes with it, named as SQLite pairs them
     for suffix in ("-wal", "-shm"):
         journal = store.with_name(store.name + suffix)
         if journal.exists():
-            os.replace(journal, store.with_name(f"{store.name}.replaced-journal{suffix}"))
+            os.replace(journal, kept.with_name(kept.name + suffix))
 
 
 def restore_all(backup: Path, keys: list[x25519.Identity], into: Path) -> Manifest:

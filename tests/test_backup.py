@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -248,6 +249,13 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
         tar.add(csc.store, backup.STORE)
     forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
     refused("holds no manifest.json", lambda: backup.restore_store(amh, forged, keys, 2))
+    strange = tmp_path / backup.MANIFEST
+    strange.write_text(json.dumps({"format": backup.FORMAT, "kind": "printer"}))
+    with tarfile.open(plain, "w") as tar:
+        tar.add(strange, backup.MANIFEST)
+        tar.add(amh.store, backup.STORE)
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    refused("neither a node nor the gateway", lambda: backup.restore_store(amh, forged, keys, 2))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "node.toml").write_text("")
     refused("is not empty", lambda: backup.restore_all(sealed, keys, tmp_path / "full"))
