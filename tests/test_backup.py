@@ -24,6 +24,7 @@ from pyrage import x25519
 from bench.audit import build
 from linkage import backup
 from linkage.clock import ManualClock, SystemClock
+from linkage.readonly import connect_read_only
 from node.store import Store
 from node.store.schema import MIGRATIONS
 from tests.file_crashes import Crash, crash_at
@@ -121,7 +122,7 @@ def _sha256(path: Path) -> str:
 
 
 def _entries(store: Path) -> int:
-    with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+    with closing(connect_read_only(store)) as db:
         return int(db.execute("SELECT count(*) FROM audit").fetchone()[0])
 
 
