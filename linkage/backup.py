@@ -29,7 +29,8 @@ import shutil
 import sqlite3
 import tarfile
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -193,15 +194,45 @@ def take(member: Member, out: Path, to: list[x25519.Recipient], now_ms: int) -> 
         facts = check_store(copy, member.kind)
         files = _bundle_files(member)
         manifest = Manifest(FORMAT, member.kind, member.member_id, member.federation_id, now_ms, facts, files)
-        archive = staging / "backup.tar"
-        with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+
+        def archive(tar: tarfile.TarFile) -> None:
             _add_bytes(tar, MANIFEST, manifest.to_json())
             tar.add(copy, STORE)
             for name in files:
                 tar.add(member.data_dir / name, f"{BUNDLE}/{name}", recursive=False)
-        with archive.open("rb") as plain, written_whole_bytes(out) as sealed:
-            pyrage.encrypt_io(plain, sealed, to)
+
+        with written_whole_bytes(out) as sealed:
+            _encrypted(archive, sealed, to)
     return manifest
+
+
+def _encrypted(
+    archive: Callable[[tarfile.TarFile], None], sealed: io.BufferedWriter, to: list[x25519.Recipient]
+) -> None:
+    """The tar archive `archive` writes, encrypted into `sealed` as it is written: through a
+    pipe from a thread, so the archive is never on disk (a second copy of the store's size)."""
+    read_end, write_end = os.pipe()
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with (
+                os.fdopen(write_end, "wb") as pipe,
+                tarfile.open(fileobj=pipe, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+            ):
+                archive(tar)
+        except BaseException as exc:  # said below, where the archive is read: it must not pass for whole
+            failed.append(exc)
+
+    writer = threading.Thread(target=write, name="backup-archive")
+    writer.start()
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            pyrage.encrypt_io(pipe, sealed, to)
+    finally:
+        writer.join()  # the reader's end closed: a writer still writing stops at a broken pipe
+    if failed:
+        raise failed[0]
 
 
 def _copy_store(store: Path, copy: Path) -> None:

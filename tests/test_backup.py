@@ -261,6 +261,13 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
     (tmp_path / "full" / "node.toml").write_text("")
     refused("is not empty", lambda: backup.restore_all(sealed, keys, tmp_path / "full"))
 
+    lost = tmp_path / "lost.age"
+    with pytest.MonkeyPatch.context() as patch:  # a file gone while the archive is written
+        patch.setattr(backup, "_bundle_files", lambda member: ["node.toml", "gone-meanwhile"])
+        with pytest.raises(FileNotFoundError):
+            backup.take(amh, lost, to, 1)
+    assert not lost.exists() and not list(tmp_path.glob(".lost.age*"))  # never a part passing for whole
+
     with sqlite3.connect(amh.store) as db:  # an entry edited: the backup is not taken
         db.execute("UPDATE audit SET entry = replace(entry, 'csc', 'xyz') WHERE seq = 7")
     refused("the audit log fails at entry 7", lambda: backup.take(amh, tmp_path / "edited.age", to, 1))
