@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TypeVar
 
 import pyrage
 from pyrage import x25519
@@ -48,6 +48,9 @@ from linkage.readonly import connect_read_only
 FORMAT = "linkage-backup/1"
 MANIFEST, STORE, BUNDLE = "manifest.json", "store.sqlite", "bundle"
 LOGS = {"node": "audit", "gateway": "metalog"}  # each kind's store, known by its hash-chained log
+
+
+T = TypeVar("T")
 
 
 class BackupError(Exception):
@@ -195,44 +198,49 @@ def take(member: Member, out: Path, to: list[x25519.Recipient], now_ms: int) -> 
         files = _bundle_files(member)
         manifest = Manifest(FORMAT, member.kind, member.member_id, member.federation_id, now_ms, facts, files)
 
-        def archive(tar: tarfile.TarFile) -> None:
-            _add_bytes(tar, MANIFEST, manifest.to_json())
-            tar.add(copy, STORE)
-            for name in files:
-                tar.add(member.data_dir / name, f"{BUNDLE}/{name}", recursive=False)
+        def archive(pipe: io.BufferedWriter) -> None:
+            with tarfile.open(fileobj=pipe, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                _add_bytes(tar, MANIFEST, manifest.to_json())
+                tar.add(copy, STORE)
+                for name in files:
+                    tar.add(member.data_dir / name, f"{BUNDLE}/{name}", recursive=False)
 
         with written_whole_bytes(out) as sealed:
-            _encrypted(archive, sealed, to)
+            _piped(archive, lambda plain: pyrage.encrypt_io(plain, sealed, to))
     return manifest
 
 
-def _encrypted(
-    archive: Callable[[tarfile.TarFile], None], sealed: io.BufferedWriter, to: list[x25519.Recipient]
-) -> None:
-    """The tar archive `archive` writes, encrypted into `sealed` as it is written: through a
-    pipe from a thread, so the archive is never on disk (a second copy of the store's size)."""
+def _piped(produce: Callable[[io.BufferedWriter], None], consume: Callable[[io.BufferedReader], T]) -> T:
+    """`consume` reading what `produce` writes, through a pipe, `produce` in a thread of its
+    own: an archive on its way into or out of age is never on disk, as a second plaintext
+    copy of the store's size. The writer's failure is raised, unless it only met the reader
+    stopping: a part must never pass for the whole."""
     read_end, write_end = os.pipe()
     failed: list[BaseException] = []
 
     def write() -> None:
         try:
-            with (
-                os.fdopen(write_end, "wb") as pipe,
-                tarfile.open(fileobj=pipe, mode="w|", format=tarfile.PAX_FORMAT) as tar,
-            ):
-                archive(tar)
-        except BaseException as exc:  # said below, where the archive is read: it must not pass for whole
+            with os.fdopen(write_end, "wb") as pipe:
+                produce(pipe)
+        except BaseException as exc:
             failed.append(exc)
 
-    writer = threading.Thread(target=write, name="backup-archive")
+    writer = threading.Thread(target=write, name="backup-pipe")
     writer.start()
     try:
         with os.fdopen(read_end, "rb") as pipe:
-            pyrage.encrypt_io(pipe, sealed, to)
-    finally:
-        writer.join()  # the reader's end closed: a writer still writing stops at a broken pipe
+            result = consume(pipe)
+            while pipe.read(1 << 16):  # what the reader left (a tar's padding), so the writer ends
+                pass
+    except BaseException:
+        writer.join()  # the reader's end is closed: a writer still writing stops at a broken pipe
+        if failed and not isinstance(failed[0], BrokenPipeError):
+            raise failed[0] from None
+        raise
+    writer.join()
     if failed:
         raise failed[0]
+    return result
 
 
 def _copy_store(store: Path, copy: Path) -> None:
@@ -307,51 +315,60 @@ class Opened:
 
     manifest: Manifest
     store: Path
-    archive: Path
+    bundle: Path  # the member's files, as they were
 
 
 @contextlib.contextmanager
 def opened(backup: Path, keys: list[x25519.Identity], beside: Path) -> Iterator[Opened]:
-    """Decrypt `backup` into a private folder in `beside` and check it whole: the archive
-    opens, its store is the one the manifest describes, and passes every check."""
+    """Decrypt `backup` into a private folder in `beside` and check it whole: it decrypts to
+    the end, its store is the one the manifest describes, and passes every check."""
+    if not backup.is_file():
+        raise BackupError(f"no backup at {backup}")
     with _staging(beside) as staging:
-        archive = staging / "backup.tar"
-        try:
-            with backup.open("rb") as sealed, archive.open("wb") as plain:
-                pyrage.decrypt_io(sealed, plain, keys)
-        except FileNotFoundError:
-            raise BackupError(f"no backup at {backup}") from None
-        except pyrage.DecryptError:
-            raise BackupError(f"{backup}: none of the keys given opens it (or it is not an age file)") from None
-        except OSError as exc:
-            if exc.errno is not None:
-                raise  # the disk's own trouble (full, say), said as it is
-            # age's word for a chunk that does not authenticate
-            raise BackupError(f"{backup} is damaged or was altered: it does not decrypt whole") from None
-        try:
-            with tarfile.open(archive) as tar:
-                manifest = Manifest.from_json(_member(tar, MANIFEST).read())
-                store = staging / STORE
-                with os.fdopen(os.open(store, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE), "wb") as out:
-                    shutil.copyfileobj(_member(tar, STORE), out)
-                    out.flush()
-                    os.fsync(out.fileno())  # on disk before it is renamed into place
-        except tarfile.TarError as exc:
-            raise BackupError(f"{backup} is not a Linkage backup ({exc})") from None
-        facts = check_store(store, manifest.kind)
-        if facts != manifest.store:
+
+        def decrypt(plain: io.BufferedWriter) -> None:
+            try:
+                with backup.open("rb") as sealed:
+                    pyrage.decrypt_io(sealed, plain, keys)
+            except pyrage.DecryptError:
+                raise BackupError(f"{backup}: none of the keys given opens it (or it is not an age file)") from None
+            except OSError as exc:
+                if exc.errno is not None:
+                    raise  # the disk's own trouble (full, say), or the reader stopping, said as it is
+                # age's word for a chunk that does not authenticate
+                raise BackupError(f"{backup} is damaged or was altered: it does not decrypt whole") from None
+
+        manifest, store = _piped(decrypt, lambda plain: _unpack(plain, staging, backup))
+        if check_store(store, manifest.kind) != manifest.store:
             raise BackupError(f"{backup}: its store is not the one its manifest describes")
-        yield Opened(manifest, store, archive)
+        yield Opened(manifest, store, staging / BUNDLE)
 
 
-def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+def _unpack(plain: io.BufferedReader, staging: Path, backup: Path) -> tuple[Manifest, Path]:
+    """The manifest, the store (on disk before it is renamed anywhere) and the member's files."""
+    manifest, store = None, staging / STORE
     try:
-        found = tar.extractfile(name)
-    except KeyError:
-        found = None
-    if found is None:
-        raise BackupError(f"the backup holds no {name}: it is not a Linkage backup")
-    return found
+        with tarfile.open(fileobj=plain, mode="r|") as tar:
+            for info in tar:
+                content = tar.extractfile(info) if info.isfile() else None
+                if content is None:
+                    continue
+                if info.name == MANIFEST:
+                    manifest = Manifest.from_json(content.read())
+                elif info.name == STORE:
+                    with os.fdopen(os.open(store, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE), "wb") as out:
+                        shutil.copyfileobj(content, out)
+                        out.flush()
+                        os.fsync(out.fileno())
+                elif info.name.startswith(BUNDLE + "/"):
+                    tar.extract(info, staging, filter="data")  # refuses absolute paths, '..' and links out
+    except tarfile.TarError as exc:
+        raise BackupError(f"{backup} is not a Linkage backup ({exc})") from None
+    for name, found in ((MANIFEST, manifest), (STORE, store.exists())):
+        if not found:
+            raise BackupError(f"the backup holds no {name}: it is not a Linkage backup")
+    assert manifest is not None
+    return manifest, store
 
 
 # -- restoring -----------------------------------------------------------------------------
@@ -414,13 +431,13 @@ def restore_all(backup: Path, keys: list[x25519.Identity], into: Path) -> Manife
     if into.exists() and any(into.iterdir()):
         raise BackupError(f"{into} is not empty: restore a whole member only into a new folder")
     into.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with opened(backup, keys, into) as found, tarfile.open(found.archive) as tar:
-        prefix = BUNDLE + "/"
-        for info in tar.getmembers():
-            if info.name.startswith(prefix) and info.isfile():
-                info.name = info.name.removeprefix(prefix)
-                tar.extract(info, into, filter="data")  # refuses absolute paths, '..' and links out
-                _fsync(into / info.name)
+    with opened(backup, keys, into) as found:
+        for path in sorted(found.bundle.rglob("*")):
+            if path.is_file():
+                target = into / path.relative_to(found.bundle)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _fsync(path)
+                os.replace(path, target)
         store = into / (NodeConfig.STORE_NAME if found.manifest.kind == "node" else GatewayConfig.STORE_NAME)
         os.replace(found.store, store)
         for folder in {into, *(p.parent for p in into.rglob("*"))}:

@@ -257,6 +257,14 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
         tar.add(amh.store, backup.STORE)
     forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
     refused("neither a node nor the gateway", lambda: backup.restore_store(amh, forged, keys, 2))
+    escaping = tmp_path / "escaping"
+    escaping.write_bytes(b"x" * 1_000_000)  # more than a pipe holds: the decryption must not wait on it
+    with tarfile.open(plain, "w") as tar:
+        tar.add(escaping, f"{backup.BUNDLE}/../../escaped")
+        tar.add(amh.store, backup.STORE)
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    refused("is not a Linkage backup", lambda: backup.restore_all(forged, keys, tmp_path / "rebuilt"))
+    assert not (tmp_path / "escaped").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "node.toml").write_text("")
     refused("is not empty", lambda: backup.restore_all(sealed, keys, tmp_path / "full"))
