@@ -346,13 +346,16 @@ def opened(backup: Path, keys: list[x25519.Identity], beside: Path) -> Iterator[
 
 def _unpack(plain: io.BufferedReader, staging: Path, backup: Path) -> tuple[Manifest, Path]:
     """The manifest, the store (on disk before it is renamed anywhere) and the member's files."""
-    manifest, store = None, staging / STORE
+    manifest, store, seen = None, staging / STORE, set()
     try:
         with tarfile.open(fileobj=plain, mode="r|") as tar:
             for info in tar:
                 content = tar.extractfile(info) if info.isfile() else None
                 if content is None:
                     continue
+                if info.name in seen:
+                    raise BackupError(f"{backup} holds {info.name} twice: it is not a Linkage backup")
+                seen.add(info.name)
                 if info.name == MANIFEST:
                     manifest = Manifest.from_json(content.read())
                 elif info.name == STORE:
@@ -364,10 +367,10 @@ def _unpack(plain: io.BufferedReader, staging: Path, backup: Path) -> tuple[Mani
                     tar.extract(info, staging, filter="data")  # refuses absolute paths, '..' and links out
     except tarfile.TarError as exc:
         raise BackupError(f"{backup} is not a Linkage backup ({exc})") from None
-    for name, found in ((MANIFEST, manifest), (STORE, store.exists())):
-        if not found:
-            raise BackupError(f"the backup holds no {name}: it is not a Linkage backup")
-    assert manifest is not None
+    if manifest is None:
+        raise BackupError(f"the backup holds no {MANIFEST}: it is not a Linkage backup")
+    if not store.exists():
+        raise BackupError(f"the backup holds no {STORE}: it is not a Linkage backup")
     return manifest, store
 
 

@@ -250,6 +250,11 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
         tar.add(csc.store, backup.STORE)
     forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
     refused("holds no manifest.json", lambda: backup.restore_store(amh, forged, keys, 2))
+    with tarfile.open(plain, "w") as tar:
+        tar.add(csc.store, backup.STORE)
+        tar.add(amh.store, backup.STORE)
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    refused("holds store.sqlite twice", lambda: backup.restore_store(amh, forged, keys, 2))
     strange = tmp_path / backup.MANIFEST
     strange.write_text(json.dumps({"format": backup.FORMAT, "kind": "printer"}))
     with tarfile.open(plain, "w") as tar:
