@@ -42,7 +42,7 @@ from pyrage import x25519
 from linkage.auditlog import verify_metalog, verify_store
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.exclusive import Exclusive, InUse
-from linkage.files import PRIVATE, fsync_dir, write_private, written_whole_bytes
+from linkage.files import PRIVATE, fsync_dir, fsync_file, write_private, written_whole_bytes
 from linkage.readonly import connect_read_only
 
 FORMAT = "linkage-backup/1"
@@ -439,21 +439,13 @@ def restore_all(backup: Path, keys: list[x25519.Identity], into: Path) -> Manife
             if path.is_file():
                 target = into / path.relative_to(found.bundle)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                _fsync(path)
+                fsync_file(path)
                 os.replace(path, target)
         store = into / (NodeConfig.STORE_NAME if found.manifest.kind == "node" else GatewayConfig.STORE_NAME)
         os.replace(found.store, store)
         for folder in {into, *(p.parent for p in into.rglob("*"))}:
             fsync_dir(folder)
         return found.manifest
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

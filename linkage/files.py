@@ -71,7 +71,16 @@ def write_private(path: Path, data: bytes) -> None:
 
 def fsync_dir(directory: Path) -> None:
     """Make the renames and new names in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    _fsync(directory, os.O_DIRECTORY)
+
+
+def fsync_file(path: Path) -> None:
+    """Make a file written by another hand (an archive's extraction, say) durable."""
+    _fsync(path, 0)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:
