@@ -478,7 +478,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if not is_uuid7(routing.message_id):
             return Reason.MALFORMED
         tokens = list(routing.link_tokens)
-        if not tokens or len(tokens) > MAX_TOKENS_PER_MESSAGE or any(len(t) != TOKEN_LEN for t in tokens):
+        if routing.kind == envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST:
+            if tokens:  # it is about no family: tokens on it would only tie a restore to families
+                return Reason.MALFORMED
+        elif not tokens or len(tokens) > MAX_TOKENS_PER_MESSAGE or any(len(t) != TOKEN_LEN for t in tokens):
             return Reason.NO_TOKENS
         entry = self.authz.directory().nodes.get(routing.recipient_node)
         if entry is None or routing.recipient_node == sender:

@@ -44,6 +44,7 @@ from linkage.config import GatewayConfig, NodeConfig
 from linkage.exclusive import Exclusive, InUse
 from linkage.files import PRIVATE, fsync_dir, fsync_file, write_private, written_whole_bytes
 from linkage.readonly import connect_read_only
+from linkage.restored import mark
 
 FORMAT = "linkage-backup/1"
 MANIFEST, STORE, BUNDLE = "manifest.json", "store.sqlite", "bundle"
@@ -389,6 +390,8 @@ def restore_store(
     try:
         with opened(backup, keys, member.data_dir) as found:
             _same_member(found.manifest, member)
+            if member.kind == "node":  # for the node to ask again for what came after the backup
+                mark(found.store, member.store, found.manifest.taken_at_ms, now_ms)
             kept = None
             if member.store.exists():
                 kept = member.store.with_name(f"{member.store.name}.replaced-{now_ms}")
@@ -428,7 +431,7 @@ def _fold_journal(store: Path, kept: Path) -> None:
             os.replace(journal, kept.with_name(kept.name + suffix))
 
 
-def restore_all(backup: Path, keys: list[x25519.Identity], into: Path) -> Manifest:
+def restore_all(backup: Path, keys: list[x25519.Identity], into: Path, now_ms: int) -> Manifest:
     """Rebuild a member's folder from a backup alone (a machine lost): into `into`, which
     must be empty or absent."""
     if into.exists() and any(into.iterdir()):
@@ -441,7 +444,10 @@ def restore_all(backup: Path, keys: list[x25519.Identity], into: Path) -> Manife
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fsync_file(path)
                 os.replace(path, target)
-        store = into / (NodeConfig.STORE_NAME if found.manifest.kind == "node" else GatewayConfig.STORE_NAME)
+        node = found.manifest.kind == "node"
+        store = into / (NodeConfig.STORE_NAME if node else GatewayConfig.STORE_NAME)
+        if node:
+            mark(found.store, store, found.manifest.taken_at_ms, now_ms)
         os.replace(found.store, store)
         for folder in {into, *(p.parent for p in into.rglob("*"))}:
             fsync_dir(folder)

@@ -28,6 +28,7 @@ CONTENT: dict[int, str] = {
     pb.MESSAGE_KIND_READ_NOTIFICATION: "read",
     pb.MESSAGE_KIND_CHALLENGE: "challenge",
     pb.MESSAGE_KIND_CHALLENGE_RESPONSE: "challenge_response",
+    pb.MESSAGE_KIND_REDELIVERY_REQUEST: "redelivery",
 }
 OUTCOMES = frozenset(summary_pb2.DecisionOutcome.values()) - {summary_pb2.DECISION_OUTCOME_UNSPECIFIED}
 CLOSURE_ANSWERS = frozenset({workflow_pb2.CLOSURE_ANSWER_AGREE, workflow_pb2.CLOSURE_ANSWER_OBJECT})
@@ -85,6 +86,9 @@ def _problem(body: pb.MessageBody) -> str:
             return "the challenge response names no challenge"
         known = answer.answer in CHALLENGE_ANSWERS
         return "" if known else f"challenge answer {answer.answer} is not one this node knows"
+    if field == "redelivery":
+        asked = body.redelivery
+        return "" if asked.restore_id and asked.since_ms > 0 else "the redelivery request has no restore or time"
     return ""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -65,6 +66,10 @@ class Checkpointer:
         # after any failed lodge, when what it holds may not be what this node thinks).
         self._witnessed: CompactRange | None = None
         self._lodging = asyncio.Lock()  # one lodge at a time: each proves from what the last left
+        # Told, once a process, of a witness holding a longer log than this store's (put back
+        # from a copy since): node/redelivery.py asks the other nodes for what it lost.
+        self.on_behind: Callable[[audit_pb2.Checkpoint], Awaitable[None]] | None = None
+        self._behind_told = False
 
     def latest(self) -> audit_pb2.SignedCheckpoint:
         """A checkpoint of the log as it stands (re-signed only when the log has grown)."""
@@ -162,9 +167,17 @@ class Checkpointer:
         answer = await self.link.witnessed()
         if not answer.HasField("latest"):
             return CompactRange()
-        size = audit_pb2.Checkpoint.FromString(answer.latest.checkpoint).tree_size
+        held = audit_pb2.Checkpoint.FromString(answer.latest.checkpoint)
+        size = held.tree_size
         if size > self.store.frontier.size:
             log.error("checkpoint.behind_witness", size=self.store.frontier.size, held=size)
+            if self.on_behind is not None and not self._behind_told:
+                self._behind_told = True
+                try:
+                    await self.on_behind(held)
+                except Exception:  # its store refused, say: tried again at the next lodge
+                    self._behind_told = False
+                    log.exception("restore.ask_failed")
             return None
         kept = await self.store.fetchone("SELECT frontier FROM witnessed WHERE id = 1")
         if kept is not None and (frontier := CompactRange.from_bytes(bytes(kept[0]))).size == size:

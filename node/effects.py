@@ -1,7 +1,8 @@
 """What a received message changes at the recipient, in the same transaction as
 its inbox row: newer versions supersede older ones, withdrawals withdraw (and erase
 where their ground asks it), involvement notices are recorded, closure replies, answers
-to information requests and challenges, and read notifications update what this node sent."""
+to information requests and challenges, read notifications update what this node sent, and
+a restored node's request queues again what it lost."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from linkage.envelope import Opened
 from linkage.v1 import envelope_pb2 as pb
 from node import answers
 from node.erasure import answers_erased_item, erase_answers, erase_rows, erase_versions, erasing_withdrawal
+from node.redelivery import Redelivery
 from node.store import Tx
 
 
-async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
+async def apply_effects(tx: Tx, seq: int, opened: Opened, redelivery: Redelivery) -> None:
     body, sender, made_at = opened.body, opened.routing.sender_node, opened.routing.created_at_ms
     kind = body.kind
     if (summary := carried_summary(body)) is not None:
@@ -87,6 +89,8 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened) -> None:
             message_id=read.read_message_id,
             detail={"read_at_ms": read.read_at_ms, "reader_role": read.reader_role},
         )
+    elif kind == pb.MESSAGE_KIND_REDELIVERY_REQUEST:
+        await redelivery.requested(tx, sender, body.message_id, body.redelivery)
     if kind == pb.MESSAGE_KIND_INFORMATION_RESPONSE:  # provided (carrying a summary) or declined
         await answers.answer_arrived(tx, body, sender, made_at)
     elif kind == pb.MESSAGE_KIND_CHALLENGE_RESPONSE:

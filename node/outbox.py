@@ -595,6 +595,15 @@ class Outbox:
                 del self._holds[scope]  # wide open again, or long past: an old BUSY says nothing now
             self._scan = True  # what the window held back waits in the store
 
+    def requeued(self, undeliverable: int) -> None:
+        """Delivered messages were queued again, or made undeliverable, as their recipient's
+        store was put back to an earlier copy (node/redelivery.py): committed, and the store's
+        to bring back."""
+        self.metrics.undeliverable.inc(undeliverable)
+        self._scan = True
+        self._expiry_due_ms = 0  # the oldest of them may now be the next to expire
+        self.wake.set()
+
     async def on_peer_online(self, node_id: str) -> None:
         """The recipient is back: send it everything now, including what it may have lost
         when it went away (forwarded but never receipted); its inbox absorbs repeats."""

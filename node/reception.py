@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from linkage import logs
 from linkage.batchsign import BatchSigner
 from linkage.clock import Clock
+from linkage.config import DeliverySettings
 from linkage.content import carried_summary
 from linkage.contentkeys import OpenedKeys
 from linkage.directory import TrustedDirectory
@@ -37,6 +38,7 @@ from node.effects import apply_effects
 from node.link import GatewayLink, NotConnected
 from node.messaging import kind_name
 from node.metrics import NodeMetrics
+from node.redelivery import Redelivery
 from node.store import Store, TransactionLost, Tx
 
 log = logs.get("node.reception")
@@ -82,6 +84,7 @@ class Reception:
         feed: InboxFeed,
         checkpoint: Callable[[], audit_pb2.SignedCheckpoint] | None = None,
         metrics: NodeMetrics | None = None,
+        redelivery: Redelivery | None = None,
     ) -> None:
         self.store = store
         self.link = link
@@ -92,6 +95,7 @@ class Reception:
         self.feed = feed
         self.checkpoint = checkpoint
         self.metrics = metrics or NodeMetrics()
+        self.redelivery = redelivery or Redelivery(DeliverySettings().undeliverable_after_ms)
         self.signer = BatchSigner(RECEIPT_LABEL)  # receipts to one sender, committed together, share a signature
         self.opened_keys = OpenedKeys()  # the senders' content keys, each opened once
 
@@ -221,7 +225,7 @@ class Reception:
                 "in_reply_to": body.in_reply_to,
             },
         )
-        await apply_effects(tx, seq, opened)
+        await apply_effects(tx, seq, opened, self.redelivery)
         return seq
 
     async def _reject(self, envelope: envelope_pb2.Envelope, why: Rejected) -> _Answer | None:

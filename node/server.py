@@ -39,6 +39,7 @@ from node.outbox import Outbox
 from node.policy import PolicyContext
 from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
+from node.redelivery import Redelivery, ask_again_if_restored, ask_again_if_rolled_back
 from node.requests import Requests
 from node.resolver import Resolver
 from node.sharing import Sharing
@@ -332,6 +333,7 @@ class NodeServer:
             self.feed,
             self.checkpoints.for_receipt,
             metrics=self.metrics,
+            redelivery=Redelivery(config.delivery.undeliverable_after_ms, self.outbox.requeued),
         )
         self.ctx = NodeContext(
             node_id=config.node_id,
@@ -353,6 +355,13 @@ class NodeServer:
         self.inbox = Inbox(self.ctx)
         self.chronology = Chronologies(self.ctx, self.inbox.item)
         requests = Requests(self.ctx, self.cases, self.sharing)
+        # The log as this start found it: if the witness holds a longer one, the store was put
+        # back from a copy, and what came after this entry is lost here (node/redelivery.py).
+        last = await self.store.fetchone("SELECT seq, ts_ms FROM audit ORDER BY seq DESC LIMIT 1")
+        entries, last_ms = last if last is not None else (0, 0)
+        ctx = self.ctx
+        self.checkpoints.on_behind = lambda held: ask_again_if_rolled_back(ctx, held, entries, last_ms)
+        await ask_again_if_restored(self.ctx)
         async with self.store.tx() as tx:  # key and configuration changes are audited too
             await tx.audit(
                 "node.started",

@@ -268,11 +268,11 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
         tar.add(escaping, f"{backup.BUNDLE}/../../escaped")
         tar.add(amh.store, backup.STORE)
     forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
-    refused("is not a Linkage backup", lambda: backup.restore_all(forged, keys, tmp_path / "rebuilt"))
+    refused("is not a Linkage backup", lambda: backup.restore_all(forged, keys, tmp_path / "rebuilt", 1))
     assert not (tmp_path / "escaped").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "node.toml").write_text("")
-    refused("is not empty", lambda: backup.restore_all(sealed, keys, tmp_path / "full"))
+    refused("is not empty", lambda: backup.restore_all(sealed, keys, tmp_path / "full", 1))
 
     lost = tmp_path / "lost.age"
     with pytest.MonkeyPatch.context() as patch:  # a file gone while the archive is written

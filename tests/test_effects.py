@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from linkage.clock import ManualClock
+from linkage.clock import DAY_MS, ManualClock
 from linkage.envelope import Opened
 from linkage.v1 import envelope_pb2 as pb
 from linkage.v1 import workflow_pb2
 from linkage.v1.node_api_pb2 import DeliveryStatus
 from node import answers
 from node.effects import apply_effects
+from node.redelivery import Redelivery
 from node.store import Store
 
 TOKEN = bytes(range(32))
@@ -63,7 +64,7 @@ async def test_the_newest_closure_answer_and_information_answer_hold_whatever_th
         ]
         for n in arrival:
             async with store.tx() as tx:
-                await apply_effects(tx, n + 1, closure_answers[n])
+                await apply_effects(tx, n + 1, closure_answers[n], Redelivery(DAY_MS))
         row = await store.fetchone("SELECT answer, reason, at_ms FROM closure_invitees WHERE closure_id = 'x'")
         assert tuple(row) == (workflow_pb2.CLOSURE_ANSWER_OBJECT, "Attendance has dropped.", 2_000)
 
@@ -81,7 +82,7 @@ async def test_the_newest_closure_answer_and_information_answer_hold_whatever_th
         ]
         for n in arrival:
             async with store.tx() as tx:
-                await apply_effects(tx, n + 3, notices[n])
+                await apply_effects(tx, n + 3, notices[n], Redelivery(DAY_MS))
         recorded = await store.fetchall("SELECT entry FROM audit WHERE event = 'involvement.notice' ORDER BY seq")
         assert len(recorded) == 2  # who is linked now is the gateway's to say; each notice is on the record
 
@@ -100,7 +101,7 @@ async def test_the_newest_closure_answer_and_information_answer_hold_whatever_th
         ]
         for n in arrival:
             async with store.tx() as tx:
-                await apply_effects(tx, n + 5, replies[n])
+                await apply_effects(tx, n + 5, replies[n], Redelivery(DAY_MS))
         row = await store.fetchone("SELECT answer, answered_at_ms, answer_message_id FROM info_requests_asked")
         assert tuple(row) == (workflow_pb2.INFORMATION_ANSWER_PROVIDED, 6_000, "m-6000")
     finally:

@@ -60,11 +60,13 @@ def _check(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     keys = backup.identities(args.identity)
     if args.into:
-        manifest = backup.restore_all(args.from_, keys, args.into)
+        manifest = backup.restore_all(args.from_, keys, args.into, SystemClock().now_ms())
         print(f"OK: restored the whole {manifest.kind} into {args.into}")
         _say(manifest)
         config = "node.toml" if manifest.kind == "node" else "gateway.toml"
         print(f"  next: start it with {args.into / config}, then run `linkage audit verify` (with --from-gateway)")
+        if manifest.kind == "node":
+            print("  once started, it asks the other nodes for what they delivered to it since the backup")
         return 0
     member = _member(args)
     manifest, kept = backup.restore_store(member, args.from_, keys, SystemClock().now_ms())
@@ -73,7 +75,8 @@ def _restore(args: argparse.Namespace) -> int:
     if kept:
         print(f"  the store it replaced is kept as {kept}: delete it once the {member.kind} runs well")
     if member.kind == "node":
-        print("  next: start the node, then run `linkage audit verify --config ... --from-gateway`")
+        print("  next: start the node (it asks the other nodes for what they delivered to it since the backup),")
+        print("  then run `linkage audit verify --config ... --from-gateway`")
     return 0
 
 

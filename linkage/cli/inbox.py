@@ -58,6 +58,10 @@ def _gist(body: envelope_pb2.MessageBody, most: int = 100) -> str:
             said = f"opened by their {body.read.reader_role}"
         case "challenge" | "challenge_response":
             said = challenging.gist(body)
+        case "redelivery":
+            said = (
+                f"restored its store from a backup: what it received since {when(body.redelivery.since_ms)} goes again"
+            )
         case _:
             return ""
     line = " ".join(said.split())
@@ -146,6 +150,11 @@ def _print_content(body: envelope_pb2.MessageBody) -> None:
             print(f"  Item {body.read.read_message_id} was opened by {body.read.reader_role}")
         case "challenge" | "challenge_response":
             challenging.print_content(body)
+        case "redelivery":
+            asked = body.redelivery
+            print(f"  Its store was put back to a copy made {when(asked.backup_taken_at_ms)} UTC (a backup, say).")
+            print(f"  What this node sent it since {when(asked.since_ms)} UTC is being sent again, as it was;")
+            print("  anything too old to send again is listed by `linkage due`, to tell the agency another way.")
 
 
 def _consider(sar_exemptions: Iterable[str]) -> str:

@@ -383,6 +383,41 @@ class ReadNotification(_message.Message):
 Global___ReadNotification: _TypeAlias = ReadNotification  # noqa: Y015
 
 @_typing.final
+class RedeliveryRequest(_message.Message):
+    """From a node whose store was restored from a backup (`linkage backup restore`), to every
+    other node: it no longer holds what it received after the backup was taken. Each sends
+    again, as they were, the messages whose receipts it signed at or after `since_ms` (its
+    own clock, as the receipts give it); its inbox absorbs any it still holds. The only kind
+    that carries no link token: it is about no family, and the gateway routes it by node.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESTORE_ID_FIELD_NUMBER: _builtins.int
+    SINCE_MS_FIELD_NUMBER: _builtins.int
+    BACKUP_TAKEN_AT_MS_FIELD_NUMBER: _builtins.int
+    restore_id: _builtins.str
+    """the restore's: one per restore, to every node alike"""
+    since_ms: _builtins.int
+    """the restored log's last entry, less the clock skew allowed"""
+    backup_taken_at_ms: _builtins.int
+    """when the backup was taken, for the people told"""
+    def __init__(
+        self,
+        *,
+        restore_id: _builtins.str = ...,
+        since_ms: _builtins.int = ...,
+        backup_taken_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_taken_at_ms", b"backup_taken_at_ms", "restore_id", b"restore_id", "since_ms", b"since_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliveryRequest: _TypeAlias = RedeliveryRequest  # noqa: Y015
+
+@_typing.final
 class Challenge(_message.Message):
     """A professional challenge (domain.md §3.8 ESCALATION; the seeds' "local resolution and
     escalation policy"): one agency disagrees with another's decision or assessment about a

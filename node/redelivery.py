@@ -1,0 +1,206 @@
+"""A node restored from a backup gets back what other agencies sent it since.
+
+A restored store is as it was when the backup was taken: what arrived after that is gone
+from it, though every sender holds the receipt it signed. So `linkage backup restore`
+leaves a mark beside the store it puts in place (linkage/restored.py), and at its next
+start the node records the restore in its audit log and asks every other node, in a
+signed message, to send again what it receipted from the restored log's last entry on.
+A store put back by other means (a virtual machine's snapshot) leaves no mark, but the
+witness holds a checkpoint of a longer log than it has: the node asks the same way then.
+
+Each node sends those messages again as they were, with their ids and envelopes (the
+inbox absorbs any the restored node still holds), in the order it first sent them, so a
+withdrawal still follows what it withdraws. A message that can no longer go (past its
+delivery time, or its copy purged by retention) becomes undeliverable, with the reason,
+for its sender's duty view to tell the agency another way. Both ends audit it all.
+
+What the restored node itself sent after the backup is not in its store either; its
+recipients hold it. The restore's audit entry says from when, for the agency to check
+its own records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from linkage import logs
+from linkage.envelope import MAX_AGE_MS, MAX_CLOCK_SKEW_MS
+from linkage.ids import uuid7
+from linkage.reasons import Rejected
+from linkage.restored import Restored, clear_mark, in_place, read_mark
+from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, summary_pb2, workflow_pb2
+from node.context import NodeContext
+from node.store import Tx
+
+KIND = envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST
+NODE = summary_pb2.Practitioner(id="system", role="system")  # the node asks, not a practitioner
+log = logs.get("node.redelivery")
+
+
+@dataclass(frozen=True)
+class Loss:
+    """What a store lost, as far as its node can tell: nothing after its log's last entry."""
+
+    restore_id: str
+    last_entry_ms: int  # the store's log's last entry, as it was put back
+    taken_at_ms: int  # when the copy put back was made, as best known
+    found: dict[str, Any]  # how the loss was found, for the audit entry
+
+
+async def ask_again_if_restored(ctx: NodeContext) -> None:
+    """At start: if this store was just restored, record it and ask every other node for
+    what it lost. Done once: the mark goes when the request is committed."""
+    store = ctx.store.path
+    try:
+        restored = read_mark(store)
+    except ValueError as exc:
+        log.error("restore.mark_unreadable", problem=str(exc))
+        return
+    if restored is None:
+        return
+    if await _recorded(ctx, restored):
+        clear_mark(store)  # committed before a crash took the mark's removal
+        return
+    if not in_place(store, restored):  # cut short before the swap: the store is the one it had
+        log.warning("restore.not_in_place", restore_id=restored.restore_id)
+        clear_mark(store)
+        return
+    found = {
+        "found": "backup_restore",
+        "restored_at_ms": restored.restored_at_ms,
+        "log_entries": restored.log_entries,
+    }
+    if await _ask_again(ctx, Loss(restored.restore_id, restored.last_entry_ms, restored.backup_taken_at_ms, found)):
+        clear_mark(store)
+
+
+async def ask_again_if_rolled_back(
+    ctx: NodeContext, witnessed: audit_pb2.Checkpoint, entries_at_start: int, last_entry_ms_at_start: int
+) -> None:
+    """The witness holds a checkpoint of a longer log than this one: the store was put back
+    by other means than `backup restore` (a virtual machine's snapshot, files copied back)
+    since that checkpoint was lodged. Ask as for a restore, unless that was done since."""
+    asked = await ctx.store.fetchone(
+        "SELECT 1 FROM audit WHERE event = 'store.restored' AND ts_ms > ?", (witnessed.at_ms,)
+    )
+    if asked is not None:
+        return
+    found = {"found": "behind_witness", "witnessed_entries": witnessed.tree_size, "log_entries": entries_at_start}
+    loss = Loss(uuid7(ctx.clock.now_ms()), last_entry_ms_at_start, last_entry_ms_at_start, found)
+    await _ask_again(ctx, loss)
+
+
+async def _ask_again(ctx: NodeContext, loss: Loss) -> bool:
+    """Audit the loss and queue a redelivery request to every other active node, in one
+    transaction; False if there is no directory to seal them by (asked at a later start)."""
+    now = ctx.clock.now_ms()
+    try:
+        directory = ctx.trust.current(now)
+    except Rejected as exc:
+        log.error("restore.not_announced", restore_id=loss.restore_id, reason=exc.reason.value)
+        return False
+    peers = sorted(
+        node_id
+        for node_id, entry in directory.nodes.items()
+        if node_id != ctx.node_id and entry.status == directory_pb2.NODE_STATUS_ACTIVE
+    )
+    request = workflow_pb2.RedeliveryRequest(
+        restore_id=loss.restore_id,
+        # Less the skew allowed, so a clock stepped back loses nothing; from the start of time
+        # (1, as 0 is no time at all) for a store that came back empty.
+        since_ms=max(1, loss.last_entry_ms - MAX_CLOCK_SKEW_MS),
+        backup_taken_at_ms=loss.taken_at_ms,
+    )
+    sealed = await ctx.messenger.seal_each(
+        peers, KIND, (), loss.restore_id, lambda _: lambda body: body.redelivery.CopyFrom(request), NODE
+    )
+    async with ctx.store.tx() as tx:
+        await tx.audit(
+            "store.restored",
+            detail={
+                "restore_id": loss.restore_id,
+                "backup_taken_at_ms": loss.taken_at_ms,
+                "lost_since_ms": loss.last_entry_ms,
+                "asked": peers,
+                **loss.found,
+            },
+        )
+        await ctx.messenger.queue(tx, sealed, loss.restore_id, NODE)
+    log.warning("store.restored", restore_id=loss.restore_id, found=loss.found["found"], asked=len(peers))
+    return True
+
+
+async def _recorded(ctx: NodeContext, restored: Restored) -> bool:
+    row = await ctx.store.fetchone(
+        "SELECT 1 FROM audit WHERE seq > ? AND event = 'store.restored' "
+        "AND json_extract(entry, '$.detail.restore_id') = ?",
+        (restored.log_entries, restored.restore_id),
+    )
+    return row is not None
+
+
+@dataclass(frozen=True)
+class Redelivery:
+    """The sending side: what a restored node asks for is queued again."""
+
+    undeliverable_after_ms: int
+    # Told, once it is committed, that messages were queued again and how many were made
+    # undeliverable instead (the outbox sends the first and counts the second).
+    on_requeued: Callable[[int], None] = lambda undeliverable: None
+
+    async def requested(self, tx: Tx, requester: str, message_id: str, request: workflow_pb2.RedeliveryRequest) -> None:
+        # Nothing made before `oldest` can have been delivered since (no node accepts a message
+        # that old), and outbox seqs ascend as messages are made: read back from the newest only.
+        oldest = request.since_ms - MAX_AGE_MS
+        row = await (
+            await tx.execute("SELECT seq FROM outbox WHERE created_at_ms < ? ORDER BY seq DESC LIMIT 1", (oldest,))
+        ).fetchone()
+        rows = await (
+            await tx.execute(
+                "SELECT seq, message_id, share_id, created_at_ms, body_kept FROM outbox "
+                "WHERE seq > ? AND recipient = ? AND state = 'delivered' AND delivered_at_ms >= ? ORDER BY seq",
+                (row[0] if row else 0, requester, request.since_ms),
+            )
+        ).fetchall()
+        expired = tx.now_ms - self.undeliverable_after_ms  # as the outbox expires what it holds
+        again: list[Any] = []
+        lost: list[Any] = []
+        for row in rows:
+            _, _, _, created_at_ms, body_kept = row
+            (again if body_kept and created_at_ms > expired else lost).append(row)
+        await tx.executemany(
+            "UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at_ms = ?, reason = '' WHERE seq = ?",
+            [(tx.now_ms, seq) for seq, *_ in again],
+        )
+        days = self.undeliverable_after_ms / 86_400_000
+        for seq, lost_id, share_id, _, body_kept in lost:
+            why = f"older than {days:g} days" if body_kept else "its copy here was purged under the retention rule"
+            reason = (
+                f"{requester} lost it when its store was put back to an earlier copy (a backup), and it cannot be "
+                f"sent again ({why}): tell the agency another way"
+            )
+            await tx.execute("UPDATE outbox SET state = 'undeliverable', reason = ? WHERE seq = ?", (reason, seq))
+            await tx.audit(
+                "message.undeliverable",
+                message_id=lost_id,
+                counterpart=requester,
+                detail={"share_id": share_id, "reason": reason, "by": "recipient_restored"},
+            )
+        await tx.audit(
+            "redelivery.requested",
+            message_id=message_id,
+            counterpart=requester,
+            detail={
+                "restore_id": request.restore_id,
+                "since_ms": request.since_ms,
+                "backup_taken_at_ms": request.backup_taken_at_ms,
+                "sent_again": [r[1] for r in again],
+                "lost": [r[1] for r in lost],
+            },
+        )
+        if rows:
+            tx.on_commit(lambda: self.on_requeued(len(lost)))
+        tx.on_commit(
+            lambda: log.warning("redelivery.requested", counterpart=requester, sent_again=len(again), lost=len(lost))
+        )

@@ -1,0 +1,204 @@
+"""A node restored from a backup gets back what other agencies delivered to it since
+(node/redelivery.py): real nodes, gateway, stores and backups."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from linkage import backup
+from linkage.clock import DAY_MS, SystemClock
+from linkage.ids import uuid7
+from linkage.restored import mark, mark_path
+from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
+from node.redelivery import ask_again_if_rolled_back
+from node.server import NodeServer
+from tests.harness import PRACTITIONER, Cluster, make_federation, running
+from tests.test_delivery import family_assessment, share
+
+
+async def _audited(node: NodeServer, event: str) -> list[dict[str, Any]]:
+    assert node.store is not None
+    rows = await node.store.fetchall("SELECT entry FROM audit WHERE event = ? ORDER BY seq", (event,))
+    return [json.loads(entry) for (entry,) in rows]
+
+
+async def _until(node: NodeServer, sql: str, params: tuple[object, ...], wanted: int) -> None:
+    """Until `sql` counts `wanted` rows in the node's store, awaiting its outbox's changes
+    (a minute at most: what never comes fails the test at the call that waited)."""
+    assert node.store is not None
+    async with asyncio.timeout(60):
+        while True:
+            version = node.outbox.version
+            (found,) = await node.store.fetchone(sql, params)
+            if found == wanted:
+                return
+            await node.outbox.wait_change(version)
+
+
+async def _shared(cluster: Cluster, assessment_id: str) -> str:
+    (recipient,) = (await share(cluster, assessment_id)).recipients
+    return recipient.message_id
+
+
+async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_since(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc", "school"))
+    csc = backup.Member.of(federation.node_configs["csc"])
+    key, sealed = tmp_path / "backup.key", tmp_path / "csc.age"
+    to = backup.recipients([backup.generate_key(key, "")])
+    delivered_to_csc = "SELECT count(*) FROM outbox WHERE recipient = 'csc' AND state = 'delivered' AND message_id IN "
+
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        assessment_id = await family_assessment(cluster)
+        kept = await _shared(cluster, assessment_id)
+        await _until(amh, delivered_to_csc + "(?)", (kept,), 1)
+        backup.take(csc, sealed, to, SystemClock().now_ms())
+        after = [await _shared(cluster, assessment_id) for _ in range(4)]
+        await _until(amh, delivered_to_csc + "(?, ?, ?, ?)", tuple(after), 4)
+        # Two of those can no longer go as they went: one older than delivery allows, and one
+        # whose copy here retention purged (as node/retention.py leaves it).
+        sent_again, too_old, purged = after[:2], after[2], after[3]
+        async with amh.store.tx() as tx:
+            await tx.execute(
+                "UPDATE outbox SET created_at_ms = ? WHERE message_id = ?", (tx.now_ms - 8 * DAY_MS, too_old)
+            )
+            await tx.execute(
+                "DELETE FROM outbox_bodies WHERE seq = (SELECT seq FROM outbox WHERE message_id = ?)", (purged,)
+            )
+            await tx.execute("UPDATE outbox SET body_kept = 0 WHERE message_id = ?", (purged,))
+
+        await cluster.stop_node("csc")
+        backup.restore_store(csc, sealed, backup.identities(key), SystemClock().now_ms())
+        assert mark_path(csc.store).exists()
+        restored = await cluster.start_node("csc")
+        assert restored.store is not None
+        held = "SELECT count(*) FROM inbox WHERE sender = 'amh' AND message_id IN (?, ?, ?, ?, ?)"
+        assert (await restored.store.fetchone(held, (kept, *after)))[0] == 1  # the backup's, alone
+
+        # amh and school are each asked once, and answer; amh sends the two again, in order.
+        await _until(restored, "SELECT count(*) FROM outbox WHERE kind = 17 AND state = 'delivered'", (), 2)
+        await _until(amh, delivered_to_csc + "(?, ?)", tuple(sent_again), 2)
+        (asked,) = await _audited(restored, "store.restored")
+        assert asked["detail"]["asked"] == ["amh", "school"]
+        assert not mark_path(csc.store).exists()
+        (answered,) = await _audited(amh, "redelivery.requested")
+        assert answered["counterpart"] == "csc"
+        # With what came within the clock skew allowed before the backup: csc absorbs it.
+        assert answered["detail"]["sent_again"] == [kept, *sent_again]
+        assert answered["detail"]["lost"] == [too_old, purged]
+        (nothing,) = await _audited(cluster.nodes["school"], "redelivery.requested")
+        assert nothing["detail"]["sent_again"] == nothing["detail"]["lost"] == []
+        rows = await restored.store.fetchall(
+            "SELECT message_id FROM inbox WHERE sender = 'amh' AND message_id IN (?, ?, ?, ?, ?) ORDER BY seq",
+            (kept, *after),
+        )
+        assert [r[0] for r in rows] == [kept, *sent_again]
+
+        # What cannot go again is the sender's to tell another way: its duty view lists it.
+        owed = (await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))).items
+        lost = {item.message_id: item.what for item in owed if item.undeliverable}
+        assert set(lost) == {too_old, purged}
+        assert "lost it when its store was put back to an earlier copy" in lost[too_old]
+        assert "older than 7 days" in lost[too_old] and "purged" in lost[purged]
+        received = (
+            await cluster.api("amh").ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER, limit=500))
+        ).items
+        (notice,) = [i for i in received if i.kind == envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST]
+        assert notice.sender_node == "csc" and notice.body.redelivery.restore_id == asked["detail"]["restore_id"]
+
+        await cluster.stop_node("csc")  # started again, it asks nothing more
+        again = await cluster.start_node("csc")
+        assert again.store is not None
+        assert (await again.store.fetchone("SELECT count(*) FROM outbox WHERE kind = 17"))[0] == 2
+        assert len(await _audited(again, "store.restored")) == 1
+
+
+async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
+    store = federation.node_configs["csc"].store_path
+    async with running(federation, nodes=("csc",)):
+        pass  # the store exists
+    other = tmp_path / "staged.sqlite"  # the backup's store, never swapped in
+    shutil.copy(store, other)
+    mark(other, store, 1, SystemClock().now_ms())
+    async with running(federation, nodes=("csc",)) as cluster:
+        csc = cluster.nodes["csc"]
+        assert not mark_path(store).exists()
+        assert await _audited(csc, "store.restored") == []
+        assert csc.store is not None
+        assert (await csc.store.fetchone("SELECT count(*) FROM outbox"))[0] == 0
+
+
+async def test_the_gateway_routes_a_redelivery_request_without_tokens_and_nothing_else(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
+    token = bytes(32)
+    cases = [
+        (envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE, [], gateway_pb2.SEND_STATUS_REJECTED, "no_tokens"),
+        (envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST, [token], gateway_pb2.SEND_STATUS_REJECTED, "malformed"),
+        (envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST, [], gateway_pb2.SEND_STATUS_FORWARDED, ""),
+    ]
+    async with running(federation, nodes=("csc",)) as cluster:
+        call = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("amh")).Connect()
+        now = SystemClock().now_ms()
+        for kind, tokens, *_ in cases:
+            routing = envelope_pb2.RoutingHeader(
+                message_id=uuid7(now), sender_node="amh", recipient_node="csc", link_tokens=tokens, kind=kind
+            )
+            envelope = envelope_pb2.Envelope(routing=routing.SerializeToString(), ciphertext=uuid.uuid4().bytes)
+            await call.write(gateway_pb2.NodeFrame(send=envelope))
+        acks: list[gateway_pb2.SendAck] = []
+        while len(acks) < len(cases):
+            frame = await call.read()
+            assert isinstance(frame, gateway_pb2.GatewayFrame)
+            frames = frame.batch.frames if frame.HasField("batch") else [frame]
+            acks += [f.send_ack for f in frames if f.HasField("send_ack")]
+        call.cancel()
+    assert [(a.status, a.reason) for a in acks] == [(status, reason) for *_, status, reason in cases]
+
+
+async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_asks_the_same(tmp_path: Path) -> None:
+    """A copy of the files put back (a virtual machine's snapshot, say) leaves no mark; the
+    witness, holding a checkpoint of a longer log, shows it, and the node asks once."""
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
+    store = federation.node_configs["csc"].store_path
+    snapshot = tmp_path / "snapshot"
+    async with running(federation) as cluster:
+        assessment_id = await family_assessment(cluster)
+        amh = cluster.nodes["amh"]
+        kept = await _shared(cluster, assessment_id)
+        delivered = "SELECT count(*) FROM outbox WHERE state = 'delivered' AND message_id IN "
+        await _until(amh, delivered + "(?)", (kept,), 1)
+        await cluster.stop_node("csc")  # its final state lodged with the witness
+        snapshot.mkdir()
+        for file in store.parent.glob("store.sqlite*"):
+            shutil.copy2(file, snapshot / file.name)
+        await cluster.start_node("csc")
+        after = [await _shared(cluster, assessment_id) for _ in range(2)]
+        await _until(amh, delivered + "(?, ?)", tuple(after), 2)
+        await cluster.stop_node("csc")  # lodged again: the witness holds the longer log
+        for file in store.parent.glob("store.sqlite*"):
+            file.unlink()
+        for file in snapshot.iterdir():
+            shutil.copy2(file, store.parent / file.name)
+
+        csc = await cluster.start_node("csc")
+        assert not await csc.checkpoints.lodge()  # behind the witness: nothing lodged, and asked
+        await _until(csc, "SELECT count(*) FROM outbox WHERE kind = 17 AND state = 'delivered'", (), 1)
+        await _until(amh, delivered + "(?, ?)", tuple(after), 2)
+        (found,) = await _audited(csc, "store.restored")
+        assert found["detail"]["found"] == "behind_witness" and found["detail"]["asked"] == ["amh"]
+        assert csc.store is not None
+        rows = await csc.store.fetchall("SELECT message_id FROM inbox WHERE message_id IN (?, ?, ?)", (kept, *after))
+        assert {r[0] for r in rows} == {kept, *after}
+        # Asked once for the gap the witness shows: not again at a later start still behind it.
+        witnessed = audit_pb2.Checkpoint(tree_size=found["detail"]["witnessed_entries"], at_ms=found["ts_ms"] - 1)
+        await ask_again_if_rolled_back(csc.ctx, witnessed, 0, 0)
+        assert len(await _audited(csc, "store.restored")) == 1
+        await csc.checkpoints.lodge()  # past the witness now, by what came again: lodged, as a break
+        assert len(await _audited(csc, "store.restored")) == 1
