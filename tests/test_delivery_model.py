@@ -3,7 +3,9 @@
 The sender's real outbox, casework and store and the recipient's real reception
 and store exchange frames over an in-memory wire that loses requests, loses
 receipts, duplicates deliveries, answers BUSY (for the sender or the recipient)
-and crashes either side (in-memory state gone, SQLite files kept). Invariants
+and crashes either side (in-memory state gone, SQLite files kept), and puts the
+recipient's store back to a backup taken earlier, as `backup restore` does (its
+redelivery request then goes to the sender over a wire of its own). Invariants
 after every step: nothing in the inbox that the sender did not record, no share
 twice, nothing accepted forgotten; and after a fault-free drain, the inbox holds
 exactly what was accepted.
@@ -13,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Coroutine, Iterable
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -30,6 +35,8 @@ from linkage.auditlog import verify_chain
 from linkage.clock import ManualClock
 from linkage.config import DeliverySettings, PolicyFiles
 from linkage.directory import TrustedDirectory
+from linkage.readonly import connect_read_only
+from linkage.restored import mark
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.v1 import envelope_pb2, gateway_pb2, node_api_pb2
 from node.cases import Cases
@@ -39,6 +46,7 @@ from node.messaging import Messenger
 from node.outbox import Outbox
 from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
+from node.redelivery import Redelivery, ask_again_if_restored
 from node.resolver import Answers, Resolver
 from node.sharing import Sharing
 from node.store import Store
@@ -86,6 +94,9 @@ class DeliveryModel(RuleBasedStateMachine):
         self.accepted: set[str] = set()
         self.sender_wire = Wire()
         self.recipient_wire = Wire()
+        self.recipient_out = Wire()  # what the recipient sends (its redelivery requests)
+        self.sender_back = Wire()  # and the sender's receipts for them
+        self.backup_taken_ms: int | None = None
         self.run(self._open_sender())
         self.run(self._open_recipient())
         self.assessment_id = self.run(self._prepare())
@@ -112,6 +123,16 @@ class DeliveryModel(RuleBasedStateMachine):
         )
         self.cases = Cases(ctx)
         self.sharing = Sharing(ctx)
+        self.sender_reception = Reception(
+            self.sender_store,
+            cast(GatewayLink, self.sender_back),
+            self.trust,
+            self.ring.keys["a"],
+            "a",
+            self.clock,
+            InboxFeed(),
+            redelivery=Redelivery(SETTINGS.undeliverable_after_ms, self.outbox.requeued),
+        )
 
     async def _open_recipient(self) -> None:
         self.recipient_store = await Store.open(self.dir / "b.sqlite", self.clock)
@@ -123,6 +144,23 @@ class DeliveryModel(RuleBasedStateMachine):
             "b",
             self.clock,
             InboxFeed(),
+        )
+        self.recipient_outbox = Outbox(
+            self.recipient_store, self.recipient_out, self.trust, "b", self.clock, SETTINGS, random.Random(1)
+        )
+        self.recipient_ctx = NodeContext(
+            node_id="b",
+            store=self.recipient_store,
+            link=cast(GatewayLink, self.recipient_out),
+            outbox=self.recipient_outbox,
+            trust=self.trust,
+            messenger=Messenger(
+                "b", self.ring.keys["b"], self.trust, self.clock, SETTINGS, self.recipient_outbox.fresh
+            ),
+            linkage_key=LinkageKey(1, bytes(32)),
+            clock=self.clock,
+            policy=POLICY,
+            resolver=Resolver(self.recipient_out.resolve, MAX_TOKENS_PER_MESSAGE),
         )
 
     async def _prepare(self) -> str:
@@ -209,8 +247,55 @@ class DeliveryModel(RuleBasedStateMachine):
 
     @rule()
     def crash_recipient(self) -> None:
+        self.recipient_out.frames.clear()  # in transit when it died
         self.run(self.recipient_store.close())
         self.run(self._open_recipient())
+        self.run(self.recipient_outbox.on_connected())
+
+    @rule()
+    def back_up_recipient(self) -> None:
+        """A backup of the recipient's store, as SQLite's online backup API takes it."""
+        taken = self.dir / "b.backup"
+        taken.unlink(missing_ok=True)
+        with closing(connect_read_only(self.dir / "b.sqlite")) as live, closing(sqlite3.connect(taken)) as copy:
+            live.backup(copy)
+        self.backup_taken_ms = self.clock.now_ms()
+
+    @precondition(lambda self: self.backup_taken_ms is not None)
+    @rule()
+    def restore_recipient(self) -> None:
+        """Its store put back to the backup, as `backup restore` does; then it starts again."""
+        assert self.backup_taken_ms is not None
+        self.recipient_out.frames.clear()
+        self.run(self.recipient_store.close())
+        store, staged = self.dir / "b.sqlite", self.dir / "b.staged"
+        shutil.copy(self.dir / "b.backup", staged)
+        mark(staged, store, self.backup_taken_ms, self.clock.now_ms())
+        for journal in ("-wal", "-shm"):
+            store.with_name(store.name + journal).unlink(missing_ok=True)
+        os.replace(staged, store)
+        self.run(self._open_recipient())
+        self.run(ask_again_if_restored(self.recipient_ctx))
+
+    @rule()
+    def recipient_sends(self) -> None:
+        self.run(self.recipient_outbox.send_due())
+
+    @precondition(lambda self: self.recipient_out.frames)
+    @rule()
+    def deliver_request(self) -> None:
+        self.run(self._deliver_request(self.recipient_out.frames.pop(0)))
+
+    async def _deliver_request(self, frame: gateway_pb2.NodeFrame) -> None:
+        """The recipient's frame to the sender, forwarded, opened and receipted."""
+        envelope = frame.send
+        forwarded = gateway_pb2.SendAck(
+            message_id=_message_id(envelope), recipient_node="a", status=gateway_pb2.SEND_STATUS_FORWARDED
+        )
+        await self.recipient_outbox.on_answers([forwarded])
+        await self.sender_reception.on_envelopes([envelope])
+        receipts, self.sender_back.frames = self.sender_back.frames, []
+        await self.recipient_outbox.on_answers([r.receipt for r in receipts])
 
     # -- invariants ----------------------------------------------------------
 
@@ -244,11 +329,14 @@ class DeliveryModel(RuleBasedStateMachine):
 
     async def _drain(self) -> None:
         """Fault-free: time passes, everything due is sent and delivered, until nothing is live."""
+        live = "SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent')"
         for _ in range(50):
-            live = await self.sender_store.fetchone("SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent')")
-            if live[0] == 0:
+            if (await self.sender_store.fetchone(live))[0] == (await self.recipient_store.fetchone(live))[0] == 0:
                 return
             self.clock.advance(SETTINGS.receipt_timeout_ms + 1)
+            await self.recipient_outbox.send_due()
+            while self.recipient_out.frames:
+                await self._deliver_request(self.recipient_out.frames.pop(0))
             await self.outbox.send_due()
             while self.sender_wire.frames:
                 await self._deliver(self.sender_wire.frames.pop(0), "none")
