@@ -167,6 +167,7 @@ async def test_a_backup_taken_while_the_node_shares_restores_its_store_and_rebui
 
     restored = await linkage("backup", "restore", "--config", toml, "--from", str(sealed), "--identity", str(key))
     assert restored[0] == 0, restored
+    assert "follow that with `linkage share status " in restored[1]  # the request it makes at its next start
     assert not amh.store_path.with_name("store.sqlite-wal").exists()  # the old store's journal folded into it
     assert _entries(amh.store_path) == backed_up
     (kept,) = amh.data_dir.glob("store.sqlite.replaced-*")
@@ -188,6 +189,7 @@ async def test_a_backup_taken_while_the_node_shares_restores_its_store_and_rebui
     rebuilt = tmp_path / "rebuilt"
     whole = await linkage("backup", "restore", "--into", str(rebuilt), "--from", str(sealed), "--identity", str(key))
     assert whole[0] == 0, whole
+    assert "follow that with `linkage share status " in whole[1]
     for name in ("node.toml", "directory.pb", "keys/linkage.key", "keys/signing.key", "tls/node.key", "tls/node.pem"):
         assert (rebuilt / name).read_bytes() == (amh.data_dir / name).read_bytes(), name
     assert (rebuilt / "keys" / "linkage.key").stat().st_mode & 0o077 == 0

@@ -86,6 +86,10 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
         await _until(amh, delivered_to_csc + "(?, ?)", tuple(sent_again), 2)
         (asked,) = await _audited(restored, "store.restored")
         assert asked["detail"]["asked"] == ["amh", "school"]
+        followed = await cluster.api("csc").GetShareStatus(
+            node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=asked["detail"]["restore_id"])
+        )
+        assert [(r.node_id, r.state) for r in followed.recipients] == [("amh", "delivered"), ("school", "delivered")]
         assert not mark_path(csc.store).exists()
         (answered,) = await _audited(amh, "redelivery.requested")
         assert answered["counterpart"] == "csc"

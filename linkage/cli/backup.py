@@ -11,6 +11,7 @@ from pathlib import Path
 from linkage import backup
 from linkage.clock import SystemClock
 from linkage.config import GatewayConfig, NodeConfig
+from linkage.restored import read_mark
 
 
 def _member(args: argparse.Namespace) -> backup.Member:
@@ -66,7 +67,7 @@ def _restore(args: argparse.Namespace) -> int:
         config = "node.toml" if manifest.kind == "node" else "gateway.toml"
         print(f"  next: start it with {args.into / config}, then run `linkage audit verify` (with --from-gateway)")
         if manifest.kind == "node":
-            print("  once started, it asks the other nodes for what they delivered to it since the backup")
+            _asks(args.into / NodeConfig.STORE_NAME)
         return 0
     member = _member(args)
     manifest, kept = backup.restore_store(member, args.from_, keys, SystemClock().now_ms())
@@ -75,9 +76,19 @@ def _restore(args: argparse.Namespace) -> int:
     if kept:
         print(f"  the store it replaced is kept as {kept}: delete it once the {member.kind} runs well")
     if member.kind == "node":
-        print("  next: start the node (it asks the other nodes for what they delivered to it since the backup),")
-        print("  then run `linkage audit verify --config ... --from-gateway`")
+        print("  next: start the node, then run `linkage audit verify --config ... --from-gateway`")
+        _asks(member.store)
     return 0
+
+
+def _asks(store: Path) -> None:
+    """What the node does with the restore's mark when it starts (node/redelivery.py)."""
+    restored = read_mark(store)
+    if restored is not None:
+        print(
+            "  once started, it asks every other node for what it delivered here since the backup; "
+            f"follow that with `linkage share status {restored.restore_id}`"
+        )
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
