@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyrage
 from pyrage import x25519
@@ -43,11 +43,17 @@ from linkage.auditlog import verify_metalog, verify_store
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.exclusive import Exclusive, InUse
 from linkage.files import PRIVATE, fsync_dir, fsync_file, write_private, written_whole_bytes
+from linkage.ids import uuid7
 from linkage.readonly import connect_read_only
-from linkage.restored import mark
+from linkage.store_notes import BackupRecord, leave, mark
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 FORMAT = "linkage-backup/1"
 MANIFEST, STORE, BUNDLE = "manifest.json", "store.sqlite", "bundle"
+# The names of a store's own files (its journal, marks and records beside it): never in a bundle.
+STORE_FILES = (NodeConfig.STORE_NAME, GatewayConfig.STORE_NAME)
 LOGS = {"node": "audit", "gateway": "metalog"}  # each kind's store, known by its hash-chained log
 
 
@@ -78,8 +84,11 @@ class Member:
         return cls("node" if node else "gateway", member_id, federation_id, config.data_dir, config.store_path, outside)
 
     def is_store_file(self, path: Path) -> bool:
-        """The store, its journal and lock, and the copies migrations keep: never bundled."""
-        return path.parent == self.data_dir and path.name.startswith(self.store.name)
+        """The store, its journal and lock, the copies migrations keep and the records and marks
+        for the node to enter in its log (store.sqlite.*, files or folders): never bundled."""
+        return path.is_relative_to(self.data_dir) and path.relative_to(self.data_dir).parts[0].startswith(
+            self.store.name
+        )
 
 
 def _paths(value: object) -> Iterator[Path]:
@@ -206,9 +215,54 @@ def take(member: Member, out: Path, to: list[x25519.Recipient], now_ms: int) -> 
                 for name in files:
                     tar.add(member.data_dir / name, f"{BUNDLE}/{name}", recursive=False)
 
-        with written_whole_bytes(out) as sealed:
+        with written_whole_bytes(out) as written:
+            sealed = _Digested(written)
             _piped(archive, lambda plain: pyrage.encrypt_io(plain, sealed, to))
+    if member.kind == "node":  # for the node to enter in its audit log
+        record = BackupRecord(
+            backup_id=uuid7(now_ms),
+            taken_at_ms=now_ms,
+            file=out.name,
+            sha256=sealed.sha256.hexdigest(),
+            size=sealed.size,
+            recipients=[str(r) for r in to],
+            store_sha256=facts.sha256,
+            log_entries=facts.log_entries,
+            log_root=facts.log_root,
+        )
+        leave(member.store, record)
     return manifest
+
+
+class _Digested(io.BufferedIOBase):
+    """A file passed through, hashed on the way: a backup's digest, without reading it twice."""
+
+    def __init__(self, inner: io.BufferedIOBase) -> None:
+        self.inner, self.sha256, self.size = inner, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = self.inner.read(size)
+        self._saw(memoryview(data))
+        return data
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        count = self.inner.readinto(buffer)
+        self._saw(memoryview(buffer)[:count])
+        return count
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        self._saw(memoryview(data))
+        return self.inner.write(data)
+
+    def _saw(self, data: memoryview) -> None:
+        self.sha256.update(data)
+        self.size += data.nbytes
 
 
 def _piped(produce: Callable[[io.BufferedWriter], None], consume: Callable[[io.BufferedReader], T]) -> T:
@@ -317,6 +371,7 @@ class Opened:
     manifest: Manifest
     store: Path
     bundle: Path  # the member's files, as they were
+    sha256: str  # of the backup file, as its record in the node's audit log names it
 
 
 @contextlib.contextmanager
@@ -326,11 +381,16 @@ def opened(backup: Path, keys: list[x25519.Identity], beside: Path) -> Iterator[
     if not backup.is_file():
         raise BackupError(f"no backup at {backup}")
     with _staging(beside) as staging:
+        digested: list[str] = []
 
         def decrypt(plain: io.BufferedWriter) -> None:
             try:
-                with backup.open("rb") as sealed:
+                with backup.open("rb") as file:
+                    sealed = _Digested(file)
                     pyrage.decrypt_io(sealed, plain, keys)
+                    while sealed.read(1 << 16):  # anything after age's last chunk, for the file's digest
+                        pass
+                    digested.append(sealed.sha256.hexdigest())
             except pyrage.DecryptError:
                 raise BackupError(f"{backup}: none of the keys given opens it (or it is not an age file)") from None
             except OSError as exc:
@@ -342,7 +402,7 @@ def opened(backup: Path, keys: list[x25519.Identity], beside: Path) -> Iterator[
         manifest, store = _piped(decrypt, lambda plain: _unpack(plain, staging, backup))
         if check_store(store, manifest.kind) != manifest.store:
             raise BackupError(f"{backup}: its store is not the one its manifest describes")
-        yield Opened(manifest, store, staging / BUNDLE)
+        yield Opened(manifest, store, staging / BUNDLE, digested[0])
 
 
 def _unpack(plain: io.BufferedReader, staging: Path, backup: Path) -> tuple[Manifest, Path]:
@@ -365,6 +425,8 @@ def _unpack(plain: io.BufferedReader, staging: Path, backup: Path) -> tuple[Mani
                         out.flush()
                         os.fsync(out.fileno())
                 elif info.name.startswith(BUNDLE + "/"):
+                    if info.name.removeprefix(BUNDLE + "/").startswith(STORE_FILES):  # never bundled
+                        raise BackupError(f"{backup} holds {info.name}, a store's own file: it is not a Linkage backup")
                     tar.extract(info, staging, filter="data")  # refuses absolute paths, '..' and links out
     except tarfile.TarError as exc:
         raise BackupError(f"{backup} is not a Linkage backup ({exc})") from None
@@ -391,7 +453,7 @@ def restore_store(
         with opened(backup, keys, member.data_dir) as found:
             _same_member(found.manifest, member)
             if member.kind == "node":  # for the node to ask again for what came after the backup
-                mark(found.store, member.store, found.manifest.taken_at_ms, now_ms)
+                mark(found.store, member.store, found.manifest.taken_at_ms, found.sha256, now_ms)
             kept = None
             if member.store.exists():
                 kept = member.store.with_name(f"{member.store.name}.replaced-{now_ms}")
@@ -447,7 +509,7 @@ def restore_all(backup: Path, keys: list[x25519.Identity], into: Path, now_ms: i
         node = found.manifest.kind == "node"
         store = into / (NodeConfig.STORE_NAME if node else GatewayConfig.STORE_NAME)
         if node:
-            mark(found.store, store, found.manifest.taken_at_ms, now_ms)
+            mark(found.store, store, found.manifest.taken_at_ms, found.sha256, now_ms)
         os.replace(found.store, store)
         for folder in {into, *(p.parent for p in into.rglob("*"))}:
             fsync_dir(folder)

@@ -2,7 +2,7 @@
 
 A restored store is as it was when the backup was taken: what arrived after that is gone
 from it, though every sender holds the receipt it signed. So `linkage backup restore`
-leaves a mark beside the store it puts in place (linkage/restored.py), and at its next
+leaves a mark beside the store it puts in place (linkage/store_notes.py), and at its next
 start the node records the restore in its audit log and asks every other node, in a
 signed message, to send again what it receipted from the restored log's last entry on.
 A store put back by other means (a virtual machine's snapshot) leaves no mark, but the
@@ -28,7 +28,7 @@ from linkage import logs
 from linkage.envelope import MAX_AGE_MS, MAX_CLOCK_SKEW_MS
 from linkage.ids import uuid7
 from linkage.reasons import Rejected
-from linkage.restored import Restored, clear_mark, in_place, read_mark
+from linkage.store_notes import Restored, clear_mark, in_place, read_mark
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
 from node.store import Tx
@@ -68,6 +68,7 @@ async def ask_again_if_restored(ctx: NodeContext) -> None:
         return
     found = {
         "found": "backup_restore",
+        "backup_sha256": restored.backup_sha256,
         "restored_at_ms": restored.restored_at_ms,
         "log_entries": restored.log_entries,
     }

@@ -27,6 +27,7 @@ from linkage.v1 import directory_pb2, gateway_pb2
 from linkage.writability import log_failure
 from node import retention
 from node.api import SERVICE_NAME, NodeApiService, add_to_server
+from node.backup_log import enter_backups
 from node.cases import Cases
 from node.checkpoints import Checkpointer
 from node.chronology import Chronologies
@@ -134,10 +135,19 @@ class NodeServer:
         await self._report_serving()  # one that started without a current directory now has one
 
     async def reload(self) -> None:
-        """On SIGHUP, and every few minutes: a newer directory, rotated message keys, renewed TLS files."""
+        """On SIGHUP, and every few minutes: a newer directory, rotated message keys, renewed TLS
+        files, and backups taken to enter in the audit log."""
         await self.check_directory()
         await self.check_keys()
         await self.check_certificate()
+        await self.check_backups()
+
+    async def check_backups(self) -> None:
+        assert self.store is not None
+        try:
+            await enter_backups(self.store)
+        except Exception as exc:  # its store refused, say: the records wait for the next look
+            log_failure(log, "backup.record_failed", exc)
 
     async def check_keys(self) -> None:
         """Take a generation of message keys `federation rotate-keys` put in the bundle, without
@@ -373,6 +383,7 @@ class NodeServer:
                     "codelists": self.ctx.policy.codes.version,
                 },
             )
+        await self.check_backups()
         row = await self.store.fetchone("SELECT MAX(seq) FROM inbox")
         self.feed.last_seq = int(row[0] or 0)
 

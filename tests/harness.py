@@ -189,9 +189,11 @@ async def next_item(
     raise AssertionError(f"{node} received no item of kind {kind}")
 
 
-async def audit_events(node: NodeServer) -> list[dict[str, Any]]:
+async def audit_events(node: NodeServer, event: str = "") -> list[dict[str, Any]]:
+    """The node's audit entries, in order; only those of `event`, if given."""
     assert node.store is not None
-    return [json.loads(r[0]) for r in await node.store.fetchall("SELECT entry FROM audit ORDER BY seq")]
+    sql = "SELECT entry FROM audit WHERE event = ? OR ? = '' ORDER BY seq"
+    return [json.loads(r[0]) for r in await node.store.fetchall(sql, (event, event))]
 
 
 async def linkage(*args: str, **settings: str) -> tuple[int, str, str]:

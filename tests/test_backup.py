@@ -22,13 +22,13 @@ import pytest
 from pyrage import x25519
 
 from bench.audit import build
-from linkage import backup
+from linkage import backup, store_notes
 from linkage.clock import ManualClock, SystemClock
 from linkage.readonly import connect_read_only
 from node.store import Store
 from node.store.schema import MIGRATIONS
 from tests.file_crashes import Crash, crash_at
-from tests.harness import linkage, make_federation, running, wait_delivered
+from tests.harness import audit_events, linkage, make_federation, running, wait_delivered
 from tests.test_audit_ig import witnessed
 from tests.test_delivery import family_assessment, share
 from tests.test_federation import share_think_family
@@ -145,6 +145,18 @@ async def test_a_backup_taken_while_the_node_shares_restores_its_store_and_rebui
         made = await linkage("backup", "create", "--config", toml, "--to", recipient, "--out", str(sealed))
         await sharing
         assert made[0] == 0 and "OK: backed up to" in made[1], made
+        # The node enters it in its audit log, naming the file by its digest, once only.
+        (record,) = store_notes.waiting(amh.store_path)
+        left = record.read_bytes()
+        for _ in range(2):
+            await cluster.nodes["amh"].check_backups()
+            assert not record.exists()
+            record.write_bytes(left)  # as a node stopped before it removed the record leaves it
+        await cluster.nodes["amh"].check_backups()
+        (entered,) = await audit_events(cluster.nodes["amh"], "store.backed_up")
+        digest = hashlib.sha256(sealed.read_bytes()).hexdigest()
+        assert entered["detail"]["sha256"] == digest and entered["detail"]["recipients"] == [recipient]
+        assert entered["detail"]["size"] == sealed.stat().st_size and not list(store_notes.waiting(amh.store_path))
         gateway_made = await linkage(
             "backup", "create", "--gateway-config", gateway_toml, "--to", recipient, "--out", str(sealed_gateway)
         )
@@ -178,6 +190,8 @@ async def test_a_backup_taken_while_the_node_shares_restores_its_store_and_rebui
     )
     assert gateway_restored[0] == 0, gateway_restored
     async with running(federation) as cluster:  # both serve again from what was restored
+        (restore,) = await audit_events(cluster.nodes["amh"], "store.restored")
+        assert restore["detail"]["backup_sha256"] == digest  # the backup whose taking it recorded
         await share(cluster, assessment_id)  # the assessment was recorded before the backup
         store = cluster.nodes["amh"].store
         assert store is not None
@@ -272,6 +286,11 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
     forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
     refused("is not a Linkage backup", lambda: backup.restore_all(forged, keys, tmp_path / "rebuilt", 1))
     assert not (tmp_path / "escaped").exists()
+    with tarfile.open(plain, "w") as tar:  # a record of a backup never taken, for the node to enter
+        tar.add(strange, f"{backup.BUNDLE}/store.sqlite.backups/forged.json")
+        tar.add(amh.store, backup.STORE)
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    refused("a store's own file", lambda: backup.restore_all(forged, keys, tmp_path / "rebuilt", 1))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "node.toml").write_text("")
     refused("is not empty", lambda: backup.restore_all(sealed, keys, tmp_path / "full", 1))
@@ -316,7 +335,8 @@ def test_a_restore_cut_short_at_any_point_leaves_a_whole_store_and_running_it_ag
         old = {suffix: longer.with_name(longer.name + suffix).read_bytes() for suffix in ("", "-wal")}
     for step in count(1):
         for left in [*amh.data_dir.glob("store.sqlite*")]:
-            left.unlink()
+            if left.is_file():  # not the folder of backup records take() left
+                left.unlink()
         for suffix, data in old.items():
             amh.store.with_name(amh.store.name + suffix).write_bytes(data)
         try:

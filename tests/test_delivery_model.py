@@ -36,7 +36,7 @@ from linkage.clock import ManualClock
 from linkage.config import DeliverySettings, PolicyFiles
 from linkage.directory import TrustedDirectory
 from linkage.readonly import connect_read_only
-from linkage.restored import mark
+from linkage.store_notes import mark
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.v1 import envelope_pb2, gateway_pb2, node_api_pb2
 from node.cases import Cases
@@ -270,7 +270,7 @@ class DeliveryModel(RuleBasedStateMachine):
         self.run(self.recipient_store.close())
         store, staged = self.dir / "b.sqlite", self.dir / "b.staged"
         shutil.copy(self.dir / "b.backup", staged)
-        mark(staged, store, self.backup_taken_ms, self.clock.now_ms())
+        mark(staged, store, self.backup_taken_ms, "", self.clock.now_ms())
         for journal in ("-wal", "-shm"):
             store.with_name(store.name + journal).unlink(missing_ok=True)
         os.replace(staged, store)

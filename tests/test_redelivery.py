@@ -4,27 +4,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
 
 from linkage import backup
 from linkage.clock import DAY_MS, SystemClock
 from linkage.ids import uuid7
-from linkage.restored import mark, mark_path
+from linkage.store_notes import mark, mark_path
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
 from node.redelivery import ask_again_if_rolled_back
 from node.server import NodeServer
-from tests.harness import PRACTITIONER, Cluster, make_federation, running
+from tests.harness import PRACTITIONER, Cluster, audit_events, make_federation, running
 from tests.test_delivery import family_assessment, share
-
-
-async def _audited(node: NodeServer, event: str) -> list[dict[str, Any]]:
-    assert node.store is not None
-    rows = await node.store.fetchall("SELECT entry FROM audit WHERE event = ? ORDER BY seq", (event,))
-    return [json.loads(entry) for (entry,) in rows]
 
 
 async def _until(node: NodeServer, sql: str, params: tuple[object, ...], wanted: int) -> None:
@@ -84,19 +76,19 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
         # amh and school are each asked once, and answer; amh sends the two again, in order.
         await _until(restored, "SELECT count(*) FROM outbox WHERE kind = 17 AND state = 'delivered'", (), 2)
         await _until(amh, delivered_to_csc + "(?, ?)", tuple(sent_again), 2)
-        (asked,) = await _audited(restored, "store.restored")
+        (asked,) = await audit_events(restored, "store.restored")
         assert asked["detail"]["asked"] == ["amh", "school"]
         followed = await cluster.api("csc").GetShareStatus(
             node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=asked["detail"]["restore_id"])
         )
         assert [(r.node_id, r.state) for r in followed.recipients] == [("amh", "delivered"), ("school", "delivered")]
         assert not mark_path(csc.store).exists()
-        (answered,) = await _audited(amh, "redelivery.requested")
+        (answered,) = await audit_events(amh, "redelivery.requested")
         assert answered["counterpart"] == "csc"
         # With what came within the clock skew allowed before the backup: csc absorbs it.
         assert answered["detail"]["sent_again"] == [kept, *sent_again]
         assert answered["detail"]["lost"] == [too_old, purged]
-        (nothing,) = await _audited(cluster.nodes["school"], "redelivery.requested")
+        (nothing,) = await audit_events(cluster.nodes["school"], "redelivery.requested")
         assert nothing["detail"]["sent_again"] == nothing["detail"]["lost"] == []
         rows = await restored.store.fetchall(
             "SELECT message_id FROM inbox WHERE sender = 'amh' AND message_id IN (?, ?, ?, ?, ?) ORDER BY seq",
@@ -120,7 +112,7 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
         again = await cluster.start_node("csc")
         assert again.store is not None
         assert (await again.store.fetchone("SELECT count(*) FROM outbox WHERE kind = 17"))[0] == 2
-        assert len(await _audited(again, "store.restored")) == 1
+        assert len(await audit_events(again, "store.restored")) == 1
 
 
 async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(tmp_path: Path) -> None:
@@ -130,11 +122,11 @@ async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(
         pass  # the store exists
     other = tmp_path / "staged.sqlite"  # the backup's store, never swapped in
     shutil.copy(store, other)
-    mark(other, store, 1, SystemClock().now_ms())
+    mark(other, store, 1, "", SystemClock().now_ms())
     async with running(federation, nodes=("csc",)) as cluster:
         csc = cluster.nodes["csc"]
         assert not mark_path(store).exists()
-        assert await _audited(csc, "store.restored") == []
+        assert await audit_events(csc, "store.restored") == []
         assert csc.store is not None
         assert (await csc.store.fetchone("SELECT count(*) FROM outbox"))[0] == 0
 
@@ -195,7 +187,7 @@ async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_as
         assert not await csc.checkpoints.lodge()  # behind the witness: nothing lodged, and asked
         await _until(csc, "SELECT count(*) FROM outbox WHERE kind = 17 AND state = 'delivered'", (), 1)
         await _until(amh, delivered + "(?, ?)", tuple(after), 2)
-        (found,) = await _audited(csc, "store.restored")
+        (found,) = await audit_events(csc, "store.restored")
         assert found["detail"]["found"] == "behind_witness" and found["detail"]["asked"] == ["amh"]
         assert csc.store is not None
         rows = await csc.store.fetchall("SELECT message_id FROM inbox WHERE message_id IN (?, ?, ?)", (kept, *after))
@@ -203,6 +195,6 @@ async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_as
         # Asked once for the gap the witness shows: not again at a later start still behind it.
         witnessed = audit_pb2.Checkpoint(tree_size=found["detail"]["witnessed_entries"], at_ms=found["ts_ms"] - 1)
         await ask_again_if_rolled_back(csc.ctx, witnessed, 0, 0)
-        assert len(await _audited(csc, "store.restored")) == 1
+        assert len(await audit_events(csc, "store.restored")) == 1
         await csc.checkpoints.lodge()  # past the witness now, by what came again: lodged, as a break
-        assert len(await _audited(csc, "store.restored")) == 1
+        assert len(await audit_events(csc, "store.restored")) == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 from linkage import backup
 from linkage.clock import SystemClock
 from linkage.config import GatewayConfig, NodeConfig
-from linkage.restored import read_mark
+from linkage.store_notes import read_mark
 
 
 def _member(args: argparse.Namespace) -> backup.Member:
@@ -45,6 +45,10 @@ def _create(args: argparse.Namespace) -> int:
     manifest = backup.take(member, args.out, to, SystemClock().now_ms())
     print(f"OK: backed up to {args.out}, encrypted to {len(to)} key(s)")
     _say(manifest)
+    if member.kind == "node":
+        print(
+            "  the node enters it in its audit log (store.backed_up) at its next look: within 5 minutes, or on SIGHUP"
+        )
     if member.outside:  # a machine rebuilt from this backup alone would lack them
         print(f"  not in it, as outside {member.data_dir}: {', '.join(map(str, member.outside))}: back them up too")
     return 0

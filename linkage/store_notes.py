@@ -1,0 +1,138 @@
+"""What `linkage backup` leaves beside a node's store for the node to act on, since the
+running node holds the only writer of its audit log: a record of each backup taken, and
+the mark of a restore. Each is a JSON file written whole, named for the store (so never
+bundled into a backup), and removed once the node has committed what it does with it.
+
+A backup record (node/backup_log.py): a backup is a copy of everything the node holds
+about people, and its information governance officer answers for every copy, so the node
+enters each in its audit log at its next start, every few minutes and on SIGHUP. X-Road's
+security server audits its backups the same way.
+
+A restore's mark (node/redelivery.py): which restore, which store file, and from when the
+store lacks what arrived. It is written before the store is swapped in, and names the
+restored file by its inode (a rename keeps it): a restore cut short before the swap leaves
+a mark that names a file which is not the store, and the node drops it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from linkage.files import fsync_dir, write_private
+from linkage.ids import uuid7
+from linkage.readonly import connect_read_only
+
+
+class _Note:
+    FORMAT: ClassVar[str]
+
+    def to_json(self) -> bytes:
+        fields = asdict(self)  # type: ignore[call-overload]  # every note is a dataclass
+        return json.dumps({"format": self.FORMAT, **fields}, indent=2).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Self:
+        fields: dict[str, Any] = json.loads(data)
+        if fields.pop("format", None) != cls.FORMAT:
+            raise ValueError(f"not a {cls.FORMAT} file")
+        return cls(**fields)
+
+
+# -- backups taken -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupRecord(_Note):
+    FORMAT = "linkage-backup-record/1"
+
+    backup_id: str
+    taken_at_ms: int
+    file: str  # its name, where it was written: it may be moved, its digest names it wherever it goes
+    sha256: str  # of the encrypted file: `sha256sum` of a backup finds its record
+    size: int  # bytes
+    recipients: list[str]  # the age public keys that open it
+    store_sha256: str
+    log_entries: int
+    log_root: str
+
+
+def records_folder(store: Path) -> Path:
+    return store.with_name(store.name + ".backups")
+
+
+def leave(store: Path, record: BackupRecord) -> None:
+    folder = records_folder(store)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    write_private(folder / f"{record.backup_id}.json", record.to_json())
+
+
+def waiting(store: Path) -> Iterator[Path]:
+    """The records not yet entered in the log, oldest first (their ids ascend in time)."""
+    folder = records_folder(store)
+    if folder.is_dir():
+        yield from sorted(folder.glob("*.json"))
+
+
+# -- a restore -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Restored(_Note):
+    FORMAT = "linkage-restored/1"
+
+    restore_id: str
+    inode: int  # the restored store file's
+    log_entries: int
+    last_entry_ms: int  # the restored log's last entry: nothing that came after it is in the store
+    backup_taken_at_ms: int
+    backup_sha256: str  # of the backup file, as the record of its taking names it
+    restored_at_ms: int
+
+
+def mark_path(store: Path) -> Path:
+    return store.with_name(store.name + ".restored")
+
+
+def mark(staged: Path, store: Path, backup_taken_at_ms: int, backup_sha256: str, now_ms: int) -> Restored:
+    """Write the mark for `staged`, a node's store about to be put in place as `store`."""
+    with closing(connect_read_only(staged)) as db:
+        last = db.execute("SELECT seq, ts_ms FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    entries, last_ms = last if last is not None else (0, backup_taken_at_ms)
+    restored = Restored(
+        restore_id=uuid7(now_ms),
+        inode=staged.stat().st_ino,
+        log_entries=int(entries),
+        last_entry_ms=int(last_ms),
+        backup_taken_at_ms=backup_taken_at_ms,
+        backup_sha256=backup_sha256,
+        restored_at_ms=now_ms,
+    )
+    write_private(mark_path(store), restored.to_json())
+    return restored
+
+
+def read_mark(store: Path) -> Restored | None:
+    """The mark beside `store`, if there is one; ValueError for one that cannot be read."""
+    try:
+        data = mark_path(store).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return Restored.from_json(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{mark_path(store)} is not a restore's mark ({exc})") from None
+
+
+def in_place(store: Path, restored: Restored) -> bool:
+    """Whether `store` is the file the restore put in place."""
+    return os.stat(store).st_ino == restored.inode
+
+
+def clear_mark(store: Path) -> None:
+    mark_path(store).unlink(missing_ok=True)
+    fsync_dir(store.parent)
