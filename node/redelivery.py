@@ -95,17 +95,6 @@ async def ask_again_if_rolled_back(
 async def _ask_again(ctx: NodeContext, loss: Loss) -> bool:
     """Audit the loss and queue a redelivery request to every other active node, in one
     transaction; False if there is no directory to seal them by (asked at a later start)."""
-    now = ctx.clock.now_ms()
-    try:
-        directory = ctx.trust.current(now)
-    except Rejected as exc:
-        log.error("restore.not_announced", restore_id=loss.restore_id, reason=exc.reason.value)
-        return False
-    peers = sorted(
-        node_id
-        for node_id, entry in directory.nodes.items()
-        if node_id != ctx.node_id and entry.status == directory_pb2.NODE_STATUS_ACTIVE
-    )
     request = workflow_pb2.RedeliveryRequest(
         restore_id=loss.restore_id,
         # Less the skew allowed, so a clock stepped back loses nothing; from the start of time
@@ -113,9 +102,19 @@ async def _ask_again(ctx: NodeContext, loss: Loss) -> bool:
         since_ms=max(1, loss.last_entry_ms - MAX_CLOCK_SKEW_MS),
         backup_taken_at_ms=loss.taken_at_ms,
     )
-    sealed = await ctx.messenger.seal_each(
-        peers, KIND, (), loss.restore_id, lambda _: lambda body: body.redelivery.CopyFrom(request), NODE
-    )
+    try:  # a directory current, naming a key of ours to sign with
+        directory = ctx.trust.current(ctx.clock.now_ms())
+        peers = sorted(
+            node_id
+            for node_id, entry in directory.nodes.items()
+            if node_id != ctx.node_id and entry.status == directory_pb2.NODE_STATUS_ACTIVE
+        )
+        sealed = await ctx.messenger.seal_each(
+            peers, KIND, (), loss.restore_id, lambda _: lambda body: body.redelivery.CopyFrom(request), NODE
+        )
+    except Rejected as exc:
+        log.error("restore.not_announced", restore_id=loss.restore_id, reason=exc.reason.value)
+        return False
     async with ctx.store.tx() as tx:
         await tx.audit(
             "store.restored",
