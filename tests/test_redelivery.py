@@ -16,7 +16,7 @@ from linkage.store_notes import mark, mark_path
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
 from node.redelivery import ask_again_if_rolled_back
 from node.server import NodeServer
-from tests.harness import PRACTITIONER, Cluster, audit_events, make_federation, running
+from tests.harness import PRACTITIONER, Cluster, audit_events, linkage, make_federation, running
 from tests.test_delivery import family_assessment, share
 
 
@@ -108,6 +108,11 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
         ).items
         (notice,) = [i for i in received if i.kind == envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST]
         assert notice.sender_node == "csc" and notice.body.redelivery.restore_id == asked["detail"]["restore_id"]
+        who = ("--actor-id", "amh-1", "--actor-role", "Duty worker", "--socket", str(amh.config.api_socket))
+        code, out, _ = await linkage("inbox", "list", *who)
+        assert code == 0 and "redelivery_request from Children's Social Care: its store was put back to a copy" in out
+        code, out, _ = await linkage("inbox", "open", notice.message_id, *who)
+        assert code == 0 and "is being sent again, as it was" in out, out
 
         await cluster.stop_node("csc")  # started again, it asks nothing more
         again = await cluster.start_node("csc")

@@ -59,9 +59,7 @@ def _gist(body: envelope_pb2.MessageBody, most: int = 100) -> str:
         case "challenge" | "challenge_response":
             said = challenging.gist(body)
         case "redelivery":
-            said = (
-                f"restored its store from a backup: what it received since {when(body.redelivery.since_ms)} goes again"
-            )
+            said = f"its store was put back to a copy: what it got since {when(body.redelivery.since_ms)} goes again"
         case _:
             return ""
     line = " ".join(said.split())
