@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 
 FORMAT = "linkage-backup/1"
 MANIFEST, STORE, BUNDLE = "manifest.json", "store.sqlite", "bundle"
-# The names of a store's own files (its journal, marks and records beside it): never in a bundle.
+# A store's own files: the store, its journal and lock, the copies migrations keep, and the
+# records and marks beside it for the node to act on (store.sqlite.*, files or folders).
+# Never in a bundle, and refused in one.
 STORE_FILES = (NodeConfig.STORE_NAME, GatewayConfig.STORE_NAME)
 LOGS = {"node": "audit", "gateway": "metalog"}  # each kind's store, known by its hash-chained log
 
@@ -82,13 +84,6 @@ class Member:
         member_id = config.node_id if isinstance(config, NodeConfig) else config.gateway_id
         federation_id = config.federation.federation_id
         return cls("node" if node else "gateway", member_id, federation_id, config.data_dir, config.store_path, outside)
-
-    def is_store_file(self, path: Path) -> bool:
-        """The store, its journal and lock, the copies migrations keep and the records and marks
-        for the node to enter in its log (store.sqlite.*, files or folders): never bundled."""
-        return path.is_relative_to(self.data_dir) and path.relative_to(self.data_dir).parts[0].startswith(
-            self.store.name
-        )
 
 
 def _paths(value: object) -> Iterator[Path]:
@@ -314,10 +309,10 @@ def _bundle_files(member: Member) -> list[str]:
     written, and the plaintext of backups and restores under way."""
     names = []
     for path in sorted(member.data_dir.rglob("*")):
-        if path.is_symlink() or not path.is_file() or member.is_store_file(path) or path.name.endswith(".tmp"):
+        if path.is_symlink() or not path.is_file() or path.name.endswith(".tmp"):
             continue
         relative = path.relative_to(member.data_dir)
-        if not any(part.startswith(".backup-") for part in relative.parts):
+        if not relative.parts[0].startswith(STORE_FILES) and not any(p.startswith(".backup-") for p in relative.parts):
             names.append(relative.as_posix())
     return names
 
@@ -425,7 +420,7 @@ def _unpack(plain: io.BufferedReader, staging: Path, backup: Path) -> tuple[Mani
                         out.flush()
                         os.fsync(out.fileno())
                 elif info.name.startswith(BUNDLE + "/"):
-                    if info.name.removeprefix(BUNDLE + "/").startswith(STORE_FILES):  # never bundled
+                    if info.name.removeprefix(BUNDLE + "/").startswith(STORE_FILES):
                         raise BackupError(f"{backup} holds {info.name}, a store's own file: it is not a Linkage backup")
                     tar.extract(info, staging, filter="data")  # refuses absolute paths, '..' and links out
     except tarfile.TarError as exc:
