@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import uuid
 from pathlib import Path
 
 from linkage import backup
 from linkage.clock import DAY_MS, SystemClock
+from linkage.directory import TrustedDirectory
 from linkage.frames import unbatch
 from linkage.ids import uuid7
 from linkage.store_notes import mark, mark_path
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
-from node.redelivery import ask_again_if_rolled_back
+from node.redelivery import ask_again_if_restored, ask_again_if_rolled_back
 from node.server import NodeServer
 from tests.harness import PRACTITIONER, Cluster, audit_events, linkage, make_federation, running
 from tests.test_delivery import family_assessment, share
@@ -135,6 +137,14 @@ async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(
         assert await audit_events(csc, "store.restored") == []
         assert csc.store is not None
         assert (await csc.store.fetchone("SELECT count(*) FROM outbox"))[0] == 0
+
+        # A mark for the store in place, with no directory to seal the requests by: kept, to ask later.
+        mark(store, store, 1, "", SystemClock().now_ms())
+        undirected = dataclasses.replace(csc.ctx, trust=TrustedDirectory(csc.trust.federation_id, csc.trust.public_key))
+        await ask_again_if_restored(undirected)
+        assert mark_path(store).exists() and await audit_events(csc, "store.restored") == []
+        await ask_again_if_restored(csc.ctx)
+        assert not mark_path(store).exists() and len(await audit_events(csc, "store.restored")) == 1
 
 
 async def test_the_gateway_routes_a_redelivery_request_without_tokens_and_nothing_else(tmp_path: Path) -> None:
