@@ -135,11 +135,17 @@ class Cluster:
 
 
 async def wait_delivered(node: NodeServer, count: int, state: str = "delivered") -> None:
-    """Until `count` outbox rows are in `state`, awaiting state changes (no sleeping)."""
+    """Until `count` outbox rows are in `state`."""
+    await wait_count(node, "SELECT COUNT(*) FROM outbox WHERE state = ?", (state,), count)
+
+
+async def wait_count(node: NodeServer, sql: str, params: tuple[object, ...], count: int) -> None:
+    """Until `sql` counts at least `count` in the node's store, awaiting its outbox's state
+    changes (no sleeping)."""
     assert node.store is not None
     while True:
         version = node.outbox.version
-        row = await node.store.fetchone("SELECT COUNT(*) FROM outbox WHERE state = ?", (state,))
+        row = await node.store.fetchone(sql, params)
         if row[0] >= count:
             return
         await node.outbox.wait_change(version)

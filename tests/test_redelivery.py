@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import shutil
 import uuid
@@ -17,22 +16,8 @@ from linkage.ids import uuid7
 from linkage.store_notes import mark, mark_path
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
 from node.redelivery import ask_again_if_restored, ask_again_if_rolled_back
-from node.server import NodeServer
-from tests.harness import PRACTITIONER, Cluster, audit_events, linkage, make_federation, running
+from tests.harness import PRACTITIONER, Cluster, audit_events, linkage, make_federation, running, wait_count
 from tests.test_delivery import family_assessment, share
-
-
-async def _until(node: NodeServer, sql: str, params: tuple[object, ...], wanted: int) -> None:
-    """Until `sql` counts `wanted` rows in the node's store, awaiting its outbox's changes
-    (a minute at most: what never comes fails the test at the call that waited)."""
-    assert node.store is not None
-    async with asyncio.timeout(60):
-        while True:
-            version = node.outbox.version
-            (found,) = await node.store.fetchone(sql, params)
-            if found == wanted:
-                return
-            await node.outbox.wait_change(version)
 
 
 async def _shared(cluster: Cluster, assessment_id: str) -> str:
@@ -52,10 +37,10 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
         assert amh.store is not None
         assessment_id = await family_assessment(cluster)
         kept = await _shared(cluster, assessment_id)
-        await _until(amh, delivered_to_csc + "(?)", (kept,), 1)
+        await wait_count(amh, delivered_to_csc + "(?)", (kept,), 1)
         backup.take(csc, sealed, to, SystemClock().now_ms())
         after = [await _shared(cluster, assessment_id) for _ in range(4)]
-        await _until(amh, delivered_to_csc + "(?, ?, ?, ?)", tuple(after), 4)
+        await wait_count(amh, delivered_to_csc + "(?, ?, ?, ?)", tuple(after), 4)
         # Two of those can no longer go as they went: one older than delivery allows, and one
         # whose copy here retention purged (as node/retention.py leaves it).
         sent_again, too_old, purged = after[:2], after[2], after[3]
@@ -77,8 +62,8 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
         assert (await restored.store.fetchone(held, (kept, *after)))[0] == 1  # the backup's, alone
 
         # amh and school are each asked once, and answer; amh sends the two again, in order.
-        await _until(restored, "SELECT count(*) FROM outbox WHERE kind = 17 AND state = 'delivered'", (), 2)
-        await _until(amh, delivered_to_csc + "(?, ?)", tuple(sent_again), 2)
+        await wait_count(restored, "SELECT count(*) FROM outbox WHERE kind = 17 AND state = 'delivered'", (), 2)
+        await wait_count(amh, delivered_to_csc + "(?, ?)", tuple(sent_again), 2)
         (asked,) = await audit_events(restored, "store.restored")
         assert asked["detail"]["asked"] == ["amh", "school"]
         followed = await cluster.api("csc").GetShareStatus(
@@ -188,14 +173,14 @@ async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_as
         amh = cluster.nodes["amh"]
         kept = await _shared(cluster, assessment_id)
         delivered = "SELECT count(*) FROM outbox WHERE state = 'delivered' AND message_id IN "
-        await _until(amh, delivered + "(?)", (kept,), 1)
+        await wait_count(amh, delivered + "(?)", (kept,), 1)
         await cluster.stop_node("csc")  # its final state lodged with the witness
         snapshot.mkdir()
         for file in store.parent.glob("store.sqlite*"):
             shutil.copy2(file, snapshot / file.name)
         await cluster.start_node("csc")
         after = [await _shared(cluster, assessment_id) for _ in range(2)]
-        await _until(amh, delivered + "(?, ?)", tuple(after), 2)
+        await wait_count(amh, delivered + "(?, ?)", tuple(after), 2)
         await cluster.stop_node("csc")  # lodged again: the witness holds the longer log
         for file in store.parent.glob("store.sqlite*"):
             file.unlink()
@@ -204,8 +189,8 @@ async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_as
 
         csc = await cluster.start_node("csc")
         assert not await csc.checkpoints.lodge()  # behind the witness: nothing lodged, and asked
-        await _until(csc, "SELECT count(*) FROM outbox WHERE kind = 17 AND state = 'delivered'", (), 1)
-        await _until(amh, delivered + "(?, ?)", tuple(after), 2)
+        await wait_count(csc, "SELECT count(*) FROM outbox WHERE kind = 17 AND state = 'delivered'", (), 1)
+        await wait_count(amh, delivered + "(?, ?)", tuple(after), 2)
         (found,) = await audit_events(csc, "store.restored")
         assert found["detail"]["found"] == "behind_witness" and found["detail"]["asked"] == ["amh"]
         assert csc.store is not None
