@@ -19,6 +19,7 @@ from gateway.subscriptions import SubscriptionIndex
 from gateway.witness import Refused, Witness
 from linkage import logs
 from linkage.auditlog import open_checkpoint
+from linkage.content import ABOUT_NO_FAMILY
 from linkage.directory import DirectoryView
 from linkage.envelope import parse_routing
 from linkage.frames import NestedBatchError, unbatch
@@ -478,8 +479,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if not is_uuid7(routing.message_id):
             return Reason.MALFORMED
         tokens = list(routing.link_tokens)
-        if routing.kind == envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST:
-            if tokens:  # it is about no family: tokens on it would only tie a restore to families
+        if routing.kind in ABOUT_NO_FAMILY:
+            if tokens:
                 return Reason.MALFORMED
         elif not tokens or len(tokens) > MAX_TOKENS_PER_MESSAGE or any(len(t) != TOKEN_LEN for t in tokens):
             return Reason.NO_TOKENS

@@ -29,7 +29,11 @@ CONTENT: dict[int, str] = {
     pb.MESSAGE_KIND_CHALLENGE: "challenge",
     pb.MESSAGE_KIND_CHALLENGE_RESPONSE: "challenge_response",
     pb.MESSAGE_KIND_REDELIVERY_REQUEST: "redelivery",
+    pb.MESSAGE_KIND_RETURNED_COPIES: "returned",
 }
+# The kinds about no family (a restore, and its answer): the gateway routes them by node
+# alone, and refuses one that carries a link token, which would only tie a restore to families.
+ABOUT_NO_FAMILY = frozenset({pb.MESSAGE_KIND_REDELIVERY_REQUEST, pb.MESSAGE_KIND_RETURNED_COPIES})
 OUTCOMES = frozenset(summary_pb2.DecisionOutcome.values()) - {summary_pb2.DECISION_OUTCOME_UNSPECIFIED}
 CLOSURE_ANSWERS = frozenset({workflow_pb2.CLOSURE_ANSWER_AGREE, workflow_pb2.CLOSURE_ANSWER_OBJECT})
 PROVIDING = frozenset({workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL})
@@ -89,6 +93,10 @@ def _problem(body: pb.MessageBody) -> str:
     if field == "redelivery":
         asked = body.redelivery
         return "" if asked.restore_id and asked.since_ms > 0 else "the redelivery request has no restore or time"
+    if field == "returned":
+        returned = body.returned
+        whole = returned.restore_id and returned.copies and all(c.signed for c in returned.copies)
+        return "" if whole else "the returned copies name no restore, or a copy is empty"
     return ""
 
 

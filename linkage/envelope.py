@@ -363,3 +363,26 @@ def verify_receipt(receipt: envelope_pb2.Receipt, *, me: str, directory: Directo
     except InvalidSignature:
         raise Rejected(Reason.BAD_SIGNATURE, "receipt signature does not verify") from None
     return body
+
+
+def verify_own_copy(
+    signed: envelope_pb2.SignedMessage, *, me: str, holder: str, directory: DirectoryView
+) -> envelope_pb2.MessageBody:
+    """A copy of a message this node sent to `holder`, returned by it after a restore: the
+    body, if this node's own key (as the directory names it for the time the message was
+    made) signed it, addressed to `holder`, carrying what its kind needs."""
+    try:
+        body = envelope_pb2.MessageBody.FromString(signed.body)
+    except DecodeError:
+        raise Rejected(Reason.MALFORMED, "the copy's signed body does not parse") from None
+    if body.sender_node != me or body.recipient_node != holder:
+        raise Rejected(Reason.WRONG_RECIPIENT, f"the copy is not of a message from {me} to {holder}")
+    key = directory.node_key(me, signed.signing_key_id, body.created_at_ms)
+    # Its ML-DSA signature too where it carries one: the suite may have changed since it was sent.
+    pq = (key.mldsa_public_key, signed.pq_signature) if signed.pq_signature else None
+    try:
+        batch_verify(key.signing_public_key, MESSAGE_LABEL, signed.body, signed.signature, _proof(signed), pq)
+    except InvalidSignature:
+        raise Rejected(Reason.BAD_SIGNATURE, "the copy's signature is not this node's") from None
+    check_content(body)
+    return body

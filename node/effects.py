@@ -1,8 +1,9 @@
 """What a received message changes at the recipient, in the same transaction as
 its inbox row: newer versions supersede older ones, withdrawals withdraw (and erase
 where their ground asks it), involvement notices are recorded, closure replies, answers
-to information requests and challenges, read notifications update what this node sent, and
-a restored node's request queues again what it lost."""
+to information requests and challenges, read notifications update what this node sent; a
+restored node's request queues again what it lost and returns what it sent, and what is
+given back to a restored node is recorded."""
 
 from __future__ import annotations
 
@@ -91,6 +92,8 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened, redelivery: Redelivery
         )
     elif kind == pb.MESSAGE_KIND_REDELIVERY_REQUEST:
         await redelivery.requested(tx, sender, body.message_id, body.redelivery)
+    elif kind == pb.MESSAGE_KIND_RETURNED_COPIES:
+        await redelivery.returned(tx, sender, body)
     if kind == pb.MESSAGE_KIND_INFORMATION_RESPONSE:  # provided (carrying a summary) or declined
         await answers.answer_arrived(tx, body, sender, made_at)
     elif kind == pb.MESSAGE_KIND_CHALLENGE_RESPONSE:

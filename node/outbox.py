@@ -130,6 +130,7 @@ class Outbox:
         self._next_due_ms = 0
         self._settled: dict[str, list[asyncio.Future[str]]] = {}  # message id -> its watchers' futures
         self._withheld: set[str] = set()  # being cancelled in a transaction under way: not to be sent
+        self._announce = False  # a change made elsewhere (recovered messages) for the worker to announce
 
     # -- observing ---------------------------------------------------------
 
@@ -232,6 +233,9 @@ class Outbox:
             timeout: float | None = 1.0
             handed_over = bool(self._fresh)
             try:
+                if self._announce:
+                    self._announce = False
+                    await self.changed()
                 now = self.clock.now_ms()
                 if now >= self._expiry_due_ms:
                     await self.expire_overdue()  # non-delivery reports do not wait for the gateway
@@ -602,6 +606,13 @@ class Outbox:
         self.metrics.undeliverable.inc(undeliverable)
         self._scan = True
         self._expiry_due_ms = 0  # the oldest of them may now be the next to expire
+        self.wake.set()
+
+    def recovered(self) -> None:
+        """Messages this node sent were entered as delivered, given back by their recipients
+        after this store was put back to an earlier copy (node/returned_copies.py): committed,
+        and those watching delivery states are to hear of it."""
+        self._announce = True
         self.wake.set()
 
     async def on_peer_online(self, node_id: str) -> None:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from linkage import logs
 from linkage.batchsign import BatchSigner
 from linkage.clock import Clock
-from linkage.config import DeliverySettings
 from linkage.content import carried_summary
 from linkage.contentkeys import OpenedKeys
 from linkage.directory import TrustedDirectory
@@ -82,9 +81,9 @@ class Reception:
         node_id: str,
         clock: Clock,
         feed: InboxFeed,
+        redelivery: Redelivery,
         checkpoint: Callable[[], audit_pb2.SignedCheckpoint] | None = None,
         metrics: NodeMetrics | None = None,
-        redelivery: Redelivery | None = None,
     ) -> None:
         self.store = store
         self.link = link
@@ -95,7 +94,7 @@ class Reception:
         self.feed = feed
         self.checkpoint = checkpoint
         self.metrics = metrics or NodeMetrics()
-        self.redelivery = redelivery or Redelivery(DeliverySettings().undeliverable_after_ms)
+        self.redelivery = redelivery
         self.signer = BatchSigner(RECEIPT_LABEL)  # receipts to one sender, committed together, share a signature
         self.opened_keys = OpenedKeys()  # the senders' content keys, each opened once
 

@@ -14,9 +14,9 @@ withdrawal still follows what it withdraws. A message that can no longer go (pas
 delivery time, or its copy purged by retention) becomes undeliverable, with the reason,
 for its sender's duty view to tell the agency another way. Both ends audit it all.
 
-What the restored node itself sent after the backup is not in its store either; its
-recipients hold it. The restore's audit entry says from when, for the agency to check
-its own records."""
+What the restored node itself sent after the backup is not in its store either; each node
+asked returns the copies it holds of that, under the restored node's own signature, and
+the restored node records each it verifies (node/returned_copies.py)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ from linkage.reasons import Rejected
 from linkage.store_notes import Restored, clear_mark, in_place, read_mark
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
+from node.messaging import Fill, Messenger
+from node.returned_copies import Returning, copies_for, recover
 from node.store import Tx
 
 KIND = envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST
@@ -142,19 +144,28 @@ async def _recorded(ctx: NodeContext, restored: Restored) -> bool:
 
 @dataclass(frozen=True)
 class Redelivery:
-    """The sending side: what a restored node asks for is queued again."""
+    """Both ends of a restore's request: the node asked queues again what the restored node
+    lost, and returns what the restored node sent it (node/returned_copies.py); the restored
+    node records what it is given back."""
 
     undeliverable_after_ms: int
+    messenger: Messenger  # seals the copies returned, and names this node and its directory
     # Told, once it is committed, that messages were queued again and how many were made
     # undeliverable instead (the outbox sends the first and counts the second).
     on_requeued: Callable[[int], None] = lambda undeliverable: None
+    on_recovered: Callable[[], None] = lambda: None  # told, once committed, of messages given back
 
     async def requested(self, tx: Tx, requester: str, message_id: str, request: workflow_pb2.RedeliveryRequest) -> None:
         # Nothing made before `oldest` can have been delivered since (no node accepts a message
-        # that old), and outbox seqs ascend as messages are made: read back from the newest only.
+        # that old), and outbox seqs ascend as messages are made (but for those given back after
+        # a restore of this node, entered late): read back from the newest only.
         oldest = request.since_ms - MAX_AGE_MS
         row = await (
-            await tx.execute("SELECT seq FROM outbox WHERE created_at_ms < ? ORDER BY seq DESC LIMIT 1", (oldest,))
+            await tx.execute(
+                "SELECT seq FROM outbox WHERE created_at_ms < ? AND seq NOT IN (SELECT seq FROM outbox_recovered) "
+                "ORDER BY seq DESC LIMIT 1",
+                (oldest,),
+            )
         ).fetchone()
         rows = await (
             await tx.execute(
@@ -187,6 +198,7 @@ class Redelivery:
                 counterpart=requester,
                 detail={"share_id": share_id, "reason": reason, "by": "recipient_restored"},
             )
+        returning = await self._return_copies(tx, requester, message_id, request)
         await tx.audit(
             "redelivery.requested",
             message_id=message_id,
@@ -197,10 +209,59 @@ class Redelivery:
                 "backup_taken_at_ms": request.backup_taken_at_ms,
                 "sent_again": [r[1] for r in again],
                 "lost": [r[1] for r in lost],
+                "returned": returning.copies,
+                **({"too_large_to_return": returning.too_large} if returning.too_large else {}),
             },
         )
         if rows:
             tx.on_commit(lambda: self.on_requeued(len(lost)))
         tx.on_commit(
-            lambda: log.warning("redelivery.requested", counterpart=requester, sent_again=len(again), lost=len(lost))
+            lambda: log.warning(
+                "redelivery.requested",
+                counterpart=requester,
+                sent_again=len(again),
+                lost=len(lost),
+                returned=returning.copies,
+            )
         )
+
+    async def _return_copies(
+        self, tx: Tx, requester: str, message_id: str, request: workflow_pb2.RedeliveryRequest
+    ) -> Returning:
+        """Queue to `requester` what it sent this node since, in as many messages as it takes."""
+        returning = await copies_for(tx, requester, request.since_ms)
+        for part in returning.parts:
+            returned = workflow_pb2.ReturnedCopies(restore_id=request.restore_id, copies=part)
+            sealed = await self.messenger.seal_each(
+                [requester],
+                envelope_pb2.MESSAGE_KIND_RETURNED_COPIES,
+                (),
+                request.restore_id,
+                _carrying(returned),
+                NODE,
+                in_reply_to=message_id,
+            )
+            await self.messenger.queue(tx, sealed, request.restore_id, NODE)
+        return returning
+
+    async def returned(self, tx: Tx, holder: str, answer: envelope_pb2.MessageBody) -> None:
+        """What this node sent `holder` since the copy its store was put back to, given back."""
+        directory = self.messenger.trust.current(tx.now_ms)
+        done = await recover(tx, self.messenger.node_id, directory, holder, answer)
+        if done.recovered:
+            tx.on_commit(self.on_recovered)
+        tx.on_commit(
+            lambda: log.warning(
+                "redelivery.returned",
+                counterpart=holder,
+                restore_id=answer.returned.restore_id,
+                recovered=len(done.recovered),
+                already_held=done.held,
+                refused=len(done.refused),
+            )
+        )
+
+
+def _carrying(returned: workflow_pb2.ReturnedCopies) -> Callable[[str], Fill]:
+    """The content of a message returning copies, to the one node it goes to."""
+    return lambda _: lambda body: body.returned.CopyFrom(returned)

@@ -333,6 +333,9 @@ class NodeServer:
         self.checkpoints = Checkpointer(
             self.store, self.link, keys, config.node_id, self.clock, self.trust, self.metrics
         )
+        messenger = Messenger(
+            config.node_id, keys, self.trust, self.clock, config.delivery, self.outbox.fresh, self.outbox.unsent
+        )
         self.reception = Reception(
             self.store,
             self.link,
@@ -341,9 +344,9 @@ class NodeServer:
             config.node_id,
             self.clock,
             self.feed,
+            Redelivery(config.delivery.undeliverable_after_ms, messenger, self.outbox.requeued, self.outbox.recovered),
             self.checkpoints.for_receipt,
             metrics=self.metrics,
-            redelivery=Redelivery(config.delivery.undeliverable_after_ms, self.outbox.requeued),
         )
         self.ctx = NodeContext(
             node_id=config.node_id,
@@ -351,9 +354,7 @@ class NodeServer:
             link=self.link,
             outbox=self.outbox,
             trust=self.trust,
-            messenger=Messenger(
-                config.node_id, keys, self.trust, self.clock, config.delivery, self.outbox.fresh, self.outbox.unsent
-            ),
+            messenger=messenger,
             linkage_key=linkage_key,
             clock=self.clock,
             policy=policy,

@@ -12,12 +12,13 @@ import grpc
 from linkage import logs
 from linkage.envelope import parse_routing
 from linkage.ids import uuid7
+from linkage.tokens import TOKEN_LEN
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, kind_name
 from node.policy.rules import consent_absent
-from node.store import FetchAll, Tx
+from node.store import FetchAll, FetchOne, Tx
 
 log = logs.get("node.withdrawals")
 
@@ -40,11 +41,12 @@ class Standing:
 
 async def standing(fetchall: FetchAll, summary_id: str) -> dict[str, Standing]:
     """Where the summary stands with each agency it went to, from this node's outbox in the
-    order it sent: a version (one cancelled before it left never reached them), or a
-    withdrawal since, which erased it or not. (Withdrawals before migration 27 kept it.)"""
+    order it made its messages (one given back after a restore is entered late): a version
+    (one cancelled before it left never reached them), or a withdrawal since, which erased
+    it or not. (Withdrawals before migration 27 kept it.)"""
     rows = await fetchall(
         "SELECT o.recipient, o.kind, o.share_id, o.state, w.erase FROM outbox o INDEXED BY outbox_by_summary "
-        "LEFT JOIN withdrawals w ON w.share_id = o.share_id WHERE o.summary_id = ? ORDER BY o.seq",
+        "LEFT JOIN withdrawals w ON w.share_id = o.share_id WHERE o.summary_id = ? ORDER BY o.created_at_ms, o.seq",
         (summary_id,),
     )
     where: dict[str, Standing] = {}
@@ -55,6 +57,25 @@ async def standing(fetchall: FetchAll, summary_id: str) -> dict[str, Standing]:
         elif kind in CARRIES_SUMMARY and state != "cancelled":
             where[recipient] = Standing("holds")
     return where
+
+
+async def summary_tokens(fetchone: FetchOne, summary_id: str) -> list[bytes] | None:
+    """The link tokens a summary went with: from the oldest of its messages whose body
+    retention kept, or else from one given back after a restore (node/returned_copies.py);
+    None if neither is left."""
+    row = await fetchone(
+        "SELECT b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? "
+        "ORDER BY o.created_at_ms LIMIT 1",
+        (summary_id,),
+    )
+    if row is not None:
+        return list(parse_routing(envelope_pb2.Envelope.FromString(row[0])).link_tokens)
+    row = await fetchone(
+        "SELECT r.tokens FROM outbox o JOIN outbox_recovered r ON r.seq = o.seq WHERE o.summary_id = ? "
+        "ORDER BY o.created_at_ms LIMIT 1",
+        (summary_id,),
+    )
+    return None if row is None else [row[0][i : i + TOKEN_LEN] for i in range(0, len(row[0]), TOKEN_LEN)]
 
 
 def _refuse_repeats(where: dict[str, Standing], recipients: list[str], summary_id: str, erase: bool) -> None:
@@ -101,21 +122,13 @@ class Withdrawals:
         _refuse_repeats(where, recipients or sorted(where), request.summary_id, erase)
         if ground.get("on_consent"):
             await self._shared_on_consent(request.summary_id, request.ground)
-        # The link tokens it went with, from the oldest of its messages whose body retention kept.
-        row = await self.ctx.store.fetchone(
-            "SELECT b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? "
-            "ORDER BY o.created_at_ms LIMIT 1",
-            (request.summary_id,),
-        )
-        if row is None:
+        tokens = await summary_tokens(self.ctx.store.fetchone, request.summary_id)
+        if tokens is None:
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"summary {request.summary_id!r} was shared too long ago: retention has purged what it was sent "
                 "with, so this node cannot address a withdrawal; tell its recipients another way",
             )
-        tokens = list(
-            envelope_pb2.RoutingHeader.FromString(envelope_pb2.Envelope.FromString(row[0]).routing).link_tokens
-        )
         share_id = uuid7(self.ctx.clock.now_ms())
         withdrawal = workflow_pb2.Withdrawal(
             summary_id=request.summary_id, reason=request.reason, ground=request.ground, erase=erase

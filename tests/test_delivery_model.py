@@ -131,11 +131,15 @@ class DeliveryModel(RuleBasedStateMachine):
             "a",
             self.clock,
             InboxFeed(),
-            redelivery=Redelivery(SETTINGS.undeliverable_after_ms, self.outbox.requeued),
+            Redelivery(SETTINGS.undeliverable_after_ms, ctx.messenger, self.outbox.requeued),
         )
 
     async def _open_recipient(self) -> None:
         self.recipient_store = await Store.open(self.dir / "b.sqlite", self.clock)
+        self.recipient_outbox = Outbox(
+            self.recipient_store, self.recipient_out, self.trust, "b", self.clock, SETTINGS, random.Random(1)
+        )
+        messenger = Messenger("b", self.ring.keys["b"], self.trust, self.clock, SETTINGS, self.recipient_outbox.fresh)
         self.reception = Reception(
             self.recipient_store,
             cast(GatewayLink, self.recipient_wire),
@@ -144,9 +148,7 @@ class DeliveryModel(RuleBasedStateMachine):
             "b",
             self.clock,
             InboxFeed(),
-        )
-        self.recipient_outbox = Outbox(
-            self.recipient_store, self.recipient_out, self.trust, "b", self.clock, SETTINGS, random.Random(1)
+            Redelivery(SETTINGS.undeliverable_after_ms, messenger, self.recipient_outbox.requeued),
         )
         self.recipient_ctx = NodeContext(
             node_id="b",
@@ -154,9 +156,7 @@ class DeliveryModel(RuleBasedStateMachine):
             link=cast(GatewayLink, self.recipient_out),
             outbox=self.recipient_outbox,
             trust=self.trust,
-            messenger=Messenger(
-                "b", self.ring.keys["b"], self.trust, self.clock, SETTINGS, self.recipient_outbox.fresh
-            ),
+            messenger=messenger,
             linkage_key=LinkageKey(1, bytes(32)),
             clock=self.clock,
             policy=POLICY,

@@ -4,6 +4,7 @@ order it arrived: a message sent again after a failure can arrive after a newer 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -14,10 +15,13 @@ from linkage.v1 import workflow_pb2
 from linkage.v1.node_api_pb2 import DeliveryStatus
 from node import answers
 from node.effects import apply_effects
+from node.messaging import Messenger
 from node.redelivery import Redelivery
 from node.store import Store
 
 TOKEN = bytes(range(32))
+# None of these messages is a restore's, so none reaches the messenger a restore's answer needs.
+NOT_A_RESTORE = Redelivery(DAY_MS, cast(Messenger, None))
 
 
 Content = workflow_pb2.ClosureResponse | workflow_pb2.InvolvementNotice | workflow_pb2.InformationResponse
@@ -64,7 +68,7 @@ async def test_the_newest_closure_answer_and_information_answer_hold_whatever_th
         ]
         for n in arrival:
             async with store.tx() as tx:
-                await apply_effects(tx, n + 1, closure_answers[n], Redelivery(DAY_MS))
+                await apply_effects(tx, n + 1, closure_answers[n], NOT_A_RESTORE)
         row = await store.fetchone("SELECT answer, reason, at_ms FROM closure_invitees WHERE closure_id = 'x'")
         assert tuple(row) == (workflow_pb2.CLOSURE_ANSWER_OBJECT, "Attendance has dropped.", 2_000)
 
@@ -82,7 +86,7 @@ async def test_the_newest_closure_answer_and_information_answer_hold_whatever_th
         ]
         for n in arrival:
             async with store.tx() as tx:
-                await apply_effects(tx, n + 3, notices[n], Redelivery(DAY_MS))
+                await apply_effects(tx, n + 3, notices[n], NOT_A_RESTORE)
         recorded = await store.fetchall("SELECT entry FROM audit WHERE event = 'involvement.notice' ORDER BY seq")
         assert len(recorded) == 2  # who is linked now is the gateway's to say; each notice is on the record
 
@@ -101,7 +105,7 @@ async def test_the_newest_closure_answer_and_information_answer_hold_whatever_th
         ]
         for n in arrival:
             async with store.tx() as tx:
-                await apply_effects(tx, n + 5, replies[n], Redelivery(DAY_MS))
+                await apply_effects(tx, n + 5, replies[n], NOT_A_RESTORE)
         row = await store.fetchone("SELECT answer, answered_at_ms, answer_message_id FROM info_requests_asked")
         assert tuple(row) == (workflow_pb2.INFORMATION_ANSWER_PROVIDED, 6_000, "m-6000")
     finally:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -16,6 +17,7 @@ from linkage.ids import uuid7
 from linkage.store_notes import mark, mark_path
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
 from node.redelivery import ask_again_if_restored, ask_again_if_rolled_back
+from node.server import NodeServer
 from tests.harness import PRACTITIONER, Cluster, audit_events, linkage, make_federation, running, wait_count
 from tests.test_delivery import family_assessment, share
 
@@ -108,6 +110,92 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
         assert len(await audit_events(again, "store.restored")) == 1
 
 
+async def test_a_restored_node_is_given_back_what_it_sent_since_and_its_withdrawal_reaches_the_holder(
+    tmp_path: Path,
+) -> None:
+    """What the restored node itself sent after its backup comes back from the agency that
+    holds it, under the node's own signature: share status knows it again, and a withdrawal
+    of the summary goes where the summary went (UK GDPR Art 19), not nowhere."""
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
+    member = backup.Member.of(federation.node_configs["amh"])
+    key, sealed = tmp_path / "backup.key", tmp_path / "amh.age"
+    to = backup.recipients([backup.generate_key(key, "")])
+
+    async with running(federation) as cluster:
+        assessment_id = await family_assessment(cluster)
+        backup.take(member, sealed, to, SystemClock().now_ms())
+        shared = await share(cluster, assessment_id)
+        (sent,) = shared.recipients
+        await wait_count(
+            cluster.nodes["amh"],
+            "SELECT count(*) FROM outbox WHERE state = 'delivered' AND message_id = ?",
+            (sent.message_id,),
+            1,
+        )
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+        summary_id, tokens = await _held(csc, sent.message_id)
+
+        await cluster.stop_node("amh")
+        backup.restore_store(member, sealed, backup.identities(key), SystemClock().now_ms())
+        amh = await cluster.start_node("amh")
+        await wait_count(
+            amh, "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'delivered'", (sent.message_id,), 1
+        )
+        (answered,) = await audit_events(csc, "redelivery.requested")
+        assert answered["detail"]["returned"] == 1
+        (given,) = await audit_events(amh, "redelivery.returned")
+        assert given["counterpart"] == "csc" and given["detail"]["recovered"] == [sent.message_id]
+        assert given["detail"]["refused"] == [] and given["detail"]["already_held"] == 0
+        (recovered,) = await audit_events(amh, "message.recovered")
+        assert (recovered["summary_id"], recovered["counterpart"]) == (summary_id, "csc")
+        assert recovered["tokens"] == tokens  # the tokens it was routed by, from what it signed
+        assert recovered["detail"]["share_id"] == shared.share_id
+        status = await cluster.api("amh").GetShareStatus(
+            node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)
+        )
+        assert [(r.node_id, r.state, r.message_id) for r in status.recipients] == [
+            ("csc", "delivered", sent.message_id)
+        ]
+
+        # The register of sharing lists the share again, as given back; the inbox says what came.
+        toml = str(federation.node_configs["amh"].data_dir / "node.toml")
+        code, out, _ = await linkage("audit", "register", "--json", "--config", toml)
+        assert code == 0
+        (row,) = [r for r in json.loads(out)["rows"] if r["id"] == shared.share_id]
+        assert (row["direction"], row["agencies"], row["decision"]) == ("sent", "Children's Social Care", "SHARED")
+        assert row["consent_status"] and row["lawful_ground"] and row["why"]
+        assert "lost in restore" in row["note"] and "Children's Social Care gave it back" in row["note"]
+        received = await cluster.api("amh").ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER))
+        (notice,) = [i for i in received.items if i.kind == envelope_pb2.MESSAGE_KIND_RETURNED_COPIES]
+        who = ("--actor-id", "amh-1", "--actor-role", "Duty worker", "--socket", str(amh.config.api_socket))
+        code, out, _ = await linkage("inbox", "open", notice.message_id, *who)
+        assert code == 0 and "gave\n  back 1 message(s) this node had sent it since" in out, out
+
+        withdrawn = await cluster.api("amh").WithdrawSummary(
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONER, summary_id=summary_id, reason="Wrong family.", ground="SHARED_IN_ERROR"
+            )
+        )
+        (withdrawal,) = withdrawn.recipients
+        assert withdrawal.node_id == "csc"
+        await wait_count(
+            amh, "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'delivered'", (withdrawal.message_id,), 1
+        )
+        row = await csc.store.fetchone("SELECT state FROM inbox WHERE message_id = ?", (sent.message_id,))
+        assert row[0] == "erased"  # as its ground asks
+
+
+async def _held(node: NodeServer, message_id: str) -> tuple[str, list[str]]:
+    """The summary a node received in a message, and the link tokens it was routed by."""
+    assert node.store is not None
+    (summary_id,) = await node.store.fetchone("SELECT summary_id FROM inbox WHERE message_id = ?", (message_id,))
+    rows = await node.store.fetchall(
+        "SELECT t.token FROM inbox i JOIN inbox_tokens t ON t.inbox_seq = i.seq WHERE i.message_id = ?", (message_id,)
+    )
+    return summary_id, sorted(bytes(r[0]).hex() for r in rows)
+
+
 async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(tmp_path: Path) -> None:
     federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
     store = federation.node_configs["csc"].store_path
@@ -132,13 +220,15 @@ async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(
         assert not mark_path(store).exists() and len(await audit_events(csc, "store.restored")) == 1
 
 
-async def test_the_gateway_routes_a_redelivery_request_without_tokens_and_nothing_else(tmp_path: Path) -> None:
+async def test_the_gateway_routes_a_restore_s_messages_without_tokens_and_nothing_else(tmp_path: Path) -> None:
     federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
     token = bytes(32)
     cases = [
         (envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE, []),
         (envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST, [token]),
         (envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST, []),
+        (envelope_pb2.MESSAGE_KIND_RETURNED_COPIES, [token]),
+        (envelope_pb2.MESSAGE_KIND_RETURNED_COPIES, []),
     ]
     async with running(federation, nodes=("csc",)) as cluster:
         call = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("amh")).Connect()
@@ -155,11 +245,12 @@ async def test_the_gateway_routes_a_redelivery_request_without_tokens_and_nothin
             assert isinstance(frame, gateway_pb2.GatewayFrame)
             acks += [f.send_ack for f in unbatch(frame) if f.HasField("send_ack")]
         call.cancel()
-    share, with_tokens, without = acks
+    share, *restores = acks
     assert (share.status, share.reason) == (gateway_pb2.SEND_STATUS_REJECTED, "no_tokens")
-    assert (with_tokens.status, with_tokens.reason) == (gateway_pb2.SEND_STATUS_REJECTED, "malformed")
-    # Routed: forwarded, or told its recipient is away (csc's stream may not be open there yet).
-    assert without.status in (gateway_pb2.SEND_STATUS_FORWARDED, gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE)
+    for with_tokens, without in (restores[:2], restores[2:]):  # the request, and the copies returned for it
+        assert (with_tokens.status, with_tokens.reason) == (gateway_pb2.SEND_STATUS_REJECTED, "malformed")
+        # Routed: forwarded, or told its recipient is away (csc's stream may not be open there yet).
+        assert without.status in (gateway_pb2.SEND_STATUS_FORWARDED, gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE)
 
 
 async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_asks_the_same(tmp_path: Path) -> None:

@@ -60,6 +60,8 @@ def _gist(body: envelope_pb2.MessageBody, most: int = 100) -> str:
             said = challenging.gist(body)
         case "redelivery":
             said = f"its store was put back to a copy: what it got since {when(body.redelivery.since_ms)} goes again"
+        case "returned":
+            said = f"gave back {len(body.returned.copies)} message(s) this node sent it, lost here in a restore"
         case _:
             return ""
     line = " ".join(said.split())
@@ -153,6 +155,13 @@ def _print_content(body: envelope_pb2.MessageBody) -> None:
             print(f"  Its store was put back to a copy made {when(asked.backup_taken_at_ms)} UTC (a backup, say).")
             print(f"  What this node sent it since {when(asked.since_ms)} UTC is being sent again, as it was;")
             print("  anything too old to send again is listed by `linkage due`, to tell the agency another way.")
+            print("  What it sent this node since is given back to it, for its records.")
+        case "returned":
+            returned = body.returned
+            print(f"  This node's store was put back to a copy (restore {returned.restore_id}); this agency gave")
+            print(f"  back {len(returned.copies)} message(s) this node had sent it since. Each this node signed is")
+            print("  recorded again as sent and delivered: see `linkage audit list --event message.recovered`")
+            print("  and `linkage audit register`.")
 
 
 def _consider(sar_exemptions: Iterable[str]) -> str:

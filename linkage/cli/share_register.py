@@ -2,9 +2,10 @@
 (mission anchors §8 item 10; ICO data sharing code): every decision whether to share,
 with what went to which agency, on what lawful ground, under whose law, with what
 consent and why; every summary received, from whom and on the sender's ground; every
-withdrawal made or received, on what ground and whether it was erased; and the totals by
-agency type, data category, ground and consent. Read from the audit log (whose
-entries `audit verify` checks) and, for what was received, the summaries still held."""
+withdrawal made or received, on what ground and whether it was erased; what agencies gave
+back after this node's store was put back to a copy; and the totals by agency type, data
+category, ground and consent. Read from the audit log (whose entries `audit verify`
+checks) and, for what was received, the summaries still held."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ COLUMNS = [
 ]
 # The entries the register reads; "summary.withdrawn" is a prefix, and takes in
 # summary.withdrawn_by_sender (a withdrawal received) too.
-EVENTS = ("share.decision", "message.received", "summary.withdrawn")
+EVENTS = ("share.decision", "message.received", "summary.withdrawn", "message.recovered")
 DIRECTIONS = ("sent", "received", "withdrawn", "recalled")
 BREACH_NOTE = "possible personal data breach: assess it; tell the ICO within 72 hours unless unlikely to risk anyone"
 
@@ -174,6 +175,36 @@ def _received(
     }
 
 
+def _recovered(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any] | None:
+    """A share or withdrawal this node made after the copy its store was put back to, as the
+    agency it went to gave it back (node/returned_copies.py): one row per agency."""
+    detail, holder = e["detail"], e["counterpart"]
+    withdrawal = "ground" in detail
+    if not withdrawal and "consent_status" not in detail:
+        return None  # neither a summary nor a withdrawal
+    name = agency_name(directory, holder)
+    return {
+        "direction": "withdrawn" if withdrawal else "sent",
+        "ts_ms": e["ts_ms"],
+        "time": when(detail["created_at_ms"]),
+        "id": detail["share_id"],
+        "kind": detail["kind"],
+        "decision": (detail["ground"] or "(no ground)")
+        if withdrawal
+        else e["decision"].removeprefix("DECISION_OUTCOME_"),
+        "agencies": [(holder, name, detail.get("data_categories", []))],
+        "lawful_ground": e["lawful_ground"],
+        "jurisdiction": detail.get("jurisdiction", ""),
+        "consent_status": detail.get("consent_status", ""),
+        "approved_by": detail.get("approved_by", ""),
+        "handling": detail.get("handling", []),
+        "by": detail.get("decided_by", ""),
+        "why": e["rationale"],
+        "note": f"this node's own record was lost in restore {detail['restore_id']}; {name} gave it back "
+        f"({when(e['ts_ms'])})",
+    }
+
+
 @dataclass
 class _Totals:
     """One direction's figures, counted row by row: what a record of processing states,
@@ -218,6 +249,9 @@ def _rows(
             yield _sent(e, directory)
         elif e["event"] == "message.received":
             if (row := _received(e, config, directory, db)) is not None:
+                yield row
+        elif e["event"] == "message.recovered":
+            if (row := _recovered(e, directory)) is not None:
                 yield row
         else:
             yield _withdrawal(e, directory, db)

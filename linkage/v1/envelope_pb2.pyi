@@ -52,6 +52,8 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     MESSAGE_KIND_CHALLENGE_RESPONSE: _MessageKind.ValueType  # 16
     MESSAGE_KIND_REDELIVERY_REQUEST: _MessageKind.ValueType  # 17
     """a node restored from a backup asks for what it lost"""
+    MESSAGE_KIND_RETURNED_COPIES: _MessageKind.ValueType  # 18
+    """and is given back what it had sent since"""
 
 class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper): ...
 
@@ -78,6 +80,8 @@ MESSAGE_KIND_CHALLENGE: MessageKind.ValueType  # 15
 MESSAGE_KIND_CHALLENGE_RESPONSE: MessageKind.ValueType  # 16
 MESSAGE_KIND_REDELIVERY_REQUEST: MessageKind.ValueType  # 17
 """a node restored from a backup asks for what it lost"""
+MESSAGE_KIND_RETURNED_COPIES: MessageKind.ValueType  # 18
+"""and is given back what it had sent since"""
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
 
 class _ReceiptStatus:
@@ -306,6 +310,7 @@ class MessageBody(_message.Message):
     CHALLENGE_FIELD_NUMBER: _builtins.int
     CHALLENGE_RESPONSE_FIELD_NUMBER: _builtins.int
     REDELIVERY_FIELD_NUMBER: _builtins.int
+    RETURNED_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     message_id: _builtins.str
     sender_node: _builtins.str
@@ -350,6 +355,8 @@ class MessageBody(_message.Message):
     def challenge_response(self) -> _workflow_pb2.ChallengeResponse: ...
     @_builtins.property
     def redelivery(self) -> _workflow_pb2.RedeliveryRequest: ...
+    @_builtins.property
+    def returned(self) -> _workflow_pb2.ReturnedCopies: ...
     def __init__(
         self,
         *,
@@ -377,12 +384,13 @@ class MessageBody(_message.Message):
         challenge: _workflow_pb2.Challenge | None = ...,
         challenge_response: _workflow_pb2.ChallengeResponse | None = ...,
         redelivery: _workflow_pb2.RedeliveryRequest | None = ...,
+        returned: _workflow_pb2.ReturnedCopies | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge", "challenge_response", b"challenge_response", "clarification_request", b"clarification_request", "clarification_response", b"clarification_response", "closure_intent", b"closure_intent", "closure_notice", b"closure_notice", "closure_response", b"closure_response", "content", b"content", "information_request", b"information_request", "information_response", b"information_response", "involvement", b"involvement", "read", b"read", "redelivery", b"redelivery", "sent_by", b"sent_by", "summary", b"summary", "withdrawal", b"withdrawal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge", "challenge_response", b"challenge_response", "clarification_request", b"clarification_request", "clarification_response", b"clarification_response", "closure_intent", b"closure_intent", "closure_notice", b"closure_notice", "closure_response", b"closure_response", "content", b"content", "information_request", b"information_request", "information_response", b"information_response", "involvement", b"involvement", "read", b"read", "redelivery", b"redelivery", "returned", b"returned", "sent_by", b"sent_by", "summary", b"summary", "withdrawal", b"withdrawal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge", "challenge_response", b"challenge_response", "clarification_request", b"clarification_request", "clarification_response", b"clarification_response", "closure_intent", b"closure_intent", "closure_notice", b"closure_notice", "closure_response", b"closure_response", "content", b"content", "created_at_ms", b"created_at_ms", "in_reply_to", b"in_reply_to", "information_request", b"information_request", "information_response", b"information_response", "involvement", b"involvement", "kind", b"kind", "message_id", b"message_id", "read", b"read", "recipient_node", b"recipient_node", "redelivery", b"redelivery", "routing_sha256", b"routing_sha256", "schema_version", b"schema_version", "sender_node", b"sender_node", "sent_by", b"sent_by", "share_id", b"share_id", "summary", b"summary", "withdrawal", b"withdrawal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge", "challenge_response", b"challenge_response", "clarification_request", b"clarification_request", "clarification_response", b"clarification_response", "closure_intent", b"closure_intent", "closure_notice", b"closure_notice", "closure_response", b"closure_response", "content", b"content", "created_at_ms", b"created_at_ms", "in_reply_to", b"in_reply_to", "information_request", b"information_request", "information_response", b"information_response", "involvement", b"involvement", "kind", b"kind", "message_id", b"message_id", "read", b"read", "recipient_node", b"recipient_node", "redelivery", b"redelivery", "returned", b"returned", "routing_sha256", b"routing_sha256", "schema_version", b"schema_version", "sender_node", b"sender_node", "sent_by", b"sent_by", "share_id", b"share_id", "summary", b"summary", "withdrawal", b"withdrawal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["summary", "withdrawal", "involvement", "closure_intent", "closure_response", "closure_notice", "clarification_request", "clarification_response", "information_request", "information_response", "read", "challenge", "challenge_response", "redelivery"]  # noqa: Y015
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["summary", "withdrawal", "involvement", "closure_intent", "closure_response", "closure_notice", "clarification_request", "clarification_response", "information_request", "information_response", "read", "challenge", "challenge_response", "redelivery", "returned"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 

@@ -387,8 +387,9 @@ class RedeliveryRequest(_message.Message):
     """From a node whose store was restored from a backup (`linkage backup restore`), to every
     other node: it no longer holds what it received after the backup was taken. Each sends
     again, as they were, the messages whose receipts it signed at or after `since_ms` (its
-    own clock, as the receipts give it); its inbox absorbs any it still holds. The only kind
-    that carries no link token: it is about no family, and the gateway routes it by node.
+    own clock, as the receipts give it); its inbox absorbs any it still holds. It and the
+    copies returned for it carry no link token: they are about no family, and the gateway
+    routes them by node.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -416,6 +417,61 @@ class RedeliveryRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedeliveryRequest: _TypeAlias = RedeliveryRequest  # noqa: Y015
+
+@_typing.final
+class ReturnedCopies(_message.Message):
+    """The other half of an answer to a RedeliveryRequest: what the restored node itself sent
+    this node since, which its store no longer records. Each copy is the SignedMessage as it
+    arrived, under the restored node's own signature, so the restored node believes only
+    what it can verify it signed, addressed to the node returning it. As many messages as
+    the copies need, each under the size one message may carry.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESTORE_ID_FIELD_NUMBER: _builtins.int
+    COPIES_FIELD_NUMBER: _builtins.int
+    restore_id: _builtins.str
+    """the request's"""
+    @_builtins.property
+    def copies(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReturnedCopy]: ...
+    def __init__(
+        self,
+        *,
+        restore_id: _builtins.str = ...,
+        copies: _abc.Iterable[Global___ReturnedCopy] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copies", b"copies", "restore_id", b"restore_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnedCopies: _TypeAlias = ReturnedCopies  # noqa: Y015
+
+@_typing.final
+class ReturnedCopy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNED_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_MS_FIELD_NUMBER: _builtins.int
+    signed: _builtins.bytes
+    """the SignedMessage as received, never re-serialised"""
+    received_at_ms: _builtins.int
+    """when this node stored it: the time its receipt gave"""
+    def __init__(
+        self,
+        *,
+        signed: _builtins.bytes = ...,
+        received_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["received_at_ms", b"received_at_ms", "signed", b"signed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnedCopy: _TypeAlias = ReturnedCopy  # noqa: Y015
 
 @_typing.final
 class Challenge(_message.Message):

@@ -544,4 +544,14 @@ MIGRATIONS: tuple[str, ...] = (
           WHERE inbox_seq = NEW.seq AND item >= 0 AND state <> NEW.state;
       END;
     """,
+    # 33: a message this node sent after the copy its store was put back to, given back by the
+    # agency it went to (node/returned_copies.py): the restore it was recovered after, and the
+    # link tokens it went with, for a withdrawal to be addressed by (its envelope is not kept).
+    """
+    CREATE TABLE outbox_recovered(
+      seq INTEGER PRIMARY KEY,
+      restore_id TEXT NOT NULL,
+      tokens BLOB NOT NULL
+    );
+    """,
 )

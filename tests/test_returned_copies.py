@@ -1,0 +1,135 @@
+"""A restored node believes a copy given back to it only if it signed it itself, to the
+agency returning it (node/returned_copies.py): real keys, directory and store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from linkage.batchsign import sign_batch
+from linkage.clock import ManualClock
+from linkage.envelope import MESSAGE_LABEL, open_envelope
+from linkage.v1 import envelope_pb2, summary_pb2, workflow_pb2
+from node.policy.minimise import routing_tokens
+from node.returned_copies import COPIES_BYTES, copies_for, recover
+from node.store import Store
+from tests.crypto_fixtures import NOW, Keyring, make_keyring, synthetic_summary
+
+ID = "01a20105-405a-7c0b-bc94-8ec599dbf7{:02x}"
+
+
+def _summary(summary_id: str) -> summary_pb2.RiskSummary:
+    summary = synthetic_summary(summary_id=summary_id)
+    summary.people.add(link_token=bytes([3]) * 32, role_in_risk="PARENT")
+    summary.people.add(link_token=bytes([4]) * 32, role_in_risk="CHILD", protect_identity=True)
+    return summary
+
+
+def _held(ring: Keyring, sender: str, recipient: str, n: int) -> envelope_pb2.SignedMessage:
+    """A message as its recipient holds it: opened, its signed message kept."""
+    out = ring.seal(sender, recipient, _summary("s-1"), message_id=ID.format(n))
+    keys = ring.keys[recipient]
+    return open_envelope(out.envelope, me=recipient, keys=keys, directory=ring.view, now_ms=NOW).signed
+
+
+async def test_only_a_copy_this_node_signed_to_the_agency_returning_it_is_put_back(tmp_path: Path) -> None:
+    ring = make_keyring()
+
+    genuine = _held(ring, "a", "b", 1)
+    to_another = _held(ring, "a", "c", 2)  # b returning what a sent c
+    altered = envelope_pb2.SignedMessage()
+    altered.CopyFrom(genuine)
+    altered.body = altered.body.replace(b"s-1", b"s-9")
+    forged = envelope_pb2.SignedMessage()  # b's signature under a's key id
+    forged.CopyFrom(_held(ring, "a", "b", 3))
+    (signature,) = sign_batch(ring.keys["b"], MESSAGE_LABEL, [forged.body])
+    forged.signature = signature.signature
+    returned = workflow_pb2.ReturnedCopies(
+        restore_id="r-1",
+        copies=[
+            workflow_pb2.ReturnedCopy(signed=s, received_at_ms=NOW + 5)
+            for s in (
+                genuine.SerializeToString(),
+                genuine.SerializeToString(),  # the same again: held by then
+                to_another.SerializeToString(),
+                altered.SerializeToString(),
+                forged.SerializeToString(),
+                b"\xff\xff",
+            )
+        ],
+    )
+
+    answer = envelope_pb2.MessageBody(message_id="m-1", in_reply_to="q-1", returned=returned)
+    store = await Store.open(tmp_path / "a.sqlite", ManualClock(NOW + 10))
+    try:
+        async with store.tx() as tx:  # a's request went to c, not b: b's copies answer nothing a asked
+            await tx.execute(
+                "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, created_at_ms, "
+                "kind) VALUES ('q-1', 'r-1', 'c', x'', 'delivered', 0, ?, ?)",
+                (NOW, envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST),
+            )
+            unasked = await recover(tx, "a", ring.view, "b", answer)
+            assert (unasked.recovered, [r["reason"] for r in unasked.refused]) == ([], ["unasked"])
+            await tx.execute("UPDATE outbox SET recipient = 'b' WHERE message_id = 'q-1'")
+            done = await recover(tx, "a", ring.view, "b", answer)
+        assert done.recovered == [ID.format(1)] and done.held == 1
+        assert [(r["copy"], r["reason"]) for r in done.refused] == [
+            (2, "wrong_recipient"),
+            (3, "bad_signature"),
+            (4, "bad_signature"),
+            (5, "malformed"),
+        ]
+        rows = await store.fetchall(
+            "SELECT o.message_id, o.recipient, o.state, o.created_at_ms, o.delivered_at_ms, o.body_kept, o.summary_id, "
+            "r.restore_id, r.tokens FROM outbox o JOIN outbox_recovered r ON r.seq = o.seq"
+        )
+        assert [tuple(r) for r in rows] == [
+            (ID.format(1), "b", "delivered", NOW, NOW + 5, 0, "s-1", "r-1", b"".join(routing_tokens(_summary("s-1"))))
+        ]
+        assert (await store.fetchone("SELECT outcome, kind FROM shares WHERE share_id = 'share-1'")) == (
+            "DECISION_OUTCOME_SHARED",
+            envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+        )
+        events = [
+            (event, counterpart)
+            for event, counterpart in await store.fetchall("SELECT event, counterpart FROM audit ORDER BY seq")
+        ]
+        assert events == [("redelivery.returned", "b"), ("message.recovered", "b"), ("redelivery.returned", "b")]
+    finally:
+        await store.close()
+
+
+async def test_copies_are_returned_in_parts_that_each_fit_one_message(tmp_path: Path) -> None:
+    """In the order their sender made them, without their padding; one too large for any
+    message to carry (a body near the largest a node signs) is named, not returned."""
+    ring = make_keyring()
+    store = await Store.open(tmp_path / "b.sqlite", ManualClock(NOW))
+    big = _summary("s-big")
+    big.headline = "x" * (COPIES_BYTES // 3)
+    huge = _summary("s-huge")
+    huge.headline = "x" * (COPIES_BYTES + 1)
+    made = [ID.format(n) for n in range(8)]
+    try:
+        async with store.tx() as tx:
+            for n in (7, 0, 1, 2, 6, 3, 4, 5):  # arrival order is not the order they were made
+                out = ring.seal("a", "b", huge if n == 4 else big, message_id=made[n])
+                opened = open_envelope(out.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+                assert opened.signed.padding
+                cursor = await tx.execute(
+                    "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
+                    "VALUES ('a', ?, x'', ?, 1, 'share-1')",
+                    (made[n], NOW + 1 + (n != 0)),
+                )
+                await tx.execute(
+                    "INSERT INTO inbox_bodies(seq, signed) VALUES (?, ?)",
+                    (cursor.lastrowid, opened.signed.SerializeToString()),
+                )
+            returning = await copies_for(tx, "a", NOW + 2)  # not the first: received before
+        assert returning.too_large == [made[4]]
+        assert [len(p) for p in returning.parts] == [2, 2, 2] and returning.copies == 6
+        copies = [envelope_pb2.SignedMessage.FromString(c.signed) for p in returning.parts for c in p]
+        assert [envelope_pb2.MessageBody.FromString(c.body).message_id for c in copies] == made[1:4] + made[5:]
+        assert not any(c.padding for c in copies)
+        for part in returning.parts:
+            assert workflow_pb2.ReturnedCopies(restore_id="r", copies=part).ByteSize() <= COPIES_BYTES
+    finally:
+        await store.close()
