@@ -169,7 +169,8 @@ class Redelivery:
         ).fetchone()
         rows = await (
             await tx.execute(
-                "SELECT seq, message_id, share_id, created_at_ms, body_kept FROM outbox "
+                "SELECT seq, message_id, share_id, created_at_ms, body_kept, "
+                "EXISTS (SELECT 1 FROM outbox_recovered r WHERE r.seq = outbox.seq) FROM outbox "
                 "WHERE seq > ? AND recipient = ? AND state = 'delivered' AND delivered_at_ms >= ? ORDER BY seq",
                 (row[0] if row else 0, requester, request.since_ms),
             )
@@ -178,15 +179,20 @@ class Redelivery:
         again: list[Any] = []
         lost: list[Any] = []
         for row in rows:
-            _, _, _, created_at_ms, body_kept = row
+            _, _, _, created_at_ms, body_kept, _ = row
             (again if body_kept and created_at_ms > expired else lost).append(row)
         await tx.executemany(
             "UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at_ms = ?, reason = '' WHERE seq = ?",
             [(tx.now_ms, seq) for seq, *_ in again],
         )
         days = self.undeliverable_after_ms / 86_400_000
-        for seq, lost_id, share_id, _, body_kept in lost:
-            why = f"older than {days:g} days" if body_kept else "its copy here was purged under the retention rule"
+        for seq, lost_id, share_id, _, body_kept, recovered in lost:
+            if recovered:  # only the signed copy came back, and its envelope was sealed to the key it had then
+                why = f"this node's own store was put back to a copy since, and {requester} gave back only its copy"
+            elif body_kept:
+                why = f"older than {days:g} days"
+            else:
+                why = "its copy here was purged under the retention rule"
             reason = (
                 f"{requester} lost it when its store was put back to an earlier copy (a backup), and it cannot be "
                 f"sent again ({why}): tell the agency another way"

@@ -9,12 +9,14 @@ returns to the node that asked each message it received from it since, as it arr
 
 The restored node believes only a copy it can verify it signed itself, addressed to the
 agency returning it, in answer to its own request there: an agency cannot make it believe
-it sent what it did not (and so send later versions of a summary where they never went). Each copy it has no record of goes back
-into its outbox as delivered, with its link tokens (its sealed envelope is the recipient's
-alone), and into its audit log as `message.recovered`; a withdrawal is recorded as made.
-What a copy cannot restore: the policy decision's own audit entry and record (the copy
-carries the decision as it was sent), and the workflow state of a request, challenge or
-closure proposal sent since (the copy is in the outbox, and the answers to it arrive)."""
+it sent what it did not (and so send later versions of a summary where they never went).
+Each copy it has no record of goes back into its outbox as delivered, with its link tokens
+(its sealed envelope is the recipient's alone), and into its audit log as
+`message.recovered`; a withdrawal is recorded as made. What a copy cannot restore: the
+policy decision's own audit entry and record (the copy carries the decision as it was
+sent), the workflow state of a request, challenge or closure proposal sent since (the copy
+is in the outbox, and the answers to it arrive), and the envelope: should the recipient's
+store also be put back to before it, the message cannot be sent again."""
 
 from __future__ import annotations
 

@@ -96,7 +96,9 @@ class DeliveryModel(RuleBasedStateMachine):
         self.recipient_wire = Wire()
         self.recipient_out = Wire()  # what the recipient sends (its redelivery requests)
         self.sender_back = Wire()  # and the sender's receipts for them
-        self.backup_taken_ms: int | None = None
+        self.backup_taken_ms: int | None = None  # the recipient's backup
+        self.sender_backup: tuple[int, set[str]] | None = None  # the sender's: when, and the shares it holds
+        self.ever_recorded: set[str] = set()  # every share the sender has recorded, restores or not
         self.run(self._open_sender())
         self.run(self._open_recipient())
         self.assessment_id = self.run(self._prepare())
@@ -121,6 +123,7 @@ class DeliveryModel(RuleBasedStateMachine):
             policy=POLICY,
             resolver=Resolver(self.sender_wire.resolve, MAX_TOKENS_PER_MESSAGE),
         )
+        self.sender_ctx = ctx
         self.cases = Cases(ctx)
         self.sharing = Sharing(ctx)
         self.sender_reception = Reception(
@@ -131,7 +134,7 @@ class DeliveryModel(RuleBasedStateMachine):
             "a",
             self.clock,
             InboxFeed(),
-            Redelivery(SETTINGS.undeliverable_after_ms, ctx.messenger, self.outbox.requeued),
+            Redelivery(SETTINGS.undeliverable_after_ms, ctx.messenger, self.outbox.requeued, self.outbox.recovered),
         )
 
     async def _open_recipient(self) -> None:
@@ -254,28 +257,65 @@ class DeliveryModel(RuleBasedStateMachine):
 
     @rule()
     def back_up_recipient(self) -> None:
-        """A backup of the recipient's store, as SQLite's online backup API takes it."""
-        taken = self.dir / "b.backup"
-        taken.unlink(missing_ok=True)
-        with closing(connect_read_only(self.dir / "b.sqlite")) as live, closing(sqlite3.connect(taken)) as copy:
-            live.backup(copy)
-        self.backup_taken_ms = self.clock.now_ms()
+        self.backup_taken_ms = self._back_up("b")
 
-    @precondition(lambda self: self.backup_taken_ms is not None)
+    @precondition(lambda self: self.backup_taken_ms is not None and self._restore_settled())
     @rule()
     def restore_recipient(self) -> None:
         """Its store put back to the backup, as `backup restore` does; then it starts again."""
         assert self.backup_taken_ms is not None
         self.recipient_out.frames.clear()
         self.run(self.recipient_store.close())
-        store, staged = self.dir / "b.sqlite", self.dir / "b.staged"
-        shutil.copy(self.dir / "b.backup", staged)
-        mark(staged, store, self.backup_taken_ms, "", self.clock.now_ms())
+        self._put_back("b", self.backup_taken_ms)
+        self.run(self._open_recipient())
+        self.run(ask_again_if_restored(self.recipient_ctx))
+
+    @rule()
+    def back_up_sender(self) -> None:
+        self.sender_backup = (self._back_up("a"), self._shares())
+
+    @precondition(lambda self: self.sender_backup is not None and self._restore_settled())
+    @rule()
+    def restore_sender(self) -> None:
+        """The sender's store put back to its backup: what it accepted since is lost with it,
+        but for what reached the recipient, which the recipient gives back."""
+        assert self.sender_backup is not None
+        taken_ms, held = self.sender_backup
+        self.sender_wire.frames.clear()
+        self.sender_back.frames.clear()
+        self.run(self.sender_store.close())
+        self._put_back("a", taken_ms)
+        reached = set(self._received())
+        self.accepted = {share for share in self.accepted if share in held or share in reached}
+        self.run(self._open_sender())
+        self.run(ask_again_if_restored(self.sender_ctx))
+        self.run(self.outbox.on_connected())
+
+    def _restore_settled(self) -> bool:
+        """No restore is still being answered: one store put back while the other's answers to
+        the last restore are on their way could lose what only those answers held (both
+        stores put back past it). One restore at a time, as operations run them."""
+        asking = "SELECT count(*) FROM outbox WHERE kind IN (17, 18) AND state IN ('queued', 'sent')"
+        if any(self.run(store.fetchone(asking))[0] for store in (self.sender_store, self.recipient_store)):
+            return False
+        return set(self._received()) <= self._sent()
+
+    def _back_up(self, node: str) -> int:
+        """A backup of a node's store, as SQLite's online backup API takes it; when."""
+        taken = self.dir / f"{node}.backup"
+        taken.unlink(missing_ok=True)
+        with closing(connect_read_only(self.dir / f"{node}.sqlite")) as live, closing(sqlite3.connect(taken)) as copy:
+            live.backup(copy)
+        return self.clock.now_ms()
+
+    def _put_back(self, node: str, taken_ms: int) -> None:
+        """The backup in the stopped node's place, marked as `backup restore` marks it."""
+        store, staged = self.dir / f"{node}.sqlite", self.dir / f"{node}.staged"
+        shutil.copy(self.dir / f"{node}.backup", staged)
+        mark(staged, store, taken_ms, "", self.clock.now_ms())
         for journal in ("-wal", "-shm"):
             store.with_name(store.name + journal).unlink(missing_ok=True)
         os.replace(staged, store)
-        self.run(self._open_recipient())
-        self.run(ask_again_if_restored(self.recipient_ctx))
 
     @rule()
     def recipient_sends(self) -> None:
@@ -302,19 +342,50 @@ class DeliveryModel(RuleBasedStateMachine):
     def _ids(self, store: Store, sql: str) -> list[str]:
         return [r[0] for r in self.run(store.fetchall(sql))]
 
+    def _shares(self) -> set[str]:
+        return set(self._ids(self.sender_store, "SELECT share_id FROM shares"))
+
+    def _sent(self) -> set[str]:
+        """What the sender's outbox records it sent (shares and withdrawals)."""
+        return set(self._ids(self.sender_store, "SELECT share_id FROM outbox WHERE kind NOT IN (17, 18)"))
+
+    def _received(self) -> list[str]:
+        """The shares the recipient holds (not the restores' own messages)."""
+        return self._ids(self.recipient_store, "SELECT share_id FROM inbox WHERE kind NOT IN (17, 18)")
+
     @invariant()
     def no_phantom_no_duplicate_nothing_forgotten(self) -> None:
-        recorded = set(self._ids(self.sender_store, "SELECT share_id FROM shares"))
-        received = self._ids(self.recipient_store, "SELECT share_id FROM inbox")
+        recorded = self._shares()
+        self.ever_recorded |= recorded | self._sent()
+        received = self._received()
         assert len(received) == len(set(received))
-        assert set(received) <= recorded
-        assert self.accepted <= recorded
+        assert set(received) <= self.ever_recorded
+        # What was accepted is held by the sender, or (its store put back since) by the recipient.
+        assert self.accepted <= recorded | set(received)
 
     def teardown(self) -> None:
         try:
             self.run(self._drain())
-            received = set(self._ids(self.recipient_store, "SELECT share_id FROM inbox"))
-            assert received == self.accepted
+            received = set(self._received())
+            # Nothing the recipient holds is forgotten by its sender: a restore's is given back.
+            assert received <= self._sent()
+            # Nothing accepted is lost, but what neither could send again after both were
+            # put back: one given back to the sender, then lost by the recipient's restore.
+            lost = set(
+                self._ids(
+                    self.sender_store,
+                    "SELECT o.share_id FROM outbox o WHERE o.state = 'undeliverable' AND o.kind NOT IN (17, 18)",
+                )
+            )
+            unrecoverable = set(
+                self._ids(
+                    self.sender_store,
+                    "SELECT o.share_id FROM outbox o JOIN outbox_recovered r ON r.seq = o.seq "
+                    "WHERE o.state = 'undeliverable'",
+                )
+            )
+            assert lost == unrecoverable
+            assert received == self.accepted - lost
         finally:
             self.run(self.sender_store.close())
             self.run(self.recipient_store.close())
@@ -439,6 +510,40 @@ def test_deliveries_that_come_together_are_stored_together_each_failing_alone() 
         received = model.run(model.recipient_store.fetchall("SELECT message_id FROM inbox ORDER BY seq"))
         assert received == [(_message_id(m),) for m in (first, third, second)]
         assert len(model.recipient_wire.frames) == 2
+    finally:
+        model.teardown()
+
+
+def test_a_restored_sender_is_given_back_what_reached_the_recipient_and_a_second_restore_names_what_is_lost() -> None:
+    """The sender's store put back: what reached the recipient since comes back to it (and
+    is recorded sent), what did not is lost with the store. Then the recipient's store put
+    back to before those: the sender holds only the copies given back, which cannot be
+    sealed again, so each becomes undeliverable with that reason, for a person to act on."""
+    model = DeliveryModel()
+    try:
+        model.back_up_recipient()
+        model.back_up_sender()
+        for _ in range(3):
+            model.share()
+        model.pump()
+        model.deliver("none")
+        model.deliver("none")  # the third never leaves: it is lost with the sender's store
+        reached = set(model._received())
+        assert len(reached) == 2
+        model.restore_sender()
+        assert model.accepted == reached and not model._sent()
+        model.run(model._drain())
+        assert model._sent() == reached == model._shares()
+        recovered = model.run(
+            model.sender_store.fetchall("SELECT o.state FROM outbox o JOIN outbox_recovered r USING (seq)")
+        )
+        assert [r[0] for r in recovered] == ["delivered", "delivered"]
+
+        model.restore_recipient()
+        model.run(model._drain())
+        assert not model._received()
+        reasons = model._ids(model.sender_store, "SELECT reason FROM outbox WHERE state = 'undeliverable'")
+        assert len(reasons) == 2 and all("gave back only its copy" in r for r in reasons)
     finally:
         model.teardown()
 
