@@ -64,7 +64,7 @@ async def copies_for(tx: Tx, requester: str, since_ms: int) -> Returning:
         (since_ms, requester, *sorted(ABOUT_NO_FAMILY)),
     )
     returning = Returning()
-    size = COPIES_BYTES
+    size = COPIES_BYTES  # as if a part were full: the first copy starts one
     for message_id, received_at_ms, stored in rows:
         signed = envelope_pb2.SignedMessage.FromString(stored)
         signed.ClearField("padding")
