@@ -28,6 +28,7 @@ from linkage.envelope import (
     signed_receipt,
     signing_generation,
 )
+from linkage.grounds import lawful_ground
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, summary_pb2
@@ -215,7 +216,7 @@ class Reception:
             message_id=routing.message_id,
             counterpart=routing.sender_node,
             decision=summary_pb2.DecisionOutcome.Name(decision.outcome) if decision.outcome else "",
-            lawful_ground=",".join([*decision.lawful_basis.art6, decision.lawful_basis.dpa_condition]).strip(","),
+            lawful_ground=lawful_ground(decision),  # every ground the sender's decision states
             rationale=decision.rationale,
             detail={
                 "share_id": body.share_id,

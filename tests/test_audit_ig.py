@@ -333,6 +333,10 @@ def test_the_register_of_sharing_lists_every_decision_and_receipt_with_totals(
     assert "Summaries received: 1\n  from NHS_MENTAL_HEALTH: " in received.stdout
     assert "    from Adult Mental Health Trust: " in received.stdout
     assert "    ground: A6_1_E,A9_2_G,SCH1_P18,CA2004_S11,CHILD_AT_RISK; law of ENG; consent REFUSED" in received.stdout
+    # The recipient's own entry states every ground the sender's decision gave, as the sender's does.
+    entries = linkage("audit", "list", "--config", config(scenario, "csc"), "--event", "message.received", "--json")
+    (arrived,) = [e for e in map(json.loads, entries.stdout.splitlines()) if e["detail"]["kind"] == "summary_share"]
+    assert arrived["lawful_ground"] == "A6_1_E,A9_2_G,SCH1_P18,CA2004_S11,CHILD_AT_RISK"
     later = linkage("audit", "register", "--config", config(scenario, "csc"), "--since", "2999-01-01", "--json")
     assert json.loads(later.stdout)["rows"] == []
 
