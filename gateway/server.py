@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,6 +30,7 @@ from linkage.pki import spiffe_id
 from linkage.reasons import Rejected
 from linkage.renewal import CertificateWatch, ServerCertificate, new_roots, write_roots
 from linkage.runtime import serve_until_signalled
+from linkage.store_notes import BackupRecord, enter_waiting
 from linkage.transport import SERVER_OPTIONS
 from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -117,6 +119,7 @@ class GatewayServer:
             await asyncio.sleep(DIRECTORY_CHECK_S)
             await self.check_directory()
             self.check_certificate()
+            await self.check_backups()
 
     def check_certificate(self) -> None:
         """Take a renewed certificate for the handshakes to come; warn daily as it nears its end."""
@@ -124,9 +127,34 @@ class GatewayServer:
         self.certificate.watch.warn_if_lapsing()
 
     async def reload(self) -> None:
-        """On SIGHUP: the directory and the certificate files, now."""
+        """On SIGHUP: the directory and the certificate files, and backups taken, now."""
         await self.check_directory()
         self.check_certificate()
+        await self.check_backups()
+
+    async def check_backups(self) -> None:
+        """Enter each backup `linkage backup create` took of this gateway in its metadata log
+        (linkage/store_notes.py): the entry is committed before its record goes."""
+        assert self._db is not None
+        db, metalog = self._db, self.metalog
+
+        async def entered(record: BackupRecord) -> bool:
+            return bool(
+                await db.read(
+                    "SELECT 1 FROM metalog WHERE ts_ms >= ? AND event = 'store.backed_up' "
+                    "AND json_extract(entry, '$.detail.backup_id') = ?",
+                    (record.taken_at_ms, record.backup_id),
+                )
+            )
+
+        async def enter(record: BackupRecord) -> None:
+            metalog.record("store.backed_up", self.config.gateway_id, **asdict(record))
+            await metalog.flush()
+
+        try:
+            await enter_waiting(self.config.store_path, entered, enter)
+        except Exception as exc:  # its store refused, say: the records wait for the next look
+            log.error("backup.record_failed", error=type(exc).__name__)
 
     async def _retention(self) -> None:
         while True:
@@ -163,6 +191,7 @@ class GatewayServer:
         assert self._db is not None
         self._index = await SubscriptionIndex.open(self._db)
         await self.metalog.load()
+        await self.check_backups()
         limits = self.config.limits
         server = grpc.aio.server(
             interceptors=self.interceptors,

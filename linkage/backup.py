@@ -213,19 +213,19 @@ def take(member: Member, out: Path, to: list[x25519.Recipient], now_ms: int) -> 
         with written_whole_bytes(out) as written:
             sealed = _Digested(written)
             _piped(archive, lambda plain: pyrage.encrypt_io(plain, sealed, to))
-    if member.kind == "node":  # for the node to enter in its audit log
-        record = BackupRecord(
-            backup_id=uuid7(now_ms),
-            taken_at_ms=now_ms,
-            file=out.name,
-            sha256=sealed.sha256.hexdigest(),
-            size=sealed.size,
-            recipients=[str(r) for r in to],
-            store_sha256=facts.sha256,
-            log_entries=facts.log_entries,
-            log_root=facts.log_root,
-        )
-        leave(member.store, record)
+    # For the node to enter in its audit log, or the gateway in its metadata log.
+    record = BackupRecord(
+        backup_id=uuid7(now_ms),
+        taken_at_ms=now_ms,
+        file=out.name,
+        sha256=sealed.sha256.hexdigest(),
+        size=sealed.size,
+        recipients=[str(r) for r in to],
+        store_sha256=facts.sha256,
+        log_entries=facts.log_entries,
+        log_root=facts.log_root,
+    )
+    leave(member.store, record)
     return manifest
 
 

@@ -1,12 +1,14 @@
-"""What `linkage backup` leaves beside a node's store for the node to act on, since the
-running node holds the only writer of its audit log: a record of each backup taken, and
-the mark of a restore. Each is a JSON file written whole, named for the store (so never
-bundled into a backup), and removed once the node has committed what it does with it.
+"""What `linkage backup` leaves beside a store for its node or gateway to act on, since the
+running server holds the only writer of its log: a record of each backup taken, and the
+mark of a node's restore. Each is a JSON file written whole, named for the store (so never
+bundled into a backup), and removed once the server has committed what it does with it.
 
-A backup record (node/backup_log.py): a backup is a copy of everything the node holds
-about people, and its information governance officer answers for every copy, so the node
-enters each in its audit log at its next start, every few minutes and on SIGHUP. X-Road's
-security server audits its backups the same way.
+A backup record: a node's backup is a copy of everything it holds about people, the
+gateway's of who subscribes to which token and what passed between whom, and whoever
+answers for each answers for every copy. So the node enters each in its audit log
+(node/backup_log.py), and the gateway in its metadata log (gateway/server.py), at the next
+start, every few minutes and on SIGHUP. X-Road's security server audits its backups the
+same way.
 
 A restore's mark (node/redelivery.py): which restore, which store file, and from when the
 store lacks what arrived. It is written before the store is swapped in, and names the
@@ -17,15 +19,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from linkage import logs
 from linkage.files import fsync_dir, write_private
 from linkage.ids import uuid7
 from linkage.readonly import connect_read_only
+
+log = logs.get("store_notes")
 
 
 class _Note:
@@ -76,6 +81,30 @@ def waiting(store: Path) -> Iterator[Path]:
     folder = records_folder(store)
     if folder.is_dir():
         yield from sorted(folder.glob("*.json"))
+
+
+async def enter_waiting(
+    store: Path,
+    entered: Callable[[BackupRecord], Awaitable[bool]],
+    enter: Callable[[BackupRecord], Awaitable[None]],
+) -> int:
+    """Enter each record waiting beside `store` in its member's log, committed by `enter`,
+    then remove it; one `entered` finds there already (its member stopped between the two)
+    is only removed. How many were entered."""
+    count = 0
+    for path in waiting(store):
+        try:
+            record = BackupRecord.from_json(path.read_bytes())
+        except (OSError, ValueError, TypeError) as exc:  # left for a person to look at, said each time
+            log.error("backup.record_unreadable", file=path.name, problem=str(exc))
+            continue
+        if not await entered(record):
+            await enter(record)
+            count += 1
+            log.info("store.backed_up", backup_id=record.backup_id, log_entries=record.log_entries)
+        path.unlink()
+        fsync_dir(path.parent)
+    return count
 
 
 # -- a restore -----------------------------------------------------------------------------

@@ -7,37 +7,23 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from linkage import logs
-from linkage.files import fsync_dir
-from linkage.store_notes import BackupRecord, waiting
+from linkage.store_notes import BackupRecord, enter_waiting
 from node.store import Store
-
-log = logs.get("node.backup_log")
 
 
 async def enter_backups(store: Store) -> int:
     """Enter the backups waiting to be; how many were."""
-    entered = 0
-    for path in waiting(store.path):
-        try:
-            record = BackupRecord.from_json(path.read_bytes())
-        except (OSError, ValueError, TypeError) as exc:  # left for a person to look at, said each time
-            log.error("backup.record_unreadable", file=path.name, problem=str(exc))
-            continue
-        if not await _entered(store, record):
-            async with store.tx() as tx:
-                await tx.audit("store.backed_up", detail=asdict(record))
-            entered += 1
-            log.info("store.backed_up", backup_id=record.backup_id, log_entries=record.log_entries)
-        path.unlink()
-        fsync_dir(path.parent)
-    return entered
 
+    async def entered(record: BackupRecord) -> bool:
+        row = await store.fetchone(
+            "SELECT 1 FROM audit WHERE ts_ms >= ? AND event = 'store.backed_up' "
+            "AND json_extract(entry, '$.detail.backup_id') = ?",
+            (record.taken_at_ms, record.backup_id),
+        )
+        return row is not None
 
-async def _entered(store: Store, record: BackupRecord) -> bool:
-    row = await store.fetchone(
-        "SELECT 1 FROM audit WHERE ts_ms >= ? AND event = 'store.backed_up' "
-        "AND json_extract(entry, '$.detail.backup_id') = ?",
-        (record.taken_at_ms, record.backup_id),
-    )
-    return row is not None
+    async def enter(record: BackupRecord) -> None:
+        async with store.tx() as tx:
+            await tx.audit("store.backed_up", detail=asdict(record))
+
+    return await enter_waiting(store.path, entered, enter)

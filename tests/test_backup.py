@@ -161,6 +161,13 @@ async def test_a_backup_taken_while_the_node_shares_restores_its_store_and_rebui
             "backup", "create", "--gateway-config", gateway_toml, "--to", recipient, "--out", str(sealed_gateway)
         )
         assert gateway_made[0] == 0 and "metadata log: " in gateway_made[1], gateway_made
+        # The gateway enters its own in its metadata log the same way, once only.
+        (record,) = store_notes.waiting(federation.gateway_config.store_path)
+        left = record.read_bytes()
+        await cluster.gateway.check_backups()
+        record.write_bytes(left)
+        await cluster.gateway.check_backups()
+        assert not record.exists()
         running_restore = await linkage(
             "backup", "restore", "--config", toml, "--from", str(sealed), "--identity", str(key)
         )
@@ -168,6 +175,10 @@ async def test_a_backup_taken_while_the_node_shares_restores_its_store_and_rebui
         await share(cluster, assessment_id)  # after the backup: not in it
         await wait_delivered(cluster.nodes["amh"], 12)
     later = _entries(amh.store_path)
+    with closing(sqlite3.connect(federation.gateway_config.store_path)) as db:
+        rows = db.execute("SELECT entry FROM metalog WHERE event = 'store.backed_up'").fetchall()
+    (gateway_entry,) = [json.loads(entry) for (entry,) in rows]
+    assert gateway_entry["detail"]["sha256"] == hashlib.sha256(sealed_gateway.read_bytes()).hexdigest()
 
     data = sealed.read_bytes()
     assert data.startswith(b"age-encryption.org/v1") and sealed.stat().st_mode & 0o077 == 0
