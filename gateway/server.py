@@ -59,6 +59,7 @@ class GatewayServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._directory_mtime = 0
         self._serving: bool | None = None  # as last reported, once serving
+        self._backups_queued: set[str] = set()  # entered in the metadata log's queue: not again
         self.metrics = GatewayMetrics()
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.port = 0
@@ -148,7 +149,11 @@ class GatewayServer:
             )
 
         async def enter(record: BackupRecord) -> None:
-            metalog.record("store.backed_up", self.config.gateway_id, **asdict(record))
+            # The log keeps an entry its store refused and commits it later: queue each once,
+            # and keep its record until a flush has committed it.
+            if record.backup_id not in self._backups_queued:
+                metalog.record("store.backed_up", self.config.gateway_id, **asdict(record))
+                self._backups_queued.add(record.backup_id)
             await metalog.flush()
 
         try:

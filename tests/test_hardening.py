@@ -24,6 +24,7 @@ from gateway import server as gateway_server
 from gateway.db import GatewayDb
 from gateway.metalog import MetaLog
 from gateway.service import UNWRITABLE_RETRY_MS
+from linkage import store_notes
 from linkage.auditlog import verify_chain
 from linkage.clock import ManualClock
 from linkage.config import GatewayLimits
@@ -473,6 +474,26 @@ async def test_r6_a_gateway_that_cannot_write_its_store_relays_nothing_new_says_
         forwarded = [n for n, (event, _) in enumerate(events) if event == "envelope.forwarded"]
         assert refused < held < forwarded[0] and len(forwarded) == 1
         await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]))
+
+
+async def test_r6_a_gateway_backup_entered_while_its_store_refuses_writes_is_entered_once_when_it_takes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The metadata log keeps an entry its store refused, to commit later: the backup's record
+    stays until then, and looking again meanwhile does not queue the entry a second time."""
+    monkeypatch.setattr(gateway_server, "DIRECTORY_CHECK_S", 3600.0)  # the test looks, not the file watch
+    async with running(make_federation(tmp_path, ManualClock(), nodes=("amh",)), nodes=()) as cluster:
+        gateway = cluster.gateway
+        assert gateway._db is not None
+        record = store_notes.BackupRecord("01a20105-405a-7c0b", NOW, "gw.age", "ab" * 32, 1, [], "", 0, "")
+        store_notes.leave(gateway.config.store_path, record)
+        async with _read_only(gateway._db):
+            for _ in range(3):
+                await gateway.check_backups()
+            assert list(store_notes.waiting(gateway.config.store_path))
+        await gateway.check_backups()
+        assert not list(store_notes.waiting(gateway.config.store_path))
+        assert [e for e, _ in await _metalog(gateway._db)].count("store.backed_up") == 1
 
 
 async def test_r6_a_metadata_log_that_cannot_be_written_counts_what_it_cannot_hold(
