@@ -137,8 +137,7 @@ async def recover(
 async def _put_back(tx: Tx, holder: str, body: envelope_pb2.MessageBody, received_at_ms: int, restore_id: str) -> None:
     summary = carried_summary(body)
     summary_id = summary.summary_id if summary is not None else body.withdrawal.summary_id
-    # A message carrying no summary (a withdrawal) went with its summary's tokens.
-    tokens = routing_tokens(summary) if summary is not None else await summary_tokens(tx.fetchone, summary_id) or []
+    tokens = await _tokens(tx, body, summary, summary_id)
     cursor = await tx.execute(
         "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, created_at_ms, "
         "delivered_at_ms, kind, summary_id, body_kept) VALUES (?, ?, ?, x'', 'delivered', 0, ?, ?, ?, ?, 0)",
@@ -192,6 +191,21 @@ async def _put_back(tx: Tx, holder: str, body: envelope_pb2.MessageBody, receive
             ),
         },
     )
+
+
+async def _tokens(
+    tx: Tx, body: envelope_pb2.MessageBody, summary: summary_pb2.RiskSummary | None, summary_id: str
+) -> list[bytes]:
+    """The link tokens a message went with, as far as what it carries tells: a summary's
+    people; a withdrawal's summary's; an involvement notice's own. Another kind's are not
+    known here, and none is better than a guess that would list it under someone else."""
+    if summary is not None:
+        return routing_tokens(summary)
+    if body.HasField("involvement"):
+        return list(body.involvement.link_tokens)
+    if summary_id:
+        return await summary_tokens(tx.fetchone, summary_id) or []
+    return []
 
 
 def _as_shared(summary: summary_pb2.RiskSummary, holder: str) -> dict[str, object]:

@@ -3,16 +3,17 @@ agency returning it (node/returned_copies.py): real keys, directory and store.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from linkage.batchsign import sign_batch
 from linkage.clock import ManualClock
 from linkage.envelope import MESSAGE_LABEL, open_envelope
-from linkage.v1 import envelope_pb2, summary_pb2, workflow_pb2
+from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2, workflow_pb2
 from node.policy.minimise import routing_tokens
 from node.returned_copies import COPIES_BYTES, copies_for, recover
 from node.store import Store
-from tests.crypto_fixtures import NOW, Keyring, make_keyring, synthetic_summary
+from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, seal, synthetic_summary
 
 ID = "01a20105-405a-7c0b-bc94-8ec599dbf7{:02x}"
 
@@ -131,5 +132,52 @@ async def test_copies_are_returned_in_parts_that_each_fit_one_message(tmp_path: 
         assert not any(c.padding for c in copies)
         for part in returning.parts:
             assert workflow_pb2.ReturnedCopies(restore_id="r", copies=part).ByteSize() <= COPIES_BYTES
+    finally:
+        await store.close()
+
+
+async def test_a_copy_that_names_no_summary_is_recorded_with_no_one_elses_tokens(tmp_path: Path) -> None:
+    """A read notification carries no summary and no tokens of its own: it is recorded with
+    none, not with those of whichever other message named no summary either (a subject
+    access report would list it under people it is not about)."""
+    ring = make_keyring()
+    read = seal(
+        keys=ring.keys["a"],
+        sender_node="a",
+        recipient_node="b",
+        recipient_key=ring.view.sealing_key("b", NOW),
+        suite=directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM,
+        message_id=ID.format(1),
+        link_tokens=TOKENS,
+        kind=envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION,
+        created_at_ms=NOW,
+        share_id="share-2",
+        content=lambda body: body.read.CopyFrom(workflow_pb2.ReadNotification(read_message_id="m-0", read_at_ms=NOW)),
+    )
+    signed = open_envelope(read.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW).signed
+    involved = ring.seal("a", "c", _summary("s-1"), message_id=ID.format(0))  # a message naming no summary here
+    store = await Store.open(tmp_path / "a.sqlite", ManualClock(NOW + 10))
+    try:
+        async with store.tx() as tx:
+            for message_id, kind, recipient in (("q-1", 17, "b"), (ID.format(0), 6, "c")):
+                cursor = await tx.execute(
+                    "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, "
+                    "created_at_ms, kind) VALUES (?, 'r-1', ?, x'', 'delivered', 0, ?, ?)",
+                    (message_id, recipient, NOW - 1, kind),
+                )
+                if kind == 6:
+                    await tx.execute(
+                        "INSERT INTO outbox_bodies(seq, envelope) VALUES (?, ?)",
+                        (cursor.lastrowid, involved.envelope.SerializeToString()),
+                    )
+            returned = workflow_pb2.ReturnedCopies(
+                restore_id="r-1", copies=[workflow_pb2.ReturnedCopy(signed=signed.SerializeToString())]
+            )
+            answer = envelope_pb2.MessageBody(message_id="m-1", in_reply_to="q-1", returned=returned)
+            done = await recover(tx, "a", ring.view, "b", answer)
+        assert done.recovered == [ID.format(1)]
+        assert await store.fetchall("SELECT tokens FROM outbox_recovered") == [(b"",)]
+        (entry,) = await store.fetchall("SELECT entry FROM audit WHERE event = 'message.recovered'")
+        assert json.loads(entry[0])["tokens"] == []
     finally:
         await store.close()
