@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +60,11 @@ class Keyring:
         summary: summary_pb2.RiskSummary | None = None,
         created_at_ms: int = NOW,
         message_id: str = "01a20105-405a-7c0b-bc94-8ec599dbf70a",
+        kind: envelope_pb2.MessageKind.ValueType = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+        content: Callable[[envelope_pb2.MessageBody], None] | None = None,
     ) -> Outgoing:
+        """A message from `sender` to `recipient`: a summary share, or whatever `content` writes."""
+        carried: dict[str, Any] = {"content": content} if content else {"summary": summary or synthetic_summary()}
         return seal(
             keys=self.keys[sender],
             sender_node=sender,
@@ -68,10 +73,10 @@ class Keyring:
             suite=directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM,
             message_id=message_id,
             link_tokens=TOKENS,
-            kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+            kind=kind,
             created_at_ms=created_at_ms,
             share_id="share-1",
-            summary=summary or synthetic_summary(),
+            **carried,
         )
 
 

@@ -254,19 +254,7 @@ def test_a_message_its_recipient_cannot_act_on_is_refused_as_malformed(
     """Signed by a member of the federation and still refused: a newer kind or answer than
     this node knows, content that is not its kind's, or a summary with no id (it would
     supersede every other summary without one)."""
-    out = seal(
-        keys=ring.keys["a"],
-        sender_node="a",
-        recipient_node="b",
-        recipient_key=ring.view.sealing_key("b", NOW),
-        suite=directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM,
-        message_id=uuid7(NOW),
-        link_tokens=TOKENS,
-        kind=kind,
-        created_at_ms=NOW,
-        share_id="share-1",
-        content=content,
-    )
+    out = ring.seal("a", "b", message_id=uuid7(NOW), kind=kind, content=content)  # type: ignore[arg-type]
     with pytest.raises(Rejected) as raised:
         open_envelope(out.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
     assert raised.value.reason == Reason.MALFORMED and why in raised.value.detail

@@ -9,11 +9,11 @@ from pathlib import Path
 from linkage.batchsign import sign_batch
 from linkage.clock import ManualClock
 from linkage.envelope import MESSAGE_LABEL, open_envelope
-from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2, workflow_pb2
+from linkage.v1 import envelope_pb2, summary_pb2, workflow_pb2
 from node.policy.minimise import routing_tokens
 from node.returned_copies import COPIES_BYTES, copies_for, recover
 from node.store import Store
-from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, seal, synthetic_summary
+from tests.crypto_fixtures import NOW, Keyring, make_keyring, synthetic_summary
 
 ID = "01a20105-405a-7c0b-bc94-8ec599dbf7{:02x}"
 
@@ -141,17 +141,11 @@ async def test_a_copy_that_names_no_summary_is_recorded_with_no_one_elses_tokens
     none, not with those of whichever other message named no summary either (a subject
     access report would list it under people it is not about)."""
     ring = make_keyring()
-    read = seal(
-        keys=ring.keys["a"],
-        sender_node="a",
-        recipient_node="b",
-        recipient_key=ring.view.sealing_key("b", NOW),
-        suite=directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM,
+    read = ring.seal(
+        "a",
+        "b",
         message_id=ID.format(1),
-        link_tokens=TOKENS,
         kind=envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION,
-        created_at_ms=NOW,
-        share_id="share-2",
         content=lambda body: body.read.CopyFrom(workflow_pb2.ReadNotification(read_message_id="m-0", read_at_ms=NOW)),
     )
     signed = open_envelope(read.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW).signed
