@@ -207,11 +207,42 @@ def seal_signed(message: Draft, signature: Signature, content_keys: ContentKeys)
     )
     if signature.proof is not None:
         signed.batch.CopyFrom(signature.proof)
+    return _seal(signed, message.routing, message.routing_bytes, message.recipient_key, content_keys)
+
+
+def seal_again(
+    signed: envelope_pb2.SignedMessage,
+    routing_bytes: bytes,
+    directory: DirectoryView,
+    content_keys: ContentKeys,
+) -> Outgoing:
+    """A new envelope for a message already signed (its copy given back after a restore),
+    to the key and with the routing header it first went with, which its signed body binds:
+    to its recipient it is the same message, under another seal."""
+    try:
+        body = envelope_pb2.MessageBody.FromString(signed.body)
+        routing = envelope_pb2.RoutingHeader.FromString(routing_bytes)
+    except DecodeError:
+        raise Rejected(Reason.MALFORMED, "the copy's signed body or routing header does not parse") from None
+    if body.routing_sha256 != hashlib.sha256(routing_bytes).digest():
+        raise Rejected(Reason.HEADER_MISMATCH, "the routing header is not the one the signed body names")
+    key = directory.node_key(routing.recipient_node, routing.recipient_key_id, routing.created_at_ms)
+    again = envelope_pb2.SignedMessage()
+    again.CopyFrom(signed)
+    again.ClearField("padding")
+    return _seal(again, routing, routing_bytes, key, content_keys)
+
+
+def _seal(
+    signed: envelope_pb2.SignedMessage,
+    routing: envelope_pb2.RoutingHeader,
+    routing_bytes: bytes,
+    recipient_key: directory_pb2.NodeKey,
+    content_keys: ContentKeys,
+) -> Outgoing:
     signed.padding = bytes(_padding_for(signed.ByteSize()))
-    envelope = encrypt(
-        message.routing, message.routing_bytes, message.recipient_key, signed.SerializeToString(), content_keys
-    )
-    return Outgoing(envelope=envelope, routing=message.routing, digest=envelope_digest(envelope))
+    envelope = encrypt(routing, routing_bytes, recipient_key, signed.SerializeToString(), content_keys)
+    return Outgoing(envelope=envelope, routing=routing, digest=envelope_digest(envelope))
 
 
 def encrypt(
@@ -276,6 +307,7 @@ class Opened:
     body: envelope_pb2.MessageBody
     signed: envelope_pb2.SignedMessage
     digest: bytes
+    routing_bytes: bytes = b""  # the header as it came, which the signed body binds
 
 
 def check_freshness(routing: envelope_pb2.RoutingHeader, now_ms: int) -> None:
@@ -334,7 +366,7 @@ def open_envelope(
     ):
         raise Rejected(Reason.HEADER_MISMATCH, "signed body does not match the routing header")
     check_content(body)
-    return Opened(routing=routing, body=body, signed=signed, digest=envelope_digest(envelope))
+    return Opened(routing, body, signed, envelope_digest(envelope), envelope.routing)
 
 
 def _proof(signed: envelope_pb2.SignedMessage | envelope_pb2.Receipt) -> envelope_pb2.BatchProof | None:

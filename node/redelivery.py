@@ -187,8 +187,11 @@ class Redelivery:
         )
         days = self.undeliverable_after_ms / 86_400_000
         for seq, lost_id, share_id, _, body_kept, recovered in lost:
-            if recovered:  # only the signed copy came back, and its envelope was sealed to the key it had then
-                why = f"this node's own store was put back to a copy since, and {requester} gave back only its copy"
+            if recovered:  # given back after this node's own restore, without what sealing it again takes
+                why = (
+                    f"this node's own store was put back to a copy since, and {requester} gave back only a copy "
+                    "that could not be sealed again (its message.recovered entry says why)"
+                )
             elif body_kept:
                 why = f"older than {days:g} days"
             else:
@@ -253,7 +256,8 @@ class Redelivery:
     async def returned(self, tx: Tx, holder: str, answer: envelope_pb2.MessageBody) -> None:
         """What this node sent `holder` since the copy its store was put back to, given back."""
         directory = self.messenger.trust.current(tx.now_ms)
-        done = await recover(tx, self.messenger.node_id, directory, holder, answer)
+        messenger = self.messenger
+        done = await recover(tx, messenger.node_id, directory, messenger.content_keys, holder, answer)
         if done.recovered:
             tx.on_commit(self.on_recovered)
         tx.on_commit(
@@ -262,6 +266,7 @@ class Redelivery:
                 counterpart=holder,
                 restore_id=answer.returned.restore_id,
                 recovered=len(done.recovered),
+                not_sendable_again=len(done.unsealable),
                 already_held=done.held,
                 refused=len(done.refused),
             )

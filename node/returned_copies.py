@@ -10,13 +10,18 @@ returns to the node that asked each message it received from it since, as it arr
 The restored node believes only a copy it can verify it signed itself, addressed to the
 agency returning it, in answer to its own request there: an agency cannot make it believe
 it sent what it did not (and so send later versions of a summary where they never went).
-Each copy it has no record of goes back into its outbox as delivered, with its link tokens
-(its sealed envelope is the recipient's alone), and into its audit log as
-`message.recovered`; a withdrawal is recorded as made. What a copy cannot restore: the
-policy decision's own audit entry and record (the copy carries the decision as it was
-sent), the workflow state of a request, challenge or closure proposal sent since (the copy
-is in the outbox, and the answers to it arrive), and the envelope: should the recipient's
-store also be put back to before it, the message cannot be sent again."""
+Each copy it has no record of goes back into its outbox as delivered, and into its audit
+log as `message.recovered`; a withdrawal is recorded as made. The agency returning it keeps
+the routing header each message came with, which the signed body binds by its SHA-256, so
+the copy is sealed again as it first went (the same header, link tokens and recipient key,
+under a new content key): should the recipient's store also be put back to before it, it is
+sent again like any other message, and the recipient knows it by its signed body
+(node/reception.py). What a copy cannot restore: the policy decision's own audit entry and
+record (the copy carries the decision as it was sent), and the workflow state of a
+request, challenge or closure proposal sent since (the copy is in the outbox, and the
+answers to it arrive). A copy that comes without its header (stored before nodes kept one)
+or sealed to a key the directory no longer lists is recorded all the same, without an
+envelope, saying why: it cannot be sent again."""
 
 from __future__ import annotations
 
@@ -25,8 +30,9 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from linkage.content import ABOUT_NO_FAMILY, carried_summary
+from linkage.contentkeys import ContentKeys
 from linkage.directory import DirectoryView
-from linkage.envelope import MAX_BODY_BYTES, verify_own_copy
+from linkage.envelope import MAX_BODY_BYTES, Outgoing, seal_again, verify_own_copy
 from linkage.grounds import lawful_ground
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import envelope_pb2, summary_pb2, workflow_pb2
@@ -57,7 +63,7 @@ async def copies_for(tx: Tx, requester: str, since_ms: int) -> Returning:
     not the restore's own messages, nor any whose body was erased or purged. Each copy goes
     without its padding, which is not signed."""
     rows = await tx.fetchall(
-        "SELECT i.message_id, i.received_at_ms, b.signed FROM inbox i INDEXED BY inbox_by_age "
+        "SELECT i.message_id, i.received_at_ms, b.signed, b.routing FROM inbox i INDEXED BY inbox_by_age "
         "JOIN inbox_bodies b ON b.seq = i.seq "
         f"WHERE i.received_at_ms >= ? AND i.sender = ? AND i.kind NOT IN ({','.join('?' * len(ABOUT_NO_FAMILY))}) "
         "ORDER BY i.message_id",
@@ -65,10 +71,12 @@ async def copies_for(tx: Tx, requester: str, since_ms: int) -> Returning:
     )
     returning = Returning()
     size = COPIES_BYTES  # as if a part were full: the first copy starts one
-    for message_id, received_at_ms, stored in rows:
+    for message_id, received_at_ms, stored, routing in rows:
         signed = envelope_pb2.SignedMessage.FromString(stored)
         signed.ClearField("padding")
-        copy = workflow_pb2.ReturnedCopy(signed=signed.SerializeToString(), received_at_ms=received_at_ms)
+        copy = workflow_pb2.ReturnedCopy(
+            signed=signed.SerializeToString(), received_at_ms=received_at_ms, routing=routing
+        )
         framed = copy.ByteSize() + 8  # with the field's tag and length
         if framed > COPIES_BYTES:  # a body near the largest a node signs, and its signature
             returning.too_large.append(message_id)
@@ -87,15 +95,23 @@ class Recovered:
 
     recovered: list[str] = field(default_factory=list)  # message ids put back
     held: int = 0  # copies of messages this node still had
+    unsealable: list[dict[str, str]] = field(default_factory=list)  # put back, but not to be sent again, and why
     refused: list[dict[str, object]] = field(default_factory=list)  # copies it could not verify, and why
 
 
 async def recover(
-    tx: Tx, me: str, directory: DirectoryView, holder: str, answer: envelope_pb2.MessageBody
+    tx: Tx,
+    me: str,
+    directory: DirectoryView,
+    content_keys: ContentKeys,
+    holder: str,
+    answer: envelope_pb2.MessageBody,
 ) -> Recovered:
     """Record, in the caller's transaction, each copy `holder` returned in `answer` of a
     message this node sent it, that this node verifies it signed and has no record of; none
-    unless `answer` answers a redelivery request this node sent that node."""
+    unless `answer` answers a redelivery request this node sent that node. Each is sealed
+    again as it first went, where its routing header came with it, to be sent again should
+    `holder` lose it too."""
     done = Recovered()
     returned = answer.returned
     asked = await tx.fetchone(
@@ -118,8 +134,11 @@ async def recover(
         if await tx.fetchone("SELECT 1 FROM outbox WHERE message_id = ?", (body.message_id,)) is not None:
             done.held += 1
             continue
-        await _put_back(tx, holder, body, copy.received_at_ms, returned.restore_id)
+        sealed, why_not = _seal_again(signed, copy.routing, directory, content_keys)
+        await _put_back(tx, holder, body, copy.received_at_ms, returned.restore_id, sealed, why_not)
         done.recovered.append(body.message_id)
+        if why_not:
+            done.unsealable.append({"message_id": body.message_id, "reason": why_not})
     await tx.audit(
         "redelivery.returned",
         message_id=answer.message_id,
@@ -129,20 +148,57 @@ async def recover(
             "recovered": done.recovered,
             "already_held": done.held,
             "refused": done.refused,
+            **({"not_sendable_again": done.unsealable} if done.unsealable else {}),
         },
     )
     return done
 
 
-async def _put_back(tx: Tx, holder: str, body: envelope_pb2.MessageBody, received_at_ms: int, restore_id: str) -> None:
+def _seal_again(
+    signed: envelope_pb2.SignedMessage, routing: bytes, directory: DirectoryView, content_keys: ContentKeys
+) -> tuple[Outgoing | None, str]:
+    """The copy in a new envelope, as it first went; or why it cannot be."""
+    if not routing:
+        return None, "the agency that gave it back stored it before nodes kept its routing header"
+    try:
+        return seal_again(signed, routing, directory, content_keys), ""
+    except Rejected as exc:
+        return None, exc.detail
+
+
+async def _put_back(
+    tx: Tx,
+    holder: str,
+    body: envelope_pb2.MessageBody,
+    received_at_ms: int,
+    restore_id: str,
+    sealed: Outgoing | None,
+    why_not: str,
+) -> None:
     summary = carried_summary(body)
     summary_id = summary.summary_id if summary is not None else body.withdrawal.summary_id
-    tokens = await _tokens(tx, body, summary, summary_id)
+    # The header the copy went with names its tokens exactly; without it, what it carries tells.
+    tokens = list(sealed.routing.link_tokens) if sealed else await _tokens(tx, body, summary, summary_id)
     cursor = await tx.execute(
         "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, created_at_ms, "
-        "delivered_at_ms, kind, summary_id, body_kept) VALUES (?, ?, ?, x'', 'delivered', 0, ?, ?, ?, ?, 0)",
-        (body.message_id, body.share_id, holder, body.created_at_ms, received_at_ms, body.kind, summary_id),
+        "delivered_at_ms, kind, summary_id, body_kept) VALUES (?, ?, ?, ?, 'delivered', 0, ?, ?, ?, ?, ?)",
+        (
+            body.message_id,
+            body.share_id,
+            holder,
+            sealed.digest if sealed else b"",
+            body.created_at_ms,
+            received_at_ms,
+            body.kind,
+            summary_id,
+            sealed is not None,
+        ),
     )
+    if sealed is not None:
+        await tx.execute(
+            "INSERT INTO outbox_bodies(seq, envelope) VALUES (?, ?)",
+            (cursor.lastrowid, sealed.envelope.SerializeToString()),
+        )
     await tx.execute(
         "INSERT INTO outbox_recovered(seq, restore_id, tokens) VALUES (?, ?, ?)",
         (cursor.lastrowid, restore_id, b"".join(tokens)),
@@ -182,6 +238,8 @@ async def _put_back(tx: Tx, holder: str, body: envelope_pb2.MessageBody, receive
             "restore_id": restore_id,
             "created_at_ms": body.created_at_ms,
             "received_at_ms": received_at_ms,
+            "sendable_again": sealed is not None,
+            **({"not_sendable_again": why_not} if why_not else {}),
             "in_reply_to": body.in_reply_to,
             **(_as_shared(summary, holder) if summary is not None else {}),
             **(

@@ -41,6 +41,7 @@ from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.v1 import envelope_pb2, gateway_pb2, node_api_pb2
 from node.cases import Cases
 from node.context import NodeContext
+from node.erasure import erase_rows
 from node.link import GatewayLink, runs
 from node.messaging import Messenger
 from node.outbox import Outbox
@@ -369,23 +370,10 @@ class DeliveryModel(RuleBasedStateMachine):
             received = set(self._received())
             # Nothing the recipient holds is forgotten by its sender: a restore's is given back.
             assert received <= self._sent()
-            # Nothing accepted is lost, but what neither could send again after both were
-            # put back: one given back to the sender, then lost by the recipient's restore.
-            lost = set(
-                self._ids(
-                    self.sender_store,
-                    "SELECT o.share_id FROM outbox o WHERE o.state = 'undeliverable' AND o.kind NOT IN (17, 18)",
-                )
-            )
-            unrecoverable = set(
-                self._ids(
-                    self.sender_store,
-                    "SELECT o.share_id FROM outbox o JOIN outbox_recovered r ON r.seq = o.seq "
-                    "WHERE o.state = 'undeliverable'",
-                )
-            )
-            assert lost == unrecoverable
-            assert received == self.accepted - lost
+            # Nothing accepted is lost, a copy given back to the sender and then lost by the
+            # recipient's restore included: it is sent again, sealed anew.
+            assert not self._ids(self.sender_store, "SELECT share_id FROM outbox WHERE state = 'undeliverable'")
+            assert received == self.accepted
         finally:
             self.run(self.sender_store.close())
             self.run(self.recipient_store.close())
@@ -514,11 +502,12 @@ def test_deliveries_that_come_together_are_stored_together_each_failing_alone() 
         model.teardown()
 
 
-def test_a_restored_sender_is_given_back_what_reached_the_recipient_and_a_second_restore_names_what_is_lost() -> None:
+def test_a_restored_sender_is_given_back_what_reached_the_recipient_and_sends_it_again_if_that_is_lost_too() -> None:
     """The sender's store put back: what reached the recipient since comes back to it (and
-    is recorded sent), what did not is lost with the store. Then the recipient's store put
-    back to before those: the sender holds only the copies given back, which cannot be
-    sealed again, so each becomes undeliverable with that reason, for a person to act on."""
+    is recorded sent, sealed again as it first went), what did not is lost with the store.
+    Then the recipient's store put back to before those: the sender sends them again from
+    the copies, and the recipient holds them once more. Nothing is lost that either store
+    still held."""
     model = DeliveryModel()
     try:
         model.back_up_recipient()
@@ -535,15 +524,56 @@ def test_a_restored_sender_is_given_back_what_reached_the_recipient_and_a_second
         model.run(model._drain())
         assert model._sent() == reached == model._shares()
         recovered = model.run(
-            model.sender_store.fetchall("SELECT o.state FROM outbox o JOIN outbox_recovered r USING (seq)")
+            model.sender_store.fetchall("SELECT o.state, o.body_kept FROM outbox o JOIN outbox_recovered r USING (seq)")
         )
-        assert [r[0] for r in recovered] == ["delivered", "delivered"]
+        assert [tuple(r) for r in recovered] == [("delivered", 1), ("delivered", 1)]
 
         model.restore_recipient()
-        model.run(model._drain())
         assert not model._received()
-        reasons = model._ids(model.sender_store, "SELECT reason FROM outbox WHERE state = 'undeliverable'")
-        assert len(reasons) == 2 and all("gave back only its copy" in r for r in reasons)
+        model.run(model._drain())
+        assert set(model._received()) == reached
+        assert not model._ids(model.sender_store, "SELECT message_id FROM outbox WHERE state = 'undeliverable'")
+    finally:
+        model.teardown()
+
+
+@pytest.mark.parametrize("erased", [False, True])
+def test_a_copy_sealed_again_is_taken_as_the_message_its_recipient_still_holds(erased: bool) -> None:
+    """The sender's store put back, then the recipient's, to a backup taken after the share
+    reached it. Its request reaches back past its backup by the clock skew allowed, so the
+    sender sends again the copy it was given back, in a new envelope: the recipient knows it,
+    by its signed body, as the message it holds, and receipts it, where a different envelope
+    under a known id is otherwise refused as a conflict. Erased before the backup (at its
+    sender's request), only its row is left: it is known by its kind and share, and nothing
+    of it is stored again."""
+    model = DeliveryModel()
+    try:
+        model.back_up_sender()
+        model.share()
+        model.pump()
+        model.deliver("none")
+        model.restore_sender()
+        model.run(model._drain())
+        if erased:
+
+            async def erase() -> None:
+                async with model.recipient_store.tx() as tx:
+                    (seq,) = await tx.fetchone("SELECT seq FROM inbox WHERE kind NOT IN (17, 18)")
+                    await erase_rows(tx, [seq])
+
+            model.run(erase())
+        model.back_up_recipient()
+        model.restore_recipient()
+        model.run(model._drain())
+        held = "SELECT state, (SELECT COUNT(*) FROM inbox_bodies b WHERE b.seq = i.seq) FROM inbox i WHERE kind < 17"
+        (state, bodies), *more = model.run(model.recipient_store.fetchall(held))
+        assert not more and (state == "erased") == erased and bodies == (not erased)
+        (message_id,) = model._ids(model.sender_store, "SELECT message_id FROM outbox WHERE kind NOT IN (17, 18)")
+        sent_again = "SELECT json_extract(entry, '$.detail.sent_again') FROM audit WHERE event = 'redelivery.requested'"
+        assert message_id in json.loads(model._ids(model.sender_store, sent_again)[0])
+        states = model._ids(model.sender_store, "SELECT state FROM outbox WHERE kind NOT IN (17, 18)")
+        assert states == ["delivered"]
+        assert not model._ids(model.recipient_store, "SELECT event FROM audit WHERE event = 'message.rejected'")
     finally:
         model.teardown()
 

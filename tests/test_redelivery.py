@@ -151,6 +151,13 @@ async def test_a_restored_node_is_given_back_what_it_sent_since_and_its_withdraw
         assert (recovered["summary_id"], recovered["counterpart"]) == (summary_id, "csc")
         assert recovered["tokens"] == tokens  # the tokens it was routed by, from what it signed
         assert recovered["detail"]["share_id"] == shared.share_id
+        assert recovered["detail"]["sendable_again"] is True  # sealed again, should csc lose it too
+        assert amh.store is not None
+        kept = (
+            "SELECT o.body_kept, length(b.envelope) > 0 FROM outbox o JOIN outbox_bodies b USING (seq) "
+            "WHERE o.message_id = ?"
+        )
+        assert await amh.store.fetchone(kept, (sent.message_id,)) == (1, 1)
         status = await cluster.api("amh").GetShareStatus(
             node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)
         )

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from linkage.batchsign import sign_batch
 from linkage.clock import ManualClock
-from linkage.envelope import MESSAGE_LABEL, open_envelope
+from linkage.contentkeys import ContentKeys
+from linkage.envelope import MESSAGE_LABEL, Opened, open_envelope
 from linkage.v1 import envelope_pb2, summary_pb2, workflow_pb2
-from node.policy.minimise import routing_tokens
 from node.returned_copies import COPIES_BYTES, copies_for, recover
 from node.store import Store
-from tests.crypto_fixtures import NOW, Keyring, make_keyring, synthetic_summary
+from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, synthetic_summary
 
 ID = "01a20105-405a-7c0b-bc94-8ec599dbf7{:02x}"
 
@@ -25,29 +25,33 @@ def _summary(summary_id: str) -> summary_pb2.RiskSummary:
     return summary
 
 
-def _held(ring: Keyring, sender: str, recipient: str, n: int) -> envelope_pb2.SignedMessage:
-    """A message as its recipient holds it: opened, its signed message kept."""
+def _held(ring: Keyring, sender: str, recipient: str, n: int) -> Opened:
+    """A message as its recipient holds it: opened, its signed message and routing header kept."""
     out = ring.seal(sender, recipient, _summary("s-1"), message_id=ID.format(n))
     keys = ring.keys[recipient]
-    return open_envelope(out.envelope, me=recipient, keys=keys, directory=ring.view, now_ms=NOW).signed
+    return open_envelope(out.envelope, me=recipient, keys=keys, directory=ring.view, now_ms=NOW)
 
 
 async def test_only_a_copy_this_node_signed_to_the_agency_returning_it_is_put_back(tmp_path: Path) -> None:
+    """...and put back sealed again as it first went, to be sent again should the agency that
+    returned it lose it too: its recipient opens the new envelope to the same signed message."""
     ring = make_keyring()
 
-    genuine = _held(ring, "a", "b", 1)
-    to_another = _held(ring, "a", "c", 2)  # b returning what a sent c
+    held = _held(ring, "a", "b", 1)
+    genuine = held.signed
+    genuine.ClearField("padding")  # as the holder returns it
+    to_another = _held(ring, "a", "c", 2).signed  # b returning what a sent c
     altered = envelope_pb2.SignedMessage()
     altered.CopyFrom(genuine)
     altered.body = altered.body.replace(b"s-1", b"s-9")
     forged = envelope_pb2.SignedMessage()  # b's signature under a's key id
-    forged.CopyFrom(_held(ring, "a", "b", 3))
+    forged.CopyFrom(_held(ring, "a", "b", 3).signed)
     (signature,) = sign_batch(ring.keys["b"], MESSAGE_LABEL, [forged.body])
     forged.signature = signature.signature
     returned = workflow_pb2.ReturnedCopies(
         restore_id="r-1",
         copies=[
-            workflow_pb2.ReturnedCopy(signed=s, received_at_ms=NOW + 5)
+            workflow_pb2.ReturnedCopy(signed=s, received_at_ms=NOW + 5, routing=held.routing_bytes)
             for s in (
                 genuine.SerializeToString(),
                 genuine.SerializeToString(),  # the same again: held by then
@@ -68,11 +72,11 @@ async def test_only_a_copy_this_node_signed_to_the_agency_returning_it_is_put_ba
                 "kind) VALUES ('q-1', 'r-1', 'c', x'', 'delivered', 0, ?, ?)",
                 (NOW, envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST),
             )
-            unasked = await recover(tx, "a", ring.view, "b", answer)
+            unasked = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
             assert (unasked.recovered, [r["reason"] for r in unasked.refused]) == ([], ["unasked"])
             await tx.execute("UPDATE outbox SET recipient = 'b' WHERE message_id = 'q-1'")
-            done = await recover(tx, "a", ring.view, "b", answer)
-        assert done.recovered == [ID.format(1)] and done.held == 1
+            done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
+        assert done.recovered == [ID.format(1)] and done.held == 1 and not done.unsealable
         assert [(r["copy"], r["reason"]) for r in done.refused] == [
             (2, "wrong_recipient"),
             (3, "bad_signature"),
@@ -83,9 +87,17 @@ async def test_only_a_copy_this_node_signed_to_the_agency_returning_it_is_put_ba
             "SELECT o.message_id, o.recipient, o.state, o.created_at_ms, o.delivered_at_ms, o.body_kept, o.summary_id, "
             "r.restore_id, r.tokens FROM outbox o JOIN outbox_recovered r ON r.seq = o.seq"
         )
-        assert [tuple(r) for r in rows] == [
-            (ID.format(1), "b", "delivered", NOW, NOW + 5, 0, "s-1", "r-1", b"".join(routing_tokens(_summary("s-1"))))
+        assert [tuple(r) for r in rows] == [  # the tokens the routing header names
+            (ID.format(1), "b", "delivered", NOW, NOW + 5, 1, "s-1", "r-1", b"".join(TOKENS))
         ]
+        digest, kept = await store.fetchone(
+            "SELECT o.digest, b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq"
+        )
+        envelope = envelope_pb2.Envelope.FromString(kept)
+        again = open_envelope(envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW + 10)
+        assert again.signed.body == genuine.body and again.signed.signature == genuine.signature
+        assert again.routing_bytes == held.routing_bytes and again.digest == digest != held.digest
+        assert again.signed.padding  # padded again, as every message leaves
         assert (await store.fetchone("SELECT outcome, kind FROM shares WHERE share_id = 'share-1'")) == (
             "DECISION_OUTCOME_SHARED",
             envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
@@ -168,10 +180,50 @@ async def test_a_copy_that_names_no_summary_is_recorded_with_no_one_elses_tokens
                 restore_id="r-1", copies=[workflow_pb2.ReturnedCopy(signed=signed.SerializeToString())]
             )
             answer = envelope_pb2.MessageBody(message_id="m-1", in_reply_to="q-1", returned=returned)
-            done = await recover(tx, "a", ring.view, "b", answer)
+            done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
         assert done.recovered == [ID.format(1)]
         assert await store.fetchall("SELECT tokens FROM outbox_recovered") == [(b"",)]
         (entry,) = await store.fetchall("SELECT entry FROM audit WHERE event = 'message.recovered'")
         assert json.loads(entry[0])["tokens"] == []
+    finally:
+        await store.close()
+
+
+async def test_a_copy_without_the_routing_header_its_body_names_is_put_back_but_cannot_be_sent_again(
+    tmp_path: Path,
+) -> None:
+    """Returned without its routing header (stored before nodes kept one), or with another
+    message's: recorded as sent, with no envelope, and the reason said in both entries."""
+    ring = make_keyring()
+    first, second = _held(ring, "a", "b", 1), _held(ring, "a", "b", 2)
+    returned = workflow_pb2.ReturnedCopies(
+        restore_id="r-1",
+        copies=[
+            workflow_pb2.ReturnedCopy(signed=first.signed.SerializeToString()),
+            workflow_pb2.ReturnedCopy(signed=second.signed.SerializeToString(), routing=first.routing_bytes),
+        ],
+    )
+    answer = envelope_pb2.MessageBody(message_id="m-1", in_reply_to="q-1", returned=returned)
+    store = await Store.open(tmp_path / "a.sqlite", ManualClock(NOW + 10))
+    try:
+        async with store.tx() as tx:
+            await tx.execute(
+                "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, created_at_ms, "
+                "kind) VALUES ('q-1', 'r-1', 'b', x'', 'delivered', 0, ?, 17)",
+                (NOW,),
+            )
+            done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
+        assert done.recovered == [ID.format(1), ID.format(2)]
+        why = [
+            "the agency that gave it back stored it before nodes kept its routing header",
+            "the routing header is not the one the signed body names",
+        ]
+        assert [u["message_id"] for u in done.unsealable] == done.recovered
+        assert [u["reason"] for u in done.unsealable] == why
+        kept = "SELECT body_kept, digest, (SELECT COUNT(*) FROM outbox_bodies) FROM outbox WHERE kind = 1"
+        assert await store.fetchall(kept) == [(0, b"", 0), (0, b"", 0)]
+        entries = [json.loads(e) for (e,) in await store.fetchall("SELECT entry FROM audit ORDER BY seq")]
+        assert [e["detail"]["sendable_again"] for e in entries[:2]] == [False, False]
+        assert entries[2]["detail"]["not_sendable_again"] == done.unsealable
     finally:
         await store.close()

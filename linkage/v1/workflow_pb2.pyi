@@ -455,19 +455,27 @@ class ReturnedCopy(_message.Message):
 
     SIGNED_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_MS_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
     signed: _builtins.bytes
-    """the SignedMessage as received, never re-serialised"""
+    """the SignedMessage as received, less its padding (not signed)"""
     received_at_ms: _builtins.int
     """when this node stored it: the time its receipt gave"""
+    routing: _builtins.bytes
+    """The routing header it came with, exactly as its envelope carried it (its signed body
+    binds its SHA-256): with it, the restored node can seal the copy again, to the same key,
+    should this node's own store be put back to before it. Empty for a message stored
+    before nodes kept it.
+    """
     def __init__(
         self,
         *,
         signed: _builtins.bytes = ...,
         received_at_ms: _builtins.int = ...,
+        routing: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["received_at_ms", b"received_at_ms", "signed", b"signed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["received_at_ms", b"received_at_ms", "routing", b"routing", "signed", b"signed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -554,4 +554,10 @@ MIGRATIONS: tuple[str, ...] = (
       tokens BLOB NOT NULL
     );
     """,
+    # 34: a received message's routing header, exactly as it came: what its sender needs, with
+    # the signed copy, to seal it again should its own store be put back to before it
+    # (node/returned_copies.py). Erased and purged with the body.
+    """
+    ALTER TABLE inbox_bodies ADD COLUMN routing BLOB NOT NULL DEFAULT x'';
+    """,
 )
