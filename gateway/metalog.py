@@ -7,7 +7,9 @@ relay path a queue append, not a disk write per message. While the store cannot 
 them (a full or failing disk), they wait in memory and the flush is tried again each
 second; past `MAX_PENDING`, further events are only counted, by kind, and the count is
 appended as one entry (`metalog.unrecorded`) once the store takes writes again. The
-gateway meanwhile relays no new envelopes (GatewayService), so the gap is bounded.
+gateway meanwhile relays no new envelopes (GatewayService), so the gap is bounded. A
+gateway stopped before its store takes them again writes what waits to a file beside the
+store (`kept_path`), and enters it, once, at its next start that can (`metalog.kept`).
 
 It grows by two entries, about 750 bytes, per message. With `[retention] metalog_days`
 set, entries older than that are purged, oldest first, under an anchor: the position
@@ -17,19 +19,31 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+from pathlib import Path
 from typing import Any
 
 from gateway.db import GatewayDb
 from linkage import logs
 from linkage.auditlog import GENESIS, AuditEntry, chain_hash
 from linkage.clock import DAY_MS, Clock
+from linkage.files import fsync_dir, write_private
+from linkage.ids import uuid7
 from linkage.writability import unwritable
 
 FLUSH_EVERY_S = 0.05
 RETRY_EVERY_S = 1.0  # a flush the store refused is tried again this often, though nothing new comes
 MAX_PENDING = 20_000  # entries held in memory for a store that cannot take them: a few MB
 PURGE_CHUNK = 2_000  # entries per transaction, so a first purge of a long log never holds the writer long
+KEPT_FORMAT = "linkage-metalog-kept/1"
 log = logs.get("gateway.metalog")
+
+Pending = tuple[int, str, str, str, dict[str, Any], str]  # ts_ms, event, node, counterpart, detail, ids
+
+
+def kept_path(store: Path) -> Path:
+    """Where a gateway that stops with entries its store would not take leaves them."""
+    return store.with_name(store.name + ".metalog-kept")
 
 
 class MetaLog:
@@ -37,13 +51,14 @@ class MetaLog:
         self.db = db
         self.clock = clock
         self.gateway_id = gateway_id  # the actor of the log's own events
-        self._pending: list[tuple[int, str, str, str, dict[str, Any], str]] = []
+        self._pending: list[Pending] = []
         self._unrecorded: dict[str, int] = {}  # events past MAX_PENDING, by kind
         self._flushing_now = 0  # entries taken by a flush under way: they count against the bound too
         self._seq = 0
         self._hash = GENESIS
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()  # the timer's flush and shutdown's must not chain from the same head
+        self._kept: Path | None = None  # a stop's file of entries, now pending: removed once they are committed
 
     async def load(self) -> None:
         """Chain on from the last entry, or from the anchor if retention purged every entry."""
@@ -141,6 +156,70 @@ class MetaLog:
             self._flushing_now = 0
         self._seq, self._hash = seq, prev
         self.db.writability.succeeded()  # it appended to the log: the store took new data
+        if self._kept is not None:
+            _remove(self._kept)
+            self._kept = None
+
+    def keep(self, path: Path) -> int:
+        """At stop, what waits for a store that would not take it, written whole to `path` for
+        the next start to enter (`take_kept`): how many entries. OSError if it cannot be."""
+        entries = [list(entry) for entry in self._pending]
+        kept = {"format": KEPT_FORMAT, "kept_id": uuid7(self.clock.now_ms()), "entries": entries}
+        write_private(path, json.dumps({**kept, "unrecorded": self._unrecorded}).encode())
+        return len(entries)
+
+    async def take_kept(self, path: Path) -> int:
+        """At start, before anything new: what a stop kept at `path`, ahead of it, with an entry
+        saying so (`metalog.kept`), all committed in one flush, which then removes the file (a
+        store that still refuses keeps them waiting, and the file). A file whose entries are in
+        the log already (the gateway stopped between the two) is only removed; one that cannot
+        be read is left, and said. How many entries were entered."""
+        try:
+            kept_id, entries, unrecorded = _read_kept(path)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # left for a person to look at
+            log.error("metalog.kept_unreadable", file=path.name, problem=str(exc))
+            return 0
+        entered = await self.db.read(
+            "SELECT 1 FROM metalog WHERE event = 'metalog.kept' AND json_extract(entry, '$.detail.kept_id') = ?",
+            (kept_id,),
+        )
+        if entered:
+            _remove(path)
+            return 0
+        marker = {"kept_id": kept_id, "entries": len(entries)}
+        self._pending[:0] = [*entries, (self.clock.now_ms(), "metalog.kept", self.gateway_id, "", marker, "\x00")]
+        for event, count in unrecorded.items():
+            self._unrecorded[event] = self._unrecorded.get(event, 0) + count
+        self._kept = path
+        try:
+            await self.flush()
+        except Exception as exc:  # still refused: they wait with the rest, the file until they are in
+            if unwritable(exc) is None:
+                log.exception("metalog.flush_failed", pending=len(self._pending))
+            self._wake.set()
+            return 0
+        log.warning("metalog.kept_entered", entries=len(entries))
+        return len(entries)
+
+    def log_pending(self) -> None:
+        """The last resort, at a stop that could neither commit nor keep them: each entry in
+        the operational log, which carries ids, sizes and counts as this log does."""
+        for ts_ms, event, node, counterpart, detail, ids in self._pending:
+            message_id, outcome = ids.split("\x00")
+            log.error(
+                "metalog.unflushed_entry",
+                at_ms=ts_ms,
+                entry_event=event,
+                node=node,
+                counterpart=counterpart,
+                message_id=message_id,
+                outcome=outcome,
+                detail=detail,
+            )
+        if self._unrecorded:
+            log.error("metalog.unflushed_entry", entry_event="metalog.unrecorded", detail={"events": self._unrecorded})
 
     async def run(self) -> None:
         while True:
@@ -155,3 +234,16 @@ class MetaLog:
                     log.exception("metalog.flush_failed", pending=len(self._pending))
                 await asyncio.sleep(RETRY_EVERY_S)
                 self._wake.set()
+
+
+def _read_kept(path: Path) -> tuple[str, list[Pending], dict[str, int]]:
+    kept = json.loads(path.read_bytes())
+    if kept.get("format") != KEPT_FORMAT:
+        raise ValueError(f"not a {KEPT_FORMAT} file")
+    entries: list[Pending] = [(int(t), e, n, c, dict(d), i) for t, e, n, c, d, i in kept["entries"]]
+    return str(kept["kept_id"]), entries, {str(k): int(v) for k, v in dict(kept["unrecorded"]).items()}
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    fsync_dir(path.parent)

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.authz import Authoriser
 from gateway.db import GatewayDb
-from gateway.metalog import MetaLog
+from gateway.metalog import MetaLog, kept_path
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimits
 from gateway.service import GatewayService
@@ -196,6 +196,7 @@ class GatewayServer:
         assert self._db is not None
         self._index = await SubscriptionIndex.open(self._db)
         await self.metalog.load()
+        await self.metalog.take_kept(kept_path(self.config.store_path))
         await self.check_backups()
         limits = self.config.limits
         server = grpc.aio.server(
@@ -264,10 +265,20 @@ class GatewayServer:
         if self._db is not None:
             try:
                 await self.metalog.flush()
-            except Exception:  # said, with how many; the database is closed all the same
-                log.error("metalog.unflushed_at_stop", entries=self.metalog.pending)
+            except Exception:  # kept beside the store for the next start; the database is closed all the same
+                self._keep_unflushed()
             await self._db.close()
         log.info("gateway.stopped")
+
+    def _keep_unflushed(self) -> None:
+        path = kept_path(self.config.store_path)
+        try:
+            kept = self.metalog.keep(path)
+        except OSError as exc:  # the disk will not take that either: the operational log must
+            log.error("metalog.unflushed_at_stop", entries=self.metalog.pending, error=exc.strerror)
+            self.metalog.log_pending()
+            return
+        log.error("metalog.kept_at_stop", entries=kept, file=path.name)
 
 
 async def serve(config: GatewayConfig) -> None:

@@ -22,11 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway import metalog
 from gateway import server as gateway_server
 from gateway.db import GatewayDb
-from gateway.metalog import MetaLog
+from gateway.metalog import MetaLog, kept_path
+from gateway.server import GatewayServer
 from gateway.service import UNWRITABLE_RETRY_MS
 from linkage import store_notes
 from linkage.auditlog import verify_chain
-from linkage.clock import ManualClock
+from linkage.clock import ManualClock, SystemClock
 from linkage.config import GatewayLimits
 from linkage.envelope import open_envelope
 from linkage.federation import publish_directory, revoke_node
@@ -494,6 +495,71 @@ async def test_r6_a_gateway_backup_entered_while_its_store_refuses_writes_is_ent
         await gateway.check_backups()
         assert not list(store_notes.waiting(gateway.config.store_path))
         assert [e for e, _ in await _metalog(gateway._db)].count("store.backed_up") == 1
+
+
+async def test_r6_a_gateway_stopped_while_its_store_refuses_writes_keeps_what_waits_and_enters_it_once(
+    tmp_path: Path,
+) -> None:
+    """What waits for the store when the gateway stops is written beside it, and entered ahead
+    of anything new at the next start, with an entry saying so; a file whose entries are in
+    the log already (the gateway stopped between committing them and removing it) is only
+    removed."""
+    config = make_federation(tmp_path, ManualClock(), nodes=("amh",)).gateway_config
+    kept = kept_path(config.store_path)
+
+    async def started() -> GatewayServer:
+        gateway = GatewayServer(config, SystemClock())
+        await gateway.start()
+        return gateway
+
+    gateway = await started()
+    assert gateway._db is not None
+    await gateway._db.db.execute("PRAGMA query_only = ON")  # as _read_only, never lifted
+    for n in range(3):
+        gateway.metalog.record("resolve", "amh", message_id=f"m{n}")
+    gateway.metalog.record("resolve", "amh", message_id="m3")
+    await gateway.stop(grace=0)
+    saved = kept.read_bytes()
+    assert b'"m3' in saved
+
+    for _ in range(2):
+        gateway = await started()
+        try:
+            assert not kept.exists() and gateway._db is not None
+            await _metalog(gateway._db)  # the chain checked
+            rows = await gateway._db.read("SELECT entry FROM metalog ORDER BY seq")
+            entries = [json.loads(row[0]) for row in rows]
+            ids = [e["message_id"] for e in entries]
+            at = ids.index("m0")
+            assert ids[at : at + 4] == ["m0", "m1", "m2", "m3"] and ids.count("m0") == 1
+            assert entries[at + 4]["event"] == "metalog.kept"
+            assert entries[at + 4]["detail"]["entries"] == 4
+        finally:
+            await gateway.stop()
+        kept.write_bytes(saved)  # as if stopped before removing it: entered once all the same
+    kept.unlink()
+
+
+async def test_r6_a_gateway_that_can_neither_commit_nor_keep_what_waits_puts_it_in_its_operational_log(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    """The last resort: the entries, ids and counts as the metadata log holds them, one line each."""
+    config = make_federation(tmp_path, ManualClock(), nodes=("amh",)).gateway_config
+    kept_path(config.store_path).mkdir()  # nothing can be written in its place
+    gateway = GatewayServer(config, SystemClock())
+    await gateway.start()
+    assert gateway._db is not None
+    await gateway._db.db.execute("PRAGMA query_only = ON")
+    for n in range(2):
+        gateway.metalog.record("resolve", "amh", message_id=f"m{n}", outcome="ok", tokens=1)
+    await gateway.stop(grace=0)
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    (stopped,) = [line for line in lines if line["event"] == "metalog.unflushed_at_stop"]
+    assert stopped["entries"] == 2
+    logged = [line for line in lines if line["event"] == "metalog.unflushed_entry"]
+    assert [(e["entry_event"], e["node"], e["message_id"], e["outcome"], e["detail"]) for e in logged] == [
+        ("resolve", "amh", f"m{n}", "ok", {"tokens": 1}) for n in range(2)
+    ]
 
 
 async def test_r6_a_metadata_log_that_cannot_be_written_counts_what_it_cannot_hold(
