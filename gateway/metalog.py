@@ -157,8 +157,11 @@ class MetaLog:
         self._seq, self._hash = seq, prev
         self.db.writability.succeeded()  # it appended to the log: the store took new data
         if self._kept is not None:
-            _remove(self._kept)
-            self._kept = None
+            kept, self._kept = self._kept, None
+            try:
+                _remove(kept)
+            except OSError as exc:  # its entries are in: the next start finds them there and only removes it
+                log.error("metalog.kept_not_removed", file=kept.name, error=exc.strerror)
 
     def keep(self, path: Path) -> int:
         """At stop, what waits for a store that would not take it, written whole to `path` for
