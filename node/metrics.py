@@ -40,7 +40,7 @@ class NodeMetrics:
         )
         self.latency = Histogram(
             "linkage_node_delivery_latency_seconds",
-            "From queued to the recipient's receipt",
+            "From queued (or queued again, for a recipient whose store was put back) to the recipient's receipt",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30, 60, 300, 3600, 86400),
             registry=self.registry,
         )

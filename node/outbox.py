@@ -485,7 +485,7 @@ class Outbox:
         if not items:
             return
         acks = [i for i in items if isinstance(i, gateway_pb2.SendAck)]
-        receipted: list[tuple[envelope_pb2.ReceiptBody, int]] = []  # with when each message was created
+        receipted: list[tuple[envelope_pb2.ReceiptBody, int]] = []  # with when each message was queued
         refused: list[str] = []
         try:
             # Acks alone may wait to share a later COMMIT; a receipt settles a message now.
@@ -494,16 +494,16 @@ class Outbox:
                     if isinstance(item, gateway_pb2.SendAck):
                         if await self._record_ack(tx, item):
                             refused.append(item.message_id)
-                    elif (created_at_ms := await self._record_receipt(tx, item)) is not None:
-                        receipted.append((item.body, created_at_ms))
+                    elif (queued_at_ms := await self._record_receipt(tx, item)) is not None:
+                        receipted.append((item.body, queued_at_ms))
         finally:
             # Only now may the worker pick these rows again: their new state is committed.
             for ack in acks:
                 self._in_flight.pop(ack.message_id, None)
         for message_id in refused:
             self._settle(message_id, "undeliverable")
-        for body, created_at_ms in receipted:
-            self._receipted(body, created_at_ms)
+        for body, queued_at_ms in receipted:
+            self._receipted(body, queued_at_ms)
         if acks:
             if any(ack.status != gateway_pb2.SEND_STATUS_FORWARDED for ack in acks):
                 self._scan = True  # a retry or a back-off was written to the store
@@ -628,8 +628,9 @@ class Outbox:
         self.wake.set()
 
     async def _record_receipt(self, tx: Tx, checked: _Checked) -> int | None:
-        """Record a verified receipt; when the message was created, or None if it was not ours
-        to settle (a repeated receipt, or one for a message we never sent)."""
+        """Record a verified receipt; when the message was queued (made, or queued again for a
+        recipient whose store was put back), or None if it was not ours to settle (a repeated
+        receipt, or one for a message we never sent)."""
         body = checked.body
         accepted = body.status == envelope_pb2.RECEIPT_STATUS_ACCEPTED
         reason = "" if accepted else f"refused by the recipient: {body.reason}"
@@ -638,7 +639,7 @@ class Outbox:
                 "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, reason = ? "
                 # A cancelled one too: an attempt before the cancelling may have reached the recipient.
                 "WHERE message_id = ? AND recipient = ? AND digest = ? AND state IN ('queued', 'sent', 'cancelled') "
-                "RETURNING share_id, created_at_ms",
+                "RETURNING share_id, COALESCE(queued_again_at_ms, created_at_ms)",
                 (
                     "delivered" if accepted else "undeliverable",
                     body.received_at_ms if accepted else None,
@@ -660,14 +661,14 @@ class Outbox:
         )
         return int(row[1])
 
-    def _receipted(self, body: envelope_pb2.ReceiptBody, created_at_ms: int) -> None:
+    def _receipted(self, body: envelope_pb2.ReceiptBody, queued_at_ms: int) -> None:
         """A receipt is committed: tell whoever follows the message, and count it."""
         accepted = body.status == envelope_pb2.RECEIPT_STATUS_ACCEPTED
         self._away.pop(body.recipient_node, None)
         self._settle(body.message_id, "delivered" if accepted else "undeliverable")
         if accepted:
             self.metrics.delivered.inc()
-            self.metrics.latency.observe(max(0, body.received_at_ms - created_at_ms) / 1000)
+            self.metrics.latency.observe(max(0, body.received_at_ms - queued_at_ms) / 1000)
         else:
             self.metrics.undeliverable.inc()
         log.debug("receipt", message_id=body.message_id, accepted=accepted)

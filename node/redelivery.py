@@ -182,8 +182,9 @@ class Redelivery:
             _, _, _, created_at_ms, body_kept, _ = row
             (again if body_kept and created_at_ms > expired else lost).append(row)
         await tx.executemany(
-            "UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at_ms = ?, reason = '' WHERE seq = ?",
-            [(tx.now_ms, seq) for seq, *_ in again],
+            "UPDATE outbox SET state = 'queued', attempts = 0, next_attempt_at_ms = ?, queued_again_at_ms = ?, "
+            "reason = '' WHERE seq = ?",
+            [(tx.now_ms, tx.now_ms, seq) for seq, *_ in again],
         )
         days = self.undeliverable_after_ms / 86_400_000
         for seq, lost_id, share_id, _, body_kept, recovered in lost:

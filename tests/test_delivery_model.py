@@ -29,6 +29,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from prometheus_client import Histogram
 
 from linkage import stories
 from linkage.auditlog import verify_chain
@@ -538,11 +539,18 @@ def test_a_restored_sender_is_given_back_what_reached_the_recipient_and_sends_it
         )
         assert [tuple(r) for r in recovered] == [("delivered", 1), ("delivered", 1)]
 
+        model.clock.advance(2 * 3_600_000)  # the recipient put back two hours on
+        timed = model.outbox.metrics.latency
+        before = _observed(timed)
         model.restore_recipient()
         assert not model._received()
         model.run(model._drain())
         assert set(model._received()) == reached
         assert not model._ids(model.sender_store, "SELECT message_id FROM outbox WHERE state = 'undeliverable'")
+        # Each sent again (the two, and the sender's own restore request) is timed from when it
+        # was queued again, not from when it was made.
+        count, total = (after - was for after, was in zip(_observed(timed), before, strict=True))
+        assert count == 3 and total < 3600
     finally:
         model.teardown()
 
@@ -705,6 +713,14 @@ DeliveryModelSoak.TestCase.settings = settings(
 # 500 runs of 60 steps take 4 to 5 minutes here, most of it waiting on fsync: longer than the
 # suite's 300 s limit for one test, which is there to stop a hang, not a soak.
 test_delivery_model_soak = pytest.mark.timeout(1500)(pytest.mark.soak(DeliveryModelSoak.TestCase))
+
+
+def _observed(histogram: Histogram) -> tuple[float, float]:
+    """How many a histogram has observed, and their sum."""
+    (metric,) = histogram.collect()
+    samples = {s.name: s.value for s in metric.samples}
+    name = histogram._name  # prometheus_client has no public getter
+    return samples[f"{name}_count"], samples[f"{name}_sum"]
 
 
 async def _ended(tasks: Iterable[asyncio.Task[Any]]) -> None:

@@ -560,4 +560,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE inbox_bodies ADD COLUMN routing BLOB NOT NULL DEFAULT x'';
     """,
+    # 35: when a delivered message was queued again, for a recipient whose store was put back
+    # (node/redelivery.py): its delivery time runs from then, not from when it was made.
+    """
+    ALTER TABLE outbox ADD COLUMN queued_again_at_ms INTEGER;
+    """,
 )
