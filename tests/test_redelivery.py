@@ -114,16 +114,19 @@ async def test_a_restored_node_is_given_back_what_it_sent_since_and_its_withdraw
     tmp_path: Path,
 ) -> None:
     """What the restored node itself sent after its backup comes back from the agency that
-    holds it, under the node's own signature: share status knows it again, and a withdrawal
-    of the summary goes where the summary went (UK GDPR Art 19), not nowhere."""
+    holds it, under the node's own signature: share status knows it again; sealed again, it
+    goes back to that agency when its store is put back too; and a withdrawal of the summary
+    goes where the summary went (UK GDPR Art 19), not nowhere."""
     federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
     member = backup.Member.of(federation.node_configs["amh"])
-    key, sealed = tmp_path / "backup.key", tmp_path / "amh.age"
+    holder = backup.Member.of(federation.node_configs["csc"])
+    key, sealed, held = tmp_path / "backup.key", tmp_path / "amh.age", tmp_path / "csc.age"
     to = backup.recipients([backup.generate_key(key, "")])
 
     async with running(federation) as cluster:
         assessment_id = await family_assessment(cluster)
         backup.take(member, sealed, to, SystemClock().now_ms())
+        backup.take(holder, held, to, SystemClock().now_ms())
         shared = await share(cluster, assessment_id)
         (sent,) = shared.recipients
         await wait_count(
@@ -178,6 +181,17 @@ async def test_a_restored_node_is_given_back_what_it_sent_since_and_its_withdraw
         who = ("--actor-id", "amh-1", "--actor-role", "Duty worker", "--socket", str(amh.config.api_socket))
         code, out, _ = await linkage("inbox", "open", notice.message_id, *who)
         assert code == 0 and "gave\n  back 1 message(s) this node had sent it since" in out, out
+
+        # csc's store put back to before the share: amh sends it again from the copy.
+        await cluster.stop_node("csc")
+        backup.restore_store(holder, held, backup.identities(key), SystemClock().now_ms())
+        csc = await cluster.start_node("csc")
+        assert csc.store is not None
+        again = "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'delivered' AND queued_again_at_ms > 0"
+        await wait_count(amh, again, (sent.message_id,), 1)
+        (asked,) = await audit_events(amh, "redelivery.requested")
+        assert sent.message_id in asked["detail"]["sent_again"] and not asked["detail"]["lost"]
+        assert await _held(csc, sent.message_id) == (summary_id, tokens)
 
         withdrawn = await cluster.api("amh").WithdrawSummary(
             node_api_pb2.WithdrawSummaryRequest(
