@@ -58,7 +58,22 @@ async def answer_arrived(tx: Tx, body: envelope_pb2.MessageBody, sender: str, ma
     )
 
 
-async def challenged(tx: Tx, case_id: str, raised: workflow_pb2.Challenge, message_id: str, node_id: str) -> None:
+async def read_arrived(tx: Tx, read: workflow_pb2.ReadNotification, sender: str) -> None:
+    """An agency read a message of this node's."""
+    await tx.execute(
+        "UPDATE outbox SET read_at_ms = ?, read_by_role = ? WHERE message_id = ? AND recipient = ?",
+        (read.read_at_ms, read.reader_role, read.read_message_id, sender),
+    )
+
+
+async def challenged(
+    tx: Tx,
+    case_id: str,
+    raised: workflow_pb2.Challenge,
+    message_id: str,
+    node_id: str,
+    sent_at_ms: int | None = None,  # now, unless it is put back after a restore
+) -> None:
     """A challenge this node raised, to list with its answer (its words are sealed in the body)."""
     await tx.execute(
         "INSERT INTO challenges(message_id, case_id, node_id, sent_at_ms, stage, subject, about_message_id, "
@@ -67,7 +82,7 @@ async def challenged(tx: Tx, case_id: str, raised: workflow_pb2.Challenge, messa
             message_id,
             case_id,
             node_id,
-            tx.now_ms,
+            tx.now_ms if sent_at_ms is None else sent_at_ms,
             raised.stage,
             raised.subject,
             raised.about_message_id,

@@ -80,10 +80,7 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened, redelivery: Redelivery
         await tx.audit("clarification.erased", counterpart=sender, message_id=body.message_id)
     elif kind == pb.MESSAGE_KIND_READ_NOTIFICATION:
         read = body.read
-        await tx.execute(
-            "UPDATE outbox SET read_at_ms = ?, read_by_role = ? WHERE message_id = ? AND recipient = ?",
-            (read.read_at_ms, read.reader_role, read.read_message_id, sender),
-        )
+        await answers.read_arrived(tx, read, sender)
         await tx.audit(
             "message.read_by_recipient",
             counterpart=sender,

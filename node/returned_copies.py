@@ -16,12 +16,12 @@ the routing header each message came with, which the signed body binds by its SH
 the copy is sealed again as it first went (the same header, link tokens and recipient key,
 under a new content key): should the recipient's store also be put back to before it, it is
 sent again like any other message, and the recipient knows it by its signed body
-(node/reception.py). What a copy cannot restore: the policy decision's own audit entry and
-record (the copy carries the decision as it was sent), and the workflow state of a
-request, challenge or closure proposal sent since (the copy is in the outbox, and the
-answers to it arrive). A copy that comes without its header (stored before nodes kept one)
-or sealed to a key the directory no longer lists is recorded all the same, without an
-envelope, saying why: it cannot be sent again."""
+(node/reception.py). A request, challenge or clarification is followed again, with the
+answers that came before it (node/recovered_workflow.py). What a copy cannot restore: the
+policy decision's own audit entry and record (the copy carries the decision as it was
+sent), and a closure proposal's state. A copy that comes without its header (stored
+before nodes kept one) or sealed to a key the directory no longer lists is recorded all
+the same, without an envelope, saying why: it cannot be sent again."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from linkage.reasons import Reason, Rejected
 from linkage.v1 import envelope_pb2, summary_pb2, workflow_pb2
 from node.messaging import kind_name
 from node.policy.minimise import routing_tokens
+from node.recovered_workflow import rebuild, replies_already_here
 from node.store import Tx
 from node.withdrawals import summary_tokens
 
@@ -96,6 +97,7 @@ class Recovered:
     recovered: list[str] = field(default_factory=list)  # message ids put back
     held: int = 0  # copies of messages this node still had
     unsealable: list[dict[str, str]] = field(default_factory=list)  # put back, but not to be sent again, and why
+    replies: int = 0  # answers and read notifications that came before the copies, applied now
     refused: list[dict[str, object]] = field(default_factory=list)  # copies it could not verify, and why
 
 
@@ -115,7 +117,7 @@ async def recover(
     done = Recovered()
     returned = answer.returned
     asked = await tx.fetchone(
-        "SELECT 1 FROM outbox WHERE message_id = ? AND recipient = ? AND kind = ?",
+        "SELECT created_at_ms FROM outbox WHERE message_id = ? AND recipient = ? AND kind = ?",
         (answer.in_reply_to, holder, envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST),
     )
     copies = returned.copies if asked is not None else []
@@ -139,6 +141,8 @@ async def recover(
         done.recovered.append(body.message_id)
         if why_not:
             done.unsealable.append({"message_id": body.message_id, "reason": why_not})
+    if asked is not None:  # what came back before these, once they are in
+        done.replies = await replies_already_here(tx, holder, asked[0], done.recovered)
     await tx.audit(
         "redelivery.returned",
         message_id=answer.message_id,
@@ -149,6 +153,7 @@ async def recover(
             "already_held": done.held,
             "refused": done.refused,
             **({"not_sendable_again": done.unsealable} if done.unsealable else {}),
+            **({"replies_applied": done.replies} if done.replies else {}),
         },
     )
     return done
@@ -203,6 +208,7 @@ async def _put_back(
         "INSERT INTO outbox_recovered(seq, restore_id, tokens) VALUES (?, ?, ?)",
         (cursor.lastrowid, restore_id, b"".join(tokens)),
     )
+    rebuilt = await rebuild(tx, holder, body)
     decision = summary.decision if summary is not None else body.information_response.decision
     rationale = decision.rationale or body.withdrawal.reason
     if summary is not None:  # the decision it went on, for a withdrawal on a consent ground to check
@@ -240,6 +246,7 @@ async def _put_back(
             "received_at_ms": received_at_ms,
             "sendable_again": sealed is not None,
             **({"not_sendable_again": why_not} if why_not else {}),
+            **rebuilt,
             "in_reply_to": body.in_reply_to,
             **(_as_shared(summary, holder) if summary is not None else {}),
             **(

@@ -4,6 +4,7 @@ agency returning it (node/returned_copies.py): real keys, directory and store.""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from linkage.batchsign import sign_batch
@@ -225,5 +226,144 @@ async def test_a_copy_without_the_routing_header_its_body_names_is_put_back_but_
         entries = [json.loads(e) for (e,) in await store.fetchall("SELECT entry FROM audit ORDER BY seq")]
         assert [e["detail"]["sendable_again"] for e in entries[:2]] == [False, False]
         assert entries[2]["detail"]["not_sendable_again"] == done.unsealable
+    finally:
+        await store.close()
+
+
+async def test_requests_and_challenges_sent_since_are_followed_again_with_the_answers_that_came_first(
+    tmp_path: Path,
+) -> None:
+    """Copies of an information request, a challenge and a clarification this node sent since
+    its backup put back its record of each, under the case naming their people; the answers
+    and the read notification the holder sent again before returning the copies (they found
+    nothing to update then) are applied once the copies are in. A request about people no
+    case here names is put back in the outbox only, saying so."""
+    ring = make_keyring()
+    family = [bytes([7]) * 32, bytes([8]) * 32]
+
+    def sent(
+        n: int, kind: envelope_pb2.MessageKind.ValueType, fill: Callable[[envelope_pb2.MessageBody], None]
+    ) -> bytes:
+        out = ring.seal("a", "b", message_id=ID.format(n), kind=kind, content=fill)
+        opened = open_envelope(out.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+        copy = opened.signed
+        copy.ClearField("padding")
+        return workflow_pb2.ReturnedCopy(
+            signed=copy.SerializeToString(), routing=opened.routing_bytes
+        ).SerializeToString()
+
+    def reply(
+        n: int, kind: envelope_pb2.MessageKind.ValueType, to: int, fill: Callable[[envelope_pb2.MessageBody], None]
+    ) -> tuple[int, str, bytes]:
+        def content(body: envelope_pb2.MessageBody) -> None:
+            body.in_reply_to = ID.format(to)
+            fill(body)
+
+        out = ring.seal("b", "a", message_id=ID.format(n), kind=kind, content=content, created_at_ms=NOW + n)
+        opened = open_envelope(out.envelope, me="a", keys=ring.keys["a"], directory=ring.view, now_ms=NOW + n)
+        return kind, ID.format(to), opened.signed.SerializeToString()
+
+    basis = summary_pb2.LawfulBasis()
+    request = workflow_pb2.InformationRequest(purpose="Assess risk.", what="Contacts.", link_tokens=family)
+    request.needed_by.CopyFrom(summary_pb2.Date(year=2027, month=1, day=8))
+    request.lawful_basis.CopyFrom(basis)
+    stray = workflow_pb2.InformationRequest(purpose="Other.", what="Any.", link_tokens=[bytes([9]) * 32])
+    challenge = workflow_pb2.Challenge(
+        stage="PRACTITIONER", subject="THRESHOLD_DECISION", concern="Too low.", link_tokens=family
+    )
+    copies = [
+        sent(1, envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST, lambda b: b.information_request.CopyFrom(request)),
+        sent(2, envelope_pb2.MESSAGE_KIND_CHALLENGE, lambda b: b.challenge.CopyFrom(challenge)),
+        sent(
+            3,
+            envelope_pb2.MESSAGE_KIND_CLARIFICATION_REQUEST,
+            lambda b: b.clarification_request.CopyFrom(
+                workflow_pb2.ClarificationRequest(about_message_id="m-about", question="Which school?")
+            ),
+        ),
+        sent(4, envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST, lambda b: b.information_request.CopyFrom(stray)),
+    ]
+    declined = workflow_pb2.InformationResponse(
+        request_message_id=ID.format(1), answer=workflow_pb2.INFORMATION_ANSWER_DECLINED
+    )
+    declined.decision.outcome = summary_pb2.DECISION_OUTCOME_NOT_SHARED
+    replies = [
+        reply(
+            10, envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE, 1, lambda b: b.information_response.CopyFrom(declined)
+        ),
+        reply(
+            11,
+            envelope_pb2.MESSAGE_KIND_CHALLENGE_RESPONSE,
+            2,
+            lambda b: b.challenge_response.CopyFrom(
+                workflow_pb2.ChallengeResponse(
+                    challenge_message_id=ID.format(2), answer=workflow_pb2.CHALLENGE_ANSWER_ACCEPTED, response="Agreed."
+                )
+            ),
+        ),
+        reply(
+            12,
+            envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION,
+            3,
+            lambda b: b.read.CopyFrom(
+                workflow_pb2.ReadNotification(
+                    read_message_id=ID.format(3), read_at_ms=NOW + 12, reader_role="Duty worker"
+                )
+            ),
+        ),
+    ]
+    store = await Store.open(tmp_path / "a.sqlite", ManualClock(NOW + 20))
+    try:
+        async with store.tx() as tx:
+            await tx.execute(
+                "INSERT INTO cases(case_id, case_ref, opened_at_ms, status) VALUES ('c-1', 'R1', 0, 'open')"
+            )
+            await tx.executemany(
+                "INSERT INTO case_people(case_id, token, role_in_risk, person_type, relationship, protect_identity) "
+                "VALUES ('c-1', ?, 'CHILD', 'CHILD', '', 0)",
+                [(t,) for t in family],
+            )
+            await tx.execute(
+                "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, created_at_ms, "
+                "kind) VALUES ('q-1', 'r-1', 'b', x'', 'delivered', 0, ?, 17)",
+                (NOW,),
+            )
+            for kind, to, signed in replies:  # sent again by b, before its copies
+                body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(signed).body)
+                cursor = await tx.execute(
+                    "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, in_reply_to) "
+                    "VALUES ('b', ?, x'', ?, ?, '', ?)",
+                    (body.message_id, NOW + 15, kind, to),
+                )
+                await tx.execute("INSERT INTO inbox_bodies(seq, signed) VALUES (?, ?)", (cursor.lastrowid, signed))
+            returned = workflow_pb2.ReturnedCopies(
+                restore_id="r-1", copies=[workflow_pb2.ReturnedCopy.FromString(c) for c in copies]
+            )
+            answer = envelope_pb2.MessageBody(message_id="m-1", in_reply_to="q-1", returned=returned)
+            done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
+        assert done.recovered == [ID.format(n) for n in (1, 2, 3, 4)] and done.replies == 3
+        assert await store.fetchall("SELECT request_id, case_id, needed_by, purpose FROM info_requests") == [
+            ("share-1", "c-1", "2027-01-08", "Assess risk.")
+        ]
+        assert await store.fetchall("SELECT message_id, node_id, answer FROM info_requests_asked") == [
+            (ID.format(1), "b", workflow_pb2.INFORMATION_ANSWER_DECLINED)
+        ]
+        assert await store.fetchall("SELECT message_id, case_id, stage, answer, response FROM challenges") == [
+            (ID.format(2), "c-1", "PRACTITIONER", workflow_pb2.CHALLENGE_ANSWER_ACCEPTED, "Agreed.")
+        ]
+        assert await store.fetchall("SELECT message_id, about_message_id FROM clarifications_asked") == [
+            (ID.format(3), "m-about")
+        ]
+        read = "SELECT read_at_ms, read_by_role FROM outbox WHERE message_id = ?"
+        assert await store.fetchone(read, (ID.format(3),)) == (NOW + 12, "Duty worker")
+        entries = [json.loads(e) for (e,) in await store.fetchall("SELECT entry FROM audit ORDER BY seq")]
+        rebuilt = [(e["detail"].get("rebuilt"), e["detail"].get("not_rebuilt", "")[:10]) for e in entries[:4]]
+        assert rebuilt == [
+            ("information_request", ""),
+            ("challenge", ""),
+            ("clarification_request", ""),
+            (None, "no case in"),
+        ]
+        assert entries[4]["event"] == "redelivery.returned" and entries[4]["detail"]["replies_applied"] == 3
     finally:
         await store.close()

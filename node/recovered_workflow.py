@@ -1,0 +1,98 @@
+"""What a copy given back after a restore (node/returned_copies.py) tells of this node's own
+workflow since its backup: an information request or a professional challenge it sent, to
+be listed and followed again (`linkage due` waits on its answer), and a clarification it
+asked about a received item (whose answer goes with that item when its sender has it
+erased). The answers to them, and the read notifications for what this node sent, lost
+with the store, came back before the copies (the agency asked sends again what it sent,
+then returns what it was sent): each is applied once its message is put back.
+
+A request or challenge is filed under the case whose people it names, as the store holds
+them; one about a case opened after the backup, which the store no longer holds, is put
+back in the outbox only, and its audit entry says so. A closure proposal is not rebuilt:
+its state is the case's, and it is proposed again if the case is still to close."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from linkage.v1 import envelope_pb2 as pb
+from node import answers, dates
+from node.store import Tx
+
+# Kinds whose effect at this node names a message it sent, by `in_reply_to`.
+REPLIES = (pb.MESSAGE_KIND_READ_NOTIFICATION, pb.MESSAGE_KIND_INFORMATION_RESPONSE, pb.MESSAGE_KIND_CHALLENGE_RESPONSE)
+
+
+async def rebuild(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:
+    """Record what the message `body`, sent to `holder` and just put back, started here; what
+    was rebuilt, or why not, for its audit entry."""
+    if body.kind == pb.MESSAGE_KIND_INFORMATION_REQUEST:
+        ask = body.information_request
+        if (case_id := await _case_naming(tx, ask.link_tokens)) is None:
+            return {"not_rebuilt": "no case in this store names its people (opened after the backup?)"}
+        await tx.execute(
+            "INSERT OR IGNORE INTO info_requests(request_id, case_id, sent_at_ms, needed_by, purpose) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                body.share_id,
+                case_id,
+                body.created_at_ms,
+                dates.iso(ask.needed_by) if ask.HasField("needed_by") else "",
+                ask.purpose,
+            ),
+        )
+        await tx.execute(
+            "INSERT OR IGNORE INTO info_requests_asked(message_id, request_id, node_id) VALUES (?, ?, ?)",
+            (body.message_id, body.share_id, holder),
+        )
+        return {"rebuilt": "information_request", "case_id": case_id}
+    if body.kind == pb.MESSAGE_KIND_CHALLENGE:
+        raised = body.challenge
+        if (case_id := await _case_naming(tx, raised.link_tokens)) is None:
+            return {"not_rebuilt": "no case in this store names its people (opened after the backup?)"}
+        await answers.challenged(tx, case_id, raised, body.message_id, holder, body.created_at_ms)
+        return {"rebuilt": "challenge", "case_id": case_id}
+    if body.kind == pb.MESSAGE_KIND_CLARIFICATION_REQUEST:
+        await tx.execute(
+            "INSERT OR IGNORE INTO clarifications_asked(message_id, about_message_id) VALUES (?, ?)",
+            (body.message_id, body.clarification_request.about_message_id),
+        )
+        return {"rebuilt": "clarification_request"}
+    return {}
+
+
+async def replies_already_here(tx: Tx, holder: str, since_ms: int, put_back: Sequence[str]) -> int:
+    """Apply, in the order they came, the answers and read notifications from `holder` that
+    arrived since `since_ms` (this node's restore) about the messages just `put_back`, which
+    found nothing to update then. How many."""
+    if not put_back:
+        return 0
+    rows = await tx.fetchall(
+        "SELECT b.signed FROM inbox i INDEXED BY inbox_by_age JOIN inbox_bodies b ON b.seq = i.seq "
+        f"WHERE i.received_at_ms >= ? AND i.sender = ? AND i.kind IN ({','.join('?' * len(REPLIES))}) "
+        f"AND i.in_reply_to IN ({','.join('?' * len(put_back))}) ORDER BY i.seq",
+        (since_ms, holder, *REPLIES, *put_back),
+    )
+    for (signed,) in rows:
+        body = pb.MessageBody.FromString(pb.SignedMessage.FromString(signed).body)
+        if body.kind == pb.MESSAGE_KIND_READ_NOTIFICATION:
+            await answers.read_arrived(tx, body.read, holder)
+        elif body.kind == pb.MESSAGE_KIND_INFORMATION_RESPONSE:
+            await answers.answer_arrived(tx, body, holder, body.created_at_ms)
+        else:
+            await answers.challenge_answered(tx, body, holder, body.created_at_ms)
+    return len(rows)
+
+
+async def _case_naming(tx: Tx, tokens: Sequence[bytes]) -> str | None:
+    """The case whose people a message named: an open one before a closed one, then the one
+    naming most of them, then the newest."""
+    if not tokens:
+        return None
+    row = await tx.fetchone(
+        "SELECT p.case_id FROM case_people p JOIN cases c ON c.case_id = p.case_id "
+        f"WHERE p.token IN ({','.join('?' * len(tokens))}) GROUP BY p.case_id "
+        "ORDER BY c.status = 'open' DESC, count(*) DESC, c.opened_at_ms DESC LIMIT 1",
+        tuple(tokens),
+    )
+    return None if row is None else str(row[0])
