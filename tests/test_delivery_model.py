@@ -29,7 +29,6 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from prometheus_client import Histogram
 
 from linkage import stories
 from linkage.auditlog import verify_chain
@@ -45,6 +44,7 @@ from node.context import NodeContext
 from node.erasure import erase_rows
 from node.link import GatewayLink, runs
 from node.messaging import Messenger
+from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.policy_files import load_policy
 from node.reception import InboxFeed, Reception
@@ -540,7 +540,7 @@ def test_a_restored_sender_is_given_back_what_reached_the_recipient_and_sends_it
         assert [tuple(r) for r in recovered] == [("delivered", 1), ("delivered", 1)]
 
         model.clock.advance(2 * 3_600_000)  # the recipient put back two hours on
-        timed = model.outbox.metrics.latency
+        timed = model.outbox.metrics
         before = _observed(timed)
         model.restore_recipient()
         assert not model._received()
@@ -715,12 +715,12 @@ DeliveryModelSoak.TestCase.settings = settings(
 test_delivery_model_soak = pytest.mark.timeout(1500)(pytest.mark.soak(DeliveryModelSoak.TestCase))
 
 
-def _observed(histogram: Histogram) -> tuple[float, float]:
-    """How many a histogram has observed, and their sum."""
-    (metric,) = histogram.collect()
-    samples = {s.name: s.value for s in metric.samples}
-    name = histogram._name  # prometheus_client has no public getter
-    return samples[f"{name}_count"], samples[f"{name}_sum"]
+def _observed(metrics: NodeMetrics) -> tuple[float, float]:
+    """How many deliveries the node has timed, and their sum in seconds."""
+    timed = "linkage_node_delivery_latency_seconds"
+    count, total = (metrics.registry.get_sample_value(f"{timed}_{part}") for part in ("count", "sum"))
+    assert count is not None and total is not None
+    return count, total
 
 
 async def _ended(tasks: Iterable[asyncio.Task[Any]]) -> None:
