@@ -167,8 +167,9 @@ class MetaLog:
         """At stop, what waits for a store that would not take it, written whole to `path` for
         the next start to enter (`take_kept`): how many entries. OSError if it cannot be."""
         entries = [list(entry) for entry in self._pending]
-        kept = {"format": KEPT_FORMAT, "kept_id": uuid7(self.clock.now_ms()), "entries": entries}
-        write_private(path, json.dumps({**kept, "unrecorded": self._unrecorded}).encode())
+        # after_seq: the log's last entry now, so that finding them entered reads only what came after.
+        kept = {"format": KEPT_FORMAT, "kept_id": uuid7(self.clock.now_ms()), "after_seq": self._seq}
+        write_private(path, json.dumps({**kept, "entries": entries, "unrecorded": self._unrecorded}).encode())
         return len(entries)
 
     async def take_kept(self, path: Path) -> int:
@@ -178,15 +179,16 @@ class MetaLog:
         the log already (the gateway stopped between the two) is only removed; one that cannot
         be read is left, and said. How many entries were entered."""
         try:
-            kept_id, entries, unrecorded = _read_kept(path)
+            kept_id, after_seq, entries, unrecorded = _read_kept(path)
         except FileNotFoundError:
             return 0
         except (OSError, ValueError, KeyError, TypeError) as exc:  # left for a person to look at
             log.error("metalog.kept_unreadable", file=path.name, problem=str(exc))
             return 0
         entered = await self.db.read(
-            "SELECT 1 FROM metalog WHERE event = 'metalog.kept' AND json_extract(entry, '$.detail.kept_id') = ?",
-            (kept_id,),
+            "SELECT 1 FROM metalog WHERE seq > ? AND event = 'metalog.kept' "
+            "AND json_extract(entry, '$.detail.kept_id') = ?",
+            (after_seq, kept_id),
         )
         if entered:
             _remove(path)
@@ -239,12 +241,13 @@ class MetaLog:
                 self._wake.set()
 
 
-def _read_kept(path: Path) -> tuple[str, list[Pending], dict[str, int]]:
+def _read_kept(path: Path) -> tuple[str, int, list[Pending], dict[str, int]]:
     kept = json.loads(path.read_bytes())
     if kept.get("format") != KEPT_FORMAT:
         raise ValueError(f"not a {KEPT_FORMAT} file")
     entries: list[Pending] = [(int(t), e, n, c, dict(d), i) for t, e, n, c, d, i in kept["entries"]]
-    return str(kept["kept_id"]), entries, {str(k): int(v) for k, v in dict(kept["unrecorded"]).items()}
+    unrecorded = {str(k): int(v) for k, v in dict(kept["unrecorded"]).items()}
+    return str(kept["kept_id"]), int(kept["after_seq"]), entries, unrecorded
 
 
 def _remove(path: Path) -> None:
