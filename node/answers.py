@@ -19,11 +19,20 @@ async def asked(
     needed_by: summary_pb2.Date | None,
     purpose: str,
     statuses: Sequence[node_api_pb2.DeliveryStatus],
+    sent_at_ms: int | None = None,  # now, unless it is put back after a restore
 ) -> None:
-    """A request this node sent, and each agency it went to."""
+    """A request this node sent, and each agency it went to. (Put back after a restore, it
+    comes once for each agency that returns its copy: the request's row is there from the first.)"""
     await tx.execute(
-        "INSERT INTO info_requests(request_id, case_id, sent_at_ms, needed_by, purpose) VALUES (?, ?, ?, ?, ?)",
-        (request_id, case_id, tx.now_ms, dates.iso(needed_by) if needed_by else "", purpose),
+        "INSERT OR IGNORE INTO info_requests(request_id, case_id, sent_at_ms, needed_by, purpose) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (
+            request_id,
+            case_id,
+            tx.now_ms if sent_at_ms is None else sent_at_ms,
+            dates.iso(needed_by) if needed_by else "",
+            purpose,
+        ),
     )
     await tx.executemany(
         "INSERT INTO info_requests_asked(message_id, request_id, node_id) VALUES (?, ?, ?)",

@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from linkage.v1 import envelope_pb2 as pb
-from node import answers, dates
+from linkage.v1 import node_api_pb2
+from node import answers
 from node.store import Tx
 
+NO_CASE = {"not_rebuilt": "no case in this store names its people (opened after the backup?)"}
 # Kinds whose effect at this node names a message it sent, by `in_reply_to`.
 REPLIES = (pb.MESSAGE_KIND_READ_NOTIFICATION, pb.MESSAGE_KIND_INFORMATION_RESPONSE, pb.MESSAGE_KIND_CHALLENGE_RESPONSE)
 
@@ -29,27 +31,15 @@ async def rebuild(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:
     if body.kind == pb.MESSAGE_KIND_INFORMATION_REQUEST:
         ask = body.information_request
         if (case_id := await _case_naming(tx, ask.link_tokens)) is None:
-            return {"not_rebuilt": "no case in this store names its people (opened after the backup?)"}
-        await tx.execute(
-            "INSERT OR IGNORE INTO info_requests(request_id, case_id, sent_at_ms, needed_by, purpose) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (
-                body.share_id,
-                case_id,
-                body.created_at_ms,
-                dates.iso(ask.needed_by) if ask.HasField("needed_by") else "",
-                ask.purpose,
-            ),
-        )
-        await tx.execute(
-            "INSERT OR IGNORE INTO info_requests_asked(message_id, request_id, node_id) VALUES (?, ?, ?)",
-            (body.message_id, body.share_id, holder),
-        )
+            return NO_CASE
+        needed_by = ask.needed_by if ask.HasField("needed_by") else None
+        went = [node_api_pb2.DeliveryStatus(node_id=holder, message_id=body.message_id)]
+        await answers.asked(tx, body.share_id, case_id, needed_by, ask.purpose, went, body.created_at_ms)
         return {"rebuilt": "information_request", "case_id": case_id}
     if body.kind == pb.MESSAGE_KIND_CHALLENGE:
         raised = body.challenge
         if (case_id := await _case_naming(tx, raised.link_tokens)) is None:
-            return {"not_rebuilt": "no case in this store names its people (opened after the backup?)"}
+            return NO_CASE
         await answers.challenged(tx, case_id, raised, body.message_id, holder, body.created_at_ms)
         return {"rebuilt": "challenge", "case_id": case_id}
     if body.kind == pb.MESSAGE_KIND_CLARIFICATION_REQUEST:
