@@ -136,9 +136,11 @@ class Due:
             return []
         now = self.ctx.clock.now_ms()
         rows = await reading.rows(
-            "SELECT message_id, recipient, kind, state, attempts, created_at_ms FROM outbox INDEXED BY outbox_due "
-            "WHERE state IN ('queued', 'sent') AND created_at_ms < ? AND followed_up_at_ms IS NULL "
-            f"AND kind != {envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION} ORDER BY created_at_ms",
+            # A message queued again for a recipient whose store was put back is late from then.
+            "SELECT message_id, recipient, kind, state, attempts, COALESCE(queued_again_at_ms, created_at_ms) AS since "
+            "FROM outbox INDEXED BY outbox_due "
+            "WHERE state IN ('queued', 'sent') AND since < ? AND followed_up_at_ms IS NULL "
+            f"AND kind != {envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION} ORDER BY since",
             (now - after_ms,),
         )
         return [
@@ -146,10 +148,10 @@ class Due:
                 message_id,
                 recipient,
                 kind,
-                f"not delivered after {(now - created) // 3_600_000} h ({state}, {attempts} attempt(s))",
+                f"not delivered after {(now - since) // 3_600_000} h ({state}, {attempts} attempt(s))",
                 delayed=True,
             )
-            for message_id, recipient, kind, state, attempts, created in rows
+            for message_id, recipient, kind, state, attempts, since in rows
         ]
 
     def _not_delivered(

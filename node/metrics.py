@@ -36,7 +36,9 @@ class NodeMetrics:
             "linkage_node_outbox_depth", "Messages not yet delivered or given up", registry=self.registry
         )
         self.outbox_age = Gauge(
-            "linkage_node_outbox_oldest_age_seconds", "Age of the oldest undelivered message", registry=self.registry
+            "linkage_node_outbox_oldest_age_seconds",
+            "Age of the oldest undelivered message (from when it was queued again, for a recipient restored)",
+            registry=self.registry,
         )
         self.latency = Histogram(
             "linkage_node_delivery_latency_seconds",

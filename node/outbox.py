@@ -163,7 +163,8 @@ class Outbox:
     async def refresh_gauges(self) -> None:
         self._gauges_at = time.monotonic()
         row = await self.store.fetchone(
-            "SELECT COUNT(*), MIN(created_at_ms) FROM outbox WHERE state IN ('queued', 'sent')"
+            "SELECT COUNT(*), MIN(COALESCE(queued_again_at_ms, created_at_ms)) FROM outbox "
+            "WHERE state IN ('queued', 'sent')"
         )
         self.metrics.outbox_depth.set(row[0])
         self.metrics.outbox_age.set((self.clock.now_ms() - row[1]) / 1000 if row[1] else 0)

@@ -41,6 +41,7 @@ from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.v1 import envelope_pb2, gateway_pb2, node_api_pb2
 from node.cases import Cases
 from node.context import NodeContext
+from node.due import Due
 from node.erasure import erase_rows
 from node.link import GatewayLink, runs
 from node.messaging import Messenger
@@ -551,6 +552,36 @@ def test_a_restored_sender_is_given_back_what_reached_the_recipient_and_sends_it
         # was queued again, not from when it was made.
         count, total = (after - was for after, was in zip(_observed(timed), before, strict=True))
         assert count == 3 and total < 3600
+    finally:
+        model.teardown()
+
+
+def test_a_message_sent_again_for_a_restored_recipient_is_late_from_when_it_was_queued_again() -> None:
+    """Delivered, then lost with the recipient's store five hours on: queued again, it is
+    not already "not delivered after 5 h" on the duty view, nor that old on the gauge; it
+    is once five more hours pass without it arriving."""
+    model = DeliveryModel()
+    try:
+        model.back_up_recipient()
+        model.share()
+        model.pump()
+        model.deliver("none")
+        model.clock.advance(5 * 3_600_000)
+        model.restore_recipient()
+        model.run(model.recipient_outbox.send_due())
+        model.deliver_request()
+        (message_id,) = model._ids(model.sender_store, "SELECT message_id FROM outbox WHERE state = 'queued'")
+        due = Due(model.sender_ctx)
+
+        def late() -> tuple[list[tuple[str, str]], float | None]:
+            listed = model.run(due.list_due(node_api_pb2.DueRequest(actor=PRACTITIONER)))
+            model.run(model.outbox.refresh_gauges())
+            age = model.outbox.metrics.registry.get_sample_value("linkage_node_outbox_oldest_age_seconds")
+            return [(i.message_id, i.what) for i in listed.items if i.delayed], age
+
+        assert late() == ([], 0)
+        model.clock.advance(5 * 3_600_000)
+        assert late() == ([(message_id, "not delivered after 5 h (queued, 0 attempt(s))")], 5 * 3600)
     finally:
         model.teardown()
 

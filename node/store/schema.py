@@ -565,4 +565,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE outbox ADD COLUMN queued_again_at_ms INTEGER;
     """,
+    # 36: the duty view's "not delivered after some hours" and the oldest-message gauge count a
+    # message queued again from then too (35), and read it from outbox_due, which holds the
+    # live rows only, as they read the time it was made.
+    """
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at_ms, created_at_ms, message_id, recipient,
+      queued_again_at_ms) WHERE state IN ('queued', 'sent');
+    """,
 )
