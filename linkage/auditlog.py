@@ -104,9 +104,9 @@ def metalog_anchor(db: sqlite3.Connection) -> tuple[int, int, bytes] | None:
     return (int(row[0]), int(row[1]), bytes(row[2])) if row else None
 
 
-def verify_metalog(db: sqlite3.Connection) -> ChainResult:
-    """The gateway's metadata log, chained on from its retention anchor if it has one."""
-    anchor = metalog_anchor(db)
+def verify_metalog(db: sqlite3.Connection, anchor: tuple[int, int, bytes] | None) -> ChainResult:
+    """The gateway's metadata log, chained on from its retention anchor (`metalog_anchor`) if
+    it has one: the caller reads it, to say what was purged as well."""
     rows = db.execute("SELECT seq, entry, hash FROM metalog ORDER BY seq")
     return verify_chain(rows, (anchor[0], anchor[2]) if anchor else (0, GENESIS))
 

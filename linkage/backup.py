@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyrage
 from pyrage import x25519
 
-from linkage.auditlog import verify_metalog, verify_store
+from linkage.auditlog import metalog_anchor, verify_metalog, verify_store
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.exclusive import Exclusive, InUse
 from linkage.files import PRIVATE, fsync_dir, fsync_file, write_private, written_whole_bytes
@@ -336,7 +336,7 @@ def check_store(path: Path, kind: str) -> StoreFacts:
             log = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (LOGS[kind],))
             if not log.fetchone():
                 raise BackupError(f"this is not a {kind}'s store (it has no {LOGS[kind]} table)")
-            chain = verify_metalog(db) if kind == "gateway" else None
+            chain = verify_metalog(db, metalog_anchor(db)) if kind == "gateway" else None
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"the store cannot be read ({exc})") from None
     if chain is not None:

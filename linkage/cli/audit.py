@@ -152,7 +152,7 @@ def verify(args: argparse.Namespace) -> int:
         gw = GatewayConfig.load(args.gateway_config)
         with closing(read_only_store(gw.store_path)) as db:
             anchor = metalog_anchor(db)
-            result = verify_metalog(db)
+            result = verify_metalog(db, anchor)
         print(("OK" if result.ok else "FAILED") + f": gateway metadata log, {result.entries} entries checked")
         if anchor:
             print(
