@@ -140,15 +140,14 @@ async def wait_delivered(node: NodeServer, count: int, state: str = "delivered")
 
 
 async def wait_count(node: NodeServer, sql: str, params: tuple[object, ...], count: int) -> None:
-    """Until `sql` counts at least `count` in the node's store, awaiting its outbox's state
-    changes (no sleeping)."""
+    """Until `sql` counts at least `count` in the node's store, awaiting its commits (no sleeping)."""
     assert node.store is not None
     while True:
-        version = node.outbox.version
+        committed = node.store.next_commit()
         row = await node.store.fetchone(sql, params)
         if row[0] >= count:
             return
-        await node.outbox.wait_change(version)
+        await committed.wait()
 
 
 async def settle(node: NodeServer) -> None:

@@ -308,6 +308,7 @@ class Store:
         # says when it next has work, so it is not woken by every commit in between.
         self.appended = asyncio.Event()
         self.wake_at = 0
+        self._next_commit: asyncio.Event | None = None  # made only while someone waits for one
         self.writability = Writability(log)
 
     @classmethod
@@ -543,8 +544,18 @@ class Store:
         self._tail = (self._head_seq, self._head_hash, self.frontier)
         group.failed(error)
 
+    def next_commit(self) -> asyncio.Event:
+        """Set once the next transaction commits: to wait for committed data to change
+        without polling it (take it before reading, then wait on it if the read falls short)."""
+        if self._next_commit is None:
+            self._next_commit = asyncio.Event()
+        return self._next_commit
+
     def _published(self, group: _Group, seq: int, chain: bytes, frontier: CompactRange) -> None:
         group.committed()
+        if self._next_commit is not None:
+            self._next_commit.set()
+            self._next_commit = None
         if seq > self._head_seq:
             self.writability.succeeded()  # it appended to the log: the store took new data
         if self._head_due(seq):
