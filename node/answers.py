@@ -1,7 +1,8 @@
-"""Information requests and professional challenges followed to their answers (domain.md §6
-rule 7: every request ends in a decision), in the transactions that send and receive them:
-which agencies a request went to, the newest answer each gave, and how this node answered
-what it was asked."""
+"""Information requests, professional challenges and closure proposals followed to their
+answers (domain.md §6 rule 7: every request ends in a decision), in the transactions that
+send and receive them: which agencies each went to, the newest answer each gave, and how
+this node answered what it was asked. (Put back after a restore, each comes once for each
+agency that returns its copy: node/recovered_workflow.py.)"""
 
 from __future__ import annotations
 
@@ -111,3 +112,67 @@ async def challenge_answered(tx: Tx, body: envelope_pb2.MessageBody, sender: str
         "WHERE message_id = ? AND node_id = ? AND (answered_at_ms IS NULL OR answered_at_ms <= ?)",
         (reply.answer, made_at_ms, reply.response, reply.challenge_message_id, sender, made_at_ms),
     )
+
+
+async def closure_proposed(
+    tx: Tx,
+    closure_id: str,
+    case_id: str,
+    respond_by: str,
+    intent: summary_pb2.ClosureIntent,
+    note: str,
+    invitees: Sequence[str],
+    proposed_at_ms: int | None = None,  # now, unless it is put back after a restore
+) -> None:
+    """A closure this node proposed, and agencies alerted to it. More may be alerted later,
+    each given a day at least as late as the others had: the latest day holds."""
+    await tx.execute(
+        "INSERT OR IGNORE INTO closures(closure_id, case_id, proposed_at_ms, respond_by, state, intent, note) "
+        "VALUES (?, ?, ?, ?, 'proposed', ?, ?)",
+        (
+            closure_id,
+            case_id,
+            tx.now_ms if proposed_at_ms is None else proposed_at_ms,
+            respond_by,
+            intent.SerializeToString(),
+            note,
+        ),
+    )
+    await tx.executemany(
+        "INSERT OR IGNORE INTO closure_invitees(closure_id, node_id) VALUES (?, ?)", [(closure_id, n) for n in invitees]
+    )
+    await tx.execute(
+        "UPDATE closures SET respond_by = MAX(respond_by, ?) WHERE closure_id = ?", (respond_by, closure_id)
+    )
+
+
+async def closure_answered(
+    tx: Tx, reply: workflow_pb2.ClosureResponse, sender: str, made_at_ms: int
+) -> tuple[bool, bool]:
+    """An agency answered a closure this node proposed: whether it was alerted to it, and
+    whether this is its newest answer (it may agree, then object: the one made last holds)."""
+    row = await tx.fetchone(
+        "SELECT at_ms FROM closure_invitees WHERE closure_id = ? AND node_id = ?", (reply.closure_id, sender)
+    )
+    newest = row is not None and (row[0] is None or row[0] <= made_at_ms)
+    if newest:
+        await tx.execute(
+            "UPDATE closure_invitees SET answer = ?, reason = ?, at_ms = ? WHERE closure_id = ? AND node_id = ?",
+            (reply.answer, reply.reason, made_at_ms, reply.closure_id, sender),
+        )
+    return row is not None, newest
+
+
+async def closure_made(tx: Tx, closure_id: str, closed_at_ms: int | None = None) -> str | None:
+    """A proposed closure made: it and its case closed. Its case, or None if it was not
+    proposed (closed already, by a call racing this one, or never recorded here)."""
+    rows = await tx.fetchall(  # all of them, so the statement runs to its end
+        "UPDATE closures SET state = 'closed', closed_at_ms = ? WHERE closure_id = ? AND state = 'proposed' "
+        "RETURNING case_id",
+        (tx.now_ms if closed_at_ms is None else closed_at_ms, closure_id),
+    )
+    if not rows:
+        return None
+    ((case_id,),) = rows
+    await tx.execute("UPDATE cases SET status = 'closed' WHERE case_id = ?", (case_id,))
+    return str(case_id)

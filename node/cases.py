@@ -34,6 +34,7 @@ class Cases:
         self.ctx = ctx
         self.resubscribe = asyncio.Event()  # set when the gateway may lack some subscriptions
         self.in_sync = asyncio.Event()  # set when the gateway has every subscription
+        self._unneeded: set[bytes] = set()  # tokens of cases closed without a call here, to take back
 
     # -- people and tokens ----------------------------------------------------
 
@@ -277,14 +278,35 @@ class Cases:
         async with self.ctx.store.tx() as tx:
             await tx.audit("subscription.removed", actor, tokens=unused, detail={"removed": removed})
 
+    def not_needed(self, tokens: list[bytes]) -> None:
+        """The people of cases closed without a call here (put back closed from the copies
+        given back after a restore, when the restored store had subscribed them again as it
+        started): taken back at the gateway, but for those another open case still names, by
+        the resubscriber, which tries until the gateway answers."""
+        self._unneeded.update(tokens)
+        self.resubscribe.set()
+
     async def reassert_subscriptions(self) -> None:
-        """Tell the gateway every token of every open case (idempotent)."""
-        added = await self.ctx.link.subscribe(await self.subscribed_tokens())
-        self.resubscribe.clear()
+        """Tell the gateway every token of every open case (idempotent), and take back those
+        no longer needed (`not_needed`)."""
+        tokens = await self.subscribed_tokens()
+        added = await self.ctx.link.subscribe(tokens)
+        await self._take_back_unneeded(set(tokens))
+        if not self._unneeded:  # none came while the gateway was asked
+            self.resubscribe.clear()
         self.in_sync.set()
         if added:
             async with self.ctx.store.tx() as tx:
                 await tx.audit("subscription.added", detail={"added": added, "reasserted": True})
+
+    async def _take_back_unneeded(self, still: set[bytes]) -> None:
+        pending = set(self._unneeded)
+        unused = sorted(pending - still)
+        removed = await self.ctx.link.unsubscribe(unused) if unused else 0
+        self._unneeded -= pending
+        if unused:
+            async with self.ctx.store.tx() as tx:
+                await tx.audit("subscription.removed", tokens=unused, detail={"removed": removed, "case_closed": True})
 
     async def run_resubscriber(self) -> None:
         """Re-assert subscriptions, with back-off, until the gateway has them all."""

@@ -53,20 +53,8 @@ class Closures:
         async with self.ctx.store.tx() as tx:
             # Again where writes are serial: a call racing this one may have proposed one meanwhile.
             await self._refuse_a_second_proposal(tx.fetchone, request.case_id)
-            await tx.execute(
-                "INSERT INTO closures(closure_id, case_id, proposed_at_ms, respond_by, state, intent, note) "
-                "VALUES (?, ?, ?, ?, 'proposed', ?, ?)",
-                (
-                    closure_id,
-                    request.case_id,
-                    tx.now_ms,
-                    dates.iso(request.respond_by),
-                    intent.SerializeToString(),
-                    request.note,
-                ),
-            )
-            await tx.executemany(
-                "INSERT INTO closure_invitees(closure_id, node_id) VALUES (?, ?)", [(closure_id, n) for n in invitees]
+            await answers.closure_proposed(
+                tx, closure_id, request.case_id, dates.iso(request.respond_by), intent, request.note, invitees
             )
             await tx.audit(
                 "closure.proposed",
@@ -132,13 +120,8 @@ class Closures:
                 "SELECT 1 FROM closures WHERE closure_id = ? AND state = 'proposed'", (status.closure_id,)
             ):
                 raise failed(f"case {request.case_id!r} is closed")  # by a call racing this one
-            await tx.executemany(
-                "INSERT OR IGNORE INTO closure_invitees(closure_id, node_id) VALUES (?, ?)",
-                [(status.closure_id, n) for n in newcomers],
-            )
-            await tx.execute(
-                "UPDATE closures SET respond_by = MAX(respond_by, ?) WHERE closure_id = ?",
-                (dates.iso(respond_by), status.closure_id),
+            await answers.closure_proposed(
+                tx, status.closure_id, request.case_id, dates.iso(respond_by), notice.intent, note, newcomers
             )
             await tx.audit(
                 "closure.alerted_late",
@@ -278,13 +261,8 @@ class Closures:
             request.actor,
         )
         async with self.ctx.store.tx() as tx:
-            closed = await tx.execute(
-                "UPDATE closures SET state = 'closed', closed_at_ms = ? WHERE closure_id = ? AND state = 'proposed'",
-                (tx.now_ms, status.closure_id),
-            )
-            if not closed.rowcount:  # a call racing this one closed it first
+            if await answers.closure_made(tx, status.closure_id) is None:  # a call racing this one closed it first
                 raise failed(f"case {request.case_id!r} is closed")
-            await tx.execute("UPDATE cases SET status = 'closed' WHERE case_id = ?", (request.case_id,))
             await tx.audit(
                 "case.closed",
                 request.actor,

@@ -55,25 +55,14 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened, redelivery: Redelivery
         )
     elif kind == pb.MESSAGE_KIND_CLOSURE_RESPONSE:
         reply = body.closure_response
-        row = await (
-            await tx.execute(
-                "SELECT at_ms FROM closure_invitees WHERE closure_id = ? AND node_id = ?", (reply.closure_id, sender)
-            )
-        ).fetchone()
-        # An agency may answer again (agree, then object): its newest answer holds, by when it was made.
-        newest = row is not None and (row[0] is None or row[0] <= made_at)
-        if newest:
-            await tx.execute(
-                "UPDATE closure_invitees SET answer = ?, reason = ?, at_ms = ? WHERE closure_id = ? AND node_id = ?",
-                (reply.answer, reply.reason, made_at, reply.closure_id, sender),
-            )
+        invited, newest = await answers.closure_answered(tx, reply, sender, made_at)
         await tx.audit(
             "closure.reply_received",
             counterpart=sender,
             rationale=reply.reason,
             decision="agree" if reply.answer == 1 else "object",
             message_id=body.message_id,
-            detail={"closure_id": reply.closure_id, "invited": row is not None, "newest": newest},
+            detail={"closure_id": reply.closure_id, "invited": invited, "newest": newest},
         )
     elif kind == pb.MESSAGE_KIND_CLARIFICATION_RESPONSE and await answers_erased_item(tx.fetchone, body.in_reply_to):
         await erase_rows(tx, [seq])  # it answers a question about an item its sender has had erased

@@ -6,10 +6,14 @@ erased). The answers to them, and the read notifications for what this node sent
 with the store, came back before the copies (the agency asked sends again what it sent,
 then returns what it was sent): each is applied once its message is put back.
 
-A request or challenge is filed under the case whose people it names, as the store holds
-them; one about a case opened after the backup, which the store no longer holds, is put
-back in the outbox only, and its audit entry says so. A closure proposal is not rebuilt:
-its state is the case's, and it is proposed again if the case is still to close."""
+A closure proposal is put back too, with the agencies alerted to it and their answers, and
+the case closed again if its closure notice comes back: its people are then unsubscribed
+at the gateway again (the restored store re-subscribed them as it started).
+
+A request, challenge or closure proposal is filed under the case whose people it names, as
+the store holds them; one about a case opened after the backup, which the store no longer
+holds, is put back in the outbox only, and its audit entry says so, as it does for a
+closure proposal when another has been proposed for the case since the restore."""
 
 from __future__ import annotations
 
@@ -17,12 +21,17 @@ from collections.abc import Sequence
 
 from linkage.v1 import envelope_pb2 as pb
 from linkage.v1 import node_api_pb2
-from node import answers
+from node import answers, dates
 from node.store import Tx
 
 NO_CASE = {"not_rebuilt": "no case in this store names its people (opened after the backup?)"}
 # Kinds whose effect at this node names a message it sent, by `in_reply_to`.
-REPLIES = (pb.MESSAGE_KIND_READ_NOTIFICATION, pb.MESSAGE_KIND_INFORMATION_RESPONSE, pb.MESSAGE_KIND_CHALLENGE_RESPONSE)
+REPLIES = (
+    pb.MESSAGE_KIND_READ_NOTIFICATION,
+    pb.MESSAGE_KIND_INFORMATION_RESPONSE,
+    pb.MESSAGE_KIND_CHALLENGE_RESPONSE,
+    pb.MESSAGE_KIND_CLOSURE_RESPONSE,
+)
 
 
 async def rebuild(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:
@@ -48,7 +57,34 @@ async def rebuild(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:
             (body.message_id, body.clarification_request.about_message_id),
         )
         return {"rebuilt": "clarification_request"}
+    if body.kind == pb.MESSAGE_KIND_CLOSURE_INTENT:
+        return await _closure_proposed(tx, holder, body)
+    if body.kind == pb.MESSAGE_KIND_CLOSURE_NOTICE:
+        closure_id = body.closure_notice.closure_id
+        if (case_id := await answers.closure_made(tx, closure_id, body.created_at_ms)) is not None:
+            return {"rebuilt": "case_closed", "case_id": case_id}
+        row = await tx.fetchone("SELECT case_id FROM closures WHERE closure_id = ? AND state = 'closed'", (closure_id,))
+        if row is not None:
+            return {"case_closed_already": str(row[0])}  # by another agency's copy of the notice
+        return {"not_rebuilt": "the closure proposal it ends was not put back here"}
     return {}
+
+
+async def _closure_proposed(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:
+    notice = body.closure_intent
+    respond_by = dates.iso(notice.respond_by)
+    row = await tx.fetchone("SELECT case_id FROM closures WHERE closure_id = ?", (notice.closure_id,))
+    # Put back already from another agency's copy (this one was alerted too), or put back now.
+    case_id = str(row[0]) if row is not None else await _case_naming(tx, notice.link_tokens)
+    if case_id is None:
+        return NO_CASE
+    later = "SELECT 1 FROM closures WHERE case_id = ? AND (state = 'proposed' OR proposed_at_ms > ?)"
+    if row is None and await tx.fetchone(later, (case_id, body.created_at_ms)):
+        return {"not_rebuilt": "another closure has been proposed for the case since the restore"}
+    await answers.closure_proposed(
+        tx, notice.closure_id, case_id, respond_by, notice.intent, notice.note, [holder], body.created_at_ms
+    )
+    return {"rebuilt": "closure_proposal", "case_id": case_id}
 
 
 async def replies_already_here(tx: Tx, holder: str, since_ms: int, put_back: Sequence[str]) -> int:
@@ -69,8 +105,10 @@ async def replies_already_here(tx: Tx, holder: str, since_ms: int, put_back: Seq
             await answers.read_arrived(tx, body.read, holder)
         elif body.kind == pb.MESSAGE_KIND_INFORMATION_RESPONSE:
             await answers.answer_arrived(tx, body, holder, body.created_at_ms)
-        else:
+        elif body.kind == pb.MESSAGE_KIND_CHALLENGE_RESPONSE:
             await answers.challenge_answered(tx, body, holder, body.created_at_ms)
+        else:
+            await answers.closure_answered(tx, body.closure_response, holder, body.created_at_ms)
     return len(rows)
 
 

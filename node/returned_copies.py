@@ -16,12 +16,12 @@ the routing header each message came with, which the signed body binds by its SH
 the copy is sealed again as it first went (the same header, link tokens and recipient key,
 under a new content key): should the recipient's store also be put back to before it, it is
 sent again like any other message, and the recipient knows it by its signed body
-(node/reception.py). A request, challenge or clarification is followed again, with the
-answers that came before it (node/recovered_workflow.py). What a copy cannot restore: the
-policy decision's own audit entry and record (the copy carries the decision as it was
-sent), and a closure proposal's state. A copy that comes without its header (stored
-before nodes kept one) or sealed to a key the directory no longer lists is recorded all
-the same, without an envelope, saying why: it cannot be sent again."""
+(node/reception.py). A request, challenge, clarification or closure proposal is followed
+again, with the answers that came before it (node/recovered_workflow.py). What a copy
+cannot restore: the policy decision's own audit entry and record (the copy carries the
+decision as it was sent). A copy that comes without its header (stored before nodes kept
+one) or sealed to a key the directory no longer lists is recorded all the same, without an
+envelope, saying why: it cannot be sent again."""
 
 from __future__ import annotations
 
@@ -98,6 +98,7 @@ class Recovered:
     held: int = 0  # copies of messages this node still had
     unsealable: list[dict[str, str]] = field(default_factory=list)  # put back, but not to be sent again, and why
     replies: int = 0  # answers and read notifications that came before the copies, applied now
+    closed_cases: list[str] = field(default_factory=list)  # closed again by the closure notices put back
     refused: list[dict[str, object]] = field(default_factory=list)  # copies it could not verify, and why
 
 
@@ -137,7 +138,9 @@ async def recover(
             done.held += 1
             continue
         sealed, why_not = _seal_again(signed, copy.routing, directory, content_keys)
-        await _put_back(tx, holder, body, copy.received_at_ms, returned.restore_id, sealed, why_not)
+        rebuilt = await _put_back(tx, holder, body, copy.received_at_ms, returned.restore_id, sealed, why_not)
+        if rebuilt.get("rebuilt") == "case_closed":
+            done.closed_cases.append(rebuilt["case_id"])
         done.recovered.append(body.message_id)
         if why_not:
             done.unsealable.append({"message_id": body.message_id, "reason": why_not})
@@ -179,7 +182,8 @@ async def _put_back(
     restore_id: str,
     sealed: Outgoing | None,
     why_not: str,
-) -> None:
+) -> dict[str, str]:
+    """Record one copy; what it rebuilt of this node's workflow, or why not."""
     summary = carried_summary(body)
     summary_id = summary.summary_id if summary is not None else body.withdrawal.summary_id
     # The header the copy went with names its tokens exactly; without it, what it carries tells.
@@ -256,6 +260,7 @@ async def _put_back(
             ),
         },
     )
+    return rebuilt
 
 
 async def _tokens(

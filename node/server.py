@@ -344,7 +344,13 @@ class NodeServer:
             config.node_id,
             self.clock,
             self.feed,
-            Redelivery(config.delivery.undeliverable_after_ms, messenger, self.outbox.requeued, self.outbox.recovered),
+            Redelivery(
+                config.delivery.undeliverable_after_ms,
+                messenger,
+                self.outbox.requeued,
+                self.outbox.recovered,
+                lambda tokens: self.cases.not_needed(tokens),  # Cases is made below, before anything arrives
+            ),
             self.checkpoints.for_receipt,
             metrics=self.metrics,
         )

@@ -15,11 +15,22 @@ from linkage.directory import TrustedDirectory
 from linkage.frames import unbatch
 from linkage.ids import uuid7
 from linkage.store_notes import mark, mark_path
-from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
+from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2, workflow_pb2
 from node.redelivery import ask_again_if_restored, ask_again_if_rolled_back
 from node.server import NodeServer
-from tests.harness import PRACTITIONER, Cluster, audit_events, linkage, make_federation, running, wait_count
+from tests.harness import (
+    PRACTITIONER,
+    Cluster,
+    audit_events,
+    linkage,
+    make_federation,
+    next_item,
+    running,
+    wait_count,
+)
 from tests.test_delivery import family_assessment, share
+from tests.test_federation import _case_id
+from tests.test_workflows import CSC_WORKER, SCHOOL_DSL, planned_closure, think_family
 
 
 async def _shared(cluster: Cluster, assessment_id: str) -> str:
@@ -205,6 +216,69 @@ async def test_a_restored_node_is_given_back_what_it_sent_since_and_its_withdraw
         )
         row = await csc.store.fetchone("SELECT state FROM inbox WHERE message_id = ?", (sent.message_id,))
         assert row[0] == "erased"  # as its ground asks
+
+
+async def test_a_restored_node_puts_back_a_closure_made_since_and_leaves_the_family_again(tmp_path: Path) -> None:
+    """A closure amh proposed and made after its backup comes back from the agencies it
+    alerted: the proposal, each agency's answer (sent again before the copies), and the case
+    closed, its people unsubscribed at the gateway once more (the restored store, holding the
+    case open, had subscribed them again as it started)."""
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc", "school"))
+    member = backup.Member.of(federation.node_configs["amh"])
+    key, sealed = tmp_path / "backup.key", tmp_path / "amh.age"
+    to = backup.recipients([backup.generate_key(key, "")])
+    kind = envelope_pb2.MESSAGE_KIND_CLOSURE_NOTICE
+    notices = "SELECT count(*) FROM outbox WHERE kind = ? AND state = 'delivered'"
+
+    async with running(federation) as cluster:
+        await think_family(cluster)
+        case_id = await _case_id(cluster, "amh")
+        backup.take(member, sealed, to, SystemClock().now_ms())
+        amh = cluster.nodes["amh"]
+        await cluster.api("amh").ProposeClosure(planned_closure(PRACTITIONER, case_id, note="Parent stable."))
+        for node, actor, answer, reason in (
+            ("csc", CSC_WORKER, workflow_pb2.CLOSURE_ANSWER_AGREE, ""),
+            ("school", SCHOOL_DSL, workflow_pb2.CLOSURE_ANSWER_OBJECT, "Attendance has dropped."),
+        ):
+            intent = await next_item(cluster, node, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT)
+            await cluster.api(node).RespondToClosure(
+                node_api_pb2.RespondToClosureRequest(
+                    actor=actor, intent_message_id=intent.message_id, answer=answer, reason=reason
+                )
+            )
+        await wait_count(amh, "SELECT count(*) FROM closure_invitees WHERE at_ms IS NOT NULL", (), 2)
+        await cluster.api("amh").CloseCase(
+            node_api_pb2.CloseCaseRequest(
+                actor=PRACTITIONER, case_id=case_id, note="Ours ends.", override_objections_reason="Passed to CSC."
+            )
+        )
+        await wait_count(amh, notices, (kind,), 2)
+        made = await cluster.api("amh").GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert made.state == "closed" and len(made.replies) == 2
+        assert cluster.gateway._index is not None and cluster.gateway._index.count("amh") == 0
+
+        await cluster.stop_node("amh")
+        backup.restore_store(member, sealed, backup.identities(key), SystemClock().now_ms())
+        amh = await cluster.start_node("amh")
+        removed = "SELECT count(*) FROM audit WHERE event = 'subscription.removed'"
+        await wait_count(amh, removed, (), 1)  # once the case is closed again from a copy
+        await wait_count(amh, notices, (kind,), 2)  # both copies of the notice are in
+        put_back = await cluster.api("amh").GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert put_back == made
+        assert amh.store is not None
+        assert await amh.store.fetchone("SELECT status FROM cases WHERE case_id = ?", (case_id,)) == ("closed",)
+        assert cluster.gateway._index.count("amh") == 0
+        rebuilt = {
+            (
+                e["counterpart"],
+                e["detail"]["kind"],
+                e["detail"].get("rebuilt") or e["detail"].get("case_closed_already"),
+            )
+            for e in await audit_events(amh, "message.recovered")
+        }
+        assert len(rebuilt) == 4 and {r[2] for r in rebuilt} == {"closure_proposal", "case_closed", case_id}
+        (taken_back,) = await audit_events(amh, "subscription.removed")
+        assert taken_back["detail"] == {"removed": 2, "case_closed": True}
 
 
 async def _held(node: NodeServer, message_id: str) -> tuple[str, list[str]]:
