@@ -68,6 +68,7 @@ API_SERVER_OPTIONS: list[tuple[str, int]] = [
 # since the gateway would hold that checkpoint by then; the stream the node redials itself.
 # So is ResolveRecipients, made as a call only while the stream is down: a share then
 # fails at once, telling the case system nothing was shared, rather than a second later.
+RETRY_ATTEMPTS = 4  # in all, the first included
 RETRIED_GATEWAY_CALLS = (
     "Subscribe",
     "Unsubscribe",
@@ -82,7 +83,7 @@ _SERVICE_CONFIG = json.dumps(
             {
                 "name": [{"service": _GATEWAY_SERVICE, "method": m} for m in RETRIED_GATEWAY_CALLS],
                 "retryPolicy": {
-                    "maxAttempts": 4,
+                    "maxAttempts": RETRY_ATTEMPTS,
                     "initialBackoff": "0.2s",
                     "maxBackoff": "2s",
                     "backoffMultiplier": 2,

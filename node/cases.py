@@ -34,7 +34,7 @@ class Cases:
         self.ctx = ctx
         self.resubscribe = asyncio.Event()  # set when the gateway may lack some subscriptions
         self.in_sync = asyncio.Event()  # set when the gateway has every subscription
-        self._unneeded: set[bytes] = set()  # tokens of cases closed without a call here, to take back
+        self._unneeded: set[bytes] = set()  # tokens to take back at the gateway (`not_needed`)
 
     # -- people and tokens ----------------------------------------------------
 
@@ -272,17 +272,19 @@ class Cases:
             return
         try:
             removed = await self.ctx.link.unsubscribe(unused)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("unsubscribe.failed", code=exc.code().name, tokens=len(unused))
+        except grpc.aio.AioRpcError as exc:  # the call's own retries spent: the resubscriber's turn
+            log.warning("unsubscribe.deferred", code=exc.code().name, tokens=len(unused))
+            self.not_needed(unused)
             return
         async with self.ctx.store.tx() as tx:
             await tx.audit("subscription.removed", actor, tokens=unused, detail={"removed": removed})
 
     def not_needed(self, tokens: list[bytes]) -> None:
-        """The people of cases closed without a call here (put back closed from the copies
-        given back after a restore, when the restored store had subscribed them again as it
-        started): taken back at the gateway, but for those another open case still names, by
-        the resubscriber, which tries until the gateway answers."""
+        """People to take back at the gateway, by the resubscriber, which tries until the
+        gateway answers, but for those an open case names by then: those whose unsubscription
+        the gateway did not take, and those of cases closed without a call here (put back
+        closed from the copies given back after a restore, when the restored store had
+        subscribed them again as it started)."""
         self._unneeded.update(tokens)
         self.resubscribe.set()
 
@@ -306,7 +308,7 @@ class Cases:
         self._unneeded -= pending
         if unused:
             async with self.ctx.store.tx() as tx:
-                await tx.audit("subscription.removed", tokens=unused, detail={"removed": removed, "case_closed": True})
+                await tx.audit("subscription.removed", tokens=unused, detail={"removed": removed, "deferred": True})
 
     async def run_resubscriber(self) -> None:
         """Re-assert subscriptions, with back-off, until the gateway has them all."""

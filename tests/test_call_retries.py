@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 
-from linkage.clock import ManualClock
-from linkage.transport import RETRIED_GATEWAY_CALLS
-from linkage.v1 import audit_pb2, gateway_pb2
-from tests.harness import make_federation, running
+from linkage import stories
+from linkage.clock import ManualClock, SystemClock
+from linkage.transport import RETRIED_GATEWAY_CALLS, RETRY_ATTEMPTS
+from linkage.v1 import audit_pb2, gateway_pb2, node_api_pb2
+from tests.harness import PRACTITIONER, audit_events, make_federation, running, wait_count
+from tests.test_federation import _case_id, open_case
+from tests.test_workflows import planned_closure
 
 TOKEN = bytes([9]) * 32
 if TYPE_CHECKING:  # the stubs' generic; gRPC's own class takes no type arguments
@@ -79,3 +82,23 @@ def test_every_call_named_for_retries_is_the_gateways() -> None:
     quietly turn retries off for that call."""
     methods = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].methods_by_name
     assert set(RETRIED_GATEWAY_CALLS) <= set(methods)
+
+
+async def test_an_unsubscription_the_gateway_does_not_take_is_made_again_by_the_node(tmp_path: Path) -> None:
+    """A case closed while the gateway refuses the end of its people's subscriptions (past
+    gRPC's own retries) is closed all the same, and the node's resubscriber takes them back
+    once the gateway answers: the node is not left linked to a family it has closed."""
+    refuse = RefuseFirst("Unsubscribe")
+    async with running(make_federation(tmp_path, SystemClock(), nodes=("amh",)), interceptors=[refuse]) as cluster:
+        amh = cluster.nodes["amh"]
+        await open_case(cluster, "amh", stories.think_family_people())
+        case_id = await _case_id(cluster, "amh")
+        await cluster.api("amh").ProposeClosure(planned_closure(PRACTITIONER, case_id))  # nobody else to alert
+        assert cluster.gateway._index is not None and cluster.gateway._index.count("amh") == 2
+        refuse.to_refuse = RETRY_ATTEMPTS  # every attempt (gRPC's retries) of the call closing makes
+        closed = await cluster.api("amh").CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert closed.state == "closed" and refuse.refused == RETRY_ATTEMPTS
+        await wait_count(amh, "SELECT count(*) FROM audit WHERE event = 'subscription.removed'", (), 1)
+        (taken_back,) = await audit_events(amh, "subscription.removed")
+        assert taken_back["detail"] == {"removed": 2, "deferred": True} and len(taken_back["tokens"]) == 2
+        assert cluster.gateway._index.count("amh") == 0

@@ -278,7 +278,7 @@ async def test_a_restored_node_puts_back_a_closure_made_since_and_leaves_the_fam
         }
         assert len(rebuilt) == 4 and {r[2] for r in rebuilt} == {"closure_proposal", "case_closed", case_id}
         (taken_back,) = await audit_events(amh, "subscription.removed")
-        assert taken_back["detail"] == {"removed": 2, "case_closed": True}
+        assert taken_back["detail"] == {"removed": 2, "deferred": True}
 
 
 async def _held(node: NodeServer, message_id: str) -> tuple[str, list[str]]:
