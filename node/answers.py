@@ -164,8 +164,9 @@ async def closure_answered(
 
 
 async def closure_made(tx: Tx, closure_id: str, closed_at_ms: int | None = None) -> str | None:
-    """A proposed closure made: it and its case closed. Its case, or None if it was not
-    proposed (closed already, by a call racing this one, or never recorded here)."""
+    """A proposed closure made: it and its case closed, its people's subscriptions to end.
+    Its case, or None if it was not proposed (closed already, by a call racing this one, or
+    never recorded here)."""
     rows = await tx.fetchall(  # all of them, so the statement runs to its end
         "UPDATE closures SET state = 'closed', closed_at_ms = ? WHERE closure_id = ? AND state = 'proposed' "
         "RETURNING case_id",
@@ -175,4 +176,8 @@ async def closure_made(tx: Tx, closure_id: str, closed_at_ms: int | None = None)
         return None
     ((case_id,),) = rows
     await tx.execute("UPDATE cases SET status = 'closed' WHERE case_id = ?", (case_id,))
+    # Its people's subscriptions end at the gateway (node/cases.py), but for those another open case names.
+    await tx.execute(
+        "INSERT OR IGNORE INTO subscriptions_to_end(token) SELECT token FROM case_people WHERE case_id = ?", (case_id,)
+    )
     return str(case_id)

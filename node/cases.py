@@ -34,7 +34,7 @@ class Cases:
         self.ctx = ctx
         self.resubscribe = asyncio.Event()  # set when the gateway may lack some subscriptions
         self.in_sync = asyncio.Event()  # set when the gateway has every subscription
-        self._unneeded: set[bytes] = set()  # tokens to take back at the gateway (`not_needed`)
+        self._ending_asked = 0  # times the resubscriber was asked to end subscriptions (`ending_due`)
 
     # -- people and tokens ----------------------------------------------------
 
@@ -195,9 +195,10 @@ class Cases:
             )
             if not removed.rowcount:  # not there, or a call racing this one removed them first
                 raise not_found(f"that person is not in case {request.case_id!r}")
+            await tx.execute("INSERT OR IGNORE INTO subscriptions_to_end(token) VALUES (?)", (token,))
             await tx.audit("case.person_removed", request.actor, tokens=[token], detail={"case_id": request.case_id})
         await self._left([token], request.actor, exclude_case=request.case_id)
-        await self.unsubscribe_unused([token], request.actor)
+        await self.end_subscriptions(request.actor)
         return node_api_pb2.OpenCaseResponse(case_id=request.case_id, people=await self.people(request.case_id))
 
     # -- subscriptions and involvement notices -------------------------------------
@@ -265,50 +266,49 @@ class Cases:
             await self.ctx.messenger.queue(tx, sealed, share_id, actor)
         await self.ctx.changed()
 
-    async def unsubscribe_unused(self, tokens: list[bytes], actor: summary_pb2.Practitioner) -> None:
-        still = set(await self.subscribed_tokens())
-        unused = [t for t in tokens if t not in still]
-        if not unused:
-            return
+    async def end_subscriptions(self, actor: summary_pb2.Practitioner | None = None) -> None:
+        """End at the gateway the subscriptions recorded as ending (`subscriptions_to_end`,
+        written with the change that ends them: a case closed, a person removed), but for
+        people an open case still names. If the gateway does not take it, the resubscriber
+        tries again, with back-off; a node stopped meanwhile ends them as it next connects."""
         try:
-            removed = await self.ctx.link.unsubscribe(unused)
+            await self._end_subscriptions(set(await self.subscribed_tokens()), actor)
         except grpc.aio.AioRpcError as exc:  # the call's own retries spent: the resubscriber's turn
-            log.warning("unsubscribe.deferred", code=exc.code().name, tokens=len(unused))
-            self.not_needed(unused)
-            return
-        async with self.ctx.store.tx() as tx:
-            await tx.audit("subscription.removed", actor, tokens=unused, detail={"removed": removed})
+            log.warning("unsubscribe.deferred", code=exc.code().name)
+            self.ending_due()
 
-    def not_needed(self, tokens: list[bytes]) -> None:
-        """People to take back at the gateway, by the resubscriber, which tries until the
-        gateway answers, but for those an open case names by then: those whose unsubscription
-        the gateway did not take, and those of cases closed without a call here (put back
-        closed from the copies given back after a restore, when the restored store had
-        subscribed them again as it started)."""
-        self._unneeded.update(tokens)
+    def ending_due(self) -> None:
+        """Subscriptions were recorded as ending without a call here to end them (a case
+        closed again from the copies given back after a restore, its people subscribed
+        again as the restored store started): the resubscriber's next round ends them."""
+        self._ending_asked += 1
         self.resubscribe.set()
 
     async def reassert_subscriptions(self) -> None:
-        """Tell the gateway every token of every open case (idempotent), and take back those
-        no longer needed (`not_needed`)."""
+        """Tell the gateway every token of every open case (idempotent), and end those
+        recorded as ending (`end_subscriptions`)."""
+        asked = self._ending_asked
         tokens = await self.subscribed_tokens()
         added = await self.ctx.link.subscribe(tokens)
-        await self._take_back_unneeded(set(tokens))
-        if not self._unneeded:  # none came while the gateway was asked
+        await self._end_subscriptions(set(tokens), None)
+        if asked == self._ending_asked:  # none came while the gateway was asked
             self.resubscribe.clear()
         self.in_sync.set()
         if added:
             async with self.ctx.store.tx() as tx:
                 await tx.audit("subscription.added", detail={"added": added, "reasserted": True})
 
-    async def _take_back_unneeded(self, still: set[bytes]) -> None:
-        pending = set(self._unneeded)
-        unused = sorted(pending - still)
+    async def _end_subscriptions(self, still: set[bytes], actor: summary_pb2.Practitioner | None) -> None:
+        ending = [bytes(t) for (t,) in await self.ctx.store.fetchall("SELECT token FROM subscriptions_to_end")]
+        if not ending:
+            return
+        unused = [t for t in ending if t not in still]  # an open case names the others again
         removed = await self.ctx.link.unsubscribe(unused) if unused else 0
-        self._unneeded -= pending
-        if unused:
-            async with self.ctx.store.tx() as tx:
-                await tx.audit("subscription.removed", tokens=unused, detail={"removed": removed, "deferred": True})
+        async with self.ctx.store.tx() as tx:
+            await tx.executemany("DELETE FROM subscriptions_to_end WHERE token = ?", [(t,) for t in ending])
+            if unused:
+                detail = {"removed": removed} if actor is not None else {"removed": removed, "deferred": True}
+                await tx.audit("subscription.removed", actor, tokens=unused, detail=detail)
 
     async def run_resubscriber(self) -> None:
         """Re-assert subscriptions, with back-off, until the gateway has them all."""

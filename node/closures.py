@@ -277,5 +277,5 @@ class Closures:
             )
             await self.ctx.messenger.queue(tx, sealed, status.closure_id, request.actor)
         await self.ctx.changed()
-        await self.cases.unsubscribe_unused([p.link_token for p in people], request.actor)
+        await self.cases.end_subscriptions(request.actor)
         return await self.closure_status(request.case_id)

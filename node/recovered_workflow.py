@@ -7,8 +7,8 @@ with the store, came back before the copies (the agency asked sends again what i
 then returns what it was sent): each is applied once its message is put back.
 
 A closure proposal is put back too, with the agencies alerted to it and their answers, and
-the case closed again if its closure notice comes back: its people are then unsubscribed
-at the gateway again (the restored store re-subscribed them as it started).
+the case closed again if its closure notice comes back: its people's subscriptions then
+end at the gateway again (the restored store made them again as it started).
 
 A request, challenge or closure proposal is filed under the case whose people it names, as
 the store holds them; one about a case opened after the backup, which the store no longer

@@ -154,9 +154,9 @@ class Redelivery:
     # undeliverable instead (the outbox sends the first and counts the second).
     on_requeued: Callable[[int], None] = lambda undeliverable: None
     on_recovered: Callable[[], None] = lambda: None  # told, once committed, of messages given back
-    # Told, once committed, of the link tokens of cases closed again from the copies given
-    # back: the restored store subscribed them again as it started.
-    on_closed: Callable[[list[bytes]], None] = lambda tokens: None
+    # Told, once committed, that cases were closed again from the copies given back: their
+    # people's subscriptions, which the restored store made again as it started, are to end.
+    on_closed: Callable[[], None] = lambda: None
 
     async def requested(self, tx: Tx, requester: str, message_id: str, request: workflow_pb2.RedeliveryRequest) -> None:
         # Nothing made before `oldest` can have been delivered since (no node accepts a message
@@ -265,11 +265,7 @@ class Redelivery:
         if done.recovered:
             tx.on_commit(self.on_recovered)
         if done.closed_cases:
-            rows = await tx.fetchall(
-                f"SELECT DISTINCT token FROM case_people WHERE case_id IN ({','.join('?' * len(done.closed_cases))})",
-                done.closed_cases,
-            )
-            tx.on_commit(lambda: self.on_closed([bytes(token) for (token,) in rows]))
+            tx.on_commit(self.on_closed)
         tx.on_commit(
             lambda: log.warning(
                 "redelivery.returned",

@@ -349,7 +349,7 @@ class NodeServer:
                 messenger,
                 self.outbox.requeued,
                 self.outbox.recovered,
-                lambda tokens: self.cases.not_needed(tokens),  # Cases is made below, before anything arrives
+                lambda: self.cases.ending_due(),  # Cases is made below, before anything arrives
             ),
             self.checkpoints.for_receipt,
             metrics=self.metrics,

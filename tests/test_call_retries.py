@@ -86,19 +86,25 @@ def test_every_call_named_for_retries_is_the_gateways() -> None:
 
 async def test_an_unsubscription_the_gateway_does_not_take_is_made_again_by_the_node(tmp_path: Path) -> None:
     """A case closed while the gateway refuses the end of its people's subscriptions (past
-    gRPC's own retries) is closed all the same, and the node's resubscriber takes them back
-    once the gateway answers: the node is not left linked to a family it has closed."""
+    gRPC's own retries) is closed all the same; the subscriptions to end are recorded with
+    the close, so the node ends them once the gateway answers, even after a restart: it is
+    not left linked to a family it has closed."""
     refuse = RefuseFirst("Unsubscribe")
     async with running(make_federation(tmp_path, SystemClock(), nodes=("amh",)), interceptors=[refuse]) as cluster:
-        amh = cluster.nodes["amh"]
         await open_case(cluster, "amh", stories.think_family_people())
         case_id = await _case_id(cluster, "amh")
         await cluster.api("amh").ProposeClosure(planned_closure(PRACTITIONER, case_id))  # nobody else to alert
         assert cluster.gateway._index is not None and cluster.gateway._index.count("amh") == 2
-        refuse.to_refuse = RETRY_ATTEMPTS  # every attempt (gRPC's retries) of the call closing makes
+        refuse.to_refuse = 1_000_000  # every call, from now on
         closed = await cluster.api("amh").CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
-        assert closed.state == "closed" and refuse.refused == RETRY_ATTEMPTS
+        assert closed.state == "closed" and refuse.refused >= RETRY_ATTEMPTS  # every attempt gRPC made
+        await cluster.stop_node("amh")  # its resubscriber still trying
+        assert cluster.gateway._index.count("amh") == 2
+
+        refuse.to_refuse = refuse.refused  # the gateway takes them from now on
+        amh = await cluster.start_node("amh")
         await wait_count(amh, "SELECT count(*) FROM audit WHERE event = 'subscription.removed'", (), 1)
         (taken_back,) = await audit_events(amh, "subscription.removed")
         assert taken_back["detail"] == {"removed": 2, "deferred": True} and len(taken_back["tokens"]) == 2
         assert cluster.gateway._index.count("amh") == 0
+        assert amh.store is not None and await amh.store.fetchall("SELECT token FROM subscriptions_to_end") == []

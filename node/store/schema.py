@@ -573,4 +573,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_due ON outbox(state, next_attempt_at_ms, created_at_ms, message_id, recipient,
       queued_again_at_ms) WHERE state IN ('queued', 'sent');
     """,
+    # 37: link tokens whose subscription at the gateway is to end (a case closed, a person
+    # removed), written with the change that ends it and deleted once the gateway has taken
+    # it (node/cases.py): a node that stops before then ends it as it next connects.
+    """
+    CREATE TABLE subscriptions_to_end(token BLOB PRIMARY KEY) WITHOUT ROWID;
+    """,
 )
