@@ -180,6 +180,29 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self._note("unsubscribe", node=node_id, removed=len(removed), total=self.index.count(node_id))
         return gateway_pb2.UnsubscribeResponse(removed=len(removed), total=self.index.count(node_id))
 
+    async def ListSubscriptions(
+        self, request: gateway_pb2.ListSubscriptionsRequest, context: Context
+    ) -> gateway_pb2.ListSubscriptionsResponse:
+        try:
+            node_id = self.authz.claimed(context, request.node_id)
+            if request.limit:  # a page is charged to the node's rate limit; the total alone costs nothing
+                self._charge(node_id, "list")
+            if request.limit > MAX_TOKENS_PER_CALL:
+                raise Denied(grpc.StatusCode.INVALID_ARGUMENT, f"limit is at most {MAX_TOKENS_PER_CALL}")
+            if request.after_token and len(request.after_token) != TOKEN_LEN:
+                raise Denied(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"after_token must be empty or a {TOKEN_LEN}-byte link token (the last of the previous page)",
+                )
+        except Denied as denied:
+            self._note("subscriptions.list_refused", node=request.node_id, outcome=denied.code.name, warning=True)
+            await abort(context, denied)
+        total = self.index.count(node_id)
+        listing = total and request.limit  # limit 0 asks the total only, and no page is read for none
+        tokens = await self.index.held_by(node_id, request.after_token, request.limit) if listing else []
+        self._note("subscriptions.listed", node=node_id, tokens=len(tokens), total=total)
+        return gateway_pb2.ListSubscriptionsResponse(link_tokens=tokens, total=total)
+
     def _links_changed(self, changer: str, tokens: list[bytes]) -> None:
         """Tell every connected node that may hold an answer about `tokens` (their
         subscribers, and the node that changed them) that it no longer holds."""

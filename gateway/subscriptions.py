@@ -268,6 +268,23 @@ class SubscriptionIndex:
             self._record(node_id, gone, False)
         return gone
 
+    async def held_by(self, node_id: str, after: bytes, limit: int) -> list[bytes]:
+        """Up to `limit` of the node's tokens after `after`, in token order, as committed. The
+        table is keyed by token, so a page reads past other nodes' subscriptions on its way (the
+        whole table at most, once over all the pages): in a thread, on a connection of its own,
+        so neither the loop nor the store's writes wait for it."""
+
+        def read() -> list[bytes]:
+            with closing(_reader(self._db.path)) as db:
+                db.set_progress_handler(self._stopping.is_set, CHECK_STOP_EVERY)
+                rows = db.execute(
+                    "SELECT token FROM subscriptions WHERE token > ? AND node_id = ? ORDER BY token LIMIT ?",
+                    (after, node_id, limit),
+                ).fetchall()
+            return [bytes(token) for (token,) in rows]
+
+        return await asyncio.to_thread(read)
+
     def _record(self, node_id: str, tokens: list[bytes], present: bool) -> None:
         number = self._numbers.number(node_id)
         for token in tokens:

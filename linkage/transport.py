@@ -72,6 +72,7 @@ RETRY_ATTEMPTS = 4  # in all, the first included
 RETRIED_GATEWAY_CALLS = (
     "Subscribe",
     "Unsubscribe",
+    "ListSubscriptions",
     "DiscoverInvolvement",
     "GetCheckpoints",
     "FetchDirectory",

@@ -74,6 +74,7 @@ async def test_node_cannot_subscribe_resolve_or_send_as_another(federation: Loca
             csc.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]), timeout=5),
             csc.Unsubscribe(gateway_pb2.UnsubscribeRequest(node_id="amh", link_tokens=[TOKEN]), timeout=5),
             csc.ResolveRecipients(gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=[TOKEN]), timeout=5),
+            csc.ListSubscriptions(gateway_pb2.ListSubscriptionsRequest(node_id="amh", limit=10), timeout=5),
         ]
         for call in calls:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -121,6 +122,36 @@ async def test_bad_requests_get_invalid_argument(federation: LocalFederation) ->
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await amh.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=tokens))
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for listing, said in (
+            (gateway_pb2.ListSubscriptionsRequest(node_id="amh", limit=1001), "limit is at most 1000"),
+            (gateway_pb2.ListSubscriptionsRequest(node_id="amh", limit=5, after_token=b"short"), "32-byte"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await amh.ListSubscriptions(listing)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and said in (raised.value.details() or "")
+
+
+async def test_a_node_lists_its_own_subscriptions_a_page_at_a_time(federation: LocalFederation) -> None:
+    """In token order, none of another node's; limit 0 answers the total alone."""
+    async with running(federation, nodes=()) as cluster:
+        amh = gateway_stub(cluster, federation.node_configs["amh"].tls)
+        csc = gateway_stub(cluster, federation.node_configs["csc"].tls)
+        mine = sorted(bytes([n]) * 32 for n in range(10, 15))
+        await amh.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=mine))
+        await csc.Subscribe(gateway_pb2.SubscribeRequest(node_id="csc", link_tokens=[bytes([12]) * 32, TOKEN]))
+        pages, after = [], b""
+        while True:
+            page = await amh.ListSubscriptions(
+                gateway_pb2.ListSubscriptionsRequest(node_id="amh", after_token=after, limit=2)
+            )
+            assert page.total == 5
+            pages.append(list(page.link_tokens))
+            if len(page.link_tokens) < 2:
+                break
+            after = page.link_tokens[-1]
+        assert pages == [mine[0:2], mine[2:4], mine[4:]]
+        total = await csc.ListSubscriptions(gateway_pb2.ListSubscriptionsRequest(node_id="csc"))
+        assert (list(total.link_tokens), total.total) == ([], 2)
 
 
 async def test_the_witness_moves_on_only_with_a_consistency_proof_and_keeps_each_break(

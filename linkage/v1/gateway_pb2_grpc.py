@@ -53,6 +53,11 @@ class GatewayStub:
                 request_serializer=linkage_dot_v1_dot_gateway__pb2.UnsubscribeRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_gateway__pb2.UnsubscribeResponse.FromString,
                 _registered_method=True)
+        self.ListSubscriptions = channel.unary_unary(
+                '/linkage.v1.Gateway/ListSubscriptions',
+                request_serializer=linkage_dot_v1_dot_gateway__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_gateway__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
         self.ResolveRecipients = channel.unary_unary(
                 '/linkage.v1.Gateway/ResolveRecipients',
                 request_serializer=linkage_dot_v1_dot_gateway__pb2.ResolveRecipientsRequest.SerializeToString,
@@ -101,6 +106,17 @@ class GatewayServicer:
 
     def Unsubscribe(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubscriptions(self, request, context):
+        """The link tokens the calling node is subscribed to, in token order, a page at a
+        time (limit 0: the total only). For a node whose total says the gateway holds
+        subscriptions it does not know of (its store put back to a backup, the gateway's
+        to an older one): each page reads past other nodes' subscriptions, so it is not
+        for every connection.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -165,6 +181,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Unsubscribe,
                     request_deserializer=linkage_dot_v1_dot_gateway__pb2.UnsubscribeRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_gateway__pb2.UnsubscribeResponse.SerializeToString,
+            ),
+            'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptions,
+                    request_deserializer=linkage_dot_v1_dot_gateway__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_gateway__pb2.ListSubscriptionsResponse.SerializeToString,
             ),
             'ResolveRecipients': grpc.unary_unary_rpc_method_handler(
                     servicer.ResolveRecipients,
@@ -276,6 +297,33 @@ class Gateway:
             '/linkage.v1.Gateway/Unsubscribe',
             linkage_dot_v1_dot_gateway__pb2.UnsubscribeRequest.SerializeToString,
             linkage_dot_v1_dot_gateway__pb2.UnsubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.Gateway/ListSubscriptions',
+            linkage_dot_v1_dot_gateway__pb2.ListSubscriptionsRequest.SerializeToString,
+            linkage_dot_v1_dot_gateway__pb2.ListSubscriptionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

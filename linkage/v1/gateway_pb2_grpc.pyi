@@ -41,6 +41,13 @@ class GatewayStub:
     """One long-lived stream per node: envelopes out, deliveries and receipts in."""
     Subscribe: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubscribeRequest, _gateway_pb2.SubscribeResponse]
     Unsubscribe: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UnsubscribeRequest, _gateway_pb2.UnsubscribeResponse]
+    ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListSubscriptionsRequest, _gateway_pb2.ListSubscriptionsResponse]
+    """The link tokens the calling node is subscribed to, in token order, a page at a
+    time (limit 0: the total only). For a node whose total says the gateway holds
+    subscriptions it does not know of (its store put back to a backup, the gateway's
+    to an older one): each page reads past other nodes' subscriptions, so it is not
+    for every connection.
+    """
     ResolveRecipients: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ResolveRecipientsRequest, _gateway_pb2.ResolveRecipientsResponse]
     """Which nodes (other than the caller) are subscribed to any of these tokens.
     The caller must itself be subscribed to every token it asks about.
@@ -76,6 +83,13 @@ class GatewayAsyncStub(GatewayStub):
     """One long-lived stream per node: envelopes out, deliveries and receipts in."""
     Subscribe: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubscribeRequest, _gateway_pb2.SubscribeResponse]  # type: ignore[assignment]
     Unsubscribe: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UnsubscribeRequest, _gateway_pb2.UnsubscribeResponse]  # type: ignore[assignment]
+    ListSubscriptions: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListSubscriptionsRequest, _gateway_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
+    """The link tokens the calling node is subscribed to, in token order, a page at a
+    time (limit 0: the total only). For a node whose total says the gateway holds
+    subscriptions it does not know of (its store put back to a backup, the gateway's
+    to an older one): each page reads past other nodes' subscriptions, so it is not
+    for every connection.
+    """
     ResolveRecipients: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ResolveRecipientsRequest, _gateway_pb2.ResolveRecipientsResponse]  # type: ignore[assignment]
     """Which nodes (other than the caller) are subscribed to any of these tokens.
     The caller must itself be subscribed to every token it asks about.
@@ -126,6 +140,19 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.UnsubscribeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.UnsubscribeResponse, _abc.Awaitable[_gateway_pb2.UnsubscribeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSubscriptions(
+        self,
+        request: _gateway_pb2.ListSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListSubscriptionsResponse, _abc.Awaitable[_gateway_pb2.ListSubscriptionsResponse]]:
+        """The link tokens the calling node is subscribed to, in token order, a page at a
+        time (limit 0: the total only). For a node whose total says the gateway holds
+        subscriptions it does not know of (its store put back to a backup, the gateway's
+        to an older one): each page reads past other nodes' subscriptions, so it is not
+        for every connection.
+        """
 
     @_abc_1.abstractmethod
     def ResolveRecipients(
