@@ -207,7 +207,7 @@ class Cases:
         """Subscribe, then tell the agencies already linked to these people that we have joined."""
         tokens = [p.link_token for p in people]
         try:
-            added = await self.ctx.link.subscribe(tokens)
+            added, _ = await self.ctx.link.subscribe(tokens)
         except grpc.aio.AioRpcError as exc:
             log.warning("subscribe.deferred", code=exc.code().name, tokens=len(tokens))
             self.in_sync.clear()
@@ -285,12 +285,16 @@ class Cases:
         self.resubscribe.set()
 
     async def reassert_subscriptions(self) -> None:
-        """Tell the gateway every token of every open case (idempotent), and end those
-        recorded as ending (`end_subscriptions`)."""
+        """Tell the gateway every token of every open case (idempotent), end those recorded
+        as ending (`end_subscriptions`), and end any it holds that this store does not know
+        of: a store put back to a backup lacks the cases opened since, and a gateway put back
+        holds subscriptions ended since (its total for this node says so)."""
         asked = self._ending_asked
         tokens = await self.subscribed_tokens()
-        added = await self.ctx.link.subscribe(tokens)
-        await self._end_subscriptions(set(tokens), None)
+        added, total = await self.ctx.link.subscribe(tokens)
+        ended = await self._end_subscriptions(set(tokens), None)
+        if total - ended > len(tokens):
+            await self._end_unknown()
         if asked == self._ending_asked:  # none came while the gateway was asked
             self.resubscribe.clear()
         self.in_sync.set()
@@ -298,17 +302,45 @@ class Cases:
             async with self.ctx.store.tx() as tx:
                 await tx.audit("subscription.added", detail={"added": added, "reasserted": True})
 
-    async def _end_subscriptions(self, still: set[bytes], actor: summary_pb2.Practitioner | None) -> None:
+    async def _end_subscriptions(self, still: set[bytes], actor: summary_pb2.Practitioner | None) -> int:
+        """End those recorded as ending but for those in `still`; how many the gateway held."""
         ending = [bytes(t) for (t,) in await self.ctx.store.fetchall("SELECT token FROM subscriptions_to_end")]
         if not ending:
-            return
+            return 0
         unused = [t for t in ending if t not in still]  # an open case names the others again
-        removed = await self.ctx.link.unsubscribe(unused) if unused else 0
+        removed = await self._unsubscribe(unused)
         async with self.ctx.store.tx() as tx:
-            await tx.executemany("DELETE FROM subscriptions_to_end WHERE token = ?", [(t,) for t in ending])
+            # One kept for a case that has closed since it was read stays, for that close to end.
+            await tx.executemany(
+                "DELETE FROM subscriptions_to_end WHERE token = ?1 AND (?2 OR EXISTS (SELECT 1 FROM case_people p "
+                "JOIN cases c USING (case_id) WHERE p.token = ?1 AND c.status = 'open'))",
+                [(t, t not in still) for t in ending],
+            )
             if unused:
                 detail = {"removed": removed} if actor is not None else {"removed": removed, "deferred": True}
                 await tx.audit("subscription.removed", actor, tokens=unused, detail=detail)
+        return removed
+
+    async def _end_unknown(self) -> None:
+        held = await self.ctx.link.subscriptions()
+        known = set(await self.subscribed_tokens())  # read after: a case opened meanwhile is in it
+        unknown = [t for t in held if t not in known]
+        if not unknown:
+            return
+        removed = await self._unsubscribe(unknown)
+        log.warning("subscriptions.unknown_ended", held=len(held), removed=removed)
+        async with self.ctx.store.tx() as tx:
+            await tx.audit("subscription.removed", tokens=unknown, detail={"removed": removed, "unknown_here": True})
+
+    async def _unsubscribe(self, tokens: list[bytes]) -> int:
+        """End these subscriptions at the gateway; how many it held. One an open case has come
+        to name while it was asked (a case opened meanwhile) is made again."""
+        if not tokens:
+            return 0
+        removed = await self.ctx.link.unsubscribe(tokens)
+        if again := set(tokens) & set(await self.subscribed_tokens()):
+            await self.ctx.link.subscribe(again)
+        return removed
 
     async def run_resubscriber(self) -> None:
         """Re-assert subscriptions, with back-off, until the gateway has them all."""

@@ -10,6 +10,7 @@ import functools
 import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import grpc
 
@@ -23,6 +24,8 @@ from node.backoff import backoff_ms
 from node.resolver import Answers
 
 UNARY_TIMEOUT_S = 10.0
+# A page of the gateway's subscriptions may read past every other node's (10 M: seconds).
+LIST_TIMEOUT_S = 120.0
 RECONNECT_BASE_MS = 200
 # How long a stream ended for a renewed certificate may take to close; then it is cancelled.
 STREAM_END_GRACE_S = 10.0
@@ -38,6 +41,11 @@ DELIVERIES = frozenset({"deliver"})
 
 log = logs.get("node.link")
 Call = grpc.aio.StreamStreamCall[gateway_pb2.NodeFrame, gateway_pb2.GatewayFrame]
+
+
+class Subscribed(NamedTuple):
+    added: int  # tokens the gateway did not hold before
+    total: int  # tokens it holds this node subscribed to now
 
 
 def _chunks(tokens: list[bytes]) -> list[list[bytes]]:
@@ -261,12 +269,28 @@ class GatewayLink:
             if not written.done():
                 written.set_result(None)
 
-    async def subscribe(self, tokens: Iterable[bytes]) -> int:
-        added = 0
+    async def subscribe(self, tokens: Iterable[bytes]) -> Subscribed:
+        added, total = 0, None
         for chunk in _chunks(list(tokens)):
             request = gateway_pb2.SubscribeRequest(node_id=self.node_id, link_tokens=chunk)
-            added += (await self._stub.Subscribe(request, timeout=UNARY_TIMEOUT_S)).added
-        return added
+            answer = await self._stub.Subscribe(request, timeout=UNARY_TIMEOUT_S)
+            added, total = added + answer.added, answer.total
+        if total is None:  # nothing to subscribe: ask the total alone
+            total = (await self._list_subscriptions(b"", 0)).total
+        return Subscribed(added, total)
+
+    async def subscriptions(self) -> list[bytes]:
+        """Every token the gateway holds this node subscribed to (see ListSubscriptions)."""
+        held: list[bytes] = []
+        while True:
+            page = list((await self._list_subscriptions(held[-1] if held else b"", MAX_TOKENS_PER_CALL)).link_tokens)
+            held += page
+            if len(page) < MAX_TOKENS_PER_CALL:
+                return held
+
+    async def _list_subscriptions(self, after: bytes, limit: int) -> gateway_pb2.ListSubscriptionsResponse:
+        request = gateway_pb2.ListSubscriptionsRequest(node_id=self.node_id, after_token=after, limit=limit)
+        return await self._stub.ListSubscriptions(request, timeout=LIST_TIMEOUT_S)
 
     async def unsubscribe(self, tokens: Iterable[bytes]) -> int:
         removed = 0

@@ -55,7 +55,7 @@ async def test_r9_a_subscription_refused_unavailable_twice_is_made_again_and_hel
         amh, gateway = cluster.nodes["amh"], cluster.gateway
         assert amh.link is not None and gateway._db is not None
         refuse.to_refuse, refuse.refused, refuse.passed = 2, 0, 0  # from now on
-        assert await amh.link.subscribe([TOKEN]) == 1
+        assert (await amh.link.subscribe([TOKEN])).added == 1
         assert (refuse.refused, refuse.passed) == (2, 1)
         rows = await gateway._db.read("SELECT node_id FROM subscriptions WHERE token = ?", (TOKEN,))
         assert rows == [("amh",)]
@@ -108,3 +108,35 @@ async def test_an_unsubscription_the_gateway_does_not_take_is_made_again_by_the_
         assert taken_back["detail"] == {"removed": 2, "deferred": True} and len(taken_back["tokens"]) == 2
         assert cluster.gateway._index.count("amh") == 0
         assert amh.store is not None and await amh.store.fetchall("SELECT token FROM subscriptions_to_end") == []
+
+
+class BeforeUnsubscribe(grpc.aio.ServerInterceptor):
+    """Runs `first` once, as the gateway receives the next Unsubscribe, before the call goes on."""
+
+    def __init__(self) -> None:
+        self.first: Callable[[], Awaitable[object]] | None = None
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]], details: grpc.HandlerCallDetails
+    ) -> Handler:
+        if details.method == "/linkage.v1.Gateway/Unsubscribe" and self.first is not None:
+            first, self.first = self.first, None
+            await first()
+        return await continuation(details)
+
+
+async def test_a_person_named_by_a_case_opened_while_another_closes_stays_subscribed(tmp_path: Path) -> None:
+    """The close reads who no open case names, then ends their subscriptions; a case opened
+    between the two, naming the same person, subscribed them before the end reached the
+    gateway. The node sees the case as it finishes and subscribes them again: it is not left
+    unlinked from a family it has an open case about."""
+    hook = BeforeUnsubscribe()
+    async with running(make_federation(tmp_path, SystemClock(), nodes=("amh",)), interceptors=[hook]) as cluster:
+        parent, child = await open_case(cluster, "amh", stories.think_family_people())
+        case_id = await _case_id(cluster, "amh")
+        await cluster.api("amh").ProposeClosure(planned_closure(PRACTITIONER, case_id))
+        hook.first = lambda: open_case(cluster, "amh", stories.think_family_people()[1:], case_ref="case-2")
+        await cluster.api("amh").CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert hook.first is None  # the case was opened while the close was ending the subscriptions
+        index = cluster.gateway._index
+        assert index is not None and index.is_subscribed("amh", child) and not index.is_subscribed("amh", parent)

@@ -43,7 +43,7 @@ from node.cases import Cases
 from node.context import NodeContext
 from node.due import Due
 from node.erasure import erase_rows
-from node.link import GatewayLink, runs
+from node.link import GatewayLink, Subscribed, runs
 from node.messaging import Messenger
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
@@ -75,8 +75,9 @@ class Wire:
     async def send_all(self, frames: list[gateway_pb2.NodeFrame]) -> None:
         self.frames += frames
 
-    async def subscribe(self, tokens: Iterable[bytes]) -> int:
-        return len(list(tokens))
+    async def subscribe(self, tokens: Iterable[bytes]) -> Subscribed:
+        added = len(list(tokens))
+        return Subscribed(added, added)
 
     async def resolve(self, tokens: list[bytes]) -> Answers:
         return Answers({t: ["b"] for t in tokens}, pushed=False)

@@ -9,7 +9,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from linkage import backup
+from linkage import backup, stories
 from linkage.clock import DAY_MS, SystemClock
 from linkage.directory import TrustedDirectory
 from linkage.frames import unbatch
@@ -29,7 +29,7 @@ from tests.harness import (
     wait_count,
 )
 from tests.test_delivery import family_assessment, share
-from tests.test_federation import _case_id
+from tests.test_federation import _case_id, open_case
 from tests.test_workflows import CSC_WORKER, SCHOOL_DSL, planned_closure, think_family
 
 
@@ -279,6 +279,36 @@ async def test_a_restored_node_puts_back_a_closure_made_since_and_leaves_the_fam
         assert len(rebuilt) == 4 and {r[2] for r in rebuilt} == {"closure_proposal", "case_closed", case_id}
         (taken_back,) = await audit_events(amh, "subscription.removed")
         assert taken_back["detail"] == {"removed": 2, "deferred": True}
+
+
+async def test_a_restored_node_ends_the_subscriptions_its_store_no_longer_knows_of(tmp_path: Path) -> None:
+    """A case opened after the backup is not in the restored store, but the gateway still
+    holds its people subscribed for the node: the node sees the gateway's total exceed what
+    it knows, lists what the gateway holds for it, and ends the rest. Reopened (from the
+    agency's own records), the case subscribes them again."""
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh",))
+    member = backup.Member.of(federation.node_configs["amh"])
+    key, sealed = tmp_path / "backup.key", tmp_path / "amh.age"
+    to = backup.recipients([backup.generate_key(key, "")])
+    other = node_api_pb2.PersonIdentifier(scheme="nhs", value=stories.UNRELATED_NHS, role_in_risk="AT_RISK")
+
+    async with running(federation) as cluster:
+        family = await open_case(cluster, "amh", stories.think_family_people())
+        backup.take(member, sealed, to, SystemClock().now_ms())
+        (since,) = await open_case(cluster, "amh", [other], case_ref="case-2")
+        index = cluster.gateway._index
+        assert index is not None and index.count("amh") == 3
+
+        await cluster.stop_node("amh")
+        backup.restore_store(member, sealed, backup.identities(key), SystemClock().now_ms())
+        amh = await cluster.start_node("amh")
+        await wait_count(amh, "SELECT count(*) FROM audit WHERE event = 'subscription.removed'", (), 1)
+        (ended,) = await audit_events(amh, "subscription.removed")
+        assert ended["detail"] == {"removed": 1, "unknown_here": True} and ended["tokens"] == [since.hex()]
+        assert index.count("amh") == 2 and all(index.is_subscribed("amh", t) for t in family)
+
+        await open_case(cluster, "amh", [other], case_ref="case-2")
+        assert index.count("amh") == 3
 
 
 async def _held(node: NodeServer, message_id: str) -> tuple[str, list[str]]:
