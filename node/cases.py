@@ -278,9 +278,10 @@ class Cases:
             self.ending_due()
 
     def ending_due(self) -> None:
-        """Subscriptions were recorded as ending without a call here to end them (a case
-        closed again from the copies given back after a restore, its people subscribed
-        again as the restored store started): the resubscriber's next round ends them."""
+        """The resubscriber's next round ends the subscriptions recorded as ending: the
+        gateway did not take their end, or no call here ended them (a case closed again from
+        the copies given back after a restore, its people subscribed again as the restored
+        store started)."""
         self._ending_asked += 1
         self.resubscribe.set()
 

@@ -157,6 +157,7 @@ async def recover(
             "refused": done.refused,
             **({"not_sendable_again": done.unsealable} if done.unsealable else {}),
             **({"replies_applied": done.replies} if done.replies else {}),
+            **({"cases_closed": done.closed_cases} if done.closed_cases else {}),
         },
     )
     return done

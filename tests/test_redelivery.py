@@ -279,6 +279,8 @@ async def test_a_restored_node_puts_back_a_closure_made_since_and_leaves_the_fam
         assert len(rebuilt) == 4 and {r[2] for r in rebuilt} == {"closure_proposal", "case_closed", case_id}
         (taken_back,) = await audit_events(amh, "subscription.removed")
         assert taken_back["detail"] == {"removed": 2, "deferred": True}
+        closing = [e["detail"].get("cases_closed") for e in await audit_events(amh, "redelivery.returned")]
+        assert sorted(closing, key=bool) == [None, [case_id]]  # by the first copy of the notice
 
 
 async def test_a_restored_node_ends_the_subscriptions_its_store_no_longer_knows_of(tmp_path: Path) -> None:
