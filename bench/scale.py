@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from linkage import logs, stories
 from linkage.cli.inbox import CHRONOLOGY_PAGE, chronology_pages
 from linkage.demo import spawn
+from linkage.tokens import MAX_TOKENS_PER_CALL
 from linkage.transport import api_channel
 from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc
 
@@ -111,6 +112,15 @@ def _index_figures(path: str, queue: Any) -> None:
         count = len(index)
         p50, p99 = _timed(lambda token: index.subscribers([token]), probes)
         packing_p50, packing_p99 = _percentiles(while_packing)
+        # One node's own subscriptions, a page at a time, as a node whose total disagrees lists them.
+        started, after, listed, pages = time.perf_counter(), b"", 0, 0
+        while True:
+            page = await index.held_by("node-000", after, MAX_TOKENS_PER_CALL)
+            listed, pages = listed + len(page), pages + 1
+            if len(page) < MAX_TOKENS_PER_CALL:
+                break
+            after = page[-1]
+        list_s = time.perf_counter() - started
         await index.close()
         await db.close()
 
@@ -134,6 +144,9 @@ def _index_figures(path: str, queue: Any) -> None:
             "dict_bytes_per_subscription": naive_grown / count,
             "dict_lookup_p50_us": naive_p50,
             "dict_lookup_p99_us": naive_p99,
+            "listed": listed,
+            "list_pages": pages,
+            "list_s": list_s,
         }
 
     queue.put(asyncio.run(measure()))
@@ -339,7 +352,8 @@ def measure_all(plan: Plan, root: Path, say: Say) -> dict[str, Any]:
             f"p99 {s['packing_lookup_p99_us']:.0f} µs over {s['packing_lookups']:,} look-ups); "
             f"a dict of the same: {s['dict_bytes_per_subscription']:.0f} bytes each, "
             f"p50 {s['dict_lookup_p50_us']:.1f} µs p99 {s['dict_lookup_p99_us']:.1f} µs; "
-            f"counting each node's subscriptions on the first start after the upgrade: {s['upgrade_s']:.1f} s"
+            f"counting each node's subscriptions on the first start after the upgrade: {s['upgrade_s']:.1f} s; "
+            f"listing one node's {s['listed']:,} in {s['list_pages']} pages: {s['list_s']:.1f} s"
         )
     figures["chronology"] = c = asyncio.run(chronology(plan.chronology_entries, root))
     say(
