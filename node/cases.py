@@ -35,6 +35,7 @@ class Cases:
         self.resubscribe = asyncio.Event()  # set when the gateway may lack some subscriptions
         self.in_sync = asyncio.Event()  # set when the gateway has every subscription
         self._ending_asked = 0  # times the resubscriber was asked to end subscriptions (`ending_due`)
+        self._ending = asyncio.Lock()  # one round of ending at a time: a close's and the resubscriber's
 
     # -- people and tokens ----------------------------------------------------
 
@@ -305,6 +306,10 @@ class Cases:
 
     async def _end_subscriptions(self, still: set[bytes], actor: summary_pb2.Practitioner | None) -> int:
         """End those recorded as ending but for those in `still`; how many the gateway held."""
+        async with self._ending:
+            return await self._end_recorded(still, actor)
+
+    async def _end_recorded(self, still: set[bytes], actor: summary_pb2.Practitioner | None) -> int:
         ending = [bytes(t) for (t,) in await self.ctx.store.fetchall("SELECT token FROM subscriptions_to_end")]
         if not ending:
             return 0
