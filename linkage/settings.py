@@ -97,7 +97,13 @@ GATEWAY: list[Setting] = [
         "that recipient only (answers to the node's own requests have room beyond it).",
     ),
     Setting("limits", "max_concurrent_rpcs", "int", 512, "Beyond it calls get RESOURCE_EXHAUSTED (streams count)."),
-    Setting("limits", "control_per_second", "float", 50.0, "Per node: subscribe, unsubscribe, discovery."),
+    Setting(
+        "limits",
+        "control_per_second",
+        "float",
+        50.0,
+        "Per node: subscribe, unsubscribe, discovery, and each page of a node listing its own subscriptions.",
+    ),
     Setting("limits", "control_burst", "int", 500, "Token-bucket burst for those."),
     Setting(
         "limits",
