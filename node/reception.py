@@ -161,15 +161,11 @@ class Reception:
 
     async def _store_one(self, tx: Tx, opened: Opened) -> tuple[envelope_pb2.ReceiptStatus.ValueType, str, int]:
         sender, message_id = opened.routing.sender_node, opened.routing.message_id
-        row = await (
-            await tx.execute(
-                "SELECT i.digest, i.kind, i.share_id, b.signed FROM inbox i LEFT JOIN inbox_bodies b ON b.seq = i.seq "
-                "WHERE i.sender = ? AND i.message_id = ?",
-                (sender, message_id),
-            )
-        ).fetchone()
+        row = await tx.fetchone(
+            "SELECT seq, digest, kind, share_id FROM inbox WHERE sender = ? AND message_id = ?", (sender, message_id)
+        )
         if row is not None:
-            if _same_message(row, opened):
+            if await _same_message(tx, row, opened):
                 log.debug("message.duplicate", sender=sender, message_id=message_id)
                 return envelope_pb2.RECEIPT_STATUS_ACCEPTED, "", 0
             await tx.audit(
@@ -291,13 +287,16 @@ class Reception:
             await self.link.send_all(frames)
 
 
-def _same_message(held: tuple[bytes, int, str, bytes | None], opened: Opened) -> bool:
+async def _same_message(tx: Tx, held: tuple[int, bytes, int, str], opened: Opened) -> bool:
     """Whether the message held under this id is the one that came: the same envelope; or the
     same signed body, sealed again by its sender after its own store was put back (its copy
-    given back, node/returned_copies.py); or, erased here, of the same kind and share."""
-    digest, kind, share_id, signed = held
+    given back, node/returned_copies.py); or, erased here, of the same kind and share. The
+    body is read only for another envelope: a repeat of the same one, the common case, needs
+    the digest alone."""
+    seq, digest, kind, share_id = held
     if bytes(digest) == opened.digest:
         return True
-    if signed is None:  # only its row is left, and what comes again is not stored
+    body = await tx.fetchone("SELECT signed FROM inbox_bodies WHERE seq = ?", (seq,))
+    if body is None:  # only its row is left, and what comes again is not stored
         return kind == opened.body.kind and share_id == opened.body.share_id
-    return envelope_pb2.SignedMessage.FromString(signed).body == opened.signed.body
+    return envelope_pb2.SignedMessage.FromString(body[0]).body == opened.signed.body
