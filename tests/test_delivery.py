@@ -118,7 +118,7 @@ async def test_agency_it_sees_what_waits_for_which_agency_and_why(tmp_path: Path
         assert (queue.away, queue.held) == (True, False)
         now = amh.clock.now_ms()
         assert queue.next_attempt_at_ms > now  # backing off until then, or until the gateway says
-        assert queue.oldest_created_at_ms <= now and queue.most_attempts >= 1
+        assert queue.oldest_waiting_since_ms == queue.oldest_created_at_ms <= now and queue.most_attempts >= 1
         who = ["--actor-id", "it-1", "--actor-role", "Agency IT", "--socket", str(amh.config.api_socket)]
         code, out, err = await linkage("share", "queues", *who)
         assert code == 0, err

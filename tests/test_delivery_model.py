@@ -48,6 +48,7 @@ from node.messaging import Messenger
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.policy_files import load_policy
+from node.queues import delivery_queues
 from node.reception import InboxFeed, Reception
 from node.redelivery import Redelivery, ask_again_if_restored
 from node.resolver import Answers, Resolver
@@ -559,8 +560,9 @@ def test_a_restored_sender_is_given_back_what_reached_the_recipient_and_sends_it
 
 def test_a_message_sent_again_for_a_restored_recipient_is_late_from_when_it_was_queued_again() -> None:
     """Delivered, then lost with the recipient's store five hours on: queued again, it is
-    not already "not delivered after 5 h" on the duty view, nor that old on the gauge; it
-    is once five more hours pass without it arriving."""
+    not already "not delivered after 5 h" on the duty view, nor that old on the gauge, and
+    agency IT's queues show it waiting since the re-queue; it is late once five more hours
+    pass without it arriving."""
     model = DeliveryModel()
     try:
         model.back_up_recipient()
@@ -573,6 +575,8 @@ def test_a_message_sent_again_for_a_restored_recipient_is_late_from_when_it_was_
         model.deliver_request()
         (message_id,) = model._ids(model.sender_store, "SELECT message_id FROM outbox WHERE state = 'queued'")
         due = Due(model.sender_ctx)
+        (queue,) = model.run(delivery_queues(model.sender_ctx)).queues
+        assert queue.oldest_waiting_since_ms == model.clock.now_ms() > queue.oldest_created_at_ms
 
         def late() -> tuple[list[tuple[str, str]], float | None]:
             listed = model.run(due.list_due(node_api_pb2.DueRequest(actor=PRACTITIONER)))

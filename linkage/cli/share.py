@@ -118,7 +118,7 @@ def share_queues(args: argparse.Namespace) -> int:
     for q in answer.queues:
         print(
             f"  {q.agency_name or q.node_id} ({q.node_id}): {q.to_send} to send, {q.awaiting_receipt} awaiting "
-            f"a receipt; oldest made {when(q.oldest_created_at_ms)}, up to {q.most_attempts} attempt(s)"
+            f"a receipt; waiting since {when(q.oldest_waiting_since_ms)}, up to {q.most_attempts} attempt(s)"
         )
         if q.away:
             why = "its node is away (the gateway tells this node when it returns)"

@@ -1730,6 +1730,7 @@ class DeliveryQueue(_message.Message):
     AWAY_FIELD_NUMBER: _builtins.int
     HELD_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_AT_MS_FIELD_NUMBER: _builtins.int
+    OLDEST_WAITING_SINCE_MS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     agency_name: _builtins.str
     to_send: _builtins.int
@@ -1745,6 +1746,10 @@ class DeliveryQueue(_message.Message):
     """the gateway said BUSY: held back until next_attempt_at_ms"""
     next_attempt_at_ms: _builtins.int
     """when this node tries it next (0: now, as soon as it can)"""
+    oldest_waiting_since_ms: _builtins.int
+    """When the longest-waiting message began to wait: when it was made, or, for one sent
+    again to a recipient whose store was put back from a backup, when it was queued again.
+    """
     def __init__(
         self,
         *,
@@ -1757,10 +1762,11 @@ class DeliveryQueue(_message.Message):
         away: _builtins.bool = ...,
         held: _builtins.bool = ...,
         next_attempt_at_ms: _builtins.int = ...,
+        oldest_waiting_since_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "awaiting_receipt", b"awaiting_receipt", "away", b"away", "held", b"held", "most_attempts", b"most_attempts", "next_attempt_at_ms", b"next_attempt_at_ms", "node_id", b"node_id", "oldest_created_at_ms", b"oldest_created_at_ms", "to_send", b"to_send"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "awaiting_receipt", b"awaiting_receipt", "away", b"away", "held", b"held", "most_attempts", b"most_attempts", "next_attempt_at_ms", b"next_attempt_at_ms", "node_id", b"node_id", "oldest_created_at_ms", b"oldest_created_at_ms", "oldest_waiting_since_ms", b"oldest_waiting_since_ms", "to_send", b"to_send"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
