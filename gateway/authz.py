@@ -13,6 +13,7 @@ from linkage.clock import Clock, utc_minute
 from linkage.directory import DirectoryView, TrustedDirectory
 from linkage.pki import parse_spiffe_id
 from linkage.reasons import Rejected
+from linkage.refusals import bounded
 from linkage.transport import Peer, tls_peer
 from linkage.v1 import directory_pb2
 
@@ -25,7 +26,7 @@ class Denied(Exception):
 
 
 async def abort(context: grpc.aio.ServicerContext[object, object], denied: Denied) -> NoReturn:
-    await context.abort(denied.code, denied.message)
+    await context.abort(denied.code, bounded(denied.message))
     raise AssertionError("unreachable")  # context.abort always raises
 
 

@@ -26,6 +26,7 @@ from linkage.frames import NestedBatchError, unbatch
 from linkage.ids import is_uuid7
 from linkage.merkle import HASH_SIZE, MAX_CONSISTENCY_PROOF
 from linkage.reasons import Reason, Rejected
+from linkage.refusals import bounded
 from linkage.tokens import MAX_TOKENS_PER_CALL, MAX_TOKENS_PER_MESSAGE, TOKEN_LEN
 from linkage.transport import Peer
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
@@ -369,7 +370,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             async for frame in session.frames():
                 yield frame
             if session.error is not None:
-                await context.abort(*session.error)
+                code, message = session.error
+                await context.abort(code, bounded(message))
         finally:
             reader.cancel()
             self.sessions.end(session)

@@ -12,6 +12,7 @@ import grpc
 
 from linkage import logs
 from linkage.reasons import Rejected
+from linkage.refusals import bounded
 from linkage.tokens import TOKEN_LEN
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
 from linkage.writability import unwritable
@@ -59,9 +60,9 @@ async def _answer(context: Context, actor: summary_pb2.Practitioner, work: Calla
         _check_actor(actor)
         return await work()
     except ApiError as exc:
-        await context.abort(exc.code, exc.message)
+        await context.abort(exc.code, bounded(exc.message))
     except Rejected as exc:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"node cannot serve: {exc}")
+        await context.abort(grpc.StatusCode.UNAVAILABLE, bounded(f"node cannot serve: {exc}"))
     except Exception as exc:
         if (error := unwritable(exc)) is None:
             raise  # a defect: logged by _logged, and the caller sees UNKNOWN
