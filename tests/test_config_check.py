@@ -24,13 +24,15 @@ def _node_toml(federation: LocalFederation) -> Path:
 def test_enrolled_files_are_good(federation: LocalFederation) -> None:
     assert check(_node_toml(federation)) == []
     assert check(federation.gateway_config.data_dir / "gateway.toml") == []
+    for named in ([str(_node_toml(federation))], ["--config", str(_node_toml(federation))]):
+        result = subprocess.run(
+            [sys.executable, "-m", "linkage", "config", "check", *named], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0 and "OK" in result.stdout
     result = subprocess.run(
-        [sys.executable, "-m", "linkage", "config", "check", str(_node_toml(federation))],
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, "-m", "linkage", "config", "check"], capture_output=True, text=True, check=False
     )
-    assert result.returncode == 0 and "OK" in result.stdout
+    assert result.returncode == 2 and "name one file to check" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -86,11 +86,15 @@ def _federation_bootstrap(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     from linkage.configcheck import check
 
-    problems = check(args.file)
+    if (args.file is None) == (args.config_file is None):
+        print("name one file to check: linkage config check FILE (or --config FILE)", file=sys.stderr)
+        return 2
+    file = args.file or args.config_file
+    problems = check(file)
     for problem in problems:
         print(problem)
     if not problems:
-        print(f"OK: {args.file}")
+        print(f"OK: {file}")
     return 1 if problems else 0
 
 
@@ -324,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="check configuration files")
     config_cmds = config.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
     p = config_cmds.add_parser("check", help="report every problem in a node.toml or gateway.toml, with its line")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, nargs="?", help="the file to check")
+    # Every other command names its file with --config; so may this one.
+    p.add_argument("--config", type=Path, dest="config_file", help="the same, as other commands name it")
     p.set_defaults(handler=_config_check)
 
     health.register(commands)
