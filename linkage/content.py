@@ -6,6 +6,11 @@ understood, nor failed at storing and sent again and again until it expires."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from google.protobuf.message import Message
+
+from linkage.calendar import given, on_calendar
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import envelope_pb2 as pb
 from linkage.v1 import summary_pb2, workflow_pb2
@@ -52,13 +57,14 @@ def carried_summary(body: pb.MessageBody) -> summary_pb2.RiskSummary | None:
 
 def check_content(body: pb.MessageBody) -> None:
     """Raise Rejected(MALFORMED) unless `body` carries what its kind needs, in values this
-    node knows."""
+    node knows, and each date it gives is a day on the calendar."""
     field = CONTENT.get(body.kind)
     if field is None:
         raise Rejected(Reason.MALFORMED, f"message kind {body.kind} is not one this node knows")
+    content: Message = getattr(body, field)
     if body.WhichOneof("content") != field:
         raise Rejected(Reason.MALFORMED, f"the message does not carry its {field}")
-    if problem := _problem(body):
+    if problem := _problem(body) or _date_problem(content):
         raise Rejected(Reason.MALFORMED, problem)
 
 
@@ -98,6 +104,44 @@ def _problem(body: pb.MessageBody) -> str:
         whole = returned.restore_id and returned.copies and all(c.signed for c in returned.copies)
         return "" if whole else "the returned copies name no restore, or a copy is empty"
     return ""
+
+
+def _date_problem(content: Message) -> str:
+    """The first date in `content` that is given but is no day on the calendar: stored, it
+    would fail every view that reads it (a chronology, a duty list, a case's challenges)."""
+    stack = [content]
+    while stack:
+        message = stack.pop()
+        if isinstance(message, summary_pb2.Date):
+            if given(message) and not on_calendar(message):
+                return f"a date in it is not on the calendar ({message.year}-{message.month}-{message.day})"
+            continue
+        if (toward := _TOWARD_DATES.get(type(message))) is None:
+            toward = _TOWARD_DATES[type(message)] = _toward_dates(message.DESCRIPTOR)
+        for name, repeated in toward:
+            if repeated:
+                stack.extend(getattr(message, name))
+            elif message.HasField(name):
+                stack.append(getattr(message, name))
+    return ""
+
+
+# Per message class: the fields that hold a Date, or a message that may, as (name, repeated).
+# Walking only these reads a summary's dates in under 10 µs, not every field it has.
+_TOWARD_DATES: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
+def _toward_dates(descriptor: Any) -> tuple[tuple[str, bool], ...]:
+    return tuple((fd.name, fd.is_repeated) for fd in descriptor.fields if _holds_date(fd.message_type, frozenset()))
+
+
+def _holds_date(descriptor: Any, seen: frozenset[str]) -> bool:
+    if descriptor is None or descriptor.full_name in seen:
+        return False
+    if descriptor.full_name == summary_pb2.Date.DESCRIPTOR.full_name:
+        return True
+    inner = seen | {descriptor.full_name}
+    return any(_holds_date(fd.message_type, inner) for fd in descriptor.fields)
 
 
 def _summary_problem(summary: summary_pb2.RiskSummary) -> str:

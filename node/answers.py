@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from linkage.calendar import given
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
 from node.store import Tx
@@ -98,7 +99,7 @@ async def challenged(
             raised.about_message_id,
             raised.concern,
             raised.outcome_sought,
-            dates.iso(raised.respond_by) if raised.HasField("respond_by") else "",
+            dates.iso(raised.respond_by) if given(raised.respond_by) else "",
             raised.escalates_message_id,
         ),
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from linkage.calendar import given
 from linkage.v1 import envelope_pb2, node_api_pb2, workflow_pb2
 from node import answers, dates
 from node.context import NodeContext
@@ -35,7 +36,7 @@ class Challenges:
         if not self.ctx.policy.codes.has("challenge_subject", request.subject):
             known = self._codes("challenge_subject")
             raise invalid(f"subject {request.subject!r} is not a challenge_subject code: {known}")
-        if request.HasField("respond_by"):
+        if given(request.respond_by):
             check_ahead("respond_by", request.respond_by, self.ctx.clock.now_ms())
         if not request.to_node:
             raise invalid("to_node is empty: name the agency challenged")
@@ -51,7 +52,7 @@ class Challenges:
             about_message_id=request.about_message_id,
             concern=request.concern,
             outcome_sought=request.outcome_sought,
-            respond_by=request.respond_by if request.HasField("respond_by") else None,
+            respond_by=request.respond_by if given(request.respond_by) else None,
             escalates_message_id=request.escalates_message_id,
             link_tokens=tokens,
         )
@@ -191,7 +192,7 @@ class Challenges:
         for sender, message_id, received_at, answer, answered_at, note, signed in rows:
             body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(signed).body)
             c = body.challenge
-            respond_by = dates.iso(c.respond_by) if c.HasField("respond_by") else ""
+            respond_by = dates.iso(c.respond_by) if given(c.respond_by) else ""
             received.append(
                 self._listed(
                     today,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 
+from linkage.calendar import on_calendar
 from linkage.content import CLOSURE_ANSWERS
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
@@ -30,7 +31,7 @@ class Closures:
         intent = request.intent
         if not self.ctx.policy.codes.has("closure_intent", intent.intent):
             raise invalid(f"intent.intent must be one of {self.ctx.policy.codes.codes('closure_intent')}")
-        if not dates.valid(request.respond_by):
+        if not on_calendar(request.respond_by):
             raise invalid("respond_by must be a date (year, month, day) by which the others should answer")
         today = dates.iso(dates.today(self.ctx.clock.now_ms()))
         if dates.iso(request.respond_by) < today:

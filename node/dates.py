@@ -21,14 +21,6 @@ def parse(text: str) -> pb.Date:
     return pb.Date(year=d.year, month=d.month, day=d.day)
 
 
-def valid(date: pb.Date) -> bool:
-    try:
-        dt.date(date.year, date.month, date.day)
-    except ValueError:
-        return False
-    return True
-
-
 def days_between(earlier: str, later: str) -> int:
     """Whole days from one ISO date to another."""
     return (dt.date.fromisoformat(later) - dt.date.fromisoformat(earlier)).days

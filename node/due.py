@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from linkage.calendar import given
 from linkage.content import carried_summary
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
 from node import dates
@@ -226,7 +227,7 @@ class Due:
             agency_name=self.ctx.agency(node).agency_name,
             case_id=case_id,
             due=due if due.year else None,
-            overdue=bool(due.year) and dates.iso(due) < today,
+            overdue=given(due) and dates.iso(due) < today,
             what=what,
         )
 

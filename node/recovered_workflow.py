@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from linkage.calendar import given
 from linkage.v1 import envelope_pb2 as pb
 from linkage.v1 import node_api_pb2
 from node import answers, dates
@@ -41,7 +42,7 @@ async def rebuild(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:
         ask = body.information_request
         if (case_id := await _case_naming(tx, ask.link_tokens)) is None:
             return NO_CASE
-        needed_by = ask.needed_by if ask.HasField("needed_by") else None
+        needed_by = ask.needed_by if given(ask.needed_by) else None
         went = [node_api_pb2.DeliveryStatus(node_id=holder, message_id=body.message_id)]
         await answers.asked(tx, body.share_id, case_id, needed_by, ask.purpose, went, body.created_at_ms)
         return {"rebuilt": "information_request", "case_id": case_id}

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 
 from linkage import jurisdictions
+from linkage.calendar import given, on_calendar
 from linkage.grounds import lawful_ground
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
@@ -182,13 +183,13 @@ class Requests:
         jurisdiction = jurisdictions.of_node(self.ctx.me())  # the asking agency's law
         if problems := [f.message for f in basis_rules(request.lawful_basis, self.ctx.policy.codes, jurisdiction)]:
             raise invalid(f"an information request needs the lawful basis it relies on: {' '.join(problems)}")
-        if request.HasField("needed_by"):
+        if given(request.needed_by):
             check_ahead("needed_by", request.needed_by, self.ctx.clock.now_ms())
         tokens = await self.nameable(request.case_id, "a request")
         to = self.named(request.to_nodes) or await self.ctx.resolve(tokens)
         if not to:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "no other agency is linked to this family yet")
-        needed_by = request.needed_by if request.HasField("needed_by") else None
+        needed_by = request.needed_by if given(request.needed_by) else None
         ask = workflow_pb2.InformationRequest(
             purpose=request.purpose,
             lawful_basis=request.lawful_basis,
@@ -343,7 +344,7 @@ class Requests:
                 received_at_ms=received_at,
                 purpose=ask.purpose,
                 what=ask.what,
-                needed_by=ask.needed_by if ask.needed_by.year else None,
+                needed_by=ask.needed_by if given(ask.needed_by) else None,
                 answer=answer,
                 answered_at_ms=answered_at or 0,
             )
@@ -354,7 +355,7 @@ class Requests:
 
 def check_ahead(field: str, date: summary_pb2.Date, now_ms: int) -> None:
     """A date a reply is wanted by: on the calendar, and not yet past."""
-    if not dates.valid(date):
+    if not on_calendar(date):
         raise invalid(f"{field} must be a date on the calendar (year, month, day), or left out")
     if dates.iso(date) < dates.iso(dates.today(now_ms)):
         raise invalid(f"{field} {dates.iso(date)} has passed: give a date from today on, or leave it out")
@@ -362,4 +363,4 @@ def check_ahead(field: str, date: summary_pb2.Date, now_ms: int) -> None:
 
 def _passed(request: node_api_pb2.SentInformationRequest | node_api_pb2.ReceivedInformationRequest, today: str) -> bool:
     """Whether the day a request was needed by has gone (one without a day is never late)."""
-    return bool(request.needed_by.year) and dates.iso(request.needed_by) < today
+    return given(request.needed_by) and dates.iso(request.needed_by) < today

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import random
 from collections.abc import Callable, Iterable
 from contextlib import closing
@@ -25,10 +26,12 @@ from google.protobuf.message_factory import GetMessageClass
 from linkage import stories
 from linkage.auditlog import verify_chain
 from linkage.config import GatewayLimits
+from linkage.content import CONTENT
 from linkage.readonly import connect_read_only
 from linkage.refusals import MAX_BYTES
 from linkage.transport import api_channel
-from linkage.v1 import gateway_pb2, node_api_pb2, summary_pb2
+from linkage.v1 import envelope_pb2, gateway_pb2, node_api_pb2, summary_pb2, workflow_pb2
+from node.errors import ApiError
 from node.server import NodeServer
 from tests.api_garbler import Garbler
 from tests.harness import PRACTITIONER, Cluster, LocalFederation, running, wait_count, wait_delivered
@@ -36,6 +39,7 @@ from tests.test_federation import _case_id, open_case, share_think_family, summa
 from tests.test_workflows import planned_closure, s47_request
 
 CALLS = 30  # per method and node: half at random, half spoiled valid ones
+MESSAGES = 300  # sent by a member whose software is wrong
 # What a defect looks like from outside: an exception nobody mapped (UNKNOWN), a server
 # that broke (INTERNAL, DATA_LOSS), or a method the contract names and the server lacks.
 DEFECTS = {
@@ -301,3 +305,110 @@ async def test_a_refusal_that_quotes_hundreds_of_names_reaches_the_caller_cut_sh
     details = refused.value.details() or ""
     assert details.startswith("to_nodes names 'gwasanaeth-cymdeithasol-0-ŵŷ', ")
     assert details.endswith(" more characters left out)") and len(details.encode()) < MAX_BYTES + 50
+
+
+async def test_a_member_s_garbage_message_is_stored_whole_or_refused_and_its_sender_told(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
+    """A member whose software is wrong (or newer) signs and seals messages no node should
+    send: every kind, its content filled at random or a valid summary spoiled. Each reaches
+    csc, which stores it whole or refuses it with a receipt saying why; none fails at
+    storing, which would leave its sender sending it again until it expires."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        amh, tokens = await _linked_to_one_family(cluster)
+        garbler = Garbler(random.Random(45), ["amh", "csc", TEXT], tokens)
+        sent = [m for n in range(MESSAGES) if (m := await _send_garbage(amh, garbler, tokens, n))]
+        async with asyncio.timeout(60):
+            ends = [await amh.outbox.settled(message_id) for message_id in sent]
+        assert len(sent) > MESSAGES * 0.9 and {"delivered", "undeliverable"} == set(ends), ends
+        for node in cluster.nodes.values():
+            await _whole(node)
+        await _csc_reads_all_it_took(cluster)
+        await _shares_and_delivers(cluster)
+    assert '"message.store_failed"' not in captured_logs.getvalue()
+
+
+async def _csc_reads_all_it_took(cluster: Cluster) -> None:
+    """What csc stored, it can show: its inbox, each message opened, each case's chronology,
+    closure, requests and challenges, and its duty view, each answered without a defect."""
+    csc = cluster.api("csc")
+    listed = await csc.ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER, limit=500))
+    for item in listed.items:
+        await csc.OpenReceived(node_api_pb2.OpenReceivedRequest(actor=PRACTITIONER, message_id=item.message_id))
+    await csc.ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER, within_days=365))
+    cases = await csc.FindCases(node_api_pb2.FindCasesRequest(actor=PRACTITIONER, include_closed=True))
+    for case in cases.cases:
+        asked = node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case.case_id)
+        for call in (csc.GetClosure, csc.ListInformationRequests, csc.ListChallenges, csc.DiscoverInvolvement):
+            try:
+                await call(asked)
+            except grpc.aio.AioRpcError as exc:  # NOT_FOUND, where no closure was proposed
+                assert exc.code() not in DEFECTS, f"{exc.code().name}: {exc.details()}"
+        await csc.Chronology(node_api_pb2.ChronologyRequest(actor=PRACTITIONER, case_id=case.case_id))
+
+
+async def _linked_to_one_family(cluster: Cluster) -> tuple[NodeServer, list[bytes]]:
+    """amh and csc each have a case for the same family: amh, and the family's link tokens."""
+    family = stories.think_family_people()
+    tokens = await open_case(cluster, "amh", family)
+    await open_case(cluster, "csc", family)
+    return cluster.nodes["amh"], tokens
+
+
+async def _send(
+    node: NodeServer,
+    kind: envelope_pb2.MessageKind.ValueType,
+    tokens: list[bytes],
+    share_id: str,
+    fill: Callable[[envelope_pb2.MessageBody], None],
+) -> str:
+    """A message to csc signed, sealed and queued as the node sends any, with content no
+    policy made: its id."""
+    assert node.store is not None
+    sealed = await node.ctx.messenger.seal_each(["csc"], kind, tokens, share_id, lambda _: fill, PRACTITIONER)
+    async with node.store.tx() as tx:
+        (queued,) = await node.ctx.messenger.queue(tx, sealed, share_id, PRACTITIONER)
+    return queued.message_id
+
+
+async def _send_garbage(node: NodeServer, garbler: Garbler, tokens: list[bytes], n: int) -> str:
+    """One garbage message to csc: its id, or "" if it was too large to be sent at all."""
+    kind = envelope_pb2.MessageKind.ValueType(garbler.rng.choice(list(CONTENT)))
+    try:
+        return await _send(node, kind, tokens, f"garbage-{n}", _garbage_content(garbler, kind, tokens))
+    except ApiError:
+        return ""
+
+
+def _garbage_content(garbler: Garbler, kind: int, tokens: list[bytes]) -> Callable[[envelope_pb2.MessageBody], None]:
+    """What a message of `kind` carries, wrongly: a valid summary spoiled, or its content
+    (or another kind's) filled at random."""
+
+    def fill(body: envelope_pb2.MessageBody) -> None:
+        if CONTENT.get(kind) == "summary" and garbler.rng.random() < 0.5:
+            summary = stories.parent_risk_change(*tokens)
+            summary.summary_id = f"s-{garbler.rng.randrange(10**6)}"
+            summary.decision.CopyFrom(stories.override_decision())
+            body.summary.MergeFromString(garbler.spoil(summary, garbler.rng.choice((1, 2, 3))).SerializeToString())
+            return
+        field = CONTENT.get(kind) if garbler.rng.random() < 0.8 else None
+        field = field or garbler.rng.choice(sorted(set(CONTENT.values())))
+        content: Any = envelope_pb2.MessageBody.DESCRIPTOR.fields_by_name[field].message_type
+        getattr(body, field).CopyFrom(garbler.message(GetMessageClass(content)))
+
+    return fill
+
+
+async def test_a_challenge_with_an_empty_date_is_listed_with_none(federation: LocalFederation) -> None:
+    """A member's software writes an empty respond_by into a challenge: csc takes it as no
+    date given, and lists the challenge (not a date of 0000-00-00 that breaks the list)."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        amh, tokens = await _linked_to_one_family(cluster)
+        raised = workflow_pb2.Challenge(stage="PRACTITIONER", concern=TEXT, link_tokens=tokens)
+        raised.respond_by.SetInParent()  # present, and empty
+        kind = envelope_pb2.MESSAGE_KIND_CHALLENGE
+        sent = await _send(amh, kind, tokens, "empty-date", lambda body: body.challenge.CopyFrom(raised))
+        assert await amh.outbox.settled(sent) == "delivered"
+        asked = node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=await _case_id(cluster, "csc"))
+        (listed,) = (await cluster.api("csc").ListChallenges(asked)).received
+        assert (listed.message_id, listed.HasField("respond_by"), listed.overdue) == (sent, False, False)

@@ -200,6 +200,23 @@ def _unknown_outcome() -> summary_pb2.RiskSummary:
     return summary
 
 
+def _date(year: int, month: int, day: int) -> summary_pb2.Date:
+    return summary_pb2.Date(year=year, month=month, day=day)
+
+
+def _dated(
+    review_date: summary_pb2.Date | None = None, period_to: summary_pb2.Date | None = None
+) -> summary_pb2.RiskSummary:
+    """A summary with a date where a member's wrong software may put one: stored, a date no
+    day on the calendar would fail every view that reads it."""
+    summary = synthetic_summary()
+    if review_date is not None:
+        summary.review_date.CopyFrom(review_date)
+    if period_to is not None:
+        summary.risk_items.add().period.to.CopyFrom(period_to)
+    return summary
+
+
 SHARE, REPLY = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE, envelope_pb2.MESSAGE_KIND_CLOSURE_RESPONSE
 INFORMATION = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE
 
@@ -246,6 +263,15 @@ INFORMATION = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE
             ),
             "challenge answer 3 is not one this node knows",
         ),
+        (
+            envelope_pb2.MESSAGE_KIND_CHALLENGE,
+            lambda body: body.challenge.CopyFrom(
+                workflow_pb2.Challenge(stage="PRACTITIONER", concern="c", respond_by=_date(0, -1, 0))
+            ),
+            "a date in it is not on the calendar (0--1-0)",
+        ),
+        (SHARE, lambda body: body.summary.CopyFrom(_dated(review_date=_date(2026, 6, 31))), "(2026-6-31)"),
+        (SHARE, lambda body: body.summary.CopyFrom(_dated(period_to=_date(0, 5, 1))), "(0-5-1)"),
     ],
 )
 def test_a_message_its_recipient_cannot_act_on_is_refused_as_malformed(
@@ -258,6 +284,16 @@ def test_a_message_its_recipient_cannot_act_on_is_refused_as_malformed(
     with pytest.raises(Rejected) as raised:
         open_envelope(out.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
     assert raised.value.reason == Reason.MALFORMED and why in raised.value.detail
+
+
+def test_a_date_sent_empty_is_a_date_left_out(ring: Keyring) -> None:
+    """Case systems that write every field send an empty Date where none was given: taken as
+    left out, not refused as off the calendar."""
+    summary = _dated(review_date=_date(0, 0, 0), period_to=_date(0, 0, 0))
+    assert summary.HasField("review_date")
+    out = ring.seal("a", "b", message_id=uuid7(NOW), kind=SHARE, content=lambda body: body.summary.CopyFrom(summary))
+    opened = open_envelope(out.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+    assert opened.body.summary.review_date == _date(0, 0, 0)
 
 
 def test_the_largest_body_a_node_signs_travels_in_one_frame_in_the_worst_case() -> None:

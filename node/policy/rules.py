@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 
 from linkage import jurisdictions
+from linkage.calendar import given, on_calendar
 from linkage.codelists import CodeLists
 from linkage.v1 import summary_pb2 as pb
 from node import dates
@@ -32,10 +33,6 @@ LEGITIMATE_INTERESTS = frozenset({"A6_1_F", "A6_1_EA_SAFEGUARDING", PUBLIC_TASK_
 NON_PUBLIC_AGENCIES = frozenset(
     {"VCS_OLDER_PEOPLE", "VCS_DOMESTIC_ABUSE", "VCS_CHILDREN", "VCS_OTHER", "HOUSING_PROVIDER", "EARLY_YEARS"}
 )
-
-
-def date_set(date: pb.Date) -> bool:
-    return date.year > 0
 
 
 def consent_absent(decision: pb.ShareDecision) -> bool:
@@ -175,7 +172,7 @@ def advice_rules(decision: pb.ShareDecision, codes: CodeLists) -> Iterator[Findi
         yield from _code(codes, "advice_role", advice.from_role, where)
         if not advice.advice.strip():
             yield Finding("advice_missing", f"Say what {where} was: the log keeps the advice, not only who gave it.")
-        if date_set(advice.on) and not dates.valid(advice.on):
+        if given(advice.on) and not on_calendar(advice.on):
             yield Finding("advice_date_invalid", f"{where} is dated {dates.iso(advice.on)}, not a calendar date.")
     yield from _too_long((f"advice {n}", a.advice, MAX_TEXT) for n, a in enumerate(decision.advice_sought, start=1))
 
@@ -284,7 +281,7 @@ def item_rules(item: pb.RiskItem, n: int, codes: CodeLists, jurisdiction: str) -
     if item.currency not in (pb.CURRENCY_CURRENT, pb.CURRENCY_HISTORICAL):
         yield Finding("currency_missing", f"{where}: say whether it is current or historical.")
     elif item.currency == pb.CURRENCY_HISTORICAL:
-        if not (date_set(item.period.to) and item.historical_relevance):
+        if not (given(item.period.to) and item.historical_relevance):
             yield Finding(
                 "historical_needs_dates",
                 f"{where}: historical information needs the date it ended and its relevance now.",
@@ -350,7 +347,7 @@ def date_problems(summary: pb.RiskSummary) -> list[str]:
     problems = [
         f"the {where} ({dates.iso(date)}) is not a date on the calendar"
         for where, date in _dates(summary)
-        if any(_day(date)) and not dates.valid(date)
+        if given(date) and not on_calendar(date)
     ]
     for n, item in enumerate(summary.risk_items, start=1):
         start, end = _day(getattr(item.period, "from")), _day(item.period.to)
@@ -410,5 +407,5 @@ def summary_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding
     yield from _code(codes, "jurisdiction", summary.jurisdiction, "jurisdiction")
     if summary.HasField("closure_intent"):
         yield from _code(codes, "closure_intent", summary.closure_intent.intent, "closure intent")
-    if any(i.currency == pb.CURRENCY_CURRENT for i in summary.risk_items) and not date_set(summary.review_date):
+    if any(i.currency == pb.CURRENCY_CURRENT for i in summary.risk_items) and not given(summary.review_date):
         yield Finding("review_date_missing", "A summary with current risk needs a review date.")
