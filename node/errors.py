@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from node.policy.rules import MAX_TEXT
+from node.policy.rules import MAX_TEXT, control_character
 
 
 class ApiError(Exception):
@@ -24,7 +24,10 @@ def not_found(message: str) -> ApiError:
 
 def check_notes(**notes: str) -> None:
     """Each free-text field of a call (a question, an answer, a reason, a note: named as the
-    API names it) is held to a summary's limit on its texts: a message, not the record."""
+    API names it) is held to a summary's rules for its texts: a message, not the record, and
+    plain text."""
     for name, text in notes.items():
         if len(text) > MAX_TEXT:
             raise invalid(f"{name} is {len(text):,} characters; keep it under {MAX_TEXT:,}: say what is necessary")
+        if problem := control_character(text):
+            raise invalid(f"{name} {problem}")

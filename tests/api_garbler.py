@@ -52,12 +52,13 @@ class Garbler:
                 self._fill(built, fd, depth)
         return built
 
-    def spoil(self, valid: Message, changes: int) -> Message:
-        """A copy of `valid` with `changes` fields anywhere in it made wrong or cleared."""
+    def spoil(self, valid: Message, changes: int, only: frozenset[str] = frozenset()) -> Message:
+        """A copy of `valid` with `changes` fields anywhere in it made wrong or cleared (if
+        `only` names some, those of its own fields and anything in them)."""
         spoiled = type(valid)()
         spoiled.CopyFrom(valid)
         for _ in range(changes):
-            targets = list(_fields(spoiled))
+            targets = list(_fields(spoiled, only))
             if not targets:
                 break
             holder, fd = self.rng.choice(targets)
@@ -106,13 +107,16 @@ class Garbler:
         return self.rng.choice(_INTS[kind])
 
 
-def _fields(message: Message) -> Sequence[tuple[Message, Field]]:
-    """Every (holder, field) in `message`, through the submessages it has set."""
+def _fields(message: Message, only: frozenset[str] = frozenset()) -> Sequence[tuple[Message, Field]]:
+    """Every (holder, field) in `message`, through the submessages it has set; if `only`
+    names some of its own fields, those and what is in them."""
     found: list[tuple[Message, Field]] = []
     stack = [message]
     while stack:
         holder = stack.pop()
         for fd in holder.DESCRIPTOR.fields:
+            if only and holder is message and fd.name not in only:
+                continue
             found.append((holder, fd))
             if fd.type != FieldDescriptor.TYPE_MESSAGE:
                 continue

@@ -11,8 +11,10 @@ that they get past the first look-up. Seeded: a failure names the request, and c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import io
+import json
 import os
 import random
 from collections.abc import Callable, Iterable
@@ -27,16 +29,18 @@ from google.protobuf.message_factory import GetMessageClass
 
 from linkage import stories
 from linkage.auditlog import verify_chain
+from linkage.cli.terminal import UNSAFE
 from linkage.config import GatewayLimits
 from linkage.content import CONTENT
 from linkage.readonly import connect_read_only
 from linkage.refusals import MAX_BYTES
 from linkage.transport import api_channel
 from linkage.v1 import envelope_pb2, gateway_pb2, node_api_pb2, summary_pb2, workflow_pb2
+from node import reception
 from node.errors import ApiError
 from node.server import NodeServer
 from tests.api_garbler import Garbler
-from tests.harness import PRACTITIONER, Cluster, LocalFederation, running, wait_count, wait_delivered
+from tests.harness import PRACTITIONER, Cluster, LocalFederation, linkage, running, wait_count, wait_delivered
 from tests.test_federation import _case_id, open_case, share_think_family, summaries
 from tests.test_workflows import planned_closure, s47_request
 
@@ -427,3 +431,103 @@ async def test_a_challenge_with_an_empty_date_is_listed_with_none(federation: Lo
         asked = node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=await _case_id(cluster, "csc"))
         (listed,) = (await cluster.api("csc").ListChallenges(asked)).received
         assert (listed.message_id, listed.HasField("respond_by"), listed.overdue) == (sent, False, False)
+
+
+RECEIPTS = 40  # shares whose receipts come back spoiled
+
+
+async def test_a_member_s_garbage_receipts_leave_its_peer_whole_and_every_message_settles(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+) -> None:
+    """csc's software signs receipts no node should: a status no node knows, a reason of any
+    length, a receipt time at either end of the clock, a checkpoint of nonsense, another
+    envelope's digest. amh takes each it can verify and ignores the rest, then re-sends
+    those; once csc mends, every message settles, and amh shows each share's delivery."""
+    quick = dataclasses.replace(federation.node_configs["amh"].delivery, receipt_timeout_ms=300)
+    async with running(federation, nodes=("csc",)) as cluster:
+        amh = await cluster.start_node("amh", delivery=quick)
+        _, tokens = await _linked_to_one_family(cluster)
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER,
+                case_id=await _case_id(cluster, "amh"),
+                assessment=stories.parent_risk_change(tokens[0], tokens[-1]),
+            )
+        )
+        garbler = Garbler(random.Random(SEED + 3), ["amh", "csc", TEXT], tokens)
+        spoiled = frozenset({"status", "reason", "received_at_ms", "checkpoint", "envelope_sha256"})
+
+        class Spoiling:
+            """envelope_pb2 as node.reception sees it: each receipt body it makes, spoiled."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(envelope_pb2, name)
+
+            def ReceiptBody(self, **fields: Any) -> Message:
+                return garbler.spoil(envelope_pb2.ReceiptBody(**fields), garbler.rng.choice((1, 2, 3)), spoiled)
+
+        with monkeypatch.context() as patched:  # the receipts csc makes (and amh's, for csc's notices)
+            patched.setattr(reception, "envelope_pb2", Spoiling())
+            shares = [
+                await cluster.api("amh").ShareSummary(
+                    node_api_pb2.ShareSummaryRequest(
+                        actor=PRACTITIONER, assessment_id=recorded.assessment_id, decision=stories.override_decision()
+                    )
+                )
+                for _ in range(RECEIPTS)
+            ]
+            await wait_count(cluster.nodes["csc"], "SELECT COUNT(DISTINCT message_id) FROM inbox", (), RECEIPTS)
+        async with asyncio.timeout(60):
+            ends = [await amh.outbox.settled(r.message_id) for s in shares for r in s.recipients]
+        assert set(ends) <= {"delivered", "undeliverable"} and "delivered" in ends, ends
+        for shared in shares:
+            await cluster.api("amh").GetShareStatus(
+                node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)
+            )
+        await _reads_all_it_took(cluster, "amh")
+        for node in cluster.nodes.values():
+            await _whole(node)
+    logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    assert not [e for e in logged if e["level"] == "error"]
+    assert any(e["event"] == "receipt.rejected" for e in logged)  # some could not be verified, and were not taken
+
+
+async def test_a_practitioner_s_text_with_a_control_character_is_refused_saying_where(
+    federation: LocalFederation,
+) -> None:
+    """No case system should send an escape or a lone carriage return in a practitioner's
+    words: the call is refused, naming the field, the character and where it is."""
+    async with running(federation, nodes=("csc",)) as cluster:
+        await open_case(cluster, "csc", stories.think_family_people())
+        raised = _challenge(await _case_id(cluster, "csc"))
+        raised.concern = "The risk is HIGH\rLOW"
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cluster.api("csc").RaiseChallenge(raised)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == ("concern holds a control character (U+000D) at character 17: send plain text")
+
+
+async def test_text_from_another_agency_cannot_act_on_the_reader_s_terminal(federation: LocalFederation) -> None:
+    """A member's summary carries a screen-clearing escape sequence, a carriage return that
+    would print LOW over HIGH, and a right-to-left override. `linkage inbox open` at csc
+    shows each as its escape, in text and in JSON (where it reads back as sent)."""
+    hostile = "Risk is HIGH\r LOW\x1b[2J\x1b]0;retitled\x07 and \u202eHGIH si ksiR\u202c"
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        amh, tokens = await _linked_to_one_family(cluster)
+        summary = stories.parent_risk_change(tokens[0], tokens[-1])
+        summary.summary_id, summary.headline = "s-hostile", hostile
+        summary.decision.CopyFrom(stories.override_decision())
+        summary.decision.outcome = summary_pb2.DECISION_OUTCOME_SHARED
+        kind = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
+        sent = await _send(amh, "csc", kind, tokens, "hostile", lambda body: body.summary.CopyFrom(summary))
+        assert await amh.outbox.settled(sent) == "delivered"
+        reader = ["--actor-id", "csc-1", "--actor-role", "Social worker"]
+        reader += ["--socket", str(cluster.nodes["csc"].config.api_socket)]
+        code, text, err = await linkage("inbox", "open", sent, *reader)
+        assert code == 0, err
+        code, as_json, err = await linkage("inbox", "open", sent, "--json", *reader)
+        assert code == 0, err
+    for shown in (text, as_json):
+        assert not UNSAFE.search(shown) and "\r" not in shown
+    assert "Risk is HIGH\\u000d LOW\\u001b[2J\\u001b]0;retitled\\u0007 and \\u202eHGIH si ksiR\\u202c" in text
+    assert json.loads(as_json)["body"]["summary"]["headline"] == hostile

@@ -160,6 +160,10 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
     ("approval_required", _set("d.approved_by", None), lambda s, d: None),
     ("text_too_long", _set("s.risk_items.0.narrative", "x" * 2001), _set("s.risk_items.0.narrative", "x" * 2000)),
     ("text_too_long", _set("s.headline", "x" * 301), _set("s.headline", "Short and plain.")),
+    # Tab and line ends are a practitioner's; an escape or carriage return alone is not.
+    ("text_control_character", _set("s.headline", "HIGH\rLOW"), _set("s.headline", "HIGH\r\nthen\tLOW")),
+    ("text_control_character", _set("s.risk_items.0.narrative", "x\x1b[2J"), _set("s.risk_items.0.narrative", "x")),
+    ("text_control_character", _set("d.rationale", "\x00"), _set("d.rationale", "Plain words.")),
     (
         "not_informed_reason_missing",
         _set("d.subject_informed", "NOT_INFORMED_OTHER"),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from linkage import __version__, jurisdictions
 from linkage.cli import audit, backup, casework, directory_listing, duty, health, inbox, share
+from linkage.cli.terminal import harmless_output
 from linkage.clock import SystemClock
 
 Handler = Callable[[argparse.Namespace], int]
@@ -355,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with harmless_output():  # much of what is printed was written at another agency
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     handler: Handler = args.handler
     try:
         code = handler(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterator
 
 from linkage import jurisdictions
@@ -152,7 +153,7 @@ def decision_rules(
     if decision.subject_informed == "NOT_INFORMED_OTHER" and not decision.subject_not_informed_reason.strip():
         yield Finding("not_informed_reason_missing", "Say why the person was not told about the sharing.")
     yield from handling_rules(decision, codes)
-    yield from _too_long(_decision_texts(decision))
+    yield from _text_problems(_decision_texts(decision))
     if decision.consent_status == "CANNOT_GIVE_LACKS_CAPACITY" and not (
         decision.capacity_assessment_ref and decision.best_interests_ref
     ):
@@ -174,7 +175,9 @@ def advice_rules(decision: pb.ShareDecision, codes: CodeLists) -> Iterator[Findi
             yield Finding("advice_missing", f"Say what {where} was: the log keeps the advice, not only who gave it.")
         if given(advice.on) and not on_calendar(advice.on):
             yield Finding("advice_date_invalid", f"{where} is dated {dates.iso(advice.on)}, not a calendar date.")
-    yield from _too_long((f"advice {n}", a.advice, MAX_TEXT) for n, a in enumerate(decision.advice_sought, start=1))
+    yield from _text_problems(
+        (f"advice {n}", a.advice, MAX_TEXT) for n, a in enumerate(decision.advice_sought, start=1)
+    )
 
 
 def left_out_rules(
@@ -199,7 +202,7 @@ def left_out_rules(
             yield Finding(
                 "left_out_reason_missing", f"Say why {who} is left out: every decision not to share needs its reasons."
             )
-    yield from _too_long(
+    yield from _text_problems(
         (f"reason {left.node_id} is left out", left.reason, MAX_TEXT) for left in decision.not_shared_with
     )
 
@@ -317,10 +320,25 @@ def _decision_texts(decision: pb.ShareDecision) -> Iterator[tuple[str, str, int]
     yield "handling instructions", decision.handling_instructions, MAX_TEXT
 
 
-def _too_long(texts: Iterator[tuple[str, str, int]]) -> Iterator[Finding]:
+def _text_problems(texts: Iterator[tuple[str, str, int]]) -> Iterator[Finding]:
     for where, text, limit in texts:
         if len(text) > limit:
             yield Finding("text_too_long", f"The {where} is {len(text)} characters; keep it under {limit}.")
+        if problem := control_character(text):
+            yield Finding("text_control_character", f"The {where} {problem}.")
+
+
+# No practitioner writes these (tab and line ends aside, a carriage return only before a
+# newline); in a case system or a terminal they can hide or rewrite what is shown ("LOW"
+# printed over "HIGH"), so they are refused before anything is sent.
+CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
+
+
+def control_character(text: str) -> str:
+    """What is wrong, if `text` holds a control character: which, and where."""
+    if (found := CONTROL.search(text)) is None:
+        return ""
+    return f"holds a control character (U+{ord(found.group()):04X}) at character {found.start() + 1}: send plain text"
 
 
 def _dates(summary: pb.RiskSummary) -> Iterator[tuple[str, pb.Date]]:
@@ -394,7 +412,7 @@ def summary_rules(summary: pb.RiskSummary, codes: CodeLists) -> Iterator[Finding
         yield Finding("no_risk_items", "A summary needs at least one risk item.")
     if len(summary.risk_items) > MAX_ITEMS:
         yield Finding("too_many_items", f"A summary holds at most {MAX_ITEMS} risk items; share what is necessary.")
-    yield from _too_long(_texts(summary))
+    yield from _text_problems(_texts(summary))
     for n, person in enumerate(summary.people, start=1):
         yield from _code(codes, "role_in_risk", person.role_in_risk, f"Person {n}")
         yield from _code(codes, "person_type", person.person_type, f"Person {n}")
