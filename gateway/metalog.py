@@ -125,7 +125,7 @@ class MetaLog:
         seq, prev = self._seq, self._hash
         rows = []
         for ts_ms, event, node, counterpart, detail, ids in batch:
-            message_id, outcome = ids.split("\x00")
+            message_id, _, outcome = ids.rpartition("\x00")  # the outcome is ours; the id may hold anything
             seq += 1
             entry = AuditEntry(
                 seq=seq,
@@ -212,7 +212,7 @@ class MetaLog:
         """The last resort, at a stop that could neither commit nor keep them: each entry in
         the operational log, which carries ids, sizes and counts as this log does."""
         for ts_ms, event, node, counterpart, detail, ids in self._pending:
-            message_id, outcome = ids.split("\x00")
+            message_id, _, outcome = ids.rpartition("\x00")  # the outcome is ours; the id may hold anything
             log.error(
                 "metalog.unflushed_entry",
                 at_ms=ts_ms,

@@ -17,9 +17,11 @@ import io
 import json
 import os
 import random
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import closing
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -27,15 +29,19 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
+from gateway.db import GatewayDb
+from gateway.metalog import MetaLog
 from linkage import stories
 from linkage.auditlog import verify_chain
 from linkage.cli.terminal import UNSAFE
+from linkage.clock import ManualClock
 from linkage.config import GatewayLimits
 from linkage.content import CONTENT
+from linkage.frames import unbatch
 from linkage.readonly import connect_read_only
 from linkage.refusals import MAX_BYTES
-from linkage.transport import api_channel
-from linkage.v1 import envelope_pb2, gateway_pb2, node_api_pb2, summary_pb2, workflow_pb2
+from linkage.transport import MAX_MESSAGE_BYTES, api_channel
+from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2, summary_pb2, workflow_pb2
 from node import reception
 from node.errors import ApiError
 from node.server import NodeServer
@@ -531,3 +537,139 @@ async def test_text_from_another_agency_cannot_act_on_the_reader_s_terminal(fede
         assert not UNSAFE.search(shown) and "\r" not in shown
     assert "Risk is HIGH\\u000d LOW\\u001b[2J\\u001b]0;retitled\\u0007 and \\u202eHGIH si ksiR\\u202c" in text
     assert json.loads(as_json)["body"]["summary"]["headline"] == hostile
+
+
+FRAMES = 3_000  # on a member's stream to the gateway
+
+
+async def test_a_member_s_garbage_frames_leave_the_gateway_routing_and_log_no_error(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
+    """amh's software writes frames no node should on its stream to the gateway: envelopes
+    with spoiled routing headers (to csc, to itself, to nobody; any kind, tokens, times,
+    key), resolves, receipts of nonsense, and batches of them. The gateway answers or ends
+    the stream with a status saying why, never with a defect; a new stream carries on; and
+    afterwards it still routes a share from amh to csc."""
+    async with running(federation, nodes=("csc",)) as cluster:
+        tokens = await open_case(cluster, "csc", stories.think_family_people())
+        garbler = Garbler(random.Random(SEED + 4), ["amh", "csc", "nobody", TEXT], tokens)
+        stub = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("amh"))
+        ended: set[str] = set()
+        sent = 0
+
+        async def frames() -> AsyncIterator[gateway_pb2.NodeFrame]:
+            """Until all are sent, or the gateway ends the stream (then gRPC stops asking)."""
+            nonlocal sent
+            while sent < FRAMES:
+                frame = _garbage_frame(garbler, tokens, sent)
+                if frame.ByteSize() <= MAX_MESSAGE_BYTES:  # larger, this client's gRPC refuses it (S8: the gateway's)
+                    sent += 1
+                    yield frame
+
+        while sent < FRAMES:  # a stream the gateway ends, and then another
+            ended.add(await _drain(stub.Connect(frames())))
+        assert ended <= {"OK", "INVALID_ARGUMENT", "PERMISSION_DENIED", "ENDED_BY_THE_GATEWAY"}, ended
+        await cluster.start_node("amh")
+        await open_case(cluster, "amh", stories.think_family_people(), case_ref="after")
+        await _shares_and_delivers(cluster)
+        with closing(connect_read_only(federation.gateway_config.store_path)) as gateway_store:
+            assert gateway_store.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    assert not [e for e in logged if e["level"] == "error"], [e for e in logged if e["level"] == "error"][:3]
+    refusals = {e["outcome"] for e in logged if e["event"] == "stream.refused"}
+    assert refusals and refusals <= {"INVALID_ARGUMENT", "PERMISSION_DENIED"}, refusals
+
+
+async def _drain(call: Any) -> str:
+    """Read a stream's answers until it ends: how it ended."""
+    try:
+        async for _ in call:
+            pass
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.INTERNAL and 'Failed "execute_batch"' in (exc.debug_error_string() or ""):
+            # grpc/grpc#36066: a write that meets the end of the stream overwrites the status
+            # the gateway sent with this; the gateway's log has what it said.
+            return "ENDED_BY_THE_GATEWAY"
+        return exc.code().name
+    return "OK"
+
+
+def _garbage_frame(garbler: Garbler, tokens: list[bytes], n: int) -> gateway_pb2.NodeFrame:
+    """An envelope with a spoiled header, a resolve, a nonsense receipt, or a batch of them."""
+    pick = garbler.rng.random()
+    if pick < 0.1:
+        return gateway_pb2.NodeFrame(
+            batch=gateway_pb2.NodeFrames(frames=[_garbage_frame(garbler, tokens, n) for _ in range(3)])
+        )
+    if pick < 0.6:
+        now = int(time.time() * 1000)
+        header = envelope_pb2.RoutingHeader(
+            message_id=f"m-{n}",
+            sender_node="amh",
+            recipient_node="csc",
+            link_tokens=tokens,
+            created_at_ms=now,
+            expires_at_ms=now + 3_600_000,
+            kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+        )
+        spoiled = garbler.spoil(header, garbler.rng.choice((1, 2)), ROUTING_SPOILED)
+        envelope = envelope_pb2.Envelope(routing=spoiled.SerializeToString(), ciphertext=garbler.rng.randbytes(64))
+        return gateway_pb2.NodeFrame(send=envelope)
+    if pick < 0.8:
+        asked = gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=tokens, request_id=n)
+        spoiled = garbler.spoil(asked, 1, frozenset({"link_tokens", "request_id"}))
+        return gateway_pb2.NodeFrame(resolve=cast(gateway_pb2.ResolveRecipientsRequest, spoiled))
+    return gateway_pb2.NodeFrame(receipt=cast(envelope_pb2.Receipt, garbler.message(envelope_pb2.Receipt)))
+
+
+# All but the sender: a header naming another sender is spoofing, which ends the stream at
+# once (S7), and would leave the rest untried.
+ROUTING_SPOILED = frozenset(envelope_pb2.RoutingHeader.DESCRIPTOR.fields_by_name) - {"sender_node"}
+
+
+async def test_a_metadata_log_entry_holds_whatever_id_it_is_given_and_its_batch_commits(tmp_path: Path) -> None:
+    """An id holding the separator the pending entries are kept with (NUL) once failed the
+    whole flush, and the entries batched with it were lost."""
+    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
+    try:
+        log = MetaLog(db, ManualClock(), "gateway")
+        log.record("envelope.rejected", "amh", message_id="m\x00with\x00nuls", outcome="malformed")
+        log.record("envelope.forwarded", "csc", counterpart="amh", message_id="m-2")
+        await log.flush()
+        rows = await db.read("SELECT entry FROM metalog ORDER BY seq")
+    finally:
+        await db.close()
+    entries = [json.loads(entry) for (entry,) in rows]
+    assert [(e["message_id"], e["decision"]) for e in entries] == [("m\x00with\x00nuls", "malformed"), ("m-2", "")]
+
+
+async def test_ids_a_node_sends_in_no_form_the_federation_gives_are_left_out_of_the_gateway_s_logs(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
+    """An envelope whose message id is 100 KB of nonsense, and a receipt naming a sender no
+    node id could be: the gateway refuses or drops them, and records each without the id,
+    flagged, in its metadata log and its operational log alike."""
+    nonsense = "\x00\u202e" + "x" * 100_000
+    async with running(federation, nodes=("csc",)) as cluster:
+        stub = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("amh"))
+        call = stub.Connect()
+        routing = envelope_pb2.RoutingHeader(message_id=nonsense, sender_node="amh", recipient_node="csc")
+        await call.write(gateway_pb2.NodeFrame(send=envelope_pb2.Envelope(routing=routing.SerializeToString())))
+        frame = await call.read()
+        assert isinstance(frame, gateway_pb2.GatewayFrame)
+        (answer,) = unbatch(frame)
+        assert answer.send_ack.status == gateway_pb2.SEND_STATUS_REJECTED
+        receipt = envelope_pb2.ReceiptBody(message_id=nonsense, sender_node=nonsense, recipient_node="amh")
+        await call.write(gateway_pb2.NodeFrame(receipt=envelope_pb2.Receipt(body=receipt.SerializeToString())))
+        await call.done_writing()
+        assert await call.read() == grpc.aio.EOF
+    with closing(connect_read_only(federation.gateway_config.store_path)) as gateway_store:
+        entries = [json.loads(e) for (e,) in gateway_store.execute("SELECT entry FROM metalog ORDER BY seq")]
+    logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    for said in (entries, logged):
+        text = json.dumps(said)
+        assert "x" * 100 not in text and "\\u0000" not in text
+    (rejected,) = [e for e in entries if e["event"] == "envelope.rejected"]
+    assert (rejected["message_id"], rejected["detail"]) == ("", {"message_id_malformed": True})
+    (dropped,) = [e for e in entries if e["event"] == "receipt.dropped"]
+    assert dropped["detail"] == {"message_id_malformed": True, "counterpart_malformed": True}
