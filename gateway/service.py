@@ -23,7 +23,7 @@ from linkage.content import ABOUT_NO_FAMILY
 from linkage.directory import DirectoryView
 from linkage.envelope import parse_routing
 from linkage.frames import NestedBatchError, unbatch
-from linkage.ids import is_node_id, is_uuid7
+from linkage.ids import is_uuid7, recordable
 from linkage.merkle import HASH_SIZE, MAX_CONSISTENCY_PROOF
 from linkage.reasons import Reason, Rejected
 from linkage.refusals import bounded
@@ -122,10 +122,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         metrics, and in the operational log only at debug level. An id a node sent that is
         not of the form the federation gives (a UUIDv7 message id, a node id) is left out and
         flagged: no member writes what it likes, or as much as it likes, into either log."""
-        if message_id and not is_uuid7(message_id):
-            message_id, detail = "", {**detail, "message_id_malformed": True}
-        if counterpart and not is_node_id(counterpart):
-            counterpart, detail = "", {**detail, "counterpart_malformed": True}
+        message_id, counterpart, flags = recordable(message_id, counterpart)
+        detail = {**detail, **flags} if flags else detail
         (log.warning if warning else log.debug if routine else log.info)(
             event, node=node, counterpart=counterpart, message_id=message_id, outcome=outcome, **detail
         )

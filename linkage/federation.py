@@ -210,7 +210,7 @@ def enrol_node(
 ) -> Path:
     """Write a node bundle to `out` and add its entry for the next directory."""
     if not is_node_id(node_id):
-        raise FederationError("node id must be 2-63 lowercase letters, digits or hyphens, starting with a letter")
+        raise FederationError("node id must be 1-63 lowercase letters, digits or hyphens, starting with a letter")
     codes = CodeLists.load()
     if not codes.has("agency_type", agency_type):
         raise FederationError(

@@ -7,7 +7,7 @@ import re
 import threading
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-NODE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
+NODE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
 _RANDOM_BITS = 74
@@ -44,3 +44,15 @@ def is_uuid7(text: str) -> bool:
 def is_node_id(text: str) -> bool:
     """Node ids are short lowercase slugs; they appear in SPIFFE ids and paths."""
     return bool(NODE_ID_RE.match(text))
+
+
+def recordable(message_id: str, node_id: str) -> tuple[str, str, dict[str, bool]]:
+    """A message id and a node id, from a party not yet trusted, as a log may record them:
+    each only in the form the federation gives it (a UUIDv7, a node id), else left out and
+    flagged, so that nobody writes what they like, or as much as they like, into a log."""
+    flags = {}
+    if message_id and not is_uuid7(message_id):
+        message_id, flags["message_id_malformed"] = "", True
+    if node_id and not is_node_id(node_id):
+        node_id, flags["counterpart_malformed"] = "", True
+    return message_id, node_id, flags

@@ -29,6 +29,7 @@ from linkage.envelope import (
     signing_generation,
 )
 from linkage.grounds import lawful_ground
+from linkage.ids import recordable
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, summary_pb2
@@ -236,18 +237,19 @@ class Reception:
             routing: envelope_pb2.RoutingHeader | None = parse_routing(envelope)
         except Rejected:
             routing = None
-        sender = routing.sender_node if routing else ""
-        message_id = routing.message_id if routing else ""
+        # Nothing in a refused message is verified: its ids are recorded only in the forms
+        # the federation gives them, and it is answered only if both are.
+        message_id, sender, flags = recordable(*((routing.message_id, routing.sender_node) if routing else ("", "")))
         async with self.store.tx() as tx:
             await tx.audit(
                 "message.rejected",
                 message_id=message_id,
                 counterpart=sender,
-                detail={"reason": reason.value, "why": why.detail},
+                detail={"reason": reason.value, "why": why.detail, **flags},
             )
         self.metrics.rejected.labels(reason.value).inc()
-        log.warning("message.rejected", sender=sender, message_id=message_id, reason=reason.value)
-        if routing is None or reason is Reason.WRONG_RECIPIENT:
+        log.warning("message.rejected", sender=sender, message_id=message_id, reason=reason.value, **flags)
+        if not (message_id and sender) or reason is Reason.WRONG_RECIPIENT:
             return None
         return _Answer(
             message_id, sender, envelope_digest(envelope), envelope_pb2.RECEIPT_STATUS_REJECTED, reason.value

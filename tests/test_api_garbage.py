@@ -673,3 +673,22 @@ async def test_ids_a_node_sends_in_no_form_the_federation_gives_are_left_out_of_
     assert (rejected["message_id"], rejected["detail"]) == ("", {"message_id_malformed": True})
     (dropped,) = [e for e in entries if e["event"] == "receipt.dropped"]
     assert dropped["detail"] == {"message_id_malformed": True, "counterpart_malformed": True}
+
+
+async def test_a_refused_message_s_ids_are_recorded_only_in_the_forms_the_federation_gives(
+    federation: LocalFederation,
+) -> None:
+    """Nothing in a message a node refuses is verified: a gateway that is not what it should
+    be delivers one whose header names a 100 KB message id and a sender no node id could be.
+    csc audits the refusal without either, flagged, and quotes only so much of it."""
+    nonsense = "\x00\u202e" + "x" * 100_000
+    async with running(federation, nodes=("csc",)) as cluster:
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+        routing = envelope_pb2.RoutingHeader(message_id=nonsense, sender_node=nonsense, recipient_node="csc")
+        await csc.reception.on_envelopes([envelope_pb2.Envelope(routing=routing.SerializeToString())])
+        (entry,) = await csc.store.fetchone("SELECT entry FROM audit WHERE event = 'message.rejected'")
+    rejected = json.loads(entry)
+    assert (rejected["message_id"], rejected["counterpart"]) == ("", "")
+    assert rejected["detail"]["message_id_malformed"] and rejected["detail"]["counterpart_malformed"]
+    assert len(rejected["detail"]["why"]) < 300  # what it quotes, cut short
