@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from linkage.refusals import bounded
+
 
 class Reason(StrEnum):
     MALFORMED = "malformed"
@@ -33,15 +35,14 @@ class Reason(StrEnum):
 
 # A refusal's detail often quotes what was refused (a node id, a key id), which may be
 # anything its sender chose: it goes into audit entries and log lines, so only so much of it.
-MAX_DETAIL = 200
+MAX_DETAIL_BYTES = 200
 
 
 class Rejected(Exception):
     """A message or document refused for a stated reason."""
 
     def __init__(self, reason: Reason, detail: str = "") -> None:
-        if len(detail) > MAX_DETAIL:
-            detail = f"{detail[:MAX_DETAIL]}... ({len(detail) - MAX_DETAIL:,} more characters left out)"
+        detail = bounded(detail, MAX_DETAIL_BYTES)
         super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
         self.reason = reason
         self.detail = detail

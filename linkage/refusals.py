@@ -1,4 +1,4 @@
-"""What a refusal says, kept to a length gRPC will carry.
+"""What a refusal says, kept to a length gRPC will carry (and a log will hold).
 
 A refusal often quotes what the caller sent (an unknown agency, a code not in a list), and
 a repeated field can name hundreds. gRPC sends the message in a header, percent-encoding
@@ -12,10 +12,11 @@ from __future__ import annotations
 MAX_BYTES = 2_000
 
 
-def bounded(message: str) -> str:
-    """`message`, or as much of its start as fits and how much was left out."""
+def bounded(message: str, most: int = MAX_BYTES) -> str:
+    """`message`, or as much of its start as fits in `most` bytes of UTF-8 and how much was
+    left out."""
     encoded = message.encode()
-    if len(encoded) <= MAX_BYTES:
+    if len(encoded) <= most:
         return message
-    kept = encoded[:MAX_BYTES].decode(errors="ignore")  # not half a character
+    kept = encoded[:most].decode(errors="ignore")  # not half a character
     return f"{kept}... ({len(message) - len(kept):,} more characters left out)"

@@ -239,7 +239,7 @@ class Reception:
             routing = None
         # Nothing in a refused message is verified: its ids are recorded only in the forms
         # the federation gives them, and it is answered only if both are.
-        message_id, sender, flags = recordable(*((routing.message_id, routing.sender_node) if routing else ("", "")))
+        message_id, sender, flags = recordable(routing.message_id, routing.sender_node) if routing else ("", "", {})
         async with self.store.tx() as tx:
             await tx.audit(
                 "message.rejected",
