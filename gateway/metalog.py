@@ -127,16 +127,23 @@ class MetaLog:
         for ts_ms, event, node, counterpart, detail, ids in batch:
             message_id, _, outcome = ids.rpartition("\x00")  # the outcome is ours; the id may hold anything
             seq += 1
-            entry = AuditEntry(
-                seq=seq,
-                ts_ms=ts_ms,
-                event=event,
-                actor={"id": node, "name": "", "role": "node"},
-                message_id=message_id,
-                counterpart=counterpart,
-                decision=outcome,
-                detail=detail,
-            ).canonical()
+            actor = {"id": node, "name": "", "role": "node"}
+            try:
+                entry = AuditEntry(
+                    seq=seq,
+                    ts_ms=ts_ms,
+                    event=event,
+                    actor=actor,
+                    message_id=message_id,
+                    counterpart=counterpart,
+                    decision=outcome,
+                    detail=detail,
+                ).canonical()
+            except TypeError as exc:  # a defect in what was recorded: said in its place, not the batch lost
+                log.error("metalog.unencodable", entry_event=event, error=str(exc))
+                said = {"event": event, "error": type(exc).__name__}
+                event, counterpart = "metalog.unencodable", ""
+                entry = AuditEntry(seq=seq, ts_ms=ts_ms, event=event, actor=actor, detail=said).canonical()
             prev = chain_hash(prev, entry)
             rows.append((seq, ts_ms, event, counterpart, entry, prev))
         self._flushing_now = len(batch)

@@ -611,6 +611,28 @@ async def test_r6_what_a_flush_under_way_holds_counts_against_the_bound(
     assert entries[3]["detail"] == {"events": {"resolve": 2}}
 
 
+async def test_a_metadata_entry_that_cannot_be_written_is_said_in_its_place_and_its_batch_commits(
+    gateway_db: GatewayDb,
+) -> None:
+    """A defect that records what JSON cannot hold (here, bytes in an entry's detail) once
+    failed the flush before its transaction, and the whole batch was lost: now the entry is
+    said in its place (`metalog.unencodable`, with its event), and the chain goes on."""
+    db, log = gateway_db, MetaLog(gateway_db, ManualClock(), "gw")
+    log.record("resolve", "amh", message_id="m0")
+    log.record("resolve", "amh", message_id="m1", unencodable=b"\x00")
+    log.record("resolve", "csc", message_id="m2")
+    await log.flush()
+    rows = await db.read("SELECT seq, entry, hash FROM metalog ORDER BY seq")
+    assert verify_chain(rows).ok
+    entries = [json.loads(row[1]) for row in rows]
+    assert [(e["event"], e["message_id"]) for e in entries] == [
+        ("resolve", "m0"),
+        ("metalog.unencodable", ""),
+        ("resolve", "m2"),
+    ]
+    assert entries[1]["detail"] == {"event": "resolve", "error": "TypeError"}
+
+
 async def test_r6_a_metadata_log_the_store_refused_is_tried_again_though_nothing_new_comes(
     gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
