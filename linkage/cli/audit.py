@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import csv
 import datetime as dt
 import html
 import json
@@ -30,7 +29,9 @@ from linkage.cli.audit_entries import (
     received_summary,
     when,
 )
+from linkage.cli.spreadsheet import SpreadsheetWriter
 from linkage.cli.store_files import attach_read_only, read_only_store
+from linkage.cli.terminal import harmless
 from linkage.cli.values import count, link_token
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.directory import DirectoryView
@@ -309,7 +310,7 @@ def export(args: argparse.Namespace) -> int:
     written = 0
     with _entries(args, config) as entries, written_whole(args.out) as out:
         if args.format == "csv":
-            writer = csv.DictWriter(out, fieldnames=COLUMNS)
+            writer = SpreadsheetWriter(out, fieldnames=COLUMNS)
             writer.writeheader()
         for e in entries:
             if args.format == "csv":
@@ -390,7 +391,7 @@ def _html(config: NodeConfig, person: str, rows: list[dict[str, str]]) -> str:
     title = f"Subject access report: {me.agency_name if me else config.node_id}"
     cells = "\n".join(
         "<tr>"
-        + "".join(f"<td>{html.escape(r[k])}</td>" for k in ("when", "what", "with", "by", "why", "ground"))
+        + "".join(f"<td>{html.escape(harmless(r[k]))}</td>" for k in ("when", "what", "with", "by", "why", "ground"))
         + "</tr>"
         for r in rows
     )

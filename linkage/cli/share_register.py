@@ -10,7 +10,6 @@ checks) and, for what was received, the summaries still held."""
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sqlite3
 from collections import Counter, defaultdict
@@ -29,6 +28,7 @@ from linkage.cli.audit_entries import (
     received_summary,
     when,
 )
+from linkage.cli.spreadsheet import SpreadsheetWriter
 from linkage.cli.store_files import read_only_store
 from linkage.config import NodeConfig
 from linkage.directory import DirectoryView
@@ -278,7 +278,7 @@ def show(args: argparse.Namespace) -> int:
         for row in _rows(db, config, directory, since, until):
             totals[row["direction"]].add(row, directory)
         with written_whole(args.csv) if args.csv else nullcontext() as out:
-            writer = csv.DictWriter(out, fieldnames=COLUMNS) if out else None
+            writer = SpreadsheetWriter(out, fieldnames=COLUMNS) if out else None
             if writer:
                 writer.writeheader()
             if args.json:
