@@ -15,12 +15,14 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from linkage import logs
-from linkage.auditlog import check_cosignature, sign_checkpoint
+from linkage.auditlog import check_cosignature, open_checkpoint, sign_checkpoint
 from linkage.clock import Clock
 from linkage.directory import TrustedDirectory
 from linkage.envelope import signing_generation
+from linkage.ids import recordable
 from linkage.keys import MessageKeys
 from linkage.merkle import CompactRange, consistency_proof_from
 from linkage.reasons import Rejected
@@ -38,6 +40,10 @@ LODGE_EVERY_S = 30.0
 # A receipt carries a checkpoint at most this old rather than a signature per receipt.
 RECEIPT_CHECKPOINT_MAX_AGE_MS = 100
 log = logs.get("node.checkpoints")
+
+
+class WitnessAnswerRefused(Exception):
+    """What the witness says it holds is no checkpoint of this node's (it is tried again later)."""
 
 
 class Checkpointer:
@@ -120,6 +126,10 @@ class Checkpointer:
                 self.metrics.checkpoints.labels("failed").inc()
                 self._witnessed = None
                 return False
+            except WitnessAnswerRefused as exc:
+                log.warning("checkpoint.witness_answer_refused", problem=str(exc), size=size)
+                self.metrics.checkpoints.labels("failed").inc()
+                return False
             except LookupError as exc:  # entries missing from this store's own log: nothing to prove from
                 log.error("checkpoint.not_lodged", code="LOG_INCOMPLETE", size=size, detail=str(exc))
                 self.metrics.checkpoints.labels("failed").inc()
@@ -157,7 +167,8 @@ class Checkpointer:
         try:
             check_cosignature(answer.cosignature, signed, self.trust.current(self.clock.now_ms()))
         except Rejected as exc:
-            log.error("checkpoint.cosignature_refused", reason=exc.reason.value, gateway=answer.cosignature.gateway_id)
+            _, gateway, flags = recordable("", answer.cosignature.gateway_id)  # whatever the gateway sent
+            log.error("checkpoint.cosignature_refused", reason=exc.reason.value, gateway=gateway, **flags)
             return None
         return answer.cosignature
 
@@ -167,9 +178,20 @@ class Checkpointer:
         answer = await self.link.witnessed()
         if not answer.HasField("latest"):
             return CompactRange()
-        held = audit_pb2.Checkpoint.FromString(answer.latest.checkpoint)
+        try:
+            held = audit_pb2.Checkpoint.FromString(answer.latest.checkpoint)
+        except DecodeError:
+            raise WitnessAnswerRefused("not a checkpoint") from None
         size = held.tree_size
         if size > self.store.frontier.size:
+            # Only this node's own signature may say its log was once longer (a store put back):
+            # a gateway that is not what it should be must not set off the asking back.
+            try:
+                held = open_checkpoint(answer.latest, self.trust.current(self.clock.now_ms()))
+            except Rejected as exc:
+                raise WitnessAnswerRefused(f"a longer log than this one, {exc.reason.value}") from None
+            if held.node_id != self.node_id:
+                raise WitnessAnswerRefused("a longer log than this one, another node's")
             log.error("checkpoint.behind_witness", size=self.store.frontier.size, held=size)
             if self.on_behind is not None and not self._behind_told:
                 self._behind_told = True

@@ -16,6 +16,7 @@ import grpc
 
 from linkage import logs
 from linkage.frames import NestedBatchError, fits, unbatch
+from linkage.ids import is_node_id
 from linkage.tokens import MAX_TOKENS_PER_CALL
 from linkage.transport import DIRECTORY_MAX_BYTES, TlsMaterial, secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
@@ -246,8 +247,12 @@ class GatewayLink:
                 if (ending := self._end_when_written) is not None:
                     self._end_when_written = None
                     await _end_writing(ending)
-        for _, written in mine:
-            await written
+        # Every one of them is looked at, so that none fails unretrieved (asyncio would say
+        # so on stderr) when the stream goes with several of them.
+        written = [future for _, future in mine]
+        await asyncio.wait(written)
+        if [future for future in written if future.exception() is not None]:
+            raise NotConnected()
 
     async def _write_batch(self, call: Call) -> None:
         batch = [self._outgoing.popleft()]
@@ -312,7 +317,7 @@ class GatewayLink:
         else:
             response = await self._ask(request)
             pushed = response.changes_pushed
-        return Answers({t.link_token: list(t.node_ids) for t in response.by_token}, pushed)
+        return Answers(self._linked(tokens, response.by_token), pushed)
 
     async def _ask(self, request: gateway_pb2.ResolveRecipientsRequest) -> gateway_pb2.ResolveRecipientsResponse:
         request.request_id = next(self._request_ids)
@@ -341,7 +346,28 @@ class GatewayLink:
             return {}
         request = gateway_pb2.DiscoverInvolvementRequest(node_id=self.node_id, link_tokens=tokens)
         response = await self._stub.DiscoverInvolvement(request, timeout=UNARY_TIMEOUT_S)
-        return {t.link_token: list(t.node_ids) for t in response.involvement}
+        return self._linked(tokens, response.involvement)
+
+    def _linked(
+        self, asked: Iterable[bytes], answered: Iterable[gateway_pb2.TokenInvolvement]
+    ) -> dict[bytes, list[str]]:
+        """For each token asked about, the other agencies the gateway names, as far as they
+        could be agencies: a node id in the form the federation gives, other than this node.
+        Anything else is left out and said, so that a gateway that is not what it should be
+        cannot have this node write what it likes into its outbox and audit log as a recipient."""
+        wanted = set(asked)
+        linked: dict[bytes, list[str]] = {}
+        left_out = 0
+        for entry in answered:
+            nodes = [n for n in entry.node_ids if n != self.node_id and is_node_id(n)]
+            left_out += len(entry.node_ids) - len(nodes)
+            if entry.link_token in wanted:
+                linked.setdefault(entry.link_token, []).extend(nodes)
+            else:
+                left_out += len(nodes) or 1
+        if left_out:
+            log.warning("gateway.answer_malformed", left_out=left_out, tokens=len(wanted))
+        return linked
 
     async def lodge_checkpoint(
         self, signed: audit_pb2.SignedCheckpoint, from_size: int, proof: list[bytes]

@@ -60,6 +60,11 @@ ACK_LINGER_S = 0.02
 log = logs.get("node.outbox")
 
 
+def _status_name(status: gateway_pb2.SendStatus.ValueType) -> str:
+    """A send status as the logs say it: one this node's contract does not know, by its number."""
+    return gateway_pb2.SendStatus.Name(status) if status in gateway_pb2.SendStatus.values() else str(status)
+
+
 @dataclass(frozen=True)
 class _Checked:
     """A receipt whose signature verified, with its body."""
@@ -514,7 +519,7 @@ class Outbox:
 
     async def _record_ack(self, tx: Tx, ack: gateway_pb2.SendAck) -> bool:
         """Record what the gateway did with a message; True if that made it final (refused)."""
-        log.debug("ack", message_id=ack.message_id, status=gateway_pb2.SendStatus.Name(ack.status))
+        log.debug("ack", message_id=ack.message_id, status=_status_name(ack.status))
         row = await (
             await tx.execute(
                 "SELECT attempts, state, share_id FROM outbox WHERE message_id = ? AND recipient = ?",
@@ -552,6 +557,15 @@ class Outbox:
         elif ack.status == gateway_pb2.SEND_STATUS_BUSY:
             await tx.execute("UPDATE outbox SET attempts = ? WHERE message_id = ?", (attempts, ack.message_id))
             self._hold(ack, tx.now_ms)
+        elif ack.status != gateway_pb2.SEND_STATUS_REJECTED:
+            # Unspecified, or a status this node's contract does not know (a newer gateway's):
+            # not said to be forwarded, nor refused for good, so it is sent again later.
+            log.warning("ack.status_unknown", message_id=ack.message_id, status=_status_name(ack.status))
+            retry_ms = backoff_ms(attempts - 1, self.settings.retry_base_ms, self.settings.retry_cap_ms, self.rng)
+            await tx.execute(
+                "UPDATE outbox SET attempts = ?, next_attempt_at_ms = ? WHERE message_id = ?",
+                (attempts, tx.now_ms + retry_ms, ack.message_id),
+            )
         else:
             self.metrics.undeliverable.inc()
             reason = f"refused by the gateway: {ack.reason or 'no reason given'}"

@@ -437,16 +437,21 @@ def test_a_stream_messages_frames_are_handled_in_order_answers_together_deliveri
     assert list(runs([])) == []
 
 
+def _two_received(model: DeliveryModel) -> list[str]:
+    """Two summaries shared, sent and received, their receipts not yet back: their ids."""
+    model.share()
+    model.share()
+    model.pump()
+    envelopes = [f.send for f in model.sender_wire.frames]
+    for envelope in envelopes:
+        model.run(model.reception.on_envelopes([envelope]))
+    return [_message_id(e) for e in envelopes]
+
+
 def test_answers_that_come_together_are_recorded_in_order_and_a_forged_receipt_among_them_changes_nothing() -> None:
     model = DeliveryModel()
     try:
-        model.share()
-        model.share()
-        model.pump()
-        envelopes = [f.send for f in model.sender_wire.frames]
-        ids = [_message_id(e) for e in envelopes]
-        for envelope in envelopes:
-            model.run(model.reception.on_envelopes([envelope]))
+        ids = _two_received(model)
         good, other = (f.receipt for f in model.recipient_wire.frames)
         forged = envelope_pb2.Receipt()
         forged.CopyFrom(other)
@@ -474,6 +479,31 @@ def test_answers_that_come_together_are_recorded_in_order_and_a_forged_receipt_a
         assert model.run(model.sender_store.fetchone("SELECT state FROM outbox WHERE message_id = ?", (ids[1],))) == (
             "delivered",
         )
+    finally:
+        model.teardown()
+
+
+@pytest.mark.parametrize("status", [gateway_pb2.SEND_STATUS_UNSPECIFIED, 5, 99])
+def test_an_answer_whose_status_this_node_does_not_know_leaves_its_message_to_go_again(status: int) -> None:
+    """A status a newer gateway may add (or a broken one send) neither refuses the message
+    for good nor stops the answers that came with it being recorded: the receipt beside it
+    settles its own, and the message goes again once due."""
+    model = DeliveryModel()
+    try:
+        ids = _two_received(model)
+        receipt = model.recipient_wire.frames[0].receipt
+        forwarded = gateway_pb2.SendAck(message_id=ids[0], recipient_node="b", status=gateway_pb2.SEND_STATUS_FORWARDED)
+        unknown = gateway_pb2.SendAck(
+            message_id=ids[1], recipient_node="b", status=gateway_pb2.SendStatus.ValueType(status)
+        )
+        model.run(model.outbox.on_answers([forwarded, unknown, receipt]))
+
+        states = dict(model.run(model.sender_store.fetchall("SELECT message_id, state FROM outbox")))
+        assert states == {ids[0]: "delivered", ids[1]: "queued"}
+        model.sender_wire.frames.clear()
+        model.time_passes()
+        model.pump()
+        assert [_message_id(f.send) for f in model.sender_wire.frames] == [ids[1]]
     finally:
         model.teardown()
 

@@ -1,0 +1,285 @@
+"""A gateway that is not what it should be: it holds the gateway's own certificate and key,
+so a node dials it as it dials the gateway, and every answer and frame it gives is garbage
+built from the contracts (tests/api_garbler.py), with the node's own message ids, resolve
+request ids, node ids and link tokens mixed in so that it reaches past the first look-up.
+
+The gateway holds no content and no key of a node (design.md §1), and the node takes nothing
+it says on trust: whatever it is told, each call of its API answers with a status a person
+can act on, nothing it holds is half-written or lost, and once the real gateway is back it
+shares and delivers as before."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import json
+import logging
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+from linkage import stories
+from linkage.frames import unbatch
+from linkage.transport import MAX_MESSAGE_BYTES, TlsFiles, api_channel
+from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, node_api_pb2
+from tests.api_garbler import Garbler
+from tests.harness import PRACTITIONER, LocalFederation, running
+from tests.test_api_garbage import (
+    GATEWAY,
+    NODE_API,
+    SEED,
+    _call_all,
+    _every_workflow_under_way,
+    _ids_by_column,
+    _known,
+    _requests,
+    _shares_and_delivers,
+    _valid,
+    _whole,
+)
+from tests.test_federation import _case_id, open_case
+
+FRAMES_PER_STREAM = 300  # then the stream ends, and the node opens another
+STREAMS = 3
+ABORTED = 0.1  # of the unary calls: refused with any status, the rest answered with garbage
+# Statuses a gateway may end a call with, those no real one would among them.
+STATUSES = [c for c in grpc.StatusCode if c is not grpc.StatusCode.OK]
+# Errors a node logs of what the gateway did, as it should: not defects.
+SAID_OF_THE_GATEWAY = {"checkpoint.cosignature_refused", "checkpoint.diverged", "gateway.protocol_error"}
+ACK_FIELDS = frozenset({"recipient_node", "status", "reason", "busy_scope", "retry_after_ms"})
+
+
+class HostileGateway:
+    """The Gateway service, answering everything with garbage; on loopback, over mTLS."""
+
+    def __init__(self, garbler: Garbler, tls: TlsFiles, told: dict[str, Message] | None = None) -> None:
+        """`told`: instead of garbage, answer each call by its method's name with this (an empty
+        answer if not named), and each look-up on the stream with ResolveRecipients's."""
+        self.garbler, self.rng = garbler, garbler.rng
+        self.told = told
+        self.server = grpc.aio.server()
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        for method in GATEWAY.methods:
+            request, response = GetMessageClass(method.input_type), GetMessageClass(method.output_type)
+            serialise: Any = response.SerializeToString
+            if method.client_streaming:
+                handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                    self._connect, request_deserializer=request.FromString, response_serializer=serialise
+                )
+            else:
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                    functools.partial(self._unary, method.name, response),
+                    request_deserializer=request.FromString,
+                    response_serializer=serialise,
+                )
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GATEWAY.full_name, handlers),))
+        self.port = self.server.add_secure_port("127.0.0.1:0", tls.server_credentials())
+        self.message_ids: list[str] = []  # of what the node sent through it
+        self.streams = 0
+        self.streams_done = asyncio.Event()
+        self.calls: dict[str, int] = {}
+
+    async def _unary(
+        self, name: str, response: type[Message], request: Message, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Message:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.told is not None:
+            return self.told.get(name) or response()
+        if self.rng.random() < ABORTED:
+            await context.abort(self.rng.choice(STATUSES), self.rng.choice(["", "x" * 1_000, "a\u202eb", "garbage"]))
+        return self.garbler.message(response)
+
+    async def _connect(
+        self, frames: AsyncIterator[gateway_pb2.NodeFrame], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Reads what the node writes, for its ids; writes FRAMES_PER_STREAM frames of garbage,
+        answering each look-up the node asks on the stream (else it would wait for one), and
+        ends the stream."""
+        asked: asyncio.Queue[int] = asyncio.Queue()
+
+        async def read() -> None:
+            async for frame in frames:
+                for one in unbatch(frame):
+                    if one.HasField("send"):
+                        routing = envelope_pb2.RoutingHeader.FromString(one.send.routing)
+                        self.message_ids.append(routing.message_id)
+                    elif one.HasField("resolve"):
+                        asked.put_nowait(one.resolve.request_id)
+
+        reader = asyncio.create_task(read())
+        try:
+            while self.told is not None:
+                await context.write(gateway_pb2.GatewayFrame(resolved=self._resolved(await asked.get())))
+            for _ in range(FRAMES_PER_STREAM):
+                while not asked.empty():
+                    await context.write(gateway_pb2.GatewayFrame(resolved=self._resolved(asked.get_nowait())))
+                while (frame := self._frame()).ByteSize() > MAX_MESSAGE_BYTES:
+                    pass  # larger, the node's gRPC refuses it and ends the stream (S8)
+                await context.write(frame)
+        except Exception:  # the node ended the stream (gRPC says so in a private type): done
+            return
+        finally:
+            reader.cancel()
+            self.streams += 1
+            if self.streams >= STREAMS:
+                self.streams_done.set()
+
+    def _resolved(self, request_id: int) -> gateway_pb2.ResolveRecipientsResponse:
+        answer = gateway_pb2.ResolveRecipientsResponse()
+        told = (self.told or {}).get("ResolveRecipients") or self.garbler.message(type(answer))
+        assert isinstance(told, gateway_pb2.ResolveRecipientsResponse)
+        answer.CopyFrom(told)
+        answer.request_id = request_id
+        return answer
+
+    def _frame(self, in_batch: bool = False) -> gateway_pb2.GatewayFrame:
+        """One frame: an answer about something the node sent, with any status, or any other frame."""
+        roll = self.rng.random()
+        if roll < 0.3 and self.message_ids:
+            ack = self.garbler.spoil(gateway_pb2.SendAck(message_id=self.rng.choice(self.message_ids)), 3, ACK_FIELDS)
+            assert isinstance(ack, gateway_pb2.SendAck)
+            if self.rng.random() < 0.3:
+                ack.status = gateway_pb2.SendStatus.ValueType(
+                    self.rng.choice([5, 99, -1])
+                )  # a status this node's contract does not know
+            return gateway_pb2.GatewayFrame(send_ack=ack)
+        if roll < 0.4 and not in_batch:
+            frames = [self._frame(in_batch=True) for _ in range(self.rng.choice([1, 2, 5, 64]))]
+            return gateway_pb2.GatewayFrame(
+                batch=gateway_pb2.GatewayFrames(frames=[f for f in frames if not f.HasField("batch")])
+            )
+        frame = self.garbler.message(gateway_pb2.GatewayFrame)
+        assert isinstance(frame, gateway_pb2.GatewayFrame)
+        if frame.HasField("batch"):  # a batch within a batch is a protocol error, refused whole
+            frame.ClearField("batch")
+        return frame
+
+    async def __aenter__(self) -> HostileGateway:
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.stop(grace=0)
+
+
+async def test_a_gateway_that_is_not_what_it_should_be_leaves_a_node_whole_and_answering(
+    federation: LocalFederation, captured_logs: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(federation) as cluster:
+        await _every_workflow_under_way(cluster)
+        known_text, known_bytes = await _known(cluster)
+        garbler = Garbler(random.Random(SEED + 7), known_text, known_bytes)
+        rng = random.Random(SEED + 8)
+        await cluster.stop_node("amh")
+        async with HostileGateway(garbler, federation.gateway_config.tls) as hostile:
+            amh = await cluster.start_node("amh", gateway_port=hostile.port)
+            ids = await _ids_by_column(amh)
+            channel = cluster.closes(api_channel(amh.config.api_socket))
+            valid = functools.partial(_valid, garbler=garbler, ids=ids)
+            for method in NODE_API.methods:
+                await _call_all(channel, method, _requests(garbler, rng, method, valid))
+            await hostile.streams_done.wait()
+            await cluster.stop_node("amh")
+        assert len(hostile.calls) >= 3, hostile.calls  # it was asked more than the directory
+        amh = await cluster.start_node("amh")
+        await _whole(amh)
+        assert amh.store is not None  # and nothing it was told made it send to anyone but an agency
+        assert {r for (r,) in await amh.store.fetchall("SELECT recipient FROM outbox")} <= set(federation.node_configs)
+        await _shares_and_delivers(cluster)
+    logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    errors = [e for e in logged if e["level"] in ("error", "critical") and e["event"] not in SAID_OF_THE_GATEWAY]
+    assert not errors, errors[:5]
+    assert not [e for e in logged if len(json.dumps(e)) > 2_000]  # nor what it sent, at length
+    # Nor anything Python or gRPC says outside the JSON log, such as a failure nobody retrieved
+    # (but for what the stand-in gateway's own stream says as the node ends it).
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING and "/linkage.v1.Gateway/" not in r.getMessage()]
+    assert not said, [r.getMessage() for r in said[:5]]
+
+
+async def test_a_gateway_that_names_what_could_be_no_agency_as_linked_is_not_believed(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
+    """Asked who else is linked to a family, a gateway that is not what it should be names
+    this node itself, ids no agency could have (a path, 5,000 characters, a NUL, capitals)
+    and, for a family nobody asked about, another agency. amh shares with, and lists as
+    involved, only the agency that could be one; the rest is left out and said."""
+    family = stories.think_family_people()
+    async with running(federation) as cluster:
+        tokens = await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        await cluster.stop_node("amh")
+        lies = [
+            gateway_pb2.TokenInvolvement(
+                link_token=tokens[0], node_ids=["csc", "amh", "../../x", "x" * 5_000, "\x00", "Csc"]
+            ),
+            gateway_pb2.TokenInvolvement(link_token=bytes(32), node_ids=["school"]),
+        ]
+        told: dict[str, Message] = {
+            "ResolveRecipients": gateway_pb2.ResolveRecipientsResponse(by_token=lies),
+            "DiscoverInvolvement": gateway_pb2.DiscoverInvolvementResponse(involvement=lies),
+        }
+        async with HostileGateway(Garbler(random.Random(SEED)), federation.gateway_config.tls, told) as hostile:
+            amh = await cluster.start_node("amh", gateway_port=hostile.port)
+            api = cluster.api("amh")
+            case_id = await _case_id(cluster, "amh")
+            involved = await api.DiscoverInvolvement(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
+            recorded = await api.RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(
+                    actor=PRACTITIONER, case_id=case_id, assessment=stories.parent_risk_change(tokens[0], tokens[-1])
+                )
+            )
+            shared = await api.ShareSummary(
+                node_api_pb2.ShareSummaryRequest(
+                    actor=PRACTITIONER, assessment_id=recorded.assessment_id, decision=stories.override_decision()
+                )
+            )
+            assert amh.store is not None
+            recipients = {r for (r,) in await amh.store.fetchall("SELECT recipient FROM outbox")}
+    assert [r.node_id for r in shared.recipients] == ["csc"] and recipients == {"csc"}
+    assert {a.node_id for a in involved.agencies} == {"csc"}
+    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    assert {e["left_out"] for e in said if e["event"] == "gateway.answer_malformed"} == {6}
+
+
+async def test_a_witness_that_says_it_holds_a_longer_log_than_this_node_signed_is_not_believed(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
+    """A node whose witness holds a longer log than its own was put back from a copy, and asks
+    the other agencies for what it lost; only its own signature can say so. Asked what it holds,
+    a gateway that is not what it should be answers with a checkpoint of a million entries
+    signed by nobody, then with bytes that are no checkpoint: amh lodges nothing, asks nobody
+    for anything, and says why; with the real gateway, it lodges as before."""
+    unsigned = audit_pb2.Checkpoint(node_id="amh", key_id="k1", tree_size=1_000_000).SerializeToString()
+    answers = [
+        audit_pb2.SignedCheckpoint(checkpoint=unsigned, signature=bytes(64)),
+        audit_pb2.SignedCheckpoint(checkpoint=b"\xff"),
+    ]
+    async with running(federation, nodes=("csc",)) as cluster:
+        amh = await cluster.start_node("amh")
+        await open_case(cluster, "amh", stories.think_family_people())
+        await cluster.stop_node("amh")
+        for latest in answers:
+            told: dict[str, Message] = {"GetCheckpoints": gateway_pb2.WitnessedCheckpoints(latest=latest)}
+            async with HostileGateway(Garbler(random.Random(SEED)), federation.gateway_config.tls, told) as hostile:
+                amh = await cluster.start_node("amh", gateway_port=hostile.port)
+                assert not await amh.checkpoints.lodge()
+                await cluster.stop_node("amh")
+            assert hostile.calls.get("LodgeCheckpoint") is None
+        amh = await cluster.start_node("amh")
+        assert await amh.checkpoints.lodge()
+        assert amh.store is not None
+        found = await amh.store.fetchall("SELECT seq FROM audit WHERE event = 'store.restored'")
+        asked = await amh.store.fetchall(
+            "SELECT message_id FROM outbox WHERE kind = ?", (envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST,)
+        )
+    assert not found and not asked  # not taken for a store put back, and nobody asked for anything
+    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    refused = [e["problem"] for e in said if e["event"] == "checkpoint.witness_answer_refused"]
+    assert set(refused) == {"a longer log than this one, unknown_key", "not a checkpoint"}, refused
+    assert not [e for e in said if e["event"] in ("checkpoint.behind_witness", "restore.ask_failed")]
