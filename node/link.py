@@ -17,7 +17,7 @@ import grpc
 from linkage import logs
 from linkage.frames import NestedBatchError, fits, unbatch
 from linkage.ids import is_node_id
-from linkage.tokens import MAX_TOKENS_PER_CALL
+from linkage.tokens import MAX_TOKENS_PER_CALL, TOKEN_LEN
 from linkage.transport import DIRECTORY_MAX_BYTES, TlsMaterial, secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
 from linkage.writability import log_failure
@@ -285,13 +285,27 @@ class GatewayLink:
         return Subscribed(added, total)
 
     async def subscriptions(self) -> list[bytes]:
-        """Every token the gateway holds this node subscribed to (see ListSubscriptions)."""
+        """Every token the gateway holds this node subscribed to (see ListSubscriptions), in
+        token order. What could be no token is left out, and a page that does not go on from
+        the one before ends the listing, each said: a gateway in error, or not what it should
+        be, must not keep the node listing the same page for ever."""
         held: list[bytes] = []
+        left_out = 0
         while True:
-            page = list((await self._list_subscriptions(held[-1] if held else b"", MAX_TOKENS_PER_CALL)).link_tokens)
-            held += page
-            if len(page) < MAX_TOKENS_PER_CALL:
+            after = held[-1] if held else b""
+            page = list((await self._list_subscriptions(after, MAX_TOKENS_PER_CALL)).link_tokens)
+            tokens = [t for t in page if len(t) == TOKEN_LEN]
+            left_out += len(page) - len(tokens)
+            stuck = not tokens and len(page) >= MAX_TOKENS_PER_CALL  # a full page, and no step on
+            if stuck or any(this <= before for before, this in zip([after, *tokens], tokens, strict=False)):
+                log.warning("gateway.answer_malformed", left_out=left_out + len(tokens), problem="pages out of order")
                 return held
+            held += tokens
+            if len(page) < MAX_TOKENS_PER_CALL:
+                break
+        if left_out:
+            log.warning("gateway.answer_malformed", left_out=left_out, problem="not a token")
+        return held
 
     async def _list_subscriptions(self, after: bytes, limit: int) -> gateway_pb2.ListSubscriptionsResponse:
         request = gateway_pb2.ListSubscriptionsRequest(node_id=self.node_id, after_token=after, limit=limit)
@@ -366,7 +380,7 @@ class GatewayLink:
             else:
                 left_out += len(nodes) or 1
         if left_out:
-            log.warning("gateway.answer_malformed", left_out=left_out, tokens=len(wanted))
+            log.warning("gateway.answer_malformed", left_out=left_out, problem="not an agency", tokens=len(wanted))
         return linked
 
     async def lodge_checkpoint(

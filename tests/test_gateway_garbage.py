@@ -29,7 +29,7 @@ from linkage.frames import unbatch
 from linkage.transport import MAX_MESSAGE_BYTES, TlsFiles, api_channel
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, node_api_pb2
 from tests.api_garbler import Garbler
-from tests.harness import PRACTITIONER, LocalFederation, running
+from tests.harness import PRACTITIONER, LocalFederation, audit_events, running
 from tests.test_api_garbage import (
     GATEWAY,
     NODE_API,
@@ -283,3 +283,36 @@ async def test_a_witness_that_says_it_holds_a_longer_log_than_this_node_signed_i
     refused = [e["problem"] for e in said if e["event"] == "checkpoint.witness_answer_refused"]
     assert set(refused) == {"a longer log than this one, unknown_key", "not a checkpoint"}, refused
     assert not [e for e in said if e["event"] in ("checkpoint.behind_witness", "restore.ask_failed")]
+
+
+PAGE = [i.to_bytes(2, "big") + bytes(30) for i in range(1_000)]
+
+
+@pytest.mark.parametrize(
+    ("listed", "ended", "calls"),
+    [
+        ([*PAGE, b"no token"], PAGE, 3),  # the total, a page, and the same page again
+        ([b"no token"] * 1_000, [], 2),  # the total, and a page of nothing that could be a token
+    ],
+)
+async def test_a_gateway_that_lists_the_same_page_for_ever_does_not_keep_a_node_listing(
+    federation: LocalFederation, captured_logs: io.StringIO, listed: list[bytes], ended: list[bytes], calls: int
+) -> None:
+    """A node told that the gateway holds more of its subscriptions than it knows of lists
+    them, a page at a time, to end those it does not know (a store put back). A gateway that
+    is not what it should be answers every page alike: with the same thousand tokens and one
+    that is no token, or with a thousand that are none. amh ends the listing where a page does
+    not go on from the last, ends what it was shown, and connects."""
+    told: dict[str, Message] = {
+        "ListSubscriptions": gateway_pb2.ListSubscriptionsResponse(link_tokens=listed, total=10**6),
+    }
+    stand_in = HostileGateway(Garbler(random.Random(SEED)), federation.gateway_config.tls, told)
+    async with running(federation, nodes=()) as cluster, stand_in as hostile:
+        async with asyncio.timeout(60):  # listing for ever, it would never connect
+            amh = await cluster.start_node("amh", gateway_port=hostile.port)
+        removed = await audit_events(amh, "subscription.removed")
+    assert sorted(t for entry in removed for t in entry["tokens"]) == [t.hex() for t in ended]
+    assert hostile.calls["ListSubscriptions"] == calls
+    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    problems = [e["problem"] for e in said if e["event"] == "gateway.answer_malformed"]
+    assert problems == ["pages out of order"], problems
