@@ -250,7 +250,8 @@ class GatewayLink:
         # Every one of them is looked at, so that none fails unretrieved (asyncio would say
         # so on stderr) when the stream goes with several of them.
         written = [future for _, future in mine]
-        await asyncio.wait(written)
+        if pending := [future for future in written if not future.done()]:  # else no turn of the loop
+            await asyncio.wait(pending)
         if [future for future in written if future.exception() is not None]:
             raise NotConnected()
 
