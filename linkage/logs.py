@@ -16,6 +16,8 @@ from typing import Any, TextIO, cast
 import orjson
 import structlog
 
+from linkage.refusals import bounded
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -40,6 +42,24 @@ def configure(level: str = "info", stream: TextIO | None = None, **context: str)
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(**context)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _AsJson)]:
+        root.removeHandler(handler)
+    root.addHandler(_AsJson(logging.WARNING))
+
+
+class _AsJson(logging.Handler):
+    """What Python and its libraries say through `logging` (asyncio, gRPC), as JSON lines like
+    the rest, at their own level, the message cut short: without it they reach standard error
+    as plain text, a traceback over many lines, which no reader of JSON lines can take."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            said = get(record.name)
+            method = getattr(said, record.levelname.lower(), said.error)
+            method("python.log", logger=record.name, message=bounded(record.getMessage()), exc_info=record.exc_info)
+        except Exception:
+            self.handleError(record)
 
 
 def _render_json(_logger: object, _method: str, event: MutableMapping[str, Any]) -> str:

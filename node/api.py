@@ -104,7 +104,8 @@ Stream = Callable[[Any, Any, Context], AsyncIterator[Any]]
 def _logged(name: str, context: Context) -> Iterator[None]:
     """A call refused is logged with its method and status code, never its message (which
     may quote what the caller sent): agency IT can see what fails, and how often. A watcher
-    that goes away cancels its watch, which is neither."""
+    that goes away cancels its watch, which is neither, even when gRPC says so by failing the
+    answer it was writing."""
     try:
         yield
     except grpc.aio.AbortError:  # refused by _answer, with its status set
@@ -112,7 +113,10 @@ def _logged(name: str, context: Context) -> Iterator[None]:
         log.info("api.refused", method=name, code=code.name if isinstance(code, grpc.StatusCode) else str(code))
         raise
     except Exception as exc:
-        log.error("api.failed", method=name, error=type(exc).__name__)
+        if context.cancelled():  # the caller went (its deadline, say) as an answer was written to it
+            log.info("api.caller_gone", method=name, error=type(exc).__name__)
+        else:
+            log.error("api.failed", method=name, error=type(exc).__name__)
         raise
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import io
 import json
+import logging
 import os
 import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -23,6 +25,7 @@ from linkage.config import ConfigError, PolicyFiles
 from linkage.exclusive import InUse
 from linkage.transport import LINK_HEALTH_SERVICE, api_channel
 from linkage.v1 import node_api_pb2
+from node.api import _logged
 from node.cases import Cases
 from node.server import NodeServer
 from tests.harness import PRACTITIONER, LocalFederation, running
@@ -106,6 +109,46 @@ async def test_a_refused_call_is_logged_with_its_method_and_code_and_never_what_
     assert "Ms Example" not in captured_logs.getvalue()
     (failure,) = [e for e in events if e["event"] == "api.failed"]
     assert (failure["method"], failure["error"], failure["level"]) == ("OpenCase", "RuntimeError", "error")
+
+
+def test_a_call_whose_caller_went_as_its_answer_was_written_is_said_but_not_as_a_failure(
+    captured_logs: io.StringIO,
+) -> None:
+    """A watch's caller that goes (its deadline passed) as the node writes it an answer: gRPC
+    fails the write, now and then, rather than cancel the watch. That is no defect to report."""
+
+    class Context:  # gRPC's, as far as the logging asks it
+        def __init__(self, cancelled: bool) -> None:
+            self._cancelled = cancelled
+
+        def cancelled(self) -> bool:
+            return self._cancelled
+
+    for cancelled in (True, False):
+        with pytest.raises(RuntimeError), _logged("WatchShareStatus", cast(Any, Context(cancelled))):
+            raise RuntimeError('Failed "execute_batch"')  # as gRPC's own (private) error says it
+    events = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    assert [(e["event"], e["level"]) for e in events] == [("api.caller_gone", "info"), ("api.failed", "error")]
+
+
+async def test_what_python_and_its_libraries_say_comes_out_as_json_lines_too(captured_logs: io.StringIO) -> None:
+    """asyncio's word of a failure nobody retrieved, and a library's long warning, reach the
+    log as JSON lines like every other, at their own level and cut short; their chatter below
+    a warning does not."""
+    failed = asyncio.get_running_loop().create_future()
+    failed.set_exception(RuntimeError("nobody looked"))
+    del failed
+    gc.collect()  # asyncio says so as the future goes
+    logging.getLogger("grpc").warning("x" * 10_000)
+    logging.getLogger("grpc").info("a library's chatter")
+    events = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    assert [(e["event"], e["logger"], e["level"]) for e in events] == [
+        ("python.log", "asyncio", "error"),
+        ("python.log", "grpc", "warning"),
+    ]
+    assert events[0]["message"].startswith("Future exception was never retrieved")
+    assert events[0]["exception"].endswith("RuntimeError: nobody looked")
+    assert len(events[1]["message"]) < 2_100
 
 
 async def test_health_command_for_container_checks(federation: LocalFederation) -> None:
