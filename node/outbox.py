@@ -62,7 +62,10 @@ log = logs.get("node.outbox")
 
 def _status_name(status: gateway_pb2.SendStatus.ValueType) -> str:
     """A send status as the logs say it: one this node's contract does not know, by its number."""
-    return gateway_pb2.SendStatus.Name(status) if status in gateway_pb2.SendStatus.values() else str(status)
+    try:
+        return gateway_pb2.SendStatus.Name(status)
+    except ValueError:
+        return str(status)
 
 
 @dataclass(frozen=True)
