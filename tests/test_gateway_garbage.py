@@ -56,7 +56,8 @@ ACK_FIELDS = frozenset({"recipient_node", "status", "reason", "busy_scope", "ret
 
 
 class HostileGateway:
-    """The Gateway service, answering everything with garbage; on loopback, over mTLS."""
+    """The Gateway service on loopback, over mTLS with the gateway's own certificate, answering
+    everything with garbage (or with what it is `told`)."""
 
     def __init__(self, garbler: Garbler, tls: TlsFiles, told: dict[str, Message] | None = None) -> None:
         """`told`: instead of garbage, answer each call by its method's name with this (an empty
@@ -144,16 +145,12 @@ class HostileGateway:
         if roll < 0.3 and self.message_ids:
             ack = self.garbler.spoil(gateway_pb2.SendAck(message_id=self.rng.choice(self.message_ids)), 3, ACK_FIELDS)
             assert isinstance(ack, gateway_pb2.SendAck)
-            if self.rng.random() < 0.3:
-                ack.status = gateway_pb2.SendStatus.ValueType(
-                    self.rng.choice([5, 99, -1])
-                )  # a status this node's contract does not know
+            if self.rng.random() < 0.3:  # a status this node's contract does not know
+                ack.status = gateway_pb2.SendStatus.ValueType(self.rng.choice([5, 99, -1]))
             return gateway_pb2.GatewayFrame(send_ack=ack)
         if roll < 0.4 and not in_batch:
             frames = [self._frame(in_batch=True) for _ in range(self.rng.choice([1, 2, 5, 64]))]
-            return gateway_pb2.GatewayFrame(
-                batch=gateway_pb2.GatewayFrames(frames=[f for f in frames if not f.HasField("batch")])
-            )
+            return gateway_pb2.GatewayFrame(batch=gateway_pb2.GatewayFrames(frames=frames))
         frame = self.garbler.message(gateway_pb2.GatewayFrame)
         assert isinstance(frame, gateway_pb2.GatewayFrame)
         if frame.HasField("batch"):  # a batch within a batch is a protocol error, refused whole
