@@ -289,7 +289,9 @@ async def test_text_from_another_agency_opens_as_text_in_an_ig_officer_s_spreads
         ):
             code, _, err = await linkage("audit", *command, *csc)
             assert code == 0, err
-    tables = {path.name: list(csv.DictReader(path.open(newline=""))) for path in (register, exported)}
+    tables = {
+        path.name: list(csv.DictReader(io.StringIO(path.read_text(), newline=""))) for path in (register, exported)
+    }
     for name, rows in tables.items():
         cells = [value for row in rows for value in row.values()]
         assert not [c for c in cells if c.startswith(FORMULA_START) or UNSAFE.search(c)], name
