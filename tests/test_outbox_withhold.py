@@ -6,6 +6,8 @@ the gateway is the test, as in test_outbox_holds.py."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 
 from linkage.clock import ManualClock
 from linkage.v1 import gateway_pb2
@@ -45,3 +47,21 @@ async def test_only_what_is_not_on_its_way_is_kept_back_until_cancelled_or_relea
     assert box._fresh == [] and not box._withheld  # nothing of it left to send
     await box.send_due()
     assert gateway.take() == []
+
+
+async def test_a_peer_no_agency_could_be_coming_online_costs_no_transaction(
+    outbox: tuple[Outbox, Gateway, ManualClock], captured_logs: io.StringIO
+) -> None:
+    """A gateway that is not what it should be says nodes are back online that no agency could
+    be, or this node itself: each is said and left, with no transaction for it."""
+    box, _, clock = outbox
+    await queue(box, clock, "b", 1)
+    committed = box.store.next_commit()
+    for name in ("../x", "", "B", "x" * 5_000, "a"):
+        await box.on_peer_online(name)
+    assert not committed.is_set()
+    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    assert [e["problem"] for e in said if e["event"] == "gateway.answer_malformed"] == ["not an agency"] * 5
+
+    await box.on_peer_online("b")
+    assert committed.is_set()
