@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.metadata
 import importlib.util
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from linkage.cli.main import build_parser
+from linkage.cli.main import MODULE_COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,6 +74,31 @@ def test_the_linkage_command_imports_the_command_line_only_when_it_runs() -> Non
     assert imported.stdout.strip() == "[]"
     ran = subprocess.run([Path(sys.executable).parent / "linkage", "--version"], capture_output=True, text=True)
     assert ran.returncode == 0 and ran.stdout.startswith("linkage "), ran.stderr
+
+
+def _top_level(parser: argparse.ArgumentParser) -> set[str]:
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(commands.choices)
+
+
+def test_a_command_line_that_names_a_command_loads_its_module_alone() -> None:
+    """The table that says which module registers which command agrees with what each
+    registers, and `linkage health` (a container's check, every ten seconds) loads no
+    other command's code."""
+    everything = _top_level(build_parser())
+    own = everything - {n for names in MODULE_COMMANDS.values() for n in names}  # defined in main.py
+    assert {"federation", "node", "gateway", "demo"} <= own
+    for module, names in MODULE_COMMANDS.items():
+        for name in names:
+            assert _top_level(build_parser(name)) == own | set(names), module
+    probe = (
+        "import sys; from linkage.cli.main import main\n"
+        "try:\n    main(['health', '--config', '/nonexistent/node.toml'])\n"
+        "finally:\n    print(sorted(m for m in sys.modules if m.startswith('linkage.cli.')))"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    loaded = ran.stdout.strip().splitlines()[-1]
+    assert loaded == "['linkage.cli.health', 'linkage.cli.main', 'linkage.cli.terminal']", ran.stderr
 
 
 def _commands(parser: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
