@@ -18,7 +18,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 # The commands each of these modules registers: a command line that names one loads its module
 # alone, so that a container's health check, run every ten seconds, does not import every
-# command's code (0.3 s of CPU each time); help, or no command, loads them all, in this order.
+# command's code (a fifth of its CPU); help, or no command, loads them all, in this order.
 MODULE_COMMANDS = {
     "health": ("health",),
     "share": ("share",),
