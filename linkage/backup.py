@@ -27,6 +27,8 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
+import sysconfig
 import tarfile
 import tempfile
 import threading
@@ -37,8 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyrage
-from pyrage import x25519
+from pyrage import plugin, x25519
 
+from linkage import agepq
 from linkage.auditlog import metalog_anchor, verify_metalog, verify_store
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.exclusive import Exclusive, InUse
@@ -139,41 +142,115 @@ class Manifest:
 # -- keys --------------------------------------------------------------------------------
 
 
-def generate_key(out: Path, now_iso: str) -> str:
-    """A new age identity, written to `out` (private), in age-keygen's format so that the
-    age tools can open the backups too. Returns its public key, the recipient to back up to."""
+def generate_key(out: Path, now_iso: str, post_quantum: bool = False) -> str:
+    """A new age identity, written to `out` (private), in age-keygen's format (age-keygen -pq's,
+    if `post_quantum`) so that the age tools can open the backups too. Returns its public key,
+    the recipient to back up to."""
     if out.exists():
         raise BackupError(f"{out} exists: a backup key is never written over (backups made to it would be lost)")
-    identity = x25519.Identity.generate()
-    recipient = str(identity.to_public())
+    identity: agepq.Identity | x25519.Identity
+    identity = agepq.Identity.generate() if post_quantum else x25519.Identity.generate()
+    recipient = str(identity.recipient() if isinstance(identity, agepq.Identity) else identity.to_public())
     write_private(out, f"# created: {now_iso}\n# public key: {recipient}\n{identity}\n".encode())
     return recipient
 
 
-def recipients(given: list[str]) -> list[x25519.Recipient]:
-    """Each `age1...` key given, or each in a file given (one a line, # comments)."""
-    found = []
+@dataclass(frozen=True)
+class Recipients:
+    """The keys a backup is encrypted to: as given, and as age takes them."""
+
+    keys: list[str]
+    for_age: list[x25519.Recipient | plugin.RecipientPluginV1]
+
+    @property
+    def post_quantum(self) -> bool:
+        return any(key.startswith(PQ_RECIPIENT) for key in self.keys)
+
+
+PQ_RECIPIENT = agepq.RECIPIENT_HRP + "1"
+Identity = x25519.Identity | plugin.IdentityPluginV1  # a private key as age takes it
+
+
+def recipients(given: list[str]) -> Recipients:
+    """Each `age1...` key given, or each in a file given (one a line, # comments): classic keys or
+    post-quantum ones (`age1pq1...`), never both, or the backup is only as safe as the classic."""
+    keys = []
     for value in given:
-        for line in _lines(Path(value)) if not value.startswith("age1") else [value]:
-            try:
-                found.append(x25519.Recipient.from_str(line))
-            except pyrage.RecipientError:
-                raise BackupError(f"{line[:20]!r} is not an age public key (age1...)") from None
-    if not found:
+        keys += _lines(Path(value)) if not value.startswith("age1") else [value]
+    if not keys:
         raise BackupError("no recipient: give --to age1... (the public key `linkage backup keygen` printed)")
-    return found
+    post_quantum = [key for key in keys if key.startswith(PQ_RECIPIENT)]
+    if post_quantum and len(post_quantum) < len(keys):
+        raise BackupError(
+            "both post-quantum (age1pq1...) and classic keys given: a backup to both could be opened by "
+            "breaking the classic one; back up to one kind"
+        )
+    if post_quantum:
+        for key in post_quantum:
+            try:
+                agepq.Recipient.parse(key)
+            except agepq.NotAKey as exc:
+                raise BackupError(f"{key[:20]!r}... is {exc}") from None
+        plugins = [plugin.Recipient.from_str(key) for key in post_quantum]
+        with _plugins_found():  # age looks the plugin up here
+            return Recipients(keys, [plugin.RecipientPluginV1(agepq.PLUGIN, plugins, [], _NoPrompts())])
+    found: list[x25519.Recipient | plugin.RecipientPluginV1] = []
+    for key in keys:
+        try:
+            found.append(x25519.Recipient.from_str(key))
+        except pyrage.RecipientError:
+            raise BackupError(f"{key[:20]!r} is not an age public key (age1...)") from None
+    return Recipients(keys, found)
 
 
-def identities(path: Path) -> list[x25519.Identity]:
-    found = []
+def identities(path: Path) -> list[Identity]:
+    """The private keys in an identity file, classic and post-quantum, as age takes them."""
+    classic: list[Identity] = []
+    post_quantum = []
     for line in _lines(path):
         try:
-            found.append(x25519.Identity.from_str(line))
-        except pyrage.IdentityError:
-            raise BackupError(f"{path} holds a line that is not an age secret key (AGE-SECRET-KEY-1...)") from None
-    if not found:
+            if line.upper().startswith(agepq.IDENTITY_HRP):
+                post_quantum.append(plugin.Identity.from_str(agepq.Identity.parse(line).as_plugin()))
+            else:
+                classic.append(x25519.Identity.from_str(line))
+        except (pyrage.IdentityError, agepq.NotAKey):
+            raise BackupError(
+                f"{path} holds a line that is not an age secret key (AGE-SECRET-KEY-1... or AGE-SECRET-KEY-PQ-1...)"
+            ) from None
+    if not classic and not post_quantum:
         raise BackupError(f"{path} holds no age secret key")
-    return found
+    if post_quantum:
+        with _plugins_found():  # age looks the plugin up here
+            return [*classic, plugin.IdentityPluginV1(agepq.PLUGIN, post_quantum, _NoPrompts())]
+    return classic
+
+
+class _NoPrompts:
+    """What age asks of a person for a plugin: the post-quantum one asks nothing."""
+
+    def display_message(self, message: str) -> None:
+        print(f"age: {message}", file=sys.stderr)
+
+    def confirm(self, message: str, yes_string: str, no_string: str | None) -> bool | None:
+        return None
+
+    def request_public_string(self, description: str) -> str | None:
+        return None
+
+    def request_passphrase(self, description: str) -> str | None:
+        return None
+
+
+@contextlib.contextmanager
+def _plugins_found() -> Iterator[None]:
+    """age finds a plugin on PATH: this installation's own (age-plugin-pq) first, wherever
+    `linkage` was started from."""
+    before = os.environ.get("PATH", "")
+    os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + before
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = before
 
 
 def _lines(path: Path) -> list[str]:
@@ -187,7 +264,7 @@ def _lines(path: Path) -> list[str]:
 # -- taking a backup ----------------------------------------------------------------------
 
 
-def take(member: Member, out: Path, to: list[x25519.Recipient], now_ms: int) -> Manifest:
+def take(member: Member, out: Path, to: Recipients, now_ms: int) -> Manifest:
     """Back up `member`'s store and files to `out`, encrypted to `to`, while its server runs."""
     if not member.store.exists():
         raise BackupError(f"no store at {member.store}: nothing to back up")
@@ -212,7 +289,7 @@ def take(member: Member, out: Path, to: list[x25519.Recipient], now_ms: int) -> 
 
         with written_whole_bytes(out) as written:
             sealed = _Digested(written)
-            _piped(archive, lambda plain: pyrage.encrypt_io(plain, sealed, to))
+            _piped(archive, lambda plain: pyrage.encrypt_io(plain, sealed, to.for_age))
     # For the node to enter in its audit log, or the gateway in its metadata log.
     record = BackupRecord(
         backup_id=uuid7(now_ms),
@@ -220,7 +297,7 @@ def take(member: Member, out: Path, to: list[x25519.Recipient], now_ms: int) -> 
         file=out.name,
         sha256=sealed.sha256.hexdigest(),
         size=sealed.size,
-        recipients=[str(r) for r in to],
+        recipients=to.keys,
         store_sha256=facts.sha256,
         log_entries=facts.log_entries,
         log_root=facts.log_root,
@@ -370,7 +447,7 @@ class Opened:
 
 
 @contextlib.contextmanager
-def opened(backup: Path, keys: list[x25519.Identity], beside: Path) -> Iterator[Opened]:
+def opened(backup: Path, keys: list[Identity], beside: Path) -> Iterator[Opened]:
     """Decrypt `backup` into a private folder in `beside` and check it whole: it decrypts to
     the end, its store is the one the manifest describes, and passes every check."""
     if not backup.is_file():
@@ -435,9 +512,7 @@ def _unpack(plain: io.BufferedReader, staging: Path, backup: Path) -> tuple[Mani
 # -- restoring -----------------------------------------------------------------------------
 
 
-def restore_store(
-    member: Member, backup: Path, keys: list[x25519.Identity], now_ms: int
-) -> tuple[Manifest, Path | None]:
+def restore_store(member: Member, backup: Path, keys: list[Identity], now_ms: int) -> tuple[Manifest, Path | None]:
     """Put the backup's store in place of `member`'s, which must not be open: the one it
     replaces (if there was one) is kept beside it, whole, as `<store>.replaced-<ms>`."""
     try:
@@ -488,7 +563,7 @@ def _fold_journal(store: Path, kept: Path) -> None:
             os.replace(journal, kept.with_name(kept.name + suffix))
 
 
-def restore_all(backup: Path, keys: list[x25519.Identity], into: Path, now_ms: int) -> Manifest:
+def restore_all(backup: Path, keys: list[Identity], into: Path, now_ms: int) -> Manifest:
     """Rebuild a member's folder from a backup alone (a machine lost): into `into`, which
     must be empty or absent."""
     if into.exists() and any(into.iterdir()):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pyrage
 import pytest
-from pyrage import x25519
 
 from bench.audit import build
 from linkage import backup, store_notes
@@ -271,36 +270,36 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
         info = real.getmember(backup.MANIFEST)
         tar.addfile(info, manifest)
         tar.add(csc.store, backup.STORE)  # another store under amh's manifest
-    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to.for_age))
     refused("its store is not the one its manifest describes", lambda: backup.restore_store(amh, forged, keys, 2))
     with tarfile.open(plain, "w") as tar:
         tar.add(csc.store, backup.STORE)
-    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to.for_age))
     refused("holds no manifest.json", lambda: backup.restore_store(amh, forged, keys, 2))
     with tarfile.open(plain, "w") as tar:
         tar.add(csc.store, backup.STORE)
         tar.add(amh.store, backup.STORE)
-    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to.for_age))
     refused("holds store.sqlite twice", lambda: backup.restore_store(amh, forged, keys, 2))
     strange = tmp_path / backup.MANIFEST
     strange.write_text(json.dumps({"format": backup.FORMAT, "kind": "printer"}))
     with tarfile.open(plain, "w") as tar:
         tar.add(strange, backup.MANIFEST)
         tar.add(amh.store, backup.STORE)
-    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to.for_age))
     refused("neither a node nor the gateway", lambda: backup.restore_store(amh, forged, keys, 2))
     escaping = tmp_path / "escaping"
     escaping.write_bytes(b"x" * 1_000_000)  # more than a pipe holds: the decryption must not wait on it
     with tarfile.open(plain, "w") as tar:
         tar.add(escaping, f"{backup.BUNDLE}/../../escaped")
         tar.add(amh.store, backup.STORE)
-    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to.for_age))
     refused("is not a Linkage backup", lambda: backup.restore_all(forged, keys, tmp_path / "rebuilt", 1))
     assert not (tmp_path / "escaped").exists()
     with tarfile.open(plain, "w") as tar:  # a record of a backup never taken, for the node to enter
         tar.add(strange, f"{backup.BUNDLE}/store.sqlite.backups/forged.json")
         tar.add(amh.store, backup.STORE)
-    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to))
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to.for_age))
     refused("a store's own file", lambda: backup.restore_all(forged, keys, tmp_path / "rebuilt", 1))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "node.toml").write_text("")
@@ -319,7 +318,7 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
     assert not (tmp_path / "edited.age").exists()
 
 
-def sealed_tar(sealed: Path, keys: list[x25519.Identity], folder: Path) -> Path:
+def sealed_tar(sealed: Path, keys: list[backup.Identity], folder: Path) -> Path:
     """The tar archive inside a backup."""
     plain = folder / "opened.tar"
     plain.write_bytes(pyrage.decrypt(sealed.read_bytes(), keys))

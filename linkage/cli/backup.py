@@ -33,7 +33,7 @@ def _say(manifest: backup.Manifest) -> None:
 
 def _keygen(args: argparse.Namespace) -> int:
     now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    recipient = backup.generate_key(args.out, now)
+    recipient = backup.generate_key(args.out, now, post_quantum=args.post_quantum)
     print(f"wrote a backup key to {args.out} (keep it off the machine it backs up, and keep a second copy)")
     print(f"public key, to back up to: {recipient}")
     return 0
@@ -43,7 +43,8 @@ def _create(args: argparse.Namespace) -> int:
     member = _member(args)
     to = backup.recipients(args.to)
     manifest = backup.take(member, args.out, to, SystemClock().now_ms())
-    print(f"OK: backed up to {args.out}, encrypted to {len(to)} key(s)")
+    kind = "post-quantum " if to.post_quantum else ""
+    print(f"OK: backed up to {args.out}, encrypted to {len(to.keys)} {kind}key(s)")
     _say(manifest)
     if member.kind == "node":
         print(
@@ -101,13 +102,23 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
     p = sub.add_parser("keygen", help="a key pair to encrypt backups to (age's format)")
     p.add_argument("--out", type=Path, required=True, help="where to write the private key (never overwritten)")
+    p.add_argument(
+        "--post-quantum",
+        action="store_true",
+        help="ML-KEM-768 + X25519 (age1pq1..., age 1.3's -pq keys): safe from a future quantum computer",
+    )
     p.set_defaults(handler=_keygen)
 
     p = sub.add_parser("create", help="back up a running node or gateway, encrypted, checked before it is kept")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", type=Path, help="a node's node.toml")
     where.add_argument("--gateway-config", type=Path, help="the gateway's gateway.toml")
-    p.add_argument("--to", action="append", required=True, help="a public key (age1...), or a file of them; repeatable")
+    p.add_argument(
+        "--to",
+        action="append",
+        required=True,
+        help="a public key (age1... or age1pq1...), or a file of them; repeatable",
+    )
     p.add_argument("--out", type=Path, required=True, help="the backup file to write (whole, or not at all)")
     p.set_defaults(handler=_create)
 

@@ -1,0 +1,142 @@
+"""Backups to post-quantum keys: age's own `mlkem768x25519` recipients (age 1.3's -pq keys), which
+pyrage reaches through this installation's `age-plugin-pq`, run here as the child process age
+starts. A file made so opens with age's native post-quantum identities, and the reverse: the
+keys and the stanza are checked against the vectors of age's specification."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from bench.audit import build
+from linkage import agepq, backup
+from linkage.ageplugin import Stanza, Wire
+from linkage.clock import SystemClock
+from tests import age_vectors
+from tests.harness import make_federation
+
+PLUGIN = str(Path(sysconfig.get_path("scripts")) / "age-plugin-pq")
+
+
+def test_age_s_post_quantum_keys_and_stanza_are_read_as_its_specification_writes_them() -> None:
+    identity = agepq.Identity.parse(age_vectors.IDENTITY)
+    assert str(identity) == age_vectors.IDENTITY
+    assert str(identity.recipient()) == age_vectors.RECIPIENT
+    assert agepq.Recipient.parse(age_vectors.RECIPIENT) == identity.recipient()
+    file_key = identity.unwrap(agepq.b64decode(age_vectors.STANZA_ENC), agepq.b64decode(age_vectors.STANZA_BODY))
+    assert file_key is not None and len(file_key) == agepq.FILE_KEY_BYTES
+    assert agepq.Identity.generate().unwrap(*identity.recipient().wrap(file_key)) is None  # another's key
+    for text in ("age1pq1" + age_vectors.RECIPIENT[7:-1] + "q", age_vectors.RECIPIENT[:-40], "AGE-SECRET-KEY-PQ-1"):
+        with pytest.raises(agepq.NotAKey):
+            (agepq.Recipient if text.startswith("age") else agepq.Identity).parse(text)
+    for text in ("YQ==", "YR", "Y Q", ""):  # padded; stray bits; not base64; (empty is b"")
+        if text:
+            with pytest.raises(ValueError):
+                agepq.b64decode(text)
+
+
+def _plugin(machine: str, said: str) -> list[Stanza]:
+    """What age-plugin-pq answers, as a child process, to what the client `said`: its every
+    stanza, the client answering each command of the plugin's phase with `ok`."""
+    answers = "-> ok\n\n" * 20
+    ran = subprocess.run(
+        [PLUGIN, f"--age-plugin={machine}"], input=(said + answers).encode(), capture_output=True, check=True
+    )
+    wire = Wire(io.BytesIO(ran.stdout), io.BytesIO())
+    stanzas = []
+    while True:
+        stanzas.append(wire.receive())
+        if stanzas[-1].args == ["done"]:
+            return stanzas
+
+
+def test_the_plugin_opens_age_s_own_stanza_and_refuses_what_is_not_one() -> None:
+    plugin_identity = agepq.Identity.parse(age_vectors.IDENTITY).as_plugin()
+    stanza = f"-> recipient-stanza 0 mlkem768x25519 {age_vectors.STANZA_ENC}\n{age_vectors.STANZA_BODY}\n"
+    said = f"-> add-identity {plugin_identity}\n\n{stanza}-> done\n\n"
+    answered = _plugin("identity-v1", said)
+    assert [s.args for s in answered] == [["file-key", "0"], ["done"]]
+    assert len(answered[0].body) == agepq.FILE_KEY_BYTES
+    # Another's stanza (X25519, grease) is left alone; one of ours that is not well formed is said.
+    short = f"-> recipient-stanza 1 mlkem768x25519 {age_vectors.STANZA_ENC[:-8]}\n{age_vectors.STANZA_BODY}\n"
+    other = "-> recipient-stanza 0 X25519 O6DLx/wDIawpUC978NSPjYvrfDtJVnZApXKp4FMPHCY\n\n-> grease x\n\n"
+    answered = _plugin("identity-v1", f"-> add-identity {plugin_identity}\n\n{other}{short}-> done\n\n")
+    assert [s.args for s in answered] == [["error", "stanza", "1", "0"], ["done"]]
+    answered = _plugin("identity-v1", f"-> add-identity AGE-PLUGIN-PQ-1NOTAKEY\n\n{stanza}-> done\n\n")
+    assert [s.args for s in answered] == [["error", "identity", "0"], ["done"]]
+    # Sealing: to each recipient, for each file key, as age's own stanza, labelled post-quantum.
+    key = agepq.b64encode(os.urandom(16))
+    said = f"-> extension-labels\n\n-> add-recipient {age_vectors.RECIPIENT}\n\n-> wrap-file-key\n{key}\n-> done\n\n"
+    answered = _plugin("recipient-v1", said)
+    expected = [["labels", "postquantum"], ["recipient-stanza", "0", "mlkem768x25519"], ["done"]]
+    assert [s.args[:3] for s in answered] == expected
+    enc, body = agepq.b64decode(answered[1].args[3]), answered[1].body
+    assert agepq.Identity.parse(age_vectors.IDENTITY).unwrap(enc, body) == agepq.b64decode(key)
+    answered = _plugin("recipient-v1", f"-> add-recipient age1pq1nokey\n\n-> wrap-file-key\n{key}\n-> done\n\n")
+    assert [s.args for s in answered] == [["error", "recipient", "0"], ["done"]]
+
+
+def test_a_backup_to_a_post_quantum_key_opens_only_with_it_and_restores_whole(tmp_path: Path) -> None:
+    """Through the command line, from a shell whose PATH does not hold this installation: the key
+    made, the backup taken to it (age's post-quantum stanza alone), checked, refused to another
+    key, and restored."""
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh",))
+    amh = backup.Member.of(federation.node_configs["amh"])
+    config = amh.data_dir / "node.toml"
+    build(amh.store, 300)
+    before = _audit(amh.store)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def linkage(*args: str | Path) -> str:
+        ran = subprocess.run(
+            [sys.executable, "-m", "linkage", *map(str, args)], capture_output=True, text=True, env=env, check=False
+        )
+        assert ran.returncode == 0, ran.stderr
+        return ran.stdout
+
+    key, other, sealed = tmp_path / "pq.key", tmp_path / "other.key", tmp_path / "amh.age"
+    public = linkage("backup", "keygen", "--post-quantum", "--out", key).split()[-1]
+    assert public.startswith("age1pq1") and key.read_text().splitlines()[-1].startswith("AGE-SECRET-KEY-PQ-1")
+    assert "encrypted to 1 post-quantum key(s)" in linkage(
+        "backup", "create", "--config", config, "--to", public, "--out", sealed
+    )
+    header = sealed.read_bytes().split(b"\n---", 1)[0].decode()
+    kinds = [line.split()[1] for line in header.splitlines() if line.startswith("-> ")]
+    assert kinds.count("mlkem768x25519") == 1 and not {"X25519", "scrypt"} & set(kinds), kinds  # and age's grease
+    assert "opens and is whole" in linkage("backup", "check", "--from", sealed, "--identity", key)
+    linkage("backup", "keygen", "--post-quantum", "--out", other)
+    with pytest.raises(backup.BackupError, match="none of the keys given opens it"):
+        backup.restore_store(amh, sealed, backup.identities(other), 2)
+    amh.store.write_bytes(b"")  # lost
+    assert "OK: restored the store" in linkage(
+        "backup", "restore", "--config", config, "--from", sealed, "--identity", key
+    )
+    assert _audit(amh.store) == before
+
+
+def _audit(store: Path) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(store)) as db:
+        return db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+
+
+def test_a_backup_is_never_made_to_post_quantum_and_classic_keys_at_once(tmp_path: Path) -> None:
+    """Either could open it, so it would be no safer than the classic one: refused before anything
+    is written, whichever comes first."""
+    pq = backup.generate_key(tmp_path / "pq.key", "", post_quantum=True)
+    classic = backup.generate_key(tmp_path / "classic.key", "")
+    for keys in ([pq, classic], [classic, pq]):
+        with pytest.raises(backup.BackupError, match="both post-quantum"):
+            backup.recipients(keys)
+    with pytest.raises(backup.BackupError, match="is not a key: its Bech32 checksum is wrong"):
+        backup.recipients([pq[:-1] + ("q" if pq[-1] != "q" else "p")])
+    both = tmp_path / "both.key"
+    both.write_text((tmp_path / "pq.key").read_text() + (tmp_path / "classic.key").read_text())
+    assert len(backup.identities(both)) == 2  # one file may hold both kinds of private key
