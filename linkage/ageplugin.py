@@ -50,20 +50,19 @@ class Wire:
         line = self.read.readline()
         if not line:
             raise ProtocolError("the client went away")
-        if not line.startswith(b"-> ") or not line.endswith(b"\n"):
+        if not line.startswith(b"-> ") or not line.endswith(b"\n") or not line.isascii():
             raise ProtocolError("not a stanza")
         args = line[3:-1].decode("ascii").split(" ")
-        text = ""
+        text = b""
         while True:  # the body ends with its first line shorter than a full one
             part = self.read.readline()
-            if not part.endswith(b"\n"):
-                raise ProtocolError("a stanza's body was cut short")
-            chunk = part[:-1].decode("ascii")
-            text += chunk
-            if len(chunk) < _LINE:
+            if not part.endswith(b"\n") or len(part) > _LINE + 1 or not part.isascii():
+                raise ProtocolError("a stanza's body is cut short, or not in lines of age's base64")
+            text += part[:-1]
+            if len(part) <= _LINE:
                 break
         try:
-            return Stanza(args, b64decode(text))
+            return Stanza(args, b64decode(text.decode("ascii")))
         except ValueError:
             raise ProtocolError("a stanza's body is not age's base64") from None
 

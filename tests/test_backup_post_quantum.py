@@ -84,6 +84,18 @@ def test_the_plugin_opens_age_s_own_stanza_and_refuses_what_is_not_one() -> None
     assert [s.args for s in answered] == [["error", "recipient", "0"], ["done"]]
 
 
+@pytest.mark.parametrize(
+    "said",
+    ["", "hello\n", "-> add-identity x\n", "-> done\n" + "A" * 65 + "\n", "-> done\n\xff\n", "-> \xe9\n\n"],
+    ids=["nothing", "no stanza", "no body", "a long line", "not ascii", "not ascii either"],
+)
+@pytest.mark.parametrize("machine", ["recipient-v1", "identity-v1"])
+def test_the_plugin_told_what_is_not_age_s_protocol_stops_and_says_so(machine: str, said: str) -> None:
+    ran = subprocess.run([PLUGIN, f"--age-plugin={machine}"], input=said.encode("latin-1"), capture_output=True)
+    assert ran.returncode == 1 and ran.stdout == b""
+    assert ran.stderr.startswith(b"age-plugin-pq: ") and b"Traceback" not in ran.stderr, ran.stderr
+
+
 def test_a_backup_to_a_post_quantum_key_opens_only_with_it_and_restores_whole(tmp_path: Path) -> None:
     """Through the command line, from a shell whose PATH does not hold this installation: the key
     made, the backup taken to it (age's post-quantum stanza alone), checked, refused to another
