@@ -16,7 +16,7 @@ import base64
 import binascii
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
@@ -40,7 +40,7 @@ class NotAKey(ValueError):
 
 @dataclass(frozen=True)
 class Identity:
-    seed: bytes
+    seed: bytes = field(repr=False)  # the private key: never in a traceback or a log
 
     @classmethod
     def generate(cls) -> Identity:

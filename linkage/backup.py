@@ -168,7 +168,7 @@ class Recipients:
 
 
 PQ_RECIPIENT = agepq.RECIPIENT_HRP + "1"
-Identity = x25519.Identity | plugin.IdentityPluginV1  # a private key as age takes it
+PrivateKey = x25519.Identity | plugin.IdentityPluginV1  # as age takes it
 
 
 def recipients(given: list[str]) -> Recipients:
@@ -186,26 +186,27 @@ def recipients(given: list[str]) -> Recipients:
             "breaking the classic one; back up to one kind"
         )
     if post_quantum:
+        parsed = []
         for key in post_quantum:
             try:
-                agepq.Recipient.parse(key)
+                parsed.append(str(agepq.Recipient.parse(key)))
             except agepq.NotAKey as exc:
                 raise BackupError(f"{key[:20]!r}... is {exc}") from None
-        plugins = [plugin.Recipient.from_str(key) for key in post_quantum]
+        plugins = [plugin.Recipient.from_str(key) for key in parsed]
         with _plugins_found():  # age looks the plugin up here
-            return Recipients(keys, [plugin.RecipientPluginV1(agepq.PLUGIN, plugins, [], _NoPrompts())])
+            return Recipients(parsed, [plugin.RecipientPluginV1(agepq.PLUGIN, plugins, [], _NoPrompts())])
     found: list[x25519.Recipient | plugin.RecipientPluginV1] = []
     for key in keys:
         try:
             found.append(x25519.Recipient.from_str(key))
         except pyrage.RecipientError:
             raise BackupError(f"{key[:20]!r} is not an age public key (age1...)") from None
-    return Recipients(keys, found)
+    return Recipients([str(r) for r in found], found)
 
 
-def identities(path: Path) -> list[Identity]:
+def identities(path: Path) -> list[PrivateKey]:
     """The private keys in an identity file, classic and post-quantum, as age takes them."""
-    classic: list[Identity] = []
+    classic: list[PrivateKey] = []
     post_quantum = []
     for line in _lines(path):
         try:
@@ -447,7 +448,7 @@ class Opened:
 
 
 @contextlib.contextmanager
-def opened(backup: Path, keys: list[Identity], beside: Path) -> Iterator[Opened]:
+def opened(backup: Path, keys: list[PrivateKey], beside: Path) -> Iterator[Opened]:
     """Decrypt `backup` into a private folder in `beside` and check it whole: it decrypts to
     the end, its store is the one the manifest describes, and passes every check."""
     if not backup.is_file():
@@ -512,7 +513,7 @@ def _unpack(plain: io.BufferedReader, staging: Path, backup: Path) -> tuple[Mani
 # -- restoring -----------------------------------------------------------------------------
 
 
-def restore_store(member: Member, backup: Path, keys: list[Identity], now_ms: int) -> tuple[Manifest, Path | None]:
+def restore_store(member: Member, backup: Path, keys: list[PrivateKey], now_ms: int) -> tuple[Manifest, Path | None]:
     """Put the backup's store in place of `member`'s, which must not be open: the one it
     replaces (if there was one) is kept beside it, whole, as `<store>.replaced-<ms>`."""
     try:
@@ -563,7 +564,7 @@ def _fold_journal(store: Path, kept: Path) -> None:
             os.replace(journal, kept.with_name(kept.name + suffix))
 
 
-def restore_all(backup: Path, keys: list[Identity], into: Path, now_ms: int) -> Manifest:
+def restore_all(backup: Path, keys: list[PrivateKey], into: Path, now_ms: int) -> Manifest:
     """Rebuild a member's folder from a backup alone (a machine lost): into `into`, which
     must be empty or absent."""
     if into.exists() and any(into.iterdir()):

@@ -318,7 +318,7 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
     assert not (tmp_path / "edited.age").exists()
 
 
-def sealed_tar(sealed: Path, keys: list[backup.Identity], folder: Path) -> Path:
+def sealed_tar(sealed: Path, keys: list[backup.PrivateKey], folder: Path) -> Path:
     """The tar archive inside a backup."""
     plain = folder / "opened.tar"
     plain.write_bytes(pyrage.decrypt(sealed.read_bytes(), keys))
