@@ -46,6 +46,12 @@ def is_node_id(text: str) -> bool:
     return bool(NODE_ID_RE.match(text))
 
 
+def is_peer(text: str, me: str) -> bool:
+    """Whether a node id the gateway names could be another agency: in the federation's form,
+    and not this node's own (a gateway that is not what it should be may name either)."""
+    return text != me and is_node_id(text)
+
+
 def recordable(message_id: str, node_id: str) -> tuple[str, str, dict[str, bool]]:
     """A message id and a node id, from a party not yet trusted, as a log may record them:
     each only in the form the federation gives it (a UUIDv7, a node id), else left out and

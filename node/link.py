@@ -16,7 +16,7 @@ import grpc
 
 from linkage import logs
 from linkage.frames import NestedBatchError, fits, unbatch
-from linkage.ids import is_node_id
+from linkage.ids import is_peer
 from linkage.tokens import MAX_TOKENS_PER_CALL, TOKEN_LEN
 from linkage.transport import DIRECTORY_MAX_BYTES, TlsMaterial, secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
@@ -374,7 +374,7 @@ class GatewayLink:
         linked: dict[bytes, list[str]] = {}
         left_out = 0
         for entry in answered:
-            nodes = [n for n in entry.node_ids if n != self.node_id and is_node_id(n)]
+            nodes = [n for n in entry.node_ids if is_peer(n, self.node_id)]
             left_out += len(entry.node_ids) - len(nodes)
             if entry.link_token in wanted:
                 linked.setdefault(entry.link_token, []).extend(nodes)

@@ -35,7 +35,7 @@ from linkage.clock import Clock
 from linkage.config import DeliverySettings
 from linkage.directory import TrustedDirectory
 from linkage.envelope import verify_receipt
-from linkage.ids import is_node_id
+from linkage.ids import is_peer
 from linkage.reasons import Rejected
 from linkage.v1 import envelope_pb2, gateway_pb2
 from node.backoff import backoff_ms
@@ -639,7 +639,7 @@ class Outbox:
         when it went away (forwarded but never receipted); its inbox absorbs repeats. A name
         no agency could have, or this node's own, is said and left: a gateway that is not what
         it should be would otherwise cost a transaction for each one it sends."""
-        if node_id == self.node_id or not is_node_id(node_id):
+        if not is_peer(node_id, self.node_id):
             log.warning("gateway.answer_malformed", left_out=1, problem="not an agency")
             return
         self._away.pop(node_id, None)
