@@ -15,6 +15,8 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from bench.audit import build
 from linkage import agepq, backup
@@ -152,3 +154,20 @@ def test_a_backup_is_never_made_to_post_quantum_and_classic_keys_at_once(tmp_pat
     both = tmp_path / "both.key"
     both.write_text((tmp_path / "pq.key").read_text() + (tmp_path / "classic.key").read_text())
     assert len(backup.identities(both)) == 2  # one file may hold both kinds of private key
+
+
+@given(
+    args=st.lists(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1), min_size=1),
+    body=st.binary(max_size=300),
+)
+@example(args=["x"], body=b"")
+@example(args=["x"], body=bytes(48))
+@example(args=["x"], body=bytes(96))
+def test_a_stanza_the_plugin_writes_reads_back_the_same_whatever_its_length(args: list[str], body: bytes) -> None:
+    """Bodies of 48 bytes and their multiples fill every line, so age ends them with an empty one."""
+    written = io.BytesIO()
+    Wire(io.BytesIO(), written).send(*args, body=body)
+    lines = written.getvalue().split(b"\n")[1:-1]
+    assert all(len(line) == 64 for line in lines[:-1]) and len(lines[-1]) < 64
+    read = Wire(io.BytesIO(written.getvalue()), io.BytesIO()).receive()
+    assert (read.args, read.body) == (args, body)
