@@ -168,6 +168,7 @@ class Recipients:
 
 
 PQ_RECIPIENT = agepq.RECIPIENT_HRP + "1"
+PLUGIN_COMMAND = f"age-plugin-{agepq.PLUGIN}"
 PrivateKey = x25519.Identity | plugin.IdentityPluginV1  # as age takes it
 
 
@@ -250,6 +251,11 @@ def _plugins_found() -> Iterator[None]:
     os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + before
     try:
         yield
+    except (pyrage.EncryptError, pyrage.DecryptError):
+        raise BackupError(
+            f"age cannot find {PLUGIN_COMMAND}, which post-quantum keys need: it is installed with linkage "
+            f"(in {sysconfig.get_path('scripts')}); reinstall linkage, or put its folder on PATH"
+        ) from None
     finally:
         os.environ["PATH"] = before
 

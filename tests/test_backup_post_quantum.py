@@ -171,3 +171,16 @@ def test_a_stanza_the_plugin_writes_reads_back_the_same_whatever_its_length(args
     assert all(len(line) == 64 for line in lines[:-1]) and len(lines[-1]) < 64
     read = Wire(io.BytesIO(written.getvalue()), io.BytesIO()).receive()
     assert (read.args, read.body) == (args, body)
+
+
+def test_without_its_plugin_a_post_quantum_key_is_refused_saying_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "pq.key"
+    public = backup.generate_key(key, "", post_quantum=True)
+    monkeypatch.setattr(sysconfig, "get_path", lambda name: str(tmp_path))  # an install without it
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    for call in (lambda: backup.recipients([public]), lambda: backup.identities(key)):
+        with pytest.raises(backup.BackupError, match="age cannot find age-plugin-pq"):
+            call()
+    assert os.environ["PATH"] == "/usr/bin:/bin"
