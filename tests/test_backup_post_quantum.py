@@ -184,3 +184,24 @@ def test_without_its_plugin_a_post_quantum_key_is_refused_saying_what_to_install
         with pytest.raises(backup.BackupError, match="age cannot find age-plugin-pq"):
             call()
     assert os.environ["PATH"] == "/usr/bin:/bin"
+
+
+@pytest.mark.parametrize("suite", ["classic", "hybrid"])
+def test_a_federation_that_seals_post_quantum_is_told_when_its_backup_is_to_a_classic_key(
+    tmp_path: Path, suite: str
+) -> None:
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh",), suite=suite)
+    amh = backup.Member.of(federation.node_configs["amh"])
+    build(amh.store, 10)
+    said = {}
+    for post_quantum in (False, True):
+        public = backup.generate_key(tmp_path / f"{post_quantum}.key", "", post_quantum=post_quantum)
+        args = ["backup", "create", "--config", str(amh.data_dir / "node.toml"), "--to", public]
+        ran = subprocess.run(
+            [sys.executable, "-m", "linkage", *args, "--out", str(tmp_path / f"{post_quantum}.age")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        said[post_quantum] = "warning: this federation seals its messages post-quantum" in ran.stdout
+    assert said == {False: suite == "hybrid", True: False}

@@ -8,16 +8,32 @@ import datetime as dt
 import tempfile
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from linkage import backup
+from linkage.cli.audit_entries import federation_directory
 from linkage.clock import SystemClock
 from linkage.config import GatewayConfig, NodeConfig
+from linkage.envelope import HYBRID
+from linkage.reasons import Rejected
 from linkage.store_notes import read_mark
 
 
+def _config(args: argparse.Namespace) -> NodeConfig | GatewayConfig:
+    return GatewayConfig.load(args.gateway_config) if args.gateway_config else NodeConfig.load(args.config)
+
+
 def _member(args: argparse.Namespace) -> backup.Member:
-    if args.gateway_config:
-        return backup.Member.of(GatewayConfig.load(args.gateway_config))
-    return backup.Member.of(NodeConfig.load(args.config))
+    return backup.Member.of(_config(args))
+
+
+def _seals_post_quantum(config: NodeConfig | GatewayConfig) -> bool:
+    """Whether the federation chose the hybrid suite, by the directory this member holds (one
+    it cannot read is another command's to report)."""
+    try:
+        return federation_directory(config).directory.suite == HYBRID
+    except (OSError, DecodeError, Rejected):
+        return False
 
 
 def _say(manifest: backup.Manifest) -> None:
@@ -40,7 +56,8 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
-    member = _member(args)
+    config = _config(args)
+    member = backup.Member.of(config)
     to = backup.recipients(args.to)
     manifest = backup.take(member, args.out, to, SystemClock().now_ms())
     kind = "post-quantum " if to.post_quantum else ""
@@ -49,6 +66,11 @@ def _create(args: argparse.Namespace) -> int:
     if member.kind == "node":
         print(
             "  the node enters it in its audit log (store.backed_up) at its next look: within 5 minutes, or on SIGHUP"
+        )
+    if not to.post_quantum and _seals_post_quantum(config):
+        print(
+            "  warning: this federation seals its messages post-quantum (its hybrid suite), and this backup to a "
+            "classic key only: make a key with `linkage backup keygen --post-quantum` and back up to that"
         )
     if member.outside:  # a machine rebuilt from this backup alone would lack them
         print(f"  not in it, as outside {member.data_dir}: {', '.join(map(str, member.outside))}: back them up too")
