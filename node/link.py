@@ -252,7 +252,7 @@ class GatewayLink:
         written = [future for _, future in mine]
         if pending := [future for future in written if not future.done()]:  # else no turn of the loop
             await asyncio.wait(pending)
-        if [future for future in written if future.exception() is not None]:
+        if any(future.exception() is not None for future in written):
             raise NotConnected()
 
     async def _write_batch(self, call: Call) -> None:

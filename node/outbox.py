@@ -552,7 +552,7 @@ class Outbox:
             failures, resume = self._away.get(recipient, (0, 0))
             if tx.now_ms < resume:
                 return False  # more answers from the same window: the destination already waits
-            resume = tx.now_ms + backoff_ms(failures, self.settings.retry_base_ms, self.settings.retry_cap_ms, self.rng)
+            resume = tx.now_ms + self._retry_ms(failures)
             self._away[recipient] = (failures + 1, resume)
             await tx.execute(
                 "UPDATE outbox SET next_attempt_at_ms = ? WHERE recipient = ? AND state IN ('queued', 'sent')",
@@ -565,10 +565,9 @@ class Outbox:
             # Unspecified, or a status this node's contract does not know (a newer gateway's):
             # not said to be forwarded, nor refused for good, so it is sent again later.
             log.warning("ack.status_unknown", message_id=ack.message_id, status=_status_name(ack.status))
-            retry_ms = backoff_ms(attempts - 1, self.settings.retry_base_ms, self.settings.retry_cap_ms, self.rng)
             await tx.execute(
                 "UPDATE outbox SET attempts = ?, next_attempt_at_ms = ? WHERE message_id = ?",
-                (attempts, tx.now_ms + retry_ms, ack.message_id),
+                (attempts, tx.now_ms + self._retry_ms(attempts - 1), ack.message_id),
             )
         else:
             self.metrics.undeliverable.inc()
@@ -585,6 +584,10 @@ class Outbox:
             )
             return True
         return False
+
+    def _retry_ms(self, failures: int) -> int:
+        """How long a message waits to go again after `failures` answers that were not final."""
+        return backoff_ms(failures, self.settings.retry_base_ms, self.settings.retry_cap_ms, self.rng)
 
     def _hold(self, ack: gateway_pb2.SendAck, now: int) -> None:
         """BUSY: hold back what the gateway named, and halve what may go there at once."""
