@@ -247,12 +247,13 @@ class GatewayLink:
                 if (ending := self._end_when_written) is not None:
                     self._end_when_written = None
                     await _end_writing(ending)
-        # Every one of them is looked at, so that none fails unretrieved (asyncio would say
-        # so on stderr) when the stream goes with several of them.
         written = [future for _, future in mine]
         if pending := [future for future in written if not future.done()]:  # else no turn of the loop
             await asyncio.wait(pending)
-        if any(future.exception() is not None for future in written):
+        # exception() is asked of every one, not only up to the first failed (as any() would):
+        # asking marks it retrieved, and asyncio logs an error for each failure nobody asked of.
+        failures = [future.exception() for future in written]
+        if any(failure is not None for failure in failures):
             raise NotConnected()
 
     async def _write_batch(self, call: Call) -> None:
