@@ -230,7 +230,10 @@ class GatewayLink:
 
     async def send_all(self, frames: list[gateway_pb2.NodeFrame]) -> None:
         """Write frames in order; returns once all are written, or raises NotConnected. Frames
-        sent while a write is in progress are written together, in batches, by whoever writes next."""
+        sent while a write is in progress are written together, in batches, by whoever writes
+        next: so a caller is a task the node cancels only as it stops (the outbox's, a received
+        frame's, the resolver's for a case system's share), as gRPC cancels a whole stream whose
+        write is cancelled."""
         call = self._call
         if call is None:
             raise NotConnected()
@@ -250,10 +253,7 @@ class GatewayLink:
         written = [future for _, future in mine]
         if pending := [future for future in written if not future.done()]:  # else no turn of the loop
             await asyncio.wait(pending)
-        # exception() is asked of every one, not only up to the first failed (as any() would):
-        # asking marks it retrieved, and asyncio logs an error for each failure nobody asked of.
-        failures = [future.exception() for future in written]
-        if any(failure is not None for failure in failures):
+        if any(future.exception() is not None for future in written):
             raise NotConnected()
 
     async def _write_batch(self, call: Call) -> None:
@@ -266,11 +266,14 @@ class GatewayLink:
         message = frames[0] if len(frames) == 1 else gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=frames))
         try:
             await call.write(message)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, asyncio.CancelledError) as exc:
             for _, written in (*batch, *self._outgoing):  # the stream is gone for all of them
                 if not written.done():
                     written.set_exception(NotConnected())
+                    written.exception()  # retrieved here too: a sender that gave up need not warn
             self._outgoing.clear()
+            if isinstance(exc, asyncio.CancelledError):  # the node is stopping
+                raise
             return
         for _, written in batch:
             if not written.done():

@@ -1,11 +1,13 @@
-"""A node's writes on its stream to the gateway: frames written together fail together
-when the stream goes, and the sender is told once, with no failure left for asyncio to
-report as nobody's (an error line in the operators' log)."""
+"""A node's writes on its stream to the gateway. Frames written together fail together when
+the stream goes, and each sender is told, with no failure left for asyncio to report as
+nobody's (an error line in the operators' log); and a write cancelled as the node stops
+leaves nobody waiting for a writer that will never come."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -16,40 +18,83 @@ from node.link import GatewayLink, NotConnected
 from tests.harness import LocalFederation
 
 
-class GoneStream:
-    """A stream the gateway has ended: gRPC refuses every write on it."""
+class Stream:
+    """A gRPC stream as far as writing goes: a write waits while `flowing` is clear (gRPC's
+    flow control), fails once the stream is gone, and, as gRPC's does, cancelling a write
+    cancels the whole stream."""
 
     def __init__(self) -> None:
-        self.writes = 0
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.waiting = asyncio.Event()  # a write is waiting for the flow
+        self.gone = False
+        self.cancelled = False
+        self.written: list[gateway_pb2.NodeFrame] = []
 
     async def write(self, message: gateway_pb2.NodeFrame) -> None:
-        self.writes += 1
-        raise grpc.aio.UsageError("RPC already finished.")
+        try:
+            if not self.flowing.is_set():
+                self.waiting.set()
+            await self.flowing.wait()
+        except asyncio.CancelledError:
+            self.cancelled = self.gone = True
+            raise
+        if self.gone:
+            raise grpc.aio.UsageError("RPC already finished.")
+        self.written.append(message)
+
+
+def resolve(n: int) -> gateway_pb2.NodeFrame:
+    return gateway_pb2.NodeFrame(resolve=gateway_pb2.ResolveRecipientsRequest(request_id=n))
+
+
+def sent(stream: Stream) -> list[int]:
+    frames = [f for m in stream.written for f in (m.batch.frames if m.HasField("batch") else [m])]
+    return [f.resolve.request_id for f in frames]
 
 
 async def _nothing(*_: object) -> None:
     return None
 
 
-async def test_frames_written_together_on_a_stream_that_went_fail_together_and_all_are_retrieved(
-    federation: LocalFederation,
-) -> None:
-    config = federation.node_configs["amh"]
-    link = GatewayLink(
-        "amh", "127.0.0.1:1", "gateway", config.tls.read(), on_connect=_nothing, on_frames=_nothing, on_state=_nothing
-    )
-    stream = GoneStream()
+@pytest.fixture
+async def link(federation: LocalFederation) -> AsyncIterator[tuple[GatewayLink, Stream]]:
+    tls = federation.node_configs["amh"].tls.read()
+    link = GatewayLink("amh", "127.0.0.1:1", "gateway", tls, on_connect=_nothing, on_frames=_nothing, on_state=_nothing)
+    stream = Stream()
     link._call = stream  # type: ignore[assignment]  # a stream, as far as writing goes
     unretrieved: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _, context: unretrieved.append(context))
     try:
-        frames = [gateway_pb2.NodeFrame(resolve=gateway_pb2.ResolveRecipientsRequest(request_id=n)) for n in (1, 2, 3)]
-        with pytest.raises(NotConnected):
-            await link.send_all(frames)
-        assert stream.writes == 1  # the three went as one batch, and failed as one
+        yield link, stream
         gc.collect()  # asyncio reports a failure nobody retrieved as its future goes
         assert unretrieved == []
     finally:
         loop.set_exception_handler(None)
         await link.close()
+
+
+async def test_frames_written_together_on_a_stream_that_went_fail_together(link: tuple[GatewayLink, Stream]) -> None:
+    gateway_link, stream = link
+    stream.gone = True
+    with pytest.raises(NotConnected):
+        await gateway_link.send_all([resolve(n) for n in (1, 2, 3)])
+    assert stream.written == []
+
+
+async def test_a_write_cancelled_as_the_node_stops_leaves_no_sender_waiting(link: tuple[GatewayLink, Stream]) -> None:
+    """The one writing is cancelled mid-write: gRPC ends the stream, and the frames queued
+    behind it are failed, not left for a writer that will never come."""
+    gateway_link, stream = link
+    stream.flowing.clear()
+    writing = asyncio.create_task(gateway_link.send_all([resolve(1)]))
+    queued = asyncio.create_task(gateway_link.send_all([resolve(2), resolve(3)]))
+    await stream.waiting.wait()  # both sends have begun: the first is being written
+    writing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    async with asyncio.timeout(10):  # a guard only: it is told at once
+        with pytest.raises(NotConnected):
+            await queued
+    assert stream.cancelled and stream.written == []
