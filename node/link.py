@@ -231,9 +231,9 @@ class GatewayLink:
     async def send_all(self, frames: list[gateway_pb2.NodeFrame]) -> None:
         """Write frames in order; returns once all are written, or raises NotConnected. Frames
         sent while a write is in progress are written together, in batches, by whoever writes
-        next: so a caller is a task the node cancels only as it stops (the outbox's, a received
-        frame's, the resolver's for a case system's share), as gRPC cancels a whole stream whose
-        write is cancelled."""
+        next. Its callers must be tasks the node cancels only as it stops (the outbox's, a
+        received frame's, the resolver's for a case system's share): gRPC cancels a whole
+        stream whose write is cancelled."""
         call = self._call
         if call is None:
             raise NotConnected()

@@ -48,11 +48,6 @@ def resolve(n: int) -> gateway_pb2.NodeFrame:
     return gateway_pb2.NodeFrame(resolve=gateway_pb2.ResolveRecipientsRequest(request_id=n))
 
 
-def sent(stream: Stream) -> list[int]:
-    frames = [f for m in stream.written for f in (m.batch.frames if m.HasField("batch") else [m])]
-    return [f.resolve.request_id for f in frames]
-
-
 async def _nothing(*_: object) -> None:
     return None
 
