@@ -67,7 +67,9 @@ def sign_batch(keys: MessageKeys, label: bytes, items: list[bytes], hybrid: bool
     ]
 
 
-_verified: dict[tuple[bytes, bytes, bytes, bytes], None] = {}  # an ordered set: oldest first
+# An ordered set, oldest first, of every input of a check that passed: the ML-DSA key and
+# signature too, so a classical check never stands in for a hybrid one, nor one key for another.
+_verified: dict[tuple[bytes, bytes, bytes, tuple[bytes, bytes] | None], None] = {}
 
 
 def verify(
@@ -95,7 +97,7 @@ def verify(
     except ProofError:
         raise InvalidSignature() from None
     signed = statement(label, proof.size, root)
-    remembered = (public_key, signed, signature, pq[1] if pq else b"")
+    remembered = (public_key, signed, signature, pq)
     if remembered in _verified:
         return
     ed25519_verify(public_key, signature, signed)

@@ -149,6 +149,22 @@ def test_under_the_hybrid_suite_both_signatures_cover_the_batch() -> None:
     assert refused.value.reason is Reason.UNSUPPORTED_SUITE
 
 
+def test_a_remembered_batch_stands_only_for_the_keys_it_was_checked_under() -> None:
+    """What verified classically, or under one ML-DSA key, proves nothing about another check."""
+    genuine = raw_public_pq(KEYS.mldsa) if KEYS.mldsa else b""
+    another = MessageKeys.generate("c-k1", post_quantum=True).mldsa
+    assert another is not None
+    items = [b"remembered 0", b"remembered 1"]
+    first, second = sign_batch(KEYS, MESSAGE_LABEL, items, hybrid=True)
+    verify(PUBLIC, MESSAGE_LABEL, items[0], first.signature, first.proof)  # classical alone: remembered
+    with pytest.raises(InvalidSignature):  # the hybrid suite's check, with no ML-DSA signature
+        verify(PUBLIC, MESSAGE_LABEL, items[0], first.signature, first.proof, (genuine, b""))
+    verify(PUBLIC, MESSAGE_LABEL, items[1], second.signature, second.proof, (genuine, second.pq_signature))
+    with pytest.raises(InvalidSignature):  # the same signatures, said to be under another ML-DSA key
+        pq = (raw_public_pq(another), second.pq_signature)
+        verify(PUBLIC, MESSAGE_LABEL, items[1], second.signature, second.proof, pq)
+
+
 async def test_the_first_item_of_a_turn_is_signed_at_once_and_the_rest_together_per_destination() -> None:
     signer = BatchSigner(RECEIPT_LABEL)
     first = signer.sign(KEYS, "b", ITEMS[0])
