@@ -17,7 +17,8 @@ class TokenBucket:
 
     def _refill(self) -> None:
         now = self.clock.now_ms()
-        self.tokens = min(self.burst, self.tokens + (now - self.at_ms) * self.rate_per_ms)
+        # A wall clock stepped back is no time spent: never a debt a node waits out.
+        self.tokens = min(self.burst, self.tokens + max(0, now - self.at_ms) * self.rate_per_ms)
         self.at_ms = now
 
     def take(self) -> bool:

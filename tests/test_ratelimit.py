@@ -17,3 +17,16 @@ def test_a_refused_node_is_told_when_its_next_token_is_due() -> None:
     assert limits.retry_after_ms("b") == 0  # another node's bucket is full
     clock.advance(60)
     assert limits.allow("a") and not limits.allow("a")
+
+
+def test_a_wall_clock_set_back_costs_a_node_no_tokens() -> None:
+    """The clock is the wall's, and a host may step it back: that is no time spent, and
+    must not leave a node refused for as long as the step."""
+    clock = ManualClock()
+    limits = RateLimits(rate_per_s=10, burst=2, clock=clock)
+    assert limits.allow("a")
+    clock.advance(-30_000)
+    assert limits.allow("a")  # the token it had is still there
+    assert limits.retry_after_ms("a") == 100  # and the next comes at the usual rate
+    clock.advance(100)
+    assert limits.allow("a")
