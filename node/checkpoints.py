@@ -87,7 +87,9 @@ class Checkpointer:
 
     def _checkpoint(self, max_age_ms: int) -> audit_pb2.SignedCheckpoint:
         frontier, now = self.store.frontier, self.clock.now_ms()
-        stale = self._latest_range.size != frontier.size and now - self._signed_at_ms >= max_age_ms
+        # Signed "later" than now means the wall clock was set back since: too old to trust as recent.
+        age_ms = now - self._signed_at_ms
+        stale = self._latest_range.size != frontier.size and not 0 <= age_ms < max_age_ms
         if self._latest is None or stale:
             signer = self._signer(now)
             self._latest = sign_checkpoint(
@@ -209,19 +211,21 @@ class Checkpointer:
     async def run(self) -> None:
         """Lodge once LODGE_EVERY_ENTRIES entries wait, or LODGE_EVERY_S after the last try once any
         wait. The store wakes this task at those sizes only, not at every commit in between."""
-        last = self.clock.now_ms()
+        # The period is time passed, so the loop's clock: the wall's may be set back meanwhile.
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
             waiting = self.store.frontier.size - self.lodged_size
             # While nothing waits, the first entry wakes it (due at once if the last try is a
             # period old); once entries wait, only the count or the period's end does.
             self.store.wake_at = self.lodged_size + (LODGE_EVERY_ENTRIES if waiting else 1)
-            period_left_s = LODGE_EVERY_S - (self.clock.now_ms() - last) / 1000 if waiting else LODGE_EVERY_S
+            period_left_s = LODGE_EVERY_S - (loop.time() - last) if waiting else LODGE_EVERY_S
             with contextlib.suppress(TimeoutError):  # not wait_for: see Outbox.run
                 async with asyncio.timeout(max(period_left_s, 0)):
                     await self.store.appended.wait()
             self.store.appended.clear()
             waiting = self.store.frontier.size - self.lodged_size
-            if waiting >= LODGE_EVERY_ENTRIES or (waiting and self.clock.now_ms() - last >= LODGE_EVERY_S * 1000):
+            if waiting >= LODGE_EVERY_ENTRIES or (waiting and loop.time() - last >= LODGE_EVERY_S):
                 if self.link.connected.is_set():
                     await self.lodge()
-                last = self.clock.now_ms()  # tried, or no stream to try on: the next try is a period on
+                last = loop.time()  # tried, or no stream to try on: the next try is a period on

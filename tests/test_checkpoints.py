@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from linkage.clock import SystemClock
+from linkage.clock import Clock, ManualClock, SystemClock
 from linkage.directory import TrustedDirectory
 from linkage.keys import MessageKeys
 from linkage.v1 import audit_pb2, gateway_pb2
@@ -63,9 +63,13 @@ async def _until(condition: Callable[[], bool]) -> None:
     raise AssertionError("the checkpointer never got there")
 
 
-async def _running(store: Store, witness: Witness) -> asyncio.Task[None]:
+def _checkpointer(store: Store, witness: Witness, clock: Clock) -> Checkpointer:
     trust = TrustedDirectory("fed", ed25519.Ed25519PrivateKey.generate().public_key())  # unused: nothing is cosigned
-    checkpointer = Checkpointer(store, witness, MessageKeys.generate("k1"), "amh", SystemClock(), trust)  # type: ignore[arg-type]
+    return Checkpointer(store, witness, MessageKeys.generate("k1"), "amh", clock, trust)  # type: ignore[arg-type]
+
+
+async def _running(store: Store, witness: Witness, clock: Clock | None = None) -> asyncio.Task[None]:
+    checkpointer = _checkpointer(store, witness, clock or SystemClock())
     task = asyncio.create_task(checkpointer.run())
     await _until(lambda: store.wake_at == 1)  # nothing waits: the first entry wakes it
     return task
@@ -98,3 +102,30 @@ async def test_lodged_when_the_period_ends_while_entries_wait(store: Store, monk
         assert witness.sizes == [3]
     finally:
         task.cancel()
+
+
+HOUR_MS = 3_600_000
+
+
+async def test_a_wall_clock_set_back_does_not_put_off_the_period(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The period is time that passed, whatever the wall clock is set to meanwhile."""
+    monkeypatch.setattr(checkpoints, "LODGE_EVERY_S", 0.05)
+    witness, clock = Witness(), ManualClock()
+    task = await _running(store, witness, clock)
+    try:
+        clock.advance(-HOUR_MS)
+        await _append(store, 3)
+        await asyncio.wait_for(witness.lodged.wait(), 5)
+        assert witness.sizes == [3]
+    finally:
+        task.cancel()
+
+
+async def test_a_receipt_checkpoint_follows_the_log_after_the_wall_clock_is_set_back(store: Store) -> None:
+    clock = ManualClock()
+    checkpointer = _checkpointer(store, Witness(), clock)
+    await _append(store, 1)
+    assert audit_pb2.Checkpoint.FromString(checkpointer.for_receipt().checkpoint).tree_size == 1
+    clock.advance(-HOUR_MS)
+    await _append(store, 1)
+    assert audit_pb2.Checkpoint.FromString(checkpointer.for_receipt().checkpoint).tree_size == 2
