@@ -166,6 +166,21 @@ class BatchSigner:
                 _settle(group.waiting[start : start + MAX_BATCH], signing)
 
 
+async def signed_all(waiting: list[asyncio.Future[Signature]]) -> list[Signature]:
+    """Each signature asked for, in order. If one cannot be made, or the caller is cancelled,
+    that is raised, and the rest are given up: those still to come are cancelled, and a
+    failure already set is marked retrieved, so asyncio reports none of them as nobody's."""
+    try:
+        return [await signature for signature in waiting]  # one already made costs no yield
+    except BaseException:
+        for signature in waiting:
+            if not signature.done():
+                signature.cancel()  # its batch passes it by
+            elif not signature.cancelled():
+                signature.exception()
+        raise
+
+
 def _settle(waiting: list[asyncio.Future[Signature]], signing: Callable[[], list[Signature]]) -> None:
     """Give each waiting caller its signature, or the reason there is none."""
     try:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from linkage import logs
-from linkage.batchsign import BatchSigner
+from linkage.batchsign import BatchSigner, signed_all
 from linkage.clock import Clock
 from linkage.config import DeliverySettings
 from linkage.contentkeys import ContentKeys
@@ -175,8 +175,9 @@ class Messenger:
                 )
             outcomes.append(message)
         drafts = [d for d in outcomes if isinstance(d, Draft)]
-        waiting = [self.signer.sign(signer, d.routing.recipient_node, d.body, d.hybrid) for d in drafts]
-        signatures = iter([await signature for signature in waiting])  # one already made costs no yield
+        signatures = iter(
+            await signed_all([self.signer.sign(signer, d.routing.recipient_node, d.body, d.hybrid) for d in drafts])
+        )
         return [
             Sealed(d.routing.recipient_node, seal_signed(d, next(signatures), self.content_keys))
             if isinstance(d, Draft)

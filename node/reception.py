@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from linkage import logs
-from linkage.batchsign import BatchSigner
+from linkage.batchsign import BatchSigner, signed_all
 from linkage.clock import Clock
 from linkage.content import carried_summary
 from linkage.contentkeys import OpenedKeys
@@ -282,9 +282,10 @@ class Reception:
             bodies.append(body.SerializeToString())
         waiting = [self.signer.sign(signer, a.sender, data) for a, data in zip(answers, bodies, strict=True)]
         with contextlib.suppress(NotConnected, Rejected):
+            signatures = await signed_all(waiting)
             frames = [
-                gateway_pb2.NodeFrame(receipt=signed_receipt(data, await signature))
-                for data, signature in zip(bodies, waiting, strict=True)
+                gateway_pb2.NodeFrame(receipt=signed_receipt(data, signature))
+                for data, signature in zip(bodies, signatures, strict=True)
             ]
             await self.link.send_all(frames)
 

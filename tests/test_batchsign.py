@@ -4,6 +4,7 @@ to one node, each item carrying its inclusion proof; a batch of one is signed as
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 
 from linkage import batchsign
-from linkage.batchsign import BatchSigner, Signature, sign_batch, statement, verify
+from linkage.batchsign import BatchSigner, Signature, sign_batch, signed_all, statement, verify
 from linkage.clock import ManualClock
 from linkage.contentkeys import ContentKeys
 from linkage.directory import DirectoryView
@@ -195,6 +196,24 @@ async def test_what_cannot_be_signed_fails_each_caller() -> None:
     waiting = [signer.sign(OTHER, "b", item, hybrid=True) for item in ITEMS[:3]]  # alone, then a batch of two
     for outcome in await asyncio.gather(*waiting, return_exceptions=True):
         assert isinstance(outcome, Rejected) and outcome.reason is Reason.UNSUPPORTED_SUITE
+
+
+async def test_when_a_signature_cannot_be_made_its_caller_hears_once_and_nothing_is_left_unretrieved() -> None:
+    unretrieved: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        signer = BatchSigner(MESSAGE_LABEL)
+        waiting = [signer.sign(OTHER, "b", item, hybrid=True) for item in ITEMS[:3]]  # alone, then a batch of two
+        with pytest.raises(Rejected):
+            await signed_all(waiting)
+        await asyncio.sleep(0)  # the turn ends: its batch is signed, or would be
+        assert all(w.done() for w in waiting)
+        del waiting
+        gc.collect()  # asyncio reports a failure nobody retrieved as its future goes
+        assert unretrieved == []
+    finally:
+        loop.set_exception_handler(None)
 
 
 def _to_index_0(proof: envelope_pb2.BatchProof) -> None:
