@@ -245,27 +245,34 @@ class SubscriptionIndex:
         ids = self._numbers.ids
         return {ids[n] for token in tokens for n in self._members(token)}
 
+    # What a call changes is chosen inside its transaction: the writer's lock orders a node's
+    # overlapping calls, and memory follows each commit before the next call may look, so a
+    # change asked for twice at once is made, reported and counted once.
+
     async def add(self, node_id: str, tokens: Iterable[bytes]) -> list[bytes]:
         """Subscribe the node; the tokens it was not subscribed to before."""
-        new = [t for t in dict.fromkeys(tokens) if not self.is_subscribed(node_id, t)]
-        if new:
-            async with self._db.tx() as db:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO subscriptions(token, node_id) VALUES (?, ?)",
-                    [(t, node_id) for t in new],
-                )
-            self._record(node_id, new, True)  # memory follows only a durable commit
+        asked = list(dict.fromkeys(tokens))
+        if all(self.is_subscribed(node_id, t) for t in asked):
+            return []  # a node re-asserting what it holds: nothing to write
+        async with self._db.tx() as db:
+            new = [t for t in asked if not self.is_subscribed(node_id, t)]
+            await db.executemany(
+                "INSERT OR IGNORE INTO subscriptions(token, node_id) VALUES (?, ?)", [(t, node_id) for t in new]
+            )
+        self._record(node_id, new, True)  # memory follows only a durable commit
         return new
 
     async def remove(self, node_id: str, tokens: Iterable[bytes]) -> list[bytes]:
         """Unsubscribe the node; the tokens it was subscribed to before."""
-        gone = [t for t in dict.fromkeys(tokens) if self.is_subscribed(node_id, t)]
-        if gone:
-            async with self._db.tx() as db:
-                await db.executemany(
-                    "DELETE FROM subscriptions WHERE token = ? AND node_id = ?", [(t, node_id) for t in gone]
-                )
-            self._record(node_id, gone, False)
+        asked = list(dict.fromkeys(tokens))
+        if not any(self.is_subscribed(node_id, t) for t in asked):
+            return []
+        async with self._db.tx() as db:
+            gone = [t for t in asked if self.is_subscribed(node_id, t)]
+            await db.executemany(
+                "DELETE FROM subscriptions WHERE token = ? AND node_id = ?", [(t, node_id) for t in gone]
+            )
+        self._record(node_id, gone, False)
         return gone
 
     async def held_by(self, node_id: str, after: bytes, limit: int) -> list[bytes]:

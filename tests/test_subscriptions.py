@@ -3,6 +3,7 @@ and a starting gateway that serves from SQLite while the index is packed."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import io
 import itertools
@@ -137,6 +138,24 @@ async def test_index_follows_changes_through_rebuilds_and_restarts(
             expected = {n for n in NODES if token in model[n]}
             assert reloaded.subscribers([token]) == expected
             assert all(reloaded.is_subscribed(n, token) == (n in expected) for n in NODES)
+
+
+async def test_the_same_change_asked_twice_at_once_is_made_and_counted_once(gateway_db: GatewayDb) -> None:
+    """A node's calls may overlap (its re-subscription on connecting, and a case opened):
+    each change is made, reported and counted by one of them, not both."""
+    rng = random.Random(11)
+    tokens = [_token(rng) for _ in range(3)]
+    node = NODES[0]
+    async with opened(gateway_db) as index:
+        added = await asyncio.gather(index.add(node, tokens), index.add(node, tokens[:2]))
+        assert sorted(t for a in added for t in a) == sorted(tokens)
+        assert index.count(node) == 3
+        removed = await asyncio.gather(index.remove(node, tokens), index.remove(node, tokens[1:]))
+        assert sorted(t for r in removed for t in r) == sorted(tokens)
+        assert index.count(node) == 0
+        await index.built()
+    async with opened(gateway_db) as reloaded:
+        assert reloaded.count(node) == 0 and len(reloaded) == 0
 
 
 class HeldBuild:
