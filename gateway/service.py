@@ -23,7 +23,7 @@ from linkage.content import ABOUT_NO_FAMILY
 from linkage.directory import DirectoryView
 from linkage.envelope import parse_routing
 from linkage.frames import NestedBatchError, unbatch
-from linkage.ids import is_uuid7, recordable
+from linkage.ids import is_node_id, is_uuid7, recordable
 from linkage.merkle import HASH_SIZE, MAX_CONSISTENCY_PROOF
 from linkage.reasons import Reason, Rejected
 from linkage.refusals import bounded
@@ -37,6 +37,7 @@ Context = grpc.aio.ServicerContext[object, object]
 # While the gateway's store cannot be written, a sender holds back everything about this long
 # (the node's own cap on a BUSY hold is 10 s); the metadata log tries its flush each second.
 UNWRITABLE_RETRY_MS = 5_000
+UNKNOWN_CALLER = "?"  # a refused call's node, when it could not be told who was calling
 
 
 @contextlib.contextmanager
@@ -121,8 +122,11 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         `routine` events happen per message; they are always in the metadata log and the
         metrics, and in the operational log only at debug level. An id a node sent that is
         not of the form the federation gives (a UUIDv7 message id, a node id) is left out and
-        flagged: no member writes what it likes, or as much as it likes, into either log."""
+        flagged: no member writes what it likes, or as much as it likes, into either log.
+        That includes `node`, which a refused call gives as it claimed it, unchecked."""
         message_id, counterpart, flags = recordable(message_id, counterpart)
+        if node and node != UNKNOWN_CALLER and not is_node_id(node):
+            node, flags = "", {**flags, "node_malformed": True}
         detail = {**detail, **flags} if flags else detail
         (log.warning if warning else log.debug if routine else log.info)(
             event, node=node, counterpart=counterpart, message_id=message_id, outcome=outcome, **detail
@@ -282,7 +286,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     async def LodgeCheckpoint(
         self, request: gateway_pb2.LodgeCheckpointRequest, context: Context
     ) -> gateway_pb2.LodgeCheckpointResponse:
-        node = "?"
+        node = UNKNOWN_CALLER
         try:
             node = self.authz.node_of(context)
             checkpoint = self._checkpoint_of(node, request)
@@ -361,7 +365,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         try:
             node_id, peer = self.authz.peer_of(context)
         except Denied as denied:
-            self._note("connect.refused", "?", outcome=denied.code.name, warning=True)
+            self._note("connect.refused", UNKNOWN_CALLER, outcome=denied.code.name, warning=True)
             await abort(context, denied)
         session = self.sessions.open(node_id, peer.fingerprint)
         self._note("connect", node=node_id, tls=peer.tls_version, connected=len(self.sessions))

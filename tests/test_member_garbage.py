@@ -412,6 +412,18 @@ async def test_a_metadata_log_entry_holds_whatever_id_it_is_given_and_its_batch_
     assert [(e["message_id"], e["decision"]) for e in entries] == [("m\x00with\x00nuls", "malformed"), ("m-2", "")]
 
 
+def _gateway_logs_without_nonsense(federation: LocalFederation, captured_logs: io.StringIO) -> list[dict[str, Any]]:
+    """The gateway's metadata log, once it and the operational log are shown to hold none of
+    the nonsense (long runs of x, NULs) the tests send."""
+    with closing(connect_read_only(federation.gateway_config.store_path)) as gateway_store:
+        entries = [json.loads(e) for (e,) in gateway_store.execute("SELECT entry FROM metalog ORDER BY seq")]
+    logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    for said in (entries, logged):
+        text = json.dumps(said)
+        assert "x" * 100 not in text and "\\u0000" not in text
+    return entries
+
+
 async def test_ids_a_node_sends_in_no_form_the_federation_gives_are_left_out_of_the_gateway_s_logs(
     federation: LocalFederation, captured_logs: io.StringIO
 ) -> None:
@@ -432,16 +444,28 @@ async def test_ids_a_node_sends_in_no_form_the_federation_gives_are_left_out_of_
         await call.write(gateway_pb2.NodeFrame(receipt=envelope_pb2.Receipt(body=receipt.SerializeToString())))
         await call.done_writing()
         assert await call.read() == grpc.aio.EOF
-    with closing(connect_read_only(federation.gateway_config.store_path)) as gateway_store:
-        entries = [json.loads(e) for (e,) in gateway_store.execute("SELECT entry FROM metalog ORDER BY seq")]
-    logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
-    for said in (entries, logged):
-        text = json.dumps(said)
-        assert "x" * 100 not in text and "\\u0000" not in text
+    entries = _gateway_logs_without_nonsense(federation, captured_logs)
     (rejected,) = [e for e in entries if e["event"] == "envelope.rejected"]
     assert (rejected["message_id"], rejected["detail"]) == ("", {"message_id_malformed": True})
     (dropped,) = [e for e in entries if e["event"] == "receipt.dropped"]
     assert dropped["detail"] == {"message_id_malformed": True, "counterpart_malformed": True}
+
+
+async def test_a_node_id_a_refused_call_claims_is_left_out_of_the_gateway_s_logs(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
+    """A control call naming a node that is not the caller is refused before anything in it
+    is trusted: the name it claims is recorded only if it is in the form a node id takes."""
+    nonsense = "\x00\u202e" + "x" * 100_000
+    async with running(federation, nodes=()) as cluster:
+        stub = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("amh"))
+        for claimed in (nonsense, "csc"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id=claimed, link_tokens=[bytes(32)]))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    entries = _gateway_logs_without_nonsense(federation, captured_logs)
+    refusals = [e for e in entries if e["event"] == "subscribe.refused"]
+    assert [(e["actor"]["id"], e["detail"]) for e in refusals] == [("", {"node_malformed": True}), ("csc", {})]
 
 
 async def test_a_refused_message_s_ids_are_recorded_only_in_the_forms_the_federation_gives(
