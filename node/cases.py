@@ -85,8 +85,10 @@ class Cases:
             for t, r, p, rel, pi, basis in rows
         ]
 
-    async def open_case_row(self, case_id: str) -> None:
-        row = await self.ctx.store.fetchone("SELECT status FROM cases WHERE case_id = ?", (case_id,))
+    async def open_case_row(self, case_id: str, fetchone: FetchOne | None = None) -> None:
+        """NOT_FOUND or FAILED_PRECONDITION unless the case is open: as committed, or, with a
+        transaction's `fetchone`, where the write goes (a close may have committed meanwhile)."""
+        row = await (fetchone or self.ctx.store.fetchone)("SELECT status FROM cases WHERE case_id = ?", (case_id,))
         if row is None:
             raise not_found(f"no case {case_id!r} at this node; open the case first")
         if row[0] != "open":
@@ -162,7 +164,8 @@ class Cases:
         person = self._person(0, request.person)
         await self._refuse_to_add(self.ctx.store.fetchone, request.case_id, person.link_token)
         async with self.ctx.store.tx() as tx:
-            # Again where writes are serial: a call racing this one may have added them meanwhile.
+            # Again where writes are serial: a call racing this one may have added them, or closed the case.
+            await self.open_case_row(request.case_id, tx.fetchone)
             await self._refuse_to_add(tx.fetchone, request.case_id, person.link_token)
             await self._insert_people(tx, request.case_id, [person])
             await tx.audit(
@@ -446,6 +449,7 @@ class Cases:
                 f"{', '.join(self.ctx.policy.codes.codes('jurisdiction'))}, or leave it empty for this agency's own"
             )
         async with self.ctx.store.tx() as tx:
+            await self.open_case_row(request.case_id, tx.fetchone)  # again: it may have closed meanwhile
             (latest,) = await tx.fetchone(
                 "SELECT MAX(version) FROM assessments WHERE summary_id = ?", (assessment.summary_id,)
             )

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -19,6 +20,8 @@ from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import gateway_pb2, gateway_pb2_grpc, node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
+from node.errors import ApiError
+from node.store import Tx
 from tests.harness import (
     PRACTITIONER,
     Cluster,
@@ -248,6 +251,54 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
             )
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert f"is already withdrawn (withdrawal {withdrawn.share_id}" in (raised.value.details() or "")
+
+
+async def test_nothing_is_added_to_a_case_closed_while_the_call_waited_to_write(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person added, or an assessment recorded, by a call that found the case open but
+    reached the store only after a close committed: refused, so no subscription or notice
+    goes out for a case this agency no longer works."""
+    async with running(federation, nodes=("amh",)) as cluster:
+        node = cluster.nodes["amh"]
+        store = node.store
+        assert store is not None
+        parent, child = await open_case(cluster, "amh", stories.think_family_people())
+        case_id = await _case_id(cluster, "amh")
+        real_tx = store.tx
+
+        async def set_status(status: str) -> None:
+            async with real_tx() as tx:
+                await tx.execute("UPDATE cases SET status = ? WHERE case_id = ?", (status, case_id))
+
+        @asynccontextmanager
+        async def closed_first(linger_s: float = 0.0) -> AsyncIterator[Tx]:
+            await set_status("closed")  # committed just before the call's own write
+            async with real_tx(linger_s) as tx:
+                yield tx
+
+        sibling = node_api_pb2.PersonIdentifier(
+            scheme="la-csc", value="sibling-1", role_in_risk="AT_RISK", person_type="CHILD"
+        )
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: node.cases.add_person(
+                node_api_pb2.AddPersonRequest(actor=PRACTITIONER, case_id=case_id, person=sibling)
+            ),
+            lambda: node.cases.record_assessment(
+                node_api_pb2.RecordAssessmentRequest(
+                    actor=PRACTITIONER, case_id=case_id, assessment=stories.parent_risk_change(parent, child)
+                )
+            ),
+        ]
+        for call in calls:
+            await set_status("open")
+            monkeypatch.setattr(store, "tx", closed_first)
+            with pytest.raises(ApiError) as refused:
+                await call()
+            monkeypatch.undo()
+            assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert await store.fetchone("SELECT COUNT(*) FROM case_people WHERE case_id = ?", (case_id,)) == (2,)
+        assert await store.fetchone("SELECT COUNT(*) FROM assessments") == (0,)
 
 
 async def test_racing_calls_withdraw_propose_and_remove_once(federation: LocalFederation) -> None:
