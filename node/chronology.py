@@ -73,8 +73,9 @@ def _token(case_id: str, s: int, i: int) -> str:
 def _read_token(token: str, case_id: str) -> tuple[int, int]:
     try:
         case, s, i = json.loads(base64.urlsafe_b64decode(token.encode()))
-        place = (int(s), int(i))
-        if not all(-(1 << 63) <= v < 1 << 63 for v in place):  # SQLite's integers
+        place = (s, i)
+        # As this node writes them: integers, in SQLite's range (not 1e400, nor "12", nor true).
+        if not all(type(v) is int and -(1 << 63) <= v < 1 << 63 for v in place):
             raise ValueError(place)
     except (ValueError, TypeError):
         raise invalid("page_token is not one this node gave: pass next_page_token as it came, or none") from None

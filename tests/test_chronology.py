@@ -4,6 +4,7 @@ in order, each entry in its summary's present state."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import itertools
@@ -216,6 +217,11 @@ async def test_what_arrives_between_pages_comes_in_a_later_page_and_nothing_is_p
     assert [n.split()[0] for n in now] == ["received"] * 4 + ["own"] * 6 + ["received"] * 2
 
 
+def _made_up_token(case_id: str, place: str) -> str:
+    """A page token in the form this node gives, holding `place` (JSON) where its place goes."""
+    return base64.urlsafe_b64encode(f'["{case_id}", {place}, 0]'.encode()).decode()
+
+
 async def test_a_page_token_that_is_not_this_cases_is_refused_with_what_to_do(federation: LocalFederation) -> None:
     async with running(federation, nodes=("csc",)) as cluster:
         api = cluster.api("csc")
@@ -231,6 +237,8 @@ async def test_a_page_token_that_is_not_this_cases_is_refused_with_what_to_do(fe
             (other.case_id, first.next_page_token, "belongs to another case's chronology"),
             (opened.case_id, "not-a-token", "is not one this node gave"),
             (opened.case_id, first.next_page_token[:-4], "is not one this node gave"),
+            (opened.case_id, _made_up_token(opened.case_id, "1e400"), "is not one this node gave"),  # infinite
+            (opened.case_id, _made_up_token(opened.case_id, "1, 2, 3"), "is not one this node gave"),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await api.Chronology(
