@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+from linkage.calendar import today
 from linkage.v1 import summary_pb2 as pb
 
-
-def today(now_ms: int) -> pb.Date:
-    d = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC).date()
-    return pb.Date(year=d.year, month=d.month, day=d.day)
+__all__ = ["add_days", "days_between", "iso", "parse", "review_due", "today"]
 
 
 def iso(date: pb.Date) -> str:

@@ -4,7 +4,6 @@ it in any log line or in any file of the gateway."""
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 from pathlib import Path
@@ -74,14 +73,13 @@ async def test_no_canary_in_any_log_or_gateway_file(federation: LocalFederation)
             await cluster.api("csc").DiscoverInvolvement(
                 node_api_pb2.CaseRequest(actor=actor, case_id=opened["csc"].case_id)
             )
-            respond_by = dt.date.today() + dt.timedelta(days=7)
             await cluster.api("amh").ProposeClosure(
                 node_api_pb2.ProposeClosureRequest(
                     actor=actor,
                     case_id=opened["amh"].case_id,
                     note=f"{CANARY} closure",
                     intent=summary_pb2.ClosureIntent(intent="PLANNED_CLOSURE"),
-                    respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
+                    respond_by=stories.days_from_today(7),
                 )
             )
             intent = await next_item(cluster, "school", env.MESSAGE_KIND_CLOSURE_INTENT)

@@ -6,7 +6,6 @@ inbox and chronology. Refusals included; audit entries checked at both ends."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -394,13 +393,13 @@ def planned_closure(
     actor: summary_pb2.Practitioner, case_id: str, note: str = ""
 ) -> node_api_pb2.ProposeClosureRequest:
     """A planned closure, goals met, the others asked to answer within a fortnight."""
-    respond_by = dt.date.today() + dt.timedelta(days=14)
+    respond_by = stories.days_from_today(14)
     return node_api_pb2.ProposeClosureRequest(
         actor=actor,
         case_id=case_id,
         note=note,
         intent=summary_pb2.ClosureIntent(intent="PLANNED_CLOSURE", reason_code="RISK_REDUCED_GOALS_MET"),
-        respond_by=summary_pb2.Date(year=respond_by.year, month=respond_by.month, day=respond_by.day),
+        respond_by=respond_by,
     )
 
 
@@ -413,9 +412,8 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "must be alerted before a case is closed" in (raised.value.details() or "")
         with pytest.raises(grpc.aio.AioRpcError) as raised:  # alerting them must leave them time to answer
-            yesterday = dt.date.today() - dt.timedelta(days=1)
             late = planned_closure(PRACTITIONER, case_id)
-            late.respond_by.CopyFrom(summary_pb2.Date(year=yesterday.year, month=yesterday.month, day=yesterday.day))
+            late.respond_by.CopyFrom(stories.days_from_today(-1))
             await amh.ProposeClosure(late)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "has passed" in (raised.value.details() or "")
@@ -613,10 +611,10 @@ async def test_an_agency_involved_after_a_closure_was_proposed_is_alerted_before
         close = node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await amh.CloseCase(close)
-        fortnight = dt.date.today() + dt.timedelta(days=14)
+        fortnight = dates.iso(stories.days_from_today(14))
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "Oak Primary School became involved after the closure was proposed" in (raised.value.details() or "")
-        assert f"asked to answer by {fortnight.isoformat()}" in (raised.value.details() or "")
+        assert f"asked to answer by {fortnight}" in (raised.value.details() or "")
         late = await next_item(cluster, "school", env.MESSAGE_KIND_CLOSURE_INTENT)
         assert late.body.closure_intent.closure_id == intent.body.closure_intent.closure_id
         assert late.body.closure_intent.note == "Stable for three months."

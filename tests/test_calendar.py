@@ -1,0 +1,31 @@
+"""The federation's days are the UK's: what a node calls today, and so the day a case is
+closed on, a review falls due or an answer is late, turns at midnight in London."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from linkage import calendar
+from linkage.v1 import summary_pb2 as pb
+
+
+def _ms(text: str) -> int:
+    return int(dt.datetime.fromisoformat(text).timestamp() * 1000)
+
+
+@pytest.mark.parametrize(
+    ("at", "day"),
+    [
+        ("2026-07-04T22:59:59+00:00", (2026, 7, 4)),  # 23:59:59 in London, summer time
+        ("2026-07-04T23:00:00+00:00", (2026, 7, 5)),  # midnight in London, still the 4th in UTC
+        ("2026-12-04T23:59:59+00:00", (2026, 12, 4)),  # winter: London keeps UTC
+        ("2026-12-05T00:00:00+00:00", (2026, 12, 5)),
+        ("2026-03-29T00:59:59+00:00", (2026, 3, 29)),  # the night the clocks go forward
+        ("2026-10-25T00:30:00+00:00", (2026, 10, 25)),  # and back: 01:30 summer time
+        ("2026-10-24T23:30:00+00:00", (2026, 10, 25)),  # 00:30 summer time, the day before they go back
+    ],
+)
+def test_today_is_the_date_in_london(at: str, day: tuple[int, int, int]) -> None:
+    assert calendar.today(_ms(at)) == pb.Date(year=day[0], month=day[1], day=day[2])
