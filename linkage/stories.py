@@ -5,9 +5,9 @@ numbers are in the 999 test range and pass the modulus-11 check."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 from linkage import calendar
+from linkage.clock import SystemClock
 from linkage.v1 import node_api_pb2
 from linkage.v1 import summary_pb2 as pb
 
@@ -49,7 +49,7 @@ def date(year: int, month: int, day: int) -> pb.Date:
 def days_from_today(days: int) -> pb.Date:
     """A date relative to today, so that the stories' reviews and actions stay ahead of
     the demo and the tests whenever they run."""
-    now = calendar.today(time.time_ns() // 1_000_000)
+    now = calendar.today(SystemClock().now_ms())
     d = dt.date(now.year, now.month, now.day) + dt.timedelta(days=days)
     return pb.Date(year=d.year, month=d.month, day=d.day)
 

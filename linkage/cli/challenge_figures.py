@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import time
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from linkage import calendar
 from linkage.cli.store_files import read_only_store
 from linkage.cli.values import calendar_date, iso_day, word
+from linkage.clock import SystemClock
 from linkage.config import NodeConfig
 from linkage.v1 import envelope_pb2, workflow_pb2
 
@@ -62,7 +62,7 @@ def show(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
     since = dt.date(args.since.year, args.since.month, args.since.day) if args.since else None
     since_ms = int(dt.datetime.combine(since, dt.time(), calendar.UK).timestamp() * 1000) if since else 0
-    found = challenge_figures(config, since_ms, iso_day(calendar.today(time.time_ns() // 1_000_000)))
+    found = challenge_figures(config, since_ms, iso_day(calendar.today(SystemClock().now_ms())))
     if args.json:
         print(json.dumps(found, indent=2))
         return 0
