@@ -93,6 +93,11 @@ def _repeat(stands: Standing, erase: bool) -> bool:
     return stands.state == "erased" or (stands.state == "withdrawn" and not erase)
 
 
+def _to_reach(where: dict[str, Standing], erase: bool) -> list[str]:
+    """The agencies a withdrawal that names none goes to: every one it is not a repeat for."""
+    return [r for r in sorted(where) if not _repeat(where[r], erase)]
+
+
 class Withdrawals:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
@@ -113,7 +118,7 @@ class Withdrawals:
         if not where:
             raise not_found(f"summary {request.summary_id!r} was never shared from this node")
         # Named agencies, or every one this withdrawal is not a repeat for.
-        recipients = sorted(set(request.recipients)) or [r for r in sorted(where) if not _repeat(where[r], erase)]
+        recipients = sorted(set(request.recipients)) or _to_reach(where, erase)
         if strangers := [r for r in recipients if r not in where]:
             raise invalid(
                 f"summary {request.summary_id!r} never went to {', '.join(strangers)}; "
@@ -144,8 +149,17 @@ class Withdrawals:
         withheld: set[str] = set()  # its versions not yet sent: the outbox keeps them back meanwhile
         try:
             async with self.ctx.store.tx() as tx:
-                # Again where writes are serial: a call racing this one may have withdrawn it meanwhile.
-                _refuse_repeats(await standing(tx.fetchall, request.summary_id), recipients, request.summary_id, erase)
+                # Again where writes are serial: a call racing this one may have withdrawn it meanwhile,
+                # or, when no agency is named, sent a version to an agency this one would miss.
+                now_where = await standing(tx.fetchall, request.summary_id)
+                _refuse_repeats(now_where, recipients, request.summary_id, erase)
+                missed = [] if request.recipients else [r for r in _to_reach(now_where, erase) if r not in recipients]
+                if missed:
+                    raise ApiError(
+                        grpc.StatusCode.ABORTED,
+                        f"summary {request.summary_id!r} went to {', '.join(missed)} while this withdrawal was "
+                        "made, and it would not reach them: nothing was withdrawn; withdraw it again",
+                    )
                 await tx.execute(
                     "INSERT INTO withdrawals(share_id, summary_id, ground, erase, at_ms) VALUES (?, ?, ?, ?, ?)",
                     (share_id, request.summary_id, request.ground, erase, tx.now_ms),

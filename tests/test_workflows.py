@@ -20,6 +20,7 @@ from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import gateway_pb2, gateway_pb2_grpc, node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
 from node.errors import ApiError
+from node.messaging import add_to_outbox
 from node.store import Tx
 from tests.harness import (
     PRACTITIONER,
@@ -298,6 +299,40 @@ async def test_nothing_is_added_to_a_case_closed_while_the_call_waited_to_write(
             assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert await store.fetchone("SELECT COUNT(*) FROM case_people WHERE case_id = ?", (case_id,)) == (2,)
         assert await store.fetchone("SELECT COUNT(*) FROM assessments") == (0,)
+
+
+async def test_a_withdrawal_from_every_agency_is_not_made_while_a_version_went_to_another_meanwhile(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A withdrawal names no agency, so goes to every one that holds the summary, as found when
+    it was asked for. A version that reached the outbox for another agency before the withdrawal
+    was written would be left standing there: so the withdrawal is refused, to be asked again."""
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        real_tx = store.tx
+
+        @asynccontextmanager
+        async def shared_first(linger_s: float = 0.0) -> AsyncIterator[Tx]:
+            monkeypatch.undo()  # once: a version for police committed just before the withdrawal's own write
+            async with real_tx() as tx:
+                await add_to_outbox(
+                    tx, "m-police", "s-police", "police", None, b"", env.MESSAGE_KIND_SUMMARY_SHARE, summary_id, "x"
+                )
+            async with real_tx(linger_s) as tx:
+                yield tx
+
+        monkeypatch.setattr(store, "tx", shared_first)
+        withdraw = node_api_pb2.WithdrawSummaryRequest(
+            actor=PRACTITIONER, summary_id=summary_id, reason="In error", ground="NOT_TO_BE_RELIED_ON"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cluster.api("amh").WithdrawSummary(withdraw)
+        assert refused.value.code() == grpc.StatusCode.ABORTED
+        assert "police" in (refused.value.details() or "")
+        again = await cluster.api("amh").WithdrawSummary(withdraw)  # asked again, it reaches all three
+        assert sorted(r.node_id for r in again.recipients) == ["csc", "police", "school"]
 
 
 async def test_racing_calls_withdraw_propose_and_remove_once(federation: LocalFederation) -> None:
