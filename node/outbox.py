@@ -443,22 +443,31 @@ class Outbox:
         if not rows:
             return
         days = self.settings.undeliverable_after_ms / 86_400_000
+        expired = []
         async with self.store.tx() as tx:
             for message_id, share_id, recipient, state in rows:
                 reason = f"not delivered within {days:g} days (last state: {state})"
-                await tx.execute(
-                    "UPDATE outbox SET state = 'undeliverable', reason = ? WHERE message_id = ?", (reason, message_id)
+                # Still live where it is written: a receipt committed since it was read stands.
+                changed = await tx.execute(
+                    "UPDATE outbox SET state = 'undeliverable', reason = ? "
+                    "WHERE message_id = ? AND state IN ('queued', 'sent')",
+                    (reason, message_id),
                 )
+                if not changed.rowcount:
+                    continue
+                expired.append(message_id)
                 await tx.audit(
                     "message.undeliverable",
                     message_id=message_id,
                     counterpart=recipient,
                     detail={"share_id": share_id, "reason": reason, "by": "sender"},
                 )
-        self.metrics.undeliverable.inc(len(rows))
-        for message_id, *_ in rows:
+        if not expired:
+            return
+        self.metrics.undeliverable.inc(len(expired))
+        for message_id in expired:
             self._settle(message_id, "undeliverable")
-        log.warning("message.undeliverable", count=len(rows), reason="timeout")
+        log.warning("message.undeliverable", count=len(expired), reason="timeout")
         await self.changed()
 
     # -- what the gateway and the recipients tell us ------------------------

@@ -20,6 +20,7 @@ from linkage.clock import ManualClock
 from linkage.config import DeliverySettings, GatewayLimits
 from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
 from node.server import NodeServer
+from node.store import Tx
 from tests.crypto_fixtures import seal
 from tests.harness import PRACTITIONER, Cluster, linkage, make_federation, running, settle, wait_delivered
 from tests.test_federation import open_case
@@ -169,14 +170,22 @@ async def test_a_watcher_hears_its_message_settle_even_when_another_watcher_gave
         assert not amh.outbox._settled
 
 
-async def test_undelivered_after_the_limit_is_reported_to_the_case_system(tmp_path: Path) -> None:
-    """Non-delivery: after 7 days without a receipt the share says undeliverable, and why."""
+@asynccontextmanager
+async def shared_while_csc_is_away(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Cluster, ManualClock, node_api_pb2.ShareSummaryResponse]]:
+    """amh and csc on a clock the test moves; amh shares with csc while csc is stopped."""
     clock = ManualClock()
     federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), validity_days=30)
     async with running(federation, clock=clock) as cluster:
         assessment_id = await family_assessment(cluster)
         await cluster.stop_node("csc")
-        shared = await share(cluster, assessment_id)
+        yield cluster, clock, await share(cluster, assessment_id)
+
+
+async def test_undelivered_after_the_limit_is_reported_to_the_case_system(tmp_path: Path) -> None:
+    """Non-delivery: after 7 days without a receipt the share says undeliverable, and why."""
+    async with shared_while_csc_is_away(tmp_path) as (cluster, clock, shared):
         amh = cluster.nodes["amh"]
         api = cluster.api("amh")
         watch = api.WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER))
@@ -193,6 +202,38 @@ async def test_undelivered_after_the_limit_is_reported_to_the_case_system(tmp_pa
         assert states[0] == "queued"
         status = await api.GetShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id))
         assert status.settled and status.recipients[0].state == "undeliverable"
+
+
+async def test_a_receipt_committed_as_the_limit_passes_is_not_undone_by_the_expiry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The expiry reads what is overdue, then writes: a receipt committed in between stands,
+    and the message is not reported undeliverable over it."""
+    async with shared_while_csc_is_away(tmp_path) as (cluster, clock, shared):
+        (recipient,) = shared.recipients
+        amh = cluster.nodes["amh"]
+        store = amh.store
+        assert store is not None
+        real_tx = store.tx
+
+        @asynccontextmanager
+        async def receipted_first(linger_s: float = 0.0) -> AsyncIterator[Tx]:
+            monkeypatch.undo()
+            async with real_tx() as tx:
+                await tx.execute(
+                    "UPDATE outbox SET state = 'delivered', delivered_at_ms = ? WHERE message_id = ?",
+                    (tx.now_ms, recipient.message_id),
+                )
+            async with real_tx(linger_s) as tx:
+                yield tx
+
+        clock.advance(7 * 24 * HOUR)
+        monkeypatch.setattr(store, "tx", receipted_first)
+        await amh.outbox.expire_overdue()
+        row = await store.fetchone("SELECT state FROM outbox WHERE message_id = ?", (recipient.message_id,))
+        assert row == ("delivered",)
+        said = await store.fetchone("SELECT COUNT(*) FROM audit WHERE event = 'message.undeliverable'")
+        assert said == (0,)
 
 
 async def test_same_envelope_ten_times_at_once_is_stored_once(tmp_path: Path) -> None:
