@@ -6,6 +6,9 @@ records why. Closing unsubscribes the case's people at the gateway."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import grpc
 
 from linkage.calendar import on_calendar
@@ -17,7 +20,7 @@ from node.cases import Cases, failed
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import Sealed, Unreachable
-from node.store import FetchOne
+from node.store import FetchAll, FetchOne
 
 
 class Closures:
@@ -155,6 +158,26 @@ class Closures:
         )
         return (row[0], row[1], row[2]) if row else None
 
+    @staticmethod
+    async def _invitees(fetchall: FetchAll, closure_id: str) -> list[Any]:
+        """(node, answer, reason, at) of each agency alerted to the closure."""
+        return await fetchall(
+            "SELECT node_id, answer, reason, at_ms FROM closure_invitees WHERE closure_id = ? ORDER BY node_id",
+            (closure_id,),
+        )
+
+    def _answered(self, rows: list[Any]) -> list[node_api_pb2.ClosureReply]:
+        return [
+            node_api_pb2.ClosureReply(
+                node_id=n, agency_name=self.ctx.agency(n).agency_name, answer=a, reason=r, at_ms=at or 0
+            )
+            for n, a, r, at in rows
+            if a
+        ]
+
+    async def _replies(self, fetchall: FetchAll, closure_id: str) -> list[node_api_pb2.ClosureReply]:
+        return self._answered(await self._invitees(fetchall, closure_id))
+
     async def closure_status(self, case_id: str) -> node_api_pb2.ClosureStatus:
         closure = await self._closure(case_id)
         if closure is None:
@@ -162,17 +185,8 @@ class Closures:
                 raise not_found(f"no case {case_id!r} at this node")
             return node_api_pb2.ClosureStatus(case_id=case_id, state="none")
         closure_id, respond_by, state = closure
-        rows = await self.ctx.store.fetchall(
-            "SELECT node_id, answer, reason, at_ms FROM closure_invitees WHERE closure_id = ? ORDER BY node_id",
-            (closure_id,),
-        )
-        replies = [
-            node_api_pb2.ClosureReply(
-                node_id=n, agency_name=self.ctx.agency(n).agency_name, answer=a, reason=r, at_ms=at or 0
-            )
-            for n, a, r, at in rows
-            if a
-        ]
+        rows = await self._invitees(self.ctx.store.fetchall, closure_id)
+        replies = self._answered(rows)
         return node_api_pb2.ClosureStatus(
             case_id=case_id,
             closure_id=closure_id,
@@ -245,10 +259,8 @@ class Closures:
         people = await self.cases.people(request.case_id)
         tokens = [p.link_token for p in people if not p.protect_identity]
         await self._alert_newcomers(request, status, tokens)
-        objections = [r for r in status.replies if r.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT]
-        if objections and not request.override_objections_reason.strip():
-            said = "; ".join(f"{r.agency_name} objects: {r.reason.rstrip('.')}" for r in objections)
-            raise failed(f"{said}. Resolve it, or record why you close regardless (override_objections_reason)")
+        objections = _objections(status.replies)
+        _refuse_objections(objections, request)
         invitees = [r.node_id for r in status.replies] + list(status.awaiting)
         notice = workflow_pb2.ClosureNotice(
             closure_id=status.closure_id, closed_on=dates.today(self.ctx.clock.now_ms()), note=request.note
@@ -262,6 +274,15 @@ class Closures:
             request.actor,
         )
         async with self.ctx.store.tx() as tx:
+            # Again where writes are serial: an objection may have come meanwhile, and the closer
+            # has not read it (nor overridden it, whatever they wrote of the others).
+            now = _objections(await self._replies(tx.fetchall, status.closure_id))
+            if came := [r for r in now if r not in objections]:
+                _refuse_objections(now, request)
+                raise ApiError(
+                    grpc.StatusCode.ABORTED,
+                    f"{_said(came)}: an objection came while this close was made; read it, then close again",
+                )
             if await answers.closure_made(tx, status.closure_id) is None:  # a call racing this one closed it first
                 raise failed(f"case {request.case_id!r} is closed")
             await tx.audit(
@@ -280,3 +301,19 @@ class Closures:
         await self.ctx.changed()
         await self.cases.end_subscriptions(request.actor)
         return await self.closure_status(request.case_id)
+
+
+def _objections(replies: Iterable[node_api_pb2.ClosureReply]) -> list[node_api_pb2.ClosureReply]:
+    return [r for r in replies if r.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT]
+
+
+def _said(objections: list[node_api_pb2.ClosureReply]) -> str:
+    return "; ".join(f"{r.agency_name} objects: {r.reason.rstrip('.')}" for r in objections)
+
+
+def _refuse_objections(objections: list[node_api_pb2.ClosureReply], request: node_api_pb2.CloseCaseRequest) -> None:
+    """An objection stands against a close unless the closer records why they close regardless."""
+    if objections and not request.override_objections_reason.strip():
+        raise failed(
+            f"{_said(objections)}. Resolve it, or record why you close regardless (override_objections_reason)"
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import grpc
@@ -522,6 +522,57 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
         entry = events(await audit_events(cluster.nodes["amh"]), "case.closed")[0]
         assert entry["detail"]["objections_overridden"].startswith("The school's concern")
         assert events(await audit_events(cluster.nodes["school"]), "closure.responded")
+
+
+async def test_an_objection_that_comes_as_the_case_is_closed_stops_the_close(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every agency agreed when the close was asked for; one objected before it was written.
+    The close is refused, as it would have been a moment later, so the objection is read."""
+    async with running(federation) as cluster:
+        await think_family(cluster)
+        amh, case_id = cluster.api("amh"), await _case_id(cluster, "amh")
+        proposed = await amh.ProposeClosure(planned_closure(PRACTITIONER, case_id))
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        real_tx = store.tx
+
+        async def answer(node: str, said: int, reason: str = "") -> None:
+            async with real_tx() as tx:
+                await tx.execute(
+                    "UPDATE closure_invitees SET answer = ?, reason = ?, at_ms = ? "
+                    "WHERE closure_id = ? AND node_id = ?",
+                    (said, reason, tx.now_ms, proposed.closure_id, node),
+                )
+
+        for node in ("csc", "school"):
+            await answer(node, workflow_pb2.CLOSURE_ANSWER_AGREE)
+
+        def objects_first(node: str, reason: str) -> Callable[..., AbstractAsyncContextManager[Tx]]:
+            @asynccontextmanager
+            async def tx(linger_s: float = 0.0) -> AsyncIterator[Tx]:
+                monkeypatch.undo()
+                await answer(node, workflow_pb2.CLOSURE_ANSWER_OBJECT, reason)
+                async with real_tx(linger_s) as tx:
+                    yield tx
+
+            return tx
+
+        monkeypatch.setattr(store, "tx", objects_first("school", "Attendance has dropped this month."))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await amh.CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "Oak Primary School objects: Attendance has dropped this month." in (refused.value.details() or "")
+        # Overriding the school's objection does not override one the closer has not read.
+        monkeypatch.setattr(store, "tx", objects_first("csc", "A new referral came in today."))
+        overriding = node_api_pb2.CloseCaseRequest(
+            actor=PRACTITIONER, case_id=case_id, override_objections_reason="The school's concern is passed on."
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await amh.CloseCase(overriding)
+        assert refused.value.code() == grpc.StatusCode.ABORTED
+        assert "objects: A new referral came in today" in (refused.value.details() or "")
+        assert (await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))).state == "proposed"
 
 
 async def test_after_a_case_closes_a_correction_still_reaches_who_had_the_summary(federation: LocalFederation) -> None:
