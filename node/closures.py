@@ -167,6 +167,7 @@ class Closures:
         )
 
     def _answered(self, rows: list[Any]) -> list[node_api_pb2.ClosureReply]:
+        """The answers among `_invitees`' rows, as the case system reads them."""
         return [
             node_api_pb2.ClosureReply(
                 node_id=n, agency_name=self.ctx.agency(n).agency_name, answer=a, reason=r, at_ms=at or 0
@@ -174,9 +175,6 @@ class Closures:
             for n, a, r, at in rows
             if a
         ]
-
-    async def _replies(self, fetchall: FetchAll, closure_id: str) -> list[node_api_pb2.ClosureReply]:
-        return self._answered(await self._invitees(fetchall, closure_id))
 
     async def closure_status(self, case_id: str) -> node_api_pb2.ClosureStatus:
         closure = await self._closure(case_id)
@@ -276,7 +274,7 @@ class Closures:
         async with self.ctx.store.tx() as tx:
             # Again where writes are serial: an objection may have come meanwhile, and the closer
             # has not read it (nor overridden it, whatever they wrote of the others).
-            now = _objections(await self._replies(tx.fetchall, status.closure_id))
+            now = _objections(self._answered(await self._invitees(tx.fetchall, status.closure_id)))
             if came := [r for r in now if r not in objections]:
                 _refuse_objections(now, request)
                 raise ApiError(
