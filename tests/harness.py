@@ -8,13 +8,14 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from gateway.server import GatewayServer
 from linkage.clock import Clock, SystemClock
@@ -23,6 +24,7 @@ from linkage.federation import Federation, enrol_gateway, enrol_node, init_feder
 from linkage.transport import api_channel, secure_channel
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
 from node.server import NodeServer
+from node.store import Store, Tx
 
 FEDERATION_ID = "test.linkage.example"
 
@@ -223,3 +225,19 @@ async def revoke(cluster: Cluster, node_id: str) -> None:
     for other, node in cluster.nodes.items():
         if other != node_id:
             await node.check_directory()
+
+
+def written_first(monkeypatch: pytest.MonkeyPatch, store: Store, write: Callable[[Tx], Awaitable[object]]) -> None:
+    """The next transaction `store` opens commits `write` just before its own: another call's
+    write landing between a call's reads and its own write, the race made certain."""
+    real_tx = store.tx
+
+    @asynccontextmanager
+    async def tx(linger_s: float = 0.0) -> AsyncIterator[Tx]:
+        monkeypatch.setattr(store, "tx", real_tx)  # once
+        async with real_tx() as first:
+            await write(first)
+        async with real_tx(linger_s) as own:
+            yield own
+
+    monkeypatch.setattr(store, "tx", tx)

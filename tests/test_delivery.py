@@ -22,7 +22,16 @@ from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
 from node.server import NodeServer
 from node.store import Tx
 from tests.crypto_fixtures import seal
-from tests.harness import PRACTITIONER, Cluster, linkage, make_federation, running, settle, wait_delivered
+from tests.harness import (
+    PRACTITIONER,
+    Cluster,
+    linkage,
+    make_federation,
+    running,
+    settle,
+    wait_delivered,
+    written_first,
+)
 from tests.test_federation import open_case
 
 HOUR = 3_600_000
@@ -214,21 +223,15 @@ async def test_a_receipt_committed_as_the_limit_passes_is_not_undone_by_the_expi
         amh = cluster.nodes["amh"]
         store = amh.store
         assert store is not None
-        real_tx = store.tx
 
-        @asynccontextmanager
-        async def receipted_first(linger_s: float = 0.0) -> AsyncIterator[Tx]:
-            monkeypatch.undo()
-            async with real_tx() as tx:
-                await tx.execute(
-                    "UPDATE outbox SET state = 'delivered', delivered_at_ms = ? WHERE message_id = ?",
-                    (tx.now_ms, recipient.message_id),
-                )
-            async with real_tx(linger_s) as tx:
-                yield tx
+        async def receipted(tx: Tx) -> None:  # committed between the expiry's read and its write
+            await tx.execute(
+                "UPDATE outbox SET state = 'delivered', delivered_at_ms = ? WHERE message_id = ?",
+                (tx.now_ms, recipient.message_id),
+            )
 
         clock.advance(7 * 24 * HOUR)
-        monkeypatch.setattr(store, "tx", receipted_first)
+        written_first(monkeypatch, store, receipted)
         await amh.outbox.expire_overdue()
         row = await store.fetchone("SELECT state FROM outbox WHERE message_id = ?", (recipient.message_id,))
         assert row == ("delivered",)

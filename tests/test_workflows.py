@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -31,6 +30,7 @@ from tests.harness import (
     revoke,
     running,
     wait_delivered,
+    written_first,
 )
 from tests.test_federation import _case_id, open_case
 
@@ -265,17 +265,13 @@ async def test_nothing_is_added_to_a_case_closed_while_the_call_waited_to_write(
         assert store is not None
         parent, child = await open_case(cluster, "amh", stories.think_family_people())
         case_id = await _case_id(cluster, "amh")
-        real_tx = store.tx
 
         async def set_status(status: str) -> None:
-            async with real_tx() as tx:
+            async with store.tx() as tx:
                 await tx.execute("UPDATE cases SET status = ? WHERE case_id = ?", (status, case_id))
 
-        @asynccontextmanager
-        async def closed_first(linger_s: float = 0.0) -> AsyncIterator[Tx]:
-            await set_status("closed")  # committed just before the call's own write
-            async with real_tx(linger_s) as tx:
-                yield tx
+        async def close(tx: Tx) -> None:
+            await tx.execute("UPDATE cases SET status = 'closed' WHERE case_id = ?", (case_id,))
 
         sibling = node_api_pb2.PersonIdentifier(
             scheme="la-csc", value="sibling-1", role_in_risk="AT_RISK", person_type="CHILD"
@@ -292,10 +288,9 @@ async def test_nothing_is_added_to_a_case_closed_while_the_call_waited_to_write(
         ]
         for call in calls:
             await set_status("open")
-            monkeypatch.setattr(store, "tx", closed_first)
+            written_first(monkeypatch, store, close)  # committed just before the call's own write
             with pytest.raises(ApiError) as refused:
                 await call()
-            monkeypatch.undo()
             assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert await store.fetchone("SELECT COUNT(*) FROM case_people WHERE case_id = ?", (case_id,)) == (2,)
         assert await store.fetchone("SELECT COUNT(*) FROM assessments") == (0,)
@@ -311,19 +306,13 @@ async def test_a_withdrawal_from_every_agency_is_not_made_while_a_version_went_t
         _, _, summary_id = await shared_with_both(cluster)
         store = cluster.nodes["amh"].store
         assert store is not None
-        real_tx = store.tx
 
-        @asynccontextmanager
-        async def shared_first(linger_s: float = 0.0) -> AsyncIterator[Tx]:
-            monkeypatch.undo()  # once: a version for police committed just before the withdrawal's own write
-            async with real_tx() as tx:
-                await add_to_outbox(
-                    tx, "m-police", "s-police", "police", None, b"", env.MESSAGE_KIND_SUMMARY_SHARE, summary_id, "x"
-                )
-            async with real_tx(linger_s) as tx:
-                yield tx
+        async def shared_to_police(tx: Tx) -> None:  # a version for police, committed just before the withdrawal
+            await add_to_outbox(
+                tx, "m-police", "s-police", "police", None, b"", env.MESSAGE_KIND_SUMMARY_SHARE, summary_id, "x"
+            )
 
-        monkeypatch.setattr(store, "tx", shared_first)
+        written_first(monkeypatch, store, shared_to_police)
         withdraw = node_api_pb2.WithdrawSummaryRequest(
             actor=PRACTITIONER, summary_id=summary_id, reason="In error", ground="NOT_TO_BE_RELIED_ON"
         )
@@ -535,36 +524,27 @@ async def test_an_objection_that_comes_as_the_case_is_closed_stops_the_close(
         proposed = await amh.ProposeClosure(planned_closure(PRACTITIONER, case_id))
         store = cluster.nodes["amh"].store
         assert store is not None
-        real_tx = store.tx
 
-        async def answer(node: str, said: int, reason: str = "") -> None:
-            async with real_tx() as tx:
-                await tx.execute(
-                    "UPDATE closure_invitees SET answer = ?, reason = ?, at_ms = ? "
-                    "WHERE closure_id = ? AND node_id = ?",
-                    (said, reason, tx.now_ms, proposed.closure_id, node),
-                )
+        async def answer(tx: Tx, node: str, said: int, reason: str = "") -> None:
+            await tx.execute(
+                "UPDATE closure_invitees SET answer = ?, reason = ?, at_ms = ? WHERE closure_id = ? AND node_id = ?",
+                (said, reason, tx.now_ms, proposed.closure_id, node),
+            )
 
         for node in ("csc", "school"):
-            await answer(node, workflow_pb2.CLOSURE_ANSWER_AGREE)
+            async with store.tx() as tx:
+                await answer(tx, node, workflow_pb2.CLOSURE_ANSWER_AGREE)
 
-        def objects_first(node: str, reason: str) -> Callable[..., AbstractAsyncContextManager[Tx]]:
-            @asynccontextmanager
-            async def tx(linger_s: float = 0.0) -> AsyncIterator[Tx]:
-                monkeypatch.undo()
-                await answer(node, workflow_pb2.CLOSURE_ANSWER_OBJECT, reason)
-                async with real_tx(linger_s) as tx:
-                    yield tx
+        def objects(node: str, reason: str) -> Callable[[Tx], Awaitable[None]]:
+            return lambda tx: answer(tx, node, workflow_pb2.CLOSURE_ANSWER_OBJECT, reason)
 
-            return tx
-
-        monkeypatch.setattr(store, "tx", objects_first("school", "Attendance has dropped this month."))
+        written_first(monkeypatch, store, objects("school", "Attendance has dropped this month."))
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await amh.CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "Oak Primary School objects: Attendance has dropped this month." in (refused.value.details() or "")
         # Overriding the school's objection does not override one the closer has not read.
-        monkeypatch.setattr(store, "tx", objects_first("csc", "A new referral came in today."))
+        written_first(monkeypatch, store, objects("csc", "A new referral came in today."))
         overriding = node_api_pb2.CloseCaseRequest(
             actor=PRACTITIONER, case_id=case_id, override_objections_reason="The school's concern is passed on."
         )
