@@ -58,6 +58,7 @@ class Challenges:
         )
 
         async def record(tx: Tx, _: str, statuses: list[node_api_pb2.DeliveryStatus]) -> None:
+            await self.requests.cases.open_case_row(request.case_id, tx.fetchone)  # it may have closed meanwhile
             if request.escalates_message_id:  # again where writes are serial: a call racing this one
                 await _not_yet_escalated(tx, request.escalates_message_id)
             for status in statuses:

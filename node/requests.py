@@ -199,6 +199,7 @@ class Requests:
         )
 
         async def record(tx: Tx, thread: str, statuses: list[node_api_pb2.DeliveryStatus]) -> None:
+            await self.cases.open_case_row(request.case_id, tx.fetchone)  # again: it may have closed meanwhile
             await answers.asked(tx, thread, request.case_id, needed_by, request.purpose, statuses)
 
         return await self.send(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
@@ -15,9 +16,19 @@ from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
-from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, linkage, next_item, running
+from node.store import Tx
+from tests.harness import (
+    PRACTITIONER,
+    Cluster,
+    LocalFederation,
+    audit_events,
+    linkage,
+    next_item,
+    running,
+    written_first,
+)
 from tests.test_federation import _case_id
-from tests.test_workflows import CSC_WORKER, events, shared_with_both
+from tests.test_workflows import CSC_WORKER, events, s47_request, shared_with_both
 
 MAINTAINED, ACCEPTED = workflow_pb2.CHALLENGE_ANSWER_MAINTAINED, workflow_pb2.CHALLENGE_ANSWER_ACCEPTED
 
@@ -253,3 +264,36 @@ async def test_a_challenge_from_the_cli(federation: LocalFederation) -> None:
         assert "Received: 2; answered: maintained 1; unanswered 1 (overdue 0); escalations among them: 1" in out, out
         code, out, err = await linkage("audit", "challenges", "--config", toml, "--since", "2999-01-01", "--json")
         assert json.loads(out)["received"]["total"] == 0, err
+
+
+async def test_nothing_is_asked_of_the_others_about_a_case_closed_while_the_call_was_made(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An information request or a challenge found its case open, and was written after a
+    close committed: refused, so no agency is asked about a family this one no longer works."""
+    async with running(federation) as cluster:
+        await shared_with_both(cluster)
+        store = cluster.nodes["csc"].store
+        assert store is not None
+        case_id = await _case_id(cluster, "csc")
+
+        async def set_status(tx: Tx, status: str = "closed") -> None:
+            await tx.execute("UPDATE cases SET status = ? WHERE case_id = ?", (status, case_id))
+
+        calls: list[Callable[[], Awaitable[node_api_pb2.MessageSent]]] = [
+            lambda: cluster.api("csc").RequestInformation(s47_request(case_id, "amh")),
+            lambda: challenge(cluster, case_id=case_id),
+        ]
+        for call in calls:
+            async with store.tx() as tx:
+                await set_status(tx, "open")
+            written_first(monkeypatch, store, set_status)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call()
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "is closed" in (refused.value.details() or "")
+        sent = await store.fetchone(
+            "SELECT COUNT(*) FROM outbox WHERE kind IN (?, ?)",
+            (env.MESSAGE_KIND_INFORMATION_REQUEST, env.MESSAGE_KIND_CHALLENGE),
+        )
+        assert sent == (0,)
