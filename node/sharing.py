@@ -31,6 +31,14 @@ CHANGE_DIRECTIONS = {"NEW", "INCREASED", "DECREASED", "RESOLVED", "NOT_SUBSTANTI
 EASED = frozenset({"DECREASED", "RESOLVED"})
 
 
+def _case_closed() -> ApiError:
+    return ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the case is closed, so this node is no longer linked to the family: a new summary goes from an "
+        "open case; a correction, historical update or change notice still reaches every agency that had it",
+    )
+
+
 def finding(f: Finding) -> node_api_pb2.PolicyFinding:
     return node_api_pb2.PolicyFinding(code=f.code, message=f.message, severity=f.severity)
 
@@ -133,11 +141,7 @@ class Sharing:
 
     async def _recipients_after_closing(self, kind: int, summary_id: str) -> list[str]:
         if kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE:
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "the case is closed, so this node is no longer linked to the family: a new summary goes from an "
-                "open case; a correction, historical update or change notice still reaches every agency that had it",
-            )
+            raise _case_closed()
         if not (prior := await self.holders(summary_id)):
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -270,9 +274,12 @@ class Sharing:
 
         try:
             async with self.ctx.store.tx() as tx:
-                await tx.execute(
+                # A new summary goes from an open case: checked again where it is written (a close may
+                # have committed since it was decided), in the statement that records it.
+                recorded = await tx.execute(
                     "INSERT INTO shares(share_id, assessment_id, created_at_ms, outcome, decision, kind, request_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT ? OR EXISTS (SELECT 1 FROM assessments a JOIN cases c "
+                    "ON c.case_id = a.case_id WHERE a.assessment_id = ? AND c.status = 'open')",
                     (
                         share_id,
                         request.assessment_id,
@@ -281,8 +288,12 @@ class Sharing:
                         result.decision.SerializeToString(),
                         kind,
                         request.request_id or None,
+                        kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE and only is None,
+                        request.assessment_id,
                     ),
                 )
+                if not recorded.rowcount:
+                    raise _case_closed()
                 await tx.audit(
                     "share.decision",
                     request.actor,

@@ -296,6 +296,29 @@ async def test_nothing_is_added_to_a_case_closed_while_the_call_waited_to_write(
         assert await store.fetchone("SELECT COUNT(*) FROM assessments") == (0,)
 
 
+async def test_a_new_summary_is_not_shared_from_a_case_closed_while_it_was_decided(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A share decided while its case was open, written after a close committed: refused, as
+    a share from a closed case is (a correction would still go to whoever had the summary)."""
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        case_id = await _case_id(cluster, "amh")
+
+        async def close(tx: Tx) -> None:
+            await tx.execute("UPDATE cases SET status = 'closed' WHERE case_id = ?", (case_id,))
+
+        written_first(monkeypatch, store, close)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await share(cluster, assessment_id)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "the case is closed" in (refused.value.details() or "")
+        assert await store.fetchone("SELECT COUNT(*) FROM shares") == (0,)
+        assert await store.fetchone("SELECT COUNT(*) FROM outbox") == (0,)
+
+
 async def test_a_withdrawal_from_every_agency_is_not_made_while_a_version_went_to_another_meanwhile(
     federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
