@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -24,6 +25,7 @@ from linkage import logs
 from linkage.clock import Clock, SystemClock
 from linkage.config import ConfigError, GatewayConfig
 from linkage.directory import DirectoryView
+from linkage.duties import begin
 from linkage.keys import load_ed25519, raw_public
 from linkage.metrics import MetricsEndpoint
 from linkage.pki import spiffe_id
@@ -102,6 +104,8 @@ class GatewayServer:
                 self.load_directory()
             except Rejected as exc:
                 log.warning("directory.refused", reason=exc.reason.value)
+            except (OSError, DecodeError) as exc:  # copied in part, say: the held one stands until it changes again
+                log.warning("directory.unreadable", error=type(exc).__name__)
         await self._report_serving()
 
     async def _report_serving(self) -> None:
@@ -229,9 +233,8 @@ class GatewayServer:
             raise ConfigError(f"[gateway] listen {self.config.listen}: cannot bind it (is it in use?)") from exc
         await server.start()
         self._server = server
-        self._tasks = [asyncio.create_task(self.metalog.run()), asyncio.create_task(self._watch_files())]
-        if self.config.metalog_days > 0:
-            self._tasks.append(asyncio.create_task(self._retention()))
+        duties = [self.metalog.run, self._watch_files, *([self._retention] if self.config.metalog_days > 0 else [])]
+        self._tasks = [begin(log, duty) for duty in duties]
         index, writability = self._index, self._db.writability
         self.metrics.bind(
             connected=lambda: len(self.sessions),

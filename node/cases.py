@@ -10,11 +10,11 @@ import asyncio
 import grpc
 
 from linkage import jurisdictions, logs
+from linkage.backoff import backoff_ms
 from linkage.ids import uuid7
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, TOKEN_LEN, IdentifierError
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
-from node.backoff import backoff_ms
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
 from node.messaging import Fill

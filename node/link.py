@@ -15,13 +15,13 @@ from typing import NamedTuple
 import grpc
 
 from linkage import logs
+from linkage.backoff import backoff_ms
 from linkage.frames import NestedBatchError, fits, unbatch
 from linkage.ids import is_peer
 from linkage.tokens import MAX_TOKENS_PER_CALL, TOKEN_LEN
 from linkage.transport import DIRECTORY_MAX_BYTES, TlsMaterial, secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
 from linkage.writability import log_failure
-from node.backoff import backoff_ms
 from node.resolver import Answers
 
 UNARY_TIMEOUT_S = 10.0

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from linkage import logs
+from linkage.backoff import backoff_ms
 from linkage.clock import Clock
 from linkage.config import DeliverySettings
 from linkage.directory import TrustedDirectory
@@ -38,7 +39,6 @@ from linkage.envelope import verify_receipt
 from linkage.ids import is_peer
 from linkage.reasons import Rejected
 from linkage.v1 import envelope_pb2, gateway_pb2
-from node.backoff import backoff_ms
 from node.link import NotConnected
 from node.messaging import Queued
 from node.metrics import NodeMetrics

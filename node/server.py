@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from linkage import logs
 from linkage.clock import Clock, SystemClock
 from linkage.config import ConfigError, NodeConfig
+from linkage.duties import Duty, begin
 from linkage.keys import MessageKeys
 from linkage.metrics import MetricsEndpoint
 from linkage.pki import CertificateProblem, spiffe_id
@@ -419,15 +421,16 @@ class NodeServer:
         if config.metrics_listen:
             self.metrics_endpoint.start(config.metrics_listen)
         await self.health.set(LINK_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._tasks = [
-            asyncio.create_task(self.link.run()),
-            asyncio.create_task(self.outbox.run()),
-            asyncio.create_task(self.cases.run_resubscriber()),
-            asyncio.create_task(self.checkpoints.run()),
-            asyncio.create_task(self._watch_files()),
-            asyncio.create_task(retention.run(self.store, self.clock, config.retention_days)),
-            asyncio.create_task(self.chronology.keep_derived()),
+        duties: list[Duty] = [
+            self.link.run,
+            self.outbox.run,
+            self.cases.run_resubscriber,
+            self.checkpoints.run,
+            self._watch_files,
+            functools.partial(retention.run, self.store, self.clock, config.retention_days),
+            self.chronology.keep_derived,
         ]
+        self._tasks = [begin(log, duty) for duty in duties]
         self.store.writability.on_change_run(self._report_serving)
         await self._report_serving()
         self.certificate.warn_if_lapsing()
@@ -452,7 +455,7 @@ class NodeServer:
             except (asyncio.CancelledError, TimeoutError):
                 pass
             if not task.done():
-                log.error("node.task_did_not_stop", task=task.get_coro().__qualname__)  # type: ignore[union-attr]
+                log.error("node.task_did_not_stop", task=task.get_name())
         if self.link is not None:
             await self.link.close()
             self.metrics_endpoint.stop()

@@ -63,6 +63,31 @@ async def test_a_node_that_cannot_fetch_the_directory_says_so(
     assert failed["status"] == "RESOURCE_EXHAUSTED"
 
 
+async def test_a_gateway_that_finds_its_directory_file_half_copied_keeps_the_one_it_holds(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
+    """A directory file read while an operator's copy is under way was cut short: reading it
+    raised DecodeError, which ended the gateway's watch of its files for good (no directory,
+    certificate or backup taken after that, and no check of the held directory's expiry). Now
+    it is said and the held one stands; the whole file, once it is there, is taken."""
+    async with running(federation, nodes=("amh",)) as cluster:
+        gateway = cluster.gateway
+        published = publish_directory(federation.fed, SystemClock().now_ms())
+        whole = federation.fed.directory_path.read_bytes()
+        path = gateway.config.federation.directory
+        path.write_bytes(whole[: len(whole) // 2])
+        await gateway.check_directory()
+        assert gateway.trust.version == 1
+        path.write_bytes(whole)
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a change, on any clock tick
+        await gateway.check_directory()
+        assert gateway.trust.version == published.version == 2
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    (unreadable,) = [line for line in lines if line["event"] == "directory.unreadable"]
+    assert unreadable["error"] == "DecodeError"
+
+
 async def test_a_node_holding_the_gateways_directory_is_sent_nothing(
     federation: LocalFederation, captured_logs: io.StringIO
 ) -> None:

@@ -25,7 +25,7 @@ from gateway.db import GatewayDb
 from gateway.metalog import MetaLog, kept_path
 from gateway.server import GatewayServer
 from gateway.service import UNWRITABLE_RETRY_MS
-from linkage import store_notes
+from linkage import duties, store_notes
 from linkage.auditlog import verify_chain
 from linkage.clock import ManualClock, SystemClock
 from linkage.config import GatewayLimits
@@ -399,6 +399,48 @@ async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_no
     refused = [line for line in lines if line["event"] in ("message.store_failed", "gateway.frame_failed")]
     assert refused and all(line.get("error") == "SQLITE_FULL" and "exception" not in line for line in refused)
     assert [line["event"] for line in lines].count("store.unwritable") == 2  # once at each node
+
+
+async def test_r6_a_node_whose_store_refuses_writes_as_it_reconnects_connects_once_it_takes_them_again(
+    tmp_path: Path, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node reconnecting re-asserts its subscriptions, and records those it ends. With its
+    store refusing writes (a disk remounted read-only), that ended the node's link for good:
+    it never connected again, though the store was mended, and nothing told anyone; and the
+    refusal, met as the transaction began, did not make the node report NOT_SERVING. Now the
+    node says the store is unwritable, the link is begun again after a back-off, and once the
+    store takes writes it connects, and what it shares is delivered."""
+    monkeypatch.setattr(duties, "RESTART_BASE_MS", 1)  # begun again at once, for the test's speed
+    clock = ManualClock()
+    async with running(make_federation(tmp_path, clock, nodes=("amh", "csc")), clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None and amh.link is not None
+        async with amh.store.tx() as tx:  # a subscription to end, as when a case closed while the gateway was away
+            await tx.execute("INSERT INTO subscriptions_to_end(token) VALUES (?)", (TOKEN,))
+        changed = asyncio.Event()
+        amh.store.writability.on_change(changed.set)
+        amh.store.db.execute("PRAGMA query_only = ON")
+        try:
+            session = cluster.gateway.sessions.get("amh")
+            assert session is not None
+            session.close((grpc.StatusCode.UNAVAILABLE, "the gateway's side of the stream ended"))
+            async with asyncio.timeout(15):
+                await changed.wait()
+            assert amh.store.writability.error == "SQLITE_READONLY"
+            assert not amh.link.connected.is_set()
+        finally:
+            amh.store.db.execute("PRAGMA query_only = OFF")
+        async with asyncio.timeout(15):
+            await amh.link.connected.wait()
+        assert amh.store.writability.error is None
+        assert await amh.store.fetchone("SELECT COUNT(*) FROM subscriptions_to_end") == (0,)
+        await share(cluster, assessment_id)
+        await wait_delivered(amh, 1)
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    failed = [line for line in lines if line["event"] == "duty.failed"]
+    assert failed and all(line["duty"] == "GatewayLink.run" and line["error"] == "SQLITE_READONLY" for line in failed)
+    assert all("exception" not in line for line in failed)
 
 
 @asynccontextmanager

@@ -387,7 +387,11 @@ class Store:
         member: asyncio.Future[None] | None = None
         try:
             if self._group is None:
-                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    self.db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:  # a store remounted read-only refuses here, before any write
+                    self.writability.failed(exc)
+                    raise
                 self._group = _Group()
             group = self._group
             self.db.execute("SAVEPOINT tx")
