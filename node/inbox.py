@@ -12,7 +12,7 @@ from node.context import NodeContext
 from node.erasure import erased_note
 from node.errors import check_notes, not_found
 from node.messaging import kind_name
-from node.store import FetchOne
+from node.store import FetchAll, FetchOne
 
 log = logs.get("node.inbox")
 
@@ -61,14 +61,17 @@ class Inbox:
             )
         items = [self.item(r) for r in rows]
         if items:  # an empty poll hands over nothing, and is not recorded
-            tokens = await self._tokens([item.seq for item in items])
             async with self.ctx.store.tx() as tx:
-                await tx.audit(
-                    "received.exported",
-                    actor,
-                    tokens=tokens,
-                    detail={"via": via, "items": len(items), "message_ids": [item.message_id for item in items]},
-                )
+                # One erased at its sender's request since it was read is not handed over.
+                if erased := await _erased(tx.fetchall, [item.seq for item in items]):
+                    items = [item for item in items if item.seq not in erased]
+                if items:
+                    await tx.audit(
+                        "received.exported",
+                        actor,
+                        tokens=await _tokens(tx.fetchall, [item.seq for item in items]),
+                        detail={"via": via, "items": len(items), "message_ids": [item.message_id for item in items]},
+                    )
         return items
 
     async def open(self, request: node_api_pb2.OpenReceivedRequest) -> node_api_pb2.ReceivedSummary:
@@ -80,7 +83,7 @@ class Inbox:
             erased = await erased_note(self.ctx.store.fetchone, request.message_id)
             raise not_found(erased or f"no item {request.message_id!r} in this node's inbox")
         item = self.item(row)
-        tokens = await self._tokens([item.seq])
+        tokens = await _tokens(self.ctx.store.fetchall, [item.seq])
         silent = request.silent_read_reason.strip()
         notify = (
             not silent and bool(item.summary.summary_id) and not await self._sender_told(self.ctx.store.fetchone, item)
@@ -100,6 +103,8 @@ class Inbox:
                 in_reply_to=item.message_id,
             )
         async with self.ctx.store.tx() as tx:
+            if (erased := await erased_note(tx.fetchone, item.message_id)) is not None:  # since it was read
+                raise not_found(erased)
             if sealed and await self._sender_told(tx.fetchone, item):  # by a read racing this one
                 sealed, notify = [], False
             await tx.execute("UPDATE inbox SET state = 'read' WHERE seq = ? AND state = 'new'", (item.seq,))
@@ -135,10 +140,19 @@ class Inbox:
         copy.state = state
         return copy
 
-    async def _tokens(self, seqs: list[int]) -> list[bytes]:
-        """The link tokens of these inbox rows, each once."""
-        rows = await self.ctx.store.fetchall(
-            f"SELECT DISTINCT token FROM inbox_tokens WHERE inbox_seq IN ({','.join('?' * len(seqs))}) ORDER BY token",
-            seqs,
-        )
-        return [bytes(r[0]) for r in rows]
+
+async def _tokens(fetchall: FetchAll, seqs: list[int]) -> list[bytes]:
+    """The link tokens of these inbox rows, each once."""
+    rows = await fetchall(
+        f"SELECT DISTINCT token FROM inbox_tokens WHERE inbox_seq IN ({','.join('?' * len(seqs))}) ORDER BY token",
+        seqs,
+    )
+    return [bytes(r[0]) for r in rows]
+
+
+async def _erased(fetchall: FetchAll, seqs: list[int]) -> set[int]:
+    """Of these inbox rows, those erased at their sender's request."""
+    rows = await fetchall(
+        f"SELECT seq FROM inbox WHERE seq IN ({','.join('?' * len(seqs))}) AND state = 'erased'", seqs
+    )
+    return {seq for (seq,) in rows}

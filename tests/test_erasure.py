@@ -18,7 +18,9 @@ from linkage import stories
 from linkage.clock import ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, workflow_pb2
+from node.erasure import erase_rows
 from node.requests import Requests
+from node.store import Tx
 from tests.harness import (
     PRACTITIONER,
     Cluster,
@@ -29,6 +31,7 @@ from tests.harness import (
     running,
     settle,
     wait_delivered,
+    written_first,
 )
 from tests.harness import linkage as linkage_cli
 from tests.test_audit_ig import PARENT, config, linkage
@@ -148,6 +151,42 @@ async def test_a_summary_about_the_wrong_person_is_erased_at_every_recipient(fed
         "Adult Mental Health Trust",
         "erased here (2 version(s))",
     )
+
+
+async def test_an_item_erased_while_it_was_opened_or_listed_is_not_handed_over(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An erasure committed between a node's read of its inbox and the record of handing the
+    item over (a read's audit entry, or a listing's) once let the item go to the case system
+    all the same, after its sender had been told it was erased there. Now it goes as it would
+    a moment later: an open is refused NOT_FOUND, saying it was erased; a listing leaves it out."""
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        for node, hand_over in (("csc", "open"), ("school", "list")):
+            store = cluster.nodes[node].store
+            assert store is not None
+            seq, message_id = await store.fetchone(
+                "SELECT seq, message_id FROM inbox WHERE summary_id = ?", (summary_id,)
+            )
+
+            async def erased(tx: Tx, seq: int = seq) -> None:  # a withdrawal asking erasure, committed first
+                await erase_rows(tx, [seq])
+
+            written_first(monkeypatch, store, erased)
+            if hand_over == "open":
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await cluster.api(node).OpenReceived(
+                        node_api_pb2.OpenReceivedRequest(actor=CSC_WORKER, message_id=message_id)
+                    )
+                assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+                assert f"item {message_id!r} was erased at its sender's request" in (raised.value.details() or "")
+                read = events(await audit_events(cluster.nodes[node]), "message.read")
+                assert message_id not in [e["message_id"] for e in read]
+            else:
+                listed = await cluster.api(node).ListReceived(node_api_pb2.ListReceivedRequest(actor=CSC_WORKER))
+                assert message_id not in [item.message_id for item in listed.items]
+                exported = events(await audit_events(cluster.nodes[node]), "received.exported")
+                assert all(message_id not in e["detail"]["message_ids"] for e in exported)
 
 
 async def test_a_summary_withdrawn_and_kept_may_later_be_erased(federation: LocalFederation) -> None:
