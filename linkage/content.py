@@ -11,6 +11,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from linkage.calendar import given, on_calendar
+from linkage.ids import is_uuid7
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import envelope_pb2 as pb
 from linkage.v1 import summary_pb2, workflow_pb2
@@ -96,12 +97,16 @@ def _problem(body: pb.MessageBody) -> str:
             return "the challenge response names no challenge"
         known = answer.answer in CHALLENGE_ANSWERS
         return "" if known else f"challenge answer {answer.answer} is not one this node knows"
+    # A restore is named by the id its node made for it (a UUIDv7): that, and nothing else,
+    # goes into this node's records and operational log.
     if field == "redelivery":
         asked = body.redelivery
-        return "" if asked.restore_id and asked.since_ms > 0 else "the redelivery request has no restore or time"
+        return (
+            "" if is_uuid7(asked.restore_id) and asked.since_ms > 0 else "the redelivery request has no restore or time"
+        )
     if field == "returned":
         returned = body.returned
-        whole = returned.restore_id and returned.copies and all(c.signed for c in returned.copies)
+        whole = is_uuid7(returned.restore_id) and returned.copies and all(c.signed for c in returned.copies)
         return "" if whole else "the returned copies name no restore, or a copy is empty"
     return ""
 

@@ -270,6 +270,22 @@ INFORMATION = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE
             ),
             "a date in it is not on the calendar (0--1-0)",
         ),
+        (
+            envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST,
+            lambda body: body.redelivery.CopyFrom(
+                workflow_pb2.RedeliveryRequest(restore_id="Ms Example's store, put back " * 1000, since_ms=NOW)
+            ),
+            "the redelivery request has no restore or time",
+        ),
+        (
+            envelope_pb2.MESSAGE_KIND_RETURNED_COPIES,
+            lambda body: body.returned.CopyFrom(
+                workflow_pb2.ReturnedCopies(
+                    restore_id="not a restore's id", copies=[workflow_pb2.ReturnedCopy(signed=b"x")]
+                )
+            ),
+            "the returned copies name no restore",
+        ),
         (SHARE, lambda body: body.summary.CopyFrom(_dated(review_date=_date(2026, 6, 31))), "(2026-6-31)"),
         (SHARE, lambda body: body.summary.CopyFrom(_dated(period_to=_date(0, 5, 1))), "(0-5-1)"),
     ],
