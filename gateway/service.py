@@ -30,7 +30,7 @@ from linkage.refusals import bounded
 from linkage.tokens import MAX_TOKENS_PER_CALL, MAX_TOKENS_PER_MESSAGE, TOKEN_LEN
 from linkage.transport import Peer
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
-from linkage.writability import Writability, unwritable
+from linkage.writability import Writability, log_failure, unwritable
 
 log = logs.get("gateway")
 Context = grpc.aio.ServicerContext[object, object]
@@ -413,6 +413,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             raise
         except grpc.aio.AioRpcError:
             pass  # the client went away; the writer ends at the sentinel
+        except Exception as exc:  # a defect: left open, the stream would go unread while its node sends into it
+            log_failure(log, "stream.failed", exc, node=session.node_id)
+            session.close((grpc.StatusCode.INTERNAL, "the gateway failed handling this stream; reconnect"))
+            return
         session.close()
 
     def _ack(

@@ -24,7 +24,7 @@ from gateway import server as gateway_server
 from gateway.db import GatewayDb
 from gateway.metalog import MetaLog, kept_path
 from gateway.server import GatewayServer
-from gateway.service import UNWRITABLE_RETRY_MS
+from gateway.service import UNWRITABLE_RETRY_MS, GatewayService
 from linkage import duties, store_notes
 from linkage.auditlog import verify_chain
 from linkage.clock import ManualClock, SystemClock
@@ -41,6 +41,7 @@ from tests.harness import LocalFederation, make_federation, running, settle, wai
 from tests.test_delivery import family_assessment, share
 
 TOKEN = bytes([5]) * 32
+SHARE_KIND = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
 
 
 async def test_s1_a_thousand_bit_flips_are_all_rejected_and_audited(tmp_path: Path) -> None:
@@ -441,6 +442,51 @@ async def test_r6_a_node_whose_store_refuses_writes_as_it_reconnects_connects_on
     failed = [line for line in lines if line["event"] == "duty.failed"]
     assert failed and all(line["duty"] == "GatewayLink.run" and line["error"] == "SQLITE_READONLY" for line in failed)
     assert all("exception" not in line for line in failed)
+
+
+async def test_a_frame_the_gateway_fails_to_handle_ends_that_stream_and_nothing_is_lost(
+    tmp_path: Path, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect met while the gateway handled a node's frame ended its reading of that stream
+    and nothing else: the stream stayed open, so the node went on sending into it, and what
+    it sent (here, its receipts) was never read again, until the node restarted. Now the
+    stream is ended with INTERNAL, the failure logged with its traceback, and the node
+    reconnects; the message whose receipt was lost is sent again and delivered once."""
+    clock = ManualClock()
+    async with running(make_federation(tmp_path, clock, nodes=("amh", "csc")), clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        amh = cluster.nodes["amh"]
+        failed, reopened = asyncio.Event(), asyncio.Event()
+        relay_receipt, open_session = GatewayService._relay_receipt, cluster.gateway.sessions.open
+
+        def fails_once(service: GatewayService, session: Any, receipt: envelope_pb2.Receipt) -> None:
+            if not failed.is_set():
+                failed.set()
+                raise RuntimeError("a defect met once")
+            relay_receipt(service, session, receipt)
+
+        def opened(node_id: str, certificate: bytes = b"") -> Any:
+            session = open_session(node_id, certificate)
+            if failed.is_set() and node_id == "csc":
+                reopened.set()
+            return session
+
+        monkeypatch.setattr(GatewayService, "_relay_receipt", fails_once)
+        monkeypatch.setattr(cluster.gateway.sessions, "open", opened)
+        await share(cluster, assessment_id)
+        async with asyncio.timeout(15):  # a failure, not a hang, if csc never comes back
+            await failed.wait()
+            await reopened.wait()
+        clock.advance(amh.config.delivery.receipt_timeout_ms + 1)  # no receipt came: sent again
+        await amh.outbox.send_due()
+        async with asyncio.timeout(15):
+            await wait_delivered(amh, 1)
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+        assert await csc.store.fetchone("SELECT COUNT(*) FROM inbox WHERE kind = ?", (SHARE_KIND,)) == (1,)
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    (ended,) = [line for line in lines if line["event"] == "stream.failed"]
+    assert ended["node"] == "csc" and "RuntimeError: a defect met once" in ended["exception"]
 
 
 @asynccontextmanager
