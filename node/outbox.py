@@ -532,7 +532,6 @@ class Outbox:
 
     async def _record_ack(self, tx: Tx, ack: gateway_pb2.SendAck) -> bool:
         """Record what the gateway did with a message; True if that made it final (refused)."""
-        log.debug("ack", message_id=ack.message_id, status=_status_name(ack.status))
         row = await (
             await tx.execute(
                 "SELECT attempts, state, share_id FROM outbox WHERE message_id = ? AND recipient = ?",
@@ -541,6 +540,7 @@ class Outbox:
         ).fetchone()
         if row is None or row[1] not in LIVE:
             return False
+        log.debug("ack", message_id=ack.message_id, status=_status_name(ack.status))  # one of ours: a known id
         attempts, state, share_id = int(row[0]) + 1, row[1], row[2]
         recipient = ack.recipient_node
         if ack.status == gateway_pb2.SEND_STATUS_FORWARDED:

@@ -23,7 +23,7 @@ import pytest
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from linkage import stories
+from linkage import logs, stories
 from linkage.frames import unbatch
 from linkage.ids import is_node_id
 from linkage.transport import MAX_MESSAGE_BYTES, TlsFiles, api_channel
@@ -319,3 +319,22 @@ async def test_a_gateway_that_lists_the_same_page_for_ever_does_not_keep_a_node_
     said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
     problems = [e["problem"] for e in said if e["event"] == "gateway.answer_malformed"]
     assert problems == ["pages out of order"], problems
+
+
+async def test_an_answer_about_no_message_of_this_node_s_is_not_written_into_its_log(
+    federation: LocalFederation,
+) -> None:
+    """The node logged each acknowledgement's message id (at debug) before looking it up, so
+    a gateway that is not what it should be could write what it liked into the node's log.
+    Now only an answer about a message this node has in flight is logged."""
+    captured = io.StringIO()
+    async with running(federation, nodes=("amh",)) as cluster:
+        amh = cluster.nodes["amh"]
+        logs.configure("debug", stream=captured)
+        try:
+            told = "Ms Example, of 1 Any Street " * 100
+            forwarded = gateway_pb2.SEND_STATUS_FORWARDED
+            await amh.outbox.on_answers([gateway_pb2.SendAck(message_id=told, recipient_node="csc", status=forwarded)])
+        finally:
+            logs.configure("info")
+    assert "Ms Example" not in captured.getvalue()
