@@ -361,10 +361,14 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
     ) -> AsyncIterator[node_api_pb2.ReceivedSummary]:
         after = await _answer(context, request.actor, lambda: _after(request.after_seq))
         while True:
+            # Every row up to here is committed: it is listed below, or never will be (erased
+            # as it came, or since), so a look that finds nothing waits from here on.
+            published = self.feed.last_seq
             watch = functools.partial(self.inbox.received, request.actor, "WatchReceived", after, MAX_LIST)
             items = await _answer(context, request.actor, watch)
             for item in items:
                 yield item
                 after = item.seq
             if not items:
+                after = max(after, published)
                 await self.feed.wait_beyond(after)

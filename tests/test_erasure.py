@@ -5,6 +5,7 @@ another ground keeps the summary, marked withdrawn. Real nodes, gateway and stor
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from contextlib import closing
@@ -16,6 +17,7 @@ import pytest
 
 from linkage import stories
 from linkage.clock import ManualClock
+from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, workflow_pb2
 from node.erasure import erase_rows
@@ -187,6 +189,52 @@ async def test_an_item_erased_while_it_was_opened_or_listed_is_not_handed_over(
                 assert message_id not in [item.message_id for item in listed.items]
                 exported = events(await audit_events(cluster.nodes[node]), "received.exported")
                 assert all(message_id not in e["detail"]["message_ids"] for e in exported)
+
+
+async def test_a_watch_whose_newest_items_were_erased_as_they_came_waits_for_the_next(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version that arrives after the withdrawal that erases it is stored erased: its row is
+    the inbox's newest, and no listing shows it. A case system's watch then found nothing to
+    hand over, yet the feed said something newer had come, so it asked again at once, and
+    again, spinning a core until another item came. Now it waits from there for the next one."""
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+        empty, polls = asyncio.Event(), []
+        received = csc.inbox.received
+
+        async def counted(*args: Any, **kwargs: Any) -> list[node_api_pb2.ReceivedSummary]:
+            items = await received(*args, **kwargs)
+            polls.append(len(items))
+            if not items:
+                empty.set()
+            return items
+
+        monkeypatch.setattr(csc.inbox, "received", counted)
+        stream = cluster.api("csc").WatchReceived(
+            node_api_pb2.WatchReceivedRequest(actor=CSC_WORKER, after_seq=csc.feed.last_seq)
+        )
+        async with csc.store.tx() as tx:  # as reception leaves a version that came after its erasing withdrawal
+            cursor = await tx.execute(
+                "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id, summary_id) "
+                "VALUES ('amh', ?, ?, ?, ?, ?, ?)",
+                (uuid7(tx.now_ms), bytes(32), tx.now_ms, env.MESSAGE_KIND_CORRECTION, "share", summary_id),
+            )
+            erased_seq = int(cursor.lastrowid or 0)
+            await erase_rows(tx, [erased_seq])
+        await csc.feed.published(erased_seq)
+        async with asyncio.timeout(15):
+            await empty.wait()
+            amh_store = cluster.nodes["amh"].store
+            assert amh_store is not None
+            (assessment_id,) = await amh_store.fetchone("SELECT assessment_id FROM assessments")
+            await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
+            item = await stream.read()
+        stream.cancel()
+        assert isinstance(item, node_api_pb2.ReceivedSummary) and item.seq > erased_seq
+        assert polls[:2] == [0, 1]  # one look that found nothing, then a wait until the next item came
 
 
 async def test_a_summary_withdrawn_and_kept_may_later_be_erased(federation: LocalFederation) -> None:
