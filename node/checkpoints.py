@@ -37,6 +37,7 @@ from node.store import Store
 # row and a gateway fsync per 60 or so messages.
 LODGE_EVERY_ENTRIES = 1_000
 LODGE_EVERY_S = 30.0
+NEVER = 2**63  # a log size no store reaches: the store wakes nobody at a commit
 # A receipt carries a checkpoint at most this old rather than a signature per receipt.
 RECEIPT_CHECKPOINT_MAX_AGE_MS = 100
 log = logs.get("node.checkpoints")
@@ -214,18 +215,20 @@ class Checkpointer:
         # The period is time passed, so the loop's clock: the wall's may be set back meanwhile.
         loop = asyncio.get_running_loop()
         last = loop.time()
+        missed = False  # the last try failed, or had no stream: the next waits for the period's end
         while True:
             waiting = self.store.frontier.size - self.lodged_size
             # While nothing waits, the first entry wakes it (due at once if the last try is a
-            # period old); once entries wait, only the count or the period's end does.
-            self.store.wake_at = self.lodged_size + (LODGE_EVERY_ENTRIES if waiting else 1)
+            # period old); once entries wait, only the count or the period's end does, and after
+            # a missed try only the period's end: not a call to the gateway at every commit.
+            self.store.wake_at = NEVER if missed else self.lodged_size + (LODGE_EVERY_ENTRIES if waiting else 1)
             period_left_s = LODGE_EVERY_S - (loop.time() - last) if waiting else LODGE_EVERY_S
             with contextlib.suppress(TimeoutError):  # not wait_for: see Outbox.run
                 async with asyncio.timeout(max(period_left_s, 0)):
                     await self.store.appended.wait()
             self.store.appended.clear()
             waiting = self.store.frontier.size - self.lodged_size
-            if waiting >= LODGE_EVERY_ENTRIES or (waiting and loop.time() - last >= LODGE_EVERY_S):
-                if self.link.connected.is_set():
-                    await self.lodge()
-                last = loop.time()  # tried, or no stream to try on: the next try is a period on
+            period_ended = loop.time() - last >= LODGE_EVERY_S
+            if waiting and (period_ended or (waiting >= LODGE_EVERY_ENTRIES and not missed)):
+                missed = not (self.link.connected.is_set() and await self.lodge())
+                last = loop.time()  # the next try is a period on, or sooner once the count is reached again

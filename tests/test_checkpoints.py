@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -100,6 +101,57 @@ async def test_lodged_when_the_period_ends_while_entries_wait(store: Store, monk
         await _append(store, 3)
         await asyncio.wait_for(witness.lodged.wait(), 5)
         assert witness.sizes == [3]
+    finally:
+        task.cancel()
+
+
+class RefusingWitness(Witness):
+    """A gateway that cannot take a checkpoint now (its store refuses writes, say), for the
+    first `refusals` times it is asked."""
+
+    def __init__(self, refusals: int = 2**31) -> None:
+        super().__init__()
+        self.asked, self.refusals = 0, refusals
+
+    async def witnessed(self) -> gateway_pb2.WitnessedCheckpoints:
+        self.asked += 1
+        if self.asked > self.refusals:
+            return await super().witnessed()
+        self.lodged.set()
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "refused")
+
+
+async def test_a_lodge_that_failed_is_tried_again_when_the_period_ends_not_at_every_commit(store: Store) -> None:
+    """Once enough entries waited, a lodge the gateway refused was tried again at every commit
+    that followed: under load, a call a commit to a gateway that was failing already, using
+    up the node's allowance of control calls there. Now it waits for the period's end."""
+    witness = RefusingWitness()
+    task = await _running(store, witness)
+    try:
+        await _append(store, LODGE_EVERY_ENTRIES)
+        await asyncio.wait_for(witness.lodged.wait(), 5)
+        for _ in range(5):
+            await _append(store, 1)
+            for _ in range(20):  # turns enough for a try, had the commit woken it
+                await asyncio.sleep(0)
+        assert witness.asked == 1
+    finally:
+        task.cancel()
+
+
+async def test_a_lodge_that_failed_is_lodged_when_the_period_ends(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "LODGE_EVERY_S", 0.05)
+    witness = RefusingWitness(refusals=1)
+    task = await _running(store, witness)
+    try:
+        await _append(store, LODGE_EVERY_ENTRIES)
+        async with asyncio.timeout(5):
+            while not witness.sizes:
+                witness.lodged.clear()
+                await witness.lodged.wait()
+        assert witness.asked == 2 and witness.sizes == [LODGE_EVERY_ENTRIES]
     finally:
         task.cancel()
 
