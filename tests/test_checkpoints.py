@@ -123,8 +123,8 @@ class RefusingWitness(Witness):
 
 async def test_a_lodge_that_failed_is_tried_again_when_the_period_ends_not_at_every_commit(store: Store) -> None:
     """Once enough entries waited, a lodge the gateway refused was tried again at every commit
-    that followed: under load, a call a commit to a gateway that was failing already, using
-    up the node's allowance of control calls there. Now it waits for the period's end."""
+    that followed: under load, a call, a warning here and a metadata-log entry there at every
+    commit, to a gateway that was failing already. Now it waits for the period's end."""
     witness = RefusingWitness()
     task = await _running(store, witness)
     try:
