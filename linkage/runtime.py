@@ -8,6 +8,11 @@ import gc
 import signal
 from collections.abc import Awaitable, Callable
 
+from linkage import logs
+from linkage.writability import log_failure
+
+log = logs.get("runtime")
+
 
 def settle_heap() -> None:
     """After start-up: move everything allocated so far (modules, keys, the directory, the
@@ -22,7 +27,8 @@ async def serve_until_signalled(
     banner: str, stop: Callable[[], Awaitable[None]], on_hangup: Callable[[], Awaitable[None]] | None = None
 ) -> None:
     """What a started server does until SIGTERM or SIGINT (then `stop`, which drains it):
-    settle the heap, say where it serves, and run `on_hangup` on each SIGHUP."""
+    settle the heap, say where it serves, and run `on_hangup` on each SIGHUP (one that fails
+    is logged as `reload.failed`; the next look, or the next SIGHUP, tries again)."""
     settle_heap()
     signalled = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -32,8 +38,14 @@ async def serve_until_signalled(
     if on_hangup is not None:
         hangup = on_hangup
 
+        async def reload() -> None:
+            try:
+                await hangup()
+            except Exception as exc:  # else held in a task nobody awaits, and said only when it is collected
+                log_failure(log, "reload.failed", exc)
+
         def hung_up() -> None:
-            task = asyncio.ensure_future(hangup())
+            task = asyncio.ensure_future(reload())
             hangups.add(task)
             task.add_done_callback(hangups.discard)
 

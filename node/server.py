@@ -79,6 +79,9 @@ class NodeServer:
         self._said_waiting: Renewal | None = None
         self._keys_said = ""  # what was last said of the keys in the bundle
         self._roots_at_start: list[str] | None = None  # CAs its directory file named, written before the store opened
+        # A directory, keys or a certificate taken one at a time: a SIGHUP during the periodic look,
+        # or a reconnection during either, would otherwise audit and apply the same change twice.
+        self._changing = asyncio.Lock()
 
     def _load_directory_file(self) -> None:
         path = self.config.federation.directory
@@ -115,26 +118,27 @@ class NodeServer:
     async def _take_directory(self, signed: directory_pb2.SignedDirectory) -> None:
         """A directory from the gateway, if newer and valid; a new version is audited, with
         the key that signs it when that changed (the federation rotated it)."""
-        held, signer = self.trust.version, self.trust.public_key
-        try:
-            view = self.trust.accept(signed, self.clock.now_ms())
-        except Rejected as exc:
-            log.warning("directory.refused", reason=exc.reason.value, source="gateway")
-            return
-        log.info("directory.loaded", version=view.version, source="gateway")
-        if view.version == held:
-            return
-        detail: dict[str, Any] = {"version": view.version, "previous": held}
-        if self.trust.public_key != signer:
-            detail["signing_key"] = self.trust.public_key.public_bytes_raw().hex()
-        await self._recorded("directory.accepted", detail, failed="directory.accept_not_audited")
-        # The federation's CAs changed: written (once audited), the certificate check that follows takes them.
-        roots = new_roots(self.config.tls, view.directory)
-        if roots and await self._recorded(
-            "tls.roots_changed", {"roots": roots_detail(roots)}, failed="tls.roots_failed"
-        ):
-            write_roots(self.config.tls, roots)
-        await self._report_serving()  # one that started without a current directory now has one
+        async with self._changing:
+            held, signer = self.trust.version, self.trust.public_key
+            try:
+                view = self.trust.accept(signed, self.clock.now_ms())
+            except Rejected as exc:
+                log.warning("directory.refused", reason=exc.reason.value, source="gateway")
+                return
+            log.info("directory.loaded", version=view.version, source="gateway")
+            if view.version == held:
+                return
+            detail: dict[str, Any] = {"version": view.version, "previous": held}
+            if self.trust.public_key != signer:
+                detail["signing_key"] = self.trust.public_key.public_bytes_raw().hex()
+            await self._recorded("directory.accepted", detail, failed="directory.accept_not_audited")
+            # The federation's CAs changed: written (once audited), the certificate check that follows takes them.
+            roots = new_roots(self.config.tls, view.directory)
+            if roots and await self._recorded(
+                "tls.roots_changed", {"roots": roots_detail(roots)}, failed="tls.roots_failed"
+            ):
+                write_roots(self.config.tls, roots)
+            await self._report_serving()  # one that started without a current directory now has one
 
     async def reload(self) -> None:
         """On SIGHUP, and every few minutes: a newer directory, rotated message keys, renewed TLS
@@ -156,56 +160,58 @@ class NodeServer:
         a restart: senders seal to it, and this node signs with it, once the directory
         activates it; what was sealed to any generation held still opens. Recorded first."""
         assert self.store is not None
-        folder = self.config.message_keys
-        try:
-            if (folder / "key_id").read_text().strip() == self.keys.key_id:
+        async with self._changing:
+            folder = self.config.message_keys
+            try:
+                if (folder / "key_id").read_text().strip() == self.keys.key_id:
+                    return
+                keys = MessageKeys.load(folder)
+                if keys.for_id(self.keys.key_id) is None:
+                    in_use = self.keys.key_id
+                    raise ValueError(f"they no longer hold {in_use!r}, the generation in use: not its rotation")
+                named = self._directory_key(keys.key_id)
+                if named is not None and keys.public_halves() != named:
+                    raise ValueError(f"they are not the keys the directory names {keys.key_id!r} (half copied?)")
+            except (OSError, ValueError) as exc:  # a rotation under way or cut short, or not this node's keys
+                self._say_once("keys.reload_refused", f"{folder}: {exc}")
                 return
-            keys = MessageKeys.load(folder)
-            if keys.for_id(self.keys.key_id) is None:
-                raise ValueError(f"they no longer hold {self.keys.key_id!r}, the generation in use: not its rotation")
-            named = self._directory_key(keys.key_id)
-            if named is not None and keys.public_halves() != named:
-                raise ValueError(f"they are not the keys the directory names {keys.key_id!r} (half copied?)")
-        except (OSError, ValueError) as exc:  # a rotation under way or cut short, or not this node's keys
-            self._say_once("keys.reload_refused", f"{folder}: {exc}")
-            return
-        if named is None:  # taken once the directory names them, so every public half can be checked
-            self._say_once(
-                "keys.reload_waiting", f"{keys.key_id!r} is in the bundle; no directory held names it yet", warn=False
-            )
-            return
-        detail = {"key_id": keys.key_id, "previous": self.keys.key_id}
-        if not await self._recorded("keys.loaded", detail, failed="keys.reload_failed"):
-            return
-        self.keys = keys
-        for holder in (self.ctx.messenger, self.reception, self.checkpoints):  # each signs or opens with them
-            holder.keys = keys
-        log.info("keys.loaded", key_id=keys.key_id)
+            if named is None:  # taken once the directory names them, so every public half can be checked
+                waiting = f"{keys.key_id!r} is in the bundle; no directory held names it yet"
+                self._say_once("keys.reload_waiting", waiting, warn=False)
+                return
+            detail = {"key_id": keys.key_id, "previous": self.keys.key_id}
+            if not await self._recorded("keys.loaded", detail, failed="keys.reload_failed"):
+                return
+            self.keys = keys
+            for holder in (self.ctx.messenger, self.reception, self.checkpoints):  # each signs or opens with them
+                holder.keys = keys
+            log.info("keys.loaded", key_id=keys.key_id)
 
     async def check_certificate(self) -> None:
         """Move to renewed TLS files once the directory pins their certificate (until then the
         gateway refuses it, and accepts the one in use); warn daily as the one in use nears
         its end. The stream is opened again on the new certificate; nothing in flight is lost."""
         assert self.link is not None and self.store is not None
-        self.certificate.warn_if_lapsing()
-        if (renewal := self.certificate.renewal()) is not None:
-            self._renewal = renewal
-        if (waiting := self._renewal) is not None:
-            if self.trust.pinned_certificate(self.config.node_id) == waiting.checked.fingerprint:
-                fingerprint, lapses = waiting.checked.fingerprint.hex(), waiting.checked.not_after_ms
-                detail = {"fingerprint": fingerprint, "lapses_ms": lapses}
-                if not await self._recorded("tls.certificate_renewed", detail, failed="tls.renewal_failed"):
-                    return
-                self._renewal = None
-                self.certificate.use(waiting)
-                await self.link.use_tls(waiting.material)
-            elif waiting is not self._said_waiting:
-                self._said_waiting = waiting
-                log.info(
-                    "tls.renewal_waiting",
-                    fingerprint=waiting.checked.fingerprint.hex(),
-                    until="a directory that pins it",
-                )
+        async with self._changing:
+            self.certificate.warn_if_lapsing()
+            if (renewal := self.certificate.renewal()) is not None:
+                self._renewal = renewal
+            if (waiting := self._renewal) is not None:
+                if self.trust.pinned_certificate(self.config.node_id) == waiting.checked.fingerprint:
+                    fingerprint, lapses = waiting.checked.fingerprint.hex(), waiting.checked.not_after_ms
+                    detail = {"fingerprint": fingerprint, "lapses_ms": lapses}
+                    if not await self._recorded("tls.certificate_renewed", detail, failed="tls.renewal_failed"):
+                        return
+                    self._renewal = None
+                    self.certificate.use(waiting)
+                    await self.link.use_tls(waiting.material)
+                elif waiting is not self._said_waiting:
+                    self._said_waiting = waiting
+                    log.info(
+                        "tls.renewal_waiting",
+                        fingerprint=waiting.checked.fingerprint.hex(),
+                        until="a directory that pins it",
+                    )
 
     def _directory_key(self, key_id: str) -> tuple[bytes, bytes, bytes, bytes] | None:
         """The public halves of one of this node's key generations, as the directory held names them."""

@@ -32,6 +32,7 @@ from linkage.keys import MessageKeys, RotationUnfinished, load_ed25519, raw_publ
 from linkage.reasons import Reason, Rejected
 from linkage.transport import api_channel
 from linkage.v1 import directory_pb2, envelope_pb2, node_api_pb2
+from node.store import db as db_module
 from tests.crypto_fixtures import seal
 from tests.file_crashes import Crash, crash_at, readable_by_others
 from tests.harness import (
@@ -210,7 +211,7 @@ def _check_rotated(fed: Federation, bundle: Path, original: MessageKeys) -> None
 
 
 async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A node had to be restarted within the hour after `rotate-keys`, or once senders
     moved to the new key it could open nothing they sent. It now takes the new generation
@@ -239,7 +240,8 @@ async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
         await csc.reload()
         assert csc.keys.key_id == "csc-k1"
         signing.write_bytes(whole)
-        await csc.reload()
+        monkeypatch.setattr(db_module, "INLINE_COMMIT_S", 0.0)  # each COMMIT in its thread, as on a slow disk
+        await asyncio.gather(csc.reload(), csc.reload())  # a SIGHUP during the periodic look: taken once
         assert csc.keys.key_id == new_id and csc.keys.for_id("csc-k1") is not None
         assert await csc.checkpoints.lodge()
 

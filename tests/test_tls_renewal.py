@@ -33,6 +33,7 @@ from linkage.transport import Peer
 from linkage.v1 import directory_pb2
 from node import link as node_link
 from node.server import NodeServer
+from node.store import db as db_module
 from tests.file_crashes import Crash, crash_at
 from tests.harness import (
     FEDERATION_ID,
@@ -65,7 +66,7 @@ def _log_events(captured: io.StringIO, event: str) -> list[dict[str, object]]:
 
 
 async def test_a_node_moves_to_its_renewed_certificate_without_a_restart_and_loses_nothing(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
     cert_file = federation.node_configs["amh"].tls.cert
@@ -93,7 +94,8 @@ async def test_a_node_moves_to_its_renewed_certificate_without_a_restart_and_los
 
         # Shares in flight while the node changes over, and after.
         sharing = asyncio.gather(*(share(cluster, assessment_id) for _ in range(20)))
-        await amh.reload()
+        monkeypatch.setattr(db_module, "INLINE_COMMIT_S", 0.0)  # each COMMIT in its thread, as on a slow disk
+        await asyncio.gather(amh.reload(), amh.reload())  # a SIGHUP during the periodic look: taken once
         assert amh.certificate.fingerprint == new
         await sharing
         async with asyncio.timeout(15):
