@@ -492,7 +492,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_REJECTED, reason.value)
             return
         target = self.sessions.get(recipient)
-        if target is None:
+        if target is None or target.ending:  # one ending would never write it
             self.sessions.wait_for(recipient, sender)
             self._note("envelope.recipient_offline", node=sender, message_id=message_id, counterpart=recipient)
             self._ack(session, message_id, recipient, gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE)
@@ -501,6 +501,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             busy = gateway_pb2.BUSY_SCOPE_RECIPIENT
             self._busy(session, message_id, recipient, "recipient_busy", busy, counterpart=recipient)
             return
+        target.senders.add(sender)
         self._note(
             "envelope.forwarded",
             node=sender,

@@ -34,6 +34,10 @@ class Session:
     certificate: bytes = b""  # the SHA-256 of the certificate the node connected with
     queue: asyncio.Queue[gateway_pb2.GatewayFrame | None] = field(init=False)
     error: tuple[grpc.StatusCode, str] | None = None
+    ending: bool = False  # closed: what is queued from now on would never be written
+    # Nodes whose messages were queued here: when the stream ends, what it had not yet
+    # written, or its node not yet read, is lost, and they are told when the node is back.
+    senders: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # One slot beyond the limit and the headroom is kept for the end-of-stream sentinel.
@@ -87,6 +91,7 @@ class Session:
         """End the stream once the frames already queued are written."""
         if error and not self.error:
             self.error = error
+        self.ending = True
         if self.queue.full():
             return  # a sentinel is already queued: the reserved slot is taken
         self.queue.put_nowait(None)
@@ -106,10 +111,12 @@ class Sessions:
         return self._live.get(node_id)
 
     def open(self, node_id: str, certificate: bytes = b"") -> Session:
-        """A new stream for a node replaces any older one, and wakes its waiting senders."""
+        """A new stream for a node replaces any older one, and wakes its waiting senders,
+        and those with messages queued on the one it replaces."""
         old = self._live.get(node_id)
         if old is not None:
             old.close((grpc.StatusCode.ABORTED, "replaced by a newer connection from the same node"))
+            self._waiting[node_id] |= old.senders
         session = Session(node_id, self.queue_limit, self.answer_headroom, certificate)
         self._live[node_id] = session
         for sender in sorted(self._waiting.pop(node_id, set())):
@@ -124,6 +131,7 @@ class Sessions:
     def end(self, session: Session) -> None:
         if self._live.get(session.node_id) is session:
             del self._live[session.node_id]
+            self._waiting[session.node_id] |= session.senders
 
     def wait_for(self, recipient: str, sender: str) -> None:
         self._waiting[recipient].add(sender)

@@ -179,6 +179,35 @@ async def test_a_watcher_hears_its_message_settle_even_when_another_watcher_gave
         assert not amh.outbox._settled
 
 
+@pytest.mark.parametrize("ending", ["closed", "open", "replaced"])
+async def test_a_message_routed_to_a_stream_that_is_ending_goes_again_as_soon_as_its_node_is_back(
+    tmp_path: Path, ending: str
+) -> None:
+    """A recipient's stream the gateway has ended (too far behind, revoked, replaced) stays
+    live while its writer drains. A message routed to it then was answered "forwarded" and
+    never written; one queued just before its end, "forwarded" and maybe never read. Either
+    way the sender waited for its receipt timeout (a minute): the gateway did not count it
+    among those waiting for that node. The clock here stands still, so only being told can
+    deliver it."""
+    async with csc_away(tmp_path) as (cluster, assessment_id):
+        amh = cluster.nodes["amh"]
+        stream = cluster.gateway.sessions.open("csc")  # csc's stream as its end is under way
+        if ending == "closed":
+            stream.close()
+        await share(cluster, assessment_id)
+        await settle(amh)
+        assert amh.store is not None
+        said = "queued" if ending == "closed" else "sent"  # csc away, or its message forwarded
+        assert await amh.store.fetchall("SELECT state FROM outbox") == [(said,)]
+        if ending == "replaced":  # by a newer stream, which ends as well before csc is back
+            stream = cluster.gateway.sessions.open("csc")
+        cluster.gateway.sessions.end(stream)  # ended with the message unwritten
+        await cluster.start_node("csc")
+        async with asyncio.timeout(15):
+            await wait_delivered(amh, 1)
+        assert len(await inbox(cluster, "csc")) == 1
+
+
 @asynccontextmanager
 async def shared_while_csc_is_away(
     tmp_path: Path,
