@@ -22,6 +22,7 @@ from linkage.v1 import node_api_pb2, summary_pb2
 from node.context import NodeContext
 from node.errors import invalid, not_found
 from node.inbox import ITEM_COLUMNS, ITEMS
+from node.store import FetchAll, FetchOne
 
 log = logs.get("node.chronology")
 
@@ -146,17 +147,25 @@ class Chronologies:
             "SELECT inbox_seq AS s, item AS i, framed AS f FROM chronology WHERE inbox_seq IN "
             f"(SELECT inbox_seq FROM inbox_tokens WHERE token IN ({marks})) AND item >= 0 {placed}"
         )
-        if page_size or after:
-            response, count = await self._page(timeline, params, case_id, min(page_size or MAX_PAGE, MAX_PAGE), after)
-        else:
+
+        async def read(fetchone: FetchOne, fetchall: FetchAll) -> tuple[bytes, int]:
+            if page_size or after:
+                size = min(page_size or MAX_PAGE, MAX_PAGE)
+                return await _page(fetchone, fetchall, timeline, params, case_id, size, after)
             # The whole timeline in one value from SQLite: it keeps a FROM subquery's ORDER BY
             # when group_concat aggregates it (select.c: the ORDER BY "may not be safely
             # omitted" when the outer query uses an aggregate other than count(), min() or max()).
-            count, joined = await self.ctx.store.fetchone(
+            count, joined = await fetchone(
                 f"SELECT count(*), CAST(group_concat(f, '') AS BLOB) FROM ({timeline}ORDER BY s, i)", params
             )
-            response = joined or b""
-        async with self.ctx.store.tx() as tx:
+            return joined or b"", count
+
+        store = self.ctx.store
+        erasures = store.erasures
+        response, count = await read(store.fetchone, store.fetchall)
+        async with store.tx() as tx:
+            if store.erasures != erasures:  # one since the read, which may have read what it erased
+                response, count = await read(tx.fetchone, tx.fetchall)  # again, where writes are serial
             await tx.audit(
                 "chronology.viewed",
                 actor,
@@ -166,26 +175,6 @@ class Chronologies:
         if behind:
             self._behind.set()  # the pass, for what arrived about every other family
         return response
-
-    async def _page(
-        self, timeline: str, params: list[object], case_id: str, size: int, after: tuple[int, int] | None
-    ) -> tuple[bytes, int]:
-        """Up to `size` entries after `after`, and the token for the rest if any remain."""
-        where = "WHERE (s, i) > (?, ?) " if after else ""
-        ordered = f"FROM ({timeline}) {where}ORDER BY s, i"
-        bound = [*params, *(after or ())]
-        # The page joined in SQLite, as the whole timeline is (a row at a time into Python
-        # cost more than the whole); then the page's last place, and whether one follows it.
-        count, joined = await self.ctx.store.fetchone(
-            f"SELECT count(*), CAST(group_concat(f, '') AS BLOB) FROM (SELECT f {ordered} LIMIT ?)", [*bound, size]
-        )
-        response = joined or b""
-        if count == size:
-            ends = await self.ctx.store.fetchall(f"SELECT s, i {ordered} LIMIT 2 OFFSET ?", [*bound, size - 1])
-            if len(ends) == 2:
-                last_s, last_i = ends[0]
-                response += _field(2, _token(case_id, last_s, last_i).encode())
-        return response, count
 
     async def _own_entries(self, case_id: str) -> list[tuple[int, bytes]]:
         me, codes = self.ctx.me(), self.ctx.policy.codes
@@ -327,6 +316,33 @@ class Chronologies:
             entry.ClearField("state")  # the summary's state when stored, put on by the store after
             derived.append((item.seq, n, entry.at_ms, entry.source_node, summary_id, entry.SerializeToString()))
         return derived
+
+
+async def _page(
+    fetchone: FetchOne,
+    fetchall: FetchAll,
+    timeline: str,
+    params: list[object],
+    case_id: str,
+    size: int,
+    after: tuple[int, int] | None,
+) -> tuple[bytes, int]:
+    """Up to `size` entries after `after`, and the token for the rest if any remain."""
+    where = "WHERE (s, i) > (?, ?) " if after else ""
+    ordered = f"FROM ({timeline}) {where}ORDER BY s, i"
+    bound = [*params, *(after or ())]
+    # The page joined in SQLite, as the whole timeline is (a row at a time into Python
+    # cost more than the whole); then the page's last place, and whether one follows it.
+    count, joined = await fetchone(
+        f"SELECT count(*), CAST(group_concat(f, '') AS BLOB) FROM (SELECT f {ordered} LIMIT ?)", [*bound, size]
+    )
+    response = joined or b""
+    if count == size:
+        ends = await fetchall(f"SELECT s, i {ordered} LIMIT 2 OFFSET ?", [*bound, size - 1])
+        if len(ends) == 2:
+            last_s, last_i = ends[0]
+            response += _field(2, _token(case_id, last_s, last_i).encode())
+    return response, count
 
 
 def _entries(

@@ -37,6 +37,7 @@ from tests.harness import (
 )
 from tests.harness import linkage as linkage_cli
 from tests.test_audit_ig import PARENT, config, linkage
+from tests.test_federation import _case_id
 from tests.test_workflows import CSC_WORKER, chronology_states, events, share, shared_with_both, think_family
 
 
@@ -189,6 +190,36 @@ async def test_an_item_erased_while_it_was_opened_or_listed_is_not_handed_over(
                 assert message_id not in [item.message_id for item in listed.items]
                 exported = events(await audit_events(cluster.nodes[node]), "received.exported")
                 assert all(message_id not in e["detail"]["message_ids"] for e in exported)
+
+
+@pytest.mark.parametrize("page_size", [0, 2])
+async def test_a_chronology_read_as_an_erasure_commits_leaves_the_erased_summary_out(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, page_size: int
+) -> None:
+    """A chronology is read, then its viewing audited. An erasure committed between the two
+    once let the erased summary's entries go to the case system all the same, after its
+    sender had been told it was erased there. Now the chronology is read again, where writes
+    are serial, when an erasure came meanwhile: it goes as it would a moment later."""
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+        request = node_api_pb2.ChronologyRequest(
+            actor=CSC_WORKER, case_id=await _case_id(cluster, "csc"), page_size=page_size
+        )
+        before = await cluster.api("csc").Chronology(request)  # its entries derived: no write but the audit's
+        assert summary_id in [e.summary_id for e in before.entries]
+        (seq,) = await csc.store.fetchone("SELECT seq FROM inbox WHERE summary_id = ?", (summary_id,))
+
+        async def erased(tx: Tx) -> None:  # a withdrawal asking erasure, committed first
+            await erase_rows(tx, [seq])
+
+        written_first(monkeypatch, csc.store, erased)
+        after = await cluster.api("csc").Chronology(request)
+        assert (await csc.store.fetchone("SELECT state FROM inbox WHERE seq = ?", (seq,))) == ("erased",)
+        assert summary_id not in [e.summary_id for e in after.entries]
+        (viewed, *_) = reversed(events(await audit_events(csc), "chronology.viewed"))
+        assert viewed["detail"]["entries"] == len(after.entries)
 
 
 async def test_a_watch_whose_newest_items_were_erased_as_they_came_waits_for_the_next(

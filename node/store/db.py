@@ -110,6 +110,7 @@ class Tx:
     """One write transaction. Audit entries join it and commit or vanish with it."""
 
     def __init__(self, store: Store) -> None:
+        self.store = store
         self.db = store.db
         self.now_ms = store.clock.now_ms()
         self._seq, self._hash, tail = store._tail
@@ -308,6 +309,8 @@ class Store:
         # says when it next has work, so it is not woken by every commit in between.
         self.appended = asyncio.Event()
         self.wake_at = 0
+        # Erasures written (node/erasure.py), counted as each is: a read made before one can tell.
+        self.erasures = 0
         self._next_commit: asyncio.Event | None = None  # made only while someone waits for one
         self.writability = Writability(log)
 
