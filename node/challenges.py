@@ -14,7 +14,7 @@ import grpc
 
 from linkage.calendar import given
 from linkage.v1 import envelope_pb2, node_api_pb2, workflow_pb2
-from node import answers, dates
+from node import answers, dates, repeats
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.requests import Requests, check_ahead
@@ -28,6 +28,7 @@ class Challenges:
         self.ctx = ctx
         self.requests = requests
 
+    @repeats.once
     async def raise_challenge(self, request: node_api_pb2.RaiseChallengeRequest) -> node_api_pb2.MessageSent:
         if not request.concern.strip() or not request.outcome_sought.strip():
             raise invalid("a challenge needs its concern and the outcome sought, in plain words")
@@ -75,6 +76,7 @@ class Challenges:
             request.concern,
             record=record,
             detail={"stage": request.stage, "subject": request.subject, "escalates": request.escalates_message_id},
+            asked=request,
         )
 
     def _codes(self, name: str) -> str:
@@ -117,6 +119,7 @@ class Challenges:
             )
         await _not_yet_escalated(self.ctx.store, request.escalates_message_id)
 
+    @repeats.once
     async def respond(self, request: node_api_pb2.ChallengeReplyRequest) -> node_api_pb2.MessageSent:
         if request.answer not in ANSWERS:
             raise invalid("answer must be ACCEPTED or MAINTAINED")
@@ -152,6 +155,7 @@ class Challenges:
             request.response,
             answer,
             record=record,
+            asked=request,
         )
 
     async def list_challenges(self, request: node_api_pb2.CaseRequest) -> node_api_pb2.Challenges:

@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
+from google.protobuf.message import Message
 
 from linkage import jurisdictions
 from linkage.calendar import given, on_calendar
 from linkage.grounds import lawful_ground
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
-from node import answers, dates
+from node import answers, dates, repeats
 from node.cases import Cases
 from node.context import NodeContext
 from node.erasure import erased_note
@@ -79,9 +80,11 @@ class Requests:
         record: Record | None = None,
         detail: dict[str, object] | None = None,
         summary_id: str = "",
+        asked: Message | None = None,
     ) -> node_api_pb2.MessageSent:
         """Seal `write`'s content to each of `to`, queue it and audit `event`, in one transaction
-        (with what `record` writes of it); `summary_id` names the summary it is about, if any."""
+        (with what `record` writes of it, and the answer to `asked`, the case system's call, if
+        it named a request_id); `summary_id` names the summary it is about, if any."""
         thread = uuid7(self.ctx.clock.now_ms())
         sealed = await self.ctx.messenger.seal_each(to, kind, tokens, thread, lambda _: write, actor, in_reply_to)
         async with self.ctx.store.tx() as tx:
@@ -99,8 +102,11 @@ class Requests:
             statuses = await self.ctx.messenger.queue(tx, sealed, thread, actor, summary_id)
             if record is not None:
                 await record(tx, thread, statuses)
+            sent = node_api_pb2.MessageSent(recipients=statuses)
+            if asked is not None:
+                await repeats.keep(tx, asked, sent)
         await self.ctx.changed()
-        return node_api_pb2.MessageSent(recipients=statuses)
+        return sent
 
     async def nameable(self, case_id: str, what: str) -> list[bytes]:
         """The link tokens of an open case's people that a message to other agencies may name."""
@@ -123,6 +129,7 @@ class Requests:
             raise invalid("to_nodes names this node itself: a request goes to other agencies")
         return named
 
+    @repeats.once
     async def ask_clarification(self, request: node_api_pb2.AskClarificationRequest) -> node_api_pb2.MessageSent:
         if not request.question.strip():
             raise invalid("question is empty: say what needs clarifying")
@@ -146,8 +153,10 @@ class Requests:
             request.about_message_id,
             "clarification.asked",
             record=record,
+            asked=request,
         )
 
+    @repeats.once
     async def answer_clarification(self, request: node_api_pb2.AnswerClarificationRequest) -> node_api_pb2.MessageSent:
         if not request.answer.strip():
             raise invalid("answer is empty")
@@ -174,8 +183,10 @@ class Requests:
             # Again where writes are serial: a withdrawal racing this answer may have committed meanwhile.
             record=lambda tx, _, __: _not_erased(tx.fetchall, summary_id, sender),
             summary_id=summary_id,
+            asked=request,
         )
 
+    @repeats.once
     async def request_information(self, request: node_api_pb2.RequestInformationRequest) -> node_api_pb2.MessageSent:
         if not request.purpose.strip() or not request.what.strip():
             raise invalid("an information request needs its purpose and what is asked for, in plain words")
@@ -212,8 +223,10 @@ class Requests:
             "request.sent",
             request.purpose,
             record=record,
+            asked=request,
         )
 
+    @repeats.once
     async def respond_to_information_request(
         self, request: node_api_pb2.InformationReplyRequest
     ) -> node_api_pb2.MessageSent:
@@ -243,13 +256,17 @@ class Requests:
                 decision.rationale,
                 "DECISION_OUTCOME_NOT_SHARED",
                 record=lambda tx, _, __: answers.answered(tx, request.request_message_id, sender, request.answer),
+                asked=request,
             )
         if request.answer not in (workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL):
             raise invalid("answer must be PROVIDED, PARTIAL or DECLINED")
         if not request.assessment_id:
             raise invalid("name the assessment to provide (assessment_id)")
-        share = node_api_pb2.ShareSummaryRequest(
-            actor=request.actor, assessment_id=request.assessment_id, decision=request.decision
+        share = node_api_pb2.ShareSummaryRequest(  # a repeat is answered by the share's request_id
+            actor=request.actor,
+            assessment_id=request.assessment_id,
+            decision=request.decision,
+            request_id=request.request_id,
         )
         response = await self.sharing.share(share, only=[sender], in_reply_to=request.request_message_id, wrap=True)
         if not response.recipients:

@@ -1,7 +1,7 @@
-"""Retention: received summaries, the bodies of delivered messages and the record of
-information requests sent are kept for the configured time, then purged. A purge is
-itself audited. The audit log is kept by its own rule: it is never purged here (its
-entries hold no summary content)."""
+"""Retention: received summaries, the bodies of delivered messages, the record of
+information requests and challenges sent, and the answers kept for repeated calls are kept
+for the configured time, then purged. A purge is itself audited. The audit log is kept by
+its own rule: it is never purged here (its entries hold no summary content)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,10 @@ PURGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "challenges": (  # professional challenges raised, with their answers
         "SELECT message_id FROM challenges WHERE sent_at_ms < ? ORDER BY sent_at_ms LIMIT ?",
         ("DELETE FROM challenges WHERE message_id IN ({})",),
+    ),
+    "call_answers": (  # kept to answer a repeated call (node/repeats.py)
+        "SELECT request_id FROM call_answers WHERE answered_at_ms < ? ORDER BY answered_at_ms LIMIT ?",
+        ("DELETE FROM call_answers WHERE request_id IN ({})",),
     ),
 }
 

@@ -12,8 +12,8 @@ from linkage import logs, stories
 from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
-from linkage.v1.node_api_pb2 import DeliveryStatus
-from node import answers, retention
+from linkage.v1.node_api_pb2 import AskClarificationRequest, DeliveryStatus, MessageSent
+from node import answers, repeats, retention
 from node.messaging import add_to_outbox
 from node.store import Store
 from tests.harness import LocalFederation, next_item, running, wait_delivered
@@ -119,7 +119,7 @@ async def test_no_canary_in_any_log_or_gateway_file(federation: LocalFederation)
                 assert secret.encode() not in data, f"{secret} in {path}"
 
 
-NOTHING = {"received": 0, "sent_bodies": 0, "requests": 0, "challenges": 0}
+NOTHING = {"received": 0, "sent_bodies": 0, "requests": 0, "challenges": 0, "call_answers": 0}
 
 
 async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> None:
@@ -174,6 +174,8 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
             for n in range(2):  # challenges raised
                 raised = workflow_pb2.Challenge(stage="PRACTITIONER", subject="OTHER", concern="c", outcome_sought="o")
                 await answers.challenged(tx, "c", raised, f"ch-{n}", "csc")
+            for n in range(5):  # answers kept for repeated calls
+                await repeats.keep(tx, AskClarificationRequest(request_id=f"call-{n}"), MessageSent())
             for n, state in enumerate(["delivered"] * 4 + ["undeliverable", "sent"]):
                 await add_to_outbox(tx, f"out-{n}", "s", "csc", b"\x01\x02", b"\x00")
                 await tx.execute("UPDATE outbox SET state = ? WHERE message_id = ?", (state, f"out-{n}"))
@@ -185,14 +187,14 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
                 (tx.now_ms,),
             )
 
-        purged_counts = {"received": 7, "sent_bodies": 5, "requests": 4, "challenges": 2}
+        purged_counts = {"received": 7, "sent_bodies": 5, "requests": 4, "challenges": 2, "call_answers": 5}
         assert await retention.purge(store, clock, keep_days=31, chunk=3) == purged_counts
 
         assert [r[0] for r in await store.fetchall("SELECT message_id FROM inbox")] == ["recent"]
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox_tokens"))[0] == 0
         assert (await store.fetchone("SELECT COUNT(*) FROM inbox_bodies"))[0] == 0
         assert (await store.fetchone("SELECT COUNT(*) FROM chronology"))[0] == 0
-        for table in ("info_requests", "info_requests_asked", "challenges"):
+        for table in ("info_requests", "info_requests_asked", "challenges", "call_answers"):
             assert (await store.fetchone(f"SELECT COUNT(*) FROM {table}"))[0] == 0
         kept = await store.fetchall(
             "SELECT message_id FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.body_kept"

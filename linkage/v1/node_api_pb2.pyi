@@ -710,8 +710,13 @@ class AskClarificationRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     ABOUT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     QUESTION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     about_message_id: _builtins.str
     question: _builtins.str
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and sends nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     def __init__(
@@ -720,10 +725,11 @@ class AskClarificationRequest(_message.Message):
         actor: _summary_pb2.Practitioner | None = ...,
         about_message_id: _builtins.str = ...,
         question: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["about_message_id", b"about_message_id", "actor", b"actor", "question", b"question"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["about_message_id", b"about_message_id", "actor", b"actor", "question", b"question", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -736,8 +742,13 @@ class AnswerClarificationRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     REQUEST_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     ANSWER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_message_id: _builtins.str
     answer: _builtins.str
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and sends nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     def __init__(
@@ -746,10 +757,11 @@ class AnswerClarificationRequest(_message.Message):
         actor: _summary_pb2.Practitioner | None = ...,
         request_message_id: _builtins.str = ...,
         answer: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "request_message_id", b"request_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "request_id", b"request_id", "request_message_id", b"request_message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -766,9 +778,14 @@ class RequestInformationRequest(_message.Message):
     WHAT_FIELD_NUMBER: _builtins.int
     NEEDED_BY_FIELD_NUMBER: _builtins.int
     TO_NODES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     purpose: _builtins.str
     what: _builtins.str
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and sends nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     @_builtins.property
@@ -789,10 +806,11 @@ class RequestInformationRequest(_message.Message):
         what: _builtins.str = ...,
         needed_by: _summary_pb2.Date | None = ...,
         to_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "lawful_basis", b"lawful_basis", "needed_by", b"needed_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "lawful_basis", b"lawful_basis", "needed_by", b"needed_by", "purpose", b"purpose", "to_nodes", b"to_nodes", "what", b"what"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "lawful_basis", b"lawful_basis", "needed_by", b"needed_by", "purpose", b"purpose", "request_id", b"request_id", "to_nodes", b"to_nodes", "what", b"what"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -807,10 +825,15 @@ class InformationReplyRequest(_message.Message):
     ANSWER_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_message_id: _builtins.str
     answer: _workflow_pb2.InformationAnswer.ValueType
     assessment_id: _builtins.str
     """what to provide, when provided or partial"""
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and sends nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     @_builtins.property
@@ -825,10 +848,11 @@ class InformationReplyRequest(_message.Message):
         answer: _workflow_pb2.InformationAnswer.ValueType = ...,
         decision: _summary_pb2.ShareDecision | None = ...,
         assessment_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "assessment_id", b"assessment_id", "decision", b"decision", "request_message_id", b"request_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "assessment_id", b"assessment_id", "decision", b"decision", "request_id", b"request_id", "request_message_id", b"request_message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1001,6 +1025,7 @@ class RaiseChallengeRequest(_message.Message):
     OUTCOME_SOUGHT_FIELD_NUMBER: _builtins.int
     RESPOND_BY_FIELD_NUMBER: _builtins.int
     ESCALATES_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     to_node: _builtins.str
     """the agency challenged"""
@@ -1014,6 +1039,10 @@ class RaiseChallengeRequest(_message.Message):
     outcome_sought: _builtins.str
     escalates_message_id: _builtins.str
     """raising an earlier challenge of this node's to a later stage"""
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and sends nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     @_builtins.property
@@ -1033,10 +1062,11 @@ class RaiseChallengeRequest(_message.Message):
         outcome_sought: _builtins.str = ...,
         respond_by: _summary_pb2.Date | None = ...,
         escalates_message_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "respond_by", b"respond_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["about_message_id", b"about_message_id", "actor", b"actor", "case_id", b"case_id", "concern", b"concern", "escalates_message_id", b"escalates_message_id", "outcome_sought", b"outcome_sought", "respond_by", b"respond_by", "stage", b"stage", "subject", b"subject", "to_node", b"to_node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["about_message_id", b"about_message_id", "actor", b"actor", "case_id", b"case_id", "concern", b"concern", "escalates_message_id", b"escalates_message_id", "outcome_sought", b"outcome_sought", "request_id", b"request_id", "respond_by", b"respond_by", "stage", b"stage", "subject", b"subject", "to_node", b"to_node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1050,10 +1080,15 @@ class ChallengeReplyRequest(_message.Message):
     CHALLENGE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     ANSWER_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     challenge_message_id: _builtins.str
     answer: _workflow_pb2.ChallengeAnswer.ValueType
     response: _builtins.str
     """required: what will change, or why the decision stands"""
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and sends nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     def __init__(
@@ -1063,10 +1098,11 @@ class ChallengeReplyRequest(_message.Message):
         challenge_message_id: _builtins.str = ...,
         answer: _workflow_pb2.ChallengeAnswer.ValueType = ...,
         response: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "challenge_message_id", b"challenge_message_id", "response", b"response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "challenge_message_id", b"challenge_message_id", "request_id", b"request_id", "response", b"response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -579,4 +579,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE subscriptions_to_end(token BLOB PRIMARY KEY) WITHOUT ROWID;
     """,
+    # 38: the answer a call that sends a message (a question, a request, a challenge, or an
+    # answer to one) was given, under the request_id its case system chose, to answer a
+    # repeat of the call as the first was (node/repeats.py). Purged by retention.
+    """
+    CREATE TABLE call_answers(
+      request_id TEXT PRIMARY KEY,
+      request_sha256 BLOB NOT NULL,
+      answered_at_ms INTEGER NOT NULL,
+      response BLOB NOT NULL
+    );
+    CREATE INDEX call_answers_by_age ON call_answers(answered_at_ms);
+    """,
 )

@@ -1,0 +1,82 @@
+"""A call that sends a message, repeated by its case system after the answer was lost (a
+timeout, a dropped connection), must not send it twice: the other agency would get the
+same question, request or challenge again, and a repeated escalation would be refused as
+already made. A call that names a request_id is answered, when repeated, as it was the
+first time. The answer is kept in the transaction that queues the message, so either both
+stand or neither does (a share keeps its own, with the share: node/sharing.py)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from linkage.v1 import node_api_pb2
+from node.errors import ApiError, invalid
+from node.store import FetchOne, Tx
+
+MAX_REQUEST_ID = 128
+
+
+Request = TypeVar("Request", bound=Message)
+Handler = Callable[[Any, Request], Awaitable[node_api_pb2.MessageSent]]
+
+
+def _sha256(request: Message) -> bytes:
+    """What the call asked, to tell a repeat from another call given the same id."""
+    return hashlib.sha256(
+        request.DESCRIPTOR.full_name.encode() + request.SerializeToString(deterministic=True)
+    ).digest()
+
+
+async def answered(fetchone: FetchOne, request: Any) -> node_api_pb2.MessageSent | None:
+    """The answer an earlier call with this request's request_id was given, if any."""
+    request_id: str = request.request_id
+    if not request_id:
+        return None
+    if len(request_id) > MAX_REQUEST_ID:
+        raise invalid(f"request_id is at most {MAX_REQUEST_ID} characters")
+    row = await fetchone("SELECT request_sha256, response FROM call_answers WHERE request_id = ?", (request_id,))
+    if row is None:
+        return None
+    if bytes(row[0]) != _sha256(request):
+        raise ApiError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"request_id {request_id!r} was used for another call; choose a new one for each call",
+        )
+    return node_api_pb2.MessageSent.FromString(row[1])
+
+
+async def keep(tx: Tx, request: Any, sent: node_api_pb2.MessageSent) -> None:
+    """Keep the answer to a call with a request_id, in the transaction that sends its message."""
+    if not request.request_id:
+        return
+    try:
+        await tx.execute(
+            "INSERT INTO call_answers(request_id, request_sha256, answered_at_ms, response) VALUES (?, ?, ?, ?)",
+            (request.request_id, _sha256(request), tx.now_ms, sent.SerializeToString()),
+        )
+    except sqlite3.IntegrityError:  # a call racing this one with the same id was answered first
+        raise ApiError(
+            grpc.StatusCode.ABORTED,
+            f"another call with request_id {request.request_id!r} was answered while this one was made; "
+            "nothing more was sent: repeat this one for its answer",
+        ) from None
+
+
+def once(handler: Handler[Request]) -> Handler[Request]:
+    """A call repeated with its request_id is answered as it was, before anything is checked
+    again: what the first changed (a challenge escalated, say) would refuse the repeat."""
+
+    @functools.wraps(handler)
+    async def call(self: Any, request: Request) -> node_api_pb2.MessageSent:
+        if (sent := await answered(self.ctx.store.fetchone, request)) is not None:
+            return sent
+        return await handler(self, request)
+
+    return call
