@@ -15,7 +15,7 @@ from linkage.calendar import on_calendar
 from linkage.content import CLOSURE_ANSWERS
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
-from node import answers, dates
+from node import answers, dates, repeats
 from node.cases import Cases, failed
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
@@ -195,6 +195,7 @@ class Closures:
             objection_outstanding=any(r.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT for r in replies),
         )
 
+    @repeats.answering(node_api_pb2.RespondToClosureResponse)
     async def respond_to_closure(
         self, request: node_api_pb2.RespondToClosureRequest
     ) -> node_api_pb2.RespondToClosureResponse:
@@ -225,6 +226,7 @@ class Closures:
             in_reply_to=request.intent_message_id,
         )
         answer = workflow_pb2.ClosureAnswer.Name(request.answer).removeprefix("CLOSURE_ANSWER_")
+        response = node_api_pb2.RespondToClosureResponse(message_id=sealed[0].message_id)
         async with self.ctx.store.tx() as tx:
             await tx.audit(
                 "closure.responded",
@@ -239,8 +241,9 @@ class Closures:
             await answers.answered(
                 tx, request.intent_message_id, sender, request.answer, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT
             )
+            await repeats.keep(tx, request, response)
         await self.ctx.changed()
-        return node_api_pb2.RespondToClosureResponse(message_id=sealed[0].message_id)
+        return response
 
     async def close_case(self, request: node_api_pb2.CloseCaseRequest) -> node_api_pb2.ClosureStatus:
         await self.cases.open_case_row(request.case_id)

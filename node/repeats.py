@@ -23,8 +23,13 @@ from node.store import FetchOne, Tx
 MAX_REQUEST_ID = 128
 
 
+def check_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID:
+        raise invalid(f"request_id is at most {MAX_REQUEST_ID} characters")
+
+
 Request = TypeVar("Request", bound=Message)
-Handler = Callable[[Any, Request], Awaitable[node_api_pb2.MessageSent]]
+Answer = TypeVar("Answer", bound=Message)
 
 
 def _sha256(request: Message) -> bytes:
@@ -34,13 +39,12 @@ def _sha256(request: Message) -> bytes:
     ).digest()
 
 
-async def answered(fetchone: FetchOne, request: Any) -> node_api_pb2.MessageSent | None:
+async def answered(fetchone: FetchOne, request: Any, answer_type: type[Answer]) -> Answer | None:
     """The answer an earlier call with this request's request_id was given, if any."""
     request_id: str = request.request_id
     if not request_id:
         return None
-    if len(request_id) > MAX_REQUEST_ID:
-        raise invalid(f"request_id is at most {MAX_REQUEST_ID} characters")
+    check_request_id(request_id)
     row = await fetchone("SELECT request_sha256, response FROM call_answers WHERE request_id = ?", (request_id,))
     if row is None:
         return None
@@ -49,17 +53,17 @@ async def answered(fetchone: FetchOne, request: Any) -> node_api_pb2.MessageSent
             grpc.StatusCode.ALREADY_EXISTS,
             f"request_id {request_id!r} was used for another call; choose a new one for each call",
         )
-    return node_api_pb2.MessageSent.FromString(row[1])
+    return answer_type.FromString(row[1])
 
 
-async def keep(tx: Tx, request: Any, sent: node_api_pb2.MessageSent) -> None:
+async def keep(tx: Tx, request: Any, answer: Message) -> None:
     """Keep the answer to a call with a request_id, in the transaction that sends its message."""
     if not request.request_id:
         return
     try:
         await tx.execute(
             "INSERT INTO call_answers(request_id, request_sha256, answered_at_ms, response) VALUES (?, ?, ?, ?)",
-            (request.request_id, _sha256(request), tx.now_ms, sent.SerializeToString()),
+            (request.request_id, _sha256(request), tx.now_ms, answer.SerializeToString()),
         )
     except sqlite3.IntegrityError:  # a call racing this one with the same id was answered first
         raise ApiError(
@@ -69,14 +73,22 @@ async def keep(tx: Tx, request: Any, sent: node_api_pb2.MessageSent) -> None:
         ) from None
 
 
-def once(handler: Handler[Request]) -> Handler[Request]:
+def answering(
+    answer_type: type[Answer],
+) -> Callable[[Callable[[Any, Request], Awaitable[Answer]]], Callable[[Any, Request], Awaitable[Answer]]]:
     """A call repeated with its request_id is answered as it was, before anything is checked
     again: what the first changed (a challenge escalated, say) would refuse the repeat."""
 
-    @functools.wraps(handler)
-    async def call(self: Any, request: Request) -> node_api_pb2.MessageSent:
-        if (sent := await answered(self.ctx.store.fetchone, request)) is not None:
-            return sent
-        return await handler(self, request)
+    def wrap(handler: Callable[[Any, Request], Awaitable[Answer]]) -> Callable[[Any, Request], Awaitable[Answer]]:
+        @functools.wraps(handler)
+        async def call(self: Any, request: Request) -> Answer:
+            if (sent := await answered(self.ctx.store.fetchone, request, answer_type)) is not None:
+                return sent
+            return await handler(self, request)
 
-    return call
+        return call
+
+    return wrap
+
+
+once = answering(node_api_pb2.MessageSent)  # the calls that send through node/requests.py

@@ -14,7 +14,7 @@ from linkage import jurisdictions, logs
 from linkage.grounds import lawful_ground
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
-from node import answers, dates
+from node import answers, dates, repeats
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
 from node.messaging import SUMMARY_KINDS, Fill, kind_name
@@ -26,7 +26,6 @@ from node.withdrawals import Withdrawals, standing
 
 log = logs.get("node.sharing")
 
-MAX_REQUEST_ID = 128
 CHANGE_DIRECTIONS = {"NEW", "INCREASED", "DECREASED", "RESOLVED", "NOT_SUBSTANTIATED"}
 EASED = frozenset({"DECREASED", "RESOLVED"})
 
@@ -323,8 +322,7 @@ class Sharing:
 
     async def _answered(self, request: node_api_pb2.ShareSummaryRequest) -> node_api_pb2.ShareSummaryResponse | None:
         """The answer given to an earlier call with this request's request_id, if any."""
-        if len(request.request_id) > MAX_REQUEST_ID:
-            raise invalid(f"request_id is at most {MAX_REQUEST_ID} characters")
+        repeats.check_request_id(request.request_id)
         row = await self.ctx.store.fetchone(
             "SELECT assessment_id, kind, response FROM shares WHERE request_id = ?", (request.request_id,)
         )

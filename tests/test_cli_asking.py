@@ -64,11 +64,16 @@ async def test_record_ask_answer_request_and_reply_from_the_cli(federation: Loca
         assert "  Under the law of England (ENG): CA2004_S11\n" in out  # whose powers it cites
         assert "    Before disclosing it to the person it is about, consider: SCH3_P2_HEALTH_SERIOUS_HARM\n" in out
         assert "Review by 2026-01-31 (passed: ask the sender whether it still holds)" in out  # domain rule 12
-        code, out, err = await linkage(
-            "inbox", "ask", shared.message_id, "--question", "Who cares for the child at night?", *who("csc")
-        )
+        asking = ["inbox", "ask", shared.message_id, "--question", "Who cares for the child at night?"]
+        code, out, err = await linkage(*asking, "--request-id", "q-1", *who("csc"))
         assert code == 0, err
         assert "Question sent:\n  amh: queued (message " in out
+        again = await linkage(*asking, "--request-id", "q-1", *who("csc"))  # its answer never came, say
+        assert again == (0, out, err)  # answered as the first time: one question goes
+        csc_store = cluster.nodes["csc"].store
+        assert csc_store is not None
+        kind = env.MESSAGE_KIND_CLARIFICATION_REQUEST
+        assert await csc_store.fetchone("SELECT COUNT(*) FROM outbox WHERE kind = ?", (kind,)) == (1,)
 
         question = await next_item(cluster, "amh", env.MESSAGE_KIND_CLARIFICATION_REQUEST)
         code, out, err = await linkage("inbox", "list", *who("amh"))

@@ -1,6 +1,6 @@
 """A case system that repeats a call after its answer was lost (a timeout, a dropped
 connection) must not send the other agency the same question, request, challenge or answer
-twice. A call that names a request_id is answered, when repeated, as it was the first time
+(to a closure proposal too) twice. A call that names a request_id is answered, when repeated, as it was the first time
 (node/repeats.py); an id used for another call is refused; two calls racing with one id
 send once."""
 
@@ -18,7 +18,7 @@ from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 from tests.harness import PRACTITIONER, Cluster, LocalFederation, next_item, running, wait_delivered
 from tests.test_federation import _case_id
-from tests.test_workflows import CSC_WORKER, s47_request, share, think_family
+from tests.test_workflows import CSC_WORKER, planned_closure, s47_request, share, think_family
 
 Call = Callable[[Any], Awaitable[node_api_pb2.MessageSent]]
 
@@ -108,7 +108,17 @@ async def test_each_call_that_sends_repeated_with_its_request_id_is_answered_aga
             ),
         )
 
+        await amh.ProposeClosure(planned_closure(PRACTITIONER, await _case_id(cluster, "amh")))
+        intent = await next_item(cluster, "csc", env.MESSAGE_KIND_CLOSURE_INTENT)
+        agree = node_api_pb2.RespondToClosureRequest(
+            actor=CSC_WORKER, intent_message_id=intent.message_id, answer=workflow_pb2.CLOSURE_ANSWER_AGREE
+        )
+        agree.request_id = "agreed"
+        first_agreed, agreed_again = await csc.RespondToClosure(agree), await csc.RespondToClosure(agree)
+        assert agreed_again == first_agreed and first_agreed.message_id
+
         csc_sent = await sent_kinds(cluster, "csc")
+        assert csc_sent[env.MESSAGE_KIND_CLOSURE_RESPONSE] == 1
         assert csc_sent[env.MESSAGE_KIND_CLARIFICATION_REQUEST] == 1
         assert csc_sent[env.MESSAGE_KIND_INFORMATION_REQUEST] == csc_sent[env.MESSAGE_KIND_CHALLENGE] == 2
         amh_sent = await sent_kinds(cluster, "amh")

@@ -32,6 +32,16 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
+def add_request_id_argument(parser: argparse.ArgumentParser) -> None:
+    """For a command that sends: given again after an answer that never came, it is answered
+    as the first time and sends nothing more (the API's request_id)."""
+    parser.add_argument(
+        "--request-id",
+        default="",
+        help="any id of yours: the same command with the same one again is answered as the first, sending nothing more",
+    )
+
+
 def actor(args: argparse.Namespace) -> summary_pb2.Practitioner:
     if not args.actor_id or not args.actor_role:
         raise SystemExit("linkage: say who is acting: --actor-id and --actor-role (or LINKAGE_ACTOR_ID/_ROLE)")

@@ -7,7 +7,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from linkage.cli.api_client import actor, add_connection_arguments, call, emit_json, read_decision, report_queued
+from linkage.cli.api_client import (
+    actor,
+    add_connection_arguments,
+    add_request_id_argument,
+    call,
+    emit_json,
+    read_decision,
+    report_queued,
+)
 from linkage.cli.values import calendar_date, iso_day, when, word
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 
@@ -25,14 +33,14 @@ def _sent(args: argparse.Namespace, what: str, sent: node_api_pb2.MessageSent) -
 
 def ask(args: argparse.Namespace) -> int:
     request = node_api_pb2.AskClarificationRequest(
-        actor=actor(args), about_message_id=args.message_id, question=args.question
+        actor=actor(args), about_message_id=args.message_id, question=args.question, request_id=args.request_id
     )
     return _sent(args, "Question sent", call(args, lambda api: api.AskClarification(request)))
 
 
 def answer(args: argparse.Namespace) -> int:
     request = node_api_pb2.AnswerClarificationRequest(
-        actor=actor(args), request_message_id=args.message_id, answer=args.answer
+        actor=actor(args), request_message_id=args.message_id, answer=args.answer, request_id=args.request_id
     )
     return _sent(args, "Answer sent", call(args, lambda api: api.AnswerClarification(request)))
 
@@ -52,6 +60,7 @@ def request_info(args: argparse.Namespace) -> int:
         ),
         needed_by=args.needed_by,
         to_nodes=args.to,
+        request_id=args.request_id,
     )
     return _sent(args, "Request sent", call(args, lambda api: api.RequestInformation(request)))
 
@@ -69,6 +78,7 @@ def reply(args: argparse.Namespace) -> int:
         answer=ANSWERS[args.answer],
         decision=decision,
         assessment_id=args.assessment or "",
+        request_id=args.request_id,
     )
     return _sent(args, "Reply sent", call(args, lambda api: api.RespondToInformationRequest(request)))
 
@@ -121,6 +131,7 @@ def register_case(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     p.add_argument("--needed-by", type=calendar_date, default=None, help="YYYY-MM-DD")
     p.add_argument("--to", action="append", default=[], help="an agency's node id (repeat; default: every one linked)")
+    add_request_id_argument(p)
     p.set_defaults(handler=request_info)
     p = sub.add_parser("requests", help="information requests about the family, sent and received, and their answers")
     add_connection_arguments(p)
@@ -133,11 +144,13 @@ def register_inbox(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     add_connection_arguments(p)
     p.add_argument("message_id", help="the received item's message id")
     p.add_argument("--question", required=True)
+    add_request_id_argument(p)
     p.set_defaults(handler=ask)
     p = sub.add_parser("answer", help="answer a clarification request you received")
     add_connection_arguments(p)
     p.add_argument("message_id", help="the clarification request's message id")
     p.add_argument("--answer", required=True)
+    add_request_id_argument(p)
     p.set_defaults(handler=answer)
     p = sub.add_parser("reply", help="answer an information request: provide, provide in part, or decline")
     add_connection_arguments(p)
@@ -147,4 +160,5 @@ def register_inbox(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     why = p.add_mutually_exclusive_group(required=True)
     why.add_argument("--decision", type=Path, help="JSON ShareDecision: rationale, consent, lawful basis...")
     why.add_argument("--reason", help="the reasons alone (enough to decline)")
+    add_request_id_argument(p)
     p.set_defaults(handler=reply)

@@ -16,6 +16,7 @@ from linkage.cli import asking, challenging
 from linkage.cli.api_client import (
     actor,
     add_connection_arguments,
+    add_request_id_argument,
     call,
     emit_json,
 )
@@ -183,7 +184,11 @@ def case_closure(args: argparse.Namespace) -> int:
 def case_respond(args: argparse.Namespace) -> int:
     answer = workflow_pb2.CLOSURE_ANSWER_OBJECT if args.object else workflow_pb2.CLOSURE_ANSWER_AGREE
     request = node_api_pb2.RespondToClosureRequest(
-        actor=actor(args), intent_message_id=args.intent_message_id, answer=answer, reason=args.reason
+        actor=actor(args),
+        intent_message_id=args.intent_message_id,
+        answer=answer,
+        reason=args.reason,
+        request_id=args.request_id,
     )
     response = call(args, lambda api: api.RespondToClosure(request))
     emit_json(response) if args.json else print(f"Answer sent (message {response.message_id})")
@@ -281,6 +286,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("intent_message_id")
     p.add_argument("--object", action="store_true", help="object (give --reason)")
     p.add_argument("--reason", default="")
+    add_request_id_argument(p)
     p.set_defaults(handler=case_respond)
     p = sub.add_parser("close", help="close after the closure intent (refused while answers are due)")
     add_connection_arguments(p)

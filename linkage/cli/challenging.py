@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import argparse
 
-from linkage.cli.api_client import actor, add_connection_arguments, call, emit_json, report_queued
+from linkage.cli.api_client import (
+    actor,
+    add_connection_arguments,
+    add_request_id_argument,
+    call,
+    emit_json,
+    report_queued,
+)
 from linkage.cli.values import calendar_date, iso_day, when, word
 from linkage.v1 import envelope_pb2, node_api_pb2, workflow_pb2
 
@@ -26,6 +33,7 @@ def raise_challenge(args: argparse.Namespace) -> int:
         outcome_sought=args.outcome_sought,
         respond_by=args.respond_by,
         escalates_message_id=args.escalates or "",
+        request_id=args.request_id,
     )
     sent = call(args, lambda api: api.RaiseChallenge(request))
     return report_queued(args, sent, "Challenge raised", list(sent.recipients))
@@ -33,7 +41,11 @@ def raise_challenge(args: argparse.Namespace) -> int:
 
 def respond(args: argparse.Namespace) -> int:
     request = node_api_pb2.ChallengeReplyRequest(
-        actor=actor(args), challenge_message_id=args.message_id, answer=ANSWERS[args.answer], response=args.response
+        actor=actor(args),
+        challenge_message_id=args.message_id,
+        answer=ANSWERS[args.answer],
+        response=args.response,
+        request_id=args.request_id,
     )
     sent = call(args, lambda api: api.RespondToChallenge(request))
     return report_queued(args, sent, "Answer sent", list(sent.recipients))
@@ -113,6 +125,7 @@ def register_case(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--about", help="the message id of the item it is about (received from or sent to them)")
     p.add_argument("--respond-by", type=calendar_date, default=None, help="YYYY-MM-DD")
     p.add_argument("--escalates", help="raise your earlier challenge (its message id) at a later stage")
+    add_request_id_argument(p)
     p.set_defaults(handler=raise_challenge)
     p = sub.add_parser("challenges", help="professional challenges about the family, raised and received")
     add_connection_arguments(p)
@@ -126,4 +139,5 @@ def register_inbox(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("message_id", help="the challenge's message id")
     p.add_argument("answer", choices=sorted(ANSWERS))
     p.add_argument("--response", required=True, help="what will change, or why the decision stands")
+    add_request_id_argument(p)
     p.set_defaults(handler=respond)

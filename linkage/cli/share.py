@@ -9,6 +9,7 @@ from linkage.cli.api_client import (
     FOLLOW_UP,
     actor,
     add_connection_arguments,
+    add_request_id_argument,
     call,
     emit_json,
     print_queued,
@@ -156,11 +157,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
             choices=["SUMMARY_SHARE", "RISK_CHANGE_NOTICE", "HISTORICAL_UPDATE", "CORRECTION"],
             help="a change notice, historical update or correction also goes to every earlier recipient",
         )
-        p.add_argument(
-            "--request-id",
-            default="",
-            help="any id of yours: sending again with the same one answers as the first time, sharing nothing more",
-        )
+        add_request_id_argument(p)
         p.set_defaults(handler=handler)
     p = sub.add_parser("withdraw", help="recall a summary from every agency that holds it, or from some")
     add_connection_arguments(p)

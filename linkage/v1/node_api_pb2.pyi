@@ -593,10 +593,15 @@ class RespondToClosureRequest(_message.Message):
     INTENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     ANSWER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     intent_message_id: _builtins.str
     """the closure intent received"""
     answer: _workflow_pb2.ClosureAnswer.ValueType
     reason: _builtins.str
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and sends nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     def __init__(
@@ -606,10 +611,11 @@ class RespondToClosureRequest(_message.Message):
         intent_message_id: _builtins.str = ...,
         answer: _workflow_pb2.ClosureAnswer.ValueType = ...,
         reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "intent_message_id", b"intent_message_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "answer", b"answer", "intent_message_id", b"intent_message_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
