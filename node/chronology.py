@@ -161,11 +161,13 @@ class Chronologies:
             return joined or b"", count
 
         store = self.ctx.store
-        erasures = store.erasures
+        committed = store.erasures_committed
         response, count = await read(store.fetchone, store.fetchall)
         async with store.tx() as tx:
-            if store.erasures != erasures:  # one since the read, which may have read what it erased
-                response, count = await read(tx.fetchone, tx.fetchall)  # again, where writes are serial
+            # An erasure written since the read began, or before it but not yet committed (it may
+            # commit with this transaction): the read may hold what it erased. Read again, here.
+            if store.erasures != committed:
+                response, count = await read(tx.fetchone, tx.fetchall)
             await tx.audit(
                 "chronology.viewed",
                 actor,

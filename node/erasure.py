@@ -65,7 +65,7 @@ async def answers_erased_item(fetchone: FetchOne, question_id: str) -> bool:
 async def erase_rows(tx: Tx, seqs: Sequence[int]) -> None:
     if not seqs:
         return
-    tx.store.erasures += 1  # in the writer's order: a transaction after this one sees it
+    tx.store.erasures += 1  # as it is written: a transaction after this one sees it (node/chronology.py)
     marks = ",".join("?" * len(seqs))
     await tx.execute(f"UPDATE inbox SET state = 'erased' WHERE seq IN ({marks})", seqs)
     for table, key in (("chronology", "inbox_seq"), ("inbox_tokens", "inbox_seq"), ("inbox_bodies", "seq")):

@@ -193,30 +193,49 @@ async def test_an_item_erased_while_it_was_opened_or_listed_is_not_handed_over(
 
 
 @pytest.mark.parametrize("page_size", [0, 2])
+@pytest.mark.parametrize("erasure", ["committed between", "committed with the viewing"])
 async def test_a_chronology_read_as_an_erasure_commits_leaves_the_erased_summary_out(
-    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, page_size: int
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, page_size: int, erasure: str
 ) -> None:
     """A chronology is read, then its viewing audited. An erasure committed between the two
     once let the erased summary's entries go to the case system all the same, after its
-    sender had been told it was erased there. Now the chronology is read again, where writes
-    are serial, when an erasure came meanwhile: it goes as it would a moment later."""
+    sender had been told it was erased there; so did one written before the read but
+    committed after it began, in the same COMMIT as the viewing. Now the chronology is read
+    again, where writes are serial, when either may be: it goes as it would a moment later."""
     async with running(federation) as cluster:
         _, _, summary_id = await shared_with_both(cluster)
         csc = cluster.nodes["csc"]
-        assert csc.store is not None
+        store = csc.store
+        assert store is not None
         request = node_api_pb2.ChronologyRequest(
             actor=CSC_WORKER, case_id=await _case_id(cluster, "csc"), page_size=page_size
         )
         before = await cluster.api("csc").Chronology(request)  # its entries derived: no write but the audit's
         assert summary_id in [e.summary_id for e in before.entries]
-        (seq,) = await csc.store.fetchone("SELECT seq FROM inbox WHERE summary_id = ?", (summary_id,))
+        (seq,) = await store.fetchone("SELECT seq FROM inbox WHERE summary_id = ?", (summary_id,))
 
-        async def erased(tx: Tx) -> None:  # a withdrawal asking erasure, committed first
+        async def erased(tx: Tx) -> None:  # a withdrawal asking erasure
             await erase_rows(tx, [seq])
 
-        written_first(monkeypatch, csc.store, erased)
-        after = await cluster.api("csc").Chronology(request)
-        assert (await csc.store.fetchone("SELECT state FROM inbox WHERE seq = ?", (seq,))) == ("erased",)
+        if erasure == "committed between":
+            written_first(monkeypatch, store, erased)
+            after = await cluster.api("csc").Chronology(request)
+        else:  # the erasure's transaction is open as the chronology is read; the viewing queues behind it
+            viewing_queued = asyncio.Event()
+            acquire = store._acquire
+
+            async def queued() -> None:
+                viewing_queued.set()
+                await acquire()
+
+            async with store.tx() as tx:
+                await erased(tx)
+                monkeypatch.setattr(store, "_acquire", queued)
+                viewing = asyncio.ensure_future(cluster.api("csc").Chronology(request))
+                async with asyncio.timeout(15):
+                    await viewing_queued.wait()  # read, and waiting to join this transaction's COMMIT
+            after = await viewing
+        assert (await store.fetchone("SELECT state FROM inbox WHERE seq = ?", (seq,))) == ("erased",)
         assert summary_id not in [e.summary_id for e in after.entries]
         (viewed, *_) = reversed(events(await audit_events(csc), "chronology.viewed"))
         assert viewed["detail"]["entries"] == len(after.entries)

@@ -309,8 +309,11 @@ class Store:
         # says when it next has work, so it is not woken by every commit in between.
         self.appended = asyncio.Event()
         self.wake_at = 0
-        # Erasures written (node/erasure.py), counted as each is: a read made before one can tell.
+        # Erasures written (node/erasure.py), counted as each is, and as of the last COMMIT: a
+        # transaction finding the first where the second stood before a read began knows that
+        # the read saw every erasure written before it (node/chronology.py).
         self.erasures = 0
+        self.erasures_committed = 0
         self._next_commit: asyncio.Event | None = None  # made only while someone waits for one
         self.writability = Writability(log)
 
@@ -526,6 +529,7 @@ class Store:
         self._committed_at = time.perf_counter()
         try:
             if error is None:
+                self.erasures_committed = self.erasures  # none is written while the lock is held for this
                 self._published(group, seq, chain, frontier)
             else:
                 self._failed(group, error)
