@@ -236,14 +236,11 @@ def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tm
         rows = list(csv.DictReader(f))
     assert len(rows) == len(entries)
     assert rows[0]["actor_name"] == PRACTITIONER.name
-    jsonl = tmp_path / "audit.jsonl"
-    assert (
-        linkage(
-            "audit", "export", "--config", config(scenario, "amh"), "--format", "jsonl", "--out", str(jsonl)
-        ).returncode
-        == 0
-    )
-    assert all(json.loads(line)["seq"] for line in jsonl.read_text().splitlines())
+    for name, form in (("audit.jsonl", ["--format", "jsonl"]), ("named.json", [])):  # or as the file is named
+        jsonl = tmp_path / name
+        exported = linkage("audit", "export", "--config", config(scenario, "amh"), *form, "--out", str(jsonl))
+        assert exported.returncode == 0 and exported.stdout.endswith(f"entries to {jsonl} (JSON lines)\n")
+        assert all(json.loads(line)["seq"] for line in jsonl.read_text().splitlines())
 
     report = linkage("audit", "report", "--config", config(scenario, "amh"), "--person", PARENT, "--json")
     rows_r = json.loads(report.stdout)

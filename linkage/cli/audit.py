@@ -305,20 +305,24 @@ def _flat(e: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")  # an --out named so, with no --format, gets JSON lines
+
+
 def export(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
+    form = args.format or ("jsonl" if args.out.suffix.lower() in JSON_LINES_SUFFIXES else "csv")
     written = 0
     with _entries(args, config) as entries, written_whole(args.out) as out:
-        if args.format == "csv":
+        if form == "csv":
             writer = SpreadsheetWriter(out, fieldnames=COLUMNS)
             writer.writeheader()
         for e in entries:
-            if args.format == "csv":
+            if form == "csv":
                 writer.writerow(_flat(e))
             else:
                 out.write(json.dumps(e, sort_keys=True) + "\n")
             written += 1
-    print(f"exported {written} entries to {args.out} ({args.format})")
+    print(f"exported {written} entries to {args.out} ({'JSON lines' if form == 'jsonl' else 'CSV'})")
     return 0
 
 
@@ -547,7 +551,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
     p = sub.add_parser("export", help="export audit entries to CSV or JSON lines")
     filters(p)
-    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    p.add_argument(
+        "--format",
+        choices=["csv", "jsonl"],
+        help="default: JSON lines for an --out named .jsonl, .ndjson or .json, else CSV",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=export)
 
