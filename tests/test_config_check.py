@@ -4,12 +4,14 @@ problem at once, each with its line."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from linkage.config import ConfigError, GatewayConfig, NodeConfig
 from linkage.configcheck import check
 from linkage.settings import GATEWAY, NODE
 from tests.harness import LocalFederation
@@ -84,3 +86,18 @@ def test_every_setting_is_documented_with_its_default() -> None:
     assert doc == module.render(), "run `make docs`: docs/configuration.md is out of date"
     for setting in {(s.section, s.key): s for s in NODE + GATEWAY}.values():
         assert f"`[{setting.section}] {setting.key}`" in doc, setting
+
+
+def test_a_gateways_file_where_a_nodes_is_wanted_is_named_as_such(federation: LocalFederation) -> None:
+    """`--config gateway.toml` to a node's command once said only "[node] id is required"."""
+    gateway_toml = federation.gateway_config.data_dir / "gateway.toml"
+    for wrong, command in ((gateway_toml, "audit verify --config"), (_node_toml(federation), "gateway serve --config")):
+        result = subprocess.run(
+            [sys.executable, "-m", "linkage", *command.split(), str(wrong)], capture_output=True, text=True, check=False
+        )
+        assert result.returncode != 0
+        assert result.stderr.startswith(f"linkage: {wrong} is a {'gateway' if wrong == gateway_toml else 'node'}'s")
+    with pytest.raises(ConfigError, match=re.escape("this takes a node's node.toml")):
+        NodeConfig.load(gateway_toml)
+    with pytest.raises(ConfigError, match=re.escape("this takes the gateway's gateway.toml")):
+        GatewayConfig.load(_node_toml(federation))
