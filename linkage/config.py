@@ -45,12 +45,9 @@ class _Reader:
         raw = self.get(section, key, default)
         return (self.base / str(raw)).resolve() if raw is not None else self.base
 
-    def not_the_other(self, section: str, key: str | None, what: str, wanted: str) -> None:
-        """Refuse, saying so, the other process's file given where this one's is wanted: it has
-        `section` (with `key`, if given)."""
-        held = self.data.get(section)
-        if isinstance(held, dict) and (key is None or key in held):
-            raise ConfigError(f"{self.path} is {what}; this takes {wanted}")
+    def refuse(self, what: str, wanted: str) -> None:
+        """The other process's file, given where this one's is wanted: say so, and what to give."""
+        raise ConfigError(f"{self.path} is {what}; this takes {wanted}")
 
     def done(self) -> None:
         if self.problems:
@@ -193,7 +190,8 @@ class GatewayConfig:
     @classmethod
     def load(cls, path: Path) -> GatewayConfig:
         r = _Reader(path)
-        r.not_the_other("node", None, "a node's configuration (it has a [node] section)", "the gateway's gateway.toml")
+        if "node" in r.data:
+            r.refuse("a node's configuration (it has a [node] section)", "the gateway's gateway.toml")
         witness_key = r.get("witness", "key", required=False)
         config = cls(
             gateway_id=r.get("gateway", "id"),
@@ -237,9 +235,8 @@ class NodeConfig:
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
         r = _Reader(path)
-        if "node" not in r.data:
-            said = "a gateway's configuration (it has [gateway] id and no [node])"
-            r.not_the_other("gateway", "id", said, "a node's node.toml")
+        if "node" not in r.data and "id" in r.data.get("gateway", {}):
+            r.refuse("a gateway's configuration (it has [gateway] id and no [node])", "a node's node.toml")
         config = cls(
             node_id=r.get("node", "id"),
             data_dir=r.path_of("node", "data_dir", "."),
