@@ -15,7 +15,7 @@ import aiosqlite
 
 from linkage import logs
 from linkage.exclusive import Exclusive
-from linkage.writability import Writability
+from linkage.writability import Writability, opening
 
 log = logs.get("gateway.db")
 
@@ -134,16 +134,17 @@ class GatewayDb:
             exclusive.release()
             raise
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.executescript(SCHEMA)
-            if await db.execute_fetchall("SELECT 1 FROM sqlite_master WHERE name = 'checkpoints'"):
-                await db.executescript(FROM_EVERY_CHECKPOINT)
-            if not await db.execute_fetchall("SELECT 1 FROM sqlite_master WHERE name = 'subscription_counts'"):
-                await db.executescript(SUBSCRIPTION_COUNTS)
-            columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(witnessed)")}
-            if "cosignature" not in columns:  # a gateway from before cosigning
-                await db.execute("ALTER TABLE witnessed ADD COLUMN cosignature BLOB")
+            with opening(path):  # a damaged file, or not a store, says so and what to do
+                await db.execute("PRAGMA journal_mode=WAL")
+                await db.execute("PRAGMA synchronous=FULL")
+                await db.executescript(SCHEMA)
+                if await db.execute_fetchall("SELECT 1 FROM sqlite_master WHERE name = 'checkpoints'"):
+                    await db.executescript(FROM_EVERY_CHECKPOINT)
+                if not await db.execute_fetchall("SELECT 1 FROM sqlite_master WHERE name = 'subscription_counts'"):
+                    await db.executescript(SUBSCRIPTION_COUNTS)
+                columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(witnessed)")}
+                if "cosignature" not in columns:  # a gateway from before cosigning
+                    await db.execute("ALTER TABLE witnessed ADD COLUMN cosignature BLOB")
         except BaseException:
             await db.close()
             exclusive.release()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -25,6 +27,30 @@ UNWRITABLE = {
     14: "SQLITE_CANTOPEN",
     26: "SQLITE_NOTADB",
 }
+
+
+class StoreUnusable(OSError):
+    """A store this process cannot open as it stands: said to the person starting it in one
+    line (the command line prints an OSError so), with what to do, not as a traceback."""
+
+
+@contextmanager
+def opening(path: Path) -> Iterator[None]:
+    """Opening the store at `path`: SQLite's refusal to read it as a database (damaged, or not
+    a store at all) is a StoreUnusable that says what to do."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if UNWRITABLE.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            raise
+        raise unreadable(path, exc) from exc
+
+
+def unreadable(path: Path, exc: sqlite3.DatabaseError) -> StoreUnusable:
+    return StoreUnusable(
+        f"{path} is not a store Linkage can read ({exc}): put back its last backup "
+        "(`linkage backup restore`), keeping this file aside for whoever looks into it"
+    )
 
 
 def unwritable(exc: BaseException | None) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import shutil
 import sqlite3
 import threading
@@ -14,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from gateway.db import GatewayDb
 from linkage.auditlog import entry_leaf, verify_chain
 from linkage.clock import ManualClock
+from linkage.writability import StoreUnusable
 from node.store import SchemaTooNewError, Store
 from node.store import db as db_module
 from node.store.schema import MIGRATIONS
+from tests.harness import LocalFederation, linkage
 
 
 async def _rows(store: Store) -> list[tuple[int, str, bytes]]:
@@ -43,6 +47,25 @@ async def test_store_from_a_newer_release_is_refused_untouched(tmp_path: Path) -
         await Store.open(path, ManualClock())
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+
+async def test_a_file_that_is_not_a_store_is_refused_saying_what_to_do(federation: LocalFederation) -> None:
+    """A damaged store, or another file in its place, stopped `node serve` and `gateway serve`
+    with a traceback; it is now one line saying what it is and what to do."""
+    node_config, gateway_config = federation.node_configs["csc"], federation.gateway_config
+    for path in (node_config.store_path, gateway_config.store_path):
+        path.write_bytes(b"not a store, " * 512)
+    said = "is not a store Linkage can read (file is not a database): put back its last backup"
+    with pytest.raises(StoreUnusable, match=re.escape(f"{node_config.store_path} {said}")):
+        await Store.open(node_config.store_path, ManualClock())
+    with pytest.raises(StoreUnusable, match=re.escape(f"{gateway_config.store_path} {said}")):
+        await GatewayDb.open(gateway_config.store_path)
+    for command, toml, path in (
+        ("node", node_config.data_dir / "node.toml", node_config.store_path),
+        ("gateway", gateway_config.data_dir / "gateway.toml", gateway_config.store_path),
+    ):
+        code, _, err = await linkage(command, "serve", "--config", str(toml))
+        assert code == 2 and f"linkage: {path} {said}" in err and "Traceback" not in err, err
 
 
 async def test_failed_transaction_leaves_no_change_and_no_audit(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ from linkage.exclusive import Exclusive
 from linkage.merkle import CompactRange
 from linkage.readonly import connect_read_only
 from linkage.v1 import summary_pb2
-from linkage.writability import Writability
+from linkage.writability import StoreUnusable, Writability, opening
 from node.store.leaves import RecentLeaves
 from node.store.schema import MIGRATIONS
 
@@ -81,7 +81,7 @@ class TransactionLost(RuntimeError):
     stands, so nothing may carry on inside it."""
 
 
-class SchemaTooNewError(RuntimeError):
+class SchemaTooNewError(StoreUnusable):
     """The store was written by a newer Linkage; refusing to touch it."""
 
 
@@ -321,16 +321,18 @@ class Store:
     async def open(cls, path: Path, clock: Clock) -> Store:
         exclusive = Exclusive.take(path)
         try:
-            db = _writer(path)
+            with opening(path):
+                db = _writer(path)
         except BaseException:
             exclusive.release()
             raise
         try:
-            cls._migrate(db, path, clock)
-            row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            head_seq, head_hash = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
-            frontier, stored = _frontier(db, head_seq)
-            reader = await _reader(path)
+            with opening(path):
+                cls._migrate(db, path, clock)
+                row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+                head_seq, head_hash = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+                frontier, stored = _frontier(db, head_seq)
+                reader = await _reader(path)
         except BaseException:  # nothing is left open by a store that did not open
             db.close()
             exclusive.release()
