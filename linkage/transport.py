@@ -136,6 +136,9 @@ class TlsFiles:
     key: Path
     ca: Path
 
+    def __str__(self) -> str:  # as a person reads it in an error: the three files
+        return f"{self.cert} (certificate), {self.key} (key) and {self.ca} (CA)"
+
     def read(self) -> TlsMaterial:
         return TlsMaterial(cert=self.cert.read_bytes(), key=self.key.read_bytes(), ca=self.ca.read_bytes())
 

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -181,18 +182,20 @@ async def test_health_command_for_container_checks(federation: LocalFederation) 
     assert code == 1 and out.startswith("UNREACHABLE")
 
 
-@pytest.mark.parametrize("damaged", ["linkage key", "policy"])
+@pytest.mark.parametrize("damaged", ["linkage key", "policy", "TLS files"])
 async def test_a_node_with_a_damaged_file_says_which_and_opens_nothing(
     federation: LocalFederation, damaged: str
 ) -> None:
     config = federation.node_configs["amh"]
     if damaged == "policy":
         config = dataclasses.replace(config, policy=PolicyFiles(agreement=config.data_dir / "dsa.toml"))
-    path = config.linkage_key if damaged == "linkage key" else config.policy.agreement
+    path = {"linkage key": config.linkage_key, "policy": config.policy.agreement, "TLS files": config.tls.cert}[damaged]
     assert path is not None
     path.write_text("not [ a key or an agreement")
+    # The TLS files are named as a person reads them, each with what it is.
+    source = f"{path} (certificate), {config.tls.key} (key)" if damaged == "TLS files" else path
     threads = threading.active_count()
-    with pytest.raises(ConfigError, match=f"^cannot load the {damaged} from {path}: "):
+    with pytest.raises(ConfigError, match=f"^cannot load the {damaged} from {re.escape(str(source))}"):
         await NodeServer(config).start()
     assert threading.active_count() == threads and not config.store_path.exists()
 
