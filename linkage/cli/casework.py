@@ -7,6 +7,7 @@ import argparse
 import base64
 import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,9 @@ def case_find(args: argparse.Namespace) -> int:
         before_case_id=args.before or "",
     )
     found = call(args, lambda api: api.FindCases(request))
+    if request.case_id and not found.cases:  # `case show` of one this node does not have: a script must hear it
+        print(f"linkage: no case {request.case_id!r} at this node (`linkage case list` finds yours)", file=sys.stderr)
+        return 1
     if args.json:
         emit_json(found)
         return 0
