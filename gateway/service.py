@@ -542,8 +542,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             )
         target = self.sessions.get(body.sender_node)
         # A receipt answers the sender's own send. One for an offline sender (or one far
-        # behind) is dropped: the sender re-sends later and the recipient receipts it again.
-        relayed = target is not None and target.push(gateway_pb2.GatewayFrame(receipt=receipt), answer=True)
+        # behind, or whose stream is ending) is dropped: the sender sends again as it
+        # reconnects, and the recipient receipts it again.
+        relayed = (
+            target is not None
+            and not target.ending
+            and target.push(gateway_pb2.GatewayFrame(receipt=receipt), answer=True)
+        )
         self._note(
             "receipt.relayed" if relayed else "receipt.dropped",
             node=session.node_id,

@@ -489,6 +489,33 @@ async def test_a_frame_the_gateway_fails_to_handle_ends_that_stream_and_nothing_
     assert ended["node"] == "csc" and "RuntimeError: a defect met once" in ended["exception"]
 
 
+async def test_a_receipt_for_a_sender_whose_stream_is_ending_is_said_dropped_and_the_message_still_arrives(
+    tmp_path: Path, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receipt relayed onto the sender's stream as it ended was logged as relayed (and in the
+    metadata log), though nothing would write it. It is said dropped; the sender, reconnecting,
+    sends again, and the recipient receipts it again."""
+    async with running(make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))) as cluster:
+        assessment_id = await family_assessment(cluster)
+        relay_receipt = GatewayService._relay_receipt
+        ended: list[str] = []
+
+        def as_the_sender_goes(service: GatewayService, session: Any, receipt: envelope_pb2.Receipt) -> None:
+            sender = cluster.gateway.sessions.get("amh")
+            if not ended and sender is not None:  # the first receipt comes as amh's stream ends
+                sender.close()
+                ended.append(envelope_pb2.ReceiptBody.FromString(receipt.body).message_id)
+            relay_receipt(service, session, receipt)
+
+        monkeypatch.setattr(GatewayService, "_relay_receipt", as_the_sender_goes)
+        await share(cluster, assessment_id)
+        async with asyncio.timeout(15):
+            await wait_delivered(cluster.nodes["amh"], 1)
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    said = [line["event"] for line in lines if line.get("message_id") == ended[0] and "receipt." in line["event"]]
+    assert said == ["receipt.dropped"], said  # (relayed is logged at debug)
+
+
 @asynccontextmanager
 async def _read_only(db: GatewayDb) -> AsyncIterator[None]:
     """SQLite refuses every write to the gateway's store, as on a disk remounted read-only;
