@@ -43,14 +43,10 @@ def opening(path: Path) -> Iterator[None]:
     except sqlite3.DatabaseError as exc:
         if UNWRITABLE.get(getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
             raise
-        raise unreadable(path, exc) from exc
-
-
-def unreadable(path: Path, exc: sqlite3.DatabaseError) -> StoreUnusable:
-    return StoreUnusable(
-        f"{path} is not a store Linkage can read ({exc}): put back its last backup "
-        "(`linkage backup restore`), keeping this file aside for whoever looks into it"
-    )
+        raise StoreUnusable(
+            f"{path} is not a store Linkage can read ({exc}): put back its last backup "
+            "(`linkage backup restore`), keeping this file aside for whoever looks into it"
+        ) from exc
 
 
 def unwritable(exc: BaseException | None) -> str | None:

@@ -7,7 +7,6 @@ import sqlite3
 from pathlib import Path
 
 from linkage.readonly import connect_read_only, read_only_uri
-from linkage.writability import unreadable
 
 
 def read_only_store(path: Path) -> sqlite3.Connection:
@@ -37,4 +36,4 @@ def _readable(db: sqlite3.Connection, schema: str, path: Path) -> None:
     try:
         db.execute(f"SELECT 1 FROM {schema}.sqlite_master LIMIT 1")
     except sqlite3.DatabaseError as exc:
-        raise SystemExit(f"linkage: {unreadable(path, exc)}") from None
+        raise SystemExit(f"linkage: {path} is not a store Linkage can read ({exc})") from None
