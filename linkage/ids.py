@@ -11,30 +11,52 @@ NODE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
 _RANDOM_BITS = 74
-_last = (-1, 0)  # the last id's millisecond and random part
-_lock = threading.Lock()
+_MS_MASK = (1 << 48) - 1
 
 
-def uuid7(now_ms: int) -> str:
-    """A UUIDv7 string: 48-bit millisecond timestamp, then 74 random bits. Ids made in
-    one millisecond by this process still ascend (RFC 9562 6.2, monotonic random): a
-    recipient orders a sender's versions of a summary by them, not by their arrival."""
-    global _last
-    ms = now_ms & ((1 << 48) - 1)
-    rand = int.from_bytes(os.urandom(10), "big")
-    with _lock:
-        if ms == _last[0] and (bumped := _last[1] + 1 + (rand >> 48)) < 1 << _RANDOM_BITS:
-            rand = bumped
-        else:
-            rand &= (1 << _RANDOM_BITS) - 1
-        _last = (ms, rand)
-    value = ms << 80
-    value |= 0x7 << 76
-    value |= (rand >> 62) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    h = f"{value:032x}"  # formatted here: uuid.UUID validates and formats at several times the cost
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+class Ids:
+    """UUIDv7 strings (RFC 9562): a 48-bit millisecond timestamp, then 74 random bits, that
+    ascend in the order they are made. Within a millisecond by monotonic random (RFC 9562
+    6.2); and when the clock is set back (NTP stepping it, a host resumed), by keeping to
+    the last id's millisecond until the clock passes it again. A recipient orders a
+    sender's messages about a summary by their ids, not by their arrival: a withdrawal
+    made after a step back must not look older than the version it withdraws."""
+
+    def __init__(self) -> None:
+        self._last = (-1, 0)  # the last id's millisecond and random part
+        self._lock = threading.Lock()
+
+    def after(self, made: str) -> None:
+        """Make every id from now on after `made` (the newest a node's store holds, so that a
+        restart with its clock set back does not undo the order)."""
+        value = int(made.replace("-", ""), 16)
+        ms, rand = value >> 80, ((value >> 64) & 0xFFF) << 62 | value & ((1 << 62) - 1)
+        with self._lock:
+            self._last = max(self._last, (ms, rand))
+
+    def make(self, now_ms: int) -> str:
+        ms = now_ms & _MS_MASK
+        rand = int.from_bytes(os.urandom(10), "big")
+        with self._lock:
+            last_ms, last_rand = self._last
+            if ms > last_ms:
+                rand &= (1 << _RANDOM_BITS) - 1
+            elif (bumped := last_rand + 1 + (rand >> 48)) < 1 << _RANDOM_BITS:
+                ms, rand = last_ms, bumped
+            else:  # the last millisecond's ids used up: borrow the next one
+                ms, rand = last_ms + 1, rand & ((1 << _RANDOM_BITS) - 1)
+            self._last = (ms, rand)
+        value = ms << 80
+        value |= 0x7 << 76
+        value |= (rand >> 62) << 64
+        value |= 0b10 << 62
+        value |= rand & ((1 << 62) - 1)
+        h = f"{value:032x}"  # formatted here: uuid.UUID validates and formats at several times the cost
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# The process's own, for what it makes outside a node (a backup, the gateway's log).
+uuid7 = Ids().make
 
 
 def is_uuid7(text: str) -> bool:

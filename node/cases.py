@@ -11,7 +11,6 @@ import grpc
 
 from linkage import jurisdictions, logs
 from linkage.backoff import backoff_ms
-from linkage.ids import uuid7
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, TOKEN_LEN, IdentifierError
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
@@ -130,7 +129,7 @@ class Cases:
         for n, person in enumerate(people):
             if (earlier := first.setdefault(person.link_token, n)) != n:
                 raise invalid(f"people[{n}] is the same person as people[{earlier}]: name each person once")
-        case_id = uuid7(self.ctx.clock.now_ms())
+        case_id = self.ctx.new_id()
         async with self.ctx.store.tx() as tx:
             # Checked in the transaction, so two calls racing with one reference open one case.
             row = await (
@@ -262,7 +261,7 @@ class Cases:
 
             return write
 
-        share_id = uuid7(self.ctx.clock.now_ms())
+        share_id = self.ctx.new_id()
         sealed = await self.ctx.messenger.seal_each(
             sorted(per_node), envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE, tokens, share_id, fill, actor
         )
@@ -437,7 +436,7 @@ class Cases:
             raise invalid("; ".join(problems).capitalize())
         if assessment.summary_id:
             await self._check_same_case(assessment.summary_id, request.case_id)
-        assessment_id = uuid7(self.ctx.clock.now_ms())
+        assessment_id = self.ctx.new_id()
         if not assessment.summary_id:
             assessment.summary_id = assessment_id
         assessment.originating_node = self.ctx.node_id

@@ -13,7 +13,6 @@ import grpc
 
 from linkage.calendar import on_calendar
 from linkage.content import CLOSURE_ANSWERS
-from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates, repeats
 from node.cases import Cases, failed
@@ -45,7 +44,7 @@ class Closures:
         await self._refuse_a_second_proposal(self.ctx.store.fetchone, request.case_id)
         tokens = [p.link_token for p in await self.cases.people(request.case_id) if not p.protect_identity]
         invitees = await self._involved(tokens)
-        closure_id = uuid7(self.ctx.clock.now_ms())
+        closure_id = self.ctx.new_id()
         notice = workflow_pb2.ClosureIntentNotice(
             closure_id=closure_id,
             intent=intent,
@@ -153,7 +152,7 @@ class Closures:
 
     async def _closure(self, case_id: str) -> tuple[str, str, str] | None:
         row = await self.ctx.store.fetchone(
-            "SELECT closure_id, respond_by, state FROM closures WHERE case_id = ? ORDER BY proposed_at_ms DESC LIMIT 1",
+            "SELECT closure_id, respond_by, state FROM closures WHERE case_id = ? ORDER BY closure_id DESC LIMIT 1",
             (case_id,),
         )
         return (row[0], row[1], row[2]) if row else None

@@ -64,6 +64,10 @@ class NodeContext:
                 "nothing was shared, try again",
             ) from None
 
+    def new_id(self) -> str:
+        """A new id for something this node makes, after every one it made before."""
+        return self.messenger.ids.make(self.clock.now_ms())
+
     async def changed(self) -> None:
         self.outbox.wake.set()
         await self.outbox.changed()

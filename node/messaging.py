@@ -18,7 +18,7 @@ from linkage.config import DeliverySettings
 from linkage.contentkeys import ContentKeys
 from linkage.directory import TrustedDirectory
 from linkage.envelope import MAX_BODY_BYTES, MESSAGE_LABEL, Draft, Outgoing, draft, seal_signed, signing_generation
-from linkage.ids import uuid7
+from linkage.ids import Ids
 from linkage.keys import MessageKeys
 from linkage.reasons import Rejected
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
@@ -121,6 +121,7 @@ class Messenger:
         self.on_unsent = on_unsent  # told how many it recorded undeliverable, never sent
         self.signer = BatchSigner(MESSAGE_LABEL)  # concurrent messages to one recipient share a signature
         self.content_keys = ContentKeys()  # and messages to one recipient key share a sealed content key
+        self.ids = Ids()  # every id the node makes, in the order it makes them (seeded from its store)
 
     async def seal_each(
         self,
@@ -139,7 +140,7 @@ class Messenger:
         signer = signing_generation(self.keys, directory, self.node_id, now)
         outcomes: list[Draft | Unreachable] = []
         for recipient in recipients:
-            message_id = uuid7(now)
+            message_id = self.ids.make(now)
             try:
                 recipient_key = directory.sealing_key(recipient, now)
             except Rejected as exc:

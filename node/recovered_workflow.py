@@ -79,8 +79,8 @@ async def _closure_proposed(tx: Tx, holder: str, body: pb.MessageBody) -> dict[s
     case_id = str(row[0]) if row is not None else await _case_naming(tx, notice.link_tokens)
     if case_id is None:
         return NO_CASE
-    later = "SELECT 1 FROM closures WHERE case_id = ? AND (state = 'proposed' OR proposed_at_ms > ?)"
-    if row is None and await tx.fetchone(later, (case_id, body.created_at_ms)):
+    later = "SELECT 1 FROM closures WHERE case_id = ? AND (state = 'proposed' OR closure_id > ?)"
+    if row is None and await tx.fetchone(later, (case_id, notice.closure_id)):
         return {"not_rebuilt": "another closure has been proposed for the case since the restore"}
     await answers.closure_proposed(
         tx, notice.closure_id, case_id, respond_by, notice.intent, notice.note, [holder], body.created_at_ms

@@ -26,7 +26,6 @@ from typing import Any
 
 from linkage import logs
 from linkage.envelope import MAX_AGE_MS, MAX_CLOCK_SKEW_MS
-from linkage.ids import uuid7
 from linkage.reasons import Rejected
 from linkage.store_notes import Restored, clear_mark, in_place, read_mark
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, summary_pb2, workflow_pb2
@@ -90,7 +89,7 @@ async def ask_again_if_rolled_back(
     if asked is not None:
         return
     found = {"found": "behind_witness", "witnessed_entries": witnessed.tree_size, "log_entries": entries_at_start}
-    loss = Loss(uuid7(ctx.clock.now_ms()), last_entry_ms_at_start, last_entry_ms_at_start, found)
+    loss = Loss(ctx.new_id(), last_entry_ms_at_start, last_entry_ms_at_start, found)
     await _ask_again(ctx, loss)
 
 
@@ -262,6 +261,8 @@ class Redelivery:
         directory = self.messenger.trust.current(tx.now_ms)
         messenger = self.messenger
         done = await recover(tx, messenger.node_id, directory, messenger.content_keys, holder, answer)
+        for message_id in done.recovered:  # made before the restore: what this node makes now comes after
+            messenger.ids.after(message_id)
         if done.recovered:
             tx.on_commit(self.on_recovered)
         if done.closed_cases:

@@ -12,7 +12,6 @@ from google.protobuf.message import Message
 from linkage import jurisdictions
 from linkage.calendar import given, on_calendar
 from linkage.grounds import lawful_ground
-from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates, repeats
 from node.cases import Cases
@@ -85,7 +84,7 @@ class Requests:
         """Seal `write`'s content to each of `to`, queue it and audit `event`, in one transaction
         (with what `record` writes of it, and the answer to `asked`, the case system's call, if
         it named a request_id); `summary_id` names the summary it is about, if any."""
-        thread = uuid7(self.ctx.clock.now_ms())
+        thread = self.ctx.new_id()
         sealed = await self.ctx.messenger.seal_each(to, kind, tokens, thread, lambda _: write, actor, in_reply_to)
         async with self.ctx.store.tx() as tx:
             await tx.audit(

@@ -344,6 +344,15 @@ class NodeServer:
         messenger = Messenger(
             config.node_id, keys, self.trust, self.clock, config.delivery, self.outbox.fresh, self.outbox.unsent
         )
+        # Ids made from now on come after those made before this start, however the clock was
+        # set meanwhile: each table keeping ids this node made, by its index (linkage/ids.py).
+        (newest,) = await self.store.fetchone(
+            "SELECT MAX(id) FROM (SELECT MAX(message_id) AS id FROM outbox UNION ALL SELECT MAX(case_id) FROM cases "
+            "UNION ALL SELECT MAX(assessment_id) FROM assessments UNION ALL SELECT MAX(share_id) FROM shares "
+            "UNION ALL SELECT MAX(closure_id) FROM closures UNION ALL SELECT MAX(request_id) FROM info_requests)"
+        )
+        if newest:
+            messenger.ids.after(newest)
         self.reception = Reception(
             self.store,
             self.link,

@@ -12,7 +12,6 @@ import grpc
 
 from linkage import jurisdictions, logs
 from linkage.grounds import lawful_ground
-from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates, repeats
 from node.context import NodeContext
@@ -228,7 +227,7 @@ class Sharing:
         if request.request_id and (answered := await self._answered(request)) is not None:
             return answered
         self._check_capacity()
-        share_id = uuid7(self.ctx.clock.now_ms())
+        share_id = self.ctx.new_id()
         assessment, tokens, result = await self.decide(request, share_id, only, answering_request=wrap)
         kind = request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
         message_kind = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE if wrap else kind

@@ -11,7 +11,6 @@ import grpc
 
 from linkage import logs
 from linkage.envelope import parse_routing
-from linkage.ids import uuid7
 from linkage.tokens import TOKEN_LEN
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
@@ -41,12 +40,13 @@ class Standing:
 
 async def standing(fetchall: FetchAll, summary_id: str) -> dict[str, Standing]:
     """Where the summary stands with each agency it went to, from this node's outbox in the
-    order it made its messages (one given back after a restore is entered late): a version
+    order it made its messages, as their ids say (one given back after a restore is entered
+    late; a clock set back meanwhile changes neither): a version
     (one cancelled before it left never reached them), or a withdrawal since, which erased
     it or not. (Withdrawals before migration 27 kept it.)"""
     rows = await fetchall(
         "SELECT o.recipient, o.kind, o.share_id, o.state, w.erase FROM outbox o INDEXED BY outbox_by_summary "
-        "LEFT JOIN withdrawals w ON w.share_id = o.share_id WHERE o.summary_id = ? ORDER BY o.created_at_ms, o.seq",
+        "LEFT JOIN withdrawals w ON w.share_id = o.share_id WHERE o.summary_id = ? ORDER BY o.message_id",
         (summary_id,),
     )
     where: dict[str, Standing] = {}
@@ -65,14 +65,14 @@ async def summary_tokens(fetchone: FetchOne, summary_id: str) -> list[bytes] | N
     None if neither is left."""
     row = await fetchone(
         "SELECT b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? "
-        "ORDER BY o.created_at_ms LIMIT 1",
+        "ORDER BY o.message_id LIMIT 1",
         (summary_id,),
     )
     if row is not None:
         return list(parse_routing(envelope_pb2.Envelope.FromString(row[0])).link_tokens)
     row = await fetchone(
         "SELECT r.tokens FROM outbox o JOIN outbox_recovered r ON r.seq = o.seq WHERE o.summary_id = ? "
-        "ORDER BY o.created_at_ms LIMIT 1",
+        "ORDER BY o.message_id LIMIT 1",
         (summary_id,),
     )
     return None if row is None else [row[0][i : i + TOKEN_LEN] for i in range(0, len(row[0]), TOKEN_LEN)]
@@ -134,7 +134,7 @@ class Withdrawals:
                 f"summary {request.summary_id!r} was shared too long ago: retention has purged what it was sent "
                 "with, so this node cannot address a withdrawal; tell its recipients another way",
             )
-        share_id = uuid7(self.ctx.clock.now_ms())
+        share_id = self.ctx.new_id()
         withdrawal = workflow_pb2.Withdrawal(
             summary_id=request.summary_id, reason=request.reason, ground=request.ground, erase=erase
         )
@@ -258,7 +258,7 @@ class Withdrawals:
         """A ground that says consent was withdrawn needs a summary last shared on consent."""
         row = await self.ctx.store.fetchone(
             "SELECT s.decision FROM outbox o JOIN shares s ON s.share_id = o.share_id WHERE o.summary_id = ? "
-            "ORDER BY o.created_at_ms DESC, o.seq DESC LIMIT 1",
+            "ORDER BY o.message_id DESC LIMIT 1",
             (summary_id,),
         )
         decision = summary_pb2.ShareDecision.FromString(row[0]) if row is not None else summary_pb2.ShareDecision()

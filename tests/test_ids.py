@@ -1,4 +1,5 @@
-"""Message ids are RFC 9562 UUIDv7: version 7, variant 10, ordered by their millisecond."""
+"""Message ids are RFC 9562 UUIDv7: version 7, variant 10, ordered by their millisecond, and
+ascending in the order they are made even when the clock is set back."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from linkage.ids import is_uuid7, uuid7
+from linkage.ids import Ids, is_uuid7
+
+MS = 1_796_000_000_000
 
 
 @given(st.integers(min_value=0, max_value=(1 << 48) - 2))
 def test_uuid7_is_version_7_and_ordered_by_time(now_ms: int) -> None:
-    first, later = uuid7(now_ms), uuid7(now_ms + 1)
+    ids = Ids()
+    first, later = ids.make(now_ms), ids.make(now_ms + 1)
     parsed = uuid.UUID(first)
     assert str(parsed) == first and is_uuid7(first)
     assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
@@ -21,6 +25,31 @@ def test_uuid7_is_version_7_and_ordered_by_time(now_ms: int) -> None:
 
 
 def test_ids_made_in_one_millisecond_ascend() -> None:
-    made = [uuid7(1_796_000_000_000) for _ in range(10_000)]
+    ids = Ids()
+    made = [ids.make(MS) for _ in range(10_000)]
     assert made == sorted(made) and len(set(made)) == len(made)
-    assert all(is_uuid7(i) and uuid.UUID(i).int >> 80 == 1_796_000_000_000 for i in made)
+    assert all(is_uuid7(i) and uuid.UUID(i).int >> 80 == MS for i in made)
+
+
+@given(st.lists(st.integers(min_value=-60_000, max_value=60_000), min_size=1, max_size=50))
+def test_ids_ascend_however_the_clock_moves(steps: list[int]) -> None:
+    """A clock stepped back keeps the ids at the last one's millisecond until it passes it."""
+    ids, now = Ids(), MS
+    made = [ids.make(now)]
+    for step in steps:
+        now += step
+        made.append(ids.make(now))
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert all(is_uuid7(i) for i in made)
+    assert uuid.UUID(made[-1]).int >> 80 == max(MS, *(MS + sum(steps[: n + 1]) for n in range(len(steps))))
+
+
+def test_ids_come_after_the_newest_a_store_holds() -> None:
+    """A node restarted with its clock set back goes on after what its store says it made."""
+    before = Ids()
+    newest = [before.make(MS) for _ in range(3)][-1]
+    again = Ids()
+    again.after(newest)
+    again.after(Ids().make(MS - 5_000))  # an older one changes nothing
+    made = again.make(MS - 60_000)
+    assert made > newest and uuid.UUID(made).int >> 80 == MS
