@@ -58,14 +58,19 @@ async def answered(
     )
 
 
-async def answer_arrived(tx: Tx, body: envelope_pb2.MessageBody, sender: str, made_at_ms: int) -> None:
+# Of one agency's answers to one thing, the one it made last holds, whichever arrives last:
+# made last by its message id, which ascends as that agency makes them (its time may not).
+MADE_LAST = "(answer_message_id = '' OR answer_message_id < ?)"
+
+
+async def answer_arrived(tx: Tx, body: envelope_pb2.MessageBody, sender: str) -> None:
     """An agency answered a request of this node's. It may answer again (declined, then
-    provided): the answer it made last holds, whichever arrives last."""
+    provided): the answer it made last holds."""
     reply = body.information_response
     await tx.execute(
         "UPDATE info_requests_asked SET answer = ?, answered_at_ms = ?, answer_message_id = ? "
-        "WHERE message_id = ? AND node_id = ? AND (answered_at_ms IS NULL OR answered_at_ms <= ?)",
-        (reply.answer, made_at_ms, body.message_id, reply.request_message_id, sender, made_at_ms),
+        f"WHERE message_id = ? AND node_id = ? AND {MADE_LAST}",
+        (reply.answer, body.created_at_ms, body.message_id, reply.request_message_id, sender, body.message_id),
     )
 
 
@@ -105,13 +110,21 @@ async def challenged(
     )
 
 
-async def challenge_answered(tx: Tx, body: envelope_pb2.MessageBody, sender: str, made_at_ms: int) -> None:
+async def challenge_answered(tx: Tx, body: envelope_pb2.MessageBody, sender: str) -> None:
     """The challenged agency answered a challenge of this node's; the answer it made last holds."""
     reply = body.challenge_response
     await tx.execute(
-        "UPDATE challenges SET answer = ?, answered_at_ms = ?, response = ? "
-        "WHERE message_id = ? AND node_id = ? AND (answered_at_ms IS NULL OR answered_at_ms <= ?)",
-        (reply.answer, made_at_ms, reply.response, reply.challenge_message_id, sender, made_at_ms),
+        "UPDATE challenges SET answer = ?, answered_at_ms = ?, response = ?, answer_message_id = ? "
+        f"WHERE message_id = ? AND node_id = ? AND {MADE_LAST}",
+        (
+            reply.answer,
+            body.created_at_ms,
+            reply.response,
+            body.message_id,
+            reply.challenge_message_id,
+            sender,
+            body.message_id,
+        ),
     )
 
 
@@ -147,21 +160,19 @@ async def closure_proposed(
     )
 
 
-async def closure_answered(
-    tx: Tx, reply: workflow_pb2.ClosureResponse, sender: str, made_at_ms: int
-) -> tuple[bool, bool]:
+async def closure_answered(tx: Tx, body: envelope_pb2.MessageBody, sender: str) -> tuple[bool, bool]:
     """An agency answered a closure this node proposed: whether it was alerted to it, and
     whether this is its newest answer (it may agree, then object: the one made last holds)."""
-    row = await tx.fetchone(
-        "SELECT at_ms FROM closure_invitees WHERE closure_id = ? AND node_id = ?", (reply.closure_id, sender)
+    reply = body.closure_response
+    alerted = await tx.fetchone(
+        "SELECT 1 FROM closure_invitees WHERE closure_id = ? AND node_id = ?", (reply.closure_id, sender)
     )
-    newest = row is not None and (row[0] is None or row[0] <= made_at_ms)
-    if newest:
-        await tx.execute(
-            "UPDATE closure_invitees SET answer = ?, reason = ?, at_ms = ? WHERE closure_id = ? AND node_id = ?",
-            (reply.answer, reply.reason, made_at_ms, reply.closure_id, sender),
-        )
-    return row is not None, newest
+    updated = await tx.execute(
+        "UPDATE closure_invitees SET answer = ?, reason = ?, at_ms = ?, answer_message_id = ? "
+        f"WHERE closure_id = ? AND node_id = ? AND {MADE_LAST}",
+        (reply.answer, reply.reason, body.created_at_ms, body.message_id, reply.closure_id, sender, body.message_id),
+    )
+    return alerted is not None, updated.rowcount > 0
 
 
 async def closure_made(tx: Tx, closure_id: str, closed_at_ms: int | None = None) -> str | None:

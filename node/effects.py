@@ -17,7 +17,7 @@ from node.store import Tx
 
 
 async def apply_effects(tx: Tx, seq: int, opened: Opened, redelivery: Redelivery) -> None:
-    body, sender, made_at = opened.body, opened.routing.sender_node, opened.routing.created_at_ms
+    body, sender = opened.body, opened.routing.sender_node
     kind = body.kind
     if (summary := carried_summary(body)) is not None:
         await _take_its_place(tx, seq, opened.routing, summary.summary_id)
@@ -55,7 +55,7 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened, redelivery: Redelivery
         )
     elif kind == pb.MESSAGE_KIND_CLOSURE_RESPONSE:
         reply = body.closure_response
-        invited, newest = await answers.closure_answered(tx, reply, sender, made_at)
+        invited, newest = await answers.closure_answered(tx, body, sender)
         await tx.audit(
             "closure.reply_received",
             counterpart=sender,
@@ -81,9 +81,9 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened, redelivery: Redelivery
     elif kind == pb.MESSAGE_KIND_RETURNED_COPIES:
         await redelivery.returned(tx, sender, body)
     if kind == pb.MESSAGE_KIND_INFORMATION_RESPONSE:  # provided (carrying a summary) or declined
-        await answers.answer_arrived(tx, body, sender, made_at)
+        await answers.answer_arrived(tx, body, sender)
     elif kind == pb.MESSAGE_KIND_CHALLENGE_RESPONSE:
-        await answers.challenge_answered(tx, body, sender, made_at)
+        await answers.challenge_answered(tx, body, sender)
 
 
 async def _take_its_place(tx: Tx, seq: int, routing: pb.RoutingHeader, summary_id: str) -> None:

@@ -105,11 +105,11 @@ async def replies_already_here(tx: Tx, holder: str, since_ms: int, put_back: Seq
         if body.kind == pb.MESSAGE_KIND_READ_NOTIFICATION:
             await answers.read_arrived(tx, body.read, holder)
         elif body.kind == pb.MESSAGE_KIND_INFORMATION_RESPONSE:
-            await answers.answer_arrived(tx, body, holder, body.created_at_ms)
+            await answers.answer_arrived(tx, body, holder)
         elif body.kind == pb.MESSAGE_KIND_CHALLENGE_RESPONSE:
-            await answers.challenge_answered(tx, body, holder, body.created_at_ms)
+            await answers.challenge_answered(tx, body, holder)
         else:
-            await answers.closure_answered(tx, body.closure_response, holder, body.created_at_ms)
+            await answers.closure_answered(tx, body, holder)
     return len(rows)
 
 

@@ -635,39 +635,3 @@ async def test_a_summary_sent_to_one_agency_in_error_is_recalled_from_it_alone(f
         assert [r.node_id for r in corrected.recipients] == ["csc"], corrected.findings
         everyone = await api.WithdrawSummary(asked("NOT_TO_BE_RELIED_ON"))
         assert [r.node_id for r in everyone.recipients] == ["csc"]  # the school holds nothing to withdraw
-
-
-@pytest.mark.parametrize("restarted", [False, True], ids=["running", "restarted"])
-async def test_a_withdrawal_made_after_the_senders_clock_was_set_back_still_erases(
-    federation: LocalFederation, restarted: bool
-) -> None:
-    """A recipient orders a sender's messages about a summary by their ids, which carry the
-    time they were made: a clock corrected backwards (NTP stepping it, a host resumed) must
-    not make a withdrawal look older than the version it withdraws, which would stay live,
-    whether the node ran on through the step or was started again after it."""
-    clock = ManualClock()
-    async with running(federation, clock=clock) as cluster:
-        _, _, summary_id = await shared_with_both(cluster)
-        clock.advance(-30_000)
-        if restarted:
-            await cluster.stop_node("amh")
-            await cluster.start_node("amh")
-        await withdraw(cluster, summary_id, "WRONG_PERSON")
-        assert [row[1:] for row in held(cluster, "csc", summary_id)] == [("erased", 0, 0, 0)]
-        assert await chronology_states(cluster) == []
-
-
-async def test_a_withdrawal_repeated_after_the_senders_clock_was_set_back_is_refused(
-    federation: LocalFederation,
-) -> None:
-    """The sender reads where a summary stands in the order it made its messages: after a step
-    back, its withdrawal is still after the version it withdrew, so a second is a repeat."""
-    clock = ManualClock()
-    async with running(federation, clock=clock) as cluster:
-        _, _, summary_id = await shared_with_both(cluster)
-        clock.advance(-30_000)
-        await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
-        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "is already withdrawn" in (raised.value.details() or "")

@@ -591,4 +591,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX call_answers_by_age ON call_answers(answered_at_ms);
     """,
+    # 39: the message that carried each answer to a challenge or a closure this node made, as
+    # information requests' answers have kept theirs: the answer made last holds, and the ids
+    # of one agency's messages, unlike their times, ascend in the order it made them however
+    # its clock was set (linkage/ids.py). An answer recorded before this is taken as older
+    # than any that comes after it.
+    """
+    ALTER TABLE challenges ADD COLUMN answer_message_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE closure_invitees ADD COLUMN answer_message_id TEXT NOT NULL DEFAULT '';
+    """,
 )

@@ -1,0 +1,130 @@
+"""A node's clock set back (NTP stepping it, a host resumed, an operator's correction) must
+not reorder what it made: recipients order one agency's versions, withdrawals and answers by
+their message ids, and its own reading of what it sent follows them too (THREATS.md T33).
+Real nodes, gateway and stores, on one clock that the tests set back."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from linkage.clock import ManualClock
+from linkage.v1 import envelope_pb2 as env
+from linkage.v1 import node_api_pb2, workflow_pb2
+from tests.harness import PRACTITIONER, LocalFederation, next_item, running
+from tests.test_erasure import held, withdraw
+from tests.test_federation import _case_id
+from tests.test_workflows import (
+    CSC_WORKER,
+    SCHOOL_DSL,
+    chronology_states,
+    decline,
+    planned_closure,
+    provide,
+    s47_request,
+    shared_with_both,
+    think_family,
+)
+
+STEP_BACK_MS = 30_000
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["running", "restarted"])
+async def test_a_withdrawal_made_after_the_senders_clock_was_set_back_still_erases(
+    federation: LocalFederation, restarted: bool
+) -> None:
+    """A recipient orders a sender's messages about a summary by their ids, which carry the
+    time they were made: a clock corrected backwards (NTP stepping it, a host resumed) must
+    not make a withdrawal look older than the version it withdraws, which would stay live,
+    whether the node ran on through the step or was started again after it."""
+    clock = ManualClock()
+    async with running(federation, clock=clock) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        clock.advance(-30_000)
+        if restarted:
+            await cluster.stop_node("amh")
+            await cluster.start_node("amh")
+        await withdraw(cluster, summary_id, "WRONG_PERSON")
+        assert [row[1:] for row in held(cluster, "csc", summary_id)] == [("erased", 0, 0, 0)]
+        assert await chronology_states(cluster) == []
+
+
+async def test_a_withdrawal_repeated_after_the_senders_clock_was_set_back_is_refused(
+    federation: LocalFederation,
+) -> None:
+    """The sender reads where a summary stands in the order it made its messages: after a step
+    back, its withdrawal is still after the version it withdrew, so a second is a repeat."""
+    clock = ManualClock()
+    async with running(federation, clock=clock) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        clock.advance(-30_000)
+        await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "is already withdrawn" in (raised.value.details() or "")
+
+
+async def test_an_objection_made_after_the_clock_was_set_back_holds_over_the_agreement_before_it(
+    federation: LocalFederation,
+) -> None:
+    """An agency that agreed to a closure, then objected, has objected: the case cannot close
+    unheard, though its clock made the objection 'earlier' than the agreement."""
+    clock = ManualClock()
+    async with running(federation, clock=clock) as cluster:
+        await think_family(cluster)
+        amh, case_id = cluster.api("amh"), await _case_id(cluster, "amh")
+        await amh.ProposeClosure(planned_closure(PRACTITIONER, case_id))
+        at_school = await next_item(cluster, "school", env.MESSAGE_KIND_CLOSURE_INTENT)
+        await cluster.api("school").RespondToClosure(
+            node_api_pb2.RespondToClosureRequest(
+                actor=SCHOOL_DSL, intent_message_id=at_school.message_id, answer=workflow_pb2.CLOSURE_ANSWER_AGREE
+            )
+        )
+        answered = await next_item(cluster, "amh", env.MESSAGE_KIND_CLOSURE_RESPONSE)
+        intent = await next_item(cluster, "csc", env.MESSAGE_KIND_CLOSURE_INTENT)
+        for answer, reason in (
+            (workflow_pb2.CLOSURE_ANSWER_AGREE, ""),
+            (workflow_pb2.CLOSURE_ANSWER_OBJECT, "The child disclosed new concerns today."),
+        ):
+            await cluster.api("csc").RespondToClosure(
+                node_api_pb2.RespondToClosureRequest(
+                    actor=CSC_WORKER, intent_message_id=intent.message_id, answer=answer, reason=reason
+                )
+            )
+            answered = await next_item(cluster, "amh", env.MESSAGE_KIND_CLOSURE_RESPONSE, after_seq=answered.seq)
+            clock.advance(-STEP_BACK_MS)
+        status = await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert status.objection_outstanding
+        assert {(r.node_id, r.answer) for r in status.replies} == {
+            ("csc", workflow_pb2.CLOSURE_ANSWER_OBJECT),
+            ("school", workflow_pb2.CLOSURE_ANSWER_AGREE),
+        }
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await amh.CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert "objects: The child disclosed new concerns today." in (raised.value.details() or "")
+
+
+async def test_a_request_provided_for_after_the_clock_was_set_back_shows_provided(
+    federation: LocalFederation,
+) -> None:
+    """Declined, then provided on second thoughts: the requester sees it provided."""
+    clock = ManualClock()
+    async with running(federation, clock=clock) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        csc_case = await _case_id(cluster, "csc")
+        await cluster.api("csc").RequestInformation(s47_request(csc_case, "amh"))
+        request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
+        await decline(cluster, request.message_id, "Nothing more is held.")
+        declined = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE)
+        clock.advance(-STEP_BACK_MS)
+        await provide(cluster, request.message_id, assessment_id)
+        provided = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE, after_seq=declined.seq)
+        listed = await cluster.api("csc").ListInformationRequests(
+            node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=csc_case)
+        )
+        (asked,) = listed.sent[0].asked
+        assert (asked.answer, asked.answer_message_id) == (
+            workflow_pb2.INFORMATION_ANSWER_PROVIDED,
+            provided.message_id,
+        )
