@@ -5,13 +5,17 @@ Real nodes, gateway and stores, on one clock that the tests set back."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
-from linkage.clock import ManualClock
+from linkage import backup
+from linkage.clock import ManualClock, SystemClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, workflow_pb2
-from tests.harness import PRACTITIONER, LocalFederation, next_item, running
+from tests.harness import PRACTITIONER, LocalFederation, make_federation, next_item, running, wait_count
+from tests.test_delivery import family_assessment, share
 from tests.test_erasure import held, withdraw
 from tests.test_federation import _case_id
 from tests.test_workflows import (
@@ -128,3 +132,40 @@ async def test_a_request_provided_for_after_the_clock_was_set_back_shows_provide
             workflow_pb2.INFORMATION_ANSWER_PROVIDED,
             provided.message_id,
         )
+
+
+async def test_a_node_restored_and_set_back_makes_its_ids_after_those_given_back_to_it(tmp_path: Path) -> None:
+    """A share made after amh's backup is lost with its store and given back by csc. With amh's
+    clock now behind that share, its withdrawal still comes after it, so csc erases it."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
+    member = backup.Member.of(federation.node_configs["amh"])
+    key, sealed = tmp_path / "backup.key", tmp_path / "amh.age"
+    async with running(federation, clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        backup.take(member, sealed, backup.recipients([backup.generate_key(key, "")]), SystemClock().now_ms())
+        clock.advance(1_000)  # the share is made after all the backup holds
+        (sent,) = (await share(cluster, assessment_id)).recipients
+        delivered = "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'delivered'"
+        await wait_count(cluster.nodes["amh"], delivered, (sent.message_id,), 1)
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+        (summary_id,) = await csc.store.fetchone(
+            "SELECT summary_id FROM inbox WHERE message_id = ?", (sent.message_id,)
+        )
+
+        await cluster.stop_node("amh")
+        backup.restore_store(member, sealed, backup.identities(key), SystemClock().now_ms())
+        clock.advance(-STEP_BACK_MS)
+        amh = await cluster.start_node("amh")
+        await wait_count(amh, delivered, (sent.message_id,), 1)  # given back by csc
+        withdrawn = await cluster.api("amh").WithdrawSummary(
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONER, summary_id=summary_id, reason="Wrong family.", ground="SHARED_IN_ERROR"
+            )
+        )
+        (withdrawal,) = withdrawn.recipients
+        assert withdrawal.message_id > sent.message_id
+        await wait_count(amh, delivered, (withdrawal.message_id,), 1)
+        row = await csc.store.fetchone("SELECT state FROM inbox WHERE message_id = ?", (sent.message_id,))
+        assert row[0] == "erased"
