@@ -28,7 +28,8 @@ Content = workflow_pb2.ClosureResponse | workflow_pb2.InvolvementNotice | workfl
 
 
 def _received(kind: pb.MessageKind.ValueType, made_at: int, fill: Content) -> Opened:
-    body = pb.MessageBody(kind=kind, message_id=f"m-{made_at}")
+    # Ids and times ascend together, and the body carries the time its header does (opening checks).
+    body = pb.MessageBody(kind=kind, message_id=f"m-{made_at}", created_at_ms=made_at)
     if isinstance(fill, workflow_pb2.ClosureResponse):
         body.closure_response.CopyFrom(fill)
     elif isinstance(fill, workflow_pb2.InformationResponse):
