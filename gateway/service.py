@@ -413,6 +413,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             raise
         except grpc.aio.AioRpcError:
             pass  # the client went away; the writer ends at the sentinel
+        except grpc.aio.AbortError:
+            pass  # the writer ended the call with a status (replaced, revoked, too far behind): as meant
         except Exception as exc:  # a defect: left open, the stream would go unread while its node sends into it
             log_failure(log, "stream.failed", exc, node=session.node_id)
             session.close((grpc.StatusCode.INTERNAL, "the gateway failed handling this stream; reconnect"))

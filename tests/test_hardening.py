@@ -35,6 +35,7 @@ from linkage.frames import unbatch
 from linkage.reasons import Reason, Rejected
 from linkage.transport import api_channel
 from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
+from node.link import GatewayRefused
 from node.store import Store
 from tests.crypto_fixtures import NOW, make_keyring
 from tests.harness import LocalFederation, make_federation, running, settle, wait_delivered
@@ -514,6 +515,29 @@ async def test_a_receipt_for_a_sender_whose_stream_is_ending_is_said_dropped_and
     lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
     said = [line["event"] for line in lines if line.get("message_id") == ended[0] and "receipt." in line["event"]]
     assert said == ["receipt.dropped"], said  # (relayed is logged at debug)
+
+
+async def test_a_stream_the_gateway_ends_with_a_status_ends_without_an_error_logged(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    """The gateway ends a node's stream with a status (replaced by a newer one, its node
+    revoked or too far behind, the gateway going away): the stream's reader, waiting for the
+    node's next frame, is told the call was aborted here. That is the stream ending as meant;
+    it was logged as a defect, at error, with a traceback, each time."""
+    async with running(make_federation(tmp_path, SystemClock(), nodes=("amh",))) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.link is not None
+        for _ in range(3):
+            with pytest.raises(GatewayRefused):  # refused on the stream: the gateway holds it
+                await amh.link.resolve([bytes(32)])
+            stream = cluster.gateway.sessions.get("amh")
+            assert stream is not None
+            amh.link.connected.clear()
+            stream.close((grpc.StatusCode.UNAVAILABLE, "ended by the test"))
+            await amh.link.connected.wait()
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    assert [line["event"] for line in lines if line["event"] == "disconnect"] == ["disconnect"] * 4
+    assert not [line for line in lines if line["level"] in ("error", "critical")]
 
 
 @asynccontextmanager
