@@ -33,6 +33,12 @@ class Reason(StrEnum):
     DIRECTORY_WRONG_FEDERATION = "directory_wrong_federation"
 
 
+# Refusals the two clocks decide: a message made ahead of the recipient's time (or stamped
+# by a clock running fast), or older than it may be by the recipient's clock. Time, or a
+# clock put right, ends them, so they defer a message rather than refuse it for good.
+CLOCK_REASONS = frozenset({Reason.FUTURE, Reason.STALE, Reason.EXPIRED})
+
+
 # A refusal's detail often quotes what was refused (a node id, a key id), which may be
 # anything its sender chose: it goes into audit entries and log lines, so only so much of it.
 MAX_DETAIL_BYTES = 200

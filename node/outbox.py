@@ -506,6 +506,7 @@ class Outbox:
         acks = [i for i in items if isinstance(i, gateway_pb2.SendAck)]
         receipted: list[tuple[envelope_pb2.ReceiptBody, int]] = []  # with when each message was queued
         refused: list[str] = []
+        deferred = False
         try:
             # Acks alone may wait to share a later COMMIT; a receipt settles a message now.
             async with self.store.tx(linger_s=ACK_LINGER_S if len(acks) == len(items) else 0.0) as tx:
@@ -513,6 +514,8 @@ class Outbox:
                     if isinstance(item, gateway_pb2.SendAck):
                         if await self._record_ack(tx, item):
                             refused.append(item.message_id)
+                    elif item.body.status == envelope_pb2.RECEIPT_STATUS_DEFERRED:
+                        deferred |= await self._record_deferral(tx, item.body)
                     elif (queued_at_ms := await self._record_receipt(tx, item)) is not None:
                         receipted.append((item.body, queued_at_ms))
         finally:
@@ -523,8 +526,8 @@ class Outbox:
             self._settle(message_id, "undeliverable")
         for body, queued_at_ms in receipted:
             self._receipted(body, queued_at_ms)
-        if acks:
-            if any(ack.status != gateway_pb2.SEND_STATUS_FORWARDED for ack in acks):
+        if acks or deferred:
+            if deferred or any(ack.status != gateway_pb2.SEND_STATUS_FORWARDED for ack in acks):
                 self._scan = True  # a retry or a back-off was written to the store
             self.wake.set()
         if acks or receipted:
@@ -696,6 +699,29 @@ class Outbox:
             detail={"share_id": row[0], "received_at_ms": body.received_at_ms, "reason": reason, "by": "recipient"},
         )
         return int(row[1])
+
+    async def _record_deferral(self, tx: Tx, body: envelope_pb2.ReceiptBody) -> bool:
+        """The recipient will not take the message yet, as the two clocks stand: it goes again
+        after a back-off, until its own expiry, and its status says why meanwhile. False if it
+        was not ours to send again (settled, or a message we never sent)."""
+        row = await tx.fetchone(
+            "SELECT attempts FROM outbox WHERE message_id = ? AND recipient = ? AND digest = ? "
+            "AND state IN ('queued', 'sent')",
+            (body.message_id, body.recipient_node, body.envelope_sha256),
+        )
+        if row is None:
+            return False
+        reason = (
+            f"not taken yet by the recipient ({body.reason}): by its clock the message was made in the future or "
+            "is too old, so one of the two clocks is likely wrong; it is sent again until it is taken or expires "
+            "here: ask agency IT at both ends to check their clocks"
+        )
+        await tx.execute(
+            "UPDATE outbox SET reason = ?, next_attempt_at_ms = ? WHERE message_id = ? AND recipient = ?",
+            (reason, tx.now_ms + self._retry_ms(max(0, int(row[0]) - 1)), body.message_id, body.recipient_node),
+        )
+        log.warning("message.deferred", message_id=body.message_id, counterpart=body.recipient_node, reason=body.reason)
+        return True
 
     def _receipted(self, body: envelope_pb2.ReceiptBody, queued_at_ms: int) -> None:
         """A receipt is committed: tell whoever follows the message, and count it."""

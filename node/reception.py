@@ -31,7 +31,7 @@ from linkage.envelope import (
 from linkage.grounds import lawful_ground
 from linkage.ids import recordable
 from linkage.keys import MessageKeys
-from linkage.reasons import Reason, Rejected
+from linkage.reasons import CLOCK_REASONS, Reason, Rejected
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, summary_pb2
 from linkage.writability import log_failure
 from node import dates
@@ -231,8 +231,10 @@ class Reception:
         return seq
 
     async def _reject(self, envelope: envelope_pb2.Envelope, why: Rejected) -> _Answer | None:
-        """Audit a refused message, and why; the negative receipt to send, if it can be addressed."""
+        """Audit a refused message, and why; the negative receipt to send, if it can be addressed:
+        one that defers it, where the two clocks decide the refusal, for its sender to send again."""
         reason = why.reason
+        deferred = {"deferred": True} if reason in CLOCK_REASONS else {}
         try:
             routing: envelope_pb2.RoutingHeader | None = parse_routing(envelope)
         except Rejected:
@@ -245,15 +247,14 @@ class Reception:
                 "message.rejected",
                 message_id=message_id,
                 counterpart=sender,
-                detail={"reason": reason.value, "why": why.detail, **flags},
+                detail={"reason": reason.value, "why": why.detail, **deferred, **flags},
             )
         self.metrics.rejected.labels(reason.value).inc()
-        log.warning("message.rejected", sender=sender, message_id=message_id, reason=reason.value, **flags)
+        log.warning("message.rejected", sender=sender, message_id=message_id, reason=reason.value, **deferred, **flags)
         if not (message_id and sender) or reason is Reason.WRONG_RECIPIENT:
             return None
-        return _Answer(
-            message_id, sender, envelope_digest(envelope), envelope_pb2.RECEIPT_STATUS_REJECTED, reason.value
-        )
+        status = envelope_pb2.RECEIPT_STATUS_DEFERRED if deferred else envelope_pb2.RECEIPT_STATUS_REJECTED
+        return _Answer(message_id, sender, envelope_digest(envelope), status, reason.value)
 
     async def _receipt(self, answers: list[_Answer]) -> None:
         """Sign each answer as a receipt (those to one sender share a signature) and send them

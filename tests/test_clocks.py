@@ -1,7 +1,10 @@
-"""A node's clock set back (NTP stepping it, a host resumed, an operator's correction) must
-not reorder what it made: recipients order one agency's versions, withdrawals and answers by
-their message ids, and its own reading of what it sent follows them too (THREATS.md T33).
-Real nodes, gateway and stores, on one clock that the tests set back."""
+"""Clocks that are wrong, or put right. A node's clock set back (NTP stepping it, a host
+resumed, an operator's correction) must not reorder what it made: recipients order one
+agency's versions, withdrawals and answers by their message ids, and its own reading of what
+it sent follows them too (THREATS.md T33). A clock that runs fast, or slow, must not lose a
+message: a recipient that finds it from the future, or too old, defers it, and its sender
+sends it again until the clocks agree or it expires (R14). Real nodes, gateway and stores,
+on clocks the tests move."""
 
 from __future__ import annotations
 
@@ -14,7 +17,16 @@ from linkage import backup
 from linkage.clock import ManualClock, SystemClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, workflow_pb2
-from tests.harness import PRACTITIONER, LocalFederation, make_federation, next_item, running, wait_count
+from tests.harness import (
+    PRACTITIONER,
+    LocalFederation,
+    audit_events,
+    make_federation,
+    next_item,
+    running,
+    wait_count,
+    wait_delivered,
+)
 from tests.test_delivery import family_assessment, share
 from tests.test_erasure import held, withdraw
 from tests.test_federation import _case_id
@@ -169,3 +181,51 @@ async def test_a_node_restored_and_set_back_makes_its_ids_after_those_given_back
         await wait_count(amh, delivered, (withdrawal.message_id,), 1)
         row = await csc.store.fetchone("SELECT state FROM inbox WHERE message_id = ?", (sent.message_id,))
         assert row[0] == "erased"
+
+
+async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_taken_once_the_clocks_agree(
+    tmp_path: Path,
+) -> None:
+    """amh's clock runs ten minutes ahead of csc's (R14): csc refuses its message for now, as
+    made in the future, with a signed receipt that defers it, not one that ends it. amh keeps
+    it, says why in its status, and sends it again, backing off. Once amh's clock is put
+    right, what it makes next is taken at once; the message made ahead keeps the time it was
+    made, and is taken once csc's time comes within five minutes of it (and amh's reaches its
+    next attempt, set while amh's clock ran ahead)."""
+    clock = ManualClock()  # csc's and the gateway's
+    ahead = ManualClock(clock.now_ms() + 10 * 60_000)  # amh's
+    federation = make_federation(tmp_path / "fed", clock, nodes=("amh", "csc"))
+    async with running(federation, nodes=(), clock=clock) as cluster:
+        amh = await cluster.start_node("amh", clock=ahead)
+        await cluster.start_node("csc")
+        assessment_id = await family_assessment(cluster)
+        shared = await share(cluster, assessment_id)
+        (sent,) = shared.recipients
+        deferred = "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'sent' AND reason LIKE ?"
+        await wait_count(amh, deferred, (sent.message_id, "not taken yet by the recipient (future)%"), 1)
+        (status,) = (
+            await cluster.api("amh").GetShareStatus(
+                node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)
+            )
+        ).recipients
+        assert status.state == "sent" and "ask agency IT at both ends to check their clocks" in status.reason
+        (refused,) = await audit_events(cluster.nodes["csc"], "message.rejected")
+        assert refused["message_id"] == sent.message_id
+        assert refused["detail"]["reason"] == "future" and refused["detail"]["deferred"] is True
+
+        ahead.advance(-10 * 60_000)  # amh's clock put right
+        (again,) = (await share(cluster, assessment_id)).recipients
+        await wait_count(
+            amh, "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'delivered'", (again.message_id,), 1
+        )
+        for moving in (clock, ahead):  # time passes at both: the first, due again when amh's clock ran
+            moving.advance(11 * 60_000)  # ahead, goes again, and is no longer ahead of csc's
+        await amh.outbox.send_due()
+        await wait_delivered(amh, 2)
+        (status,) = (
+            await cluster.api("amh").GetShareStatus(
+                node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)
+            )
+        ).recipients
+        assert (status.state, status.reason) == ("delivered", "")
+        assert not await audit_events(amh, "message.undeliverable")

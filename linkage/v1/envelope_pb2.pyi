@@ -95,6 +95,11 @@ class _ReceiptStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Receipt
     """stored in the recipient's inbox (first time or again)"""
     RECEIPT_STATUS_REJECTED: _ReceiptStatus.ValueType  # 2
     """refused; `reason` says why"""
+    RECEIPT_STATUS_DEFERRED: _ReceiptStatus.ValueType  # 3
+    """Not taken now, for a reason the two clocks decide (`reason`: future, stale or expired):
+    one of them is wrong, or the message was made ahead of the recipient's time. Not final:
+    its sender sends it again, backing off, until its own expiry.
+    """
 
 class ReceiptStatus(_ReceiptStatus, metaclass=_ReceiptStatusEnumTypeWrapper): ...
 
@@ -103,6 +108,11 @@ RECEIPT_STATUS_ACCEPTED: ReceiptStatus.ValueType  # 1
 """stored in the recipient's inbox (first time or again)"""
 RECEIPT_STATUS_REJECTED: ReceiptStatus.ValueType  # 2
 """refused; `reason` says why"""
+RECEIPT_STATUS_DEFERRED: ReceiptStatus.ValueType  # 3
+"""Not taken now, for a reason the two clocks decide (`reason`: future, stale or expired):
+one of them is wrong, or the message was made ahead of the recipient's time. Not final:
+its sender sends it again, backing off, until its own expiry.
+"""
 Global___ReceiptStatus: _TypeAlias = ReceiptStatus  # noqa: Y015
 
 @_typing.final
@@ -419,7 +429,7 @@ class ReceiptBody(_message.Message):
     received_at_ms: _builtins.int
     status: Global___ReceiptStatus.ValueType
     reason: _builtins.str
-    """reason code when rejected"""
+    """reason code when rejected or deferred"""
     @_builtins.property
     def checkpoint(self) -> _audit_pb2.SignedCheckpoint:
         """the recipient's audit log, as it last signed it"""
