@@ -37,7 +37,7 @@ from linkage.config import DeliverySettings
 from linkage.directory import TrustedDirectory
 from linkage.envelope import verify_receipt
 from linkage.ids import is_peer
-from linkage.reasons import Rejected
+from linkage.reasons import CLOCK_REASONS, Rejected
 from linkage.v1 import envelope_pb2, gateway_pb2
 from node.link import NotConnected
 from node.messaging import Queued
@@ -711,8 +711,10 @@ class Outbox:
         )
         if row is None:
             return False
+        # Only a code this node knows goes into its log and status: the text is the recipient's.
+        code = body.reason if body.reason in CLOCK_REASONS else "reason unknown"
         reason = (
-            f"not taken yet by the recipient ({body.reason}): by its clock the message was made in the future or "
+            f"not taken yet by the recipient ({code}): by its clock the message was made in the future or "
             "is too old, so one of the two clocks is likely wrong; it is sent again until it is taken or expires "
             "here: ask agency IT at both ends to check their clocks"
         )
@@ -720,7 +722,7 @@ class Outbox:
             "UPDATE outbox SET reason = ?, next_attempt_at_ms = ? WHERE message_id = ? AND recipient = ?",
             (reason, tx.now_ms + self._retry_ms(max(0, int(row[0]) - 1)), body.message_id, body.recipient_node),
         )
-        log.warning("message.deferred", message_id=body.message_id, counterpart=body.recipient_node, reason=body.reason)
+        log.warning("message.deferred", message_id=body.message_id, counterpart=body.recipient_node, reason=code)
         return True
 
     def _receipted(self, body: envelope_pb2.ReceiptBody, queued_at_ms: int) -> None:

@@ -181,7 +181,8 @@ async def test_a_member_s_garbage_receipts_leave_its_peer_whole_and_every_messag
     """csc's software signs receipts no node should: a status no node knows, a reason of any
     length, a receipt time at either end of the clock, a checkpoint of nonsense, another
     envelope's digest. amh takes each it can verify and ignores the rest, then re-sends
-    those; once csc mends, every message settles, and amh shows each share's delivery."""
+    those (and those deferred); once csc mends, every message settles, and amh shows each
+    share's delivery, having logged nothing csc wrote at length."""
     quick = dataclasses.replace(federation.node_configs["amh"].delivery, receipt_timeout_ms=300)
     async with running(federation, nodes=("csc",)) as cluster:
         amh = await cluster.start_node("amh", delivery=quick)
@@ -229,6 +230,9 @@ async def test_a_member_s_garbage_receipts_leave_its_peer_whole_and_every_messag
     logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
     assert not [e for e in logged if e["level"] == "error"]
     assert any(e["event"] == "receipt.rejected" for e in logged)  # some could not be verified, and were not taken
+    deferred = [e["reason"] for e in logged if e["event"] == "message.deferred"]  # some said "not yet"; went again
+    assert deferred and set(deferred) <= {"future", "stale", "expired", "reason unknown"}, deferred  # not csc's text
+    assert not [e for e in logged if len(json.dumps(e)) > 2_000]  # nothing the member wrote, at length
 
 
 async def test_text_from_another_agency_cannot_act_on_the_reader_s_terminal(federation: LocalFederation) -> None:
