@@ -28,7 +28,10 @@ class Ids:
 
     def after(self, made: str) -> None:
         """Make every id from now on after `made` (the newest a node's store holds, so that a
-        restart with its clock set back does not undo the order)."""
+        restart with its clock set back does not undo the order). Anything but a UUIDv7 is
+        no id of ours to follow: a store is not refused for it."""
+        if not is_uuid7(made):
+            return
         value = int(made.replace("-", ""), 16)
         ms, rand = value >> 80, ((value >> 64) & 0xFFF) << 62 | value & ((1 << 62) - 1)
         with self._lock:

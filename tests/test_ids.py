@@ -51,5 +51,6 @@ def test_ids_come_after_the_newest_a_store_holds() -> None:
     again = Ids()
     again.after(newest)
     again.after(Ids().make(MS - 5_000))  # an older one changes nothing
+    again.after("not-an-id")  # nor what is no id of this release's
     made = again.make(MS - 60_000)
     assert made > newest and uuid.UUID(made).int >> 80 == MS
