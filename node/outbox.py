@@ -57,6 +57,9 @@ GAUGE_INTERVAL_S = 1.0  # outbox depth and age gauges are refreshed at most this
 # (usually the receipt, a few ms later), or after this: one fsync fewer per message.
 # A crash before it only means the message is sent again, and the recipient absorbs that.
 ACK_LINGER_S = 0.02
+# A wall clock that goes back further than this was stepped (NTP, a host resumed, a hand
+# correction), not slewed: what waits is moved back with it, so each wait keeps its length.
+STEP_BACK_MS = 1_000
 
 log = logs.get("node.outbox")
 
@@ -140,6 +143,7 @@ class Outbox:
         self._settled: dict[str, list[asyncio.Future[str]]] = {}  # message id -> its watchers' futures
         self._withheld: set[str] = set()  # being cancelled in a transaction under way: not to be sent
         self._announce = False  # a change made elsewhere (recovered messages) for the worker to announce
+        self._latest_ms = 0  # the latest the clock has read, to notice it set back
 
     # -- observing ---------------------------------------------------------
 
@@ -247,6 +251,9 @@ class Outbox:
                     self._announce = False
                     await self.changed()
                 now = self.clock.now_ms()
+                if self._latest_ms - now > STEP_BACK_MS:
+                    await self._clock_set_back(now)
+                self._latest_ms = max(self._latest_ms, now)
                 if now >= self._expiry_due_ms:
                     await self.expire_overdue()  # non-delivery reports do not wait for the gateway
                 if self._scan or now >= self._next_due_ms or not self.link.connected.is_set():
@@ -272,6 +279,23 @@ class Outbox:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.wake.wait()
+
+    async def _clock_set_back(self, now: int) -> None:
+        """Retries, back-offs and holds are set in wall time: when the clock is set back, each
+        is moved back as far, so it waits as long as it was meant to and not the step besides.
+        (Expiry is not: when a message was made is a fact.)"""
+        stepped = self._latest_ms - now
+        async with self.store.tx() as tx:
+            moved = await tx.execute(
+                "UPDATE outbox SET next_attempt_at_ms = next_attempt_at_ms - ? "
+                "WHERE state IN ('queued', 'sent') AND next_attempt_at_ms > ?",
+                (stepped, now),
+            )
+        self._away = {r: (failures, resume - stepped) for r, (failures, resume) in self._away.items()}
+        for hold in self._holds.values():
+            hold.resume_ms -= stepped
+        self._latest_ms, self._scan = now, True
+        log.warning("clock.stepped_back", ms=stepped, retries_moved=moved.rowcount)
 
     def wait_of(self, recipient: str) -> tuple[bool, bool, int]:
         """Why, and until when, this node holds back what it has for `recipient`, as only it

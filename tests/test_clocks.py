@@ -190,8 +190,8 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
     made in the future, with a signed receipt that defers it, not one that ends it. amh keeps
     it, says why in its status, and sends it again, backing off. Once amh's clock is put
     right, what it makes next is taken at once; the message made ahead keeps the time it was
-    made, and is taken once csc's time comes within five minutes of it (and amh's reaches its
-    next attempt, set while amh's clock ran ahead)."""
+    made, and is taken once csc's time comes within five minutes of it: its next attempt, set
+    while amh's clock ran ahead, was moved back with the clock, to wait only its back-off."""
     clock = ManualClock()  # csc's and the gateway's
     ahead = ManualClock(clock.now_ms() + 10 * 60_000)  # amh's
     federation = make_federation(tmp_path / "fed", clock, nodes=("amh", "csc"))
@@ -218,8 +218,8 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
         await wait_count(
             amh, "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'delivered'", (again.message_id,), 1
         )
-        for moving in (clock, ahead):  # time passes at both: the first, due again when amh's clock ran
-            moving.advance(11 * 60_000)  # ahead, goes again, and is no longer ahead of csc's
+        for moving in (clock, ahead):  # time passes at both: the first goes again, its wait moved back
+            moving.advance(6 * 60_000)  # with amh's clock, and is no longer ahead of csc's
         await amh.outbox.send_due()
         await wait_delivered(amh, 2)
         (status,) = (
