@@ -56,7 +56,7 @@ async def test_a_withdrawal_made_after_the_senders_clock_was_set_back_still_eras
     clock = ManualClock()
     async with running(federation, clock=clock) as cluster:
         _, _, summary_id = await shared_with_both(cluster)
-        clock.advance(-30_000)
+        clock.advance(-STEP_BACK_MS)
         if restarted:
             await cluster.stop_node("amh")
             await cluster.start_node("amh")
@@ -73,7 +73,7 @@ async def test_a_withdrawal_repeated_after_the_senders_clock_was_set_back_is_ref
     clock = ManualClock()
     async with running(federation, clock=clock) as cluster:
         _, _, summary_id = await shared_with_both(cluster)
-        clock.advance(-30_000)
+        clock.advance(-STEP_BACK_MS)
         await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
