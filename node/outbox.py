@@ -294,7 +294,8 @@ class Outbox:
         self._away = {r: (failures, resume - stepped) for r, (failures, resume) in self._away.items()}
         for hold in self._holds.values():
             hold.resume_ms -= stepped
-        self._latest_ms, self._scan = now, True
+        self._latest_ms = now
+        self._scan = True
         log.warning("clock.stepped_back", ms=stepped, retries_moved=moved.rowcount)
 
     def wait_of(self, recipient: str) -> tuple[bool, bool, int]:
