@@ -138,7 +138,8 @@ class Due:
         now = self.ctx.clock.now_ms()
         rows = await reading.rows(
             # A message queued again for a recipient whose store was put back is late from then.
-            "SELECT message_id, recipient, kind, state, attempts, COALESCE(queued_again_at_ms, created_at_ms) AS since "
+            "SELECT message_id, recipient, kind, state, attempts, reason, "
+            "COALESCE(queued_again_at_ms, created_at_ms) AS since "
             "FROM outbox INDEXED BY outbox_due "
             "WHERE state IN ('queued', 'sent') AND since < ? AND followed_up_at_ms IS NULL "
             f"AND kind != {envelope_pb2.MESSAGE_KIND_READ_NOTIFICATION} ORDER BY since",
@@ -149,10 +150,12 @@ class Due:
                 message_id,
                 recipient,
                 kind,
-                f"not delivered after {(now - since) // 3_600_000} h ({state}, {attempts} attempt(s))",
+                # With why, where it is known: a recipient deferring it, for the two clocks.
+                f"not delivered after {(now - since) // 3_600_000} h ({state}, {attempts} attempt(s))"
+                + (f": {reason}" if reason else ""),
                 delayed=True,
             )
-            for message_id, recipient, kind, state, attempts, since in rows
+            for message_id, recipient, kind, state, attempts, reason, since in rows
         ]
 
     def _not_delivered(

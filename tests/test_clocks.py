@@ -229,3 +229,25 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
         ).recipients
         assert (status.state, status.reason) == ("delivered", "")
         assert not await audit_events(amh, "message.undeliverable")
+
+
+async def test_a_message_deferred_for_hours_is_on_the_duty_view_with_why(tmp_path: Path) -> None:
+    """Still deferred after [delivery] escalate_after_hours, the message is on the sender's
+    duty view as delayed, saying what holds it, for the duty team to tell the agency meanwhile
+    and to have both clocks checked."""
+    clock = ManualClock()
+    ahead = ManualClock(clock.now_ms() + 10 * 60_000)  # amh's: csc defers what it makes
+    federation = make_federation(tmp_path / "fed", clock, nodes=("amh", "csc"))
+    async with running(federation, nodes=(), clock=clock) as cluster:
+        amh = await cluster.start_node("amh", clock=ahead)
+        await cluster.start_node("csc")
+        (sent,) = (await share(cluster, await family_assessment(cluster))).recipients
+        deferred = "SELECT count(*) FROM outbox WHERE message_id = ? AND reason LIKE 'not taken yet%'"
+        await wait_count(amh, deferred, (sent.message_id,), 1)
+        ahead.advance(amh.config.delivery.escalate_after_ms + 60_000)
+        listed = await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))
+        (item,) = [i for i in listed.items if i.message_id == sent.message_id]
+        assert item.delayed and item.node_id == "csc"
+        assert item.what.startswith("not delivered after 4 h (sent, ")  # sent again meanwhile, maybe
+        assert "attempt(s)): not taken yet by the recipient (future)" in item.what
+        assert item.what.endswith("ask agency IT at both ends to check their clocks")

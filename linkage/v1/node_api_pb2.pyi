@@ -1305,8 +1305,8 @@ class DueItem(_message.Message):
     """
     delayed: _builtins.bool
     """A message of this node's not yet delivered after [delivery] escalate_after_hours (how
-    long, its state and attempts in `what`): the agency may not know, so it is told another
-    way meanwhile (RecordFollowUp once done); delivery goes on.
+    long, its state and attempts in `what`, and why where that is known): the agency may
+    not know, so it is told another way meanwhile (RecordFollowUp once done); delivery goes on.
     """
     @_builtins.property
     def due(self) -> _summary_pb2.Date:
