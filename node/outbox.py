@@ -555,7 +555,7 @@ class Outbox:
             if deferred or any(ack.status != gateway_pb2.SEND_STATUS_FORWARDED for ack in acks):
                 self._scan = True  # a retry or a back-off was written to the store
             self.wake.set()
-        if acks or receipted:
+        if acks or receipted or deferred:  # a deferral changes why a message waits: its watchers hear it
             await self.changed()
 
     async def _record_ack(self, tx: Tx, ack: gateway_pb2.SendAck) -> bool:

@@ -8,15 +8,18 @@ on clocks the tests move."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
 import pytest
 
+from gateway import sessions as gateway_sessions
 from linkage import backup
 from linkage.clock import ManualClock, SystemClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, workflow_pb2
+from node import outbox as outbox_module
 from tests.harness import (
     PRACTITIONER,
     LocalFederation,
@@ -251,3 +254,36 @@ async def test_a_message_deferred_for_hours_is_on_the_duty_view_with_why(tmp_pat
         assert item.what.startswith("not delivered after 4 h (sent, ")  # sent again meanwhile, maybe
         assert "attempt(s)): not taken yet by the recipient (future)" in item.what
         assert item.what.endswith("ask agency IT at both ends to check their clocks")
+
+
+async def test_a_case_system_watching_a_share_sees_it_deferred_and_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WatchShareStatus tells its watcher each change: a deferral, which changes only why the
+    message waits, is one. (csc is away when amh shares, so the watch starts first; and
+    neither the gateway nor amh holds its "forwarded" answer back for company, so the
+    receipt comes, and is recorded, alone.)"""
+    monkeypatch.setattr(gateway_sessions, "ACK_LINGER_S", 0.0)
+    monkeypatch.setattr(outbox_module, "ACK_LINGER_S", 0.0)  # nor amh its record of that answer
+    clock = ManualClock()
+    ahead = ManualClock(clock.now_ms() + 10 * 60_000)  # amh's: csc defers what it makes
+    federation = make_federation(tmp_path / "fed", clock, nodes=("amh", "csc"))
+    async with running(federation, nodes=(), clock=clock) as cluster:
+        await cluster.start_node("amh", clock=ahead)
+        await cluster.start_node("csc")
+        assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")
+        shared = await share(cluster, assessment_id)
+        watch = cluster.api("amh").WatchShareStatus(
+            node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)
+        )
+        seen = [(await anext(aiter(watch))).recipients[0].state]
+        await cluster.start_node("csc")
+        async with asyncio.timeout(15):
+            async for status in watch:
+                (recipient,) = status.recipients
+                seen.append(recipient.state)
+                if recipient.reason.startswith("not taken yet by the recipient (future)"):
+                    break
+        watch.cancel()
+        assert seen[0] == "queued" and seen[-1] == "sent", seen
