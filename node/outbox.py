@@ -285,17 +285,17 @@ class Outbox:
         is moved back as far, so it waits as long as it was meant to and not the step besides.
         (Expiry is not: when a message was made is a fact.)"""
         stepped = self._latest_ms - now
+        self._latest_ms = now  # tried once: should the store refuse it, retries wait out the step
+        self._away = {r: (failures, resume - stepped) for r, (failures, resume) in self._away.items()}
+        for hold in self._holds.values():
+            hold.resume_ms -= stepped
+        self._scan = True
         async with self.store.tx() as tx:
             moved = await tx.execute(
                 "UPDATE outbox SET next_attempt_at_ms = next_attempt_at_ms - ? "
                 "WHERE state IN ('queued', 'sent') AND next_attempt_at_ms > ?",
                 (stepped, now),
             )
-        self._away = {r: (failures, resume - stepped) for r, (failures, resume) in self._away.items()}
-        for hold in self._holds.values():
-            hold.resume_ms -= stepped
-        self._latest_ms = now
-        self._scan = True
         log.warning("clock.stepped_back", ms=stepped, retries_moved=moved.rowcount)
 
     def wait_of(self, recipient: str) -> tuple[bool, bool, int]:
