@@ -9,6 +9,8 @@ on clocks the tests move."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -22,6 +24,7 @@ from linkage.v1 import node_api_pb2, workflow_pb2
 from node import outbox as outbox_module
 from tests.harness import (
     PRACTITIONER,
+    Cluster,
     LocalFederation,
     audit_events,
     make_federation,
@@ -46,6 +49,20 @@ from tests.test_workflows import (
 )
 
 STEP_BACK_MS = 30_000
+AHEAD_MS = 10 * 60_000  # how far amh's clock runs ahead of csc's, past the five minutes allowed
+
+
+@asynccontextmanager
+async def amh_ahead(tmp_path: Path) -> AsyncIterator[tuple[Cluster, ManualClock, ManualClock]]:
+    """amh and csc running, amh's clock ten minutes ahead of csc's and the gateway's, so that
+    csc defers what amh makes: the cluster, csc's clock and amh's."""
+    clock = ManualClock()
+    ahead = ManualClock(clock.now_ms() + AHEAD_MS)
+    federation = make_federation(tmp_path / "fed", clock, nodes=("amh", "csc"))
+    async with running(federation, nodes=(), clock=clock) as cluster:
+        await cluster.start_node("amh", clock=ahead)
+        await cluster.start_node("csc")
+        yield cluster, clock, ahead
 
 
 @pytest.mark.parametrize("restarted", [False, True], ids=["running", "restarted"])
@@ -195,12 +212,8 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
     right, what it makes next is taken at once; the message made ahead keeps the time it was
     made, and is taken once csc's time comes within five minutes of it: its next attempt, set
     while amh's clock ran ahead, was moved back with the clock, to wait only its back-off."""
-    clock = ManualClock()  # csc's and the gateway's
-    ahead = ManualClock(clock.now_ms() + 10 * 60_000)  # amh's
-    federation = make_federation(tmp_path / "fed", clock, nodes=("amh", "csc"))
-    async with running(federation, nodes=(), clock=clock) as cluster:
-        amh = await cluster.start_node("amh", clock=ahead)
-        await cluster.start_node("csc")
+    async with amh_ahead(tmp_path) as (cluster, clock, ahead):
+        amh = cluster.nodes["amh"]
         assessment_id = await family_assessment(cluster)
         shared = await share(cluster, assessment_id)
         (sent,) = shared.recipients
@@ -216,7 +229,7 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
         assert refused["message_id"] == sent.message_id
         assert refused["detail"]["reason"] == "future" and refused["detail"]["deferred"] is True
 
-        ahead.advance(-10 * 60_000)  # amh's clock put right
+        ahead.advance(-AHEAD_MS)  # amh's clock put right
         (again,) = (await share(cluster, assessment_id)).recipients
         await wait_count(
             amh, "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'delivered'", (again.message_id,), 1
@@ -238,12 +251,8 @@ async def test_a_message_deferred_for_hours_is_on_the_duty_view_with_why(tmp_pat
     """Still deferred after [delivery] escalate_after_hours, the message is on the sender's
     duty view as delayed, saying what holds it, for the duty team to tell the agency meanwhile
     and to have both clocks checked."""
-    clock = ManualClock()
-    ahead = ManualClock(clock.now_ms() + 10 * 60_000)  # amh's: csc defers what it makes
-    federation = make_federation(tmp_path / "fed", clock, nodes=("amh", "csc"))
-    async with running(federation, nodes=(), clock=clock) as cluster:
-        amh = await cluster.start_node("amh", clock=ahead)
-        await cluster.start_node("csc")
+    async with amh_ahead(tmp_path) as (cluster, _, ahead):
+        amh = cluster.nodes["amh"]
         (sent,) = (await share(cluster, await family_assessment(cluster))).recipients
         deferred = "SELECT count(*) FROM outbox WHERE message_id = ? AND reason LIKE 'not taken yet%'"
         await wait_count(amh, deferred, (sent.message_id,), 1)
@@ -265,12 +274,7 @@ async def test_a_case_system_watching_a_share_sees_it_deferred_and_why(
     receipt comes, and is recorded, alone.)"""
     monkeypatch.setattr(gateway_sessions, "ACK_LINGER_S", 0.0)
     monkeypatch.setattr(outbox_module, "ACK_LINGER_S", 0.0)  # nor amh its record of that answer
-    clock = ManualClock()
-    ahead = ManualClock(clock.now_ms() + 10 * 60_000)  # amh's: csc defers what it makes
-    federation = make_federation(tmp_path / "fed", clock, nodes=("amh", "csc"))
-    async with running(federation, nodes=(), clock=clock) as cluster:
-        await cluster.start_node("amh", clock=ahead)
-        await cluster.start_node("csc")
+    async with amh_ahead(tmp_path) as (cluster, _, _):
         assessment_id = await family_assessment(cluster)
         await cluster.stop_node("csc")
         shared = await share(cluster, assessment_id)
