@@ -13,12 +13,12 @@ from linkage import jurisdictions, logs
 from linkage.backoff import backoff_ms
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, TOKEN_LEN, IdentifierError
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
-from node import dates
+from node import dates, repeats
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
 from node.messaging import Fill
 from node.policy.rules import date_problems, protected_role
-from node.store import FetchOne, Tx
+from node.store import FetchAll, FetchOne, Tx
 
 MAX_PEOPLE_PER_CASE = MAX_TOKENS_PER_MESSAGE  # everything about a case goes in messages that name them all
 log = logs.get("node.cases")
@@ -66,8 +66,8 @@ class Cases:
             identity_basis=person.identity_basis,
         )
 
-    async def people(self, case_id: str) -> list[node_api_pb2.CasePerson]:
-        rows = await self.ctx.store.fetchall(
+    async def people(self, case_id: str, fetchall: FetchAll | None = None) -> list[node_api_pb2.CasePerson]:
+        rows = await (fetchall or self.ctx.store.fetchall)(
             "SELECT token, role_in_risk, person_type, relationship, protect_identity, identity_basis "
             "FROM case_people WHERE case_id = ? ORDER BY token",
             (case_id,),
@@ -119,6 +119,7 @@ class Cases:
 
     # -- opening, adding, removing -----------------------------------------------
 
+    @repeats.answering(node_api_pb2.OpenCaseResponse)
     async def open_case(self, request: node_api_pb2.OpenCaseRequest) -> node_api_pb2.OpenCaseResponse:
         if not request.case_ref.strip() or len(request.case_ref) > 128:
             raise invalid("case_ref must be your case system's reference, 1-128 characters")
@@ -154,10 +155,13 @@ class Cases:
                 tokens=[p.link_token for p in people],
                 detail={"case_id": case_id, "people": len(people)},
             )
+            opened = node_api_pb2.OpenCaseResponse(case_id=case_id, people=people)
+            await repeats.keep(tx, request, opened)
         await self._joined(people, request.actor)
         log.info("case.opened", case_id=case_id, people=len(people))
-        return node_api_pb2.OpenCaseResponse(case_id=case_id, people=people)
+        return opened
 
+    @repeats.answering(node_api_pb2.OpenCaseResponse)
     async def add_person(self, request: node_api_pb2.AddPersonRequest) -> node_api_pb2.OpenCaseResponse:
         await self.open_case_row(request.case_id)
         person = self._person(0, request.person)
@@ -170,8 +174,9 @@ class Cases:
             await tx.audit(
                 "case.person_added", request.actor, tokens=[person.link_token], detail={"case_id": request.case_id}
             )
+            added = await self._case_now(tx, request)
         await self._joined([person], request.actor)
-        return node_api_pb2.OpenCaseResponse(case_id=request.case_id, people=await self.people(request.case_id))
+        return added
 
     @staticmethod
     async def _refuse_to_add(fetchone: FetchOne, case_id: str, token: bytes) -> None:
@@ -187,6 +192,7 @@ class Cases:
         if held >= MAX_PEOPLE_PER_CASE:  # a message names at most this many people
             raise failed(f"case {case_id!r} already has {MAX_PEOPLE_PER_CASE} people, the most a case holds")
 
+    @repeats.answering(node_api_pb2.OpenCaseResponse)
     async def remove_person(self, request: node_api_pb2.RemovePersonRequest) -> node_api_pb2.OpenCaseResponse:
         await self.open_case_row(request.case_id)
         token = request.link_token
@@ -200,9 +206,20 @@ class Cases:
                 raise not_found(f"that person is not in case {request.case_id!r}")
             await tx.execute("INSERT OR IGNORE INTO subscriptions_to_end(token) VALUES (?)", (token,))
             await tx.audit("case.person_removed", request.actor, tokens=[token], detail={"case_id": request.case_id})
+            removed_from = await self._case_now(tx, request)
         await self._left([token], request.actor, exclude_case=request.case_id)
         await self.end_subscriptions(request.actor)
-        return node_api_pb2.OpenCaseResponse(case_id=request.case_id, people=await self.people(request.case_id))
+        return removed_from
+
+    async def _case_now(
+        self, tx: Tx, request: node_api_pb2.AddPersonRequest | node_api_pb2.RemovePersonRequest
+    ) -> node_api_pb2.OpenCaseResponse:
+        """The case's people as this change leaves them, kept to answer a repeat of the call."""
+        now = node_api_pb2.OpenCaseResponse(
+            case_id=request.case_id, people=await self.people(request.case_id, tx.fetchall)
+        )
+        await repeats.keep(tx, request, now)
+        return now
 
     # -- subscriptions and involvement notices -------------------------------------
 
@@ -415,6 +432,7 @@ class Cases:
                 "or leave summary_id empty for a new summary"
             )
 
+    @repeats.answering(node_api_pb2.RecordAssessmentResponse)
     async def record_assessment(
         self, request: node_api_pb2.RecordAssessmentRequest
     ) -> node_api_pb2.RecordAssessmentResponse:
@@ -473,6 +491,8 @@ class Cases:
                 summary_id=assessment.summary_id,
                 detail={"assessment_id": assessment_id, "case_id": request.case_id, "version": assessment.version},
             )
-        return node_api_pb2.RecordAssessmentResponse(
-            assessment_id=assessment_id, summary_id=assessment.summary_id, version=assessment.version
-        )
+            recorded = node_api_pb2.RecordAssessmentResponse(
+                assessment_id=assessment_id, summary_id=assessment.summary_id, version=assessment.version
+            )
+            await repeats.keep(tx, request, recorded)
+        return recorded

@@ -19,7 +19,7 @@ from node.cases import Cases, failed
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import Sealed, Unreachable
-from node.store import FetchAll, FetchOne
+from node.store import FetchAll, FetchOne, Tx
 
 
 class Closures:
@@ -27,6 +27,7 @@ class Closures:
         self.ctx = ctx
         self.cases = cases
 
+    @repeats.answering(node_api_pb2.ClosureStatus)
     async def propose_closure(self, request: node_api_pb2.ProposeClosureRequest) -> node_api_pb2.ClosureStatus:
         await self.cases.open_case_row(request.case_id)
         check_notes(note=request.note)
@@ -73,8 +74,9 @@ class Closures:
                 },
             )
             await self.ctx.messenger.queue(tx, sealed, closure_id, request.actor)
+            proposed = await self._kept_status(tx, request)
         await self.ctx.changed()
-        return await self.closure_status(request.case_id)
+        return proposed
 
     async def _involved(self, tokens: list[bytes]) -> list[str]:
         """The other agencies linked to these people now, as the gateway knows them."""
@@ -150,8 +152,8 @@ class Closures:
         if await fetchone("SELECT 1 FROM closures WHERE case_id = ? AND state = 'proposed'", (case_id,)):
             raise failed("a closure is already proposed for this case; see GetClosure")
 
-    async def _closure(self, case_id: str) -> tuple[str, str, str] | None:
-        row = await self.ctx.store.fetchone(
+    async def _closure(self, case_id: str, fetchone: FetchOne) -> tuple[str, str, str] | None:
+        row = await fetchone(
             "SELECT closure_id, respond_by, state FROM closures WHERE case_id = ? ORDER BY closure_id DESC LIMIT 1",
             (case_id,),
         )
@@ -175,14 +177,16 @@ class Closures:
             if a
         ]
 
-    async def closure_status(self, case_id: str) -> node_api_pb2.ClosureStatus:
-        closure = await self._closure(case_id)
+    async def closure_status(self, case_id: str, tx: Tx | None = None) -> node_api_pb2.ClosureStatus:
+        """The case's closure as committed, or, in `tx`, as that transaction leaves it."""
+        fetchone, fetchall = (tx.fetchone, tx.fetchall) if tx else (self.ctx.store.fetchone, self.ctx.store.fetchall)
+        closure = await self._closure(case_id, fetchone)
         if closure is None:
-            if await self.ctx.store.fetchone("SELECT 1 FROM cases WHERE case_id = ?", (case_id,)) is None:
+            if await fetchone("SELECT 1 FROM cases WHERE case_id = ?", (case_id,)) is None:
                 raise not_found(f"no case {case_id!r} at this node")
             return node_api_pb2.ClosureStatus(case_id=case_id, state="none")
         closure_id, respond_by, state = closure
-        rows = await self._invitees(self.ctx.store.fetchall, closure_id)
+        rows = await self._invitees(fetchall, closure_id)
         replies = self._answered(rows)
         return node_api_pb2.ClosureStatus(
             case_id=case_id,
@@ -193,6 +197,14 @@ class Closures:
             replies=replies,
             objection_outstanding=any(r.answer == workflow_pb2.CLOSURE_ANSWER_OBJECT for r in replies),
         )
+
+    async def _kept_status(
+        self, tx: Tx, request: node_api_pb2.ProposeClosureRequest | node_api_pb2.CloseCaseRequest
+    ) -> node_api_pb2.ClosureStatus:
+        """The closure as this call leaves it, kept to answer a repeat of the call."""
+        status = await self.closure_status(request.case_id, tx)
+        await repeats.keep(tx, request, status)
+        return status
 
     @repeats.answering(node_api_pb2.RespondToClosureResponse)
     async def respond_to_closure(
@@ -244,6 +256,7 @@ class Closures:
         await self.ctx.changed()
         return response
 
+    @repeats.answering(node_api_pb2.ClosureStatus)
     async def close_case(self, request: node_api_pb2.CloseCaseRequest) -> node_api_pb2.ClosureStatus:
         await self.cases.open_case_row(request.case_id)
         check_notes(note=request.note, override_objections_reason=request.override_objections_reason)
@@ -298,9 +311,10 @@ class Closures:
                 },
             )
             await self.ctx.messenger.queue(tx, sealed, status.closure_id, request.actor)
+            closed = await self._kept_status(tx, request)
         await self.ctx.changed()
         await self.cases.end_subscriptions(request.actor)
-        return await self.closure_status(request.case_id)
+        return closed
 
 
 def _objections(replies: Iterable[node_api_pb2.ClosureReply]) -> list[node_api_pb2.ClosureReply]:

@@ -10,11 +10,19 @@ import grpc
 from linkage.envelope import parse_routing
 from linkage.v1 import node_api_pb2
 from linkage.v1.envelope_pb2 import Envelope
+from node import repeats
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 
 
 async def record_follow_up(ctx: NodeContext, request: node_api_pb2.FollowUpRequest) -> node_api_pb2.DeliveryStatus:
+    # A repeat of a call answered before is answered again: it would be refused as followed up already.
+    return await repeats.answer_once(
+        ctx.store.fetchone, request, node_api_pb2.DeliveryStatus, lambda: _record(ctx, request)
+    )
+
+
+async def _record(ctx: NodeContext, request: node_api_pb2.FollowUpRequest) -> node_api_pb2.DeliveryStatus:
     if not request.note.strip():
         raise invalid("note is empty: say what was done instead, who was told and how")
     check_notes(note=request.note)
@@ -53,12 +61,13 @@ async def record_follow_up(ctx: NodeContext, request: node_api_pb2.FollowUpReque
             counterpart=recipient,
             rationale=request.note,
         )
-        now = tx.now_ms
-    return node_api_pb2.DeliveryStatus(
-        node_id=recipient,
-        message_id=request.message_id,
-        state=state,
-        reason=reason,
-        follow_up=request.note,
-        followed_up_at_ms=now,
-    )
+        followed = node_api_pb2.DeliveryStatus(
+            node_id=recipient,
+            message_id=request.message_id,
+            state=state,
+            reason=reason,
+            follow_up=request.note,
+            followed_up_at_ms=tx.now_ms,
+        )
+        await repeats.keep(tx, request, followed)
+    return followed

@@ -1,9 +1,10 @@
-"""A call that sends a message, repeated by its case system after the answer was lost (a
-timeout, a dropped connection), must not send it twice: the other agency would get the
-same question, request or challenge again, and a repeated escalation would be refused as
-already made. A call that names a request_id is answered, when repeated, as it was the
-first time. The answer is kept in the transaction that queues the message, so either both
-stand or neither does (a share keeps its own, with the share: node/sharing.py)."""
+"""A call that changes something, repeated by its case system after the answer was lost (a
+timeout, a dropped connection), must not change it twice: the other agency would get the
+same question, request or challenge again, an assessment would be recorded as a second
+version, and a repeated escalation, withdrawal or close would be refused as made already.
+A call that names a request_id is answered, when repeated, as it was the first time. The
+answer is kept in the transaction that makes the change, so either both stand or neither
+does (a share keeps its own, with the share: node/sharing.py)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ async def answered(fetchone: FetchOne, request: Any, answer_type: type[Answer]) 
 
 
 async def keep(tx: Tx, request: Any, answer: Message) -> None:
-    """Keep the answer to a call with a request_id, in the transaction that sends its message."""
+    """Keep the answer to a call with a request_id, in the transaction that makes its change."""
     if not request.request_id:
         return
     try:
@@ -69,8 +70,22 @@ async def keep(tx: Tx, request: Any, answer: Message) -> None:
         raise ApiError(
             grpc.StatusCode.ABORTED,
             f"another call with request_id {request.request_id!r} was answered while this one was made; "
-            "nothing more was sent: repeat this one for its answer",
+            "nothing more was done: repeat this one for its answer",
         ) from None
+
+
+async def answer_once(
+    fetchone: FetchOne, request: Any, answer_type: type[Answer], work: Callable[[], Awaitable[Answer]]
+) -> Answer:
+    """The answer of `work`, or, to a repeat of a call answered before, that call's answer."""
+    if (sent := await answered(fetchone, request, answer_type)) is not None:
+        return sent
+    try:
+        return await work()
+    except ApiError:  # refused, perhaps for what a call racing this one with its id has just done
+        if (sent := await answered(fetchone, request, answer_type)) is None:
+            raise
+        return sent
 
 
 def answering(
@@ -82,9 +97,7 @@ def answering(
     def wrap(handler: Callable[[Any, Request], Awaitable[Answer]]) -> Callable[[Any, Request], Awaitable[Answer]]:
         @functools.wraps(handler)
         async def call(self: Any, request: Request) -> Answer:
-            if (sent := await answered(self.ctx.store.fetchone, request, answer_type)) is not None:
-                return sent
-            return await handler(self, request)
+            return await answer_once(self.ctx.store.fetchone, request, answer_type, lambda: handler(self, request))
 
         return call
 

@@ -13,6 +13,7 @@ from linkage import logs
 from linkage.envelope import parse_routing
 from linkage.tokens import TOKEN_LEN
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
+from node import repeats
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, kind_name
@@ -93,6 +94,25 @@ def _repeat(stands: Standing, erase: bool) -> bool:
     return stands.state == "erased" or (stands.state == "withdrawn" and not erase)
 
 
+def _findings(
+    breach: bool, withheld: set[str], unsent_to: set[str], ctx: NodeContext
+) -> list[node_api_pb2.PolicyFinding]:
+    """What the practitioner withdrawing a summary is told besides: a breach for IG to assess,
+    and the versions of it cancelled before they left."""
+    findings = [BREACH_TO_ASSESS] if breach else []
+    if withheld:
+        agencies = ", ".join(sorted({ctx.agency(node).agency_name or node for node in unsent_to}))
+        findings.append(
+            node_api_pb2.PolicyFinding(
+                code="versions_cancelled",
+                severity="warning",
+                message=f"{len(withheld)} message(s) of or about this summary were still waiting to be sent "
+                f"(to {agencies}) and are cancelled: they will not be sent",
+            )
+        )
+    return findings
+
+
 def _to_reach(where: dict[str, Standing], erase: bool) -> list[str]:
     """The agencies a withdrawal that names none goes to: every one it is not a repeat for."""
     return [r for r in sorted(where) if not _repeat(where[r], erase)]
@@ -102,6 +122,7 @@ class Withdrawals:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
 
+    @repeats.answering(node_api_pb2.ShareSummaryResponse)
     async def withdraw(self, request: node_api_pb2.WithdrawSummaryRequest) -> node_api_pb2.ShareSummaryResponse:
         if not request.reason.strip():
             raise invalid("say why the summary is withdrawn; every recipient is told")
@@ -181,6 +202,10 @@ class Withdrawals:
                     },
                 )
                 statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, request.summary_id)
+                withdrawn = node_api_pb2.ShareSummaryResponse(
+                    share_id=share_id, recipients=statuses, findings=_findings(breach, withheld, unsent_to, self.ctx)
+                )
+                await repeats.keep(tx, request, withdrawn)
         except BaseException:
             self.ctx.outbox.release(withheld)
             raise
@@ -192,18 +217,7 @@ class Withdrawals:
             recipients=len(recipients),
             cancelled=len(withheld),
         )
-        findings = [BREACH_TO_ASSESS] if breach else []
-        if withheld:
-            agencies = ", ".join(sorted({self.ctx.agency(node).agency_name or node for node in unsent_to}))
-            findings.append(
-                node_api_pb2.PolicyFinding(
-                    code="versions_cancelled",
-                    severity="warning",
-                    message=f"{len(withheld)} message(s) of or about this summary were still waiting to be sent "
-                    f"(to {agencies}) and are cancelled: they will not be sent",
-                )
-            )
-        return node_api_pb2.ShareSummaryResponse(share_id=share_id, recipients=statuses, findings=findings)
+        return withdrawn
 
     async def _cancel_unsent(
         self,

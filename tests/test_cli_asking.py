@@ -46,9 +46,11 @@ async def test_record_ask_answer_request_and_reply_from_the_cli(federation: Loca
         overdue.risk_items[0].sar_exemptions.append("SCH3_P2_HEALTH_SERIOUS_HARM")
         assessment.write_text(as_written(overdue))
         assert parent.hex() in assessment.read_text()
-        code, out, err = await linkage("case", "record", amh_case, "--assessment", str(assessment), *who("amh"))
+        record = ("case", "record", amh_case, "--assessment", str(assessment), "--request-id", "r1", *who("amh"))
+        code, out, err = await linkage(*record)
         assert code == 0, err
         assert " recorded: summary " in out and ", version 1" in out
+        assert await linkage(*record) == (0, out, "")  # repeated with its request id: not a version 2
         assessment_id = out.split()[1]
         decision = tmp_path / "decision.json"
         decision.write_text(json_format.MessageToJson(stories.override_decision()))
@@ -162,8 +164,10 @@ async def test_dates_tokens_and_files_a_person_gets_wrong_are_one_line(
         ):
             code, out, err = await linkage(*args, *who)
             assert code in (1, 2) and said in err and "Traceback" not in err, err
-        code, out, err = await linkage("case", "remove-person", other_case, "--token", token.upper(), *who)
+        remove = ("case", "remove-person", other_case, "--token", token.upper(), "--request-id", "x", *who)
+        code, out, err = await linkage(*remove)
         assert code == 0 and token not in out, err
+        assert await linkage(*remove) == (0, out, "")  # repeated with its request id: not refused as gone
 
 
 def _with_exemption(summary: summary_pb2.RiskSummary) -> summary_pb2.RiskSummary:

@@ -55,11 +55,13 @@ async def test_preview_then_send_then_status_from_the_cli(federation: LocalFeder
         store = cluster.nodes["amh"].store
         assert store is not None
         (summary_id,) = await store.fetchone("SELECT summary_id FROM outbox")
-        code, out, err = await linkage(
+        withdraw = (
             "share", "withdraw", summary_id, "--reason", "Sent in error", "--ground", "SHARED_IN_ERROR",
-            "--only", "school", *who,
+            "--only", "school", "--request-id", "w", *who,
         )  # fmt: skip
+        code, out, err = await linkage(*withdraw)
         assert code == 0, err
+        assert await linkage(*withdraw) == (0, out, "")  # repeated with its request id: answered, not refused
         assert "school: undeliverable (message " in out and "'school' is revoked; if this agency must" in out
         assert "warning: sharing it was a personal data breach: tell your information governance officer" in out
         withdrawal_id = out.split()[1].rstrip(":")  # "Withdrawal ID:"
@@ -91,10 +93,10 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
 
         parent = f"nhs:{stories.PARENT_NHS} role=POSES_RISK type=ADULT_OTHER rel=parent"
         child = f"nhs:{stories.CHILD_NHS} role=AT_RISK type=CHILD rel=child basis=VERIFIED_NATIONAL"
-        code, out, err = await linkage(
-            "case", "open", "--case-ref", "A-1", "--person", parent, "--person", child, *who("amh"), "--json"
-        )
+        open_a1 = ("case", "open", "--case-ref", "A-1", "--person", parent, "--person", child, "--request-id", "o")
+        code, out, err = await linkage(*open_a1, *who("amh"), "--json")
         assert code == 0, err
+        assert await linkage(*open_a1, *who("amh"), "--json") == (0, out, "")  # repeated: the same case
         opened = json.loads(out)
         assert [p.get("identity_basis") for p in opened["people"]] == [None, "VERIFIED_NATIONAL"]
         amh_case = opened["case_id"]
@@ -110,10 +112,10 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
 
         code, out, err = await linkage("case", "close", amh_case, *who("amh"))
         assert code == 1 and "must be alerted before a case is closed" in err
-        code, out, err = await linkage(
-            "case", "propose-closure", amh_case, "--respond-by", "2099-01-01", "--note", "Goals met", *who("amh")
-        )
+        propose = ("case", "propose-closure", amh_case, "--respond-by", "2099-01-01", "--note", "Goals met")
+        code, out, err = await linkage(*propose, "--request-id", "p", *who("amh"))
         assert code == 0, err
+        assert await linkage(*propose, "--request-id", "p", *who("amh")) == (0, out, "")  # not refused as made
         assert "closure proposed" in out and "csc: no answer yet" in out
 
         intent = await next_item(cluster, "csc", env.MESSAGE_KIND_CLOSURE_INTENT)

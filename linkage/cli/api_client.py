@@ -33,12 +33,12 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_request_id_argument(parser: argparse.ArgumentParser) -> None:
-    """For a command that sends: given again after an answer that never came, it is answered
-    as the first time and sends nothing more (the API's request_id)."""
+    """For a command that changes something: given again after an answer that never came, it
+    is answered as the first time and changes nothing more (the API's request_id)."""
     parser.add_argument(
         "--request-id",
         default="",
-        help="any id of yours: the same command with the same one again is answered as the first, sending nothing more",
+        help="any id of yours: the same command with the same one again is answered as the first, changing nothing",
     )
 
 

@@ -56,7 +56,10 @@ def _print_people(response: node_api_pb2.OpenCaseResponse | node_api_pb2.FoundCa
 
 def case_open(args: argparse.Namespace) -> int:
     request = node_api_pb2.OpenCaseRequest(
-        actor=actor(args), case_ref=args.case_ref, people=[_person(p) for p in args.person]
+        actor=actor(args),
+        case_ref=args.case_ref,
+        people=[_person(p) for p in args.person],
+        request_id=args.request_id,
     )
     response = call(args, lambda api: api.OpenCase(request))
     emit_json(response) if args.json else _print_people(response)
@@ -90,14 +93,18 @@ def case_find(args: argparse.Namespace) -> int:
 
 
 def case_add_person(args: argparse.Namespace) -> int:
-    request = node_api_pb2.AddPersonRequest(actor=actor(args), case_id=args.case_id, person=_person(args.person))
+    request = node_api_pb2.AddPersonRequest(
+        actor=actor(args), case_id=args.case_id, person=_person(args.person), request_id=args.request_id
+    )
     response = call(args, lambda api: api.AddPerson(request))
     emit_json(response) if args.json else _print_people(response)
     return 0
 
 
 def case_remove_person(args: argparse.Namespace) -> int:
-    request = node_api_pb2.RemovePersonRequest(actor=actor(args), case_id=args.case_id, link_token=args.token)
+    request = node_api_pb2.RemovePersonRequest(
+        actor=actor(args), case_id=args.case_id, link_token=args.token, request_id=args.request_id
+    )
     response = call(args, lambda api: api.RemovePerson(request))
     emit_json(response) if args.json else _print_people(response)
     return 0
@@ -138,7 +145,9 @@ def case_record(args: argparse.Namespace) -> int:
         assessment = json_format.ParseDict(_tokens_from_hex(written), summary_pb2.RiskSummary())
     except (OSError, json.JSONDecodeError, json_format.ParseError) as exc:
         raise SystemExit(f"linkage: cannot read the assessment file {args.assessment}: {exc}") from None
-    request = node_api_pb2.RecordAssessmentRequest(actor=actor(args), case_id=args.case_id, assessment=assessment)
+    request = node_api_pb2.RecordAssessmentRequest(
+        actor=actor(args), case_id=args.case_id, assessment=assessment, request_id=args.request_id
+    )
     response = call(args, lambda api: api.RecordAssessment(request))
     if args.json:
         emit_json(response)
@@ -172,6 +181,7 @@ def case_propose_closure(args: argparse.Namespace) -> int:
         note=args.note,
         intent=summary_pb2.ClosureIntent(intent=args.intent, reason_code=args.reason_code),
         respond_by=args.respond_by,
+        request_id=args.request_id,
     )
     status = call(args, lambda api: api.ProposeClosure(request))
     emit_json(status) if args.json else _print_closure(status)
@@ -201,7 +211,11 @@ def case_respond(args: argparse.Namespace) -> int:
 
 def case_close(args: argparse.Namespace) -> int:
     request = node_api_pb2.CloseCaseRequest(
-        actor=actor(args), case_id=args.case_id, note=args.note, override_objections_reason=args.override_objections
+        actor=actor(args),
+        case_id=args.case_id,
+        note=args.note,
+        override_objections_reason=args.override_objections,
+        request_id=args.request_id,
     )
     status = call(args, lambda api: api.CloseCase(request))
     emit_json(status) if args.json else _print_closure(status)
@@ -238,6 +252,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="'nhs:9434765919 role=AT_RISK type=CHILD rel=child basis=VERIFIED_NATIONAL [protect]' (repeat per "
         "person; basis: how you know the identifier is theirs)",
     )
+    add_request_id_argument(p)
     p.set_defaults(handler=case_open)
     p = sub.add_parser("list", help="find your cases: by --ref, by --person, or every open one (newest first)")
     add_connection_arguments(p)
@@ -255,11 +270,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_connection_arguments(p)
     p.add_argument("case_id")
     p.add_argument("--person", required=True)
+    add_request_id_argument(p)
     p.set_defaults(handler=case_add_person)
     p = sub.add_parser("remove-person", help="unlink a person (by link token, hex)")
     add_connection_arguments(p)
     p.add_argument("case_id")
     p.add_argument("--token", required=True, type=link_token, help="the person's link token (hex)")
+    add_request_id_argument(p)
     p.set_defaults(handler=case_remove_person)
     p = sub.add_parser("record", help="record an assessment of the case, to share with `linkage share`")
     add_connection_arguments(p)
@@ -270,6 +287,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         type=Path,
         help="JSON RiskSummary; people by their link tokens (hex, as `case open` prints them)",
     )
+    add_request_id_argument(p)
     p.set_defaults(handler=case_record)
     asking.register_case(sub)
     challenging.register_case(sub)
@@ -280,6 +298,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--intent", default="PLANNED_CLOSURE", help="PLANNED_CLOSURE, STEP_DOWN, STEP_UP, TRANSFER")
     p.add_argument("--reason-code", default="", help="closure_reason code, e.g. RISK_REDUCED_GOALS_MET")
     p.add_argument("--note", default="", help="why, in plain words")
+    add_request_id_argument(p)
     p.set_defaults(handler=case_propose_closure)
     p = sub.add_parser("closure", help="the answers to a proposed closure")
     add_connection_arguments(p)
@@ -297,6 +316,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("case_id")
     p.add_argument("--note", default="")
     p.add_argument("--override-objections", default="", help="why you close despite an objection")
+    add_request_id_argument(p)
     p.set_defaults(handler=case_close)
 
     p = commands.add_parser("involvement", help="which agencies are linked to a case's family")

@@ -75,7 +75,12 @@ def share_send(args: argparse.Namespace) -> int:
 
 def share_withdraw(args: argparse.Namespace) -> int:
     request = node_api_pb2.WithdrawSummaryRequest(
-        actor=actor(args), summary_id=args.summary_id, reason=args.reason, ground=args.ground, recipients=args.only
+        actor=actor(args),
+        summary_id=args.summary_id,
+        reason=args.reason,
+        ground=args.ground,
+        recipients=args.only,
+        request_id=args.request_id,
     )
     response = call(args, lambda api: api.WithdrawSummary(request))
     report_queued(args, response, f"Withdrawal {response.share_id}", list(response.recipients))
@@ -131,7 +136,9 @@ def share_queues(args: argparse.Namespace) -> int:
 
 
 def share_follow_up(args: argparse.Namespace) -> int:
-    request = node_api_pb2.FollowUpRequest(actor=actor(args), message_id=args.message_id, note=args.note)
+    request = node_api_pb2.FollowUpRequest(
+        actor=actor(args), message_id=args.message_id, note=args.note, request_id=args.request_id
+    )
     status = call(args, lambda api: api.RecordFollowUp(request))
     if args.json:
         emit_json(status)
@@ -176,6 +183,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         metavar="NODE",
         help="recall it from this agency alone (repeatable): one it went to in error; the others keep it",
     )
+    add_request_id_argument(p)
     p.set_defaults(handler=share_withdraw)
     p = sub.add_parser("status", help="where each recipient's copy of a share is")
     add_connection_arguments(p)
@@ -188,4 +196,5 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_connection_arguments(p)
     p.add_argument("message_id")
     p.add_argument("--note", required=True, help="who was told, and how (a telephone call, secure email)")
+    add_request_id_argument(p)
     p.set_defaults(handler=share_follow_up)

@@ -70,8 +70,13 @@ class OpenCaseRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     CASE_REF_FIELD_NUMBER: _builtins.int
     PEOPLE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     case_ref: _builtins.str
     """the case system's own reference"""
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and opens nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     @_builtins.property
@@ -82,10 +87,11 @@ class OpenCaseRequest(_message.Message):
         actor: _summary_pb2.Practitioner | None = ...,
         case_ref: _builtins.str = ...,
         people: _abc.Iterable[Global___PersonIdentifier] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_ref", b"case_ref", "people", b"people"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_ref", b"case_ref", "people", b"people", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,7 +163,12 @@ class RecordAssessmentRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
     ASSESSMENT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and records no second version (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     @_builtins.property
@@ -168,10 +179,11 @@ class RecordAssessmentRequest(_message.Message):
         actor: _summary_pb2.Practitioner | None = ...,
         case_id: _builtins.str = ...,
         assessment: _summary_pb2.RiskSummary | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "assessment", b"assessment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "assessment", b"assessment", "case_id", b"case_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "assessment", b"assessment", "case_id", b"case_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,7 +264,12 @@ class AddPersonRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
     PERSON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and adds nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     @_builtins.property
@@ -263,10 +280,11 @@ class AddPersonRequest(_message.Message):
         actor: _summary_pb2.Practitioner | None = ...,
         case_id: _builtins.str = ...,
         person: Global___PersonIdentifier | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "person", b"person"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "person", b"person"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "person", b"person", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,8 +297,13 @@ class RemovePersonRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
     LINK_TOKEN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     link_token: _builtins.bytes
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and removes nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     def __init__(
@@ -289,10 +312,11 @@ class RemovePersonRequest(_message.Message):
         actor: _summary_pb2.Practitioner | None = ...,
         case_id: _builtins.str = ...,
         link_token: _builtins.bytes = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "link_token", b"link_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "link_token", b"link_token", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -486,8 +510,13 @@ class ProposeClosureRequest(_message.Message):
     INTENT_FIELD_NUMBER: _builtins.int
     RESPOND_BY_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     note: _builtins.str
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and alerts no one again (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     @_builtins.property
@@ -502,10 +531,11 @@ class ProposeClosureRequest(_message.Message):
         intent: _summary_pb2.ClosureIntent | None = ...,
         respond_by: _summary_pb2.Date | None = ...,
         note: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "intent", b"intent", "respond_by", b"respond_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "intent", b"intent", "note", b"note", "respond_by", b"respond_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "intent", b"intent", "note", b"note", "request_id", b"request_id", "respond_by", b"respond_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -648,9 +678,14 @@ class CloseCaseRequest(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     OVERRIDE_OBJECTIONS_REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     note: _builtins.str
     override_objections_reason: _builtins.str
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and sends nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     def __init__(
@@ -660,10 +695,11 @@ class CloseCaseRequest(_message.Message):
         case_id: _builtins.str = ...,
         note: _builtins.str = ...,
         override_objections_reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "note", b"note", "override_objections_reason", b"override_objections_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "case_id", b"case_id", "note", b"note", "override_objections_reason", b"override_objections_reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -678,11 +714,16 @@ class WithdrawSummaryRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     GROUND_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     summary_id: _builtins.str
     reason: _builtins.str
     ground: _builtins.str
     """Why (withdrawal_ground code): whether recipients erase it, and whether sharing it was
     a personal data breach for this agency's IG officer to assess.
+    """
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and sends nothing more (as ShareSummaryRequest.request_id).
     """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
@@ -700,10 +741,11 @@ class WithdrawSummaryRequest(_message.Message):
         reason: _builtins.str = ...,
         ground: _builtins.str = ...,
         recipients: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "ground", b"ground", "reason", b"reason", "recipients", b"recipients", "summary_id", b"summary_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "ground", b"ground", "reason", b"reason", "recipients", b"recipients", "request_id", b"request_id", "summary_id", b"summary_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1344,10 +1386,15 @@ class FollowUpRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """an undeliverable message this node sent"""
     note: _builtins.str
     """what was done instead: who was told, how"""
+    request_id: _builtins.str
+    """Optional: a call repeated with the same request_id, after an answer was lost, is
+    answered as the first was and records nothing more (as ShareSummaryRequest.request_id).
+    """
     @_builtins.property
     def actor(self) -> _summary_pb2.Practitioner: ...
     def __init__(
@@ -1356,10 +1403,11 @@ class FollowUpRequest(_message.Message):
         actor: _summary_pb2.Practitioner | None = ...,
         message_id: _builtins.str = ...,
         note: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "message_id", b"message_id", "note", b"note"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "message_id", b"message_id", "note", b"note", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
