@@ -311,6 +311,8 @@ class Sharing:
         except sqlite3.IntegrityError as exc:
             if "shares.request_id" not in str(exc):
                 raise
+            if (answered := await self._answered(request)) is not None:  # a call racing this one shared first
+                return answered
             raise ApiError(
                 grpc.StatusCode.ABORTED,
                 f"another call with request_id {request.request_id!r} is sharing now; repeat this one for its answer",

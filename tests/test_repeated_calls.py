@@ -199,6 +199,24 @@ async def test_a_call_that_a_call_racing_it_with_its_request_id_made_first_is_gi
         assert await amh.RecordAssessment(recording) == recorded  # not ABORTED by the answer it kept
         assert await store.fetchone("SELECT COUNT(*) FROM assessments") == (0,)
 
+        recording.request_id = ""
+        assessment_id = (await amh.RecordAssessment(recording)).assessment_id
+        sharing = node_api_pb2.ShareSummaryRequest(
+            actor=PRACTITIONER, assessment_id=assessment_id, decision=stories.override_decision(), request_id="s"
+        )
+        shared = node_api_pb2.ShareSummaryResponse(share_id="shared-by-the-other-call")
+
+        async def other_shared(tx: Tx) -> None:
+            await tx.execute(
+                "INSERT INTO shares(share_id, assessment_id, created_at_ms, outcome, decision, request_id, response) "
+                "VALUES (?, ?, ?, 'SHARED', x'', 's', ?)",
+                (shared.share_id, assessment_id, tx.now_ms, shared.SerializeToString()),
+            )
+
+        written_first(monkeypatch, store, other_shared)
+        assert await amh.ShareSummary(sharing) == shared  # not ABORTED by the share the other recorded
+        assert await store.fetchone("SELECT share_id FROM shares") == (shared.share_id,)
+
 
 async def test_each_call_that_changes_a_case_or_a_summary_repeated_with_its_request_id_changes_it_once(
     federation: LocalFederation,
