@@ -11,6 +11,7 @@ import asyncio
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import random
 import time
@@ -197,14 +198,20 @@ async def test_a_member_s_garbage_receipts_leave_its_peer_whole_and_every_messag
         garbler = Garbler(random.Random(SEED + 3), ["amh", "csc", TEXT], tokens)
         spoiled = frozenset({"status", "reason", "received_at_ms", "checkpoint", "envelope_sha256"})
 
+        made = itertools.count()
+
         class Spoiling:
-            """envelope_pb2 as node.reception sees it: each receipt body it makes, spoiled."""
+            """envelope_pb2 as node.reception sees it: each receipt body it makes, spoiled, and
+            every fifth saying "not yet" for a reason of csc's own (whatever the seed spoils)."""
 
             def __getattr__(self, name: str) -> Any:
                 return getattr(envelope_pb2, name)
 
             def ReceiptBody(self, **fields: Any) -> Message:
-                return garbler.spoil(envelope_pb2.ReceiptBody(**fields), garbler.rng.choice((1, 2, 3)), spoiled)
+                body = garbler.spoil(envelope_pb2.ReceiptBody(**fields), garbler.rng.choice((1, 2, 3)), spoiled)
+                if next(made) % 5 == 0:
+                    body.status, body.reason = envelope_pb2.RECEIPT_STATUS_DEFERRED, TEXT * 100  # type: ignore[attr-defined]
+                return body
 
         with monkeypatch.context() as patched:  # the receipts csc makes (and amh's, for csc's notices)
             patched.setattr(reception, "envelope_pb2", Spoiling())
