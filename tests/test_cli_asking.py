@@ -168,6 +168,11 @@ async def test_dates_tokens_and_files_a_person_gets_wrong_are_one_line(
         code, out, err = await linkage(*remove)
         assert code == 0 and token not in out, err
         assert await linkage(*remove) == (0, out, "")  # repeated with its request id: not refused as gone
+        sibling = f"nhs:{stories.UNRELATED_NHS} role=AT_RISK type=CHILD rel=sibling"
+        add = ("case", "add-person", other_case, "--person", sibling, "--request-id", "y", *who)
+        code, out, err = await linkage(*add)
+        assert code == 0 and len(out.splitlines()) == 3, (out, err)  # the case, and its two people
+        assert await linkage(*add) == (0, out, "")  # repeated with its request id: not refused as there
 
 
 def _with_exemption(summary: summary_pb2.RiskSummary) -> summary_pb2.RiskSummary:
