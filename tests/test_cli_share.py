@@ -163,3 +163,9 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
         )
         assert code == 0, out + err
         assert "consistent with 1 of 1 lodged checkpoints" in out
+
+        # amh closes over csc's objection, saying why; repeated with its request id, it is answered again.
+        close = ("case", "close", amh_case, "--override-objections", "csc's worry is met by its own plan")
+        code, out, err = await linkage(*close, "--request-id", "c", *who("amh"))
+        assert code == 0 and f"Case {amh_case}: closure closed" in out, err
+        assert await linkage(*close, "--request-id", "c", *who("amh")) == (0, out, "")  # not refused as closed
