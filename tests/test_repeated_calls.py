@@ -241,10 +241,9 @@ async def test_each_call_that_changes_a_case_or_a_summary_repeated_with_its_requ
         )
         case_id = opened.case_id
         add_child = node_api_pb2.AddPersonRequest(actor=PRACTITIONER, case_id=case_id, person=child_id)
-        assert len((await twice(amh.AddPerson, add_child, "a1")).people) == 2
-        child = next(
-            p.link_token for p in (await twice(amh.AddPerson, add_child, "a1")).people if p.person_type == "CHILD"
-        )
+        added = await twice(amh.AddPerson, add_child, "a1")
+        assert len(added.people) == 2
+        child = next(p.link_token for p in added.people if p.person_type == "CHILD")
         removed = await twice(
             amh.RemovePerson,
             node_api_pb2.RemovePersonRequest(actor=PRACTITIONER, case_id=case_id, link_token=child),
