@@ -365,6 +365,12 @@ def test_what_an_ig_officer_mistypes_gets_a_plain_answer(scenario: LocalFederati
     token = next(t for e in map(json.loads, listed) for t in e["tokens"])
     upper = linkage("audit", "list", "--config", config(scenario, "amh"), "--token", token.upper(), "--json")
     assert upper.stdout and all(token in json.loads(e)["tokens"] for e in upper.stdout.splitlines())
+    # A filter that matches nothing says so, naming what was given (a mistyped event printed nothing).
+    typo = linkage("audit", "list", "--config", config(scenario, "amh"), "--event", "share.decided", "--token", token)
+    assert typo.returncode == 0 and typo.stdout == (
+        f"no entry of this node's audit log matches --token {token} --event share.decided\n"
+    ), typo
+    assert linkage("audit", "list", "--config", config(scenario, "amh"), "--event", "x", "--json").stdout == ""
     # A reader that goes away (`| head -1`) ends the listing quietly, not in a traceback.
     with subprocess.Popen(
         [sys.executable, "-m", "linkage", "audit", "list", "--config", config(scenario, "amh")],

@@ -253,8 +253,10 @@ def _entries(args: argparse.Namespace, config: NodeConfig) -> Iterator[Iterator[
 
 def audit_list(args: argparse.Namespace) -> int:
     config = NodeConfig.load(args.config)
+    listed = 0
     with _entries(args, config) as entries:
         for e in entries:
+            listed += 1
             if args.json:
                 print(json.dumps(e, sort_keys=True))
                 continue
@@ -263,7 +265,19 @@ def audit_list(args: argparse.Namespace) -> int:
                 f"{e['seq']:>6} {when(e['ts_ms'])} {e['event']:<26} {who:<24} {e['counterpart'] or '-':<12} "
                 f"{e['decision'] or ''} {e['rationale'][:60]}"
             )
+    if not listed and not args.json:  # else a mistyped filter (an event's name, say) looks like an empty log
+        given = _filters_given(args)
+        print(f"no entry of this node's audit log matches {given}" if given else "this node's audit log is empty")
     return 0
+
+
+FILTERS = ("since", "until", "person", "token", "event", "counterpart", "decision")  # as `filters` adds them
+
+
+def _filters_given(args: argparse.Namespace) -> str:
+    """The filters as the command was given them, to say what matched nothing."""
+    given = [(name, getattr(args, name, None)) for name in FILTERS]
+    return " ".join(f"--{name} {value.hex() if isinstance(value, bytes) else value}" for name, value in given if value)
 
 
 COLUMNS = [
