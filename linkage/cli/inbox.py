@@ -77,6 +77,9 @@ def inbox_list(args: argparse.Namespace) -> int:
         emit_json(response)
     for item in [] if args.json else response.items:
         _print_item(item)
+    if not args.json and not response.items:  # else a filter that matched nothing looks like a fault
+        after = f" after item {args.after}" if args.after else ""
+        print(f"Nothing received{after}{' about that person' if args.token else ''}.")
     return 0
 
 
