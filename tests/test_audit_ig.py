@@ -430,6 +430,14 @@ def test_checkpoints_travel_in_receipts_and_vouch_for_the_peer(scenario: LocalFe
     verified = linkage("audit", "verify", "--config", config(scenario, "csc"), "--checkpoints", str(held))
     # the peer's checkpoint from the receipt, and the one csc keeps, cosigned by the witness
     assert verified.returncode == 0 and "consistent with 2 of 2" in verified.stdout, verified.stdout
+    # A node amh holds nothing from (a mistyped id) is said so, and no empty file passes for its checkpoints.
+    none = tmp_path / "cs-checkpoints.jsonl"
+    refused = linkage("audit", "checkpoints", "--config", config(scenario, "amh"), "--of", "cs", "--out", str(none))
+    assert refused.returncode == 1 and not none.exists(), refused
+    assert (
+        "holds no checkpoint of the audit log of 'cs' (no receipt from that node carries one); it holds receipts "
+        "from csc, school" in refused.stderr
+    ), refused.stderr
 
 
 def test_gateway_metadata_log_verifies_and_cross_check_agrees(scenario: LocalFederation, tmp_path: Path) -> None:

@@ -218,6 +218,12 @@ def checkpoints_held(args: argparse.Namespace) -> int:
             if body.HasField("checkpoint"):
                 out.write(json.dumps({"signed": base64.b64encode(body.checkpoint.SerializeToString()).decode()}) + "\n")
                 count += 1
+        if not count:  # no file: an empty one would pass for what the other node's IG officer asked for
+            held = [r for (r,) in db.execute("SELECT DISTINCT recipient FROM outbox WHERE receipt IS NOT NULL")]
+            raise SystemExit(
+                f"linkage: this node holds no checkpoint of the audit log of {args.of!r} (no receipt from that node "
+                f"carries one); it holds receipts from {', '.join(sorted(held)) or 'no agency yet'}"
+            )
     print(f"wrote {count} checkpoints of {args.of}'s audit log to {args.out}")
     return 0
 
