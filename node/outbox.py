@@ -730,7 +730,7 @@ class Outbox:
         after a back-off, until its own expiry, and its status says why meanwhile. False if it
         was not ours to send again (settled, or a message we never sent)."""
         row = await tx.fetchone(
-            "SELECT attempts FROM outbox WHERE message_id = ? AND recipient = ? AND digest = ? "
+            "SELECT attempts, share_id, reason FROM outbox WHERE message_id = ? AND recipient = ? AND digest = ? "
             "AND state IN ('queued', 'sent')",
             (body.message_id, body.recipient_node, body.envelope_sha256),
         )
@@ -747,6 +747,13 @@ class Outbox:
             "UPDATE outbox SET reason = ?, next_attempt_at_ms = ? WHERE message_id = ? AND recipient = ?",
             (reason, tx.now_ms + self._retry_ms(max(0, int(row[0]) - 1)), body.message_id, body.recipient_node),
         )
+        if row[2] != reason:  # the recipient's first word of it, or a new why: each try after says the same
+            await tx.audit(
+                "message.deferred",
+                message_id=body.message_id,
+                counterpart=body.recipient_node,
+                detail={"share_id": row[1], "reason": reason, "code": code, "by": "recipient"},
+            )
         log.warning("message.deferred", message_id=body.message_id, counterpart=body.recipient_node, reason=code)
         return True
 

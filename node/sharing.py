@@ -378,7 +378,8 @@ class Sharing:
         """Delivery state changes, read from the audit log where each was recorded."""
         rows = await self.ctx.store.fetchall(
             "SELECT seq, ts_ms, event, entry FROM audit WHERE seq > ? AND event IN "
-            "('message.queued', 'message.sent', 'message.delivered', 'message.undeliverable', 'message.cancelled') "
+            "('message.queued', 'message.sent', 'message.deferred', 'message.delivered', 'message.undeliverable', "
+            "'message.cancelled') "
             "ORDER BY seq LIMIT ?",
             (after_seq, limit),
         )

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -245,6 +246,54 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
         ).recipients
         assert (status.state, status.reason) == ("delivered", "")
         assert not await audit_events(amh, "message.undeliverable")
+
+
+async def test_a_deferral_is_in_the_senders_audit_log_once_and_its_watchers_hear_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recipient's signed word that it will not take a message yet is part of the
+    message's story for the IG officer and the case system following deliveries: amh audits
+    it, with why, as the recipient first says it; each try after, deferred for the same
+    reason, adds nothing to the log."""
+    async with amh_ahead(tmp_path) as (cluster, clock, ahead):
+        amh = cluster.nodes["amh"]
+        recorded: asyncio.Queue[bool] = asyncio.Queue()
+        record = amh.outbox._record_deferral
+
+        async def counted(tx: Any, body: env.ReceiptBody) -> bool:
+            said = await record(tx, body)
+            recorded.put_nowait(said)
+            return said
+
+        monkeypatch.setattr(amh.outbox, "_record_deferral", counted)
+        watch = cluster.api("amh").WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER))
+        shared = await share(cluster, await family_assessment(cluster))
+        (sent,) = shared.recipients
+        assert await recorded.get()
+        async with asyncio.timeout(15):
+            async for event in watch:
+                if event.status.state == "deferred":
+                    break
+        watch.cancel()
+        assert (event.share_id, event.status.message_id, event.status.node_id) == (
+            shared.share_id,
+            sent.message_id,
+            "csc",
+        )
+        assert event.status.reason.startswith("not taken yet by the recipient (future)")
+
+        for moving in (clock, ahead):  # past its back-off, amh still ten minutes ahead
+            moving.advance(60_000)
+        await amh.outbox.send_due()
+        assert await recorded.get()  # deferred again, for the same reason
+        assert amh.store is not None
+        async with amh.store.tx():
+            pass  # queued behind the deferral's transaction: that is committed now
+        (entry,) = await audit_events(amh, "message.deferred")
+        assert entry["message_id"] == sent.message_id and entry["counterpart"] == "csc"
+        assert entry["detail"]["share_id"] == shared.share_id
+        assert (entry["detail"]["code"], entry["detail"]["by"]) == ("future", "recipient")
+        assert len(await audit_events(cluster.nodes["csc"], "message.rejected")) == 2
 
 
 async def test_a_message_deferred_for_hours_is_on_the_duty_view_with_why(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ PLAIN = {
     "share.decision": "Decision whether to share",
     "message.queued": "Queued for an agency",
     "message.sent": "Sent through the gateway",
+    "message.deferred": "Not taken yet by the recipient (the two clocks disagree): sent again",
     "message.delivered": "Delivered (signed receipt)",
     "message.undeliverable": "Could not be delivered",
     "message.cancelled": "Not sent: its summary withdrawn first",

@@ -1620,7 +1620,9 @@ class DeliveryStatus(_message.Message):
     message_id: _builtins.str
     state: _builtins.str
     """queued | sent | delivered | undeliverable | cancelled (not sent: its summary was
-    withdrawn before it left; `reason` says so)
+    withdrawn before it left; `reason` says so). A DeliveryEvent may also say deferred:
+    the recipient will not take it yet, as the two clocks stand (`reason` says so); it is
+    sent again, and its status stays queued or sent meanwhile.
     """
     attempts: _builtins.int
     sent_at_ms: _builtins.int
