@@ -15,7 +15,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from linkage.configcheck import value_problem
 from linkage.directory import TrustedDirectory
+from linkage.settings import GATEWAY, NODE, Setting
 from linkage.transport import TlsFiles
 
 
@@ -24,21 +26,35 @@ class ConfigError(ValueError):
 
 
 class _Reader:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, settings: list[Setting]) -> None:
         self.path = path
         self.base = path.parent
         try:
             self.data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        self.settings = {(s.section, s.key): s for s in settings}
         self.problems: list[str] = []
 
     def get(self, section: str, key: str, default: Any = None, required: bool = True) -> Any:
-        """The value from LINKAGE_<SECTION>_<KEY> if set, else from the file, else `default`."""
-        env = os.environ.get(f"LINKAGE_{section}_{key}".upper())
-        value = env if env is not None else self.data.get(section, {}).get(key, default)
-        if value is None and required:
-            self.problems.append(f"{self.path}: [{section}] {key} is required")
+        """The value from LINKAGE_<SECTION>_<KEY> if set, else from the file, else `default`;
+        one that is not what its setting takes is a problem (`default` stands in for it, so
+        that every problem is found before the load fails)."""
+        name = f"LINKAGE_{section}_{key}".upper()
+        env = os.environ.get(name)
+        setting = self.settings.get((section, key))
+        if env is not None:
+            value: Any = _from_env(setting.kind, env) if setting else env
+        else:
+            value = self.data.get(section, {}).get(key, default)
+        if value is None:
+            if required:
+                self.problems.append(f"{self.path}: [{section}] {key} is required")
+            return value
+        if setting and (problem := value_problem(setting, value)):
+            where = f"{name} (in the environment)" if env is not None else f"[{section}] {key}"
+            self.problems.append(f"{self.path}: {where}: {problem}, not {value!r}")
+            return default
         return value
 
     def path_of(self, section: str, key: str, default: str | None = None) -> Path:
@@ -52,6 +68,20 @@ class _Reader:
     def done(self) -> None:
         if self.problems:
             raise ConfigError("\n".join(self.problems))
+
+
+def _from_env(kind: str, text: str) -> Any:
+    """An environment variable's text as its setting's kind, where it reads as one."""
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        return text  # left for value_problem to name
+    if kind == "list":
+        return [part for part in text.split(",") if part]
+    return text
 
 
 def load_directory_key(path: Path) -> ed25519.Ed25519PublicKey:
@@ -129,8 +159,6 @@ def _policy(r: _Reader) -> PolicyFiles:
     agreement = r.get("policy", "agreement", required=False)
     glossary = r.get("policy", "glossary", required=False)
     extra = r.get("policy", "codelists_extra", [], required=False)
-    if isinstance(extra, str):
-        extra = [e for e in extra.split(",") if e]
     return PolicyFiles(
         agreement=r.path_of("policy", "agreement") if agreement else None,
         glossary=r.path_of("policy", "glossary") if glossary else None,
@@ -189,7 +217,7 @@ class GatewayConfig:
 
     @classmethod
     def load(cls, path: Path) -> GatewayConfig:
-        r = _Reader(path)
+        r = _Reader(path, GATEWAY)
         if "node" in r.data:
             r.refuse("a node's configuration (it has a [node] section)", "the gateway's gateway.toml")
         witness_key = r.get("witness", "key", required=False)
@@ -234,7 +262,7 @@ class NodeConfig:
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
-        r = _Reader(path)
+        r = _Reader(path, NODE)
         if "node" not in r.data and "id" in r.data.get("gateway", {}):
             r.refuse("a gateway's configuration (it has [gateway] id and no [node])", "a node's node.toml")
         config = cls(

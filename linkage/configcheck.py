@@ -62,7 +62,7 @@ def check(path: Path) -> list[str]:
                 hint = f" (known here: {', '.join(known)})" if known else " (no such section)"
                 problems.append((at(section, key), f"unknown setting [{section}] {key}{hint}"))
                 continue
-            message = _value_problem(setting, value, path.parent)
+            message = value_problem(setting, value) or _missing_file(setting, value, path.parent)
             if message:
                 problems.append((at(section, key), f"[{section}] {key}: {message}"))
     for setting in settings.values():
@@ -71,12 +71,14 @@ def check(path: Path) -> list[str]:
     return [f"{path}:{line}: {message}" for line, message in sorted(problems)]
 
 
-def _value_problem(setting: Setting, value: object, base: Path) -> str:
+def value_problem(setting: Setting, value: object) -> str:
+    """What is wrong with `value` for `setting`, by its kind and least sensible value; empty
+    if nothing. Both `config check` and the processes as they load their file ask this."""
     kind = setting.kind
     if kind in ("str", "path", "address", "level") and not isinstance(value, str):
         return f"must be text, got {type(value).__name__}"
-    if kind == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        return "must be a whole number, 0 or more"
+    if kind == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < setting.minimum):
+        return f"must be a whole number, {setting.minimum} or more"
     if kind == "float" and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
         return "must be a positive number"
     if kind == "list" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
@@ -85,7 +87,11 @@ def _value_problem(setting: Setting, value: object, base: Path) -> str:
         return f"must be one of {', '.join(sorted(_LEVELS))}"
     if kind == "address" and not is_address(str(value)):
         return "must be host:port, e.g. gateway.example:7443"
+    return ""
+
+
+def _missing_file(setting: Setting, value: object, base: Path) -> str:
     must_exist = setting.section in ("tls", "federation", "keys", "witness")
-    if kind == "path" and must_exist and not (base / str(value)).exists():
+    if setting.kind == "path" and must_exist and not (base / str(value)).exists():
         return f"{value} does not exist (relative paths start from the file's folder)"
     return ""

@@ -14,6 +14,7 @@ class Setting:
     default: object
     meaning: str
     required: bool = False
+    minimum: int = 0  # for a number: the least that makes sense (0 where 0 means "off" or "keep")
 
 
 _COMMON = [
@@ -34,10 +35,38 @@ NODE: list[Setting] = [
     Setting("api", "socket", "path", "api.sock", "The local API socket for case systems (mode 0600)."),
     Setting("keys", "message_keys", "path", "keys", "Folder of this node's message keys."),
     Setting("keys", "linkage_key", "path", "keys/linkage.key", "The federation linkage key (tokens)."),
-    Setting("delivery", "retry_base_ms", "int", 1_000, "First retry delay when a recipient is away."),
-    Setting("delivery", "retry_cap_ms", "int", 3_600_000, "Longest retry delay (the gateway says when it is back)."),
-    Setting("delivery", "receipt_timeout_ms", "int", 60_000, "Re-send a forwarded message with no receipt after this."),
-    Setting("delivery", "undeliverable_after_days", "int", 7, "Then a message is undeliverable, with its reason."),
+    Setting(
+        "delivery",
+        "retry_base_ms",
+        "int",
+        1_000,
+        "First retry delay when a recipient is away.",
+        minimum=1,
+    ),
+    Setting(
+        "delivery",
+        "retry_cap_ms",
+        "int",
+        3_600_000,
+        "Longest retry delay (the gateway says when it is back).",
+        minimum=1,
+    ),
+    Setting(
+        "delivery",
+        "receipt_timeout_ms",
+        "int",
+        60_000,
+        "Re-send a forwarded message with no receipt after this.",
+        minimum=1,
+    ),
+    Setting(
+        "delivery",
+        "undeliverable_after_days",
+        "int",
+        7,
+        "Then a message is undeliverable, with its reason.",
+        minimum=1,
+    ),
     Setting(
         "delivery",
         "escalate_after_hours",
@@ -45,7 +74,14 @@ NODE: list[Setting] = [
         4,
         "A message not yet delivered after this goes on the duty view, to tell the agency another way; 0: off.",
     ),
-    Setting("delivery", "outbox_high_water", "int", 10_000, "Queued messages beyond which new shares wait."),
+    Setting(
+        "delivery",
+        "outbox_high_water",
+        "int",
+        10_000,
+        "Queued messages beyond which new shares wait.",
+        minimum=1,
+    ),
     Setting("policy", "agreement", "path", None, "The data-sharing agreement (default: the packaged example)."),
     Setting("policy", "glossary", "path", None, "Plain-language glossary (default: the packaged one)."),
     Setting("policy", "codelists_extra", "list", [], "The federation's own code-list extensions."),
@@ -87,7 +123,14 @@ GATEWAY: list[Setting] = [
         2_000.0,
         "Per sending node; beyond it the sender is told BUSY, with when its next envelope can be taken.",
     ),
-    Setting("limits", "envelope_burst", "int", 4_000, "Token-bucket burst for envelopes."),
+    Setting(
+        "limits",
+        "envelope_burst",
+        "int",
+        4_000,
+        "Token-bucket burst for envelopes.",
+        minimum=1,
+    ),
     Setting(
         "limits",
         "recipient_queue",
@@ -95,8 +138,16 @@ GATEWAY: list[Setting] = [
         4_096,
         "Other nodes' messages waiting for one connected node; beyond it their senders are told BUSY for "
         "that recipient only (answers to the node's own requests have room beyond it).",
+        minimum=1,
     ),
-    Setting("limits", "max_concurrent_rpcs", "int", 512, "Beyond it calls get RESOURCE_EXHAUSTED (streams count)."),
+    Setting(
+        "limits",
+        "max_concurrent_rpcs",
+        "int",
+        512,
+        "Beyond it calls get RESOURCE_EXHAUSTED (streams count).",
+        minimum=1,
+    ),
     Setting(
         "limits",
         "control_per_second",
@@ -104,7 +155,14 @@ GATEWAY: list[Setting] = [
         50.0,
         "Per node: subscribe, unsubscribe, discovery, and each page of a node listing its own subscriptions.",
     ),
-    Setting("limits", "control_burst", "int", 500, "Token-bucket burst for those."),
+    Setting(
+        "limits",
+        "control_burst",
+        "int",
+        500,
+        "Token-bucket burst for those.",
+        minimum=1,
+    ),
     Setting(
         "limits",
         "resolve_per_second",
@@ -112,7 +170,14 @@ GATEWAY: list[Setting] = [
         1_000.0,
         "Per node: recipient look-ups (asked only when no current answer is held).",
     ),
-    Setting("limits", "resolve_burst", "int", 10_000, "Token-bucket burst for it."),
+    Setting(
+        "limits",
+        "resolve_burst",
+        "int",
+        10_000,
+        "Token-bucket burst for it.",
+        minimum=1,
+    ),
     Setting("metrics", "listen", "str", "", "host:port for Prometheus metrics; empty: off."),
     *_COMMON,
 ]

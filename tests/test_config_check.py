@@ -46,6 +46,8 @@ def test_enrolled_files_are_good(federation: LocalFederation) -> None:
         (lambda t: t.replace('cert = "tls/node.pem"', 'cert = "tls/missing.pem"'), "tls/missing.pem does not exist"),
         (lambda t: t.replace('id = "csc"\n', ""), "[node] id is required"),
         (lambda t: t + '\n[delivery]\nretry_base_ms = "soon"\n', "[delivery] retry_base_ms: must be a whole number"),
+        (lambda t: t + "\n[delivery]\nreceipt_timeout_ms = 0\n", "receipt_timeout_ms: must be a whole number, 1"),
+        (lambda t: t + "\n[retention]\nsummaries_days = -1\n", "summaries_days: must be a whole number, 0 or more"),
         (lambda t: t + "\n[retention\n", "not valid TOML"),
     ],
 )
@@ -101,3 +103,58 @@ def test_a_gateways_file_where_a_nodes_is_wanted_is_named_as_such(federation: Lo
         NodeConfig.load(gateway_toml)
     with pytest.raises(ConfigError, match=re.escape("this takes the gateway's gateway.toml")):
         GatewayConfig.load(_node_toml(federation))
+
+
+@pytest.mark.parametrize(
+    ("command", "appended", "expected"),
+    [
+        ("node serve", '\n[delivery]\nretry_base_ms = "soon"\n', "[delivery] retry_base_ms: must be a whole number"),
+        ("node serve", "\n[delivery]\nundeliverable_after_days = 0\n", "undeliverable_after_days: must be a whole"),
+        ("gateway serve", "\n[limits]\nenvelope_burst = 0\n", "[limits] envelope_burst: must be a whole number, 1"),
+        ("gateway serve", '\n[limits]\nenvelopes_per_second = "fast"\n', "envelopes_per_second: must be a positive"),
+    ],
+)
+def test_a_process_will_not_start_on_a_value_its_setting_cannot_take(
+    federation: LocalFederation, command: str, appended: str, expected: str
+) -> None:
+    """A node or gateway started on a value `config check` refuses, from its file or from
+    the environment, says which and why, and does not start: a word where a number goes
+    once ended in a traceback, and a nonsense number (no time at all before a message
+    is undeliverable, a burst of none) started a process that could never deliver."""
+    gateway = command.startswith("gateway")
+    good = federation.gateway_config.data_dir / "gateway.toml" if gateway else _node_toml(federation)
+    bad = good.parent / "bad.toml"
+    bad.write_text(good.read_text() + appended)
+    result = subprocess.run(
+        [sys.executable, "-m", "linkage", *command.split(), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"linkage: {bad}: ") and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert check(bad) != []  # the same file, checked
+
+
+def test_a_value_from_the_environment_is_checked_and_named(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LINKAGE_DELIVERY_RECEIPT_TIMEOUT_MS", "soon")
+    monkeypatch.setenv("LINKAGE_NODE_LOG_LEVEL", "loud")
+    with pytest.raises(ConfigError) as raised:
+        NodeConfig.load(_node_toml(federation))
+    said = str(raised.value).splitlines()
+    assert said == [
+        f"{_node_toml(federation)}: LINKAGE_NODE_LOG_LEVEL (in the environment): must be one of debug, error, info, "
+        "warning, not 'loud'",
+        f"{_node_toml(federation)}: LINKAGE_DELIVERY_RECEIPT_TIMEOUT_MS (in the environment): must be a whole number, "
+        "1 or more, not 'soon'",
+    ]
+    monkeypatch.setenv("LINKAGE_DELIVERY_RECEIPT_TIMEOUT_MS", "250")
+    monkeypatch.setenv("LINKAGE_NODE_LOG_LEVEL", "debug")
+    monkeypatch.setenv("LINKAGE_POLICY_CODELISTS_EXTRA", "a.yaml,b.yaml")
+    config = NodeConfig.load(_node_toml(federation))
+    assert config.delivery.receipt_timeout_ms == 250 and config.log_level == "debug"
+    assert [p.name for p in config.policy.codelists_extra] == ["a.yaml", "b.yaml"]

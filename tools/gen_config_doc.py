@@ -18,7 +18,9 @@ def render() -> str:
         "One TOML file per process: `node.toml` for a node, `gateway.toml` for the gateway (enrolment writes",
         "them). Relative paths start from the file's folder. Every setting can be overridden by an",
         "environment variable `LINKAGE_<SECTION>_<KEY>`, e.g. `LINKAGE_GATEWAY_ADDRESS=gateway:7443`.",
-        "`linkage config check FILE` reports every problem in a file at once, with its line.",
+        "`linkage config check FILE` reports every problem in a file at once, with its line; a node or",
+        "gateway will not start on a value its setting cannot take, from the file or the environment,",
+        "and says which. A number is at least 0 unless its meaning says otherwise.",
         "",
         "<!-- Generated from linkage/settings.py by tools/gen_config_doc.py; do not edit. -->",
         "",
@@ -27,7 +29,8 @@ def render() -> str:
         out += [f"## {title}", "", "| setting | default | meaning |", "|---|---|---|"]
         for s in settings:
             default = "required" if s.required else ("(none)" if s.default in (None, "") else f"`{s.default}`")
-            out.append(f"| `[{s.section}] {s.key}` | {default} | {s.meaning} |")
+            least = f" At least {s.minimum}." if s.minimum else ""
+            out.append(f"| `[{s.section}] {s.key}` | {default} | {s.meaning}{least} |")
         out.append("")
     return "\n".join(out)
 
