@@ -180,6 +180,9 @@ async def test_health_command_for_container_checks(federation: LocalFederation) 
         assert await health("--gateway-config", gateway_toml, env=listen) == (0, "SERVING")
     code, out = await health("--config", node_toml)
     assert code == 1 and out.startswith("UNREACHABLE")
+    for wrong in ("-1", "0", "soon", "nan"):  # once "UNREACHABLE: DEADLINE_EXCEEDED", blaming the node
+        code, out = await health("--config", node_toml, "--timeout", wrong)
+        assert (code, out) == (2, "")
 
 
 @pytest.mark.parametrize("damaged", ["linkage key", "policy", "TLS files"])

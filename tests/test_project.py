@@ -98,7 +98,9 @@ def test_a_command_line_that_names_a_command_loads_its_module_alone() -> None:
     )
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
     loaded = ran.stdout.strip().splitlines()[-1]
-    assert loaded == "['linkage.cli.health', 'linkage.cli.main', 'linkage.cli.terminal']", ran.stderr
+    assert loaded == "['linkage.cli.health', 'linkage.cli.main', 'linkage.cli.terminal', 'linkage.cli.values']", (
+        ran.stderr
+    )
 
 
 def _commands(parser: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

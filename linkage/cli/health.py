@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from linkage.cli.values import seconds
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.transport import api_channel, secure_channel
 
@@ -43,5 +44,5 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     where.add_argument("--config", type=Path, help="a node's node.toml")
     where.add_argument("--gateway-config", type=Path, help="the gateway's gateway.toml")
     p.add_argument("--service", default="", help="a service name, e.g. linkage.v1.GatewayLink (default: overall)")
-    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--timeout", type=seconds, default=5.0, help="seconds to wait for an answer (default 5)")
     p.set_defaults(handler=_check)

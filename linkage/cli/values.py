@@ -30,6 +30,17 @@ def count(most: int) -> Callable[[str], int]:
     return parse
 
 
+def seconds(text: str) -> float:
+    """An argument giving a time to wait: more than 0 seconds, and no more than a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 86_400:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0, at most 86400")
+    return value
+
+
 def calendar_date(text: str) -> summary_pb2.Date:
     """A day on the calendar, YYYY-MM-DD."""
     try:
