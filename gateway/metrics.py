@@ -1,11 +1,14 @@
 """The gateway's metrics: envelopes by outcome, refusals, checkpoints witnessed, connected
-nodes, subscriptions, directory age. Counts only; never a token or an identifier."""
+nodes (in all, and which), subscriptions, directory age. Counts, and agencies' node ids;
+never a token or a person's identifier."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 _OUTCOMES = {
     "envelope.forwarded": "forwarded",
@@ -13,6 +16,32 @@ _OUTCOMES = {
     "envelope.busy": "busy",
     "envelope.rejected": "rejected",
 }
+
+
+class NodesConnected(Collector):
+    """linkage_gateway_node_connected{node}: 1 for each node the directory lists as active with
+    a stream open now, 0 for each without one, read as it is scraped. A node that is away has
+    a series of its own at 0, to alert on by name; a count of those connected names nobody."""
+
+    NAME = "linkage_gateway_node_connected"
+
+    def __init__(self) -> None:
+        self.active: Callable[[], list[str]] = list
+        self.connected: Callable[[], set[str]] = set
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            self.NAME, "1 while the node (active in the directory) has its stream open, else 0", labels=["node"]
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family, connected = self._family(), self.connected()
+        for node_id in self.active():
+            family.add_metric([node_id], float(node_id in connected))
+        yield family
 
 
 class GatewayMetrics:
@@ -62,6 +91,8 @@ class GatewayMetrics:
             "use there (install it before it lapses, and before retiring a CA)",
             registry=self.registry,
         )
+        self.nodes_connected = NodesConnected()
+        self.registry.register(self.nodes_connected)
 
     def observe(self, event: str, outcome: str = "") -> None:
         if event in _OUTCOMES:
@@ -82,6 +113,8 @@ class GatewayMetrics:
         directory_expires_in: Callable[[], float],
         certificate_expires_in: Callable[[], float],
         on_replaced_certificate: Callable[[], float],
+        active_nodes: Callable[[], list[str]],
+        connected_nodes: Callable[[], set[str]],
     ) -> None:
         self.connected.set_function(connected)
         self.subscriptions.set_function(subscriptions)
@@ -90,3 +123,4 @@ class GatewayMetrics:
         self.directory_expires_in.set_function(directory_expires_in)
         self.certificate_expires_in.set_function(certificate_expires_in)
         self.on_replaced_certificate.set_function(on_replaced_certificate)
+        self.nodes_connected.active, self.nodes_connected.connected = active_nodes, connected_nodes

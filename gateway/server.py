@@ -244,6 +244,8 @@ class GatewayServer:
             directory_expires_in=lambda: (self.trust.expires_at_ms - self.clock.now_ms()) / 1000,
             certificate_expires_in=self.certificate.watch.expires_in_s,
             on_replaced_certificate=lambda: sum(authz.replaced(s.node_id, s.certificate) for s in self.sessions.live()),
+            active_nodes=self.trust.active_nodes,
+            connected_nodes=lambda: {session.node_id for session in self.sessions.live()},
         )
         if self.config.metrics_listen:
             self.metrics_endpoint.start(self.config.metrics_listen)

@@ -205,6 +205,11 @@ class TrustedDirectory:
         """A node's entry in the held directory, current or not (None: none held, or not in it)."""
         return self._view.nodes.get(node_id) if self._view else None
 
+    def active_nodes(self) -> list[str]:
+        """The nodes the held directory lists as active, by id (none while none is held)."""
+        nodes = self._view.nodes.items() if self._view else ()
+        return sorted(node_id for node_id, entry in nodes if entry.status == pb.NODE_STATUS_ACTIVE)
+
     def pinned_certificate(self, node_id: str) -> bytes:
         """The fingerprint of the TLS certificate the held directory pins for a node (b"": none)."""
         entry = self.node_entry(node_id)

@@ -1,5 +1,6 @@
 """The node's metrics: messages sent, delivered, undeliverable, received and rejected by
-reason; BUSY answers by whose limit; outbox depth and age; delivery latency; directory
+reason; BUSY answers by whose limit; outbox depth and age, in all and by recipient (an
+agency's node id: never a person's); delivery latency; directory
 age; audit checkpoints lodged with the witness, by outcome. Counts only."""
 
 from __future__ import annotations
@@ -40,6 +41,20 @@ class NodeMetrics:
             "Age of the oldest undelivered message (from when it was queued again, for a recipient restored)",
             registry=self.registry,
         )
+        self.recipient_depth = Gauge(
+            "linkage_node_outbox_recipient_depth",
+            "Messages not yet delivered or given up, by the agency's node they are for (0 once it has none)",
+            ["recipient"],
+            registry=self.registry,
+        )
+        self.recipient_age = Gauge(
+            "linkage_node_outbox_recipient_oldest_age_seconds",
+            "Age of the oldest undelivered message for each agency's node (0 once it has none): which agency "
+            "is not being reached",
+            ["recipient"],
+            registry=self.registry,
+        )
+        self._recipients: set[str] = set()
         self.latency = Histogram(
             "linkage_node_delivery_latency_seconds",
             "From queued (or queued again, for a recipient whose store was put back) to the recipient's receipt",
@@ -78,6 +93,18 @@ class NodeMetrics:
             ["outcome"],
             registry=self.registry,
         )
+
+    def outbox(self, now_ms: int, waiting: dict[str, tuple[int, int]]) -> None:
+        """The outbox as it stands: for each recipient with messages waiting, how many and since
+        when (ms). A recipient no longer waited on reads 0, rather than its last figure."""
+        self.outbox_depth.set(sum(count for count, _ in waiting.values()))
+        since = min((oldest for _, oldest in waiting.values()), default=now_ms)
+        self.outbox_age.set(max(0, now_ms - since) / 1000)
+        for recipient in self._recipients | waiting.keys():
+            count, oldest = waiting.get(recipient, (0, now_ms))
+            self.recipient_depth.labels(recipient).set(count)
+            self.recipient_age.labels(recipient).set(max(0, now_ms - oldest) / 1000)
+        self._recipients |= waiting.keys()
 
     def bind_directory(
         self, age: Callable[[], float], expires_in: Callable[[], float], keys_expire_in: Callable[[], float]

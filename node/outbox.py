@@ -175,12 +175,11 @@ class Outbox:
 
     async def refresh_gauges(self) -> None:
         self._gauges_at = time.monotonic()
-        row = await self.store.fetchone(
-            "SELECT COUNT(*), MIN(COALESCE(queued_again_at_ms, created_at_ms)) FROM outbox "
-            "WHERE state IN ('queued', 'sent')"
+        rows = await self.store.fetchall(
+            "SELECT recipient, COUNT(*), MIN(COALESCE(queued_again_at_ms, created_at_ms)) FROM outbox "
+            "WHERE state IN ('queued', 'sent') GROUP BY recipient"
         )
-        self.metrics.outbox_depth.set(row[0])
-        self.metrics.outbox_age.set((self.clock.now_ms() - row[1]) / 1000 if row[1] else 0)
+        self.metrics.outbox(self.clock.now_ms(), {recipient: (n, oldest) for recipient, n, oldest in rows})
 
     async def wait_change(self, since: int) -> int:
         """Wait until some delivery state changed after `since` (a previous `version`)."""

@@ -6,8 +6,11 @@ import asyncio
 import dataclasses
 import re
 import urllib.request
+from pathlib import Path
 
-from tests.harness import LocalFederation, running, wait_delivered
+from linkage.clock import ManualClock
+from tests.harness import LocalFederation, make_federation, running, settle, wait_delivered
+from tests.test_delivery import family_assessment, share
 from tests.test_federation import share_think_family
 
 
@@ -68,3 +71,42 @@ async def test_a_node_stopping_leaves_no_gauge_refresh_to_start_after_its_store_
         assert outbox._gauges_later is None
         await outbox.changed()
         assert outbox._gauges_later is None
+
+
+async def test_which_agency_is_not_being_reached_is_in_the_metrics_by_name(tmp_path: Path) -> None:
+    """Agency IT alert on the agency, not only on totals: the sender's outbox depth and oldest
+    age for each recipient's node, back to 0 once it has none; and the gateway's view of each
+    node the directory lists, connected (1) or away (0)."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    federation.gateway_config = dataclasses.replace(federation.gateway_config, metrics_listen="127.0.0.1:0")
+    amh_config = federation.node_configs["amh"]
+    federation.node_configs["amh"] = dataclasses.replace(amh_config, metrics_listen="127.0.0.1:0")
+    async with running(federation, clock=clock) as cluster:
+        amh = cluster.nodes["amh"]
+        assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")
+        await share(cluster, assessment_id)
+        await settle(amh)  # the gateway has answered it: csc is away
+        clock.advance(90_000)
+        await amh.outbox.refresh_gauges()
+        waiting = await asyncio.to_thread(scrape, amh.metrics_endpoint.port)
+        gateway = await asyncio.to_thread(scrape, cluster.gateway.metrics_endpoint.port)
+        await cluster.start_node("csc")
+        await amh.outbox.send_due()
+        await wait_delivered(amh, 1)
+        await amh.outbox.refresh_gauges()
+        delivered = await asyncio.to_thread(scrape, amh.metrics_endpoint.port)
+        back = await asyncio.to_thread(scrape, cluster.gateway.metrics_endpoint.port)
+    assert waiting['linkage_node_outbox_recipient_depth{recipient="csc"}'] == 1
+    assert waiting['linkage_node_outbox_recipient_oldest_age_seconds{recipient="csc"}'] == 90
+    assert (waiting["linkage_node_outbox_depth"], waiting["linkage_node_outbox_oldest_age_seconds"]) == (1, 90)
+    assert delivered['linkage_node_outbox_recipient_depth{recipient="csc"}'] == 0
+    assert delivered['linkage_node_outbox_recipient_oldest_age_seconds{recipient="csc"}'] == 0
+    assert not any(name.startswith("linkage_node_outbox_recipient") and "amh" in name for name in delivered)
+    connected = {n: v for n, v in gateway.items() if n.startswith("linkage_gateway_node_connected")}
+    assert connected == {
+        'linkage_gateway_node_connected{node="amh"}': 1,
+        'linkage_gateway_node_connected{node="csc"}': 0,
+    }
+    assert back['linkage_gateway_node_connected{node="csc"}'] == 1
