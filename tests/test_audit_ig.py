@@ -497,6 +497,41 @@ def test_cross_check_names_every_way_a_node_and_the_gateway_disagree(tmp_path: P
     )
 
 
+def test_the_gateway_operator_lists_and_exports_its_metadata_log(scenario: LocalFederation, tmp_path: Path) -> None:
+    """The federation's operator asks what the gateway did, for a node or a message, with the
+    tools an IG officer uses on a node's log: which node made each entry, and which it went
+    to; a person's identifier or token is refused, as the gateway holds neither."""
+    gateway = str(scenario.gateway_config.data_dir / "gateway.toml")
+    with sqlite3.connect(scenario.gateway_config.data_dir / "gateway.sqlite") as db:
+        entries = [json.loads(r[0]) for r in db.execute("SELECT entry FROM metalog ORDER BY seq")]
+    listed = linkage("audit", "list", "--gateway-config", gateway, "--json")
+    assert listed.returncode == 0 and [json.loads(line) for line in listed.stdout.splitlines()] == entries
+
+    to_school = linkage("audit", "list", "--gateway-config", gateway, "--event", "envelope.", "--counterpart", "school")
+    lines = to_school.stdout.splitlines()
+    assert lines and all(line.split()[3:6] == ["envelope.forwarded", "amh", "school"] for line in lines), lines
+    school = [e for e in entries if "school" in (e["actor"]["id"], e["counterpart"])]
+    about = linkage("audit", "list", "--gateway-config", gateway, "--node", "school", "--json").stdout.splitlines()
+    assert [json.loads(line) for line in about] == school and {e["event"] for e in school} >= {
+        "connect",
+        "envelope.forwarded",
+    }
+
+    exported = tmp_path / "metalog.jsonl"
+    done = linkage("audit", "export", "--gateway-config", gateway, "--node", "school", "--out", str(exported))
+    assert done.returncode == 0 and f"exported {len(school)} entries" in done.stdout
+    assert [json.loads(line) for line in exported.read_text().splitlines()] == school
+
+    none = linkage("audit", "list", "--gateway-config", gateway, "--node", "schol")
+    assert (none.returncode, none.stdout) == (0, "no entry of the gateway's metadata log matches --node schol\n")
+    person = linkage("audit", "list", "--gateway-config", gateway, "--person", PARENT)
+    assert person.returncode == 1 and "the gateway's metadata log holds no link tokens" in person.stderr
+    node_log = linkage("audit", "list", "--config", config(scenario, "amh"), "--node", "school")
+    assert node_log.returncode == 1 and "for a node's, give --counterpart" in node_log.stderr
+    both = linkage("audit", "list", "--config", config(scenario, "amh"), "--gateway-config", gateway)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
 def test_a_store_is_read_wherever_it_lies_whatever_its_folder_is_called(tmp_path: Path) -> None:
     """A path is given to SQLite as a URI (read-only), where '?', '#' and '%' mean something:
     each is escaped, so the store read is the one named (before, another file was opened)."""
@@ -563,10 +598,11 @@ def audit_logs(draw: st.DrawFn) -> list[str]:
             seq=seq,
             ts_ms=draw(st.integers(0, 100)),
             event=draw(st.sampled_from(EVENTS)),
-            actor={"id": "p-1", "name": 'Émile "Test"', "role": "Social worker"},
+            actor={"id": draw(st.sampled_from(["p-1", *NODES])), "name": 'Émile "Test"', "role": "Social worker"},
             tokens=sorted(draw(st.sets(st.sampled_from(TOKENS), max_size=3))),
             counterpart=",".join(draw(st.lists(st.sampled_from(NODES), max_size=2, unique=True))),
             decision=draw(st.sampled_from(["", "DECISION_OUTCOME_SHARED", "DECISION_OUTCOME_NOT_SHARED"])),
+            rationale=draw(st.sampled_from(["", *NODES])),  # a name the text holds, but not as a party
         ).canonical()
         for seq in range(1, draw(st.integers(0, 30)) + 1)
     ]
@@ -582,6 +618,7 @@ filters = st.builds(
     decision=st.none() | st.sampled_from(["not_shared", "SHARED"]),
     since=st.none() | st.integers(0, 100),
     until=st.none() | st.integers(0, 100),
+    node=st.none() | st.sampled_from(NODES),
 )
 
 
@@ -610,6 +647,7 @@ def test_entries_found_are_exactly_those_a_full_read_finds(log: list[str], wante
         and (wanted.decision is None or wanted.decision.upper() in e["decision"].upper())
         and (wanted.since is None or e["ts_ms"] >= wanted.since)
         and (wanted.until is None or e["ts_ms"] <= wanted.until)
+        and (wanted.node is None or wanted.node == e["actor"]["id"] or wanted.node in e["counterpart"].split(","))
     ]
     assert found == expected
 

@@ -241,44 +241,60 @@ def _token(config: NodeConfig, person: str) -> str:
 
 
 @contextmanager
-def _entries(args: argparse.Namespace, config: NodeConfig) -> Iterator[Iterator[dict[str, Any]]]:
+def _entries(args: argparse.Namespace) -> Iterator[Iterator[dict[str, Any]]]:
     """The entries the command's filters name, read one at a time: a node's whole log can
-    run to millions, more than an IG officer's machine should hold at once."""
-    given: bytes | None = getattr(args, "token", None)
-    token = _token(config, args.person) if getattr(args, "person", None) else given.hex() if given else None
+    run to millions, more than an IG officer's machine should hold at once. With
+    --gateway-config, those of the gateway's metadata log, for the federation's operator."""
+    given: bytes | None = args.token
+    if args.gateway_config:
+        if args.person or given:
+            raise SystemExit(
+                "linkage: --person and --token read a node's log: the gateway's metadata log holds no link "
+                "tokens and nothing about a person (list a node's with --config)"
+            )
+        path, table, token = GatewayConfig.load(args.gateway_config).store_path, "metalog", None
+    else:
+        if args.node:
+            raise SystemExit("linkage: --node reads the gateway's metadata log; for a node's, give --counterpart")
+        config = NodeConfig.load(args.config)
+        path, table = config.store_path, "audit"
+        token = _token(config, args.person) if args.person else given.hex() if given else None
     wanted = EntryFilter(
         token=token,
-        event=getattr(args, "event", None),
-        counterpart=getattr(args, "counterpart", None),
-        decision=getattr(args, "decision", None),
-        since=millis("--since", getattr(args, "since", None)),
-        until=millis("--until", getattr(args, "until", None)),
+        event=args.event,
+        counterpart=args.counterpart,
+        decision=args.decision,
+        since=millis("--since", args.since),
+        until=millis("--until", args.until),
+        node=args.node,
     )
-    with closing(read_only_store(config.store_path)) as db:
-        yield find_entries(db, wanted)
+    with closing(read_only_store(path)) as db:
+        yield find_entries(db, wanted, table)
 
 
 def audit_list(args: argparse.Namespace) -> int:
-    config = NodeConfig.load(args.config)
     listed = 0
-    with _entries(args, config) as entries:
+    with _entries(args) as entries:
         for e in entries:
             listed += 1
             if args.json:
                 print(json.dumps(e, sort_keys=True))
                 continue
-            who = e["actor"].get("role") or e["actor"].get("id")
+            # At the gateway every caller is a node: which one says more than its role.
+            who = e["actor"].get("id") if args.gateway_config else e["actor"].get("role") or e["actor"].get("id")
             print(
                 f"{e['seq']:>6} {when(e['ts_ms'])} {e['event']:<26} {who:<24} {e['counterpart'] or '-':<12} "
                 f"{e['decision'] or ''} {e['rationale'][:60]}"
             )
     if not listed and not args.json:  # else a mistyped filter (an event's name, say) looks like an empty log
+        log = "the gateway's metadata log" if args.gateway_config else "this node's audit log"
         given = _filters_given(args)
-        print(f"no entry of this node's audit log matches {given}" if given else "this node's audit log is empty")
+        print(f"no entry of {log} matches {given}" if given else f"{log} is empty")
     return 0
 
 
-FILTERS = ("since", "until", "person", "token", "event", "counterpart", "decision")  # as `filters` adds them
+# As `filters` adds them.
+FILTERS = ("since", "until", "person", "token", "event", "counterpart", "node", "decision")
 
 
 def _filters_given(args: argparse.Namespace) -> str:
@@ -330,10 +346,9 @@ JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".json")  # an --out named so, with 
 
 
 def export(args: argparse.Namespace) -> int:
-    config = NodeConfig.load(args.config)
     form = args.format or ("jsonl" if args.out.suffix.lower() in JSON_LINES_SUFFIXES else "csv")
     written = 0
-    with _entries(args, config) as entries, written_whole(args.out) as out:
+    with _entries(args) as entries, written_whole(args.out) as out:
         if form == "csv":
             writer = SpreadsheetWriter(out, fieldnames=COLUMNS)
             writer.writeheader()
@@ -556,14 +571,19 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.set_defaults(handler=checkpoints_held)
 
     def filters(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--config", type=Path, required=True, help="the node's node.toml")
+        log = q.add_mutually_exclusive_group(required=True)
+        log.add_argument("--config", type=Path, help="the node's node.toml")
+        log.add_argument(
+            "--gateway-config", type=Path, help="the gateway's gateway.toml: its metadata log instead (no content)"
+        )
         q.add_argument("--since", help="ISO time, e.g. 2026-11-01")
         q.add_argument("--until", help="ISO time")
         q.add_argument("--person", help="an identifier, e.g. nhs:9434765919 (turned into its link token)")
         q.add_argument("--token", type=link_token, help="a link token (hex)")
-        q.add_argument("--event", help="event kind or prefix, e.g. share. or message.received")
-        q.add_argument("--counterpart", help="the other agency's node id")
-        q.add_argument("--decision", help="e.g. NOT_SHARED")
+        q.add_argument("--event", help="event kind or prefix, e.g. share. or message.received (gateway: envelope.)")
+        q.add_argument("--counterpart", help="the other agency's node id (at the gateway: the node sent to)")
+        q.add_argument("--node", help="the gateway's log: entries a node made, or that were sent to it")
+        q.add_argument("--decision", help="e.g. NOT_SHARED (at the gateway: an outcome, e.g. diverged)")
 
     p = sub.add_parser("list", help="list audit entries, filtered")
     filters(p)

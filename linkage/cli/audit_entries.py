@@ -50,17 +50,19 @@ class EntryFilter:
     since: int | None = None  # ms
     until: int | None = None
     share_id: str | None = None  # the share (or withdrawal, or thread) an entry's detail names
+    node: str | None = None  # the node that made the entry's call, or its counterpart (the gateway's log)
 
 
-def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[str, Any]]:
-    """The audit entries `wanted` names, in order.
+def find_entries(db: sqlite3.Connection, wanted: EntryFilter, table: str = "audit") -> Iterator[dict[str, Any]]:
+    """The audit entries `wanted` names, in order: of a node's log, or of the gateway's
+    metadata log (`table` "metalog"), whose entries have the same form.
 
     SQLite first keeps only entries whose text holds what a match must hold, as canonical
     JSON writes it: most of a large log is never parsed (a person's entries among a
     million: 0.5 s against 4.2). That narrows on the entry text alone, the bytes the hash
     chain covers, never on the table's side columns, which nothing verifies; every
     condition is then checked on the parsed entry."""
-    needles = [json.dumps(n, ensure_ascii=False)[1:-1] for n in (wanted.token, wanted.counterpart) if n]
+    needles = [json.dumps(n, ensure_ascii=False)[1:-1] for n in (wanted.token, wanted.counterpart, wanted.node) if n]
     if wanted.share_id:
         needles.append(json.dumps(wanted.share_id, ensure_ascii=False))
     where = ["instr(entry, ?) > 0" for _ in needles]
@@ -68,7 +70,7 @@ def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[s
     if events:  # any one of them: a single scan of the log for several kinds of entry
         needles += ['"event":' + json.dumps(event, ensure_ascii=False)[:-1] for event in events]
         where.append("(" + " OR ".join("instr(entry, ?) > 0" for _ in events) + ")")
-    sql = f"SELECT entry FROM audit WHERE {' AND '.join(where) or '1'} ORDER BY seq"
+    sql = f"SELECT entry FROM {table} WHERE {' AND '.join(where) or '1'} ORDER BY seq"
     for (entry,) in db.execute(sql, needles):
         e = json.loads(entry)
         if wanted.token and wanted.token not in e["tokens"]:
@@ -80,6 +82,8 @@ def find_entries(db: sqlite3.Connection, wanted: EntryFilter) -> Iterator[dict[s
         if events and not e["event"].startswith(events):
             continue
         if wanted.counterpart and wanted.counterpart not in e["counterpart"].split(","):
+            continue
+        if wanted.node and wanted.node != e["actor"].get("id") and wanted.node not in e["counterpart"].split(","):
             continue
         if wanted.decision and wanted.decision.upper() not in e["decision"].upper():
             continue
