@@ -75,7 +75,7 @@ def value_problem(setting: Setting, value: object) -> str:
     """What is wrong with `value` for `setting`, by its kind and least sensible value; empty
     if nothing. Both `config check` and the processes as they load their file ask this."""
     kind = setting.kind
-    if kind in ("str", "path", "address", "level") and not isinstance(value, str):
+    if kind in ("str", "path", "address", "listen", "level") and not isinstance(value, str):
         return f"must be text, got {type(value).__name__}"
     if kind == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < setting.minimum):
         return f"must be a whole number, {setting.minimum} or more"
@@ -87,6 +87,8 @@ def value_problem(setting: Setting, value: object) -> str:
         return f"must be one of {', '.join(sorted(_LEVELS))}"
     if kind == "address" and not is_address(str(value)):
         return "must be host:port, e.g. gateway.example:7443"
+    if kind == "listen" and value and not is_address(str(value)):
+        return 'must be host:port, e.g. 0.0.0.0:9464, or "" for none'
     return ""
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 class Setting:
     section: str
     key: str
-    kind: str  # str | int | float | path | address | level | list
+    kind: str  # str | int | float | path | address | listen (an address, or empty: off) | level | list
     default: object
     meaning: str
     required: bool = False
@@ -92,7 +92,7 @@ NODE: list[Setting] = [
         0,
         "Keep received summaries, sent bodies and requests sent this long; 0 keeps them.",
     ),
-    Setting("metrics", "listen", "str", "", "host:port for Prometheus metrics; empty: off."),
+    Setting("metrics", "listen", "listen", "", "host:port for Prometheus metrics; empty: off."),
     *_COMMON,
 ]
 
@@ -178,6 +178,6 @@ GATEWAY: list[Setting] = [
         "Token-bucket burst for it.",
         minimum=1,
     ),
-    Setting("metrics", "listen", "str", "", "host:port for Prometheus metrics; empty: off."),
+    Setting("metrics", "listen", "listen", "", "host:port for Prometheus metrics; empty: off."),
     *_COMMON,
 ]

@@ -48,6 +48,10 @@ def test_enrolled_files_are_good(federation: LocalFederation) -> None:
         (lambda t: t + '\n[delivery]\nretry_base_ms = "soon"\n', "[delivery] retry_base_ms: must be a whole number"),
         (lambda t: t + "\n[delivery]\nreceipt_timeout_ms = 0\n", "receipt_timeout_ms: must be a whole number, 1"),
         (lambda t: t + "\n[retention]\nsummaries_days = -1\n", "summaries_days: must be a whole number, 0 or more"),
+        (
+            lambda t: t + '\n[metrics]\nlisten = "9464"\n',
+            '[metrics] listen: must be host:port, e.g. 0.0.0.0:9464, or ""',
+        ),
         (lambda t: t + "\n[retention\n", "not valid TOML"),
     ],
 )
@@ -112,6 +116,7 @@ def test_a_gateways_file_where_a_nodes_is_wanted_is_named_as_such(federation: Lo
         ("node serve", "\n[delivery]\nundeliverable_after_days = 0\n", "undeliverable_after_days: must be a whole"),
         ("gateway serve", "\n[limits]\nenvelope_burst = 0\n", "[limits] envelope_burst: must be a whole number, 1"),
         ("gateway serve", '\n[limits]\nenvelopes_per_second = "fast"\n', "envelopes_per_second: must be a positive"),
+        ("node serve", '\n[metrics]\nlisten = "9464"\n', "[metrics] listen: must be host:port"),  # was a traceback
     ],
 )
 def test_a_process_will_not_start_on_a_value_its_setting_cannot_take(
