@@ -14,8 +14,8 @@ _ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 
 def is_address(text: str) -> bool:
-    """host:port, as a gateway address or a listen address is written."""
-    return bool(_ADDRESS.match(text))
+    """host:port, as a gateway address or a listen address is written (port 0: any free one)."""
+    return bool(_ADDRESS.match(text)) and int(text.rsplit(":", 1)[1]) <= 65535
 
 
 def _lines(text: str) -> dict[tuple[str, str], int]:
@@ -86,9 +86,9 @@ def value_problem(setting: Setting, value: object) -> str:
     if kind == "level" and value not in _LEVELS:
         return f"must be one of {', '.join(sorted(_LEVELS))}"
     if kind == "address" and not is_address(str(value)):
-        return "must be host:port, e.g. gateway.example:7443"
+        return "must be host:port (a port up to 65535), e.g. gateway.example:7443"
     if kind == "listen" and value and not is_address(str(value)):
-        return 'must be host:port, e.g. 0.0.0.0:9464, or "" for none'
+        return 'must be host:port (a port up to 65535), e.g. 0.0.0.0:9464, or "" for none'
     return ""
 
 

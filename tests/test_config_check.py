@@ -50,7 +50,7 @@ def test_enrolled_files_are_good(federation: LocalFederation) -> None:
         (lambda t: t + "\n[retention]\nsummaries_days = -1\n", "summaries_days: must be a whole number, 0 or more"),
         (
             lambda t: t + '\n[metrics]\nlisten = "9464"\n',
-            '[metrics] listen: must be host:port, e.g. 0.0.0.0:9464, or ""',
+            '[metrics] listen: must be host:port (a port up to 65535), e.g. 0.0.0.0:9464, or ""',
         ),
         (lambda t: t + "\n[retention\n", "not valid TOML"),
     ],
@@ -117,6 +117,7 @@ def test_a_gateways_file_where_a_nodes_is_wanted_is_named_as_such(federation: Lo
         ("gateway serve", "\n[limits]\nenvelope_burst = 0\n", "[limits] envelope_burst: must be a whole number, 1"),
         ("gateway serve", '\n[limits]\nenvelopes_per_second = "fast"\n', "envelopes_per_second: must be a positive"),
         ("node serve", '\n[metrics]\nlisten = "9464"\n', "[metrics] listen: must be host:port"),  # was a traceback
+        ("gateway serve", '\n[metrics]\nlisten = "127.0.0.1:70000"\n', "(a port up to 65535)"),  # and so was this
     ],
 )
 def test_a_process_will_not_start_on_a_value_its_setting_cannot_take(
@@ -157,6 +158,10 @@ def test_a_value_from_the_environment_is_checked_and_named(
         f"{_node_toml(federation)}: LINKAGE_DELIVERY_RECEIPT_TIMEOUT_MS (in the environment): must be a whole number, "
         "1 or more, not 'soon'",
     ]
+    # gRPC took a port past 65535 modulo 65536: a gateway listened where nobody would look for it.
+    monkeypatch.setenv("LINKAGE_GATEWAY_LISTEN", "127.0.0.1:99999")
+    with pytest.raises(ConfigError, match=re.escape("LINKAGE_GATEWAY_LISTEN (in the environment): must be host:port")):
+        GatewayConfig.load(federation.gateway_config.data_dir / "gateway.toml")
     monkeypatch.setenv("LINKAGE_DELIVERY_RECEIPT_TIMEOUT_MS", "250")
     monkeypatch.setenv("LINKAGE_NODE_LOG_LEVEL", "debug")
     monkeypatch.setenv("LINKAGE_POLICY_CODELISTS_EXTRA", "a.yaml,b.yaml")
