@@ -510,6 +510,8 @@ def test_the_gateway_operator_lists_and_exports_its_metadata_log(scenario: Local
     to_school = linkage("audit", "list", "--gateway-config", gateway, "--event", "envelope.", "--counterpart", "school")
     lines = to_school.stdout.splitlines()
     assert lines and all(line.split()[3:6] == ["envelope.forwarded", "amh", "school"] for line in lines), lines
+    sent = {e["message_id"] for e in entries if e["event"] == "envelope.forwarded" and e["counterpart"] == "school"}
+    assert {line.split()[-1] for line in lines} == sent  # which message, where a node's log gives why
     school = [e for e in entries if "school" in (e["actor"]["id"], e["counterpart"])]
     about = linkage("audit", "list", "--gateway-config", gateway, "--node", "school", "--json").stdout.splitlines()
     assert [json.loads(line) for line in about] == school and {e["event"] for e in school} >= {

@@ -280,11 +280,15 @@ def audit_list(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(e, sort_keys=True))
                 continue
-            # At the gateway every caller is a node: which one says more than its role.
-            who = e["actor"].get("id") if args.gateway_config else e["actor"].get("role") or e["actor"].get("id")
+            # At the gateway every caller is a node, and no entry has a rationale: which node, and
+            # which message, say more.
+            if args.gateway_config:
+                who, why = e["actor"].get("id"), e["message_id"]
+            else:
+                who, why = e["actor"].get("role") or e["actor"].get("id"), e["rationale"][:60]
             print(
                 f"{e['seq']:>6} {when(e['ts_ms'])} {e['event']:<26} {who:<24} {e['counterpart'] or '-':<12} "
-                f"{e['decision'] or ''} {e['rationale'][:60]}"
+                f"{e['decision'] or ''} {why}"
             )
     if not listed and not args.json:  # else a mistyped filter (an event's name, say) looks like an empty log
         log = "the gateway's metadata log" if args.gateway_config else "this node's audit log"
