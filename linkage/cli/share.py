@@ -102,7 +102,7 @@ def share_status(args: argparse.Namespace) -> int:
     else:
         print(f"Share {status.share_id}: {_outcome(status.outcome)}{settled}")
     for r in status.recipients:
-        extra = f", receipt at {r.delivered_at_ms}" if r.delivered_at_ms else ""
+        extra = f", receipt at {when(r.delivered_at_ms)} UTC" if r.delivered_at_ms else ""  # the recipient's time
         extra += f", {r.reason}" if r.reason else ""
         print(f"  {r.node_id}: {r.state} after {r.attempts} attempt(s){extra}")
         if r.follow_up:
