@@ -48,13 +48,31 @@ async def answered(fetchone: FetchOne, request: Any, answer_type: type[Answer]) 
     check_request_id(request_id)
     row = await fetchone("SELECT request_sha256, response FROM call_answers WHERE request_id = ?", (request_id,))
     if row is None:
+        # A share keeps its id with the share (node/sharing.py): one is used all the same. An
+        # answer to an information request that provided a summary was itself that share: its
+        # repeat is answered there.
+        if not isinstance(request, node_api_pb2.InformationReplyRequest) and await _shared_with(fetchone, request_id):
+            raise used_already(request_id)
         return None
     if bytes(row[0]) != _sha256(request):
-        raise ApiError(
-            grpc.StatusCode.ALREADY_EXISTS,
-            f"request_id {request_id!r} was used for another call; choose a new one for each call",
-        )
+        raise used_already(request_id)
     return answer_type.FromString(row[1])
+
+
+def used_already(request_id: str) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.ALREADY_EXISTS,
+        f"request_id {request_id!r} was used for another call; choose a new one for each call",
+    )
+
+
+async def _shared_with(fetchone: FetchOne, request_id: str) -> bool:
+    return await fetchone("SELECT 1 FROM shares WHERE request_id = ?", (request_id,)) is not None
+
+
+async def answered_with(fetchone: FetchOne, request_id: str) -> bool:
+    """Whether a call other than a share was answered with this request_id."""
+    return await fetchone("SELECT 1 FROM call_answers WHERE request_id = ?", (request_id,)) is not None
 
 
 async def keep(tx: Tx, request: Any, answer: Message) -> None:

@@ -328,12 +328,11 @@ class Sharing:
             "SELECT assessment_id, kind, response FROM shares WHERE request_id = ?", (request.request_id,)
         )
         if row is None:
+            if await repeats.answered_with(self.ctx.store.fetchone, request.request_id):
+                raise repeats.used_already(request.request_id)
             return None
         if (row[0], row[1]) != (request.assessment_id, request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE):
-            raise ApiError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"request_id {request.request_id!r} was used for another share; choose a new one for each share",
-            )
+            raise repeats.used_already(request.request_id)
         return node_api_pb2.ShareSummaryResponse.FromString(row[2])
 
     async def withdraw(self, request: node_api_pb2.WithdrawSummaryRequest) -> node_api_pb2.ShareSummaryResponse:

@@ -148,6 +148,25 @@ async def test_each_call_that_sends_repeated_with_its_request_id_is_answered_aga
                 await call(request)
             assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
             assert "request_id 'call-0' was used for another call" in (refused.value.details() or "")
+        # A share keeps its ids apart from the other calls' (with the share), but they are one set:
+        # an id a share used, given to another kind of call, is refused; and the other way about.
+        await amh.ShareSummary(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONER,
+                assessment_id=assessment_id,
+                decision=stories.override_decision(),
+                request_id="shared",
+            )
+        )
+        opening = node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="another", request_id="shared")
+        sharing = node_api_pb2.ShareSummaryRequest(  # call-1: amh answered a clarification with it
+            actor=PRACTITIONER, assessment_id=assessment_id, decision=stories.override_decision(), request_id="call-1"
+        )
+        for reused in (amh.OpenCase(opening), amh.ShareSummary(sharing)):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await reused
+            assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            assert "was used for another call" in (refused.value.details() or "")
         other_question.request_id = "x" * 129
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await csc.AskClarification(other_question)
@@ -201,7 +220,7 @@ async def test_a_call_that_a_call_racing_it_with_its_request_id_made_first_is_gi
 
         recording.request_id = ""
         assessment_id = (await amh.RecordAssessment(recording)).assessment_id
-        sharing = node_api_pb2.ShareSummaryRequest(
+        sharing = node_api_pb2.ShareSummaryRequest(  # call-1: amh answered a clarification with it
             actor=PRACTITIONER, assessment_id=assessment_id, decision=stories.override_decision(), request_id="s"
         )
         shared = node_api_pb2.ShareSummaryResponse(share_id="shared-by-the-other-call")
