@@ -188,6 +188,14 @@ class Redelivery:
             "reason = '' WHERE seq = ?",
             [(tx.now_ms, tx.now_ms, seq) for seq, *_ in again],
         )
+        requeued = f"queued again: {requester} lost it when its store was put back to an earlier copy (a backup)"
+        for _, again_id, share_id, *_ in again:  # each delivered message's story goes on: queued, sent, delivered
+            await tx.audit(
+                "message.queued",
+                message_id=again_id,
+                counterpart=requester,
+                detail={"share_id": share_id, "reason": requeued, "by": "recipient_restored"},
+            )
         days = self.undeliverable_after_ms / 86_400_000
         for seq, lost_id, share_id, _, body_kept, recovered in lost:
             if recovered:  # given back after this node's own restore, without what sealing it again takes

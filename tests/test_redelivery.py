@@ -89,6 +89,13 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
         # With what came within the clock skew allowed before the backup: csc absorbs it.
         assert answered["detail"]["sent_again"] == [kept, *sent_again]
         assert answered["detail"]["lost"] == [too_old, purged]
+        # Each message's own story, which WatchDeliveries follows, says it went back to the queue, and why.
+        requeued = [
+            e for e in await audit_events(amh, "message.queued") if e["detail"].get("by") == "recipient_restored"
+        ]
+        assert [e["message_id"] for e in requeued] == [kept, *sent_again]
+        assert all(e["seq"] < answered["seq"] for e in requeued)  # entered with the request's answer
+        assert requeued[0]["detail"]["reason"].startswith("queued again: csc lost it when its store was put back")
         (nothing,) = await audit_events(cluster.nodes["school"], "redelivery.requested")
         assert nothing["detail"]["sent_again"] == nothing["detail"]["lost"] == []
         rows = await restored.store.fetchall(
