@@ -70,4 +70,5 @@ async def _record(ctx: NodeContext, request: node_api_pb2.FollowUpRequest) -> no
             followed_up_at_ms=tx.now_ms,
         )
         await repeats.keep(tx, request, followed)
+    await ctx.outbox.changed()  # the follow-up is part of the share's status: its watchers hear of it
     return followed

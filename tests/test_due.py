@@ -4,6 +4,8 @@ other agencies owe it past its date; from the API and the CLI."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -22,6 +24,7 @@ from tests.harness import (
     next_item,
     revoke,
     running,
+    settle,
     wait_delivered,
 )
 from tests.test_challenges import challenge
@@ -230,7 +233,7 @@ async def test_a_message_not_delivered_after_some_hours_is_on_the_duty_view_unti
         await shared_with_both(cluster)
         await cluster.stop_node("school")
         amh = cluster.api("amh")
-        _, away = await corrected_without_the_school(cluster)
+        corrected, away = await corrected_without_the_school(cluster)
 
         async def delayed() -> list[tuple[int, str, str, bool]]:
             listed = await amh.ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))
@@ -249,9 +252,19 @@ async def test_a_message_not_delivered_after_some_hours_is_on_the_duty_view_unti
         viewed = events(await audit_events(cluster.nodes["amh"]), "due.viewed")[-1]["detail"]
         assert (viewed["delayed"], viewed["to_answer"], viewed["undeliverable"]) == (1, 0, 0)
 
+        await cluster.nodes["amh"].outbox.send_due()  # the school's copy, due after 5 h, tried again now
+        await settle(cluster.nodes["amh"])  # and answered (the school is away): it waits, quiet
+        watch = amh.WatchShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=corrected.share_id))
+        stream = aiter(watch)
+        before = await anext(stream)
         await amh.RecordFollowUp(
             node_api_pb2.FollowUpRequest(actor=PRACTITIONER, message_id=away.message_id, note="Phoned the DSL.")
         )
+        async with asyncio.timeout(10):  # its watcher is told: the follow-up is part of the share's status
+            told = await anext(stream)
+        watch.cancel()
+        assert [r.follow_up for r in before.recipients if r.node_id == "school"] == [""]
+        assert [r.follow_up for r in told.recipients if r.node_id == "school"] == ["Phoned the DSL."]
         assert await delayed() == []
         await cluster.start_node("school")  # and it is delivered all the same
         await wait_delivered(cluster.nodes["amh"], 4)
