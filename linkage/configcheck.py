@@ -7,6 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
+from linkage.ids import is_node_id
 from linkage.settings import GATEWAY, NODE, Setting
 
 _LEVELS = {"debug", "info", "warning", "error"}
@@ -75,8 +76,10 @@ def value_problem(setting: Setting, value: object) -> str:
     """What is wrong with `value` for `setting`, by its kind and least sensible value; empty
     if nothing. Both `config check` and the processes as they load their file ask this."""
     kind = setting.kind
-    if kind in ("str", "path", "address", "listen", "level") and not isinstance(value, str):
+    if kind in ("str", "id", "path", "address", "listen", "level") and not isinstance(value, str):
         return f"must be text, got {type(value).__name__}"
+    if kind == "id" and not is_node_id(str(value)):
+        return "must be an id as enrolment gives it: a lowercase letter, then letters, digits or hyphens (csc, gateway)"
     if kind == "int" and (not isinstance(value, int) or isinstance(value, bool) or value < setting.minimum):
         return f"must be a whole number, {setting.minimum} or more"
     if kind == "float" and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 class Setting:
     section: str
     key: str
-    kind: str  # str | int | float | path | address | listen (an address, or empty: off) | level | list
+    kind: str  # str | id (a node's or the gateway's) | int | float | path | address | listen (an address, or
+    # empty: off) | level | list
     default: object
     meaning: str
     required: bool = False
@@ -27,11 +28,11 @@ _COMMON = [
 ]
 
 NODE: list[Setting] = [
-    Setting("node", "id", "str", None, "This node's id, as enrolled.", True),
+    Setting("node", "id", "id", None, "This node's id, as enrolled.", True),
     Setting("node", "data_dir", "path", ".", "Where the store (store.sqlite) lives."),
     Setting("node", "log_level", "level", "info", "debug, info, warning or error."),
     Setting("gateway", "address", "address", None, "host:port of the federation gateway.", True),
-    Setting("gateway", "server_name", "str", "gateway", "The gateway's TLS name (its id)."),
+    Setting("gateway", "server_name", "id", "gateway", "The gateway's TLS name (its id)."),
     Setting("api", "socket", "path", "api.sock", "The local API socket for case systems (mode 0600)."),
     Setting("keys", "message_keys", "path", "keys", "Folder of this node's message keys."),
     Setting("keys", "linkage_key", "path", "keys/linkage.key", "The federation linkage key (tokens)."),
@@ -97,7 +98,7 @@ NODE: list[Setting] = [
 ]
 
 GATEWAY: list[Setting] = [
-    Setting("gateway", "id", "str", None, "The gateway's id, as enrolled.", True),
+    Setting("gateway", "id", "id", None, "The gateway's id, as enrolled.", True),
     Setting("gateway", "listen", "address", "127.0.0.1:7443", "host:port to listen on (mTLS only)."),
     Setting("gateway", "data_dir", "path", ".", "Where gateway.sqlite lives (subscriptions, witness, metadata)."),
     Setting("gateway", "log_level", "level", "info", "debug, info, warning or error."),

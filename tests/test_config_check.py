@@ -45,6 +45,7 @@ def test_enrolled_files_are_good(federation: LocalFederation) -> None:
         (lambda t: t.replace('address = "127.0.0.1:0"', 'address = "gateway"'), "[gateway] address: must be host:port"),
         (lambda t: t.replace('cert = "tls/node.pem"', 'cert = "tls/missing.pem"'), "tls/missing.pem does not exist"),
         (lambda t: t.replace('id = "csc"\n', ""), "[node] id is required"),
+        (lambda t: t.replace('id = "csc"\n', 'id = "C S C"\n'), "[node] id: must be an id as enrolment gives it"),
         (lambda t: t + '\n[delivery]\nretry_base_ms = "soon"\n', "[delivery] retry_base_ms: must be a whole number"),
         (lambda t: t + "\n[delivery]\nreceipt_timeout_ms = 0\n", "receipt_timeout_ms: must be a whole number, 1"),
         (lambda t: t + "\n[retention]\nsummaries_days = -1\n", "summaries_days: must be a whole number, 0 or more"),
@@ -162,6 +163,10 @@ def test_a_value_from_the_environment_is_checked_and_named(
     monkeypatch.setenv("LINKAGE_GATEWAY_LISTEN", "127.0.0.1:99999")
     with pytest.raises(ConfigError, match=re.escape("LINKAGE_GATEWAY_LISTEN (in the environment): must be host:port")):
         GatewayConfig.load(federation.gateway_config.data_dir / "gateway.toml")
+    monkeypatch.setenv("LINKAGE_GATEWAY_SERVER_NAME", "The Gateway")  # not the gateway's id: TLS would fail
+    with pytest.raises(ConfigError, match=re.escape("LINKAGE_GATEWAY_SERVER_NAME (in the environment): must be an id")):
+        NodeConfig.load(_node_toml(federation))
+    monkeypatch.delenv("LINKAGE_GATEWAY_SERVER_NAME")
     monkeypatch.setenv("LINKAGE_DELIVERY_RECEIPT_TIMEOUT_MS", "250")
     monkeypatch.setenv("LINKAGE_NODE_LOG_LEVEL", "debug")
     monkeypatch.setenv("LINKAGE_POLICY_CODELISTS_EXTRA", "a.yaml,b.yaml")
