@@ -255,6 +255,11 @@ async def test_a_page_holds_at_most_ten_thousand_entries_and_the_command_reads_e
     chronology` reads the whole chronology a page at a time."""
     async with running(federation, nodes=("csc",)) as cluster:
         opened = await _open_case(cluster)
+        who = ("--actor-id", "csc-1", "--actor-role", "Social worker")
+        socket = ("--socket", str(cluster.nodes["csc"].config.api_socket))
+        empty = await linkage("chronology", opened.case_id, *who, *socket)
+        assert empty == (0, "Nothing in this family's chronology yet: no assessment recorded here, and none "
+                         "received about them.\n", "")  # fmt: skip
         fill_inbox(cluster.nodes["csc"].config.store_path, 5_001, [p.link_token for p in opened.people])
         request = node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=opened.case_id, page_size=50_000)
         first = await cluster.api("csc").Chronology(request)
@@ -263,10 +268,7 @@ async def test_a_page_holds_at_most_ten_thousand_entries_and_the_command_reads_e
         last = await cluster.api("csc").Chronology(request)
         assert len(last.entries) == 2 and not last.next_page_token
 
-        code, out, err = await linkage(
-            "chronology", opened.case_id, "--json", "--actor-id", "csc-1", "--actor-role", "Social worker",
-            "--socket", str(cluster.nodes["csc"].config.api_socket),
-        )  # fmt: skip
+        code, out, err = await linkage("chronology", opened.case_id, "--json", *who, *socket)
     assert code == 0, err
     read = json.loads(out)
     assert len(read["entries"]) == 10_002 and "next_page_token" not in read

@@ -232,6 +232,8 @@ def chronology(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(response)
         return 0
+    if not response.entries:  # else it reads as a command that failed
+        print("Nothing in this family's chronology yet: no assessment recorded here, and none received about them.")
     for e in response.entries:
         currency = word(summary_pb2.Currency.DESCRIPTOR, e.currency)
         source = "this agency" if e.own else e.source_agency
