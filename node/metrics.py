@@ -1,6 +1,7 @@
 """The node's metrics: messages sent, delivered, undeliverable, received and rejected by
 reason; BUSY answers by whose limit; outbox depth and age, in all and by recipient (an
-agency's node id: never a person's); delivery latency; directory
+agency's node id: never a person's); delivery latency; whether the stream to the gateway is
+open; directory
 age; audit checkpoints lodged with the witness, by outcome. Counts only."""
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ class NodeMetrics:
         self.certificate_expires_in = Gauge(
             "linkage_node_tls_certificate_expires_in_seconds",
             "Until the node's TLS certificate in use lapses and it cannot reach the gateway (renew it well before 0)",
+            registry=self.registry,
+        )
+        self.gateway_connected = Gauge(
+            "linkage_node_gateway_connected",
+            "1 while the node's stream to the gateway is open; 0 while it is not and nothing goes out or comes in "
+            "(it reconnects by itself: alert on 0 for long)",
             registry=self.registry,
         )
         self.store_writable = Gauge(

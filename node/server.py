@@ -335,6 +335,8 @@ class NodeServer:
             on_frames=self._on_frames,
             on_state=self._on_link_state,
         )
+        link = self.link
+        self.metrics.gateway_connected.set_function(lambda: float(link.connected.is_set()))
         self.outbox = Outbox(
             self.store, self.link, self.trust, config.node_id, self.clock, config.delivery, metrics=self.metrics
         )

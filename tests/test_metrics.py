@@ -98,6 +98,13 @@ async def test_which_agency_is_not_being_reached_is_in_the_metrics_by_name(tmp_p
         await amh.outbox.refresh_gauges()
         delivered = await asyncio.to_thread(scrape, amh.metrics_endpoint.port)
         back = await asyncio.to_thread(scrape, cluster.gateway.metrics_endpoint.port)
+        version = amh.outbox.version
+        await cluster.gateway.stop(grace=1)
+        assert amh.link is not None
+        while amh.link.connected.is_set():  # the outbox hears the stream end
+            version = await amh.outbox.wait_change(version)
+        cut_off = await asyncio.to_thread(scrape, amh.metrics_endpoint.port)
+    assert waiting["linkage_node_gateway_connected"] == 1
     assert waiting['linkage_node_outbox_recipient_depth{recipient="csc"}'] == 1
     assert waiting['linkage_node_outbox_recipient_oldest_age_seconds{recipient="csc"}'] == 90
     assert (waiting["linkage_node_outbox_depth"], waiting["linkage_node_outbox_oldest_age_seconds"]) == (1, 90)
@@ -110,3 +117,4 @@ async def test_which_agency_is_not_being_reached_is_in_the_metrics_by_name(tmp_p
         'linkage_gateway_node_connected{node="csc"}': 0,
     }
     assert back['linkage_gateway_node_connected{node="csc"}'] == 1
+    assert (delivered["linkage_node_gateway_connected"], cut_off["linkage_node_gateway_connected"]) == (1, 0)
