@@ -1,8 +1,7 @@
 """The node's metrics: messages sent, delivered, undeliverable, received and rejected by
 reason; BUSY answers by whose limit; outbox depth and age, in all and by recipient (an
 agency's node id: never a person's); delivery latency; whether the stream to the gateway is
-open; directory
-age; audit checkpoints lodged with the witness, by outcome. Counts only."""
+open; directory age; audit checkpoints lodged with the witness, by outcome. Counts only."""
 
 from __future__ import annotations
 
