@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -14,6 +17,7 @@ from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
 from tests.harness import PRACTITIONER, LocalFederation, linkage, next_item, revoke, running, wait_delivered
 from tests.test_federation import _case_id, open_case
+from tests.test_workflows import share, think_family
 
 
 async def test_preview_then_send_then_status_from_the_cli(federation: LocalFederation, tmp_path: Path) -> None:
@@ -173,3 +177,41 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
         code, out, err = await linkage(*close, "--request-id", "c", *who("amh"))
         assert code == 0 and f"Case {amh_case}: closure closed" in out, err
         assert await linkage(*close, "--request-id", "c", *who("amh")) == (0, out, "")  # not refused as closed
+
+
+async def test_the_watch_commands_print_each_event_as_it_comes_into_a_pipe(federation: LocalFederation) -> None:
+    """`share watch` follows delivery, and `inbox watch` what arrives, as it happens, where
+    their output goes to a pipe (a log, `tee`, another program): block-buffered, the lines of
+    `inbox watch` waited there until the buffer filled or the watch ended."""
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+
+        async def watching(node: str, *command: str) -> asyncio.subprocess.Process:
+            socket = str(cluster.nodes[node].config.api_socket)
+            who = ("--actor-id", f"{node}-1", "--actor-role", "Duty worker", "--socket", socket)
+            # As on a machine that does not ask Python for unbuffered output (CI's shell does).
+            env = {k: v for k, v in os.environ.items() if not k.startswith("LINKAGE_") and k != "PYTHONUNBUFFERED"}
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "linkage", *command, *who, stdout=asyncio.subprocess.PIPE, env=env
+            )
+
+        async def line(watch: asyncio.subprocess.Process) -> str:
+            assert watch.stdout is not None
+            async with asyncio.timeout(20):
+                return (await watch.stdout.readline()).decode()
+
+        deliveries, arrivals = await watching("amh", "share", "watch"), await watching("csc", "inbox", "watch")
+        try:
+            shared = await share(cluster, assessment_id)
+            seen: list[str] = []
+            while not any(" delivered " in s for s in seen if " csc " in s):
+                seen.append(await line(deliveries))
+            to_csc = next(r for r in shared.recipients if r.node_id == "csc")
+            assert any(f"csc queued (message {to_csc.message_id}, share {shared.share_id})" in s for s in seen), seen
+            assert re.match(r"#\d+ [\d-]+ [\d:]+ csc delivered \(message ", seen[-1]), seen
+            while " [new] summary_share from Adult Mental Health Trust: " not in await line(arrivals):
+                pass  # the notices of who joined came first
+        finally:
+            for watch in (deliveries, arrivals):
+                watch.terminate()
+                await watch.wait()

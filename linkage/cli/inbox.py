@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 from collections.abc import AsyncIterator, Iterable
 
 from linkage import jurisdictions
@@ -87,6 +88,7 @@ def inbox_watch(args: argparse.Namespace) -> int:
     async def watch(api: node_api_pb2_grpc.NodeApiAsyncStub) -> None:
         async for item in api.WatchReceived(node_api_pb2.WatchReceivedRequest(actor=actor(args), after_seq=args.after)):
             emit_json(item) if args.json else _print_item(item)
+            sys.stdout.flush()  # each as it arrives, into a pipe or a file too (they are block-buffered)
 
     call(args, watch)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from linkage.cli.api_client import (
@@ -16,8 +17,8 @@ from linkage.cli.api_client import (
     read_decision,
     report_queued,
 )
-from linkage.cli.values import when
-from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
+from linkage.cli.values import count, when
+from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc, summary_pb2
 
 
 def _share_request(args: argparse.Namespace) -> node_api_pb2.ShareSummaryRequest:
@@ -112,6 +113,24 @@ def share_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def share_watch(args: argparse.Namespace) -> int:
+    async def watch(api: node_api_pb2_grpc.NodeApiAsyncStub) -> None:
+        request = node_api_pb2.WatchDeliveriesRequest(actor=actor(args), after_seq=args.after)
+        async for event in api.WatchDeliveries(request):
+            emit_json(event) if args.json else _print_event(event)
+            sys.stdout.flush()  # each as it happens, into a pipe or a file too
+
+    call(args, watch)
+    return 0
+
+
+def _print_event(event: node_api_pb2.DeliveryEvent) -> None:
+    s, why = event.status, f": {event.status.reason}" if event.status.reason else ""
+    print(
+        f"#{event.seq} {when(event.at_ms)} {s.node_id} {s.state} (message {s.message_id}, share {event.share_id}){why}"
+    )
+
+
 def share_queues(args: argparse.Namespace) -> int:
     request = node_api_pb2.DeliveryQueuesRequest(actor=actor(args))
     answer = call(args, lambda api: api.ListDeliveryQueues(request))
@@ -189,6 +208,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_connection_arguments(p)
     p.add_argument("share_id")
     p.set_defaults(handler=share_status)
+    p = sub.add_parser(
+        "watch", help="follow delivery as it happens: each message queued, sent, deferred, delivered or not"
+    )
+    add_connection_arguments(p)
+    p.add_argument("--after", type=count(2**63 - 1), default=0, help="only events after this one (#N, as shown)")
+    p.set_defaults(handler=share_watch)
     p = sub.add_parser("queues", help="what your node still has to deliver, per agency, and why it waits")
     add_connection_arguments(p)
     p.set_defaults(handler=share_queues)
