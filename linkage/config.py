@@ -65,6 +65,15 @@ class _Reader:
         """The other process's file, given where this one's is wanted: say so, and what to give."""
         raise ConfigError(f"{self.path} is {what}; this takes {wanted}")
 
+    def unknown(self) -> tuple[str, ...]:
+        """What the file sets that this process does not know: a typo, or a newer release's."""
+        return tuple(
+            f"[{section}] {key}" if isinstance(values, dict) else section
+            for section, values in self.data.items()
+            for key in (values if isinstance(values, dict) else [""])
+            if (section, key) not in self.settings
+        )
+
     def done(self) -> None:
         if self.problems:
             raise ConfigError("\n".join(self.problems))
@@ -208,6 +217,7 @@ class GatewayConfig:
     metrics_listen: str = ""  # host:port for Prometheus; empty: off
     metalog_days: int = 0  # metadata-log entries kept this long; 0 keeps them all
     witness_key: Path | None = None  # Ed25519 key cosigning witnessed checkpoints; None: no cosigning
+    unknown_settings: tuple[str, ...] = ()  # in the file, but not settings of this release: their defaults hold
 
     STORE_NAME = "gateway.sqlite"
 
@@ -232,6 +242,7 @@ class GatewayConfig:
             metrics_listen=r.get("metrics", "listen", "", required=False) or "",
             metalog_days=int(r.get("retention", "metalog_days", 0)),
             witness_key=r.path_of("witness", "key") if witness_key else None,
+            unknown_settings=r.unknown(),
         )
         r.done()
         return config
@@ -253,6 +264,7 @@ class NodeConfig:
     policy: PolicyFiles = PolicyFiles()
     retention_days: int = 0  # received summaries kept this long; 0 keeps them (the audit log is never purged)
     metrics_listen: str = ""  # host:port for Prometheus; empty: off
+    unknown_settings: tuple[str, ...] = ()  # in the file, but not settings of this release: their defaults hold
 
     STORE_NAME = "store.sqlite"
 
@@ -280,6 +292,7 @@ class NodeConfig:
             policy=_policy(r),
             retention_days=int(r.get("retention", "summaries_days", 0)),
             metrics_listen=r.get("metrics", "listen", "", required=False) or "",
+            unknown_settings=r.unknown(),
         )
         r.done()
         return config

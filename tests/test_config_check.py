@@ -4,6 +4,8 @@ problem at once, each with its line."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import re
 import subprocess
 import sys
@@ -173,3 +175,31 @@ def test_a_value_from_the_environment_is_checked_and_named(
     config = NodeConfig.load(_node_toml(federation))
     assert config.delivery.receipt_timeout_ms == 250 and config.log_level == "debug"
     assert [p.name for p in config.policy.codelists_extra] == ["a.yaml", "b.yaml"]
+
+
+def test_a_setting_this_release_does_not_know_is_said_as_the_process_starts(federation: LocalFederation) -> None:
+    """A typo leaves its setting's default in force: the node says so in its log as it starts,
+    and serves (a file written for a newer release must not stop a node on an older one)."""
+    assert NodeConfig.load(_node_toml(federation)).unknown_settings == ()
+    bad = _node_toml(federation).parent / "typo.toml"
+    bad.write_text(_node_toml(federation).read_text() + "\n[delivery]\nrecipt_timeout_ms = 5\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINKAGE_")}
+    node = subprocess.Popen(
+        [sys.executable, "-m", "linkage", "node", "serve", "--config", str(bad)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert node.stderr is not None
+        events = []
+        for line in node.stderr:  # said before it starts serving
+            events.append(json.loads(line))
+            if events[-1]["event"] == "node.started":
+                break
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+    (said,) = [e for e in events if e["event"] == "config.unknown_setting"]
+    assert (said["level"], said["setting"]) == ("warning", "[delivery] recipt_timeout_ms")

@@ -200,6 +200,7 @@ def _gateway_serve(args: argparse.Namespace) -> int:
 
     config = GatewayConfig.load(args.config)
     logs.configure(config.log_level, gateway=config.gateway_id)
+    _say_unknown(config.unknown_settings)
     asyncio.run(serve(config))
     return 0
 
@@ -211,8 +212,18 @@ def _node_serve(args: argparse.Namespace) -> int:
 
     config = NodeConfig.load(args.config)
     logs.configure(config.log_level, node=config.node_id)
+    _say_unknown(config.unknown_settings)
     asyncio.run(serve(config))
     return 0
+
+
+def _say_unknown(settings: tuple[str, ...]) -> None:
+    """A setting the file names that this release does not know leaves the default in force:
+    said as the process starts, not refused (a file written for a newer release still serves)."""
+    from linkage import logs
+
+    for setting in settings:
+        logs.get("config").warning("config.unknown_setting", setting=setting, remedy="linkage config check FILE")
 
 
 def _demo(args: argparse.Namespace) -> int:
