@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -236,6 +237,8 @@ def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tm
         rows = list(csv.DictReader(f))
     assert len(rows) == len(entries)
     assert rows[0]["actor_name"] == PRACTITIONER.name
+    stamped = dt.datetime.fromisoformat(rows[0]["time_utc"]).replace(tzinfo=dt.UTC)
+    assert int(stamped.timestamp()) == int(rows[0]["ts_ms"]) // 1000  # UTC, as its column says
     for name, form in (("audit.jsonl", ["--format", "jsonl"]), ("named.json", [])):  # or as the file is named
         jsonl = tmp_path / name
         exported = linkage("audit", "export", "--config", config(scenario, "amh"), *form, "--out", str(jsonl))
@@ -509,7 +512,7 @@ def test_the_gateway_operator_lists_and_exports_its_metadata_log(scenario: Local
 
     to_school = linkage("audit", "list", "--gateway-config", gateway, "--event", "envelope.", "--counterpart", "school")
     lines = to_school.stdout.splitlines()
-    assert lines and all(line.split()[3:6] == ["envelope.forwarded", "amh", "school"] for line in lines), lines
+    assert lines and all(line.split()[4:7] == ["envelope.forwarded", "amh", "school"] for line in lines), lines
     sent = {e["message_id"] for e in entries if e["event"] == "envelope.forwarded" and e["counterpart"] == "school"}
     assert {line.split()[-1] for line in lines} == sent  # which message, where a node's log gives why
     school = [e for e in entries if "school" in (e["actor"]["id"], e["counterpart"])]

@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from linkage import calendar
+from linkage import calendar, clock
 from linkage.v1 import summary_pb2 as pb
 
 
@@ -29,3 +29,10 @@ def _ms(text: str) -> int:
 )
 def test_today_is_the_date_in_london(at: str, day: tuple[int, int, int]) -> None:
     assert calendar.today(_ms(at)) == pb.Date(year=day[0], month=day[1], day=day[2])
+
+
+def test_times_people_read_are_utc_and_say_so() -> None:
+    # Half past midnight in London, summer time: still the 4th, 23:30, in UTC.
+    at = _ms("2026-07-04T23:30:42+00:00")
+    assert (clock.utc_minute(at), clock.utc_second(at)) == ("2026-07-04 23:30 UTC", "2026-07-04 23:30:42 UTC")
+    assert clock.utc_cell(at) == "2026-07-04 23:30:42"  # a spreadsheet's time, in a column named *_utc

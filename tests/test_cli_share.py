@@ -208,7 +208,7 @@ async def test_the_watch_commands_print_each_event_as_it_comes_into_a_pipe(feder
                 seen.append(await line(deliveries))
             to_csc = next(r for r in shared.recipients if r.node_id == "csc")
             assert any(f"csc queued (message {to_csc.message_id}, share {shared.share_id})" in s for s in seen), seen
-            assert re.match(r"#\d+ [\d-]+ [\d:]+ csc delivered \(message ", seen[-1]), seen
+            assert re.match(r"#\d+ [\d-]+ [\d:]+ UTC csc delivered \(message ", seen[-1]), seen
             while " [new] summary_share from Adult Mental Health Trust: " not in await line(arrivals):
                 pass  # the notices of who joined came first
         finally:

@@ -16,7 +16,8 @@ from linkage.cli.api_client import (
     read_decision,
     report_queued,
 )
-from linkage.cli.values import calendar_date, iso_day, when, word
+from linkage.cli.values import calendar_date, iso_day, word
+from linkage.clock import utc_minute
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 
 REPLY_WITH = "linkage inbox reply {} provide|partial|decline"  # the command that answers a request
@@ -92,21 +93,20 @@ def requests(args: argparse.Namespace) -> int:
     if not listed.sent and not listed.received:
         print("No information request about this family has been sent or received here.")
     for sent in listed.sent:
-        print(f"Asked {when(sent.sent_at_ms)}: {sent.purpose} (needed by {iso_day(sent.needed_by)})")
+        print(f"Asked {utc_minute(sent.sent_at_ms)}: {sent.purpose} (needed by {iso_day(sent.needed_by)})")
         for a in sent.asked:
             if a.answer:
-                state = f"{answer_word(a.answer)} {when(a.answered_at_ms)}"
+                state = f"{answer_word(a.answer)} {utc_minute(a.answered_at_ms)}"
                 state += f" (message {a.answer_message_id})"
             else:
                 state = f"no answer yet ({a.delivery}){' OVERDUE' if a.overdue else ''}"
             print(f"  {a.agency_name}: {state}")
     for r in listed.received:
-        print(f"{r.from_agency} asked {when(r.received_at_ms)}: {r.purpose} (needed by {iso_day(r.needed_by)})")
+        print(f"{r.from_agency} asked {utc_minute(r.received_at_ms)}: {r.purpose} (needed by {iso_day(r.needed_by)})")
         print(f"  Asks for: {r.what}")
         if r.answer:
-            print(
-                f"  You answered: {word(workflow_pb2.InformationAnswer.DESCRIPTOR, r.answer)} {when(r.answered_at_ms)}"
-            )
+            answered = word(workflow_pb2.InformationAnswer.DESCRIPTOR, r.answer)
+            print(f"  You answered: {answered} {utc_minute(r.answered_at_ms)}")
         else:
             print(f"  Not answered yet{' and OVERDUE' if r.overdue else ''}: {REPLY_WITH.format(r.message_id)} ...")
     return 0

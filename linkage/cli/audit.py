@@ -27,12 +27,12 @@ from linkage.cli.audit_entries import (
     find_entries,
     millis,
     received_summary,
-    when,
 )
 from linkage.cli.spreadsheet import SpreadsheetWriter
 from linkage.cli.store_files import attach_read_only, read_only_store
 from linkage.cli.terminal import harmless
 from linkage.cli.values import count, link_token
+from linkage.clock import utc_cell, utc_minute, utc_second
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.directory import DirectoryView
 from linkage.files import written_whole
@@ -145,7 +145,7 @@ def _say_cosigned(
         return
     print(
         f"  {which} ({size} entries) was cosigned by the witness, gateway "
-        f"{cosignature.gateway_id}, at {when(cosignature.at_ms)}"
+        f"{cosignature.gateway_id}, at {utc_second(cosignature.at_ms)}"
     )
 
 
@@ -158,7 +158,7 @@ def verify(args: argparse.Namespace) -> int:
         print(("OK" if result.ok else "FAILED") + f": gateway metadata log, {result.entries} entries checked")
         if anchor:
             print(
-                f"  entries 1-{anchor[0]} (to {when(anchor[1])}) were purged by retention "
+                f"  entries 1-{anchor[0]} (to {utc_second(anchor[1])}) were purged by retention "
                 f"([retention] metalog_days); the rest chain on from entry {anchor[0]}'s hash"
             )
         if not result.ok:
@@ -287,7 +287,7 @@ def audit_list(args: argparse.Namespace) -> int:
             else:
                 who, why = e["actor"].get("role") or e["actor"].get("id"), e["rationale"][:60]
             print(
-                f"{e['seq']:>6} {when(e['ts_ms'])} {e['event']:<26} {who:<24} {e['counterpart'] or '-':<12} "
+                f"{e['seq']:>6} {utc_second(e['ts_ms'])} {e['event']:<26} {who:<24} {e['counterpart'] or '-':<12} "
                 f"{e['decision'] or ''} {why}"
             )
     if not listed and not args.json:  # else a mistyped filter (an event's name, say) looks like an empty log
@@ -310,7 +310,7 @@ def _filters_given(args: argparse.Namespace) -> str:
 COLUMNS = [
     "seq",
     "ts_ms",
-    "time",
+    "time_utc",
     "event",
     "actor_id",
     "actor_name",
@@ -330,7 +330,7 @@ def _flat(e: dict[str, Any]) -> dict[str, Any]:
     return {
         "seq": e["seq"],
         "ts_ms": e["ts_ms"],
-        "time": when(e["ts_ms"]),
+        "time_utc": utc_cell(e["ts_ms"]),
         "event": e["event"],
         "actor_id": e["actor"].get("id", ""),
         "actor_name": e["actor"].get("name", ""),
@@ -404,7 +404,7 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
                 what += f"{', its sender told' if told else ''} ({kind.replace('_', ' ')})"
             rows.append(
                 {
-                    "when": when(e["ts_ms"]),
+                    "when": utc_second(e["ts_ms"]),
                     "what": what,
                     "with": ", ".join(agency_name(directory, c) for c in counterparts) or "-",
                     "by": f"{e['actor'].get('name') or e['actor'].get('id')} ({e['actor'].get('role')})",
@@ -450,9 +450,9 @@ th {{ background: #eef2f5; }} .note {{ color: #555; font-size: .85rem; }}
 <h1>{html.escape(title)}</h1>
 <p class="note">Everything this node shared or received about the person identified as
 {html.escape(person.split(":", 1)[0])} number ending {html.escape(person[-4:])}: what, with whom, when, why and on
-what ground. {len(rows)} entries, generated {when(int(dt.datetime.now(dt.UTC).timestamp() * 1000))} UTC from the
+what ground. {len(rows)} entries, generated {utc_minute(int(dt.datetime.now(dt.UTC).timestamp() * 1000))} from the
 node's audit log.</p>
-<table id="entries"><thead><tr><th>When (UTC)</th><th>What</th><th>With</th><th>By</th><th>Why</th>
+<table id="entries"><thead><tr><th>When</th><th>What</th><th>With</th><th>By</th><th>Why</th>
 <th>Ground</th></tr></thead>
 <tbody>
 {cells}
@@ -518,7 +518,7 @@ def cross_check(args: argparse.Namespace) -> int:
         ((forwarded,),) = db.execute("SELECT count(*) FROM forwarded")
     print(f"AGREE: {compared} outgoing messages, {forwarded} forwarded by the gateway")
     if older:
-        print(f"  {older} sent before the gateway's retention horizon ({when(horizon_ms)}) not compared")
+        print(f"  {older} sent before the gateway's retention horizon ({utc_second(horizon_ms)}) not compared")
     return 0
 
 

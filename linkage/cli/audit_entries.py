@@ -92,10 +92,6 @@ def find_entries(db: sqlite3.Connection, wanted: EntryFilter, table: str = "audi
         yield e
 
 
-def when(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def received_summary(db: sqlite3.Connection, message_id: str) -> summary_pb2.RiskSummary | None:
     """The summary a received message carried, if it carried one (and is still held)."""
     row = db.execute(

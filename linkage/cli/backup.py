@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 
 from linkage import backup
 from linkage.cli.audit_entries import federation_directory
-from linkage.clock import SystemClock
+from linkage.clock import SystemClock, utc_second
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.envelope import HYBRID
 from linkage.reasons import Rejected
@@ -38,7 +38,7 @@ def _seals_post_quantum(config: NodeConfig | GatewayConfig) -> bool:
 
 def _say(manifest: backup.Manifest) -> None:
     facts = manifest.store
-    taken = dt.datetime.fromtimestamp(manifest.taken_at_ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    taken = utc_second(manifest.taken_at_ms)
     log = "audit log" if manifest.kind == "node" else "metadata log"
     root = "root" if manifest.kind == "node" else "head"
     print(f"  {manifest.kind} {manifest.member_id} of {manifest.federation_id}, taken {taken}")

@@ -21,7 +21,8 @@ from linkage.cli.api_client import (
     call,
     emit_json,
 )
-from linkage.cli.values import calendar_date, count, iso_day, link_token, when, word
+from linkage.cli.values import calendar_date, count, iso_day, link_token, word
+from linkage.clock import utc_minute
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 
 RESPOND_WITH = "linkage case respond {}"  # the command that answers a closure proposal
@@ -86,7 +87,7 @@ def case_find(args: argparse.Namespace) -> int:
     if not found.cases:
         print(f"No {'' if args.closed else 'open '}case found.")
     for case in found.cases:
-        _print_people(case, f"  {case.case_ref}  opened {when(case.opened_at_ms)}  {case.status}")
+        _print_people(case, f"  {case.case_ref}  opened {utc_minute(case.opened_at_ms)}  {case.status}")
     if found.next_before:
         print(f"More: linkage case list --before {found.next_before} ...")
     return 0

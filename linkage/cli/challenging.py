@@ -14,7 +14,8 @@ from linkage.cli.api_client import (
     emit_json,
     report_queued,
 )
-from linkage.cli.values import calendar_date, iso_day, when, word
+from linkage.cli.values import calendar_date, iso_day, word
+from linkage.clock import utc_minute
 from linkage.v1 import envelope_pb2, node_api_pb2, workflow_pb2
 
 ANSWERS = {"accept": workflow_pb2.CHALLENGE_ANSWER_ACCEPTED, "maintain": workflow_pb2.CHALLENGE_ANSWER_MAINTAINED}
@@ -64,14 +65,14 @@ def challenges(args: argparse.Namespace) -> int:
     if not listed.raised and not listed.received:
         print("No professional challenge about this family has been raised or received here.")
     for c in listed.raised:
-        print(f"Raised with {c.agency_name} {when(c.at_ms)} at {c.stage} ({c.subject}): {c.concern}")
+        print(f"Raised with {c.agency_name} {utc_minute(c.at_ms)} at {c.stage} ({c.subject}): {c.concern}")
         _print_answer(c, "They")
         if c.escalated_by:
             print(f"  Escalated by {c.escalated_by}")
         elif c.answer == workflow_pb2.CHALLENGE_ANSWER_MAINTAINED or c.overdue:
             print(f"  Not resolved? linkage case challenge {args.case_id} --escalates {c.message_id} --stage ...")
     for c in listed.received:
-        print(f"{c.agency_name} challenged {when(c.at_ms)} at {c.stage} ({c.subject}): {c.concern}")
+        print(f"{c.agency_name} challenged {utc_minute(c.at_ms)} at {c.stage} ({c.subject}): {c.concern}")
         if c.escalates_message_id:
             print(f"  Escalates {c.escalates_message_id}, not resolved at the stage before")
         print(f"  Outcome sought: {c.outcome_sought}")
@@ -82,7 +83,7 @@ def challenges(args: argparse.Namespace) -> int:
 
 def _print_answer(c: node_api_pb2.ListedChallenge, who: str) -> bool:
     if c.answer:
-        print(f"  {who} {answer_word(c.answer)} it {when(c.answered_at_ms)}: {c.response or '-'}")
+        print(f"  {who} {answer_word(c.answer)} it {utc_minute(c.answered_at_ms)}: {c.response or '-'}")
         return True
     respond_by = f", respond by {iso_day(c.respond_by)}" if c.respond_by.year else ""
     delivery = f" ({c.delivery})" if c.delivery else ""

@@ -14,7 +14,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from linkage.cli.audit_entries import federation_directory, when
+from linkage.cli.audit_entries import federation_directory
+from linkage.clock import utc_second
 from linkage.config import GatewayConfig, NodeConfig
 from linkage.jurisdictions import of_node
 from linkage.pki import certificate_facts, fingerprint
@@ -44,7 +45,11 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
             "status": directory_pb2.NodeStatus.Name(n.status).removeprefix("NODE_STATUS_").lower(),
             "contact_role": n.contact_role,
             "keys": [
-                {"key_id": k.key_id, "valid_from": when(k.not_before_ms), "valid_until": when(k.not_after_ms)}
+                {
+                    "key_id": k.key_id,
+                    "valid_from": utc_second(k.not_before_ms),
+                    "valid_until": utc_second(k.not_after_ms),
+                }
                 for k in n.keys
             ],
             "keys_lapse_in_days": _days(view.keys_expire_at_ms(n.node_id) - now_ms),
@@ -54,7 +59,7 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
     warnings = []
     if (left := d.expires_at_ms - now_ms) < RENEW_WITHIN_DAYS * DAY_MS:
         warnings.append(
-            f"the directory {'expired' if left <= 0 else 'expires'} at {when(d.expires_at_ms)}: "
+            f"the directory {'expired' if left <= 0 else 'expires'} at {utc_second(d.expires_at_ms)}: "
             "publish a fresh one (linkage federation publish) and copy it to the gateway"
         )
     size = len(view.signed.SerializeToString())
@@ -82,8 +87,8 @@ def listing(config: NodeConfig | GatewayConfig, now_ms: int) -> dict[str, Any]:
     return {
         "federation_id": d.federation_id,
         "version": d.version,
-        "issued": when(d.issued_at_ms),
-        "expires": when(d.expires_at_ms),
+        "issued": utc_second(d.issued_at_ms),
+        "expires": utc_second(d.expires_at_ms),
         "expires_in_days": _days(d.expires_at_ms - now_ms),
         "suite": directory_pb2.HpkeSuite.Name(d.suite).removeprefix("HPKE_SUITE_"),
         "bytes": size,
@@ -104,14 +109,14 @@ def _root(der: bytes, now_ms: int) -> dict[str, Any]:
     return {
         "name": str(name[0].value) if name else cert.subject.rfc4514_string(),
         "fingerprint": fingerprint(cert).hex(),
-        "lapses": when(lapses_ms),
+        "lapses": utc_second(lapses_ms),
         "lapses_in_days": _days(lapses_ms - now_ms),
     }
 
 
 def _handover(signed: directory_pb2.SignedHandover) -> dict[str, str]:
     step = directory_pb2.KeyHandover.FromString(signed.handover)
-    return {"from_key": step.from_key.hex(), "to_key": step.to_key.hex(), "at": when(step.at_ms)}
+    return {"from_key": step.from_key.hex(), "to_key": step.to_key.hex(), "at": utc_second(step.at_ms)}
 
 
 def _own_certificate(
@@ -122,14 +127,14 @@ def _own_certificate(
     fingerprint, lapses_ms = certificate_facts(config.tls.cert.read_bytes())
     found: dict[str, Any] = {
         "file": str(config.tls.cert),
-        "lapses": when(lapses_ms),
+        "lapses": utc_second(lapses_ms),
         "lapses_in_days": _days(lapses_ms - now_ms),
     }
     problems = []
     if lapses_ms - now_ms < CERTIFICATE_WITHIN_DAYS * DAY_MS:
         problems.append(
             f"the TLS certificate {config.tls.cert} {'lapsed' if lapses_ms <= now_ms else 'lapses'} at "
-            f"{when(lapses_ms)}: renew it (linkage federation renew-tls --cert {config.tls.cert}) and publish"
+            f"{utc_second(lapses_ms)}: renew it (linkage federation renew-tls --cert {config.tls.cert}) and publish"
         )
     if isinstance(config, NodeConfig) and (entry := entries.get(config.node_id)) is not None:
         found["pinned"] = fingerprint in (entry.tls_cert_sha256, entry.previous_tls_cert_sha256)

@@ -4,11 +4,11 @@ person to read, and a family's chronology."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from collections.abc import AsyncIterator, Iterable
 
 from linkage import jurisdictions
+from linkage.calendar import today
 from linkage.cli import asking, challenging
 from linkage.cli.api_client import (
     actor,
@@ -17,7 +17,8 @@ from linkage.cli.api_client import (
     emit_json,
 )
 from linkage.cli.casework import RESPOND_WITH, closure_answer
-from linkage.cli.values import count, iso_day, link_token, when, word
+from linkage.cli.values import count, iso_day, link_token, word
+from linkage.clock import SystemClock, utc_minute
 from linkage.codelists import CodeLists
 from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc, summary_pb2
 
@@ -60,7 +61,9 @@ def _gist(body: envelope_pb2.MessageBody, most: int = 100) -> str:
         case "challenge" | "challenge_response":
             said = challenging.gist(body)
         case "redelivery":
-            said = f"its store was put back to a copy: what it got since {when(body.redelivery.since_ms)} goes again"
+            said = (
+                f"its store was put back to a copy: what it got since {utc_minute(body.redelivery.since_ms)} goes again"
+            )
         case "returned":
             said = f"gave back {len(body.returned.copies)} message(s) this node sent it, lost here in a restore"
         case _:
@@ -157,8 +160,8 @@ def _print_content(body: envelope_pb2.MessageBody) -> None:
             challenging.print_content(body)
         case "redelivery":
             asked = body.redelivery
-            print(f"  Its store was put back to a copy made {when(asked.backup_taken_at_ms)} UTC (a backup, say).")
-            print(f"  What this node sent it since {when(asked.since_ms)} UTC is being sent again, as it was;")
+            print(f"  Its store was put back to a copy made {utc_minute(asked.backup_taken_at_ms)} (a backup, say).")
+            print(f"  What this node sent it since {utc_minute(asked.since_ms)} is being sent again, as it was;")
             print("  anything too old to send again is listed by `linkage due`, to tell the agency another way.")
             print("  What it sent this node since is given back to it, for its records.")
         case "returned":
@@ -201,7 +204,8 @@ def _print_summary(summary: summary_pb2.RiskSummary) -> None:
         print(f"  Under the law of {law}" + (f": {', '.join(powers)}" if powers else ""))
     if summary.review_date.year:  # domain.md §6 rule 12: an overdue review is flagged to recipients
         review = iso_day(summary.review_date)
-        late = review < datetime.date.today().isoformat() and any(
+        # The federation's days are the UK's, whatever zone this host keeps.
+        late = review < iso_day(today(SystemClock().now_ms())) and any(
             r.currency == summary_pb2.CURRENCY_CURRENT for r in summary.risk_items
         )
         print(f"  Review by {review}{' (passed: ask the sender whether it still holds)' if late else ''}")
@@ -239,7 +243,7 @@ def chronology(args: argparse.Namespace) -> int:
     for e in response.entries:
         currency = word(summary_pb2.Currency.DESCRIPTOR, e.currency)
         source = "this agency" if e.own else e.source_agency
-        at, direction = when(e.at_ms), e.direction.lower()
+        at, direction = utc_minute(e.at_ms), e.direction.lower()
         print(f"{at}  {source:<28} {e.category:<24} {currency:<10} {direction:<10} {e.level} [{e.state}]")
         if e.handling_conditions:
             print(f"  Handling: {', '.join(e.handling_conditions)}")

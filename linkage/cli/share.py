@@ -17,7 +17,8 @@ from linkage.cli.api_client import (
     read_decision,
     report_queued,
 )
-from linkage.cli.values import count, when
+from linkage.cli.values import count
+from linkage.clock import utc_minute
 from linkage.v1 import envelope_pb2, node_api_pb2, node_api_pb2_grpc, summary_pb2
 
 
@@ -103,11 +104,11 @@ def share_status(args: argparse.Namespace) -> int:
     else:
         print(f"Share {status.share_id}: {_outcome(status.outcome)}{settled}")
     for r in status.recipients:
-        extra = f", receipt at {when(r.delivered_at_ms)} UTC" if r.delivered_at_ms else ""  # the recipient's time
+        extra = f", receipt at {utc_minute(r.delivered_at_ms)}" if r.delivered_at_ms else ""  # the recipient's time
         extra += f", {r.reason}" if r.reason else ""
         print(f"  {r.node_id}: {r.state} after {r.attempts} attempt(s){extra}")
         if r.follow_up:
-            print(f"    followed up {when(r.followed_up_at_ms)}: {r.follow_up}")
+            print(f"    followed up {utc_minute(r.followed_up_at_ms)}: {r.follow_up}")
         elif r.state == "undeliverable":
             print(f"    {FOLLOW_UP.format(r.message_id)}")
     return 0
@@ -126,9 +127,8 @@ def share_watch(args: argparse.Namespace) -> int:
 
 def _print_event(event: node_api_pb2.DeliveryEvent) -> None:
     s, why = event.status, f": {event.status.reason}" if event.status.reason else ""
-    print(
-        f"#{event.seq} {when(event.at_ms)} {s.node_id} {s.state} (message {s.message_id}, share {event.share_id}){why}"
-    )
+    at = utc_minute(event.at_ms)
+    print(f"#{event.seq} {at} {s.node_id} {s.state} (message {s.message_id}, share {event.share_id}){why}")
 
 
 def share_queues(args: argparse.Namespace) -> int:
@@ -143,14 +143,15 @@ def share_queues(args: argparse.Namespace) -> int:
     for q in answer.queues:
         print(
             f"  {q.agency_name or q.node_id} ({q.node_id}): {q.to_send} to send, {q.awaiting_receipt} awaiting "
-            f"a receipt; waiting since {when(q.oldest_waiting_since_ms)}, up to {q.most_attempts} attempt(s)"
+            f"a receipt; waiting since {utc_minute(q.oldest_waiting_since_ms)}, up to {q.most_attempts} attempt(s)"
         )
         if q.away:
             why = "its node is away (the gateway tells this node when it returns)"
         else:
             why = "the gateway said BUSY" if q.held else ""
         if why or q.next_attempt_at_ms:
-            print(f"    {why or 'waiting'}; next try {when(q.next_attempt_at_ms) if q.next_attempt_at_ms else 'now'}")
+            next_try = utc_minute(q.next_attempt_at_ms) if q.next_attempt_at_ms else "now"
+            print(f"    {why or 'waiting'}; next try {next_try}")
     return 0
 
 

@@ -26,10 +26,10 @@ from linkage.cli.audit_entries import (
     find_entries,
     millis,
     received_summary,
-    when,
 )
 from linkage.cli.spreadsheet import SpreadsheetWriter
 from linkage.cli.store_files import read_only_store
+from linkage.clock import utc_cell, utc_second
 from linkage.config import NodeConfig
 from linkage.directory import DirectoryView
 from linkage.files import written_whole
@@ -37,7 +37,7 @@ from linkage.grounds import lawful_ground
 
 COLUMNS = [
     "direction",
-    "time",
+    "time_utc",
     "id",
     "kind",
     "decision",
@@ -71,7 +71,7 @@ def _sent(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any]:
     return {
         "direction": "sent",
         "ts_ms": e["ts_ms"],
-        "time": when(e["ts_ms"]),
+        "time_utc": utc_cell(e["ts_ms"]),
         "id": detail.get("share_id", ""),
         "kind": detail.get("kind", ""),
         "decision": e["decision"].removeprefix("DECISION_OUTCOME_"),
@@ -107,7 +107,7 @@ def _erasures(db: sqlite3.Connection, directory: DirectoryView, share_id: str) -
         if e["event"] in ("message.delivered", "message.undeliverable"):
             name = agency_name(directory, e["counterpart"])
             if e["event"] == "message.delivered":
-                said.append(f"{name} erased it ({when(e['ts_ms'])})")
+                said.append(f"{name} erased it ({utc_second(e['ts_ms'])})")
             else:
                 said.append(f"{name} not told ({e['detail'].get('reason') or 'undeliverable'}): tell them another way")
     return "; ".join(sorted(said)) or "no recipient has confirmed yet"  # by agency, as receipts come in any order
@@ -131,7 +131,7 @@ def _withdrawal(e: dict[str, Any], directory: DirectoryView, db: sqlite3.Connect
     return {
         "direction": "withdrawn" if ours else "recalled",
         "ts_ms": e["ts_ms"],
-        "time": when(e["ts_ms"]),
+        "time_utc": utc_cell(e["ts_ms"]),
         "id": detail.get("share_id", "") if ours else e["message_id"],
         "kind": "WITHDRAWAL",
         "decision": detail.get("ground") or "(no ground)",
@@ -159,7 +159,7 @@ def _received(
     return {
         "direction": "received",
         "ts_ms": e["ts_ms"],
-        "time": when(e["ts_ms"]),
+        "time_utc": utc_cell(e["ts_ms"]),
         "id": e["message_id"],
         "kind": e["detail"].get("kind", ""),
         "decision": "RECEIVED",
@@ -186,7 +186,7 @@ def _recovered(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any] | 
     return {
         "direction": "withdrawn" if withdrawal else "sent",
         "ts_ms": e["ts_ms"],
-        "time": when(detail["created_at_ms"]),
+        "time_utc": utc_cell(detail["created_at_ms"]),
         "id": detail["share_id"],
         "kind": detail["kind"],
         "decision": (detail["ground"] or "(no ground)")
@@ -201,7 +201,7 @@ def _recovered(e: dict[str, Any], directory: DirectoryView) -> dict[str, Any] | 
         "by": detail.get("decided_by", ""),
         "why": e["rationale"],
         "note": f"this node's own record was lost in restore {detail['restore_id']}; {name} gave it back "
-        f"({when(e['ts_ms'])})",
+        f"({utc_second(e['ts_ms'])})",
     }
 
 
@@ -318,7 +318,7 @@ def _print_totals(config: NodeConfig, directory: DirectoryView, totals: dict[str
 
 
 def _print_row(r: dict[str, Any]) -> None:
-    print(f"{r['time']}  {r['direction']:<9} {r['decision']:<15} {r['kind']}  by {r['by']}")
+    print(f"{r['time_utc']} UTC  {r['direction']:<9} {r['decision']:<15} {r['kind']}  by {r['by']}")
     for _, name, data in r["agencies"]:
         print(f"    {'to' if r['direction'] in ('sent', 'withdrawn') else 'from'} {name}: {', '.join(data) or '-'}")
     if r["kind"] != "WITHDRAWAL":

@@ -66,11 +66,6 @@ def iso_day(date: summary_pb2.Date) -> str:
     return f"{date.year:04d}-{date.month:02d}-{date.day:02d}" if date.year else "-"
 
 
-def when(ms: int) -> str:
-    """A time in milliseconds since the epoch, to the minute (UTC)."""
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
-
-
 def word(enum: EnumDescriptor, value: int) -> str:
     """An enum value as a word: ClosureAnswer's CLOSURE_ANSWER_OBJECT is "object"."""
     prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
