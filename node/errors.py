@@ -22,6 +22,17 @@ def not_found(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.NOT_FOUND, message)
 
 
+def past_the_end(after_seq: int, last: int, what: str, resume_from: int) -> ApiError:
+    """A resume point past everything the store holds: it came from a store since put back
+    to an earlier copy (a backup), and resuming there would skip what is written next until
+    the numbers pass it again."""
+    return ApiError(
+        grpc.StatusCode.OUT_OF_RANGE,
+        f"after_seq {after_seq} is past the last {what} this node holds ({last}): its store has been put "
+        f"back to an earlier copy, or the number is not one this node gave. Resume from {resume_from}",
+    )
+
+
 def check_notes(**notes: str) -> None:
     """Each free-text field of a call (a question, an answer, a reason, a note: named as the
     API names it) is held to a summary's rules for its texts: a message, not the record, and

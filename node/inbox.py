@@ -10,7 +10,7 @@ from linkage.content import carried_summary
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
 from node.erasure import erased_note
-from node.errors import check_notes, not_found
+from node.errors import check_notes, not_found, past_the_end
 from node.messaging import kind_name
 from node.store import FetchAll, FetchOne
 
@@ -59,6 +59,12 @@ class Inbox:
             rows = await self.ctx.store.fetchall(
                 f"SELECT {ITEM_COLUMNS} FROM {ITEMS} WHERE i.seq > ? ORDER BY i.seq LIMIT ?", (after_seq, limit)
             )
+        if not rows and after_seq:
+            (given,) = await self.ctx.store.fetchone(
+                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'inbox'"
+            )
+            if after_seq > given:
+                raise past_the_end(after_seq, given, "received item", given)
         items = [self.item(r) for r in rows]
         if items:  # an empty poll hands over nothing, and is not recorded
             async with self.ctx.store.tx() as tx:

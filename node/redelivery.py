@@ -35,6 +35,12 @@ from node.returned_copies import Returning, copies_for, recover
 from node.store import Tx
 
 KIND = envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST
+# How far a restore moves the numbering of received items on. A case system resumes its
+# watch after the last seq it saw, and the store put back numbered the items it lost the
+# same as the ones it gets next (those sent again among them): a resume point from before
+# the restore would skip them. Past any number the store put aside could have reached (no
+# node receives 2**32 items between backups), every item from here on is after it.
+INBOX_SEQ_GAP = 2**32
 NODE = summary_pb2.Practitioner(id="system", role="system")  # the node asks, not a practitioner
 log = logs.get("node.redelivery")
 
@@ -127,6 +133,11 @@ async def _ask_again(ctx: NodeContext, loss: Loss) -> bool:
                 **loss.found,
             },
         )
+        await tx.execute(
+            "INSERT INTO sqlite_sequence(name, seq) SELECT 'inbox', 0 "
+            "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'inbox')"
+        )
+        await tx.execute("UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'inbox'", (INBOX_SEQ_GAP,))
         await ctx.messenger.queue(tx, sealed, loss.restore_id, NODE)
     log.warning("store.restored", restore_id=loss.restore_id, found=loss.found["found"], asked=len(peers))
     return True

@@ -15,7 +15,7 @@ from linkage.grounds import lawful_ground
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates, repeats
 from node.context import NodeContext
-from node.errors import ApiError, invalid, not_found
+from node.errors import ApiError, invalid, not_found, past_the_end
 from node.messaging import SUMMARY_KINDS, Fill, kind_name
 from node.outbox import LIVE
 from node.policy import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
@@ -382,6 +382,14 @@ class Sharing:
             "ORDER BY seq LIMIT ?",
             (after_seq, limit),
         )
+        if not rows and after_seq:
+            (last,) = await self.ctx.store.fetchone("SELECT coalesce(max(seq), 0) FROM audit")
+            if after_seq > last:  # everything after the copy's last entry came since it was put back
+                restored = await self.ctx.store.fetchone(
+                    "SELECT json_extract(entry, '$.detail.log_entries') FROM audit "
+                    "WHERE event = 'store.restored' ORDER BY seq DESC LIMIT 1"
+                )
+                raise past_the_end(after_seq, last, "audit entry", min(last, restored[0]) if restored else last)
         events = []
         for seq, ts_ms, event, entry in rows:
             data = json.loads(entry)

@@ -133,7 +133,10 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
             code, out, err = await linkage("inbox", "list", *wrong, *who("csc"))  # was a ValueError traceback
             assert code == 2 and f"argument {wrong[0]}:" in err and "is not a whole number from 0 to" in err
         code, out, err = await linkage("inbox", "list", "--after", "999999", *who("csc"))
-        assert (code, out) == (0, "Nothing received after item 999999.\n"), err  # not silence, as if it failed
+        assert code == 1 and "past the last received item this node holds (1)" in err  # not silence, as if it failed
+        assert err.rstrip().endswith("Resume from 1")
+        code, out, err = await linkage("inbox", "list", "--after", "1", *who("csc"))
+        assert (code, out) == (0, "Nothing received after item 1.\n"), err
         code, out, err = await linkage("inbox", "list", *who("csc")[:-1], "/nowhere/api.sock")
         assert code == 1 and "no node is serving at /nowhere/api.sock" in err
         code, out, err = await linkage(

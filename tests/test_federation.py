@@ -209,6 +209,23 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
                 "after_seq 9223372036854775808 is beyond",
             ),
             (amh.WatchReceived(beyond).read(), grpc.StatusCode.INVALID_ARGUMENT, "is beyond"),
+            # A resume point this store never reached (one from before its restore, say): resuming
+            # there would skip what comes next until the numbers passed it.
+            (
+                amh.ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER, after_seq=1000)),
+                grpc.StatusCode.OUT_OF_RANGE,
+                "after_seq 1000 is past the last received item this node holds (0): its store has been put back",
+            ),
+            (
+                amh.WatchReceived(node_api_pb2.WatchReceivedRequest(actor=PRACTITIONER, after_seq=1000)).read(),
+                grpc.StatusCode.OUT_OF_RANGE,
+                "Resume from 0",
+            ),
+            (
+                amh.WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER, after_seq=10**9)).read(),
+                grpc.StatusCode.OUT_OF_RANGE,
+                "after_seq 1000000000 is past the last audit entry this node holds",
+            ),
             (
                 amh.WatchDeliveries(
                     node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER, after_seq=2**64 - 1)

@@ -9,6 +9,9 @@ import shutil
 import uuid
 from pathlib import Path
 
+import grpc
+import pytest
+
 from linkage import backup, stories
 from linkage.clock import DAY_MS, SystemClock
 from linkage.directory import TrustedDirectory
@@ -66,6 +69,8 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
             )
             await tx.execute("UPDATE outbox SET body_kept = 0 WHERE message_id = ?", (purged,))
 
+        # Where csc's case system would resume its watch of what csc received.
+        seen = (await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER))).items
         await cluster.stop_node("csc")
         backup.restore_store(csc, sealed, backup.identities(key), SystemClock().now_ms())
         assert mark_path(csc.store).exists()
@@ -103,6 +108,22 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
             (kept, *after),
         )
         assert [r[0] for r in rows] == [kept, *sent_again]
+        # Resumed from before the restore, csc's case system is given what came since, those
+        # sent again among them: the restored store numbers them past anything it gave before.
+        resumed = await cluster.api("csc").ListReceived(
+            node_api_pb2.ListReceivedRequest(actor=PRACTITIONER, after_seq=seen[-1].seq)
+        )
+        assert {i.message_id for i in resumed.items} >= set(sent_again)
+        # A watch of deliveries resuming past the restored log is told where to resume: after
+        # the copy's last entry, where what came since the restore begins.
+        with pytest.raises(grpc.aio.AioRpcError) as past:
+            await (
+                cluster.api("csc")
+                .WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER, after_seq=10**9))
+                .read()
+            )
+        assert past.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert str(past.value.details()).endswith(f"Resume from {asked['detail']['log_entries']}")
 
         # What cannot go again is the sender's to tell another way: its duty view lists it.
         owed = (await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))).items

@@ -302,6 +302,8 @@ class NodeApiServicer:
     def WatchDeliveries(self, request, context):
         """Every delivery state change at this node, in order, after `after_seq`:
         queued, sent, delivered (with the receipt time), undeliverable (with why).
+        OUT_OF_RANGE for an `after_seq` past the log's end (one from before the store was put
+        back to a copy): the message names where to resume.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -420,6 +422,9 @@ class NodeApiServicer:
     def ListReceived(self, request, context):
         """Received items after `after_seq`, oldest first. Handing them to the case system is
         audited (who, which messages, about whom); a call that returns nothing is not.
+        A restored store numbers what it receives next past anything it numbered before, so
+        an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
+        number this store has given.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

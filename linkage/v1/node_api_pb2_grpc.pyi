@@ -74,6 +74,8 @@ class NodeApiStub:
     WatchDeliveries: _grpc.UnaryStreamMultiCallable[_node_api_pb2.WatchDeliveriesRequest, _node_api_pb2.DeliveryEvent]
     """Every delivery state change at this node, in order, after `after_seq`:
     queued, sent, delivered (with the receipt time), undeliverable (with why).
+    OUT_OF_RANGE for an `after_seq` past the log's end (one from before the store was put
+    back to a copy): the message names where to resume.
     """
     WithdrawSummary: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.WithdrawSummaryRequest, _node_api_pb2.ShareSummaryResponse]
     """Recall a summary from every agency that holds it, or from those named."""
@@ -126,6 +128,9 @@ class NodeApiStub:
     ListReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]
     """Received items after `after_seq`, oldest first. Handing them to the case system is
     audited (who, which messages, about whom); a call that returns nothing is not.
+    A restored store numbers what it receives next past anything it numbered before, so
+    an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
+    number this store has given.
     """
     WatchReceived: _grpc.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]
     """Received items as they arrive, after `after_seq`; audited as ListReceived is."""
@@ -176,6 +181,8 @@ class NodeApiAsyncStub(NodeApiStub):
     WatchDeliveries: _aio.UnaryStreamMultiCallable[_node_api_pb2.WatchDeliveriesRequest, _node_api_pb2.DeliveryEvent]  # type: ignore[assignment]
     """Every delivery state change at this node, in order, after `after_seq`:
     queued, sent, delivered (with the receipt time), undeliverable (with why).
+    OUT_OF_RANGE for an `after_seq` past the log's end (one from before the store was put
+    back to a copy): the message names where to resume.
     """
     WithdrawSummary: _aio.UnaryUnaryMultiCallable[_node_api_pb2.WithdrawSummaryRequest, _node_api_pb2.ShareSummaryResponse]  # type: ignore[assignment]
     """Recall a summary from every agency that holds it, or from those named."""
@@ -228,6 +235,9 @@ class NodeApiAsyncStub(NodeApiStub):
     ListReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]  # type: ignore[assignment]
     """Received items after `after_seq`, oldest first. Handing them to the case system is
     audited (who, which messages, about whom); a call that returns nothing is not.
+    A restored store numbers what it receives next past anything it numbered before, so
+    an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
+    number this store has given.
     """
     WatchReceived: _aio.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
     """Received items as they arrive, after `after_seq`; audited as ListReceived is."""
@@ -365,6 +375,8 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_node_api_pb2.DeliveryEvent], _abc.AsyncIterator[_node_api_pb2.DeliveryEvent]]:
         """Every delivery state change at this node, in order, after `after_seq`:
         queued, sent, delivered (with the receipt time), undeliverable (with why).
+        OUT_OF_RANGE for an `after_seq` past the log's end (one from before the store was put
+        back to a copy): the message names where to resume.
         """
 
     @_abc_1.abstractmethod
@@ -507,6 +519,9 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_api_pb2.ListReceivedResponse, _abc.Awaitable[_node_api_pb2.ListReceivedResponse]]:
         """Received items after `after_seq`, oldest first. Handing them to the case system is
         audited (who, which messages, about whom); a call that returns nothing is not.
+        A restored store numbers what it receives next past anything it numbered before, so
+        an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
+        number this store has given.
         """
 
     @_abc_1.abstractmethod
