@@ -1378,7 +1378,7 @@ async def test_what_the_case_system_is_handed_from_the_inbox_is_audited(federati
         # A poll that finds nothing new hands nothing over, and adds nothing to the log.
         before = len(await audit_events(csc))
         empty = await cluster.api("csc").ListReceived(
-            node_api_pb2.ListReceivedRequest(actor=CSC_WORKER, after_seq=1 << 62)
+            node_api_pb2.ListReceivedRequest(actor=CSC_WORKER, after_seq=max(i.seq for i in listed.items))
         )
         assert list(empty.items) == []
         assert len(await audit_events(csc)) == before
