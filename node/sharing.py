@@ -27,6 +27,7 @@ log = logs.get("node.sharing")
 
 CHANGE_DIRECTIONS = {"NEW", "INCREASED", "DECREASED", "RESOLVED", "NOT_SUBSTANTIATED"}
 EASED = frozenset({"DECREASED", "RESOLVED"})
+RECOVERED = "given back by {} after this node's store was put back to an earlier copy"
 
 
 def _case_closed() -> ApiError:
@@ -378,7 +379,7 @@ class Sharing:
         rows = await self.ctx.store.fetchall(
             "SELECT seq, ts_ms, event, entry FROM audit WHERE seq > ? AND event IN "
             "('message.queued', 'message.sent', 'message.deferred', 'message.delivered', 'message.undeliverable', "
-            "'message.cancelled') "
+            "'message.cancelled', 'message.recovered') "
             "ORDER BY seq LIMIT ?",
             (after_seq, limit),
         )
@@ -394,12 +395,15 @@ class Sharing:
         for seq, ts_ms, event, entry in rows:
             data = json.loads(entry)
             detail = data["detail"]
+            # One this node sent, given back after its store was put back to a copy: it stands
+            # delivered again, as GetShareStatus says.
+            recovered = event == "message.recovered"
             status = node_api_pb2.DeliveryStatus(
                 node_id=data["counterpart"],
                 message_id=data["message_id"],
-                state=event.removeprefix("message."),
-                delivered_at_ms=detail.get("received_at_ms", 0) if event == "message.delivered" else 0,
-                reason=detail.get("reason", ""),
+                state="delivered" if recovered else event.removeprefix("message."),
+                delivered_at_ms=detail.get("received_at_ms", 0) if recovered or event == "message.delivered" else 0,
+                reason=RECOVERED.format(data["counterpart"]) if recovered else detail.get("reason", ""),
             )
             events.append(
                 node_api_pb2.DeliveryEvent(seq=seq, share_id=detail.get("share_id", ""), status=status, at_ms=ts_ms)

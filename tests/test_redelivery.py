@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import shutil
@@ -206,6 +207,16 @@ async def test_a_restored_node_is_given_back_what_it_sent_since_and_its_withdraw
         assert [(r.node_id, r.state, r.message_id) for r in status.recipients] == [
             ("csc", "delivered", sent.message_id)
         ]
+        # A watch of deliveries hears of it as delivered again, and why, as share status does.
+        watch = cluster.api("amh").WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER))
+        async with asyncio.timeout(15):
+            async for heard in watch:
+                if heard.status.message_id == sent.message_id:  # past the restored log's own
+                    break
+        watch.cancel()
+        assert (heard.share_id, heard.status.node_id, heard.status.state) == (shared.share_id, "csc", "delivered")
+        assert heard.status.delivered_at_ms == recovered["detail"]["received_at_ms"] > 0
+        assert heard.status.reason.startswith("given back by csc after this node's store was put back")
 
         # The register of sharing lists the share again, as given back; the inbox says what came.
         toml = str(federation.node_configs["amh"].data_dir / "node.toml")

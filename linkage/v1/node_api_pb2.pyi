@@ -1622,7 +1622,9 @@ class DeliveryStatus(_message.Message):
     """queued | sent | delivered | undeliverable | cancelled (not sent: its summary was
     withdrawn before it left; `reason` says so). A DeliveryEvent may also say deferred:
     the recipient will not take it yet, as the two clocks stand (`reason` says so); it is
-    sent again, and its status stays queued or sent meanwhile.
+    sent again, and its status stays queued or sent meanwhile. One this node sent that an
+    agency gave back after its store was put back to a copy is a DeliveryEvent delivered
+    again, `reason` saying so.
     """
     attempts: _builtins.int
     sent_at_ms: _builtins.int
