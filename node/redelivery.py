@@ -35,12 +35,14 @@ from node.returned_copies import Returning, copies_for, recover
 from node.store import Tx
 
 KIND = envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST
-# How far a restore moves the numbering of received items on. A case system resumes its
-# watch after the last seq it saw, and the store put back numbered the items it lost the
-# same as the ones it gets next (those sent again among them): a resume point from before
-# the restore would skip them. Past any number the store put aside could have reached (no
-# node receives 2**32 items between backups), every item from here on is after it.
-INBOX_SEQ_GAP = 2**32
+# Where a restore moves the numbering of received items on to, per millisecond of its time.
+# A case system resumes its watch after the last seq it saw, and the store put back numbered
+# the items it lost as it numbers the ones it gets next (those sent again among them): a
+# resume point from before the restore would skip them. From the restore's moment in
+# thousandths of a millisecond on, every item is numbered past any an earlier copy of the
+# store gave, however many times it was put back (no node receives 1,000 items a
+# millisecond), and within 2**53 (a JSON number) until the year 2255.
+INBOX_SEQ_PER_MS = 1_000
 NODE = summary_pb2.Practitioner(id="system", role="system")  # the node asks, not a practitioner
 log = logs.get("node.redelivery")
 
@@ -137,7 +139,9 @@ async def _ask_again(ctx: NodeContext, loss: Loss) -> bool:
             "INSERT INTO sqlite_sequence(name, seq) SELECT 'inbox', 0 "
             "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'inbox')"
         )
-        await tx.execute("UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'inbox'", (INBOX_SEQ_GAP,))
+        await tx.execute(
+            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'inbox'", (tx.now_ms * INBOX_SEQ_PER_MS,)
+        )
         await ctx.messenger.queue(tx, sealed, loss.restore_id, NODE)
     log.warning("store.restored", restore_id=loss.restore_id, found=loss.found["found"], asked=len(peers))
     return True

@@ -149,6 +149,21 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
         assert (await again.store.fetchone("SELECT count(*) FROM outbox WHERE kind = 17"))[0] == 2
         assert len(await audit_events(again, "store.restored")) == 1
 
+        # Put back to the same copy once more (a restore done again): the last item the case
+        # system saw since the first is still before everything the store numbers next.
+        listed = await cluster.api("csc").ListReceived(
+            node_api_pb2.ListReceivedRequest(actor=PRACTITIONER, after_seq=seen[-1].seq, limit=500)
+        )
+        last_seen = max(i.seq for i in listed.items)
+        await cluster.stop_node("csc")
+        backup.restore_store(csc, sealed, backup.identities(key), SystemClock().now_ms())
+        twice = await cluster.start_node("csc")
+        await wait_count(twice, "SELECT count(*) FROM inbox WHERE message_id IN (?, ?)", tuple(sent_again), 2)
+        resumed = await cluster.api("csc").ListReceived(
+            node_api_pb2.ListReceivedRequest(actor=PRACTITIONER, after_seq=last_seen)
+        )
+        assert {i.message_id for i in resumed.items} >= set(sent_again)
+
 
 async def test_a_restored_node_is_given_back_what_it_sent_since_and_its_withdrawal_reaches_the_holder(
     tmp_path: Path,

@@ -422,7 +422,7 @@ class NodeApiServicer:
     def ListReceived(self, request, context):
         """Received items after `after_seq`, oldest first. Handing them to the case system is
         audited (who, which messages, about whom); a call that returns nothing is not.
-        A restored store numbers what it receives next past anything it numbered before, so
+        A restored store numbers what it receives next past anything a copy of it numbered, so
         an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
         number this store has given.
         """

@@ -128,7 +128,7 @@ class NodeApiStub:
     ListReceived: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]
     """Received items after `after_seq`, oldest first. Handing them to the case system is
     audited (who, which messages, about whom); a call that returns nothing is not.
-    A restored store numbers what it receives next past anything it numbered before, so
+    A restored store numbers what it receives next past anything a copy of it numbered, so
     an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
     number this store has given.
     """
@@ -235,7 +235,7 @@ class NodeApiAsyncStub(NodeApiStub):
     ListReceived: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ListReceivedRequest, _node_api_pb2.ListReceivedResponse]  # type: ignore[assignment]
     """Received items after `after_seq`, oldest first. Handing them to the case system is
     audited (who, which messages, about whom); a call that returns nothing is not.
-    A restored store numbers what it receives next past anything it numbered before, so
+    A restored store numbers what it receives next past anything a copy of it numbered, so
     an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
     number this store has given.
     """
@@ -519,7 +519,7 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_api_pb2.ListReceivedResponse, _abc.Awaitable[_node_api_pb2.ListReceivedResponse]]:
         """Received items after `after_seq`, oldest first. Handing them to the case system is
         audited (who, which messages, about whom); a call that returns nothing is not.
-        A restored store numbers what it receives next past anything it numbered before, so
+        A restored store numbers what it receives next past anything a copy of it numbered, so
         an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
         number this store has given.
         """
