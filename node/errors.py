@@ -22,14 +22,14 @@ def not_found(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.NOT_FOUND, message)
 
 
-def past_the_end(after_seq: int, last: int, what: str, resume_from: int) -> ApiError:
-    """A resume point past everything the store holds: it came from a store since put back
-    to an earlier copy (a backup), and resuming there would skip what is written next until
-    the numbers pass it again."""
+def past_the_end(after_seq: int, last: int, what: str) -> ApiError:
+    """A resume point past every number the store has given (restores are numbered past,
+    node/event_numbers.py): resuming there would skip what comes next until the numbers
+    passed it."""
     return ApiError(
         grpc.StatusCode.OUT_OF_RANGE,
-        f"after_seq {after_seq} is past the last {what} this node holds ({last}): its store has been put "
-        f"back to an earlier copy, or the number is not one this node gave. Resume from {resume_from}",
+        f"after_seq {after_seq} is past the last {what} this node has numbered ({last}): it is not a number "
+        f"this node gave, or its store was put back to an earlier copy not yet recorded. Resume from {last}",
     )
 
 

@@ -64,7 +64,7 @@ class Inbox:
                 "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'inbox'"
             )
             if after_seq > given:
-                raise past_the_end(after_seq, given, "received item", given)
+                raise past_the_end(after_seq, given, "received item")
         items = [self.item(r) for r in rows]
         if items:  # an empty poll hands over nothing, and is not recorded
             async with self.ctx.store.tx() as tx:

@@ -30,19 +30,12 @@ from linkage.reasons import Rejected
 from linkage.store_notes import Restored, clear_mark, in_place, read_mark
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
+from node.event_numbers import PER_MS, EventNumbers
 from node.messaging import Fill, Messenger
 from node.returned_copies import Returning, copies_for, recover
 from node.store import Tx
 
 KIND = envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST
-# Where a restore moves the numbering of received items on to, per millisecond of its time.
-# A case system resumes its watch after the last seq it saw, and the store put back numbered
-# the items it lost as it numbers the ones it gets next (those sent again among them): a
-# resume point from before the restore would skip them. From the restore's moment in
-# thousandths of a millisecond on, every item is numbered past any an earlier copy of the
-# store gave, however many times it was put back (no node receives 1,000 items a
-# millisecond), and within 2**53 (a JSON number) until the year 2255.
-INBOX_SEQ_PER_MS = 1_000
 NODE = summary_pb2.Practitioner(id="system", role="system")  # the node asks, not a practitioner
 log = logs.get("node.redelivery")
 
@@ -125,6 +118,13 @@ async def _ask_again(ctx: NodeContext, loss: Loss) -> bool:
         log.error("restore.not_announced", restore_id=loss.restore_id, reason=exc.reason.value)
         return False
     async with ctx.store.tx() as tx:
+        # Delivery events from here on are numbered past any a copy of this store gave.
+        numbers = await EventNumbers.load(tx.fetchall)
+        (last,) = await tx.fetchone("SELECT coalesce(max(seq), 0) FROM audit", ())
+        await tx.execute(
+            "INSERT OR REPLACE INTO restores(log_entries, numbered_from) VALUES (?, ?)",
+            (loss.found["log_entries"], numbers.next_from(tx.now_ms, last)),
+        )
         await tx.audit(
             "store.restored",
             detail={
@@ -135,13 +135,13 @@ async def _ask_again(ctx: NodeContext, loss: Loss) -> bool:
                 **loss.found,
             },
         )
+        # So are received items (ReceivedSummary.seq), which a case system resumes after too:
+        # the copy put back numbered those it lost as it numbers those it gets next.
         await tx.execute(
             "INSERT INTO sqlite_sequence(name, seq) SELECT 'inbox', 0 "
             "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'inbox')"
         )
-        await tx.execute(
-            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'inbox'", (tx.now_ms * INBOX_SEQ_PER_MS,)
-        )
+        await tx.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'inbox'", (tx.now_ms * PER_MS,))
         await ctx.messenger.queue(tx, sealed, loss.restore_id, NODE)
     log.warning("store.restored", restore_id=loss.restore_id, found=loss.found["found"], asked=len(peers))
     return True

@@ -16,6 +16,7 @@ from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates, repeats
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found, past_the_end
+from node.event_numbers import EventNumbers
 from node.messaging import SUMMARY_KINDS, Fill, kind_name
 from node.outbox import LIVE
 from node.policy import Finding, PolicyResult, RecipientInfo, ShareRequest, decide
@@ -375,22 +376,21 @@ class Sharing:
         )
 
     async def deliveries(self, after_seq: int, limit: int) -> list[node_api_pb2.DeliveryEvent]:
-        """Delivery state changes, read from the audit log where each was recorded."""
+        """Delivery state changes after event `after_seq`, read from the audit log where each
+        was recorded, and numbered so that none is skipped across a restore."""
+        numbers = await EventNumbers.load(self.ctx.store.fetchall)
+        after = numbers.entry_after(after_seq)
         rows = await self.ctx.store.fetchall(
             "SELECT seq, ts_ms, event, entry FROM audit WHERE seq > ? AND event IN "
             "('message.queued', 'message.sent', 'message.deferred', 'message.delivered', 'message.undeliverable', "
             "'message.cancelled', 'message.recovered') "
             "ORDER BY seq LIMIT ?",
-            (after_seq, limit),
+            (after, limit),
         )
-        if not rows and after_seq:
+        if not rows and after:
             (last,) = await self.ctx.store.fetchone("SELECT coalesce(max(seq), 0) FROM audit")
-            if after_seq > last:  # everything after the copy's last entry came since it was put back
-                restored = await self.ctx.store.fetchone(
-                    "SELECT json_extract(entry, '$.detail.log_entries') FROM audit "
-                    "WHERE event = 'store.restored' ORDER BY seq DESC LIMIT 1"
-                )
-                raise past_the_end(after_seq, last, "audit entry", min(last, restored[0]) if restored else last)
+            if after > last:
+                raise past_the_end(after_seq, numbers.of_entry(last), "delivery event")
         events = []
         for seq, ts_ms, event, entry in rows:
             data = json.loads(entry)
@@ -406,6 +406,8 @@ class Sharing:
                 reason=RECOVERED.format(data["counterpart"]) if recovered else detail.get("reason", ""),
             )
             events.append(
-                node_api_pb2.DeliveryEvent(seq=seq, share_id=detail.get("share_id", ""), status=status, at_ms=ts_ms)
+                node_api_pb2.DeliveryEvent(
+                    seq=numbers.of_entry(seq), share_id=detail.get("share_id", ""), status=status, at_ms=ts_ms
+                )
             )
         return events

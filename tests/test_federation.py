@@ -214,7 +214,7 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
             (
                 amh.ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER, after_seq=1000)),
                 grpc.StatusCode.OUT_OF_RANGE,
-                "after_seq 1000 is past the last received item this node holds (0): its store has been put back",
+                "after_seq 1000 is past the last received item this node has numbered (0): it is not a number",
             ),
             (
                 amh.WatchReceived(node_api_pb2.WatchReceivedRequest(actor=PRACTITIONER, after_seq=1000)).read(),
@@ -224,7 +224,7 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
             (
                 amh.WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER, after_seq=10**9)).read(),
                 grpc.StatusCode.OUT_OF_RANGE,
-                "after_seq 1000000000 is past the last audit entry this node holds",
+                "after_seq 1000000000 is past the last delivery event this node has numbered",
             ),
             (
                 amh.WatchDeliveries(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import re
 import shutil
 import sqlite3
@@ -19,6 +20,7 @@ from gateway.db import GatewayDb
 from linkage.auditlog import entry_leaf, verify_chain
 from linkage.clock import ManualClock
 from linkage.writability import StoreUnusable
+from node.event_numbers import EventNumbers
 from node.store import SchemaTooNewError, Store
 from node.store import db as db_module
 from node.store.schema import MIGRATIONS
@@ -548,6 +550,26 @@ async def test_migration_31_lets_a_message_be_cancelled_and_keeps_every_row_as_i
             "outbox_bodies_kept",
             "outbox_to_follow_up",
         } <= indexes
+    finally:
+        await store.close()
+
+
+async def test_migration_40_numbers_delivery_events_past_each_restore_already_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with _migrated_to(39, path) as db:
+        for seq, event, detail in ((1, "node.started", {}), (2, "store.restored", {"log_entries": 1})):
+            entry = json.dumps({"seq": seq, "event": event, "detail": detail})
+            db.execute(
+                "INSERT INTO audit(seq, ts_ms, event, counterpart, entry, hash) VALUES (?, ?, ?, '', ?, x'00')",
+                (seq, 1_796_000_000_000 + seq, event, entry),
+            )
+    store = await Store.open(path, ManualClock())
+    try:
+        numbers = await EventNumbers.load(store.fetchall)
+        assert numbers == EventNumbers((1,), (1_796_000_000_002_000,))
+        # The restore's own entry starts its run; a number given before, as its entry, reads on from it.
+        assert (numbers.of_entry(1), numbers.of_entry(2)) == (1, 1_796_000_000_002_000)
+        assert numbers.entry_after(2) == 1
     finally:
         await store.close()
 

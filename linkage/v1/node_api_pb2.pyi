@@ -1901,7 +1901,7 @@ class DeliveryEvent(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     AT_MS_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
-    """resume with after_seq = the last seq seen"""
+    """resume with after_seq = the last seq seen (ascending, not consecutive)"""
     share_id: _builtins.str
     at_ms: _builtins.int
     @_builtins.property

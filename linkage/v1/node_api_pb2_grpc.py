@@ -302,8 +302,8 @@ class NodeApiServicer:
     def WatchDeliveries(self, request, context):
         """Every delivery state change at this node, in order, after `after_seq`:
         queued, sent, delivered (with the receipt time), undeliverable (with why).
-        OUT_OF_RANGE for an `after_seq` past the log's end (one from before the store was put
-        back to a copy): the message names where to resume.
+        Numbered as ListReceived's items are, past any number a copy of the store gave; OUT_OF_RANGE
+        for an `after_seq` past every number this store has given, naming where to resume.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -424,7 +424,7 @@ class NodeApiServicer:
         audited (who, which messages, about whom); a call that returns nothing is not.
         A restored store numbers what it receives next past anything a copy of it numbered, so
         an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
-        number this store has given.
+        number this store has given, naming where to resume.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -74,8 +74,8 @@ class NodeApiStub:
     WatchDeliveries: _grpc.UnaryStreamMultiCallable[_node_api_pb2.WatchDeliveriesRequest, _node_api_pb2.DeliveryEvent]
     """Every delivery state change at this node, in order, after `after_seq`:
     queued, sent, delivered (with the receipt time), undeliverable (with why).
-    OUT_OF_RANGE for an `after_seq` past the log's end (one from before the store was put
-    back to a copy): the message names where to resume.
+    Numbered as ListReceived's items are, past any number a copy of the store gave; OUT_OF_RANGE
+    for an `after_seq` past every number this store has given, naming where to resume.
     """
     WithdrawSummary: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.WithdrawSummaryRequest, _node_api_pb2.ShareSummaryResponse]
     """Recall a summary from every agency that holds it, or from those named."""
@@ -130,7 +130,7 @@ class NodeApiStub:
     audited (who, which messages, about whom); a call that returns nothing is not.
     A restored store numbers what it receives next past anything a copy of it numbered, so
     an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
-    number this store has given.
+    number this store has given, naming where to resume.
     """
     WatchReceived: _grpc.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]
     """Received items as they arrive, after `after_seq`; audited as ListReceived is."""
@@ -181,8 +181,8 @@ class NodeApiAsyncStub(NodeApiStub):
     WatchDeliveries: _aio.UnaryStreamMultiCallable[_node_api_pb2.WatchDeliveriesRequest, _node_api_pb2.DeliveryEvent]  # type: ignore[assignment]
     """Every delivery state change at this node, in order, after `after_seq`:
     queued, sent, delivered (with the receipt time), undeliverable (with why).
-    OUT_OF_RANGE for an `after_seq` past the log's end (one from before the store was put
-    back to a copy): the message names where to resume.
+    Numbered as ListReceived's items are, past any number a copy of the store gave; OUT_OF_RANGE
+    for an `after_seq` past every number this store has given, naming where to resume.
     """
     WithdrawSummary: _aio.UnaryUnaryMultiCallable[_node_api_pb2.WithdrawSummaryRequest, _node_api_pb2.ShareSummaryResponse]  # type: ignore[assignment]
     """Recall a summary from every agency that holds it, or from those named."""
@@ -237,7 +237,7 @@ class NodeApiAsyncStub(NodeApiStub):
     audited (who, which messages, about whom); a call that returns nothing is not.
     A restored store numbers what it receives next past anything a copy of it numbered, so
     an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
-    number this store has given.
+    number this store has given, naming where to resume.
     """
     WatchReceived: _aio.UnaryStreamMultiCallable[_node_api_pb2.WatchReceivedRequest, _node_api_pb2.ReceivedSummary]  # type: ignore[assignment]
     """Received items as they arrive, after `after_seq`; audited as ListReceived is."""
@@ -375,8 +375,8 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_node_api_pb2.DeliveryEvent], _abc.AsyncIterator[_node_api_pb2.DeliveryEvent]]:
         """Every delivery state change at this node, in order, after `after_seq`:
         queued, sent, delivered (with the receipt time), undeliverable (with why).
-        OUT_OF_RANGE for an `after_seq` past the log's end (one from before the store was put
-        back to a copy): the message names where to resume.
+        Numbered as ListReceived's items are, past any number a copy of the store gave; OUT_OF_RANGE
+        for an `after_seq` past every number this store has given, naming where to resume.
         """
 
     @_abc_1.abstractmethod
@@ -521,7 +521,7 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         audited (who, which messages, about whom); a call that returns nothing is not.
         A restored store numbers what it receives next past anything a copy of it numbered, so
         an `after_seq` from before the restore misses nothing; OUT_OF_RANGE for one past every
-        number this store has given.
+        number this store has given, naming where to resume.
         """
 
     @_abc_1.abstractmethod

@@ -600,4 +600,17 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE challenges ADD COLUMN answer_message_id TEXT NOT NULL DEFAULT '';
     ALTER TABLE closure_invitees ADD COLUMN answer_message_id TEXT NOT NULL DEFAULT '';
     """,
+    # 40: each restore the log records, where its copy of the log ended and from which number
+    # the delivery events after it are numbered (node/event_numbers.py), written with its
+    # `store.restored` entry. Events were numbered as their entries until now: any number
+    # past those starts a restore's run.
+    """
+    CREATE TABLE restores(
+      log_entries INTEGER PRIMARY KEY,
+      numbered_from INTEGER NOT NULL
+    );
+    INSERT OR REPLACE INTO restores
+      SELECT json_extract(entry, '$.detail.log_entries'), ts_ms * 1000 FROM audit
+      WHERE event = 'store.restored' ORDER BY seq;
+    """,
 )
