@@ -52,6 +52,7 @@ _BUSY_LIMITS = {gateway_pb2.BUSY_SCOPE_SENDER: "sender", gateway_pb2.BUSY_SCOPE_
 SENDER_SCOPE = "*"  # the hold on all this node sends: its rate, or the gateway's store (no node id is "*")
 HOLD_MEMORY_MS = 60_000  # a hold this long past its end, with no BUSY since, is forgotten
 LIVE = ("queued", "sent")
+LATE_RECEIPT = "its recipient's receipt came after it was given up as undeliverable: it was delivered"
 GAUGE_INTERVAL_S = 1.0  # outbox depth and age gauges are refreshed at most this often
 # What the gateway did with a message is committed with the next write that may not wait
 # (usually the receipt, a few ms later), or after this: one fsync fewer per message.
@@ -699,14 +700,19 @@ class Outbox:
         reason = "" if accepted else f"refused by the recipient: {body.reason}"
         row = await (
             await tx.execute(
-                "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, reason = ? "
+                "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, "
+                "reason = CASE WHEN state = 'undeliverable' AND ? THEN ? ELSE ? END "
                 # A cancelled one too: an attempt before the cancelling may have reached the recipient.
-                "WHERE message_id = ? AND recipient = ? AND digest = ? AND state IN ('queued', 'sent', 'cancelled') "
-                "RETURNING share_id, COALESCE(queued_again_at_ms, created_at_ms)",
+                # And one given up for want of a receipt that comes after all: it proves delivery.
+                "WHERE message_id = ? AND recipient = ? AND digest = ? "
+                "AND (state IN ('queued', 'sent', 'cancelled') OR (state = 'undeliverable' AND receipt IS NULL)) "
+                "RETURNING share_id, COALESCE(queued_again_at_ms, created_at_ms), reason",
                 (
                     "delivered" if accepted else "undeliverable",
                     body.received_at_ms if accepted else None,
                     checked.receipt.SerializeToString(),
+                    accepted,
+                    LATE_RECEIPT,
                     reason,
                     body.message_id,
                     body.recipient_node,
@@ -720,7 +726,7 @@ class Outbox:
             "message.delivered" if accepted else "message.undeliverable",
             message_id=body.message_id,
             counterpart=body.recipient_node,
-            detail={"share_id": row[0], "received_at_ms": body.received_at_ms, "reason": reason, "by": "recipient"},
+            detail={"share_id": row[0], "received_at_ms": body.received_at_ms, "reason": row[2], "by": "recipient"},
         )
         return int(row[1])
 

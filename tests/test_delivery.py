@@ -19,12 +19,14 @@ from linkage import stories
 from linkage.clock import ManualClock
 from linkage.config import DeliverySettings, GatewayLimits
 from linkage.v1 import envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
+from node.outbox import LATE_RECEIPT
 from node.server import NodeServer
 from node.store import Tx
 from tests.crypto_fixtures import seal
 from tests.harness import (
     PRACTITIONER,
     Cluster,
+    audit_events,
     linkage,
     make_federation,
     running,
@@ -266,6 +268,46 @@ async def test_a_receipt_committed_as_the_limit_passes_is_not_undone_by_the_expi
         assert row == ("delivered",)
         said = await store.fetchone("SELECT COUNT(*) FROM audit WHERE event = 'message.undeliverable'")
         assert said == (0,)
+
+
+async def test_a_receipt_that_comes_after_the_message_was_given_up_settles_it_delivered(tmp_path: Path) -> None:
+    """The expiry can commit while the recipient's receipt is on its way (it took the message
+    just in time): the signed receipt, when it comes, proves delivery, and the message is
+    delivered after all, saying so, where it was dropped as not this node's to settle."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    async with running(federation, clock=clock) as cluster:
+        shared = await share(cluster, await family_assessment(cluster))
+        (recipient,) = shared.recipients
+        amh = cluster.nodes["amh"]
+        await wait_delivered(amh, 1)
+        assert amh.store is not None
+        (receipt,) = await amh.store.fetchone(
+            "SELECT receipt FROM outbox WHERE message_id = ?", (recipient.message_id,)
+        )
+        async with amh.store.tx() as tx:  # as the expiry leaves it, had it committed before the receipt came
+            await tx.execute(
+                "UPDATE outbox SET state = 'undeliverable', receipt = NULL, delivered_at_ms = NULL, "
+                "reason = 'not delivered within 7 days (last state: sent)' WHERE message_id = ?",
+                (recipient.message_id,),
+            )
+        api = cluster.api("amh")
+
+        async def owed() -> set[str]:
+            listed = await api.ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))
+            return {item.message_id for item in listed.items if item.undeliverable}
+
+        assert await owed() == {recipient.message_id}  # to tell the agency another way
+        late = envelope_pb2.Receipt.FromString(receipt)
+        await amh.outbox.on_answers([late])
+        status = await api.GetShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id))
+        (now,) = status.recipients
+        assert (now.state, now.reason, status.settled) == ("delivered", LATE_RECEIPT, True)
+        assert now.delivered_at_ms > 0 and await owed() == set()
+        (said,) = [e for e in await audit_events(amh, "message.delivered") if e["detail"]["reason"]]
+        assert (said["message_id"], said["detail"]["reason"]) == (recipient.message_id, LATE_RECEIPT)
+        await amh.outbox.on_answers([late])  # the same receipt again settles nothing more
+        assert len(await audit_events(amh, "message.delivered")) == 2
 
 
 async def test_same_envelope_ten_times_at_once_is_stored_once(tmp_path: Path) -> None:
