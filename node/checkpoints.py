@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -73,6 +74,10 @@ class Checkpointer:
         # after any failed lodge, when what it holds may not be what this node thinks).
         self._witnessed: CompactRange | None = None
         self._lodging = asyncio.Lock()  # one lodge at a time: each proves from what the last left
+        # When the witness last took this log, by a monotonic clock (the wall's may be set back);
+        # the start counts, as what the log held then was lodged before or is lodged soon.
+        self._witnessed_at = time.monotonic()
+        self.metrics.unwitnessed.set_function(self._unwitnessed_s)
         # Told, once a process, of a witness holding a longer log than this store's (put back
         # from a copy since): node/redelivery.py asks the other nodes for what it lost.
         self.on_behind: Callable[[audit_pb2.Checkpoint], Awaitable[None]] | None = None
@@ -107,6 +112,10 @@ class Checkpointer:
         except Rejected:  # no current directory: nothing it signs is checked before one comes
             return self.keys
 
+    def _unwitnessed_s(self) -> float:
+        """How long entries have waited for the witness (read at each scrape, in its thread)."""
+        return time.monotonic() - self._witnessed_at if self.store.frontier.size > self.lodged_size else 0.0
+
     async def lodge(self) -> bool:
         """Lodge the latest checkpoint with the witness, with a proof from the one it holds.
         False if it could not be lodged now (it is tried again later)."""
@@ -115,6 +124,7 @@ class Checkpointer:
             grown = self._latest_range
             size = grown.size
             if size <= self.lodged_size:
+                self._witnessed_at = time.monotonic()
                 return True
             try:
                 held = self._witnessed if self._witnessed is not None else await self._ask_witness()
@@ -151,7 +161,7 @@ class Checkpointer:
                     )
             except sqlite3.Error as exc:  # lodged all the same; after a restart the range is read from the log
                 log.warning("checkpoint.range_not_kept", size=size, error=type(exc).__name__)
-            self._witnessed, self.lodged_size = grown, size
+            self._witnessed, self.lodged_size, self._witnessed_at = grown, size, time.monotonic()
             self.store.recent_leaves.forget(size)  # the next proof starts from here
             self.metrics.checkpoints.labels("diverged" if answer.diverged else "ok").inc()
             if answer.diverged:

@@ -92,6 +92,13 @@ class NodeMetrics:
             "disk, until one succeeds (the node fails closed meanwhile: alert on it)",
             registry=self.registry,
         )
+        self.unwitnessed = Gauge(
+            "linkage_node_audit_unwitnessed_seconds",
+            "How long audit entries have waited for the gateway's witness: the time since it last took this "
+            "node's checkpoint (or the node started) while any wait, else 0; lodged every 30 s, so alert on "
+            "minutes: the log's tamper evidence goes unwitnessed meanwhile",
+            registry=self.registry,
+        )
         self.checkpoints = Counter(
             "linkage_node_checkpoints",
             "Tries to lodge an audit checkpoint with the witness, by outcome: ok; diverged (this log does not "

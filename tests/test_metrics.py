@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+from linkage import stories
 from linkage.clock import ManualClock
-from tests.harness import LocalFederation, make_federation, running, settle, wait_delivered
+from linkage.v1 import node_api_pb2
+from node import checkpoints as checkpoints_module
+from tests.harness import PRACTITIONER, LocalFederation, make_federation, running, settle, wait_delivered
 from tests.test_delivery import family_assessment, share
-from tests.test_federation import share_think_family
+from tests.test_federation import _case_id, open_case, share_think_family
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -118,3 +124,48 @@ async def test_which_agency_is_not_being_reached_is_in_the_metrics_by_name(tmp_p
     }
     assert back['linkage_gateway_node_connected{node="csc"}'] == 1
     assert (delivered["linkage_node_gateway_connected"], cut_off["linkage_node_gateway_connected"]) == (1, 0)
+
+
+async def test_how_long_audit_entries_wait_for_the_witness_is_in_the_metrics(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0 while the witness holds the whole log; while entries wait, the time since it last took
+    the log, growing while it cannot be reached: agency IT alert on minutes of it."""
+
+    class Later:  # the monotonic clock, moved on by hand
+        ahead = 0.0
+
+        def monotonic(self) -> float:
+            return time.monotonic() + self.ahead
+
+    later = Later()
+    monkeypatch.setattr(checkpoints_module, "time", later)
+    node = dataclasses.replace(federation.node_configs["amh"], metrics_listen="127.0.0.1:0")
+    federation.node_configs["amh"] = node
+    async with running(federation, nodes=("amh",)) as cluster:
+        amh = cluster.nodes["amh"]
+        parent, child = await open_case(cluster, "amh", stories.think_family_people())
+        case_id = await _case_id(cluster, "amh")
+
+        async def assess() -> None:  # audited: an entry the witness has not taken
+            assessment = stories.parent_risk_change(parent, child)
+            request = node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=case_id, assessment=assessment)
+            await cluster.api("amh").RecordAssessment(request)
+
+        async def waited() -> float:
+            figures = await asyncio.to_thread(scrape, amh.metrics_endpoint.port)
+            return figures["linkage_node_audit_unwitnessed_seconds"]
+
+        later.ahead = 1_000  # long after the start: counted from the last lodge, not from it
+        assert await amh.checkpoints.lodge()
+        assert await waited() == 0
+        later.ahead += 100
+        await assess()
+        assert 100 <= await waited() < 110
+        assert await amh.checkpoints.lodge()
+        assert await waited() == 0
+        await cluster.gateway.stop(grace=1)
+        await assess()
+        assert not await amh.checkpoints.lodge()  # no witness to take it
+        later.ahead += 200
+        assert 200 <= await waited() < 210
