@@ -191,9 +191,13 @@ def secure_channel(
     return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
 
 
-def api_channel(socket: Path) -> grpc.aio.Channel:
-    """A channel to a node's API on its local socket, accepting answers as large as it sends."""
-    options = [("grpc.max_receive_message_length", API_MAX_ANSWER_BYTES)]
+def api_channel(socket: Path, reconnect_most_s: float | None = None) -> grpc.aio.Channel:
+    """A channel to a node's API on its local socket, accepting answers as large as it sends;
+    while the node is away, trying again at most `reconnect_most_s` apart (gRPC's own
+    default is two minutes)."""
+    options: list[tuple[str, int]] = [("grpc.max_receive_message_length", API_MAX_ANSWER_BYTES)]
+    if reconnect_most_s is not None:
+        options.append(("grpc.max_reconnect_backoff_ms", int(reconnect_most_s * 1000)))
     return grpc.aio.insecure_channel(unix_address(socket), options=options)
 
 

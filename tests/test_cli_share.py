@@ -139,8 +139,9 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
         assert err.rstrip().endswith("Resume from 1")
         code, out, err = await linkage("inbox", "list", "--after", "1", *who("csc"))
         assert (code, out) == (0, "Nothing received after item 1.\n"), err
-        code, out, err = await linkage("inbox", "list", *who("csc")[:-1], "/nowhere/api.sock")
-        assert code == 1 and "no node is serving at /nowhere/api.sock" in err
+        for command in (("inbox", "list"), ("inbox", "watch"), ("share", "watch")):  # a watch waits for none
+            code, out, err = await linkage(*command, *who("csc")[:-1], "/nowhere/api.sock")
+            assert code == 1 and "no node is serving at /nowhere/api.sock" in err
         code, out, err = await linkage(
             "case", "respond", intent.message_id, "--object", "--reason", "Too soon", *who("csc")
         )
@@ -197,13 +198,22 @@ async def test_the_watch_commands_print_each_event_as_it_comes_into_a_pipe(feder
             # As on a machine that does not ask Python for unbuffered output (CI's shell does).
             env = {k: v for k, v in os.environ.items() if not k.startswith("LINKAGE_") and k != "PYTHONUNBUFFERED"}
             return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "linkage", *command, *who, stdout=asyncio.subprocess.PIPE, env=env
+                sys.executable,
+                "-m",
+                "linkage",
+                *command,
+                *who,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
             )
 
         async def line(watch: asyncio.subprocess.Process) -> str:
             assert watch.stdout is not None
             async with asyncio.timeout(20):
-                return (await watch.stdout.readline()).decode()
+                said = (await watch.stdout.readline()).decode()
+            assert said, f"the watch ended: {(await watch.stderr.read()).decode() if watch.stderr else ''}"
+            return said
 
         deliveries, arrivals = await watching("amh", "share", "watch"), await watching("csc", "inbox", "watch")
         try:
@@ -216,7 +226,27 @@ async def test_the_watch_commands_print_each_event_as_it_comes_into_a_pipe(feder
             assert re.match(r"#\d+ [\d-]+ [\d:]+ UTC csc delivered \(message ", seen[-1]), seen
             while " [new] summary_share from Adult Mental Health Trust: " not in await line(arrivals):
                 pass  # the notices of who joined came first
+
+            # Both nodes restarted (an upgrade, say): each watch waits for its node and goes on
+            # after the last it printed, missing nothing and printing nothing twice.
+            for node in ("amh", "csc"):
+                await cluster.stop_node(node)
+                await cluster.start_node(node)
+            again = await share(cluster, assessment_id)
+            after: list[str] = []
+            while not any(" delivered " in s for s in after if " csc " in s):
+                after.append(await line(deliveries))
+            to_csc = next(r for r in again.recipients if r.node_id == "csc")
+            assert any(f"csc queued (message {to_csc.message_id}, share {again.share_id})" in s for s in after), after
+            numbers = [int(s.split()[0].lstrip("#")) for s in seen + after]
+            assert numbers == sorted(set(numbers)), numbers
+            while " [new] summary_share from Adult Mental Health Trust: " not in await line(arrivals):
+                pass
         finally:
             for watch in (deliveries, arrivals):
                 watch.terminate()
                 await watch.wait()
+        for watch in (deliveries, arrivals):
+            assert watch.stderr is not None
+            said = (await watch.stderr.read()).decode()
+            assert "the node stopped answering" in said and "the node is back; resuming after " in said, said

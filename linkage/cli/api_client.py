@@ -7,9 +7,10 @@ import argparse
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -60,11 +61,73 @@ def call(args: argparse.Namespace, work: Callable[[node_api_pb2_grpc.NodeApiAsyn
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE and not socket_of(args).exists():
-            raise SystemExit(
-                f"linkage: no node is serving at {socket_of(args)} (is `linkage node serve` running?)"
-            ) from None
-        raise SystemExit(f"linkage: {exc.code().name}: {exc.details()}") from None
+        raise _failed(args, exc) from None
+
+
+def _failed(args: argparse.Namespace, exc: grpc.aio.AioRpcError) -> SystemExit:
+    """A call's failure as one line a person can act on."""
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and not socket_of(args).exists():
+        return _no_node(socket_of(args))
+    return SystemExit(f"linkage: {exc.code().name}: {exc.details()}")
+
+
+def _no_node(socket: Path) -> SystemExit:
+    return SystemExit(f"linkage: no node is serving at {socket} (is `linkage node serve` running?)")
+
+
+class Numbered(Protocol):
+    seq: int
+
+
+Item = TypeVar("Item", bound=Numbered)
+# A watch whose node went away (a restart, an upgrade) waits for it, trying again at most this
+# far apart; a stream that ends again at once waits the first figure, doubling to the most.
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MOST_S = 30.0
+FIRST_ANSWER_S = 10.0  # how long a watch waits for its node at the start, before saying none serves
+
+
+def follow(
+    args: argparse.Namespace,
+    watch: Callable[[node_api_pb2_grpc.NodeApiAsyncStub, int], AsyncIterable[Item]],
+    emit: Callable[[Item], None],
+) -> None:
+    """Follow a watch stream until stopped, each item as it comes. A node that goes away once
+    it has answered (restarted, upgraded) is waited for, and the watch resumes after the last
+    item seen: what it feeds (a log, a script) misses nothing and is given nothing twice."""
+    socket = socket_of(args)
+
+    async def run() -> None:
+        after, delay, answered = args.after, RECONNECT_FIRST_S, False
+        if not socket.exists():
+            raise _no_node(socket)
+        while True:
+            async with api_channel(socket, RECONNECT_MOST_S) as channel:
+                try:
+                    async with asyncio.timeout(None if answered else FIRST_ANSWER_S):
+                        await channel.channel_ready()
+                except TimeoutError:
+                    raise _no_node(socket) from None
+                if answered:
+                    print(f"linkage: the node is back; resuming after {after}", file=sys.stderr)
+                answered = True
+                try:
+                    async for item in watch(node_api_pb2_grpc.NodeApiStub(channel), after):
+                        emit(item)
+                        sys.stdout.flush()  # each as it comes, into a pipe or a file too (they are block-buffered)
+                        after, delay = item.seq, RECONNECT_FIRST_S
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:  # how a stream ends as its node stops
+                        raise
+                    print(f"linkage: the node stopped answering; waiting to resume after {after}", file=sys.stderr)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MOST_S)
+
+    try:
+        asyncio.run(run())
+    except grpc.aio.AioRpcError as exc:
+        raise _failed(args, exc) from None
 
 
 def emit_json(message: Message) -> None:

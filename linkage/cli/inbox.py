@@ -4,8 +4,7 @@ person to read, and a family's chronology."""
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, Iterable
 
 from linkage import jurisdictions
 from linkage.calendar import today
@@ -15,6 +14,7 @@ from linkage.cli.api_client import (
     add_connection_arguments,
     call,
     emit_json,
+    follow,
 )
 from linkage.cli.casework import RESPOND_WITH, closure_answer
 from linkage.cli.values import count, iso_day, link_token, word
@@ -88,12 +88,12 @@ def inbox_list(args: argparse.Namespace) -> int:
 
 
 def inbox_watch(args: argparse.Namespace) -> int:
-    async def watch(api: node_api_pb2_grpc.NodeApiAsyncStub) -> None:
-        async for item in api.WatchReceived(node_api_pb2.WatchReceivedRequest(actor=actor(args), after_seq=args.after)):
-            emit_json(item) if args.json else _print_item(item)
-            sys.stdout.flush()  # each as it arrives, into a pipe or a file too (they are block-buffered)
+    who = actor(args)
 
-    call(args, watch)
+    def watch(api: node_api_pb2_grpc.NodeApiAsyncStub, after: int) -> AsyncIterable[node_api_pb2.ReceivedSummary]:
+        return api.WatchReceived(node_api_pb2.WatchReceivedRequest(actor=who, after_seq=after))
+
+    follow(args, watch, emit_json if args.json else _print_item)
     return 0
 
 
@@ -216,7 +216,7 @@ CHRONOLOGY_PAGE = 5_000  # entries a call: a long chronology comes in pages, eac
 
 async def chronology_pages(
     api: node_api_pb2_grpc.NodeApiAsyncStub, actor: summary_pb2.Practitioner, case_id: str
-) -> AsyncIterator[node_api_pb2.ChronologyResponse]:
+) -> AsyncIterable[node_api_pb2.ChronologyResponse]:
     """A family's chronology, a page at a time, to its end."""
     request = node_api_pb2.ChronologyRequest(actor=actor, case_id=case_id, page_size=CHRONOLOGY_PAGE)
     while True:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import AsyncIterable
 from pathlib import Path
 
 from linkage.cli.api_client import (
@@ -13,6 +13,7 @@ from linkage.cli.api_client import (
     add_request_id_argument,
     call,
     emit_json,
+    follow,
     print_queued,
     read_decision,
     report_queued,
@@ -115,13 +116,12 @@ def share_status(args: argparse.Namespace) -> int:
 
 
 def share_watch(args: argparse.Namespace) -> int:
-    async def watch(api: node_api_pb2_grpc.NodeApiAsyncStub) -> None:
-        request = node_api_pb2.WatchDeliveriesRequest(actor=actor(args), after_seq=args.after)
-        async for event in api.WatchDeliveries(request):
-            emit_json(event) if args.json else _print_event(event)
-            sys.stdout.flush()  # each as it happens, into a pipe or a file too
+    who = actor(args)
 
-    call(args, watch)
+    def watch(api: node_api_pb2_grpc.NodeApiAsyncStub, after: int) -> AsyncIterable[node_api_pb2.DeliveryEvent]:
+        return api.WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=who, after_seq=after))
+
+    follow(args, watch, emit_json if args.json else _print_event)
     return 0
 
 
