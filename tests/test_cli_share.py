@@ -215,33 +215,30 @@ async def test_the_watch_commands_print_each_event_as_it_comes_into_a_pipe(feder
             assert said, f"the watch ended: {(await watch.stderr.read()).decode() if watch.stderr else ''}"
             return said
 
-        deliveries, arrivals = await watching("amh", "share", "watch"), await watching("csc", "inbox", "watch")
-        try:
-            shared = await share(cluster, assessment_id)
-            seen: list[str] = []
-            while not any(" delivered " in s for s in seen if " csc " in s):
-                seen.append(await line(deliveries))
+        async def followed(shared: node_api_pb2.ShareSummaryResponse) -> list[str]:
+            """What the watches print of a share, until csc has it: share watch's lines."""
+            printed: list[str] = []
+            while not any(" delivered " in s for s in printed if " csc " in s):
+                printed.append(await line(deliveries))
             to_csc = next(r for r in shared.recipients if r.node_id == "csc")
-            assert any(f"csc queued (message {to_csc.message_id}, share {shared.share_id})" in s for s in seen), seen
-            assert re.match(r"#\d+ [\d-]+ [\d:]+ UTC csc delivered \(message ", seen[-1]), seen
+            queued = f"csc queued (message {to_csc.message_id}, share {shared.share_id})"
+            assert any(queued in s for s in printed), printed
             while " [new] summary_share from Adult Mental Health Trust: " not in await line(arrivals):
                 pass  # the notices of who joined came first
+            return printed
 
+        deliveries, arrivals = await watching("amh", "share", "watch"), await watching("csc", "inbox", "watch")
+        try:
+            seen = await followed(await share(cluster, assessment_id))
+            assert re.match(r"#\d+ [\d-]+ [\d:]+ UTC csc delivered \(message ", seen[-1]), seen
             # Both nodes restarted (an upgrade, say): each watch waits for its node and goes on
             # after the last it printed, missing nothing and printing nothing twice.
             for node in ("amh", "csc"):
                 await cluster.stop_node(node)
                 await cluster.start_node(node)
-            again = await share(cluster, assessment_id)
-            after: list[str] = []
-            while not any(" delivered " in s for s in after if " csc " in s):
-                after.append(await line(deliveries))
-            to_csc = next(r for r in again.recipients if r.node_id == "csc")
-            assert any(f"csc queued (message {to_csc.message_id}, share {again.share_id})" in s for s in after), after
+            after = await followed(await share(cluster, assessment_id))
             numbers = [int(s.split()[0].lstrip("#")) for s in seen + after]
             assert numbers == sorted(set(numbers)), numbers
-            while " [new] summary_share from Adult Mental Health Trust: " not in await line(arrivals):
-                pass
         finally:
             for watch in (deliveries, arrivals):
                 watch.terminate()
