@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 NODE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -22,7 +23,8 @@ class Ids:
     sender's messages about a summary by their ids, not by their arrival: a withdrawal
     made after a step back must not look older than the version it withdraws."""
 
-    def __init__(self) -> None:
+    def __init__(self, randbytes: Callable[[int], bytes] = os.urandom) -> None:
+        self._randbytes = randbytes  # a seeded one makes a model's steps replay alike
         self._last = (-1, 0)  # the last id's millisecond and random part
         self._lock = threading.Lock()
 
@@ -39,7 +41,7 @@ class Ids:
 
     def make(self, now_ms: int) -> str:
         ms = now_ms & _MS_MASK
-        rand = int.from_bytes(os.urandom(10), "big")
+        rand = int.from_bytes(self._randbytes(10), "big")
         with self._lock:
             last_ms, last_rand = self._last
             if ms > last_ms:
