@@ -4,7 +4,7 @@ person to read, and a family's chronology."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
 from linkage import jurisdictions
 from linkage.calendar import today
@@ -216,7 +216,7 @@ CHRONOLOGY_PAGE = 5_000  # entries a call: a long chronology comes in pages, eac
 
 async def chronology_pages(
     api: node_api_pb2_grpc.NodeApiAsyncStub, actor: summary_pb2.Practitioner, case_id: str
-) -> AsyncIterable[node_api_pb2.ChronologyResponse]:
+) -> AsyncIterator[node_api_pb2.ChronologyResponse]:
     """A family's chronology, a page at a time, to its end."""
     request = node_api_pb2.ChronologyRequest(actor=actor, case_id=case_id, page_size=CHRONOLOGY_PAGE)
     while True:
