@@ -228,9 +228,16 @@ async def test_the_watch_commands_print_each_event_as_it_comes_into_a_pipe(feder
             return printed
 
         deliveries, arrivals = await watching("amh", "share", "watch"), await watching("csc", "inbox", "watch")
+        as_json = await watching("amh", "share", "watch", "--json")
         try:
             seen = await followed(await share(cluster, assessment_id))
             assert re.match(r"#\d+ [\d-]+ [\d:]+ UTC csc delivered \(message ", seen[-1]), seen
+            # For a script or a log shipper: the same events, one JSON object a line.
+            events = [json.loads(await line(as_json)) for _ in seen]
+            assert [int(e["seq"]) for e in events] == [int(s.split()[0].lstrip("#")) for s in seen]
+            assert (events[-1]["status"]["node_id"], events[-1]["status"]["state"]) == ("csc", "delivered")
+            as_json.terminate()
+            await as_json.wait()
             # Both nodes restarted (an upgrade, say): each watch waits for its node and goes on
             # after the last it printed, missing nothing and printing nothing twice.
             for node in ("amh", "csc"):

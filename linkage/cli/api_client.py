@@ -134,6 +134,12 @@ def emit_json(message: Message) -> None:
     print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=2))
 
 
+def emit_json_line(message: Message) -> None:
+    """One item of a stream as one line of JSON (JSON Lines), as log shippers and line-reading
+    scripts take them."""
+    print(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None))
+
+
 # What to do about a message that could not be delivered.
 FOLLOW_UP = "tell them another way, then: linkage share follow-up {} --note ..."
 

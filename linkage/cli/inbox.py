@@ -14,6 +14,7 @@ from linkage.cli.api_client import (
     add_connection_arguments,
     call,
     emit_json,
+    emit_json_line,
     follow,
 )
 from linkage.cli.casework import RESPOND_WITH, closure_answer
@@ -93,7 +94,7 @@ def inbox_watch(args: argparse.Namespace) -> int:
     def watch(api: node_api_pb2_grpc.NodeApiAsyncStub, after: int) -> AsyncIterable[node_api_pb2.ReceivedSummary]:
         return api.WatchReceived(node_api_pb2.WatchReceivedRequest(actor=who, after_seq=after))
 
-    follow(args, watch, emit_json if args.json else _print_item)
+    follow(args, watch, emit_json_line if args.json else _print_item)
     return 0
 
 

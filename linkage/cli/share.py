@@ -13,6 +13,7 @@ from linkage.cli.api_client import (
     add_request_id_argument,
     call,
     emit_json,
+    emit_json_line,
     follow,
     print_queued,
     read_decision,
@@ -121,7 +122,7 @@ def share_watch(args: argparse.Namespace) -> int:
     def watch(api: node_api_pb2_grpc.NodeApiAsyncStub, after: int) -> AsyncIterable[node_api_pb2.DeliveryEvent]:
         return api.WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=who, after_seq=after))
 
-    follow(args, watch, emit_json if args.json else _print_event)
+    follow(args, watch, emit_json_line if args.json else _print_event)
     return 0
 
 
