@@ -14,6 +14,7 @@ from linkage.calendar import given, on_calendar
 from linkage.grounds import lawful_ground
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates, repeats
+from node.audit_events import AuditEvent
 from node.cases import Cases
 from node.context import NodeContext
 from node.erasure import erased_note
@@ -73,7 +74,7 @@ class Requests:
         tokens: list[bytes],
         write: Fill,
         in_reply_to: str,
-        event: str,
+        event: AuditEvent,
         rationale: str = "",
         decision: str = "",
         record: Record | None = None,

@@ -29,6 +29,7 @@ from linkage.v1 import directory_pb2, gateway_pb2
 from linkage.writability import log_failure
 from node import retention
 from node.api import SERVICE_NAME, NodeApiService, add_to_server
+from node.audit_events import AuditEvent
 from node.backup_log import enter_backups
 from node.cases import Cases
 from node.checkpoints import Checkpointer
@@ -228,7 +229,7 @@ class NodeServer:
             self._keys_said = problem
             (log.warning if warn else log.info)(event, problem=problem)
 
-    async def _recorded(self, event: str, detail: dict[str, Any], failed: str) -> bool:
+    async def _recorded(self, event: AuditEvent, detail: dict[str, Any], failed: str) -> bool:
         """Audit a change to what this node signs, opens or connects with, before it is made;
         False (logged as `failed`) if the entry could not be committed: the change then waits
         for the next look."""

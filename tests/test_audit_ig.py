@@ -216,6 +216,16 @@ def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tm
         "audit", "list", "--config", config(scenario, "amh"), "--counterpart", "school", "--event", "message.", "--json"
     )
     assert {json.loads(x)["event"] for x in to_school.stdout.splitlines()} >= {"message.queued", "message.delivered"}
+    # Read as text: a line of headings, then one line an entry, its columns where the headings are.
+    text = linkage("audit", "list", "--config", config(scenario, "amh"), "--person", PARENT).stdout.splitlines()
+    headings, *lines = text
+    assert headings.split() == ["seq", "time", "event", "by", "with", "decision", "why"]
+    assert len(lines) == len(entries)
+    column = {h: headings.index(f" {h} ") + 1 for h in ("event", "decision")}
+    for line, e in zip(lines, entries, strict=True):
+        assert line[column["event"] :].startswith(f"{e['event']} "), line
+        assert line[column["decision"] :].startswith(e["decision"].removeprefix("DECISION_OUTCOME_") or "-"), line
+    assert "SHARED_PARTIAL" in text[1 + entries.index(decisions[0])]
 
     out = tmp_path / "audit.csv"
     assert (
@@ -511,8 +521,9 @@ def test_the_gateway_operator_lists_and_exports_its_metadata_log(scenario: Local
     assert listed.returncode == 0 and [json.loads(line) for line in listed.stdout.splitlines()] == entries
 
     to_school = linkage("audit", "list", "--gateway-config", gateway, "--event", "envelope.", "--counterpart", "school")
-    lines = to_school.stdout.splitlines()
-    assert lines and all(line.split()[4:7] == ["envelope.forwarded", "amh", "school"] for line in lines), lines
+    headings, *lines = to_school.stdout.splitlines()
+    assert headings.split() == ["seq", "time", "event", "node", "sent", "to", "outcome", "message"]
+    assert lines and all(line.split()[4:8] == ["envelope.forwarded", "amh", "school", "-"] for line in lines), lines
     sent = {e["message_id"] for e in entries if e["event"] == "envelope.forwarded" and e["counterpart"] == "school"}
     assert {line.split()[-1] for line in lines} == sent  # which message, where a node's log gives why
     school = [e for e in entries if "school" in (e["actor"]["id"], e["counterpart"])]

@@ -1,4 +1,5 @@
-"""Project hygiene: generated code is fresh, layers stay apart, every command has help."""
+"""Project hygiene: generated code is fresh, layers stay apart, every command has help, every
+kind of audit entry has its plain meaning."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from linkage.cli.main import MODULE_COMMANDS, build_parser
+from node.audit_events import MEANING, AuditEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,3 +124,13 @@ def test_every_command_has_help(command: tuple[str, ...]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "usage: linkage" in result.stdout
+
+
+def test_every_kind_of_audit_entry_has_its_plain_meaning() -> None:
+    """mypy holds every entry a node writes to `AuditEvent`; an IG officer reads each kind in
+    plain words (`audit list --help`, the subject access report), so none may lack them."""
+    assert list(MEANING) == list(get_args(AuditEvent))
+    listed = subprocess.run(
+        [sys.executable, "-m", "linkage", "audit", "list", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert all(f"  {event} " in listed for event in MEANING)

@@ -11,12 +11,14 @@ import uuid
 from pathlib import Path
 
 from linkage import backup, stories
+from linkage.cli.audit import report_rows
 from linkage.clock import DAY_MS, SystemClock
 from linkage.directory import TrustedDirectory
 from linkage.frames import unbatch
 from linkage.ids import uuid7
 from linkage.store_notes import mark, mark_path
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2, workflow_pb2
+from node.audit_events import MEANING
 from node.redelivery import ask_again_if_restored, ask_again_if_rolled_back
 from node.server import NodeServer
 from tests.harness import (
@@ -223,6 +225,13 @@ async def test_a_restored_node_is_given_back_what_it_sent_since_and_its_withdraw
         assert recovered["tokens"] == tokens  # the tokens it was routed by, from what it signed
         assert recovered["detail"]["share_id"] == shared.share_id
         assert recovered["detail"]["sendable_again"] is True  # sealed again, should csc lose it too
+        # An IG officer answering a subject access request reads it in plain words.
+        (reported,) = [
+            r
+            for r in report_rows(federation.node_configs["amh"], f"nhs:{stories.PARENT_NHS}")
+            if r["what"].startswith(MEANING["message.recovered"])
+        ]
+        assert reported["with"] == "Children's Social Care" and reported["what"].endswith("(summary share)")
         assert amh.store is not None
         kept = (
             "SELECT o.body_kept, length(b.envelope) > 0 FROM outbox o JOIN outbox_bodies b USING (seq) "

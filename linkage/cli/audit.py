@@ -10,6 +10,7 @@ import datetime as dt
 import html
 import json
 import sqlite3
+import textwrap
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -40,52 +41,7 @@ from linkage.reasons import Rejected
 from linkage.tokens import IdentifierError, LinkageKey
 from linkage.transport import secure_channel
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, summary_pb2
-
-PLAIN = {
-    "share.decision": "Decision whether to share",
-    "message.queued": "Queued for an agency",
-    "message.sent": "Sent through the gateway",
-    "message.deferred": "Not taken yet by the recipient (the two clocks disagree): sent again",
-    "message.delivered": "Delivered (signed receipt)",
-    "message.undeliverable": "Could not be delivered",
-    "message.cancelled": "Not sent: its summary withdrawn first",
-    "message.received": "Received from an agency",
-    "message.rejected": "Refused on arrival",
-    "message.read": "Opened",
-    "message.silent_read": "Opened silently (reason recorded)",
-    "message.read_by_recipient": "Opened by the recipient",
-    "case.opened": "Case opened",
-    "case.person_added": "Person added to a case",
-    "case.person_removed": "Person removed from a case",
-    "case.closed": "Case closed",
-    "assessment.recorded": "Assessment recorded",
-    "involvement.discovered": "Asked which agencies are involved",
-    "involvement.notice": "Told an agency joined or left",
-    "chronology.viewed": "Family chronology viewed",
-    "requests.viewed": "Information requests about the family viewed",
-    "received.exported": "Received items passed to the case system",
-    "summary.withdrawn": "Summary withdrawn",
-    "summary.withdrawn_by_sender": "Summary withdrawn by its sender",
-    "summary.erased": "Summary erased as it arrived: its sender had withdrawn it, asking erasure",
-    "clarification.erased": "Answer to a clarification erased as it arrived: what it was about had been erased",
-    "closure.proposed": "Closure proposed to other agencies",
-    "closure.alerted_late": "Closure proposal sent to agencies involved since it was made",
-    "closure.responded": "Answered a closure proposal",
-    "closure.reply_received": "Answer to our closure proposal",
-    "clarification.asked": "Clarification asked",
-    "clarification.answered": "Clarification answered",
-    "request.sent": "Information requested",
-    "challenge.raised": "Professional challenge raised",
-    "challenge.answered": "Professional challenge answered",
-    "challenges.viewed": "Professional challenges about the family viewed",
-    "due.viewed": "Duty view of what is due, across cases",
-    "cases.found": "Cases looked up",
-    "message.followed_up": "A message that could not be delivered, followed up another way",
-    "subscription.added": "Linked at the gateway",
-    "subscription.removed": "Unlinked at the gateway",
-    "retention.purged": "Summaries past retention purged",
-}
-
+from node.audit_events import MEANING
 
 # -- verify ---------------------------------------------------------------------------
 
@@ -272,6 +228,28 @@ def _entries(args: argparse.Namespace) -> Iterator[Iterator[dict[str, Any]]]:
         yield find_entries(db, wanted, table)
 
 
+# `audit list`'s columns, as wide as what a node's log holds needs (a longer value pushes the
+# rest of its line along). At the gateway every caller is a node, and no entry has a rationale:
+# which node, and which message, say more.
+LIST_COLUMNS = (("seq", 6), ("time", 23), ("event", max(map(len, MEANING))), ("by", 24), ("with", 12), ("decision", 14))
+WHY_WIDTH = 60  # the rationale's first words; `--json` holds it whole
+GATEWAY_HEADINGS = ("seq", "time", "event", "node", "sent to", "outcome", "message")
+
+
+def _one_line(text: str, width: int) -> str:
+    """A text on one line of at most `width` characters (`...` says where it was cut)."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _list_line(cells: Iterable[str]) -> str:
+    (seq, *rest), widths = cells, [width for _, width in LIST_COLUMNS]
+    line = f"{seq:>{widths[0]}}"
+    for cell, width in zip(rest, [*widths[1:], 0], strict=True):
+        line += f" {cell:<{width}}"
+    return line.rstrip()
+
+
 def audit_list(args: argparse.Namespace) -> int:
     listed = 0
     with _entries(args) as entries:
@@ -280,16 +258,16 @@ def audit_list(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(e, sort_keys=True))
                 continue
-            # At the gateway every caller is a node, and no entry has a rationale: which node, and
-            # which message, say more.
+            if listed == 1:
+                headings = GATEWAY_HEADINGS if args.gateway_config else (*(h for h, _ in LIST_COLUMNS), "why")
+                print(_list_line(headings))
             if args.gateway_config:
                 who, why = e["actor"].get("id"), e["message_id"]
             else:
-                who, why = e["actor"].get("role") or e["actor"].get("id"), e["rationale"][:60]
-            print(
-                f"{e['seq']:>6} {utc_second(e['ts_ms'])} {e['event']:<26} {who:<24} {e['counterpart'] or '-':<12} "
-                f"{e['decision'] or ''} {why}"
-            )
+                who, why = e["actor"].get("role") or e["actor"].get("id"), _one_line(e["rationale"], WHY_WIDTH)
+            decision = e["decision"].removeprefix("DECISION_OUTCOME_")
+            cells = (e["seq"], utc_second(e["ts_ms"]), e["event"], who, e["counterpart"], decision, why)
+            print(_list_line(str(c) or "-" for c in cells))
     if not listed and not args.json:  # else a mistyped filter (an event's name, say) looks like an empty log
         log = "the gateway's metadata log" if args.gateway_config else "this node's audit log"
         given = _filters_given(args)
@@ -299,6 +277,16 @@ def audit_list(args: argparse.Namespace) -> int:
 
 # As `filters` adds them.
 FILTERS = ("since", "until", "person", "token", "event", "counterpart", "node", "decision")
+
+
+def _event_kinds() -> str:
+    """What each kind of entry in a node's log means, for `--event`."""
+    width = max(map(len, MEANING))
+    kinds = "\n".join(
+        textwrap.fill(meaning, 78, initial_indent=f"  {event:<{width}}  ", subsequent_indent=" " * (width + 4))
+        for event, meaning in MEANING.items()
+    )
+    return f"the kinds of entry a node's audit log holds, for --event:\n{kinds}"
 
 
 def _filters_given(args: argparse.Namespace) -> str:
@@ -381,7 +369,7 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
     rows = []
     with closing(read_only_store(config.store_path)) as db:
         for e in find_entries(db, EntryFilter(token=token)):
-            what = PLAIN.get(e["event"], e["event"])
+            what = MEANING.get(e["event"], e["event"])
             detail = e["detail"]
             counterparts = [c for c in e["counterpart"].split(",") if c]
             if e["event"] == "share.decision":
@@ -584,12 +572,21 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         q.add_argument("--until", help="ISO time")
         q.add_argument("--person", help="an identifier, e.g. nhs:9434765919 (turned into its link token)")
         q.add_argument("--token", type=link_token, help="a link token (hex)")
-        q.add_argument("--event", help="event kind or prefix, e.g. share. or message.received (gateway: envelope.)")
+        q.add_argument(
+            "--event",
+            help="event kind or prefix, e.g. share. or message.received (gateway: envelope.); "
+            "`audit list --help` lists the kinds",
+        )
         q.add_argument("--counterpart", help="the other agency's node id (at the gateway: the node sent to)")
         q.add_argument("--node", help="the gateway's log: entries a node made, or that were sent to it")
         q.add_argument("--decision", help="e.g. NOT_SHARED (at the gateway: an outcome, e.g. diverged)")
 
-    p = sub.add_parser("list", help="list audit entries, filtered")
+    p = sub.add_parser(
+        "list",
+        help="list audit entries, filtered",
+        epilog=_event_kinds(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     filters(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=audit_list)

@@ -45,6 +45,7 @@ from linkage.merkle import CompactRange
 from linkage.readonly import connect_read_only
 from linkage.v1 import summary_pb2
 from linkage.writability import StoreUnusable, Writability, opening
+from node.audit_events import AuditEvent
 from node.store.leaves import RecentLeaves
 from node.store.schema import MIGRATIONS
 
@@ -162,7 +163,7 @@ class Tx:
 
     async def audit(
         self,
-        event: str,
+        event: AuditEvent,
         actor: summary_pb2.Practitioner | None = None,
         *,
         tokens: Iterable[bytes] = (),
