@@ -262,6 +262,8 @@ async def test_a_challenge_from_the_cli(federation: LocalFederation) -> None:
         assert figures["csc"]["received"]["total"] == 0
         code, out, err = await linkage("audit", "challenges", "--config", toml, "--since", "2026-01-01")
         assert "Received: 2; answered: maintained 1; unanswered 1 (overdue 0); escalations among them: 1" in out, out
+        assert out.startswith("Professional challenges at Adult Mental Health Trust (amh), since 2026-01-01:\n")
+        assert "    by agency: Children's Social Care 2\n" in out, out  # by name, as the register names them
         code, out, err = await linkage("audit", "challenges", "--config", toml, "--since", "2999-01-01", "--json")
         assert json.loads(out)["received"]["total"] == 0, err
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from linkage import calendar
+from linkage.cli.audit_entries import agency_name, federation_directory
 from linkage.cli.store_files import read_only_store
 from linkage.cli.values import calendar_date, iso_day, word
 from linkage.clock import SystemClock
@@ -66,7 +67,10 @@ def show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(found, indent=2))
         return 0
-    print(f"Professional challenges at {config.node_id}{f', since {since}' if since else ''}:")
+    # Agencies by name, as the register of sharing gives them (the JSON keeps their ids).
+    directory = federation_directory(config)
+    print(f"Professional challenges at {agency_name(directory, config.node_id)} ({config.node_id})", end="")
+    print(f"{f', since {since}' if since else ''}:")
     for side in ("raised", "received"):
         f = found[side]
         answered = ", ".join(f"{a} {n}" for a, n in f["answered"].items()) or "none"
@@ -76,7 +80,8 @@ def show(args: argparse.Namespace) -> int:
         )
         for by in ("stage", "subject", "agency"):
             if f[f"by_{by}"]:
-                print(f"    by {by}: " + ", ".join(f"{k} {n}" for k, n in f[f"by_{by}"].items()))
+                named = ((agency_name(directory, k) if by == "agency" else k, n) for k, n in f[f"by_{by}"].items())
+                print(f"    by {by}: " + ", ".join(f"{k} {n}" for k, n in named))
     return 0
 
 
