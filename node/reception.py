@@ -28,7 +28,7 @@ from linkage.envelope import (
     signed_receipt,
     signing_generation,
 )
-from linkage.grounds import lawful_ground
+from linkage.grounds import lawful_ground, terms_received
 from linkage.ids import recordable
 from linkage.keys import MessageKeys
 from linkage.reasons import CLOCK_REASONS, Reason, Rejected
@@ -225,6 +225,7 @@ class Reception:
                 "kind": kind_name(body.kind),
                 "inbox_seq": seq,
                 "in_reply_to": body.in_reply_to,
+                **(terms_received(summary, self.node_id) if summary is not None else {}),
             },
         )
         await apply_effects(tx, seq, opened, self.redelivery)

@@ -16,13 +16,14 @@ import grpc
 import pytest
 
 from linkage import stories
-from linkage.clock import ManualClock
+from linkage.clock import DAY_MS, ManualClock
 from linkage.ids import uuid7
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, workflow_pb2
+from node import retention
 from node.erasure import erase_rows
 from node.requests import Requests
-from node.store import Tx
+from node.store import Store, Tx
 from tests.harness import (
     PRACTITIONER,
     Cluster,
@@ -154,6 +155,26 @@ async def test_a_summary_about_the_wrong_person_is_erased_at_every_recipient(fed
         "Adult Mental Health Trust",
         "erased here (2 version(s))",
     )
+    # The register of processing still says both versions came, from whom and on what ground,
+    # whether the summary was erased or, later, purged under the retention rule.
+    _received_though_gone(recalled, "erased at its sender's request")
+    clock = ManualClock()
+    store = await Store.open(federation.node_configs["csc"].store_path, clock)
+    try:
+        clock.advance(400 * DAY_MS)
+        assert (await retention.purge(store, clock, keep_days=365))["received"] >= 2
+    finally:
+        await store.close()
+    purged = json.loads(linkage("audit", "register", "--config", config(federation, "csc"), "--json").stdout)
+    _received_though_gone(purged, "purged under the retention rule")
+
+
+def _received_though_gone(register: dict[str, Any], gone: str) -> None:
+    got = [r for r in register["rows"] if r["direction"] == "received"]
+    assert [r["note"] for r in got] == [f"no longer held here: {gone}"] * 2, got
+    assert all(r["lawful_ground"] and r["consent_status"] and r["jurisdiction"] == "ENG" for r in got), got
+    assert {r["data_categories"] for r in got} == {"Adult Mental Health Trust: HEALTH, MENTAL_HEALTH"}, got
+    assert register["totals"]["received"]["jurisdictions"] == {"ENG": 2}
 
 
 async def test_an_item_erased_while_it_was_opened_or_listed_is_not_handed_over(

@@ -5,7 +5,8 @@ consent and why; every summary received, from whom and on the sender's ground; e
 withdrawal made or received, on what ground and whether it was erased; what agencies gave
 back after this node's store was put back to a copy; and the totals by agency type, data
 category, ground and consent. Read from the audit log (whose entries `audit verify`
-checks) and, for what was received, the summaries still held."""
+checks) and, for what was received, the summaries still held; a summary erased or purged
+since is stated from its entry, which keeps what the register needs of it."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from linkage.clock import utc_cell, utc_second
 from linkage.config import NodeConfig
 from linkage.directory import DirectoryView
 from linkage.files import written_whole
-from linkage.grounds import lawful_ground
+from linkage.grounds import terms_received
 
 COLUMNS = [
     "direction",
@@ -150,28 +151,40 @@ def _withdrawal(e: dict[str, Any], directory: DirectoryView, db: sqlite3.Connect
 def _received(
     e: dict[str, Any], config: NodeConfig, directory: DirectoryView, db: sqlite3.Connection
 ) -> dict[str, Any] | None:
+    sender, detail = e["counterpart"], e["detail"]
     summary = received_summary(db, e["message_id"])
-    if summary is None:
-        return None  # not a summary, or purged by retention: the audit entry still says it came
-    decision = summary.decision
-    mine = next((r for r in decision.recipients if r.node_id == config.node_id), None)
-    sender = e["counterpart"]
+    if summary is not None:
+        by = summary.decision.decided_by
+        held = terms_received(summary, config.node_id) | {
+            "by": f"{by.name or by.id} ({by.role}) at the sender",
+            "note": "",
+        }
+    elif e["summary_id"] and e["decision"]:  # a summary no longer held: its entry says what it went on
+        (state,) = db.execute(
+            "SELECT state FROM inbox WHERE sender = ? AND message_id = ?", (sender, e["message_id"])
+        ).fetchone() or ("",)
+        gone = "erased at its sender's request" if state == "erased" else "purged under the retention rule"
+        # An entry made before 2026-12-05 holds none of these but the ground.
+        held = {key: detail.get(key, "") for key in ("jurisdiction", "consent_status", "approved_by")}
+        held |= {
+            "data_categories": detail.get("data_categories", ["(not recorded)"]),
+            "handling": detail.get("handling", []),
+            "by": "",
+            "note": f"no longer held here: {gone}",
+        }
+    else:
+        return None  # carried no summary: a notice, a question, a request declined
     return {
         "direction": "received",
         "ts_ms": e["ts_ms"],
         "time_utc": utc_cell(e["ts_ms"]),
         "id": e["message_id"],
-        "kind": e["detail"].get("kind", ""),
+        "kind": detail.get("kind", ""),
         "decision": "RECEIVED",
-        "agencies": [(sender, agency_name(directory, sender), list(mine.data_categories) if mine else [])],
-        "lawful_ground": lawful_ground(decision),
-        "jurisdiction": summary.jurisdiction,
-        "consent_status": decision.consent_status,
-        "approved_by": decision.approved_by.id,
-        "handling": list(decision.handling_conditions),
-        "by": f"{decision.decided_by.name or decision.decided_by.id} ({decision.decided_by.role}) at the sender",
-        "why": decision.rationale,
-        "note": "",
+        "agencies": [(sender, agency_name(directory, sender), held.pop("data_categories"))],
+        "lawful_ground": e["lawful_ground"],
+        "why": e["rationale"],
+        **held,
     }
 
 
@@ -318,7 +331,7 @@ def _print_totals(config: NodeConfig, directory: DirectoryView, totals: dict[str
 
 
 def _print_row(r: dict[str, Any]) -> None:
-    print(f"{r['time_utc']} UTC  {r['direction']:<9} {r['decision']:<15} {r['kind']}  by {r['by']}")
+    print(f"{r['time_utc']} UTC  {r['direction']:<9} {r['decision']:<15} {r['kind']}  by {r['by'] or '-'}")
     for _, name, data in r["agencies"]:
         print(f"    {'to' if r['direction'] in ('sent', 'withdrawn') else 'from'} {name}: {', '.join(data) or '-'}")
     if r["kind"] != "WITHDRAWAL":
