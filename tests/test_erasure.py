@@ -148,6 +148,9 @@ async def test_a_summary_about_the_wrong_person_is_erased_at_every_recipient(fed
         linkage("audit", "report", "--config", config(federation, "csc"), "--person", PARENT, "--json").stdout
     )
     assert "Summary withdrawn by its sender (WRONG_PERSON; erased here)" in [r["what"] for r in report]
+    # Whoever answers a subject access request learns the summary came, and is held no more.
+    gone = "Received from an agency (HEALTH, MENTAL_HEALTH; no longer held here: erased at its sender's request)"
+    assert [r["what"] for r in report].count(gone) == 2, report
     recalled = json.loads(linkage("audit", "register", "--config", config(federation, "csc"), "--json").stdout)
     (row,) = [r for r in recalled["rows"] if r["direction"] == "recalled"]
     assert (row["decision"], row["agencies"], row["note"]) == (

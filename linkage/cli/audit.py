@@ -28,6 +28,7 @@ from linkage.cli.audit_entries import (
     find_entries,
     millis,
     received_summary,
+    why_not_held,
 )
 from linkage.cli.spreadsheet import SpreadsheetWriter
 from linkage.cli.store_files import attach_read_only, read_only_store
@@ -384,6 +385,9 @@ def report_rows(config: NodeConfig, person: str) -> list[dict[str, str]]:
                 categories = ", ".join(sorted({i.category for i in summary.risk_items}))
                 what += f' - "{summary.headline}" ({categories})' + _handling(summary.decision.handling_conditions)
                 what += _exemptions(summary)
+            elif e["event"] == "message.received" and e["summary_id"] and e["decision"]:  # a summary since gone
+                categories = ", ".join(detail.get("data_categories", [])) or "its data categories not recorded"
+                what += f" ({categories}; {why_not_held(db, e['counterpart'], e['message_id'])})"
             elif e["event"] in ERASURE:  # on what ground, and whether it is erased
                 erased = f"; {ERASURE[e['event']]}" if detail.get("erase") else ""
                 what += f" ({detail.get('ground') or 'no ground given'}{erased})"

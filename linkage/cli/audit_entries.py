@@ -102,6 +102,14 @@ def received_summary(db: sqlite3.Connection, message_id: str) -> summary_pb2.Ris
     return carried_summary(envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(row[0]).body))
 
 
+def why_not_held(db: sqlite3.Connection, sender: str, message_id: str) -> str:
+    """Why a summary received is no longer held: erased at its sender's request (its row
+    kept, marked), or purged under the retention rule (its row gone)."""
+    row = db.execute("SELECT state FROM inbox WHERE sender = ? AND message_id = ?", (sender, message_id)).fetchone()
+    erased = row is not None and row[0] == "erased"
+    return "no longer held here: " + ("erased at its sender's request" if erased else "purged under the retention rule")
+
+
 def agency_name(directory: DirectoryView, node_id: str) -> str:
     entry = directory.nodes.get(node_id)
     return entry.agency_name if entry else node_id

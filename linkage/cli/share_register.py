@@ -27,6 +27,7 @@ from linkage.cli.audit_entries import (
     find_entries,
     millis,
     received_summary,
+    why_not_held,
 )
 from linkage.cli.spreadsheet import SpreadsheetWriter
 from linkage.cli.store_files import read_only_store
@@ -160,17 +161,13 @@ def _received(
             "note": "",
         }
     elif e["summary_id"] and e["decision"]:  # a summary no longer held: its entry says what it went on
-        (state,) = db.execute(
-            "SELECT state FROM inbox WHERE sender = ? AND message_id = ?", (sender, e["message_id"])
-        ).fetchone() or ("",)
-        gone = "erased at its sender's request" if state == "erased" else "purged under the retention rule"
         # An entry made before 2026-12-05 holds none of these but the ground.
         held = {key: detail.get(key, "") for key in ("jurisdiction", "consent_status", "approved_by")}
         held |= {
             "data_categories": detail.get("data_categories", ["(not recorded)"]),
             "handling": detail.get("handling", []),
             "by": "",
-            "note": f"no longer held here: {gone}",
+            "note": why_not_held(db, sender, e["message_id"]),
         }
     else:
         return None  # carried no summary: a notice, a question, a request declined
