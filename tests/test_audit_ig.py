@@ -36,6 +36,7 @@ from linkage.clock import SystemClock
 from linkage.config import NodeConfig
 from linkage.v1 import audit_pb2, node_api_pb2, summary_pb2
 from linkage.v1 import envelope_pb2 as env
+from node.audit_events import MEANING
 from tests.harness import PRACTITIONER, LocalFederation, make_federation, next_item, running, wait_delivered
 from tests.test_federation import share_think_family
 
@@ -247,6 +248,7 @@ def test_list_export_and_report_match_the_scenario(scenario: LocalFederation, tm
         rows = list(csv.DictReader(f))
     assert len(rows) == len(entries)
     assert rows[0]["actor_name"] == PRACTITIONER.name
+    assert [r["meaning"] for r in rows] == [MEANING[e["event"]] for e in entries]  # read in a spreadsheet
     stamped = dt.datetime.fromisoformat(rows[0]["time_utc"]).replace(tzinfo=dt.UTC)
     assert int(stamped.timestamp()) == int(rows[0]["ts_ms"]) // 1000  # UTC, as its column says
     for name, form in (("audit.jsonl", ["--format", "jsonl"]), ("named.json", [])):  # or as the file is named

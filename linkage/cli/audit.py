@@ -301,6 +301,7 @@ COLUMNS = [
     "ts_ms",
     "time_utc",
     "event",
+    "meaning",  # the event in plain words (a node's; the gateway's are left blank)
     "actor_id",
     "actor_name",
     "actor_role",
@@ -321,6 +322,7 @@ def _flat(e: dict[str, Any]) -> dict[str, Any]:
         "ts_ms": e["ts_ms"],
         "time_utc": utc_cell(e["ts_ms"]),
         "event": e["event"],
+        "meaning": MEANING.get(e["event"], ""),
         "actor_id": e["actor"].get("id", ""),
         "actor_name": e["actor"].get("name", ""),
         "actor_role": e["actor"].get("role", ""),
