@@ -19,6 +19,7 @@ from typing import Any
 from linkage import logs
 from linkage.codelists import CodeLists
 from linkage.v1 import node_api_pb2, summary_pb2
+from node import own_assessments
 from node.context import NodeContext
 from node.errors import invalid, not_found
 from node.inbox import ITEM_COLUMNS, ITEMS
@@ -180,12 +181,17 @@ class Chronologies:
 
     async def _own_entries(self, case_id: str) -> list[tuple[int, bytes]]:
         me, codes = self.ctx.me(), self.ctx.policy.codes
+        state, params = own_assessments.state_of(codes)
         own = []
-        for recorded_at, body in await self.ctx.store.fetchall(
-            "SELECT recorded_at_ms, body FROM assessments WHERE case_id = ? ORDER BY recorded_at_ms, rowid", (case_id,)
+        for recorded_at, body, now in await self.ctx.store.fetchall(
+            f"SELECT a.recorded_at_ms, a.body, {state} FROM assessments a WHERE a.case_id = ? "
+            "ORDER BY a.recorded_at_ms, a.rowid",
+            (*params, case_id),
         ):
             summary = summary_pb2.RiskSummary.FromString(body)
-            for e in _entries(recorded_at, self.ctx.node_id, me.agency_name, me.agency_type, 0, summary, codes, "own"):
+            entries = _entries(recorded_at, self.ctx.node_id, me.agency_name, me.agency_type, 0, summary, codes, now)
+            for e in entries:
+                e.own = True
                 own.append((e.at_ms, _framed(e.SerializeToString())))
         return own
 
@@ -357,7 +363,8 @@ def _entries(
     codes: CodeLists,
     state: str,
 ) -> list[node_api_pb2.ChronologyEntry]:
-    """A summary's entries, one per risk item; `state` "own" for this node's own assessment."""
+    """A summary's entries, one per risk item, in `state` (a received one's "new" and "read"
+    are both current)."""
     unverified = [p.link_token for p in summary.people if codes.unverified_link(p.identity_basis)]
     return [
         node_api_pb2.ChronologyEntry(
@@ -372,8 +379,7 @@ def _entries(
             currency=item.currency,
             direction=item.direction,
             level=f"{item.level.value} ({item.level.scale})" if item.level.scale else "",
-            own=state == "own",
-            state="current" if state in ("own", "new", "read") else state,
+            state="current" if state in ("new", "read") else state,
             handling_conditions=summary.decision.handling_conditions,
             sar_exemptions=item.sar_exemptions,
             unverified_link_tokens=unverified,

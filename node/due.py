@@ -13,7 +13,7 @@ from typing import Any
 from linkage.calendar import given
 from linkage.content import carried_summary
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
-from node import dates
+from node import dates, own_assessments
 from node.context import NodeContext
 from node.errors import invalid
 from node.store import Store
@@ -98,14 +98,14 @@ class Due:
 
     async def _reviews(self, reading: _Reading, horizon: str, today: str) -> list[node_api_pb2.DueItem]:
         """This node's own assessments of current risk to review by the horizon: the latest
-        version of each summary, in a case still open."""
+        version of each summary, not retracted since, in a case still open."""
+        state, params = own_assessments.state_of(self.ctx.policy.codes)
         rows = await reading.rows(
             "SELECT a.assessment_id, a.case_id, a.review_date, a.body FROM assessments a "
             "INDEXED BY assessments_by_review JOIN cases c ON c.case_id = a.case_id "
-            "WHERE a.review_date IS NOT NULL AND a.review_date <= ? AND c.status = 'open' AND NOT EXISTS "
-            "(SELECT 1 FROM assessments b WHERE b.summary_id = a.summary_id AND b.version > a.version LIMIT 1) "
+            f"WHERE a.review_date IS NOT NULL AND a.review_date <= ? AND c.status = 'open' AND {state} = 'current' "
             "ORDER BY a.review_date",
-            (horizon,),
+            (horizon, *params),
         )
         return [
             node_api_pb2.DueItem(

@@ -662,3 +662,46 @@ async def test_a_summary_sent_to_one_agency_in_error_is_recalled_from_it_alone(f
         assert [r.node_id for r in corrected.recipients] == ["csc"], corrected.findings
         everyone = await api.WithdrawSummary(asked("NOT_TO_BE_RELIED_ON"))
         assert [r.node_id for r in everyone.recipients] == ["csc"]  # the school holds nothing to withdraw
+
+
+async def test_the_senders_own_record_stands_or_is_withdrawn_by_the_ground_it_was_withdrawn_on(
+    federation: LocalFederation,
+) -> None:
+    """A withdrawal on a ground that retracts the assessment itself (about the wrong person)
+    marks the sender's own chronology entries withdrawn and takes the assessment off its
+    duty view's reviews; one that undoes only its sharing (sent in error) leaves it standing.
+    A later version supersedes the earlier, and one recorded after a retraction stands."""
+    async with running(federation) as cluster:
+        parent, child, summary_id = await shared_with_both(cluster)
+        amh_case = await _case_id(cluster, "amh")
+        api = cluster.api("amh")
+
+        async def own() -> list[str]:
+            response = await api.Chronology(node_api_pb2.ChronologyRequest(actor=PRACTITIONER, case_id=amh_case))
+            assert all(e.own for e in response.entries)  # amh received nothing about the family
+            return [e.state for e in response.entries][::2]  # each assessment's two risk items alike
+
+        async def reviews() -> list[str]:
+            listed = await api.ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER, within_days=30))
+            return [i.assessment_id for i in listed.items if i.assessment_id]
+
+        async def version() -> str:
+            again = stories.parent_risk_change(parent, child)
+            again.summary_id = summary_id
+            return (
+                await api.RecordAssessment(
+                    node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=amh_case, assessment=again)
+                )
+            ).assessment_id
+
+        assert (await own(), await reviews()) == (["current"], [summary_id])  # its first version's id
+        await withdraw(cluster, summary_id, "SHARED_IN_ERROR")  # the sharing was wrong, not the assessment
+        assert (await own(), await reviews()) == (["current"], [summary_id])
+        second = await version()
+        await share(cluster, second)
+        await wait_delivered(cluster.nodes["amh"], 6)  # two shares and a withdrawal, to csc and the school
+        assert (await own(), await reviews()) == (["superseded", "current"], [second])
+        await withdraw(cluster, summary_id, "WRONG_PERSON")
+        assert (await own(), await reviews()) == (["withdrawn", "withdrawn"], [])
+        third = await version()
+        assert (await own(), await reviews()) == (["withdrawn", "withdrawn", "current"], [third])
