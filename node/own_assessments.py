@@ -2,11 +2,16 @@
 of its summary; or withdrawn, its summary withdrawn since on a ground that retracts the
 assessment itself (`retracts` in the code lists: not to be relied on, about the wrong
 person), not only its sharing (sent in error, say, where the assessment still stands). The
-chronology marks each own entry so, and only a current one falls due for review."""
+chronology marks each own entry so, only a current one falls due for review, and only a
+current one is shared."""
 
 from __future__ import annotations
 
+import grpc
+
 from linkage.codelists import CodeLists
+from node.errors import ApiError
+from node.store import FetchOne
 
 
 def state_of(codes: CodeLists) -> tuple[str, tuple[str, ...]]:
@@ -24,3 +29,27 @@ def state_of(codes: CodeLists) -> tuple[str, tuple[str, ...]]:
         "WHERE b.summary_id = a.summary_id AND b.version > a.version LIMIT 1) THEN 'superseded' ELSE 'current' END"
     )
     return sql, retracting
+
+
+async def refused_share(fetchone: FetchOne, assessment_id: str, state: str) -> ApiError:
+    """Why an assessment that no longer stands is not shared: its recipients would take it as
+    the summary's newest version, over the later one, or over the retraction."""
+    (summary_id,) = await fetchone("SELECT summary_id FROM assessments WHERE assessment_id = ?", (assessment_id,))
+    if state == "superseded":
+        (latest,) = await fetchone(
+            "SELECT assessment_id FROM assessments INDEXED BY assessments_by_summary WHERE summary_id = ? "
+            "ORDER BY version DESC LIMIT 1",
+            (summary_id,),
+        )
+        why = f"a later version of summary {summary_id!r} was recorded since ({latest!r}): share that one"
+    else:
+        (ground,) = await fetchone(
+            "SELECT ground FROM withdrawals INDEXED BY withdrawals_by_summary WHERE summary_id = ? "
+            "ORDER BY share_id DESC LIMIT 1",
+            (summary_id,),
+        )
+        why = (
+            f"summary {summary_id!r} was withdrawn since on {ground}, which retracts it: record a new version "
+            "of it (with its summary_id) to share what stands now"
+        )
+    return ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"assessment {assessment_id!r} no longer stands: {why}")

@@ -13,7 +13,7 @@ import grpc
 from linkage import jurisdictions, logs
 from linkage.grounds import lawful_ground
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
-from node import answers, dates, repeats
+from node import answers, dates, own_assessments, repeats
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found, past_the_end
 from node.event_numbers import EventNumbers
@@ -91,6 +91,7 @@ class Sharing:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         self.withdrawals = Withdrawals(ctx)
+        self._state = own_assessments.state_of(ctx.policy.codes)  # SQL for whether an assessment stands
 
     async def holders(self, summary_id: str) -> list[str]:
         """The agencies that hold a version of the summary: a later one goes to each (UK GDPR
@@ -101,14 +102,17 @@ class Sharing:
     async def _assessment(self, assessment_id: str) -> tuple[summary_pb2.RiskSummary, bool]:
         """The assessment, with everyone its case protects (now, not only when it was recorded)
         or protected by their role marked so; and whether its case is still open."""
+        state, params = self._state
         row = self.ctx.store.lookup(
             "SELECT a.body, c.status, (SELECT group_concat(hex(p.token)) FROM case_people p "
-            "WHERE p.case_id = a.case_id AND p.protect_identity) "
+            f"WHERE p.case_id = a.case_id AND p.protect_identity), {state} "
             "FROM assessments a JOIN cases c ON c.case_id = a.case_id WHERE a.assessment_id = ?",
-            (assessment_id,),
+            (*params, assessment_id),
         )
         if row is None:
             raise not_found(f"no assessment {assessment_id!r} at this node")
+        if row[3] != "current":
+            raise await own_assessments.refused_share(self.ctx.store.fetchone, assessment_id, row[3])
         assessment = summary_pb2.RiskSummary.FromString(row[0])
         protected = {bytes.fromhex(t) for t in row[2].split(",")} if row[2] else set()
         codes = self.ctx.policy.codes
@@ -272,14 +276,17 @@ class Sharing:
                 decision=result.decision,
             )
 
+        state, stands = self._state
         try:
             async with self.ctx.store.tx() as tx:
-                # A new summary goes from an open case: checked again where it is written (a close may
+                # A new summary goes from an open case, and an assessment that still stands: both
+                # checked again where it is written (a close, a later version or a withdrawal may
                 # have committed since it was decided), in the statement that records it.
                 recorded = await tx.execute(
                     "INSERT INTO shares(share_id, assessment_id, created_at_ms, outcome, decision, kind, request_id) "
-                    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT ? OR EXISTS (SELECT 1 FROM assessments a JOIN cases c "
-                    "ON c.case_id = a.case_id WHERE a.assessment_id = ? AND c.status = 'open')",
+                    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE (NOT ? OR EXISTS (SELECT 1 FROM assessments a JOIN cases c "
+                    "ON c.case_id = a.case_id WHERE a.assessment_id = ? AND c.status = 'open')) "
+                    f"AND (SELECT {state} FROM assessments a WHERE a.assessment_id = ?) = 'current'",
                     (
                         share_id,
                         request.assessment_id,
@@ -290,9 +297,16 @@ class Sharing:
                         request.request_id or None,
                         kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE and only is None,
                         request.assessment_id,
+                        *stands,
+                        request.assessment_id,
                     ),
                 )
                 if not recorded.rowcount:
+                    (now,) = await tx.fetchone(
+                        f"SELECT {state} FROM assessments a WHERE a.assessment_id = ?", (*stands, request.assessment_id)
+                    )
+                    if now != "current":
+                        raise await own_assessments.refused_share(tx.fetchone, request.assessment_id, now)
                     raise _case_closed()
                 await tx.audit(
                     "share.decision",

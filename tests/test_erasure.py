@@ -685,6 +685,17 @@ async def test_the_senders_own_record_stands_or_is_withdrawn_by_the_ground_it_wa
             listed = await api.ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER, within_days=30))
             return [i.assessment_id for i in listed.items if i.assessment_id]
 
+        async def refused(stale: str, why: str) -> None:
+            """Not shared, nor previewed: recipients would take it for the summary's newest version."""
+            for call in (api.ShareSummary, api.PreviewShare):
+                request = node_api_pb2.ShareSummaryRequest(
+                    actor=PRACTITIONER, assessment_id=stale, decision=stories.override_decision()
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await call(request)
+                assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert f"assessment {stale!r} no longer stands: {why}" in (raised.value.details() or "")
+
         async def version() -> str:
             again = stories.parent_risk_change(parent, child)
             again.summary_id = summary_id
@@ -701,7 +712,11 @@ async def test_the_senders_own_record_stands_or_is_withdrawn_by_the_ground_it_wa
         await share(cluster, second)
         await wait_delivered(cluster.nodes["amh"], 6)  # two shares and a withdrawal, to csc and the school
         assert (await own(), await reviews()) == (["superseded", "current"], [second])
+        await refused(summary_id, f"a later version of summary {summary_id!r} was recorded since ({second!r})")
         await withdraw(cluster, summary_id, "WRONG_PERSON")
         assert (await own(), await reviews()) == (["withdrawn", "withdrawn"], [])
+        await refused(second, f"summary {summary_id!r} was withdrawn since on WRONG_PERSON, which retracts it")
         third = await version()
         assert (await own(), await reviews()) == (["withdrawn", "withdrawn", "current"], [third])
+        await share(cluster, third)  # what stands now goes
+        await wait_delivered(cluster.nodes["amh"], 10)

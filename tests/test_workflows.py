@@ -296,25 +296,38 @@ async def test_nothing_is_added_to_a_case_closed_while_the_call_waited_to_write(
         assert await store.fetchone("SELECT COUNT(*) FROM assessments") == (0,)
 
 
-async def test_a_new_summary_is_not_shared_from_a_case_closed_while_it_was_decided(
-    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("meanwhile", "said"),
+    [
+        ("UPDATE cases SET status = 'closed'", "the case is closed"),
+        (
+            "INSERT INTO assessments(assessment_id, case_id, recorded_at_ms, body, summary_id, version) "
+            "SELECT 'later', case_id, recorded_at_ms, body, summary_id, version + 1 FROM assessments",
+            "was recorded since ('later'): share that one",
+        ),
+    ],
+    ids=["its case closed", "a later version recorded"],
+)
+async def test_a_share_decided_before_a_close_or_a_later_version_committed_is_refused_where_it_is_written(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, meanwhile: str, said: str
 ) -> None:
-    """A share decided while its case was open, written after a close committed: refused, as
-    a share from a closed case is (a correction would still go to whoever had the summary)."""
+    """A share decided while its case was open and its assessment the summary's latest
+    version, written after a close or a later version committed: refused, as it would have
+    been decided then (a correction would still go to whoever had the summary), and nothing
+    is shared."""
     async with running(federation) as cluster:
         _, _, assessment_id = await think_family(cluster)
         store = cluster.nodes["amh"].store
         assert store is not None
-        case_id = await _case_id(cluster, "amh")
 
-        async def close(tx: Tx) -> None:
-            await tx.execute("UPDATE cases SET status = 'closed' WHERE case_id = ?", (case_id,))
+        async def commit_meanwhile(tx: Tx) -> None:
+            await tx.execute(meanwhile)
 
-        written_first(monkeypatch, store, close)
+        written_first(monkeypatch, store, commit_meanwhile)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await share(cluster, assessment_id)
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "the case is closed" in (refused.value.details() or "")
+        assert said in (refused.value.details() or "")
         assert await store.fetchone("SELECT COUNT(*) FROM shares") == (0,)
         assert await store.fetchone("SELECT COUNT(*) FROM outbox") == (0,)
 
@@ -1265,9 +1278,10 @@ async def test_versions_of_a_summary_are_numbered_by_the_node(federation: LocalF
         assert (await record(first.summary_id, version=7)).version == 7
         both = await asyncio.gather(record(first.summary_id), record(first.summary_id))
         assert sorted(r.version for r in both) == [8, 9]
-        await share(cluster, both[0].assessment_id)
+        latest = max(both, key=lambda r: r.version)  # an earlier version no longer stands to be shared
+        await share(cluster, latest.assessment_id)
         received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
-        assert (received.summary.summary_id, received.summary.version) == (first.summary_id, both[0].version)
+        assert (received.summary.summary_id, received.summary.version) == (first.summary_id, 9)
 
 
 async def test_a_share_repeated_with_its_request_id_is_answered_again_and_shares_nothing_more(
