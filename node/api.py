@@ -26,6 +26,7 @@ from node.errors import ApiError, invalid
 from node.follow_up import record_follow_up
 from node.inbox import Inbox
 from node.outbox import Outbox
+from node.own_assessments import OwnAssessments
 from node.queues import delivery_queues
 from node.reception import InboxFeed
 from node.requests import Requests
@@ -166,6 +167,7 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
         self.requests = requests
         self.challenges = Challenges(requests.ctx, requests)
         self.due = Due(requests.ctx)
+        self.assessments = OwnAssessments(requests.ctx)
         self.inbox = inbox
         self.chronology = chronology
         self.outbox = outbox
@@ -214,6 +216,9 @@ class NodeApiService(node_api_pb2_grpc.NodeApiServicer):
         self, request: node_api_pb2.RecordAssessmentRequest, context: Context
     ) -> node_api_pb2.RecordAssessmentResponse:
         return await _answer(context, request.actor, lambda: self.cases.record_assessment(request))
+
+    async def ListAssessments(self, request: node_api_pb2.CaseRequest, context: Context) -> node_api_pb2.Assessments:
+        return await _answer(context, request.actor, lambda: self.assessments.list_assessments(request))
 
     # -- sharing -----------------------------------------------------------------
 

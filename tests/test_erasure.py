@@ -720,3 +720,21 @@ async def test_the_senders_own_record_stands_or_is_withdrawn_by_the_ground_it_wa
         assert (await own(), await reviews()) == (["withdrawn", "withdrawn", "current"], [third])
         await share(cluster, third)  # what stands now goes
         await wait_delivered(cluster.nodes["amh"], 10)
+        # The case's list of its own assessments says the same, with the shares made of each.
+        case = node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=amh_case)
+        listed = (await api.ListAssessments(case)).assessments
+        assert [(a.assessment_id, a.version, a.state, len(a.share_ids)) for a in listed] == [
+            (third, 3, "current", 1),
+            (second, 2, "withdrawn", 1),
+            (summary_id, 1, "withdrawn", 1),
+        ]
+        code, out, err = await linkage_cli(
+            "case", "assessments", amh_case, "--socket", str(cluster.nodes["amh"].config.api_socket),
+            "--actor-id", "amh-1", "--actor-role", "Care coordinator",
+        )  # fmt: skip
+        assert code == 0, err
+        assert f"{third}  " in out and f"version 3 of {summary_id}  current\n" in out, out
+        assert out.count("  withdrawn\n") == 2 and out.count("review by") == 1, out
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await api.ListAssessments(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id="no-such-case"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND

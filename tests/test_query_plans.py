@@ -115,6 +115,7 @@ async def test_casework_reads_by_index(federation: LocalFederation, statements: 
         # amh's has its own assessment among what it received
         own = node_api_pb2.ChronologyRequest(actor=PRACTITIONER, case_id=amh.case_id)
         await cluster.api("amh").Chronology(own)
+        await cluster.api("amh").ListAssessments(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=amh.case_id))
         own.page_size = 1
         await cluster.api("amh").Chronology(own)
         await csc_api.AskClarification(

@@ -158,6 +158,24 @@ def case_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def case_assessments(args: argparse.Namespace) -> int:
+    request = node_api_pb2.CaseRequest(actor=actor(args), case_id=args.case_id)
+    listed = call(args, lambda api: api.ListAssessments(request))
+    if args.json:
+        emit_json(listed)
+        return 0
+    if not listed.assessments:
+        print(f"No assessment recorded in case {args.case_id}: linkage case record {args.case_id} --assessment ...")
+    for a in listed.assessments:
+        review = f", review by {iso_day(a.review_date)}" if a.HasField("review_date") and a.state == "current" else ""
+        print(f"{a.assessment_id}  {utc_minute(a.recorded_at_ms)}  version {a.version} of {a.summary_id}  {a.state}")
+        print(f"    {a.headline}")
+        print(f"    by {a.author.name or a.author.id} ({a.author.role}){review}")
+        shared = ", ".join(a.share_ids) or "not shared"
+        print(f"    shares: {shared}" if a.share_ids else f"    {shared}")
+    return 0
+
+
 def _print_closure(status: node_api_pb2.ClosureStatus) -> None:
     print(f"Case {status.case_id}: closure {status.state}")
     if status.state == "none":
@@ -290,6 +308,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     add_request_id_argument(p)
     p.set_defaults(handler=case_record)
+    p = sub.add_parser(
+        "assessments",
+        help="the case's own assessments, newest first: where each stands (current, superseded or "
+        "withdrawn; only a current one is shared), its review date and the shares made of it",
+    )
+    add_connection_arguments(p)
+    p.add_argument("case_id")
+    p.set_defaults(handler=case_assessments)
     asking.register_case(sub)
     challenging.register_case(sub)
     p = sub.add_parser("propose-closure", help="alert every co-involved agency before closing")

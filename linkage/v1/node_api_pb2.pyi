@@ -190,6 +190,77 @@ class RecordAssessmentRequest(_message.Message):
 Global___RecordAssessmentRequest: _TypeAlias = RecordAssessmentRequest  # noqa: Y015
 
 @_typing.final
+class Assessments(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSESSMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def assessments(self) -> _containers.RepeatedCompositeFieldContainer[Global___OwnAssessment]: ...
+    def __init__(
+        self,
+        *,
+        assessments: _abc.Iterable[Global___OwnAssessment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessments", b"assessments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Assessments: _TypeAlias = Assessments  # noqa: Y015
+
+@_typing.final
+class OwnAssessment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
+    SUMMARY_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_MS_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
+    HEADLINE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REVIEW_DATE_FIELD_NUMBER: _builtins.int
+    SHARE_IDS_FIELD_NUMBER: _builtins.int
+    assessment_id: _builtins.str
+    summary_id: _builtins.str
+    version: _builtins.int
+    recorded_at_ms: _builtins.int
+    headline: _builtins.str
+    state: _builtins.str
+    """current | superseded | withdrawn (only a current one is shared)"""
+    @_builtins.property
+    def author(self) -> _summary_pb2.Practitioner: ...
+    @_builtins.property
+    def review_date(self) -> _summary_pb2.Date:
+        """unset if it has none (no current risk to review)"""
+
+    @_builtins.property
+    def share_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the shares made of it, oldest first (GetShareStatus follows each)"""
+
+    def __init__(
+        self,
+        *,
+        assessment_id: _builtins.str = ...,
+        summary_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        recorded_at_ms: _builtins.int = ...,
+        author: _summary_pb2.Practitioner | None = ...,
+        headline: _builtins.str = ...,
+        state: _builtins.str = ...,
+        review_date: _summary_pb2.Date | None = ...,
+        share_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "review_date", b"review_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment_id", b"assessment_id", "author", b"author", "headline", b"headline", "recorded_at_ms", b"recorded_at_ms", "review_date", b"review_date", "share_ids", b"share_ids", "state", b"state", "summary_id", b"summary_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OwnAssessment: _TypeAlias = OwnAssessment  # noqa: Y015
+
+@_typing.final
 class RecordAssessmentResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

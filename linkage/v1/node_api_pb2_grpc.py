@@ -86,6 +86,11 @@ class NodeApiStub:
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.RecordAssessmentRequest.SerializeToString,
                 response_deserializer=linkage_dot_v1_dot_node__api__pb2.RecordAssessmentResponse.FromString,
                 _registered_method=True)
+        self.ListAssessments = channel.unary_unary(
+                '/linkage.v1.NodeApi/ListAssessments',
+                request_serializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
+                response_deserializer=linkage_dot_v1_dot_node__api__pb2.Assessments.FromString,
+                _registered_method=True)
         self.ShareSummary = channel.unary_unary(
                 '/linkage.v1.NodeApi/ShareSummary',
                 request_serializer=linkage_dot_v1_dot_node__api__pb2.ShareSummaryRequest.SerializeToString,
@@ -264,6 +269,15 @@ class NodeApiServicer:
 
     def RecordAssessment(self, request, context):
         """Keep one of this agency's own assessments (never sent as it is).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAssessments(self, request, context):
+        """This agency's own assessments of a case, newest first: where each stands (current;
+        superseded by a later version of its summary; or withdrawn, its summary retracted since),
+        its review date, and the shares made of it. The view is audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -489,6 +503,11 @@ def add_NodeApiServicer_to_server(servicer, server):
                     servicer.RecordAssessment,
                     request_deserializer=linkage_dot_v1_dot_node__api__pb2.RecordAssessmentRequest.FromString,
                     response_serializer=linkage_dot_v1_dot_node__api__pb2.RecordAssessmentResponse.SerializeToString,
+            ),
+            'ListAssessments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAssessments,
+                    request_deserializer=linkage_dot_v1_dot_node__api__pb2.CaseRequest.FromString,
+                    response_serializer=linkage_dot_v1_dot_node__api__pb2.Assessments.SerializeToString,
             ),
             'ShareSummary': grpc.unary_unary_rpc_method_handler(
                     servicer.ShareSummary,
@@ -868,6 +887,33 @@ class NodeApi:
             '/linkage.v1.NodeApi/RecordAssessment',
             linkage_dot_v1_dot_node__api__pb2.RecordAssessmentRequest.SerializeToString,
             linkage_dot_v1_dot_node__api__pb2.RecordAssessmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAssessments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/linkage.v1.NodeApi/ListAssessments',
+            linkage_dot_v1_dot_node__api__pb2.CaseRequest.SerializeToString,
+            linkage_dot_v1_dot_node__api__pb2.Assessments.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,11 @@ class NodeApiStub:
     """
     RecordAssessment: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.RecordAssessmentRequest, _node_api_pb2.RecordAssessmentResponse]
     """Keep one of this agency's own assessments (never sent as it is)."""
+    ListAssessments: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.Assessments]
+    """This agency's own assessments of a case, newest first: where each stands (current;
+    superseded by a later version of its summary; or withdrawn, its summary retracted since),
+    its review date, and the shares made of it. The view is audited.
+    """
     ShareSummary: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.ShareSummaryRequest, _node_api_pb2.ShareSummaryResponse]
     """Share a minimised summary of an assessment with every agency subscribed
     to the family, through the sharing policy.
@@ -166,6 +171,11 @@ class NodeApiAsyncStub(NodeApiStub):
     """
     RecordAssessment: _aio.UnaryUnaryMultiCallable[_node_api_pb2.RecordAssessmentRequest, _node_api_pb2.RecordAssessmentResponse]  # type: ignore[assignment]
     """Keep one of this agency's own assessments (never sent as it is)."""
+    ListAssessments: _aio.UnaryUnaryMultiCallable[_node_api_pb2.CaseRequest, _node_api_pb2.Assessments]  # type: ignore[assignment]
+    """This agency's own assessments of a case, newest first: where each stands (current;
+    superseded by a later version of its summary; or withdrawn, its summary retracted since),
+    its review date, and the shares made of it. The view is audited.
+    """
     ShareSummary: _aio.UnaryUnaryMultiCallable[_node_api_pb2.ShareSummaryRequest, _node_api_pb2.ShareSummaryResponse]  # type: ignore[assignment]
     """Share a minimised summary of an assessment with every agency subscribed
     to the family, through the sharing policy.
@@ -330,6 +340,17 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_api_pb2.RecordAssessmentResponse, _abc.Awaitable[_node_api_pb2.RecordAssessmentResponse]]:
         """Keep one of this agency's own assessments (never sent as it is)."""
+
+    @_abc_1.abstractmethod
+    def ListAssessments(
+        self,
+        request: _node_api_pb2.CaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_api_pb2.Assessments, _abc.Awaitable[_node_api_pb2.Assessments]]:
+        """This agency's own assessments of a case, newest first: where each stands (current;
+        superseded by a later version of its summary; or withdrawn, its summary retracted since),
+        its review date, and the shares made of it. The view is audited.
+        """
 
     @_abc_1.abstractmethod
     def ShareSummary(

@@ -613,4 +613,9 @@ MIGRATIONS: tuple[str, ...] = (
       SELECT json_extract(entry, '$.detail.log_entries'), ts_ms * 1000 FROM audit
       WHERE event = 'store.restored' ORDER BY seq;
     """,
+    # 41: the shares made of each assessment, in the order they were made, for a case's list
+    # of its own assessments (ListAssessments).
+    """
+    CREATE INDEX shares_by_assessment ON shares(assessment_id, share_id);
+    """,
 )
