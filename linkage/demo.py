@@ -335,6 +335,12 @@ class Demo:
         )
         names = ", ".join(NODES[r.node_id][0] for r in (await self.settled("amh", shared.share_id)).recipients)
         say(f"    A corrected summary, without it, is delivered to {names}.")
+        case = node_api_pb2.CaseRequest(actor=PRACTITIONERS["amh"], case_id=amh_case)
+        state = {a.summary_id: a.state for a in (await amh.ListAssessments(case)).assessments}
+        say(
+            f"    Its own record (linkage case assessments): the first assessment {state[summary_id]}, never to be"
+            f" shared again; the correction {state[recorded.summary_id]}."
+        )
 
     async def recall_from_age_uk(self, summary_id: str) -> None:
         """Sent to one agency in error: recalled from that agency alone, which erases it; the

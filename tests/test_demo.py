@@ -41,6 +41,7 @@ def test_demo_tells_the_story_and_stops_everything(tmp_path: Path) -> None:
     assert "    Oak Primary School         erased it (withdrawal delivered, receipt signed)\n" in out
     assert "is a personal data breach for IG to assess" in out
     assert "A corrected summary, without it, is delivered to Children's Social Care, Oak Primary School." in out
+    assert "the first assessment withdrawn, never to be shared again; the correction current.\n" in out
     with closing(sqlite3.connect(tmp_path / "demo" / "csc" / "store.sqlite")) as csc:
         assert csc.execute("SELECT state, COUNT(*) FROM inbox WHERE kind = 1 GROUP BY state").fetchall() == [
             ("erased", 1),
