@@ -63,7 +63,6 @@ class OwnAssessments:
 
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
-        self._state = state_of(ctx.policy.codes)
 
     async def list_assessments(self, request: node_api_pb2.CaseRequest) -> node_api_pb2.Assessments:
         """Newest first, closed cases too; the view is audited with the case's people."""
@@ -72,7 +71,7 @@ class OwnAssessments:
             raise not_found(f"no case {request.case_id!r} at this node")
         people = await store.fetchall("SELECT token FROM case_people WHERE case_id = ?", (request.case_id,))
         tokens = [bytes(t) for (t,) in people]
-        state, params = self._state
+        state, params = state_of(self.ctx.policy.codes)
         rows = await store.fetchall(
             f"SELECT a.assessment_id, a.summary_id, a.version, a.recorded_at_ms, a.body, a.review_date, {state}, "
             "(SELECT group_concat(share_id) FROM (SELECT share_id FROM shares INDEXED BY shares_by_assessment "

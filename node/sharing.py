@@ -91,7 +91,8 @@ class Sharing:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         self.withdrawals = Withdrawals(ctx)
-        self._state = own_assessments.state_of(ctx.policy.codes)  # SQL for whether an assessment stands
+        # Whether an assessment stands, as SQL with its parameters: made once, as every share asks.
+        self._state = own_assessments.state_of(ctx.policy.codes)
 
     async def holders(self, summary_id: str) -> list[str]:
         """The agencies that hold a version of the summary: a later one goes to each (UK GDPR
@@ -102,12 +103,12 @@ class Sharing:
     async def _assessment(self, assessment_id: str) -> tuple[summary_pb2.RiskSummary, bool]:
         """The assessment, with everyone its case protects (now, not only when it was recorded)
         or protected by their role marked so; and whether its case is still open."""
-        state, params = self._state
+        state, retracting = self._state
         row = self.ctx.store.lookup(
             "SELECT a.body, c.status, (SELECT group_concat(hex(p.token)) FROM case_people p "
             f"WHERE p.case_id = a.case_id AND p.protect_identity), {state} "
             "FROM assessments a JOIN cases c ON c.case_id = a.case_id WHERE a.assessment_id = ?",
-            (*params, assessment_id),
+            (*retracting, assessment_id),
         )
         if row is None:
             raise not_found(f"no assessment {assessment_id!r} at this node")
@@ -276,7 +277,7 @@ class Sharing:
                 decision=result.decision,
             )
 
-        state, stands = self._state
+        state, retracting = self._state
         try:
             async with self.ctx.store.tx() as tx:
                 # A new summary goes from an open case, and an assessment that still stands: both
@@ -297,13 +298,14 @@ class Sharing:
                         request.request_id or None,
                         kind == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE and only is None,
                         request.assessment_id,
-                        *stands,
+                        *retracting,
                         request.assessment_id,
                     ),
                 )
                 if not recorded.rowcount:
                     (now,) = await tx.fetchone(
-                        f"SELECT {state} FROM assessments a WHERE a.assessment_id = ?", (*stands, request.assessment_id)
+                        f"SELECT {state} FROM assessments a WHERE a.assessment_id = ?",
+                        (*retracting, request.assessment_id),
                     )
                     if now != "current":
                         raise await own_assessments.refused_share(tx.fetchone, request.assessment_id, now)
