@@ -419,16 +419,16 @@ class Cases:
     # -- assessments --------------------------------------------------------------------
 
     async def _check_same_case(self, summary_id: str, case_id: str) -> None:
-        """A new version of a summary comes from the case it was shared from: recipients take
-        it as the next version of what they hold, whoever it is about."""
+        """A new version of a summary comes from the case it was recorded in, shared or not:
+        recipients take it as the next version of what they hold, whoever it is about, and
+        it supersedes the versions before it in that case's chronology."""
         row = await self.ctx.store.fetchone(
-            "SELECT a.case_id FROM outbox o JOIN shares s ON s.share_id = o.share_id "
-            "JOIN assessments a ON a.assessment_id = s.assessment_id WHERE o.summary_id = ? LIMIT 1",
+            "SELECT case_id FROM assessments INDEXED BY assessments_by_summary WHERE summary_id = ? LIMIT 1",
             (summary_id,),
         )
         if row is not None and row[0] != case_id:
             raise invalid(
-                f"summary_id {summary_id!r} was shared from case {row[0]!r}: record its new versions in that case, "
+                f"summary_id {summary_id!r} was recorded in case {row[0]!r}: record its new versions in that case, "
                 "or leave summary_id empty for a new summary"
             )
 

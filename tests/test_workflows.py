@@ -1232,21 +1232,34 @@ async def test_a_summary_provided_on_request_is_corrected_withdrawn_and_in_the_c
         }
 
 
-async def test_a_new_version_of_a_shared_summary_comes_from_its_own_case(federation: LocalFederation) -> None:
+async def test_a_new_version_of_a_summary_comes_from_its_own_case(federation: LocalFederation) -> None:
+    """A summary's versions stay in the case it was recorded in, shared or not (one recorded
+    elsewhere would supersede it there, about another family)."""
     async with running(federation) as cluster:
         parent, child, summary_id = await shared_with_both(cluster)
+        own_case = await _case_id(cluster, "amh")
+        unshared = (
+            await cluster.api("amh").RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(
+                    actor=PRACTITIONER, case_id=own_case, assessment=stories.parent_risk_change(parent, child)
+                )
+            )
+        ).summary_id
         other = [node_api_pb2.PersonIdentifier(scheme="nhs", value=stories.UNRELATED_NHS, role_in_risk="AT_RISK")]
         opened = await cluster.api("amh").OpenCase(
             node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="another family", people=other)
         )
-        elsewhere = stories.parent_risk_change(opened.people[0].link_token, opened.people[0].link_token)
-        elsewhere.summary_id = summary_id
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await cluster.api("amh").RecordAssessment(
-                node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=opened.case_id, assessment=elsewhere)
-            )
-        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert f"summary_id {summary_id!r} was shared from case" in (raised.value.details() or "")
+        for recorded in (summary_id, unshared):
+            elsewhere = stories.parent_risk_change(opened.people[0].link_token, opened.people[0].link_token)
+            elsewhere.summary_id = recorded
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await cluster.api("amh").RecordAssessment(
+                    node_api_pb2.RecordAssessmentRequest(
+                        actor=PRACTITIONER, case_id=opened.case_id, assessment=elsewhere
+                    )
+                )
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"summary_id {recorded!r} was recorded in case {own_case!r}" in (raised.value.details() or "")
         same = stories.parent_risk_change(parent, child)
         same.summary_id, same.version = summary_id, 2
         await cluster.api("amh").RecordAssessment(  # its own case may record the next version
