@@ -382,6 +382,18 @@ class Sharing:
         withdrawal = await self.ctx.store.fetchone(
             "SELECT ground, erase FROM withdrawals WHERE share_id = ?", (share_id,)
         ) or ("", False)
+        if not withdrawal[0] and rows:  # a summary's: has it been withdrawn from any of them since?
+            since = dict(
+                await self.ctx.store.fetchall(
+                    "SELECT recipient, min(share_id) FROM outbox INDEXED BY outbox_by_summary "
+                    "WHERE summary_id = (SELECT summary_id FROM outbox WHERE message_id = ?) "
+                    f"AND kind = {envelope_pb2.MESSAGE_KIND_WITHDRAWAL} AND share_id > ? AND state != 'cancelled' "
+                    "GROUP BY recipient",
+                    (rows[0][1], share_id),
+                )
+            )
+            for r in recipients:
+                r.withdrawn_by = since.get(r.node_id, "")
         return node_api_pb2.ShareStatus(
             share_id=share_id,
             outcome=summary_pb2.DecisionOutcome.Value(share[0]) if share else summary_pb2.DECISION_OUTCOME_SHARED,

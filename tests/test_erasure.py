@@ -706,7 +706,7 @@ async def test_the_senders_own_record_stands_or_is_withdrawn_by_the_ground_it_wa
             ).assessment_id
 
         assert (await own(), await reviews()) == (["current"], [summary_id])  # its first version's id
-        await withdraw(cluster, summary_id, "SHARED_IN_ERROR")  # the sharing was wrong, not the assessment
+        in_error = await withdraw(cluster, summary_id, "SHARED_IN_ERROR")  # the sharing was wrong, not the assessment
         assert (await own(), await reviews()) == (["current"], [summary_id])
         second = await version()
         await share(cluster, second)
@@ -738,3 +738,12 @@ async def test_the_senders_own_record_stands_or_is_withdrawn_by_the_ground_it_wa
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await api.ListAssessments(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id="no-such-case"))
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        # Each share's status says which withdrawal reached each recipient after it, if any.
+        for share_id, since in ((listed[2].share_ids[0], in_error.share_id), (listed[0].share_ids[0], "")):
+            status = await api.GetShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=share_id))
+            assert {r.node_id: r.withdrawn_by for r in status.recipients} == {"csc": since, "school": since}
+        code, out, err = await linkage_cli(
+            "share", "status", listed[2].share_ids[0], "--socket", str(cluster.nodes["amh"].config.api_socket),
+            "--actor-id", "amh-1", "--actor-role", "Care coordinator",
+        )  # fmt: skip
+        assert out.count(f"    withdrawn from it since: linkage share status {in_error.share_id}\n") == 2, (out, err)

@@ -109,6 +109,8 @@ def share_status(args: argparse.Namespace) -> int:
         extra = f", receipt at {utc_minute(r.delivered_at_ms)}" if r.delivered_at_ms else ""  # the recipient's time
         extra += f", {r.reason}" if r.reason else ""
         print(f"  {r.node_id}: {r.state} after {r.attempts} attempt(s){extra}")
+        if r.withdrawn_by:
+            print(f"    withdrawn from it since: linkage share status {r.withdrawn_by}")
         if r.follow_up:
             print(f"    followed up {utc_minute(r.followed_up_at_ms)}: {r.follow_up}")
         elif r.state == "undeliverable":

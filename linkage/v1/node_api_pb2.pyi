@@ -1687,6 +1687,7 @@ class DeliveryStatus(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     FOLLOW_UP_FIELD_NUMBER: _builtins.int
     FOLLOWED_UP_AT_MS_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_BY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     message_id: _builtins.str
     state: _builtins.str
@@ -1706,6 +1707,10 @@ class DeliveryStatus(_message.Message):
     follow_up: _builtins.str
     """undeliverable: what was done instead (RecordFollowUp)"""
     followed_up_at_ms: _builtins.int
+    withdrawn_by: _builtins.str
+    """A summary's, in GetShareStatus: the withdrawal of it sent to this recipient since (its
+    share id, whose own status says on what ground, and whether it was erased), if any.
+    """
     def __init__(
         self,
         *,
@@ -1718,10 +1723,11 @@ class DeliveryStatus(_message.Message):
         reason: _builtins.str = ...,
         follow_up: _builtins.str = ...,
         followed_up_at_ms: _builtins.int = ...,
+        withdrawn_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "delivered_at_ms", b"delivered_at_ms", "follow_up", b"follow_up", "followed_up_at_ms", b"followed_up_at_ms", "message_id", b"message_id", "node_id", b"node_id", "reason", b"reason", "sent_at_ms", b"sent_at_ms", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "delivered_at_ms", b"delivered_at_ms", "follow_up", b"follow_up", "followed_up_at_ms", b"followed_up_at_ms", "message_id", b"message_id", "node_id", b"node_id", "reason", b"reason", "sent_at_ms", b"sent_at_ms", "state", b"state", "withdrawn_by", b"withdrawn_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
