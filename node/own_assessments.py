@@ -34,9 +34,10 @@ def state_of(codes: CodeLists) -> tuple[str, tuple[str, ...]]:
     return sql, retracting
 
 
-async def refused_share(fetchone: FetchOne, assessment_id: str, state: str) -> ApiError:
-    """Why an assessment that no longer stands is not shared: its recipients would take it as
-    the summary's newest version, over the later one, or over the retraction."""
+async def refused_share(fetchone: FetchOne, assessment_id: str, state: str, retracting: tuple[str, ...]) -> ApiError:
+    """Why an assessment that no longer stands (`state`, as `state_of` said with `retracting`)
+    is not shared: its recipients would take it as the summary's newest version, over the
+    later one, or over the retraction."""
     (summary_id,) = await fetchone("SELECT summary_id FROM assessments WHERE assessment_id = ?", (assessment_id,))
     if state == "superseded":
         (latest,) = await fetchone(
@@ -46,10 +47,10 @@ async def refused_share(fetchone: FetchOne, assessment_id: str, state: str) -> A
         )
         why = f"a later version of summary {summary_id!r} was recorded since ({latest!r}): share that one"
     else:
-        (ground,) = await fetchone(
+        (ground,) = await fetchone(  # the first retraction after it, whatever came later
             "SELECT ground FROM withdrawals INDEXED BY withdrawals_by_summary WHERE summary_id = ? "
-            "ORDER BY share_id DESC LIMIT 1",
-            (summary_id,),
+            f"AND ground IN ({','.join('?' * len(retracting))}) AND share_id > ? ORDER BY share_id LIMIT 1",
+            (summary_id, *retracting, assessment_id),
         )
         why = (
             f"summary {summary_id!r} was withdrawn since on {ground}, which retracts it: record a new version "

@@ -113,7 +113,7 @@ class Sharing:
         if row is None:
             raise not_found(f"no assessment {assessment_id!r} at this node")
         if row[3] != "current":
-            raise await own_assessments.refused_share(self.ctx.store.fetchone, assessment_id, row[3])
+            raise await own_assessments.refused_share(self.ctx.store.fetchone, assessment_id, row[3], retracting)
         assessment = summary_pb2.RiskSummary.FromString(row[0])
         protected = {bytes.fromhex(t) for t in row[2].split(",")} if row[2] else set()
         codes = self.ctx.policy.codes
@@ -308,7 +308,7 @@ class Sharing:
                         (*retracting, request.assessment_id),
                     )
                     if now != "current":
-                        raise await own_assessments.refused_share(tx.fetchone, request.assessment_id, now)
+                        raise await own_assessments.refused_share(tx.fetchone, request.assessment_id, now, retracting)
                     raise _case_closed()
                 await tx.audit(
                     "share.decision",

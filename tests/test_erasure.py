@@ -747,3 +747,7 @@ async def test_the_senders_own_record_stands_or_is_withdrawn_by_the_ground_it_wa
             "--actor-id", "amh-1", "--actor-role", "Care coordinator",
         )  # fmt: skip
         assert out.count(f"    withdrawn from it since: linkage share status {in_error.share_id}\n") == 2, (out, err)
+        # Retracted, then recalled as sent in error: the refusal names the retraction.
+        await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
+        await withdraw(cluster, summary_id, "SHARED_IN_ERROR")
+        await refused(third, f"summary {summary_id!r} was withdrawn since on NOT_TO_BE_RELIED_ON, which retracts it")
