@@ -171,8 +171,7 @@ def case_assessments(args: argparse.Namespace) -> int:
         print(f"{a.assessment_id}  {utc_minute(a.recorded_at_ms)}  version {a.version} of {a.summary_id}  {a.state}")
         print(f"    {a.headline}")
         print(f"    by {a.author.name or a.author.id} ({a.author.role}){review}")
-        shared = ", ".join(a.share_ids) or "not shared"
-        print(f"    shares: {shared}" if a.share_ids else f"    {shared}")
+        print(f"    shares: {', '.join(a.share_ids)}" if a.share_ids else "    not shared")
     return 0
 
 
