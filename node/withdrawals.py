@@ -95,11 +95,22 @@ def _repeat(stands: Standing, erase: bool) -> bool:
 
 
 def _findings(
-    breach: bool, withheld: set[str], unsent_to: set[str], ctx: NodeContext
+    breach: bool, withheld: set[str], unsent_to: set[str], still_held: list[str], ctx: NodeContext
 ) -> list[node_api_pb2.PolicyFinding]:
     """What the practitioner withdrawing a summary is told besides: a breach for IG to assess,
-    and the versions of it cancelled before they left."""
+    the versions of it cancelled before they left, and the agencies that still hold as current
+    an assessment this withdrawal says no longer stands."""
     findings = [BREACH_TO_ASSESS] if breach else []
+    if still_held:
+        agencies = ", ".join(ctx.agency(node).agency_name or node for node in still_held)
+        findings.append(
+            node_api_pb2.PolicyFinding(
+                code="still_held",
+                severity="warning",
+                message=f"this ground says the assessment itself no longer stands, but {agencies} still hold it "
+                "as current: withdraw it from them too",
+            )
+        )
     if withheld:
         agencies = ", ".join(sorted({ctx.agency(node).agency_name or node for node in unsent_to}))
         findings.append(
@@ -134,7 +145,7 @@ class Withdrawals:
                 f"ground {request.ground!r} is not a withdrawal ground; use one of {codes.codes('withdrawal_ground')} "
                 "(it decides whether every recipient erases the summary)"
             )
-        erase, breach = bool(ground.get("erase")), bool(ground.get("breach"))
+        erase, breach, retracts = bool(ground.get("erase")), bool(ground.get("breach")), bool(ground.get("retracts"))
         where = await standing(self.ctx.store.fetchall, request.summary_id)
         if not where:
             raise not_found(f"summary {request.summary_id!r} was never shared from this node")
@@ -202,9 +213,10 @@ class Withdrawals:
                     },
                 )
                 statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, request.summary_id)
-                withdrawn = node_api_pb2.ShareSummaryResponse(
-                    share_id=share_id, recipients=statuses, findings=_findings(breach, withheld, unsent_to, self.ctx)
-                )
+                # A ground that retracts the assessment, told to some of those that hold it only.
+                still_held = [r for r, st in sorted(now_where.items()) if st.state == "holds" and r not in recipients]
+                findings = _findings(breach, withheld, unsent_to, still_held if retracts else [], self.ctx)
+                withdrawn = node_api_pb2.ShareSummaryResponse(share_id=share_id, recipients=statuses, findings=findings)
                 await repeats.keep(tx, request, withdrawn)
         except BaseException:
             self.ctx.outbox.release(withheld)

@@ -751,3 +751,29 @@ async def test_the_senders_own_record_stands_or_is_withdrawn_by_the_ground_it_wa
         await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
         await withdraw(cluster, summary_id, "SHARED_IN_ERROR")
         await refused(third, f"summary {summary_id!r} was withdrawn since on NOT_TO_BE_RELIED_ON, which retracts it")
+
+
+async def test_a_retraction_told_to_some_holders_warns_of_the_others(federation: LocalFederation) -> None:
+    """A ground that says the assessment itself no longer stands, sent to some of the agencies
+    that hold it: the practitioner is told which still hold it as current. One that undoes
+    only the sharing (sent in error) is rightly sent to some, and warns of nobody."""
+    async with running(federation) as cluster:
+        _, _, summary_id = await shared_with_both(cluster)
+        api = cluster.api("amh")
+
+        async def withdrawn(ground: str, only: str) -> dict[str, str]:
+            answer = await api.WithdrawSummary(
+                node_api_pb2.WithdrawSummaryRequest(
+                    actor=PRACTITIONER, summary_id=summary_id, reason="Wrong.", ground=ground, recipients=[only]
+                )
+            )
+            return {f.code: f.message for f in answer.findings}
+
+        assert set(await withdrawn("SHARED_IN_ERROR", "school")) == {"breach_to_assess"}  # its sharing only
+        await share(cluster, summary_id)  # the same assessment, which stands, to both again
+        await wait_delivered(cluster.nodes["amh"], 5)
+        said = await withdrawn("WRONG_PERSON", "school")
+        assert said["still_held"] == (
+            "this ground says the assessment itself no longer stands, but Children's Social Care still hold it "
+            "as current: withdraw it from them too"
+        )
