@@ -71,6 +71,7 @@ async def test_cases_are_found_by_id_reference_person_or_a_page_at_a_time(federa
         assert lines[1].startswith(f"  {opened[1].people[0].link_token.hex()}  child AT_RISK CHILD"), out
         code, out, err = await linkage("case", "show", ids[2], *who)
         assert code == 0 and out.splitlines()[0].endswith(" closed"), (out, err)
+        assert out.splitlines()[-1] == f"  Its assessments: linkage case assessments {ids[2]}", out
         unknown = "01a24516-33ec-7c98-a875-092217b49ffe"
         code, out, err = await linkage("case", "show", unknown, *who)  # a script must hear it is not here
         assert (code, out) == (1, "") and f"no case {unknown!r} at this node" in err, err

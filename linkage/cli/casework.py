@@ -90,6 +90,8 @@ def case_find(args: argparse.Namespace) -> int:
         _print_people(case, f"  {case.case_ref}  opened {utc_minute(case.opened_at_ms)}  {case.status}")
     if found.next_before:
         print(f"More: linkage case list --before {found.next_before} ...")
+    if request.case_id:
+        print(f"  Its assessments: linkage case assessments {request.case_id}")
     return 0
 
 
