@@ -145,6 +145,47 @@ def test_signature_without_the_domain_label_is_rejected(ring: Keyring) -> None:
     assert _reject(ring, _reseal(ring, signed, out.envelope.routing, "b")) == Reason.BAD_SIGNATURE
 
 
+def test_a_member_that_seals_or_signs_what_is_not_a_message_is_refused_as_malformed(ring: Keyring) -> None:
+    """Only a member of the federation can seal to b, and only a can sign as a: bytes under a
+    valid seal, or under a valid signature, that are not a message are refused as malformed,
+    never acted on nor crashed on."""
+    out = ring.seal("a", "b")
+    routing = parse_routing(out.envelope)
+    garbage = b"\xff\xff\xff"  # a field tag cut short: no protobuf message parses from it
+    not_signed = encrypt(routing, out.envelope.routing, ring.view.sealing_key("b", NOW), garbage, ContentKeys())
+    (signature,) = sign_batch(ring.keys["a"], MESSAGE_LABEL, [garbage])
+    signed = envelope_pb2.SignedMessage(body=garbage, signature=signature.signature, signing_key_id=signature.key_id)
+    not_a_body = _reseal(ring, signed, out.envelope.routing, "b")
+    for envelope, said in ((not_signed, "sealed message does not parse"), (not_a_body, "signed body does not parse")):
+        with pytest.raises(Rejected) as raised:
+            open_envelope(envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+        assert (raised.value.reason, raised.value.detail) == (Reason.MALFORMED, said)
+
+
+def test_a_suite_this_node_cannot_seal_or_open_is_refused_as_unsupported(ring: Keyring) -> None:
+    """A suite no version of Linkage knows, or the hybrid suite where the recipient's entry or
+    this node's keys lack the post-quantum half: refused by name, not sealed without it."""
+    out = ring.seal("a", "b")
+    key = ring.view.sealing_key("b", NOW)
+    for suite, said in (
+        (directory_pb2.HpkeSuite.ValueType(99), "HPKE suite 99 is not supported"),
+        (HYBRID, "the recipient has no post-quantum key for the hybrid suite"),
+    ):
+        routing = parse_routing(out.envelope)
+        routing.suite = suite
+        with pytest.raises(Rejected) as raised:
+            encrypt(routing, routing.SerializeToString(), key, b"", ContentKeys())
+        assert (raised.value.reason, raised.value.detail) == (Reason.UNSUPPORTED_SUITE, said)
+    routing = parse_routing(out.envelope)
+    routing.suite = HYBRID
+    with pytest.raises(Rejected) as raised:
+        decrypt(out.envelope, routing, ring.keys["b"])
+    assert (raised.value.reason, raised.value.detail) == (
+        Reason.UNSUPPORTED_SUITE,
+        "this node holds no post-quantum key for the hybrid suite",
+    )
+
+
 @pytest.mark.parametrize(
     ("created_at", "reason"),
     [(NOW + 10 * 60_000, Reason.FUTURE), (NOW - 40 * 86_400_000, Reason.STALE)],

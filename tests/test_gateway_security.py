@@ -67,6 +67,41 @@ async def test_certificate_from_another_ca_is_refused(federation: LocalFederatio
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.parametrize(
+    ("identity", "said"),
+    [
+        (spiffe_id(FEDERATION_ID, "gateway", "gateway"), "certificate does not name a node of this federation"),
+        (spiffe_id("elsewhere.example", "node", "amh"), "certificate does not name a node of this federation"),
+        (spiffe_id(FEDERATION_ID, "node", "stranger"), "node 'stranger' is not in the directory"),
+        (spiffe_id(FEDERATION_ID, "node", "amh"), "certificate is not the one the directory pins for 'amh'"),
+    ],
+)
+async def test_a_certificate_from_the_federation_ca_admits_only_the_node_the_directory_pins_it_for(
+    federation: LocalFederation, tmp_path: Path, identity: str, said: str
+) -> None:
+    """The CA's signature is not enough: a certificate naming the gateway, another federation's
+    node or a node the directory does not hold, or a second certificate for a member (its key
+    stolen and a certificate issued for it, say), is refused on every call and stream."""
+    key, cert = federation.fed.ca().issue(identity, "node-x", dt.datetime.now(dt.UTC), 1)
+    (tmp_path / "x.key").write_bytes(key)
+    (tmp_path / "x.pem").write_bytes(cert)
+    tls = TlsFiles(cert=tmp_path / "x.pem", key=tmp_path / "x.key", ca=federation.gateway_config.tls.ca)
+    async with running(federation, nodes=()) as cluster:
+        stub = gateway_stub(cluster, tls)
+        stream = stub.Connect()
+        calls: list[Awaitable[object]] = [
+            stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]), timeout=5),
+            stub.FetchDirectory(gateway_pb2.FetchDirectoryRequest(), timeout=5),
+            stream.read(),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call
+            assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert said in (raised.value.details() or ""), raised.value.details()
+        assert cluster.gateway._index is not None and len(cluster.gateway._index) == 0
+
+
 async def test_node_cannot_subscribe_resolve_or_send_as_another(federation: LocalFederation) -> None:
     async with running(federation, nodes=("amh",)) as cluster:
         csc = gateway_stub(cluster, federation.node_configs["csc"].tls)
