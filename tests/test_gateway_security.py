@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
 import sqlite3
@@ -23,7 +24,7 @@ from linkage.pki import CertificateAuthority, spiffe_id
 from linkage.transport import TlsFiles, secure_channel
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.crypto_fixtures import seal
-from tests.harness import FEDERATION_ID, PRACTITIONER, Cluster, LocalFederation, running, wait_delivered
+from tests.harness import FEDERATION_ID, PRACTITIONER, Cluster, LocalFederation, revoke, running, wait_delivered
 from tests.test_federation import open_case, share_think_family, summaries
 
 TOKEN = bytes([3]) * 32
@@ -138,6 +139,72 @@ async def test_node_cannot_subscribe_resolve_or_send_as_another(federation: Loca
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stream.read()
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def acks(
+    stream: grpc.aio.StreamStreamCall[gateway_pb2.NodeFrame, gateway_pb2.GatewayFrame], count: int
+) -> list[gateway_pb2.SendAck]:
+    """The next `count` acknowledgements on a node's stream, alone or in batches."""
+    found: list[gateway_pb2.SendAck] = []
+    async with asyncio.timeout(10):
+        while len(found) < count:
+            frame = await stream.read()
+            assert isinstance(frame, gateway_pb2.GatewayFrame)
+            frames = frame.batch.frames if frame.HasField("batch") else [frame]
+            found += [f.send_ack for f in frames if f.HasField("send_ack")]
+    return found
+
+
+async def test_an_envelope_the_gateway_will_never_route_is_refused_with_its_reason_and_the_stream_goes_on(
+    federation: LocalFederation,
+) -> None:
+    """To an agency the directory does not hold, to its own sender, to a revoked agency, or
+    not addressed as a message must be: each refused on the stream with the reason its
+    sender's outbox records, none handed on, and the sender's stream stays open."""
+    async with running(federation, nodes=("amh",)) as cluster:
+        await revoke(cluster, "school")
+        now = SystemClock().now_ms()
+
+        def envelope(
+            to: str,
+            message_id: str = "",
+            tokens: tuple[bytes, ...] = (TOKEN,),
+            kind: envelope_pb2.MessageKind.ValueType = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+        ) -> envelope_pb2.Envelope:
+            routing = envelope_pb2.RoutingHeader(
+                message_id=message_id or uuid7(now),
+                sender_node="csc",
+                recipient_node=to,
+                link_tokens=tokens,
+                created_at_ms=now,
+                expires_at_ms=now + 60_000,
+                kind=kind,
+            )
+            return envelope_pb2.Envelope(routing=routing.SerializeToString(), ciphertext=b"x" * 64, sealed_key=b"k")
+
+        refusals = [
+            (envelope("nobody"), "unknown_recipient"),
+            (envelope("csc"), "unknown_recipient"),
+            (envelope("school"), "recipient_revoked"),
+            (envelope("amh", message_id="not a message id"), "malformed"),
+            (envelope("amh", tokens=()), "no_tokens"),
+            (envelope("amh", tokens=(b"short",)), "no_tokens"),
+            (envelope("amh", kind=envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST), "malformed"),
+        ]
+        stream = gateway_stub(cluster, federation.node_configs["csc"].tls).Connect()
+        for sent, _ in refusals:
+            await stream.write(gateway_pb2.NodeFrame(send=sent))
+        for ack, (sent, reason) in zip(await acks(stream, len(refusals)), refusals, strict=True):
+            routing = envelope_pb2.RoutingHeader.FromString(sent.routing)
+            assert (ack.message_id, ack.recipient_node) == (routing.message_id, routing.recipient_node)
+            assert (ack.status, ack.reason) == (gateway_pb2.SEND_STATUS_REJECTED, reason)
+        envelopes = "linkage_gateway_envelopes_total"
+        outcomes = ("rejected", "forwarded", "recipient_offline", "busy")
+        counted = [cluster.gateway.metrics.registry.get_sample_value(envelopes, {"outcome": o}) for o in outcomes]
+        assert counted == [len(refusals), None, None, None]  # none handed on
+        await stream.write(gateway_pb2.NodeFrame(send=envelope("amh")))  # the stream still carries what routes
+        assert [a.status for a in await acks(stream, 1)] == [gateway_pb2.SEND_STATUS_FORWARDED]
+        await stream.done_writing()
 
 
 async def test_resolving_a_family_needs_a_subscription_to_it(federation: LocalFederation) -> None:
