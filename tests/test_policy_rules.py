@@ -15,7 +15,7 @@ from linkage import stories
 from linkage.clock import SystemClock
 from linkage.v1 import summary_pb2 as pb
 from node import dates
-from node.policy.rules import date_problems, review_rules
+from node.policy.rules import MAX_ITEMS, date_problems, review_rules
 from tests.policy_fixtures import CHILD, CONTEXT, CSC, PARENT, SCHOOL, codes, request, run
 
 Mutation = Callable[[pb.RiskSummary, pb.ShareDecision], None]
@@ -52,6 +52,15 @@ def _set(path: str, value: object) -> Mutation:
             getattr(target, leaf).CopyFrom(value)
         else:
             setattr(target, leaf, value)
+
+    return mutate
+
+
+def _more_items(count: int) -> Mutation:
+    """As many risk items in all as `count`, the first repeated."""
+
+    def mutate(s: pb.RiskSummary, d: pb.ShareDecision) -> None:
+        s.risk_items.extend([s.risk_items[0]] * (count - len(s.risk_items)))
 
     return mutate
 
@@ -191,6 +200,17 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
         _set("d.necessity_proportionality", "x" * 2001),
         _set("d.necessity_proportionality", "x" * 2000),
     ),
+    (
+        "unknown_code",
+        _set("s.risk_items.0.level.scale", "GUT_FEELING"),
+        _set("s.risk_items.0.level.scale", "PRACTITIONER_JUDGEMENT"),
+    ),
+    (
+        "unknown_code",
+        _set("s.closure_intent", pb.ClosureIntent(intent="WANDERED_OFF")),
+        _set("s.closure_intent", pb.ClosureIntent(intent="PLANNED_CLOSURE")),
+    ),
+    ("too_many_items", _more_items(MAX_ITEMS + 1), _more_items(MAX_ITEMS)),
     # Police law-enforcement processing (DPA 2018 Part 3): a Schedule 8 condition, not an Article 6 basis.
     (
         "part3_condition_missing",

@@ -1,6 +1,7 @@
-"""A share or an assessment the node cannot take as asked is refused with the status a case
-system can act on and a message that says what to change, and leaves nothing behind: no
-decision, no share, nothing queued for any agency. Real nodes, gateway and stores."""
+"""A share, an assessment, an information request or its answer that the node cannot take
+as asked is refused with the status a case system can act on and a message that says what
+to change, and leaves nothing behind that was not asked for: no share, nothing queued for
+any agency. Real nodes, gateway and stores."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import pytest
 
 from linkage import stories
 from linkage.v1 import envelope_pb2 as env
-from linkage.v1 import node_api_pb2, summary_pb2
+from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 from node.server import NodeServer
-from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, running
+from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, next_item, running, settle
 from tests.test_federation import _case_id, open_case
-from tests.test_workflows import think_family
+from tests.test_workflows import s47_request, think_family
 
 
 async def written(node: NodeServer) -> tuple[int, int, int]:
@@ -153,3 +154,58 @@ async def test_asking_who_is_involved_while_the_gateway_is_away_says_so(federati
             "cannot reach the gateway (UNAVAILABLE)",
         )
         assert not await audit_events(cluster.nodes["csc"], "involvement.discovered")
+
+
+async def test_an_information_request_or_answer_the_node_cannot_send_is_refused_saying_why(
+    federation: LocalFederation,
+) -> None:
+    """A request about a family no other agency is linked to has nobody to go to; an answer
+    must say whether it provides or declines, name what it provides, and be one the policy
+    allows. Every request ends in a decision (domain.md §6 rule 7): one the policy refused is
+    recorded as not shared, and the asking agency is sent nothing it could take as an answer."""
+    async with running(federation, nodes=("amh", "csc", "school")) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        csc, amh = cluster.api("csc"), cluster.api("amh")
+        alone = [node_api_pb2.PersonIdentifier(scheme="nhs", value=stories.UNRELATED_NHS, role_in_risk="AT_RISK")]
+        unlinked = await csc.OpenCase(node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="c-2", people=alone))
+        await refused(
+            csc.RequestInformation(s47_request(unlinked.case_id)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "no other agency is linked to this family yet",
+        )
+        await csc.RequestInformation(s47_request(await _case_id(cluster, "csc"), "amh"))
+        asked = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
+        bare = summary_pb2.ShareDecision(rationale="Provided to help the enquiry.")
+        decisions = len(await audit_events(cluster.nodes["amh"], "share.decision"))
+        for answer, decision, provided, code, says in (
+            (0, bare, assessment_id, grpc.StatusCode.INVALID_ARGUMENT, "answer must be PROVIDED, PARTIAL or DECLINED"),
+            (
+                workflow_pb2.INFORMATION_ANSWER_PROVIDED,
+                stories.override_decision(),
+                "",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "name the assessment to provide (assessment_id)",
+            ),
+            (
+                workflow_pb2.INFORMATION_ANSWER_PROVIDED,
+                bare,  # no consent status, no lawful basis
+                assessment_id,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "; the decision not to share was recorded",
+            ),
+        ):
+            reply = node_api_pb2.InformationReplyRequest(
+                actor=PRACTITIONER,
+                request_message_id=asked.message_id,
+                answer=answer,  # type: ignore[arg-type]
+                decision=decision,
+                assessment_id=provided,
+            )
+            await refused(amh.RespondToInformationRequest(reply), code, says)
+        (recorded,) = (await audit_events(cluster.nodes["amh"], "share.decision"))[decisions:]
+        assert recorded["decision"] == "DECISION_OUTCOME_NOT_SHARED"
+        assert recorded["rationale"].startswith(f"{bare.rationale} [not shared by policy: consent_status_missing")
+        await settle(cluster.nodes["amh"])
+        assert cluster.nodes["csc"].store is not None
+        kinds = await cluster.nodes["csc"].store.fetchall("SELECT DISTINCT kind FROM inbox", ())
+        assert env.MESSAGE_KIND_INFORMATION_RESPONSE not in {k for (k,) in kinds}
