@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -242,6 +243,11 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
     with pytest.raises(backup.BackupError, match="is never written over"):
         backup.generate_key(key, "")
     refused("is not an age public key", lambda: backup.recipients(["age1notakey"]))
+    empty = tmp_path / "empty.keys"
+    empty.write_text("# no key here yet\n")
+    refused("no recipient: give --to age1", lambda: backup.recipients([str(empty)]))
+    refused(f"{empty} holds no age secret key", lambda: backup.identities(empty))
+    refused("no backup at", lambda: backup.restore_store(amh, tmp_path / "never-taken.age", keys, 2))
     refused("is inside the node's folder", lambda: backup.take(amh, amh.data_dir / "keys" / "amh.age", to, 1))
     assert amh.outside == ()  # an enrolled bundle keeps everything in its folder: a backup holds it all
     elsewhere = tmp_path / "ca.pem"
@@ -288,6 +294,22 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
         tar.add(amh.store, backup.STORE)
     forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to.for_age))
     refused("neither a node nor the gateway", lambda: backup.restore_store(amh, forged, keys, 2))
+    for manifest_text, said in (
+        (json.dumps({"format": "linkage-backup/9", "kind": "node"}), f"this release reads {backup.FORMAT}"),
+        (json.dumps({"format": backup.FORMAT, "kind": "node"}), "the backup's manifest cannot be read"),
+        ("{not json", "the backup's manifest cannot be read"),
+    ):
+        strange.write_text(manifest_text)
+        with tarfile.open(plain, "w") as tar:
+            tar.add(strange, backup.MANIFEST)
+            tar.add(amh.store, backup.STORE)
+        forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to.for_age))
+        refused(re.escape(said), lambda: backup.restore_store(amh, forged, keys, 2))
+    strange.write_text(json.dumps({"format": backup.FORMAT, "kind": "printer"}))
+    with tarfile.open(plain, "w") as tar:
+        tar.add(sealed_manifest(sealed, keys, tmp_path), backup.MANIFEST)
+    forged.write_bytes(pyrage.encrypt(plain.read_bytes(), to.for_age))
+    refused("the backup holds no store.sqlite", lambda: backup.restore_store(amh, forged, keys, 2))
     escaping = tmp_path / "escaping"
     escaping.write_bytes(b"x" * 1_000_000)  # more than a pipe holds: the decryption must not wait on it
     with tarfile.open(plain, "w") as tar:
@@ -316,6 +338,16 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
         db.execute("UPDATE audit SET entry = replace(entry, 'csc', 'xyz') WHERE seq = 7")
     refused("the audit log fails at entry 7", lambda: backup.take(amh, tmp_path / "edited.age", to, 1))
     assert not (tmp_path / "edited.age").exists()
+
+
+def sealed_manifest(sealed: Path, keys: list[backup.PrivateKey], folder: Path) -> Path:
+    """The manifest inside a backup, as a file."""
+    with tarfile.open(sealed_tar(sealed, keys, folder), "r") as tar:
+        manifest = tar.extractfile(backup.MANIFEST)
+        assert manifest is not None
+        path = folder / "real-manifest.json"
+        path.write_bytes(manifest.read())
+    return path
 
 
 def sealed_tar(sealed: Path, keys: list[backup.PrivateKey], folder: Path) -> Path:
