@@ -73,6 +73,10 @@ def test_key_lookups_respect_status_and_validity() -> None:
     with pytest.raises(Rejected) as raised:
         view.signing_key("a", "a-k9", NOW)
     assert raised.value.reason == Reason.UNKNOWN_KEY
+    assert view.sealing_key("b", NOW).key_id == "b-k1"
+    with pytest.raises(Rejected) as raised:  # a sender never seals to a key that has lapsed
+        view.sealing_key("b", NOW + 2 * 86_400_000)
+    assert (raised.value.reason, raised.value.detail) == (Reason.KEY_NOT_VALID, "node 'b' has no key valid now")
     view.nodes["b"].status = directory_pb2.NODE_STATUS_REVOKED
     with pytest.raises(Rejected) as raised:
         view.sealing_key("b", NOW)
