@@ -166,6 +166,32 @@ def test_a_remembered_batch_stands_only_for_the_keys_it_was_checked_under() -> N
         verify(PUBLIC, MESSAGE_LABEL, items[1], second.signature, second.proof, pq)
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_under_the_hybrid_suite_a_signer_without_a_usable_ml_dsa_key_is_refused(batched: bool) -> None:
+    """A directory entry with no ML-DSA key, or bytes that are not one, verifies nothing, alone
+    or in a batch: the hybrid check never falls back to the classical signature alone."""
+    items = [b"hybrid 0", b"hybrid 1"] if batched else [b"hybrid alone"]
+    first = sign_batch(KEYS, MESSAGE_LABEL, items, hybrid=True)[0]
+    genuine = raw_public_pq(KEYS.mldsa) if KEYS.mldsa else b""
+    for pq_public in (b"", genuine[:-1], bytes(len(genuine))):
+        with pytest.raises(InvalidSignature):
+            verify(PUBLIC, MESSAGE_LABEL, items[0], first.signature, first.proof, (pq_public, first.pq_signature))
+    verify(PUBLIC, MESSAGE_LABEL, items[0], first.signature, first.proof, (genuine, first.pq_signature))
+
+
+def test_the_batches_remembered_are_the_newest_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signatures that verified are kept up to a bound, oldest out first: a long-running
+    node's memory does not grow with every batch it has checked."""
+    monkeypatch.setattr(batchsign, "REMEMBERED", 3)
+    monkeypatch.setattr(batchsign, "_verified", {})
+    batches = [[f"kept {n}.{i}".encode() for i in range(2)] for n in range(5)]
+    signed = [sign_batch(KEYS, MESSAGE_LABEL, items) for items in batches]
+    for items, signatures in zip(batches, signed, strict=True):
+        verify(PUBLIC, MESSAGE_LABEL, items[0], signatures[0].signature, signatures[0].proof)
+    kept = [signature for _, _, signature, _ in batchsign._verified]
+    assert kept == [signatures[0].signature for signatures in signed[2:]]
+
+
 async def test_the_first_item_of_a_turn_is_signed_at_once_and_the_rest_together_per_destination() -> None:
     signer = BatchSigner(RECEIPT_LABEL)
     first = signer.sign(KEYS, "b", ITEMS[0])

@@ -300,6 +300,10 @@ async def test_the_witness_moves_on_only_with_a_consistency_proof_and_keeps_each
             await csc.LodgeCheckpoint(lodge(9, 5), timeout=5)
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
+        unsigned = lodge(9, 5)  # the witness cosigns only what the node's own key signed
+        unsigned.checkpoint.signature = keys.signing.sign(b"something else")
+        await refused(unsigned, grpc.StatusCode.INVALID_ARGUMENT, "checkpoint signature does not verify")
+
         grown = await amh.LodgeCheckpoint(lodge(9, 5), timeout=5)
         assert (grown.tree_size, grown.diverged) == (9, False)
         # From 9, a log whose entries 8 onwards were rewritten: its own proof cannot join the two.

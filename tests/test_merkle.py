@@ -120,3 +120,19 @@ def test_a_proof_built_from_a_compact_range_is_the_proof_built_from_every_leaf(s
 def test_no_proof_is_built_from_the_empty_tree() -> None:
     with pytest.raises(ValueError, match="empty tree"):
         consistency_proof_from(CompactRange(), [leaf_hash(b"a")])
+
+
+def test_a_proof_asked_of_a_position_outside_the_tree_is_refused_not_made_up() -> None:
+    leaves = [leaf_hash(bytes([i])) for i in range(4)]
+    for index in (-1, 4):
+        with pytest.raises(ValueError, match="index outside the tree"):
+            inclusion_proof(index, leaves)
+    for m in (0, 5):
+        with pytest.raises(ValueError, match="sizes outside the tree"):
+            consistency_proof(m, leaves)
+    with pytest.raises(ValueError, match="an empty tree has no inclusion proofs"):
+        root_and_proofs([])
+    grown = CompactRange()
+    grown.append(leaves[0])
+    with pytest.raises(ValueError, match="a subtree of 2 leaves cannot start at leaf 1"):
+        grown.append_subtree(leaf_hash(b"pair"), 1)

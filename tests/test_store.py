@@ -103,14 +103,20 @@ async def test_audit_log_refuses_update_and_delete(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("tamper", "first_bad"),
+    ("tamper", "first_bad", "problem"),
     [
-        ("UPDATE audit SET entry = replace(entry, 'case.opened', 'case.closed') WHERE seq = 2", 2),
-        ("DELETE FROM audit WHERE seq = 2", 2),
-        ("UPDATE audit SET seq = seq + 100 WHERE seq = 3", 3),
+        (
+            "UPDATE audit SET entry = replace(entry, 'case.opened', 'case.closed') WHERE seq = 2",
+            2,
+            "hash does not match",
+        ),
+        ("DELETE FROM audit WHERE seq = 2", 2, "entry 2 is missing or out of order"),
+        ("UPDATE audit SET seq = seq + 100 WHERE seq = 3", 3, "entry 3 is missing or out of order"),
+        # Its text names another position (an entry copied in from elsewhere in the log): caught first.
+        ("UPDATE audit SET entry = replace(entry, '\"seq\":2', '\"seq\":3') WHERE seq = 2", 2, "another position"),
     ],
 )
-async def test_chain_names_the_first_bad_entry(tmp_path: Path, tamper: str, first_bad: int) -> None:
+async def test_chain_names_the_first_bad_entry(tmp_path: Path, tamper: str, first_bad: int, problem: str) -> None:
     path = tmp_path / "s.sqlite"
     store = await Store.open(path, ManualClock())
     async with store.tx() as tx:
@@ -125,7 +131,7 @@ async def test_chain_names_the_first_bad_entry(tmp_path: Path, tamper: str, firs
     try:
         result = verify_chain(await _rows(store))
         assert not result.ok
-        assert result.first_bad_seq == first_bad
+        assert result.first_bad_seq == first_bad and problem in result.problem, result
     finally:
         await store.close()
 
