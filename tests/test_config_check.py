@@ -56,6 +56,12 @@ def test_enrolled_files_are_good(federation: LocalFederation) -> None:
             '[metrics] listen: must be host:port (a port up to 65535), e.g. 0.0.0.0:9464, or ""',
         ),
         (lambda t: t + "\n[retention\n", "not valid TOML"),
+        (lambda t: t.replace('log_level = "info"', "log_level = 3"), "[node] log_level: must be text, got int"),
+        (
+            lambda t: t + '\n[policy]\ncodelists_extra = "ours.toml"\n',
+            "[policy] codelists_extra: must be a list of file paths",
+        ),
+        (lambda t: 'metrics = "on"\n' + t, "'metrics' must be a [section]"),
     ],
 )
 def test_each_kind_of_bad_file_is_reported_with_its_line(
@@ -67,6 +73,10 @@ def test_each_kind_of_bad_file_is_reported_with_its_line(
     problems = check(bad)
     assert any(expected in p for p in problems), problems
     assert all(p.startswith(f"{bad}:") and p.split(":")[1].isdigit() for p in problems), problems
+
+
+def test_a_file_that_cannot_be_read_is_said_so(tmp_path: Path) -> None:
+    assert check(tmp_path / "node.toml") == [f"{tmp_path / 'node.toml'}: cannot read: No such file or directory"]
 
 
 def test_every_problem_is_reported_at_once(federation: LocalFederation) -> None:
