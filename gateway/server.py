@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 import grpc
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -24,7 +23,7 @@ from gateway.witness import Witness
 from linkage import logs
 from linkage.clock import Clock, SystemClock
 from linkage.config import ConfigError, GatewayConfig
-from linkage.directory import DirectoryView
+from linkage.directory import DirectoryView, read_signed
 from linkage.duties import begin
 from linkage.keys import load_ed25519, raw_public
 from linkage.metrics import MetricsEndpoint
@@ -71,8 +70,7 @@ class GatewayServer:
             raise ConfigError(f"[witness] key: {exc}") from None
 
     def load_directory(self) -> None:
-        signed = directory_pb2.SignedDirectory.FromString(self.config.federation.directory.read_bytes())
-        view = self.trust.accept(signed, self.clock.now_ms())
+        view = self.trust.accept(read_signed(self.config.federation.directory), self.clock.now_ms())
         log.info("directory.loaded", version=view.version, nodes=len(view.nodes))
         if (roots := new_roots(self.config.tls, view.directory)) is not None:
             write_roots(self.config.tls, roots)  # the file watch presents and checks with them
@@ -102,9 +100,9 @@ class GatewayServer:
             self._directory_mtime = path.stat().st_mtime_ns
             try:
                 self.load_directory()
-            except Rejected as exc:
+            except Rejected as exc:  # copied in part, say: the held one stands until it changes again
                 log.warning("directory.refused", reason=exc.reason.value)
-            except (OSError, DecodeError) as exc:  # copied in part, say: the held one stands until it changes again
+            except OSError as exc:
                 log.warning("directory.unreadable", error=type(exc).__name__)
         await self._report_serving()
 
@@ -177,8 +175,15 @@ class GatewayServer:
         """Open the database and serve. Files are read first, so a bad one stops the gateway
         before it opens anything; if a later step fails, what was opened is closed again, so
         the process can exit (and say why) rather than hang."""
-        self._directory_mtime = self.config.federation.directory.stat().st_mtime_ns
-        self.load_directory()
+        directory = self.config.federation.directory
+        self._directory_mtime = directory.stat().st_mtime_ns
+        try:  # the gateway hands the directory out: with none it can use, nothing could work
+            self.load_directory()
+        except Rejected as exc:
+            raise ConfigError(
+                f"[federation] directory: cannot serve with {directory} ({exc}); copy in the federation's "
+                "current directory (`linkage federation publish` writes one)"
+            ) from None
         identity = spiffe_id(self.config.federation.federation_id, "gateway", self.config.gateway_id)
         try:
             watch = CertificateWatch(self.config.tls, identity, self.clock)

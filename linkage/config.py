@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from linkage.configcheck import value_problem
-from linkage.directory import TrustedDirectory
+from linkage.directory import TrustedDirectory, load_key
 from linkage.settings import GATEWAY, NODE, Setting
 from linkage.transport import TlsFiles
 
@@ -94,10 +93,10 @@ def _from_env(kind: str, text: str) -> Any:
 
 
 def load_directory_key(path: Path) -> ed25519.Ed25519PublicKey:
-    key = serialization.load_pem_public_key(path.read_bytes())
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ConfigError(f"{path} is not an Ed25519 public key")
-    return key
+    try:
+        return load_key(path)
+    except ValueError as exc:
+        raise ConfigError(f"[federation] directory_public_key: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+from linkage.clock import SystemClock
+from linkage.directory import TrustedDirectory, load_key, read_signed
 from linkage.ids import is_node_id
+from linkage.keys import MessageKeys, load_ed25519
+from linkage.pki import CertificateProblem, check_certificate, spiffe_id
+from linkage.reasons import Reason, Rejected
 from linkage.settings import GATEWAY, NODE, Setting
+from linkage.tokens import LinkageKey
 
 _LEVELS = {"debug", "info", "warning", "error"}
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -64,12 +72,54 @@ def check(path: Path) -> list[str]:
                 problems.append((at(section, key), f"unknown setting [{section}] {key}{hint}"))
                 continue
             message = value_problem(setting, value) or _missing_file(setting, value, path.parent)
+            if not message and (section, key) in _READERS and (path.parent / str(value)).exists():
+                message = _unreadable(_READERS[(section, key)], path.parent / str(value))
             if message:
                 problems.append((at(section, key), f"[{section}] {key}: {message}"))
     for setting in settings.values():
         if setting.required and setting.key not in data.get(setting.section, {}):
             problems.append((at(setting.section), f"[{setting.section}] {setting.key} is required: {setting.meaning}"))
+    if not problems:  # each file is what it should be: now whether they go together, as the process will ask
+        problems += [(at(section, key), message) for section, key, message in _together(kind, data, path.parent)]
     return [f"{path}:{line}: {message}" for line, message in sorted(problems)]
+
+
+# What each file a setting names must hold, read as the process reads it.
+_READERS: dict[tuple[str, str], Callable[[Path], object]] = {
+    ("federation", "directory_public_key"): load_key,
+    ("federation", "directory"): read_signed,
+    ("keys", "message_keys"): MessageKeys.load,
+    ("keys", "linkage_key"): LinkageKey.load,
+    ("witness", "key"): load_ed25519,
+}
+
+
+def _unreadable(read: Callable[[Path], object], path: Path) -> str:
+    try:
+        read(path)
+    except (OSError, ValueError, KeyError, Rejected) as exc:
+        return str(exc)
+    return ""
+
+
+def _together(kind: str, data: dict[str, Any], base: Path) -> Iterator[tuple[str, str, str]]:
+    """(section, key, problem) for files that are each sound but will not work together: a
+    directory not signed by the directory key or lapsed, TLS files that are not a usable pair
+    from the federation's CA for this process."""
+    federation, now_ms = data.get("federation", {}), SystemClock().now_ms()
+    signed_by = TrustedDirectory(federation["id"], load_key(base / federation["directory_public_key"]))
+    if (directory := base / federation.get("directory", "directory.pb")).exists():
+        try:
+            signed_by.accept(read_signed(directory), now_ms)
+        except Rejected as exc:  # a node fetches a current one as it connects; the gateway has no other
+            if kind == "gateway" or exc.reason != Reason.DIRECTORY_EXPIRED:
+                yield "federation", "directory", f"[federation] directory: {exc}"
+    tls = {key: (base / data["tls"][key]).read_bytes() for key in ("cert", "key", "ca")}
+    identity = spiffe_id(federation["id"], kind, data[kind]["id"])
+    try:
+        check_certificate(tls["cert"], tls["key"], tls["ca"], identity, now_ms)
+    except CertificateProblem as exc:
+        yield "tls", "", f"[tls] {exc}"  # the three files together: said at their section
 
 
 def value_problem(setting: Setting, value: object) -> str:

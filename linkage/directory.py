@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import DecodeError
 
 from linkage import logs
+from linkage.clock import utc_minute
 from linkage.files import write_atomic
 from linkage.keys import public_pem
 from linkage.reasons import Reason, Rejected
@@ -25,6 +27,28 @@ from linkage.v1 import directory_pb2 as pb
 DIRECTORY_LABEL = b"linkage/v1/directory\x00"
 HANDOVER_LABEL = b"linkage/v1/directory-handover\x00"
 log = logs.get("directory")
+
+
+def load_key(path: Path) -> ed25519.Ed25519PublicKey:
+    """The key that signs the directory, from its PEM file; ValueError, saying so, if the file holds none."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (ValueError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ValueError(
+            f"{path} is not the federation's directory key (an Ed25519 public key in PEM: "
+            "the directory.pub that enrolment copies)"
+        )
+    return key
+
+
+def read_signed(path: Path) -> pb.SignedDirectory:
+    """The signed directory in a file, unchecked; Rejected (malformed) if it is not one."""
+    try:
+        return pb.SignedDirectory.FromString(path.read_bytes())
+    except DecodeError:
+        raise Rejected(Reason.MALFORMED, "not a signed directory (it does not parse)") from None
 
 
 def sign_directory(directory: pb.Directory, key: ed25519.Ed25519PrivateKey) -> pb.SignedDirectory:
@@ -168,7 +192,7 @@ def verify_directory(
     if directory.version < have_version:
         raise Rejected(Reason.DIRECTORY_OLDER, f"version {directory.version} < held {have_version}")
     if now_ms >= directory.expires_at_ms:
-        raise Rejected(Reason.DIRECTORY_EXPIRED, f"expired at {directory.expires_at_ms}")
+        raise Rejected(Reason.DIRECTORY_EXPIRED, f"expired at {utc_minute(directory.expires_at_ms)}")
     nodes = {n.node_id: n for n in directory.nodes}
     return DirectoryView(directory=directory, signed=signed, nodes=nodes, signer=public_key.public_bytes_raw())
 

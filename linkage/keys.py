@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
@@ -34,17 +35,25 @@ def write_private_pem(path: Path, key: ed25519.Ed25519PrivateKey | x25519.X25519
     write_private(path, pem)
 
 
+def _private_key(path: Path) -> object:
+    """The unencrypted PEM private key in a file, of whatever kind; None if it holds none."""
+    try:
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: one that wants a password
+        return None
+
+
 def load_ed25519(path: Path) -> ed25519.Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    key = _private_key(path)
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key")
+        raise ValueError(f"{path} is not an Ed25519 private key (unencrypted PEM)")
     return key
 
 
 def load_x25519(path: Path) -> x25519.X25519PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    key = _private_key(path)
     if not isinstance(key, x25519.X25519PrivateKey):
-        raise ValueError(f"{path} is not an X25519 private key")
+        raise ValueError(f"{path} is not an X25519 private key (unencrypted PEM)")
     return key
 
 

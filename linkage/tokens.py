@@ -73,8 +73,14 @@ class LinkageKey:
 
     @classmethod
     def load(cls, path: Path) -> LinkageKey:
-        data = json.loads(path.read_text())
-        key = bytes.fromhex(data["key"])
+        try:
+            data = json.loads(path.read_text())
+            key, version = bytes.fromhex(data["key"]), int(data["version"])
+        except (ValueError, KeyError, TypeError):  # JSONDecodeError is a ValueError
+            raise ValueError(
+                f"{path} is not a linkage key file (its version and key in JSON, as `linkage federation init` "
+                "writes it)"
+            ) from None
         if len(key) < 32:
             raise ValueError(f"linkage key in {path} is shorter than 32 bytes")
-        return cls(version=int(data["version"]), key=key)
+        return cls(version=version, key=key)

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from linkage import logs
 from linkage.clock import Clock, SystemClock
 from linkage.config import ConfigError, NodeConfig
+from linkage.directory import read_signed
 from linkage.duties import Duty, begin
 from linkage.keys import MessageKeys
 from linkage.metrics import MetricsEndpoint
@@ -88,8 +89,8 @@ class NodeServer:
         path = self.config.federation.directory
         if not path.exists():
             return
-        try:
-            view = self.trust.accept(directory_pb2.SignedDirectory.FromString(path.read_bytes()), self.clock.now_ms())
+        try:  # one that will not do is fetched from the gateway instead, as one that is missing
+            view = self.trust.accept(read_signed(path), self.clock.now_ms())
             log.info("directory.loaded", version=view.version, source="file")
         except Rejected as exc:
             log.warning("directory.refused", reason=exc.reason.value, source="file")

@@ -3,6 +3,7 @@ problem at once, each with its line."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -10,13 +11,19 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from gateway.server import GatewayServer
+from linkage.clock import DAY_MS, SystemClock
 from linkage.config import ConfigError, GatewayConfig, NodeConfig
 from linkage.configcheck import check
+from linkage.keys import public_pem
 from linkage.settings import GATEWAY, NODE
-from tests.harness import LocalFederation
+from node.server import NodeServer
+from tests.harness import LocalFederation, running
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,6 +84,62 @@ def test_each_kind_of_bad_file_is_reported_with_its_line(
 
 def test_a_file_that_cannot_be_read_is_said_so(tmp_path: Path) -> None:
     assert check(tmp_path / "node.toml") == [f"{tmp_path / 'node.toml'}: cannot read: No such file or directory"]
+
+
+OTHER_NODES_CERT = "../amh/tls/node.pem"  # from csc's folder: a sound certificate, for another node
+
+
+@pytest.mark.parametrize(
+    ("gateway", "setting", "wrong", "expected"),
+    [
+        (False, "directory_public_key", "tls/ca.pem", "is not the federation's directory key"),
+        (False, "directory", "tls/ca.pem", "[federation] directory: malformed: not a signed directory"),
+        (False, "message_keys", "tls", "[keys] message_keys: [Errno 2] No such file or directory"),
+        (False, "linkage_key", "tls/node.key", "is not a linkage key file"),
+        (False, "cert", "tls/node.key", "[tls] the certificate or the CA file is not a PEM certificate"),
+        (False, "key", "tls/node.pem", "[tls] the key file is not an unencrypted PEM private key"),
+        (False, "ca", "tls/node.key", "[tls] the certificate or the CA file is not a PEM certificate"),
+        (False, "cert", OTHER_NODES_CERT, "[tls] the key is not the certificate's"),
+        (True, "key", "tls/gateway.key", "[witness] key: "),  # the TLS key where the witness key goes
+        (True, "directory_public_key", "tls/ca.pem", "is not the federation's directory key"),
+    ],
+)
+def test_a_file_that_is_not_what_its_setting_names_is_reported(
+    federation: LocalFederation, gateway: bool, setting: str, wrong: str, expected: str
+) -> None:
+    """Each file read as the process will read it, and the TLS files checked as a pair from
+    the federation's CA for this process: each was once "OK" here, and the process then
+    stopped with a traceback, or ran unable to connect."""
+    good = federation.gateway_config.data_dir / "gateway.toml" if gateway else _node_toml(federation)
+    assert check(good) == []
+    lines = good.read_text().splitlines()
+    # The witness key is the gateway file's only `key` outside [tls]: it comes last.
+    (n,) = [i for i, line in enumerate(lines) if line.startswith(f"{setting} = ")][-1:]
+    lines[n] = f'{setting} = "{wrong}"'
+    bad = good.parent / "bad.toml"
+    bad.write_text("\n".join(lines) + "\n")
+    at = lines.index("[tls]") if expected.startswith("[tls]") else n  # the three files: said at their section
+    problems = check(bad)
+    assert len(problems) == 1 and problems[0].startswith(f"{bad}:{at + 1}: ") and expected in problems[0], problems
+
+
+def test_a_directory_signed_by_another_key_or_lapsed_is_reported(federation: LocalFederation, tmp_path: Path) -> None:
+    """A node fetches a current directory as it connects, so a lapsed file is not a problem
+    there; the gateway hands the directory out, and has no other."""
+    node_toml, gateway_toml = _node_toml(federation), federation.gateway_config.data_dir / "gateway.toml"
+    other = tmp_path / "other.pub"
+    other.write_bytes(public_pem(ed25519.Ed25519PrivateKey.generate().public_key()))
+    for good in (node_toml, gateway_toml):
+        bad = good.parent / "bad.toml"
+        bad.write_text(re.sub(r"directory_public_key = .*", f'directory_public_key = "{other}"', good.read_text()))
+        assert [p.split(": ", 1)[1] for p in check(bad)] == [
+            "[federation] directory: directory_unsigned: directory signature does not verify"
+        ]
+    later = SystemClock().now_ms() + 8 * DAY_MS  # past the directory's week
+    with patch.object(SystemClock, "now_ms", return_value=later):
+        assert check(node_toml) == []
+        (lapsed,) = check(gateway_toml)
+    assert "[federation] directory: directory_expired: expired at " in lapsed
 
 
 def test_every_problem_is_reported_at_once(federation: LocalFederation) -> None:
@@ -213,3 +276,35 @@ def test_a_setting_this_release_does_not_know_is_said_as_the_process_starts(fede
         node.wait(timeout=30)
     (said,) = [e for e in events if e["event"] == "config.unknown_setting"]
     assert (said["level"], said["setting"]) == ("warning", "[delivery] recipt_timeout_ms")
+
+
+async def test_a_process_given_a_directory_or_a_directory_key_it_cannot_use_says_which(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    """Each of these once stopped its process with a traceback. The gateway hands the
+    directory out and has no other: it does not start. A node takes a current directory
+    from the gateway as it connects, as it does when its file is missing."""
+    broken, other = tmp_path / "broken.pb", tmp_path / "other.pub"
+    broken.write_bytes(b"\xff\xff\xff")
+    other.write_bytes(public_pem(ed25519.Ed25519PrivateKey.generate().public_key()))
+    gateway = federation.gateway_config
+    for files, said in (
+        (dataclasses.replace(gateway.federation, directory=broken), "malformed: not a signed directory"),
+        (
+            dataclasses.replace(gateway.federation, directory_public_key=other),
+            "directory_unsigned: directory signature does not verify",
+        ),
+    ):
+        config = dataclasses.replace(gateway, federation=files)
+        with pytest.raises(ConfigError, match=re.escape("[federation] directory: cannot serve with ")) as raised:
+            await GatewayServer(config, SystemClock()).start()
+        assert said in str(raised.value)
+    csc = federation.node_configs["csc"]
+    unusable_key = dataclasses.replace(csc.federation, directory_public_key=broken)
+    with pytest.raises(ConfigError, match=re.escape(f"[federation] directory_public_key: {broken} is not the")):
+        NodeServer(dataclasses.replace(csc, federation=unusable_key))
+    federation.node_configs["csc"] = dataclasses.replace(
+        csc, federation=dataclasses.replace(csc.federation, directory=broken)
+    )
+    async with running(federation, nodes=("csc",)) as cluster:
+        assert cluster.nodes["csc"].trust.version == cluster.gateway.trust.version > 0
