@@ -44,25 +44,77 @@ class FederationSpec:
 
     @classmethod
     def load(cls, path: Path) -> FederationSpec:
-        data = tomllib.loads(path.read_text())
-        gateway = data.get("gateway", {})
-        nodes = [
-            NodeSpec(
-                n["id"], n["agency_name"], n["agency_type"], n.get("contact_role", ""), n.get("jurisdiction", DEFAULT)
+        """The spec in `path`; FederationError naming every problem in it, as `config check` does."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise FederationError(f"{path}: not a TOML spec file: {exc}") from None
+        problems: list[str] = []
+        top = _Table(data, "", _TOP, problems)
+        gateway = _Table(data.get("gateway", {}), "[gateway] ", _GATEWAY, problems)
+        listed = data.get("node", [])
+        if not isinstance(listed, list) or not all(isinstance(n, dict) for n in listed):
+            problems.append("node: each agency is a [[node]] table")
+            listed = []
+        elif not listed:
+            problems.append("a federation needs at least one [[node]]")
+        nodes = []
+        for n, entry in enumerate(listed, start=1):
+            node = _Table(entry, f"[[node]] {n}: ", _NODE, problems)
+            nodes.append(
+                NodeSpec(
+                    node.text("id"),
+                    node.text("agency_name"),
+                    node.text("agency_type"),
+                    node.text("contact_role", ""),
+                    node.text("jurisdiction", DEFAULT),
+                )
             )
-            for n in data.get("node", [])
-        ]
-        if not nodes:
-            raise FederationError(f"{path}: a federation needs at least one [[node]]")
-        return cls(
-            federation_id=data["federation_id"],
-            suite=data.get("suite", "classic"),
-            gateway_id=gateway.get("id", "gateway"),
-            gateway_listen=gateway.get("listen", "0.0.0.0:7443"),
-            gateway_address=gateway.get("address", "gateway:7443"),
-            validity_days=int(data.get("validity_days", 7)),
+        validity_days = data.get("validity_days", 7)
+        if not isinstance(validity_days, int) or isinstance(validity_days, bool) or validity_days < 1:
+            problems.append("validity_days: must be a whole number of days, 1 or more")
+        spec = cls(
+            federation_id=top.text("federation_id"),
+            suite=top.text("suite", "classic"),
+            gateway_id=gateway.text("id", "gateway"),
+            gateway_listen=gateway.text("listen", "0.0.0.0:7443"),
+            gateway_address=gateway.text("address", "gateway:7443"),
+            validity_days=validity_days if isinstance(validity_days, int) else 7,
             nodes=nodes,
         )
+        if problems:
+            raise FederationError("\n".join(f"{path}: {problem}" for problem in problems))
+        return spec
+
+
+# Each table's settings: True for those that must be given.
+_TOP = {"federation_id": True, "suite": False, "validity_days": False, "gateway": False, "node": False}
+_GATEWAY = {"id": False, "listen": False, "address": False}
+_NODE = {"id": True, "agency_name": True, "agency_type": True, "contact_role": False, "jurisdiction": False}
+
+
+class _Table:
+    """One table of the spec, its problems gathered into `problems`: a required setting left
+    out, one this release does not know (a typo), text where text goes."""
+
+    def __init__(self, values: object, where: str, known: dict[str, bool], problems: list[str]) -> None:
+        self.values = values if isinstance(values, dict) else {}
+        self.where, self.problems = where, problems
+        if not isinstance(values, dict):
+            problems.append(f"{where or 'the file'}: must be a table")
+        for key in self.values:
+            if key not in known:
+                problems.append(f"{where}unknown setting {key!r} (known here: {', '.join(sorted(known))})")
+        for key, required in known.items():
+            if required and key not in self.values:
+                problems.append(f"{where}{key} is required")
+
+    def text(self, key: str, default: str = "") -> str:
+        value = self.values.get(key, default)
+        if not isinstance(value, str):
+            self.problems.append(f"{self.where}{key}: must be text, got {type(value).__name__}")
+            return default
+        return value
 
 
 def bootstrap(spec: FederationSpec, out: Path, now_ms: int) -> Federation:

@@ -32,6 +32,8 @@ class _Reader:
             self.data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a configuration file (it is not text)") from None
         self.settings = {(s.section, s.key): s for s in settings}
         self.problems: list[str] = []
 

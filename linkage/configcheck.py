@@ -47,12 +47,15 @@ def check(path: Path) -> list[str]:
         text = path.read_text()
     except OSError as exc:
         return [f"{path}: cannot read: {exc.strerror}"]
+    except UnicodeDecodeError:
+        return [f"{path}: not a configuration file (it is not text)"]
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = re.search(r"line (\d+)", str(exc))
         return [f"{path}:{line.group(1) if line else '?'}: not valid TOML: {exc}"]
-    kind = "gateway" if "id" in data.get("gateway", {}) and "node" not in data else "node"
+    gateway = data.get("gateway")
+    kind = "gateway" if isinstance(gateway, dict) and "id" in gateway and "node" not in data else "node"
     settings = {(s.section, s.key): s for s in (GATEWAY if kind == "gateway" else NODE)}
     where = _lines(text)
     problems: list[tuple[int, str]] = []

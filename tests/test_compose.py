@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 import yaml
 
 from linkage.bootstrap import FederationSpec, bootstrap
 from linkage.clock import SystemClock
 from linkage.config import GatewayConfig, NodeConfig
+from linkage.federation import FederationError
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "deploy" / "compose"
@@ -94,3 +96,38 @@ def test_wiring_nodes_gateway_volumes_certificates_and_ports(tmp_path: Path) -> 
     dockerfile = (COMPOSE / "Dockerfile").read_text()
     assert "USER linkage" in dockerfile and "build-essential" in dockerfile.split("FROM python:3.11-slim\n")[0]
     assert not any(word in dockerfile for word in (".key", ".seed", "linkage.key", "federation/"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ('suite = "classic"\n[[node]]\nid = "csc"\n', ["federation_id is required", "[[node]] 1: agency_name is"]),
+        (
+            'federation_id = "x.example"\nvalidity_days = "7"\n[gateway]\nlisten = 7443\n[[node]]\nid = "csc"\n'
+            'agency_nam = "CSC"\nagency_type = "LA_CHILDRENS_SOCIAL_CARE"\n',
+            [
+                "[[node]] 1: unknown setting 'agency_nam' (known here: agency_name, agency_type, contact_role, id, "
+                "jurisdiction)",
+                "[[node]] 1: agency_name is required",
+                "validity_days: must be a whole number of days, 1 or more",
+                "[gateway] listen: must be text, got int",
+            ],
+        ),
+        ('federation_id = "x.example"\n[node]\nid = "csc"\n', ["node: each agency is a [[node]] table"]),
+        ('federation_id = "x.example"\n', ["a federation needs at least one [[node]]"]),
+        ("federation_id = \n", ["not a TOML spec file"]),
+    ],
+)
+def test_a_spec_that_is_not_what_bootstrap_takes_is_refused_naming_every_problem(
+    tmp_path: Path, spec: str, said: list[str]
+) -> None:
+    """A node's own node.toml given as the spec, a typo, a number in quotes: each was a traceback."""
+    path = tmp_path / "federation.toml"
+    path.write_text(spec)
+    with pytest.raises(FederationError) as raised:
+        FederationSpec.load(path)
+    lines = str(raised.value).splitlines()
+    assert all(line.startswith(f"{path}: ") for line in lines), lines
+    for expected in said:
+        assert any(expected in line for line in lines), (expected, lines)
+    assert not (tmp_path / "out").exists()

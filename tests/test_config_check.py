@@ -82,8 +82,12 @@ def test_each_kind_of_bad_file_is_reported_with_its_line(
     assert all(p.startswith(f"{bad}:") and p.split(":")[1].isdigit() for p in problems), problems
 
 
-def test_a_file_that_cannot_be_read_is_said_so(tmp_path: Path) -> None:
+def test_a_file_that_cannot_be_read_is_said_so(federation: LocalFederation, tmp_path: Path) -> None:
     assert check(tmp_path / "node.toml") == [f"{tmp_path / 'node.toml'}: cannot read: No such file or directory"]
+    binary = federation.node_configs["csc"].federation.directory  # given where node.toml goes: a traceback
+    assert check(binary) == [f"{binary}: not a configuration file (it is not text)"]
+    with pytest.raises(ConfigError, match=re.escape(f"{binary}: not a configuration file (it is not text)")):
+        NodeConfig.load(binary)
 
 
 OTHER_NODES_CERT = "../amh/tls/node.pem"  # from csc's folder: a sound certificate, for another node
