@@ -84,8 +84,8 @@ async def test_a_gateway_that_finds_its_directory_file_half_copied_keeps_the_one
         await gateway.check_directory()
         assert gateway.trust.version == published.version == 2
     lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
-    (unreadable,) = [line for line in lines if line["event"] == "directory.unreadable"]
-    assert unreadable["error"] == "DecodeError"
+    (refused,) = [line for line in lines if line["event"] == "directory.refused"]
+    assert refused["reason"] == "malformed"
 
 
 async def test_a_node_holding_the_gateways_directory_is_sent_nothing(
