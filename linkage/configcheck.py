@@ -13,10 +13,11 @@ from linkage.clock import SystemClock
 from linkage.directory import TrustedDirectory, load_key, read_signed
 from linkage.ids import is_node_id
 from linkage.keys import MessageKeys, load_ed25519
-from linkage.pki import CertificateProblem, check_certificate, spiffe_id
+from linkage.pki import CertificateProblem, spiffe_id
 from linkage.reasons import Reason, Rejected
 from linkage.settings import GATEWAY, NODE, Setting
 from linkage.tokens import LinkageKey
+from linkage.transport import TlsFiles
 
 _LEVELS = {"debug", "info", "warning", "error"}
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -117,10 +118,9 @@ def _together(kind: str, data: dict[str, Any], base: Path) -> Iterator[tuple[str
         except Rejected as exc:  # a node fetches a current one as it connects; the gateway has no other
             if kind == "gateway" or exc.reason != Reason.DIRECTORY_EXPIRED:
                 yield "federation", "directory", f"[federation] directory: {exc}"
-    tls = {key: (base / data["tls"][key]).read_bytes() for key in ("cert", "key", "ca")}
-    identity = spiffe_id(federation["id"], kind, data[kind]["id"])
+    tls = TlsFiles(*(base / data["tls"][key] for key in ("cert", "key", "ca"))).read()
     try:
-        check_certificate(tls["cert"], tls["key"], tls["ca"], identity, now_ms)
+        tls.check(spiffe_id(federation["id"], kind, data[kind]["id"]), now_ms)
     except CertificateProblem as exc:
         yield "tls", "", f"[tls] {exc}"  # the three files together: said at their section
 
