@@ -13,8 +13,9 @@ from google.protobuf import json_format
 from linkage import stories
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, summary_pb2
-from tests.harness import PRACTITIONER, LocalFederation, linkage, next_item, running
+from tests.harness import AGENCIES, PRACTITIONER, LocalFederation, linkage, next_item, running
 from tests.test_federation import _case_id, open_case
+from tests.test_workflows import planned_closure
 
 
 def as_written(summary: summary_pb2.RiskSummary) -> str:
@@ -274,3 +275,53 @@ async def test_a_subject_access_report_names_who_got_something_and_what_each_mes
         assert "Queued for an agency (involvement notice)" in at_csc
         opened = [w for w in at_csc if w.startswith("Opened")]
         assert opened == ["Opened, its sender told (summary share)", "Opened (summary share)"]
+
+
+async def test_involvement_closure_and_read_notices_are_listed_and_opened_from_the_cli(
+    federation: LocalFederation,
+) -> None:
+    """What the inbox says of an agency joining, a closure proposed, answered and made, and a
+    summary read: each in a line of `inbox list`, and in full by `inbox open`, with how to answer."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+
+        def who(node: str) -> list[str]:
+            socket = str(cluster.nodes[node].config.api_socket)
+            return ["--actor-id", f"{node}-1", "--actor-role", "Practitioner", "--socket", socket]
+
+        async def opened(node: str, kind: int, after: int = 0) -> tuple[str, str]:
+            """The item's line in `inbox list`, and what `inbox open` shows of it."""
+            item = await next_item(cluster, node, kind, after_seq=after)
+            code, listed, err = await linkage("inbox", "list", *who(node))
+            assert code == 0, err
+            (line,) = [line for line in listed.splitlines() if item.message_id[-12:] in line]
+            code, out, err = await linkage("inbox", "open", item.message_id, *who(node))
+            assert code == 0, err
+            return line, out
+
+        await open_case(cluster, "amh", stories.think_family_people())
+        await open_case(cluster, "csc", stories.think_family_people())
+        _, joined = await opened("amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
+        assert f"{AGENCIES['csc'][0]} joined; contact: Duty team" in joined
+
+        case_id = await _case_id(cluster, "csc")
+        await cluster.api("csc").ProposeClosure(planned_closure(PRACTITIONER, case_id, note="Goals met."))
+        line, intent = await opened("amh", env.MESSAGE_KIND_CLOSURE_INTENT)
+        assert "proposes to close (PLANNED_CLOSURE), answer by " in line
+        assert "PLANNED_CLOSURE (RISK_REDUCED_GOALS_MET); respond by " in intent and "Note: Goals met." in intent
+        (answer_with,) = [line.split("Answer with: ")[1] for line in intent.splitlines() if "Answer with: " in line]
+        assert answer_with.startswith("linkage case respond ")
+        intent_id = answer_with.split()[3]
+        objection = ("--object", "--reason", "Alarms not fitted.")
+        code, _, err = await linkage("case", "respond", intent_id, *objection, *who("amh"))
+        assert code == 0, err
+        line, answered = await opened("csc", env.MESSAGE_KIND_CLOSURE_RESPONSE)
+        assert "Alarms not fitted." in line and "Answer: " in answered and "Alarms not fitted." in answered
+
+        closed = await cluster.api("csc").CloseCase(
+            node_api_pb2.CloseCaseRequest(
+                actor=PRACTITIONER, case_id=case_id, override_objections_reason="Alarms fitted this morning."
+            )
+        )
+        assert closed.state == "closed"
+        line, notice = await opened("amh", env.MESSAGE_KIND_CLOSURE_NOTICE)
+        assert "closed on " in line and "Closed on " in notice
