@@ -114,3 +114,19 @@ async def test_a_node_holding_the_gateways_directory_is_sent_nothing(
         await cluster.gateway.check_directory()
         await amh.check_directory()
         assert amh.trust.version == published.version == held + 1
+
+
+async def test_a_sighup_has_the_gateway_take_a_directory_copied_in_at_once(federation: LocalFederation) -> None:
+    """What `reload` does on SIGHUP (linkage/runtime.py sends it there): the directory file,
+    the certificate files and backups taken, looked at now rather than within minutes."""
+    async with running(federation, nodes=("amh",)) as cluster:
+        gateway = cluster.gateway
+        published = publish_directory(
+            federation.fed, SystemClock().now_ms(), copy_to=(gateway.config.federation.directory.parent,)
+        )
+        path = gateway.config.federation.directory
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a change, on any clock tick
+        assert gateway.trust.version == 1
+        await gateway.reload()
+        assert gateway.trust.version == published.version == 2
