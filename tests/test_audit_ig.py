@@ -315,7 +315,7 @@ def test_list_export_register_and_cross_check_hold_one_entry_at_a_time_not_the_w
 
 
 def test_the_register_of_sharing_lists_every_decision_and_receipt_with_totals(
-    scenario: LocalFederation, tmp_path: Path
+    scenario: LocalFederation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     table = tmp_path / "register.csv"
     sent = linkage("audit", "register", "--config", config(scenario, "amh"), "--json", "--csv", str(table))
@@ -339,9 +339,26 @@ def test_the_register_of_sharing_lists_every_decision_and_receipt_with_totals(
     )
     with table.open() as written:
         assert [r["decision"] for r in csv.DictReader(written)] == ["SHARED_PARTIAL", "NOT_SHARED"]
+    # How it is kept and protected, for the record of processing: read from the node, not assumed.
+    logged = len(linkage("audit", "list", "--config", config(scenario, "amh"), "--json").stdout.splitlines())
+    kept = found["protection"]
+    assert kept["kept"].endswith("until withdrawn or erased ([retention] summaries_days is 0); the audit log in full")
+    assert "mutual TLS 1.3" in kept["in transit"]
+    assert "(HPKE with X25519 and AES-128-GCM; signed with Ed25519)" in kept["in transit"]
+    assert kept["audit log"].startswith(f"{logged} entries, each chained to the one before by SHA-256; the latest ")
+    assert "checkpoint the gateway's witness cosigned covers " in kept["audit log"]
+    assert kept["backups"] == "none recorded (`linkage backup create` takes one, encrypted)"
+    monkeypatch.setenv("LINKAGE_RETENTION_SUMMARIES_DAYS", "730")  # as the node runs with it
+    purging = linkage("audit", "register", "--config", config(scenario, "amh"), "--json")
+    assert (
+        "are kept 730 days, then purged ([retention] summaries_days)"
+        in json.loads(purging.stdout)["protection"]["kept"]
+    )
+    monkeypatch.delenv("LINKAGE_RETENTION_SUMMARIES_DAYS")
 
     received = linkage("audit", "register", "--config", config(scenario, "csc"))
     assert received.returncode == 0, received.stderr
+    assert "How it is kept and protected (UK GDPR Art. 30(1)(f) and (g)):\n  kept: " in received.stdout
     assert "Summaries received: 1\n  from NHS_MENTAL_HEALTH: " in received.stdout
     assert "    from Adult Mental Health Trust: " in received.stdout
     assert "    ground: A6_1_E,A9_2_G,SCH1_P18,CA2004_S11,CHILD_AT_RISK; law of ENG; consent REFUSED" in received.stdout

@@ -23,7 +23,7 @@ import pytest
 
 from bench.audit import build
 from linkage import backup, store_notes
-from linkage.clock import ManualClock, SystemClock
+from linkage.clock import ManualClock, SystemClock, utc_minute
 from linkage.readonly import connect_read_only
 from node.store import Store
 from node.store.schema import MIGRATIONS
@@ -157,6 +157,11 @@ async def test_a_backup_taken_while_the_node_shares_restores_its_store_and_rebui
         digest = hashlib.sha256(sealed.read_bytes()).hexdigest()
         assert entered["detail"]["sha256"] == digest and entered["detail"]["recipients"] == [recipient]
         assert entered["detail"]["size"] == sealed.stat().st_size and not list(store_notes.waiting(amh.store_path))
+        register = await linkage("audit", "register", "--config", toml, "--json")  # for the record of processing
+        said = json.loads(register[1])["protection"]["backups"]
+        taken = utc_minute(entered["detail"]["taken_at_ms"])
+        entries = entered["detail"]["log_entries"]
+        assert said == f"the latest taken {taken}, of {entries} audit entries, encrypted with age to 1 classic key(s)"
         gateway_made = await linkage(
             "backup", "create", "--gateway-config", gateway_toml, "--to", recipient, "--out", str(sealed_gateway)
         )

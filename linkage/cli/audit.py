@@ -24,6 +24,7 @@ from linkage.cli import challenge_figures, share_register
 from linkage.cli.audit_entries import (
     EntryFilter,
     agency_name,
+    cosigned_held,
     federation_directory,
     find_entries,
     millis,
@@ -77,17 +78,6 @@ def _from_gateway(config: NodeConfig) -> gateway_pb2.WitnessedCheckpoints:
         raise SystemExit(f"linkage: cannot fetch checkpoints from the gateway: {exc.code().name}") from None
 
 
-def _cosigned_held(db: sqlite3.Connection) -> tuple[audit_pb2.SignedCheckpoint, audit_pb2.Cosignature] | None:
-    """The latest checkpoint the witness cosigned, as the node kept it; None if it keeps none."""
-    try:
-        row = db.execute("SELECT checkpoint, cosignature FROM witnessed WHERE id = 1").fetchone()
-    except sqlite3.OperationalError:
-        return None  # a store from before the witness cosigned
-    if row is None or row[1] is None:
-        return None
-    return audit_pb2.SignedCheckpoint.FromString(row[0]), audit_pb2.Cosignature.FromString(row[1])
-
-
 def _say_cosigned(
     signed: audit_pb2.SignedCheckpoint, cosignature: audit_pb2.Cosignature, directory: DirectoryView, which: str
 ) -> None:
@@ -125,7 +115,7 @@ def verify(args: argparse.Namespace) -> int:
     directory = federation_directory(config)
     signed = _read_checkpoints(args.checkpoints)
     with closing(read_only_store(config.store_path)) as db:
-        held = _cosigned_held(db)
+        held = cosigned_held(db)
     if held is not None:
         signed.append(held[0])
         _say_cosigned(*held, directory, "the checkpoint this store keeps")

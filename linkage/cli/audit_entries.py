@@ -13,7 +13,7 @@ from typing import Any
 from linkage.config import GatewayConfig, NodeConfig, load_directory_key
 from linkage.content import carried_summary
 from linkage.directory import DirectoryView, TrustedDirectory
-from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
+from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, summary_pb2
 
 
 def federation_directory(config: NodeConfig | GatewayConfig) -> DirectoryView:
@@ -113,3 +113,14 @@ def why_not_held(db: sqlite3.Connection, sender: str, message_id: str) -> str:
 def agency_name(directory: DirectoryView, node_id: str) -> str:
     entry = directory.nodes.get(node_id)
     return entry.agency_name if entry else node_id
+
+
+def cosigned_held(db: sqlite3.Connection) -> tuple[audit_pb2.SignedCheckpoint, audit_pb2.Cosignature] | None:
+    """The latest checkpoint the witness cosigned, as the node kept it; None if it keeps none."""
+    try:
+        row = db.execute("SELECT checkpoint, cosignature FROM witnessed WHERE id = 1").fetchone()
+    except sqlite3.OperationalError:
+        return None  # a store from before the witness cosigned
+    if row is None or row[1] is None:
+        return None
+    return audit_pb2.SignedCheckpoint.FromString(row[0]), audit_pb2.Cosignature.FromString(row[1])

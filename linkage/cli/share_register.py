@@ -29,6 +29,7 @@ from linkage.cli.audit_entries import (
     received_summary,
     why_not_held,
 )
+from linkage.cli.protection import protection
 from linkage.cli.spreadsheet import SpreadsheetWriter
 from linkage.cli.store_files import read_only_store
 from linkage.clock import utc_cell, utc_second
@@ -291,11 +292,16 @@ def show(args: argparse.Namespace) -> int:
             writer = SpreadsheetWriter(out, fieldnames=COLUMNS) if out else None
             if writer:
                 writer.writeheader()
+            kept = protection(config, directory, db)
             if args.json:
                 figures = {direction: t.figures() for direction, t in totals.items()}
-                print('{"totals": ' + json.dumps(figures) + ', "rows": [', end="")
+                head = json.dumps({"totals": figures, "protection": kept})
+                print(head[:-1] + ', "rows": [', end="")  # the rows follow, written one at a time
             else:
                 _print_totals(config, directory, totals, f"{args.since or 'the start'} to {args.until or 'now'}")
+                print("How it is kept and protected (UK GDPR Art. 30(1)(f) and (g)):")
+                for heading, said in kept.items():
+                    print(f"  {heading}: {said}")
             for n, row in enumerate(_rows(db, config, directory, since, until)):
                 if writer:
                     writer.writerow(_flat(row))
