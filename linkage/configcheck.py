@@ -118,11 +118,13 @@ def _together(kind: str, data: dict[str, Any], base: Path) -> Iterator[tuple[str
         except Rejected as exc:  # a node fetches a current one as it connects; the gateway has no other
             if kind == "gateway" or exc.reason != Reason.DIRECTORY_EXPIRED:
                 yield "federation", "directory", f"[federation] directory: {exc}"
-    tls = TlsFiles(*(base / data["tls"][key] for key in ("cert", "key", "ca"))).read()
-    try:
+    try:  # the three files together: said at their section
+        tls = TlsFiles(*(base / data["tls"][key] for key in ("cert", "key", "ca"))).read()
         tls.check(spiffe_id(federation["id"], kind, data[kind]["id"]), now_ms)
+    except OSError as exc:  # a key only the node's own user may read, say
+        yield "tls", "", f"[tls] cannot read {exc.filename}: {exc.strerror}"
     except CertificateProblem as exc:
-        yield "tls", "", f"[tls] {exc}"  # the three files together: said at their section
+        yield "tls", "", f"[tls] {exc}"
 
 
 def value_problem(setting: Setting, value: object) -> str:

@@ -104,6 +104,7 @@ OTHER_NODES_CERT = "../amh/tls/node.pem"  # from csc's folder: a sound certifica
         (False, "key", "tls/node.pem", "[tls] the key file is not an unencrypted PEM private key"),
         (False, "ca", "tls/node.key", "[tls] the certificate or the CA file is not a PEM certificate"),
         (False, "cert", OTHER_NODES_CERT, "[tls] the key is not the certificate's"),
+        (False, "key", "tls", "[tls] cannot read "),  # as a key only the node's own user may read is
         (True, "key", "tls/gateway.key", "[witness] key: "),  # the TLS key where the witness key goes
         (True, "directory_public_key", "tls/ca.pem", "is not the federation's directory key"),
     ],
