@@ -5,7 +5,9 @@ keys and the stanza are checked against the vectors of age's specification."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import os
 import sqlite3
 import subprocess
@@ -22,6 +24,8 @@ from bench.audit import build
 from linkage import agepq, backup
 from linkage.ageplugin import Stanza, Wire
 from linkage.clock import SystemClock
+from node.backup_log import enter_backups
+from node.store import Store
 from tests import age_vectors
 from tests.harness import make_federation
 
@@ -192,7 +196,7 @@ def test_a_federation_that_seals_post_quantum_is_told_when_its_backup_is_to_a_cl
 ) -> None:
     federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh",), suite=suite)
     amh = backup.Member.of(federation.node_configs["amh"])
-    build(amh.store, 10)
+    asyncio.run(_node_store(amh.store))  # as the node leaves it: the register reads it
     said = {}
     for post_quantum in (False, True):
         public = backup.generate_key(tmp_path / f"{post_quantum}.key", "", post_quantum=post_quantum)
@@ -205,3 +209,27 @@ def test_a_federation_that_seals_post_quantum_is_told_when_its_backup_is_to_a_cl
         )
         said[post_quantum] = "warning: this federation seals its messages post-quantum" in ran.stdout
     assert said == {False: suite == "hybrid", True: False}
+    # The register, for the record of processing, states the sealing and the latest backup's keys.
+    asyncio.run(_enter_backups(amh.store))
+    register = [sys.executable, "-m", "linkage", "audit", "register", "--config", str(amh.data_dir / "node.toml")]
+    kept = json.loads(subprocess.run([*register, "--json"], capture_output=True, text=True, check=True).stdout)
+    assert ("HPKE with ML-KEM-768 and X25519 (post-quantum)" in kept["protection"]["in transit"]) == (suite == "hybrid")
+    assert kept["protection"]["backups"].endswith("encrypted with age to 1 post-quantum key(s)")  # the later one
+
+
+async def _node_store(path: Path) -> None:
+    store = await Store.open(path, SystemClock())
+    try:
+        async with store.tx() as tx:
+            await tx.audit("case.opened", rationale="synthetic")
+    finally:
+        await store.close()
+
+
+async def _enter_backups(path: Path) -> None:
+    """As the node does when it starts, or on SIGHUP."""
+    store = await Store.open(path, SystemClock())
+    try:
+        assert await enter_backups(store) == 2
+    finally:
+        await store.close()
