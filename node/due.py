@@ -1,7 +1,8 @@
 """The duty view (mission anchors §8, 9: deadline-driven work with a person to act on it):
 across every case, what this node must answer and by when, the reviews of its own
 assessments that fall due (domain.md §6 rule 12), its messages that could not be delivered,
-or are not delivered after some hours, and are not yet followed up another way, and what
+or are not delivered after some hours, and are not yet followed up another way, the agencies
+still holding as current a summary it withdrew from the others as retracted, and what
 other agencies owe it past the day it was needed: answers, and reviews of the summaries of
 current risk they sent it (rule 12 flags an overdue review to recipients too). A duty
 worker, or a scheduled `linkage due --json`, acts on it."""
@@ -17,6 +18,7 @@ from node import dates, own_assessments
 from node.context import NodeContext
 from node.errors import invalid
 from node.store import Store
+from node.withdrawals import standing
 
 DEFAULT_DAYS = 7
 MOST_DAYS = 366
@@ -61,6 +63,7 @@ class Due:
             *await self._delayed(reading),
             *await self._owed(reading, today),
             *await self._reviews_owed(reading, today),
+            *await self._still_held(reading),
         ]
         items.sort(key=lambda i: (not i.overdue, not i.due.year, dates.iso(i.due), i.message_id))
         listed = node_api_pb2.DueItems(items=items[:MOST], more=len(items) > MOST or reading.cut)
@@ -77,6 +80,7 @@ class Due:
                     "delayed": sum(i.delayed for i in items),
                     "owed": sum(not i.to_answer and not i.review_owed for i in items),
                     "reviews_owed": sum(i.review_owed for i in items),
+                    "still_held": sum(i.still_held for i in items),
                 },
             )
         return listed
@@ -209,6 +213,37 @@ class Due:
             )
             item.review_owed = True
             items.append(item)
+        return items
+
+    async def _still_held(self, reading: _Reading) -> list[node_api_pb2.DueItem]:
+        """Agencies that still hold, as current, a version of a summary this node withdrew
+        since on a ground that retracts the assessment: the withdrawal went to others only.
+        "Since" is by id, as this node makes them."""
+        _, retracting = own_assessments.state_of(self.ctx.policy.codes)
+        rows = await reading.rows(
+            "SELECT w.summary_id, MAX(w.share_id), w.ground, w.at_ms, (SELECT a.case_id FROM assessments a "
+            "INDEXED BY assessments_by_summary WHERE a.summary_id = w.summary_id LIMIT 1) FROM withdrawals w "
+            f"WHERE w.ground IN ({','.join('?' * len(retracting))}) GROUP BY w.summary_id ORDER BY w.at_ms",
+            retracting,
+        )
+        items = []
+        for summary_id, retraction, ground, at_ms, case_id in rows:
+            where = await standing(self.ctx.store.fetchall, summary_id)
+            for node, stands in sorted(where.items()):
+                if stands.state == "holds" and stands.version_share < retraction:
+                    what = f"withdrawn as {ground} on {dates.iso(dates.today(at_ms))}, from the other agencies only"
+                    item = self._item(
+                        envelope_pb2.MESSAGE_KIND_WITHDRAWAL,
+                        True,
+                        "",
+                        node,
+                        case_id or "",
+                        summary_pb2.Date(),
+                        what,
+                        "",
+                    )
+                    item.overdue, item.still_held, item.summary_id = True, True, summary_id
+                    items.append(item)
         return items
 
     def _item(

@@ -37,6 +37,7 @@ class Standing:
 
     state: Literal["holds", "withdrawn", "erased"]  # withdrawn: its copies kept, marked so
     withdrawal: str = ""  # the last withdrawal's share id
+    version_share: str = ""  # holds: the share id of the version it holds
 
 
 async def standing(fetchall: FetchAll, summary_id: str) -> dict[str, Standing]:
@@ -56,7 +57,7 @@ async def standing(fetchall: FetchAll, summary_id: str) -> dict[str, Standing]:
             if recipient in where:
                 where[recipient] = Standing("erased" if erase else "withdrawn", share_id)
         elif kind in CARRIES_SUMMARY and state != "cancelled":
-            where[recipient] = Standing("holds")
+            where[recipient] = Standing("holds", version_share=share_id)
     return where
 
 

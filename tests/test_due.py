@@ -108,6 +108,7 @@ async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(
             "delayed": 0,
             "owed": 0,
             "reviews_owed": 0,
+            "still_held": 0,
         }
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=367))

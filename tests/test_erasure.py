@@ -777,3 +777,40 @@ async def test_a_retraction_told_to_some_holders_warns_of_the_others(federation:
             "this ground says the assessment itself no longer stands, but Children's Social Care still hold it "
             "as current: withdraw it from them too"
         )
+
+        # Until it is withdrawn from them too, the duty view keeps the agency that still holds it.
+        async def still_held() -> list[node_api_pb2.DueItem]:
+            return [i for i in (await api.ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))).items if i.still_held]
+
+        (held,) = await still_held()
+        assert (held.node_id, held.summary_id, held.kind, held.overdue) == (
+            "csc",
+            summary_id,
+            env.MESSAGE_KIND_WITHDRAWAL,
+            True,
+        )
+        assert held.case_id == await _case_id(cluster, "amh") and held.what.startswith("withdrawn as WRONG_PERSON on ")
+        assert events(await audit_events(cluster.nodes["amh"]), "due.viewed")[-1]["detail"]["still_held"] == 1
+        who = ("--socket", str(cluster.nodes["amh"].config.api_socket), "--actor-id", "amh-1", "--actor-role", "Duty")
+        code, out, err = await linkage_cli("due", *who)
+        assert code == 0, err
+        assert f"STILL HELD         Children's Social Care holds summary {summary_id} (case {held.case_id}): " in out
+        assert f"linkage share withdraw {summary_id} --only csc --ground GROUND --reason REASON" in out
+        await withdrawn("WRONG_PERSON", "csc")
+        assert await still_held() == []
+        # A version recorded and shared after the retraction is what they hold now: nothing is due.
+        parent, child = (p.link_token for p in (await amh_case_people(cluster)))
+        corrected = stories.parent_risk_change(parent, child)
+        corrected.summary_id = summary_id
+        recorded = await api.RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"), assessment=corrected
+            )
+        )
+        await share(cluster, recorded.assessment_id)
+        assert await still_held() == []
+
+
+async def amh_case_people(cluster: Cluster) -> list[node_api_pb2.CasePerson]:
+    case = await cluster.api("amh").FindCases(node_api_pb2.FindCasesRequest(actor=PRACTITIONER))
+    return list(case.cases[0].people)

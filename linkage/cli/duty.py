@@ -19,6 +19,9 @@ NAMES = {
     envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT: ("closure proposal", casework.RESPOND_WITH),
 }
 
+# What to do about an agency left holding a summary withdrawn from the others as retracted.
+WITHDRAW_FROM = "linkage share withdraw {} --only {} --ground GROUND --reason REASON"
+
 # What to do about a received summary past its review date, until its sender reviews it.
 ASK_WITH = "linkage inbox ask {} --question 'Its review date has passed: does it still hold?'"
 
@@ -42,6 +45,11 @@ def due(args: argparse.Namespace) -> int:
             status = "UNDELIVERABLE" if item.undeliverable else "NOT DELIVERED"
             print(f"{status:<18} your {kind} to {item.agency_name}: {item.what}")
             print(f"{'':<18} {FOLLOW_UP.format(item.message_id)}")
+            continue
+        if item.still_held:
+            held = f"{item.agency_name} holds summary {item.summary_id} (case {item.case_id})"
+            print(f"{'STILL HELD':<18} {held}: {item.what}")
+            print(f"{'':<18} {WITHDRAW_FROM.format(item.summary_id, item.node_id)}")
             continue
         if item.review_owed:
             print(f"{when:<18} {item.agency_name}'s summary is past its review date (case {item.case_id}): {item.what}")

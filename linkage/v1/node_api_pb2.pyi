@@ -1390,6 +1390,8 @@ class DueItem(_message.Message):
     UNDELIVERABLE_FIELD_NUMBER: _builtins.int
     REVIEW_OWED_FIELD_NUMBER: _builtins.int
     DELAYED_FIELD_NUMBER: _builtins.int
+    STILL_HELD_FIELD_NUMBER: _builtins.int
+    SUMMARY_ID_FIELD_NUMBER: _builtins.int
     kind: _envelope_pb2.MessageKind.ValueType
     """the request, challenge or closure proposal"""
     to_answer: _builtins.bool
@@ -1421,6 +1423,13 @@ class DueItem(_message.Message):
     long, its state and attempts in `what`, and why where that is known): the agency may
     not know, so it is told another way meanwhile (RecordFollowUp once done); delivery goes on.
     """
+    still_held: _builtins.bool
+    """A summary of this node's (`summary_id`, in `case_id`) withdrawn on a ground that retracts
+    the assessment itself (wrong person, not to be relied on), sent to some of the agencies
+    that had it: the agency `node_id` still holds a version from before as current. Withdraw
+    it from that agency too; the item goes once it has no such version.
+    """
+    summary_id: _builtins.str
     @_builtins.property
     def due(self) -> _summary_pb2.Date:
         """unset: no date was given"""
@@ -1441,10 +1450,12 @@ class DueItem(_message.Message):
         undeliverable: _builtins.bool = ...,
         review_owed: _builtins.bool = ...,
         delayed: _builtins.bool = ...,
+        still_held: _builtins.bool = ...,
+        summary_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due", b"due"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "assessment_id", b"assessment_id", "case_id", b"case_id", "delayed", b"delayed", "due", b"due", "kind", b"kind", "message_id", b"message_id", "node_id", b"node_id", "overdue", b"overdue", "review_owed", b"review_owed", "to_answer", b"to_answer", "undeliverable", b"undeliverable", "what", b"what"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_name", b"agency_name", "assessment_id", b"assessment_id", "case_id", b"case_id", "delayed", b"delayed", "due", b"due", "kind", b"kind", "message_id", b"message_id", "node_id", b"node_id", "overdue", b"overdue", "review_owed", b"review_owed", "still_held", b"still_held", "summary_id", b"summary_id", "to_answer", b"to_answer", "undeliverable", b"undeliverable", "what", b"what"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
