@@ -412,6 +412,15 @@ def test_what_an_ig_officer_mistypes_gets_a_plain_answer(scenario: LocalFederati
         assert gone.stdout is not None and gone.stderr is not None
         gone.stdout.close()
         assert gone.wait() == 1 and gone.stderr.read() == b""
+    # A directory file that is not one (half copied, say) is named, not a traceback.
+    good = Path(config(scenario, "amh"))
+    broken, bad_config = tmp_path / "directory.pb", good.with_name("broken-directory.toml")
+    broken.write_bytes(b"\xff\xff\xff")
+    bad_config.write_text(good.read_text().replace('directory = "directory.pb"', f'directory = "{broken}"'))
+    assert bad_config.read_text() != good.read_text()
+    unreadable = linkage("audit", "register", "--config", str(bad_config))
+    assert unreadable.returncode == 2 and "Traceback" not in unreadable.stderr
+    assert f"[federation] directory: cannot read {broken} (malformed: " in unreadable.stderr
 
 
 def test_html_report_renders_in_a_real_browser(scenario: LocalFederation, tmp_path: Path) -> None:

@@ -10,21 +10,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from linkage.config import GatewayConfig, NodeConfig, load_directory_key
+from google.protobuf.message import DecodeError
+
+from linkage.config import ConfigError, GatewayConfig, NodeConfig, load_directory_key
 from linkage.content import carried_summary
-from linkage.directory import DirectoryView, TrustedDirectory
+from linkage.directory import DirectoryView, TrustedDirectory, read_signed
+from linkage.reasons import Rejected
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, summary_pb2
 
 
 def federation_directory(config: NodeConfig | GatewayConfig) -> DirectoryView:
     """The federation directory, signature checked; expiry is no reason to ignore history."""
-    signed = directory_pb2.SignedDirectory.FromString(config.federation.directory.read_bytes())
-    body = directory_pb2.Directory.FromString(signed.directory)
-    # Read only: a directory key's handovers are followed here, never written to the bundle.
-    trust = TrustedDirectory(
-        config.federation.federation_id, load_directory_key(config.federation.directory_public_key)
-    )
-    return trust.accept(signed, body.issued_at_ms)
+    try:
+        signed = read_signed(config.federation.directory)
+        body = directory_pb2.Directory.FromString(signed.directory)
+        # Read only: a directory key's handovers are followed here, never written to the bundle.
+        trust = TrustedDirectory(
+            config.federation.federation_id, load_directory_key(config.federation.directory_public_key)
+        )
+        return trust.accept(signed, body.issued_at_ms)
+    except (Rejected, DecodeError) as exc:
+        raise ConfigError(f"[federation] directory: cannot read {config.federation.directory} ({exc})") from None
 
 
 def millis(option: str, text: str | None) -> int | None:
