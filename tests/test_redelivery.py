@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import json
 import shutil
 import uuid
@@ -14,6 +15,7 @@ from linkage import backup, stories
 from linkage.cli.audit import report_rows
 from linkage.clock import DAY_MS, SystemClock
 from linkage.directory import TrustedDirectory
+from linkage.files import write_private
 from linkage.frames import unbatch
 from linkage.ids import uuid7
 from linkage.store_notes import mark, mark_path
@@ -399,7 +401,9 @@ async def _held(node: NodeServer, message_id: str) -> tuple[str, list[str]]:
     return summary_id, sorted(bytes(r[0]).hex() for r in rows)
 
 
-async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(tmp_path: Path) -> None:
+async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
     federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
     store = federation.node_configs["csc"].store_path
     async with running(federation, nodes=("csc",)):
@@ -415,12 +419,24 @@ async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(
         assert (await csc.store.fetchone("SELECT count(*) FROM outbox"))[0] == 0
 
         # A mark for the store in place, with no directory to seal the requests by: kept, to ask later.
-        mark(store, store, 1, "", SystemClock().now_ms())
+        restored = mark(store, store, 1, "", SystemClock().now_ms())
         undirected = dataclasses.replace(csc.ctx, trust=TrustedDirectory(csc.trust.federation_id, csc.trust.public_key))
         await ask_again_if_restored(undirected)
         assert mark_path(store).exists() and await audit_events(csc, "store.restored") == []
         await ask_again_if_restored(csc.ctx)
         assert not mark_path(store).exists() and len(await audit_events(csc, "store.restored")) == 1
+
+        # The request committed, then a crash before the mark went: it is dropped, not asked twice.
+        write_private(mark_path(store), restored.to_json())
+        await ask_again_if_restored(csc.ctx)
+        assert not mark_path(store).exists() and len(await audit_events(csc, "store.restored")) == 1
+
+        # A mark that cannot be read is left for the operator, with an error naming it; nothing is asked.
+        mark_path(store).write_bytes(b"\x00 half-written")
+        await ask_again_if_restored(csc.ctx)
+        assert mark_path(store).exists() and len(await audit_events(csc, "store.restored")) == 1
+        (said,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "mark_unreadable" in line]
+        assert said["level"] == "error" and str(mark_path(store)) in said["problem"], said
 
 
 async def test_the_gateway_routes_a_restore_s_messages_without_tokens_and_nothing_else(tmp_path: Path) -> None:

@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from linkage.batchsign import sign_batch
-from linkage.clock import ManualClock
+from linkage.clock import DAY_MS, ManualClock
 from linkage.contentkeys import ContentKeys
 from linkage.envelope import MESSAGE_LABEL, Opened, open_envelope
 from linkage.v1 import envelope_pb2, summary_pb2, workflow_pb2
+from node.messaging import Messenger
+from node.redelivery import Redelivery
 from node.returned_copies import COPIES_BYTES, copies_for, recover
-from node.store import Store
+from node.store import Store, Tx
 from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, synthetic_summary
 
 ID = "01a20105-405a-7c0b-bc94-8ec599dbf7{:02x}"
@@ -31,6 +34,15 @@ def _held(ring: Keyring, sender: str, recipient: str, n: int) -> Opened:
     out = ring.seal(sender, recipient, _summary("s-1"), message_id=ID.format(n))
     keys = ring.keys[recipient]
     return open_envelope(out.envelope, me=recipient, keys=keys, directory=ring.view, now_ms=NOW)
+
+
+async def _asked(tx: Tx) -> None:
+    """This node's request, after its restore, that b send again what it lost (q-1), delivered."""
+    await tx.execute(
+        "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, created_at_ms, "
+        "kind) VALUES ('q-1', 'r-1', 'b', x'', 'delivered', 0, ?, 17)",
+        (NOW,),
+    )
 
 
 async def test_only_a_copy_this_node_signed_to_the_agency_returning_it_is_put_back(tmp_path: Path) -> None:
@@ -190,6 +202,55 @@ async def test_a_copy_that_names_no_summary_is_recorded_with_no_one_elses_tokens
         await store.close()
 
 
+async def test_a_withdrawal_and_an_involvement_notice_given_back_are_recorded_under_whom_they_were_about(
+    tmp_path: Path,
+) -> None:
+    """A withdrawal given back is recorded as made, for a later one on a consent ground to
+    check; without its routing header it is listed under its summary's people, and an
+    involvement notice under the people it names."""
+    ring = make_keyring()
+    family = [bytes([7]) * 32]
+    share = _held(ring, "a", "b", 1)
+    withdrawn = ring.seal(
+        "a",
+        "b",
+        message_id=ID.format(2),
+        kind=envelope_pb2.MESSAGE_KIND_WITHDRAWAL,
+        content=lambda body: body.withdrawal.CopyFrom(
+            workflow_pb2.Withdrawal(summary_id="s-1", reason="Shared in error.", ground="SHARED_IN_ERROR", erase=True)
+        ),
+    )
+    joined = ring.seal(
+        "a",
+        "b",
+        message_id=ID.format(3),
+        kind=envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE,
+        content=lambda body: body.involvement.CopyFrom(workflow_pb2.InvolvementNotice(joined=True, link_tokens=family)),
+    )
+    copies = [workflow_pb2.ReturnedCopy(signed=share.signed.SerializeToString(), routing=share.routing_bytes)]
+    for out in (withdrawn, joined):  # stored by b before nodes kept a routing header
+        opened = open_envelope(out.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+        copies.append(workflow_pb2.ReturnedCopy(signed=opened.signed.SerializeToString()))
+    answer = envelope_pb2.MessageBody(
+        message_id="m-1", in_reply_to="q-1", returned=workflow_pb2.ReturnedCopies(restore_id="r-1", copies=copies)
+    )
+    store = await Store.open(tmp_path / "a.sqlite", ManualClock(NOW + 10))
+    try:
+        async with store.tx() as tx:
+            await _asked(tx)
+            done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
+        assert done.recovered == [ID.format(n) for n in (1, 2, 3)]
+        assert await store.fetchall("SELECT summary_id, ground, erase FROM withdrawals") == [
+            ("s-1", "SHARED_IN_ERROR", 1)
+        ]
+        entries = await store.fetchall("SELECT entry FROM audit WHERE event = 'message.recovered' ORDER BY seq")
+        tokens = [json.loads(e)["tokens"] for (e,) in entries]
+        assert tokens[1] == tokens[0] == sorted(t.hex() for t in share.routing.link_tokens)
+        assert tokens[2] == [t.hex() for t in family]
+    finally:
+        await store.close()
+
+
 async def test_a_copy_without_the_routing_header_its_body_names_is_put_back_but_cannot_be_sent_again(
     tmp_path: Path,
 ) -> None:
@@ -200,19 +261,17 @@ async def test_a_copy_without_the_routing_header_its_body_names_is_put_back_but_
     returned = workflow_pb2.ReturnedCopies(
         restore_id="r-1",
         copies=[
-            workflow_pb2.ReturnedCopy(signed=first.signed.SerializeToString()),
-            workflow_pb2.ReturnedCopy(signed=second.signed.SerializeToString(), routing=first.routing_bytes),
+            workflow_pb2.ReturnedCopy(signed=first.signed.SerializeToString(), received_at_ms=NOW + 1),
+            workflow_pb2.ReturnedCopy(
+                signed=second.signed.SerializeToString(), routing=first.routing_bytes, received_at_ms=NOW + 2
+            ),
         ],
     )
     answer = envelope_pb2.MessageBody(message_id="m-1", in_reply_to="q-1", returned=returned)
     store = await Store.open(tmp_path / "a.sqlite", ManualClock(NOW + 10))
     try:
         async with store.tx() as tx:
-            await tx.execute(
-                "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, created_at_ms, "
-                "kind) VALUES ('q-1', 'r-1', 'b', x'', 'delivered', 0, ?, 17)",
-                (NOW,),
-            )
+            await _asked(tx)
             done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
         assert done.recovered == [ID.format(1), ID.format(2)]
         why = [
@@ -226,6 +285,14 @@ async def test_a_copy_without_the_routing_header_its_body_names_is_put_back_but_
         entries = [json.loads(e) for (e,) in await store.fetchall("SELECT entry FROM audit ORDER BY seq")]
         assert [e["detail"]["sendable_again"] for e in entries[:2]] == [False, False]
         assert entries[2]["detail"]["not_sendable_again"] == done.unsealable
+
+        # Then b's store is put back in turn, and it asks for them: they cannot go again, and why is said.
+        lost = workflow_pb2.RedeliveryRequest(restore_id="r-2", since_ms=NOW)
+        async with store.tx() as tx:  # a holds nothing b sent it, so nothing is sealed to return
+            await Redelivery(DAY_MS, cast(Messenger, None)).requested(tx, "b", "m-2", lost)
+        undeliverable = "SELECT reason FROM outbox WHERE kind = 1 AND state = 'undeliverable' ORDER BY seq"
+        reasons = [str(r) for (r,) in await store.fetchall(undeliverable)]
+        assert len(reasons) == 2 and all("this node's own store was put back to a copy since" in r for r in reasons)
     finally:
         await store.close()
 
@@ -323,11 +390,7 @@ async def test_requests_and_challenges_sent_since_are_followed_again_with_the_an
                 "VALUES ('c-1', ?, 'CHILD', 'CHILD', '', 0)",
                 [(t,) for t in family],
             )
-            await tx.execute(
-                "INSERT INTO outbox(message_id, share_id, recipient, digest, state, next_attempt_at_ms, created_at_ms, "
-                "kind) VALUES ('q-1', 'r-1', 'b', x'', 'delivered', 0, ?, 17)",
-                (NOW,),
-            )
+            await _asked(tx)
             for kind, to, signed in replies:  # sent again by b, before its copies
                 body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(signed).body)
                 cursor = await tx.execute(

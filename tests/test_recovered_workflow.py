@@ -1,0 +1,125 @@
+"""What a copy given back after a restore cannot put back in this node's workflow, and says
+so in its audit entry (node/recovered_workflow.py): a real store, messages built as the
+node sends them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from linkage.clock import ManualClock
+from linkage.v1 import envelope_pb2 as pb
+from linkage.v1 import summary_pb2, workflow_pb2
+from node import answers
+from node.recovered_workflow import NO_CASE, rebuild
+from node.store import Store, Tx
+from tests.crypto_fixtures import NOW
+
+FAMILY = [bytes([7]) * 32, bytes([8]) * 32]
+STRANGERS = [bytes([9]) * 32]
+# Closure ids are UUIDv7, so one proposed later sorts after one proposed earlier.
+EARLIER, LATER = "01a20105-405a-7c0b-bc94-000000000001", "01a20105-405a-7c0b-bc94-000000000002"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A restored store holding one open case that names FAMILY."""
+    opened = await Store.open(tmp_path / "a.sqlite", ManualClock(NOW))
+    async with opened.tx() as tx:
+        await _case(tx, "c-1", 0, "open")
+    yield opened
+    await opened.close()
+
+
+async def _case(tx: Tx, case_id: str, opened_at_ms: int, status: str) -> None:
+    """A case naming FAMILY."""
+    await tx.execute(
+        "INSERT INTO cases(case_id, case_ref, opened_at_ms, status) VALUES (?, ?, ?, ?)",
+        (case_id, case_id.upper(), opened_at_ms, status),
+    )
+    await tx.executemany(
+        "INSERT INTO case_people(case_id, token, role_in_risk, person_type, relationship, protect_identity) "
+        "VALUES (?, ?, 'CHILD', 'CHILD', '', 0)",
+        [(case_id, t) for t in FAMILY],
+    )
+
+
+def _intent(closure_id: str, tokens: list[bytes]) -> pb.MessageBody:
+    notice = workflow_pb2.ClosureIntentNotice(
+        closure_id=closure_id,
+        intent=summary_pb2.ClosureIntent(intent="PLANNED_CLOSURE"),
+        respond_by=summary_pb2.Date(year=2027, month=1, day=8),
+        link_tokens=tokens,
+    )
+    return pb.MessageBody(message_id="m-1", kind=pb.MESSAGE_KIND_CLOSURE_INTENT, closure_intent=notice, created_at_ms=1)
+
+
+def _challenge(tokens: list[bytes]) -> pb.MessageBody:
+    raised = workflow_pb2.Challenge(stage="PRACTITIONER", subject="THRESHOLD_DECISION", concern="Too low.")
+    raised.link_tokens.extend(tokens)
+    return pb.MessageBody(message_id="m-2", kind=pb.MESSAGE_KIND_CHALLENGE, challenge=raised)
+
+
+async def _closures(store: Store) -> list[tuple[str, str]]:
+    return [(str(c), str(s)) for c, s in await store.fetchall("SELECT closure_id, state FROM closures ORDER BY 1")]
+
+
+@pytest.mark.parametrize("tokens", [STRANGERS, []], ids=["people-no-case-names", "no-people"])
+async def test_a_challenge_about_people_no_case_here_names_is_not_filed(store: Store, tokens: list[bytes]) -> None:
+    async with store.tx() as tx:
+        assert await rebuild(tx, "b", _challenge(tokens)) == NO_CASE
+    assert await store.fetchall("SELECT message_id FROM challenges") == []
+
+
+async def test_a_challenge_is_filed_under_the_open_case_before_a_closed_one(store: Store) -> None:
+    async with store.tx() as tx:
+        await _case(tx, "c-0", 9, "closed")  # opened later, but closed
+        assert await rebuild(tx, "b", _challenge(FAMILY)) == {"rebuilt": "challenge", "case_id": "c-1"}
+
+
+async def test_a_closure_proposal_about_people_no_case_here_names_is_not_put_back(store: Store) -> None:
+    async with store.tx() as tx:
+        assert await rebuild(tx, "b", _intent(LATER, STRANGERS)) == NO_CASE
+    assert await _closures(store) == []
+
+
+async def test_a_closure_proposal_is_not_put_back_over_one_made_since_the_restore(store: Store) -> None:
+    """The practitioner proposed closing the case again after the restore: the copy of the
+    older proposal must not stand beside it (a case has one proposal at a time)."""
+    async with store.tx() as tx:
+        await answers.closure_proposed(tx, LATER, "c-1", "2027-01-09", summary_pb2.ClosureIntent(), "", ["b"])
+        done = await rebuild(tx, "b", _intent(EARLIER, FAMILY))
+    assert done == {"not_rebuilt": "another closure has been proposed for the case since the restore"}
+    assert await _closures(store) == [(LATER, "proposed")]
+
+
+async def test_a_closure_proposal_put_back_by_another_agencys_copy_adds_this_one_as_alerted(store: Store) -> None:
+    async with store.tx() as tx:
+        assert await rebuild(tx, "b", _intent(EARLIER, FAMILY)) == {"rebuilt": "closure_proposal", "case_id": "c-1"}
+        assert await rebuild(tx, "c", _intent(EARLIER, FAMILY)) == {"rebuilt": "closure_proposal", "case_id": "c-1"}
+    invitees = await store.fetchall("SELECT node_id FROM closure_invitees WHERE closure_id = ? ORDER BY 1", (EARLIER,))
+    assert invitees == [("b",), ("c",)] and await _closures(store) == [(EARLIER, "proposed")]
+
+
+async def test_a_closure_notice_closes_the_case_once_whichever_copy_comes_first(store: Store) -> None:
+    notice = pb.MessageBody(
+        message_id="m-3",
+        kind=pb.MESSAGE_KIND_CLOSURE_NOTICE,
+        closure_notice=workflow_pb2.ClosureNotice(closure_id=EARLIER),
+        created_at_ms=NOW - 5,
+    )
+    async with store.tx() as tx:
+        assert await rebuild(tx, "b", notice) == {"not_rebuilt": "the closure proposal it ends was not put back here"}
+        await rebuild(tx, "b", _intent(EARLIER, FAMILY))
+        assert await rebuild(tx, "b", notice) == {"rebuilt": "case_closed", "case_id": "c-1"}
+        assert await rebuild(tx, "c", notice) == {"case_closed_already": "c-1"}
+    assert await _closures(store) == [(EARLIER, "closed")]
+    assert await store.fetchone("SELECT status FROM cases WHERE case_id = 'c-1'") == ("closed",)
+    assert await store.fetchall("SELECT token FROM subscriptions_to_end ORDER BY 1") == [(t,) for t in FAMILY]
+
+
+async def test_a_kind_that_starts_nothing_here_rebuilds_nothing(store: Store) -> None:
+    async with store.tx() as tx:
+        assert await rebuild(tx, "b", pb.MessageBody(message_id="m-4", kind=pb.MESSAGE_KIND_SUMMARY_SHARE)) == {}
