@@ -39,6 +39,7 @@ class CertificateWatch:
         self.in_use = files.read()
         self.fingerprint, self.not_after_ms = certificate_facts(self.in_use.cert)
         self._warned_at_ms: int | None = None
+        self._unreadable: str | None = None  # what was last said of files that could not be read
 
     def renewal(self) -> Renewal | None:
         """What the files hold, if they changed since last asked and it may be used; a
@@ -48,10 +49,13 @@ class CertificateWatch:
             if version == self._version:
                 return None
             material = self.files.read()
-        except OSError as exc:  # one of them being replaced, or gone: said, and looked at again next time
-            log.warning("tls.renewal_refused", problem=f"cannot read {exc.filename}: {exc.strerror}")
+        except OSError as exc:  # one of them being replaced, or gone: looked at again next time, said once
+            problem = f"cannot read {exc.filename}: {exc.strerror}"
+            if problem != self._unreadable:
+                self._unreadable = problem
+                log.warning("tls.renewal_refused", problem=problem)
             return None
-        self._version = version
+        self._version, self._unreadable = version, None
         if material == self.in_use:
             return None
         try:

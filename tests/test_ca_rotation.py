@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from linkage.clock import SystemClock
 from linkage.federation import Federation, FederationError, publish_directory, renew_certificate, retire_ca, rotate_ca
 from linkage.pki import CertificateAuthority, chains_to
-from linkage.renewal import new_roots
+from linkage.renewal import new_roots, write_roots
 from linkage.transport import TlsFiles
 from linkage.v1 import directory_pb2
 from tests.file_crashes import Crash, crash_at
@@ -188,6 +188,22 @@ def test_a_ca_is_trusted_only_when_a_trusted_ca_certified_it(tmp_path: Path, cap
     vouched = offering(first, successor.cert, crosses=(trusted.cross_certify(successor),))
     assert new_roots(files, vouched) == [first, successor.cert]
     assert new_roots(files, offering(successor.cert)) is None  # dropping the CA in use too: not vouched for
+    garbled = directory_pb2.Directory(tls_roots=[b"not a certificate"])
+    assert new_roots(files, garbled) is None
+    refused = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "tls.roots_refused" in line]
+    assert refused[-1]["problem"] == "the directory's CAs are not certificates"
+
+
+def test_cas_that_cannot_be_saved_are_said_and_those_in_use_kept(tmp_path: Path, captured_logs: io.StringIO) -> None:
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    files = federation.node_configs["amh"].tls
+    blocked = TlsFiles(cert=files.cert, key=files.key, ca=tmp_path / "ca-folder")
+    blocked.ca.mkdir()  # where the CA file should be: nothing can replace it
+    write_roots(blocked, federation.fed.roots())
+    (said,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "tls.roots_not_saved" in line]
+    assert said["file"] == str(blocked.ca) and said["level"] == "error"
+    assert blocked.ca.is_dir()
+    assert "tls.roots_changed" not in captured_logs.getvalue()
 
 
 async def test_rotate_ca_on_the_command_line_and_what_it_refuses(tmp_path: Path) -> None:

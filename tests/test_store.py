@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import io
 import json
 import re
 import shutil
@@ -369,6 +370,30 @@ async def test_commit_callbacks_run_after_the_commit_and_never_for_a_rollback(tm
                 tx.on_commit(lambda: seen.append({"rolled back"}))
                 await tx.execute("INSERT INTO cases VALUES ('c1', 'ref', 1, 'open')")
         assert seen == [{"c1"}]  # it saw the committed row; the failed one never ran
+    finally:
+        await store.close()
+
+
+async def test_a_commit_callback_that_raises_undoes_nothing_and_stops_no_other(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    seen: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("observer failed")
+
+    try:
+        async with store.tx() as tx:
+            await tx.execute("INSERT INTO cases VALUES ('c1', 'ref', 1, 'open')")
+            tx.on_commit(broken)
+            tx.on_commit(lambda: seen.append("after"))
+        assert _committed_cases(path) == {"c1"} and seen == ["after"]
+        (said,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "on_commit_failed" in line]
+        assert said["level"] == "error" and "observer failed" in said["exception"]
+        await _open_case(store, "c2")  # and the store goes on
+        assert _committed_cases(path) == {"c1", "c2"}
     finally:
         await store.close()
 

@@ -243,6 +243,8 @@ async def _served_certificate(cluster: Cluster) -> bytes:
         ("an encrypted key", "the key file is not an unencrypted PEM private key"),
         ("a foreign CA's", "not issued by the federation CA"),
         ("lapsed", "not now"),
+        ("a folder", "node.key: Is a directory"),
+        ("gone", "node.pem: No such file or directory"),
     ],
 )
 def test_files_that_are_not_a_usable_certificate_are_refused_and_the_one_in_use_kept(
@@ -275,6 +277,11 @@ def test_files_that_are_not_a_usable_certificate_are_refused_and_the_one_in_use_
         other = make_federation(tmp_path / "other", clock, nodes=("amh",))
         shutil.copy(other.node_configs["amh"].tls.cert, tls.cert)
         shutil.copy(other.node_configs["amh"].tls.key, tls.key)
+    elif replacement == "a folder":
+        tls.key.unlink()
+        tls.key.mkdir()
+    elif replacement == "gone":
+        tls.cert.unlink()
     else:
         renew_certificate(federation.fed, tls.cert, clock.now_ms())
         clock.advance(CERT_VALIDITY_DAYS * DAY_MS + DAY_MS)
