@@ -454,6 +454,19 @@ def renew_certificate(fed: Federation, cert_file: Path, now_ms: int, out: Path |
     return identity, fingerprint
 
 
+def write_roots_file(fed: Federation, ca_file: Path) -> int:
+    """Write the CAs members trust now over a member's CA file, whole; how many. A running
+    member takes them from the directory itself, and adds a CA only when one it trusts
+    certified it, so one away while a CA was retired (a certificate issued since carries no
+    cross-certificate) trusts none the gateway's certificate chains to: this is the copy by
+    hand that a retired CA, by design, cannot vouch for."""
+    try:
+        write_atomic(ca_file, fed.roots_pem())
+    except OSError as exc:
+        raise FederationError(f"cannot write {ca_file}: {exc.strerror}") from None
+    return len(fed.roots())
+
+
 def revoke_node(fed: Federation, node_id: str) -> None:
     """Mark a node revoked for the next published directory (its certificate and keys stop working)."""
     path = fed.entries / f"{node_id}.pb"

@@ -18,6 +18,7 @@ from linkage import logs
 from linkage.backoff import backoff_ms
 from linkage.frames import NestedBatchError, fits, unbatch
 from linkage.ids import is_peer
+from linkage.refusals import bounded
 from linkage.tokens import MAX_TOKENS_PER_CALL, TOKEN_LEN
 from linkage.transport import DIRECTORY_MAX_BYTES, TlsMaterial, secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
@@ -170,7 +171,9 @@ class GatewayLink:
                             await self._dispatch(run)
                 log.info("gateway.stream_ended", renewed=self._redial_now)
             except grpc.aio.AioRpcError as exc:
-                log.warning("gateway.unavailable", code=exc.code().name, attempt=attempt)
+                # What gRPC says of it names the cause an operator acts on (a refused certificate, say).
+                problem = bounded(exc.details() or "", 300)
+                log.warning("gateway.unavailable", code=exc.code().name, attempt=attempt, problem=problem)
             except NestedBatchError:
                 log.error("gateway.protocol_error", problem="nested batch")
             except asyncio.CancelledError:

@@ -7,6 +7,7 @@ them; retiring is refused while any member's certificate is the old CA's."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -17,19 +18,27 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from linkage import logs
 from linkage.clock import SystemClock
 from linkage.federation import Federation, FederationError, publish_directory, renew_certificate, retire_ca, rotate_ca
 from linkage.pki import CertificateAuthority, chains_to
 from linkage.renewal import new_roots, write_roots
 from linkage.transport import TlsFiles
 from linkage.v1 import directory_pb2
+from node.server import NodeServer
 from tests.file_crashes import Crash, crash_at
-from tests.harness import Cluster, audit_events, linkage, make_federation, running, wait_delivered
+from tests.harness import Cluster, LocalFederation, audit_events, linkage, make_federation, running, wait_delivered
 from tests.test_delivery import family_assessment, share
 
 
 def _roots(ca_file: Path) -> set[x509.Certificate]:
     return set(x509.load_pem_x509_certificates(ca_file.read_bytes()))
+
+
+def _members(federation: LocalFederation) -> tuple[Federation, TlsFiles, TlsFiles, TlsFiles]:
+    """The federation, and the TLS files of its gateway, amh and csc."""
+    configs = federation.node_configs
+    return federation.fed, federation.gateway_config.tls, configs["amh"].tls, configs["csc"].tls
 
 
 def _issuer(tls: TlsFiles) -> x509.Name:
@@ -74,12 +83,7 @@ async def _gets_in(cluster: Cluster, cert: bytes, key_file: Path, tmp_path: Path
 
 async def test_the_ca_is_rotated_without_a_restart_even_for_a_node_away_throughout(tmp_path: Path) -> None:
     federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
-    fed, gateway, amh, csc = (
-        federation.fed,
-        federation.gateway_config.tls,
-        federation.node_configs["amh"].tls,
-        federation.node_configs["csc"].tls,
-    )
+    fed, gateway, amh, csc = _members(federation)
     (first,) = fed.roots()
     csc_old_cert = csc.cert.read_bytes()
     now = SystemClock().now_ms
@@ -128,6 +132,92 @@ async def test_the_ca_is_rotated_without_a_restart_even_for_a_node_away_througho
             e["detail"]["roots"] for e in await audit_events(cluster.nodes["amh"]) if e["event"] == "tls.roots_changed"
         ]
         assert len(changes) == 2 and len(changes[0]) == 2 and len(changes[1]) == 1
+
+
+class _LogWatch(io.StringIO):
+    """A log stream that sets `seen` at the first line holding `text`, and keeps that line."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.seen, self.line = text, asyncio.Event(), ""
+
+    def write(self, data: str) -> int:
+        if self.text in data and not self.seen.is_set():
+            self.line = data
+            self.seen.set()
+        return super().write(data)
+
+
+async def _gateway_verified_by(cluster: Cluster, ca_file: Path) -> bool:
+    """Whether a client trusting the CAs in `ca_file` accepts the gateway's certificate."""
+    context = ssl.create_default_context(cafile=ca_file)
+    try:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", cluster.gateway.port, ssl=context, server_hostname="gateway"
+        )
+    except ssl.SSLCertVerificationError:
+        return False
+    writer.transport.abort()
+    return True
+
+
+async def test_a_node_away_while_its_ca_was_retired_is_brought_back_with_the_cas_written_by_renew_tls(
+    tmp_path: Path,
+) -> None:
+    """The retired CA vouches for nothing, by design (its key may be known): a member away
+    throughout, its certificate renewed by hand so that the CA could be retired, trusts no CA
+    the gateway's next certificate chains to. `renew-tls --ca` writes the CAs with it."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
+    fed, gateway, amh, csc = _members(federation)
+    (first,) = fed.roots()
+    now = SystemClock().now_ms
+    async with running(federation) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await cluster.stop_node("csc")
+        rotate_ca(fed, now())
+        await _publish(cluster)
+        for member in (gateway, amh, csc):  # csc's bundle by hand, as retiring requires
+            renew_certificate(fed, member.cert, now())
+        await _publish(cluster)
+        retire_ca(fed)
+        await _publish(cluster)
+        renew_certificate(fed, gateway.cert, now())  # issued after the retirement: no cross-certificate
+        cluster.gateway.check_certificate()
+        assert _roots(csc.ca) == {first}
+        assert not await _gateway_verified_by(cluster, csc.ca)
+        refused = _LogWatch("CERTIFICATE_VERIFY_FAILED")
+        logs.configure("info", stream=refused)
+        config = dataclasses.replace(
+            federation.node_configs["csc"], gateway_address=f"127.0.0.1:{cluster.gateway.port}"
+        )
+        away = NodeServer(config, cluster.gateway.clock)
+        try:  # started so, its log says why it cannot connect
+            await away.start()
+            async with asyncio.timeout(30):
+                await refused.seen.wait()
+        finally:
+            await away.stop(grace=0)
+            logs.configure("info")
+        assert '"event":"gateway.unavailable"' in refused.line and '"code":"UNAVAILABLE"' in refused.line
+
+        code, out, err = await linkage(
+            "federation", "renew-tls", "--dir", str(fed.root), "--cert", str(csc.cert), "--ca", str(csc.ca)
+        )
+        assert code == 0 and f"wrote the CAs the federation trusts now (1) to {csc.ca}" in out, err
+        assert _roots(csc.ca) == set(fed.roots()) != {first}
+        assert await _gateway_verified_by(cluster, csc.ca)
+        await _publish(cluster)
+        async with asyncio.timeout(30):
+            await cluster.start_node("csc")
+            await share(cluster, assessment_id)
+            await wait_delivered(cluster.nodes["amh"], 1)
+
+        held = amh.cert.read_bytes()
+        code, _, err = await linkage(
+            "federation", "renew-tls", "--dir", str(fed.root), "--cert", str(amh.cert), "--ca", str(tmp_path)
+        )
+        assert code != 0 and f"cannot write {tmp_path}" in err, err
+        assert amh.cert.read_bytes() == held  # refused before anything was renewed
 
 
 def federation_pin(fed: Federation, node_id: str) -> bytes:

@@ -97,8 +97,12 @@ def test_the_operators_commands_build_and_change_a_federation_whose_bundles_chec
     # The bundles still check clean: the directory key they hold hands over to the new one.
     for config in (f"{gw}/gateway.toml", f"{housing}/node.toml"):
         assert linkage(capsys, "config", "check", config) == f"OK: {config}\n"
-    for cert in (f"{housing}/tls/node.pem", f"{gw}/tls/gateway.pem"):
-        assert "renewed the certificate of" in linkage(capsys, "federation", "renew-tls", "--dir", fed, "--cert", cert)
+    for bundle, cert in ((housing, "node.pem"), (gw, "gateway.pem")):
+        tls = f"{bundle}/tls"
+        said = linkage(
+            capsys, "federation", "renew-tls", "--dir", fed, "--cert", f"{tls}/{cert}", "--ca", f"{tls}/ca.pem"
+        )
+        assert "renewed the certificate of" in said and f"CAs the federation trusts now (2) to {tls}/ca.pem" in said
     linkage(capsys, "federation", "publish", "--dir", fed, "--copy-to", gw, "--copy-to", housing)
     for config in (f"{gw}/gateway.toml", f"{housing}/node.toml"):  # each renewed certificate chains to the old CA
         assert linkage(capsys, "config", "check", config) == f"OK: {config}\n"

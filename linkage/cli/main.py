@@ -123,16 +123,19 @@ def _federation_revoke(args: argparse.Namespace) -> int:
 
 def _federation_renew_tls(args: argparse.Namespace) -> int:
     from linkage.clock import utc_minute
-    from linkage.federation import Federation, renew_certificate
+    from linkage.federation import Federation, renew_certificate, write_roots_file
     from linkage.pki import certificate_facts, parse_spiffe_id
 
     fed, written = Federation.open(args.dir), args.out or args.cert
+    roots = None if args.ca is None else write_roots_file(fed, args.ca)  # first: harmless alone, unlike a renewal
     identity, fingerprint = renew_certificate(fed, args.cert, SystemClock().now_ms(), args.out)
     _, lapses = certificate_facts(written.read_bytes())
     print(
         f"renewed the certificate of {identity} for its own key, valid to {utc_minute(lapses)}, in {written} "
         f"(SHA-256 {fingerprint.hex()})"
     )
+    if roots is not None:
+        print(f"wrote the CAs the federation trusts now ({roots}) to {args.ca}")
     kind, _ = parse_spiffe_id(identity, fed.federation_id) or ("", "")
     if kind == "node":
         print(
@@ -174,8 +177,8 @@ def _federation_rotate_ca(args: argparse.Namespace) -> int:
     print(
         f"a new federation CA issues from now ({new.hex()[:16]}); the old one certified it, and its key is destroyed. "
         "Publish now (linkage federation publish): every member trusts both CAs as it takes that directory. Then "
-        "renew every member's certificate (linkage federation renew-tls) and publish; once each runs its new one, "
-        "retire the old CA (linkage federation rotate-ca --retire) and publish"
+        "renew every member's certificate (linkage federation renew-tls, with --ca for its CA file) and publish; "
+        "once each runs its new one, retire the old CA (linkage federation rotate-ca --retire) and publish"
     )
     return 0
 
@@ -312,6 +315,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--cert", type=Path, required=True, help="the certificate in use (e.g. BUNDLE/tls/node.pem): replaced whole"
     )
     p.add_argument("--out", type=Path, help="write the new certificate here instead (to copy it into place)")
+    p.add_argument(
+        "--ca",
+        type=Path,
+        help="also write the CAs the federation trusts now to this file (the member's [tls] ca, e.g. "
+        "BUNDLE/tls/ca.pem): a member away while a CA was retired trusts none the gateway's certificate chains to",
+    )
     p.set_defaults(handler=_federation_renew_tls)
 
     p = fed_cmds.add_parser(
