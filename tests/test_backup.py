@@ -22,6 +22,8 @@ import pyrage
 import pytest
 
 from bench.audit import build
+from gateway.db import GatewayDb
+from gateway.metalog import MetaLog
 from linkage import backup, store_notes
 from linkage.clock import ManualClock, SystemClock, utc_minute
 from linkage.readonly import connect_read_only
@@ -399,3 +401,50 @@ def test_a_restore_cut_short_at_any_point_leaves_a_whole_store_and_running_it_ag
         assert _entries(kept) == 250  # the old store, its journal folded in
         assert step > 5  # it was cut at every step before this one
         break
+
+
+async def test_a_store_that_is_not_whole_or_not_its_kind_s_is_refused_saying_which(
+    tmp_path: Path, gateway_db: GatewayDb
+) -> None:
+    """What `backup create` and `backup restore` check a store by (`check_store`): it must be
+    a SQLite file, whole by SQLite's own check, with its kind's hash-chained log intact."""
+    not_sqlite = tmp_path / "notes.sqlite"
+    not_sqlite.write_bytes(b"a practitioner's notes, not a database\n" * 200)
+    with pytest.raises(backup.BackupError, match="the store cannot be read"):
+        backup.check_store(not_sqlite, "node")
+
+    node_store = tmp_path / "node.sqlite"
+    build(node_store, 30)
+    assert backup.check_store(node_store, "node").log_entries == 30
+    with pytest.raises(backup.BackupError, match=r"this is not a gateway's store \(it has no metalog table\)"):
+        backup.check_store(node_store, "gateway")
+
+    torn = tmp_path / "torn.sqlite"  # an index that no longer agrees with its table
+    with closing(sqlite3.connect(torn)) as db:
+        db.execute("CREATE TABLE audit(seq INTEGER PRIMARY KEY, entry TEXT)")
+        db.execute("CREATE INDEX audit_by_entry ON audit(entry)")
+        db.executemany("INSERT INTO audit(entry) VALUES (?)", [(f"entry-{n:04d}",) for n in range(50)])
+        db.commit()
+        ((page_size,), (root,)) = (
+            db.execute("PRAGMA page_size").fetchone(),
+            db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'audit_by_entry'").fetchone(),
+        )
+    data = bytearray(torn.read_bytes())
+    page = slice((root - 1) * page_size, root * page_size)
+    at = data[page].index(b"entry-0049") + (root - 1) * page_size  # the last key: still in order, now wrong
+    data[at : at + 10] = b"entry-0050"
+    torn.write_bytes(bytes(data))
+    with pytest.raises(backup.BackupError, match=r"the store fails SQLite's integrity check: .*audit_by_entry"):
+        backup.check_store(torn, "node")
+
+    log = MetaLog(gateway_db, ManualClock(), "gw")
+    for n in range(5):
+        log.record("resolve", "amh", message_id=f"m{n}")
+    await log.flush()
+    assert backup.check_store(gateway_db.path, "gateway").log_entries == 5
+    async with gateway_db.tx() as db:  # as someone with the file would: its guard dropped first
+        for (name,) in await db.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+            await db.execute(f"DROP TRIGGER {name}")
+        await db.execute("UPDATE metalog SET entry = replace(entry, 'amh', 'xyz') WHERE seq = 3")
+    with pytest.raises(backup.BackupError, match="the metadata log fails at entry 3"):
+        backup.check_store(gateway_db.path, "gateway")
