@@ -6,6 +6,8 @@ cosignatures, which the node keeps only when the directory's witness key verifie
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -13,8 +15,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from gateway.server import GatewayServer
 from linkage.auditlog import check_cosignature
 from linkage.clock import SystemClock
+from linkage.config import ConfigError
 from linkage.keys import write_private_pem
 from linkage.reasons import Rejected
 from linkage.v1 import audit_pb2, gateway_pb2, gateway_pb2_grpc
@@ -137,7 +141,9 @@ def _kept(node: NodeServer) -> tuple[audit_pb2.SignedCheckpoint, audit_pb2.Cosig
     return audit_pb2.SignedCheckpoint.FromString(row[0]), audit_pb2.Cosignature.FromString(row[1])
 
 
-async def test_the_witness_cosigns_what_it_holds_and_the_node_keeps_only_what_verifies(tmp_path: Path) -> None:
+async def test_the_witness_cosigns_what_it_holds_and_the_node_keeps_only_what_verifies(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
     """Each checkpoint the gateway comes to hold it cosigns with the witness key the directory
     names; the node checks that and keeps it. A cosignature by any other key is not kept (nor is
     a lodge without one): the node keeps the last good one."""
@@ -176,3 +182,34 @@ async def test_the_witness_cosigns_what_it_holds_and_the_node_keeps_only_what_ve
             assert amh.store is not None and _size(held.latest) == amh.store.frontier.size
             assert held.HasField("latest_cosignature") == (key is not None)
             assert _kept(amh) == good
+    said = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "witness.key_not_in" in line]
+    assert [e["level"] for e in said] == ["error"]  # for the stranger's key, as it loaded the directory; none for none
+
+    stranger.write_bytes(b"half a key")  # one the gateway cannot read: it does not start
+    federation.gateway_config = dataclasses.replace(federation.gateway_config, witness_key=stranger)
+    with pytest.raises(ConfigError, match=r"\[witness\] key: "):
+        GatewayServer(federation.gateway_config)
+
+
+async def test_a_log_missing_an_entry_is_not_lodged_and_the_node_says_which(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    """Nothing can be proved from a log with an entry gone (deleted behind the node's back):
+    the node lodges nothing, says which entry is missing, and counts the failure; `audit
+    verify` is how the IG officer is shown the gap."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    async with running(federation) as cluster:
+        await _append(cluster.nodes["amh"], 5)
+        assert await cluster.nodes["amh"].checkpoints.lodge()
+    with sqlite3.connect(federation.node_configs["amh"].store_path) as db:
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'"):
+            db.execute(f"DROP TRIGGER {name}")
+        db.execute("DELETE FROM audit WHERE seq = 2")
+        db.execute("DELETE FROM witnessed")  # so the range the witness holds is read from the log again
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        assert not await amh.checkpoints.lodge()
+        assert _tries(amh, "failed") >= 1 and _tries(amh, "ok") == 0
+    said = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "LOG_INCOMPLETE" in line]
+    assert said and said[0]["event"] == "checkpoint.not_lodged" and said[0]["level"] == "error"
+    assert said[0]["detail"] == "audit entry 2 is missing from the store"
