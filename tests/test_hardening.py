@@ -679,6 +679,31 @@ async def test_r6_a_gateway_stopped_while_its_store_refuses_writes_keeps_what_wa
     kept.unlink()
 
 
+async def test_r6_kept_entries_a_store_still_refuses_wait_with_their_file_and_a_file_that_cannot_be_read_is_left(
+    gateway_db: GatewayDb, tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    """At a start whose store still refuses writes, what a stop kept waits with the rest and
+    its file stays until they are in; a file that cannot be read is left for a person, and said."""
+    kept = tmp_path / "gateway.sqlite.metalog-kept"
+    stopping = MetaLog(gateway_db, ManualClock(), "gw")
+    for n in range(2):
+        stopping.record("resolve", "amh", message_id=f"m{n}")
+    assert stopping.keep(kept) == 2
+    log = MetaLog(gateway_db, ManualClock(), "gw")
+    await log.load()
+    async with _read_only(gateway_db):
+        assert await log.take_kept(kept) == 0
+        assert kept.exists() and log.pending == 3
+    await log.flush()
+    assert not kept.exists()
+    assert await _metalog(gateway_db) == [("resolve", ""), ("resolve", ""), ("metalog.kept", "")]
+
+    kept.write_text('{"format": "half')
+    assert await log.take_kept(kept) == 0 and kept.exists() and log.pending == 0
+    (said,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "kept_unreadable" in line]
+    assert said["level"] == "error" and said["file"] == kept.name
+
+
 async def test_r6_a_gateway_that_can_neither_commit_nor_keep_what_waits_puts_it_in_its_operational_log(
     tmp_path: Path, captured_logs: io.StringIO
 ) -> None:
