@@ -317,16 +317,7 @@ class NodeServer:
         if self._roots_at_start is not None:
             detail = {"roots": self._roots_at_start, "source": "file"}
             await self._recorded("tls.roots_changed", detail, failed="tls.roots_failed")
-        self.metrics = NodeMetrics()
-        trust, now_ms = self.trust, self.clock.now_ms
-        self.metrics.bind_directory(
-            age=lambda: (now_ms() - trust.issued_at_ms) / 1000,
-            expires_in=lambda: (trust.expires_at_ms - now_ms()) / 1000,
-            keys_expire_in=lambda: (trust.keys_expire_at_ms(config.node_id) - now_ms()) / 1000,
-        )
-        store = self.store
-        self.metrics.store_writable.set_function(lambda: float(store.writability.error is None))
-        self.metrics.certificate_expires_in.set_function(self.certificate.expires_in_s)
+        self.metrics = self._bound_metrics(self.store)
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry)
         self.link = GatewayLink(
             config.node_id,
@@ -348,14 +339,7 @@ class NodeServer:
         messenger = Messenger(
             config.node_id, keys, self.trust, self.clock, config.delivery, self.outbox.fresh, self.outbox.unsent
         )
-        # Ids made from now on come after those made before this start, however the clock was
-        # set meanwhile: each table keeping ids this node made, by its index (linkage/ids.py).
-        (newest,) = await self.store.fetchone(
-            "SELECT MAX(id) FROM (SELECT MAX(message_id) AS id FROM outbox UNION ALL SELECT MAX(case_id) FROM cases "
-            "UNION ALL SELECT MAX(assessment_id) FROM assessments UNION ALL SELECT MAX(share_id) FROM shares "
-            "UNION ALL SELECT MAX(closure_id) FROM closures UNION ALL SELECT MAX(request_id) FROM info_requests)"
-        )
-        if newest:
+        if newest := await _newest_id(self.store):
             messenger.ids.after(newest)
         self.reception = Reception(
             self.store,
@@ -415,28 +399,9 @@ class NodeServer:
         row = await self.store.fetchone("SELECT MAX(seq) FROM inbox")
         self.feed.last_seq = int(row[0] or 0)
 
-        server = grpc.aio.server(options=API_SERVER_OPTIONS)
-        service = NodeApiService(
-            self.cases, self.sharing, requests, self.inbox, self.chronology, self.outbox, self.feed
+        self._server = await self._serve_api(
+            NodeApiService(self.cases, self.sharing, requests, self.inbox, self.chronology, self.outbox, self.feed)
         )
-        add_to_server(service, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
-        socket = config.api_socket
-        with contextlib.suppress(FileNotFoundError):
-            socket.unlink()
-        old_umask = os.umask(0o177)  # the socket is born owner-only: only this account's case system
-        try:
-            server.add_insecure_port(unix_address(socket))
-            await server.start()
-        except RuntimeError as exc:  # gRPC's word for an address it could not bind
-            raise ConfigError(f"[api] socket {socket}: cannot bind it ({exc})") from exc
-        finally:
-            os.umask(old_umask)
-        self._server = server
         if config.metrics_listen:
             self.metrics_endpoint.start(config.metrics_listen)
         await self.health.set(LINK_HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -454,6 +419,40 @@ class NodeServer:
         await self._report_serving()
         self.certificate.warn_if_lapsing()
         log.info("node.started", schema=self.store.schema_version)
+
+    def _bound_metrics(self, store: Store) -> NodeMetrics:
+        """The node's metrics, those read at each scrape bound to what they read."""
+        metrics, trust, now_ms, node_id = NodeMetrics(), self.trust, self.clock.now_ms, self.config.node_id
+        metrics.bind_directory(
+            age=lambda: (now_ms() - trust.issued_at_ms) / 1000,
+            expires_in=lambda: (trust.expires_at_ms - now_ms()) / 1000,
+            keys_expire_in=lambda: (trust.keys_expire_at_ms(node_id) - now_ms()) / 1000,
+        )
+        metrics.store_writable.set_function(lambda: float(store.writability.error is None))
+        metrics.certificate_expires_in.set_function(self.certificate.expires_in_s)
+        return metrics
+
+    async def _serve_api(self, service: NodeApiService) -> grpc.aio.Server:
+        """The case system's API, health and reflection, on the node's Unix socket."""
+        server = grpc.aio.server(options=API_SERVER_OPTIONS)
+        add_to_server(service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        socket = self.config.api_socket
+        with contextlib.suppress(FileNotFoundError):
+            socket.unlink()
+        old_umask = os.umask(0o177)  # the socket is born owner-only: only this account's case system
+        try:
+            server.add_insecure_port(unix_address(socket))
+            await server.start()
+        except RuntimeError as exc:  # gRPC's word for an address it could not bind
+            raise ConfigError(f"[api] socket {socket}: cannot bind it ({exc})") from exc
+        finally:
+            os.umask(old_umask)
+        return server
 
     async def stop(self, grace: float = 5.0) -> None:
         """Drain: finish API calls in progress, wait for in-flight acks, then close."""
@@ -489,3 +488,14 @@ async def serve(config: NodeConfig) -> None:
     await serve_until_signalled(
         f"linkage node {config.node_id} serving its API on unix:{config.api_socket}", node.stop, node.reload
     )
+
+
+async def _newest_id(store: Store) -> str | None:
+    """The newest id this node made, in any table that keeps one: ids made from now on come
+    after it, however the clock was set meanwhile (linkage/ids.py). Each is read by its index."""
+    (newest,) = await store.fetchone(
+        "SELECT MAX(id) FROM (SELECT MAX(message_id) AS id FROM outbox UNION ALL SELECT MAX(case_id) FROM cases "
+        "UNION ALL SELECT MAX(assessment_id) FROM assessments UNION ALL SELECT MAX(share_id) FROM shares "
+        "UNION ALL SELECT MAX(closure_id) FROM closures UNION ALL SELECT MAX(request_id) FROM info_requests)"
+    )
+    return str(newest) if newest else None
