@@ -233,10 +233,10 @@ class GatewayLink:
 
     async def send_all(self, frames: list[gateway_pb2.NodeFrame]) -> None:
         """Write frames in order; returns once all are written, or raises NotConnected. Frames
-        sent while a write is in progress are written together, in batches, by whoever writes
-        next. Its callers must be tasks the node cancels only as it stops (the outbox's, a
-        received frame's, the resolver's for a case system's share): gRPC cancels a whole
-        stream whose write is cancelled."""
+        sent while a write is in progress are written together, in batches, by the link's
+        writer task: a sender cancelled while it waits (a case system that gave up on its
+        call) cancels no write, and so not the stream (gRPC cancels a whole stream whose
+        write is cancelled)."""
         call = self._call
         if call is None:
             raise NotConnected()
@@ -245,19 +245,24 @@ class GatewayLink:
         self._outgoing += mine
         if not self._writing:
             self._writing = True
-            try:
-                while self._outgoing:
-                    await self._write_batch(call)
-            finally:
-                self._writing = False
-                if (ending := self._end_when_written) is not None:
-                    self._end_when_written = None
-                    await _end_writing(ending)
+            writer = loop.create_task(self._write_queued(call))
+            self._handlers.add(writer)  # cancelled, as they are, only as the link stops
+            writer.add_done_callback(self._handlers.discard)
         written = [future for _, future in mine]
         if pending := [future for future in written if not future.done()]:  # else no turn of the loop
             await asyncio.wait(pending)
         if any(future.exception() is not None for future in written):
             raise NotConnected()
+
+    async def _write_queued(self, call: Call) -> None:
+        try:
+            while self._outgoing:
+                await self._write_batch(call)
+        finally:
+            self._writing = False
+            if (ending := self._end_when_written) is not None:
+                self._end_when_written = None
+                await _end_writing(ending)
 
     async def _write_batch(self, call: Call) -> None:
         batch = [self._outgoing.popleft()]

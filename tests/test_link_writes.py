@@ -78,18 +78,38 @@ async def test_frames_written_together_on_a_stream_that_went_fail_together(link:
     assert stream.written == []
 
 
+async def test_a_sender_that_gives_up_cancels_no_write_and_the_stream_goes_on(link: tuple[GatewayLink, Stream]) -> None:
+    """A case system that gives up on its call cancels the task sending for it: the link's
+    own writer writes on, so the stream (which gRPC cancels whole with a cancelled write)
+    and the frames queued behind are untouched."""
+    gateway_link, stream = link
+    stream.flowing.clear()
+    giving_up = asyncio.create_task(gateway_link.send_all([resolve(1)]))
+    queued = asyncio.create_task(gateway_link.send_all([resolve(2), resolve(3)]))
+    await stream.waiting.wait()  # both sends have begun: the first is being written
+    giving_up.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await giving_up
+    stream.flowing.set()
+    await queued
+    assert not stream.cancelled
+    written = [f.resolve.request_id for m in stream.written for f in (m.batch.frames if m.HasField("batch") else [m])]
+    assert written == [1, 2, 3]
+
+
 async def test_a_write_cancelled_as_the_node_stops_leaves_no_sender_waiting(link: tuple[GatewayLink, Stream]) -> None:
-    """The one writing is cancelled mid-write: gRPC ends the stream, and the frames queued
-    behind it are failed, not left for a writer that will never come."""
+    """The link's writer is cancelled mid-write as the link stops (with the other tasks it
+    owns): gRPC ends the stream, and the frames queued behind are failed, not left for a
+    writer that will never come."""
     gateway_link, stream = link
     stream.flowing.clear()
     writing = asyncio.create_task(gateway_link.send_all([resolve(1)]))
     queued = asyncio.create_task(gateway_link.send_all([resolve(2), resolve(3)]))
     await stream.waiting.wait()  # both sends have begun: the first is being written
-    writing.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await writing
-    async with asyncio.timeout(10):  # a guard only: it is told at once
-        with pytest.raises(NotConnected):
-            await queued
+    for task in gateway_link._handlers:  # as GatewayLink.run does as it ends
+        task.cancel()
+    async with asyncio.timeout(10):  # a guard only: each is told at once
+        for sender in (writing, queued):
+            with pytest.raises(NotConnected):
+                await sender
     assert stream.cancelled and stream.written == []
