@@ -234,8 +234,8 @@ class GatewayLink:
     async def send_all(self, frames: list[gateway_pb2.NodeFrame]) -> None:
         """Write frames in order; returns once all are written, or raises NotConnected. Frames
         sent while a write is in progress are written together, in batches, by the link's
-        writer task: a sender cancelled while it waits (a case system that gave up on its
-        call) cancels no write, and so not the stream (gRPC cancels a whole stream whose
+        writer task: a sender cancelled while it waits (say, in a call its case system gave
+        up on) cancels no write, and so not the stream (gRPC cancels a whole stream whose
         write is cancelled)."""
         call = self._call
         if call is None:

@@ -79,9 +79,9 @@ async def test_frames_written_together_on_a_stream_that_went_fail_together(link:
 
 
 async def test_a_sender_that_gives_up_cancels_no_write_and_the_stream_goes_on(link: tuple[GatewayLink, Stream]) -> None:
-    """A case system that gives up on its call cancels the task sending for it: the link's
-    own writer writes on, so the stream (which gRPC cancels whole with a cancelled write)
-    and the frames queued behind are untouched."""
+    """A sender cancelled while its frame is being written (in a call its case system gave up
+    on, say): the link's own writer writes on, so the stream (which gRPC cancels whole with a
+    cancelled write) and the frames queued behind are untouched."""
     gateway_link, stream = link
     stream.flowing.clear()
     giving_up = asyncio.create_task(gateway_link.send_all([resolve(1)]))
