@@ -30,6 +30,7 @@ class Stream:
         self.gone = False
         self.cancelled = False
         self.written: list[gateway_pb2.NodeFrame] = []
+        self.ended_after: int | None = None  # how many messages were written when this side was ended
 
     async def write(self, message: gateway_pb2.NodeFrame) -> None:
         try:
@@ -43,9 +44,21 @@ class Stream:
             raise grpc.aio.UsageError("RPC already finished.")
         self.written.append(message)
 
+    async def done_writing(self) -> None:
+        self.ended_after = len(self.written)
+
+    def cancel(self) -> bool:  # a gateway that does not close its side in time
+        self.cancelled = self.gone = True
+        return True
+
 
 def resolve(n: int) -> gateway_pb2.NodeFrame:
     return gateway_pb2.NodeFrame(resolve=gateway_pb2.ResolveRecipientsRequest(request_id=n))
+
+
+def _written(stream: Stream) -> list[int]:
+    """The frames written, in order, out of the batches that carried them."""
+    return [f.resolve.request_id for m in stream.written for f in (m.batch.frames if m.HasField("batch") else [m])]
 
 
 async def _nothing(*_: object) -> None:
@@ -93,8 +106,7 @@ async def test_a_sender_that_gives_up_cancels_no_write_and_the_stream_goes_on(li
     stream.flowing.set()
     await queued
     assert not stream.cancelled
-    written = [f.resolve.request_id for m in stream.written for f in (m.batch.frames if m.HasField("batch") else [m])]
-    assert written == [1, 2, 3]
+    assert _written(stream) == [1, 2, 3]
 
 
 async def test_a_write_cancelled_as_the_node_stops_leaves_no_sender_waiting(link: tuple[GatewayLink, Stream]) -> None:
@@ -113,3 +125,19 @@ async def test_a_write_cancelled_as_the_node_stops_leaves_no_sender_waiting(link
             with pytest.raises(NotConnected):
                 await sender
     assert stream.cancelled and stream.written == []
+
+
+async def test_a_renewal_during_a_write_ends_the_stream_once_what_is_queued_is_written(
+    link: tuple[GatewayLink, Stream], federation: LocalFederation
+) -> None:
+    """The node moves to a renewed certificate while frames are being written: this side of
+    the stream is ended after them, not under them, so none is lost to the change."""
+    gateway_link, stream = link
+    stream.flowing.clear()
+    sending = [asyncio.create_task(gateway_link.send_all([resolve(n)])) for n in (1, 2)]
+    await stream.waiting.wait()
+    await gateway_link.use_tls(federation.node_configs["amh"].tls.read())
+    assert stream.ended_after is None and not gateway_link.connected.is_set()
+    stream.flowing.set()
+    await asyncio.gather(*sending)
+    assert stream.ended_after == len(stream.written) and _written(stream) == [1, 2]

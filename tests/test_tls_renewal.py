@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import re
 import shutil
 import ssl
 from pathlib import Path
@@ -26,7 +27,13 @@ from gateway.server import GatewayServer
 from linkage.clock import DAY_MS, ManualClock, SystemClock
 from linkage.config import ConfigError, load_directory_key
 from linkage.directory import TrustedDirectory
-from linkage.federation import CERT_VALIDITY_DAYS, publish_directory, renew_certificate, revoke_node
+from linkage.federation import (
+    CERT_VALIDITY_DAYS,
+    FederationError,
+    publish_directory,
+    renew_certificate,
+    revoke_node,
+)
 from linkage.pki import cert_fingerprint, certificate_facts, spiffe_id
 from linkage.renewal import CertificateWatch
 from linkage.transport import Peer
@@ -352,6 +359,22 @@ async def test_renew_tls_on_the_command_line_and_what_it_refuses(tmp_path: Path)
     )
     assert code != 0 and "revoked" in err
     assert cert_file_now != cert_file.read_bytes()
+
+    # What is not a member's certificate, or names a member never enrolled, is refused saying so.
+    now = dt.datetime.now(dt.UTC)
+    not_pem, ghost, stray_gateway = tmp_path / "notes.txt", tmp_path / "ghost.pem", tmp_path / "gw2.pem"
+    not_pem.write_text("not a certificate")
+    ghost.write_bytes(federation.fed.ca().issue(spiffe_id(FEDERATION_ID, "node", "ghost"), "node-ghost", now, 90)[1])
+    stray_gateway.write_bytes(federation.fed.ca().issue(spiffe_id(FEDERATION_ID, "gateway", "gw2"), "gw2", now, 90)[1])
+    for given, said in (
+        (tmp_path / "never-written.pem", "cannot read"),
+        (not_pem, "is not a PEM certificate"),
+        (federation.node_configs["amh"].tls.ca, f"is not a certificate of a member of federation '{FEDERATION_ID}'"),
+        (ghost, "node 'ghost' is not enrolled"),
+        (stray_gateway, "gateway 'gw2' is not enrolled"),
+    ):
+        with pytest.raises(FederationError, match=re.escape(said)):
+            renew_certificate(federation.fed, given, SystemClock().now_ms())
 
 
 def test_a_renewal_cut_short_at_any_point_leaves_the_node_a_pinned_certificate_and_running_it_again_finishes(
