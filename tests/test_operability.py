@@ -233,14 +233,16 @@ async def serve_and_fail(role: str, config: Path, **settings: str) -> tuple[int 
         ("gateway", "LINKAGE_METRICS_LISTEN", "[metrics] listen {}: Address already in use"),
         ("node", "LINKAGE_METRICS_LISTEN", "[metrics] listen {}: Address already in use"),
         ("gateway", "LINKAGE_GATEWAY_LISTEN", "[gateway] listen {}: cannot bind it (is it in use?)"),
+        ("node", "LINKAGE_API_SOCKET", "[api] socket {}: cannot bind it"),
     ],
-    ids=["gateway metrics", "node metrics", "gateway listen"],
+    ids=["gateway metrics", "node metrics", "gateway listen", "node API socket in no folder"],
 )
 async def test_a_server_that_cannot_start_exits_and_says_why(
     federation: LocalFederation, role: str, setting: str, says: str
 ) -> None:
-    """A port it needs is taken. A metrics port fails after the store (and, for a node, its
-    API) is up: what was opened is closed again, so the process ends instead of hanging."""
+    """A port it needs is taken, or its API socket cannot be made. A metrics port fails after
+    the store (and, for a node, its API) is up: what was opened is closed again, so the
+    process ends instead of hanging."""
     config = federation.gateway_config.data_dir / "gateway.toml"
     if role == "node":
         config = federation.node_configs["amh"].data_dir / "node.toml"
@@ -248,6 +250,8 @@ async def test_a_server_that_cannot_start_exits_and_says_why(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        if setting == "LINKAGE_API_SOCKET":  # a folder that is not there
+            listen = str(federation.node_configs["amh"].data_dir / "no-such-folder" / "api.sock")
         code, stderr = await serve_and_fail(role, config, **{setting: listen})
     assert code == 2
     assert f"linkage: {says.format(listen)}" in stderr

@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import shutil
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -472,7 +473,9 @@ async def test_the_gateway_routes_a_restore_s_messages_without_tokens_and_nothin
         assert without.status in (gateway_pb2.SEND_STATUS_FORWARDED, gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE)
 
 
-async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_asks_the_same(tmp_path: Path) -> None:
+async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_asks_the_same(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
     """A copy of the files put back (a virtual machine's snapshot, say) leaves no mark; the
     witness, holding a checkpoint of a longer log, shows it, and the node asks once."""
     federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
@@ -498,8 +501,21 @@ async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_as
             shutil.copy2(file, store.parent / file.name)
 
         csc = await cluster.start_node("csc")
-        assert not await csc.checkpoints.lodge()  # behind the witness: nothing lodged, and asked
-        await wait_count(csc, "SELECT count(*) FROM outbox WHERE kind = 17 AND state = 'delivered'", (), 1)
+        asking = csc.checkpoints.on_behind
+        assert asking is not None
+        refusals = [sqlite3.OperationalError("disk I/O error")]
+
+        async def refused_once(held: audit_pb2.Checkpoint) -> None:  # its store refuses the first time
+            if refusals:
+                raise refusals.pop()
+            await asking(held)
+
+        csc.checkpoints.on_behind = refused_once
+        assert not await csc.checkpoints.lodge()  # behind the witness, and the asking failed: said
+        assert await audit_events(csc, "store.restored") == [] and "restore.ask_failed" in captured_logs.getvalue()
+        assert not await csc.checkpoints.lodge()  # still behind: nothing lodged, and asked this time
+        async with asyncio.timeout(30):  # a guard only: the request is made in that lodge
+            await wait_count(csc, "SELECT count(*) FROM outbox WHERE kind = 17 AND state = 'delivered'", (), 1)
         await wait_count(amh, delivered + "(?, ?)", tuple(after), 2)
         (found,) = await audit_events(csc, "store.restored")
         assert found["detail"]["found"] == "behind_witness" and found["detail"]["asked"] == ["amh"]
