@@ -251,6 +251,41 @@ async def test_a_withdrawal_and_an_involvement_notice_given_back_are_recorded_un
         await store.close()
 
 
+async def test_a_copy_whose_body_or_header_does_not_parse_is_refused_or_kept_unsendable_saying_which(
+    tmp_path: Path,
+) -> None:
+    """What an agency gives back is bytes from outside: a signed body that does not parse is
+    refused; a good copy with a routing header that does not parse is put back, but cannot be
+    sealed again, and why is said."""
+    ring = make_keyring()
+    good = _held(ring, "a", "b", 1)
+    garbled = envelope_pb2.SignedMessage(body=b"\xff\xff", signature=good.signed.signature)
+    returned = workflow_pb2.ReturnedCopies(
+        restore_id="r-1",
+        copies=[
+            workflow_pb2.ReturnedCopy(signed=garbled.SerializeToString()),
+            workflow_pb2.ReturnedCopy(signed=b"\xff\xff"),
+            workflow_pb2.ReturnedCopy(signed=good.signed.SerializeToString(), routing=b"\xff\xff"),
+        ],
+    )
+    answer = envelope_pb2.MessageBody(message_id="m-1", in_reply_to="q-1", returned=returned)
+    store = await Store.open(tmp_path / "a.sqlite", ManualClock(NOW + 10))
+    try:
+        async with store.tx() as tx:
+            await _asked(tx)
+            done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
+        assert done.recovered == [ID.format(1)]
+        assert done.refused == [
+            {"copy": 0, "reason": "malformed", "detail": "the copy's signed body does not parse"},
+            {"copy": 1, "reason": "malformed", "detail": "the copy does not parse"},
+        ]
+        assert done.unsealable == [
+            {"message_id": ID.format(1), "reason": "the copy's signed body or routing header does not parse"}
+        ]
+    finally:
+        await store.close()
+
+
 async def test_a_copy_without_the_routing_header_its_body_names_is_put_back_but_cannot_be_sent_again(
     tmp_path: Path,
 ) -> None:
