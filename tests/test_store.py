@@ -20,6 +20,7 @@ import pytest
 from gateway.db import GatewayDb
 from linkage.auditlog import entry_leaf, verify_chain
 from linkage.clock import ManualClock
+from linkage.merkle import root_of
 from linkage.writability import StoreUnusable
 from node.event_numbers import EventNumbers
 from node.store import SchemaTooNewError, Store
@@ -206,6 +207,32 @@ async def test_the_frontier_is_stored_every_so_many_entries_and_caught_up_on_ope
     reopened = await Store.open(crashed, ManualClock())
     try:  # the stored copy (6 entries), extended by the entry committed after it
         assert (reopened.frontier.size, reopened.frontier.root()) == (7, root)
+    finally:
+        await reopened.close()
+
+
+async def test_a_log_cut_short_behind_the_store_opens_with_the_frontier_of_what_is_left(tmp_path: Path) -> None:
+    """Entries deleted from the log's end (by hand, with its guard dropped) leave the stored
+    frontier ahead of the log: it is rebuilt from the entries as they stand, so the store
+    opens and `audit verify` can say what the witness's checkpoint no longer matches."""
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    try:
+        for _ in range(5):
+            async with store.tx() as tx:
+                await tx.audit("case.opened", rationale="synthetic")
+        leaves = [entry_leaf(entry) for _, entry, _ in await _rows(store)]
+    finally:
+        await store.close()  # stores the frontier of all 5
+    with closing(sqlite3.connect(path)) as db, db:
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'"):
+            db.execute(f"DROP TRIGGER {name}")
+        db.execute("DELETE FROM audit WHERE seq > 3")
+    reopened = await Store.open(path, ManualClock())
+    try:
+        assert (reopened.frontier.size, reopened.frontier.root()) == (3, root_of(leaves[:3]))
+        with pytest.raises(LookupError, match="the store's audit log ends before entry 5"):
+            await reopened.audit_leaves(0, 5)
     finally:
         await reopened.close()
 
