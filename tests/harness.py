@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -241,3 +242,10 @@ def written_first(monkeypatch: pytest.MonkeyPatch, store: Store, write: Callable
             yield own
 
     monkeypatch.setattr(store, "tx", tx)
+
+
+def drop_audit_guards(db: sqlite3.Connection) -> None:
+    """What an insider with the store's file can do: drop the triggers that keep the audit
+    log append-only, to edit or delete entries for a test to catch."""
+    db.execute("DROP TRIGGER audit_append_only_update")
+    db.execute("DROP TRIGGER audit_append_only_delete")

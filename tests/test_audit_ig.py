@@ -37,7 +37,15 @@ from linkage.config import NodeConfig
 from linkage.v1 import audit_pb2, node_api_pb2, summary_pb2
 from linkage.v1 import envelope_pb2 as env
 from node.audit_events import MEANING
-from tests.harness import PRACTITIONER, LocalFederation, make_federation, next_item, running, wait_delivered
+from tests.harness import (
+    PRACTITIONER,
+    LocalFederation,
+    drop_audit_guards,
+    make_federation,
+    next_item,
+    running,
+    wait_delivered,
+)
 from tests.test_federation import share_think_family
 
 PARENT = f"nhs:{stories.PARENT_NHS}"
@@ -169,8 +177,7 @@ def test_every_tamper_pattern_is_detected(scenario: LocalFederation, tmp_path: P
     checkpoints = witnessed(scenario, "amh", tmp_path / "cp.jsonl")
     folder = _copy_node(scenario, "amh", tmp_path)
     with sqlite3.connect(folder / "store.sqlite") as db:
-        db.execute("DROP TRIGGER audit_append_only_update")
-        db.execute("DROP TRIGGER audit_append_only_delete")
+        drop_audit_guards(db)
         tamper, expected = TAMPERS[kind]
         tamper(db)
     result = linkage("audit", "verify", "--config", str(folder / "node.toml"), "--checkpoints", str(checkpoints))

@@ -26,7 +26,7 @@ from node.event_numbers import EventNumbers
 from node.store import SchemaTooNewError, Store
 from node.store import db as db_module
 from node.store.schema import MIGRATIONS
-from tests.harness import LocalFederation, linkage
+from tests.harness import LocalFederation, drop_audit_guards, linkage
 
 
 async def _rows(store: Store) -> list[tuple[int, str, bytes]]:
@@ -126,8 +126,7 @@ async def test_chain_names_the_first_bad_entry(tmp_path: Path, tamper: str, firs
             await tx.audit("case.opened", rationale="synthetic")
     await store.close()
     with sqlite3.connect(path) as db:  # an insider with file access drops the guard rails
-        db.execute("DROP TRIGGER audit_append_only_update")
-        db.execute("DROP TRIGGER audit_append_only_delete")
+        drop_audit_guards(db)
         db.execute(tamper)
     store = await Store.open(path, ManualClock())
     try:
@@ -225,8 +224,7 @@ async def test_a_log_cut_short_behind_the_store_opens_with_the_frontier_of_what_
     finally:
         await store.close()  # stores the frontier of all 5
     with closing(sqlite3.connect(path)) as db, db:
-        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'"):
-            db.execute(f"DROP TRIGGER {name}")
+        drop_audit_guards(db)
         db.execute("DELETE FROM audit WHERE seq > 3")
     reopened = await Store.open(path, ManualClock())
     try:

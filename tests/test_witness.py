@@ -23,7 +23,7 @@ from linkage.keys import write_private_pem
 from linkage.reasons import Rejected
 from linkage.v1 import audit_pb2, gateway_pb2, gateway_pb2_grpc
 from node.server import NodeServer
-from tests.harness import Cluster, linkage, make_federation, running
+from tests.harness import Cluster, drop_audit_guards, linkage, make_federation, running
 
 
 async def _append(node: NodeServer, entries: int) -> None:
@@ -202,8 +202,7 @@ async def test_a_log_missing_an_entry_is_not_lodged_and_the_node_says_which(
         await _append(cluster.nodes["amh"], 5)
         assert await cluster.nodes["amh"].checkpoints.lodge()
     with sqlite3.connect(federation.node_configs["amh"].store_path) as db:
-        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'"):
-            db.execute(f"DROP TRIGGER {name}")
+        drop_audit_guards(db)
         db.execute("DELETE FROM audit WHERE seq = 2")
         db.execute("DELETE FROM witnessed")  # so the range the witness holds is read from the log again
     async with running(federation) as cluster:
