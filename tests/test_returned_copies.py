@@ -15,7 +15,7 @@ from linkage.envelope import MESSAGE_LABEL, Opened, open_envelope
 from linkage.v1 import envelope_pb2, summary_pb2, workflow_pb2
 from node.messaging import Messenger
 from node.redelivery import Redelivery
-from node.returned_copies import COPIES_BYTES, copies_for, recover
+from node.returned_copies import COPIES_BYTES, Recovered, copies_for, recover
 from node.store import Store, Tx
 from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, synthetic_summary
 
@@ -34,6 +34,15 @@ def _held(ring: Keyring, sender: str, recipient: str, n: int) -> Opened:
     out = ring.seal(sender, recipient, _summary("s-1"), message_id=ID.format(n))
     keys = ring.keys[recipient]
     return open_envelope(out.envelope, me=recipient, keys=keys, directory=ring.view, now_ms=NOW)
+
+
+async def _given_back(store: Store, ring: Keyring, copies: list[workflow_pb2.ReturnedCopy]) -> Recovered:
+    """What a recovers of `copies`, given back by b in answer to the request a sent it (q-1)."""
+    returned = workflow_pb2.ReturnedCopies(restore_id="r-1", copies=copies)
+    answer = envelope_pb2.MessageBody(message_id="m-1", in_reply_to="q-1", returned=returned)
+    async with store.tx() as tx:
+        await _asked(tx)
+        return await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
 
 
 async def _asked(tx: Tx) -> None:
@@ -231,14 +240,9 @@ async def test_a_withdrawal_and_an_involvement_notice_given_back_are_recorded_un
     for out in (withdrawn, joined):  # stored by b before nodes kept a routing header
         opened = open_envelope(out.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
         copies.append(workflow_pb2.ReturnedCopy(signed=opened.signed.SerializeToString()))
-    answer = envelope_pb2.MessageBody(
-        message_id="m-1", in_reply_to="q-1", returned=workflow_pb2.ReturnedCopies(restore_id="r-1", copies=copies)
-    )
     store = await Store.open(tmp_path / "a.sqlite", ManualClock(NOW + 10))
     try:
-        async with store.tx() as tx:
-            await _asked(tx)
-            done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
+        done = await _given_back(store, ring, copies)
         assert done.recovered == [ID.format(n) for n in (1, 2, 3)]
         assert await store.fetchall("SELECT summary_id, ground, erase FROM withdrawals") == [
             ("s-1", "SHARED_IN_ERROR", 1)
@@ -260,20 +264,14 @@ async def test_a_copy_whose_body_or_header_does_not_parse_is_refused_or_kept_uns
     ring = make_keyring()
     good = _held(ring, "a", "b", 1)
     garbled = envelope_pb2.SignedMessage(body=b"\xff\xff", signature=good.signed.signature)
-    returned = workflow_pb2.ReturnedCopies(
-        restore_id="r-1",
-        copies=[
-            workflow_pb2.ReturnedCopy(signed=garbled.SerializeToString()),
-            workflow_pb2.ReturnedCopy(signed=b"\xff\xff"),
-            workflow_pb2.ReturnedCopy(signed=good.signed.SerializeToString(), routing=b"\xff\xff"),
-        ],
-    )
-    answer = envelope_pb2.MessageBody(message_id="m-1", in_reply_to="q-1", returned=returned)
+    copies = [
+        workflow_pb2.ReturnedCopy(signed=garbled.SerializeToString()),
+        workflow_pb2.ReturnedCopy(signed=b"\xff\xff"),
+        workflow_pb2.ReturnedCopy(signed=good.signed.SerializeToString(), routing=b"\xff\xff"),
+    ]
     store = await Store.open(tmp_path / "a.sqlite", ManualClock(NOW + 10))
     try:
-        async with store.tx() as tx:
-            await _asked(tx)
-            done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
+        done = await _given_back(store, ring, copies)
         assert done.recovered == [ID.format(1)]
         assert done.refused == [
             {"copy": 0, "reason": "malformed", "detail": "the copy's signed body does not parse"},
@@ -293,21 +291,15 @@ async def test_a_copy_without_the_routing_header_its_body_names_is_put_back_but_
     message's: recorded as sent, with no envelope, and the reason said in both entries."""
     ring = make_keyring()
     first, second = _held(ring, "a", "b", 1), _held(ring, "a", "b", 2)
-    returned = workflow_pb2.ReturnedCopies(
-        restore_id="r-1",
-        copies=[
-            workflow_pb2.ReturnedCopy(signed=first.signed.SerializeToString(), received_at_ms=NOW + 1),
-            workflow_pb2.ReturnedCopy(
-                signed=second.signed.SerializeToString(), routing=first.routing_bytes, received_at_ms=NOW + 2
-            ),
-        ],
-    )
-    answer = envelope_pb2.MessageBody(message_id="m-1", in_reply_to="q-1", returned=returned)
+    copies = [
+        workflow_pb2.ReturnedCopy(signed=first.signed.SerializeToString(), received_at_ms=NOW + 1),
+        workflow_pb2.ReturnedCopy(
+            signed=second.signed.SerializeToString(), routing=first.routing_bytes, received_at_ms=NOW + 2
+        ),
+    ]
     store = await Store.open(tmp_path / "a.sqlite", ManualClock(NOW + 10))
     try:
-        async with store.tx() as tx:
-            await _asked(tx)
-            done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
+        done = await _given_back(store, ring, copies)
         assert done.recovered == [ID.format(1), ID.format(2)]
         why = [
             "the agency that gave it back stored it before nodes kept its routing header",
