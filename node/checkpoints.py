@@ -127,13 +127,11 @@ class Checkpointer:
                 self._witnessed_at = time.monotonic()
                 return True
             try:
-                held = self._witnessed if self._witnessed is not None else await self._ask_witness()
-                if held is None:
+                lodged = await self._lodged(signed, size)
+                if lodged is None:
                     self.metrics.checkpoints.labels("behind").inc()
                     return False
-                leaves = await self.store.audit_leaves(held.size, size) if held.size else []
-                proof = consistency_proof_from(held, leaves) if leaves else []
-                answer = await self.link.lodge_checkpoint(signed, held.size, proof)
+                held, answer = lodged
             except grpc.aio.AioRpcError as exc:
                 log.warning("checkpoint.not_lodged", code=exc.code().name, size=size)
                 self.metrics.checkpoints.labels("failed").inc()
@@ -170,6 +168,35 @@ class Checkpointer:
             else:
                 log.info("checkpoint.lodged", size=size)
             return True
+
+    async def _lodged(
+        self, signed: audit_pb2.SignedCheckpoint, size: int
+    ) -> tuple[CompactRange, gateway_pb2.LodgeCheckpointResponse] | None:
+        """Lodge `signed` with a proof from the checkpoint the witness holds: the one this node
+        lodged last, or, if the gateway holds another (it was put back from a backup, say),
+        the one it says it holds, asked at once rather than at the next lodge. What it held,
+        and its answer; None if this log is shorter than what it holds."""
+        remembered = self._witnessed
+        held = remembered if remembered is not None else await self._ask_witness()
+        if held is None:
+            return None
+        try:
+            return held, await self._proved(signed, held, size)
+        except grpc.aio.AioRpcError as exc:
+            if remembered is None or exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            log.warning("checkpoint.not_lodged", code=exc.code().name, size=size, held=remembered.size)
+        self._witnessed = None
+        held = await self._ask_witness()
+        return None if held is None else (held, await self._proved(signed, held, size))
+
+    async def _proved(
+        self, signed: audit_pb2.SignedCheckpoint, held: CompactRange, size: int
+    ) -> gateway_pb2.LodgeCheckpointResponse:
+        """`signed` lodged with the proof that this log, at `size` entries, grew from `held`."""
+        leaves = await self.store.audit_leaves(held.size, size) if held.size else []
+        proof = consistency_proof_from(held, leaves) if leaves else []
+        return await self.link.lodge_checkpoint(signed, held.size, proof)
 
     def _checked(
         self, answer: gateway_pb2.LodgeCheckpointResponse, signed: audit_pb2.SignedCheckpoint

@@ -109,10 +109,13 @@ async def test_a_store_restored_from_an_older_backup_is_a_break_the_ig_officer_s
     assert "the gateway recorded 1 break(s)" in report and "FAILED" in report, report
 
 
-async def test_a_gateway_restored_to_an_older_checkpoint_is_proved_to_from_there(tmp_path: Path) -> None:
+async def test_a_gateway_restored_to_an_older_checkpoint_is_proved_to_from_there(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
     """The gateway goes back to an older checkpoint of a running node's log (restored from a
-    backup): the node's next lodge, proved from the size it last lodged, is refused; it then
-    asks what the gateway holds and proves its log grew from that. No break is recorded."""
+    backup): the node's next lodge, proved from the size it last lodged, is refused; in the
+    same lodge it asks what the gateway holds and proves its log grew from that, rather than
+    waiting for the next. No break is recorded."""
     federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
     gateway_db = federation.gateway_config.data_dir / "gateway.sqlite"
     async with running(federation) as cluster:
@@ -124,14 +127,16 @@ async def test_a_gateway_restored_to_an_older_checkpoint_is_proved_to_from_there
             older = db.execute("SELECT tree_size, root, signed FROM witnessed WHERE node_id = 'amh'").fetchone()
         await _append(amh, 5)
         assert await amh.checkpoints.lodge()
+        last = amh.checkpoints.lodged_size
         with sqlite3.connect(gateway_db) as db:
             db.execute("UPDATE witnessed SET tree_size = ?, root = ?, signed = ? WHERE node_id = 'amh'", older)
         await _append(amh, 2)
-        assert not await amh.checkpoints.lodge()  # from the size it lodged last: not what the gateway holds
-        assert await amh.checkpoints.lodge()
+        assert await amh.checkpoints.lodge()  # refused from the size it lodged last, then proved from the held one
         held = await _held(cluster, "amh")
         assert _size(held.latest) == amh.store.frontier.size and not held.breaks
-        assert (_tries(amh, "failed"), _tries(amh, "diverged")) == (1, 0)
+        assert (_tries(amh, "failed"), _tries(amh, "diverged")) == (0, 0)
+    said = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "checkpoint.not_lodged" in line]
+    assert [(e["code"], e["held"]) for e in said] == [("FAILED_PRECONDITION", last)]
 
 
 def _kept(node: NodeServer) -> tuple[audit_pb2.SignedCheckpoint, audit_pb2.Cosignature]:
