@@ -97,10 +97,10 @@ async def test_r15_expired_directory_fails_closed_until_a_fresh_one_arrives(tmp_
         clock.advance(8 * 86_400_000)
         await cluster.gateway.check_directory()
         health = await cluster.gateway.health.Check(
-            __import__("grpc_health.v1.health_pb2", fromlist=["x"]).HealthCheckRequest(service=""),
+            health_pb2.HealthCheckRequest(service=""),
             None,  # type: ignore[arg-type]
         )
-        assert health.status == 2  # NOT_SERVING
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]))
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -108,6 +108,33 @@ async def test_r15_expired_directory_fails_closed_until_a_fresh_one_arrives(tmp_
         publish_directory(federation.fed, clock.now_ms(), copy_to=(federation.gateway_config.data_dir,))
         await cluster.gateway.check_directory()
         await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]))
+
+
+async def test_r15_a_node_whose_directory_expired_refuses_what_needs_it_and_reports_not_serving(
+    tmp_path: Path,
+) -> None:
+    """A node's API fails closed as the gateway does: a share, which must check recipients'
+    keys against a current directory, is refused saying why, and nothing is recorded; its
+    health says NOT_SERVING until a fresh directory arrives."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
+    async with running(federation, clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        clock.advance(8 * 86_400_000)
+        await amh.check_directory()
+        health = await amh.health.Check(
+            health_pb2.HealthCheckRequest(service=""),
+            None,  # type: ignore[arg-type]
+        )
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await share(cluster, assessment_id)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        said = raised.value.details() or ""
+        assert said.startswith("node cannot serve: ") and "expired" in said, said
+        assert await amh.store.fetchall("SELECT share_id FROM shares") == []
 
 
 async def test_s8_oversized_message_is_refused_at_the_transport(federation: LocalFederation) -> None:
