@@ -594,10 +594,12 @@ async def test_an_objection_that_comes_as_the_case_is_closed_stops_the_close(
 async def test_after_a_case_closes_a_correction_still_reaches_who_had_the_summary(federation: LocalFederation) -> None:
     """Closing unlinks the node from the family at the gateway. A new summary from the closed
     case is refused saying so (it was UNAVAILABLE, "try again", which could never succeed),
-    and a correction still goes to every agency that had the summary (UK GDPR Art 19)."""
+    and a correction still goes to every agency that had the summary (UK GDPR Art 19); one
+    of a summary nobody had has no one to go to, and says so."""
     clock = ManualClock()
     async with running(federation, clock=clock) as cluster:
-        _, _, assessment_id = await think_family(cluster)
+        parent, child, assessment_id = await think_family(cluster)
+        never_shared = await record_assessment(cluster, parent, child)  # a summary of its own
         await share(cluster, assessment_id)
         await wait_delivered(cluster.nodes["amh"], 2)
         amh, case_id = cluster.api("amh"), await _case_id(cluster, "amh")
@@ -616,6 +618,10 @@ async def test_after_a_case_closes_a_correction_still_reaches_who_had_the_summar
         corrected = await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
         assert sorted(r.node_id for r in corrected.recipients) == ["csc", "school"]
         await next_item(cluster, "csc", env.MESSAGE_KIND_CORRECTION)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await share(cluster, never_shared, env.MESSAGE_KIND_CORRECTION)
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "the case is closed and this summary was never shared: no one to tell" in (raised.value.details() or "")
 
 
 async def test_sharing_about_someone_since_removed_from_the_case_says_why_it_cannot(
