@@ -47,9 +47,13 @@ def test_packed_routes_find_exactly_the_subscribers(rows: list[tuple[bytes, int]
 
 
 def test_a_match_straddling_two_tokens_is_not_a_match() -> None:
-    a, b = bytes(range(32)), bytes(range(32, 64))
+    """The tokens are searched as one run of bytes: the second half of one and the first of
+    the next can spell a token nobody holds. All three share their first byte, so the search
+    runs over both (a bucket is read by its tokens' top bits)."""
+    a, b = bytes([6] + [0] * 15 + [6] * 16), bytes([6] * 16 + [9] * 16)
     straddle = a[16:] + b[:16]
     routes = PackedRoutes.build([(a, 0), (b, 1)])
+    assert bytes(routes.tokens).find(straddle) == 16  # there, but across the two
     assert list(routes.find(straddle)) == []
     assert list(routes.find(a)) == [0] and list(routes.find(b)) == [1]
 
