@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -345,6 +346,58 @@ def test_a_backup_that_is_not_what_it_should_be_is_refused_and_changes_nothing(t
         db.execute("UPDATE audit SET entry = replace(entry, 'csc', 'xyz') WHERE seq = 7")
     refused("the audit log fails at entry 7", lambda: backup.take(amh, tmp_path / "edited.age", to, 1))
     assert not (tmp_path / "edited.age").exists()
+
+
+def test_a_key_file_or_member_that_cannot_be_used_is_refused_saying_what_is_wrong(tmp_path: Path) -> None:
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh",))
+    amh = backup.Member.of(federation.node_configs["amh"])
+    key = tmp_path / "backup.key"
+    to = backup.recipients([backup.generate_key(key, "")])
+    mixed = tmp_path / "mixed.keys"
+    mixed.write_text(f"{key.read_text()}\nage1 is a public key, not a secret one\n")
+    with pytest.raises(backup.BackupError, match=re.escape(f"{mixed} holds a line that is not an age secret key")):
+        backup.identities(mixed)
+    with pytest.raises(backup.BackupError, match=re.escape(f"cannot read {tmp_path}")):
+        backup.identities(tmp_path)  # a folder given where the file was meant
+    assert not amh.store.exists()  # an enrolled node makes its store as it first starts
+    with pytest.raises(backup.BackupError, match=re.escape(f"no store at {amh.store}: nothing to back up")):
+        backup.take(amh, tmp_path / "amh.age", to, 1)
+    assert not (tmp_path / "amh.age").exists() and not _staged(amh.data_dir)
+
+
+def test_plaintext_a_killed_backup_left_is_removed_by_the_next_and_a_running_one_s_is_not(tmp_path: Path) -> None:
+    """A backup or restore stages plaintext in a private folder named for its process; one
+    killed mid-way cannot remove its own, so the next one does, but never a live one's."""
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh",))
+    amh = backup.Member.of(federation.node_configs["amh"])
+    build(amh.store, 50)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    killed = amh.data_dir / f".backup-{int(ended.stdout)}-x1"
+    running = amh.data_dir / f".backup-{os.getpid()}-x2"  # this process: alive
+    for folder in (killed, running):
+        folder.mkdir()
+        (folder / backup.STORE).write_bytes(amh.store.read_bytes())
+    key = tmp_path / "backup.key"
+    backup.take(amh, tmp_path / "amh.age", backup.recipients([backup.generate_key(key, "")]), 1)
+    assert _staged(amh.data_dir) == [running]  # the killed one's removed; this one's own gone as it ended
+
+
+def test_a_store_too_damaged_to_open_is_replaced_whole_and_kept_and_leaves_no_journal(tmp_path: Path) -> None:
+    """No journal of the old store is left beside the restored one, where SQLite would read
+    it as that store's (here SQLite removes it, as it holds nothing it can apply)."""
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh",))
+    amh = backup.Member.of(federation.node_configs["amh"])
+    build(amh.store, 100)
+    key = tmp_path / "backup.key"
+    sealed = tmp_path / "amh.age"
+    taken = backup.take(amh, sealed, backup.recipients([backup.generate_key(key, "")]), 1).store.sha256
+    amh.store.write_bytes(b"not a database at all" * 100)
+    wal = amh.store.with_name(amh.store.name + "-wal")
+    wal.write_bytes(b"a journal SQLite cannot fold in")
+    _, kept = backup.restore_store(amh, sealed, backup.identities(key), 2)
+    assert kept is not None and _sha256(amh.store) == taken and _entries(amh.store) == 100
+    assert kept.read_bytes() == b"not a database at all" * 100
+    assert not wal.exists()
 
 
 def sealed_manifest(sealed: Path, keys: list[backup.PrivateKey], folder: Path) -> Path:
