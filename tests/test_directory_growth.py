@@ -63,18 +63,24 @@ async def test_a_node_that_cannot_fetch_the_directory_says_so(
     assert failed["status"] == "RESOURCE_EXHAUSTED"
 
 
-async def test_a_gateway_that_finds_its_directory_file_half_copied_keeps_the_one_it_holds(
+async def test_a_gateway_that_finds_its_directory_file_unreadable_or_half_copied_keeps_the_one_it_holds(
     federation: LocalFederation, captured_logs: io.StringIO
 ) -> None:
     """A directory file read while an operator's copy is under way was cut short: reading it
     raised DecodeError, which ended the gateway's watch of its files for good (no directory,
     certificate or backup taken after that, and no check of the held directory's expiry). Now
-    it is said and the held one stands; the whole file, once it is there, is taken."""
+    it is said and the held one stands, as when the file cannot be read at all; the whole
+    file, once it is there, is taken."""
     async with running(federation, nodes=("amh",)) as cluster:
         gateway = cluster.gateway
         published = publish_directory(federation.fed, SystemClock().now_ms())
         whole = federation.fed.directory_path.read_bytes()
         path = gateway.config.federation.directory
+        path.unlink()
+        path.mkdir()  # a name that cannot be read as a file, as a copy that set no read permission
+        await gateway.check_directory()
+        assert gateway.trust.version == 1
+        path.rmdir()
         path.write_bytes(whole[: len(whole) // 2])
         await gateway.check_directory()
         assert gateway.trust.version == 1
@@ -84,6 +90,8 @@ async def test_a_gateway_that_finds_its_directory_file_half_copied_keeps_the_one
         await gateway.check_directory()
         assert gateway.trust.version == published.version == 2
     lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    (unreadable,) = [line for line in lines if line["event"] == "directory.unreadable"]
+    assert unreadable["error"] == "IsADirectoryError"
     (refused,) = [line for line in lines if line["event"] == "directory.refused"]
     assert refused["reason"] == "malformed"
 
