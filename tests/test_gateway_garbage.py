@@ -28,6 +28,7 @@ from linkage.frames import unbatch
 from linkage.ids import is_node_id
 from linkage.transport import MAX_MESSAGE_BYTES, TlsFiles, api_channel
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, node_api_pb2
+from node import link
 from tests.api_garbler import Garbler
 from tests.harness import PRACTITIONER, LocalFederation, audit_events, running
 from tests.test_api_garbage import (
@@ -43,6 +44,7 @@ from tests.test_api_garbage import (
     _valid,
     _whole,
 )
+from tests.test_delivery import share
 from tests.test_federation import _case_id, open_case
 
 FRAMES_PER_STREAM = 300  # then the stream ends, and the node opens another
@@ -338,3 +340,52 @@ async def test_an_answer_about_no_message_of_this_node_s_is_not_written_into_its
         finally:
             logs.configure("info")
     assert "Ms Example" not in captured.getvalue()
+
+
+class EndsWhenAsked(HostileGateway):
+    """Ends the stream, unanswered, whenever the node asks on it who is linked to a family."""
+
+    async def _connect(
+        self, frames: AsyncIterator[gateway_pb2.NodeFrame], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        async for frame in frames:
+            if any(one.HasField("resolve") for one in unbatch(frame)):
+                self.streams += 1
+                self.streams_done.set()
+                return
+
+
+async def test_a_gateway_that_ends_the_stream_when_asked_who_is_linked_leaves_nothing_shared(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look-up waits on the stream for its answer; the stream ending takes the answer
+    with it. The share is refused then, not when a timer runs out, as one to try again, and
+    nothing of it is kept."""
+    monkeypatch.setattr(link, "UNARY_TIMEOUT_S", 3600.0)
+    family = stories.think_family_people()
+    async with running(federation, nodes=("amh",)) as cluster:
+        tokens = await open_case(cluster, "amh", family)
+        await cluster.stop_node("amh")
+        async with EndsWhenAsked(Garbler(random.Random(SEED)), federation.gateway_config.tls, {}) as hostile:
+            amh = await cluster.start_node("amh", gateway_port=hostile.port)
+            api = cluster.api("amh")
+            recorded = await api.RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(
+                    actor=PRACTITIONER,
+                    case_id=await _case_id(cluster, "amh"),
+                    assessment=stories.parent_risk_change(tokens[0], tokens[-1]),
+                )
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async with asyncio.timeout(30):  # the answer waited on for ever: failed, not hung
+                    await share(cluster, recorded.assessment_id)
+            assert hostile.streams == 1
+            assert amh.store is not None
+            kept = [await amh.store.fetchone(f"SELECT count(*) FROM {table}") for table in ("shares", "outbox")]
+            decided = await audit_events(amh, "share.decision")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused.value.details() == (
+        "cannot reach the gateway to find the agencies linked to this family (UNAVAILABLE); nothing was shared, "
+        "try again"
+    )
+    assert kept == [(0,), (0,)] and decided == []
