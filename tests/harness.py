@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import json
 import os
 import sqlite3
@@ -249,3 +250,17 @@ def drop_audit_guards(db: sqlite3.Connection) -> None:
     log append-only, to edit or delete entries for a test to catch."""
     db.execute("DROP TRIGGER audit_append_only_update")
     db.execute("DROP TRIGGER audit_append_only_delete")
+
+
+class LogWatch(io.StringIO):
+    """A log stream that sets `seen` at the first line holding `text`, and keeps that line."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.seen, self.line = text, asyncio.Event(), ""
+
+    def write(self, data: str) -> int:
+        if self.text in data and not self.seen.is_set():
+            self.line = data
+            self.seen.set()
+        return super().write(data)

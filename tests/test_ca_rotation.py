@@ -27,7 +27,16 @@ from linkage.transport import TlsFiles
 from linkage.v1 import directory_pb2
 from node.server import NodeServer
 from tests.file_crashes import Crash, crash_at
-from tests.harness import Cluster, LocalFederation, audit_events, linkage, make_federation, running, wait_delivered
+from tests.harness import (
+    Cluster,
+    LocalFederation,
+    LogWatch,
+    audit_events,
+    linkage,
+    make_federation,
+    running,
+    wait_delivered,
+)
 from tests.test_delivery import family_assessment, share
 
 
@@ -134,20 +143,6 @@ async def test_the_ca_is_rotated_without_a_restart_even_for_a_node_away_througho
         assert len(changes) == 2 and len(changes[0]) == 2 and len(changes[1]) == 1
 
 
-class _LogWatch(io.StringIO):
-    """A log stream that sets `seen` at the first line holding `text`, and keeps that line."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text, self.seen, self.line = text, asyncio.Event(), ""
-
-    def write(self, data: str) -> int:
-        if self.text in data and not self.seen.is_set():
-            self.line = data
-            self.seen.set()
-        return super().write(data)
-
-
 async def _gateway_verified_by(cluster: Cluster, ca_file: Path) -> bool:
     """Whether a client trusting the CAs in `ca_file` accepts the gateway's certificate."""
     context = ssl.create_default_context(cafile=ca_file)
@@ -185,7 +180,7 @@ async def test_a_node_away_while_its_ca_was_retired_is_brought_back_with_the_cas
         cluster.gateway.check_certificate()
         assert _roots(csc.ca) == {first}
         assert not await _gateway_verified_by(cluster, csc.ca)
-        refused = _LogWatch("CERTIFICATE_VERIFY_FAILED")
+        refused = LogWatch("CERTIFICATE_VERIFY_FAILED")
         logs.configure("info", stream=refused)
         config = dataclasses.replace(
             federation.node_configs["csc"], gateway_address=f"127.0.0.1:{cluster.gateway.port}"

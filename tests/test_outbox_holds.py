@@ -15,6 +15,7 @@ from typing import cast
 
 import pytest
 
+from linkage import logs
 from linkage.clock import ManualClock
 from linkage.config import DeliverySettings
 from linkage.directory import TrustedDirectory
@@ -24,6 +25,7 @@ from linkage.v1 import envelope_pb2, gateway_pb2
 from node.messaging import add_to_outbox
 from node.outbox import BUSY_BASE_MS, HOLD_MEMORY_MS, Outbox
 from node.store import Store
+from tests.harness import LogWatch
 
 FORWARDED, BUSY = gateway_pb2.SEND_STATUS_FORWARDED, gateway_pb2.SEND_STATUS_BUSY
 
@@ -35,8 +37,10 @@ class Gateway:
         self.connected = asyncio.Event()
         self.connected.set()
         self.sent: list[tuple[str, str]] = []  # (message id, recipient)
+        self.wrote = asyncio.Event()
 
     async def send_all(self, frames: list[gateway_pb2.NodeFrame]) -> None:
+        self.wrote.set()
         for frame in frames:
             routing = parse_routing(frame.send)
             self.sent.append((routing.message_id, routing.recipient_node))
@@ -173,3 +177,32 @@ async def test_a_hold_long_over_is_forgotten_at_the_next_forwarded_answer(
     await answer(box, probe, FORWARDED)  # the hold ended a minute ago: forgotten, not widened to two
     await box.send_due()
     assert [m for m, _ in gateway.take()] == ids[1:]
+
+
+async def test_a_hold_waits_as_long_as_the_gateway_said_though_the_clock_is_set_back_meanwhile(
+    outbox: tuple[Outbox, Gateway, ManualClock],
+) -> None:
+    """A hold ends at a time on the wall clock: set back an hour and left there, it would hold
+    everything an hour longer than the gateway asked."""
+    box, gateway, clock = outbox
+    (message_id,) = await queue(box, clock, "b", 1)
+    worker = asyncio.create_task(box.run())
+    try:
+        async with asyncio.timeout(30):
+            await gateway.wrote.wait()  # the worker has read the clock, and sent
+            await answer(box, gateway.take(), BUSY, gateway_pb2.BUSY_SCOPE_SENDER, 5_000)
+            gateway.wrote.clear()
+            watch = LogWatch("clock.stepped_back")
+            logs.configure("info", stream=watch)
+            clock.advance(-3_600_000)
+            box.wake.set()
+            await watch.seen.wait()
+            assert await box.send_due() == 0  # still held: 5 s from when it was said
+            clock.advance(5_000)
+            box.wake.set()
+            await gateway.wrote.wait()  # unmoved, the hold would keep it back for an hour
+        assert gateway.take() == [(message_id, "b")]
+    finally:
+        logs.configure("info")
+        await box.drain(0)
+        await worker
