@@ -215,7 +215,8 @@ async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
 ) -> None:
     """A node had to be restarted within the hour after `rotate-keys`, or once senders
     moved to the new key it could open nothing they sent. It now takes the new generation
-    at its next look (SIGHUP, or every few minutes), and only a whole rotation of its own."""
+    at its next look (SIGHUP, or every few minutes), only a whole rotation of its own, and
+    only once its audit log records it."""
     clock = ManualClock()
     federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), validity_days=30)
     bundle = federation.node_configs["csc"].data_dir
@@ -240,6 +241,13 @@ async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
         await csc.reload()
         assert csc.keys.key_id == "csc-k1"
         signing.write_bytes(whole)
+        assert csc.store is not None
+        csc.store.db.execute("PRAGMA query_only = ON")  # as on a disk remounted read-only
+        try:
+            await csc.reload()
+        finally:
+            csc.store.db.execute("PRAGMA query_only = OFF")
+        assert csc.keys.key_id == "csc-k1"  # not taken unaudited: taken at the next look
         monkeypatch.setattr(db_module, "INLINE_COMMIT_S", 0.0)  # each COMMIT in its thread, as on a slow disk
         await asyncio.gather(csc.reload(), csc.reload())  # a SIGHUP during the periodic look: taken once
         assert csc.keys.key_id == new_id and csc.keys.for_id("csc-k1") is not None
@@ -269,10 +277,17 @@ async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
         await csc.reload()
         assert csc.keys.key_id == new_id
     said = [json.loads(line) for line in captured_logs.getvalue().splitlines() if '"keys.reload_' in line]
-    assert [s["event"] for s in said] == ["keys.reload_refused", "keys.reload_waiting", *["keys.reload_refused"] * 2]
+    assert [s["event"] for s in said] == [
+        "keys.reload_refused",
+        "keys.reload_waiting",
+        "keys.reload_refused",
+        "keys.reload_failed",
+        "keys.reload_refused",
+    ]
     assert "did not finish" in said[0]["problem"] and "no directory held names it yet" in said[1]["problem"]
     assert "they are not the keys the directory names 'csc-k2' (half copied?)" in said[2]["problem"]
-    assert "they no longer hold 'csc-k2', the generation in use: not its rotation" in said[3]["problem"]
+    assert said[3]["error"] == "SQLITE_READONLY"
+    assert "they no longer hold 'csc-k2', the generation in use: not its rotation" in said[4]["problem"]
 
 
 async def _settled(cluster: Cluster, node: str, share_id: str) -> list[tuple[str, str]]:
