@@ -162,6 +162,8 @@ async def test_dates_tokens_and_files_a_person_gets_wrong_are_one_line(
             (("case", "remove-person", case, "--token", "zz"), "a link token is 64 hex digits"),
             (("case", "record", case, "--assessment", str(not_json)), "it holds no JSON object"),
             (("case", "record", case, "--assessment", str(tmp_path)), "cannot read the assessment file"),
+            (("share", "preview", "--assessment", "a", "--decision", str(not_json)), "cannot read the decision file"),
+            (("share", "send", "--assessment", "a", "--decision", str(tmp_path)), "cannot read the decision file"),
             (("case", "add-person", case, "--person", "9434765919 role=AT_RISK"), "a person starts with SCHEME:VALUE"),
             (
                 ("case", "add-person", case, "--person", "nhs:9434765919 colour=red"),

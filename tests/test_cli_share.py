@@ -7,7 +7,9 @@ import base64
 import json
 import os
 import re
+import socket
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -84,7 +86,7 @@ async def test_preview_then_send_then_status_from_the_cli(federation: LocalFeder
         assert "NOT_FOUND: no share 'no-such-share' at this node" in err
 
 
-async def test_casework_from_the_cli(federation: LocalFederation) -> None:
+async def test_casework_from_the_cli(federation: LocalFederation, tmp_path: Path) -> None:
     async with running(federation) as cluster:
 
         def who(node: str) -> list[str]:
@@ -142,6 +144,12 @@ async def test_casework_from_the_cli(federation: LocalFederation) -> None:
         for command in (("inbox", "list"), ("inbox", "watch"), ("share", "watch")):  # a watch waits for none
             code, out, err = await linkage(*command, *who("csc")[:-1], "/nowhere/api.sock")
             assert code == 1 and "no node is serving at /nowhere/api.sock" in err
+        stale = tmp_path / "killed" / "api.sock"  # a node killed leaves its socket's file behind
+        stale.parent.mkdir()
+        with closing(socket.socket(socket.AF_UNIX)) as bound:
+            bound.bind(str(stale))
+        code, out, err = await linkage("inbox", "list", *who("csc")[:-1], str(stale))
+        assert (code, err) == (1, f"linkage: no node is serving at {stale} (is `linkage node serve` running?)\n")
         code, out, err = await linkage(
             "case", "respond", intent.message_id, "--object", "--reason", "Too soon", *who("csc")
         )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import sys
 from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
@@ -66,13 +68,23 @@ def call(args: argparse.Namespace, work: Callable[[node_api_pb2_grpc.NodeApiAsyn
 
 def _failed(args: argparse.Namespace, exc: grpc.aio.AioRpcError) -> SystemExit:
     """A call's failure as one line a person can act on."""
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and not socket_of(args).exists():
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and not _listening(socket_of(args)):
         return _no_node(socket_of(args))
     return SystemExit(f"linkage: {exc.code().name}: {exc.details()}")
 
 
-def _no_node(socket: Path) -> SystemExit:
-    return SystemExit(f"linkage: no node is serving at {socket} (is `linkage node serve` running?)")
+def _listening(path: Path) -> bool:
+    """Whether anything listens at the socket: a node that was killed leaves its file behind."""
+    with contextlib.closing(socket.socket(socket.AF_UNIX)) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _no_node(path: Path) -> SystemExit:
+    return SystemExit(f"linkage: no node is serving at {path} (is `linkage node serve` running?)")
 
 
 class Numbered(Protocol):
@@ -95,19 +107,19 @@ def follow(
     """Follow a watch stream until stopped, each item as it comes. A node that goes away once
     it has answered (restarted, upgraded) is waited for, and the watch resumes after the last
     item seen: what it feeds (a log, a script) misses nothing and is given nothing twice."""
-    socket = socket_of(args)
+    path = socket_of(args)
 
     async def run() -> None:
         after, delay, answered = args.after, RECONNECT_FIRST_S, False
-        if not socket.exists():
-            raise _no_node(socket)
+        if not path.exists():
+            raise _no_node(path)  # a file left by a node that stopped is waited on: one may be starting
         while True:
-            async with api_channel(socket, RECONNECT_MOST_S) as channel:
+            async with api_channel(path, RECONNECT_MOST_S) as channel:
                 try:
                     async with asyncio.timeout(None if answered else FIRST_ANSWER_S):
                         await channel.channel_ready()
                 except TimeoutError:
-                    raise _no_node(socket) from None
+                    raise _no_node(path) from None
                 if answered:
                     print(f"linkage: the node is back; resuming after {after}", file=sys.stderr)
                 answered = True
