@@ -109,6 +109,16 @@ async def test_casework_from_the_cli(federation: LocalFederation, tmp_path: Path
         assert [p.get("identity_basis") for p in opened["people"]] == [None, "VERIFIED_NATIONAL"]
         amh_case = opened["case_id"]
         amh_parent, amh_child = (base64.b64decode(p["link_token"]) for p in opened["people"])
+        for args, said in (
+            (("involvement", amh_case), "No other agency is linked to this family.\n"),
+            (("case", "assessments", amh_case), f"No assessment recorded in case {amh_case}: linkage case record"),
+            (("case", "closure", amh_case), f"Case {amh_case}: closure none\n"),
+        ):
+            code, out, err = await linkage(*args, *who("amh"))
+            assert code == 0 and out.startswith(said), (out, err)
+        unknown = "01900000-0000-7000-8000-000000000000"
+        code, out, err = await linkage("case", "show", unknown, *who("amh"))
+        assert (code, out) == (1, "") and f"no case '{unknown}' at this node (`linkage case list` finds yours)" in err
         code, out, err = await linkage("case", "open", "--case-ref", "C-1", "--person", child, *who("csc"))
         assert code == 0, err
         assert "child AT_RISK CHILD, linked by VERIFIED_NATIONAL" in out
@@ -117,6 +127,8 @@ async def test_casework_from_the_cli(federation: LocalFederation, tmp_path: Path
         code, out, err = await linkage("involvement", csc_case, *who("csc"))
         assert code == 0, err
         assert "Adult Mental Health Trust (NHS_MENTAL_HEALTH; law of ENG), contact: Duty team; linked to 1" in out
+        code, out, err = await linkage("involvement", csc_case, *who("csc"), "--json")
+        assert code == 0 and [a["node_id"] for a in json.loads(out)["agencies"]] == ["amh"], err
 
         code, out, err = await linkage("case", "close", amh_case, *who("amh"))
         assert code == 1 and "must be alerted before a case is closed" in err
