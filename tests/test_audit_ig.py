@@ -395,6 +395,7 @@ def test_what_an_ig_officer_mistypes_gets_a_plain_answer(scenario: LocalFederati
     for args, said in (
         (("cross-check", "--gateway-db", str(notes)), f"{notes} is not a store Linkage can read"),
         (("list", "--token", "zz"), "--token: a link token is 64 hex digits"),
+        (("list", "--person", "nhs:943 476 5918"), "--person: NHS number fails the modulus-11 check"),
         (("verify", "--jobs", "all"), "--jobs: 'all' is not a whole number from 0 to 64"),
         (("export", "--format", "csv", "--out", str(tmp_path)), f"Is a directory: '{tmp_path}'"),
     ):

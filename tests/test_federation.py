@@ -368,6 +368,43 @@ def test_enrolment_never_writes_over_another_member_and_takes_only_what_it_can_p
     assert not fed.directory_path.exists()
 
 
+def test_the_federation_commands_refuse_what_an_operator_got_wrong_naming_it(tmp_path: Path) -> None:
+    """Each refusal names what is wrong and how to put it right, and writes nothing."""
+    from linkage.federation import (
+        Federation,
+        FederationError,
+        enrol_gateway,
+        enrol_node,
+        init_federation,
+        revoke_node,
+        rotate_keys,
+    )
+
+    now = SystemClock().now_ms()
+    with pytest.raises(FederationError, match=r"is not a federation folder \(run 'linkage federation init'\)"):
+        Federation.open(tmp_path)
+    with pytest.raises(FederationError, match=r"suite must be one of \["):
+        init_federation(tmp_path / "fed", "x.example", now, suite="rot13")
+    assert not (tmp_path / "fed").exists()
+    fed = init_federation(tmp_path / "fed", "x.example", now)
+    with pytest.raises(FederationError, match="already holds a federation"):
+        init_federation(tmp_path / "fed", "y.example", now)
+    assert Federation.open(tmp_path / "fed").federation_id == "x.example"
+    enrol_node(fed, "n1", "Oak Primary School", "SCHOOL", tmp_path / "n1", "127.0.0.1:1", now)
+    for call, said in (
+        (lambda: enrol_node(fed, "N1", "Police", "POLICE", tmp_path / "n2", "127.0.0.1:1", now), "node id must be"),
+        (lambda: enrol_node(fed, "n1", "Police", "POLICE", tmp_path / "n2", "127.0.0.1:1", now), "already enrolled"),
+        (lambda: enrol_gateway(fed, "Gate way", tmp_path / "gw", "0.0.0.0:7443", now), "a lowercase slug"),
+        (lambda: enrol_gateway(fed, "gateway", tmp_path / "gw", "7443", now), "must be host:port, e.g. 0.0.0.0:7443"),
+        (lambda: rotate_keys(fed, "n2", tmp_path / "n2", now), "node 'n2' is not enrolled"),
+        (lambda: revoke_node(fed, "n2"), "node 'n2' is not enrolled"),
+    ):
+        with pytest.raises(FederationError, match=said):
+            call()
+    assert not (tmp_path / "n2").exists() and not (tmp_path / "gw").exists()
+    assert sorted(p.name for p in fed.entries.iterdir()) == ["n1.pb"]
+
+
 def test_an_enrolled_gateway_has_a_witness_key_the_directory_names(tmp_path: Path) -> None:
     """Kept readable by its owner only, and configured; re-enrolling issues a new one."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
