@@ -199,15 +199,19 @@ class Cases:
         if len(token) != TOKEN_LEN:
             raise invalid(f"link_token must be {TOKEN_LEN} bytes, as OpenCase returned it")
         async with self.ctx.store.tx() as tx:
-            removed = await tx.execute(
-                "DELETE FROM case_people WHERE case_id = ? AND token = ?", (request.case_id, token)
-            )
-            if not removed.rowcount:  # not there, or a call racing this one removed them first
+            removed = await (
+                await tx.execute(
+                    "DELETE FROM case_people WHERE case_id = ? AND token = ? RETURNING protect_identity",
+                    (request.case_id, token),
+                )
+            ).fetchone()
+            if removed is None:  # not there, or a call racing this one removed them first
                 raise not_found(f"that person is not in case {request.case_id!r}")
             await tx.execute("INSERT OR IGNORE INTO subscriptions_to_end(token) VALUES (?)", (token,))
             await tx.audit("case.person_removed", request.actor, tokens=[token], detail={"case_id": request.case_id})
             removed_from = await self._case_now(tx, request)
-        await self._left([token], request.actor, exclude_case=request.case_id)
+        # As one protected was never announced as joining, their leaving is not announced either.
+        await self._left([] if removed[0] else [token], request.actor, exclude_case=request.case_id)
         await self.end_subscriptions(request.actor)
         return removed_from
 

@@ -159,6 +159,22 @@ async def test_involvement_discovery_and_notices(federation: LocalFederation) ->
         back = await next_item(cluster, "csc", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=left.seq)
         assert back.body.involvement.joined
 
+        # One whose identity is protected is announced neither joining nor leaving.
+        school, protected = cluster.nodes["school"], node_api_pb2.PersonIdentifier()
+        protected.CopyFrom(family[0])
+        protected.protect_identity = True
+        notices = f"SELECT count(*) FROM outbox WHERE kind = {env.MESSAGE_KIND_INVOLVEMENT_NOTICE}"
+        assert school.store is not None
+        before = await school.store.fetchone(notices)  # to amh and csc: that the child joined, left and came back
+        assert before == (6,)
+        await cluster.api("school").AddPerson(
+            node_api_pb2.AddPersonRequest(actor=SCHOOL_DSL, case_id=school_case.case_id, person=protected)
+        )
+        await cluster.api("school").RemovePerson(
+            node_api_pb2.RemovePersonRequest(actor=SCHOOL_DSL, case_id=school_case.case_id, link_token=parent)
+        )
+        assert await school.store.fetchone(notices) == before  # each call queues what it sends before it answers
+
 
 async def test_decrease_historical_update_correction_and_withdrawal_reach_every_earlier_recipient(
     federation: LocalFederation,
