@@ -26,6 +26,11 @@ _SCHEME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _NHS_WEIGHTS = range(10, 1, -1)
 
 
+def split_tokens(joined: bytes) -> list[bytes]:
+    """Link tokens kept end to end in one value, one by one."""
+    return [joined[i : i + TOKEN_LEN] for i in range(0, len(joined), TOKEN_LEN)]
+
+
 class IdentifierError(ValueError):
     """An identifier that must not be turned into a token."""
 

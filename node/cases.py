@@ -6,17 +6,17 @@ match, and tells co-involved agencies when it joins or leaves a family link."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 import grpc
 
 from linkage import jurisdictions, logs
 from linkage.backoff import backoff_ms
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, TOKEN_LEN, IdentifierError
-from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
-from node import dates, repeats
+from linkage.v1 import node_api_pb2, summary_pb2
+from node import dates, involvement, repeats
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
-from node.messaging import Fill
 from node.policy.rules import date_problems, protected_role
 from node.store import FetchAll, FetchOne, Tx
 
@@ -28,6 +28,12 @@ def failed(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
+def public_tokens(people: Iterable[node_api_pb2.CasePerson]) -> list[bytes]:
+    """The link tokens of those whose identity is not protected: only they are ever named
+    to another agency (in a message, a notice or a question to the gateway)."""
+    return [p.link_token for p in people if not p.protect_identity]
+
+
 class Cases:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
@@ -35,6 +41,7 @@ class Cases:
         self.in_sync = asyncio.Event()  # set when the gateway has every subscription
         self._ending_asked = 0  # times the resubscriber was asked to end subscriptions (`ending_due`)
         self._ending = asyncio.Lock()  # one round of ending at a time: a close's and the resubscriber's
+        self.notices = involvement.InvolvementNotices(ctx, ready=self.in_sync, after_waiting=self.end_subscriptions)
 
     # -- people and tokens ----------------------------------------------------
 
@@ -155,6 +162,7 @@ class Cases:
                 tokens=[p.link_token for p in people],
                 detail={"case_id": case_id, "people": len(people)},
             )
+            await involvement.record(tx, public_tokens(people), True, request.actor)
             opened = node_api_pb2.OpenCaseResponse(case_id=case_id, people=people)
             await repeats.keep(tx, request, opened)
         await self._joined(people, request.actor)
@@ -174,6 +182,7 @@ class Cases:
             await tx.audit(
                 "case.person_added", request.actor, tokens=[person.link_token], detail={"case_id": request.case_id}
             )
+            await involvement.record(tx, public_tokens([person]), True, request.actor)
             added = await self._case_now(tx, request)
         await self._joined([person], request.actor)
         return added
@@ -209,9 +218,15 @@ class Cases:
                 raise not_found(f"that person is not in case {request.case_id!r}")
             await tx.execute("INSERT OR IGNORE INTO subscriptions_to_end(token) VALUES (?)", (token,))
             await tx.audit("case.person_removed", request.actor, tokens=[token], detail={"case_id": request.case_id})
+            # Left, unless another open case names them; as one protected was never announced
+            # as joining, their leaving is not announced either.
+            still = await tx.fetchone(
+                "SELECT 1 FROM case_people p JOIN cases c USING (case_id) WHERE p.token = ? AND c.status = 'open'",
+                (token,),
+            )
+            await involvement.record(tx, [] if removed[0] or still else [token], False, request.actor)
             removed_from = await self._case_now(tx, request)
-        # As one protected was never announced as joining, their leaving is not announced either.
-        await self._left([] if removed[0] else [token], request.actor, exclude_case=request.case_id)
+        await self.notices.send()
         await self.end_subscriptions(request.actor)
         return removed_from
 
@@ -228,7 +243,8 @@ class Cases:
     # -- subscriptions and involvement notices -------------------------------------
 
     async def _joined(self, people: list[node_api_pb2.CasePerson], actor: summary_pb2.Practitioner) -> None:
-        """Subscribe, then tell the agencies already linked to these people that we have joined."""
+        """Subscribe, then tell the agencies already linked to these people that we have joined
+        (the notice is recorded with the change: sent now, or once the gateway can answer)."""
         tokens = [p.link_token for p in people]
         try:
             added, _ = await self.ctx.link.subscribe(tokens)
@@ -236,59 +252,11 @@ class Cases:
             log.warning("subscribe.deferred", code=exc.code().name, tokens=len(tokens))
             self.in_sync.clear()
             self.resubscribe.set()
+            self.notices.later()
             return
         async with self.ctx.store.tx() as tx:
             await tx.audit("subscription.added", actor, tokens=tokens, detail={"added": added})
-        public = [p.link_token for p in people if not p.protect_identity]  # never announce a protected person
-        await self._announce(public, True, actor)
-
-    async def _left(self, tokens: list[bytes], actor: summary_pb2.Practitioner, exclude_case: str) -> None:
-        still = await self.ctx.store.fetchall(
-            "SELECT DISTINCT p.token FROM case_people p JOIN cases c USING (case_id) "
-            "WHERE c.status = 'open' AND c.case_id != ?",
-            (exclude_case,),
-        )
-        leaving = [t for t in tokens if t not in {bytes(r[0]) for r in still}]
-        await self._announce(leaving, False, actor)
-
-    async def _announce(self, tokens: list[bytes], joined: bool, actor: summary_pb2.Practitioner) -> None:
-        if not tokens:
-            return
-        try:
-            involvement = await self.ctx.link.discover(tokens)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("involvement.notice_skipped", code=exc.code().name, tokens=len(tokens))
-            return
-        per_node: dict[str, list[bytes]] = {}
-        for token, nodes in involvement.items():
-            for node in nodes:
-                per_node.setdefault(node, []).append(token)
-        if not per_node:
-            return
-        me = self.ctx.me()
-
-        def fill(recipient: str) -> Fill:
-            def write(body: envelope_pb2.MessageBody) -> None:
-                body.involvement.CopyFrom(
-                    workflow_pb2.InvolvementNotice(
-                        joined=joined,
-                        link_tokens=per_node[recipient],
-                        agency_name=me.agency_name,
-                        agency_type=me.agency_type,
-                        contact_role=me.contact_role,
-                        contact=summary_pb2.Practitioner(role=actor.role),
-                    )
-                )
-
-            return write
-
-        share_id = self.ctx.new_id()
-        sealed = await self.ctx.messenger.seal_each(
-            sorted(per_node), envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE, tokens, share_id, fill, actor
-        )
-        async with self.ctx.store.tx() as tx:
-            await self.ctx.messenger.queue(tx, sealed, share_id, actor)
-        await self.ctx.changed()
+        await self.notices.send()
 
     async def end_subscriptions(self, actor: summary_pb2.Practitioner | None = None) -> None:
         """End at the gateway the subscriptions recorded as ending (`subscriptions_to_end`,
@@ -313,7 +281,8 @@ class Cases:
         """Tell the gateway every token of every open case (idempotent), end those recorded
         as ending (`end_subscriptions`), and end any it holds that this store does not know
         of: a store put back to a backup lacks the cases opened since, and a gateway put back
-        holds subscriptions ended since (its total for this node says so)."""
+        holds subscriptions ended since (its total for this node says so), but for those a
+        notice waiting to go needs (node/involvement.py)."""
         asked = self._ending_asked
         tokens = await self.subscribed_tokens()
         added, total = await self.ctx.link.subscribe(tokens)
@@ -336,14 +305,17 @@ class Cases:
         ending = [bytes(t) for (t,) in await self.ctx.store.fetchall("SELECT token FROM subscriptions_to_end")]
         if not ending:
             return 0
-        unused = [t for t in ending if t not in still]  # an open case names the others again
+        # An open case names the others again; a notice waiting to go needs its own a while yet.
+        waiting = await self.notices.tokens_waiting()
+        unused = [t for t in ending if t not in still and t not in waiting]
         removed = await self._unsubscribe(unused)
+        ended = set(unused)
         async with self.ctx.store.tx() as tx:
             # One kept for a case that has closed since it was read stays, for that close to end.
             await tx.executemany(
                 "DELETE FROM subscriptions_to_end WHERE token = ?1 AND (?2 OR EXISTS (SELECT 1 FROM case_people p "
                 "JOIN cases c USING (case_id) WHERE p.token = ?1 AND c.status = 'open'))",
-                [(t, t not in still) for t in ending],
+                [(t, t in ended) for t in ending],
             )
             if unused:
                 detail = {"removed": removed} if actor is not None else {"removed": removed, "deferred": True}
@@ -352,7 +324,8 @@ class Cases:
 
     async def _end_unknown(self) -> None:
         held = await self.ctx.link.subscriptions()
-        known = set(await self.subscribed_tokens())  # read after: a case opened meanwhile is in it
+        # Read after: a case opened meanwhile is in it. Those a waiting notice needs are kept.
+        known = set(await self.subscribed_tokens()) | await self.notices.tokens_waiting()
         unknown = [t for t in held if t not in known]
         if not unknown:
             return
@@ -389,7 +362,7 @@ class Cases:
 
     async def discover(self, request: node_api_pb2.CaseRequest) -> node_api_pb2.InvolvementResponse:
         await self.open_case_row(request.case_id)
-        tokens = [p.link_token for p in await self.people(request.case_id) if not p.protect_identity]
+        tokens = public_tokens(await self.people(request.case_id))
         try:
             involvement = await self.ctx.link.discover(tokens)
         except grpc.aio.AioRpcError as exc:

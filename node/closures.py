@@ -15,7 +15,7 @@ from linkage.calendar import on_calendar
 from linkage.content import CLOSURE_ANSWERS
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates, repeats
-from node.cases import Cases, failed
+from node.cases import Cases, failed, public_tokens
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import Sealed, Unreachable
@@ -43,7 +43,7 @@ class Closures:
                 "the others need time to answer (today at the earliest)"
             )
         await self._refuse_a_second_proposal(self.ctx.store.fetchone, request.case_id)
-        tokens = [p.link_token for p in await self.cases.people(request.case_id) if not p.protect_identity]
+        tokens = public_tokens(await self.cases.people(request.case_id))
         invitees = await self._involved(tokens)
         closure_id = self.ctx.new_id()
         notice = workflow_pb2.ClosureIntentNotice(
@@ -270,7 +270,7 @@ class Closures:
         if status.awaiting and today <= dates.iso(status.respond_by):
             raise failed(f"waiting for answers from {', '.join(status.awaiting)} until {dates.iso(status.respond_by)}")
         people = await self.cases.people(request.case_id)
-        tokens = [p.link_token for p in people if not p.protect_identity]
+        tokens = public_tokens(people)
         await self._alert_newcomers(request, status, tokens)
         objections = _objections(status.replies)
         _refuse_objections(objections, request)

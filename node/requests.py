@@ -15,7 +15,7 @@ from linkage.grounds import lawful_ground
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates, repeats
 from node.audit_events import AuditEvent
-from node.cases import Cases
+from node.cases import Cases, public_tokens
 from node.context import NodeContext
 from node.erasure import erased_note
 from node.errors import ApiError, check_notes, invalid, not_found
@@ -111,7 +111,7 @@ class Requests:
     async def nameable(self, case_id: str, what: str) -> list[bytes]:
         """The link tokens of an open case's people that a message to other agencies may name."""
         await self.cases.open_case_row(case_id)
-        tokens = [p.link_token for p in await self.cases.people(case_id) if not p.protect_identity]
+        tokens = public_tokens(await self.cases.people(case_id))
         if not tokens:
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -409,6 +409,7 @@ class NodeServer:
             self.link.run,
             self.outbox.run,
             self.cases.run_resubscriber,
+            self.cases.notices.run,
             self.checkpoints.run,
             self._watch_files,
             functools.partial(retention.run, self.store, self.clock, config.retention_days),

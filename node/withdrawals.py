@@ -11,7 +11,7 @@ import grpc
 
 from linkage import logs
 from linkage.envelope import parse_routing
-from linkage.tokens import TOKEN_LEN
+from linkage.tokens import split_tokens
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import repeats
 from node.context import NodeContext
@@ -77,7 +77,7 @@ async def summary_tokens(fetchone: FetchOne, summary_id: str) -> list[bytes] | N
         "ORDER BY o.message_id LIMIT 1",
         (summary_id,),
     )
-    return None if row is None else [row[0][i : i + TOKEN_LEN] for i in range(0, len(row[0]), TOKEN_LEN)]
+    return None if row is None else split_tokens(row[0])
 
 
 def _refuse_repeats(where: dict[str, Standing], recipients: list[str], summary_id: str, erase: bool) -> None:

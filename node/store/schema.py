@@ -618,4 +618,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX shares_by_assessment ON shares(assessment_id, share_id);
     """,
+    # 42: involvement notices to send (node/involvement.py), written with the change they tell
+    # of and deleted as each is queued: one a gateway away or a stop kept from going waits here.
+    """
+    CREATE TABLE notices_to_send(
+      seq INTEGER PRIMARY KEY,
+      joined INTEGER NOT NULL,
+      tokens BLOB NOT NULL,
+      actor BLOB NOT NULL
+    );
+    """,
 )

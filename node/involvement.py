@@ -1,0 +1,151 @@
+"""Involvement notices: when this agency joins or leaves a family link, the agencies already
+linked to the same people are told (README, "Cases and family links"). A notice is written
+with the change that makes it, in the same transaction, and sent once the gateway has said
+who is linked: a gateway that cannot be reached, or a node that stops first, delays a notice
+but never loses it. A subscription a waiting notice needs (to ask who is linked) is kept
+until the notice has gone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from linkage import logs
+from linkage.backoff import backoff_ms
+from linkage.tokens import split_tokens
+from linkage.v1 import envelope_pb2, summary_pb2, workflow_pb2
+from node.context import NodeContext
+from node.messaging import Fill
+from node.store import Tx
+
+log = logs.get("node.involvement")
+
+
+async def record(tx: Tx, tokens: list[bytes], joined: bool, actor: summary_pb2.Practitioner) -> None:
+    """A notice to send, in the transaction of the change it tells of (none for no tokens)."""
+    if tokens:
+        await tx.execute(
+            "INSERT INTO notices_to_send(joined, tokens, actor) VALUES (?, ?, ?)",
+            (int(joined), b"".join(tokens), actor.SerializeToString()),
+        )
+
+
+class InvolvementNotices:
+    def __init__(self, ctx: NodeContext, ready: asyncio.Event, after_waiting: Callable[[], Awaitable[None]]) -> None:
+        """`ready`: the gateway holds this node's subscriptions (it answers only about those);
+        `after_waiting`: what to do once notices that waited have gone (end the subscriptions
+        kept for them)."""
+        self.ctx = ctx
+        self.due = asyncio.Event()
+        self.due.set()  # any a node stopped before sending
+        self._waited = False  # one could not go as it was made: `run` sends those
+        self._ready = ready
+        self._after_waiting = after_waiting
+        self._sending = asyncio.Lock()
+
+    async def tokens_waiting(self) -> set[bytes]:
+        rows = await self.ctx.store.fetchall("SELECT tokens FROM notices_to_send")
+        return {t for (tokens,) in rows for t in split_tokens(tokens)}
+
+    async def send(self) -> None:
+        """Send every notice waiting, oldest first; if the gateway cannot say who is linked
+        now, they wait for `run`."""
+        try:
+            if await self._send_waiting() and self._waited:
+                await self._waited_for()
+        except grpc.aio.AioRpcError as exc:
+            log.warning("involvement.notice_deferred", code=exc.code().name)
+            self.later()
+
+    def later(self) -> None:
+        """What waits goes once the gateway holds this node's subscriptions again."""
+        self._waited = True
+        self.due.set()
+
+    async def run(self) -> None:
+        """Send what waits once the gateway holds this node's subscriptions, backing off while
+        it cannot answer."""
+        attempt = 0
+        while True:
+            await self.due.wait()
+            await self.ctx.link.connected.wait()
+            await self._ready.wait()
+            self.due.clear()
+            try:
+                if await self._send_waiting():  # those a node stopped before sending, or that waited
+                    await self._waited_for()
+                attempt = 0
+            except grpc.aio.AioRpcError as exc:
+                log.warning("involvement.notice_deferred", code=exc.code().name, attempt=attempt)
+                self.later()
+                await asyncio.sleep(backoff_ms(attempt, 200, 30_000) / 1000)
+                attempt += 1
+
+    async def _send_waiting(self) -> int:
+        """How many went (or had nobody to go to)."""
+        async with self._sending:
+            rows = await self.ctx.store.fetchall("SELECT seq, joined, tokens, actor FROM notices_to_send ORDER BY seq")
+            for seq, joined, tokens, actor in rows:
+                await self._send(seq, bool(joined), split_tokens(tokens), summary_pb2.Practitioner.FromString(actor))
+            return len(rows)
+
+    async def _waited_for(self) -> None:
+        """Notices that waited have gone: the subscriptions kept for them may end now."""
+        self._waited = False
+        await self._after_waiting()
+
+    async def _send(self, seq: int, joined: bool, tokens: list[bytes], actor: summary_pb2.Practitioner) -> None:
+        try:
+            involvement = await self.ctx.link.discover(tokens)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+                raise
+            # The gateway holds no subscription of ours to them (put back from a backup, say):
+            # nobody can be named to tell, now or later.
+            log.warning("involvement.notice_unsendable", code=exc.code().name, tokens=len(tokens))
+            involvement = {}
+        per_node: dict[str, list[bytes]] = {}
+        for token, nodes in involvement.items():
+            for node in nodes:
+                per_node.setdefault(node, []).append(token)
+        sealed = []
+        share_id = self.ctx.new_id()
+        if per_node:
+            sealed = await self.ctx.messenger.seal_each(
+                sorted(per_node),
+                envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE,
+                tokens,
+                share_id,
+                self._fill(per_node, joined, actor),
+                actor,
+            )
+        async with self.ctx.store.tx() as tx:
+            await tx.execute("DELETE FROM notices_to_send WHERE seq = ?", (seq,))
+            if sealed:
+                await self.ctx.messenger.queue(tx, sealed, share_id, actor)
+        if sealed:
+            await self.ctx.changed()
+
+    def _fill(
+        self, per_node: dict[str, list[bytes]], joined: bool, actor: summary_pb2.Practitioner
+    ) -> Callable[[str], Fill]:
+        me = self.ctx.me()
+
+        def fill(recipient: str) -> Fill:
+            def write(body: envelope_pb2.MessageBody) -> None:
+                body.involvement.CopyFrom(
+                    workflow_pb2.InvolvementNotice(
+                        joined=joined,
+                        link_tokens=per_node[recipient],
+                        agency_name=me.agency_name,
+                        agency_type=me.agency_type,
+                        contact_role=me.contact_role,
+                        contact=summary_pb2.Practitioner(role=actor.role),
+                    )
+                )
+
+            return write
+
+        return fill

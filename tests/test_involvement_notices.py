@@ -1,0 +1,93 @@
+"""An agency that joins or leaves a family link while the gateway is away, or stops before
+it could say so, is announced to the agencies linked to the family once the gateway can
+say who they are: the notice is written with the change, never only attempted."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+
+from gateway.server import GatewayServer
+from linkage import stories
+from linkage.clock import SystemClock
+from linkage.v1 import envelope_pb2 as env
+from linkage.v1 import node_api_pb2
+from node import involvement
+from node.store import Store
+from tests.harness import Cluster, LocalFederation, audit_events, next_item, running, wait_count
+from tests.test_federation import open_case
+from tests.test_workflows import CSC_WORKER
+
+WAITING = "SELECT COUNT(*) FROM notices_to_send"
+
+
+async def gateway_back(cluster: Cluster, port: int) -> None:
+    """The gateway started again where the nodes dial it."""
+    config = dataclasses.replace(cluster.federation.gateway_config, listen=f"127.0.0.1:{port}")
+    cluster.gateway = GatewayServer(config, SystemClock())
+    await cluster.gateway.start()
+
+
+async def test_joining_and_leaving_while_the_gateway_is_away_are_announced_once_it_is_back(
+    federation: LocalFederation,
+) -> None:
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        family = stories.think_family_people()
+        parent, child = await open_case(cluster, "amh", family)
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+        port = cluster.gateway.port
+
+        await cluster.gateway.stop(grace=0)
+        opened = await cluster.api("csc").OpenCase(
+            node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
+        )
+        assert await csc.store.fetchone(WAITING) == (1,)  # the case is open; its notice waits
+        await gateway_back(cluster, port)
+        joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
+        assert joined.sender_node == "csc" and joined.body.involvement.joined
+        assert set(joined.body.involvement.link_tokens) == {parent, child}
+        assert joined.body.involvement.contact.role == CSC_WORKER.role  # who made the change, as then
+        assert await csc.store.fetchone(WAITING) == (0,)
+
+        await cluster.gateway.stop(grace=0)
+        await cluster.api("csc").RemovePerson(
+            node_api_pb2.RemovePersonRequest(actor=CSC_WORKER, case_id=opened.case_id, link_token=child)
+        )
+        assert await csc.store.fetchone(WAITING) == (1,)
+        await gateway_back(cluster, port)
+        left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
+        assert not left.body.involvement.joined and list(left.body.involvement.link_tokens) == [child]
+        # The subscription kept for asking who to tell ends once the notice has gone.
+        async with asyncio.timeout(30):
+            await wait_count(csc, "SELECT COUNT(*) FROM audit WHERE event = 'subscription.removed'", (), 1)
+        assert cluster.gateway._index is not None and cluster.gateway._index.count("csc") == 1
+        (removed,) = await audit_events(csc, "subscription.removed")
+        assert removed["detail"] == {"removed": 1, "deferred": True}
+
+
+async def test_a_notice_a_node_stopped_before_sending_goes_as_it_starts_again(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
+    """One about people the gateway holds no subscription of this node's to (a gateway put
+    back from a backup, say) cannot be sent, now or later: it is said, and the next goes."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        family = stories.think_family_people()
+        _, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
+        await cluster.stop_node("csc")
+        store = await Store.open(federation.node_configs["csc"].store_path, SystemClock())
+        async with store.tx() as tx:  # as a stop between a change's commit and its notice leaves it
+            await involvement.record(tx, [bytes(32)], True, CSC_WORKER)
+            await involvement.record(tx, [child], False, CSC_WORKER)
+        await store.close()
+        await cluster.start_node("csc")
+        left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
+    assert left.sender_node == "csc" and not left.body.involvement.joined
+    assert list(left.body.involvement.link_tokens) == [child]
+    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    unsendable = [e for e in said if e["event"] == "involvement.notice_unsendable"]
+    assert [(e["code"], e["tokens"]) for e in unsendable] == [("PERMISSION_DENIED", 1)]
