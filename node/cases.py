@@ -363,10 +363,7 @@ class Cases:
     async def discover(self, request: node_api_pb2.CaseRequest) -> node_api_pb2.InvolvementResponse:
         await self.open_case_row(request.case_id)
         tokens = public_tokens(await self.people(request.case_id))
-        try:
-            involvement = await self.ctx.link.discover(tokens)
-        except grpc.aio.AioRpcError as exc:
-            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"cannot reach the gateway ({exc.code().name})") from None
+        involvement = await self.ctx.discover(tokens, "nothing was recorded")
         per_node: dict[str, list[bytes]] = {}
         for token, nodes in involvement.items():
             for node in nodes:

@@ -44,7 +44,7 @@ class Closures:
             )
         await self._refuse_a_second_proposal(self.ctx.store.fetchone, request.case_id)
         tokens = public_tokens(await self.cases.people(request.case_id))
-        invitees = await self._involved(tokens)
+        invitees = await self._involved(tokens, "nothing was proposed")
         closure_id = self.ctx.new_id()
         notice = workflow_pb2.ClosureIntentNotice(
             closure_id=closure_id,
@@ -78,12 +78,9 @@ class Closures:
         await self.ctx.changed()
         return proposed
 
-    async def _involved(self, tokens: list[bytes]) -> list[str]:
+    async def _involved(self, tokens: list[bytes], nothing: str) -> list[str]:
         """The other agencies linked to these people now, as the gateway knows them."""
-        try:
-            involvement = await self.ctx.link.discover(tokens)
-        except grpc.aio.AioRpcError as exc:
-            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"cannot reach the gateway ({exc.code().name})") from None
+        involvement = await self.ctx.discover(tokens, nothing)
         return sorted({n for nodes in involvement.values() for n in nodes})
 
     async def _seal_intents(
@@ -104,7 +101,7 @@ class Closures:
         """Agencies linked to the family since the closure was proposed were never alerted:
         alert them now, with as long to answer as the others had, and do not close yet."""
         invited = {*status.awaiting, *(r.node_id for r in status.replies)}
-        newcomers = [n for n in await self._involved(tokens) if n not in invited]
+        newcomers = [n for n in await self._involved(tokens, "the case was not closed") if n not in invited]
         if not newcomers:
             return
         proposed_at_ms, intent, note = await self.ctx.store.fetchone(

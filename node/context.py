@@ -50,19 +50,15 @@ class NodeContext:
         try:
             return await self.resolver.resolve(tokens)
         except (grpc.aio.AioRpcError, GatewayRefused) as exc:
-            code = exc.code if isinstance(exc, GatewayRefused) else exc.code()
-            if code == grpc.StatusCode.PERMISSION_DENIED:  # asking again will not change it
-                raise ApiError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "the gateway does not link this node to all of these people (was one removed from the case, "
-                    "or the case closed?); nothing was shared",
-                ) from None
-            busy = code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            raise ApiError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED if busy else grpc.StatusCode.UNAVAILABLE,
-                f"cannot reach the gateway to find the agencies linked to this family ({code.name}); "
-                "nothing was shared, try again",
-            ) from None
+            raise _not_answered(exc, "nothing was shared") from None
+
+    async def discover(self, tokens: list[bytes], nothing: str) -> dict[bytes, list[str]]:
+        """For each token, the other agencies linked to it, or a clear error saying `nothing`
+        (what the call did not do)."""
+        try:
+            return await self.link.discover(tokens)
+        except grpc.aio.AioRpcError as exc:
+            raise _not_answered(exc, nothing) from None
 
     def new_id(self) -> str:
         """A new id for something this node makes, after every one it made before."""
@@ -71,3 +67,20 @@ class NodeContext:
     async def changed(self) -> None:
         self.outbox.wake.set()
         await self.outbox.changed()
+
+
+def _not_answered(exc: grpc.aio.AioRpcError | GatewayRefused, nothing: str) -> ApiError:
+    """The gateway's refusal to say who is linked to a family, as a status and a line the
+    case system can act on."""
+    code = exc.code if isinstance(exc, GatewayRefused) else exc.code()
+    if code == grpc.StatusCode.PERMISSION_DENIED:  # asking again will not change it
+        return ApiError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "the gateway does not link this node to all of these people (was one removed from the case, "
+            f"or the case closed?); {nothing}",
+        )
+    busy = code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    return ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED if busy else grpc.StatusCode.UNAVAILABLE,
+        f"cannot reach the gateway to find the agencies linked to this family ({code.name}); {nothing}, try again",
+    )

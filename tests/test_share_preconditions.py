@@ -16,7 +16,7 @@ from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 from node.server import NodeServer
 from tests.harness import PRACTITIONER, Cluster, LocalFederation, audit_events, next_item, running, settle
 from tests.test_federation import _case_id, open_case
-from tests.test_workflows import s47_request, think_family
+from tests.test_workflows import planned_closure, s47_request, think_family
 
 
 async def written(node: NodeServer) -> tuple[int, int, int]:
@@ -144,16 +144,27 @@ async def test_an_assessment_of_protected_people_only_cannot_be_shared_and_says_
 
 
 async def test_asking_who_is_involved_while_the_gateway_is_away_says_so(federation: LocalFederation) -> None:
+    """Asking who is involved, and proposing a closure (which alerts them), each say the
+    gateway could not be asked, that nothing was done, and to try again."""
     async with running(federation, nodes=("csc",)) as cluster:
         await open_case(cluster, "csc", stories.think_family_people())
         case_id = await _case_id(cluster, "csc")
         await cluster.gateway.stop(grace=0)
+        unreachable = "cannot reach the gateway to find the agencies linked to this family (UNAVAILABLE); "
         await refused(
             cluster.api("csc").DiscoverInvolvement(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id)),
             grpc.StatusCode.UNAVAILABLE,
-            "cannot reach the gateway (UNAVAILABLE)",
+            unreachable + "nothing was recorded, try again",
+        )
+        await refused(
+            cluster.api("csc").ProposeClosure(planned_closure(PRACTITIONER, case_id)),
+            grpc.StatusCode.UNAVAILABLE,
+            unreachable + "nothing was proposed, try again",
         )
         assert not await audit_events(cluster.nodes["csc"], "involvement.discovered")
+        assert not await audit_events(cluster.nodes["csc"], "closure.proposed")
+        closure = await cluster.api("csc").GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert closure.state == "none"
 
 
 async def test_an_information_request_or_answer_the_node_cannot_send_is_refused_saying_why(
