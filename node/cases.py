@@ -363,11 +363,7 @@ class Cases:
     async def discover(self, request: node_api_pb2.CaseRequest) -> node_api_pb2.InvolvementResponse:
         await self.open_case_row(request.case_id)
         tokens = public_tokens(await self.people(request.case_id))
-        involvement = await self.ctx.discover(tokens, "nothing was recorded")
-        per_node: dict[str, list[bytes]] = {}
-        for token, nodes in involvement.items():
-            for node in nodes:
-                per_node.setdefault(node, []).append(token)
+        per_node = involvement.by_agency(await self.ctx.discover(tokens, "nothing was recorded"))
         agencies = []
         for node_id in sorted(per_node):
             entry = self.ctx.agency(node_id)

@@ -23,6 +23,16 @@ from node.store import Tx
 log = logs.get("node.involvement")
 
 
+def by_agency(linked: dict[bytes, list[str]]) -> dict[str, list[bytes]]:
+    """The gateway's answer (each token, the agencies linked to it) turned round: each
+    agency, the tokens it is linked by."""
+    tokens_of: dict[str, list[bytes]] = {}
+    for token, nodes in linked.items():
+        for node in nodes:
+            tokens_of.setdefault(node, []).append(token)
+    return tokens_of
+
+
 async def record(tx: Tx, tokens: list[bytes], joined: bool, actor: summary_pb2.Practitioner) -> None:
     """A notice to send, in the transaction of the change it tells of (none for no tokens)."""
     if tokens:
@@ -98,18 +108,14 @@ class InvolvementNotices:
 
     async def _send(self, seq: int, joined: bool, tokens: list[bytes], actor: summary_pb2.Practitioner) -> None:
         try:
-            involvement = await self.ctx.link.discover(tokens)
+            per_node = by_agency(await self.ctx.link.discover(tokens))
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
                 raise
             # The gateway holds no subscription of ours to them (put back from a backup, say):
             # nobody can be named to tell, now or later.
             log.warning("involvement.notice_unsendable", code=exc.code().name, tokens=len(tokens))
-            involvement = {}
-        per_node: dict[str, list[bytes]] = {}
-        for token, nodes in involvement.items():
-            for node in nodes:
-                per_node.setdefault(node, []).append(token)
+            per_node = {}
         sealed = []
         share_id = self.ctx.new_id()
         if per_node:
