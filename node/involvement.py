@@ -50,7 +50,9 @@ class InvolvementNotices:
         self.ctx = ctx
         self.due = asyncio.Event()
         self.due.set()  # any a node stopped before sending
-        self._waited = False  # one could not go as it was made: `run` sends those
+        # One could not go as it was made (`run` sends those), or a node stopped first: then a
+        # subscription may be kept for it, to end once it has gone, whichever send takes it.
+        self._waited = True
         self._ready = ready
         self._after_waiting = after_waiting
         self._sending = asyncio.Lock()

@@ -10,13 +10,13 @@ import io
 import json
 
 from gateway.server import GatewayServer
-from linkage import stories
-from linkage.clock import SystemClock
+from linkage import logs, stories
+from linkage.clock import ManualClock, SystemClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
 from node import involvement
 from node.store import Store
-from tests.harness import Cluster, LocalFederation, audit_events, next_item, running, wait_count
+from tests.harness import Cluster, LocalFederation, LogWatch, audit_events, next_item, running, wait_count
 from tests.test_federation import open_case
 from tests.test_workflows import CSC_WORKER
 
@@ -28,6 +28,17 @@ async def gateway_back(cluster: Cluster, port: int) -> None:
     config = dataclasses.replace(cluster.federation.gateway_config, listen=f"127.0.0.1:{port}")
     cluster.gateway = GatewayServer(config, SystemClock())
     await cluster.gateway.start()
+
+
+async def both_linked(cluster: Cluster) -> tuple[node_api_pb2.OpenCaseResponse, bytes, node_api_pb2.ReceivedSummary]:
+    """amh's case for a family, then csc's (its case, the child's token), announced to amh."""
+    family = stories.think_family_people()
+    await open_case(cluster, "amh", family)
+    opened = await cluster.api("csc").OpenCase(
+        node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
+    )
+    joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
+    return opened, opened.people[1].link_token, joined
 
 
 async def test_joining_and_leaving_while_the_gateway_is_away_are_announced_once_it_is_back(
@@ -91,3 +102,76 @@ async def test_a_notice_a_node_stopped_before_sending_goes_as_it_starts_again(
     said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
     unsendable = [e for e in said if e["event"] == "involvement.notice_unsendable"]
     assert [(e["code"], e["tokens"]) for e in unsendable] == [("PERMISSION_DENIED", 1)]
+
+
+async def test_the_subscription_kept_for_a_notice_a_stop_left_ends_once_it_has_gone(
+    federation: LocalFederation,
+) -> None:
+    """A node stopped between removing a person and telling the others (the gateway away)
+    keeps that person's subscription for the notice: as it starts again, the notice goes,
+    and then the subscription ends, so the gateway routes nothing more about the person to
+    an agency no longer involved."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        opened, child, joined = await both_linked(cluster)
+        port = cluster.gateway.port
+
+        await cluster.gateway.stop(grace=0)
+        await cluster.api("csc").RemovePerson(
+            node_api_pb2.RemovePersonRequest(actor=CSC_WORKER, case_id=opened.case_id, link_token=child)
+        )
+        await cluster.stop_node("csc")
+        await gateway_back(cluster, port)
+        csc = await cluster.start_node("csc")
+        assert csc.store is not None
+        left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
+        assert not left.body.involvement.joined and list(left.body.involvement.link_tokens) == [child]
+        async with asyncio.timeout(30):
+            await wait_count(csc, "SELECT COUNT(*) FROM audit WHERE event = 'subscription.removed'", (), 1)
+        assert await csc.store.fetchone(WAITING) == (0,)
+        assert cluster.gateway._index is not None
+        assert not cluster.gateway._index.is_subscribed("csc", child)
+        assert cluster.gateway._index.count("csc") == 1  # the parent
+
+
+async def test_a_notice_the_gateway_is_too_busy_to_answer_for_goes_when_it_can(
+    federation: LocalFederation,
+) -> None:
+    """The gateway limits how often a node may ask who is linked (RESOURCE_EXHAUSTED beyond
+    it): a notice refused so, as it is made and again by the duty, waits with back-off and
+    goes once the limit allows."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        opened, child, joined = await both_linked(cluster)
+        port = cluster.gateway.port
+        await cluster.stop_node("csc")
+        await cluster.gateway.stop(grace=0)
+        # Each node may make one call of the kind (its resubscription as it connects) and then
+        # one a second, on a clock that moves when told.
+        clock = ManualClock()
+        limits = dataclasses.replace(federation.gateway_config.limits, control_per_second=1.0, control_burst=1)
+        config = dataclasses.replace(federation.gateway_config, listen=f"127.0.0.1:{port}", limits=limits)
+        cluster.gateway = GatewayServer(config, clock)
+        await cluster.gateway.start()
+        csc = await cluster.start_node("csc")
+        assert csc.store is not None
+
+        watch = LogWatch('{"attempt":0,"code":"RESOURCE_EXHAUSTED","event":"involvement.notice_deferred"')
+        logs.configure("info", stream=watch)
+        try:
+            await cluster.api("csc").RemovePerson(
+                node_api_pb2.RemovePersonRequest(actor=CSC_WORKER, case_id=opened.case_id, link_token=child)
+            )
+            async with asyncio.timeout(30):
+                await watch.seen.wait()  # the duty was refused too, and waits
+        finally:
+            logs.configure("info")
+        assert await csc.store.fetchone(WAITING) == (1,)
+        clock.advance(1_000)  # a call's worth
+        left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
+        assert not left.body.involvement.joined and list(left.body.involvement.link_tokens) == [child]
+        assert await csc.store.fetchone(WAITING) == (0,)
+    said = [json.loads(line) for line in watch.getvalue().splitlines()]
+    deferred = [e for e in said if e["event"] == "involvement.notice_deferred"]
+    assert [(e["code"], e.get("attempt")) for e in deferred] == [
+        ("RESOURCE_EXHAUSTED", None),  # as it was made
+        ("RESOURCE_EXHAUSTED", 0),  # by the duty
+    ]
