@@ -4,6 +4,9 @@ every entry went; and the guard rails keep it append-only for everything else.""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +15,12 @@ import pytest
 
 from gateway.db import GatewayDb
 from gateway.metalog import MetaLog
+from gateway.server import GatewayServer
+from linkage import logs, stories
 from linkage.auditlog import GENESIS, verify_chain
 from linkage.clock import DAY_MS, ManualClock
+from tests.harness import LocalFederation, LogWatch, running
+from tests.test_federation import open_case
 
 START_MS = 1_767_225_600_000
 
@@ -95,3 +102,38 @@ async def test_nothing_above_the_anchor_is_deleted_and_the_anchor_only_moves_for
     finally:
         raw.rollback()
         raw.close()
+
+
+async def test_a_gateway_kept_to_some_days_purges_its_log_as_it_starts_and_the_rest_verifies(
+    federation: LocalFederation,
+) -> None:
+    """`[retention] metalog_days`, served: a gateway started three days after its log was
+    written, keeping one day, purges it all (then each hour), and what follows verifies
+    from the anchor."""
+    clock = ManualClock()
+    async with running(federation, nodes=("amh",), clock=clock) as cluster:
+        await open_case(cluster, "amh", stories.think_family_people())
+    db = await GatewayDb.open(federation.gateway_config.store_path)
+    try:
+        written, _ = await _verified(db)
+    finally:
+        await db.close()
+    clock.advance(3 * DAY_MS)
+    watch = LogWatch('"event":"metalog.purged"')
+    logs.configure("info", stream=watch)
+    gateway = GatewayServer(dataclasses.replace(federation.gateway_config, metalog_days=1), clock)
+    try:
+        await gateway.start()
+        async with asyncio.timeout(30):
+            await watch.seen.wait()
+    finally:
+        logs.configure("info")
+        await gateway.stop(grace=0)
+    assert json.loads(watch.line)["purged"] == written
+    db = await GatewayDb.open(federation.gateway_config.store_path)
+    try:
+        count, first = await _verified(db)
+        events = [r[0] for r in await db.read("SELECT event FROM metalog ORDER BY seq")]
+    finally:
+        await db.close()
+    assert first == written + 1 and count == len(events) and "metalog.purged" in events
