@@ -5,6 +5,7 @@ other agencies owe it past its date; from the API and the CLI."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -117,6 +118,17 @@ async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(
         monkeypatch.setattr(due_view, "READ_AT_MOST", 1)  # a look-up that stops at its bound says there is more
         listed = await cluster.api("school").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=30))
         assert len(listed.items) == 1 and listed.more
+        who = ("--actor-id", "duty-1", "--actor-role", "Duty worker")
+        school, police = (str(cluster.nodes[n].config.api_socket) for n in ("school", "police"))
+        code, out, err = await linkage("due", "--within", "30", "--socket", school, *who)
+        assert code == 0, err
+        assert out.splitlines()[-1] == "... and more: only the first 1 are listed"
+        code, out, err = await linkage("due", "--json", "--socket", school, *who)
+        assert code == 0, err
+        answer = json.loads(out)
+        assert answer["more"] and [i["message_id"] for i in answer["items"]] == [school_request.message_id]
+        code, out, err = await linkage("due", "--within", "3", "--socket", police, *who)
+        assert (code, out) == (0, "Nothing to answer in the next 3 days, and nothing owed to this agency is late.\n")
 
 
 async def test_the_duty_view_flags_the_reviews_of_its_own_assessments_to_their_author(
