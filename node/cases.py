@@ -306,8 +306,8 @@ class Cases:
         if not ending:
             return 0
         # An open case names the others again; a notice waiting to go needs its own a while yet.
-        waiting = await self.notices.tokens_waiting()
-        unused = [t for t in ending if t not in still and t not in waiting]
+        kept = await self.notices.keep([t for t in ending if t not in still])
+        unused = [t for t in ending if t not in still and t not in kept]
         removed = await self._unsubscribe(unused)
         ended = set(unused)
         async with self.ctx.store.tx() as tx:
@@ -324,9 +324,9 @@ class Cases:
 
     async def _end_unknown(self) -> None:
         held = await self.ctx.link.subscriptions()
-        # Read after: a case opened meanwhile is in it. Those a waiting notice needs are kept.
-        known = set(await self.subscribed_tokens()) | await self.notices.tokens_waiting()
-        unknown = [t for t in held if t not in known]
+        known = set(await self.subscribed_tokens())  # read after: a case opened meanwhile is in it
+        kept = await self.notices.keep([t for t in held if t not in known])
+        unknown = [t for t in held if t not in known and t not in kept]
         if not unknown:
             return
         removed = await self._unsubscribe(unknown)

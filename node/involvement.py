@@ -50,30 +50,36 @@ class InvolvementNotices:
         self.ctx = ctx
         self.due = asyncio.Event()
         self.due.set()  # any a node stopped before sending
-        # One could not go as it was made (`run` sends those), or a node stopped first: then a
-        # subscription may be kept for it, to end once it has gone, whichever send takes it.
-        self._waited = True
+        self._kept = False  # a subscription is kept for a notice waiting (`keep`)
         self._ready = ready
         self._after_waiting = after_waiting
         self._sending = asyncio.Lock()
 
-    async def tokens_waiting(self) -> set[bytes]:
+    async def keep(self, ending: list[bytes]) -> set[bytes]:
+        """Of these subscriptions about to end, those a notice waiting to go needs (to ask who
+        is linked): they are kept, and ended (`after_waiting`) once it has gone, by whichever
+        send takes it."""
+        if not ending:
+            return set()
         rows = await self.ctx.store.fetchall("SELECT tokens FROM notices_to_send")
-        return {t for (tokens,) in rows for t in split_tokens(tokens)}
+        kept = {t for (tokens,) in rows for t in split_tokens(tokens)}.intersection(ending)
+        if kept:
+            self._kept = True
+            self.due.set()  # gone meanwhile, it is the duty's to end them
+        return kept
 
     async def send(self) -> None:
         """Send every notice waiting, oldest first; if the gateway cannot say who is linked
         now, they wait for `run`."""
         try:
-            if await self._send_waiting() and self._waited:
-                await self._waited_for()
+            await self._send_waiting()
+            await self._end_kept()
         except grpc.aio.AioRpcError as exc:
             log.warning("involvement.notice_deferred", code=exc.code().name)
             self.later()
 
     def later(self) -> None:
         """What waits goes once the gateway holds this node's subscriptions again."""
-        self._waited = True
         self.due.set()
 
     async def run(self) -> None:
@@ -86,8 +92,8 @@ class InvolvementNotices:
             await self._ready.wait()
             self.due.clear()
             try:
-                if await self._send_waiting():  # those a node stopped before sending, or that waited
-                    await self._waited_for()
+                await self._send_waiting()  # those a node stopped before sending, or that waited
+                await self._end_kept()
                 attempt = 0
             except grpc.aio.AioRpcError as exc:
                 log.warning("involvement.notice_deferred", code=exc.code().name, attempt=attempt)
@@ -95,18 +101,18 @@ class InvolvementNotices:
                 await asyncio.sleep(backoff_ms(attempt, 200, 30_000) / 1000)
                 attempt += 1
 
-    async def _send_waiting(self) -> int:
-        """How many went (or had nobody to go to)."""
+    async def _send_waiting(self) -> None:
         async with self._sending:
             rows = await self.ctx.store.fetchall("SELECT seq, joined, tokens, actor FROM notices_to_send ORDER BY seq")
             for seq, joined, tokens, actor in rows:
                 await self._send(seq, bool(joined), split_tokens(tokens), summary_pb2.Practitioner.FromString(actor))
-            return len(rows)
 
-    async def _waited_for(self) -> None:
-        """Notices that waited have gone: the subscriptions kept for them may end now."""
-        self._waited = False
-        await self._after_waiting()
+    async def _end_kept(self) -> None:
+        """Notices that subscriptions were kept for have gone: those may end now (any a notice
+        still waiting needs are kept again)."""
+        if self._kept:
+            self._kept = False
+            await self._after_waiting()
 
     async def _send(self, seq: int, joined: bool, tokens: list[bytes], actor: summary_pb2.Practitioner) -> None:
         try:

@@ -41,6 +41,25 @@ async def both_linked(cluster: Cluster) -> tuple[node_api_pb2.OpenCaseResponse, 
     return opened, opened.people[1].link_token, joined
 
 
+async def test_a_person_removed_while_the_gateway_answers_ends_their_subscription_in_the_removers_name(
+    federation: LocalFederation,
+) -> None:
+    """The notice goes as the person is removed, and their subscription ends in the same call,
+    recorded as the practitioner's doing, not as one kept for a notice and ended later: the
+    first change after the node starts among them."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        opened, child, joined = await both_linked(cluster)
+        await cluster.stop_node("csc")
+        await cluster.start_node("csc")
+        await cluster.api("csc").RemovePerson(
+            node_api_pb2.RemovePersonRequest(actor=CSC_WORKER, case_id=opened.case_id, link_token=child)
+        )
+        left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
+        assert list(left.body.involvement.link_tokens) == [child]
+        (removed,) = await audit_events(cluster.nodes["csc"], "subscription.removed")
+    assert removed["detail"] == {"removed": 1} and removed["actor"]["id"] == CSC_WORKER.id
+
+
 async def test_joining_and_leaving_while_the_gateway_is_away_are_announced_once_it_is_back(
     federation: LocalFederation,
 ) -> None:
