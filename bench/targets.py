@@ -19,7 +19,7 @@ class Target:
 
     def show(self, value: float) -> str:
         if self.unit == "%":
-            return f"{value:.0%}"
+            return f"{value:.1%}"  # 10.4% is not met where 10% is the limit: whole numbers hid it
         if self.unit == "x":
             return f"{value:.3g}x"
         return f"{value:,.0f} {self.unit}" if value >= 1000 else f"{value:.3g} {self.unit}"

@@ -90,6 +90,8 @@ def test_the_mtls_target_is_not_met_by_throughput_noise_when_cpu_says_otherwise(
     ):
         verdict = mtls.verdict(figures)
         assert verdict is not None and verdict[0] == pytest.approx(cost) and verdict[1] is met, figures
+    # A figure not met never reads as the limit.
+    assert (mtls.show(0.10414), mtls.show(mtls.limit)) == ("10.4%", "10.0%")
 
 
 async def test_a_share_that_is_never_delivered_fails_the_run_instead_of_hanging_it(
