@@ -252,7 +252,7 @@ class Cases:
             log.warning("subscribe.deferred", code=exc.code().name, tokens=len(tokens))
             self.in_sync.clear()
             self.resubscribe.set()
-            self.notices.later()
+            await self.notices.later()
             return
         async with self.ctx.store.tx() as tx:
             await tx.audit("subscription.added", actor, tokens=tokens, detail={"added": added})

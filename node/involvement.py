@@ -51,6 +51,7 @@ class InvolvementNotices:
         self.due = asyncio.Event()
         self.due.set()  # any a node stopped before sending
         self._kept = False  # a subscription is kept for a notice waiting (`keep`)
+        self.waiting = 0  # notices not yet sent, as last counted (a gauge reads it)
         self._ready = ready
         self._after_waiting = after_waiting
         self._sending = asyncio.Lock()
@@ -76,11 +77,12 @@ class InvolvementNotices:
             await self._end_kept()
         except grpc.aio.AioRpcError as exc:
             log.warning("involvement.notice_deferred", code=exc.code().name)
-            self.later()
+            await self.later()
 
-    def later(self) -> None:
+    async def later(self) -> None:
         """What waits goes once the gateway holds this node's subscriptions again."""
         self.due.set()
+        await self.count()
 
     async def run(self) -> None:
         """Send what waits once the gateway holds this node's subscriptions, backing off while
@@ -97,7 +99,7 @@ class InvolvementNotices:
                 attempt = 0
             except grpc.aio.AioRpcError as exc:
                 log.warning("involvement.notice_deferred", code=exc.code().name, attempt=attempt)
-                self.later()
+                await self.later()
                 await asyncio.sleep(backoff_ms(attempt, 200, 30_000) / 1000)
                 attempt += 1
 
@@ -106,6 +108,12 @@ class InvolvementNotices:
             rows = await self.ctx.store.fetchall("SELECT seq, joined, tokens, actor FROM notices_to_send ORDER BY seq")
             for seq, joined, tokens, actor in rows:
                 await self._send(seq, bool(joined), split_tokens(tokens), summary_pb2.Practitioner.FromString(actor))
+            if rows:
+                await self.count()
+
+    async def count(self) -> None:
+        """`waiting`, as the store holds them."""
+        (self.waiting,) = await self.ctx.store.fetchone("SELECT COUNT(*) FROM notices_to_send")
 
     async def _end_kept(self) -> None:
         """Notices that subscriptions were kept for have gone: those may end now (any a notice

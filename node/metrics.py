@@ -99,6 +99,13 @@ class NodeMetrics:
             "minutes: the log's tamper evidence goes unwitnessed meanwhile",
             registry=self.registry,
         )
+        self.notices_waiting = Gauge(
+            "linkage_node_involvement_notices_waiting",
+            "Involvement notices (this agency joining or leaving a family link) recorded and not yet sent: "
+            "the gateway could not yet say which agencies to tell (away, busy, or not yet holding this "
+            "node's subscriptions)",
+            registry=self.registry,
+        )
         self.checkpoints = Counter(
             "linkage_node_checkpoints",
             "Tries to lodge an audit checkpoint with the witness, by outcome: ok; diverged (this log does not "

@@ -373,6 +373,7 @@ class NodeServer:
         )
         self.link.on_links_changed = self.ctx.resolver.forget
         self.cases = Cases(self.ctx)
+        self.metrics.notices_waiting.set_function(lambda: float(self.cases.notices.waiting))
         self.sharing = Sharing(self.ctx)
         self.inbox = Inbox(self.ctx)
         self.chronology = Chronologies(self.ctx, self.inbox.item)
@@ -398,6 +399,7 @@ class NodeServer:
         await self.check_backups()
         row = await self.store.fetchone("SELECT MAX(seq) FROM inbox")
         self.feed.last_seq = int(row[0] or 0)
+        await self.cases.notices.count()  # any a node stopped before sending
 
         self._server = await self._serve_api(
             NodeApiService(self.cases, self.sharing, requests, self.inbox, self.chronology, self.outbox, self.feed)

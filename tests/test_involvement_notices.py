@@ -15,12 +15,18 @@ from linkage.clock import ManualClock, SystemClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
 from node import involvement
+from node.server import NodeServer
 from node.store import Store
 from tests.harness import Cluster, LocalFederation, LogWatch, audit_events, next_item, running, wait_count
 from tests.test_federation import open_case
 from tests.test_workflows import CSC_WORKER
 
 WAITING = "SELECT COUNT(*) FROM notices_to_send"
+
+
+def waiting(node: NodeServer) -> float | None:
+    """What the node's metrics say of notices waiting."""
+    return node.metrics.registry.get_sample_value("linkage_node_involvement_notices_waiting")
 
 
 async def gateway_back(cluster: Cluster, port: int) -> None:
@@ -75,6 +81,7 @@ async def test_joining_and_leaving_while_the_gateway_is_away_are_announced_once_
             node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
         )
         assert await csc.store.fetchone(WAITING) == (1,)  # the case is open; its notice waits
+        assert waiting(csc) == 1
         await gateway_back(cluster, port)
         joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
         assert joined.sender_node == "csc" and joined.body.involvement.joined
@@ -86,7 +93,7 @@ async def test_joining_and_leaving_while_the_gateway_is_away_are_announced_once_
         await cluster.api("csc").RemovePerson(
             node_api_pb2.RemovePersonRequest(actor=CSC_WORKER, case_id=opened.case_id, link_token=child)
         )
-        assert await csc.store.fetchone(WAITING) == (1,)
+        assert await csc.store.fetchone(WAITING) == (1,) and waiting(csc) == 1
         await gateway_back(cluster, port)
         left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
         assert not left.body.involvement.joined and list(left.body.involvement.link_tokens) == [child]
@@ -96,6 +103,7 @@ async def test_joining_and_leaving_while_the_gateway_is_away_are_announced_once_
         assert cluster.gateway._index is not None and cluster.gateway._index.count("csc") == 1
         (removed,) = await audit_events(csc, "subscription.removed")
         assert removed["detail"] == {"removed": 1, "deferred": True}
+        assert waiting(csc) == 0  # counted as the notice went, before the subscription ended
 
 
 async def test_a_notice_a_node_stopped_before_sending_goes_as_it_starts_again(
@@ -139,6 +147,12 @@ async def test_the_subscription_kept_for_a_notice_a_stop_left_ends_once_it_has_g
             node_api_pb2.RemovePersonRequest(actor=CSC_WORKER, case_id=opened.case_id, link_token=child)
         )
         await cluster.stop_node("csc")
+        away = NodeServer(federation.node_configs["csc"], SystemClock())
+        await away.start()  # the gateway still away
+        try:
+            assert waiting(away) == 1  # from the start, for the metrics
+        finally:
+            await away.stop(grace=0)
         await gateway_back(cluster, port)
         csc = await cluster.start_node("csc")
         assert csc.store is not None
