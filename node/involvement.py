@@ -45,8 +45,8 @@ async def record(tx: Tx, tokens: list[bytes], joined: bool, actor: summary_pb2.P
 class InvolvementNotices:
     def __init__(self, ctx: NodeContext, ready: asyncio.Event, after_waiting: Callable[[], Awaitable[None]]) -> None:
         """`ready`: the gateway holds this node's subscriptions (it answers only about those);
-        `after_waiting`: what to do once notices that waited have gone (end the subscriptions
-        kept for them)."""
+        `after_waiting`: what to do once notices subscriptions were kept for (`keep`) have
+        gone: end those subscriptions."""
         self.ctx = ctx
         self.due = asyncio.Event()
         self.due.set()  # any a node stopped before sending
