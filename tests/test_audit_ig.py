@@ -512,6 +512,17 @@ def test_gateway_metadata_log_verifies_and_cross_check_agrees(scenario: LocalFed
     disagree = linkage("audit", "cross-check", "--config", config(scenario, "amh"), "--gateway-db", str(copy))
     assert disagree.returncode == 1 and "the gateway has no record of forwarding it" in disagree.stdout
 
+    # An entry gone from a copy of the gateway's folder: verifying its log names which.
+    folder = tmp_path / "gateway"
+    shutil.copytree(scenario.gateway_config.data_dir, folder, ignore=shutil.ignore_patterns("*.lock"))
+    with sqlite3.connect(folder / "gateway.sqlite") as db:
+        db.execute("DROP TRIGGER metalog_purged_only")
+        (gone,) = db.execute("SELECT MIN(seq) FROM metalog WHERE event = 'envelope.forwarded' AND seq > 1").fetchone()
+        db.execute("DELETE FROM metalog WHERE seq = ?", (gone,))
+    broken = linkage("audit", "verify", "--gateway-config", str(folder / "gateway.toml"))
+    assert broken.returncode == 1 and broken.stdout.startswith("FAILED: gateway metadata log"), broken.stdout
+    assert f"  first bad entry: {gone}: entry {gone} is missing or out of order" in broken.stdout
+
 
 def test_cross_check_names_every_way_a_node_and_the_gateway_disagree(tmp_path: Path) -> None:
     """Stores that agree, then one change of each kind, each named by its message; what the
