@@ -110,6 +110,21 @@ def test_verify_passes_on_an_untouched_log(scenario: LocalFederation, tmp_path: 
     assert "OK:" in result.stdout and "consistent with 1 of 1 lodged checkpoints" in result.stdout
 
 
+def test_a_checkpoint_not_signed_by_its_node_is_ignored_and_said(scenario: LocalFederation, tmp_path: Path) -> None:
+    """One that does not verify is no evidence either way: said, and the log checked against the rest."""
+    checkpoints = witnessed(scenario, "amh", tmp_path / "cp.jsonl")
+    signed = audit_pb2.SignedCheckpoint.FromString(base64.b64decode(json.loads(checkpoints.read_text())["signed"]))
+    body = audit_pb2.Checkpoint.FromString(signed.checkpoint)
+    body.root = bytes(32)  # a log other than the one the node signed
+    signed.checkpoint = body.SerializeToString()
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text(json.dumps({"signed": base64.b64encode(signed.SerializeToString()).decode()}) + "\n")
+    result = linkage("audit", "verify", "--config", config(scenario, "amh"), "--checkpoints", str(forged))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "  ignored a checkpoint: bad_signature: checkpoint signature does not verify" in result.stdout
+    assert "consistent with 1 of 1 lodged checkpoints" in result.stdout  # the one the store keeps
+
+
 def _copy_node(federation: LocalFederation, node: str, tmp_path: Path) -> Path:
     """A copy of the node's folder to tamper with (the original stays intact)."""
     target = tmp_path / node
