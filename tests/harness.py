@@ -130,6 +130,14 @@ class Cluster:
     async def stop_node(self, node_id: str) -> None:
         await self.nodes.pop(node_id).stop(grace=1)
 
+    async def start_gateway(self, port: int, clock: Clock | None = None, limits: GatewayLimits | None = None) -> None:
+        """The gateway, stopped, started again where the nodes dial it (on its clock, with its
+        limits, unless told others)."""
+        config = self.federation.gateway_config
+        config = dataclasses.replace(config, listen=f"127.0.0.1:{port}", limits=limits or config.limits)
+        self.gateway = GatewayServer(config, clock or self.gateway.clock)
+        await self.gateway.start()
+
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()

@@ -9,7 +9,6 @@ import dataclasses
 import io
 import json
 
-from gateway.server import GatewayServer
 from linkage import logs, stories
 from linkage.clock import ManualClock, SystemClock
 from linkage.v1 import envelope_pb2 as env
@@ -27,13 +26,6 @@ WAITING = "SELECT COUNT(*) FROM notices_to_send"
 def waiting(node: NodeServer) -> float | None:
     """What the node's metrics say of notices waiting."""
     return node.metrics.registry.get_sample_value("linkage_node_involvement_notices_waiting")
-
-
-async def gateway_back(cluster: Cluster, port: int) -> None:
-    """The gateway started again where the nodes dial it."""
-    config = dataclasses.replace(cluster.federation.gateway_config, listen=f"127.0.0.1:{port}")
-    cluster.gateway = GatewayServer(config, SystemClock())
-    await cluster.gateway.start()
 
 
 async def both_linked(cluster: Cluster) -> tuple[node_api_pb2.OpenCaseResponse, bytes, node_api_pb2.ReceivedSummary]:
@@ -82,7 +74,7 @@ async def test_joining_and_leaving_while_the_gateway_is_away_are_announced_once_
         )
         assert await csc.store.fetchone(WAITING) == (1,)  # the case is open; its notice waits
         assert waiting(csc) == 1
-        await gateway_back(cluster, port)
+        await cluster.start_gateway(port)
         joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
         assert joined.sender_node == "csc" and joined.body.involvement.joined
         assert set(joined.body.involvement.link_tokens) == {parent, child}
@@ -94,7 +86,7 @@ async def test_joining_and_leaving_while_the_gateway_is_away_are_announced_once_
             node_api_pb2.RemovePersonRequest(actor=CSC_WORKER, case_id=opened.case_id, link_token=child)
         )
         assert await csc.store.fetchone(WAITING) == (1,) and waiting(csc) == 1
-        await gateway_back(cluster, port)
+        await cluster.start_gateway(port)
         left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
         assert not left.body.involvement.joined and list(left.body.involvement.link_tokens) == [child]
         # The subscription kept for asking who to tell ends once the notice has gone.
@@ -153,7 +145,7 @@ async def test_the_subscription_kept_for_a_notice_a_stop_left_ends_once_it_has_g
             assert waiting(away) == 1  # from the start, for the metrics
         finally:
             await away.stop(grace=0)
-        await gateway_back(cluster, port)
+        await cluster.start_gateway(port)
         csc = await cluster.start_node("csc")
         assert csc.store is not None
         left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
@@ -181,9 +173,7 @@ async def test_a_notice_the_gateway_is_too_busy_to_answer_for_goes_when_it_can(
         # one a second, on a clock that moves when told.
         clock = ManualClock()
         limits = dataclasses.replace(federation.gateway_config.limits, control_per_second=1.0, control_burst=1)
-        config = dataclasses.replace(federation.gateway_config, listen=f"127.0.0.1:{port}", limits=limits)
-        cluster.gateway = GatewayServer(config, clock)
-        await cluster.gateway.start()
+        await cluster.start_gateway(port, clock, limits)
         csc = await cluster.start_node("csc")
         assert csc.store is not None
 
