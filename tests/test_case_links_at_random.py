@@ -172,7 +172,7 @@ async def test_case_changes_while_the_gateway_comes_and_goes_leave_the_gateway_h
         joined = await run.api.OpenCase(
             node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="last", people=[LAST, POOL[0]])
         )
-        last = joined.people[0].link_token
+        (last,) = (p.link_token for p in joined.people if p.link_token != tokens[0])
         await run.api.RemovePerson(
             node_api_pb2.RemovePersonRequest(actor=CSC_WORKER, case_id=joined.case_id, link_token=last)
         )
