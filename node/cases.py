@@ -22,6 +22,10 @@ from node.store import FetchAll, FetchOne, Tx
 
 MAX_PEOPLE_PER_CASE = MAX_TOKENS_PER_MESSAGE  # everything about a case goes in messages that name them all
 log = logs.get("node.cases")
+# Whether an open case names the token bound as ?1.
+OPEN_CASE_NAMES = (
+    "EXISTS (SELECT 1 FROM case_people p JOIN cases c USING (case_id) WHERE p.token = ?1 AND c.status = 'open')"
+)
 
 
 def failed(message: str) -> ApiError:
@@ -220,10 +224,7 @@ class Cases:
             await tx.audit("case.person_removed", request.actor, tokens=[token], detail={"case_id": request.case_id})
             # Left, unless another open case names them; as one protected was never announced
             # as joining, their leaving is not announced either.
-            still = await tx.fetchone(
-                "SELECT 1 FROM case_people p JOIN cases c USING (case_id) WHERE p.token = ? AND c.status = 'open'",
-                (token,),
-            )
+            still = await tx.fetchone(f"SELECT 1 WHERE {OPEN_CASE_NAMES}", (token,))
             await involvement.record(tx, [] if removed[0] or still else [token], False, request.actor)
             removed_from = await self._case_now(tx, request)
         await self.notices.send()
@@ -313,8 +314,7 @@ class Cases:
         async with self.ctx.store.tx() as tx:
             # One kept for a case that has closed since it was read stays, for that close to end.
             await tx.executemany(
-                "DELETE FROM subscriptions_to_end WHERE token = ?1 AND (?2 OR EXISTS (SELECT 1 FROM case_people p "
-                "JOIN cases c USING (case_id) WHERE p.token = ?1 AND c.status = 'open'))",
+                f"DELETE FROM subscriptions_to_end WHERE token = ?1 AND (?2 OR {OPEN_CASE_NAMES})",
                 [(t, t in ended) for t in ending],
             )
             if unused:

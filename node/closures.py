@@ -18,6 +18,7 @@ from node import answers, dates, repeats
 from node.cases import Cases, failed, public_tokens
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
+from node.involvement import by_agency
 from node.messaging import Sealed, Unreachable
 from node.store import FetchAll, FetchOne, Tx
 
@@ -80,8 +81,7 @@ class Closures:
 
     async def _involved(self, tokens: list[bytes], nothing: str) -> list[str]:
         """The other agencies linked to these people now, as the gateway knows them."""
-        involvement = await self.ctx.discover(tokens, nothing)
-        return sorted({n for nodes in involvement.values() for n in nodes})
+        return sorted(by_agency(await self.ctx.discover(tokens, nothing)))
 
     async def _seal_intents(
         self, invitees: list[str], notice: workflow_pb2.ClosureIntentNotice, actor: summary_pb2.Practitioner
