@@ -18,7 +18,7 @@ from node import dates, own_assessments
 from node.context import NodeContext
 from node.errors import invalid
 from node.store import Store
-from node.withdrawals import standing
+from node.withdrawals import standings
 
 DEFAULT_DAYS = 7
 MOST_DAYS = 366
@@ -226,10 +226,10 @@ class Due:
             f"WHERE w.ground IN ({','.join('?' * len(retracting))}) GROUP BY w.summary_id ORDER BY w.at_ms",
             retracting,
         )
+        each = await standings(self.ctx.store.fetchall, [row[0] for row in rows])
         items = []
         for summary_id, retraction, ground, at_ms, case_id in rows:
-            where = await standing(self.ctx.store.fetchall, summary_id)
-            for node, stands in sorted(where.items()):
+            for node, stands in sorted(each.get(summary_id, {}).items()):
                 if stands.state == "holds" and stands.version_share < retraction:
                     what = f"withdrawn as {ground} on {dates.iso(dates.today(at_ms))}, from the other agencies only"
                     item = self._item(

@@ -39,7 +39,15 @@ from tests.harness import (
 from tests.harness import linkage as linkage_cli
 from tests.test_audit_ig import PARENT, config, linkage
 from tests.test_federation import _case_id
-from tests.test_workflows import CSC_WORKER, chronology_states, events, share, shared_with_both, think_family
+from tests.test_workflows import (
+    CSC_WORKER,
+    chronology_states,
+    events,
+    record_assessment,
+    share,
+    shared_with_both,
+    think_family,
+)
 
 
 async def withdraw(cluster: Cluster, summary_id: str, ground: str) -> node_api_pb2.ShareSummaryResponse:
@@ -809,6 +817,37 @@ async def test_a_retraction_told_to_some_holders_warns_of_the_others(federation:
         )
         await share(cluster, recorded.assessment_id)
         assert await still_held() == []
+
+
+async def test_the_duty_view_names_each_retracted_summary_still_held_where_it_is_held(
+    federation: LocalFederation,
+) -> None:
+    """Two summaries retracted from one agency only: the duty view, which reads where every
+    withdrawn summary stands at once, lists each beside the agency still holding it, and
+    drops one as it is withdrawn from them too."""
+    async with running(federation) as cluster:
+        parent, child, first = await shared_with_both(cluster)
+        api = cluster.api("amh")
+        second = await record_assessment(cluster, parent, child)  # a new summary, named by its first assessment
+        await share(cluster, second)
+        await wait_delivered(cluster.nodes["amh"], 4)
+
+        async def withdrawn(summary_id: str, only: str) -> None:
+            await api.WithdrawSummary(
+                node_api_pb2.WithdrawSummaryRequest(
+                    actor=PRACTITIONER, summary_id=summary_id, reason="Wrong.", ground="WRONG_PERSON", recipients=[only]
+                )
+            )
+
+        async def still_held() -> list[tuple[str, str]]:
+            due = await api.ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))
+            return sorted((i.summary_id, i.node_id) for i in due.items if i.still_held)
+
+        await withdrawn(first, "school")
+        await withdrawn(second, "csc")
+        assert await still_held() == sorted([(first, "csc"), (second, "school")])
+        await withdrawn(first, "csc")
+        assert await still_held() == [(second, "school")]
 
 
 async def amh_case_people(cluster: Cluster) -> list[node_api_pb2.CasePerson]:
