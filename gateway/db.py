@@ -155,6 +155,8 @@ class GatewayDb:
     async def tx(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
             try:
+                if self.db.in_transaction:  # one whose ROLLBACK below failed
+                    await self.db.execute("ROLLBACK")
                 await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
                 await self.db.execute("COMMIT")  # a failed COMMIT is rolled back too

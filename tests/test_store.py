@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -519,6 +520,86 @@ async def test_a_commit_that_fails_fails_each_member_and_the_next_group_starts_a
         assert store.frontier.size == 1
     finally:
         await store.close()
+
+
+class _RollbackFailsOnce:
+    """The store's connection, but for one ROLLBACK that fails as a failing disk fails it
+    (SQLite's own failure cannot be had on demand)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.failed = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        if sql == "ROLLBACK" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._db.execute(sql, params)
+
+
+async def test_a_rollback_that_fails_after_a_failed_commit_is_done_before_the_next_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+) -> None:
+    """A failed COMMIT whose ROLLBACK fails too leaves the connection in its transaction: the
+    next transaction rolls it back before it begins, rather than every later write being
+    refused (`cannot start a transaction within a transaction`) until the node restarts."""
+    monkeypatch.setattr(db_module, "INLINE_COMMIT_S", 0.0)
+    monkeypatch.setattr(db_module, "BUSY_GAP_S", 0.0)
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    store.db.executescript(
+        "CREATE TABLE parent(id TEXT PRIMARY KEY);"
+        "CREATE TABLE child(parent TEXT REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);"
+    )
+    connection = _RollbackFailsOnce(store.db)
+    monkeypatch.setattr(store, "db", connection)
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            async with store.tx() as tx:
+                await tx.execute("INSERT INTO cases VALUES ('c1', 'ref', 1, 'open')")
+                await tx.audit("case.opened")
+                await tx.execute("INSERT INTO child VALUES ('nobody')")  # refused by the COMMIT
+        assert connection.failed and connection.in_transaction
+        said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+        assert [(e["event"], e.get("error")) for e in said if e["level"] == "error"] == [
+            ("store.commit_failed", "IntegrityError"),
+            ("store.rollback_failed", "OperationalError"),
+        ]
+        await _open_case(store, "c2")
+        assert _committed_cases(path) == {"c2"}  # nothing of the failed one
+        rows = await _rows(store)
+        assert [r[0] for r in rows] == [1] and verify_chain(rows).ok
+    finally:
+        await store.close()
+
+
+async def test_a_gateway_transaction_whose_rollback_failed_is_rolled_back_before_the_next(
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's store, as the node's: a transaction that fails and whose ROLLBACK fails
+    too leaves the connection in it, and the next one rolls it back before it begins."""
+    await gateway_db.db.execute("CREATE TABLE parent(id TEXT PRIMARY KEY)")
+    connection, failed = gateway_db.db, list[str]()
+    execute = connection.execute
+
+    def rollback_fails_once(sql: str, parameters: tuple[object, ...] | None = None) -> Any:
+        if sql == "ROLLBACK" and not failed:
+            failed.append(sql)
+            raise sqlite3.OperationalError("disk I/O error")
+        return execute(sql, parameters)
+
+    monkeypatch.setattr(connection, "execute", rollback_fails_once)
+    with pytest.raises(sqlite3.IntegrityError):
+        async with gateway_db.tx() as db:
+            await db.execute("INSERT INTO parent VALUES ('p0')")
+            await db.execute("INSERT INTO parent VALUES ('p0')")
+    assert failed and connection.in_transaction
+    async with gateway_db.tx() as db:
+        await db.execute("INSERT INTO parent VALUES ('p1')")
+    assert await gateway_db.read("SELECT id FROM parent") == [("p1",)]
 
 
 @pytest.mark.parametrize(

@@ -397,6 +397,8 @@ class Store:
         try:
             if self._group is None:
                 try:
+                    if self.db.in_transaction:  # a failed group whose ROLLBACK failed too (`_failed`)
+                        self.db.execute("ROLLBACK")
                     self.db.execute("BEGIN IMMEDIATE")
                 except sqlite3.Error as exc:  # a store remounted read-only refuses here, before any write
                     self.writability.failed(exc)
@@ -546,7 +548,7 @@ class Store:
         try:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-        except sqlite3.Error as exc:  # the next BEGIN will say so; the members must hear now
+        except sqlite3.Error as exc:  # the next transaction tries again; the members must hear now
             log.error("store.rollback_failed", error=type(exc).__name__)
         self._abandon(group, error)
 
