@@ -523,18 +523,18 @@ async def test_a_commit_that_fails_fails_each_member_and_the_next_group_starts_a
 
 
 class _RollbackFailsOnce:
-    """The store's connection, but for one ROLLBACK that fails as a failing disk fails it
-    (SQLite's own failure cannot be had on demand)."""
+    """The store's connection, but for one ROLLBACK (or ROLLBACK TO) that fails as a failing
+    disk fails it (SQLite's own failure cannot be had on demand)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    def __init__(self, db: sqlite3.Connection, rollback: str = "ROLLBACK") -> None:
+        self._db, self._rollback = db, rollback
         self.failed = False
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._db, name)
 
     def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
-        if sql == "ROLLBACK" and not self.failed:
+        if sql == self._rollback and not self.failed:
             self.failed = True
             raise sqlite3.OperationalError("disk I/O error")
         return self._db.execute(sql, params)
@@ -570,6 +570,43 @@ async def test_a_rollback_that_fails_after_a_failed_commit_is_done_before_the_ne
         ]
         await _open_case(store, "c2")
         assert _committed_cases(path) == {"c2"}  # nothing of the failed one
+        rows = await _rows(store)
+        assert [r[0] for r in rows] == [1] and verify_chain(rows).ok
+    finally:
+        await store.close()
+
+
+async def test_a_transaction_whose_part_cannot_be_undone_fails_its_whole_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction that fails is undone to its savepoint, and the others in its group go on
+    to their COMMIT. If that undoing fails, what it wrote cannot be parted from what they
+    wrote: the whole group is rolled back and each of them fails, so none of its rows is
+    committed with theirs."""
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    connection = _RollbackFailsOnce(store.db, "ROLLBACK TO tx")
+    monkeypatch.setattr(store, "db", connection)
+    gate = asyncio.Event()
+
+    async def half_written() -> None:
+        async with store.tx() as tx:
+            await tx.execute("INSERT INTO cases VALUES ('half', 'ref', 1, 'open')")
+            await tx.audit("case.opened")
+            raise ValueError("the caller's own failure, after it wrote")
+
+    try:
+        first = asyncio.create_task(_open_case(store, "c1", gate))  # holds the writer until the gate opens
+        await asyncio.sleep(0)
+        second = asyncio.create_task(half_written())  # queued behind it, in its group
+        await asyncio.sleep(0)
+        gate.set()
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert connection.failed
+        assert [type(r).__name__ for r in results] == ["TransactionLost", "ValueError"]
+        assert _committed_cases(path) == set()
+        await _open_case(store, "c2")
+        assert _committed_cases(path) == {"c2"}
         rows = await _rows(store)
         assert [r[0] for r in rows] == [1] and verify_chain(rows).ok
     finally:

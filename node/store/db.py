@@ -412,8 +412,15 @@ class Store:
             except BaseException as exc:
                 self.writability.failed(exc)
                 if self.db.in_transaction:
-                    self.db.execute("ROLLBACK TO tx")
-                    self.db.execute("RELEASE tx")
+                    try:
+                        self.db.execute("ROLLBACK TO tx")
+                        self.db.execute("RELEASE tx")
+                    except sqlite3.Error as undo:  # its rows cannot be parted from the group's: none stay
+                        log.error("store.undo_failed", error=type(undo).__name__)
+                        self._roll_back(
+                            group, TransactionLost(f"a transaction in its group could not be undone: {undo}")
+                        )
+                        group = None
                 else:  # SQLite rolled back the whole group: every member of it fails, now
                     self._abandon(group, TransactionLost("SQLite rolled back the whole transaction"))
                     group = None
@@ -545,6 +552,10 @@ class Store:
         """The group's COMMIT failed: it is rolled back, and each member raises `error`."""
         log.error("store.commit_failed", error=type(error).__name__)
         self.writability.failed(error)
+        self._roll_back(group, error)
+
+    def _roll_back(self, group: _Group, error: Exception) -> None:
+        """Roll the open group back as a whole: each of its transactions raises `error`."""
         try:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
