@@ -24,7 +24,7 @@ from linkage.clock import ManualClock
 from linkage.merkle import root_of
 from linkage.writability import StoreUnusable
 from node.event_numbers import EventNumbers
-from node.store import SchemaTooNewError, Store
+from node.store import SchemaTooNewError, Store, TransactionLost
 from node.store import db as db_module
 from node.store.schema import MIGRATIONS
 from tests.harness import LocalFederation, drop_audit_guards, linkage
@@ -609,6 +609,36 @@ async def test_a_transaction_whose_part_cannot_be_undone_fails_its_whole_group(
         assert _committed_cases(path) == {"c2"}
         rows = await _rows(store)
         assert [r[0] for r in rows] == [1] and verify_chain(rows).ok
+    finally:
+        await store.close()
+
+
+async def test_a_part_that_cannot_be_undone_loses_its_whole_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part of a transaction fails alone (one message of a batch received, say), but only
+    if its writes can be undone: if they cannot, the caller that carries on past the part's
+    failure must not commit them with the rest, so the whole transaction is lost."""
+    path = tmp_path / "s.sqlite"
+    store = await Store.open(path, ManualClock())
+    connection = _RollbackFailsOnce(store.db, "ROLLBACK TO part")
+    monkeypatch.setattr(store, "db", connection)
+    try:
+        with pytest.raises(TransactionLost):
+            async with store.tx() as tx:
+                await tx.execute("INSERT INTO cases VALUES ('c1', 'ref', 1, 'open')")
+                try:
+                    with tx.part():  # as reception stores each message of a batch
+                        await tx.execute("INSERT INTO cases VALUES ('half', 'ref', 1, 'open')")
+                        raise ValueError("this part's own failure, after it wrote")
+                except TransactionLost:
+                    raise
+                except Exception:  # this part alone, as reception takes it: the rest goes on
+                    pass
+                await tx.audit("case.opened")
+        assert connection.failed and _committed_cases(path) == set()
+        await _open_case(store, "c2")
+        assert _committed_cases(path) == {"c2"}
     finally:
         await store.close()
 

@@ -127,7 +127,7 @@ class Tx:
     def part(self) -> Iterator[None]:
         """A part of this transaction that fails alone: on an exception its writes, audit
         entries and commit callbacks vanish, and the rest of the transaction stands, unless
-        SQLite ended the whole transaction (TransactionLost)."""
+        SQLite ended the whole transaction or the part could not be undone (TransactionLost)."""
         seq, chain, frontier, callbacks = (
             self._seq,
             self._hash,
@@ -140,8 +140,11 @@ class Tx:
         except BaseException as exc:
             if not self.db.in_transaction:
                 raise TransactionLost(f"the transaction was rolled back as a whole: {exc}") from exc
-            self.db.execute("ROLLBACK TO part")
-            self.db.execute("RELEASE part")
+            try:
+                self.db.execute("ROLLBACK TO part")
+                self.db.execute("RELEASE part")
+            except sqlite3.Error as undo:  # its writes cannot be parted from the rest: none may stand
+                raise TransactionLost(f"a part of the transaction could not be undone: {undo}") from exc
             self._seq, self._hash, self._frontier = seq, chain, frontier
             del self._on_commit[callbacks:]
             raise
