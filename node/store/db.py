@@ -400,7 +400,7 @@ class Store:
         try:
             if self._group is None:
                 try:
-                    if self.db.in_transaction:  # a failed group whose ROLLBACK failed too (`_failed`)
+                    if self.db.in_transaction:  # a failed group whose ROLLBACK failed too (`_roll_back`)
                         self.db.execute("ROLLBACK")
                     self.db.execute("BEGIN IMMEDIATE")
                 except sqlite3.Error as exc:  # a store remounted read-only refuses here, before any write
