@@ -125,6 +125,22 @@ def test_a_checkpoint_not_signed_by_its_node_is_ignored_and_said(scenario: Local
     assert "consistent with 1 of 1 lodged checkpoints" in result.stdout  # the one the store keeps
 
 
+def test_a_copy_of_a_kept_checkpoint_whose_signature_does_not_verify_is_said(
+    scenario: LocalFederation, tmp_path: Path
+) -> None:
+    """A copy given of the very checkpoint the store keeps, but with a signature that does not
+    verify, is said to be ignored: that the store's own copy verifies does not hide it."""
+    checkpoints = witnessed(scenario, "amh", tmp_path / "cp.jsonl")
+    signed = audit_pb2.SignedCheckpoint.FromString(base64.b64decode(json.loads(checkpoints.read_text())["signed"]))
+    signed.signature = bytes(len(signed.signature))
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text(json.dumps({"signed": base64.b64encode(signed.SerializeToString()).decode()}) + "\n")
+    result = linkage("audit", "verify", "--config", config(scenario, "amh"), "--checkpoints", str(forged))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "  ignored a checkpoint: bad_signature: checkpoint signature does not verify" in result.stdout
+    assert "consistent with 1 of 1 lodged checkpoints" in result.stdout  # the store's copy, once
+
+
 def _copy_node(federation: LocalFederation, node: str, tmp_path: Path) -> Path:
     """A copy of the node's folder to tamper with (the original stays intact)."""
     target = tmp_path / node

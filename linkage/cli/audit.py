@@ -131,15 +131,16 @@ def verify(args: argparse.Namespace) -> int:
                 f"  the gateway recorded {len(witnessed.breaks)} break(s): a checkpoint of this log it held, "
                 "then one that did not extend it (each is checked below)"
             )
-    checkpoints = []
-    for item in {s.checkpoint: s for s in signed}.values():  # the same one from the store and the gateway: once
+    lodged: dict[bytes, audit_pb2.Checkpoint] = {}  # each once, however many verified copies of it came
+    for item in {s.SerializeToString(): s for s in signed}.values():  # identical copies: said once
         try:
             checkpoint = open_checkpoint(item, directory)
-        except Rejected as exc:
+        except Rejected as exc:  # said even if another copy of the same checkpoint verifies
             print(f"  ignored a checkpoint: {exc}")
             continue
         if checkpoint.node_id == config.node_id:
-            checkpoints.append(checkpoint)
+            lodged.setdefault(item.checkpoint, checkpoint)
+    checkpoints = list(lodged.values())
     report = verify_store(config.store_path, checkpoints, args.jobs)
     if report.ok:
         print(f"OK: {report.entries} entries; root {report.root.hex()}")
