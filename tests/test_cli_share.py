@@ -44,6 +44,11 @@ async def test_preview_then_send_then_status_from_the_cli(federation: LocalFeder
         assert code == 0, err
         assert "If you share now: SHARED_PARTIAL (nothing has been sent)" in out
         assert "withheld: risk item 2 (SUBSTANCE_MISUSE): relevance to SCHOOL not stated" in out
+        code, out, err = await linkage("share", "preview", *common, "--json")
+        assert code == 0, err
+        previewed = json.loads(out)  # as a case system's script reads it
+        assert previewed["outcome"] == "DECISION_OUTCOME_SHARED_PARTIAL"
+        assert [r["node_id"] for r in previewed["recipients"]] == ["school"]
 
         code, out, err = await linkage("share", "send", *common, "--request-id", "cli-1", "--json")
         assert code == 0, err
@@ -76,6 +81,29 @@ async def test_preview_then_send_then_status_from_the_cli(federation: LocalFeder
         code, out, err = await linkage("share", "status", withdrawal_id, *who)
         assert code == 0, err
         assert f"Withdrawal {withdrawal_id} (SHARED_IN_ERROR; each recipient erases it: delivered means" in out
+        code, as_json, err = await linkage("share", "status", withdrawal_id, *who, "--json")
+        assert code == 0, err
+        (undelivered,) = json.loads(as_json)["recipients"]
+        assert undelivered["state"] == "undeliverable"
+        message_id = undelivered["message_id"]
+        assert f"linkage share follow-up {message_id} --note ..." in out  # what to do, said with the status
+
+        # Told another way, and recorded so: the status says when and how.
+        note = "Telephoned the school's designated safeguarding lead."
+        follow_up = ("share", "follow-up", message_id, "--note", note, "--request-id", "f", *who)
+        code, out, err = await linkage(*follow_up)
+        assert code == 0, err
+        assert out.startswith(f"Followed up: school, message {message_id} (")
+        code, again, err = await linkage(*follow_up, "--json")  # repeated with its request id: the same answer
+        assert code == 0, err
+        assert json.loads(again)["follow_up"] == note
+        code, out, err = await linkage("share", "status", withdrawal_id, *who)
+        assert code == 0, err
+        assert re.search(rf"    followed up \d{{4}}-\d\d-\d\d \d\d:\d\d UTC: {re.escape(note)}\n", out), out
+        assert "linkage share follow-up" not in out
+        code, out, err = await linkage("share", "queues", *who, "--json")
+        assert code == 0, err
+        assert json.loads(out) == {"connected": True}  # nothing waits; false and empty are left out
 
         anonymous = ["--assessment", recorded.assessment_id, "--decision", str(decision), "--socket", socket]
         code, out, err = await linkage("share", "preview", *anonymous)
