@@ -181,6 +181,18 @@ async def test_dates_tokens_and_files_a_person_gets_wrong_are_one_line(
         code, out, err = await linkage(*add)
         assert code == 0 and len(out.splitlines()) == 3, (out, err)  # the case, and its two people
         assert await linkage(*add) == (0, out, "")  # repeated with its request id: not refused as there
+        # One whose identity must not reach another agency (a victim fleeing abuse, say).
+        hidden = f"nhs:{stories.MS_B_NHS} role=AT_RISK type=ADULT_OTHER rel=parent protect"
+        code, out, err = await linkage("case", "add-person", other_case, "--person", hidden, *who)
+        assert code == 0 and " parent AT_RISK ADULT_OTHER (identity protected)\n" in out, (out, err)
+        code, out, err = await linkage("case", "show", other_case, *who, "--json")
+        assert code == 0, err
+        (shown,) = json.loads(out)["cases"]
+        assert {p["relationship"]: p.get("protect_identity", False) for p in shown["people"]} == {
+            "child": False,
+            "sibling": False,
+            "parent": True,
+        }
 
 
 def _with_exemption(summary: summary_pb2.RiskSummary) -> summary_pb2.RiskSummary:
