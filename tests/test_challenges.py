@@ -219,7 +219,16 @@ async def test_a_challenge_from_the_cli(federation: LocalFederation) -> None:
             "inbox", "respond", at_amh.message_id, "maintain", "--response", "HIGH holds.", *who("amh")
         )
         assert code == 0 and "Answer sent:" in out, err
-        await next_item(cluster, "csc", env.MESSAGE_KIND_CHALLENGE_RESPONSE)
+        answer = await next_item(cluster, "csc", env.MESSAGE_KIND_CHALLENGE_RESPONSE)
+        code, out, err = await linkage("inbox", "list", *who("csc"))
+        assert code == 0 and "challenge_response from Adult Mental Health Trust: maintained: HIGH holds." in out, out
+        code, out, err = await linkage("inbox", "open", answer.message_id, *who("csc"))
+        assert code == 0, err
+        assert f"  Answer to challenge {at_amh.message_id}: maintained\n  HIGH holds.\n" in out, out
+        code, out, err = await linkage("case", "challenges", csc_case, *who("csc"), "--json")
+        assert code == 0, err
+        (raised,) = json.loads(out)["raised"]
+        assert (raised["message_id"], raised["answer"]) == (at_amh.message_id, "CHALLENGE_ANSWER_MAINTAINED")
         code, out, err = await linkage("case", "challenges", csc_case, *who("csc"))
         assert code == 0, err
         lines = out.splitlines()
@@ -240,6 +249,9 @@ async def test_a_challenge_from_the_cli(federation: LocalFederation) -> None:
         )  # fmt: skip
         assert code == 0, err
         again = await next_item(cluster, "amh", env.MESSAGE_KIND_CHALLENGE, after_seq=at_amh.seq)
+        code, out, err = await linkage("inbox", "open", again.message_id, *who("amh"))
+        assert code == 0 and "  Stage: LINE_MANAGER; about: RISK_ASSESSMENT\n" in out, (out, err)
+        assert f"  Escalates challenge {at_amh.message_id}, not resolved at the stage before\n" in out
         code, out, err = await linkage("case", "challenges", csc_case, *who("csc"))
         newest = out.split("Raised with")[1]  # newest first: no answer yet, and not late, so nothing to escalate
         assert "No answer yet (" in newest and "Not resolved?" not in newest

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from linkage import stories
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, summary_pb2
-from tests.harness import AGENCIES, PRACTITIONER, LocalFederation, linkage, next_item, running
+from tests.harness import AGENCIES, PRACTITIONER, LocalFederation, linkage, next_item, running, wait_delivered
 from tests.test_federation import _case_id, open_case
 from tests.test_workflows import planned_closure
 
@@ -112,6 +112,17 @@ async def test_record_ask_answer_request_and_reply_from_the_cli(federation: Loca
         assert "Request sent:\n  amh: queued" in out
 
         request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
+        await wait_delivered(cluster.nodes["csc"], 2)  # the question, the request
+        # Asked and not yet answered: the asker sees it waiting, the one asked what to do.
+        code, out, err = await linkage("case", "requests", csc_case, *who("csc"))
+        assert code == 0 and "  Adult Mental Health Trust: no answer yet (delivered)\n" in out, (out, err)
+        code, out, err = await linkage("case", "requests", amh_case, *who("amh"))
+        assert code == 0, err
+        assert f"  Not answered yet: linkage inbox reply {request.message_id} provide|partial|decline ...\n" in out
+        code, out, err = await linkage("case", "requests", amh_case, *who("amh"), "--json")
+        assert code == 0, err
+        (received,) = json.loads(out)["received"]
+        assert (received["message_id"], received.get("answer")) == (request.message_id, None)
         code, out, err = await linkage("inbox", "open", request.message_id, *who("amh"))
         assert "Purpose: s47 enquiry\n  Asks for: Any risk from the parent" in out
         assert "Needed by: 2099-01-31; lawful basis: A6_1_C, CA1989_S47_9_REQUEST" in out
