@@ -458,6 +458,15 @@ async def test_r6_a_node_whose_store_refuses_writes_as_it_reconnects_connects_on
                 await changed.wait()
             assert amh.store.writability.error == "SQLITE_READONLY"
             assert not amh.link.connected.is_set()
+            before = await _rows(amh.store)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:  # a case system's call meanwhile
+                await share(cluster, assessment_id)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # unlike a full disk: not a matter of room
+            assert raised.value.details() == (
+                "the node's store cannot be written (SQLITE_READONLY): nothing of this call was recorded or sent; "
+                "ask agency IT to fix its disk, then call again"
+            )
+            assert await _rows(amh.store) == before
         finally:
             amh.store.db.execute("PRAGMA query_only = OFF")
         async with asyncio.timeout(15):
