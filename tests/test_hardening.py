@@ -715,16 +715,21 @@ async def test_r6_a_gateway_stopped_while_its_store_refuses_writes_keeps_what_wa
     kept.unlink()
 
 
+def _kept_at_stop(db: GatewayDb, kept: Path, events: int) -> int:
+    """A metadata log stopping with `events` waiting for its store: how many it kept in `kept`."""
+    stopping = MetaLog(db, ManualClock(), "gw")
+    for n in range(events):
+        stopping.record("resolve", "amh", message_id=f"m{n}")
+    return stopping.keep(kept)
+
+
 async def test_r6_kept_entries_a_store_still_refuses_wait_with_their_file_and_a_file_that_cannot_be_read_is_left(
     gateway_db: GatewayDb, tmp_path: Path, captured_logs: io.StringIO
 ) -> None:
     """At a start whose store still refuses writes, what a stop kept waits with the rest and
     its file stays until they are in; a file that cannot be read is left for a person, and said."""
     kept = tmp_path / "gateway.sqlite.metalog-kept"
-    stopping = MetaLog(gateway_db, ManualClock(), "gw")
-    for n in range(2):
-        stopping.record("resolve", "amh", message_id=f"m{n}")
-    assert stopping.keep(kept) == 2
+    assert _kept_at_stop(gateway_db, kept, 2) == 2
     log = MetaLog(gateway_db, ManualClock(), "gw")
     await log.load()
     async with _read_only(gateway_db):
@@ -738,6 +743,30 @@ async def test_r6_kept_entries_a_store_still_refuses_wait_with_their_file_and_a_
     assert await log.take_kept(kept) == 0 and kept.exists() and log.pending == 0
     (said,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "kept_unreadable" in line]
     assert said["level"] == "error" and said["file"] == kept.name
+
+
+async def test_r6_what_a_stop_counted_past_the_bound_is_recorded_at_the_next_start(
+    gateway_db: GatewayDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events past the bound when the gateway stops go into the kept file as counts beside
+    the entries held, and the next start records both: the entries, the entry saying they
+    were kept, then the count."""
+    monkeypatch.setattr(metalog, "MAX_PENDING", 2)
+    kept = tmp_path / "gateway.sqlite.metalog-kept"
+    assert _kept_at_stop(gateway_db, kept, 5) == 2
+    log = MetaLog(gateway_db, ManualClock(), "gw")
+    await log.load()
+    assert await log.take_kept(kept) == 2 and not kept.exists()
+    rows = await gateway_db.read("SELECT entry FROM metalog ORDER BY seq")
+    entries = [json.loads(row[0]) for row in rows]
+    assert [(e["event"], e["message_id"]) for e in entries] == [
+        ("resolve", "m0"),
+        ("resolve", "m1"),
+        ("metalog.kept", ""),
+        ("metalog.unrecorded", ""),
+    ]
+    assert entries[3]["detail"] == {"events": {"resolve": 3}}
+    assert (await _metalog(gateway_db))[-1] == ("metalog.unrecorded", "")  # the chain checked
 
 
 async def test_r6_a_gateway_that_can_neither_commit_nor_keep_what_waits_puts_it_in_its_operational_log(
