@@ -155,8 +155,7 @@ class GatewayDb:
     async def tx(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
             try:
-                if self.db.in_transaction:  # one whose ROLLBACK below failed
-                    await self.db.execute("ROLLBACK")
+                await self._settled()
                 await self.db.execute("BEGIN IMMEDIATE")
                 yield self.db
                 await self.db.execute("COMMIT")  # a failed COMMIT is rolled back too
@@ -173,7 +172,18 @@ class GatewayDb:
         between them, and each runs to its end in one job: no statement is left holding a
         snapshot open for the reads behind it."""
         async with self._lock:
+            await self._settled()
             return list(await self.db.execute_fetchall(sql, tuple(params)))
+
+    async def _settled(self) -> None:
+        """Roll back a transaction whose ROLLBACK in `tx` failed before the connection is used
+        again: nothing may read what it wrote, or build on it."""
+        if self.db.in_transaction:
+            try:
+                await self.db.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                if self.db.in_transaction:  # else one still queued from `tx` (cancelled as it waited) ended it
+                    raise
 
     async def close(self) -> None:
         await self.db.close()

@@ -647,7 +647,8 @@ async def test_a_gateway_transaction_whose_rollback_failed_is_rolled_back_before
     gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gateway's store, as the node's: a transaction that fails and whose ROLLBACK fails
-    too leaves the connection in it, and the next one rolls it back before it begins."""
+    too leaves the connection in it, and it is rolled back before the connection is used again:
+    a read (which shares the connection) sees none of it, and the next transaction begins."""
     await gateway_db.db.execute("CREATE TABLE parent(id TEXT PRIMARY KEY)")
     connection, failed = gateway_db.db, list[str]()
     execute = connection.execute
@@ -664,6 +665,7 @@ async def test_a_gateway_transaction_whose_rollback_failed_is_rolled_back_before
             await db.execute("INSERT INTO parent VALUES ('p0')")
             await db.execute("INSERT INTO parent VALUES ('p0')")
     assert failed and connection.in_transaction
+    assert await gateway_db.read("SELECT id FROM parent") == []  # committed rows only
     async with gateway_db.tx() as db:
         await db.execute("INSERT INTO parent VALUES ('p1')")
     assert await gateway_db.read("SELECT id FROM parent") == [("p1",)]
