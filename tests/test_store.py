@@ -152,6 +152,15 @@ async def _open_case_lingering(store: Store, case_id: str) -> None:
         await tx.audit("case.opened")
 
 
+async def _goes_on_from_nothing(store: Store, path: Path) -> None:
+    """After transactions that all failed, the next group commits, and its audit entry chains
+    from the committed head: the first entry, as nothing of the failed ones stands."""
+    await _open_case(store, "c2")
+    assert _committed_cases(path) == {"c2"}
+    rows = await _rows(store)
+    assert [r[0] for r in rows] == [1] and verify_chain(rows).ok
+
+
 def _committed_cases(path: Path) -> set[str]:
     """What another connection sees: only what is durably committed."""
     with closing(sqlite3.connect(path)) as db:
@@ -513,10 +522,7 @@ async def test_a_commit_that_fails_fails_each_member_and_the_next_group_starts_a
         results = await asyncio.gather(first, second, return_exceptions=True)
         assert [type(r).__name__ for r in results] == ["IntegrityError", "IntegrityError"]
         assert _committed_cases(path) == set()
-        await _open_case(store, "c2")  # the next group chains from the committed head
-        assert _committed_cases(path) == {"c2"}
-        rows = await _rows(store)
-        assert [r[0] for r in rows] == [1] and verify_chain(rows).ok
+        await _goes_on_from_nothing(store, path)
         assert store.frontier.size == 1
     finally:
         await store.close()
@@ -568,10 +574,7 @@ async def test_a_rollback_that_fails_after_a_failed_commit_is_done_before_the_ne
             ("store.commit_failed", "IntegrityError"),
             ("store.rollback_failed", "OperationalError"),
         ]
-        await _open_case(store, "c2")
-        assert _committed_cases(path) == {"c2"}  # nothing of the failed one
-        rows = await _rows(store)
-        assert [r[0] for r in rows] == [1] and verify_chain(rows).ok
+        await _goes_on_from_nothing(store, path)
     finally:
         await store.close()
 
@@ -605,10 +608,7 @@ async def test_a_transaction_whose_part_cannot_be_undone_fails_its_whole_group(
         assert connection.failed
         assert [type(r).__name__ for r in results] == ["TransactionLost", "ValueError"]
         assert _committed_cases(path) == set()
-        await _open_case(store, "c2")
-        assert _committed_cases(path) == {"c2"}
-        rows = await _rows(store)
-        assert [r[0] for r in rows] == [1] and verify_chain(rows).ok
+        await _goes_on_from_nothing(store, path)
     finally:
         await store.close()
 
@@ -637,8 +637,7 @@ async def test_a_part_that_cannot_be_undone_loses_its_whole_transaction(
                     pass
                 await tx.audit("case.opened")
         assert connection.failed and _committed_cases(path) == set()
-        await _open_case(store, "c2")
-        assert _committed_cases(path) == {"c2"}
+        await _goes_on_from_nothing(store, path)
     finally:
         await store.close()
 
