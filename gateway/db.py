@@ -4,7 +4,6 @@ metadata log. Never content, never identifiers. One writer at a time."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -163,8 +162,11 @@ class GatewayDb:
                 self.writability.failed(exc)
                 # Queued after whatever the connection's thread is still doing, so it also
                 # undoes a BEGIN whose caller was cancelled while it ran.
-                with contextlib.suppress(sqlite3.OperationalError):
+                try:
                     await self.db.execute("ROLLBACK")
+                except sqlite3.OperationalError as undo:
+                    if self.db.in_transaction:  # not only "no transaction is active": `_settled` tries again
+                        log.error("store.rollback_failed", error=type(undo).__name__)
                 raise
 
     async def read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:

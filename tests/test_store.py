@@ -643,7 +643,7 @@ async def test_a_part_that_cannot_be_undone_loses_its_whole_transaction(
 
 
 async def test_a_gateway_transaction_whose_rollback_failed_is_rolled_back_before_the_next(
-    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
 ) -> None:
     """The gateway's store, as the node's: a transaction that fails and whose ROLLBACK fails
     too leaves the connection in it, and it is rolled back before the connection is used again:
@@ -664,6 +664,10 @@ async def test_a_gateway_transaction_whose_rollback_failed_is_rolled_back_before
             await db.execute("INSERT INTO parent VALUES ('p0')")
             await db.execute("INSERT INTO parent VALUES ('p0')")
     assert failed and connection.in_transaction
+    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    assert [(e["event"], e["error"]) for e in said if e["level"] == "error"] == [
+        ("store.rollback_failed", "OperationalError")
+    ]
     assert await gateway_db.read("SELECT id FROM parent") == []  # committed rows only
     async with gateway_db.tx() as db:
         await db.execute("INSERT INTO parent VALUES ('p1')")
