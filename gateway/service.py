@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -160,34 +160,36 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         ]
 
     async def Subscribe(self, request: gateway_pb2.SubscribeRequest, context: Context) -> gateway_pb2.SubscribeResponse:
-        try:
-            node_id = self._control_call(context, request.node_id, "subscribe")
-            tokens = list(request.link_tokens)
-            _check_tokens(tokens, MAX_TOKENS_PER_CALL)
-            with _store_writes():
-                added = await self.index.add(node_id, tokens)
-        except Denied as denied:
-            self._note("subscribe.refused", node=request.node_id, outcome=denied.code.name, warning=True)
-            await abort(context, denied)
-        self._links_changed(node_id, added)
+        node_id, added = await self._change_links(request, context, "subscribe", self.index.add)
         self._note("subscribe", node=node_id, added=len(added), total=self.index.count(node_id))
         return gateway_pb2.SubscribeResponse(added=len(added), total=self.index.count(node_id))
 
     async def Unsubscribe(
         self, request: gateway_pb2.UnsubscribeRequest, context: Context
     ) -> gateway_pb2.UnsubscribeResponse:
+        node_id, removed = await self._change_links(request, context, "unsubscribe", self.index.remove)
+        self._note("unsubscribe", node=node_id, removed=len(removed), total=self.index.count(node_id))
+        return gateway_pb2.UnsubscribeResponse(removed=len(removed), total=self.index.count(node_id))
+
+    async def _change_links(
+        self,
+        request: gateway_pb2.SubscribeRequest | gateway_pb2.UnsubscribeRequest,
+        context: Context,
+        what: str,
+        change: Callable[[str, list[bytes]], Awaitable[list[bytes]]],
+    ) -> tuple[str, list[bytes]]:
+        """Subscribe or unsubscribe the calling node; the tokens whose subscription changed."""
         try:
-            node_id = self._control_call(context, request.node_id, "unsubscribe")
+            node_id = self._control_call(context, request.node_id, what)
             tokens = list(request.link_tokens)
             _check_tokens(tokens, MAX_TOKENS_PER_CALL)
             with _store_writes():
-                removed = await self.index.remove(node_id, tokens)
+                changed = await change(node_id, tokens)
         except Denied as denied:
-            self._note("unsubscribe.refused", node=request.node_id, outcome=denied.code.name, warning=True)
+            self._note(f"{what}.refused", node=request.node_id, outcome=denied.code.name, warning=True)
             await abort(context, denied)
-        self._links_changed(node_id, removed)
-        self._note("unsubscribe", node=node_id, removed=len(removed), total=self.index.count(node_id))
-        return gateway_pb2.UnsubscribeResponse(removed=len(removed), total=self.index.count(node_id))
+        self._links_changed(node_id, changed)
+        return node_id, changed
 
     async def ListSubscriptions(
         self, request: gateway_pb2.ListSubscriptionsRequest, context: Context
