@@ -35,7 +35,7 @@ from linkage.federation import (
     revoke_node,
 )
 from linkage.pki import cert_fingerprint, certificate_facts, spiffe_id
-from linkage.renewal import CertificateWatch
+from linkage.renewal import CertificateWatch, ServerCertificate
 from linkage.transport import Peer
 from linkage.v1 import directory_pb2
 from node import link as node_link
@@ -296,6 +296,31 @@ def test_files_that_are_not_a_usable_certificate_are_refused_and_the_one_in_use_
     assert watch.fingerprint == in_use
     refused = _log_events(captured_logs, "tls.renewal_refused")
     assert len(refused) == 1 and problem in str(refused[0]["problem"])
+
+
+def test_files_written_again_as_they_were_are_no_renewal_and_nothing_is_said(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    """A tool that rewrites the files unchanged (configuration management, a restore) changes
+    nothing: no "renewed" line, and a lapsing certificate's daily warning is not reset."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh",))
+    tls = federation.node_configs["amh"].tls
+    watch = CertificateWatch(tls, spiffe_id(FEDERATION_ID, "node", "amh"), clock)
+    server = ServerCertificate(watch)
+    clock.advance((CERT_VALIDITY_DAYS - 20) * DAY_MS)
+    watch.warn_if_lapsing()
+    before = tls.version()
+    for path in (tls.cert, tls.key):
+        content = path.read_bytes()
+        path.unlink()
+        path.write_bytes(content)
+    assert tls.version() != before
+    server.check()
+    watch.warn_if_lapsing()
+    assert len(_log_events(captured_logs, "tls.certificate_lapsing")) == 1
+    assert not _log_events(captured_logs, "tls.renewal_refused") and not _log_events(captured_logs, "tls.renewed")
+    assert watch.renewal() is None  # and the new version was taken as seen
 
 
 def test_the_gateway_accepts_the_pinned_and_the_renewed_certificate_and_no_certificate_past_its_end(
