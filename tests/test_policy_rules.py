@@ -65,6 +65,12 @@ def _more_items(count: int) -> Mutation:
     return mutate
 
 
+def _historical_only(s: pb.RiskSummary, d: pb.ShareDecision) -> None:
+    current = [i for i in s.risk_items if i.currency != pb.CURRENCY_HISTORICAL]
+    for item in current:
+        s.risk_items.remove(item)
+
+
 def _both(*mutations: Mutation) -> Mutation:
     def mutate(s: pb.RiskSummary, d: pb.ShareDecision) -> None:
         for m in mutations:
@@ -106,6 +112,15 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
     (
         "capacity_refs_missing",
         _consent("CANNOT_GIVE_LACKS_CAPACITY"),
+        _both(
+            _consent("CANNOT_GIVE_LACKS_CAPACITY"),
+            _set("d.capacity_assessment_ref", "MCA-1"),
+            _set("d.best_interests_ref", "BI-1"),
+        ),
+    ),
+    (  # both references, not either
+        "capacity_refs_missing",
+        _both(_consent("CANNOT_GIVE_LACKS_CAPACITY"), _set("d.capacity_assessment_ref", "MCA-1")),
         _both(
             _consent("CANNOT_GIVE_LACKS_CAPACITY"),
             _set("d.capacity_assessment_ref", "MCA-1"),
@@ -157,6 +172,8 @@ CASES: list[tuple[str, Mutation, Mutation]] = [
         ),
     ),
     ("review_date_missing", _set("s.review_date", None), lambda s, d: None),
+    # Only current risk needs a review date: the story's second item is historical.
+    ("review_date_missing", _set("s.review_date", None), _both(_set("s.review_date", None), _historical_only)),
     (
         "other_needs_text",
         _both(
@@ -288,6 +305,13 @@ def test_an_assessments_dates_are_on_the_calendar_and_in_order(breaks: Mutation,
     assert [said in problem for problem in date_problems(summary)] == [True]
 
 
+def test_a_risk_over_a_single_day_is_a_period_in_order() -> None:
+    summary = stories.parent_risk_change(PARENT, CHILD)
+    period = summary.risk_items[1].period
+    period.to.CopyFrom(getattr(period, "from"))
+    assert date_problems(summary) == []
+
+
 def test_the_stories_reviews_and_actions_lie_ahead_whenever_they_run() -> None:
     """The demo and the tests share the stories: a review date or an action due that has
     passed would draw warnings and "passed" flags that depend on the day they run."""
@@ -341,13 +365,44 @@ def test_plain_language_warnings(text: str, expected: set[str]) -> None:
     assert result.outcome == pb.DECISION_OUTCOME_SHARED  # warnings never stop a share
 
 
-def test_a_share_goes_to_at_most_fifty_agencies() -> None:
+@pytest.mark.parametrize("count", [50, 51])
+def test_a_share_goes_to_at_most_fifty_agencies(count: int) -> None:
     from node.policy import RecipientInfo
 
-    many = [RecipientInfo(f"n{i}", "POLICE") for i in range(51)]
+    many = [RecipientInfo(f"n{i}", "POLICE") for i in range(count)]
     result = run(request(recipients=many))
-    assert "too_many_recipients" in codes(result)
-    assert result.outcome == pb.DECISION_OUTCOME_NOT_SHARED
+    assert ("too_many_recipients" in codes(result)) == (count > 50)
+    assert (result.outcome == pb.DECISION_OUTCOME_NOT_SHARED) == (count > 50)
+
+
+def test_a_summary_the_agreement_lets_no_linked_agency_have_is_not_shared_and_says_why() -> None:
+    summary = stories.parent_risk_change(PARENT, CHILD)
+    for item in summary.risk_items:  # a category the agreement keeps from schools
+        item.category = "FIRE_RISK"
+        item.ClearField("subcategory")
+    result = run(request(summary, recipients=[SCHOOL]))
+    assert result.outcome == pb.DECISION_OUTCOME_NOT_SHARED and not result.payloads
+    assert [(f.code, f.severity) for f in result.findings] == [("nothing_permitted", "error")]
+    (school,) = result.decision.recipients
+    assert list(school.withheld) == [
+        "risk item 1 (FIRE_RISK): not within the agreement for SCHOOL",
+        "risk item 2 (FIRE_RISK): not within the agreement for SCHOOL",
+        "nothing in this summary may go to this recipient under the agreement",
+    ]
+    assert result.decision.rationale.endswith(
+        "[not shared by policy: nothing_permitted: The agreement lets none of this summary go to the linked agencies.]"
+    )
+
+
+@pytest.mark.parametrize("outcome", [pb.DECISION_OUTCOME_NOT_SHARED, pb.DECISION_OUTCOME_DEFERRED])
+def test_a_practitioners_own_decision_not_to_share_keeps_their_reasons_as_written(
+    outcome: pb.DecisionOutcome.ValueType,
+) -> None:
+    decision = stories.override_decision()
+    decision.outcome = outcome
+    result = run(request(decision=decision))
+    assert result.outcome == outcome and not result.findings and not result.payloads
+    assert result.decision.rationale == decision.rationale  # only a refusal by policy adds its reasons
 
 
 TERMS = sorted(CONTEXT.glossary.terms)
@@ -408,6 +463,7 @@ def test_leaving_every_agency_out_is_a_recorded_decision_not_to_share() -> None:
     result = run(request(decision=_leaving_out(("csc", "Already knows, from the strategy meeting.")), recipients=[CSC]))
     assert result.outcome == pb.DECISION_OUTCOME_NOT_SHARED and not result.payloads and not result.errors
     assert [f.code for f in result.findings if f.severity == "warning"] == ["all_left_out"]
+    assert result.decision.rationale == stories.override_decision().rationale  # a decision, not a refusal
 
 
 def _advised(role: str = "DSL", words: str = "Share it; leave out the clinical detail.", on: str = "") -> Mutation:
