@@ -114,17 +114,29 @@ def _varint_len(n: int) -> int:
     return length
 
 
-def _padding_for(size: int) -> int:
-    """Bytes of padding field 15 needs so that a message of `size` bytes fills a bucket."""
-    target = next((b for b in PAD_BUCKETS if b >= size + 2), None)
-    if target is None:
-        last = PAD_BUCKETS[-1]
-        target = -(-(size + 4) // last) * last
-    for vlen in (1, 2, 3):
-        pad = target - size - 1 - vlen
-        if pad >= 0 and _varint_len(pad) == vlen:
-            return pad
-    return 0  # unreachable for the bucket sizes above; an unpadded message is still valid
+def _padding_for(size: int) -> list[bytes]:
+    """The padding (field 15's parts) that makes a message of `size` bytes fill the smallest
+    bucket (or multiple of the largest) it fits with a part's tag and length: exactly, so
+    that its length says nothing finer than its bucket."""
+    last = PAD_BUCKETS[-1]
+    target = next((b for b in PAD_BUCKETS if b >= size + 2), -(-(size + 2) // last) * last)
+    gap = target - size
+    for parts in ([gap], [2, gap - 2]):  # the second where no one part fills the gap (130 bytes, 16,387)
+        lengths = [n for n in map(_part_for, parts) if n is not None]
+        if len(lengths) == len(parts):
+            return [bytes(n) for n in lengths]
+    # Unreachable: a gap is at most a bucket, and the two parts fill every gap from 2 bytes to 2 MB.
+    raise ValueError(f"no padding fills {gap} bytes")
+
+
+def _part_for(taken: int) -> int | None:
+    """The length of a padding part that takes exactly `taken` bytes with its tag (one
+    byte, field 15) and its length (a varint), if one does."""
+    for length_bytes in (1, 2, 3):
+        n = taken - 1 - length_bytes
+        if n >= 0 and _varint_len(n) == length_bytes:
+            return n
+    return None
 
 
 @dataclass(frozen=True)
@@ -240,7 +252,7 @@ def _seal(
     recipient_key: directory_pb2.NodeKey,
     content_keys: ContentKeys,
 ) -> Outgoing:
-    signed.padding = bytes(_padding_for(signed.ByteSize()))
+    signed.padding.extend(_padding_for(signed.ByteSize()))
     envelope = encrypt(routing, routing_bytes, recipient_key, signed.SerializeToString(), content_keys)
     return Outgoing(envelope=envelope, routing=routing, digest=envelope_digest(envelope))
 

@@ -6,15 +6,21 @@ import hashlib
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from linkage.batchsign import MAX_BATCH, sign_batch
 from linkage.contentkeys import ContentKeys
 from linkage.envelope import (
     HYBRID,
+    MAX_AGE_MS,
     MAX_BODY_BYTES,
+    MAX_CLOCK_SKEW_MS,
     MESSAGE_LABEL,
     PAD_BUCKETS,
     Draft,
+    _padding_for,
+    check_freshness,
     decrypt,
     draft,
     encrypt,
@@ -131,6 +137,27 @@ def test_header_changed_under_a_valid_seal_is_rejected(ring: Keyring) -> None:
     assert _reject(ring, _reseal(ring, signed, routing.SerializeToString(), "b")) == Reason.HEADER_MISMATCH
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("sender_node", "c"),
+        ("message_id", "01a20105-405a-7c0b-bc94-8ec599dbf70b"),
+        ("created_at_ms", NOW - 1),
+        ("kind", envelope_pb2.MESSAGE_KIND_WITHDRAWAL),
+    ],
+)
+def test_a_body_its_sender_signed_against_its_own_header_is_rejected(ring: Keyring, field: str, value: object) -> None:
+    """The header's hash is right and the signature is a's, but the body says otherwise of
+    who sent it, which message it is, when, or what kind: which would the recipient act on?"""
+    out = ring.seal("a", "b")
+    body = envelope_pb2.MessageBody.FromString(_inner(ring, out.envelope).body)
+    setattr(body, field, value)
+    data = body.SerializeToString()
+    (signature,) = sign_batch(ring.keys["a"], MESSAGE_LABEL, [data])
+    signed = envelope_pb2.SignedMessage(body=data, signature=signature.signature, signing_key_id=signature.key_id)
+    assert _reject(ring, _reseal(ring, signed, out.envelope.routing, "b")) == Reason.HEADER_MISMATCH
+
+
 def test_signature_by_another_node_is_rejected(ring: Keyring) -> None:
     out = ring.seal("a", "b")
     signed = _inner(ring, out.envelope)
@@ -210,10 +237,69 @@ def test_messages_outside_the_freshness_window_are_rejected(ring: Keyring, creat
         ring.view.nodes["a"].keys[0].not_before_ms = NOW - 86_400_000
 
 
+@pytest.mark.parametrize(
+    ("created_at", "expires_at", "reason"),
+    [
+        (NOW + MAX_CLOCK_SKEW_MS, NOW + 1, None),
+        (NOW + MAX_CLOCK_SKEW_MS + 1, NOW + 1, Reason.FUTURE),
+        (NOW - MAX_AGE_MS, NOW + 1, None),
+        (NOW - MAX_AGE_MS - 1, NOW + 1, Reason.STALE),
+        (NOW, NOW, Reason.EXPIRED),
+    ],
+)
+def test_the_freshness_window_is_exact_at_its_edges(created_at: int, expires_at: int, reason: Reason | None) -> None:
+    routing = envelope_pb2.RoutingHeader(created_at_ms=created_at, expires_at_ms=expires_at)
+    if reason is None:
+        check_freshness(routing, NOW)
+        return
+    with pytest.raises(Rejected) as raised:
+        check_freshness(routing, NOW)
+    assert raised.value.reason == reason
+
+
 def test_padding_hides_length_within_a_bucket(ring: Keyring) -> None:
     short = ring.seal("a", "b", summary_pb2.RiskSummary(headline="x"))
     longer = ring.seal("a", "b", summary_pb2.RiskSummary(headline="x" * 600))
     assert len(short.envelope.ciphertext) == len(longer.envelope.ciphertext)
+
+
+def test_s17_the_gateway_sees_only_bucket_sizes_whatever_the_summary(ring: Keyring) -> None:
+    """S17: summaries of 100 B to 10 KB, and every length in the last few hundred bytes below
+    the two smaller buckets (where padding once failed): each ciphertext the gateway sees is a
+    bucket and the AEAD's 16-byte tag."""
+    tag = 16
+    lengths = [*range(100, 10_240, 13), *range(600, 1024), *range(3_700, 4_096)]
+    seen = {len(ring.seal("a", "b", summary_pb2.RiskSummary(headline="x" * n)).envelope.ciphertext) for n in lengths}
+    assert seen == {b + tag for b in PAD_BUCKETS[:3]}
+
+
+def _near_edges() -> list[int]:
+    """Sizes of a signed message where padding is hardest: just below each bucket (and each
+    multiple of the largest), and where a padding part's length needs one more byte."""
+    edges = sorted({*PAD_BUCKETS, *(k * PAD_BUCKETS[-1] for k in (2, 3))})
+    return sorted({e - gap - d for e in edges for gap in (0, 130, 16_387) for d in range(-8, 9) if e - gap - d >= 0})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.sampled_from(_near_edges()), st.integers(0, 3 * PAD_BUCKETS[-1])))
+def test_every_message_is_padded_to_exactly_a_bucket(size: int) -> None:
+    """A message the gateway sees is one of few lengths, never its own: the smallest bucket
+    (or multiple of the largest) that holds it and a padding part's tag and length."""
+    signed = envelope_pb2.SignedMessage(body=bytes(size))
+    before = signed.ByteSize()
+    signed.padding.extend(_padding_for(before))
+    buckets = [*PAD_BUCKETS, *range(2 * PAD_BUCKETS[-1], before + 2 + 2 * PAD_BUCKETS[-1], PAD_BUCKETS[-1])]
+    assert signed.ByteSize() == min(b for b in buckets if b >= before + 2)
+
+
+@pytest.mark.parametrize(("short", "parts"), [(2, [0]), (3, [1]), (130, [0, 126]), (16_387, [0, 16_382])])
+def test_sizes_one_padding_part_cannot_fill_take_two(short: int, parts: list[int]) -> None:
+    """130 bytes short of a bucket, a part of 128 bytes needs a two-byte length (131 in all)
+    and one of 127 leaves a byte over; so do 16,387 bytes, a part's length then needing three."""
+    signed = envelope_pb2.SignedMessage(body=bytes(65_536 - short - 4))  # `body`'s tag and length: 4 bytes
+    assert signed.ByteSize() == 65_536 - short
+    signed.padding.extend(_padding_for(signed.ByteSize()))
+    assert ([len(p) for p in signed.padding], signed.ByteSize()) == (parts, 65_536)
 
 
 def _closure_reply(answer: int, closure_id: str = "c-1") -> Callable[[envelope_pb2.MessageBody], None]:

@@ -270,10 +270,15 @@ class SignedMessage(_message.Message):
     "linkage/v1/message": required when the directory's suite is hybrid
     post-quantum, so both signatures must verify.
     """
-    padding: _builtins.bytes
-    """size bucket padding; ignored"""
     @_builtins.property
     def batch(self) -> Global___BatchProof: ...
+    @_builtins.property
+    def padding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Size bucket padding, ignored: one part, or two where no one part fills the
+        bucket exactly (a part 128 bytes long needs a two-byte length, 127 leaves one
+        byte over). Repeated, so an earlier singular field's parsers take the last part.
+        """
+
     def __init__(
         self,
         *,
@@ -282,7 +287,7 @@ class SignedMessage(_message.Message):
         signing_key_id: _builtins.str = ...,
         pq_signature: _builtins.bytes = ...,
         batch: Global___BatchProof | None = ...,
-        padding: _builtins.bytes = ...,
+        padding: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
