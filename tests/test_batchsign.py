@@ -150,6 +150,14 @@ def test_under_the_hybrid_suite_both_signatures_cover_the_batch() -> None:
     assert refused.value.reason is Reason.UNSUPPORTED_SUITE
 
 
+@pytest.mark.parametrize("count", [1, 5])
+def test_the_classical_suite_carries_no_ml_dsa_signature_from_a_node_that_holds_a_key(count: int) -> None:
+    """The suite decides, not the keys a node holds: ready for the hybrid suite, a node still
+    signs the classical suite's messages with Ed25519 alone, not 3 KB more a message."""
+    assert KEYS.mldsa is not None
+    assert [s.pq_signature for s in sign_batch(KEYS, MESSAGE_LABEL, ITEMS[:count])] == [b""] * count
+
+
 def test_a_remembered_batch_stands_only_for_the_keys_it_was_checked_under() -> None:
     """What verified classically, or under one ML-DSA key, proves nothing about another check."""
     genuine = raw_public_pq(KEYS.mldsa) if KEYS.mldsa else b""

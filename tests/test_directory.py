@@ -174,3 +174,29 @@ def test_a_key_handed_over_to_that_cannot_be_saved_is_trusted_until_a_restart_an
     assert trust.version == 2
     (unsaved,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "key_not_saved" in line]
     assert unsaved["level"] == "error" and unsaved["error"] == "No such file or directory"
+
+
+def test_a_key_is_valid_from_its_first_millisecond_until_its_end_exclusive() -> None:
+    """[not_before, not_after): a message made as a key activates verifies under it, and one made
+    as it lapses does not, under the same rule for signing and sealing."""
+    view = make_keyring().view
+    key = view.nodes["a"].keys[0]
+    start, end = key.not_before_ms, key.not_after_ms
+    for at in (start, end - 1):
+        assert view.node_key("a", key.key_id, at) == key and view.sealing_key("a", at) == key
+    for at in (start - 1, end):
+        with pytest.raises(Rejected) as refused:
+            view.node_key("a", key.key_id, at)
+        assert refused.value.reason is Reason.KEY_NOT_VALID
+        with pytest.raises(Rejected):
+            view.sealing_key("a", at)
+
+
+def test_during_a_rotation_a_sender_seals_to_the_newest_key_valid_now() -> None:
+    view = make_keyring().view
+    old = view.nodes["a"].keys[0]
+    new = view.nodes["a"].keys.add()
+    new.CopyFrom(old)
+    new.key_id, new.not_before_ms = "a-k2", old.not_before_ms + 1_000
+    assert view.sealing_key("a", new.not_before_ms - 1) == old
+    assert view.sealing_key("a", new.not_before_ms) == new

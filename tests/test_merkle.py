@@ -136,3 +136,10 @@ def test_a_proof_asked_of_a_position_outside_the_tree_is_refused_not_made_up() -
     grown.append(leaves[0])
     with pytest.raises(ValueError, match="a subtree of 2 leaves cannot start at leaf 1"):
         grown.append_subtree(leaf_hash(b"pair"), 1)
+
+
+@pytest.mark.parametrize("index", [4, 5])
+def test_a_leaf_at_or_past_the_trees_size_is_in_no_proof(index: int) -> None:
+    """A tree of 4 leaves has leaves 0 to 3: a proof for leaf 4 is refused before any hashing."""
+    with pytest.raises(ProofError, match="beyond size 4"):
+        root_from_inclusion(index, 4, bytes(32), [bytes(32), bytes(32)])

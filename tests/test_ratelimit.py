@@ -30,3 +30,17 @@ def test_a_wall_clock_set_back_costs_a_node_no_tokens() -> None:
     assert limits.retry_after_ms("a") == 100  # and the next comes at the usual rate
     clock.advance(100)
     assert limits.allow("a")
+
+
+def test_a_zero_rate_names_no_time_to_wait_and_a_full_token_is_no_wait() -> None:
+    """A node whose rate is zero gets its burst and no more: a BUSY answer then names no time
+    (none would come), and the node backs off on its own. One whole token left is no wait."""
+    clock = ManualClock()
+    limits = RateLimits(rate_per_s=0, burst=1, clock=clock)
+    assert limits.retry_after_ms("a") == 0  # exactly one token
+    assert limits.allow("a") and not limits.allow("a")
+    assert limits.retry_after_ms("a") == 0
+    clock.advance(3_600_000)
+    assert not limits.allow("a")
+    paced = RateLimits(rate_per_s=10, burst=2, clock=clock)
+    assert paced.allow("b") and paced.retry_after_ms("b") == 0  # one token left, whole

@@ -69,3 +69,7 @@ def test_key_round_trips_through_its_file(tmp_path: Path) -> None:
     KEY.save(path)
     assert LinkageKey.load(path) == KEY
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_identifier_of_128_characters_is_accepted() -> None:
+    assert normalise_identifier("la-csc", "x" * 128) == "la-csc:" + "x" * 128

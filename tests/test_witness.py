@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from gateway.db import GatewayDb
 from gateway.server import GatewayServer
+from gateway.witness import Witness
 from linkage.auditlog import check_cosignature
-from linkage.clock import SystemClock
+from linkage.clock import ManualClock, SystemClock
 from linkage.config import ConfigError
 from linkage.keys import write_private_pem
 from linkage.reasons import Rejected
@@ -217,3 +219,30 @@ async def test_a_log_missing_an_entry_is_not_lodged_and_the_node_says_which(
     said = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "LOG_INCOMPLETE" in line]
     assert said and said[0]["event"] == "checkpoint.not_lodged" and said[0]["level"] == "error"
     assert said[0]["detail"] == "audit entry 2 is missing from the store"
+
+
+async def test_a_second_root_for_the_size_held_is_a_break_and_the_same_one_again_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Two logs that differ at the same size are a fork, however it came about: the witness
+    keeps the one it held as a break, not refuse the other as smaller. The same checkpoint
+    lodged again is consistent with itself."""
+    db = await GatewayDb.open(tmp_path / "gateway.sqlite")
+    try:
+        witness = Witness(db, ManualClock(), "gateway")
+
+        def lodging(root: bytes) -> tuple[audit_pb2.Checkpoint, audit_pb2.SignedCheckpoint]:
+            checkpoint = audit_pb2.Checkpoint(node_id="amh", tree_size=4, root=root)
+            return checkpoint, audit_pb2.SignedCheckpoint(checkpoint=checkpoint.SerializeToString())
+
+        first = lodging(b"\x01" * 32)
+        assert not (await witness.lodge(*first, 0, [])).diverged
+        assert not (await witness.lodge(*first, 4, [])).diverged
+        assert (await witness.held("amh")).breaks == []
+        other = await witness.lodge(*lodging(b"\x02" * 32), 4, [])
+        assert (other.tree_size, other.diverged) == (4, True)
+        held = await witness.held("amh")
+        assert held.breaks == [first[1]] and held.latest is not None
+        assert audit_pb2.Checkpoint.FromString(held.latest.checkpoint).root == b"\x02" * 32
+    finally:
+        await db.close()
