@@ -404,6 +404,13 @@ INFORMATION = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE
             ),
             "the redelivery request has no restore or time",
         ),
+        (  # a restore from the beginning of time is no time at all
+            envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST,
+            lambda body: body.redelivery.CopyFrom(
+                workflow_pb2.RedeliveryRequest(restore_id="01a20105-405a-7c0b-bc94-8ec599dbf70c", since_ms=0)
+            ),
+            "the redelivery request has no restore or time",
+        ),
         (
             envelope_pb2.MESSAGE_KIND_RETURNED_COPIES,
             lambda body: body.returned.CopyFrom(

@@ -346,7 +346,9 @@ def test_the_gateway_accepts_the_pinned_and_the_renewed_certificate_and_no_certi
         authz.recheck("amh", peer(federation.node_configs["csc"].tls.cert.read_bytes()))
     assert other.value.code == grpc.StatusCode.PERMISSION_DENIED
 
-    clock.advance(CERT_VALIDITY_DAYS * DAY_MS)  # the old one has lapsed; its open stream ends at its next frame
+    clock.advance(certificate_facts(old_pem)[1] - clock.now_ms())  # X.509's notAfter is its last moment
+    authz.recheck("amh", peer(old_pem))
+    clock.advance(1)  # the old one has lapsed; its open stream ends at its next frame
     with pytest.raises(Denied) as lapsed:
         authz.recheck("amh", peer(old_pem))
     assert lapsed.value.code == grpc.StatusCode.UNAUTHENTICATED
