@@ -36,3 +36,20 @@ def test_times_people_read_are_utc_and_say_so() -> None:
     at = _ms("2026-07-04T23:30:42+00:00")
     assert (clock.utc_minute(at), clock.utc_second(at)) == ("2026-07-04 23:30 UTC", "2026-07-04 23:30:42 UTC")
     assert clock.utc_cell(at) == "2026-07-04 23:30:42"  # a spreadsheet's time, in a column named *_utc
+
+
+@pytest.mark.parametrize(
+    ("date", "given", "real"),
+    [
+        (pb.Date(), False, False),
+        (pb.Date(year=2026), True, False),
+        (pb.Date(month=6), True, False),
+        (pb.Date(day=3), True, False),
+        (pb.Date(year=2026, month=6, day=31), True, False),
+        (pb.Date(year=2024, month=2, day=29), True, True),
+    ],
+)
+def test_a_date_is_given_when_any_part_is_and_real_when_the_calendar_has_it(
+    date: pb.Date, given: bool, real: bool
+) -> None:
+    assert (calendar.given(date), calendar.on_calendar(date)) == (given, real)

@@ -8,7 +8,7 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from linkage.ids import Ids, is_uuid7
+from linkage.ids import Ids, is_peer, is_uuid7, recordable
 
 MS = 1_796_000_000_000
 
@@ -54,3 +54,31 @@ def test_ids_come_after_the_newest_a_store_holds() -> None:
     again.after("not-an-id")  # nor what is no id of this release's
     made = again.make(MS - 60_000)
     assert made > newest and uuid.UUID(made).int >> 80 == MS
+
+
+def _id(ms: int, rand: int) -> str:
+    """The UUIDv7 of a millisecond and 74 random bits, laid out as RFC 9562 has them."""
+    value = ms << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62 | rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+def test_ids_ascend_with_no_randomness_and_borrow_the_next_millisecond_when_one_is_used_up() -> None:
+    """Within a millisecond each id is the last plus at least one; the last of the 2**74 a
+    millisecond holds is made, and the one after it takes the next millisecond."""
+    ids = Ids(randbytes=bytes)  # all zeros: the smallest step each time
+    ids.after(_id(MS, (1 << 74) - 3))
+    made = [ids.make(MS) for _ in range(3)]
+    assert made == [_id(MS, (1 << 74) - 2), _id(MS, (1 << 74) - 1), _id(MS + 1, 0)]
+    assert all(is_uuid7(i) for i in made)
+
+
+def test_what_an_untrusted_party_names_is_recorded_only_in_the_federations_forms() -> None:
+    good_id = _id(MS, 1)
+    assert recordable(good_id, "csc") == (good_id, "csc", {})
+    assert recordable("", "") == ("", "", {})  # nothing named is nothing wrong
+    assert recordable("DROP TABLE", "Ms Example") == (
+        "",
+        "",
+        {"message_id_malformed": True, "counterpart_malformed": True},
+    )
+    assert [is_peer(n, "amh") for n in ("csc", "amh", "CSC", "")] == [True, False, False, False]
