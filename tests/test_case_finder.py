@@ -34,6 +34,9 @@ async def test_cases_are_found_by_id_reference_person_or_a_page_at_a_time(federa
         assert [c.case_id for c in page.cases] == [ids[2], ids[1]] and page.next_before == ids[1]
         rest = await api.FindCases(find(limit=2, before_case_id=page.next_before))
         assert [c.case_id for c in rest.cases] == [ids[0]] and not rest.next_before
+        whole = await api.FindCases(find(limit=3))  # exactly a page: no next one
+        assert [c.case_id for c in whole.cases] == ids[::-1] and not whole.next_before
+        assert len((await api.FindCases(find(limit=500))).cases) == 3  # the most a page holds
 
         (by_ref,) = (await api.FindCases(find(case_ref="CSC-1"))).cases
         assert (by_ref.case_id, by_ref.status, list(by_ref.people)) == (ids[1], "open", list(opened[1].people))
@@ -49,8 +52,9 @@ async def test_cases_are_found_by_id_reference_person_or_a_page_at_a_time(federa
         assert not (await api.FindCases(find(case_ref="CSC-2"))).cases  # closed: asked for open ones only
 
         found = events(await audit_events(cluster.nodes["csc"]), "cases.found")
-        assert [e["detail"] for e in found[2:4]] == [{"by": "case_ref", "found": 1}, {"by": "person", "found": 2}]
-        assert found[3]["tokens"] == [opened[1].people[0].link_token.hex()]  # who looked for the child
+        assert [e["detail"] for e in found[4:6]] == [{"by": "case_ref", "found": 1}, {"by": "person", "found": 2}]
+        assert found[4]["tokens"] == [p.link_token.hex() for p in opened[1].people]  # whose case was shown
+        assert found[5]["tokens"] == [opened[1].people[0].link_token.hex()]  # who looked for the child
 
         refusals: list[tuple[dict[str, object], str]] = [
             ({"case_ref": "CSC-1", "person": CHILD}, "one of case_id, case_ref and person"),
