@@ -5,12 +5,13 @@ other agencies owe it past its date; from the API and the CLI."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 
 import grpc
 import pytest
 
-from linkage import stories
+from linkage import calendar, stories
 from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, workflow_pb2
@@ -162,9 +163,10 @@ async def test_the_duty_view_flags_the_reviews_of_its_own_assessments_to_their_a
             )
         ).assessment_id
         assert await reviews(30) == []  # the new version is due later; the first is no longer the latest
-        clock.advance(40 * DAY_MS)  # its review day (London's date: a clock change may move it)
-        passed = dates.iso(dates.today(clock.now_ms())) > dates.iso(later.review_date)
-        assert await reviews() == [(second, amh_case, passed)]  # due today is not overdue
+        review = later.review_date  # noon in London that day, whatever a clock change did meanwhile
+        noon = dt.datetime(review.year, review.month, review.day, 12, tzinfo=calendar.UK)
+        clock.advance(int(noon.timestamp() * 1000) - clock.now_ms())
+        assert await reviews() == [(second, amh_case, False)]  # due today is not overdue
         clock.advance(DAY_MS)
         (item,) = (await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER))).items
         assert (item.assessment_id, item.overdue, item.what) == (second, True, later.headline)

@@ -225,8 +225,8 @@ async def test_a_second_root_for_the_size_held_is_a_break_and_the_same_one_again
     tmp_path: Path,
 ) -> None:
     """Two logs that differ at the same size are a fork, however it came about: the witness
-    keeps the one it held as a break, not refuse the other as smaller. The same checkpoint
-    lodged again is consistent with itself."""
+    keeps the one it held as a break, and does not refuse the other as smaller. The same
+    checkpoint lodged again is consistent with itself."""
     db = await GatewayDb.open(tmp_path / "gateway.sqlite")
     try:
         witness = Witness(db, ManualClock(), "gateway")
