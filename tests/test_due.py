@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from linkage import calendar, stories
 from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
-from linkage.v1 import node_api_pb2, workflow_pb2
+from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
 from node import due as due_view
 from tests.harness import (
@@ -23,6 +24,7 @@ from tests.harness import (
     LocalFederation,
     audit_events,
     linkage,
+    make_federation,
     next_item,
     revoke,
     running,
@@ -133,6 +135,28 @@ async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(
         assert (code, out) == (0, "Nothing to answer in the next 3 days, and nothing owed to this agency is late.\n")
 
 
+async def test_a_closure_proposal_is_to_answer_through_its_last_day_and_then_no_longer(tmp_path: Path) -> None:
+    """The proposer may close once the day to answer by has passed: until its end, the
+    proposal is on the duty view (not yet overdue); the day after, there is nothing to answer."""
+    clock = ManualClock()
+    async with running(make_federation(tmp_path, clock, validity_days=30), clock=clock) as cluster:
+        await shared_with_both(cluster)
+        await cluster.api("csc").ProposeClosure(planned_closure(CSC_WORKER, await _case_id(cluster, "csc")))
+        intent = await next_item(cluster, "amh", CLOSURE)
+        listed = await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=30))
+        (last,) = [i.due for i in listed.items if i.message_id == intent.message_id]
+        _to_noon_in_london(clock, last)
+        assert (CLOSURE, True, intent.message_id, "csc", False) in await due(cluster, "amh")
+        clock.advance(DAY_MS)
+        assert intent.message_id not in [i[2] for i in await due(cluster, "amh", 30)]
+
+
+def _to_noon_in_london(clock: ManualClock, day: summary_pb2.Date) -> None:
+    """Noon that day, however many clock changes lie between: London's date is the day."""
+    noon = dt.datetime(day.year, day.month, day.day, 12, tzinfo=calendar.UK)
+    clock.advance(int(noon.timestamp() * 1000) - clock.now_ms())
+
+
 async def test_the_duty_view_flags_the_reviews_of_its_own_assessments_to_their_author(
     federation: LocalFederation,
 ) -> None:
@@ -163,9 +187,7 @@ async def test_the_duty_view_flags_the_reviews_of_its_own_assessments_to_their_a
             )
         ).assessment_id
         assert await reviews(30) == []  # the new version is due later; the first is no longer the latest
-        review = later.review_date  # noon in London that day, whatever a clock change did meanwhile
-        noon = dt.datetime(review.year, review.month, review.day, 12, tzinfo=calendar.UK)
-        clock.advance(int(noon.timestamp() * 1000) - clock.now_ms())
+        _to_noon_in_london(clock, later.review_date)
         assert await reviews() == [(second, amh_case, False)]  # due today is not overdue
         clock.advance(DAY_MS)
         (item,) = (await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER))).items
