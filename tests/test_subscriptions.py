@@ -58,6 +58,33 @@ def test_a_match_straddling_two_tokens_is_not_a_match() -> None:
     assert list(routes.find(a)) == [0] and list(routes.find(b)) == [1]
 
 
+def test_a_straddle_one_byte_into_the_first_token_is_not_a_match() -> None:
+    """At the very start of the run: offset 1, not 0, is a straddle too."""
+    a, b = bytes([0] * 31 + [7]), bytes([0] + [5] * 31)
+    straddle = a[1:] + b[:1]
+    routes = PackedRoutes.build([(a, 0), (b, 1)])
+    assert bytes(routes.tokens).find(straddle) == 1
+    assert list(routes.find(straddle)) == []
+
+
+def test_a_token_right_after_a_straddle_that_spells_it_is_found() -> None:
+    """The search goes on from the byte after a straddle, so a token that starts there (the
+    straddle one byte before it) is not stepped over."""
+    before, token = bytes([1] + [0] * 30 + [1]), bytes([1] * TOKEN_LEN)
+    routes = PackedRoutes.build([(before, 0), (token, 1)])
+    assert bytes(routes.tokens).find(token) == TOKEN_LEN - 1  # the last byte of one, the first 31 of the next
+    assert list(routes.find(token)) == [1]
+
+
+def test_node_numbers_stop_at_what_two_bytes_hold() -> None:
+    numbers = NodeNumbers()
+    for n in range(1 << 16):
+        assert numbers.number(f"n{n}") == n
+    assert numbers.number("n0") == 0  # a node already numbered keeps its number
+    with pytest.raises(OverflowError, match="65,536"):
+        numbers.number("one-more")
+
+
 def test_every_token_is_found_through_a_directory_of_many_buckets() -> None:
     rng = random.Random(3)
     tokens = sorted({_token(rng) for _ in range(5_000)})
@@ -142,6 +169,25 @@ async def test_index_follows_changes_through_rebuilds_and_restarts(
             expected = {n for n in NODES if token in model[n]}
             assert reloaded.subscribers([token]) == expected
             assert all(reloaded.is_subscribed(n, token) == (n in expected) for n in NODES)
+
+
+async def test_the_overlay_is_packed_into_a_new_base_once_it_holds_enough_changes(
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+) -> None:
+    """Changes since the base was built are kept apart in memory, and are folded into a newly
+    packed base after REBUILD_AFTER of them, so the overlay a busy gateway carries stays small."""
+    monkeypatch.setattr(subscriptions, "REBUILD_AFTER", 5)
+    rng = random.Random(6)
+    async with opened(gateway_db) as index:
+        await index.built()
+        for _ in range(4):
+            await index.add("node-0", [_token(rng)])
+            await index.built()
+        assert "subscriptions.rebuilt" not in captured_logs.getvalue()
+        await index.add("node-0", [_token(rng)])
+        await index.built()
+        assert captured_logs.getvalue().count("subscriptions.rebuilt") == 1
+        assert index.count("node-0") == 5
 
 
 async def test_the_same_change_asked_twice_at_once_is_made_and_counted_once(gateway_db: GatewayDb) -> None:
