@@ -23,7 +23,7 @@ Row = tuple[int, str, bytes]
 TAMPERS = ("none", "edit", "rechain", "delete", "swap", "gap", "seq0", "truncate")
 
 
-def _log(size: int) -> list[Row]:
+def audit_rows(size: int) -> list[Row]:
     rows, prev = [], GENESIS
     for seq in range(1, size + 1):
         actor = {"id": "p-1", "role": "Social worker"}
@@ -42,7 +42,7 @@ def _rechained(rows: list[Row], start: int) -> list[Row]:
     return out
 
 
-def _tampered(rows: list[Row], tamper: str, at: int) -> list[Row]:
+def tampered(rows: list[Row], tamper: str, at: int) -> list[Row]:
     """`rows` changed as someone with the file might change them, at row `at`."""
     if not rows or tamper == "none":
         return rows
@@ -72,7 +72,7 @@ def _store(path: Path, rows: list[Row]) -> Path:
     return path
 
 
-def _checkpoints(rows: list[Row], sizes: list[tuple[int, bool]]) -> list[audit_pb2.Checkpoint]:
+def checkpoints_at(rows: list[Row], sizes: list[tuple[int, bool]]) -> list[audit_pb2.Checkpoint]:
     """At each size, the true root of the untampered log's first entries, or a wrong one."""
     leaves = [entry_leaf(entry) for _, entry, _ in rows]
     return [
@@ -101,10 +101,10 @@ def _one_pass(path: Path, checkpoints: list[audit_pb2.Checkpoint]) -> LogReport:
 def test_the_report_in_ranges_is_the_one_passs(
     size: int, per_range: int, tamper: str, at: int, sizes: list[tuple[int, bool]]
 ) -> None:
-    rows = _log(size)
-    checkpoints = _checkpoints(rows, sizes)
+    rows = audit_rows(size)
+    checkpoints = checkpoints_at(rows, sizes)
     with tempfile.TemporaryDirectory() as tmp:
-        path = _store(Path(tmp) / "store.sqlite", _tampered(rows, tamper, at))
+        path = _store(Path(tmp) / "store.sqlite", tampered(rows, tamper, at))
         assert verify_store(path, checkpoints, jobs=1, per_range=per_range) == _one_pass(path, checkpoints)
 
 
@@ -114,8 +114,8 @@ def test_worker_processes_confirm_checkpoints_within_and_between_ranges(
     def no_single_pass(*_args: object) -> LogReport:
         raise AssertionError("an intact log was checked again in one pass")
 
-    rows = _log(50)
-    checkpoints = _checkpoints(rows, [(3, True), (8, True), (16, True), (17, True), (49, True), (50, True)])
+    rows = audit_rows(50)
+    checkpoints = checkpoints_at(rows, [(3, True), (8, True), (16, True), (17, True), (49, True), (50, True)])
     path = _store(tmp_path / "store.sqlite", rows)
     with monkeypatch.context() as patched:
         patched.setattr("linkage.auditlog.verify_log", no_single_pass)
@@ -128,9 +128,9 @@ def test_worker_processes_confirm_checkpoints_within_and_between_ranges(
 # Rewritten with its hashes, the log is caught by the checkpoint at 40; entries up to 16 are vouched for.
 @pytest.mark.parametrize(("tamper", "first_bad"), [("edit", 30), ("rechain", 17), ("gap", 30)])
 def test_worker_processes_find_what_one_pass_finds(tmp_path: Path, tamper: str, first_bad: int) -> None:
-    rows = _log(50)
-    checkpoints = _checkpoints(rows, [(16, True), (40, True), (50, True)])
-    path = _store(tmp_path / "store.sqlite", _tampered(rows, tamper, 29))
+    rows = audit_rows(50)
+    checkpoints = checkpoints_at(rows, [(16, True), (40, True), (50, True)])
+    path = _store(tmp_path / "store.sqlite", tampered(rows, tamper, 29))
     report = verify_store(path, checkpoints, jobs=2, per_range=8)
     assert not report.ok and report.first_bad_seq == first_bad
     assert report == _one_pass(path, checkpoints)
@@ -143,14 +143,14 @@ def test_where_no_worker_process_can_start_the_log_is_checked_in_this_one(
         raise OSError(38, "Function not implemented")  # sem_open, where /dev/shm is missing
 
     monkeypatch.setattr("linkage.auditlog.ProcessPoolExecutor", no_pool)
-    rows = _log(20)
+    rows = audit_rows(20)
     path = _store(tmp_path / "store.sqlite", rows)
-    report = verify_store(path, _checkpoints(rows, [(12, True)]), jobs=2, per_range=4)
+    report = verify_store(path, checkpoints_at(rows, [(12, True)]), jobs=2, per_range=4)
     assert report.ok and report.entries == 20 and report.confirmed == [12]
 
 
 def test_a_range_missing_its_last_entries_is_not_intact(tmp_path: Path) -> None:
-    rows = _log(12)
+    rows = audit_rows(12)
     path = _store(tmp_path / "store.sqlite", rows[:6] + rows[8:])
     assert check_range(path, 0, 4, GENESIS, frozenset()).intact
     assert not check_range(path, 4, 8, None, frozenset()).intact  # entries 7 and 8 gone
@@ -158,7 +158,7 @@ def test_a_range_missing_its_last_entries_is_not_intact(tmp_path: Path) -> None:
 
 
 def test_a_range_that_is_not_a_power_of_two_is_refused(tmp_path: Path) -> None:
-    path = _store(tmp_path / "store.sqlite", _log(3))
+    path = _store(tmp_path / "store.sqlite", audit_rows(3))
     with pytest.raises(ValueError, match="not a power of two"):
         verify_store(path, [], per_range=6)
 
