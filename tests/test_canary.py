@@ -10,6 +10,7 @@ from pathlib import Path
 
 from linkage import logs, stories
 from linkage.clock import DAY_MS, ManualClock
+from linkage.envelope import MAX_AGE_MS, MAX_CLOCK_SKEW_MS
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 from linkage.v1.node_api_pb2 import AskClarificationRequest, DeliveryStatus, MessageSent
@@ -122,17 +123,22 @@ async def test_no_canary_in_any_log_or_gateway_file(federation: LocalFederation)
 NOTHING = {"received": 0, "sent_bodies": 0, "requests": 0, "challenges": 0, "call_answers": 0}
 
 
+async def _received_now(store: Store) -> None:
+    """A message received now, as the inbox keeps it, and its audit entry."""
+    async with store.tx() as tx:
+        await tx.execute(
+            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
+            "VALUES ('amh', 'm1', x'00', ?, 1, 's')",
+            (tx.now_ms,),
+        )
+        await tx.audit("message.received")
+
+
 async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> None:
     clock = ManualClock()
     store = await Store.open(tmp_path / "s.sqlite", clock)
     try:
-        async with store.tx() as tx:
-            await tx.execute(
-                "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
-                "VALUES ('amh', 'm1', x'00', ?, 1, 's')",
-                (tx.now_ms,),
-            )
-            await tx.audit("message.received")
+        await _received_now(store)
         assert await retention.purge(store, clock, keep_days=40) == NOTHING
         clock.advance(35 * DAY_MS)  # past the replay window, inside 40 days: kept
         assert await retention.purge(store, clock, keep_days=40) == NOTHING
@@ -141,6 +147,23 @@ async def test_retention_purges_old_summaries_and_audits_it(tmp_path: Path) -> N
         events = [r[0] for r in await store.fetchall("SELECT event FROM audit ORDER BY seq")]
         assert events == ["message.received", "retention.purged"]  # the audit log itself is kept
         assert await retention.purge(store, clock, keep_days=0) == {}
+    finally:
+        await store.close()
+
+
+async def test_retention_never_forgets_a_message_id_a_replay_could_still_bring(tmp_path: Path) -> None:
+    """The inbox is the replay defence: however short the configured time, a received message is
+    kept until no copy of it could be fresh enough to accept (MAX_AGE_MS and the clock skew
+    allowed, in whole days), to the millisecond."""
+    clock = ManualClock()
+    store = await Store.open(tmp_path / "s.sqlite", clock)
+    try:
+        await _received_now(store)
+        window_days = -(-(MAX_AGE_MS + MAX_CLOCK_SKEW_MS) // DAY_MS)  # 31
+        clock.advance(window_days * DAY_MS)
+        assert await retention.purge(store, clock, keep_days=1) == NOTHING  # received exactly 31 days ago
+        clock.advance(1)
+        assert await retention.purge(store, clock, keep_days=1) == {**NOTHING, "received": 1}
     finally:
         await store.close()
 
