@@ -16,10 +16,11 @@ from linkage import backup, stories
 from linkage.cli.audit import report_rows
 from linkage.clock import DAY_MS, SystemClock
 from linkage.directory import TrustedDirectory
+from linkage.envelope import MAX_CLOCK_SKEW_MS
 from linkage.files import write_private
 from linkage.frames import unbatch
 from linkage.ids import uuid7
-from linkage.store_notes import mark, mark_path
+from linkage.store_notes import mark, mark_path, read_mark
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2, workflow_pb2
 from node.audit_events import MEANING
 from node.redelivery import ask_again_if_restored, ask_again_if_rolled_back
@@ -93,7 +94,8 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
         seen = (await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER))).items
         await cluster.stop_node("csc")
         backup.restore_store(csc, sealed, backup.identities(key), SystemClock().now_ms())
-        assert mark_path(csc.store).exists()
+        noted = read_mark(csc.store)
+        assert noted is not None
         restored = await cluster.start_node("csc")
         assert restored.store is not None
         held = "SELECT count(*) FROM inbox WHERE sender = 'amh' AND message_id IN (?, ?, ?, ?, ?)"
@@ -111,7 +113,9 @@ async def test_a_node_restored_from_a_backup_gets_back_what_was_delivered_to_it_
         assert not mark_path(csc.store).exists()
         (answered,) = await audit_events(amh, "redelivery.requested")
         assert answered["counterpart"] == "csc"
-        # With what came within the clock skew allowed before the backup: csc absorbs it.
+        # From the backup's last entry, less the clock skew allowed; so with what came within
+        # that skew before the backup, which csc absorbs.
+        assert answered["detail"]["since_ms"] == noted.last_entry_ms - MAX_CLOCK_SKEW_MS
         assert answered["detail"]["sent_again"] == [kept, *sent_again]
         assert answered["detail"]["lost"] == [too_old, purged]
         # Each message's own story, which WatchDeliveries follows, says it went back to the queue, and why.
