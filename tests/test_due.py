@@ -119,8 +119,17 @@ async def test_the_duty_view_lists_what_to_answer_by_when_and_what_others_owe(
             await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=367))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "at most 366" in (refused.value.details() or "")
+        school_due = node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=30)
+        every = (await cluster.api("school").ListDue(school_due)).items
+        with monkeypatch.context() as patched:
+            patched.setattr(due_view, "MOST", len(every))  # exactly a page: nothing more
+            listed = await cluster.api("school").ListDue(school_due)
+            assert listed.items == every and not listed.more
+            patched.setattr(due_view, "MOST", len(every) - 1)  # one past a page
+            listed = await cluster.api("school").ListDue(school_due)
+            assert listed.items == every[:-1] and listed.more
         monkeypatch.setattr(due_view, "READ_AT_MOST", 1)  # a look-up that stops at its bound says there is more
-        listed = await cluster.api("school").ListDue(node_api_pb2.DueRequest(actor=CSC_WORKER, within_days=30))
+        listed = await cluster.api("school").ListDue(school_due)
         assert len(listed.items) == 1 and listed.more
         who = ("--actor-id", "duty-1", "--actor-role", "Duty worker")
         school, police = (str(cluster.nodes[n].config.api_socket) for n in ("school", "police"))
@@ -350,7 +359,9 @@ async def test_the_duty_view_flags_a_received_summary_past_its_review_date_to_it
             return [(i.message_id, i.node_id, i.case_id, i.overdue, i.what) for i in listed.items if i.review_owed]
 
         assert await owed() == []
-        clock.advance(2 * DAY_MS)
+        _to_noon_in_london(clock, received.summary.review_date)
+        assert await owed() == []  # the review is due today: not yet passed
+        clock.advance(DAY_MS)
         csc_case = await _case_id(cluster, "csc")
         assert await owed() == [(received.message_id, "amh", csc_case, True, received.summary.headline)]
         code, out, err = await linkage(
