@@ -542,6 +542,7 @@ def test_deliveries_that_come_together_are_stored_together_each_failing_alone() 
         ]
         received = model.run(model.recipient_store.fetchall("SELECT message_id FROM inbox"))
         assert received == [(_message_id(first),)]
+        assert _received_count(model) == 1  # the repeat is not counted again
         audit = model.run(model.recipient_store.fetchall("SELECT seq, entry, hash FROM audit ORDER BY seq"))
         assert verify_chain([tuple(r) for r in audit]).ok
 
@@ -551,8 +552,53 @@ def test_deliveries_that_come_together_are_stored_together_each_failing_alone() 
         received = model.run(model.recipient_store.fetchall("SELECT message_id FROM inbox ORDER BY seq"))
         assert received == [(_message_id(m),) for m in (first, third, second)]
         assert len(model.recipient_wire.frames) == 2
+        assert _received_count(model) == 3
     finally:
         model.teardown()
+
+
+def _received_count(model: DeliveryModel) -> float | None:
+    return model.reception.metrics.registry.get_sample_value("linkage_node_messages_received_total")
+
+
+def test_a_message_for_another_node_or_with_an_id_not_in_the_federations_form_is_refused_unanswered() -> None:
+    """A negative receipt would tell the sender its message was refused: not for a message
+    routed here that names another recipient (its true recipient may yet have it), nor to a
+    message id or sender that are not in the federation's forms (no one to address)."""
+    model = DeliveryModel()
+    try:
+        model.share()
+        model.share()
+        model.pump()
+        misrouted, nameless = (
+            _with_routing(f.send, **change)
+            for f, change in zip(
+                model.sender_wire.frames, ({"recipient_node": "c"}, {"message_id": "m-1"}), strict=True
+            )
+        )
+        model.run(model.reception.on_envelopes([misrouted, nameless]))
+        assert model.recipient_wire.frames == []
+        refused = model.run(
+            model.recipient_store.fetchall("SELECT entry FROM audit WHERE event = 'message.rejected' ORDER BY seq")
+        )
+        details = [json.loads(entry)["detail"] for (entry,) in refused]
+        assert [(d["reason"], d.get("message_id_malformed", False)) for d in details] == [
+            ("wrong_recipient", False),
+            ("decrypt_failed", True),  # the header is the seal's associated data
+        ]
+    finally:
+        model.teardown()
+
+
+def _with_routing(envelope: envelope_pb2.Envelope, **change: str) -> envelope_pb2.Envelope:
+    """A copy of `envelope` whose routing header says otherwise."""
+    routing = envelope_pb2.RoutingHeader.FromString(envelope.routing)
+    for field, value in change.items():
+        setattr(routing, field, value)
+    changed = envelope_pb2.Envelope()
+    changed.CopyFrom(envelope)
+    changed.routing = routing.SerializeToString()
+    return changed
 
 
 def test_a_restored_sender_is_given_back_what_reached_the_recipient_and_sends_it_again_if_that_is_lost_too() -> None:
