@@ -622,10 +622,13 @@ async def test_after_a_case_closes_a_correction_still_reaches_who_had_the_summar
         today = planned_closure(PRACTITIONER, case_id)
         today.respond_by.CopyFrom(dates.today(clock.now_ms()))
         await amh.ProposeClosure(today)
+        close = node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:  # the agencies alerted have all of that day
+            await amh.CloseCase(close)
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"until {dates.iso(today.respond_by)}" in (raised.value.details() or "")
         clock.advance(DAY_MS)  # nobody answered by the day given
-        assert (
-            await amh.CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
-        ).state == "closed"
+        assert (await amh.CloseCase(close)).state == "closed"
 
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await share(cluster, assessment_id)
@@ -744,6 +747,7 @@ async def test_an_agency_involved_after_a_closure_was_proposed_is_alerted_before
         assert late.body.closure_intent.note == "Stable for three months."
         status = await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
         assert list(status.awaiting) == ["school"] and status.state == "proposed"
+        assert not status.objection_outstanding  # csc agreed
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await amh.CloseCase(close)
         assert "waiting for answers from school" in (raised.value.details() or "")
