@@ -239,6 +239,10 @@ async def test_a_page_token_that_is_not_this_cases_is_refused_with_what_to_do(fe
             (opened.case_id, first.next_page_token[:-4], "is not one this node gave"),
             (opened.case_id, _made_up_token(opened.case_id, "1e400"), "is not one this node gave"),  # infinite
             (opened.case_id, _made_up_token(opened.case_id, "1, 2, 3"), "is not one this node gave"),
+            *(  # not integers, or past SQLite's (a signed 64-bit number's)
+                (opened.case_id, _made_up_token(opened.case_id, place), "is not one this node gave")
+                for place in ("true", "1.5", '"12"', str(1 << 63), str(-(1 << 63) - 1))
+            ),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await api.Chronology(
@@ -246,6 +250,11 @@ async def test_a_page_token_that_is_not_this_cases_is_refused_with_what_to_do(fe
                 )
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert says in (refused.value.details() or "")
+        for place in (str((1 << 63) - 1), str(-(1 << 63))):  # the ends of that range are places
+            token = _made_up_token(opened.case_id, place)
+            await api.Chronology(
+                node_api_pb2.ChronologyRequest(actor=CSC_WORKER, case_id=opened.case_id, page_size=1, page_token=token)
+            )
 
 
 async def test_a_page_holds_at_most_ten_thousand_entries_and_the_command_reads_every_page(
@@ -404,7 +413,8 @@ async def test_an_entry_derived_as_its_summary_is_superseded_is_stored_supersede
         assert [e.state for e in await _chronology(cluster, opened.case_id)] == ["superseded"] * 2
 
 
-@pytest.mark.parametrize("size", [1, 127, 128, 300, 1_023, 1_024, 16_383, 16_384, 2_097_152])
+# About where protobuf's length takes another byte (128, 16,384, 2 MiB), and one whose last length byte is 0x7F.
+@pytest.mark.parametrize("size", [1, 127, 128, 300, 1_023, 1_024, 16_383, 16_384, 0x7F << 14, 2_097_152])
 def test_entries_are_framed_as_protobuf_frames_them(size: int) -> None:
     """The chronology is assembled from stored bytes, so its framing must be protobuf's own."""
     payload = bytes(size)
