@@ -1,7 +1,7 @@
 """A message being cancelled (its summary withdrawn before it was sent) is kept back from the
 moment the withdrawal's transaction asks, and sent after all if that transaction fails; one
 already on its way to the gateway cannot be kept back. The outbox and its store are real;
-the gateway is the test, as in test_outbox_holds.py."""
+the gateway is the test, as in test_outbox_answers.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import json
 from linkage.clock import ManualClock
 from linkage.v1 import gateway_pb2
 from node.outbox import Outbox
-from tests.test_outbox_holds import Gateway, answer, outbox, queue
+from tests.test_outbox_answers import Gateway, answer, outbox, queue
 
 __all__ = ["outbox"]  # the fixture
 
