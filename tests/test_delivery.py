@@ -228,7 +228,7 @@ async def test_undelivered_after_the_limit_is_reported_to_the_case_system(tmp_pa
     async with shared_while_csc_is_away(tmp_path) as (cluster, clock, shared):
         amh = cluster.nodes["amh"]
         api = cluster.api("amh")
-        watch = api.WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER))
+        watch = api.WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER), timeout=15)
         clock.advance(7 * 24 * HOUR)
         amh.outbox.wake.set()
         states = []

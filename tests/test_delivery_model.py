@@ -492,6 +492,27 @@ def test_answers_that_come_together_are_recorded_in_order_and_a_forged_receipt_a
         model.teardown()
 
 
+def test_a_receipt_that_comes_alone_is_told_to_whoever_follows_delivery_states() -> None:
+    """The gateway's acks and the recipient's receipts come at different times: each alone
+    moves on what WatchDeliveries and GetShareStatus's watchers wait for."""
+    model = DeliveryModel()
+    try:
+        ids = _two_received(model)
+        forwarded = [
+            gateway_pb2.SendAck(message_id=m, recipient_node="b", status=gateway_pb2.SEND_STATUS_FORWARDED) for m in ids
+        ]
+        version = model.outbox.version
+        model.run(model.outbox.on_answers(forwarded))
+        assert model.outbox.version > version
+        version = model.outbox.version
+        model.run(model.outbox.on_answers([model.recipient_wire.frames[0].receipt]))
+        assert model.outbox.version > version
+        states = dict(model.run(model.sender_store.fetchall("SELECT message_id, state FROM outbox")))
+        assert states == {ids[0]: "delivered", ids[1]: "sent"}
+    finally:
+        model.teardown()
+
+
 @pytest.mark.parametrize("status", [gateway_pb2.SEND_STATUS_UNSPECIFIED, 5, 99])
 def test_an_answer_whose_status_this_node_does_not_know_leaves_its_message_to_go_again(status: int) -> None:
     """A status a newer gateway may add (or a broken one send) neither refuses the message

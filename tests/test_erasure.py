@@ -57,7 +57,7 @@ async def withdraw(cluster: Cluster, summary_id: str, ground: str) -> node_api_p
         )
     )
     async for status in cluster.api("amh").WatchShareStatus(  # until every recipient has receipted it
-        node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=response.share_id)
+        node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=response.share_id), timeout=15
     ):
         last = status
     assert last.settled and {r.state for r in last.recipients} == {"delivered"}
@@ -514,7 +514,7 @@ async def test_a_version_still_waiting_to_be_sent_when_withdrawn_is_never_sent(t
         (cancelled,) = [r for r in status.recipients if r.state == "cancelled"]
         assert cancelled.reason == "not sent: the summary was withdrawn (WRONG_PERSON) before this left the node"
 
-        feed = cluster.api("amh").WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER))
+        feed = cluster.api("amh").WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER), timeout=15)
         async for event in feed:  # the case system's delivery feed says so too
             if event.status.state == "cancelled":
                 break

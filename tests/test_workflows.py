@@ -249,7 +249,7 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
         assert sorted(r.node_id for r in withdrawn.recipients) == ["csc", "school"]
         await next_item(cluster, "csc", env.MESSAGE_KIND_WITHDRAWAL, after_seq=correction.seq)
         status_stream = cluster.api("amh").WatchShareStatus(
-            node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=withdrawn.share_id)
+            node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=withdrawn.share_id), timeout=15
         )
         async for status in status_stream:
             last = status
@@ -1499,7 +1499,7 @@ async def test_chronology_entries_are_derived_once_batch_by_batch(
         assert await chronology_states(cluster) == [(env.MESSAGE_KIND_SUMMARY_SHARE, "current")] * 2
         await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
         await share(cluster, assessment_id, env.MESSAGE_KIND_CORRECTION)
-        stream = cluster.api("csc").WatchReceived(node_api_pb2.WatchReceivedRequest(actor=CSC_WORKER))
+        stream = cluster.api("csc").WatchReceived(node_api_pb2.WatchReceivedRequest(actor=CSC_WORKER), timeout=15)
         async for item in stream:  # the third item: both corrections have arrived
             if item.seq == 3:
                 break
