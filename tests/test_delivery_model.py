@@ -37,9 +37,10 @@ from linkage.config import DeliverySettings, PolicyFiles
 from linkage.directory import TrustedDirectory
 from linkage.ids import Ids
 from linkage.readonly import connect_read_only
+from linkage.reasons import Reason
 from linkage.store_notes import mark
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
-from linkage.v1 import envelope_pb2, gateway_pb2, node_api_pb2
+from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, node_api_pb2
 from node.cases import Cases
 from node.context import NodeContext
 from node.due import Due
@@ -55,7 +56,7 @@ from node.redelivery import Redelivery, ask_again_if_restored
 from node.resolver import Answers, Resolver
 from node.sharing import Sharing
 from node.store import Store
-from tests.crypto_fixtures import FED, NOW, make_keyring
+from tests.crypto_fixtures import FED, NOW, TOKENS, make_keyring, seal, synthetic_summary
 from tests.harness import PRACTITIONER
 
 T = TypeVar("T")
@@ -534,6 +535,80 @@ def test_an_answer_whose_status_this_node_does_not_know_leaves_its_message_to_go
         model.time_passes()
         model.pump()
         assert [_message_id(f.send) for f in model.sender_wire.frames] == [ids[1]]
+    finally:
+        model.teardown()
+
+
+async def test_a_case_system_watching_the_inbox_wakes_only_for_what_is_beyond_what_it_has() -> None:
+    """WatchReceived waits here between reads: woken for what it has, it would read and wait
+    again at once, as fast as the loop turns, for as long as the watch stays open."""
+    feed = InboxFeed()
+    await feed.published(3)
+    waiting = asyncio.create_task(feed.wait_beyond(3))
+    await feed.published(2)  # told late of an earlier item: nothing new
+    assert feed.last_seq == 3
+    await feed.published(3)
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await feed.published(4)
+    async with asyncio.timeout(5):
+        await waiting
+
+
+def test_a_message_erased_here_is_taken_again_only_as_the_same_kind_and_share() -> None:
+    """Erased, a message keeps only its row: what comes again under its id (its sender's
+    store put back, and the message sealed afresh) can be told the same only by its kind and
+    share. Another kind or share under the id is a conflict, refused, and not stored."""
+    model = DeliveryModel()
+    try:
+        message_id, _ = _two_received(model)
+
+        share = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
+
+        async def erase() -> str:
+            async with model.recipient_store.tx() as tx:
+                seq, kind, share_id = await tx.fetchone(
+                    "SELECT seq, kind, share_id FROM inbox WHERE message_id = ?", (message_id,)
+                )
+                await erase_rows(tx, [seq])
+            assert kind == share
+            return str(share_id)
+
+        share_id = model.run(erase())
+
+        def again(kind: envelope_pb2.MessageKind.ValueType, share_id: str) -> envelope_pb2.Envelope:
+            return seal(
+                keys=model.ring.keys["a"],
+                sender_node="a",
+                recipient_node="b",
+                recipient_key=model.ring.view.sealing_key("b", NOW),
+                suite=directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM,
+                message_id=message_id,
+                link_tokens=TOKENS,
+                kind=kind,
+                created_at_ms=NOW,
+                share_id=share_id,
+                summary=synthetic_summary(),
+            ).envelope
+
+        model.recipient_wire.frames.clear()
+        correction = envelope_pb2.MESSAGE_KIND_CORRECTION
+        for envelope in (again(share, share_id), again(share, "another share"), again(correction, share_id)):
+            model.run(model.reception.on_envelopes([envelope]))
+        receipts = [envelope_pb2.ReceiptBody.FromString(f.receipt.body) for f in model.recipient_wire.frames]
+        assert [(r.message_id, r.status, r.reason) for r in receipts] == [
+            (message_id, envelope_pb2.RECEIPT_STATUS_ACCEPTED, ""),
+            (message_id, envelope_pb2.RECEIPT_STATUS_REJECTED, Reason.CONFLICT.value),
+            (message_id, envelope_pb2.RECEIPT_STATUS_REJECTED, Reason.CONFLICT.value),
+        ]
+        held = model.run(model.recipient_store.fetchall("SELECT state FROM inbox WHERE message_id = ?", (message_id,)))
+        assert held == [("erased",)]
+        assert model.run(
+            model.recipient_store.fetchone(
+                "SELECT COUNT(*) FROM inbox_bodies WHERE seq = (SELECT seq FROM inbox WHERE message_id = ?)",
+                (message_id,),
+            )
+        ) == (0,)
     finally:
         model.teardown()
 
