@@ -9,6 +9,7 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from linkage import contentkeys
 from linkage.batchsign import sign_batch
@@ -73,6 +74,25 @@ def test_messages_to_one_key_share_a_sealed_key_and_each_opens_alone_in_any_orde
     assert _seal(ring, ContentKeys(), "a", "b", 9).envelope.sealed_key != sent[0].envelope.sealed_key
 
 
+def test_an_envelope_opens_as_envelope_proto_describes_it(ring: Keyring) -> None:
+    """Another implementation of the federation has only the contract: the content key, the
+    nonce and the associated data, each built here from its description in envelope.proto."""
+    keys = ContentKeys()
+    envelopes = [_seal(ring, keys, "a", "b", n).envelope for n in (1, 2)]
+    assert envelopes[0].sealed_key == envelopes[1].sealed_key  # one content key for both
+    recipient = ring.keys["b"]
+    for n, envelope in enumerate(envelopes, start=1):
+        info = b"linkage/v1/content-key\x00" + b"a" + b"\x00" + b"b" + b"\x00" + recipient.key_id.encode()
+        content_key = SUITE.decrypt(envelope.sealed_key, recipient.hpke, info=info)
+        nonce = bytes(4) + envelope.key_seq.to_bytes(8, "big")
+        plaintext = AESGCM(content_key).decrypt(
+            nonce, envelope.ciphertext, b"linkage/v1/envelope\x00" + envelope.routing
+        )
+        body = envelope_pb2.MessageBody.FromString(envelope_pb2.SignedMessage.FromString(plaintext).body)
+        assert body.summary.headline == f"synthetic {n}"
+    assert envelopes[1].key_seq == envelopes[0].key_seq + 1
+
+
 def test_a_content_key_is_replaced_when_spent_or_old(ring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(contentkeys, "KEY_MESSAGES", 2)
     keys = ContentKeys()
@@ -103,10 +123,12 @@ def test_a_recipient_opens_each_content_key_once_and_keeps_a_bounded_number() ->
         return opened.decrypt(suite, 1, 16, lambda: recipient, info, encrypted, b"aad")  # type: ignore[arg-type]
 
     a1, a2, c1, d1 = send("a"), send("a"), send("c"), send("d")
-    assert [receive(*m) for m in (a1, a2, a1, c1)] == [b"a", b"a", b"a", b"c"]
-    assert suite.opens == 2  # a's key once, c's once
-    receive(*d1)  # a third key: the least recently used (a's) is dropped
+    assert [receive(*m) for m in (a1, a2, c1, a1)] == [b"a", b"a", b"c", b"a"]
+    assert suite.opens == 2  # a's key once, c's once: both kept
+    receive(*d1)  # a third key: the least recently used (c's, though a's was opened first) is dropped
     receive(*a2)
+    assert suite.opens == 3
+    receive(*c1)
     assert suite.opens == 4
     # A message that does not open leaves no key behind, even when its sealed key is genuine.
     e1 = send("e")
