@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +54,40 @@ def test_every_item_of_a_batch_verifies_under_one_signature() -> None:
     assert [(s.proof.index, s.proof.size) for s in signatures if s.proof] == [(i, 5) for i in range(5)]
     for item, s in zip(ITEMS, signatures, strict=True):
         verify(PUBLIC, MESSAGE_LABEL, item, s.signature, s.proof)
+
+
+def _root_from(leaf: bytes, index: int, size: int, path: list[bytes]) -> bytes:
+    """The root an inclusion proof leads to, as RFC 9162 (section 2.1.3.2) verifies one."""
+    fn, sn, r = index, size - 1, leaf
+    for p in path:
+        assert sn > 0, "the proof is longer than the tree is deep"
+        if fn & 1 or fn == sn:
+            r = hashlib.sha256(b"\x01" + p + r).digest()
+            while not fn & 1 and fn:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = hashlib.sha256(b"\x01" + r + p).digest()
+        fn, sn = fn >> 1, sn >> 1
+    assert sn == 0, "the proof is shorter than the tree is deep"
+    return r
+
+
+@pytest.mark.parametrize("size", [2, 3, 5, 8])
+def test_a_batch_signature_is_the_bytes_envelope_proto_describes(size: int) -> None:
+    """Leaves SHA-256(0x00 || label || item), RFC 9162's tree, and one Ed25519 signature over
+    "linkage/v1/batch\\0" || label || uint32 size || root: built here from that text alone."""
+    items = ITEMS[:size] + [f"more {i}".encode() for i in range(size - len(ITEMS))]
+    for label, text in ((MESSAGE_LABEL, b"linkage/v1/message\x00"), (RECEIPT_LABEL, b"linkage/v1/receipt\x00")):
+        assert label == text
+        signatures = sign_batch(KEYS, label, items)
+        roots = set()
+        for index, (item, signature) in enumerate(zip(items, signatures, strict=True)):
+            assert signature.proof is not None and (signature.proof.index, signature.proof.size) == (index, size)
+            leaf = hashlib.sha256(b"\x00" + text + item).digest()
+            roots.add(_root_from(leaf, index, size, list(signature.proof.path)))
+        (root,) = roots
+        (signed,) = {s.signature for s in signatures}
+        KEYS.signing.public_key().verify(signed, b"linkage/v1/batch\x00" + text + size.to_bytes(4, "big") + root)
 
 
 def test_the_signature_over_a_batch_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
