@@ -44,3 +44,13 @@ def test_a_zero_rate_names_no_time_to_wait_and_a_full_token_is_no_wait() -> None
     assert not limits.allow("a")
     paced = RateLimits(rate_per_s=10, burst=2, clock=clock)
     assert paced.allow("b") and paced.retry_after_ms("b") == 0  # one token left, whole
+
+
+def test_tokens_come_at_the_rate_to_the_millisecond() -> None:
+    clock = ManualClock()
+    limits = RateLimits(rate_per_s=1000, burst=1000, clock=clock)
+    assert all(limits.allow("a") for _ in range(1000))
+    assert limits.retry_after_ms("a") == 1  # one each millisecond: the shortest wait a BUSY names
+    clock.advance(999)
+    assert all(limits.allow("a") for _ in range(999))
+    assert not limits.allow("a")
