@@ -1,14 +1,17 @@
 """What the gateway writes to a node's stream: frames waiting together go as one batch, and
-a lone "forwarded" answer waits briefly for company (the receipt that usually follows it)."""
+a lone "forwarded" answer waits briefly for company (the receipt that usually follows it).
+And who is connected: a node's answers and notices have room beyond its queue's limit, a
+newer stream replaces an older one, and the senders waiting for a node are told it is back."""
 
 from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
 from gateway import sessions
-from gateway.sessions import Session
+from gateway.sessions import Session, Sessions
 from linkage.v1 import envelope_pb2, gateway_pb2
 
 
@@ -77,3 +80,44 @@ async def test_a_lingering_answer_is_written_before_the_stream_ends() -> None:
     async with asyncio.timeout(10):
         assert kinds(await first) == ["send_ack"]
         assert [f async for f in written] == []
+
+
+async def test_a_frame_alone_goes_as_itself_not_as_a_batch_of_one() -> None:
+    session = Session("amh", limit=16)
+    assert session.push(receipt())
+    async with asyncio.timeout(10):
+        assert (await anext(session.frames())).WhichOneof("frame") == "receipt"
+
+
+def test_a_stream_closed_twice_tells_its_node_the_first_reason() -> None:
+    session = Session("amh", limit=16)
+    session.close((grpc.StatusCode.ABORTED, "replaced"))
+    session.close((grpc.StatusCode.UNAVAILABLE, "too far behind"))
+    assert session.ending and session.error == (grpc.StatusCode.ABORTED, "replaced")
+
+
+def test_a_nodes_answers_and_notices_have_room_beyond_a_queue_full_of_messages() -> None:
+    live = Sessions(queue_limit=2, answer_headroom=2)
+    amh = live.open("amh")
+    message = gateway_pb2.GatewayFrame(deliver=envelope_pb2.Envelope(routing=b"sealed elsewhere"))
+    assert amh.push(message) and amh.push(message)
+    assert not amh.push(message)  # other nodes' messages: no more than the limit
+    live.wait_for("csc", "amh")  # amh sent to csc while it was away
+    live.open("csc")
+    live.notify(amh, gateway_pb2.LinksChanged())
+    assert not amh.ending
+    live.notify(amh, gateway_pb2.LinksChanged())  # beyond the headroom: the stream ends, to be redialled
+    assert amh.ending and amh.error is not None and amh.error[0] == grpc.StatusCode.UNAVAILABLE
+    queued = [amh.queue.get_nowait() for _ in range(amh.queue.qsize())]
+    assert [f and f.WhichOneof("frame") for f in queued] == ["deliver", "deliver", "peer_online", "links_changed", None]
+
+
+def test_a_replaced_stream_ending_leaves_the_newer_one_live() -> None:
+    live = Sessions()
+    older = live.open("amh")
+    newer = live.open("amh")
+    assert older.ending and older.error is not None and older.error[0] == grpc.StatusCode.ABORTED
+    live.end(older)
+    assert live.get("amh") is newer
+    live.end(newer)
+    assert live.get("amh") is None
