@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
+import json
 import sqlite3
 from collections.abc import Awaitable
 from pathlib import Path
@@ -21,6 +22,7 @@ from linkage.ids import uuid7
 from linkage.keys import MessageKeys
 from linkage.merkle import consistency_proof, leaf_hash, root_of
 from linkage.pki import CertificateAuthority, spiffe_id
+from linkage.tokens import MAX_TOKENS_PER_MESSAGE
 from linkage.transport import TlsFiles, secure_channel
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.crypto_fixtures import seal
@@ -156,7 +158,7 @@ async def acks(
 
 
 async def test_an_envelope_the_gateway_will_never_route_is_refused_with_its_reason_and_the_stream_goes_on(
-    federation: LocalFederation,
+    federation: LocalFederation, captured_logs: io.StringIO
 ) -> None:
     """To an agency the directory does not hold, to its own sender, to a revoked agency, or
     not addressed as a message must be: each refused on the stream with the reason its
@@ -189,6 +191,7 @@ async def test_an_envelope_the_gateway_will_never_route_is_refused_with_its_reas
             (envelope("amh", message_id="not a message id"), "malformed"),
             (envelope("amh", tokens=()), "no_tokens"),
             (envelope("amh", tokens=(b"short",)), "no_tokens"),
+            (envelope("amh", tokens=(TOKEN,) * (MAX_TOKENS_PER_MESSAGE + 1)), "no_tokens"),
             (envelope("amh", kind=envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST), "malformed"),
         ]
         stream = gateway_stub(cluster, federation.node_configs["csc"].tls).Connect()
@@ -202,8 +205,13 @@ async def test_an_envelope_the_gateway_will_never_route_is_refused_with_its_reas
         outcomes = ("rejected", "forwarded", "recipient_offline", "busy")
         counted = [cluster.gateway.metrics.registry.get_sample_value(envelopes, {"outcome": o}) for o in outcomes]
         assert counted == [len(refusals), None, None, None]  # none handed on
-        await stream.write(gateway_pb2.NodeFrame(send=envelope("amh")))  # the stream still carries what routes
-        assert [a.status for a in await acks(stream, 1)] == [gateway_pb2.SEND_STATUS_FORWARDED]
+        logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+        warned = [(e["level"], e["outcome"]) for e in logged if e["event"] == "envelope.rejected"]
+        assert warned == [("warning", reason) for _, reason in refusals]  # for agency IT's alerts
+        # The stream still carries what routes, with as many tokens as a header may carry.
+        for tokens in ((TOKEN,), (TOKEN,) * MAX_TOKENS_PER_MESSAGE):
+            await stream.write(gateway_pb2.NodeFrame(send=envelope("amh", tokens=tokens)))
+        assert [a.status for a in await acks(stream, 2)] == [gateway_pb2.SEND_STATUS_FORWARDED] * 2
         await stream.done_writing()
 
 
