@@ -206,10 +206,21 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
         # Shared as a plain summary, a decrease still reaches every earlier recipient (domain.md §6 rule 10).
         plain = await share(cluster, recorded.assessment_id)
         assert sorted(r.node_id for r in plain.recipients) == ["csc", "school"]
+        # A later version that tells only of a rise goes to those linked to the family now.
+        increased = stories.parent_risk_change(parent, child)
+        increased.summary_id, increased.version = summary_id, 3
+        del increased.risk_items[1:]  # the other one is resolved
+        assert increased.risk_items[0].direction == "INCREASED"
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"), assessment=increased
+            )
+        )
+        assert [r.node_id for r in (await share(cluster, recorded.assessment_id)).recipients] == ["csc"]
 
         # Now historical: everything about the earlier period is context only.
         historical = stories.parent_risk_change(parent, child)
-        historical.summary_id, historical.version = summary_id, 3
+        historical.summary_id, historical.version = summary_id, 4
         historical.risk_items[0].currency = summary_pb2.CURRENCY_HISTORICAL
         historical.risk_items[0].period.to.CopyFrom(summary_pb2.Date(year=2026, month=11, day=20))
         historical.risk_items[0].historical_relevance = "CONTEXT_ONLY"
