@@ -71,6 +71,7 @@ class Wire:
         self.connected = asyncio.Event()
         self.connected.set()
         self.frames: list[gateway_pb2.NodeFrame] = []
+        self.linked = ["b"]  # the agencies the gateway says are linked to a family
 
     async def send(self, frame: gateway_pb2.NodeFrame) -> None:
         self.frames.append(frame)
@@ -83,7 +84,7 @@ class Wire:
         return Subscribed(added, added)
 
     async def resolve(self, tokens: list[bytes]) -> Answers:
-        return Answers({t: ["b"] for t in tokens}, pushed=False)
+        return Answers({t: list(self.linked) for t in tokens}, pushed=False)
 
     async def discover(self, tokens: Iterable[bytes]) -> dict[bytes, list[str]]:
         return {t: [] for t in tokens}  # no involvement notices in this model
@@ -535,6 +536,25 @@ def test_an_answer_whose_status_this_node_does_not_know_leaves_its_message_to_go
         model.time_passes()
         model.pump()
         assert [_message_id(f.send) for f in model.sender_wire.frames] == [ids[1]]
+    finally:
+        model.teardown()
+
+
+def test_a_gateway_naming_this_node_or_an_agency_its_directory_does_not_hold_is_not_shared_with() -> None:
+    """The gateway's directory may be newer than this node's (an agency enrolled since), or the
+    gateway wrong: a summary goes only to agencies this node's directory holds, never to itself."""
+    model = DeliveryModel()
+    try:
+        model.sender_wire.linked = ["a", "b", "enrolled-since"]
+        response = model.run(
+            model.sharing.share(
+                node_api_pb2.ShareSummaryRequest(
+                    actor=PRACTITIONER, assessment_id=model.assessment_id, decision=stories.override_decision()
+                )
+            )
+        )
+        assert [r.node_id for r in response.recipients] == ["b"]
+        model.accepted.add(response.share_id)  # which the model's teardown sees delivered
     finally:
         model.teardown()
 

@@ -324,6 +324,17 @@ async def test_preview_shows_who_gets_what_and_sends_nothing(federation: LocalFe
         assert (await store.fetchone("SELECT COUNT(*) FROM outbox"))[0] == 0
         assert (await store.fetchone("SELECT COUNT(*) FROM audit"))[0] == audit_before
 
+        # A basis that holds only in answer to another agency's request is flagged here as the
+        # share would flag it: a preview is of a share, not of an answer to a request.
+        decision = stories.override_decision()
+        decision.lawful_basis.art6.append("A6_1_EA_PUBLIC_TASK_REQUEST")
+        preview = await amh.PreviewShare(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONER, assessment_id=recorded.assessment_id, decision=decision
+            )
+        )
+        assert "public_task_request_unanswered" in {f.code for f in preview.findings}
+
 
 def test_enrolment_refuses_an_agency_type_not_in_the_code_list(tmp_path: Path) -> None:
     from linkage.federation import FederationError, enrol_node, init_federation
