@@ -236,8 +236,9 @@ def test_messages_outside_the_freshness_window_are_rejected(ring: Keyring, creat
         ring.view.nodes["a"].keys[0].not_before_ms = NOW - 86_400_000
 
 
-# Every node of a federation must draw the window alike: in figures, as the README and
-# docs/operations.md tell agency IT, not in the constants they would move with.
+# Every node of a federation must draw the window alike, so its edges are written here in
+# figures (five minutes, as the README tells agency IT; thirty days), not in the constants
+# that would move with them.
 FIVE_MINUTES, THIRTY_DAYS, SEVEN_DAYS = 5 * 60_000, 30 * 86_400_000, 7 * 86_400_000
 
 
