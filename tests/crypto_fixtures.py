@@ -62,6 +62,7 @@ class Keyring:
         message_id: str = "01a20105-405a-7c0b-bc94-8ec599dbf70a",
         kind: envelope_pb2.MessageKind.ValueType = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
         content: Callable[[envelope_pb2.MessageBody], None] | None = None,
+        share_id: str = "share-1",
     ) -> Outgoing:
         """A message from `sender` to `recipient`: a summary share, or whatever `content` writes."""
         carried: dict[str, Any] = {"content": content} if content else {"summary": summary or synthetic_summary()}
@@ -75,7 +76,7 @@ class Keyring:
             link_tokens=TOKENS,
             kind=kind,
             created_at_ms=created_at_ms,
-            share_id="share-1",
+            share_id=share_id,
             **carried,
         )
 

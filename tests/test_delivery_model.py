@@ -40,7 +40,7 @@ from linkage.readonly import connect_read_only
 from linkage.reasons import Reason
 from linkage.store_notes import mark
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
-from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, node_api_pb2
+from linkage.v1 import envelope_pb2, gateway_pb2, node_api_pb2
 from node.cases import Cases
 from node.context import NodeContext
 from node.due import Due
@@ -56,7 +56,7 @@ from node.redelivery import Redelivery, ask_again_if_restored
 from node.resolver import Answers, Resolver
 from node.sharing import Sharing
 from node.store import Store
-from tests.crypto_fixtures import FED, NOW, TOKENS, make_keyring, seal, synthetic_summary
+from tests.crypto_fixtures import FED, NOW, make_keyring
 from tests.harness import PRACTITIONER
 
 T = TypeVar("T")
@@ -582,7 +582,6 @@ def test_a_message_erased_here_is_taken_again_only_as_the_same_kind_and_share() 
     model = DeliveryModel()
     try:
         message_id, _ = _two_received(model)
-
         share = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
 
         async def erase() -> str:
@@ -597,19 +596,7 @@ def test_a_message_erased_here_is_taken_again_only_as_the_same_kind_and_share() 
         share_id = model.run(erase())
 
         def again(kind: envelope_pb2.MessageKind.ValueType, share_id: str) -> envelope_pb2.Envelope:
-            return seal(
-                keys=model.ring.keys["a"],
-                sender_node="a",
-                recipient_node="b",
-                recipient_key=model.ring.view.sealing_key("b", NOW),
-                suite=directory_pb2.HPKE_SUITE_X25519_SHA256_AES128GCM,
-                message_id=message_id,
-                link_tokens=TOKENS,
-                kind=kind,
-                created_at_ms=NOW,
-                share_id=share_id,
-                summary=synthetic_summary(),
-            ).envelope
+            return model.ring.seal("a", "b", message_id=message_id, kind=kind, share_id=share_id).envelope
 
         model.recipient_wire.frames.clear()
         correction = envelope_pb2.MESSAGE_KIND_CORRECTION
