@@ -16,6 +16,10 @@ from linkage.reasons import Reason, Rejected
 from linkage.v1 import envelope_pb2 as pb
 from linkage.v1 import summary_pb2, workflow_pb2
 
+# The message format this node writes, and the newest it reads. A later one may carry what
+# this node would drop unread (protobuf keeps quiet about fields it does not know), so it
+# is refused with a code of its own that tells both agencies' IT an upgrade is due.
+SCHEMA_VERSION = 1
 # The field of the body's `content` that each kind of message carries.
 CONTENT: dict[int, str] = {
     pb.MESSAGE_KIND_SUMMARY_SHARE: "summary",
@@ -58,7 +62,15 @@ def carried_summary(body: pb.MessageBody) -> summary_pb2.RiskSummary | None:
 
 def check_content(body: pb.MessageBody) -> None:
     """Raise Rejected(MALFORMED) unless `body` carries what its kind needs, in values this
-    node knows, and each date it gives is a day on the calendar."""
+    node knows, and each date it gives is a day on the calendar; UNSUPPORTED_SCHEMA if it
+    is written in a format newer than this node reads."""
+    if body.schema_version == 0:
+        raise Rejected(Reason.MALFORMED, "the message names no schema version")
+    if body.schema_version > SCHEMA_VERSION:
+        raise Rejected(
+            Reason.UNSUPPORTED_SCHEMA,
+            f"schema version {body.schema_version} is newer than the {SCHEMA_VERSION} this node reads: upgrade it",
+        )
     field = CONTENT.get(body.kind)
     if field is None:
         raise Rejected(Reason.MALFORMED, f"message kind {body.kind} is not one this node knows")

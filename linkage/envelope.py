@@ -25,14 +25,13 @@ from google.protobuf.message import DecodeError
 
 from linkage.batchsign import Signature
 from linkage.batchsign import verify as batch_verify
-from linkage.content import check_content
+from linkage.content import SCHEMA_VERSION, check_content
 from linkage.contentkeys import ContentKeys, Encrypted, OpenedKeys, PrivateKey, PublicKey, key_info
 from linkage.directory import DirectoryView
 from linkage.keys import MessageKeys
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
 
-SCHEMA_VERSION = 1
 MESSAGE_LABEL = b"linkage/v1/message\x00"
 RECEIPT_LABEL = b"linkage/v1/receipt\x00"
 INFO_LABEL = b"linkage/v1/envelope\x00"

@@ -16,6 +16,7 @@ class Reason(StrEnum):
     UNKNOWN_KEY = "unknown_key"
     KEY_NOT_VALID = "key_not_valid"
     UNSUPPORTED_SUITE = "unsupported_suite"
+    UNSUPPORTED_SCHEMA = "unsupported_schema"
     STALE = "stale"
     FUTURE = "future"
     EXPIRED = "expired"

@@ -216,6 +216,7 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
     async with amh_ahead(tmp_path) as (cluster, clock, ahead):
         amh = cluster.nodes["amh"]
         assessment_id = await family_assessment(cluster)
+        made_at = ahead.now_ms()
         shared = await share(cluster, assessment_id)
         (sent,) = shared.recipients
         deferred = "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'sent' AND reason LIKE ?"
@@ -226,6 +227,7 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
             )
         ).recipients
         assert status.state == "sent" and "ask agency IT at both ends to check their clocks" in status.reason
+        assert (status.sent_at_ms, status.delivered_at_ms) == (made_at, 0)
         (refused,) = await audit_events(cluster.nodes["csc"], "message.rejected")
         assert refused["message_id"] == sent.message_id
         assert refused["detail"]["reason"] == "future" and refused["detail"]["deferred"] is True
@@ -245,6 +247,8 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
             )
         ).recipients
         assert (status.state, status.reason) == ("delivered", "")
+        # Sent when first forwarded, by amh's clock however it moved since; taken by csc's.
+        assert (status.sent_at_ms, status.delivered_at_ms) == (made_at, clock.now_ms())
         assert not await audit_events(amh, "message.undeliverable")
 
 

@@ -460,6 +460,29 @@ def test_a_message_its_recipient_cannot_act_on_is_refused_as_malformed(
     assert raised.value.reason == Reason.MALFORMED and why in raised.value.detail
 
 
+@pytest.mark.parametrize(
+    ("version", "reason", "said"),
+    [
+        (0, Reason.MALFORMED, "the message names no schema version"),
+        (2, Reason.UNSUPPORTED_SCHEMA, "schema version 2 is newer than the 1 this node reads: upgrade it"),
+    ],
+)
+def test_a_message_in_a_format_this_node_does_not_read_is_refused(
+    ring: Keyring, version: int, reason: Reason, said: str
+) -> None:
+    """A newer format may carry what this node would drop unread, so it is refused with a
+    code that tells its sender an upgrade is due; a body naming none is not a message."""
+
+    def written_in(body: envelope_pb2.MessageBody) -> None:
+        body.summary.CopyFrom(synthetic_summary())
+        body.schema_version = version
+
+    out = ring.seal("a", "b", content=written_in)
+    with pytest.raises(Rejected) as raised:
+        open_envelope(out.envelope, me="b", keys=ring.keys["b"], directory=ring.view, now_ms=NOW)
+    assert (raised.value.reason, raised.value.detail) == (reason, said)
+
+
 def test_a_date_sent_empty_is_a_date_left_out(ring: Keyring) -> None:
     """Case systems that write every field send an empty Date where none was given: taken as
     left out, not refused as off the calendar."""
