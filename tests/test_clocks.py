@@ -237,6 +237,7 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
         await wait_count(
             amh, "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'delivered'", (again.message_id,), 1
         )
+        again_taken_at = clock.now_ms()
         for moving in (clock, ahead):  # time passes at both: the first goes again, its wait moved back
             moving.advance(6 * 60_000)  # with amh's clock, and is no longer ahead of csc's
         await amh.outbox.send_due()
@@ -250,6 +251,19 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
         # Sent when first forwarded, by amh's clock however it moved since; taken by csc's.
         assert (status.sent_at_ms, status.delivered_at_ms) == (made_at, clock.now_ms())
         assert not await audit_events(amh, "message.undeliverable")
+        # The case system following deliveries hears each taken when csc's clock says, and no
+        # other step (queued, sent, deferred) as a delivery.
+        heard = []
+        async for event in cluster.api("amh").WatchDeliveries(
+            node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER), timeout=15
+        ):
+            heard.append(event.status)
+            if (event.status.message_id, event.status.state) == (sent.message_id, "delivered"):
+                break
+        taken = {s.message_id: s.delivered_at_ms for s in heard if s.state == "delivered"}
+        assert taken == {again.message_id: again_taken_at, sent.message_id: clock.now_ms()}
+        assert "deferred" in {s.state for s in heard}
+        assert {s.delivered_at_ms for s in heard if s.state != "delivered"} == {0}
 
 
 async def test_a_deferral_is_in_the_senders_audit_log_once_and_its_watchers_hear_it(

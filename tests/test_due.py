@@ -313,8 +313,10 @@ async def test_a_message_not_delivered_after_some_hours_is_on_the_duty_view_unti
         async with asyncio.timeout(10):  # its watcher is told: the follow-up is part of the share's status
             told = await anext(stream)
         watch.cancel()
-        assert [r.follow_up for r in before.recipients if r.node_id == "school"] == [""]
-        assert [r.follow_up for r in told.recipients if r.node_id == "school"] == ["Phoned the DSL."]
+        (school,) = [r for r in before.recipients if r.node_id == "school"]
+        assert (school.state, school.sent_at_ms, school.follow_up, school.followed_up_at_ms) == ("queued", 0, "", 0)
+        (school,) = [r for r in told.recipients if r.node_id == "school"]
+        assert (school.follow_up, school.followed_up_at_ms) == ("Phoned the DSL.", clock.now_ms())
         assert await delayed() == []
         await cluster.start_node("school")  # and it is delivered all the same
         await wait_delivered(cluster.nodes["amh"], 4)

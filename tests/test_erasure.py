@@ -750,14 +750,18 @@ async def test_the_senders_own_record_stands_or_is_withdrawn_by_the_ground_it_wa
         for share_id, since in ((listed[2].share_ids[0], in_error.share_id), (listed[0].share_ids[0], "")):
             status = await api.GetShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=share_id))
             assert {r.node_id: r.withdrawn_by for r in status.recipients} == {"csc": since, "school": since}
+            assert (status.withdrawal_ground, status.erase) == ("", False)  # a share of a summary, not a withdrawal
         code, out, err = await linkage_cli(
             "share", "status", listed[2].share_ids[0], "--socket", str(cluster.nodes["amh"].config.api_socket),
             "--actor-id", "amh-1", "--actor-role", "Care coordinator",
         )  # fmt: skip
         assert out.count(f"    withdrawn from it since: linkage share status {in_error.share_id}\n") == 2, (out, err)
         # Retracted, then recalled as sent in error: the refusal names the retraction.
-        await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
+        kept = await withdraw(cluster, summary_id, "NOT_TO_BE_RELIED_ON")
         await withdraw(cluster, summary_id, "SHARED_IN_ERROR")
+        # A withdrawal's own status names no withdrawal after it: it withdrew no version of its own.
+        status = await api.GetShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=kept.share_id))
+        assert {r.node_id: r.withdrawn_by for r in status.recipients} == {"csc": "", "school": ""}
         await refused(third, f"summary {summary_id!r} was withdrawn since on NOT_TO_BE_RELIED_ON, which retracts it")
 
 

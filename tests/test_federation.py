@@ -149,6 +149,13 @@ async def test_policy_failure_sends_nothing_and_records_not_shared(federation: L
         assert shared.outcome == summary_pb2.DECISION_OUTCOME_NOT_SHARED
         assert {f.code for f in shared.findings} >= {"historical_needs_dates", "override_ground_missing"}
         assert not shared.recipients
+        # The decision not to share has a status of its own: recorded, nothing to follow.
+        status = await amh.GetShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id))
+        assert (status.outcome, list(status.recipients), status.settled) == (
+            summary_pb2.DECISION_OUTCOME_NOT_SHARED,
+            [],
+            True,
+        )
         store = cluster.nodes["amh"].store
         assert store is not None
         assert (await store.fetchone("SELECT COUNT(*) FROM outbox"))[0] == 0
