@@ -503,8 +503,9 @@ async def test_a_version_still_waiting_to_be_sent_when_withdrawn_is_never_sent(t
         )
         assert [f.code for f in withdrawn.findings] == ["breach_to_assess", "versions_cancelled"]
         school_name = amh.trust.current(amh.clock.now_ms()).nodes["school"].agency_name
-        assert f"1 message(s) of or about this summary were still waiting to be sent (to {school_name})" in (
-            withdrawn.findings[1].message
+        assert withdrawn.findings[1].message == (
+            f"1 message(s) of or about this summary were still waiting to be sent (to {school_name}) and are "
+            "cancelled: they will not be sent"
         )
         status = await cluster.api("amh").GetShareStatus(
             node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)

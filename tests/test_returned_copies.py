@@ -17,6 +17,7 @@ from node.messaging import Messenger
 from node.redelivery import Redelivery
 from node.returned_copies import COPIES_BYTES, Recovered, copies_for, recover
 from node.store import Store, Tx
+from node.withdrawals import summary_tokens
 from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, synthetic_summary
 
 ID = "01a20105-405a-7c0b-bc94-8ec599dbf7{:02x}"
@@ -312,6 +313,9 @@ async def test_a_copy_without_the_routing_header_its_body_names_is_put_back_but_
         entries = [json.loads(e) for (e,) in await store.fetchall("SELECT entry FROM audit ORDER BY seq")]
         assert [e["detail"]["sendable_again"] for e in entries[:2]] == [False, False]
         assert entries[2]["detail"]["not_sendable_again"] == done.unsealable
+        # With no envelope kept, a withdrawal of the summary is addressed by the people it names,
+        # as its share was: never by a protected identity's token.
+        assert await summary_tokens(store.fetchone, "s-1") == [bytes([3]) * 32]
 
         # Then b's store is put back in turn, and it asks for them: they cannot go again, and why is said.
         lost = workflow_pb2.RedeliveryRequest(restore_id="r-2", since_ms=NOW)
