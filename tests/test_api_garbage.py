@@ -309,6 +309,22 @@ async def test_a_refusal_that_quotes_hundreds_of_names_reaches_the_caller_cut_sh
     assert details.endswith(" more characters left out)") and len(details.encode()) < MAX_BYTES + 50
 
 
+@pytest.mark.parametrize("left_out", ["purpose", "what"])
+async def test_an_information_request_without_its_purpose_or_what_it_asks_is_refused(
+    federation: LocalFederation, left_out: str
+) -> None:
+    """An agency asked for information must be told both why and what: either alone is
+    refused before anything is sent, and so is one given only in spaces."""
+    async with running(federation, nodes=("csc",)) as cluster:
+        await open_case(cluster, "csc", stories.think_family_people())
+        request = s47_request(await _case_id(cluster, "csc"))
+        setattr(request, left_out, "  ")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await cluster.api("csc").RequestInformation(request)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "an information request needs its purpose and what is asked for, in plain words"
+
+
 async def test_a_practitioner_s_text_with_a_control_character_is_refused_saying_where(
     federation: LocalFederation,
 ) -> None:

@@ -967,26 +967,36 @@ async def test_a_public_task_request_basis_is_accepted_only_in_answer_to_a_reque
         assert "public_task_request_unanswered" in {f.code for f in unasked.findings}
         await cluster.api("csc").RequestInformation(s47_request(await _case_id(cluster, "csc"), "amh"))
         request = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
-        answered = await cluster.api("amh").RespondToInformationRequest(
-            node_api_pb2.InformationReplyRequest(
-                actor=PRACTITIONER,
-                request_message_id=request.message_id,
-                answer=workflow_pb2.INFORMATION_ANSWER_PROVIDED,
-                decision=decision,
-                assessment_id=assessment_id,
+        # Consent refused and no ground recorded: the answer is refused, saying why in the
+        # policy's own words (its errors), and the decision not to share is kept.
+        ungrounded = stories.override_decision()
+        ungrounded.ClearField("override_grounds")
+        findings = (
+            await cluster.api("amh").PreviewShare(
+                node_api_pb2.ShareSummaryRequest(actor=PRACTITIONER, assessment_id=assessment_id, decision=ungrounded)
             )
+        ).findings
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await provide(cluster, request.message_id, assessment_id, ungrounded)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        errors = "; ".join(f.message for f in findings if f.severity == "error")
+        assert refused.value.details() == (
+            f"the policy did not allow this answer ({errors}); the decision not to share was recorded"
         )
+        answered = await provide(cluster, request.message_id, assessment_id, decision)
         assert [r.node_id for r in answered.recipients] == ["csc"]
 
 
-async def provide(cluster: Cluster, request_message_id: str, assessment_id: str) -> None:
+async def provide(
+    cluster: Cluster, request_message_id: str, assessment_id: str, decision: summary_pb2.ShareDecision | None = None
+) -> node_api_pb2.MessageSent:
     """amh answers an information request with a summary of its assessment."""
-    await cluster.api("amh").RespondToInformationRequest(
+    return await cluster.api("amh").RespondToInformationRequest(
         node_api_pb2.InformationReplyRequest(
             actor=PRACTITIONER,
             request_message_id=request_message_id,
             answer=workflow_pb2.INFORMATION_ANSWER_PROVIDED,
-            decision=stories.override_decision(),
+            decision=decision or stories.override_decision(),
             assessment_id=assessment_id,
         )
     )
