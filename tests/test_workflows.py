@@ -983,6 +983,8 @@ async def test_a_public_task_request_basis_is_accepted_only_in_answer_to_a_reque
         assert refused.value.details() == (
             f"the policy did not allow this answer ({errors}); the decision not to share was recorded"
         )
+        kept = events(await audit_events(cluster.nodes["amh"]), "share.decision")[-1]
+        assert kept["decision"] == "DECISION_OUTCOME_NOT_SHARED" and "override_ground_missing" in str(kept)
         answered = await provide(cluster, request.message_id, assessment_id, decision)
         assert [r.node_id for r in answered.recipients] == ["csc"]
 
