@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from linkage import logs, stories
 from linkage.cli.inbox import CHRONOLOGY_PAGE, chronology_pages
+from linkage.content import SCHEMA_VERSION
 from linkage.demo import spawn
 from linkage.tokens import MAX_TOKENS_PER_CALL
 from linkage.transport import api_channel
@@ -181,7 +182,7 @@ def _signed_summaries(sender: str, recipient: str, parent: bytes, child: bytes) 
     """Received summaries as the inbox stores them (the verified signed body): one story, each
     with ids of its own. The story is built once (95 µs a summary when built for each)."""
     body = envelope_pb2.MessageBody(
-        schema_version=1,
+        schema_version=SCHEMA_VERSION,
         sender_node=sender,
         recipient_node=recipient,
         kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
