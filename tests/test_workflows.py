@@ -20,6 +20,7 @@ from linkage.v1 import gateway_pb2, gateway_pb2_grpc, node_api_pb2, summary_pb2,
 from node import dates
 from node.errors import ApiError
 from node.messaging import add_to_outbox
+from node.requests import check_ahead
 from node.store import Tx
 from tests.harness import (
     PRACTITIONER,
@@ -912,17 +913,25 @@ async def test_information_requests_are_followed_to_their_answers_and_overdue_on
         await cluster.api("csc").RequestInformation(ask)
         (sent,) = (await listed("csc")).sent
         assert sent.purpose == ask.purpose and sent.needed_by == ask.needed_by
-        assert [(a.node_id, a.answer, a.overdue) for a in sent.asked] == [("amh", 0, False), ("school", 0, False)]
+        assert [(a.node_id, a.answer, a.answered_at_ms, a.overdue) for a in sent.asked] == [
+            ("amh", 0, 0, False),
+            ("school", 0, 0, False),
+        ]
 
         at_amh = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
         (received,) = (await listed("amh")).received
-        assert (received.message_id, received.from_node, received.answer) == (at_amh.message_id, "csc", 0)
+        assert (received.message_id, received.from_node, received.answer, received.answered_at_ms) == (
+            at_amh.message_id,
+            "csc",
+            0,
+            0,
+        )
         assert received.what == ask.what and received.needed_by == ask.needed_by
         await decline(cluster, at_amh.message_id, "Nothing more is held.")
         declined = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE)
         (amh_asked, _) = (await listed("csc")).sent[0].asked
         assert amh_asked.answer == workflow_pb2.INFORMATION_ANSWER_DECLINED
-        assert amh_asked.answer_message_id == declined.message_id
+        assert (amh_asked.answer_message_id, amh_asked.answered_at_ms) == (declined.message_id, clock.now_ms())
         await provide(cluster, at_amh.message_id, assessment_id)  # on second thoughts
         provided = await next_item(cluster, "csc", env.MESSAGE_KIND_INFORMATION_RESPONSE, after_seq=declined.seq)
         (received,) = (await listed("amh")).received
@@ -930,7 +939,10 @@ async def test_information_requests_are_followed_to_their_answers_and_overdue_on
 
         await cluster.api("csc").RequestInformation(s47_request(await _case_id(cluster, "csc"), "amh"))  # no date
         undated = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST, after_seq=at_amh.seq)
-        clock.advance(2 * DAY_MS)  # past needed_by: the school, which has not answered, is late
+        clock.advance(DAY_MS)  # needed by today: not late yet
+        assert not (await listed("csc")).sent[1].asked[1].overdue
+        assert not (await listed("school")).received[0].overdue
+        clock.advance(DAY_MS)  # past needed_by: the school, which has not answered, is late
         undated_sent, dated_sent = (await listed("csc")).sent  # newest first
         assert not undated_sent.HasField("needed_by") and not undated_sent.asked[0].overdue  # never late
         undated_received = next(r for r in (await listed("amh")).received if r.message_id == undated.message_id)
@@ -987,6 +999,14 @@ async def test_a_public_task_request_basis_is_accepted_only_in_answer_to_a_reque
         assert kept["decision"] == "DECISION_OUTCOME_NOT_SHARED" and "override_ground_missing" in str(kept)
         answered = await provide(cluster, request.message_id, assessment_id, decision)
         assert [r.node_id for r in answered.recipients] == ["csc"]
+
+
+def test_a_reply_may_be_wanted_by_today_but_not_by_a_day_gone() -> None:
+    now = ManualClock().now_ms()
+    check_ahead("needed_by", dates.today(now), now)
+    with pytest.raises(ApiError) as passed:
+        check_ahead("needed_by", dates.add_days(dates.today(now), -1), now)
+    assert "has passed: give a date from today on, or leave it out" in passed.value.message
 
 
 async def provide(
