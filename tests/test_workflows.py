@@ -1012,7 +1012,8 @@ def test_a_reply_may_be_wanted_by_today_but_not_by_a_day_gone() -> None:
 async def provide(
     cluster: Cluster, request_message_id: str, assessment_id: str, decision: summary_pb2.ShareDecision | None = None
 ) -> node_api_pb2.MessageSent:
-    """amh answers an information request with a summary of its assessment."""
+    """amh answers an information request with a summary of its assessment, on `decision`
+    (unless given, the stories' override of refused consent)."""
     return await cluster.api("amh").RespondToInformationRequest(
         node_api_pb2.InformationReplyRequest(
             actor=PRACTITIONER,
