@@ -108,7 +108,9 @@ class MetaLog:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Entries not yet committed: waiting, or in a flush still under way (which moves them
+        out of the queue while it writes, and puts them back if the store refuses them)."""
+        return len(self._pending) + self._flushing_now
 
     async def flush(self) -> None:
         async with self._flushing:
