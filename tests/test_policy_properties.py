@@ -136,3 +136,26 @@ def test_decisions_send_only_what_each_recipients_agreement_allows(
     assert set(result.payloads) <= {"school", "police"}
     recorded = {r.node_id for r in result.decision.recipients}
     assert set(result.payloads) <= recorded
+
+
+def test_an_agreement_may_allow_one_field_inside_a_field_of_an_item() -> None:
+    summary = pb.RiskSummary(
+        summary_id="s",
+        risk_items=[
+            pb.RiskItem(
+                category=CATEGORIES[0],
+                narrative="kept from this recipient",
+                level=pb.RiskLevel(scale="PRACTITIONER_JUDGEMENT", value="LOW", rationale="kept back"),
+                period=pb.Period(approximate=True),
+            )
+        ],
+    )
+    summary.risk_items[0].period.to.year = 2026
+    summary.risk_items[0].period.to.month = 3
+    rule = RecipientRules(fields=frozenset({"risk_items.level.value", "risk_items.period.to"}), categories=None)
+    payload = payload_for(summary, rule, CONTEXT.codes, "ANY")
+    (item,) = payload.summary.risk_items
+    assert item == pb.RiskItem(
+        category=CATEGORIES[0], level=pb.RiskLevel(value="LOW"), period=pb.Period(to=pb.Date(year=2026, month=3))
+    )
+    assert payload.fields == ["risk_items.category", "risk_items.level.value", "risk_items.period.to"]
