@@ -1429,6 +1429,11 @@ async def test_read_notifications_and_justified_silent_reads(federation: LocalFe
         )
         silent = events(await audit_events(cluster.nodes["school"]), "message.silent_read")
         assert silent and str(silent[0]["rationale"]).startswith("Routine check")
+        assert silent[0]["detail"] == {"kind": "summary_share", "sender_told": False}
+        school_store = cluster.nodes["school"].store
+        assert school_store is not None
+        kinds = await school_store.fetchall("SELECT DISTINCT kind FROM outbox")
+        assert env.MESSAGE_KIND_READ_NOTIFICATION not in {k for (k,) in kinds}  # nothing queued to tell amh
         row = await store.fetchone("SELECT read_at_ms FROM outbox WHERE message_id = ?", (for_school.message_id,))
         assert row[0] is None
         assert events(await audit_events(cluster.nodes["amh"]), "message.read_by_recipient")
@@ -1444,7 +1449,20 @@ async def test_read_notifications_and_justified_silent_reads(federation: LocalFe
                 "SELECT recipient FROM outbox WHERE kind = ?", (env.MESSAGE_KIND_READ_NOTIFICATION,)
             )
             assert told == [("amh",)]
-            assert len(events(await audit_events(cluster.nodes[node]), "message.read")) == 3 - (node == "school")
+            reads = events(await audit_events(cluster.nodes[node]), "message.read")
+            assert len(reads) == 3 - (node == "school")
+            assert [e["detail"]["sender_told"] for e in reads].count(True) == 1  # the one that told, racing or not
+
+        # Reading is told for summaries only: opening csc's read notification tells csc nothing.
+        await cluster.api("amh").OpenReceived(
+            node_api_pb2.OpenReceivedRequest(actor=PRACTITIONER, message_id=read.message_id)
+        )
+        assert events(await audit_events(cluster.nodes["amh"]), "message.read")[-1]["detail"] == {
+            "kind": "read_notification",
+            "sender_told": False,
+        }
+        told = await store.fetchall("SELECT 1 FROM outbox WHERE kind = ?", (env.MESSAGE_KIND_READ_NOTIFICATION,))
+        assert told == []
 
 
 async def test_what_the_case_system_is_handed_from_the_inbox_is_audited(federation: LocalFederation) -> None:
