@@ -79,13 +79,18 @@ async def test_a_challenge_is_answered_escalated_and_followed_at_both_agencies(f
         assert at_amh.message_id == first_sent.message_id and at_amh.body.in_reply_to == shared.message_id
         assert at_amh.body.challenge.stage == "PRACTITIONER" and at_amh.body.challenge.respond_by == tomorrow
 
-        clock.advance(2 * DAY_MS)  # past respond_by: late at both ends
+        clock.advance(DAY_MS)  # respond_by is today: not yet late
+        assert not (await listed(cluster, "csc")).raised[0].overdue
+        assert not (await listed(cluster, "amh")).received[0].overdue
+        clock.advance(DAY_MS)  # past respond_by: late at both ends
         (raised,) = (await listed(cluster, "csc")).raised
         assert (raised.node_id, raised.answer, raised.overdue, raised.delivery) == ("amh", 0, True, "delivered")
+        assert raised.answered_at_ms == 0
         assert raised.about_message_id == shared.message_id and raised.subject == "RISK_ASSESSMENT"
         (received,) = (await listed(cluster, "amh")).received
         assert (received.message_id, received.node_id, received.overdue) == (at_amh.message_id, "csc", True)
         assert received.concern == raised.concern and received.outcome_sought == raised.outcome_sought
+        assert received.answered_at_ms == 0
 
         await respond(cluster, at_amh.message_id, MAINTAINED, "Seen twice this week; HIGH holds until the review.")
         answer = await next_item(cluster, "csc", env.MESSAGE_KIND_CHALLENGE_RESPONSE)
@@ -98,6 +103,7 @@ async def test_a_challenge_is_answered_escalated_and_followed_at_both_agencies(f
         )
         (received,) = (await listed(cluster, "amh")).received
         assert (received.answer, received.response) == (MAINTAINED, raised.response)
+        assert raised.answered_at_ms == received.answered_at_ms == clock.now_ms()  # answered, and heard, now
 
         # Not resolved: csc raises it again, between line managers, naming the first.
         (second_sent,) = (
