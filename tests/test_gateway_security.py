@@ -232,6 +232,7 @@ async def test_bad_requests_get_invalid_argument(federation: LocalFederation) ->
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await amh.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=tokens))
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "too many link tokens (1001 > 1000)" in (raised.value.details() or "")
         for listing, said in (
             (gateway_pb2.ListSubscriptionsRequest(node_id="amh", limit=1001), "limit is at most 1000"),
             (gateway_pb2.ListSubscriptionsRequest(node_id="amh", limit=5, after_token=b"short"), "32-byte"),
@@ -239,6 +240,11 @@ async def test_bad_requests_get_invalid_argument(federation: LocalFederation) ->
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await amh.ListSubscriptions(listing)
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and said in (raised.value.details() or "")
+        # As many as a call may carry go, and a page may be as long.
+        most = [n.to_bytes(32, "big") for n in range(1, 1001)]
+        assert (await amh.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=most))).added == 1000
+        page = await amh.ListSubscriptions(gateway_pb2.ListSubscriptionsRequest(node_id="amh", limit=1000))
+        assert list(page.link_tokens) == most
 
 
 async def test_a_node_lists_its_own_subscriptions_a_page_at_a_time(federation: LocalFederation) -> None:
