@@ -201,6 +201,7 @@ async def test_an_envelope_the_gateway_will_never_route_is_refused_with_its_reas
             routing = envelope_pb2.RoutingHeader.FromString(sent.routing)
             assert (ack.message_id, ack.recipient_node) == (routing.message_id, routing.recipient_node)
             assert (ack.status, ack.reason) == (gateway_pb2.SEND_STATUS_REJECTED, reason)
+            assert (ack.busy_scope, ack.retry_after_ms) == (gateway_pb2.BUSY_SCOPE_UNSPECIFIED, 0)  # never to retry
         envelopes = "linkage_gateway_envelopes_total"
         outcomes = ("rejected", "forwarded", "recipient_offline", "busy")
         counted = [cluster.gateway.metrics.registry.get_sample_value(envelopes, {"outcome": o}) for o in outcomes]
@@ -215,7 +216,70 @@ async def test_an_envelope_the_gateway_will_never_route_is_refused_with_its_reas
         await stream.done_writing()
 
 
-async def test_resolving_a_family_needs_a_subscription_to_it(federation: LocalFederation) -> None:
+async def test_a_revoked_agency_is_neither_a_recipient_nor_named_as_linked(federation: LocalFederation) -> None:
+    """Its subscriptions outlast its revocation at the gateway; they route and tell nothing."""
+    async with running(federation, nodes=()) as cluster:
+        stubs = {n: gateway_stub(cluster, federation.node_configs[n].tls) for n in ("amh", "csc", "school")}
+        for node_id, stub in stubs.items():
+            await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id=node_id, link_tokens=[TOKEN]))
+
+        async def linked() -> tuple[list[str], list[str], list[str]]:
+            asked = gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=[TOKEN])
+            resolved = await stubs["amh"].ResolveRecipients(asked)
+            discovered = await stubs["amh"].DiscoverInvolvement(
+                gateway_pb2.DiscoverInvolvementRequest(node_id="amh", link_tokens=[TOKEN])
+            )
+            (by_token,) = resolved.by_token
+            (involved,) = discovered.involvement
+            return list(resolved.node_ids), list(by_token.node_ids), list(involved.node_ids)
+
+        assert await linked() == (["csc", "school"],) * 3
+        await revoke(cluster, "school")
+        assert await linked() == (["csc"],) * 3
+
+
+async def test_a_look_up_on_the_stream_is_answered_on_it_refusals_included(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
+    """An answer says whether the gateway will push what changes it (so the node may keep it);
+    a refusal says why, keeps nothing, and the stream goes on."""
+    async with running(federation, nodes=()) as cluster:
+        for node_id in ("amh", "csc"):
+            stub = gateway_stub(cluster, federation.node_configs[node_id].tls)
+            await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id=node_id, link_tokens=[TOKEN]))
+        stream = gateway_stub(cluster, federation.node_configs["amh"].tls).Connect()
+        asked = [
+            gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=[TOKEN], request_id=1),
+            gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=[bytes([4]) * 32], request_id=2),
+            gateway_pb2.ResolveRecipientsRequest(node_id="csc", link_tokens=[TOKEN], request_id=3),
+        ]
+        for request in asked:
+            await stream.write(gateway_pb2.NodeFrame(resolve=request))
+        answers: list[gateway_pb2.ResolveRecipientsResponse] = []
+        async with asyncio.timeout(10):
+            while len(answers) < len(asked):
+                frame = await stream.read()
+                assert isinstance(frame, gateway_pb2.GatewayFrame)
+                frames = frame.batch.frames if frame.HasField("batch") else [frame]
+                answers += [f.resolved for f in frames if f.HasField("resolved")]
+        await stream.done_writing()
+        denied = grpc.StatusCode.PERMISSION_DENIED.value[0]
+        assert [(a.request_id, list(a.node_ids), a.code, a.changes_pushed) for a in answers] == [
+            (1, ["csc"], 0, True),
+            (2, [], denied, False),
+            (3, [], denied, False),
+        ]
+        assert "subscribe to every link token" in answers[1].message
+        assert answers[2].message == "authenticated as 'amh' but the request names 'csc'"
+        logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+        refused = [(e["level"], e["node"]) for e in logged if e["event"] == "resolve.refused"]
+        assert refused == [("warning", "amh")] * 2
+        assert not [e for e in logged if e["event"] == "resolve.busy"]  # every answer found room
+
+
+async def test_resolving_a_family_needs_a_subscription_to_it(
+    federation: LocalFederation, captured_logs: io.StringIO
+) -> None:
     async with running(federation, nodes=("amh", "csc")) as cluster:
         await open_case(cluster, "csc", stories.think_family_people())
         amh = gateway_stub(cluster, federation.node_configs["amh"].tls)
@@ -223,9 +287,12 @@ async def test_resolving_a_family_needs_a_subscription_to_it(federation: LocalFe
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await amh.ResolveRecipients(gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=subscribed))
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+        refused = [(e["level"], e["node"], e["outcome"]) for e in logged if e["event"] == "resolve.refused"]
+        assert refused == [("warning", "amh", "PERMISSION_DENIED")]  # a node fishing for who else is linked
 
 
-async def test_bad_requests_get_invalid_argument(federation: LocalFederation) -> None:
+async def test_bad_requests_get_invalid_argument(federation: LocalFederation, captured_logs: io.StringIO) -> None:
     async with running(federation, nodes=()) as cluster:
         amh = gateway_stub(cluster, federation.node_configs["amh"].tls)
         for tokens in ([], [b"short"], [TOKEN] * 1001):
@@ -245,6 +312,13 @@ async def test_bad_requests_get_invalid_argument(federation: LocalFederation) ->
         assert (await amh.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=most))).added == 1000
         page = await amh.ListSubscriptions(gateway_pb2.ListSubscriptionsRequest(node_id="amh", limit=1000))
         assert list(page.link_tokens) == most
+        logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+        refused = [(e["event"], e["level"], e["outcome"]) for e in logged if e["event"].endswith("refused")]
+        assert (
+            refused
+            == [("subscribe.refused", "warning", "INVALID_ARGUMENT")] * 3
+            + [("subscriptions.list_refused", "warning", "INVALID_ARGUMENT")] * 2
+        )  # for agency IT's alerts: a node of theirs asking what is never answered
 
 
 async def test_a_node_lists_its_own_subscriptions_a_page_at_a_time(federation: LocalFederation) -> None:
