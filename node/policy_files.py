@@ -11,7 +11,8 @@ from linkage.config import PolicyFiles
 from node.policy import Agreement, Glossary, PolicyContext
 
 
-def _document(path: Path | None, packaged: str) -> dict[str, object]:
+def document(path: Path | None, packaged: str) -> dict[str, object]:
+    """The federation's own file at `path`, or the packaged one named `packaged`."""
     text = path.read_text() if path else resources.files("linkage.data").joinpath(packaged).read_text()
     return tomllib.loads(text)
 
@@ -19,6 +20,6 @@ def _document(path: Path | None, packaged: str) -> dict[str, object]:
 def load_policy(files: PolicyFiles) -> PolicyContext:
     return PolicyContext(
         codes=CodeLists.load(files.codelists_extra),
-        agreement=Agreement.from_document(_document(files.agreement, "dsa.toml")),
-        glossary=Glossary.from_document(_document(files.glossary, "glossary.toml")),
+        agreement=Agreement.from_document(document(files.agreement, "dsa.toml")),
+        glossary=Glossary.from_document(document(files.glossary, "glossary.toml")),
     )

@@ -9,6 +9,7 @@ import json
 import sqlite3
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any, Literal
 
 import grpc
 import pytest
@@ -143,18 +144,30 @@ async def test_node_cannot_subscribe_resolve_or_send_as_another(federation: Loca
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def acks(
-    stream: grpc.aio.StreamStreamCall[gateway_pb2.NodeFrame, gateway_pb2.GatewayFrame], count: int
-) -> list[gateway_pb2.SendAck]:
-    """The next `count` acknowledgements on a node's stream, alone or in batches."""
-    found: list[gateway_pb2.SendAck] = []
+Stream = grpc.aio.StreamStreamCall[gateway_pb2.NodeFrame, gateway_pb2.GatewayFrame]
+
+
+async def _next_frames(
+    stream: Stream, count: int, which: Literal["send_ack", "resolved"]
+) -> list[gateway_pb2.GatewayFrame]:
+    """The next `count` frames of one kind on a node's stream, alone or in batches."""
+    found: list[gateway_pb2.GatewayFrame] = []
     async with asyncio.timeout(10):
         while len(found) < count:
             frame = await stream.read()
             assert isinstance(frame, gateway_pb2.GatewayFrame)
             frames = frame.batch.frames if frame.HasField("batch") else [frame]
-            found += [f.send_ack for f in frames if f.HasField("send_ack")]
+            found += [f for f in frames if f.HasField(which)]
     return found
+
+
+async def acks(stream: Stream, count: int) -> list[gateway_pb2.SendAck]:
+    return [f.send_ack for f in await _next_frames(stream, count, "send_ack")]
+
+
+def logged(captured: io.StringIO) -> list[dict[str, Any]]:
+    """What the gateway logged, line by line, as operators get it."""
+    return [json.loads(line) for line in captured.getvalue().splitlines()]
 
 
 async def test_an_envelope_the_gateway_will_never_route_is_refused_with_its_reason_and_the_stream_goes_on(
@@ -206,8 +219,8 @@ async def test_an_envelope_the_gateway_will_never_route_is_refused_with_its_reas
         outcomes = ("rejected", "forwarded", "recipient_offline", "busy")
         counted = [cluster.gateway.metrics.registry.get_sample_value(envelopes, {"outcome": o}) for o in outcomes]
         assert counted == [len(refusals), None, None, None]  # none handed on
-        logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
-        warned = [(e["level"], e["outcome"]) for e in logged if e["event"] == "envelope.rejected"]
+        entries = logged(captured_logs)
+        warned = [(e["level"], e["outcome"]) for e in entries if e["event"] == "envelope.rejected"]
         assert warned == [("warning", reason) for _, reason in refusals]  # for agency IT's alerts
         # The stream still carries what routes, with as many tokens as a header may carry.
         for tokens in ((TOKEN,), (TOKEN,) * MAX_TOKENS_PER_MESSAGE):
@@ -255,13 +268,7 @@ async def test_a_look_up_on_the_stream_is_answered_on_it_refusals_included(
         ]
         for request in asked:
             await stream.write(gateway_pb2.NodeFrame(resolve=request))
-        answers: list[gateway_pb2.ResolveRecipientsResponse] = []
-        async with asyncio.timeout(10):
-            while len(answers) < len(asked):
-                frame = await stream.read()
-                assert isinstance(frame, gateway_pb2.GatewayFrame)
-                frames = frame.batch.frames if frame.HasField("batch") else [frame]
-                answers += [f.resolved for f in frames if f.HasField("resolved")]
+        answers = [f.resolved for f in await _next_frames(stream, len(asked), "resolved")]
         await stream.done_writing()
         denied = grpc.StatusCode.PERMISSION_DENIED.value[0]
         assert [(a.request_id, list(a.node_ids), a.code, a.changes_pushed) for a in answers] == [
@@ -271,10 +278,10 @@ async def test_a_look_up_on_the_stream_is_answered_on_it_refusals_included(
         ]
         assert "subscribe to every link token" in answers[1].message
         assert answers[2].message == "authenticated as 'amh' but the request names 'csc'"
-        logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
-        refused = [(e["level"], e["node"]) for e in logged if e["event"] == "resolve.refused"]
+        entries = logged(captured_logs)
+        refused = [(e["level"], e["node"]) for e in entries if e["event"] == "resolve.refused"]
         assert refused == [("warning", "amh")] * 2
-        assert not [e for e in logged if e["event"] == "resolve.busy"]  # every answer found room
+        assert not [e for e in entries if e["event"] == "resolve.busy"]  # every answer found room
 
 
 async def test_resolving_a_family_needs_a_subscription_to_it(
@@ -287,8 +294,8 @@ async def test_resolving_a_family_needs_a_subscription_to_it(
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await amh.ResolveRecipients(gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=subscribed))
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
-        refused = [(e["level"], e["node"], e["outcome"]) for e in logged if e["event"] == "resolve.refused"]
+        entries = logged(captured_logs)
+        refused = [(e["level"], e["node"], e["outcome"]) for e in entries if e["event"] == "resolve.refused"]
         assert refused == [("warning", "amh", "PERMISSION_DENIED")]  # a node fishing for who else is linked
 
 
@@ -312,8 +319,8 @@ async def test_bad_requests_get_invalid_argument(federation: LocalFederation, ca
         assert (await amh.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=most))).added == 1000
         page = await amh.ListSubscriptions(gateway_pb2.ListSubscriptionsRequest(node_id="amh", limit=1000))
         assert list(page.link_tokens) == most
-        logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
-        refused = [(e["event"], e["level"], e["outcome"]) for e in logged if e["event"].endswith("refused")]
+        entries = logged(captured_logs)
+        refused = [(e["event"], e["level"], e["outcome"]) for e in entries if e["event"].endswith("refused")]
         assert (
             refused
             == [("subscribe.refused", "warning", "INVALID_ARGUMENT")] * 3

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from collections.abc import Callable
-from importlib import resources
 
 import pytest
 from google.protobuf.message import Message
@@ -19,6 +17,7 @@ from linkage.v1 import summary_pb2 as pb
 from node import dates
 from node.policy import Agreement
 from node.policy.rules import MAX_ITEMS, date_problems, review_rules
+from node.policy_files import document
 from tests.policy_fixtures import CHILD, CONTEXT, CSC, PARENT, SCHOOL, codes, request, run
 
 Mutation = Callable[[pb.RiskSummary, pb.ShareDecision], None]
@@ -345,9 +344,9 @@ def test_missing_approval_defers_rather_than_refuses() -> None:
 
 
 def test_an_agreement_silent_on_approval_asks_none_when_consent_is_absent() -> None:
-    document = tomllib.loads(resources.files("linkage.data").joinpath("dsa.toml").read_text())
-    del document["approval"]
-    context = dataclasses.replace(CONTEXT, agreement=Agreement.from_document(document))
+    packaged = document(None, "dsa.toml")
+    del packaged["approval"]
+    context = dataclasses.replace(CONTEXT, agreement=Agreement.from_document(packaged))
     decision = stories.override_decision()
     decision.ClearField("approved_by")
     result = run(request(decision=decision), context)
