@@ -27,6 +27,8 @@ def _summary(summary_id: str) -> summary_pb2.RiskSummary:
     summary = synthetic_summary(summary_id=summary_id)
     summary.people.add(link_token=bytes([3]) * 32, role_in_risk="PARENT")
     summary.people.add(link_token=bytes([4]) * 32, role_in_risk="CHILD", protect_identity=True)
+    summary.decision.recipients.add(node_id="c", data_categories=["EDUCATION"])
+    summary.decision.recipients.add(node_id="b", data_categories=["HEALTH", "MENTAL_HEALTH"])
     return summary
 
 
@@ -96,7 +98,12 @@ async def test_only_a_copy_this_node_signed_to_the_agency_returning_it_is_put_ba
                 (NOW, envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST),
             )
             unasked = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
-            assert (unasked.recovered, [r["reason"] for r in unasked.refused]) == ([], ["unasked"])
+            assert (unasked.recovered, unasked.held, unasked.replies, unasked.refused) == (
+                [],
+                0,
+                0,  # no answers applied: none can be looked for without the request
+                [{"reason": "unasked", "detail": "it answers no redelivery request this node sent there"}],
+            )
             await tx.execute("UPDATE outbox SET recipient = 'b' WHERE message_id = 'q-1'")
             done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
         assert done.recovered == [ID.format(1)] and done.held == 1 and not done.unsealable
@@ -130,6 +137,9 @@ async def test_only_a_copy_this_node_signed_to_the_agency_returning_it_is_put_ba
             for event, counterpart in await store.fetchall("SELECT event, counterpart FROM audit ORDER BY seq")
         ]
         assert events == [("redelivery.returned", "b"), ("message.recovered", "b"), ("redelivery.returned", "b")]
+        (entry,) = await store.fetchall("SELECT entry FROM audit WHERE event = 'message.recovered'")
+        # The share register reads what went to b, not what the decision sent c.
+        assert json.loads(entry[0])["detail"]["data_categories"] == ["HEALTH", "MENTAL_HEALTH"]
     finally:
         await store.close()
 
