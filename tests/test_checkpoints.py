@@ -130,8 +130,10 @@ async def test_a_lodge_that_failed_is_tried_again_when_the_period_ends_not_at_ev
     try:
         await _append(store, LODGE_EVERY_ENTRIES)
         await asyncio.wait_for(witness.lodged.wait(), 5)
+        await _until(lambda: store.wake_at == checkpoints.NEVER)
         for _ in range(5):
             await _append(store, 1)
+            assert not store.appended.is_set()  # not even woken
             for _ in range(20):  # turns enough for a try, had the commit woken it
                 await asyncio.sleep(0)
         assert witness.asked == 1
@@ -181,3 +183,76 @@ async def test_a_receipt_checkpoint_follows_the_log_after_the_wall_clock_is_set_
     clock.advance(-HOUR_MS)
     await _append(store, 1)
     assert audit_pb2.Checkpoint.FromString(checkpointer.for_receipt().checkpoint).tree_size == 2
+
+
+async def test_one_receipt_checkpoint_serves_for_a_tenth_of_a_second_while_the_log_grows(store: Store) -> None:
+    """Under load one signature serves many receipts: a receipt's checkpoint is signed again
+    only once the log has grown and the last is 100 ms old, or the wall clock was set back
+    (by however little). `latest()` is the log as it stands, even within the millisecond."""
+    clock = ManualClock()
+    checkpointer = _checkpointer(store, Witness(), clock)
+    await _append(store, 1)
+    first = checkpointer.for_receipt()
+    await _append(store, 1)
+    assert checkpointer.for_receipt() is first  # in the same millisecond
+    clock.advance(checkpoints.RECEIPT_CHECKPOINT_MAX_AGE_MS - 1)
+    assert checkpointer.for_receipt() is first
+    clock.advance(1)
+    second = checkpointer.for_receipt()
+    assert audit_pb2.Checkpoint.FromString(second.checkpoint).tree_size == 2
+    clock.advance(-1)
+    await _append(store, 1)
+    third = checkpointer.for_receipt()
+    assert audit_pb2.Checkpoint.FromString(third.checkpoint).tree_size == 3
+    clock.advance(HOUR_MS)
+    assert checkpointer.for_receipt() is third  # however old, while the log has not grown
+    await _append(store, 1)
+    assert audit_pb2.Checkpoint.FromString(checkpointer.latest().checkpoint).tree_size == 4
+
+
+async def test_a_lodge_with_nothing_new_succeeds_without_a_call_to_the_witness(store: Store) -> None:
+    witness = Witness()
+    checkpointer = _checkpointer(store, witness, SystemClock())
+    await _append(store, 2)
+    assert await checkpointer.lodge() is True
+    assert await checkpointer.lodge() is True  # a failure here would put off the next try a period
+    assert witness.sizes == [2]
+
+
+class LosingWitness(Witness):
+    """A witness that holds what it was lodged, and whose answer to the lodges numbered in
+    `lost` (from 1) never reaches the node: the call fails as the connection drops."""
+
+    def __init__(self, lost: set[int]) -> None:
+        super().__init__()
+        self.lost, self.latest = lost, audit_pb2.SignedCheckpoint()
+
+    async def witnessed(self) -> gateway_pb2.WitnessedCheckpoints:
+        answer = gateway_pb2.WitnessedCheckpoints()
+        if self.latest.checkpoint:
+            answer.latest.CopyFrom(self.latest)
+        return answer
+
+    async def lodge_checkpoint(
+        self, signed: audit_pb2.SignedCheckpoint, from_size: int, proof: list[bytes]
+    ) -> gateway_pb2.LodgeCheckpointResponse:
+        answer = await super().lodge_checkpoint(signed, from_size, proof)
+        self.latest = signed
+        if len(self.sizes) in self.lost:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone")
+        return answer
+
+
+async def test_a_lodge_whose_answer_was_lost_is_proved_again_from_what_the_witness_holds(store: Store) -> None:
+    """A witness that cannot be reached is not asked again at once (the next try is at the
+    period's end); then the node asks what it holds, and a log no longer than that is not
+    behind it: this node's own checkpoint, lodged, with nothing appended since."""
+    witness = LosingWitness(lost={2})
+    checkpointer = _checkpointer(store, witness, SystemClock())
+    await _append(store, 2)
+    assert await checkpointer.lodge()
+    await _append(store, 1)
+    assert not await checkpointer.lodge()
+    assert witness.sizes == [2, 3]
+    assert await checkpointer.lodge()  # proved from 3 entries to the same 3
+    assert witness.sizes == [2, 3, 3] and checkpointer.lodged_size == 3
