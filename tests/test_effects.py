@@ -3,6 +3,7 @@ order it arrived: a message sent again after a failure can arrive after a newer 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import cast
 
@@ -27,7 +28,7 @@ NOT_A_RESTORE = Redelivery(DAY_MS, cast(Messenger, None))
 Content = workflow_pb2.ClosureResponse | workflow_pb2.InvolvementNotice | workflow_pb2.InformationResponse
 
 
-def _received(kind: pb.MessageKind.ValueType, made_at: int, fill: Content) -> Opened:
+def _received(kind: pb.MessageKind.ValueType, made_at: int, fill: Content, sender: str = "csc") -> Opened:
     # Ids and times ascend together, and the body carries the time its header does (opening checks).
     body = pb.MessageBody(kind=kind, message_id=f"m-{made_at}", created_at_ms=made_at)
     if isinstance(fill, workflow_pb2.ClosureResponse):
@@ -36,7 +37,7 @@ def _received(kind: pb.MessageKind.ValueType, made_at: int, fill: Content) -> Op
         body.information_response.CopyFrom(fill)
     else:
         body.involvement.CopyFrom(fill)
-    routing = pb.RoutingHeader(sender_node="csc", created_at_ms=made_at, message_id=body.message_id)
+    routing = pb.RoutingHeader(sender_node=sender, created_at_ms=made_at, message_id=body.message_id)
     return Opened(routing=routing, body=body, signed=pb.SignedMessage(), digest=b"")
 
 
@@ -72,6 +73,18 @@ async def test_the_newest_closure_answer_and_information_answer_hold_whatever_th
                 await apply_effects(tx, n + 1, closure_answers[n], NOT_A_RESTORE)
         row = await store.fetchone("SELECT answer, reason, at_ms FROM closure_invitees WHERE closure_id = 'x'")
         assert tuple(row) == (workflow_pb2.CLOSURE_ANSWER_OBJECT, "Attendance has dropped.", 2_000)
+        uninvited = workflow_pb2.ClosureResponse(closure_id="x", answer=workflow_pb2.CLOSURE_ANSWER_AGREE)
+        async with store.tx() as tx:  # from an agency this node never alerted to the closure
+            await apply_effects(
+                tx, 9, _received(pb.MESSAGE_KIND_CLOSURE_RESPONSE, 3_000, uninvited, "police"), NOT_A_RESTORE
+            )
+        heard = await store.fetchall("SELECT entry FROM audit WHERE event = 'closure.reply_received' ORDER BY seq")
+        # The IG officer reads which answers were from agencies alerted, and which now hold.
+        assert [(d["invited"], d["newest"]) for d in (json.loads(e)["detail"] for (e,) in heard)] == [
+            (True, True),
+            (True, arrival == (0, 1)),  # the older answer, arriving second, does not hold
+            (False, False),
+        ]
 
         notices = [
             _received(
