@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 from gateway.db import GatewayDb
 from linkage import logs
 from linkage.clock import SystemClock
-from tests.harness import LocalFederation, make_federation
+from tests.harness import CapturedLogs, LocalFederation, make_federation
 
 
 @pytest.fixture
@@ -18,9 +17,9 @@ def federation(tmp_path: Path) -> LocalFederation:
 
 
 @pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
+def captured_logs() -> Iterator[CapturedLogs]:
     """Every log line (JSON, info and up) from here to the test's end, as operators get them."""
-    captured = io.StringIO()
+    captured = CapturedLogs()
     logs.configure("info", stream=captured)
     yield captured
     logs.configure("info")

@@ -260,7 +260,16 @@ def drop_audit_guards(db: sqlite3.Connection) -> None:
     db.execute("DROP TRIGGER audit_append_only_delete")
 
 
-class LogWatch(io.StringIO):
+class CapturedLogs(io.StringIO):
+    """A log stream a test reads back (the `captured_logs` fixture's: JSON, info and up)."""
+
+    def records(self, *events: str) -> list[dict[str, Any]]:
+        """Each line logged so far, parsed, in order; only those of `events`, if any are named."""
+        parsed = [json.loads(line) for line in self.getvalue().splitlines()]
+        return [r for r in parsed if r["event"] in events] if events else parsed
+
+
+class LogWatch(CapturedLogs):
     """A log stream that sets `seen` at the first line holding `text`, and keeps that line."""
 
     def __init__(self, text: str) -> None:

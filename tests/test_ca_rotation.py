@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import io
-import json
 import ssl
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from linkage.v1 import directory_pb2
 from node.server import NodeServer
 from tests.file_crashes import Crash, crash_at
 from tests.harness import (
+    CapturedLogs,
     Cluster,
     LocalFederation,
     LogWatch,
@@ -244,7 +243,7 @@ def test_a_ca_rotation_cut_short_at_any_point_is_finished_by_running_it_again(tm
     assert step > 4
 
 
-def test_a_ca_is_trusted_only_when_a_trusted_ca_certified_it(tmp_path: Path, captured_logs: io.StringIO) -> None:
+def test_a_ca_is_trusted_only_when_a_trusted_ca_certified_it(tmp_path: Path, captured_logs: CapturedLogs) -> None:
     """The key that signs the directory decides a great deal (pins, keys, the CAs to trust);
     on its own it cannot make members trust a CA: a new one must come certified by a CA the
     member trusts already."""
@@ -268,24 +267,24 @@ def test_a_ca_is_trusted_only_when_a_trusted_ca_certified_it(tmp_path: Path, cap
     assert new_roots(files, offering(first, rogue.cert)) is None  # not certified at all
     assert new_roots(files, offering(first, rogue.cert, crosses=(successor.cross_certify(rogue),))) is None
     assert new_roots(files, offering(rogue.cert, crosses=(trusted.cross_certify(successor),))) is None
-    refused = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "tls.roots_refused" in line]
+    refused = captured_logs.records("tls.roots_refused")
     assert len(refused) == 3 and {r["fingerprint"] for r in refused} == {rogue.cert.fingerprint(hashes.SHA256()).hex()}
     vouched = offering(first, successor.cert, crosses=(trusted.cross_certify(successor),))
     assert new_roots(files, vouched) == [first, successor.cert]
     assert new_roots(files, offering(successor.cert)) is None  # dropping the CA in use too: not vouched for
     garbled = directory_pb2.Directory(tls_roots=[b"not a certificate"])
     assert new_roots(files, garbled) is None
-    refused = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "tls.roots_refused" in line]
+    refused = captured_logs.records("tls.roots_refused")
     assert refused[-1]["problem"] == "the directory's CAs are not certificates"
 
 
-def test_cas_that_cannot_be_saved_are_said_and_those_in_use_kept(tmp_path: Path, captured_logs: io.StringIO) -> None:
+def test_cas_that_cannot_be_saved_are_said_and_those_in_use_kept(tmp_path: Path, captured_logs: CapturedLogs) -> None:
     federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
     files = federation.node_configs["amh"].tls
     blocked = TlsFiles(cert=files.cert, key=files.key, ca=tmp_path / "ca-folder")
     blocked.ca.mkdir()  # where the CA file should be: nothing can replace it
     write_roots(blocked, federation.fed.roots())
-    (said,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "tls.roots_not_saved" in line]
+    (said,) = captured_logs.records("tls.roots_not_saved")
     assert said["file"] == str(blocked.ca) and said["level"] == "error"
     assert blocked.ca.is_dir()
     assert "tls.roots_changed" not in captured_logs.getvalue()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import itertools
 import json
 import os
@@ -16,7 +15,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -29,7 +27,7 @@ from linkage.transport import MAX_MESSAGE_BYTES
 from linkage.v1 import node_api_pb2
 from node.chronology import _STATES, AHEAD, DERIVED, MAX_PAGE, Chronologies, Row, _field, _framed
 from node.store.schema import MIGRATIONS
-from tests.harness import Cluster, LocalFederation, linkage, make_federation, running
+from tests.harness import CapturedLogs, Cluster, LocalFederation, linkage, make_federation, running
 from tests.test_workflows import CSC_WORKER
 
 
@@ -295,12 +293,8 @@ async def _held_while_stopped(cluster: Cluster, count: int) -> Path:
     return store_path
 
 
-def _events(captured: io.StringIO, name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in captured.getvalue().splitlines() if f'"{name}"' in line]
-
-
 async def test_a_node_derives_the_entries_of_what_it_holds_as_it_starts(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """Summaries received before the node last stopped (or whose entries a migration left to
     derive again) have their entries derived as it starts, not on a practitioner's first call."""
@@ -310,11 +304,11 @@ async def test_a_node_derives_the_entries_of_what_it_holds_as_it_starts(
         await node.chronology.derive_all()  # waits for that one (they take turns), then finds nothing new
         with closing(sqlite3.connect(store_path)) as db:
             assert db.execute("SELECT count(*) FROM chronology WHERE item >= 0").fetchone() == (1200,)
-    assert [(d["items"], d["cause"]) for d in _events(captured_logs, "chronology.derived")] == [(600, "start")]
+    assert [(d["items"], d["cause"]) for d in captured_logs.records("chronology.derived")] == [(600, "start")]
 
 
 async def test_a_call_derives_its_familys_summaries_without_waiting_for_the_nodes(
-    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
 ) -> None:
     """A chronology call derives what its family's people have that the node-wide pass has not
     reached, and answers while the pass is still at every other family's (as after an upgrade
@@ -349,14 +343,14 @@ async def test_a_call_derives_its_familys_summaries_without_waiting_for_the_node
             markers = dict(db.execute("SELECT item, count(*) FROM chronology WHERE item < 0 GROUP BY item"))
             assert db.execute("SELECT count(*) FROM chronology WHERE item >= 0").fetchone() == (1206,)
     assert markers == {DERIVED: 600, AHEAD: 3}
-    assert [(d["items"], d["cause"]) for d in _events(captured_logs, "chronology.derived")] == [
+    assert [(d["items"], d["cause"]) for d in captured_logs.records("chronology.derived")] == [
         (3, "family"),
         (600, "start"),
     ]
 
 
 async def test_a_derivation_that_fails_as_the_node_starts_is_logged_and_the_node_serves_and_stops(
-    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
 ) -> None:
     async with running(federation, nodes=("csc",)) as cluster:
         await _held_while_stopped(cluster, 1)
@@ -368,7 +362,7 @@ async def test_a_derivation_that_fails_as_the_node_starts_is_logged_and_the_node
         node = await cluster.start_node("csc")
         with pytest.raises(ValueError):  # after the one started with the node (they take turns), as a call meets it
             await node.chronology.derive_all()
-    (failed,) = _events(captured_logs, "chronology.derive_failed")
+    (failed,) = captured_logs.records("chronology.derive_failed")
     assert failed["error"] == "ValueError"
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from linkage.keys import public_pem, raw_public
 from linkage.reasons import Reason, Rejected
 from linkage.v1 import directory_pb2
 from tests.crypto_fixtures import FED, NOW, make_keyring
+from tests.harness import CapturedLogs
 
 
 def _signed(
@@ -166,13 +165,13 @@ def test_handovers_that_do_not_lead_from_the_trusted_key_move_nothing(
 
 
 def test_a_key_handed_over_to_that_cannot_be_saved_is_trusted_until_a_restart_and_said_loudly(
-    key: ed25519.Ed25519PrivateKey, tmp_path: Path, captured_logs: io.StringIO
+    key: ed25519.Ed25519PrivateKey, tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     new = ed25519.Ed25519PrivateKey.generate()
     trust = TrustedDirectory(FED, key.public_key(), anchor=tmp_path / "gone" / "directory.pub")
     trust.accept(_handing_over(new, 2, sign_handover(FED, key, raw_public(new), NOW)), NOW)
     assert trust.version == 2
-    (unsaved,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "key_not_saved" in line]
+    (unsaved,) = captured_logs.records("directory.key_not_saved")
     assert unsaved["level"] == "error" and unsaved["error"] == "No such file or directory"
 
 

@@ -3,8 +3,6 @@ post-quantum suite each agency's entry is about 3.3 KB, so 80 agencies outgrow 2
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from linkage.clock import SystemClock
 from linkage.federation import publish_directory
 from linkage.transport import MAX_MESSAGE_BYTES
 from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.harness import LocalFederation, make_federation, running
+from tests.harness import CapturedLogs, LocalFederation, make_federation, running
 
 AGENCIES_MORE = 80
 
@@ -49,7 +47,7 @@ async def test_a_post_quantum_directory_larger_than_a_frame_reaches_the_nodes(tm
 
 
 async def test_a_node_that_cannot_fetch_the_directory_says_so(
-    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
 ) -> None:
     """The periodic check keeps the held directory when a fetch fails, and logs the status,
     so a directory nodes cannot take is seen days before it expires, not when it does."""
@@ -59,12 +57,12 @@ async def test_a_node_that_cannot_fetch_the_directory_says_so(
         monkeypatch.setattr("node.link.DIRECTORY_MAX_BYTES", 100)  # smaller than any signed directory
         await cluster.nodes["amh"].check_directory()
         assert cluster.nodes["amh"].trust.version == 1
-    (failed,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "directory.fetch_failed" in line]
+    (failed,) = captured_logs.records("directory.fetch_failed")
     assert failed["status"] == "RESOURCE_EXHAUSTED"
 
 
 async def test_a_gateway_that_finds_its_directory_file_unreadable_or_half_copied_keeps_the_one_it_holds(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """A directory file read while an operator's copy is under way was cut short: reading it
     raised DecodeError, which ended the gateway's watch of its files for good (no directory,
@@ -89,7 +87,7 @@ async def test_a_gateway_that_finds_its_directory_file_unreadable_or_half_copied
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a change, on any clock tick
         await gateway.check_directory()
         assert gateway.trust.version == published.version == 2
-    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    lines = captured_logs.records()
     (unreadable,) = [line for line in lines if line["event"] == "directory.unreadable"]
     assert unreadable["error"] == "IsADirectoryError"
     (refused,) = [line for line in lines if line["event"] == "directory.refused"]
@@ -97,7 +95,7 @@ async def test_a_gateway_that_finds_its_directory_file_unreadable_or_half_copied
 
 
 async def test_a_node_holding_the_gateways_directory_is_sent_nothing(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """Every node asks every few minutes; the directory seldom changes, and with the
     post-quantum suite it is 3.3 KB an agency. Asked with the version held, the gateway

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
-import json
 import sqlite3
 
 import pytest
 
 from linkage import duties, logs
 from node import retention
+from tests.harness import CapturedLogs
 
 log = logs.get("test.duties")
 
@@ -23,7 +22,7 @@ def _readonly() -> sqlite3.OperationalError:
 
 
 async def test_a_duty_that_fails_is_said_and_begun_again_until_it_ends_of_itself(
-    captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    captured_logs: CapturedLogs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store refusing writes is said without a traceback (the store says why itself); any
     other failure, a defect, with one; the duty is begun again after each (its back-off
@@ -41,7 +40,7 @@ async def test_a_duty_that_fails_is_said_and_begun_again_until_it_ends_of_itself
 
     await duties.supervised(log, duty)
     assert begun == 3
-    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    lines = captured_logs.records()
     failed = [line for line in lines if line["event"] == "duty.failed"]
     assert [(f["attempt"], f.get("error"), "exception" in f) for f in failed] == [
         (0, "SQLITE_READONLY", False),

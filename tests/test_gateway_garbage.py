@@ -30,7 +30,7 @@ from linkage.transport import MAX_MESSAGE_BYTES, TlsFiles, api_channel
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, node_api_pb2
 from node import link
 from tests.api_garbler import Garbler
-from tests.harness import PRACTITIONER, LocalFederation, audit_events, running
+from tests.harness import PRACTITIONER, CapturedLogs, LocalFederation, audit_events, running
 from tests.test_api_garbage import (
     GATEWAY,
     NODE_API,
@@ -168,7 +168,7 @@ class HostileGateway:
 
 
 async def test_a_gateway_that_is_not_what_it_should_be_leaves_a_node_whole_and_answering(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     async with running(federation) as cluster:
         await _every_workflow_under_way(cluster)
@@ -194,7 +194,7 @@ async def test_a_gateway_that_is_not_what_it_should_be_leaves_a_node_whole_and_a
         recipients = {r for (r,) in await amh.store.fetchall("SELECT recipient FROM outbox")}
         assert all(is_node_id(r) and r != "amh" for r in recipients), recipients
         await _shares_and_delivers(cluster)
-    logged = [e for e in map(json.loads, captured_logs.getvalue().splitlines()) if not _the_stand_in_s_own(e)]
+    logged = [e for e in captured_logs.records() if not _the_stand_in_s_own(e)]
     # No error but what the node says of the gateway: asyncio's and gRPC's among them (python.log),
     # such as a failure nobody retrieved; and nothing the gateway sent, at length.
     errors = [e for e in logged if e["level"] in ("error", "critical") and e["event"] not in SAID_OF_THE_GATEWAY]
@@ -208,7 +208,7 @@ def _the_stand_in_s_own(entry: dict[str, Any]) -> bool:
 
 
 async def test_a_gateway_that_names_what_could_be_no_agency_as_linked_is_not_believed(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """Asked who else is linked to a family, a gateway that is not what it should be names
     this node itself, ids no agency could have (a path, 5,000 characters, a NUL, capitals)
@@ -248,12 +248,12 @@ async def test_a_gateway_that_names_what_could_be_no_agency_as_linked_is_not_bel
             recipients = {r for (r,) in await amh.store.fetchall("SELECT recipient FROM outbox")}
     assert [r.node_id for r in shared.recipients] == ["csc"] and recipients == {"csc"}
     assert {a.node_id for a in involved.agencies} == {"csc"}
-    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    said = captured_logs.records()
     assert {e["left_out"] for e in said if e["event"] == "gateway.answer_malformed"} == {6}
 
 
 async def test_a_witness_that_says_it_holds_a_longer_log_than_this_node_signed_is_not_believed(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """A node whose witness holds a longer log than its own was put back from a copy, and asks
     the other agencies for what it lost; only its own signature can say so. Asked what it holds,
@@ -284,7 +284,7 @@ async def test_a_witness_that_says_it_holds_a_longer_log_than_this_node_signed_i
             "SELECT message_id FROM outbox WHERE kind = ?", (envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST,)
         )
     assert not found and not asked  # not taken for a store put back, and nobody asked for anything
-    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    said = captured_logs.records()
     refused = [e["problem"] for e in said if e["event"] == "checkpoint.witness_answer_refused"]
     assert set(refused) == {"a longer log than this one, unknown_key", "not a checkpoint"}, refused
     assert not [e for e in said if e["event"] in ("checkpoint.behind_witness", "restore.ask_failed")]
@@ -301,7 +301,7 @@ PAGE = [i.to_bytes(2, "big") + bytes(30) for i in range(1_000)]
     ],
 )
 async def test_a_gateway_that_lists_the_same_page_for_ever_does_not_keep_a_node_listing(
-    federation: LocalFederation, captured_logs: io.StringIO, listed: list[bytes], ended: list[bytes], calls: int
+    federation: LocalFederation, captured_logs: CapturedLogs, listed: list[bytes], ended: list[bytes], calls: int
 ) -> None:
     """A node told that the gateway holds more of its subscriptions than it knows of lists
     them, a page at a time, to end those it does not know (a store put back). A gateway that
@@ -318,7 +318,7 @@ async def test_a_gateway_that_lists_the_same_page_for_ever_does_not_keep_a_node_
         removed = await audit_events(amh, "subscription.removed")
     assert sorted(t for entry in removed for t in entry["tokens"]) == [t.hex() for t in ended]
     assert hostile.calls["ListSubscriptions"] == calls
-    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    said = captured_logs.records()
     problems = [e["problem"] for e in said if e["event"] == "gateway.answer_malformed"]
     assert problems == ["pages out of order"], problems
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
-import json
 import sqlite3
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import grpc
 import pytest
@@ -27,7 +26,16 @@ from linkage.tokens import MAX_TOKENS_PER_MESSAGE
 from linkage.transport import TlsFiles, secure_channel
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.crypto_fixtures import seal
-from tests.harness import FEDERATION_ID, PRACTITIONER, Cluster, LocalFederation, revoke, running, wait_delivered
+from tests.harness import (
+    FEDERATION_ID,
+    PRACTITIONER,
+    CapturedLogs,
+    Cluster,
+    LocalFederation,
+    revoke,
+    running,
+    wait_delivered,
+)
 from tests.test_federation import open_case, share_think_family, summaries
 
 TOKEN = bytes([3]) * 32
@@ -165,13 +173,8 @@ async def acks(stream: Stream, count: int) -> list[gateway_pb2.SendAck]:
     return [f.send_ack for f in await _next_frames(stream, count, "send_ack")]
 
 
-def logged(captured: io.StringIO) -> list[dict[str, Any]]:
-    """What the gateway logged, line by line, as operators get it."""
-    return [json.loads(line) for line in captured.getvalue().splitlines()]
-
-
 async def test_an_envelope_the_gateway_will_never_route_is_refused_with_its_reason_and_the_stream_goes_on(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """To an agency the directory does not hold, to its own sender, to a revoked agency, or
     not addressed as a message must be: each refused on the stream with the reason its
@@ -219,7 +222,7 @@ async def test_an_envelope_the_gateway_will_never_route_is_refused_with_its_reas
         outcomes = ("rejected", "forwarded", "recipient_offline", "busy")
         counted = [cluster.gateway.metrics.registry.get_sample_value(envelopes, {"outcome": o}) for o in outcomes]
         assert counted == [len(refusals), None, None, None]  # none handed on
-        entries = logged(captured_logs)
+        entries = captured_logs.records()
         warned = [(e["level"], e["outcome"]) for e in entries if e["event"] == "envelope.rejected"]
         assert warned == [("warning", reason) for _, reason in refusals]  # for agency IT's alerts
         # The stream still carries what routes, with as many tokens as a header may carry.
@@ -252,7 +255,7 @@ async def test_a_revoked_agency_is_neither_a_recipient_nor_named_as_linked(feder
 
 
 async def test_a_look_up_on_the_stream_is_answered_on_it_refusals_included(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """An answer says whether the gateway will push what changes it (so the node may keep it);
     a refusal says why, keeps nothing, and the stream goes on."""
@@ -278,14 +281,14 @@ async def test_a_look_up_on_the_stream_is_answered_on_it_refusals_included(
         ]
         assert "subscribe to every link token" in answers[1].message
         assert answers[2].message == "authenticated as 'amh' but the request names 'csc'"
-        entries = logged(captured_logs)
+        entries = captured_logs.records()
         refused = [(e["level"], e["node"]) for e in entries if e["event"] == "resolve.refused"]
         assert refused == [("warning", "amh")] * 2
         assert not [e for e in entries if e["event"] == "resolve.busy"]  # every answer found room
 
 
 async def test_resolving_a_family_needs_a_subscription_to_it(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     async with running(federation, nodes=("amh", "csc")) as cluster:
         await open_case(cluster, "csc", stories.think_family_people())
@@ -294,12 +297,12 @@ async def test_resolving_a_family_needs_a_subscription_to_it(
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await amh.ResolveRecipients(gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=subscribed))
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        entries = logged(captured_logs)
+        entries = captured_logs.records()
         refused = [(e["level"], e["node"], e["outcome"]) for e in entries if e["event"] == "resolve.refused"]
         assert refused == [("warning", "amh", "PERMISSION_DENIED")]  # a node fishing for who else is linked
 
 
-async def test_bad_requests_get_invalid_argument(federation: LocalFederation, captured_logs: io.StringIO) -> None:
+async def test_bad_requests_get_invalid_argument(federation: LocalFederation, captured_logs: CapturedLogs) -> None:
     async with running(federation, nodes=()) as cluster:
         amh = gateway_stub(cluster, federation.node_configs["amh"].tls)
         for tokens in ([], [b"short"], [TOKEN] * 1001):
@@ -319,7 +322,7 @@ async def test_bad_requests_get_invalid_argument(federation: LocalFederation, ca
         assert (await amh.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=most))).added == 1000
         page = await amh.ListSubscriptions(gateway_pb2.ListSubscriptionsRequest(node_id="amh", limit=1000))
         assert list(page.link_tokens) == most
-        entries = logged(captured_logs)
+        entries = captured_logs.records()
         refused = [(e["event"], e["level"], e["outcome"]) for e in entries if e["event"].endswith("refused")]
         assert (
             refused

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import random
 import sqlite3
@@ -38,7 +37,7 @@ from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grp
 from node.link import GatewayRefused
 from node.store import Store
 from tests.crypto_fixtures import NOW, make_keyring
-from tests.harness import LocalFederation, make_federation, running, settle, wait_delivered
+from tests.harness import CapturedLogs, LocalFederation, make_federation, running, settle, wait_delivered
 from tests.test_delivery import family_assessment, share
 
 TOKEN = bytes([5]) * 32
@@ -374,7 +373,7 @@ async def _health(watch: Any, status: int) -> None:
 
 
 async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_nothing(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """A share on a full disk failed UNKNOWN ("Unexpected <class 'sqlite3.OperationalError'>"),
     and the node went on reporting SERVING. Now the case system hears RESOURCE_EXHAUSTED and
@@ -424,14 +423,14 @@ async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_no
         await wait_delivered(amh, 2)
         await _health(watches["csc"], health_pb2.HealthCheckResponse.SERVING)
         assert (await _rows(csc.store))[2] == received[2] + 1
-    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    lines = captured_logs.records()
     refused = [line for line in lines if line["event"] in ("message.store_failed", "gateway.frame_failed")]
     assert refused and all(line.get("error") == "SQLITE_FULL" and "exception" not in line for line in refused)
     assert [line["event"] for line in lines].count("store.unwritable") == 2  # once at each node
 
 
 async def test_r6_a_node_whose_store_refuses_writes_as_it_reconnects_connects_once_it_takes_them_again(
-    tmp_path: Path, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, captured_logs: CapturedLogs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A node reconnecting re-asserts its subscriptions, and records those it ends. With its
     store refusing writes (a disk remounted read-only), that ended the node's link for good:
@@ -475,14 +474,14 @@ async def test_r6_a_node_whose_store_refuses_writes_as_it_reconnects_connects_on
         assert await amh.store.fetchone("SELECT COUNT(*) FROM subscriptions_to_end") == (0,)
         await share(cluster, assessment_id)
         await wait_delivered(amh, 1)
-    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    lines = captured_logs.records()
     failed = [line for line in lines if line["event"] == "duty.failed"]
     assert failed and all(line["duty"] == "GatewayLink.run" and line["error"] == "SQLITE_READONLY" for line in failed)
     assert all("exception" not in line for line in failed)
 
 
 async def test_a_frame_the_gateway_fails_to_handle_ends_that_stream_and_nothing_is_lost(
-    tmp_path: Path, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, captured_logs: CapturedLogs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A defect met while the gateway handled a node's frame ended its reading of that stream
     and nothing else: the stream stayed open, so the node went on sending into it, and what
@@ -521,13 +520,13 @@ async def test_a_frame_the_gateway_fails_to_handle_ends_that_stream_and_nothing_
         csc = cluster.nodes["csc"]
         assert csc.store is not None
         assert await csc.store.fetchone("SELECT COUNT(*) FROM inbox WHERE kind = ?", (SHARE_KIND,)) == (1,)
-    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    lines = captured_logs.records()
     (ended,) = [line for line in lines if line["event"] == "stream.failed"]
     assert ended["node"] == "csc" and "RuntimeError: a defect met once" in ended["exception"]
 
 
 async def test_a_receipt_for_a_sender_whose_stream_is_ending_is_said_dropped_and_the_message_still_arrives(
-    tmp_path: Path, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, captured_logs: CapturedLogs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A receipt relayed onto the sender's stream as it ended was logged as relayed (and in the
     metadata log), though nothing would write it. It is said dropped; the sender, reconnecting,
@@ -548,13 +547,13 @@ async def test_a_receipt_for_a_sender_whose_stream_is_ending_is_said_dropped_and
         await share(cluster, assessment_id)
         async with asyncio.timeout(15):
             await wait_delivered(cluster.nodes["amh"], 1)
-    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    lines = captured_logs.records()
     said = [line["event"] for line in lines if line.get("message_id") == ended[0] and "receipt." in line["event"]]
     assert said == ["receipt.dropped"], said  # (relayed is logged at debug)
 
 
 async def test_a_stream_the_gateway_ends_with_a_status_ends_without_an_error_logged(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """The gateway ends a node's stream with a status (replaced by a newer one, its node
     revoked or too far behind, the gateway going away): the stream's reader, waiting for the
@@ -571,7 +570,7 @@ async def test_a_stream_the_gateway_ends_with_a_status_ends_without_an_error_log
             amh.link.connected.clear()
             stream.close((grpc.StatusCode.UNAVAILABLE, "ended by the test"))
             await amh.link.connected.wait()
-    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    lines = captured_logs.records()
     assert [line["event"] for line in lines if line["event"] == "disconnect"] == ["disconnect"] * 4
     assert not [line for line in lines if line["level"] in ("error", "critical")]
 
@@ -724,7 +723,7 @@ def _kept_at_stop(db: GatewayDb, kept: Path, events: int) -> int:
 
 
 async def test_r6_kept_entries_a_store_still_refuses_wait_with_their_file_and_a_file_that_cannot_be_read_is_left(
-    gateway_db: GatewayDb, tmp_path: Path, captured_logs: io.StringIO
+    gateway_db: GatewayDb, tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """At a start whose store still refuses writes, what a stop kept waits with the rest and
     its file stays until they are in; a file that cannot be read is left for a person, and said."""
@@ -741,7 +740,7 @@ async def test_r6_kept_entries_a_store_still_refuses_wait_with_their_file_and_a_
 
     kept.write_text('{"format": "half')
     assert await log.take_kept(kept) == 0 and kept.exists() and log.pending == 0
-    (said,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "kept_unreadable" in line]
+    (said,) = captured_logs.records("metalog.kept_unreadable")
     assert said["level"] == "error" and said["file"] == kept.name
 
 
@@ -770,7 +769,7 @@ async def test_r6_what_a_stop_counted_past_the_bound_is_recorded_at_the_next_sta
 
 
 async def test_r6_a_gateway_that_can_neither_commit_nor_keep_what_waits_puts_it_in_its_operational_log(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """The last resort: the entries, ids and counts as the metadata log holds them, one line each."""
     config = make_federation(tmp_path, ManualClock(), nodes=("amh",)).gateway_config
@@ -782,7 +781,7 @@ async def test_r6_a_gateway_that_can_neither_commit_nor_keep_what_waits_puts_it_
     for n in range(2):
         gateway.metalog.record("resolve", "amh", message_id=f"m{n}", outcome="ok", tokens=1)
     await gateway.stop(grace=0)
-    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    lines = captured_logs.records()
     (stopped,) = [line for line in lines if line["event"] == "metalog.unflushed_at_stop"]
     assert stopped["entries"] == 2
     logged = [line for line in lines if line["event"] == "metalog.unflushed_entry"]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
-import json
 
 from linkage import logs, stories
 from linkage.clock import ManualClock, SystemClock
@@ -16,7 +14,7 @@ from linkage.v1 import node_api_pb2
 from node import involvement
 from node.server import NodeServer
 from node.store import Store
-from tests.harness import Cluster, LocalFederation, LogWatch, audit_events, next_item, running, wait_count
+from tests.harness import CapturedLogs, Cluster, LocalFederation, LogWatch, audit_events, next_item, running, wait_count
 from tests.test_federation import open_case
 from tests.test_workflows import CSC_WORKER
 
@@ -99,7 +97,7 @@ async def test_joining_and_leaving_while_the_gateway_is_away_are_announced_once_
 
 
 async def test_a_notice_a_node_stopped_before_sending_goes_as_it_starts_again(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """One about people the gateway holds no subscription of this node's to (a gateway put
     back from a backup, say) cannot be sent, now or later: it is said, and the next goes."""
@@ -118,7 +116,7 @@ async def test_a_notice_a_node_stopped_before_sending_goes_as_it_starts_again(
         left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
     assert left.sender_node == "csc" and not left.body.involvement.joined
     assert list(left.body.involvement.link_tokens) == [child]
-    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    said = captured_logs.records()
     unsendable = [e for e in said if e["event"] == "involvement.notice_unsendable"]
     assert [(e["code"], e["tokens"]) for e in unsendable] == [("PERMISSION_DENIED", 1)]
 
@@ -192,8 +190,7 @@ async def test_a_notice_the_gateway_is_too_busy_to_answer_for_goes_when_it_can(
         left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
         assert not left.body.involvement.joined and list(left.body.involvement.link_tokens) == [child]
         assert await csc.store.fetchone(WAITING) == (0,)
-    said = [json.loads(line) for line in watch.getvalue().splitlines()]
-    deferred = [e for e in said if e["event"] == "involvement.notice_deferred"]
+    deferred = watch.records("involvement.notice_deferred")
     assert [(e["code"], e.get("attempt")) for e in deferred] == [
         ("RESOURCE_EXHAUSTED", None),  # as it was made
         ("RESOURCE_EXHAUSTED", 0),  # by the duty

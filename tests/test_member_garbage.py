@@ -40,7 +40,7 @@ from node import reception
 from node.errors import ApiError
 from node.server import NodeServer
 from tests.api_garbler import Garbler
-from tests.harness import PRACTITIONER, Cluster, LocalFederation, linkage, running, wait_count
+from tests.harness import PRACTITIONER, CapturedLogs, Cluster, LocalFederation, linkage, running, wait_count
 from tests.test_api_garbage import (
     DEFECTS,
     SEED,
@@ -56,7 +56,7 @@ MESSAGES = 300  # sent by a member whose software is wrong
 
 
 async def test_a_member_s_garbage_message_is_stored_whole_or_refused_and_its_sender_told(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """A member whose software is wrong (or newer) signs and seals messages no node should
     send: every kind, its content filled at random or a valid summary spoiled, naming real
@@ -177,7 +177,7 @@ RECEIPTS = 40  # shares whose receipts come back spoiled
 
 
 async def test_a_member_s_garbage_receipts_leave_its_peer_whole_and_every_message_settles(
-    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
 ) -> None:
     """csc's software signs receipts no node should: a status no node knows, a reason of any
     length, a receipt time at either end of the clock, a checkpoint of nonsense, another
@@ -234,7 +234,7 @@ async def test_a_member_s_garbage_receipts_leave_its_peer_whole_and_every_messag
         await _reads_all_it_took(cluster, "amh")
         for node in cluster.nodes.values():
             await _whole(node)
-    logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    logged = captured_logs.records()
     assert not [e for e in logged if e["level"] == "error"]
     assert any(e["event"] == "receipt.rejected" for e in logged)  # some could not be verified, and were not taken
     deferred = [e["reason"] for e in logged if e["event"] == "message.deferred"]  # some said "not yet"; went again
@@ -323,7 +323,7 @@ FRAMES = 3_000  # on a member's stream to the gateway
 
 
 async def test_a_member_s_garbage_frames_leave_the_gateway_routing_and_log_no_error(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """amh's software writes frames no node should on its stream to the gateway: envelopes
     with spoiled routing headers (to csc, to itself, to nobody; any kind, tokens, times,
@@ -354,7 +354,7 @@ async def test_a_member_s_garbage_frames_leave_the_gateway_routing_and_log_no_er
         await _shares_and_delivers(cluster)
         with closing(connect_read_only(federation.gateway_config.store_path)) as gateway_store:
             assert gateway_store.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    logged = captured_logs.records()
     assert not [e for e in logged if e["level"] == "error"], [e for e in logged if e["level"] == "error"][:3]
     refusals = {e["outcome"] for e in logged if e["event"] == "stream.refused"}
     assert refusals and refusals <= {"INVALID_ARGUMENT", "PERMISSION_DENIED"}, refusals
@@ -423,12 +423,12 @@ async def test_a_metadata_log_entry_holds_whatever_id_it_is_given_and_its_batch_
     assert [(e["message_id"], e["decision"]) for e in entries] == [("m\x00with\x00nuls", "malformed"), ("m-2", "")]
 
 
-def _gateway_logs_without_nonsense(federation: LocalFederation, captured_logs: io.StringIO) -> list[dict[str, Any]]:
+def _gateway_logs_without_nonsense(federation: LocalFederation, captured_logs: CapturedLogs) -> list[dict[str, Any]]:
     """The gateway's metadata log, once it and the operational log are shown to hold none of
     the nonsense (long runs of x, NULs) the tests send."""
     with closing(connect_read_only(federation.gateway_config.store_path)) as gateway_store:
         entries = [json.loads(e) for (e,) in gateway_store.execute("SELECT entry FROM metalog ORDER BY seq")]
-    logged = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    logged = captured_logs.records()
     for said in (entries, logged):
         text = json.dumps(said)
         assert "x" * 100 not in text and "\\u0000" not in text
@@ -436,7 +436,7 @@ def _gateway_logs_without_nonsense(federation: LocalFederation, captured_logs: i
 
 
 async def test_ids_a_node_sends_in_no_form_the_federation_gives_are_left_out_of_the_gateway_s_logs(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """An envelope whose message id is 100 KB of nonsense, and a receipt naming a sender no
     node id could be: the gateway refuses or drops them, and records each without the id,
@@ -463,7 +463,7 @@ async def test_ids_a_node_sends_in_no_form_the_federation_gives_are_left_out_of_
 
 
 async def test_a_node_id_a_refused_call_claims_is_left_out_of_the_gateway_s_logs(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     """A control call naming a node that is not the caller is refused before anything in it
     is trusted: the name it claims is recorded only if it is in the form a node id takes."""

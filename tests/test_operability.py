@@ -29,7 +29,7 @@ from linkage.v1 import node_api_pb2
 from node.api import _logged
 from node.cases import Cases
 from node.server import NodeServer
-from tests.harness import PRACTITIONER, LocalFederation, running
+from tests.harness import PRACTITIONER, CapturedLogs, LocalFederation, running
 
 
 async def test_health_and_reflection_on_node_and_gateway(federation: LocalFederation) -> None:
@@ -53,11 +53,11 @@ async def test_health_and_reflection_on_node_and_gateway(federation: LocalFedera
 
 
 async def test_every_stream_is_tls_1_3_and_logs_are_json_lines(
-    federation: LocalFederation, captured_logs: io.StringIO
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     async with running(federation, nodes=("amh", "csc")):
         pass
-    events = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    events = captured_logs.records()
     connects = [e for e in events if e["event"] == "connect"]
     assert len(connects) == 2
     assert {e["tls"] for e in connects} == {"TLSv1.3"}
@@ -81,7 +81,7 @@ def test_a_log_line_is_sorted_json_whatever_it_is_given() -> None:
 
 
 async def test_a_refused_call_is_logged_with_its_method_and_code_and_never_what_it_was_sent(
-    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
 ) -> None:
     async with running(federation, nodes=("amh", "csc")) as cluster:
         for _ in range(2):
@@ -102,7 +102,7 @@ async def test_a_refused_call_is_logged_with_its_method_and_code_and_never_what_
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await cluster.api("amh").OpenCase(node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="x"))
         assert failed.value.code() == grpc.StatusCode.UNKNOWN
-    events = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    events = captured_logs.records()
     refused = [e for e in events if e["event"] == "api.refused"]
     assert [(e["method"], e["code"]) for e in refused] == [("FindCases", "INVALID_ARGUMENT")] * 2 + [
         ("WatchShareStatus", "NOT_FOUND")
@@ -113,7 +113,7 @@ async def test_a_refused_call_is_logged_with_its_method_and_code_and_never_what_
 
 
 def test_a_call_whose_caller_went_as_its_answer_was_written_is_said_but_not_as_a_failure(
-    captured_logs: io.StringIO,
+    captured_logs: CapturedLogs,
 ) -> None:
     """A watch's caller that goes (its deadline passed) as the node writes it an answer: gRPC
     fails the write, now and then, rather than cancel the watch. That is no defect to report."""
@@ -128,11 +128,11 @@ def test_a_call_whose_caller_went_as_its_answer_was_written_is_said_but_not_as_a
     for cancelled in (True, False):
         with pytest.raises(RuntimeError), _logged("WatchShareStatus", cast(Any, Context(cancelled))):
             raise RuntimeError('Failed "execute_batch"')  # as gRPC's own (private) error says it
-    events = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    events = captured_logs.records()
     assert [(e["event"], e["level"]) for e in events] == [("api.caller_gone", "info"), ("api.failed", "error")]
 
 
-async def test_what_python_and_its_libraries_say_comes_out_as_json_lines_too(captured_logs: io.StringIO) -> None:
+async def test_what_python_and_its_libraries_say_comes_out_as_json_lines_too(captured_logs: CapturedLogs) -> None:
     """asyncio's word of a failure nobody retrieved, and a library's long warning, reach the
     log as JSON lines like every other, at their own level and cut short; their chatter below
     a warning does not."""
@@ -142,7 +142,7 @@ async def test_what_python_and_its_libraries_say_comes_out_as_json_lines_too(cap
     gc.collect()  # asyncio says so as the future goes
     logging.getLogger("grpc").warning("x" * 10_000)
     logging.getLogger("grpc").info("a library's chatter")
-    events = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    events = captured_logs.records()
     assert [(e["event"], e["logger"], e["level"]) for e in events] == [
         ("python.log", "asyncio", "error"),
         ("python.log", "grpc", "warning"),

@@ -6,12 +6,11 @@ the gateway is the test, as in test_outbox_answers.py."""
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 
 from linkage.clock import ManualClock
 from linkage.v1 import gateway_pb2
 from node.outbox import Outbox
+from tests.harness import CapturedLogs
 from tests.test_outbox_answers import Gateway, answer, outbox, queue
 
 __all__ = ["outbox"]  # the fixture
@@ -50,7 +49,7 @@ async def test_only_what_is_not_on_its_way_is_kept_back_until_cancelled_or_relea
 
 
 async def test_a_peer_no_agency_could_be_coming_online_costs_no_transaction(
-    outbox: tuple[Outbox, Gateway, ManualClock], captured_logs: io.StringIO
+    outbox: tuple[Outbox, Gateway, ManualClock], captured_logs: CapturedLogs
 ) -> None:
     """A gateway that is not what it should be says nodes are back online that no agency could
     be, or this node itself: each is said and left, with no transaction for it."""
@@ -60,7 +59,7 @@ async def test_a_peer_no_agency_could_be_coming_online_costs_no_transaction(
     for name in ("../x", "", "B", "x" * 5_000, "a"):
         await box.on_peer_online(name)
     assert not committed.is_set()
-    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    said = captured_logs.records()
     assert [e["problem"] for e in said if e["event"] == "gateway.answer_malformed"] == ["not an agency"] * 5
 
     await box.on_peer_online("b")

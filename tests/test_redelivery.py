@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 import json
 import shutil
 import sqlite3
@@ -27,6 +26,7 @@ from node.redelivery import ask_again_if_restored, ask_again_if_rolled_back
 from node.server import NodeServer
 from tests.harness import (
     PRACTITIONER,
+    CapturedLogs,
     Cluster,
     audit_events,
     linkage,
@@ -407,7 +407,7 @@ async def _held(node: NodeServer, message_id: str) -> tuple[str, list[str]]:
 
 
 async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
     store = federation.node_configs["csc"].store_path
@@ -440,7 +440,7 @@ async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(
         mark_path(store).write_bytes(b"\x00 half-written")
         await ask_again_if_restored(csc.ctx)
         assert mark_path(store).exists() and len(await audit_events(csc, "store.restored")) == 1
-        (said,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "mark_unreadable" in line]
+        (said,) = captured_logs.records("restore.mark_unreadable")
         assert said["level"] == "error" and str(mark_path(store)) in said["problem"], said
 
 
@@ -478,7 +478,7 @@ async def test_the_gateway_routes_a_restore_s_messages_without_tokens_and_nothin
 
 
 async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_asks_the_same(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """A copy of the files put back (a virtual machine's snapshot, say) leaves no mark; the
     witness, holding a checkpoint of a longer log, shows it, and the node asks once."""

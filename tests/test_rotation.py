@@ -5,8 +5,6 @@ they are refused; what was sealed to the old key still opens."""
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import shutil
 from itertools import count
 from pathlib import Path
@@ -38,6 +36,7 @@ from tests.file_crashes import Crash, crash_at, readable_by_others
 from tests.harness import (
     FEDERATION_ID,
     PRACTITIONER,
+    CapturedLogs,
     Cluster,
     LocalFederation,
     audit_events,
@@ -211,7 +210,7 @@ def _check_rotated(fed: Federation, bundle: Path, original: MessageKeys) -> None
 
 
 async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
-    tmp_path: Path, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, captured_logs: CapturedLogs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A node had to be restarted within the hour after `rotate-keys`, or once senders
     moved to the new key it could open nothing they sent. It now takes the new generation
@@ -276,7 +275,7 @@ async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
         shutil.copytree(federation.node_configs["amh"].data_dir / "keys", bundle / "keys")
         await csc.reload()
         assert csc.keys.key_id == new_id
-    said = [json.loads(line) for line in captured_logs.getvalue().splitlines() if '"keys.reload_' in line]
+    said = captured_logs.records("keys.reload_refused", "keys.reload_waiting", "keys.reload_failed")
     assert [s["event"] for s in said] == [
         "keys.reload_refused",
         "keys.reload_waiting",

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import os
 import signal
 
 import pytest
 
 from linkage import runtime
+from tests.harness import CapturedLogs
 
 
 @pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGINT])
@@ -41,7 +40,7 @@ async def test_a_server_runs_until_told_to_stop_taking_each_hangup_as_it_comes(
 
 
 async def test_a_hangup_whose_reload_fails_is_logged_and_the_next_one_runs(
-    monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+    monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
 ) -> None:
     """A reload that raised was held in a task nobody awaited: said, if at all, only when the
     task was collected, as asyncio's own complaint."""
@@ -66,6 +65,6 @@ async def test_a_hangup_whose_reload_fails_is_logged_and_the_next_one_runs(
     await reloaded.wait()
     os.kill(os.getpid(), signal.SIGTERM)
     await serving
-    said = map(json.loads, captured_logs.getvalue().splitlines())
+    said = captured_logs.records()
     failed = [line for line in said if line["event"] == "reload.failed"]
     assert len(failed) == 1 and "OSError: the bundle's folder is not there" in str(failed[0]["exception"])

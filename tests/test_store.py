@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import io
 import json
 import re
 import shutil
@@ -27,7 +26,7 @@ from node.event_numbers import EventNumbers
 from node.store import SchemaTooNewError, Store, TransactionLost
 from node.store import db as db_module
 from node.store.schema import MIGRATIONS
-from tests.harness import LocalFederation, drop_audit_guards, linkage
+from tests.harness import CapturedLogs, LocalFederation, drop_audit_guards, linkage
 
 
 async def _rows(store: Store) -> list[tuple[int, str, bytes]]:
@@ -410,7 +409,7 @@ async def test_commit_callbacks_run_after_the_commit_and_never_for_a_rollback(tm
 
 
 async def test_a_commit_callback_that_raises_undoes_nothing_and_stops_no_other(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     path = tmp_path / "s.sqlite"
     store = await Store.open(path, ManualClock())
@@ -425,7 +424,7 @@ async def test_a_commit_callback_that_raises_undoes_nothing_and_stops_no_other(
             tx.on_commit(broken)
             tx.on_commit(lambda: seen.append("after"))
         assert _committed_cases(path) == {"c1"} and seen == ["after"]
-        (said,) = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "on_commit_failed" in line]
+        (said,) = captured_logs.records("store.on_commit_failed")
         assert said["level"] == "error" and "observer failed" in said["exception"]
         await _open_case(store, "c2")  # and the store goes on
         assert _committed_cases(path) == {"c1", "c2"}
@@ -547,7 +546,7 @@ class _RollbackFailsOnce:
 
 
 async def test_a_rollback_that_fails_after_a_failed_commit_is_done_before_the_next_transaction(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
 ) -> None:
     """A failed COMMIT whose ROLLBACK fails too leaves the connection in its transaction: the
     next transaction rolls it back before it begins, rather than every later write being
@@ -569,7 +568,7 @@ async def test_a_rollback_that_fails_after_a_failed_commit_is_done_before_the_ne
                 await tx.audit("case.opened")
                 await tx.execute("INSERT INTO child VALUES ('nobody')")  # refused by the COMMIT
         assert connection.failed and connection.in_transaction
-        said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+        said = captured_logs.records()
         assert [(e["event"], e.get("error")) for e in said if e["level"] == "error"] == [
             ("store.commit_failed", "IntegrityError"),
             ("store.rollback_failed", "OperationalError"),
@@ -643,7 +642,7 @@ async def test_a_part_that_cannot_be_undone_loses_its_whole_transaction(
 
 
 async def test_a_gateway_transaction_whose_rollback_failed_is_rolled_back_before_the_next(
-    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
 ) -> None:
     """The gateway's store, as the node's: a transaction that fails and whose ROLLBACK fails
     too leaves the connection in it, and it is rolled back before the connection is used again:
@@ -664,7 +663,7 @@ async def test_a_gateway_transaction_whose_rollback_failed_is_rolled_back_before
             await db.execute("INSERT INTO parent VALUES ('p0')")
             await db.execute("INSERT INTO parent VALUES ('p0')")
     assert failed and connection.in_transaction
-    said = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    said = captured_logs.records()
     assert [(e["event"], e["error"]) for e in said if e["level"] == "error"] == [
         ("store.rollback_failed", "OperationalError")
     ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import io
 import itertools
 import mmap
 import random
@@ -23,7 +22,7 @@ from gateway.db import GatewayDb
 from gateway.subscriptions import NodeNumbers, PackedRoutes, SubscriptionIndex
 from linkage.tokens import TOKEN_LEN
 from linkage.v1 import envelope_pb2 as env
-from tests.harness import LocalFederation, next_item, running
+from tests.harness import CapturedLogs, LocalFederation, next_item, running
 from tests.test_link_changes import amh_and_csc_linked, recipients
 from tests.test_workflows import share
 
@@ -172,7 +171,7 @@ async def test_index_follows_changes_through_rebuilds_and_restarts(
 
 
 async def test_the_overlay_is_packed_into_a_new_base_once_it_holds_enough_changes(
-    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
 ) -> None:
     """Changes since the base was built are kept apart in memory, and are folded into a newly
     packed base after REBUILD_AFTER of them, so the overlay a busy gateway carries stays small."""
@@ -266,7 +265,7 @@ async def test_a_starting_index_answers_from_sqlite_until_it_is_packed(
 
 
 async def test_a_gateway_that_is_stopped_abandons_the_packing(
-    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+    gateway_db: GatewayDb, monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
 ) -> None:
     rng = random.Random(11)
     async with opened(gateway_db) as index:

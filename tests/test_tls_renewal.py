@@ -11,8 +11,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
-import io
-import json
 import re
 import shutil
 import ssl
@@ -44,6 +42,7 @@ from node.store import db as db_module
 from tests.file_crashes import Crash, crash_at
 from tests.harness import (
     FEDERATION_ID,
+    CapturedLogs,
     Cluster,
     LocalFederation,
     audit_events,
@@ -68,12 +67,8 @@ async def _publish(cluster: Cluster) -> None:
     await cluster.gateway.check_directory()
 
 
-def _log_events(captured: io.StringIO, event: str) -> list[dict[str, object]]:
-    return [line for line in map(json.loads, captured.getvalue().splitlines()) if line["event"] == event]
-
-
 async def test_a_node_moves_to_its_renewed_certificate_without_a_restart_and_loses_nothing(
-    tmp_path: Path, captured_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, captured_logs: CapturedLogs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
     cert_file = federation.node_configs["amh"].tls.cert
@@ -92,7 +87,7 @@ async def test_a_node_moves_to_its_renewed_certificate_without_a_restart_and_los
 
         await amh.reload()  # the gateway would refuse the new one: the directory does not pin it yet
         assert amh.certificate.fingerprint == old
-        assert [e["fingerprint"] for e in _log_events(captured_logs, "tls.renewal_waiting")] == [new.hex()]
+        assert [e["fingerprint"] for e in captured_logs.records("tls.renewal_waiting")] == [new.hex()]
 
         await _publish(cluster)
         await share(cluster, assessment_id)  # the old certificate, pinned as the renewed one, still serves
@@ -120,11 +115,11 @@ async def test_a_node_moves_to_its_renewed_certificate_without_a_restart_and_los
         assert len(received) == len(set(received)) == 23
         renewed = [e for e in await audit_events(amh) if e["event"] == "tls.certificate_renewed"]
         assert [e["detail"]["fingerprint"] for e in renewed] == [new.hex()]
-        assert not _log_events(captured_logs, "stream.refused")
+        assert not captured_logs.records("stream.refused")
 
 
 async def test_the_gateway_shows_a_node_still_on_the_certificate_its_renewal_replaced(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """A renewal made where the CA is (`--out`) and not yet copied to the node: the node
     keeps the certificate the renewal replaced, which the gateway still accepts, and the
@@ -149,7 +144,7 @@ async def test_the_gateway_shows_a_node_still_on_the_certificate_its_renewal_rep
         await share(cluster, assessment_id)  # through the gateway: it has taken the new stream
         async with asyncio.timeout(30):
             await wait_delivered(amh, 1)
-        assert [e["node"] for e in _log_events(captured_logs, "tls.peer_on_replaced_certificate")] == ["amh"]
+        assert [e["node"] for e in captured_logs.records("tls.peer_on_replaced_certificate")] == ["amh"]
         assert await asyncio.to_thread(on_replaced) == 1
 
         shutil.copy(renewed, cert_file)  # installed: the node moves over at its next look
@@ -159,11 +154,11 @@ async def test_the_gateway_shows_a_node_still_on_the_certificate_its_renewal_rep
         async with asyncio.timeout(30):
             await wait_delivered(amh, 2)
         assert await asyncio.to_thread(on_replaced) == 0
-        assert len(_log_events(captured_logs, "tls.peer_on_replaced_certificate")) == 1
+        assert len(captured_logs.records("tls.peer_on_replaced_certificate")) == 1
 
 
 async def test_a_stream_the_gateway_does_not_close_is_cancelled_and_the_node_moves_over_all_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
 ) -> None:
     monkeypatch.setattr(node_link, "_end_writing", lambda call: asyncio.sleep(0))  # the gateway never hears it
     monkeypatch.setattr(node_link, "STREAM_END_GRACE_S", 0.2)
@@ -180,11 +175,11 @@ async def test_a_stream_the_gateway_does_not_close_is_cancelled_and_the_node_mov
         await share(cluster, assessment_id)
         async with asyncio.timeout(15):
             await wait_delivered(amh, 1)
-    assert len(_log_events(captured_logs, "gateway.stream_cancelled")) == 1
+    assert len(captured_logs.records("gateway.stream_cancelled")) == 1
 
 
 async def test_a_renewal_the_store_cannot_record_waits_and_is_taken_once_it_can(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
     async with running(federation) as cluster:
@@ -199,7 +194,7 @@ async def test_a_renewal_the_store_cannot_record_waits_and_is_taken_once_it_can(
         finally:
             amh.store.db.execute("PRAGMA query_only = OFF")
         assert amh.certificate.fingerprint == old  # not taken unaudited
-        assert [e["error"] for e in _log_events(captured_logs, "tls.renewal_failed")] == ["SQLITE_READONLY"]
+        assert [e["error"] for e in captured_logs.records("tls.renewal_failed")] == ["SQLITE_READONLY"]
         await amh.reload()
         assert amh.certificate.fingerprint == new
 
@@ -255,7 +250,7 @@ async def _served_certificate(cluster: Cluster) -> bytes:
     ],
 )
 def test_files_that_are_not_a_usable_certificate_are_refused_and_the_one_in_use_kept(
-    tmp_path: Path, captured_logs: io.StringIO, replacement: str, problem: str
+    tmp_path: Path, captured_logs: CapturedLogs, replacement: str, problem: str
 ) -> None:
     clock = ManualClock()
     federation = make_federation(tmp_path, clock, nodes=("amh", "csc"))
@@ -294,12 +289,12 @@ def test_files_that_are_not_a_usable_certificate_are_refused_and_the_one_in_use_
         clock.advance(CERT_VALIDITY_DAYS * DAY_MS + DAY_MS)
     assert watch.renewal() is None and watch.renewal() is None  # asked twice: said once
     assert watch.fingerprint == in_use
-    refused = _log_events(captured_logs, "tls.renewal_refused")
+    refused = captured_logs.records("tls.renewal_refused")
     assert len(refused) == 1 and problem in str(refused[0]["problem"])
 
 
 def test_files_written_again_as_they_were_are_no_renewal_and_nothing_is_said(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """A tool that rewrites the files unchanged (configuration management, a restore) changes
     nothing: no "renewed" line, and a lapsing certificate's daily warning is not reset."""
@@ -318,8 +313,8 @@ def test_files_written_again_as_they_were_are_no_renewal_and_nothing_is_said(
     assert tls.version() != before
     server.check()
     watch.warn_if_lapsing()
-    assert len(_log_events(captured_logs, "tls.certificate_lapsing")) == 1
-    assert not _log_events(captured_logs, "tls.renewal_refused") and not _log_events(captured_logs, "tls.renewed")
+    assert len(captured_logs.records("tls.certificate_lapsing")) == 1
+    assert not captured_logs.records("tls.renewal_refused") and not captured_logs.records("tls.renewed")
     assert watch.renewal() is None  # and the new version was taken as seen
 
 
@@ -429,26 +424,26 @@ def test_a_renewal_cut_short_at_any_point_leaves_the_node_a_pinned_certificate_a
 
 
 def test_a_certificate_near_its_end_is_warned_of_daily_and_shown_as_a_metric(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     clock = ManualClock()
     federation = make_federation(tmp_path, clock, nodes=("amh",))
     watch = CertificateWatch(federation.node_configs["amh"].tls, spiffe_id(FEDERATION_ID, "node", "amh"), clock)
     watch.warn_if_lapsing()
-    assert not _log_events(captured_logs, "tls.certificate_lapsing")
+    assert not captured_logs.records("tls.certificate_lapsing")
     assert watch.expires_in_s() == pytest.approx(CERT_VALIDITY_DAYS * 86_400, abs=3_600)
     clock.advance((CERT_VALIDITY_DAYS - 20) * DAY_MS)
     for _ in range(3):
         watch.warn_if_lapsing()
         clock.advance(DAY_MS // 3)
     watch.warn_if_lapsing()  # a day after the first
-    warnings = _log_events(captured_logs, "tls.certificate_lapsing")
+    warnings = captured_logs.records("tls.certificate_lapsing")
     assert [w["days_left"] for w in warnings] == [20, 19]
     assert all(w["remedy"] == "linkage federation renew-tls" for w in warnings)
 
 
 async def test_a_gateway_will_not_serve_with_a_certificate_it_cannot_use_and_a_node_says_so(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """A gateway that cannot present its certificate can serve nobody: it stops at once and
     says why. A node still serves its case systems what it holds, and says why the gateway
@@ -469,5 +464,5 @@ async def test_a_gateway_will_not_serve_with_a_certificate_it_cannot_use_and_a_n
     node = NodeServer(federation.node_configs["amh"])
     await node.start()
     await node.stop(grace=0)
-    (unusable,) = _log_events(captured_logs, "tls.certificate_unusable")
+    (unusable,) = captured_logs.records("tls.certificate_unusable")
     assert unusable["problem"] == "the key is not the certificate's (were both files replaced?)"

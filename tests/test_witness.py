@@ -6,8 +6,6 @@ cosignatures, which the node keeps only when the directory's witness key verifie
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -25,7 +23,7 @@ from linkage.keys import write_private_pem
 from linkage.reasons import Rejected
 from linkage.v1 import audit_pb2, gateway_pb2, gateway_pb2_grpc
 from node.server import NodeServer
-from tests.harness import Cluster, drop_audit_guards, linkage, make_federation, running
+from tests.harness import CapturedLogs, Cluster, drop_audit_guards, linkage, make_federation, running
 
 
 async def _append(node: NodeServer, entries: int) -> None:
@@ -112,7 +110,7 @@ async def test_a_store_restored_from_an_older_backup_is_a_break_the_ig_officer_s
 
 
 async def test_a_gateway_restored_to_an_older_checkpoint_is_proved_to_from_there(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """The gateway goes back to an older checkpoint of a running node's log (restored from a
     backup): the node's next lodge, proved from the size it last lodged, is refused; in the
@@ -137,7 +135,7 @@ async def test_a_gateway_restored_to_an_older_checkpoint_is_proved_to_from_there
         held = await _held(cluster, "amh")
         assert _size(held.latest) == amh.store.frontier.size and not held.breaks
         assert (_tries(amh, "failed"), _tries(amh, "diverged")) == (0, 0)
-    said = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "checkpoint.not_lodged" in line]
+    said = captured_logs.records("checkpoint.not_lodged")
     assert [(e["code"], e["held"]) for e in said] == [("FAILED_PRECONDITION", last)]
 
 
@@ -149,7 +147,7 @@ def _kept(node: NodeServer) -> tuple[audit_pb2.SignedCheckpoint, audit_pb2.Cosig
 
 
 async def test_the_witness_cosigns_what_it_holds_and_the_node_keeps_only_what_verifies(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """Each checkpoint the gateway comes to hold it cosigns with the witness key the directory
     names; the node checks that and keeps it. A cosignature by any other key is not kept (nor is
@@ -189,7 +187,7 @@ async def test_the_witness_cosigns_what_it_holds_and_the_node_keeps_only_what_ve
             assert amh.store is not None and _size(held.latest) == amh.store.frontier.size
             assert held.HasField("latest_cosignature") == (key is not None)
             assert _kept(amh) == good
-    said = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "witness.key_not_in" in line]
+    said = captured_logs.records("witness.key_not_in_directory")
     assert [e["level"] for e in said] == ["error"]  # for the stranger's key, as it loaded the directory; none for none
 
     stranger.write_bytes(b"half a key")  # one the gateway cannot read: it does not start
@@ -199,7 +197,7 @@ async def test_the_witness_cosigns_what_it_holds_and_the_node_keeps_only_what_ve
 
 
 async def test_a_log_missing_an_entry_is_not_lodged_and_the_node_says_which(
-    tmp_path: Path, captured_logs: io.StringIO
+    tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """Nothing can be proved from a log with an entry gone (deleted behind the node's back):
     the node lodges nothing, says which entry is missing, and counts the failure; `audit
@@ -216,8 +214,8 @@ async def test_a_log_missing_an_entry_is_not_lodged_and_the_node_says_which(
         amh = cluster.nodes["amh"]
         assert not await amh.checkpoints.lodge()
         assert _tries(amh, "failed") >= 1 and _tries(amh, "ok") == 0
-    said = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "LOG_INCOMPLETE" in line]
-    assert said and said[0]["event"] == "checkpoint.not_lodged" and said[0]["level"] == "error"
+    said = [e for e in captured_logs.records("checkpoint.not_lodged") if e["code"] == "LOG_INCOMPLETE"]
+    assert said and said[0]["level"] == "error"
     assert said[0]["detail"] == "audit entry 2 is missing from the store"
 
 
