@@ -169,12 +169,6 @@ class DirectoryView:
             raise Rejected(Reason.UNKNOWN_KEY, f"the directory names no witness key for gateway {gateway_id!r}")
         return entry.witness_public_key
 
-    def hpke_key(self, node_id: str, key_id: str) -> bytes:
-        for key in self.active_node(node_id).keys:
-            if key.key_id == key_id:
-                return key.hpke_public_key
-        raise Rejected(Reason.UNKNOWN_KEY, f"node {node_id!r} has no key {key_id!r}")
-
 
 def verify_directory(
     signed: pb.SignedDirectory,

@@ -37,6 +37,8 @@ def test_accepts_a_signed_current_directory_and_then_only_newer(key: ed25519.Ed2
     trust = TrustedDirectory(FED, key.public_key())
     assert trust.accept(_signed(key, 2), NOW).version == 2
     assert _refused(trust, _signed(key, 1)) == Reason.DIRECTORY_OLDER
+    assert trust.accept(_signed(key, 2, expires=NOW + 2000), NOW).version == 2  # the one held, fetched again
+    assert trust.expires_at_ms == NOW + 2000
     assert trust.accept(_signed(key, 3), NOW).version == 3
 
 
@@ -68,7 +70,16 @@ def test_key_lookups_respect_status_and_validity() -> None:
     assert view.signing_key("a", "a-k1", NOW)
     with pytest.raises(Rejected) as raised:
         view.signing_key("a", "a-k1", NOW + 2 * 86_400_000)
-    assert raised.value.reason == Reason.KEY_NOT_VALID
+    assert (raised.value.reason, raised.value.detail) == (
+        Reason.KEY_NOT_VALID,
+        f"key 'a-k1' not valid at {NOW + 2 * 86_400_000}",
+    )
+    with pytest.raises(Rejected) as raised:
+        view.signing_key("nobody", "a-k1", NOW)
+    assert (raised.value.reason, raised.value.detail) == (
+        Reason.UNKNOWN_SENDER,
+        "node 'nobody' is not in the directory",
+    )
     with pytest.raises(Rejected) as raised:
         view.signing_key("a", "a-k9", NOW)
     assert raised.value.reason == Reason.UNKNOWN_KEY
@@ -84,15 +95,21 @@ def test_key_lookups_respect_status_and_validity() -> None:
 
 def test_when_the_directory_and_a_nodes_last_key_lapse(key: ed25519.Ed25519PrivateKey) -> None:
     trust = TrustedDirectory(FED, key.public_key())
-    assert (trust.expires_at_ms, trust.keys_expire_at_ms("csc")) == (0, 0)  # nothing held: lapsed already
+    nothing = (trust.version, trust.issued_at_ms, trust.expires_at_ms, trust.keys_expire_at_ms("csc"))
+    assert nothing == (0, 0, 0, 0) and trust.active_nodes() == []  # nothing held: lapsed already
     keys = [directory_pb2.NodeKey(key_id=f"csc-k{n}", not_after_ms=NOW + n * 1000) for n in (2, 1)]
-    directory = directory_pb2.Directory(
-        federation_id=FED, version=1, expires_at_ms=NOW + 500, nodes=[directory_pb2.NodeEntry(node_id="csc", keys=keys)]
-    )
+    active, revoked = directory_pb2.NODE_STATUS_ACTIVE, directory_pb2.NODE_STATUS_REVOKED
+    nodes = [
+        directory_pb2.NodeEntry(node_id="csc", keys=keys, status=active),
+        directory_pb2.NodeEntry(node_id="police", keys=keys, status=revoked),
+        directory_pb2.NodeEntry(node_id="amh", status=active),  # enrolled, no key published yet
+    ]
+    directory = directory_pb2.Directory(federation_id=FED, version=1, expires_at_ms=NOW + 500, nodes=nodes)
     trust.accept(sign_directory(directory, key), NOW)
     assert trust.expires_at_ms == NOW + 500
     assert trust.keys_expire_at_ms("csc") == NOW + 2000  # the later of two generations
-    assert trust.keys_expire_at_ms("nobody") == 0
+    assert (trust.keys_expire_at_ms("nobody"), trust.keys_expire_at_ms("amh")) == (0, 0)
+    assert trust.active_nodes() == ["amh", "csc"]
 
 
 def _handing_over(
