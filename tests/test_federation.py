@@ -11,6 +11,7 @@ import pytest
 from linkage import stories
 from linkage.auditlog import verify_store
 from linkage.clock import SystemClock
+from linkage.tokens import MAX_TOKENS_PER_MESSAGE
 from linkage.v1 import node_api_pb2, summary_pb2
 from node.server import NodeServer
 from tests.harness import PRACTITIONER, Cluster, LocalFederation, make_federation, running, wait_delivered
@@ -188,6 +189,22 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "people[2] is the same person as people[0]",
             ),
+            *(
+                (
+                    amh.OpenCase(node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref=ref, people=family)),
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "case_ref must be your case system's reference, 1-128 characters",
+                )
+                for ref in ("  ", "x" * 129)
+            ),
+            *(
+                (
+                    amh.OpenCase(node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="c", people=people)),
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a case needs 1-{MAX_TOKENS_PER_MESSAGE} people",
+                )
+                for people in ([], [family[0]] * (MAX_TOKENS_PER_MESSAGE + 1))
+            ),
             (
                 amh.OpenCase(node_api_pb2.OpenCaseRequest(actor=PRACTITIONER, case_ref="case-1", people=family)),
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -280,14 +297,12 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
 async def test_a_case_holds_as_many_people_as_a_message_can_name(federation: LocalFederation) -> None:
     import grpc
 
-    from linkage.tokens import MAX_TOKENS_PER_MESSAGE
-
     async with running(federation, nodes=("amh",)) as cluster:
         people = [
             node_api_pb2.PersonIdentifier(scheme="la-amh", value=f"client {n}", role_in_risk="AT_RISK")
             for n in range(MAX_TOKENS_PER_MESSAGE)
         ]
-        await open_case(cluster, "amh", people)
+        await open_case(cluster, "amh", people, case_ref="x" * 128)  # as long a reference as it takes
         one_more = node_api_pb2.PersonIdentifier(scheme="la-amh", value="client 64", role_in_risk="AT_RISK")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await cluster.api("amh").AddPerson(
