@@ -56,8 +56,9 @@ class Cases:
         except IdentifierError as exc:
             raise invalid(f"{where}: {exc}") from None
 
-    def _person(self, n: int, person: node_api_pb2.PersonIdentifier) -> node_api_pb2.CasePerson:
-        token = self.person_token(person, f"people[{n}]")
+    def _person(self, where: str, person: node_api_pb2.PersonIdentifier) -> node_api_pb2.CasePerson:
+        """`where`: the request's field that holds it, to name in an error."""
+        token = self.person_token(person, where)
         for name, value in (
             ("role_in_risk", person.role_in_risk),
             ("person_type", person.person_type),
@@ -65,7 +66,7 @@ class Cases:
         ):
             if value and not self.ctx.policy.codes.has(name, value):
                 raise invalid(
-                    f"people[{n}]: {name} '{value}' is not in the code list; use one of "
+                    f"{where}: {name} '{value}' is not in the code list; use one of "
                     + ", ".join(self.ctx.policy.codes.codes(name))
                 )
         return node_api_pb2.CasePerson(
@@ -136,7 +137,7 @@ class Cases:
             raise invalid("case_ref must be your case system's reference, 1-128 characters")
         if not request.people or len(request.people) > MAX_PEOPLE_PER_CASE:
             raise invalid(f"a case needs 1-{MAX_PEOPLE_PER_CASE} people")
-        people = [self._person(n, p) for n, p in enumerate(request.people)]
+        people = [self._person(f"people[{n}]", p) for n, p in enumerate(request.people)]
         first: dict[bytes, int] = {}
         for n, person in enumerate(people):
             if (earlier := first.setdefault(person.link_token, n)) != n:
@@ -176,7 +177,7 @@ class Cases:
     @repeats.answering(node_api_pb2.OpenCaseResponse)
     async def add_person(self, request: node_api_pb2.AddPersonRequest) -> node_api_pb2.OpenCaseResponse:
         await self.open_case_row(request.case_id)
-        person = self._person(0, request.person)
+        person = self._person("person", request.person)
         await self._refuse_to_add(self.ctx.store.fetchone, request.case_id, person.link_token)
         async with self.ctx.store.tx() as tx:
             # Again where writes are serial: a call racing this one may have added them, or closed the case.

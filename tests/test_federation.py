@@ -223,6 +223,35 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
                 "link_token must be 32 bytes",
             ),
             (
+                amh.RemovePerson(
+                    node_api_pb2.RemovePersonRequest(actor=PRACTITIONER, case_id=case_id, link_token=bytes(32))
+                ),
+                grpc.StatusCode.NOT_FOUND,
+                f"that person is not in case {case_id!r}",
+            ),
+            (  # the field is named as the request names it
+                amh.AddPerson(
+                    node_api_pb2.AddPersonRequest(
+                        actor=PRACTITIONER,
+                        case_id=case_id,
+                        person=node_api_pb2.PersonIdentifier(scheme="nhs", value="9434765918"),
+                    )
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "person: NHS number fails the modulus-11 check",
+            ),
+            (
+                amh.AddPerson(
+                    node_api_pb2.AddPersonRequest(
+                        actor=PRACTITIONER,
+                        case_id=case_id,
+                        person=node_api_pb2.PersonIdentifier(scheme="la-amh", value="a", role_in_risk="NOBODY"),
+                    )
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "person: role_in_risk 'NOBODY' is not in the code list",
+            ),
+            (
                 amh.GetClosure(node_api_pb2.CaseRequest(actor=summary_pb2.Practitioner(id="x" * 257, role="r"))),
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "at most 256 characters",

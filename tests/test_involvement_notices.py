@@ -195,3 +195,33 @@ async def test_a_notice_the_gateway_is_too_busy_to_answer_for_goes_when_it_can(
         ("RESOURCE_EXHAUSTED", None),  # as it was made
         ("RESOURCE_EXHAUSTED", 0),  # by the duty
     ]
+
+
+async def test_a_person_added_is_announced_as_joining_and_one_protected_neither_joins_nor_leaves(
+    federation: LocalFederation,
+) -> None:
+    """AddPerson tells the agencies linked to that person that this one has joined; a person
+    whose identity is protected is named to nobody, so neither adding nor removing them is
+    announced (the next notice amh hears of is the sibling leaving)."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        parent, child = stories.think_family_people()
+        sibling = node_api_pb2.PersonIdentifier(scheme="nhs", value=stories.UNRELATED_NHS, role_in_risk="AT_RISK")
+        await open_case(cluster, "amh", [parent, child, sibling])
+        token = cluster.nodes["csc"].cases.person_token
+        csc = cluster.api("csc")
+        opened = await csc.OpenCase(node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=[parent]))
+        first = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
+        case = opened.case_id
+        await csc.AddPerson(node_api_pb2.AddPersonRequest(actor=CSC_WORKER, case_id=case, person=sibling))
+        joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=first.seq)
+        assert joined.body.involvement.joined and list(joined.body.involvement.link_tokens) == [token(sibling)]
+
+        hidden = node_api_pb2.PersonIdentifier()
+        hidden.CopyFrom(child)
+        hidden.protect_identity = True
+        await csc.AddPerson(node_api_pb2.AddPersonRequest(actor=CSC_WORKER, case_id=case, person=hidden))
+        for gone in (child, sibling):
+            removal = node_api_pb2.RemovePersonRequest(actor=CSC_WORKER, case_id=case, link_token=token(gone))
+            await csc.RemovePerson(removal)
+        left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
+        assert not left.body.involvement.joined and list(left.body.involvement.link_tokens) == [token(sibling)]
