@@ -40,8 +40,7 @@ async def test_a_duty_that_fails_is_said_and_begun_again_until_it_ends_of_itself
 
     await duties.supervised(log, duty)
     assert begun == 3
-    lines = captured_logs.records()
-    failed = [line for line in lines if line["event"] == "duty.failed"]
+    failed = captured_logs.records("duty.failed")
     assert [(f["attempt"], f.get("error"), "exception" in f) for f in failed] == [
         (0, "SQLITE_READONLY", False),
         (1, None, True),

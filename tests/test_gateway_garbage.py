@@ -248,8 +248,7 @@ async def test_a_gateway_that_names_what_could_be_no_agency_as_linked_is_not_bel
             recipients = {r for (r,) in await amh.store.fetchall("SELECT recipient FROM outbox")}
     assert [r.node_id for r in shared.recipients] == ["csc"] and recipients == {"csc"}
     assert {a.node_id for a in involved.agencies} == {"csc"}
-    said = captured_logs.records()
-    assert {e["left_out"] for e in said if e["event"] == "gateway.answer_malformed"} == {6}
+    assert {e["left_out"] for e in captured_logs.records("gateway.answer_malformed")} == {6}
 
 
 async def test_a_witness_that_says_it_holds_a_longer_log_than_this_node_signed_is_not_believed(
@@ -284,10 +283,9 @@ async def test_a_witness_that_says_it_holds_a_longer_log_than_this_node_signed_i
             "SELECT message_id FROM outbox WHERE kind = ?", (envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST,)
         )
     assert not found and not asked  # not taken for a store put back, and nobody asked for anything
-    said = captured_logs.records()
-    refused = [e["problem"] for e in said if e["event"] == "checkpoint.witness_answer_refused"]
+    refused = [e["problem"] for e in captured_logs.records("checkpoint.witness_answer_refused")]
     assert set(refused) == {"a longer log than this one, unknown_key", "not a checkpoint"}, refused
-    assert not [e for e in said if e["event"] in ("checkpoint.behind_witness", "restore.ask_failed")]
+    assert not captured_logs.records("checkpoint.behind_witness", "restore.ask_failed")
 
 
 PAGE = [i.to_bytes(2, "big") + bytes(30) for i in range(1_000)]
@@ -318,8 +316,7 @@ async def test_a_gateway_that_lists_the_same_page_for_ever_does_not_keep_a_node_
         removed = await audit_events(amh, "subscription.removed")
     assert sorted(t for entry in removed for t in entry["tokens"]) == [t.hex() for t in ended]
     assert hostile.calls["ListSubscriptions"] == calls
-    said = captured_logs.records()
-    problems = [e["problem"] for e in said if e["event"] == "gateway.answer_malformed"]
+    problems = [e["problem"] for e in captured_logs.records("gateway.answer_malformed")]
     assert problems == ["pages out of order"], problems
 
 

@@ -297,8 +297,7 @@ async def test_resolving_a_family_needs_a_subscription_to_it(
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await amh.ResolveRecipients(gateway_pb2.ResolveRecipientsRequest(node_id="amh", link_tokens=subscribed))
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        entries = captured_logs.records()
-        refused = [(e["level"], e["node"], e["outcome"]) for e in entries if e["event"] == "resolve.refused"]
+        refused = [(e["level"], e["node"], e["outcome"]) for e in captured_logs.records("resolve.refused")]
         assert refused == [("warning", "amh", "PERMISSION_DENIED")]  # a node fishing for who else is linked
 
 

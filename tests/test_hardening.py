@@ -474,8 +474,7 @@ async def test_r6_a_node_whose_store_refuses_writes_as_it_reconnects_connects_on
         assert await amh.store.fetchone("SELECT COUNT(*) FROM subscriptions_to_end") == (0,)
         await share(cluster, assessment_id)
         await wait_delivered(amh, 1)
-    lines = captured_logs.records()
-    failed = [line for line in lines if line["event"] == "duty.failed"]
+    failed = captured_logs.records("duty.failed")
     assert failed and all(line["duty"] == "GatewayLink.run" and line["error"] == "SQLITE_READONLY" for line in failed)
     assert all("exception" not in line for line in failed)
 
@@ -520,8 +519,7 @@ async def test_a_frame_the_gateway_fails_to_handle_ends_that_stream_and_nothing_
         csc = cluster.nodes["csc"]
         assert csc.store is not None
         assert await csc.store.fetchone("SELECT COUNT(*) FROM inbox WHERE kind = ?", (SHARE_KIND,)) == (1,)
-    lines = captured_logs.records()
-    (ended,) = [line for line in lines if line["event"] == "stream.failed"]
+    (ended,) = captured_logs.records("stream.failed")
     assert ended["node"] == "csc" and "RuntimeError: a defect met once" in ended["exception"]
 
 

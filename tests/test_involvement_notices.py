@@ -116,8 +116,7 @@ async def test_a_notice_a_node_stopped_before_sending_goes_as_it_starts_again(
         left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
     assert left.sender_node == "csc" and not left.body.involvement.joined
     assert list(left.body.involvement.link_tokens) == [child]
-    said = captured_logs.records()
-    unsendable = [e for e in said if e["event"] == "involvement.notice_unsendable"]
+    unsendable = captured_logs.records("involvement.notice_unsendable")
     assert [(e["code"], e["tokens"]) for e in unsendable] == [("PERMISSION_DENIED", 1)]
 
 
