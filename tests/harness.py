@@ -206,11 +206,12 @@ async def next_item(
     raise AssertionError(f"{node} received no item of kind {kind}")
 
 
-async def audit_events(node: NodeServer, event: str = "") -> list[dict[str, Any]]:
-    """The node's audit entries, in order; only those of `event`, if given."""
-    assert node.store is not None
+async def audit_events(source: NodeServer | Store, event: str = "") -> list[dict[str, Any]]:
+    """A node's (or a bare store's) audit entries, in order; only those of `event`, if given."""
+    store = source.store if isinstance(source, NodeServer) else source
+    assert store is not None
     sql = "SELECT entry FROM audit WHERE event = ? OR ? = '' ORDER BY seq"
-    return [json.loads(r[0]) for r in await node.store.fetchall(sql, (event, event))]
+    return [json.loads(r[0]) for r in await store.fetchall(sql, (event, event))]
 
 
 async def linkage(*args: str, **settings: str) -> tuple[int, str, str]:

@@ -17,7 +17,7 @@ from linkage.v1.node_api_pb2 import AskClarificationRequest, DeliveryStatus, Mes
 from node import answers, repeats, retention
 from node.messaging import add_to_outbox
 from node.store import Store
-from tests.harness import LocalFederation, next_item, running, wait_delivered
+from tests.harness import LocalFederation, audit_events, next_item, running, wait_delivered
 from tests.test_workflows import decline
 
 CANARY = "CANARY-7d41e2"
@@ -223,10 +223,7 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
             "SELECT message_id FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.body_kept"
         )
         assert [r[0] for r in kept] == ["out-5"]  # still in flight: its body is needed to send it again
-        purged = [
-            json.loads(r[0])["detail"]
-            for r in await store.fetchall("SELECT entry FROM audit WHERE event = ?", ("retention.purged",))
-        ]
+        purged = [e["detail"] for e in await audit_events(store, "retention.purged")]
         assert [(d["received"], d["sent_bodies"]) for d in purged] == [(3, 3), (3, 2), (1, 0)]
         assert await retention.purge(store, clock, keep_days=31, chunk=3) == NOTHING
     finally:

@@ -3,7 +3,6 @@ order it arrived: a message sent again after a failure can arrive after a newer 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import cast
 
@@ -19,6 +18,7 @@ from node.effects import apply_effects
 from node.messaging import Messenger
 from node.redelivery import Redelivery
 from node.store import Store
+from tests.harness import audit_events
 
 TOKEN = bytes(range(32))
 # None of these messages is a restore's, so none reaches the messenger a restore's answer needs.
@@ -78,9 +78,9 @@ async def test_the_newest_closure_answer_and_information_answer_hold_whatever_th
             await apply_effects(
                 tx, 9, _received(pb.MESSAGE_KIND_CLOSURE_RESPONSE, 3_000, uninvited, "police"), NOT_A_RESTORE
             )
-        heard = await store.fetchall("SELECT entry FROM audit WHERE event = 'closure.reply_received' ORDER BY seq")
+        heard = await audit_events(store, "closure.reply_received")
         # The IG officer reads which answers were from agencies alerted, and which now hold.
-        assert [(d["invited"], d["newest"]) for d in (json.loads(e)["detail"] for (e,) in heard)] == [
+        assert [(e["detail"]["invited"], e["detail"]["newest"]) for e in heard] == [
             (True, True),
             (True, arrival == (0, 1)),  # the older answer, arriving second, does not hold
             (False, False),

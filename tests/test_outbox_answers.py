@@ -10,7 +10,6 @@ does not matter to when it is sent.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from linkage.v1 import envelope_pb2, gateway_pb2
 from node.messaging import add_to_outbox
 from node.outbox import BATCH, BUSY_BASE_MS, HOLD_MEMORY_MS, Outbox
 from node.store import Store
-from tests.harness import LogWatch
+from tests.harness import LogWatch, audit_events
 
 FORWARDED, BUSY = gateway_pb2.SEND_STATUS_FORWARDED, gateway_pb2.SEND_STATUS_BUSY
 OFFLINE, REJECTED = gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE, gateway_pb2.SEND_STATUS_REJECTED
@@ -116,11 +115,6 @@ async def stored(box: Outbox, message_id: str) -> tuple[str, int, int]:
         "SELECT state, attempts, next_attempt_at_ms FROM outbox WHERE message_id = ?", (message_id,)
     )
     return row[0], int(row[1]), int(row[2])
-
-
-async def audited(box: Outbox, event: str) -> list[dict[str, object]]:
-    sql = "SELECT entry FROM audit WHERE event = ? ORDER BY seq"
-    return [json.loads(entry) for (entry,) in await box.store.fetchall(sql, (event,))]
 
 
 def backed_off(delay: int, retry: int, base_ms: int) -> bool:
@@ -266,7 +260,7 @@ async def test_each_answer_is_an_attempt_and_only_the_first_forwarding_is_audite
     await box.send_due()
     await answer(box, gateway.take(), FORWARDED)
     assert (await stored(box, message_id))[:2] == ("sent", 5)
-    sent = [(e["message_id"], e["counterpart"], e["detail"]) for e in await audited(box, "message.sent")]
+    sent = [(e["message_id"], e["counterpart"], e["detail"]) for e in await audit_events(box.store, "message.sent")]
     assert sent == [(message_id, "b", {"share_id": message_id})]  # queue() makes each its own share
 
 
@@ -317,13 +311,13 @@ async def test_a_refusal_is_final_at_once_and_an_answer_for_a_settled_or_unknown
     async with asyncio.timeout(30):
         assert await watching[refused] == "undeliverable"
     assert (await stored(box, refused))[:2] == ("undeliverable", 1)
-    (entry,) = await audited(box, "message.undeliverable")
+    (entry,) = await audit_events(box.store, "message.undeliverable")
     assert entry["detail"] == {"share_id": refused, "reason": "refused by the gateway: no such node", "by": "gateway"}
 
     never_sent = gateway_pb2.SendAck(message_id=uuid7(clock.now_ms()), recipient_node="b", status=REJECTED)
     await box.on_answers([refusal, never_sent])  # the gateway said it twice; and an id not ours
     assert (await stored(box, refused))[:2] == ("undeliverable", 1)
-    assert len(await audited(box, "message.undeliverable")) == 1
+    assert len(await audit_events(box.store, "message.undeliverable")) == 1
     assert (await stored(box, forwarded))[:2] == ("sent", 1)
     assert not watching[forwarded].done()  # forwarded is not delivered
     watching[forwarded].cancel()

@@ -19,6 +19,7 @@ from node.returned_copies import COPIES_BYTES, Recovered, copies_for, recover
 from node.store import Store, Tx
 from node.withdrawals import summary_tokens
 from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, synthetic_summary
+from tests.harness import audit_events
 
 ID = "01a20105-405a-7c0b-bc94-8ec599dbf7{:02x}"
 
@@ -137,9 +138,9 @@ async def test_only_a_copy_this_node_signed_to_the_agency_returning_it_is_put_ba
             for event, counterpart in await store.fetchall("SELECT event, counterpart FROM audit ORDER BY seq")
         ]
         assert events == [("redelivery.returned", "b"), ("message.recovered", "b"), ("redelivery.returned", "b")]
-        (entry,) = await store.fetchall("SELECT entry FROM audit WHERE event = 'message.recovered'")
+        (entry,) = await audit_events(store, "message.recovered")
         # The share register reads what went to b, not what the decision sent c.
-        assert json.loads(entry[0])["detail"]["data_categories"] == ["HEALTH", "MENTAL_HEALTH"]
+        assert entry["detail"]["data_categories"] == ["HEALTH", "MENTAL_HEALTH"]
     finally:
         await store.close()
 
@@ -216,8 +217,8 @@ async def test_a_copy_that_names_no_summary_is_recorded_with_no_one_elses_tokens
             done = await recover(tx, "a", ring.view, ContentKeys(), "b", answer)
         assert done.recovered == [ID.format(1)]
         assert await store.fetchall("SELECT tokens FROM outbox_recovered") == [(b"",)]
-        (entry,) = await store.fetchall("SELECT entry FROM audit WHERE event = 'message.recovered'")
-        assert json.loads(entry[0])["tokens"] == []
+        (entry,) = await audit_events(store, "message.recovered")
+        assert entry["tokens"] == []
     finally:
         await store.close()
 
@@ -258,8 +259,7 @@ async def test_a_withdrawal_and_an_involvement_notice_given_back_are_recorded_un
         assert await store.fetchall("SELECT summary_id, ground, erase FROM withdrawals") == [
             ("s-1", "SHARED_IN_ERROR", 1)
         ]
-        entries = await store.fetchall("SELECT entry FROM audit WHERE event = 'message.recovered' ORDER BY seq")
-        tokens = [json.loads(e)["tokens"] for (e,) in entries]
+        tokens = [e["tokens"] for e in await audit_events(store, "message.recovered")]
         assert tokens[1] == tokens[0] == sorted(t.hex() for t in share.routing.link_tokens)
         assert tokens[2] == [t.hex() for t in family]
     finally:
