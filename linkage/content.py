@@ -84,7 +84,7 @@ def check_content(body: pb.MessageBody) -> None:
 def _problem(body: pb.MessageBody) -> str:
     field = CONTENT[body.kind]
     if field == "summary":
-        return _summary_problem(body.summary)
+        return _summary_problem(body.summary, body.sender_node)
     if field == "withdrawal":
         return "" if body.withdrawal.summary_id else "the withdrawal names no summary"
     if field == "closure_response":
@@ -100,7 +100,7 @@ def _problem(body: pb.MessageBody) -> str:
             return f"information answer {response.answer} is not one this node knows"
         if not response.HasField("summary"):
             return "information provided without its summary"
-        return _summary_problem(response.summary)
+        return _summary_problem(response.summary, body.sender_node)
     if field == "challenge":
         return "" if body.challenge.stage and body.challenge.concern else "the challenge has no stage or concern"
     if field == "challenge_response":
@@ -161,9 +161,13 @@ def _holds_date(descriptor: Any, seen: frozenset[str]) -> bool:
     return any(_holds_date(fd.message_type, inner) for fd in descriptor.fields)
 
 
-def _summary_problem(summary: summary_pb2.RiskSummary) -> str:
+def _summary_problem(summary: summary_pb2.RiskSummary, sender: str) -> str:
     if not summary.summary_id:
         return "the summary has no id"
+    # An agency shares only its own summaries; one naming another as its origin would have
+    # the recipient's case system credit that agency with what it never said.
+    if summary.originating_node != sender:
+        return "the summary names another agency as its origin, not the one that sent it"
     if summary.decision.outcome not in OUTCOMES:
         return f"the summary's decision outcome {summary.decision.outcome} is not one this node knows"
     return ""

@@ -20,10 +20,14 @@ FED = "unit.linkage.example"
 TOKENS = [bytes([7]) * 32, bytes([9]) * 32]
 
 
-def synthetic_summary(headline: str = "synthetic", summary_id: str = "s-1") -> summary_pb2.RiskSummary:
-    """A summary with what its recipient needs to act on it (linkage.content)."""
+def synthetic_summary(
+    headline: str = "synthetic", summary_id: str = "s-1", origin: str = "a"
+) -> summary_pb2.RiskSummary:
+    """A summary with what its recipient needs to act on it (linkage.content), as node
+    `origin` sends it."""
     return summary_pb2.RiskSummary(
         summary_id=summary_id,
+        originating_node=origin,
         headline=headline,
         decision=summary_pb2.ShareDecision(outcome=summary_pb2.DECISION_OUTCOME_SHARED),
     )
@@ -34,7 +38,7 @@ def seal(*, keys: MessageKeys, **fields: Any) -> Outgoing:
     (`linkage.envelope.draft` names the fields); a summary share carries a synthetic summary
     unless given one."""
     if fields.get("kind") == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE and "content" not in fields:
-        fields.setdefault("summary", synthetic_summary())
+        fields.setdefault("summary", synthetic_summary(origin=fields["sender_node"]))
     message = draft(**fields)
     (signature,) = sign_batch(keys, MESSAGE_LABEL, [message.body], message.hybrid)
     return seal_signed(message, signature, ContentKeys())
@@ -65,7 +69,9 @@ class Keyring:
         share_id: str = "share-1",
     ) -> Outgoing:
         """A message from `sender` to `recipient`: a summary share, or whatever `content` writes."""
-        carried: dict[str, Any] = {"content": content} if content else {"summary": summary or synthetic_summary()}
+        carried: dict[str, Any] = (
+            {"content": content} if content else {"summary": summary or synthetic_summary(origin=sender)}
+        )
         return seal(
             keys=self.keys[sender],
             sender_node=sender,

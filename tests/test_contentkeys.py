@@ -38,7 +38,7 @@ def _seal(ring: Keyring, keys: ContentKeys, sender: str, recipient: str, n: int,
         kind=envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
         created_at_ms=at_ms,
         share_id=f"share-{n}",
-        summary=synthetic_summary(f"synthetic {n}"),
+        summary=synthetic_summary(f"synthetic {n}", origin=sender),
     )
     (signature,) = sign_batch(ring.keys[sender], MESSAGE_LABEL, [message.body])
     return seal_signed(message, signature, keys)

@@ -380,6 +380,17 @@ INFORMATION = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE
         (SHARE, lambda body: None, "does not carry its summary"),
         (SHARE, lambda body: body.summary.CopyFrom(synthetic_summary(summary_id="")), "the summary has no id"),
         (SHARE, lambda body: body.summary.CopyFrom(_unknown_outcome()), "decision outcome 42"),
+        (  # signed by a, credited to c: the recipient's case system would believe c said it
+            SHARE,
+            lambda body: body.summary.CopyFrom(synthetic_summary(origin="c")),
+            "the summary names another agency as its origin, not the one that sent it",
+        ),
+        (SHARE, lambda body: body.summary.CopyFrom(synthetic_summary(origin="")), "as its origin"),
+        (
+            INFORMATION,
+            _information(workflow_pb2.INFORMATION_ANSWER_PROVIDED, synthetic_summary(origin="c")),
+            "as its origin",
+        ),
         (REPLY, _closure_reply(99), "closure answer 99 is not one this node knows"),
         (REPLY, _closure_reply(workflow_pb2.CLOSURE_ANSWER_OBJECT, closure_id=""), "names no closure"),
         (

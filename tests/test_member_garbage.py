@@ -251,6 +251,7 @@ async def test_text_from_another_agency_cannot_act_on_the_reader_s_terminal(fede
         amh, tokens = await _linked_to_one_family(cluster)
         summary = stories.parent_risk_change(tokens[0], tokens[-1])
         summary.summary_id, summary.headline = "s-hostile", hostile
+        summary.originating_node = "amh"  # as sent: its own summary
         summary.decision.CopyFrom(stories.override_decision())
         summary.decision.outcome = summary_pb2.DECISION_OUTCOME_SHARED
         kind = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
@@ -283,6 +284,7 @@ async def test_text_from_another_agency_opens_as_text_in_an_ig_officer_s_spreads
         amh, tokens = await _linked_to_one_family(cluster)
         summary = stories.parent_risk_change(tokens[0], tokens[-1])
         summary.summary_id, summary.headline = "s-formulas", "-1 Risk is \u202eHGIH\u202c"
+        summary.originating_node = "amh"  # as sent: its own summary
         summary.decision.CopyFrom(stories.override_decision())
         summary.decision.outcome = summary_pb2.DECISION_OUTCOME_SHARED
         summary.decision.rationale = rationale

@@ -24,8 +24,8 @@ from tests.harness import audit_events
 ID = "01a20105-405a-7c0b-bc94-8ec599dbf7{:02x}"
 
 
-def _summary(summary_id: str) -> summary_pb2.RiskSummary:
-    summary = synthetic_summary(summary_id=summary_id)
+def _summary(summary_id: str, origin: str = "a") -> summary_pb2.RiskSummary:
+    summary = synthetic_summary(summary_id=summary_id, origin=origin)
     summary.people.add(link_token=bytes([3]) * 32, role_in_risk="PARENT")
     summary.people.add(link_token=bytes([4]) * 32, role_in_risk="CHILD", protect_identity=True)
     summary.decision.recipients.add(node_id="c", data_categories=["EDUCATION"])
@@ -35,7 +35,7 @@ def _summary(summary_id: str) -> summary_pb2.RiskSummary:
 
 def _held(ring: Keyring, sender: str, recipient: str, n: int) -> Opened:
     """A message as its recipient holds it: opened, its signed message and routing header kept."""
-    out = ring.seal(sender, recipient, _summary("s-1"), message_id=ID.format(n))
+    out = ring.seal(sender, recipient, _summary("s-1", sender), message_id=ID.format(n))
     keys = ring.keys[recipient]
     return open_envelope(out.envelope, me=recipient, keys=keys, directory=ring.view, now_ms=NOW)
 
