@@ -312,6 +312,11 @@ async def test_api_refuses_bad_requests_with_actionable_errors(federation: Local
                 grpc.StatusCode.NOT_FOUND,
                 "open the case first",
             ),
+            (
+                amh.DiscoverInvolvement(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id="nope")),
+                grpc.StatusCode.NOT_FOUND,
+                "no case 'nope' at this node",
+            ),
         ]
         for call, code, text in cases:
             try:

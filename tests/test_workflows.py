@@ -132,7 +132,8 @@ async def test_involvement_discovery_and_notices(federation: LocalFederation) ->
         assert agencies["amh"].agency_name == "Adult Mental Health Trust"
         assert agencies["amh"].contact_role == "Duty team"
         assert list(agencies["school"].link_tokens) == [child]
-        assert events(await audit_events(cluster.nodes["csc"]), "involvement.discovered")
+        (discovered,) = await audit_events(cluster.nodes["csc"], "involvement.discovered")
+        assert discovered["detail"] == {"case_id": await _case_id(cluster, "csc"), "agencies": ["amh", "school"]}
 
         # The police node is not involved: the gateway refuses it discovery about the family.
         police = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("police"))
@@ -183,6 +184,10 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
     async with running(federation) as cluster:
         parent, child, summary_id = await shared_with_both(cluster)
         assert await chronology_states(cluster) == [(env.MESSAGE_KIND_SUMMARY_SHARE, "current")] * 2
+        # Who made it is the node's record, not the caller's word (the story names no one).
+        received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
+        assert received.summary.originating_node == "amh" and received.summary.author == PRACTITIONER
+        assert received.summary.agency_type == received.sender_agency_type == "NHS_MENTAL_HEALTH"
 
         # The school leaves the family link; as an earlier recipient it still hears of changes (Art 19).
         school_case = await _case_id(cluster, "school")
@@ -653,6 +658,10 @@ async def test_after_a_case_closes_a_correction_still_reaches_who_had_the_summar
             await share(cluster, never_shared, env.MESSAGE_KIND_CORRECTION)
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "the case is closed and this summary was never shared: no one to tell" in (raised.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:  # said by the node, not guessed from the gateway's refusal
+            await amh.DiscoverInvolvement(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert raised.value.details() == f"case {case_id!r} is closed"
 
 
 async def test_sharing_about_someone_since_removed_from_the_case_says_why_it_cannot(
