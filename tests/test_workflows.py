@@ -205,6 +205,14 @@ async def test_decrease_historical_update_correction_and_withdrawal_reach_every_
                 actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"), assessment=decreased
             )
         )
+        assert recorded.version == 2
+        entry = (await audit_events(cluster.nodes["amh"], "assessment.recorded"))[-1]
+        assert entry["summary_id"] == summary_id
+        assert entry["detail"] == {
+            "assessment_id": recorded.assessment_id,
+            "case_id": await _case_id(cluster, "amh"),
+            "version": 2,
+        }
         notice = await share(cluster, recorded.assessment_id, env.MESSAGE_KIND_RISK_CHANGE_NOTICE)
         assert sorted(r.node_id for r in notice.recipients) == ["csc", "school"]
         item = await next_item(cluster, "school", env.MESSAGE_KIND_RISK_CHANGE_NOTICE)
