@@ -183,6 +183,7 @@ def test_under_the_hybrid_suite_both_signatures_cover_the_batch() -> None:
     with pytest.raises(Rejected) as refused:
         sign_batch(OTHER, MESSAGE_LABEL, ITEMS, hybrid=True)
     assert refused.value.reason is Reason.UNSUPPORTED_SUITE
+    assert refused.value.detail == "the hybrid suite needs this node's ML-DSA key"
 
 
 @pytest.mark.parametrize("count", [1, 5])
