@@ -268,13 +268,20 @@ async def test_what_cannot_be_signed_fails_each_caller() -> None:
         assert isinstance(outcome, Rejected) and outcome.reason is Reason.UNSUPPORTED_SUITE
 
 
-async def test_when_a_signature_cannot_be_made_its_caller_hears_once_and_nothing_is_left_unretrieved() -> None:
+@pytest.mark.parametrize("batch_failed_first", [False, True])
+async def test_when_a_signature_cannot_be_made_its_caller_hears_once_and_nothing_is_left_unretrieved(
+    batch_failed_first: bool,
+) -> None:
+    """Whether the rest are still to come (cancelled) or have failed already (marked retrieved)."""
     unretrieved: list[dict[str, object]] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _, context: unretrieved.append(context))
     try:
         signer = BatchSigner(MESSAGE_LABEL)
         waiting = [signer.sign(OTHER, "b", item, hybrid=True) for item in ITEMS[:3]]  # alone, then a batch of two
+        if batch_failed_first:
+            await asyncio.sleep(0)  # the turn ends before the caller looks: its batch fails too
+            assert all(w.done() and not w.cancelled() for w in waiting[1:])  # failed, not yet retrieved
         with pytest.raises(Rejected):
             await signed_all(waiting)
         await asyncio.sleep(0)  # the turn ends: its batch is signed, or would be
