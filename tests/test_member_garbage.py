@@ -134,19 +134,23 @@ async def _send_garbage(node: NodeServer, to: str, garbler: Garbler, tokens: lis
     """One garbage message: its id, or "" if it was too large to be sent at all."""
     kind = envelope_pb2.MessageKind.ValueType(garbler.rng.choice(list(CONTENT)))
     try:
-        return await _send(node, to, kind, tokens, f"garbage-{n}", _garbage_content(garbler, kind, tokens))
+        return await _send(
+            node, to, kind, tokens, f"garbage-{n}", _garbage_content(garbler, kind, tokens, node.config.node_id)
+        )
     except ApiError:
         return ""
 
 
-def _garbage_content(garbler: Garbler, kind: int, tokens: list[bytes]) -> Callable[[envelope_pb2.MessageBody], None]:
-    """What a message of `kind` carries, wrongly: a valid summary spoiled, or its content
-    (or another kind's) filled at random."""
+def _garbage_content(
+    garbler: Garbler, kind: int, tokens: list[bytes], sender: str
+) -> Callable[[envelope_pb2.MessageBody], None]:
+    """What a message of `kind` carries, wrongly: a valid summary of `sender`'s spoiled, or
+    its content (or another kind's) filled at random."""
 
     def fill(body: envelope_pb2.MessageBody) -> None:
         if CONTENT.get(kind) == "summary" and garbler.rng.random() < 0.5:
             summary = stories.parent_risk_change(tokens[0], tokens[-1])
-            summary.summary_id = f"s-{garbler.rng.randrange(10**6)}"
+            summary.summary_id, summary.originating_node = f"s-{garbler.rng.randrange(10**6)}", sender
             summary.decision.CopyFrom(stories.override_decision())
             body.summary.MergeFromString(garbler.spoil(summary, garbler.rng.choice((1, 2, 3))).SerializeToString())
             return
