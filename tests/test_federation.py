@@ -14,7 +14,15 @@ from linkage.clock import SystemClock
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE
 from linkage.v1 import node_api_pb2, summary_pb2
 from node.server import NodeServer
-from tests.harness import PRACTITIONER, Cluster, LocalFederation, make_federation, running, wait_delivered
+from tests.harness import (
+    PRACTITIONER,
+    Cluster,
+    LocalFederation,
+    audit_events,
+    make_federation,
+    running,
+    wait_delivered,
+)
 
 
 async def open_case(
@@ -114,10 +122,14 @@ async def test_both_ends_audit_the_exchange_and_chains_verify(federation: LocalF
     from linkage.auditlog import verify_chain
 
     async with running(federation) as cluster:
-        await share_think_family(cluster)
+        shared = await share_think_family(cluster)
         await wait_delivered(cluster.nodes["amh"], 2)
         sender = await _events(cluster.nodes["amh"])
-        assert sender.count("message.queued") == 2
+        queued = await audit_events(cluster.nodes["amh"], "message.queued")
+        assert sorted((e["counterpart"], e["message_id"]) for e in queued) == sorted(
+            (r.node_id, r.message_id) for r in shared.recipients
+        )
+        assert all(e["detail"] == {"share_id": shared.share_id, "kind": "summary_share"} for e in queued)
         assert sender.count("message.delivered") == 2
         assert "share.decision" in sender
         assert "message.received" in await _events(cluster.nodes["csc"])

@@ -6,6 +6,7 @@ inbox and chronology. Refusals included; audit entries checked at both ends."""
 from __future__ import annotations
 
 import asyncio
+import re
 import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 
 from linkage import stories
 from linkage.clock import DAY_MS, ManualClock
+from linkage.envelope import MAX_BODY_BYTES
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import gateway_pb2, gateway_pb2_grpc, node_api_pb2, summary_pb2, workflow_pb2
 from node import dates
@@ -24,6 +26,7 @@ from node.requests import check_ahead
 from node.store import Tx
 from tests.harness import (
     PRACTITIONER,
+    CapturedLogs,
     Cluster,
     LocalFederation,
     audit_events,
@@ -531,6 +534,7 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
             await amh.CloseCase(node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id))
         assert "waiting for answers from csc, school" in (raised.value.details() or "")
 
+        sent: dict[str, str] = {}
         for node, actor, answer, reason in (
             ("csc", CSC_WORKER, workflow_pb2.CLOSURE_ANSWER_AGREE, ""),
             ("school", SCHOOL_DSL, workflow_pb2.CLOSURE_ANSWER_OBJECT, "Attendance has dropped this month."),
@@ -552,11 +556,12 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
                     )
                 )
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            await cluster.api(node).RespondToClosure(
+            answered = await cluster.api(node).RespondToClosure(
                 node_api_pb2.RespondToClosureRequest(
                     actor=actor, intent_message_id=intent.message_id, answer=answer, reason=reason
                 )
             )
+            sent[node] = answered.message_id
         await next_item(cluster, "amh", env.MESSAGE_KIND_CLOSURE_RESPONSE)
         status = await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
         while status.awaiting:  # the second answer is in flight; each arrival is an inbox event
@@ -566,6 +571,9 @@ async def test_closure_intent_objection_and_notice(federation: LocalFederation) 
             await next_item(cluster, "amh", env.MESSAGE_KIND_CLOSURE_RESPONSE, after_seq=seq - 1)
             status = await amh.GetClosure(node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=case_id))
         assert status.objection_outstanding
+        received = (await amh.ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER))).items
+        responses = {i.sender_node: i.message_id for i in received if i.kind == env.MESSAGE_KIND_CLOSURE_RESPONSE}
+        assert responses == sent  # each answer's call named the message that carried it
         assert {(r.node_id, r.answer) for r in status.replies} == {
             ("csc", workflow_pb2.CLOSURE_ANSWER_AGREE),
             ("school", workflow_pb2.CLOSURE_ANSWER_OBJECT),
@@ -1102,7 +1110,11 @@ async def test_a_message_too_large_to_travel_is_refused_and_holds_up_nothing(fed
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await share(cluster, recorded.assessment_id)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "more than one message may carry" in (raised.value.details() or "")
+        too_large = (
+            r"this summary share would be [\d,]+ bytes, more than one message may carry "
+            rf"\({MAX_BODY_BYTES:,}\): shorten its text or send less in one message; nothing was sent"
+        )
+        assert re.fullmatch(too_large, raised.value.details() or ""), raised.value.details()
         assert len(events(await audit_events(cluster.nodes["amh"]), "share.decision")) == 1  # the first share's
 
         await cluster.api("csc").AskClarification(ask("Who cares for the child at night?"))
@@ -1199,7 +1211,7 @@ async def test_a_case_of_identity_protected_people_only_links_to_nobody_and_stil
 
 
 async def test_a_revoked_recipient_does_not_stop_a_correction_or_withdrawal_reaching_the_others(
-    federation: LocalFederation,
+    federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
     async with running(federation) as cluster:
         _, _, summary_id = await shared_with_both(cluster)
@@ -1217,7 +1229,9 @@ async def test_a_revoked_recipient_does_not_stop_a_correction_or_withdrawal_reac
             by_node = {r.node_id: r for r in response.recipients}
             assert by_node["csc"].state == "queued"
             assert by_node["school"].state == "undeliverable"
-            assert "'school' is revoked" in by_node["school"].reason
+            assert by_node["school"].reason == (
+                "not sent: node 'school' is revoked; if this agency must still know, tell it another way"
+            )
             status = await cluster.api("amh").GetShareStatus(
                 node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=response.share_id)
             )
@@ -1227,7 +1241,13 @@ async def test_a_revoked_recipient_does_not_stop_a_correction_or_withdrawal_reac
         await next_item(cluster, "csc", env.MESSAGE_KIND_CORRECTION)
         await next_item(cluster, "csc", env.MESSAGE_KIND_WITHDRAWAL)
         unsent = events(await audit_events(amh), "message.undeliverable")
-        assert [(e["counterpart"], e["detail"]["by"]) for e in unsent] == [("school", "sender")] * 2
+        reason = corrected.recipients[-1].reason
+        assert [(e["counterpart"], e["detail"]) for e in unsent] == [
+            ("school", {"share_id": corrected.share_id, "kind": "correction", "reason": reason, "by": "sender"}),
+            ("school", {"share_id": withdrawn.share_id, "kind": "withdrawal", "reason": reason, "by": "sender"}),
+        ]
+        said = [(r["counterpart"], r["reason"]) for r in captured_logs.records("recipient.unreachable")]
+        assert said == [("school", "sender_revoked")] * 2
         assert all(e["tokens"] and e["actor"]["id"] == PRACTITIONER.id for e in unsent)
         assert amh.metrics.registry.get_sample_value("linkage_node_messages_undeliverable_total") == 2
         feed = cluster.api("amh").WatchDeliveries(node_api_pb2.WatchDeliveriesRequest(actor=PRACTITIONER))
@@ -1239,7 +1259,6 @@ async def test_a_revoked_recipient_does_not_stop_a_correction_or_withdrawal_reac
                 if len(told) == 2:
                     break
         feed.cancel()
-        reason = corrected.recipients[-1].reason
         assert told == [(corrected.share_id, "school", reason), (withdrawn.share_id, "school", reason)]
 
 
