@@ -22,7 +22,7 @@ from linkage.auditlog import open_checkpoint
 from linkage.content import ABOUT_NO_FAMILY
 from linkage.directory import DirectoryView
 from linkage.envelope import parse_routing
-from linkage.frames import NestedBatchError, unbatch
+from linkage.frames import BatchError, unbatch
 from linkage.ids import is_node_id, is_uuid7, recordable
 from linkage.merkle import HASH_SIZE, MAX_CONSISTENCY_PROOF
 from linkage.reasons import Reason, Rejected
@@ -397,7 +397,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 self.authz.recheck(session.node_id, peer)
                 try:
                     members = unbatch(frame)
-                except NestedBatchError as exc:
+                except BatchError as exc:
                     raise Denied(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
                 for one in members:
                     which = one.WhichOneof("frame")

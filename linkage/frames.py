@@ -1,6 +1,7 @@
 """Stream frames travel in batches when several are waiting: gRPC costs the same per
 stream message whatever its size, so frames queued together are written together.
-A batch never holds a batch, and stays well under the transport's message limit."""
+A batch never holds a batch, nor more than MAX_BATCH_FRAMES frames (so that a reader may
+take one whole), and stays well under the transport's message limit."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ class _Frame(Protocol):
 F = TypeVar("F", bound=_Frame)
 
 
-class NestedBatchError(ValueError):
-    """A batch inside a batch: never sent by Linkage, so refused."""
+class BatchError(ValueError):
+    """A batch Linkage never sends (one inside another, or one of too many frames): refused."""
 
 
 def fits(batch_bytes: int, batch_frames: int, frame: _Frame) -> bool:
@@ -38,6 +39,8 @@ def unbatch(frame: F) -> list[F]:
     if frame.WhichOneof("frame") != "batch":
         return [frame]
     members: list[F] = list(frame.batch.frames)
+    if len(members) > MAX_BATCH_FRAMES:
+        raise BatchError(f"a batch may hold at most {MAX_BATCH_FRAMES} frames; this one held {len(members):,}")
     if any(f.WhichOneof("frame") == "batch" for f in members):
-        raise NestedBatchError("a batch of frames may not contain another batch")
+        raise BatchError("a batch of frames may not contain another batch")
     return members

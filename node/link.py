@@ -16,7 +16,7 @@ import grpc
 
 from linkage import logs
 from linkage.backoff import backoff_ms
-from linkage.frames import NestedBatchError, fits, unbatch
+from linkage.frames import BatchError, fits, unbatch
 from linkage.ids import is_peer
 from linkage.refusals import bounded
 from linkage.tokens import MAX_TOKENS_PER_CALL, TOKEN_LEN
@@ -34,7 +34,8 @@ STREAM_END_GRACE_S = 10.0
 RECONNECT_CAP_MS = 30_000
 # Frames being handled at once. Each handler starts in arrival order and reaches the
 # store's FIFO lock before it first yields, so effects keep the stream's order while
-# their transactions share group commits.
+# their transactions share group commits. A run of frames takes its places all at once,
+# so the window must hold the largest batch (one larger is refused as a protocol error).
 FRAME_WINDOW = 256
 # Frames handed over together when they arrive together, to be stored in one transaction,
 # not one each: answers to this node's own sends (for the outbox), and deliveries.
@@ -174,8 +175,9 @@ class GatewayLink:
                 # What gRPC says of it names the cause an operator acts on (a refused certificate, say).
                 problem = bounded(exc.details() or "", 300)
                 log.warning("gateway.unavailable", code=exc.code().name, attempt=attempt, problem=problem)
-            except NestedBatchError:
-                log.error("gateway.protocol_error", problem="nested batch")
+            except BatchError as exc:  # the stream is ended from this side, and opened again
+                log.error("gateway.protocol_error", problem=str(exc))
+                call.cancel()
             except asyncio.CancelledError:
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # the link is stopping
                     raise

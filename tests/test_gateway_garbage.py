@@ -11,6 +11,7 @@ shares and delivers as before."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import json
@@ -24,7 +25,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from linkage import logs, stories
-from linkage.frames import unbatch
+from linkage.frames import MAX_BATCH_FRAMES, unbatch
 from linkage.ids import is_node_id
 from linkage.transport import MAX_MESSAGE_BYTES, TlsFiles, api_channel
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, node_api_pb2
@@ -386,3 +387,56 @@ async def test_a_gateway_that_ends_the_stream_when_asked_who_is_linked_leaves_no
         "try again"
     )
     assert kept == [(0,), (0,)] and decided == []
+
+
+class SendsABatch(HostileGateway):
+    """On each stream, sends one frame (a batch Linkage never sends), then reads until the
+    node ends the stream."""
+
+    def __init__(self, frame: gateway_pb2.GatewayFrame, tls: TlsFiles) -> None:
+        super().__init__(Garbler(random.Random(SEED)), tls, {})
+        self.frame = frame
+
+    async def _connect(
+        self, frames: AsyncIterator[gateway_pb2.NodeFrame], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        await context.write(self.frame)
+        with contextlib.suppress(Exception):  # the node ended it (gRPC says so in a private type)
+            async for _ in frames:
+                pass
+        self.streams += 1
+        if self.streams >= 2:
+            self.streams_done.set()
+
+
+ACK = gateway_pb2.GatewayFrame(send_ack=gateway_pb2.SendAck(message_id="m", status=gateway_pb2.SEND_STATUS_FORWARDED))
+
+
+@pytest.mark.parametrize(
+    ("members", "said"),
+    [
+        # More answers than the node handles at once: taken whole, they would wait for ever for room.
+        ([ACK] * (link.FRAME_WINDOW + 1), f"a batch may hold at most {MAX_BATCH_FRAMES} frames; this one held 257"),
+        ([ACK] * (MAX_BATCH_FRAMES + 1), f"a batch may hold at most {MAX_BATCH_FRAMES} frames; this one held 65"),
+        (
+            [gateway_pb2.GatewayFrame(batch=gateway_pb2.GatewayFrames(frames=[ACK]))],
+            "a batch of frames may not contain another batch",
+        ),
+    ],
+    ids=["past_the_window", "too_many", "nested"],
+)
+async def test_a_batch_no_gateway_should_send_ends_the_stream_from_the_node_which_connects_again(
+    federation: LocalFederation, captured_logs: CapturedLogs, members: list[gateway_pb2.GatewayFrame], said: str
+) -> None:
+    """A batch holds no batch and at most MAX_BATCH_FRAMES frames, fewer than a node handles at
+    once (FRAME_WINDOW): a node takes a run of frames whole. One larger than the window once
+    left the node waiting for room that never came, connected and reading nothing, and saying
+    nothing. Now either breach is said, and the node ends the stream and opens another."""
+    assert link.FRAME_WINDOW >= MAX_BATCH_FRAMES
+    batch = gateway_pb2.GatewayFrame(batch=gateway_pb2.GatewayFrames(frames=members))
+    async with running(federation, nodes=()) as cluster, SendsABatch(batch, federation.gateway_config.tls) as hostile:
+        await cluster.start_node("amh", gateway_port=hostile.port)
+        async with asyncio.timeout(30):  # wedged, the node would never end a stream
+            await hostile.streams_done.wait()
+    problems = [e["problem"] for e in captured_logs.records("gateway.protocol_error")]
+    assert len(problems) >= 2 and set(problems) == {said}, problems

@@ -30,7 +30,7 @@ from linkage.clock import ManualClock, SystemClock
 from linkage.config import GatewayLimits
 from linkage.envelope import open_envelope
 from linkage.federation import publish_directory, revoke_node
-from linkage.frames import unbatch
+from linkage.frames import MAX_BATCH_FRAMES, unbatch
 from linkage.reasons import Reason, Rejected
 from linkage.transport import api_channel
 from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
@@ -217,24 +217,37 @@ async def test_s9_five_thousand_malformed_envelopes_through_the_live_gateway(fed
         await stub.Subscribe(gateway_pb2.SubscribeRequest(node_id="amh", link_tokens=[TOKEN]))
 
 
-async def test_s9_a_batch_is_checked_frame_by_frame_and_may_not_nest(federation: LocalFederation) -> None:
+BAD = gateway_pb2.NodeFrame(send=envelope_pb2.Envelope(routing=b"junk", ciphertext=b"x"))
+
+
+@pytest.mark.parametrize(
+    ("breach", "said"),
+    [
+        ([gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=[BAD]))], "may not contain another batch"),
+        ([BAD] * (MAX_BATCH_FRAMES + 1), f"may hold at most {MAX_BATCH_FRAMES} frames; this one held 65"),
+    ],
+    ids=["nested", "too_many"],
+)
+async def test_s9_a_batch_is_checked_frame_by_frame_and_may_not_nest_or_grow(
+    federation: LocalFederation, breach: list[gateway_pb2.NodeFrame], said: str
+) -> None:
     async with running(federation, nodes=("csc",)) as cluster:
         stub = gateway_pb2_grpc.GatewayStub(cluster.gateway_channel("amh"))
         call = stub.Connect()
-        bad = gateway_pb2.NodeFrame(send=envelope_pb2.Envelope(routing=b"junk", ciphertext=b"x"))
-        await call.write(gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=[bad] * 3)))
+        await call.write(gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=[BAD] * MAX_BATCH_FRAMES)))
         answers: list[gateway_pb2.GatewayFrame] = []
-        while len(answers) < 3:
+        while len(answers) < MAX_BATCH_FRAMES:
             answer = await call.read()
             assert isinstance(answer, gateway_pb2.GatewayFrame)
             answers += unbatch(answer)
         assert {a.send_ack.status for a in answers} == {gateway_pb2.SEND_STATUS_REJECTED}
-        nested = gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=[bad]))
-        await call.write(gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=[nested])))
+        await call.write(gateway_pb2.NodeFrame(batch=gateway_pb2.NodeFrames(frames=breach)))
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            while True:
-                await call.read()
+            async with asyncio.timeout(15):  # taken, the batch would be answered and the stream go on
+                while True:
+                    await call.read()
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert said in (raised.value.details() or "")
 
 
 def test_s10_the_gateway_holds_no_key_that_opens_a_summary(federation: LocalFederation) -> None:

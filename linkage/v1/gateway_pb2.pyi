@@ -305,7 +305,8 @@ Global___NodeFrame: _TypeAlias = NodeFrame  # noqa: Y015
 @_typing.final
 class NodeFrames(_message.Message):
     """Frames that were waiting together travel together: gRPC's cost is per stream
-    message, not per byte. A batch holds no batches; each frame in it is handled
+    message, not per byte. A batch holds no batches and at most 64 frames (a reader
+    takes it whole; either breach ends the stream); each frame in it is handled
     (authorised, validated, answered) exactly as if it had come alone.
     """
 
@@ -463,6 +464,8 @@ Global___LinksChanged: _TypeAlias = LinksChanged  # noqa: Y015
 
 @_typing.final
 class GatewayFrames(_message.Message):
+    """As NodeFrames: no batches within, at most 64 frames."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FRAMES_FIELD_NUMBER: _builtins.int
