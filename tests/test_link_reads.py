@@ -12,12 +12,9 @@ from linkage.v1 import gateway_pb2
 from node import link
 from node.link import GatewayLink
 from tests.harness import CapturedLogs, LocalFederation
+from tests.test_link_writes import _nothing
 
 WINDOW = 3
-
-
-async def _nothing(*_: object) -> None:
-    return None
 
 
 def _ack(n: int) -> gateway_pb2.GatewayFrame:
@@ -47,7 +44,7 @@ async def test_frames_are_handled_a_window_at_a_time_and_a_failed_handler_gives_
         await reader._dispatch([_ack(1), _ack(2)])
         await reader._dispatch([_ack(3)])
         fourth = asyncio.create_task(reader._dispatch([_ack(4)]))  # the window is full: it waits
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn: the handlers start, the fourth reaches the window
         assert not fourth.done() and busy == WINDOW
         held.set()  # every handler fails, and gives its places back
         async with asyncio.timeout(5):
