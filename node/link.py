@@ -32,6 +32,11 @@ RECONNECT_BASE_MS = 200
 # How long a stream ended for a renewed certificate may take to close; then it is cancelled.
 STREAM_END_GRACE_S = 10.0
 RECONNECT_CAP_MS = 30_000
+# A stream that stayed open this long was taken by the gateway: the next failure waits the
+# base again. One ended sooner counts as a failed dial, so a gateway that ends every stream at
+# once (a protocol error, this node's identity connected elsewhere) is not dialled five times
+# a second for ever, but ever more slowly, up to the cap.
+STREAM_PROVEN_S = 10.0
 # Frames being handled at once. Each handler starts in arrival order and reaches the
 # store's FIFO lock before it first yields, so effects keep the stream's order while
 # their transactions share group commits. A run of frames takes its places all at once,
@@ -148,28 +153,22 @@ class GatewayLink:
         task.add_done_callback(self._handlers.discard)
 
     async def _run(self) -> None:
-        attempt = 0
+        attempt = 0  # failures in a row: dials refused, and streams ended before they proved themselves
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self._on_connect()
-                self.on_links_changed(None)
                 call = self._stub.Connect()
                 self._call = call
                 self.connected.set()
                 await self._on_state(True)
                 log.info("gateway.connected", attempt=attempt)
-                attempt = 0
-                while isinstance(received := await call.read(), gateway_pb2.GatewayFrame):
-                    for run in runs(unbatch(received)):
-                        # Look-up answers and notices are taken as they arrive, so a notice
-                        # always finds the look-up answers given before it.
-                        which = run[0].WhichOneof("frame")
-                        if which == "resolved":
-                            self._answered(run[0].resolved)
-                        elif which == "links_changed":
-                            self.on_links_changed(list(run[0].links_changed.link_tokens) or None)
-                        else:
-                            await self._dispatch(run)
+                opened = loop.time()
+                try:
+                    await self._read(call)
+                finally:
+                    if loop.time() - opened >= STREAM_PROVEN_S:
+                        attempt = 0
                 log.info("gateway.stream_ended", renewed=self._redial_now)
             except grpc.aio.AioRpcError as exc:
                 # What gRPC says of it names the cause an operator acts on (a refused certificate, say).
@@ -196,6 +195,20 @@ class GatewayLink:
                 continue
             await asyncio.sleep(backoff_ms(attempt, RECONNECT_BASE_MS, RECONNECT_CAP_MS) / 1000)
             attempt += 1
+
+    async def _read(self, call: Call) -> None:
+        """Hand what the gateway sends on to be handled, in stream order, until the stream ends."""
+        while isinstance(received := await call.read(), gateway_pb2.GatewayFrame):
+            for run in runs(unbatch(received)):
+                # Look-up answers and notices are taken as they arrive, so a notice
+                # always finds the look-up answers given before it.
+                which = run[0].WhichOneof("frame")
+                if which == "resolved":
+                    self._answered(run[0].resolved)
+                elif which == "links_changed":
+                    self.on_links_changed(list(run[0].links_changed.link_tokens) or None)
+                else:
+                    await self._dispatch(run)
 
     async def use_tls(self, tls: TlsMaterial) -> None:
         """Dial with a renewed certificate from now on. Calls go on a new channel at once; the

@@ -391,11 +391,11 @@ async def test_a_gateway_that_ends_the_stream_when_asked_who_is_linked_leaves_no
 
 class SendsABatch(HostileGateway):
     """On each stream, sends one frame (a batch Linkage never sends), then reads until the
-    node ends the stream."""
+    node ends the stream; done after `streams` of them."""
 
-    def __init__(self, frame: gateway_pb2.GatewayFrame, tls: TlsFiles) -> None:
+    def __init__(self, frame: gateway_pb2.GatewayFrame, tls: TlsFiles, streams: int = 2) -> None:
         super().__init__(Garbler(random.Random(SEED)), tls, {})
-        self.frame = frame
+        self.frame, self.enough = frame, streams
 
     async def _connect(
         self, frames: AsyncIterator[gateway_pb2.NodeFrame], context: grpc.aio.ServicerContext[Any, Any]
@@ -405,7 +405,7 @@ class SendsABatch(HostileGateway):
             async for _ in frames:
                 pass
         self.streams += 1
-        if self.streams >= 2:
+        if self.streams >= self.enough:
             self.streams_done.set()
 
 
@@ -440,3 +440,28 @@ async def test_a_batch_no_gateway_should_send_ends_the_stream_from_the_node_whic
             await hostile.streams_done.wait()
     problems = [e["problem"] for e in captured_logs.records("gateway.protocol_error")]
     assert len(problems) >= 2 and set(problems) == {said}, problems
+
+
+@pytest.mark.parametrize(
+    ("proven_s", "attempts"), [(link.STREAM_PROVEN_S, [0, 1, 2]), (0.0, [0, 1, 1])], ids=["ended_at_once", "stood"]
+)
+async def test_a_stream_ended_as_soon_as_it_opened_counts_as_a_failed_dial(
+    federation: LocalFederation,
+    captured_logs: CapturedLogs,
+    monkeypatch: pytest.MonkeyPatch,
+    proven_s: float,
+    attempts: list[int],
+) -> None:
+    """A gateway that ends every stream at once is dialled ever more slowly, as one that
+    refuses the dial is: the count of failures goes on past a stream that did not stand. Once
+    a stream has stood (here, for no time at all), its end is the first failure again.
+    (`attempt` is the failures before each connection.)"""
+    monkeypatch.setattr(link, "STREAM_PROVEN_S", proven_s)
+    inner = gateway_pb2.GatewayFrame(batch=gateway_pb2.GatewayFrames(frames=[ACK]))
+    nested = gateway_pb2.GatewayFrame(batch=gateway_pb2.GatewayFrames(frames=[inner]))
+    stand_in = SendsABatch(nested, federation.gateway_config.tls, streams=3)
+    async with running(federation, nodes=()) as cluster, stand_in as hostile:
+        await cluster.start_node("amh", gateway_port=hostile.port)
+        async with asyncio.timeout(30):
+            await hostile.streams_done.wait()
+    assert [e["attempt"] for e in captured_logs.records("gateway.connected")][:3] == attempts
