@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from linkage.frames import MAX_BATCH_FRAMES
 from linkage.v1 import gateway_pb2
 from node.link import GatewayLink, NotConnected
 from tests.harness import LocalFederation
@@ -31,6 +32,7 @@ class Stream:
         self.cancelled = False
         self.written: list[gateway_pb2.NodeFrame] = []
         self.ended_after: int | None = None  # how many messages were written when this side was ended
+        self.goes_after: int | None = None  # how many messages it takes before it is gone, if it is to go
 
     async def write(self, message: gateway_pb2.NodeFrame) -> None:
         try:
@@ -40,6 +42,8 @@ class Stream:
         except asyncio.CancelledError:
             self.cancelled = self.gone = True
             raise
+        if self.goes_after is not None and len(self.written) >= self.goes_after:
+            self.gone = True
         if self.gone:
             raise grpc.aio.UsageError("RPC already finished.")
         self.written.append(message)
@@ -89,6 +93,19 @@ async def test_frames_written_together_on_a_stream_that_went_fail_together(link:
     with pytest.raises(NotConnected):
         await gateway_link.send_all([resolve(n) for n in (1, 2, 3)])
     assert stream.written == []
+
+
+async def test_frames_that_went_only_in_part_fail_and_the_writer_is_let_go(link: tuple[GatewayLink, Stream]) -> None:
+    """More frames than one batch holds, and the stream gone after the first: the sender is
+    told they did not all go (the outbox sends them all again), and the writer, done, is not
+    kept (one is made for each write while none is under way)."""
+    gateway_link, stream = link
+    stream.goes_after = 1
+    with pytest.raises(NotConnected):
+        await gateway_link.send_all([resolve(n) for n in range(MAX_BATCH_FRAMES + 1)])
+    assert _written(stream) == list(range(MAX_BATCH_FRAMES))
+    await asyncio.gather(*gateway_link._handlers)
+    assert not gateway_link._handlers and not gateway_link._writing
 
 
 async def test_a_sender_that_gives_up_cancels_no_write_and_the_stream_goes_on(link: tuple[GatewayLink, Stream]) -> None:

@@ -52,6 +52,33 @@ async def test_health_and_reflection_on_node_and_gateway(federation: LocalFedera
                 break
 
 
+async def test_the_link_s_health_follows_the_node_s_stream_to_the_gateway(
+    federation: LocalFederation, captured_logs: CapturedLogs
+) -> None:
+    """What a container's check and the demo wait on: NOT_SERVING from the moment the stream
+    ends, SERVING again once the node is back on one. The outbox hears the same, so it sends
+    nothing into a stream that is gone."""
+    async with running(federation, nodes=("amh",)) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.link is not None
+        health: Any = health_pb2_grpc.HealthStub(cluster.closes(api_channel(amh.config.api_socket)))
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=LINK_HEALTH_SERVICE))
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        async with asyncio.timeout(30):
+            assert (await watch.read()).status == serving
+            port = cluster.gateway.port
+            await cluster.gateway.stop(grace=0)
+            assert (await watch.read()).status == not_serving
+            assert not amh.link.connected.is_set() and amh.outbox.idle()
+            await cluster.start_gateway(port)
+            assert (await watch.read()).status == serving
+        watch.cancel()
+    failed = captured_logs.records("gateway.unavailable")
+    assert failed and all(e["code"] and e["problem"] for e in failed), failed
+    assert [e["attempt"] for e in failed] == list(range(len(failed)))  # the gateway's stream had just opened
+    assert captured_logs.records("gateway.connected")[-1]["attempt"] == len(failed)
+
+
 async def test_every_stream_is_tls_1_3_and_logs_are_json_lines(
     federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:

@@ -97,11 +97,17 @@ async def test_a_node_moves_to_its_renewed_certificate_without_a_restart_and_los
         # Shares in flight while the node changes over, and after.
         sharing = asyncio.gather(*(share(cluster, assessment_id) for _ in range(20)))
         monkeypatch.setattr(db_module, "INLINE_COMMIT_S", 0.0)  # each COMMIT in its thread, as on a slow disk
+        # The old stream ends because the node ends its side, not by the timer.
+        monkeypatch.setattr(node_link, "STREAM_END_GRACE_S", 3600.0)
+        dialled = amh.link._channel
         await asyncio.gather(amh.reload(), amh.reload())  # a SIGHUP during the periodic look: taken once
         assert amh.certificate.fingerprint == new
         await sharing
         async with asyncio.timeout(15):
             await amh.link.connected.wait()
+            while (state := dialled.get_state()) is not grpc.ChannelConnectivity.SHUTDOWN:  # closed once done with
+                await dialled.wait_for_state_change(state)
+        assert [e["renewed"] for e in captured_logs.records("gateway.stream_ended")] == [True]
 
         # The gateway stops accepting the old certificate: only a node now on the new one gets through.
         entry = _entry(federation, "amh")
@@ -113,6 +119,17 @@ async def test_a_node_moves_to_its_renewed_certificate_without_a_restart_and_los
             await wait_delivered(amh, 23)
         received = await inbox(cluster, "csc")
         assert len(received) == len(set(received)) == 23
+
+        # A stream the gateway ends later is no renewal's: the node redials after its back-off.
+        version = amh.outbox.version
+        session = cluster.gateway.sessions.get("amh")
+        assert session is not None
+        session.close()
+        async with asyncio.timeout(15):
+            while amh.link.connected.is_set():  # the outbox hears the stream end
+                version = await amh.outbox.wait_change(version)
+            await amh.link.connected.wait()
+        assert [e["renewed"] for e in captured_logs.records("gateway.stream_ended")] == [True, False]
         renewed = [e for e in await audit_events(amh) if e["event"] == "tls.certificate_renewed"]
         assert [e["detail"]["fingerprint"] for e in renewed] == [new.hex()]
         assert not captured_logs.records("stream.refused")
