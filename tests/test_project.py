@@ -7,6 +7,7 @@ import argparse
 import ast
 import importlib.metadata
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,64 @@ def test_every_kind_of_audit_entry_has_its_plain_meaning() -> None:
         [sys.executable, "-m", "linkage", "audit", "list", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert all(f"  {event} " in listed for event in MEANING)
+
+
+_LEVELS = frozenset({"debug", "info", "warning", "error", "exception", "critical"})
+# Where a call names the event it logs: `log.info("event", ...)` and its kind, `log_failure(log,
+# "event", ...)`, and the gateway's `_note("event", ...)` (a log line and a metadata-log entry).
+_EVENT_ARGUMENT = {"log_failure": 1, "_note": 0}
+
+
+def _logged_events() -> dict[str, str]:
+    """Every event the node and the gateway log by a name written in their code, with where."""
+    found: dict[str, str] = {}
+    for package in ("node", "gateway", "linkage"):
+        for path in (ROOT / package).rglob("*.py"):
+            if "v1" in path.relative_to(ROOT).parts:  # generated
+                continue
+            for call in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(call, ast.Call):
+                    continue
+                func = call.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                index = 0 if name in _LEVELS and isinstance(func, ast.Attribute) else _EVENT_ARGUMENT.get(name)
+                if index is None or len(call.args) <= index:
+                    continue
+                event = call.args[index]
+                if isinstance(event, ast.Constant) and isinstance(event.value, str):
+                    found.setdefault(event.value, f"{path.relative_to(ROOT)}:{call.lineno}")
+    return found
+
+
+def _tabled_events() -> tuple[set[str], set[str]]:
+    """The events the operations guide's table names, and the endings its `*.x` rows name.
+    A name in a row's first cell that starts with a dot ends the one before it."""
+    names: set[str] = set()
+    endings: set[str] = set()
+    for line in (ROOT / "docs" / "operations.md").read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        stem = ""
+        for name in re.findall(r"`([*a-z_.]+)`", line.split("|")[1]):
+            if name.startswith("*."):
+                endings.add(name[1:])
+            elif name.startswith("."):
+                names.add(stem + name)
+            else:
+                names.add(name)
+                stem = name.rsplit(".", 1)[0]
+    return names, endings
+
+
+def test_every_event_a_node_or_the_gateway_logs_has_its_row_in_the_operations_guide() -> None:
+    """Agency IT read an event's meaning, and what to do, in docs/operations.md: none is
+    logged that the guide does not explain."""
+    names, endings = _tabled_events()
+    logged = _logged_events()
+    assert len(logged) > 100  # the finder still finds them
+    unexplained = {
+        event: where
+        for event, where in logged.items()
+        if event not in names and not any(event.endswith(ending) for ending in endings)
+    }
+    assert not unexplained, f"give these a row in docs/operations.md's table of log events: {unexplained}"
