@@ -105,6 +105,25 @@ async def _events(node: NodeServer) -> list[str]:
     return [r[0] for r in await node.store.fetchall("SELECT event FROM audit ORDER BY seq")]
 
 
+async def test_each_case_opened_subscribes_its_people_and_the_audit_log_says_how_many_were_new(
+    federation: LocalFederation,
+) -> None:
+    """The gateway holds a person's link token for a node once: a second case naming the child
+    adds nothing there, and the node asserting every subscription again as it starts adds
+    nothing and enters nothing. The audit log names who subscribed which tokens."""
+    family = stories.think_family_people()
+    async with running(federation, nodes=("amh",)) as cluster:
+        parent, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "amh", [family[1]], "case-2")
+        await cluster.stop_node("amh")
+        amh = await cluster.start_node("amh")
+        added = await audit_events(amh, "subscription.added")
+    assert [(sorted(e["tokens"]), e["detail"], e["actor"]["id"]) for e in added] == [
+        (sorted([parent.hex(), child.hex()]), {"added": 2}, PRACTITIONER.id),
+        ([child.hex()], {"added": 0}, PRACTITIONER.id),
+    ]
+
+
 async def test_a_federation_in_a_folder_whose_name_sqlite_would_misread_works(tmp_path: Path) -> None:
     """'?', '#' and '%' in the path: the stores' readers (the node's look-ups, the gateway's
     index, `audit verify`) open their files read-only by URI, where those characters mean

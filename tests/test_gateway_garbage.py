@@ -293,20 +293,27 @@ PAGE = [i.to_bytes(2, "big") + bytes(30) for i in range(1_000)]
 
 
 @pytest.mark.parametrize(
-    ("listed", "ended", "calls"),
+    ("listed", "ended", "calls", "left_out"),
     [
-        ([*PAGE, b"no token"], PAGE, 3),  # the total, a page, and the same page again
-        ([b"no token"] * 1_000, [], 2),  # the total, and a page of nothing that could be a token
+        ([*PAGE, b"no token"], PAGE, 3, 1_002),  # the total, a page, and the same page again
+        ([b"no token"] * 1_000, [], 2, 1_000),  # the total, and a page of nothing that could be a token
+        ([PAGE[0]] * 1_000, [], 2, 1_000),  # the total, and a page of one token over and over
     ],
 )
 async def test_a_gateway_that_lists_the_same_page_for_ever_does_not_keep_a_node_listing(
-    federation: LocalFederation, captured_logs: CapturedLogs, listed: list[bytes], ended: list[bytes], calls: int
+    federation: LocalFederation,
+    captured_logs: CapturedLogs,
+    listed: list[bytes],
+    ended: list[bytes],
+    calls: int,
+    left_out: int,
 ) -> None:
     """A node told that the gateway holds more of its subscriptions than it knows of lists
     them, a page at a time, to end those it does not know (a store put back). A gateway that
     is not what it should be answers every page alike: with the same thousand tokens and one
-    that is no token, or with a thousand that are none. amh ends the listing where a page does
-    not go on from the last, ends what it was shown, and connects."""
+    that is no token, with a thousand that are none, or with one token a thousand times. amh
+    ends the listing where a page does not go on from the last, ends what it was shown, says
+    how much it left out (the page it would not take, and what was no token), and connects."""
     told: dict[str, Message] = {
         "ListSubscriptions": gateway_pb2.ListSubscriptionsResponse(link_tokens=listed, total=10**6),
     }
@@ -317,8 +324,8 @@ async def test_a_gateway_that_lists_the_same_page_for_ever_does_not_keep_a_node_
         removed = await audit_events(amh, "subscription.removed")
     assert sorted(t for entry in removed for t in entry["tokens"]) == [t.hex() for t in ended]
     assert hostile.calls["ListSubscriptions"] == calls
-    problems = [e["problem"] for e in captured_logs.records("gateway.answer_malformed")]
-    assert problems == ["pages out of order"], problems
+    said = [(e["problem"], e["left_out"]) for e in captured_logs.records("gateway.answer_malformed")]
+    assert said == [("pages out of order", left_out)], said
 
 
 async def test_an_answer_about_no_message_of_this_node_s_is_not_written_into_its_log(

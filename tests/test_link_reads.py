@@ -11,6 +11,7 @@ import pytest
 from linkage.v1 import gateway_pb2
 from node import link
 from node.link import GatewayLink
+from node.resolver import Answers
 from tests.harness import CapturedLogs, LocalFederation
 from tests.test_link_writes import _nothing
 
@@ -59,3 +60,30 @@ async def test_frames_are_handled_a_window_at_a_time_and_a_failed_handler_gives_
     failed = captured_logs.records("gateway.frame_failed")
     assert [(e["kind"], e["frames"]) for e in failed] == [("send_ack", 2)] + [("send_ack", 1)] * (2 + 2 * WINDOW)
     assert all("the store is gone" in str(e) for e in failed)
+
+
+class _UnaryGateway:
+    """A gateway's stub, as far as a unary look-up goes, that says it will push changes."""
+
+    def __init__(self, token: bytes) -> None:
+        self.token = token
+
+    async def ResolveRecipients(
+        self, request: gateway_pb2.ResolveRecipientsRequest, **_: object
+    ) -> gateway_pb2.ResolveRecipientsResponse:
+        involved = gateway_pb2.TokenInvolvement(link_token=self.token, node_ids=["csc"])
+        return gateway_pb2.ResolveRecipientsResponse(by_token=[involved], changes_pushed=True)
+
+
+async def test_an_answer_by_a_unary_call_is_never_kept_whatever_the_gateway_says(federation: LocalFederation) -> None:
+    """With no stream, a look-up goes by a unary call, and no notice that it stopped holding
+    could reach this node: it is used for the share that asked, never kept for the next."""
+    token = bytes(range(32))
+    tls = federation.node_configs["amh"].tls.read()
+    link = GatewayLink("amh", "127.0.0.1:1", "gateway", tls, on_connect=_nothing, on_frames=_nothing, on_state=_nothing)
+    link._stub = _UnaryGateway(token)  # type: ignore[assignment]  # a stub, as far as a look-up goes
+    try:
+        answers = await link.resolve([token])
+    finally:
+        await link.close()
+    assert answers == Answers({token: ["csc"]}, pushed=False)

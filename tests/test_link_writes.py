@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from linkage.frames import MAX_BATCH_FRAMES
+from linkage.frames import MAX_BATCH_BYTES, MAX_BATCH_FRAMES
 from linkage.v1 import gateway_pb2
 from node.link import GatewayLink, NotConnected
 from tests.harness import LocalFederation
@@ -106,6 +106,16 @@ async def test_frames_that_went_only_in_part_fail_and_the_writer_is_let_go(link:
     assert _written(stream) == list(range(MAX_BATCH_FRAMES))
     await asyncio.gather(*gateway_link._handlers)
     assert not gateway_link._handlers and not gateway_link._writing
+
+
+async def test_frames_are_batched_by_their_bytes_as_well_as_their_count(link: tuple[GatewayLink, Stream]) -> None:
+    """A small frame, then three that each carry a third of what a batch may: the first three
+    go together and the fourth alone, so no stream message nears the transport's limit."""
+    gateway_link, stream = link
+    third = gateway_pb2.ResolveRecipientsRequest(link_tokens=[b"t" * (MAX_BATCH_BYTES // 3)])
+    frames = [resolve(0), *(gateway_pb2.NodeFrame(resolve=third) for _ in range(3))]
+    await gateway_link.send_all(frames)
+    assert [len(m.batch.frames) if m.HasField("batch") else 1 for m in stream.written] == [3, 1]
 
 
 async def test_a_sender_that_gives_up_cancels_no_write_and_the_stream_goes_on(link: tuple[GatewayLink, Stream]) -> None:

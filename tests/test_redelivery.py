@@ -11,6 +11,8 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+import pytest
+
 from linkage import backup, stories
 from linkage.cli.audit import report_rows
 from linkage.clock import DAY_MS, SystemClock
@@ -21,6 +23,7 @@ from linkage.frames import unbatch
 from linkage.ids import uuid7
 from linkage.store_notes import mark, mark_path, read_mark
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2, workflow_pb2
+from node import link
 from node.audit_events import MEANING
 from node.redelivery import ask_again_if_restored, ask_again_if_rolled_back
 from node.server import NodeServer
@@ -366,11 +369,15 @@ async def test_a_restored_node_puts_back_a_closure_made_since_and_leaves_the_fam
         assert sorted(closing, key=bool) == [None, [case_id]]  # by the first copy of the notice
 
 
-async def test_a_restored_node_ends_the_subscriptions_its_store_no_longer_knows_of(tmp_path: Path) -> None:
+async def test_a_restored_node_ends_the_subscriptions_its_store_no_longer_knows_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A case opened after the backup is not in the restored store, but the gateway still
     holds its people subscribed for the node: the node sees the gateway's total exceed what
-    it knows, lists what the gateway holds for it, and ends the rest. Reopened (from the
-    agency's own records), the case subscribes them again."""
+    it knows, lists what the gateway holds for it (here in pages of two, as it would in pages
+    of a thousand), and ends the rest. Reopened (from the agency's own records), the case
+    subscribes them again."""
+    monkeypatch.setattr(link, "MAX_TOKENS_PER_CALL", 2)
     federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh",))
     member = backup.Member.of(federation.node_configs["amh"])
     key, sealed = tmp_path / "backup.key", tmp_path / "amh.age"
@@ -387,7 +394,8 @@ async def test_a_restored_node_ends_the_subscriptions_its_store_no_longer_knows_
         await cluster.stop_node("amh")
         backup.restore_store(member, sealed, backup.identities(key), SystemClock().now_ms())
         amh = await cluster.start_node("amh")
-        await wait_count(amh, "SELECT count(*) FROM audit WHERE event = 'subscription.removed'", (), 1)
+        async with asyncio.timeout(30):  # a listing that never ends would never end them
+            await wait_count(amh, "SELECT count(*) FROM audit WHERE event = 'subscription.removed'", (), 1)
         (ended,) = await audit_events(amh, "subscription.removed")
         assert ended["detail"] == {"removed": 1, "unknown_here": True} and ended["tokens"] == [since.hex()]
         assert index.count("amh") == 2 and all(index.is_subscribed("amh", t) for t in family)
