@@ -417,6 +417,7 @@ class SendsABatch(HostileGateway):
 
 
 ACK = gateway_pb2.GatewayFrame(send_ack=gateway_pb2.SendAck(message_id="m", status=gateway_pb2.SEND_STATUS_FORWARDED))
+ACKS = gateway_pb2.GatewayFrame(batch=gateway_pb2.GatewayFrames(frames=[ACK]))  # a batch, to put in another
 
 
 @pytest.mark.parametrize(
@@ -426,7 +427,7 @@ ACK = gateway_pb2.GatewayFrame(send_ack=gateway_pb2.SendAck(message_id="m", stat
         ([ACK] * (link.FRAME_WINDOW + 1), f"a batch may hold at most {MAX_BATCH_FRAMES} frames; this one held 257"),
         ([ACK] * (MAX_BATCH_FRAMES + 1), f"a batch may hold at most {MAX_BATCH_FRAMES} frames; this one held 65"),
         (
-            [gateway_pb2.GatewayFrame(batch=gateway_pb2.GatewayFrames(frames=[ACK]))],
+            [ACKS],
             "a batch of frames may not contain another batch",
         ),
     ],
@@ -464,8 +465,7 @@ async def test_a_stream_ended_as_soon_as_it_opened_counts_as_a_failed_dial(
     a stream has stood (here, for no time at all), its end is the first failure again.
     (`attempt` is the failures before each connection.)"""
     monkeypatch.setattr(link, "STREAM_PROVEN_S", proven_s)
-    inner = gateway_pb2.GatewayFrame(batch=gateway_pb2.GatewayFrames(frames=[ACK]))
-    nested = gateway_pb2.GatewayFrame(batch=gateway_pb2.GatewayFrames(frames=[inner]))
+    nested = gateway_pb2.GatewayFrame(batch=gateway_pb2.GatewayFrames(frames=[ACKS]))
     stand_in = SendsABatch(nested, federation.gateway_config.tls, streams=3)
     async with running(federation, nodes=()) as cluster, stand_in as hostile:
         await cluster.start_node("amh", gateway_port=hostile.port)

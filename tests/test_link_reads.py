@@ -10,10 +10,9 @@ import pytest
 
 from linkage.v1 import gateway_pb2
 from node import link
-from node.link import GatewayLink
 from node.resolver import Answers
 from tests.harness import CapturedLogs, LocalFederation
-from tests.test_link_writes import _nothing
+from tests.test_link_writes import unconnected
 
 WINDOW = 3
 
@@ -39,8 +38,7 @@ async def test_frames_are_handled_a_window_at_a_time_and_a_failed_handler_gives_
         finally:
             busy -= len(frames)
 
-    tls = federation.node_configs["amh"].tls.read()
-    reader = GatewayLink("amh", "127.0.0.1:1", "gateway", tls, on_connect=_nothing, on_frames=handle, on_state=_nothing)
+    reader = unconnected(federation, on_frames=handle)
     try:
         await reader._dispatch([_ack(1), _ack(2)])
         await reader._dispatch([_ack(3)])
@@ -79,8 +77,7 @@ async def test_an_answer_by_a_unary_call_is_never_kept_whatever_the_gateway_says
     """With no stream, a look-up goes by a unary call, and no notice that it stopped holding
     could reach this node: it is used for the share that asked, never kept for the next."""
     token = bytes(range(32))
-    tls = federation.node_configs["amh"].tls.read()
-    link = GatewayLink("amh", "127.0.0.1:1", "gateway", tls, on_connect=_nothing, on_frames=_nothing, on_state=_nothing)
+    link = unconnected(federation)
     link._stub = _UnaryGateway(token)  # type: ignore[assignment]  # a stub, as far as a look-up goes
     try:
         answers = await link.resolve([token])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -69,10 +69,19 @@ async def _nothing(*_: object) -> None:
     return None
 
 
+def unconnected(
+    federation: LocalFederation, on_frames: Callable[[list[gateway_pb2.GatewayFrame]], Awaitable[None]] = _nothing
+) -> GatewayLink:
+    """amh's link, dialling nowhere: its parts are driven by hand."""
+    tls = federation.node_configs["amh"].tls.read()
+    return GatewayLink(
+        "amh", "127.0.0.1:1", "gateway", tls, on_connect=_nothing, on_frames=on_frames, on_state=_nothing
+    )
+
+
 @pytest.fixture
 async def link(federation: LocalFederation) -> AsyncIterator[tuple[GatewayLink, Stream]]:
-    tls = federation.node_configs["amh"].tls.read()
-    link = GatewayLink("amh", "127.0.0.1:1", "gateway", tls, on_connect=_nothing, on_frames=_nothing, on_state=_nothing)
+    link = unconnected(federation)
     stream = Stream()
     link._call = stream  # type: ignore[assignment]  # a stream, as far as writing goes
     unretrieved: list[dict[str, Any]] = []
