@@ -61,6 +61,7 @@ ACK_LINGER_S = 0.02
 # A wall clock that goes back further than this was stepped (NTP, a host resumed, a hand
 # correction), not slewed: what waits is moved back with it, so each wait keeps its length.
 STEP_BACK_MS = 1_000
+NEVER = 1 << 62  # the worker's next due time when nothing live waits (a share or an answer wakes it)
 
 log = logs.get("node.outbox")
 
@@ -256,6 +257,7 @@ class Outbox:
                 self._latest_ms = max(self._latest_ms, now)
                 if now >= self._expiry_due_ms:
                     await self.expire_overdue()  # non-delivery reports do not wait for the gateway
+                    self._scan = True  # which message expires next is the store's to say
                 if self._scan or now >= self._next_due_ms or not self.link.connected.is_set():
                     self._scan = False
                     if self.link.connected.is_set():
@@ -264,10 +266,10 @@ class Outbox:
                         # is the store's to bring back. The rest (beyond the batch, or handed over
                         # during the scan) stays for the fast path.
                         self._fresh = [q for q in self._fresh if q[0] not in sent and q[1] not in self._away]
-                    timeout = await self._seconds_to_next_due()
+                    await self._plan()
                 else:
                     await self._send(self._take_fresh())
-                    timeout = max(0.01, (min(self._next_due_ms, self._expiry_due_ms) - now) / 1000)
+                timeout = self._wait_s()
                 if handed_over and self.idle():
                     # What was handed over was left in the store unsent (its destination is backing
                     # off): nothing else will announce that, and those waiting for idle() must hear it.
@@ -343,24 +345,42 @@ class Outbox:
         await self._stop_gauges()
         return len(self._in_flight)
 
-    async def _seconds_to_next_due(self) -> float | None:
+    async def _plan(self) -> None:
+        """Read from the store when the worker next has something to do: a message due, a hold
+        or back-off ending, or the oldest live message's expiry."""
         now = self.clock.now_ms()
-        _, sendable, held = self._blocked(now)
-        row = await self.store.fetchone(
-            f"SELECT MIN(CASE WHEN {sendable} THEN next_attempt_at_ms END), MIN(created_at_ms) + ? "
+        _, sendable, blocked = self._blocked(now)
+        later, earliest, expires = await self.store.fetchone(
+            f"SELECT MIN(CASE WHEN {sendable} AND next_attempt_at_ms > ? THEN next_attempt_at_ms END), "
+            f"MIN(CASE WHEN {sendable} THEN next_attempt_at_ms END), MIN(created_at_ms) + ? "
             "FROM outbox WHERE state IN ('queued', 'sent')",
-            (*held, self.settings.undeliverable_after_ms),
+            (*blocked, now, *blocked, self.settings.undeliverable_after_ms),
         )
-        if row[1] is None:
-            self._expiry_due_ms = self._next_due_ms = 1 << 62  # nothing live: fresh() brings them forward
-            return None
-        # Messages queued later expire later, so until then there is nothing to expire. What a
-        # hold keeps back is due when the hold ends (or, for a full window, when an answer comes).
+        if expires is None:
+            self._expiry_due_ms = self._next_due_ms = NEVER  # nothing live: fresh() brings them forward
+            return
+        # Messages queued later expire later, so until then there is nothing to expire.
+        self._expiry_due_ms = int(expires)
+        if not self.link.connected.is_set():
+            self._next_due_ms = NEVER  # nothing can go: the connection, when it comes, wakes the worker
+            return
+        due = [int(later)] if later is not None else []
+        # What is due now and was not sent waits for an answer to what is in flight (a
+        # probe, a full window, a batch beyond which it lies) or for a cancellation to end,
+        # each of which wakes the worker: it is not looked for again meanwhile. Only with
+        # none of those is it looked for again at once.
+        if earliest is not None and earliest <= now and not (self._in_flight or self._withheld):
+            due.append(now)
+        # What a hold or a back-off keeps back is due when it ends.
         ends = [h.resume_ms for h in self._holds.values() if h.resume_ms > now]
-        self._expiry_due_ms = int(row[1])
-        due = [int(row[0])] if row[0] is not None else []
-        self._next_due_ms = min(due + ends, default=1 << 62)
-        return max(0.01, (min(self._next_due_ms, self._expiry_due_ms) - now) / 1000)
+        ends += [resume for _, resume in self._away.values() if resume > now]
+        self._next_due_ms = min(due + ends, default=NEVER)
+
+    def _wait_s(self) -> float | None:
+        """How long the worker may sleep: until the next thing due or to expire, or (None)
+        until woken, with nothing live."""
+        until = min(self._next_due_ms, self._expiry_due_ms)
+        return None if until >= NEVER else max(0.01, (until - self.clock.now_ms()) / 1000)
 
     async def send_due(self) -> int:
         """Send what is due now according to the store; return how many envelopes went out."""
@@ -439,15 +459,19 @@ class Outbox:
         return unanswered
 
     def _blocked(self, now: int) -> tuple[bool, str, list[str]]:
-        """What nothing may be sent to now, held or with its window full: everything, or the
-        recipients named by the SQL condition returned (with its parameters) that a scan adds
-        so that it neither reads nor wakes for what it could not send."""
-        if not self._holds:
+        """What nothing may be sent to now: everything, or the recipients named by the SQL
+        condition returned (with its parameters), which a scan adds so that it neither reads
+        nor wakes for what it could not send: held after a BUSY, with its window full, or away
+        (its back-off not over, or a message already probing it)."""
+        if not self._holds and not self._away:
             return False, "1", []
         unanswered = self._unanswered()
-        blocked = [scope for scope, hold in self._holds.items() if hold.shut(now, unanswered[scope])]
-        if SENDER_SCOPE in blocked:
+        shut = {scope for scope, hold in self._holds.items() if hold.shut(now, unanswered[scope])}
+        if SENDER_SCOPE in shut:
             return True, "0", []
+        blocked = sorted(shut | {r for r, (_, resume) in self._away.items() if now < resume or unanswered[r]})
+        if not blocked:
+            return False, "1", []
         return False, f"recipient NOT IN ({', '.join('?' * len(blocked))})", blocked
 
     def _held_back(self, recipient: str, unanswered: Counter[str], now: int) -> bool:
