@@ -31,6 +31,7 @@ class Stream:
         self.gone = False
         self.cancelled = False
         self.written: list[gateway_pb2.NodeFrame] = []
+        self.wrote = asyncio.Event()  # a message was written
         self.ended_after: int | None = None  # how many messages were written when this side was ended
         self.goes_after: int | None = None  # how many messages it takes before it is gone, if it is to go
 
@@ -47,6 +48,7 @@ class Stream:
         if self.gone:
             raise grpc.aio.UsageError("RPC already finished.")
         self.written.append(message)
+        self.wrote.set()
 
     async def done_writing(self) -> None:
         self.ended_after = len(self.written)
@@ -60,9 +62,13 @@ def resolve(n: int) -> gateway_pb2.NodeFrame:
     return gateway_pb2.NodeFrame(resolve=gateway_pb2.ResolveRecipientsRequest(request_id=n))
 
 
-def _written(stream: Stream) -> list[int]:
+def _frames(stream: Stream) -> list[gateway_pb2.NodeFrame]:
     """The frames written, in order, out of the batches that carried them."""
-    return [f.resolve.request_id for m in stream.written for f in (m.batch.frames if m.HasField("batch") else [m])]
+    return [f for m in stream.written for f in (m.batch.frames if m.HasField("batch") else [m])]
+
+
+def _written(stream: Stream) -> list[int]:
+    return [f.resolve.request_id for f in _frames(stream)]
 
 
 async def _nothing(*_: object) -> None:
@@ -177,3 +183,40 @@ async def test_a_renewal_during_a_write_ends_the_stream_once_what_is_queued_is_w
     stream.flowing.set()
     await asyncio.gather(*sending)
     assert stream.ended_after == len(stream.written) and _written(stream) == [1, 2]
+
+
+class Replies:
+    """A stream's reading side: the frames given, then its end."""
+
+    def __init__(self, *frames: gateway_pb2.GatewayFrame) -> None:
+        self._frames = list(frames)
+
+    async def read(self) -> gateway_pb2.GatewayFrame | object:
+        return self._frames.pop(0) if self._frames else grpc.aio.EOF
+
+
+async def test_look_ups_asked_at_once_each_take_the_answer_that_names_them(link: tuple[GatewayLink, Stream]) -> None:
+    """Two shares asking the gateway at once, on the stream: each look-up goes with an id of
+    its own and takes the answer naming it, whichever comes first; nothing of either is kept
+    once it is answered."""
+    gateway_link, stream = link
+    tokens = {bytes([n]) * 32: agency for n, agency in ((1, "csc"), (2, "school"))}
+    asking = [asyncio.create_task(gateway_link.resolve([token])) for token in tokens]
+    async with asyncio.timeout(10):
+        while len(_frames(stream)) < len(asking):
+            stream.wrote.clear()
+            await stream.wrote.wait()
+        answers = [
+            gateway_pb2.GatewayFrame(
+                resolved=gateway_pb2.ResolveRecipientsResponse(
+                    request_id=frame.resolve.request_id,
+                    by_token=[gateway_pb2.TokenInvolvement(link_token=token, node_ids=[tokens[token]])],
+                )
+            )
+            for frame in _frames(stream)
+            for token in frame.resolve.link_tokens
+        ]
+        await gateway_link._read(Replies(*reversed(answers)))  # type: ignore[arg-type]  # as far as reading goes
+        answered = await asyncio.gather(*asking)
+    assert [answer.by_token for answer in answered] == [{token: [agency]} for token, agency in tokens.items()]
+    assert gateway_link._asked == {}
