@@ -324,6 +324,8 @@ class Outbox:
         self._fresh = [q for q in self._fresh if q[0] not in message_ids]
         for message_id in message_ids:
             self._settle(message_id, "cancelled")
+        if self._scan:
+            self.wake.set()  # a scan they filled left what lies behind them in the store
 
     def release(self, message_ids: set[str]) -> None:
         """Their cancellation failed: they are queued still, and go as any other."""
