@@ -33,6 +33,7 @@ FORWARDED, BUSY = gateway_pb2.SEND_STATUS_FORWARDED, gateway_pb2.SEND_STATUS_BUS
 OFFLINE, REJECTED = gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE, gateway_pb2.SEND_STATUS_REJECTED
 UNKNOWN = gateway_pb2.SendStatus.ValueType(99)  # a newer gateway's
 RETRY_BASE_MS, RECEIPT_TIMEOUT_MS = DeliverySettings().retry_base_ms, DeliverySettings().receipt_timeout_ms
+HOUR_MS = 3_600_000
 
 
 class Gateway:
@@ -75,14 +76,18 @@ async def outbox(tmp_path: Path) -> AsyncIterator[tuple[Outbox, Gateway, ManualC
         await store.close()
 
 
+def envelope(message_id: str, recipient: str) -> envelope_pb2.Envelope:
+    routing = envelope_pb2.RoutingHeader(message_id=message_id, sender_node="a", recipient_node=recipient)
+    return envelope_pb2.Envelope(routing=routing.SerializeToString(), ciphertext=b"sealed")
+
+
 async def queue(box: Outbox, clock: ManualClock, recipient: str, n: int) -> list[str]:
     ids = []
     async with box.store.tx() as tx:
         for _ in range(n):
             message_id = uuid7(clock.now_ms())
-            routing = envelope_pb2.RoutingHeader(message_id=message_id, sender_node="a", recipient_node=recipient)
-            envelope = envelope_pb2.Envelope(routing=routing.SerializeToString(), ciphertext=b"sealed")
-            await add_to_outbox(tx, message_id, message_id, recipient, envelope.SerializeToString(), b"\x00")
+            sealed = envelope(message_id, recipient).SerializeToString()
+            await add_to_outbox(tx, message_id, message_id, recipient, sealed, b"\x00")
             ids.append(message_id)
             clock.advance(1)  # one after another, so "oldest first" is well defined
     return ids
@@ -225,6 +230,42 @@ async def test_a_hold_waits_as_long_as_the_gateway_said_though_the_clock_is_set_
             box.wake.set()
             await gateway.wrote.wait()  # unmoved, the hold would keep it back for an hour
         assert gateway.take() == [(message_id, "b")]
+    finally:
+        logs.configure("info")
+        await box.drain(0)
+        await worker
+
+
+async def test_a_back_off_waits_as_long_as_it_was_set_though_the_clock_is_set_back_meanwhile(
+    outbox: tuple[Outbox, Gateway, ManualClock],
+) -> None:
+    """The recipient away, its message to go again after a back-off: the clock set back an hour
+    moves the stored retry and the back-off back as far, once, so the message goes when it was
+    meant to, not an hour later (nor sooner)."""
+    box, gateway, clock = outbox
+    (message_id,) = await queue(box, clock, "b", 1)
+    worker = asyncio.create_task(box.run())
+    watch = LogWatch("clock.stepped_back")
+    try:
+        async with asyncio.timeout(30):
+            await gateway.wrote.wait()
+            await answer(box, gateway.take(), OFFLINE)
+            gateway.wrote.clear()
+            _, _, due = await stored(box, message_id)
+            waits = due - clock.now_ms()
+            logs.configure("info", stream=watch)
+            clock.advance(-HOUR_MS)
+            box.wake.set()
+            await watch.seen.wait()
+            assert (await stored(box, message_id))[2] == due - HOUR_MS
+            assert box.wait_of("b") == (True, False, due - HOUR_MS)
+            clock.advance(waits - 1)
+            assert await box.send_due() == 0
+            clock.advance(1)
+            box.wake.set()
+            await gateway.wrote.wait()
+        assert gateway.take() == [(message_id, "b")]
+        assert [e["ms"] for e in watch.records("clock.stepped_back")] == [HOUR_MS]
     finally:
         logs.configure("info")
         await box.drain(0)

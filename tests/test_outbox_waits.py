@@ -11,17 +11,24 @@ plan is made, and a test awaits the first plan made after the worker is woken.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import random
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from linkage.clock import ManualClock
 from linkage.config import DeliverySettings
-from node.outbox import Outbox
+from linkage.directory import TrustedDirectory
+from linkage.v1 import gateway_pb2
+from node.link import NotConnected
+from node.outbox import BATCH, Outbox
 from node.server import NodeServer
+from node.store import Store
 from tests.harness import Cluster, make_federation, running
 from tests.test_delivery import HOUR, csc_away, family_assessment, share
+from tests.test_outbox_answers import FORWARDED, OFFLINE, Gateway, answer, envelope, queue
 
 MINUTE = 60_000
 LONG_S = 600  # a wait no retry in these tests comes close to, unless it is planned for what is due now
@@ -130,19 +137,27 @@ async def test_a_message_shared_while_its_recipient_backs_off_waits_with_it(
 async def test_once_a_message_expires_between_two_tries_the_worker_waits_for_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A message given 30 minutes to be delivered, its recipient away and tried again only in
-    an hour: it expires in between. The worker had planned to wake for that expiry, and once it
-    had passed planned to wake for it again, every 10 ms until the next try was due."""
+    """Messages given 30 minutes to be delivered, their recipient away and tried again only in
+    an hour: the first expires in between. The worker had planned to wake for that expiry, and
+    once it had passed planned to wake for it again, every 10 ms until the next try was due.
+    Now it wakes for the next message's expiry, ten minutes on."""
     async with csc_away(tmp_path) as (cluster, assessment_id):
         amh = await patient_amh(cluster, DeliverySettings(retry_base_ms=HOUR, undeliverable_after_ms=30 * MINUTE))
-        plans = Plans(amh.outbox, monkeypatch)
-        shared = await share(cluster, assessment_id)
-        (message,) = shared.recipients
-        assert await plans.until(timed_long) == 30 * MINUTE / 1000  # csc away for longer than the message lasts
         assert isinstance(amh.clock, ManualClock)
-        amh.clock.advance(30 * MINUTE)
+        plans = Plans(amh.outbox, monkeypatch)
+        first = await share(cluster, assessment_id)
+        assert await plans.until(timed_long) == 30 * MINUTE / 1000  # csc away for longer than the message lasts
+        amh.clock.advance(10 * MINUTE)
+        start = len(plans.waits)
+        second = await share(cluster, assessment_id)  # kept back with csc's back-off
+        await plans.until(lambda w: w == 60, start)  # and looked at in a minute
+        amh.clock.advance(20 * MINUTE)
+        assert await plans.after_waking() == 10 * MINUTE / 1000
+        assert await amh.outbox.settled(first.recipients[0].message_id) == "undeliverable"
+        amh.clock.advance(10 * MINUTE)
         assert await plans.after_waking() is None  # nothing left to do until a share or an answer
-        assert await amh.outbox.settled(message.message_id) == "undeliverable"
+        assert await amh.outbox.settled(second.recipients[0].message_id) == "undeliverable"
+        assert len(plans.waits) < 12  # each for a cause (a share, an answer, a wake), not a turn of a loop
 
 
 async def test_a_recipient_answering_again_is_sent_what_waited_for_it(tmp_path: Path) -> None:
@@ -158,3 +173,119 @@ async def test_a_recipient_answering_again_is_sent_what_waited_for_it(tmp_path: 
         async with asyncio.timeout(15):
             settled = [await amh.outbox.settled(s.recipients[0].message_id) for s in (first, second)]
         assert settled == ["delivered", "delivered"]
+
+
+# -- the worker alone: its store real, the gateway the test (as in test_outbox_answers) -----
+
+
+@pytest.fixture
+async def worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Outbox, Gateway, ManualClock, Plans]]:
+    """An outbox whose worker runs, each wait it plans recorded."""
+    clock = ManualClock()
+    store = await Store.open(tmp_path / "a.sqlite", clock)
+    gateway = Gateway()
+    box = Outbox(store, gateway, cast(TrustedDirectory, None), "a", clock, DeliverySettings(), random.Random(0))
+    plans = Plans(box, monkeypatch)
+    working = asyncio.create_task(box.run())
+    try:
+        yield box, gateway, clock, plans
+    finally:
+        await box.drain(0)
+        await working
+        await store.close()
+
+
+async def sent(gateway: Gateway, count: int) -> list[tuple[str, str]]:
+    """The next `count` messages the worker sends, once it has sent them."""
+    async with asyncio.timeout(15):
+        while len(gateway.sent) < count:
+            gateway.wrote.clear()
+            await gateway.wrote.wait()
+    return gateway.take()
+
+
+async def test_more_due_than_one_batch_go_as_the_first_are_answered(
+    worker: tuple[Outbox, Gateway, ManualClock, Plans],
+) -> None:
+    """The worker sends a batch and waits for its answers, not looking at the store meanwhile;
+    those answers bring the rest."""
+    box, gateway, clock, _ = worker
+    ids = await queue(box, clock, "b", BATCH + 1)
+    await box.on_connected()  # everything in the store due now, as at each connection
+    first = await sent(gateway, BATCH)
+    assert [m for m, _ in first] == ids[:BATCH]
+    await answer(box, first, FORWARDED)
+    assert await sent(gateway, 1) == [(ids[BATCH], "b")]
+
+
+async def test_a_message_kept_back_from_what_is_handed_over_keeps_back_only_itself(
+    worker: tuple[Outbox, Gateway, ManualClock, Plans],
+) -> None:
+    """Handed over together: one for b, away (one message probes it at a time), between two
+    for c. Both of c's go."""
+    box, gateway, clock, plans = worker
+    await queue(box, clock, "b", 1)
+    await box.on_connected()
+    start = len(plans.waits)
+    await answer(box, await sent(gateway, 1), OFFLINE)
+    await plans.until(lambda w: w is not None and w < LONG_S, start)  # the worker has heard: b is away
+    handed = [(m, r) for r in ("c", "b", "c") for m in await queue(box, clock, r, 1)]
+    box.fresh([(m, r, envelope(m, r)) for m, r in handed])
+    assert await sent(gateway, 2) == [handed[0], handed[2]]
+
+
+async def test_the_worker_wakes_for_the_first_thing_due(worker: tuple[Outbox, Gateway, ManualClock, Plans]) -> None:
+    """c's message forwarded, its receipt due in a minute, and b away for about a second: the
+    worker plans to wake as b's back-off ends."""
+    box, gateway, clock, plans = worker
+    await queue(box, clock, "b", 1)
+    await queue(box, clock, "c", 1)
+    await box.on_connected()
+    to_b, to_c = await sent(gateway, 2)
+    await answer(box, [to_c], FORWARDED)
+    start = len(plans.waits)
+    await answer(box, [to_b], OFFLINE)
+    waits = await plans.until(lambda w: w is not None and w < LONG_S, start)
+    assert waits == (box.wait_of("b")[2] - clock.now_ms()) / 1000 and 0.8 <= waits <= 1.4
+
+
+async def test_a_send_that_failed_while_the_link_still_said_it_was_up_is_tried_again_at_once(
+    worker: tuple[Outbox, Gateway, ManualClock, Plans], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is in flight to bring an answer, so the worker looks again at once."""
+    box, gateway, clock, _ = worker
+    write, failed = gateway.send_all, list[int]()
+
+    async def fails_once(frames: list[gateway_pb2.NodeFrame]) -> None:
+        if not failed:
+            failed.append(len(frames))
+            raise NotConnected
+        await write(frames)
+
+    monkeypatch.setattr(gateway, "send_all", fails_once)
+    (message_id,) = await queue(box, clock, "b", 1)
+    await box.on_connected()
+    assert await sent(gateway, 1) == [(message_id, "b")]
+    assert failed == [1]
+
+
+async def test_what_a_cancelling_kept_back_goes_as_it_ends(worker: tuple[Outbox, Gateway, ManualClock, Plans]) -> None:
+    """A batch's worth kept back for a cancelling under way, and one more due behind them:
+    the worker waits for the cancelling, and its end brings that one. One kept back whose
+    cancelling failed goes too."""
+    box, gateway, clock, plans = worker
+    ids = await queue(box, clock, "b", BATCH + 2)
+    kept, failed = set(ids[:BATCH]), ids[BATCH]
+    assert box.withhold([*kept, failed]) == {*kept, failed}
+    start = len(plans.waits)
+    await box.on_connected()
+    await plans.until(lambda _: True, start)  # a scan: all it read was kept back
+    assert gateway.sent == []
+    async with box.store.tx() as tx:
+        await tx.executemany("UPDATE outbox SET state = 'cancelled' WHERE message_id = ?", [(m,) for m in kept])
+    box.cancelled(kept)
+    assert await sent(gateway, 1) == [(ids[BATCH + 1], "b")]
+    box.release({failed})
+    assert await sent(gateway, 1) == [(failed, "b")]
