@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import cast
 
@@ -56,8 +57,9 @@ class Gateway:
         return sent
 
 
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[tuple[Outbox, Gateway, ManualClock]]:
+@asynccontextmanager
+async def opened_outbox(tmp_path: Path) -> AsyncIterator[tuple[Outbox, Gateway, ManualClock]]:
+    """Node a's outbox on a store of its own, the test its gateway, on a clock it moves."""
     clock = ManualClock()
     store = await Store.open(tmp_path / "a.sqlite", clock)
     gateway = Gateway()
@@ -74,6 +76,12 @@ async def outbox(tmp_path: Path) -> AsyncIterator[tuple[Outbox, Gateway, ManualC
         yield box, gateway, clock
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[tuple[Outbox, Gateway, ManualClock]]:
+    async with opened_outbox(tmp_path) as opened:
+        yield opened
 
 
 def envelope(message_id: str, recipient: str) -> envelope_pb2.Envelope:

@@ -11,24 +11,20 @@ plan is made, and a test awaits the first plan made after the worker is woken.""
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import cast
 
 import pytest
 
 from linkage.clock import ManualClock
 from linkage.config import DeliverySettings
-from linkage.directory import TrustedDirectory
 from linkage.v1 import gateway_pb2
 from node.link import NotConnected
 from node.outbox import BATCH, Outbox
 from node.server import NodeServer
-from node.store import Store
 from tests.harness import Cluster, make_federation, running
 from tests.test_delivery import HOUR, csc_away, family_assessment, share
-from tests.test_outbox_answers import FORWARDED, OFFLINE, Gateway, answer, envelope, queue
+from tests.test_outbox_answers import FORWARDED, OFFLINE, Gateway, answer, envelope, opened_outbox, queue
 
 MINUTE = 60_000
 LONG_S = 600  # a wait no retry in these tests comes close to, unless it is planned for what is due now
@@ -63,11 +59,15 @@ class Plans:
                 self._made.clear()
                 await self._made.wait()
 
+    async def made(self, start: int) -> float | None:
+        """The `start`th wait planned, once it is."""
+        return await self.until(lambda _: True, start)
+
     async def after_waking(self) -> float | None:
         """The first wait planned after the worker is woken now."""
         start = len(self.waits)
         self._outbox.wake.set()
-        return await self.until(lambda _: True, start)
+        return await self.made(start)
 
 
 def long(wait: float | None) -> bool:
@@ -183,18 +183,14 @@ async def worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Outbox, Gateway, ManualClock, Plans]]:
     """An outbox whose worker runs, each wait it plans recorded."""
-    clock = ManualClock()
-    store = await Store.open(tmp_path / "a.sqlite", clock)
-    gateway = Gateway()
-    box = Outbox(store, gateway, cast(TrustedDirectory, None), "a", clock, DeliverySettings(), random.Random(0))
-    plans = Plans(box, monkeypatch)
-    working = asyncio.create_task(box.run())
-    try:
-        yield box, gateway, clock, plans
-    finally:
-        await box.drain(0)
-        await working
-        await store.close()
+    async with opened_outbox(tmp_path) as (box, gateway, clock):
+        plans = Plans(box, monkeypatch)
+        working = asyncio.create_task(box.run())
+        try:
+            yield box, gateway, clock, plans
+        finally:
+            await box.drain(0)
+            await working
 
 
 async def sent(gateway: Gateway, count: int) -> list[tuple[str, str]]:
@@ -281,7 +277,7 @@ async def test_what_a_cancelling_kept_back_goes_as_it_ends(worker: tuple[Outbox,
     assert box.withhold([*kept, failed]) == {*kept, failed}
     start = len(plans.waits)
     await box.on_connected()
-    await plans.until(lambda _: True, start)  # a scan: all it read was kept back
+    await plans.made(start)  # a scan: all it read was kept back
     assert gateway.sent == []
     async with box.store.tx() as tx:
         await tx.executemany("UPDATE outbox SET state = 'cancelled' WHERE message_id = ?", [(m,) for m in kept])
