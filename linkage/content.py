@@ -60,10 +60,11 @@ def carried_summary(body: pb.MessageBody) -> summary_pb2.RiskSummary | None:
     return None
 
 
-def check_content(body: pb.MessageBody) -> None:
+def check_content(body: pb.MessageBody, sender_type: str) -> None:
     """Raise Rejected(MALFORMED) unless `body` carries what its kind needs, in values this
     node knows, and each date it gives is a day on the calendar; UNSUPPORTED_SCHEMA if it
-    is written in a format newer than this node reads."""
+    is written in a format newer than this node reads. `sender_type` is the agency type the
+    directory lists for the sender."""
     if body.schema_version == 0:
         raise Rejected(Reason.MALFORMED, "the message names no schema version")
     if body.schema_version > SCHEMA_VERSION:
@@ -77,14 +78,14 @@ def check_content(body: pb.MessageBody) -> None:
     content: Message = getattr(body, field)
     if body.WhichOneof("content") != field:
         raise Rejected(Reason.MALFORMED, f"the message does not carry its {field}")
-    if problem := _problem(body) or _date_problem(content):
+    if problem := _problem(body, sender_type) or _date_problem(content):
         raise Rejected(Reason.MALFORMED, problem)
 
 
-def _problem(body: pb.MessageBody) -> str:
+def _problem(body: pb.MessageBody, sender_type: str) -> str:
     field = CONTENT[body.kind]
     if field == "summary":
-        return _summary_problem(body.summary, body.sender_node)
+        return _summary_problem(body.summary, body.sender_node, sender_type)
     if field == "withdrawal":
         return "" if body.withdrawal.summary_id else "the withdrawal names no summary"
     if field == "closure_response":
@@ -100,7 +101,9 @@ def _problem(body: pb.MessageBody) -> str:
             return f"information answer {response.answer} is not one this node knows"
         if not response.HasField("summary"):
             return "information provided without its summary"
-        return _summary_problem(response.summary, body.sender_node)
+        return _summary_problem(response.summary, body.sender_node, sender_type)
+    if field == "involvement":
+        return _type_problem("involvement notice", body.involvement.agency_type, sender_type)
     if field == "challenge":
         return "" if body.challenge.stage and body.challenge.concern else "the challenge has no stage or concern"
     if field == "challenge_response":
@@ -121,6 +124,16 @@ def _problem(body: pb.MessageBody) -> str:
         whole = is_uuid7(returned.restore_id) and returned.copies and all(c.signed for c in returned.copies)
         return "" if whole else "the returned copies name no restore, or a copy is empty"
     return ""
+
+
+def _type_problem(what: str, given_type: str, sender_type: str) -> str:
+    """An agency's type is fixed when it is enrolled, and tells whoever reads what it says
+    what kind of agency is saying it: the type a message gives must be the one the directory
+    lists for its sender. Only the directory's is said, as the given one is the sender's own
+    text."""
+    if given_type == sender_type:
+        return ""
+    return f"the {what} gives another agency type than its sender's in the directory ({sender_type})"
 
 
 def _date_problem(content: Message) -> str:
@@ -161,13 +174,15 @@ def _holds_date(descriptor: Any, seen: frozenset[str]) -> bool:
     return any(_holds_date(fd.message_type, inner) for fd in descriptor.fields)
 
 
-def _summary_problem(summary: summary_pb2.RiskSummary, sender: str) -> str:
+def _summary_problem(summary: summary_pb2.RiskSummary, sender: str, sender_type: str) -> str:
     if not summary.summary_id:
         return "the summary has no id"
     # An agency shares only its own summaries; one naming another as its origin would have
     # the recipient's case system credit that agency with what it never said.
     if summary.originating_node != sender:
         return "the summary names another agency as its origin, not the one that sent it"
+    if problem := _type_problem("summary", summary.agency_type, sender_type):
+        return problem
     if summary.decision.outcome not in OUTCOMES:
         return f"the summary's decision outcome {summary.decision.outcome} is not one this node knows"
     return ""

@@ -343,7 +343,7 @@ def open_envelope(
     routing = parse_routing(envelope)
     if routing.recipient_node != me:
         raise Rejected(Reason.WRONG_RECIPIENT, "routing header names another recipient")
-    directory.active_node(routing.sender_node)
+    sender = directory.active_node(routing.sender_node)
     if routing.suite != directory.directory.suite:
         raise Rejected(Reason.UNSUPPORTED_SUITE, "suite differs from the one the directory names")
     own = keys.for_id(routing.recipient_key_id)
@@ -376,7 +376,7 @@ def open_envelope(
         or body.kind != routing.kind
     ):
         raise Rejected(Reason.HEADER_MISMATCH, "signed body does not match the routing header")
-    check_content(body)
+    check_content(body, sender.agency_type)
     return Opened(routing, body, signed, envelope_digest(envelope), envelope.routing)
 
 
@@ -427,5 +427,5 @@ def verify_own_copy(
         batch_verify(key.signing_public_key, MESSAGE_LABEL, signed.body, signed.signature, _proof(signed), pq)
     except InvalidSignature:
         raise Rejected(Reason.BAD_SIGNATURE, "the copy's signature is not this node's") from None
-    check_content(body)
+    check_content(body, directory.active_node(me).agency_type)
     return body

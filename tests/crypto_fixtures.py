@@ -18,6 +18,7 @@ from linkage.v1 import directory_pb2, envelope_pb2, summary_pb2
 NOW = 1_767_225_600_000
 FED = "unit.linkage.example"
 TOKENS = [bytes([7]) * 32, bytes([9]) * 32]
+AGENCY_TYPE = "SCHOOL"  # every node's in the directory these tests hold
 
 
 def synthetic_summary(
@@ -28,6 +29,7 @@ def synthetic_summary(
     return summary_pb2.RiskSummary(
         summary_id=summary_id,
         originating_node=origin,
+        agency_type=AGENCY_TYPE,
         headline=headline,
         decision=summary_pb2.ShareDecision(outcome=summary_pb2.DECISION_OUTCOME_SHARED),
     )
@@ -93,7 +95,7 @@ def node_entry(
     return directory_pb2.NodeEntry(
         node_id=node_id,
         agency_name=node_id.upper(),
-        agency_type="SCHOOL",
+        agency_type=AGENCY_TYPE,
         status=status,  # type: ignore[arg-type]
         tls_cert_sha256=bytes(32),
         keys=[

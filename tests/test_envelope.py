@@ -351,6 +351,12 @@ def _unknown_outcome() -> summary_pb2.RiskSummary:
     return summary
 
 
+def _typed(agency_type: str) -> summary_pb2.RiskSummary:
+    summary = synthetic_summary()
+    summary.agency_type = agency_type
+    return summary
+
+
 def _date(year: int, month: int, day: int) -> summary_pb2.Date:
     return summary_pb2.Date(year=year, month=month, day=day)
 
@@ -386,6 +392,24 @@ INFORMATION = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE
             "the summary names another agency as its origin, not the one that sent it",
         ),
         (SHARE, lambda body: body.summary.CopyFrom(synthetic_summary(origin="")), "as its origin"),
+        (  # a school's node saying a police force assessed it: read as the police's word
+            SHARE,
+            lambda body: body.summary.CopyFrom(_typed("POLICE")),
+            "the summary gives another agency type than its sender's in the directory (SCHOOL)",
+        ),
+        (SHARE, lambda body: body.summary.CopyFrom(_typed("")), "another agency type than its sender's"),
+        (
+            INFORMATION,
+            _information(workflow_pb2.INFORMATION_ANSWER_PROVIDED, _typed("POLICE")),
+            "the summary gives another agency type",
+        ),
+        (
+            envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE,
+            lambda body: body.involvement.CopyFrom(
+                workflow_pb2.InvolvementNotice(joined=True, link_tokens=TOKENS, agency_type="POLICE")
+            ),
+            "the involvement notice gives another agency type than its sender's in the directory (SCHOOL)",
+        ),
         (
             INFORMATION,
             _information(workflow_pb2.INFORMATION_ANSWER_PROVIDED, synthetic_summary(origin="c")),

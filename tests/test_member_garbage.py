@@ -40,7 +40,17 @@ from node import reception
 from node.errors import ApiError
 from node.server import NodeServer
 from tests.api_garbler import Garbler
-from tests.harness import PRACTITIONER, CapturedLogs, Cluster, LocalFederation, linkage, running, wait_count
+from tests.harness import (
+    AGENCIES,
+    PRACTITIONER,
+    CapturedLogs,
+    Cluster,
+    LocalFederation,
+    audit_events,
+    linkage,
+    running,
+    wait_count,
+)
 from tests.test_api_garbage import (
     DEFECTS,
     SEED,
@@ -151,6 +161,7 @@ def _garbage_content(
         if CONTENT.get(kind) == "summary" and garbler.rng.random() < 0.5:
             summary = stories.parent_risk_change(tokens[0], tokens[-1])
             summary.summary_id, summary.originating_node = f"s-{garbler.rng.randrange(10**6)}", sender
+            summary.agency_type = AGENCIES[sender][1]
             summary.decision.CopyFrom(stories.override_decision())
             body.summary.MergeFromString(garbler.spoil(summary, garbler.rng.choice((1, 2, 3))).SerializeToString())
             return
@@ -255,7 +266,7 @@ async def test_text_from_another_agency_cannot_act_on_the_reader_s_terminal(fede
         amh, tokens = await _linked_to_one_family(cluster)
         summary = stories.parent_risk_change(tokens[0], tokens[-1])
         summary.summary_id, summary.headline = "s-hostile", hostile
-        summary.originating_node = "amh"  # as sent: its own summary
+        summary.originating_node, summary.agency_type = "amh", AGENCIES["amh"][1]  # as sent: its own summary
         summary.decision.CopyFrom(stories.override_decision())
         summary.decision.outcome = summary_pb2.DECISION_OUTCOME_SHARED
         kind = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
@@ -273,6 +284,53 @@ async def test_text_from_another_agency_cannot_act_on_the_reader_s_terminal(fede
     assert json.loads(as_json)["body"]["summary"]["headline"] == hostile
 
 
+async def test_a_summary_or_notice_giving_another_agency_type_than_its_sender_s_is_refused_and_the_sender_told(
+    federation: LocalFederation,
+) -> None:
+    """amh, an NHS mental health trust, sends csc a summary and an involvement notice that
+    each say a police force wrote them. csc refuses both as malformed before storing
+    either, its audit log says why, and amh's outbox says the recipient refused them."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        amh, tokens = await _linked_to_one_family(cluster)
+        summary = stories.parent_risk_change(tokens[0], tokens[-1])
+        summary.summary_id, summary.originating_node, summary.agency_type = "s-as-police", "amh", "POLICE"
+        summary.decision.CopyFrom(stories.override_decision())
+        summary.decision.outcome = summary_pb2.DECISION_OUTCOME_SHARED
+        notice = workflow_pb2.InvolvementNotice(
+            joined=True, link_tokens=tokens, agency_name="County Police", agency_type="POLICE"
+        )
+        share = await _send(
+            amh,
+            "csc",
+            envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE,
+            tokens,
+            "as-police",
+            lambda b: b.summary.CopyFrom(summary),
+        )
+        joined = await _send(
+            amh,
+            "csc",
+            envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE,
+            tokens,
+            "joined",
+            lambda b: b.involvement.CopyFrom(notice),
+        )
+        assert [await amh.outbox.settled(m) for m in (share, joined)] == ["undeliverable", "undeliverable"]
+        assert amh.store is not None
+        assert (
+            await amh.store.fetchall("SELECT reason FROM outbox WHERE message_id IN (?, ?)", (share, joined))
+            == [("refused by the recipient: malformed",)] * 2
+        )
+        why = {e["message_id"]: e["detail"] for e in await audit_events(cluster.nodes["csc"], "message.rejected")}
+        given = "another agency type than its sender's in the directory (NHS_MENTAL_HEALTH)"
+        assert why == {
+            share: {"reason": "malformed", "why": f"the summary gives {given}"},
+            joined: {"reason": "malformed", "why": f"the involvement notice gives {given}"},
+        }
+        listed = await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER))
+        assert not listed.items
+
+
 async def test_text_from_another_agency_opens_as_text_in_an_ig_officer_s_spreadsheet_and_report(
     federation: LocalFederation, tmp_path: Path
 ) -> None:
@@ -288,7 +346,7 @@ async def test_text_from_another_agency_opens_as_text_in_an_ig_officer_s_spreads
         amh, tokens = await _linked_to_one_family(cluster)
         summary = stories.parent_risk_change(tokens[0], tokens[-1])
         summary.summary_id, summary.headline = "s-formulas", "-1 Risk is \u202eHGIH\u202c"
-        summary.originating_node = "amh"  # as sent: its own summary
+        summary.originating_node, summary.agency_type = "amh", AGENCIES["amh"][1]  # as sent: its own summary
         summary.decision.CopyFrom(stories.override_decision())
         summary.decision.outcome = summary_pb2.DECISION_OUTCOME_SHARED
         summary.decision.rationale = rationale

@@ -18,7 +18,7 @@ from node.redelivery import Redelivery
 from node.returned_copies import COPIES_BYTES, Recovered, copies_for, recover
 from node.store import Store, Tx
 from node.withdrawals import summary_tokens
-from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, synthetic_summary
+from tests.crypto_fixtures import AGENCY_TYPE, NOW, TOKENS, Keyring, make_keyring, synthetic_summary
 from tests.harness import audit_events
 
 ID = "01a20105-405a-7c0b-bc94-8ec599dbf7{:02x}"
@@ -246,7 +246,9 @@ async def test_a_withdrawal_and_an_involvement_notice_given_back_are_recorded_un
         "b",
         message_id=ID.format(3),
         kind=envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE,
-        content=lambda body: body.involvement.CopyFrom(workflow_pb2.InvolvementNotice(joined=True, link_tokens=family)),
+        content=lambda body: body.involvement.CopyFrom(
+            workflow_pb2.InvolvementNotice(joined=True, link_tokens=family, agency_type=AGENCY_TYPE)
+        ),
     )
     copies = [workflow_pb2.ReturnedCopy(signed=share.signed.SerializeToString(), routing=share.routing_bytes)]
     for out in (withdrawn, joined):  # stored by b before nodes kept a routing header
