@@ -22,25 +22,25 @@ AGENCY_TYPE = "SCHOOL"  # every node's in the directory these tests hold
 
 
 def synthetic_summary(
-    headline: str = "synthetic", summary_id: str = "s-1", origin: str = "a"
+    headline: str = "synthetic", summary_id: str = "s-1", origin: str = "a", agency_type: str = AGENCY_TYPE
 ) -> summary_pb2.RiskSummary:
     """A summary with what its recipient needs to act on it (linkage.content), as node
-    `origin` sends it."""
+    `origin`, of `agency_type`, sends it."""
     return summary_pb2.RiskSummary(
         summary_id=summary_id,
         originating_node=origin,
-        agency_type=AGENCY_TYPE,
+        agency_type=agency_type,
         headline=headline,
         decision=summary_pb2.ShareDecision(outcome=summary_pb2.DECISION_OUTCOME_SHARED),
     )
 
 
-def seal(*, keys: MessageKeys, **fields: Any) -> Outgoing:
+def seal(*, keys: MessageKeys, agency_type: str = AGENCY_TYPE, **fields: Any) -> Outgoing:
     """Draft, sign and seal one message on its own, as a node does a lone message
     (`linkage.envelope.draft` names the fields); a summary share carries a synthetic summary
-    unless given one."""
+    of the sender, an agency of `agency_type`, unless given one."""
     if fields.get("kind") == envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE and "content" not in fields:
-        fields.setdefault("summary", synthetic_summary(origin=fields["sender_node"]))
+        fields.setdefault("summary", synthetic_summary(origin=fields["sender_node"], agency_type=agency_type))
     message = draft(**fields)
     (signature,) = sign_batch(keys, MESSAGE_LABEL, [message.body], message.hybrid)
     return seal_signed(message, signature, ContentKeys())

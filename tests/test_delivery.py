@@ -24,6 +24,7 @@ from node.server import NodeServer
 from node.store import Tx
 from tests.crypto_fixtures import seal
 from tests.harness import (
+    AGENCIES,
     PRACTITIONER,
     Cluster,
     audit_events,
@@ -340,6 +341,7 @@ async def test_same_id_with_other_content_is_refused_as_a_conflict(tmp_path: Pat
         directory = amh.trust.current(clock.now_ms())
         other = seal(
             keys=amh.reception.keys,
+            agency_type=AGENCIES["amh"][1],
             sender_node="amh",
             recipient_node="csc",
             recipient_key=directory.sealing_key("csc", clock.now_ms()),

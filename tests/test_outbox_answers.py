@@ -438,3 +438,20 @@ async def test_a_window_grown_to_a_whole_batch_is_no_hold_at_all(
         windows.append(len(sent))
         await answer(box, sent, FORWARDED)
     assert windows == [2**n for n in range(8)]  # 255 forwarded: the window is 256, and gone
+
+
+async def test_a_message_given_up_tells_whoever_follows_it_and_is_counted(
+    outbox: tuple[Outbox, Gateway, ManualClock],
+) -> None:
+    """One waiting for the message to settle hears it given up, watchers of delivery states
+    hear of a change, and the metric counts it."""
+    box, _, clock = outbox
+    (message_id,) = await queue(box, clock, "b", 1)
+    settling = asyncio.create_task(box.settled(message_id))
+    changing = asyncio.create_task(box.wait_change(box.version))
+    clock.advance(box.settings.undeliverable_after_ms)
+    await box.expire_overdue()
+    async with asyncio.timeout(15):
+        assert await settling == "undeliverable"
+        await changing
+    assert box.metrics.registry.get_sample_value("linkage_node_messages_undeliverable_total") == 1

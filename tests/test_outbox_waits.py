@@ -285,3 +285,37 @@ async def test_what_a_cancelling_kept_back_goes_as_it_ends(worker: tuple[Outbox,
     assert await sent(gateway, 1) == [(ids[BATCH + 1], "b")]
     box.release({failed})
     assert await sent(gateway, 1) == [(failed, "b")]
+
+
+async def test_a_new_stream_sends_again_at_once_what_the_old_one_left_unanswered(
+    worker: tuple[Outbox, Gateway, ManualClock, Plans],
+) -> None:
+    """b's message forwarded, its receipt looked for in a minute; c away, tried again in about
+    a second. The stream ends and another opens: whatever the old one would have brought is
+    lost with it, so both go again at once, not as each was due."""
+    box, gateway, clock, _ = worker
+    await queue(box, clock, "b", 1)
+    await queue(box, clock, "c", 1)
+    await box.on_connected()
+    to_b, to_c = await sent(gateway, 2)
+    await answer(box, [to_b], FORWARDED)
+    await answer(box, [to_c], OFFLINE)
+    await box.disconnected()
+    await box.on_connected()
+    assert sorted(await sent(gateway, 2)) == sorted([to_b, to_c])
+
+
+async def test_a_node_stopping_as_its_stream_ends_stops_at_once(
+    worker: tuple[Outbox, Gateway, ManualClock, Plans],
+) -> None:
+    """A node stopping waits up to its grace for the gateway's answers to what it sent; once
+    the stream has ended, none will come, and it waits no longer."""
+    box, gateway, clock, _ = worker
+    await queue(box, clock, "b", 1)
+    await box.on_connected()
+    await sent(gateway, 1)
+    stopping = asyncio.create_task(box.drain(3600))
+    await asyncio.sleep(0)  # the drain is waiting
+    await box.disconnected()
+    async with asyncio.timeout(15):
+        await stopping

@@ -34,6 +34,7 @@ from node.store import db as db_module
 from tests.crypto_fixtures import seal
 from tests.file_crashes import Crash, crash_at, readable_by_others
 from tests.harness import (
+    AGENCIES,
     FEDERATION_ID,
     PRACTITIONER,
     CapturedLogs,
@@ -65,6 +66,7 @@ def test_rotation_overlap_and_expiry(tmp_path: Path) -> None:
     def message(created: int, signer: MessageKeys) -> envelope_pb2.Envelope:
         return seal(
             keys=signer,
+            agency_type=AGENCIES["csc"][1],
             sender_node="csc",
             recipient_node="amh",
             recipient_key=directory.sealing_key("amh", created),
@@ -95,6 +97,7 @@ def test_rotation_overlap_and_expiry(tmp_path: Path) -> None:
     # Something sealed to csc's old key before the rotation still opens with the rotated keyring.
     to_old = seal(
         keys=amh,
+        agency_type=AGENCIES["amh"][1],
         sender_node="amh",
         recipient_node="csc",
         recipient_key=next(k for k in directory.nodes["csc"].keys if k.key_id == old.key_id),
