@@ -486,33 +486,25 @@ class Outbox:
     async def expire_overdue(self) -> None:
         """Non-delivery reports: what was not delivered in time becomes undeliverable."""
         cutoff = self.clock.now_ms() - self.settings.undeliverable_after_ms
-        rows = await self.store.fetchall(
-            "SELECT message_id, share_id, recipient, state FROM outbox "
-            "WHERE state IN ('queued', 'sent') AND created_at_ms <= ?",
-            (cutoff,),
-        )
-        if not rows:
-            return
+        overdue = "state IN ('queued', 'sent') AND created_at_ms <= ?"
+        if await self.store.fetchone(f"SELECT 1 FROM outbox WHERE {overdue} LIMIT 1", (cutoff,)) is None:
+            return  # the usual answer, found without a write transaction
         days = self.settings.undeliverable_after_ms / 86_400_000
-        expired = []
         async with self.store.tx() as tx:
-            for message_id, share_id, recipient, state in rows:
-                reason = f"not delivered within {days:g} days (last state: {state})"
-                # Still live where it is written: a receipt committed since it was read stands.
-                changed = await tx.execute(
-                    "UPDATE outbox SET state = 'undeliverable', reason = ? "
-                    "WHERE message_id = ? AND state IN ('queued', 'sent')",
-                    (reason, message_id),
-                )
-                if not changed.rowcount:
-                    continue
-                expired.append(message_id)
+            # Read again where it is written: a receipt committed since the look above stands.
+            rows = await tx.fetchall(
+                f"UPDATE outbox SET state = 'undeliverable', reason = ? || state || ')' WHERE {overdue} "
+                "RETURNING message_id, share_id, recipient, reason",
+                (f"not delivered within {days:g} days (last state: ", cutoff),
+            )
+            for message_id, share_id, recipient, reason in sorted(rows):  # by id: in the order they were made
                 await tx.audit(
                     "message.undeliverable",
                     message_id=message_id,
                     counterpart=recipient,
                     detail={"share_id": share_id, "reason": reason, "by": "sender"},
                 )
+        expired = [message_id for message_id, *_ in rows]
         if not expired:
             return
         self.metrics.undeliverable.inc(len(expired))

@@ -238,7 +238,7 @@ async def test_undelivered_after_the_limit_is_reported_to_the_case_system(tmp_pa
             if event.status.state == "undeliverable":
                 assert event.share_id == shared.share_id
                 assert event.status.node_id == "csc"
-                assert "not delivered within 7 days" in event.status.reason
+                assert event.status.reason == "not delivered within 7 days (last state: queued)"
                 break
         assert states[0] == "queued"
         status = await api.GetShareStatus(node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id))

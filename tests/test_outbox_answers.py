@@ -440,18 +440,29 @@ async def test_a_window_grown_to_a_whole_batch_is_no_hold_at_all(
     assert windows == [2**n for n in range(8)]  # 255 forwarded: the window is 256, and gone
 
 
-async def test_a_message_given_up_tells_whoever_follows_it_and_is_counted(
+async def test_messages_given_up_tell_whoever_follows_them_and_are_counted(
     outbox: tuple[Outbox, Gateway, ManualClock],
 ) -> None:
-    """One waiting for the message to settle hears it given up, watchers of delivery states
-    hear of a change, and the metric counts it."""
+    """Two messages not delivered in time, one forwarded and one never taken by the gateway:
+    each is given up saying its last state, in the audit log in the order they were made;
+    one waiting for the first to settle hears it given up, watchers of delivery states hear
+    of a change, and the metric counts both."""
     box, _, clock = outbox
-    (message_id,) = await queue(box, clock, "b", 1)
-    settling = asyncio.create_task(box.settled(message_id))
+    forwarded, queued = await queue(box, clock, "b", 2)
+    await answer(box, [(forwarded, "b")], FORWARDED)
+    settling = asyncio.create_task(box.settled(forwarded))
     changing = asyncio.create_task(box.wait_change(box.version))
     clock.advance(box.settings.undeliverable_after_ms)
     await box.expire_overdue()
     async with asyncio.timeout(15):
         assert await settling == "undeliverable"
         await changing
-    assert box.metrics.registry.get_sample_value("linkage_node_messages_undeliverable_total") == 1
+    assert box.metrics.registry.get_sample_value("linkage_node_messages_undeliverable_total") == 2
+    given_up = [(e["message_id"], e["detail"]) for e in await audit_events(box.store, "message.undeliverable")]
+    assert given_up == [
+        (
+            message_id,
+            {"share_id": message_id, "reason": f"not delivered within 7 days (last state: {last})", "by": "sender"},
+        )
+        for message_id, last in ((forwarded, "sent"), (queued, "queued"))
+    ]

@@ -233,16 +233,22 @@ async def test_a_message_kept_back_from_what_is_handed_over_keeps_back_only_itse
 
 
 async def test_the_worker_wakes_for_the_first_thing_due(worker: tuple[Outbox, Gateway, ManualClock, Plans]) -> None:
-    """c's message forwarded, its receipt due in a minute, and b away for about a second: the
-    worker plans to wake as b's back-off ends."""
+    """c's message forwarded, its receipt due in a minute, and b away for about a second, the
+    two answers coming together: the worker plans to wake as b's back-off ends."""
     box, gateway, clock, plans = worker
     await queue(box, clock, "b", 1)
     await queue(box, clock, "c", 1)
-    await box.on_connected()
-    to_b, to_c = await sent(gateway, 2)
-    await answer(box, [to_c], FORWARDED)
     start = len(plans.waits)
-    await answer(box, [to_b], OFFLINE)
+    await box.on_connected()
+    (b, _), (c, _) = await sent(gateway, 2)
+    await plans.until(timed_long, start)  # both in flight: the scan waits for their answers
+    start = len(plans.waits)
+    await box.on_answers(
+        [
+            gateway_pb2.SendAck(message_id=c, recipient_node="c", status=FORWARDED),
+            gateway_pb2.SendAck(message_id=b, recipient_node="b", status=OFFLINE),
+        ]
+    )
     waits = await plans.until(lambda w: w is not None and w < LONG_S, start)
     assert waits == (box.wait_of("b")[2] - clock.now_ms()) / 1000 and 0.8 <= waits <= 1.4
 
