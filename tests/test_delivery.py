@@ -355,9 +355,8 @@ async def test_same_id_with_other_content_is_refused_as_a_conflict(tmp_path: Pat
         csc = cluster.nodes["csc"]
         await csc.reception.on_envelopes([other.envelope])
         assert len(await inbox(cluster, "csc")) == 1
-        assert csc.store is not None
-        entry = (await csc.store.fetchone("SELECT entry FROM audit WHERE event = 'message.rejected'"))[0]
-        assert '"reason":"conflict"' in entry and routing.message_id in entry
+        (rejected,) = await audit_events(csc, "message.rejected")
+        assert (rejected["message_id"], rejected["detail"]["reason"]) == (routing.message_id, "conflict")
 
 
 async def test_overload_is_pushed_back_and_everything_arrives_later(tmp_path: Path) -> None:

@@ -191,9 +191,9 @@ async def test_policy_failure_sends_nothing_and_records_not_shared(federation: L
         store = cluster.nodes["amh"].store
         assert store is not None
         assert (await store.fetchone("SELECT COUNT(*) FROM outbox"))[0] == 0
-        row = await store.fetchone("SELECT entry FROM audit WHERE event = 'share.decision'")
-        assert '"decision":"DECISION_OUTCOME_NOT_SHARED"' in row[0]
-        assert "override_ground_missing" in row[0]
+        (decided,) = await audit_events(store, "share.decision")
+        assert decided["decision"] == "DECISION_OUTCOME_NOT_SHARED"
+        assert "override_ground_missing" in decided["detail"]["findings"]
 
 
 async def test_api_refuses_bad_requests_with_actionable_errors(federation: LocalFederation) -> None:

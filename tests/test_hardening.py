@@ -37,7 +37,7 @@ from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grp
 from node.link import GatewayRefused
 from node.store import Store
 from tests.crypto_fixtures import NOW, make_keyring
-from tests.harness import CapturedLogs, LocalFederation, make_federation, running, settle, wait_delivered
+from tests.harness import CapturedLogs, LocalFederation, audit_events, make_federation, running, settle, wait_delivered
 from tests.test_delivery import family_assessment, share
 
 TOKEN = bytes([5]) * 32
@@ -66,9 +66,9 @@ async def test_s1_a_thousand_bit_flips_are_all_rejected_and_audited(tmp_path: Pa
             setattr(bad, field, bytes(data))
             await csc.reception.on_envelopes([bad])
         assert (await csc.store.fetchone("SELECT COUNT(*) FROM inbox"))[0] == before_inbox
-        rejects = await csc.store.fetchall("SELECT entry FROM audit WHERE event = 'message.rejected'")
+        rejects = await audit_events(csc, "message.rejected")
         assert len(rejects) - before_rejects == 1000
-        reasons = {r[0].split('"reason":"')[1].split('"')[0] for r in rejects[before_rejects:]}
+        reasons = {r["detail"]["reason"] for r in rejects[before_rejects:]}
         assert reasons <= {r.value for r in Reason}
         assert Reason.DECRYPT_FAILED.value in reasons
 

@@ -555,8 +555,7 @@ async def test_a_refused_message_s_ids_are_recorded_only_in_the_forms_the_federa
         assert csc.store is not None
         routing = envelope_pb2.RoutingHeader(message_id=nonsense, sender_node=nonsense, recipient_node="csc")
         await csc.reception.on_envelopes([envelope_pb2.Envelope(routing=routing.SerializeToString())])
-        (entry,) = await csc.store.fetchone("SELECT entry FROM audit WHERE event = 'message.rejected'")
-    rejected = json.loads(entry)
+        (rejected,) = await audit_events(csc, "message.rejected")
     assert (rejected["message_id"], rejected["counterpart"]) == ("", "")
     assert rejected["detail"]["message_id_malformed"] and rejected["detail"]["counterpart_malformed"]
     assert len(rejected["detail"]["why"]) < 300  # what it quotes, cut short

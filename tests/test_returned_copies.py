@@ -3,7 +3,6 @@ agency returning it (node/returned_copies.py): real keys, directory and store.""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -322,7 +321,7 @@ async def test_a_copy_without_the_routing_header_its_body_names_is_put_back_but_
         assert [u["reason"] for u in done.unsealable] == why
         kept = "SELECT body_kept, digest, (SELECT COUNT(*) FROM outbox_bodies) FROM outbox WHERE kind = 1"
         assert await store.fetchall(kept) == [(0, b"", 0), (0, b"", 0)]
-        entries = [json.loads(e) for (e,) in await store.fetchall("SELECT entry FROM audit ORDER BY seq")]
+        entries = await audit_events(store)
         assert [e["detail"]["sendable_again"] for e in entries[:2]] == [False, False]
         assert entries[2]["detail"]["not_sendable_again"] == done.unsealable
         # With no envelope kept, a withdrawal of the summary is addressed by the people it names,
@@ -462,7 +461,7 @@ async def test_requests_and_challenges_sent_since_are_followed_again_with_the_an
         ]
         read = "SELECT read_at_ms, read_by_role FROM outbox WHERE message_id = ?"
         assert await store.fetchone(read, (ID.format(3),)) == (NOW + 12, "Duty worker")
-        entries = [json.loads(e) for (e,) in await store.fetchall("SELECT entry FROM audit ORDER BY seq")]
+        entries = await audit_events(store)
         rebuilt = [(e["detail"].get("rebuilt"), e["detail"].get("not_rebuilt", "")[:10]) for e in entries[:4]]
         assert rebuilt == [
             ("information_request", ""),
