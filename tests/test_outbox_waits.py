@@ -24,7 +24,7 @@ from node.outbox import BATCH, Outbox
 from node.server import NodeServer
 from tests.harness import Cluster, make_federation, running
 from tests.test_delivery import HOUR, csc_away, family_assessment, share
-from tests.test_outbox_answers import FORWARDED, OFFLINE, Gateway, answer, envelope, opened_outbox, queue
+from tests.test_outbox_answers import BUSY, FORWARDED, OFFLINE, Gateway, answer, envelope, opened_outbox, queue
 
 MINUTE = 60_000
 LONG_S = 600  # a wait no retry in these tests comes close to, unless it is planned for what is due now
@@ -182,15 +182,24 @@ async def test_a_recipient_answering_again_is_sent_what_waited_for_it(tmp_path: 
 async def worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Outbox, Gateway, ManualClock, Plans]]:
-    """An outbox whose worker runs, each wait it plans recorded."""
+    """An outbox whose worker runs, each wait it plans recorded, at rest until the test
+    connects it: nothing it queues goes sooner."""
     async with opened_outbox(tmp_path) as (box, gateway, clock):
+        gateway.connected.clear()
         plans = Plans(box, monkeypatch)
         working = asyncio.create_task(box.run())
         try:
+            assert await plans.made(0) is None  # nothing can go: it waits to be woken
             yield box, gateway, clock, plans
         finally:
             await box.drain(0)
             await working
+
+
+async def connect(box: Outbox, gateway: Gateway) -> None:
+    """The stream opens: the link says so, and tells the outbox."""
+    gateway.connected.set()
+    await box.on_connected()
 
 
 async def sent(gateway: Gateway, count: int) -> list[tuple[str, str]]:
@@ -209,7 +218,7 @@ async def test_more_due_than_one_batch_go_as_the_first_are_answered(
     those answers bring the rest."""
     box, gateway, clock, _ = worker
     ids = await queue(box, clock, "b", BATCH + 1)
-    await box.on_connected()  # everything in the store due now, as at each connection
+    await connect(box, gateway)  # everything in the store due now, as at each connection
     first = await sent(gateway, BATCH)
     assert [m for m, _ in first] == ids[:BATCH]
     await answer(box, first, FORWARDED)
@@ -223,7 +232,7 @@ async def test_a_message_kept_back_from_what_is_handed_over_keeps_back_only_itse
     for c. Both of c's go."""
     box, gateway, clock, plans = worker
     await queue(box, clock, "b", 1)
-    await box.on_connected()
+    await connect(box, gateway)
     start = len(plans.waits)
     await answer(box, await sent(gateway, 1), OFFLINE)
     await plans.until(lambda w: w is not None and w < LONG_S, start)  # the worker has heard: b is away
@@ -239,7 +248,7 @@ async def test_the_worker_wakes_for_the_first_thing_due(worker: tuple[Outbox, Ga
     await queue(box, clock, "b", 1)
     await queue(box, clock, "c", 1)
     start = len(plans.waits)
-    await box.on_connected()
+    await connect(box, gateway)
     (b, _), (c, _) = await sent(gateway, 2)
     await plans.until(timed_long, start)  # both in flight: the scan waits for their answers
     start = len(plans.waits)
@@ -268,7 +277,7 @@ async def test_a_send_that_failed_while_the_link_still_said_it_was_up_is_tried_a
 
     monkeypatch.setattr(gateway, "send_all", fails_once)
     (message_id,) = await queue(box, clock, "b", 1)
-    await box.on_connected()
+    await connect(box, gateway)
     assert await sent(gateway, 1) == [(message_id, "b")]
     assert failed == [1]
 
@@ -282,7 +291,7 @@ async def test_what_a_cancelling_kept_back_goes_as_it_ends(worker: tuple[Outbox,
     kept, failed = set(ids[:BATCH]), ids[BATCH]
     assert box.withhold([*kept, failed]) == {*kept, failed}
     start = len(plans.waits)
-    await box.on_connected()
+    await connect(box, gateway)
     await plans.made(start)  # a scan: all it read was kept back
     assert gateway.sent == []
     async with box.store.tx() as tx:
@@ -302,12 +311,13 @@ async def test_a_new_stream_sends_again_at_once_what_the_old_one_left_unanswered
     box, gateway, clock, _ = worker
     await queue(box, clock, "b", 1)
     await queue(box, clock, "c", 1)
-    await box.on_connected()
+    await connect(box, gateway)
     to_b, to_c = await sent(gateway, 2)
     await answer(box, [to_b], FORWARDED)
     await answer(box, [to_c], OFFLINE)
+    gateway.connected.clear()
     await box.disconnected()
-    await box.on_connected()
+    await connect(box, gateway)
     assert sorted(await sent(gateway, 2)) == sorted([to_b, to_c])
 
 
@@ -318,10 +328,67 @@ async def test_a_node_stopping_as_its_stream_ends_stops_at_once(
     the stream has ended, none will come, and it waits no longer."""
     box, gateway, clock, _ = worker
     await queue(box, clock, "b", 1)
-    await box.on_connected()
+    await connect(box, gateway)
     await sent(gateway, 1)
     stopping = asyncio.create_task(box.drain(3600))
     await asyncio.sleep(0)  # the drain is waiting
+    gateway.connected.clear()
     await box.disconnected()
     async with asyncio.timeout(15):
         await stopping
+
+
+async def test_a_window_widened_by_a_forwarding_sends_what_it_held_back(
+    worker: tuple[Outbox, Gateway, ManualClock, Plans],
+) -> None:
+    """Three messages to b answered BUSY for a second: the worker plans to wake as the hold
+    ends, and then one goes; its forwarding opens the window to two, and the two held back
+    in the store go."""
+    box, gateway, clock, plans = worker
+    ids = await queue(box, clock, "b", 3)
+    await connect(box, gateway)
+    handed = await sent(gateway, 3)
+    start = len(plans.waits)
+    await answer(box, handed, BUSY, gateway_pb2.BUSY_SCOPE_RECIPIENT, 1_000)
+    assert await plans.until(short, start) == 1  # to wake as the hold ends
+    clock.advance(1_000)
+    box.wake.set()
+    probe = await sent(gateway, 1)
+    assert probe == [(ids[0], "b")]
+    await answer(box, probe, FORWARDED)
+    assert await sent(gateway, 2) == [(m, "b") for m in ids[1:]]
+
+
+async def test_messages_queued_again_for_a_restored_recipient_go_at_once_and_those_lost_are_counted(
+    worker: tuple[Outbox, Gateway, ManualClock, Plans],
+) -> None:
+    """A message b took, queued again as b's store was put back to a backup (as
+    node/redelivery.py leaves it, committed), goes without waiting for anything else to wake
+    the worker; the two the requeue made undeliverable are counted."""
+    box, gateway, clock, plans = worker
+    (message_id,) = await queue(box, clock, "b", 1)
+    await connect(box, gateway)
+    await answer(box, await sent(gateway, 1), FORWARDED)
+    async with box.store.tx() as tx:
+        await tx.execute("UPDATE outbox SET state = 'delivered' WHERE message_id = ?", (message_id,))
+    assert await plans.after_waking() == 60  # at rest, to look for the receipt in a minute
+    async with box.store.tx() as tx:
+        await tx.execute(
+            "UPDATE outbox SET state = 'queued', next_attempt_at_ms = ?, queued_again_at_ms = ? WHERE message_id = ?",
+            (tx.now_ms, tx.now_ms, message_id),
+        )
+    box.requeued(2)
+    assert await sent(gateway, 1) == [(message_id, "b")]
+    assert box.metrics.registry.get_sample_value("linkage_node_messages_undeliverable_total") == 2
+
+
+async def test_messages_recovered_from_a_recipient_s_copies_are_announced_to_watchers(
+    worker: tuple[Outbox, Gateway, ManualClock, Plans],
+) -> None:
+    """Entered as delivered elsewhere (node/returned_copies.py), they change what watchers of
+    delivery states see: the worker tells them."""
+    box, _, _, _ = worker
+    changing = asyncio.create_task(box.wait_change(box.version))
+    box.recovered()
+    async with asyncio.timeout(15):
+        await changing
