@@ -656,7 +656,6 @@ class Outbox:
         delay = min(ack.retry_after_ms or backoff_ms(answers, BUSY_BASE_MS, BUSY_CAP_MS, self.rng), BUSY_CAP_MS)
         window = max(1, hold.window // 2) if hold else 1
         self._holds[scope] = Hold(answers + 1, now + delay, window)
-        self._next_due_ms = min(self._next_due_ms, now + delay)
         log.warning(
             "gateway.busy",
             limit=limit,

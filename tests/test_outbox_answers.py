@@ -311,6 +311,7 @@ async def test_each_answer_is_an_attempt_and_only_the_first_forwarding_is_audite
     assert (await stored(box, message_id))[:2] == ("sent", 5)
     sent = [(e["message_id"], e["counterpart"], e["detail"]) for e in await audit_events(box.store, "message.sent")]
     assert sent == [(message_id, "b", {"share_id": message_id})]  # queue() makes each its own share
+    assert box.metrics.registry.get_sample_value("linkage_node_messages_sent_total") == 1
 
 
 async def test_a_recipient_away_is_probed_by_one_message_after_a_back_off_that_doubles(
@@ -367,6 +368,7 @@ async def test_a_refusal_is_final_at_once_and_an_answer_for_a_settled_or_unknown
     await box.on_answers([refusal, never_sent])  # the gateway said it twice; and an id not ours
     assert (await stored(box, refused))[:2] == ("undeliverable", 1)
     assert len(await audit_events(box.store, "message.undeliverable")) == 1
+    assert box.metrics.registry.get_sample_value("linkage_node_messages_undeliverable_total") == 1
     assert (await stored(box, forwarded))[:2] == ("sent", 1)
     assert not watching[forwarded].done()  # forwarded is not delivered
     watching[forwarded].cancel()
