@@ -37,6 +37,7 @@ from tests.harness import (
 from tests.test_delivery import family_assessment, share
 from tests.test_erasure import held, withdraw
 from tests.test_federation import _case_id
+from tests.test_outbox_answers import backed_off
 from tests.test_workflows import (
     CSC_WORKER,
     SCHOOL_DSL,
@@ -221,6 +222,11 @@ async def test_a_message_the_recipient_finds_from_the_future_is_deferred_and_tak
         (sent,) = shared.recipients
         deferred = "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'sent' AND reason LIKE ?"
         await wait_count(amh, deferred, (sent.message_id, "not taken yet by the recipient (future)%"), 1)
+        attempts, due = await amh.outbox.store.fetchone(
+            "SELECT attempts, next_attempt_at_ms FROM outbox WHERE message_id = ?", (sent.message_id,)
+        )
+        # amh's clock stands still, so there was one attempt; the next waits the first back-off.
+        assert attempts == 1 and backed_off(due - ahead.now_ms(), 0, amh.outbox.settings.retry_base_ms)
         (status,) = (
             await cluster.api("amh").GetShareStatus(
                 node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)
