@@ -42,10 +42,15 @@ async def test_metrics_are_exposed_and_count_the_exchange(federation: LocalFeder
         amh = await asyncio.to_thread(scrape, cluster.nodes["amh"].metrics_endpoint.port)
         csc = await asyncio.to_thread(scrape, cluster.nodes["csc"].metrics_endpoint.port)
         gateway = await asyncio.to_thread(scrape, cluster.gateway.metrics_endpoint.port)
+        store = cluster.nodes["amh"].store
+        assert store is not None
+        (waited_ms,) = await store.fetchone("SELECT SUM(MAX(0, delivered_at_ms - created_at_ms)) FROM outbox")
     assert amh["linkage_node_messages_sent_total"] == 2
     assert amh["linkage_node_messages_delivered_total"] == 2
     assert amh["linkage_node_outbox_depth"] == 0
     assert amh["linkage_node_delivery_latency_seconds_count"] == 2
+    # Each from when it was queued to when the recipient took it, by the recipient's receipt.
+    assert amh["linkage_node_delivery_latency_seconds_sum"] == pytest.approx(waited_ms / 1000)
     assert 0 < amh["linkage_node_directory_age_seconds"] < 3600
     week, year = 7 * 86_400, 365 * 86_400  # the harness publishes for a week; keys are enrolled for a year
     assert week - 3600 < amh["linkage_node_directory_expires_in_seconds"] <= week

@@ -832,6 +832,14 @@ async def test_a_closure_answer_its_recipient_does_not_know_is_refused_and_the_s
         await wait_delivered(csc, 1, state="undeliverable")
         row = await csc.store.fetchone("SELECT reason FROM outbox WHERE message_id = ?", (status.message_id,))
         assert row[0] == "refused by the recipient: malformed"
+        (given_up,) = await audit_events(csc, "message.undeliverable")
+        assert given_up["message_id"] == status.message_id
+        assert given_up["detail"].pop("received_at_ms") > 0  # when the recipient refused it, by its clock
+        assert given_up["detail"] == {
+            "share_id": closure_id,
+            "reason": "refused by the recipient: malformed",
+            "by": "recipient",
+        }
         (rejected,) = events(await audit_events(cluster.nodes["amh"]), "message.rejected")
         assert rejected["message_id"] == status.message_id
         assert rejected["detail"] == {"reason": "malformed", "why": "closure answer 99 is not one this node knows"}
