@@ -130,6 +130,11 @@ async def stored(box: Outbox, message_id: str) -> tuple[str, int, int]:
     return row[0], int(row[1]), int(row[2])
 
 
+def counted(box: Outbox, what: str) -> float | None:
+    """How many messages the node's metrics count as `what` (sent, undeliverable...)."""
+    return box.metrics.registry.get_sample_value(f"linkage_node_messages_{what}_total")
+
+
 def backed_off(delay: int, retry: int, base_ms: int) -> bool:
     """Whether `delay` is a back-off for retry number `retry` (from 0): doubled each time and
     jittered by 0.8 to 1.4, so that one retry's range never overlaps the next one's."""
@@ -311,7 +316,7 @@ async def test_each_answer_is_an_attempt_and_only_the_first_forwarding_is_audite
     assert (await stored(box, message_id))[:2] == ("sent", 5)
     sent = [(e["message_id"], e["counterpart"], e["detail"]) for e in await audit_events(box.store, "message.sent")]
     assert sent == [(message_id, "b", {"share_id": message_id})]  # queue() makes each its own share
-    assert box.metrics.registry.get_sample_value("linkage_node_messages_sent_total") == 1
+    assert counted(box, "sent") == 1
 
 
 async def test_a_recipient_away_is_probed_by_one_message_after_a_back_off_that_doubles(
@@ -368,7 +373,7 @@ async def test_a_refusal_is_final_at_once_and_an_answer_for_a_settled_or_unknown
     await box.on_answers([refusal, never_sent])  # the gateway said it twice; and an id not ours
     assert (await stored(box, refused))[:2] == ("undeliverable", 1)
     assert len(await audit_events(box.store, "message.undeliverable")) == 1
-    assert box.metrics.registry.get_sample_value("linkage_node_messages_undeliverable_total") == 1
+    assert counted(box, "undeliverable") == 1
     assert (await stored(box, forwarded))[:2] == ("sent", 1)
     assert not watching[forwarded].done()  # forwarded is not delivered
     watching[forwarded].cancel()
@@ -459,7 +464,7 @@ async def test_messages_given_up_tell_whoever_follows_them_and_are_counted(
     async with asyncio.timeout(15):
         assert await settling == "undeliverable"
         await changing
-    assert box.metrics.registry.get_sample_value("linkage_node_messages_undeliverable_total") == 2
+    assert counted(box, "undeliverable") == 2
     given_up = [(e["message_id"], e["detail"]) for e in await audit_events(box.store, "message.undeliverable")]
     assert given_up == [
         (

@@ -24,7 +24,17 @@ from node.outbox import BATCH, Outbox
 from node.server import NodeServer
 from tests.harness import Cluster, make_federation, running
 from tests.test_delivery import HOUR, csc_away, family_assessment, share
-from tests.test_outbox_answers import BUSY, FORWARDED, OFFLINE, Gateway, answer, envelope, opened_outbox, queue
+from tests.test_outbox_answers import (
+    BUSY,
+    FORWARDED,
+    OFFLINE,
+    Gateway,
+    answer,
+    counted,
+    envelope,
+    opened_outbox,
+    queue,
+)
 
 MINUTE = 60_000
 LONG_S = 600  # a wait no retry in these tests comes close to, unless it is planned for what is due now
@@ -379,7 +389,7 @@ async def test_messages_queued_again_for_a_restored_recipient_go_at_once_and_tho
         )
     box.requeued(2)
     assert await sent(gateway, 1) == [(message_id, "b")]
-    assert box.metrics.registry.get_sample_value("linkage_node_messages_undeliverable_total") == 2
+    assert counted(box, "undeliverable") == 2
 
 
 async def test_messages_recovered_from_a_recipient_s_copies_are_announced_to_watchers(
