@@ -22,7 +22,7 @@ from linkage.v1 import gateway_pb2
 from node.link import NotConnected
 from node.outbox import BATCH, Outbox
 from node.server import NodeServer
-from tests.harness import Cluster, make_federation, running
+from tests.harness import Cluster, make_federation, running, wait_count
 from tests.test_delivery import HOUR, csc_away, family_assessment, share
 from tests.test_outbox_answers import (
     BUSY,
@@ -156,6 +156,9 @@ async def test_once_a_message_expires_between_two_tries_the_worker_waits_for_the
         assert isinstance(amh.clock, ManualClock)
         plans = Plans(amh.outbox, monkeypatch)
         first = await share(cluster, assessment_id)
+        # Told csc is away (its answer is an attempt): the next waits for the back-off. While the
+        # first was in flight the worker planned the same wait, for its expiry.
+        await wait_count(amh, "SELECT COUNT(*) FROM outbox WHERE attempts > 0", (), 1)
         assert await plans.until(timed_long) == 30 * MINUTE / 1000  # csc away for longer than the message lasts
         amh.clock.advance(10 * MINUTE)
         start = len(plans.waits)
