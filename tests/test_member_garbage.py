@@ -123,6 +123,15 @@ async def _linked_to_one_family(cluster: Cluster) -> tuple[NodeServer, list[byte
     return cluster.nodes["amh"], tokens
 
 
+def _amh_shares(tokens: list[bytes], summary_id: str) -> summary_pb2.RiskSummary:
+    """A summary as amh sends one: its own, of its agency type, decided shared."""
+    summary = stories.parent_risk_change(tokens[0], tokens[-1])
+    summary.summary_id, summary.originating_node, summary.agency_type = summary_id, "amh", AGENCIES["amh"][1]
+    summary.decision.CopyFrom(stories.override_decision())
+    summary.decision.outcome = summary_pb2.DECISION_OUTCOME_SHARED
+    return summary
+
+
 async def _send(
     node: NodeServer,
     to: str,
@@ -264,11 +273,8 @@ async def test_text_from_another_agency_cannot_act_on_the_reader_s_terminal(fede
     hostile = "Risk is HIGH\r LOW\x1b[2J\x1b]0;retitled\x07 and \u202eHGIH si ksiR\u202c"
     async with running(federation, nodes=("amh", "csc")) as cluster:
         amh, tokens = await _linked_to_one_family(cluster)
-        summary = stories.parent_risk_change(tokens[0], tokens[-1])
-        summary.summary_id, summary.headline = "s-hostile", hostile
-        summary.originating_node, summary.agency_type = "amh", AGENCIES["amh"][1]  # as sent: its own summary
-        summary.decision.CopyFrom(stories.override_decision())
-        summary.decision.outcome = summary_pb2.DECISION_OUTCOME_SHARED
+        summary = _amh_shares(tokens, "s-hostile")
+        summary.headline = hostile
         kind = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
         sent = await _send(amh, "csc", kind, tokens, "hostile", lambda body: body.summary.CopyFrom(summary))
         assert await amh.outbox.settled(sent) == "delivered"
@@ -292,10 +298,8 @@ async def test_a_summary_or_notice_giving_another_agency_type_than_its_sender_s_
     either, its audit log says why, and amh's outbox says the recipient refused them."""
     async with running(federation, nodes=("amh", "csc")) as cluster:
         amh, tokens = await _linked_to_one_family(cluster)
-        summary = stories.parent_risk_change(tokens[0], tokens[-1])
-        summary.summary_id, summary.originating_node, summary.agency_type = "s-as-police", "amh", "POLICE"
-        summary.decision.CopyFrom(stories.override_decision())
-        summary.decision.outcome = summary_pb2.DECISION_OUTCOME_SHARED
+        summary = _amh_shares(tokens, "s-as-police")
+        summary.agency_type = "POLICE"
         notice = workflow_pb2.InvolvementNotice(
             joined=True, link_tokens=tokens, agency_name="County Police", agency_type="POLICE"
         )
@@ -344,11 +348,8 @@ async def test_text_from_another_agency_opens_as_text_in_an_ig_officer_s_spreads
     role = "Care \u202eeroc\u202c"
     async with running(federation, nodes=("amh", "csc")) as cluster:
         amh, tokens = await _linked_to_one_family(cluster)
-        summary = stories.parent_risk_change(tokens[0], tokens[-1])
-        summary.summary_id, summary.headline = "s-formulas", "-1 Risk is \u202eHGIH\u202c"
-        summary.originating_node, summary.agency_type = "amh", AGENCIES["amh"][1]  # as sent: its own summary
-        summary.decision.CopyFrom(stories.override_decision())
-        summary.decision.outcome = summary_pb2.DECISION_OUTCOME_SHARED
+        summary = _amh_shares(tokens, "s-formulas")
+        summary.headline = "-1 Risk is \u202eHGIH\u202c"
         summary.decision.rationale = rationale
         summary.decision.decided_by.name, summary.decision.decided_by.role = decider, role
         kind = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
