@@ -13,8 +13,8 @@ from google.protobuf.message import Message
 from linkage.calendar import given, on_calendar
 from linkage.ids import is_uuid7
 from linkage.reasons import Reason, Rejected
+from linkage.v1 import directory_pb2, summary_pb2, workflow_pb2
 from linkage.v1 import envelope_pb2 as pb
-from linkage.v1 import summary_pb2, workflow_pb2
 
 # The message format this node writes, and the newest it reads. A later one may carry what
 # this node would drop unread (protobuf keeps quiet about fields it does not know), so it
@@ -60,11 +60,11 @@ def carried_summary(body: pb.MessageBody) -> summary_pb2.RiskSummary | None:
     return None
 
 
-def check_content(body: pb.MessageBody, sender_type: str) -> None:
+def check_content(body: pb.MessageBody, sender: directory_pb2.NodeEntry) -> None:
     """Raise Rejected(MALFORMED) unless `body` carries what its kind needs, in values this
-    node knows, and each date it gives is a day on the calendar; UNSUPPORTED_SCHEMA if it
-    is written in a format newer than this node reads. `sender_type` is the agency type the
-    directory lists for the sender."""
+    node knows, says of its agency what the directory lists for `sender`, and each date it
+    gives is a day on the calendar; UNSUPPORTED_SCHEMA if it is written in a format newer
+    than this node reads."""
     if body.schema_version == 0:
         raise Rejected(Reason.MALFORMED, "the message names no schema version")
     if body.schema_version > SCHEMA_VERSION:
@@ -78,14 +78,14 @@ def check_content(body: pb.MessageBody, sender_type: str) -> None:
     content: Message = getattr(body, field)
     if body.WhichOneof("content") != field:
         raise Rejected(Reason.MALFORMED, f"the message does not carry its {field}")
-    if problem := _problem(body, sender_type) or _date_problem(content):
+    if problem := _problem(body, sender) or _date_problem(content):
         raise Rejected(Reason.MALFORMED, problem)
 
 
-def _problem(body: pb.MessageBody, sender_type: str) -> str:
+def _problem(body: pb.MessageBody, sender: directory_pb2.NodeEntry) -> str:
     field = CONTENT[body.kind]
     if field == "summary":
-        return _summary_problem(body.summary, body.sender_node, sender_type)
+        return _summary_problem(body.summary, sender)
     if field == "withdrawal":
         return "" if body.withdrawal.summary_id else "the withdrawal names no summary"
     if field == "closure_response":
@@ -101,9 +101,9 @@ def _problem(body: pb.MessageBody, sender_type: str) -> str:
             return f"information answer {response.answer} is not one this node knows"
         if not response.HasField("summary"):
             return "information provided without its summary"
-        return _summary_problem(response.summary, body.sender_node, sender_type)
+        return _summary_problem(response.summary, sender)
     if field == "involvement":
-        return _type_problem("involvement notice", body.involvement.agency_type, sender_type)
+        return _involvement_problem(body.involvement, sender)
     if field == "challenge":
         return "" if body.challenge.stage and body.challenge.concern else "the challenge has no stage or concern"
     if field == "challenge_response":
@@ -126,14 +126,28 @@ def _problem(body: pb.MessageBody, sender_type: str) -> str:
     return ""
 
 
-def _type_problem(what: str, given_type: str, sender_type: str) -> str:
+def _type_problem(what: str, given_type: str, sender: directory_pb2.NodeEntry) -> str:
     """An agency's type is fixed when it is enrolled, and tells whoever reads what it says
     what kind of agency is saying it: the type a message gives must be the one the directory
     lists for its sender. Only the directory's is said, as the given one is the sender's own
     text."""
-    if given_type == sender_type:
+    if given_type == sender.agency_type:
         return ""
-    return f"the {what} gives another agency type than its sender's in the directory ({sender_type})"
+    return f"the {what} gives another agency type than its sender's in the directory ({sender.agency_type})"
+
+
+def _involvement_problem(notice: workflow_pb2.InvolvementNotice, sender: directory_pb2.NodeEntry) -> str:
+    """A notice tells the other agencies who has joined a family and whom there to contact:
+    its name and contact role, like its type, are fixed at enrolment and must be those the
+    directory lists, or one member could send the others to another agency's door."""
+    if problem := _type_problem("involvement notice", notice.agency_type, sender):
+        return problem
+    other = "the involvement notice gives another {} than its sender's in the directory ({})"
+    if notice.agency_name != sender.agency_name:
+        return other.format("agency name", sender.agency_name)
+    if notice.contact_role != sender.contact_role:
+        return other.format("contact role", sender.contact_role or "none")
+    return ""
 
 
 def _date_problem(content: Message) -> str:
@@ -174,14 +188,14 @@ def _holds_date(descriptor: Any, seen: frozenset[str]) -> bool:
     return any(_holds_date(fd.message_type, inner) for fd in descriptor.fields)
 
 
-def _summary_problem(summary: summary_pb2.RiskSummary, sender: str, sender_type: str) -> str:
+def _summary_problem(summary: summary_pb2.RiskSummary, sender: directory_pb2.NodeEntry) -> str:
     if not summary.summary_id:
         return "the summary has no id"
     # An agency shares only its own summaries; one naming another as its origin would have
     # the recipient's case system credit that agency with what it never said.
-    if summary.originating_node != sender:
+    if summary.originating_node != sender.node_id:
         return "the summary names another agency as its origin, not the one that sent it"
-    if problem := _type_problem("summary", summary.agency_type, sender_type):
+    if problem := _type_problem("summary", summary.agency_type, sender):
         return problem
     if summary.decision.outcome not in OUTCOMES:
         return f"the summary's decision outcome {summary.decision.outcome} is not one this node knows"

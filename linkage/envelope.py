@@ -376,7 +376,7 @@ def open_envelope(
         or body.kind != routing.kind
     ):
         raise Rejected(Reason.HEADER_MISMATCH, "signed body does not match the routing header")
-    check_content(body, sender.agency_type)
+    check_content(body, sender)
     return Opened(routing, body, signed, envelope_digest(envelope), envelope.routing)
 
 
@@ -427,5 +427,5 @@ def verify_own_copy(
         batch_verify(key.signing_public_key, MESSAGE_LABEL, signed.body, signed.signature, _proof(signed), pq)
     except InvalidSignature:
         raise Rejected(Reason.BAD_SIGNATURE, "the copy's signature is not this node's") from None
-    check_content(body, directory.active_node(me).agency_type)
+    check_content(body, directory.active_node(me))
     return body

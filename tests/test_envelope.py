@@ -34,7 +34,7 @@ from linkage.reasons import Reason, Rejected
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE
 from linkage.transport import MAX_MESSAGE_BYTES
 from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, summary_pb2, workflow_pb2
-from tests.crypto_fixtures import NOW, TOKENS, Keyring, make_keyring, seal, sign_receipt, synthetic_summary
+from tests.crypto_fixtures import AGENCY_TYPE, NOW, TOKENS, Keyring, make_keyring, seal, sign_receipt, synthetic_summary
 
 
 @pytest.fixture(scope="module")
@@ -374,8 +374,19 @@ def _dated(
     return summary
 
 
+def _notice(
+    agency_name: str = "A", agency_type: str = AGENCY_TYPE, contact_role: str = ""
+) -> Callable[[envelope_pb2.MessageBody], None]:
+    """a's notice that it has joined: by default saying of a what the directory lists."""
+    notice = workflow_pb2.InvolvementNotice(
+        joined=True, link_tokens=TOKENS, agency_name=agency_name, agency_type=agency_type, contact_role=contact_role
+    )
+    return lambda body: body.involvement.CopyFrom(notice)
+
+
 SHARE, REPLY = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE, envelope_pb2.MESSAGE_KIND_CLOSURE_RESPONSE
 INFORMATION = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE
+INVOLVEMENT = envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE
 
 
 @pytest.mark.parametrize(
@@ -404,11 +415,19 @@ INFORMATION = envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE
             "the summary gives another agency type",
         ),
         (
-            envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE,
-            lambda body: body.involvement.CopyFrom(
-                workflow_pb2.InvolvementNotice(joined=True, link_tokens=TOKENS, agency_type="POLICE")
-            ),
+            INVOLVEMENT,
+            _notice(agency_type="POLICE"),
             "the involvement notice gives another agency type than its sender's in the directory (SCHOOL)",
+        ),
+        (  # whom the notice says has joined, and whom to contact there: the directory's
+            INVOLVEMENT,
+            _notice(agency_name="County Police"),
+            "the involvement notice gives another agency name than its sender's in the directory (A)",
+        ),
+        (
+            INVOLVEMENT,
+            _notice(contact_role="Duty team"),
+            "the involvement notice gives another contact role than its sender's in the directory (none)",
         ),
         (
             INFORMATION,

@@ -132,6 +132,19 @@ def _amh_shares(tokens: list[bytes], summary_id: str) -> summary_pb2.RiskSummary
     return summary
 
 
+def _amh_joins(
+    tokens: list[bytes],
+    agency_name: str = AGENCIES["amh"][0],
+    agency_type: str = AGENCIES["amh"][1],
+    contact_role: str = "Duty team",
+) -> Callable[[envelope_pb2.MessageBody], None]:
+    """amh's notice that it has joined the family: by default as its node writes one."""
+    notice = workflow_pb2.InvolvementNotice(
+        joined=True, link_tokens=tokens, agency_name=agency_name, agency_type=agency_type, contact_role=contact_role
+    )
+    return lambda body: body.involvement.CopyFrom(notice)
+
+
 async def _send(
     node: NodeServer,
     to: str,
@@ -290,19 +303,20 @@ async def test_text_from_another_agency_cannot_act_on_the_reader_s_terminal(fede
     assert json.loads(as_json)["body"]["summary"]["headline"] == hostile
 
 
-async def test_a_summary_or_notice_giving_another_agency_type_than_its_sender_s_is_refused_and_the_sender_told(
+async def test_a_summary_or_notice_crediting_another_agency_is_refused_and_the_sender_told(
     federation: LocalFederation,
 ) -> None:
     """amh, an NHS mental health trust, sends csc a summary and an involvement notice that
-    each say a police force wrote them. csc refuses both as malformed before storing
-    either, its audit log says why, and amh's outbox says the recipient refused them."""
+    each say a police force wrote them, a notice of its own type giving the police's name,
+    and one giving another contact role than its own. csc refuses all four as malformed
+    before storing any, its audit log says why, and amh's outbox says the recipient refused
+    them; the notice as amh's node writes it is taken."""
     async with running(federation, nodes=("amh", "csc")) as cluster:
         amh, tokens = await _linked_to_one_family(cluster)
         summary = _amh_shares(tokens, "s-as-police")
         summary.agency_type = "POLICE"
-        notice = workflow_pb2.InvolvementNotice(
-            joined=True, link_tokens=tokens, agency_name="County Police", agency_type="POLICE"
-        )
+        police_name, police_type = AGENCIES["police"]
+        kind = envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE
         share = await _send(
             amh,
             "csc",
@@ -311,28 +325,38 @@ async def test_a_summary_or_notice_giving_another_agency_type_than_its_sender_s_
             "as-police",
             lambda b: b.summary.CopyFrom(summary),
         )
-        joined = await _send(
-            amh,
-            "csc",
-            envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE,
-            tokens,
-            "joined",
-            lambda b: b.involvement.CopyFrom(notice),
-        )
-        assert [await amh.outbox.settled(m) for m in (share, joined)] == ["undeliverable", "undeliverable"]
+        notices = [
+            await _send(amh, "csc", kind, tokens, share_id, fill)
+            for share_id, fill in (
+                ("as-police", _amh_joins(tokens, agency_name=police_name, agency_type=police_type)),
+                ("named-police", _amh_joins(tokens, agency_name=police_name)),
+                ("police-role", _amh_joins(tokens, contact_role="Public protection unit")),
+            )
+        ]
+        sent = [share, *notices]
+        assert [await amh.outbox.settled(m) for m in sent] == ["undeliverable"] * 4
+        own = await _send(amh, "csc", kind, tokens, "joined", _amh_joins(tokens))
+        assert await amh.outbox.settled(own) == "delivered"
         assert amh.store is not None
-        assert (
-            await amh.store.fetchall("SELECT reason FROM outbox WHERE message_id IN (?, ?)", (share, joined))
-            == [("refused by the recipient: malformed",)] * 2
-        )
+        reasons = await amh.store.fetchall("SELECT reason FROM outbox WHERE message_id IN (?, ?, ?, ?)", tuple(sent))
+        assert reasons == [("refused by the recipient: malformed",)] * 4
         why = {e["message_id"]: e["detail"] for e in await audit_events(cluster.nodes["csc"], "message.rejected")}
         given = "another agency type than its sender's in the directory (NHS_MENTAL_HEALTH)"
+        notice = "the involvement notice gives"
         assert why == {
             share: {"reason": "malformed", "why": f"the summary gives {given}"},
-            joined: {"reason": "malformed", "why": f"the involvement notice gives {given}"},
+            notices[0]: {"reason": "malformed", "why": f"{notice} {given}"},
+            notices[1]: {
+                "reason": "malformed",
+                "why": f"{notice} another agency name than its sender's in the directory (Adult Mental Health Trust)",
+            },
+            notices[2]: {
+                "reason": "malformed",
+                "why": f"{notice} another contact role than its sender's in the directory (Duty team)",
+            },
         }
         listed = await cluster.api("csc").ListReceived(node_api_pb2.ListReceivedRequest(actor=PRACTITIONER))
-        assert not listed.items
+        assert [item.message_id for item in listed.items] == [own]
 
 
 async def test_text_from_another_agency_opens_as_text_in_an_ig_officer_s_spreadsheet_and_report(

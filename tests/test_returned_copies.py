@@ -246,7 +246,7 @@ async def test_a_withdrawal_and_an_involvement_notice_given_back_are_recorded_un
         message_id=ID.format(3),
         kind=envelope_pb2.MESSAGE_KIND_INVOLVEMENT_NOTICE,
         content=lambda body: body.involvement.CopyFrom(
-            workflow_pb2.InvolvementNotice(joined=True, link_tokens=family, agency_type=AGENCY_TYPE)
+            workflow_pb2.InvolvementNotice(joined=True, link_tokens=family, agency_name="A", agency_type=AGENCY_TYPE)
         ),
     )
     copies = [workflow_pb2.ReturnedCopy(signed=share.signed.SerializeToString(), routing=share.routing_bytes)]
