@@ -234,8 +234,17 @@ class TrustedDirectory:
         return entry.tls_cert_sha256 if entry else b""
 
     def accept(self, signed: pb.SignedDirectory, now_ms: int) -> DirectoryView:
+        """Take `signed` if it may be taken (see `check`)."""
+        view, signer = self.check(signed, now_ms)
+        self.take(view, signer)
+        return view
+
+    def check(self, signed: pb.SignedDirectory, now_ms: int) -> tuple[DirectoryView, ed25519.Ed25519PublicKey | None]:
+        """The directory `signed` holds, if it is valid and no older than the one held, and the
+        key that signed it where the handovers led to a new one; nothing is taken yet, so a
+        process can record the change before it makes it."""
         try:
-            view = verify_directory(signed, self.public_key, self.federation_id, now_ms, self.version)
+            return verify_directory(signed, self.public_key, self.federation_id, now_ms, self.version), None
         except Rejected as exc:
             if exc.reason != Reason.DIRECTORY_UNSIGNED:
                 raise
@@ -244,10 +253,13 @@ class TrustedDirectory:
             )
             if signer is None:
                 raise
-            view = verify_directory(signed, signer, self.federation_id, now_ms, self.version)
+            return verify_directory(signed, signer, self.federation_id, now_ms, self.version), signer
+
+    def take(self, view: DirectoryView, signer: ed25519.Ed25519PublicKey | None) -> None:
+        """Hold `view`, as `check` gave it, trusting `signer` from now on if it is a new key."""
+        if signer is not None:
             self._trust(signer)  # only once the whole directory passed: an expired or older one moves nothing
         self._view = view
-        return view
 
     def _trust(self, key: ed25519.Ed25519PublicKey) -> None:
         """From now on, and after a restart, only `key` signs directories. Without an anchor

@@ -118,22 +118,25 @@ class NodeServer:
         await self._report_serving()
 
     async def _take_directory(self, signed: directory_pb2.SignedDirectory) -> None:
-        """A directory from the gateway, if newer and valid; a new version is audited, with
-        the key that signs it when that changed (the federation rotated it)."""
+        """A directory from the gateway, if newer and valid; a new version is audited before it
+        is taken, with the key that signs it when that changed (the federation rotated it)."""
         async with self._changing:
-            held, signer = self.trust.version, self.trust.public_key
+            held = self.trust.version
             try:
-                view = self.trust.accept(signed, self.clock.now_ms())
+                view, signer = self.trust.check(signed, self.clock.now_ms())
             except Rejected as exc:
                 log.warning("directory.refused", reason=exc.reason.value, source="gateway")
                 return
+            if view.version != held:
+                detail: dict[str, Any] = {"version": view.version, "previous": held}
+                if signer is not None:
+                    detail["signing_key"] = signer.public_bytes_raw().hex()
+                if not await self._recorded("directory.accepted", detail, failed="directory.accept_not_audited"):
+                    return
+            self.trust.take(view, signer)
             log.info("directory.loaded", version=view.version, source="gateway")
             if view.version == held:
                 return
-            detail: dict[str, Any] = {"version": view.version, "previous": held}
-            if self.trust.public_key != signer:
-                detail["signing_key"] = self.trust.public_key.public_bytes_raw().hex()
-            await self._recorded("directory.accepted", detail, failed="directory.accept_not_audited")
             # The federation's CAs changed: written (once audited), the certificate check that follows takes them.
             roots = new_roots(self.config.tls, view.directory)
             if roots and await self._recorded(

@@ -343,6 +343,36 @@ async def test_the_directory_key_is_rotated_without_touching_a_node_or_the_gatew
         assert await _settled(cluster, "amh", shared.share_id) == [("csc", "delivered")]
 
 
+async def test_a_directory_the_store_cannot_record_waits_and_is_taken_once_it_can(
+    tmp_path: Path, captured_logs: CapturedLogs
+) -> None:
+    """A node takes a newer directory, and the new key that signs it, only once its audit log
+    says so: while its disk is read-only it keeps the one it holds and the key it trusts, and
+    at the next look after the disk is mended it takes and records both."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    fed = federation.fed
+    anchor = federation.node_configs["amh"].federation.directory_public_key
+    trusted = anchor.read_bytes()
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        key = rotate_directory_key(fed, SystemClock().now_ms())
+        publish_directory(fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
+        await cluster.gateway.check_directory()
+        amh.store.db.execute("PRAGMA query_only = ON")  # as on a disk remounted read-only
+        try:
+            await amh.check_directory()
+        finally:
+            amh.store.db.execute("PRAGMA query_only = OFF")
+        assert amh.trust.version == 1 and anchor.read_bytes() == trusted  # not taken unaudited
+        assert [e["error"] for e in captured_logs.records("directory.accept_not_audited")] == ["SQLITE_READONLY"]
+
+        await amh.check_directory()
+        assert amh.trust.version == 2 and anchor.read_bytes() == (fed.root / "directory.pub").read_bytes()
+        taken = [e["detail"] for e in await audit_events(amh, "directory.accepted")]
+        assert taken[-1] == {"version": 2, "previous": 1, "signing_key": key.hex()}
+
+
 def test_a_directory_key_rotation_cut_short_at_any_point_is_finished_by_running_it_again(tmp_path: Path) -> None:
     step = 0
     while True:

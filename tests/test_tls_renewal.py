@@ -205,6 +205,7 @@ async def test_a_renewal_the_store_cannot_record_waits_and_is_taken_once_it_can(
         old = amh.certificate.fingerprint
         _, new = renew_certificate(federation.fed, federation.node_configs["amh"].tls.cert, SystemClock().now_ms())
         await _publish(cluster)
+        await amh.check_directory()  # the directory that pins it taken, and audited
         amh.store.db.execute("PRAGMA query_only = ON")  # as on a disk remounted read-only
         try:
             await amh.reload()
