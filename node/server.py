@@ -16,8 +16,9 @@ from grpc_reflection.v1alpha import reflection
 from linkage import logs
 from linkage.clock import Clock, SystemClock
 from linkage.config import ConfigError, NodeConfig
-from linkage.directory import read_signed
+from linkage.directory import DirectoryView, read_signed
 from linkage.duties import Duty, begin
+from linkage.files import write_atomic
 from linkage.keys import MessageKeys
 from linkage.metrics import MetricsEndpoint
 from linkage.pki import CertificateProblem, spiffe_id
@@ -137,6 +138,7 @@ class NodeServer:
             log.info("directory.loaded", version=view.version, source="gateway")
             if view.version == held:
                 return
+            await self._keep_directory(view)
             # The federation's CAs changed: written (once audited), the certificate check that follows takes them.
             roots = new_roots(self.config.tls, view.directory)
             if roots and await self._recorded(
@@ -144,6 +146,15 @@ class NodeServer:
             ):
                 write_roots(self.config.tls, roots)
             await self._report_serving()  # one that started without a current directory now has one
+
+    async def _keep_directory(self, view: DirectoryView) -> None:
+        """Write a directory taken from the gateway over the directory file: a restart while the
+        gateway is away starts from it, not from one lapsed since, and the commands that read
+        the bundle (`linkage directory`, `linkage audit ...`) read what the node holds."""
+        try:
+            await asyncio.to_thread(write_atomic, self.config.federation.directory, view.signed.SerializeToString())
+        except OSError as exc:  # held all the same; a restart starts from the file's and fetches this again
+            log.error("directory.not_saved", version=view.version, error=exc.strerror)
 
     async def reload(self) -> None:
         """On SIGHUP, and every few minutes: a newer directory, rotated message keys, renewed TLS

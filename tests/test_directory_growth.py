@@ -3,15 +3,21 @@ post-quantum suite each agency's entry is about 3.3 KB, so 80 agencies outgrow 2
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from linkage.clock import SystemClock
+from linkage.cli.directory_listing import DAY_MS, listing
+from linkage.clock import ManualClock, SystemClock
+from linkage.directory import read_signed
 from linkage.federation import publish_directory
-from linkage.transport import MAX_MESSAGE_BYTES
+from linkage.transport import MAX_MESSAGE_BYTES, api_channel
 from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
+from node.server import NodeServer
 from tests.harness import CapturedLogs, LocalFederation, make_federation, running
 
 AGENCIES_MORE = 80
@@ -136,3 +142,51 @@ async def test_a_sighup_has_the_gateway_take_a_directory_copied_in_at_once(feder
         assert gateway.trust.version == 1
         await gateway.reload()
         assert gateway.trust.version == published.version == 2
+
+
+async def test_a_node_keeps_the_directory_it_takes_and_starts_from_it_while_the_gateway_is_away(
+    tmp_path: Path,
+) -> None:
+    """The directory file a node was enrolled with lapses in days, and nodes take the weekly
+    ones from the gateway. A node writes each it takes to its file: restarted while the
+    gateway is away, it serves its case systems on the newest it took, and `linkage
+    directory` reads what it holds."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh",), validity_days=2)
+    config = federation.node_configs["amh"]
+    async with running(federation, clock=clock) as cluster:
+        clock.advance(DAY_MS)
+        published = publish_directory(federation.fed, clock.now_ms(), copy_to=(federation.gateway_config.data_dir,))
+        await cluster.gateway.check_directory()
+        await cluster.nodes["amh"].check_directory()
+        assert directory_pb2.Directory.FromString(read_signed(config.federation.directory).directory) == published
+        assert listing(config, clock.now_ms())["version"] == published.version
+        await cluster.stop_node("amh")
+
+    clock.advance(2 * DAY_MS)  # the directory amh was enrolled with has lapsed; the gateway is away
+    amh = NodeServer(config, clock)
+    await amh.start()
+    try:
+        assert amh.trust.version == published.version
+        async with api_channel(config.api_socket) as channel:
+            health: Any = health_pb2_grpc.HealthStub(channel)
+            answer = await health.Check(health_pb2.HealthCheckRequest())
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await amh.stop(grace=0)
+
+
+async def test_a_directory_a_node_cannot_write_to_its_file_is_held_all_the_same_and_said(
+    tmp_path: Path, captured_logs: CapturedLogs
+) -> None:
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    config = federation.node_configs["amh"]
+    unwritable = config.federation.directory.parent / "gone" / "directory.pb"  # no such folder
+    federation.node_configs["amh"] = dataclasses.replace(
+        config, federation=dataclasses.replace(config.federation, directory=unwritable)
+    )
+    async with running(federation) as cluster:  # no file: it takes the gateway's as it connects
+        assert cluster.nodes["amh"].trust.version == 1
+    (unsaved,) = captured_logs.records("directory.not_saved")
+    assert unsaved["level"] == "error" and unsaved["version"] == 1
+    assert unsaved["error"] == "No such file or directory"
