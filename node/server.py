@@ -134,11 +134,13 @@ class NodeServer:
                     detail["signing_key"] = signer.public_bytes_raw().hex()
                 if not await self._recorded("directory.accepted", detail, failed="directory.accept_not_audited"):
                     return
+                # Before a new key that signs it is trusted: a crash between the two leaves a
+                # file whose handovers lead on from the key still trusted, not one no key signs.
+                await self._keep_directory(view)
             self.trust.take(view, signer)
             log.info("directory.loaded", version=view.version, source="gateway")
             if view.version == held:
                 return
-            await self._keep_directory(view)
             # The federation's CAs changed: written (once audited), the certificate check that follows takes them.
             roots = new_roots(self.config.tls, view.directory)
             if roots and await self._recorded(

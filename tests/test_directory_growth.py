@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from linkage.cli.directory_listing import DAY_MS, listing
 from linkage.clock import ManualClock, SystemClock
 from linkage.directory import read_signed
-from linkage.federation import publish_directory
+from linkage.federation import publish_directory, rotate_directory_key
 from linkage.transport import MAX_MESSAGE_BYTES, api_channel
 from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
 from node.server import NodeServer
@@ -150,12 +150,16 @@ async def test_a_node_keeps_the_directory_it_takes_and_starts_from_it_while_the_
     """The directory file a node was enrolled with lapses in days, and nodes take the weekly
     ones from the gateway. A node writes each it takes to its file: restarted while the
     gateway is away, it serves its case systems on the newest it took, and `linkage
-    directory` reads what it holds."""
+    directory` reads what it holds. The file is written before a new directory key is
+    trusted, so a node that died between the two follows the handovers to it as it starts."""
     clock = ManualClock()
     federation = make_federation(tmp_path, clock, nodes=("amh",), validity_days=2)
     config = federation.node_configs["amh"]
+    anchor = config.federation.directory_public_key
+    enrolled_key = anchor.read_bytes()
     async with running(federation, clock=clock) as cluster:
         clock.advance(DAY_MS)
+        rotate_directory_key(federation.fed, clock.now_ms())
         published = publish_directory(federation.fed, clock.now_ms(), copy_to=(federation.gateway_config.data_dir,))
         await cluster.gateway.check_directory()
         await cluster.nodes["amh"].check_directory()
@@ -163,11 +167,13 @@ async def test_a_node_keeps_the_directory_it_takes_and_starts_from_it_while_the_
         assert listing(config, clock.now_ms())["version"] == published.version
         await cluster.stop_node("amh")
 
+    new_key = anchor.read_bytes()
+    anchor.write_bytes(enrolled_key)  # as a node killed after writing the directory, before the key
     clock.advance(2 * DAY_MS)  # the directory amh was enrolled with has lapsed; the gateway is away
     amh = NodeServer(config, clock)
     await amh.start()
     try:
-        assert amh.trust.version == published.version
+        assert amh.trust.version == published.version and anchor.read_bytes() == new_key != enrolled_key
         async with api_channel(config.api_socket) as channel:
             health: Any = health_pb2_grpc.HealthStub(channel)
             answer = await health.Check(health_pb2.HealthCheckRequest())
