@@ -21,7 +21,13 @@ class Setting:
 _COMMON = [
     Setting("federation", "id", "str", None, "The federation's id, as in the certificates' SPIFFE ids.", True),
     Setting("federation", "directory_public_key", "path", None, "The federation's directory signing key (PEM).", True),
-    Setting("federation", "directory", "path", "directory.pb", "The signed directory file."),
+    Setting(
+        "federation",
+        "directory",
+        "path",
+        "directory.pb",
+        "The signed directory file: a node writes each newer one it takes from the gateway over it.",
+    ),
     Setting("tls", "cert", "path", None, "This process's TLS certificate (PEM).", True),
     Setting("tls", "key", "path", None, "Its private key (PEM, mode 0600).", True),
     Setting("tls", "ca", "path", None, "The federation CA certificate (PEM).", True),
