@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from linkage.cli.directory_listing import DAY_MS, listing
 from linkage.clock import ManualClock, SystemClock
+from linkage.config import NodeConfig
 from linkage.directory import read_signed
 from linkage.federation import publish_directory, rotate_directory_key
 from linkage.transport import MAX_MESSAGE_BYTES, api_channel
@@ -174,10 +175,7 @@ async def test_a_node_keeps_the_directory_it_takes_and_starts_from_it_while_the_
     await amh.start()
     try:
         assert amh.trust.version == published.version and anchor.read_bytes() == new_key != enrolled_key
-        async with api_channel(config.api_socket) as channel:
-            health: Any = health_pb2_grpc.HealthStub(channel)
-            answer = await health.Check(health_pb2.HealthCheckRequest())
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert await _health(config) == SERVING
     finally:
         await amh.stop(grace=0)
 
@@ -185,14 +183,26 @@ async def test_a_node_keeps_the_directory_it_takes_and_starts_from_it_while_the_
 async def test_a_directory_a_node_cannot_write_to_its_file_is_held_all_the_same_and_said(
     tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
+    """A node whose directory file is missing, and cannot be written, takes the gateway's as
+    it connects and serves its case systems on it, saying it could not keep it."""
     federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
     config = federation.node_configs["amh"]
     unwritable = config.federation.directory.parent / "gone" / "directory.pb"  # no such folder
-    federation.node_configs["amh"] = dataclasses.replace(
-        config, federation=dataclasses.replace(config.federation, directory=unwritable)
-    )
+    config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, directory=unwritable))
+    federation.node_configs["amh"] = config
     async with running(federation) as cluster:  # no file: it takes the gateway's as it connects
-        assert cluster.nodes["amh"].trust.version == 1
+        assert cluster.nodes["amh"].trust.version == 1 and await _health(config) == SERVING
+    assert not unwritable.exists()
     (unsaved,) = captured_logs.records("directory.not_saved")
     assert unsaved["level"] == "error" and unsaved["version"] == 1
     assert unsaved["error"] == "No such file or directory"
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+async def _health(config: NodeConfig) -> Any:
+    """What the node's API says of its health (on the node's own socket)."""
+    async with api_channel(config.api_socket) as channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        return (await health.Check(health_pb2.HealthCheckRequest())).status
