@@ -32,6 +32,7 @@ proto: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python tools/gen_config_doc.py
+	$(BIN)/python tools/gen_metrics_doc.py
 
 bench: $(STAMP)
 	$(BIN)/linkage bench --quick

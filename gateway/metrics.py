@@ -24,6 +24,7 @@ class NodesConnected(Collector):
     a series of its own at 0, to alert on by name; a count of those connected names nobody."""
 
     NAME = "linkage_gateway_node_connected"
+    LABELS = ("node",)
 
     def __init__(self) -> None:
         self.active: Callable[[], list[str]] = list
@@ -31,7 +32,7 @@ class NodesConnected(Collector):
 
     def _family(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(
-            self.NAME, "1 while the node (active in the directory) has its stream open, else 0", labels=["node"]
+            self.NAME, "1 while the node (active in the directory) has its stream open, else 0", labels=self.LABELS
         )
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
@@ -49,11 +50,16 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.envelopes = Counter(
             "linkage_gateway_envelopes",
-            "Envelopes from nodes, by what became of them",
+            "Envelopes from nodes, by what became of them: forwarded, recipient_offline, busy or rejected",
             ["outcome"],
             registry=self.registry,
         )
-        self.refusals = Counter("linkage_gateway_refusals", "Calls refused, by kind", ["kind"], registry=self.registry)
+        self.refusals = Counter(
+            "linkage_gateway_refusals",
+            "Calls refused, by kind: the refusal's log event (connect.refused, resolve.refused, ...) or rate_limited",
+            ["kind"],
+            registry=self.registry,
+        )
         self.receipts = Counter("linkage_gateway_receipts", "Receipts relayed to senders", registry=self.registry)
         self.checkpoints = Counter(
             "linkage_gateway_checkpoints",

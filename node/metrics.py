@@ -23,7 +23,7 @@ class NodeMetrics:
         self.received = Counter("linkage_node_messages_received", "Messages accepted", registry=self.registry)
         self.rejected = Counter(
             "linkage_node_messages_rejected",
-            "Messages refused on arrival, by reason",
+            "Messages refused on arrival, by reason: its code, as the message.rejected log event gives it",
             ["reason"],
             registry=self.registry,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import re
 import time
 import urllib.request
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from gateway.metrics import GatewayMetrics
 from linkage import stories
 from linkage.clock import ManualClock
 from linkage.v1 import node_api_pb2
 from node import checkpoints as checkpoints_module
+from node.metrics import NodeMetrics
 from tests.harness import PRACTITIONER, LocalFederation, make_federation, running, settle, wait_delivered
 from tests.test_delivery import family_assessment, share
 from tests.test_federation import _case_id, open_case, share_think_family
@@ -174,3 +177,21 @@ async def test_how_long_audit_entries_wait_for_the_witness_is_in_the_metrics(
         assert not await amh.checkpoints.lodge()  # no witness to take it
         later.ahead += 200
         assert 200 <= await waited() < 210
+
+
+def test_every_metric_is_in_the_metrics_reference_with_its_labels() -> None:
+    """Agency IT alert on these: docs/metrics.md lists each one a node or the gateway serves,
+    as scraped, with the help text it is served with (generated: `make docs`)."""
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("gen_metrics_doc", root / "tools" / "gen_metrics_doc.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (root / "docs" / "metrics.md").read_text()
+    assert page == module.render(), "run `make docs`: docs/metrics.md is out of date"
+    for holder in (NodeMetrics(), GatewayMetrics()):  # every metric registered, kept as an attribute or not
+        served = {family.name for family in holder.registry.collect()}
+        assert served == {name for name, *_ in module.metrics(holder)}
+        assert all(f"| `{name}" in page for name in served)
+    assert "| `linkage_node_messages_rejected_total` | counter | `reason` |" in page
+    assert "| `linkage_gateway_node_connected` | gauge | `node` |" in page
