@@ -4,7 +4,6 @@ problem at once, each with its line."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from linkage.keys import public_pem
 from linkage.settings import GATEWAY, NODE
 from node.server import NodeServer
 from tests.harness import LocalFederation, running
+from tests.project_tools import generated_page
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,12 +165,8 @@ def test_every_problem_is_reported_at_once(federation: LocalFederation) -> None:
 
 
 def test_every_setting_is_documented_with_its_default() -> None:
-    spec = importlib.util.spec_from_file_location("gen_config_doc", ROOT / "tools" / "gen_config_doc.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    doc = (ROOT / "docs" / "configuration.md").read_text()
-    assert doc == module.render(), "run `make docs`: docs/configuration.md is out of date"
+    doc, rendered = generated_page("gen_config_doc")
+    assert doc == rendered, "run `make docs`: docs/configuration.md is out of date"
     for setting in {(s.section, s.key): s for s in NODE + GATEWAY}.values():
         assert f"`[{setting.section}] {setting.key}`" in doc, setting
 

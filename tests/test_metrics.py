@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 import re
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from linkage.v1 import node_api_pb2
 from node import checkpoints as checkpoints_module
 from node.metrics import NodeMetrics
 from tests.harness import PRACTITIONER, LocalFederation, make_federation, running, settle, wait_delivered
+from tests.project_tools import generated_page, load_tool
 from tests.test_delivery import family_assessment, share
 from tests.test_federation import _case_id, open_case, share_think_family
 
@@ -182,13 +182,9 @@ async def test_how_long_audit_entries_wait_for_the_witness_is_in_the_metrics(
 def test_every_metric_is_in_the_metrics_reference_with_its_labels() -> None:
     """Agency IT alert on these: docs/metrics.md lists each one a node or the gateway serves,
     as scraped, with the help text it is served with (generated: `make docs`)."""
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("gen_metrics_doc", root / "tools" / "gen_metrics_doc.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    page = (root / "docs" / "metrics.md").read_text()
-    assert page == module.render(), "run `make docs`: docs/metrics.md is out of date"
+    page, rendered = generated_page("gen_metrics_doc")
+    assert page == rendered, "run `make docs`: docs/metrics.md is out of date"
+    module = load_tool("gen_metrics_doc")
     for holder in (NodeMetrics(), GatewayMetrics()):  # every metric registered, kept as an attribute or not
         served = {family.name for family in holder.registry.collect()}
         assert served == {name for name, *_ in module.metrics(holder)}

@@ -11,26 +11,19 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 import pytest
 
 from linkage.cli.main import MODULE_COMMANDS, build_parser
 from node.audit_events import MEANING, AuditEvent
+from tests.project_tools import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_generator() -> Any:
-    spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "tools" / "gen_proto.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generated_protobuf_code_is_not_stale(tmp_path: Path) -> None:
-    written = _load_generator().generate(tmp_path)
+    written = load_tool("gen_proto").generate(tmp_path)
     committed = ROOT / "linkage" / "v1"
     stale = [p.name for p in written if p.read_bytes() != (committed / p.name).read_bytes()]
     extra = {p.name for p in committed.glob("*_pb2*")} - {p.name for p in written}
