@@ -25,8 +25,6 @@ from node.server import NodeServer
 from tests.harness import LocalFederation, running
 from tests.project_tools import generated_page
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _node_toml(federation: LocalFederation) -> Path:
     return federation.node_configs["csc"].data_dir / "node.toml"
