@@ -206,3 +206,29 @@ async def _health(config: NodeConfig) -> Any:
     async with api_channel(config.api_socket) as channel:
         health: Any = health_pb2_grpc.HealthStub(channel)
         return (await health.Check(health_pb2.HealthCheckRequest())).status
+
+
+async def test_a_restarted_node_takes_no_directory_older_than_the_one_it_kept(
+    federation: LocalFederation, captured_logs: CapturedLogs
+) -> None:
+    """A gateway that is not what it should be, or one put back to an old directory file,
+    offers a restarted node a directory older than the one it last took, still within its
+    days: one that lists an agency since revoked as active, say. Until nodes kept what they
+    took, a restart began again from the directory of enrolment and took it; now the node
+    refuses it and keeps the newer."""
+    gateway_file = federation.gateway_config.federation.directory
+    enrolled = gateway_file.read_bytes()
+    async with running(federation, nodes=("amh",)) as cluster:
+        published = publish_directory(federation.fed, SystemClock().now_ms(), copy_to=(gateway_file.parent,))
+        await cluster.gateway.check_directory()
+        await cluster.nodes["amh"].check_directory()
+        await cluster.stop_node("amh")
+        port = cluster.gateway.port
+        await cluster.gateway.stop(grace=0)
+        gateway_file.write_bytes(enrolled)  # the gateway now holds, and offers, version 1
+        await cluster.start_gateway(port)
+        assert cluster.gateway.trust.version == 1
+        amh = await cluster.start_node("amh")
+        assert amh.trust.version == published.version == 2
+    refused = [e for e in captured_logs.records("directory.refused") if e.get("source") == "gateway"]
+    assert refused and {e["reason"] for e in refused} == {"directory_older"}
