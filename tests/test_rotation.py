@@ -41,6 +41,7 @@ from tests.harness import (
     Cluster,
     LocalFederation,
     audit_events,
+    linkage,
     make_federation,
     running,
 )
@@ -401,3 +402,32 @@ def test_a_directory_key_rotation_cut_short_at_any_point_is_finished_by_running_
         if finished:
             break
     assert step > 3
+
+
+async def test_an_ig_officer_verifies_the_checkpoints_a_node_signs_with_its_rotated_key(tmp_path: Path) -> None:
+    """After a rotation of its message keys a node signs its audit checkpoints with the new
+    key, which only a newer directory than its enrolment's names. `linkage audit verify`
+    checks them against the node's directory file, which the node keeps current: the
+    checkpoint is confirmed, not ignored as signed by a key the file does not know."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh",))
+    config = federation.node_configs["amh"]
+    async with running(federation, clock=clock) as cluster:
+        amh = cluster.nodes["amh"]
+        new_id = rotate_keys(federation.fed, "amh", config.data_dir, clock.now_ms(), activate_in_hours=1)
+        publish_directory(federation.fed, clock.now_ms(), copy_to=(federation.gateway_config.data_dir,))
+        await cluster.gateway.check_directory()
+        await amh.reload()
+        clock.advance(2 * HOUR)  # the new key is active: the node signs its checkpoints with it
+        assert amh.keys.key_id == new_id
+        assert await amh.checkpoints.lodge()
+        code, report, err = await linkage(
+            "audit",
+            "verify",
+            "--from-gateway",
+            "--config",
+            str(config.data_dir / "node.toml"),
+            LINKAGE_GATEWAY_ADDRESS=f"127.0.0.1:{cluster.gateway.port}",
+        )
+    assert code == 0, report + err
+    assert "ignored a checkpoint" not in report and "consistent with 1 of 1 lodged checkpoints" in report, report
