@@ -226,6 +226,13 @@ async def linkage(*args: str, **settings: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+async def audit_verify_from_gateway(cluster: Cluster, node_id: str) -> tuple[int, str, str]:
+    """An IG officer's `linkage audit verify --from-gateway` at `node_id`, as `linkage` runs it."""
+    config = cluster.federation.node_configs[node_id].data_dir / "node.toml"
+    address = f"127.0.0.1:{cluster.gateway.port}"
+    return await linkage("audit", "verify", "--from-gateway", "--config", str(config), LINKAGE_GATEWAY_ADDRESS=address)
+
+
 async def revoke(cluster: Cluster, node_id: str) -> None:
     """Revoke `node_id`, and have the gateway and every other node take the new directory."""
     revoke_node(cluster.federation.fed, node_id)

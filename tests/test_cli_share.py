@@ -17,7 +17,16 @@ from google.protobuf import json_format
 from linkage import stories
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
-from tests.harness import PRACTITIONER, LocalFederation, linkage, next_item, revoke, running, wait_delivered
+from tests.harness import (
+    PRACTITIONER,
+    LocalFederation,
+    audit_verify_from_gateway,
+    linkage,
+    next_item,
+    revoke,
+    running,
+    wait_delivered,
+)
 from tests.test_federation import _case_id, open_case
 from tests.test_workflows import share, think_family
 
@@ -215,14 +224,7 @@ async def test_casework_from_the_cli(federation: LocalFederation, tmp_path: Path
 
         # The IG officer verifies the running node's log against what the gateway witnessed.
         await cluster.nodes["amh"].checkpoints.lodge()
-        code, out, err = await linkage(
-            "audit",
-            "verify",
-            "--from-gateway",
-            "--config",
-            str(cluster.nodes["amh"].config.data_dir / "node.toml"),
-            LINKAGE_GATEWAY_ADDRESS=f"127.0.0.1:{cluster.gateway.port}",
-        )
+        code, out, err = await audit_verify_from_gateway(cluster, "amh")
         assert code == 0, out + err
         assert "consistent with 1 of 1 lodged checkpoints" in out
 

@@ -41,7 +41,7 @@ from tests.harness import (
     Cluster,
     LocalFederation,
     audit_events,
-    linkage,
+    audit_verify_from_gateway,
     make_federation,
     running,
 )
@@ -421,13 +421,6 @@ async def test_an_ig_officer_verifies_the_checkpoints_a_node_signs_with_its_rota
         clock.advance(2 * HOUR)  # the new key is active: the node signs its checkpoints with it
         assert amh.keys.key_id == new_id
         assert await amh.checkpoints.lodge()
-        code, report, err = await linkage(
-            "audit",
-            "verify",
-            "--from-gateway",
-            "--config",
-            str(config.data_dir / "node.toml"),
-            LINKAGE_GATEWAY_ADDRESS=f"127.0.0.1:{cluster.gateway.port}",
-        )
+        code, report, err = await audit_verify_from_gateway(cluster, "amh")
     assert code == 0, report + err
     assert "ignored a checkpoint" not in report and "consistent with 1 of 1 lodged checkpoints" in report, report

@@ -23,7 +23,14 @@ from linkage.keys import write_private_pem
 from linkage.reasons import Rejected
 from linkage.v1 import audit_pb2, gateway_pb2, gateway_pb2_grpc
 from node.server import NodeServer
-from tests.harness import CapturedLogs, Cluster, drop_audit_guards, linkage, make_federation, running
+from tests.harness import (
+    CapturedLogs,
+    Cluster,
+    audit_verify_from_gateway,
+    drop_audit_guards,
+    make_federation,
+    running,
+)
 
 
 async def _append(node: NodeServer, entries: int) -> None:
@@ -97,14 +104,7 @@ async def test_a_store_restored_from_an_older_backup_is_a_break_the_ig_officer_s
         assert [_size(b) for b in held.breaks] == [witnessed]
         tries = {o: _tries(amh, o) for o in ("behind", "diverged", "ok")}
         assert tries == {"behind": 1, "diverged": 1, "ok": 0}  # what the agency's IT alerts on
-        code, report, err = await linkage(
-            "audit",
-            "verify",
-            "--from-gateway",
-            "--config",
-            str(config.data_dir / "node.toml"),
-            LINKAGE_GATEWAY_ADDRESS=f"127.0.0.1:{cluster.gateway.port}",
-        )
+        code, report, err = await audit_verify_from_gateway(cluster, "amh")
     assert code == 1, report + err
     assert "the gateway recorded 1 break(s)" in report and "FAILED" in report, report
 
