@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.metadata
-import importlib.util
 import re
 import subprocess
 import sys
