@@ -7,7 +7,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from linkage.clock import SystemClock
 from linkage.directory import TrustedDirectory, load_key, read_signed
@@ -18,6 +18,9 @@ from linkage.reasons import Reason, Rejected
 from linkage.settings import GATEWAY, NODE, Setting
 from linkage.tokens import LinkageKey
 from linkage.transport import TlsFiles
+
+if TYPE_CHECKING:  # linkage.config reads its values through this module
+    from linkage.config import PolicyFiles
 
 _LEVELS = {"debug", "info", "warning", "error"}
 _ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -42,8 +45,10 @@ def _lines(text: str) -> dict[tuple[str, str], int]:
     return where
 
 
-def check(path: Path) -> list[str]:
-    """All problems found, as 'FILE:LINE: message'; empty when the file is good."""
+def check(path: Path, load_policy: Callable[[PolicyFiles], object] | None = None) -> list[str]:
+    """All problems found, as 'FILE:LINE: message'; empty when the file is good. A node's
+    policy files are loaded with `load_policy`, as the node loads them (the command line
+    passes the node's loader: this layer does not know the policy)."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -84,7 +89,8 @@ def check(path: Path) -> list[str]:
         if setting.required and setting.key not in data.get(setting.section, {}):
             problems.append((at(setting.section), f"[{setting.section}] {setting.key} is required: {setting.meaning}"))
     if not problems:  # each file is what it should be: now whether they go together, as the process will ask
-        problems += [(at(section, key), message) for section, key, message in _together(kind, data, path.parent)]
+        together = _together(kind, data, path.parent, load_policy)
+        problems += [(at(section, key), message) for section, key, message in together]
     return [f"{path}:{line}: {message}" for line, message in sorted(problems)]
 
 
@@ -106,10 +112,12 @@ def _unreadable(read: Callable[[Path], object], path: Path) -> str:
     return ""
 
 
-def _together(kind: str, data: dict[str, Any], base: Path) -> Iterator[tuple[str, str, str]]:
+def _together(
+    kind: str, data: dict[str, Any], base: Path, load_policy: Callable[[PolicyFiles], object] | None
+) -> Iterator[tuple[str, str, str]]:
     """(section, key, problem) for files that are each sound but will not work together: a
     directory not signed by the directory key or lapsed, TLS files that are not a usable pair
-    from the federation's CA for this process."""
+    from the federation's CA for this process, a node's policy files that do not load."""
     federation, now_ms = data.get("federation", {}), SystemClock().now_ms()
     signed_by = TrustedDirectory(federation["id"], load_key(base / federation["directory_public_key"]))
     if (directory := base / federation.get("directory", "directory.pb")).exists():
@@ -125,6 +133,19 @@ def _together(kind: str, data: dict[str, Any], base: Path) -> Iterator[tuple[str
         yield "tls", "", f"[tls] cannot read {exc.filename}: {exc.strerror}"
     except CertificateProblem as exc:
         yield "tls", "", f"[tls] {exc}"
+    if kind == "node" and load_policy is not None:
+        from linkage.config import PolicyFiles  # here: linkage.config imports this module
+
+        policy = data.get("policy", {})
+        files = PolicyFiles(
+            agreement=base / policy["agreement"] if policy.get("agreement") else None,
+            glossary=base / policy["glossary"] if policy.get("glossary") else None,
+            codelists_extra=tuple(base / str(extra) for extra in policy.get("codelists_extra", [])),
+        )
+        try:  # the node would not start on them
+            load_policy(files)
+        except (OSError, ValueError, KeyError) as exc:
+            yield "policy", "", f"[policy] the node would not start: cannot load the policy from {files}: {exc}"
 
 
 def value_problem(setting: Setting, value: object) -> str:

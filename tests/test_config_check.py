@@ -21,8 +21,9 @@ from linkage.config import ConfigError, GatewayConfig, NodeConfig
 from linkage.configcheck import check
 from linkage.keys import public_pem
 from linkage.settings import GATEWAY, NODE
+from node.policy_files import load_policy
 from node.server import NodeServer
-from tests.harness import LocalFederation, running
+from tests.harness import LocalFederation, linkage, running
 from tests.project_tools import generated_page
 
 
@@ -143,6 +144,30 @@ def test_a_directory_signed_by_another_key_or_lapsed_is_reported(federation: Loc
         assert check(node_toml) == []
         (lapsed,) = check(gateway_toml)
     assert "[federation] directory: directory_expired: expired at " in lapsed
+
+
+async def test_a_data_sharing_agreement_the_node_could_not_load_is_reported_before_it_restarts(
+    federation: LocalFederation,
+) -> None:
+    """Agency IT change the agreement (its yearly review, say) and check the node's file
+    before restarting it: an agreement without its version, or a glossary that is not TOML,
+    would stop the node starting, and `config check` says so at its [policy] line."""
+    node_toml = _node_toml(federation)
+    folder = node_toml.parent
+    (folder / "dsa.toml").write_text('title = "Reviewed agreement"\n')  # no version
+    (folder / "glossary.toml").write_text("[[term]\nterm = 'CP'\n")
+    edited = folder / "edited.toml"
+    for setting, expected in (('agreement = "dsa.toml"', "'version'"), ('glossary = "glossary.toml"', "glossary.toml")):
+        edited.write_text(f"{node_toml.read_text()}\n[policy]\n{setting}\n")
+        assert check(edited) == []  # given no loader, the policy files are not read
+        (problem,) = check(edited, load_policy)
+        line = edited.read_text().splitlines().index("[policy]") + 1
+        assert problem.startswith(f"{edited}:{line}: [policy] the node would not start: cannot load the policy")
+        assert expected in problem, problem
+        code, said, _ = await linkage("config", "check", str(edited))
+        assert code == 1 and said.strip() == problem
+        with pytest.raises(ConfigError, match="cannot load the policy"):  # as the node finds it
+            await NodeServer(NodeConfig.load(edited)).start()
 
 
 def test_every_problem_is_reported_at_once(federation: LocalFederation) -> None:

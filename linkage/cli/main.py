@@ -100,12 +100,13 @@ def _federation_bootstrap(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     from linkage.configcheck import check
+    from node.policy_files import load_policy
 
     if (args.file is None) == (args.config_file is None):
         print("name one file to check: linkage config check FILE (or --config FILE)", file=sys.stderr)
         return 2
     file = args.file or args.config_file
-    problems = check(file)
+    problems = check(file, load_policy)
     for problem in problems:
         print(problem)
     if not problems:
