@@ -3,6 +3,8 @@ directions, forums...): versioned data files, extended by a federation's own fil
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,6 +48,12 @@ class CodeLists:
 
     def codes(self, name: str) -> list[str]:
         return sorted(self.lists.get(name, {}))
+
+    def digest(self, name: str) -> str:
+        """What one list holds, as a SHA-256 in hex: whatever its version says, it changes
+        when a code, or anything said of one, does."""
+        listed = json.dumps(self.lists.get(name, {}), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(listed.encode()).hexdigest()
 
     def unverified_link(self, identity_basis: str) -> bool:
         """A person linked on a basis the lists know and do not count as verified (a match,

@@ -23,7 +23,7 @@ from node import own_assessments
 from node.context import NodeContext
 from node.errors import invalid, not_found
 from node.inbox import ITEM_COLUMNS, ITEMS
-from node.store import FetchAll, FetchOne
+from node.store import FetchAll, FetchOne, Tx
 
 log = logs.get("node.chronology")
 
@@ -194,6 +194,19 @@ class Chronologies:
                 e.own = True
                 own.append((e.at_ms, _framed(e.SerializeToString())))
         return own
+
+    async def follow_code_lists(self, tx: Tx) -> int:
+        """Each entry names who in it was linked on a basis the code lists do not count as
+        verified: entries derived under other identity-basis codes than the node's now (a
+        federation's extension changed, or a release before this kept no record) are
+        dropped, to be derived again by the pass that follows the start. How many were."""
+        bases = self.ctx.policy.codes.digest("identity_basis")
+        if await tx.fetchone("SELECT 1 FROM chronology_basis WHERE identity_bases = ?", (bases,)):
+            return 0
+        dropped = (await tx.execute("DELETE FROM chronology")).rowcount
+        await tx.execute("DELETE FROM chronology_basis")
+        await tx.execute("INSERT INTO chronology_basis(identity_bases) VALUES (?)", (bases,))
+        return dropped
 
     async def keep_derived(self) -> None:
         """The node-wide pass, for the node's life: as it starts, then after each call that

@@ -402,6 +402,8 @@ class NodeServer:
         self.checkpoints.on_behind = lambda held: ask_again_if_rolled_back(ctx, held, entries, last_ms)
         await ask_again_if_restored(self.ctx)
         async with self.store.tx() as tx:  # key and configuration changes are audited too
+            if dropped := await self.chronology.follow_code_lists(tx):
+                log.info("chronology.derived_again", rows=dropped)
             await tx.audit(
                 "node.started",
                 detail={

@@ -4,13 +4,25 @@ when it was not verified, so that a wrong link is checked before anyone acts on 
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import grpc
 import pytest
 
 from linkage import stories
+from linkage.config import PolicyFiles
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2
-from tests.harness import PRACTITIONER, LocalFederation, linkage, next_item, running, wait_delivered
+from tests.harness import (
+    PRACTITIONER,
+    CapturedLogs,
+    LocalFederation,
+    linkage,
+    next_item,
+    running,
+    wait_delivered,
+)
 from tests.policy_fixtures import codes, request, run
 from tests.test_federation import _case_id, open_case
 
@@ -107,3 +119,54 @@ async def test_the_case_records_how_each_person_was_linked_and_recipients_are_to
         )
         assert code == 0, err
         assert f"  {parent.hex()}  parent POSES_RISK ADULT_OTHER, linked by DEMOGRAPHIC_MATCH\n" in out
+
+
+async def test_a_chronology_marks_a_basis_the_code_lists_come_to_know_once_the_node_restarts_on_them(
+    federation: LocalFederation, tmp_path: Path, captured_logs: CapturedLogs
+) -> None:
+    """A federation adds an identity basis of its own (`LOCAL_INDEX`: matched in a local
+    index, not confirmed). amh, on the new lists, links a parent by it and shares; csc,
+    not yet on them, does not know the basis, so its chronology cannot mark the parent.
+    Restarted on the new lists, csc derives its stored entries again, and they do."""
+    extension = tmp_path / "local-codes.toml"
+    extension.write_text(
+        'version = "local-1"\n[[identity_basis]]\ncode = "LOCAL_INDEX"\n'
+        'label = "Matched in the local authority\'s own index, and not confirmed"\n'
+    )
+    on_the_new_lists = {
+        node: dataclasses.replace(config, policy=PolicyFiles(codelists_extra=(extension,)))
+        for node, config in federation.node_configs.items()
+    }
+    federation.node_configs["amh"] = on_the_new_lists["amh"]
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        family = stories.think_family_people()
+        family[0].identity_basis = "LOCAL_INDEX"
+        parent, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", stories.think_family_people())
+        recorded = await cluster.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER,
+                case_id=await _case_id(cluster, "amh"),
+                assessment=stories.parent_risk_change(parent, child),
+            )
+        )
+        await cluster.api("amh").ShareSummary(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONER, assessment_id=recorded.assessment_id, decision=stories.override_decision()
+            )
+        )
+        await wait_delivered(cluster.nodes["amh"], 1)
+        csc_case = await _case_id(cluster, "csc")
+        request = node_api_pb2.ChronologyRequest(actor=PRACTITIONER, case_id=csc_case)
+        before = await cluster.api("csc").Chronology(request)
+        assert [list(e.unverified_link_tokens) for e in before.entries] == [[], []]
+
+        await cluster.stop_node("csc")
+        federation.node_configs["csc"] = on_the_new_lists["csc"]
+        await cluster.start_node("csc")
+        after = await cluster.api("csc").Chronology(request)
+        assert [list(e.unverified_link_tokens) for e in after.entries] == [[parent], [parent]]
+        await cluster.stop_node("csc")  # restarted on the same lists: nothing to derive again
+        await cluster.start_node("csc")
+    (again,) = captured_logs.records("chronology.derived_again")  # a store new to them has none to drop
+    assert again["rows"] == 3  # the summary's row and its two risk items' entries

@@ -628,4 +628,11 @@ MIGRATIONS: tuple[str, ...] = (
       actor BLOB NOT NULL
     );
     """,
+    # 43: the identity-basis codes the chronology entries were derived under (a digest of the
+    # list, node/chronology.py): an entry names who in it was linked on a basis the lists do
+    # not count as verified, so entries derived under other lists are derived again as the
+    # node starts. Empty until then: the entries derived before are derived again once.
+    """
+    CREATE TABLE chronology_basis(identity_bases TEXT NOT NULL);
+    """,
 )
