@@ -52,7 +52,7 @@ class CodeLists:
     def digest(self, name: str) -> str:
         """What one list holds, as a SHA-256 in hex: whatever its version says, it changes
         when a code, or anything said of one, does."""
-        listed = json.dumps(self.lists.get(name, {}), sort_keys=True, separators=(",", ":"))
+        listed = json.dumps(self.lists.get(name, {}), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(listed.encode()).hexdigest()
 
     def unverified_link(self, identity_basis: str) -> bool:

@@ -48,3 +48,22 @@ def test_a_federation_extends_the_lists_with_its_own_file(tmp_path: Path) -> Non
     assert "unknown_code" not in {f.code for f in result.findings}
     assert result.decision.codelists_version == "2026.12.7+solihull-1"
     assert result.decision.recipients[0].data_categories == ["FINANCIAL", "HEALTH"]
+
+
+def test_a_lists_digest_follows_what_it_holds_whatever_its_version_says(tmp_path: Path) -> None:
+    """A node derives its chronology again when the identity-basis list's digest changes: a
+    code added, or one counted as verified, changes it, with or without a new version; a
+    change to another list does not; a TOML date in an entry is no obstacle."""
+    packaged = CodeLists.load()
+    digest = packaged.digest("identity_basis")
+    extra = tmp_path / "extra.toml"
+    changes = {
+        'version = "x"\n[[identity_basis]]\ncode = "LOCAL_INDEX"\nlabel = "Local index"\n': True,
+        'version = "?"\n[[identity_basis]]\ncode = "STATED"\nverified = true\n': True,
+        'version = "x"\n[[identity_basis]]\ncode = "STATED"\nreviewed = 2026-11-01\n': True,
+        'version = "x"\n[[challenge_subject]]\ncode = "OTHER_LOCAL"\nlabel = "Local"\n': False,
+    }
+    for text, changed in changes.items():
+        extra.write_text(text)
+        assert (CodeLists.load([extra]).digest("identity_basis") != digest) == changed, text
+    assert CodeLists.load().digest("identity_basis") == digest
