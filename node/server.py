@@ -402,8 +402,7 @@ class NodeServer:
         self.checkpoints.on_behind = lambda held: ask_again_if_rolled_back(ctx, held, entries, last_ms)
         await ask_again_if_restored(self.ctx)
         async with self.store.tx() as tx:  # key and configuration changes are audited too
-            if dropped := await self.chronology.follow_code_lists(tx):
-                log.info("chronology.derived_again", rows=dropped)
+            dropped = await self.chronology.follow_code_lists(tx)
             await tx.audit(
                 "node.started",
                 detail={
@@ -414,6 +413,8 @@ class NodeServer:
                     "codelists": self.ctx.policy.codes.version,
                 },
             )
+        if dropped:  # said once it stands
+            log.info("chronology.derived_again", rows=dropped)
         await self.check_backups()
         row = await self.store.fetchone("SELECT MAX(seq) FROM inbox")
         self.feed.last_seq = int(row[0] or 0)
