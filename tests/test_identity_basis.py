@@ -127,7 +127,8 @@ async def test_a_chronology_marks_a_basis_the_code_lists_come_to_know_once_the_n
     """A federation adds an identity basis of its own (`LOCAL_INDEX`: matched in a local
     index, not confirmed). amh, on the new lists, links a parent by it and shares; csc,
     not yet on them, does not know the basis, so its chronology cannot mark the parent.
-    Restarted on the new lists, csc derives its stored entries again, and they do."""
+    Restarted on the new lists, csc derives its stored entries again, and they do; restarted
+    on them again it derives nothing, and put back on its first lists it derives them again."""
     extension = tmp_path / "local-codes.toml"
     extension.write_text(
         'version = "local-1"\n[[identity_basis]]\ncode = "LOCAL_INDEX"\n'
