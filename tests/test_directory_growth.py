@@ -1,5 +1,6 @@
-"""The signed directory grows with the federation, past what a frame may carry: with the
-post-quantum suite each agency's entry is about 3.3 KB, so 80 agencies outgrow 256 KiB."""
+"""The signed directory as a node and the gateway take it: as it grows with the federation,
+past what a frame may carry (with the post-quantum suite each agency's entry is about 3.3 KB,
+so 80 agencies outgrow 256 KiB), and as a node keeps what it took across a restart."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ from node.server import NodeServer
 from tests.harness import CapturedLogs, LocalFederation, make_federation, running
 
 AGENCIES_MORE = 80
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+async def _health(config: NodeConfig) -> Any:
+    """What the node's API says of its health (on the node's own socket)."""
+    async with api_channel(config.api_socket) as channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        return (await health.Check(health_pb2.HealthCheckRequest())).status
 
 
 async def test_a_post_quantum_directory_larger_than_a_frame_reaches_the_nodes(tmp_path: Path) -> None:
@@ -196,16 +205,6 @@ async def test_a_directory_a_node_cannot_write_to_its_file_is_held_all_the_same_
     (unsaved,) = captured_logs.records("directory.not_saved")
     assert unsaved["level"] == "error" and unsaved["version"] == 1
     assert unsaved["error"] == "No such file or directory"
-
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-async def _health(config: NodeConfig) -> Any:
-    """What the node's API says of its health (on the node's own socket)."""
-    async with api_channel(config.api_socket) as channel:
-        health: Any = health_pb2_grpc.HealthStub(channel)
-        return (await health.Check(health_pb2.HealthCheckRequest())).status
 
 
 async def test_a_restarted_node_takes_no_directory_older_than_the_one_it_kept(
