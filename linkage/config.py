@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,13 +167,21 @@ class PolicyFiles:
 
 
 def _policy(r: _Reader) -> PolicyFiles:
-    agreement = r.get("policy", "agreement", required=False)
-    glossary = r.get("policy", "glossary", required=False)
-    extra = r.get("policy", "codelists_extra", [], required=False)
+    return policy_files(
+        r.base,
+        r.get("policy", "agreement", required=False),
+        r.get("policy", "glossary", required=False),
+        r.get("policy", "codelists_extra", [], required=False),
+    )
+
+
+def policy_files(base: Path, agreement: object, glossary: object, extra: Iterable[object]) -> PolicyFiles:
+    """Where a node finds its policy, from its `[policy]` values (relative to `base`, the
+    folder of its file); an empty value names the packaged example."""
     return PolicyFiles(
-        agreement=r.path_of("policy", "agreement") if agreement else None,
-        glossary=r.path_of("policy", "glossary") if glossary else None,
-        codelists_extra=tuple((r.base / str(e)).resolve() for e in extra),
+        agreement=(base / str(agreement)).resolve() if agreement else None,
+        glossary=(base / str(glossary)).resolve() if glossary else None,
+        codelists_extra=tuple((base / str(e)).resolve() for e in extra),
     )
 
 

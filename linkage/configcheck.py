@@ -134,14 +134,10 @@ def _together(
     except CertificateProblem as exc:
         yield "tls", "", f"[tls] {exc}"
     if kind == "node" and load_policy is not None:
-        from linkage.config import PolicyFiles  # here: linkage.config imports this module
+        from linkage.config import policy_files  # here: linkage.config imports this module
 
         policy = data.get("policy", {})
-        files = PolicyFiles(
-            agreement=base / policy["agreement"] if policy.get("agreement") else None,
-            glossary=base / policy["glossary"] if policy.get("glossary") else None,
-            codelists_extra=tuple(base / str(extra) for extra in policy.get("codelists_extra", [])),
-        )
+        files = policy_files(base, policy.get("agreement"), policy.get("glossary"), policy.get("codelists_extra", []))
         try:  # the node would not start on them
             load_policy(files)
         except (OSError, ValueError, KeyError) as exc:
