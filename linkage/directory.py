@@ -205,6 +205,11 @@ class TrustedDirectory:
         self._view: DirectoryView | None = None
 
     @property
+    def view(self) -> DirectoryView | None:
+        """The directory held, current or not (None: none yet)."""
+        return self._view
+
+    @property
     def version(self) -> int:
         return self._view.version if self._view else 0
 

@@ -82,6 +82,7 @@ class NodeServer:
         self._said_waiting: Renewal | None = None
         self._keys_said = ""  # what was last said of the keys in the bundle
         self._roots_at_start: list[str] | None = None  # CAs its directory file named, written before the store opened
+        self._roots_audited: list[str] | None = None  # CAs whose change is audited: not again while the file waits
         # A directory, keys or a certificate taken one at a time: a SIGHUP during the periodic look,
         # or a reconnection during either, would otherwise audit and apply the same change twice.
         self._changing = asyncio.Lock()
@@ -105,6 +106,7 @@ class NodeServer:
         assert self.link is not None
         if (signed := await self.link.fetch_directory(self.trust.version)) is not None:  # None: it is the one held
             await self._take_directory(signed)
+        await self._follow_roots()
         await self.check_certificate()  # a stream to come opens with a renewed certificate
         await self.cases.reassert_subscriptions()
 
@@ -116,6 +118,7 @@ class NodeServer:
                     await self._take_directory(signed)
             except grpc.aio.AioRpcError as exc:  # tried again at the next check; said, so it is not silent until expiry
                 log.warning("directory.fetch_failed", status=exc.code().name)
+        await self._follow_roots()  # from the directory held, while away too: the CAs may be what keeps it away
         await self._report_serving()
 
     async def _take_directory(self, signed: directory_pb2.SignedDirectory) -> None:
@@ -139,15 +142,25 @@ class NodeServer:
                 await self._keep_directory(view)
             self.trust.take(view, signer)
             log.info("directory.loaded", version=view.version, source="gateway")
-            if view.version == held:
+            if view.version != held:
+                await self._report_serving()  # one that started without a current directory now has one
+
+    async def _follow_roots(self) -> None:
+        """Trust the CAs the held directory names where the CA file differs (a rotation of the
+        federation CA began or ended): audited once, then written, and the certificate check
+        that follows takes them. A change whose entry or file could not be written is tried
+        again at each look, not only when a newer directory comes: without it this node may
+        not reach a gateway that moved to the new CA."""
+        async with self._changing:
+            view = self.trust.view
+            if view is None or (roots := new_roots(self.config.tls, view.directory)) is None:
                 return
-            # The federation's CAs changed: written (once audited), the certificate check that follows takes them.
-            roots = new_roots(self.config.tls, view.directory)
-            if roots and await self._recorded(
-                "tls.roots_changed", {"roots": roots_detail(roots)}, failed="tls.roots_failed"
-            ):
-                write_roots(self.config.tls, roots)
-            await self._report_serving()  # one that started without a current directory now has one
+            detail = roots_detail(roots)
+            if detail != self._roots_audited:
+                if not await self._recorded("tls.roots_changed", {"roots": detail}, failed="tls.roots_failed"):
+                    return
+                self._roots_audited = detail
+            write_roots(self.config.tls, roots)
 
     async def _keep_directory(self, view: DirectoryView) -> None:
         """Write a directory taken from the gateway over the directory file: a restart while the

@@ -318,3 +318,44 @@ async def test_a_node_started_with_a_directory_naming_new_cas_takes_them_and_aud
             e["detail"] for e in await audit_events(cluster.nodes["amh"]) if e["event"] == "tls.roots_changed"
         ]
         assert changed["source"] == "file" and len(changed["roots"]) == 2
+
+
+async def test_a_ca_change_the_node_could_not_record_or_write_is_made_at_its_next_look(
+    tmp_path: Path, captured_logs: CapturedLogs
+) -> None:
+    """A node trusts a new CA only once its audit log records it. A change whose entry failed
+    is made at its next look, though no newer directory comes (the CA may be what it needs to
+    reach a gateway that moved to it); one audited whose file could not be written is written
+    then, and audited once."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    fed, tls = federation.fed, federation.node_configs["amh"].tls
+    (first,) = fed.roots()
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        rotate_ca(fed, SystemClock().now_ms())
+        publish_directory(fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
+        await cluster.gateway.check_directory()
+        amh.store.db.execute(  # this one entry refused, as by a disk that fills as it is written
+            "CREATE TEMP TRIGGER refuse_roots BEFORE INSERT ON audit WHEN NEW.event = 'tls.roots_changed'"
+            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+        try:
+            await amh.check_directory()
+        finally:
+            amh.store.db.execute("DROP TRIGGER temp.refuse_roots")
+        assert amh.trust.version == 2 and _roots(tls.ca) == {first}  # the directory taken, its CAs not yet
+        assert len(captured_logs.records("tls.roots_failed")) == 1
+
+        blocker = tls.ca.with_name(f".{tls.ca.name}.tmp")
+        blocker.mkdir()  # where the new CA file is written before it replaces the old: it cannot be
+        await amh.check_directory()
+        assert _roots(tls.ca) == {first} and len(captured_logs.records("tls.roots_not_saved")) == 1
+        blocker.rmdir()
+
+        await amh.check_directory()
+        assert _roots(tls.ca) == set(fed.roots())
+        (changed,) = await audit_events(amh, "tls.roots_changed")
+        assert len(changed["detail"]["roots"]) == 2
+        await amh.check_directory()  # nothing left to change
+        assert len(await audit_events(amh, "tls.roots_changed")) == 1
