@@ -72,8 +72,7 @@ class GatewayServer:
     def load_directory(self) -> None:
         view = self.trust.accept(read_signed(self.config.federation.directory), self.clock.now_ms())
         log.info("directory.loaded", version=view.version, nodes=len(view.nodes))
-        if (roots := new_roots(self.config.tls, view.directory)) is not None:
-            write_roots(self.config.tls, roots)  # the file watch presents and checks with them
+        self._follow_roots()
         self._check_witness_key(view)
         for node_id, entry in view.nodes.items():  # a revoked node's open stream ends now
             session = self.sessions.get(node_id)
@@ -81,6 +80,14 @@ class GatewayServer:
                 session.close((grpc.StatusCode.PERMISSION_DENIED, f"node {node_id!r} is revoked"))
         # Look-up answers name only active nodes: any may have changed with the directory.
         self.sessions.notify_all(gateway_pb2.LinksChanged())
+
+    def _follow_roots(self) -> None:
+        """Write the CAs the held directory names where the CA file differs; the file watch
+        presents and checks with them. Looked at again each time the file is not reloaded, so
+        CAs the file could not take are written once it can, not only at the next directory."""
+        view = self.trust.view
+        if view is not None and (roots := new_roots(self.config.tls, view.directory)) is not None:
+            write_roots(self.config.tls, roots)
 
     def _check_witness_key(self, view: DirectoryView) -> None:
         """Say so if nodes cannot check this gateway's cosignatures: they keep only those that verify."""
@@ -104,6 +111,8 @@ class GatewayServer:
                 log.warning("directory.refused", reason=exc.reason.value)
             except OSError as exc:
                 log.warning("directory.unreadable", error=type(exc).__name__)
+        else:
+            self._follow_roots()
         await self._report_serving()
 
     async def _report_serving(self) -> None:

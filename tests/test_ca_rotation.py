@@ -359,3 +359,22 @@ async def test_a_ca_change_the_node_could_not_record_or_write_is_made_at_its_nex
         assert len(changed["detail"]["roots"]) == 2
         await amh.check_directory()  # nothing left to change
         assert len(await audit_events(amh, "tls.roots_changed")) == 1
+
+
+async def test_cas_the_gateway_could_not_write_are_written_at_its_next_look(
+    tmp_path: Path, captured_logs: CapturedLogs
+) -> None:
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    fed, tls = federation.fed, federation.gateway_config.tls
+    (first,) = fed.roots()
+    async with running(federation) as cluster:
+        rotate_ca(fed, SystemClock().now_ms())
+        publish_directory(fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
+        blocker = tls.ca.with_name(f".{tls.ca.name}.tmp")
+        blocker.mkdir()  # where the new CA file is written before it replaces the old: it cannot be
+        await cluster.gateway.check_directory()
+        assert cluster.gateway.trust.version == 2 and _roots(tls.ca) == {first}
+        assert len(captured_logs.records("tls.roots_not_saved")) == 1
+        blocker.rmdir()
+        await cluster.gateway.check_directory()  # the same directory file
+        assert _roots(tls.ca) == set(fed.roots())
