@@ -59,6 +59,7 @@ class GatewayServer:
         self._db: GatewayDb | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._directory_mtime = 0
+        self._roots_unwritten = False  # the held directory's CAs are not yet in the CA file: tried at each look
         self._serving: bool | None = None  # as last reported, once serving
         self._backups_queued: set[str] = set()  # entered in the metadata log's queue: not again
         self.metrics = GatewayMetrics()
@@ -83,11 +84,13 @@ class GatewayServer:
 
     def _follow_roots(self) -> None:
         """Write the CAs the held directory names where the CA file differs; the file watch
-        presents and checks with them. Looked at again each time the file is not reloaded, so
-        CAs the file could not take are written once it can, not only at the next directory."""
+        presents and checks with them. CAs the file could not take are tried again at each
+        look (`_roots_unwritten`), not left until the next directory."""
         view = self.trust.view
         if view is not None and (roots := new_roots(self.config.tls, view.directory)) is not None:
-            write_roots(self.config.tls, roots)
+            self._roots_unwritten = not write_roots(self.config.tls, roots)
+        else:
+            self._roots_unwritten = False
 
     def _check_witness_key(self, view: DirectoryView) -> None:
         """Say so if nodes cannot check this gateway's cosignatures: they keep only those that verify."""
@@ -111,7 +114,7 @@ class GatewayServer:
                 log.warning("directory.refused", reason=exc.reason.value)
             except OSError as exc:
                 log.warning("directory.unreadable", error=type(exc).__name__)
-        else:
+        elif self._roots_unwritten:
             self._follow_roots()
         await self._report_serving()
 

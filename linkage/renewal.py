@@ -154,15 +154,17 @@ def new_roots(files: TlsFiles, directory: Directory) -> list[x509.Certificate] |
     return wanted
 
 
-def write_roots(files: TlsFiles, roots: list[x509.Certificate]) -> None:
+def write_roots(files: TlsFiles, roots: list[x509.Certificate]) -> bool:
     """Replace the CA file whole; the certificate watch takes it (server: from the next
-    handshake; node: a new channel). Said, and the CAs in use kept, if it cannot be written."""
+    handshake; node: a new channel). Said, and the CAs in use kept (False), if it cannot be
+    written."""
     try:
         write_atomic(files.ca, b"".join(r.public_bytes(serialization.Encoding.PEM) for r in roots))
     except OSError as exc:
         log.error("tls.roots_not_saved", file=str(files.ca), error=exc.strerror)
-        return
+        return False
     log.warning("tls.roots_changed", roots=roots_detail(roots))
+    return True
 
 
 def roots_detail(roots: list[x509.Certificate]) -> list[str]:

@@ -83,6 +83,7 @@ class NodeServer:
         self._keys_said = ""  # what was last said of the keys in the bundle
         self._roots_at_start: list[str] | None = None  # CAs its directory file named, written before the store opened
         self._roots_audited: list[str] | None = None  # CAs whose change is audited: not again while the file waits
+        self._roots_due = True  # the held directory's CAs are to be compared with the CA file: at the next look
         # A directory, keys or a certificate taken one at a time: a SIGHUP during the periodic look,
         # or a reconnection during either, would otherwise audit and apply the same change twice.
         self._changing = asyncio.Lock()
@@ -97,8 +98,8 @@ class NodeServer:
         except Rejected as exc:
             log.warning("directory.refused", reason=exc.reason.value, source="file")
             return
-        if (roots := new_roots(self.config.tls, view.directory)) is not None:
-            write_roots(self.config.tls, roots)  # before the TLS files are read, and audited once the store is open
+        # Written before the TLS files are read; audited once the store is open (not written: at the first look).
+        if (roots := new_roots(self.config.tls, view.directory)) is not None and write_roots(self.config.tls, roots):
             self._roots_at_start = roots_detail(roots)
 
     async def _on_connect(self) -> None:
@@ -143,6 +144,7 @@ class NodeServer:
             self.trust.take(view, signer)
             log.info("directory.loaded", version=view.version, source="gateway")
             if view.version != held:
+                self._roots_due = True
                 await self._report_serving()  # one that started without a current directory now has one
 
     async def _follow_roots(self) -> None:
@@ -153,14 +155,17 @@ class NodeServer:
         not reach a gateway that moved to the new CA."""
         async with self._changing:
             view = self.trust.view
-            if view is None or (roots := new_roots(self.config.tls, view.directory)) is None:
+            if not self._roots_due or view is None:
+                return
+            if (roots := new_roots(self.config.tls, view.directory)) is None:  # nothing to change, or refused
+                self._roots_due = False
                 return
             detail = roots_detail(roots)
             if detail != self._roots_audited:
                 if not await self._recorded("tls.roots_changed", {"roots": detail}, failed="tls.roots_failed"):
                     return
                 self._roots_audited = detail
-            write_roots(self.config.tls, roots)
+            self._roots_due = not write_roots(self.config.tls, roots)
 
     async def _keep_directory(self, view: DirectoryView) -> None:
         """Write a directory taken from the gateway over the directory file: a restart while the

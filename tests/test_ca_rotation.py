@@ -378,3 +378,29 @@ async def test_cas_the_gateway_could_not_write_are_written_at_its_next_look(
         blocker.rmdir()
         await cluster.gateway.check_directory()  # the same directory file
         assert _roots(tls.ca) == set(fed.roots())
+
+
+async def test_cas_a_directory_names_without_a_trusted_ca_certifying_them_are_refused_once_per_directory(
+    tmp_path: Path, captured_logs: CapturedLogs
+) -> None:
+    """Looks that retry a change cut short do not repeat a refusal: the gateway looks every
+    few seconds, and one error a directory is what its operator acts on."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
+    gateway_ca, amh_ca = federation.gateway_config.tls.ca, federation.node_configs["amh"].tls.ca
+    rogue = CertificateAuthority.create("test.linkage.example", dt.datetime.now(dt.UTC), generation=2)
+    async with running(federation) as cluster:
+        amh = cluster.nodes["amh"]
+        held = gateway_ca.read_bytes()
+        for ca in (gateway_ca, amh_ca):  # trusting another CA alone: nothing certifies the directory's to them
+            ca.write_bytes(rogue.cert.public_bytes(serialization.Encoding.PEM))
+        try:
+            publish_directory(federation.fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
+            for _ in range(2):
+                await cluster.gateway.check_directory()
+                await amh.check_directory()
+            assert cluster.gateway.trust.version == amh.trust.version == 2
+            assert len(captured_logs.records("tls.roots_refused")) == 2  # one each
+            assert _roots(gateway_ca) == _roots(amh_ca) == {rogue.cert}
+        finally:
+            for ca in (gateway_ca, amh_ca):
+                ca.write_bytes(held)
