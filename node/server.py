@@ -84,6 +84,7 @@ class NodeServer:
         self._roots_at_start: list[str] | None = None  # CAs its directory file named, written before the store opened
         self._roots_audited: list[str] | None = None  # CAs whose change is audited: not again while the file waits
         self._roots_due = True  # the held directory's CAs are to be compared with the CA file: at the next look
+        self._directory_unkept = False  # the directory held could not be written to the directory file: at each look
         # A directory, keys or a certificate taken one at a time: a SIGHUP during the periodic look,
         # or a reconnection during either, would otherwise audit and apply the same change twice.
         self._changing = asyncio.Lock()
@@ -119,6 +120,10 @@ class NodeServer:
                     await self._take_directory(signed)
             except grpc.aio.AioRpcError as exc:  # tried again at the next check; said, so it is not silent until expiry
                 log.warning("directory.fetch_failed", status=exc.code().name)
+        if self._directory_unkept:
+            async with self._changing:
+                if (view := self.trust.view) is not None and self._directory_unkept:
+                    await self._keep_directory(view)
         await self._follow_roots()  # from the directory held, while away too: the CAs may be what keeps it away
         await self._report_serving()
 
@@ -173,8 +178,11 @@ class NodeServer:
         the bundle (`linkage directory`, `linkage audit ...`) read what the node holds."""
         try:
             await asyncio.to_thread(write_atomic, self.config.federation.directory, view.signed.SerializeToString())
-        except OSError as exc:  # held all the same; a restart starts from the file's and fetches this again
+        except OSError as exc:  # held all the same, and written at a later look once it can be
             log.error("directory.not_saved", version=view.version, error=exc.strerror)
+            self._directory_unkept = True
+            return
+        self._directory_unkept = False
 
     async def reload(self) -> None:
         """On SIGHUP, and every few minutes: a newer directory, rotated message keys, renewed TLS

@@ -193,18 +193,28 @@ async def test_a_directory_a_node_cannot_write_to_its_file_is_held_all_the_same_
     tmp_path: Path, captured_logs: CapturedLogs
 ) -> None:
     """A node whose directory file is missing, and cannot be written, takes the gateway's as
-    it connects and serves its case systems on it, saying it could not keep it."""
+    it connects and serves its case systems on it, saying it could not keep it; it writes
+    it at its next look once it can."""
     federation = make_federation(tmp_path, SystemClock(), nodes=("amh",))
     config = federation.node_configs["amh"]
     unwritable = config.federation.directory.parent / "gone" / "directory.pb"  # no such folder
     config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, directory=unwritable))
     federation.node_configs["amh"] = config
     async with running(federation) as cluster:  # no file: it takes the gateway's as it connects
-        assert cluster.nodes["amh"].trust.version == 1 and await _health(config) == SERVING
-    assert not unwritable.exists()
-    (unsaved,) = captured_logs.records("directory.not_saved")
-    assert unsaved["level"] == "error" and unsaved["version"] == 1
-    assert unsaved["error"] == "No such file or directory"
+        amh = cluster.nodes["amh"]
+        assert amh.trust.version == 1 and await _health(config) == SERVING
+        assert not unwritable.exists()
+        (unsaved,) = captured_logs.records("directory.not_saved")
+        assert unsaved["level"] == "error" and unsaved["version"] == 1
+        assert unsaved["error"] == "No such file or directory"
+
+        unwritable.parent.mkdir()  # mended
+        await amh.check_directory()
+        held = amh.trust.view
+        assert held is not None and read_signed(unwritable) == held.signed
+        kept = unwritable.stat().st_ino
+        await amh.check_directory()  # kept: not written again
+        assert unwritable.stat().st_ino == kept and len(captured_logs.records("directory.not_saved")) == 1
 
 
 async def test_a_restarted_node_takes_no_directory_older_than_the_one_it_kept(
