@@ -50,32 +50,36 @@ class Loss:
     found: dict[str, Any]  # how the loss was found, for the audit entry
 
 
-async def ask_again_if_restored(ctx: NodeContext) -> None:
+async def ask_again_if_restored(ctx: NodeContext) -> bool:
     """At start: if this store was just restored, record it and ask every other node for
-    what it lost. Done once: the mark goes when the request is committed."""
+    what it lost. Done once: the mark goes when the request is committed. True while it
+    waits for a current directory to seal the requests by (the node asks again as it takes
+    one from the gateway: a restored node has often been away past its directory's days)."""
     store = ctx.store.path
     try:
         restored = read_mark(store)
     except ValueError as exc:
         log.error("restore.mark_unreadable", problem=str(exc))
-        return
+        return False
     if restored is None:
-        return
+        return False
     if await _recorded(ctx, restored):
         clear_mark(store)  # committed before a crash took the mark's removal
-        return
+        return False
     if not in_place(store, restored):  # cut short before the swap: the store is the one it had
         log.warning("restore.not_in_place", restore_id=restored.restore_id)
         clear_mark(store)
-        return
+        return False
     found = {
         "found": "backup_restore",
         "backup_sha256": restored.backup_sha256,
         "restored_at_ms": restored.restored_at_ms,
         "log_entries": restored.log_entries,
     }
-    if await _ask_again(ctx, Loss(restored.restore_id, restored.last_entry_ms, restored.backup_taken_at_ms, found)):
-        clear_mark(store)
+    if not await _ask_again(ctx, Loss(restored.restore_id, restored.last_entry_ms, restored.backup_taken_at_ms, found)):
+        return True
+    clear_mark(store)
+    return False
 
 
 async def ask_again_if_rolled_back(
@@ -96,7 +100,7 @@ async def ask_again_if_rolled_back(
 
 async def _ask_again(ctx: NodeContext, loss: Loss) -> bool:
     """Audit the loss and queue a redelivery request to every other active node, in one
-    transaction; False if there is no directory to seal them by (asked at a later start)."""
+    transaction; False if there is no directory to seal them by (asked once there is)."""
     request = workflow_pb2.RedeliveryRequest(
         restore_id=loss.restore_id,
         # Less the skew allowed, so a clock stepped back loses nothing; from the start of time

@@ -85,6 +85,7 @@ class NodeServer:
         self._roots_audited: list[str] | None = None  # CAs whose change is audited: not again while the file waits
         self._roots_due = True  # the held directory's CAs are to be compared with the CA file: at the next look
         self._directory_unkept = False  # the directory held could not be written to the directory file: at each look
+        self._restore_unasked = False  # a restored store whose loss is yet to be asked for: with the next directory
         # A directory, keys or a certificate taken one at a time: a SIGHUP during the periodic look,
         # or a reconnection during either, would otherwise audit and apply the same change twice.
         self._changing = asyncio.Lock()
@@ -150,6 +151,8 @@ class NodeServer:
             log.info("directory.loaded", version=view.version, source="gateway")
             if view.version != held:
                 self._roots_due = True
+                if self._restore_unasked:  # no directory to seal its requests by as it started: now there is
+                    self._restore_unasked = await ask_again_if_restored(self.ctx)
                 await self._report_serving()  # one that started without a current directory now has one
 
     async def _follow_roots(self) -> None:
@@ -426,7 +429,7 @@ class NodeServer:
         entries, last_ms = last if last is not None else (0, 0)
         ctx = self.ctx
         self.checkpoints.on_behind = lambda held: ask_again_if_rolled_back(ctx, held, entries, last_ms)
-        await ask_again_if_restored(self.ctx)
+        self._restore_unasked = await ask_again_if_restored(self.ctx)
         async with self.store.tx() as tx:  # key and configuration changes are audited too
             dropped = await self.chronology.follow_code_lists(tx)
             await tx.audit(

@@ -15,9 +15,10 @@ import pytest
 
 from linkage import backup, stories
 from linkage.cli.audit import report_rows
-from linkage.clock import DAY_MS, SystemClock
+from linkage.clock import DAY_MS, ManualClock, SystemClock
 from linkage.directory import TrustedDirectory
 from linkage.envelope import MAX_CLOCK_SKEW_MS
+from linkage.federation import publish_directory
 from linkage.files import write_private
 from linkage.frames import unbatch
 from linkage.ids import uuid7
@@ -450,6 +451,31 @@ async def test_a_restore_cut_short_before_its_swap_leaves_a_mark_the_node_drops(
         assert mark_path(store).exists() and len(await audit_events(csc, "store.restored")) == 1
         (said,) = captured_logs.records("restore.mark_unreadable")
         assert said["level"] == "error" and str(mark_path(store)) in said["problem"], said
+
+
+async def test_a_restored_node_whose_directory_lapsed_while_away_asks_once_it_takes_a_current_one(
+    tmp_path: Path, captured_logs: CapturedLogs
+) -> None:
+    """A store put back on a node away past its directory's days: as it starts there is no
+    directory to seal its requests by; it asks as it takes a current one from the gateway,
+    not at some later restart."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), validity_days=2)
+    store = federation.node_configs["csc"].store_path
+    async with running(federation, nodes=("csc",), clock=clock):
+        pass  # the store exists
+    mark(store, store, 1, "", clock.now_ms())  # as `backup restore` leaves it
+    clock.advance(3 * DAY_MS)  # csc's directory file has lapsed
+    publish_directory(federation.fed, clock.now_ms(), copy_to=(federation.gateway_config.data_dir,))
+    async with running(federation, clock=clock) as cluster:
+        csc = cluster.nodes["csc"]
+        (waited,) = captured_logs.records("restore.not_announced")
+        assert waited["reason"] == "directory_expired"
+        assert csc.trust.version == 2 and not mark_path(store).exists()
+        (restored,) = await audit_events(csc, "store.restored")
+        assert restored["detail"]["found"] == "backup_restore"
+        assert csc.store is not None
+        assert (await csc.store.fetchone("SELECT count(*) FROM outbox WHERE recipient = 'amh'"))[0] == 1
 
 
 async def test_the_gateway_routes_a_restore_s_messages_without_tokens_and_nothing_else(tmp_path: Path) -> None:
