@@ -14,6 +14,7 @@ from linkage import jurisdictions, logs
 from linkage.backoff import backoff_ms
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, TOKEN_LEN, IdentifierError
 from linkage.v1 import node_api_pb2, summary_pb2
+from linkage.writability import log_failure
 from node import dates, involvement, repeats
 from node.context import NodeContext
 from node.errors import ApiError, invalid, not_found
@@ -256,9 +257,11 @@ class Cases:
             self.resubscribe.set()
             await self.notices.later()
             return
-        async with self.ctx.store.tx() as tx:
-            await tx.audit("subscription.added", actor, tokens=tokens, detail={"added": added})
-        await self.notices.send()
+        try:
+            async with self.ctx.store.tx() as tx:
+                await tx.audit("subscription.added", actor, tokens=tokens, detail={"added": added})
+        finally:  # the notice was recorded with the change: it goes whatever this entry met
+            await self.notices.send()
 
     async def end_subscriptions(self, actor: summary_pb2.Practitioner | None = None) -> None:
         """End at the gateway the subscriptions recorded as ending (`subscriptions_to_end`,
@@ -269,6 +272,9 @@ class Cases:
             await self._end_subscriptions(set(await self.subscribed_tokens()), actor)
         except grpc.aio.AioRpcError as exc:  # the call's own retries spent: the resubscriber's turn
             log.warning("unsubscribe.deferred", code=exc.code().name)
+            self.ending_due()
+        except Exception as exc:  # the store refused, say: the change that ended them was made all the same
+            log_failure(log, "unsubscribe.deferred", exc)
             self.ending_due()
 
     def ending_due(self) -> None:

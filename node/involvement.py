@@ -14,8 +14,10 @@ import grpc
 
 from linkage import logs
 from linkage.backoff import backoff_ms
+from linkage.reasons import Rejected
 from linkage.tokens import split_tokens
 from linkage.v1 import envelope_pb2, summary_pb2, workflow_pb2
+from linkage.writability import log_failure
 from node.context import NodeContext
 from node.messaging import Fill
 from node.store import Tx
@@ -40,6 +42,17 @@ async def record(tx: Tx, tokens: list[bytes], joined: bool, actor: summary_pb2.P
             "INSERT INTO notices_to_send(joined, tokens, actor) VALUES (?, ?, ?)",
             (int(joined), b"".join(tokens), actor.SerializeToString()),
         )
+
+
+def _deferred(exc: Exception, **fields: object) -> None:
+    """Why notices wait: the gateway could not say who is linked (its status), no current
+    directory to seal them by (its reason), or a failure not expected (the store refused)."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        log.warning("involvement.notice_deferred", code=exc.code().name, **fields)
+    elif isinstance(exc, Rejected):
+        log.warning("involvement.notice_deferred", reason=exc.reason.value, **fields)
+    else:
+        log_failure(log, "involvement.notice_deferred", exc, **fields)
 
 
 class InvolvementNotices:
@@ -70,23 +83,25 @@ class InvolvementNotices:
         return kept
 
     async def send(self) -> None:
-        """Send every notice waiting, oldest first; if the gateway cannot say who is linked
-        now, they wait for `run`."""
+        """Send every notice waiting, oldest first; if they cannot go now, they wait for `run`.
+        Called after the change that made them is committed, so what stops them is not the
+        caller's: its change was made."""
         try:
             await self._send_waiting()
             await self._end_kept()
-        except grpc.aio.AioRpcError as exc:
-            log.warning("involvement.notice_deferred", code=exc.code().name)
+        except Exception as exc:
+            _deferred(exc)
             await self.later()
 
     async def later(self) -> None:
-        """What waits goes once the gateway holds this node's subscriptions again."""
+        """What waits goes once the gateway holds this node's subscriptions again (due first:
+        should counting them fail, they are still due)."""
         self.due.set()
         await self.count()
 
     async def run(self) -> None:
         """Send what waits once the gateway holds this node's subscriptions, backing off while
-        it cannot answer."""
+        it cannot go (the gateway cannot answer, or the store or the directory refuses)."""
         attempt = 0
         while True:
             await self.due.wait()
@@ -97,8 +112,8 @@ class InvolvementNotices:
                 await self._send_waiting()  # those a node stopped before sending, or that waited
                 await self._end_kept()
                 attempt = 0
-            except grpc.aio.AioRpcError as exc:
-                log.warning("involvement.notice_deferred", code=exc.code().name, attempt=attempt)
+            except Exception as exc:  # they wait, and are tried again: nothing else would ask for them
+                _deferred(exc, attempt=attempt)
                 await self.later()
                 await asyncio.sleep(backoff_ms(attempt, 200, 30_000) / 1000)
                 attempt += 1

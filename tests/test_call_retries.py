@@ -140,3 +140,33 @@ async def test_a_person_named_by_a_case_opened_while_another_closes_stays_subscr
         assert hook.first is None  # the case was opened while the close was ending the subscriptions
         index = cluster.gateway._index
         assert index is not None and index.is_subscribed("amh", child) and not index.is_subscribed("amh", parent)
+
+
+async def test_a_case_closed_while_its_store_refuses_ending_the_subscriptions_is_closed_and_they_end_later(
+    tmp_path: Path,
+) -> None:
+    """The close is committed before the subscriptions are ended: a failure then is not the
+    close's (the call answers with the case closed), and the node's resubscriber ends them
+    once the store takes it, rather than at its next connection."""
+    async with running(make_federation(tmp_path, SystemClock(), nodes=("amh",))) as cluster:
+        await open_case(cluster, "amh", stories.think_family_people())
+        case_id = await _case_id(cluster, "amh")
+        await cluster.api("amh").ProposeClosure(planned_closure(PRACTITIONER, case_id))  # nobody else to alert
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        amh.store.db.execute(  # the write that records them ended fails, as on a disk that fails
+            "CREATE TEMP TRIGGER refuse_ending BEFORE DELETE ON subscriptions_to_end"
+            " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+        try:
+            closed = await cluster.api("amh").CloseCase(
+                node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id)
+            )
+            assert closed.state == "closed"
+        finally:
+            amh.store.db.execute("DROP TRIGGER temp.refuse_ending")
+        await wait_count(amh, "SELECT count(*) FROM audit WHERE event = 'subscription.removed'", (), 1)
+        (ended,) = await audit_events(amh, "subscription.removed")
+        assert ended["detail"]["deferred"] and len(ended["tokens"]) == 2
+        assert await amh.store.fetchall("SELECT token FROM subscriptions_to_end") == []
+        assert cluster.gateway._index is not None and cluster.gateway._index.count("amh") == 0

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import grpc
+import pytest
+
 from linkage import logs, stories
 from linkage.clock import ManualClock, SystemClock
 from linkage.v1 import envelope_pb2 as env
@@ -224,3 +227,59 @@ async def test_a_person_added_is_announced_as_joining_and_one_protected_neither_
             await csc.RemovePerson(removal)
         left = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE, after_seq=joined.seq)
         assert not left.body.involvement.joined and list(left.body.involvement.link_tokens) == [token(sibling)]
+
+
+async def test_a_notice_the_store_refuses_as_it_goes_waits_and_goes_once_it_can(
+    federation: LocalFederation,
+) -> None:
+    """A case opened is opened, whatever then stops its notice: the call answers with the
+    case, and the notice waits and is tried again with back-off (by the duty, which nothing
+    else would ask), not dropped until the next change or a restart."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        family = stories.think_family_people()
+        await open_case(cluster, "amh", family)
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+        csc.store.db.execute(  # the write that sends a notice fails, as on a disk that fails
+            "CREATE TEMP TRIGGER refuse_sending BEFORE DELETE ON notices_to_send"
+            " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+        watch = LogWatch('"attempt":1,"event":"involvement.notice_deferred","exception"')
+        logs.configure("info", stream=watch)
+        try:
+            opened = await cluster.api("csc").OpenCase(
+                node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
+            )
+            assert opened.case_id and await csc.store.fetchone(WAITING) == (1,)
+            async with asyncio.timeout(30):
+                await watch.seen.wait()  # the duty was refused twice, and waits
+        finally:
+            csc.store.db.execute("DROP TRIGGER temp.refuse_sending")
+            logs.configure("info")
+        joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
+        assert joined.sender_node == "csc" and joined.body.involvement.joined
+        assert await csc.store.fetchone(WAITING) == (0,)
+
+
+async def test_a_notice_goes_though_the_subscription_s_audit_entry_failed(federation: LocalFederation) -> None:
+    """The notice is recorded with the case; the audit entry of the subscription made for it
+    comes after. That entry failing fails the call (the log must not miss it silently), but
+    the notice goes all the same, not at the next change or restart."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        family = stories.think_family_people()
+        await open_case(cluster, "amh", family)
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+        csc.store.db.execute(
+            "CREATE TEMP TRIGGER refuse_entry BEFORE INSERT ON audit WHEN NEW.event = 'subscription.added'"
+            " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+        try:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await cluster.api("csc").OpenCase(
+                    node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
+                )
+        finally:
+            csc.store.db.execute("DROP TRIGGER temp.refuse_entry")
+        joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
+        assert joined.sender_node == "csc" and joined.body.involvement.joined
