@@ -260,8 +260,9 @@ class Cases:
         try:
             async with self.ctx.store.tx() as tx:
                 await tx.audit("subscription.added", actor, tokens=tokens, detail={"added": added})
-        finally:  # the notice was recorded with the change: it goes whatever this entry met
-            await self.notices.send()
+        except Exception as exc:  # the case is open, and the call says so; this entry is what is missing
+            log_failure(log, "subscription.not_audited", exc, tokens=len(tokens), added=added)
+        await self.notices.send()
 
     async def end_subscriptions(self, actor: summary_pb2.Practitioner | None = None) -> None:
         """End at the gateway the subscriptions recorded as ending (`subscriptions_to_end`,

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-import grpc
-import pytest
-
 from linkage import logs, stories
 from linkage.clock import ManualClock, SystemClock
 from linkage.v1 import envelope_pb2 as env
@@ -261,10 +258,13 @@ async def test_a_notice_the_store_refuses_as_it_goes_waits_and_goes_once_it_can(
         assert await csc.store.fetchone(WAITING) == (0,)
 
 
-async def test_a_notice_goes_though_the_subscription_s_audit_entry_failed(federation: LocalFederation) -> None:
-    """The notice is recorded with the case; the audit entry of the subscription made for it
-    comes after. That entry failing fails the call (the log must not miss it silently), but
-    the notice goes all the same, not at the next change or restart."""
+async def test_a_notice_goes_though_the_subscription_s_audit_entry_failed(
+    federation: LocalFederation, captured_logs: CapturedLogs
+) -> None:
+    """The case and its notice are committed together; the audit entry of the subscription
+    made for it comes after. That entry failing is said (an error naming it), and the call
+    still answers with the case it opened; the notice goes all the same, not at the next
+    change or restart."""
     async with running(federation, nodes=("amh", "csc")) as cluster:
         family = stories.think_family_people()
         await open_case(cluster, "amh", family)
@@ -275,11 +275,13 @@ async def test_a_notice_goes_though_the_subscription_s_audit_entry_failed(federa
             " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
         )
         try:
-            with pytest.raises(grpc.aio.AioRpcError):
-                await cluster.api("csc").OpenCase(
-                    node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
-                )
+            opened = await cluster.api("csc").OpenCase(
+                node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
+            )
         finally:
             csc.store.db.execute("DROP TRIGGER temp.refuse_entry")
+        assert opened.case_id and len(opened.people) == 2
+        (missing,) = captured_logs.records("subscription.not_audited")
+        assert missing["level"] == "error" and missing["tokens"] == 2
         joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
         assert joined.sender_node == "csc" and joined.body.involvement.joined
