@@ -10,8 +10,8 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +259,23 @@ def written_first(monkeypatch: pytest.MonkeyPatch, store: Store, write: Callable
             yield own
 
     monkeypatch.setattr(store, "tx", tx)
+
+
+@contextmanager
+def store_refuses(node: NodeServer, write: str, table: str, when: str = "") -> Iterator[None]:
+    """While inside, the node's store refuses one kind of write (`write`, INSERT or DELETE, on
+    `table`, where `when` holds), as a disk failing at that write would: SQLite's own failure
+    (a temporary trigger on the store's connection), for that write alone."""
+    assert node.store is not None
+    condition = f" WHEN {when}" if when else ""
+    node.store.db.execute(
+        f"CREATE TEMP TRIGGER refused BEFORE {write} ON {table}{condition}"
+        " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+    )
+    try:
+        yield
+    finally:
+        node.store.db.execute("DROP TRIGGER temp.refused")
 
 
 def drop_audit_guards(db: sqlite3.Connection) -> None:

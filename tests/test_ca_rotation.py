@@ -10,6 +10,8 @@ import asyncio
 import dataclasses
 import datetime as dt
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,7 @@ from tests.harness import (
     linkage,
     make_federation,
     running,
+    store_refuses,
     wait_delivered,
 )
 from tests.test_delivery import family_assessment, share
@@ -41,6 +44,18 @@ from tests.test_delivery import family_assessment, share
 
 def _roots(ca_file: Path) -> set[x509.Certificate]:
     return set(x509.load_pem_x509_certificates(ca_file.read_bytes()))
+
+
+@contextmanager
+def _unwritable(ca_file: Path) -> Iterator[None]:
+    """While inside, `ca_file` cannot be replaced: a folder stands where its new version is
+    written before it is renamed over the old (linkage.files), which stays readable."""
+    blocker = ca_file.with_name(f".{ca_file.name}.tmp")
+    blocker.mkdir()
+    try:
+        yield
+    finally:
+        blocker.rmdir()
 
 
 def _members(federation: LocalFederation) -> tuple[Federation, TlsFiles, TlsFiles, TlsFiles]:
@@ -332,26 +347,17 @@ async def test_a_ca_change_the_node_could_not_record_or_write_is_made_at_its_nex
     (first,) = fed.roots()
     async with running(federation) as cluster:
         amh = cluster.nodes["amh"]
-        assert amh.store is not None
         rotate_ca(fed, SystemClock().now_ms())
         publish_directory(fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
         await cluster.gateway.check_directory()
-        amh.store.db.execute(  # this one entry refused, as by a disk that fills as it is written
-            "CREATE TEMP TRIGGER refuse_roots BEFORE INSERT ON audit WHEN NEW.event = 'tls.roots_changed'"
-            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-        )
-        try:
+        with store_refuses(amh, "INSERT", "audit", "NEW.event = 'tls.roots_changed'"):  # this one entry
             await amh.check_directory()
-        finally:
-            amh.store.db.execute("DROP TRIGGER temp.refuse_roots")
         assert amh.trust.version == 2 and _roots(tls.ca) == {first}  # the directory taken, its CAs not yet
         assert len(captured_logs.records("tls.roots_failed")) == 1
 
-        blocker = tls.ca.with_name(f".{tls.ca.name}.tmp")
-        blocker.mkdir()  # where the new CA file is written before it replaces the old: it cannot be
-        await amh.check_directory()
+        with _unwritable(tls.ca):
+            await amh.check_directory()
         assert _roots(tls.ca) == {first} and len(captured_logs.records("tls.roots_not_saved")) == 1
-        blocker.rmdir()
 
         await amh.check_directory()
         assert _roots(tls.ca) == set(fed.roots())
@@ -370,12 +376,10 @@ async def test_cas_the_gateway_could_not_write_are_written_at_its_next_look(
     async with running(federation) as cluster:
         rotate_ca(fed, SystemClock().now_ms())
         publish_directory(fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
-        blocker = tls.ca.with_name(f".{tls.ca.name}.tmp")
-        blocker.mkdir()  # where the new CA file is written before it replaces the old: it cannot be
-        await cluster.gateway.check_directory()
+        with _unwritable(tls.ca):
+            await cluster.gateway.check_directory()
         assert cluster.gateway.trust.version == 2 and _roots(tls.ca) == {first}
         assert len(captured_logs.records("tls.roots_not_saved")) == 1
-        blocker.rmdir()
         await cluster.gateway.check_directory()  # the same directory file
         assert _roots(tls.ca) == set(fed.roots())
 

@@ -15,7 +15,7 @@ from linkage import stories
 from linkage.clock import ManualClock, SystemClock
 from linkage.transport import RETRIED_GATEWAY_CALLS, RETRY_ATTEMPTS
 from linkage.v1 import audit_pb2, gateway_pb2, node_api_pb2
-from tests.harness import PRACTITIONER, audit_events, make_federation, running, wait_count
+from tests.harness import PRACTITIONER, audit_events, make_federation, running, store_refuses, wait_count
 from tests.test_federation import _case_id, open_case
 from tests.test_workflows import planned_closure
 
@@ -154,17 +154,11 @@ async def test_a_case_closed_while_its_store_refuses_ending_the_subscriptions_is
         await cluster.api("amh").ProposeClosure(planned_closure(PRACTITIONER, case_id))  # nobody else to alert
         amh = cluster.nodes["amh"]
         assert amh.store is not None
-        amh.store.db.execute(  # the write that records them ended fails, as on a disk that fails
-            "CREATE TEMP TRIGGER refuse_ending BEFORE DELETE ON subscriptions_to_end"
-            " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
-        )
-        try:
+        with store_refuses(amh, "DELETE", "subscriptions_to_end"):  # the write that records them ended
             closed = await cluster.api("amh").CloseCase(
                 node_api_pb2.CloseCaseRequest(actor=PRACTITIONER, case_id=case_id)
             )
             assert closed.state == "closed"
-        finally:
-            amh.store.db.execute("DROP TRIGGER temp.refuse_ending")
         await wait_count(amh, "SELECT count(*) FROM audit WHERE event = 'subscription.removed'", (), 1)
         (ended,) = await audit_events(amh, "subscription.removed")
         assert ended["detail"]["deferred"] and len(ended["tokens"]) == 2

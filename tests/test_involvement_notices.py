@@ -14,7 +14,17 @@ from linkage.v1 import node_api_pb2
 from node import involvement
 from node.server import NodeServer
 from node.store import Store
-from tests.harness import CapturedLogs, Cluster, LocalFederation, LogWatch, audit_events, next_item, running, wait_count
+from tests.harness import (
+    CapturedLogs,
+    Cluster,
+    LocalFederation,
+    LogWatch,
+    audit_events,
+    next_item,
+    running,
+    store_refuses,
+    wait_count,
+)
 from tests.test_federation import open_case
 from tests.test_workflows import CSC_WORKER
 
@@ -237,21 +247,17 @@ async def test_a_notice_the_store_refuses_as_it_goes_waits_and_goes_once_it_can(
         await open_case(cluster, "amh", family)
         csc = cluster.nodes["csc"]
         assert csc.store is not None
-        csc.store.db.execute(  # the write that sends a notice fails, as on a disk that fails
-            "CREATE TEMP TRIGGER refuse_sending BEFORE DELETE ON notices_to_send"
-            " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
-        )
         watch = LogWatch('"attempt":1,"event":"involvement.notice_deferred","exception"')
         logs.configure("info", stream=watch)
         try:
-            opened = await cluster.api("csc").OpenCase(
-                node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
-            )
-            assert opened.case_id and await csc.store.fetchone(WAITING) == (1,)
-            async with asyncio.timeout(30):
-                await watch.seen.wait()  # the duty was refused twice, and waits
+            with store_refuses(csc, "DELETE", "notices_to_send"):  # the write that sends a notice
+                opened = await cluster.api("csc").OpenCase(
+                    node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
+                )
+                assert opened.case_id and await csc.store.fetchone(WAITING) == (1,)
+                async with asyncio.timeout(30):
+                    await watch.seen.wait()  # the duty was refused twice, and waits
         finally:
-            csc.store.db.execute("DROP TRIGGER temp.refuse_sending")
             logs.configure("info")
         joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
         assert joined.sender_node == "csc" and joined.body.involvement.joined
@@ -269,17 +275,10 @@ async def test_a_notice_goes_though_the_subscription_s_audit_entry_failed(
         family = stories.think_family_people()
         await open_case(cluster, "amh", family)
         csc = cluster.nodes["csc"]
-        assert csc.store is not None
-        csc.store.db.execute(
-            "CREATE TEMP TRIGGER refuse_entry BEFORE INSERT ON audit WHEN NEW.event = 'subscription.added'"
-            " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
-        )
-        try:
+        with store_refuses(csc, "INSERT", "audit", "NEW.event = 'subscription.added'"):
             opened = await cluster.api("csc").OpenCase(
                 node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
             )
-        finally:
-            csc.store.db.execute("DROP TRIGGER temp.refuse_entry")
         assert opened.case_id and len(opened.people) == 2
         (missing,) = captured_logs.records("subscription.not_audited")
         assert missing["level"] == "error" and missing["tokens"] == 2
