@@ -39,6 +39,7 @@ from linkage.envelope import verify_receipt
 from linkage.ids import is_peer
 from linkage.reasons import CLOCK_REASONS, Rejected
 from linkage.v1 import envelope_pb2, gateway_pb2
+from linkage.writability import log_failure
 from node.link import NotConnected
 from node.messaging import Queued
 from node.metrics import NodeMetrics
@@ -176,11 +177,17 @@ class Outbox:
                 await self._gauge_task
 
     async def refresh_gauges(self) -> None:
+        """Read the depth and age gauges. They follow a committed change, so a failed read is
+        logged and not raised: the change stands, and the gauges are read a second on."""
         self._gauges_at = time.monotonic()
-        rows = await self.store.fetchall(
-            "SELECT recipient, COUNT(*), MIN(COALESCE(queued_again_at_ms, created_at_ms)) FROM outbox "
-            "WHERE state IN ('queued', 'sent') GROUP BY recipient"
-        )
+        try:
+            rows = await self.store.fetchall(
+                "SELECT recipient, COUNT(*), MIN(COALESCE(queued_again_at_ms, created_at_ms)) FROM outbox "
+                "WHERE state IN ('queued', 'sent') GROUP BY recipient"
+            )
+        except Exception as exc:
+            log_failure(log, "outbox.gauges_failed", exc)
+            return
         self.metrics.outbox(self.clock.now_ms(), {recipient: (n, oldest) for recipient, n, oldest in rows})
 
     async def wait_change(self, since: int) -> int:

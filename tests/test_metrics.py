@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import sqlite3
 import time
 import urllib.request
 from pathlib import Path
@@ -17,7 +18,8 @@ from linkage.clock import ManualClock
 from linkage.v1 import node_api_pb2
 from node import checkpoints as checkpoints_module
 from node.metrics import NodeMetrics
-from tests.harness import PRACTITIONER, LocalFederation, make_federation, running, settle, wait_delivered
+from node.outbox import GAUGE_INTERVAL_S
+from tests.harness import PRACTITIONER, CapturedLogs, LocalFederation, make_federation, running, settle, wait_delivered
 from tests.project_tools import generated_page, load_tool
 from tests.test_delivery import family_assessment, share
 from tests.test_federation import _case_id, open_case, share_think_family
@@ -85,6 +87,30 @@ async def test_a_node_stopping_leaves_no_gauge_refresh_to_start_after_its_store_
         assert outbox._gauges_later is None
         await outbox.changed()
         assert outbox._gauges_later is None
+
+
+async def test_a_share_is_answered_as_made_though_the_outbox_gauges_cannot_be_read(
+    federation: LocalFederation, captured_logs: CapturedLogs
+) -> None:
+    """The depth and age gauges are read after a change commits. A read the store refused
+    there answered the case system UNKNOWN for a share it had made and that went; now it is
+    logged, and the gauges are read again at the next change a second on."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        assessment_id = await family_assessment(cluster)
+
+        def refuse_the_gauges(action: int, _table: str | None, column: str | None, *_: object) -> int:
+            return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_READ and column == "queued_again_at_ms" else 0
+
+        await amh.store.reader.set_authorizer(refuse_the_gauges)
+        amh.outbox._gauges_at = -GAUGE_INTERVAL_S  # a second since the last read: this change reads them
+        response = await share(cluster, assessment_id)
+        await amh.store.reader.set_authorizer(None)
+        await wait_delivered(amh, 1)
+    assert [r.node_id for r in response.recipients] == ["csc"]
+    (failed,) = captured_logs.records("outbox.gauges_failed")
+    assert failed["level"] == "error" and "outbox.queued_again_at_ms is prohibited" in failed["exception"]
 
 
 async def test_which_agency_is_not_being_reached_is_in_the_metrics_by_name(tmp_path: Path) -> None:
