@@ -23,7 +23,7 @@ from gateway.witness import Witness
 from linkage import logs
 from linkage.clock import Clock, SystemClock
 from linkage.config import ConfigError, GatewayConfig
-from linkage.directory import DirectoryView, read_signed
+from linkage.directory import DirectoryView, parse_signed, read_signed
 from linkage.duties import begin
 from linkage.keys import load_ed25519, raw_public
 from linkage.metrics import MetricsEndpoint
@@ -58,7 +58,8 @@ class GatewayServer:
         self._index: SubscriptionIndex | None = None
         self._db: GatewayDb | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._directory_mtime = 0
+        self._directory_mtime = 0  # of the directory file as last read
+        self._directory_unreadable: str | None = None  # why the file could not be read, as said: not again
         self._roots_unwritten = False  # the held directory's CAs are not yet in the CA file: tried at each look
         self._serving: bool | None = None  # as last reported, once serving
         self._backups_queued: set[str] = set()  # entered in the metadata log's queue: not again
@@ -70,8 +71,8 @@ class GatewayServer:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"[witness] key: {exc}") from None
 
-    def load_directory(self) -> None:
-        view = self.trust.accept(read_signed(self.config.federation.directory), self.clock.now_ms())
+    def load_directory(self, signed: directory_pb2.SignedDirectory) -> None:
+        view = self.trust.accept(signed, self.clock.now_ms())
         log.info("directory.loaded", version=view.version, nodes=len(view.nodes))
         self._follow_roots()
         self._check_witness_key(view)
@@ -105,18 +106,33 @@ class GatewayServer:
 
     async def check_directory(self) -> None:
         """Take a newer directory file if there is one; fail closed when the held one has expired."""
-        path = self.config.federation.directory
-        if path.exists() and path.stat().st_mtime_ns != self._directory_mtime:
-            self._directory_mtime = path.stat().st_mtime_ns
+        if (data := self._changed_directory_file()) is not None:
             try:
-                self.load_directory()
+                self.load_directory(parse_signed(data))
             except Rejected as exc:  # copied in part, say: the held one stands until it changes again
                 log.warning("directory.refused", reason=exc.reason.value)
-            except OSError as exc:
-                log.warning("directory.unreadable", error=type(exc).__name__)
         elif self._roots_unwritten:
             self._follow_roots()
         await self._report_serving()
+
+    def _changed_directory_file(self) -> bytes | None:
+        """The directory file's bytes if its modified time changed since it was last read. One
+        that cannot be read is said once and read again at each look, whether or not its time
+        changes: mending its permissions (chmod, chown) changes none, nor does a copy that
+        keeps the time it had (`cp -p`, `rsync -t`)."""
+        path = self.config.federation.directory
+        try:
+            mtime = path.stat().st_mtime_ns
+            if mtime == self._directory_mtime:
+                return None
+            data = path.read_bytes()
+        except OSError as exc:
+            if (error := type(exc).__name__) != self._directory_unreadable:
+                self._directory_unreadable = error
+                log.warning("directory.unreadable", error=error)
+            return None
+        self._directory_mtime, self._directory_unreadable = mtime, None
+        return data
 
     async def _report_serving(self) -> None:
         """SERVING while the directory is current and the store can be written; NOT_SERVING
@@ -190,7 +206,7 @@ class GatewayServer:
         directory = self.config.federation.directory
         self._directory_mtime = directory.stat().st_mtime_ns
         try:  # the gateway hands the directory out: with none it can use, nothing could work
-            self.load_directory()
+            self.load_directory(read_signed(directory))
         except Rejected as exc:
             raise ConfigError(
                 f"[federation] directory: cannot serve with {directory} ({exc}); copy in the federation's "

@@ -45,8 +45,13 @@ def load_key(path: Path) -> ed25519.Ed25519PublicKey:
 
 def read_signed(path: Path) -> pb.SignedDirectory:
     """The signed directory in a file, unchecked; Rejected (malformed) if it is not one."""
+    return parse_signed(path.read_bytes())
+
+
+def parse_signed(data: bytes) -> pb.SignedDirectory:
+    """A signed directory's bytes, unchecked; Rejected (malformed) if they are not one."""
     try:
-        return pb.SignedDirectory.FromString(path.read_bytes())
+        return pb.SignedDirectory.FromString(data)
     except DecodeError:
         raise Rejected(Reason.MALFORMED, "not a signed directory (it does not parse)") from None
 

@@ -84,7 +84,9 @@ async def test_a_gateway_that_finds_its_directory_file_unreadable_or_half_copied
     raised DecodeError, which ended the gateway's watch of its files for good (no directory,
     certificate or backup taken after that, and no check of the held directory's expiry). Now
     it is said and the held one stands, as when the file cannot be read at all; the whole
-    file, once it is there, is taken."""
+    file, once it is there, is taken. One that could not be read is read again at each look
+    until it is, said once: it was left until its modified time changed, and mending its
+    permissions (chmod, chown) changes none, nor does a copy that keeps its time (`cp -p`)."""
     async with running(federation, nodes=("amh",)) as cluster:
         gateway = cluster.gateway
         published = publish_directory(federation.fed, SystemClock().now_ms())
@@ -92,10 +94,13 @@ async def test_a_gateway_that_finds_its_directory_file_unreadable_or_half_copied
         path = gateway.config.federation.directory
         path.unlink()
         path.mkdir()  # a name that cannot be read as a file, as a copy that set no read permission
+        unreadable = path.stat()
         await gateway.check_directory()
+        await gateway.reload()  # SIGHUP's look, while it still cannot be read
         assert gateway.trust.version == 1
         path.rmdir()
         path.write_bytes(whole[: len(whole) // 2])
+        os.utime(path, ns=(unreadable.st_atime_ns, unreadable.st_mtime_ns))  # readable, with the time it had
         await gateway.check_directory()
         assert gateway.trust.version == 1
         path.write_bytes(whole)
