@@ -94,13 +94,13 @@ async def test_a_gateway_that_finds_its_directory_file_unreadable_or_half_copied
         path = gateway.config.federation.directory
         path.unlink()
         path.mkdir()  # a name that cannot be read as a file, as a copy that set no read permission
-        unreadable = path.stat()
+        as_it_was = path.stat()
         await gateway.check_directory()
         await gateway.reload()  # SIGHUP's look, while it still cannot be read
         assert gateway.trust.version == 1
         path.rmdir()
         path.write_bytes(whole[: len(whole) // 2])
-        os.utime(path, ns=(unreadable.st_atime_ns, unreadable.st_mtime_ns))  # readable, with the time it had
+        os.utime(path, ns=(as_it_was.st_atime_ns, as_it_was.st_mtime_ns))  # readable, with the time it had
         await gateway.check_directory()
         assert gateway.trust.version == 1
         path.write_bytes(whole)
