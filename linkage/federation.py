@@ -345,7 +345,7 @@ def rotate_keys(
     """A new generation of a node's message keys, with an overlap window.
 
     Senders start sealing to the new key `activate_in_hours` from now (time for the
-    node to restart with it); the old key stays valid `overlap_days` more, so messages
+    node to take it from its bundle); the old key stays valid `overlap_days` more, so messages
     created under it before then still verify, and after it they are refused. The old
     private keys move to keys/previous/ so what was sealed to them still opens. After a
     crash at any point, running it again finishes the rotation that was cut short.
@@ -356,7 +356,7 @@ def rotate_keys(
     if not 1 <= activate_in_hours <= MAX_ACTIVATE_HOURS:
         raise FederationError(
             f"activate the new key in 1 to {MAX_ACTIVATE_HOURS} hours: senders switch to it then, "
-            "so the node must be restarted with it before"
+            "so the node must hold it by then"
         )
     if not 0 <= overlap_days <= KEY_VALIDITY_DAYS:
         raise FederationError(

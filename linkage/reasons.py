@@ -38,6 +38,9 @@ class Reason(StrEnum):
 # by a clock running fast), or older than it may be by the recipient's clock. Time, or a
 # clock put right, ends them, so they defer a message rather than refuse it for good.
 CLOCK_REASONS = frozenset({Reason.FUTURE, Reason.STALE, Reason.EXPIRED})
+# Refusals a recipient may defer, its sender then sending again until the message expires:
+# the clocks', and a message sealed to the recipient's new keys before they were in place there.
+DEFERRING_REASONS = CLOCK_REASONS | {Reason.UNKNOWN_KEY}
 
 
 # A refusal's detail often quotes what was refused (a node id, a key id), which may be

@@ -37,7 +37,7 @@ from linkage.config import DeliverySettings
 from linkage.directory import TrustedDirectory
 from linkage.envelope import verify_receipt
 from linkage.ids import is_peer
-from linkage.reasons import CLOCK_REASONS, Rejected
+from linkage.reasons import DEFERRING_REASONS, Reason, Rejected
 from linkage.v1 import envelope_pb2, gateway_pb2
 from linkage.writability import log_failure
 from node.link import NotConnected
@@ -755,9 +755,10 @@ class Outbox:
         return int(row[1])
 
     async def _record_deferral(self, tx: Tx, body: envelope_pb2.ReceiptBody) -> bool:
-        """The recipient will not take the message yet, as the two clocks stand: it goes again
-        after a back-off, until its own expiry, and its status says why meanwhile. False if it
-        was not ours to send again (settled, or a message we never sent)."""
+        """The recipient will not take the message yet, as the two clocks stand or until its new
+        keys are in place: it goes again after a back-off, until its own expiry, and its status
+        says why meanwhile. False if it was not ours to send again (settled, or a message we
+        never sent)."""
         row = await tx.fetchone(
             "SELECT attempts, share_id, reason FROM outbox WHERE message_id = ? AND recipient = ? AND digest = ? "
             "AND state IN ('queued', 'sent')",
@@ -766,11 +767,15 @@ class Outbox:
         if row is None:
             return False
         # Only a code this node knows goes into its log and status: the text is the recipient's.
-        code = body.reason if body.reason in CLOCK_REASONS else "reason unknown"
-        reason = (
-            f"not taken yet by the recipient ({code}): by its clock the message was made in the future or "
-            "is too old, so one of the two clocks is likely wrong; it is sent again until it is taken or expires "
-            "here: ask agency IT at both ends to check their clocks"
+        code = body.reason if body.reason in DEFERRING_REASONS else "reason unknown"
+        reason = f"not taken yet by the recipient ({code}): " + (
+            "its directory names new keys for it, which this message is sealed to, and they are not yet in place "
+            "there; it is sent again until it is taken or expires here: ask the recipient's agency IT to put the "
+            "keys from its key rotation in place"
+            if code == Reason.UNKNOWN_KEY
+            else "by its clock the message was made in the future or is too old, so one of the two clocks is likely "
+            "wrong; it is sent again until it is taken or expires here: ask agency IT at both ends to check their "
+            "clocks"
         )
         await tx.execute(
             "UPDATE outbox SET reason = ?, next_attempt_at_ms = ? WHERE message_id = ? AND recipient = ?",

@@ -235,11 +235,12 @@ class Reception:
         """Audit a refused message, and why; the negative receipt to send, if it can be addressed:
         one that defers it, where the two clocks decide the refusal, for its sender to send again."""
         reason = why.reason
-        deferred = {"deferred": True} if reason in CLOCK_REASONS else {}
         try:
             routing: envelope_pb2.RoutingHeader | None = parse_routing(envelope)
         except Rejected:
             routing = None
+        later = reason in CLOCK_REASONS or (reason is Reason.UNKNOWN_KEY and self._keys_not_in_place(routing))
+        deferred = {"deferred": True} if later else {}
         # Nothing in a refused message is verified: its ids are recorded only in the forms
         # the federation gives them, and it is answered only if both are.
         message_id, sender, flags = recordable(routing.message_id, routing.sender_node) if routing else ("", "", {})
@@ -256,6 +257,16 @@ class Reception:
             return None
         status = envelope_pb2.RECEIPT_STATUS_DEFERRED if deferred else envelope_pb2.RECEIPT_STATUS_REJECTED
         return _Answer(message_id, sender, envelope_digest(envelope), status, reason.value)
+
+    def _keys_not_in_place(self, routing: envelope_pb2.RoutingHeader | None) -> bool:
+        """Sealed to a generation of this node's keys that the directory names and the node
+        does not hold yet: a rotation whose keys were not put in place by the time they
+        activated (a bundle copied late, say). Its sender sends it again until they are."""
+        if routing is None:
+            return False
+        entry = self.trust.node_entry(self.node_id)
+        named = entry is not None and any(k.key_id == routing.recipient_key_id for k in entry.keys)
+        return named and self.keys.for_id(routing.recipient_key_id) is None
 
     async def _receipt(self, answers: list[_Answer]) -> None:
         """Sign each answer as a receipt (those to one sender share a signature) and send them

@@ -110,6 +110,9 @@ class NodeServer:
         if (signed := await self.link.fetch_directory(self.trust.version)) is not None:  # None: it is the one held
             await self._take_directory(signed)
         await self._follow_roots()
+        # Keys the directory just taken names: what others queued while this node was away may
+        # be sealed to them, and comes as soon as the stream opens.
+        await self.check_keys()
         await self.check_certificate()  # a stream to come opens with a renewed certificate
         await self.cases.reassert_subscriptions()
 

@@ -19,6 +19,7 @@ class FaultyProxy:
         self._open: set[asyncio.StreamWriter] = set()
         self._relaying = asyncio.Event()
         self._relaying.set()
+        self._refusing = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> FaultyProxy:
@@ -38,6 +39,13 @@ class FaultyProxy:
         else:
             self._relaying.set()
 
+    def refuse(self, on: bool) -> None:
+        """Reset every connection as it is made, as an unreachable gateway's network does
+        (the node dials again and again, with back-off); with `on`, open ones are cut too."""
+        self._refusing = on
+        if on:
+            self.cut()
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -56,6 +64,9 @@ class FaultyProxy:
         async with self._accepted:
             self.connections += 1
             self._accepted.notify_all()
+        if self._refusing:
+            client_out.transport.abort()
+            return
         try:
             server_in, server_out = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:

@@ -32,6 +32,7 @@ from linkage.transport import api_channel
 from linkage.v1 import directory_pb2, envelope_pb2, node_api_pb2
 from node.store import db as db_module
 from tests.crypto_fixtures import seal
+from tests.faulty_proxy import FaultyProxy
 from tests.file_crashes import Crash, crash_at, readable_by_others
 from tests.harness import (
     AGENCIES,
@@ -44,6 +45,7 @@ from tests.harness import (
     audit_verify_from_gateway,
     make_federation,
     running,
+    wait_count,
 )
 from tests.test_delivery import family_assessment, share
 
@@ -291,6 +293,76 @@ async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
     assert "they are not the keys the directory names 'csc-k2' (half copied?)" in said[2]["problem"]
     assert said[3]["error"] == "SQLITE_READONLY"
     assert "they no longer hold 'csc-k2', the generation in use: not its rotation" in said[4]["problem"]
+
+
+async def test_a_node_cut_off_while_its_new_keys_activated_takes_them_as_it_connects_again(tmp_path: Path) -> None:
+    """A node whose gateway was out of its reach when its rotated keys activated took the
+    directory that names them as it connected again, but the keys themselves only at its
+    next look, up to five minutes on: what the others had queued for it meanwhile, sealed
+    to the new key, came first, and it refused each as sealed to a key it did not hold
+    (undeliverable, for good). It now takes them before its stream opens."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), validity_days=30)
+    bundle = federation.node_configs["csc"].data_dir
+    async with running(federation, nodes=("amh",), clock=clock) as cluster:
+        proxy = await FaultyProxy(cluster.gateway.port).start()
+        try:
+            csc = await cluster.start_node("csc", gateway_port=proxy.port)
+            assessment_id = await family_assessment(cluster)
+            new_id = rotate_keys(federation.fed, "csc", bundle, clock.now_ms(), activate_in_hours=1)
+            proxy.refuse(True)  # from here until it is back, csc cannot reach the gateway
+            publish_directory(federation.fed, clock.now_ms(), 30, copy_to=(federation.gateway_config.data_dir,))
+            await cluster.gateway.check_directory()
+            await cluster.nodes["amh"].check_directory()
+            clock.advance(2 * HOUR)  # csc's new key is active: amh seals to it
+            shared = await share(cluster, assessment_id)
+            assert csc.keys.key_id == "csc-k1"
+            proxy.refuse(False)
+            assert await _settled(cluster, "amh", shared.share_id) == [("csc", "delivered")]
+            assert csc.keys.key_id == new_id
+        finally:
+            await proxy.close()
+
+
+async def test_a_message_sealed_to_new_keys_not_yet_in_place_waits_for_them(tmp_path: Path) -> None:
+    """Keys rotated with the bundle on another machine, and copied into place after they
+    activated: what the others sealed to them meanwhile was refused as sealed to a key the
+    node did not hold, and undeliverable for good. The node now defers it, as it does what
+    the clocks decide (its directory names those keys, so they are on their way): the
+    sender says why in the message's status and sends it again until they are in place."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh", "csc"), validity_days=30)
+    bundle, elsewhere = federation.node_configs["csc"].data_dir, tmp_path / "csc-bundle-elsewhere"
+    shutil.copytree(bundle / "keys", elsewhere / "keys")
+    async with running(federation, clock=clock) as cluster:
+        amh, csc = cluster.nodes["amh"], cluster.nodes["csc"]
+        assessment_id = await family_assessment(cluster)
+        new_id = rotate_keys(federation.fed, "csc", elsewhere, clock.now_ms(), activate_in_hours=1)
+        publish_directory(federation.fed, clock.now_ms(), 30, copy_to=(federation.gateway_config.data_dir,))
+        await cluster.gateway.check_directory()
+        for node in (amh, csc):
+            await node.reload()
+        clock.advance(2 * HOUR)  # active, and still only in the other bundle
+        shared = await share(cluster, assessment_id)
+        answered = "SELECT COUNT(*) FROM outbox WHERE reason LIKE 'not taken yet%' OR state = 'undeliverable'"
+        await wait_count(amh, answered, (), 1)  # csc's receipt is in
+        (waiting,) = (
+            await cluster.api("amh").GetShareStatus(
+                node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)
+            )
+        ).recipients
+        assert waiting.state in ("queued", "sent")
+        assert waiting.reason.startswith("not taken yet by the recipient (unknown_key): its directory names new keys")
+
+        shutil.rmtree(bundle / "keys")
+        shutil.copytree(elsewhere / "keys", bundle / "keys")
+        await csc.reload()
+        assert csc.keys.key_id == new_id
+        clock.advance(HOUR)  # past amh's back-off
+        await amh.outbox.send_due()
+        assert await _settled(cluster, "amh", shared.share_id) == [("csc", "delivered")]
+        (refused,) = await audit_events(csc, "message.rejected")
+    assert refused["detail"]["reason"] == "unknown_key" and refused["detail"]["deferred"] is True
 
 
 async def _settled(cluster: Cluster, node: str, share_id: str) -> list[tuple[str, str]]:
