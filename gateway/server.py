@@ -80,8 +80,9 @@ class GatewayServer:
             session = self.sessions.get(node_id)
             if entry.status != directory_pb2.NODE_STATUS_ACTIVE and session is not None:
                 session.close((grpc.StatusCode.PERMISSION_DENIED, f"node {node_id!r} is revoked"))
-        # Look-up answers name only active nodes: any may have changed with the directory.
-        self.sessions.notify_all(gateway_pb2.LinksChanged())
+        # Look-up answers name only active nodes: any may have changed with the directory. Each
+        # node is told its version, to take it now: what a node it did not know sends is then opened.
+        self.sessions.notify_all(gateway_pb2.LinksChanged(directory_version=view.version))
 
     def _follow_roots(self) -> None:
         """Write the CAs the held directory names where the CA file differs; the file watch

@@ -28,7 +28,7 @@ from linkage.merkle import HASH_SIZE, MAX_CONSISTENCY_PROOF
 from linkage.reasons import Reason, Rejected
 from linkage.refusals import bounded
 from linkage.tokens import MAX_TOKENS_PER_CALL, MAX_TOKENS_PER_MESSAGE, TOKEN_LEN
-from linkage.transport import Peer
+from linkage.transport import DIRECTORY_VERSION_KEY, Peer
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
 from linkage.writability import Writability, log_failure, unwritable
 
@@ -55,6 +55,19 @@ def _store_writes() -> Iterator[None]:
             f"the gateway cannot write its store ({error}): nothing of this call was recorded; "
             "its operator must free space or fix its disk; try again later",
         ) from None
+
+
+def _held_directory(context: Context) -> int | None:
+    """The directory version a connecting node says it holds (None: it did not say)."""
+    said = [v for k, v in context.invocation_metadata() or () if k == DIRECTORY_VERSION_KEY]
+    if not said:
+        return None
+    if len(said) > 1 or not isinstance(said[0], str) or not said[0].isdigit() or len(said[0]) > 20:
+        raise Denied(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{DIRECTORY_VERSION_KEY} must be given once, as the whole number of the directory version held",
+        )
+    return int(said[0])
 
 
 def _check_tokens(tokens: list[bytes], limit: int) -> None:
@@ -369,7 +382,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except Denied as denied:
             self._note("connect.refused", UNKNOWN_CALLER, outcome=denied.code.name, warning=True)
             await abort(context, denied)
+        try:
+            held = _held_directory(context)
+        except Denied as denied:
+            self._note("connect.refused", node_id, outcome=denied.code.name, warning=True)
+            await abort(context, denied)
         session = self.sessions.open(node_id, peer.fingerprint)
+        if held is not None and held < (version := self.authz.trust.version):
+            # One taken since the node fetched it before dialling was told only to streams open then.
+            self.sessions.notify(session, gateway_pb2.LinksChanged(directory_version=version))
         self._note("connect", node=node_id, tls=peer.tls_version, connected=len(self.sessions))
         if self.authz.replaced(node_id, peer.fingerprint):
             # Accepted until it lapses, but the federation renewed it: the renewed file is not

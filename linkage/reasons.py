@@ -39,8 +39,9 @@ class Reason(StrEnum):
 # clock put right, ends them, so they defer a message rather than refuse it for good.
 CLOCK_REASONS = frozenset({Reason.FUTURE, Reason.STALE, Reason.EXPIRED})
 # Refusals a recipient may defer, its sender then sending again until the message expires:
-# the clocks', and a message sealed to the recipient's new keys before they were in place there.
-DEFERRING_REASONS = CLOCK_REASONS | {Reason.UNKNOWN_KEY}
+# the clocks', and those that wait for the recipient to take a newer directory (naming the
+# sender, or the key it signs with) or to put its own new keys in place.
+DEFERRING_REASONS = CLOCK_REASONS | {Reason.UNKNOWN_SENDER, Reason.UNKNOWN_KEY}
 
 
 # A refusal's detail often quotes what was refused (a node id, a key id), which may be

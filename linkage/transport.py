@@ -14,6 +14,8 @@ from linkage.v1 import gateway_pb2
 
 # Health service name a node reports SERVING while its stream to the gateway is up.
 LINK_HEALTH_SERVICE = "linkage.v1.GatewayLink"
+# The Connect call's metadata: the directory version the node holds (gateway.proto).
+DIRECTORY_VERSION_KEY = "linkage-directory-version"
 
 # Largest frame either side accepts; summaries are small, so anything near
 # this is an attack or a bug (RESOURCE_EXHAUSTED at the transport).

@@ -20,7 +20,7 @@ from linkage.frames import BatchError, fits, unbatch
 from linkage.ids import is_peer
 from linkage.refusals import bounded
 from linkage.tokens import MAX_TOKENS_PER_CALL, TOKEN_LEN
-from linkage.transport import DIRECTORY_MAX_BYTES, TlsMaterial, secure_channel
+from linkage.transport import DIRECTORY_MAX_BYTES, DIRECTORY_VERSION_KEY, TlsMaterial, secure_channel
 from linkage.v1 import audit_pb2, directory_pb2, gateway_pb2, gateway_pb2_grpc
 from linkage.writability import log_failure
 from node.resolver import Answers
@@ -126,6 +126,10 @@ class GatewayLink:
         self.connected = asyncio.Event()
         # Told, in stream order, when look-up answers stop holding (None: all of them).
         self.on_links_changed: Callable[[Sequence[bytes] | None], None] = lambda tokens: None
+        # Told the version of a directory the gateway took, as it takes it, or as the stream
+        # opens if newer than `held_directory()`, the version this node said it holds.
+        self.on_directory: Callable[[int], None] = lambda version: None
+        self.held_directory: Callable[[], int] = lambda: 0
 
     async def run(self) -> None:
         """Keep a stream open until cancelled."""
@@ -158,7 +162,7 @@ class GatewayLink:
         while True:
             try:
                 await self._on_connect()
-                call = self._stub.Connect()
+                call = self._stub.Connect(metadata=((DIRECTORY_VERSION_KEY, str(self.held_directory())),))
                 self._call = call
                 self.connected.set()
                 await self._on_state(True)
@@ -206,7 +210,10 @@ class GatewayLink:
                 if which == "resolved":
                     self._answered(run[0].resolved)
                 elif which == "links_changed":
-                    self.on_links_changed(list(run[0].links_changed.link_tokens) or None)
+                    change = run[0].links_changed
+                    self.on_links_changed(list(change.link_tokens) or None)
+                    if change.directory_version:
+                        self.on_directory(change.directory_version)
                 else:
                     await self._dispatch(run)
 

@@ -65,6 +65,17 @@ STEP_BACK_MS = 1_000
 NEVER = 1 << 62  # the worker's next due time when nothing live waits (a share or an answer wakes it)
 
 log = logs.get("node.outbox")
+# Why a recipient defers a message, and what to do, as its sender's status says it.
+_WHY_DEFERRED = {
+    Reason.UNKNOWN_SENDER: "its directory does not name this node yet (it is older than the one this node joined "
+    "in); it is sent again until it is taken or expires here",
+    Reason.UNKNOWN_KEY: "it does not hold yet a key this message needs: the new keys its directory names for it, "
+    "which the message is sealed to, are not in place there, or its directory does not name yet the key this node "
+    "signs with; it is sent again until it is taken or expires here: if it goes on, ask the recipient's agency IT "
+    "to put its rotated keys in place",
+    "clock": "by its clock the message was made in the future or is too old, so one of the two clocks is likely "
+    "wrong; it is sent again until it is taken or expires here: ask agency IT at both ends to check their clocks",
+}
 
 
 def _status_name(status: gateway_pb2.SendStatus.ValueType) -> str:
@@ -768,15 +779,7 @@ class Outbox:
             return False
         # Only a code this node knows goes into its log and status: the text is the recipient's.
         code = body.reason if body.reason in DEFERRING_REASONS else "reason unknown"
-        reason = f"not taken yet by the recipient ({code}): " + (
-            "its directory names new keys for it, which this message is sealed to, and they are not yet in place "
-            "there; it is sent again until it is taken or expires here: ask the recipient's agency IT to put the "
-            "keys from its key rotation in place"
-            if code == Reason.UNKNOWN_KEY
-            else "by its clock the message was made in the future or is too old, so one of the two clocks is likely "
-            "wrong; it is sent again until it is taken or expires here: ask agency IT at both ends to check their "
-            "clocks"
-        )
+        reason = f"not taken yet by the recipient ({code}): {_WHY_DEFERRED.get(code, _WHY_DEFERRED['clock'])}"
         await tx.execute(
             "UPDATE outbox SET reason = ?, next_attempt_at_ms = ? WHERE message_id = ? AND recipient = ?",
             (reason, tx.now_ms + self._retry_ms(max(0, int(row[0]) - 1)), body.message_id, body.recipient_node),

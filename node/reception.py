@@ -86,6 +86,7 @@ class Reception:
         redelivery: Redelivery,
         checkpoint: Callable[[], audit_pb2.SignedCheckpoint] | None = None,
         metrics: NodeMetrics | None = None,
+        directory_behind: Callable[[], None] = lambda: None,  # a sender, or its key, unknown: look for a newer one
     ) -> None:
         self.store = store
         self.link = link
@@ -97,6 +98,7 @@ class Reception:
         self.checkpoint = checkpoint
         self.metrics = metrics or NodeMetrics()
         self.redelivery = redelivery
+        self.directory_behind = directory_behind
         self.signer = BatchSigner(RECEIPT_LABEL)  # receipts to one sender, committed together, share a signature
         self.opened_keys = OpenedKeys()  # the senders' content keys, each opened once
 
@@ -239,8 +241,7 @@ class Reception:
             routing: envelope_pb2.RoutingHeader | None = parse_routing(envelope)
         except Rejected:
             routing = None
-        later = reason in CLOCK_REASONS or (reason is Reason.UNKNOWN_KEY and self._keys_not_in_place(routing))
-        deferred = {"deferred": True} if later else {}
+        deferred = {"deferred": True} if self._defers(reason, routing) else {}
         # Nothing in a refused message is verified: its ids are recorded only in the forms
         # the federation gives them, and it is answered only if both are.
         message_id, sender, flags = recordable(routing.message_id, routing.sender_node) if routing else ("", "", {})
@@ -258,15 +259,21 @@ class Reception:
         status = envelope_pb2.RECEIPT_STATUS_DEFERRED if deferred else envelope_pb2.RECEIPT_STATUS_REJECTED
         return _Answer(message_id, sender, envelope_digest(envelope), status, reason.value)
 
-    def _keys_not_in_place(self, routing: envelope_pb2.RoutingHeader | None) -> bool:
-        """Sealed to a generation of this node's keys that the directory names and the node
-        does not hold yet: a rotation whose keys were not put in place by the time they
-        activated (a bundle copied late, say). Its sender sends it again until they are."""
-        if routing is None:
+    def _defers(self, reason: Reason, routing: envelope_pb2.RoutingHeader | None) -> bool:
+        """Whether a refusal waits on something to come, so its sender sends the message again
+        rather than give it up: the two clocks agreeing; this node taking the newer directory
+        that names the sender, or the key it signs with (looked for now); or this node putting
+        in place the new keys of its own that its directory names and the message is sealed
+        to (a bundle copied late, say)."""
+        if reason in CLOCK_REASONS:
+            return True
+        if routing is None or reason not in (Reason.UNKNOWN_SENDER, Reason.UNKNOWN_KEY):
             return False
-        entry = self.trust.node_entry(self.node_id)
-        named = entry is not None and any(k.key_id == routing.recipient_key_id for k in entry.keys)
-        return named and self.keys.for_id(routing.recipient_key_id) is None
+        if self.keys.for_id(routing.recipient_key_id) is None:
+            entry = self.trust.node_entry(self.node_id)
+            return entry is not None and any(k.key_id == routing.recipient_key_id for k in entry.keys)
+        self.directory_behind()
+        return True
 
     async def _receipt(self, answers: list[_Answer]) -> None:
         """Sign each answer as a receipt (those to one sender share a signature) and send them

@@ -52,6 +52,7 @@ from node.sharing import Sharing
 from node.store import Store
 
 DIRECTORY_CHECK_S = 300.0
+LOOK_GAP_S = 1.0  # between looks, however often one is asked for
 log = logs.get("node")
 Source = TypeVar("Source")
 Loaded = TypeVar("Loaded")
@@ -89,6 +90,7 @@ class NodeServer:
         # A directory, keys or a certificate taken one at a time: a SIGHUP during the periodic look,
         # or a reconnection during either, would otherwise audit and apply the same change twice.
         self._changing = asyncio.Lock()
+        self._look_now = asyncio.Event()  # a newer directory is known of: the periodic look, at once
 
     def _load_directory_file(self) -> None:
         path = self.config.federation.directory
@@ -302,8 +304,18 @@ class NodeServer:
 
     async def _watch_files(self) -> None:
         while True:
-            await asyncio.sleep(DIRECTORY_CHECK_S)
+            with contextlib.suppress(TimeoutError):  # every few minutes, or at once when one is due
+                async with asyncio.timeout(DIRECTORY_CHECK_S):
+                    await self._look_now.wait()
+            self._look_now.clear()
             await self.reload()
+            await asyncio.sleep(LOOK_GAP_S)  # told again and again (a sender it still does not know): not faster
+
+    def _directory_announced(self, version: int) -> None:
+        """The gateway took a newer directory than ours (an agency enrolled, revoked, or with
+        new keys): look now, not at the next look, so what others send under it is opened."""
+        if version > self.trust.version:
+            self._look_now.set()
 
     async def _on_link_state(self, up: bool) -> None:
         if up:
@@ -406,6 +418,7 @@ class NodeServer:
             ),
             self.checkpoints.for_receipt,
             metrics=self.metrics,
+            directory_behind=self._look_now.set,
         )
         self.ctx = NodeContext(
             node_id=config.node_id,
@@ -420,6 +433,8 @@ class NodeServer:
             resolver=Resolver(self.link.resolve, MAX_TOKENS_PER_MESSAGE),
         )
         self.link.on_links_changed = self.ctx.resolver.forget
+        self.link.on_directory = self._directory_announced
+        self.link.held_directory = lambda: self.trust.version
         self.cases = Cases(self.ctx)
         self.metrics.notices_waiting.set_function(lambda: float(self.cases.notices.waiting))
         self.sharing = Sharing(self.ctx)

@@ -245,6 +245,16 @@ async def revoke(cluster: Cluster, node_id: str) -> None:
             await node.check_directory()
 
 
+def looks_by_hand(*nodes: NodeServer) -> None:
+    """These nodes look for a newer directory, and at their keys and TLS files, only when the
+    test calls for it, as between their periodic looks: the gateway's word that it took a
+    newer directory, on which each would look at once, is not acted on. For tests that make
+    a look fail, or count what looks say."""
+    for node in nodes:
+        assert node.link is not None
+        node.link.on_directory = lambda version: None
+
+
 def written_first(monkeypatch: pytest.MonkeyPatch, store: Store, write: Callable[[Tx], Awaitable[object]]) -> None:
     """The next transaction `store` opens commits `write` just before its own: another call's
     write landing between a call's reads and its own write, the race made certain."""

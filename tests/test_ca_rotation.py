@@ -34,6 +34,7 @@ from tests.harness import (
     LogWatch,
     audit_events,
     linkage,
+    looks_by_hand,
     make_federation,
     running,
     store_refuses,
@@ -349,6 +350,7 @@ async def test_a_ca_change_the_node_could_not_record_or_write_is_made_at_its_nex
         amh = cluster.nodes["amh"]
         rotate_ca(fed, SystemClock().now_ms())
         publish_directory(fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
+        looks_by_hand(amh)
         await cluster.gateway.check_directory()
         with store_refuses(amh, "INSERT", "audit", "NEW.event = 'tls.roots_changed'"):  # this one entry
             await amh.check_directory()

@@ -4,6 +4,7 @@ so 80 agencies outgrow 256 KiB), and as a node keeps what it took across a resta
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from pathlib import Path
@@ -12,15 +13,29 @@ from typing import Any
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from linkage import stories
 from linkage.cli.directory_listing import DAY_MS, listing
 from linkage.clock import ManualClock, SystemClock
 from linkage.config import NodeConfig
 from linkage.directory import read_signed
-from linkage.federation import publish_directory, rotate_directory_key
+from linkage.federation import enrol_node, publish_directory, rotate_directory_key
 from linkage.transport import MAX_MESSAGE_BYTES, api_channel
-from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc
+from linkage.v1 import directory_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
 from node.server import NodeServer
-from tests.harness import CapturedLogs, LocalFederation, make_federation, running
+from tests.harness import (
+    AGENCIES,
+    PRACTITIONER,
+    CapturedLogs,
+    LocalFederation,
+    looks_by_hand,
+    make_federation,
+    running,
+    store_refuses,
+    wait_count,
+    wait_delivered,
+)
+from tests.test_delivery import HOUR, family_assessment, share
+from tests.test_federation import open_case
 
 AGENCIES_MORE = 80
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -68,6 +83,7 @@ async def test_a_node_that_cannot_fetch_the_directory_says_so(
     """The periodic check keeps the held directory when a fetch fails, and logs the status,
     so a directory nodes cannot take is seen days before it expires, not when it does."""
     async with running(federation, nodes=("amh",)) as cluster:
+        looks_by_hand(cluster.nodes["amh"])
         publish_directory(federation.fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
         await cluster.gateway.check_directory()  # a newer one to fetch
         monkeypatch.setattr("node.link.DIRECTORY_MAX_BYTES", 100)  # smaller than any signed directory
@@ -113,6 +129,88 @@ async def test_a_gateway_that_finds_its_directory_file_unreadable_or_half_copied
     assert unreadable["error"] == "IsADirectoryError"
     (refused,) = [line for line in lines if line["event"] == "directory.refused"]
     assert refused["reason"] == "malformed"
+
+
+def _enrol_while_running(federation: LocalFederation, clock: ManualClock, node_id: str) -> None:
+    """A new agency enrolled into a running federation, and the directory naming it published
+    to the gateway and the new node's bundle (not to the others: they take it from the gateway)."""
+    name, agency_type = AGENCIES[node_id]
+    bundle = federation.root / "nodes" / node_id
+    now = clock.now_ms()
+    path = enrol_node(federation.fed, node_id, name, agency_type, bundle, "127.0.0.1:0", now, contact_role="Duty team")
+    publish_directory(federation.fed, now, copy_to=(federation.gateway_config.data_dir, bundle))
+    federation.node_configs[node_id] = NodeConfig.load(path)
+
+
+async def test_an_agency_enrolled_while_the_others_run_is_known_to_them_at_once(tmp_path: Path) -> None:
+    """An agency enrolled into a running federation was unknown to every other node until its
+    next look, up to five minutes after the gateway took the directory naming it: what it sent
+    them meanwhile was refused as from an unknown sender, for good, and what they sent it was
+    not sent ("no key"). The gateway now tells each node the version of each directory it
+    takes, as it takes it, and each node takes that directory at once."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("csc", "school"))
+    async with running(federation, clock=clock) as cluster:
+        _enrol_while_running(federation, clock, "amh")
+        await cluster.gateway.check_directory()
+        async with asyncio.timeout(15):  # a failure, not a hang: untold, they would look in five minutes
+            for node in cluster.nodes.values():
+                await wait_count(node, "SELECT COUNT(*) FROM audit WHERE event = 'directory.accepted'", (), 1)
+        await cluster.start_node("amh")
+        assessment_id = await family_assessment(cluster)  # csc's case, opened after amh's, tells amh of it
+        shared = await share(cluster, assessment_id)
+        await wait_delivered(cluster.nodes["amh"], 1)
+        amh_store = cluster.nodes["amh"].store
+        assert amh_store is not None
+        await wait_count(cluster.nodes["csc"], "SELECT COUNT(*) FROM outbox WHERE state = 'delivered'", (), 1)
+        told = await amh_store.fetchall("SELECT sender FROM inbox")
+    assert [r.node_id for r in shared.recipients] == ["csc"]
+    assert told == [("csc",)]
+
+
+async def test_a_message_from_an_agency_the_recipients_directory_does_not_name_yet_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """A recipient whose directory does not name the sender yet (it could not take the newer
+    one: here its store refuses to record it) defers what that sender sends, and looks for the
+    newer directory, rather than refuse it for good: the sender says why in its status and
+    sends it again until the recipient takes it."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("csc",))
+    async with running(federation, clock=clock) as cluster:
+        csc = cluster.nodes["csc"]
+        await open_case(cluster, "csc", stories.think_family_people())
+        with store_refuses(csc, "INSERT", "audit", when="NEW.event = 'directory.accepted'"):
+            _enrol_while_running(federation, clock, "amh")
+            await cluster.gateway.check_directory()
+            amh = await cluster.start_node("amh")
+            family = stories.think_family_people()
+            parent, child = await open_case(cluster, "amh", family)
+            assert amh.store is not None
+            (case_id,) = await amh.store.fetchone("SELECT case_id FROM cases")
+            assessment = stories.parent_risk_change(parent, child)
+            recorded = await cluster.api("amh").RecordAssessment(
+                node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=case_id, assessment=assessment)
+            )
+            shared = await share(cluster, recorded.assessment_id)
+            answered = "SELECT COUNT(*) FROM outbox WHERE reason LIKE 'not taken yet%' OR state = 'undeliverable'"
+            await wait_count(amh, answered, (), 2)  # csc's receipts for both are in
+            (waiting,) = (
+                await cluster.api("amh").GetShareStatus(
+                    node_api_pb2.ShareStatusRequest(actor=PRACTITIONER, share_id=shared.share_id)
+                )
+            ).recipients
+            assert csc.trust.version == 1
+        await csc.check_directory()
+        assert csc.trust.version == 2
+        clock.advance(HOUR)  # past amh's back-off
+        await amh.outbox.send_due()
+        settled = "SELECT COUNT(*) FROM outbox WHERE state IN ('delivered', 'undeliverable')"
+        await wait_count(amh, settled, (), 2)  # the summary, and amh's notice that it joined the family
+        states = await amh.store.fetchall("SELECT state FROM outbox")
+    assert states == [("delivered",), ("delivered",)]
+    assert waiting.state in ("queued", "sent")
+    assert waiting.reason.startswith("not taken yet by the recipient (unknown_sender): its directory does not name")
 
 
 async def test_a_node_holding_the_gateways_directory_is_sent_nothing(

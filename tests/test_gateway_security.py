@@ -23,7 +23,7 @@ from linkage.keys import MessageKeys
 from linkage.merkle import consistency_proof, leaf_hash, root_of
 from linkage.pki import CertificateAuthority, spiffe_id
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE
-from linkage.transport import TlsFiles, secure_channel
+from linkage.transport import DIRECTORY_VERSION_KEY, TlsFiles, secure_channel
 from linkage.v1 import audit_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.crypto_fixtures import seal
 from tests.harness import (
@@ -112,6 +112,26 @@ async def test_a_certificate_from_the_federation_ca_admits_only_the_node_the_dir
             assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert said in (raised.value.details() or ""), raised.value.details()
         assert cluster.gateway._index is not None and len(cluster.gateway._index) == 0
+
+
+async def test_a_stream_opens_with_the_gateways_directory_version_for_a_node_behind_and_refuses_a_garbled_one(
+    federation: LocalFederation,
+) -> None:
+    """A node says, as it dials, which directory it holds; the gateway opens the stream of
+    one holding an older one by naming its own, and refuses a version it cannot read."""
+    async with running(federation, nodes=()) as cluster:
+        stub = gateway_stub(cluster, federation.node_configs["amh"].tls)
+        for said in (("x",), ("-1",), ("1" * 21,), ("1", "1")):
+            stream = stub.Connect(metadata=[(DIRECTORY_VERSION_KEY, v) for v in said])
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stream.read()
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert DIRECTORY_VERSION_KEY in (raised.value.details() or "")
+        stream = stub.Connect(metadata=[(DIRECTORY_VERSION_KEY, "0")])
+        first = await stream.read()
+        stream.cancel()
+    assert isinstance(first, gateway_pb2.GatewayFrame)
+    assert first.links_changed.directory_version == cluster.gateway.trust.version == 1
 
 
 async def test_node_cannot_subscribe_resolve_or_send_as_another(federation: LocalFederation) -> None:

@@ -43,6 +43,7 @@ from tests.harness import (
     LocalFederation,
     audit_events,
     audit_verify_from_gateway,
+    looks_by_hand,
     make_federation,
     running,
     wait_count,
@@ -238,6 +239,7 @@ async def test_a_running_node_takes_its_rotated_keys_without_a_restart(
         assert await csc.checkpoints.lodge()
 
         publish_directory(federation.fed, clock.now_ms(), 30, copy_to=(federation.gateway_config.data_dir,))
+        looks_by_hand(amh, csc)
         await cluster.gateway.check_directory()
         await amh.check_directory()
         signing = bundle / "keys" / "signing.key"
@@ -352,7 +354,7 @@ async def test_a_message_sealed_to_new_keys_not_yet_in_place_waits_for_them(tmp_
             )
         ).recipients
         assert waiting.state in ("queued", "sent")
-        assert waiting.reason.startswith("not taken yet by the recipient (unknown_key): its directory names new keys")
+        assert waiting.reason.startswith("not taken yet by the recipient (unknown_key): it does not hold yet a key")
 
         shutil.rmtree(bundle / "keys")
         shutil.copytree(elsewhere / "keys", bundle / "keys")
@@ -431,6 +433,7 @@ async def test_a_directory_the_store_cannot_record_waits_and_is_taken_once_it_ca
         assert amh.store is not None
         key = rotate_directory_key(fed, SystemClock().now_ms())
         publish_directory(fed, SystemClock().now_ms(), copy_to=(federation.gateway_config.data_dir,))
+        looks_by_hand(amh)
         await cluster.gateway.check_directory()
         amh.store.db.execute("PRAGMA query_only = ON")  # as on a disk remounted read-only
         try:

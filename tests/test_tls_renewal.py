@@ -47,6 +47,7 @@ from tests.harness import (
     LocalFederation,
     audit_events,
     linkage,
+    looks_by_hand,
     make_federation,
     running,
     wait_delivered,
@@ -60,7 +61,8 @@ def _entry(federation: LocalFederation, node_id: str) -> directory_pb2.NodeEntry
 
 
 async def _publish(cluster: Cluster) -> None:
-    """A new directory at the gateway, which each node fetches at its next look."""
+    """A new directory at the gateway, which each node fetches at its next look (by hand)."""
+    looks_by_hand(*cluster.nodes.values())
     publish_directory(
         cluster.federation.fed, SystemClock().now_ms(), copy_to=(cluster.federation.gateway_config.data_dir,)
     )

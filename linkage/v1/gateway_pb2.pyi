@@ -447,16 +447,23 @@ class LinksChanged(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LINK_TOKENS_FIELD_NUMBER: _builtins.int
+    DIRECTORY_VERSION_FIELD_NUMBER: _builtins.int
+    directory_version: _builtins.int
+    """Set when the gateway took a newer directory, to the version it holds now: a node that
+    holds an older one fetches it at once (FetchDirectory), rather than at its next look,
+    so an agency enrolled, revoked or with new keys is known everywhere within moments.
+    """
     @_builtins.property
     def link_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
         self,
         *,
         link_tokens: _abc.Iterable[_builtins.bytes] | None = ...,
+        directory_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_tokens", b"link_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory_version", b"directory_version", "link_tokens", b"link_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

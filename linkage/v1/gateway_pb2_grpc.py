@@ -92,7 +92,11 @@ class GatewayServicer:
     """
 
     def Connect(self, request_iterator, context):
-        """One long-lived stream per node: envelopes out, deliveries and receipts in.
+        """One long-lived stream per node: envelopes out, deliveries and receipts in. A node
+        gives the version of the directory it holds in the call's metadata
+        (`linkage-directory-version`); if the gateway holds a newer one, the stream opens with
+        a LinksChanged naming its version, so one taken between the node's FetchDirectory and
+        this call is not missed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

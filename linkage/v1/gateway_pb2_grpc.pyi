@@ -38,7 +38,12 @@ class GatewayStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GatewayAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_gateway_pb2.NodeFrame, _gateway_pb2.GatewayFrame]
-    """One long-lived stream per node: envelopes out, deliveries and receipts in."""
+    """One long-lived stream per node: envelopes out, deliveries and receipts in. A node
+    gives the version of the directory it holds in the call's metadata
+    (`linkage-directory-version`); if the gateway holds a newer one, the stream opens with
+    a LinksChanged naming its version, so one taken between the node's FetchDirectory and
+    this call is not missed.
+    """
     Subscribe: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubscribeRequest, _gateway_pb2.SubscribeResponse]
     Unsubscribe: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UnsubscribeRequest, _gateway_pb2.UnsubscribeResponse]
     ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListSubscriptionsRequest, _gateway_pb2.ListSubscriptionsResponse]
@@ -80,7 +85,12 @@ class GatewayAsyncStub(GatewayStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_gateway_pb2.NodeFrame, _gateway_pb2.GatewayFrame]  # type: ignore[assignment]
-    """One long-lived stream per node: envelopes out, deliveries and receipts in."""
+    """One long-lived stream per node: envelopes out, deliveries and receipts in. A node
+    gives the version of the directory it holds in the call's metadata
+    (`linkage-directory-version`); if the gateway holds a newer one, the stream opens with
+    a LinksChanged naming its version, so one taken between the node's FetchDirectory and
+    this call is not missed.
+    """
     Subscribe: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubscribeRequest, _gateway_pb2.SubscribeResponse]  # type: ignore[assignment]
     Unsubscribe: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UnsubscribeRequest, _gateway_pb2.UnsubscribeResponse]  # type: ignore[assignment]
     ListSubscriptions: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListSubscriptionsRequest, _gateway_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
@@ -125,7 +135,12 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_gateway_pb2.NodeFrame],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_gateway_pb2.GatewayFrame], _abc.AsyncIterator[_gateway_pb2.GatewayFrame]]:
-        """One long-lived stream per node: envelopes out, deliveries and receipts in."""
+        """One long-lived stream per node: envelopes out, deliveries and receipts in. A node
+        gives the version of the directory it holds in the call's metadata
+        (`linkage-directory-version`); if the gateway holds a newer one, the stream opens with
+        a LinksChanged naming its version, so one taken between the node's FetchDirectory and
+        this call is not missed.
+        """
 
     @_abc_1.abstractmethod
     def Subscribe(
