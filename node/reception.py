@@ -86,7 +86,7 @@ class Reception:
         redelivery: Redelivery,
         checkpoint: Callable[[], audit_pb2.SignedCheckpoint] | None = None,
         metrics: NodeMetrics | None = None,
-        directory_behind: Callable[[], None] = lambda: None,  # a sender, or its key, unknown: look for a newer one
+        look_now: Callable[[], None] = lambda: None,  # at the directory and the keys in the bundle, at once
     ) -> None:
         self.store = store
         self.link = link
@@ -98,7 +98,7 @@ class Reception:
         self.checkpoint = checkpoint
         self.metrics = metrics or NodeMetrics()
         self.redelivery = redelivery
-        self.directory_behind = directory_behind
+        self.look_now = look_now
         self.signer = BatchSigner(RECEIPT_LABEL)  # receipts to one sender, committed together, share a signature
         self.opened_keys = OpenedKeys()  # the senders' content keys, each opened once
 
@@ -262,17 +262,18 @@ class Reception:
     def _defers(self, reason: Reason, routing: envelope_pb2.RoutingHeader | None) -> bool:
         """Whether a refusal waits on something to come, so its sender sends the message again
         rather than give it up: the two clocks agreeing; this node taking the newer directory
-        that names the sender, or the key it signs with (looked for now); or this node putting
-        in place the new keys of its own that its directory names and the message is sealed
-        to (a bundle copied late, say)."""
+        that names the sender, or the key it signs with; or this node taking the new keys of
+        its own that its directory names and the message is sealed to (a bundle copied late,
+        say). For the last two it looks at once."""
         if reason in CLOCK_REASONS:
             return True
         if routing is None or reason not in (Reason.UNKNOWN_SENDER, Reason.UNKNOWN_KEY):
             return False
         if self.keys.for_id(routing.recipient_key_id) is None:
             entry = self.trust.node_entry(self.node_id)
-            return entry is not None and any(k.key_id == routing.recipient_key_id for k in entry.keys)
-        self.directory_behind()
+            if entry is None or all(k.key_id != routing.recipient_key_id for k in entry.keys):
+                return False
+        self.look_now()
         return True
 
     async def _receipt(self, answers: list[_Answer]) -> None:

@@ -418,7 +418,7 @@ class NodeServer:
             ),
             self.checkpoints.for_receipt,
             metrics=self.metrics,
-            directory_behind=self._look_now.set,
+            look_now=self._look_now.set,
         )
         self.ctx = NodeContext(
             node_id=config.node_id,
