@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -32,6 +33,7 @@ class NodeContext:
     clock: Clock
     policy: PolicyContext
     resolver: Resolver
+    look: Callable[[], Awaitable[None]]  # for a newer directory at the gateway, and take it
 
     def directory(self) -> DirectoryView:
         try:
@@ -48,17 +50,28 @@ class NodeContext:
     async def resolve(self, tokens: list[bytes]) -> list[str]:
         """Agencies linked to these tokens, or a clear error that nothing was done."""
         try:
-            return await self.resolver.resolve(tokens)
+            linked = await self.resolver.resolve(tokens)
         except (grpc.aio.AioRpcError, GatewayRefused) as exc:
             raise _not_answered(exc, "nothing was shared") from None
+        await self.knowing(linked)
+        return linked
 
     async def discover(self, tokens: list[bytes], nothing: str) -> dict[bytes, list[str]]:
         """For each token, the other agencies linked to it, or a clear error saying `nothing`
         (what the call did not do)."""
         try:
-            return await self.link.discover(tokens)
+            linked = await self.link.discover(tokens)
         except grpc.aio.AioRpcError as exc:
             raise _not_answered(exc, nothing) from None
+        await self.knowing(n for nodes in linked.values() for n in nodes)
+        return linked
+
+    async def knowing(self, nodes: Iterable[str]) -> None:
+        """Take the gateway's newer directory first if it names an agency ours does not (one
+        enrolled since this node last took one): else what is sealed for it now is not sent."""
+        view = self.trust.view
+        if view is not None and any(n not in view.nodes for n in nodes):
+            await self.look()
 
     def new_id(self) -> str:
         """A new id for something this node makes, after every one it made before."""

@@ -139,7 +139,9 @@ class InvolvementNotices:
 
     async def _send(self, seq: int, joined: bool, tokens: list[bytes], actor: summary_pb2.Practitioner) -> None:
         try:
-            per_node = by_agency(await self.ctx.link.discover(tokens))
+            linked = await self.ctx.link.discover(tokens)
+            await self.ctx.knowing(n for nodes in linked.values() for n in nodes)
+            per_node = by_agency(linked)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
                 raise

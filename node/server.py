@@ -431,6 +431,7 @@ class NodeServer:
             clock=self.clock,
             policy=policy,
             resolver=Resolver(self.link.resolve, MAX_TOKENS_PER_MESSAGE),
+            look=self.check_directory,
         )
         self.link.on_links_changed = self.ctx.resolver.forget
         self.link.on_directory = self._directory_announced

@@ -90,6 +90,10 @@ class Wire:
         return {t: [] for t in tokens}  # no involvement notices in this model
 
 
+async def _one_directory() -> None:
+    """The model's federation keeps one directory throughout: there is none newer to take."""
+
+
 class DeliveryModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -137,6 +141,7 @@ class DeliveryModel(RuleBasedStateMachine):
             clock=self.clock,
             policy=POLICY,
             resolver=Resolver(self.sender_wire.resolve, MAX_TOKENS_PER_MESSAGE),
+            look=_one_directory,
         )
         self.sender_ctx = ctx
         self.cases = Cases(ctx)
@@ -180,6 +185,7 @@ class DeliveryModel(RuleBasedStateMachine):
             clock=self.clock,
             policy=POLICY,
             resolver=Resolver(self.recipient_out.resolve, MAX_TOKENS_PER_MESSAGE),
+            look=_one_directory,
         )
 
     async def _prepare(self) -> str:

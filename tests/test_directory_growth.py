@@ -26,6 +26,7 @@ from tests.harness import (
     AGENCIES,
     PRACTITIONER,
     CapturedLogs,
+    Cluster,
     LocalFederation,
     looks_by_hand,
     make_federation,
@@ -142,6 +143,19 @@ def _enrol_while_running(federation: LocalFederation, clock: ManualClock, node_i
     federation.node_configs[node_id] = NodeConfig.load(path)
 
 
+async def _assessment(cluster: Cluster, node_id: str) -> str:
+    """A case at `node_id` for the Think-Family people, and an assessment of the parent's risk."""
+    parent, child = await open_case(cluster, node_id, stories.think_family_people())
+    store = cluster.nodes[node_id].store
+    assert store is not None
+    (case_id,) = await store.fetchone("SELECT case_id FROM cases")
+    assessment = stories.parent_risk_change(parent, child)
+    recorded = await cluster.api(node_id).RecordAssessment(
+        node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=case_id, assessment=assessment)
+    )
+    return recorded.assessment_id
+
+
 async def test_an_agency_enrolled_while_the_others_run_is_known_to_them_at_once(tmp_path: Path) -> None:
     """An agency enrolled into a running federation was unknown to every other node until its
     next look, up to five minutes after the gateway took the directory naming it: what it sent
@@ -184,15 +198,7 @@ async def test_a_message_from_an_agency_the_recipients_directory_does_not_name_y
             _enrol_while_running(federation, clock, "amh")
             await cluster.gateway.check_directory()
             amh = await cluster.start_node("amh")
-            family = stories.think_family_people()
-            parent, child = await open_case(cluster, "amh", family)
-            assert amh.store is not None
-            (case_id,) = await amh.store.fetchone("SELECT case_id FROM cases")
-            assessment = stories.parent_risk_change(parent, child)
-            recorded = await cluster.api("amh").RecordAssessment(
-                node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=case_id, assessment=assessment)
-            )
-            shared = await share(cluster, recorded.assessment_id)
+            shared = await share(cluster, await _assessment(cluster, "amh"))
             answered = "SELECT COUNT(*) FROM outbox WHERE reason LIKE 'not taken yet%' OR state = 'undeliverable'"
             await wait_count(amh, answered, (), 2)  # csc's receipts for both are in
             (waiting,) = (
@@ -207,10 +213,36 @@ async def test_a_message_from_an_agency_the_recipients_directory_does_not_name_y
         await amh.outbox.send_due()
         settled = "SELECT COUNT(*) FROM outbox WHERE state IN ('delivered', 'undeliverable')"
         await wait_count(amh, settled, (), 2)  # the summary, and amh's notice that it joined the family
+        assert amh.store is not None
         states = await amh.store.fetchall("SELECT state FROM outbox")
     assert states == [("delivered",), ("delivered",)]
     assert waiting.state in ("queued", "sent")
     assert waiting.reason.startswith("not taken yet by the recipient (unknown_sender): its directory does not name")
+
+
+async def test_an_agency_the_gateway_names_and_the_directory_held_does_not_is_looked_up_before_sealing(
+    tmp_path: Path,
+) -> None:
+    """A node told nothing of the newer directory (here it does not act on the gateway's
+    word) joins a family an agency enrolled since is linked to, and shares with it: the
+    gateway names that agency, and the node takes the newer directory before it seals,
+    rather than record its notice and its summary "not sent" for want of the agency's key."""
+    clock = ManualClock()
+    federation = make_federation(tmp_path, clock, nodes=("amh",))
+    async with running(federation, clock=clock) as cluster:
+        amh = cluster.nodes["amh"]
+        looks_by_hand(amh)
+        _enrol_while_running(federation, clock, "csc")
+        await cluster.gateway.check_directory()
+        await cluster.start_node("csc")
+        await open_case(cluster, "csc", stories.think_family_people())  # csc tells nobody: none linked yet
+        shared = await share(cluster, await _assessment(cluster, "amh"))  # amh's notice that it joined, first
+        assert [(r.node_id, r.state) for r in shared.recipients] == [("csc", "queued")]
+        settled = "SELECT COUNT(*) FROM outbox WHERE state IN ('delivered', 'undeliverable')"
+        await wait_count(amh, settled, (), 2)
+        assert amh.store is not None
+        states = await amh.store.fetchall("SELECT state FROM outbox")
+    assert states == [("delivered",), ("delivered",)]
 
 
 async def test_a_node_holding_the_gateways_directory_is_sent_nothing(
