@@ -62,12 +62,13 @@ def _held_directory(context: Context) -> int | None:
     said = [v for k, v in context.invocation_metadata() or () if k == DIRECTORY_VERSION_KEY]
     if not said:
         return None
-    if len(said) > 1 or not isinstance(said[0], str) or not said[0].isdigit() or len(said[0]) > 20:
+    value = said[0]
+    if len(said) > 1 or not isinstance(value, str) or not (value.isascii() and value.isdigit()) or len(value) > 20:
         raise Denied(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"{DIRECTORY_VERSION_KEY} must be given once, as the whole number of the directory version held",
         )
-    return int(said[0])
+    return int(value)
 
 
 def _check_tokens(tokens: list[bytes], limit: int) -> None:

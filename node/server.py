@@ -143,22 +143,22 @@ class NodeServer:
             except Rejected as exc:
                 log.warning("directory.refused", reason=exc.reason.value, source="gateway")
                 return
-            if view.version != held:
-                detail: dict[str, Any] = {"version": view.version, "previous": held}
-                if signer is not None:
-                    detail["signing_key"] = signer.public_bytes_raw().hex()
-                if not await self._recorded("directory.accepted", detail, failed="directory.accept_not_audited"):
-                    return
-                # Before a new key that signs it is trusted: a crash between the two leaves a
-                # file whose handovers lead on from the key still trusted, not one no key signs.
-                await self._keep_directory(view)
+            if view.version == held:  # taken by a look that fetched it too and ran first
+                return
+            detail: dict[str, Any] = {"version": view.version, "previous": held}
+            if signer is not None:
+                detail["signing_key"] = signer.public_bytes_raw().hex()
+            if not await self._recorded("directory.accepted", detail, failed="directory.accept_not_audited"):
+                return
+            # Before a new key that signs it is trusted: a crash between the two leaves a
+            # file whose handovers lead on from the key still trusted, not one no key signs.
+            await self._keep_directory(view)
             self.trust.take(view, signer)
             log.info("directory.loaded", version=view.version, source="gateway")
-            if view.version != held:
-                self._roots_due = True
-                if self._restore_unasked:  # no directory to seal its requests by as it started: now there is
-                    self._restore_unasked = await ask_again_if_restored(self.ctx)
-                await self._report_serving()  # one that started without a current directory now has one
+            self._roots_due = True
+            if self._restore_unasked:  # no directory to seal its requests by as it started: now there is
+                self._restore_unasked = await ask_again_if_restored(self.ctx)
+            await self._report_serving()  # one that started without a current directory now has one
 
     async def _follow_roots(self) -> None:
         """Trust the CAs the held directory names where the CA file differs (a rotation of the
