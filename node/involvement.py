@@ -139,9 +139,8 @@ class InvolvementNotices:
 
     async def _send(self, seq: int, joined: bool, tokens: list[bytes], actor: summary_pb2.Practitioner) -> None:
         try:
-            linked = await self.ctx.link.discover(tokens)
-            await self.ctx.knowing(n for nodes in linked.values() for n in nodes)
-            per_node = by_agency(linked)
+            per_node = by_agency(await self.ctx.link.discover(tokens))
+            await self.ctx.knowing(per_node)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
                 raise

@@ -26,7 +26,6 @@ from tests.harness import (
     AGENCIES,
     PRACTITIONER,
     CapturedLogs,
-    Cluster,
     LocalFederation,
     looks_by_hand,
     make_federation,
@@ -143,19 +142,6 @@ def _enrol_while_running(federation: LocalFederation, clock: ManualClock, node_i
     federation.node_configs[node_id] = NodeConfig.load(path)
 
 
-async def _assessment(cluster: Cluster, node_id: str) -> str:
-    """A case at `node_id` for the Think-Family people, and an assessment of the parent's risk."""
-    parent, child = await open_case(cluster, node_id, stories.think_family_people())
-    store = cluster.nodes[node_id].store
-    assert store is not None
-    (case_id,) = await store.fetchone("SELECT case_id FROM cases")
-    assessment = stories.parent_risk_change(parent, child)
-    recorded = await cluster.api(node_id).RecordAssessment(
-        node_api_pb2.RecordAssessmentRequest(actor=PRACTITIONER, case_id=case_id, assessment=assessment)
-    )
-    return recorded.assessment_id
-
-
 async def test_an_agency_enrolled_while_the_others_run_is_known_to_them_at_once(tmp_path: Path) -> None:
     """An agency enrolled into a running federation was unknown to every other node until its
     next look, up to five minutes after the gateway took the directory naming it: what it sent
@@ -198,7 +184,7 @@ async def test_a_message_from_an_agency_the_recipients_directory_does_not_name_y
             _enrol_while_running(federation, clock, "amh")
             await cluster.gateway.check_directory()
             amh = await cluster.start_node("amh")
-            shared = await share(cluster, await _assessment(cluster, "amh"))
+            shared = await share(cluster, await family_assessment(cluster, recipients=()))
             answered = "SELECT COUNT(*) FROM outbox WHERE reason LIKE 'not taken yet%' OR state = 'undeliverable'"
             await wait_count(amh, answered, (), 2)  # csc's receipts for both are in
             (waiting,) = (
@@ -236,7 +222,8 @@ async def test_an_agency_the_gateway_names_and_the_directory_held_does_not_is_lo
         await cluster.gateway.check_directory()
         await cluster.start_node("csc")
         await open_case(cluster, "csc", stories.think_family_people())  # csc tells nobody: none linked yet
-        shared = await share(cluster, await _assessment(cluster, "amh"))  # amh's notice that it joined, first
+        assessment_id = await family_assessment(cluster, recipients=())  # amh's notice that it joined goes first
+        shared = await share(cluster, assessment_id)
         assert [(r.node_id, r.state) for r in shared.recipients] == [("csc", "queued")]
         settled = "SELECT COUNT(*) FROM outbox WHERE state IN ('delivered', 'undeliverable')"
         await wait_count(amh, settled, (), 2)
