@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -39,6 +41,15 @@ def public_tokens(people: Iterable[node_api_pb2.CasePerson]) -> list[bytes]:
     return [p.link_token for p in people if not p.protect_identity]
 
 
+@dataclass
+class _Linked:
+    """A subscription.added audit entry: subscriptions the gateway took, to be recorded."""
+
+    actor: summary_pb2.Practitioner | None
+    detail: dict[str, Any]
+    tokens: list[bytes] = field(default_factory=list)
+
+
 class Cases:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
@@ -46,6 +57,8 @@ class Cases:
         self.in_sync = asyncio.Event()  # set when the gateway has every subscription
         self._ending_asked = 0  # times the resubscriber was asked to end subscriptions (`ending_due`)
         self._ending = asyncio.Lock()  # one round of ending at a time: a close's and the resubscriber's
+        self._unaudited: list[_Linked] = []  # subscriptions the gateway took whose entries the store refused
+        ctx.store.writability.on_change_run(self._writable_again)
         self.notices = involvement.InvolvementNotices(ctx, ready=self.in_sync, after_waiting=self.end_subscriptions)
 
     # -- people and tokens ----------------------------------------------------
@@ -257,12 +270,33 @@ class Cases:
             self.resubscribe.set()
             await self.notices.later()
             return
+        # The case is open, and the call says so, whether or not its entry can be written now.
+        await self._audit_links(_Linked(actor, {"added": added}, tokens))
+        await self.notices.send()
+
+    async def _audit_links(self, *linked: _Linked) -> None:
+        """Record subscriptions the gateway took, with any whose entries the store refused
+        before (marked `late`, with when they were taken). Refused again, they wait for the
+        store to take writes again (`_writable_again`) or the next subscription, whichever
+        comes first: but for a restart meanwhile, none goes unrecorded."""
+        entries, self._unaudited = [*self._unaudited, *linked], []  # taken: a call meanwhile writes only its own
+        if not entries:
+            return
         try:
             async with self.ctx.store.tx() as tx:
-                await tx.audit("subscription.added", actor, tokens=tokens, detail={"added": added})
-        except Exception as exc:  # the case is open, and the call says so; this entry is what is missing
-            log_failure(log, "subscription.not_audited", exc, tokens=len(tokens), added=added)
-        await self.notices.send()
+                for entry in entries:
+                    await tx.audit("subscription.added", entry.actor, tokens=entry.tokens, detail=entry.detail)
+        except Exception as exc:
+            for entry in linked:  # each keeps when it was taken, not when it is written at last
+                entry.detail = {**entry.detail, "late": True, "taken_at_ms": self.ctx.clock.now_ms()}
+            self._unaudited = entries + self._unaudited
+            log_failure(
+                log, "subscription.not_audited", exc, entries=len(entries), tokens=sum(len(e.tokens) for e in entries)
+            )
+
+    async def _writable_again(self) -> None:
+        if self.ctx.store.writability.error is None:
+            await self._audit_links()
 
     async def end_subscriptions(self, actor: summary_pb2.Practitioner | None = None) -> None:
         """End at the gateway the subscriptions recorded as ending (`subscriptions_to_end`,
@@ -301,9 +335,7 @@ class Cases:
         if asked == self._ending_asked:  # none came while the gateway was asked
             self.resubscribe.clear()
         self.in_sync.set()
-        if added:
-            async with self.ctx.store.tx() as tx:
-                await tx.audit("subscription.added", detail={"added": added, "reasserted": True})
+        await self._audit_links(*([_Linked(None, {"added": added, "reasserted": True})] if added else []))
 
     async def _end_subscriptions(self, still: set[bytes], actor: summary_pb2.Practitioner | None) -> int:
         """End those recorded as ending but for those in `still`; how many the gateway held."""

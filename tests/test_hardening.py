@@ -24,7 +24,7 @@ from gateway.db import GatewayDb
 from gateway.metalog import MetaLog, kept_path
 from gateway.server import GatewayServer
 from gateway.service import UNWRITABLE_RETRY_MS, GatewayService
-from linkage import duties, store_notes
+from linkage import duties, store_notes, stories
 from linkage.auditlog import verify_chain
 from linkage.clock import ManualClock, SystemClock
 from linkage.config import GatewayLimits
@@ -34,11 +34,21 @@ from linkage.frames import MAX_BATCH_FRAMES, unbatch
 from linkage.reasons import Reason, Rejected
 from linkage.transport import api_channel
 from linkage.v1 import directory_pb2, envelope_pb2, gateway_pb2, gateway_pb2_grpc, node_api_pb2
-from node.link import GatewayRefused
+from node.link import GatewayRefused, Subscribed
 from node.store import Store
 from tests.crypto_fixtures import NOW, make_keyring
-from tests.harness import CapturedLogs, LocalFederation, audit_events, make_federation, running, settle, wait_delivered
+from tests.harness import (
+    CapturedLogs,
+    LocalFederation,
+    audit_events,
+    make_federation,
+    running,
+    settle,
+    wait_count,
+    wait_delivered,
+)
 from tests.test_delivery import family_assessment, share
+from tests.test_workflows import CSC_WORKER
 
 TOKEN = bytes([5]) * 32
 SHARE_KIND = envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
@@ -440,6 +450,48 @@ async def test_r6_a_full_disk_fails_the_node_closed_says_what_to_do_and_loses_no
     refused = [line for line in lines if line["event"] in ("message.store_failed", "gateway.frame_failed")]
     assert refused and all(line.get("error") == "SQLITE_FULL" and "exception" not in line for line in refused)
     assert [line["event"] for line in lines].count("store.unwritable") == 2  # once at each node
+
+
+async def test_r6_a_subscription_whose_entry_the_store_refused_is_recorded_once_it_takes_writes(
+    tmp_path: Path, captured_logs: CapturedLogs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A case opened as the disk was remounted read-only: the gateway took its people's
+    subscriptions, and the audit entry that says so could not be written. The call answered
+    with the case, and the entry was lost for good: the IG officer's log never showed that
+    the node told the gateway it is linked to them. Now the entry waits, and is written
+    (marked late, with when the gateway took them) as soon as the store takes writes again."""
+    clock = ManualClock()
+    async with running(make_federation(tmp_path, clock, nodes=("amh", "csc")), clock=clock) as cluster:
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+        db, subscribe = csc.store.db, csc.ctx.link.subscribe
+
+        async def then_the_disk_is_read_only(tokens: list[bytes]) -> Subscribed:
+            taken = await subscribe(tokens)
+            db.execute("PRAGMA query_only = ON")
+            return taken
+
+        monkeypatch.setattr(csc.ctx.link, "subscribe", then_the_disk_is_read_only)
+        try:
+            opened = await cluster.api("csc").OpenCase(
+                node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=stories.think_family_people())
+            )
+            taken_at_ms = clock.now_ms()
+            assert opened.case_id and len(opened.people) == 2
+            (refused,) = captured_logs.records("subscription.not_audited")
+            assert refused["error"] == "SQLITE_READONLY" and refused["tokens"] == 2
+            assert await audit_events(csc, "subscription.added") == []
+        finally:
+            db.execute("PRAGMA query_only = OFF")
+        clock.advance(1_000)
+        # Mended: the next entry the node writes, of anything, shows the store takes writes.
+        await cluster.api("csc").DiscoverInvolvement(node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=opened.case_id))
+        async with asyncio.timeout(15):
+            await wait_count(csc, "SELECT COUNT(*) FROM audit WHERE event = ?", ("subscription.added",), 1)
+        (entry,) = await audit_events(csc, "subscription.added")
+        assert entry["detail"] == {"added": 2, "late": True, "taken_at_ms": taken_at_ms}
+        assert entry["actor"]["id"] == CSC_WORKER.id and entry["ts_ms"] == taken_at_ms + 1_000
+        assert sorted(entry["tokens"]) == sorted(p.link_token.hex() for p in opened.people)
 
 
 async def test_r6_a_node_whose_store_refuses_writes_as_it_reconnects_connects_once_it_takes_them_again(
