@@ -28,6 +28,7 @@ from linkage.keys import MessageKeys
 from linkage.merkle import CompactRange, consistency_proof_from
 from linkage.reasons import Rejected
 from linkage.v1 import audit_pb2, gateway_pb2
+from linkage.writability import log_failure
 from node.link import GatewayLink
 from node.metrics import NodeMetrics
 from node.store import Store
@@ -143,6 +144,10 @@ class Checkpointer:
                 return False
             except LookupError as exc:  # entries missing from this store's own log: nothing to prove from
                 log.error("checkpoint.not_lodged", code="LOG_INCOMPLETE", size=size, detail=str(exc))
+                self.metrics.checkpoints.labels("failed").inc()
+                return False
+            except sqlite3.Error as exc:  # the store refused a read of what to prove from: tried again later
+                log_failure(log, "checkpoint.not_lodged", exc, size=size)
                 self.metrics.checkpoints.labels("failed").inc()
                 return False
             cosignature = self._checked(answer, signed)

@@ -5,6 +5,7 @@ wakes the lodging task only then, not at every commit."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -255,4 +256,26 @@ async def test_a_lodge_whose_answer_was_lost_is_proved_again_from_what_the_witne
     assert not await checkpointer.lodge()
     assert witness.sizes == [2, 3]
     assert await checkpointer.lodge()  # proved from 3 entries to the same 3
+    assert witness.sizes == [2, 3, 3] and checkpointer.lodged_size == 3
+
+
+async def test_a_lodge_whose_store_refuses_a_read_is_not_lodged_and_goes_at_the_next_try(store: Store) -> None:
+    """Lodging after a lost answer reads what the witness holds from the store. A store that
+    refused that read raised out of the lodge: the node's final lodge then cut its stop short
+    (its store left open), and the lodging duty was begun again as a failure. Now the lodge
+    is not made, is said, and the next try lodges it."""
+    witness = LosingWitness(lost={2})
+    checkpointer = _checkpointer(store, witness, SystemClock())
+    await _append(store, 2)
+    assert await checkpointer.lodge()
+    await _append(store, 1)
+    assert not await checkpointer.lodge()  # the answer lost: what the witness holds is asked next time
+
+    def refuse_the_witnessed_range(action: int, table: str | None, *_: object) -> int:
+        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_READ and table == "witnessed" else sqlite3.SQLITE_OK
+
+    await store.reader.set_authorizer(refuse_the_witnessed_range)
+    assert not await checkpointer.lodge()
+    await store.reader.set_authorizer(None)
+    assert await checkpointer.lodge()
     assert witness.sizes == [2, 3, 3] and checkpointer.lodged_size == 3
