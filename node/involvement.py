@@ -94,10 +94,15 @@ class InvolvementNotices:
             await self.later()
 
     async def later(self) -> None:
-        """What waits goes once the gateway holds this node's subscriptions again (due first:
-        should counting them fail, they are still due)."""
+        """What waits goes once the gateway holds this node's subscriptions again. Due first,
+        and counted as it can be: called after the change that made them is committed, a
+        count the store refuses must not fail the call that made it (the gauge keeps its last
+        value, and is counted again as they go)."""
         self.due.set()
-        await self.count()
+        try:
+            await self.count()
+        except Exception as exc:
+            log_failure(log, "involvement.count_failed", exc)
 
     async def run(self) -> None:
         """Send what waits once the gateway holds this node's subscriptions, backing off while

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 
 from linkage import logs, stories
 from linkage.clock import ManualClock, SystemClock
@@ -282,5 +283,35 @@ async def test_a_notice_goes_though_the_subscription_s_audit_entry_failed(
         assert opened.case_id and len(opened.people) == 2
         (missing,) = captured_logs.records("subscription.not_audited")
         assert missing["level"] == "error" and missing["tokens"] == 2
+        joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
+        assert joined.sender_node == "csc" and joined.body.involvement.joined
+
+
+async def test_a_case_opened_is_answered_as_opened_though_the_notices_waiting_cannot_be_read(
+    federation: LocalFederation, captured_logs: CapturedLogs
+) -> None:
+    """The case and its notice are committed; the notices waiting are then read to send them,
+    and counted again when they cannot go. A store that refused those reads failed the call
+    (UNKNOWN) though the case was opened; now the call answers with the case, the notice
+    waits, and goes once they can be read."""
+    async with running(federation, nodes=("amh", "csc")) as cluster:
+        family = stories.think_family_people()
+        await open_case(cluster, "amh", family)
+        csc = cluster.nodes["csc"]
+        assert csc.store is not None
+
+        def refuse_the_notices(action: int, table: str | None, *_: object) -> int:
+            return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_READ and table == "notices_to_send" else 0
+
+        await csc.store.reader.set_authorizer(refuse_the_notices)
+        try:
+            opened = await cluster.api("csc").OpenCase(
+                node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
+            )
+        finally:
+            await csc.store.reader.set_authorizer(None)
+        assert opened.case_id and len(opened.people) == 2
+        (uncounted, *_) = captured_logs.records("involvement.count_failed")
+        assert uncounted["level"] == "error" and "not authorized" in uncounted["exception"]
         joined = await next_item(cluster, "amh", env.MESSAGE_KIND_INVOLVEMENT_NOTICE)
         assert joined.sender_node == "csc" and joined.body.involvement.joined
