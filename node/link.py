@@ -35,7 +35,9 @@ RECONNECT_CAP_MS = 30_000
 # A stream that stayed open this long was taken by the gateway: the next failure waits the
 # base again. One ended sooner counts as a failed dial, so a gateway that ends every stream at
 # once (a protocol error, this node's identity connected elsewhere) is not dialled five times
-# a second for ever, but ever more slowly, up to the cap.
+# a second for ever, but ever more slowly, up to the cap. So does a stream cut short by the
+# gateway going away (UNAVAILABLE: a restart, a crash, the network), unless the gateway had
+# sent something on it: it served this node, and is dialled again from the base.
 STREAM_PROVEN_S = 10.0
 # Frames being handled at once. Each handler starts in arrival order and reaches the
 # store's FIFO lock before it first yields, so effects keep the stream's order while
@@ -112,6 +114,7 @@ class GatewayLink:
         self._closing: set[asyncio.Task[None]] = set()
         self._end_when_written: Call | None = None  # a stream to end once what is queued is written
         self._redial_now = False
+        self._served = False  # the gateway sent something on the stream open now
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._on_connect = on_connect
         self._on_frames = on_frames
@@ -167,9 +170,13 @@ class GatewayLink:
                 self.connected.set()
                 await self._on_state(True)
                 log.info("gateway.connected", attempt=attempt)
-                opened = loop.time()
+                opened, self._served = loop.time(), False
                 try:
                     await self._read(call)
+                except grpc.aio.AioRpcError as exc:
+                    if self._served and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                        attempt = 0  # see STREAM_PROVEN_S
+                    raise
                 finally:
                     if loop.time() - opened >= STREAM_PROVEN_S:
                         attempt = 0
@@ -203,6 +210,7 @@ class GatewayLink:
     async def _read(self, call: Call) -> None:
         """Hand what the gateway sends on to be handled, in stream order, until the stream ends."""
         while isinstance(received := await call.read(), gateway_pb2.GatewayFrame):
+            self._served = True
             for run in runs(unbatch(received)):
                 # Look-up answers and notices are taken as they arrive, so a notice
                 # always finds the look-up answers given before it.

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.sessions import Session
 from linkage.clock import ManualClock
 from tests.faulty_proxy import FaultyProxy
-from tests.harness import Cluster, make_federation, running, wait_delivered
+from tests.harness import CapturedLogs, Cluster, make_federation, running, wait_delivered
 from tests.test_delivery import family_assessment, inbox, share
 
 LATENCY_S = 0.03  # each way, at each proxy: a round trip through the gateway crosses four
@@ -66,3 +67,33 @@ async def test_r5_a_silent_network_is_noticed_by_keepalive_and_the_node_connects
         await share(cluster, assessment_id)
         await wait_delivered(cluster.nodes["amh"], 1)
         assert len(await inbox(cluster, "csc")) == 1
+
+
+async def test_r5_a_node_the_gateway_served_dials_again_at_once_however_often_it_is_cut_off(
+    tmp_path: Path, captured_logs: CapturedLogs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream cut short (a gateway restarted, crashed, or the network cut) counted as a
+    failed dial unless it had stood ten seconds, whatever it had carried. So a gateway
+    restarted a few times in a minute, under load, was dialled ever more slowly, until the
+    node waited half a minute to come back while its messages waited. Now a stream the
+    gateway had sent something on is dialled again from the base each time it is cut off.
+    (`attempt` is the failures before each connection.)"""
+    async with proxied(tmp_path) as (cluster, proxies, assessment_id):
+        amh = cluster.nodes["amh"]
+        opened: asyncio.Queue[str] = asyncio.Queue()
+        open_session = cluster.gateway.sessions.open
+
+        def opens(node_id: str, certificate: bytes = b"") -> Session:
+            if node_id == "amh":
+                opened.put_nowait(node_id)
+            return open_session(node_id, certificate)
+
+        monkeypatch.setattr(cluster.gateway.sessions, "open", opens)
+        for cut in range(1, 4):
+            await share(cluster, assessment_id)
+            await wait_delivered(amh, cut)  # answered on the stream: the gateway served it
+            proxies["amh"].cut()
+            async with asyncio.timeout(15):
+                await opened.get()
+    # amh and csc as they started, then amh after each cut (csc's stream stood throughout).
+    assert [e["attempt"] for e in captured_logs.records("gateway.connected")] == [0, 0, 1, 1, 1]
