@@ -279,7 +279,8 @@ class Cases:
         before (marked `late`, with when they were taken). Refused again, they wait for the
         store to take writes again (`_writable_again`) or the next subscription, whichever
         comes first: but for a restart meanwhile, none goes unrecorded."""
-        entries, self._unaudited = [*self._unaudited, *linked], []  # taken: a call meanwhile writes only its own
+        # Taken off the list: a call that runs meanwhile writes only its own, never these twice.
+        entries, self._unaudited = [*self._unaudited, *linked], []
         if not entries:
             return
         try:
