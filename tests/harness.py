@@ -288,6 +288,23 @@ def store_refuses(node: NodeServer, write: str, table: str, when: str = "") -> I
         node.store.db.execute("DROP TRIGGER temp.refused")
 
 
+@asynccontextmanager
+async def reads_refused(store: Store, table: str, column: str = "") -> AsyncIterator[None]:
+    """While inside, the store's reads (Store.fetchone, fetchall) refuse `table`, or only its
+    `column`, as a disk failing at that read would: SQLite's own refusal (an authorizer on the
+    reader's connection)."""
+
+    def refuse(action: int, read: str | None, read_column: str | None, *_: object) -> int:
+        hit = action == sqlite3.SQLITE_READ and read == table and column in ("", read_column)
+        return sqlite3.SQLITE_DENY if hit else sqlite3.SQLITE_OK
+
+    await store.reader.set_authorizer(refuse)
+    try:
+        yield
+    finally:
+        await store.reader.set_authorizer(None)
+
+
 def drop_audit_guards(db: sqlite3.Connection) -> None:
     """What an insider with the store's file can do: drop the triggers that keep the audit
     log append-only, to edit or delete entries for a test to catch."""

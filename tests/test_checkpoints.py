@@ -5,7 +5,6 @@ wakes the lodging task only then, not at every commit."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from linkage.v1 import audit_pb2, gateway_pb2
 from node import checkpoints
 from node.checkpoints import LODGE_EVERY_ENTRIES, Checkpointer
 from node.store import Store
+from tests.harness import reads_refused
 
 
 class Witness:
@@ -270,12 +270,7 @@ async def test_a_lodge_whose_store_refuses_a_read_is_not_lodged_and_goes_at_the_
     assert await checkpointer.lodge()
     await _append(store, 1)
     assert not await checkpointer.lodge()  # the answer lost: what the witness holds is asked next time
-
-    def refuse_the_witnessed_range(action: int, table: str | None, *_: object) -> int:
-        return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_READ and table == "witnessed" else sqlite3.SQLITE_OK
-
-    await store.reader.set_authorizer(refuse_the_witnessed_range)
-    assert not await checkpointer.lodge()
-    await store.reader.set_authorizer(None)
+    async with reads_refused(store, "witnessed"):
+        assert not await checkpointer.lodge()
     assert await checkpointer.lodge()
     assert witness.sizes == [2, 3, 3] and checkpointer.lodged_size == 3

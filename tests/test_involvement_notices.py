@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sqlite3
 
 from linkage import logs, stories
 from linkage.clock import ManualClock, SystemClock
@@ -22,6 +21,7 @@ from tests.harness import (
     LogWatch,
     audit_events,
     next_item,
+    reads_refused,
     running,
     store_refuses,
     wait_count,
@@ -299,17 +299,10 @@ async def test_a_case_opened_is_answered_as_opened_though_the_notices_waiting_ca
         await open_case(cluster, "amh", family)
         csc = cluster.nodes["csc"]
         assert csc.store is not None
-
-        def refuse_the_notices(action: int, table: str | None, *_: object) -> int:
-            return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_READ and table == "notices_to_send" else 0
-
-        await csc.store.reader.set_authorizer(refuse_the_notices)
-        try:
+        async with reads_refused(csc.store, "notices_to_send"):
             opened = await cluster.api("csc").OpenCase(
                 node_api_pb2.OpenCaseRequest(actor=CSC_WORKER, case_ref="c-1", people=family)
             )
-        finally:
-            await csc.store.reader.set_authorizer(None)
         assert opened.case_id and len(opened.people) == 2
         (uncounted, *_) = captured_logs.records("involvement.count_failed")
         assert uncounted["level"] == "error" and "not authorized" in uncounted["exception"]

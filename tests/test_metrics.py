@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import sqlite3
 import time
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,16 @@ from linkage.v1 import node_api_pb2
 from node import checkpoints as checkpoints_module
 from node.metrics import NodeMetrics
 from node.outbox import GAUGE_INTERVAL_S
-from tests.harness import PRACTITIONER, CapturedLogs, LocalFederation, make_federation, running, settle, wait_delivered
+from tests.harness import (
+    PRACTITIONER,
+    CapturedLogs,
+    LocalFederation,
+    make_federation,
+    reads_refused,
+    running,
+    settle,
+    wait_delivered,
+)
 from tests.project_tools import generated_page, load_tool
 from tests.test_delivery import family_assessment, share
 from tests.test_federation import _case_id, open_case, share_think_family
@@ -100,13 +108,9 @@ async def test_a_share_is_answered_as_made_though_the_outbox_gauges_cannot_be_re
         assert amh.store is not None
         assessment_id = await family_assessment(cluster)
 
-        def refuse_the_gauges(action: int, _table: str | None, column: str | None, *_: object) -> int:
-            return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_READ and column == "queued_again_at_ms" else 0
-
-        await amh.store.reader.set_authorizer(refuse_the_gauges)
-        amh.outbox._gauges_at = -GAUGE_INTERVAL_S  # a second since the last read: this change reads them
-        response = await share(cluster, assessment_id)
-        await amh.store.reader.set_authorizer(None)
+        async with reads_refused(amh.store, "outbox", "queued_again_at_ms"):
+            amh.outbox._gauges_at = -GAUGE_INTERVAL_S  # a second since the last read: this change reads them
+            response = await share(cluster, assessment_id)
         await wait_delivered(amh, 1)
     assert [r.node_id for r in response.recipients] == ["csc"]
     (failed,) = captured_logs.records("outbox.gauges_failed")
