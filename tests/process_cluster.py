@@ -82,8 +82,9 @@ class ProcessCluster:
     def api(self, node_id: str) -> node_api_pb2_grpc.NodeApiAsyncStub:
         return node_api_pb2_grpc.NodeApiStub(self.channels[node_id])
 
-    def kill(self, name: str) -> None:
-        self.processes[name].proc.send_signal(signal.SIGKILL)
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """SIGKILL a process; or another signal, such as SIGTERM, which stops it gracefully."""
+        self.processes[name].proc.send_signal(sig)
 
     async def reap(self, name: str) -> int:
         return await self.processes.pop(name).proc.wait()

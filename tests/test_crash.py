@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import signal
 from pathlib import Path
 
 import grpc
@@ -22,6 +23,7 @@ BURST = 1_000
 ROUNDS = 5
 CONCURRENCY = 16
 DRAIN_TIMEOUT_S = 120
+EVERYONE = ("amh", "csc", "gateway")
 
 
 async def prepare(cluster: ProcessCluster) -> str:
@@ -40,10 +42,15 @@ async def prepare(cluster: ProcessCluster) -> str:
 
 
 async def burst(
-    cluster: ProcessCluster, assessment_id: str, kill: tuple[str, ...], kill_after: int, accepted: set[str]
+    cluster: ProcessCluster,
+    assessment_id: str,
+    kill: tuple[str, ...],
+    kill_after: int,
+    accepted: set[str],
+    graceful: frozenset[str] = frozenset(),
 ) -> None:
     """Up to BURST shares from amh; SIGKILL the processes `kill` names once `kill_after` of
-    them were accepted."""
+    them were accepted (SIGTERM those also in `graceful`: they drain and stop)."""
     api = cluster.api("amh")
     request = node_api_pb2.ShareSummaryRequest(
         actor=PRACTITIONER, assessment_id=assessment_id, decision=stories.override_decision()
@@ -69,7 +76,7 @@ async def burst(
             in_round += 1
             if in_round == kill_after and not killed.is_set():
                 for name in kill:
-                    cluster.kill(name)
+                    cluster.kill(name, signal.SIGTERM if name in graceful else signal.SIGKILL)
                 killed.set()
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -112,17 +119,24 @@ async def run_rounds(tmp_path: Path, kill: str, seed: int, rounds: int = ROUNDS)
         for _ in range(rounds):
             await burst(cluster, assessment_id, (kill,), rng.randint(50, 600), accepted)
             assert await cluster.reap(kill) == -9
-            if kill == "gateway":
-                await cluster.start_gateway()
-                for node in ("amh", "csc"):
-                    await cluster.wait_linked(node)
-            else:
-                await cluster.start_node(kill)
+            await start_again(cluster, [kill])
         await drain(cluster)
         check_exactly_once(cluster, accepted)
         codes = await cluster.stop()
     assert set(codes.values()) == {0}, codes  # SIGTERM drains and exits cleanly
     assert len(accepted) >= rounds * 50
+
+
+async def start_again(cluster: ProcessCluster, stopped: list[str]) -> None:
+    """Start again, in this order, what was stopped, but the gateway first (a node starting
+    waits to link to it); then until both nodes are linked."""
+    if "gateway" in stopped:
+        await cluster.start_gateway()
+    for name in stopped:
+        if name != "gateway":
+            await cluster.start_node(name)
+    for node in ("amh", "csc"):
+        await cluster.wait_linked(node)
 
 
 async def test_r1_sender_killed_mid_burst(tmp_path: Path) -> None:
@@ -143,3 +157,28 @@ async def test_r4_gateway_killed_mid_stream(tmp_path: Path) -> None:
 async def test_kill_soak(tmp_path: Path, kill: str) -> None:
     """The nightly version: 50 rounds of each."""
     await run_rounds(tmp_path, kill, seed=50, rounds=50)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1500)
+async def test_any_of_them_killed_or_stopped_mid_burst_soak(tmp_path: Path) -> None:
+    """The nightly mix: each round a random set of the sender, the recipient and the gateway,
+    each killed (SIGKILL) or stopped (SIGTERM, which drains) at random mid-burst, started again
+    in a random order. Every share the case system was told was accepted arrives once."""
+    federation = make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))
+    rng = random.Random(74)
+    accepted: set[str] = set()
+    async with process_cluster(federation, ("amh", "csc")) as cluster:
+        assessment_id = await prepare(cluster)
+        for _ in range(50):
+            stopped = [n for n in EVERYONE if rng.random() < 0.5] or [rng.choice(EVERYONE)]
+            graceful = frozenset(n for n in stopped if rng.random() < 0.5)
+            await burst(cluster, assessment_id, tuple(stopped), rng.randint(20, 400), accepted, graceful)
+            for name in stopped:
+                assert await cluster.reap(name) == (0 if name in graceful else -signal.SIGKILL), name
+            rng.shuffle(stopped)
+            await start_again(cluster, stopped)
+        await drain(cluster)
+        check_exactly_once(cluster, accepted)
+        codes = await cluster.stop()
+    assert set(codes.values()) == {0}, codes

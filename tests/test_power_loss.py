@@ -28,11 +28,10 @@ from linkage.pki import identities
 from linkage.v1 import directory_pb2
 from tests.harness import make_federation
 from tests.process_cluster import process_cluster
-from tests.test_crash import burst, check_exactly_once, drain, prepare
+from tests.test_crash import EVERYONE, burst, check_exactly_once, drain, prepare, start_again
 
 ROUNDS = 3
 MOUNT_TIMEOUT_S = 30
-EVERYTHING = ("amh", "csc", "gateway")
 HAS_FUSE = Path("/dev/fuse").exists()
 
 
@@ -138,14 +137,12 @@ async def power_cuts(tmp_path: Path, rounds: int, seed: int) -> None:
         async with process_cluster(federation, ("amh", "csc")) as cluster:
             assessment_id = await prepare(cluster)
             for _ in range(rounds):
-                await burst(cluster, assessment_id, EVERYTHING, rng.randint(50, 600), accepted)
-                for name in EVERYTHING:
+                await burst(cluster, assessment_id, EVERYONE, rng.randint(50, 600), accepted)
+                for name in EVERYONE:
                     assert await cluster.reap(name) == -signal.SIGKILL
                 await disk.cut()
                 await disk.attach()
-                await cluster.start_gateway()
-                for node in ("amh", "csc"):
-                    await cluster.start_node(node)
+                await start_again(cluster, list(EVERYONE))
             await drain(cluster)
             check_exactly_once(cluster, accepted)
             codes = await cluster.stop()
