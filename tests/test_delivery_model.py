@@ -3,12 +3,13 @@
 The sender's real outbox, casework and store and the recipient's real reception
 and store exchange frames over an in-memory wire that loses requests, loses
 receipts, duplicates deliveries, answers BUSY (for the sender or the recipient)
-and crashes either side (in-memory state gone, SQLite files kept), and puts the
-recipient's store back to a backup taken earlier, as `backup restore` does (its
-redelivery request then goes to the sender over a wire of its own). Invariants
-after every step: nothing in the inbox that the sender did not record, no share
-twice, nothing accepted forgotten; and after a fault-free drain, the inbox holds
-exactly what was accepted.
+and crashes either side (in-memory state gone, SQLite files kept); makes either
+side's disk read-only, then mends it (a step it refuses fails, as its caller or
+frame handler would meet it); and puts the recipient's store back to a backup taken
+earlier, as `backup restore` does (its redelivery request then goes to the sender
+over a wire of its own). Invariants after every step: nothing in the inbox that the
+sender did not record, no share twice, nothing accepted forgotten; and after a
+fault-free drain, the inbox holds exactly what was accepted.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from linkage.reasons import Reason
 from linkage.store_notes import mark
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.v1 import envelope_pb2, gateway_pb2, node_api_pb2
+from linkage.writability import unwritable
 from node.cases import Cases
 from node.context import NodeContext
 from node.due import Due
@@ -116,12 +118,22 @@ class DeliveryModel(RuleBasedStateMachine):
         self.backup_taken_ms: int | None = None  # the recipient's backup
         self.sender_backup: tuple[int, set[str]] | None = None  # the sender's: when, and the shares it holds
         self.ever_recorded: set[str] = set()  # every share the sender has recorded, restores or not
+        self.read_only: set[str] = set()  # the nodes whose disk refuses writes now
         self.run(self._open_sender())
         self.run(self._open_recipient())
         self.assessment_id = self.run(self._prepare())
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
+
+    def tried(self, coro: Coroutine[Any, Any, object]) -> None:
+        """A step that a disk made read-only may refuse (as the node's callers and frame
+        handler meet it: the frame is dropped, the call fails); anything else still raises."""
+        try:
+            self.run(coro)
+        except Exception as exc:
+            if not self.read_only or unwritable(exc) is None:
+                raise
 
     async def _open_sender(self) -> None:
         self.sender_store = await Store.open(self.dir / "a.sqlite", self.clock)
@@ -204,18 +216,19 @@ class DeliveryModel(RuleBasedStateMachine):
 
     @rule()
     def share(self) -> None:
-        response = self.run(
-            self.sharing.share(
+        async def share() -> None:
+            response = await self.sharing.share(
                 node_api_pb2.ShareSummaryRequest(
                     actor=PRACTITIONER, assessment_id=self.assessment_id, decision=stories.override_decision()
                 )
             )
-        )
-        self.accepted.add(response.share_id)
+            self.accepted.add(response.share_id)
+
+        self.tried(share())
 
     @rule()
     def pump(self) -> None:
-        self.run(self.outbox.send_due())
+        self.tried(self.outbox.send_due())
 
     @precondition(lambda self: self.sender_wire.frames)
     @rule(
@@ -224,7 +237,7 @@ class DeliveryModel(RuleBasedStateMachine):
         )
     )
     def deliver(self, fault: str) -> None:
-        self.run(self._deliver(self.sender_wire.frames.pop(0), fault))
+        self.tried(self._deliver(self.sender_wire.frames.pop(0), fault))
 
     async def _deliver(self, frame: gateway_pb2.NodeFrame, fault: str) -> None:
         if fault == "lost_request":
@@ -266,16 +279,37 @@ class DeliveryModel(RuleBasedStateMachine):
     @rule()
     def crash_sender(self) -> None:
         self.sender_wire.frames.clear()  # in transit when it died
-        self.run(self.sender_store.close())
+        self._close("a")
         self.run(self._open_sender())
-        self.run(self.outbox.on_connected())
+        self.tried(self.outbox.on_connected())
 
     @rule()
     def crash_recipient(self) -> None:
         self.recipient_out.frames.clear()  # in transit when it died
-        self.run(self.recipient_store.close())
+        self._close("b")
         self.run(self._open_recipient())
-        self.run(self.recipient_outbox.on_connected())
+        self.tried(self.recipient_outbox.on_connected())
+
+    @rule(node=st.sampled_from(["a", "b"]))
+    def disk_read_only(self, node: str) -> None:
+        """The node's disk remounted read-only: SQLite refuses every write until it is mended."""
+        self._store(node).db.execute("PRAGMA query_only = ON")
+        self.read_only.add(node)
+
+    @precondition(lambda self: self.read_only)
+    @rule()
+    def disk_mended(self) -> None:
+        for node in self.read_only:
+            self._store(node).db.execute("PRAGMA query_only = OFF")
+        self.read_only.clear()
+
+    def _store(self, node: str) -> Store:
+        return self.sender_store if node == "a" else self.recipient_store
+
+    def _close(self, node: str) -> None:
+        """The node's store closed, as its process ended; opened again, on a mended disk."""
+        self.run(self._store(node).close())
+        self.read_only.discard(node)
 
     @rule()
     def back_up_recipient(self) -> None:
@@ -289,7 +323,7 @@ class DeliveryModel(RuleBasedStateMachine):
         since the share reached the recipient, its copy on the way back still."""
         assert self.backup_taken_ms is not None
         self.recipient_out.frames.clear()
-        self.run(self.recipient_store.close())
+        self._close("b")
         self._put_back("b", self.backup_taken_ms)
         self.run(self._open_recipient())
         held = set(self._received()) | self._sent()
@@ -309,13 +343,13 @@ class DeliveryModel(RuleBasedStateMachine):
         taken_ms, held = self.sender_backup
         self.sender_wire.frames.clear()
         self.sender_back.frames.clear()
-        self.run(self.sender_store.close())
+        self._close("a")
         self._put_back("a", taken_ms)
         reached = set(self._received())
         self.accepted = {share for share in self.accepted if share in held or share in reached}
         self.run(self._open_sender())
         self.run(ask_again_if_restored(self.sender_ctx))
-        self.run(self.outbox.on_connected())
+        self.tried(self.outbox.on_connected())
 
     def _back_up(self, node: str) -> int:
         """A backup of a node's store, as SQLite's online backup API takes it; when."""
@@ -336,12 +370,12 @@ class DeliveryModel(RuleBasedStateMachine):
 
     @rule()
     def recipient_sends(self) -> None:
-        self.run(self.recipient_outbox.send_due())
+        self.tried(self.recipient_outbox.send_due())
 
     @precondition(lambda self: self.recipient_out.frames)
     @rule()
     def deliver_request(self) -> None:
-        self.run(self._deliver_request(self.recipient_out.frames.pop(0)))
+        self.tried(self._deliver_request(self.recipient_out.frames.pop(0)))
 
     async def _deliver_request(self, frame: gateway_pb2.NodeFrame) -> None:
         """The recipient's frame to the sender, forwarded, opened and receipted."""
@@ -397,6 +431,7 @@ class DeliveryModel(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
+            self.disk_mended()
             self.run(self._drain())
             received = set(self._received())
             # Nothing the recipient holds is forgotten by its sender: a restore's is given back.

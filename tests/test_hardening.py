@@ -4,6 +4,7 @@ THREATS.md maps every threat to its control and to the tests here and elsewhere.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import random
@@ -27,7 +28,7 @@ from gateway.service import UNWRITABLE_RETRY_MS, GatewayService
 from linkage import duties, store_notes, stories
 from linkage.auditlog import verify_chain
 from linkage.clock import ManualClock, SystemClock
-from linkage.config import GatewayLimits
+from linkage.config import DeliverySettings, GatewayLimits
 from linkage.envelope import open_envelope
 from linkage.federation import publish_directory, revoke_node
 from linkage.frames import MAX_BATCH_FRAMES, unbatch
@@ -38,6 +39,7 @@ from node.link import GatewayRefused, Subscribed
 from node.store import Store
 from tests.crypto_fixtures import NOW, make_keyring
 from tests.harness import (
+    PRACTITIONER,
     CapturedLogs,
     LocalFederation,
     audit_events,
@@ -542,6 +544,104 @@ async def test_r6_a_node_whose_store_refuses_writes_as_it_reconnects_connects_on
     failed = captured_logs.records("duty.failed")
     assert failed and all(line["duty"] == "GatewayLink.run" and line["error"] == "SQLITE_READONLY" for line in failed)
     assert all("exception" not in line for line in failed)
+
+
+async def test_r6_a_node_stopped_while_its_store_refuses_writes_stops_and_starts_again_with_its_log_whole(
+    tmp_path: Path, captured_logs: CapturedLogs
+) -> None:
+    """A node stopped (SIGTERM) on a disk remounted read-only: closing its store wrote the
+    audit log's frontier, a write the disk refused, and that raised out of the stop, which
+    then never closed the store's connections nor let its lock go (and the process ended
+    with a traceback). Now the frontier is left, said, and the stop ends as any other; the
+    next start reads the frontier from the log itself, and the log verifies."""
+    clock = ManualClock()
+    async with running(make_federation(tmp_path, clock, nodes=("amh", "csc")), clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        await share(cluster, assessment_id)  # audit entries past the frontier stored as the node started
+        amh = cluster.nodes["amh"]
+        assert amh.store is not None
+        amh.store.db.execute("PRAGMA query_only = ON")  # as on a disk remounted read-only
+        await cluster.stop_node("amh")
+        (said,) = captured_logs.records("store.head_not_stored")
+        assert said["error"] == "SQLITE_READONLY" and "exception" not in said
+        assert captured_logs.records("node.stopped")
+        amh = await cluster.start_node("amh")  # its lock was let go, and its log is read whole
+        assert amh.store is not None
+        await share(cluster, assessment_id)
+        await wait_delivered(amh, 2)
+        assert verify_chain(await amh.store.fetchall("SELECT seq, entry, hash FROM audit ORDER BY seq")).ok
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_r6_disks_made_read_only_at_random_mid_burst_lose_and_repeat_nothing_soak(
+    tmp_path: Path, captured_logs: CapturedLogs, seed: int
+) -> None:
+    """Three thousand shares from amh, eight at a time, while the disk of amh, csc or the
+    gateway, chosen at random, is made read-only for up to half a second and mended, again
+    and again: each share the case system was told was accepted reaches csc once; each it
+    was refused was refused saying nothing was recorded; and no refusal logged a traceback."""
+    rng = random.Random(seed)
+    fast = DeliverySettings(retry_base_ms=100, retry_cap_ms=2_000, receipt_timeout_ms=3_000)
+    async with running(make_federation(tmp_path, SystemClock(), nodes=("amh", "csc")), nodes=()) as cluster:
+        for name in ("amh", "csc"):
+            await cluster.start_node(name, delivery=fast)
+        assessment_id = await family_assessment(cluster)
+        amh, csc = cluster.nodes["amh"], cluster.nodes["csc"]
+        assert amh.store is not None and csc.store is not None and cluster.gateway._db is not None
+        stores, gateway_db = {"amh": amh.store.db, "csc": csc.store.db}, cluster.gateway._db.db
+
+        async def read_only(name: str, on: bool) -> None:
+            pragma = f"PRAGMA query_only = {'ON' if on else 'OFF'}"
+            if name == "gateway":
+                await gateway_db.execute(pragma)
+            else:
+                stores[name].execute(pragma)
+
+        accepted: set[str] = set()
+        refused: collections.Counter[str] = collections.Counter()
+        remaining = iter(range(3_000))
+        request = node_api_pb2.ShareSummaryRequest(
+            actor=PRACTITIONER, assessment_id=assessment_id, decision=stories.override_decision()
+        )
+
+        async def shares() -> None:
+            for _ in remaining:
+                try:
+                    accepted.add((await cluster.api("amh").ShareSummary(request, timeout=10)).share_id)
+                except grpc.aio.AioRpcError as exc:
+                    refused[f"{exc.code().name}: {exc.details()}"] += 1
+
+        async def faults() -> None:
+            while True:
+                await asyncio.sleep(rng.uniform(0.05, 0.4))
+                name = rng.choice(("amh", "csc", "gateway"))
+                await read_only(name, True)
+                try:
+                    await asyncio.sleep(rng.uniform(0.02, 0.5))
+                finally:
+                    await read_only(name, False)
+
+        faulting = asyncio.create_task(faults())
+        try:
+            await asyncio.gather(*(shares() for _ in range(8)))
+        finally:
+            faulting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await faulting
+        assert set(refused) <= {
+            "UNAVAILABLE: the node's store cannot be written (SQLITE_READONLY): nothing of this call was recorded "
+            "or sent; ask agency IT to fix its disk, then call again"
+        }
+        (queued,) = await amh.store.fetchone("SELECT COUNT(*) FROM outbox")
+        async with asyncio.timeout(120):
+            await wait_delivered(amh, queued)
+        recorded = {row[0] for row in await amh.store.fetchall("SELECT share_id FROM shares")}
+        received = [row[0] for row in await csc.store.fetchall("SELECT share_id FROM inbox")]
+        assert accepted <= recorded and len(received) == len(set(received)) and set(received) == recorded
+        for store in (amh.store, csc.store):
+            assert verify_chain(await store.fetchall("SELECT seq, entry, hash FROM audit ORDER BY seq")).ok
+    assert [line for line in captured_logs.records() if "exception" in line] == []
 
 
 async def test_a_frame_the_gateway_fails_to_handle_ends_that_stream_and_nothing_is_lost(

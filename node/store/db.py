@@ -44,7 +44,7 @@ from linkage.exclusive import Exclusive
 from linkage.merkle import CompactRange
 from linkage.readonly import connect_read_only
 from linkage.v1 import summary_pb2
-from linkage.writability import StoreUnusable, Writability, opening
+from linkage.writability import StoreUnusable, Writability, log_failure, opening
 from node.audit_events import AuditEvent
 from node.store.leaves import RecentLeaves
 from node.store.schema import MIGRATIONS
@@ -367,20 +367,27 @@ class Store:
             db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flush_within(0)
-            await self._flusher
-        if self._committing is not None:
-            # A cancelled caller may have left its COMMIT running: the connection must outlive it.
-            await asyncio.wait([self._committing])
-        self._committer.shutdown()
-        if self._head_seq != self._head_stored and not self.db.in_transaction:
-            self._store_head(self.frontier)  # so that opening it next needs no catching up
-        if self._quick is not None:
-            self._quick.close()
-        await self.reader.close()
-        self.db.close()
-        self._exclusive.release()
+        """Commit what waits, then close, whatever fails on the way: a connection left open
+        keeps its thread, and the process could not exit."""
+        try:
+            if self._flusher is not None:
+                self._flush_within(0)
+                await self._flusher
+            if self._committing is not None:
+                # A cancelled caller may have left its COMMIT running: the connection must outlive it.
+                await asyncio.wait([self._committing])
+            self._committer.shutdown()
+            if self._head_seq != self._head_stored and not self.db.in_transaction:
+                try:
+                    self._store_head(self.frontier)  # so that opening it next needs no catching up
+                except sqlite3.Error as exc:  # a disk that refuses it: the next start catches up from the log
+                    log_failure(log, "store.head_not_stored", exc, seq=self._head_seq)
+        finally:
+            if self._quick is not None:
+                self._quick.close()
+            await self.reader.close()
+            self.db.close()
+            self._exclusive.release()
 
     @property
     def schema_version(self) -> int:
