@@ -269,10 +269,7 @@ class Outbox:
                 if self._announce:
                     self._announce = False
                     await self.changed()
-                now = self.clock.now_ms()
-                if self._latest_ms - now > STEP_BACK_MS:
-                    await self._clock_set_back(now)
-                self._latest_ms = max(self._latest_ms, now)
+                now = await self.follow_clock()
                 if now >= self._expiry_due_ms:
                     await self.expire_overdue()  # non-delivery reports do not wait for the gateway
                     self._scan = True  # which message expires next is the store's to say
@@ -292,13 +289,22 @@ class Outbox:
                     # What was handed over was left in the store unsent (its destination is backing
                     # off): nothing else will announce that, and those waiting for idle() must hear it.
                     await self.changed()
-            except Exception:  # the worker must outlive a bad moment; the rows wait in the store
-                log.exception("outbox.worker_failed")
+            except Exception as exc:  # the worker must outlive a bad moment; the rows wait in the store
+                log_failure(log, "outbox.worker_failed", exc)
             # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation
             # that races with the event, and then stop() would wait for ever.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.wake.wait()
+
+    async def follow_clock(self) -> int:
+        """The wall clock, as the worker reads it each round: if it was set back since the
+        last reading, what waits is moved back with it (`_clock_set_back`)."""
+        now = self.clock.now_ms()
+        if self._latest_ms - now > STEP_BACK_MS:
+            await self._clock_set_back(now)
+        self._latest_ms = max(self._latest_ms, now)
+        return now
 
     async def _clock_set_back(self, now: int) -> None:
         """Retries, back-offs and holds are set in wall time: when the clock is set back, each

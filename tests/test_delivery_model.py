@@ -3,13 +3,14 @@
 The sender's real outbox, casework and store and the recipient's real reception
 and store exchange frames over an in-memory wire that loses requests, loses
 receipts, duplicates deliveries, answers BUSY (for the sender or the recipient)
-and crashes either side (in-memory state gone, SQLite files kept); makes either
-side's disk read-only, then mends it (a step it refuses fails, as its caller or
-frame handler would meet it); and puts the recipient's store back to a backup taken
-earlier, as `backup restore` does (its redelivery request then goes to the sender
-over a wire of its own). Invariants after every step: nothing in the inbox that the
-sender did not record, no share twice, nothing accepted forgotten; and after a
-fault-free drain, the inbox holds exactly what was accepted.
+and crashes either side (in-memory state gone, SQLite files kept); sets the clock
+back, as NTP stepping it would; makes either side's disk read-only, then mends it
+(a step it refuses fails, as its caller or frame handler would meet it); and puts
+the recipient's store back to a backup taken earlier, as `backup restore` does
+(its redelivery request then goes to the sender over a wire of its own).
+Invariants after every step: nothing in the inbox that the sender did not record,
+no share twice, nothing accepted forgotten; and after a fault-free drain, the
+inbox holds exactly what was accepted.
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ class Wire:
         return {t: [] for t in tokens}  # no involvement notices in this model
 
 
+async def _worker_round(outbox: Outbox) -> None:
+    """What an outbox's worker does in a round: read the clock, send what is due."""
+    await outbox.follow_clock()
+    await outbox.send_due()
+
+
 async def _one_directory() -> None:
     """The model's federation keeps one directory throughout: there is none newer to take."""
 
@@ -119,6 +126,7 @@ class DeliveryModel(RuleBasedStateMachine):
         self.sender_backup: tuple[int, set[str]] | None = None  # the sender's: when, and the shares it holds
         self.ever_recorded: set[str] = set()  # every share the sender has recorded, restores or not
         self.read_only: set[str] = set()  # the nodes whose disk refuses writes now
+        self.latest_ms = NOW  # the latest the clock showed before it was set back
         self.run(self._open_sender())
         self.run(self._open_recipient())
         self.assessment_id = self.run(self._prepare())
@@ -228,7 +236,7 @@ class DeliveryModel(RuleBasedStateMachine):
 
     @rule()
     def pump(self) -> None:
-        self.tried(self.outbox.send_due())
+        self.tried(_worker_round(self.outbox))
 
     @precondition(lambda self: self.sender_wire.frames)
     @rule(
@@ -275,6 +283,15 @@ class DeliveryModel(RuleBasedStateMachine):
     @rule()
     def time_passes(self) -> None:
         self.clock.advance(SETTINGS.receipt_timeout_ms + 1)
+
+    @rule(ms=st.sampled_from([2_000, 90_000, 600_000]))
+    def clock_set_back(self, ms: int) -> None:
+        """The wall clock stepped back (NTP, a host resumed), as both nodes see it. Each
+        outbox's worker read it within the second before, as it does each round."""
+        for outbox in (self.outbox, self.recipient_outbox):
+            self.tried(outbox.follow_clock())
+        self.latest_ms = max(self.latest_ms, self.clock.now_ms())
+        self.clock.advance(-ms)
 
     @rule()
     def crash_sender(self) -> None:
@@ -370,7 +387,7 @@ class DeliveryModel(RuleBasedStateMachine):
 
     @rule()
     def recipient_sends(self) -> None:
-        self.tried(self.recipient_outbox.send_due())
+        self.tried(_worker_round(self.recipient_outbox))
 
     @precondition(lambda self: self.recipient_out.frames)
     @rule()
@@ -455,14 +472,17 @@ class DeliveryModel(RuleBasedStateMachine):
     async def _drain(self) -> None:
         """Fault-free: time passes, everything due is sent and delivered, until nothing is live."""
         live = "SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent')"
+        # A message made before the clock was set back is from the future until it shows that
+        # time again: its recipient defers it (a clock reason) until then.
+        self.clock.advance(max(0, self.latest_ms - self.clock.now_ms()))
         for _ in range(50):
             if (await self.sender_store.fetchone(live))[0] == (await self.recipient_store.fetchone(live))[0] == 0:
                 return
             self.clock.advance(SETTINGS.receipt_timeout_ms + 1)
-            await self.recipient_outbox.send_due()
+            await _worker_round(self.recipient_outbox)
             while self.recipient_out.frames:
                 await self._deliver_request(self.recipient_out.frames.pop(0))
-            await self.outbox.send_due()
+            await _worker_round(self.outbox)
             while self.sender_wire.frames:
                 await self._deliver(self.sender_wire.frames.pop(0), "none")
         raise AssertionError("delivery did not drain")

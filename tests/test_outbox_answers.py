@@ -473,3 +473,37 @@ async def test_messages_given_up_tell_whoever_follows_them_and_are_counted(
         )
         for message_id, last in ((forwarded, "sent"), (queued, "queued"))
     ]
+
+
+async def test_a_round_the_store_refuses_is_said_by_sqlite_s_name_and_the_worker_goes_on(
+    outbox: tuple[Outbox, Gateway, ManualClock],
+) -> None:
+    """A message overdue while the disk is read-only: the expiry the worker tries each round
+    is refused. That was logged with a traceback, as a defect to report, each round; now it
+    is said by SQLite's name for why, as every other refusal of a disk that will not take
+    writes, and once the disk is mended the message is reported undeliverable."""
+    box, gateway, clock = outbox
+    (message_id,) = await queue(box, clock, "b", 1)
+    worker = asyncio.create_task(box.run())
+    watch = LogWatch("outbox.worker_failed")
+    try:
+        async with asyncio.timeout(30):
+            await gateway.wrote.wait()
+            box.store.db.execute("PRAGMA query_only = ON")  # as on a disk remounted read-only
+            logs.configure("info", stream=watch)
+            clock.advance(DeliverySettings().undeliverable_after_ms)
+            box.wake.set()
+            await watch.seen.wait()
+            box.store.db.execute("PRAGMA query_only = OFF")
+            box.wake.set()
+            while True:
+                committed = box.store.next_commit()
+                if (await stored(box, message_id))[0] == "undeliverable":
+                    break
+                await committed.wait()
+        failed = watch.records("outbox.worker_failed")
+        assert failed and all(line["error"] == "SQLITE_READONLY" and "exception" not in line for line in failed)
+    finally:
+        logs.configure("info")
+        await box.drain(0)
+        await worker
