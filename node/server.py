@@ -28,7 +28,7 @@ from linkage.runtime import serve_until_signalled
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.transport import API_SERVER_OPTIONS, LINK_HEALTH_SERVICE, unix_address
 from linkage.v1 import directory_pb2, gateway_pb2
-from linkage.writability import log_failure
+from linkage.writability import StoreUnusable, log_failure, unwritable
 from node import retention
 from node.api import SERVICE_NAME, NodeApiService, add_to_server
 from node.audit_events import AuditEvent
@@ -356,8 +356,13 @@ class NodeServer:
         self.store = await Store.open(config.store_path, self.clock)
         try:
             await self._start(keys, linkage_key, policy)
-        except BaseException:
+        except BaseException as exc:
             await self._close_after_failed_start()
+            if (error := unwritable(exc)) is not None:  # said as a file it cannot use, not as a defect
+                raise StoreUnusable(
+                    f"{config.store_path} cannot be written ({error}): the node did not start; "
+                    "ask agency IT to free space on its disk or mend it, then start it again"
+                ) from exc
             raise
 
     async def _close_after_failed_start(self) -> None:

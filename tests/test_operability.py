@@ -26,9 +26,11 @@ from linkage.config import ConfigError, PolicyFiles
 from linkage.exclusive import InUse
 from linkage.transport import LINK_HEALTH_SERVICE, api_channel
 from linkage.v1 import node_api_pb2
+from linkage.writability import StoreUnusable
 from node.api import _logged
 from node.cases import Cases
 from node.server import NodeServer
+from node.store import db as store_db
 from tests.harness import PRACTITIONER, CapturedLogs, LocalFederation, running
 
 
@@ -230,6 +232,31 @@ async def test_a_node_with_a_damaged_file_says_which_and_opens_nothing(
     with pytest.raises(ConfigError, match=f"^cannot load the {damaged} from {re.escape(str(source))}"):
         await NodeServer(config).start()
     assert threading.active_count() == threads and not config.store_path.exists()
+
+
+async def test_a_node_started_on_a_disk_that_refuses_writes_says_so_and_opens_nothing(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node started on a disk remounted read-only opened its store, and then failed at its
+    first write with SQLite's words ("attempt to write a readonly database") and a
+    traceback. Now it says which file cannot be written, and what to do, in the one line
+    `node serve` prints for a file it cannot use; and it leaves nothing open."""
+    config = federation.node_configs["amh"]
+    async with running(federation, nodes=("amh",)):
+        pass  # its store made, as by its first start
+    monkeypatch.setattr(store_db, "WRITER_PRAGMAS", (*store_db.WRITER_PRAGMAS, "query_only=ON"))
+    threads = threading.active_count()
+    said = (
+        f"{config.store_path} cannot be written (SQLITE_READONLY): the node did not start; "
+        "ask agency IT to free space on its disk or mend it, then start it again"
+    )
+    with pytest.raises(StoreUnusable, match=f"^{re.escape(said)}$"):
+        await NodeServer(config).start()
+    assert threading.active_count() == threads
+    monkeypatch.undo()
+    node = NodeServer(config)  # its lock was let go
+    await node.start()
+    await node.stop(grace=0)
 
 
 async def serve_and_fail(role: str, config: Path, **settings: str) -> tuple[int | None, str]:
