@@ -3,14 +3,14 @@
 The sender's real outbox, casework and store and the recipient's real reception
 and store exchange frames over an in-memory wire that loses requests, loses
 receipts, duplicates deliveries, answers BUSY (for the sender or the recipient)
-and crashes either side (in-memory state gone, SQLite files kept); sets the clock
-back, as NTP stepping it would; makes either side's disk read-only, then mends it
-(a step it refuses fails, as its caller or frame handler would meet it); and puts
-the recipient's store back to a backup taken earlier, as `backup restore` does
-(its redelivery request then goes to the sender over a wire of its own).
-Invariants after every step: nothing in the inbox that the sender did not record,
-no share twice, nothing accepted forgotten; and after a fault-free drain, the
-inbox holds exactly what was accepted.
+or that the recipient is away (until it says it is back), and crashes either side
+(in-memory state gone, SQLite files kept); sets the clock back, as NTP stepping it
+would; makes either side's disk read-only, then mends it (a step it refuses fails,
+as its caller or frame handler would meet it); and puts the recipient's store back
+to a backup taken earlier, as `backup restore` does (its redelivery request then
+goes to the sender over a wire of its own). Invariants after every step: nothing in
+the inbox that the sender did not record, no share twice, nothing accepted
+forgotten; and after a fault-free drain, the inbox holds exactly what was accepted.
 """
 
 from __future__ import annotations
@@ -135,10 +135,14 @@ class DeliveryModel(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     def tried(self, coro: Coroutine[Any, Any, object]) -> None:
-        """A step that a disk made read-only may refuse (as the node's callers and frame
-        handler meet it: the frame is dropped, the call fails); anything else still raises."""
+        self.run(self._handled(coro))
+
+    async def _handled(self, coro: Coroutine[Any, Any, object]) -> None:
+        """A node's step that a disk made read-only may refuse, as its caller or its frame
+        handler meets it: the call fails, or the frame is dropped, and the other node is
+        told nothing of it. Anything else still raises."""
         try:
-            self.run(coro)
+            await coro
         except Exception as exc:
             if not self.read_only or unwritable(exc) is None:
                 raise
@@ -241,7 +245,16 @@ class DeliveryModel(RuleBasedStateMachine):
     @precondition(lambda self: self.sender_wire.frames)
     @rule(
         fault=st.sampled_from(
-            ["none", "lost_request", "lost_receipt", "duplicate", "busy_sender", "busy_recipient", "together"]
+            [
+                "none",
+                "lost_request",
+                "lost_receipt",
+                "duplicate",
+                "busy_sender",
+                "busy_recipient",
+                "together",
+                "recipient_offline",
+            ]
         )
     )
     def deliver(self, fault: str) -> None:
@@ -250,8 +263,8 @@ class DeliveryModel(RuleBasedStateMachine):
     async def _deliver(self, frame: gateway_pb2.NodeFrame, fault: str) -> None:
         if fault == "lost_request":
             # A lost frame on a stream means the stream broke: the node reconnects.
-            await self.outbox.disconnected()
-            await self.outbox.on_connected()
+            await self._handled(self.outbox.disconnected())
+            await self._handled(self.outbox.on_connected())
             return
         envelope = frame.send
         routing_recipient = "b"
@@ -264,21 +277,34 @@ class DeliveryModel(RuleBasedStateMachine):
                 busy_scope=scope,
                 retry_after_ms=100 if fault == "busy_sender" else 0,
             )
-            await self.outbox.on_answers([busy])
+            await self._handled(self.outbox.on_answers([busy]))
+            return
+        if fault == "recipient_offline":  # the sender backs off until told the recipient is back
+            offline = gateway_pb2.SendAck(
+                message_id=_message_id(envelope),
+                recipient_node=routing_recipient,
+                status=gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE,
+            )
+            await self._handled(self.outbox.on_answers([offline]))
             return
         forwarded = gateway_pb2.SendAck(
             message_id=_message_id(envelope), recipient_node=routing_recipient, status=gateway_pb2.SEND_STATUS_FORWARDED
         )
         if fault != "together":
-            await self.outbox.on_answers([forwarded])
+            await self._handled(self.outbox.on_answers([forwarded]))
         for _ in range(2 if fault in ("duplicate", "together") else 1):
-            await self.reception.on_envelopes([envelope])
+            await self._handled(self.reception.on_envelopes([envelope]))
         receipts, self.recipient_wire.frames = self.recipient_wire.frames, []
         if fault == "together":  # as the gateway sends them when the ack waits for the receipts
-            await self.outbox.on_answers([forwarded, *(r.receipt for r in receipts)])
+            await self._handled(self.outbox.on_answers([forwarded, *(r.receipt for r in receipts)]))
         elif fault != "lost_receipt":
             for receipt in receipts:
-                await self.outbox.on_answers([receipt.receipt])
+                await self._handled(self.outbox.on_answers([receipt.receipt]))
+
+    @rule()
+    def recipient_back_online(self) -> None:
+        """The gateway tells the sender the recipient's node connected again."""
+        self.tried(self.outbox.on_peer_online("b"))
 
     @rule()
     def time_passes(self) -> None:
@@ -400,10 +426,10 @@ class DeliveryModel(RuleBasedStateMachine):
         forwarded = gateway_pb2.SendAck(
             message_id=_message_id(envelope), recipient_node="a", status=gateway_pb2.SEND_STATUS_FORWARDED
         )
-        await self.recipient_outbox.on_answers([forwarded])
-        await self.sender_reception.on_envelopes([envelope])
+        await self._handled(self.recipient_outbox.on_answers([forwarded]))
+        await self._handled(self.sender_reception.on_envelopes([envelope]))
         receipts, self.sender_back.frames = self.sender_back.frames, []
-        await self.recipient_outbox.on_answers([r.receipt for r in receipts])
+        await self._handled(self.recipient_outbox.on_answers([r.receipt for r in receipts]))
 
     # -- for directed tests ---------------------------------------------------
 
@@ -475,6 +501,7 @@ class DeliveryModel(RuleBasedStateMachine):
         # A message made before the clock was set back is from the future until it shows that
         # time again: its recipient defers it (a clock reason) until then.
         self.clock.advance(max(0, self.latest_ms - self.clock.now_ms()))
+        await self.outbox.on_peer_online("b")  # the gateway's word that the recipient is connected
         for _ in range(50):
             if (await self.sender_store.fetchone(live))[0] == (await self.recipient_store.fetchone(live))[0] == 0:
                 return
