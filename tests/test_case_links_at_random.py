@@ -1,8 +1,9 @@
 """Cases opened, changed, proposed for closure and closed at random while the gateway goes
-away and comes back and the node restarts: once all is settled, the gateway holds exactly
-this node's subscriptions to the people its open cases name (no more, so nothing about a
-person it no longer works with is routed to it; no fewer, so nothing is missed), nothing
-waits to be sent or ended, and every refusal on the way was one a person can act on."""
+away and comes back, the node restarts, and its disk turns read-only and is mended: once
+all is settled, the gateway holds exactly this node's subscriptions to the people its
+open cases name (no more, so nothing about a person it no longer works with is routed to
+it; no fewer, so nothing is missed), nothing waits to be sent or ended, and every refusal
+on the way was one a person can act on. (Forty seeds passed once, 2026-12-07.)"""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class Run:
     cases: list[str] = dataclasses.field(default_factory=list)
     tokens: list[bytes] = dataclasses.field(default_factory=list)  # of everyone in POOL
     gateway_up: bool = True
+    read_only: bool = False
     closes: int = 0
 
     @property
@@ -112,6 +114,21 @@ class Run:
         if self.gateway_up:  # a node starting waits for the gateway
             await self.cluster.stop_node("csc")
             await self.cluster.start_node("csc")
+            self.read_only = False  # a new connection: as a disk mended while the node was stopped
+
+    async def disk_read_only(self) -> None:
+        """csc's disk remounted read-only: every write it tries is refused until it is mended."""
+        self._store_pragma("query_only = ON")
+        self.read_only = True
+
+    async def disk_mended(self) -> None:
+        self._store_pragma("query_only = OFF")
+        self.read_only = False
+
+    def _store_pragma(self, pragma: str) -> None:
+        store = self.cluster.nodes["csc"].store
+        assert store is not None
+        store.db.execute(f"PRAGMA {pragma}")
 
 
 async def settled(cluster: Cluster, pool: list[bytes]) -> tuple[set[bytes], set[bytes], int]:
@@ -154,7 +171,7 @@ async def test_case_changes_while_the_gateway_comes_and_goes_leave_the_gateway_h
             [run.open] * 2
             + [run.add] * 2
             + [run.remove] * 4
-            + [run.close, run.gateway_away, run.gateway_back, run.restart]
+            + [run.close, run.gateway_away, run.gateway_back, run.restart, run.disk_read_only, run.disk_mended]
         )
         for _ in range(STEPS):
             step = run.rng.choice(steps)
@@ -164,6 +181,7 @@ async def test_case_changes_while_the_gateway_comes_and_goes_leave_the_gateway_h
                 assert exc.code() not in DEFECTS, f"{step.__name__}: {exc.code().name}: {exc.details()}"
                 refused[f"{step.__name__} {exc.code().name}"] += 1
         await run.gateway_back()
+        await run.disk_mended()
         named, held, waiting = await settled(cluster, tokens)
         assert (held, waiting) == (named, 0), f"refused on the way: {dict(refused)}"
 
