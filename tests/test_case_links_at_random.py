@@ -3,7 +3,7 @@ away and comes back, the node restarts, and its disk turns read-only and is mend
 all is settled, the gateway holds exactly this node's subscriptions to the people its
 open cases name (no more, so nothing about a person it no longer works with is routed to
 it; no fewer, so nothing is missed), nothing waits to be sent or ended, and every refusal
-on the way was one a person can act on. (Forty seeds passed once, 2026-12-07.)"""
+on the way was one a person can act on."""
 
 from __future__ import annotations
 
