@@ -55,7 +55,7 @@ class Cases:
         self.ctx = ctx
         self.resubscribe = asyncio.Event()  # set when the gateway may lack some subscriptions
         self.in_sync = asyncio.Event()  # set when the gateway has every subscription
-        self._ending_asked = 0  # times the resubscriber was asked to end subscriptions (`ending_due`)
+        self._asked = 0  # times the resubscriber was asked for a pass (`_pass_due`)
         self._ending = asyncio.Lock()  # one round of ending at a time: a close's and the resubscriber's
         self._unaudited: list[_Linked] = []  # subscriptions the gateway took whose entries the store refused
         ctx.store.writability.on_change_run(self._writable_again)
@@ -267,7 +267,7 @@ class Cases:
         except grpc.aio.AioRpcError as exc:
             log.warning("subscribe.deferred", code=exc.code().name, tokens=len(tokens))
             self.in_sync.clear()
-            self.resubscribe.set()
+            self._pass_due()
             await self.notices.later()
             return
         # The case is open, and the call says so, whether or not its entry can be written now.
@@ -318,7 +318,13 @@ class Cases:
         gateway did not take their end, or no call here ended them (a case closed again from
         the copies given back after a restore, its people subscribed again as the restored
         store started)."""
-        self._ending_asked += 1
+        self._pass_due()
+
+    def _pass_due(self) -> None:
+        """Ask the resubscriber for a pass. One asked for while a pass is under way is made
+        after it: that one read the open cases before the change that asks, so it proves
+        nothing of it."""
+        self._asked += 1
         self.resubscribe.set()
 
     async def reassert_subscriptions(self) -> None:
@@ -327,15 +333,15 @@ class Cases:
         of: a store put back to a backup lacks the cases opened since, and a gateway put back
         holds subscriptions ended since (its total for this node says so), but for those a
         notice waiting to go needs (node/involvement.py)."""
-        asked = self._ending_asked
+        asked = self._asked
         tokens = await self.subscribed_tokens()
         added, total = await self.ctx.link.subscribe(tokens)
         ended = await self._end_subscriptions(set(tokens), None)
         if total - ended > len(tokens):
             await self._end_unknown()
-        if asked == self._ending_asked:  # none came while the gateway was asked
+        if asked == self._asked:  # none asked for while the gateway was asked: in step with it
             self.resubscribe.clear()
-        self.in_sync.set()
+            self.in_sync.set()
         await self._audit_links(*([_Linked(None, {"added": added, "reasserted": True})] if added else []))
 
     async def _end_subscriptions(self, still: set[bytes], actor: summary_pb2.Practitioner | None) -> int:

@@ -4,7 +4,8 @@ a call a repeat could harm is not repeated."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,16 @@ from linkage import stories
 from linkage.clock import ManualClock, SystemClock
 from linkage.transport import RETRIED_GATEWAY_CALLS, RETRY_ATTEMPTS
 from linkage.v1 import audit_pb2, gateway_pb2, node_api_pb2
-from tests.harness import PRACTITIONER, audit_events, make_federation, running, store_refuses, wait_count
+from node.link import Subscribed
+from tests.harness import (
+    PRACTITIONER,
+    CapturedLogs,
+    audit_events,
+    make_federation,
+    running,
+    store_refuses,
+    wait_count,
+)
 from tests.test_federation import _case_id, open_case
 from tests.test_workflows import planned_closure
 
@@ -164,3 +174,43 @@ async def test_a_case_closed_while_its_store_refuses_ending_the_subscriptions_is
         assert ended["detail"]["deferred"] and len(ended["tokens"]) == 2
         assert await amh.store.fetchall("SELECT token FROM subscriptions_to_end") == []
         assert cluster.gateway._index is not None and cluster.gateway._index.count("amh") == 0
+
+
+async def test_a_subscription_put_off_while_the_node_asserts_the_others_is_made_by_its_next_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured_logs: CapturedLogs
+) -> None:
+    """A case opened while the node's resubscriber was asserting its subscriptions (after an
+    end the gateway did not take, say), and the gateway refused the new case's. That pass had
+    read the open cases before the new one was opened; as it ended, it took the node to be in
+    step with the gateway and cleared its call for another: the new case's people were never
+    subscribed (nothing shared about them reached the node), and the notice that the node had
+    joined them was dropped (PERMISSION_DENIED: not subscribed). Now a subscription put off
+    during a pass is made by the next one, and the notice goes once it is."""
+    async with running(make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))) as cluster:
+        family = stories.think_family_people()
+        await open_case(cluster, "amh", family)  # amh is linked to them: csc's notice has somewhere to go
+        csc = cluster.nodes["csc"]
+        subscribe, opened, tokens = csc.ctx.link.subscribe, asyncio.Event(), list[bytes]()
+
+        async def a_case_opened_during_the_pass(asked: Iterable[bytes]) -> Subscribed:
+            if not opened.is_set() and not tokens:  # the pass's own, of the open cases as it read them
+                tokens.extend(await open_case(cluster, "csc", family))
+                opened.set()
+            elif not opened.is_set():  # the new case's, meanwhile: the gateway restarting, say
+                raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "")
+            return await subscribe(asked)
+
+        monkeypatch.setattr(csc.ctx.link, "subscribe", a_case_opened_during_the_pass)
+        csc.cases.ending_due()  # the resubscriber's pass
+        async with asyncio.timeout(15):
+            await opened.wait()
+            await csc.cases.in_sync.wait()
+            assert csc.store is not None
+            while True:  # until the notice is sent (or dropped)
+                committed = csc.store.next_commit()
+                if (await csc.store.fetchone("SELECT COUNT(*) FROM notices_to_send")) == (0,):
+                    break
+                await committed.wait()
+        index = cluster.gateway._index
+        assert index is not None and all(index.is_subscribed("csc", token) for token in tokens)
+    assert captured_logs.records("subscribe.deferred") and not captured_logs.records("involvement.notice_unsendable")
