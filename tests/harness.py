@@ -151,12 +151,14 @@ async def wait_delivered(node: NodeServer, count: int, state: str = "delivered")
     await wait_count(node, "SELECT COUNT(*) FROM outbox WHERE state = ?", (state,), count)
 
 
-async def wait_count(node: NodeServer, sql: str, params: tuple[object, ...], count: int) -> None:
-    """Until `sql` counts at least `count` in the node's store, awaiting its commits (no sleeping)."""
-    assert node.store is not None
+async def wait_count(source: NodeServer | Store, sql: str, params: tuple[object, ...], count: int) -> None:
+    """Until `sql` counts at least `count` in a node's (or a bare store's) store, awaiting its
+    commits (no sleeping)."""
+    store = source.store if isinstance(source, NodeServer) else source
+    assert store is not None
     while True:
-        committed = node.store.next_commit()
-        row = await node.store.fetchone(sql, params)
+        committed = store.next_commit()
+        row = await store.fetchone(sql, params)
         if row[0] >= count:
             return
         await committed.wait()

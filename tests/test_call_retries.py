@@ -205,12 +205,7 @@ async def test_a_subscription_put_off_while_the_node_asserts_the_others_is_made_
         async with asyncio.timeout(15):
             await opened.wait()
             await csc.cases.in_sync.wait()
-            assert csc.store is not None
-            while True:  # until the notice is sent (or dropped)
-                committed = csc.store.next_commit()
-                if (await csc.store.fetchone("SELECT COUNT(*) FROM notices_to_send")) == (0,):
-                    break
-                await committed.wait()
+            await wait_count(csc, "SELECT COUNT(*) = 0 FROM notices_to_send", (), 1)  # the notice sent (or dropped)
         index = cluster.gateway._index
         assert index is not None and all(index.is_subscribed("csc", token) for token in tokens)
     assert captured_logs.records("subscribe.deferred") and not captured_logs.records("involvement.notice_unsendable")

@@ -234,7 +234,7 @@ async def test_a_node_with_a_damaged_file_says_which_and_opens_nothing(
     assert threading.active_count() == threads and not config.store_path.exists()
 
 
-async def test_a_node_started_on_a_disk_that_refuses_writes_says_so_and_opens_nothing(
+async def test_a_node_started_on_a_disk_that_refuses_writes_says_so_and_closes_its_store(
     federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A node started on a disk remounted read-only opened its store, and then failed at its

@@ -28,7 +28,7 @@ from linkage.v1 import envelope_pb2, gateway_pb2
 from node.messaging import add_to_outbox
 from node.outbox import BATCH, BUSY_BASE_MS, HOLD_MEMORY_MS, Outbox
 from node.store import Store
-from tests.harness import LogWatch, audit_events
+from tests.harness import LogWatch, audit_events, wait_count
 
 FORWARDED, BUSY = gateway_pb2.SEND_STATUS_FORWARDED, gateway_pb2.SEND_STATUS_BUSY
 OFFLINE, REJECTED = gateway_pb2.SEND_STATUS_RECIPIENT_OFFLINE, gateway_pb2.SEND_STATUS_REJECTED
@@ -496,11 +496,8 @@ async def test_a_round_the_store_refuses_is_said_by_sqlite_s_name_and_the_worker
             await watch.seen.wait()
             box.store.db.execute("PRAGMA query_only = OFF")
             box.wake.set()
-            while True:
-                committed = box.store.next_commit()
-                if (await stored(box, message_id))[0] == "undeliverable":
-                    break
-                await committed.wait()
+            undeliverable = "SELECT COUNT(*) FROM outbox WHERE message_id = ? AND state = 'undeliverable'"
+            await wait_count(box.store, undeliverable, (message_id,), 1)
         failed = watch.records("outbox.worker_failed")
         assert failed and all(line["error"] == "SQLITE_READONLY" and "exception" not in line for line in failed)
     finally:
