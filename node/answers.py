@@ -47,15 +47,29 @@ async def answered(
     request_message_id: str,
     sender: str,
     answer: int,
+    by: str,
     kind: int = envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST,
     note: str | None = None,
 ) -> None:
-    """This node answered a request or a challenge it received (again: the newest answer holds)."""
+    """This node answered a request or a challenge it received, by message `by` (again: the
+    newest answer holds)."""
     await tx.execute(
-        "UPDATE inbox SET answer = ?, answered_at_ms = ?, answer_note = ? "
+        "UPDATE inbox SET answer = ?, answered_at_ms = ?, answer_note = ?, answered_by = ? "
         "WHERE sender = ? AND message_id = ? AND kind = ?",
-        (answer, tx.now_ms, note, sender, request_message_id, kind),
+        (answer, tx.now_ms, note, by, sender, request_message_id, kind),
     )
+
+
+async def answer_not_sent(tx: Tx, message_id: str) -> list[str]:
+    """An answer this node made was cancelled before it left (a withdrawal of the summary it
+    provided): the request it answered last, if any, is to be answered again, as its sender
+    never had the answer. That request's message id, if one was."""
+    cursor = await tx.execute(
+        "UPDATE inbox SET answer = 0, answered_at_ms = NULL, answer_note = NULL, answered_by = '' "
+        "WHERE answered_by = ? AND answered_by != '' RETURNING message_id",
+        (message_id,),
+    )
+    return [str(m) for (m,) in await cursor.fetchall()]
 
 
 # Of one agency's answers to one thing, the one it made last holds, whichever arrives last:

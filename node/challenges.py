@@ -134,12 +134,13 @@ class Challenges:
         )
         answer = workflow_pb2.ChallengeAnswer.Name(request.answer).removeprefix("CHALLENGE_ANSWER_")
 
-        async def record(tx: Tx, _: str, __: list[node_api_pb2.DeliveryStatus]) -> None:
+        async def record(tx: Tx, _: str, statuses: list[node_api_pb2.DeliveryStatus]) -> None:
             await answers.answered(
                 tx,
                 request.challenge_message_id,
                 sender,
                 request.answer,
+                statuses[0].message_id,
                 envelope_pb2.MESSAGE_KIND_CHALLENGE,
                 request.response,
             )

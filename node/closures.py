@@ -247,7 +247,12 @@ class Closures:
             )
             await self.ctx.messenger.queue(tx, sealed, closure_id, request.actor)
             await answers.answered(
-                tx, request.intent_message_id, sender, request.answer, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT
+                tx,
+                request.intent_message_id,
+                sender,
+                request.answer,
+                response.message_id,
+                envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT,
             )
             await repeats.keep(tx, request, response)
         await self.ctx.changed()

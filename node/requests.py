@@ -255,7 +255,9 @@ class Requests:
                 "share.decision",
                 decision.rationale,
                 "DECISION_OUTCOME_NOT_SHARED",
-                record=lambda tx, _, __: answers.answered(tx, request.request_message_id, sender, request.answer),
+                record=lambda tx, _, statuses: answers.answered(
+                    tx, request.request_message_id, sender, request.answer, statuses[0].message_id
+                ),
                 asked=request,
             )
         if request.answer not in (workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL):

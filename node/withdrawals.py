@@ -15,7 +15,7 @@ from linkage import logs
 from linkage.envelope import parse_routing
 from linkage.tokens import split_tokens
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
-from node import repeats
+from node import answers, repeats
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.messaging import CARRIES_SUMMARY, kind_name
@@ -280,6 +280,8 @@ class Withdrawals:
                 await tx.execute(
                     "UPDATE outbox SET state = 'cancelled', reason = ? WHERE message_id = ?", (reason, message_id)
                 )
+                # An answer that never went leaves its request to be answered again: its sender never had it.
+                reopened = await answers.answer_not_sent(tx, message_id)
                 await tx.audit(  # naming whom it was about: a subject access report says it never went
                     "message.cancelled",
                     tokens=parse_routing(envelope_pb2.Envelope.FromString(envelope)).link_tokens,
@@ -292,6 +294,7 @@ class Withdrawals:
                         "withdrawal": withdrawal_id,
                         "reason": reason,
                         "by": "sender",
+                        **({"to_answer_again": reopened} if reopened else {}),
                     },
                 )
         cancelled = set(withheld)

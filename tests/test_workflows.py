@@ -33,6 +33,7 @@ from tests.harness import (
     next_item,
     revoke,
     running,
+    settle,
     wait_delivered,
     written_first,
 )
@@ -996,6 +997,48 @@ async def test_information_requests_are_followed_to_their_answers_and_overdue_on
                 node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id="no-such-case")
             )
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_answer_a_withdrawal_kept_from_going_leaves_its_request_to_be_answered_again(
+    federation: LocalFederation,
+) -> None:
+    """amh provides a summary in answer to csc's request while csc is away, then withdraws
+    that summary: the answer, not yet gone, is cancelled with it. csc never had an answer, so
+    amh's request is to be answered again, in its lists and its duty view, and not shown
+    answered as if csc had its answer. (Found by tests/test_workflows_at_random.py.)"""
+    async with running(federation) as cluster:
+        _, _, assessment_id = await think_family(cluster)
+        await share(cluster, assessment_id)
+        await wait_delivered(cluster.nodes["amh"], 2)
+        await cluster.api("csc").RequestInformation(s47_request(await _case_id(cluster, "csc"), "amh"))
+        asked = await next_item(cluster, "amh", env.MESSAGE_KIND_INFORMATION_REQUEST)
+        await cluster.stop_node("csc")
+        (answer,) = (await provide(cluster, asked.message_id, assessment_id)).recipients
+        await settle(cluster.nodes["amh"])  # the gateway said csc is away: the answer waits for it
+        await cluster.api("amh").WithdrawSummary(
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONER, summary_id=assessment_id, reason="Sent in error", ground="NOT_TO_BE_RELIED_ON"
+            )
+        )
+
+        async def at_amh() -> tuple[int, list[str]]:
+            case = node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"))
+            (received,) = (await cluster.api("amh").ListInformationRequests(case)).received
+            due = await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))
+            return received.answer, [i.message_id for i in due.items if i.to_answer]
+
+        assert await at_amh() == (0, [asked.message_id])
+        (cancelled,) = await audit_events(cluster.nodes["amh"], "message.cancelled")
+        assert cancelled["message_id"] == answer.message_id
+        assert cancelled["detail"]["to_answer_again"] == [asked.message_id]
+
+        await cluster.start_node("csc")  # it has the withdrawal, and no answer
+        await wait_delivered(cluster.nodes["amh"], 4)
+        case = node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=await _case_id(cluster, "csc"))
+        (sent,) = (await cluster.api("csc").ListInformationRequests(case)).sent
+        assert [(a.node_id, a.answer) for a in sent.asked] == [("amh", 0)]
+        await decline(cluster, asked.message_id, "The assessment no longer stands.")
+        assert await at_amh() == (workflow_pb2.INFORMATION_ANSWER_DECLINED, [])
 
 
 async def test_a_public_task_request_basis_is_accepted_only_in_answer_to_a_request(

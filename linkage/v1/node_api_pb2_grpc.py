@@ -324,7 +324,9 @@ class NodeApiServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WithdrawSummary(self, request, context):
-        """Recall a summary from every agency that holds it, or from those named.
+        """Recall a summary from every agency that holds it, or from those named. A version of it
+        still waiting to be sent is not sent; nor is an answer to an information request that
+        provided it, and that request is to be answered again (its agency never had the answer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -83,7 +83,10 @@ class NodeApiStub:
     for an `after_seq` past every number this store has given, naming where to resume.
     """
     WithdrawSummary: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.WithdrawSummaryRequest, _node_api_pb2.ShareSummaryResponse]
-    """Recall a summary from every agency that holds it, or from those named."""
+    """Recall a summary from every agency that holds it, or from those named. A version of it
+    still waiting to be sent is not sent; nor is an answer to an information request that
+    provided it, and that request is to be answered again (its agency never had the answer).
+    """
     ListDeliveryQueues: _grpc.UnaryUnaryMultiCallable[_node_api_pb2.DeliveryQueuesRequest, _node_api_pb2.DeliveryQueues]
     """What this node still has to deliver, per agency (for agency IT): how many messages wait
     to go and how many wait for a receipt, the oldest, and whether the agency is away (its
@@ -195,7 +198,10 @@ class NodeApiAsyncStub(NodeApiStub):
     for an `after_seq` past every number this store has given, naming where to resume.
     """
     WithdrawSummary: _aio.UnaryUnaryMultiCallable[_node_api_pb2.WithdrawSummaryRequest, _node_api_pb2.ShareSummaryResponse]  # type: ignore[assignment]
-    """Recall a summary from every agency that holds it, or from those named."""
+    """Recall a summary from every agency that holds it, or from those named. A version of it
+    still waiting to be sent is not sent; nor is an answer to an information request that
+    provided it, and that request is to be answered again (its agency never had the answer).
+    """
     ListDeliveryQueues: _aio.UnaryUnaryMultiCallable[_node_api_pb2.DeliveryQueuesRequest, _node_api_pb2.DeliveryQueues]  # type: ignore[assignment]
     """What this node still has to deliver, per agency (for agency IT): how many messages wait
     to go and how many wait for a receipt, the oldest, and whether the agency is away (its
@@ -406,7 +412,10 @@ class NodeApiServicer(metaclass=_abc_1.ABCMeta):
         request: _node_api_pb2.WithdrawSummaryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_api_pb2.ShareSummaryResponse, _abc.Awaitable[_node_api_pb2.ShareSummaryResponse]]:
-        """Recall a summary from every agency that holds it, or from those named."""
+        """Recall a summary from every agency that holds it, or from those named. A version of it
+        still waiting to be sent is not sent; nor is an answer to an information request that
+        provided it, and that request is to be answered again (its agency never had the answer).
+        """
 
     @_abc_1.abstractmethod
     def ListDeliveryQueues(

@@ -635,4 +635,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE chronology_basis(identity_bases TEXT NOT NULL);
     """,
+    # 44: on a request, challenge or closure proposal this node received, the message id of its
+    # newest answer (node/answers.py): an answer a withdrawal kept from leaving takes the
+    # request back to be answered (node/withdrawals.py). Empty for those answered before this.
+    """
+    ALTER TABLE inbox ADD COLUMN answered_by TEXT NOT NULL DEFAULT '';
+    CREATE INDEX inbox_answered_by ON inbox(answered_by) WHERE answered_by != '';
+    """,
 )
