@@ -14,13 +14,13 @@ import dataclasses
 import os
 import random
 
-import grpc
 import pytest
 
 from linkage.clock import DAY_MS, ManualClock
 from linkage.tokens import nhs_number_is_valid
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2
 from node import dates
+from tests.federation_faults import Faults, take
 from tests.harness import Cluster, LocalFederation, running
 from tests.test_federation import open_case
 from tests.test_workflows import CSC_WORKER
@@ -34,8 +34,6 @@ MOST_CLOSES = 3  # each moves the clock a day on; the harness's directory is val
     for number in (f"999200{n:03d}{c}" for n in range(40) for c in "0123456789")
     if nhs_number_is_valid(number)
 ][:7]
-# Refusals no person can act on: a defect in the node, whatever the gateway was doing.
-DEFECTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
 
 
 @dataclasses.dataclass
@@ -43,12 +41,8 @@ class Run:
     cluster: Cluster
     clock: ManualClock
     rng: random.Random
-    port: int
     cases: list[str] = dataclasses.field(default_factory=list)
     tokens: list[bytes] = dataclasses.field(default_factory=list)  # of everyone in POOL
-    gateway_up: bool = True
-    read_only: bool = False
-    gateway_read_only: bool = False
     closes: int = 0
 
     @property
@@ -102,50 +96,6 @@ class Run:
             self.clock.advance(DAY_MS)
         await self.api.CloseCase(node_api_pb2.CloseCaseRequest(actor=CSC_WORKER, case_id=case_id))
 
-    async def gateway_away(self) -> None:
-        if self.gateway_up:
-            await self.cluster.gateway.stop(grace=0)
-            self.gateway_up = False
-
-    async def gateway_back(self) -> None:
-        if not self.gateway_up:
-            await self.cluster.start_gateway(self.port)
-            self.gateway_up, self.gateway_read_only = True, False  # its store opened anew
-
-    async def restart(self) -> None:
-        # A node starting waits to be linked, which a gateway that cannot take its subscriptions refuses.
-        if self.gateway_up and not self.gateway_read_only:
-            await self.cluster.stop_node("csc")
-            await self.cluster.start_node("csc")
-            self.read_only = False  # a new connection: as a disk mended while the node was stopped
-
-    async def disk_read_only(self) -> None:
-        """csc's disk remounted read-only: every write it tries is refused until it is mended."""
-        self._store_pragma("query_only = ON")
-        self.read_only = True
-
-    async def disk_mended(self) -> None:
-        """csc's disk, and the gateway's, mended."""
-        self._store_pragma("query_only = OFF")
-        self.read_only = False
-        await self._gateway_pragma("query_only = OFF")
-        self.gateway_read_only = False
-
-    async def gateway_disk_read_only(self) -> None:
-        """The gateway's disk remounted read-only: it refuses subscription changes until mended."""
-        self.gateway_read_only = self.gateway_up
-        await self._gateway_pragma("query_only = ON")
-
-    async def _gateway_pragma(self, pragma: str) -> None:
-        if self.gateway_up:
-            assert self.cluster.gateway._db is not None
-            await self.cluster.gateway._db.db.execute(f"PRAGMA {pragma}")
-
-    def _store_pragma(self, pragma: str) -> None:
-        store = self.cluster.nodes["csc"].store
-        assert store is not None
-        store.db.execute(f"PRAGMA {pragma}")
-
 
 async def settled(cluster: Cluster, pool: list[bytes]) -> tuple[set[bytes], set[bytes], int]:
     """(the people csc's open cases name, those of the `pool` the gateway holds csc subscribed
@@ -181,24 +131,20 @@ async def test_case_changes_while_the_gateway_comes_and_goes_leave_the_gateway_h
     clock = ManualClock()
     async with running(federation, nodes=("amh", "csc"), clock=clock) as cluster:
         tokens = await open_case(cluster, "amh", POOL)  # amh is linked to everyone: notices go somewhere
-        run = Run(cluster, clock, random.Random(seed), cluster.gateway.port, tokens=tokens)
+        run = Run(cluster, clock, random.Random(seed), tokens=tokens)
+        faults = Faults(cluster, run.rng, ("csc",), cluster.gateway.port)
         refused: collections.Counter[str] = collections.Counter()
         steps = (
             [run.open] * 2
             + [run.add] * 2
             + [run.remove] * 4
-            + [run.close, run.gateway_away, run.gateway_back, run.restart]
-            + [run.disk_read_only, run.gateway_disk_read_only, run.disk_mended]
+            + [run.close, faults.gateway_away, faults.gateway_back, faults.restart]
+            + [faults.disk_read_only, faults.gateway_disk_read_only, faults.disks_mended]
         )
         for _ in range(STEPS):
             step = run.rng.choice(steps)
-            try:
-                await step()
-            except grpc.aio.AioRpcError as exc:
-                assert exc.code() not in DEFECTS, f"{step.__name__}: {exc.code().name}: {exc.details()}"
-                refused[f"{step.__name__} {exc.code().name}"] += 1
-        await run.gateway_back()
-        await run.disk_mended()
+            await take(step, refused)
+        await faults.all_back()
         named, held, waiting = await settled(cluster, tokens)
         assert (held, waiting) == (named, 0), f"refused on the way: {dict(refused)}"
 

@@ -1,0 +1,112 @@
+"""What goes wrong in a federation, for the tests that take random steps through it: the
+gateway stops and comes back on its port, a node stops and starts again, and a disk, a
+node's or the gateway's, turns read-only until it is mended (as a filesystem remounted
+read-only after an error: SQLite refuses every write)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import random
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from node.store import Store
+from tests.harness import Cluster
+
+# Refusals no person can act on: a defect in the node, whatever else was failing.
+DEFECTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
+
+
+async def take(step: Callable[[], Awaitable[None]], refused: collections.Counter[str]) -> None:
+    """One random step: a refusal must be one a person can act on, and is counted (by step and status)."""
+    try:
+        await step()
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() not in DEFECTS, f"{step.__qualname__}: {exc.code().name}: {exc.details()}"
+        refused[f"{step.__name__} {exc.code().name}"] += 1
+
+
+@dataclasses.dataclass
+class Faults:
+    cluster: Cluster
+    rng: random.Random
+    nodes: tuple[str, ...]  # those that may fail
+    port: int  # where the gateway comes back
+    away: set[str] = dataclasses.field(default_factory=set)
+    read_only: set[str] = dataclasses.field(default_factory=set)
+    gateway_up: bool = True
+    gateway_read_only: bool = False
+
+    def store(self, node: str) -> Store:
+        store = self.cluster.nodes[node].store
+        assert store is not None
+        return store
+
+    @property
+    def may_link(self) -> bool:
+        """A node starting waits to be linked, which a gateway that cannot take its subscriptions refuses."""
+        return self.gateway_up and not self.gateway_read_only
+
+    async def gateway_away(self) -> None:
+        if self.gateway_up:
+            await self.cluster.gateway.stop(grace=0)
+            self.gateway_up = False
+
+    async def gateway_back(self) -> None:
+        if not self.gateway_up:
+            await self.cluster.start_gateway(self.port)
+            self.gateway_up, self.gateway_read_only = True, False  # its store opened anew
+
+    async def node_away(self) -> None:
+        node = self.rng.choice(self.nodes)
+        if node not in self.away:
+            await self.cluster.stop_node(node)
+            self.away.add(node)
+            self.read_only.discard(node)
+
+    async def node_back(self) -> None:
+        if self.away and self.may_link:
+            node = self.rng.choice(sorted(self.away))
+            await self.cluster.start_node(node)
+            self.away.discard(node)
+
+    async def restart(self) -> None:
+        node = self.rng.choice(self.nodes)
+        if node not in self.away and self.may_link:
+            await self.cluster.stop_node(node)
+            await self.cluster.start_node(node)
+            self.read_only.discard(node)  # a new connection: as a disk mended while the node was stopped
+
+    async def disk_read_only(self) -> None:
+        """A node's disk remounted read-only: every write it tries is refused until it is mended."""
+        node = self.rng.choice(self.nodes)
+        if node not in self.away:
+            self.store(node).db.execute("PRAGMA query_only = ON")
+            self.read_only.add(node)
+
+    async def gateway_disk_read_only(self) -> None:
+        """The gateway's disk remounted read-only: it refuses subscription changes until mended."""
+        if self.gateway_up:
+            await self._gateway_pragma("query_only = ON")
+            self.gateway_read_only = True
+
+    async def disks_mended(self) -> None:
+        for node in self.read_only:
+            self.store(node).db.execute("PRAGMA query_only = OFF")
+        self.read_only.clear()
+        if self.gateway_up:
+            await self._gateway_pragma("query_only = OFF")
+        self.gateway_read_only = False
+
+    async def all_back(self) -> None:
+        """The gateway up, every disk mended and every node running again."""
+        await self.gateway_back()
+        await self.disks_mended()
+        while self.away:
+            await self.node_back()
+
+    async def _gateway_pragma(self, pragma: str) -> None:
+        assert self.cluster.gateway._db is not None
+        await self.cluster.gateway._db.db.execute(f"PRAGMA {pragma}")

@@ -1,0 +1,396 @@
+"""Whole workflows at random across three agencies while the gateway and the nodes go away
+and come back and disks turn read-only and are mended: amh records versions of its
+assessment and shares them (as summaries, risk-change notices, historical updates and
+corrections), withdraws them, and answers clarifications, information requests and
+challenges that csc and the school raise about what they received, and opens. Once all is
+settled:
+
+- each node sent exactly what its case system was told went, and nothing it was told was
+  refused (a refusal wrote nothing, an answer meant a commit);
+- every message a node sent reached its recipient, once, and nothing else came from it;
+- each recipient holds the version of each summary its sender made last as the live one,
+  and none once that summary was withdrawn;
+- each request and challenge shows, at the agency that raised it, the answer given last;
+- every node's audit log verifies;
+
+and every refusal on the way was one a person can act on. SEEDS=n runs n seeds (2 by default)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import os
+import random
+
+import pytest
+
+from linkage import stories
+from linkage.clock import ManualClock
+from linkage.v1 import envelope_pb2 as env
+from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2, workflow_pb2
+from node.messaging import CARRIES_SUMMARY
+from node.store import Store
+from tests.federation_faults import Faults, take
+from tests.harness import PRACTITIONER, Cluster, LocalFederation, linkage, running
+from tests.test_federation import _case_id, open_case
+from tests.test_workflows import CSC_WORKER, SCHOOL_DSL
+
+STEPS = 60
+NODES = ("amh", "csc", "school")
+ACTORS = {"amh": PRACTITIONER, "csc": CSC_WORKER, "school": SCHOOL_DSL}
+ASKERS = ("csc", "school")
+# What a case system's call makes each node send (the rest it sends of itself: notices of
+# involvement, and of a summary read).
+ASKING = frozenset(
+    {env.MESSAGE_KIND_CLARIFICATION_REQUEST, env.MESSAGE_KIND_INFORMATION_REQUEST, env.MESSAGE_KIND_CHALLENGE}
+)
+ANSWERING = frozenset(
+    {*CARRIES_SUMMARY, env.MESSAGE_KIND_WITHDRAWAL, env.MESSAGE_KIND_CLARIFICATION_RESPONSE}
+    | {env.MESSAGE_KIND_CHALLENGE_RESPONSE}
+)
+ASKED = {"amh": ANSWERING, **dict.fromkeys(ASKERS, ASKING)}
+SHARE_KINDS = (
+    env.MESSAGE_KIND_SUMMARY_SHARE,
+    env.MESSAGE_KIND_RISK_CHANGE_NOTICE,
+    env.MESSAGE_KIND_HISTORICAL_UPDATE,
+    env.MESSAGE_KIND_CORRECTION,
+)
+GROUNDS = ("NOT_TO_BE_RELIED_ON", "SHARED_IN_ERROR")  # kept marked withdrawn; erased
+LIVE = ("new", "read")
+PROVIDED, PARTIAL = workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL
+
+
+def assessment(rng: random.Random, parent: bytes, child: bytes, summary_id: str) -> summary_pb2.RiskSummary:
+    """amh's assessment of the parent's risk to the child, as it rose, fell or became history."""
+    made = stories.parent_risk_change(parent, child)
+    made.summary_id = summary_id
+    change = rng.choice(("increased", "decreased", "historical"))
+    first = made.risk_items[0]
+    if change == "decreased":
+        first.direction, first.level.value, first.previous_level.value = "DECREASED", "MEDIUM", "HIGH"
+    elif change == "historical":
+        first.currency = summary_pb2.CURRENCY_HISTORICAL
+        first.period.to.CopyFrom(stories.days_from_today(-1))
+        first.historical_relevance = "CONTEXT_ONLY"
+        del made.risk_items[1:]
+    return made
+
+
+@dataclasses.dataclass
+class Run:
+    cluster: Cluster
+    clock: ManualClock
+    rng: random.Random
+    faults: Faults
+    parent: bytes
+    child: bytes
+    cases: dict[str, str]
+    assessments: list[str] = dataclasses.field(default_factory=list)  # amh's, as recorded
+    summaries: list[str] = dataclasses.field(default_factory=list)
+    sent: dict[str, set[str]] = dataclasses.field(default_factory=lambda: {n: set() for n in NODES})
+    # Request or challenge -> amh's answers to it, in the order given: (message id, answer).
+    answers: dict[str, list[tuple[str, int]]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+
+    def api(self, node: str) -> node_api_pb2_grpc.NodeApiAsyncStub:
+        return self.cluster.api(node)
+
+    def store(self, node: str) -> Store:
+        return self.faults.store(node)
+
+    def went(self, node: str, sent: node_api_pb2.MessageSent | node_api_pb2.ShareSummaryResponse) -> None:
+        self.sent[node] |= {r.message_id for r in sent.recipients}
+
+    async def received(self, node: str, *kinds: int) -> list[tuple[str, str]]:
+        """(message id, summary id) of what `node` holds of `kinds` from others, still live."""
+        marks = ",".join("?" * len(kinds))
+        rows = await self.store(node).fetchall(
+            f"SELECT message_id, summary_id FROM inbox WHERE kind IN ({marks}) AND state != 'erased' ORDER BY seq",
+            kinds,
+        )
+        return [(str(m), str(s)) for m, s in rows]
+
+    # amh's practitioner
+
+    async def record(self) -> None:
+        """A new summary, or a new version of one recorded before."""
+        summary_id = self.rng.choice(self.summaries) if self.summaries and self.rng.random() < 0.7 else ""
+        recorded = await self.api("amh").RecordAssessment(
+            node_api_pb2.RecordAssessmentRequest(
+                actor=PRACTITIONER,
+                case_id=self.cases["amh"],
+                assessment=assessment(self.rng, self.parent, self.child, summary_id),
+            )
+        )
+        self.assessments.append(recorded.assessment_id)
+        if recorded.summary_id not in self.summaries:
+            self.summaries.append(recorded.summary_id)
+
+    async def share(self) -> None:
+        if not self.assessments:
+            return
+        shared = await self.api("amh").ShareSummary(
+            node_api_pb2.ShareSummaryRequest(
+                actor=PRACTITIONER,
+                # mostly the newest, at times one superseded since
+                assessment_id=self.assessments[-1] if self.rng.random() < 0.5 else self.rng.choice(self.assessments),
+                decision=stories.override_decision(),
+                kind=self.rng.choice(SHARE_KINDS),
+            )
+        )
+        self.went("amh", shared)
+
+    async def withdraw(self) -> None:
+        if not self.summaries:
+            return
+        withdrawn = await self.api("amh").WithdrawSummary(
+            node_api_pb2.WithdrawSummaryRequest(
+                actor=PRACTITIONER,
+                summary_id=self.rng.choice(self.summaries),
+                reason="Synthetic withdrawal",
+                ground=self.rng.choice(GROUNDS),
+            )
+        )
+        self.went("amh", withdrawn)
+
+    async def clarify(self) -> None:
+        if asked := await self.received("amh", env.MESSAGE_KIND_CLARIFICATION_REQUEST):
+            message_id, _ = self.rng.choice(asked)
+            answered = await self.api("amh").AnswerClarification(
+                node_api_pb2.AnswerClarificationRequest(
+                    actor=PRACTITIONER, request_message_id=message_id, answer="The grandparent stays over."
+                )
+            )
+            self.went("amh", answered)
+
+    async def inform(self) -> None:
+        """Provide a summary of an assessment, or decline with reasons."""
+        if not (asked := await self.received("amh", env.MESSAGE_KIND_INFORMATION_REQUEST)):
+            return
+        message_id, _ = self.rng.choice(asked)
+        if self.assessments and self.rng.random() < 0.5:
+            request = node_api_pb2.InformationReplyRequest(
+                answer=PROVIDED,
+                decision=stories.override_decision(),
+                assessment_id=self.rng.choice(self.assessments[-3:]),
+            )
+        else:
+            request = node_api_pb2.InformationReplyRequest(
+                answer=workflow_pb2.INFORMATION_ANSWER_DECLINED,
+                decision=summary_pb2.ShareDecision(rationale="Everything relevant was shared."),
+            )
+        request.actor.CopyFrom(PRACTITIONER)
+        request.request_message_id = message_id
+        answered = await self.api("amh").RespondToInformationRequest(request)
+        self.went("amh", answered)
+        self.answers[message_id].append((answered.recipients[0].message_id, request.answer))
+
+    async def answer_challenge(self) -> None:
+        if not (raised := await self.received("amh", env.MESSAGE_KIND_CHALLENGE)):
+            return
+        message_id, _ = self.rng.choice(raised)
+        answer = self.rng.choice((workflow_pb2.CHALLENGE_ANSWER_ACCEPTED, workflow_pb2.CHALLENGE_ANSWER_MAINTAINED))
+        answered = await self.api("amh").RespondToChallenge(
+            node_api_pb2.ChallengeReplyRequest(
+                actor=PRACTITIONER,
+                challenge_message_id=message_id,
+                answer=answer,
+                response="We will review it together this week.",
+            )
+        )
+        self.went("amh", answered)
+        self.answers[message_id].append((answered.recipients[0].message_id, answer))
+
+    # csc's and the school's practitioners
+
+    def asker(self) -> str | None:
+        return self.rng.choice([n for n in ASKERS if n not in self.faults.away] or [None])
+
+    async def ask(self) -> None:
+        if (node := self.asker()) and (held := await self.received(node, *CARRIES_SUMMARY)):
+            message_id, _ = self.rng.choice(held)
+            asked = await self.api(node).AskClarification(
+                node_api_pb2.AskClarificationRequest(
+                    actor=ACTORS[node], about_message_id=message_id, question="Who cares for the child at night?"
+                )
+            )
+            self.went(node, asked)
+
+    async def request(self) -> None:
+        if node := self.asker():
+            asked = await self.api(node).RequestInformation(
+                node_api_pb2.RequestInformationRequest(
+                    actor=ACTORS[node],
+                    case_id=self.cases[node],
+                    to_nodes=["amh"],
+                    purpose="Child protection enquiry under section 47",
+                    what="Any risk to the child from the parent",
+                    lawful_basis=summary_pb2.LawfulBasis(art6=["A6_1_C"]),
+                )
+            )
+            self.went(node, asked)
+
+    async def challenge(self) -> None:
+        if node := self.asker():
+            raised = await self.api(node).RaiseChallenge(
+                node_api_pb2.RaiseChallengeRequest(
+                    actor=ACTORS[node],
+                    case_id=self.cases[node],
+                    to_node="amh",
+                    stage="PRACTITIONER",
+                    subject="RISK_ASSESSMENT",
+                    concern="We think the risk to the child is higher than assessed.",
+                    outcome_sought="Review the assessment with us.",
+                )
+            )
+            self.went(node, raised)
+
+    async def open(self) -> None:
+        """Open an item received: its sender is told it was read."""
+        if (node := self.asker()) and (held := await self.received(node, *CARRIES_SUMMARY)):
+            message_id, _ = self.rng.choice(held)
+            await self.api(node).OpenReceived(
+                node_api_pb2.OpenReceivedRequest(actor=ACTORS[node], message_id=message_id)
+            )
+
+    async def look(self) -> None:
+        """The case system takes what arrived, and reads the family's chronology."""
+        if node := self.asker():
+            await self.api(node).ListReceived(node_api_pb2.ListReceivedRequest(actor=ACTORS[node]))
+            await self.api(node).Chronology(
+                node_api_pb2.ChronologyRequest(actor=ACTORS[node], case_id=self.cases[node])
+            )
+
+
+async def settled(run: Run) -> int:
+    """Once no node has anything still to send or to hear back about, or after 60 s: how
+    many still wait. The clock moves on whenever nothing happens for a moment, so retries
+    and receipts overdue come round."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:
+        commits = [run.store(n).next_commit() for n in NODES]
+        waiting = 0
+        for node in NODES:
+            (count,) = await run.store(node).fetchone("SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent')")
+            waiting += count
+        if not waiting or loop.time() > deadline:
+            return waiting
+        waits = [asyncio.ensure_future(c.wait()) for c in commits]
+        done, _ = await asyncio.wait(waits, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        if done:
+            continue
+        run.clock.advance(30_000)
+        for node in NODES:
+            run.cluster.nodes[node].outbox.wake.set()
+
+
+async def outbox(store: Store) -> list[tuple[str, str, int, str, str]]:
+    """(message id, recipient, kind, summary id, state) of each message a node made."""
+    rows = await store.fetchall("SELECT message_id, recipient, kind, summary_id, state FROM outbox ORDER BY seq")
+    return [(str(m), str(r), int(k), str(s), str(st)) for m, r, k, s, st in rows]
+
+
+async def check_settled(run: Run) -> None:
+    inboxes = {
+        node: {
+            (str(sender), str(m)): (int(k), str(s), str(st))
+            for sender, m, k, s, st in await run.store(node).fetchall(
+                "SELECT sender, message_id, kind, summary_id, state FROM inbox"
+            )
+        }
+        for node in NODES
+    }
+    for node in NODES:
+        made = await outbox(run.store(node))
+        assert {m for m, _, k, _, _ in made if k in ASKED[node]} == run.sent[node], node
+        assert {st for *_, st in made} <= {"delivered", "cancelled"}, (node, collections.Counter(st for *_, st in made))
+        for message_id, recipient, _, _, state in made:
+            if state == "delivered":
+                assert (node, message_id) in inboxes[recipient], (node, message_id, recipient)
+        for recipient in NODES:
+            from_node = {m for sender, m in inboxes[recipient] if sender == node}
+            assert from_node <= {m for m, *_ in made}, (node, recipient)
+    # The live version of each summary at each recipient is the one amh made last, unless that was its withdrawal.
+    made = await outbox(run.store("amh"))
+    for recipient in ASKERS:
+        for summary_id in run.summaries:
+            copies = sorted(
+                (m, k)
+                for m, r, k, s, st in made
+                if r == recipient and s == summary_id and st == "delivered" and k in (*CARRIES_SUMMARY, 5)
+            )
+            live = {
+                m
+                for (sender, m), (k, s, st) in inboxes[recipient].items()
+                if sender == "amh" and s == summary_id and k in CARRIES_SUMMARY and st in LIVE
+            }
+            expected = {copies[-1][0]} if copies and copies[-1][1] != env.MESSAGE_KIND_WITHDRAWAL else set()
+            assert live == expected, (recipient, summary_id, copies)
+    # Each request and challenge shows, where it was raised, the answer amh gave last that went;
+    # and at amh the answer it gave last, unless a withdrawal kept that from going (to answer again).
+    states = {m: st for m, *_, st in made}
+
+    def last(message_id: str, sent_only: bool) -> int:
+        given = [(states[m], answer) for m, answer in run.answers[message_id]]
+        if sent_only:
+            given = [g for g in given if g[0] == "delivered"]
+        return given[-1][1] if given and given[-1][0] != "cancelled" else 0
+
+    for node in NODES:
+        case = node_api_pb2.CaseRequest(actor=ACTORS[node], case_id=run.cases[node])
+        requests = await run.api(node).ListInformationRequests(case)
+        challenges = await run.api(node).ListChallenges(case)
+        # A summary provided is told as partial when the policy left out some of it for this agency.
+        shown: list[tuple[str, int, bool]] = [
+            (a.message_id, PROVIDED if a.answer == PARTIAL else a.answer, True)
+            for sent in requests.sent
+            for a in sent.asked
+        ]
+        shown += [(r.message_id, PROVIDED if r.answer == PARTIAL else r.answer, False) for r in requests.received]
+        shown += [(c.message_id, c.answer, True) for c in challenges.raised]
+        shown += [(c.message_id, c.answer, False) for c in challenges.received]
+        for message_id, answer, raised_here in shown:
+            assert answer == last(message_id, raised_here), (node, message_id, run.answers[message_id])
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("SEEDS", "2"))))
+async def test_workflows_while_the_federation_fails_in_parts_deliver_everything_once_in_the_order_made(
+    federation: LocalFederation, seed: int
+) -> None:
+    clock = ManualClock()
+    refused: collections.Counter[str] = collections.Counter()
+    async with running(federation, nodes=NODES, clock=clock) as cluster:
+        family = stories.think_family_people()
+        parent, child = await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        await open_case(cluster, "school", [family[1]])
+        cases = {n: await _case_id(cluster, n) for n in NODES}
+        rng = random.Random(seed)
+        faults = Faults(cluster, rng, NODES, cluster.gateway.port)
+        run = Run(cluster, clock, rng, faults, parent, child, cases)
+        amh_steps = (
+            [run.record] * 3 + [run.share] * 5 + [run.withdraw] + [run.clarify, run.inform, run.answer_challenge] * 2
+        )
+        steps = (
+            amh_steps
+            + [run.ask, run.request, run.challenge, run.open] * 2
+            + [run.look]
+            + [faults.gateway_away, faults.node_away, faults.restart, faults.disk_read_only]
+            + [faults.gateway_disk_read_only]
+            + [faults.gateway_back, faults.node_back, faults.disks_mended] * 2
+        )
+        for _ in range(STEPS):
+            step = run.rng.choice(steps)
+            if step in amh_steps and "amh" in faults.away:
+                continue
+            await take(step, refused)
+        await faults.all_back()
+        assert await settled(run) == 0, f"refused on the way: {dict(refused)}"
+        await check_settled(run)
+    for node in NODES:
+        config = federation.node_configs[node].data_dir / "node.toml"
+        code, out, err = await linkage("audit", "verify", "--config", str(config))
+        assert code == 0, (node, out, err)
