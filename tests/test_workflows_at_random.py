@@ -1,16 +1,18 @@
 """Whole workflows at random across three agencies while the gateway and the nodes go away
 and come back and disks turn read-only and are mended: amh records versions of its
 assessment and shares them (as summaries, risk-change notices, historical updates and
-corrections), withdraws them, and answers clarifications, information requests and
-challenges that csc and the school raise about what they received, and opens. Once all is
-settled:
+corrections), withdraws them, and answers the clarifications, information requests and
+challenges that csc and the school raise about what they received and open; csc and the
+school propose to close their cases, every agency answers, and the days pass and they close.
+Once all is settled:
 
-- each node sent exactly what its case system was told went, and nothing it was told was
-  refused (a refusal wrote nothing, an answer meant a commit);
+- each node sent exactly what its case system was told went, and nothing of what it was
+  refused (a refusal wrote nothing; an answer meant a commit);
 - every message a node sent reached its recipient, once, and nothing else came from it;
 - each recipient holds the version of each summary its sender made last as the live one,
   and none once that summary was withdrawn;
-- each request and challenge shows, at the agency that raised it, the answer given last;
+- each request, challenge and closure proposal shows, where it was raised, the answer that
+  reached it last, and at amh the answer it gave last, unless that never went;
 - every node's audit log verifies;
 
 and every refusal on the way was one a person can act on. SEEDS=n runs n seeds (2 by default)."""
@@ -26,9 +28,10 @@ import random
 import pytest
 
 from linkage import stories
-from linkage.clock import ManualClock
+from linkage.clock import DAY_MS, ManualClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2, workflow_pb2
+from node import dates
 from node.messaging import CARRIES_SUMMARY
 from node.store import Store
 from tests.federation_faults import Faults, take
@@ -37,6 +40,7 @@ from tests.test_federation import _case_id, open_case
 from tests.test_workflows import CSC_WORKER, SCHOOL_DSL
 
 STEPS = 60
+MOST_DAYS = 3  # the harness's directory is valid for a week
 NODES = ("amh", "csc", "school")
 ACTORS = {"amh": PRACTITIONER, "csc": CSC_WORKER, "school": SCHOOL_DSL}
 ASKERS = ("csc", "school")
@@ -49,7 +53,10 @@ ANSWERING = frozenset(
     {*CARRIES_SUMMARY, env.MESSAGE_KIND_WITHDRAWAL, env.MESSAGE_KIND_CLARIFICATION_RESPONSE}
     | {env.MESSAGE_KIND_CHALLENGE_RESPONSE}
 )
+# Every agency may answer a closure proposal; those proposing it and closing are not told
+# the ids of the messages that alert the others, so those are not counted.
 ASKED = {"amh": ANSWERING, **dict.fromkeys(ASKERS, ASKING)}
+ASKED = {node: kinds | {env.MESSAGE_KIND_CLOSURE_RESPONSE} for node, kinds in ASKED.items()}
 SHARE_KINDS = (
     env.MESSAGE_KIND_SUMMARY_SHARE,
     env.MESSAGE_KIND_RISK_CHANGE_NOTICE,
@@ -91,6 +98,7 @@ class Run:
     sent: dict[str, set[str]] = dataclasses.field(default_factory=lambda: {n: set() for n in NODES})
     # Request or challenge -> amh's answers to it, in the order given: (message id, answer).
     answers: dict[str, list[tuple[str, int]]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
+    days: int = 0  # the clock moved on a day at a time, for closures
 
     def api(self, node: str) -> node_api_pb2_grpc.NodeApiAsyncStub:
         return self.cluster.api(node)
@@ -245,6 +253,45 @@ class Run:
             )
             self.went(node, raised)
 
+    async def propose(self) -> None:
+        """csc or the school alerts the others that it means to close its case: answers by today."""
+        if node := self.asker():
+            await self.api(node).ProposeClosure(
+                node_api_pb2.ProposeClosureRequest(
+                    actor=ACTORS[node],
+                    case_id=self.cases[node],
+                    intent=summary_pb2.ClosureIntent(intent="PLANNED_CLOSURE", reason_code="RISK_REDUCED_GOALS_MET"),
+                    respond_by=dates.today(self.clock.now_ms()),
+                )
+            )
+
+    async def answer_closure(self) -> None:
+        node = self.rng.choice([n for n in NODES if n not in self.faults.away] or [None])
+        if node and (intents := await self.received(node, env.MESSAGE_KIND_CLOSURE_INTENT)):
+            message_id, _ = self.rng.choice(intents)
+            answer = self.rng.choice((workflow_pb2.CLOSURE_ANSWER_AGREE, workflow_pb2.CLOSURE_ANSWER_OBJECT))
+            answered = await self.api(node).RespondToClosure(
+                node_api_pb2.RespondToClosureRequest(
+                    actor=ACTORS[node], intent_message_id=message_id, answer=answer, reason="Attendance has dropped."
+                )
+            )
+            self.sent[node].add(answered.message_id)
+            self.answers[message_id].append((answered.message_id, answer))
+
+    async def close(self) -> None:
+        """A day passes (at most MOST_DAYS), and csc or the school closes its case over any objection."""
+        if node := self.asker():
+            if self.days < MOST_DAYS:
+                self.clock.advance(DAY_MS)
+                self.days += 1
+            await self.api(node).CloseCase(
+                node_api_pb2.CloseCaseRequest(
+                    actor=ACTORS[node],
+                    case_id=self.cases[node],
+                    override_objections_reason="Our part is done; the others go on working with the family.",
+                )
+            )
+
     async def open(self) -> None:
         """Open an item received: its sender is told it was read."""
         if (node := self.asker()) and (held := await self.received(node, *CARRIES_SUMMARY)):
@@ -331,7 +378,7 @@ async def check_settled(run: Run) -> None:
             assert live == expected, (recipient, summary_id, copies)
     # Each request and challenge shows, where it was raised, the answer amh gave last that went;
     # and at amh the answer it gave last, unless a withdrawal kept that from going (to answer again).
-    states = {m: st for m, *_, st in made}
+    states = {m: st for node in NODES for m, *_, st in await outbox(run.store(node))}
 
     def last(message_id: str, sent_only: bool) -> int:
         given = [(states[m], answer) for m, answer in run.answers[message_id]]
@@ -354,6 +401,12 @@ async def check_settled(run: Run) -> None:
         shown += [(c.message_id, c.answer, False) for c in challenges.received]
         for message_id, answer, raised_here in shown:
             assert answer == last(message_id, raised_here), (node, message_id, run.answers[message_id])
+    # Each closure proposal shows, from each agency alerted, the answer it gave last that went.
+    for node in ASKERS:
+        status = await run.api(node).GetClosure(node_api_pb2.CaseRequest(actor=ACTORS[node], case_id=run.cases[node]))
+        alerted = {r: m for m, r, k, _, _ in await outbox(run.store(node)) if k == env.MESSAGE_KIND_CLOSURE_INTENT}
+        replies = {r.node_id: r.answer for r in status.replies}
+        assert replies == {r: a for r, m in alerted.items() if (a := last(m, True))}, (node, alerted, run.answers)
 
 
 @pytest.mark.parametrize("seed", range(int(os.environ.get("SEEDS", "2"))))
@@ -377,7 +430,7 @@ async def test_workflows_while_the_federation_fails_in_parts_deliver_everything_
         steps = (
             amh_steps
             + [run.ask, run.request, run.challenge, run.open] * 2
-            + [run.look]
+            + [run.look, run.propose, run.answer_closure, run.answer_closure, run.close]
             + [faults.gateway_away, faults.node_away, faults.restart, faults.disk_read_only]
             + [faults.gateway_disk_read_only]
             + [faults.gateway_back, faults.node_back, faults.disks_mended] * 2
