@@ -34,6 +34,7 @@ from tests.harness import (
     revoke,
     running,
     settle,
+    wait_count,
     wait_delivered,
     written_first,
 )
@@ -1261,6 +1262,52 @@ async def test_a_case_of_identity_protected_people_only_links_to_nobody_and_stil
         await open_case(cluster, "csc", protected)  # its reference may open a case again once closed
 
 
+async def csc_closure_agreed(cluster: Cluster) -> str:
+    """csc proposes to close its case, and amh and the school agree (csc has their answers): its id."""
+    case_id = await _case_id(cluster, "csc")
+    await cluster.api("csc").ProposeClosure(planned_closure(CSC_WORKER, case_id))
+    for node, actor in (("amh", PRACTITIONER), ("school", SCHOOL_DSL)):
+        intent = await next_item(cluster, node, env.MESSAGE_KIND_CLOSURE_INTENT)
+        await cluster.api(node).RespondToClosure(
+            node_api_pb2.RespondToClosureRequest(
+                actor=actor, intent_message_id=intent.message_id, answer=workflow_pb2.CLOSURE_ANSWER_AGREE
+            )
+        )
+    answered = "SELECT COUNT(*) FROM inbox WHERE kind = ?"
+    await wait_count(cluster.nodes["csc"], answered, (env.MESSAGE_KIND_CLOSURE_RESPONSE,), 2)
+    return case_id
+
+
+async def test_a_case_everyone_was_taken_out_of_since_its_closure_was_proposed_still_tells_of_its_close(
+    federation: LocalFederation,
+) -> None:
+    """csc alerts amh and the school that it means to close its case, and they agree; then
+    csc takes the parent and the child out of it. Its notice that the case closed names those
+    the proposal named, whom the agencies alerted know of: naming no one, as the case now
+    does, the gateway refused it as about no family, and they never heard the case closed.
+    (Found by tests/test_workflows_at_random.py.)"""
+    async with running(federation) as cluster:
+        parent, child, _ = await think_family(cluster)
+        csc, case_id = cluster.api("csc"), await csc_closure_agreed(cluster)
+        for token in (parent, child):
+            await csc.RemovePerson(
+                node_api_pb2.RemovePersonRequest(actor=CSC_WORKER, case_id=case_id, link_token=token)
+            )
+
+        closed = await csc.CloseCase(node_api_pb2.CloseCaseRequest(actor=CSC_WORKER, case_id=case_id))
+        assert closed.state == "closed"
+        for node in ("amh", "school"):
+            notice = await next_item(cluster, node, env.MESSAGE_KIND_CLOSURE_NOTICE, timeout_s=5)
+            assert notice.body.closure_notice.closure_id == closed.closure_id
+            store = cluster.nodes[node].store
+            assert store is not None
+            named = await store.fetchall(
+                "SELECT token FROM inbox_tokens JOIN inbox ON seq = inbox_seq WHERE message_id = ?",
+                (notice.message_id,),
+            )
+            assert sorted(bytes(t) for (t,) in named) == sorted([parent, child])
+
+
 async def test_a_revoked_recipient_does_not_stop_a_correction_or_withdrawal_reaching_the_others(
     federation: LocalFederation, captured_logs: CapturedLogs
 ) -> None:
@@ -1320,18 +1367,7 @@ async def test_a_received_summary_opens_and_a_case_closes_after_the_sender_is_re
         _, _, assessment_id = await think_family(cluster)
         await share(cluster, assessment_id)
         received = await next_item(cluster, "csc", env.MESSAGE_KIND_SUMMARY_SHARE)
-        csc, case_id = cluster.api("csc"), await _case_id(cluster, "csc")
-        await csc.ProposeClosure(planned_closure(CSC_WORKER, case_id))
-        for node, actor in (("amh", PRACTITIONER), ("school", SCHOOL_DSL)):
-            intent = await next_item(cluster, node, env.MESSAGE_KIND_CLOSURE_INTENT)
-            await cluster.api(node).RespondToClosure(
-                node_api_pb2.RespondToClosureRequest(
-                    actor=actor, intent_message_id=intent.message_id, answer=workflow_pb2.CLOSURE_ANSWER_AGREE
-                )
-            )
-        seq = 0
-        while (await csc.GetClosure(node_api_pb2.CaseRequest(actor=CSC_WORKER, case_id=case_id))).awaiting:
-            seq = (await next_item(cluster, "csc", env.MESSAGE_KIND_CLOSURE_RESPONSE, after_seq=seq)).seq
+        csc, case_id = cluster.api("csc"), await csc_closure_agreed(cluster)
 
         await revoke(cluster, "amh")
         opened = await csc.OpenReceived(
