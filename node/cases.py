@@ -56,6 +56,7 @@ class Cases:
         self.resubscribe = asyncio.Event()  # set when the gateway may lack some subscriptions
         self.in_sync = asyncio.Event()  # set when the gateway has every subscription
         self._asked = 0  # times the resubscriber was asked for a pass (`_pass_due`)
+        self._unsubscribing = 0  # times subscriptions were begun to be ended (`_unsubscribe`)
         self._ending = asyncio.Lock()  # one round of ending at a time: a close's and the resubscriber's
         self._unaudited: list[_Linked] = []  # subscriptions the gateway took whose entries the store refused
         ctx.store.writability.on_change_run(self._writable_again)
@@ -331,13 +332,17 @@ class Cases:
         """Tell the gateway every token of every open case (idempotent), end those recorded
         as ending (`end_subscriptions`), and end any it holds that this store does not know
         of: a store put back to a backup lacks the cases opened since, and a gateway put back
-        holds subscriptions ended since (its total for this node says so), but for those a
-        notice waiting to go needs (node/involvement.py)."""
-        asked = self._asked
+        holds subscriptions ended since (its total for this node says so), and this pass may
+        have made again one ended while it ran, but for those a notice waiting to go needs
+        (node/involvement.py)."""
+        asked, unsubscribing = self._asked, self._unsubscribing
         tokens = await self.subscribed_tokens()
         added, total = await self.ctx.link.subscribe(tokens)
+        # A subscription ended while the gateway was asked (a person taken out of a case, say)
+        # may have been made again by this, which named them as the cases stood before.
+        raced = self._unsubscribing != unsubscribing
         ended = await self._end_subscriptions(set(tokens), None)
-        if total - ended > len(tokens):
+        if raced or total - ended > len(tokens):
             await self._end_unknown()
         if asked == self._asked:  # none asked for while the gateway was asked: in step with it
             self.resubscribe.clear()
@@ -386,6 +391,7 @@ class Cases:
         to name while it was asked (a case opened meanwhile) is made again."""
         if not tokens:
             return 0
+        self._unsubscribing += 1  # before it is asked: a pass asserting the others meanwhile must know
         removed = await self.ctx.link.unsubscribe(tokens)
         if again := set(tokens) & set(await self.subscribed_tokens()):
             await self.ctx.link.subscribe(again)

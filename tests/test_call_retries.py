@@ -209,3 +209,37 @@ async def test_a_subscription_put_off_while_the_node_asserts_the_others_is_made_
         index = cluster.gateway._index
         assert index is not None and all(index.is_subscribed("csc", token) for token in tokens)
     assert captured_logs.records("subscribe.deferred") and not captured_logs.records("involvement.notice_unsendable")
+
+
+async def test_a_subscription_ended_while_the_node_asserts_the_others_is_not_made_again_by_that_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person taken out of a case while the node's resubscriber was asserting its
+    subscriptions (as it reconnects to a gateway, say): their subscription was ended, then the
+    pass, which had read the open cases before, made it again; and as the end had been made,
+    nothing was left to end it. The gateway went on routing to the node what others shared
+    about someone it no longer works with. Now a pass during which a subscription was ended
+    asks the gateway what it holds, and ends what no open case names."""
+    async with running(make_federation(tmp_path, SystemClock(), nodes=("amh", "csc"))) as cluster:
+        parent, child = await open_case(cluster, "csc", stories.think_family_people())
+        csc = cluster.nodes["csc"]
+        case_id = await _case_id(cluster, "csc")
+        subscribe, removed = csc.ctx.link.subscribe, asyncio.Event()
+
+        async def someone_taken_out_during_the_pass(asked: Iterable[bytes]) -> Subscribed:
+            if not removed.is_set():  # the pass's own, of the open cases as it read them
+                await cluster.api("csc").RemovePerson(
+                    node_api_pb2.RemovePersonRequest(actor=PRACTITIONER, case_id=case_id, link_token=child)
+                )
+                removed.set()
+            return await subscribe(asked)
+
+        monkeypatch.setattr(csc.ctx.link, "subscribe", someone_taken_out_during_the_pass)
+        csc.cases.in_sync.clear()
+        csc.cases.ending_due()  # the resubscriber's pass
+        async with asyncio.timeout(15):
+            await removed.wait()
+            await csc.cases.in_sync.wait()
+        index = cluster.gateway._index
+        assert index is not None and index.is_subscribed("csc", parent)
+        assert not index.is_subscribed("csc", child)
