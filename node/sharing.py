@@ -321,7 +321,8 @@ class Sharing:
                     detail=decision_detail(share_id, result, message_kind, assessment.jurisdiction),
                 )
                 statuses = await self.ctx.messenger.queue(tx, sealed, share_id, request.actor, assessment.summary_id)
-                if wrap and only and (queued := [s for s in statuses if s.state == "queued"]):  # answers `only`'s
+                # The answer to `only`'s request, by the message that carries it.
+                if wrap and only and (queued := [s for s in statuses if s.state == "queued"]):
                     await answers.answered(tx, in_reply_to, only[0], answered_as, queued[0].message_id)
                 if request.request_id:  # kept to answer a repeat of this call
                     answer = respond(statuses).SerializeToString()

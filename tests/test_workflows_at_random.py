@@ -13,7 +13,8 @@ Once all is settled:
 - each recipient holds the version of each summary its sender made last as the live one,
   and none once that summary was withdrawn;
 - each request, challenge and closure proposal shows, where it was raised, the answer that
-  reached it last, and at amh the answer it gave last, unless that never went;
+  reached it last, and at amh the answer it gave last, unless that never went; each request
+  and challenge not answered is on its duty view;
 - every node's audit log verifies;
 
 and every refusal on the way was one a person can act on. SEEDS=n runs n seeds (2 by default)."""
@@ -66,6 +67,7 @@ SHARE_KINDS = (
 )
 GROUNDS = ("NOT_TO_BE_RELIED_ON", "SHARED_IN_ERROR")  # kept marked withdrawn; erased
 LIVE = ("new", "read")
+ANSWERABLE = (env.MESSAGE_KIND_INFORMATION_REQUEST, env.MESSAGE_KIND_CHALLENGE)
 PROVIDED, PARTIAL = workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL
 
 
@@ -434,6 +436,13 @@ async def check_settled(run: Run) -> None:
         shown += [(c.message_id, c.answer, False) for c in challenges.received]
         for message_id, answer, raised_here in shown:
             assert answer == last(message_id, raised_here), (node, message_id, run.answers[message_id])
+    # Each request and challenge a node has not answered is on its duty view, and no other.
+    for node in NODES:
+        due = await run.api(node).ListDue(node_api_pb2.DueRequest(actor=ACTORS[node]))
+        assert not due.more
+        listed = {i.message_id for i in due.items if i.to_answer and i.kind in ANSWERABLE}
+        received = {m for m, _ in await run.received(node, *ANSWERABLE)}
+        assert listed == {m for m in received if not last(m, False)}, node
     # Each closure proposal shows, from each agency alerted, the answer it gave last that went.
     for node in ASKERS:
         status = await run.api(node).GetClosure(node_api_pb2.CaseRequest(actor=ACTORS[node], case_id=run.cases[node]))
