@@ -30,7 +30,7 @@ import random
 import pytest
 
 from linkage import stories
-from linkage.clock import DAY_MS, ManualClock
+from linkage.clock import DAY_MS, ManualClock, SystemClock
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2, workflow_pb2
 from node import dates
@@ -43,11 +43,13 @@ from tests.test_workflows import CSC_WORKER, SCHOOL_DSL
 
 STEPS = 60
 MOST_DAYS = 3  # the harness's directory is valid for a week
+MOST_BACK_MS = 1_800_000  # all the clock steps back, from an hour past the directory's issue
 NODES = ("amh", "csc", "school")
 ACTORS = {"amh": PRACTITIONER, "csc": CSC_WORKER, "school": SCHOOL_DSL}
 ASKERS = ("csc", "school")
-# What a case system's call makes each node send (the rest it sends of itself: notices of
-# involvement, and of a summary read).
+# What a case system's call makes each node send, and answers with the message ids of: not
+# what a node sends of itself (notices of involvement, and of a summary read), nor the alerts
+# and notices of a closure, whose ids the calls that propose and close it do not return.
 ASKING = frozenset(
     {env.MESSAGE_KIND_CLARIFICATION_REQUEST, env.MESSAGE_KIND_INFORMATION_REQUEST, env.MESSAGE_KIND_CHALLENGE}
 )
@@ -55,10 +57,8 @@ ANSWERING = frozenset(
     {*CARRIES_SUMMARY, env.MESSAGE_KIND_WITHDRAWAL, env.MESSAGE_KIND_CLARIFICATION_RESPONSE}
     | {env.MESSAGE_KIND_CHALLENGE_RESPONSE}
 )
-# Every agency may answer a closure proposal; those proposing it and closing are not told
-# the ids of the messages that alert the others, so those are not counted.
-ASKED = {"amh": ANSWERING, **dict.fromkeys(ASKERS, ASKING)}
-ASKED = {node: kinds | {env.MESSAGE_KIND_CLOSURE_RESPONSE} for node, kinds in ASKED.items()}
+CLOSURE_ANSWER = frozenset({env.MESSAGE_KIND_CLOSURE_RESPONSE})  # any agency may answer a closure proposal
+ASKED = {"amh": ANSWERING | CLOSURE_ANSWER, **dict.fromkeys(ASKERS, ASKING | CLOSURE_ANSWER)}
 SHARE_KINDS = (
     env.MESSAGE_KIND_SUMMARY_SHARE,
     env.MESSAGE_KIND_RISK_CHANGE_NOTICE,
@@ -99,9 +99,10 @@ class Run:
     assessments: list[str] = dataclasses.field(default_factory=list)  # amh's, as recorded
     summaries: list[str] = dataclasses.field(default_factory=list)
     sent: dict[str, set[str]] = dataclasses.field(default_factory=lambda: {n: set() for n in NODES})
-    # Request or challenge -> amh's answers to it, in the order given: (message id, answer).
+    # Request, challenge or closure proposal -> the answers given to it, in order: (message id, answer).
     answers: dict[str, list[tuple[str, int]]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
     days: int = 0  # the clock moved on a day at a time, for closures
+    back_ms: int = 0  # and stepped back, in all
 
     def api(self, node: str) -> node_api_pb2_grpc.NodeApiAsyncStub:
         return self.cluster.api(node)
@@ -314,6 +315,13 @@ class Run:
                 )
             )
 
+    async def clock_back(self) -> None:
+        """The wall clock steps back (NTP, a host resumed), as every node sees it."""
+        ms = self.rng.choice((2_000, 90_000, 600_000))
+        if self.back_ms + ms <= MOST_BACK_MS:
+            self.back_ms += ms
+            self.clock.advance(-ms)
+
     async def open(self) -> None:
         """Open an item received: its sender is told it was read."""
         if (node := self.asker()) and (held := await self.received(node, *CARRIES_SUMMARY)):
@@ -455,7 +463,7 @@ async def check_settled(run: Run) -> None:
 async def test_workflows_while_the_federation_fails_in_parts_deliver_everything_once_in_the_order_made(
     federation: LocalFederation, seed: int
 ) -> None:
-    clock = ManualClock()
+    clock = ManualClock(SystemClock().now_ms() + 3_600_000)
     refused: collections.Counter[str] = collections.Counter()
     async with running(federation, nodes=NODES, clock=clock) as cluster:
         family = stories.think_family_people()
@@ -474,7 +482,7 @@ async def test_workflows_while_the_federation_fails_in_parts_deliver_everything_
             + [run.ask, run.request, run.challenge, run.open] * 2
             + [run.look, run.relink, run.propose, run.answer_closure, run.answer_closure, run.close]
             + [faults.gateway_away, faults.node_away, faults.restart, faults.disk_read_only]
-            + [faults.gateway_disk_read_only]
+            + [faults.gateway_disk_read_only, run.clock_back]
             + [faults.gateway_back, faults.node_back, faults.disks_mended] * 2
         )
         for _ in range(STEPS):
