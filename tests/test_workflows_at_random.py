@@ -1,10 +1,11 @@
 """Whole workflows at random across three agencies while the gateway and the nodes go away
-and come back and disks turn read-only and are mended: amh records versions of its
-assessment and shares them (as summaries, risk-change notices, historical updates and
-corrections), withdraws them, and answers the clarifications, information requests and
-challenges that csc and the school raise about what they received and open; csc and the
-school propose to close their cases, every agency answers, and the days pass and they close.
-Once all is settled:
+and come back, disks turn read-only and are mended, and the clock steps back: amh records
+versions of its assessment and shares them (as summaries, risk-change notices, historical
+updates and corrections; consent overridden or given), withdraws them, and answers the
+clarifications, information requests and challenges that csc and the school raise about
+what they received and open; csc and the school take people out of their cases and put
+them back, and propose to close them, every agency answers, and the days pass and they
+close. Once all is settled:
 
 - each node sent exactly what its case system was told went, and nothing of what it was
   refused (a refusal wrote nothing; an answer meant a commit);
@@ -65,7 +66,10 @@ SHARE_KINDS = (
     env.MESSAGE_KIND_HISTORICAL_UPDATE,
     env.MESSAGE_KIND_CORRECTION,
 )
-GROUNDS = ("NOT_TO_BE_RELIED_ON", "SHARED_IN_ERROR")  # kept marked withdrawn; erased
+# Kept marked withdrawn; erased; erased, for a summary last shared on consent only.
+GROUNDS = ("NOT_TO_BE_RELIED_ON", "SHARED_IN_ERROR", "CONSENT_WITHDRAWN")
+# Consent refused and overridden on a recorded ground, or given.
+DECISIONS = (stories.override_decision, lambda: stories.consented_decision("Shared with the parent's consent."))
 LIVE = ("new", "read")
 ANSWERABLE = (env.MESSAGE_KIND_INFORMATION_REQUEST, env.MESSAGE_KIND_CHALLENGE)
 PROVIDED, PARTIAL = workflow_pb2.INFORMATION_ANSWER_PROVIDED, workflow_pb2.INFORMATION_ANSWER_PARTIAL
@@ -146,7 +150,7 @@ class Run:
                 actor=PRACTITIONER,
                 # mostly the newest, at times one superseded since
                 assessment_id=self.assessments[-1] if self.rng.random() < 0.5 else self.rng.choice(self.assessments),
-                decision=stories.override_decision(),
+                decision=self.rng.choice(DECISIONS)(),
                 kind=self.rng.choice(SHARE_KINDS),
             )
         )
