@@ -13,14 +13,13 @@ import grpc
 
 from linkage.calendar import on_calendar
 from linkage.content import CLOSURE_ANSWERS
-from linkage.envelope import parse_routing
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates, repeats
 from node.cases import Cases, failed, public_tokens
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
 from node.involvement import by_agency
-from node.messaging import Sealed, Unreachable
+from node.messaging import Sealed, Unreachable, tokens_sent
 from node.store import FetchAll, FetchOne, Tx
 
 
@@ -85,19 +84,13 @@ class Closures:
         return sorted(by_agency(await self.ctx.discover(tokens, nothing)))
 
     async def _proposal_named(self, closure_id: str, people: Iterable[node_api_pb2.CasePerson]) -> list[bytes]:
-        """Those the closure proposal named, as its first alert carried them, but for anyone
-        the case now protects: for the notice that the case closed, when the case names no one
-        any more (each taken out of it since). Empty if no alert went, or its body is purged."""
-        row = await self.ctx.store.fetchone(
-            "SELECT b.envelope FROM outbox o INDEXED BY outbox_by_share JOIN outbox_bodies b ON b.seq = o.seq "
-            "WHERE o.share_id = ? AND o.kind = ? ORDER BY o.seq LIMIT 1",
-            (closure_id, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT),
-        )
-        if row is None:
-            return []
+        """Those the closure proposal named, as its first alert went, but for anyone the case
+        now protects: for the notice that the case closed, when the case names no one any more
+        (each taken out of it since). Empty if no alert went, or nothing of it is left."""
+        alerts = "o.share_id = ? AND o.kind = ?", (closure_id, envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT)
+        named = await tokens_sent(self.ctx.store.fetchone, *alerts)
         protected = {p.link_token for p in people if p.protect_identity}
-        named = parse_routing(envelope_pb2.Envelope.FromString(row[0])).link_tokens
-        return [t for t in named if t not in protected]
+        return [t for t in named or () if t not in protected]
 
     async def _seal_intents(
         self, invitees: list[str], notice: workflow_pb2.ClosureIntentNotice, actor: summary_pb2.Practitioner

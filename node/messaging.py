@@ -17,13 +17,23 @@ from linkage.clock import Clock
 from linkage.config import DeliverySettings
 from linkage.contentkeys import ContentKeys
 from linkage.directory import TrustedDirectory
-from linkage.envelope import MAX_BODY_BYTES, MESSAGE_LABEL, Draft, Outgoing, draft, seal_signed, signing_generation
+from linkage.envelope import (
+    MAX_BODY_BYTES,
+    MESSAGE_LABEL,
+    Draft,
+    Outgoing,
+    draft,
+    parse_routing,
+    seal_signed,
+    signing_generation,
+)
 from linkage.ids import Ids
 from linkage.keys import MessageKeys
 from linkage.reasons import Rejected
+from linkage.tokens import split_tokens
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2
 from node.errors import invalid
-from node.store import Tx
+from node.store import FetchOne, Tx
 
 log = logs.get("node.messaging")
 Fill = Callable[[envelope_pb2.MessageBody], None]
@@ -39,6 +49,25 @@ SUMMARY_KINDS = (
 )
 # ...and with them, an information response that provides one.
 CARRIES_SUMMARY = (*SUMMARY_KINDS, envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE)
+
+
+async def tokens_sent(fetchone: FetchOne, where: str, params: tuple[object, ...]) -> list[bytes] | None:
+    """The link tokens the oldest of this node's messages that `where` picks (in the outbox,
+    `o`) went with: from its body, if retention kept it, or else as a copy given back after a
+    restore recorded them (node/returned_copies.py); None if neither is left."""
+    row = await fetchone(
+        f"SELECT b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE {where} "
+        "ORDER BY o.message_id LIMIT 1",
+        params,
+    )
+    if row is not None:
+        return list(parse_routing(envelope_pb2.Envelope.FromString(row[0])).link_tokens)
+    row = await fetchone(
+        f"SELECT r.tokens FROM outbox o JOIN outbox_recovered r ON r.seq = o.seq WHERE {where} "
+        "ORDER BY o.message_id LIMIT 1",
+        params,
+    )
+    return None if row is None else split_tokens(row[0])
 
 
 def kind_name(kind: int) -> str:

@@ -13,12 +13,11 @@ import grpc
 
 from linkage import logs
 from linkage.envelope import parse_routing
-from linkage.tokens import split_tokens
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, repeats
 from node.context import NodeContext
 from node.errors import ApiError, check_notes, invalid, not_found
-from node.messaging import CARRIES_SUMMARY, kind_name
+from node.messaging import CARRIES_SUMMARY, kind_name, tokens_sent
 from node.policy.rules import consent_absent
 from node.store import FetchAll, FetchOne, Tx
 
@@ -79,22 +78,8 @@ def _stands(rows: Iterable[Any]) -> dict[str, dict[str, Standing]]:
 
 
 async def summary_tokens(fetchone: FetchOne, summary_id: str) -> list[bytes] | None:
-    """The link tokens a summary went with: from the oldest of its messages whose body
-    retention kept, or else from one given back after a restore (node/returned_copies.py);
-    None if neither is left."""
-    row = await fetchone(
-        "SELECT b.envelope FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.summary_id = ? "
-        "ORDER BY o.message_id LIMIT 1",
-        (summary_id,),
-    )
-    if row is not None:
-        return list(parse_routing(envelope_pb2.Envelope.FromString(row[0])).link_tokens)
-    row = await fetchone(
-        "SELECT r.tokens FROM outbox o JOIN outbox_recovered r ON r.seq = o.seq WHERE o.summary_id = ? "
-        "ORDER BY o.message_id LIMIT 1",
-        (summary_id,),
-    )
-    return None if row is None else split_tokens(row[0])
+    """The link tokens a summary went with (`tokens_sent`)."""
+    return await tokens_sent(fetchone, "o.summary_id = ?", (summary_id,))
 
 
 def _refuse_repeats(where: dict[str, Standing], recipients: list[str], summary_id: str, erase: bool) -> None:
