@@ -40,7 +40,7 @@ from node.store import Store
 from tests.federation_faults import Faults, take
 from tests.harness import PRACTITIONER, Cluster, LocalFederation, linkage, running
 from tests.test_federation import _case_id, open_case
-from tests.test_workflows import CSC_WORKER, SCHOOL_DSL
+from tests.test_workflows import CSC_WORKER, SCHOOL_DSL, s47_request
 
 STEPS = 60
 MOST_DAYS = 3  # the harness's directory is valid for a week
@@ -235,17 +235,9 @@ class Run:
 
     async def request(self) -> None:
         if node := self.asker():
-            asked = await self.api(node).RequestInformation(
-                node_api_pb2.RequestInformationRequest(
-                    actor=ACTORS[node],
-                    case_id=self.cases[node],
-                    to_nodes=["amh"],
-                    purpose="Child protection enquiry under section 47",
-                    what="Any risk to the child from the parent",
-                    lawful_basis=summary_pb2.LawfulBasis(art6=["A6_1_C"]),
-                )
-            )
-            self.went(node, asked)
+            request = s47_request(self.cases[node], "amh")
+            request.actor.CopyFrom(ACTORS[node])
+            self.went(node, await self.api(node).RequestInformation(request))
 
     async def challenge(self) -> None:
         if node := self.asker():
