@@ -50,14 +50,19 @@ async def answered(
     by: str,
     kind: int = envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST,
     note: str | None = None,
-) -> None:
-    """This node answered a request or a challenge it received, by message `by` (again: the
-    newest answer holds)."""
-    await tx.execute(
+    at_ms: int | None = None,  # now, unless it is put back after a restore
+) -> bool:
+    """This node answered a request, challenge or closure proposal it received, by message
+    `by`. It may answer again: the answer it made last holds, by its message id, which
+    ascends as this node makes them (copies given back after a restore come in any order).
+    Whether the answer now holds (False: the thing answered is not held here, or a later
+    answer is)."""
+    cursor = await tx.execute(
         "UPDATE inbox SET answer = ?, answered_at_ms = ?, answer_note = ?, answered_by = ? "
-        "WHERE sender = ? AND message_id = ? AND kind = ?",
-        (answer, tx.now_ms, note, by, sender, request_message_id, kind),
+        "WHERE sender = ? AND message_id = ? AND kind = ? AND (answered_by = '' OR answered_by < ?)",
+        (answer, tx.now_ms if at_ms is None else at_ms, note, by, sender, request_message_id, kind, by),
     )
+    return cursor.rowcount > 0
 
 
 async def answer_not_sent(tx: Tx, message_id: str) -> list[str]:

@@ -6,6 +6,11 @@ erased). The answers to them, and the read notifications for what this node sent
 with the store, came back before the copies (the agency asked sends again what it sent,
 then returns what it was sent): each is applied once its message is put back.
 
+What this node answered since of what it was asked (an information request, a challenge,
+a closure proposal) is shown answered again as it was, and leaves its duty view: the agency
+that asked holds the answer. The thing answered is here already, made before the backup or
+sent again by that agency before it returned the copies.
+
 A closure proposal is put back too, with the agencies alerted to it and their answers, and
 the case closed again if its closure notice comes back: its people's subscriptions then
 end at the gateway again (the restored store made them again as it started).
@@ -26,6 +31,12 @@ from node import answers, dates
 from node.store import Tx
 
 NO_CASE = {"not_rebuilt": "no case in this store names its people (opened after the backup?)"}
+# This node's answers to what it was asked: what each is put back as, and the kind it answers.
+ANSWERS = {
+    pb.MESSAGE_KIND_INFORMATION_RESPONSE: ("information_answer", pb.MESSAGE_KIND_INFORMATION_REQUEST),
+    pb.MESSAGE_KIND_CHALLENGE_RESPONSE: ("challenge_answer", pb.MESSAGE_KIND_CHALLENGE),
+    pb.MESSAGE_KIND_CLOSURE_RESPONSE: ("closure_answer", pb.MESSAGE_KIND_CLOSURE_INTENT),
+}
 # Kinds whose effect at this node names a message it sent, by `in_reply_to`.
 REPLIES = (
     pb.MESSAGE_KIND_READ_NOTIFICATION,
@@ -60,6 +71,8 @@ async def rebuild(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:
         return {"rebuilt": "clarification_request"}
     if body.kind == pb.MESSAGE_KIND_CLOSURE_INTENT:
         return await _closure_proposed(tx, holder, body)
+    if body.kind in ANSWERS:
+        return await _answer_given(tx, holder, body)
     if body.kind == pb.MESSAGE_KIND_CLOSURE_NOTICE:
         closure_id = body.closure_notice.closure_id
         if (case_id := await answers.closure_made(tx, closure_id, body.created_at_ms)) is not None:
@@ -69,6 +82,28 @@ async def rebuild(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:
             return {"case_closed_already": str(row[0])}  # by another agency's copy of the notice
         return {"not_rebuilt": "the closure proposal it ends was not put back here"}
     return {}
+
+
+async def _answer_given(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:
+    """This node's answer to a request, challenge or closure proposal `holder` sent it: the
+    thing answered is shown answered again, and leaves the duty view (`holder` has the
+    answer). It is here if it came before the backup, or was sent again before the copies."""
+    name, kind = ANSWERS[body.kind]
+    answer: int
+    note = None  # as the node records it when it answers: a challenge's response alone
+    if body.kind == pb.MESSAGE_KIND_INFORMATION_RESPONSE:
+        asked, answer = body.information_response.request_message_id, body.information_response.answer
+    elif body.kind == pb.MESSAGE_KIND_CHALLENGE_RESPONSE:
+        asked, answer = body.challenge_response.challenge_message_id, body.challenge_response.answer
+        note = body.challenge_response.response
+    else:
+        asked, answer = body.in_reply_to, body.closure_response.answer
+    if await answers.answered(tx, asked, holder, answer, body.message_id, kind, note, body.created_at_ms):
+        return {"rebuilt": name}
+    held = await tx.fetchone(
+        "SELECT 1 FROM inbox WHERE sender = ? AND message_id = ? AND kind = ?", (holder, asked, kind)
+    )
+    return {"not_rebuilt": "a later answer is held" if held else "what it answers is not held here"}
 
 
 async def _closure_proposed(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:

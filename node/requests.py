@@ -26,7 +26,7 @@ from node.store import FetchAll, Tx
 from node.withdrawals import standing
 
 # What a caller of `_send` writes of what it sent, in the same transaction: (tx, thread, statuses).
-Record = Callable[[Tx, str, list[node_api_pb2.DeliveryStatus]], Awaitable[None]]
+Record = Callable[[Tx, str, list[node_api_pb2.DeliveryStatus]], Awaitable[object]]
 
 
 async def _not_erased(fetchall: FetchAll, summary_id: str, asker: str) -> None:

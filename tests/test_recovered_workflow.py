@@ -21,6 +21,7 @@ FAMILY = [bytes([7]) * 32, bytes([8]) * 32]
 STRANGERS = [bytes([9]) * 32]
 # Closure ids are UUIDv7, so one proposed later sorts after one proposed earlier.
 EARLIER, LATER = "01a20105-405a-7c0b-bc94-000000000001", "01a20105-405a-7c0b-bc94-000000000002"
+MAINTAINED, ACCEPTED = workflow_pb2.CHALLENGE_ANSWER_MAINTAINED, workflow_pb2.CHALLENGE_ANSWER_ACCEPTED
 
 
 @pytest.fixture
@@ -123,3 +124,30 @@ async def test_a_closure_notice_closes_the_case_once_whichever_copy_comes_first(
 async def test_a_kind_that_starts_nothing_here_rebuilds_nothing(store: Store) -> None:
     async with store.tx() as tx:
         assert await rebuild(tx, "b", pb.MessageBody(message_id="m-4", kind=pb.MESSAGE_KIND_SUMMARY_SHARE)) == {}
+
+
+async def test_an_answer_given_back_shows_what_it_answers_answered_unless_a_later_one_is_held(store: Store) -> None:
+    """This node answered b's challenge twice since its backup (maintained, then accepted):
+    the copies come back in either order, and the later answer holds. An answer to a
+    challenge this store does not hold puts nothing back, and says why."""
+
+    def answer(message_id: str, to: str, said: workflow_pb2.ChallengeAnswer.ValueType) -> pb.MessageBody:
+        reply = workflow_pb2.ChallengeResponse(challenge_message_id=to, answer=said, response=f"Answer {message_id}.")
+        return pb.MessageBody(
+            message_id=message_id, kind=pb.MESSAGE_KIND_CHALLENGE_RESPONSE, challenge_response=reply, created_at_ms=5
+        )
+
+    first, later = answer("a-1", "q-1", MAINTAINED), answer("a-2", "q-1", ACCEPTED)
+    async with store.tx() as tx:
+        await tx.execute(
+            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
+            "VALUES ('b', 'q-1', ?, 1, ?, '')",
+            (b"d" * 32, pb.MESSAGE_KIND_CHALLENGE),
+        )
+        assert await rebuild(tx, "b", later) == {"rebuilt": "challenge_answer"}
+        assert await rebuild(tx, "b", first) == {"not_rebuilt": "a later answer is held"}
+        assert await rebuild(tx, "b", answer("a-3", "q-9", ACCEPTED)) == {
+            "not_rebuilt": "what it answers is not held here"
+        }
+    held = "SELECT answer, answered_at_ms, answer_note, answered_by FROM inbox WHERE message_id = 'q-1'"
+    assert await store.fetchone(held) == (ACCEPTED, 5, "Answer a-2.", "a-2")

@@ -39,9 +39,10 @@ from tests.harness import (
     running,
     wait_count,
 )
+from tests.test_challenges import MAINTAINED, challenge, respond
 from tests.test_delivery import family_assessment, share
 from tests.test_federation import _case_id, open_case
-from tests.test_workflows import CSC_WORKER, SCHOOL_DSL, planned_closure, think_family
+from tests.test_workflows import CSC_WORKER, SCHOOL_DSL, decline, planned_closure, s47_request, think_family
 
 
 async def _shared(cluster: Cluster, assessment_id: str) -> str:
@@ -566,3 +567,59 @@ async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_as
         assert len(await audit_events(csc, "store.restored")) == 1
         await csc.checkpoints.lodge()  # past the witness now, by what came again: lodged, as a break
         assert len(await audit_events(csc, "store.restored")) == 1
+
+
+async def test_a_restored_node_knows_again_how_it_answered_what_it_was_asked_since_its_backup(tmp_path: Path) -> None:
+    """amh answered csc's information request, challenge and closure proposal after its
+    backup. Put back, it is sent the three again and given back its three answers: each is
+    shown answered as it was, and none is on its duty view as if never answered (csc holds
+    the answers, and would be asked a second time)."""
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
+    member = backup.Member.of(federation.node_configs["amh"])
+    key, sealed = tmp_path / "backup.key", tmp_path / "amh.age"
+    to = backup.recipients([backup.generate_key(key, "")])
+
+    async with running(federation) as cluster:
+        family = stories.think_family_people()
+        await open_case(cluster, "amh", family)
+        await open_case(cluster, "csc", family)
+        backup.take(member, sealed, to, SystemClock().now_ms())
+        csc_case = await _case_id(cluster, "csc")
+        await cluster.api("csc").RequestInformation(s47_request(csc_case, "amh"))
+        await challenge(cluster)
+        await cluster.api("csc").ProposeClosure(planned_closure(CSC_WORKER, csc_case))
+        asked = await next_item(cluster, "amh", envelope_pb2.MESSAGE_KIND_INFORMATION_REQUEST)
+        raised = await next_item(cluster, "amh", envelope_pb2.MESSAGE_KIND_CHALLENGE)
+        intent = await next_item(cluster, "amh", envelope_pb2.MESSAGE_KIND_CLOSURE_INTENT)
+        await decline(cluster, asked.message_id, "Nothing relevant since the last share.")
+        await respond(cluster, raised.message_id, MAINTAINED, "The assessment stands; we will meet.")
+        await cluster.api("amh").RespondToClosure(
+            node_api_pb2.RespondToClosureRequest(
+                actor=PRACTITIONER, intent_message_id=intent.message_id, answer=workflow_pb2.CLOSURE_ANSWER_AGREE
+            )
+        )
+        answers = "SELECT count(*) FROM inbox WHERE sender = 'amh' AND kind IN (?, ?, ?)"
+        kinds = (
+            envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE,
+            envelope_pb2.MESSAGE_KIND_CHALLENGE_RESPONSE,
+            envelope_pb2.MESSAGE_KIND_CLOSURE_RESPONSE,
+        )
+        await wait_count(cluster.nodes["csc"], answers, kinds, 3)
+
+        async def at_amh() -> tuple[list[int], list[int], list[str]]:
+            case = node_api_pb2.CaseRequest(actor=PRACTITIONER, case_id=await _case_id(cluster, "amh"))
+            requests = (await cluster.api("amh").ListInformationRequests(case)).received
+            challenges = (await cluster.api("amh").ListChallenges(case)).received
+            due = await cluster.api("amh").ListDue(node_api_pb2.DueRequest(actor=PRACTITIONER))
+            return [r.answer for r in requests], [c.answer for c in challenges], [i.what for i in due.items]
+
+        answered = await at_amh()
+        assert answered == ([workflow_pb2.INFORMATION_ANSWER_DECLINED], [MAINTAINED], [])
+
+        await cluster.stop_node("amh")
+        backup.restore_store(member, sealed, backup.identities(key), SystemClock().now_ms())
+        amh = await cluster.start_node("amh")
+        await wait_count(amh, "SELECT count(*) FROM audit WHERE event = 'message.recovered'", (), 3)
+        assert await at_amh() == answered
+        rebuilt = [e["detail"].get("rebuilt") for e in await audit_events(amh, "message.recovered")]
+        assert sorted(rebuilt) == ["challenge_answer", "closure_answer", "information_answer"]
