@@ -8,8 +8,9 @@ then returns what it was sent): each is applied once its message is put back.
 
 What this node answered since of what it was asked (an information request, a challenge,
 a closure proposal) is shown answered again as it was, and leaves its duty view: the agency
-that asked holds the answer. The thing answered is here already, made before the backup or
-sent again by that agency before it returned the copies.
+that asked holds the answer. An item it read since, telling its sender, is read again, not
+new. The thing answered or read is here already, received before the backup or sent again
+by that agency before it returned the copies.
 
 A closure proposal is put back too, with the agencies alerted to it and their answers, and
 the case closed again if its closure notice comes back: its people's subscriptions then
@@ -73,6 +74,12 @@ async def rebuild(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:
         return await _closure_proposed(tx, holder, body)
     if body.kind in ANSWERS:
         return await _answer_given(tx, holder, body)
+    if body.kind == pb.MESSAGE_KIND_READ_NOTIFICATION:  # read here: not listed as new again
+        read = await tx.execute(
+            "UPDATE inbox SET state = 'read' WHERE sender = ? AND message_id = ? AND state = 'new'",
+            (holder, body.read.read_message_id),
+        )
+        return {"rebuilt": "read"} if read.rowcount else {}
     if body.kind == pb.MESSAGE_KIND_CLOSURE_NOTICE:
         closure_id = body.closure_notice.closure_id
         if (case_id := await answers.closure_made(tx, closure_id, body.created_at_ms)) is not None:

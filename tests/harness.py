@@ -151,17 +151,23 @@ async def wait_delivered(node: NodeServer, count: int, state: str = "delivered")
     await wait_count(node, "SELECT COUNT(*) FROM outbox WHERE state = ?", (state,), count)
 
 
-async def wait_count(source: NodeServer | Store, sql: str, params: tuple[object, ...], count: int) -> None:
+async def wait_count(
+    source: NodeServer | Store, sql: str, params: tuple[object, ...], count: int, timeout_s: float = 60
+) -> None:
     """Until `sql` counts at least `count` in a node's (or a bare store's) store, awaiting its
-    commits (no sleeping)."""
+    commits (no sleeping); a test waiting for what never comes fails, saying what it waited for."""
     store = source.store if isinstance(source, NodeServer) else source
     assert store is not None
-    while True:
-        committed = store.next_commit()
-        row = await store.fetchone(sql, params)
-        if row[0] >= count:
-            return
-        await committed.wait()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                committed = store.next_commit()
+                row = await store.fetchone(sql, params)
+                if row[0] >= count:
+                    return
+                await committed.wait()
+    except TimeoutError:
+        raise AssertionError(f"after {timeout_s:g} s, {sql} {params} counts {row[0]}, not {count}") from None
 
 
 async def settle(node: NodeServer) -> None:

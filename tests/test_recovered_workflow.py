@@ -151,3 +151,22 @@ async def test_an_answer_given_back_shows_what_it_answers_answered_unless_a_late
         }
     held = "SELECT answer, answered_at_ms, answer_note, answered_by FROM inbox WHERE message_id = 'q-1'"
     assert await store.fetchone(held) == (ACCEPTED, 5, "Answer a-2.", "a-2")
+
+
+async def test_a_read_notification_given_back_shows_the_item_it_read_as_read(store: Store) -> None:
+    """An item read since the backup, its sender told: sent again as new, it is read again
+    once the notification comes back; one this store does not hold rebuilds nothing."""
+
+    def told(read_message_id: str) -> pb.MessageBody:
+        read = workflow_pb2.ReadNotification(read_message_id=read_message_id, read_at_ms=3, reader_role="Duty worker")
+        return pb.MessageBody(message_id="r-1", kind=pb.MESSAGE_KIND_READ_NOTIFICATION, read=read)
+
+    async with store.tx() as tx:
+        await tx.execute(
+            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
+            "VALUES ('b', 's-1', ?, 1, ?, 'share-1')",
+            (b"d" * 32, pb.MESSAGE_KIND_SUMMARY_SHARE),
+        )
+        assert await rebuild(tx, "b", told("s-1")) == {"rebuilt": "read"}
+        assert await rebuild(tx, "b", told("s-9")) == {}
+    assert await store.fetchone("SELECT state FROM inbox WHERE message_id = 's-1'") == ("read",)
