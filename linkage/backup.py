@@ -521,7 +521,8 @@ def _unpack(plain: io.BufferedReader, staging: Path, backup: Path) -> tuple[Mani
 
 def restore_store(member: Member, backup: Path, keys: list[PrivateKey], now_ms: int) -> tuple[Manifest, Path | None]:
     """Put the backup's store in place of `member`'s, which must not be open: the one it
-    replaces (if there was one) is kept beside it, whole, as `<store>.replaced-<ms>`."""
+    replaces (if there was one) is kept beside it, whole, as `<store>.replaced-<ms>` (with
+    `-2`, `-3`... should one by that name be there already)."""
     try:
         lock = Exclusive.take(member.store)
     except InUse as exc:
@@ -533,7 +534,7 @@ def restore_store(member: Member, backup: Path, keys: list[PrivateKey], now_ms: 
                 mark(found.store, member.store, found.manifest.taken_at_ms, found.sha256, now_ms)
             kept = None
             if member.store.exists():
-                kept = member.store.with_name(f"{member.store.name}.replaced-{now_ms}")
+                kept = _unused(member.store.with_name(f"{member.store.name}.replaced-{now_ms}"))
                 _fold_journal(member.store, kept)
                 os.link(member.store, kept)  # both names until the swap: a crash loses neither store
             os.replace(found.store, member.store)
@@ -541,6 +542,16 @@ def restore_store(member: Member, backup: Path, keys: list[PrivateKey], now_ms: 
             return found.manifest, kept
     finally:
         lock.release()
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`...: the first no file takes. A store replaced before at the
+    same millisecond (a clock set back, or a restore run twice at once) is kept too."""
+    found, n = path, 1
+    while found.exists():
+        n += 1
+        found = path.with_name(f"{path.name}-{n}")
+    return found
 
 
 def _same_member(manifest: Manifest, member: Member) -> None:

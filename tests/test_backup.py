@@ -456,6 +456,22 @@ def test_a_restore_cut_short_at_any_point_leaves_a_whole_store_and_running_it_ag
         break
 
 
+def test_a_store_replaced_twice_in_one_millisecond_is_kept_both_times(tmp_path: Path) -> None:
+    """Restored twice at the same wall time (the clock set back between, say): the second
+    keeps the store it replaces beside the first's, rather than fail on the name."""
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh",))
+    amh = backup.Member.of(federation.node_configs["amh"])
+    build(amh.store, 20)
+    key = tmp_path / "backup.key"
+    sealed = tmp_path / "amh.age"
+    backup.take(amh, sealed, backup.recipients([backup.generate_key(key, "")]), 1)
+    for _ in range(3):
+        backup.restore_store(amh, sealed, backup.identities(key), 5)
+    kept = sorted(p.name for p in amh.data_dir.glob("store.sqlite.replaced-*"))
+    assert kept == ["store.sqlite.replaced-5", "store.sqlite.replaced-5-2", "store.sqlite.replaced-5-3"]
+    assert all(_entries(amh.data_dir / name) == 20 for name in kept)
+
+
 async def test_a_store_that_is_not_whole_or_not_its_kind_s_is_refused_saying_which(
     tmp_path: Path, gateway_db: GatewayDb
 ) -> None:
