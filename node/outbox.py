@@ -741,7 +741,7 @@ class Outbox:
         reason = "" if accepted else f"refused by the recipient: {body.reason}"
         row = await (
             await tx.execute(
-                "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, "
+                "UPDATE outbox SET state = ?, delivered_at_ms = ?, receipt = ?, receipt_log_size = ?, "
                 "reason = CASE WHEN state = 'undeliverable' AND ? THEN ? ELSE ? END "
                 # A cancelled one too: an attempt before the cancelling may have reached the recipient.
                 # And one given up for want of a receipt that comes after all: it proves delivery.
@@ -752,6 +752,7 @@ class Outbox:
                     "delivered" if accepted else "undeliverable",
                     body.received_at_ms if accepted else None,
                     checked.receipt.SerializeToString(),
+                    body.log_size if accepted and body.log_size else None,  # 0: a recipient that does not say
                     accepted,
                     LATE_RECEIPT,
                     reason,

@@ -287,6 +287,7 @@ class Reception:
         except Rejected:
             return  # no key of ours the directory names to sign with: senders re-send later
         checkpoint = self.checkpoint() if self.checkpoint is not None else None  # our log's state, for the peer
+        log_size = self.store.frontier.size  # committed with each message answered: past each one's entry
         bodies = []
         for answer in answers:
             body = envelope_pb2.ReceiptBody(
@@ -297,6 +298,7 @@ class Reception:
                 received_at_ms=now,
                 status=answer.status,
                 reason=answer.reason,
+                log_size=log_size,
             )
             if checkpoint is not None:
                 body.checkpoint.CopyFrom(checkpoint)

@@ -31,11 +31,12 @@ from linkage.store_notes import Restored, clear_mark, in_place, read_mark
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
 from node.event_numbers import PER_MS, EventNumbers
-from node.messaging import Fill, Messenger
+from node.messaging import Fill, Messenger, newest_id
 from node.returned_copies import Returning, copies_for, recover
 from node.store import Tx
 
 KIND = envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST
+NO_LOG = 1 << 62  # a request that gives no log size (an older node's) is judged by time alone
 NODE = summary_pb2.Practitioner(id="system", role="system")  # the node asks, not a practitioner
 log = logs.get("node.redelivery")
 
@@ -103,10 +104,13 @@ async def _ask_again(ctx: NodeContext, loss: Loss) -> bool:
     transaction; False if there is no directory to seal them by (asked once there is)."""
     request = workflow_pb2.RedeliveryRequest(
         restore_id=loss.restore_id,
-        # Less the skew allowed, so a clock stepped back loses nothing; from the start of time
-        # (1, as 0 is no time at all) for a store that came back empty.
+        # Less the skew allowed, for what two clocks a little apart put just before it; from
+        # the start of time (1, as 0 is no time at all) for a store that came back empty. A
+        # clock set back further is met by the log's size and the newest id, which no clock moves.
         since_ms=max(1, loss.last_entry_ms - MAX_CLOCK_SKEW_MS),
         backup_taken_at_ms=loss.taken_at_ms,
+        log_entries=loss.found["log_entries"],
+        newest_id=await newest_id(ctx.store.fetchone) or "",
     )
     try:  # a directory current, naming a key of ours to sign with
         directory = ctx.trust.current(ctx.clock.now_ms())
@@ -188,12 +192,15 @@ class Redelivery:
                 (oldest,),
             )
         ).fetchone()
+        # Delivered since, by the requester's clock as its receipts gave it; or, whatever that
+        # clock did since, past the log it was put back to, as its receipts gave that.
         rows = await (
             await tx.execute(
                 "SELECT seq, message_id, share_id, created_at_ms, body_kept, "
                 "EXISTS (SELECT 1 FROM outbox_recovered r WHERE r.seq = outbox.seq) FROM outbox "
-                "WHERE seq > ? AND recipient = ? AND state = 'delivered' AND delivered_at_ms >= ? ORDER BY seq",
-                (row[0] if row else 0, requester, request.since_ms),
+                "WHERE seq > ? AND recipient = ? AND state = 'delivered' "
+                "AND (delivered_at_ms >= ? OR receipt_log_size > ?) ORDER BY seq",
+                (row[0] if row else 0, requester, request.since_ms, request.log_entries or NO_LOG),
             )
         ).fetchall()
         expired = tx.now_ms - self.undeliverable_after_ms  # as the outbox expires what it holds
@@ -268,7 +275,7 @@ class Redelivery:
         self, tx: Tx, requester: str, message_id: str, request: workflow_pb2.RedeliveryRequest
     ) -> Returning:
         """Queue to `requester` what it sent this node since, in as many messages as it takes."""
-        returning = await copies_for(tx, requester, request.since_ms)
+        returning = await copies_for(tx, requester, request.since_ms, request.newest_id)
         for part in returning.parts:
             returned = workflow_pb2.ReturnedCopies(restore_id=request.restore_id, copies=part)
             sealed = await self.messenger.seal_each(

@@ -58,18 +58,22 @@ class Returning:
         return sum(len(part) for part in self.parts)
 
 
-async def copies_for(tx: Tx, requester: str, since_ms: int) -> Returning:
-    """What this node received from `requester` at or after `since_ms` (its own clock) and
+async def copies_for(tx: Tx, requester: str, since_ms: int, after_id: str = "") -> Returning:
+    """What this node received from `requester` at or after `since_ms` (its own clock), or
+    made by `requester` after its id `after_id` (however either clock was set since), and
     still holds, in the order its sender made it (so a withdrawal follows what it withdraws):
     not the restore's own messages, nor any whose body was erased or purged. Each copy goes
     without its padding, which is not signed."""
-    rows = await tx.fetchall(
-        "SELECT i.message_id, i.received_at_ms, b.signed, b.routing FROM inbox i INDEXED BY inbox_by_age "
-        "JOIN inbox_bodies b ON b.seq = i.seq "
-        f"WHERE i.received_at_ms >= ? AND i.sender = ? AND i.kind NOT IN ({','.join('?' * len(ABOUT_NO_FAMILY))}) "
-        "ORDER BY i.message_id",
-        (since_ms, requester, *sorted(ABOUT_NO_FAMILY)),
-    )
+    columns = "SELECT i.message_id, i.received_at_ms, b.signed, b.routing FROM inbox i"
+    joined = "JOIN inbox_bodies b ON b.seq = i.seq"
+    kinds = f"i.sender = ? AND i.kind NOT IN ({','.join('?' * len(ABOUT_NO_FAMILY))})"
+    skipped = sorted(ABOUT_NO_FAMILY)
+    sql = f"{columns} INDEXED BY inbox_by_age {joined} WHERE i.received_at_ms >= ? AND {kinds}"
+    params: list[object] = [since_ms, requester, *skipped]
+    if after_id:
+        sql += f" UNION {columns} {joined} WHERE i.message_id > ? AND {kinds}"
+        params += [after_id, requester, *skipped]
+    rows = await tx.fetchall(f"{sql} ORDER BY 1", params)
     returning = Returning()
     size = COPIES_BYTES  # as if a part were full: the first copy starts one
     for message_id, received_at_ms, stored, routing in rows:

@@ -39,7 +39,7 @@ from node.chronology import Chronologies
 from node.context import NodeContext
 from node.inbox import Inbox
 from node.link import ANSWERS, DELIVERIES, GatewayLink
-from node.messaging import Messenger
+from node.messaging import Messenger, newest_id
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.policy import PolicyContext
@@ -404,7 +404,7 @@ class NodeServer:
         messenger = Messenger(
             config.node_id, keys, self.trust, self.clock, config.delivery, self.outbox.fresh, self.outbox.unsent
         )
-        if newest := await _newest_id(self.store):
+        if newest := await newest_id(self.store.fetchone):
             messenger.ids.after(newest)
         self.reception = Reception(
             self.store,
@@ -563,14 +563,3 @@ async def serve(config: NodeConfig) -> None:
     await serve_until_signalled(
         f"linkage node {config.node_id} serving its API on unix:{config.api_socket}", node.stop, node.reload
     )
-
-
-async def _newest_id(store: Store) -> str | None:
-    """The newest id this node made, in any table that keeps one: ids made from now on come
-    after it, however the clock was set meanwhile (linkage/ids.py). Each is read by its index."""
-    (newest,) = await store.fetchone(
-        "SELECT MAX(id) FROM (SELECT MAX(message_id) AS id FROM outbox UNION ALL SELECT MAX(case_id) FROM cases "
-        "UNION ALL SELECT MAX(assessment_id) FROM assessments UNION ALL SELECT MAX(share_id) FROM shares "
-        "UNION ALL SELECT MAX(closure_id) FROM closures UNION ALL SELECT MAX(request_id) FROM info_requests)"
-    )
-    return str(newest) if newest else None

@@ -364,3 +364,31 @@ async def test_a_case_system_watching_a_share_sees_it_deferred_and_why(
                     break
         watch.cancel()
         assert seen[0] == "queued" and seen[-1] == "sent", seen
+
+
+@pytest.mark.parametrize("restored", ["csc", "amh"])
+async def test_a_store_put_back_after_the_clock_was_set_back_loses_nothing_that_came_since_its_backup(
+    tmp_path: Path, restored: str
+) -> None:
+    """A store is backed up; then the clock is set back ten minutes (NTP stepping a fast
+    clock), past the five minutes' skew a restore allows for, and amh shares with csc: by the
+    clock, the share was made and received before the backup. Put back, csc is sent the
+    share again (its receipt gave a longer audit log than the copy holds), and amh is given
+    it back (its id is after the newest the copy holds): neither goes by the clock alone."""
+    clock = ManualClock(SystemClock().now_ms() + 3_600_000)  # so the step back stays past the directory's issue
+    federation = make_federation(tmp_path / "fed", SystemClock(), nodes=("amh", "csc"))
+    member = backup.Member.of(federation.node_configs[restored])
+    key, sealed = tmp_path / "backup.key", tmp_path / f"{restored}.age"
+    async with running(federation, clock=clock) as cluster:
+        assessment_id = await family_assessment(cluster)
+        backup.take(member, sealed, backup.recipients([backup.generate_key(key, "")]), clock.now_ms())
+        clock.advance(-600_000)
+        (sent,) = (await share(cluster, assessment_id)).recipients
+        delivered = "SELECT count(*) FROM outbox WHERE message_id = ? AND state = 'delivered'"
+        await wait_count(cluster.nodes["amh"], delivered, (sent.message_id,), 1)
+
+        await cluster.stop_node(restored)
+        backup.restore_store(member, sealed, backup.identities(key), clock.now_ms())
+        node = await cluster.start_node(restored)
+        held = "SELECT count(*) FROM inbox WHERE message_id = ?" if restored == "csc" else delivered
+        await wait_count(node, held, (sent.message_id,), 1, timeout_s=15)

@@ -425,6 +425,7 @@ class ReceiptBody(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
+    LOG_SIZE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     sender_node: _builtins.str
     """the original sender"""
@@ -435,6 +436,11 @@ class ReceiptBody(_message.Message):
     status: Global___ReceiptStatus.ValueType
     reason: _builtins.str
     """reason code when rejected or deferred"""
+    log_size: _builtins.int
+    """How many entries the recipient's audit log held once it had recorded the message (at
+    least its entry): should its store be put back to a shorter log, the message came
+    after that copy, whatever either clock said (RedeliveryRequest.log_entries).
+    """
     @_builtins.property
     def checkpoint(self) -> _audit_pb2.SignedCheckpoint:
         """the recipient's audit log, as it last signed it"""
@@ -450,10 +456,11 @@ class ReceiptBody(_message.Message):
         status: Global___ReceiptStatus.ValueType = ...,
         reason: _builtins.str = ...,
         checkpoint: _audit_pb2.SignedCheckpoint | None = ...,
+        log_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "envelope_sha256", b"envelope_sha256", "message_id", b"message_id", "reason", b"reason", "received_at_ms", b"received_at_ms", "recipient_node", b"recipient_node", "sender_node", b"sender_node", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "envelope_sha256", b"envelope_sha256", "log_size", b"log_size", "message_id", b"message_id", "reason", b"reason", "received_at_ms", b"received_at_ms", "recipient_node", b"recipient_node", "sender_node", b"sender_node", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

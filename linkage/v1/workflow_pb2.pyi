@@ -397,22 +397,34 @@ class RedeliveryRequest(_message.Message):
     RESTORE_ID_FIELD_NUMBER: _builtins.int
     SINCE_MS_FIELD_NUMBER: _builtins.int
     BACKUP_TAKEN_AT_MS_FIELD_NUMBER: _builtins.int
+    LOG_ENTRIES_FIELD_NUMBER: _builtins.int
+    NEWEST_ID_FIELD_NUMBER: _builtins.int
     restore_id: _builtins.str
     """the restore's: one per restore, to every node alike"""
     since_ms: _builtins.int
     """the restored log's last entry, less the clock skew allowed"""
     backup_taken_at_ms: _builtins.int
     """when the backup was taken, for the people told"""
+    log_entries: _builtins.int
+    """What the restored store holds, in terms no clock moves: a message to it whose receipt
+    gave a larger audit log (ReceiptBody.log_size) came after its copy, and so did each
+    message it made whose id is after `newest_id`, the newest id it holds of its own making
+    (ids ascend as a node makes them, however its clock is set). With `since_ms`, so that a
+    clock set back after the backup loses nothing. 0 and empty from an older node.
+    """
+    newest_id: _builtins.str
     def __init__(
         self,
         *,
         restore_id: _builtins.str = ...,
         since_ms: _builtins.int = ...,
         backup_taken_at_ms: _builtins.int = ...,
+        log_entries: _builtins.int = ...,
+        newest_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_taken_at_ms", b"backup_taken_at_ms", "restore_id", b"restore_id", "since_ms", b"since_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_taken_at_ms", b"backup_taken_at_ms", "log_entries", b"log_entries", "newest_id", b"newest_id", "restore_id", b"restore_id", "since_ms", b"since_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

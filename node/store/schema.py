@@ -642,4 +642,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE inbox ADD COLUMN answered_by TEXT NOT NULL DEFAULT '';
     CREATE INDEX inbox_answered_by ON inbox(answered_by) WHERE answered_by != '';
     """,
+    # 45: on a message delivered, the recipient's audit log size its receipt gave (node/outbox.py):
+    # should the recipient's store be put back to a shorter log, the message is sent again,
+    # however its clock was set since (node/redelivery.py). NULL for one receipted before this.
+    """
+    ALTER TABLE outbox ADD COLUMN receipt_log_size INTEGER;
+    """,
 )
