@@ -11,7 +11,8 @@ start, every few minutes and on SIGHUP. X-Road's security server audits its back
 same way.
 
 A restore's mark (node/redelivery.py): which restore, which store file, and from when the
-store lacks what arrived. It is written before the store is swapped in, and names the
+store lacks what arrived: after its log's last entry, and, of what the node made, after the
+newest id the store holds. It is written before the store is swapped in, and names the
 restored file by its inode (a rename keeps it): a restore cut short before the swap leaves
 a mark that names a file which is not the store, and the node drops it."""
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,27 @@ from linkage.ids import uuid7
 from linkage.readonly import connect_read_only
 
 log = logs.get("store_notes")
+# The tables of a node's store that keep ids the node made, and their id columns.
+MADE_IDS = (
+    ("outbox", "message_id"),
+    ("cases", "case_id"),
+    ("assessments", "assessment_id"),
+    ("shares", "share_id"),
+    ("closures", "closure_id"),
+    ("info_requests", "request_id"),
+)
+
+
+def newest_id_query(tables: Iterable[str]) -> str:
+    """The query for the newest id a node made, in those of `tables` that keep one: ids it
+    makes from then on come after it, however its clock is set (linkage/ids.py). Each is
+    read by its index. (A store of an older schema may lack some of the tables.)"""
+    present = set(tables)
+    parts = [f"SELECT MAX({column}) AS id FROM {table}" for table, column in MADE_IDS if table in present]
+    return f"SELECT MAX(id) FROM ({' UNION ALL '.join(parts)})" if parts else "SELECT NULL"
+
+
+NEWEST_ID = newest_id_query(table for table, _ in MADE_IDS)
 
 
 class _Note:
@@ -121,6 +143,7 @@ class Restored(_Note):
     backup_taken_at_ms: int
     backup_sha256: str  # of the backup file, as the record of its taking names it
     restored_at_ms: int
+    newest_id: str = ""  # the newest id the restored store holds of its node's making (none in an older mark)
 
 
 def mark_path(store: Path) -> Path:
@@ -131,6 +154,8 @@ def mark(staged: Path, store: Path, backup_taken_at_ms: int, backup_sha256: str,
     """Write the mark for `staged`, a node's store about to be put in place as `store`."""
     with closing(connect_read_only(staged)) as db:
         last = db.execute("SELECT seq, ts_ms FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        tables = (name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        (newest,) = db.execute(newest_id_query(tables)).fetchone()
     entries, last_ms = last if last is not None else (0, backup_taken_at_ms)
     restored = Restored(
         restore_id=uuid7(now_ms),
@@ -140,6 +165,7 @@ def mark(staged: Path, store: Path, backup_taken_at_ms: int, backup_sha256: str,
         backup_taken_at_ms=backup_taken_at_ms,
         backup_sha256=backup_sha256,
         restored_at_ms=now_ms,
+        newest_id=str(newest or ""),
     )
     write_private(mark_path(store), restored.to_json())
     return restored

@@ -51,18 +51,6 @@ SUMMARY_KINDS = (
 CARRIES_SUMMARY = (*SUMMARY_KINDS, envelope_pb2.MESSAGE_KIND_INFORMATION_RESPONSE)
 
 
-async def newest_id(fetchone: FetchOne) -> str | None:
-    """The newest id this node made, in any table that keeps one: ids made from now on come
-    after it, however the clock was set meanwhile (linkage/ids.py). Each is read by its index."""
-    (newest,) = await fetchone(
-        "SELECT MAX(id) FROM (SELECT MAX(message_id) AS id FROM outbox UNION ALL SELECT MAX(case_id) FROM cases "
-        "UNION ALL SELECT MAX(assessment_id) FROM assessments UNION ALL SELECT MAX(share_id) FROM shares "
-        "UNION ALL SELECT MAX(closure_id) FROM closures UNION ALL SELECT MAX(request_id) FROM info_requests)",
-        (),
-    )
-    return str(newest) if newest else None
-
-
 async def tokens_sent(fetchone: FetchOne, where: str, params: tuple[object, ...]) -> list[bytes] | None:
     """The link tokens the oldest of this node's messages that `where` picks (in the outbox,
     `o`) went with: from its body, if retention kept it, or else as a copy given back after a

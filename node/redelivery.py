@@ -31,7 +31,7 @@ from linkage.store_notes import Restored, clear_mark, in_place, read_mark
 from linkage.v1 import audit_pb2, directory_pb2, envelope_pb2, summary_pb2, workflow_pb2
 from node.context import NodeContext
 from node.event_numbers import PER_MS, EventNumbers
-from node.messaging import Fill, Messenger, newest_id
+from node.messaging import Fill, Messenger
 from node.returned_copies import Returning, copies_for, recover
 from node.store import Tx
 
@@ -48,6 +48,7 @@ class Loss:
     restore_id: str
     last_entry_ms: int  # the store's log's last entry, as it was put back
     taken_at_ms: int  # when the copy put back was made, as best known
+    newest_id: str  # the newest id the store held of this node's making, as it was put back ("" unknown)
     found: dict[str, Any]  # how the loss was found, for the audit entry
 
 
@@ -77,14 +78,19 @@ async def ask_again_if_restored(ctx: NodeContext) -> bool:
         "restored_at_ms": restored.restored_at_ms,
         "log_entries": restored.log_entries,
     }
-    if not await _ask_again(ctx, Loss(restored.restore_id, restored.last_entry_ms, restored.backup_taken_at_ms, found)):
+    loss = Loss(restored.restore_id, restored.last_entry_ms, restored.backup_taken_at_ms, restored.newest_id, found)
+    if not await _ask_again(ctx, loss):
         return True
     clear_mark(store)
     return False
 
 
 async def ask_again_if_rolled_back(
-    ctx: NodeContext, witnessed: audit_pb2.Checkpoint, entries_at_start: int, last_entry_ms_at_start: int
+    ctx: NodeContext,
+    witnessed: audit_pb2.Checkpoint,
+    entries_at_start: int,
+    last_entry_ms_at_start: int,
+    newest_id_at_start: str,
 ) -> None:
     """The witness holds a checkpoint of a longer log than this one: the store was put back
     by other means than `backup restore` (a virtual machine's snapshot, files copied back)
@@ -95,7 +101,7 @@ async def ask_again_if_rolled_back(
     if asked is not None:
         return
     found = {"found": "behind_witness", "witnessed_entries": witnessed.tree_size, "log_entries": entries_at_start}
-    loss = Loss(ctx.new_id(), last_entry_ms_at_start, last_entry_ms_at_start, found)
+    loss = Loss(ctx.new_id(), last_entry_ms_at_start, last_entry_ms_at_start, newest_id_at_start, found)
     await _ask_again(ctx, loss)
 
 
@@ -110,7 +116,7 @@ async def _ask_again(ctx: NodeContext, loss: Loss) -> bool:
         since_ms=max(1, loss.last_entry_ms - MAX_CLOCK_SKEW_MS),
         backup_taken_at_ms=loss.taken_at_ms,
         log_entries=loss.found["log_entries"],
-        newest_id=await newest_id(ctx.store.fetchone) or "",
+        newest_id=loss.newest_id,
     )
     try:  # a directory current, naming a key of ours to sign with
         directory = ctx.trust.current(ctx.clock.now_ms())

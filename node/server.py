@@ -25,6 +25,7 @@ from linkage.pki import CertificateProblem, spiffe_id
 from linkage.reasons import Rejected
 from linkage.renewal import CertificateWatch, Renewal, new_roots, roots_detail, write_roots
 from linkage.runtime import serve_until_signalled
+from linkage.store_notes import NEWEST_ID
 from linkage.tokens import MAX_TOKENS_PER_MESSAGE, LinkageKey
 from linkage.transport import API_SERVER_OPTIONS, LINK_HEALTH_SERVICE, unix_address
 from linkage.v1 import directory_pb2, gateway_pb2
@@ -39,7 +40,7 @@ from node.chronology import Chronologies
 from node.context import NodeContext
 from node.inbox import Inbox
 from node.link import ANSWERS, DELIVERIES, GatewayLink
-from node.messaging import Messenger, newest_id
+from node.messaging import Messenger
 from node.metrics import NodeMetrics
 from node.outbox import Outbox
 from node.policy import PolicyContext
@@ -404,7 +405,8 @@ class NodeServer:
         messenger = Messenger(
             config.node_id, keys, self.trust, self.clock, config.delivery, self.outbox.fresh, self.outbox.unsent
         )
-        if newest := await newest_id(self.store.fetchone):
+        (newest,) = await self.store.fetchone(NEWEST_ID)
+        if newest:  # what it makes from now on comes after it, however the clock was set meanwhile
             messenger.ids.after(newest)
         self.reception = Reception(
             self.store,
@@ -452,7 +454,7 @@ class NodeServer:
         last = await self.store.fetchone("SELECT seq, ts_ms FROM audit ORDER BY seq DESC LIMIT 1")
         entries, last_ms = last if last is not None else (0, 0)
         ctx = self.ctx
-        self.checkpoints.on_behind = lambda held: ask_again_if_rolled_back(ctx, held, entries, last_ms)
+        self.checkpoints.on_behind = lambda held: ask_again_if_rolled_back(ctx, held, entries, last_ms, newest or "")
         self._restore_unasked = await ask_again_if_restored(self.ctx)
         async with self.store.tx() as tx:  # key and configuration changes are audited too
             dropped = await self.chronology.follow_code_lists(tx)

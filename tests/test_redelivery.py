@@ -563,7 +563,7 @@ async def test_a_store_rolled_back_by_other_means_is_found_by_its_witness_and_as
         assert {r[0] for r in rows} == {kept, *after}
         # Asked once for the gap the witness shows: not again at a later start still behind it.
         witnessed = audit_pb2.Checkpoint(tree_size=found["detail"]["witnessed_entries"], at_ms=found["ts_ms"] - 1)
-        await ask_again_if_rolled_back(csc.ctx, witnessed, 0, 0)
+        await ask_again_if_rolled_back(csc.ctx, witnessed, 0, 0, "")
         assert len(await audit_events(csc, "store.restored")) == 1
         await csc.checkpoints.lodge()  # past the witness now, by what came again: lodged, as a break
         assert len(await audit_events(csc, "store.restored")) == 1
