@@ -1,5 +1,6 @@
 """Whole workflows at random across three agencies while the gateway and the nodes go away
-and come back, disks turn read-only and are mended, and the clock steps back: amh records
+and come back, disks turn read-only and are mended, the clock steps back, and a node's
+store is backed up as it runs and later put back to that backup: amh records
 versions of its assessment and shares them (as summaries, risk-change notices, historical
 updates and corrections; consent overridden or given), withdraws them, and answers the
 clarifications, information requests and challenges that csc and the school raise about
@@ -8,8 +9,10 @@ them back, and propose to close them, every agency answers, and the days pass an
 close. Once all is settled:
 
 - each node sent exactly what its case system was told went, and nothing of what it was
-  refused (a refusal wrote nothing; an answer meant a commit);
-- every message a node sent reached its recipient, once, and nothing else came from it;
+  refused (a refusal wrote nothing; an answer meant a commit), but for what a restore of its
+  store took before it reached any agency (what reached one is given back);
+- every message a node sent reached its recipient, once, and nothing else came from it
+  (but the requests of a restore, which a later restore is not given back);
 - the gateway holds each node subscribed to exactly the people its open cases name;
 - each recipient holds the version of each summary its sender made last as the live one,
   and none once that summary was withdrawn;
@@ -32,6 +35,7 @@ import pytest
 
 from linkage import stories
 from linkage.clock import DAY_MS, ManualClock, SystemClock
+from linkage.content import ABOUT_NO_FAMILY
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, node_api_pb2_grpc, summary_pb2, workflow_pb2
 from node import dates
@@ -108,6 +112,9 @@ class Run:
     answers: dict[str, list[tuple[str, int]]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
     days: int = 0  # the clock moved on a day at a time, for closures
     back_ms: int = 0  # and stepped back, in all
+    # What each node's case system was told went that its store lost when put back to a
+    # backup: still sent if it reached its recipient (who gives it back), else gone.
+    lost: dict[str, set[str]] = dataclasses.field(default_factory=lambda: {n: set() for n in NODES})
 
     def api(self, node: str) -> node_api_pb2_grpc.NodeApiAsyncStub:
         return self.cluster.api(node)
@@ -312,6 +319,12 @@ class Run:
                 )
             )
 
+    async def restore(self) -> None:
+        """A node's store put back to its last backup, as agency IT restores it."""
+        if (restored := await self.faults.put_back()) is not None:
+            node, held = restored
+            self.lost[node] |= self.sent[node] - held
+
     async def clock_back(self) -> None:
         """The wall clock steps back (NTP, a host resumed), as every node sees it."""
         ms = self.rng.choice((2_000, 90_000, 600_000))
@@ -350,8 +363,9 @@ async def settled(run: Run) -> collections.Counter[str]:
         waiting: collections.Counter[str] = collections.Counter()
         for node in NODES:
             (count,) = await run.store(node).fetchone(
-                "SELECT (SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent')) "
-                "+ (SELECT COUNT(*) FROM notices_to_send) + (SELECT COUNT(*) FROM subscriptions_to_end)"
+                "SELECT (SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent') AND recipient IN (?, ?, ?)) "
+                "+ (SELECT COUNT(*) FROM notices_to_send) + (SELECT COUNT(*) FROM subscriptions_to_end)",
+                NODES,
             )
             named = {
                 bytes(t)
@@ -374,9 +388,33 @@ async def settled(run: Run) -> collections.Counter[str]:
             run.cluster.nodes[node].outbox.wake.set()
 
 
+async def still_waiting(run: Run) -> dict[str, list[object]]:
+    """What each node still has to send or tell the gateway, for a failure to name."""
+    found: dict[str, list[object]] = {}
+    for node in NODES:
+        store = run.store(node)
+        found[node] = [
+            *await store.fetchall(
+                "SELECT message_id, recipient, kind, state, reason FROM outbox WHERE state IN ('queued', 'sent') "
+                "AND recipient IN (?, ?, ?)",
+                NODES,
+            ),
+            *[("notice", *r) for r in await store.fetchall("SELECT * FROM notices_to_send")],
+            *[
+                ("unsubscribe", bytes(r[0]).hex()[:8])
+                for r in await store.fetchall("SELECT token FROM subscriptions_to_end")
+            ],
+        ]
+    return found
+
+
 async def outbox(store: Store) -> list[tuple[str, str, int, str, str]]:
-    """(message id, recipient, kind, summary id, state) of each message a node made."""
-    rows = await store.fetchall("SELECT message_id, recipient, kind, summary_id, state FROM outbox ORDER BY seq")
+    """(message id, recipient, kind, summary id, state) of each message a node made to
+    another that runs (a restored node asks every agency the directory names, some not here)."""
+    rows = await store.fetchall(
+        "SELECT message_id, recipient, kind, summary_id, state FROM outbox WHERE recipient IN (?, ?, ?) ORDER BY seq",
+        NODES,
+    )
     return [(str(m), str(r), int(k), str(s), str(st)) for m, r, k, s, st in rows]
 
 
@@ -392,13 +430,25 @@ async def check_settled(run: Run) -> None:
     }
     for node in NODES:
         made = await outbox(run.store(node))
-        assert {m for m, _, k, _, _ in made if k in ASKED[node]} == run.sent[node], node
+        # What a restore lost comes back from an agency it reached, unless that agency erased it since.
+        returnable = {
+            m
+            for inbox in inboxes.values()
+            for (sender, m), (*_, st) in inbox.items()
+            if sender == node and st != "erased"
+        }
+        expected = run.sent[node] - (run.lost[node] - returnable)
+        assert {m for m, _, k, _, _ in made if k in ASKED[node]} == expected, node
         assert {st for *_, st in made} <= {"delivered", "cancelled"}, (node, collections.Counter(st for *_, st in made))
         for message_id, recipient, _, _, state in made:
             if state == "delivered":
                 assert (node, message_id) in inboxes[recipient], (node, message_id, recipient)
+        # Nothing came from a node but what it made: not counting a restore's own messages, and
+        # what a restore took from it that the recipient had erased since, neither given back.
         for recipient in NODES:
-            from_node = {m for sender, m in inboxes[recipient] if sender == node}
+            from_node = {m for (sender, m), _ in inboxes[recipient].items() if sender == node}
+            from_node -= {m for (_, m), (k, *_) in inboxes[recipient].items() if k in ABOUT_NO_FAMILY}
+            from_node -= {m for (_, m), (_, _, st) in inboxes[recipient].items() if st == "erased"} & run.lost[node]
             assert from_node <= {m for m, *_ in made}, (node, recipient)
     # The live version of each summary at each recipient is the one amh made last, unless that was its withdrawal.
     made = await outbox(run.store("amh"))
@@ -417,11 +467,12 @@ async def check_settled(run: Run) -> None:
             expected = {copies[-1][0]} if copies and copies[-1][1] != env.MESSAGE_KIND_WITHDRAWAL else set()
             assert live == expected, (recipient, summary_id, copies)
     # Each request and challenge shows, where it was raised, the answer amh gave last that went;
-    # and at amh the answer it gave last, unless a withdrawal kept that from going (to answer again).
+    # and at amh the answer it gave last, unless a withdrawal kept that from going (to answer
+    # again). One a restore lost, that never went, was never given as the store now stands.
     states = {m: st for node in NODES for m, *_, st in await outbox(run.store(node))}
 
     def last(message_id: str, sent_only: bool) -> int:
-        given = [(states[m], answer) for m, answer in run.answers[message_id]]
+        given = [(states[m], answer) for m, answer in run.answers[message_id] if m in states]
         if sent_only:
             given = [g for g in given if g[0] == "delivered"]
         return given[-1][1] if given and given[-1][0] != "cancelled" else 0
@@ -480,16 +531,23 @@ async def test_workflows_while_the_federation_fails_in_parts_deliver_everything_
             + [run.look, run.relink, run.propose, run.answer_closure, run.answer_closure, run.close]
             + [faults.gateway_away, faults.node_away, faults.restart, faults.disk_read_only]
             + [faults.gateway_disk_read_only, run.clock_back]
+            + [faults.back_up, run.restore] * 2
             + [faults.gateway_back, faults.node_back, faults.disks_mended] * 2
         )
+        trail: list[str] = []  # the steps taken, a fault by what it did
         for _ in range(STEPS):
             step = run.rng.choice(steps)
             if step in amh_steps and "amh" in faults.away:
                 continue
+            faults_made = len(faults.done)
             await take(step, refused)
+            trail.append(faults.done[-1] if len(faults.done) > faults_made else step.__name__)
         await faults.all_back()
-        assert not await settled(run), f"refused on the way: {dict(refused)}"
-        await check_settled(run)
+        try:
+            assert not await settled(run), f"refused on the way: {dict(refused)}; waiting: {await still_waiting(run)}"
+            await check_settled(run)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nsteps: {', '.join(trail)}") from exc
     for node in NODES:
         config = federation.node_configs[node].data_dir / "node.toml"
         code, out, err = await linkage("audit", "verify", "--config", str(config))
