@@ -50,6 +50,9 @@ STEPS = 60
 MOST_DAYS = 3  # the harness's directory is valid for a week
 MOST_BACK_MS = 1_800_000  # all the clock steps back, from an hour past the directory's issue
 NODES = ("amh", "csc", "school")
+# Of what a node sends, what goes to a node that runs here (a restored node asks every agency
+# the directory names, some not here): with NODES as its parameters.
+TO_NODES = f"recipient IN ({', '.join('?' * len(NODES))})"
 ACTORS = {"amh": PRACTITIONER, "csc": CSC_WORKER, "school": SCHOOL_DSL}
 ASKERS = ("csc", "school")
 # What a case system's call makes each node send, and answers with the message ids of: not
@@ -363,7 +366,7 @@ async def settled(run: Run) -> collections.Counter[str]:
         waiting: collections.Counter[str] = collections.Counter()
         for node in NODES:
             (count,) = await run.store(node).fetchone(
-                "SELECT (SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent') AND recipient IN (?, ?, ?)) "
+                f"SELECT (SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent') AND {TO_NODES}) "
                 "+ (SELECT COUNT(*) FROM notices_to_send) + (SELECT COUNT(*) FROM subscriptions_to_end)",
                 NODES,
             )
@@ -396,7 +399,7 @@ async def still_waiting(run: Run) -> dict[str, list[object]]:
         found[node] = [
             *await store.fetchall(
                 "SELECT message_id, recipient, kind, state, reason FROM outbox WHERE state IN ('queued', 'sent') "
-                "AND recipient IN (?, ?, ?)",
+                f"AND {TO_NODES}",
                 NODES,
             ),
             *[("notice", *r) for r in await store.fetchall("SELECT * FROM notices_to_send")],
@@ -409,11 +412,9 @@ async def still_waiting(run: Run) -> dict[str, list[object]]:
 
 
 async def outbox(store: Store) -> list[tuple[str, str, int, str, str]]:
-    """(message id, recipient, kind, summary id, state) of each message a node made to
-    another that runs (a restored node asks every agency the directory names, some not here)."""
+    """(message id, recipient, kind, summary id, state) of each message a node made to another here."""
     rows = await store.fetchall(
-        "SELECT message_id, recipient, kind, summary_id, state FROM outbox WHERE recipient IN (?, ?, ?) ORDER BY seq",
-        NODES,
+        f"SELECT message_id, recipient, kind, summary_id, state FROM outbox WHERE {TO_NODES} ORDER BY seq", NODES
     )
     return [(str(m), str(r), int(k), str(s), str(st)) for m, r, k, s, st in rows]
 
