@@ -24,6 +24,7 @@ AuditEvent = Literal[
     "message.silent_read",
     "message.read_by_recipient",
     "message.recovered",
+    "message.reply_applied",
     "case.opened",
     "case.person_added",
     "case.person_removed",
@@ -81,6 +82,8 @@ MEANING: dict[str, str] = {
     "message.read_by_recipient": "Opened by the recipient",
     "message.recovered": "Sent before this node's store was put back to a backup: recorded again from the "
     "copy its recipient gave back",
+    "message.reply_applied": "A reply of this node's, given back after its store was put back, applied to "
+    "the message it replies to as that came again",
     "case.opened": "Case opened",
     "case.person_added": "Person added to a case",
     "case.person_removed": "Person removed from a case",

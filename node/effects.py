@@ -3,7 +3,8 @@ its inbox row: newer versions supersede older ones, withdrawals withdraw (and er
 where their ground asks it), involvement notices are recorded, closure replies, answers
 to information requests and challenges, read notifications update what this node sent; a
 restored node's request queues again what it lost and returns what it sent, and what is
-given back to a restored node is recorded."""
+given back to a restored node is recorded (and its replies to what comes again after them
+applied)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from linkage.envelope import Opened
 from linkage.v1 import envelope_pb2 as pb
 from node import answers
 from node.erasure import answers_erased_item, erase_answers, erase_rows, erase_versions, erasing_withdrawal
+from node.recovered_workflow import REPLIED_TO, replies_waiting
 from node.redelivery import Redelivery
 from node.store import Tx
 
@@ -84,6 +86,8 @@ async def apply_effects(tx: Tx, seq: int, opened: Opened, redelivery: Redelivery
         await answers.answer_arrived(tx, body, sender)
     elif kind == pb.MESSAGE_KIND_CHALLENGE_RESPONSE:
         await answers.challenge_answered(tx, body, sender)
+    if kind in REPLIED_TO:  # what this node replied to it before its store was put back, given back first
+        await replies_waiting(tx, sender, body.message_id)
 
 
 async def _take_its_place(tx: Tx, seq: int, routing: pb.RoutingHeader, summary_id: str) -> None:

@@ -9,8 +9,9 @@ then returns what it was sent): each is applied once its message is put back.
 What this node answered since of what it was asked (an information request, a challenge,
 a closure proposal) is shown answered again as it was, and leaves its duty view: the agency
 that asked holds the answer. An item it read since, telling its sender, is read again, not
-new. The thing answered or read is here already, received before the backup or sent again
-by that agency before it returned the copies.
+new. The thing answered or read was received before the backup, or is sent again by that
+agency, before its copies or after them: a reply to what is not here yet waits for it
+(`replies_given_back`) and is applied as it comes.
 
 A closure proposal is put back too, with the agencies alerted to it and their answers, and
 the case closed again if its closure notice comes back: its people's subscriptions then
@@ -29,6 +30,7 @@ from linkage.calendar import given
 from linkage.v1 import envelope_pb2 as pb
 from linkage.v1 import node_api_pb2
 from node import answers, dates
+from node.messaging import CARRIES_SUMMARY
 from node.store import Tx
 
 NO_CASE = {"not_rebuilt": "no case in this store names its people (opened after the backup?)"}
@@ -38,6 +40,9 @@ ANSWERS = {
     pb.MESSAGE_KIND_CHALLENGE_RESPONSE: ("challenge_answer", pb.MESSAGE_KIND_CHALLENGE),
     pb.MESSAGE_KIND_CLOSURE_RESPONSE: ("closure_answer", pb.MESSAGE_KIND_CLOSURE_INTENT),
 }
+# What this node may have replied to, as the reply given back after a restore shows it: what
+# it answered, and an item carrying a summary, read.
+REPLIED_TO = frozenset({*(kind for _, kind in ANSWERS.values()), *CARRIES_SUMMARY})
 # Kinds whose effect at this node names a message it sent, by `in_reply_to`.
 REPLIES = (
     pb.MESSAGE_KIND_READ_NOTIFICATION,
@@ -75,11 +80,14 @@ async def rebuild(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:
     if body.kind in ANSWERS:
         return await _answer_given(tx, holder, body)
     if body.kind == pb.MESSAGE_KIND_READ_NOTIFICATION:  # read here: not listed as new again
-        read = await tx.execute(
+        replied_to = body.read.read_message_id
+        if not await _held(tx, holder, replied_to):
+            return await _wait_for(tx, holder, replied_to, body)
+        await tx.execute(
             "UPDATE inbox SET state = 'read' WHERE sender = ? AND message_id = ? AND state = 'new'",
-            (holder, body.read.read_message_id),
+            (holder, replied_to),
         )
-        return {"rebuilt": "read"} if read.rowcount else {}
+        return {"rebuilt": "read"}
     if body.kind == pb.MESSAGE_KIND_CLOSURE_NOTICE:
         closure_id = body.closure_notice.closure_id
         if (case_id := await answers.closure_made(tx, closure_id, body.created_at_ms)) is not None:
@@ -105,12 +113,39 @@ async def _answer_given(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, 
         note = body.challenge_response.response
     else:
         asked, answer = body.in_reply_to, body.closure_response.answer
+    if not await _held(tx, holder, asked):
+        return await _wait_for(tx, holder, asked, body)
     if await answers.answered(tx, asked, holder, answer, body.message_id, kind, note, body.created_at_ms):
         return {"rebuilt": name}
-    held = await tx.fetchone(
-        "SELECT 1 FROM inbox WHERE sender = ? AND message_id = ? AND kind = ?", (holder, asked, kind)
+    return {"not_rebuilt": "a later answer is held, or what it answers is of another kind"}
+
+
+async def _held(tx: Tx, sender: str, message_id: str) -> bool:
+    return (
+        await tx.fetchone("SELECT 1 FROM inbox WHERE sender = ? AND message_id = ?", (sender, message_id)) is not None
     )
-    return {"not_rebuilt": "a later answer is held" if held else "what it answers is not held here"}
+
+
+async def _wait_for(tx: Tx, holder: str, replied_to: str, body: pb.MessageBody) -> dict[str, str]:
+    """This node's reply to a message of `holder`'s it does not hold yet, kept until it comes."""
+    await tx.execute(
+        "INSERT OR IGNORE INTO replies_given_back(reply_id, sender, replied_to, body) VALUES (?, ?, ?, ?)",
+        (body.message_id, holder, replied_to, body.SerializeToString()),
+    )
+    return {"waiting": "what it replies to is not held here yet: applied when it comes again"}
+
+
+async def replies_waiting(tx: Tx, sender: str, message_id: str) -> None:
+    """`sender`'s message `message_id` has just come: apply what this node replied to it, given
+    back after a restore before the message was sent again, in the order it made them."""
+    rows = await tx.fetchall(
+        "SELECT reply_id, body FROM replies_given_back WHERE sender = ? AND replied_to = ? ORDER BY reply_id",
+        (sender, message_id),
+    )
+    for reply_id, body in rows:
+        done = await rebuild(tx, sender, pb.MessageBody.FromString(body))
+        await tx.execute("DELETE FROM replies_given_back WHERE reply_id = ?", (reply_id,))
+        await tx.audit("message.reply_applied", message_id=str(reply_id), counterpart=sender, detail=done)
 
 
 async def _closure_proposed(tx: Tx, holder: str, body: pb.MessageBody) -> dict[str, str]:

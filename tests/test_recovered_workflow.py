@@ -13,9 +13,10 @@ from linkage.clock import ManualClock
 from linkage.v1 import envelope_pb2 as pb
 from linkage.v1 import summary_pb2, workflow_pb2
 from node import answers
-from node.recovered_workflow import NO_CASE, rebuild
+from node.recovered_workflow import NO_CASE, rebuild, replies_waiting
 from node.store import Store, Tx
 from tests.crypto_fixtures import NOW
+from tests.harness import audit_events
 
 FAMILY = [bytes([7]) * 32, bytes([8]) * 32]
 STRANGERS = [bytes([9]) * 32]
@@ -129,7 +130,7 @@ async def test_a_kind_that_starts_nothing_here_rebuilds_nothing(store: Store) ->
 async def test_an_answer_given_back_shows_what_it_answers_answered_unless_a_later_one_is_held(store: Store) -> None:
     """This node answered b's challenge twice since its backup (maintained, then accepted):
     the copies come back in either order, and the later answer holds. An answer to a
-    challenge this store does not hold puts nothing back, and says why."""
+    challenge b has not sent again yet waits for it, and holds once it comes."""
 
     def answer(message_id: str, to: str, said: workflow_pb2.ChallengeAnswer.ValueType) -> pb.MessageBody:
         reply = workflow_pb2.ChallengeResponse(challenge_message_id=to, answer=said, response=f"Answer {message_id}.")
@@ -139,34 +140,41 @@ async def test_an_answer_given_back_shows_what_it_answers_answered_unless_a_late
 
     first, later = answer("a-1", "q-1", MAINTAINED), answer("a-2", "q-1", ACCEPTED)
     async with store.tx() as tx:
-        await tx.execute(
-            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
-            "VALUES ('b', 'q-1', ?, 1, ?, '')",
-            (b"d" * 32, pb.MESSAGE_KIND_CHALLENGE),
-        )
+        await _received(tx, "q-1", pb.MESSAGE_KIND_CHALLENGE)
         assert await rebuild(tx, "b", later) == {"rebuilt": "challenge_answer"}
-        assert await rebuild(tx, "b", first) == {"not_rebuilt": "a later answer is held"}
-        assert await rebuild(tx, "b", answer("a-3", "q-9", ACCEPTED)) == {
-            "not_rebuilt": "what it answers is not held here"
-        }
-    held = "SELECT answer, answered_at_ms, answer_note, answered_by FROM inbox WHERE message_id = 'q-1'"
-    assert await store.fetchone(held) == (ACCEPTED, 5, "Answer a-2.", "a-2")
+        assert (await rebuild(tx, "b", first))["not_rebuilt"].startswith("a later answer is held")
+        assert "waiting" in await rebuild(tx, "b", answer("a-3", "q-9", ACCEPTED))
+    answered = "SELECT answer, answered_at_ms, answer_note, answered_by FROM inbox WHERE message_id = ?"
+    assert await store.fetchone(answered, ("q-1",)) == (ACCEPTED, 5, "Answer a-2.", "a-2")
+    async with store.tx() as tx:  # b sends q-9 again, after the copies
+        await _received(tx, "q-9", pb.MESSAGE_KIND_CHALLENGE)
+        await replies_waiting(tx, "b", "q-9")
+    assert await store.fetchone(answered, ("q-9",)) == (ACCEPTED, 5, "Answer a-3.", "a-3")
+    assert await store.fetchall("SELECT * FROM replies_given_back") == []
+    (applied,) = await audit_events(store, "message.reply_applied")
+    assert (applied["message_id"], applied["detail"]) == ("a-3", {"rebuilt": "challenge_answer"})
 
 
 async def test_a_read_notification_given_back_shows_the_item_it_read_as_read(store: Store) -> None:
     """An item read since the backup, its sender told: sent again as new, it is read again
-    once the notification comes back; one this store does not hold rebuilds nothing."""
+    once the notification comes back, before or after it."""
 
     def told(read_message_id: str) -> pb.MessageBody:
         read = workflow_pb2.ReadNotification(read_message_id=read_message_id, read_at_ms=3, reader_role="Duty worker")
-        return pb.MessageBody(message_id="r-1", kind=pb.MESSAGE_KIND_READ_NOTIFICATION, read=read)
+        return pb.MessageBody(message_id=f"r-{read_message_id}", kind=pb.MESSAGE_KIND_READ_NOTIFICATION, read=read)
 
     async with store.tx() as tx:
-        await tx.execute(
-            "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) "
-            "VALUES ('b', 's-1', ?, 1, ?, 'share-1')",
-            (b"d" * 32, pb.MESSAGE_KIND_SUMMARY_SHARE),
-        )
+        await _received(tx, "s-1", pb.MESSAGE_KIND_SUMMARY_SHARE)
         assert await rebuild(tx, "b", told("s-1")) == {"rebuilt": "read"}
-        assert await rebuild(tx, "b", told("s-9")) == {}
-    assert await store.fetchone("SELECT state FROM inbox WHERE message_id = 's-1'") == ("read",)
+        assert "waiting" in await rebuild(tx, "b", told("s-2"))
+        await _received(tx, "s-2", pb.MESSAGE_KIND_SUMMARY_SHARE)
+        await replies_waiting(tx, "b", "s-2")
+    assert await store.fetchall("SELECT state FROM inbox WHERE message_id IN ('s-1', 's-2')") == [("read",), ("read",)]
+
+
+async def _received(tx: Tx, message_id: str, kind: int) -> None:
+    """b's message `message_id`, in this node's inbox."""
+    await tx.execute(
+        "INSERT INTO inbox(sender, message_id, digest, received_at_ms, kind, share_id) VALUES ('b', ?, ?, 1, ?, '')",
+        (message_id, message_id.encode() * 8, kind),
+    )

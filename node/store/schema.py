@@ -648,4 +648,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE outbox ADD COLUMN receipt_log_size INTEGER;
     """,
+    # 46: this node's replies given back after a restore (an answer, a read notification) to a
+    # message its store does not hold yet: the agency sends that message again, and it may
+    # come after the copies. Applied, and removed, as it comes (node/recovered_workflow.py).
+    """
+    CREATE TABLE replies_given_back(
+      reply_id TEXT PRIMARY KEY,
+      sender TEXT NOT NULL,
+      replied_to TEXT NOT NULL,
+      body BLOB NOT NULL
+    );
+    CREATE INDEX replies_given_back_to ON replies_given_back(sender, replied_to);
+    """,
 )
