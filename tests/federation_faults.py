@@ -20,6 +20,7 @@ from linkage.readonly import connect_read_only
 from node.store import Store
 from tests.harness import Cluster
 
+GATEWAY = "gateway"  # its backup's key among the nodes'
 # Refusals no person can act on: a defect in the node, whatever else was failing.
 DEFECTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS}
 
@@ -43,7 +44,7 @@ class Faults:
     read_only: set[str] = dataclasses.field(default_factory=set)
     gateway_up: bool = True
     gateway_read_only: bool = False
-    backups: dict[str, Path] = dataclasses.field(default_factory=dict)  # each node's last
+    backups: dict[str, Path] = dataclasses.field(default_factory=dict)  # each node's last, and the gateway's
     done: list[str] = dataclasses.field(default_factory=list)  # each fault made, and where: for a failure to name
     _sealed_to: str = ""
 
@@ -128,7 +129,7 @@ class Faults:
         """A running node stopped, its store put back to its last backup, and started again:
         which, and the message ids its outbox held once put back (the rest of what it sent
         comes back only from the agencies it reached)."""
-        backed_up = sorted(n for n in self.backups if n not in self.away)
+        backed_up = sorted(n for n in self.backups if n in self.nodes and n not in self.away)
         if not backed_up or not self.may_link:
             return None
         node = self.rng.choice(backed_up)
@@ -143,6 +144,29 @@ class Faults:
         await self.cluster.start_node(node)
         self.done.append(f"{node} put back")
         return node, held
+
+    async def gateway_back_up(self) -> None:
+        """A backup of the running gateway's store, taken as it runs."""
+        if self.gateway_up:
+            taken = self._backups / "gateway.age"
+            gateway = backup.Member.of(self.cluster.federation.gateway_config)
+            backup.take(gateway, taken, backup.recipients([self._backup_key()]), self._now_ms())
+            self.backups[GATEWAY] = taken
+            self.done.append("gateway backed up")
+
+    async def gateway_put_back(self) -> None:
+        """The gateway stopped, if it runs, its store put back to its last backup, and started
+        again: it holds the subscriptions and checkpoints of then."""
+        if GATEWAY not in self.backups:
+            return
+        now_ms = self._now_ms()
+        if self.gateway_up:
+            await self.cluster.gateway.stop(grace=0)
+        gateway = backup.Member.of(self.cluster.federation.gateway_config)
+        backup.restore_store(gateway, self.backups[GATEWAY], backup.identities(self._backups / "backup.key"), now_ms)
+        await self.cluster.start_gateway(self.port)
+        self.gateway_up, self.gateway_read_only = True, False
+        self.done.append("gateway put back")
 
     @property
     def _backups(self) -> Path:

@@ -533,6 +533,7 @@ async def test_workflows_while_the_federation_fails_in_parts_deliver_everything_
             + [faults.gateway_away, faults.node_away, faults.restart, faults.disk_read_only]
             + [faults.gateway_disk_read_only, run.clock_back]
             + [faults.back_up, run.restore] * 2
+            + [faults.gateway_back_up, faults.gateway_put_back]
             + [faults.gateway_back, faults.node_back, faults.disks_mended] * 2
         )
         trail: list[str] = []  # the steps taken, a fault by what it did
