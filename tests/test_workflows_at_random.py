@@ -1,6 +1,6 @@
 """Whole workflows at random across three agencies while the gateway and the nodes go away
 and come back, disks turn read-only and are mended, the clock steps back, and a node's
-store is backed up as it runs and later put back to that backup: amh records
+store, or the gateway's, is backed up as it runs and later put back to that backup: amh records
 versions of its assessment and shares them (as summaries, risk-change notices, historical
 updates and corrections; consent overridden or given), withdraws them, and answers the
 clarifications, information requests and challenges that csc and the school raise about
