@@ -158,6 +158,7 @@ async def wait_count(
     commits (no sleeping); a test waiting for what never comes fails, saying what it waited for."""
     store = source.store if isinstance(source, NodeServer) else source
     assert store is not None
+    row = ("nothing yet",)
     try:
         async with asyncio.timeout(timeout_s):
             while True:
