@@ -1,6 +1,7 @@
 """Retention: received summaries, the bodies of delivered messages, the record of
-information requests and challenges sent, and the answers kept for repeated calls are kept
-for the configured time, then purged. A purge is itself audited. The audit log is kept by
+information requests and challenges sent, the answers kept for repeated calls, and replies
+given back after a restore that wait for a message never sent again are kept for the
+configured time, then purged. A purge is itself audited. The audit log is kept by
 its own rule: it is never purged here (its entries hold no summary content)."""
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ PURGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "call_answers": (  # kept to answer a repeated call (node/repeats.py)
         "SELECT request_id FROM call_answers WHERE answered_at_ms < ? ORDER BY answered_at_ms LIMIT ?",
         ("DELETE FROM call_answers WHERE request_id IN ({})",),
+    ),
+    # This node's replies given back after a restore, whose message never came again
+    # (node/recovered_workflow.py). Aged by the reply's own id: a UUIDv7 of this node's,
+    # whose first 48 bits are the millisecond it was made, so ids below the cutoff's are older.
+    "replies_waiting": (
+        "SELECT reply_id FROM replies_given_back WHERE reply_id < printf('%08x-%04x', ?1 >> 16, ?1 & 65535) "
+        "ORDER BY reply_id LIMIT ?2",
+        ("DELETE FROM replies_given_back WHERE reply_id IN ({})",),
     ),
 }
 

@@ -11,12 +11,13 @@ from pathlib import Path
 from linkage import logs, stories
 from linkage.clock import DAY_MS, ManualClock
 from linkage.envelope import MAX_AGE_MS, MAX_CLOCK_SKEW_MS
+from linkage.ids import Ids
 from linkage.v1 import envelope_pb2 as env
 from linkage.v1 import node_api_pb2, summary_pb2, workflow_pb2
 from linkage.v1.node_api_pb2 import AskClarificationRequest, DeliveryStatus, MessageSent
-from node import answers, repeats, retention
+from node import answers, recovered_workflow, repeats, retention
 from node.messaging import add_to_outbox
-from node.store import Store
+from node.store import Store, Tx
 from tests.harness import LocalFederation, audit_events, next_item, running, wait_delivered
 from tests.test_workflows import decline
 
@@ -120,7 +121,7 @@ async def test_no_canary_in_any_log_or_gateway_file(federation: LocalFederation)
                 assert secret.encode() not in data, f"{secret} in {path}"
 
 
-NOTHING = {"received": 0, "sent_bodies": 0, "requests": 0, "challenges": 0, "call_answers": 0}
+NOTHING = {"received": 0, "sent_bodies": 0, "requests": 0, "challenges": 0, "call_answers": 0, "replies_waiting": 0}
 
 
 async def _received_now(store: Store) -> None:
@@ -168,10 +169,18 @@ async def test_retention_never_forgets_a_message_id_a_replay_could_still_bring(t
         await store.close()
 
 
+async def _read_given_back(tx: Tx, reply_id: str) -> None:
+    """This node's read notification, given back after a restore, of an item not held again."""
+    read = env.MessageBody(kind=env.MESSAGE_KIND_READ_NOTIFICATION, message_id=reply_id)
+    read.read.read_message_id = f"item-of-{reply_id}"
+    assert "waiting" in await recovered_workflow.rebuild(tx, "amh", read)
+
+
 async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path: Path) -> None:
     """Received rows go with their tokens and chronology entries; delivered bodies are
     deleted, live ones kept; each chunk is its own transaction, audited with its counts."""
     clock = ManualClock()
+    ids = Ids()
     store = await Store.open(tmp_path / "s.sqlite", clock)
     try:
         async with store.tx() as tx:
@@ -202,6 +211,8 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
             for n, state in enumerate(["delivered"] * 4 + ["undeliverable", "sent"]):
                 await add_to_outbox(tx, f"out-{n}", "s", "csc", b"\x01\x02", b"\x00")
                 await tx.execute("UPDATE outbox SET state = ? WHERE message_id = ?", (state, f"out-{n}"))
+            for _ in range(4):  # read notifications given back after a restore, for items never sent again
+                await _read_given_back(tx, ids.make(tx.now_ms))
         clock.advance(60 * DAY_MS)
         async with store.tx() as tx:  # received since: kept
             await tx.execute(
@@ -209,8 +220,16 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
                 "VALUES ('amh', 'recent', x'00', ?, 1, 's')",
                 (tx.now_ms,),
             )
+            await _read_given_back(tx, recent_reply := ids.make(tx.now_ms - 31 * DAY_MS + 1))
 
-        purged_counts = {"received": 7, "sent_bodies": 5, "requests": 4, "challenges": 2, "call_answers": 5}
+        purged_counts = {
+            "received": 7,
+            "sent_bodies": 5,
+            "requests": 4,
+            "challenges": 2,
+            "call_answers": 5,
+            "replies_waiting": 4,
+        }
         assert await retention.purge(store, clock, keep_days=31, chunk=3) == purged_counts
 
         assert [r[0] for r in await store.fetchall("SELECT message_id FROM inbox")] == ["recent"]
@@ -223,6 +242,8 @@ async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path:
             "SELECT message_id FROM outbox o JOIN outbox_bodies b ON b.seq = o.seq WHERE o.body_kept"
         )
         assert [r[0] for r in kept] == ["out-5"]  # still in flight: its body is needed to send it again
+        waiting = await store.fetchall("SELECT reply_id FROM replies_given_back")
+        assert [r[0] for r in waiting] == [recent_reply]  # made inside the 31 days kept
         purged = [e["detail"] for e in await audit_events(store, "retention.purged")]
         assert [(d["received"], d["sent_bodies"]) for d in purged] == [(3, 3), (3, 2), (1, 0)]
         assert await retention.purge(store, clock, keep_days=31, chunk=3) == NOTHING
