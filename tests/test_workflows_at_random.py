@@ -21,7 +21,8 @@ close. Once all is settled:
   and challenge not answered is on its duty view;
 - every node's audit log verifies;
 
-and every refusal on the way was one a person can act on. SEEDS=n runs n seeds (2 by default)."""
+and every refusal on the way was one a person can act on. SEEDS=n runs n seeds (2 by default),
+from SEED_FROM (0 by default)."""
 
 from __future__ import annotations
 
@@ -508,7 +509,10 @@ async def check_settled(run: Run) -> None:
         assert replies == {r: a for r, m in alerted.items() if (a := last(m, True))}, (node, alerted, run.answers)
 
 
-@pytest.mark.parametrize("seed", range(int(os.environ.get("SEEDS", "2"))))
+FIRST_SEED = int(os.environ.get("SEED_FROM", "0"))
+
+
+@pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + int(os.environ.get("SEEDS", "2"))))
 async def test_workflows_while_the_federation_fails_in_parts_deliver_everything_once_in_the_order_made(
     federation: LocalFederation, seed: int
 ) -> None:
