@@ -12,6 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from linkage.toml_shapes import Table, read, tables, text
+
 Entry = dict[str, Any]
 
 
@@ -21,24 +23,29 @@ class CodeLists:
     lists: dict[str, dict[str, Entry]]
 
     @classmethod
-    def from_documents(cls, documents: Iterable[dict[str, Any]]) -> CodeLists:
-        """Merge documents in order: later ones add codes (and may relabel), never remove."""
+    def from_documents(cls, documents: Iterable[tuple[str, Table]]) -> CodeLists:
+        """Merge documents, each named by where it came from, in order: later ones add codes
+        (and may relabel), never remove."""
         lists: dict[str, dict[str, Entry]] = {}
         versions = []
-        for doc in documents:
-            versions.append(str(doc.get("version", "?")))
-            for name, entries in doc.items():
-                if isinstance(entries, list):
-                    target = lists.setdefault(name, {})
-                    for entry in entries:
-                        target[str(entry["code"])] = {**target.get(str(entry["code"]), {}), **entry}
+        for source, doc in documents:
+            try:
+                versions.append(text(doc, "version") if "version" in doc else "?")
+                for name, entries in doc.items():
+                    if isinstance(entries, list):
+                        target = lists.setdefault(name, {})
+                        for entry in tables(doc, name):
+                            code = text(entry, "code", f"{name}.")
+                            target[code] = {**target.get(code, {}), **entry}
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
         return cls(version="+".join(versions), lists=lists)
 
     @classmethod
     def load(cls, extra: Iterable[Path] = ()) -> CodeLists:
         base = resources.files("linkage.data").joinpath("codelists.toml").read_text()
-        docs = [tomllib.loads(base)] + [tomllib.loads(p.read_text()) for p in extra]
-        return cls.from_documents(docs)
+        docs = [("the packaged code lists", tomllib.loads(base))]
+        return cls.from_documents([*docs, *((p.name, read(p)) for p in extra)])
 
     def has(self, name: str, code: str) -> bool:
         return code in self.lists.get(name, {})

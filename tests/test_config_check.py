@@ -157,7 +157,10 @@ async def test_a_data_sharing_agreement_the_node_could_not_load_is_reported_befo
     (folder / "dsa.toml").write_text('title = "Reviewed agreement"\n')  # no version
     (folder / "glossary.toml").write_text("[[term]\nterm = 'CP'\n")
     edited = folder / "edited.toml"
-    for setting, expected in (('agreement = "dsa.toml"', "'version'"), ('glossary = "glossary.toml"', "glossary.toml")):
+    for setting, expected in (
+        ('agreement = "dsa.toml"', "dsa.toml: version is missing"),
+        ('glossary = "glossary.toml"', "glossary.toml: Expected ']]' at the end of an array declaration"),
+    ):
         edited.write_text(f"{node_toml.read_text()}\n[policy]\n{setting}\n")
         assert check(edited) == []  # given no loader, the policy files are not read
         (problem,) = check(edited, load_policy)
@@ -168,6 +171,43 @@ async def test_a_data_sharing_agreement_the_node_could_not_load_is_reported_befo
         assert code == 1 and said.strip() == problem
         with pytest.raises(ConfigError, match="cannot load the policy"):  # as the node finds it
             await NodeServer(NodeConfig.load(edited)).start()
+
+
+# Policy files that parse as TOML but hold the wrong kind of value somewhere: each is refused
+# naming its file and the part that is wrong (once a traceback from the code that read it).
+MISSHAPEN = [
+    ("agreement", 'version = "1"\n[recipient]\nSCHOOL = 3\n', "dsa.toml: recipient.SCHOOL must be a table"),
+    ("agreement", 'version = "1"\ndefault = "all"\n', "dsa.toml: default must be a table"),
+    ("agreement", 'version = "1"\n[default]\nfields = "headline"\n', "dsa.toml: default.fields must be a list of text"),
+    ("agreement", 'version = "1"\n[approval]\nwhen_consent_absent = "yes"\n', "must be true or false"),
+    ("agreement", 'version = ["1"]\n', "dsa.toml: version must be text"),
+    ("glossary", 'term = "CP"\n', "glossary.toml: term must be an array of tables"),
+    ("glossary", '[[term]]\nterm = "CP"\n', "glossary.toml: term.meaning is missing"),
+    ("codelists_extra", 'version = "x"\nrisk_category = ["FIRE"]\n', "extra.toml: risk_category must be an array"),
+    (
+        "codelists_extra",
+        'version = "x"\n[[risk_category]]\nlabel = "Fire"\n',
+        "extra.toml: risk_category.code is missing",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("setting", "text", "expected"), MISSHAPEN, ids=[f"{c[0]}-{n}" for n, c in enumerate(MISSHAPEN)]
+)
+async def test_a_policy_file_of_the_wrong_shape_is_refused_saying_where(
+    federation: LocalFederation, setting: str, text: str, expected: str
+) -> None:
+    node_toml = _node_toml(federation)
+    name = {"agreement": "dsa.toml", "glossary": "glossary.toml", "codelists_extra": "extra.toml"}[setting]
+    (node_toml.parent / name).write_text(text)
+    value = f'["{name}"]' if setting == "codelists_extra" else f'"{name}"'
+    edited = node_toml.parent / "edited.toml"
+    edited.write_text(f"{node_toml.read_text()}\n[policy]\n{setting} = {value}\n")
+    (problem,) = check(edited, load_policy)
+    assert "[policy] the node would not start: cannot load the policy" in problem and expected in problem, problem
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        await NodeServer(NodeConfig.load(edited)).start()
 
 
 def test_every_problem_is_reported_at_once(federation: LocalFederation) -> None:

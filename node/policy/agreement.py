@@ -4,7 +4,8 @@ risk categories may go, and which categories need a stated relevance."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from linkage.toml_shapes import Table, table, text, texts
 
 
 @dataclass(frozen=True)
@@ -17,12 +18,12 @@ class RecipientRules:
         return self.categories is None or category in self.categories
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> RecipientRules:
-        categories = [str(c) for c in doc.get("categories", ["*"])]
+    def from_document(cls, doc: Table, where: str) -> RecipientRules:
+        categories = texts(doc, "categories", where, ("*",))
         return cls(
-            fields=frozenset(str(f) for f in doc.get("fields", [])),
+            fields=frozenset(texts(doc, "fields", where)),
             categories=None if "*" in categories else frozenset(categories),
-            relevance_required=frozenset(str(c) for c in doc.get("relevance_required", [])),
+            relevance_required=frozenset(texts(doc, "relevance_required", where)),
         )
 
 
@@ -38,11 +39,18 @@ class Agreement:
         return self.by_type.get(agency_type, self.default)
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> Agreement:
+    def from_document(cls, doc: Table) -> Agreement:
+        approval = table(doc, "approval").get("when_consent_absent", False)
+        if not isinstance(approval, bool):
+            raise ValueError("approval.when_consent_absent must be true or false")
+        recipients = table(doc, "recipient")
+        by_type = {
+            k: RecipientRules.from_document(table(recipients, k, "recipient."), f"recipient.{k}.") for k in recipients
+        }
         return cls(
-            version=str(doc["version"]),
-            title=str(doc.get("title", "")),
-            default=RecipientRules.from_document(doc.get("default", {})),
-            by_type={k: RecipientRules.from_document(v) for k, v in doc.get("recipient", {}).items()},
-            approval_when_consent_absent=bool(doc.get("approval", {}).get("when_consent_absent", False)),
+            version=text(doc, "version"),
+            title=text(doc, "title") if "title" in doc else "",
+            default=RecipientRules.from_document(table(doc, "default"), "default."),
+            by_type=by_type,
+            approval_when_consent_absent=approval,
         )

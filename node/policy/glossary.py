@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
+from linkage.toml_shapes import Table, tables, text
 from node.policy.findings import Finding
 
 
@@ -28,10 +28,11 @@ class Glossary:
         object.__setattr__(self, "_acronyms", re.compile(rf"(?:{alternatives or '(?!)'})(?![\w-])"))
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> Glossary:
+    def from_document(cls, doc: Table) -> Glossary:
+        terms, jargon = tables(doc, "term"), tables(doc, "jargon")
         return cls(
-            terms={str(t["term"]): str(t["meaning"]) for t in doc.get("term", [])},
-            jargon={str(j["phrase"]).lower(): str(j["plain"]) for j in doc.get("jargon", [])},
+            terms={text(t, "term", "term."): text(t, "meaning", "term.") for t in terms},
+            jargon={text(j, "phrase", "jargon.").lower(): text(j, "plain", "jargon.") for j in jargon},
         )
 
     def findings(self, where: str, text: str) -> Iterator[Finding]:
