@@ -61,6 +61,7 @@ AuditEvent = Literal[
     "redelivery.returned",
     "directory.accepted",
     "keys.loaded",
+    "policy.loaded",
     "tls.certificate_renewed",
     "tls.roots_changed",
 ]
@@ -120,6 +121,7 @@ MEANING: dict[str, str] = {
     "redelivery.returned": "An agency gave back copies of what this node had sent it, lost in a restore here",
     "directory.accepted": "Federation directory taken",
     "keys.loaded": "Message keys of a new generation taken",
+    "policy.loaded": "A changed data-sharing agreement, glossary or code lists taken without a restart",
     "tls.certificate_renewed": "Renewed TLS certificate taken",
     "tls.roots_changed": "Federation CAs trusted changed",
 }

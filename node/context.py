@@ -21,8 +21,11 @@ from node.resolver import Resolver
 from node.store import Store
 
 
-@dataclass(frozen=True)
+@dataclass
 class NodeContext:
+    """Fixed for the node's life, but for `policy`: a SIGHUP may replace it whole
+    (NodeServer.check_policy)."""
+
     node_id: str
     store: Store
     link: GatewayLink

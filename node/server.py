@@ -240,6 +240,44 @@ class NodeServer:
                 holder.keys = keys
             log.info("keys.loaded", key_id=keys.key_id)
 
+    async def hung_up(self) -> None:
+        """SIGHUP: what `reload` looks for, and the policy files as they are now."""
+        await self.reload()
+        await self.check_policy()
+
+    async def check_policy(self) -> None:
+        """Take the agreement, glossary and code lists as their files now are (`[policy]`), on
+        SIGHUP alone: an operator's edit is taken when they say it is done, not half-way at a
+        periodic look. Loaded whole or not at all, and recorded first, with the versions it
+        replaces; every share decided after names the new ones. One that does not load, or
+        that changes the identity-basis codes (the chronology is derived again under those
+        as the node starts), is refused, saying why, and the policy in use stands."""
+        assert self.store is not None
+        async with self._changing:
+            held = self.ctx.policy
+            try:
+                policy = await asyncio.to_thread(_loaded, "the policy", self.config.policy, load_policy)
+            except ConfigError as exc:
+                log.error("policy.reload_refused", problem=str(exc))
+                return
+            if policy == held:
+                log.info("policy.unchanged", agreement=held.agreement.version, codelists=held.codes.version)
+                return
+            if policy.codes.digest("identity_basis") != held.codes.digest("identity_basis"):
+                problem = "its identity-basis codes differ from those in use: restart the node to take them"
+                log.error("policy.reload_refused", problem=problem)
+                return
+            detail = {
+                "agreement": policy.agreement.version,
+                "codelists": policy.codes.version,
+                "previous_agreement": held.agreement.version,
+                "previous_codelists": held.codes.version,
+            }
+            if not await self._recorded("policy.loaded", detail, failed="policy.reload_failed"):
+                return
+            self.ctx.policy = policy
+            log.info("policy.loaded", agreement=policy.agreement.version, codelists=policy.codes.version)
+
     async def check_certificate(self) -> None:
         """Move to renewed TLS files once the directory pins their certificate (until then the
         gateway refuses it, and accepts the one in use); warn daily as the one in use nears
@@ -563,5 +601,5 @@ async def serve(config: NodeConfig) -> None:
     node = NodeServer(config)
     await node.start()
     await serve_until_signalled(
-        f"linkage node {config.node_id} serving its API on unix:{config.api_socket}", node.stop, node.reload
+        f"linkage node {config.node_id} serving its API on unix:{config.api_socket}", node.stop, node.hung_up
     )

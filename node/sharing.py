@@ -91,8 +91,15 @@ class Sharing:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         self.withdrawals = Withdrawals(ctx)
-        # Whether an assessment stands, as SQL with its parameters: made once, as every share asks.
-        self._state = own_assessments.state_of(ctx.policy.codes)
+        # Whether an assessment stands, as SQL with its parameters: made once for the code lists
+        # in use (a SIGHUP may change them), as every share asks.
+        self._state = (ctx.policy.codes, own_assessments.state_of(ctx.policy.codes))
+
+    def _standing(self) -> tuple[str, tuple[str, ...]]:
+        codes = self.ctx.policy.codes
+        if self._state[0] is not codes:
+            self._state = (codes, own_assessments.state_of(codes))
+        return self._state[1]
 
     async def holders(self, summary_id: str) -> list[str]:
         """The agencies that hold a version of the summary: a later one goes to each (UK GDPR
@@ -103,7 +110,7 @@ class Sharing:
     async def _assessment(self, assessment_id: str) -> tuple[summary_pb2.RiskSummary, bool]:
         """The assessment, with everyone its case protects (now, not only when it was recorded)
         or protected by their role marked so; and whether its case is still open."""
-        state, retracting = self._state
+        state, retracting = self._standing()
         row = self.ctx.store.lookup(
             "SELECT a.body, c.status, (SELECT group_concat(hex(p.token)) FROM case_people p "
             f"WHERE p.case_id = a.case_id AND p.protect_identity), {state} "
@@ -277,7 +284,7 @@ class Sharing:
                 decision=result.decision,
             )
 
-        state, retracting = self._state
+        state, retracting = self._standing()
         try:
             async with self.ctx.store.tx() as tx:
                 # A new summary goes from an open case, and an assessment that still stands: both
