@@ -11,6 +11,7 @@ import sqlite3
 import grpc
 
 from linkage import jurisdictions, logs
+from linkage.codelists import CodeLists
 from linkage.grounds import lawful_ground
 from linkage.v1 import envelope_pb2, node_api_pb2, summary_pb2, workflow_pb2
 from node import answers, dates, own_assessments, repeats
@@ -95,8 +96,7 @@ class Sharing:
         # in use (a SIGHUP may change them), as every share asks.
         self._state = (ctx.policy.codes, own_assessments.state_of(ctx.policy.codes))
 
-    def _standing(self) -> tuple[str, tuple[str, ...]]:
-        codes = self.ctx.policy.codes
+    def _standing(self, codes: CodeLists) -> tuple[str, tuple[str, ...]]:
         if self._state[0] is not codes:
             self._state = (codes, own_assessments.state_of(codes))
         return self._state[1]
@@ -107,10 +107,10 @@ class Sharing:
         where = await standing(self.ctx.store.fetchall, summary_id)
         return sorted(node for node, stands in where.items() if stands.state != "erased")
 
-    async def _assessment(self, assessment_id: str) -> tuple[summary_pb2.RiskSummary, bool]:
+    async def _assessment(self, assessment_id: str, codes: CodeLists) -> tuple[summary_pb2.RiskSummary, bool]:
         """The assessment, with everyone its case protects (now, not only when it was recorded)
         or protected by their role marked so; and whether its case is still open."""
-        state, retracting = self._standing()
+        state, retracting = self._standing(codes)
         row = self.ctx.store.lookup(
             "SELECT a.body, c.status, (SELECT group_concat(hex(p.token)) FROM case_people p "
             f"WHERE p.case_id = a.case_id AND p.protect_identity), {state} "
@@ -123,7 +123,6 @@ class Sharing:
             raise await own_assessments.refused_share(self.ctx.store.fetchone, assessment_id, row[3], retracting)
         assessment = summary_pb2.RiskSummary.FromString(row[0])
         protected = {bytes.fromhex(t) for t in row[2].split(",")} if row[2] else set()
-        codes = self.ctx.policy.codes
         for person in assessment.people:  # domain.md §6 rule 13: the policy leaves out whoever is marked
             if person.link_token in protected or protected_role(codes, person.role_in_risk):
                 person.protect_identity = True
@@ -183,7 +182,8 @@ class Sharing:
     ) -> tuple[summary_pb2.RiskSummary, list[bytes], PolicyResult]:
         """Load the assessment, find its recipients, apply the policy. No writes."""
         kind = request.kind or envelope_pb2.MESSAGE_KIND_SUMMARY_SHARE
-        assessment, case_open = await self._assessment(request.assessment_id)
+        policy = self.ctx.policy  # one policy for the whole decision, though a SIGHUP replaces it meanwhile
+        assessment, case_open = await self._assessment(request.assessment_id, policy.codes)
         if not assessment.jurisdiction:  # the case system named no other: this agency's own law
             assessment.jurisdiction = jurisdictions.of_node(self.ctx.me())
         self._check_kind(kind, assessment)
@@ -209,7 +209,7 @@ class Sharing:
                 answering_request=answering_request,
                 must_reach=must_reach,
             ),
-            self.ctx.policy,
+            policy,
         )
         return assessment, tokens, result
 
@@ -284,7 +284,7 @@ class Sharing:
                 decision=result.decision,
             )
 
-        state, retracting = self._standing()
+        state, retracting = self._standing(self.ctx.policy.codes)
         try:
             async with self.ctx.store.tx() as tx:
                 # A new summary goes from an open case, and an assessment that still stands: both
