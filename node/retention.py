@@ -80,8 +80,8 @@ PURGES: dict[str, tuple[str, tuple[str, ...]]] = {
     # (node/recovered_workflow.py). Aged by the reply's own id: a UUIDv7 of this node's,
     # whose first 48 bits are the millisecond it was made, so ids below the cutoff's are older.
     "replies_waiting": (
-        "SELECT reply_id FROM replies_given_back WHERE reply_id < printf('%08x-%04x', ?1 >> 16, ?1 & 65535) "
-        "ORDER BY reply_id LIMIT ?2",
+        "SELECT reply_id FROM replies_given_back "
+        "WHERE reply_id < printf('%08x-%04x', MAX(?1, 0) >> 16, MAX(?1, 0) & 65535) ORDER BY reply_id LIMIT ?2",
         ("DELETE FROM replies_given_back WHERE reply_id IN ({})",),
     ),
 }

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from linkage import logs, stories
-from linkage.clock import DAY_MS, ManualClock
+from linkage.clock import DAY_MS, ManualClock, SystemClock
 from linkage.envelope import MAX_AGE_MS, MAX_CLOCK_SKEW_MS
 from linkage.ids import Ids
 from linkage.v1 import envelope_pb2 as env
@@ -174,6 +174,20 @@ async def _read_given_back(tx: Tx, reply_id: str) -> None:
     read = env.MessageBody(kind=env.MESSAGE_KIND_READ_NOTIFICATION, message_id=reply_id)
     read.read.read_message_id = f"item-of-{reply_id}"
     assert "waiting" in await recovered_workflow.rebuild(tx, "amh", read)
+
+
+async def test_retention_on_a_clock_set_back_to_1970_purges_nothing(tmp_path: Path) -> None:
+    """A host that resumes with its clock at the epoch puts the cutoff before it: nothing is
+    older than that, a reply given back (aged by its id, not by a time column) included."""
+    clock = ManualClock(start_ms=DAY_MS)
+    store = await Store.open(tmp_path / "s.sqlite", clock)
+    try:
+        async with store.tx() as tx:
+            await _read_given_back(tx, Ids().make(SystemClock().now_ms()))
+        assert await retention.purge(store, clock, keep_days=40) == NOTHING
+        assert (await store.fetchone("SELECT COUNT(*) FROM replies_given_back"))[0] == 1
+    finally:
+        await store.close()
 
 
 async def test_retention_purges_in_chunks_with_what_hangs_off_each_row(tmp_path: Path) -> None:
