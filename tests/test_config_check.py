@@ -3,6 +3,7 @@ problem at once, each with its line."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,13 +15,17 @@ from unittest.mock import patch
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.server import GatewayServer
 from linkage.clock import DAY_MS, SystemClock
+from linkage.codelists import CodeLists
 from linkage.config import ConfigError, GatewayConfig, NodeConfig
 from linkage.configcheck import check
 from linkage.keys import public_pem
 from linkage.settings import GATEWAY, NODE
+from node.policy import Agreement, Glossary
 from node.policy_files import load_policy
 from node.server import NodeServer
 from tests.harness import LocalFederation, linkage, running
@@ -372,3 +377,40 @@ async def test_a_process_given_a_directory_or_a_directory_key_it_cannot_use_says
     )
     async with running(federation, nodes=("csc",)) as cluster:
         assert cluster.nodes["csc"].trust.version == cluster.gateway.trust.version > 0
+
+
+# Values as TOML gives them, under the keys the policy documents read, nested at random.
+_LEAF = st.one_of(st.text(max_size=5), st.integers(), st.booleans(), st.floats(allow_nan=False), st.dates())
+_KEYS = st.sampled_from(
+    [
+        "version",
+        "title",
+        "approval",
+        "when_consent_absent",
+        "default",
+        "recipient",
+        "SCHOOL",
+        "fields",
+        "categories",
+        "relevance_required",
+        "term",
+        "meaning",
+        "jargon",
+        "phrase",
+        "plain",
+        "code",
+        "label",
+        "risk_category",
+    ]
+)
+_VALUES = st.recursive(_LEAF, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=6))
+def test_a_policy_document_of_any_shape_loads_or_is_refused_with_a_reason(document: dict[str, object]) -> None:
+    """Whatever a hand-written file holds, reading it gives rules or a ValueError that says
+    what is wrong (which `config check` and the node's start report), never another error."""
+    for read in (Agreement.from_document, Glossary.from_document, lambda d: CodeLists.from_documents([("f", d)])):
+        with contextlib.suppress(ValueError):
+            read(document)
