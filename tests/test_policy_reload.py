@@ -6,32 +6,56 @@ changes the identity-basis codes, is refused, saying why, and the policy in use 
 from __future__ import annotations
 
 import dataclasses
+import re
 from importlib import resources
 from pathlib import Path
 
+import grpc
+import pytest
+
 from linkage.clock import SystemClock
 from linkage.config import PolicyFiles
-from linkage.v1 import summary_pb2
+from linkage.v1 import node_api_pb2, summary_pb2
 from node.server import NodeServer
-from tests.harness import CapturedLogs, Cluster, audit_events, make_federation, running, store_refuses
+from tests.harness import PRACTITIONER, CapturedLogs, Cluster, audit_events, make_federation, running, store_refuses
 from tests.test_delivery import family_assessment, share
+from tests.test_federation import _case_id
 
 PACKAGED = resources.files("linkage.data").joinpath("dsa.toml").read_text()
-CODES_VERSION = 'version = "2026.12.7"'  # the packaged code lists'
+PANEL = '[[challenge_subject]]\ncode = "LOCAL_PANEL"\nlabel = "Referral to the local escalation panel"\n'
 
 
 def agreement(version: str) -> str:
-    return PACKAGED.replace('version = "example-2026.11"', f'version = "{version}"')
+    """The packaged example agreement, under another version."""
+    edited, count = re.subn(r'^version = ".*"$', f'version = "{version}"', PACKAGED, count=1, flags=re.MULTILINE)
+    assert count == 1
+    return edited
 
 
-def local_codes(version: str, extra: str = "") -> str:
-    return f'version = "{version}"\n[[challenge_subject]]\ncode = "LOCAL_PANEL"\nlabel = "Local panel"\n{extra}'
+def local_codes(version: str, *extra: str) -> str:
+    return f'version = "{version}"\n' + "".join(extra)
 
 
 async def decided(cluster: Cluster, assessment_id: str) -> summary_pb2.ShareDecision:
     shared = await share(cluster, assessment_id)
     assert len(shared.recipients) == 1
     return shared.decision
+
+
+async def panel_challenge(cluster: Cluster) -> node_api_pb2.MessageSent:
+    """amh challenges csc under a subject of the federation's own code list."""
+    case_id = await _case_id(cluster, "amh")
+    return await cluster.api("amh").RaiseChallenge(
+        node_api_pb2.RaiseChallengeRequest(
+            actor=PRACTITIONER,
+            case_id=case_id,
+            to_node="csc",
+            stage="PRACTITIONER",
+            subject="LOCAL_PANEL",
+            concern="We think the risk to the child is higher than your assessment says.",
+            outcome_sought="Take it to the local escalation panel.",
+        )
+    )
 
 
 async def test_a_sighup_takes_an_edited_agreement_and_code_lists_recorded_first_or_says_why_not(
@@ -49,6 +73,8 @@ async def test_a_sighup_takes_an_edited_agreement_and_code_lists_recorded_first_
         amh: NodeServer = cluster.nodes["amh"]
         assessment_id = await family_assessment(cluster)
         first = await decided(cluster, assessment_id)
+        with pytest.raises(grpc.aio.AioRpcError, match="'LOCAL_PANEL' is not a challenge_subject code"):
+            await panel_challenge(cluster)
         assert (first.agreement_version, first.codelists_version.split("+")[-1]) == ("review-1", "local-1")
 
         await amh.hung_up()  # nothing edited: nothing recorded
@@ -56,7 +82,8 @@ async def test_a_sighup_takes_an_edited_agreement_and_code_lists_recorded_first_
 
         dsa.write_text("version = [")  # saved half-way through an edit
         await amh.hung_up()
-        local.write_text(local_codes("local-2", '[[identity_basis]]\ncode = "LOCAL_INDEX"\nlabel = "Local index"\n'))
+        basis = '[[identity_basis]]\ncode = "LOCAL_INDEX"\nlabel = "Local index"\n'
+        local.write_text(local_codes("local-2", PANEL, basis))
         dsa.write_text(agreement("review-2"))
         await amh.hung_up()
         torn, bases = (r["problem"] for r in captured_logs.records("policy.reload_refused"))
@@ -65,7 +92,7 @@ async def test_a_sighup_takes_an_edited_agreement_and_code_lists_recorded_first_
         assert "identity-basis codes differ" in bases and "restart the node" in bases
         assert (await decided(cluster, assessment_id)).agreement_version == "review-1"
 
-        local.write_text(local_codes("local-2"))
+        local.write_text(local_codes("local-2", PANEL))
         with store_refuses(amh, "INSERT", "audit", "NEW.event = 'policy.loaded'"):  # recorded first, or not taken
             await amh.hung_up()
         assert len(captured_logs.records("policy.reload_failed")) == 1
@@ -74,6 +101,8 @@ async def test_a_sighup_takes_an_edited_agreement_and_code_lists_recorded_first_
         await amh.hung_up()
         later = await decided(cluster, assessment_id)
         assert (later.agreement_version, later.codelists_version.split("+")[-1]) == ("review-2", "local-2")
+        sent = await panel_challenge(cluster)  # the new code list's subject is known
+        assert [r.node_id for r in sent.recipients] == ["csc"]
         (loaded,) = await audit_events(amh, "policy.loaded")
         codes = first.codelists_version.split("+")[0]
         assert loaded["detail"] == {
