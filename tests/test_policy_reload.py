@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 
@@ -16,8 +17,19 @@ import pytest
 from linkage.clock import SystemClock
 from linkage.config import PolicyFiles
 from linkage.v1 import node_api_pb2, summary_pb2
+from node import server
 from node.server import NodeServer
-from tests.harness import PRACTITIONER, CapturedLogs, Cluster, audit_events, make_federation, running, store_refuses
+from node.store import Store
+from tests.harness import (
+    PRACTITIONER,
+    CapturedLogs,
+    Cluster,
+    LocalFederation,
+    audit_events,
+    make_federation,
+    running,
+    store_refuses,
+)
 from tests.test_delivery import family_assessment, share
 from tests.test_federation import _case_id
 
@@ -114,3 +126,33 @@ async def test_a_sighup_takes_an_edited_agreement_and_code_lists_recorded_first_
         decisions = [e["detail"]["agreement"] for e in await audit_events(amh, "share.decision")]
         assert decisions == ["review-1"] * 3 + ["review-2"]
         assert [r["agreement"] for r in captured_logs.records("policy.loaded")] == ["review-2"]
+
+
+async def test_linkage_node_serve_takes_the_policy_at_a_hangup(
+    federation: LocalFederation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`linkage node serve` hands the runtime a SIGHUP callback that takes the policy too, not
+    only the files the periodic look reads. The runtime's own handling of signals is
+    tests/test_runtime.py's; here it is played by a stand-in that hangs up once, then stops."""
+    config = federation.node_configs["amh"]
+    dsa = config.data_dir / "dsa.toml"
+    dsa.write_text(agreement("review-1"))
+    config = dataclasses.replace(config, policy=PolicyFiles(agreement=dsa))
+
+    async def hang_up_once(
+        banner: str, stop: Callable[[], Awaitable[None]], on_hangup: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        assert on_hangup is not None
+        dsa.write_text(agreement("review-2"))
+        await on_hangup()
+        await stop()
+
+    monkeypatch.setattr(server, "serve_until_signalled", hang_up_once)
+    async with running(federation, nodes=()) as cluster:
+        await server.serve(dataclasses.replace(config, gateway_address=f"127.0.0.1:{cluster.gateway.port}"))
+    store = await Store.open(config.store_path, SystemClock())
+    try:
+        (loaded,) = await audit_events(store, "policy.loaded")
+    finally:
+        await store.close()
+    assert (loaded["detail"]["previous_agreement"], loaded["detail"]["agreement"]) == ("review-1", "review-2")
