@@ -165,17 +165,18 @@ async def _closure_proposed(tx: Tx, holder: str, body: pb.MessageBody) -> dict[s
     return {"rebuilt": "closure_proposal", "case_id": case_id}
 
 
-async def replies_already_here(tx: Tx, holder: str, since_ms: int, put_back: Sequence[str]) -> int:
-    """Apply, in the order they came, the answers and read notifications from `holder` that
-    arrived since `since_ms` (this node's restore) about the messages just `put_back`, which
-    found nothing to update then. How many."""
+async def replies_already_here(tx: Tx, holder: str, put_back: Sequence[str]) -> int:
+    """Apply, in the order they came, the answers and read notifications from `holder` about
+    the messages just `put_back`, which found nothing to update when they came: this node
+    held no record of those messages until now. Found by what they reply to, not by when
+    they came, as the clock may have been set back since the restore. How many."""
     if not put_back:
         return 0
     rows = await tx.fetchall(
-        "SELECT b.signed FROM inbox i INDEXED BY inbox_by_age JOIN inbox_bodies b ON b.seq = i.seq "
-        f"WHERE i.received_at_ms >= ? AND i.sender = ? AND i.kind IN ({','.join('?' * len(REPLIES))}) "
+        "SELECT b.signed FROM inbox i INDEXED BY inbox_replies JOIN inbox_bodies b ON b.seq = i.seq "
+        f"WHERE i.kind IN ({', '.join(str(int(k)) for k in sorted(REPLIES))}) AND i.sender = ? "
         f"AND i.in_reply_to IN ({','.join('?' * len(put_back))}) ORDER BY i.seq",
-        (since_ms, holder, *REPLIES, *put_back),
+        (holder, *put_back),
     )
     for (signed,) in rows:
         body = pb.MessageBody.FromString(pb.SignedMessage.FromString(signed).body)

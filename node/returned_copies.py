@@ -122,7 +122,7 @@ async def recover(
     done = Recovered()
     returned = answer.returned
     asked = await tx.fetchone(
-        "SELECT created_at_ms FROM outbox WHERE message_id = ? AND recipient = ? AND kind = ?",
+        "SELECT 1 FROM outbox WHERE message_id = ? AND recipient = ? AND kind = ?",
         (answer.in_reply_to, holder, envelope_pb2.MESSAGE_KIND_REDELIVERY_REQUEST),
     )
     copies = returned.copies if asked is not None else []
@@ -149,7 +149,7 @@ async def recover(
         if why_not:
             done.unsealable.append({"message_id": body.message_id, "reason": why_not})
     if asked is not None:  # what came back before these, once they are in
-        done.replies = await replies_already_here(tx, holder, asked[0], done.recovered)
+        done.replies = await replies_already_here(tx, holder, done.recovered)
     await tx.audit(
         "redelivery.returned",
         message_id=answer.message_id,

@@ -660,4 +660,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX replies_given_back_to ON replies_given_back(sender, replied_to);
     """,
+    # 47: the replies received (answers and read notifications: node/recovered_workflow.py's
+    # REPLIES) by what they reply to: those that came, after a restore, before the copy of
+    # the message they answer are found by it once it is put back, whenever the clock said
+    # they came.
+    """
+    CREATE INDEX inbox_replies ON inbox(in_reply_to) WHERE kind IN (8, 13, 14, 16);
+    """,
 )
